@@ -1,0 +1,9 @@
+import type { Command } from 'commander';
+
+/** Every command group registers itself here; keep one module per group. */
+export function registerCommands(program: Command): void {
+  program
+    .command('start')
+    .description('run the main job (for now: show the commands)')
+    .action(() => program.outputHelp());
+}
