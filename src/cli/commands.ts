@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerCertsCommands } from './certs.ts';
 
 /** Every command group registers itself here; keep one module per group. */
 export function registerCommands(program: Command): void {
@@ -6,4 +7,5 @@ export function registerCommands(program: Command): void {
     .command('start')
     .description('run the main job (for now: show the commands)')
     .action(() => program.outputHelp());
+  registerCertsCommands(program);
 }
