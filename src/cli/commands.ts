@@ -1,4 +1,6 @@
 import type { Command } from 'commander';
+import { registerDeviceCommands } from './device.ts';
+import { registerHubCommands } from './hub.ts';
 import { registerCertsCommands } from './certs.ts';
 
 /** Every command group registers itself here; keep one module per group. */
@@ -7,5 +9,7 @@ export function registerCommands(program: Command): void {
     .command('start')
     .description('run the main job (for now: show the commands)')
     .action(() => program.outputHelp());
+  registerHubCommands(program);
+  registerDeviceCommands(program);
   registerCertsCommands(program);
 }

@@ -1,0 +1,110 @@
+import { InvalidArgumentError, type Command } from 'commander';
+import { resolve } from 'node:path';
+import { DEFAULT_HUB_DIR, hubConnectionString } from '../hub/local.ts';
+import { formatConnectionString } from '../identity/connection-string.ts';
+import { startHub, type HubNode } from '../hub/hub.ts';
+import { childLog } from '../util/log.ts';
+import { action } from './run.ts';
+
+const log = childLog('cli-hub');
+
+function port(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n > 65535) throw new InvalidArgumentError(`${name} needs a whole number from 0 to 65535 (0 picks a free port).`);
+    return n;
+  };
+}
+
+interface StartFlags {
+  data: string;
+  hostname: string;
+  bind?: string;
+  httpsPort: number;
+  mqttPort: number;
+  amqpPort: number;
+  tlsCert?: string;
+  tlsKey?: string;
+  trust?: string;
+}
+
+export function registerHubCommands(program: Command): void {
+  const hub = program.command('hub').description('run the root hub: device registry, twins and the IoT Hub service API');
+
+  hub
+    .command('start')
+    .description('start a hub; creates its data directory, PKI and access policies on first start')
+    .option('--data <dir>', 'data directory (SQLite database, certificates)', DEFAULT_HUB_DIR)
+    .option('--hostname <name>', 'host name clients dial; the server certificate and token audiences use it', 'localhost')
+    .option('--bind <addr>', 'address to listen on (default: the host name if it is an IP address, else 127.0.0.1; 0.0.0.0 for all interfaces)')
+    .option('--https-port <n>', 'HTTPS port: service API and device HTTPS (the azure-iothub SDK only dials 443)', port('--https-port'), 443)
+    .option('--mqtt-port <n>', 'MQTT over TLS port', port('--mqtt-port'), 8883)
+    .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
+    .option('--tls-cert <file>', "server certificate (PEM, full chain) instead of the hub's own PKI")
+    .option('--tls-key <file>', 'private key of --tls-cert')
+    .option('--trust <file>', 'root CA that clients trust for --tls-cert (printed at start-up)')
+    .action(
+      action(async (flags: StartFlags) => {
+        const node = await startHub({
+          dataDir: flags.data,
+          hostname: flags.hostname,
+          bind: flags.bind,
+          httpsPort: flags.httpsPort,
+          mqttPort: flags.mqttPort,
+          amqpPort: flags.amqpPort,
+          tlsCert: flags.tlsCert,
+          tlsKey: flags.tlsKey,
+          trust: flags.trust,
+        });
+        printBanner(node);
+        stopOnSignals(node);
+      }),
+    );
+
+  hub
+    .command('connection-string')
+    .description("print a service connection string of a local hub's shared access policy")
+    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option('--policy <name>', 'iothubowner, service, registryRead, registryReadWrite or device', 'iothubowner')
+    .action(
+      action((flags: { data: string; policy: string }) => {
+        process.stdout.write(`${hubConnectionString(resolve(flags.data), flags.policy)}\n`);
+      }),
+    );
+}
+
+function printBanner(node: HubNode): void {
+  const lines = [
+    `strata hub ${node.hostname} is running (data: ${node.dataDir}, listening on ${node.bind})`,
+    ...node.listeners.map((l) => `  ${l.name.padEnd(24)} ${l.url}`),
+    `  trust this CA:           ${node.caPath}`,
+    `  iothubowner:             ${ownerConnectionString(node)}`,
+    '  other policies:          strata hub connection-string --policy service|registryRead|registryReadWrite|device',
+    'Press Ctrl+C to stop.',
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function ownerConnectionString(node: HubNode): string {
+  const owner = node.registry.getPolicy('iothubowner');
+  if (!owner) return '(no iothubowner policy in this hub)';
+  return formatConnectionString({ HostName: node.hostname, SharedAccessKeyName: owner.keyName, SharedAccessKey: owner.primaryKey });
+}
+
+function stopOnSignals(node: HubNode): void {
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping the hub');
+    node.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'error while stopping the hub');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}

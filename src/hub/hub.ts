@@ -1,0 +1,170 @@
+import type { Server as HttpsServer } from 'node:https';
+import { mkdirSync } from 'node:fs';
+import { isIP, type AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { generateDefaultPolicies } from '../identity/policies.ts';
+import { openNodeDb, type NodeDb } from '../store/db.ts';
+import { SqliteRegistryStore } from '../store/registry-store.ts';
+import { UserError } from '../util/errors.ts';
+import { childLog } from '../util/log.ts';
+import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts';
+import { Registry } from './registry.ts';
+import { sendError, serviceApi } from './service-api.ts';
+import { loadHubTls } from './tls.ts';
+
+const log = childLog('hub');
+
+export interface HubOptions {
+  dataDir: string;
+  /** The name clients dial and tokens name; the server certificate is issued for it. */
+  hostname?: string;
+  /** Address to listen on. Default: the host name when it is an IP address, else 127.0.0.1. */
+  bind?: string;
+  /** 443 by default (the service SDK always dials 443); 0 picks a free port. */
+  httpsPort?: number;
+  mqttPort?: number;
+  amqpPort?: number;
+  /** Use these instead of the hub's own PKI: server certificate (full chain), its key, and the CA clients trust. */
+  tlsCert?: string;
+  tlsKey?: string;
+  trust?: string;
+  /** Run after the service API is registered and before the listener opens (device API routes, protocol heads). */
+  plugins?: Array<(node: HubNode) => Promise<void>>;
+}
+
+export interface HubNode {
+  registry: Registry;
+  db: NodeDb;
+  hostname: string;
+  bind: string;
+  dataDir: string;
+  https: HttpsServer;
+  app: FastifyInstance;
+  tls: { certPem: string; keyPem: string; caPem: string };
+  caPath: string;
+  /** Actual ports once listening (the MQTT/AMQP heads update theirs when they bind). */
+  ports: { https: number; mqtt: number; amqp: number };
+  /** What start-up prints: one line per listener. */
+  listeners: Array<{ name: string; url: string }>;
+  /** Registers cleanup run by close(), most recent first. */
+  onClose(fn: () => Promise<void> | void): void;
+  close(): Promise<void>;
+}
+
+function defaultBind(hostname: string): string {
+  return isIP(hostname) ? hostname : '127.0.0.1';
+}
+
+/** Starts a hub: the registry over DIR/hub.db, its TLS identity, and the HTTPS service API. */
+export async function startHub(opts: HubOptions): Promise<HubNode> {
+  const dataDir = resolve(opts.dataDir);
+  const hostname = (opts.hostname ?? 'localhost').trim();
+  if (!hostname) throw new UserError('the host name is empty', 'Pass --hostname NAME (a DNS name or IP address clients dial)');
+  const bind = opts.bind ?? defaultBind(hostname);
+  mkdirSync(dataDir, { recursive: true });
+  takeHubLock(dataDir);
+
+  const closers: Array<() => Promise<void> | void> = [() => releaseHubLock(dataDir)];
+  const runClosers = async () => {
+    while (closers.length > 0) {
+      const fn = closers.pop()!;
+      try {
+        await fn();
+      } catch (err) {
+        log.warn({ err }, 'error during shutdown');
+      }
+    }
+  };
+
+  try {
+    const db = openNodeDb(hubFiles(dataDir).db);
+    closers.push(() => db.close());
+    const store = new SqliteRegistryStore(db);
+    if (store.listPolicies().length === 0) {
+      store.transaction(() => generateDefaultPolicies().forEach((p) => store.putPolicy(p)));
+      log.info('created the shared access policies iothubowner, service, device, registryRead, registryReadWrite');
+    }
+    const registry = new Registry(store, { hostname });
+    const tls = await loadHubTls({ dataDir, hostname, tlsCert: opts.tlsCert, tlsKey: opts.tlsKey, trust: opts.trust });
+
+    const app = Fastify({
+      // X.509 devices present client certificates from CAs the TLS layer does not know; the
+      // device API checks them itself, so the handshake asks for one but never fails on it.
+      https: { cert: tls.certPem, key: tls.keyPem, requestCert: true, rejectUnauthorized: false },
+      routerOptions: { maxParamLength: 1024 },
+      forceCloseConnections: true,
+      logger: false,
+    });
+    closers.push(() => app.close());
+    const apiLog = childLog('service-api');
+    app.setErrorHandler((err, req, reply) => sendError(reply, req, apiLog, err));
+    app.setNotFoundHandler((req, reply) =>
+      reply
+        .code(404)
+        .header('content-type', 'application/json; charset=utf-8')
+        .send({ Message: `ErrorCode:NotFound;no such resource: ${req.method} ${req.url.split('?')[0]!.replace(/;/g, ',')}` }),
+    );
+    app.get('/health', async () => ({ status: 'ok', hostname }));
+    await app.register(serviceApi, { registry, log: apiLog });
+
+    const node: HubNode = {
+      registry,
+      db,
+      hostname,
+      bind,
+      dataDir,
+      https: app.server as HttpsServer,
+      app,
+      tls: { certPem: tls.certPem, keyPem: tls.keyPem, caPem: tls.caPem },
+      caPath: tls.caPath,
+      ports: { https: opts.httpsPort ?? 443, mqtt: opts.mqttPort ?? 8883, amqp: opts.amqpPort ?? 5671 },
+      listeners: [],
+      onClose: (fn) => void closers.push(fn),
+      close: async () => runClosers(),
+    };
+
+    for (const plugin of opts.plugins ?? []) await plugin(node);
+
+    // ---- protocol heads are attached here ----
+    // The MQTT (node.ports.mqtt) and AMQP (node.ports.amqp) listeners and the WebSocket upgrade
+    // on node.https (`/$iothub/websocket`) bind here, before the HTTPS listener opens, each
+    // pushing its entry to node.listeners, updating node.ports and registering its close.
+
+    try {
+      await app.listen({ port: node.ports.https, host: bind });
+    } catch (err) {
+      throw listenError(err, 'HTTPS', bind, node.ports.https);
+    }
+    node.ports.https = (app.server.address() as AddressInfo).port;
+    node.listeners.unshift({ name: 'HTTPS (service API)', url: `https://${hostname}${node.ports.https === 443 ? '' : `:${node.ports.https}`}` });
+
+    writeHubState(dataDir, {
+      hostname,
+      bind,
+      ports: { ...node.ports },
+      caPath: tls.caPath,
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    });
+    log.info({ hostname, bind, ports: node.ports, dataDir }, 'hub started');
+    return node;
+  } catch (err) {
+    await runClosers();
+    throw err;
+  }
+}
+
+/** Turns the usual listen failures into one line that says what to do. */
+export function listenError(err: unknown, what: string, host: string, port: number): unknown {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'EADDRINUSE') return new UserError(`cannot listen for ${what} on ${host}:${port}: the port is in use`, 'Stop whatever holds it, or choose another port');
+  if (code === 'EACCES') {
+    return new UserError(
+      `cannot listen for ${what} on ${host}:${port}: permission denied`,
+      'Ports below 1024 need root (or CAP_NET_BIND_SERVICE); note that the azure-iothub service SDK only dials 443',
+    );
+  }
+  if (code === 'EADDRNOTAVAIL') return new UserError(`cannot listen on ${host}: no network interface has that address`, 'Pass --bind with an address of this machine');
+  return err;
+}
