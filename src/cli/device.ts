@@ -1,12 +1,11 @@
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
 import { Command, Option } from 'commander';
 import { action } from './run.ts';
+import { openHubAccess, withHubAccessFlags, type HubAccessFlags } from './hub-access.ts';
 import { UserError } from '../util/errors.ts';
 import { formatConnectionString } from '../identity/connection-string.ts';
 import { deviceIdProblem, moduleIdProblem } from '../identity/device-id.ts';
 import {
-  ServiceClient, ServiceError, parseServiceConnectionString,
+  ServiceClient, ServiceError,
   type DeviceJson, type ModuleJson, type TwinJson,
 } from '../hub/service-client.ts';
 
@@ -16,23 +15,15 @@ import {
  * user's terms before the hub says no.
  */
 
-const DEFAULT_DATA_DIR = path.join('.strata', 'hub');
 /** IoT Edge allows at most this many layers of edge devices, the top one included. */
 const MAX_EDGE_LAYERS = 5;
 
-interface HubFlags {
-  hubConnectionString?: string;
-  data?: string;
-  ca?: string;
+interface HubFlags extends HubAccessFlags {
   json?: boolean;
 }
 
 function withHubFlags(cmd: Command): Command {
-  return cmd
-    .option('--hub-connection-string <cs>', 'service connection string of the hub (else env STRATA_HUB_CONNECTION_STRING)')
-    .option('--data <dir>', `data directory of a local hub (default ./${DEFAULT_DATA_DIR} when no connection string is given)`)
-    .option('--ca <file>', "PEM file of the CA that signed the hub's certificate (else the local hub's CA, or with a connection string env STRATA_CA, else the system store)")
-    .option('--json', 'print JSON for scripts instead of tables');
+  return withHubAccessFlags(cmd).option('--json', 'print JSON for scripts instead of tables');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -44,44 +35,8 @@ interface Hub {
   hostName: string;
 }
 
-function readCa(file: string, from: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new UserError(`cannot read the CA file ${file} (${from}): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'Give a PEM file with --ca FILE or STRATA_CA');
-  }
-}
-
 async function openHub(flags: HubFlags): Promise<Hub> {
-  if (flags.hubConnectionString !== undefined && flags.data !== undefined) {
-    throw new UserError('give either --hub-connection-string or --data, not both');
-  }
-  const envCs = process.env.STRATA_HUB_CONNECTION_STRING;
-  const flagCa = flags.ca ? readCa(flags.ca, '--ca') : undefined;
-  const cs = flags.hubConnectionString ?? (flags.data === undefined && envCs ? envCs : undefined);
-  if (cs !== undefined) {
-    const ca = flagCa ?? (process.env.STRATA_CA ? readCa(process.env.STRATA_CA, 'STRATA_CA') : undefined);
-    const client = new ServiceClient(cs, { ca });
-    return { client, hostName: client.connection.hostName };
-  }
-  const dataDir = flags.data ?? DEFAULT_DATA_DIR;
-  if (!existsSync(dataDir)) {
-    throw new UserError(
-      `no local hub in ${dataDir}`,
-      'Start one with `strata hub start`, or give --hub-connection-string or STRATA_HUB_CONNECTION_STRING',
-    );
-  }
-  const { readLocalHub } = await import('../hub/local.ts');
-  const local = readLocalHub(dataDir);
-  let connectionString = local.connectionString;
-  const conn = parseServiceConnectionString(connectionString);
-  // A local hub on a non-standard port: say so in HostName, which the client dials.
-  if (!/:\d+$/.test(conn.hostName) && local.httpsPort && local.httpsPort !== 443) {
-    connectionString = connectionString.replace(/HostName=[^;]*/, `HostName=${conn.hostName}:${local.httpsPort}`);
-  }
-  // STRATA_CA belongs with STRATA_HUB_CONNECTION_STRING; a local hub brings its own CA.
-  const client = new ServiceClient(connectionString, { ca: flagCa ?? readCa(local.caPath, `the CA of the hub in ${dataDir}`) });
-  return { client, hostName: conn.hostName };
+  return openHubAccess(flags);
 }
 
 /** Opens the hub, runs `fn`, and always lets go of the connection so the process can exit. */
