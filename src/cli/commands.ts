@@ -1,7 +1,10 @@
 import type { Command } from 'commander';
 import { registerDeviceCommands } from './device.ts';
 import { registerHubCommands } from './hub.ts';
+import { registerHubCaCommands } from './hub-ca.ts';
 import { registerCertsCommands } from './certs.ts';
+import { registerMonitorEventsCommand } from './monitor-events.ts';
+import { registerDeviceSendCommand } from './device-send.ts';
 
 /** Every command group registers itself here; keep one module per group. */
 export function registerCommands(program: Command): void {
@@ -10,6 +13,9 @@ export function registerCommands(program: Command): void {
     .description('run the main job (for now: show the commands)')
     .action(() => program.outputHelp());
   registerHubCommands(program);
+  registerHubCaCommands(program);
   registerDeviceCommands(program);
   registerCertsCommands(program);
+  registerMonitorEventsCommand(program);
+  registerDeviceSendCommand(program);
 }

@@ -12,6 +12,8 @@ import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts
 import { Registry } from './registry.ts';
 import { sendError, serviceApi } from './service-api.ts';
 import { loadHubTls } from './tls.ts';
+import { attachDeviceEngine } from '../engine/hub-attach.ts';
+import { attachMessaging } from './service-messaging.ts';
 
 const log = childLog('hub');
 
@@ -130,6 +132,8 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     // The MQTT (node.ports.mqtt) and AMQP (node.ports.amqp) listeners and the WebSocket upgrade
     // on node.https (`/$iothub/websocket`) bind here, before the HTTPS listener opens, each
     // pushing its entry to node.listeners, updating node.ports and registering its close.
+    await attachDeviceEngine(node); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
+    await attachMessaging(node); // HTTPS device API + service side: methods, C2D, feedback, event stream
 
     try {
       await app.listen({ port: node.ports.https, host: bind });

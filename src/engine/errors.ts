@@ -1,0 +1,56 @@
+import type { EngineErrorCode } from './types.ts';
+
+/** An engine refusal: `code` is what heads map to their wire; `message` is for people and logs. */
+export class EngineError extends Error {
+  constructor(readonly code: EngineErrorCode, message: string) {
+    super(message);
+    this.name = 'EngineError';
+  }
+}
+
+export function isEngineError(err: unknown, code?: EngineErrorCode): err is EngineError {
+  return err instanceof EngineError && (code === undefined || err.code === code);
+}
+
+const HTTP_STATUS: Record<EngineErrorCode, number> = {
+  unauthorized: 401,
+  'not-found': 404,
+  disabled: 401,
+  expired: 401,
+  forbidden: 403,
+  'bad-request': 400,
+  'too-large': 413,
+  'queue-full': 403,
+  'not-connected': 404,
+  timeout: 504,
+  precondition: 412,
+  throttled: 429,
+  unavailable: 503,
+  internal: 500,
+};
+
+/** The IoT Hub error code names the SDKs understand (sent as `ErrorCode:{name};...`). */
+const IOTHUB_CODE: Record<EngineErrorCode, string> = {
+  unauthorized: 'IotHubUnauthorizedAccess',
+  'not-found': 'DeviceNotFound',
+  disabled: 'IotHubUnauthorizedAccess',
+  expired: 'IotHubUnauthorizedAccess',
+  forbidden: 'IotHubUnauthorizedAccess',
+  'bad-request': 'ArgumentInvalid',
+  'too-large': 'MessageTooLarge',
+  'queue-full': 'DeviceMaximumQueueDepthExceeded',
+  'not-connected': 'DeviceNotOnline',
+  timeout: 'GatewayTimeout',
+  precondition: 'PreconditionFailed',
+  throttled: 'ThrottlingException',
+  unavailable: 'ServiceUnavailable',
+  internal: 'ServerError',
+};
+
+export function httpStatusOf(err: unknown): number {
+  return err instanceof EngineError ? HTTP_STATUS[err.code] : 500;
+}
+
+export function iotHubErrorCodeOf(err: unknown): string {
+  return err instanceof EngineError ? IOTHUB_CODE[err.code] : 'ServerError';
+}

@@ -1,0 +1,470 @@
+import type { Duplex } from 'node:stream';
+import mqtt from 'mqtt-packet';
+import type { Engine } from '../../engine/engine.ts';
+import { describeIdentity } from '../../engine/engine.ts';
+import { EngineError } from '../../engine/errors.ts';
+import type {
+  AuthResult,
+  C2DDelivery,
+  ClientCertificate,
+  CloseReason,
+  IdentityRef,
+  MethodRequest,
+  Protocol,
+  Session,
+  SessionHandler,
+  SubscriptionKind,
+  TwinCollection,
+} from '../../engine/types.ts';
+import { childLog } from '../../util/log.ts';
+import { BagError, c2dTopic, decodeBag, identityFromClientId, inputTopic, parsePublishTopic, parseSubscription, parseUsername, sameIdentity } from './topics.ts';
+
+const log = childLog('mqtt');
+
+/** CONNACK return codes of MQTT 3.1.1. */
+const CONNACK = {
+  accepted: 0,
+  badProtocol: 1,
+  identifierRejected: 2,
+  unavailable: 3,
+  badCredentials: 4,
+  notAuthorized: 5,
+} as const;
+
+export interface MqttConnectionOptions {
+  protocol: Extract<Protocol, 'mqtt' | 'mqtt-ws'>;
+  remote: string;
+  /** The TLS client certificate, when the client presented one. */
+  clientCertificate?: ClientCertificate;
+  /** Time allowed between the transport opening and CONNECT (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Any packet larger than this closes the connection before it is buffered whole (default 512 KiB). */
+  maxPacketBytes?: number;
+  /** Keep-alive is enforced at this multiple of the client's interval (default 1.5). */
+  keepAliveFactor?: number;
+}
+
+type State = 'awaiting-connect' | 'authenticating' | 'connected' | 'closed';
+
+interface InternalPacket {
+  cmd: string;
+  messageId?: number;
+  [k: string]: unknown;
+}
+
+/**
+ * One MQTT 3.1.1 connection of a device or module, over TLS or a WebSocket: frames with
+ * mqtt-packet, turns IoT Hub topics into engine calls and engine pushes into PUBLISHes.
+ * Every refusal closes only this connection and logs one line saying why.
+ */
+export class MqttConnection {
+  private state: State = 'awaiting-connect';
+  private readonly parser = mqtt.parser({ protocolVersion: 4 });
+  private session?: Session;
+  private identity?: IdentityRef;
+  private backlog: InternalPacket[] = [];
+  private lastReceived = Date.now();
+  private keepAliveMs = 0;
+  private keepAliveTimer?: NodeJS.Timeout;
+  private connectTimer?: NodeJS.Timeout;
+  private nextPacketId = 1;
+  /** Outgoing QoS 1 PUBLISHes waiting for PUBACK: packet id -> C2D lock token. */
+  private readonly awaitingAck = new Map<number, string>();
+  private corked = false;
+  private readonly maxPacketBytes: number;
+
+  constructor(
+    private readonly stream: Duplex,
+    private readonly engine: Engine,
+    private readonly opts: MqttConnectionOptions,
+  ) {
+    this.maxPacketBytes = opts.maxPacketBytes ?? 512 * 1024;
+    this.parser.on('packet', (p) => this.onPacket(p as unknown as InternalPacket));
+    this.parser.on('error', (err: Error) => this.protocolError(`malformed packet: ${err.message}`));
+    stream.on('data', (chunk: Buffer) => this.onData(chunk));
+    stream.on('error', (err: Error) => {
+      log.debug({ err, remote: opts.remote }, 'transport error');
+      this.teardown('client');
+    });
+    stream.on('close', () => this.teardown('client'));
+    stream.on('end', () => this.teardown('client'));
+    this.connectTimer = setTimeout(() => {
+      if (this.state === 'awaiting-connect') this.refuse(`no CONNECT within ${(opts.connectTimeoutMs ?? 10_000) / 1000} s`);
+    }, opts.connectTimeoutMs ?? 10_000);
+    this.connectTimer.unref();
+  }
+
+  get closed(): boolean {
+    return this.state === 'closed';
+  }
+
+  private who(): string {
+    return this.identity ? describeIdentity(this.identity) : `client at ${this.opts.remote}`;
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === 'closed') return;
+    this.lastReceived = Date.now();
+    try {
+      this.parser.parse(chunk);
+    } catch (err) {
+      // A bug in handling one client's packet must cost that connection only, never the process.
+      log.error({ err, who: this.who(), remote: this.opts.remote }, 'closing connection: internal error while handling a packet');
+      this.teardown('protocol-error');
+      return;
+    }
+    // The parser buffers until a packet is whole: refuse huge ones as soon as their length is known.
+    const pending = (this.parser as unknown as { packet: { length: number } }).packet;
+    if ((this.state as State) !== 'closed' && pending && pending.length > this.maxPacketBytes) {
+      this.protocolError(`packet of ${pending.length} bytes exceeds the limit of ${this.maxPacketBytes}`);
+    }
+  }
+
+  private onPacket(p: InternalPacket): void {
+    if (this.state === 'closed') return;
+    if (this.state === 'awaiting-connect') {
+      if (p.cmd !== 'connect') return this.protocolError(`first packet is ${p.cmd.toUpperCase()}, not CONNECT`);
+      this.state = 'authenticating';
+      void this.onConnect(p as unknown as mqtt.IConnectPacket);
+      return;
+    }
+    if (this.state === 'authenticating') {
+      // Clients may pipeline packets behind CONNECT; handle them once the session exists.
+      if (this.backlog.length > 1000) return this.protocolError('too many packets before CONNACK');
+      this.backlog.push(p);
+      return;
+    }
+    this.handle(p);
+  }
+
+  private async onConnect(p: mqtt.IConnectPacket): Promise<void> {
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    if (p.protocolVersion !== 4) {
+      return this.refuse(`MQTT protocol level ${p.protocolVersion} is not supported (3.1.1 only)`, CONNACK.badProtocol);
+    }
+    const identity = identityFromClientId(p.clientId);
+    if (!identity) return this.refuse(`client id "${p.clientId}" does not name a device or module`, CONNACK.identifierRejected);
+    this.identity = identity;
+    if (p.username !== undefined) {
+      const u = parseUsername(p.username);
+      if (!u || u.clientId !== p.clientId) {
+        return this.refuse(`user name "${p.username.slice(0, 200)}" does not name client "${p.clientId}"`, CONNACK.badCredentials);
+      }
+    }
+    const sasToken = p.password ? p.password.toString('utf8') : undefined;
+    if (!sasToken && !this.opts.clientCertificate) {
+      return this.refuse('neither a SAS token (password) nor a client certificate was given', CONNACK.badCredentials);
+    }
+    let auth: AuthResult;
+    try {
+      auth = await this.engine.authenticate({ ...identity, sasToken, clientCertificate: sasToken ? undefined : this.opts.clientCertificate });
+    } catch (err) {
+      if (err instanceof EngineError) return this.refuse(`authentication failed (${err.code}): ${err.message}`, CONNACK.notAuthorized);
+      log.error({ err, remote: this.opts.remote }, 'authentication error');
+      return this.refuse('authentication error', CONNACK.unavailable);
+    }
+    if (this.state === 'closed') return;
+    const handler: SessionHandler = {
+      onC2D: (d) => this.deliver(c2dTopic(identity.deviceId, d.message, d.ack), d),
+      onInput: (input, d) => this.deliver(inputTopic(identity.deviceId, identity.moduleId ?? '', input, d.message, d.ack), d),
+      onDesired: (patch) => this.pushDesired(patch),
+      onMethod: (req) => this.pushMethod(req),
+      close: (reason, detail) => this.engineClose(reason, detail),
+    };
+    try {
+      this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote });
+    } catch (err) {
+      log.warn({ err, who: this.who() }, 'session could not be opened');
+      return this.refuse('the hub is not accepting connections', CONNACK.unavailable);
+    }
+    if (this.stream.destroyed) {
+      this.session.close('client');
+      this.state = 'closed';
+      return;
+    }
+    this.state = 'connected';
+    this.send({ cmd: 'connack', returnCode: CONNACK.accepted, sessionPresent: this.session.resumed });
+    if (p.keepalive && p.keepalive > 0) {
+      this.keepAliveMs = p.keepalive * 1000 * (this.opts.keepAliveFactor ?? 1.5);
+      this.armKeepAlive();
+    }
+    const backlog = this.backlog;
+    this.backlog = [];
+    for (const q of backlog) {
+      if (this.state !== 'connected') break;
+      this.handle(q);
+    }
+  }
+
+  private armKeepAlive(): void {
+    if (this.keepAliveTimer) clearTimeout(this.keepAliveTimer);
+    const due = this.lastReceived + this.keepAliveMs - Date.now();
+    this.keepAliveTimer = setTimeout(() => {
+      if (this.state !== 'connected') return;
+      if (Date.now() - this.lastReceived >= this.keepAliveMs) {
+        log.warn({ who: this.who(), remote: this.opts.remote, keepAliveMs: this.keepAliveMs }, 'closing connection: keep-alive expired (nothing received for 1.5x the keep-alive interval)');
+        this.teardown('keep-alive');
+      } else {
+        this.armKeepAlive();
+      }
+    }, Math.max(10, due));
+    this.keepAliveTimer.unref();
+  }
+
+  private handle(p: InternalPacket): void {
+    switch (p.cmd) {
+      case 'publish':
+        return this.onPublish(p as unknown as mqtt.IPublishPacket);
+      case 'puback':
+        return this.onPuback(p.messageId ?? 0);
+      case 'subscribe':
+        return this.onSubscribe(p as unknown as mqtt.ISubscribePacket);
+      case 'unsubscribe':
+        return this.onUnsubscribe(p as unknown as mqtt.IUnsubscribePacket);
+      case 'pingreq':
+        return this.send({ cmd: 'pingresp' });
+      case 'disconnect':
+        return this.teardown('client');
+      case 'connect':
+        return this.protocolError('second CONNECT on the same connection');
+      default:
+        return this.protocolError(`unexpected ${p.cmd.toUpperCase()} packet`);
+    }
+  }
+
+  private onPublish(p: mqtt.IPublishPacket): void {
+    const session = this.session!;
+    if (p.qos === 2) return this.protocolError(`QoS 2 PUBLISH to "${p.topic}" is not supported`);
+    const target = parsePublishTopic(p.topic);
+    const payload = Buffer.isBuffer(p.payload) ? p.payload : Buffer.from(p.payload ?? '');
+    switch (target.kind) {
+      case 'telemetry': {
+        if (!sameIdentity(target.identity, session.identity)) {
+          return this.forbidden(`published to ${describeIdentity(target.identity)}'s telemetry topic; nothing was stored`);
+        }
+        let message;
+        try {
+          message = decodeBag(target.bag, payload);
+        } catch (err) {
+          if (err instanceof BagError) return this.protocolError(`malformed property bag on "${p.topic.slice(0, 200)}": ${err.message}`);
+          throw err;
+        }
+        const messageId = p.messageId;
+        const qos = p.qos;
+        session.sendTelemetry(message).then(
+          () => {
+            if (qos === 1) this.send({ cmd: 'puback', messageId });
+          },
+          (err: unknown) => {
+            if (err instanceof EngineError && err.code === 'too-large') {
+              log.warn({ who: this.who(), remote: this.opts.remote }, `closing connection: ${err.message}`);
+            } else {
+              log.warn({ err, who: this.who() }, 'closing connection: telemetry could not be stored');
+            }
+            this.teardown('protocol-error');
+          },
+        );
+        return;
+      }
+      case 'twin-get':
+        this.ackIfQos1(p);
+        session.twinGet().then(
+          (twin) => this.twinResponse(200, target.rid, Buffer.from(JSON.stringify(twin))),
+          (err: unknown) => this.twinError(target.rid, err),
+        );
+        return;
+      case 'twin-patch-reported': {
+        this.ackIfQos1(p);
+        let patch: unknown;
+        try {
+          patch = JSON.parse(payload.toString('utf8'));
+        } catch {
+          return this.twinError(target.rid, new EngineError('bad-request', 'the reported properties patch is not JSON'));
+        }
+        session.twinPatchReported(patch as Record<string, unknown>).then(
+          ({ version }) => this.twinResponse(204, target.rid, Buffer.alloc(0), version),
+          (err: unknown) => this.twinError(target.rid, err),
+        );
+        return;
+      }
+      case 'method-response':
+        this.ackIfQos1(p);
+        session.methodResponse(target.rid, target.status, payload);
+        return;
+      case 'unknown':
+        return this.protocolError(`PUBLISH to an unknown topic: ${target.why.slice(0, 300)}`);
+    }
+  }
+
+  private ackIfQos1(p: mqtt.IPublishPacket): void {
+    if (p.qos === 1) this.send({ cmd: 'puback', messageId: p.messageId });
+  }
+
+  private twinResponse(status: number, rid: string, body: Buffer, version?: number): void {
+    if (this.state !== 'connected' || !this.session?.subscriptions.has('twin-responses')) {
+      if (this.state === 'connected') log.warn({ who: this.who(), rid }, 'twin response dropped: the client has not subscribed to $iothub/twin/res/#');
+      return;
+    }
+    const v = version === undefined ? '' : `&$version=${version}`;
+    this.publish(`$iothub/twin/res/${status}/?$rid=${encodeURIComponent(rid)}${v}`, body, 0);
+  }
+
+  private twinError(rid: string, err: unknown): void {
+    const status = err instanceof EngineError ? statusOf(err) : 500;
+    const message = err instanceof Error ? err.message : String(err);
+    if (!(err instanceof EngineError)) log.error({ err, who: this.who() }, 'twin operation failed');
+    else log.warn({ who: this.who(), code: err.code }, `twin request refused: ${message}`);
+    this.twinResponse(status, rid, Buffer.from(JSON.stringify({ errorCode: status * 1000 + 1, message })));
+  }
+
+  private onPuback(packetId: number): void {
+    const lockToken = this.awaitingAck.get(packetId);
+    if (lockToken === undefined) return;
+    this.awaitingAck.delete(packetId);
+    this.session!.settleC2D(lockToken, 'complete').catch((err: unknown) => log.warn({ err, who: this.who() }, 'C2D completion failed'));
+  }
+
+  private onSubscribe(p: mqtt.ISubscribePacket): void {
+    const session = this.session!;
+    const granted: number[] = [];
+    const kinds: SubscriptionKind[] = [];
+    for (const s of p.subscriptions) {
+      const sub = parseSubscription(s.topic);
+      if (!sub) {
+        log.warn({ who: this.who(), filter: s.topic.slice(0, 200) }, 'subscription refused: not an IoT Hub topic filter');
+        granted.push(0x80);
+        continue;
+      }
+      if (sub.identity && !sameIdentity(sub.identity, { deviceId: session.identity.deviceId, moduleId: sub.kind === 'c2d' ? undefined : session.identity.moduleId })) {
+        return this.forbidden(`subscribed to ${describeIdentity(sub.identity)}'s topic "${s.topic.slice(0, 200)}"`);
+      }
+      if ((sub.kind === 'c2d' && session.identity.moduleId !== undefined) || (sub.kind === 'inputs' && session.identity.moduleId === undefined)) {
+        log.warn({ who: this.who(), filter: s.topic }, `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`);
+        granted.push(0x80);
+        continue;
+      }
+      granted.push(Math.min(s.qos, 1));
+      kinds.push(sub.kind);
+    }
+    this.send({ cmd: 'suback', messageId: p.messageId, granted });
+    // After the SUBACK, so that resumed deliveries follow it on the wire.
+    for (const k of kinds) session.subscribe(k);
+  }
+
+  private onUnsubscribe(p: mqtt.IUnsubscribePacket): void {
+    for (const f of p.unsubscriptions) {
+      const sub = parseSubscription(f);
+      if (sub) this.session!.unsubscribe(sub.kind);
+    }
+    this.send({ cmd: 'unsuback', messageId: p.messageId });
+  }
+
+  private deliver(topic: string, d: C2DDelivery): void {
+    if (this.state !== 'connected') return;
+    const id = this.allocatePacketId();
+    this.awaitingAck.set(id, d.lockToken);
+    this.send({ cmd: 'publish', topic, payload: d.message.body, qos: 1, dup: d.deliveryCount > 1, retain: false, messageId: id });
+  }
+
+  private pushDesired(patch: TwinCollection): void {
+    const v = patch.$version;
+    this.publish(`$iothub/twin/PATCH/properties/desired/?$version=${v ?? ''}`, Buffer.from(JSON.stringify(patch)), 0);
+  }
+
+  private pushMethod(req: MethodRequest): void {
+    this.publish(`$iothub/methods/POST/${req.methodName}/?$rid=${encodeURIComponent(req.requestId)}`, req.payload, 0);
+  }
+
+  private publish(topic: string, payload: Buffer, qos: 0 | 1): void {
+    if (this.state !== 'connected') return;
+    this.send({ cmd: 'publish', topic, payload, qos, dup: false, retain: false, ...(qos === 1 ? { messageId: this.allocatePacketId() } : {}) });
+  }
+
+  private allocatePacketId(): number {
+    for (let i = 0; i < 65535; i++) {
+      const id = this.nextPacketId;
+      this.nextPacketId = id === 65535 ? 1 : id + 1;
+      if (!this.awaitingAck.has(id)) return id;
+    }
+    throw new Error('no free MQTT packet id');
+  }
+
+  /** Writes a packet; writes of the same event-loop turn leave in one TLS record. */
+  private send(packet: Record<string, unknown>): void {
+    if (this.stream.destroyed || this.stream.writableEnded) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.stream.uncork();
+      });
+    }
+    this.stream.write(mqtt.generate(packet as unknown as mqtt.Packet));
+  }
+
+  private refuse(why: string, code?: number): void {
+    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `connection refused: ${why}`);
+    if (code !== undefined && !this.stream.destroyed) {
+      this.stream.write(mqtt.generate({ cmd: 'connack', returnCode: code, sessionPresent: false }));
+    }
+    this.teardown('protocol-error', true);
+  }
+
+  private protocolError(why: string): void {
+    if (this.state === 'closed') return;
+    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `closing connection: ${why}`);
+    this.teardown('protocol-error');
+  }
+
+  private forbidden(why: string): void {
+    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `closing connection: ${why}`);
+    this.teardown('forbidden');
+  }
+
+  /** The engine ends the session (replaced, token expired, identity disabled...). */
+  private engineClose(reason: CloseReason, detail?: string): void {
+    log.warn({ who: this.who(), remote: this.opts.remote, reason }, `closing connection: ${detail ?? reason}`);
+    this.teardown(reason);
+  }
+
+  private teardown(reason: CloseReason, flush = false): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    if (this.keepAliveTimer) clearTimeout(this.keepAliveTimer);
+    this.backlog = [];
+    this.awaitingAck.clear();
+    this.session?.close(reason);
+    if (flush) this.stream.end(() => this.stream.destroy());
+    else this.stream.destroy();
+    // A half-open peer must not keep the socket: end() above is given a second to flush.
+    if (flush) setTimeout(() => this.stream.destroy(), 1000).unref();
+  }
+
+  /** Closes from outside (listener shutdown). */
+  close(): void {
+    this.teardown('shutdown');
+  }
+}
+
+function statusOf(err: EngineError): number {
+  switch (err.code) {
+    case 'bad-request':
+    case 'too-large':
+      return 400;
+    case 'not-found':
+      return 404;
+    case 'precondition':
+      return 412;
+    case 'throttled':
+      return 429;
+    case 'unauthorized':
+    case 'forbidden':
+    case 'disabled':
+    case 'expired':
+      return 401;
+    default:
+      return 500;
+  }
+}

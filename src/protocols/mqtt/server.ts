@@ -1,0 +1,82 @@
+import type { AddressInfo } from 'node:net';
+import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { Server as HttpsServer } from 'node:https';
+import type { Engine } from '../../engine/engine.ts';
+import { childLog } from '../../util/log.ts';
+import { clientCertificateOf } from '../http/client-cert.ts';
+import { webSocketDispatcher } from '../ws.ts';
+import { MqttConnection, type MqttConnectionOptions } from './connection.ts';
+
+const log = childLog('mqtt');
+
+export interface MqttListenerOptions {
+  engine: Engine;
+  host: string;
+  port: number;
+  /** Server certificate (full chain) and key. */
+  certPem: string;
+  keyPem: string;
+  connection?: Partial<Pick<MqttConnectionOptions, 'connectTimeoutMs' | 'maxPacketBytes' | 'keepAliveFactor'>>;
+}
+
+export interface MqttListener {
+  port: number;
+  server: TlsServer;
+  /** Live connections. */
+  connections(): number;
+  close(): Promise<void>;
+}
+
+/** MQTT over TLS. Client certificates are requested but judged by the engine, never by the handshake. */
+export async function startMqttListener(o: MqttListenerOptions): Promise<MqttListener> {
+  const live = new Set<MqttConnection>();
+  const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false }, (socket: TLSSocket) => {
+    socket.setNoDelay(true);
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const conn = new MqttConnection(socket, o.engine, {
+      ...o.connection,
+      protocol: 'mqtt',
+      remote,
+      clientCertificate: clientCertificateOf(socket),
+    });
+    live.add(conn);
+    socket.once('close', () => live.delete(conn));
+  });
+  server.on('tlsClientError', (err, socket) => {
+    log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'MQTT TLS handshake failed');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, o.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  server.on('error', (err) => log.error({ err }, 'MQTT listener error'));
+  return {
+    port: (server.address() as AddressInfo).port,
+    server,
+    connections: () => live.size,
+    close: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const c of [...live]) c.close();
+      await closed;
+    },
+  };
+}
+
+/** MQTT over WebSockets on the HTTPS server, subprotocol `mqtt`, at `/$iothub/websocket`. */
+export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connection?: MqttListenerOptions['connection']): { close(): void } {
+  const live = new Set<MqttConnection>();
+  webSocketDispatcher(https).register('mqtt', (stream, req) => {
+    const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+    const conn = new MqttConnection(stream, engine, { ...connection, protocol: 'mqtt-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
+    live.add(conn);
+    stream.once('close', () => live.delete(conn));
+  });
+  return {
+    close() {
+      for (const c of [...live]) c.close();
+    },
+  };
+}

@@ -1,0 +1,448 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { childLog } from '../util/log.ts';
+import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
+import type {
+  EventReadOptions,
+  EventReadResult,
+  EventStreamReader,
+  EventToAppend,
+  PartitionInfo,
+  PartitionReadOptions,
+  StoredEvent,
+  StoredEventInfo,
+} from '../engine/types.ts';
+
+const log = childLog('event-stream');
+
+export interface EventStreamOptions {
+  /** Directory holding `events.db`. */
+  dir: string;
+  /** Partition count; only used when the stream is created (default 4). */
+  partitions?: number;
+  /** Events older than this are deleted (default 1 day). */
+  retentionMs?: number;
+  /** 0 (default): commit at the end of each event-loop turn; > 0: at most every N ms. */
+  commitIntervalMs?: number;
+  /** How often retention runs (default 60 s). */
+  pruneIntervalMs?: number;
+}
+
+export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
+const DEFAULT_READ_LIMIT = 100;
+const MAX_READ_LIMIT = 1000;
+const PRUNE_CHUNK = 10_000;
+
+interface Pending {
+  event: EventToAppend;
+  resolve: (info: StoredEventInfo) => void;
+  reject: (err: Error) => void;
+}
+
+interface Row {
+  seq: number;
+  part: number;
+  pseq: number;
+  off: number;
+  enq: number;
+  dev: string;
+  mod: string | null;
+  auth: string;
+  gen: string | null;
+  src: string;
+  props: string;
+  body: Buffer;
+}
+
+/**
+ * The hub's durable telemetry stream: one SQLite file (WAL, synchronous=FULL), appended by group
+ * commit so that many concurrent senders share one transaction and one fsync. A caller's promise
+ * resolves only after the transaction holding its event has committed.
+ *
+ * Each event has a global sequence number (the row id; REST reader, CLI) and, for the
+ * Event Hubs compatible endpoint, a partition chosen by hash of the device id with its own
+ * sequence number and byte offset.
+ */
+export class EventStream implements EventStreamReader {
+  private readonly db: Database.Database;
+  private readonly partitions: number;
+  private readonly retentionMs: number;
+  private readonly commitIntervalMs: number;
+  private pending: Pending[] = [];
+  private flushScheduled = false;
+  private nextSeq: number;
+  private readonly nextPseq: number[];
+  private readonly nextOffset: number[];
+  private lastEnqueued = 0;
+  private readonly listeners = new Set<(events: StoredEvent[]) => void>();
+  private readonly waiters = new Set<() => void>();
+  private pruneTimer?: NodeJS.Timeout;
+  private closed = false;
+  private readonly insert: Database.Statement;
+  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => void;
+
+  constructor(opts: EventStreamOptions) {
+    mkdirSync(opts.dir, { recursive: true });
+    this.db = new Database(join(opts.dir, 'events.db'));
+    this.db.pragma('journal_mode = WAL');
+    // FULL makes each commit fsync the WAL: an acknowledged event survives power loss.
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS events (
+        seq   INTEGER PRIMARY KEY,
+        part  INTEGER NOT NULL,
+        pseq  INTEGER NOT NULL,
+        off   INTEGER NOT NULL,
+        enq   INTEGER NOT NULL,
+        dev   TEXT NOT NULL,
+        mod   TEXT,
+        auth  TEXT NOT NULL,
+        gen   TEXT,
+        src   TEXT NOT NULL,
+        props TEXT NOT NULL,
+        body  BLOB NOT NULL
+      );
+      CREATE UNIQUE INDEX IF NOT EXISTS events_part ON events (part, pseq);
+      CREATE INDEX IF NOT EXISTS events_enq ON events (enq);
+      CREATE INDEX IF NOT EXISTS events_dev ON events (dev, seq);
+    `);
+    const stored = this.db.prepare(`SELECT value FROM meta WHERE key = 'partitions'`).get() as { value: string } | undefined;
+    if (stored) {
+      this.partitions = Number(stored.value);
+    } else {
+      this.partitions = Math.max(1, Math.min(32, Math.floor(opts.partitions ?? 4)));
+      this.db.prepare(`INSERT INTO meta (key, value) VALUES ('partitions', ?)`).run(String(this.partitions));
+      this.db.prepare(`INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)`).run(String(Date.now()));
+    }
+    this.retentionMs = opts.retentionMs ?? DEFAULT_RETENTION_MS;
+    this.commitIntervalMs = opts.commitIntervalMs ?? 0;
+
+    // Sequence numbers never go back, even after retention emptied the table: keep the high marks in meta.
+    const maxSeq = (this.db.prepare('SELECT MAX(seq) AS m FROM events').get() as { m: number | null }).m;
+    const metaSeq = this.metaNumber('next_seq');
+    this.nextSeq = Math.max(maxSeq === null ? 1 : maxSeq + 1, metaSeq ?? 1);
+    this.nextPseq = [];
+    this.nextOffset = [];
+    const lastOfPart = this.db.prepare('SELECT pseq, off, LENGTH(CAST(props AS BLOB)) + LENGTH(body) AS size, enq FROM events WHERE part = ? ORDER BY pseq DESC LIMIT 1');
+    for (let p = 0; p < this.partitions; p++) {
+      const row = lastOfPart.get(p) as { pseq: number; off: number; size: number; enq: number } | undefined;
+      const metaPseq = this.metaNumber(`next_pseq_${p}`) ?? 0;
+      const metaOff = this.metaNumber(`next_off_${p}`) ?? 0;
+      this.nextPseq.push(Math.max(row ? row.pseq + 1 : 0, metaPseq));
+      this.nextOffset.push(Math.max(row ? row.off + row.size : 0, metaOff));
+      if (row && row.enq > this.lastEnqueued) this.lastEnqueued = row.enq;
+    }
+
+    this.insert = this.db.prepare(
+      'INSERT INTO events (seq, part, pseq, off, enq, dev, mod, auth, gen, src, props, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    );
+    this.commitBatch = this.db.transaction((batch: Pending[], infos: StoredEventInfo[]) => {
+      // One enqueued time per batch, never earlier than the previous batch: time order = sequence order.
+      const enq = Math.max(Date.now(), this.lastEnqueued);
+      let seq = this.nextSeq;
+      const pseqs = this.nextPseq.slice();
+      const offs = this.nextOffset.slice();
+      for (const p of batch) {
+        const e = p.event;
+        const part = partitionOf(e.deviceId, this.partitions);
+        const props = encodeMessageMeta(e.message);
+        const info: StoredEventInfo = {
+          sequenceNumber: seq,
+          partition: part,
+          partitionSequenceNumber: pseqs[part],
+          offset: offs[part],
+          enqueuedTime: enq,
+        };
+        this.insert.run(seq, part, pseqs[part], offs[part], enq, e.deviceId, e.moduleId ?? null, e.authMethod, e.authGenerationId ?? null, e.messageSource, props, e.message.body);
+        infos.push(info);
+        seq += 1;
+        pseqs[part] += 1;
+        offs[part] += Buffer.byteLength(props) + e.message.body.length;
+      }
+      // Only after the statements succeeded: a failed transaction leaves the counters untouched.
+      this.nextSeq = seq;
+      for (let i = 0; i < this.partitions; i++) {
+        this.nextPseq[i] = pseqs[i];
+        this.nextOffset[i] = offs[i];
+      }
+      this.lastEnqueued = enq;
+    });
+
+    this.prune();
+    this.pruneTimer = setInterval(() => this.prune(), opts.pruneIntervalMs ?? 60_000);
+    this.pruneTimer.unref();
+  }
+
+  /** Appends one event; resolves once it is durable. */
+  append(event: EventToAppend): Promise<StoredEventInfo> {
+    if (this.closed) return Promise.reject(new Error('event stream is closed'));
+    return new Promise<StoredEventInfo>((resolve, reject) => {
+      this.pending.push({ event, resolve, reject });
+      this.scheduleFlush();
+    });
+  }
+
+  /** Appends several events in the same transaction (all or none). */
+  appendAll(events: EventToAppend[]): Promise<StoredEventInfo[]> {
+    return Promise.all(events.map((e) => this.append(e)));
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    if (this.commitIntervalMs > 0) setTimeout(() => this.flush(), this.commitIntervalMs);
+    else setImmediate(() => this.flush());
+  }
+
+  /** Commits everything queued so far in one transaction. */
+  flush(): void {
+    this.flushScheduled = false;
+    const batch = this.pending;
+    if (batch.length === 0) return;
+    this.pending = [];
+    const infos: StoredEventInfo[] = [];
+    try {
+      this.commitBatch(batch, infos);
+    } catch (err) {
+      log.error({ err, count: batch.length }, 'event stream append failed; senders get an error');
+      for (const p of batch) p.reject(err as Error);
+      return;
+    }
+    for (let i = 0; i < batch.length; i++) batch[i].resolve(infos[i]);
+    if (this.listeners.size > 0) {
+      const events = batch.map((p, i) => toStoredEvent(p.event, infos[i]));
+      for (const l of this.listeners) {
+        try {
+          l(events);
+        } catch (err) {
+          log.error({ err }, 'event stream listener failed');
+        }
+      }
+    }
+    for (const w of [...this.waiters]) w();
+  }
+
+  onAppend(listener: (events: StoredEvent[]) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  partitionCount(): number {
+    return this.partitions;
+  }
+
+  nextSequenceNumber(): number {
+    return this.nextSeq;
+  }
+
+  partitionOf(deviceId: string): number {
+    return partitionOf(deviceId, this.partitions);
+  }
+
+  async read(opts: EventReadOptions = {}): Promise<EventReadResult> {
+    const limit = clampLimit(opts.limit);
+    const deadline = opts.waitMs ? Date.now() + opts.waitMs : 0;
+    let start = this.startSequence(opts);
+    for (;;) {
+      const rows = this.selectGlobal(start, limit, opts.deviceId, opts.moduleId);
+      if (rows.length > 0) {
+        return { events: rows.map(rowToEvent), nextSequenceNumber: rows[rows.length - 1].seq + 1 };
+      }
+      // Nothing at or after `start` yet: everything before the write head has been scanned.
+      start = Math.max(start, this.nextSeq);
+      const left = deadline - Date.now();
+      if (left <= 0 || opts.signal?.aborted || this.closed) return { events: [], nextSequenceNumber: start };
+      await this.waitForAppend(left, opts.signal);
+    }
+  }
+
+  async readPartition(opts: PartitionReadOptions): Promise<StoredEvent[]> {
+    if (!Number.isInteger(opts.partition) || opts.partition < 0 || opts.partition >= this.partitions) {
+      throw new RangeError(`partition ${opts.partition} does not exist (0..${this.partitions - 1})`);
+    }
+    const limit = clampLimit(opts.limit);
+    const deadline = opts.waitMs ? Date.now() + opts.waitMs : 0;
+    const inclusive = opts.inclusive ?? true;
+    let fromPseq: number;
+    if (opts.fromPartitionSequenceNumber !== undefined) {
+      fromPseq = opts.fromPartitionSequenceNumber + (inclusive ? 0 : 1);
+    } else if (opts.fromOffset !== undefined) {
+      const row = this.db
+        .prepare(`SELECT pseq FROM events WHERE part = ? AND off ${inclusive ? '>=' : '>'} ? ORDER BY pseq LIMIT 1`)
+        .get(opts.partition, opts.fromOffset) as { pseq: number } | undefined;
+      fromPseq = row ? row.pseq : this.nextPseq[opts.partition];
+    } else if (opts.fromTime !== undefined) {
+      const row = this.db
+        .prepare(`SELECT MIN(pseq) AS p FROM events WHERE part = ? AND enq ${inclusive ? '>=' : '>'} ?`)
+        .get(opts.partition, opts.fromTime) as { p: number | null };
+      fromPseq = row.p ?? this.nextPseq[opts.partition];
+    } else {
+      fromPseq = 0;
+    }
+    const select = this.stmt('SELECT * FROM events WHERE part = ? AND pseq >= ? ORDER BY pseq LIMIT ?');
+    for (;;) {
+      const rows = select.all(opts.partition, fromPseq, limit) as Row[];
+      if (rows.length > 0) return rows.map(rowToEvent);
+      fromPseq = Math.max(fromPseq, this.nextPseq[opts.partition]);
+      const left = deadline - Date.now();
+      if (left <= 0 || opts.signal?.aborted || this.closed) return [];
+      await this.waitForAppend(left, opts.signal);
+    }
+  }
+
+  partitionInfo(partition: number): PartitionInfo {
+    if (!Number.isInteger(partition) || partition < 0 || partition >= this.partitions) {
+      throw new RangeError(`partition ${partition} does not exist (0..${this.partitions - 1})`);
+    }
+    const first = this.db.prepare('SELECT pseq FROM events WHERE part = ? ORDER BY pseq LIMIT 1').get(partition) as { pseq: number } | undefined;
+    const last = this.db.prepare('SELECT pseq, off, enq FROM events WHERE part = ? ORDER BY pseq DESC LIMIT 1').get(partition) as
+      | { pseq: number; off: number; enq: number }
+      | undefined;
+    return {
+      partition,
+      beginSequenceNumber: first ? first.pseq : -1,
+      lastSequenceNumber: last ? last.pseq : this.nextPseq[partition] - 1,
+      lastOffset: last ? last.off : -1,
+      lastEnqueuedTime: last?.enq,
+      isEmpty: !last,
+    };
+  }
+
+  /** When the stream was first created (epoch ms). */
+  createdAt(): number {
+    return this.metaNumber('created') ?? 0;
+  }
+
+  /** Deletes events older than the retention period; returns how many went. */
+  prune(now = Date.now()): number {
+    if (this.closed) return 0;
+    const cutoff = now - this.retentionMs;
+    const del = this.db.prepare('DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE enq < ? ORDER BY enq LIMIT ?)');
+    let total = 0;
+    try {
+      this.saveHighMarks();
+      for (;;) {
+        const n = del.run(cutoff, PRUNE_CHUNK).changes;
+        total += n;
+        if (n < PRUNE_CHUNK) break;
+      }
+    } catch (err) {
+      log.error({ err }, 'event stream retention failed');
+    }
+    if (total > 0) log.info({ deleted: total, retentionMs: this.retentionMs }, 'event stream retention removed old events');
+    return total;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    if (this.pruneTimer) clearInterval(this.pruneTimer);
+    for (const w of [...this.waiters]) w();
+    this.saveHighMarks();
+    this.db.close();
+  }
+
+  private saveHighMarks(): void {
+    const put = this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value');
+    this.db.transaction(() => {
+      put.run('next_seq', String(this.nextSeq));
+      for (let p = 0; p < this.partitions; p++) {
+        put.run(`next_pseq_${p}`, String(this.nextPseq[p]));
+        put.run(`next_off_${p}`, String(this.nextOffset[p]));
+      }
+    })();
+  }
+
+  private metaNumber(key: string): number | undefined {
+    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+    return row ? Number(row.value) : undefined;
+  }
+
+  private startSequence(opts: EventReadOptions): number {
+    if (opts.fromSequenceNumber !== undefined) return Math.max(1, Math.floor(opts.fromSequenceNumber));
+    if (opts.fromTime !== undefined) {
+      const row = this.db.prepare('SELECT MIN(seq) AS s FROM events WHERE enq >= ?').get(opts.fromTime) as { s: number | null };
+      return row.s ?? this.nextSeq;
+    }
+    const row = this.db.prepare('SELECT MIN(seq) AS s FROM events').get() as { s: number | null };
+    return row.s ?? this.nextSeq;
+  }
+
+  private readonly statements = new Map<string, Database.Statement>();
+
+  private stmt(sql: string): Database.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  private selectGlobal(start: number, limit: number, deviceId?: string, moduleId?: string): Row[] {
+    if (deviceId !== undefined && moduleId !== undefined) {
+      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? AND mod = ? ORDER BY seq LIMIT ?').all(deviceId, start, moduleId, limit) as Row[];
+    }
+    if (deviceId !== undefined) {
+      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? ORDER BY seq LIMIT ?').all(deviceId, start, limit) as Row[];
+    }
+    return this.stmt('SELECT * FROM events WHERE seq >= ? ORDER BY seq LIMIT ?').all(start, limit) as Row[];
+  }
+
+  private waitForAppend(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiters.add(done);
+      signal?.addEventListener('abort', done, { once: true });
+    });
+  }
+}
+
+/** FNV-1a over the UTF-8 bytes of the device id: stable across restarts and processes. */
+export function partitionOf(deviceId: string, partitions: number): number {
+  let h = 0x811c9dc5;
+  const bytes = Buffer.from(deviceId, 'utf8');
+  for (let i = 0; i < bytes.length; i++) {
+    h ^= bytes[i];
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h % partitions;
+}
+
+function clampLimit(limit?: number): number {
+  if (limit === undefined || !Number.isFinite(limit) || limit <= 0) return DEFAULT_READ_LIMIT;
+  return Math.min(MAX_READ_LIMIT, Math.floor(limit));
+}
+
+function rowToEvent(r: Row): StoredEvent {
+  const e: StoredEvent = {
+    sequenceNumber: r.seq,
+    partition: r.part,
+    partitionSequenceNumber: r.pseq,
+    offset: r.off,
+    enqueuedTime: r.enq,
+    deviceId: r.dev,
+    authMethod: r.auth,
+    messageSource: r.src,
+    message: decodeMessageMeta(r.props, r.body),
+  };
+  if (r.mod !== null) e.moduleId = r.mod;
+  if (r.gen !== null) e.authGenerationId = r.gen;
+  return e;
+}
+
+function toStoredEvent(e: EventToAppend, info: StoredEventInfo): StoredEvent {
+  const out: StoredEvent = { ...info, deviceId: e.deviceId, authMethod: e.authMethod, messageSource: e.messageSource, message: e.message };
+  if (e.moduleId !== undefined) out.moduleId = e.moduleId;
+  if (e.authGenerationId !== undefined) out.authGenerationId = e.authGenerationId;
+  return out;
+}

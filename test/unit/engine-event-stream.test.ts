@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import Database from 'better-sqlite3';
+import type { EventToAppend } from '../../src/engine/types.ts';
+import { EventStream, partitionOf } from '../../src/store/event-stream.ts';
+
+async function tempDir(t: { after(fn: () => unknown): void }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'strata-es-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function ev(deviceId: string, body: string, extra: Partial<EventToAppend['message']> = {}, moduleId?: string): EventToAppend {
+  return { deviceId, moduleId, authMethod: '{"type":"sas"}', messageSource: 'Telemetry', message: { body: Buffer.from(body), properties: {}, ...extra } };
+}
+
+test('appends get global sequence numbers, a partition by device, per-partition sequence numbers and byte offsets', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir, partitions: 4 });
+  t.after(() => s.close());
+  const infos = await Promise.all(['a', 'b', 'a', 'c', 'a'].map((d, i) => s.append(ev(d, `m${i}`, { messageId: `id${i}` }))));
+  assert.deepEqual(infos.map((i) => i.sequenceNumber), [1, 2, 3, 4, 5]);
+  const pa = partitionOf('a', 4);
+  const aInfos = infos.filter((_, i) => ['a', 'b', 'a', 'c', 'a'][i] === 'a');
+  assert.ok(aInfos.every((i) => i.partition === pa), 'a device always lands in the same partition');
+  const samePart = infos.filter((i) => i.partition === pa);
+  assert.deepEqual(samePart.map((i) => i.partitionSequenceNumber), samePart.map((_, k) => k));
+  for (let k = 1; k < samePart.length; k++) assert.ok(samePart[k].offset > samePart[k - 1].offset, 'offsets grow');
+  assert.equal(samePart[0].offset, 0);
+  const { events, nextSequenceNumber } = await s.read({});
+  assert.equal(events.length, 5);
+  assert.equal(nextSequenceNumber, 6);
+  assert.equal(events[2].message.messageId, 'id2');
+  assert.equal(events[2].message.body.toString(), 'm2');
+});
+
+test('an append resolves only once committed: another connection sees the row', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir });
+  t.after(() => s.close());
+  const info = await s.append(ev('dur', 'durable'));
+  const other = new Database(join(dir, 'events.db'), { readonly: true });
+  t.after(() => other.close());
+  const row = other.prepare('SELECT dev, body FROM events WHERE seq = ?').get(info.sequenceNumber) as { dev: string; body: Buffer };
+  assert.equal(row.dev, 'dur');
+  assert.equal(row.body.toString(), 'durable');
+  assert.equal(other.pragma('journal_mode', { simple: true }), 'wal');
+});
+
+test('many concurrent appends are committed together and all resolve in order', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir });
+  t.after(() => s.close());
+  const infos = await Promise.all(Array.from({ length: 2000 }, (_, i) => s.append(ev(`d${i % 37}`, `x${i}`))));
+  assert.deepEqual(infos.map((i) => i.sequenceNumber), Array.from({ length: 2000 }, (_, i) => i + 1));
+  // Group commit: one enqueued time per transaction, so far fewer distinct times than messages.
+  assert.ok(new Set(infos.map((i) => i.enqueuedTime)).size < 10);
+});
+
+test('reads by time, by device and module, and long-polls for new events', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir });
+  t.after(() => s.close());
+  await s.append(ev('x', 'old'));
+  await new Promise((r) => setTimeout(r, 20));
+  const mark = Date.now();
+  await s.append(ev('y', 'new'));
+  await s.append(ev('x', 'mod', {}, 'm1'));
+  assert.deepEqual((await s.read({ fromTime: mark })).events.map((e) => e.message.body.toString()), ['new', 'mod']);
+  assert.deepEqual((await s.read({ deviceId: 'x' })).events.map((e) => e.message.body.toString()), ['old', 'mod']);
+  assert.deepEqual((await s.read({ deviceId: 'x', moduleId: 'm1' })).events.map((e) => e.moduleId), ['m1']);
+  const r = await s.read({ deviceId: 'nobody' });
+  assert.equal(r.events.length, 0);
+  assert.equal(r.nextSequenceNumber, 4, 'an empty filtered read continues after everything scanned');
+
+  const started = Date.now();
+  const waiting = s.read({ fromSequenceNumber: 4, waitMs: 5000 });
+  setTimeout(() => void s.append(ev('z', 'late')), 50);
+  const got = await waiting;
+  assert.equal(got.events[0].message.body.toString(), 'late');
+  assert.ok(Date.now() - started < 2000, 'the wait ended on the append');
+
+  const ac = new AbortController();
+  const aborted = s.read({ fromSequenceNumber: 100, waitMs: 5000, signal: ac.signal });
+  ac.abort();
+  assert.deepEqual((await aborted).events, []);
+  const empty = await s.read({ fromSequenceNumber: 100, waitMs: 50 });
+  assert.equal(empty.events.length, 0);
+});
+
+test('retention removes old events; sequence numbers continue after a restart with an empty table', async (t) => {
+  const dir = await tempDir(t);
+  let s = new EventStream({ dir, retentionMs: 1000, partitions: 2 });
+  await s.append(ev('r', '1'));
+  await s.append(ev('r', '2'));
+  assert.equal(s.prune(Date.now() + 5000), 2);
+  assert.equal((await s.read({})).events.length, 0);
+  const p = partitionOf('r', 2);
+  assert.equal(s.partitionInfo(p).isEmpty, true);
+  await s.close();
+  s = new EventStream({ dir, retentionMs: 1000, partitions: 8 });
+  t.after(() => s.close());
+  assert.equal(s.partitionCount(), 2, 'the partition count is fixed at creation');
+  const info = await s.append(ev('r', '3'));
+  assert.equal(info.sequenceNumber, 3);
+  assert.equal(info.partitionSequenceNumber, 2);
+  assert.ok(info.offset > 0);
+});
+
+test('partition reads by sequence number, offset and time, inclusive or not; partition info', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir, partitions: 1 });
+  t.after(() => s.close());
+  const infos = [];
+  for (let i = 0; i < 5; i++) {
+    if (i === 4) await new Promise((r) => setTimeout(r, 15));
+    infos.push(await s.append(ev('p', `e${i}`)));
+  }
+  const bodies = (es: { message: { body: Buffer } }[]) => es.map((e) => e.message.body.toString());
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromPartitionSequenceNumber: 2 })), ['e2', 'e3', 'e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromPartitionSequenceNumber: 2, inclusive: false })), ['e3', 'e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromOffset: infos[3].offset })), ['e3', 'e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromOffset: infos[3].offset, inclusive: false })), ['e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromTime: infos[4].enqueuedTime })), ['e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, limit: 2 })), ['e0', 'e1']);
+  const info = s.partitionInfo(0);
+  assert.deepEqual(
+    { begin: info.beginSequenceNumber, last: info.lastSequenceNumber, off: info.lastOffset, empty: info.isEmpty },
+    { begin: 0, last: 4, off: infos[4].offset, empty: false },
+  );
+  await assert.rejects(s.readPartition({ partition: 3 }), RangeError);
+});
