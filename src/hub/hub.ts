@@ -14,6 +14,7 @@ import { sendError, serviceApi } from './service-api.ts';
 import { loadHubTls } from './tls.ts';
 import { attachDeviceEngine } from '../engine/hub-attach.ts';
 import { attachMessaging } from './service-messaging.ts';
+import { attachScopeApi } from './scope-api.ts';
 
 const log = childLog('hub');
 
@@ -27,6 +28,8 @@ export interface HubOptions {
   httpsPort?: number;
   mqttPort?: number;
   amqpPort?: number;
+  /** Event stream partitions, fixed when the stream is first created (default 4); issue 6. */
+  partitions?: number;
   /** Use these instead of the hub's own PKI: server certificate (full chain), its key, and the CA clients trust. */
   tlsCert?: string;
   tlsKey?: string;
@@ -132,8 +135,9 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     // The MQTT (node.ports.mqtt) and AMQP (node.ports.amqp) listeners and the WebSocket upgrade
     // on node.https (`/$iothub/websocket`) bind here, before the HTTPS listener opens, each
     // pushing its entry to node.listeners, updating node.ports and registering its close.
-    await attachDeviceEngine(node); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
+    await attachDeviceEngine(node, { partitions: opts.partitions }); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
     await attachMessaging(node); // HTTPS device API + service side: methods, C2D, feedback, event stream
+    await attachScopeApi(node); // scope API for edge gateways: scope listing, on-behalf-of lookups, live change feed
 
     try {
       await app.listen({ port: node.ports.https, host: bind });
