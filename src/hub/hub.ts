@@ -14,6 +14,7 @@ import { sendError, serviceApi } from './service-api.ts';
 import { loadHubTls } from './tls.ts';
 import { attachDeviceEngine } from '../engine/hub-attach.ts';
 import { attachMessaging } from './service-messaging.ts';
+import { attachAmqp } from '../protocols/amqp/index.ts';
 import { attachScopeApi } from './scope-api.ts';
 
 const log = childLog('hub');
@@ -137,6 +138,7 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     // pushing its entry to node.listeners, updating node.ports and registering its close.
     await attachDeviceEngine(node, { partitions: opts.partitions }); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
     await attachMessaging(node); // HTTPS device API + service side: methods, C2D, feedback, event stream
+    await attachAmqp(node); // AMQP over TLS (node.ports.amqp) and over WebSockets (AMQPWSB10)
     await attachScopeApi(node); // scope API for edge gateways: scope listing, on-behalf-of lookups, live change feed
 
     try {
