@@ -5,6 +5,7 @@ import { registerHubCaCommands } from './hub-ca.ts';
 import { registerCertsCommands } from './certs.ts';
 import { registerMonitorEventsCommand } from './monitor-events.ts';
 import { registerDeviceSendCommand } from './device-send.ts';
+import { registerConsumerGroupCommands } from './consumer-group.ts';
 
 /** Every command group registers itself here; keep one module per group. */
 export function registerCommands(program: Command): void {
@@ -18,4 +19,5 @@ export function registerCommands(program: Command): void {
   registerCertsCommands(program);
   registerMonitorEventsCommand(program);
   registerDeviceSendCommand(program);
+  registerConsumerGroupCommands(program);
 }

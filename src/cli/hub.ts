@@ -5,6 +5,7 @@ import { formatConnectionString } from '../identity/connection-string.ts';
 import { startHub, type HubNode } from '../hub/hub.ts';
 import { childLog } from '../util/log.ts';
 import { action } from './run.ts';
+import { eventHubsConnectionString } from '../protocols/amqp/event-hubs/index.ts'; // issue 6
 
 const log = childLog('cli-hub');
 
@@ -16,6 +17,12 @@ function port(name: string) {
   };
 }
 
+function partitionCount(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 32) throw new InvalidArgumentError('--partitions needs a whole number from 1 to 32.');
+  return n;
+}
+
 interface StartFlags {
   data: string;
   hostname: string;
@@ -23,6 +30,7 @@ interface StartFlags {
   httpsPort: number;
   mqttPort: number;
   amqpPort: number;
+  partitions?: number;
   tlsCert?: string;
   tlsKey?: string;
   trust?: string;
@@ -40,6 +48,7 @@ export function registerHubCommands(program: Command): void {
     .option('--https-port <n>', 'HTTPS port: service API and device HTTPS (the azure-iothub SDK only dials 443)', port('--https-port'), 443)
     .option('--mqtt-port <n>', 'MQTT over TLS port', port('--mqtt-port'), 8883)
     .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
+    .option('--partitions <n>', 'event stream partitions, 1 to 32 (default 4); fixed on the first start, later values are ignored', partitionCount)
     .option('--tls-cert <file>', "server certificate (PEM, full chain) instead of the hub's own PKI")
     .option('--tls-key <file>', 'private key of --tls-cert')
     .option('--trust <file>', 'root CA that clients trust for --tls-cert (printed at start-up)')
@@ -52,6 +61,7 @@ export function registerHubCommands(program: Command): void {
           httpsPort: flags.httpsPort,
           mqttPort: flags.mqttPort,
           amqpPort: flags.amqpPort,
+          partitions: flags.partitions,
           tlsCert: flags.tlsCert,
           tlsKey: flags.tlsKey,
           trust: flags.trust,
@@ -66,9 +76,11 @@ export function registerHubCommands(program: Command): void {
     .description("print a service connection string of a local hub's shared access policy")
     .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
     .option('--policy <name>', 'iothubowner, service, registryRead, registryReadWrite or device', 'iothubowner')
+    .option('--event-hubs', 'the Event Hubs compatible endpoint instead (Endpoint=sb://...;EntityPath=...)')
     .action(
-      action((flags: { data: string; policy: string }) => {
-        process.stdout.write(`${hubConnectionString(resolve(flags.data), flags.policy)}\n`);
+      action((flags: { data: string; policy: string; eventHubs?: boolean }) => {
+        const print = flags.eventHubs ? eventHubsConnectionString : hubConnectionString;
+        process.stdout.write(`${print(resolve(flags.data), flags.policy)}\n`);
       }),
     );
 }

@@ -84,13 +84,23 @@ export function authenticatePolicyToken(header: string | undefined, opts: Policy
   }
   const policy = opts.policy(token.skn);
   if (!policy) throw new AccessDenied(`unknown shared access policy "${token.skn}"`);
-  if (!signatureMatches(token, [policy.primaryKey, policy.secondaryKey])) {
+  if (!signatureMatches(token, [policy.primaryKey, policy.secondaryKey]) && !serviceBusSignatureMatches(token, policy)) {
     throw new AccessDenied(`token signature does not match the keys of policy ${policy.keyName}`);
   }
   if (isExpired(token, opts.nowMs)) {
     throw new AccessDenied(`token expired at ${new Date(token.se * 1000).toISOString()}`);
   }
   return { policy, token };
+}
+
+/**
+ * Issue 6: Event Hubs clients (token audience `sb://...` or `amqps://...`) sign as Service Bus
+ * does, keyed with the text of the key rather than its base64-decoded bytes.
+ */
+function serviceBusSignatureMatches(token: SasToken, policy: AccessPolicy): boolean {
+  if (!/^(sb|amqps?):\/\//i.test(token.sr)) return false;
+  const asText = (key: string) => Buffer.from(key, 'utf8').toString('base64');
+  return signatureMatches(token, [asText(policy.primaryKey), asText(policy.secondaryKey)]);
 }
 
 function pathCovers(scope: string, resource: string): boolean {

@@ -8,6 +8,8 @@ const log = childLog('websocket');
 
 /** The path IoT Hub clients open WebSockets on. */
 export const IOTHUB_WEBSOCKET_PATH = '/$iothub/websocket';
+/** Where Event Hubs clients open AMQP WebSockets (issue 6); served like the IoT Hub path. */
+export const SERVICEBUS_WEBSOCKET_PATH = '/$servicebus/websocket';
 
 /** Receives an accepted WebSocket as a byte stream, with the upgrade request (for the TLS client certificate). */
 export type WebSocketProtocolHandler = (stream: Duplex, req: IncomingMessage, ws: WebSocket) => void;
@@ -39,7 +41,8 @@ export function webSocketDispatcher(server: HttpsServer): WebSocketDispatcher {
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const path = (req.url ?? '').split('?')[0];
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-    if (path !== IOTHUB_WEBSOCKET_PATH) {
+    // issue 6: Event Hubs clients open their AMQP WebSockets on /$servicebus/websocket.
+    if (path !== IOTHUB_WEBSOCKET_PATH && path !== SERVICEBUS_WEBSOCKET_PATH) {
       log.warn({ remote, path: path.slice(0, 200) }, `WebSocket refused: no endpoint at ${path.slice(0, 200)} (use ${IOTHUB_WEBSOCKET_PATH})`);
       return reject(socket, 404, 'Not Found');
     }

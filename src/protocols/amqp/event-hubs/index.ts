@@ -1,3 +1,4 @@
+import type { Logger } from 'pino';
 import { engineOf } from '../../../engine/hub-attach.ts';
 import type { EventStreamReader } from '../../../engine/types.ts';
 import type { HubNode } from '../../../hub/hub.ts';
@@ -26,6 +27,7 @@ export interface EventHubsEndpointOptions {
   /** The entity (EntityPath); default: from the host name, see `eventHubsEntityName`. */
   entity?: string;
   stream: EventStreamReader;
+  log?: Logger;
   /** When the stream was created (epoch ms), reported as the entity's created_at. */
   createdAt(): number;
   /** The consumer group as created, or undefined when there is none. */
@@ -40,7 +42,7 @@ export class EventHubsEndpoint {
 
   constructor(opts: EventHubsEndpointOptions) {
     this.entity = opts.entity ?? eventHubsEntityName(opts.hostName);
-    this.feed = new PartitionFeed(opts.stream);
+    this.feed = new PartitionFeed(opts.stream, opts.log);
     this.routes = [
       ...managementRoutes({ entity: this.entity, stream: opts.stream, createdAt: opts.createdAt }),
       ...receiverRoutes({ entity: this.entity, stream: opts.stream, feed: this.feed, ownership: this.ownership, consumerGroup: opts.consumerGroup }),
@@ -63,6 +65,7 @@ export function attachEventHubs(node: HubNode, head: AmqpHead): EventHubsEndpoin
   const endpoint = new EventHubsEndpoint({
     hostName: node.hostname,
     stream: engine.events,
+    log: head.log,
     createdAt: () => engine.eventStream.createdAt(),
     consumerGroup: (name) => groups.get(name)?.name,
   });

@@ -1,3 +1,4 @@
+import type { Logger } from 'pino';
 import type { EventStreamReader, StoredEvent } from '../../../engine/types.ts';
 
 /** What a reader of one partition is told when events were appended to it. */
@@ -19,7 +20,7 @@ export class PartitionFeed {
   private readonly last: Array<LastEnqueued | undefined>;
   private unsubscribe?: () => void;
 
-  constructor(readonly stream: EventStreamReader) {
+  constructor(readonly stream: EventStreamReader, private readonly log?: Logger) {
     const n = stream.partitionCount();
     this.listeners = Array.from({ length: n }, () => new Set<PartitionListener>());
     this.last = Array.from({ length: n }, () => undefined);
@@ -74,8 +75,9 @@ export class PartitionFeed {
       for (const fn of this.listeners[p]!) {
         try {
           fn(list);
-        } catch {
+        } catch (err) {
           // A receiver's failure is its own; the others still hear of the batch.
+          this.log?.error({ err, partition: p }, 'an Event Hubs receiver failed to take appended events');
         }
       }
     }

@@ -1,8 +1,8 @@
-import rhea, { type Message as AmqpMessage, type Sender } from 'rhea';
+import type { Sender } from 'rhea';
 import type { EventStreamReader, PartitionReadOptions, StoredEvent } from '../../../engine/types.ts';
 import { CONDITION } from '../errors.ts';
 import type { LinkContext, LinkHandler } from '../links.ts';
-import { eventToAmqp } from './event-message.ts';
+import { encodeEvent, type RuntimeInfo } from './event-message.ts';
 import type { StartPosition } from './filter.ts';
 import type { PartitionFeed } from './partition-feed.ts';
 
@@ -127,19 +127,13 @@ export class PartitionReceiver implements LinkHandler {
   }
 
   private send(e: StoredEvent): void {
-    const msg: AmqpMessage = eventToAmqp(e);
+    let runtime: RuntimeInfo | undefined;
     if (this.o.runtimeMetrics) {
       const last = this.o.feed.lastEnqueued(this.o.partition);
-      if (last) {
-        msg.delivery_annotations = {
-          last_enqueued_sequence_number: rhea.types.wrap_long(last.sequenceNumber),
-          last_enqueued_offset: String(last.offset),
-          last_enqueued_time_utc: new Date(last.enqueuedTime),
-          runtime_info_retrieval_time_utc: new Date(),
-        };
-      }
+      if (last) runtime = { lastSequenceNumber: last.sequenceNumber, lastOffset: last.offset, lastEnqueuedTime: last.enqueuedTime, retrievedAt: Date.now() };
     }
-    const d = this.sender.send(msg) as unknown as { id: number };
+    // Pre-encoded: rhea sends the bytes as they are when given a message format.
+    const d = this.sender.send(encodeEvent(e, runtime), undefined, 0) as unknown as { id: number };
     this.untransferred.push(d.id);
   }
 

@@ -61,7 +61,7 @@ function openReceiver(ctx: LinkContext, a: PartitionAddress, deps: ReceiverRoute
     throw new AmqpRefusal(
       CONDITION.unauthorized,
       `reading ${path} needs a shared access policy with ServiceConnect (e.g. iothubowner or service) put on $cbs for ${entityUrl(ctx, path)}` +
-        (held.length > 0 ? `; this connection holds ${[...new Set(held)].join(', ')}` : '; device tokens cannot read it'),
+        (held.length > 0 ? `; this connection holds ${[...new Set(held)].join(', ')}` : '; this connection has put no such token (device tokens cannot read it)'),
     );
   }
   const group = deps.consumerGroup(a.consumerGroup);
@@ -92,6 +92,18 @@ function openReceiver(ctx: LinkContext, a: PartitionAddress, deps: ReceiverRoute
   const ownerLevel = ownerLevelOf(ctx.properties);
   const runtimeMetrics = desires(ctx.link, RUNTIME_METRIC_CAPABILITY);
 
+  // The attach answer: the source with the filter we honour; deliveries go out settled unless
+  // the client insisted on settling them itself (reading has nothing to settle).
+  const link = ctx.link as Sender;
+  const terminus: Record<string, unknown> = { address: ctx.address };
+  if (expression !== undefined) terminus.filter = { [SELECTOR_FILTER]: rhea.types.wrap_described(expression, SELECTOR_FILTER_CODE) };
+  link.set_source(terminus as never);
+  const local = (link as unknown as { local: { attach: LocalAttach } }).local.attach;
+  const asked = (link as unknown as { remote: { attach?: { snd_settle_mode?: number } } }).remote.attach?.snd_settle_mode;
+  if (asked !== 0) local.snd_settle_mode = 1;
+  if (runtimeMetrics) local.offered_capabilities = [RUNTIME_METRIC_CAPABILITY];
+
+  // Last, as nothing after it may fail: a claimed partition is only given back by the handler's closed().
   let release = (): void => {};
   const receiver = new PartitionReceiver(ctx, {
     stream: deps.stream,
@@ -115,17 +127,6 @@ function openReceiver(ctx: LinkContext, a: PartitionAddress, deps: ReceiverRoute
     receiver.closed();
     throw err;
   }
-
-  // The attach answer: the source with the filter we honour; deliveries go out settled unless
-  // the client insisted on settling them itself (reading has nothing to settle).
-  const link = ctx.link as Sender;
-  const terminus: Record<string, unknown> = { address: ctx.address };
-  if (expression !== undefined) terminus.filter = { [SELECTOR_FILTER]: rhea.types.wrap_described(expression, SELECTOR_FILTER_CODE) };
-  link.set_source(terminus as never);
-  const local = (link as unknown as { local: { attach: LocalAttach } }).local.attach;
-  const asked = (link as unknown as { remote: { attach?: { snd_settle_mode?: number } } }).remote.attach?.snd_settle_mode;
-  if (asked !== 0) local.snd_settle_mode = 1;
-  if (runtimeMetrics) local.offered_capabilities = rhea.types.wrap_symbol(RUNTIME_METRIC_CAPABILITY);
   ctx.conn.log.info(
     { address: ctx.address, consumerGroup: group, partition, start: describeStart(start), ownerLevel },
     'Event Hubs receiver attached',
