@@ -355,7 +355,9 @@ const twinRequests = deviceRoute('twin requests', 'receiver', ['twin'], async (c
     authorized: authorizedFor(ctx, addr),
     message(msg, delivery) {
       credit.took();
-      if (!delivery.remote_settled) delivery.accept();
+      // Also for pre-settled requests: rhea frees a session's incoming window only past locally
+      // settled deliveries, so one left unsettled stalls every link of the session 2048 transfers later.
+      delivery.accept();
       handle(msg)
         .catch((err) => ctx.conn.log.warn({ reason: amqpErrorOf(err).description }, 'twin request dropped'))
         .finally(() => credit.done());

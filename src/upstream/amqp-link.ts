@@ -1,0 +1,524 @@
+/**
+ * A gateway's link to its parent (the IoT hub, or a parent gateway, which speaks the same
+ * protocol): ONE multiplexed AMQP 1.0 connection carrying every downstream identity on behalf
+ * of the gateway.
+ *
+ * Wire format (on-behalf-of, as the IoT Edge hub sends it through the C# device SDK):
+ * - Transport: AMQP over TLS on 5671 (ALPN `amqp`), or AMQP over WebSockets on 443
+ *   (`wss://{parent}/$iothub/websocket`, subprotocol `AMQPWSB10`). The parent's certificate must
+ *   chain to the trust bundle and name the parent host. No SASL layer (as the device SDKs): the
+ *   AMQP open names the IoT hub host as `hostname`; authentication is claims-based (CBS).
+ * - The gateway's credential: a SAS token with audience `{hub}/devices/{edge}/modules/$edgeHub`,
+ *   signed with the edge device's key (a module may sign with its device's key), one hour long,
+ *   renewed (put again on `$cbs`, for the gateway and every identity) at 80 % of its life.
+ * - Right after the open, a CBS put-token for the gateway itself (`name` = its own audience)
+ *   proves the credential; a refusal there is an authentication failure of the whole link.
+ * - For each downstream identity, before its first link: a CBS put-token with `name` = the
+ *   TARGET's audience (`{hub}/devices/{leaf}` or `{hub}/devices/{d}/modules/{m}`, ids
+ *   URL-encoded) and the GATEWAY's token as the body (type `servicebus.windows.net:sastoken`).
+ *   This is what the C# SDK does for a client whose token provider is the edge hub's: the CBS
+ *   name is the client's audience, the token comes from the provider. Renewed with the
+ *   gateway's token.
+ * - Every link of a downstream identity names the identity in its address
+ *   (`/devices/{id}/messages/events`, `/devices/{id}/twin`, `/devices/{id}/methods/devicebound`,
+ *   `/devices/{id}/messages/devicebound`, module forms `/devices/{d}/modules/{m}/...`) and carries
+ *   the link properties `com.microsoft:auth-chain` = `{target};...;{edge}` (target first, acting
+ *   edge last), `com.microsoft:api-version`, `com.microsoft:client-version`, and for twin and
+ *   methods `com.microsoft:channel-correlation-id` (`twin:{uuid}` / `methods:{uuid}`) pairing the
+ *   sender with its receiver.
+ * - Everything else (telemetry properties, twin operations, method and C2D framing) is the
+ *   device SDKs' AMQP format: see src/protocols/amqp for the parent's side.
+ *
+ * Reconnects: one shared exponential backoff with jitter (1 s doubling to 30 s, reset only after
+ * a connection stayed up 10 s, so a flapping parent cannot cause a reconnect storm). While the
+ * parent is unreachable (nothing listening), a TCP probe (no TLS, no AMQP) checks every ~0.5 s
+ * whether it listens again and cuts the wait short, so the link is back — and `'up'` fires and
+ * the telemetry drain resumes — within about half a second of the parent accepting
+ * connections, however long the outage was. A parent that accepts TCP but refuses us gets the
+ * full backoff.
+ *
+ * Events: `'up'` (connected and authenticated), `'down'` (reason text), `'refused'` (the parent
+ * refused the gateway's credentials or certificate; retried with backoff).
+ */
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { IdentityRef } from '../engine/types.ts';
+import { EDGE_HUB } from '../identity/device-id.ts';
+import { createSasToken } from '../identity/sas.ts';
+import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
+import { childLog } from '../util/log.ts';
+import { UserError } from '../util/errors.ts';
+import { Backoff } from './backoff.ts';
+import { audienceOf, keyOf, type UpstreamCore } from './core.ts';
+import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
+import { UpstreamDownError, UpstreamError } from './links.ts';
+import { ParentConnection } from './parent-connection.ts';
+import { UpstreamTelemetryEndpoint, type TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
+import { UpstreamConnectError, describeTarget, openTransport, probe, type UpstreamTransport } from './transport.ts';
+
+export type { UpstreamIdentity, UpstreamC2DDelivery } from './identity.ts';
+export { UpstreamError, UpstreamDownError } from './links.ts';
+export { UpstreamConnectError } from './transport.ts';
+export type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
+
+export interface UpstreamLinkOptions {
+  /** The parent's host name (or IP): where to connect and what its certificate must name. */
+  parentHost: string;
+  /** Default 5671 for `amqp`, 443 for `amqpws`. */
+  port?: number;
+  transport?: UpstreamTransport;
+  /** PEM of the trust bundle the parent's certificate must chain to. */
+  trustPem: string;
+  /** The IoT hub's host name (SAS audiences, AMQP `hostname`), the same at every layer. */
+  hubHostName: string;
+  edgeDeviceId: string;
+  /** The edge device's symmetric key (base64). */
+  edgeKey: string;
+  /**
+   * The auth chain of a telemetry sender (`leaf;...;edge`), for senders no `openIdentity` has
+   * named. Default: `{sender};{edge}` (a direct child; `d/m;d;edge` for a module of one).
+   */
+  authChainOf?: (identity: IdentityRef) => string | undefined;
+  /** Largest telemetry batch handed to the endpoint, default 500. */
+  maxBatch?: number;
+  /** Lifetime of the gateway's SAS token, default 3600 s. */
+  tokenTtlSecs?: number;
+  /** Connect, attach and CBS answer timeout, default 10 s. */
+  operationTimeoutMs?: number;
+  /** First and longest reconnect wait, default 1 s and 30 s. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  log?: Logger;
+}
+
+export interface UpstreamStatus {
+  connected: boolean;
+  parent: string;
+  /** Since when the current state holds (epoch ms). */
+  since: number;
+  lastError?: string;
+  /** Failed attempts since the link was last up. */
+  failedAttempts: number;
+  telemetry: TelemetryEndpointMetrics;
+}
+
+/** A connection that stayed up this long resets the backoff. */
+const STABLE_MS = 10_000;
+const PROBE_MS = 400;
+const AUTH_RETRY_MS = 5000;
+
+interface TargetAuth {
+  promise: Promise<void>;
+  /** When a refusal was cached (tried again after AUTH_RETRY_MS). */
+  failedAt?: number;
+}
+
+export class UpstreamLink extends EventEmitter {
+  readonly availability = new Availability(false);
+  readonly hubHostName: string;
+  readonly edgeDeviceId: string;
+  readonly operationTimeoutMs: number;
+  readonly log: Logger;
+  private readonly port: number;
+  private readonly transport: UpstreamTransport;
+  private readonly backoff: Backoff;
+  private readonly tokenTtlSecs: number;
+  private pc?: ParentConnection;
+  private readonly targetAuth = new WeakMap<ParentConnection, Map<string, TargetAuth>>();
+  private readonly channels = new Map<string, IdentityChannel>();
+  private readonly senders = new Map<string, IdentityChannel>();
+  private readonly upListeners = new Set<() => void>();
+  private endpoint?: UpstreamTelemetryEndpoint;
+  private token?: { text: string; expiresAt: number };
+  private running = false;
+  private loop?: Promise<void>;
+  private wake?: () => void;
+  private abortAttempt?: () => void;
+  private renewTimer?: NodeJS.Timeout;
+  private since = Date.now();
+  private lastError?: string;
+  private readonly core: UpstreamCore;
+
+  constructor(readonly o: UpstreamLinkOptions) {
+    super();
+    if (!o.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
+    if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
+    this.transport = o.transport ?? 'amqp';
+    this.port = o.port ?? (this.transport === 'amqpws' ? 443 : 5671);
+    this.hubHostName = o.hubHostName;
+    this.edgeDeviceId = o.edgeDeviceId;
+    this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
+    this.tokenTtlSecs = o.tokenTtlSecs ?? 3600;
+    this.backoff = new Backoff(o.minBackoffMs ?? 1000, o.maxBackoffMs ?? 30_000);
+    this.log = (o.log ?? childLog('upstream')).child({ parent: this.describeParent() });
+    this.core = {
+      hubHostName: this.hubHostName,
+      edgeDeviceId: this.edgeDeviceId,
+      operationTimeoutMs: this.operationTimeoutMs,
+      log: this.log,
+      current: () => this.pc,
+      authorize: (pc, identity) => this.authorize(pc, identity),
+      forgetAuthorization: (pc, identity) => {
+        const map = this.targetAuth.get(pc);
+        const entry = map?.get(keyOf(identity));
+        if (entry && entry.failedAt === undefined) map!.delete(keyOf(identity));
+      },
+      onUp: (listener) => {
+        this.upListeners.add(listener);
+        return () => this.upListeners.delete(listener);
+      },
+    };
+  }
+
+  get connected(): boolean {
+    return this.pc !== undefined && !this.pc.closed;
+  }
+
+  describeParent(): string {
+    return describeTarget({ host: this.o.parentHost, port: this.port, transport: this.transport });
+  }
+
+  status(): UpstreamStatus {
+    return {
+      connected: this.connected,
+      parent: this.describeParent(),
+      since: this.since,
+      ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
+      failedAttempts: this.backoff.attempts,
+      telemetry: this.endpoint?.metrics() ?? { sent: 0, undeliverable: 0, failedBatches: 0 },
+    };
+  }
+
+  /**
+   * Starts connecting, and keeps the link up until close(). Resolves after the first attempt:
+   * connected, or failed for a reason that may pass (parent unreachable: the gateway works
+   * offline and the link comes up later by itself). Rejects when the parent refused the
+   * gateway's credentials or certificate — a configuration error to report — while the link
+   * keeps retrying in the background.
+   */
+  start(): Promise<void> {
+    if (this.running) return Promise.resolve();
+    this.running = true;
+    return new Promise((resolve, reject) => {
+      this.loop = this.run((err) => {
+        if (!err) resolve();
+        else if (err instanceof UpstreamConnectError && (err.kind === 'refused' || err.kind === 'tls')) reject(err);
+        else resolve();
+      });
+    });
+  }
+
+  /** Closes the connection and stops reconnecting. */
+  async close(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.wake?.();
+    this.abortAttempt?.();
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    for (const ch of [...this.channels.values(), ...this.senders.values()]) await ch.close();
+    this.channels.clear();
+    this.senders.clear();
+    await this.pc?.close();
+    await this.loop;
+  }
+
+  /** `$upstream` for the gateway's endpoint pump (one per link). */
+  telemetryEndpoint(): DeliveryEndpoint & { metrics(): TelemetryEndpointMetrics } {
+    this.endpoint ??= new UpstreamTelemetryEndpoint(
+      {
+        availability: this.availability,
+        isConnected: () => this.connected,
+        channelFor: (sender) => this.senderChannel(sender),
+        describeParent: () => this.describeParent(),
+        stalled: (why) => {
+          this.log.warn({ reason: why }, 'the parent stopped answering; reconnecting');
+          this.pc?.end(why);
+        },
+        // Under the pump's default send timeout (30 s), so the link gives up first.
+        stallMs: Math.min(25_000, this.operationTimeoutMs * 2),
+        log: this.log,
+      },
+      this.o.maxBatch ?? 500,
+    );
+    return this.endpoint;
+  }
+
+  /**
+   * A downstream identity's twin, methods and C2D at the parent. Opening twice gives the same
+   * object until it is closed. `authChain` is `{target};...;{this edge}`.
+   */
+  openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
+    const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
+    const key = keyOf(identity);
+    const existing = this.channels.get(key);
+    if (existing && !existing.closed) {
+      existing.authChain = id.authChain;
+      return existing;
+    }
+    const ch = new IdentityChannel(this.core, identity, id.authChain);
+    this.channels.set(key, ch);
+    const close = ch.close.bind(ch);
+    ch.close = async () => {
+      if (this.channels.get(key) === ch) this.channels.delete(key);
+      await close();
+    };
+    const sender = this.senders.get(key);
+    if (sender) sender.authChain = id.authChain;
+    return ch;
+  }
+
+  private senderChannel(identity: IdentityRef): IdentityChannel {
+    const key = keyOf(identity);
+    let ch = this.senders.get(key);
+    if (!ch) {
+      ch = new IdentityChannel(this.core, identity, this.authChainFor(identity));
+      this.senders.set(key, ch);
+    }
+    return ch;
+  }
+
+  private authChainFor(identity: IdentityRef): string {
+    const given = this.o.authChainOf?.(identity);
+    if (given) return given;
+    const known = this.channels.get(keyOf(identity));
+    if (known) return known.authChain;
+    const edge = this.edgeDeviceId;
+    if (identity.deviceId === edge) return identity.moduleId === undefined ? edge : `${edge}/${identity.moduleId};${edge}`;
+    return identity.moduleId === undefined ? `${identity.deviceId};${edge}` : `${identity.deviceId}/${identity.moduleId};${identity.deviceId};${edge}`;
+  }
+
+  // ---- credentials ----
+
+  private edgeHubAudience(): string {
+    return `${this.hubHostName}/devices/${this.edgeDeviceId}/modules/${EDGE_HUB}`;
+  }
+
+  /** The gateway's token, made anew when less than a fifth of its life is left. */
+  private gatewayToken(): string {
+    const now = Date.now();
+    if (!this.token || this.token.expiresAt - now < (this.tokenTtlSecs * 1000) / 5) {
+      const se = Math.floor(now / 1000) + this.tokenTtlSecs;
+      this.token = { text: createSasToken(this.edgeHubAudience(), this.o.edgeKey, se), expiresAt: se * 1000 };
+    }
+    return this.token.text;
+  }
+
+  private async putGatewayToken(pc: ParentConnection): Promise<void> {
+    const r = await pc.putToken(this.edgeHubAudience(), this.gatewayToken());
+    if (r.status !== 200) {
+      throw new UpstreamConnectError('refused', `the parent refused the credentials of ${this.edgeDeviceId}/${EDGE_HUB} (${r.status}): ${r.description || 'no reason given'}`);
+    }
+  }
+
+  /** Puts the gateway's token for a downstream identity, once per connection (refusals are kept a few seconds). */
+  private authorize(pc: ParentConnection, identity: IdentityRef): Promise<void> {
+    if (identity.deviceId === this.edgeDeviceId && identity.moduleId === EDGE_HUB) return Promise.resolve();
+    let map = this.targetAuth.get(pc);
+    if (!map) {
+      map = new Map();
+      this.targetAuth.set(pc, map);
+    }
+    const key = keyOf(identity);
+    const cached = map.get(key);
+    if (cached && (cached.failedAt === undefined || Date.now() - cached.failedAt < AUTH_RETRY_MS)) return cached.promise;
+    const entry: TargetAuth = { promise: this.putTargetToken(pc, identity) };
+    entry.promise.catch(() => {
+      entry.failedAt = Date.now();
+    });
+    map.set(key, entry);
+    return entry.promise;
+  }
+
+  private async putTargetToken(pc: ParentConnection, identity: IdentityRef): Promise<void> {
+    const r = await pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken());
+    if (r.status === 200) return;
+    // Is it the target, or our own credential? Only the first is the target's fault.
+    try {
+      await this.putGatewayToken(pc);
+    } catch (err) {
+      const why = (err as Error).message;
+      this.log.warn({ reason: why }, 'the parent no longer accepts the gateway credentials; reconnecting');
+      pc.end(why);
+      throw new UpstreamDownError(why);
+    }
+    const who = identity.moduleId === undefined ? `device ${identity.deviceId}` : `module ${identity.deviceId}/${identity.moduleId}`;
+    throw new UpstreamError(`the parent refused to let ${this.edgeDeviceId} act for ${who} (${r.status}): ${r.description || 'no reason given'}`, r.status === 404 ? 'amqp:not-found' : 'amqp:unauthorized-access', r.status);
+  }
+
+  /** Renews the gateway's token and every downstream identity's when a fifth of the token's life is left. */
+  private scheduleRenewal(pc: ParentConnection): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    // From the token's real expiry: `se` is whole seconds, so a token lives up to 1 s less than its TTL.
+    const expiresAt = this.token?.expiresAt ?? Date.now() + this.tokenTtlSecs * 1000;
+    const wait = Math.max(500, expiresAt - Date.now() - this.tokenTtlSecs * 200);
+    this.renewTimer = setTimeout(() => void this.renew(pc), wait);
+    this.renewTimer.unref();
+  }
+
+  private async renew(pc: ParentConnection): Promise<void> {
+    if (pc.closed || pc !== this.pc) return;
+    this.token = undefined;
+    try {
+      await this.putGatewayToken(pc);
+      const map = this.targetAuth.get(pc);
+      const renewals: Array<Promise<unknown>> = [];
+      for (const [key, entry] of map ?? []) {
+        if (entry.failedAt !== undefined) continue;
+        const slash = key.indexOf('/');
+        const identity = slash < 0 ? { deviceId: key } : { deviceId: key.slice(0, slash), moduleId: key.slice(slash + 1) };
+        renewals.push(pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken()).catch(() => undefined));
+      }
+      await Promise.all(renewals);
+      this.log.debug({ identities: renewals.length }, 'upstream tokens renewed');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'token renewal failed; reconnecting');
+      pc.end(`token renewal failed: ${(err as Error).message}`);
+      return;
+    }
+    this.scheduleRenewal(pc);
+  }
+
+  // ---- the connection loop ----
+
+  private async connectOnce(): Promise<ParentConnection> {
+    const abort = new AbortController();
+    this.abortAttempt = () => abort.abort();
+    const { signal } = abort;
+    const socket = await openTransport({ host: this.o.parentHost, port: this.port, transport: this.transport, ca: this.o.trustPem, timeoutMs: this.operationTimeoutMs, signal });
+    // close() during the AMQP open or the CBS exchange: cutting the socket fails them at once.
+    const cut = () => socket.destroy();
+    signal.addEventListener('abort', cut, { once: true });
+    try {
+      return await this.openOn(socket);
+    } finally {
+      signal.removeEventListener('abort', cut);
+      this.abortAttempt = undefined;
+    }
+  }
+
+  private async openOn(socket: Duplex): Promise<ParentConnection> {
+    const pc = await ParentConnection.open(socket, {
+      containerId: `${this.edgeDeviceId}-upstream-${randomUUID().slice(0, 8)}`,
+      hubHostName: this.hubHostName,
+      // The parent sends something every 15 s; 60 s of silence (rhea waits twice this) ends the connection.
+      idleTimeoutMs: 30_000,
+      operationTimeoutMs: this.operationTimeoutMs,
+      log: this.log,
+    });
+    try {
+      await this.putGatewayToken(pc);
+    } catch (err) {
+      pc.end((err as Error).message);
+      throw err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);
+    }
+    return pc;
+  }
+
+  private async run(firstAttempt: (err?: unknown) => void): Promise<void> {
+    let first: ((err?: unknown) => void) | undefined = firstAttempt;
+    let unreachable = false;
+    let failuresLogged = 0;
+    while (this.running) {
+      let pc: ParentConnection;
+      try {
+        pc = await this.connectOnce();
+      } catch (err) {
+        first?.(err);
+        first = undefined;
+        if (!this.running) break;
+        const e = err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);
+        unreachable = e.kind === 'unreachable';
+        if (e.message !== this.lastError || failuresLogged === 0) {
+          this.log.warn({ reason: e.message, attempt: this.backoff.attempts + 1 }, 'cannot connect to the parent; will retry');
+          failuresLogged++;
+        }
+        this.lastError = e.message;
+        if (e.kind === 'refused' || e.kind === 'tls') this.emit('refused', e);
+        await this.pause(this.backoff.next(), unreachable);
+        continue;
+      }
+      if (!this.running) {
+        await pc.close();
+        break;
+      }
+      first?.();
+      first = undefined;
+      failuresLogged = 0;
+      this.up(pc);
+      const why = await pc.lost;
+      this.down(pc, why);
+      if (!this.running) break;
+      if (Date.now() - pc.openedAt >= STABLE_MS) this.backoff.reset();
+      await this.pause(this.backoff.next(), false);
+    }
+    first?.();
+  }
+
+  private up(pc: ParentConnection): void {
+    this.pc = pc;
+    this.since = Date.now();
+    this.lastError = undefined;
+    this.scheduleRenewal(pc);
+    this.log.info({ transport: this.transport, afterFailures: this.backoff.attempts }, 'connected to the parent');
+    this.availability.set(true);
+    this.emit('up');
+    for (const l of [...this.upListeners]) {
+      try {
+        l();
+      } catch (err) {
+        this.log.error({ err }, 'upstream up listener failed');
+      }
+    }
+  }
+
+  private down(pc: ParentConnection, why: string): void {
+    if (this.pc === pc) this.pc = undefined;
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.since = Date.now();
+    this.lastError = why;
+    this.availability.set(false);
+    if (this.running) this.log.warn({ reason: why }, 'connection to the parent lost; reconnecting');
+    this.emit('down', why);
+  }
+
+  /**
+   * Waits out a backoff. After an unreachable parent, probes its port meanwhile and returns as
+   * soon as it accepts connections again.
+   */
+  private pause(ms: number, probing: boolean): Promise<void> {
+    if (!this.running) return Promise.resolve();
+    return new Promise((resolve) => {
+      let done = false;
+      let probeTimer: NodeJS.Timeout | undefined;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (probeTimer) clearTimeout(probeTimer);
+        this.wake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(finish, ms);
+      this.wake = finish;
+      if (!probing) return;
+      const tick = () => {
+        if (done) return;
+        void probe(this.o.parentHost, this.port, PROBE_MS).then((listening) => {
+          if (done) return;
+          if (listening) {
+            this.log.debug('the parent accepts connections again');
+            finish();
+          } else probeTimer = setTimeout(tick, PROBE_MS + Math.round(Math.random() * 100));
+        });
+      };
+      probeTimer = setTimeout(tick, PROBE_MS);
+    });
+  }
+}
+
+/** The error a down link reports to its callers, for `instanceof` checks without importing links.ts. */
+export function isUpstreamDown(err: unknown): boolean {
+  return err instanceof UpstreamDownError || (err instanceof UpstreamError && err.condition === 'amqp:connection:forced');
+}

@@ -1,0 +1,35 @@
+import type { Logger } from 'pino';
+import type { IdentityRef } from '../engine/types.ts';
+import type { ParentConnection } from './parent-connection.ts';
+
+/** What identity channels and the telemetry endpoint need from the UpstreamLink that owns them. */
+export interface UpstreamCore {
+  readonly hubHostName: string;
+  readonly edgeDeviceId: string;
+  readonly operationTimeoutMs: number;
+  readonly log: Logger;
+  /** The live connection, or undefined while the link is down. */
+  current(): ParentConnection | undefined;
+  /** Puts the gateway's token for `identity` on the connection (once per connection). */
+  authorize(pc: ParentConnection, identity: IdentityRef): Promise<void>;
+  /** Forgets that `identity` was authorized on `pc` (the parent refused a link of it): the next use puts the token again. */
+  forgetAuthorization(pc: ParentConnection, identity: IdentityRef): void;
+  /** Subscribes to the link coming up; returns the unsubscribe. */
+  onUp(listener: () => void): () => void;
+}
+
+/** `d` or `d/m`. */
+export function keyOf(id: IdentityRef): string {
+  return id.moduleId === undefined ? id.deviceId : `${id.deviceId}/${id.moduleId}`;
+}
+
+/** The link address path of an identity, e.g. `/devices/d1/modules/m1` (ids as they are, as the SDKs send them). */
+export function basePath(id: IdentityRef): string {
+  return id.moduleId === undefined ? `/devices/${id.deviceId}` : `/devices/${id.deviceId}/modules/${id.moduleId}`;
+}
+
+/** The CBS audience (`name`) of an identity: `{hub}/devices/{d}[/modules/{m}]`, ids URL-encoded as the SDKs do. */
+export function audienceOf(hubHostName: string, id: IdentityRef): string {
+  const d = encodeURIComponent(id.deviceId);
+  return id.moduleId === undefined ? `${hubHostName}/devices/${d}` : `${hubHostName}/devices/${d}/modules/${encodeURIComponent(id.moduleId)}`;
+}

@@ -1,0 +1,149 @@
+import type { Logger } from 'pino';
+import type { IdentityRef, Message } from '../engine/types.ts';
+import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
+import type { QueuedMessage } from '../store/message-store.ts';
+import type { IdentityChannel } from './identity.ts';
+import { UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
+import { messageOfStored, senderIdentity } from './stored-message.ts';
+
+/**
+ * `$upstream` for a gateway: stored messages go to the parent on behalf of their original
+ * senders, each on its sender's telemetry link, all senders of a batch at once and every
+ * sender's messages in order. A batch resolves once the parent accepted every message.
+ *
+ * What the parent refuses for good is dropped, logged and counted rather than retried forever
+ * (it would block every sender queued behind it): a message over the size limit or
+ * unreadable, and a sender the parent says it does not know, has disabled, or that is not in
+ * this gateway's scope. Anything else (link down, throttled, timeout, released) fails the batch
+ * and the pump retries it.
+ */
+
+/** Rejections of a message that sending it again cannot cure. */
+const PERMANENT_MESSAGE = new Set(['amqp:link:message-size-exceeded', 'amqp:decode-error', 'com.microsoft:argument-error', 'amqp:invalid-field']);
+
+export interface TelemetryEndpointMetrics {
+  /** Messages the parent accepted. */
+  sent: number;
+  /** Messages dropped because the parent refused them for good. */
+  undeliverable: number;
+  /** Batches that failed (and were retried by the pump). */
+  failedBatches: number;
+}
+
+export interface TelemetryEndpointDeps {
+  availability: Availability;
+  isConnected(): boolean;
+  /** The channel that sends for `sender` (created on first use). */
+  channelFor(sender: IdentityRef): IdentityChannel;
+  describeParent(): string;
+  /**
+   * A batch got no answer within `stallMs`: the connection is presumed dead (a parent that
+   * vanished without closing it) and is dropped, so the link reconnects.
+   */
+  stalled(why: string): void;
+  stallMs: number;
+  log: Logger;
+}
+
+export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
+  readonly name = '$upstream';
+  private readonly counters: TelemetryEndpointMetrics = { sent: 0, undeliverable: 0, failedBatches: 0 };
+  private readonly lastDropLog = new Map<string, number>();
+
+  constructor(
+    private readonly deps: TelemetryEndpointDeps,
+    readonly maxBatch: number,
+  ) {}
+
+  isAvailable(): boolean {
+    return this.deps.availability.isAvailable();
+  }
+
+  onAvailable(listener: () => void): () => void {
+    return this.deps.availability.onAvailable(listener);
+  }
+
+  metrics(): TelemetryEndpointMetrics {
+    return { ...this.counters };
+  }
+
+  async send(batch: readonly QueuedMessage[]): Promise<void> {
+    if (!this.deps.isConnected()) throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
+    // Group by sender, keeping each sender's order; senders go in parallel.
+    const groups = new Map<string, { identity: IdentityRef; messages: Message[] }>();
+    for (const q of batch) {
+      let g = groups.get(q.message.sender);
+      if (!g) {
+        g = { identity: senderIdentity(q.message.sender), messages: [] };
+        groups.set(q.message.sender, g);
+      }
+      g.messages.push(messageOfStored(q.message));
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const stalled = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const why = `the parent (${this.deps.describeParent()}) did not settle a batch of ${batch.length} messages within ${this.deps.stallMs} ms`;
+        this.deps.stalled(why);
+        reject(new UpstreamDownError(why));
+      }, this.deps.stallMs);
+    });
+    let results: Array<PromiseSettledResult<void>>;
+    try {
+      results = await Promise.race([Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages))), stalled]);
+    } catch (err) {
+      this.counters.failedBatches++;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) {
+      this.counters.failedBatches++;
+      throw failure.reason;
+    }
+  }
+
+  private async sendGroup(identity: IdentityRef, messages: Message[]): Promise<void> {
+    const who = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
+    let outcomes: SendOutcome[];
+    try {
+      outcomes = await this.deps.channelFor(identity).sendTelemetry(messages);
+    } catch (err) {
+      if (isPermanentRefusal(err)) {
+        this.drop(who, messages.length, (err as Error).message);
+        return;
+      }
+      throw err;
+    }
+    let firstFailure: SendOutcome | undefined;
+    for (const o of outcomes) {
+      if (o.ok) {
+        this.counters.sent++;
+      } else if (PERMANENT_MESSAGE.has(o.condition)) {
+        this.drop(who, 1, `${o.condition}: ${o.description}`);
+      } else {
+        firstFailure ??= o;
+      }
+    }
+    if (firstFailure && !firstFailure.ok) {
+      const text = `the parent did not take telemetry of ${who}: ${firstFailure.description}`;
+      throw firstFailure.condition === 'amqp:connection:forced' ? new UpstreamDownError(text) : new UpstreamError(text, firstFailure.condition);
+    }
+  }
+
+  private drop(who: string, count: number, why: string): void {
+    this.counters.undeliverable += count;
+    const now = Date.now();
+    // One line per sender and minute: a long backlog of one refused sender would flood the log.
+    if ((this.lastDropLog.get(who) ?? 0) + 60_000 <= now) {
+      this.lastDropLog.set(who, now);
+      this.deps.log.error({ sender: who, dropped: count, undeliverableTotal: this.counters.undeliverable, reason: why }, 'the parent refused telemetry for good; dropped');
+    }
+  }
+}
+
+/** The parent said no to the sender itself: not registered, disabled, or not in this gateway's scope. */
+function isPermanentRefusal(err: unknown): boolean {
+  if (!(err instanceof UpstreamError) || err instanceof UpstreamDownError) return false;
+  return err.status === 401 || err.status === 403 || err.status === 404;
+}

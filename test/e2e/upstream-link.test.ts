@@ -1,0 +1,316 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { newKey, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
+import type { ServiceClient } from '../../src/hub/service-client.ts';
+import type { AuthResult, Message, MethodRequest, TwinCollection } from '../../src/engine/types.ts';
+import { MessageStore } from '../../src/store/message-store.ts';
+import { EndpointPump } from '../../src/routing/pump.ts';
+import { UpstreamLink, type UpstreamC2DDelivery } from '../../src/upstream/amqp-link.ts';
+import { storedMessageOf } from '../../src/upstream/stored-message.ts';
+import { createRootCa } from '../../src/pki/index.ts';
+
+/**
+ * A gateway's upstream link against a real hub process: one AMQP connection carrying several
+ * downstream identities on behalf of the edge device (`{edge}/$edgeHub` credential plus auth
+ * chains), and the hub's acceptance (or refusal) of it.
+ */
+
+let hub: HubProcess;
+let svc: ServiceClient;
+let dir: string;
+let edgeKey: string;
+let proxy: CountingProxy;
+let link: UpstreamLink;
+const closers: Array<() => Promise<unknown>> = [];
+
+/** A TCP relay in front of the hub's AMQP port that counts the connections made through it. */
+interface CountingProxy {
+  port: number;
+  connections: number;
+  close(): Promise<void>;
+}
+
+async function countingProxy(address: string, targetPort: number): Promise<CountingProxy> {
+  const sockets = new Set<net.Socket>();
+  const p: CountingProxy = { port: 0, connections: 0, close: async () => {} };
+  const server = net.createServer((client) => {
+    p.connections++;
+    const upstream = net.connect({ host: address, port: targetPort });
+    sockets.add(client).add(upstream);
+    client.pipe(upstream).pipe(client);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, address, resolve));
+  p.port = (server.address() as net.AddressInfo).port;
+  p.close = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
+  return p;
+}
+
+const sasAuth = () => ({ type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } });
+
+before(async () => {
+  hub = await startHubProcess();
+  svc = serviceClient(hub);
+  dir = await mkdtemp(join(tmpdir(), 'strata-upstream-'));
+  edgeKey = newKey();
+  const edge = await svc.createDevice({ deviceId: 'edge-1', capabilities: { iotEdge: true }, authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: newKey() } } } as never);
+  const other = await svc.createDevice({ deviceId: 'edge-2', capabilities: { iotEdge: true }, authentication: sasAuth() } as never);
+  for (const id of ['leaf-a', 'leaf-b']) await svc.createDevice({ deviceId: id, deviceScope: edge.deviceScope, authentication: sasAuth() } as never);
+  await svc.createModule({ deviceId: 'leaf-a', moduleId: 'sensor', authentication: sasAuth() } as never);
+  await svc.createDevice({ deviceId: 'leaf-x', deviceScope: other.deviceScope, authentication: sasAuth() } as never);
+  proxy = await countingProxy(hub.address, 5671);
+  link = new UpstreamLink({ parentHost: hub.hostname, port: proxy.port, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
+  closers.push(() => link.close());
+  const up = new Promise<void>((resolve) => link.once('up', () => resolve()));
+  await link.start();
+  await up;
+  assert.equal(link.connected, true);
+});
+
+after(async () => {
+  for (const c of closers.reverse()) await c().catch(() => undefined);
+  await proxy?.close();
+  svc?.close();
+  await hub?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+function deviceAuth(deviceId: string, moduleId?: string): AuthResult {
+  return { identity: moduleId === undefined ? { deviceId } : { deviceId, moduleId }, kind: 'sas', authMethod: '{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}' };
+}
+
+function telemetry(text: string, extra: Partial<Message> = {}): Message {
+  return { body: Buffer.from(text), properties: { seq: text }, ...extra };
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test('telemetry of two leaves and a module goes through one connection and arrives with their own ids, in order', async () => {
+  const store = MessageStore.open({ path: join(dir, 'order.db') });
+  closers.push(async () => store.close());
+  const endpoint = link.telemetryEndpoint();
+  const pump = new EndpointPump(store, endpoint);
+  closers.push(() => pump.stop());
+  pump.start();
+
+  const N = 60;
+  const target = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
+  const appends: Array<Promise<void>> = [];
+  for (let i = 0; i < N; i++) {
+    appends.push(store.append({ message: storedMessageOf(deviceAuth('leaf-a'), telemetry(`a-${i}`, { messageId: `a-${i}`, contentType: 'application/json', contentEncoding: 'utf-8' })), targets: target }));
+    appends.push(store.append({ message: storedMessageOf(deviceAuth('leaf-b'), telemetry(`b-${i}`, { messageId: `b-${i}` })), targets: target }));
+  }
+  appends.push(store.append({ message: storedMessageOf(deviceAuth('leaf-a', 'sensor'), telemetry('m-0', { outputName: 'out1' })), targets: target }));
+  await Promise.all(appends);
+  await until('the store to drain', () => store.queueLength('$upstream') === 0 && pump.metrics().sent === 2 * N + 1);
+
+  const a = await waitForEvents(svc, { device: 'leaf-a' }, N + 1);
+  const b = await waitForEvents(svc, { device: 'leaf-b' }, N);
+  const fromA = a.filter((e) => e.moduleId === undefined);
+  assert.deepEqual(fromA.map((e) => Buffer.from(e.body, 'base64').toString()), Array.from({ length: N }, (_, i) => `a-${i}`));
+  assert.deepEqual(b.map((e) => Buffer.from(e.body, 'base64').toString()), Array.from({ length: N }, (_, i) => `b-${i}`));
+  for (const e of fromA) {
+    assert.equal(e.annotations['iothub-connection-device-id'], 'leaf-a');
+    assert.equal(e.systemProperties['message-id'], Buffer.from(e.body, 'base64').toString());
+    assert.equal(e.systemProperties['content-type'], 'application/json');
+    assert.equal(e.properties.seq, Buffer.from(e.body, 'base64').toString());
+  }
+  for (const e of b) assert.equal(e.annotations['iothub-connection-device-id'], 'leaf-b');
+  const fromModule = a.find((e) => e.moduleId === 'sensor');
+  assert.ok(fromModule, 'the module message arrives');
+  assert.equal(fromModule.annotations['iothub-connection-module-id'], 'sensor');
+  assert.equal(fromModule.systemProperties['iothub-outputname'], 'out1');
+  assert.equal(proxy.connections, 1, 'every identity shares the one upstream connection');
+});
+
+test('twin get, reported patch and desired pushes reach the upstream identity', async () => {
+  const leaf = link.openIdentity({ deviceId: 'leaf-a', authChain: 'leaf-a;edge-1' });
+  closers.push(() => leaf.close());
+  const pushes: TwinCollection[] = [];
+  leaf.onDesired((p) => pushes.push(p));
+  await leaf.ready();
+
+  await svc.updateTwin('leaf-a', { properties: { desired: { interval: 5 } } });
+  await until('the desired push', () => pushes.some((p) => p.interval === 5));
+  const twin = await leaf.twinGet();
+  assert.equal(twin.desired.interval, 5);
+  assert.equal(typeof twin.reported.$version, 'number');
+
+  const { version } = await leaf.twinPatchReported({ firmware: '1.2.3', battery: 80 });
+  assert.ok(version > (twin.reported.$version as number), `the reported version grows (${version})`);
+  const atHub = await svc.getTwin('leaf-a');
+  assert.equal((atHub.properties?.reported as Record<string, unknown>).firmware, '1.2.3');
+  assert.equal(proxy.connections, 1);
+});
+
+test("the gateway's own $edgeHub twin (routes, TTL) is read and pushed over the same link", async () => {
+  const self = link.openIdentity({ deviceId: 'edge-1', moduleId: '$edgeHub', authChain: 'edge-1/$edgeHub;edge-1' });
+  closers.push(() => self.close());
+  const pushes: TwinCollection[] = [];
+  self.onDesired((p) => pushes.push(p));
+  await self.ready();
+  await svc.updateTwin('edge-1', { properties: { desired: { routes: { all: 'FROM /messages/* INTO $upstream' } } } }, '*', '$edgeHub');
+  await until('the $edgeHub desired push', () => pushes.some((p) => (p.routes as Record<string, string> | undefined)?.all !== undefined));
+  const twin = await self.twinGet();
+  assert.deepEqual(twin.desired.routes, { all: 'FROM /messages/* INTO $upstream' });
+  assert.equal(proxy.connections, 1);
+});
+
+test('a direct method invoked at the hub reaches onMethod and the response returns', async () => {
+  const leaf = link.openIdentity({ deviceId: 'leaf-b', authChain: 'leaf-b;edge-1' });
+  closers.push(() => leaf.close());
+  const calls: MethodRequest[] = [];
+  leaf.onMethod((req) => {
+    calls.push(req);
+    const args = JSON.parse(req.payload.toString()) as { delay: number };
+    leaf.methodResponse(req.requestId, 200, Buffer.from(JSON.stringify({ rebooting: true, delay: args.delay })));
+  });
+  await leaf.ready();
+  const r = await svc.request<{ status: number; payload: unknown }>('POST', '/twins/leaf-b/methods', { body: { methodName: 'reboot', payload: { delay: 3 }, responseTimeoutInSeconds: 10 } });
+  assert.deepEqual(r.body, { status: 200, payload: { rebooting: true, delay: 3 } });
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0]!.methodName, 'reboot');
+});
+
+test('C2D sent to a leaf at the hub reaches onC2D; abandon redelivers, complete settles it at the hub', async () => {
+  const leaf = link.openIdentity({ deviceId: 'leaf-b', authChain: 'leaf-b;edge-1' });
+  closers.push(() => leaf.close());
+  const got: UpstreamC2DDelivery[] = [];
+  leaf.onC2D((d) => got.push(d));
+  await leaf.ready();
+  await svc.request('POST', '/devices/leaf-b/messages/deviceBound', { body: { body: 'open valve', messageId: 'c2d-1', properties: { valve: '7' } } });
+  await until('the C2D delivery', () => got.length >= 1);
+  assert.equal(got[0]!.message.body.toString(), 'open valve');
+  assert.equal(got[0]!.message.messageId, 'c2d-1');
+  assert.equal(got[0]!.message.properties.valve, '7');
+
+  await leaf.settleC2D(got[0]!.lockToken, 'abandon');
+  await until('the redelivery', () => got.length >= 2);
+  assert.equal(got[1]!.message.messageId, 'c2d-1');
+  await leaf.settleC2D(got[1]!.lockToken, 'complete');
+  await until('the hub to drop the completed message', async () => (await svc.getDevice('leaf-b')).cloudToDeviceMessageCount === 0);
+  await assert.rejects(leaf.settleC2D(got[1]!.lockToken, 'complete'), /no cloud-to-device delivery with lock token/);
+});
+
+test('a leaf not in the gateway scope is refused, and its telemetry is dropped and counted', async () => {
+  const outsider = link.openIdentity({ deviceId: 'leaf-x', authChain: 'leaf-x;edge-1' });
+  closers.push(() => outsider.close());
+  await assert.rejects(outsider.twinGet(), (err: Error) => {
+    assert.match(err.message, /not in this gateway's scope/);
+    return true;
+  });
+  const endpoint = link.telemetryEndpoint() as ReturnType<UpstreamLink['telemetryEndpoint']>;
+  const before = endpoint.metrics().undeliverable;
+  await endpoint.send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-x'), telemetry('x-0')) }]);
+  assert.equal(endpoint.metrics().undeliverable, before + 1);
+  const events = (await svc.request<{ events: unknown[] }>('GET', '/events?device=leaf-x&from=0')).body.events;
+  assert.equal(events.length, 0, 'nothing arrives for the outsider');
+  assert.equal(link.connected, true, 'the refusal concerns the leaf only');
+});
+
+test('the hub checks the auth chain of each link', async () => {
+  const liar = link.openIdentity({ deviceId: 'leaf-a', moduleId: 'sensor', authChain: 'leaf-b;edge-1' });
+  closers.push(() => liar.close());
+  await assert.rejects(liar.twinGet(), /auth chain "leaf-b;edge-1" does not fit module leaf-a\/sensor/);
+});
+
+test('a leaf moved to another gateway loses its on-behalf-of links at once', async () => {
+  const edge1 = await svc.getDevice('edge-1');
+  const edge2 = await svc.getDevice('edge-2');
+  await svc.createDevice({ deviceId: 'leaf-c', deviceScope: edge1.deviceScope, authentication: sasAuth() } as never);
+  const leaf = link.openIdentity({ deviceId: 'leaf-c', authChain: 'leaf-c;edge-1' });
+  closers.push(() => leaf.close());
+  leaf.onMethod((req) => leaf.methodResponse(req.requestId, 200, Buffer.from('{}')));
+  await leaf.ready();
+  assert.equal((await svc.getDevice('leaf-c')).connectionState, 'Connected');
+
+  const moved = await svc.getDevice('leaf-c');
+  await svc.updateDevice({ ...moved, deviceScope: edge2.deviceScope!, parentScopes: [edge2.deviceScope!] });
+  await until('the hub to drop the session of the moved leaf', async () => (await svc.getDevice('leaf-c')).connectionState === 'Disconnected');
+  await assert.rejects(leaf.twinGet(), /device leaf-c is not in this gateway's scope/);
+  await assert.rejects(
+    svc.request('POST', '/twins/leaf-c/methods', { body: { methodName: 'ping', responseTimeoutInSeconds: 5 } }),
+    /404|not connected|DeviceNotOnline/i,
+  );
+});
+
+test('tokens are renewed before they expire: the link stays up and keeps working', async () => {
+  const short = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, tokenTtlSecs: 3 });
+  closers.push(() => short.close());
+  let downs = 0;
+  short.on('down', () => downs++);
+  await short.start();
+  // leaf-c moved away in an earlier test; leaf-a's session here is this link's only one.
+  const leaf = short.openIdentity({ deviceId: 'leaf-a', moduleId: 'sensor', authChain: 'leaf-a/sensor;leaf-a;edge-1' });
+  await leaf.twinGet();
+  const connectedAt = (await svc.getModule('leaf-a', 'sensor')) as { connectionState?: string; connectionStateUpdatedTime?: string };
+  assert.equal(connectedAt.connectionState, 'Connected');
+  const from = (await svc.request<{ nextSequenceNumber: number }>('GET', '/events?from=end')).body.nextSequenceNumber;
+  await new Promise((r) => setTimeout(r, 4500));
+  assert.equal(downs, 0, 'the connection was never dropped');
+  const later = (await svc.getModule('leaf-a', 'sensor')) as { connectionState?: string; connectionStateUpdatedTime?: string };
+  assert.equal(later.connectionState, 'Connected');
+  assert.equal(later.connectionStateUpdatedTime, connectedAt.connectionStateUpdatedTime, 'the hub never ended the session: its credential was renewed in time');
+  await leaf.twinGet();
+  await short.telemetryEndpoint().send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-a', 'sensor'), telemetry('after-renewal')) }]);
+  const [e] = await waitForEvents(svc, { device: 'leaf-a', module: 'sensor', from: String(from) }, 1);
+  assert.equal(Buffer.from(e!.body, 'base64').toString(), 'after-renewal');
+  await short.close();
+});
+
+test('a wrong edge key is refused', async () => {
+  const bad = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey: newKey(), minBackoffMs: 5000 });
+  closers.push(() => bad.close());
+  let refused: Error | undefined;
+  bad.on('refused', (e: Error) => (refused ??= e));
+  await assert.rejects(bad.start(), /refused the credentials of edge-1\/\$edgeHub \(401\)/);
+  assert.equal(bad.connected, false);
+  assert.ok(refused, "the 'refused' event fired");
+  await bad.close();
+});
+
+test('AMQP over WebSockets carries the same on-behalf-of traffic', async () => {
+  // A leaf of its own: another connection taking over an identity the shared link keeps attached would bounce between them.
+  await svc.createDevice({ deviceId: 'leaf-d', deviceScope: (await svc.getDevice('edge-1')).deviceScope, authentication: sasAuth() } as never);
+  const ws = new UpstreamLink({ parentHost: hub.hostname, transport: 'amqpws', trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
+  closers.push(() => ws.close());
+  await ws.start();
+  assert.equal(ws.connected, true);
+  const from = (await svc.request<{ nextSequenceNumber: number }>('GET', '/events?from=end')).body.nextSequenceNumber;
+  await ws.telemetryEndpoint().send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-d'), telemetry('over-ws')) }]);
+  const [e] = await waitForEvents(svc, { device: 'leaf-d', from: String(from) }, 1);
+  assert.equal(Buffer.from(e!.body, 'base64').toString(), 'over-ws');
+  assert.equal(e!.annotations['iothub-connection-device-id'], 'leaf-d');
+  const twin = await ws.openIdentity({ deviceId: 'leaf-d', authChain: 'leaf-d;edge-1' }).twinGet();
+  assert.equal(typeof twin.desired.$version, 'number');
+  await ws.close();
+});
+
+test('a parent certificate the trust bundle does not accept is refused', async () => {
+  const stranger = await createRootCa({ commonName: 'Not the hub root' });
+  const wrong = new UpstreamLink({ parentHost: hub.hostname, trustPem: stranger.certPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, minBackoffMs: 5000 });
+  closers.push(() => wrong.close());
+  await assert.rejects(wrong.start(), /certificate the trust bundle does not accept/);
+  assert.equal(wrong.connected, false);
+  await wrong.close();
+});
