@@ -5,7 +5,11 @@ import { registerHubCaCommands } from './hub-ca.ts';
 import { registerCertsCommands } from './certs.ts';
 import { registerMonitorEventsCommand } from './monitor-events.ts';
 import { registerDeviceSendCommand } from './device-send.ts';
+import { registerEdgeCommands } from './edge.ts';
+import { registerEdgeCheckCommand } from './edge-check.ts';
+import { registerSetModulesCommand } from './set-modules.ts';
 import { registerConsumerGroupCommands } from './consumer-group.ts';
+import { registerTopologyCommands } from './topology.ts';
 
 /** Every command group registers itself here; keep one module per group. */
 export function registerCommands(program: Command): void {
@@ -19,5 +23,9 @@ export function registerCommands(program: Command): void {
   registerCertsCommands(program);
   registerMonitorEventsCommand(program);
   registerDeviceSendCommand(program);
+  registerEdgeCommands(program);
+  registerEdgeCheckCommand(program.commands.find((c) => c.name() === 'edge'));
+  registerSetModulesCommand(program);
   registerConsumerGroupCommands(program);
+  registerTopologyCommands(program);
 }

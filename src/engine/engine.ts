@@ -24,6 +24,7 @@ import type {
   MethodInvokeRequest,
   MethodInvokeResult,
   Protocol,
+  RelayDelivery,
   Session,
   SessionHandler,
   StoredEventInfo,
@@ -79,24 +80,32 @@ export class Engine {
   private started = false;
   private stopping = false;
   private readonly maxMessageBytes: number;
+  private maxClients: number;
+  private nextRelayId = 1;
   private readonly onDesiredEvent = (d: string, m: string | undefined | null, patch: TwinCollection): void => this.pushDesired(d, m ?? undefined, patch);
   private readonly onIdentityEvent = (d: string, m: string | undefined | null, kind: string): void => {
-    this.recheckIdentity(d, m ?? undefined, kind).catch((err) => log.error({ err, deviceId: d, moduleId: m }, 'identity re-check failed'));
+    this.recheckIdentity(d, m ?? undefined, kind)
+      .then(() => (/creat/i.test(kind) ? undefined : this.reauthorizeAll()))
+      .catch((err) => log.error({ err, deviceId: d, moduleId: m }, 'identity re-check failed'));
   };
 
   constructor(readonly options: EngineOptions) {
     this.maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES;
+    this.maxClients = checkLimit(options.maxConnectedClients ?? Infinity);
   }
 
   /** Opens the stores and starts listening to the registry. */
   async start(): Promise<void> {
     if (this.started) return;
-    this.stream = new EventStream({
-      dir: this.options.dataDir,
-      partitions: this.options.partitions,
-      retentionMs: this.options.retentionMs,
-      commitIntervalMs: this.options.commitIntervalMs,
-    });
+    // A node with a telemetry sink (a gateway) forwards telemetry; it keeps no event stream.
+    if (!this.options.telemetrySink) {
+      this.stream = new EventStream({
+        dir: this.options.dataDir,
+        partitions: this.options.partitions,
+        retentionMs: this.options.retentionMs,
+        commitIntervalMs: this.options.commitIntervalMs,
+      });
+    }
     this.db = openEngineDatabase(this.options.dataDir);
     this.queue = new C2DQueue(this.db, {
       maxDepth: this.options.c2dMaxQueueDepth,
@@ -162,9 +171,18 @@ export class Engine {
     return this.cas;
   }
 
-  /** Checks a credential; throws EngineError unauthorized | not-found | disabled | expired. */
+  /**
+   * Checks a credential; throws EngineError unauthorized | not-found | disabled | expired, or
+   * forbidden when the node's authorize hook refuses the identity (checked first: an identity
+   * outside a gateway's scope is not in its registry either, and "not registered" would mislead).
+   */
   async authenticate(req: AuthRequest): Promise<AuthResult> {
     const reg = this.options.registry;
+    if (this.options.authorize && req.deviceId) {
+      const identity: IdentityRef = req.moduleId === undefined ? { deviceId: req.deviceId } : { deviceId: req.deviceId, moduleId: req.moduleId };
+      const refusal = await this.options.authorize(identity, { live: false });
+      if (refusal !== undefined) throw new EngineError('forbidden', refusal);
+    }
     return authenticate(req, {
       getDevice: (d) => reg.getDevice(d),
       getModule: (d, m) => reg.getModule(d, m),
@@ -182,6 +200,13 @@ export class Engine {
     if (!this.started || this.stopping) throw new EngineError('unavailable', 'the hub is not accepting connections');
     const key = keyOf(auth.identity);
     const old = this.sessions.get(key);
+    // A reconnect of a connected identity replaces its session, so it does not count twice.
+    if (!old && this.sessions.size >= this.maxClients) {
+      throw new EngineError(
+        'throttled',
+        `gateway has reached MaxConnectedClients=${this.maxClients}: ${describeIdentity(auth.identity)} refused (raise MaxConnectedClients, or connect fewer devices to this gateway)`,
+      );
+    }
     if (old) {
       log.info({ identity: describeIdentity(auth.identity), old: old.id }, 'new connection for the same identity replaces the old one');
       old.end('replaced', 'another connection with the same identity was opened');
@@ -212,6 +237,7 @@ export class Engine {
       'connected',
     );
     if (state.subscriptions.size > 0) {
+      for (const kind of state.subscriptions) this.subscriptionChanged(session, kind, true);
       setImmediate(() => {
         if (session.closed) return;
         if (state.subscriptions.has('c2d')) this.pumpC2D(session);
@@ -219,6 +245,32 @@ export class Engine {
       });
     }
     return session;
+  }
+
+  /** Live sessions now. */
+  connectedCount(): number {
+    return this.sessions.size;
+  }
+
+  /** The live session limit (Infinity when unlimited). */
+  get maxConnectedClients(): number {
+    return this.maxClients;
+  }
+
+  /**
+   * Changes the live session limit. When it drops below the number of live sessions, the most
+   * recently connected ones are closed ('over-limit') until the count fits: a limit holds for
+   * clients that were connected before it was lowered too.
+   */
+  setMaxConnectedClients(limit: number): number {
+    this.maxClients = checkLimit(limit);
+    const excess = this.sessions.size - this.maxClients;
+    if (excess > 0) {
+      const newest = [...this.sessions.values()].slice(-excess);
+      log.warn({ limit: this.maxClients, closing: excess }, `MaxConnectedClients lowered to ${this.maxClients}: closing the ${excess} most recent connection(s)`);
+      for (const s of newest) s.end('over-limit', `gateway has reached MaxConnectedClients=${this.maxClients} (the limit was lowered)`);
+    }
+    return excess > 0 ? excess : 0;
   }
 
   /** Whether the identity has a live session. */
@@ -232,9 +284,13 @@ export class Engine {
     return this.sessions.get(keyOf(identity));
   }
 
-  /** Telemetry; resolves once durably in the event stream. Throws too-large / bad-request. */
+  /**
+   * Telemetry; resolves once durable (in the event stream, or taken by the telemetry sink, in
+   * which case only `enqueuedTime` of the result means anything). Throws too-large / bad-request.
+   */
   async sendTelemetry(auth: AuthResult, message: Message): Promise<StoredEventInfo> {
     this.checkMessage(auth.identity, message);
+    if (this.options.telemetrySink) return this.toSink([{ auth, message }]);
     return this.eventStream.append({
       deviceId: auth.identity.deviceId,
       moduleId: auth.identity.moduleId,
@@ -248,6 +304,10 @@ export class Engine {
   /** A batch (HTTPS): all stored in one transaction, or none. */
   async sendTelemetryBatch(auth: AuthResult, messages: Message[]): Promise<StoredEventInfo[]> {
     for (const m of messages) this.checkMessage(auth.identity, m);
+    if (this.options.telemetrySink) {
+      const info = await this.toSink(messages.map((message) => ({ auth, message })));
+      return messages.map(() => info);
+    }
     return this.eventStream.appendAll(
       messages.map((message) => ({
         deviceId: auth.identity.deviceId,
@@ -258,6 +318,90 @@ export class Engine {
         message,
       })),
     );
+  }
+
+  private toSink(items: Array<{ auth: AuthResult; message: Message }>): Promise<StoredEventInfo> {
+    const enqueuedTime = Date.now();
+    let taken: Promise<void>;
+    try {
+      taken = this.options.telemetrySink!(items);
+    } catch (err) {
+      taken = Promise.reject(err);
+    }
+    return taken.then(
+      () => ({ sequenceNumber: 0, partition: 0, partitionSequenceNumber: 0, offset: 0, enqueuedTime }),
+      (err: unknown) => {
+        if (err instanceof EngineError) throw err;
+        log.error({ err }, 'telemetry sink failed');
+        throw new EngineError('unavailable', `telemetry could not be stored: ${(err as Error).message}`);
+      },
+    );
+  }
+
+  /**
+   * Hands a C2D message held elsewhere (a gateway relays it from upstream) to the device's live
+   * session. `settle` is called once with the device's outcome, or with 'abandon' when the
+   * session ends first. Returns false, without calling `settle`, when the device is not
+   * connected or has not subscribed to C2D.
+   */
+  relayC2D(deviceId: string, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): boolean {
+    const s = this.sessions.get(keyOf({ deviceId }));
+    if (!s || s.closed || !s.subscriptions.has('c2d') || !s.handler.onC2D) return false;
+    const d = this.relayed(s, delivery, settle);
+    try {
+      s.handler.onC2D(d);
+    } catch (err) {
+      log.error({ err, session: s.id }, 'C2D hand-over to the head failed');
+    }
+    return true;
+  }
+
+  /**
+   * Hands a message to a module's input (a route's BrokeredEndpoint) on its live session;
+   * like relayC2D, `settle` gets the module's outcome or 'abandon'. False when the module is
+   * not connected or has not subscribed to its inputs.
+   */
+  deliverInput(identity: IdentityRef, inputName: string, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): boolean {
+    const s = this.sessions.get(keyOf(identity));
+    if (!s || s.closed || identity.moduleId === undefined || !s.subscriptions.has('inputs') || !s.handler.onInput) return false;
+    const d = this.relayed(s, delivery, settle);
+    try {
+      s.handler.onInput(inputName, d);
+    } catch (err) {
+      log.error({ err, session: s.id }, 'input hand-over to the head failed');
+    }
+    return true;
+  }
+
+  /** Whether the identity has a live session subscribed to `kind`. */
+  isSubscribed(identity: IdentityRef, kind: SubscriptionKind): boolean {
+    const s = this.sessions.get(keyOf(identity));
+    return !!s && !s.closed && s.subscriptions.has(kind);
+  }
+
+  private relayed(s: SessionImpl, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): C2DDelivery {
+    const lockToken = `relay-${(this.nextRelayId++).toString(36)}`;
+    s.external.set(lockToken, settle);
+    const now = Date.now();
+    return {
+      lockToken,
+      deliveryCount: delivery.deliveryCount ?? 1,
+      enqueuedTime: delivery.enqueuedTime ?? now,
+      lockedUntil: now + C2D_SESSION_LOCK_MS,
+      ack: delivery.ack ?? 'none',
+      message: delivery.message,
+    };
+  }
+
+  /** @internal */
+  subscriptionChanged(s: SessionImpl, kind: SubscriptionKind, subscribed: boolean): void {
+    const hook = this.options.onSubscriptionChange;
+    if (!hook) return;
+    try {
+      hook(s.identity, kind, subscribed);
+    } catch (err) {
+      log.error({ err, session: s.id, kind }, 'subscription hook failed');
+    }
   }
 
   private checkMessage(identity: IdentityRef, message: Message): void {
@@ -459,6 +603,17 @@ export class Engine {
   /** @internal */
   sessionEnded(s: SessionImpl, reason: CloseReason): void {
     const key = keyOf(s.identity);
+    if (s.external.size > 0) {
+      const pending = [...s.external.values()];
+      s.external.clear();
+      for (const settle of pending) {
+        try {
+          settle('abandon');
+        } catch (err) {
+          log.error({ err, session: s.id }, 'could not hand back a relayed message');
+        }
+      }
+    }
     if (s.inflight.size > 0 && this.queue) {
       try {
         this.queue.release(s.inflight);
@@ -499,6 +654,20 @@ export class Engine {
     }
   }
 
+  /**
+   * Runs the authorize hook again for every live session: a change to one identity (an edge
+   * device disabled, moved or deleted) can take others out of scope.
+   */
+  private async reauthorizeAll(): Promise<void> {
+    const hook = this.options.authorize;
+    if (!hook) return;
+    for (const s of [...this.sessions.values()]) {
+      if (s.closed) continue;
+      const refusal = await hook(s.identity, { live: true });
+      if (refusal !== undefined) s.end('forbidden', refusal);
+    }
+  }
+
   private async recheckIdentity(deviceId: string, moduleId: string | undefined, kind: string): Promise<void> {
     const affected = [...this.sessions.values()].filter(
       (s) => s.identity.deviceId === deviceId && (moduleId === undefined || s.identity.moduleId === moduleId),
@@ -531,6 +700,8 @@ export class Engine {
 class SessionImpl implements Session {
   closed = false;
   readonly inflight = new Set<string>();
+  /** Relayed deliveries (relayC2D, deliverInput) not settled yet: lock token -> their settle. */
+  readonly external = new Map<string, (outcome: C2DOutcome) => unknown>();
   private expiryTimer?: NodeJS.Timeout;
   private lastActivity = 0;
 
@@ -554,13 +725,19 @@ class SessionImpl implements Session {
     if (this.closed) return;
     const had = this.subscriptions.has(kind);
     this.subscriptions.add(kind);
-    if (!had) this.engine.subscriptionsChanged(this);
+    if (!had) {
+      this.engine.subscriptionsChanged(this);
+      this.engine.subscriptionChanged(this, kind, true);
+    }
     if (kind === 'c2d') this.engine.pumpC2D(this);
     if (kind === 'methods' && !had) this.engine.notifyConnectWaiters(keyOf(this.identity));
   }
 
   unsubscribe(kind: SubscriptionKind): void {
-    if (this.subscriptions.delete(kind)) this.engine.subscriptionsChanged(this);
+    if (this.subscriptions.delete(kind)) {
+      this.engine.subscriptionsChanged(this);
+      this.engine.subscriptionChanged(this, kind, false);
+    }
   }
 
   sendTelemetry(message: Message): Promise<StoredEventInfo> {
@@ -581,6 +758,12 @@ class SessionImpl implements Session {
 
   async settleC2D(lockToken: string, outcome: C2DOutcome): Promise<void> {
     this.touch();
+    const relayed = this.external.get(lockToken);
+    if (relayed) {
+      this.external.delete(lockToken);
+      await relayed(outcome);
+      return;
+    }
     const mine = this.inflight.delete(lockToken);
     try {
       // The session holds its lock until it settles, however long that takes.
@@ -643,6 +826,12 @@ class SessionImpl implements Session {
     }, Math.min(wait, MAX_TIMER_MS));
     this.expiryTimer.unref();
   }
+}
+
+function checkLimit(limit: number): number {
+  if (limit === Infinity) return limit;
+  if (!Number.isInteger(limit) || limit < 0) throw new EngineError('bad-request', `MaxConnectedClients must be a whole number of 0 or more, got ${String(limit)}`);
+  return limit;
 }
 
 function authTypeChanged(auth: AuthResult, type: string | undefined): boolean {

@@ -322,6 +322,7 @@ export type CloseReason =
   | 'keep-alive'
   | 'protocol-error'
   | 'forbidden'
+  | 'over-limit' // the node's connection limit (MaxConnectedClients) was lowered below the live count
   | 'client' // the client went away
   | 'shutdown';
 
@@ -413,8 +414,49 @@ export interface EngineRegistry {
 // Engine options
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * Where a node that is not the root sends telemetry instead of its event stream (a gateway:
+ * routes -> durable store -> endpoint pumps). Resolve once every message is durable, which is
+ * when the device gets its acknowledgement; reject with an EngineError to refuse (e.g.
+ * 'throttled' when the store is full). Messages come in the order the device sent them.
+ */
+export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message }>) => Promise<void>;
+
+/**
+ * Decides whether an identity may use this node at all, before its credential is checked (a
+ * gateway: only identities in its scope). Resolve with undefined to let it in, or with the
+ * reason it is refused. `live` is true when the engine re-checks a connected identity after an
+ * identity change (answer from what is known; do not go looking upstream).
+ */
+export type AuthorizeHook = (identity: IdentityRef, context: { live: boolean }) => MaybePromise<string | undefined>;
+
+/** What an external delivery (a C2D message or module input held elsewhere) needs from the engine. */
+export interface RelayDelivery {
+  message: Message;
+  ack?: C2DAck;
+  /** Default 1. */
+  deliveryCount?: number;
+  /** Default now. */
+  enqueuedTime?: number;
+}
+
 export interface EngineOptions {
   registry: EngineRegistry;
+  /** Telemetry goes here instead of the event stream (no event stream is opened then). */
+  telemetrySink?: TelemetrySink;
+  /**
+   * Live sessions allowed at once, every identity counted (default: unlimited). A gateway sets
+   * its MaxConnectedClients (100 by default); `Engine.setMaxConnectedClients` changes it live.
+   */
+  maxConnectedClients?: number;
+  /** Who may connect at all (see AuthorizeHook); absent: everyone the registry knows. */
+  authorize?: AuthorizeHook;
+  /**
+   * Told when a live session starts or stops wanting a kind of push (including the
+   * subscriptions a resumed persistent session brings back), so a gateway opens the matching
+   * upstream links only while someone listens.
+   */
+  onSubscriptionChange?: (identity: IdentityRef, kind: SubscriptionKind, subscribed: boolean) => void;
   /** Directory for the engine's databases (event stream, C2D queues, trusted CAs). */
   dataDir: string;
   /** The hub host name (SAS audience host). */

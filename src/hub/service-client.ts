@@ -378,4 +378,11 @@ export class ServiceClient {
   async deleteModule(deviceId: string, moduleId: string, etag = '*'): Promise<void> {
     await this.request('DELETE', this.modulePath(deviceId, moduleId), { headers: { 'If-Match': quoteEtag(etag) } });
   }
+
+  // --- deployments ----------------------------------------------------------------------------
+
+  /** Applies a deployment to one edge device (`modulesContent`: desired properties per module). */
+  async applyConfigurationContent(deviceId: string, content: object): Promise<void> {
+    await this.request('POST', `/devices/${enc(deviceId)}/applyConfigurationContent`, { body: content });
+  }
 }

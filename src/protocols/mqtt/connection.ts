@@ -174,6 +174,8 @@ export class MqttConnection {
     try {
       this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote });
     } catch (err) {
+      // An engine refusal (e.g. the gateway's MaxConnectedClients) says why in its message.
+      if (err instanceof EngineError) return this.refuse(err.message, CONNACK.unavailable);
       log.warn({ err, who: this.who() }, 'session could not be opened');
       return this.refuse('the hub is not accepting connections', CONNACK.unavailable);
     }

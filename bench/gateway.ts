@@ -1,0 +1,242 @@
+/**
+ * Leaf -> gateway -> hub: PUBLISHERS leaves publish QoS 1 messages of SIZE bytes over TLS to a
+ * gateway (`strata edge start`), which stores and forwards them over its upstream link to a hub
+ * (`strata hub start`); a message counts when it is readable in the hub's event stream (REST
+ * server-sent events), with the send time stamped in its first 8 bytes. In the same run, the
+ * anchor: a Mosquitto chain with one bridge (../shared/anchors/mosquitto-chain.sh DIR 1 BASE)
+ * measured by ../shared/anchors/chain-bench.mjs with the same shape (publishers, size, QoS 1,
+ * windows of 100 awaited acknowledgements, TLS on every hop). Prints one JSON line per side and
+ * the ratio.
+ *
+ *   node --import tsx bench/gateway.ts [--messages 50000] [--publishers 100] [--size 256] [--anchors DIR] [--skip-anchor]
+ *
+ * Needs `mosquitto` (apt-get install -y mosquitto) for the anchor, and the `mqtt` client version
+ * 5 that chain-bench.mjs is written for: installed on first use into a cache directory outside
+ * the repository (the repository's own `mqtt` is the older one the device SDK depends on).
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import https from 'node:https';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createSasToken } from '../src/identity/sas.ts';
+import { createLeavesBulk, setupEdge, startGatewayProcess } from '../test/helpers/edge.ts';
+import { randomLoopback, startHubProcess } from '../test/helpers/hub.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    messages: { type: 'string', default: '50000' },
+    publishers: { type: 'string', default: '100' },
+    size: { type: 'string', default: '256' },
+    anchors: { type: 'string' },
+    'skip-anchor': { type: 'boolean', default: false },
+    /** Write a V8 CPU profile of the gateway process into this directory. */
+    profile: { type: 'string' },
+  },
+});
+const MSGS = Number(args.messages);
+const PUBS = Number(args.publishers);
+const SIZE = Number(args.size);
+const WINDOW = 100;
+const here = dirname(fileURLToPath(import.meta.url));
+const anchorsDir = resolve(args.anchors ?? join(here, '..', '..', 'shared', 'anchors'));
+
+/** mqtt@5 in a cache directory (the anchor's client; the repository keeps the SDK's mqtt@4). */
+function mqtt5Dir(): string {
+  const dir = join(tmpdir(), 'strata-bench-deps');
+  const pkg = join(dir, 'node_modules', 'mqtt', 'package.json');
+  if (!existsSync(pkg) || !/^5\./.test(JSON.parse(readFileSync(pkg, 'utf8')).version)) {
+    mkdirSync(dir, { recursive: true });
+    process.stderr.write(`installing mqtt@5 for the benchmark clients into ${dir}\n`);
+    execFileSync('npm', ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--prefix', dir, 'mqtt@5'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  }
+  return dir;
+}
+
+function quantile(sorted: number[], f: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))] ?? NaN;
+}
+
+interface Result {
+  msgs: number;
+  pubs: number;
+  size: number;
+  publish_s: number;
+  end_to_end_s: number;
+  msgs_per_s: number;
+  p50_ms: number;
+  p99_ms: number;
+  max_ms: number;
+}
+
+/** Reads the hub's event stream (server-sent events) from its end; calls `onEvent` with each body. */
+function followEvents(host: string, ca: string, cs: { host: string; key: string; policy: string }, onEvent: (body: Buffer) => void): { ready: Promise<void>; stop(): void } {
+  const token = createSasToken(cs.host, cs.key, Math.floor(Date.now() / 1000) + 3600, cs.policy);
+  let stop = () => {};
+  const ready = new Promise<void>((resolveReady, reject) => {
+    const req = https.request(
+      { host, port: 443, path: '/events?from=end&api-version=2021-04-12', ca, headers: { authorization: token, accept: 'text/event-stream' }, agent: false },
+      (res) => {
+        if (res.statusCode !== 200) return reject(new Error(`GET /events answered ${res.statusCode}`));
+        resolveReady();
+        res.setEncoding('utf8');
+        let buf = '';
+        res.on('data', (chunk: string) => {
+          buf += chunk;
+          let cut: number;
+          while ((cut = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, cut);
+            buf = buf.slice(cut + 2);
+            const line = block.split('\n').find((l) => l.startsWith('data: '));
+            if (line) onEvent(Buffer.from((JSON.parse(line.slice(6)) as { body: string }).body, 'base64'));
+          }
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end();
+    stop = () => req.destroy();
+  });
+  return { ready, stop: () => stop() };
+}
+
+async function runStrata(mqtt: any): Promise<Result> {
+  const profile = args.profile ? [`--cpu-prof`, `--cpu-prof-dir=${resolve(args.profile)}`] : undefined;
+  const hub = await startHubProcess();
+  const address = randomLoopback();
+  const edge = await setupEdge(hub, { gatewayId: 'bench-gw', address });
+  const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address, nodeArgs: profile });
+  try {
+    const { ids, key } = await createLeavesBulk(edge, 'bench-leaf-', PUBS);
+    const cs = Object.fromEntries(hub.connectionString.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+    let got = 0;
+    const lat: number[] = [];
+    let done!: () => void;
+    const all = new Promise<void>((r) => (done = r));
+    const reader = followEvents(hub.address, hub.caPem, { host: cs.HostName!, key: cs.SharedAccessKey!, policy: cs.SharedAccessKeyName! }, (body) => {
+      if (body.length < 8) return;
+      lat.push(Date.now() - Number(body.readBigUInt64BE(0)));
+      if (++got === MSGS) done();
+    });
+    await reader.ready;
+    // Wait until the gateway knows every leaf (the scope feed), so no connect waits on a lookup.
+    const pubs = await Promise.all(
+      ids.map((id) =>
+        mqtt.connectAsync(`mqtts://${address}:8883`, {
+          ca: edge.rootPem,
+          clientId: id,
+          username: `${hub.hostname}/${id}/?api-version=2021-04-12`,
+          password: createSasToken(`${hub.hostname}/devices/${id}`, key, Math.floor(Date.now() / 1000) + 3600),
+          protocolVersion: 4,
+          clean: true,
+          reconnectPeriod: 0,
+          rejectUnauthorized: true,
+        }),
+      ),
+    );
+    const t0 = Date.now();
+    await Promise.all(
+      pubs.map(async (c: any, i: number) => {
+        const per = Math.floor(MSGS / PUBS) + (i < MSGS % PUBS ? 1 : 0);
+        let inflight: Array<Promise<unknown>> = [];
+        for (let k = 0; k < per; k++) {
+          const p = Buffer.alloc(SIZE);
+          p.writeBigUInt64BE(BigInt(Date.now()), 0);
+          inflight.push(c.publishAsync(`devices/${ids[i]}/messages/events/`, p, { qos: 1 }));
+          if (inflight.length >= WINDOW) {
+            await Promise.all(inflight);
+            inflight = [];
+          }
+        }
+        await Promise.all(inflight);
+      }),
+    );
+    const tPub = Date.now();
+    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`timeout: ${got}/${MSGS} arrived`)), 180_000).unref());
+    await Promise.race([all, timeout]);
+    const t1 = Date.now();
+    reader.stop();
+    await Promise.all(pubs.map((c: any) => c.endAsync()));
+    lat.sort((a, b) => a - b);
+    return {
+      msgs: MSGS,
+      pubs: PUBS,
+      size: SIZE,
+      publish_s: (tPub - t0) / 1000,
+      end_to_end_s: (t1 - t0) / 1000,
+      msgs_per_s: Math.round(MSGS / ((t1 - t0) / 1000)),
+      p50_ms: quantile(lat, 0.5),
+      p99_ms: quantile(lat, 0.99),
+      max_ms: lat[lat.length - 1] ?? NaN,
+    };
+  } finally {
+    await gw.stop();
+    await hub.stop();
+    await edge.cleanup();
+  }
+}
+
+async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
+  const chain = join(anchorsDir, 'mosquitto-chain.sh');
+  const bench = join(anchorsDir, 'chain-bench.mjs');
+  if (!existsSync(chain) || !existsSync(bench)) return { error: `no anchors at ${anchorsDir} (give --anchors DIR)` };
+  try {
+    execFileSync('mosquitto', ['-h'], { stdio: 'ignore' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { error: 'mosquitto is not installed: apt-get install -y mosquitto' };
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'strata-anchor-'));
+  const base = 20000 + Math.floor(Math.random() * 20000);
+  // chain-bench.mjs imports 'mqtt'; resolve it from the cache directory (mqtt@5).
+  const hooks = join(dir, 'hooks.mjs');
+  writeFileSync(hooks, `export async function resolve(s, c, next) { return s === 'mqtt' ? next(s, { ...c, parentURL: ${JSON.stringify(pathToFileURL(join(depsDir, 'x.mjs')).href)} }) : next(s, c); }\n`);
+  const register = join(dir, 'register.mjs');
+  writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
+  try {
+    execFileSync('bash', [chain, dir, '1', String(base)], { stdio: 'ignore' });
+    const out = await new Promise<string>((resolveOut, reject) => {
+      const p = spawn(process.execPath, ['--import', pathToFileURL(register).href, bench, join(dir, 'certs', 'ca.pem'), String(base + 1), String(base), String(MSGS), String(PUBS), String(SIZE)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let text = '';
+      p.stdout.on('data', (c: Buffer) => (text += c.toString()));
+      p.on('error', reject);
+      p.on('close', () => resolveOut(text));
+    });
+    const line = out.trim().split('\n').pop() ?? '';
+    try {
+      return JSON.parse(line) as Result;
+    } catch {
+      return { error: `chain-bench: ${line}` };
+    }
+  } finally {
+    try {
+      const pids = readFileSync(join(dir, 'pids'), 'utf8').split('\n').filter(Boolean);
+      for (const pid of pids) {
+        try {
+          process.kill(Number(pid), 'SIGTERM');
+        } catch {
+          /* gone */
+        }
+      }
+    } catch {
+      /* never started */
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const depsDir = mqtt5Dir();
+const mqtt = createRequire(join(depsDir, 'x.js'))('mqtt');
+const strata = await runStrata(mqtt);
+process.stdout.write(`${JSON.stringify({ bench: 'strata leaf -> gateway -> hub', ...strata })}\n`);
+if (!args['skip-anchor']) {
+  const anchor = await runAnchor(depsDir);
+  process.stdout.write(`${JSON.stringify({ bench: 'mosquitto chain, 1 bridge (anchor)', ...anchor })}\n`);
+  if ('msgs_per_s' in anchor) {
+    process.stdout.write(`${JSON.stringify({ ratio_msgs_per_s: Number((strata.msgs_per_s / anchor.msgs_per_s).toFixed(2)), ratio_p99: Number((strata.p99_ms / anchor.p99_ms).toFixed(2)) })}\n`);
+  }
+}
+process.exit(0);

@@ -1,0 +1,273 @@
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { EngineError } from '../engine/errors.ts';
+import type { EngineRegistry, IdentityRef, MethodRequest, RegistryIdentity, SubscriptionKind, TwinCollection } from '../engine/types.ts';
+import type { UpstreamC2DDelivery, UpstreamIdentity } from '../upstream/amqp-link.ts';
+import { UpstreamDownError, UpstreamError } from '../upstream/amqp-link.ts';
+import { childLog } from '../util/log.ts';
+import type { ScopeCache } from './scope-cache.ts';
+import type { TwinCache } from './twin-cache.ts';
+
+/**
+ * The engine's registry on a gateway. Identities come from the scope cache (synced from the
+ * parent, on disk, so devices authenticate offline); twins live upstream and are reached
+ * through the upstream link on the device's behalf, with the last properties seen kept on disk
+ * for reads while the parent is unreachable; desired pushes, direct methods and C2D from the
+ * parent are relayed to the connected device. Connection state is local.
+ *
+ * An identity's upstream channel is opened when it connects (or first reads its twin) and
+ * closed when it disconnects; upstream links for pushes are attached only while the device
+ * subscribes to them, so nothing the parent sends waits at a gateway with no listener.
+ */
+
+/** What the registry needs of the upstream link. */
+export interface UpstreamOpener {
+  openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity;
+  readonly connected: boolean;
+}
+
+/** Where relayed pushes go (the gateway wires these to the engine). */
+export interface RelayHandlers {
+  /** A direct method for a connected identity; call `respond` exactly once. */
+  method(identity: IdentityRef, req: MethodRequest, respond: (status: number, payload: Buffer) => void): void;
+  /** A C2D message for a connected device; call `settle` exactly once. */
+  c2d(deviceId: string, delivery: UpstreamC2DDelivery, settle: (outcome: 'complete' | 'reject' | 'abandon') => void): void;
+}
+
+interface Entry {
+  identity: IdentityRef;
+  channel?: UpstreamIdentity;
+  /** Push kinds whose upstream callback is registered on `channel`. */
+  registered: Set<SubscriptionKind>;
+  /** Push kinds the device wants now. */
+  wanted: Set<SubscriptionKind>;
+  connected: boolean;
+}
+
+const PUSH_KINDS: ReadonlySet<SubscriptionKind> = new Set(['desired', 'methods', 'c2d']);
+
+function keyOf(id: IdentityRef): string {
+  return id.moduleId === undefined ? id.deviceId : `${id.deviceId}/${id.moduleId}`;
+}
+
+function describe(id: IdentityRef): string {
+  return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
+}
+
+export class GatewayRegistry extends EventEmitter implements EngineRegistry {
+  private readonly entries = new Map<string, Entry>();
+  private relay?: RelayHandlers;
+  private readonly log: Logger;
+  private readonly onScopeIdentity = (deviceId: string, moduleId: string | undefined, kind: string): void => {
+    if (kind === 'deleted') this.o.twins.forget(deviceId, moduleId);
+    this.emit('identity', deviceId, moduleId, kind);
+  };
+
+  constructor(private readonly o: { scope: ScopeCache; twins: TwinCache; upstream: UpstreamOpener; log?: Logger }) {
+    super();
+    this.log = o.log ?? childLog('gateway-registry');
+    o.scope.on('identity', this.onScopeIdentity);
+  }
+
+  /** Connects the relays once the engine exists. */
+  setRelay(handlers: RelayHandlers): void {
+    this.relay = handlers;
+  }
+
+  close(): Promise<void> {
+    this.o.scope.off('identity', this.onScopeIdentity);
+    const closing = [...this.entries.values()].map((e) => this.closeChannel(e));
+    this.entries.clear();
+    return Promise.all(closing).then(() => undefined);
+  }
+
+  // ---- identities ----
+
+  getDevice(deviceId: string): RegistryIdentity | undefined {
+    return this.o.scope.getDevice(deviceId);
+  }
+
+  getModule(deviceId: string, moduleId: string): RegistryIdentity | undefined {
+    return this.o.scope.getModule(deviceId, moduleId);
+  }
+
+  // ---- twins ----
+
+  async getTwin(deviceId: string, moduleId?: string): Promise<{ properties: { desired: TwinCollection; reported: TwinCollection } }> {
+    const id = ref(deviceId, moduleId);
+    try {
+      const twin = await this.channelOf(id).twinGet();
+      this.o.twins.put(deviceId, moduleId, twin);
+      return { properties: twin };
+    } catch (err) {
+      if (!unreachable(err)) throw engineErrorOf(err, `reading the twin of ${describe(id)}`);
+      const cached = this.o.twins.get(deviceId, moduleId);
+      if (!cached) {
+        throw new EngineError('unavailable', `the parent is unreachable and no twin of ${describe(id)} is cached at this gateway yet (${(err as Error).message})`);
+      }
+      this.log.info({ identity: keyOf(id), cachedAt: new Date(cached.updatedMs).toISOString() }, 'parent unreachable: answering the twin read from the cache');
+      return { properties: { desired: cached.desired, reported: cached.reported } };
+    }
+  }
+
+  async updateReported(deviceId: string, moduleId: string | undefined, patch: Record<string, unknown>): Promise<{ version: number }> {
+    const id = ref(deviceId, moduleId);
+    try {
+      const r = await this.channelOf(id).twinPatchReported(patch);
+      this.o.twins.mergeReported(deviceId, moduleId, patch, r.version);
+      return r;
+    } catch (err) {
+      if (unreachable(err)) throw new EngineError('unavailable', `the parent is unreachable; the reported properties of ${describe(id)} were not updated (${(err as Error).message})`);
+      throw engineErrorOf(err, `updating the reported properties of ${describe(id)}`);
+    }
+  }
+
+  // ---- connection state and pushes ----
+
+  setConnectionState(deviceId: string, moduleId: string | undefined, connected: boolean): void {
+    const id = ref(deviceId, moduleId);
+    const e = this.entry(id);
+    e.connected = connected;
+    if (connected) {
+      this.ensureChannel(e);
+      return;
+    }
+    e.wanted.clear();
+    this.entries.delete(keyOf(id));
+    void this.closeChannel(e);
+  }
+
+  isConnected(deviceId: string, moduleId?: string): boolean {
+    return this.entries.get(keyOf(ref(deviceId, moduleId)))?.connected ?? false;
+  }
+
+  /** The engine's subscription hook: attach (or drop) the upstream link that feeds a push kind. */
+  subscriptionChanged(identity: IdentityRef, kind: SubscriptionKind, subscribed: boolean): void {
+    if (!PUSH_KINDS.has(kind)) return;
+    const e = this.entry(identity);
+    if (subscribed) {
+      e.wanted.add(kind);
+      if (e.connected) this.register(e, kind);
+      return;
+    }
+    e.wanted.delete(kind);
+    // Upstream callbacks cannot be taken back one by one; a fresh channel carries only what is wanted.
+    if (e.registered.has(kind)) {
+      const old = e.channel;
+      e.channel = undefined;
+      e.registered.clear();
+      if (old) void old.close().catch(() => undefined);
+      if (e.connected) this.ensureChannel(e);
+    }
+  }
+
+  private entry(id: IdentityRef): Entry {
+    const k = keyOf(id);
+    let e = this.entries.get(k);
+    if (!e) {
+      e = { identity: id, registered: new Set(), wanted: new Set(), connected: false };
+      this.entries.set(k, e);
+    }
+    return e;
+  }
+
+  /** The upstream channel of an identity (opened for a twin call of an identity not connected too). */
+  private channelOf(id: IdentityRef): UpstreamIdentity {
+    const e = this.entries.get(keyOf(id));
+    if (e) return this.ensureChannel(e);
+    return this.o.upstream.openIdentity({ ...id, authChain: this.authChain(id) });
+  }
+
+  private authChain(id: IdentityRef): string {
+    const chain = this.o.scope.authChainOf(id.deviceId, id.moduleId);
+    if (chain) return chain;
+    // Not (or no longer) in scope: the parent decides; this chain names the gateway as the actor.
+    const edge = this.o.scope.edgeDeviceId;
+    return id.moduleId === undefined ? `${id.deviceId};${edge}` : `${id.deviceId}/${id.moduleId};${id.deviceId};${edge}`;
+  }
+
+  private ensureChannel(e: Entry): UpstreamIdentity {
+    if (!e.channel) {
+      e.channel = this.o.upstream.openIdentity({ ...e.identity, authChain: this.authChain(e.identity) });
+      e.registered.clear();
+    }
+    for (const kind of e.wanted) this.register(e, kind);
+    return e.channel;
+  }
+
+  private register(e: Entry, kind: SubscriptionKind): void {
+    const ch = e.channel ?? this.ensureChannel(e);
+    if (e.registered.has(kind)) return;
+    e.registered.add(kind);
+    const id = e.identity;
+    if (kind === 'desired') {
+      ch.onDesired((patch) => {
+        try {
+          this.o.twins.mergeDesired(id.deviceId, id.moduleId, patch);
+        } catch (err) {
+          this.log.warn({ err, identity: keyOf(id) }, 'could not cache a desired properties patch');
+        }
+        this.emit('desired', id.deviceId, id.moduleId, patch);
+      });
+    } else if (kind === 'methods') {
+      ch.onMethod((req) => {
+        let answered = false;
+        const respond = (status: number, payload: Buffer) => {
+          if (answered) return;
+          answered = true;
+          ch.methodResponse(req.requestId, status, payload);
+        };
+        if (!this.relay) return respond(503, Buffer.from(JSON.stringify({ message: 'the gateway is starting' })));
+        this.relay.method(id, req, respond);
+      });
+    } else if (kind === 'c2d' && id.moduleId === undefined) {
+      ch.onC2D((delivery) => {
+        let settled = false;
+        const settle = (outcome: 'complete' | 'reject' | 'abandon') => {
+          if (settled) return;
+          settled = true;
+          ch.settleC2D(delivery.lockToken, outcome).catch((err: unknown) =>
+            this.log.warn({ identity: keyOf(id), err: (err as Error).message }, 'could not settle a cloud-to-device message upstream (the parent delivers it again)'),
+          );
+        };
+        if (!this.relay) return settle('abandon');
+        this.relay.c2d(id.deviceId, delivery, settle);
+      });
+    }
+  }
+
+  private async closeChannel(e: Entry): Promise<void> {
+    const ch = e.channel;
+    e.channel = undefined;
+    e.registered.clear();
+    if (!ch) return;
+    try {
+      await ch.close();
+    } catch (err) {
+      this.log.debug({ err, identity: keyOf(e.identity) }, 'closing an upstream identity failed');
+    }
+  }
+}
+
+function ref(deviceId: string, moduleId?: string): IdentityRef {
+  return moduleId === undefined || moduleId === null ? { deviceId } : { deviceId, moduleId };
+}
+
+/** The parent could not be asked (down, timed out), as opposed to answering with a refusal. */
+function unreachable(err: unknown): boolean {
+  if (err instanceof UpstreamDownError) return true;
+  if (err instanceof UpstreamError) return err.status === undefined || err.status === 504 || err.status === 503 || err.condition === 'com.microsoft:timeout';
+  return !(err instanceof EngineError);
+}
+
+function engineErrorOf(err: unknown, what: string): EngineError {
+  if (err instanceof EngineError) return err;
+  const status = (err as { status?: number }).status;
+  const text = `${what}: ${(err as Error).message}`;
+  if (status === 400) return new EngineError('bad-request', text);
+  if (status === 401 || status === 403) return new EngineError('forbidden', text);
+  if (status === 404) return new EngineError('not-found', text);
+  if (status === 412) return new EngineError('precondition', text);
+  if (status === 429) return new EngineError('throttled', text);
+  return new EngineError('internal', text);
+}

@@ -1,0 +1,571 @@
+import { X509Certificate } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
+import { isIP, type AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import tls, { type TLSSocket } from 'node:tls';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { Engine } from '../engine/engine.ts';
+import { EngineError } from '../engine/errors.ts';
+import type { AuthResult, AuthorizeHook, IdentityRef, Message, TelemetrySink } from '../engine/types.ts';
+import { listenError } from '../hub/hub.ts';
+import { scopeApi } from '../hub/scope-api.ts';
+import { EDGE_HUB } from '../identity/device-id.ts';
+import { AMQP_WS_SUBPROTOCOL, AmqpHead } from '../protocols/amqp/index.ts';
+import { clientCertificateOf } from '../protocols/http/client-cert.ts';
+import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
+import { webSocketDispatcher } from '../protocols/ws.ts';
+import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
+import type { RouteTable } from '../routing/route-table.ts';
+import { MessageStore, StoreFullError } from '../store/message-store.ts';
+import { UpstreamLink, type UpstreamC2DDelivery } from '../upstream/amqp-link.ts';
+import { storedMessageOf } from '../upstream/stored-message.ts';
+import { UserError } from '../util/errors.ts';
+import { childLog } from '../util/log.ts';
+import type { EdgeConfig } from './config.ts';
+import { EdgeHubRoutes } from './edgehub-routes.ts';
+import { GatewayRegistry } from './gateway-registry.ts';
+import { diagnosticLines, loadEdgeConfigFile, type LoadedConfig } from './load-config.ts';
+import {
+  defaultEdgeDataDir,
+  edgeFiles,
+  readAppliedConfig,
+  releaseGatewayLock,
+  takeGatewayLock,
+  writeGatewayState,
+  writeReloadStatus,
+  type ReloadStatus,
+} from './local.ts';
+import { GatewayMetrics, serveMetrics } from './metrics.ts';
+import { ModuleInputEndpoint } from './module-endpoint.ts';
+import { ScopeCache } from './scope-cache.ts';
+import { ScopeSync } from './scope-sync.ts';
+import { SecurityManager } from './security-manager.ts';
+import { TwinCache } from './twin-cache.ts';
+
+const log = childLog('gateway');
+
+/** The original edge hub's default. */
+export const DEFAULT_MAX_CONNECTED_CLIENTS = 100;
+/** The original's metrics port. */
+export const DEFAULT_METRICS_PORT = 9600;
+/** How long a direct method relayed from upstream may wait for the device (IoT Hub's maximum). */
+const RELAYED_METHOD_TIMEOUT_S = 300;
+/** Messages per upstream batch (senders within a batch go in parallel, each in order). */
+const UPSTREAM_BATCH = 5000;
+/** At most one "not forwarded: no route" line this often. */
+const NO_ROUTE_LOG_MS = 10_000;
+
+export interface GatewayPorts {
+  mqtt?: number;
+  amqp?: number;
+  https?: number;
+  metrics?: number;
+}
+
+export interface GatewayOptions {
+  configPath: string;
+  /** Default ./.strata/edge-{deviceId}. */
+  dataDir?: string;
+  /** Address to listen on; default the hostname when it is an IP address, else 127.0.0.1. */
+  bind?: string;
+  /** 8883, 5671, 443 and 9600 by default; 0 picks a free port. */
+  ports?: GatewayPorts;
+  /** Where MaxConnectedClients and UpstreamProtocol are read from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Lines for the person who started the gateway (warnings, the start-up summary). */
+  print?: (line: string) => void;
+}
+
+export interface GatewayNode {
+  readonly deviceId: string;
+  readonly dataDir: string;
+  readonly bind: string;
+  readonly ports: { mqtt: number; amqp: number; https: number; metrics: number };
+  readonly engine: Engine;
+  readonly store: MessageStore;
+  readonly scope: ScopeCache;
+  readonly link: UpstreamLink;
+  readonly security: SecurityManager;
+  readonly metrics: GatewayMetrics;
+  readonly routes: EdgeHubRoutes;
+  hostname(): string;
+  config(): EdgeConfig;
+  /** Re-reads a config file (default: the applied one, else the one it started with) and applies what changed. */
+  reload(configPath?: string, requestId?: string): Promise<ReloadStatus>;
+  /** The start-up summary lines. */
+  summary(): string[];
+  close(): Promise<void>;
+}
+
+type Setting<T> = { value: T; source: string };
+
+function maxClientsSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): Setting<number> {
+  const fromConfig = config.settings.max_connected_clients;
+  const fromEnv = env.MaxConnectedClients;
+  const check = (v: unknown, where: string): number => {
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
+      throw new UserError(`MaxConnectedClients from ${where} must be a whole number of 0 or more, got ${JSON.stringify(v)}`, 'Set it to e.g. 100 (the default)');
+    }
+    return n;
+  };
+  if (fromConfig !== undefined) return { value: check(fromConfig, '[strata] max_connected_clients'), source: '[strata] max_connected_clients' };
+  if (fromEnv !== undefined && fromEnv !== '') return { value: check(fromEnv, 'the environment variable MaxConnectedClients'), source: 'env MaxConnectedClients' };
+  return { value: DEFAULT_MAX_CONNECTED_CLIENTS, source: 'default' };
+}
+
+function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv, print: (l: string) => void): 'amqp' | 'amqpws' {
+  const raw = String(config.settings.upstream_protocol ?? env.UpstreamProtocol ?? 'Amqp');
+  const v = raw.trim().toLowerCase();
+  if (v === 'amqp') return 'amqp';
+  if (v === 'amqpws') return 'amqpws';
+  if (v === 'mqtt' || v === 'mqttws') {
+    print(`warning: UpstreamProtocol ${raw} is not available yet; the upstream link uses Amqp`);
+    return 'amqp';
+  }
+  throw new UserError(`UpstreamProtocol "${raw}" is not one of Amqp, AmqpWs, Mqtt, MqttWs`, 'Set UpstreamProtocol (env) or [strata] upstream_protocol to Amqp or AmqpWs');
+}
+
+function edgeKeyOf(config: EdgeConfig): string {
+  const auth = config.provisioning?.authentication;
+  if (!auth || auth.method !== 'sas') throw new UserError('the gateway needs a SAS key for its edge device', 'Use a connection_string, or method = "sas" with device_id_pk');
+  return auth.deviceIdPk;
+}
+
+function portText(port: number, dflt: number): string {
+  return port === dflt ? '' : `:${port}`;
+}
+
+/**
+ * Starts a gateway: the edge hub of one edge device, acting as a transparent gateway for the
+ * devices below it. See the module comment of each part for the details.
+ */
+export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
+  const print = o.print ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const env = o.env ?? process.env;
+  let loaded: LoadedConfig = loadEdgeConfigFile(o.configPath, { provisioning: true });
+  for (const line of diagnosticLines(loaded.path, loaded.diagnostics)) print(line);
+  let config = loaded.config;
+  const prov = config.provisioning!;
+  const deviceId = prov.deviceId;
+  const hubHostName = prov.iothubHostname;
+  const edgeKey = edgeKeyOf(config);
+  const trustPem = loaded.files.trustBundlePem!;
+  const dataDir = resolve(o.dataDir ?? defaultEdgeDataDir(deviceId));
+  mkdirSync(dataDir, { recursive: true });
+  takeGatewayLock(dataDir);
+  const files = edgeFiles(dataDir);
+  const hostname = config.hostname;
+  const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
+  const maxClients = maxClientsSetting(config, env);
+  const transport = upstreamTransport(config, env, print);
+  const parentHost = config.parentHostname ?? hubHostName;
+
+  const closers: Array<() => Promise<void> | void> = [() => releaseGatewayLock(dataDir)];
+  const runClosers = async () => {
+    while (closers.length > 0) {
+      const fn = closers.pop()!;
+      try {
+        await fn();
+      } catch (err) {
+        log.warn({ err }, 'error during shutdown');
+      }
+    }
+  };
+
+  try {
+    const security = await SecurityManager.start({ dataDir, hostname, deviceId, edgeCa: loaded.files.edgeCa });
+    closers.push(() => security.close());
+
+    const scope = ScopeCache.open(files.scopeDb, { edgeDeviceId: deviceId });
+    closers.push(() => scope.close());
+    const twins = TwinCache.open(files.gatewayDb);
+    closers.push(() => twins.close());
+    const store = MessageStore.open({ path: files.storeDb });
+    closers.push(() => store.close());
+
+    const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });
+    const link = new UpstreamLink({
+      parentHost,
+      transport,
+      trustPem,
+      hubHostName,
+      edgeDeviceId: deviceId,
+      edgeKey,
+      authChainOf: (id) => scope.authChainOf(id.deviceId, id.moduleId),
+      // Large batches: the pump keeps one batch in flight, so its size sets how much rides one round trip.
+      maxBatch: UPSTREAM_BATCH,
+    });
+
+    const registry = new GatewayRegistry({ scope, twins, upstream: link });
+    closers.push(() => registry.close());
+    const routes = new EdgeHubRoutes({ edgeDeviceId: deviceId, twins });
+    routes.loadCached();
+
+    // ---- telemetry: routes -> store (acknowledged once durable) -> one pump per endpoint ----
+    let noRoute = { count: 0, lastLog: 0 };
+    const notForwarded = (sender: string) => {
+      metrics.dropped.inc({ reason: 'no_route' });
+      noRoute.count++;
+      const now = Date.now();
+      if (now - noRoute.lastLog < NO_ROUTE_LOG_MS) return;
+      const why = routes.configured ? 'no route matches it' : `no routes are configured; ${routes.howToConfigure}`;
+      log.warn({ sender, notForwardedSinceLastLine: noRoute.count }, `message from ${sender} not forwarded: ${why}`);
+      noRoute = { count: 0, lastLog: now };
+    };
+    const storeError = (err: unknown): never => {
+      if (err instanceof StoreFullError) {
+        throw new EngineError('throttled', `the gateway's message store is full (${err.message}); messages are refused until the upstream drains it`);
+      }
+      throw new EngineError('unavailable', `the gateway could not store the message: ${(err as Error).message}`);
+    };
+    /** Routes one message and stores it for every endpoint it goes to (undefined: it goes nowhere). */
+    const route = (auth: AuthResult, message: Message): Promise<void> | undefined => {
+      metrics.received.inc();
+      const stored = storedMessageOf(auth, message);
+      const deliveries = routes.table.match(stored);
+      if (deliveries.length === 0) {
+        notForwarded(stored.sender);
+        return undefined;
+      }
+      return store.append({ message: stored, targets: deliveries.map((d) => ({ endpoint: d.endpoint.id, priority: d.priority, ttlSecs: d.ttlSecs })) });
+    };
+    // One message per call is the common case (MQTT, AMQP): no arrays, one promise.
+    const sink: TelemetrySink = (items) => {
+      if (items.length === 1) return route(items[0]!.auth, items[0]!.message)?.catch(storeError) ?? Promise.resolve();
+      return Promise.all(items.map((i) => route(i.auth, i.message))).then(() => undefined, storeError);
+    };
+
+    const authorize: AuthorizeHook = async (identity, { live }) => {
+      let c = scope.check(identity.deviceId, identity.moduleId);
+      if (!c.ok && c.reason === 'not-found' && !live) {
+        // Created a moment ago, before the scope feed told us: ask the parent once.
+        try {
+          await sync.onDemand(identity.deviceId, identity.moduleId);
+        } catch (err) {
+          log.debug({ err: (err as Error).message }, 'on-demand identity lookup failed; going by the cache');
+        }
+        c = scope.check(identity.deviceId, identity.moduleId);
+      }
+      return c.ok ? undefined : c.message;
+    };
+
+    const moduleEndpoints = new Map<string, ModuleInputEndpoint>();
+    const extraHostNames = [hostname];
+    const engine = new Engine({
+      registry,
+      dataDir,
+      hostName: hubHostName,
+      extraHostNames,
+      telemetrySink: sink,
+      maxConnectedClients: maxClients.value,
+      authorize,
+      onSubscriptionChange: (identity, kind, subscribed) => {
+        registry.subscriptionChanged(identity, kind, subscribed);
+        if (kind === 'inputs' && identity.deviceId === deviceId) for (const ep of moduleEndpoints.values()) if (ep.moduleId === identity.moduleId) ep.poke();
+      },
+    });
+    await engine.start();
+    closers.push(() => engine.close());
+
+    registry.setRelay({
+      method: (identity, req, respond) => relayMethod(engine, identity, req, respond),
+      c2d: (target, delivery, settle) => relayC2D(engine, target, delivery, settle),
+    });
+
+    const metrics = new GatewayMetrics(
+      {
+        connectedClients: () => engine.connectedCount(),
+        maxConnectedClients: () => engine.maxConnectedClients,
+        endpoints: () => store.endpoints().map((e) => {
+          const m = store.metrics(e);
+          return { endpoint: e, queueLength: m.queueLength, expired: m.expired };
+        }),
+        upstreamConnected: () => link.connected,
+      },
+      { edge_device: deviceId },
+    );
+
+    const pumps = new Map<string, EndpointPump>();
+    const counted = (ep: DeliveryEndpoint): DeliveryEndpoint => ({
+      name: ep.name,
+      maxBatch: ep.maxBatch,
+      send: async (batch) => {
+        await ep.send(batch);
+        metrics.sent.inc({ endpoint: ep.name }, batch.length);
+      },
+      ...(ep.isAvailable ? { isAvailable: () => ep.isAvailable!() } : {}),
+      ...(ep.onAvailable ? { onAvailable: (l: () => void) => ep.onAvailable!(l) } : {}),
+    });
+    const ensurePump = (name: string) => {
+      if (pumps.has(name)) return;
+      let ep: DeliveryEndpoint;
+      if (name === '$upstream') ep = link.telemetryEndpoint();
+      else {
+        const m = /^\/modules\/([^/]+)\/inputs\/([^/]+)$/.exec(name);
+        if (!m) {
+          log.error({ endpoint: name }, 'the store holds messages for an endpoint this gateway cannot deliver to; they stay stored');
+          return;
+        }
+        const mep = new ModuleInputEndpoint(engine, deviceId, m[1]!, m[2]!);
+        moduleEndpoints.set(name, mep);
+        ep = mep;
+      }
+      const pump = new EndpointPump(store, counted(ep));
+      pumps.set(name, pump);
+      pump.start();
+    };
+    const pumpsFor = (table: RouteTable) => table.endpoints().forEach((e) => ensurePump(e.id));
+    // Leftovers of earlier runs drain too, whatever the routes say now.
+    for (const e of store.endpoints()) ensurePump(e);
+    pumpsFor(routes.table);
+    routes.on('changed', pumpsFor);
+    closers.push(async () => {
+      await Promise.all([...pumps.values()].map((p) => p.stop()));
+    });
+
+    // ---- listeners: MQTT 8883, AMQP 5671, HTTPS 443 (health, MQTT and AMQP over WebSockets) ----
+    const ports = { mqtt: o.ports?.mqtt ?? 8883, amqp: o.ports?.amqp ?? 5671, https: o.ports?.https ?? 443, metrics: o.ports?.metrics ?? numberSetting(config.settings.metrics_port) ?? DEFAULT_METRICS_PORT };
+    const tlsNow = security.tlsOptions();
+
+    let mqtt;
+    try {
+      mqtt = await startMqttListener({ engine, host: bind, port: ports.mqtt, certPem: tlsNow.cert, keyPem: tlsNow.key });
+    } catch (err) {
+      throw listenError(err, 'MQTT', bind, ports.mqtt);
+    }
+    closers.push(() => mqtt.close());
+    security.attach(mqtt.server);
+    ports.mqtt = mqtt.port;
+
+    // A parent gateway answers its child gateways as the hub would: identities and on-behalf-of
+    // claims come from this gateway's scope cache, and what it does not know is asked further up.
+    const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain) });
+    const amqp = new AmqpHead({ engine, hostName: hubHostName, extraHostNames, policy: () => undefined, onBehalfOf: childScope });
+    closers.push(() => amqp.close());
+    const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'] });
+    amqpServer.on('secureConnection', (socket: TLSSocket) => {
+      socket.setNoDelay(true);
+      const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+      try {
+        amqp.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket) });
+      } catch (err) {
+        log.error({ err, remote }, 'could not serve an AMQP connection');
+        socket.destroy();
+      }
+    });
+    amqpServer.on('tlsClientError', (err, socket) => log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message }, 'TLS handshake failed on the AMQP port'));
+    await listen(amqpServer, bind, ports.amqp, 'AMQP');
+    amqpServer.on('error', (err) => log.error({ err }, 'AMQP listener error'));
+    closers.push(() => new Promise<void>((r) => amqpServer.close(() => r())));
+    security.attach(amqpServer);
+    ports.amqp = (amqpServer.address() as AddressInfo).port;
+
+    const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false }, forceCloseConnections: true, logger: false });
+    closers.push(() => app.close());
+    app.get('/health', async () => ({
+      status: 'ok',
+      deviceId,
+      hostname: security.currentHostname,
+      upstream: { parent: link.describeParent(), connected: link.connected },
+      scopeSync: sync.state,
+      connectedClients: engine.connectedCount(),
+      maxConnectedClients: engine.maxConnectedClients,
+      routes: routes.table.routes.length,
+      queues: Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)])),
+      serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
+    }));
+    await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
+    const https = app.server as HttpsServer;
+    const mqttWs = attachMqttWebSocket(https, engine);
+    closers.push(() => mqttWs.close());
+    webSocketDispatcher(https).register(AMQP_WS_SUBPROTOCOL, (stream, req) => {
+      const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
+      amqp.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
+    });
+    try {
+      await app.listen({ port: ports.https, host: bind });
+    } catch (err) {
+      throw listenError(err, 'HTTPS', bind, ports.https);
+    }
+    security.attach(https);
+    ports.https = (https.address() as AddressInfo).port;
+
+    let metricsServer;
+    try {
+      metricsServer = await serveMetrics(metrics, bind, ports.metrics);
+    } catch (err) {
+      throw listenError(err, 'metrics', bind, ports.metrics);
+    }
+    closers.push(() => metricsServer.close());
+    ports.metrics = metricsServer.port;
+
+    // ---- upstream: scope sync, the link, the $edgeHub twin (routes) ----
+    sync.start();
+    closers.push(() => sync.stop());
+    closers.push(() => link.close());
+    link.on('up', () => log.info({ parent: link.describeParent() }, 'upstream link up'));
+    link.on('refused', (err: Error) => print(`error: ${err.message}`));
+    const startLink = link.start().catch((err: unknown) => {
+      print(`error: the parent refused this gateway: ${(err as Error).message} (still retrying)`);
+    });
+    const edgeHubChannel = link.openIdentity({ deviceId, moduleId: EDGE_HUB, authChain: scope.authChainOf(deviceId, EDGE_HUB) ?? `${deviceId}/${EDGE_HUB};${deviceId}` });
+    const firstRoutes = routes.follow(edgeHubChannel, link);
+    // Not awaited past a short while: a gateway starts (and serves devices) with its parent offline.
+    const shortly = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
+    await Promise.race([startLink, shortly(3000)]);
+    if (link.connected) await Promise.race([firstRoutes, shortly(3000)]);
+
+    let currentLoaded = loaded;
+    const maxSource = { value: maxClients.source };
+    const describeTrust = () => (security.usingQuickstartCa ? `the quickstart Edge CA ${security.quickstartCaPath}` : `the root of trust_bundle_cert ${config.trustBundleCert}`);
+    const summary = (): string[] => {
+      const h = security.currentHostname;
+      const caSubject = new X509Certificate(security.edgeCaPem).subject.replace(/\n/g, ', ');
+      return [
+        `strata edge gateway ${deviceId} is running (data: ${dataDir}, listening on ${bind})`,
+        `  hostname                 ${h} (server certificate CN; SAN ${isIP(h) ? 'IP' : 'DNS'}:${h}, DNS:edgehub; valid until ${security.identity.notAfter.toISOString()})`,
+        `  MQTT (TLS)               mqtts://${h}${portText(ports.mqtt, 8883) || ':8883'}`,
+        `  AMQP (TLS)               amqps://${h}${portText(ports.amqp, 5671) || ':5671'}`,
+        `  HTTPS                    https://${h}${portText(ports.https, 443)}/health`,
+        `  MQTT/AMQP over WebSockets wss://${h}${portText(ports.https, 443)}/$iothub/websocket`,
+        `  metrics                  http://${bind}:${ports.metrics}/metrics`,
+        `  Edge CA                  ${security.usingQuickstartCa ? `quickstart (self-signed, ${security.quickstartCaPath})` : `${caSubject} (${config.edgeCa?.cert})`}`,
+        `  devices must trust       ${describeTrust()}`,
+        `  trusts upstream          ${config.trustBundleCert}`,
+        `  upstream                 ${link.describeParent()} (${config.parentHostname ? `parent gateway ${config.parentHostname}` : `IoT hub ${hubHostName}`}): ${link.connected ? 'connected' : 'not connected yet (devices are served offline; messages are stored)'}`,
+        `  MaxConnectedClients      ${engine.maxConnectedClients} (${maxSource.value})`,
+        `  routes                   ${routes.configured ? routes.table.routes.map((r) => r.name).join(', ') : `none configured: messages are not forwarded; ${routes.howToConfigure}`}`,
+      ];
+    };
+
+    const reload = async (configPath?: string, requestId?: string): Promise<ReloadStatus> => {
+      const path = configPath ?? readAppliedConfig(dataDir)?.configPath ?? currentLoaded.path;
+      const status: ReloadStatus = { requestId, ok: false, changes: [], errors: [], at: new Date().toISOString() };
+      let next: LoadedConfig;
+      try {
+        next = loadEdgeConfigFile(path, { provisioning: true });
+      } catch (err) {
+        status.errors = (err as Error).message.split('\n');
+        log.error({ config: path, errors: status.errors }, 'configuration not applied: it has errors; the running configuration stays');
+        writeReloadStatus(dataDir, status);
+        return status;
+      }
+      const c = next.config;
+      const restartFor: string[] = [];
+      if (c.provisioning?.deviceId !== deviceId) restartFor.push('the edge device id');
+      if (c.provisioning?.iothubHostname !== hubHostName) restartFor.push('the IoT hub host name');
+      if ((c.parentHostname ?? hubHostName) !== parentHost) restartFor.push('parent_hostname');
+      if (restartFor.length > 0) status.changes.push(`needs a restart to take effect: ${restartFor.join(', ')}`);
+      try {
+        const oldHost = security.currentHostname;
+        if (await security.update({ hostname: c.hostname, edgeCa: next.files.edgeCa })) {
+          if (c.hostname !== oldHost) {
+            extraHostNames.splice(0, extraHostNames.length, c.hostname);
+            status.changes.push(`hostname ${oldHost} -> ${c.hostname}`);
+          }
+          status.changes.push(`server certificate re-issued (CN ${c.hostname}, valid until ${security.identity.notAfter.toISOString()}) and swapped in on every listener`);
+        }
+        const max = maxClientsSetting(c, env);
+        if (max.value !== engine.maxConnectedClients) {
+          const before = engine.maxConnectedClients;
+          const closed = engine.setMaxConnectedClients(max.value);
+          status.changes.push(`MaxConnectedClients ${before} -> ${max.value}${closed > 0 ? ` (closed ${closed} connection(s) over the new limit)` : ''}`);
+        }
+        maxSource.value = max.source;
+      } catch (err) {
+        status.errors.push((err as Error).message);
+        writeReloadStatus(dataDir, status);
+        log.error({ err: (err as Error).message }, 'applying the configuration failed');
+        return status;
+      }
+      currentLoaded = next;
+      config = c;
+      status.ok = true;
+      if (status.changes.length === 0) status.changes.push('nothing changed');
+      log.info({ config: path, changes: status.changes }, 'configuration applied');
+      writeReloadStatus(dataDir, status);
+      return status;
+    };
+
+    const node: GatewayNode = {
+      deviceId,
+      dataDir,
+      bind,
+      ports,
+      engine,
+      store,
+      scope,
+      link,
+      security,
+      metrics,
+      routes,
+      hostname: () => security.currentHostname,
+      config: () => config,
+      reload,
+      summary,
+      close: runClosers,
+    };
+    writeGatewayState(dataDir, {
+      deviceId,
+      hostname,
+      bind,
+      ports: { ...ports },
+      configPath: loaded.path,
+      upstream: link.describeParent(),
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    });
+    loaded = undefined as never;
+    log.info({ deviceId, hostname, bind, ports, dataDir, upstream: link.describeParent() }, 'gateway started');
+    return node;
+  } catch (err) {
+    await runClosers();
+    throw err;
+  }
+}
+
+function numberSetting(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 65535) throw new UserError(`[strata] metrics_port must be a port number, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function listen(server: tls.Server, host: string, port: number, what: string): Promise<void> {
+  return new Promise<void>((resolvePromise, reject) => {
+    server.once('error', (err) => reject(listenError(err, what, host, port)));
+    server.listen(port, host, () => resolvePromise());
+  });
+}
+
+/** A direct method from upstream, to the connected device, and its answer back. */
+function relayMethod(engine: Engine, identity: IdentityRef, req: { methodName: string; payload: Buffer }, respond: (status: number, payload: Buffer) => void): void {
+  let payload: unknown = null;
+  if (req.payload.length > 0) {
+    const text = req.payload.toString('utf8');
+    try {
+      payload = JSON.parse(text);
+    } catch {
+      payload = text;
+    }
+  }
+  engine.invokeMethod(identity, { methodName: req.methodName, payload, responseTimeoutInSeconds: RELAYED_METHOD_TIMEOUT_S }).then(
+    (r) => respond(r.status, Buffer.from(JSON.stringify(r.payload ?? null))),
+    (err: unknown) => {
+      const code = err instanceof EngineError ? err.code : 'internal';
+      const status = code === 'not-connected' ? 404 : code === 'timeout' ? 504 : code === 'bad-request' ? 400 : 500;
+      respond(status, Buffer.from(JSON.stringify({ message: (err as Error).message })));
+    },
+  );
+}
+
+/** A C2D message from upstream, to the connected device; its settlement goes back upstream. */
+function relayC2D(engine: Engine, deviceId: string, delivery: UpstreamC2DDelivery, settle: (outcome: 'complete' | 'reject' | 'abandon') => void): void {
+  const message = { ...delivery.message, properties: { ...delivery.message.properties } };
+  const rawAck = message.properties['iothub-ack'];
+  delete message.properties['iothub-ack'];
+  const ack = rawAck === 'positive' || rawAck === 'negative' || rawAck === 'full' ? rawAck : 'none';
+  const handed = engine.relayC2D(deviceId, { message, ack, deliveryCount: delivery.deliveryCount }, settle);
+  if (!handed) settle('abandon');
+}

@@ -1,0 +1,64 @@
+import type { Engine } from '../engine/engine.ts';
+import type { C2DOutcome, IdentityRef } from '../engine/types.ts';
+import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
+import type { QueuedMessage } from '../store/message-store.ts';
+import { messageOfStored } from '../upstream/stored-message.ts';
+import { childLog } from '../util/log.ts';
+
+const log = childLog('module-endpoint');
+
+/**
+ * A route's `BrokeredEndpoint("/modules/{m}/inputs/{i}")`: delivers queued messages to the
+ * input of a module of this gateway's device, on the module's live session (MQTT or AMQP), in
+ * order. A batch succeeds once the module has settled every message: completed or rejected
+ * (a rejected message is not offered again); an abandon, or the module going away, fails the
+ * batch and the pump offers it again when the module is back.
+ */
+export class ModuleInputEndpoint implements DeliveryEndpoint {
+  readonly name: string;
+  readonly maxBatch = 50;
+  readonly identity: IdentityRef;
+  private readonly availability: Availability;
+
+  constructor(
+    private readonly engine: Pick<Engine, 'deliverInput' | 'isSubscribed'>,
+    readonly edgeDeviceId: string,
+    readonly moduleId: string,
+    readonly input: string,
+  ) {
+    this.name = `/modules/${moduleId}/inputs/${input}`;
+    this.identity = { deviceId: edgeDeviceId, moduleId };
+    this.availability = new Availability(engine.isSubscribed(this.identity, 'inputs'));
+  }
+
+  isAvailable(): boolean {
+    return this.engine.isSubscribed(this.identity, 'inputs');
+  }
+
+  onAvailable(listener: () => void): () => void {
+    return this.availability.onAvailable(listener);
+  }
+
+  /** The module's inputs subscription changed (the gateway calls this from the engine's hook). */
+  poke(): void {
+    this.availability.set(this.isAvailable());
+  }
+
+  async send(batch: readonly QueuedMessage[]): Promise<void> {
+    const outcomes: Array<Promise<C2DOutcome>> = [];
+    for (const q of batch) {
+      let settle!: (o: C2DOutcome) => void;
+      const done = new Promise<C2DOutcome>((resolve) => (settle = resolve));
+      const handed = this.engine.deliverInput(this.identity, this.input, { message: messageOfStored(q.message), enqueuedTime: q.enqueuedAt }, settle);
+      if (!handed) {
+        // What was handed over already comes back as 'abandon' when the session ends.
+        throw new Error(`module ${this.edgeDeviceId}/${this.moduleId} is not connected or has not subscribed to its inputs`);
+      }
+      outcomes.push(done);
+    }
+    const results = await Promise.all(outcomes);
+    const rejected = results.filter((r) => r === 'reject').length;
+    if (rejected > 0) log.warn({ endpoint: this.name, rejected }, 'the module rejected messages; they are not offered again');
+    if (results.some((r) => r === 'abandon')) throw new Error(`module ${this.edgeDeviceId}/${this.moduleId} abandoned messages on input ${this.input}`);
+  }
+}

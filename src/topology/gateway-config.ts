@@ -1,0 +1,49 @@
+import { mkdirSync, writeFileSync, chmodSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+/**
+ * A gateway's config.toml in the seeds' form: the top-level keys first (a key written after a
+ * section header would belong to that section), then [provisioning] and [edge_ca].
+ */
+
+export interface GatewayConfigInput {
+  hostname: string;
+  /** Absent for a gateway directly under the hub. */
+  parentHostname?: string;
+  trustBundleCert: string;
+  connectionString: string;
+  edgeCaCert: string;
+  edgeCaKey: string;
+  /** Where the values came from, for the header comment. */
+  source: string;
+}
+
+const str = (s: string) => JSON.stringify(s);
+const fileUri = (path: string) => pathToFileURL(path).href;
+
+export function renderGatewayConfig(c: GatewayConfigInput): string {
+  const lines = [
+    `# Written by \`strata topology up\` from ${c.source}; rewritten on every up.`,
+    `hostname = ${str(c.hostname)}`,
+    ...(c.parentHostname ? [`parent_hostname = ${str(c.parentHostname)}`] : []),
+    `trust_bundle_cert = ${str(fileUri(c.trustBundleCert))}`,
+    '',
+    '[provisioning]',
+    'source = "manual"',
+    `connection_string = ${str(c.connectionString)}`,
+    '',
+    '[edge_ca]',
+    `cert = ${str(fileUri(c.edgeCaCert))}`,
+    `pk = ${str(fileUri(c.edgeCaKey))}`,
+    '',
+  ];
+  return lines.join('\n');
+}
+
+/** Writes the config readable by its owner only: it holds the gateway's key. */
+export function writeGatewayConfig(path: string, c: GatewayConfigInput): void {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, renderGatewayConfig(c), { mode: 0o600 });
+  chmodSync(path, 0o600);
+}

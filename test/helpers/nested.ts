@@ -1,0 +1,119 @@
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import type { ServiceClient } from '../../src/hub/service-client.ts';
+import { setupEdge, type EdgeSetup } from './edge.ts';
+import type { HubProcess } from './hub.ts';
+
+/**
+ * Gateway layers under a hub (each gateway's identity a child of the layer above, its config
+ * naming the layer above in parent_hostname), and a recorder of the TCP connections a process
+ * opens, read from /proc, for the network-isolation checks.
+ */
+
+/** Registers `gatewayId` at the hub under `parent` (or directly under the hub) and points its config at the parent. */
+export async function setupLayer(hub: HubProcess, o: { gatewayId: string; address: string; parent?: EdgeSetup }): Promise<EdgeSetup> {
+  const edge = await setupEdge(hub, { gatewayId: o.gatewayId, address: o.address });
+  if (o.parent) {
+    const svc: ServiceClient = edge.svc;
+    const device = await svc.getDevice(o.gatewayId);
+    const updated = await svc.updateDevice({ ...device, parentScopes: [o.parent.gateway.deviceScope!] });
+    edge.gateway.parentScopes = updated.parentScopes;
+    // A top-level key must come before the first [section].
+    const text = await readFile(edge.configPath, 'utf8');
+    await writeFile(edge.configPath, text.replace(/^(hostname = .*)$/m, `$1\nparent_hostname = "${o.parent.address}"`));
+  }
+  return edge;
+}
+
+function hexToIpv4(hex: string): string {
+  // /proc/net/tcp prints the address as one 32-bit word in host (little-endian) order.
+  const n = Number.parseInt(hex, 16);
+  return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff].join('.');
+}
+
+function parseEndpoint(s: string): { ip: string; port: number } {
+  const [a, p] = s.split(':');
+  let ip: string;
+  if (a.length === 8) ip = hexToIpv4(a);
+  else if (/^0{16}0000FFFF/i.test(a)) ip = hexToIpv4(a.slice(24));
+  else ip = `ipv6:${a}`;
+  return { ip, port: Number.parseInt(p, 16) };
+}
+
+interface SocketRow {
+  local: { ip: string; port: number };
+  remote: { ip: string; port: number };
+  state: string;
+  inode: string;
+}
+
+function tcpTable(pid: number): SocketRow[] {
+  const rows: SocketRow[] = [];
+  for (const f of ['tcp', 'tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/net/${f}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const c = line.trim().split(/\s+/);
+      if (c.length < 10) continue;
+      rows.push({ local: parseEndpoint(c[1]), remote: parseEndpoint(c[2]), state: c[3], inode: c[9] });
+    }
+  }
+  return rows;
+}
+
+function socketInodes(pid: number): Set<string> {
+  const out = new Set<string>();
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return out;
+  }
+  for (const fd of fds) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) out.add(m[1]);
+    } catch {
+      // The descriptor closed between the listing and the read.
+    }
+  }
+  return out;
+}
+
+/** The outbound TCP connections (SYN_SENT or ESTABLISHED, from a port the process does not listen on) of `pid` now. */
+export function outboundConnections(pid: number): Array<{ ip: string; port: number }> {
+  const mine = socketInodes(pid);
+  const rows = tcpTable(pid).filter((r) => mine.has(r.inode));
+  const listening = new Set(rows.filter((r) => r.state === '0A').map((r) => r.local.port));
+  return rows.filter((r) => (r.state === '01' || r.state === '02') && !listening.has(r.local.port)).map((r) => r.remote);
+}
+
+/**
+ * Polls the outbound connections of named processes every `intervalMs`; `pidOf` is asked each
+ * time, so a restarted process keeps being watched under its name.
+ */
+export function recordConnections(pidOf: Record<string, () => number | undefined>, intervalMs = 25) {
+  const seen = new Map<string, Set<string>>(Object.keys(pidOf).map((k) => [k, new Set<string>()]));
+  let samples = 0;
+  const sample = () => {
+    samples++;
+    for (const [name, get] of Object.entries(pidOf)) {
+      const pid = get();
+      if (!pid) continue;
+      for (const c of outboundConnections(pid)) seen.get(name)!.add(`${c.ip}:${c.port}`);
+    }
+  };
+  sample();
+  const timer = setInterval(sample, intervalMs);
+  timer.unref();
+  return {
+    /** "ip:port" of every outbound connection seen so far, per name. */
+    seen: (name: string): string[] => [...seen.get(name)!],
+    samples: () => samples,
+    stop: () => clearInterval(timer),
+  };
+}
