@@ -13,10 +13,6 @@ import { registerTopologyCommands } from './topology.ts';
 
 /** Every command group registers itself here; keep one module per group. */
 export function registerCommands(program: Command): void {
-  program
-    .command('start')
-    .description('run the main job (for now: show the commands)')
-    .action(() => program.outputHelp());
   registerHubCommands(program);
   registerHubCaCommands(program);
   registerDeviceCommands(program);
