@@ -18,6 +18,7 @@ import {
   scopeMembers,
   scopeOwners,
   toScopeNode,
+  scopeViewOf,
   validateAuthChain,
   type IdentityRef,
   type ScopeDevice,
@@ -140,19 +141,6 @@ export interface IdentitySource {
   fetchUpstream?(target: IdentityRef, claimedChain: readonly string[]): Promise<void>;
 }
 
-export function viewOf(source: IdentitySource): ScopeView {
-  return {
-    device: (id) => {
-      const d = source.getDevice(id);
-      return d ? toScopeNode(d) : undefined;
-    },
-    ownerOf: (scope) => {
-      const d = source.edgeByScope(scope);
-      return d ? toScopeNode(d) : undefined;
-    },
-    childrenOf: (scope) => source.childrenOfScope(scope).map(toScopeNode),
-  };
-}
 
 // -------------------------------------------------------------------------------------------
 // The change feed
@@ -182,7 +170,7 @@ export class ScopeFeed {
   private readonly view: ScopeView;
 
   constructor(private readonly source: IdentitySource, private readonly maxEntries = 10_000, private readonly log?: Logger) {
-    this.view = viewOf(source);
+    this.view = scopeViewOf(source);
   }
 
   start(): void {
@@ -386,7 +374,7 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
   const { source } = opts;
   const log = opts.log ?? childLog('scope-api');
   const keepAliveMs = opts.keepAliveMs ?? 15_000;
-  const view = viewOf(source);
+  const view = scopeViewOf(source);
   const feed = new ScopeFeed(source, opts.maxFeedEntries, log);
   feed.start();
   const streams = new Set<(reason: string) => void>();

@@ -125,6 +125,27 @@ export function toScopeNode(d: ScopeDevice): ScopeNode {
   return { deviceId: d.deviceId, isEdge: d.capabilities?.iotEdge === true, deviceScope: d.deviceScope ?? '', parentScopes: d.parentScopes ?? [], status: d.status };
 }
 
+/** What a scope view needs of an identity store: the hub's registry, or a gateway's scope cache. */
+export interface ScopeLookup {
+  getDevice(deviceId: string): ScopeDevice | undefined;
+  edgeByScope(scope: string): ScopeDevice | undefined;
+  childrenOfScope(scope: string): ScopeDevice[];
+}
+
+export function scopeViewOf(source: ScopeLookup): ScopeView {
+  return {
+    device: (id) => {
+      const d = source.getDevice(id);
+      return d ? toScopeNode(d) : undefined;
+    },
+    ownerOf: (scope) => {
+      const d = source.edgeByScope(scope);
+      return d ? toScopeNode(d) : undefined;
+    },
+    childrenOf: (scope) => source.childrenOfScope(scope).map(toScopeNode),
+  };
+}
+
 /** The parent scope of a device, or '' for a device without a parent. */
 export function parentScopeOfNode(node: ScopeNode): string {
   if (node.isEdge) return node.parentScopes[0] ?? '';

@@ -1,8 +1,9 @@
-import rhea, { type Message as AmqpMessage, type Receiver, type Sender } from 'rhea';
+import rhea, { type Message as AmqpMessage, type Receiver } from 'rhea';
 import { isCbsAddress } from './addresses.ts';
 import { claimFromToken, describeClaim } from './claims.ts';
 import { amqpErrorOf, CONDITION } from './errors.ts';
-import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute } from './links.ts';
+import { CreditWindow, type LinkContext, type LinkRoute } from './links.ts';
+import { ReplyLink, replyLinkFor } from './reply-link.ts';
 import { bodyBytes, echoId } from './message.ts';
 import { onBehalfOfClaim } from './on-behalf-of.ts';
 
@@ -15,40 +16,8 @@ import { onBehalfOfClaim } from './on-behalf-of.ts';
 const TOKEN_TYPES = new Set(['servicebus.windows.net:sastoken', 'azure-devices.net:sastoken']);
 const CBS_CREDIT = 100;
 
-/** The answer link: responses wait here until the client gives credit. */
-class CbsResponder implements LinkHandler {
-  readonly queue: SendQueue<AmqpMessage>;
-  constructor(readonly ctx: LinkContext) {
-    this.queue = new SendQueue(ctx.link as Sender, (m) => void (ctx.link as Sender).send(m));
-  }
-  sendable(): void {
-    this.queue.flush();
-  }
-  closed(): void {
-    this.queue.drain();
-  }
-}
-
-/**
- * The responder for a request: the link named by reply_to (Event Hubs clients name their
- * receiver), else the newest on the same session (the device SDK says just `cbs`), else the
- * newest at all.
- */
-function responderFor(ctx: LinkContext, replyTo: string | undefined): CbsResponder | undefined {
-  let sameSession: CbsResponder | undefined;
-  let any: CbsResponder | undefined;
-  for (const { handler } of ctx.conn.handlers()) {
-    if (!(handler instanceof CbsResponder)) continue;
-    const target = (handler.ctx.link.target as { address?: string } | undefined)?.address;
-    if (replyTo && (target === replyTo || handler.ctx.link.name === replyTo)) return handler;
-    if (handler.ctx.link.session === ctx.link.session) sameSession = handler;
-    any = handler;
-  }
-  return sameSession ?? any;
-}
-
 function respond(ctx: LinkContext, request: AmqpMessage, status: number, description: string): void {
-  const responder = responderFor(ctx, request.reply_to ? String(request.reply_to) : undefined);
+  const responder = replyLinkFor(ctx, 'cbs', request.reply_to ? String(request.reply_to) : undefined);
   if (!responder) {
     ctx.conn.log.warn('CBS request without a $cbs receiver link to answer on');
     return;
@@ -117,7 +86,7 @@ const cbsResponses: LinkRoute = {
   name: 'cbs responses',
   role: 'sender',
   match: (_path, address) => (isCbsAddress(address) ? true : undefined),
-  open: (ctx) => new CbsResponder(ctx),
+  open: (ctx) => new ReplyLink(ctx, 'cbs'),
 };
 
 export const cbsRoutes: LinkRoute[] = [cbsRequests, cbsResponses];

@@ -8,7 +8,7 @@ import {
   buildAuthChain,
   chainVoidReason,
   formatAuthChain,
-  toScopeNode,
+  scopeViewOf,
   validateAuthChain,
   type ScopeDevice,
   type ScopeModule,
@@ -76,19 +76,6 @@ function sourceOf(conn: AmqpConnection): OnBehalfOfSource | undefined {
   return conn.shared.onBehalfOf;
 }
 
-export function scopeViewOf(source: OnBehalfOfSource): ScopeView {
-  return {
-    device: (id) => {
-      const d = source.getDevice(id);
-      return d ? toScopeNode(d) : undefined;
-    },
-    ownerOf: (scope) => {
-      const d = source.edgeByScope(scope);
-      return d ? toScopeNode(d) : undefined;
-    },
-    childrenOf: (scope) => source.childrenOfScope(scope).map(toScopeNode),
-  };
-}
 
 /** The identity a CBS `name` (an audience, possibly URL-encoded or with a scheme) names. */
 export function audienceIdentity(name: string): IdentityRef | undefined {

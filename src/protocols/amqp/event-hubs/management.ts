@@ -1,8 +1,9 @@
-import rhea, { type Message as AmqpMessage, type Receiver, type Sender } from 'rhea';
+import rhea, { type Message as AmqpMessage, type Receiver } from 'rhea';
 import type { EventStreamReader } from '../../../engine/types.ts';
 import { AccessDenied, authenticatePolicyToken, requireRight } from '../../../identity/policies.ts';
 import { CONDITION } from '../errors.ts';
-import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute } from '../links.ts';
+import { CreditWindow, type LinkContext, type LinkRoute } from '../links.ts';
+import { ReplyLink, replyLinkFor } from '../reply-link.ts';
 import { echoId } from '../message.ts';
 import { parseManagementAddress, partitionIndex, sameName } from './entity.ts';
 
@@ -30,33 +31,6 @@ interface Answer {
 const TYPE_ENTITY = 'com.microsoft:eventhub';
 const TYPE_PARTITION = 'com.microsoft:partition';
 const REQUEST_CREDIT = 50;
-
-class ManagementResponder implements LinkHandler {
-  readonly queue: SendQueue<AmqpMessage>;
-  constructor(readonly ctx: LinkContext) {
-    this.queue = new SendQueue(ctx.link as Sender, (m) => void (ctx.link as Sender).send(m));
-  }
-  sendable(): void {
-    this.queue.flush();
-  }
-  closed(): void {
-    this.queue.drain();
-  }
-}
-
-/** The answer link named by reply_to (its target address or name), else one on the same session. */
-function responderFor(ctx: LinkContext, replyTo: string | undefined): ManagementResponder | undefined {
-  let sameSession: ManagementResponder | undefined;
-  let any: ManagementResponder | undefined;
-  for (const { handler } of ctx.conn.handlers()) {
-    if (!(handler instanceof ManagementResponder)) continue;
-    const target = (handler.ctx.link.target as { address?: string } | undefined)?.address;
-    if (replyTo && (target === replyTo || handler.ctx.link.name === replyTo)) return handler;
-    if (handler.ctx.link.session === ctx.link.session) sameSession ??= handler;
-    any ??= handler;
-  }
-  return sameSession ?? any;
-}
 
 function notFound(description: string): Answer {
   return { status: 404, condition: CONDITION.notFound, description };
@@ -139,7 +113,7 @@ export function answerManagementRequest(ctx: LinkContext, deps: ManagementDeps, 
 
 function respond(ctx: LinkContext, request: AmqpMessage, answer: Answer): void {
   const replyTo = request.reply_to ? String(request.reply_to) : undefined;
-  const responder = responderFor(ctx, replyTo);
+  const responder = replyLinkFor(ctx, '$management', replyTo);
   if (!responder) {
     ctx.conn.log.warn({ replyTo }, '$management request without a $management receiver link to answer on');
     return;
@@ -190,7 +164,7 @@ export function managementRoutes(deps: ManagementDeps): LinkRoute[] {
     name: 'event hubs $management responses',
     role: 'sender',
     match: (path) => matches(path),
-    open: (ctx) => new ManagementResponder(ctx),
+    open: (ctx) => new ReplyLink(ctx, '$management'),
   };
   return [requests, responses];
 }
