@@ -1,0 +1,214 @@
+/**
+ * A hub and three gateway layers (L1 under the hub, L2 under L1, L3 under L2), each a child
+ * process on its own loopback address with the standard ports and every certificate from the
+ * hub's root: official device SDK leaves (Mqtt, Amqp) under L3 send telemetry that reaches the
+ * hub under their own ids, and twin, direct method and C2D from the hub round-trip three
+ * layers down; L2 is killed with SIGKILL while a leaf streams acknowledged messages and
+ * restarted, and every acknowledged message arrives in order; throughout, the outbound TCP
+ * connections of every gateway (from /proc) are recorded, and L2 and L3 only ever connect to
+ * their parent.
+ */
+import assert from 'node:assert/strict';
+import { randomInt } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { after, before, describe, test } from 'node:test';
+import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.ts';
+import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
+import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { recordConnections, setupLayer } from '../helpers/nested.ts';
+
+const require = createRequire(import.meta.url);
+const { Client, Message } = require('azure-iot-device');
+const { Mqtt } = require('azure-iot-device-mqtt');
+const { Amqp } = require('azure-iot-device-amqp');
+
+const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
+const first = randomInt(2, 246);
+const [hubAddr, l1Addr, l2Addr, l3Addr] = [0, 1, 2, 3].map((i) => `${base}.${first + i}`);
+
+let hub: HubProcess;
+const layers: EdgeSetup[] = [];
+const gws: Array<GatewayProcess | undefined> = [];
+let recorder: ReturnType<typeof recordConnections>;
+const cleanups: Array<() => unknown> = [];
+
+before(async () => {
+  hub = await startHubProcess({ address: hubAddr });
+  cleanups.push(() => hub.stop());
+  const addrs = [l1Addr, l2Addr, l3Addr];
+  for (let i = 0; i < 3; i++) {
+    const edge = await setupLayer(hub, { gatewayId: `nested-l${i + 1}`, address: addrs[i], parent: layers[i - 1] });
+    layers.push(edge);
+    cleanups.push(() => edge.cleanup());
+  }
+  // Watch from before the first connection.
+  recorder = recordConnections({ l1: () => gws[0]?.proc.pid, l2: () => gws[1]?.proc.pid, l3: () => gws[2]?.proc.pid });
+  cleanups.push(() => recorder.stop());
+  for (let i = 0; i < 3; i++) {
+    gws[i] = await startGatewayProcess({ configPath: layers[i].configPath, dataDir: layers[i].dataDir, address: addrs[i] });
+    cleanups.push(() => gws[i]?.stop());
+  }
+});
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn();
+});
+
+const bottom = () => layers[2];
+const svc = () => layers[0].svc;
+
+async function eventually<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function eventsOf(deviceId: string): Promise<EventJson[]> {
+  const out: EventJson[] = [];
+  let from = 0;
+  for (;;) {
+    const page = (await svc().request<EventPageJson>('GET', `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`)).body;
+    out.push(...page.events);
+    if (page.events.length === 0 || page.nextSequenceNumber === from) return out;
+    from = page.nextSequenceNumber;
+  }
+}
+
+async function openLeaf(t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void): Promise<any> {
+  const client = Client.fromConnectionString(connectionString, Transport);
+  t.after(() => client.close().catch(() => undefined));
+  await client.setOptions({ ca: bottom().rootPem });
+  setup?.(client);
+  await client.open();
+  return client;
+}
+
+function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
+  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
+}
+
+describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
+  for (const { name, Transport } of [
+    { name: 'Mqtt', Transport: Mqtt },
+    { name: 'Amqp', Transport: Amqp },
+  ]) {
+    test(`${name} leaf under L3: telemetry at the hub with its own id; twin reported/desired, direct method and C2D from the hub`, async (t) => {
+      const leaf = await bottom().createLeaf(`nested-leaf-${name.toLowerCase()}`);
+      const id = leaf.deviceId;
+      await svc().updateTwin(id, { properties: { desired: { interval: 7 } } });
+      const c2d: any[] = [];
+      const client = await openLeaf(t, leaf.connectionString, Transport, (c) =>
+        c.on('message', (m: any) => {
+          c2d.push(m);
+          c.complete(m, () => undefined);
+        }),
+      );
+
+      const msg = new Message(JSON.stringify({ layer: 3, via: name }));
+      msg.messageId = `nested-${name}`;
+      await client.sendEvent(msg);
+      const [ev] = await waitForEvents(svc(), { device: id }, 1);
+      assert.equal(ev.deviceId, id);
+      assert.equal(ev.annotations['iothub-connection-device-id'], id);
+      assert.equal(Buffer.from(ev.body, 'base64').toString(), JSON.stringify({ layer: 3, via: name }));
+
+      const twin = await client.getTwin();
+      assert.equal(twin.properties.desired.interval, 7);
+      await updateReported(twin, { firmware: `fw-${name}` });
+      await eventually('the reported patch at the hub', async () => (await svc().getTwin(id)).properties?.reported?.firmware === `fw-${name}`);
+      const pushed: any[] = [];
+      twin.on('properties.desired', (p: any) => pushed.push(p));
+      // The desired subscription is set up through the layers asynchronously; retry until a push lands.
+      let n = 0;
+      await eventually('a desired push from the hub at the leaf', async () => {
+        n++;
+        await svc().updateTwin(id, { properties: { desired: { mode: `m${n}` } } });
+        const deadline = Date.now() + 1500;
+        while (Date.now() < deadline) {
+          if (pushed.some((p) => p.mode === `m${n}`)) return true;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        return false;
+      });
+
+      client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));
+      const r = await svc().request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, {
+        body: { methodName: 'echo', payload: { x: 3 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
+      });
+      assert.deepEqual(r.body, { status: 200, payload: { got: { x: 3 }, via: name } });
+
+      await svc().request('POST', `/devices/${id}/messages/deviceBound`, { body: { body: 'three layers down', messageId: `c2d-${name}`, properties: { colour: 'green' } } });
+      await eventually('the C2D message at the leaf', () => c2d.length >= 1);
+      assert.equal(c2d[0].data.toString(), 'three layers down');
+      assert.equal(c2d[0].messageId, `c2d-${name}`);
+      assert.equal(c2d[0].properties.getValue('colour'), 'green');
+    });
+  }
+
+  test('L2 killed with SIGKILL mid-stream and restarted: every acknowledged message from a leaf under L3 reaches the hub, in order', async (t) => {
+    const leaf = await bottom().createLeaf('nested-outage-leaf');
+    const client = await openLeaf(t, leaf.connectionString, Mqtt);
+    const acked: number[] = [];
+    let stop = false;
+    let next = 0;
+    let sendError: unknown;
+    const sender = (async () => {
+      while (!stop) {
+        // One at a time, so the acknowledgement order is the send order.
+        const i = next++;
+        const m = new Message(JSON.stringify({ i }));
+        try {
+          await client.sendEvent(m);
+          acked.push(i);
+        } catch (err) {
+          sendError = err;
+          return;
+        }
+      }
+    })();
+    t.after(async () => {
+      stop = true;
+      await sender;
+    });
+    await eventually('a stream under way through all layers', async () => acked.length >= 50 && (await eventsOf(leaf.deviceId)).length >= 20);
+    await gws[1]!.kill9();
+    gws[1] = undefined;
+    const atKill = acked.length;
+    // L3 keeps acknowledging: it buffers while its parent is gone.
+    await eventually('acknowledged messages while L2 is down', () => acked.length >= atKill + 200, 15_000);
+    gws[1] = await startGatewayProcess({ configPath: layers[1].configPath, dataDir: layers[1].dataDir, address: l2Addr });
+    await eventually('more acknowledged messages after L2 is back', () => acked.length >= atKill + 300);
+    stop = true;
+    await sender;
+    assert.equal(sendError, undefined, `the leaf's send failed: ${String(sendError)}`);
+
+    const events = await eventually('every acknowledged message at the hub', async () => {
+      const e = await eventsOf(leaf.deviceId);
+      const got = new Set(e.map((x) => JSON.parse(Buffer.from(x.body, 'base64').toString()).i as number));
+      return acked.every((i) => got.has(i)) ? e : undefined;
+    }, 30_000);
+    const indices = events.map((x) => JSON.parse(Buffer.from(x.body, 'base64').toString()).i as number);
+    const firstSeen = indices.filter((v, k) => indices.indexOf(v) === k);
+    const duplicates = indices.length - firstSeen.length;
+    t.diagnostic(`${acked.length} acknowledged (${acked.length - atKill} after the kill), ${indices.length} at the hub, ${duplicates} duplicates`);
+    assert.deepEqual(firstSeen.slice(0, acked.length), acked, 'no loss and in the order sent');
+  });
+
+  test('network isolation: L2 and L3 connect only to their parent; L1 only to the hub', (t) => {
+    for (const n of ['l1', 'l2', 'l3']) t.diagnostic(`${n} outbound: ${recorder.seen(n).join(', ')}`);
+    assert.ok(recorder.samples() > 10, 'the recorder sampled');
+    const only = (name: string, parent: string) => {
+      const seen = recorder.seen(name);
+      assert.ok(seen.length > 0, `${name} was seen connecting upstream`);
+      const elsewhere = seen.filter((s) => !s.startsWith(`${parent}:`));
+      assert.deepEqual(elsewhere, [], `${name} connected only to ${parent}; saw ${seen.join(', ')}`);
+    };
+    only('l1', hubAddr);
+    only('l2', l1Addr);
+    only('l3', l2Addr);
+  });
+});
