@@ -7,6 +7,7 @@ import { registerMonitorEventsCommand } from './monitor-events.ts';
 import { registerDeviceSendCommand } from './device-send.ts';
 import { registerEdgeCommands } from './edge.ts';
 import { registerEdgeCheckCommand } from './edge-check.ts';
+import { registerEdgeListCommand } from './edge-list.ts';
 import { registerSetModulesCommand } from './set-modules.ts';
 import { registerConsumerGroupCommands } from './consumer-group.ts';
 import { registerTopologyCommands } from './topology.ts';
@@ -21,6 +22,7 @@ export function registerCommands(program: Command): void {
   registerDeviceSendCommand(program);
   registerEdgeCommands(program);
   registerEdgeCheckCommand(program.commands.find((c) => c.name() === 'edge'));
+  registerEdgeListCommand(program.commands.find((c) => c.name() === 'edge'));
   registerSetModulesCommand(program);
   registerConsumerGroupCommands(program);
   registerTopologyCommands(program);

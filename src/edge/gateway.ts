@@ -371,6 +371,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       upstream: { parent: link.describeParent(), connected: link.connected },
       scopeSync: sync.state,
       connectedClients: engine.connectedCount(),
+      connected: engine.connectedIdentities(),
+      modules: scope.listModules(deviceId).map((m) => m.moduleId),
       maxConnectedClients: engine.maxConnectedClients,
       routes: routes.table.routes.length,
       queues: Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)])),

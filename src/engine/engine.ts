@@ -252,6 +252,11 @@ export class Engine {
     return this.sessions.size;
   }
 
+  /** Who is connected now, and over what (for `strata edge list` and /health). */
+  connectedIdentities(): Array<{ deviceId: string; moduleId?: string; protocol: string }> {
+    return [...this.sessions.values()].map((s) => ({ deviceId: s.identity.deviceId, moduleId: s.identity.moduleId, protocol: s.protocol }));
+  }
+
   /** The live session limit (Infinity when unlimited). */
   get maxConnectedClients(): number {
     return this.maxClients;
