@@ -65,6 +65,7 @@ try {
   const timed: DeliveryEndpoint = {
     name: inner.name,
     maxBatch: inner.maxBatch,
+    maxInFlight: inner.maxInFlight,
     isAvailable: () => inner.isAvailable!(),
     onAvailable: (l) => inner.onAvailable!(l),
     send: async (batch: readonly QueuedMessage[]) => {

@@ -751,6 +751,12 @@ class SessionImpl implements Session {
     return this.engine.sendTelemetry(this.auth, message);
   }
 
+  sendTelemetryBatch(messages: Message[]): Promise<StoredEventInfo[]> {
+    if (this.closed) return Promise.reject(new EngineError('unavailable', 'the connection is closed'));
+    this.touch();
+    return this.engine.sendTelemetryBatch(this.auth, messages);
+  }
+
   twinGet(): Promise<TwinProperties> {
     this.touch();
     return this.engine.twinGet(this.identity);

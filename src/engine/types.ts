@@ -364,6 +364,8 @@ export interface Session {
 
   /** Telemetry from this identity; resolves once durable. */
   sendTelemetry(message: Message): Promise<StoredEventInfo>;
+  /** Several messages stored together (all or none), e.g. an AMQP batch. */
+  sendTelemetryBatch(messages: Message[]): Promise<StoredEventInfo[]>;
   twinGet(): Promise<TwinProperties>;
   /** Merge patch (null deletes); resolves with the new reported `$version`. */
   twinPatchReported(patch: Record<string, unknown>): Promise<{ version: number }>;

@@ -4,8 +4,9 @@ import { childLog } from '../util/log.ts';
 /**
  * Moves one endpoint's queued messages from the store to the endpoint.
  *
- * - Batches are as large as the endpoint takes (`maxBatch`), one batch in flight, so a batch
- *   that fails is retried whole and each sender's order holds.
+ * - Batches are as large as the endpoint takes (`maxBatch`), as many in flight as it allows
+ *   (`maxInFlight`, default 1). Batches are checkpointed in the order they were sent; after a
+ *   failure, everything from the failed batch on is sent again, so each sender's order holds.
  * - On failure: one exponential backoff with jitter for the whole endpoint (`minBackoffMs`
  *   doubling to `maxBackoffMs`, each wait drawn from [d/2, d]). An endpoint that reports
  *   `onAvailable` cuts the wait short: the drain resumes as soon as it says it is back. One that
@@ -34,6 +35,12 @@ export interface DeliveryEndpoint {
   readonly name: string;
   /** The largest batch `send` accepts; the pump fills batches up to this. */
   readonly maxBatch: number;
+  /**
+   * How many batches may be in flight at once (default 1). More than one keeps a remote
+   * endpoint busy while the previous batch's acknowledgement travels back; the endpoint must
+   * deliver concurrent batches in the order they were sent.
+   */
+  readonly maxInFlight?: number;
   /**
    * Delivers a batch, in order. Resolve only when the receiver has taken every message (the
    * pump then checkpoints them); reject when it is down or refused, and the pump retries later.
@@ -117,6 +124,12 @@ interface Lane {
   backlogCursor: number;
 }
 
+interface InFlight {
+  batch: QueuedMessage[];
+  /** Settles with undefined when the endpoint took the batch, or with the failure. */
+  outcome: Promise<unknown>;
+}
+
 interface WaitFor {
   work?: boolean;
   available?: boolean;
@@ -137,6 +150,7 @@ export class EndpointPump {
   private readonly liveShare: number;
   private readonly weight: (priority: number) => number;
   private readonly random: () => number;
+  private readonly depth: number;
 
   private lanes = new Map<number, Lane>();
   private stopped = true;
@@ -167,6 +181,7 @@ export class EndpointPump {
     this.liveShare = Math.min(Math.max(settings.liveShare ?? 0, 0), 0.9);
     this.weight = settings.priorityWeight ?? defaultWeight;
     this.random = settings.random ?? Math.random;
+    this.depth = Math.max(1, Math.floor(endpoint.maxInFlight ?? 1));
     if (!Number.isSafeInteger(endpoint.maxBatch) || endpoint.maxBatch < 1) {
       throw new TypeError(`endpoint ${endpoint.name}: maxBatch must be a positive integer, got ${endpoint.maxBatch}`);
     }
@@ -184,7 +199,7 @@ export class EndpointPump {
     });
   }
 
-  /** Stops after the batch in flight (if any) settles. */
+  /** Stops after the batches in flight (if any) settle. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -234,50 +249,74 @@ export class EndpointPump {
 
   private async run(): Promise<void> {
     let drainStart = true;
+    // Batches sent and not yet settled, oldest first. They are checkpointed strictly in this
+    // order: a batch that succeeded after one that failed is sent again (after it), so a
+    // sender's order holds at the price of a duplicate, never of a loss.
+    const inflight: InFlight[] = [];
     while (!this.stopped) {
-      if (this.endpoint.isAvailable && !this.endpoint.isAvailable()) {
-        this.state = 'unavailable';
+      if (inflight.length === 0) {
+        if (this.endpoint.isAvailable && !this.endpoint.isAvailable()) {
+          this.state = 'unavailable';
+          this.availableSignal = false;
+          await this.wait({ available: true, timeoutMs: this.endpoint.onAvailable ? undefined : AVAILABILITY_POLL_MS });
+          drainStart = true;
+          continue;
+        }
+        if (drainStart) {
+          this.startDrain();
+          drainStart = false;
+        }
+      }
+      while (inflight.length < this.depth) {
+        this.workSignal = false;
+        const batch = this.nextBatch();
+        if (batch.length === 0) break;
+        this.state = 'sending';
         this.availableSignal = false;
-        await this.wait({ available: true, timeoutMs: this.endpoint.onAvailable ? undefined : AVAILABILITY_POLL_MS });
-        drainStart = true;
-        continue;
+        inflight.push({ batch, outcome: this.sendWithTimeout(batch).then(() => undefined, (err: unknown) => err ?? new Error('send failed')) });
       }
-      if (drainStart) {
-        this.startDrain();
-        drainStart = false;
-      }
-      this.workSignal = false;
-      const batch = this.nextBatch();
-      if (batch.length === 0) {
+      const head = inflight[0];
+      if (!head) {
         this.state = 'idle';
         await this.wait({ work: true, available: false });
         continue;
       }
-
-      this.state = 'sending';
-      this.availableSignal = false;
-      try {
-        await this.sendWithTimeout(batch);
-      } catch (err) {
-        this.onFailure(batch, err);
+      // With room for another batch, new work wakes the loop too, to send it at once.
+      const roomLeft = inflight.length < this.depth;
+      const settled = roomLeft ? await Promise.race([head.outcome.then((err) => ({ err })), this.wait({ work: true })]) : { err: await head.outcome };
+      if (settled === undefined) continue;
+      if (settled.err !== undefined) {
+        await Promise.all(inflight.map((f) => f.outcome));
+        inflight.length = 0;
+        this.onFailure(head.batch, settled.err);
         this.state = 'backoff';
         await this.wait({ available: true, timeoutMs: this.backoffMs });
         drainStart = true;
         continue;
       }
-      if (this.failures > 0) {
-        log.info({ endpoint: this.name, afterFailures: this.failures }, 'endpoint accepting messages again');
-        this.failures = 0;
-        this.backoffMs = 0;
-      }
-      this.sent += batch.length;
-      this.store.checkpoint(this.name, batch).catch((err: unknown) => {
-        // The entries stay stored and are sent again after a restart: at least once, never lost.
-        log.error({ endpoint: this.name, err: (err as Error).message }, 'checkpoint failed');
-      });
+      inflight.shift();
+      this.delivered(head.batch);
       // Let sockets, timers and the store's commit run between batches.
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
+    // Stopping: what is still in flight settles; what succeeded in order is checkpointed.
+    for (const f of inflight) {
+      if ((await f.outcome) !== undefined) break;
+      this.delivered(f.batch);
+    }
+  }
+
+  private delivered(batch: QueuedMessage[]): void {
+    if (this.failures > 0) {
+      log.info({ endpoint: this.name, afterFailures: this.failures }, 'endpoint accepting messages again');
+      this.failures = 0;
+      this.backoffMs = 0;
+    }
+    this.sent += batch.length;
+    this.store.checkpoint(this.name, batch).catch((err: unknown) => {
+      // The entries stay stored and are sent again after a restart: at least once, never lost.
+      log.error({ endpoint: this.name, err: (err as Error).message }, 'checkpoint failed');
+    });
   }
 
   private sendWithTimeout(batch: QueuedMessage[]): Promise<void> {

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver } from 'rhea';
 import type { C2DOutcome, IdentityRef, Message, MethodRequest, TwinCollection, TwinProperties } from '../engine/types.ts';
+import { BATCH_FORMAT, encodeBatch, MAX_BATCH_BYTES } from '../protocols/amqp/batch.ts';
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
 import { basePath, keyOf, type UpstreamCore } from './core.ts';
-import { OutLink, UpstreamDownError, UpstreamError, forgetDelivery, onReceiverGone, type SendOutcome } from './links.ts';
+import { OutLink, UpstreamDownError, UpstreamError, forgetDelivery, isPermanentForMessage, onReceiverGone, type SendOutcome } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
 
 /**
@@ -176,10 +177,25 @@ export class IdentityChannel implements UpstreamIdentity {
     return opening;
   }
 
-  /** Sends messages in order on this identity's telemetry link; one outcome per message. */
+  /**
+   * Sends messages in order on this identity's telemetry link; one outcome per message. Several
+   * messages go as IoT Hub batches (one transfer each, up to the batch size limit); a batch
+   * refused for something one of its messages did wrong is sent again one message at a time, so
+   * only that message is refused.
+   */
   async sendTelemetry(messages: readonly Message[]): Promise<SendOutcome[]> {
     const link = await this.telemetryLink();
-    return Promise.all(messages.map((m) => link.send(toAmqp(m))));
+    const encoded = messages.map((m) => rhea.message.encode(toAmqp(m)) as unknown as Buffer);
+    if (encoded.length === 1) return [await link.sendEncoded(encoded[0], 0)];
+    const outcomes = await Promise.all(
+      batchesOf(encoded).map(async (chunk) => {
+        if (chunk.length === 1) return [await link.sendEncoded(chunk[0], 0)];
+        const o = await link.sendEncoded(encodeBatch(chunk), BATCH_FORMAT);
+        if (!isPermanentForMessage(o)) return chunk.map(() => o);
+        return Promise.all(chunk.map((m) => link.sendEncoded(m, 0)));
+      }),
+    );
+    return outcomes.flat();
   }
 
   // ---- twin ----
@@ -556,4 +572,27 @@ async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(
     else closeQuietly(r.value as Receiver);
   }
   throw ra.status === 'rejected' ? ra.reason : (rb as PromiseRejectedResult).reason;
+}
+
+/** Room for the batch's own framing inside the size limit. */
+const BATCH_OVERHEAD = 64;
+
+/** Consecutive runs of encoded messages, each run within IoT Hub's batch size limit. */
+function batchesOf(encoded: readonly Buffer[]): Buffer[][] {
+  const out: Buffer[][] = [];
+  let run: Buffer[] = [];
+  let bytes = BATCH_OVERHEAD;
+  for (const m of encoded) {
+    // Each data section adds a few bytes of framing of its own.
+    const size = m.length + 8;
+    if (run.length > 0 && bytes + size > MAX_BATCH_BYTES) {
+      out.push(run);
+      run = [];
+      bytes = BATCH_OVERHEAD;
+    }
+    run.push(m);
+    bytes += size;
+  }
+  if (run.length > 0) out.push(run);
+  return out;
 }

@@ -81,8 +81,17 @@ export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'recei
 
 export type SendOutcome = { ok: true } | { ok: false; condition: string; description: string; released?: boolean };
 
+/** Refusals of a message that sending it again cannot cure. */
+const PERMANENT_MESSAGE = new Set(['amqp:link:message-size-exceeded', 'amqp:decode-error', 'com.microsoft:argument-error', 'amqp:invalid-field']);
+
+export function isPermanentForMessage(outcome: SendOutcome): boolean {
+  return !outcome.ok && PERMANENT_MESSAGE.has(outcome.condition);
+}
+
 interface Queued {
-  msg: AmqpMessage;
+  /** A message for rhea to encode, or (with `format`) a payload already encoded. */
+  msg: AmqpMessage | Buffer;
+  format?: number;
   done?: (o: SendOutcome) => void;
 }
 
@@ -124,6 +133,11 @@ export class OutLink {
     return new Promise((resolve) => this.enqueue({ msg, done: resolve }));
   }
 
+  /** Sends an encoded payload with the given message format (0: one message; a batch format). */
+  sendEncoded(payload: Buffer, format: number): Promise<SendOutcome> {
+    return new Promise((resolve) => this.enqueue({ msg: payload, format, done: resolve }));
+  }
+
   /** Sends without waiting for any outcome (pre-settled links, best-effort answers). */
   post(msg: AmqpMessage): void {
     this.enqueue({ msg });
@@ -141,7 +155,7 @@ export class OutLink {
   flush(): void {
     while (this.queue.length > 0 && !this.endedWith && this.sender.is_open() && this.sender.sendable()) {
       const item = this.queue.shift()!;
-      const delivery = this.sender.send(item.msg);
+      const delivery = item.format === undefined ? this.sender.send(item.msg as AmqpMessage) : this.sender.send(item.msg as AmqpMessage, undefined, item.format);
       if (!item.done) continue;
       if (delivery.settled) item.done({ ok: true });
       else this.unsettled.set(delivery, item.done);

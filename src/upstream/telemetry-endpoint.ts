@@ -3,7 +3,7 @@ import type { IdentityRef, Message } from '../engine/types.ts';
 import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
 import type { IdentityChannel } from './identity.ts';
-import { UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
+import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
 import { messageOfStored, senderIdentity } from './stored-message.ts';
 
 /**
@@ -17,9 +17,6 @@ import { messageOfStored, senderIdentity } from './stored-message.ts';
  * this gateway's scope. Anything else (link down, throttled, timeout, released) fails the batch
  * and the pump retries it.
  */
-
-/** Rejections of a message that sending it again cannot cure. */
-const PERMANENT_MESSAGE = new Set(['amqp:link:message-size-exceeded', 'amqp:decode-error', 'com.microsoft:argument-error', 'amqp:invalid-field']);
 
 export interface TelemetryEndpointMetrics {
   /** Messages the parent accepted. */
@@ -47,6 +44,8 @@ export interface TelemetryEndpointDeps {
 
 export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
   readonly name = '$upstream';
+  /** A second batch travels while the parent stores the first: neither side waits on the other. */
+  readonly maxInFlight = 2;
   private readonly counters: TelemetryEndpointMetrics = { sent: 0, undeliverable: 0, failedBatches: 0 };
   private readonly lastDropLog = new Map<string, number>();
 
@@ -119,7 +118,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     for (const o of outcomes) {
       if (o.ok) {
         this.counters.sent++;
-      } else if (PERMANENT_MESSAGE.has(o.condition)) {
+      } else if (isPermanentForMessage(o)) {
         this.drop(who, 1, `${o.condition}: ${o.description}`);
       } else {
         firstFailure ??= o;

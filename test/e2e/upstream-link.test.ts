@@ -212,6 +212,28 @@ test('C2D sent to a leaf at the hub reaches onC2D; abandon redelivers, complete 
   await assert.rejects(leaf.settleC2D(got[1]!.lockToken, 'complete'), /no cloud-to-device delivery with lock token/);
 });
 
+test('one sender\'s messages go as IoT Hub batches; a batch holding an oversized message still delivers the others', async () => {
+  const endpoint = link.telemetryEndpoint() as ReturnType<UpstreamLink['telemetryEndpoint']>;
+  const before = endpoint.metrics();
+  const entry = (seq: number, m: Message) => ({ seq, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-b'), m) });
+  // 40 small messages, one over the 256 KiB limit in the middle, 40 more: more than one batch by size.
+  const batch = [];
+  for (let i = 0; i < 40; i++) batch.push(entry(i, telemetry(`big-batch-${i}`, { body: Buffer.alloc(6000, i) })));
+  batch.push(entry(40, telemetry('too-big', { body: Buffer.alloc(300 * 1024, 1) })));
+  for (let i = 41; i < 81; i++) batch.push(entry(i, telemetry(`big-batch-${i}`, { body: Buffer.alloc(6000, i) })));
+  await endpoint.send(batch);
+  const after = endpoint.metrics();
+  assert.equal(after.sent - before.sent, 80, 'every message but the oversized one was taken');
+  assert.equal(after.undeliverable - before.undeliverable, 1, 'the oversized one is dropped and counted');
+  let seqs: string[] = [];
+  await until('the batch to arrive', async () => {
+    const page = (await svc.request<{ events: Array<{ properties: Record<string, string> }> }>('GET', '/events?device=leaf-b&from=0&limit=1000')).body.events;
+    seqs = page.map((e) => e.properties.seq!).filter((v) => v.startsWith('big-batch-') || v === 'too-big');
+    return seqs.length >= 80;
+  });
+  assert.deepEqual(seqs, [...Array.from({ length: 40 }, (_, i) => `big-batch-${i}`), ...Array.from({ length: 40 }, (_, i) => `big-batch-${i + 41}`)], 'in order, without the oversized one');
+});
+
 test('a leaf not in the gateway scope is refused, and its telemetry is dropped and counted', async () => {
   const outsider = link.openIdentity({ deviceId: 'leaf-x', authChain: 'leaf-x;edge-1' });
   closers.push(() => outsider.close());

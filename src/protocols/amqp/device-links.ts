@@ -2,6 +2,7 @@ import rhea, { type Delivery, type Message as AmqpMessage, type Receiver, type S
 import type { C2DDelivery, C2DOutcome, MethodRequest, TwinCollection } from '../../engine/types.ts';
 import { describeIdentity, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
 import type { DeliveryTarget, DesiredTarget, IdentityState, Member, MethodTarget } from './device-sessions.ts';
+import { BATCH_FORMAT, messagesOfBatch } from './batch.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './errors.ts';
 import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
 import { bodyBytes, echoId, fromAmqp, idToAmqp, idToString, toAmqp } from './message.ts';
@@ -66,16 +67,17 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
         credit.done();
         return;
       }
-      let message;
+      let messages;
       try {
-        message = fromAmqp(msg);
+        // A gateway sends many messages of one sender in one IoT Hub batch.
+        messages = (delivery as { format?: number }).format === BATCH_FORMAT ? messagesOfBatch(msg as unknown as Buffer).map(fromAmqp) : [fromAmqp(msg)];
       } catch (err) {
         delivery.reject({ condition: CONDITION.decode, description: `unreadable message: ${(err as Error).message}` } as never);
         credit.done();
         return;
       }
       session.touch();
-      session.sendTelemetry(message).then(
+      (messages.length === 1 ? session.sendTelemetry(messages[0]!) : session.sendTelemetryBatch(messages)).then(
         () => {
           delivery.accept();
           credit.done();
