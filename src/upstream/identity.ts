@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver } from 'rhea';
 import type { C2DOutcome, IdentityRef, Message, MethodRequest, TwinCollection, TwinProperties } from '../engine/types.ts';
 import { BATCH_FORMAT, encodeBatch, MAX_BATCH_BYTES } from '../protocols/amqp/batch.ts';
+import { encodeMessage } from '../protocols/amqp/encode-message.ts';
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
 import { basePath, keyOf, type UpstreamCore } from './core.ts';
@@ -185,7 +186,7 @@ export class IdentityChannel implements UpstreamIdentity {
    */
   async sendTelemetry(messages: readonly Message[]): Promise<SendOutcome[]> {
     const link = await this.telemetryLink();
-    const encoded = messages.map((m) => rhea.message.encode(toAmqp(m)) as unknown as Buffer);
+    const encoded = messages.map(encodeMessage);
     if (encoded.length === 1) return [await link.sendEncoded(encoded[0], 0)];
     const outcomes = await Promise.all(
       batchesOf(encoded).map(async (chunk) => {

@@ -21,28 +21,35 @@ export function routeSourceOf(auth: Pick<AuthResult, 'identity'>, message: Pick<
   return '/messages';
 }
 
+// Module-level helpers rather than closures: these run for every message a gateway forwards.
+function put(s: Record<string, string | undefined>, k: string, v: string | undefined): void {
+  if (v !== undefined) s[k] = v;
+}
+
+function get(s: Record<string, unknown>, k: string): string | undefined {
+  const v = s[k];
+  return v === undefined || v === null ? undefined : String(v);
+}
+
 /** The store's form of a message a device or module sent (`sender` = `d` or `d/m`). */
 export function storedMessageOf(auth: AuthResult, message: Message, enqueuedTime = Date.now()): StoredMessage {
   const s: Record<string, string | undefined> = {};
-  const put = (k: string, v: string | undefined) => {
-    if (v !== undefined) s[k] = v;
-  };
-  put('messageId', message.messageId);
-  put('correlationId', message.correlationId);
-  put('userId', message.userId);
-  put('to', message.to);
-  put('contentType', message.contentType);
-  put('contentEncoding', message.contentEncoding);
-  put('outputName', message.outputName);
-  put('creationTime', message.creationTime);
-  put('dt-subject', message.component);
-  put(INTERFACE_ID, message.interfaceId);
-  put(EXPIRY, message.expiry === undefined ? undefined : String(message.expiry));
-  put('connectionDeviceId', auth.identity.deviceId);
-  put('connectionModuleId', auth.identity.moduleId);
-  put('connectionAuthMethod', auth.authMethod);
-  put('connectionDeviceGenerationId', auth.generationId);
-  put('enqueuedTime', new Date(enqueuedTime).toISOString());
+  put(s, 'messageId', message.messageId);
+  put(s, 'correlationId', message.correlationId);
+  put(s, 'userId', message.userId);
+  put(s, 'to', message.to);
+  put(s, 'contentType', message.contentType);
+  put(s, 'contentEncoding', message.contentEncoding);
+  put(s, 'outputName', message.outputName);
+  put(s, 'creationTime', message.creationTime);
+  put(s, 'dt-subject', message.component);
+  put(s, INTERFACE_ID, message.interfaceId);
+  put(s, EXPIRY, message.expiry === undefined ? undefined : String(message.expiry));
+  put(s, 'connectionDeviceId', auth.identity.deviceId);
+  put(s, 'connectionModuleId', auth.identity.moduleId);
+  put(s, 'connectionAuthMethod', auth.authMethod);
+  put(s, 'connectionDeviceGenerationId', auth.generationId);
+  put(s, 'enqueuedTime', new Date(enqueuedTime).toISOString());
   const { deviceId, moduleId } = auth.identity;
   return {
     body: message.body,
@@ -57,31 +64,27 @@ export function storedMessageOf(auth: AuthResult, message: Message, enqueuedTime
 export function messageOfStored(m: StoredMessage): Message {
   const s = m.systemProperties ?? {};
   const out: Message = { body: m.body, properties: { ...(m.appProperties ?? {}) } };
-  const get = (k: string): string | undefined => {
-    const v = s[k];
-    return v === undefined || v === null ? undefined : String(v);
-  };
-  const messageId = get('messageId');
+  const messageId = get(s, 'messageId');
   if (messageId !== undefined) out.messageId = messageId;
-  const correlationId = get('correlationId');
+  const correlationId = get(s, 'correlationId');
   if (correlationId !== undefined) out.correlationId = correlationId;
-  const userId = get('userId');
+  const userId = get(s, 'userId');
   if (userId !== undefined) out.userId = userId;
-  const to = get('to');
+  const to = get(s, 'to');
   if (to !== undefined) out.to = to;
-  const contentType = get('contentType');
+  const contentType = get(s, 'contentType');
   if (contentType !== undefined) out.contentType = contentType;
-  const contentEncoding = get('contentEncoding');
+  const contentEncoding = get(s, 'contentEncoding');
   if (contentEncoding !== undefined) out.contentEncoding = contentEncoding;
-  const outputName = get('outputName');
+  const outputName = get(s, 'outputName');
   if (outputName !== undefined) out.outputName = outputName;
-  const creationTime = get('creationTime');
+  const creationTime = get(s, 'creationTime');
   if (creationTime !== undefined) out.creationTime = creationTime;
-  const component = get('dt-subject');
+  const component = get(s, 'dt-subject');
   if (component !== undefined) out.component = component;
-  const interfaceId = get(INTERFACE_ID);
+  const interfaceId = get(s, INTERFACE_ID);
   if (interfaceId !== undefined) out.interfaceId = interfaceId;
-  const expiry = get(EXPIRY);
+  const expiry = get(s, EXPIRY);
   if (expiry !== undefined && Number.isFinite(Number(expiry))) out.expiry = Number(expiry);
   return out;
 }
