@@ -18,6 +18,7 @@ import { webSocketDispatcher } from '../protocols/ws.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import type { RouteTable } from '../routing/route-table.ts';
 import { MessageStore, StoreFullError } from '../store/message-store.ts';
+import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
 import { UpstreamLink, type UpstreamC2DDelivery } from '../upstream/amqp-link.ts';
 import { storedMessageOf } from '../upstream/stored-message.ts';
 import { UserError } from '../util/errors.ts';
@@ -194,8 +195,10 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       edgeDeviceId: deviceId,
       edgeKey,
       authChainOf: (id) => scope.authChainOf(id.deviceId, id.moduleId),
-      // Large batches: the pump keeps one batch in flight, so its size sets how much rides one round trip.
+      // Large batches: each rides one round trip (two are in flight).
       maxBatch: UPSTREAM_BATCH,
+      // Batches name where in this store they come from: the parent stores each message once.
+      originId: store.id,
     });
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
@@ -221,20 +224,21 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       throw new EngineError('unavailable', `the gateway could not store the message: ${(err as Error).message}`);
     };
     /** Routes one message and stores it for every endpoint it goes to (undefined: it goes nowhere). */
-    const route = (auth: AuthResult, message: Message): Promise<void> | undefined => {
+    const route = (auth: AuthResult, message: Message, origin?: ForwardedOrigin): Promise<void> | undefined => {
       metrics.received.inc();
       const stored = storedMessageOf(auth, message);
+      // A resend from a child gateway of what is stored already: taken again, stored once.
+      if (origin && store.isForwardedStored(origin)) return store.whenDurable();
       const deliveries = routes.table.match(stored);
-      if (deliveries.length === 0) {
-        notForwarded(stored.sender);
-        return undefined;
-      }
-      return store.append({ message: stored, targets: deliveries.map((d) => ({ endpoint: d.endpoint.id, priority: d.priority, ttlSecs: d.ttlSecs })) });
+      if (deliveries.length === 0) notForwarded(stored.sender);
+      // Going nowhere, a forwarded message still has its origin recorded: its stream stays unbroken.
+      if (deliveries.length === 0 && !origin) return undefined;
+      return store.append({ message: stored, targets: deliveries.map((d) => ({ endpoint: d.endpoint.id, priority: d.priority, ttlSecs: d.ttlSecs })), ...(origin ? { origin } : {}) });
     };
     // One message per call is the common case (MQTT, AMQP): no arrays, one promise.
     const sink: TelemetrySink = (items) => {
-      if (items.length === 1) return route(items[0]!.auth, items[0]!.message)?.catch(storeError) ?? Promise.resolve();
-      return Promise.all(items.map((i) => route(i.auth, i.message))).then(() => undefined, storeError);
+      if (items.length === 1) return route(items[0]!.auth, items[0]!.message, items[0]!.origin)?.catch(storeError) ?? Promise.resolve();
+      return Promise.all(items.map((i) => route(i.auth, i.message, i.origin))).then(() => undefined, storeError);
     };
 
     const authorize: AuthorizeHook = async (identity, { live }) => {

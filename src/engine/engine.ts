@@ -1,3 +1,4 @@
+import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
 import type Database from 'better-sqlite3';
 import { authenticate } from '../identity/authenticate.ts';
 import { C2DQueue } from '../store/c2d-queue.ts';
@@ -19,6 +20,7 @@ import type {
   ConnectOptions,
   EngineOptions,
   EventStreamReader,
+  EventToAppend,
   IdentityRef,
   Message,
   MethodInvokeRequest,
@@ -29,6 +31,7 @@ import type {
   SessionHandler,
   StoredEventInfo,
   SubscriptionKind,
+  TelemetrySink,
   TwinCollection,
   TwinProperties,
 } from './types.ts';
@@ -306,26 +309,34 @@ export class Engine {
     });
   }
 
-  /** A batch (HTTPS): all stored in one transaction, or none. */
-  async sendTelemetryBatch(auth: AuthResult, messages: Message[]): Promise<StoredEventInfo[]> {
+  /** A batch (HTTPS, or AMQP from a gateway): all stored in one transaction, or none; a resend of what a child gateway forwarded before is not stored again (no info for it). */
+  async sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>): Promise<StoredEventInfo[]> {
     for (const m of messages) this.checkMessage(auth.identity, m);
     if (this.options.telemetrySink) {
-      const info = await this.toSink(messages.map((message) => ({ auth, message })));
+      const info = await this.toSink(messages.map((message, i) => (origins?.[i] ? { auth, message, origin: origins[i] } : { auth, message })));
       return messages.map(() => info);
     }
-    return this.eventStream.appendAll(
-      messages.map((message) => ({
+    const events: EventToAppend[] = [];
+    for (let i = 0; i < messages.length; i++) {
+      const origin = origins?.[i];
+      // A child gateway sending again what is stored already: taken, stored once.
+      if (origin && this.eventStream.isForwardedStored(origin)) continue;
+      events.push({
         deviceId: auth.identity.deviceId,
         moduleId: auth.identity.moduleId,
         authMethod: auth.authMethod,
         authGenerationId: auth.generationId,
         messageSource: 'Telemetry',
-        message,
-      })),
-    );
+        message: messages[i]!,
+        ...(origin ? { origin } : {}),
+      });
+    }
+    if (events.length === messages.length) return this.eventStream.appendAll(events);
+    const [stored] = await Promise.all([this.eventStream.appendAll(events), this.eventStream.whenDurable()]);
+    return stored;
   }
 
-  private toSink(items: Array<{ auth: AuthResult; message: Message }>): Promise<StoredEventInfo> {
+  private toSink(items: Parameters<TelemetrySink>[0]): Promise<StoredEventInfo> {
     const enqueuedTime = Date.now();
     let taken: Promise<void>;
     try {
@@ -751,10 +762,10 @@ class SessionImpl implements Session {
     return this.engine.sendTelemetry(this.auth, message);
   }
 
-  sendTelemetryBatch(messages: Message[]): Promise<StoredEventInfo[]> {
+  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>): Promise<StoredEventInfo[]> {
     if (this.closed) return Promise.reject(new EngineError('unavailable', 'the connection is closed'));
     this.touch();
-    return this.engine.sendTelemetryBatch(this.auth, messages);
+    return this.engine.sendTelemetryBatch(this.auth, messages, origins);
   }
 
   twinGet(): Promise<TwinProperties> {

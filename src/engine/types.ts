@@ -6,6 +6,8 @@
  * heads behave the same. Keep this file stable: add fields and methods, never rename.
  */
 
+import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
+
 // ---------------------------------------------------------------------------------------------
 // Identities and authentication
 // ---------------------------------------------------------------------------------------------
@@ -151,6 +153,8 @@ export interface EventToAppend {
   authGenerationId?: string;
   messageSource: string;
   message: Message;
+  /** Forwarded by a child gateway from its store: stored once (store/origin-watermarks.ts). */
+  origin?: ForwardedOrigin;
 }
 
 /** Options for reading the event stream. Without a start, reading begins at the oldest event kept. */
@@ -364,8 +368,8 @@ export interface Session {
 
   /** Telemetry from this identity; resolves once durable. */
   sendTelemetry(message: Message): Promise<StoredEventInfo>;
-  /** Several messages stored together (all or none), e.g. an AMQP batch. */
-  sendTelemetryBatch(messages: Message[]): Promise<StoredEventInfo[]>;
+  /** Several messages stored together (all or none), e.g. an AMQP batch; `origins` (one per message) when a child gateway forwarded them. */
+  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>): Promise<StoredEventInfo[]>;
   twinGet(): Promise<TwinProperties>;
   /** Merge patch (null deletes); resolves with the new reported `$version`. */
   twinPatchReported(patch: Record<string, unknown>): Promise<{ version: number }>;
@@ -422,7 +426,7 @@ export interface EngineRegistry {
  * when the device gets its acknowledgement; reject with an EngineError to refuse (e.g.
  * 'throttled' when the store is full). Messages come in the order the device sent them.
  */
-export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message }>) => Promise<void>;
+export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message; origin?: ForwardedOrigin }>) => Promise<void>;
 
 /**
  * Decides whether an identity may use this node at all, before its credential is checked (a

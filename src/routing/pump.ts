@@ -53,6 +53,8 @@ export interface DeliveryEndpoint {
    * instead of after the pump's backoff. Returns an unsubscribe function.
    */
   onAvailable?(listener: () => void): () => void;
+  /** Told when the pump starts reading again from the oldest unacknowledged message. */
+  rewind?(): void;
 }
 
 /** Availability bookkeeping for DeliveryEndpoint implementations: `set(true)` wakes the pumps waiting on it. */
@@ -348,6 +350,7 @@ export class EndpointPump {
   /** Forget read positions: after a failure, everything not checkpointed is read again. */
   private startDrain(): void {
     this.lanes.clear();
+    this.endpoint.rewind?.();
     if (this.liveShare <= 0) return;
     const top = this.store.lastSeq;
     for (const p of this.store.priorities(this.name)) {

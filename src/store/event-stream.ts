@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { childLog } from '../util/log.ts';
 import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
+import { OriginWatermarks, type ForwardedOrigin } from './origin-watermarks.ts';
 import type {
   EventReadOptions,
   EventReadResult,
@@ -80,7 +81,10 @@ export class EventStream implements EventStreamReader {
   private pruneTimer?: NodeJS.Timeout;
   private closed = false;
   private readonly insert: Database.Statement;
-  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => void;
+  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => Map<string, number> | undefined;
+  private readonly origins: OriginWatermarks;
+  /** Successful commits so far. */
+  private commits = 0;
 
   constructor(opts: EventStreamOptions) {
     mkdirSync(opts.dir, { recursive: true });
@@ -135,6 +139,7 @@ export class EventStream implements EventStreamReader {
       if (row && row.enq > this.lastEnqueued) this.lastEnqueued = row.enq;
     }
 
+    this.origins = new OriginWatermarks(this.db);
     this.insert = this.db.prepare(
       'INSERT INTO events (seq, part, pseq, off, enq, dev, mod, auth, gen, src, props, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
@@ -168,6 +173,10 @@ export class EventStream implements EventStreamReader {
         this.nextOffset[i] = offs[i];
       }
       this.lastEnqueued = enq;
+      // Where child gateways' messages came from, in the same transaction as the messages.
+      let forwarded: ForwardedOrigin[] | undefined;
+      for (const p of batch) if (p.event.origin) (forwarded ??= []).push(p.event.origin);
+      return forwarded ? this.origins.writeInTransaction(forwarded) : undefined;
     });
 
     this.prune();
@@ -204,7 +213,9 @@ export class EventStream implements EventStreamReader {
     this.pending = [];
     const infos: StoredEventInfo[] = [];
     try {
-      this.commitBatch(batch, infos);
+      const moved = this.commitBatch(batch, infos);
+      this.commits++;
+      if (moved) this.origins.committedNow(moved);
     } catch (err) {
       log.error({ err, count: batch.length }, 'event stream append failed; senders get an error');
       for (const p of batch) p.reject(err as Error);
@@ -222,6 +233,25 @@ export class EventStream implements EventStreamReader {
       }
     }
     for (const w of [...this.waiters]) w();
+  }
+
+  /** True when a child gateway's message at this origin is stored already (a resend). */
+  isForwardedStored(origin: ForwardedOrigin): boolean {
+    return this.origins.isStored(origin);
+  }
+
+  /** Resolves once everything appended so far is durable (acknowledge a resend no earlier than its original). */
+  whenDurable(): Promise<void> {
+    if (this.pending.length === 0) return Promise.resolve();
+    const target = this.commits + 1;
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        if (this.commits < target) return;
+        this.waiters.delete(done);
+        resolve();
+      };
+      this.waiters.add(done);
+    });
   }
 
   onAppend(listener: (events: StoredEvent[]) => void): () => void {

@@ -1,8 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
+import { OriginWatermarks, type ForwardedOrigin } from './origin-watermarks.ts';
 
 /**
  * Durable store-and-forward queues on one SQLite file (WAL).
@@ -50,6 +52,12 @@ export interface AppendTarget {
 export interface AppendEntry {
   message: StoredMessage;
   targets: AppendTarget[];
+  /**
+   * Set when a child gateway forwarded the message from its own store: its place there. A message
+   * already stored is not stored again (see isForwardedStored); with no targets only the place is
+   * recorded, so later messages of its stream are still recognised.
+   */
+  origin?: ForwardedOrigin;
 }
 
 /** One queue entry as handed to a reader; pass it back to `checkpoint` once delivered. */
@@ -286,6 +294,11 @@ export class MessageStore {
   private pendingMessages = 0;
 
   private appends: PendingAppend[] = [];
+  /** Origins of the messages appended since the last commit, in append order. */
+  private pendingOrigins: ForwardedOrigin[] = [];
+  private readonly origins: OriginWatermarks;
+  /** This store's id, made when the file was: message numbers are unique within it. */
+  readonly id: string;
   private deletes: PendingDelete[] = [];
   private deleteWaiters: Waiter[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
@@ -383,6 +396,14 @@ export class MessageStore {
       sweepScan: this.db.prepare('SELECT seq, expires FROM queue WHERE ep = ? AND prio = ? AND seq > ? ORDER BY seq LIMIT ?').raw(true),
     };
 
+    let id = this.db.prepare("SELECT value FROM meta WHERE key = 'id'").pluck().get() as string | undefined;
+    if (id === undefined) {
+      id = randomUUID();
+      this.db.prepare("INSERT INTO meta (key, value) VALUES ('id', ?)").run(id);
+    }
+    this.id = id;
+    this.origins = new OriginWatermarks(this.db);
+
     const totals = this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, coalesce(max(seq), 0) AS top FROM messages').get() as
       { n: number; bytes: number; top: number };
     this.messageCount = totals.n;
@@ -442,7 +463,16 @@ export class MessageStore {
     if (this.messageCount + this.pendingMessages + 1 > this.maxMessages) {
       return Promise.reject(this.full(new StoreFullError('maxMessages', this.maxMessages, this.messageCount + this.pendingMessages)));
     }
-    if (entry.targets.length === 0) return Promise.resolve();
+    if (entry.targets.length === 0) {
+      if (!entry.origin) return Promise.resolve();
+      // Nothing to store but the origin: durable with the next commit.
+      const origin = entry.origin;
+      return new Promise<void>((resolve, reject) => {
+        this.pendingOrigins.push(origin);
+        this.deleteWaiters.push({ resolve, reject });
+        this.scheduleFlush(false);
+      });
+    }
 
     const enqueuedAt = this.now();
     let unique: Iterable<AppendTarget> = entry.targets;
@@ -471,6 +501,7 @@ export class MessageStore {
     this.pendingBytes += size;
     this.pendingMessages += 1;
     return new Promise<void>((resolve, reject) => {
+      if (entry.origin) this.pendingOrigins.push(entry.origin);
       this.appends.push({ seq: this.nextSeq++, enqueuedAt, message: m, meta, size, targets, resolve, reject });
       this.scheduleFlush(this.appends.length >= this.commitMaxBatch);
     });
@@ -532,6 +563,20 @@ export class MessageStore {
       if (e.endpoint !== endpoint) return Promise.reject(new TypeError(`entry ${e.seq} belongs to ${e.endpoint}, not ${endpoint}`));
     }
     for (const e of entries) this.queueDelete(ep, e.priority, e.seq, 'checkpoint');
+    return new Promise<void>((resolve, reject) => {
+      this.deleteWaiters.push({ resolve, reject });
+      this.scheduleFlush(false);
+    });
+  }
+
+  /** True when a child gateway's message at this origin is stored already (a resend). */
+  isForwardedStored(origin: ForwardedOrigin): boolean {
+    return this.origins.isStored(origin);
+  }
+
+  /** Resolves once everything committed so far is on disk (acknowledge a resend no earlier than its original). */
+  whenDurable(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('message store is closed'));
     return new Promise<void>((resolve, reject) => {
       this.deleteWaiters.push({ resolve, reject });
       this.scheduleFlush(false);
@@ -836,6 +881,9 @@ export class MessageStore {
     this.appends = [];
     this.deletes = [];
     this.deleteWaiters = [];
+    const origins = this.pendingOrigins;
+    this.pendingOrigins = [];
+    let moved: Map<string, number> | undefined;
 
     const touched = new Set<EndpointState>();
     let freedBytes = 0;
@@ -866,6 +914,7 @@ export class MessageStore {
         }
         for (const ep of touched) s.updateEndpoint.run(ep.dirtyCheckpointed, ep.dirtyExpired, ep.id);
         if (appends.length > 0) s.saveLastSeq.run(String(appends[appends.length - 1].seq));
+        if (origins.length > 0) moved = this.origins.writeInTransaction(origins);
         this.db.exec('COMMIT');
       } catch (err) {
         if (this.db.inTransaction) this.db.exec('ROLLBACK');
@@ -889,6 +938,7 @@ export class MessageStore {
     }
 
     // Committed: bring the in-memory view along, then acknowledge.
+    if (moved) this.origins.committedNow(moved);
     for (const ep of touched) {
       ep.checkpointed += ep.dirtyCheckpointed;
       ep.expired += ep.dirtyExpired;

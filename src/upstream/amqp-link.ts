@@ -83,6 +83,8 @@ export interface UpstreamLinkOptions {
   authChainOf?: (identity: IdentityRef) => string | undefined;
   /** Largest telemetry batch handed to the endpoint, default 500. */
   maxBatch?: number;
+  /** The id of the store telemetry comes from: batches then name their origin, for exactly-once storage upstream. */
+  originId?: string;
   /** Lifetime of the gateway's SAS token, default 3600 s. */
   tokenTtlSecs?: number;
   /** Connect, attach and CBS answer timeout, default 10 s. */
@@ -225,7 +227,7 @@ export class UpstreamLink extends EventEmitter {
   }
 
   /** `$upstream` for the gateway's endpoint pump (one per link). */
-  telemetryEndpoint(): DeliveryEndpoint & { metrics(): TelemetryEndpointMetrics } {
+  telemetryEndpoint(): DeliveryEndpoint & { metrics(): TelemetryEndpointMetrics; rewind(): void } {
     this.endpoint ??= new UpstreamTelemetryEndpoint(
       {
         availability: this.availability,
@@ -239,6 +241,7 @@ export class UpstreamLink extends EventEmitter {
         // Under the pump's default send timeout (30 s), so the link gives up first.
         stallMs: Math.min(25_000, this.operationTimeoutMs * 2),
         log: this.log,
+        ...(this.o.originId !== undefined ? { originId: this.o.originId } : {}),
       },
       this.o.maxBatch ?? 500,
     );

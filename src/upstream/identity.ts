@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver } from 'rhea';
 import type { C2DOutcome, IdentityRef, Message, MethodRequest, TwinCollection, TwinProperties } from '../engine/types.ts';
-import { BATCH_FORMAT, encodeBatch, MAX_BATCH_BYTES } from '../protocols/amqp/batch.ts';
+import { BATCH_FORMAT, encodeBatch, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
 import { encodeMessage } from '../protocols/amqp/encode-message.ts';
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
@@ -182,16 +182,27 @@ export class IdentityChannel implements UpstreamIdentity {
    * Sends messages in order on this identity's telemetry link; one outcome per message. Several
    * messages go as IoT Hub batches (one transfer each, up to the batch size limit); a batch
    * refused for something one of its messages did wrong is sent again one message at a time, so
-   * only that message is refused.
+   * only that message is refused. With `origin` (messages from the gateway's store: their stream,
+   * numbers and the number sent before them), every batch names it, so the parent stores each
+   * message once even when it is sent again.
    */
-  async sendTelemetry(messages: readonly Message[]): Promise<SendOutcome[]> {
+  async sendTelemetry(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
     const link = await this.telemetryLink();
     const encoded = messages.map(encodeMessage);
-    if (encoded.length === 1) return [await link.sendEncoded(encoded[0], 0)];
+    if (encoded.length === 1 && !origin) return [await link.sendEncoded(encoded[0]!, 0)];
+    let prev = origin?.prev ?? 0;
     const outcomes = await Promise.all(
-      batchesOf(encoded).map(async (chunk) => {
-        if (chunk.length === 1) return [await link.sendEncoded(chunk[0], 0)];
-        const o = await link.sendEncoded(encodeBatch(chunk), BATCH_FORMAT);
+      runsOf(encoded).map(async ([from, to]) => {
+        const chunk = encoded.slice(from, to);
+        let chunkOrigin: BatchOrigin | undefined;
+        if (origin) {
+          const seqs = origin.seqs.slice(from, to);
+          chunkOrigin = { stream: origin.stream, prev, seqs };
+          prev = seqs[seqs.length - 1]!;
+        } else if (chunk.length === 1) {
+          return [await link.sendEncoded(chunk[0]!, 0)];
+        }
+        const o = await link.sendEncoded(encodeBatch(chunk, chunkOrigin), BATCH_FORMAT);
         if (!isPermanentForMessage(o)) return chunk.map(() => o);
         return Promise.all(chunk.map((m) => link.sendEncoded(m, 0)));
       }),
@@ -575,25 +586,24 @@ async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(
   throw ra.status === 'rejected' ? ra.reason : (rb as PromiseRejectedResult).reason;
 }
 
-/** Room for the batch's own framing inside the size limit. */
-const BATCH_OVERHEAD = 64;
+/** Room for the batch's own framing (and origin annotations) inside the size limit. */
+const BATCH_OVERHEAD = 1024;
 
-/** Consecutive runs of encoded messages, each run within IoT Hub's batch size limit. */
-function batchesOf(encoded: readonly Buffer[]): Buffer[][] {
-  const out: Buffer[][] = [];
-  let run: Buffer[] = [];
+/** [from, to) index ranges of consecutive encoded messages, each run within IoT Hub's batch size limit. */
+function runsOf(encoded: readonly Buffer[]): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let from = 0;
   let bytes = BATCH_OVERHEAD;
-  for (const m of encoded) {
-    // Each data section adds a few bytes of framing of its own.
-    const size = m.length + 8;
-    if (run.length > 0 && bytes + size > MAX_BATCH_BYTES) {
-      out.push(run);
-      run = [];
+  for (let i = 0; i < encoded.length; i++) {
+    // Each data section adds a few bytes of framing, and its number in the origin list up to 17.
+    const size = encoded[i]!.length + 25;
+    if (i > from && bytes + size > MAX_BATCH_BYTES) {
+      out.push([from, i]);
+      from = i;
       bytes = BATCH_OVERHEAD;
     }
-    run.push(m);
     bytes += size;
   }
-  if (run.length > 0) out.push(run);
+  if (encoded.length > from) out.push([from, encoded.length]);
   return out;
 }

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { IdentityRef, Message } from '../engine/types.ts';
 import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
+import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
 import type { IdentityChannel } from './identity.ts';
 import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
@@ -40,6 +41,11 @@ export interface TelemetryEndpointDeps {
   stalled(why: string): void;
   stallMs: number;
   log: Logger;
+  /**
+   * The gateway store's id: when given, batches name their origin (stream and numbers) so the
+   * parent stores each message once, also when a batch is sent again after a restart.
+   */
+  originId?: string;
 }
 
 export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
@@ -48,6 +54,8 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
   readonly maxInFlight = 2;
   private readonly counters: TelemetryEndpointMetrics = { sent: 0, undeliverable: 0, failedBatches: 0 };
   private readonly lastDropLog = new Map<string, number>();
+  /** Per stream (`priority/sender`): the store number of the last message handed to the link. */
+  private readonly lastSent = new Map<string, number>();
 
   constructor(
     private readonly deps: TelemetryEndpointDeps,
@@ -68,16 +76,21 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
 
   async send(batch: readonly QueuedMessage[]): Promise<void> {
     if (!this.deps.isConnected()) throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
-    // Group by sender, keeping each sender's order; senders go in parallel.
-    const groups = new Map<string, { identity: IdentityRef; messages: Message[] }>();
+    // Group by sender and queue, keeping each sender's order; senders go in parallel.
+    const groups = new Map<string, { identity: IdentityRef; messages: Message[]; origin?: BatchOrigin }>();
     for (const q of batch) {
-      let g = groups.get(q.message.sender);
+      const key = `${q.priority}/${q.message.sender}`;
+      let g = groups.get(key);
       if (!g) {
         g = { identity: senderIdentity(q.message.sender), messages: [] };
-        groups.set(q.message.sender, g);
+        if (this.deps.originId !== undefined) g.origin = { stream: `${this.deps.originId}/${q.priority}`, prev: this.lastSent.get(key) ?? 0, seqs: [] };
+        groups.set(key, g);
       }
       g.messages.push(messageOfStored(q.message));
+      (g.origin?.seqs as number[] | undefined)?.push(q.seq);
     }
+    // The next batch of each stream follows on from this one (the pump sends them in order).
+    for (const [key, g] of groups) if (g.origin) this.lastSent.set(key, g.origin.seqs[g.origin.seqs.length - 1]!);
     let timer: NodeJS.Timeout | undefined;
     const stalled = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
@@ -88,7 +101,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     });
     let results: Array<PromiseSettledResult<void>>;
     try {
-      results = await Promise.race([Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages))), stalled]);
+      results = await Promise.race([Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages, g.origin))), stalled]);
     } catch (err) {
       this.counters.failedBatches++;
       throw err;
@@ -102,11 +115,19 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     }
   }
 
-  private async sendGroup(identity: IdentityRef, messages: Message[]): Promise<void> {
+  /**
+   * The pump starts reading again from the oldest unacknowledged message: what comes next
+   * follows messages the parent acknowledged, whatever was sent since.
+   */
+  rewind(): void {
+    this.lastSent.clear();
+  }
+
+  private async sendGroup(identity: IdentityRef, messages: Message[], origin: BatchOrigin | undefined): Promise<void> {
     const who = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
     let outcomes: SendOutcome[];
     try {
-      outcomes = await this.deps.channelFor(identity).sendTelemetry(messages);
+      outcomes = await this.deps.channelFor(identity).sendTelemetry(messages, origin);
     } catch (err) {
       if (isPermanentRefusal(err)) {
         this.drop(who, messages.length, (err as Error).message);

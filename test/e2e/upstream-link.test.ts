@@ -234,6 +234,36 @@ test('one sender\'s messages go as IoT Hub batches; a batch holding an oversized
   assert.deepEqual(seqs, [...Array.from({ length: 40 }, (_, i) => `big-batch-${i}`), ...Array.from({ length: 40 }, (_, i) => `big-batch-${i + 41}`)], 'in order, without the oversized one');
 });
 
+test('batches name their origin: what is sent again after a restart is stored once, what is new is stored', async () => {
+  // A second link of the same gateway, as after a restart, with its store's id.
+  const named = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, originId: 'store-under-test' });
+  closers.push(() => named.close());
+  const up = new Promise<void>((resolve) => named.once('up', () => resolve()));
+  await named.start();
+  await up;
+  const endpoint = named.telemetryEndpoint() as ReturnType<UpstreamLink['telemetryEndpoint']>;
+  const entry = (seq: number) => ({ seq, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-a'), telemetry(`once-${seq}`)) });
+  const seqs = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  await endpoint.send(seqs(1, 10).map(entry));
+  // The gateway died before checkpointing: after its restart the pump reads from 1 again, and more has arrived.
+  endpoint.rewind();
+  await endpoint.send(seqs(1, 20).map(entry));
+  // A batch sent twice in one run (its acknowledgement lost, the pump rewinds and sends it again).
+  await endpoint.send(seqs(21, 25).map(entry));
+  endpoint.rewind();
+  await endpoint.send(seqs(21, 30).map(entry));
+  let got: string[] = [];
+  await until('the messages to arrive', async () => {
+    const page = (await svc.request<{ events: Array<{ properties: Record<string, string> }> }>('GET', '/events?device=leaf-a&from=0&limit=1000')).body.events;
+    got = page.map((e) => e.properties.seq!).filter((v) => v.startsWith('once-'));
+    return got.length >= 30;
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  const page = (await svc.request<{ events: Array<{ properties: Record<string, string> }> }>('GET', '/events?device=leaf-a&from=0&limit=1000')).body.events;
+  got = page.map((e) => e.properties.seq!).filter((v) => v.startsWith('once-'));
+  assert.deepEqual(got, seqs(1, 30).map((n) => `once-${n}`), 'each message once, in order');
+});
+
 test('a leaf not in the gateway scope is refused, and its telemetry is dropped and counted', async () => {
   const outsider = link.openIdentity({ deviceId: 'leaf-x', authChain: 'leaf-x;edge-1' });
   closers.push(() => outsider.close());

@@ -12,9 +12,43 @@ export const BATCH_FORMAT = 0x80013700;
 /** IoT Hub's limit for one batch (encoded), the same as for a single message. */
 export const MAX_BATCH_BYTES = 256 * 1024;
 
+/**
+ * Where the messages of a batch come from, when a Strata gateway forwards them from its store:
+ * the stream (store id and queue), the store's number of each message and of the one sent
+ * before the first. The parent uses them to store each message once (store/origin-watermarks.ts).
+ */
+export const ORIGIN_STREAM = 'x-opt-strata-stream';
+export const ORIGIN_SEQS = 'x-opt-strata-seqs';
+export const ORIGIN_PREV = 'x-opt-strata-prev';
+
+export interface BatchOrigin {
+  stream: string;
+  prev: number;
+  seqs: readonly number[];
+}
+
 /** The transfer payload of a batch made of already encoded messages. */
-export function encodeBatch(encoded: readonly Buffer[]): Buffer {
-  return rhea.message.encode({ body: rhea.message.data_sections([...encoded]) } as AmqpMessage) as unknown as Buffer;
+export function encodeBatch(encoded: readonly Buffer[], origin?: BatchOrigin): Buffer {
+  const batch: Record<string, unknown> = { body: rhea.message.data_sections([...encoded]) };
+  if (origin) batch.message_annotations = { [ORIGIN_STREAM]: origin.stream, [ORIGIN_PREV]: String(origin.prev), [ORIGIN_SEQS]: origin.seqs.join(',') };
+  return rhea.message.encode(batch as unknown as AmqpMessage) as unknown as Buffer;
+}
+
+/** The origin a batch names, or undefined when it names none or names it wrongly (then it is stored as is). */
+export function originOfBatch(annotations: Record<string, unknown> | undefined, count: number): BatchOrigin | undefined {
+  if (!annotations) return undefined;
+  const stream = annotations[ORIGIN_STREAM];
+  const seqsText = annotations[ORIGIN_SEQS];
+  const prev = Number(annotations[ORIGIN_PREV]);
+  if (typeof stream !== 'string' || stream.length === 0 || stream.length > 256 || typeof seqsText !== 'string' || !Number.isSafeInteger(prev) || prev < 0) return undefined;
+  const seqs = seqsText.split(',').map(Number);
+  if (seqs.length !== count) return undefined;
+  let last = prev;
+  for (const n of seqs) {
+    if (!Number.isSafeInteger(n) || n <= last) return undefined;
+    last = n;
+  }
+  return { stream, prev, seqs };
 }
 
 export class BatchError extends Error {
@@ -29,6 +63,11 @@ export class BatchError extends Error {
  * arrives as its raw payload; an already decoded one is taken too.
  */
 export function messagesOfBatch(batch: Buffer | AmqpMessage): AmqpMessage[] {
+  return readBatch(batch).messages;
+}
+
+/** The messages of a batch and the batch's own message annotations. */
+export function readBatch(batch: Buffer | AmqpMessage): { messages: AmqpMessage[]; annotations: Record<string, unknown> | undefined } {
   let outer: AmqpMessage;
   try {
     outer = Buffer.isBuffer(batch) ? (rhea.message.decode(batch) as unknown as AmqpMessage) : batch;
@@ -38,7 +77,7 @@ export function messagesOfBatch(batch: Buffer | AmqpMessage): AmqpMessage[] {
   const body = outer.body as { typecode?: number; content?: unknown; multiple?: boolean } | undefined;
   if (!body || body.typecode !== 0x75) throw new BatchError('a batched message (format 0x80013700) must have a body of data sections');
   const parts = (body.multiple ? body.content : [body.content]) as unknown[];
-  return parts.map((part, i) => {
+  const messages = parts.map((part, i) => {
     if (!Buffer.isBuffer(part)) throw new BatchError(`section ${i} of the batch is not binary data`);
     try {
       return rhea.message.decode(part) as unknown as AmqpMessage;
@@ -46,4 +85,5 @@ export function messagesOfBatch(batch: Buffer | AmqpMessage): AmqpMessage[] {
       throw new BatchError(`message ${i} of the batch cannot be decoded: ${(err as Error).message}`);
     }
   });
+  return { messages, annotations: outer.message_annotations as Record<string, unknown> | undefined };
 }

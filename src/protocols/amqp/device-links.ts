@@ -1,8 +1,9 @@
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver, type Sender } from 'rhea';
 import type { C2DDelivery, C2DOutcome, MethodRequest, TwinCollection } from '../../engine/types.ts';
-import { describeIdentity, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
+import { describeIdentity, identityKey, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
 import type { DeliveryTarget, DesiredTarget, IdentityState, Member, MethodTarget } from './device-sessions.ts';
-import { BATCH_FORMAT, messagesOfBatch } from './batch.ts';
+import { BATCH_FORMAT, originOfBatch, readBatch } from './batch.ts';
+import type { ForwardedOrigin } from '../../store/origin-watermarks.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './errors.ts';
 import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
 import { bodyBytes, echoId, fromAmqp, idToAmqp, idToString, toAmqp } from './message.ts';
@@ -68,16 +69,28 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
         return;
       }
       let messages;
+      let origins: ForwardedOrigin[] | undefined;
       try {
-        // A gateway sends many messages of one sender in one IoT Hub batch.
-        messages = (delivery as { format?: number }).format === BATCH_FORMAT ? messagesOfBatch(msg as unknown as Buffer).map(fromAmqp) : [fromAmqp(msg)];
+        if ((delivery as { format?: number }).format === BATCH_FORMAT) {
+          // A gateway sends many messages of one sender in one IoT Hub batch, naming where in its
+          // store they come from so that each is stored once.
+          const batch = readBatch(msg as unknown as Buffer);
+          messages = batch.messages.map(fromAmqp);
+          const origin = originOfBatch(batch.annotations, messages.length);
+          if (origin) {
+            const stream = `${identityKey(addr.identity)}|${origin.stream}`;
+            origins = origin.seqs.map((seq, i) => ({ stream, seq, prev: i === 0 ? origin.prev : origin.seqs[i - 1]! }));
+          }
+        } else {
+          messages = [fromAmqp(msg)];
+        }
       } catch (err) {
         delivery.reject({ condition: CONDITION.decode, description: `unreadable message: ${(err as Error).message}` } as never);
         credit.done();
         return;
       }
       session.touch();
-      (messages.length === 1 ? session.sendTelemetry(messages[0]!) : session.sendTelemetryBatch(messages)).then(
+      (messages.length === 1 && !origins ? session.sendTelemetry(messages[0]!) : session.sendTelemetryBatch(messages, origins)).then(
         () => {
           delivery.accept();
           credit.done();
