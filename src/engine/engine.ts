@@ -204,7 +204,7 @@ export class Engine {
     const key = keyOf(auth.identity);
     const old = this.sessions.get(key);
     // A reconnect of a connected identity replaces its session, so it does not count twice.
-    if (!old && this.sessions.size >= this.maxClients) {
+    if (!old && !opts.viaGateway && this.directCount() >= this.maxClients) {
       throw new EngineError(
         'throttled',
         `gateway has reached MaxConnectedClients=${this.maxClients}: ${describeIdentity(auth.identity)} refused (raise MaxConnectedClients, or connect fewer devices to this gateway)`,
@@ -231,7 +231,7 @@ export class Engine {
       this.persistent.set(key, state);
       this.storeCall(() => this.sessionStore?.put(key, state!.subscriptions));
     }
-    const session = new SessionImpl(this, this.nextSessionId++, auth, handler, opts.protocol, resumed, clean, state.subscriptions, opts.remote);
+    const session = new SessionImpl(this, this.nextSessionId++, auth, handler, opts.protocol, resumed, clean, state.subscriptions, opts.remote, opts.viaGateway === true);
     this.sessions.set(key, session);
     this.setConnectionState(auth.identity, true);
     session.armExpiry();
@@ -255,6 +255,13 @@ export class Engine {
     return this.sessions.size;
   }
 
+  /** Live sessions of direct clients (not through a child gateway): what MaxConnectedClients limits. */
+  private directCount(): number {
+    let n = 0;
+    for (const s of this.sessions.values()) if (!s.viaGateway) n++;
+    return n;
+  }
+
   /** Who is connected now, and over what (for `strata edge list` and /health). */
   connectedIdentities(): Array<{ deviceId: string; moduleId?: string; protocol: string }> {
     return [...this.sessions.values()].map((s) => ({ deviceId: s.identity.deviceId, moduleId: s.identity.moduleId, protocol: s.protocol }));
@@ -272,9 +279,9 @@ export class Engine {
    */
   setMaxConnectedClients(limit: number): number {
     this.maxClients = checkLimit(limit);
-    const excess = this.sessions.size - this.maxClients;
+    const excess = this.directCount() - this.maxClients;
     if (excess > 0) {
-      const newest = [...this.sessions.values()].slice(-excess);
+      const newest = [...this.sessions.values()].filter((s) => !s.viaGateway).slice(-excess);
       log.warn({ limit: this.maxClients, closing: excess }, `MaxConnectedClients lowered to ${this.maxClients}: closing the ${excess} most recent connection(s)`);
       for (const s of newest) s.end('over-limit', `gateway has reached MaxConnectedClients=${this.maxClients} (the limit was lowered)`);
     }
@@ -730,7 +737,8 @@ class SessionImpl implements Session {
     readonly resumed: boolean,
     readonly clean: boolean,
     readonly subscriptions: Set<SubscriptionKind>,
-    readonly remote?: string,
+    readonly remote: string | undefined,
+    readonly viaGateway: boolean,
   ) {}
 
   get identity(): IdentityRef {

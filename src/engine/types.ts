@@ -350,6 +350,12 @@ export interface ConnectOptions {
   cleanSession?: boolean;
   /** Remote address, for logs. */
   remote?: string;
+  /**
+   * Connected through a child gateway (on its behalf). MaxConnectedClients limits a gateway's own
+   * direct clients; identities below a child gateway were counted there already, and refusing
+   * one of them here would hold up all the telemetry that child forwards.
+   */
+  viaGateway?: boolean;
 }
 
 /** A live connection of one identity. Created by `Engine.connect`. */

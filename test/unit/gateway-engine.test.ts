@@ -117,6 +117,19 @@ test('MaxConnectedClients counts every identity, refuses the next one clearly, a
   assert.equal(engine.connectedCount(), 2);
 });
 
+test('identities a child gateway connects on its behalf are not counted against MaxConnectedClients, nor closed when it is lowered', async (t) => {
+  const { engine, registry, login } = await setup(t, { maxConnectedClients: 1 });
+  for (const id of ['direct', 'other', 'below-1', 'below-2']) registry.add(id);
+  await engine.connect(await login('direct'), handler().h, { protocol: 'mqtt' });
+  const below = [handler(), handler()];
+  await engine.connect(await login('below-1'), below[0]!.h, { protocol: 'amqp', viaGateway: true });
+  await engine.connect(await login('below-2'), below[1]!.h, { protocol: 'amqp', viaGateway: true });
+  assert.equal(engine.connectedCount(), 3);
+  await assert.rejects(engine.connect(await login('other'), handler().h, { protocol: 'mqtt' }), /MaxConnectedClients=1: device other refused/);
+  assert.equal(engine.setMaxConnectedClients(0), 1, 'only the direct client is over the limit');
+  assert.deepEqual(below.map((b) => b.closed.length), [0, 0]);
+});
+
 test('lowering MaxConnectedClients at runtime closes the most recent sessions over the new limit', async (t) => {
   const { engine, registry, login } = await setup(t);
   assert.equal(engine.maxConnectedClients, Infinity, 'unlimited unless set (the hub)');

@@ -20,6 +20,8 @@ export interface IdentityClaim {
   source: ClaimSource;
   /** Epoch ms; undefined = does not lapse. */
   expiresAt?: number;
+  /** Granted to a child gateway acting for this identity (on-behalf-of). */
+  onBehalfOf?: boolean;
 }
 
 export interface PolicyClaim {

@@ -87,7 +87,7 @@ export class IdentityState implements SessionHandler {
         `no credential for ${describeIdentity(this.identity)} on this connection: put a SAS token for it on $cbs, or connect with its client certificate`,
       );
     }
-    const session = await conn.shared.engine.connect(claim.auth, this, { protocol: conn.transport, cleanSession: true, remote: conn.remote });
+    const session = await conn.shared.engine.connect(claim.auth, this, { protocol: conn.transport, cleanSession: true, remote: conn.remote, viaGateway: claim.onBehalfOf === true });
     if (this.ended || this.members.size === 0) {
       // Every link went away while the session was opening.
       session.close('client');

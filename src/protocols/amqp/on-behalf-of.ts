@@ -176,7 +176,7 @@ async function grant(conn: AmqpConnection, actorEdgeId: string, target: Identity
     generationId: record.generationId,
     authMethod: authMethodText(target.moduleId === undefined ? 'device' : 'module', 'sas'),
   };
-  const claim: IdentityClaim = { kind: 'identity', identity: auth.identity, auth, source: 'cbs', expiresAt: actorAuth.expiresAt };
+  const claim: IdentityClaim = { kind: 'identity', identity: auth.identity, auth, source: 'cbs', expiresAt: actorAuth.expiresAt, onBehalfOf: true };
   granted.set(claim, { actorEdgeId, chain });
   track(conn, source, claim);
   conn.log.info({ actor: `${actorEdgeId}/${EDGE_HUB}`, target: describeIdentity(target), chain: formatAuthChain(chain) }, 'on-behalf-of accepted');
