@@ -1,14 +1,16 @@
 /**
- * Leaf -> gateway -> hub: PUBLISHERS leaves publish QoS 1 messages of SIZE bytes over TLS to a
- * gateway (`strata edge start`), which stores and forwards them over its upstream link to a hub
- * (`strata hub start`); a message counts when it is readable in the hub's event stream (REST
- * server-sent events), with the send time stamped in its first 8 bytes. In the same run, the
- * anchor: a Mosquitto chain with one bridge (../shared/anchors/mosquitto-chain.sh DIR 1 BASE)
- * measured by ../shared/anchors/chain-bench.mjs with the same shape (publishers, size, QoS 1,
- * windows of 100 awaited acknowledgements, TLS on every hop). Prints one JSON line per side and
- * the ratio.
+ * Leaf -> gateway(s) -> hub: PUBLISHERS leaves publish QoS 1 messages of SIZE bytes over TLS to
+ * the bottom of a chain of LAYERS gateways (`strata edge start`, each the parent of the one
+ * below, the top one a child of the hub), each storing and forwarding over its upstream link;
+ * a message counts when it is readable in the hub's event stream (REST server-sent events), with
+ * the send time stamped in its first 8 bytes. Every node has its own loopback address; TLS on
+ * every hop. In the same run, the anchor: a Mosquitto chain with as many bridges
+ * (../shared/anchors/mosquitto-chain.sh DIR LAYERS BASE) measured by
+ * ../shared/anchors/chain-bench.mjs with the same shape (publishers, size, QoS 1, windows of 100
+ * awaited acknowledgements). Prints one JSON line per side, the CPU time each Strata process
+ * spent per message, and the ratio.
  *
- *   node --import tsx bench/gateway.ts [--messages 50000] [--publishers 100] [--size 256] [--anchors DIR] [--skip-anchor]
+ *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--anchors DIR] [--skip-anchor] [--profile DIR]
  *
  * Needs `mosquitto` (apt-get install -y mosquitto) for the anchor, and the `mqtt` client version
  * 5 that chain-bench.mjs is written for: installed on first use into a cache directory outside
@@ -24,12 +26,14 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createSasToken } from '../src/identity/sas.ts';
-import { createLeavesBulk, setupEdge, startGatewayProcess } from '../test/helpers/edge.ts';
-import { randomLoopback, startHubProcess } from '../test/helpers/hub.ts';
+import { createLeavesBulk, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../test/helpers/edge.ts';
+import { randomLoopback, startHubProcess, type HubProcess } from '../test/helpers/hub.ts';
+import { setupLayer } from '../test/helpers/nested.ts';
 
 const { values: args } = parseArgs({
   options: {
     messages: { type: 'string', default: '50000' },
+    layers: { type: 'string', default: '1' },
     publishers: { type: 'string', default: '100' },
     size: { type: 'string', default: '256' },
     anchors: { type: 'string' },
@@ -42,6 +46,8 @@ const MSGS = Number(args.messages);
 const PUBS = Number(args.publishers);
 const SIZE = Number(args.size);
 const WINDOW = 100;
+const LAYERS = Number(args.layers);
+if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 5) throw new Error(`--layers must be 1 to 5, got ${args.layers}`);
 const here = dirname(fileURLToPath(import.meta.url));
 const anchorsDir = resolve(args.anchors ?? join(here, '..', '..', 'shared', 'anchors'));
 
@@ -104,80 +110,106 @@ function followEvents(host: string, ca: string, cs: { host: string; key: string;
   return { ready, stop: () => stop() };
 }
 
-async function runStrata(mqtt: any): Promise<Result> {
-  const profile = args.profile ? [`--cpu-prof`, `--cpu-prof-dir=${resolve(args.profile)}`] : undefined;
-  const hub = await startHubProcess();
-  const address = randomLoopback();
-  const edge = await setupEdge(hub, { gatewayId: 'bench-gw', address });
-  const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address, nodeArgs: profile });
+/** CPU time (user + system, ms) a process has used so far, from /proc. */
+function cpuMsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
+  const profiled = (name: string) => (args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile, name)}`] : undefined);
+  const hub = await startHubProcess({ nodeArgs: profiled('hub') });
+  const layers: EdgeSetup[] = [];
+  const gws: GatewayProcess[] = [];
   try {
-    const { ids, key } = await createLeavesBulk(edge, 'bench-leaf-', PUBS);
-    const cs = Object.fromEntries(hub.connectionString.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
-    let got = 0;
-    const lat: number[] = [];
-    let done!: () => void;
-    const all = new Promise<void>((r) => (done = r));
-    const reader = followEvents(hub.address, hub.caPem, { host: cs.HostName!, key: cs.SharedAccessKey!, policy: cs.SharedAccessKeyName! }, (body) => {
-      if (body.length < 8) return;
-      lat.push(Date.now() - Number(body.readBigUInt64BE(0)));
-      if (++got === MSGS) done();
-    });
-    await reader.ready;
-    // Wait until the gateway knows every leaf (the scope feed), so no connect waits on a lookup.
-    const pubs = await Promise.all(
-      ids.map((id) =>
-        mqtt.connectAsync(`mqtts://${address}:8883`, {
-          ca: edge.rootPem,
-          clientId: id,
-          username: `${hub.hostname}/${id}/?api-version=2021-04-12`,
-          password: createSasToken(`${hub.hostname}/devices/${id}`, key, Math.floor(Date.now() / 1000) + 3600),
-          protocolVersion: 4,
-          clean: true,
-          reconnectPeriod: 0,
-          rejectUnauthorized: true,
-        }),
-      ),
-    );
-    const t0 = Date.now();
-    await Promise.all(
-      pubs.map(async (c: any, i: number) => {
-        const per = Math.floor(MSGS / PUBS) + (i < MSGS % PUBS ? 1 : 0);
-        let inflight: Array<Promise<unknown>> = [];
-        for (let k = 0; k < per; k++) {
-          const p = Buffer.alloc(SIZE);
-          p.writeBigUInt64BE(BigInt(Date.now()), 0);
-          inflight.push(c.publishAsync(`devices/${ids[i]}/messages/events/`, p, { qos: 1 }));
-          if (inflight.length >= WINDOW) {
-            await Promise.all(inflight);
-            inflight = [];
-          }
-        }
-        await Promise.all(inflight);
-      }),
-    );
-    const tPub = Date.now();
-    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`timeout: ${got}/${MSGS} arrived`)), 180_000).unref());
-    await Promise.race([all, timeout]);
-    const t1 = Date.now();
-    reader.stop();
-    await Promise.all(pubs.map((c: any) => c.endAsync()));
-    lat.sort((a, b) => a - b);
-    return {
-      msgs: MSGS,
-      pubs: PUBS,
-      size: SIZE,
-      publish_s: (tPub - t0) / 1000,
-      end_to_end_s: (t1 - t0) / 1000,
-      msgs_per_s: Math.round(MSGS / ((t1 - t0) / 1000)),
-      p50_ms: quantile(lat, 0.5),
-      p99_ms: quantile(lat, 0.99),
-      max_ms: lat[lat.length - 1] ?? NaN,
-    };
+    for (let i = 0; i < LAYERS; i++) {
+      layers.push(await setupLayer(hub, { gatewayId: `bench-l${i + 1}`, address: randomLoopback(), parent: layers[i - 1] }));
+    }
+    for (const [i, l] of layers.entries()) {
+      gws.push(await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address, nodeArgs: profiled(`l${i + 1}`) }));
+    }
+    return await measure(mqtt, hub, layers, gws);
   } finally {
-    await gw.stop();
+    // Bottom first: a parent going first would only make its children reconnect.
+    for (const g of [...gws].reverse()) await g.stop();
     await hub.stop();
-    await edge.cleanup();
+    for (const l of layers) await l.cleanup();
   }
+}
+
+async function measure(mqtt: any, hub: HubProcess, layers: EdgeSetup[], gws: GatewayProcess[]): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
+  const edge = layers[layers.length - 1]!;
+  const address = edge.address;
+  const { ids, key } = await createLeavesBulk(edge, 'bench-leaf-', PUBS);
+  const cs = Object.fromEntries(hub.connectionString.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+  let got = 0;
+  const lat: number[] = [];
+  let done!: () => void;
+  const all = new Promise<void>((r) => (done = r));
+  const reader = followEvents(hub.address, hub.caPem, { host: cs.HostName!, key: cs.SharedAccessKey!, policy: cs.SharedAccessKeyName! }, (body) => {
+    if (body.length < 8) return;
+    lat.push(Date.now() - Number(body.readBigUInt64BE(0)));
+    if (++got === MSGS) done();
+  });
+  await reader.ready;
+  // Wait until the gateway knows every leaf (the scope feed), so no connect waits on a lookup.
+  const pubs = await Promise.all(
+    ids.map((id) =>
+      mqtt.connectAsync(`mqtts://${address}:8883`, {
+        ca: edge.rootPem,
+        clientId: id,
+        username: `${hub.hostname}/${id}/?api-version=2021-04-12`,
+        password: createSasToken(`${hub.hostname}/devices/${id}`, key, Math.floor(Date.now() / 1000) + 3600),
+        protocolVersion: 4,
+        clean: true,
+        reconnectPeriod: 0,
+        rejectUnauthorized: true,
+      }),
+    ),
+  );
+  const procs: Array<[string, number]> = [['hub', hub.proc.pid!], ...gws.map((g, i): [string, number] => [`l${i + 1}`, g.proc.pid!])];
+  const cpu0 = procs.map(([, pid]) => cpuMsOf(pid));
+  const own0 = process.cpuUsage();
+  const t0 = Date.now();
+  await Promise.all(
+    pubs.map(async (c: any, i: number) => {
+      const per = Math.floor(MSGS / PUBS) + (i < MSGS % PUBS ? 1 : 0);
+      let inflight: Array<Promise<unknown>> = [];
+      for (let k = 0; k < per; k++) {
+        const p = Buffer.alloc(SIZE);
+        p.writeBigUInt64BE(BigInt(Date.now()), 0);
+        inflight.push(c.publishAsync(`devices/${ids[i]}/messages/events/`, p, { qos: 1 }));
+        if (inflight.length >= WINDOW) {
+          await Promise.all(inflight);
+          inflight = [];
+        }
+      }
+      await Promise.all(inflight);
+    }),
+  );
+  const tPub = Date.now();
+  const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`timeout: ${got}/${MSGS} arrived`)), 180_000).unref());
+  await Promise.race([all, timeout]);
+  const t1 = Date.now();
+  const cpu_us_per_msg: Record<string, number> = {};
+  procs.forEach(([name, pid], i) => (cpu_us_per_msg[name] = Math.round(((cpuMsOf(pid) - cpu0[i]!) * 1000) / MSGS)));
+  const own = process.cpuUsage(own0);
+  cpu_us_per_msg.bench_clients = Math.round((own.user + own.system) / MSGS);
+  reader.stop();
+  await Promise.all(pubs.map((c: any) => c.endAsync()));
+  lat.sort((a, b) => a - b);
+  return {
+    msgs: MSGS,
+    pubs: PUBS,
+    size: SIZE,
+    publish_s: (tPub - t0) / 1000,
+    end_to_end_s: (t1 - t0) / 1000,
+    msgs_per_s: Math.round(MSGS / ((t1 - t0) / 1000)),
+    p50_ms: quantile(lat, 0.5),
+    p99_ms: quantile(lat, 0.99),
+    max_ms: lat[lat.length - 1] ?? NaN,
+    cpu_us_per_msg,
+  };
 }
 
 async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
@@ -197,9 +229,9 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
   const register = join(dir, 'register.mjs');
   writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
   try {
-    execFileSync('bash', [chain, dir, '1', String(base)], { stdio: 'ignore' });
+    execFileSync('bash', [chain, dir, String(LAYERS), String(base)], { stdio: 'ignore' });
     const out = await new Promise<string>((resolveOut, reject) => {
-      const p = spawn(process.execPath, ['--import', pathToFileURL(register).href, bench, join(dir, 'certs', 'ca.pem'), String(base + 1), String(base), String(MSGS), String(PUBS), String(SIZE)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = spawn(process.execPath, ['--import', pathToFileURL(register).href, bench, join(dir, 'certs', 'ca.pem'), String(base + LAYERS), String(base), String(MSGS), String(PUBS), String(SIZE)], { stdio: ['ignore', 'pipe', 'inherit'] });
       let text = '';
       p.stdout.on('data', (c: Buffer) => (text += c.toString()));
       p.on('error', reject);
@@ -231,10 +263,11 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
 const depsDir = mqtt5Dir();
 const mqtt = createRequire(join(depsDir, 'x.js'))('mqtt');
 const strata = await runStrata(mqtt);
-process.stdout.write(`${JSON.stringify({ bench: 'strata leaf -> gateway -> hub', ...strata })}\n`);
+const path = ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(' -> ');
+process.stdout.write(`${JSON.stringify({ bench: `strata ${path}`, ...strata })}\n`);
 if (!args['skip-anchor']) {
   const anchor = await runAnchor(depsDir);
-  process.stdout.write(`${JSON.stringify({ bench: 'mosquitto chain, 1 bridge (anchor)', ...anchor })}\n`);
+  process.stdout.write(`${JSON.stringify({ bench: `mosquitto chain, ${LAYERS} bridge${LAYERS === 1 ? '' : 's'} (anchor)`, ...anchor })}\n`);
   if ('msgs_per_s' in anchor) {
     process.stdout.write(`${JSON.stringify({ ratio_msgs_per_s: Number((strata.msgs_per_s / anchor.msgs_per_s).toFixed(2)), ratio_p99: Number((strata.p99_ms / anchor.p99_ms).toFixed(2)) })}\n`);
   }
