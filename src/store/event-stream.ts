@@ -34,6 +34,9 @@ export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_READ_LIMIT = 100;
 const MAX_READ_LIMIT = 1000;
 const PRUNE_CHUNK = 10_000;
+/** Bounds of the in-memory tail: events, and bytes of their bodies. */
+const TAIL_EVENTS = 20_000;
+const TAIL_BYTES = 16 * 1024 * 1024;
 
 interface Pending {
   event: EventToAppend;
@@ -85,6 +88,13 @@ export class EventStream implements EventStreamReader {
   private readonly origins: OriginWatermarks;
   /** Successful commits so far. */
   private commits = 0;
+  /**
+   * The newest events, in sequence order without gaps, for readers that follow the stream's end
+   * (the usual case): they are served from memory instead of read back from the file.
+   */
+  private tail: StoredEvent[] = [];
+  private tailHead = 0;
+  private tailBytes = 0;
 
   constructor(opts: EventStreamOptions) {
     mkdirSync(opts.dir, { recursive: true });
@@ -222,8 +232,9 @@ export class EventStream implements EventStreamReader {
       return;
     }
     for (let i = 0; i < batch.length; i++) batch[i].resolve(infos[i]);
+    const events = batch.map((p, i) => toStoredEvent(p.event, infos[i]));
+    this.remember(events);
     if (this.listeners.size > 0) {
-      const events = batch.map((p, i) => toStoredEvent(p.event, infos[i]));
       for (const l of this.listeners) {
         try {
           l(events);
@@ -276,6 +287,10 @@ export class EventStream implements EventStreamReader {
     const deadline = opts.waitMs ? Date.now() + opts.waitMs : 0;
     let start = this.startSequence(opts);
     for (;;) {
+      if (opts.deviceId === undefined) {
+        const recent = this.fromTail(start, limit);
+        if (recent && recent.length > 0) return { events: recent, nextSequenceNumber: recent[recent.length - 1]!.sequenceNumber + 1 };
+      }
       const rows = this.selectGlobal(start, limit, opts.deviceId, opts.moduleId);
       if (rows.length > 0) {
         return { events: rows.map(rowToEvent), nextSequenceNumber: rows[rows.length - 1].seq + 1 };
@@ -362,6 +377,8 @@ export class EventStream implements EventStreamReader {
       log.error({ err }, 'event stream retention failed');
     }
     if (total > 0) log.info({ deleted: total, retentionMs: this.retentionMs }, 'event stream retention removed old events');
+    // What retention removed is not served from memory either.
+    while (this.tailHead < this.tail.length && this.tail[this.tailHead]!.enqueuedTime < cutoff) this.dropTailHead();
     return total;
   }
 
@@ -420,6 +437,32 @@ export class EventStream implements EventStreamReader {
       return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? ORDER BY seq LIMIT ?').all(deviceId, start, limit) as Row[];
     }
     return this.stmt('SELECT * FROM events WHERE seq >= ? ORDER BY seq LIMIT ?').all(start, limit) as Row[];
+  }
+
+  private remember(events: StoredEvent[]): void {
+    for (const e of events) {
+      this.tail.push(e);
+      this.tailBytes += e.message.body.length;
+    }
+    while (this.tail.length - this.tailHead > TAIL_EVENTS || this.tailBytes > TAIL_BYTES) this.dropTailHead();
+    if (this.tailHead > 4096 && this.tailHead * 2 > this.tail.length) {
+      this.tail = this.tail.slice(this.tailHead);
+      this.tailHead = 0;
+    }
+  }
+
+  private dropTailHead(): void {
+    this.tailBytes -= this.tail[this.tailHead]!.message.body.length;
+    this.tailHead++;
+  }
+
+  /** Events from `start` on, when the tail holds `start`; undefined when it does not. */
+  private fromTail(start: number, limit: number): StoredEvent[] | undefined {
+    if (this.tailHead >= this.tail.length) return undefined;
+    const first = this.tail[this.tailHead]!.sequenceNumber;
+    if (start < first || start >= this.nextSeq) return undefined;
+    const from = this.tailHead + (start - first);
+    return this.tail.slice(from, from + limit);
   }
 
   private waitForAppend(ms: number, signal?: AbortSignal): Promise<void> {

@@ -133,3 +133,28 @@ test('partition reads by sequence number, offset and time, inclusive or not; par
   );
   await assert.rejects(s.readPartition({ partition: 3 }), RangeError);
 });
+
+test('readers at the end are served from memory with exactly what the file holds; retention applies to both', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir, partitions: 2, pruneIntervalMs: 3_600_000 });
+  const devices = ['a', 'b', 'c'];
+  await Promise.all(
+    Array.from({ length: 300 }, (_, i) =>
+      s.append(ev(devices[i % 3]!, `body-${i}`, { messageId: `id-${i}`, properties: { n: String(i) }, contentType: 'application/json' }, i % 7 === 0 ? 'mod' : undefined)),
+    ),
+  );
+  const fromMemory = [...(await s.read({ fromSequenceNumber: 1, limit: 1000 })).events, ...(await s.read({ fromSequenceNumber: 250, limit: 20 })).events];
+  await s.close();
+  const again = new EventStream({ dir, pruneIntervalMs: 3_600_000 });
+  t.after(() => again.close());
+  const fromFile = [...(await again.read({ fromSequenceNumber: 1, limit: 1000 })).events, ...(await again.read({ fromSequenceNumber: 250, limit: 20 })).events];
+  assert.equal(fromMemory.length, 320);
+  const shape = (e: (typeof fromMemory)[number]) => JSON.parse(JSON.stringify({ ...e, message: { ...e.message, body: e.message.body.toString() } }));
+  assert.deepEqual(fromMemory.map(shape), fromFile.map(shape));
+
+  // Events past retention are gone from memory as from the file.
+  await again.append(ev('a', 'fresh'));
+  assert.equal((await again.read({ fromSequenceNumber: 301 })).events.length, 1, 'served from memory');
+  again.prune(Date.now() + 2 * 24 * 3600 * 1000);
+  assert.deepEqual((await again.read({ fromSequenceNumber: 301 })).events, []);
+});
