@@ -74,6 +74,17 @@ class Writer {
     this.pos += 8;
   }
 
+  /** A section holding a map32 of string values. */
+  stringMap(section: number, keyCode: number, entries: ReadonlyArray<[string, string]>): void {
+    this.section(section);
+    const done = this.compound(MAP32);
+    for (const [k, v] of entries) {
+      this.text(keyCode, k);
+      this.text(STR32, v);
+    }
+    done(entries.length * 2);
+  }
+
   /** list32/map32: reserve size and count, return a function that fills them in. */
   compound(code: number): (count: number) => void {
     this.byte(code);
@@ -130,24 +141,9 @@ export function encodeMessage(m: Message): Buffer {
     }
     done(last + 1);
   }
-  if (app.length > 0) {
-    w.section(SECTION.applicationProperties);
-    const done = w.compound(MAP32);
-    for (const [k, v] of app) {
-      w.text(STR32, k);
-      w.text(STR32, v);
-    }
-    done(app.length * 2);
-  }
-  if (ann.length > 0) {
-    w.section(SECTION.messageAnnotations);
-    const done = w.compound(MAP32);
-    for (const [k, v] of ann) {
-      w.text(SYM32, k);
-      w.text(STR32, v);
-    }
-    done(ann.length * 2);
-  }
+  // Application properties have string keys; message annotations symbol keys.
+  if (app.length > 0) w.stringMap(SECTION.applicationProperties, STR32, app);
+  if (ann.length > 0) w.stringMap(SECTION.messageAnnotations, SYM32, ann);
   w.section(SECTION.data);
   w.binary(m.body);
   return w.buf.subarray(0, w.pos);
