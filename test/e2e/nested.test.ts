@@ -3,7 +3,7 @@
  * process on its own loopback address with the standard ports and every certificate from the
  * hub's root: official device SDK leaves (Mqtt, Amqp) under L3 send telemetry that reaches the
  * hub under their own ids, and twin, direct method and C2D from the hub round-trip three
- * layers down; L2 is killed with SIGKILL while a leaf streams acknowledged messages and
+ * layers down; a leaf's module (ModuleClient) does the same under its module id; L2 is killed with SIGKILL while a leaf streams acknowledged messages and
  * restarted, and every acknowledged message arrives in order; throughout, the outbound TCP
  * connections of every gateway (from /proc) are recorded, and L2 and L3 only ever connect to
  * their parent.
@@ -19,7 +19,7 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { recordConnections, setupLayer } from '../helpers/nested.ts';
 
 const require = createRequire(import.meta.url);
-const { Client, Message } = require('azure-iot-device');
+const { Client, Message, ModuleClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Amqp } = require('azure-iot-device-amqp');
 
@@ -148,6 +148,45 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       assert.equal(c2d[0].properties.getValue('colour'), 'green');
     });
   }
+
+  test('a module of a leaf under L3 (ModuleClient, Mqtt): telemetry at the hub with its module id, twin, and a direct method to the module', async (t) => {
+    const leaf = await bottom().createLeaf('nested-module-host');
+    const moduleKey = Buffer.from(Array.from({ length: 32 }, () => randomInt(0, 256))).toString('base64');
+    await svc().createModule({ deviceId: leaf.deviceId, moduleId: 'sensor', authentication: { type: 'sas', symmetricKey: { primaryKey: moduleKey, secondaryKey: moduleKey } } } as never);
+    const cs = leaf.connectionString.replace(/SharedAccessKey=[^;]+/, `ModuleId=sensor;SharedAccessKey=${moduleKey}`);
+    // The gateway learns of the new module from the scope feed (or asks its parent on first connect).
+    const client = ModuleClient.fromConnectionString(cs, Mqtt);
+    t.after(() => client.close().catch(() => undefined));
+    await client.setOptions({ ca: bottom().rootPem });
+    await eventually('the module connecting through L3', async () => client.open().then(() => true, () => false));
+
+    const m = new Message('from a module three layers down');
+    m.properties.add('kind', 'module');
+    await client.sendEvent(m);
+    const events = await eventually('the module telemetry at the hub', async () => {
+      const e = (await eventsOf(leaf.deviceId)).filter((x) => x.moduleId === 'sensor');
+      return e.length > 0 ? e : undefined;
+    });
+    assert.equal(events[0]!.annotations['iothub-connection-module-id'], 'sensor');
+    assert.equal(events[0]!.annotations['iothub-connection-device-id'], leaf.deviceId);
+    assert.equal(Buffer.from(events[0]!.body, 'base64').toString(), 'from a module three layers down');
+
+    const twin = await client.getTwin();
+    await updateReported(twin, { layer: 3 });
+    await eventually('the module twin reported at the hub', async () => {
+      const r = await svc().request<{ properties?: { reported?: { layer?: number } } }>('GET', `/twins/${leaf.deviceId}/modules/sensor`);
+      return r.body.properties?.reported?.layer === 3;
+    });
+
+    client.onMethod('where', (_req: any, res: any) => res.send(200, { module: 'sensor' }, () => undefined));
+    const r = await eventually('the module method answering', async () => {
+      const res = await svc().request<{ status: number; payload: unknown }>('POST', `/twins/${leaf.deviceId}/modules/sensor/methods`, {
+        body: { methodName: 'where', payload: {}, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
+      });
+      return res.status === 200 ? res : undefined;
+    });
+    assert.deepEqual(r.body, { status: 200, payload: { module: 'sensor' } });
+  });
 
   test('L2 killed with SIGKILL mid-stream and restarted: every acknowledged message from a leaf under L3 reaches the hub once, in order', async (t) => {
     const leaf = await bottom().createLeaf('nested-outage-leaf');
