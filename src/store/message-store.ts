@@ -246,6 +246,10 @@ CREATE TABLE IF NOT EXISTS queue (
 `;
 
 const SCHEMA_VERSION = '1';
+/** Rows per multi-row insert (5 values a message: well under SQLite's 32,766 parameters). */
+const INSERT_CHUNK = 64;
+/** Shorter runs of deletes are cheaper row by row than counted and deleted as a range. */
+const MIN_RANGE_DELETE = 8;
 
 function positiveOr(value: number | undefined, fallback: number, name: string): number {
   if (value === undefined) return fallback;
@@ -321,6 +325,10 @@ export class MessageStore {
     insertQueue: Database.Statement;
     insertEndpoint: Database.Statement;
     deleteQueue: Database.Statement;
+    insertMessages: Database.Statement;
+    insertQueues: Database.Statement;
+    countRange: Database.Statement;
+    deleteRange: Database.Statement;
     queueHead: Database.Statement;
     gcTotals: Database.Statement;
     gcDelete: Database.Statement;
@@ -382,6 +390,11 @@ export class MessageStore {
       insertQueue: this.db.prepare('INSERT INTO queue (ep, prio, seq, expires) VALUES (?, ?, ?, ?)'),
       insertEndpoint: this.db.prepare('INSERT INTO endpoints (name) VALUES (?)'),
       deleteQueue: this.db.prepare('DELETE FROM queue WHERE ep = ? AND prio = ? AND seq = ?'),
+      // Many rows per statement: a statement's own cost is paid once per chunk, not per message.
+      insertMessages: this.db.prepare(`INSERT INTO messages (seq, size, enq, meta, body) VALUES ${Array(INSERT_CHUNK).fill('(?, ?, ?, ?, ?)').join(', ')}`),
+      insertQueues: this.db.prepare(`INSERT INTO queue (ep, prio, seq, expires) VALUES ${Array(INSERT_CHUNK).fill('(?, ?, ?, ?)').join(', ')}`),
+      countRange: this.db.prepare('SELECT count(*) FROM queue WHERE ep = ? AND prio = ? AND seq BETWEEN ? AND ?').pluck(),
+      deleteRange: this.db.prepare('DELETE FROM queue WHERE ep = ? AND prio = ? AND seq BETWEEN ? AND ?'),
       queueHead: this.db.prepare('SELECT seq FROM queue WHERE ep = ? AND prio = ? ORDER BY seq LIMIT 1').pluck(),
       gcTotals: this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM messages WHERE seq < ?'),
       gcDelete: this.db.prepare('DELETE FROM messages WHERE seq < ?'),
@@ -893,18 +906,30 @@ export class MessageStore {
     try {
       this.db.exec('BEGIN');
       try {
-        for (const a of appends) {
-          s.insertMessage.run(a.seq, a.size, a.enqueuedAt, a.meta, a.message.body);
-          for (const t of a.targets) {
-            s.insertQueue.run(t.ep.id, t.priority, a.seq, t.expiresAt === Infinity ? 0 : t.expiresAt);
-          }
-        }
-        for (const d of deletes) {
-          if (s.deleteQueue.run(d.ep.id, d.priority, d.seq).changes === 0) continue;
+        this.insertAppends(appends);
+        const gone = (d: PendingDelete) => {
           deleted.push(d);
           touched.add(d.ep);
           if (d.reason === 'checkpoint') d.ep.dirtyCheckpointed++;
           else d.ep.dirtyExpired++;
+        };
+        for (let i = 0; i < deletes.length; ) {
+          // A checkpointed batch is a run of one queue's consecutive entries: one range
+          // statement deletes it, once a count shows the range holds nothing else.
+          const d = deletes[i]!;
+          let j = i + 1;
+          while (j < deletes.length && deletes[j]!.ep === d.ep && deletes[j]!.priority === d.priority && deletes[j]!.reason === d.reason && deletes[j]!.seq > deletes[j - 1]!.seq) j++;
+          const last = deletes[j - 1]!;
+          if (j - i >= MIN_RANGE_DELETE && s.countRange.get(d.ep.id, d.priority, d.seq, last.seq) === j - i) {
+            s.deleteRange.run(d.ep.id, d.priority, d.seq, last.seq);
+            for (let k = i; k < j; k++) gone(deletes[k]!);
+          } else {
+            for (let k = i; k < j; k++) {
+              const x = deletes[k]!;
+              if (s.deleteQueue.run(x.ep.id, x.priority, x.seq).changes > 0) gone(x);
+            }
+          }
+          i = j;
         }
         if (deleted.length > 0) {
           const top = appends.length > 0 ? appends[appends.length - 1].seq : this.committedSeq;
@@ -992,6 +1017,38 @@ export class MessageStore {
         }
       }
     }
+  }
+
+  /** The messages and their queue entries, many rows per statement. */
+  private insertAppends(appends: PendingAppend[]): void {
+    const s = this.stmt;
+    let i = 0;
+    const args: unknown[] = [];
+    for (; i + INSERT_CHUNK <= appends.length; i += INSERT_CHUNK) {
+      args.length = 0;
+      for (let k = i; k < i + INSERT_CHUNK; k++) {
+        const a = appends[k]!;
+        args.push(a.seq, a.size, a.enqueuedAt, a.meta, a.message.body);
+      }
+      s.insertMessages.run(args);
+    }
+    for (; i < appends.length; i++) {
+      const a = appends[i]!;
+      s.insertMessage.run(a.seq, a.size, a.enqueuedAt, a.meta, a.message.body);
+    }
+    const rows: unknown[] = [];
+    let n = 0;
+    for (const a of appends) {
+      for (const t of a.targets) {
+        rows.push(t.ep.id, t.priority, a.seq, t.expiresAt === Infinity ? 0 : t.expiresAt);
+        if (++n === INSERT_CHUNK) {
+          s.insertQueues.run(rows);
+          rows.length = 0;
+          n = 0;
+        }
+      }
+    }
+    for (let k = 0; k < rows.length; k += 4) s.insertQueue.run(rows[k], rows[k + 1], rows[k + 2], rows[k + 3]);
   }
 
   private cachePush(q: QueueState, entry: QueuedMessage): void {

@@ -325,3 +325,22 @@ test("'commit' sync mode stores and reads the same way", async (t) => {
   store = ctx.open({});
   assert.equal(readAll(store, 'e')[0].message.body.toString(), 'body-1');
 });
+
+test('checkpoints of long runs are deleted as ranges, and a run with foreign entries in its range deletes only its own', async (t) => {
+  const ctx = setup(t);
+  const store = ctx.open({});
+  await Promise.all(Array.from({ length: 300 }, (_, i) => store.append({ message: msg('a', i), targets: [{ endpoint: 'up', priority: 0, ttlSecs: 0 }] })));
+  const all = readAll(store, 'up');
+  assert.equal(all.length, 300);
+  // A contiguous run (a pump batch) ...
+  await store.checkpoint('up', all.slice(0, 100));
+  // ... and a run of every other entry: the range between its ends holds entries it does not name.
+  await store.checkpoint('up', all.slice(100, 200).filter((_, i) => i % 2 === 0));
+  assert.equal(store.queueLength('up'), 150);
+  await store.close();
+  const again = ctx.open({});
+  const left = readAll(again, 'up').map((e) => Number(e.message.appProperties.n));
+  assert.deepEqual(left, [...Array.from({ length: 50 }, (_, i) => 101 + 2 * i), ...Array.from({ length: 100 }, (_, i) => 200 + i)]);
+  await again.close();
+  assert.equal(rawCount(ctx.file, 'SELECT count(*) FROM queue'), 150);
+});
