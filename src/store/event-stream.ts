@@ -35,8 +35,8 @@ const DEFAULT_READ_LIMIT = 100;
 const MAX_READ_LIMIT = 1000;
 const PRUNE_CHUNK = 10_000;
 /** Bounds of the in-memory tail: events, and bytes of their bodies. */
-const TAIL_EVENTS = 20_000;
-const TAIL_BYTES = 16 * 1024 * 1024;
+const TAIL_EVENTS = 50_000;
+const TAIL_BYTES = 32 * 1024 * 1024;
 
 interface Pending {
   event: EventToAppend;
@@ -514,7 +514,18 @@ function rowToEvent(r: Row): StoredEvent {
 }
 
 function toStoredEvent(e: EventToAppend, info: StoredEventInfo): StoredEvent {
-  const out: StoredEvent = { ...info, deviceId: e.deviceId, authMethod: e.authMethod, messageSource: e.messageSource, message: e.message };
+  // Fields named one by one (no spread): this runs for every event appended.
+  const out: StoredEvent = {
+    sequenceNumber: info.sequenceNumber,
+    partition: info.partition,
+    partitionSequenceNumber: info.partitionSequenceNumber,
+    offset: info.offset,
+    enqueuedTime: info.enqueuedTime,
+    deviceId: e.deviceId,
+    authMethod: e.authMethod,
+    messageSource: e.messageSource,
+    message: e.message,
+  };
   if (e.moduleId !== undefined) out.moduleId = e.moduleId;
   if (e.authGenerationId !== undefined) out.authGenerationId = e.authGenerationId;
   return out;
