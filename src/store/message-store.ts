@@ -105,9 +105,9 @@ export interface StoreSettings {
   /** Queue rows examined per queue per sweep, default 20000 (bounds the pause a sweep causes). */
   sweepChunk?: number;
   /** Recently committed entries kept in memory per queue so readers that keep up skip the database:
-   *  at most this many, default 50000 ... */
+   *  at most this many, default 100000 ... */
   readCacheEntries?: number;
-  /** ... and at most this many body bytes, default 8 MiB. */
+  /** ... and at most this many body bytes, default 32 MiB (a burst the parent link has not caught up with yet). */
   readCacheBytes?: number;
   /** How commits reach the disk before acknowledgement: 'background' (default) or 'commit'; see above. */
   sync?: 'background' | 'commit';
@@ -348,8 +348,8 @@ export class MessageStore {
     this.backgroundSync = (settings.sync ?? 'background') === 'background' && settings.path !== ':memory:' && settings.path !== '';
     this.commitMaxBatch = positiveOr(settings.commitMaxBatch, 4096, 'commitMaxBatch');
     this.sweepChunk = positiveOr(settings.sweepChunk, 20_000, 'sweepChunk');
-    this.cacheCap = settings.readCacheEntries ?? 50_000;
-    this.cacheByteCap = settings.readCacheBytes ?? 8 * 1024 * 1024;
+    this.cacheCap = settings.readCacheEntries ?? 100_000;
+    this.cacheByteCap = settings.readCacheBytes ?? 32 * 1024 * 1024;
 
     try {
       this.db = new Database(settings.path, { timeout: 0 });
