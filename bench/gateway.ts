@@ -17,7 +17,7 @@
  * the repository (the repository's own `mqtt` is the older one the device SDK depends on).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import https from 'node:https';
 import { createRequire } from 'node:module';
@@ -25,7 +25,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { edgeFiles } from '../src/edge/local.ts';
 import { createSasToken } from '../src/identity/sas.ts';
+import { openNodeDb } from '../src/store/db.ts';
 import { createLeavesBulk, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../test/helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../test/helpers/hub.ts';
 import { setupLayer } from '../test/helpers/nested.ts';
@@ -49,6 +51,31 @@ const WINDOW = 100;
 const LAYERS = Number(args.layers);
 if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 5) throw new Error(`--layers must be 1 to 5, got ${args.layers}`);
 const here = dirname(fileURLToPath(import.meta.url));
+
+// What must not outlive the benchmark, undone synchronously at exit: the helpers SIGKILL the hub
+// and gateways they started then, but temp directories and the Mosquitto chain are ours.
+const atExit = new Set<() => void>();
+process.once('exit', () => {
+  for (const undo of atExit) {
+    try {
+      undo();
+    } catch {
+      /* best effort */
+    }
+  }
+});
+// A signal's default action skips 'exit' handlers; go through process.exit so they run.
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`${sig}: stopping every process the benchmark started\n`);
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  });
+}
+const removeAtExit = (dir: string) => {
+  const undo = () => rmSync(dir, { recursive: true, force: true });
+  atExit.add(undo);
+  return () => atExit.delete(undo);
+};
 const anchorsDir = resolve(args.anchors ?? join(here, '..', '..', 'shared', 'anchors'));
 
 /** mqtt@5 in a cache directory (the anchor's client; the repository keeps the SDK's mqtt@4). */
@@ -119,11 +146,13 @@ function cpuMsOf(pid: number): number {
 async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
   const profiled = (name: string) => (args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile, name)}`] : undefined);
   const hub = await startHubProcess({ nodeArgs: profiled('hub') });
+  const forget = [removeAtExit(hub.dataDir)];
   const layers: EdgeSetup[] = [];
   const gws: GatewayProcess[] = [];
   try {
     for (let i = 0; i < LAYERS; i++) {
       layers.push(await setupLayer(hub, { gatewayId: `bench-l${i + 1}`, address: randomLoopback(), parent: layers[i - 1] }));
+      forget.push(removeAtExit(layers[i]!.dir));
     }
     for (const [i, l] of layers.entries()) {
       gws.push(await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address, nodeArgs: profiled(`l${i + 1}`) }));
@@ -134,6 +163,34 @@ async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<s
     for (const g of [...gws].reverse()) await g.stop();
     await hub.stop();
     for (const l of layers) await l.cleanup();
+    for (const f of forget) f();
+  }
+}
+
+/**
+ * Waits until the bottom gateway's scope cache, fed from its parent (and that one's from its
+ * own), holds every leaf: then no connect waits on an identity lookup up the chain, and a feed
+ * that never arrives is an error here rather than a slow first second in the figures. Read
+ * straight from the gateway's scope database (read-only; WAL lets it read beside the writer).
+ */
+async function waitForScope(edge: EdgeSetup, ids: string[], timeoutMs = 60_000): Promise<void> {
+  const path = edgeFiles(edge.dataDir).scopeDb;
+  const deadline = Date.now() + timeoutMs;
+  let have = 0;
+  for (;;) {
+    if (existsSync(path)) {
+      const db = openNodeDb(path, { readonly: true });
+      try {
+        have = (db.sqlite.prepare('SELECT count(*) AS n FROM scope_devices WHERE device_id IN (SELECT value FROM json_each(?))').get(JSON.stringify(ids)) as { n: number }).n;
+      } catch {
+        // The gateway has not made its tables yet.
+      } finally {
+        db.close();
+      }
+    }
+    if (have === ids.length) return;
+    if (Date.now() > deadline) throw new Error(`the scope feed brought ${have} of ${ids.length} leaves to ${edge.gatewayId} within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
@@ -152,7 +209,9 @@ async function measure(mqtt: any, hub: HubProcess, layers: EdgeSetup[], gws: Gat
     if (++got === MSGS) done();
   });
   await reader.ready;
-  // Wait until the gateway knows every leaf (the scope feed), so no connect waits on a lookup.
+  const tScope = Date.now();
+  await waitForScope(edge, ids);
+  process.stderr.write(`scope feed: ${ids.length} leaves known at ${edge.gatewayId} after ${Date.now() - tScope} ms\n`);
   const pubs = await Promise.all(
     ids.map((id) =>
       mqtt.connectAsync(`mqtts://${address}:8883`, {
@@ -222,6 +281,29 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { error: 'mosquitto is not installed: apt-get install -y mosquitto' };
   }
   const dir = await mkdtemp(join(tmpdir(), 'strata-anchor-'));
+  const brokerPids = (): number[] => {
+    try {
+      return readFileSync(join(dir, 'pids'), 'utf8').split('\n').filter(Boolean).map(Number);
+    } catch {
+      return []; // never started
+    }
+  };
+  const signalBrokers = (sig: NodeJS.Signals): number[] =>
+    brokerPids().filter((pid) => {
+      try {
+        process.kill(pid, sig);
+        return true;
+      } catch {
+        return false; // gone
+      }
+    });
+  let benchProc: ReturnType<typeof spawn> | undefined;
+  const undo = () => {
+    benchProc?.kill('SIGKILL');
+    signalBrokers('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  atExit.add(undo);
   const base = 20000 + Math.floor(Math.random() * 20000);
   // chain-bench.mjs imports 'mqtt'; resolve it from the cache directory (mqtt@5).
   const hooks = join(dir, 'hooks.mjs');
@@ -231,7 +313,7 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
   try {
     execFileSync('bash', [chain, dir, String(LAYERS), String(base)], { stdio: 'ignore' });
     const out = await new Promise<string>((resolveOut, reject) => {
-      const p = spawn(process.execPath, ['--import', pathToFileURL(register).href, bench, join(dir, 'certs', 'ca.pem'), String(base + LAYERS), String(base), String(MSGS), String(PUBS), String(SIZE)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const p = (benchProc = spawn(process.execPath, ['--import', pathToFileURL(register).href, bench, join(dir, 'certs', 'ca.pem'), String(base + LAYERS), String(base), String(MSGS), String(PUBS), String(SIZE)], { stdio: ['ignore', 'pipe', 'inherit'] }));
       let text = '';
       p.stdout.on('data', (c: Buffer) => (text += c.toString()));
       p.on('error', reject);
@@ -244,19 +326,22 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
       return { error: `chain-bench: ${line}` };
     }
   } finally {
-    try {
-      const pids = readFileSync(join(dir, 'pids'), 'utf8').split('\n').filter(Boolean);
-      for (const pid of pids) {
+    // Let the brokers exit (they write their persistence files on SIGTERM) before their directory goes.
+    let running = signalBrokers('SIGTERM');
+    for (const deadline = Date.now() + 5000; running.length > 0 && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 50));
+      // Exited brokers are children of whatever reaps orphans here; a zombie counts as gone.
+      running = running.filter((pid) => {
         try {
-          process.kill(Number(pid), 'SIGTERM');
+          return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]![0] !== 'Z';
         } catch {
-          /* gone */
+          return false;
         }
-      }
-    } catch {
-      /* never started */
+      });
     }
+    signalBrokers('SIGKILL');
     await rm(dir, { recursive: true, force: true });
+    atExit.delete(undo);
   }
 }
 

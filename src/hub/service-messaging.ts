@@ -444,7 +444,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
       'x-accel-buffering': 'no',
     });
     res.write(': strata event stream\n\n');
-    const write = async (text: string) => {
+    const write = async (text: string | Buffer) => {
       if (!res.write(text) && !signal.aborted) {
         await new Promise<void>((resolve) => {
           const done = () => {
@@ -468,10 +468,15 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
           throw err;
         }
         // One write a page: a write and a wait per event would cost more than the event's JSON.
+        // Joined and encoded once: a string grown by += is a rope that the response would
+        // flatten to measure and then encode again.
         if (page.events.length > 0) {
-          let chunk = '';
-          for (const e of page.events) chunk += `id: ${e.sequenceNumber}\nevent: message\ndata: ${JSON.stringify(eventJson(e))}\n\n`;
-          await write(chunk);
+          const parts: string[] = new Array(page.events.length);
+          for (let i = 0; i < page.events.length; i++) {
+            const e = page.events[i]!;
+            parts[i] = `id: ${e.sequenceNumber}\nevent: message\ndata: ${JSON.stringify(eventJson(e))}\n\n`;
+          }
+          await write(Buffer.from(parts.join('')));
         }
         if (page.events.length === 0 && !signal.aborted) await write(': keep-alive\n\n');
         read = { limit: MAX_EVENT_LIMIT, fromSequenceNumber: page.nextSequenceNumber };

@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import { childLog } from '../util/log.ts';
 import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
 import { OriginWatermarks, type ForwardedOrigin } from './origin-watermarks.ts';
+import { WalSync } from './wal-sync.ts';
 import type {
   EventReadOptions,
   EventReadResult,
@@ -28,6 +29,13 @@ export interface EventStreamOptions {
   commitIntervalMs?: number;
   /** How often retention runs (default 60 s). */
   pruneIntervalMs?: number;
+  /**
+   * How a commit gets on disk: 'background' (default) commits with synchronous=NORMAL and
+   * fdatasyncs the log off the event loop (wal-sync.ts); 'commit' uses synchronous=FULL, the
+   * flush inside COMMIT. Either way an append resolves, and readers see the event, only once
+   * it is on disk.
+   */
+  sync?: 'background' | 'commit';
 }
 
 export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
@@ -60,9 +68,9 @@ interface Row {
 }
 
 /**
- * The hub's durable telemetry stream: one SQLite file (WAL, synchronous=FULL), appended by group
- * commit so that many concurrent senders share one transaction and one fsync. A caller's promise
- * resolves only after the transaction holding its event has committed.
+ * The hub's durable telemetry stream: one SQLite file (WAL), appended by group commit so that
+ * many concurrent senders share one transaction and one fsync. A caller's promise resolves, and
+ * readers see the event, only once the transaction holding it is on disk.
  *
  * Each event has a global sequence number (the row id; REST reader, CLI) and, for the
  * Event Hubs compatible endpoint, a partition chosen by hash of the device id with its own
@@ -86,8 +94,13 @@ export class EventStream implements EventStreamReader {
   private readonly insert: Database.Statement;
   private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => Map<string, number> | undefined;
   private readonly origins: OriginWatermarks;
-  /** Successful commits so far. */
-  private commits = 0;
+  /** Commits so far, and how many of them are known on disk (or failed to get there). */
+  private committed = 0;
+  private settled = 0;
+  /** Readers see events below these: the ones on disk. */
+  private visibleSeq: number;
+  private readonly visiblePseq: number[];
+  private readonly walSync: WalSync | undefined;
   /**
    * The newest events, in sequence order without gaps, for readers that follow the stream's end
    * (the usual case): they are served from memory instead of read back from the file.
@@ -98,10 +111,12 @@ export class EventStream implements EventStreamReader {
 
   constructor(opts: EventStreamOptions) {
     mkdirSync(opts.dir, { recursive: true });
-    this.db = new Database(join(opts.dir, 'events.db'));
+    const file = join(opts.dir, 'events.db');
+    this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
-    // FULL makes each commit fsync the WAL: an acknowledged event survives power loss.
-    this.db.pragma('synchronous = FULL');
+    const background = (opts.sync ?? 'background') === 'background';
+    // FULL makes each commit fsync the WAL; NORMAL leaves that to the background sync.
+    this.db.pragma(background ? 'synchronous = NORMAL' : 'synchronous = FULL');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS events (
@@ -148,6 +163,11 @@ export class EventStream implements EventStreamReader {
       this.nextOffset.push(Math.max(row ? row.off + row.size : 0, metaOff));
       if (row && row.enq > this.lastEnqueued) this.lastEnqueued = row.enq;
     }
+    this.visibleSeq = this.nextSeq;
+    this.visiblePseq = this.nextPseq.slice();
+    this.walSync = background
+      ? new WalSync(file, 'event stream', () => this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())))
+      : undefined;
 
     this.origins = new OriginWatermarks(this.db);
     this.insert = this.db.prepare(
@@ -224,14 +244,33 @@ export class EventStream implements EventStreamReader {
     const infos: StoredEventInfo[] = [];
     try {
       const moved = this.commitBatch(batch, infos);
-      this.commits++;
+      this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
       log.error({ err, count: batch.length }, 'event stream append failed; senders get an error');
       for (const p of batch) p.reject(err as Error);
       return;
     }
-    for (let i = 0; i < batch.length; i++) batch[i].resolve(infos[i]);
+    if (!this.walSync) {
+      this.publish(batch, infos);
+      return;
+    }
+    this.walSync.add({
+      resolve: () => this.publish(batch, infos),
+      // The rows are committed and the next sync that succeeds covers them: they are shown, but
+      // their senders hear the failure and may send again (a duplicate, never a loss).
+      reject: (err) => this.publish(batch, infos, err),
+    });
+  }
+
+  /** A commit is on disk (or its sync failed): answer its senders, show its events to readers. */
+  private publish(batch: Pending[], infos: StoredEventInfo[], syncError?: Error): void {
+    this.settled++;
+    const lastInfo = infos[infos.length - 1]!;
+    this.visibleSeq = lastInfo.sequenceNumber + 1;
+    for (const info of infos) this.visiblePseq[info.partition] = info.partitionSequenceNumber + 1;
+    if (syncError) for (const p of batch) p.reject(syncError);
+    else for (let i = 0; i < batch.length; i++) batch[i].resolve(infos[i]);
     const events = batch.map((p, i) => toStoredEvent(p.event, infos[i]));
     this.remember(events);
     if (this.listeners.size > 0) {
@@ -253,11 +292,11 @@ export class EventStream implements EventStreamReader {
 
   /** Resolves once everything appended so far is durable (acknowledge a resend no earlier than its original). */
   whenDurable(): Promise<void> {
-    if (this.pending.length === 0) return Promise.resolve();
-    const target = this.commits + 1;
+    const target = this.pending.length > 0 ? this.committed + 1 : this.committed;
+    if (this.settled >= target) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const done = () => {
-        if (this.commits < target) return;
+        if (this.settled < target && !this.closed) return;
         this.waiters.delete(done);
         resolve();
       };
@@ -275,7 +314,7 @@ export class EventStream implements EventStreamReader {
   }
 
   nextSequenceNumber(): number {
-    return this.nextSeq;
+    return this.visibleSeq;
   }
 
   partitionOf(deviceId: string): number {
@@ -296,7 +335,7 @@ export class EventStream implements EventStreamReader {
         return { events: rows.map(rowToEvent), nextSequenceNumber: rows[rows.length - 1].seq + 1 };
       }
       // Nothing at or after `start` yet: everything before the write head has been scanned.
-      start = Math.max(start, this.nextSeq);
+      start = Math.max(start, this.visibleSeq);
       const left = deadline - Date.now();
       if (left <= 0 || opts.signal?.aborted || this.closed) return { events: [], nextSequenceNumber: start };
       await this.waitForAppend(left, opts.signal);
@@ -317,20 +356,20 @@ export class EventStream implements EventStreamReader {
       const row = this.db
         .prepare(`SELECT pseq FROM events WHERE part = ? AND off ${inclusive ? '>=' : '>'} ? ORDER BY pseq LIMIT 1`)
         .get(opts.partition, opts.fromOffset) as { pseq: number } | undefined;
-      fromPseq = row ? row.pseq : this.nextPseq[opts.partition];
+      fromPseq = row ? row.pseq : this.visiblePseq[opts.partition];
     } else if (opts.fromTime !== undefined) {
       const row = this.db
         .prepare(`SELECT MIN(pseq) AS p FROM events WHERE part = ? AND enq ${inclusive ? '>=' : '>'} ?`)
         .get(opts.partition, opts.fromTime) as { p: number | null };
-      fromPseq = row.p ?? this.nextPseq[opts.partition];
+      fromPseq = row.p ?? this.visiblePseq[opts.partition];
     } else {
       fromPseq = 0;
     }
-    const select = this.stmt('SELECT * FROM events WHERE part = ? AND pseq >= ? ORDER BY pseq LIMIT ?');
+    const select = this.stmt('SELECT * FROM events WHERE part = ? AND pseq >= ? AND pseq < ? ORDER BY pseq LIMIT ?');
     for (;;) {
-      const rows = select.all(opts.partition, fromPseq, limit) as Row[];
+      const rows = select.all(opts.partition, fromPseq, this.visiblePseq[opts.partition], limit) as Row[];
       if (rows.length > 0) return rows.map(rowToEvent);
-      fromPseq = Math.max(fromPseq, this.nextPseq[opts.partition]);
+      fromPseq = Math.max(fromPseq, this.visiblePseq[opts.partition]);
       const left = deadline - Date.now();
       if (left <= 0 || opts.signal?.aborted || this.closed) return [];
       await this.waitForAppend(left, opts.signal);
@@ -342,13 +381,13 @@ export class EventStream implements EventStreamReader {
       throw new RangeError(`partition ${partition} does not exist (0..${this.partitions - 1})`);
     }
     const first = this.db.prepare('SELECT pseq FROM events WHERE part = ? ORDER BY pseq LIMIT 1').get(partition) as { pseq: number } | undefined;
-    const last = this.db.prepare('SELECT pseq, off, enq FROM events WHERE part = ? ORDER BY pseq DESC LIMIT 1').get(partition) as
+    const last = this.db.prepare('SELECT pseq, off, enq FROM events WHERE part = ? AND pseq < ? ORDER BY pseq DESC LIMIT 1').get(partition, this.visiblePseq[partition]) as
       | { pseq: number; off: number; enq: number }
       | undefined;
     return {
       partition,
       beginSequenceNumber: first ? first.pseq : -1,
-      lastSequenceNumber: last ? last.pseq : this.nextPseq[partition] - 1,
+      lastSequenceNumber: last ? last.pseq : this.visiblePseq[partition] - 1,
       lastOffset: last ? last.off : -1,
       lastEnqueuedTime: last?.enq,
       isEmpty: !last,
@@ -387,6 +426,7 @@ export class EventStream implements EventStreamReader {
     this.flush();
     this.closed = true;
     if (this.pruneTimer) clearInterval(this.pruneTimer);
+    await this.walSync?.close();
     for (const w of [...this.waiters]) w();
     this.saveHighMarks();
     this.db.close();
@@ -412,10 +452,10 @@ export class EventStream implements EventStreamReader {
     if (opts.fromSequenceNumber !== undefined) return Math.max(1, Math.floor(opts.fromSequenceNumber));
     if (opts.fromTime !== undefined) {
       const row = this.db.prepare('SELECT MIN(seq) AS s FROM events WHERE enq >= ?').get(opts.fromTime) as { s: number | null };
-      return row.s ?? this.nextSeq;
+      return row.s ?? this.visibleSeq;
     }
     const row = this.db.prepare('SELECT MIN(seq) AS s FROM events').get() as { s: number | null };
-    return row.s ?? this.nextSeq;
+    return row.s ?? this.visibleSeq;
   }
 
   private readonly statements = new Map<string, Database.Statement>();
@@ -431,12 +471,12 @@ export class EventStream implements EventStreamReader {
 
   private selectGlobal(start: number, limit: number, deviceId?: string, moduleId?: string): Row[] {
     if (deviceId !== undefined && moduleId !== undefined) {
-      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? AND mod = ? ORDER BY seq LIMIT ?').all(deviceId, start, moduleId, limit) as Row[];
+      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? AND seq < ? AND mod = ? ORDER BY seq LIMIT ?').all(deviceId, start, this.visibleSeq, moduleId, limit) as Row[];
     }
     if (deviceId !== undefined) {
-      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? ORDER BY seq LIMIT ?').all(deviceId, start, limit) as Row[];
+      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?').all(deviceId, start, this.visibleSeq, limit) as Row[];
     }
-    return this.stmt('SELECT * FROM events WHERE seq >= ? ORDER BY seq LIMIT ?').all(start, limit) as Row[];
+    return this.stmt('SELECT * FROM events WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?').all(start, this.visibleSeq, limit) as Row[];
   }
 
   private remember(events: StoredEvent[]): void {
@@ -460,7 +500,7 @@ export class EventStream implements EventStreamReader {
   private fromTail(start: number, limit: number): StoredEvent[] | undefined {
     if (this.tailHead >= this.tail.length) return undefined;
     const first = this.tail[this.tailHead]!.sequenceNumber;
-    if (start < first || start >= this.nextSeq) return undefined;
+    if (start < first || start >= this.visibleSeq) return undefined;
     const from = this.tailHead + (start - first);
     return this.tail.slice(from, from + limit);
   }

@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import Database from 'better-sqlite3';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
+import { WalSync } from './wal-sync.ts';
 import { OriginWatermarks, type ForwardedOrigin } from './origin-watermarks.ts';
 
 /**
@@ -315,10 +314,8 @@ export class MessageStore {
   private gcFloorNext = 0;
   private orphanCursor = 0;
   private readonly backgroundSync: boolean;
-  private walFd: number | undefined;
-  /** Acknowledgements of committed transactions waiting for the next fdatasync. */
-  private syncWaiting: Waiter[] = [];
-  private syncing: Promise<void> | undefined;
+  /** With background sync: acknowledges commits once an fdatasync of the WAL covers them. */
+  private walSync: WalSync | undefined;
 
   private readonly stmt: {
     insertMessage: Database.Statement;
@@ -702,13 +699,8 @@ export class MessageStore {
     this.closed = true;
     if (this.flushTimer) clearTimeout(this.flushTimer);
     if (this.flushImmediate) clearImmediate(this.flushImmediate);
-    while (this.syncing || this.syncWaiting.length > 0) {
-      this.startSync();
-      await this.syncing;
-    }
+    await this.walSync?.close();
     this.db.close();
-    if (this.walFd !== undefined) fs.closeSync(this.walFd);
-    this.walFd = undefined;
   }
 
   // ---- internals ----
@@ -716,55 +708,12 @@ export class MessageStore {
   /** Opens the WAL for background fdatasync, after making sure it and its directory entry are on disk. */
   private openWal(): void {
     try {
-      this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now()));
-      this.walFd = fs.openSync(this.path + '-wal', 'r+');
-      fs.fsyncSync(this.walFd);
-      const dir = fs.openSync(path.dirname(path.resolve(this.path)), 'r');
-      try {
-        fs.fsyncSync(dir);
-      } finally {
-        fs.closeSync(dir);
-      }
+      this.walSync = new WalSync(this.path, 'message store', () =>
+        this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())));
     } catch (err) {
       this.db.close();
       throw new UserError(`cannot prepare message store ${this.path}: ${(err as Error).message}`);
     }
-  }
-
-  /** Flushes the WAL to disk for every commit made so far, then acknowledges them. */
-  private startSync(): void {
-    if (this.syncing || this.syncWaiting.length === 0 || this.walFd === undefined) return;
-    const cohort = this.syncWaiting;
-    this.syncWaiting = [];
-    const fd = this.walFd;
-    this.syncing = new Promise<void>((done) => {
-      fs.fdatasync(fd, (err) => {
-        let error: Error | null = err;
-        if (!error) {
-          try {
-            // SQLite keeps its WAL for the life of the connection; should it ever replace the
-            // file, the descriptor synced above is stale: sync the new one before acknowledging.
-            if (fs.fstatSync(fd).nlink === 0) {
-              log.warn({ path: this.path }, 'write-ahead log was replaced; reopening it');
-              fs.closeSync(fd);
-              this.walFd = fs.openSync(this.path + '-wal', 'r+');
-              fs.fsyncSync(this.walFd);
-            }
-          } catch (e) {
-            error = e as Error;
-          }
-        }
-        this.syncing = undefined;
-        if (error) {
-          log.error({ path: this.path, err: error.message }, 'message store sync failed');
-          for (const w of cohort) w.reject(new Error(`not known to be on disk: ${error.message}`));
-        } else {
-          for (const w of cohort) w.resolve();
-        }
-        done();
-        this.startSync();
-      });
-    });
   }
 
   private full(err: StoreFullError): StoreFullError {
@@ -1000,10 +949,9 @@ export class MessageStore {
       }
     }
     if (appends.length > 0) this.committedSeq = appends[appends.length - 1].seq;
-    if (this.backgroundSync) {
-      for (const a of appends) this.syncWaiting.push(a);
-      for (const w of waiters) this.syncWaiting.push(w);
-      this.startSync();
+    if (this.walSync) {
+      this.walSync.addAll(appends);
+      this.walSync.addAll(waiters);
     } else {
       for (const a of appends) a.resolve();
       for (const w of waiters) w.resolve();

@@ -18,12 +18,13 @@ const UUID_CODE = 0x98;
 const TIMESTAMP = 0x83;
 const VBIN32 = 0xb0;
 const STR32 = 0xb1;
-const SYM32 = 0xb3;
+export const SYM32 = 0xb3;
 const LIST32 = 0xd0;
 const MAP32 = 0xd1;
-const SECTION = { properties: 0x73, applicationProperties: 0x74, messageAnnotations: 0x72, data: 0x75 };
+export const SECTION = { properties: 0x73, applicationProperties: 0x74, messageAnnotations: 0x72, data: 0x75 };
 
-class Writer {
+/** Writes AMQP values into a buffer sized beforehand (see `textBound`). */
+export class AmqpWriter {
   pos = 0;
   constructor(readonly buf: Buffer) {}
 
@@ -98,7 +99,7 @@ class Writer {
 }
 
 /** Bytes a string may take in UTF-8 (3 per UTF-16 unit at most) plus its 32-bit header. */
-function textBound(s: string | undefined): number {
+export function textBound(s: string | undefined): number {
   return s === undefined ? 0 : 5 + 3 * s.length;
 }
 
@@ -114,7 +115,7 @@ export function encodeMessage(m: Message): Buffer {
   bound += textBound(m.messageId) + textBound(m.correlationId) + textBound(m.userId) + textBound(m.to) + textBound(m.contentType) + textBound(m.contentEncoding);
   for (const [k, v] of app) bound += textBound(k) + textBound(v);
   for (const [k, v] of ann) bound += textBound(k) + textBound(v);
-  const w = new Writer(Buffer.allocUnsafe(bound));
+  const w = new AmqpWriter(Buffer.allocUnsafe(bound));
 
   // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type,
   // content-encoding, absolute-expiry-time; trailing absent fields are left out.
