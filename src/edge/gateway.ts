@@ -229,6 +229,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       const stored = storedMessageOf(auth, message);
       // A resend from a child gateway of what is stored already: taken again, stored once.
       if (origin && store.isForwardedStored(origin)) return store.whenDurable();
+      const original = origin && store.forwardedInFlight(origin);
+      if (original) return original.then(() => undefined);
       const deliveries = routes.table.match(stored);
       if (deliveries.length === 0) notForwarded(stored.sender);
       // Going nowhere, a forwarded message still has its origin recorded: its stream stays unbroken.

@@ -324,10 +324,16 @@ export class Engine {
       return messages.map(() => info);
     }
     const events: EventToAppend[] = [];
+    let originals: Promise<unknown>[] | undefined;
     for (let i = 0; i < messages.length; i++) {
       const origin = origins?.[i];
       // A child gateway sending again what is stored already: taken, stored once.
       if (origin && this.eventStream.isForwardedStored(origin)) continue;
+      const original = origin && this.eventStream.forwardedInFlight(origin);
+      if (original) {
+        (originals ??= []).push(original);
+        continue;
+      }
       events.push({
         deviceId: auth.identity.deviceId,
         moduleId: auth.identity.moduleId,
@@ -339,7 +345,7 @@ export class Engine {
       });
     }
     if (events.length === messages.length) return this.eventStream.appendAll(events);
-    const [stored] = await Promise.all([this.eventStream.appendAll(events), this.eventStream.whenDurable()]);
+    const [stored] = await Promise.all([this.eventStream.appendAll(events), this.eventStream.whenDurable(), ...(originals ?? [])]);
     return stored;
   }
 

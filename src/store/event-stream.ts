@@ -42,6 +42,9 @@ export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_READ_LIMIT = 100;
 const MAX_READ_LIMIT = 1000;
 const PRUNE_CHUNK = 10_000;
+/** A device-filtered read scans this many sequence numbers a statement, and at most DEVICE_SCAN_MAX a call. */
+const DEVICE_SCAN_WINDOW = 20_000;
+const DEVICE_SCAN_MAX = 200_000;
 /** Bounds of the in-memory tail: events, and bytes of their bodies. */
 const TAIL_EVENTS = 50_000;
 const TAIL_BYTES = 32 * 1024 * 1024;
@@ -134,9 +137,11 @@ export class EventStream implements EventStreamReader {
         body  BLOB NOT NULL
       );
       CREATE UNIQUE INDEX IF NOT EXISTS events_part ON events (part, pseq);
-      CREATE INDEX IF NOT EXISTS events_enq ON events (enq);
-      CREATE INDEX IF NOT EXISTS events_dev ON events (dev, seq);
     `);
+    // Earlier versions indexed the enqueued time and the device; every insert paid for both (the
+    // device index alone touches a page per sender per commit). Times are found by bisection
+    // now, and device reads scan the sequence in bounded windows.
+    this.db.exec('DROP INDEX IF EXISTS events_enq; DROP INDEX IF EXISTS events_dev;');
     const stored = this.db.prepare(`SELECT value FROM meta WHERE key = 'partitions'`).get() as { value: string } | undefined;
     if (stored) {
       this.partitions = Number(stored.value);
@@ -217,10 +222,12 @@ export class EventStream implements EventStreamReader {
   /** Appends one event; resolves once it is durable. */
   append(event: EventToAppend): Promise<StoredEventInfo> {
     if (this.closed) return Promise.reject(new Error('event stream is closed'));
-    return new Promise<StoredEventInfo>((resolve, reject) => {
+    const appended = new Promise<StoredEventInfo>((resolve, reject) => {
       this.pending.push({ event, resolve, reject });
       this.scheduleFlush();
     });
+    if (event.origin) this.origins.track(event.origin, appended);
+    return appended;
   }
 
   /** Appends several events in the same transaction (all or none). */
@@ -290,6 +297,11 @@ export class EventStream implements EventStreamReader {
     return this.origins.isStored(origin);
   }
 
+  /** The storing of a child gateway's message at this origin, while it is under way. */
+  forwardedInFlight(origin: ForwardedOrigin): Promise<unknown> | undefined {
+    return this.origins.inFlightOf(origin);
+  }
+
   /** Resolves once everything appended so far is durable (acknowledge a resend no earlier than its original). */
   whenDurable(): Promise<void> {
     const target = this.pending.length > 0 ? this.committed + 1 : this.committed;
@@ -329,10 +341,12 @@ export class EventStream implements EventStreamReader {
       if (opts.deviceId === undefined) {
         const recent = this.fromTail(start, limit);
         if (recent && recent.length > 0) return { events: recent, nextSequenceNumber: recent[recent.length - 1]!.sequenceNumber + 1 };
-      }
-      const rows = this.selectGlobal(start, limit, opts.deviceId, opts.moduleId);
-      if (rows.length > 0) {
-        return { events: rows.map(rowToEvent), nextSequenceNumber: rows[rows.length - 1].seq + 1 };
+        const rows = this.stmt('SELECT * FROM events WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?').all(start, this.visibleSeq, limit) as Row[];
+        if (rows.length > 0) return { events: rows.map(rowToEvent), nextSequenceNumber: rows[rows.length - 1].seq + 1 };
+      } else {
+        const found = this.readDevice(start, limit, opts.deviceId, opts.moduleId);
+        // An empty page short of the head: the scan budget ran out; the reader continues from there.
+        if (found.events.length > 0 || found.nextSequenceNumber < this.visibleSeq) return found;
       }
       // Nothing at or after `start` yet: everything before the write head has been scanned.
       start = Math.max(start, this.visibleSeq);
@@ -358,10 +372,12 @@ export class EventStream implements EventStreamReader {
         .get(opts.partition, opts.fromOffset) as { pseq: number } | undefined;
       fromPseq = row ? row.pseq : this.visiblePseq[opts.partition];
     } else if (opts.fromTime !== undefined) {
-      const row = this.db
-        .prepare(`SELECT MIN(pseq) AS p FROM events WHERE part = ? AND enq ${inclusive ? '>=' : '>'} ?`)
-        .get(opts.partition, opts.fromTime) as { p: number | null };
-      fromPseq = row.p ?? this.visiblePseq[opts.partition];
+      const part = opts.partition;
+      const time = opts.fromTime;
+      const at = this.stmt('SELECT pseq AS key, enq FROM events WHERE part = ? AND pseq >= ? ORDER BY pseq LIMIT 1');
+      fromPseq =
+        firstReaching(0, this.visiblePseq[part], (k) => at.get(part, k) as Keyed | undefined, inclusive ? (enq) => enq >= time : (enq) => enq > time) ??
+        this.visiblePseq[part];
     } else {
       fromPseq = 0;
     }
@@ -403,14 +419,14 @@ export class EventStream implements EventStreamReader {
   prune(now = Date.now()): number {
     if (this.closed) return 0;
     const cutoff = now - this.retentionMs;
-    const del = this.db.prepare('DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE enq < ? ORDER BY enq LIMIT ?)');
     let total = 0;
     try {
       this.saveHighMarks();
-      for (;;) {
-        const n = del.run(cutoff, PRUNE_CHUNK).changes;
-        total += n;
-        if (n < PRUNE_CHUNK) break;
+      const first = (this.db.prepare('SELECT MIN(seq) AS s FROM events').get() as { s: number | null }).s;
+      if (first !== null) {
+        const keep = this.firstSeqReaching(first, this.nextSeq, (enq) => enq >= cutoff) ?? this.nextSeq;
+        const del = this.db.prepare('DELETE FROM events WHERE seq >= ? AND seq < ?');
+        for (let from = first; from < keep; from += PRUNE_CHUNK) total += del.run(from, Math.min(keep, from + PRUNE_CHUNK)).changes;
       }
     } catch (err) {
       log.error({ err }, 'event stream retention failed');
@@ -450,12 +466,18 @@ export class EventStream implements EventStreamReader {
 
   private startSequence(opts: EventReadOptions): number {
     if (opts.fromSequenceNumber !== undefined) return Math.max(1, Math.floor(opts.fromSequenceNumber));
-    if (opts.fromTime !== undefined) {
-      const row = this.db.prepare('SELECT MIN(seq) AS s FROM events WHERE enq >= ?').get(opts.fromTime) as { s: number | null };
-      return row.s ?? this.visibleSeq;
-    }
     const row = this.db.prepare('SELECT MIN(seq) AS s FROM events').get() as { s: number | null };
+    if (opts.fromTime !== undefined) {
+      const time = opts.fromTime;
+      return row.s === null ? this.visibleSeq : (this.firstSeqReaching(row.s, this.visibleSeq, (enq) => enq >= time) ?? this.visibleSeq);
+    }
     return row.s ?? this.visibleSeq;
+  }
+
+  /** The first sequence number in [lo, hi) whose enqueued time is `reached`. */
+  private firstSeqReaching(lo: number, hi: number, reached: (enq: number) => boolean): number | undefined {
+    const at = this.stmt('SELECT seq AS key, enq FROM events WHERE seq >= ? ORDER BY seq LIMIT 1');
+    return firstReaching(lo, hi, (k) => at.get(k) as Keyed | undefined, reached);
   }
 
   private readonly statements = new Map<string, Database.Statement>();
@@ -469,14 +491,36 @@ export class EventStream implements EventStreamReader {
     return s;
   }
 
-  private selectGlobal(start: number, limit: number, deviceId?: string, moduleId?: string): Row[] {
-    if (deviceId !== undefined && moduleId !== undefined) {
-      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? AND seq < ? AND mod = ? ORDER BY seq LIMIT ?').all(deviceId, start, this.visibleSeq, moduleId, limit) as Row[];
+  /**
+   * One device's (or module's) events from `start`: from memory when the tail holds `start`,
+   * else by scanning the sequence in windows (there is no device index; see the constructor),
+   * at most DEVICE_SCAN_MAX sequence numbers a call.
+   */
+  private readDevice(start: number, limit: number, deviceId: string, moduleId?: string): EventReadResult {
+    const end = this.visibleSeq;
+    const matches = (e: StoredEvent) => e.deviceId === deviceId && (moduleId === undefined || e.moduleId === moduleId);
+    const first = this.tailHead < this.tail.length ? this.tail[this.tailHead]!.sequenceNumber : Infinity;
+    if (start >= first) {
+      const events: StoredEvent[] = [];
+      for (let i = this.tailHead + (start - first); i < this.tail.length && events.length < limit; i++) {
+        const e = this.tail[i]!;
+        if (e.sequenceNumber >= end) break;
+        if (matches(e)) events.push(e);
+      }
+      return { events, nextSequenceNumber: events.length === limit ? events[limit - 1]!.sequenceNumber + 1 : Math.max(start, end) };
     }
-    if (deviceId !== undefined) {
-      return this.stmt('SELECT * FROM events WHERE dev = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?').all(deviceId, start, this.visibleSeq, limit) as Row[];
+    const select =
+      moduleId === undefined
+        ? this.stmt('SELECT * FROM events WHERE seq >= ? AND seq < ? AND dev = ? ORDER BY seq LIMIT ?')
+        : this.stmt('SELECT * FROM events WHERE seq >= ? AND seq < ? AND dev = ? AND mod = ? ORDER BY seq LIMIT ?');
+    let from = start;
+    while (from < end && from - start < DEVICE_SCAN_MAX) {
+      const to = Math.min(end, from + DEVICE_SCAN_WINDOW);
+      const rows = (moduleId === undefined ? select.all(from, to, deviceId, limit) : select.all(from, to, deviceId, moduleId, limit)) as Row[];
+      if (rows.length > 0) return { events: rows.map(rowToEvent), nextSequenceNumber: rows.length === limit ? rows[limit - 1]!.seq + 1 : to };
+      from = to;
     }
-    return this.stmt('SELECT * FROM events WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?').all(start, this.visibleSeq, limit) as Row[];
+    return { events: [], nextSequenceNumber: Math.max(start, from) };
   }
 
   private remember(events: StoredEvent[]): void {
@@ -529,6 +573,33 @@ export function partitionOf(deviceId: string, partitions: number): number {
     h = Math.imul(h, 0x01000193) >>> 0;
   }
   return h % partitions;
+}
+
+interface Keyed {
+  key: number;
+  enq: number;
+}
+
+/**
+ * The first key in [lo, hi) whose row's enqueued time is `reached`, by bisection: enqueued times
+ * never decrease along the sequence (one time per commit, never earlier than the one before),
+ * so no index on the time is needed. `at(k)` is the first row with a key >= k; keys may have gaps.
+ */
+export function firstReaching(lo: number, hi: number, at: (key: number) => Keyed | undefined, reached: (enq: number) => boolean): number | undefined {
+  let best: number | undefined;
+  while (lo < hi) {
+    const mid = lo + Math.floor((hi - lo) / 2);
+    const row = at(mid);
+    if (!row || row.key >= hi) {
+      hi = mid;
+    } else if (reached(row.enq)) {
+      best = row.key;
+      hi = mid;
+    } else {
+      lo = row.key + 1;
+    }
+  }
+  return best;
 }
 
 function clampLimit(limit?: number): number {

@@ -477,11 +477,13 @@ export class MessageStore {
       if (!entry.origin) return Promise.resolve();
       // Nothing to store but the origin: durable with the next commit.
       const origin = entry.origin;
-      return new Promise<void>((resolve, reject) => {
+      const recorded = new Promise<void>((resolve, reject) => {
         this.pendingOrigins.push(origin);
         this.deleteWaiters.push({ resolve, reject });
         this.scheduleFlush(false);
       });
+      this.origins.track(origin, recorded);
+      return recorded;
     }
 
     const enqueuedAt = this.now();
@@ -510,11 +512,13 @@ export class MessageStore {
     }
     this.pendingBytes += size;
     this.pendingMessages += 1;
-    return new Promise<void>((resolve, reject) => {
+    const stored = new Promise<void>((resolve, reject) => {
       if (entry.origin) this.pendingOrigins.push(entry.origin);
       this.appends.push({ seq: this.nextSeq++, enqueuedAt, message: m, meta, size, targets, resolve, reject });
       this.scheduleFlush(this.appends.length >= this.commitMaxBatch);
     });
+    if (entry.origin) this.origins.track(entry.origin, stored);
+    return stored;
   }
 
   /**
@@ -582,6 +586,11 @@ export class MessageStore {
   /** True when a child gateway's message at this origin is stored already (a resend). */
   isForwardedStored(origin: ForwardedOrigin): boolean {
     return this.origins.isStored(origin);
+  }
+
+  /** The storing of a child gateway's message at this origin, while it is under way. */
+  forwardedInFlight(origin: ForwardedOrigin): Promise<unknown> | undefined {
+    return this.origins.inFlightOf(origin);
   }
 
   /** Resolves once everything committed so far is on disk (acknowledge a resend no earlier than its original). */

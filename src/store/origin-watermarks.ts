@@ -23,6 +23,12 @@ export interface ForwardedOrigin {
 
 export class OriginWatermarks {
   private readonly committed = new Map<string, number>();
+  /**
+   * Forwarded messages taken but not yet committed, by stream and number. A resend can arrive
+   * before its original's commit (the child's link dropped and it sent again at once); it then
+   * waits for the original instead of being stored a second time.
+   */
+  private readonly inFlight = new Map<string, Map<number, Promise<unknown>>>();
   private readonly upsert: Database.Statement;
 
   constructor(db: Database.Database) {
@@ -34,6 +40,25 @@ export class OriginWatermarks {
   /** True when this message is already stored (a resend): skip it. */
   isStored(origin: ForwardedOrigin): boolean {
     return origin.seq <= (this.committed.get(origin.stream) ?? 0);
+  }
+
+  /** Remembers a forwarded message being stored until `settled` settles. */
+  track(origin: ForwardedOrigin, settled: Promise<unknown>): void {
+    let bySeq = this.inFlight.get(origin.stream);
+    if (!bySeq) this.inFlight.set(origin.stream, (bySeq = new Map()));
+    bySeq.set(origin.seq, settled);
+    const forget = () => {
+      const m = this.inFlight.get(origin.stream);
+      if (m?.get(origin.seq) !== settled) return;
+      m.delete(origin.seq);
+      if (m.size === 0) this.inFlight.delete(origin.stream);
+    };
+    settled.then(forget, forget);
+  }
+
+  /** The storing of this same message when it is under way (a resend of it waits for that). */
+  inFlightOf(origin: ForwardedOrigin): Promise<unknown> | undefined {
+    return this.inFlight.get(origin.stream)?.get(origin.seq);
   }
 
   /**

@@ -25,7 +25,9 @@ let host: string;
 let ip: string;
 
 function strata(...args: string[]): Promise<Exec> {
-  return exec(process.execPath, [BIN, 'certs', ...args], { cwd: work, env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } });
+  // Cases run side by side, a dozen CLI processes at once: on a busy two-core machine one can
+  // take well over the helper's default 20 s to start, which is not what these tests check.
+  return exec(process.execPath, [BIN, 'certs', ...args], { cwd: work, env: { ...process.env, STRATA_LOG_LEVEL: 'warn' }, timeoutMs: 120_000 });
 }
 function openssl(...args: string[]): Promise<Exec> {
   return exec('openssl', args, { cwd: work });

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { EventToAppend } from '../../src/engine/types.ts';
-import { EventStream, partitionOf } from '../../src/store/event-stream.ts';
+import { EventStream, firstReaching, partitionOf } from '../../src/store/event-stream.ts';
 
 async function tempDir(t: { after(fn: () => unknown): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-es-'));
@@ -157,4 +157,72 @@ test('readers at the end are served from memory with exactly what the file holds
   assert.equal((await again.read({ fromSequenceNumber: 301 })).events.length, 1, 'served from memory');
   again.prune(Date.now() + 2 * 24 * 3600 * 1000);
   assert.deepEqual((await again.read({ fromSequenceNumber: 301 })).events, []);
+});
+
+test('bisection finds the first key whose time is reached, across gaps in the keys', () => {
+  // key -> enqueued time; keys 4..6 and 10 are missing (retention, restarts).
+  const rows = new Map([[1, 10], [2, 10], [3, 20], [7, 20], [8, 30], [9, 30], [11, 40]]);
+  const keys = [...rows.keys()];
+  const at = (k: number) => {
+    const key = keys.find((x) => x >= k);
+    return key === undefined ? undefined : { key, enq: rows.get(key)! };
+  };
+  const first = (time: number, inclusive = true) => firstReaching(1, 12, at, inclusive ? (e) => e >= time : (e) => e > time);
+  assert.equal(first(0), 1);
+  assert.equal(first(15), 3);
+  assert.equal(first(20), 3);
+  assert.equal(first(20, false), 8);
+  assert.equal(first(35), 11);
+  assert.equal(first(41), undefined, 'nothing that late');
+  assert.equal(firstReaching(5, 7, at, () => true), undefined, 'nothing inside the range');
+});
+
+test('without time and device indexes, reads from the file by time, device and module still find exactly their events', async (t) => {
+  const dir = await tempDir(t);
+  let s = new EventStream({ dir, partitions: 2, pruneIntervalMs: 3_600_000 });
+  // Three commits at distinct times; the last one holds more events than one scan window.
+  await s.append(ev('early', 'e0'));
+  await new Promise((r) => setTimeout(r, 15));
+  const mark = Date.now();
+  await s.append(ev('rare', 'r0', {}, 'm1'));
+  await new Promise((r) => setTimeout(r, 15));
+  const bulk = Array.from({ length: 45_000 }, (_, i) => ev(`bulk-${i % 50}`, `b${i}`));
+  bulk[30_000] = ev('rare', 'r1');
+  bulk[44_000] = ev('rare', 'r2', {}, 'm1');
+  await s.appendAll(bulk);
+  await s.close();
+  // Reopened: nothing is in memory, every read goes to the file.
+  s = new EventStream({ dir, pruneIntervalMs: 3_600_000 });
+  t.after(() => s.close());
+  const db = new Database(join(dir, 'events.db'), { readonly: true });
+  t.after(() => db.close());
+  const indexes = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'").all() as { name: string }[]).map((r) => r.name);
+  assert.deepEqual(indexes.filter((n) => !n.startsWith('sqlite_')), ['events_part'], 'only the partition index is kept up by every insert');
+
+  assert.deepEqual((await s.read({ fromTime: mark, limit: 2 })).events.map((e) => e.message.body.toString()), ['r0', 'b0']);
+  const p = s.partitionOf('rare');
+  assert.equal((await s.readPartition({ partition: p, fromTime: mark, limit: 1 }))[0]?.message.body.toString(), 'r0');
+
+  // A device-filtered reader that follows nextSequenceNumber sees exactly that device's events, in order.
+  const follow = async (deviceId: string, moduleId?: string) => {
+    const seen: string[] = [];
+    let from = 1;
+    for (let pages = 0; from < s.nextSequenceNumber(); pages++) {
+      assert.ok(pages < 100, 'the reader moves forward');
+      const page = await s.read({ fromSequenceNumber: from, deviceId, moduleId, limit: 10 });
+      assert.ok(page.nextSequenceNumber > from);
+      seen.push(...page.events.map((e) => e.message.body.toString()));
+      from = page.nextSequenceNumber;
+    }
+    return seen;
+  };
+  assert.deepEqual(await follow('rare'), ['r0', 'r1', 'r2']);
+  assert.deepEqual(await follow('rare', 'm1'), ['r0', 'r2']);
+  assert.equal((await follow('bulk-7')).length, 900);
+
+  // Retention by time removes exactly the events older than the cutoff.
+  const kept = s.nextSequenceNumber() - 1 - 1;
+  assert.equal(s.prune(mark + 24 * 3600 * 1000), 1, 'the default retention is a day: the cutoff falls at the mark');
+  assert.equal((await s.read({ limit: 1 })).events[0]?.message.body.toString(), 'r0');
+  assert.equal((db.prepare('SELECT count(*) AS n FROM events').get() as { n: number }).n, kept);
 });

@@ -195,3 +195,25 @@ test('telemetry over the size limit is refused before it is stored', async (t) =
   const batch = await engine.sendTelemetryBatch(auth, [{ body: Buffer.from('a'), properties: {} }, { body: Buffer.from('b'), properties: {} }]);
   assert.deepEqual(batch.map((b) => b.sequenceNumber), [2, 3]);
 });
+
+test('a forwarded batch sent again before the first copy is committed is stored once, and answered once that copy is on disk', async (t) => {
+  const { engine, registry, login } = await setup(t);
+  registry.add('d');
+  const auth = await login('d');
+  const messages = ['a', 'b', 'c'].map((b) => ({ body: Buffer.from(b), properties: {} }));
+  const origins = [11, 12, 13].map((seq, i) => ({ stream: 'child-gw|store-1/0', seq, prev: i === 0 ? 0 : seq - 1 }));
+  // Both copies arrive in the same turn of the event loop: the first is not committed yet when
+  // the second is looked at (a child whose link dropped sends again at once).
+  const first = engine.sendTelemetryBatch(auth, messages, origins);
+  const again = engine.sendTelemetryBatch(auth, messages, origins);
+  let againDone = false;
+  void again.then(() => (againDone = true));
+  await first;
+  await again;
+  assert.equal(againDone, true);
+  const { events } = await engine.events.read({ fromSequenceNumber: 1, limit: 100 });
+  assert.deepEqual(events.map((e) => e.message.body.toString()), ['a', 'b', 'c'], 'stored once');
+  // And after the commit, a third copy is recognised by the watermark alone.
+  await engine.sendTelemetryBatch(auth, messages, origins);
+  assert.equal((await engine.events.read({ fromSequenceNumber: 1, limit: 100 })).events.length, 3);
+});

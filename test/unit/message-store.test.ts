@@ -344,3 +344,20 @@ test('checkpoints of long runs are deleted as ranges, and a run with foreign ent
   await again.close();
   assert.equal(rawCount(ctx.file, 'SELECT count(*) FROM queue'), 150);
 });
+
+test('a forwarded message being stored is found in flight until its commit, then by its watermark', async (t) => {
+  const ctx = setup(t);
+  const store = ctx.open({});
+  const origin = { stream: 'child|store-9/0', seq: 5, prev: 0 };
+  assert.equal(store.forwardedInFlight(origin), undefined);
+  const stored = store.append({ message: msg('leaf', 1), targets: [{ endpoint: 'upstream', priority: 0, ttlSecs: 0 }], origin });
+  // Not committed yet: the watermark does not know it, the in-flight record does.
+  assert.equal(store.isForwardedStored(origin), false);
+  const inFlight = store.forwardedInFlight(origin);
+  assert.ok(inFlight, 'a resend arriving now finds the first copy under way');
+  await inFlight;
+  await stored;
+  assert.equal(store.isForwardedStored(origin), true);
+  assert.equal(store.forwardedInFlight(origin), undefined, 'forgotten once settled');
+  assert.equal(readAll(store, 'upstream').length, 1);
+});
