@@ -8,6 +8,7 @@ import { asHubError, deviceApi } from '../protocols/http/device-api.ts';
 import { emptyProperties, messageFromHeaders, parseExpiry } from '../protocols/http/message-headers.ts';
 import { childLog } from '../util/log.ts';
 import { HubError, badRequest } from './errors.ts';
+import { eventJson, eventJsonText, type EventPageJson } from './event-json.ts';
 import type { HubNode } from './hub.ts';
 import { sendError } from './service-api.ts';
 
@@ -42,80 +43,9 @@ export async function attachMessaging(node: HubNode): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The event stream as JSON
+// The event stream as JSON: see event-json.ts
 
-/** One stored telemetry message, as `GET /events` returns it. */
-export interface EventJson {
-  /** The hub-wide sequence number: pass `from=` this + 1 to continue. */
-  sequenceNumber: number;
-  partition: number;
-  partitionSequenceNumber: number;
-  offset: number;
-  /** ISO 8601. */
-  enqueuedTime: string;
-  deviceId: string;
-  moduleId?: string;
-  /** The payload, base64. */
-  body: string;
-  /** The message's system properties, under their AMQP / routing names. */
-  systemProperties: Record<string, string | number>;
-  /** What the hub stamped on the message, as IoT Hub's built-in endpoint annotates it. */
-  annotations: Record<string, string | number>;
-  /** Application properties. */
-  properties: Record<string, string>;
-}
-
-export interface EventPageJson {
-  events: EventJson[];
-  /** Where to continue reading (`from=`). */
-  nextSequenceNumber: number;
-}
-
-// A module-level helper, not a closure: this runs for every event a reader is sent.
-function putSystem(system: Record<string, string | number>, name: string, value: string | number | undefined): void {
-  if (value !== undefined && value !== '') system[name] = value;
-}
-
-export function eventJson(e: StoredEvent): EventJson {
-  const m = e.message;
-  const system: Record<string, string | number> = {};
-  putSystem(system, 'message-id', m.messageId);
-  putSystem(system, 'correlation-id', m.correlationId);
-  putSystem(system, 'user-id', m.userId);
-  putSystem(system, 'to', m.to);
-  putSystem(system, 'absolute-expiry-time', m.expiry);
-  putSystem(system, 'content-type', m.contentType);
-  putSystem(system, 'content-encoding', m.contentEncoding);
-  putSystem(system, 'iothub-creation-time-utc', m.creationTime);
-  putSystem(system, 'dt-subject', m.component);
-  putSystem(system, 'iothub-interface-id', m.interfaceId);
-  putSystem(system, 'iothub-outputname', m.outputName);
-  const annotations: Record<string, string | number> = {
-    'iothub-connection-device-id': e.deviceId,
-  };
-  if (e.moduleId !== undefined) annotations['iothub-connection-module-id'] = e.moduleId;
-  annotations['iothub-connection-auth-method'] = e.authMethod;
-  if (e.authGenerationId !== undefined) annotations['iothub-connection-auth-generation-id'] = e.authGenerationId;
-  annotations['iothub-enqueuedtime'] = e.enqueuedTime;
-  annotations['iothub-message-source'] = e.messageSource;
-  annotations['x-opt-sequence-number'] = e.partitionSequenceNumber;
-  annotations['x-opt-offset'] = String(e.offset);
-  annotations['x-opt-enqueued-time'] = e.enqueuedTime;
-  const out: EventJson = {
-    sequenceNumber: e.sequenceNumber,
-    partition: e.partition,
-    partitionSequenceNumber: e.partitionSequenceNumber,
-    offset: e.offset,
-    enqueuedTime: new Date(e.enqueuedTime).toISOString(),
-    deviceId: e.deviceId,
-    body: m.body.toString('base64'),
-    systemProperties: system,
-    annotations,
-    properties: { ...m.properties },
-  };
-  if (e.moduleId !== undefined) out.moduleId = e.moduleId;
-  return out;
-}
+export type { EventJson, EventPageJson } from './event-json.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Request parsing
@@ -474,7 +404,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
           const parts: string[] = new Array(page.events.length);
           for (let i = 0; i < page.events.length; i++) {
             const e = page.events[i]!;
-            parts[i] = `id: ${e.sequenceNumber}\nevent: message\ndata: ${JSON.stringify(eventJson(e))}\n\n`;
+            parts[i] = `id: ${e.sequenceNumber}\nevent: message\ndata: ${eventJsonText(e)}\n\n`;
           }
           await write(Buffer.from(parts.join('')));
         }
