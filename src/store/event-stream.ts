@@ -255,9 +255,13 @@ export class EventStream implements EventStreamReader {
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
       log.error({ err, count: batch.length }, 'event stream append failed; senders get an error');
-      for (const p of batch) p.reject(err as Error);
+      for (const p of batch) {
+        if (p.event.origin) this.origins.forget(p.event.origin);
+        p.reject(err as Error);
+      }
       return;
     }
+    for (const p of batch) if (p.event.origin) this.origins.forget(p.event.origin);
     if (!this.walSync) {
       this.publish(batch, infos);
       return;

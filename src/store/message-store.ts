@@ -906,6 +906,7 @@ export class MessageStore {
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       log.error({ err: error.message, appends: appends.length, deletes: deletes.length }, 'message store commit failed');
+      for (const o of origins) this.origins.forget(o);
       for (const ep of touched) {
         ep.dirtyCheckpointed = 0;
         ep.dirtyExpired = 0;
@@ -922,6 +923,7 @@ export class MessageStore {
 
     // Committed: bring the in-memory view along, then acknowledge.
     if (moved) this.origins.committedNow(moved);
+    for (const o of origins) this.origins.forget(o);
     for (const ep of touched) {
       ep.checkpointed += ep.dirtyCheckpointed;
       ep.expired += ep.dirtyExpired;

@@ -42,18 +42,22 @@ export class OriginWatermarks {
     return origin.seq <= (this.committed.get(origin.stream) ?? 0);
   }
 
-  /** Remembers a forwarded message being stored until `settled` settles. */
-  track(origin: ForwardedOrigin, settled: Promise<unknown>): void {
+  /** Remembers a forwarded message being stored by `storing`, until `forget` is told its commit is over. */
+  track(origin: ForwardedOrigin, storing: Promise<unknown>): void {
     let bySeq = this.inFlight.get(origin.stream);
     if (!bySeq) this.inFlight.set(origin.stream, (bySeq = new Map()));
-    bySeq.set(origin.seq, settled);
-    const forget = () => {
-      const m = this.inFlight.get(origin.stream);
-      if (m?.get(origin.seq) !== settled) return;
-      m.delete(origin.seq);
-      if (m.size === 0) this.inFlight.delete(origin.stream);
-    };
-    settled.then(forget, forget);
+    bySeq.set(origin.seq, storing);
+  }
+
+  /**
+   * After the commit that held these origins, whether it succeeded (the watermark answers from
+   * now on) or failed (a resend is then stored anew).
+   */
+  forget(origin: ForwardedOrigin): void {
+    const bySeq = this.inFlight.get(origin.stream);
+    if (!bySeq) return;
+    bySeq.delete(origin.seq);
+    if (bySeq.size === 0) this.inFlight.delete(origin.stream);
   }
 
   /** The storing of this same message when it is under way (a resend of it waits for that). */

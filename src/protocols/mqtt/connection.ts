@@ -71,6 +71,8 @@ export class MqttConnection {
   /** Outgoing QoS 1 PUBLISHes waiting for PUBACK: packet id -> C2D lock token. */
   private readonly awaitingAck = new Map<number, string>();
   private corked = false;
+  /** Packet ids of stored telemetry to acknowledge at the end of this turn. */
+  private pubacks: number[] = [];
   private readonly maxPacketBytes: number;
 
   constructor(
@@ -255,7 +257,7 @@ export class MqttConnection {
         const qos = p.qos;
         session.sendTelemetry(message).then(
           () => {
-            if (qos === 1) this.send({ cmd: 'puback', messageId });
+            if (qos === 1) this.puback(messageId);
           },
           (err: unknown) => {
             if (err instanceof EngineError && err.code === 'too-large') {
@@ -301,6 +303,31 @@ export class MqttConnection {
   private ackIfQos1(p: mqtt.IPublishPacket): void {
     if (p.qos === 1) this.send({ cmd: 'puback', messageId: p.messageId });
   }
+
+  /**
+   * Acknowledges a stored telemetry message. The acknowledgements of one event-loop turn are
+   * written as one buffer: a client with a window of QoS 1 messages gets its PUBACKs together,
+   * and a packet object, an encoder call and a write each would cost more than the bytes.
+   */
+  private puback(messageId: number | undefined): void {
+    if (messageId === undefined) return;
+    if (this.pubacks.length === 0) process.nextTick(this.writePubacks);
+    this.pubacks.push(messageId);
+  }
+
+  private readonly writePubacks = (): void => {
+    const ids = this.pubacks;
+    this.pubacks = [];
+    if (this.stream.destroyed || this.stream.writableEnded) return;
+    const out = Buffer.allocUnsafe(4 * ids.length);
+    for (let i = 0; i < ids.length; i++) {
+      // PUBACK: type 4, remaining length 2, packet identifier.
+      out[4 * i] = 0x40;
+      out[4 * i + 1] = 0x02;
+      out.writeUInt16BE(ids[i]!, 4 * i + 2);
+    }
+    this.stream.write(out);
+  };
 
   private twinResponse(status: number, rid: string, body: Buffer, version?: number): void {
     if (this.state !== 'connected' || !this.session?.subscriptions.has('twin-responses')) {
