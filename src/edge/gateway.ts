@@ -16,6 +16,7 @@ import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { webSocketDispatcher } from '../protocols/ws.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
+import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { RouteTable } from '../routing/route-table.ts';
 import { MessageStore, StoreFullError } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
@@ -294,16 +295,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     );
 
     const pumps = new Map<string, EndpointPump>();
-    const counted = (ep: DeliveryEndpoint): DeliveryEndpoint => ({
-      name: ep.name,
-      maxBatch: ep.maxBatch,
-      send: async (batch) => {
-        await ep.send(batch);
-        metrics.sent.inc({ endpoint: ep.name }, batch.length);
-      },
-      ...(ep.isAvailable ? { isAvailable: () => ep.isAvailable!() } : {}),
-      ...(ep.onAvailable ? { onAvailable: (l: () => void) => ep.onAvailable!(l) } : {}),
-    });
+    const counted = (ep: DeliveryEndpoint): DeliveryEndpoint => countedEndpoint(ep, (n) => metrics.sent.inc({ endpoint: ep.name }, n));
     const ensurePump = (name: string) => {
       if (pumps.has(name)) return;
       let ep: DeliveryEndpoint;

@@ -85,6 +85,35 @@ function putText(out: string, name: string, value: string | number | undefined):
   return value === undefined || value === '' ? out : member(out, name, value);
 }
 
+// The annotations naming the sender are the same for every event a connection sends, and the
+// events of one commit share their enqueued time: both are written once and reused.
+const senders = new Map<string, string>();
+const SENDERS_KEPT = 10_000;
+let lastTime = NaN;
+let lastIso = '';
+
+function senderAnnotations(e: StoredEvent): string {
+  const key = `${e.deviceId}\u0000${e.moduleId ?? '\u0001'}\u0000${e.authMethod}\u0000${e.authGenerationId ?? '\u0001'}`;
+  let text = senders.get(key);
+  if (text === undefined) {
+    text = member('{', 'iothub-connection-device-id', e.deviceId);
+    if (e.moduleId !== undefined) text = member(text, 'iothub-connection-module-id', e.moduleId);
+    text = member(text, 'iothub-connection-auth-method', e.authMethod);
+    if (e.authGenerationId !== undefined) text = member(text, 'iothub-connection-auth-generation-id', e.authGenerationId);
+    if (senders.size >= SENDERS_KEPT) senders.clear();
+    senders.set(key, text);
+  }
+  return text;
+}
+
+function isoTime(ms: number): string {
+  if (ms !== lastTime) {
+    lastTime = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
+}
+
 /**
  * `JSON.stringify(eventJson(e))`, written directly: a reader that follows the stream is sent
  * every event, and building the objects only to serialise them cost more than the rest of the
@@ -104,10 +133,7 @@ export function eventJsonText(e: StoredEvent): string {
   system = putText(system, 'dt-subject', m.component);
   system = putText(system, 'iothub-interface-id', m.interfaceId);
   system = putText(system, 'iothub-outputname', m.outputName);
-  let ann = member('{', 'iothub-connection-device-id', e.deviceId);
-  if (e.moduleId !== undefined) ann = member(ann, 'iothub-connection-module-id', e.moduleId);
-  ann = member(ann, 'iothub-connection-auth-method', e.authMethod);
-  if (e.authGenerationId !== undefined) ann = member(ann, 'iothub-connection-auth-generation-id', e.authGenerationId);
+  let ann = senderAnnotations(e);
   ann = member(ann, 'iothub-enqueuedtime', e.enqueuedTime);
   ann = member(ann, 'iothub-message-source', e.messageSource);
   ann = member(ann, 'x-opt-sequence-number', e.partitionSequenceNumber);
@@ -118,7 +144,7 @@ export function eventJsonText(e: StoredEvent): string {
   const moduleId = e.moduleId !== undefined ? `,"moduleId":${str(e.moduleId)}` : '';
   return (
     `{"sequenceNumber":${e.sequenceNumber},"partition":${e.partition},"partitionSequenceNumber":${e.partitionSequenceNumber},"offset":${e.offset}` +
-    `,"enqueuedTime":"${new Date(e.enqueuedTime).toISOString()}","deviceId":${str(e.deviceId)},"body":"${m.body.toString('base64')}"` +
+    `,"enqueuedTime":"${isoTime(e.enqueuedTime)}","deviceId":${str(e.deviceId)},"body":"${m.body.toString('base64')}"` +
     `,"systemProperties":${system}},"annotations":${ann}},"properties":${props}}${moduleId}}`
   );
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { childLog } from '../util/log.ts';
 import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
-import { OriginWatermarks, type ForwardedOrigin } from './origin-watermarks.ts';
+import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { WalSync } from './wal-sync.ts';
 import type {
   EventReadOptions,
@@ -95,7 +95,7 @@ export class EventStream implements EventStreamReader {
   private pruneTimer?: NodeJS.Timeout;
   private closed = false;
   private readonly insert: Database.Statement;
-  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => Map<string, number> | undefined;
+  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => OriginsMoved | undefined;
   private readonly origins: OriginWatermarks;
   /** Commits so far, and how many of them are known on disk (or failed to get there). */
   private committed = 0;

@@ -3,7 +3,7 @@ import Database from 'better-sqlite3';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
-import { OriginWatermarks, type ForwardedOrigin } from './origin-watermarks.ts';
+import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 
 /**
  * Durable store-and-forward queues on one SQLite file (WAL).
@@ -854,7 +854,7 @@ export class MessageStore {
     this.deleteWaiters = [];
     const origins = this.pendingOrigins;
     this.pendingOrigins = [];
-    let moved: Map<string, number> | undefined;
+    let moved: OriginsMoved | undefined;
 
     const touched = new Set<EndpointState>();
     let freedBytes = 0;

@@ -4,15 +4,14 @@ import type Database from 'better-sqlite3';
  * Exactly-once storage of what a child gateway forwards. A child's store numbers its messages;
  * it sends each with its stream (its store's id, the queue's priority and the sender), its
  * sequence number and the number of the message it sent before in that stream (`prev`; 0 when
- * everything before was acknowledged already). The receiving store keeps, per stream, a
- * watermark: the highest number up to which every message of the stream is durably stored.
- * A message at or below the watermark is a resend of one already stored and is skipped.
- *
- * The watermark only moves along an unbroken chain (a message whose `prev` is at or below it),
- * inside the same transaction that stores the messages, so it can never claim a message that a
- * failed or lost transfer did not store: a resend is then stored again rather than dropped.
+ * everything before was acknowledged already). A stored message therefore shows that the stream
+ * holds nothing between `prev` and it: the receiving store keeps, per stream, what it holds as a
+ * watermark (everything up to it is stored) and a few spans above it (ranges stored while an
+ * earlier message was missing, say a batch that travelled while the one before it was lost).
+ * A message inside them is a resend of one already stored and is skipped; when the missing part
+ * arrives the spans join the watermark. Both are written in the same transaction that stores the
+ * messages, so they never claim a message that a failed or lost transfer did not store.
  */
-
 /** What a forwarded message says about its place in its stream. */
 export interface ForwardedOrigin {
   stream: string;
@@ -21,8 +20,52 @@ export interface ForwardedOrigin {
   prev: number;
 }
 
+/** A stream's stored ranges: everything up to `mark`, and the spans (lo, hi] above it, in order. */
+export interface StreamCoverage {
+  mark: number;
+  spans: Array<[lo: number, hi: number]>;
+  spansChanged?: boolean;
+}
+
+/** What a transaction moved, by stream: applied once it committed (`committedNow`). */
+export type OriginsMoved = Map<string, StreamCoverage>;
+
+/** Spans kept per stream; past it the oldest go (a resend inside them would be stored again). */
+const MAX_SPANS = 64;
+
+/** Records that (prev, seq] is stored. */
+export function cover(c: StreamCoverage, prev: number, seq: number): void {
+  if (seq <= c.mark) return;
+  if (prev <= c.mark) {
+    c.mark = seq;
+    while (c.spans.length > 0 && c.spans[0]![0] <= c.mark) {
+      c.mark = Math.max(c.mark, c.spans.shift()![1]);
+      c.spansChanged = true;
+    }
+    return;
+  }
+  let lo = prev;
+  let hi = seq;
+  const kept: Array<[number, number]> = [];
+  let at = 0;
+  for (const span of c.spans) {
+    if (span[0] <= hi && lo <= span[1]) {
+      lo = Math.min(lo, span[0]);
+      hi = Math.max(hi, span[1]);
+    } else {
+      if (span[1] < lo) at++;
+      kept.push(span);
+    }
+  }
+  kept.splice(at, 0, [lo, hi]);
+  if (kept.length > MAX_SPANS) kept.splice(0, kept.length - MAX_SPANS);
+  c.spans = kept;
+  c.spansChanged = true;
+}
+
 export class OriginWatermarks {
   private readonly committed = new Map<string, number>();
+  private readonly spans = new Map<string, Array<[number, number]>>();
   /**
    * Forwarded messages taken but not yet committed, by stream and number. A resend can arrive
    * before its original's commit (the child's link dropped and it sent again at once); it then
@@ -30,16 +73,31 @@ export class OriginWatermarks {
    */
   private readonly inFlight = new Map<string, Map<number, Promise<unknown>>>();
   private readonly upsert: Database.Statement;
+  private readonly deleteSpans: Database.Statement;
+  private readonly insertSpan: Database.Statement;
 
   constructor(db: Database.Database) {
-    db.exec('CREATE TABLE IF NOT EXISTS origins (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID');
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS origins (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS origin_spans (stream TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, PRIMARY KEY (stream, lo)) WITHOUT ROWID;
+    `);
     for (const row of db.prepare('SELECT stream, seq FROM origins').all() as Array<{ stream: string; seq: number }>) this.committed.set(row.stream, row.seq);
+    for (const row of db.prepare('SELECT stream, lo, hi FROM origin_spans ORDER BY stream, lo').all() as Array<{ stream: string; lo: number; hi: number }>) {
+      let list = this.spans.get(row.stream);
+      if (!list) this.spans.set(row.stream, (list = []));
+      list.push([row.lo, row.hi]);
+    }
     this.upsert = db.prepare('INSERT INTO origins (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > origins.seq');
+    this.deleteSpans = db.prepare('DELETE FROM origin_spans WHERE stream = ?');
+    this.insertSpan = db.prepare('INSERT INTO origin_spans (stream, lo, hi) VALUES (?, ?, ?)');
   }
 
   /** True when this message is already stored (a resend): skip it. */
   isStored(origin: ForwardedOrigin): boolean {
-    return origin.seq <= (this.committed.get(origin.stream) ?? 0);
+    if (origin.seq <= (this.committed.get(origin.stream) ?? 0)) return true;
+    const spans = this.spans.get(origin.stream);
+    if (spans) for (const [lo, hi] of spans) if (origin.seq > lo && origin.seq <= hi) return true;
+    return false;
   }
 
   /** Remembers a forwarded message being stored by `storing`, until `forget` is told its commit is over. */
@@ -66,21 +124,32 @@ export class OriginWatermarks {
   }
 
   /**
-   * Inside the transaction that stores `origins` (in append order): moves the watermarks along
-   * the chains they continue and writes them. Returns what to apply once the commit succeeded.
+   * Inside the transaction that stores `origins` (in append order): records what they cover and
+   * writes it. Returns what to apply once the commit succeeded.
    */
-  writeInTransaction(origins: Iterable<ForwardedOrigin>): Map<string, number> {
-    const moved = new Map<string, number>();
+  writeInTransaction(origins: Iterable<ForwardedOrigin>): OriginsMoved {
+    const moved: OriginsMoved = new Map();
     for (const o of origins) {
-      const w = moved.get(o.stream) ?? this.committed.get(o.stream) ?? 0;
-      if ((o.prev === 0 || o.prev <= w) && o.seq > w) moved.set(o.stream, o.seq);
+      let c = moved.get(o.stream);
+      if (!c) moved.set(o.stream, (c = { mark: this.committed.get(o.stream) ?? 0, spans: [...(this.spans.get(o.stream) ?? [])] }));
+      cover(c, o.prev, o.seq);
     }
-    for (const [stream, seq] of moved) this.upsert.run(stream, seq);
+    for (const [stream, c] of moved) {
+      this.upsert.run(stream, c.mark);
+      if (!c.spansChanged) continue;
+      this.deleteSpans.run(stream);
+      for (const [lo, hi] of c.spans) this.insertSpan.run(stream, lo, hi);
+    }
     return moved;
   }
 
-  /** After the commit: the moved watermarks hold. */
-  committedNow(moved: Map<string, number>): void {
-    for (const [stream, seq] of moved) if (seq > (this.committed.get(stream) ?? 0)) this.committed.set(stream, seq);
+  /** After the commit: what moved holds. */
+  committedNow(moved: OriginsMoved): void {
+    for (const [stream, c] of moved) {
+      if (c.mark > (this.committed.get(stream) ?? 0)) this.committed.set(stream, c.mark);
+      if (!c.spansChanged) continue;
+      if (c.spans.length > 0) this.spans.set(stream, c.spans);
+      else this.spans.delete(stream);
+    }
   }
 }

@@ -40,7 +40,10 @@ test('the event written directly is the same text JSON.stringify writes for the 
     event({ deviceId: 'dev with spaces & "quotes"', moduleId: '' }, { messageId: '', contentType: '' }),
     event({}, { body: Buffer.alloc(0) }),
   ];
-  for (const e of cases) {
+  // Twice over, the second time backwards: what is reused between events (the sender's
+  // annotations, the enqueued time) must never leak from one event into another.
+  cases.push(event({ authMethod: '{"scope":"module","type":"x509Certificate","issuer":"iothub"}', enqueuedTime: 0 }), event({ authGenerationId: 'other' }));
+  for (const e of [...cases, ...[...cases].reverse()]) {
     const text = eventJsonText(e);
     assert.equal(text, JSON.stringify(eventJson(e)));
     assert.deepEqual(JSON.parse(text), eventJson(e));

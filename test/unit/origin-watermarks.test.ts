@@ -1,14 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
-import { OriginWatermarks, type ForwardedOrigin } from '../../src/store/origin-watermarks.ts';
+import { cover, OriginWatermarks, type ForwardedOrigin, type OriginsMoved, type StreamCoverage } from '../../src/store/origin-watermarks.ts';
 import { originOfBatch, ORIGIN_PREV, ORIGIN_SEQS, ORIGIN_STREAM } from '../../src/protocols/amqp/batch.ts';
 
 const o = (stream: string, seq: number, prev: number): ForwardedOrigin => ({ stream, seq, prev });
 
 /** Stores a run in one transaction, as a store's flush does; `fail` rolls it back. */
 function storeRun(db: Database.Database, w: OriginWatermarks, run: ForwardedOrigin[], fail = false): void {
-  let moved = new Map<string, number>();
+  let moved: OriginsMoved = new Map();
   try {
     db.transaction(() => {
       moved = w.writeInTransaction(run);
@@ -30,17 +30,56 @@ test('a resend of what is stored is recognised; what follows is not', () => {
   assert.equal(w.isStored(o('other', 3, 0)), false, 'streams are apart');
 });
 
-test('the watermark moves only along an unbroken chain', () => {
+test('the watermark moves only along an unbroken chain; what is stored beyond a gap is known too', () => {
   const db = new Database(':memory:');
   const w = new OriginWatermarks(db);
   storeRun(db, w, [o('s', 3, 0)]);
   // 5 follows 4, which never arrived (lost with a failed transfer): 5 is stored, the mark stays.
   storeRun(db, w, [o('s', 5, 4)]);
   assert.equal(w.isStored(o('s', 4, 3)), false, 'the missing one is not claimed');
-  assert.equal(w.isStored(o('s', 5, 4)), false, 'beyond a gap nothing is claimed (a resend is stored twice, never lost)');
+  assert.equal(w.isStored(o('s', 5, 4)), true, 'a resend of what was stored beyond the gap is recognised');
   // prev 0: the sender says everything before was acknowledged.
-  storeRun(db, w, [o('s', 4, 0), o('s', 5, 4)]);
-  assert.equal(w.isStored(o('s', 5, 4)), true);
+  storeRun(db, w, [o('s', 4, 0)]);
+  assert.equal(w.isStored(o('s', 4, 3)), true);
+  assert.equal(w.isStored(o('s', 6, 5)), false);
+  assert.equal((db.prepare('SELECT count(*) AS n FROM origin_spans').get() as { n: number }).n, 0, 'the span joined the watermark');
+  assert.equal((db.prepare("SELECT seq FROM origins WHERE stream = 's'").get() as { seq: number }).seq, 5);
+});
+
+test('two batches in flight, the first lost: the second, stored beyond the gap, is not stored again when both are resent', () => {
+  const db = new Database(':memory:');
+  const w = new OriginWatermarks(db);
+  storeRun(db, w, [o('leaf', 10, 0), o('leaf', 12, 10)]); // acknowledged earlier
+  // Batch X (20, 21; prev 12) is lost; batch Y (30, 31; prev 21) arrives and is stored.
+  storeRun(db, w, [o('leaf', 30, 21), o('leaf', 31, 30)]);
+  // The sender rewinds and sends both again, the first with prev 0.
+  const resend = [o('leaf', 20, 0), o('leaf', 21, 20), o('leaf', 30, 21), o('leaf', 31, 30)];
+  assert.deepEqual(resend.map((r) => w.isStored(r)), [false, false, true, true]);
+  storeRun(db, w, resend.filter((r) => !w.isStored(r)));
+  assert.equal(w.isStored(o('leaf', 31, 30)), true);
+  // Reopened, the store knows the same (here the spans joined the mark; see the next test for spans).
+  assert.equal(new OriginWatermarks(db).isStored(o('leaf', 31, 30)), true);
+});
+
+test('spans survive a restart, merge when they touch, and are capped', () => {
+  const db = new Database(':memory:');
+  const w = new OriginWatermarks(db);
+  storeRun(db, w, [o('s', 1, 0), o('s', 9, 8), o('s', 20, 15)]);
+  const again = new OriginWatermarks(db);
+  assert.deepEqual([1, 2, 9, 10, 16, 20, 21].map((seq) => again.isStored(o('s', seq, 0))), [true, false, true, false, true, true, false]);
+
+  const c: StreamCoverage = { mark: 0, spans: [] };
+  cover(c, 10, 12);
+  cover(c, 20, 22);
+  cover(c, 12, 20); // joins both
+  assert.deepEqual(c.spans, [[10, 22]]);
+  cover(c, 5, 7);
+  assert.deepEqual(c.spans, [[5, 7], [10, 22]], 'kept in order');
+  cover(c, 0, 5);
+  assert.deepEqual({ mark: c.mark, spans: c.spans }, { mark: 7, spans: [[10, 22]] });
+  for (let i = 0; i < 100; i++) cover(c, 100 + 10 * i, 101 + 10 * i);
+  assert.equal(c.spans.length, 64, 'at most 64 spans: the oldest go');
+  assert.equal(c.spans[c.spans.length - 1]![1], 1091);
 });
 
 test('a rolled-back transaction moves nothing; a reopened store remembers', () => {
