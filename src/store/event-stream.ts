@@ -177,9 +177,14 @@ export class EventStream implements EventStreamReader {
     }
     this.visibleSeq = this.nextSeq;
     this.visiblePseq = this.nextPseq.slice();
-    this.walSync = background
-      ? new WalSync(file, 'event stream', () => this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())))
-      : undefined;
+    try {
+      this.walSync = background
+        ? new WalSync(file, 'event stream', () => this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())))
+        : undefined;
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
 
     this.origins = new OriginWatermarks(this.db);
     this.insert = this.db.prepare(
