@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import rhea, { type Connection, type Message as AmqpMessage, type Receiver, type ReceiverOptions, type Sender, type SenderOptions } from 'rhea';
+import '../protocols/amqp/rhea-writer.ts';
 import type { Logger } from 'pino';
 import { OutLink, UpstreamDownError, UpstreamError, onReceiverGone, whenAttached } from './links.ts';
 import { UpstreamConnectError } from './transport.ts';

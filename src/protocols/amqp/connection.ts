@@ -1,4 +1,5 @@
 import rhea, { type Connection, type Delivery, type EventContext, type Receiver, type Sender, type Session as RheaSession } from 'rhea';
+import './rhea-writer.ts';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { ClientCertificate } from '../../engine/types.ts';
