@@ -8,7 +8,7 @@ import { asHubError, deviceApi } from '../protocols/http/device-api.ts';
 import { emptyProperties, messageFromHeaders, parseExpiry } from '../protocols/http/message-headers.ts';
 import { childLog } from '../util/log.ts';
 import { HubError, badRequest } from './errors.ts';
-import { eventJson, eventJsonText, type EventPageJson } from './event-json.ts';
+import { eventJson, JsonBytes, writeEventJson, type EventPageJson } from './event-json.ts';
 import type { HubNode } from './hub.ts';
 import { sendError } from './service-api.ts';
 
@@ -398,15 +398,14 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
           throw err;
         }
         // One write a page: a write and a wait per event would cost more than the event's JSON.
-        // Joined and encoded once: a string grown by += is a rope that the response would
-        // flatten to measure and then encode again.
         if (page.events.length > 0) {
-          const parts: string[] = new Array(page.events.length);
-          for (let i = 0; i < page.events.length; i++) {
-            const e = page.events[i]!;
-            parts[i] = `id: ${e.sequenceNumber}\nevent: message\ndata: ${eventJsonText(e)}\n\n`;
+          const out = new JsonBytes(page.events.length * 1024);
+          for (const e of page.events) {
+            out.ascii(`id: ${e.sequenceNumber}\nevent: message\ndata: `);
+            writeEventJson(out, e);
+            out.ascii('\n\n');
           }
-          await write(Buffer.from(parts.join('')));
+          await write(out.bytes());
         }
         if (page.events.length === 0 && !signal.aborted) await write(': keep-alive\n\n');
         read = { limit: MAX_EVENT_LIMIT, fromSequenceNumber: page.nextSequenceNumber };
