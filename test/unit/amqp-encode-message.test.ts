@@ -29,6 +29,12 @@ const cases: Array<[string, Message]> = [
   ['only a late property (gaps are nulls)', { body: Buffer.from('x'), properties: {}, contentEncoding: 'utf-8' }],
   ['non-ASCII everywhere', { body: Buffer.from('温度'), properties: { 'ключ': '值 😀' }, messageId: 'идентификатор', component: 'コンポーネント' }],
   ['large body', { body: Buffer.alloc(200 * 1024, 3), properties: { n: '1' } }],
+  ['only a user id', { body: Buffer.from('x'), properties: {}, userId: 'u' }],
+  ['only a to', { body: Buffer.from('x'), properties: {}, to: '/devices/d/messages/events' }],
+  ['only a correlation id', { body: Buffer.from('x'), properties: {}, correlationId: 'c' }],
+  ['only a content type', { body: Buffer.from('x'), properties: {}, contentType: 'text/plain' }],
+  ['only an expiry', { body: Buffer.from('x'), properties: {}, expiry: Date.UTC(2031, 5, 6) }],
+  ['message id and expiry', { body: Buffer.from('x'), properties: {}, messageId: 'm', expiry: Date.UTC(2031, 5, 6) }],
 ];
 
 for (const [name, m] of cases) {
