@@ -27,6 +27,21 @@ export interface EventPageJson {
   nextSequenceNumber: number;
 }
 
+// Optional system properties: [JSON name, field of the message], in the order both writers use.
+const SYSTEM: ReadonlyArray<[string, keyof StoredEvent['message']]> = [
+  ['message-id', 'messageId'],
+  ['correlation-id', 'correlationId'],
+  ['user-id', 'userId'],
+  ['to', 'to'],
+  ['absolute-expiry-time', 'expiry'],
+  ['content-type', 'contentType'],
+  ['content-encoding', 'contentEncoding'],
+  ['iothub-creation-time-utc', 'creationTime'],
+  ['dt-subject', 'component'],
+  ['iothub-interface-id', 'interfaceId'],
+  ['iothub-outputname', 'outputName'],
+];
+
 // A module-level helper, not a closure: this runs for every event a reader is sent.
 function putSystem(system: Record<string, string | number>, name: string, value: string | number | undefined): void {
   if (value !== undefined && value !== '') system[name] = value;
@@ -35,17 +50,7 @@ function putSystem(system: Record<string, string | number>, name: string, value:
 export function eventJson(e: StoredEvent): EventJson {
   const m = e.message;
   const system: Record<string, string | number> = {};
-  putSystem(system, 'message-id', m.messageId);
-  putSystem(system, 'correlation-id', m.correlationId);
-  putSystem(system, 'user-id', m.userId);
-  putSystem(system, 'to', m.to);
-  putSystem(system, 'absolute-expiry-time', m.expiry);
-  putSystem(system, 'content-type', m.contentType);
-  putSystem(system, 'content-encoding', m.contentEncoding);
-  putSystem(system, 'iothub-creation-time-utc', m.creationTime);
-  putSystem(system, 'dt-subject', m.component);
-  putSystem(system, 'iothub-interface-id', m.interfaceId);
-  putSystem(system, 'iothub-outputname', m.outputName);
+  for (const [name, field] of SYSTEM) putSystem(system, name, m[field] as string | number | undefined);
   const annotations: Record<string, string | number> = {
     'iothub-connection-device-id': e.deviceId,
   };
@@ -139,20 +144,6 @@ function isoTime(ms: number): string {
   return lastIso;
 }
 
-// Optional system properties: [JSON name, field of the message], in eventJson's order.
-const SYSTEM: ReadonlyArray<[string, keyof StoredEvent['message']]> = [
-  ['message-id', 'messageId'],
-  ['correlation-id', 'correlationId'],
-  ['user-id', 'userId'],
-  ['to', 'to'],
-  ['absolute-expiry-time', 'expiry'],
-  ['content-type', 'contentType'],
-  ['content-encoding', 'contentEncoding'],
-  ['iothub-creation-time-utc', 'creationTime'],
-  ['dt-subject', 'component'],
-  ['iothub-interface-id', 'interfaceId'],
-  ['iothub-outputname', 'outputName'],
-];
 
 /**
  * Writes `JSON.stringify(eventJson(e))` straight into `w`: a reader that follows the stream is
