@@ -27,7 +27,8 @@ after(async () => {
   for (const fn of cleanups.reverse()) await fn();
 });
 
-test('SAS token renewal: the client reconnects with new tokens and keeps its subscriptions (persistent session)', async (t) => {
+// The SDK retries on its own for minutes; a run that goes wrong should fail here, not hang.
+test('SAS token renewal: the client reconnects with new tokens and keeps its subscriptions (persistent session)', { timeout: 90_000 }, async (t) => {
   const id = 'renewing';
   const { connectionString } = createSasDevice(hub, id);
   const client = Client.fromConnectionString(connectionString, sdk.mqtt.Mqtt);

@@ -71,7 +71,8 @@ export async function openClient(
   extra: Record<string, unknown> = {},
   setup?: (client: any) => void,
 ): Promise<any> {
-  t.after(() => client.close().catch(() => undefined));
+  // A client wedged in its retry loop must not hold the test run: closing gets 5 s.
+  t.after(() => Promise.race([client.close().catch(() => undefined), new Promise((r) => setTimeout(r, 5000).unref())]));
   await client.setOptions({ ca: caPem, ...extra });
   setup?.(client);
   await client.open();
