@@ -144,7 +144,6 @@ function isoTime(ms: number): string {
   return lastIso;
 }
 
-
 /**
  * Writes `JSON.stringify(eventJson(e))` straight into `w`: a reader that follows the stream is
  * sent every event. Same members in the same order (a unit test holds the two together).
