@@ -10,7 +10,10 @@
  * awaited acknowledgements). Prints one JSON line per side, the CPU time each Strata process
  * spent per message, and the ratio.
  *
- *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--anchors DIR] [--skip-anchor] [--profile DIR]
+ *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--runs 1] [--anchors DIR] [--skip-anchor] [--profile DIR]
+ *
+ * On a shared machine one run of either side can be 20% off the next: `--runs N` alternates the
+ * two sides N times and ends with the medians and the median of the per-round ratios.
  *
  * Needs `mosquitto` (apt-get install -y mosquitto) for the anchor, and the `mqtt` client version
  * 5 that chain-bench.mjs is written for: installed on first use into a cache directory outside
@@ -40,6 +43,8 @@ const { values: args } = parseArgs({
     size: { type: 'string', default: '256' },
     anchors: { type: 'string' },
     'skip-anchor': { type: 'boolean', default: false },
+    /** Rounds of both sides, alternating; with more than one, a summary of medians follows. */
+    runs: { type: 'string', default: '1' },
     /** Write a V8 CPU profile of the gateway process into this directory. */
     profile: { type: 'string' },
   },
@@ -48,6 +53,8 @@ const MSGS = Number(args.messages);
 const PUBS = Number(args.publishers);
 const SIZE = Number(args.size);
 const WINDOW = 100;
+const RUNS = Number(args.runs);
+if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 20) throw new Error(`--runs must be 1 to 20, got ${args.runs}`);
 const LAYERS = Number(args.layers);
 if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 5) throw new Error(`--layers must be 1 to 5, got ${args.layers}`);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -352,14 +359,41 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
 
 const depsDir = mqtt5Dir();
 const mqtt = createRequire(join(depsDir, 'x.js'))('mqtt');
-const strata = await runStrata(mqtt);
 const path = ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(' -> ');
-process.stdout.write(`${JSON.stringify({ bench: `strata ${path}`, ...strata })}\n`);
-if (!args['skip-anchor']) {
-  const anchor = await runAnchor(depsDir);
-  process.stdout.write(`${JSON.stringify({ bench: `mosquitto chain, ${LAYERS} bridge${LAYERS === 1 ? '' : 's'} (anchor)`, ...anchor })}\n`);
-  if ('msgs_per_s' in anchor) {
-    process.stdout.write(`${JSON.stringify({ ratio_msgs_per_s: Number((strata.msgs_per_s / anchor.msgs_per_s).toFixed(2)), ratio_p99: Number((strata.p99_ms / anchor.p99_ms).toFixed(2)) })}\n`);
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const rounds: Array<{ strata: Result; anchor?: Result }> = [];
+for (let round = 0; round < RUNS; round++) {
+  const strata = await runStrata(mqtt);
+  process.stdout.write(`${JSON.stringify({ bench: `strata ${path}`, ...strata })}\n`);
+  let anchor: Result | undefined;
+  if (!args['skip-anchor']) {
+    const a = await runAnchor(depsDir);
+    process.stdout.write(`${JSON.stringify({ bench: `mosquitto chain, ${LAYERS} bridge${LAYERS === 1 ? '' : 's'} (anchor)`, ...a })}\n`);
+    if ('msgs_per_s' in a) {
+      anchor = a;
+      process.stdout.write(`${JSON.stringify({ ratio_msgs_per_s: Number((strata.msgs_per_s / a.msgs_per_s).toFixed(2)), ratio_p99: Number((strata.p99_ms / a.p99_ms).toFixed(2)) })}\n`);
+    }
   }
+  rounds.push({ strata, anchor });
+}
+if (RUNS > 1) {
+  const paired = rounds.filter((r): r is { strata: Result; anchor: Result } => r.anchor !== undefined);
+  process.stdout.write(
+    `${JSON.stringify({
+      runs: RUNS,
+      strata_msgs_per_s_median: median(rounds.map((r) => r.strata.msgs_per_s)),
+      strata_p99_ms_median: median(rounds.map((r) => r.strata.p99_ms)),
+      ...(paired.length > 0
+        ? {
+            anchor_msgs_per_s_median: median(paired.map((r) => r.anchor.msgs_per_s)),
+            anchor_p99_ms_median: median(paired.map((r) => r.anchor.p99_ms)),
+            ratio_msgs_per_s_median: Number(median(paired.map((r) => r.strata.msgs_per_s / r.anchor.msgs_per_s)).toFixed(2)),
+          }
+        : {}),
+    })}\n`,
+  );
 }
 process.exit(0);
