@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { cover, OriginWatermarks, type ForwardedOrigin, type OriginsMoved, type StreamCoverage } from '../../src/store/origin-watermarks.ts';
-import { originOfBatch, ORIGIN_PREV, ORIGIN_SEQS, ORIGIN_STREAM } from '../../src/protocols/amqp/batch.ts';
+import { originOfBatch, ORIGIN_PREV, ORIGIN_SEQS, ORIGIN_STREAM, readOrigin } from '../../src/protocols/amqp/batch.ts';
 
 const o = (stream: string, seq: number, prev: number): ForwardedOrigin => ({ stream, seq, prev });
 
@@ -101,4 +101,15 @@ test('batch origins from the wire are checked', () => {
   assert.equal(originOfBatch(ann('3,x,9'), 3), undefined);
   assert.equal(originOfBatch(ann('3', '3'), 1), undefined, 'after prev');
   assert.equal(originOfBatch(undefined, 1), undefined);
+});
+
+test('a batch origin that does not fit says what is wrong with it', () => {
+  const ann = (seqs: string, prev: unknown = '0') => ({ [ORIGIN_STREAM]: 'store/0', [ORIGIN_PREV]: prev, [ORIGIN_SEQS]: seqs });
+  assert.deepEqual(readOrigin(undefined, 2), {}, 'no origin is not a problem');
+  assert.deepEqual(readOrigin({ other: 'x' }, 2), {});
+  assert.match(readOrigin(ann('55,56', '55'), 2).problem ?? '', /must rise above x-opt-strata-prev \(55\).*found 55 after 55/);
+  assert.match(readOrigin(ann('1,2,3'), 2).problem ?? '', /names 3 numbers for 2 messages/);
+  assert.match(readOrigin(ann('1', 'x'), 1).problem ?? '', /"x" is not a whole number/);
+  assert.match(readOrigin({ [ORIGIN_STREAM]: '', [ORIGIN_SEQS]: '1' }, 1).problem ?? '', /1 to 256 characters/);
+  assert.deepEqual(readOrigin(ann('4,9', '2'), 2), { origin: { stream: 'store/0', prev: 2, seqs: [4, 9] } });
 });

@@ -51,19 +51,31 @@ export function encodeBatch(encoded: readonly Buffer[], origin?: BatchOrigin): B
 
 /** The origin a batch names, or undefined when it names none or names it wrongly (then it is stored as is). */
 export function originOfBatch(annotations: Record<string, unknown> | undefined, count: number): BatchOrigin | undefined {
-  if (!annotations) return undefined;
+  return readOrigin(annotations, count).origin;
+}
+
+/**
+ * The origin a batch names; when it names one that does not fit, what is wrong with it (the
+ * messages are then stored without exactly-once, and the receiver says so in its log: a child
+ * that numbers its batches wrongly would otherwise duplicate messages silently).
+ */
+export function readOrigin(annotations: Record<string, unknown> | undefined, count: number): { origin?: BatchOrigin; problem?: string } {
+  if (!annotations || annotations[ORIGIN_STREAM] === undefined) return {};
   const stream = annotations[ORIGIN_STREAM];
   const seqsText = annotations[ORIGIN_SEQS];
-  const prev = Number(annotations[ORIGIN_PREV]);
-  if (typeof stream !== 'string' || stream.length === 0 || stream.length > 256 || typeof seqsText !== 'string' || !Number.isSafeInteger(prev) || prev < 0) return undefined;
+  const prevText = annotations[ORIGIN_PREV];
+  const prev = Number(prevText);
+  if (typeof stream !== 'string' || stream.length === 0 || stream.length > 256) return { problem: `${ORIGIN_STREAM} must be a string of 1 to 256 characters` };
+  if (typeof seqsText !== 'string') return { problem: `${ORIGIN_SEQS} is missing` };
+  if (!Number.isSafeInteger(prev) || prev < 0) return { problem: `${ORIGIN_PREV} "${String(prevText).slice(0, 40)}" is not a whole number >= 0` };
   const seqs = seqsText.split(',').map(Number);
-  if (seqs.length !== count) return undefined;
+  if (seqs.length !== count) return { problem: `${ORIGIN_SEQS} names ${seqs.length} numbers for ${count} messages` };
   let last = prev;
   for (const n of seqs) {
-    if (!Number.isSafeInteger(n) || n <= last) return undefined;
+    if (!Number.isSafeInteger(n) || n <= last) return { problem: `${ORIGIN_SEQS} must rise above ${ORIGIN_PREV} (${prev}) one message at a time; found ${String(n).slice(0, 20)} after ${last}` };
     last = n;
   }
-  return { stream, prev, seqs };
+  return { origin: { stream, prev, seqs } };
 }
 
 export class BatchError extends Error {

@@ -2,7 +2,7 @@ import rhea, { type Delivery, type Message as AmqpMessage, type Receiver, type S
 import type { C2DDelivery, C2DOutcome, MethodRequest, TwinCollection } from '../../engine/types.ts';
 import { describeIdentity, identityKey, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
 import type { DeliveryTarget, DesiredTarget, IdentityState, Member, MethodTarget } from './device-sessions.ts';
-import { BATCH_FORMAT, originOfBatch, readBatch } from './batch.ts';
+import { BATCH_FORMAT, readBatch, readOrigin } from './batch.ts';
 import type { ForwardedOrigin } from '../../store/origin-watermarks.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './errors.ts';
 import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
@@ -47,6 +47,18 @@ async function join(ctx: LinkContext, addr: DeviceAddress): Promise<{ state: Ide
 }
 
 /** Still authorized while the connection holds a live credential for the identity. */
+/** When each sender last had a broken batch origin logged: at most one line every 10 s each. */
+const badOriginLogged = new Map<string, number>();
+
+function warnBadOrigin(ctx: LinkContext, identity: DeviceAddress['identity'], problem: string): void {
+  const who = describeIdentity(identity);
+  const now = Date.now();
+  if (now - (badOriginLogged.get(who) ?? 0) < 10_000) return;
+  if (badOriginLogged.size > 10_000) badOriginLogged.clear();
+  badOriginLogged.set(who, now);
+  ctx.conn.log.warn({ who, problem }, 'a batch names an origin that does not fit; its messages are stored without exactly-once (a resend of them would be stored again)');
+}
+
 function authorizedFor(ctx: LinkContext, addr: DeviceAddress): () => boolean {
   return () => ctx.conn.claims.identity(addr.identity) !== undefined;
 }
@@ -76,7 +88,8 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
           // store they come from so that each is stored once.
           const batch = readBatch(msg as unknown as Buffer);
           messages = batch.messages.map(fromAmqp);
-          const origin = originOfBatch(batch.annotations, messages.length);
+          const { origin, problem } = readOrigin(batch.annotations, messages.length);
+          if (problem) warnBadOrigin(ctx, addr.identity, problem);
           if (origin) {
             const stream = `${identityKey(addr.identity)}|${origin.stream}`;
             origins = origin.seqs.map((seq, i) => ({ stream, seq, prev: i === 0 ? origin.prev : origin.seqs[i - 1]! }));
