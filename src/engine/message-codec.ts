@@ -21,7 +21,11 @@ export function encodeMessageMeta(m: Message): string {
 }
 
 export function decodeMessageMeta(text: string, body: Buffer): Message {
-  const o = JSON.parse(text) as Record<string, unknown>;
+  return messageOfMeta(JSON.parse(text) as Record<string, unknown>, body);
+}
+
+/** The message an already parsed `encodeMessageMeta` object describes. */
+export function messageOfMeta(o: Record<string, unknown>, body: Buffer): Message {
   const m: Message = { body, properties: (o.p as Record<string, string>) ?? {} };
   if (o.mid !== undefined) m.messageId = o.mid as string;
   if (o.cid !== undefined) m.correlationId = o.cid as string;

@@ -37,6 +37,12 @@ export interface StoredMessage {
   source: string;
   /** Who sent it (device id or device/module); order is kept per sender. */
   sender: string;
+  /**
+   * The message's own compact text for the file, when its kind has one; read back with the
+   * store's `revive` setting. Without it the store writes the fields above as JSON. The text
+   * must not start with `{`, which marks the store's JSON.
+   */
+  record?(): string;
 }
 
 export interface AppendTarget {
@@ -112,6 +118,8 @@ export interface StoreSettings {
   sync?: 'background' | 'commit';
   /** Clock in ms since the epoch (tests). */
   now?: () => number;
+  /** Reads back messages written with their own `record()` text. */
+  revive?: (record: string, body: Buffer) => StoredMessage;
 }
 
 export interface EndpointStoreMetrics {
@@ -265,8 +273,14 @@ function checkMessage(entry: AppendEntry): string | undefined {
   if (!Buffer.isBuffer(m.body)) return 'message body must be a Buffer';
   if (typeof m.sender !== 'string') return 'message sender must be a string';
   if (typeof m.source !== 'string') return 'message source must be a string';
+  // A message with its own record carries its properties in it (and may build them only when asked).
+  if (typeof m.record === 'function') return checkTargets(entry);
   if (!m.systemProperties || typeof m.systemProperties !== 'object') return 'message systemProperties must be an object';
   if (!m.appProperties || typeof m.appProperties !== 'object') return 'message appProperties must be an object';
+  return checkTargets(entry);
+}
+
+function checkTargets(entry: AppendEntry): string | undefined {
   if (!Array.isArray(entry.targets)) return 'append targets must be an array';
   for (const t of entry.targets) {
     if (!t || typeof t.endpoint !== 'string' || t.endpoint === '') return 'each target needs a non-empty endpoint name';
@@ -287,6 +301,7 @@ export class MessageStore {
   private readonly sweepChunk: number;
   private readonly cacheCap: number;
   private readonly cacheByteCap: number;
+  private readonly revive: StoreSettings['revive'];
 
   private readonly endpointsByName = new Map<string, EndpointState>();
   private nextSeq: number;
@@ -347,6 +362,7 @@ export class MessageStore {
     this.sweepChunk = positiveOr(settings.sweepChunk, 20_000, 'sweepChunk');
     this.cacheCap = settings.readCacheEntries ?? 100_000;
     this.cacheByteCap = settings.readCacheBytes ?? 32 * 1024 * 1024;
+    this.revive = settings.revive;
 
     try {
       this.db = new Database(settings.path, { timeout: 0 });
@@ -465,7 +481,8 @@ export class MessageStore {
       return Promise.reject(new TypeError(problem));
     }
     const m = entry.message;
-    const meta = JSON.stringify({ s: m.systemProperties, a: m.appProperties, src: m.source, snd: m.sender });
+    const meta = typeof m.record === 'function' ? m.record() : JSON.stringify({ s: m.systemProperties, a: m.appProperties, src: m.source, snd: m.sender });
+    if (meta.charCodeAt(0) === 0x7b && typeof m.record === 'function') return Promise.reject(new TypeError('a message record must not start with "{"'));
     const size = m.body.length + Buffer.byteLength(meta);
     if (this.byteCount + this.pendingBytes + size > this.maxBytes) {
       return Promise.reject(this.full(new StoreFullError('maxBytes', this.maxBytes, this.byteCount + this.pendingBytes)));
@@ -767,11 +784,16 @@ export class MessageStore {
   }
 
   private toEntry(endpoint: string, priority: number, row: MessageRow, expiresAt: number): QueuedMessage {
+    return { seq: row.seq, endpoint, priority, enqueuedAt: row.enq, expiresAt, message: this.messageOfRow(row) };
+  }
+
+  private messageOfRow(row: MessageRow): StoredMessage {
+    if (row.meta.charCodeAt(0) !== 0x7b) {
+      if (!this.revive) throw new Error(`message ${row.seq} was stored in its own form and this store was opened without a reader for it`);
+      return this.revive(row.meta, row.body);
+    }
     const meta = JSON.parse(row.meta) as { s: StoredMessage['systemProperties']; a: StoredMessage['appProperties']; src: string; snd: string };
-    return {
-      seq: row.seq, endpoint, priority, enqueuedAt: row.enq, expiresAt,
-      message: { body: row.body, systemProperties: meta.s, appProperties: meta.a, source: meta.src, sender: meta.snd },
-    };
+    return { body: row.body, systemProperties: meta.s, appProperties: meta.a, source: meta.src, sender: meta.snd };
   }
 
   private readCache(ep: EndpointState, q: QueueState, afterSeq: number, upTo: number, limit: number): ReadResult {

@@ -1,5 +1,6 @@
 import type { AuthResult, Message } from '../engine/types.ts';
 import type { StoredMessage } from '../store/message-store.ts';
+import { encodeMessageMeta, messageOfMeta } from '../engine/message-codec.ts';
 
 /**
  * Telemetry as the gateway's durable store keeps it, and back. System properties are keyed by
@@ -31,8 +32,70 @@ function get(s: Record<string, unknown>, k: string): string | undefined {
   return v === undefined || v === null ? undefined : String(v);
 }
 
-/** The store's form of a message a device or module sent (`sender` = `d` or `d/m`). */
-export function storedMessageOf(auth: AuthResult, message: Message, enqueuedTime = Date.now()): StoredMessage {
+/** Who sent a message, as the gateway's store keeps it. */
+interface Sender {
+  deviceId: string;
+  moduleId?: string;
+  authMethod: string;
+  generationId?: string;
+}
+
+/**
+ * A message a device or module sent, as the gateway stores and forwards it: the message as
+ * sent plus who sent it and when it arrived. Routes see it as a StoredMessage; its system
+ * properties are only built when a route condition reads them, and the store keeps it as one
+ * short text (`record`) rather than JSON of every property, because this runs for every
+ * message a gateway takes.
+ */
+export class SenderMessage implements StoredMessage {
+  private system: Record<string, string | undefined> | undefined;
+  readonly sender: string;
+  readonly source: string;
+
+  /** `message` is shared, not copied: nothing downstream of the store may change it. */
+  constructor(
+    readonly message: Message,
+    private readonly who: Sender,
+    readonly enqueuedTime: number,
+  ) {
+    this.sender = who.moduleId === undefined ? who.deviceId : `${who.deviceId}/${who.moduleId}`;
+    this.source = routeSourceOf({ identity: who }, message);
+  }
+
+  get body(): Buffer {
+    return this.message.body;
+  }
+
+  get appProperties(): Record<string, string> {
+    return this.message.properties;
+  }
+
+  get systemProperties(): Record<string, string | undefined> {
+    return (this.system ??= systemPropertiesOf(this.message, this.who, this.enqueuedTime));
+  }
+
+  /** `1` and a JSON array: device, module, auth method, generation, arrival, the message's own meta. */
+  record(): string {
+    const w = this.who;
+    return `${RECORD_V1}[${JSON.stringify(w.deviceId)},${w.moduleId === undefined ? 'null' : JSON.stringify(w.moduleId)},${JSON.stringify(w.authMethod)},` +
+      `${w.generationId === undefined ? 'null' : JSON.stringify(w.generationId)},${this.enqueuedTime},${encodeMessageMeta(this.message)}]`;
+  }
+}
+
+const RECORD_V1 = '1';
+
+/** The store's reader for `SenderMessage.record` texts (`StoreSettings.revive`). */
+export function reviveSenderMessage(record: string, body: Buffer): SenderMessage {
+  if (!record.startsWith(RECORD_V1)) throw new Error(`unknown stored message form "${record.slice(0, 8)}"`);
+  const [deviceId, moduleId, authMethod, generationId, enqueuedTime, meta] = JSON.parse(record.slice(RECORD_V1.length)) as
+    [string, string | null, string, string | null, number, Record<string, unknown>];
+  const who: Sender = { deviceId, authMethod };
+  if (moduleId !== null) who.moduleId = moduleId;
+  if (generationId !== null) who.generationId = generationId;
+  return new SenderMessage(messageOfMeta(meta, body), who, enqueuedTime);
+}
+
+function systemPropertiesOf(message: Message, who: Sender, enqueuedTime: number): Record<string, string | undefined> {
   const s: Record<string, string | undefined> = {};
   put(s, 'messageId', message.messageId);
   put(s, 'correlationId', message.correlationId);
@@ -45,23 +108,29 @@ export function storedMessageOf(auth: AuthResult, message: Message, enqueuedTime
   put(s, 'dt-subject', message.component);
   put(s, INTERFACE_ID, message.interfaceId);
   put(s, EXPIRY, message.expiry === undefined ? undefined : String(message.expiry));
-  put(s, 'connectionDeviceId', auth.identity.deviceId);
-  put(s, 'connectionModuleId', auth.identity.moduleId);
-  put(s, 'connectionAuthMethod', auth.authMethod);
-  put(s, 'connectionDeviceGenerationId', auth.generationId);
+  put(s, 'connectionDeviceId', who.deviceId);
+  put(s, 'connectionModuleId', who.moduleId);
+  put(s, 'connectionAuthMethod', who.authMethod);
+  put(s, 'connectionDeviceGenerationId', who.generationId);
   put(s, 'enqueuedTime', new Date(enqueuedTime).toISOString());
-  const { deviceId, moduleId } = auth.identity;
-  return {
-    body: message.body,
-    systemProperties: s,
-    appProperties: { ...message.properties },
-    source: routeSourceOf(auth, message),
-    sender: moduleId === undefined ? deviceId : `${deviceId}/${moduleId}`,
-  };
+  return s;
 }
 
-/** The message as its sender sent it (what goes upstream on the sender's behalf). */
+/** The store's form of a message a device or module sent (`sender` = `d` or `d/m`). */
+export function storedMessageOf(auth: AuthResult, message: Message, enqueuedTime = Date.now()): SenderMessage {
+  const { deviceId, moduleId } = auth.identity;
+  const who: Sender = { deviceId, authMethod: auth.authMethod };
+  if (moduleId !== undefined) who.moduleId = moduleId;
+  if (auth.generationId !== undefined) who.generationId = auth.generationId;
+  return new SenderMessage(message, who, enqueuedTime);
+}
+
+/**
+ * The message as its sender sent it (what goes upstream on the sender's behalf). For a
+ * SenderMessage that is the very object received: read it, do not change it.
+ */
 export function messageOfStored(m: StoredMessage): Message {
+  if (m instanceof SenderMessage) return m.message;
   const s = m.systemProperties ?? {};
   const out: Message = { body: m.body, properties: { ...(m.appProperties ?? {}) } };
   const messageId = get(s, 'messageId');

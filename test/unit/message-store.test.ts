@@ -80,6 +80,36 @@ test('an appended message is readable with its properties after the append resol
   assert.equal(again.expiresAt, e.expiresAt);
 });
 
+test('a message with its own record is stored as that text and read back with the reviver, beside JSON-stored ones', async (t) => {
+  const ctx = setup(t);
+  const own = (n: number): StoredMessage => ({
+    body: Buffer.from(`own-${n}`), sender: 'dev-2', source: '/messages', appProperties: { n: String(n) },
+    get systemProperties(): Record<string, string | undefined> {
+      throw new Error('the store must not read the properties of a message with a record');
+    },
+    record: () => `R${n}`,
+  });
+  const revive = (record: string, body: Buffer): StoredMessage => ({ body, sender: 'dev-2', source: '/messages', systemProperties: { messageId: record }, appProperties: {} });
+  let store = ctx.open({ revive });
+  const to = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
+  await Promise.all([store.append({ message: own(1), targets: to }), store.append({ message: msg('dev-1', 2), targets: to })]);
+  const bad = own(3);
+  bad.record = () => '{x';
+  await assert.rejects(store.append({ message: bad, targets: to }), /must not start with/);
+  await store.close();
+  assert.equal(rawCount(ctx.file, "SELECT count(*) FROM messages WHERE meta = 'R1'"), 1, 'the record is what the file holds');
+
+  store = ctx.open({ revive });
+  const [a, b] = readAll(store, '$upstream');
+  assert.equal(a!.message.systemProperties.messageId, 'R1');
+  assert.equal(a!.message.body.toString(), 'own-1');
+  assert.equal(b!.message.systemProperties.messageId, 'dev-1-2', 'JSON-stored messages still read as before');
+  await store.close();
+
+  store = ctx.open({});
+  assert.throws(() => readAll(store, '$upstream'), /without a reader/);
+});
+
 test('a checkpointed entry is never handed out again, also after a restart', async (t) => {
   const ctx = setup(t);
   const file = ctx.file;

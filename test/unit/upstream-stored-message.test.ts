@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AuthResult, Message } from '../../src/engine/types.ts';
-import { messageOfStored, routeSourceOf, senderIdentity, storedMessageOf } from '../../src/upstream/stored-message.ts';
+import { messageOfStored, reviveSenderMessage, routeSourceOf, senderIdentity, storedMessageOf } from '../../src/upstream/stored-message.ts';
 import { Backoff } from '../../src/upstream/backoff.ts';
 import { audienceOf, basePath } from '../../src/upstream/core.ts';
 
@@ -40,13 +40,30 @@ test('a stored message gives back exactly the message its sender sent', () => {
   assert.deepEqual(messageOfStored(stored), sent);
 });
 
-test('absent fields stay absent, and the store JSON round trip changes nothing', () => {
-  const sent: Message = { body: Buffer.from('x'), properties: {} };
-  const stored = storedMessageOf({ identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' }, sent);
+test('absent fields stay absent, and the store record round trip changes nothing', () => {
+  const plain: Message = { body: Buffer.from('x'), properties: {} };
+  const stored = storedMessageOf({ identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' }, plain, 1_700_000_000_000);
   assert.equal(stored.source, '/messages');
   assert.equal(stored.sender, 'd');
-  const reread = { ...stored, systemProperties: JSON.parse(JSON.stringify(stored.systemProperties)), appProperties: JSON.parse(JSON.stringify(stored.appProperties)) };
-  assert.deepEqual(messageOfStored(reread), sent);
+  assert.equal(stored.systemProperties.connectionModuleId, undefined);
+  assert.equal('connectionDeviceGenerationId' in stored.systemProperties, false);
+  const full: Message = {
+    body: Buffer.from('{"t":1}'), messageId: 'm"1', correlationId: 'c\\1', userId: 'u', to: '/x', expiry: 1_900_000_000_000,
+    contentType: 'application/json', contentEncoding: 'utf-8', outputName: 'o', component: 'c', interfaceId: 'dtmi:x;1',
+    creationTime: '2024-05-01T10:00:00.000Z', properties: { 'a b': 'é', empty: '' },
+  };
+  for (const [auth, sent] of [[moduleAuth, full], [{ identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' } as AuthResult, plain]] as const) {
+    const original = storedMessageOf(auth, sent, 1_700_000_000_123);
+    const record = original.record();
+    assert.notEqual(record[0], '{', 'a record is told apart from the store JSON by its first character');
+    const back = reviveSenderMessage(record, sent.body);
+    assert.deepEqual(messageOfStored(back), sent);
+    assert.equal(back.sender, original.sender);
+    assert.equal(back.source, original.source);
+    assert.equal(back.enqueuedTime, original.enqueuedTime);
+    assert.deepEqual(back.systemProperties, original.systemProperties);
+  }
+  assert.throws(() => reviveSenderMessage('9[]', Buffer.alloc(0)), /unknown stored message form/);
 });
 
 test('route sources, senders and addresses', () => {
