@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { MessageStore, type QueuedMessage } from '../src/store/message-store.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../src/routing/pump.ts';
 import { UpstreamLink } from '../src/upstream/amqp-link.ts';
-import { storedMessageOf } from '../src/upstream/stored-message.ts';
+import { storedMessageOf } from '../src/store/sender-message.ts';
 import { ServiceClient } from '../src/hub/service-client.ts';
 import { startHubProcess } from '../test/helpers/hub.ts';
 

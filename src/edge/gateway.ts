@@ -21,7 +21,7 @@ import type { RouteTable } from '../routing/route-table.ts';
 import { MessageStore, StoreFullError } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
 import { UpstreamLink, type UpstreamC2DDelivery } from '../upstream/amqp-link.ts';
-import { reviveSenderMessage, storedMessageOf } from '../upstream/stored-message.ts';
+import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
@@ -184,7 +184,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     closers.push(() => scope.close());
     const twins = TwinCache.open(files.gatewayDb);
     closers.push(() => twins.close());
-    const store = MessageStore.open({ path: files.storeDb, revive: reviveSenderMessage });
+    const store = MessageStore.open({ path: files.storeDb });
     closers.push(() => store.close());
 
     const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });

@@ -2,7 +2,7 @@ import type { Engine } from '../engine/engine.ts';
 import type { C2DOutcome, IdentityRef } from '../engine/types.ts';
 import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
-import { messageOfStored } from '../upstream/stored-message.ts';
+import { messageOfStored } from '../store/sender-message.ts';
 import { childLog } from '../util/log.ts';
 
 const log = childLog('module-endpoint');

@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
+import { reviveSenderMessage, SenderMessage } from './sender-message.ts';
 
 /**
  * Durable store-and-forward queues on one SQLite file (WAL).
@@ -37,12 +38,6 @@ export interface StoredMessage {
   source: string;
   /** Who sent it (device id or device/module); order is kept per sender. */
   sender: string;
-  /**
-   * The message's own compact text for the file, when its kind has one; read back with the
-   * store's `revive` setting. Without it the store writes the fields above as JSON. The text
-   * must not start with `{`, which marks the store's JSON.
-   */
-  record?(): string;
 }
 
 export interface AppendTarget {
@@ -118,8 +113,6 @@ export interface StoreSettings {
   sync?: 'background' | 'commit';
   /** Clock in ms since the epoch (tests). */
   now?: () => number;
-  /** Reads back messages written with their own `record()` text. */
-  revive?: (record: string, body: Buffer) => StoredMessage;
 }
 
 export interface EndpointStoreMetrics {
@@ -273,8 +266,8 @@ function checkMessage(entry: AppendEntry): string | undefined {
   if (!Buffer.isBuffer(m.body)) return 'message body must be a Buffer';
   if (typeof m.sender !== 'string') return 'message sender must be a string';
   if (typeof m.source !== 'string') return 'message source must be a string';
-  // A message with its own record carries its properties in it (and may build them only when asked).
-  if (typeof m.record === 'function') return checkTargets(entry);
+  // A device's message carries its properties in its record (and builds them only when asked).
+  if (m instanceof SenderMessage) return checkTargets(entry);
   if (!m.systemProperties || typeof m.systemProperties !== 'object') return 'message systemProperties must be an object';
   if (!m.appProperties || typeof m.appProperties !== 'object') return 'message appProperties must be an object';
   return checkTargets(entry);
@@ -301,7 +294,6 @@ export class MessageStore {
   private readonly sweepChunk: number;
   private readonly cacheCap: number;
   private readonly cacheByteCap: number;
-  private readonly revive: StoreSettings['revive'];
 
   private readonly endpointsByName = new Map<string, EndpointState>();
   private nextSeq: number;
@@ -362,7 +354,6 @@ export class MessageStore {
     this.sweepChunk = positiveOr(settings.sweepChunk, 20_000, 'sweepChunk');
     this.cacheCap = settings.readCacheEntries ?? 100_000;
     this.cacheByteCap = settings.readCacheBytes ?? 32 * 1024 * 1024;
-    this.revive = settings.revive;
 
     try {
       this.db = new Database(settings.path, { timeout: 0 });
@@ -481,8 +472,8 @@ export class MessageStore {
       return Promise.reject(new TypeError(problem));
     }
     const m = entry.message;
-    const meta = typeof m.record === 'function' ? m.record() : JSON.stringify({ s: m.systemProperties, a: m.appProperties, src: m.source, snd: m.sender });
-    if (meta.charCodeAt(0) === 0x7b && typeof m.record === 'function') return Promise.reject(new TypeError('a message record must not start with "{"'));
+    // A device's message as its short record; anything else as JSON of its fields (told apart by the `{`).
+    const meta = m instanceof SenderMessage ? m.record() : JSON.stringify({ s: m.systemProperties, a: m.appProperties, src: m.source, snd: m.sender });
     const size = m.body.length + Buffer.byteLength(meta);
     if (this.byteCount + this.pendingBytes + size > this.maxBytes) {
       return Promise.reject(this.full(new StoreFullError('maxBytes', this.maxBytes, this.byteCount + this.pendingBytes)));
@@ -788,10 +779,7 @@ export class MessageStore {
   }
 
   private messageOfRow(row: MessageRow): StoredMessage {
-    if (row.meta.charCodeAt(0) !== 0x7b) {
-      if (!this.revive) throw new Error(`message ${row.seq} was stored in its own form and this store was opened without a reader for it`);
-      return this.revive(row.meta, row.body);
-    }
+    if (row.meta.charCodeAt(0) !== 0x7b) return reviveSenderMessage(row.meta, row.body);
     const meta = JSON.parse(row.meta) as { s: StoredMessage['systemProperties']; a: StoredMessage['appProperties']; src: string; snd: string };
     return { body: row.body, systemProperties: meta.s, appProperties: meta.a, source: meta.src, sender: meta.snd };
   }

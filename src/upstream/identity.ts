@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver } from 'rhea';
 import type { C2DOutcome, IdentityRef, Message, MethodRequest, TwinCollection, TwinProperties } from '../engine/types.ts';
-import { BATCH_FORMAT, encodeBatch, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
-import { encodeMessage } from '../protocols/amqp/encode-message.ts';
+import { BATCH_FORMAT, encodeBatchOfSections, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
+import { DATA_HEADER, encodeDataSections } from '../protocols/amqp/encode-message.ts';
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
 import { basePath, keyOf, type UpstreamCore } from './core.ts';
@@ -188,23 +188,26 @@ export class IdentityChannel implements UpstreamIdentity {
    */
   async sendTelemetry(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
     const link = await this.telemetryLink();
-    const encoded = messages.map(encodeMessage);
-    if (encoded.length === 1 && !origin) return [await link.sendEncoded(encoded[0]!, 0)];
+    // All messages encoded once into one buffer of data sections: a batch is a slice of it,
+    // a message sent alone the slice of its section.
+    const { buf, at } = encodeDataSections(messages);
+    const one = (i: number) => buf.subarray(at[i]! + DATA_HEADER, at[i + 1]);
+    if (messages.length === 1 && !origin) return [await link.sendEncoded(one(0), 0)];
     let prev = origin?.prev ?? 0;
     const outcomes = await Promise.all(
-      runsOf(encoded).map(async ([from, to]) => {
-        const chunk = encoded.slice(from, to);
+      runsOf(at).map(async ([from, to]) => {
         let chunkOrigin: BatchOrigin | undefined;
         if (origin) {
           const seqs = origin.seqs.slice(from, to);
           chunkOrigin = { stream: origin.stream, prev, seqs };
           prev = seqs[seqs.length - 1]!;
-        } else if (chunk.length === 1) {
-          return [await link.sendEncoded(chunk[0]!, 0)];
+        } else if (to - from === 1) {
+          return [await link.sendEncoded(one(from), 0)];
         }
-        const o = await link.sendEncoded(encodeBatch(chunk, chunkOrigin), BATCH_FORMAT);
-        if (!isPermanentForMessage(o)) return chunk.map(() => o);
-        return Promise.all(chunk.map((m) => link.sendEncoded(m, 0)));
+        const o = await link.sendEncoded(encodeBatchOfSections(buf.subarray(at[from], at[to]), chunkOrigin), BATCH_FORMAT);
+        const count = to - from;
+        if (!isPermanentForMessage(o)) return Array.from({ length: count }, () => o);
+        return Promise.all(Array.from({ length: count }, (_, k) => link.sendEncoded(one(from + k), 0)));
       }),
     );
     return outcomes.flat();
@@ -590,13 +593,14 @@ async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(
 const BATCH_OVERHEAD = 1024;
 
 /** [from, to) index ranges of consecutive encoded messages, each run within IoT Hub's batch size limit. */
-function runsOf(encoded: readonly Buffer[]): Array<[number, number]> {
+function runsOf(at: readonly number[]): Array<[number, number]> {
   const out: Array<[number, number]> = [];
+  const count = at.length - 1;
   let from = 0;
   let bytes = BATCH_OVERHEAD;
-  for (let i = 0; i < encoded.length; i++) {
-    // Each data section adds a few bytes of framing, and its number in the origin list up to 17.
-    const size = encoded[i]!.length + 25;
+  for (let i = 0; i < count; i++) {
+    // The data section as encoded, plus the message's number in the origin list (up to 17).
+    const size = at[i + 1]! - at[i]! + 17;
     if (i > from && bytes + size > MAX_BATCH_BYTES) {
       out.push([from, i]);
       from = i;
@@ -604,6 +608,6 @@ function runsOf(encoded: readonly Buffer[]): Array<[number, number]> {
     }
     bytes += size;
   }
-  if (encoded.length > from) out.push([from, encoded.length]);
+  if (count > from) out.push([from, count]);
   return out;
 }

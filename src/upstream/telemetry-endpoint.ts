@@ -5,7 +5,7 @@ import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
 import type { IdentityChannel } from './identity.ts';
 import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
-import { messageOfStored, senderIdentity } from './stored-message.ts';
+import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
 
 /**
  * `$upstream` for a gateway: stored messages go to the parent on behalf of their original

@@ -11,7 +11,7 @@ import type { AuthResult, Message, MethodRequest, TwinCollection } from '../../s
 import { MessageStore } from '../../src/store/message-store.ts';
 import { EndpointPump } from '../../src/routing/pump.ts';
 import { UpstreamLink, type UpstreamC2DDelivery } from '../../src/upstream/amqp-link.ts';
-import { storedMessageOf } from '../../src/upstream/stored-message.ts';
+import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { createRootCa } from '../../src/pki/index.ts';
 
 /**

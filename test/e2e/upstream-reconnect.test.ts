@@ -9,7 +9,7 @@ import type { AuthResult } from '../../src/engine/types.ts';
 import { MessageStore } from '../../src/store/message-store.ts';
 import { EndpointPump } from '../../src/routing/pump.ts';
 import { UpstreamLink } from '../../src/upstream/amqp-link.ts';
-import { storedMessageOf } from '../../src/upstream/stored-message.ts';
+import { storedMessageOf } from '../../src/store/sender-message.ts';
 
 /**
  * The upstream link through a hub outage: it notices, keeps retrying on its own, comes back

@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import { BatchError, encodeBatch, messagesOfBatch, originOfBatch, readBatch } from '../../src/protocols/amqp/batch.ts';
+import { BatchError, encodeBatch, encodeBatchOfSections, messagesOfBatch, originOfBatch, readBatch } from '../../src/protocols/amqp/batch.ts';
+import { DATA_HEADER, encodeDataSections, encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
+import type { Message } from '../../src/engine/types.ts';
 import { fromAmqp, toAmqp } from '../../src/protocols/amqp/message.ts';
 
 const encode = (m: AmqpMessage) => rhea.message.encode(m) as unknown as Buffer;
@@ -30,6 +32,24 @@ test('a batch names where its messages come from in its annotations, and reads t
   // rhea's own encoding of the same batch decodes to the same message.
   const theirs = encode({ body: rhea.message.data_sections([...encoded]), message_annotations: { 'x-opt-strata-stream': origin.stream, 'x-opt-strata-prev': '41', 'x-opt-strata-seqs': '42,57' } } as unknown as AmqpMessage);
   assert.deepEqual(rhea.message.decode(ours), rhea.message.decode(theirs));
+});
+
+test('messages encoded back to back as data sections are the same bytes as encoded one by one and batched', () => {
+  const messages: Message[] = [
+    { body: Buffer.alloc(300, 7), properties: {} },
+    { body: Buffer.from('{"t":21.5}'), messageId: 'a1b2c3d4-0000-4000-8000-00000000abcd', correlationId: 'c\u00e9', userId: 'u', to: '/devices/d/messages/events', expiry: 1_900_000_000_000,
+      contentType: 'application/json', contentEncoding: 'utf-8', outputName: 'out1', component: 'thermostat1', interfaceId: 'dtmi:com:example;1', properties: { '\u6e29\u5ea6': '\u{1F321}', k: '' } },
+    { body: Buffer.alloc(0), properties: { only: 'app' } },
+  ];
+  const { buf, at } = encodeDataSections(messages);
+  assert.equal(at.length, messages.length + 1);
+  messages.forEach((m, i) => assert.deepEqual(buf.subarray(at[i]! + DATA_HEADER, at[i + 1]), encodeMessage(m), `message ${i}`));
+  const origin = { stream: 's/0', prev: 3, seqs: [4, 5, 9] };
+  assert.deepEqual(encodeBatchOfSections(buf, origin), encodeBatch(messages.map(encodeMessage), origin));
+  const back = messagesOfBatch(encodeBatchOfSections(buf.subarray(at[1], at[3]))).map(fromAmqp);
+  assert.deepEqual(back.map((m) => m.properties), [messages[1]!.properties, { only: 'app' }]);
+  assert.equal(back[0]!.outputName, 'out1');
+  assert.equal(back[0]!.interfaceId, 'dtmi:com:example;1');
 });
 
 test('a batch of one message is a batch too', () => {

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MessageStore, StoreFullError, type QueuedMessage, type StoredMessage, type StoreSettings } from '../../src/store/message-store.ts';
+import { messageOfStored, SenderMessage, storedMessageOf } from '../../src/store/sender-message.ts';
 
 interface Ctx {
   dir: string;
@@ -80,34 +81,27 @@ test('an appended message is readable with its properties after the append resol
   assert.equal(again.expiresAt, e.expiresAt);
 });
 
-test('a message with its own record is stored as that text and read back with the reviver, beside JSON-stored ones', async (t) => {
+test("a device's message is stored as its short record and read back as the same message, beside JSON-stored ones", async (t) => {
   const ctx = setup(t);
-  const own = (n: number): StoredMessage => ({
-    body: Buffer.from(`own-${n}`), sender: 'dev-2', source: '/messages', appProperties: { n: String(n) },
-    get systemProperties(): Record<string, string | undefined> {
-      throw new Error('the store must not read the properties of a message with a record');
-    },
-    record: () => `R${n}`,
-  });
-  const revive = (record: string, body: Buffer): StoredMessage => ({ body, sender: 'dev-2', source: '/messages', systemProperties: { messageId: record }, appProperties: {} });
-  let store = ctx.open({ revive });
+  const auth = { identity: { deviceId: 'dev-2', moduleId: 'm' }, kind: 'sas', generationId: 'g1', authMethod: '{"scope":"module"}' } as const;
+  const sent = { body: Buffer.from('own-1'), messageId: 'x-1', outputName: 'o', properties: { n: '1' } };
+  let store = ctx.open({});
   const to = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
-  await Promise.all([store.append({ message: own(1), targets: to }), store.append({ message: msg('dev-1', 2), targets: to })]);
-  const bad = own(3);
-  bad.record = () => '{x';
-  await assert.rejects(store.append({ message: bad, targets: to }), /must not start with/);
+  await Promise.all([store.append({ message: storedMessageOf(auth, sent, 1_700_000_000_000), targets: to }), store.append({ message: msg('dev-1', 2), targets: to })]);
+  const [fromMemory] = readAll(store, '$upstream');
+  assert.equal(messageOfStored(fromMemory!.message), sent, 'while in memory, the very message received');
   await store.close();
-  assert.equal(rawCount(ctx.file, "SELECT count(*) FROM messages WHERE meta = 'R1'"), 1, 'the record is what the file holds');
-
-  store = ctx.open({ revive });
-  const [a, b] = readAll(store, '$upstream');
-  assert.equal(a!.message.systemProperties.messageId, 'R1');
-  assert.equal(a!.message.body.toString(), 'own-1');
-  assert.equal(b!.message.systemProperties.messageId, 'dev-1-2', 'JSON-stored messages still read as before');
-  await store.close();
+  assert.equal(rawCount(ctx.file, "SELECT count(*) FROM messages WHERE meta LIKE '1[%'"), 1, 'the record is what the file holds');
 
   store = ctx.open({});
-  assert.throws(() => readAll(store, '$upstream'), /without a reader/);
+  const [a, b] = readAll(store, '$upstream');
+  assert.ok(a!.message instanceof SenderMessage);
+  assert.deepEqual(messageOfStored(a!.message), sent);
+  assert.equal(a!.message.sender, 'dev-2/m');
+  assert.equal(a!.message.source, '/messages/modules/m/outputs/o');
+  assert.equal(a!.message.systemProperties.connectionDeviceGenerationId, 'g1');
+  assert.equal(a!.message.systemProperties.enqueuedTime, '2023-11-14T22:13:20.000Z');
+  assert.equal(b!.message.systemProperties.messageId, 'dev-1-2', 'JSON-stored messages still read as before');
 });
 
 test('a checkpointed entry is never handed out again, also after a restart', async (t) => {

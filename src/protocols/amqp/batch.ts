@@ -30,23 +30,40 @@ export interface BatchOrigin {
 
 /** The transfer payload of a batch made of already encoded messages. */
 export function encodeBatch(encoded: readonly Buffer[], origin?: BatchOrigin): Buffer {
-  // Written straight into one buffer: rhea's encoder grows (and zero-fills) its buffer step by
-  // step, and a gateway encodes a batch of up to 256 KiB for every transfer it sends.
-  const annotations: Array<[string, string]> | undefined = origin && [
-    [ORIGIN_STREAM, origin.stream],
-    [ORIGIN_PREV, String(origin.prev)],
-    [ORIGIN_SEQS, origin.seqs.join(',')],
-  ];
-  let bound = 16;
-  if (annotations) for (const [k, v] of annotations) bound += textBound(k) + textBound(v);
-  for (const e of encoded) bound += 8 + e.length;
-  const w = new AmqpWriter(Buffer.allocUnsafe(bound));
-  if (annotations) w.stringMap(SECTION.messageAnnotations, SYM32, annotations);
+  let size = 0;
+  for (const e of encoded) size += 8 + e.length;
+  const w = batchWriter(size, origin);
   for (const e of encoded) {
     w.section(SECTION.data);
     w.binary(e);
   }
   return w.buf.subarray(0, w.pos);
+}
+
+/** The transfer payload of a batch whose data sections are encoded already, back to back (DataSections). */
+export function encodeBatchOfSections(sections: Buffer, origin?: BatchOrigin): Buffer {
+  const w = batchWriter(sections.length, origin);
+  sections.copy(w.buf, w.pos);
+  w.pos += sections.length;
+  return w.buf.subarray(0, w.pos);
+}
+
+/**
+ * A writer holding the batch's origin annotations with room for `sections` bytes after them.
+ * Written straight into one buffer: rhea's encoder grows (and zero-fills) its buffer step by
+ * step, and a gateway encodes a batch of up to 256 KiB for every transfer it sends.
+ */
+function batchWriter(sections: number, origin: BatchOrigin | undefined): AmqpWriter {
+  const annotations: Array<[string, string]> | undefined = origin && [
+    [ORIGIN_STREAM, origin.stream],
+    [ORIGIN_PREV, String(origin.prev)],
+    [ORIGIN_SEQS, origin.seqs.join(',')],
+  ];
+  let bound = 16 + sections;
+  if (annotations) for (const [k, v] of annotations) bound += textBound(k) + textBound(v);
+  const w = new AmqpWriter(Buffer.allocUnsafe(bound));
+  if (annotations) w.stringMap(SECTION.messageAnnotations, SYM32, annotations);
+  return w;
 }
 
 /** The origin a batch names, or undefined when it names none or names it wrongly (then it is stored as is). */

@@ -104,18 +104,59 @@ export function textBound(s: string | undefined): number {
 }
 
 export function encodeMessage(m: Message): Buffer {
+  const w = new AmqpWriter(Buffer.allocUnsafe(messageBound(m)));
+  writeMessage(w, m);
+  return w.buf.subarray(0, w.pos);
+}
+
+/** Bytes `writeMessage` may take for `m`, at most. */
+export function messageBound(m: Message): number {
+  let bound = 64 + m.body.length + 9 * 16;
+  bound += textBound(m.messageId) + textBound(m.correlationId) + textBound(m.userId) + textBound(m.to) + textBound(m.contentType) + textBound(m.contentEncoding);
+  for (const k in m.properties) bound += textBound(k) + textBound(m.properties[k]);
+  bound += textBound(OUTPUT_NAME) + textBound(m.outputName);
+  bound += textBound('dt-subject') + textBound(m.component) + textBound('iothub-interface-id') + textBound(m.interfaceId);
+  return bound;
+}
+
+/**
+ * Several messages, each in a data section, one after the other in one buffer (the body of an
+ * IoT Hub batch): message `i` is `buf.subarray(at[i] + DATA_HEADER, at[i + 1])`, its section
+ * `buf.subarray(at[i], at[i + 1])`, and consecutive sections are a batch body as they are.
+ */
+export interface DataSections {
+  buf: Buffer;
+  at: number[];
+}
+
+/** Section descriptor and vbin32 header in front of each message in DataSections. */
+export const DATA_HEADER = 8;
+
+export function encodeDataSections(messages: readonly Message[]): DataSections {
+  let bound = 0;
+  for (const m of messages) bound += DATA_HEADER + messageBound(m);
+  const w = new AmqpWriter(Buffer.allocUnsafe(bound));
+  const at = [0];
+  for (const m of messages) {
+    w.section(SECTION.data);
+    w.byte(VBIN32);
+    const len = w.pos;
+    w.pos += 4;
+    writeMessage(w, m);
+    w.buf.writeUInt32BE(w.pos - len - 4, len);
+    at.push(w.pos);
+  }
+  return { buf: w.buf.subarray(0, w.pos), at };
+}
+
+/** Writes `m` as one AMQP message (sections only, no framing) at the writer's position. */
+export function writeMessage(w: AmqpWriter, m: Message): void {
   const app: Array<[string, string]> = [];
   for (const k in m.properties) app.push([k, m.properties[k]!]);
   if (m.outputName !== undefined) app.push([OUTPUT_NAME, m.outputName]);
   const ann: Array<[string, string]> = [];
   if (m.component !== undefined) ann.push(['dt-subject', m.component]);
   if (m.interfaceId !== undefined) ann.push(['iothub-interface-id', m.interfaceId]);
-
-  let bound = 64 + m.body.length + 9 * 16;
-  bound += textBound(m.messageId) + textBound(m.correlationId) + textBound(m.userId) + textBound(m.to) + textBound(m.contentType) + textBound(m.contentEncoding);
-  for (const [k, v] of app) bound += textBound(k) + textBound(v);
-  for (const [k, v] of ann) bound += textBound(k) + textBound(v);
-  const w = new AmqpWriter(Buffer.allocUnsafe(bound));
 
   // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type,
   // content-encoding, absolute-expiry-time; trailing absent fields are left out. (Written field
@@ -164,5 +205,4 @@ export function encodeMessage(m: Message): Buffer {
   if (ann.length > 0) w.stringMap(SECTION.messageAnnotations, SYM32, ann);
   w.section(SECTION.data);
   w.binary(m.body);
-  return w.buf.subarray(0, w.pos);
 }

@@ -1,5 +1,5 @@
 import type { AuthResult, Message } from '../engine/types.ts';
-import type { StoredMessage } from '../store/message-store.ts';
+import type { StoredMessage } from './message-store.ts';
 import { encodeMessageMeta, messageOfMeta } from '../engine/message-codec.ts';
 
 /**
@@ -82,6 +82,7 @@ export class SenderMessage implements StoredMessage {
   }
 }
 
+/** Never `{`: the store tells these records from its JSON by the first character. */
 const RECORD_V1 = '1';
 
 /** The store's reader for `SenderMessage.record` texts (`StoreSettings.revive`). */
