@@ -17,8 +17,8 @@ import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server
 import { webSocketDispatcher } from '../protocols/ws.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
-import type { RouteTable } from '../routing/route-table.ts';
-import { MessageStore, StoreFullError } from '../store/message-store.ts';
+import type { Delivery, RouteTable } from '../routing/route-table.ts';
+import { MessageStore, StoreFullError, type AppendTarget } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
 import { UpstreamLink, type UpstreamC2DDelivery } from '../upstream/amqp-link.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
@@ -224,6 +224,16 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       }
       throw new EngineError('unavailable', `the gateway could not store the message: ${(err as Error).message}`);
     };
+    // The route table hands out the same deliveries for every message of a source: so do we.
+    const targetLists = new WeakMap<readonly Delivery[], AppendTarget[]>();
+    const targetsOf = (deliveries: readonly Delivery[]): AppendTarget[] => {
+      let targets = targetLists.get(deliveries);
+      if (!targets) {
+        targets = deliveries.map((d) => ({ endpoint: d.endpoint.id, priority: d.priority, ttlSecs: d.ttlSecs }));
+        targetLists.set(deliveries, targets);
+      }
+      return targets;
+    };
     /** Routes one message and stores it for every endpoint it goes to (undefined: it goes nowhere). */
     const route = (auth: AuthResult, message: Message, origin?: ForwardedOrigin): Promise<void> | undefined => {
       metrics.received.inc();
@@ -236,7 +246,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       if (deliveries.length === 0) notForwarded(stored.sender);
       // Going nowhere, a forwarded message still has its origin recorded: its stream stays unbroken.
       if (deliveries.length === 0 && !origin) return undefined;
-      return store.append({ message: stored, targets: deliveries.map((d) => ({ endpoint: d.endpoint.id, priority: d.priority, ttlSecs: d.ttlSecs })), ...(origin ? { origin } : {}) });
+      return store.append({ message: stored, targets: targetsOf(deliveries), ...(origin ? { origin } : {}) });
     };
     // One message per call is the common case (MQTT, AMQP): no arrays, one promise.
     const sink: TelemetrySink = (items) => {

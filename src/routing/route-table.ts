@@ -42,6 +42,11 @@ export interface Delivery {
 
 export class RouteTable {
   private readonly prefixes: string[];
+  /**
+   * With no WHERE anywhere in the table a message's deliveries depend on its source alone:
+   * worked out once per source (a gateway has a handful) instead of once per message.
+   */
+  private readonly bySource: Map<string, readonly Delivery[]> | undefined;
   /** Seconds; Infinity when messages never expire. */
   readonly globalTtlSecs: number;
 
@@ -52,6 +57,7 @@ export class RouteTable {
   ) {
     this.globalTtlSecs = globalTtlSecs < 0 ? Infinity : globalTtlSecs;
     this.prefixes = routes.map((r) => r.sourcePrefix);
+    if (routes.every((r) => r.condition.text === undefined)) this.bySource = new Map();
   }
 
   /** Compiles route definitions; the first bad one fails with a RouteConfigError naming it. */
@@ -59,8 +65,23 @@ export class RouteTable {
     return new RouteTable(defs.map(compileDefinition), globalTtlSecs);
   }
 
-  /** Where a message goes: one delivery per endpoint, in the order the endpoints first appear in the table. */
-  match(message: RoutableMessage): Delivery[] {
+  /**
+   * Where a message goes: one delivery per endpoint, in the order the endpoints first appear in
+   * the table. The list may be shared between messages: read it, do not change it.
+   */
+  match(message: RoutableMessage): readonly Delivery[] {
+    if (!this.bySource) return this.evaluate(message);
+    let found = this.bySource.get(message.source);
+    if (found === undefined) {
+      // Sources are few (devices, and each module's outputs); a flood of odd ones only costs a re-evaluation.
+      if (this.bySource.size >= 1024) this.bySource.clear();
+      found = this.evaluate(message);
+      this.bySource.set(message.source, found);
+    }
+    return found;
+  }
+
+  private evaluate(message: RoutableMessage): Delivery[] {
     const view = new MessageView(message);
     const best = new Map<string, Delivery>();
     for (let i = 0; i < this.routes.length; i++) {

@@ -40,6 +40,23 @@ interface Sender {
   generationId?: string;
 }
 
+/** A sender with what every one of its messages repeats, worked out once. */
+class KnownSender {
+  /** `d` or `d/m`. */
+  readonly name: string;
+  /** The start of each record, up to the arrival time. */
+  readonly head: string;
+
+  constructor(readonly who: Sender) {
+    this.name = who.moduleId === undefined ? who.deviceId : `${who.deviceId}/${who.moduleId}`;
+    this.head = `${RECORD_V1}[${JSON.stringify(who.deviceId)},${who.moduleId === undefined ? 'null' : JSON.stringify(who.moduleId)},${JSON.stringify(who.authMethod)},` +
+      `${who.generationId === undefined ? 'null' : JSON.stringify(who.generationId)},`;
+  }
+}
+
+/** A session's AuthResult stays the same object while it lasts (renewal brings a new one). */
+const knownSenders = new WeakMap<AuthResult, KnownSender>();
+
 /**
  * A message a device or module sent, as the gateway stores and forwards it: the message as
  * sent plus who sent it and when it arrived. Routes see it as a StoredMessage; its system
@@ -49,17 +66,19 @@ interface Sender {
  */
 export class SenderMessage implements StoredMessage {
   private system: Record<string, string | undefined> | undefined;
-  readonly sender: string;
   readonly source: string;
 
   /** `message` is shared, not copied: nothing downstream of the store may change it. */
   constructor(
     readonly message: Message,
-    private readonly who: Sender,
+    private readonly from: KnownSender,
     readonly enqueuedTime: number,
   ) {
-    this.sender = who.moduleId === undefined ? who.deviceId : `${who.deviceId}/${who.moduleId}`;
-    this.source = routeSourceOf({ identity: who }, message);
+    this.source = routeSourceOf({ identity: from.who }, message);
+  }
+
+  get sender(): string {
+    return this.from.name;
   }
 
   get body(): Buffer {
@@ -71,14 +90,12 @@ export class SenderMessage implements StoredMessage {
   }
 
   get systemProperties(): Record<string, string | undefined> {
-    return (this.system ??= systemPropertiesOf(this.message, this.who, this.enqueuedTime));
+    return (this.system ??= systemPropertiesOf(this.message, this.from.who, this.enqueuedTime));
   }
 
   /** `1` and a JSON array: device, module, auth method, generation, arrival, the message's own meta. */
   record(): string {
-    const w = this.who;
-    return `${RECORD_V1}[${JSON.stringify(w.deviceId)},${w.moduleId === undefined ? 'null' : JSON.stringify(w.moduleId)},${JSON.stringify(w.authMethod)},` +
-      `${w.generationId === undefined ? 'null' : JSON.stringify(w.generationId)},${this.enqueuedTime},${encodeMessageMeta(this.message)}]`;
+    return `${this.from.head}${this.enqueuedTime},${encodeMessageMeta(this.message)}]`;
   }
 }
 
@@ -93,7 +110,7 @@ export function reviveSenderMessage(record: string, body: Buffer): SenderMessage
   const who: Sender = { deviceId, authMethod };
   if (moduleId !== null) who.moduleId = moduleId;
   if (generationId !== null) who.generationId = generationId;
-  return new SenderMessage(messageOfMeta(meta, body), who, enqueuedTime);
+  return new SenderMessage(messageOfMeta(meta, body), new KnownSender(who), enqueuedTime);
 }
 
 function systemPropertiesOf(message: Message, who: Sender, enqueuedTime: number): Record<string, string | undefined> {
@@ -119,11 +136,16 @@ function systemPropertiesOf(message: Message, who: Sender, enqueuedTime: number)
 
 /** The store's form of a message a device or module sent (`sender` = `d` or `d/m`). */
 export function storedMessageOf(auth: AuthResult, message: Message, enqueuedTime = Date.now()): SenderMessage {
-  const { deviceId, moduleId } = auth.identity;
-  const who: Sender = { deviceId, authMethod: auth.authMethod };
-  if (moduleId !== undefined) who.moduleId = moduleId;
-  if (auth.generationId !== undefined) who.generationId = auth.generationId;
-  return new SenderMessage(message, who, enqueuedTime);
+  let from = knownSenders.get(auth);
+  if (!from) {
+    const { deviceId, moduleId } = auth.identity;
+    const who: Sender = { deviceId, authMethod: auth.authMethod };
+    if (moduleId !== undefined) who.moduleId = moduleId;
+    if (auth.generationId !== undefined) who.generationId = auth.generationId;
+    from = new KnownSender(who);
+    knownSenders.set(auth, from);
+  }
+  return new SenderMessage(message, from, enqueuedTime);
 }
 
 /**

@@ -273,3 +273,25 @@ describe('$edgeHub desired properties', () => {
     );
   });
 });
+
+describe('deliveries worked out once per source', () => {
+  const def = (name: string, route: string): RouteDefinition => ({ name, route });
+  it('a table without conditions gives every message of a source the same deliveries, without reading the message', () => {
+    const table = RouteTable.fromDefinitions([def('up', 'FROM /messages/* INTO $upstream'), def('m', 'FROM /messages/modules/m1/* INTO BrokeredEndpoint("/modules/f/inputs/in")')]);
+    const unreadable = (source: string): RoutableMessage => ({
+      source, body: Buffer.alloc(0), appProperties: {},
+      get systemProperties(): Record<string, string> {
+        throw new Error('no condition, so nothing but the source may be read');
+      },
+    });
+    const first = table.match(unreadable('/messages'));
+    assert.deepEqual(first.map((d) => d.endpoint.id), ['$upstream']);
+    assert.equal(table.match(unreadable('/messages')), first, 'the same list again');
+    assert.deepEqual(ids(table, unreadable('/messages/modules/m1/outputs/o')), ['$upstream', '/modules/f/inputs/in']);
+  });
+  it('a table with a condition still decides for each message', () => {
+    const table = RouteTable.fromDefinitions([def('hot', 'FROM /messages/* WHERE temp = "hot" INTO $upstream')]);
+    assert.deepEqual(ids(table, msg('/messages', { temp: 'hot' })), ['$upstream']);
+    assert.deepEqual(ids(table, msg('/messages', { temp: 'cold' })), []);
+  });
+});
