@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver } from 'rhea';
 import type { C2DOutcome, IdentityRef, Message, MethodRequest, TwinCollection, TwinProperties } from '../engine/types.ts';
-import { BATCH_FORMAT, encodeBatchOfSections, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
+import { BATCH_FORMAT, batchHead, encodeBatchOfSections, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
 import { DATA_HEADER, encodeDataSections } from '../protocols/amqp/encode-message.ts';
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
@@ -189,13 +189,22 @@ export class IdentityChannel implements UpstreamIdentity {
   async sendTelemetry(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
     const link = await this.telemetryLink();
     // All messages encoded once into one buffer of data sections: a batch is a slice of it,
-    // a message sent alone the slice of its section.
-    const { buf, at } = encodeDataSections(messages);
+    // a message sent alone the slice of its section. When they all fit in one batch (the
+    // usual case) its head goes into room left in front, so the batch is never copied.
+    const head = origin && batchHead(origin);
+    const { buf, at } = encodeDataSections(messages, head?.length ?? 0);
     const one = (i: number) => buf.subarray(at[i]! + DATA_HEADER, at[i + 1]);
     if (messages.length === 1 && !origin) return [await link.sendEncoded(one(0), 0)];
+    const runs = runsOf(at);
+    if (runs.length === 1) {
+      head?.copy(buf, 0);
+      const o = await link.sendEncoded(buf.subarray(0, at[messages.length]), BATCH_FORMAT);
+      if (!isPermanentForMessage(o)) return messages.map(() => o);
+      return Promise.all(messages.map((_, i) => link.sendEncoded(one(i), 0)));
+    }
     let prev = origin?.prev ?? 0;
     const outcomes = await Promise.all(
-      runsOf(at).map(async ([from, to]) => {
+      runs.map(async ([from, to]) => {
         let chunkOrigin: BatchOrigin | undefined;
         if (origin) {
           const seqs = origin.seqs.slice(from, to);

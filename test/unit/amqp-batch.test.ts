@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import { BatchError, encodeBatch, encodeBatchOfSections, messagesOfBatch, originOfBatch, readBatch } from '../../src/protocols/amqp/batch.ts';
+import { BatchError, batchHead, encodeBatch, encodeBatchOfSections, messagesOfBatch, originOfBatch, readBatch } from '../../src/protocols/amqp/batch.ts';
 import { DATA_HEADER, encodeDataSections, encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
 import type { Message } from '../../src/engine/types.ts';
 import { fromAmqp, toAmqp } from '../../src/protocols/amqp/message.ts';
@@ -46,6 +46,12 @@ test('messages encoded back to back as data sections are the same bytes as encod
   messages.forEach((m, i) => assert.deepEqual(buf.subarray(at[i]! + DATA_HEADER, at[i + 1]), encodeMessage(m), `message ${i}`));
   const origin = { stream: 's/0', prev: 3, seqs: [4, 5, 9] };
   assert.deepEqual(encodeBatchOfSections(buf, origin), encodeBatch(messages.map(encodeMessage), origin));
+  // Room left in front for the head: head + sections in place are the same batch.
+  const head = batchHead(origin);
+  const roomy = encodeDataSections(messages, head.length);
+  assert.equal(roomy.at[0], head.length);
+  head.copy(roomy.buf, 0);
+  assert.deepEqual(roomy.buf.subarray(0, roomy.at[3]), encodeBatch(messages.map(encodeMessage), origin));
   const back = messagesOfBatch(encodeBatchOfSections(buf.subarray(at[1], at[3]))).map(fromAmqp);
   assert.deepEqual(back.map((m) => m.properties), [messages[1]!.properties, { only: 'app' }]);
   assert.equal(back[0]!.outputName, 'out1');

@@ -49,6 +49,15 @@ export function encodeBatchOfSections(sections: Buffer, origin?: BatchOrigin): B
 }
 
 /**
+ * The batch's head alone: its message-annotations section naming the origin. Written into room
+ * left in front of the data sections, it makes them a batch without copying them.
+ */
+export function batchHead(origin: BatchOrigin): Buffer {
+  const w = batchWriter(0, origin);
+  return w.buf.subarray(0, w.pos);
+}
+
+/**
  * A writer holding the batch's origin annotations with room for `sections` bytes after them.
  * Written straight into one buffer: rhea's encoder grows (and zero-fills) its buffer step by
  * step, and a gateway encodes a batch of up to 256 KiB for every transfer it sends.

@@ -132,11 +132,13 @@ export interface DataSections {
 /** Section descriptor and vbin32 header in front of each message in DataSections. */
 export const DATA_HEADER = 8;
 
-export function encodeDataSections(messages: readonly Message[]): DataSections {
-  let bound = 0;
+/** `headRoom` bytes are left free in front of the first section (for a batch head). */
+export function encodeDataSections(messages: readonly Message[], headRoom = 0): DataSections {
+  let bound = headRoom;
   for (const m of messages) bound += DATA_HEADER + messageBound(m);
   const w = new AmqpWriter(Buffer.allocUnsafe(bound));
-  const at = [0];
+  w.pos = headRoom;
+  const at = [headRoom];
   for (const m of messages) {
     w.section(SECTION.data);
     w.byte(VBIN32);
