@@ -2,7 +2,8 @@ import rhea, { type Delivery, type Message as AmqpMessage, type Receiver, type S
 import type { C2DDelivery, C2DOutcome, MethodRequest, TwinCollection } from '../../engine/types.ts';
 import { describeIdentity, identityKey, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
 import type { DeliveryTarget, DesiredTarget, IdentityState, Member, MethodTarget } from './device-sessions.ts';
-import { BATCH_FORMAT, readBatch, readOrigin } from './batch.ts';
+import { BATCH_FORMAT, readOrigin } from './batch.ts';
+import { decodeBatch } from './decode-message.ts';
 import type { ForwardedOrigin } from '../../store/origin-watermarks.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './errors.ts';
 import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
@@ -86,8 +87,8 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
         if ((delivery as { format?: number }).format === BATCH_FORMAT) {
           // A gateway sends many messages of one sender in one IoT Hub batch, naming where in its
           // store they come from so that each is stored once.
-          const batch = readBatch(msg as unknown as Buffer);
-          messages = batch.messages.map(fromAmqp);
+          const batch = decodeBatch(msg as unknown as Buffer);
+          messages = batch.messages;
           const { origin, problem } = readOrigin(batch.annotations, messages.length);
           if (problem) warnBadOrigin(ctx, addr.identity, problem);
           if (origin) {
