@@ -334,15 +334,16 @@ export class Engine {
         (originals ??= []).push(original);
         continue;
       }
-      events.push({
+      const event: EventToAppend = {
         deviceId: auth.identity.deviceId,
         moduleId: auth.identity.moduleId,
         authMethod: auth.authMethod,
         authGenerationId: auth.generationId,
         messageSource: 'Telemetry',
         message: messages[i]!,
-        ...(origin ? { origin } : {}),
-      });
+      };
+      if (origin) event.origin = origin;
+      events.push(event);
     }
     if (events.length === messages.length) return this.eventStream.appendAll(events);
     const [stored] = await Promise.all([this.eventStream.appendAll(events), this.eventStream.whenDurable(), ...(originals ?? [])]);

@@ -49,9 +49,11 @@ const DEVICE_SCAN_MAX = 200_000;
 const TAIL_EVENTS = 50_000;
 const TAIL_BYTES = 32 * 1024 * 1024;
 
+/** One append call: its events go into the same commit, and it is answered once for all of them. */
 interface Pending {
-  event: EventToAppend;
-  resolve: (info: StoredEventInfo) => void;
+  events: readonly EventToAppend[];
+  /** `infos` holds the whole commit's; this call's events start at `from`. */
+  resolve: (infos: StoredEventInfo[], from: number) => void;
   reject: (err: Error) => void;
 }
 
@@ -196,8 +198,7 @@ export class EventStream implements EventStreamReader {
       let seq = this.nextSeq;
       const pseqs = this.nextPseq.slice();
       const offs = this.nextOffset.slice();
-      for (const p of batch) {
-        const e = p.event;
+      for (const p of batch) for (const e of p.events) {
         const part = partitionOf(e.deviceId, this.partitions);
         const props = encodeMessageMeta(e.message);
         const info: StoredEventInfo = {
@@ -222,7 +223,7 @@ export class EventStream implements EventStreamReader {
       this.lastEnqueued = enq;
       // Where child gateways' messages came from, in the same transaction as the messages.
       let forwarded: ForwardedOrigin[] | undefined;
-      for (const p of batch) if (p.event.origin) (forwarded ??= []).push(p.event.origin);
+      for (const p of batch) for (const e of p.events) if (e.origin) (forwarded ??= []).push(e.origin);
       return forwarded ? this.origins.writeInTransaction(forwarded) : undefined;
     });
 
@@ -235,16 +236,26 @@ export class EventStream implements EventStreamReader {
   append(event: EventToAppend): Promise<StoredEventInfo> {
     if (this.closed) return Promise.reject(new Error('event stream is closed'));
     const appended = new Promise<StoredEventInfo>((resolve, reject) => {
-      this.pending.push({ event, resolve, reject });
+      this.pending.push({ events: [event], resolve: (infos, from) => resolve(infos[from]!), reject });
       this.scheduleFlush();
     });
     if (event.origin) this.origins.track(event.origin, appended);
     return appended;
   }
 
-  /** Appends several events in the same transaction (all or none). */
-  appendAll(events: EventToAppend[]): Promise<StoredEventInfo[]> {
-    return Promise.all(events.map((e) => this.append(e)));
+  /**
+   * Appends several events in the same transaction (all or none), answered once for all: a
+   * gateway's batch of hundreds costs one promise, not one an event.
+   */
+  appendAll(events: readonly EventToAppend[]): Promise<StoredEventInfo[]> {
+    if (this.closed) return Promise.reject(new Error('event stream is closed'));
+    if (events.length === 0) return Promise.resolve([]);
+    const appended = new Promise<StoredEventInfo[]>((resolve, reject) => {
+      this.pending.push({ events, resolve: (infos, from) => resolve(infos.slice(from, from + events.length)), reject });
+      this.scheduleFlush();
+    });
+    for (const e of events) if (e.origin) this.origins.track(e.origin, appended);
+    return appended;
   }
 
   private scheduleFlush(): void {
@@ -266,14 +277,14 @@ export class EventStream implements EventStreamReader {
       this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
-      log.error({ err, count: batch.length }, 'event stream append failed; senders get an error');
+      log.error({ err, count: batch.reduce((n, p) => n + p.events.length, 0) }, 'event stream append failed; senders get an error');
       for (const p of batch) {
-        if (p.event.origin) this.origins.forget(p.event.origin);
+        for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
         p.reject(err as Error);
       }
       return;
     }
-    for (const p of batch) if (p.event.origin) this.origins.forget(p.event.origin);
+    for (const p of batch) for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
     if (!this.walSync) {
       this.publish(batch, infos);
       return;
@@ -292,9 +303,13 @@ export class EventStream implements EventStreamReader {
     const lastInfo = infos[infos.length - 1]!;
     this.visibleSeq = lastInfo.sequenceNumber + 1;
     for (const info of infos) this.visiblePseq[info.partition] = info.partitionSequenceNumber + 1;
-    if (syncError) for (const p of batch) p.reject(syncError);
-    else for (let i = 0; i < batch.length; i++) batch[i].resolve(infos[i]);
-    const events = batch.map((p, i) => toStoredEvent(p.event, infos[i]));
+    const events: StoredEvent[] = [];
+    for (const p of batch) {
+      const from = events.length;
+      for (const e of p.events) events.push(toStoredEvent(e, infos[events.length]!));
+      if (syncError) p.reject(syncError);
+      else p.resolve(infos, from);
+    }
     this.remember(events);
     if (this.listeners.size > 0) {
       for (const l of this.listeners) {

@@ -60,6 +60,41 @@ test('many concurrent appends are committed together and all resolve in order', 
   assert.ok(new Set(infos.map((i) => i.enqueuedTime)).size < 10);
 });
 
+test('batches and single appends interleaved share a commit; each is answered with its own events, in order', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir, partitions: 2 });
+  t.after(() => s.close());
+  const [one, batch, two, empty] = await Promise.all([
+    s.append(ev('a', 'first')),
+    s.appendAll([ev('b', 'b1'), ev('c', 'b2'), ev('b', 'b3')]),
+    s.append(ev('a', 'last')),
+    s.appendAll([]),
+  ]);
+  assert.equal(one.sequenceNumber, 1);
+  assert.deepEqual(batch.map((i) => i.sequenceNumber), [2, 3, 4]);
+  assert.equal(two.sequenceNumber, 5);
+  assert.deepEqual(empty, []);
+  assert.equal(new Set([one, ...batch, two].map((i) => i.enqueuedTime)).size, 1, 'one commit');
+  const { events } = await s.read({});
+  assert.deepEqual(events.map((e) => e.message.body.toString()), ['first', 'b1', 'b2', 'b3', 'last']);
+  assert.deepEqual(events.map((e) => e.sequenceNumber), [1, 2, 3, 4, 5]);
+});
+
+test('a batch whose commit fails is refused whole and nothing of it is readable', async (t) => {
+  const dir = await tempDir(t);
+  const s = new EventStream({ dir });
+  t.after(() => s.close());
+  await s.append(ev('a', 'before'));
+  // A body the table refuses (NOT NULL) in the middle of the batch: the transaction rolls back.
+  const broken = ev('b', 'x');
+  (broken.message as { body: unknown }).body = null;
+  await assert.rejects(s.appendAll([ev('b', 'ok-1'), broken, ev('b', 'ok-2')]));
+  const after = await s.append(ev('a', 'after'));
+  assert.equal(after.sequenceNumber, 2, 'numbers continue as if the batch never came');
+  const { events } = await s.read({});
+  assert.deepEqual(events.map((e) => e.message.body.toString()), ['before', 'after']);
+});
+
 test('reads by time, by device and module, and long-polls for new events', async (t) => {
   const dir = await tempDir(t);
   const s = new EventStream({ dir });
