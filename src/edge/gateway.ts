@@ -18,7 +18,7 @@ import { webSocketDispatcher } from '../protocols/ws.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
-import { MessageStore, StoreFullError, type AppendTarget } from '../store/message-store.ts';
+import { MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
 import { UpstreamLink, type UpstreamC2DDelivery } from '../upstream/amqp-link.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
@@ -143,6 +143,9 @@ function portText(port: number, dflt: number): string {
  * Starts a gateway: the edge hub of one edge device, acting as a transparent gateway for the
  * devices below it. See the module comment of each part for the details.
  */
+/** A resend of what the store holds already: answered once what is committed is on disk. */
+const DURABLE = Symbol('durable');
+
 export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const print = o.print ?? ((line: string) => process.stdout.write(`${line}\n`));
   const env = o.env ?? process.env;
@@ -234,24 +237,41 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       }
       return targets;
     };
-    /** Routes one message and stores it for every endpoint it goes to (undefined: it goes nowhere). */
-    const route = (auth: AuthResult, message: Message, origin?: ForwardedOrigin): Promise<void> | undefined => {
+    /**
+     * Where one message goes: an entry to store, the storing of its first copy to wait for (a
+     * child gateway's resend), DURABLE (stored already), or undefined (it goes nowhere).
+     */
+    const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
       metrics.received.inc();
-      const stored = storedMessageOf(auth, message);
       // A resend from a child gateway of what is stored already: taken again, stored once.
-      if (origin && store.isForwardedStored(origin)) return store.whenDurable();
+      if (origin && store.isForwardedStored(origin)) return DURABLE;
       const original = origin && store.forwardedInFlight(origin);
-      if (original) return original.then(() => undefined);
+      if (original) return original;
+      const stored = storedMessageOf(auth, message);
       const deliveries = routes.table.match(stored);
       if (deliveries.length === 0) notForwarded(stored.sender);
       // Going nowhere, a forwarded message still has its origin recorded: its stream stays unbroken.
       if (deliveries.length === 0 && !origin) return undefined;
-      return store.append({ message: stored, targets: targetsOf(deliveries), ...(origin ? { origin } : {}) });
+      const entry: AppendEntry = { message: stored, targets: targetsOf(deliveries) };
+      if (origin) entry.origin = origin;
+      return entry;
     };
-    // One message per call is the common case (MQTT, AMQP): no arrays, one promise.
+    // A child gateway's batch is stored in one commit and answered once.
     const sink: TelemetrySink = (items) => {
-      if (items.length === 1) return route(items[0]!.auth, items[0]!.message, items[0]!.origin)?.catch(storeError) ?? Promise.resolve();
-      return Promise.all(items.map((i) => route(i.auth, i.message, i.origin))).then(() => undefined, storeError);
+      const entries: AppendEntry[] = [];
+      const waits: Array<Promise<unknown>> = [];
+      let durable = false;
+      for (const i of items) {
+        const r = routeOne(i.auth, i.message, i.origin);
+        if (r === undefined) continue;
+        if (r === DURABLE) durable = true;
+        else if (r instanceof Promise) waits.push(r);
+        else entries.push(r);
+      }
+      if (entries.length > 0) waits.push(entries.length === 1 ? store.append(entries[0]!) : store.appendAll(entries));
+      if (durable) waits.push(store.whenDurable());
+      if (waits.length === 0) return Promise.resolve();
+      return (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
     };
 
     const authorize: AuthorizeHook = async (identity, { live }) => {

@@ -201,6 +201,9 @@ interface PendingAppend {
   reject: (err: Error) => void;
 }
 
+/** The answer of an append whose batch is answered through another of its items. */
+function ignore(): void {}
+
 interface PendingDelete {
   ep: EndpointState;
   priority: number;
@@ -465,68 +468,94 @@ export class MessageStore {
    * rejects with StoreFullError (nothing stored) when a size limit would be passed.
    */
   append(entry: AppendEntry): Promise<void> {
+    return this.appendAll([entry]);
+  }
+
+  /**
+   * Stores several messages in the same commit, all or none, answered once when that commit is
+   * durable: a child gateway's batch of hundreds costs one promise, not one a message.
+   */
+  appendAll(entries: readonly AppendEntry[]): Promise<void> {
     if (this.closed) return Promise.reject(new Error('message store is closed'));
-    const problem = checkMessage(entry);
-    if (problem) {
-      log.warn({ problem }, 'append refused');
-      return Promise.reject(new TypeError(problem));
+    const now = this.now();
+    const ready: PendingAppend[] = [];
+    /** Every origin named, in entry order (a child's stream is recorded in its order). */
+    const origins: ForwardedOrigin[] = [];
+    let bytes = 0;
+    for (const entry of entries) {
+      const problem = checkMessage(entry);
+      if (problem) {
+        log.warn({ problem }, 'append refused');
+        return Promise.reject(new TypeError(problem));
+      }
+      if (entry.origin) origins.push(entry.origin);
+      // Nothing to store but the origin (if any): it is durable with the next commit.
+      if (entry.targets.length === 0) continue;
+      const m = entry.message;
+      // A device's message as its short record; anything else as JSON of its fields (told apart by the `{`).
+      const meta = m instanceof SenderMessage ? m.record() : JSON.stringify({ s: m.systemProperties, a: m.appProperties, src: m.source, snd: m.sender });
+      const size = m.body.length + Buffer.byteLength(meta);
+      let targets: PendingAppend['targets'];
+      try {
+        targets = this.targetsOf(entry.targets, now);
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'cannot register endpoint in message store');
+        return Promise.reject(new Error(`message not stored: ${(err as Error).message}`));
+      }
+      bytes += size;
+      ready.push({ seq: 0, enqueuedAt: now, message: m, meta, size, targets, resolve: ignore, reject: ignore });
     }
-    const m = entry.message;
-    // A device's message as its short record; anything else as JSON of its fields (told apart by the `{`).
-    const meta = m instanceof SenderMessage ? m.record() : JSON.stringify({ s: m.systemProperties, a: m.appProperties, src: m.source, snd: m.sender });
-    const size = m.body.length + Buffer.byteLength(meta);
-    if (this.byteCount + this.pendingBytes + size > this.maxBytes) {
+    if (this.byteCount + this.pendingBytes + bytes > this.maxBytes) {
       return Promise.reject(this.full(new StoreFullError('maxBytes', this.maxBytes, this.byteCount + this.pendingBytes)));
     }
-    if (this.messageCount + this.pendingMessages + 1 > this.maxMessages) {
+    if (this.messageCount + this.pendingMessages + ready.length > this.maxMessages) {
       return Promise.reject(this.full(new StoreFullError('maxMessages', this.maxMessages, this.messageCount + this.pendingMessages)));
     }
-    if (entry.targets.length === 0) {
-      if (!entry.origin) return Promise.resolve();
-      // Nothing to store but the origin: durable with the next commit.
-      const origin = entry.origin;
-      const recorded = new Promise<void>((resolve, reject) => {
-        this.pendingOrigins.push(origin);
-        this.deleteWaiters.push({ resolve, reject });
-        this.scheduleFlush(false);
-      });
-      this.origins.track(origin, recorded);
-      return recorded;
-    }
+    if (ready.length === 0 && origins.length === 0) return Promise.resolve();
 
-    const enqueuedAt = this.now();
-    let unique: Iterable<AppendTarget> = entry.targets;
-    if (entry.targets.length > 1) {
-      // One entry per endpoint: when named twice, the highest priority (lowest number) wins.
+    const stored = new Promise<void>((resolve, reject) => {
+      // Everything pushed here goes into the same commit and is answered by the same sync: one
+      // item carries the answer for all (on failure every item is rejected, so it is the last).
+      for (const a of ready) {
+        a.seq = this.nextSeq++;
+        this.appends.push(a);
+      }
+      this.pendingBytes += bytes;
+      this.pendingMessages += ready.length;
+      for (const o of origins) this.pendingOrigins.push(o);
+      if (ready.length > 0) {
+        const last = ready[ready.length - 1]!;
+        last.resolve = resolve;
+        last.reject = reject;
+      } else {
+        this.deleteWaiters.push({ resolve, reject });
+      }
+      this.scheduleFlush(this.appends.length >= this.commitMaxBatch);
+    });
+    for (const o of origins) this.origins.track(o, stored);
+    return stored;
+  }
+
+  /** An append's targets: one per endpoint (when named twice, the highest priority wins), with expiry times. */
+  private targetsOf(wanted: readonly AppendTarget[], enqueuedAt: number): PendingAppend['targets'] {
+    let unique: Iterable<AppendTarget> = wanted;
+    if (wanted.length > 1) {
       const byEndpoint = new Map<string, AppendTarget>();
-      for (const t of entry.targets) {
+      for (const t of wanted) {
         const seen = byEndpoint.get(t.endpoint);
         if (!seen || t.priority < seen.priority) byEndpoint.set(t.endpoint, t);
       }
       unique = byEndpoint.values();
     }
     const targets: PendingAppend['targets'] = [];
-    try {
-      for (const t of unique) {
-        targets.push({
-          ep: this.endpointState(t.endpoint),
-          priority: t.priority,
-          expiresAt: t.ttlSecs > 0 && Number.isFinite(t.ttlSecs) ? enqueuedAt + Math.round(t.ttlSecs * 1000) : Infinity,
-        });
-      }
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'cannot register endpoint in message store');
-      return Promise.reject(new Error(`message not stored: ${(err as Error).message}`));
+    for (const t of unique) {
+      targets.push({
+        ep: this.endpointState(t.endpoint),
+        priority: t.priority,
+        expiresAt: t.ttlSecs > 0 && Number.isFinite(t.ttlSecs) ? enqueuedAt + Math.round(t.ttlSecs * 1000) : Infinity,
+      });
     }
-    this.pendingBytes += size;
-    this.pendingMessages += 1;
-    const stored = new Promise<void>((resolve, reject) => {
-      if (entry.origin) this.pendingOrigins.push(entry.origin);
-      this.appends.push({ seq: this.nextSeq++, enqueuedAt, message: m, meta, size, targets, resolve, reject });
-      this.scheduleFlush(this.appends.length >= this.commitMaxBatch);
-    });
-    if (entry.origin) this.origins.track(entry.origin, stored);
-    return stored;
+    return targets;
   }
 
   /**

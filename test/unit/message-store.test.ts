@@ -385,3 +385,29 @@ test('a forwarded message being stored is found in flight until its commit, then
   assert.equal(store.forwardedInFlight(origin), undefined, 'forgotten once settled');
   assert.equal(readAll(store, 'upstream').length, 1);
 });
+
+test('a batch of appends is stored in one commit, all or none, and answered once', async (t) => {
+  const ctx = setup(t);
+  const store = ctx.open({ maxMessages: 5 });
+  const to = [{ endpoint: 'upstream', priority: 0, ttlSecs: 0 }];
+  const stream = 'child|store-1/0';
+  const batch = [
+    { message: msg('leaf', 1), targets: to, origin: { stream, seq: 1, prev: 0 } },
+    // Routed nowhere: only its place in the child's stream is recorded.
+    { message: msg('leaf', 2), targets: [], origin: { stream, seq: 2, prev: 1 } },
+    { message: msg('leaf', 3), targets: [...to, { endpoint: 'upstream', priority: 3, ttlSecs: 0 }], origin: { stream, seq: 3, prev: 2 } },
+  ];
+  const done = store.appendAll(batch);
+  for (const e of batch) assert.ok(store.forwardedInFlight(e.origin), 'each origin is under way until the commit');
+  await done;
+  assert.deepEqual(readAll(store, 'upstream').map((e) => e.message.appProperties.n), ['1', '3'], 'one entry per endpoint, in order');
+  for (const e of batch) assert.equal(store.isForwardedStored(e.origin), true);
+
+  // A bad entry anywhere refuses the whole batch; so does a limit the batch as a whole would pass.
+  await assert.rejects(store.appendAll([{ message: msg('leaf', 4), targets: to }, { message: msg('leaf', 5), targets: [{ endpoint: '', priority: 0, ttlSecs: 0 }] }]), TypeError);
+  await assert.rejects(store.appendAll([4, 5, 6, 7].map((n) => ({ message: msg('leaf', n), targets: to }))), StoreFullError);
+  assert.equal(readAll(store, 'upstream').length, 2, 'nothing of a refused batch is stored');
+  await store.appendAll([4, 5, 6].map((n) => ({ message: msg('leaf', n), targets: to })));
+  assert.equal(readAll(store, 'upstream').length, 5);
+  assert.equal(await store.appendAll([]), undefined);
+});
