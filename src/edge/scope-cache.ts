@@ -151,16 +151,30 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
   // ---------------------------------------------------------------------------------------
   // Reads
 
+  // Single lookups are answered from memory once read: every identity a gateway relays is
+  // checked (and its auth chain built) when its links open, a hundred lookups and parses each.
+  // Any write empties the memory. What it hands out is frozen: shared, so nobody may change it.
+  private readonly known = new Map<string, ScopeDevice | ScopeModule | null>();
+
+  private remembered<T extends object>(key: string, read: () => unknown): T | undefined {
+    let v = this.known.get(key);
+    if (v === undefined) {
+      v = deepFreeze(parse<T>(read()) ?? null) as ScopeDevice | ScopeModule | null;
+      this.known.set(key, v);
+    }
+    return (v ?? undefined) as T | undefined;
+  }
+
   getDevice(deviceId: string): ScopeDevice | undefined {
-    return parse<ScopeDevice>(this.q.getDevice.get(deviceId));
+    return this.remembered<ScopeDevice>(`d\0${deviceId}`, () => this.q.getDevice.get(deviceId));
   }
 
   getModule(deviceId: string, moduleId: string): ScopeModule | undefined {
-    return parse<ScopeModule>(this.q.getModule.get(deviceId, moduleId));
+    return this.remembered<ScopeModule>(`m\0${deviceId}\0${moduleId}`, () => this.q.getModule.get(deviceId, moduleId));
   }
 
   has(deviceId: string, moduleId?: string): boolean {
-    return moduleId === undefined ? this.q.hasDevice.get(deviceId) !== undefined : this.q.hasModule.get(deviceId, moduleId) !== undefined;
+    return (moduleId === undefined ? this.getDevice(deviceId) : this.getModule(deviceId, moduleId)) !== undefined;
   }
 
   listModules(deviceId: string): ScopeModule[] {
@@ -177,7 +191,7 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
 
   edgeByScope(scope: string): ScopeDevice | undefined {
     if (!scope) return undefined;
-    return parse<ScopeDevice>(this.q.edgeByScope.get(scope));
+    return this.remembered<ScopeDevice>(`e\0${scope}`, () => this.q.edgeByScope.get(scope));
   }
 
   childrenOfScope(scope: string): ScopeDevice[] {
@@ -351,11 +365,14 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
     this.pending = [];
     let events: Pending[];
     let result: T;
+    this.known.clear();
     try {
       result = this.db.transaction(fn);
       events = this.pending;
     } finally {
       this.pending = undefined;
+      // Also what was read inside the transaction: it may have been rolled back.
+      this.known.clear();
     }
     for (const [d, m, kind] of events) this.emit('identity', d, m, kind);
     return result;
@@ -420,6 +437,14 @@ function canonical(v: unknown): string {
   return JSON.stringify(v) ?? 'null';
 }
 
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k]);
+  }
+  return v;
+}
+
 function parse<T>(row: unknown): T | undefined {
   return row ? (JSON.parse((row as { doc: string }).doc) as T) : undefined;
 }
@@ -428,7 +453,6 @@ function prepare(db: NodeDb) {
   const s = db.sqlite;
   return {
     getDevice: s.prepare('SELECT doc FROM scope_devices WHERE device_id = ?'),
-    hasDevice: s.prepare('SELECT 1 FROM scope_devices WHERE device_id = ?'),
     putDevice: s.prepare(
       `INSERT INTO scope_devices (device_id, is_edge, device_scope, parent_scope, doc) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT(device_id) DO UPDATE SET is_edge = excluded.is_edge, device_scope = excluded.device_scope,
@@ -439,7 +463,6 @@ function prepare(db: NodeDb) {
     edgeByScope: s.prepare('SELECT doc FROM scope_devices WHERE device_scope = ? AND is_edge = 1 LIMIT 1'),
     children: s.prepare('SELECT doc FROM scope_devices WHERE parent_scope = ? ORDER BY device_id'),
     getModule: s.prepare('SELECT doc FROM scope_modules WHERE device_id = ? AND module_id = ?'),
-    hasModule: s.prepare('SELECT 1 FROM scope_modules WHERE device_id = ? AND module_id = ?'),
     putModule: s.prepare(
       'INSERT INTO scope_modules (device_id, module_id, doc) VALUES (?, ?, ?) ON CONFLICT(device_id, module_id) DO UPDATE SET doc = excluded.doc',
     ),

@@ -357,4 +357,22 @@ test('the cache: events from changes, not from repeats; one edge device per file
   assert.equal(cache.authChainOf('a'), undefined);
   assert.throws(() => cache.upsertDevice({ deviceId: 'bad' } as ScopeDevice), /device bad has status undefined/);
   assert.throws(() => ScopeCache.open(join(dir, 'scope.db'), { edgeDeviceId: 'E2' }), /belongs to edge device E1, not E2/);
+
+  // Lookups come from memory once read, and every write is seen by the next lookup.
+  const b1 = cache.getDevice('b')!;
+  assert.equal(cache.getDevice('b'), b1, 'the same object again');
+  assert.throws(() => ((b1 as { status: string }).status = 'disabled'), TypeError, 'what is shared cannot be changed');
+  assert.equal(cache.has('nobody'), false);
+  cache.upsertDevice({ ...b1, status: 'disabled' });
+  assert.equal(cache.getDevice('b')!.status, 'disabled');
+  const e2 = cache.getDevice('E2')!;
+  cache.upsertDevice({ ...e2, status: 'disabled' });
+  assert.equal(cache.authChainOf('b'), undefined, 'a disabled gateway voids the chains below it');
+  cache.upsertDevice({ ...e2, status: 'enabled' });
+  assert.equal(cache.authChainOf('b'), 'b;E2;E1');
+  cache.remove('b');
+  assert.equal(cache.getDevice('b'), undefined);
+  assert.equal(cache.has('b'), false);
+  cache.upsertDevice({ ...b1, deviceId: 'nobody' });
+  assert.equal(cache.has('nobody'), true, 'a miss is forgotten by the next write too');
 });
