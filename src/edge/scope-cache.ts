@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { deepFreeze } from '../util/deep-freeze.ts';
 import type { X509Certificate } from 'node:crypto';
 import type { FeedPosition, IdentitySource } from '../hub/scope-api.ts';
 import {
@@ -435,14 +436,6 @@ function canonical(v: unknown): string {
       .join(',')}}`;
   }
   return JSON.stringify(v) ?? 'null';
-}
-
-function deepFreeze<T>(v: T): T {
-  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
-    Object.freeze(v);
-    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k]);
-  }
-  return v;
 }
 
 function parse<T>(row: unknown): T | undefined {

@@ -1,4 +1,5 @@
 import { randomBytes, type X509Certificate } from 'node:crypto';
+import { deepFreeze } from '../util/deep-freeze.ts';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -668,25 +669,51 @@ function scopeModuleOf(m: StoredModule): ScopeModule {
   };
 }
 
-/** The hub's registry as an IdentitySource (reads the store directly: no twins, no runtime state). */
+/**
+ * The hub's registry as an IdentitySource (reads the store directly: no twins, no runtime state).
+ * Single lookups are kept in memory, frozen, until the registry announces any identity change
+ * (and for a second at most, should a change ever go unannounced): every identity a gateway
+ * relays has its auth chain checked when its links open, each check a handful of lookups.
+ */
 export function registryIdentitySource(registry: Registry, opts: { trustedCas?: () => X509Certificate[] } = {}): IdentitySource {
   const store = registry.store;
+  const known = new Map<string, ScopeDevice | ScopeModule | null>();
+  let knownSince = 0;
+  const forget = () => known.clear();
+  registry.on('identity', forget);
+  const remembered = <T extends ScopeDevice | ScopeModule>(key: string, read: () => T | undefined): T | undefined => {
+    const now = Date.now();
+    if (now - knownSince > KNOWN_FOR_MS) {
+      known.clear();
+      knownSince = now;
+    }
+    let v = known.get(key);
+    if (v === undefined) {
+      v = read() ?? null;
+      deepFreeze(v);
+      known.set(key, v);
+    }
+    return (v ?? undefined) as T | undefined;
+  };
   return {
     hostNames: [registry.hostname],
-    getDevice: (id) => {
-      const d = store.getDevice(id);
-      return d ? scopeDeviceOf(d) : undefined;
-    },
-    getModule: (d, m) => {
-      const mod = store.getModule(d, m);
-      return mod ? scopeModuleOf(mod) : undefined;
-    },
+    getDevice: (id) =>
+      remembered(`d\0${id}`, () => {
+        const d = store.getDevice(id);
+        return d ? scopeDeviceOf(d) : undefined;
+      }),
+    getModule: (d, m) =>
+      remembered(`m\0${d}\0${m}`, () => {
+        const mod = store.getModule(d, m);
+        return mod ? scopeModuleOf(mod) : undefined;
+      }),
     listModules: (d) => store.listModules(d).map(scopeModuleOf),
     allDevices: () => store.allDevices().map(scopeDeviceOf),
-    edgeByScope: (scope) => {
-      const d = store.edgeByScope(scope);
-      return d ? scopeDeviceOf(d) : undefined;
-    },
+    edgeByScope: (scope) =>
+      remembered(`e\0${scope}`, () => {
+        const d = store.edgeByScope(scope);
+        return d ? scopeDeviceOf(d) : undefined;
+      }),
     childrenOfScope: (scope) => store.childrenOfScope(scope).map(scopeDeviceOf),
     onIdentity: (fn) => {
       const listener = (d: string, m: string | undefined) => fn(d, m ?? undefined);
@@ -696,6 +723,9 @@ export function registryIdentitySource(registry: Registry, opts: { trustedCas?: 
     trustedCas: opts.trustedCas,
   };
 }
+
+/** The longest a lookup is kept, announced changes aside. */
+const KNOWN_FOR_MS = 1000;
 
 /** Serves the scope API on the hub's HTTPS listener, from its registry. */
 export async function attachScopeApi(node: HubNode): Promise<void> {

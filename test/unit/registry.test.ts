@@ -323,3 +323,24 @@ test('the query source yields device twins and module twins', (t) => {
   assert.deepEqual([...src.modules()].map((x) => `${x.deviceId}/${x.moduleId}`), ['a/$edgeAgent', 'a/$edgeHub']);
   assert.deepEqual(registry.statistics(), { totalDeviceCount: 2, enabledDeviceCount: 2, disabledDeviceCount: 0 });
 });
+
+test("the registry as the AMQP head's identity source: lookups kept in memory, frozen, until an identity changes", async (t) => {
+  const { registryIdentitySource } = await import('../../src/hub/scope-api.ts');
+  const { registry } = open(t);
+  const edge = registry.putDevice('edge-1', { deviceId: 'edge-1', capabilities: { iotEdge: true } });
+  registry.putDevice('leaf-1', { deviceId: 'leaf-1', parentScopes: [edge.deviceScope] });
+  const source = registryIdentitySource(registry);
+  const leaf = source.getDevice('leaf-1')!;
+  assert.equal(source.getDevice('leaf-1'), leaf, 'the same object again');
+  assert.throws(() => ((leaf.authentication as { type: string }).type = 'x509'), TypeError, 'shared, so frozen through and through');
+  assert.equal(source.edgeByScope(edge.deviceScope!)?.deviceId, 'edge-1');
+  assert.equal(source.getDevice('nobody'), undefined);
+
+  const disabled = registry.putDevice('leaf-1', { ...registry.getDevice('leaf-1'), status: 'disabled' }, '*');
+  assert.equal(disabled.status, 'disabled');
+  assert.equal(source.getDevice('leaf-1')!.status, 'disabled', 'a change is seen at the next lookup');
+  registry.putDevice('nobody', { deviceId: 'nobody' });
+  assert.equal(source.getDevice('nobody')?.deviceId, 'nobody', 'so is a device created after a miss');
+  registry.deleteDevice('leaf-1');
+  assert.equal(source.getDevice('leaf-1'), undefined);
+});
