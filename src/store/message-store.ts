@@ -153,9 +153,18 @@ export class StoreFullError extends UserError {
   }
 }
 
-interface CacheItem {
-  entry: QueuedMessage;
-  gone: boolean;
+/** A committed entry kept in memory: itself what readers get, plus whether it is delivered or expired. */
+class CacheItem implements QueuedMessage {
+  gone = false;
+
+  constructor(
+    readonly seq: number,
+    readonly endpoint: string,
+    readonly priority: number,
+    readonly enqueuedAt: number,
+    readonly expiresAt: number,
+    readonly message: StoredMessage,
+  ) {}
 }
 
 interface QueueState {
@@ -820,11 +829,11 @@ export class MessageStore {
     let hi = items.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (items[mid].entry.seq <= afterSeq) lo = mid + 1;
+      if (items[mid].seq <= afterSeq) lo = mid + 1;
       else hi = mid;
     }
     if (lo > q.head) {
-      for (let k = q.head; k < lo; k++) q.cacheBytes -= items[k].entry.message.body.length;
+      for (let k = q.head; k < lo; k++) q.cacheBytes -= items[k].message.body.length;
       q.head = lo;
       q.cacheFrom = afterSeq;
       this.compactCache(q);
@@ -835,19 +844,18 @@ export class MessageStore {
     let cursor = afterSeq;
     let i = q.head;
     for (; i < items.length && entries.length < limit; i++) {
-      const item = items[i];
-      const e = item.entry;
+      const e = items[i]!;
       if (e.seq > upTo) break;
       cursor = e.seq;
-      if (item.gone || ep.pendingDelete.has(e.seq)) continue;
+      if (e.gone || ep.pendingDelete.has(e.seq)) continue;
       if (e.expiresAt <= now) {
-        item.gone = true;
+        e.gone = true;
         this.queueDelete(ep, q.priority, e.seq, 'expired');
         continue;
       }
       entries.push(e);
     }
-    const exhausted = i >= items.length || items[i].entry.seq > upTo;
+    const exhausted = i >= items.length || items[i].seq > upTo;
     if (this.deletes.length > 0) this.scheduleFlush(false);
     return { entries, cursor, exhausted };
   }
@@ -991,12 +999,11 @@ export class MessageStore {
         q.length++;
         if (t.expiresAt < q.nextExpiry) q.nextExpiry = t.expiresAt;
         if (t.expiresAt < q.sweepPassMin) q.sweepPassMin = t.expiresAt;
-        this.cachePush(q, {
-          seq: a.seq, endpoint: t.ep.name, priority: t.priority,
-          enqueuedAt: a.enqueuedAt, expiresAt: t.expiresAt, message: a.message,
-        });
+        this.cachePush(q, new CacheItem(a.seq, t.ep.name, t.priority, a.enqueuedAt, t.expiresAt, a.message));
         notify.add(t.ep);
       }
+      // Written: the append only waits for its sync now, and need not keep its text alive meanwhile.
+      a.meta = '';
     }
     if (appends.length > 0) this.committedSeq = appends[appends.length - 1].seq;
     if (this.walSync) {
@@ -1049,21 +1056,21 @@ export class MessageStore {
     for (let k = 0; k < rows.length; k += 4) s.insertQueue.run(rows[k], rows[k + 1], rows[k + 2], rows[k + 3]);
   }
 
-  private cachePush(q: QueueState, entry: QueuedMessage): void {
+  private cachePush(q: QueueState, entry: CacheItem): void {
     if (this.cacheCap <= 0) {
       q.cacheFrom = entry.seq;
       return;
     }
-    q.cache.push({ entry, gone: false });
+    q.cache.push(entry);
     q.cacheBytes += entry.message.body.length;
     if (q.cache.length - q.head > this.cacheCap || q.cacheBytes > this.cacheByteCap) {
       // Nobody is keeping up with this queue: keep the newest half, the rest stays on disk.
       let drop = q.head;
       while (drop < q.cache.length && (q.cache.length - drop > this.cacheCap / 2 || q.cacheBytes > this.cacheByteCap / 2)) {
-        q.cacheBytes -= q.cache[drop].entry.message.body.length;
+        q.cacheBytes -= q.cache[drop].message.body.length;
         drop++;
       }
-      if (drop > q.head) q.cacheFrom = q.cache[drop - 1].entry.seq;
+      if (drop > q.head) q.cacheFrom = q.cache[drop - 1].seq;
       q.cache = q.cache.slice(drop);
       q.head = 0;
     }
@@ -1139,9 +1146,9 @@ export class MessageStore {
     let hi = items.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (items[mid].entry.seq < seq) lo = mid + 1;
+      if (items[mid].seq < seq) lo = mid + 1;
       else hi = mid;
     }
-    if (lo < items.length && items[lo].entry.seq === seq) items[lo].gone = true;
+    if (lo < items.length && items[lo].seq === seq) items[lo].gone = true;
   }
 }
