@@ -27,7 +27,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { edgeFiles } from '../src/edge/local.ts';
 import { createSasToken } from '../src/identity/sas.ts';
 import { openNodeDb } from '../src/store/db.ts';
@@ -35,7 +35,7 @@ import { createLeavesBulk, startGatewayProcess, type EdgeSetup, type GatewayProc
 import { randomLoopback, startHubProcess, type HubProcess } from '../test/helpers/hub.ts';
 import { setupLayer } from '../test/helpers/nested.ts';
 
-const { values: args } = parseArgs({
+const { values: args } = parseArgsOrExit({
   options: {
     messages: { type: 'string', default: '50000' },
     layers: { type: 'string', default: '1' },
@@ -47,8 +47,33 @@ const { values: args } = parseArgs({
     runs: { type: 'string', default: '1' },
     /** Write a V8 CPU profile of the gateway process into this directory. */
     profile: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
   },
 });
+function parseArgsOrExit<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\nrun with --help for the options\n`);
+    process.exit(2);
+  }
+}
+if (args.help) {
+  process.stdout.write(`Leaf -> gateway(s) -> hub throughput and latency, beside a Mosquitto chain of as many bridges.
+
+  node --import tsx bench/gateway.ts [options]
+
+  --layers N        gateway layers between the leaves and the hub, 1 to 5 (default 1)
+  --messages N      messages in all (default 50000)
+  --publishers N    leaf devices publishing at once, windows of 100 QoS 1 messages each (default 100)
+  --size BYTES      message body size (default 256)
+  --runs N          rounds of both sides, alternating; more than one ends with medians (default 1)
+  --anchors DIR     where mosquitto-chain.sh and chain-bench.mjs are (default ../shared/anchors beside the checkout)
+  --skip-anchor     measure Strata only
+  --profile DIR     write V8 CPU profiles of the hub and each gateway into DIR/hub, DIR/l1, ...
+`);
+  process.exit(0);
+}
 const MSGS = Number(args.messages);
 const PUBS = Number(args.publishers);
 const SIZE = Number(args.size);

@@ -139,13 +139,13 @@ function portText(port: number, dflt: number): string {
   return port === dflt ? '' : `:${port}`;
 }
 
+/** A resend of what the store holds already: answered once what is committed is on disk. */
+const DURABLE = Symbol('durable');
+
 /**
  * Starts a gateway: the edge hub of one edge device, acting as a transparent gateway for the
  * devices below it. See the module comment of each part for the details.
  */
-/** A resend of what the store holds already: answered once what is committed is on disk. */
-const DURABLE = Symbol('durable');
-
 export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const print = o.print ?? ((line: string) => process.stdout.write(`${line}\n`));
   const env = o.env ?? process.env;

@@ -102,7 +102,7 @@ export class SenderMessage implements StoredMessage {
 /** Never `{`: the store tells these records from its JSON by the first character. */
 const RECORD_V1 = '1';
 
-/** The store's reader for `SenderMessage.record` texts (`StoreSettings.revive`). */
+/** A `SenderMessage.record` text and its body as the message again (the store reads its rows with it). */
 export function reviveSenderMessage(record: string, body: Buffer): SenderMessage {
   if (!record.startsWith(RECORD_V1)) throw new Error(`unknown stored message form "${record.slice(0, 8)}"`);
   const [deviceId, moduleId, authMethod, generationId, enqueuedTime, meta] = JSON.parse(record.slice(RECORD_V1.length)) as
