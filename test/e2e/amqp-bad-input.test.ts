@@ -8,6 +8,8 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { createSasDevice, deviceToken, newKey, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { openReceiver, openSender, putToken, rawTls, rheaConnect, sendAndSettle, waitFor } from '../fixtures/amqp-helpers.ts';
+import { BATCH_FORMAT, encodeBatch } from '../../src/protocols/amqp/batch.ts';
+import { encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
 
 /**
  * What a broken or hostile client gets: garbage bytes, a broken frame, a wrong token, an
@@ -152,5 +154,34 @@ test('an oversized message is rejected with amqp:link:message-size-exceeded (Mes
   const closedWith = new Promise<string | undefined>((resolve) => c.once('connection_error', (ctx) => resolve(ctx.connection.error?.condition)));
   s.send({ body: Buffer.alloc(3 * 1024 * 1024) });
   assert.equal(await closedWith, 'amqp:link:message-size-exceeded');
+  await stillServing();
+});
+
+test('IoT Hub batches: whole ones are stored in order; a broken message or a body that is no batch refuses the whole batch with amqp:decode-error; the link keeps working', async () => {
+  const d = await createSasDevice(svc, hub, 'bad-batch');
+  const c = await rheaConnect(hub);
+  conns.push(c);
+  assert.equal((await putToken(c, deviceToken(hub, d.key, 'bad-batch'), `${hub.hostname}/devices/bad-batch`)).status, 200);
+  const s = await openSender(c, '/devices/bad-batch/messages/events');
+  const good = (text: string) => encodeMessage({ body: Buffer.from(text), properties: { k: text }, messageId: text });
+
+  const whole = await sendAndSettle(s, encodeBatch([good('b1'), good('b2')]), BATCH_FORMAT);
+  assert.equal(whole.outcome, 'accepted');
+
+  const truncated = good('never');
+  const broken = await sendAndSettle(s, encodeBatch([good('lost-1'), truncated.subarray(0, truncated.length - 3)]), BATCH_FORMAT);
+  assert.equal(broken.outcome, 'rejected');
+  assert.equal(broken.condition, 'amqp:decode-error');
+  assert.match(broken.description ?? '', /message 1 of the batch cannot be decoded/);
+
+  const notBatch = await sendAndSettle(s, encodeMessage({ body: Buffer.from('plain'), properties: {} }).subarray(0, 5), BATCH_FORMAT);
+  assert.equal(notBatch.outcome, 'rejected');
+  assert.equal(notBatch.condition, 'amqp:decode-error');
+
+  assert.equal((await sendAndSettle(s, encodeBatch([good('b3')]), BATCH_FORMAT)).outcome, 'accepted', 'the same link still takes batches');
+  const events = await waitForEvents(svc, { device: 'bad-batch' }, 3);
+  assert.deepEqual(events.map((e) => Buffer.from(e.body, 'base64').toString()), ['b1', 'b2', 'b3'], 'nothing of a refused batch was stored');
+  assert.deepEqual(events.map((e) => e.properties.k), ['b1', 'b2', 'b3']);
+  assert.ok(logHas(/unreadable telemetry refused.*message 1 of the batch|message 1 of the batch.*unreadable telemetry refused/), 'a log line says why');
   await stillServing();
 });

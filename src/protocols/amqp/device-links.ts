@@ -99,6 +99,7 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
           messages = [fromAmqp(msg)];
         }
       } catch (err) {
+        ctx.conn.log.warn({ who: describeIdentity(addr.identity), reason: (err as Error).message }, 'unreadable telemetry refused');
         delivery.reject({ condition: CONDITION.decode, description: `unreadable message: ${(err as Error).message}` } as never);
         credit.done();
         return;
