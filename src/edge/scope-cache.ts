@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import { deepFreeze } from '../util/deep-freeze.ts';
 import type { X509Certificate } from 'node:crypto';
 import type { FeedPosition, IdentitySource } from '../hub/scope-api.ts';
 import {
@@ -17,6 +16,7 @@ import {
 } from '../identity/scope.ts';
 import { openNodeDb, type NodeDb } from '../store/db.ts';
 import { UserError } from '../util/errors.ts';
+import { FrozenLookups } from '../util/frozen-lookups.ts';
 
 /**
  * A gateway's durable copy of the identities in its scope, synced from its parent, so that
@@ -154,16 +154,11 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
 
   // Single lookups are answered from memory once read: every identity a gateway relays is
   // checked (and its auth chain built) when its links open, a hundred lookups and parses each.
-  // Any write empties the memory. What it hands out is frozen: shared, so nobody may change it.
-  private readonly known = new Map<string, ScopeDevice | ScopeModule | null>();
+  // Any write empties the memory.
+  private readonly known = new FrozenLookups<ScopeDevice | ScopeModule>();
 
-  private remembered<T extends object>(key: string, read: () => unknown): T | undefined {
-    let v = this.known.get(key);
-    if (v === undefined) {
-      v = deepFreeze(parse<T>(read()) ?? null) as ScopeDevice | ScopeModule | null;
-      this.known.set(key, v);
-    }
-    return (v ?? undefined) as T | undefined;
+  private remembered<T extends ScopeDevice | ScopeModule>(key: string, read: () => unknown): T | undefined {
+    return this.known.get(key, () => parse<T>(read())) as T | undefined;
   }
 
   getDevice(deviceId: string): ScopeDevice | undefined {

@@ -1,5 +1,4 @@
 import { randomBytes, type X509Certificate } from 'node:crypto';
-import { deepFreeze } from '../util/deep-freeze.ts';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -34,6 +33,7 @@ import { HubError, badRequest } from './errors.ts';
 import type { HubNode } from './hub.ts';
 import { authenticationJson, type Registry } from './registry.ts';
 import { sendError } from './service-api.ts';
+import { FrozenLookups } from '../util/frozen-lookups.ts';
 
 /**
  * The scope API a parent serves to the edge hubs below it: the identities in the caller's
@@ -677,23 +677,16 @@ function scopeModuleOf(m: StoredModule): ScopeModule {
  */
 export function registryIdentitySource(registry: Registry, opts: { trustedCas?: () => X509Certificate[] } = {}): IdentitySource {
   const store = registry.store;
-  const known = new Map<string, ScopeDevice | ScopeModule | null>();
+  const known = new FrozenLookups<ScopeDevice | ScopeModule>();
   let knownSince = 0;
-  const forget = () => known.clear();
-  registry.on('identity', forget);
+  registry.on('identity', () => known.clear());
   const remembered = <T extends ScopeDevice | ScopeModule>(key: string, read: () => T | undefined): T | undefined => {
     const now = Date.now();
     if (now - knownSince > KNOWN_FOR_MS) {
       known.clear();
       knownSince = now;
     }
-    let v = known.get(key);
-    if (v === undefined) {
-      v = read() ?? null;
-      deepFreeze(v);
-      known.set(key, v);
-    }
-    return (v ?? undefined) as T | undefined;
+    return known.get(key, read) as T | undefined;
   };
   return {
     hostNames: [registry.hostname],

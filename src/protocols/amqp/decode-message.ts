@@ -1,7 +1,7 @@
 import rhea from 'rhea';
 import type { Message } from '../../engine/types.ts';
 import { BatchError, readBatch } from './batch.ts';
-import { fromAmqp } from './message.ts';
+import { binaryText, fromAmqp } from './message.ts';
 
 /**
  * Reads AMQP messages straight into the engine's Message: the sections and value kinds device
@@ -178,11 +178,6 @@ class Cursor {
     }
     throw UNHANDLED;
   }
-}
-
-/** rhea's view of binary as text: 16 bytes read as a uuid, anything else as UTF-8. */
-function binaryText(b: Buffer): string {
-  return b.length === 16 ? rhea.uuid_to_string(b) : b.toString('utf8');
 }
 
 function readFast(buf: Buffer, from: number, to: number): Message | undefined {

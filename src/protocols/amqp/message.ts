@@ -14,8 +14,13 @@ export function idToString(v: unknown): string | undefined {
   if (v === undefined || v === null) return undefined;
   if (typeof v === 'string') return v;
   if (typeof v === 'number' || typeof v === 'bigint') return String(v);
-  if (Buffer.isBuffer(v)) return v.length === 16 ? rhea.uuid_to_string(v) : v.toString('utf8');
+  if (Buffer.isBuffer(v)) return binaryText(v);
   return String(v);
+}
+
+/** Binary read as text the way the hub reads ids and properties: 16 bytes as a uuid, anything else as UTF-8. */
+export function binaryText(b: Buffer): string {
+  return b.length === 16 ? rhea.uuid_to_string(b) : b.toString('utf8');
 }
 
 /** An id for an outgoing message: uuid-shaped ids go out as AMQP uuids, as IoT Hub sends them. */
@@ -50,7 +55,7 @@ function propertyText(v: unknown): string {
   if (v === undefined || v === null) return '';
   if (typeof v === 'string') return v;
   if (v instanceof Date) return v.toISOString();
-  if (Buffer.isBuffer(v)) return v.length === 16 ? rhea.uuid_to_string(v) : v.toString('utf8');
+  if (Buffer.isBuffer(v)) return binaryText(v);
   if (typeof v === 'object') return JSON.stringify(v);
   return String(v);
 }
