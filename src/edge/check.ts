@@ -284,7 +284,7 @@ function checkProvisioning(config: EdgeConfig): CheckResult {
     return result(id, title, 'error', '[provisioning] is missing: the gateway has no identity to connect upstream with', 'Add [provisioning] source = "manual" with connection_string = "HostName=...;DeviceId=...;SharedAccessKey=..." (from `strata device connection-string ID`)');
   }
   if (p.authentication?.method === 'x509') {
-    return result(id, title, 'error', `edge device "${p.deviceId}" at ${p.iothubHostname} uses x509 provisioning, which the gateway's upstream link does not support yet`, 'Provision the edge device with a SAS key (connection_string, or method = "sas" with device_id_pk)');
+    return result(id, title, 'pass', `edge device "${p.deviceId}" at IoT hub ${p.iothubHostname} (X.509 certificate; the gateway reads its ${'$'}edgeHub key from its parent with it)`);
   }
   return result(id, title, 'pass', `edge device "${p.deviceId}" at IoT hub ${p.iothubHostname} (SAS key)`);
 }

@@ -9,8 +9,11 @@ import { Engine } from '../engine/engine.ts';
 import { EngineError } from '../engine/errors.ts';
 import type { AuthResult, AuthorizeHook, IdentityRef, Message, TelemetrySink } from '../engine/types.ts';
 import { listenError } from '../hub/hub.ts';
+import { ownModuleReader } from '../hub/own-modules.ts';
 import { scopeApi } from '../hub/scope-api.ts';
+import { sendError } from '../hub/service-api.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
+import { identityKey } from '../identity/scope.ts';
 import { AMQP_WS_SUBPROTOCOL, AmqpHead } from '../protocols/amqp/index.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
@@ -25,6 +28,7 @@ import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
+import { edgeHubKey } from './edge-hub-key.ts';
 import { EdgeHubRoutes } from './edgehub-routes.ts';
 import { GatewayRegistry } from './gateway-registry.ts';
 import { diagnosticLines, loadEdgeConfigFile, type LoadedConfig } from './load-config.ts';
@@ -129,12 +133,6 @@ function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv, print: (l
   throw new UserError(`UpstreamProtocol "${raw}" is not one of Amqp, AmqpWs, Mqtt, MqttWs`, 'Set UpstreamProtocol (env) or [strata] upstream_protocol to Amqp or AmqpWs');
 }
 
-function edgeKeyOf(config: EdgeConfig): string {
-  const auth = config.provisioning?.authentication;
-  if (!auth || auth.method !== 'sas') throw new UserError('the gateway needs a SAS key for its edge device', 'Use a connection_string, or method = "sas" with device_id_pk');
-  return auth.deviceIdPk;
-}
-
 function portText(port: number, dflt: number): string {
   return port === dflt ? '' : `:${port}`;
 }
@@ -155,7 +153,6 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const prov = config.provisioning!;
   const deviceId = prov.deviceId;
   const hubHostName = prov.iothubHostname;
-  const edgeKey = edgeKeyOf(config);
   const trustPem = loaded.files.trustBundlePem!;
   const dataDir = resolve(o.dataDir ?? defaultEdgeDataDir(deviceId));
   mkdirSync(dataDir, { recursive: true });
@@ -190,6 +187,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const store = MessageStore.open({ path: files.storeDb });
     closers.push(() => store.close());
 
+    const edgeKey = await edgeHubKey({ config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log, print });
     const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });
     const link = new UpstreamLink({
       parentHost,
@@ -407,6 +405,16 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
     }));
     await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
+    // A child edge device provisioned with a certificate reads its $edgeHub key here (own-modules.ts).
+    const readOwnModule = ownModuleReader(childScope, { fetchUpstream: (d, m) => sync.fetchUpstream({ deviceId: d, moduleId: m }, [identityKey(d, m), d]) });
+    await app.register(async (scoped) => {
+      const apiLog = childLog('registry-api');
+      scoped.setErrorHandler((err, req, reply) => sendError(reply, req, apiLog, err));
+      scoped.get('/devices/:id/modules/:mid', (req) => {
+        const { id, mid } = req.params as { id: string; mid: string };
+        return readOwnModule(req, id, mid);
+      });
+    });
     const https = app.server as HttpsServer;
     const mqttWs = attachMqttWebSocket(https, engine);
     closers.push(() => mqttWs.close());

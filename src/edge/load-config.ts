@@ -21,7 +21,7 @@ export interface GatewayNeeds {
  * Reads a config.toml and every file it names. Throws ConfigError carrying every diagnostic
  * (each error on its own line, with the line number where it has one); the warnings are in
  * the result otherwise. `needs` adds the gateway's own requirements (an identity to run as,
- * with a key for the upstream link, and a trust bundle to verify the parent).
+ * with a key or an identity certificate, and a trust bundle to verify the parent).
  */
 export function loadEdgeConfigFile(file: string, needs: GatewayNeeds = {}): LoadedConfig {
   const path = resolve(file);
@@ -44,12 +44,6 @@ export function loadEdgeConfigFile(file: string, needs: GatewayNeeds = {}): Load
         level: 'error',
         message: '[provisioning] is missing: the gateway needs the identity of its edge device to connect upstream',
         fix: 'Add [provisioning] with source = "manual" and connection_string = "HostName=...;DeviceId=...;SharedAccessKey=..." (from `strata device connection-string ID`)',
-      });
-    } else if (p.authentication?.method === 'x509') {
-      all.push({
-        level: 'error',
-        message: 'x509 provisioning is not supported by the gateway\'s upstream link yet',
-        fix: 'Provision the edge device with a SAS key: connection_string, or [provisioning.authentication] method = "sas" with device_id_pk',
       });
     }
     if (!config.trustBundleCert) {

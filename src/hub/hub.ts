@@ -15,7 +15,8 @@ import { loadHubTls } from './tls.ts';
 import { attachDeviceEngine } from '../engine/hub-attach.ts';
 import { attachMessaging } from './service-messaging.ts';
 import { attachAmqp } from '../protocols/amqp/index.ts';
-import { attachScopeApi } from './scope-api.ts';
+import { attachScopeApi, hubIdentitySource } from './scope-api.ts';
+import { ownModuleReader, type OwnModuleReader } from './own-modules.ts';
 
 const log = childLog('hub');
 
@@ -112,7 +113,10 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
         .send({ Message: `ErrorCode:NotFound;no such resource: ${req.method} ${req.url.split('?')[0]!.replace(/;/g, ',')}` }),
     );
     app.get('/health', async () => ({ status: 'ok', hostname }));
-    await app.register(serviceApi, { registry, log: apiLog });
+    // An edge device reading its own modules with its own credential (own-modules.ts).
+    let readOwnModule: OwnModuleReader | undefined;
+    const ownModules: OwnModuleReader = (req, d, m) => (readOwnModule ??= ownModuleReader(hubIdentitySource(node)))(req, d, m);
+    await app.register(serviceApi, { registry, log: apiLog, ownModules });
 
     const node: HubNode = {
       registry,

@@ -720,9 +720,9 @@ export function registryIdentitySource(registry: Registry, opts: { trustedCas?: 
 /** The longest a lookup is kept, announced changes aside. */
 const KNOWN_FOR_MS = 1000;
 
-/** Serves the scope API on the hub's HTTPS listener, from its registry. */
-export async function attachScopeApi(node: HubNode): Promise<void> {
-  const source = registryIdentitySource(node.registry, {
+/** The hub's registry as an IdentitySource, with the CAs registered with its device engine. */
+export function hubIdentitySource(node: HubNode): IdentitySource {
+  return registryIdentitySource(node.registry, {
     trustedCas: () => {
       try {
         return engineOf(node)?.trustedCas.certificates() ?? [];
@@ -731,5 +731,9 @@ export async function attachScopeApi(node: HubNode): Promise<void> {
       }
     },
   });
-  await node.app.register(scopeApi, { source, log: childLog('scope-api') });
+}
+
+/** Serves the scope API on the hub's HTTPS listener, from its registry. */
+export async function attachScopeApi(node: HubNode): Promise<void> {
+  await node.app.register(scopeApi, { source: hubIdentitySource(node), log: childLog('scope-api') });
 }

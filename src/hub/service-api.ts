@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { AccessDenied, authenticatePolicyToken, requireRight, type AccessPolicy, type Right } from '../identity/policies.ts';
+import { hasDeviceCredential, type OwnModuleReader } from './own-modules.ts';
 import { HubError, badRequest, deviceNotFound, moduleNotFound } from './errors.ts';
 import { QueryError, runQuery } from './query.ts';
 import type { Registry } from './registry.ts';
@@ -10,10 +11,13 @@ import type { Registry } from './registry.ts';
 interface Access {
   rights: Right[];
   what: string;
+  /** An IoT Edge device may also read its own modules with its own credential (own-modules.ts). */
+  ownDevice?: boolean;
 }
 
 const REGISTRY_READ: Access = { rights: ['RegistryRead'], what: 'read the identity registry' };
 const REGISTRY_WRITE: Access = { rights: ['RegistryWrite'], what: 'change the identity registry' };
+const OWN_MODULE_READ: Access = { ...REGISTRY_READ, ownDevice: true };
 const TWIN_READ: Access = { rights: ['RegistryRead', 'ServiceConnect'], what: 'read twins' };
 const TWIN_WRITE: Access = { rights: ['ServiceConnect', 'RegistryWrite'], what: 'change twins' };
 
@@ -38,14 +42,16 @@ type Params = { id: string; mid: string };
  * The service REST API the `azure-iothub` Registry talks to: devices, modules, twins, bulk
  * operations, queries and edge deployments, authenticated with shared access policy tokens.
  */
-export async function serviceApi(app: FastifyInstance, opts: { registry: Registry; log: Logger }): Promise<void> {
-  const { registry, log } = opts;
+export async function serviceApi(app: FastifyInstance, opts: { registry: Registry; log: Logger; ownModules?: OwnModuleReader }): Promise<void> {
+  const { registry, log, ownModules } = opts;
 
   app.decorateRequest('policy', undefined);
 
   app.addHook('onRequest', async (req) => {
     const access = req.routeOptions.config.access;
     if (!access) return;
+    // Checked by the handler, against the device the path names.
+    if (access.ownDevice && ownModules && hasDeviceCredential(req)) return;
     const { policy } = authenticatePolicyToken(req.headers.authorization, {
       hostnames: [registry.hostname],
       policy: (name) => registry.getPolicy(name),
@@ -89,8 +95,9 @@ export async function serviceApi(app: FastifyInstance, opts: { registry: Registr
 
   // Modules
   route('GET', '/devices/:id/modules', REGISTRY_READ, (req) => registry.listModules((req.params as Params).id));
-  route('GET', '/devices/:id/modules/:mid', REGISTRY_READ, (req, reply) => {
+  route('GET', '/devices/:id/modules/:mid', OWN_MODULE_READ, (req, reply) => {
     const { id, mid } = req.params as Params;
+    if (!req.policy && ownModules) return ownModules(req, id, mid);
     const m = registry.getModule(id, mid);
     if (!m) throw registry.getDevice(id) ? moduleNotFound(id, mid) : deviceNotFound(id);
     return withEtag(reply, m.etag, m);
