@@ -7,7 +7,8 @@
  *   gateway restarts on the kept key, takes messages, and they arrive once the hub is back;
  * - CA-signed (`certificateAuthority`, the CA added with `strata hub ca add`);
  * - a certificate the hub does not know: the start is refused, saying why and what to do;
- * - nested: a certificate-provisioned child gateway reads its key from its parent gateway.
+ * - nested: a certificate-provisioned child gateway reads its key from its parent gateway;
+ * - the device-scope module read answers an edge device about its own modules only.
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
@@ -23,6 +24,8 @@ import { startGatewayProcess, type EdgeSetup } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
 import { exec } from '../helpers/tls.ts';
+import { createSasToken } from '../../src/identity/sas.ts';
+import https from 'node:https';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -201,5 +204,36 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     const leaf = await child.createLeaf('x509-nested-leaf');
     await sendFromLeaf(child, leaf, ['two layers, the lower one on a certificate']);
     assert.deepEqual(await bodiesAt(child, leaf.deviceId, 1), ['two layers, the lower one on a certificate']);
+  });
+
+  test('the device-scope module read: an edge device reads its own modules with its own key, nothing else', async (t) => {
+    const edge = await setupLayer(hub, { gatewayId: 'x509-scope-gw', address: addr(6) });
+    t.after(() => edge.cleanup());
+    const leaf = await edge.createLeaf('x509-scope-leaf');
+    const get = (path: string, deviceId: string, key: string) =>
+      new Promise<{ status: number; body: any }>((resolve, reject) => {
+        const token = createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 600);
+        https
+          .get({ host: hub.address, port: hub.httpsPort, path: `${path}?api-version=2021-04-12`, ca: hub.caPem, headers: { Authorization: token } }, (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+          })
+          .on('error', reject);
+      });
+    const own = await get(`/devices/${edge.gatewayId}/modules/$edgeHub`, edge.gatewayId, edge.gatewayKey);
+    assert.equal(own.status, 200);
+    const module = await edge.svc.getModule(edge.gatewayId, '$edgeHub');
+    assert.equal(own.body.authentication.symmetricKey.primaryKey, (module.authentication as any).symmetricKey.primaryKey);
+    // Another device's modules: its credential does not prove this one.
+    const other = await get(`/devices/${edge.gatewayId}/modules/$edgeHub`, leaf.deviceId, leaf.key);
+    assert.equal(other.status, 401);
+    assert.match(other.body.Message, /IotHubUnauthorizedAccess/);
+    // A leaf device (no edge runtime) has no modules to read this way.
+    const notEdge = await get(`/devices/${leaf.deviceId}/modules/$edgeHub`, leaf.deviceId, leaf.key);
+    assert.equal(notEdge.status, 403);
+    assert.match(notEdge.body.Message, /not an IoT Edge device/);
+    const missing = await get(`/devices/${edge.gatewayId}/modules/nosuch`, edge.gatewayId, edge.gatewayKey);
+    assert.equal(missing.status, 404);
   });
 });
