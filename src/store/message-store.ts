@@ -217,7 +217,9 @@ interface PendingDelete {
   ep: EndpointState;
   priority: number;
   seq: number;
-  reason: 'checkpoint' | 'expired';
+  reason: 'checkpoint' | 'expired' | 'unreadable';
+  /** An entry that cannot be read back: kept, with why, in set_aside by the same commit. */
+  aside?: { row: MessageRow; why: string };
 }
 
 interface Waiter {
@@ -254,6 +256,17 @@ CREATE TABLE IF NOT EXISTS queue (
   seq INTEGER NOT NULL,
   expires INTEGER NOT NULL,
   PRIMARY KEY (ep, prio, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS set_aside (
+  endpoint TEXT NOT NULL,
+  prio INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  enq INTEGER NOT NULL,
+  meta TEXT NOT NULL,
+  body BLOB NOT NULL,
+  why TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (endpoint, seq)
 ) WITHOUT ROWID;
 `;
 
@@ -350,6 +363,7 @@ export class MessageStore {
     gcDelete: Database.Statement;
     deleteMessage: Database.Statement;
     updateEndpoint: Database.Statement;
+    insertAside: Database.Statement;
     saveLastSeq: Database.Statement;
     readRange: Database.Statement;
     sweepScan: Database.Statement;
@@ -415,6 +429,7 @@ export class MessageStore {
       gcTotals: this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM messages WHERE seq < ?'),
       gcDelete: this.db.prepare('DELETE FROM messages WHERE seq < ?'),
       deleteMessage: this.db.prepare('DELETE FROM messages WHERE seq = ? RETURNING size').pluck(),
+      insertAside: this.db.prepare('INSERT OR IGNORE INTO set_aside (endpoint, prio, seq, enq, meta, body, why, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
       updateEndpoint: this.db.prepare('UPDATE endpoints SET checkpointed = checkpointed + ?, expired = expired + ? WHERE id = ?'),
       saveLastSeq: this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('lastSeq', ?)"),
       readRange: this.db.prepare(
@@ -594,7 +609,14 @@ export class MessageStore {
           this.queueDelete(ep, opts.priority, row.seq, 'expired');
           continue;
         }
-        entries.push(this.toEntry(ep.name, opts.priority, row, expiresAt));
+        let entry: QueuedMessage;
+        try {
+          entry = this.toEntry(ep.name, opts.priority, row, expiresAt);
+        } catch (err) {
+          this.setAside(ep, opts.priority, row, err);
+          continue;
+        }
+        entries.push(entry);
       }
       if (rows.length < want) {
         exhausted = true;
@@ -655,6 +677,12 @@ export class MessageStore {
     const out: number[] = [];
     for (const q of ep.queues.values()) if (q.length > 0) out.push(q.priority);
     return out.sort((a, b) => a - b);
+  }
+
+  /** Entries set aside because they could not be read back (see setAside). */
+  setAsideCount(endpoint?: string): number {
+    const sql = endpoint === undefined ? 'SELECT count(*) FROM set_aside' : 'SELECT count(*) FROM set_aside WHERE endpoint = ?';
+    return this.db.prepare(sql).pluck().get(...(endpoint === undefined ? [] : [endpoint])) as number;
   }
 
   queueLength(endpoint: string, priority?: number): number {
@@ -867,10 +895,22 @@ export class MessageStore {
     }
   }
 
-  private queueDelete(ep: EndpointState, priority: number, seq: number, reason: PendingDelete['reason']): void {
+  private queueDelete(ep: EndpointState, priority: number, seq: number, reason: PendingDelete['reason'], aside?: PendingDelete['aside']): void {
     if (ep.pendingDelete.has(seq)) return;
     ep.pendingDelete.add(seq);
-    this.deletes.push({ ep, priority, seq, reason });
+    this.deletes.push(aside ? { ep, priority, seq, reason, aside } : { ep, priority, seq, reason });
+  }
+
+  /**
+   * A stored entry that cannot be read back (only a bug of ours could have written it) must
+   * neither stop its endpoint's queue nor vanish: it leaves the queue and is kept, with the
+   * reason, in the set_aside table, in one commit.
+   */
+  private setAside(ep: EndpointState, priority: number, row: MessageRow, err: unknown): void {
+    const why = err instanceof Error ? err.message : String(err);
+    log.error({ endpoint: ep.name, priority, seq: row.seq, why }, `a stored message cannot be read back; it is set aside (kept in the table set_aside of ${this.path}) and ${ep.name} goes on with the next`);
+    this.queueDelete(ep, priority, row.seq, 'unreadable', { row, why });
+    this.scheduleFlush(false);
   }
 
   private scheduleFlush(now: boolean): void {
@@ -912,11 +952,15 @@ export class MessageStore {
       this.db.exec('BEGIN');
       try {
         this.insertAppends(appends);
+        const at = this.now();
+        for (const d of deletes) {
+          if (d.aside) s.insertAside.run(d.ep.name, d.priority, d.seq, d.aside.row.enq, d.aside.row.meta, d.aside.row.body, d.aside.why, at);
+        }
         const gone = (d: PendingDelete) => {
           deleted.push(d);
           touched.add(d.ep);
           if (d.reason === 'checkpoint') d.ep.dirtyCheckpointed++;
-          else d.ep.dirtyExpired++;
+          else if (d.reason === 'expired') d.ep.dirtyExpired++;
         };
         for (let i = 0; i < deletes.length; ) {
           // A checkpointed batch is a run of one queue's consecutive entries: one range

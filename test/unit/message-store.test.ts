@@ -411,3 +411,37 @@ test('a batch of appends is stored in one commit, all or none, and answered once
   assert.equal(readAll(store, 'upstream').length, 5);
   assert.equal(await store.appendAll([]), undefined);
 });
+
+test('a stored entry that cannot be read back is set aside with the reason, and its queue goes on', async (t) => {
+  const ctx = setup(t);
+  let store = ctx.open({});
+  for (let n = 1; n <= 5; n++) await store.append({ message: msg('dev', n), targets: [{ endpoint: 'up', priority: 0, ttlSecs: 0 }] });
+  await store.close();
+  // What only a bug could write: a record of no known form for the third message.
+  const db = new Database(ctx.file);
+  const third = db.prepare('SELECT seq FROM messages ORDER BY seq LIMIT 1 OFFSET 2').pluck().get() as number;
+  db.prepare('UPDATE messages SET meta = ? WHERE seq = ?').run('9[garbled', third);
+  db.close();
+
+  store = ctx.open({});
+  const entries = readAll(store, 'up');
+  assert.deepEqual(entries.map((e) => e.message.body.toString()), ['body-1', 'body-2', 'body-4', 'body-5']);
+  await store.checkpoint('up', entries);
+  assert.equal(store.queueLength('up'), 0);
+  assert.equal(store.setAsideCount('up'), 1);
+  assert.equal(store.metrics('up').expired, 0);
+  await store.close();
+
+  // Kept whole, with why; and never handed out again.
+  const ro = new Database(ctx.file, { readonly: true });
+  const kept = ro.prepare('SELECT seq, meta, body, why FROM set_aside').all() as Array<{ seq: number; meta: string; body: Buffer; why: string }>;
+  ro.close();
+  assert.equal(kept.length, 1);
+  assert.equal(kept[0]!.seq, third);
+  assert.equal(kept[0]!.body.toString(), 'body-3');
+  assert.match(kept[0]!.why, /unknown stored message form/);
+  store = ctx.open({});
+  assert.deepEqual(readAll(store, 'up'), []);
+  await store.close();
+  assert.equal(rawCount(ctx.file, 'SELECT count(*) FROM queue'), 0);
+});
