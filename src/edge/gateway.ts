@@ -14,6 +14,7 @@ import { scopeApi } from '../hub/scope-api.ts';
 import { sendError } from '../hub/service-api.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { identityKey } from '../identity/scope.ts';
+import { splitPemCertificates } from '../pki/index.ts';
 import { AMQP_WS_SUBPROTOCOL, AmqpHead } from '../protocols/amqp/index.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
@@ -154,6 +155,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const deviceId = prov.deviceId;
   const hubHostName = prov.iothubHostname;
   const trustPem = loaded.files.trustBundlePem!;
+  // Children with CA-signed certificates are checked against the trust bundle, as an edge hub does.
+  const trustedCas = splitPemCertificates(trustPem).map((p) => new X509Certificate(p));
   const dataDir = resolve(o.dataDir ?? defaultEdgeDataDir(deviceId));
   mkdirSync(dataDir, { recursive: true });
   takeGatewayLock(dataDir);
@@ -290,6 +293,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const extraHostNames = [hostname];
     const engine = new Engine({
       registry,
+      extraTrustedCas: () => trustedCas,
       dataDir,
       hostName: hubHostName,
       extraHostNames,
@@ -367,7 +371,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
 
     // A parent gateway answers its child gateways as the hub would: identities and on-behalf-of
     // claims come from this gateway's scope cache, and what it does not know is asked further up.
-    const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain) });
+    const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain), trustedCas: () => trustedCas });
     const amqp = new AmqpHead({ engine, hostName: hubHostName, extraHostNames, policy: () => undefined, onBehalfOf: childScope });
     closers.push(() => amqp.close());
     const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'] });

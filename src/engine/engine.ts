@@ -190,7 +190,10 @@ export class Engine {
       getDevice: (d) => reg.getDevice(d),
       getModule: (d, m) => reg.getModule(d, m),
       hostNames: [this.options.hostName, ...(this.options.extraHostNames ?? [])],
-      trustedCas: () => this.trustedCas.certificates(),
+      trustedCas: () => {
+        const extra = this.options.extraTrustedCas?.();
+        return extra && extra.length > 0 ? [...this.trustedCas.certificates(), ...extra] : this.trustedCas.certificates();
+      },
     });
   }
 

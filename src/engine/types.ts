@@ -6,6 +6,7 @@
  * heads behave the same. Keep this file stable: add fields and methods, never rename.
  */
 
+import type { X509Certificate } from 'node:crypto';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -454,6 +455,11 @@ export interface RelayDelivery {
 
 export interface EngineOptions {
   registry: EngineRegistry;
+  /**
+   * CA certificates trusted for `certificateAuthority` devices besides those registered with the
+   * engine (a gateway: its trust bundle, as an edge hub checks client certificates against it).
+   */
+  extraTrustedCas?: () => X509Certificate[];
   /** Telemetry goes here instead of the event stream (no event stream is opened then). */
   telemetrySink?: TelemetrySink;
   /**

@@ -8,7 +8,8 @@
  * - CA-signed (`certificateAuthority`, the CA added with `strata hub ca add`);
  * - a certificate the hub does not know: the start is refused, saying why and what to do;
  * - nested: a certificate-provisioned child gateway reads its key from its parent gateway;
- * - the device-scope module read answers an edge device about its own modules only.
+ * - the device-scope module read answers an edge device about its own modules only;
+ * - a CA-signed leaf under a gateway is checked against the gateway's trust bundle.
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
@@ -235,5 +236,35 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     assert.match(notEdge.body.Message, /not an IoT Edge device/);
     const missing = await get(`/devices/${edge.gatewayId}/modules/nosuch`, edge.gatewayId, edge.gatewayKey);
     assert.equal(missing.status, 404);
+  });
+
+  test("a CA-signed leaf under a gateway is checked against the gateway's trust bundle", async (t) => {
+    const edge = await setupLayer(hub, { gatewayId: 'x509-bundle-gw', address: addr(7) });
+    t.after(() => edge.cleanup());
+    const trusted = await caSigned('x509-bundle-leaf');
+    const stranger = await caSigned('x509-stranger-leaf');
+    // The bundle: the hierarchy's root, and the CA of the devices below.
+    const bundle = join(certDir, 'x509-bundle.pem');
+    await writeFile(bundle, `${hub.caPem.trim()}\n${(await readFile(trusted.caCert, 'utf8')).trim()}\n`);
+    const text = await readFile(edge.configPath, 'utf8');
+    await writeFile(edge.configPath, text.replace(/^trust_bundle_cert = .*$/m, `trust_bundle_cert = "${pathToFileURL(bundle).href}"`));
+    for (const deviceId of ['x509-bundle-leaf', 'x509-stranger-leaf']) {
+      await edge.svc.createDevice({ deviceId, authentication: { type: 'certificateAuthority' }, deviceScope: edge.gateway.deviceScope, parentScopes: [edge.gateway.deviceScope!] } as never);
+    }
+    const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    t.after(() => gw.stop());
+
+    const open = async (deviceId: string, files: { cert: string; key: string }) => {
+      // The Node SDK's X.509 provider has no GatewayHostName: such a device names the gateway as its host.
+      const client = Client.fromConnectionString(`HostName=${edge.address};DeviceId=${deviceId};x509=true`, Mqtt);
+      t.after(() => client.close().catch(() => undefined));
+      await client.setOptions({ cert: await readFile(files.cert, 'utf8'), key: await readFile(files.key, 'utf8'), ca: edge.rootPem });
+      await client.open();
+      return client;
+    };
+    const client = await open('x509-bundle-leaf', trusted);
+    await client.sendEvent(new Message('signed by a CA in the bundle'));
+    assert.deepEqual(await bodiesAt(edge, 'x509-bundle-leaf', 1), ['signed by a CA in the bundle']);
+    await assert.rejects(open('x509-stranger-leaf', stranger), (err: Error) => err.name === 'UnauthorizedError');
   });
 });
