@@ -1,6 +1,7 @@
 import { X509Certificate, createHash } from 'node:crypto';
 import { EngineError } from '../engine/errors.ts';
 import type { AuthRequest, AuthResult, ClientCertificate, IdentityRef, RegistryIdentity } from '../engine/types.ts';
+import { authMethodText } from './auth-method.ts';
 import { isExpired, parseSasToken, signatureMatches, splitAudience, SasError } from './sas.ts';
 
 /** What authentication needs to know about the hub. */
@@ -203,10 +204,8 @@ function scopeOf(req: IdentityRef): 'device' | 'module' {
   return req.moduleId !== undefined ? 'module' : 'device';
 }
 
-/** The JSON text IoT Hub stamps as `iothub-connection-auth-method`. */
-export function authMethodText(scope: 'device' | 'module' | 'hub', type: 'sas' | 'x509Certificate'): string {
-  return JSON.stringify({ scope, type, issuer: 'iothub', acceptingIpFilterRule: null });
-}
+/** Where the heads have always found it. */
+export { authMethodText };
 
 function ref(req: IdentityRef): IdentityRef {
   return req.moduleId !== undefined ? { deviceId: req.deviceId, moduleId: req.moduleId } : { deviceId: req.deviceId };

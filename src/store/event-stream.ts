@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { childLog } from '../util/log.ts';
+import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts';
 import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { WalSync } from './wal-sync.ts';
@@ -208,7 +209,7 @@ export class EventStream implements EventStreamReader {
           offset: offs[part],
           enqueuedTime: enq,
         };
-        this.insert.run(seq, part, pseqs[part], offs[part], enq, e.deviceId, e.moduleId ?? null, e.authMethod, e.authGenerationId ?? null, e.messageSource, props, e.message.body);
+        this.insert.run(seq, part, pseqs[part], offs[part], enq, e.deviceId, e.moduleId ?? null, compactAuthMethod(e.authMethod), e.authGenerationId ?? null, e.messageSource, props, e.message.body);
         infos.push(info);
         seq += 1;
         pseqs[part] += 1;
@@ -646,7 +647,7 @@ function rowToEvent(r: Row): StoredEvent {
     offset: r.off,
     enqueuedTime: r.enq,
     deviceId: r.dev,
-    authMethod: r.auth,
+    authMethod: expandAuthMethod(r.auth),
     messageSource: r.src,
     message: decodeMessageMeta(r.props, r.body),
   };

@@ -1,5 +1,6 @@
 import type { AuthResult, Message } from '../engine/types.ts';
 import type { StoredMessage } from './message-store.ts';
+import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts';
 import { encodeMessageMeta, messageOfMeta } from '../engine/message-codec.ts';
 
 /**
@@ -49,7 +50,7 @@ class KnownSender {
 
   constructor(readonly who: Sender) {
     this.name = who.moduleId === undefined ? who.deviceId : `${who.deviceId}/${who.moduleId}`;
-    this.head = `${RECORD_V1}[${JSON.stringify(who.deviceId)},${who.moduleId === undefined ? 'null' : JSON.stringify(who.moduleId)},${JSON.stringify(who.authMethod)},` +
+    this.head = `${RECORD_V1}[${JSON.stringify(who.deviceId)},${who.moduleId === undefined ? 'null' : JSON.stringify(who.moduleId)},${JSON.stringify(compactAuthMethod(who.authMethod))},` +
       `${who.generationId === undefined ? 'null' : JSON.stringify(who.generationId)},`;
   }
 }
@@ -107,7 +108,7 @@ export function reviveSenderMessage(record: string, body: Buffer): SenderMessage
   if (!record.startsWith(RECORD_V1)) throw new Error(`unknown stored message form "${record.slice(0, 8)}"`);
   const [deviceId, moduleId, authMethod, generationId, enqueuedTime, meta] = JSON.parse(record.slice(RECORD_V1.length)) as
     [string, string | null, string, string | null, number, Record<string, unknown>];
-  const who: Sender = { deviceId, authMethod };
+  const who: Sender = { deviceId, authMethod: expandAuthMethod(authMethod) };
   if (moduleId !== null) who.moduleId = moduleId;
   if (generationId !== null) who.generationId = generationId;
   return new SenderMessage(messageOfMeta(meta, body), new KnownSender(who), enqueuedTime);

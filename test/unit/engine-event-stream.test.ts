@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { EventToAppend } from '../../src/engine/types.ts';
 import { EventStream, firstReaching, partitionOf } from '../../src/store/event-stream.ts';
+import { authMethodText } from '../../src/identity/auth-method.ts';
 
 async function tempDir(t: { after(fn: () => unknown): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-es-'));
@@ -260,4 +261,22 @@ test('without time and device indexes, reads from the file by time, device and m
   assert.equal(s.prune(mark + 24 * 3600 * 1000), 1, 'the default retention is a day: the cutoff falls at the mark');
   assert.equal((await s.read({ limit: 1 })).events[0]?.message.body.toString(), 'r0');
   assert.equal((db.prepare('SELECT count(*) AS n FROM events').get() as { n: number }).n, kept);
+});
+
+test('standard auth method texts are stored by a short name and read back whole, beside full texts written before', async (t) => {
+  const dir = await tempDir(t);
+  const full = authMethodText('module', 'x509Certificate');
+  let s = new EventStream({ dir, partitions: 2 });
+  await s.append({ ...ev('d', 'one', {}, 'm'), authMethod: full });
+  await s.append(ev('d', 'custom'));
+  s.close();
+  const file = new Database(join(dir, 'events.db'));
+  assert.deepEqual(file.prepare('SELECT auth FROM events ORDER BY seq').pluck().all(), ['module.x509Certificate', '{"type":"sas"}']);
+  file.prepare('UPDATE events SET auth = ? WHERE seq = 1').run(full);
+  file.prepare("INSERT INTO events SELECT seq + 2, part, pseq + 2, off + 100, enq, dev, mod, 'module.x509Certificate', gen, src, props, body FROM events WHERE seq = 1").run();
+  file.close();
+  s = new EventStream({ dir, partitions: 2 });
+  t.after(() => s.close());
+  const { events } = await s.read({});
+  assert.deepEqual(events.map((e) => e.authMethod), [full, '{"type":"sas"}', full]);
 });

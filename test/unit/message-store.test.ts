@@ -6,6 +6,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MessageStore, StoreFullError, type QueuedMessage, type StoredMessage, type StoreSettings } from '../../src/store/message-store.ts';
 import { messageOfStored, SenderMessage, storedMessageOf } from '../../src/store/sender-message.ts';
+import { authMethodText } from '../../src/identity/auth-method.ts';
 
 interface Ctx {
   dir: string;
@@ -444,4 +445,27 @@ test('a stored entry that cannot be read back is set aside with the reason, and 
   assert.deepEqual(readAll(store, 'up'), []);
   await store.close();
   assert.equal(rawCount(ctx.file, 'SELECT count(*) FROM queue'), 0);
+});
+
+test("a sender's standard auth method is stored by a short name and read back whole; records with the full text read the same", async (t) => {
+  const ctx = setup(t);
+  const full = authMethodText('device', 'sas');
+  const auth = { identity: { deviceId: 'dev-s' }, kind: 'sas', authMethod: full } as const;
+  let store = ctx.open({});
+  const to = [{ endpoint: 'up', priority: 0, ttlSecs: 0 }];
+  await store.append({ message: storedMessageOf(auth, { body: Buffer.from('short'), properties: {} }, 1_700_000_000_000), targets: to });
+  await store.close();
+  const db = new Database(ctx.file);
+  const meta = db.prepare('SELECT meta FROM messages').pluck().get() as string;
+  assert.ok(!meta.includes('issuer'), `the record holds no full auth method text: ${meta}`);
+  // A record written before the short names: the full text, escaped inside the record.
+  db.prepare('UPDATE messages SET meta = ?').run(meta.replace(JSON.stringify('device.sas'), JSON.stringify(full)));
+  db.close();
+  store = ctx.open({});
+  const [e] = readAll(store, 'up');
+  assert.equal(e!.message.systemProperties.connectionAuthMethod, full);
+  await store.append({ message: storedMessageOf(auth, { body: Buffer.from('again'), properties: {} }, 1_700_000_000_001), targets: to });
+  await store.close();
+  store = ctx.open({});
+  assert.deepEqual(readAll(store, 'up').map((x) => x.message.systemProperties.connectionAuthMethod), [full, full]);
 });
