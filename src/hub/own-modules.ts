@@ -4,7 +4,7 @@ import { authenticate } from '../identity/authenticate.ts';
 import type { ScopeModule } from '../identity/scope.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { HubError, moduleNotFound } from './errors.ts';
-import type { IdentitySource } from './scope-api.ts';
+import { authDepsOf, type IdentitySource } from './scope-api.ts';
 
 /**
  * An IoT Edge device reading one of its own module identities with its OWN credential (its
@@ -32,14 +32,7 @@ export type OwnModuleReader = (req: FastifyRequest, deviceId: string, moduleId: 
 const unauthorized = (message: string) => new HubError(401, 'IotHubUnauthorizedAccess', message);
 
 export function ownModuleReader(source: IdentitySource, opts: { fetchUpstream?: (deviceId: string, moduleId: string) => Promise<void> } = {}): OwnModuleReader {
-  const deps = {
-    getDevice: (d: string) => source.getDevice(d),
-    getModule: (d: string, m: string) => source.getModule(d, m),
-    get hostNames() {
-      return [...source.hostNames];
-    },
-    trustedCas: () => source.trustedCas?.() ?? [],
-  };
+  const deps = authDepsOf(source);
   return async (req, deviceId, moduleId) => {
     const header = req.headers.authorization;
     const token = Array.isArray(header) ? header[0] : header;
@@ -56,7 +49,8 @@ export function ownModuleReader(source: IdentitySource, opts: { fetchUpstream?: 
     }
     let module = source.getModule(deviceId, moduleId);
     if (!module && opts.fetchUpstream) {
-      await opts.fetchUpstream(deviceId, moduleId);
+      // The parent unreachable, the cache's answer stands.
+      await opts.fetchUpstream(deviceId, moduleId).catch(() => undefined);
       module = source.getModule(deviceId, moduleId);
     }
     if (!module) throw moduleNotFound(deviceId, moduleId);

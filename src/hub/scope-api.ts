@@ -395,14 +395,7 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
       .send({ Message: `ErrorCode:${err.code};${err.message}`, ExceptionMessage: `Tracking ID:${req.id}-TimeStamp:${new Date().toISOString()}` });
   });
 
-  const authDeps: AuthenticateDeps = {
-    getDevice: (d) => source.getDevice(d),
-    getModule: (d, m) => source.getModule(d, m),
-    get hostNames() {
-      return [...source.hostNames];
-    },
-    trustedCas: () => source.trustedCas?.() ?? [],
-  };
+  const authDeps = authDepsOf(source);
 
   /** Proves the caller is `{id}/$edgeHub` of an enabled edge device whose chain upwards is usable. */
   async function edgeHubCaller(req: FastifyRequest): Promise<{ edge: ScopeNode; auth: AuthResult }> {
@@ -714,6 +707,18 @@ export function registryIdentitySource(registry: Registry, opts: { trustedCas?: 
       return () => registry.off('identity', listener);
     },
     trustedCas: opts.trustedCas,
+  };
+}
+
+/** Authentication against what an IdentitySource knows (the hub's registry, a gateway's scope cache). */
+export function authDepsOf(source: IdentitySource): AuthenticateDeps {
+  return {
+    getDevice: (d) => source.getDevice(d),
+    getModule: (d, m) => source.getModule(d, m),
+    get hostNames() {
+      return [...source.hostNames];
+    },
+    trustedCas: () => source.trustedCas?.() ?? [],
   };
 }
 
