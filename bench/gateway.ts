@@ -10,7 +10,7 @@
  * awaited acknowledgements). Prints one JSON line per side, the CPU time each Strata process
  * spent per message, and the ratio.
  *
- *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--runs 1] [--anchors DIR] [--skip-anchor] [--profile DIR]
+ *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--runs 1] [--anchors DIR] [--skip-anchor] [--profile DIR] [--upstream Amqp]
  *
  * On a shared machine one run of either side can be 20% off the next: `--runs N` alternates the
  * two sides N times and ends with the medians and the median of the per-round ratios.
@@ -47,6 +47,8 @@ const { values: args } = parseArgsOrExit({
     runs: { type: 'string', default: '1' },
     /** Write a V8 CPU profile of the gateway process into this directory. */
     profile: { type: 'string' },
+    /** What each gateway speaks to its parent: Amqp (default), AmqpWs, Mqtt or MqttWs. */
+    upstream: { type: 'string', default: 'Amqp' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -71,8 +73,14 @@ if (args.help) {
   --anchors DIR     where mosquitto-chain.sh and chain-bench.mjs are (default ../shared/anchors beside the checkout)
   --skip-anchor     measure Strata only
   --profile DIR     write V8 CPU profiles of the hub and each gateway into DIR/hub, DIR/l1, ...
+  --upstream P      each gateway's UpstreamProtocol: Amqp (default), AmqpWs, Mqtt, MqttWs
 `);
   process.exit(0);
+}
+const UPSTREAMS = ['Amqp', 'AmqpWs', 'Mqtt', 'MqttWs'];
+if (!UPSTREAMS.includes(args.upstream!)) {
+  process.stderr.write(`--upstream ${args.upstream} is not one of ${UPSTREAMS.join(', ')}\nrun with --help for the options\n`);
+  process.exit(2);
 }
 const MSGS = Number(args.messages);
 const PUBS = Number(args.publishers);
@@ -192,7 +200,7 @@ async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<s
       forget.push(removeAtExit(layers[i]!.dir));
     }
     for (const [i, l] of layers.entries()) {
-      gws.push(await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address, nodeArgs: profiled(`l${i + 1}`) }));
+      gws.push(await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address, nodeArgs: profiled(`l${i + 1}`), env: { UpstreamProtocol: args.upstream! } }));
     }
     return await measure(mqtt, hub, layers, gws);
   } finally {
@@ -384,7 +392,7 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
 
 const depsDir = mqtt5Dir();
 const mqtt = createRequire(join(depsDir, 'x.js'))('mqtt');
-const path = ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(' -> ');
+const path = ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(' -> ') + (args.upstream === 'Amqp' ? '' : ` (upstream ${args.upstream})`);
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
