@@ -359,9 +359,12 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const ports = { mqtt: o.ports?.mqtt ?? 8883, amqp: o.ports?.amqp ?? 5671, https: o.ports?.https ?? 443, metrics: o.ports?.metrics ?? numberSetting(config.settings.metrics_port) ?? DEFAULT_METRICS_PORT };
     const tlsNow = security.tlsOptions();
 
+    // A parent gateway answers its child gateways as the hub would: identities and on-behalf-of
+    // claims come from this gateway's scope cache, and what it does not know is asked further up.
+    const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain), trustedCas: () => trustedCas });
     let mqtt;
     try {
-      mqtt = await startMqttListener({ engine, host: bind, port: ports.mqtt, certPem: tlsNow.cert, keyPem: tlsNow.key });
+      mqtt = await startMqttListener({ engine, host: bind, port: ports.mqtt, certPem: tlsNow.cert, keyPem: tlsNow.key, onBehalfOf: childScope });
     } catch (err) {
       throw listenError(err, 'MQTT', bind, ports.mqtt);
     }
@@ -369,9 +372,6 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     security.attach(mqtt.server);
     ports.mqtt = mqtt.port;
 
-    // A parent gateway answers its child gateways as the hub would: identities and on-behalf-of
-    // claims come from this gateway's scope cache, and what it does not know is asked further up.
-    const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain), trustedCas: () => trustedCas });
     const amqp = new AmqpHead({ engine, hostName: hubHostName, extraHostNames, policy: () => undefined, onBehalfOf: childScope });
     closers.push(() => amqp.close());
     const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'] });
@@ -420,7 +420,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       });
     });
     const https = app.server as HttpsServer;
-    const mqttWs = attachMqttWebSocket(https, engine);
+    const mqttWs = attachMqttWebSocket(https, engine, undefined, childScope);
     closers.push(() => mqttWs.close());
     webSocketDispatcher(https).register(AMQP_WS_SUBPROTOCOL, (stream, req) => {
       const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;

@@ -1,5 +1,6 @@
 import type { HubNode } from '../hub/hub.ts';
 import { UserError } from '../util/errors.ts';
+import { registryIdentitySource } from '../hub/scope-api.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { Engine } from './engine.ts';
 import type { EngineOptions } from './types.ts';
@@ -37,9 +38,11 @@ export async function attachDeviceEngine(node: HubNode, opts: DeviceEngineOption
     }
   };
 
+  // Edge hubs below connect for the identities in their scope (on-behalf-of), checked against the registry.
+  const onBehalfOf = registryIdentitySource(node.registry);
   let mqtt;
   try {
-    mqtt = await startMqttListener({ engine, host: node.bind, port: node.ports.mqtt, certPem: node.tls.certPem, keyPem: node.tls.keyPem });
+    mqtt = await startMqttListener({ engine, host: node.bind, port: node.ports.mqtt, certPem: node.tls.certPem, keyPem: node.tls.keyPem, onBehalfOf });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException | undefined)?.code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
@@ -51,7 +54,7 @@ export async function attachDeviceEngine(node: HubNode, opts: DeviceEngineOption
   node.ports.mqtt = mqtt.port;
   node.listeners.push({ name: 'MQTT (TLS)', url: `mqtts://${node.hostname}:${mqtt.port}` });
 
-  const ws = attachMqttWebSocket(node.https, engine);
+  const ws = attachMqttWebSocket(node.https, engine, undefined, onBehalfOf);
   node.onClose(() => ws.close());
   const httpsPort = node.ports.https;
   node.listeners.push({ name: 'MQTT over WebSockets', url: `wss://${node.hostname}${httpsPort === 443 || httpsPort === 0 ? '' : `:${httpsPort}`}/$iothub/websocket` });

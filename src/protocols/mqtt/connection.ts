@@ -16,7 +16,9 @@ import type {
   SubscriptionKind,
   TwinCollection,
 } from '../../engine/types.ts';
+import { EDGE_HUB } from '../../identity/device-id.ts';
 import { childLog } from '../../util/log.ts';
+import { actingEdgeOf, claimedChainRefusal, grantOnBehalfOf, onScopeChange, withdrawalReason, type OnBehalfOfSource } from '../on-behalf-of.ts';
 import { BagError, c2dTopic, decodeBag, identityFromClientId, inputTopic, parsePublishTopic, parseSubscription, parseUsername, sameIdentity } from './topics.ts';
 
 const log = childLog('mqtt');
@@ -42,7 +44,12 @@ export interface MqttConnectionOptions {
   maxPacketBytes?: number;
   /** Keep-alive is enforced at this multiple of the client's interval (default 1.5). */
   keepAliveFactor?: number;
+  /** Identities a gateway below may connect on behalf of; absent: such CONNECTs are refused. */
+  onBehalfOf?: OnBehalfOfSource;
 }
+
+/** The user name parameter naming the auth chain of an on-behalf-of CONNECT. */
+const AUTH_CHAIN_PARAM = 'auth-chain';
 
 type State = 'awaiting-connect' | 'authenticating' | 'connected' | 'closed';
 
@@ -74,6 +81,8 @@ export class MqttConnection {
   /** Packet ids of stored telemetry to acknowledge at the end of this turn. */
   private pubacks: number[] = [];
   private readonly maxPacketBytes: number;
+  /** Ends the registry watch of an on-behalf-of connection. */
+  private unwatch?: () => void;
 
   constructor(
     private readonly stream: Duplex,
@@ -147,23 +156,33 @@ export class MqttConnection {
     const identity = identityFromClientId(p.clientId);
     if (!identity) return this.refuse(`client id "${p.clientId}" does not name a device or module`, CONNACK.identifierRejected);
     this.identity = identity;
+    let authChain: string | undefined;
     if (p.username !== undefined) {
       const u = parseUsername(p.username);
       if (!u || u.clientId !== p.clientId) {
         return this.refuse(`user name "${p.username.slice(0, 200)}" does not name client "${p.clientId}"`, CONNACK.badCredentials);
       }
+      authChain = u.query.get(AUTH_CHAIN_PARAM);
     }
     const sasToken = p.password ? p.password.toString('utf8') : undefined;
     if (!sasToken && !this.opts.clientCertificate) {
       return this.refuse('neither a SAS token (password) nor a client certificate was given', CONNACK.badCredentials);
     }
+    const actorEdgeId = sasToken === undefined ? undefined : actingEdgeOf(sasToken);
+    const onBehalfOf = actorEdgeId !== undefined && !sameIdentity(identity, { deviceId: actorEdgeId, moduleId: EDGE_HUB });
     let auth: AuthResult;
-    try {
-      auth = await this.engine.authenticate({ ...identity, sasToken, clientCertificate: sasToken ? undefined : this.opts.clientCertificate });
-    } catch (err) {
-      if (err instanceof EngineError) return this.refuse(`authentication failed (${err.code}): ${err.message}`, CONNACK.notAuthorized);
-      log.error({ err, remote: this.opts.remote }, 'authentication error');
-      return this.refuse('authentication error', CONNACK.unavailable);
+    if (onBehalfOf) {
+      const granted = await this.grant(actorEdgeId, identity, sasToken!, authChain);
+      if (!granted) return;
+      auth = granted;
+    } else {
+      try {
+        auth = await this.engine.authenticate({ ...identity, sasToken, clientCertificate: sasToken ? undefined : this.opts.clientCertificate });
+      } catch (err) {
+        if (err instanceof EngineError) return this.refuse(`authentication failed (${err.code}): ${err.message}`, CONNACK.notAuthorized);
+        log.error({ err, remote: this.opts.remote }, 'authentication error');
+        return this.refuse('authentication error', CONNACK.unavailable);
+      }
     }
     if (this.state === 'closed') return;
     const handler: SessionHandler = {
@@ -174,7 +193,7 @@ export class MqttConnection {
       close: (reason, detail) => this.engineClose(reason, detail),
     };
     try {
-      this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote });
+      this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote, viaGateway: onBehalfOf });
     } catch (err) {
       // An engine refusal (e.g. the gateway's MaxConnectedClients) says why in its message.
       if (err instanceof EngineError) return this.refuse(err.message, CONNACK.unavailable);
@@ -198,6 +217,42 @@ export class MqttConnection {
       if (this.state !== 'connected') break;
       this.handle(q);
     }
+  }
+
+  /**
+   * An edge hub below connects for `target` with its own `{edge}/$edgeHub` token and the
+   * target's auth chain in the user name: accepted exactly when the AMQP head would accept the
+   * same claim (see ../on-behalf-of.ts), and dropped again when a registry change withdraws it.
+   * Returns the target's credentials, or undefined after refusing the CONNECT.
+   */
+  private async grant(actorEdgeId: string, target: IdentityRef, token: string, authChain: string | undefined): Promise<AuthResult | undefined> {
+    const source = this.opts.onBehalfOf;
+    const actor = `${actorEdgeId}/${EDGE_HUB}`;
+    const refuse = (why: string) => {
+      this.refuse(`on-behalf-of by ${actor} refused: ${why}`, CONNACK.notAuthorized);
+      return undefined;
+    };
+    let auth: AuthResult;
+    try {
+      auth = (await grantOnBehalfOf({ source, authenticate: (req) => this.engine.authenticate(req), actorEdgeId, target, token })).auth;
+    } catch (err) {
+      if (err instanceof EngineError) return refuse(err.message);
+      log.error({ err, remote: this.opts.remote }, 'on-behalf-of check failed');
+      this.refuse('authentication error', CONNACK.unavailable);
+      return undefined;
+    }
+    const chainRefusal = claimedChainRefusal(source, authChain, actorEdgeId, target, `the user name carries no ${AUTH_CHAIN_PARAM} parameter`);
+    if (chainRefusal) return refuse(chainRefusal);
+    if (this.state === 'closed') return undefined;
+    this.unwatch = onScopeChange(source!, () => {
+      if (this.state === 'closed') return;
+      const why = withdrawalReason(source!, target, actorEdgeId);
+      if (!why) return;
+      log.info({ actor, target: describeIdentity(target), remote: this.opts.remote, reason: why }, 'on-behalf-of withdrawn');
+      this.forbidden(`on-behalf-of withdrawn: ${why}`);
+    });
+    log.info({ actor, target: describeIdentity(target), chain: authChain }, 'on-behalf-of accepted');
+    return auth;
   }
 
   private armKeepAlive(): void {
@@ -460,6 +515,7 @@ export class MqttConnection {
   private teardown(reason: CloseReason, flush = false): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.unwatch?.();
     if (this.connectTimer) clearTimeout(this.connectTimer);
     if (this.keepAliveTimer) clearTimeout(this.keepAliveTimer);
     this.backlog = [];

@@ -5,6 +5,7 @@ import type { Engine } from '../../engine/engine.ts';
 import { childLog } from '../../util/log.ts';
 import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
+import type { OnBehalfOfSource } from '../on-behalf-of.ts';
 import { MqttConnection, type MqttConnectionOptions } from './connection.ts';
 
 const log = childLog('mqtt');
@@ -17,6 +18,8 @@ export interface MqttListenerOptions {
   certPem: string;
   keyPem: string;
   connection?: Partial<Pick<MqttConnectionOptions, 'connectTimeoutMs' | 'maxPacketBytes' | 'keepAliveFactor'>>;
+  /** Identities an edge hub below may connect on behalf of (the hub's registry, a gateway's scope). */
+  onBehalfOf?: OnBehalfOfSource;
 }
 
 export interface MqttListener {
@@ -35,6 +38,7 @@ export async function startMqttListener(o: MqttListenerOptions): Promise<MqttLis
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const conn = new MqttConnection(socket, o.engine, {
       ...o.connection,
+      ...(o.onBehalfOf ? { onBehalfOf: o.onBehalfOf } : {}),
       protocol: 'mqtt',
       remote,
       clientCertificate: clientCertificateOf(socket),
@@ -66,11 +70,11 @@ export async function startMqttListener(o: MqttListenerOptions): Promise<MqttLis
 }
 
 /** MQTT over WebSockets on the HTTPS server, subprotocol `mqtt`, at `/$iothub/websocket`. */
-export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connection?: MqttListenerOptions['connection']): { close(): void } {
+export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connection?: MqttListenerOptions['connection'], onBehalfOf?: OnBehalfOfSource): { close(): void } {
   const live = new Set<MqttConnection>();
   webSocketDispatcher(https).register('mqtt', (stream, req) => {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-    const conn = new MqttConnection(stream, engine, { ...connection, protocol: 'mqtt-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
+    const conn = new MqttConnection(stream, engine, { ...connection, ...(onBehalfOf ? { onBehalfOf } : {}), protocol: 'mqtt-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
     live.add(conn);
     stream.once('close', () => live.delete(conn));
   });
