@@ -69,7 +69,22 @@ export function registerEdgeCommands(program: Command): void {
     .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
     .option('--https-port <n>', 'HTTPS port: /health and MQTT/AMQP over WebSockets (devices dial 443)', port('--https-port'), 443)
     .option('--metrics-port <n>', 'Prometheus /metrics port (default 9600, or [strata] metrics_port)', port('--metrics-port'))
-    .addHelpText('after', '\nEnvironment: MaxConnectedClients (default 100; [strata] max_connected_clients wins), UpstreamProtocol (Amqp | AmqpWs).\n`strata edge config apply` (or SIGHUP) makes a running gateway re-read its configuration.')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Environment:',
+        '  MaxConnectedClients  default 100; [strata] max_connected_clients wins',
+        '  UpstreamProtocol     Amqp (default) | AmqpWs | Mqtt | MqttWs; [strata] upstream_protocol wins',
+        '    Amqp, AmqpWs: one connection to the parent for every identity; each message is stored',
+        '      once upstream (batches name their origin, so a resend after a lost acknowledgement',
+        '      is recognised).',
+        '    Mqtt, MqttWs: one connection per identity with traffic (MQTT cannot multiplex); at least',
+        '      once: a message whose acknowledgement was lost in a reconnect is sent again and may be',
+        '      stored twice upstream. C2D rejects reach the parent as completions (MQTT has no reject).',
+        '`strata edge config apply` (or SIGHUP) makes a running gateway re-read its configuration.',
+      ].join('\n'),
+    )
     .action(
       action(async (flags: StartFlags) => {
         let configPath = flags.config;

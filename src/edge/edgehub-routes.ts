@@ -4,7 +4,7 @@ import type { TwinCollection } from '../engine/types.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { RouteConfigError } from '../routing/errors.ts';
 import { RouteTable, parseEdgeHubDesired } from '../routing/route-table.ts';
-import type { UpstreamIdentity } from '../upstream/amqp-link.ts';
+import type { UpstreamIdentity } from '../upstream/upstream.ts';
 import { childLog } from '../util/log.ts';
 import type { TwinCache } from './twin-cache.ts';
 

@@ -24,7 +24,10 @@ import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
 import { MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
-import { UpstreamLink, type UpstreamC2DDelivery } from '../upstream/amqp-link.ts';
+import { UpstreamLink } from '../upstream/amqp-link.ts';
+import { MqttUpstream } from '../upstream/mqtt-link.ts';
+import type { UpstreamTransport } from '../upstream/transport.ts';
+import type { Upstream, UpstreamC2DDelivery } from '../upstream/upstream.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
@@ -92,7 +95,7 @@ export interface GatewayNode {
   readonly engine: Engine;
   readonly store: MessageStore;
   readonly scope: ScopeCache;
-  readonly link: UpstreamLink;
+  readonly link: Upstream;
   readonly security: SecurityManager;
   readonly metrics: GatewayMetrics;
   readonly routes: EdgeHubRoutes;
@@ -122,16 +125,11 @@ function maxClientsSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): Setting<
   return { value: DEFAULT_MAX_CONNECTED_CLIENTS, source: 'default' };
 }
 
-function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv, print: (l: string) => void): 'amqp' | 'amqpws' {
+function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv): UpstreamTransport {
   const raw = String(config.settings.upstream_protocol ?? env.UpstreamProtocol ?? 'Amqp');
   const v = raw.trim().toLowerCase();
-  if (v === 'amqp') return 'amqp';
-  if (v === 'amqpws') return 'amqpws';
-  if (v === 'mqtt' || v === 'mqttws') {
-    print(`warning: UpstreamProtocol ${raw} is not available yet; the upstream link uses Amqp`);
-    return 'amqp';
-  }
-  throw new UserError(`UpstreamProtocol "${raw}" is not one of Amqp, AmqpWs, Mqtt, MqttWs`, 'Set UpstreamProtocol (env) or [strata] upstream_protocol to Amqp or AmqpWs');
+  if (v === 'amqp' || v === 'amqpws' || v === 'mqtt' || v === 'mqttws') return v;
+  throw new UserError(`UpstreamProtocol "${raw}" is not one of Amqp, AmqpWs, Mqtt, MqttWs`, 'Set UpstreamProtocol (env) or [strata] upstream_protocol to Amqp, AmqpWs, Mqtt or MqttWs');
 }
 
 function portText(port: number, dflt: number): string {
@@ -164,7 +162,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const hostname = config.hostname;
   const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
   const maxClients = maxClientsSetting(config, env);
-  const transport = upstreamTransport(config, env, print);
+  const transport = upstreamTransport(config, env);
   const parentHost = config.parentHostname ?? hubHostName;
 
   const closers: Array<() => Promise<void> | void> = [() => releaseGatewayLock(dataDir)];
@@ -192,19 +190,21 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
 
     const edgeKey = await edgeHubKey({ config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log, print });
     const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });
-    const link = new UpstreamLink({
+    const upstreamOptions = {
       parentHost,
-      transport,
       trustPem,
       hubHostName,
       edgeDeviceId: deviceId,
       edgeKey,
-      authChainOf: (id) => scope.authChainOf(id.deviceId, id.moduleId),
+      authChainOf: (id: IdentityRef) => scope.authChainOf(id.deviceId, id.moduleId),
       // Large batches: each rides one round trip (two are in flight).
       maxBatch: UPSTREAM_BATCH,
-      // Batches name where in this store they come from: the parent stores each message once.
-      originId: store.id,
-    });
+    };
+    const link: Upstream =
+      transport === 'mqtt' || transport === 'mqttws'
+        ? new MqttUpstream({ ...upstreamOptions, transport })
+        : // Batches name where in this store they come from: the parent stores each message once.
+          new UpstreamLink({ ...upstreamOptions, transport, originId: store.id });
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
     closers.push(() => registry.close());

@@ -51,24 +51,26 @@ import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
 import { childLog } from '../util/log.ts';
 import { UserError } from '../util/errors.ts';
 import { Backoff } from './backoff.ts';
-import { audienceOf, keyOf, type UpstreamCore } from './core.ts';
+import { audienceOf, directChildChain, keyOf, type UpstreamCore } from './core.ts';
 import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
 import { UpstreamDownError, UpstreamError } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
 import { UpstreamTelemetryEndpoint, type TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
 import { UpstreamConnectError, describeTarget, openTransport, probe, type UpstreamTransport } from './transport.ts';
+import type { Upstream, UpstreamStatus } from './upstream.ts';
 
 export type { UpstreamIdentity, UpstreamC2DDelivery } from './identity.ts';
 export { UpstreamError, UpstreamDownError } from './links.ts';
 export { UpstreamConnectError } from './transport.ts';
 export type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
+export type { Upstream, UpstreamStatus } from './upstream.ts';
 
 export interface UpstreamLinkOptions {
   /** The parent's host name (or IP): where to connect and what its certificate must name. */
   parentHost: string;
   /** Default 5671 for `amqp`, 443 for `amqpws`. */
   port?: number;
-  transport?: UpstreamTransport;
+  transport?: Extract<UpstreamTransport, 'amqp' | 'amqpws'>;
   /** PEM of the trust bundle the parent's certificate must chain to. */
   trustPem: string;
   /** The IoT hub's host name (SAS audiences, AMQP `hostname`), the same at every layer. */
@@ -95,17 +97,6 @@ export interface UpstreamLinkOptions {
   log?: Logger;
 }
 
-export interface UpstreamStatus {
-  connected: boolean;
-  parent: string;
-  /** Since when the current state holds (epoch ms). */
-  since: number;
-  lastError?: string;
-  /** Failed attempts since the link was last up. */
-  failedAttempts: number;
-  telemetry: TelemetryEndpointMetrics;
-}
-
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
 const PROBE_MS = 400;
@@ -117,7 +108,7 @@ interface TargetAuth {
   failedAt?: number;
 }
 
-export class UpstreamLink extends EventEmitter {
+export class UpstreamLink extends EventEmitter implements Upstream {
   readonly availability = new Availability(false);
   readonly hubHostName: string;
   readonly edgeDeviceId: string;
@@ -287,9 +278,7 @@ export class UpstreamLink extends EventEmitter {
     if (given) return given;
     const known = this.channels.get(keyOf(identity));
     if (known) return known.authChain;
-    const edge = this.edgeDeviceId;
-    if (identity.deviceId === edge) return identity.moduleId === undefined ? edge : `${edge}/${identity.moduleId};${edge}`;
-    return identity.moduleId === undefined ? `${identity.deviceId};${edge}` : `${identity.deviceId}/${identity.moduleId};${identity.deviceId};${edge}`;
+    return directChildChain(identity, this.edgeDeviceId);
   }
 
   // ---- credentials ----

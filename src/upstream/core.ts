@@ -33,3 +33,12 @@ export function audienceOf(hubHostName: string, id: IdentityRef): string {
   const d = encodeURIComponent(id.deviceId);
   return id.moduleId === undefined ? `${hubHostName}/devices/${d}` : `${hubHostName}/devices/${d}/modules/${encodeURIComponent(id.moduleId)}`;
 }
+
+/**
+ * The auth chain of an identity nothing else names: a direct child of `edgeId` (`leaf;edge`,
+ * `d/m;d;edge` for a module of one), or the edge device itself and its modules.
+ */
+export function directChildChain(id: IdentityRef, edgeId: string): string {
+  if (id.deviceId === edgeId) return id.moduleId === undefined ? edgeId : `${edgeId}/${id.moduleId};${edgeId}`;
+  return id.moduleId === undefined ? `${id.deviceId};${edgeId}` : `${id.deviceId}/${id.moduleId};${id.deviceId};${edgeId}`;
+}

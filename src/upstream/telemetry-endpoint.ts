@@ -3,7 +3,6 @@ import type { IdentityRef, Message } from '../engine/types.ts';
 import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
 import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
-import type { IdentityChannel } from './identity.ts';
 import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
 import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
 
@@ -28,11 +27,16 @@ export interface TelemetryEndpointMetrics {
   failedBatches: number;
 }
 
+/** Sends one identity's messages upstream in order, one outcome per message. */
+export interface TelemetrySender {
+  sendTelemetry(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]>;
+}
+
 export interface TelemetryEndpointDeps {
   availability: Availability;
   isConnected(): boolean;
   /** The channel that sends for `sender` (created on first use). */
-  channelFor(sender: IdentityRef): IdentityChannel;
+  channelFor(sender: IdentityRef): TelemetrySender;
   describeParent(): string;
   /**
    * A batch got no answer within `stallMs`: the connection is presumed dead (a parent that

@@ -4,15 +4,25 @@ import tls from 'node:tls';
 import WebSocket, { createWebSocketStream } from 'ws';
 
 /**
- * The byte stream under the upstream AMQP connection: TLS on 5671, or AMQP over WebSockets
- * (`wss://{parent}/$iothub/websocket`, subprotocol `AMQPWSB10`) on 443. Either way the parent's
- * certificate must chain to the trust bundle and name the parent host (DNS or IP SAN).
+ * The byte stream under an upstream connection: AMQP over TLS on 5671 (ALPN `amqp`), MQTT over
+ * TLS on 8883 (ALPN `mqtt`), or either over WebSockets on 443 (`wss://{parent}/$iothub/websocket`,
+ * subprotocol `AMQPWSB10` or `mqtt`). Whichever, the parent's certificate must chain to the trust
+ * bundle and name the parent host (DNS or IP SAN).
  */
 
-export type UpstreamTransport = 'amqp' | 'amqpws';
+export type UpstreamTransport = 'amqp' | 'amqpws' | 'mqtt' | 'mqttws';
 
 export const AMQP_WS_PATH = '/$iothub/websocket';
 export const AMQP_WS_SUBPROTOCOL = 'AMQPWSB10';
+export const MQTT_WS_SUBPROTOCOL = 'mqtt';
+
+const isWebSocket = (t: UpstreamTransport): boolean => t === 'amqpws' || t === 'mqttws';
+const isMqtt = (t: UpstreamTransport): boolean => t === 'mqtt' || t === 'mqttws';
+
+/** The port a transport uses unless told otherwise: what the official clients dial. */
+export function defaultPort(t: UpstreamTransport): number {
+  return isWebSocket(t) ? 443 : isMqtt(t) ? 8883 : 5671;
+}
 
 export interface TransportTarget {
   host: string;
@@ -59,13 +69,14 @@ export function classifyError(err: unknown, where: string): UpstreamConnectError
 
 export function describeTarget(t: { host: string; port: number; transport: UpstreamTransport }): string {
   const host = isIP(t.host) === 6 ? `[${t.host}]` : t.host;
-  return t.transport === 'amqpws' ? `wss://${host}:${t.port}${AMQP_WS_PATH}` : `amqps://${host}:${t.port}`;
+  if (isWebSocket(t.transport)) return `wss://${host}:${t.port}${AMQP_WS_PATH}`;
+  return `${isMqtt(t.transport) ? 'mqtts' : 'amqps'}://${host}:${t.port}`;
 }
 
 /** Opens the transport; resolves once TLS (and the WebSocket upgrade) succeeded and the peer verified. */
 export async function openTransport(t: TransportTarget): Promise<Duplex> {
   if (t.signal?.aborted) throw new UpstreamConnectError('lost', 'the link is closing');
-  const opening = t.transport === 'amqpws' ? openWebSocket(t) : openTls(t);
+  const opening = isWebSocket(t.transport) ? openWebSocket(t) : openTls(t);
   if (!t.signal) return opening;
   const signal = t.signal;
   let onAbort: (() => void) | undefined;
@@ -93,7 +104,7 @@ function openTls(t: TransportTarget): Promise<Duplex> {
       ca: t.ca,
       // SNI carries names only; an IP address is still checked against the certificate's IP SANs.
       ...(isIP(t.host) ? {} : { servername: t.host }),
-      ALPNProtocols: ['amqp'],
+      ALPNProtocols: [isMqtt(t.transport) ? 'mqtt' : 'amqp'],
       rejectUnauthorized: true,
     });
     const timer = setTimeout(() => {
@@ -117,8 +128,9 @@ function openTls(t: TransportTarget): Promise<Duplex> {
 
 function openWebSocket(t: TransportTarget): Promise<Duplex> {
   const where = describeTarget(t);
+  const subprotocol = isMqtt(t.transport) ? MQTT_WS_SUBPROTOCOL : AMQP_WS_SUBPROTOCOL;
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(where, [AMQP_WS_SUBPROTOCOL], {
+    const ws = new WebSocket(where, [subprotocol], {
       ca: t.ca,
       ...(isIP(t.host) ? {} : { servername: t.host }),
       rejectUnauthorized: true,
@@ -140,9 +152,9 @@ function openWebSocket(t: TransportTarget): Promise<Duplex> {
       if (settled) return;
       settled = true;
       ws.off('error', fail);
-      if (ws.protocol !== AMQP_WS_SUBPROTOCOL) {
+      if (ws.protocol !== subprotocol) {
         ws.terminate();
-        reject(new UpstreamConnectError('refused', `the parent at ${where} did not accept the ${AMQP_WS_SUBPROTOCOL} subprotocol`));
+        reject(new UpstreamConnectError('refused', `the parent at ${where} did not accept the ${subprotocol} subprotocol`));
         return;
       }
       const stream = createWebSocketStream(ws);
@@ -154,7 +166,7 @@ function openWebSocket(t: TransportTarget): Promise<Duplex> {
 }
 
 /**
- * Whether something accepts TCP connections at host:port now. Cheap (no TLS, no AMQP): used
+ * Whether something accepts TCP connections at host:port now. Cheap (no TLS, no AMQP/MQTT): used
  * while waiting out a backoff after the parent was unreachable, so the link comes back the
  * moment the parent listens again instead of at the end of a long wait.
  */

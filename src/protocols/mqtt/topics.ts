@@ -168,6 +168,92 @@ export function encodeBag(m: Message, ack?: C2DAck): string {
   return parts.join('&');
 }
 
+/** A telemetry bag key, as the device SDKs write it (`$` escaped). */
+function bagKey(k: string): string {
+  return encodeURIComponent(k);
+}
+
+const K_MID = bagKey('$.mid');
+const K_CID = bagKey('$.cid');
+const K_UID = bagKey('$.uid');
+const K_TO = bagKey('$.to');
+const K_EXP = bagKey('$.exp');
+const K_CT = bagKey('$.ct');
+const K_CE = bagKey('$.ce');
+const K_ON = bagKey('$.on');
+const K_SUB = bagKey('$.sub');
+const K_IFID = bagKey('$.ifid');
+const K_CTIME = bagKey('$.ctime');
+
+/**
+ * Encodes a message's system and application properties as the bag of a telemetry topic, the
+ * way the device SDKs do (URL-encoded, `$` as `%24`): the exact inverse of decodeBag, which is
+ * what a gateway forwarding over MQTT relies on.
+ */
+export function encodeTelemetryBag(m: Message): string {
+  let out = '';
+  const add = (k: string, v: string): void => {
+    out += `${out === '' ? '' : '&'}${k}=${encodeURIComponent(v)}`;
+  };
+  if (m.messageId !== undefined) add(K_MID, m.messageId);
+  if (m.correlationId !== undefined) add(K_CID, m.correlationId);
+  if (m.userId !== undefined) add(K_UID, m.userId);
+  if (m.to !== undefined) add(K_TO, m.to);
+  if (m.expiry !== undefined && Number.isFinite(m.expiry)) add(K_EXP, new Date(m.expiry).toISOString());
+  if (m.contentType !== undefined) add(K_CT, m.contentType);
+  if (m.contentEncoding !== undefined) add(K_CE, m.contentEncoding);
+  if (m.outputName !== undefined) add(K_ON, m.outputName);
+  if (m.component !== undefined) add(K_SUB, m.component);
+  if (m.interfaceId !== undefined) add(K_IFID, m.interfaceId);
+  if (m.creationTime !== undefined) add(K_CTIME, m.creationTime);
+  for (const k in m.properties) add(bagKey(k), String(m.properties[k]));
+  return out;
+}
+
+/** The topic a device or module publishes `m` to: `devices/{d}[/modules/{m}]/messages/events/{bag}`. */
+export function telemetryTopic(id: IdentityRef, m: Message): string {
+  const base = id.moduleId === undefined ? `devices/${id.deviceId}/messages/events/` : `devices/${id.deviceId}/modules/${id.moduleId}/messages/events/`;
+  return base + encodeTelemetryBag(m);
+}
+
+/** What a PUBLISH from the parent to a device or module (the client side) carries, decided by its topic. */
+export type ParentPublish =
+  | { kind: 'twin-response'; status: number; rid: string; version?: number }
+  | { kind: 'desired'; version?: number }
+  | { kind: 'method'; methodName: string; rid: string }
+  | { kind: 'c2d'; deviceId: string; bag: string }
+  | { kind: 'input'; deviceId: string; moduleId: string; inputName: string; bag: string }
+  | { kind: 'unknown'; why: string };
+
+function versionOf(query: Map<string, string>): number | undefined {
+  const v = query.get('$version');
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+/** Classifies a PUBLISH the parent sends: the inverse of twinResponse / pushDesired / pushMethod / c2dTopic / inputTopic. */
+export function parseParentPublish(topic: string): ParentPublish {
+  if (topic.startsWith('$iothub/')) {
+    const { path, query } = splitQuery(topic);
+    const rid = query.get('$rid');
+    const res = /^\$iothub\/twin\/res\/(\d{3})$/.exec(path);
+    if (res) return rid !== undefined ? { kind: 'twin-response', status: Number(res[1]), rid, version: versionOf(query) } : { kind: 'unknown', why: 'twin response without $rid' };
+    if (path === '$iothub/twin/PATCH/properties/desired') return { kind: 'desired', version: versionOf(query) };
+    const method = /^\$iothub\/methods\/POST\/([^/]+)$/.exec(path);
+    if (method) return rid !== undefined ? { kind: 'method', methodName: method[1]!, rid } : { kind: 'unknown', why: 'method request without $rid' };
+    return { kind: 'unknown', why: `"${topic}" is not an IoT Hub topic` };
+  }
+  const parts = topic.split('/');
+  if (parts[0] === 'devices' && parts.length >= 4 && parts[2] === 'messages' && parts[3] === 'devicebound') {
+    return { kind: 'c2d', deviceId: parts[1]!, bag: parts.slice(4).join('/') };
+  }
+  if (parts[0] === 'devices' && parts.length >= 6 && parts[2] === 'modules' && parts[4] === 'inputs') {
+    return { kind: 'input', deviceId: parts[1]!, moduleId: parts[3]!, inputName: parts[5]!, bag: parts.slice(6).join('/') };
+  }
+  return { kind: 'unknown', why: `"${topic}" is not an IoT Hub topic` };
+}
+
 export function c2dTopic(deviceId: string, m: Message, ack?: C2DAck): string {
   return `devices/${deviceId}/messages/devicebound/${encodeBag(m, ack)}`;
 }

@@ -1,0 +1,360 @@
+/**
+ * A gateway's link to its parent over MQTT (`UpstreamProtocol` Mqtt or MqttWs). IoT Hub's MQTT
+ * carries one identity per connection, so where the AMQP link (amqp-link.ts) multiplexes every
+ * downstream identity on one connection, this link keeps one MQTT connection per identity that
+ * has traffic, each acting on behalf of that identity:
+ * - Transport: MQTT 3.1.1 over TLS on 8883 (ALPN `mqtt`), or over WebSockets on 443
+ *   (`wss://{parent}/$iothub/websocket`, subprotocol `mqtt`). The parent's certificate must
+ *   chain to the trust bundle and name the parent host (transport.ts, as for AMQP).
+ * - The gateway's credential: a SAS token with audience `{hub}/devices/{edge}/modules/$edgeHub`,
+ *   signed with the edge device's key, one hour long. A connection of the gateway's own
+ *   `{edge}/$edgeHub` identity is kept open all the time: it proves the credential (the link is
+ *   `connected` while it is up, and its refusal is the gateway's) and carries the `$edgeHub`
+ *   twin (routes).
+ * - Each downstream identity: client id = the identity (`leaf` or `dev/mod`), user name
+ *   `{hub}/{clientId}/?api-version=2021-04-12&DeviceClientType=...&auth-chain={target;...;edge}`
+ *   (URL-encoded), password = the gateway's token. Then the device SDKs' topics (telemetry,
+ *   twin, methods, C2D): see mqtt-identity.ts and, for the parent's side, src/protocols/mqtt.
+ * - Opened when first needed, closed after IDLE_MS without use, re-made (with a fresh token)
+ *   at 80 % of the token's life, since MQTT cannot renew a credential on a live connection.
+ *
+ * Delivery: telemetry is at least once. Each message is a QoS 1 PUBLISH and counts as
+ * delivered when its PUBACK comes; the AMQP link's batches name their origin so the parent
+ * stores each message exactly once, but MQTT has nowhere to carry that, so a message whose
+ * PUBACK was lost in a reconnect is sent again and may be stored twice upstream. Order per
+ * sender holds (one connection per sender, messages in store order). C2D: complete = PUBACK,
+ * reject = PUBACK as well (MQTT cannot reject: the parent records a completion), abandon = no
+ * PUBACK (the parent delivers it again once that identity's connection is re-made).
+ *
+ * Reconnects: the shared backoff with jitter (1 s doubling to 30 s, reset after a connection
+ * stayed up 10 s) for the `$edgeHub` connection, with the AMQP link's TCP probing while the
+ * parent is unreachable, so the link is back within about half a second of the parent
+ * listening again. Identity connections follow it: they come back on demand, or at once after
+ * 'up' for identities with callbacks.
+ *
+ * Events: `'up'`, `'down'` (reason text), `'refused'` (the parent refused the gateway's
+ * credentials or certificate; retried with backoff).
+ */
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { IdentityRef } from '../engine/types.ts';
+import { EDGE_HUB } from '../identity/device-id.ts';
+import { createSasToken } from '../identity/sas.ts';
+import { Availability } from '../routing/pump.ts';
+import { UserError } from '../util/errors.ts';
+import { childLog } from '../util/log.ts';
+import { Backoff } from './backoff.ts';
+import { directChildChain, keyOf } from './core.ts';
+import type { UpstreamIdentity } from './identity.ts';
+import { MqttIdentityChannel, MqttIdentityLine, type MqttCore } from './mqtt-identity.ts';
+import { ConnackRefusal } from './mqtt-wire.ts';
+import { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
+import { UpstreamConnectError, defaultPort, describeTarget, openTransport, probe, type UpstreamTransport } from './transport.ts';
+import type { Upstream, UpstreamStatus, UpstreamTelemetryEndpointOf } from './upstream.ts';
+
+export interface MqttUpstreamOptions {
+  /** The parent's host name (or IP): where to connect and what its certificate must name. */
+  parentHost: string;
+  /** Default 8883 for `mqtt`, 443 for `mqttws`. */
+  port?: number;
+  transport?: Extract<UpstreamTransport, 'mqtt' | 'mqttws'>;
+  /** PEM of the trust bundle the parent's certificate must chain to. */
+  trustPem: string;
+  /** The IoT hub's host name (SAS audiences, user names), the same at every layer. */
+  hubHostName: string;
+  edgeDeviceId: string;
+  /** The edge device's symmetric key (base64). */
+  edgeKey: string;
+  /** The auth chain of a telemetry sender (`leaf;...;edge`); default `{sender};{edge}`. */
+  authChainOf?: (identity: IdentityRef) => string | undefined;
+  /** Largest telemetry batch handed to the endpoint, default 500. */
+  maxBatch?: number;
+  /** Lifetime of the gateway's SAS token, default 3600 s. */
+  tokenTtlSecs?: number;
+  /** Connect, CONNACK, SUBACK and twin answer timeout, default 10 s. */
+  operationTimeoutMs?: number;
+  /** First and longest reconnect wait, default 1 s and 30 s. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** An identity connection unused this long is closed, default 60 s. */
+  idleMs?: number;
+  log?: Logger;
+}
+
+/** A connection that stayed up this long resets the backoff. */
+const STABLE_MS = 10_000;
+const PROBE_MS = 400;
+
+export class MqttUpstream extends EventEmitter implements Upstream {
+  readonly availability = new Availability(false);
+  readonly log: Logger;
+  private readonly transport: Extract<UpstreamTransport, 'mqtt' | 'mqttws'>;
+  private readonly port: number;
+  private readonly backoff: Backoff;
+  private readonly tokenTtlSecs: number;
+  private readonly operationTimeoutMs: number;
+  private readonly lines = new Map<string, MqttIdentityLine>();
+  private readonly edgeHub: MqttIdentityLine;
+  private readonly upListeners = new Set<() => void>();
+  private readonly core: MqttCore;
+  private endpoint?: UpstreamTelemetryEndpoint;
+  private token?: { text: string; expiresAt: number };
+  private up = false;
+  private running = false;
+  private loop?: Promise<void>;
+  private wake?: () => void;
+  private readonly aborts = new AbortController();
+  private sweepTimer?: NodeJS.Timeout;
+  private since = Date.now();
+  private lastError?: string;
+
+  constructor(readonly o: MqttUpstreamOptions) {
+    super();
+    if (!o.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
+    if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
+    this.transport = o.transport ?? 'mqtt';
+    this.port = o.port ?? defaultPort(this.transport);
+    this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
+    this.tokenTtlSecs = o.tokenTtlSecs ?? 3600;
+    this.backoff = new Backoff(o.minBackoffMs ?? 1000, o.maxBackoffMs ?? 30_000);
+    this.log = (o.log ?? childLog('upstream')).child({ parent: this.describeParent() });
+    this.core = {
+      hubHostName: o.hubHostName,
+      edgeDeviceId: o.edgeDeviceId,
+      operationTimeoutMs: this.operationTimeoutMs,
+      log: this.log,
+      isUp: () => this.up,
+      openSocket: () => this.openSocket(),
+      token: () => this.gatewayToken(),
+      credentialsRefused: (why) => {
+        this.log.warn({ reason: why }, 'the parent no longer accepts the gateway credentials; reconnecting');
+        this.edgeHub.close(why);
+      },
+      onUp: (listener) => {
+        this.upListeners.add(listener);
+        return () => this.upListeners.delete(listener);
+      },
+    };
+    const self: IdentityRef = { deviceId: o.edgeDeviceId, moduleId: EDGE_HUB };
+    this.edgeHub = new MqttIdentityLine(this.core, self, `${o.edgeDeviceId}/${EDGE_HUB};${o.edgeDeviceId}`, true);
+    this.lines.set(keyOf(self), this.edgeHub);
+  }
+
+  get connected(): boolean {
+    return this.up && this.edgeHub.connected;
+  }
+
+  describeParent(): string {
+    return describeTarget({ host: this.o.parentHost, port: this.port, transport: this.transport });
+  }
+
+  status(): UpstreamStatus {
+    return {
+      connected: this.connected,
+      parent: this.describeParent(),
+      since: this.since,
+      ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
+      failedAttempts: this.backoff.attempts,
+      telemetry: this.endpoint?.metrics() ?? { sent: 0, undeliverable: 0, failedBatches: 0 },
+    };
+  }
+
+  start(): Promise<void> {
+    if (this.running) return Promise.resolve();
+    this.running = true;
+    const idleMs = this.o.idleMs ?? 60_000;
+    this.sweepTimer = setInterval(() => this.sweep(idleMs), Math.min(10_000, idleMs / 2));
+    this.sweepTimer.unref();
+    return new Promise((resolve, reject) => {
+      this.loop = this.run((err) => {
+        if (!err) resolve();
+        else if (err instanceof UpstreamConnectError && (err.kind === 'refused' || err.kind === 'tls')) reject(err);
+        else resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.wake?.();
+    this.aborts.abort();
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    for (const line of this.lines.values()) line.close('the gateway is closing', true);
+    this.lines.clear();
+    await this.loop;
+  }
+
+  telemetryEndpoint(): UpstreamTelemetryEndpointOf {
+    this.endpoint ??= new UpstreamTelemetryEndpoint(
+      {
+        availability: this.availability,
+        isConnected: () => this.connected,
+        channelFor: (sender) => this.line(sender),
+        describeParent: () => this.describeParent(),
+        stalled: (why) => {
+          this.log.warn({ reason: why }, 'the parent stopped answering; reconnecting the identities waiting for it');
+          for (const line of this.lines.values()) line.endIfWaiting(why);
+        },
+        stallMs: Math.min(25_000, this.operationTimeoutMs * 2),
+        log: this.log,
+      },
+      this.o.maxBatch ?? 500,
+    );
+    return this.endpoint;
+  }
+
+  openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
+    const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
+    const line = this.line(identity, id.authChain);
+    if (line.channel && !line.channel.closed) return line.channel;
+    const ch = new MqttIdentityChannel(line, () => this.up);
+    line.channel = ch;
+    return ch;
+  }
+
+  /** The line of an identity, made on first use; `authChain` updates a known one. */
+  private line(identity: IdentityRef, authChain?: string): MqttIdentityLine {
+    const key = keyOf(identity);
+    let line = this.lines.get(key);
+    if (!line) {
+      line = new MqttIdentityLine(this.core, identity, authChain ?? this.o.authChainOf?.(identity) ?? directChildChain(identity, this.o.edgeDeviceId));
+      this.lines.set(key, line);
+    } else if (authChain && !line.pinned) {
+      line.authChain = authChain;
+    }
+    return line;
+  }
+
+  /** Closes identity connections nobody used for `idleMs`, and forgets lines with nothing left. */
+  private sweep(idleMs: number): void {
+    const now = Date.now();
+    for (const [key, line] of this.lines) {
+      if (line.pinned || !line.idle() || now - line.lastUsed < idleMs) continue;
+      if (line.connected) {
+        this.log.debug({ identity: key }, 'closing an idle upstream connection');
+        line.close('idle');
+      } else if (!line.channel || line.channel.closed) {
+        line.close('forgotten', true);
+        this.lines.delete(key);
+      }
+    }
+  }
+
+  // ---- credentials and sockets ----
+
+  private gatewayToken(): { text: string; expiresAt: number; ttlMs: number } {
+    const now = Date.now();
+    const ttlMs = this.tokenTtlSecs * 1000;
+    if (!this.token || this.token.expiresAt - now < ttlMs / 5) {
+      const se = Math.floor(now / 1000) + this.tokenTtlSecs;
+      this.token = { text: createSasToken(`${this.o.hubHostName}/devices/${this.o.edgeDeviceId}/modules/${EDGE_HUB}`, this.o.edgeKey, se), expiresAt: se * 1000 };
+    }
+    return { ...this.token, ttlMs };
+  }
+
+  private openSocket(): Promise<Duplex> {
+    return openTransport({ host: this.o.parentHost, port: this.port, transport: this.transport, ca: this.o.trustPem, timeoutMs: this.operationTimeoutMs, signal: this.aborts.signal });
+  }
+
+  // ---- the connection loop (the gateway's own $edgeHub connection) ----
+
+  private async run(firstAttempt: (err?: unknown) => void): Promise<void> {
+    let first: ((err?: unknown) => void) | undefined = firstAttempt;
+    let failuresLogged = 0;
+    while (this.running) {
+      try {
+        await this.edgeHub.connection(true);
+      } catch (err) {
+        if (!this.running) break;
+        const e = this.classify(err);
+        first?.(e);
+        first = undefined;
+        if (e.message !== this.lastError || failuresLogged === 0) {
+          this.log.warn({ reason: e.message, attempt: this.backoff.attempts + 1 }, 'cannot connect to the parent; will retry');
+          failuresLogged++;
+        }
+        this.lastError = e.message;
+        if (e.kind === 'refused' || e.kind === 'tls') this.emit('refused', e);
+        await this.pause(this.backoff.next(), e.kind === 'unreachable');
+        continue;
+      }
+      if (!this.running) break;
+      first?.();
+      first = undefined;
+      failuresLogged = 0;
+      const down = this.edgeHub.nextDown();
+      const openedAt = Date.now();
+      this.markUp();
+      const why = await down;
+      this.markDown(why);
+      if (!this.running) break;
+      if (Date.now() - openedAt >= STABLE_MS) this.backoff.reset();
+      await this.pause(this.backoff.next(), false);
+    }
+    first?.();
+  }
+
+  private classify(err: unknown): UpstreamConnectError {
+    if (err instanceof ConnackRefusal) {
+      const e = new UpstreamConnectError('refused', `the parent refused the credentials of ${this.o.edgeDeviceId}/${EDGE_HUB}: ${err.message}`);
+      return e;
+    }
+    return err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);
+  }
+
+  private markUp(): void {
+    this.up = true;
+    this.since = Date.now();
+    this.lastError = undefined;
+    this.log.info({ transport: this.transport, afterFailures: this.backoff.attempts }, 'connected to the parent');
+    this.availability.set(true);
+    this.emit('up');
+    for (const l of [...this.upListeners]) {
+      try {
+        l();
+      } catch (err) {
+        this.log.error({ err }, 'upstream up listener failed');
+      }
+    }
+  }
+
+  private markDown(why: string): void {
+    this.up = false;
+    this.since = Date.now();
+    this.lastError = why;
+    this.availability.set(false);
+    if (this.running) this.log.warn({ reason: why }, 'connection to the parent lost; reconnecting');
+    this.emit('down', why);
+  }
+
+  /** Waits out a backoff; after an unreachable parent, probes its port meanwhile and returns as soon as it listens again. */
+  private pause(ms: number, probing: boolean): Promise<void> {
+    if (!this.running) return Promise.resolve();
+    return new Promise((resolve) => {
+      let done = false;
+      let probeTimer: NodeJS.Timeout | undefined;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (probeTimer) clearTimeout(probeTimer);
+        this.wake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(finish, ms);
+      this.wake = finish;
+      if (!probing) return;
+      const tick = () => {
+        if (done) return;
+        void probe(this.o.parentHost, this.port, PROBE_MS).then((listening) => {
+          if (done) return;
+          if (listening) finish();
+          else probeTimer = setTimeout(tick, PROBE_MS + Math.round(Math.random() * 100));
+        });
+      };
+      probeTimer = setTimeout(tick, PROBE_MS);
+    });
+  }
+}
