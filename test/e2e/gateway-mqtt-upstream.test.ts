@@ -1,8 +1,9 @@
 /**
  * A gateway whose upstream is MQTT (`UpstreamProtocol=Mqtt`, one connection per identity, on
  * behalf of it), between a hub process and official SDK leaves (MQTT and AMQP): telemetry
- * arrives as the leaf's own and in order; twin, direct method and C2D round trips; MqttWs; and
- * a hub outage during which the gateway keeps acknowledging, after which everything arrives.
+ * arrives as the leaf's own and in order; twin, direct method and C2D round trips; MqttWs; a
+ * second layer whose MQTT upstream ends at the first gateway's MQTT head; and a hub outage
+ * during which the gateway keeps acknowledging, after which everything arrives.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -14,6 +15,7 @@ import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.t
 import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { metricValue, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { setupLayer } from '../helpers/nested.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -186,6 +188,38 @@ describe('UpstreamProtocol=MqttWs', () => {
     assert.deepEqual(events.map(bodyOf), Array.from({ length: 10 }, (_, i) => `ws-${i}`));
     assert.equal(events[0]!.annotations['iothub-connection-device-id'], leaf.deviceId);
     assert.equal((await client.getTwin()).properties.desired.over, 'websockets');
+  });
+});
+
+describe('two layers, MQTT all the way: a child gateway connects on behalf of its leaf to the MQTT head of its parent gateway', () => {
+  let l2: EdgeSetup;
+  let gwL2: GatewayProcess;
+  before(async () => {
+    const address = randomLoopback();
+    l2 = await setupLayer(hub!, { gatewayId: 'gw-mqtt-l2', address, parent: edge });
+    cleanups.push(() => l2.cleanup());
+    gwL2 = await startGatewayProcess({ configPath: l2.configPath, dataDir: l2.dataDir, address, env: { UpstreamProtocol: 'Mqtt' } });
+    cleanups.push(() => gwL2.stop());
+  });
+
+  test("a leaf two layers down: telemetry reaches the hub as its own, in order; its twin and a direct method round trip", async (t) => {
+    assert.match(gwL2.output(), new RegExp(`upstream\\s+mqtts://${edge.address.replace(/\./g, '\\.')}:8883 .*connected`));
+    const leaf = await l2.createLeaf('mq-deep-leaf');
+    await l2.svc.updateTwin(leaf.deviceId, { properties: { desired: { depth: 2 } } });
+    const client = await openLeaf(t, l2, leaf.connectionString, Mqtt);
+    for (let i = 0; i < 20; i++) await client.sendEvent(new Message(`deep-${i}`));
+    const events = await waitForEvents(l2.svc, { device: leaf.deviceId }, 20);
+    assert.deepEqual(events.map(bodyOf), Array.from({ length: 20 }, (_, i) => `deep-${i}`));
+    assert.equal(events[0]!.annotations['iothub-connection-device-id'], leaf.deviceId);
+    assert.equal((await client.getTwin()).properties.desired.depth, 2);
+    client.onDeviceMethod('where', (_req: any, res: any) => res.send(200, { layer: 2 }, () => undefined));
+    const r = await eventually('the method two layers down', async () => {
+      const res = await l2.svc
+        .request<{ status: number; payload: unknown }>('POST', `/twins/${leaf.deviceId}/methods`, { body: { methodName: 'where', responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 } })
+        .catch(() => undefined);
+      return res?.body.status === 200 ? res : undefined;
+    });
+    assert.deepEqual(r.body.payload, { layer: 2 });
   });
 });
 
