@@ -322,26 +322,37 @@ export class MqttIdentityLine implements TelemetrySender {
     this.lastUsed = Date.now();
     this.telemetryInFlight++;
     try {
-      return await Promise.all(messages.map((m) => this.publishOne(wire, m)));
+      return await new Promise<SendOutcome[]>((resolve) => {
+        const outcomes = new Array<SendOutcome>(messages.length);
+        let left = messages.length;
+        if (left === 0) return resolve(outcomes);
+        messages.forEach((m, i) =>
+          this.publishOne(wire, m, (o) => {
+            outcomes[i] = o;
+            if (--left === 0) resolve(outcomes);
+          }),
+        );
+      });
     } finally {
       this.telemetryInFlight--;
       this.lastUsed = Date.now();
     }
   }
 
-  private publishOne(wire: MqttWire, m: Message): Promise<SendOutcome> | SendOutcome {
+  private publishOne(wire: MqttWire, m: Message, done: (o: SendOutcome) => void): void {
     const size = messageSize(m);
     if (size > MAX_MESSAGE_BYTES) {
-      return { ok: false, condition: 'amqp:link:message-size-exceeded', description: `message of ${this.who} is ${size} bytes (body and properties); the limit is ${MAX_MESSAGE_BYTES}` };
+      return done({ ok: false, condition: 'amqp:link:message-size-exceeded', description: `message of ${this.who} is ${size} bytes (body and properties); the limit is ${MAX_MESSAGE_BYTES}` });
     }
     const topic = telemetryTopic(this.identity, m);
     if (topic.length > 65535 / 3 && Buffer.byteLength(topic) > 65535) {
-      return { ok: false, condition: 'amqp:link:message-size-exceeded', description: `the properties of a message of ${this.who} do not fit an MQTT topic (${Buffer.byteLength(topic)} bytes; at most 65535)` };
+      return done({ ok: false, condition: 'amqp:link:message-size-exceeded', description: `the properties of a message of ${this.who} do not fit an MQTT topic (${Buffer.byteLength(topic)} bytes; at most 65535)` });
     }
-    return wire.publish(topic, m.body).then(
-      () => OK,
-      (err: UpstreamError) => ({ ok: false, condition: err instanceof UpstreamDownError ? 'amqp:connection:forced' : (err.condition ?? 'com.microsoft:server-busy'), description: err.message }),
-    );
+    wire.publish(topic, m.body, (err) => {
+      if (!err) return done(OK);
+      const e = err as UpstreamError;
+      done({ ok: false, condition: e instanceof UpstreamDownError ? 'amqp:connection:forced' : (e.condition ?? 'com.microsoft:server-busy'), description: e.message });
+    });
   }
 
   /** Ends the connection if it has publishes waiting (the parent stopped answering). */

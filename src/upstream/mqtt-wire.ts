@@ -125,14 +125,16 @@ export class MqttWire {
     return this.waiting.size;
   }
 
-  /** QoS 1: resolves on PUBACK, rejects with UpstreamDownError when the connection goes first. */
-  publish(topic: string, payload: Buffer): Promise<void> {
-    if (this.ended) return Promise.reject(new UpstreamDownError('the upstream connection is closed'));
+  /**
+   * QoS 1: `done()` on PUBACK, `done(err)` (UpstreamDownError) when the connection goes first.
+   * A callback rather than a promise, and the packet encoded here rather than by mqtt-packet:
+   * this runs for every message a gateway forwards.
+   */
+  publish(topic: string, payload: Buffer, done: (err?: Error) => void): void {
+    if (this.ended) return done(new UpstreamDownError('the upstream connection is closed'));
     const messageId = this.allocate();
-    return new Promise<void>((resolve, reject) => {
-      this.waiting.set(messageId, { resolve: () => resolve(), reject });
-      this.send({ cmd: 'publish', topic, payload, qos: 1, dup: false, retain: false, messageId });
-    });
+    this.waiting.set(messageId, { resolve: () => done(), reject: done });
+    this.write(encodePublishQos1(topic, messageId, payload));
   }
 
   /** QoS 0: requests and answers whose outcome comes back as a message of its own (twin, methods). */
@@ -266,8 +268,12 @@ export class MqttWire {
     this.pingTimer.unref();
   }
 
-  /** Writes of one event-loop turn leave in one TLS record. */
   private send(packet: Record<string, unknown>): void {
+    this.write(mqtt.generate(packet as unknown as mqtt.Packet));
+  }
+
+  /** Writes of one event-loop turn leave in one TLS record. */
+  private write(bytes: Buffer): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
     this.lastSent = Date.now();
     if (!this.corked) {
@@ -278,6 +284,32 @@ export class MqttWire {
         this.socket.uncork();
       });
     }
-    this.socket.write(mqtt.generate(packet as unknown as mqtt.Packet));
+    this.socket.write(bytes);
   }
+}
+
+/** A QoS 1 PUBLISH (no DUP, no RETAIN) of MQTT 3.1.1, byte by byte. */
+export function encodePublishQos1(topic: string, messageId: number, payload: Buffer): Buffer {
+  const topicBytes = Buffer.byteLength(topic);
+  if (topicBytes > 0xffff) throw new UpstreamError(`an MQTT topic holds at most 65535 bytes, this one ${topicBytes}`, 'amqp:link:message-size-exceeded');
+  const remaining = 2 + topicBytes + 2 + payload.length;
+  let lengthBytes = 1;
+  for (let n = remaining; n > 127; n = Math.floor(n / 128)) lengthBytes++;
+  const out = Buffer.allocUnsafe(1 + lengthBytes + remaining);
+  out[0] = 0x32;
+  let at = 1;
+  let n = remaining;
+  do {
+    let byte = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) byte |= 0x80;
+    out[at++] = byte;
+  } while (n > 0);
+  out.writeUInt16BE(topicBytes, at);
+  at += 2;
+  at += out.write(topic, at, 'utf8');
+  out.writeUInt16BE(messageId, at);
+  at += 2;
+  payload.copy(out, at);
+  return out;
 }
