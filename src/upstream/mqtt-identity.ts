@@ -32,6 +32,8 @@ export interface MqttCore {
   isUp(): boolean;
   /** A TLS or WebSocket stream to the parent, verified against the trust bundle. */
   openSocket(): Promise<Duplex>;
+  /** Aborted when the link closes: connection attempts under way give up at once. */
+  readonly closing: AbortSignal;
   /** The gateway's SAS token (audience `{hub}/devices/{edge}/modules/$edgeHub`) and when it expires. */
   token(): { text: string; expiresAt: number; ttlMs: number };
   /** The parent refused the gateway's own credential on a target's connection. */
@@ -143,11 +145,16 @@ export class MqttIdentityLine implements TelemetrySender {
     });
     const token = this.core.token();
     let wire: MqttWire;
+    // The link closing while the parent has not answered CONNECT yet: cutting the socket ends the wait.
+    const cut = () => socket.destroy();
+    this.core.closing.addEventListener('abort', cut, { once: true });
     try {
       wire = await MqttWire.open(socket, { clientId: keyOf(this.identity), username: this.username(), password: token.text, keepAliveSecs: KEEP_ALIVE_SECS, operationTimeoutMs: this.core.operationTimeoutMs, log: this.core.log });
     } catch (err) {
       socket.destroy();
       throw this.pinned ? err : this.targetError(err as Error);
+    } finally {
+      this.core.closing.removeEventListener('abort', cut);
     }
     if (this.isClosed) {
       wire.close('the identity was closed');

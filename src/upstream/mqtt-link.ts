@@ -126,6 +126,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
       log: this.log,
       isUp: () => this.up,
       openSocket: () => this.openSocket(),
+      closing: this.aborts.signal,
       token: () => this.gatewayToken(),
       credentialsRefused: (why) => {
         this.log.warn({ reason: why }, 'the parent no longer accepts the gateway credentials; reconnecting');
