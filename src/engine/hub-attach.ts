@@ -1,6 +1,6 @@
 import type { HubNode } from '../hub/hub.ts';
 import { UserError } from '../util/errors.ts';
-import { registryIdentitySource } from '../hub/scope-api.ts';
+import { hubIdentitySource } from '../hub/scope-api.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { Engine } from './engine.ts';
 import type { EngineOptions } from './types.ts';
@@ -39,7 +39,7 @@ export async function attachDeviceEngine(node: HubNode, opts: DeviceEngineOption
   };
 
   // Edge hubs below connect for the identities in their scope (on-behalf-of), checked against the registry.
-  const onBehalfOf = registryIdentitySource(node.registry);
+  const onBehalfOf = hubIdentitySource(node);
   let mqtt;
   try {
     mqtt = await startMqttListener({ engine, host: node.bind, port: node.ports.mqtt, certPem: node.tls.certPem, keyPem: node.tls.keyPem, onBehalfOf });

@@ -725,8 +725,22 @@ export function authDepsOf(source: IdentitySource): AuthenticateDeps {
 /** The longest a lookup is kept, announced changes aside. */
 const KNOWN_FOR_MS = 1000;
 
-/** The hub's registry as an IdentitySource, with the CAs registered with its device engine. */
+const hubSources = new WeakMap<HubNode, IdentitySource>();
+
+/**
+ * The hub's registry as an IdentitySource, with the CAs registered with its device engine: one
+ * per hub, shared by the scope API and the heads' on-behalf-of checks (so one lookup memo).
+ */
 export function hubIdentitySource(node: HubNode): IdentitySource {
+  let source = hubSources.get(node);
+  if (!source) {
+    source = newHubIdentitySource(node);
+    hubSources.set(node, source);
+  }
+  return source;
+}
+
+function newHubIdentitySource(node: HubNode): IdentitySource {
   return registryIdentitySource(node.registry, {
     trustedCas: () => {
       try {

@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { engineOf } from '../../engine/hub-attach.ts';
 import type { HubNode } from '../../hub/hub.ts';
-import { registryIdentitySource } from '../../hub/scope-api.ts';
+import { hubIdentitySource } from '../../hub/scope-api.ts';
 import { UserError } from '../../util/errors.ts';
 import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
@@ -39,7 +39,7 @@ export async function attachAmqp(node: HubNode): Promise<AmqpHead> {
     policy: (name) => node.registry.getPolicy(name),
     maxMessageBytes: engine.options.maxMessageBytes,
     // Edge hubs below act for the identities in their scope (on-behalf-of), checked against the registry.
-    onBehalfOf: registryIdentitySource(node.registry),
+    onBehalfOf: hubIdentitySource(node),
     // issue 6: Event Hubs clients put the port into token audiences when it is not their default 5671.
     extraHostNames: node.ports.amqp && node.ports.amqp !== 5671 ? [`${node.hostname}:${node.ports.amqp}`] : undefined,
   });
