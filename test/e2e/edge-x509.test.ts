@@ -7,7 +7,8 @@
  *   gateway restarts on the kept key, takes messages, and they arrive once the hub is back;
  * - CA-signed (`certificateAuthority`, the CA added with `strata hub ca add`);
  * - a certificate the hub does not know: the start is refused, saying why and what to do;
- * - nested: a certificate-provisioned child gateway reads its key from its parent gateway;
+ * - nested: a certificate-provisioned child gateway reads its key from its parent gateway, and
+ *   signs the tokens of its MQTT upstream with it;
  * - the device-scope module read answers an edge device about its own modules only;
  * - a CA-signed leaf under a gateway is checked against the gateway's trust bundle.
  */
@@ -190,7 +191,7 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     );
   });
 
-  test('nested: a certificate-provisioned child gateway reads its key from its parent gateway', async (t) => {
+  test('nested: a certificate-provisioned child gateway reads its key from its parent gateway (and speaks MQTT to it)', async (t) => {
     const parent = await setupLayer(hub, { gatewayId: 'x509-parent-gw', address: addr(4) });
     t.after(() => parent.cleanup());
     const child = await setupLayer(hub, { gatewayId: 'x509-child-gw', address: addr(5), parent });
@@ -200,7 +201,7 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     await provisionWithCertificate(child, id);
     const pgw = await startGatewayProcess({ configPath: parent.configPath, dataDir: parent.dataDir, address: parent.address });
     t.after(() => pgw.stop());
-    const cgw = await startGatewayProcess({ configPath: child.configPath, dataDir: child.dataDir, address: child.address });
+    const cgw = await startGatewayProcess({ configPath: child.configPath, dataDir: child.dataDir, address: child.address, env: { UpstreamProtocol: 'Mqtt' } });
     t.after(() => cgw.stop());
     const leaf = await child.createLeaf('x509-nested-leaf');
     await sendFromLeaf(child, leaf, ['two layers, the lower one on a certificate']);
