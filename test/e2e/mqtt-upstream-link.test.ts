@@ -2,12 +2,14 @@
  * The gateway's MQTT upstream (MqttUpstream) in this process against a real hub process: its
  * refusals (a wrong edge key, a parent certificate outside the trust bundle, a leaf outside
  * the edge device's scope, whose telemetry is dropped and counted), C2D settlement as MQTT
- * allows it, and connections opened per identity on demand and closed when idle.
+ * allows it, connections opened per identity on demand and closed when idle, and re-made with a
+ * fresh token before the old one expires.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { AuthResult, Message } from '../../src/engine/types.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
+import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 import { createRootCa } from '../../src/pki/index.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { MqttUpstream } from '../../src/upstream/mqtt-link.ts';
@@ -18,7 +20,6 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 let hub: HubProcess;
 let svc: ServiceClient;
 const edgeKey = newKey();
-const closers: Array<() => Promise<unknown>> = [];
 const sas = () => ({ type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } });
 
 before(async () => {
@@ -31,14 +32,18 @@ before(async () => {
 });
 
 after(async () => {
-  for (const c of closers.reverse()) await c().catch(() => undefined);
   svc?.close();
   await hub?.stop();
 });
 
-function link(o: Partial<ConstructorParameters<typeof MqttUpstream>[0]> = {}): MqttUpstream {
+/**
+ * A link closed when its test ends: each acts as mu-edge/$edgeHub, and two MQTT connections of
+ * one client id take turns at the parent (each new one closes the other), as two gateways
+ * configured with one identity would.
+ */
+function link(t: { after(fn: () => unknown): void }, o: Partial<ConstructorParameters<typeof MqttUpstream>[0]> = {}): MqttUpstream {
   const l = new MqttUpstream({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'mu-edge', edgeKey, ...o });
-  closers.push(() => l.close());
+  t.after(() => l.close());
   return l;
 }
 
@@ -53,8 +58,8 @@ async function until(what: string, check: () => boolean | Promise<boolean>, ms =
   }
 }
 
-test('a wrong edge key is refused: start() rejects and the refused event fires', async () => {
-  const bad = link({ edgeKey: newKey(), minBackoffMs: 5000 });
+test('a wrong edge key is refused: start() rejects and the refused event fires', async (t) => {
+  const bad = link(t, { edgeKey: newKey(), minBackoffMs: 5000 });
   let refused: Error | undefined;
   bad.on('refused', (e: Error) => (refused ??= e));
   await assert.rejects(bad.start(), /the parent refused the credentials of mu-edge\/\$edgeHub: .*not authorized/);
@@ -62,13 +67,13 @@ test('a wrong edge key is refused: start() rejects and the refused event fires',
   assert.ok(refused);
 });
 
-test('a parent certificate the trust bundle does not accept is refused', async () => {
+test('a parent certificate the trust bundle does not accept is refused', async (t) => {
   const stranger = await createRootCa({ commonName: 'Not the hub root' });
-  await assert.rejects(link({ trustPem: stranger.certPem, minBackoffMs: 5000 }).start(), /certificate the trust bundle does not accept/);
+  await assert.rejects(link(t, { trustPem: stranger.certPem, minBackoffMs: 5000 }).start(), /certificate the trust bundle does not accept/);
 });
 
-test('telemetry of a leaf outside the scope is dropped and counted; a leaf inside gets its messages through on its own connection', async () => {
-  const l = link({ idleMs: 600 });
+test('telemetry of a leaf outside the scope is dropped and counted; a leaf inside gets its messages through on its own connection', async (t) => {
+  const l = link(t, { idleMs: 600 });
   await l.start();
   assert.equal(l.connected, true);
   assert.equal(l.describeParent(), `mqtts://${hub.hostname}:8883`);
@@ -83,8 +88,8 @@ test('telemetry of a leaf outside the scope is dropped and counted; a leaf insid
   await until('the idle connection of the leaf to close', async () => (await svc.getDevice('mu-leaf')).connectionState === 'Disconnected');
 });
 
-test('C2D: abandon withholds the acknowledgement (delivered again on the next connection), complete acknowledges and the hub drops it', async () => {
-  const l = link();
+test('C2D: abandon withholds the acknowledgement (delivered again on the next connection), complete acknowledges and the hub drops it', async (t) => {
+  const l = link(t);
   await l.start();
   const ch = l.openIdentity({ deviceId: 'mu-c2d', authChain: 'mu-c2d;mu-edge' });
   const got: UpstreamC2DDelivery[] = [];
@@ -108,4 +113,26 @@ test('C2D: abandon withholds the acknowledgement (delivered again on the next co
   await again.settleC2D(got[1]!.lockToken, 'complete');
   await until('the hub to drop the completed message', async () => (await svc.getDevice('mu-c2d')).cloudToDeviceMessageCount === 0);
   await assert.rejects(again.settleC2D(got[1]!.lockToken, 'complete'), /no cloud-to-device delivery with lock token/);
+});
+
+test('a connection is re-made with a fresh token before the old one expires: no loss, pushes keep coming', async (t) => {
+  // Five-second tokens: renewed at four, while the hub would end the session at five.
+  const l = link(t, { tokenTtlSecs: 5 });
+  await l.start();
+  const ch = l.openIdentity({ deviceId: 'mu-leaf', authChain: 'mu-leaf;mu-edge' });
+  const desired: Array<Record<string, unknown>> = [];
+  ch.onDesired((patch) => desired.push(patch));
+  await ch.ready();
+  const line = (l as unknown as { lines: Map<string, { nextDown(): Promise<string> }> }).lines.get('mu-leaf')!;
+  let lostWhy: string | undefined;
+  void line.nextDown().then((why) => (lostWhy = why));
+  await new Promise((r) => setTimeout(r, 7000));
+  assert.equal(lostWhy, undefined, 'the connection was never lost');
+  assert.equal(l.connected, true, "the gateway's own connection was renewed too");
+  await svc.updateTwin('mu-leaf', { properties: { desired: { after: 'renewal' } } });
+  await until('the desired push on the renewed connection', () => desired.some((p) => p.after === 'renewal'));
+  const earlier = (await svc.request<EventPageJson>('GET', '/events?device=mu-leaf&from=0&limit=1000')).body.events.length;
+  await l.telemetryEndpoint().send([queued(10, 'mu-leaf', { body: Buffer.from('after renewal'), properties: {} })]);
+  const events = await waitForEvents(svc, { device: 'mu-leaf' }, earlier + 1);
+  assert.equal(Buffer.from(events.at(-1)!.body, 'base64').toString(), 'after renewal');
 });
