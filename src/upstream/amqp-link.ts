@@ -50,7 +50,7 @@ import { createSasToken } from '../identity/sas.ts';
 import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
 import { childLog } from '../util/log.ts';
 import { UserError } from '../util/errors.ts';
-import { Backoff } from './backoff.ts';
+import { Backoff, ReconnectPause } from './backoff.ts';
 import { audienceOf, directChildChain, keyOf, type UpstreamCore } from './core.ts';
 import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
 import { UpstreamDownError, UpstreamError } from './links.ts';
@@ -99,7 +99,6 @@ export interface UpstreamLinkOptions {
 
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
-const PROBE_MS = 400;
 const AUTH_RETRY_MS = 5000;
 
 interface TargetAuth {
@@ -127,7 +126,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
   private token?: { text: string; expiresAt: number };
   private running = false;
   private loop?: Promise<void>;
-  private wake?: () => void;
+  private readonly pauser: ReconnectPause;
   private abortAttempt?: () => void;
   private renewTimer?: NodeJS.Timeout;
   private since = Date.now();
@@ -140,6 +139,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
     if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
     this.transport = o.transport ?? 'amqp';
     this.port = o.port ?? (this.transport === 'amqpws' ? 443 : 5671);
+    this.pauser = new ReconnectPause((timeoutMs) => probe(this.o.parentHost, this.port, timeoutMs));
     this.hubHostName = o.hubHostName;
     this.edgeDeviceId = o.edgeDeviceId;
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
@@ -207,7 +207,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
   async close(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    this.wake?.();
+    this.pauser.wake();
     this.abortAttempt?.();
     if (this.renewTimer) clearTimeout(this.renewTimer);
     for (const ch of [...this.channels.values(), ...this.senders.values()]) await ch.close();
@@ -475,38 +475,9 @@ export class UpstreamLink extends EventEmitter implements Upstream {
     this.emit('down', why);
   }
 
-  /**
-   * Waits out a backoff. After an unreachable parent, probes its port meanwhile and returns as
-   * soon as it accepts connections again.
-   */
+  /** A backoff wait of the reconnect loop (see ReconnectPause); none once the link is closing. */
   private pause(ms: number, probing: boolean): Promise<void> {
-    if (!this.running) return Promise.resolve();
-    return new Promise((resolve) => {
-      let done = false;
-      let probeTimer: NodeJS.Timeout | undefined;
-      const finish = () => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        if (probeTimer) clearTimeout(probeTimer);
-        this.wake = undefined;
-        resolve();
-      };
-      const timer = setTimeout(finish, ms);
-      this.wake = finish;
-      if (!probing) return;
-      const tick = () => {
-        if (done) return;
-        void probe(this.o.parentHost, this.port, PROBE_MS).then((listening) => {
-          if (done) return;
-          if (listening) {
-            this.log.debug('the parent accepts connections again');
-            finish();
-          } else probeTimer = setTimeout(tick, PROBE_MS + Math.round(Math.random() * 100));
-        });
-      };
-      probeTimer = setTimeout(tick, PROBE_MS);
-    });
+    return this.running ? this.pauser.wait(ms, probing) : Promise.resolve();
   }
 }
 

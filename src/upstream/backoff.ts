@@ -30,3 +30,50 @@ export class Backoff {
     this.failures = 0;
   }
 }
+
+const PROBE_MS = 400;
+
+/**
+ * The waits of a link's reconnect loop: a backoff that `wake()` cuts short (the link closing),
+ * and, after an unreachable parent, a TCP probe every ~0.4 s that ends the wait as soon as the
+ * parent listens again, so a link is back within about half a second of its parent's return
+ * however long the backoff had grown.
+ */
+export class ReconnectPause {
+  private finishNow?: () => void;
+
+  constructor(private readonly probe: (timeoutMs: number) => Promise<boolean>) {}
+
+  /** Waits `ms`; with `probing`, returns early once the parent accepts connections again. */
+  wait(ms: number, probing: boolean): Promise<void> {
+    return new Promise((resolve) => {
+      let done = false;
+      let probeTimer: NodeJS.Timeout | undefined;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (probeTimer) clearTimeout(probeTimer);
+        this.finishNow = undefined;
+        resolve();
+      };
+      const timer = setTimeout(finish, ms);
+      this.finishNow = finish;
+      if (!probing) return;
+      const tick = () => {
+        if (done) return;
+        void this.probe(PROBE_MS).then((listening) => {
+          if (done) return;
+          if (listening) finish();
+          else probeTimer = setTimeout(tick, PROBE_MS + Math.round(Math.random() * 100));
+        });
+      };
+      probeTimer = setTimeout(tick, PROBE_MS);
+    });
+  }
+
+  /** Ends the wait under way, if any. */
+  wake(): void {
+    this.finishNow?.();
+  }
+}

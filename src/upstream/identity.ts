@@ -6,7 +6,7 @@ import { DATA_HEADER, encodeDataSections } from '../protocols/amqp/encode-messag
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
 import { basePath, keyOf, type UpstreamCore } from './core.ts';
-import { OutLink, UpstreamDownError, UpstreamError, forgetDelivery, isPermanentForMessage, onReceiverGone, type SendOutcome } from './links.ts';
+import { OutLink, UpstreamDownError, UpstreamError, forgetDelivery, isPermanentForMessage, onReceiverGone, twinRefusal, type SendOutcome } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
 
 /**
@@ -305,14 +305,7 @@ export class IdentityChannel implements UpstreamIdentity {
     const links = await this.twinLinks();
     const answer = await this.twinRequest(links, operation, resource, body);
     if (answer.status < 200 || answer.status >= 300) {
-      let text = answer.body.toString('utf8');
-      try {
-        const parsed = JSON.parse(text) as { message?: string; Message?: string };
-        text = parsed.message ?? parsed.Message ?? text;
-      } catch {
-        /* plain text */
-      }
-      throw new UpstreamError(`twin ${operation} for ${this.describe()} refused by the parent (${answer.status}): ${text}`, undefined, answer.status);
+      throw twinRefusal(operation, this.describe(), answer.status, answer.body);
     }
     return answer;
   }

@@ -19,6 +19,18 @@ export class UpstreamError extends Error {
   }
 }
 
+/** A twin answer outside 2xx as an error carrying the parent's own text (its body is JSON with a message, or plain text). */
+export function twinRefusal(operation: string, who: string, status: number, body: Buffer): UpstreamError {
+  let text = body.toString('utf8');
+  try {
+    const parsed = JSON.parse(text) as { message?: string; Message?: string };
+    text = parsed.message ?? parsed.Message ?? text;
+  } catch {
+    /* plain text */
+  }
+  return new UpstreamError(`twin ${operation} for ${who} refused by the parent (${status}): ${text}`, undefined, status);
+}
+
 /** The link or connection this operation relied on went away; retry once the link is up. */
 export class UpstreamDownError extends UpstreamError {
   constructor(message: string) {

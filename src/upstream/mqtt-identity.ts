@@ -8,7 +8,7 @@ import { BagError, decodeBag, parseParentPublish, telemetryTopic } from '../prot
 import { Backoff } from './backoff.ts';
 import { keyOf } from './core.ts';
 import type { UpstreamC2DDelivery, UpstreamIdentity } from './identity.ts';
-import { UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
+import { UpstreamDownError, UpstreamError, twinRefusal, type SendOutcome } from './links.ts';
 import { ConnackRefusal, MqttWire, type IncomingPublish } from './mqtt-wire.ts';
 import type { TelemetrySender } from './telemetry-endpoint.ts';
 
@@ -390,14 +390,7 @@ export class MqttIdentityLine implements TelemetrySender {
     });
     this.lastUsed = Date.now();
     if (answer.status < 200 || answer.status >= 300) {
-      let text = answer.body.toString('utf8');
-      try {
-        const parsed = JSON.parse(text) as { message?: string; Message?: string };
-        text = parsed.message ?? parsed.Message ?? text;
-      } catch {
-        /* plain text */
-      }
-      throw new UpstreamError(`twin ${what} for ${this.who} refused by the parent (${answer.status}): ${text}`, undefined, answer.status);
+      throw twinRefusal(what, this.who, answer.status, answer.body);
     }
     return answer;
   }

@@ -44,7 +44,7 @@ import { createSasToken } from '../identity/sas.ts';
 import { Availability } from '../routing/pump.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
-import { Backoff } from './backoff.ts';
+import { Backoff, ReconnectPause } from './backoff.ts';
 import { directChildChain, keyOf } from './core.ts';
 import type { UpstreamIdentity } from './identity.ts';
 import { MqttIdentityChannel, MqttIdentityLine, type MqttCore } from './mqtt-identity.ts';
@@ -84,7 +84,6 @@ export interface MqttUpstreamOptions {
 
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
-const PROBE_MS = 400;
 
 export class MqttUpstream extends EventEmitter implements Upstream {
   readonly availability = new Availability(false);
@@ -103,7 +102,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
   private up = false;
   private running = false;
   private loop?: Promise<void>;
-  private wake?: () => void;
+  private readonly pauser: ReconnectPause;
   private readonly aborts = new AbortController();
   private sweepTimer?: NodeJS.Timeout;
   private since = Date.now();
@@ -115,6 +114,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
     if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
     this.transport = o.transport ?? 'mqtt';
     this.port = o.port ?? defaultPort(this.transport);
+    this.pauser = new ReconnectPause((timeoutMs) => probe(this.o.parentHost, this.port, timeoutMs));
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
     this.tokenTtlSecs = o.tokenTtlSecs ?? 3600;
     this.backoff = new Backoff(o.minBackoffMs ?? 1000, o.maxBackoffMs ?? 30_000);
@@ -179,7 +179,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
   async close(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    this.wake?.();
+    this.pauser.wake();
     this.aborts.abort();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const line of this.lines.values()) line.close('the gateway is closing', true);
@@ -330,32 +330,8 @@ export class MqttUpstream extends EventEmitter implements Upstream {
     this.emit('down', why);
   }
 
-  /** Waits out a backoff; after an unreachable parent, probes its port meanwhile and returns as soon as it listens again. */
+  /** A backoff wait of the reconnect loop (see ReconnectPause); none once the link is closing. */
   private pause(ms: number, probing: boolean): Promise<void> {
-    if (!this.running) return Promise.resolve();
-    return new Promise((resolve) => {
-      let done = false;
-      let probeTimer: NodeJS.Timeout | undefined;
-      const finish = () => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        if (probeTimer) clearTimeout(probeTimer);
-        this.wake = undefined;
-        resolve();
-      };
-      const timer = setTimeout(finish, ms);
-      this.wake = finish;
-      if (!probing) return;
-      const tick = () => {
-        if (done) return;
-        void probe(this.o.parentHost, this.port, PROBE_MS).then((listening) => {
-          if (done) return;
-          if (listening) finish();
-          else probeTimer = setTimeout(tick, PROBE_MS + Math.round(Math.random() * 100));
-        });
-      };
-      probeTimer = setTimeout(tick, PROBE_MS);
-    });
+    return this.running ? this.pauser.wait(ms, probing) : Promise.resolve();
   }
 }

@@ -22,6 +22,7 @@ import { createLeavesBulk, deploymentManifest, metricValue, setupEdge, startGate
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { connectMqttLeaf, type MqttLeaf } from '../helpers/mqtt-leaf.ts';
 import { exec, opensslConnect } from '../helpers/tls.ts';
+import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -55,28 +56,8 @@ after(async () => {
   for (const fn of cleanups.reverse()) await fn();
 });
 
-async function openLeaf(t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void): Promise<any> {
-  const client = Client.fromConnectionString(connectionString, Transport);
-  t.after(() => client.close().catch(() => undefined));
-  await client.setOptions({ ca: edge.rootPem });
-  setup?.(client);
-  await client.open();
-  return client;
-}
-
-async function eventually<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
-  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
-}
+const openLeaf = (t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void) =>
+  openSdkLeaf(t, connectionString, Transport, edge.rootPem, setup);
 
 describe('official SDK leaves through the gateway', () => {
   for (const { name, Transport } of transports) {

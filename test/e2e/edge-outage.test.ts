@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.ts';
 import { metricValue, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { eventually } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -47,16 +48,6 @@ after(async () => {
   await edge?.cleanup();
   await rm(hubDir, { recursive: true, force: true });
 });
-
-async function eventually<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Every event of a device at the hub so far (REST GET /events, paged). */
 async function eventsOf(deviceId: string): Promise<EventJson[]> {

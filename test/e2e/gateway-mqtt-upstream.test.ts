@@ -16,6 +16,7 @@ import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { metricValue, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
+import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -46,28 +47,8 @@ after(async () => {
   await rm(hubDir, { recursive: true, force: true });
 });
 
-async function openLeaf(t: { after(fn: () => unknown): void }, setup: EdgeSetup, connectionString: string, Transport: unknown, prepare?: (c: any) => void): Promise<any> {
-  const client = Client.fromConnectionString(connectionString, Transport);
-  t.after(() => client.close().catch(() => undefined));
-  await client.setOptions({ ca: setup.rootPem });
-  prepare?.(client);
-  await client.open();
-  return client;
-}
-
-async function eventually<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
-  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
-}
+const openLeaf = (t: { after(fn: () => unknown): void }, setup: EdgeSetup, connectionString: string, Transport: unknown, prepare?: (c: any) => void) =>
+  openSdkLeaf(t, connectionString, Transport, setup.rootPem, prepare);
 
 /** Every event of a device at the hub so far. */
 async function eventsOf(setup: EdgeSetup, deviceId: string): Promise<EventJson[]> {

@@ -17,6 +17,7 @@ import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { recordConnections, setupLayer } from '../helpers/nested.ts';
+import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message, ModuleClient } = require('azure-iot-device');
@@ -57,16 +58,6 @@ after(async () => {
 const bottom = () => layers[2];
 const svc = () => layers[0].svc;
 
-async function eventually<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function eventsOf(deviceId: string): Promise<EventJson[]> {
   const out: EventJson[] = [];
   let from = 0;
@@ -78,18 +69,8 @@ async function eventsOf(deviceId: string): Promise<EventJson[]> {
   }
 }
 
-async function openLeaf(t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void): Promise<any> {
-  const client = Client.fromConnectionString(connectionString, Transport);
-  t.after(() => client.close().catch(() => undefined));
-  await client.setOptions({ ca: bottom().rootPem });
-  setup?.(client);
-  await client.open();
-  return client;
-}
-
-function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
-  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
-}
+const openLeaf = (t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void) =>
+  openSdkLeaf(t, connectionString, Transport, bottom().rootPem, setup);
 
 describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
   for (const { name, Transport } of [
