@@ -4,7 +4,8 @@ import { pathToFileURL } from 'node:url';
 
 /**
  * A gateway's config.toml in the seeds' form: the top-level keys first (a key written after a
- * section header would belong to that section), then [provisioning] and [edge_ca].
+ * section header would belong to that section), then [provisioning], [edge_ca] and, when a
+ * setting of Strata's own is given, [strata].
  */
 
 export interface GatewayConfigInput {
@@ -15,6 +16,8 @@ export interface GatewayConfigInput {
   connectionString: string;
   edgeCaCert: string;
   edgeCaKey: string;
+  /** The gateway's UpstreamProtocol, written under [strata]; absent: its default (Amqp). */
+  upstreamProtocol?: string;
   /** Where the values came from, for the header comment. */
   source: string;
 }
@@ -37,6 +40,7 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
     `cert = ${str(fileUri(c.edgeCaCert))}`,
     `pk = ${str(fileUri(c.edgeCaKey))}`,
     '',
+    ...(c.upstreamProtocol ? ['[strata]', `upstream_protocol = ${str(c.upstreamProtocol)}`, ''] : []),
   ];
   return lines.join('\n');
 }

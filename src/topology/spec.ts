@@ -9,6 +9,10 @@ import { UserError } from '../util/errors.ts';
  */
 
 export type SensorProtocol = 'mqtt' | 'amqp';
+
+/** What a gateway speaks to its parent (its `UpstreamProtocol`), spelled as the gateway setting is. */
+export type UpstreamProtocol = 'Amqp' | 'AmqpWs' | 'Mqtt' | 'MqttWs';
+export const UPSTREAM_PROTOCOLS: readonly UpstreamProtocol[] = ['Amqp', 'AmqpWs', 'Mqtt', 'MqttWs'];
 export const SENSOR_PROTOCOLS: readonly SensorProtocol[] = ['mqtt', 'amqp'];
 
 /** IoT Edge nests at most this many layers of gateways below the hub. */
@@ -27,6 +31,8 @@ export interface GatewaySpec {
   address: string;
   /** 1 for a gateway under the hub, 2 under a layer-1 gateway, and so on. */
   layer: number;
+  /** Absent: the gateway's default (Amqp). */
+  upstream?: UpstreamProtocol;
 }
 
 export interface DeviceSpec {
@@ -68,7 +74,7 @@ function where(file: string, p: TopologyProblem): string {
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const TOP_KEYS = ['name', 'hub', 'gateways', 'devices'];
 const HUB_KEYS = ['address'];
-const GATEWAY_KEYS = ['id', 'parent', 'address'];
+const GATEWAY_KEYS = ['id', 'parent', 'address', 'upstream'];
 const DEVICE_KEYS = ['id', 'parent', 'protocol', 'interval'];
 
 /** `500ms`, `2s`, `1.5s`, `1m`, or a bare number of seconds. */
@@ -148,7 +154,7 @@ function listOf(r: Reader, node: YamlNode | null | undefined, key: string, requi
   return node.items as YamlNode[];
 }
 
-interface RawGateway { id: string; parent?: string; address?: string; node: YamlNode; parentNode?: YamlNode }
+interface RawGateway { id: string; parent?: string; address?: string; upstream?: UpstreamProtocol; node: YamlNode; parentNode?: YamlNode }
 
 /**
  * Parses and checks a topology file's text. Throws TopologyError listing every problem; on
@@ -215,6 +221,12 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     const label = id.value ? `gateway ${id.value}` : what;
     const parent = r.text(fields, 'parent', label, g);
     const address = r.text(fields, 'address', label, g);
+    const upstreamText = r.text(fields, 'upstream', label, g, false);
+    let upstream: UpstreamProtocol | undefined;
+    if (upstreamText.value !== undefined) {
+      upstream = UPSTREAM_PROTOCOLS.find((u) => u.toLowerCase() === upstreamText.value!.toLowerCase());
+      if (!upstream) r.problem(upstreamText.node, `${label}: upstream "${upstreamText.value}" is not one of ${UPSTREAM_PROTOCOLS.join(', ')}`);
+    }
     if (id.value === undefined) return;
     if (id.value === HUB_PARENT) {
       r.problem(id.node, `a gateway cannot be called "${HUB_PARENT}": parent: ${HUB_PARENT} means the hub`);
@@ -231,7 +243,7 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
         addr = address.value;
       }
     }
-    rawGateways.push({ id: id.value, parent: parent.value, address: addr, node: g, parentNode: parent.node });
+    rawGateways.push({ id: id.value, parent: parent.value, address: addr, ...(upstream ? { upstream } : {}), node: g, parentNode: parent.node });
   });
 
   const byId = new Map(rawGateways.map((g) => [g.id, g]));
@@ -327,7 +339,7 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     throw new TopologyError(file, r.problems);
   }
   const gateways = rawGateways
-    .map((g) => ({ id: g.id, parent: g.parent!, address: g.address!, layer: layers.get(g.id)! }))
+    .map((g): GatewaySpec => ({ id: g.id, parent: g.parent!, address: g.address!, layer: layers.get(g.id)!, ...(g.upstream ? { upstream: g.upstream } : {}) }))
     .sort((a, b) => a.layer - b.layer);
   return { name, hub: { address: hubAddress! }, gateways, devices };
 }

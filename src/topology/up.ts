@@ -188,6 +188,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
 
     // --- gateways, a layer at a time ---
     const addressOf = new Map(topology.gateways.map((g) => [g.id, g.address]));
+    const upstreamOf = new Map(topology.gateways.map((g) => [g.id, g.upstream]));
     const layers = [...new Set(state.gateways.map((g) => g.layer))].sort((a, b) => a - b);
     for (const layer of layers) {
       const inLayer = state.gateways.filter((g) => g.layer === layer);
@@ -200,6 +201,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
           connectionString: identities.gateways.get(g.id)!,
           edgeCaCert: edgeCa.fullChain,
           edgeCaKey: edgeCa.key,
+          upstreamProtocol: upstreamOf.get(g.id),
           source: file,
         });
         mkdirSync(g.dataDir, { recursive: true });

@@ -30,7 +30,7 @@ function strata(args: string[], timeoutMs = 90_000): Promise<{ code: number; out
   });
 }
 
-test('topology up: hub + two gateway layers + a sensor per layer; telemetry at the hub; status; down stops every process', { timeout: 150_000 }, async (t) => {
+test('topology up: hub + two gateway layers (the lower one on an MQTT upstream) + a sensor per layer; telemetry at the hub; status; down stops every process', { timeout: 150_000 }, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'strata-topology-'));
   const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
   const last = randomInt(2, 248);
@@ -41,7 +41,7 @@ hub:
   address: ${hubAddr}
 gateways:
   - { id: gw-top, parent: hub, address: ${gw1Addr} }
-  - { id: gw-lower, parent: gw-top, address: ${gw2Addr} }
+  - { id: gw-lower, parent: gw-top, address: ${gw2Addr}, upstream: mqtt }
 devices:
   - { id: sensor-top, parent: gw-top, protocol: mqtt, interval: 300ms }
   - { id: sensor-lower, parent: gw-lower, protocol: amqp, interval: 300ms }
@@ -69,6 +69,9 @@ devices:
   assert.match(top, new RegExp(`^hostname = "${gw1Addr.replace(/\./g, '\\.')}"$`, 'm'));
   assert.doesNotMatch(top, /parent_hostname/);
   assert.match(lower, new RegExp(`^parent_hostname = "${gw1Addr.replace(/\./g, '\\.')}"$`, 'm'));
+  // The lower layer speaks MQTT to its parent (its sensor's telemetry below crosses it); the top one the default.
+  assert.match(lower, /^\[strata\]\nupstream_protocol = "Mqtt"$/m);
+  assert.doesNotMatch(top, /upstream_protocol/);
 
   // Telemetry from every sensor, under its own device id, in the hub's event stream.
   const local = readLocalHub(join(topoDir, 'hub'));

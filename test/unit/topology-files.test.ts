@@ -40,8 +40,16 @@ test('the generated config.toml is accepted by the gateway config parser and its
   const checked = checkConfigFiles(config).diagnostics;
   assert.deepEqual(checked.filter((d) => d.level === 'error'), [], JSON.stringify(checked));
 
-  // The layer-1 form has no parent_hostname at all.
-  assert.doesNotMatch(renderGatewayConfig({ hostname: '127.10.0.2', trustBundleCert: set.rootCert, connectionString: cs, edgeCaCert: edgeCa.fullChain, edgeCaKey: edgeCa.key, source: 'x' }), /parent_hostname/);
+  // The layer-1 form has no parent_hostname at all, and no [strata] section unless a setting is given.
+  const layer1 = renderGatewayConfig({ hostname: '127.10.0.2', trustBundleCert: set.rootCert, connectionString: cs, edgeCaCert: edgeCa.fullChain, edgeCaKey: edgeCa.key, source: 'x' });
+  assert.doesNotMatch(layer1, /parent_hostname/);
+  assert.doesNotMatch(layer1, /\[strata\]/);
+  // An upstream protocol lands under [strata], where the gateway reads it.
+  const mqtt = renderGatewayConfig({ hostname: '127.10.0.2', trustBundleCert: set.rootCert, connectionString: cs, edgeCaCert: edgeCa.fullChain, edgeCaKey: edgeCa.key, upstreamProtocol: 'Mqtt', source: 'x' });
+  const parsed = parseEdgeConfig(mqtt, file, join(dir, 'gw'));
+  assert.deepEqual(parsed.diagnostics, []);
+  assert.equal(parsed.config.settings.upstream_protocol, 'Mqtt');
+  assert.equal(parsed.config.hostname, '127.10.0.2');
 });
 
 test('one root for everything: the Edge CA and the hub server certificate verify against it with openssl; the root is kept on the next up', async (t) => {

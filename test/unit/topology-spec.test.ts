@@ -136,9 +136,21 @@ test('protocol and interval are checked', () => {
   assert.match(only(`${base}  - { id: s, parent: a, interval: often }\n`).message, /interval "often"/);
 });
 
+test("a gateway's upstream protocol: any case of Amqp, AmqpWs, Mqtt, MqttWs; absent means the default", () => {
+  const t = parseTopology(`${HUB}gateways:
+  - { id: a, parent: hub, address: 127.10.0.2, upstream: mqtt }
+  - { id: b, parent: a, address: 127.10.0.3, upstream: AmqpWs }
+  - { id: c, parent: b, address: 127.10.0.4 }
+`);
+  assert.deepEqual(t.gateways.map((g) => [g.id, g.upstream]), [['a', 'Mqtt'], ['b', 'AmqpWs'], ['c', undefined]]);
+  const p = only(`${HUB}gateways:\n  - { id: a, parent: hub, address: 127.10.0.2, upstream: http }\n`);
+  assert.equal(p.line, 4);
+  assert.match(p.message, /gateway a: upstream "http" is not one of Amqp, AmqpWs, Mqtt, MqttWs/);
+});
+
 test('unknown keys name the known ones; ids with path characters are refused', () => {
   const p = only(`${HUB}gateways:\n  - { id: a, parent: hub, address: 127.10.0.2, adress: x }\n`);
-  assert.match(p.message, /gateway 1 has an unknown key "adress" \(known keys: id, parent, address\)/);
+  assert.match(p.message, /gateway 1 has an unknown key "adress" \(known keys: id, parent, address, upstream\)/);
   assert.match(only(`${HUB}gatways: []\ngateways:\n  - { id: a, parent: hub, address: 127.10.0.2 }\n`).message, /unknown key "gatways"/);
   assert.match(only(`${HUB}gateways:\n  - { id: a/b, parent: hub, address: 127.10.0.2 }\n`).message, /gateway id "a\/b" may only use letters, digits/);
   assert.match(only(`${HUB}gateways:\n  - { id: hub, parent: hub, address: 127.10.0.2 }\n`).message, /a gateway cannot be called "hub"/);
