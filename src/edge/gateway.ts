@@ -163,6 +163,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
   const maxClients = maxClientsSetting(config, env);
   const transport = upstreamTransport(config, env);
+  const startedCredentials = JSON.stringify(prov.authentication);
   const parentHost = config.parentHostname ?? hubHostName;
 
   const closers: Array<() => Promise<void> | void> = [() => releaseGatewayLock(dataDir)];
@@ -499,6 +500,12 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       if (c.provisioning?.deviceId !== deviceId) restartFor.push('the edge device id');
       if (c.provisioning?.iothubHostname !== hubHostName) restartFor.push('the IoT hub host name');
       if ((c.parentHostname ?? hubHostName) !== parentHost) restartFor.push('parent_hostname');
+      if (JSON.stringify(c.provisioning?.authentication) !== startedCredentials) restartFor.push("the edge device's credentials");
+      try {
+        if (upstreamTransport(c, env) !== transport) restartFor.push('UpstreamProtocol');
+      } catch (err) {
+        status.errors.push((err as Error).message);
+      }
       if (restartFor.length > 0) status.changes.push(`needs a restart to take effect: ${restartFor.join(', ')}`);
       try {
         const oldHost = security.currentHostname;
