@@ -320,7 +320,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
         maxConnectedClients: () => engine.maxConnectedClients,
         endpoints: () => store.endpoints().map((e) => {
           const m = store.metrics(e);
-          return { endpoint: e, queueLength: m.queueLength, expired: m.expired };
+          return { endpoint: e, queueLength: m.queueLength, expired: m.expired, setAside: store.setAsideCount(e) };
         }),
         upstreamConnected: () => link.connected,
       },

@@ -9,15 +9,15 @@ const log = childLog('edge-metrics');
 export interface MetricsSources {
   connectedClients(): number;
   maxConnectedClients(): number;
-  /** Per endpoint: queue length, and entries dropped on TTL (kept by the store across restarts). */
-  endpoints(): Array<{ endpoint: string; queueLength: number; expired: number }>;
+  /** Per endpoint: queue length, entries dropped on TTL and entries set aside as unreadable (the last two kept by the store across restarts). */
+  endpoints(): Array<{ endpoint: string; queueLength: number; expired: number; setAside: number }>;
   upstreamConnected(): boolean;
 }
 
 /**
  * The gateway's Prometheus metrics, named like the original edge hub's (`edgehub_*`): connected
  * clients, messages received from devices and sent to each endpoint, queue length per endpoint,
- * messages dropped (TTL passed, no route), and the upstream link state.
+ * messages dropped (TTL passed, no route) or set aside (unreadable), and the upstream link state.
  */
 export class GatewayMetrics {
   readonly registry = new Registry();
@@ -59,6 +59,16 @@ export class GatewayMetrics {
       collect() {
         this.reset();
         for (const e of sources.endpoints()) this.inc({ endpoint: e.endpoint }, e.expired);
+      },
+    });
+    new Counter({
+      name: 'edgehub_messages_set_aside_total',
+      help: 'Stored messages that could not be read back, kept in the store table set_aside instead of being sent, per endpoint',
+      labelNames: ['endpoint'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const e of sources.endpoints()) this.inc({ endpoint: e.endpoint }, e.setAside);
       },
     });
     new Gauge({ name: 'edgehub_upstream_connected', help: '1 while the link to the parent is up', registers: [r], collect() { this.set(sources.upstreamConnected() ? 1 : 0); } });
