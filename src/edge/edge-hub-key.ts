@@ -21,7 +21,9 @@ import type { LoadedEdgeFiles } from './config-files.ts';
  * its children from its scope cache), proving itself with the certificate in the TLS handshake
  * (see src/hub/own-modules.ts), and signs with the module's key — what IoT Edge's identity service
  * does for the modules of a certificate-provisioned device. The key is kept in the data directory
- * (0600), so a gateway restarts and serves its devices while its parent is unreachable.
+ * (0600), so a gateway restarts and serves its devices while its parent is unreachable; when the
+ * parent refuses the gateway's tokens (the module's keys were regenerated), the gateway reads
+ * the key again (readEdgeHubKey).
  */
 
 export interface EdgeHubKeyOptions {
@@ -62,20 +64,8 @@ export async function edgeHubKey(o: EdgeHubKeyOptions): Promise<string> {
   const deadline = Date.now() + (o.waitMs ?? 60_000);
   for (let attempt = 1; ; attempt++) {
     try {
-      const module = await fetchOwnModule(o.parent, deviceId, identity);
-      const primaryKey = keyOf(module, deviceId);
-      if (!kept || kept.primaryKey !== primaryKey) {
-        writeKeyFile(keptPath, `${JSON.stringify({ deviceId, generationId: module.generationId, primaryKey } satisfies KeptKey)}\n`);
-      }
-      o.log.info({ parent: where, deviceId }, `read the ${EDGE_HUB} key of ${deviceId} from the parent (X.509 provisioning)`);
-      return primaryKey;
+      return await readEdgeHubKey(o);
     } catch (err) {
-      if (err instanceof Refused) {
-        throw new UserError(
-          `the parent ${where} refused the identity certificate of edge device ${deviceId}: ${err.message}`,
-          `Register the certificate at the hub: the edge device with authentication type selfSigned and the certificate's thumbprint, or type certificateAuthority (CN = ${deviceId}) with its CA added by \`strata hub ca add\``,
-        );
-      }
       if (err instanceof UserError) throw err;
       if (kept) {
         o.print(`warning: cannot reach the parent ${where} to read the ${EDGE_HUB} key (${(err as Error).message}); using the key kept from an earlier start`);
@@ -91,6 +81,34 @@ export async function edgeHubKey(o: EdgeHubKeyOptions): Promise<string> {
       await new Promise((r) => setTimeout(r, RETRY_MS));
     }
   }
+}
+
+/**
+ * One reading of the `$edgeHub` key from the parent with the identity certificate, kept on disk
+ * when it changed. Throws UserError when the parent refuses (the certificate or the module is
+ * not what it should be), a plain Error when the parent cannot be asked now.
+ */
+export async function readEdgeHubKey(o: Pick<EdgeHubKeyOptions, 'config' | 'files' | 'parent' | 'dataDir' | 'log'>): Promise<string> {
+  const deviceId = o.config.provisioning!.deviceId;
+  const identity = o.files.identity!;
+  const keptPath = join(o.dataDir, KEY_FILE);
+  const where = o.parent.port && o.parent.port !== 443 ? `${o.parent.host}:${o.parent.port}` : o.parent.host;
+  let module: ModuleAnswer;
+  try {
+    module = await fetchOwnModule(o.parent, deviceId, identity);
+  } catch (err) {
+    if (!(err instanceof Refused)) throw err;
+    throw new UserError(
+      `the parent ${where} refused the identity certificate of edge device ${deviceId}: ${err.message}`,
+      `Register the certificate at the hub: the edge device with authentication type selfSigned and the certificate's thumbprint, or type certificateAuthority (CN = ${deviceId}) with its CA added by \`strata hub ca add\``,
+    );
+  }
+  const primaryKey = keyOf(module, deviceId);
+  if (readKept(keptPath, deviceId)?.primaryKey !== primaryKey) {
+    writeKeyFile(keptPath, `${JSON.stringify({ deviceId, generationId: module.generationId, primaryKey } satisfies KeptKey)}\n`);
+  }
+  o.log.info({ parent: where, deviceId }, `read the ${EDGE_HUB} key of ${deviceId} from the parent (X.509 provisioning)`);
+  return primaryKey;
 }
 
 function readKept(path: string, deviceId: string): KeptKey | undefined {

@@ -32,7 +32,7 @@ import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
-import { edgeHubKey } from './edge-hub-key.ts';
+import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
 import { EdgeHubRoutes } from './edgehub-routes.ts';
 import { GatewayRegistry } from './gateway-registry.ts';
 import { diagnosticLines, loadEdgeConfigFile, type LoadedConfig } from './load-config.ts';
@@ -136,6 +136,9 @@ function portText(port: number, dflt: number): string {
   return port === dflt ? '' : `:${port}`;
 }
 
+/** A certificate-provisioned gateway refused upstream reads its $edgeHub key again at most this often. */
+const KEY_REREAD_MS = 15_000;
+
 /** A resend of what the store holds already: answered once what is committed is on disk. */
 const DURABLE = Symbol('durable');
 
@@ -189,7 +192,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const store = MessageStore.open({ path: files.storeDb });
     closers.push(() => store.close());
 
-    const edgeKey = await edgeHubKey({ config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log, print });
+    const keySource = { config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log };
+    const edgeKey = await edgeHubKey({ ...keySource, print });
     const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });
     const upstreamOptions = {
       parentHost,
@@ -450,6 +454,25 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     closers.push(() => link.close());
     link.on('up', () => log.info({ parent: link.describeParent() }, 'upstream link up'));
     link.on('refused', (err: Error) => print(`error: ${err.message}`));
+    if (prov.authentication?.method === 'x509') {
+      // The $edgeHub key may have changed at the parent (keys regenerated): read it again, at most every KEY_REREAD_MS.
+      let current = edgeKey;
+      let readAt = 0;
+      link.on('refused', () => {
+        if (Date.now() - readAt < KEY_REREAD_MS) return;
+        readAt = Date.now();
+        readEdgeHubKey(keySource).then(
+          (key) => {
+            if (key === current) return;
+            current = key;
+            link.setEdgeKey(key);
+            sync.setEdgeKey(key);
+            log.warn(`the ${EDGE_HUB} key of ${deviceId} changed at the parent; signing with the new one`);
+          },
+          (err: Error) => log.warn({ err: err.message }, `could not read the ${EDGE_HUB} key again after a refusal`),
+        );
+      });
+    }
     const startLink = link.start().catch((err: unknown) => {
       print(`error: the parent refused this gateway: ${(err as Error).message} (still retrying)`);
     });

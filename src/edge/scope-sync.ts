@@ -452,6 +452,12 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
     return port === 443 ? this.o.parent.host : `${this.o.parent.host}:${port}`;
   }
 
+  /** Signs with another key from now on. */
+  setEdgeKey(key: string): void {
+    this.o.edge.key = key;
+    this.token = undefined;
+  }
+
   private sasToken(): string {
     const now = Date.now();
     if (this.token && this.token.expires - now > 5 * 60_000) return this.token.text;

@@ -124,6 +124,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
   private readonly upListeners = new Set<() => void>();
   private endpoint?: UpstreamTelemetryEndpoint;
   private token?: { text: string; expiresAt: number };
+  private edgeKey: string;
   private running = false;
   private loop?: Promise<void>;
   private readonly pauser: ReconnectPause;
@@ -137,6 +138,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
     super();
     if (!o.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
     if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
+    this.edgeKey = o.edgeKey;
     this.transport = o.transport ?? 'amqp';
     this.port = o.port ?? (this.transport === 'amqpws' ? 443 : 5671);
     this.pauser = new ReconnectPause((timeoutMs) => probe(this.o.parentHost, this.port, timeoutMs));
@@ -283,6 +285,12 @@ export class UpstreamLink extends EventEmitter implements Upstream {
 
   // ---- credentials ----
 
+  /** Signs with another key from now on (the next token, the next connection). */
+  setEdgeKey(key: string): void {
+    this.edgeKey = key;
+    this.token = undefined;
+  }
+
   private edgeHubAudience(): string {
     return `${this.hubHostName}/devices/${this.edgeDeviceId}/modules/${EDGE_HUB}`;
   }
@@ -292,7 +300,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
     const now = Date.now();
     if (!this.token || this.token.expiresAt - now < (this.tokenTtlSecs * 1000) / 5) {
       const se = Math.floor(now / 1000) + this.tokenTtlSecs;
-      this.token = { text: createSasToken(this.edgeHubAudience(), this.o.edgeKey, se), expiresAt: se * 1000 };
+      this.token = { text: createSasToken(this.edgeHubAudience(), this.edgeKey, se), expiresAt: se * 1000 };
     }
     return this.token.text;
   }

@@ -99,6 +99,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
   private readonly core: MqttCore;
   private endpoint?: UpstreamTelemetryEndpoint;
   private token?: { text: string; expiresAt: number };
+  private edgeKey: string;
   private up = false;
   private running = false;
   private loop?: Promise<void>;
@@ -112,6 +113,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
     super();
     if (!o.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
     if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
+    this.edgeKey = o.edgeKey;
     this.transport = o.transport ?? 'mqtt';
     this.port = o.port ?? defaultPort(this.transport);
     this.pauser = new ReconnectPause((timeoutMs) => probe(this.o.parentHost, this.port, timeoutMs));
@@ -245,12 +247,18 @@ export class MqttUpstream extends EventEmitter implements Upstream {
 
   // ---- credentials and sockets ----
 
+  /** Signs with another key from now on (the next token, the next connection). */
+  setEdgeKey(key: string): void {
+    this.edgeKey = key;
+    this.token = undefined;
+  }
+
   private gatewayToken(): { text: string; expiresAt: number; ttlMs: number } {
     const now = Date.now();
     const ttlMs = this.tokenTtlSecs * 1000;
     if (!this.token || this.token.expiresAt - now < ttlMs / 5) {
       const se = Math.floor(now / 1000) + this.tokenTtlSecs;
-      this.token = { text: createSasToken(`${this.o.hubHostName}/devices/${this.o.edgeDeviceId}/modules/${EDGE_HUB}`, this.o.edgeKey, se), expiresAt: se * 1000 };
+      this.token = { text: createSasToken(`${this.o.hubHostName}/devices/${this.o.edgeDeviceId}/modules/${EDGE_HUB}`, this.edgeKey, se), expiresAt: se * 1000 };
     }
     return { ...this.token, ttlMs };
   }

@@ -38,6 +38,8 @@ export interface Upstream {
    * gateway's credentials or certificate, while the link keeps retrying in the background.
    */
   start(): Promise<void>;
+  /** Signs the gateway's tokens with another key from now on (a certificate-provisioned gateway whose `$edgeHub` key changed). */
+  setEdgeKey(key: string): void;
   /** Closes every connection and stops reconnecting. */
   close(): Promise<void>;
   /** `$upstream` for the gateway's endpoint pump (one per link). */

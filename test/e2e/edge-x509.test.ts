@@ -9,6 +9,7 @@
  * - a certificate the hub does not know: the start is refused, saying why and what to do;
  * - nested: a certificate-provisioned child gateway reads its key from its parent gateway, and
  *   signs the tokens of its MQTT upstream with it;
+ * - keys regenerated at the hub: refused with the old key, the gateway reads the new one;
  * - the device-scope module read answers an edge device about its own modules only;
  * - a CA-signed leaf under a gateway is checked against the gateway's trust bundle.
  */
@@ -22,7 +23,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
-import { startGatewayProcess, type EdgeSetup } from '../helpers/edge.ts';
+import { newKey, startGatewayProcess, type EdgeSetup } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
 import { exec } from '../helpers/tls.ts';
@@ -156,6 +157,33 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     await sendFromLeaf(edge, leaf, ['offline 1', 'offline 2']);
     hub = await startHubProcess({ address: addr(0), dataDir: hubDir });
     assert.deepEqual(await bodiesAt(edge, leaf.deviceId, 3), ['via a certificate-provisioned gateway', 'offline 1', 'offline 2']);
+  });
+
+  test('the $edgeHub keys regenerated at the hub: refused with the old key, the gateway reads the new one and goes on', async (t) => {
+    const edge = await setupLayer(hub, { gatewayId: 'x509-rekey-gw', address: addr(8) });
+    t.after(() => edge.cleanup());
+    const id = await selfSigned('x509-rekey-gw');
+    await setAuthentication(edge, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: id.thumbprint } });
+    await provisionWithCertificate(edge, id);
+    const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    t.after(() => gw.stop());
+    const leaf = await edge.createLeaf('x509-rekey-leaf');
+    await sendFromLeaf(edge, leaf, ['before the new keys']);
+    assert.deepEqual(await bodiesAt(edge, leaf.deviceId, 1), ['before the new keys']);
+
+    const module = await edge.svc.getModule(edge.gatewayId, '$edgeHub');
+    const fresh = newKey();
+    await edge.svc.request('PUT', `/devices/${edge.gatewayId}/modules/$edgeHub`, {
+      body: { ...module, authentication: { type: 'sas', symmetricKey: { primaryKey: fresh, secondaryKey: newKey() } } },
+      headers: { 'If-Match': '*' },
+    });
+    // A live connection keeps its credential until it renews; a restart of the hub makes the gateway sign in again.
+    await hub.stop();
+    hub = await startHubProcess({ address: addr(0), dataDir: hubDir });
+    await sendFromLeaf(edge, leaf, ['after the new keys']);
+    assert.deepEqual(await bodiesAt(edge, leaf.deviceId, 2), ['before the new keys', 'after the new keys']);
+    assert.equal(JSON.parse(readFileSync(join(edge.dataDir, 'edgehub-key.json'), 'utf8')).primaryKey, fresh);
+    assert.match(gw.output(), /the \$edgeHub key of x509-rekey-gw changed at the parent; signing with the new one/);
   });
 
   test('CA-signed: a certificate under a CA added with `strata hub ca add` (CN = device id)', async (t) => {
