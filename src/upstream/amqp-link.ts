@@ -40,24 +40,19 @@
  * Events: `'up'` (connected and authenticated), `'down'` (reason text), `'refused'` (the parent
  * refused the gateway's credentials or certificate; retried with backoff).
  */
-import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { randomUUID } from 'node:crypto';
-import type { Logger } from 'pino';
 import type { IdentityRef } from '../engine/types.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { createSasToken } from '../identity/sas.ts';
-import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
-import { childLog } from '../util/log.ts';
-import { UserError } from '../util/errors.ts';
-import { Backoff, ReconnectPause } from './backoff.ts';
+import type { DeliveryEndpoint } from '../routing/pump.ts';
 import { audienceOf, directChildChain, keyOf, type UpstreamCore } from './core.ts';
 import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
 import { UpstreamDownError, UpstreamError } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
 import { UpstreamTelemetryEndpoint, type TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
-import { UpstreamConnectError, describeTarget, openTransport, probe, type UpstreamTransport } from './transport.ts';
-import type { Upstream, UpstreamStatus } from './upstream.ts';
+import { UpstreamConnectError, describeTarget, openTransport, type UpstreamTransport } from './transport.ts';
+import { UpstreamLinkBase, type LinkBaseOptions } from './link-base.ts';
+import type { Upstream } from './upstream.ts';
 
 export type { UpstreamIdentity, UpstreamC2DDelivery } from './identity.ts';
 export { UpstreamError, UpstreamDownError } from './links.ts';
@@ -65,19 +60,11 @@ export { UpstreamConnectError } from './transport.ts';
 export type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
 export type { Upstream, UpstreamStatus } from './upstream.ts';
 
-export interface UpstreamLinkOptions {
-  /** The parent's host name (or IP): where to connect and what its certificate must name. */
-  parentHost: string;
-  /** Default 5671 for `amqp`, 443 for `amqpws`. */
-  port?: number;
+/** What the AMQP link takes besides the common options (link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
+export interface UpstreamLinkOptions extends LinkBaseOptions {
   transport?: Extract<UpstreamTransport, 'amqp' | 'amqpws'>;
   /** PEM of the trust bundle the parent's certificate must chain to. */
   trustPem: string;
-  /** The IoT hub's host name (SAS audiences, AMQP `hostname`), the same at every layer. */
-  hubHostName: string;
-  edgeDeviceId: string;
-  /** The edge device's symmetric key (base64). */
-  edgeKey: string;
   /**
    * The auth chain of a telemetry sender (`leaf;...;edge`), for senders no `openIdentity` has
    * named. Default: `{sender};{edge}` (a direct child; `d/m;d;edge` for a module of one).
@@ -87,14 +74,8 @@ export interface UpstreamLinkOptions {
   maxBatch?: number;
   /** The id of the store telemetry comes from: batches then name their origin, for exactly-once storage upstream. */
   originId?: string;
-  /** Lifetime of the gateway's SAS token, default 3600 s. */
-  tokenTtlSecs?: number;
   /** Connect, attach and CBS answer timeout, default 10 s. */
   operationTimeoutMs?: number;
-  /** First and longest reconnect wait, default 1 s and 30 s. */
-  minBackoffMs?: number;
-  maxBackoffMs?: number;
-  log?: Logger;
 }
 
 /** A connection that stayed up this long resets the backoff. */
@@ -107,47 +88,19 @@ interface TargetAuth {
   failedAt?: number;
 }
 
-export class UpstreamLink extends EventEmitter implements Upstream {
-  readonly availability = new Availability(false);
-  readonly hubHostName: string;
-  readonly edgeDeviceId: string;
+export class UpstreamLink extends UpstreamLinkBase implements Upstream {
   readonly operationTimeoutMs: number;
-  readonly log: Logger;
-  private readonly port: number;
-  private readonly transport: UpstreamTransport;
-  private readonly backoff: Backoff;
-  private readonly tokenTtlSecs: number;
   private pc?: ParentConnection;
   private readonly targetAuth = new WeakMap<ParentConnection, Map<string, TargetAuth>>();
   private readonly channels = new Map<string, IdentityChannel>();
   private readonly senders = new Map<string, IdentityChannel>();
-  private readonly upListeners = new Set<() => void>();
-  private endpoint?: UpstreamTelemetryEndpoint;
-  private token?: { text: string; expiresAt: number };
-  private edgeKey: string;
-  private running = false;
-  private loop?: Promise<void>;
-  private readonly pauser: ReconnectPause;
   private abortAttempt?: () => void;
   private renewTimer?: NodeJS.Timeout;
-  private since = Date.now();
-  private lastError?: string;
   private readonly core: UpstreamCore;
 
   constructor(readonly o: UpstreamLinkOptions) {
-    super();
-    if (!o.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
-    if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
-    this.edgeKey = o.edgeKey;
-    this.transport = o.transport ?? 'amqp';
-    this.port = o.port ?? (this.transport === 'amqpws' ? 443 : 5671);
-    this.pauser = new ReconnectPause((timeoutMs) => probe(this.o.parentHost, this.port, timeoutMs));
-    this.hubHostName = o.hubHostName;
-    this.edgeDeviceId = o.edgeDeviceId;
+    super(o, o.transport ?? 'amqp');
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
-    this.tokenTtlSecs = o.tokenTtlSecs ?? 3600;
-    this.backoff = new Backoff(o.minBackoffMs ?? 1000, o.maxBackoffMs ?? 30_000);
-    this.log = (o.log ?? childLog('upstream')).child({ parent: this.describeParent() });
     this.core = {
       hubHostName: this.hubHostName,
       edgeDeviceId: this.edgeDeviceId,
@@ -160,10 +113,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
         const entry = map?.get(keyOf(identity));
         if (entry && entry.failedAt === undefined) map!.delete(keyOf(identity));
       },
-      onUp: (listener) => {
-        this.upListeners.add(listener);
-        return () => this.upListeners.delete(listener);
-      },
+      onUp: (listener) => this.addUpListener(listener),
     };
   }
 
@@ -171,45 +121,11 @@ export class UpstreamLink extends EventEmitter implements Upstream {
     return this.pc !== undefined && !this.pc.closed;
   }
 
-  describeParent(): string {
-    return describeTarget({ host: this.o.parentHost, port: this.port, transport: this.transport });
-  }
-
-  status(): UpstreamStatus {
-    return {
-      connected: this.connected,
-      parent: this.describeParent(),
-      since: this.since,
-      ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
-      failedAttempts: this.backoff.attempts,
-      telemetry: this.endpoint?.metrics() ?? { sent: 0, undeliverable: 0, failedBatches: 0 },
-    };
-  }
-
-  /**
-   * Starts connecting, and keeps the link up until close(). Resolves after the first attempt:
-   * connected, or failed for a reason that may pass (parent unreachable: the gateway works
-   * offline and the link comes up later by itself). Rejects when the parent refused the
-   * gateway's credentials or certificate — a configuration error to report — while the link
-   * keeps retrying in the background.
-   */
-  start(): Promise<void> {
-    if (this.running) return Promise.resolve();
-    this.running = true;
-    return new Promise((resolve, reject) => {
-      this.loop = this.run((err) => {
-        if (!err) resolve();
-        else if (err instanceof UpstreamConnectError && (err.kind === 'refused' || err.kind === 'tls')) reject(err);
-        else resolve();
-      });
-    });
-  }
-
   /** Closes the connection and stops reconnecting. */
   async close(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    this.pauser.wake();
+    this.wakePause();
     this.abortAttempt?.();
     if (this.renewTimer) clearTimeout(this.renewTimer);
     for (const ch of [...this.channels.values(), ...this.senders.values()]) await ch.close();
@@ -285,24 +201,8 @@ export class UpstreamLink extends EventEmitter implements Upstream {
 
   // ---- credentials ----
 
-  /** Signs with another key from now on (the next token, the next connection). */
-  setEdgeKey(key: string): void {
-    this.edgeKey = key;
-    this.token = undefined;
-  }
-
-  private edgeHubAudience(): string {
-    return `${this.hubHostName}/devices/${this.edgeDeviceId}/modules/${EDGE_HUB}`;
-  }
-
-  /** The gateway's token, made anew when less than a fifth of its life is left. */
   private gatewayToken(): string {
-    const now = Date.now();
-    if (!this.token || this.token.expiresAt - now < (this.tokenTtlSecs * 1000) / 5) {
-      const se = Math.floor(now / 1000) + this.tokenTtlSecs;
-      this.token = { text: createSasToken(this.edgeHubAudience(), this.edgeKey, se), expiresAt: se * 1000 };
-    }
-    return this.token.text;
+    return this.currentToken().text;
   }
 
   private async putGatewayToken(pc: ParentConnection): Promise<void> {
@@ -416,7 +316,7 @@ export class UpstreamLink extends EventEmitter implements Upstream {
     return pc;
   }
 
-  private async run(firstAttempt: (err?: unknown) => void): Promise<void> {
+  protected async run(firstAttempt: (err?: unknown) => void): Promise<void> {
     let first: ((err?: unknown) => void) | undefined = firstAttempt;
     let unreachable = false;
     let failuresLogged = 0;
@@ -458,34 +358,14 @@ export class UpstreamLink extends EventEmitter implements Upstream {
 
   private up(pc: ParentConnection): void {
     this.pc = pc;
-    this.since = Date.now();
-    this.lastError = undefined;
     this.scheduleRenewal(pc);
-    this.log.info({ transport: this.transport, afterFailures: this.backoff.attempts }, 'connected to the parent');
-    this.availability.set(true);
-    this.emit('up');
-    for (const l of [...this.upListeners]) {
-      try {
-        l();
-      } catch (err) {
-        this.log.error({ err }, 'upstream up listener failed');
-      }
-    }
+    this.announceUp();
   }
 
   private down(pc: ParentConnection, why: string): void {
     if (this.pc === pc) this.pc = undefined;
     if (this.renewTimer) clearTimeout(this.renewTimer);
-    this.since = Date.now();
-    this.lastError = why;
-    this.availability.set(false);
-    if (this.running) this.log.warn({ reason: why }, 'connection to the parent lost; reconnecting');
-    this.emit('down', why);
-  }
-
-  /** A backoff wait of the reconnect loop (see ReconnectPause); none once the link is closing. */
-  private pause(ms: number, probing: boolean): Promise<void> {
-    return this.running ? this.pauser.wait(ms, probing) : Promise.resolve();
+    this.announceDown(why);
   }
 }
 

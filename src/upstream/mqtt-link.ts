@@ -35,92 +35,48 @@
  * Events: `'up'`, `'down'` (reason text), `'refused'` (the parent refused the gateway's
  * credentials or certificate; retried with backoff).
  */
-import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import type { Logger } from 'pino';
 import type { IdentityRef } from '../engine/types.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { createSasToken } from '../identity/sas.ts';
-import { Availability } from '../routing/pump.ts';
-import { UserError } from '../util/errors.ts';
-import { childLog } from '../util/log.ts';
-import { Backoff, ReconnectPause } from './backoff.ts';
 import { directChildChain, keyOf } from './core.ts';
 import type { UpstreamIdentity } from './identity.ts';
+import { UpstreamLinkBase, type LinkBaseOptions } from './link-base.ts';
 import { MqttIdentityChannel, MqttIdentityLine, type MqttCore } from './mqtt-identity.ts';
 import { ConnackRefusal } from './mqtt-wire.ts';
 import { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
-import { UpstreamConnectError, defaultPort, describeTarget, openTransport, probe, type UpstreamTransport } from './transport.ts';
-import type { Upstream, UpstreamStatus, UpstreamTelemetryEndpointOf } from './upstream.ts';
+import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
+import type { Upstream, UpstreamTelemetryEndpointOf } from './upstream.ts';
 
-export interface MqttUpstreamOptions {
-  /** The parent's host name (or IP): where to connect and what its certificate must name. */
-  parentHost: string;
-  /** Default 8883 for `mqtt`, 443 for `mqttws`. */
-  port?: number;
+/** What the MQTT link takes besides the common options (link-base.ts; the port defaults to 8883, or 443 for `mqttws`). */
+export interface MqttUpstreamOptions extends LinkBaseOptions {
   transport?: Extract<UpstreamTransport, 'mqtt' | 'mqttws'>;
   /** PEM of the trust bundle the parent's certificate must chain to. */
   trustPem: string;
-  /** The IoT hub's host name (SAS audiences, user names), the same at every layer. */
-  hubHostName: string;
-  edgeDeviceId: string;
-  /** The edge device's symmetric key (base64). */
-  edgeKey: string;
   /** The auth chain of a telemetry sender (`leaf;...;edge`); default `{sender};{edge}`. */
   authChainOf?: (identity: IdentityRef) => string | undefined;
   /** Largest telemetry batch handed to the endpoint, default 500. */
   maxBatch?: number;
-  /** Lifetime of the gateway's SAS token, default 3600 s. */
-  tokenTtlSecs?: number;
   /** Connect, CONNACK, SUBACK and twin answer timeout, default 10 s. */
   operationTimeoutMs?: number;
-  /** First and longest reconnect wait, default 1 s and 30 s. */
-  minBackoffMs?: number;
-  maxBackoffMs?: number;
   /** An identity connection unused this long is closed, default 60 s. */
   idleMs?: number;
-  log?: Logger;
 }
 
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
 
-export class MqttUpstream extends EventEmitter implements Upstream {
-  readonly availability = new Availability(false);
-  readonly log: Logger;
-  private readonly transport: Extract<UpstreamTransport, 'mqtt' | 'mqttws'>;
-  private readonly port: number;
-  private readonly backoff: Backoff;
-  private readonly tokenTtlSecs: number;
+export class MqttUpstream extends UpstreamLinkBase implements Upstream {
   private readonly operationTimeoutMs: number;
   private readonly lines = new Map<string, MqttIdentityLine>();
   private readonly edgeHub: MqttIdentityLine;
-  private readonly upListeners = new Set<() => void>();
   private readonly core: MqttCore;
-  private endpoint?: UpstreamTelemetryEndpoint;
-  private token?: { text: string; expiresAt: number };
-  private edgeKey: string;
   private up = false;
-  private running = false;
-  private loop?: Promise<void>;
-  private readonly pauser: ReconnectPause;
   private readonly aborts = new AbortController();
   private sweepTimer?: NodeJS.Timeout;
-  private since = Date.now();
-  private lastError?: string;
 
   constructor(readonly o: MqttUpstreamOptions) {
-    super();
-    if (!o.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
-    if (!o.edgeKey || Buffer.from(o.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
-    this.edgeKey = o.edgeKey;
-    this.transport = o.transport ?? 'mqtt';
-    this.port = o.port ?? defaultPort(this.transport);
-    this.pauser = new ReconnectPause((timeoutMs) => probe(this.o.parentHost, this.port, timeoutMs));
+    super(o, o.transport ?? 'mqtt');
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
-    this.tokenTtlSecs = o.tokenTtlSecs ?? 3600;
-    this.backoff = new Backoff(o.minBackoffMs ?? 1000, o.maxBackoffMs ?? 30_000);
-    this.log = (o.log ?? childLog('upstream')).child({ parent: this.describeParent() });
     this.core = {
       hubHostName: o.hubHostName,
       edgeDeviceId: o.edgeDeviceId,
@@ -134,10 +90,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
         this.log.warn({ reason: why }, 'the parent no longer accepts the gateway credentials; reconnecting');
         this.edgeHub.close(why);
       },
-      onUp: (listener) => {
-        this.upListeners.add(listener);
-        return () => this.upListeners.delete(listener);
-      },
+      onUp: (listener) => this.addUpListener(listener),
     };
     const self: IdentityRef = { deviceId: o.edgeDeviceId, moduleId: EDGE_HUB };
     this.edgeHub = new MqttIdentityLine(this.core, self, `${o.edgeDeviceId}/${EDGE_HUB};${o.edgeDeviceId}`, true);
@@ -148,40 +101,16 @@ export class MqttUpstream extends EventEmitter implements Upstream {
     return this.up && this.edgeHub.connected;
   }
 
-  describeParent(): string {
-    return describeTarget({ host: this.o.parentHost, port: this.port, transport: this.transport });
-  }
-
-  status(): UpstreamStatus {
-    return {
-      connected: this.connected,
-      parent: this.describeParent(),
-      since: this.since,
-      ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
-      failedAttempts: this.backoff.attempts,
-      telemetry: this.endpoint?.metrics() ?? { sent: 0, undeliverable: 0, failedBatches: 0 },
-    };
-  }
-
-  start(): Promise<void> {
-    if (this.running) return Promise.resolve();
-    this.running = true;
+  protected override starting(): void {
     const idleMs = this.o.idleMs ?? 60_000;
     this.sweepTimer = setInterval(() => this.sweep(idleMs), Math.min(10_000, idleMs / 2));
     this.sweepTimer.unref();
-    return new Promise((resolve, reject) => {
-      this.loop = this.run((err) => {
-        if (!err) resolve();
-        else if (err instanceof UpstreamConnectError && (err.kind === 'refused' || err.kind === 'tls')) reject(err);
-        else resolve();
-      });
-    });
   }
 
   async close(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    this.pauser.wake();
+    this.wakePause();
     this.aborts.abort();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const line of this.lines.values()) line.close('the gateway is closing', true);
@@ -247,20 +176,8 @@ export class MqttUpstream extends EventEmitter implements Upstream {
 
   // ---- credentials and sockets ----
 
-  /** Signs with another key from now on (the next token, the next connection). */
-  setEdgeKey(key: string): void {
-    this.edgeKey = key;
-    this.token = undefined;
-  }
-
   private gatewayToken(): { text: string; expiresAt: number; ttlMs: number } {
-    const now = Date.now();
-    const ttlMs = this.tokenTtlSecs * 1000;
-    if (!this.token || this.token.expiresAt - now < ttlMs / 5) {
-      const se = Math.floor(now / 1000) + this.tokenTtlSecs;
-      this.token = { text: createSasToken(`${this.o.hubHostName}/devices/${this.o.edgeDeviceId}/modules/${EDGE_HUB}`, this.edgeKey, se), expiresAt: se * 1000 };
-    }
-    return { ...this.token, ttlMs };
+    return { ...this.currentToken(), ttlMs: this.tokenTtlSecs * 1000 };
   }
 
   private openSocket(): Promise<Duplex> {
@@ -269,7 +186,7 @@ export class MqttUpstream extends EventEmitter implements Upstream {
 
   // ---- the connection loop (the gateway's own $edgeHub connection) ----
 
-  private async run(firstAttempt: (err?: unknown) => void): Promise<void> {
+  protected async run(firstAttempt: (err?: unknown) => void): Promise<void> {
     let first: ((err?: unknown) => void) | undefined = firstAttempt;
     let failuresLogged = 0;
     while (this.running) {
@@ -315,31 +232,11 @@ export class MqttUpstream extends EventEmitter implements Upstream {
 
   private markUp(): void {
     this.up = true;
-    this.since = Date.now();
-    this.lastError = undefined;
-    this.log.info({ transport: this.transport, afterFailures: this.backoff.attempts }, 'connected to the parent');
-    this.availability.set(true);
-    this.emit('up');
-    for (const l of [...this.upListeners]) {
-      try {
-        l();
-      } catch (err) {
-        this.log.error({ err }, 'upstream up listener failed');
-      }
-    }
+    this.announceUp();
   }
 
   private markDown(why: string): void {
     this.up = false;
-    this.since = Date.now();
-    this.lastError = why;
-    this.availability.set(false);
-    if (this.running) this.log.warn({ reason: why }, 'connection to the parent lost; reconnecting');
-    this.emit('down', why);
-  }
-
-  /** A backoff wait of the reconnect loop (see ReconnectPause); none once the link is closing. */
-  private pause(ms: number, probing: boolean): Promise<void> {
-    return this.running ? this.pauser.wait(ms, probing) : Promise.resolve();
+    this.announceDown(why);
   }
 }
