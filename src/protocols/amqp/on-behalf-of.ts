@@ -10,14 +10,14 @@ import {
   onScopeChange,
   withdrawalReason,
   type OnBehalfOfSource,
-} from '../on-behalf-of.ts';
+} from '../../identity/on-behalf-of.ts';
 import { describeIdentity, identityKey } from './addresses.ts';
 import type { IdentityClaim } from './claims.ts';
 import type { AmqpConnection } from './connection.ts';
 import { AmqpRefusal, CONDITION, amqpErrorOf } from './errors.ts';
 import type { LinkContext } from './links.ts';
 
-export type { OnBehalfOfSource } from '../on-behalf-of.ts';
+export type { OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 
 /**
  * The parent's side of on-behalf-of: an edge hub below authenticates with its own

@@ -18,7 +18,7 @@ import type {
 } from '../../engine/types.ts';
 import { EDGE_HUB } from '../../identity/device-id.ts';
 import { childLog } from '../../util/log.ts';
-import { actingEdgeOf, claimedChainRefusal, grantOnBehalfOf, onScopeChange, withdrawalReason, type OnBehalfOfSource } from '../on-behalf-of.ts';
+import { actingEdgeOf, claimedChainRefusal, grantOnBehalfOf, onScopeChange, withdrawalReason, type OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import { BagError, c2dTopic, decodeBag, identityFromClientId, inputTopic, parsePublishTopic, parseSubscription, parseUsername, sameIdentity } from './topics.ts';
 
 const log = childLog('mqtt');

@@ -5,7 +5,7 @@ import type { Engine } from '../../engine/engine.ts';
 import { childLog } from '../../util/log.ts';
 import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
-import type { OnBehalfOfSource } from '../on-behalf-of.ts';
+import type { OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import { MqttConnection, type MqttConnectionOptions } from './connection.ts';
 
 const log = childLog('mqtt');

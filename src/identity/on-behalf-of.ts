@@ -1,8 +1,8 @@
 import type { AuthKind, AuthRequest, AuthResult, IdentityRef } from '../engine/types.ts';
 import { EngineError } from '../engine/errors.ts';
-import { authMethodText, parseResourcePath } from '../identity/authenticate.ts';
-import { EDGE_HUB } from '../identity/device-id.ts';
-import { parseSasToken, splitAudience } from '../identity/sas.ts';
+import { authMethodText, parseResourcePath } from './authenticate.ts';
+import { EDGE_HUB } from './device-id.ts';
+import { parseSasToken, splitAudience } from './sas.ts';
 import {
   ScopeError,
   buildAuthChain,
@@ -12,7 +12,7 @@ import {
   validateAuthChain,
   type ScopeDevice,
   type ScopeModule,
-} from '../identity/scope.ts';
+} from './scope.ts';
 
 /**
  * The protocol-neutral half of on-behalf-of, shared by the AMQP and MQTT heads: an edge hub
