@@ -22,7 +22,7 @@ import { createLeavesBulk, deploymentManifest, metricValue, setupEdge, startGate
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { connectMqttLeaf, type MqttLeaf } from '../helpers/mqtt-leaf.ts';
 import { exec, opensslConnect } from '../helpers/tls.ts';
-import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
+import { desiredPushArrives, eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -96,20 +96,7 @@ describe('official SDK leaves through the gateway', () => {
       await updateReported(twin, { firmware: `fw-${name}` });
       const hubTwin = await edge.svc.getTwin(id);
       assert.equal(hubTwin.properties?.reported?.firmware, `fw-${name}`);
-      const pushed: any[] = [];
-      twin.on('properties.desired', (p: any) => pushed.push(p));
-      // The gateway attaches the upstream desired link when the leaf subscribes; retry until a push lands.
-      let n = 0;
-      await eventually('a desired push through the gateway', async () => {
-        n++;
-        await edge.svc.updateTwin(id, { properties: { desired: { mode: `m${n}` } } });
-        const deadline = Date.now() + 1000;
-        while (Date.now() < deadline) {
-          if (pushed.some((p) => p.mode === `m${n}`)) return true;
-          await new Promise((r) => setTimeout(r, 20));
-        }
-        return false;
-      });
+      await desiredPushArrives(twin, (desired) => edge.svc.updateTwin(id, { properties: { desired } }));
 
       // Direct method from the hub, answered by the leaf.
       client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));

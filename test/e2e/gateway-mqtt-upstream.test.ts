@@ -16,7 +16,7 @@ import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { metricValue, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
-import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
+import { desiredPushArrives, eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -116,19 +116,7 @@ describe('UpstreamProtocol=Mqtt', () => {
     assert.equal(twin.properties.desired.interval, 5);
     await updateReported(twin, { firmware: 'fw-mqtt-up' });
     assert.equal((await edge.svc.getTwin(id)).properties?.reported?.firmware, 'fw-mqtt-up');
-    const pushed: any[] = [];
-    twin.on('properties.desired', (p: any) => pushed.push(p));
-    let n = 0;
-    await eventually('a desired push through the gateway', async () => {
-      n++;
-      await edge.svc.updateTwin(id, { properties: { desired: { mode: `m${n}` } } });
-      const deadline = Date.now() + 1000;
-      while (Date.now() < deadline) {
-        if (pushed.some((p) => p.mode === `m${n}`)) return true;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      return false;
-    });
+    await desiredPushArrives(twin, (desired) => edge.svc.updateTwin(id, { properties: { desired } }));
 
     client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload }, () => undefined));
     const r = await eventually('the method to reach the leaf', async () => {

@@ -12,6 +12,7 @@ import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { newKey, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { connackOf } from '../helpers/mqtt-leaf.ts';
 
 const require = createRequire(import.meta.url);
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -51,40 +52,28 @@ interface Connected {
 }
 
 /** Connects as an edge hub acting for `clientId`; rejects with the CONNACK refusal (err.code) or the socket error. */
-function connectOnBehalf(o: { clientId: string; chain?: string; token: string; transport?: 'mqtts' | 'wss' }): Promise<Connected> {
+async function connectOnBehalf(o: { clientId: string; chain?: string; token: string; transport?: 'mqtts' | 'wss' }): Promise<Connected> {
   const query = `api-version=2021-04-12${o.chain === undefined ? '' : `&auth-chain=${encodeURIComponent(o.chain)}`}`;
   const url = o.transport === 'wss' ? `wss://${hub.address}:443/$iothub/websocket` : `mqtts://${hub.address}:8883`;
-  return new Promise((resolve, reject) => {
-    const client = mqtt.connect(url, {
-      ca: hub.caPem,
-      clientId: o.clientId,
-      username: `${hub.hostname}/${o.clientId}/?${query}`,
-      password: o.token,
-      protocolVersion: 4,
-      clean: true,
-      reconnectPeriod: 0,
-      rejectUnauthorized: true,
-      ...(o.transport === 'wss' ? { wsOptions: { ca: hub.caPem } } : {}),
-    });
-    const fail = (err: Error) => {
-      client.end(true);
-      reject(err);
-    };
-    client.once('error', fail);
-    client.once('close', () => fail(new Error('connection closed before CONNACK')));
-    client.once('connect', () => {
-      client.removeListener('error', fail);
-      client.removeAllListeners('close');
-      client.on('error', () => undefined);
-      const closed = new Promise<void>((r) => client.once('close', () => r()));
-      resolve({
-        client,
-        closed,
-        publish: (topic, payload) => new Promise<void>((res, rej) => client.publish(topic, payload, { qos: 1 }, (err?: Error) => (err ? rej(err) : res()))),
-        end: () => client.end(true),
-      });
-    });
+  const client = mqtt.connect(url, {
+    ca: hub.caPem,
+    clientId: o.clientId,
+    username: `${hub.hostname}/${o.clientId}/?${query}`,
+    password: o.token,
+    protocolVersion: 4,
+    clean: true,
+    reconnectPeriod: 0,
+    rejectUnauthorized: true,
+    ...(o.transport === 'wss' ? { wsOptions: { ca: hub.caPem } } : {}),
   });
+  await connackOf(client);
+  const closed = new Promise<void>((r) => client.once('close', () => r()));
+  return {
+    client,
+    closed,
+    publish: (topic, payload) => new Promise<void>((res, rej) => client.publish(topic, payload, { qos: 1 }, (err?: Error) => (err ? rej(err) : res()))),
+    end: () => client.end(true),
+  };
 }
 
 async function refusal(p: Promise<Connected>): Promise<number | undefined> {

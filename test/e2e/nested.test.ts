@@ -17,7 +17,7 @@ import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { recordConnections, setupLayer } from '../helpers/nested.ts';
-import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
+import { desiredPushArrives, eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message, ModuleClient } = require('azure-iot-device');
@@ -101,20 +101,7 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       assert.equal(twin.properties.desired.interval, 7);
       await updateReported(twin, { firmware: `fw-${name}` });
       await eventually('the reported patch at the hub', async () => (await svc().getTwin(id)).properties?.reported?.firmware === `fw-${name}`);
-      const pushed: any[] = [];
-      twin.on('properties.desired', (p: any) => pushed.push(p));
-      // The desired subscription is set up through the layers asynchronously; retry until a push lands.
-      let n = 0;
-      await eventually('a desired push from the hub at the leaf', async () => {
-        n++;
-        await svc().updateTwin(id, { properties: { desired: { mode: `m${n}` } } });
-        const deadline = Date.now() + 1500;
-        while (Date.now() < deadline) {
-          if (pushed.some((p) => p.mode === `m${n}`)) return true;
-          await new Promise((r) => setTimeout(r, 20));
-        }
-        return false;
-      });
+      await desiredPushArrives(twin, (desired) => svc().updateTwin(id, { properties: { desired } }), 1500);
 
       client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));
       const r = await svc().request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, {

@@ -30,3 +30,24 @@ export async function eventually<T>(what: string, fn: () => Promise<T | undefine
 export function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
   return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
 }
+
+/**
+ * Sends desired patches `{ mode: 'm1' }`, `{ mode: 'm2' }`, ... until one reaches the SDK
+ * twin: a gateway attaches its upstream desired link only once the leaf subscribes, so the
+ * first patch may come before anyone listens. Each try waits `tryMs` for its push.
+ */
+export async function desiredPushArrives(twin: any, sendDesired: (patch: { mode: string }) => Promise<unknown>, tryMs = 1000): Promise<void> {
+  const pushed: any[] = [];
+  twin.on('properties.desired', (p: any) => pushed.push(p));
+  let n = 0;
+  await eventually('a desired push at the leaf', async () => {
+    n++;
+    await sendDesired({ mode: `m${n}` });
+    const deadline = Date.now() + tryMs;
+    while (Date.now() < deadline) {
+      if (pushed.some((p) => p.mode === `m${n}`)) return true;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return false;
+  });
+}
