@@ -113,6 +113,16 @@ async function setAuthentication(edge: EdgeSetup, authentication: Record<string,
   await edge.svc.updateDevice({ ...device, authentication: authentication as never });
 }
 
+/** Registers the gateway at the hub as self-signed with a new certificate and provisions its config.toml with it. */
+async function provisionSelfSigned(edge: EdgeSetup): Promise<void> {
+  const id = await selfSigned(edge.gatewayId);
+  await setAuthentication(edge, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: id.thumbprint } });
+  await provisionWithCertificate(edge, id);
+}
+
+const startGateway = (edge: EdgeSetup, env?: Record<string, string>) =>
+  startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address, ...(env ? { env } : {}) });
+
 async function sendFromLeaf(edge: EdgeSetup, leaf: { connectionString: string }, bodies: string[]): Promise<void> {
   const client = Client.fromConnectionString(leaf.connectionString, Mqtt);
   await client.setOptions({ ca: edge.rootPem });
@@ -131,10 +141,8 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
   test('self-signed: the gateway reads its $edgeHub key with its certificate and relays a leaf; with the hub down it restarts on the kept key', async (t) => {
     const edge = await setupLayer(hub, { gatewayId: 'x509-self-gw', address: addr(1) });
     t.after(() => edge.cleanup());
-    const id = await selfSigned('x509-self-gw');
-    await setAuthentication(edge, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: id.thumbprint } });
-    await provisionWithCertificate(edge, id);
-    let gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    await provisionSelfSigned(edge);
+    let gw = await startGateway(edge);
     t.after(() => gw.stop());
 
     const leaf = await edge.createLeaf('x509-self-leaf');
@@ -152,7 +160,7 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     // Hub down: the gateway restarts on the kept key and takes the leaf's messages.
     await gw.stop();
     await hub.stop();
-    gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    gw = await startGateway(edge);
     assert.match(gw.output(), /using the key kept from an earlier start/);
     await sendFromLeaf(edge, leaf, ['offline 1', 'offline 2']);
     hub = await startHubProcess({ address: addr(0), dataDir: hubDir });
@@ -162,10 +170,8 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
   test('the $edgeHub keys regenerated at the hub: refused with the old key, the gateway reads the new one and goes on', async (t) => {
     const edge = await setupLayer(hub, { gatewayId: 'x509-rekey-gw', address: addr(8) });
     t.after(() => edge.cleanup());
-    const id = await selfSigned('x509-rekey-gw');
-    await setAuthentication(edge, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: id.thumbprint } });
-    await provisionWithCertificate(edge, id);
-    const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    await provisionSelfSigned(edge);
+    const gw = await startGateway(edge);
     t.after(() => gw.stop());
     const leaf = await edge.createLeaf('x509-rekey-leaf');
     await sendFromLeaf(edge, leaf, ['before the new keys']);
@@ -194,7 +200,7 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     assert.equal(added.code, 0, added.stderr);
     await setAuthentication(edge, { type: 'certificateAuthority' });
     await provisionWithCertificate(edge, id);
-    const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    const gw = await startGateway(edge);
     t.after(() => gw.stop());
     const leaf = await edge.createLeaf('x509-ca-leaf');
     await sendFromLeaf(edge, leaf, ['via a CA-signed gateway']);
@@ -209,7 +215,7 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     await setAuthentication(edge, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: registered.thumbprint } });
     await provisionWithCertificate(edge, presented);
     await assert.rejects(
-      startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address }),
+      startGateway(edge),
       (err: Error) => {
         assert.match(err.message, /refused the identity certificate of edge device x509-unknown-gw/);
         assert.match(err.message, /thumbprint/);
@@ -224,12 +230,10 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     t.after(() => parent.cleanup());
     const child = await setupLayer(hub, { gatewayId: 'x509-child-gw', address: addr(5), parent });
     t.after(() => child.cleanup());
-    const id = await selfSigned('x509-child-gw');
-    await setAuthentication(child, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: id.thumbprint } });
-    await provisionWithCertificate(child, id);
-    const pgw = await startGatewayProcess({ configPath: parent.configPath, dataDir: parent.dataDir, address: parent.address });
+    await provisionSelfSigned(child);
+    const pgw = await startGateway(parent);
     t.after(() => pgw.stop());
-    const cgw = await startGatewayProcess({ configPath: child.configPath, dataDir: child.dataDir, address: child.address, env: { UpstreamProtocol: 'Mqtt' } });
+    const cgw = await startGateway(child, { UpstreamProtocol: 'Mqtt' });
     t.after(() => cgw.stop());
     const leaf = await child.createLeaf('x509-nested-leaf');
     await sendFromLeaf(child, leaf, ['two layers, the lower one on a certificate']);
@@ -280,7 +284,7 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     for (const deviceId of ['x509-bundle-leaf', 'x509-stranger-leaf']) {
       await edge.svc.createDevice({ deviceId, authentication: { type: 'certificateAuthority' }, deviceScope: edge.gateway.deviceScope, parentScopes: [edge.gateway.deviceScope!] } as never);
     }
-    const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    const gw = await startGateway(edge);
     t.after(() => gw.stop());
 
     const open = async (deviceId: string, files: { cert: string; key: string }) => {
