@@ -34,6 +34,7 @@ import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
 import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
 import { EdgeHubRoutes } from './edgehub-routes.ts';
+import { DirectForwarder } from './direct-forward.ts';
 import { GatewayRegistry } from './gateway-registry.ts';
 import { diagnosticLines, loadEdgeConfigFile, type LoadedConfig } from './load-config.ts';
 import {
@@ -253,6 +254,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       if (origin && store.isForwardedStored(origin)) return DURABLE;
       const original = origin && store.forwardedInFlight(origin);
       if (original) return original;
+      // Taken by the parent already, passed on as it came: nothing more to do.
+      if (origin && direct?.isPassed(origin)) return undefined;
       const stored = storedMessageOf(auth, message);
       const deliveries = routes.table.match(stored);
       if (deliveries.length === 0) notForwarded(stored.sender);
@@ -263,7 +266,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       return entry;
     };
     // A child gateway's batch is stored in one commit and answered once.
-    const sink: TelemetrySink = (items) => {
+    const storeItems = (items: Parameters<TelemetrySink>[0]): Promise<void> => {
       const entries: AppendEntry[] = [];
       const waits: Array<Promise<unknown>> = [];
       let durable = false;
@@ -278,6 +281,27 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       if (durable) waits.push(store.whenDurable());
       if (waits.length === 0) return Promise.resolve();
       return (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
+    };
+    // ... unless it can go to the parent as it came (edge/direct-forward.ts).
+    const direct = link.direct && new DirectForwarder({
+      direct: link.direct,
+      store,
+      upstreamOnly: (auth, message) => {
+        const deliveries = routes.table.match(storedMessageOf(auth, message));
+        return deliveries.length === 1 && deliveries[0]!.endpoint.id === '$upstream';
+      },
+      storeBatch: storeItems,
+      passed: (n) => {
+        metrics.passedOn.inc(n);
+        metrics.sent.inc({ endpoint: '$upstream' }, n);
+      },
+      log,
+    });
+    const sink: TelemetrySink = (items, batch) => {
+      const passing = batch && direct?.forward(items, batch);
+      if (!passing) return storeItems(items);
+      metrics.received.inc(items.length);
+      return passing;
     };
 
     const authorize: AuthorizeHook = async (identity, { live }) => {

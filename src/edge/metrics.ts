@@ -16,7 +16,8 @@ export interface MetricsSources {
 
 /**
  * The gateway's Prometheus metrics, named like the original edge hub's (`edgehub_*`): connected
- * clients, messages received from devices and sent to each endpoint, queue length per endpoint,
+ * clients, messages received from devices and sent to each endpoint (and of those, passed on
+ * without being stored: edge/direct-forward.ts), queue length per endpoint,
  * messages dropped (TTL passed, no route) or set aside (unreadable), and the upstream link state.
  */
 export class GatewayMetrics {
@@ -24,6 +25,7 @@ export class GatewayMetrics {
   readonly received: Counter<'protocol'>;
   readonly sent: Counter<'endpoint'>;
   readonly dropped: Counter<'reason'>;
+  readonly passedOn: Counter;
 
   constructor(sources: MetricsSources, labels: { edge_device: string }) {
     const r = this.registry;
@@ -40,6 +42,11 @@ export class GatewayMetrics {
     });
     this.received = new Counter({ name: 'edgehub_messages_received_total', help: 'Telemetry messages accepted from downstream devices and modules', labelNames: ['protocol'], registers: [r] });
     this.sent = new Counter({ name: 'edgehub_messages_sent_total', help: 'Messages delivered to an endpoint ($upstream or a module input)', labelNames: ['endpoint'], registers: [r] });
+    this.passedOn = new Counter({
+      name: 'edgehub_messages_passed_on_total',
+      help: 'Messages of child gateways passed to the parent as they came, not stored here (the child keeps them until the parent has them); also counted in edgehub_messages_sent_total',
+      registers: [r],
+    });
     this.dropped = new Counter({ name: 'edgehub_messages_dropped_total', help: 'Messages accepted but not forwarded (reason: no_route)', labelNames: ['reason'], registers: [r] });
     new Gauge({
       name: 'edgehub_queue_length',

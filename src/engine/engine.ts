@@ -21,6 +21,7 @@ import type {
   EngineOptions,
   EventStreamReader,
   EventToAppend,
+  ForwardedBatch,
   IdentityRef,
   Message,
   MethodInvokeRequest,
@@ -325,10 +326,10 @@ export class Engine {
   }
 
   /** A batch (HTTPS, or AMQP from a gateway): all stored in one transaction, or none; a resend of what a child gateway forwarded before is not stored again (no info for it). */
-  async sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>): Promise<StoredEventInfo[]> {
+  async sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]> {
     for (const m of messages) this.checkMessage(auth.identity, m);
     if (this.options.telemetrySink) {
-      const info = await this.toSink(messages.map((message, i) => (origins?.[i] ? { auth, message, origin: origins[i] } : { auth, message })));
+      const info = await this.toSink(messages.map((message, i) => (origins?.[i] ? { auth, message, origin: origins[i] } : { auth, message })), batch);
       return messages.map(() => info);
     }
     const events: EventToAppend[] = [];
@@ -358,11 +359,11 @@ export class Engine {
     return stored;
   }
 
-  private toSink(items: Parameters<TelemetrySink>[0]): Promise<StoredEventInfo> {
+  private toSink(items: Parameters<TelemetrySink>[0], batch?: ForwardedBatch): Promise<StoredEventInfo> {
     const enqueuedTime = Date.now();
     let taken: Promise<void>;
     try {
-      taken = this.options.telemetrySink!(items);
+      taken = this.options.telemetrySink!(items, batch);
     } catch (err) {
       taken = Promise.reject(err);
     }
@@ -785,10 +786,10 @@ class SessionImpl implements Session {
     return this.engine.sendTelemetry(this.auth, message);
   }
 
-  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>): Promise<StoredEventInfo[]> {
+  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]> {
     if (this.closed) return Promise.reject(new EngineError('unavailable', 'the connection is closed'));
     this.touch();
-    return this.engine.sendTelemetryBatch(this.auth, messages, origins);
+    return this.engine.sendTelemetryBatch(this.auth, messages, origins, batch);
   }
 
   twinGet(): Promise<TwinProperties> {

@@ -376,7 +376,7 @@ export interface Session {
   /** Telemetry from this identity; resolves once durable. */
   sendTelemetry(message: Message): Promise<StoredEventInfo>;
   /** Several messages stored together (all or none), e.g. an AMQP batch; `origins` (one per message) when a child gateway forwarded them. */
-  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>): Promise<StoredEventInfo[]>;
+  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]>;
   twinGet(): Promise<TwinProperties>;
   /** Merge patch (null deletes); resolves with the new reported `$version`. */
   twinPatchReported(patch: Record<string, unknown>): Promise<{ version: number }>;
@@ -433,7 +433,17 @@ export interface EngineRegistry {
  * when the device gets its acknowledgement; reject with an EngineError to refuse (e.g.
  * 'throttled' when the store is full). Messages come in the order the device sent them.
  */
-export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message; origin?: ForwardedOrigin }>) => Promise<void>;
+/**
+ * A child gateway's batch as it arrived (AMQP): the transfer's payload, and its stream as the
+ * child named it (the items' origins carry the same stream prefixed with the sender). A gateway
+ * may pass it on to its parent unchanged instead of storing it (edge/direct-forward.ts).
+ */
+export interface ForwardedBatch {
+  payload: Buffer;
+  stream: string;
+}
+
+export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message; origin?: ForwardedOrigin }>, batch?: ForwardedBatch) => Promise<void>;
 
 /**
  * Decides whether an identity may use this node at all, before its credential is checked (a

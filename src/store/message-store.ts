@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
+import { PassingMarks } from './passing-marks.ts';
 import { reviveSenderMessage, SenderMessage } from './sender-message.ts';
 
 /**
@@ -194,6 +195,8 @@ interface EndpointState {
   pendingDelete: Set<number>;
   queues: Map<number, QueueState>;
   listeners: Set<() => void>;
+  /** Appends for this endpoint waiting for their commit. */
+  pendingAppends: number;
   /** Counted in the commit that writes them. */
   dirtyCheckpointed: number;
   dirtyExpired: number;
@@ -332,6 +335,7 @@ export class MessageStore {
   /** Origins of the messages appended since the last commit, in append order. */
   private pendingOrigins: ForwardedOrigin[] = [];
   private readonly origins: OriginWatermarks;
+  private readonly passing: PassingMarks;
   /** This store's id, made when the file was: message numbers are unique within it. */
   readonly id: string;
   private deletes: PendingDelete[] = [];
@@ -447,6 +451,7 @@ export class MessageStore {
     }
     this.id = id;
     this.origins = new OriginWatermarks(this.db);
+    this.passing = new PassingMarks(this.db);
 
     const totals = this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, coalesce(max(seq), 0) AS top FROM messages').get() as
       { n: number; bytes: number; top: number };
@@ -543,6 +548,7 @@ export class MessageStore {
       for (const a of ready) {
         a.seq = this.nextSeq++;
         this.appends.push(a);
+        for (const t of a.targets) t.ep.pendingAppends++;
       }
       this.pendingBytes += bytes;
       this.pendingMessages += ready.length;
@@ -668,6 +674,31 @@ export class MessageStore {
       this.deleteWaiters.push({ resolve, reject });
       this.scheduleFlush(false);
     });
+  }
+
+  /**
+   * Before a child's batch is passed to the parent without being stored (edge/direct-forward.ts):
+   * undefined when a mark covering `seq` of `stream` is on disk already, else a promise that
+   * resolves once one is (see passing-marks.ts).
+   */
+  markPassing(stream: string, seq: number): Promise<void> | undefined {
+    if (this.closed) return Promise.reject(new Error('message store is closed'));
+    if (this.passing.covers(stream, seq)) return undefined;
+    return this.whenDurable();
+  }
+
+  /** The passing marks found on disk at open: how far a previous run may have passed each stream on. */
+  passingMarksAtOpen(): ReadonlyMap<string, number> {
+    return this.passing.atOpen;
+  }
+
+  /** True when the endpoint has entries, committed or waiting for their commit. */
+  hasQueued(endpoint: string): boolean {
+    const ep = this.endpointsByName.get(endpoint);
+    if (!ep) return false;
+    if (ep.pendingAppends > 0) return true;
+    for (const q of ep.queues.values()) if (q.length > 0) return true;
+    return false;
   }
 
   /** Priorities of an endpoint that have entries, highest first (lowest number). */
@@ -812,7 +843,7 @@ export class MessageStore {
     return {
       id, name, checkpointed, expired,
       pendingDelete: new Set(), queues: new Map(), listeners: new Set(),
-      dirtyCheckpointed: 0, dirtyExpired: 0,
+      pendingAppends: 0, dirtyCheckpointed: 0, dirtyExpired: 0,
     };
   }
 
@@ -942,6 +973,8 @@ export class MessageStore {
     const origins = this.pendingOrigins;
     this.pendingOrigins = [];
     let moved: OriginsMoved | undefined;
+    let marks: Map<string, number> | undefined;
+    for (const a of appends) for (const t of a.targets) t.ep.pendingAppends--;
 
     const touched = new Set<EndpointState>();
     let freedBytes = 0;
@@ -989,6 +1022,7 @@ export class MessageStore {
         for (const ep of touched) s.updateEndpoint.run(ep.dirtyCheckpointed, ep.dirtyExpired, ep.id);
         if (appends.length > 0) s.saveLastSeq.run(String(appends[appends.length - 1].seq));
         if (origins.length > 0) moved = this.origins.writeInTransaction(origins);
+        if (this.passing.hasPending) marks = this.passing.writeInTransaction();
         this.db.exec('COMMIT');
       } catch (err) {
         if (this.db.inTransaction) this.db.exec('ROLLBACK');
@@ -998,6 +1032,7 @@ export class MessageStore {
       const error = err instanceof Error ? err : new Error(String(err));
       log.error({ err: error.message, appends: appends.length, deletes: deletes.length }, 'message store commit failed');
       for (const o of origins) this.origins.forget(o);
+      if (marks) this.passing.failed(marks);
       for (const ep of touched) {
         ep.dirtyCheckpointed = 0;
         ep.dirtyExpired = 0;
@@ -1050,6 +1085,11 @@ export class MessageStore {
       a.meta = '';
     }
     if (appends.length > 0) this.committedSeq = appends[appends.length - 1].seq;
+    // Marks count once on disk: answered first, before the waiters that asked for them.
+    if (marks) {
+      const written = marks;
+      waiters.unshift({ resolve: () => this.passing.committed(written), reject: ignore });
+    }
     if (this.walSync) {
       this.walSync.addAll(appends);
       this.walSync.addAll(waiters);

@@ -32,6 +32,7 @@ export type OriginsMoved = Map<string, StreamCoverage>;
 
 /** Spans kept per stream; past it the oldest go (a resend inside them would be stored again). */
 const MAX_SPANS = 64;
+const NO_SPANS: Array<[number, number]> = [];
 
 /** Records that (prev, seq] is stored. */
 export function cover(c: StreamCoverage, prev: number, seq: number): void {
@@ -61,6 +62,13 @@ export function cover(c: StreamCoverage, prev: number, seq: number): void {
   if (kept.length > MAX_SPANS) kept.splice(0, kept.length - MAX_SPANS);
   c.spans = kept;
   c.spansChanged = true;
+}
+
+/** True when `seq` lies in what `c` records as stored. */
+export function covers(c: StreamCoverage, seq: number): boolean {
+  if (seq <= c.mark) return true;
+  for (const [lo, hi] of c.spans) if (seq > lo && seq <= hi) return true;
+  return false;
 }
 
 export class OriginWatermarks {
@@ -94,10 +102,7 @@ export class OriginWatermarks {
 
   /** True when this message is already stored (a resend): skip it. */
   isStored(origin: ForwardedOrigin): boolean {
-    if (origin.seq <= (this.committed.get(origin.stream) ?? 0)) return true;
-    const spans = this.spans.get(origin.stream);
-    if (spans) for (const [lo, hi] of spans) if (origin.seq > lo && origin.seq <= hi) return true;
-    return false;
+    return covers({ mark: this.committed.get(origin.stream) ?? 0, spans: this.spans.get(origin.stream) ?? NO_SPANS }, origin.seq);
   }
 
   /** Remembers a forwarded message being stored by `storing`, until `forget` is told its commit is over. */

@@ -47,12 +47,12 @@ import { EDGE_HUB } from '../identity/device-id.ts';
 import type { DeliveryEndpoint } from '../routing/pump.ts';
 import { audienceOf, directChildChain, keyOf, type UpstreamCore } from './core.ts';
 import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
-import { UpstreamDownError, UpstreamError } from './links.ts';
+import { UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
 import { UpstreamTelemetryEndpoint, type TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
 import { UpstreamConnectError, describeTarget, openTransport, type UpstreamTransport } from './transport.ts';
 import { UpstreamLinkBase, type LinkBaseOptions } from './link-base.ts';
-import type { Upstream } from './upstream.ts';
+import type { DirectTelemetry, Upstream } from './upstream.ts';
 
 export type { UpstreamIdentity, UpstreamC2DDelivery } from './identity.ts';
 export { UpstreamError, UpstreamDownError } from './links.ts';
@@ -155,6 +155,24 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
       this.o.maxBatch ?? 500,
     );
     return this.endpoint;
+  }
+
+  readonly direct: DirectTelemetry = {
+    usable: () => this.connected && this.availability.isAvailable(),
+    send: (identity, payload) => this.sendDirect(identity, payload),
+  };
+
+  private sendDirect(identity: IdentityRef, payload: Buffer): Promise<SendOutcome> {
+    const sending = this.senderChannel(identity).sendBatchPayload(payload);
+    // A parent that stops answering without closing the connection: drop it, so what is in
+    // flight fails (the child sends it again) and the link reconnects.
+    const stallMs = Math.min(25_000, this.operationTimeoutMs * 2);
+    const timer = setTimeout(() => {
+      const why = `the parent (${this.describeParent()}) did not settle a passed-on batch within ${stallMs} ms`;
+      this.log.warn({ reason: why }, 'the parent stopped answering; reconnecting');
+      this.pc?.end(why);
+    }, stallMs);
+    return sending.finally(() => clearTimeout(timer));
   }
 
   /**

@@ -222,6 +222,16 @@ export class IdentityChannel implements UpstreamIdentity {
     return outcomes.flat();
   }
 
+  /**
+   * Sends a batch encoded already (a child gateway's, passed on as it came) on this identity's
+   * telemetry link, and reports the parent's outcome. Rejects, having sent nothing, when the link
+   * cannot be attached.
+   */
+  async sendBatchPayload(payload: Buffer): Promise<SendOutcome> {
+    const link = await this.telemetryLink();
+    return link.sendEncoded(payload, BATCH_FORMAT);
+  }
+
   // ---- twin ----
 
   private twinLinks(): Promise<TwinLinks> {

@@ -1,4 +1,6 @@
+import type { IdentityRef } from '../engine/types.ts';
 import type { DeliveryEndpoint } from '../routing/pump.ts';
+import type { SendOutcome } from './links.ts';
 import type { UpstreamIdentity } from './identity.ts';
 import type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
 
@@ -23,6 +25,17 @@ export interface UpstreamStatus {
   telemetry: TelemetryEndpointMetrics;
 }
 
+/**
+ * Passing a child gateway's batch to the parent as it came, without storing it here
+ * (edge/direct-forward.ts). Only the AMQP link can: MQTT has no batches.
+ */
+export interface DirectTelemetry {
+  /** The link is up and not backing off. */
+  usable(): boolean;
+  /** Sends one batch for `identity`; resolves with the parent's outcome, rejects when nothing was sent. */
+  send(identity: IdentityRef, payload: Buffer): Promise<SendOutcome>;
+}
+
 /** `$upstream` as the gateway's endpoint pump sees it. */
 export type UpstreamTelemetryEndpointOf = DeliveryEndpoint & { metrics(): TelemetryEndpointMetrics; rewind(): void };
 
@@ -44,6 +57,8 @@ export interface Upstream {
   close(): Promise<void>;
   /** `$upstream` for the gateway's endpoint pump (one per link). */
   telemetryEndpoint(): UpstreamTelemetryEndpointOf;
+  /** Present when the link can pass child gateways' batches on as they came (AMQP). */
+  readonly direct?: DirectTelemetry;
   /**
    * A downstream identity's twin, methods and C2D at the parent. Opening twice gives the same
    * object until it is closed. `authChain` is `{target};...;{this edge}`.

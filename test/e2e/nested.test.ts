@@ -3,13 +3,18 @@
  * process on its own loopback address with the standard ports and every certificate from the
  * hub's root: official device SDK leaves (Mqtt, Amqp) under L3 send telemetry that reaches the
  * hub under their own ids, and twin, direct method and C2D from the hub round-trip three
- * layers down; a leaf's module (ModuleClient) does the same under its module id; L2 is killed with SIGKILL while a leaf streams acknowledged messages and
- * restarted, and every acknowledged message arrives in order; throughout, the outbound TCP
+ * layers down; a leaf's module (ModuleClient) does the same under its module id; L2 is killed
+ * with SIGKILL while a leaf streams acknowledged messages and restarted, and so is the hub, and
+ * every acknowledged message arrives once, in order (the middle layers pass L3's batches on
+ * without storing them while their parent answers); throughout, the outbound TCP
  * connections of every gateway (from /proc) are recorded, and L2 and L3 only ever connect to
  * their parent.
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.ts';
@@ -29,13 +34,17 @@ const first = randomInt(2, 246);
 const [hubAddr, l1Addr, l2Addr, l3Addr] = [0, 1, 2, 3].map((i) => `${base}.${first + i}`);
 
 let hub: HubProcess;
+let hubDir: string;
 const layers: EdgeSetup[] = [];
 const gws: Array<GatewayProcess | undefined> = [];
 let recorder: ReturnType<typeof recordConnections>;
 const cleanups: Array<() => unknown> = [];
 
 before(async () => {
-  hub = await startHubProcess({ address: hubAddr });
+  // Its own directory, so that a test can stop it and start it again.
+  hubDir = await mkdtemp(join(tmpdir(), 'strata-nested-hub-'));
+  cleanups.push(() => rm(hubDir, { recursive: true, force: true }));
+  hub = await startHubProcess({ address: hubAddr, dataDir: hubDir });
   cleanups.push(() => hub.stop());
   const addrs = [l1Addr, l2Addr, l3Addr];
   for (let i = 0; i < 3; i++) {
@@ -156,8 +165,13 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
     assert.deepEqual(r.body, { status: 200, payload: { module: 'sensor' } });
   });
 
-  test('L2 killed with SIGKILL mid-stream and restarted: every acknowledged message from a leaf under L3 reaches the hub once, in order', async (t) => {
-    const leaf = await bottom().createLeaf('nested-outage-leaf');
+  /**
+   * A leaf under L3 sends one message at a time while `disrupt` takes part of the chain away and
+   * brings it back; then every acknowledged message must be at the hub, in order, and nothing
+   * duplicated past L3's store.
+   */
+  async function streamThrough(t: { after(fn: () => unknown): void; diagnostic(m: string): void }, leafId: string, disrupt: (acked: () => number) => Promise<void>): Promise<void> {
+    const leaf = await bottom().createLeaf(leafId);
     const client = await openLeaf(t, leaf.connectionString, Mqtt);
     // What L3 takes in from its leaves (a leaf that resends after a lost acknowledgement is at
     // least once on that hop, as with IoT Hub): duplicates past L3's store would be ours.
@@ -189,13 +203,7 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       await sender;
     });
     await eventually('a stream under way through all layers', async () => acked.length >= 50 && (await eventsOf(leaf.deviceId)).length >= 20);
-    await gws[1]!.kill9();
-    gws[1] = undefined;
-    const atKill = acked.length;
-    // L3 keeps acknowledging: it buffers while its parent is gone.
-    await eventually('acknowledged messages while L2 is down', () => acked.length >= atKill + 200, 15_000);
-    gws[1] = await startGatewayProcess({ configPath: layers[1].configPath, dataDir: layers[1].dataDir, address: l2Addr });
-    await eventually('more acknowledged messages after L2 is back', () => acked.length >= atKill + 300);
+    await disrupt(() => acked.length);
     stop = true;
     await sender;
     assert.equal(sendError, undefined, `the leaf's send failed: ${String(sendError)}`);
@@ -209,13 +217,42 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
     const firstSeen = indices.filter((v, k) => indices.indexOf(v) === k);
     const duplicates = indices.length - firstSeen.length;
     const twice = indices.filter((v, k) => indices.indexOf(v) !== k);
-    t.diagnostic(`${acked.length} acknowledged (${acked.length - atKill} after the kill at ${atKill}), ${indices.length} at the hub, ${duplicates} duplicates${twice.length ? `: ${twice.map((v) => `${v} at positions ${indices.flatMap((x, k) => (x === v ? [k] : [])).join(' and ')}`).join('; ')}` : ''}`);
+    t.diagnostic(`${acked.length} acknowledged, ${indices.length} at the hub, ${duplicates} duplicates${twice.length ? `: ${twice.map((v) => `${v} at positions ${indices.flatMap((x, k) => (x === v ? [k] : [])).join(' and ')}`).join('; ')}` : ''}`);
     assert.deepEqual(firstSeen.slice(0, acked.length), acked, 'no loss and in the order sent');
-    // What L2 forwarded but had not checkpointed when it died goes again after its restart; L1
-    // recognises it by its origin (L2's store and number) and stores it once.
+    // A batch sent again after a lost answer is recognised upstream by its origin (the store and
+    // number of the gateway that stored it) and stored once.
     const leafRepeats = Math.max(0, (await receivedAtL3()) - l3Before - next);
     t.diagnostic(`L3 took ${(await receivedAtL3()) - l3Before} message(s) from the leaf for ${next} sent: ${leafRepeats} repeated`);
     assert.ok(duplicates <= leafRepeats, `nothing duplicated past the store: ${duplicates} duplicate(s) at the hub, ${leafRepeats} repeat(s) taken from the leaf`);
+  }
+
+  const passedOn = async (gw: GatewayProcess) => Number(/^edgehub_messages_passed_on_total(?:\{[^}]*\})? (\d+)/m.exec(await gw.metrics())?.[1] ?? 0);
+
+  test('L2 killed with SIGKILL mid-stream and restarted: every acknowledged message from a leaf under L3 reaches the hub once, in order', async (t) => {
+    await streamThrough(t, 'nested-outage-leaf', async (acked) => {
+      await gws[1]!.kill9();
+      gws[1] = undefined;
+      const atKill = acked();
+      // L3 keeps acknowledging: it buffers while its parent is gone.
+      await eventually('acknowledged messages while L2 is down', () => acked() >= atKill + 200, 15_000);
+      gws[1] = await startGatewayProcess({ configPath: layers[1].configPath, dataDir: layers[1].dataDir, address: l2Addr });
+      await eventually('more acknowledged messages after L2 is back', () => acked() >= atKill + 300);
+    });
+  });
+
+  test("the middle layers pass L3's batches on without storing them; with the hub stopped mid-stream and started again, every acknowledged message arrives once, in order", async (t) => {
+    const before = await Promise.all([passedOn(gws[0]!), passedOn(gws[1]!), passedOn(gws[2]!)]);
+    await streamThrough(t, 'nested-hub-outage-leaf', async (acked) => {
+      const passing = await Promise.all([passedOn(gws[0]!), passedOn(gws[1]!), passedOn(gws[2]!)]);
+      t.diagnostic(`passed on since the test began: L1 ${passing[0] - before[0]}, L2 ${passing[1] - before[1]}, L3 ${passing[2] - before[2]}`);
+      assert.ok(passing[0] > before[0] && passing[1] > before[1], 'L1 and L2 pass batches of the layer below on');
+      assert.equal(passing[2], before[2], 'L3 stores what its leaves send (they send no batches)');
+      await hub.stop();
+      const atStop = acked();
+      await eventually('acknowledged messages while the hub is down', () => acked() >= atStop + 200, 15_000);
+      hub = await startHubProcess({ address: hubAddr, dataDir: hubDir });
+      await eventually('more acknowledged messages after the hub is back', () => acked() >= atStop + 300, 30_000);
+    });
   });
 
   test('network isolation: L2 and L3 connect only to their parent; L1 only to the hub', (t) => {

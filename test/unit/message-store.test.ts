@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import { MessageStore, StoreFullError, type QueuedMessage, type StoredMessage, type StoreSettings } from '../../src/store/message-store.ts';
 import { messageOfStored, SenderMessage, storedMessageOf } from '../../src/store/sender-message.ts';
 import { authMethodText } from '../../src/identity/auth-method.ts';
+import { RESERVE } from '../../src/store/passing-marks.ts';
 
 interface Ctx {
   dir: string;
@@ -468,4 +469,37 @@ test("a sender's standard auth method is stored by a short name and read back wh
   await store.close();
   store = ctx.open({});
   assert.deepEqual(readAll(store, 'up').map((x) => x.message.systemProperties.connectionAuthMethod), [full, full]);
+});
+
+test('hasQueued: entries waiting for their commit count, committed ones too, checkpointed ones not', async (t) => {
+  const ctx = setup(t);
+  const store = ctx.open({});
+  assert.equal(store.hasQueued('$upstream'), false);
+  const stored = store.append({ message: msg('d1', 1), targets: [{ endpoint: '$upstream', priority: 3, ttlSecs: 0 }] });
+  assert.equal(store.hasQueued('$upstream'), true, 'before its commit');
+  assert.equal(store.queueLength('$upstream'), 0, 'not committed yet');
+  await stored;
+  assert.equal(store.hasQueued('$upstream'), true, 'committed');
+  assert.equal(store.hasQueued('other'), false);
+  await store.checkpoint('$upstream', readAll(store, '$upstream', 3));
+  assert.equal(store.hasQueued('$upstream'), false, 'delivered');
+});
+
+test('a passing mark is on disk once markPassing resolves, reaches ahead, and is read back at open', async (t) => {
+  const ctx = setup(t);
+  let store = ctx.open({});
+  assert.equal(store.passingMarksAtOpen().size, 0);
+  const first = store.markPassing('leaf|child/0', 10);
+  assert.ok(first instanceof Promise, 'the first mark of a stream is written');
+  assert.ok(store.markPassing('leaf|child/0', 10) instanceof Promise, 'not covered before its commit is on disk');
+  await first;
+  assert.equal(store.markPassing('leaf|child/0', 10), undefined, 'covered once on disk');
+  assert.equal(store.markPassing('leaf|child/0', 10 + RESERVE), undefined, 'written ahead of need');
+  const beyond = store.markPassing('leaf|child/0', 11 + RESERVE);
+  assert.ok(beyond instanceof Promise, 'past the reserve a new mark is written');
+  await beyond;
+  await store.close();
+  store = ctx.open({});
+  assert.equal(store.passingMarksAtOpen().get('leaf|child/0'), 11 + 2 * RESERVE);
+  assert.equal(store.passingMarksAtOpen().get('other'), undefined);
 });

@@ -1,5 +1,6 @@
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import { AmqpWriter, SECTION, SYM32, textBound } from './encode-message.ts';
+import type { Message } from '../../engine/types.ts';
+import { AmqpWriter, encodeDataSections, SECTION, SYM32, textBound } from './encode-message.ts';
 
 /**
  * IoT Hub's batched message: one AMQP transfer whose `message-format` is 0x80013700 and whose
@@ -46,6 +47,14 @@ export function encodeBatchOfSections(sections: Buffer, origin?: BatchOrigin): B
   sections.copy(w.buf, w.pos);
   w.pos += sections.length;
   return w.buf.subarray(0, w.pos);
+}
+
+/** One batch of `messages` naming `origin`, written into one buffer. */
+export function encodeBatchOf(messages: readonly Message[], origin: BatchOrigin): Buffer {
+  const head = batchHead(origin);
+  const { buf, at } = encodeDataSections(messages, head.length);
+  head.copy(buf, 0);
+  return buf.subarray(0, at[messages.length]);
 }
 
 /**

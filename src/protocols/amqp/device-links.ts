@@ -1,5 +1,5 @@
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver, type Sender } from 'rhea';
-import type { C2DDelivery, C2DOutcome, MethodRequest, TwinCollection } from '../../engine/types.ts';
+import type { C2DDelivery, C2DOutcome, ForwardedBatch, MethodRequest, TwinCollection } from '../../engine/types.ts';
 import { describeIdentity, identityKey, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
 import type { DeliveryTarget, DesiredTarget, IdentityState, Member, MethodTarget } from './device-sessions.ts';
 import { BATCH_FORMAT, readOrigin } from './batch.ts';
@@ -83,6 +83,7 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
       }
       let messages;
       let origins: ForwardedOrigin[] | undefined;
+      let forwarded: ForwardedBatch | undefined;
       try {
         if ((delivery as { format?: number }).format === BATCH_FORMAT) {
           // A gateway sends many messages of one sender in one IoT Hub batch, naming where in its
@@ -94,6 +95,7 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
           if (origin) {
             const stream = `${identityKey(addr.identity)}|${origin.stream}`;
             origins = origin.seqs.map((seq, i) => ({ stream, seq, prev: i === 0 ? origin.prev : origin.seqs[i - 1]! }));
+            forwarded = { payload: msg as unknown as Buffer, stream: origin.stream };
           }
         } else {
           messages = [fromAmqp(msg)];
@@ -105,7 +107,7 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
         return;
       }
       session.touch();
-      (messages.length === 1 && !origins ? session.sendTelemetry(messages[0]!) : session.sendTelemetryBatch(messages, origins)).then(
+      (messages.length === 1 && !origins ? session.sendTelemetry(messages[0]!) : session.sendTelemetryBatch(messages, origins, forwarded)).then(
         () => {
           delivery.accept();
           credit.done();

@@ -1,0 +1,194 @@
+import type { Logger } from 'pino';
+import { EngineError } from '../engine/errors.ts';
+import type { AuthResult, EngineErrorCode, ForwardedBatch, Message } from '../engine/types.ts';
+import { encodeBatchOf } from '../protocols/amqp/batch.ts';
+import type { MessageStore } from '../store/message-store.ts';
+import { cover, covers, type ForwardedOrigin, type StreamCoverage } from '../store/origin-watermarks.ts';
+import { UpstreamError } from '../upstream/links.ts';
+import type { DirectTelemetry } from '../upstream/upstream.ts';
+
+/**
+ * A child gateway's batch passed to the parent as it came, instead of being stored here and sent
+ * again from this store. The child already holds every message of it on disk and keeps it until
+ * this gateway answers; this gateway answers only once the parent took the batch, so an
+ * acknowledged message is still on disk somewhere above the child. What this saves a middle layer
+ * is the store (writing, reading back, deleting) and encoding the messages again: most of its
+ * cost per message.
+ *
+ * When it applies: the batch names its origin (the child's store and numbers), every message of
+ * it goes to `$upstream` and nowhere else, the link to the parent is up, and `$upstream` has
+ * nothing queued here (else the batch would overtake what is queued). Otherwise the batch is
+ * stored as usual, with one exception below.
+ *
+ * Exactly once: the batch keeps the child's origin, so the parent stores each message once
+ * however often the child sends it. The one thing that must not happen is a batch passed on whose
+ * answer was lost (link dropped, or this process died) coming again from the child and being
+ * stored here: it would then go up under this store's numbering and the parent, which may hold it
+ * under the child's, would store it twice. So a stream with a batch in flight or unanswered stays
+ * on this path, and while the parent is unreachable such a batch is refused for now (the child
+ * keeps it and sends it again); across a restart, the passing marks written before each batch
+ * (store/passing-marks.ts) say how far a stream may have gone. Streams on this path keep their
+ * order: they enter it only with nothing of theirs queued here, and leave it only with nothing in
+ * flight.
+ */
+
+export interface DirectForwardDeps {
+  direct: DirectTelemetry;
+  store: Pick<MessageStore, 'isForwardedStored' | 'forwardedInFlight' | 'markPassing' | 'passingMarksAtOpen' | 'hasQueued' | 'whenDurable'>;
+  /** True when the routes send this message to `$upstream` and nowhere else. */
+  upstreamOnly(auth: AuthResult, message: Message): boolean;
+  /** Stores a batch as usual (the path for a sender the parent refuses). */
+  storeBatch(items: readonly ForwardItem[]): Promise<void>;
+  /** Told how many messages the parent took on this path. */
+  passed(count: number): void;
+  log: Logger;
+}
+
+export interface ForwardItem {
+  auth: AuthResult;
+  message: Message;
+  origin?: ForwardedOrigin;
+}
+
+interface StreamState {
+  /** What the parent took on this path, as a child's resend finds it (store/origin-watermarks.ts cover). */
+  passed: StreamCoverage;
+  /** Batches passed on and not answered yet. */
+  inFlight: number;
+  /** Numbers [lo, hi] passed on without an answer that says the parent has them: in flight, or failed. */
+  doubt: Array<[number, number]>;
+  /** A previous run may have passed everything up to this on (its passing mark). */
+  before: number;
+}
+
+/** Unanswered ranges kept per stream; past it the two oldest merge (more is then treated as in doubt, never less). */
+const MAX_DOUBT = 64;
+const REFUSAL_LOG_MS = 10_000;
+
+/**
+ * The parent's refusals the child must see as they are (it treats them differently: a message it
+ * sends again alone, a sender it drops); anything else reaches it as "unavailable", sent again.
+ */
+const RELAYED: Record<string, EngineErrorCode> = {
+  'amqp:link:message-size-exceeded': 'too-large',
+  'amqp:decode-error': 'bad-request',
+  'com.microsoft:argument-error': 'bad-request',
+  'amqp:invalid-field': 'bad-request',
+  'amqp:unauthorized-access': 'unauthorized',
+  'amqp:not-found': 'not-found',
+  'com.microsoft:device-container-throttled': 'throttled',
+  'amqp:resource-limit-exceeded': 'queue-full',
+};
+
+export class DirectForwarder {
+  private readonly streams = new Map<string, StreamState>();
+  private lastRefusalLog = 0;
+
+  constructor(private readonly deps: DirectForwardDeps) {}
+
+  /** True when the parent took this message on this path already (a resend needs nothing more). */
+  isPassed(origin: ForwardedOrigin): boolean {
+    const st = this.streams.get(origin.stream);
+    return st !== undefined && covers(st.passed, origin.seq);
+  }
+
+  /**
+   * Passes the batch on when it may (see above): the promise answers the child. Undefined: store
+   * it as usual.
+   */
+  forward(items: readonly ForwardItem[], batch: ForwardedBatch): Promise<void> | undefined {
+    const stream = items[0]?.origin?.stream;
+    if (stream === undefined) return undefined;
+    const st = this.state(stream);
+    const { store } = this.deps;
+    // What the gateway has already (stored here, being stored, or taken by the parent) is answered without sending.
+    const rest: ForwardItem[] = [];
+    let known = false;
+    for (const it of items) {
+      const o = it.origin;
+      if (!o || o.stream !== stream) return undefined;
+      if (store.isForwardedStored(o) || store.forwardedInFlight(o) || covers(st.passed, o.seq)) known = true;
+      else rest.push(it);
+    }
+    // All known: the store path answers that (it waits for whatever is still being stored).
+    if (rest.length === 0) return undefined;
+    const first = rest[0]!.origin!;
+    const must = st.inFlight > 0 || first.seq <= st.before || touches(st.doubt, first.seq, rest[rest.length - 1]!.origin!.seq);
+    if (!rest.every((it) => this.deps.upstreamOnly(it.auth, it.message))) return undefined;
+    if (!this.deps.direct.usable()) return must ? Promise.reject(this.refusal(stream)) : undefined;
+    if (!must && store.hasQueued('$upstream')) return undefined;
+    const payload = known ? encodeBatchOf(rest.map((it) => it.message), { stream: batch.stream, prev: first.prev, seqs: rest.map((it) => it.origin!.seq) }) : batch.payload;
+    const passing = this.pass(st, rest, payload);
+    if (!known) return passing;
+    // The known ones are answered the way the store path answers them.
+    return Promise.all([passing, this.deps.storeBatch(items.filter((it) => !rest.includes(it)))]).then(() => undefined);
+  }
+
+  private async pass(st: StreamState, rest: readonly ForwardItem[], payload: Buffer): Promise<void> {
+    const first = rest[0]!.origin!;
+    const last = rest[rest.length - 1]!.origin!;
+    const range: [number, number] = [first.seq, last.seq];
+    st.inFlight++;
+    addDoubt(st.doubt, range);
+    let outcome;
+    try {
+      await this.deps.store.markPassing(first.stream, last.seq);
+      outcome = await this.deps.direct.send(rest[0]!.auth.identity, payload);
+    } catch (err) {
+      // Nothing was sent: not in doubt.
+      st.inFlight--;
+      removeDoubt(st.doubt, range);
+      if (err instanceof UpstreamError && (err.status === 401 || err.status === 403 || err.status === 404)) {
+        // The parent refuses the sender itself: stored here, its pump drops them with the reason, logged and counted.
+        return this.deps.storeBatch(rest);
+      }
+      throw new EngineError('unavailable', `the gateway could not pass the batch to its parent: ${(err as Error).message}`);
+    }
+    st.inFlight--;
+    if (outcome.ok) {
+      removeDoubt(st.doubt, range);
+      cover(st.passed, first.prev, last.seq);
+      this.deps.passed(rest.length);
+      return;
+    }
+    // The parent's answer goes to the child as it came; the batch stays in doubt (a parent that
+    // passes batches on itself may have handed it further before failing).
+    throw new EngineError(outcome.released ? 'unavailable' : (RELAYED[outcome.condition] ?? 'unavailable'), `the parent did not take the batch: ${outcome.description}`);
+  }
+
+  private refusal(stream: string): EngineError {
+    const now = Date.now();
+    if (now - this.lastRefusalLog >= REFUSAL_LOG_MS) {
+      this.lastRefusalLog = now;
+      this.deps.log.warn({ stream }, 'a child batch that went to the parent before without an answer is refused while the parent is unreachable; the child keeps it and sends it again');
+    }
+    return new EngineError('unavailable', 'the parent is unreachable, and this batch went to it before without an answer: keep it and send it again');
+  }
+
+  private state(stream: string): StreamState {
+    let st = this.streams.get(stream);
+    if (!st) {
+      st = { passed: { mark: 0, spans: [] }, inFlight: 0, doubt: [], before: this.deps.store.passingMarksAtOpen().get(stream) ?? 0 };
+      this.streams.set(stream, st);
+    }
+    return st;
+  }
+}
+
+function touches(doubt: ReadonlyArray<[number, number]>, lo: number, hi: number): boolean {
+  for (const [a, b] of doubt) if (a <= hi && lo <= b) return true;
+  return false;
+}
+
+function addDoubt(doubt: Array<[number, number]>, range: [number, number]): void {
+  doubt.push(range);
+  if (doubt.length > MAX_DOUBT) {
+    const [a, b] = doubt.splice(0, 2) as [[number, number], [number, number]];
+    doubt.unshift([Math.min(a[0], b[0]), Math.max(a[1], b[1])]);
+  }
+}
+
+function removeDoubt(doubt: Array<[number, number]>, range: [number, number]): void {
+  const i = doubt.indexOf(range);
+  if (i >= 0) doubt.splice(i, 1);
+}
