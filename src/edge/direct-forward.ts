@@ -34,7 +34,7 @@ import type { DirectTelemetry } from '../upstream/upstream.ts';
 
 export interface DirectForwardDeps {
   direct: DirectTelemetry;
-  store: Pick<MessageStore, 'isForwardedStored' | 'forwardedInFlight' | 'markPassing' | 'passingMarksAtOpen' | 'hasQueued' | 'whenDurable'>;
+  store: Pick<MessageStore, 'isForwardedStored' | 'forwardedInFlight' | 'markPassing' | 'passingMarksAtOpen' | 'hasQueued' | 'hasQueuedFrom'>;
   /** True when the routes send this message to `$upstream` and nowhere else. */
   upstreamOnly(auth: AuthResult, message: Message): boolean;
   /** Stores a batch as usual (the path for a sender the parent refuses). */
@@ -59,6 +59,8 @@ interface StreamState {
   doubt: Array<[number, number]>;
   /** A previous run may have passed everything up to this on (its passing mark). */
   before: number;
+  /** Whether the previous run left messages of this stream queued here was looked at. */
+  beforeChecked: boolean;
 }
 
 /** Unanswered ranges kept per stream; past it the two oldest merge (more is then treated as in doubt, never less). */
@@ -113,6 +115,13 @@ export class DirectForwarder {
     // All known: the store path answers that (it waits for whatever is still being stored).
     if (rest.length === 0) return undefined;
     const first = rest[0]!.origin!;
+    if (first.seq <= st.before && !st.beforeChecked) {
+      // Once a run (a scan): its own messages queued here from the previous run were stored
+      // after anything it passed on then was answered (a stream leaves this path only with
+      // nothing in doubt). Then nothing of it is in doubt, and it must not overtake them.
+      st.beforeChecked = true;
+      if (store.hasQueued('$upstream') && store.hasQueuedFrom('$upstream', rest[0]!.auth.identity)) st.before = 0;
+    }
     const must = st.inFlight > 0 || first.seq <= st.before || touches(st.doubt, first.seq, rest[rest.length - 1]!.origin!.seq);
     if (!rest.every((it) => this.deps.upstreamOnly(it.auth, it.message))) return undefined;
     if (!this.deps.direct.usable()) return must ? Promise.reject(this.refusal(stream)) : undefined;
@@ -148,6 +157,8 @@ export class DirectForwarder {
     if (outcome.ok) {
       removeDoubt(st.doubt, range);
       cover(st.passed, first.prev, last.seq);
+      // Earlier attempts of what the parent now has are no longer in doubt.
+      if (st.doubt.length > 0) st.doubt = st.doubt.filter(([, hi]) => hi > st.passed.mark);
       this.deps.passed(rest.length);
       return;
     }
@@ -168,7 +179,7 @@ export class DirectForwarder {
   private state(stream: string): StreamState {
     let st = this.streams.get(stream);
     if (!st) {
-      st = { passed: { mark: 0, spans: [] }, inFlight: 0, doubt: [], before: this.deps.store.passingMarksAtOpen().get(stream) ?? 0 };
+      st = { passed: { mark: 0, spans: [] }, inFlight: 0, doubt: [], before: this.deps.store.passingMarksAtOpen().get(stream) ?? 0, beforeChecked: false };
       this.streams.set(stream, st);
     }
     return st;

@@ -5,7 +5,7 @@ import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { PassingMarks } from './passing-marks.ts';
-import { reviveSenderMessage, SenderMessage } from './sender-message.ts';
+import { recordPrefixOf, reviveSenderMessage, SenderMessage } from './sender-message.ts';
 
 /**
  * Durable store-and-forward queues on one SQLite file (WAL).
@@ -699,6 +699,22 @@ export class MessageStore {
     if (ep.pendingAppends > 0) return true;
     for (const q of ep.queues.values()) if (q.length > 0) return true;
     return false;
+  }
+
+  /**
+   * True when the endpoint has committed entries from this sender. A scan of the queue: for rare
+   * questions (a middle gateway after a restart, edge/direct-forward.ts).
+   */
+  hasQueuedFrom(endpoint: string, identity: { deviceId: string; moduleId?: string }): boolean {
+    const ep = this.endpointsByName.get(endpoint);
+    if (!ep) return false;
+    const prefix = recordPrefixOf(identity.deviceId, identity.moduleId);
+    const sender = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
+    // Records of a device's message begin with its ids; anything else is JSON naming its sender.
+    return this.db.prepare(
+      'SELECT 1 FROM queue q JOIN messages m ON m.seq = q.seq WHERE q.ep = ? AND ' +
+        "(substr(m.meta, 1, ?) = ? OR (substr(m.meta, 1, 1) = '{' AND instr(m.meta, ?) > 0)) LIMIT 1",
+    ).pluck().get(ep.id, prefix.length, prefix, `"snd":${JSON.stringify(sender)}`) !== undefined;
   }
 
   /** Priorities of an endpoint that have entries, highest first (lowest number). */

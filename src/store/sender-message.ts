@@ -50,7 +50,7 @@ class KnownSender {
 
   constructor(readonly who: Sender) {
     this.name = who.moduleId === undefined ? who.deviceId : `${who.deviceId}/${who.moduleId}`;
-    this.head = `${RECORD_V1}[${JSON.stringify(who.deviceId)},${who.moduleId === undefined ? 'null' : JSON.stringify(who.moduleId)},${JSON.stringify(compactAuthMethod(who.authMethod))},` +
+    this.head = `${recordPrefixOf(who.deviceId, who.moduleId)}${JSON.stringify(compactAuthMethod(who.authMethod))},` +
       `${who.generationId === undefined ? 'null' : JSON.stringify(who.generationId)},`;
   }
 }
@@ -102,6 +102,11 @@ export class SenderMessage implements StoredMessage {
 
 /** Never `{`: the store tells these records from its JSON by the first character. */
 const RECORD_V1 = '1';
+
+/** How every stored record of a sender begins (the store finds a sender's rows by it). */
+export function recordPrefixOf(deviceId: string, moduleId: string | undefined): string {
+  return `${RECORD_V1}[${JSON.stringify(deviceId)},${moduleId === undefined ? 'null' : JSON.stringify(moduleId)},`;
+}
 
 /** A `SenderMessage.record` text and its body as the message again (the store reads its rows with it). */
 export function reviveSenderMessage(record: string, body: Buffer): SenderMessage {

@@ -503,3 +503,19 @@ test('a passing mark is on disk once markPassing resolves, reaches ahead, and is
   assert.equal(store.passingMarksAtOpen().get('leaf|child/0'), 11 + 2 * RESERVE);
   assert.equal(store.passingMarksAtOpen().get('other'), undefined);
 });
+
+test("hasQueuedFrom finds a sender's committed entries by its ids, modules apart from their device", async (t) => {
+  const ctx = setup(t);
+  const store = ctx.open({});
+  const to = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
+  const sas = authMethodText('device', 'sas');
+  await store.append({ message: storedMessageOf({ identity: { deviceId: 'dev%_1', moduleId: 'm1' }, kind: 'sas', authMethod: sas }, { body: Buffer.from('x'), properties: {} }), targets: to });
+  await store.append({ message: msg('json-sender', 1), targets: to });
+  assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'dev%_1', moduleId: 'm1' }), true);
+  assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'dev%_1' }), false, 'the device is not its module');
+  assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'dev' }), false, 'no wildcard');
+  assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'json-sender' }), true, 'a JSON record names its sender');
+  assert.equal(store.hasQueuedFrom('other', { deviceId: 'json-sender' }), false);
+  await store.checkpoint('$upstream', readAll(store, '$upstream'));
+  assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'json-sender' }), false, 'delivered');
+});
