@@ -25,11 +25,12 @@ import type { DirectTelemetry } from '../upstream/upstream.ts';
  * answer was lost (link dropped, or this process died) coming again from the child and being
  * stored here: it would then go up under this store's numbering and the parent, which may hold it
  * under the child's, would store it twice. So a stream with a batch in flight or unanswered stays
- * on this path, and while the parent is unreachable such a batch is refused for now (the child
- * keeps it and sends it again); across a restart, the passing marks written before each batch
+ * on this path, all of it (a later batch stored here would arrive before the one in doubt), and
+ * while the parent is unreachable its batches are refused for now (the child keeps them and sends
+ * them again); across a restart, the passing marks written before each batch
  * (store/passing-marks.ts) say how far a stream may have gone. Streams on this path keep their
  * order: they enter it only with nothing of theirs queued here, and leave it only with nothing in
- * flight.
+ * flight or in doubt.
  */
 
 export interface DirectForwardDeps {
@@ -115,14 +116,16 @@ export class DirectForwarder {
     // All known: the store path answers that (it waits for whatever is still being stored).
     if (rest.length === 0) return undefined;
     const first = rest[0]!.origin!;
-    if (first.seq <= st.before && !st.beforeChecked) {
+    if (st.before > 0 && !st.beforeChecked) {
       // Once a run (a scan): its own messages queued here from the previous run were stored
       // after anything it passed on then was answered (a stream leaves this path only with
       // nothing in doubt). Then nothing of it is in doubt, and it must not overtake them.
       st.beforeChecked = true;
       if (store.hasQueued('$upstream') && store.hasQueuedFrom('$upstream', rest[0]!.auth.identity)) st.before = 0;
     }
-    const must = st.inFlight > 0 || first.seq <= st.before || touches(st.doubt, first.seq, rest[rest.length - 1]!.origin!.seq);
+    // Anything of the stream in doubt holds all of it on this path: a later batch stored here
+    // would reach the parent before the one in doubt, which the child is still sending again.
+    const must = st.inFlight > 0 || st.doubt.length > 0 || st.before > 0;
     if (!rest.every((it) => this.deps.upstreamOnly(it.auth, it.message))) return undefined;
     if (!this.deps.direct.usable()) return must ? Promise.reject(this.refusal(stream)) : undefined;
     if (!must && store.hasQueued('$upstream')) return undefined;
@@ -157,8 +160,10 @@ export class DirectForwarder {
     if (outcome.ok) {
       removeDoubt(st.doubt, range);
       cover(st.passed, first.prev, last.seq);
-      // Earlier attempts of what the parent now has are no longer in doubt.
+      // Earlier attempts of what the parent now has are no longer in doubt, nor is what a
+      // previous run may have passed on once the parent has everything up to its mark.
       if (st.doubt.length > 0) st.doubt = st.doubt.filter(([, hi]) => hi > st.passed.mark);
+      if (st.before > 0 && st.passed.mark >= st.before) st.before = 0;
       this.deps.passed(rest.length);
       return;
     }
@@ -184,11 +189,6 @@ export class DirectForwarder {
     }
     return st;
   }
-}
-
-function touches(doubt: ReadonlyArray<[number, number]>, lo: number, hi: number): boolean {
-  for (const [a, b] of doubt) if (a <= hi && lo <= b) return true;
-  return false;
 }
 
 function addDoubt(doubt: Array<[number, number]>, range: [number, number]): void {

@@ -272,6 +272,30 @@ test('a batch the parent released stays in doubt: refused while the parent is do
   assertNothingStored(h);
 });
 
+test('a stream with a batch in doubt is held on this path whole: a later batch of it is refused while the parent is down, not stored ahead of the one in doubt', async (t) => {
+  const h = harness(files(t).open());
+  const first = itemsOf(1, 3);
+  const p1 = h.fwd.forward(first, batchOf(first));
+  (await h.parent.call(1)).answer({ ok: false, condition: 'com.microsoft:timeout', description: 'the hub went away' });
+  await rejectsWith(p1, 'unavailable');
+  h.parent.up = false;
+  // The child's next batch (its second one in flight) does not touch 1-3.
+  const later = itemsOf(4, 6);
+  await rejectsWith(h.fwd.forward(later, batchOf(later)), 'unavailable');
+  assertNothingStored(h);
+  h.parent.up = true;
+  // The child sends again from 1 (everything before acknowledged: prev 0); the parent takes it.
+  const again = itemsOf(1, 6, 0);
+  const p2 = h.fwd.forward(again, batchOf(again));
+  assert.ok(p2, 'passed on');
+  (await h.parent.call(2)).answer({ ok: true });
+  await p2;
+  // Nothing in doubt any more: a fresh batch with the parent down is stored as usual.
+  h.parent.up = false;
+  const fresh = itemsOf(7, 8);
+  assert.equal(h.fwd.forward(fresh, batchOf(fresh)), undefined, 'left to the store');
+});
+
 test('while a batch is in flight and the parent goes down, the next batch of the stream is refused, not stored', async (t) => {
   const h = harness(files(t).open());
   const first = itemsOf(1, 3);
