@@ -26,8 +26,8 @@ import type { DirectTelemetry } from '../upstream/upstream.ts';
  * stored here: it would then go up under this store's numbering and the parent, which may hold it
  * under the child's, would store it twice. So a stream with a batch in flight or unanswered stays
  * on this path, all of it (a later batch stored here would arrive before the one in doubt), and
- * while the parent is unreachable its batches are refused for now (the child keeps them and sends
- * them again); across a restart, the passing marks written before each batch
+ * while the parent is unreachable its batches wait for it a few seconds and are then refused for
+ * now (the child keeps them and sends them again a second later); across a restart, the passing marks written before each batch
  * (store/passing-marks.ts) say how far a stream may have gone. Streams on this path keep their
  * order: they enter it only with nothing of theirs queued here, and leave it only with nothing in
  * flight or in doubt.
@@ -42,6 +42,8 @@ export interface DirectForwardDeps {
   storeBatch(items: readonly ForwardItem[]): Promise<void>;
   /** Told how many messages the parent took on this path. */
   passed(count: number): void;
+  /** How long a batch that can only go to the parent waits for it when it is unreachable (default 8 s). */
+  holdMs?: number;
   log: Logger;
 }
 
@@ -67,6 +69,8 @@ interface StreamState {
 /** Unanswered ranges kept per stream; past it the two oldest merge (more is then treated as in doubt, never less). */
 const MAX_DOUBT = 64;
 const REFUSAL_LOG_MS = 10_000;
+/** How long a batch waits for an unreachable parent before it is refused (the child gives up on an answer after 20 s). */
+const HOLD_MS = 8000;
 
 /**
  * The parent's refusals the child must see as they are (it treats them differently: a message it
@@ -127,7 +131,7 @@ export class DirectForwarder {
     // would reach the parent before the one in doubt, which the child is still sending again.
     const must = st.inFlight > 0 || st.doubt.length > 0 || st.before > 0;
     if (!rest.every((it) => this.deps.upstreamOnly(it.auth, it.message))) return undefined;
-    if (!this.deps.direct.usable()) return must ? Promise.reject(this.refusal(stream)) : undefined;
+    if (!this.deps.direct.usable()) return must ? this.hold(items, batch, stream) : undefined;
     if (!must && store.hasQueued('$upstream')) return undefined;
     const payload = known ? encodeBatchOf(rest.map((it) => it.message), { stream: batch.stream, prev: first.prev, seqs: rest.map((it) => it.origin!.seq) }) : batch.payload;
     const passing = this.pass(st, rest, payload);
@@ -172,13 +176,24 @@ export class DirectForwarder {
     throw new EngineError(outcome.released ? 'unavailable' : (RELAYED[outcome.condition] ?? 'unavailable'), `the parent did not take the batch: ${outcome.description}`);
   }
 
+  /**
+   * A batch that can only go to the parent, which is unreachable: held a while (`holdMs`,
+   * under the child's own patience), and passed on the moment the link is back; else refused with
+   * 'parent-unreachable', which the child answers by sending it again a second later.
+   */
+  private async hold(items: readonly ForwardItem[], batch: ForwardedBatch, stream: string): Promise<void> {
+    if (!(await this.deps.direct.whenUsable(this.deps.holdMs ?? HOLD_MS))) throw this.refusal(stream);
+    // Where it goes now depends on what happened meanwhile.
+    return this.forward(items, batch) ?? this.deps.storeBatch(items);
+  }
+
   private refusal(stream: string): EngineError {
     const now = Date.now();
     if (now - this.lastRefusalLog >= REFUSAL_LOG_MS) {
       this.lastRefusalLog = now;
       this.deps.log.warn({ stream }, 'a child batch that went to the parent before without an answer is refused while the parent is unreachable; the child keeps it and sends it again');
     }
-    return new EngineError('unavailable', 'the parent is unreachable, and this batch went to it before without an answer: keep it and send it again');
+    return new EngineError('parent-unreachable', 'the parent is unreachable, and this stream has a batch that went to it before without an answer: keep it and send it again');
   }
 
   private state(stream: string): StreamState {

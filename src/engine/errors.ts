@@ -26,6 +26,7 @@ const HTTP_STATUS: Record<EngineErrorCode, number> = {
   precondition: 412,
   throttled: 429,
   unavailable: 503,
+  'parent-unreachable': 503,
   internal: 500,
 };
 
@@ -44,6 +45,7 @@ const IOTHUB_CODE: Record<EngineErrorCode, string> = {
   precondition: 'PreconditionFailed',
   throttled: 'ThrottlingException',
   unavailable: 'ServiceUnavailable',
+  'parent-unreachable': 'ServiceUnavailable',
   internal: 'ServerError',
 };
 

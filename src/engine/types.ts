@@ -75,6 +75,7 @@ export type EngineErrorCode =
   | 'precondition' // stale etag / version
   | 'throttled'
   | 'unavailable' // shutting down, store closed
+  | 'parent-unreachable' // a gateway cannot take this now without its parent: send it again soon
   | 'internal';
 
 // ---------------------------------------------------------------------------------------------

@@ -338,8 +338,15 @@ export class EndpointPump {
   private onFailure(batch: QueuedMessage[], err: unknown): void {
     this.failed++;
     this.failedMessages += batch.length;
-    this.failures++;
     this.lastError = err instanceof Error ? err.message : String(err);
+    const hint = (err as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+    if (typeof hint === 'number' && hint >= 0) {
+      // The endpoint knows when to ask again (a parent gateway waiting for its own parent).
+      this.backoffMs = hint;
+      log.debug({ endpoint: this.name, retryInMs: hint, err: this.lastError }, 'endpoint asked to send again later');
+      return;
+    }
+    this.failures++;
     const full = Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** Math.min(this.failures - 1, 30));
     this.backoffMs = Math.round(full / 2 + (this.random() * full) / 2);
     const line = { endpoint: this.name, failures: this.failures, retryInMs: this.backoffMs, err: this.lastError };

@@ -159,6 +159,20 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
 
   readonly direct: DirectTelemetry = {
     usable: () => this.connected && this.availability.isAvailable(),
+    whenUsable: (timeoutMs) => {
+      if (this.direct.usable()) return Promise.resolve(true);
+      return new Promise<boolean>((resolve) => {
+        const done = (usable: boolean) => {
+          clearTimeout(timer);
+          off();
+          resolve(usable);
+        };
+        const timer = setTimeout(() => done(false), timeoutMs);
+        const off = this.availability.onAvailable(() => {
+          if (this.direct.usable()) done(true);
+        });
+      });
+    },
     send: (identity, payload) => this.sendDirect(identity, payload),
   };
 

@@ -8,6 +8,9 @@ import type { Delivery, EventContext, Message as AmqpMessage, Receiver, Sender }
 
 /** A refusal or failure the parent reported, with its AMQP condition. */
 export class UpstreamError extends Error {
+  /** When set, the pump tries again after this long rather than backing off further (routing/pump.ts). */
+  retryAfterMs?: number;
+
   constructor(
     message: string,
     readonly condition?: string,

@@ -5,6 +5,9 @@ import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
 import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
 import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
+import { CONDITION } from '../protocols/amqp/errors.ts';
+
+const PARENT_UNREACHABLE_RETRY_MS = 1000;
 
 /**
  * `$upstream` for a gateway: stored messages go to the parent on behalf of their original
@@ -151,7 +154,12 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     }
     if (firstFailure && !firstFailure.ok) {
       const text = `the parent did not take telemetry of ${who}: ${firstFailure.description}`;
-      throw firstFailure.condition === 'amqp:connection:forced' ? new UpstreamDownError(text) : new UpstreamError(text, firstFailure.condition);
+      if (firstFailure.condition === 'amqp:connection:forced') throw new UpstreamDownError(text);
+      const err = new UpstreamError(text, firstFailure.condition);
+      // A parent gateway that held the batch while waiting for its own parent: it takes it the
+      // moment that parent is back, so ask again soon instead of backing off for a minute.
+      if (firstFailure.condition === CONDITION.parentUnreachable) err.retryAfterMs = PARENT_UNREACHABLE_RETRY_MS;
+      throw err;
     }
   }
 

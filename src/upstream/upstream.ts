@@ -32,6 +32,8 @@ export interface UpstreamStatus {
 export interface DirectTelemetry {
   /** The link is up and not backing off. */
   usable(): boolean;
+  /** Resolves true as soon as the link is usable (at once when it is), false after `timeoutMs`. */
+  whenUsable(timeoutMs: number): Promise<boolean>;
   /** Sends one batch for `identity`; resolves with the parent's outcome, rejects when nothing was sent. */
   send(identity: IdentityRef, payload: Buffer): Promise<SendOutcome>;
 }

@@ -16,6 +16,8 @@ import { UpstreamError, type SendOutcome } from '../../src/upstream/links.ts';
 import type { DirectTelemetry } from '../../src/upstream/upstream.ts';
 
 const BATCH_STREAM = 'child-store/0';
+/** How long the forwarder waits for an unreachable parent in these tests. */
+const HOLD_MS = 40;
 const STREAM = `leaf1|${BATCH_STREAM}`;
 const UPSTREAM = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
 const auth: AuthResult = { identity: { deviceId: 'leaf1' }, kind: 'sas', authMethod: authMethodText('device', 'sas') };
@@ -44,8 +46,34 @@ interface SendCall {
 
 /** The parent link, scripted: each send waits for the test to answer it. */
 class Parent implements DirectTelemetry {
-  up = true;
+  private isUp = true;
+  private readonly waiting = new Set<() => void>();
   readonly calls: SendCall[] = [];
+
+  get up(): boolean {
+    return this.isUp;
+  }
+
+  set up(value: boolean) {
+    this.isUp = value;
+    if (value) for (const wake of [...this.waiting]) wake();
+  }
+
+  whenUsable(timeoutMs: number): Promise<boolean> {
+    if (this.isUp) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.waiting.delete(wake);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.waiting.delete(wake);
+        resolve(false);
+      }, timeoutMs);
+      this.waiting.add(wake);
+    });
+  }
   /** Runs inside send(), before the call is recorded (what held at the moment of sending). */
   onSend?: (identity: IdentityRef, payload: Buffer) => void;
 
@@ -146,7 +174,7 @@ interface Harness {
 }
 
 /** A forwarder on `store`; storeBatch stores as the gateway does (a resend of what is stored is not stored again). */
-function harness(store: MessageStore, parent = new Parent()): Harness {
+function harness(store: MessageStore, parent = new Parent(), holdMs = HOLD_MS): Harness {
   const storeCalls: ForwardItem[][] = [];
   const passedCounts: number[] = [];
   const routes = { upstreamOnly: true };
@@ -161,6 +189,7 @@ function harness(store: MessageStore, parent = new Parent()): Harness {
       await store.appendAll(fresh.map((i) => ({ message: storedMessageOf(i.auth, i.message), targets: UPSTREAM, origin: i.origin })));
     },
     passed: (n) => passedCounts.push(n),
+    holdMs,
     log: pino({ level: 'silent' }),
   });
   return { store, parent, fwd, storeCalls, passedCounts, routes };
@@ -256,7 +285,7 @@ test('a batch the parent released stays in doubt: refused while the parent is do
   assert.equal(h.fwd.isPassed(items[0]!.origin!), false);
 
   h.parent.up = false;
-  await rejectsWith(h.fwd.forward(items, batch), 'unavailable');
+  await rejectsWith(h.fwd.forward(items, batch), 'parent-unreachable');
   await settle();
   assert.equal(h.parent.calls.length, 1, 'nothing sent');
   assertNothingStored(h);
@@ -281,7 +310,7 @@ test('a stream with a batch in doubt is held on this path whole: a later batch o
   h.parent.up = false;
   // The child's next batch (its second one in flight) does not touch 1-3.
   const later = itemsOf(4, 6);
-  await rejectsWith(h.fwd.forward(later, batchOf(later)), 'unavailable');
+  await rejectsWith(h.fwd.forward(later, batchOf(later)), 'parent-unreachable');
   assertNothingStored(h);
   h.parent.up = true;
   // The child sends again from 1 (everything before acknowledged: prev 0); the parent takes it.
@@ -296,6 +325,26 @@ test('a stream with a batch in doubt is held on this path whole: a later batch o
   assert.equal(h.fwd.forward(fresh, batchOf(fresh)), undefined, 'left to the store');
 });
 
+test('a batch that can only go to the parent waits for it while it is unreachable, and goes the moment it is back', async (t) => {
+  const h = harness(files(t).open(), new Parent(), 10_000);
+  const first = itemsOf(1, 3);
+  const p1 = h.fwd.forward(first, batchOf(first));
+  (await h.parent.call(1)).answer({ ok: false, condition: 'released', description: 'x', released: true });
+  await rejectsWith(p1, 'unavailable');
+  h.parent.up = false;
+  const again = track(h.fwd.forward(first, batchOf(first))!);
+  await settle();
+  assert.equal(again.state, 'pending', 'held, neither refused nor stored');
+  assert.equal(h.parent.calls.length, 1);
+  const backAt = Date.now();
+  h.parent.up = true;
+  (await h.parent.call(2)).answer({ ok: true });
+  await again.done;
+  assert.equal(again.state, 'resolved');
+  assert.ok(Date.now() - backAt < 1000, 'sent at once, not after the hold');
+  assertNothingStored(h);
+});
+
 test('while a batch is in flight and the parent goes down, the next batch of the stream is refused, not stored', async (t) => {
   const h = harness(files(t).open());
   const first = itemsOf(1, 3);
@@ -303,7 +352,7 @@ test('while a batch is in flight and the parent goes down, the next batch of the
   const call = await h.parent.call(1);
   h.parent.up = false;
   const second = itemsOf(4, 6);
-  await rejectsWith(h.fwd.forward(second, batchOf(second)), 'unavailable');
+  await rejectsWith(h.fwd.forward(second, batchOf(second)), 'parent-unreachable');
   await settle();
   assert.equal(h.parent.calls.length, 1, 'the second was not sent');
   assertNothingStored(h);
@@ -362,9 +411,9 @@ test('after a restart the passing mark covers what was passed on, and such a bat
   const parent = new Parent();
   parent.up = false;
   const h2 = harness(reopened, parent);
-  await rejectsWith(h2.fwd.forward(items, batch), 'unavailable');
+  await rejectsWith(h2.fwd.forward(items, batch), 'parent-unreachable');
   const later = itemsOf(2, 3, 1);
-  await rejectsWith(h2.fwd.forward(later, batchOf(later)), 'unavailable');
+  await rejectsWith(h2.fwd.forward(later, batchOf(later)), 'parent-unreachable');
   await settle();
   assert.equal(parent.calls.length, 0);
   assertNothingStored(h2);

@@ -152,6 +152,27 @@ test('a failed batch is retried whole, with exponential backoff and jitter, and 
   assert.equal(m.lastError, 'link down');
 });
 
+test('an endpoint that says when to ask again (retryAfterMs) is retried then, without the backoff growing', async (t) => {
+  const { store, pump } = setup(t);
+  const ep = new RecordingEndpoint('e', 100, 'none');
+  const send = ep.send.bind(ep);
+  let refusals = 6;
+  ep.send = async (batch) => {
+    if (refusals-- > 0) {
+      ep.attempts.push(performance.now());
+      throw Object.assign(new Error('the parent waits for its own parent'), { retryAfterMs: 30 });
+    }
+    return send(batch);
+  };
+  const p = pump(ep, { minBackoffMs: 1000, maxBackoffMs: 60_000, random: () => 1 });
+  await appendMany(store, 'e', 50, ['a']);
+  await ep.until(() => ep.delivered.length === 50, 5000);
+  const gaps = ep.attempts.slice(1, 7).map((a, i) => a - ep.attempts[i]);
+  gaps.forEach((g, i) => assert.ok(g >= 25 && g < 500, `retry ${i + 1} after ${g.toFixed(0)} ms, expected about 30 (the backoff would be 1 s and growing)`));
+  assert.equal(p.metrics().consecutiveFailures, 0);
+  assert.equal(p.metrics().failed, 6);
+});
+
 test('jitter spreads retries between half and all of the backoff', async (t) => {
   const { store, pump } = setup(t);
   const ep = new RecordingEndpoint('e', 10, 'none');

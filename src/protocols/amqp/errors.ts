@@ -28,6 +28,8 @@ export const CONDITION = {
   precondition: 'com.microsoft:precondition-failed',
   throttled: 'com.microsoft:device-container-throttled',
   lockLost: 'com.microsoft:message-lock-lost',
+  /** Ours, between Strata gateways: the parent gateway waits for its own parent; send again soon. */
+  parentUnreachable: 'strata:parent-unreachable',
 } as const;
 
 const BY_ENGINE_CODE: Record<EngineErrorCode, string> = {
@@ -44,6 +46,7 @@ const BY_ENGINE_CODE: Record<EngineErrorCode, string> = {
   precondition: CONDITION.precondition,
   throttled: CONDITION.throttled,
   unavailable: CONDITION.timeout,
+  'parent-unreachable': CONDITION.parentUnreachable,
   internal: CONDITION.internal,
 };
 
