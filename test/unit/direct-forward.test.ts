@@ -1,19 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { pino } from 'pino';
 import { DirectForwarder, type ForwardItem } from '../../src/edge/direct-forward.ts';
 import { EngineError } from '../../src/engine/errors.ts';
 import type { AuthResult, ForwardedBatch, IdentityRef, Message } from '../../src/engine/types.ts';
 import { authMethodText } from '../../src/identity/auth-method.ts';
 import { encodeBatchOf, readBatch, readOrigin } from '../../src/protocols/amqp/batch.ts';
-import { MessageStore } from '../../src/store/message-store.ts';
+import type { MessageStore } from '../../src/store/message-store.ts';
 import type { ForwardedOrigin } from '../../src/store/origin-watermarks.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { UpstreamError, type SendOutcome } from '../../src/upstream/links.ts';
 import type { DirectTelemetry } from '../../src/upstream/upstream.ts';
+import { tempStore } from '../helpers/temp-store.ts';
 
 const BATCH_STREAM = 'child-store/0';
 /** How long the forwarder waits for an unreachable parent in these tests. */
@@ -137,29 +135,7 @@ async function rejectsWith(p: Promise<void> | undefined, code: string): Promise<
   });
 }
 
-interface Files {
-  file: string;
-  /** Opens the store file; every store opened is closed when the test ends (before the directory goes). */
-  open(): MessageStore;
-}
-
-function files(t: { after: (fn: () => Promise<void>) => void }): Files {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-direct-'));
-  const stores: MessageStore[] = [];
-  t.after(async () => {
-    for (const s of stores) await s.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const file = path.join(dir, 'q.db');
-  return {
-    file,
-    open() {
-      const store = MessageStore.open({ path: file, sweepIntervalMs: 0 });
-      stores.push(store);
-      return store;
-    },
-  };
-}
+const files = tempStore;
 
 interface Harness {
   store: MessageStore;

@@ -1,39 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import Database from 'better-sqlite3';
-import { MessageStore, StoreFullError, type QueuedMessage, type StoredMessage, type StoreSettings } from '../../src/store/message-store.ts';
+import { MessageStore, StoreFullError, type QueuedMessage, type StoredMessage } from '../../src/store/message-store.ts';
 import { messageOfStored, SenderMessage, storedMessageOf } from '../../src/store/sender-message.ts';
 import { authMethodText } from '../../src/identity/auth-method.ts';
 import { RESERVE } from '../../src/store/passing-marks.ts';
+import { tempStore } from '../helpers/temp-store.ts';
 
-interface Ctx {
-  dir: string;
-  /** Opens a store that is closed when the test ends (before its directory goes). */
-  open(settings: Partial<StoreSettings>): MessageStore;
-  file: string;
-}
-
-function setup(t: { after: (fn: () => Promise<void>) => void }): Ctx {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-store-'));
-  const stores: MessageStore[] = [];
-  t.after(async () => {
-    for (const s of stores) await s.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const file = path.join(dir, 'q.db');
-  return {
-    dir,
-    file,
-    open(settings) {
-      const store = MessageStore.open({ path: file, sweepIntervalMs: 0, ...settings });
-      stores.push(store);
-      return store;
-    },
-  };
-}
+const setup = tempStore;
 
 function msg(sender: string, n: number, body = `body-${n}`): StoredMessage {
   return {
