@@ -249,7 +249,6 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
      * child gateway's resend), DURABLE (stored already), or undefined (it goes nowhere).
      */
     const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
-      metrics.received.inc();
       // A resend from a child gateway of what is stored already: taken again, stored once.
       if (origin && store.isForwardedStored(origin)) return DURABLE;
       const original = origin && store.forwardedInFlight(origin);
@@ -298,10 +297,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       log,
     });
     const sink: TelemetrySink = (items, batch) => {
-      const passing = batch && direct?.forward(items, batch);
-      if (!passing) return storeItems(items);
       metrics.received.inc(items.length);
-      return passing;
+      return (batch && direct?.forward(items, batch)) || storeItems(items);
     };
 
     const authorize: AuthorizeHook = async (identity, { live }) => {
