@@ -14,7 +14,7 @@ import type Database from 'better-sqlite3';
 export const RESERVE = 100_000;
 
 export class PassingMarks {
-  /** Marks on disk (or in the commit under way), by stream. */
+  /** Marks on disk, by stream (a commit's marks count once its sync is done). */
   private readonly written = new Map<string, number>();
   /** Marks as they were when the store opened: what a previous run may have passed on. */
   readonly atOpen: ReadonlyMap<string, number>;
@@ -29,7 +29,7 @@ export class PassingMarks {
     this.upsert = db.prepare('INSERT INTO passing_marks (stream, high) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET high = excluded.high WHERE excluded.high > passing_marks.high');
   }
 
-  /** True when `seq` is covered by a mark on disk or in the next commit; otherwise asks for one. */
+  /** True when `seq` is covered by a mark on disk; otherwise asks the next commit for one. */
   covers(stream: string, seq: number): boolean {
     if (seq <= (this.written.get(stream) ?? 0)) return true;
     const next = seq + RESERVE;
