@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
 import { EngineError } from '../engine/errors.ts';
-import type { AuthResult, EngineErrorCode, ForwardedBatch, Message } from '../engine/types.ts';
+import type { AuthResult, ForwardedBatch, Message } from '../engine/types.ts';
 import { encodeBatchOf } from '../protocols/amqp/batch.ts';
+import { engineCodeOfCondition } from '../protocols/amqp/errors.ts';
 import type { MessageStore } from '../store/message-store.ts';
 import { cover, covers, type ForwardedOrigin, type StreamCoverage } from '../store/origin-watermarks.ts';
 import { UpstreamError } from '../upstream/links.ts';
@@ -72,20 +73,6 @@ const REFUSAL_LOG_MS = 10_000;
 /** How long a batch waits for an unreachable parent before it is refused (the child gives up on an answer after 20 s). */
 const HOLD_MS = 8000;
 
-/**
- * The parent's refusals the child must see as they are (it treats them differently: a message it
- * sends again alone, a sender it drops); anything else reaches it as "unavailable", sent again.
- */
-const RELAYED: Record<string, EngineErrorCode> = {
-  'amqp:link:message-size-exceeded': 'too-large',
-  'amqp:decode-error': 'bad-request',
-  'com.microsoft:argument-error': 'bad-request',
-  'amqp:invalid-field': 'bad-request',
-  'amqp:unauthorized-access': 'unauthorized',
-  'amqp:not-found': 'not-found',
-  'com.microsoft:device-container-throttled': 'throttled',
-  'amqp:resource-limit-exceeded': 'queue-full',
-};
 
 export class DirectForwarder {
   private readonly streams = new Map<string, StreamState>();
@@ -173,7 +160,7 @@ export class DirectForwarder {
     }
     // The parent's answer goes to the child as it came; the batch stays in doubt (a parent that
     // passes batches on itself may have handed it further before failing).
-    throw new EngineError(outcome.released ? 'unavailable' : (RELAYED[outcome.condition] ?? 'unavailable'), `the parent did not take the batch: ${outcome.description}`);
+    throw new EngineError(outcome.released ? 'unavailable' : engineCodeOfCondition(outcome.condition), `the parent did not take the batch: ${outcome.description}`);
   }
 
   /**

@@ -338,6 +338,14 @@ test('while a batch is in flight and the parent goes down, the next batch of the
   assert.equal(p1.state, 'resolved');
 });
 
+test("a parent gateway's own 'parent-unreachable' reaches the child as it came, so the child retries soon all the way down", async (t) => {
+  const h = harness(files(t).open());
+  const items = itemsOf(1, 3);
+  const p = h.fwd.forward(items, batchOf(items));
+  (await h.parent.call(1)).answer({ ok: false, condition: 'strata:parent-unreachable', description: 'the hub is away' });
+  await rejectsWith(p, 'parent-unreachable');
+});
+
 test('the parent refusing a batch as too large reaches the child as too-large', async (t) => {
   const h = harness(files(t).open());
   const items = itemsOf(1, 3);

@@ -50,6 +50,27 @@ const BY_ENGINE_CODE: Record<EngineErrorCode, string> = {
   internal: CONDITION.internal,
 };
 
+/**
+ * The other way: a parent's refusal a gateway passes on to its child as an engine error, so the
+ * child sees the same condition (a message too large, a sender unknown...). Conditions the child
+ * must treat alike but we have no code for become 'unavailable' (sent again).
+ */
+const BY_CONDITION: Record<string, EngineErrorCode> = {
+  [CONDITION.tooLarge]: 'too-large',
+  [CONDITION.decode]: 'bad-request',
+  [CONDITION.argument]: 'bad-request',
+  [CONDITION.invalidField]: 'bad-request',
+  [CONDITION.unauthorized]: 'unauthorized',
+  [CONDITION.notFound]: 'not-found',
+  [CONDITION.throttled]: 'throttled',
+  [CONDITION.resourceLimit]: 'queue-full',
+  [CONDITION.parentUnreachable]: 'parent-unreachable',
+};
+
+export function engineCodeOfCondition(condition: string): EngineErrorCode {
+  return BY_CONDITION[condition] ?? 'unavailable';
+}
+
 /** Maps an engine refusal (or anything thrown) to the AMQP error the client sees. */
 export function amqpErrorOf(err: unknown): AmqpErrorInfo {
   if (err instanceof EngineError) return { condition: BY_ENGINE_CODE[err.code], description: err.message };
