@@ -5,6 +5,7 @@ import type { EngineRegistry, IdentityRef, MethodRequest, RegistryIdentity, Subs
 import type { UpstreamC2DDelivery, UpstreamIdentity } from '../upstream/upstream.ts';
 import { UpstreamDownError, UpstreamError } from '../upstream/upstream.ts';
 import { childLog } from '../util/log.ts';
+import { keyOf } from '../upstream/core.ts';
 import type { ScopeCache } from './scope-cache.ts';
 import type { TwinCache } from './twin-cache.ts';
 
@@ -46,9 +47,6 @@ interface Entry {
 
 const PUSH_KINDS: ReadonlySet<SubscriptionKind> = new Set(['desired', 'methods', 'c2d']);
 
-function keyOf(id: IdentityRef): string {
-  return id.moduleId === undefined ? id.deviceId : `${id.deviceId}/${id.moduleId}`;
-}
 
 function describe(id: IdentityRef): string {
   return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
+import { identityKey } from '../identity/scope.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
@@ -709,7 +710,7 @@ export class MessageStore {
     const ep = this.endpointsByName.get(endpoint);
     if (!ep) return false;
     const prefix = recordPrefixOf(identity.deviceId, identity.moduleId);
-    const sender = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
+    const sender = identityKey(identity.deviceId, identity.moduleId);
     // Records of a device's message begin with its ids; anything else is JSON naming its sender.
     return this.db.prepare(
       'SELECT 1 FROM queue q JOIN messages m ON m.seq = q.seq WHERE q.ep = ? AND ' +

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { IdentityRef } from '../engine/types.ts';
 import type { ParentConnection } from './parent-connection.ts';
+import { identityKey } from '../identity/scope.ts';
 
 /** What identity channels and the telemetry endpoint need from the UpstreamLink that owns them. */
 export interface UpstreamCore {
@@ -20,7 +21,7 @@ export interface UpstreamCore {
 
 /** `d` or `d/m`. */
 export function keyOf(id: IdentityRef): string {
-  return id.moduleId === undefined ? id.deviceId : `${id.deviceId}/${id.moduleId}`;
+  return identityKey(id.deviceId, id.moduleId);
 }
 
 /** The link address path of an identity, e.g. `/devices/d1/modules/m1` (ids as they are, as the SDKs send them). */

@@ -1,4 +1,5 @@
 import type { IdentityRef } from '../../engine/types.ts';
+import { identityKey as keyOfIdentity } from '../../identity/scope.ts';
 
 /**
  * Link addresses as IoT Hub knows them. Fixed words are matched case-insensitively (clients
@@ -101,7 +102,7 @@ export function isCbsAddress(address: string | undefined | null): boolean {
 
 /** A stable key for an identity: `d` or `d/m`. */
 export function identityKey(id: IdentityRef): string {
-  return id.moduleId === undefined ? id.deviceId : `${id.deviceId}/${id.moduleId}`;
+  return keyOfIdentity(id.deviceId, id.moduleId);
 }
 
 export function describeIdentity(id: IdentityRef): string {
