@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import { childLog } from '../util/log.ts';
 import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts';
 import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
+import { EventTail } from './event-tail.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { WalSync } from './wal-sync.ts';
 import type {
@@ -49,6 +50,14 @@ const DEVICE_SCAN_MAX = 200_000;
 /** Bounds of the in-memory tail: events, and bytes of their bodies. */
 const TAIL_EVENTS = 50_000;
 const TAIL_BYTES = 32 * 1024 * 1024;
+
+/** The stream's next numbers as a commit leaves them; they take effect only once it succeeded. */
+interface NextNumbers {
+  seq: number;
+  pseqs: number[];
+  offs: number[];
+  enq: number;
+}
 
 /** One append call: its events go into the same commit, and it is answered once for all of them. */
 interface Pending {
@@ -98,7 +107,7 @@ export class EventStream implements EventStreamReader {
   private pruneTimer?: NodeJS.Timeout;
   private closed = false;
   private readonly insert: Database.Statement;
-  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[]) => OriginsMoved | undefined;
+  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[], next: NextNumbers) => OriginsMoved | undefined;
   private readonly origins: OriginWatermarks;
   /** Commits so far, and how many of them are known on disk (or failed to get there). */
   private committed = 0;
@@ -107,13 +116,8 @@ export class EventStream implements EventStreamReader {
   private visibleSeq: number;
   private readonly visiblePseq: number[];
   private readonly walSync: WalSync | undefined;
-  /**
-   * The newest events, in sequence order without gaps, for readers that follow the stream's end
-   * (the usual case): they are served from memory instead of read back from the file.
-   */
-  private tail: StoredEvent[] = [];
-  private tailHead = 0;
-  private tailBytes = 0;
+  /** The newest events, for readers that follow the stream's end. */
+  private readonly tail = new EventTail(TAIL_EVENTS, TAIL_BYTES);
 
   constructor(opts: EventStreamOptions) {
     mkdirSync(opts.dir, { recursive: true });
@@ -193,7 +197,7 @@ export class EventStream implements EventStreamReader {
     this.insert = this.db.prepare(
       'INSERT INTO events (seq, part, pseq, off, enq, dev, mod, auth, gen, src, props, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
-    this.commitBatch = this.db.transaction((batch: Pending[], infos: StoredEventInfo[]) => {
+    this.commitBatch = this.db.transaction((batch: Pending[], infos: StoredEventInfo[], next: NextNumbers) => {
       // One enqueued time per batch, never earlier than the previous batch: time order = sequence order.
       const enq = Math.max(Date.now(), this.lastEnqueued);
       let seq = this.nextSeq;
@@ -215,13 +219,12 @@ export class EventStream implements EventStreamReader {
         pseqs[part] += 1;
         offs[part] += Buffer.byteLength(props) + e.message.body.length;
       }
-      // Only after the statements succeeded: a failed transaction leaves the counters untouched.
-      this.nextSeq = seq;
-      for (let i = 0; i < this.partitions; i++) {
-        this.nextPseq[i] = pseqs[i];
-        this.nextOffset[i] = offs[i];
-      }
-      this.lastEnqueued = enq;
+      // The counters move in flush(), once COMMIT has succeeded: a commit that fails (a full disk
+      // fails at COMMIT, not at the inserts) uses up no numbers.
+      next.seq = seq;
+      next.pseqs = pseqs;
+      next.offs = offs;
+      next.enq = enq;
       // Where child gateways' messages came from, in the same transaction as the messages.
       let forwarded: ForwardedOrigin[] | undefined;
       for (const p of batch) for (const e of p.events) if (e.origin) (forwarded ??= []).push(e.origin);
@@ -273,8 +276,15 @@ export class EventStream implements EventStreamReader {
     if (batch.length === 0) return;
     this.pending = [];
     const infos: StoredEventInfo[] = [];
+    const next: NextNumbers = { seq: this.nextSeq, pseqs: this.nextPseq, offs: this.nextOffset, enq: this.lastEnqueued };
     try {
-      const moved = this.commitBatch(batch, infos);
+      const moved = this.commitBatch(batch, infos, next);
+      this.nextSeq = next.seq;
+      for (let i = 0; i < this.partitions; i++) {
+        this.nextPseq[i] = next.pseqs[i]!;
+        this.nextOffset[i] = next.offs[i]!;
+      }
+      this.lastEnqueued = next.enq;
       this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
@@ -311,7 +321,7 @@ export class EventStream implements EventStreamReader {
       if (syncError) p.reject(syncError);
       else p.resolve(infos, from);
     }
-    this.remember(events);
+    this.tail.add(events);
     if (this.listeners.size > 0) {
       for (const l of this.listeners) {
         try {
@@ -465,7 +475,7 @@ export class EventStream implements EventStreamReader {
     }
     if (total > 0) log.info({ deleted: total, retentionMs: this.retentionMs }, 'event stream retention removed old events');
     // What retention removed is not served from memory either.
-    while (this.tailHead < this.tail.length && this.tail[this.tailHead]!.enqueuedTime < cutoff) this.dropTailHead();
+    this.tail.dropEnqueuedBefore(cutoff);
     return total;
   }
 
@@ -531,16 +541,12 @@ export class EventStream implements EventStreamReader {
   private readDevice(start: number, limit: number, deviceId: string, moduleId?: string): EventReadResult {
     const end = this.visibleSeq;
     const matches = (e: StoredEvent) => e.deviceId === deviceId && (moduleId === undefined || e.moduleId === moduleId);
-    const first = this.tailHead < this.tail.length ? this.tail[this.tailHead]!.sequenceNumber : Infinity;
-    if (start >= first) {
-      const events: StoredEvent[] = [];
-      for (let i = this.tailHead + (start - first); i < this.tail.length && events.length < limit; i++) {
-        const e = this.tail[i]!;
-        if (e.sequenceNumber >= end) break;
-        if (matches(e)) events.push(e);
-      }
-      return { events, nextSequenceNumber: events.length === limit ? events[limit - 1]!.sequenceNumber + 1 : Math.max(start, end) };
-    }
+    const events: StoredEvent[] = [];
+    const inTail = this.tail.scan(start, end, (e) => {
+      if (matches(e)) events.push(e);
+      return events.length < limit;
+    });
+    if (inTail) return { events, nextSequenceNumber: events.length === limit ? events[limit - 1]!.sequenceNumber + 1 : Math.max(start, end) };
     const select =
       moduleId === undefined
         ? this.stmt('SELECT * FROM events WHERE seq >= ? AND seq < ? AND dev = ? ORDER BY seq LIMIT ?')
@@ -555,30 +561,10 @@ export class EventStream implements EventStreamReader {
     return { events: [], nextSequenceNumber: Math.max(start, from) };
   }
 
-  private remember(events: StoredEvent[]): void {
-    for (const e of events) {
-      this.tail.push(e);
-      this.tailBytes += e.message.body.length;
-    }
-    while (this.tail.length - this.tailHead > TAIL_EVENTS || this.tailBytes > TAIL_BYTES) this.dropTailHead();
-    if (this.tailHead > 4096 && this.tailHead * 2 > this.tail.length) {
-      this.tail = this.tail.slice(this.tailHead);
-      this.tailHead = 0;
-    }
-  }
-
-  private dropTailHead(): void {
-    this.tailBytes -= this.tail[this.tailHead]!.message.body.length;
-    this.tailHead++;
-  }
-
   /** Events from `start` on, when the tail holds `start`; undefined when it does not. */
   private fromTail(start: number, limit: number): StoredEvent[] | undefined {
-    if (this.tailHead >= this.tail.length) return undefined;
-    const first = this.tail[this.tailHead]!.sequenceNumber;
-    if (start < first || start >= this.visibleSeq) return undefined;
-    const from = this.tailHead + (start - first);
-    return this.tail.slice(from, from + limit);
+    if (start >= this.visibleSeq) return undefined;
+    return this.tail.from(start, this.visibleSeq, limit);
   }
 
   private waitForAppend(ms: number, signal?: AbortSignal): Promise<void> {

@@ -193,7 +193,9 @@ export class PartitionReceiver implements LinkHandler {
     this.idle = false;
     if (this.next < this.buffer.length) return; // still sending a backlog; the store has these
     if (this.nextPseq !== undefined && first <= this.nextPseq) {
-      this.buffer = first === this.nextPseq ? events : events.slice(this.nextPseq - first);
+      // By number, not by subtraction: partition sequence numbers may have holes.
+      const next = this.nextPseq;
+      this.buffer = first === next ? events : events.filter((e) => e.partitionSequenceNumber >= next);
       this.next = 0;
       this.nextPseq = last + 1;
     }
