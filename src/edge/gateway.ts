@@ -167,6 +167,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const hostname = config.hostname;
   const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
   const maxClients = maxClientsSetting(config, env);
+  // Metrics are plain HTTP without authentication: loopback unless [strata] metrics_bind says otherwise.
+  const metricsBind = metricsBindSetting(config.settings.metrics_bind);
   const transport = upstreamTransport(config, env);
   const startedCredentials = JSON.stringify(prov.authentication);
   const parentHost = config.parentHostname ?? hubHostName;
@@ -465,8 +467,6 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     security.attach(https);
     ports.https = (https.address() as AddressInfo).port;
 
-    // Plain HTTP without authentication: loopback unless [strata] metrics_bind says otherwise.
-    const metricsBind = metricsBindSetting(config.settings.metrics_bind);
     if (!isLoopback(metricsBind)) print(`warning: metrics are served without authentication on ${metricsBind} ([strata] metrics_bind)`);
     let metricsServer;
     try {
