@@ -47,7 +47,7 @@ import {
   writeReloadStatus,
   type ReloadStatus,
 } from './local.ts';
-import { issueHealthToken, presentsHealthToken } from './health-access.ts';
+import { healthToken, presentsHealthToken } from './health-access.ts';
 import { GatewayMetrics, serveMetrics } from './metrics.ts';
 import { ModuleInputEndpoint } from './module-endpoint.ts';
 import { ScopeCache } from './scope-cache.ts';
@@ -424,7 +424,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false }, forceCloseConnections: true, logger: false });
     closers.push(() => app.close());
     // Identities (and endpoint names, which carry module ids) only for the holder of the token (health-access.ts).
-    const healthToken = issueHealthToken(files.healthToken);
+    const healthSecret = healthToken(files.healthToken, (err) => log.warn({ err: err.message }, 'could not write health.token: /health lists no identities until a restart'));
     app.get('/health', async (req) => {
       const queues = Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)]));
       const open = {
@@ -438,7 +438,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
         queued: Object.values(queues).reduce((a, b) => a + b, 0),
         serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
       };
-      if (!presentsHealthToken(req.headers.authorization, healthToken)) return open;
+      if (!presentsHealthToken(req.headers.authorization, healthSecret)) return open;
       return { ...open, deviceId, connected: engine.connectedIdentities(), modules: scope.listModules(deviceId).map((m) => m.moduleId), queues };
     });
     await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });

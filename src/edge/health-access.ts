@@ -5,13 +5,23 @@ import { writeFileDurably } from '../util/durable-file.ts';
 /**
  * `/health` answers anyone with the gateway's state, but names the connected devices and
  * modules (identities an attacker could aim at) only to a caller that shows the bearer token
- * the gateway writes into its data directory at start, readable by its owner only. Whoever can
+ * the gateway keeps in its data directory, readable by its owner only. Whoever can
  * read the data directory can read far more than that already; `strata edge list` does so.
  */
 
-export function issueHealthToken(path: string): string {
+/**
+ * The token kept in `path`, made on first use. A gateway that cannot write it (a full disk)
+ * still starts: it uses a token nobody can read, so identities stay hidden until a restart.
+ */
+export function healthToken(path: string, onError: (err: Error) => void): string {
+  const kept = readHealthToken(path);
+  if (kept && /^[A-Za-z0-9_-]{43}$/.test(kept)) return kept;
   const token = randomBytes(32).toString('base64url');
-  writeFileDurably(path, `${token}\n`, 0o600);
+  try {
+    writeFileDurably(path, `${token}\n`, 0o600);
+  } catch (err) {
+    onError(err as Error);
+  }
   return token;
 }
 
