@@ -3,7 +3,8 @@ import https from 'node:https';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { loadEdgeConfigFile } from '../edge/load-config.ts';
-import { defaultEdgeDataDir, readGatewayState, runningGatewayPid } from '../edge/local.ts';
+import { readHealthToken } from '../edge/health-access.ts';
+import { defaultEdgeDataDir, edgeFiles, readGatewayState, runningGatewayPid } from '../edge/local.ts';
 import { edgePkiPaths } from '../edge/security-manager.ts';
 import { splitPemCertificates } from '../pki/index.ts';
 import { UserError } from '../util/errors.ts';
@@ -23,10 +24,10 @@ interface HealthAnswer {
   upstream?: { parent: string; connected: boolean };
 }
 
-function getJson(url: string, ca: string): Promise<HealthAnswer> {
+function getJson(url: string, ca: string, token: string | undefined): Promise<HealthAnswer> {
   return new Promise((done, fail) => {
     // The gateway's hostname may not resolve here; its address is dialled and the name checked against the certificate.
-    const req = https.get(url, { ca, timeout: 3000 }, (res) => {
+    const req = https.get(url, { ca, timeout: 3000, headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (text += c));
@@ -68,7 +69,9 @@ export function registerEdgeListCommand(edge: Command | undefined): void {
         if (!state) throw new UserError(`no gateway state in ${dataDir}`, 'Start it with `strata edge start --config config.toml`');
         // Trust the root of the very chain this gateway serves: a local read of a process we own.
         const chain = splitPemCertificates(readFileSync(edgePkiPaths(dataDir).serverCert, 'utf8'));
-        const health = await getJson(`https://${state.bind}:${state.ports.https}/health`, chain[chain.length - 1] ?? '');
+        // The connected identities are for the holder of the gateway's health token (edge/health-access.ts).
+        const token = readHealthToken(edgeFiles(dataDir).healthToken);
+        const health = await getJson(`https://${state.bind}:${state.ports.https}/health`, chain[chain.length - 1] ?? '', token);
         if (flags.json) {
           process.stdout.write(`${JSON.stringify({ deviceId: health.deviceId, modules: health.modules ?? [], connected: health.connected ?? [] }, null, 2)}\n`);
           return;

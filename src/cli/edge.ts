@@ -68,7 +68,7 @@ export function registerEdgeCommands(program: Command): void {
     .option('--mqtt-port <n>', 'MQTT over TLS port', port('--mqtt-port'), 8883)
     .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
     .option('--https-port <n>', 'HTTPS port: /health and MQTT/AMQP over WebSockets (devices dial 443)', port('--https-port'), 443)
-    .option('--metrics-port <n>', 'Prometheus /metrics port (default 9600, or [strata] metrics_port)', port('--metrics-port'))
+    .option('--metrics-port <n>', 'Prometheus /metrics port (default 9600, or [strata] metrics_port); it listens on 127.0.0.1 unless [strata] metrics_bind names another address', port('--metrics-port'))
     .addHelpText(
       'after',
       [

@@ -1,33 +1,67 @@
 import { EventEmitter } from 'node:events';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { TwinCollection } from '../engine/types.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { RouteConfigError } from '../routing/errors.ts';
 import { RouteTable, parseEdgeHubDesired } from '../routing/route-table.ts';
 import type { UpstreamIdentity } from '../upstream/upstream.ts';
+import { writeFileDurably } from '../util/durable-file.ts';
 import { childLog } from '../util/log.ts';
 import type { TwinCache } from './twin-cache.ts';
 
 /**
  * The gateway's routes: `routes` and `storeAndForwardConfiguration` from its own `$edgeHub`
  * module twin's desired properties (set by a deployment: `strata hub set-modules`, or the
- * service API's applyConfigurationContent). The last configuration seen is kept on disk, so a
- * gateway that starts while the parent is unreachable routes as before. A configuration that
- * does not compile is logged and the previous table kept.
+ * service API's applyConfigurationContent).
+ *
+ * The last configuration that compiled is kept in the data directory (replaced atomically), and
+ * a restarted gateway routes with it until the parent's desired properties are read: a bad
+ * update is logged, reported in the `$edgeHub` reported properties (`lastDesiredStatus`, as the
+ * original edge hub does) and ignored, so it can never leave the gateway without routes.
+ *
+ * Before any deployment is known (first start, parent not reached yet, or no `$edgeHub`
+ * desired properties at the parent) the gateway uses DEFAULT_ROUTE, the route a new IoT Edge
+ * deployment starts with: device and module telemetry goes upstream. Accepting a message and
+ * dropping it for want of routes would lose data a device was told is safe; the original
+ * avoids that by not serving devices until it has its configuration, which a gateway that
+ * serves devices while its parent is away cannot do.
  */
+
+/** Used until a deployment's routes are known. */
+export const DEFAULT_ROUTE = { name: 'default', route: 'FROM /messages/* INTO $upstream' } as const;
 
 export interface EdgeHubRoutesEvents {
   /** A new table is in force. */
   changed: [table: RouteTable];
 }
 
+/** What `routes.json` holds: the desired properties that compiled, with their version. */
+interface LastGood {
+  version?: number;
+  desired: TwinCollection;
+  savedAt: string;
+}
+
+function defaultTable(): RouteTable {
+  return RouteTable.fromDefinitions([DEFAULT_ROUTE]);
+}
+
+function hasDeployment(desired: TwinCollection): boolean {
+  return Object.keys(desired).some((k) => !k.startsWith('$'));
+}
+
 export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
-  private current = new RouteTable([]);
+  private current = defaultTable();
+  private fromDeployment = false;
   private version?: number;
   private everApplied = false;
+  /** The version last refused, so a refresh of the same bad version is not logged again. */
+  private rejectedVersion?: number;
+  private channel?: UpstreamIdentity;
+  private lastReported?: string;
   private readonly log: Logger;
 
-  constructor(private readonly o: { edgeDeviceId: string; twins: TwinCache; log?: Logger }) {
+  constructor(private readonly o: { edgeDeviceId: string; twins: TwinCache; lastGoodPath?: string; log?: Logger }) {
     super();
     this.log = o.log ?? childLog('routes');
   }
@@ -36,9 +70,14 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     return this.current;
   }
 
-  /** Whether any route is configured. */
+  /** Whether any route is in force (the default route counts). */
   get configured(): boolean {
     return this.current.routes.length > 0;
+  }
+
+  /** True while no deployment is known and DEFAULT_ROUTE is in force. */
+  get usingDefault(): boolean {
+    return !this.fromDeployment;
   }
 
   /** The hint printed wherever "no routes" is reported. */
@@ -46,11 +85,16 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     return `set routes in the $edgeHub desired properties, e.g. \`strata hub set-modules --device ${this.o.edgeDeviceId} --content deployment.json\` with "routes": {"upstream": "FROM /messages/* INTO $upstream"}`;
   }
 
-  /** Applies what the cache holds (start-up); says so when nothing is configured. */
+  /**
+   * Start-up: the last good configuration kept on disk, else the cached `$edgeHub` twin (a data
+   * directory from before routes.json existed), else the default route.
+   */
   loadCached(): void {
+    const kept = this.readLastGood();
+    if (kept && this.apply(kept.desired, 'the last good routes kept on disk', { persist: false })) return;
     const cached = this.o.twins.get(this.o.edgeDeviceId, EDGE_HUB);
-    if (cached) this.apply(cached.desired, 'the cached $edgeHub twin');
-    else this.log.warn(`no routes configured yet (no $edgeHub twin seen): messages from devices are not forwarded until routes arrive from upstream; ${this.howToConfigure}`);
+    if (cached && hasDeployment(cached.desired) && this.apply(cached.desired, 'the cached $edgeHub twin')) return;
+    this.log.warn(`no deployment known yet: routing with the default route "${DEFAULT_ROUTE.route}" until the $edgeHub desired properties are read from upstream; ${this.howToConfigure}`);
   }
 
   /**
@@ -59,6 +103,7 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
    * its outcome.
    */
   follow(channel: UpstreamIdentity, link: { on(event: 'up', fn: () => void): unknown; connected: boolean }): Promise<void> {
+    this.channel = channel;
     let firstDone!: () => void;
     const first = new Promise<void>((r) => (firstDone = r));
     channel.onDesired((patch) => {
@@ -82,38 +127,86 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     return first;
   }
 
-  /** Compiles and installs a configuration; returns false (previous table kept) when it is bad. */
-  apply(desired: TwinCollection, from: string): boolean {
+  /**
+   * Compiles and installs a configuration; returns false (the routes in force kept) when it is
+   * bad. Desired properties without a deployment put the default route in force.
+   */
+  apply(desired: TwinCollection, from: string, opts: { persist?: boolean } = {}): boolean {
     const version = typeof desired.$version === 'number' ? desired.$version : undefined;
     if (this.everApplied && version !== undefined && version === this.version) return true;
+    if (version !== undefined && version === this.rejectedVersion) return false;
+    const deployed = hasDeployment(desired);
     let table: RouteTable;
     try {
-      const hasConfig = Object.keys(desired).some((k) => k !== '$version' && k !== '$metadata');
-      if (!hasConfig) {
-        table = new RouteTable([]);
+      if (!deployed) {
+        table = defaultTable();
       } else {
         const cfg = parseEdgeHubDesired(desired);
         table = RouteTable.fromDefinitions(cfg.routes, cfg.timeToLiveSecs);
       }
     } catch (err) {
-      const msg = err instanceof RouteConfigError || err instanceof Error ? err.message : String(err);
+      const msg = err instanceof Error ? err.message : String(err);
       const hint = (err as { hint?: string }).hint;
+      this.rejectedVersion = version;
       this.log.error(
         { from, version, error: msg, hint, keeping: this.current.routes.map((r) => r.name) },
         `bad route configuration in ${from}: ${msg}; keeping the previous routes`,
       );
+      this.report(version, 400, `the desired properties were not applied: ${msg}${hint ? ` (${hint})` : ''}; the previous routes stay in force`);
       return false;
     }
     this.current = table;
+    this.fromDeployment = deployed;
     this.version = version;
+    this.rejectedVersion = undefined;
     this.everApplied = true;
+    if (opts.persist !== false) this.keep(desired, version);
     const ttl = table.globalTtlSecs === Infinity ? 'never' : `${table.globalTtlSecs} s`;
-    if (table.routes.length === 0) {
-      this.log.warn({ from, version }, `no routes configured: messages from devices are not forwarded; ${this.howToConfigure}`);
+    if (!deployed) {
+      this.log.warn({ from, version }, `no deployment in ${from}: routing with the default route "${DEFAULT_ROUTE.route}"; ${this.howToConfigure}`);
+    } else if (table.routes.length === 0) {
+      this.log.warn({ from, version }, `the deployment has no routes: messages from devices are not forwarded; ${this.howToConfigure}`);
     } else {
       this.log.info({ from, version, routes: table.routes.map((r) => `${r.name}: ${r.text ?? ''}`.trim()), timeToLive: ttl }, `routes applied (${table.routes.length})`);
     }
+    this.report(version, 200, '');
     this.emit('changed', table);
     return true;
+  }
+
+  private readLastGood(): LastGood | undefined {
+    const path = this.o.lastGoodPath;
+    if (!path || !existsSync(path)) return undefined;
+    try {
+      const kept = JSON.parse(readFileSync(path, 'utf8')) as LastGood;
+      if (kept && typeof kept.desired === 'object' && kept.desired !== null) return kept;
+    } catch (err) {
+      this.log.warn({ file: path, err: (err as Error).message }, 'the kept route configuration is unreadable; ignoring it');
+    }
+    return undefined;
+  }
+
+  private keep(desired: TwinCollection, version: number | undefined): void {
+    const path = this.o.lastGoodPath;
+    if (!path) return;
+    const kept: LastGood = { ...(version !== undefined ? { version } : {}), desired, savedAt: new Date().toISOString() };
+    try {
+      writeFileDurably(path, `${JSON.stringify(kept, null, 2)}\n`);
+    } catch (err) {
+      this.log.warn({ file: path, err: (err as Error).message }, 'could not keep the route configuration on disk; a restart before the parent answers routes with the previous one');
+    }
+  }
+
+  /** `lastDesiredVersion` / `lastDesiredStatus` in the `$edgeHub` reported properties, as the original reports them. */
+  private report(version: number | undefined, code: number, description: string): void {
+    const channel = this.channel;
+    if (!channel || version === undefined) return;
+    const key = `${version}:${code}`;
+    if (key === this.lastReported) return;
+    this.lastReported = key;
+    channel.twinPatchReported({ lastDesiredVersion: version, lastDesiredStatus: { code, description } }).catch((err: unknown) => {
+      this.lastReported = undefined;
+      this.log.debug({ err: (err as Error).message }, 'could not report the route configuration status upstream');
+    });
   }
 }

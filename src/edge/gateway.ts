@@ -33,7 +33,7 @@ import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
 import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
-import { EdgeHubRoutes } from './edgehub-routes.ts';
+import { DEFAULT_ROUTE, EdgeHubRoutes } from './edgehub-routes.ts';
 import { DirectForwarder } from './direct-forward.ts';
 import { GatewayRegistry } from './gateway-registry.ts';
 import { diagnosticLines, loadEdgeConfigFile, type LoadedConfig } from './load-config.ts';
@@ -47,6 +47,7 @@ import {
   writeReloadStatus,
   type ReloadStatus,
 } from './local.ts';
+import { healthToken, presentsHealthToken } from './health-access.ts';
 import { GatewayMetrics, serveMetrics } from './metrics.ts';
 import { ModuleInputEndpoint } from './module-endpoint.ts';
 import { ScopeCache } from './scope-cache.ts';
@@ -166,6 +167,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const hostname = config.hostname;
   const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
   const maxClients = maxClientsSetting(config, env);
+  // Metrics are plain HTTP without authentication: loopback unless [strata] metrics_bind says otherwise.
+  const metricsBind = metricsBindSetting(config.settings.metrics_bind);
   const transport = upstreamTransport(config, env);
   const startedCredentials = JSON.stringify(prov.authentication);
   const parentHost = config.parentHostname ?? hubHostName;
@@ -214,7 +217,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
     closers.push(() => registry.close());
-    const routes = new EdgeHubRoutes({ edgeDeviceId: deviceId, twins });
+    const routes = new EdgeHubRoutes({ edgeDeviceId: deviceId, twins, lastGoodPath: files.routes });
     routes.loadCached();
 
     // ---- telemetry: routes -> store (acknowledged once durable) -> one pump per endpoint ----
@@ -420,20 +423,24 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
 
     const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false }, forceCloseConnections: true, logger: false });
     closers.push(() => app.close());
-    app.get('/health', async () => ({
-      status: 'ok',
-      deviceId,
-      hostname: security.currentHostname,
-      upstream: { parent: link.describeParent(), connected: link.connected },
-      scopeSync: sync.state,
-      connectedClients: engine.connectedCount(),
-      connected: engine.connectedIdentities(),
-      modules: scope.listModules(deviceId).map((m) => m.moduleId),
-      maxConnectedClients: engine.maxConnectedClients,
-      routes: routes.table.routes.length,
-      queues: Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)])),
-      serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
-    }));
+    // Identities (and endpoint names, which carry module ids) only for the holder of the token (health-access.ts).
+    const healthSecret = healthToken(files.healthToken, (err) => log.warn({ err: err.message }, 'could not write health.token: /health lists no identities until a restart'));
+    app.get('/health', async (req) => {
+      const queues = Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)]));
+      const open = {
+        status: 'ok',
+        hostname: security.currentHostname,
+        upstream: { parent: link.describeParent(), connected: link.connected },
+        scopeSync: sync.state,
+        connectedClients: engine.connectedCount(),
+        maxConnectedClients: engine.maxConnectedClients,
+        routes: routes.table.routes.length,
+        queued: Object.values(queues).reduce((a, b) => a + b, 0),
+        serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
+      };
+      if (!presentsHealthToken(req.headers.authorization, healthSecret)) return open;
+      return { ...open, deviceId, connected: engine.connectedIdentities(), modules: scope.listModules(deviceId).map((m) => m.moduleId), queues };
+    });
     await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
     // A child edge device provisioned with a certificate reads its $edgeHub key here (own-modules.ts).
     const readOwnModule = ownModuleReader(childScope, { fetchUpstream: (d, m) => sync.fetchUpstream({ deviceId: d, moduleId: m }, [identityKey(d, m), d]) });
@@ -460,11 +467,12 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     security.attach(https);
     ports.https = (https.address() as AddressInfo).port;
 
+    if (!isLoopback(metricsBind)) print(`warning: metrics are served without authentication on ${metricsBind} ([strata] metrics_bind)`);
     let metricsServer;
     try {
-      metricsServer = await serveMetrics(metrics, bind, ports.metrics);
+      metricsServer = await serveMetrics(metrics, metricsBind, ports.metrics);
     } catch (err) {
-      throw listenError(err, 'metrics', bind, ports.metrics);
+      throw listenError(err, 'metrics', metricsBind, ports.metrics);
     }
     closers.push(() => metricsServer.close());
     ports.metrics = metricsServer.port;
@@ -517,13 +525,13 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
         `  AMQP (TLS)               amqps://${h}${portText(ports.amqp, 5671) || ':5671'}`,
         `  HTTPS                    https://${h}${portText(ports.https, 443)}/health`,
         `  MQTT/AMQP over WebSockets wss://${h}${portText(ports.https, 443)}/$iothub/websocket`,
-        `  metrics                  http://${bind}:${ports.metrics}/metrics`,
+        `  metrics                  http://${metricsBind.includes(':') ? `[${metricsBind}]` : metricsBind}:${ports.metrics}/metrics`,
         `  Edge CA                  ${security.usingQuickstartCa ? `quickstart (self-signed, ${security.quickstartCaPath})` : `${caSubject} (${config.edgeCa?.cert})`}`,
         `  devices must trust       ${describeTrust()}`,
         `  trusts upstream          ${config.trustBundleCert}`,
         `  upstream                 ${link.describeParent()} (${config.parentHostname ? `parent gateway ${config.parentHostname}` : `IoT hub ${hubHostName}`}): ${link.connected ? 'connected' : 'not connected yet (devices are served offline; messages are stored)'}`,
         `  MaxConnectedClients      ${engine.maxConnectedClients} (${maxSource.value})`,
-        `  routes                   ${routes.configured ? routes.table.routes.map((r) => r.name).join(', ') : `none configured: messages are not forwarded; ${routes.howToConfigure}`}`,
+        `  routes                   ${routes.usingDefault ? `the default route until a deployment is read (${DEFAULT_ROUTE.route}); ${routes.howToConfigure}` : routes.configured ? routes.table.routes.map((r) => r.name).join(', ') : `none in the deployment: messages are not forwarded; ${routes.howToConfigure}`}`,
       ];
     };
 
@@ -604,6 +612,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       deviceId,
       hostname,
       bind,
+      metricsBind,
       ports: { ...ports },
       configPath: loaded.path,
       upstream: link.describeParent(),
@@ -617,6 +626,21 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     await runClosers();
     throw err;
   }
+}
+
+/** Where Prometheus metrics listen by default: this machine only. */
+export const DEFAULT_METRICS_BIND = '127.0.0.1';
+
+function metricsBindSetting(v: unknown): string {
+  if (v === undefined) return DEFAULT_METRICS_BIND;
+  if (typeof v !== 'string' || isIP(v) === 0) {
+    throw new UserError(`[strata] metrics_bind must be an IP address to serve metrics on, got ${JSON.stringify(v)}`, `Leave it out for ${DEFAULT_METRICS_BIND} (this machine only), or give the address a Prometheus server reaches`);
+  }
+  return v;
+}
+
+function isLoopback(address: string): boolean {
+  return address.startsWith('127.') || address === '::1' || address === '::ffff:127.0.0.1';
 }
 
 function numberSetting(v: unknown): number | undefined {

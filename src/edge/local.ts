@@ -7,7 +7,9 @@ import { UserError } from '../util/errors.ts';
  * message store), `gateway.db` (twin cache), `engine.db` (sessions, C2D bookkeeping), `pki/`
  * (Edge CA when quickstart, server certificate), `gateway.json` (where the running gateway
  * listens), `gateway.pid` (the running gateway), `applied-config.json` (the config
- * `strata edge config apply` made current) and `reload-status.json` (how the last reload went).
+ * `strata edge config apply` made current), `reload-status.json` (how the last reload went),
+ * `routes.json` (the last `$edgeHub` route configuration that compiled, used at start-up until
+ * the parent answers) and `health.token` (what `/health` wants for the connected identities).
  */
 
 /** Default data directory of the gateway of an edge device. */
@@ -24,6 +26,8 @@ export function edgeFiles(dataDir: string) {
     pid: join(dataDir, 'gateway.pid'),
     applied: join(dataDir, 'applied-config.json'),
     reloadStatus: join(dataDir, 'reload-status.json'),
+    routes: join(dataDir, 'routes.json'),
+    healthToken: join(dataDir, 'health.token'),
   };
 }
 
@@ -31,6 +35,8 @@ export interface GatewayState {
   deviceId: string;
   hostname: string;
   bind: string;
+  /** Where /metrics listens (absent in state files of earlier versions: then `bind`). */
+  metricsBind?: string;
   ports: { mqtt: number; amqp: number; https: number; metrics: number };
   configPath: string;
   upstream: string;

@@ -3,6 +3,7 @@ import { randomInt } from 'node:crypto';
 import type { AuthType, RegistryStore, StoredAuthentication, StoredDevice, StoredModule, StoredTwin } from '../store/registry-store.ts';
 import type { AuthenticationJson, BulkResultJson, ConnectionState, DeviceJson, IdentityChange, ModuleJson, TwinJson } from './types.ts';
 import { HubError, badRequest, deviceNotFound, moduleNotFound, preconditionFailed } from './errors.ts';
+import { checkEdgeHubDesired } from './deployment-check.ts';
 import { EDGE_SYSTEM_MODULES, deviceIdProblem, isReservedModuleId, moduleIdProblem } from '../identity/device-id.ts';
 import {
   HierarchyError,
@@ -333,6 +334,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
         const desired = isPlainObject(props) && props.desired !== undefined && props.desired !== null ? cleanPatch('properties.desired', props.desired) : {};
         this.replaceDesired(deviceId, moduleId, twin, withoutNulls(desired), now);
       }
+      checkEdgeHubDesired(moduleId, twin.desired.values, 'ArgumentInvalid');
       twin.version += 1;
       if (module) this.store.putModule(module);
       else this.store.putDevice(device);
@@ -378,6 +380,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
           const problem = moduleIdProblem(moduleId);
           if (problem) throw badRequest(`modulesContent: ${problem}`);
           const desired = desiredOf(`modulesContent.${moduleId}`, entry);
+          checkEdgeHubDesired(moduleId, desired, 'InvalidConfigurationContent');
           let module = this.store.getModule(deviceId, moduleId);
           if (!module) {
             if (isReservedModuleId(moduleId) && !EDGE_SYSTEM_MODULES.includes(moduleId)) {

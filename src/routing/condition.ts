@@ -200,6 +200,11 @@ function parsePrimary(ts: TokenStream): ConditionNode {
       return { kind: 'property', name: t.text, start: t.start, end: t.end };
     }
     case 'QUERY_PATH':
+      // `-$body.a[0]`: a minus written against a body path (evaluate.ts reads it as the negated value).
+      if (/^-\$body\./i.test(t.text)) {
+        ts.next();
+        return { kind: 'property', name: t.text, start: t.start, end: t.end };
+      }
       throw ts.errorAt(t, `unexpected ${describeToken(t)}: "[" and "]" may only follow $body`, { expected: 'an expression' });
     case 'UNKNOWN':
       throw ts.errorAt(t, `invalid symbol ${describeToken(t)}`, { expected: 'an expression', hint: hintFor(t) });

@@ -258,10 +258,8 @@ class Compiler {
           }
         }
       }
-      case 'property': {
-        const name = n.name;
-        return { type: 'string', ev: (m) => m.app(name) };
-      }
+      case 'property':
+        return this.property(n.name, n.start);
       case 'system':
         return this.system(n.name, n.escaped, n.start);
       case 'call':
@@ -307,6 +305,30 @@ class Compiler {
         return app !== undefined ? app : m.system(sysName);
       },
     };
+  }
+
+  /**
+   * A bare name reads the application property. The lexer keeps a "-" written directly before a
+   * name inside the name, as the original's does, so `-$body.hum` is one token. Read only as a
+   * property it would be a string, and `-$body.hum = -40` would not compile; so, like `$body.x`
+   * itself, it reads the application property of that literal name when the message has one,
+   * else the negated body value (a number operation on a value typed at run time).
+   */
+  private property(name: string, at: number): Compiled {
+    if (/^-\$body\./i.test(name)) {
+      const steps = parseBodyPath(name.slice('-$body.'.length));
+      if (typeof steps === 'string') throw this.error(at, steps);
+      return {
+        type: 'value',
+        ev: (m) => {
+          const app = m.app(name);
+          if (app !== undefined) return app;
+          const v = m.bodyValue(steps);
+          return typeof v === 'number' ? -v : undefined;
+        },
+      };
+    }
+    return { type: 'string', ev: (m) => m.app(name) };
   }
 
   private call(n: Extract<ConditionNode, { kind: 'call' }>): Compiled {

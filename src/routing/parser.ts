@@ -73,6 +73,7 @@ export function parseRoute(text: string): ParsedRoute {
 
 function parseSource(ts: TokenStream): { text: string } {
   if (ts.peek().type !== '/') ts.fail('a source path such as /messages/*');
+  const first = ts.peek();
   let out = '';
   while (ts.peek().type === '/') {
     const slash = ts.next();
@@ -85,7 +86,30 @@ function parseSource(ts: TokenStream): { text: string } {
       ts.fail('a path segment ("*" or a name) after "/"');
     }
   }
+  const problem = sourceProblem(out);
+  if (problem) throw ts.errorAt(first, `source "${out}" ${problem}`, { expected: 'a message source', hint: SOURCES_HINT });
   return { text: out };
+}
+
+const SOURCES_HINT = 'sources are /messages/* (all telemetry), /messages/modules/<module>/outputs/<output> (or /*), /twinChangeNotifications and /*';
+
+/**
+ * Why a source can never match a message, or undefined. Messages come from `/messages`,
+ * `/messages/modules/{m}/outputs/{o}` and `/twinChangeNotifications`; a route from anywhere
+ * else would silently take nothing, so it is refused (the original accepted it).
+ */
+export function sourceProblem(source: string): string | undefined {
+  const segs = source.split('/').slice(1);
+  const star = segs.indexOf('*');
+  if (star >= 0 && star !== segs.length - 1) return 'has "*" before its end; "*" may only be the last segment';
+  const path = star >= 0 ? segs.slice(0, -1) : segs;
+  const is = (i: number, word: string) => path[i] === undefined || path[i]!.toLowerCase() === word.toLowerCase();
+  if (path.length === 0) return undefined;
+  if (path[0]!.toLowerCase() === 'twinchangenotifications') return path.length === 1 ? undefined : 'goes below /twinChangeNotifications, which has no sub-sources';
+  if (path[0]!.toLowerCase() !== 'messages') return 'matches no message';
+  if (!is(1, 'modules')) return `matches no message: after /messages comes /modules, not /${path[1]}`;
+  if (!is(3, 'outputs')) return `matches no message: after /messages/modules/${path[2]} comes /outputs, not /${path[3]}`;
+  return undefined;
 }
 
 function parseSink(ts: TokenStream): Endpoint {

@@ -18,6 +18,11 @@ export interface GatewayConfigInput {
   edgeCaKey: string;
   /** The gateway's UpstreamProtocol, written under [strata]; absent: its default (Amqp). */
   upstreamProtocol?: string;
+  /**
+   * Where the gateway serves /metrics, written under [strata] (absent: loopback 127.0.0.1). The
+   * topology gives each gateway its own loopback address, so each keeps the standard port 9600.
+   */
+  metricsBind?: string;
   /** Where the values came from, for the header comment. */
   source: string;
 }
@@ -40,8 +45,9 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
     `cert = ${str(fileUri(c.edgeCaCert))}`,
     `pk = ${str(fileUri(c.edgeCaKey))}`,
     '',
-    ...(c.upstreamProtocol ? ['[strata]', `upstream_protocol = ${str(c.upstreamProtocol)}`, ''] : []),
   ];
+  const strata = [...(c.upstreamProtocol ? [`upstream_protocol = ${str(c.upstreamProtocol)}`] : []), ...(c.metricsBind ? [`metrics_bind = ${str(c.metricsBind)}`] : [])];
+  if (strata.length > 0) lines.push('[strata]', ...strata, '');
   return lines.join('\n');
 }
 

@@ -202,6 +202,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
           edgeCaCert: edgeCa.fullChain,
           edgeCaKey: edgeCa.key,
           upstreamProtocol: upstreamOf.get(g.id),
+          metricsBind: g.address,
           source: file,
         });
         mkdirSync(g.dataDir, { recursive: true });

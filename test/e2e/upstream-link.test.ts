@@ -169,7 +169,8 @@ test("the gateway's own $edgeHub twin (routes, TTL) is read and pushed over the 
   const pushes: TwinCollection[] = [];
   self.onDesired((p) => pushes.push(p));
   await self.ready();
-  await svc.updateTwin('edge-1', { properties: { desired: { routes: { all: 'FROM /messages/* INTO $upstream' } } } }, '*', '$edgeHub');
+  // A whole deployment: the hub refuses $edgeHub desired properties a gateway could not use.
+  await svc.updateTwin('edge-1', { properties: { desired: { schemaVersion: '1.1', routes: { all: 'FROM /messages/* INTO $upstream' }, storeAndForwardConfiguration: { timeToLiveSecs: 7200 } } } }, '*', '$edgeHub');
   await until('the $edgeHub desired push', () => pushes.some((p) => (p.routes as Record<string, string> | undefined)?.all !== undefined));
   const twin = await self.twinGet();
   assert.deepEqual(twin.desired.routes, { all: 'FROM /messages/* INTO $upstream' });

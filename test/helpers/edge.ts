@@ -168,7 +168,9 @@ function waitForExit(proc: ChildProcess, ms: number): Promise<boolean> {
 
 /** Runs `strata edge start` and waits until it listens (its state file names its pid). */
 export async function startGatewayProcess(o: { configPath: string; dataDir: string; address: string; env?: Record<string, string>; args?: string[]; nodeArgs?: string[] }): Promise<GatewayProcess> {
-  const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), STRATA_BIN, 'edge', 'start', '--config', o.configPath, '--data', o.dataDir, ...(o.args ?? [])], {
+  // Metrics listen on 127.0.0.1 by default: a free port each, so gateways of parallel tests never collide.
+  const metricsPort = o.args?.includes('--metrics-port') ? [] : ['--metrics-port', '0'];
+  const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), STRATA_BIN, 'edge', 'start', '--config', o.configPath, '--data', o.dataDir, ...metricsPort, ...(o.args ?? [])], {
     env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'warn', ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -201,7 +203,7 @@ export async function startGatewayProcess(o: { configPath: string; dataDir: stri
     metrics: () =>
       new Promise<string>((resolve, reject) => {
         http
-          .get({ host: state.bind, port: state.ports.metrics, path: '/metrics' }, (res) => {
+          .get({ host: state.metricsBind ?? state.bind, port: state.ports.metrics, path: '/metrics' }, (res) => {
             let body = '';
             res.on('data', (c: Buffer) => (body += c.toString()));
             res.on('end', () => resolve(body));

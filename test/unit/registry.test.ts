@@ -259,7 +259,7 @@ test('applyConfigurationContent writes module desired properties and creates mis
   registry.applyConfigurationContent('edge', {
     modulesContent: {
       $edgeAgent: { 'properties.desired': { schemaVersion: '1.1', modules: {} } },
-      $edgeHub: { 'properties.desired': { routes: { up: 'FROM /messages/* INTO $upstream' } } },
+      $edgeHub: { 'properties.desired': { schemaVersion: '1.1', routes: { up: 'FROM /messages/* INTO $upstream' }, storeAndForwardConfiguration: { timeToLiveSecs: 7200 } } },
       filter: { 'properties.desired': { threshold: 5 } },
     },
   });
@@ -271,7 +271,11 @@ test('applyConfigurationContent writes module desired properties and creates mis
     ['$edgeAgent', '$edgeHub', 'filter'],
   );
   // A second deployment replaces: what it leaves out is removed.
-  registry.applyConfigurationContent('edge', { modulesContent: { $edgeHub: { 'properties.desired': { routes: {} } } } });
+  registry.applyConfigurationContent('edge', { modulesContent: { $edgeHub: { 'properties.desired': { schemaVersion: '1.1', routes: {}, storeAndForwardConfiguration: { timeToLiveSecs: 7200 } } } } });
+  assert.deepEqual(registry.getTwin('edge', '$edgeHub')!.properties.desired.routes, {});
+  // $edgeHub desired properties a gateway could not use are refused, and change nothing.
+  hubError(400, 'InvalidConfigurationContent', () => registry.applyConfigurationContent('edge', { modulesContent: { $edgeHub: { 'properties.desired': { routes: { up: 'FROM /messages/* INTO $upstream' } } } } }), /no schemaVersion/);
+  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('edge', '$edgeHub', { properties: { desired: { routes: { bad: 'FROM /nowhere INTO $upstream' } } } }, undefined, 'patch'), /route "bad": position 6: source "\/nowhere" matches no message/);
   assert.deepEqual(registry.getTwin('edge', '$edgeHub')!.properties.desired.routes, {});
   hubError(400, 'ArgumentInvalid', () => registry.applyConfigurationContent('plain', { modulesContent: {} }), /not an IoT Edge device/);
   hubError(404, 'DeviceNotFound', () => registry.applyConfigurationContent('ghost', {}));
