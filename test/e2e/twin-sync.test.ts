@@ -6,13 +6,15 @@
  * the leaf's twin read and its subscription (the gateway compares versions when the
  * subscription becomes live); and clearing all desired properties (`desired: null`, with and
  * without etag `*`, through the official azure-iothub Registry) reaches a leaf on the hub and
- * one three layers down as one patch that removes every property, with `$version` one up.
+ * one three layers down as one patch that removes every property, with `$version` one up. Last,
+ * the top layer is stopped, a patch made and the layer started again: the leaf three layers
+ * down gets the patch once the links are back.
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
-import { newKey, startGatewayProcess, type EdgeSetup } from '../helpers/edge.ts';
+import { newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
 import { desiredPush, listenDesired, openSdkLeaf } from '../helpers/sdk-leaf.ts';
@@ -32,6 +34,8 @@ const amqpLayers: EdgeSetup[] = [];
 /** MQTT upstream: M1 under the hub, M2 under M1. */
 const mqttLayers: EdgeSetup[] = [];
 const cleanups: Array<() => unknown> = [];
+/** The gateway processes by id. */
+const gws = new Map<string, GatewayProcess>();
 
 before(async () => {
   hub = await startHubProcess({ address: addr(0) });
@@ -39,7 +43,7 @@ before(async () => {
   sdk = await startServiceSdk(hub.caPath);
   cleanups.push(() => sdk.close());
   await sdk.open('owner', { connectionString: hub.connectionString });
-  const starts: Array<() => Promise<unknown>> = [];
+  const starts: Array<() => Promise<GatewayProcess>> = [];
   for (let i = 0; i < 3; i++) {
     const edge = await setupLayer(hub, { gatewayId: `sync-l${i + 1}`, address: addr(1 + i), parent: amqpLayers[i - 1] });
     amqpLayers.push(edge);
@@ -54,8 +58,10 @@ before(async () => {
   }
   // Parents first: a layer connects to the one above it at start-up.
   for (const start of starts) {
-    const gw = (await start()) as { stop(): Promise<void> };
-    cleanups.push(() => gw.stop());
+    const gw = await start();
+    const id = [...amqpLayers, ...mqttLayers].find((e) => e.address === gw.address)!.gatewayId;
+    gws.set(id, gw);
+    cleanups.push(() => gws.get(id)?.stop());
   }
 });
 after(async () => {
@@ -138,6 +144,9 @@ describe('a desired patch made between the leaf\'s twin read and its subscriptio
         const got = await desiredPush(pushed, v + 1);
         assert.deepEqual(got, { mode: 'before-subscribe', $version: v + 1 });
         assert.equal(twin.properties.desired.mode, 'before-subscribe');
+        // Every layer compares when its subscription goes live; the leaf still gets it once.
+        await new Promise((r) => setTimeout(r, 1000));
+        assert.equal(pushed.filter((x) => x.$version === v + 1).length, 1, 'handed down once');
       });
     }
   }
@@ -178,5 +187,24 @@ describe('desired: null clears all desired properties and reaches the device', {
         });
       }
     }
+  }
+});
+
+describe('a link restored', { timeout: 180_000 }, () => {
+  for (const { name, Transport } of transports) {
+    test(`${name} leaf three layers down: a desired patch made while the top layer was stopped arrives once it is back`, async (t) => {
+      const id = `restored-${name.toLowerCase()}`;
+      const { twin } = await leafWithTwin(t, id, Transport, amqpLayers[2]);
+      const v = twin.properties.desired.$version as number;
+      const pushed = await listenDesired(twin);
+      const l1 = amqpLayers[0];
+      await gws.get(l1.gatewayId)!.stop();
+      await svc().updateTwin(id, { properties: { desired: { mode: 'while-l1-was-down' } } });
+      gws.set(l1.gatewayId, await startGatewayProcess({ configPath: l1.configPath, dataDir: l1.dataDir, address: l1.address }));
+      const got = await desiredPush(pushed, v + 1, 90_000);
+      assert.deepEqual(got, { mode: 'while-l1-was-down', $version: v + 1 });
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(pushed.filter((x) => x.$version === v + 1).length, 1, 'handed down once');
+    });
   }
 });
