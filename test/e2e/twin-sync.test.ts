@@ -6,7 +6,8 @@
  * the leaf's twin read and its subscription (the gateway compares versions when the
  * subscription becomes live); and clearing all desired properties (`desired: null`, with and
  * without etag `*`, through the official azure-iothub Registry) reaches a leaf on the hub and
- * one three layers down as one patch that removes every property, with `$version` one up. Last,
+ * one three layers down as one patch that removes every property, with `$version` one up; a
+ * device's `reported: null` is refused and changes nothing (it names each property as null). Last,
  * the top layer is stopped, a patch made and the layer started again: the leaf three layers
  * down gets the patch once the links are back.
  */
@@ -17,7 +18,7 @@ import { after, before, describe, test } from 'node:test';
 import { newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
-import { desiredPush, listenDesired, openSdkLeaf } from '../helpers/sdk-leaf.ts';
+import { desiredPush, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Mqtt } = require('azure-iot-device-mqtt');
@@ -186,6 +187,32 @@ describe('desired: null clears all desired properties and reaches the device', {
           assert.equal(read.value.body.properties.desired.$version, v0 + 1);
         });
       }
+    }
+  }
+});
+
+describe('reported: null from a device is refused with a clear error (IoT Hub refuses it too) and changes nothing', { timeout: 120_000 }, () => {
+  const placements = [
+    { where: 'on the hub', edge: () => undefined, tag: 'hub' },
+    { where: 'three layers down', edge: () => amqpLayers[2], tag: 'l3' },
+  ];
+  for (const p of placements) {
+    for (const { name, Transport } of transports) {
+      test(`${name} leaf ${p.where}`, async (t) => {
+        const id = `reported-null-${p.tag}-${name.toLowerCase()}`;
+        const { twin } = await leafWithTwin(t, id, Transport, p.edge());
+        await updateReported(twin, { a: 1, b: { c: 2 } });
+        const before = (await svc().getTwin(id)).properties!.reported!;
+        const refused = await updateReported(twin, null as never).then(() => undefined, (e: Error) => e);
+        assert.match(refused?.message ?? 'not refused', /cannot be null; .* naming each of them as null/);
+        const after = (await svc().getTwin(id)).properties!.reported!;
+        assert.equal(after.$version, before.$version);
+        assert.equal(after.a, 1);
+        // What a device does instead: name each property as null.
+        await updateReported(twin, { a: null, b: null });
+        const cleared = (await svc().getTwin(id)).properties!.reported!;
+        assert.deepEqual(Object.keys(cleared).filter((k) => !k.startsWith('$')), []);
+      });
     }
   }
 });
