@@ -82,17 +82,21 @@ export class DesiredSync {
       }
       if (v > have + 1) {
         this.o.log.info({ identity: keyOf(identity), version: v, have }, 'desired properties patch after a gap in $version: reading the twin upstream to catch up');
-        return this.resync(identity, fetch, this.o.retryMs ?? 1000);
+        return this.resync(identity, fetch, this.o.retryMs ?? 1000, v);
       }
     }
     if (this.o.deliver(identity, patch)) this.o.twins.mergeDesired(identity.deviceId, identity.moduleId, patch);
   }
 
-  private async resync(identity: IdentityRef, fetch: Fetch, retryMs: number): Promise<void> {
+  /** Reads the twin upstream and hands down what changed; `atLeast`: the version a push showed exists. */
+  private async resync(identity: IdentityRef, fetch: Fetch, retryMs: number, atLeast?: number): Promise<void> {
     const k = keyOf(identity);
     let twin: TwinProperties;
     try {
       twin = await fetch();
+      const got = versionOf(twin.desired);
+      // A parent answering from its own cache may be behind the push that sent us here.
+      if (atLeast !== undefined && (got === undefined || got < atLeast)) throw new Error(`the parent's twin has desired $version ${got ?? 'none'}, older than the pushed ${atLeast}`);
     } catch (err) {
       if (!this.o.wanted(identity)) return;
       this.o.log.warn({ identity: k, err: (err as Error).message, retryInMs: retryMs }, 'could not read the twin upstream to catch up on desired properties; will try again');
@@ -100,7 +104,7 @@ export class DesiredSync {
       if (old) clearTimeout(old);
       const timer = setTimeout(() => {
         this.retries.delete(k);
-        if (this.o.wanted(identity)) this.enqueue(identity, () => this.resync(identity, fetch, Math.min(retryMs * 2, MAX_RETRY_MS)));
+        if (this.o.wanted(identity)) this.enqueue(identity, () => this.resync(identity, fetch, Math.min(retryMs * 2, MAX_RETRY_MS), atLeast));
       }, retryMs);
       timer.unref();
       this.retries.set(k, timer);

@@ -144,3 +144,15 @@ test('a twin read older than a push already cached does not take the cache back'
   assert.deepEqual(s.twins.get('leaf')?.desired, { mode: 'b', $version: 3 });
   assert.deepEqual(s.twins.get('leaf')?.reported, { r: 1, $version: 2 });
 });
+
+test('a push after a gap answered by a twin older than the push is read again until the parent catches up', async (t) => {
+  const s = setup(t);
+  s.twins.put('leaf', undefined, { desired: { mode: 'a', $version: 2 }, reported: { $version: 1 } });
+  s.setUpstream({ mode: 'a', $version: 2 });
+  s.sync.pushed(leaf, { mode: 'd', $version: 4 }, s.fetch);
+  await settle();
+  assert.deepEqual(s.delivered, []);
+  s.setUpstream({ mode: 'd', $version: 4 });
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(s.delivered, [{ mode: 'd', $version: 4 }]);
+});
