@@ -285,6 +285,11 @@ export class IdentityChannel implements UpstreamIdentity {
       waiting.resolve({ status: Number(ann.status ?? 0), version: Number.isFinite(version) ? version : undefined, body: bodyBytes(msg.body) });
       return;
     }
+    if (cid !== undefined) {
+      // An answer to a request given up on (timed out): pushes carry no correlation id.
+      this.core.log.debug({ identity: keyOf(this.identity), correlationId: cid }, 'late twin answer from the parent; ignored');
+      return;
+    }
     // Anything else on the twin link is a desired properties push.
     let patch: TwinCollection;
     try {
