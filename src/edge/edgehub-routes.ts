@@ -99,17 +99,13 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
 
   /**
    * Follows the `$edgeHub` twin through the upstream channel: a full read now (or when the link
-   * comes up) and on every reconnect, and each push. Resolves after the first read, whatever
-   * its outcome.
+   * comes up), on every reconnect and each time the desired subscription is confirmed, and each
+   * push. Resolves after the first read, whatever its outcome.
    */
   follow(channel: UpstreamIdentity, link: { on(event: 'up', fn: () => void): unknown; connected: boolean }): Promise<void> {
     this.channel = channel;
     let firstDone!: () => void;
     const first = new Promise<void>((r) => (firstDone = r));
-    channel.onDesired((patch) => {
-      const merged = this.o.twins.mergeDesired(this.o.edgeDeviceId, EDGE_HUB, patch);
-      this.apply(merged, 'a $edgeHub desired properties update');
-    });
     const refresh = () => {
       channel
         .twinGet()
@@ -122,6 +118,11 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
         )
         .finally(firstDone);
     };
+    // Read again each time the subscription is confirmed: a change made before it was not pushed.
+    channel.onDesired((patch) => {
+      const merged = this.o.twins.mergeDesired(this.o.edgeDeviceId, EDGE_HUB, patch);
+      this.apply(merged, 'a $edgeHub desired properties update');
+    }, refresh);
     link.on('up', refresh);
     if (link.connected) refresh();
     return first;

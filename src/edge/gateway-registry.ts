@@ -7,6 +7,7 @@ import { UpstreamDownError, UpstreamError } from '../upstream/upstream.ts';
 import { childLog } from '../util/log.ts';
 import { keyOf } from '../upstream/core.ts';
 import type { ScopeCache } from './scope-cache.ts';
+import { DesiredSync } from './desired-sync.ts';
 import type { TwinCache } from './twin-cache.ts';
 
 /**
@@ -14,7 +15,8 @@ import type { TwinCache } from './twin-cache.ts';
  * parent, on disk, so devices authenticate offline); twins live upstream and are reached
  * through the upstream link on the device's behalf, with the last properties seen kept on disk
  * for reads while the parent is unreachable; desired pushes, direct methods and C2D from the
- * parent are relayed to the connected device. Connection state is local.
+ * parent are relayed to the connected device, desired properties kept in step by DesiredSync
+ * (nothing missed while a subscription travels up). Connection state is local.
  *
  * An identity's upstream channel is opened when it connects (or first reads its twin) and
  * closed when it disconnects; upstream links for pushes are attached only while the device
@@ -33,6 +35,8 @@ export interface RelayHandlers {
   method(identity: IdentityRef, req: MethodRequest, respond: (status: number, payload: Buffer) => void): void;
   /** A C2D message for a connected device; call `settle` exactly once. */
   c2d(deviceId: string, delivery: UpstreamC2DDelivery, settle: (outcome: 'complete' | 'reject' | 'abandon') => void): void;
+  /** A desired properties patch for a subscribed identity; false when nobody took it. */
+  desired(identity: IdentityRef, patch: TwinCollection): boolean;
 }
 
 interface Entry {
@@ -56,6 +60,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
   private readonly entries = new Map<string, Entry>();
   private relay?: RelayHandlers;
   private readonly log: Logger;
+  private readonly desired: DesiredSync;
   private readonly onScopeIdentity = (deviceId: string, moduleId: string | undefined, kind: string): void => {
     if (kind === 'deleted') this.o.twins.forget(deviceId, moduleId);
     this.emit('identity', deviceId, moduleId, kind);
@@ -64,6 +69,15 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
   constructor(private readonly o: { scope: ScopeCache; twins: TwinCache; upstream: UpstreamOpener; log?: Logger }) {
     super();
     this.log = o.log ?? childLog('gateway-registry');
+    this.desired = new DesiredSync({
+      twins: o.twins,
+      deliver: (id, patch) => this.relay?.desired(id, patch) ?? false,
+      wanted: (id) => {
+        const e = this.entries.get(keyOf(id));
+        return !!e && e.connected && e.wanted.has('desired');
+      },
+      log: this.log,
+    });
     o.scope.on('identity', this.onScopeIdentity);
   }
 
@@ -74,6 +88,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
 
   close(): Promise<void> {
     this.o.scope.off('identity', this.onScopeIdentity);
+    this.desired.close();
     const closing = [...this.entries.values()].map((e) => this.closeChannel(e));
     this.entries.clear();
     return Promise.all(closing).then(() => undefined);
@@ -131,6 +146,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       return;
     }
     e.wanted.clear();
+    this.desired.forget(id);
     this.entries.delete(keyOf(id));
     void this.closeChannel(e);
   }
@@ -149,6 +165,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       return;
     }
     e.wanted.delete(kind);
+    if (kind === 'desired') this.desired.forget(identity);
     // Upstream callbacks cannot be taken back one by one; a fresh channel carries only what is wanted.
     if (e.registered.has(kind)) {
       const old = e.channel;
@@ -199,14 +216,11 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     e.registered.add(kind);
     const id = e.identity;
     if (kind === 'desired') {
-      ch.onDesired((patch) => {
-        try {
-          this.o.twins.mergeDesired(id.deviceId, id.moduleId, patch);
-        } catch (err) {
-          this.log.warn({ err, identity: keyOf(id) }, 'could not cache a desired properties patch');
-        }
-        this.emit('desired', id.deviceId, id.moduleId, patch);
-      });
+      const fetch = () => ch.twinGet();
+      ch.onDesired(
+        (patch) => this.desired.pushed(id, patch, fetch),
+        () => this.desired.live(id, fetch),
+      );
     } else if (kind === 'methods') {
       ch.onMethod((req) => {
         let answered = false;

@@ -340,6 +340,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     registry.setRelay({
       method: (identity, req, respond) => relayMethod(engine, identity, req, respond),
       c2d: (target, delivery, settle) => relayC2D(engine, target, delivery, settle),
+      desired: (identity, patch) => engine.deliverDesired(identity, patch),
     });
 
     const metrics = new GatewayMetrics(

@@ -57,9 +57,15 @@ export class TwinCache {
     }
   }
 
-  /** Both collections as upstream gave them (a full twin read). */
+  /**
+   * Both collections as upstream gave them (a full twin read). A collection cached with a
+   * later `$version` stays: a read answered before a push that overtook it is older.
+   */
   put(deviceId: string, moduleId: string | undefined, twin: { desired: TwinCollection; reported: TwinCollection }): void {
-    this.s.put.run(keyOf(deviceId, moduleId), JSON.stringify(twin.desired ?? {}), JSON.stringify(twin.reported ?? {}), Date.now());
+    const cur = this.get(deviceId, moduleId);
+    const desired = newer(cur?.desired, twin.desired ?? {});
+    const reported = newer(cur?.reported, twin.reported ?? {});
+    this.s.put.run(keyOf(deviceId, moduleId), JSON.stringify(desired), JSON.stringify(reported), Date.now());
   }
 
   /**
@@ -95,6 +101,13 @@ export class TwinCache {
   close(): void {
     this.db.close();
   }
+}
+
+/** `incoming`, unless `cached` carries a later `$version`. */
+function newer(cached: TwinCollection | undefined, incoming: TwinCollection): TwinCollection {
+  const a = cached?.$version;
+  const b = incoming.$version;
+  return typeof a === 'number' && typeof b === 'number' && a > b ? cached! : incoming;
 }
 
 /** RFC 7396 JSON merge patch. */

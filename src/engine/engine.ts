@@ -461,7 +461,11 @@ export class Engine {
   }
 
   async twinPatchReported(identity: IdentityRef, patch: Record<string, unknown>): Promise<{ version: number }> {
-    if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) {
+    if (patch === null) {
+      // IoT Hub refuses it too: a device clears its reported properties one by one.
+      throw new EngineError('bad-request', 'a reported properties patch cannot be null; to remove reported properties, send a patch naming each of them as null');
+    }
+    if (typeof patch !== 'object' || Array.isArray(patch)) {
       throw new EngineError('bad-request', 'a reported properties patch must be a JSON object');
     }
     for (const k of Object.keys(patch)) {
@@ -479,13 +483,24 @@ export class Engine {
   }
 
   private pushDesired(deviceId: string, moduleId: string | undefined, patch: TwinCollection): void {
-    const s = this.sessions.get(keyOf({ deviceId, moduleId }));
-    if (!s || s.closed || !s.subscriptions.has('desired')) return;
+    this.deliverDesired(moduleId === undefined ? { deviceId } : { deviceId, moduleId }, patch);
+  }
+
+  /**
+   * Hands a desired properties patch to the identity's live session; false when it is not
+   * connected or has not subscribed to desired properties (a gateway then keeps the patch
+   * for the next resynchronisation).
+   */
+  deliverDesired(identity: IdentityRef, patch: TwinCollection): boolean {
+    const s = this.sessions.get(keyOf(identity));
+    if (!s || s.closed || !s.subscriptions.has('desired') || !s.handler.onDesired) return false;
     try {
-      s.handler.onDesired?.(patch);
+      s.handler.onDesired(patch);
     } catch (err) {
       log.error({ err, session: s.id }, 'desired push failed');
+      return false;
     }
+    return true;
   }
 
   /** Service side: calls a method on a connected device/module. not-connected -> 404, timeout -> 504. */

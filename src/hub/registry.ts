@@ -318,12 +318,14 @@ export class Registry extends EventEmitter<RegistryEvents> {
       }
       const now = this.stamp();
       if (mode === 'patch') {
-        if (body.tags !== undefined && body.tags !== null) {
+        // null for a whole section clears it (as IoT Hub does): a patch naming every property as null.
+        if (body.tags === null) twin.tags = {};
+        else if (body.tags !== undefined) {
           mergeValues(twin.tags, cleanPatch('tags', body.tags));
           checkSize('tags', twin.tags, TWIN_LIMITS.tagsBytes);
         }
-        if (isPlainObject(props) && props.desired !== undefined && props.desired !== null) {
-          const patch = cleanPatch('properties.desired', props.desired);
+        if (isPlainObject(props) && props.desired !== undefined) {
+          const patch = props.desired === null ? clearAll(twin.desired.values) : cleanPatch('properties.desired', props.desired);
           applyPropertiesPatch(twin.desired, patch, now, true);
           checkSize('desired properties', twin.desired.values, TWIN_LIMITS.desiredBytes);
           this.queue('desired', deviceId, moduleId, { ...patch, $version: twin.desired.version });
@@ -694,6 +696,11 @@ function checkEtag(what: string, ifMatch: string, current: string): void {
 
 export function unquote(s: string): string {
   return s.length >= 2 && s.startsWith('"') && s.endsWith('"') ? s.slice(1, -1) : s;
+}
+
+/** The merge patch that removes every property of `values`. */
+function clearAll(values: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.keys(values).map((k) => [k, null]));
 }
 
 function desiredOf(what: string, entry: unknown): Record<string, unknown> {

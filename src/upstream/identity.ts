@@ -31,8 +31,12 @@ export interface UpstreamIdentity {
   twinGet(): Promise<TwinProperties>;
   /** Merge patch (null deletes); resolves with the new reported `$version`. */
   twinPatchReported(patch: Record<string, unknown>): Promise<{ version: number }>;
-  /** Desired property patches pushed by the parent (`$version` included). */
-  onDesired(cb: (patch: TwinCollection) => void): void;
+  /**
+   * Desired property patches pushed by the parent (`$version` included). `onLive` is called
+   * each time the parent confirms the subscription (first time, after a reconnect or a link
+   * attached again): patches made before that moment were not pushed here.
+   */
+  onDesired(cb: (patch: TwinCollection) => void, onLive?: () => void): void;
   /** Direct method calls for this identity; answer with methodResponse. */
   onMethod(cb: (req: MethodRequest) => void): void;
   methodResponse(requestId: string, status: number, payload: Buffer): void;
@@ -88,6 +92,7 @@ export class IdentityChannel implements UpstreamIdentity {
   readonly moduleId?: string;
   private per?: PerConnection;
   private readonly desiredCbs: Array<(patch: TwinCollection) => void> = [];
+  private readonly desiredLiveCbs: Array<() => void> = [];
   private methodCb?: (req: MethodRequest) => void;
   private c2dCb?: (delivery: UpstreamC2DDelivery) => void;
   private isClosed = false;
@@ -280,6 +285,11 @@ export class IdentityChannel implements UpstreamIdentity {
       waiting.resolve({ status: Number(ann.status ?? 0), version: Number.isFinite(version) ? version : undefined, body: bodyBytes(msg.body) });
       return;
     }
+    if (cid !== undefined) {
+      // An answer to a request given up on (timed out): pushes carry no correlation id.
+      this.core.log.debug({ identity: keyOf(this.identity), correlationId: cid }, 'late twin answer from the parent; ignored');
+      return;
+    }
     // Anything else on the twin link is a desired properties push.
     let patch: TwinCollection;
     try {
@@ -338,10 +348,18 @@ export class IdentityChannel implements UpstreamIdentity {
       throw new UpstreamError(`the parent refused desired property updates for ${this.describe()} (${answer.status}): ${answer.body.toString('utf8')}`, undefined, answer.status);
     }
     links.subscribed = true;
+    for (const live of this.desiredLiveCbs) {
+      try {
+        live();
+      } catch (err) {
+        this.core.log.error({ err, identity: keyOf(this.identity) }, 'desired subscription callback failed');
+      }
+    }
   }
 
-  onDesired(cb: (patch: TwinCollection) => void): void {
+  onDesired(cb: (patch: TwinCollection) => void, onLive?: () => void): void {
     this.desiredCbs.push(cb);
+    if (onLive) this.desiredLiveCbs.push(onLive);
     this.armSoon();
   }
 

@@ -252,11 +252,23 @@ export class MqttIdentityLine implements TelemetrySender {
         if (granted[0] === undefined || granted[0] > 1) {
           throw new UpstreamError(`the parent refused the subscription ${filter} of ${this.who}`, 'amqp:unauthorized-access', 403);
         }
+        if (filter === DESIRED) this.desiredLive();
       });
       p.catch(() => m.delete(filter));
       map.set(filter, p);
     }
     return p;
+  }
+
+  /** The parent confirmed the desired subscription on a connection: patches from now on are pushed. */
+  private desiredLive(): void {
+    for (const live of this.channel?.desiredLiveCbs ?? []) {
+      try {
+        live();
+      } catch (err) {
+        this.core.log.error({ err, identity: keyOf(this.identity) }, 'desired subscription callback failed');
+      }
+    }
   }
 
   /** Filters the channel's callbacks need. */
@@ -537,6 +549,7 @@ export class MqttIdentityChannel implements UpstreamIdentity {
   readonly deviceId: string;
   readonly moduleId?: string;
   readonly desiredCbs: Array<(patch: TwinCollection) => void> = [];
+  readonly desiredLiveCbs: Array<() => void> = [];
   methodCb?: (req: MethodRequest) => void;
   c2dCb?: (delivery: UpstreamC2DDelivery) => void;
   private isClosed = false;
@@ -570,8 +583,9 @@ export class MqttIdentityChannel implements UpstreamIdentity {
     return this.open().twinPatchReported(patch);
   }
 
-  onDesired(cb: (patch: TwinCollection) => void): void {
+  onDesired(cb: (patch: TwinCollection) => void, onLive?: () => void): void {
     this.desiredCbs.push(cb);
+    if (onLive) this.desiredLiveCbs.push(onLive);
     this.armSoon();
   }
 
@@ -607,6 +621,7 @@ export class MqttIdentityChannel implements UpstreamIdentity {
     if (this.isClosed) return;
     this.isClosed = true;
     this.desiredCbs.length = 0;
+    this.desiredLiveCbs.length = 0;
     this.methodCb = undefined;
     this.c2dCb = undefined;
     if (this.line.channel === this) this.line.channel = undefined;

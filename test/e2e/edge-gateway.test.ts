@@ -22,7 +22,7 @@ import { createLeavesBulk, deploymentManifest, metricValue, setupEdge, startGate
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { connectMqttLeaf, type MqttLeaf } from '../helpers/mqtt-leaf.ts';
 import { exec, opensslConnect } from '../helpers/tls.ts';
-import { desiredPushArrives, eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
+import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -96,7 +96,11 @@ describe('official SDK leaves through the gateway', () => {
       await updateReported(twin, { firmware: `fw-${name}` });
       const hubTwin = await edge.svc.getTwin(id);
       assert.equal(hubTwin.properties?.reported?.firmware, `fw-${name}`);
-      await desiredPushArrives(twin, (desired) => edge.svc.updateTwin(id, { properties: { desired } }));
+      // One patch, sent as soon as the subscription is acknowledged, must arrive.
+      const pushed = await listenDesired(twin);
+      const dv = twin.properties.desired.$version as number;
+      await edge.svc.updateTwin(id, { properties: { desired: { mode: 'm1' } } });
+      assert.equal((await desiredPush(pushed, dv + 1)).mode, 'm1');
 
       // Direct method from the hub, answered by the leaf.
       client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));

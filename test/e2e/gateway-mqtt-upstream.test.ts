@@ -16,7 +16,7 @@ import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { metricValue, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { setupLayer } from '../helpers/nested.ts';
-import { desiredPushArrives, eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
+import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message } = require('azure-iot-device');
@@ -116,7 +116,11 @@ describe('UpstreamProtocol=Mqtt', () => {
     assert.equal(twin.properties.desired.interval, 5);
     await updateReported(twin, { firmware: 'fw-mqtt-up' });
     assert.equal((await edge.svc.getTwin(id)).properties?.reported?.firmware, 'fw-mqtt-up');
-    await desiredPushArrives(twin, (desired) => edge.svc.updateTwin(id, { properties: { desired } }));
+    // One patch, sent as soon as the subscription is acknowledged, must arrive.
+    const pushed = await listenDesired(twin);
+    const dv = twin.properties.desired.$version as number;
+    await edge.svc.updateTwin(id, { properties: { desired: { mode: 'm1' } } });
+    assert.equal((await desiredPush(pushed, dv + 1)).mode, 'm1');
 
     client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload }, () => undefined));
     const r = await eventually('the method to reach the leaf', async () => {

@@ -22,7 +22,7 @@ import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { recordConnections, setupLayer } from '../helpers/nested.ts';
-import { desiredPushArrives, eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
+import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Client, Message, ModuleClient } = require('azure-iot-device');
@@ -110,7 +110,11 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       assert.equal(twin.properties.desired.interval, 7);
       await updateReported(twin, { firmware: `fw-${name}` });
       await eventually('the reported patch at the hub', async () => (await svc().getTwin(id)).properties?.reported?.firmware === `fw-${name}`);
-      await desiredPushArrives(twin, (desired) => svc().updateTwin(id, { properties: { desired } }), 1500);
+      // One patch, sent as soon as the subscription is acknowledged, must arrive.
+      const pushed = await listenDesired(twin);
+      const dv = twin.properties.desired.$version as number;
+      await svc().updateTwin(id, { properties: { desired: { mode: 'm1' } } });
+      assert.equal((await desiredPush(pushed, dv + 1)).mode, 'm1');
 
       client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));
       const r = await svc().request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, {

@@ -32,22 +32,20 @@ export function updateReported(twin: any, patch: Record<string, unknown>): Promi
 }
 
 /**
- * Sends desired patches `{ mode: 'm1' }`, `{ mode: 'm2' }`, ... until one reaches the SDK
- * twin: a gateway attaches its upstream desired link only once the leaf subscribes, so the
- * first patch may come before anyone listens. Each try waits `tryMs` for its push.
+ * Listens for desired properties on an SDK twin and resolves once the subscription is
+ * acknowledged where the leaf is connected (MQTT SUBACK, AMQP PUT answered); the pushes land in
+ * the returned list (the first is the twin's current desired properties, which the SDK replays
+ * to a new listener). Asking the transport again waits for the subscription the listener
+ * started: the SDK queues the second request behind the first.
  */
-export async function desiredPushArrives(twin: any, sendDesired: (patch: { mode: string }) => Promise<unknown>, tryMs = 1000): Promise<void> {
+export async function listenDesired(twin: any): Promise<any[]> {
   const pushed: any[] = [];
-  twin.on('properties.desired', (p: any) => pushed.push(p));
-  let n = 0;
-  await eventually('a desired push at the leaf', async () => {
-    n++;
-    await sendDesired({ mode: `m${n}` });
-    const deadline = Date.now() + tryMs;
-    while (Date.now() < deadline) {
-      if (pushed.some((p) => p.mode === `m${n}`)) return true;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return false;
-  });
+  twin.on('properties.desired', (p: any) => pushed.push(JSON.parse(JSON.stringify(p))));
+  await new Promise<void>((resolve, reject) => twin.enableTwinDesiredPropertiesUpdates((err: Error | null) => (err ? reject(err) : resolve())));
+  return pushed;
+}
+
+/** The push with desired `$version` `version` (waits up to `ms`; nothing is sent again). */
+export function desiredPush(pushed: any[], version: number, ms = 20_000): Promise<any> {
+  return eventually(`the desired push with $version ${version} at the leaf`, () => pushed.find((p) => p.$version === version), ms);
 }

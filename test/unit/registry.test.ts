@@ -147,6 +147,24 @@ test('twin PATCH merges tags and desired (null deletes), bumps versions, stamps 
   hubError(404, 'DeviceNotFound', () => registry.updateTwin('ghost', undefined, {}, '*', 'patch'));
 });
 
+test('twin PATCH with desired: null (or tags: null) clears the whole section, bumps $version and emits a patch removing every property', (t) => {
+  const { registry, events } = open(t);
+  registry.putDevice('d', {});
+  registry.updateTwin('d', undefined, { tags: { site: 'a' }, properties: { desired: { foo: 1, bar: { baz: 2 } } } }, '*', 'patch');
+  events.length = 0;
+  const cleared = registry.updateTwin('d', undefined, { tags: null, properties: { desired: null } }, '*', 'patch');
+  const { $metadata, $version, ...desired } = cleared.properties.desired;
+  assert.deepEqual(desired, {});
+  assert.equal($version, 3);
+  assert.deepEqual(Object.keys($metadata as object).filter((k) => !k.startsWith('$')), []);
+  assert.deepEqual(cleared.tags, {});
+  assert.deepEqual(events, [['desired', 'd', undefined, { foo: null, bar: null, $version: 3 }]]);
+  // Already empty: still a new version, told to the device.
+  events.length = 0;
+  assert.equal(registry.updateTwin('d', undefined, { properties: { desired: null } }, '*', 'patch').properties.desired.$version, 4);
+  assert.deepEqual(events, [['desired', 'd', undefined, { $version: 4 }]]);
+});
+
 test('twin PUT replaces tags and desired and tells the device what went away', (t) => {
   const { registry, events } = open(t);
   registry.putDevice('d', {});

@@ -359,7 +359,8 @@ const twinRequests = deviceRoute('twin requests', 'receiver', ['twin'], async (c
           respond(msg, 400, { errorCode: 'ArgumentInvalid', message: 'the reported properties patch is not JSON' });
           return;
         }
-        if (!patch || typeof patch !== 'object' || Array.isArray(patch)) {
+        // null goes on to the engine, which says how to clear reported properties instead.
+        if (patch !== null && (typeof patch !== 'object' || Array.isArray(patch))) {
           respond(msg, 400, { errorCode: 'ArgumentInvalid', message: 'the reported properties patch must be a JSON object' });
           return;
         }
