@@ -1016,7 +1016,8 @@ export class MessageStore {
     this.pendingOrigins = [];
     let moved: OriginsMoved | undefined;
     let marks: Map<string, number> | undefined;
-    let resendWritten: ResendWritten | undefined;
+    // Taken now, so that a failed commit fails them too (a later commit must not claim them).
+    const resendWritten: ResendWritten | undefined = this.resends.take();
     for (const a of appends) for (const t of a.targets) t.ep.pendingAppends--;
 
     const touched = new Set<EndpointState>();
@@ -1066,7 +1067,7 @@ export class MessageStore {
         if (appends.length > 0) s.saveLastSeq.run(String(appends[appends.length - 1].seq));
         if (origins.length > 0) moved = this.origins.writeInTransaction(origins);
         if (this.passing.hasPending) marks = this.passing.writeInTransaction();
-        if (this.resends.hasPending) resendWritten = this.resends.writeInTransaction();
+        if (resendWritten) this.resends.writeInTransaction(resendWritten);
         this.db.exec('COMMIT');
       } catch (err) {
         if (this.db.inTransaction) this.db.exec('ROLLBACK');

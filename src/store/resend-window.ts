@@ -49,8 +49,12 @@ interface Seen {
   storing?: Promise<unknown>;
 }
 
-/** What a commit wrote: applied once it is over. */
-export type ResendWritten = Array<{ k: string; seen: Seen }>;
+/** What one commit writes: applied once it is over. */
+export interface ResendWritten {
+  items: Array<{ key: ResendKey; k: string; seen: Seen }>;
+  /** Its row, once written. */
+  row?: { rowid: number; at: number };
+}
 
 /** Disk rows older than the window are deleted at most this often (in a commit that writes). */
 const PRUNE_EVERY_MS = 1000;
@@ -58,24 +62,48 @@ const PRUNE_EVERY_MS = 1000;
 const keyOf = (sender: string, messageId: string) => `${sender}\n${messageId}`;
 
 export class ResendWindow {
-  /** In insertion order, which is time order: the oldest are at the front. */
   private readonly seen = new Map<string, Seen>();
-  private pending: ResendWritten = [];
+  /**
+   * What was added, oldest first (from `head` on), for eviction: a Map's own iterator would walk
+   * past every entry deleted at its front since its last rehash, on every add. An item whose key
+   * was added again later is stale and skipped.
+   */
+  private order: Array<{ k: string; seen: Seen }> = [];
+  private head = 0;
+  private pending: ResendWritten['items'] = [];
+  /**
+   * The rows on disk, oldest first: one a commit, holding that commit's keys (one append at the
+   * end of the table per commit costs a store next to nothing; a row a message halved its rate).
+   */
+  private readonly rows: Array<{ rowid: number; at: number }> = [];
   private lastPrune = 0;
-  private readonly upsert: Database.Statement;
+  private readonly insert: Database.Statement;
   private readonly prune: Database.Statement;
 
   constructor(db: Database.Database, private readonly o: ResendWindowSettings) {
-    db.exec(`
-      CREATE TABLE IF NOT EXISTS resend_window (sender TEXT NOT NULL, mid TEXT NOT NULL, via TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (sender, mid)) WITHOUT ROWID;
-      CREATE INDEX IF NOT EXISTS resend_window_at ON resend_window (at);
-    `);
-    this.upsert = db.prepare('INSERT INTO resend_window (sender, mid, via, at) VALUES (?, ?, ?, ?) ON CONFLICT (sender, mid) DO UPDATE SET via = excluded.via, at = excluded.at');
-    this.prune = db.prepare('DELETE FROM resend_window WHERE at < ?');
+    db.exec('CREATE TABLE IF NOT EXISTS resend_window (at INTEGER NOT NULL, keys TEXT NOT NULL)');
+    this.insert = db.prepare('INSERT INTO resend_window (at, keys) VALUES (?, ?)');
+    this.prune = db.prepare('DELETE FROM resend_window WHERE rowid <= ?');
     if (!this.enabled) return;
     const since = this.o.now() - this.o.windowMs;
-    const rows = db.prepare('SELECT sender, mid, via, at FROM resend_window WHERE at >= ? ORDER BY at DESC LIMIT ?').all(since, this.o.maxEntries) as Array<{ sender: string; mid: string; via: string; at: number }>;
-    for (let i = rows.length - 1; i >= 0; i--) this.seen.set(keyOf(rows[i]!.sender, rows[i]!.mid), { via: rows[i]!.via, at: rows[i]!.at });
+    for (const row of db.prepare('SELECT rowid, at, keys FROM resend_window WHERE at >= ? ORDER BY rowid').all(since) as Array<{ rowid: number; at: number; keys: string }>) {
+      this.rows.push({ rowid: row.rowid, at: row.at });
+      let keys: unknown;
+      try {
+        keys = JSON.parse(row.keys);
+      } catch {
+        continue;
+      }
+      if (!Array.isArray(keys)) continue;
+      for (const x of keys) {
+        if (!Array.isArray(x) || typeof x[0] !== 'string' || typeof x[1] !== 'string' || typeof x[2] !== 'string') continue;
+        const k = keyOf(x[0], x[1]);
+        const seen: Seen = { via: x[2], at: row.at };
+        this.seen.set(k, seen);
+        this.order.push({ k, seen });
+      }
+    }
+    this.evict(this.o.now());
   }
 
   get enabled(): boolean {
@@ -99,44 +127,60 @@ export class ResendWindow {
     const k = keyOf(key.sender, key.messageId);
     const now = this.o.now();
     const seen: Seen = { via: key.via, at: now, storing };
-    // Moved to the end: the map stays in time order.
-    this.seen.delete(k);
     this.seen.set(k, seen);
-    this.pending.push({ k, seen });
+    this.order.push({ k, seen });
+    this.pending.push({ key, k, seen });
+    this.evict(now);
+  }
+
+  private evict(now: number): void {
     const oldest = now - this.o.windowMs;
-    for (const [old, s] of this.seen) {
-      if (s.at >= oldest && this.seen.size <= this.o.maxEntries) break;
-      this.seen.delete(old);
+    const order = this.order;
+    while (this.head < order.length) {
+      const first = order[this.head]!;
+      const current = this.seen.get(first.k) === first.seen;
+      // Stale items go whatever their age, so the list stays within a few times the entries.
+      if (current && first.seen.at >= oldest && this.seen.size <= this.o.maxEntries && order.length - this.head <= 2 * this.o.maxEntries) break;
+      if (current) this.seen.delete(first.k);
+      this.head++;
+    }
+    if (this.head > 4096 && this.head * 2 > order.length) {
+      this.order = order.slice(this.head);
+      this.head = 0;
     }
   }
 
-  get hasPending(): boolean {
-    return this.pending.length > 0;
-  }
-
-  /** Inside the commit that stores the messages: writes their keys, and drops rows past the window. */
-  writeInTransaction(): ResendWritten {
-    const written = this.pending;
+  /** At the start of a commit: the keys of the messages it stores (all added since the last). */
+  take(): ResendWritten | undefined {
+    if (this.pending.length === 0) return undefined;
+    const items = this.pending;
     this.pending = [];
-    for (const { k, seen } of written) {
-      const nl = k.indexOf('\n');
-      this.upsert.run(k.slice(0, nl), k.slice(nl + 1), seen.via, seen.at);
-    }
+    return { items };
+  }
+
+  /** Inside that commit: writes the keys, and drops rows past the window. */
+  writeInTransaction(written: ResendWritten): void {
     const now = this.o.now();
-    if (written.length > 0 && now - this.lastPrune >= PRUNE_EVERY_MS) {
+    const info = this.insert.run(now, JSON.stringify(written.items.map(({ key }) => [key.sender, key.messageId, key.via])));
+    written.row = { rowid: Number(info.lastInsertRowid), at: now };
+    this.rows.push(written.row);
+    if (now - this.lastPrune >= PRUNE_EVERY_MS) {
       this.lastPrune = now;
-      this.prune.run(now - this.o.windowMs);
+      let upTo = 0;
+      while (this.rows.length > 1 && this.rows[0]!.at < now - this.o.windowMs) upTo = this.rows.shift()!.rowid;
+      if (upTo > 0) this.prune.run(upTo);
     }
-    return written;
   }
 
   /** The commit is over: resends now find the original stored. */
   committed(written: ResendWritten): void {
-    for (const w of written) w.seen.storing = undefined;
+    for (const w of written.items) w.seen.storing = undefined;
   }
 
   /** The commit failed: nothing of it is stored, so a resend is a new message. */
   failed(written: ResendWritten): void {
-    for (const { k, seen } of written) if (this.seen.get(k) === seen) this.seen.delete(k);
+    for (const { k, seen } of written.items) if (this.seen.get(k) === seen) this.seen.delete(k);
+    // Its row went with the rollback (rows pruned from the list meanwhile go with the next prune).
+    if (written.row && this.rows[this.rows.length - 1] === written.row) this.rows.pop();
   }
 }

@@ -67,7 +67,9 @@ test('at most maxEntries ids are kept, the oldest go first', () => {
   const db = new Database(':memory:');
   const w = new ResendWindow(db, { windowMs: 60_000, maxEntries: 3, now: () => 5 });
   for (const id of ['a', 'b', 'c', 'd']) w.add(key('dev', id, 'x'), Promise.resolve());
-  w.committed(w.writeInTransaction());
+  const written = w.take()!;
+  w.writeInTransaction(written);
+  w.committed(written);
   assert.equal(w.originalOf(key('dev', 'a', 'y')), undefined, 'the oldest went');
   for (const id of ['b', 'c', 'd']) assert.equal(w.originalOf(key('dev', id, 'y')), 'stored');
 });
@@ -76,6 +78,25 @@ test('a failed commit leaves nothing claimed: the resend is stored anew', () => 
   const db = new Database(':memory:');
   const w = new ResendWindow(db, { windowMs: 60_000, maxEntries: 10, now: () => 5 });
   w.add(key('dev', 'a', 'x'), Promise.resolve());
-  w.failed(w.writeInTransaction());
+  const written = w.take()!;
+  w.writeInTransaction(written);
+  w.failed(written);
   assert.equal(w.originalOf(key('dev', 'a', 'y')), undefined);
+});
+
+test('the window on disk does not grow: rows past it are deleted as new ones are written', async (t) => {
+  let now = 1_000_000;
+  const ctx = tempStore(t);
+  const store = ctx.open({ now: () => now, resendWindowMs: 10_000 });
+  for (let i = 0; i < 30; i++) {
+    await store.append({ message: msg('dev-1', `m${i}`), targets: UP, resend: key('dev-1', `m${i}`, 'a') });
+    now += 2000;
+  }
+  assert.ok(store.resendOriginal(key('dev-1', 'm29', 'b')));
+  assert.equal(store.resendOriginal(key('dev-1', 'm20', 'b')), undefined);
+  await store.close();
+  const db = new Database(ctx.file, { readonly: true });
+  const rows = db.prepare('SELECT count(*) FROM resend_window').pluck().get() as number;
+  db.close();
+  assert.ok(rows <= 7, `${rows} rows kept for a 10 s window written every 2 s`);
 });
