@@ -1,4 +1,4 @@
-import { randomUUID, X509Certificate } from 'node:crypto';
+import { createHash, randomUUID, X509Certificate } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server as HttpsServer } from 'node:https';
 import { isIP, type AddressInfo } from 'node:net';
@@ -125,6 +125,13 @@ function maxClientsSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): Setting<
   if (fromConfig !== undefined) return { value: check(fromConfig, '[strata] max_connected_clients'), source: '[strata] max_connected_clients' };
   if (fromEnv !== undefined && fromEnv !== '') return { value: check(fromEnv, 'the environment variable MaxConnectedClients'), source: 'env MaxConnectedClients' };
   return { value: DEFAULT_MAX_CONNECTED_CLIENTS, source: 'default' };
+}
+
+/** A digest of a message's body and application properties (store/resend-window.ts tells a resend from a reused id by it). */
+function contentPrint(message: Message): string {
+  const h = createHash('sha256').update(message.body);
+  for (const name in message.properties) h.update(`\0${name}\0${message.properties[name]}`);
+  return h.digest('base64').slice(0, 22);
 }
 
 /** How long a device's message id is remembered to recognise its resend: `[strata] resend_window_secs`, default 60, 0 disables. */
@@ -271,7 +278,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       // A device sending again what is stored already, its acknowledgement lost (store/resend-window.ts).
       let resend: ResendKey | undefined;
       if (!origin && via !== undefined && message.messageId) {
-        resend = { sender: stored.sender, messageId: message.messageId, via };
+        resend = { sender: stored.sender, messageId: message.messageId, via, print: contentPrint(message) };
         const original = store.resendOriginal(resend);
         if (original) {
           metrics.resends.inc();

@@ -12,28 +12,30 @@ import type Database from 'better-sqlite3';
  * a second time under a new number and both copies go up (the origin watermarks that make
  * gateway-to-gateway batches exactly once do not help here: a device's message has no origin
  * until this store numbers it). So each stored message that has a message id is remembered
- * here, in the same commit as the message, on disk, with the connection it came on; a
- * message of the same sender with the same id that comes on ANOTHER connection within the
- * window is that resend, and is answered without being stored again (once the original is on
- * disk). After a restart every connection is another one, and the window is read back from
+ * here, in the same commit as the message, on disk, with the connection it came on and a
+ * digest of its content; a message of the same sender with the same id and content that comes
+ * on ANOTHER connection within the window is that resend, and is answered without being stored
+ * again (once the original is on disk). After a restart every connection is another one, and the window is read back from
  * disk, which is what makes the killed layer itself recognise what it stored before it died.
  *
  * Why narrow: IoT Hub does not de-duplicate by message id, and devices may reuse ids, so only
- * what can be a resend in doubt counts: the same sender and id, on a later connection (a resend
- * after a lost acknowledgement always comes on one; a repeat on the same connection is
- * always a new message), within `windowMs` of the first copy (the time a device takes to
+ * what can be a resend in doubt counts: the same sender, id, body and properties, on a later
+ * connection (a resend after a lost acknowledgement always comes on one; a repeat on the same
+ * connection is always a new message), within `windowMs` of the first copy (the time a device takes to
  * reconnect and send again; default 60 s). Messages without an id are never compared; nor are
  * a child gateway's batches, which name their origin and are de-duplicated by it. The window
  * holds at most `maxEntries` ids (oldest go first): past that a resend may be stored twice,
  * never is a message dropped that was not stored.
  */
 
-/** A message's place in the window: who sent it, its id, and the connection it came on. */
+/** A message's place in the window: who sent it, its id, the connection it came on, and its content. */
 export interface ResendKey {
   sender: string;
   messageId: string;
   /** The connection (or request) it came on; unique across runs of the process. */
   via: string;
+  /** A digest of its body and properties: a resend is the same message, a reused id mostly is not. */
+  print: string;
 }
 
 export interface ResendWindowSettings {
@@ -44,6 +46,7 @@ export interface ResendWindowSettings {
 
 interface Seen {
   via: string;
+  print: string;
   at: number;
   /** The commit holding it, until it is over. */
   storing?: Promise<unknown>;
@@ -96,9 +99,9 @@ export class ResendWindow {
       }
       if (!Array.isArray(keys)) continue;
       for (const x of keys) {
-        if (!Array.isArray(x) || typeof x[0] !== 'string' || typeof x[1] !== 'string' || typeof x[2] !== 'string') continue;
+        if (!Array.isArray(x) || x.length !== 4 || !x.every((v) => typeof v === 'string')) continue;
         const k = keyOf(x[0], x[1]);
-        const seen: Seen = { via: x[2], at: row.at };
+        const seen: Seen = { via: x[2], print: x[3], at: row.at };
         this.seen.set(k, seen);
         this.order.push({ k, seen });
       }
@@ -117,7 +120,7 @@ export class ResendWindow {
   originalOf(key: ResendKey): 'stored' | Promise<unknown> | undefined {
     if (!this.enabled) return undefined;
     const s = this.seen.get(keyOf(key.sender, key.messageId));
-    if (!s || s.via === key.via || s.at < this.o.now() - this.o.windowMs) return undefined;
+    if (!s || s.via === key.via || s.print !== key.print || s.at < this.o.now() - this.o.windowMs) return undefined;
     return s.storing ?? 'stored';
   }
 
@@ -126,7 +129,7 @@ export class ResendWindow {
     if (!this.enabled) return;
     const k = keyOf(key.sender, key.messageId);
     const now = this.o.now();
-    const seen: Seen = { via: key.via, at: now, storing };
+    const seen: Seen = { via: key.via, print: key.print, at: now, storing };
     this.seen.set(k, seen);
     this.order.push({ k, seen });
     this.pending.push({ key, k, seen });
@@ -161,7 +164,7 @@ export class ResendWindow {
   /** Inside that commit: writes the keys, and drops rows past the window. */
   writeInTransaction(written: ResendWritten): void {
     const now = this.o.now();
-    const info = this.insert.run(now, JSON.stringify(written.items.map(({ key }) => [key.sender, key.messageId, key.via])));
+    const info = this.insert.run(now, JSON.stringify(written.items.map(({ key }) => [key.sender, key.messageId, key.via, key.print])));
     written.row = { rowid: Number(info.lastInsertRowid), at: now };
     this.rows.push(written.row);
     if (now - this.lastPrune >= PRUNE_EVERY_MS) {
