@@ -100,6 +100,28 @@ async function streamingLeaf(t: { after(fn: () => unknown): void }, layer: EdgeS
 }
 
 describe('a middle layer killed with SIGKILL', { timeout: 300_000 }, () => {
+  test('ids reused for other content, or repeated on one connection, are new messages: every one reaches the hub', async (t) => {
+    const leaf = await layers[1]!.createLeaf('mk-reuse');
+    const send = async (client: any, body: string) => {
+      const m = new Message(body);
+      m.messageId = 'same-id';
+      await client.sendEvent(m);
+    };
+    const first = await openSdkLeaf(t, leaf.connectionString, Mqtt, layers[1]!.rootPem);
+    await send(first, 'reading 20');
+    await send(first, 'reading 20');
+    await send(first, 'reading 21');
+    await first.close();
+    const second = await openSdkLeaf(t, leaf.connectionString, Amqp, layers[1]!.rootPem);
+    await send(second, 'reading 22');
+    const bodies = await eventually('four messages at the hub', async () => {
+      const page = (await layers[0]!.svc.request<EventPageJson>('GET', `/events?device=${leaf.deviceId}&from=0&limit=100`)).body;
+      const got = page.events.map((e) => Buffer.from(e.body, 'base64').toString());
+      return got.length >= 4 ? got : undefined;
+    });
+    assert.deepEqual(bodies, ['reading 20', 'reading 20', 'reading 21', 'reading 22']);
+  });
+
   test(`L2 killed and restarted ${CYCLES} times while leaves of L2 and of L3 stream: every acknowledged message reaches the hub once`, async (t) => {
     const underL3 = await streamingLeaf(t, layers[2]!, 'mk-l3-mqtt', Mqtt, 1, 20);
     const leaves = [underL3, await streamingLeaf(t, layers[1]!, 'mk-l2-mqtt', Mqtt, 8, 5), await streamingLeaf(t, layers[1]!, 'mk-l2-amqp', Amqp, 8, 5)];
