@@ -265,7 +265,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     };
     /**
      * Where one message goes: an entry to store, the storing of its first copy to wait for (a
-     * child gateway's resend), DURABLE (stored already), or undefined (it goes nowhere).
+     * child gateway's or a device's resend), DURABLE (stored already), or undefined (it goes
+     * nowhere). `via` names the connection it came on.
      */
     const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
       // A resend from a child gateway of what is stored already: taken again, stored once.
