@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { createHash, randomUUID, X509Certificate } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server as HttpsServer } from 'node:https';
 import { isIP, type AddressInfo } from 'node:net';
@@ -22,8 +22,9 @@ import { webSocketDispatcher } from '../protocols/ws.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
-import { MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
+import { DEFAULT_RESEND_WINDOW_MS, MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
+import type { ResendKey } from '../store/resend-window.ts';
 import { UpstreamLink } from '../upstream/amqp-link.ts';
 import { MqttUpstream } from '../upstream/mqtt-link.ts';
 import type { UpstreamTransport } from '../upstream/transport.ts';
@@ -127,6 +128,23 @@ function maxClientsSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): Setting<
   return { value: DEFAULT_MAX_CONNECTED_CLIENTS, source: 'default' };
 }
 
+/** A digest of a message's body and application properties (store/resend-window.ts tells a resend from a reused id by it). */
+function contentPrint(message: Message): string {
+  const h = createHash('sha256').update(message.body);
+  for (const name in message.properties) h.update(`\0${name}\0${message.properties[name]}`);
+  return h.digest('base64').slice(0, 22);
+}
+
+/** How long a device's message id is remembered to recognise its resend: `[strata] resend_window_secs`, default 60, 0 disables. */
+function resendWindowSetting(config: EdgeConfig): Setting<number> {
+  const v = config.settings.resend_window_secs;
+  if (v === undefined) return { value: DEFAULT_RESEND_WINDOW_MS / 1000, source: 'default' };
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 86_400) {
+    throw new UserError(`[strata] resend_window_secs must be a number of seconds from 0 to 86400, got ${JSON.stringify(v)}`, 'Set it to e.g. 60 (the default), or 0 to store every resend of a device again');
+  }
+  return { value: v, source: '[strata] resend_window_secs' };
+}
+
 function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv): UpstreamTransport {
   const raw = String(config.settings.upstream_protocol ?? env.UpstreamProtocol ?? 'Amqp');
   const v = raw.trim().toLowerCase();
@@ -170,6 +188,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   // Metrics are plain HTTP without authentication: loopback unless [strata] metrics_bind says otherwise.
   const metricsBind = metricsBindSetting(config.settings.metrics_bind);
   const transport = upstreamTransport(config, env);
+  const resendWindow = resendWindowSetting(config);
   const startedCredentials = JSON.stringify(prov.authentication);
   const parentHost = config.parentHostname ?? hubHostName;
 
@@ -193,7 +212,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     closers.push(() => scope.close());
     const twins = TwinCache.open(files.gatewayDb);
     closers.push(() => twins.close());
-    const store = MessageStore.open({ path: files.storeDb });
+    const store = MessageStore.open({ path: files.storeDb, resendWindowMs: resendWindow.value * 1000 });
     closers.push(() => store.close());
 
     const keySource = { config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log };
@@ -249,9 +268,10 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     };
     /**
      * Where one message goes: an entry to store, the storing of its first copy to wait for (a
-     * child gateway's resend), DURABLE (stored already), or undefined (it goes nowhere).
+     * child gateway's or a device's resend), DURABLE (stored already), or undefined (it goes
+     * nowhere). `via` names the connection it came on.
      */
-    const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
+    const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
       // A resend from a child gateway of what is stored already: taken again, stored once.
       if (origin && store.isForwardedStored(origin)) return DURABLE;
       const original = origin && store.forwardedInFlight(origin);
@@ -259,21 +279,36 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       // Taken by the parent already, passed on as it came: nothing more to do.
       if (origin && direct?.isPassed(origin)) return undefined;
       const stored = storedMessageOf(auth, message);
+      // A device sending again what is stored already, its acknowledgement lost (store/resend-window.ts).
+      let resend: ResendKey | undefined;
+      if (!origin && via !== undefined && message.messageId) {
+        resend = { sender: stored.sender, messageId: message.messageId, via, print: contentPrint(message) };
+        const original = store.resendOriginal(resend);
+        if (original) {
+          metrics.resends.inc();
+          return original;
+        }
+      }
       const deliveries = routes.table.match(stored);
       if (deliveries.length === 0) notForwarded(stored.sender);
       // Going nowhere, a forwarded message still has its origin recorded: its stream stays unbroken.
       if (deliveries.length === 0 && !origin) return undefined;
       const entry: AppendEntry = { message: stored, targets: targetsOf(deliveries) };
       if (origin) entry.origin = origin;
+      if (resend) entry.resend = resend;
       return entry;
     };
+    const runId = randomUUID().slice(0, 8);
+    let requests = 0;
     // A child gateway's batch is stored in one commit and answered once.
     const storeItems = (items: Parameters<TelemetrySink>[0]): Promise<void> => {
       const entries: AppendEntry[] = [];
       const waits: Array<Promise<unknown>> = [];
       let durable = false;
+      // Unique across runs: after a restart every connection is a new one.
+      const request = items.some((i) => i.via === undefined) ? `${runId}/r${++requests}` : undefined;
       for (const i of items) {
-        const r = routeOne(i.auth, i.message, i.origin);
+        const r = routeOne(i.auth, i.message, i.origin, i.via === undefined ? request : `${runId}/${i.via}`);
         if (r === undefined) continue;
         if (r === DURABLE) durable = true;
         else if (r instanceof Promise) waits.push(r);

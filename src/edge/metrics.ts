@@ -26,6 +26,7 @@ export class GatewayMetrics {
   readonly sent: Counter<'endpoint'>;
   readonly dropped: Counter<'reason'>;
   readonly passedOn: Counter;
+  readonly resends: Counter;
 
   constructor(sources: MetricsSources, labels: { edge_device: string }) {
     const r = this.registry;
@@ -45,6 +46,11 @@ export class GatewayMetrics {
     this.passedOn = new Counter({
       name: 'edgehub_messages_passed_on_total',
       help: 'Messages of child gateways passed to the parent as they came, not stored here (the child keeps them until the parent has them); also counted in edgehub_messages_sent_total',
+      registers: [r],
+    });
+    this.resends = new Counter({
+      name: 'edgehub_messages_resent_total',
+      help: 'Messages a device sent again on a new connection after its acknowledgement was lost (same sender and message id within the resend window): acknowledged, stored once',
       registers: [r],
     });
     this.dropped = new Counter({ name: 'edgehub_messages_dropped_total', help: 'Messages accepted but not forwarded (reason: no_route)', labelNames: ['reason'], registers: [r] });

@@ -307,14 +307,14 @@ export class Engine {
    * Telemetry; resolves once durable (in the event stream, or taken by the telemetry sink, in
    * which case only `enqueuedTime` of the result means anything). Throws too-large / bad-request.
    */
-  sendTelemetry(auth: AuthResult, message: Message): Promise<StoredEventInfo> {
+  sendTelemetry(auth: AuthResult, message: Message, via?: number): Promise<StoredEventInfo> {
     // Not async: returning a promise from an async function costs every message extra turns.
     try {
       this.checkMessage(auth.identity, message);
     } catch (err) {
       return Promise.reject(err);
     }
-    if (this.options.telemetrySink) return this.toSink([{ auth, message }]);
+    if (this.options.telemetrySink) return this.toSink([via === undefined ? { auth, message } : { auth, message, via }]);
     return this.eventStream.append({
       deviceId: auth.identity.deviceId,
       moduleId: auth.identity.moduleId,
@@ -326,10 +326,10 @@ export class Engine {
   }
 
   /** A batch (HTTPS, or AMQP from a gateway): all stored in one transaction, or none; a resend of what a child gateway forwarded before is not stored again (no info for it). */
-  async sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]> {
+  async sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch, via?: number): Promise<StoredEventInfo[]> {
     for (const m of messages) this.checkMessage(auth.identity, m);
     if (this.options.telemetrySink) {
-      const info = await this.toSink(messages.map((message, i) => (origins?.[i] ? { auth, message, origin: origins[i] } : { auth, message })), batch);
+      const info = await this.toSink(messages.map((message, i) => (origins?.[i] ? { auth, message, origin: origins[i] } : via === undefined ? { auth, message } : { auth, message, via })), batch);
       return messages.map(() => info);
     }
     const events: EventToAppend[] = [];
@@ -798,13 +798,13 @@ class SessionImpl implements Session {
   sendTelemetry(message: Message): Promise<StoredEventInfo> {
     if (this.closed) return Promise.reject(new EngineError('unavailable', 'the connection is closed'));
     this.touch();
-    return this.engine.sendTelemetry(this.auth, message);
+    return this.engine.sendTelemetry(this.auth, message, this.id);
   }
 
   sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]> {
     if (this.closed) return Promise.reject(new EngineError('unavailable', 'the connection is closed'));
     this.touch();
-    return this.engine.sendTelemetryBatch(this.auth, messages, origins, batch);
+    return this.engine.sendTelemetryBatch(this.auth, messages, origins, batch, this.id);
   }
 
   twinGet(): Promise<TwinProperties> {

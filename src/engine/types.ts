@@ -429,12 +429,6 @@ export interface EngineRegistry {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * Where a node that is not the root sends telemetry instead of its event stream (a gateway:
- * routes -> durable store -> endpoint pumps). Resolve once every message is durable, which is
- * when the device gets its acknowledgement; reject with an EngineError to refuse (e.g.
- * 'throttled' when the store is full). Messages come in the order the device sent them.
- */
-/**
  * A child gateway's batch as it arrived (AMQP): the transfer's payload, and its stream as the
  * child named it (the items' origins carry the same stream prefixed with the sender). A gateway
  * may pass it on to its parent unchanged instead of storing it (edge/direct-forward.ts).
@@ -444,7 +438,15 @@ export interface ForwardedBatch {
   stream: string;
 }
 
-export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message; origin?: ForwardedOrigin }>, batch?: ForwardedBatch) => Promise<void>;
+/**
+ * Where a node that is not the root sends telemetry instead of its event stream (a gateway:
+ * routes -> durable store -> endpoint pumps). Resolve once every message is durable, which is
+ * when the device gets its acknowledgement; reject with an EngineError to refuse (e.g.
+ * 'throttled' when the store is full). Messages come in the order the device sent them.
+ * `via` is the session a message came on (absent for a request without one, e.g. HTTP), so a
+ * gateway can tell a device's resend on a new connection from a repeat on the same one.
+ */
+export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message; origin?: ForwardedOrigin; via?: number }>, batch?: ForwardedBatch) => Promise<void>;
 
 /**
  * Decides whether an identity may use this node at all, before its credential is checked (a

@@ -6,6 +6,7 @@ import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { PassingMarks } from './passing-marks.ts';
+import { ResendWindow, type ResendKey, type ResendWritten } from './resend-window.ts';
 import { recordPrefixOf, reviveSenderMessage, SenderMessage } from './sender-message.ts';
 
 /**
@@ -60,6 +61,8 @@ export interface AppendEntry {
    * recorded, so later messages of its stream are still recognised.
    */
   origin?: ForwardedOrigin;
+  /** A device's message with a message id: remembered so that its resend is stored once (store/resend-window.ts). */
+  resend?: ResendKey;
 }
 
 /** One queue entry as handed to a reader; pass it back to `checkpoint` once delivered. */
@@ -113,6 +116,10 @@ export interface StoreSettings {
   readCacheBytes?: number;
   /** How commits reach the disk before acknowledgement: 'background' (default) or 'commit'; see above. */
   sync?: 'background' | 'commit';
+  /** How long a device's message id is remembered to recognise its resend (store/resend-window.ts), default 60000 ms; 0 disables. */
+  resendWindowMs?: number;
+  /** At most this many message ids in that window, default 100000. */
+  resendWindowEntries?: number;
   /** Clock in ms since the epoch (tests). */
   now?: () => number;
 }
@@ -136,6 +143,8 @@ export interface StoreTotals {
 }
 
 export const DEFAULT_MAX_BYTES = 2 * 1024 ** 3;
+export const DEFAULT_RESEND_WINDOW_MS = 60_000;
+export const DEFAULT_RESEND_WINDOW_ENTRIES = 100_000;
 
 /** The store refused an append because a size limit is reached; the sender should not get an acknowledgement. */
 export class StoreFullError extends UserError {
@@ -337,6 +346,7 @@ export class MessageStore {
   private pendingOrigins: ForwardedOrigin[] = [];
   private readonly origins: OriginWatermarks;
   private readonly passing: PassingMarks;
+  private readonly resends: ResendWindow;
   /** This store's id, made when the file was: message numbers are unique within it. */
   readonly id: string;
   private deletes: PendingDelete[] = [];
@@ -453,6 +463,11 @@ export class MessageStore {
     this.id = id;
     this.origins = new OriginWatermarks(this.db);
     this.passing = new PassingMarks(this.db);
+    this.resends = new ResendWindow(this.db, {
+      windowMs: settings.resendWindowMs ?? DEFAULT_RESEND_WINDOW_MS,
+      maxEntries: settings.resendWindowEntries ?? DEFAULT_RESEND_WINDOW_ENTRIES,
+      now: this.now,
+    });
 
     const totals = this.db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, coalesce(max(seq), 0) AS top FROM messages').get() as
       { n: number; bytes: number; top: number };
@@ -564,6 +579,7 @@ export class MessageStore {
       this.scheduleFlush(this.appends.length >= this.commitMaxBatch);
     });
     for (const o of origins) this.origins.track(o, stored);
+    for (const e of entries) if (e.resend && e.targets.length > 0) this.resends.add(e.resend, stored);
     return stored;
   }
 
@@ -666,6 +682,15 @@ export class MessageStore {
   /** The storing of a child gateway's message at this origin, while it is under way. */
   forwardedInFlight(origin: ForwardedOrigin): Promise<unknown> | undefined {
     return this.origins.inFlightOf(origin);
+  }
+
+  /**
+   * When a device's message is a resend of one stored here (store/resend-window.ts): resolves
+   * once the original is on disk, and the resend needs nothing more. Undefined: a new message.
+   */
+  resendOriginal(key: ResendKey): Promise<unknown> | undefined {
+    const original = this.resends.originalOf(key);
+    return original === 'stored' ? this.whenDurable() : original;
   }
 
   /** Resolves once everything committed so far is on disk (acknowledge a resend no earlier than its original). */
@@ -991,6 +1016,8 @@ export class MessageStore {
     this.pendingOrigins = [];
     let moved: OriginsMoved | undefined;
     let marks: Map<string, number> | undefined;
+    // Taken now, so that a failed commit fails them too (a later commit must not claim them).
+    const resendWritten: ResendWritten | undefined = this.resends.take();
     for (const a of appends) for (const t of a.targets) t.ep.pendingAppends--;
 
     const touched = new Set<EndpointState>();
@@ -1040,6 +1067,7 @@ export class MessageStore {
         if (appends.length > 0) s.saveLastSeq.run(String(appends[appends.length - 1].seq));
         if (origins.length > 0) moved = this.origins.writeInTransaction(origins);
         if (this.passing.hasPending) marks = this.passing.writeInTransaction();
+        if (resendWritten) this.resends.writeInTransaction(resendWritten);
         this.db.exec('COMMIT');
       } catch (err) {
         if (this.db.inTransaction) this.db.exec('ROLLBACK');
@@ -1050,6 +1078,7 @@ export class MessageStore {
       log.error({ err: error.message, appends: appends.length, deletes: deletes.length }, 'message store commit failed');
       for (const o of origins) this.origins.forget(o);
       if (marks) this.passing.failed(marks);
+      if (resendWritten) this.resends.failed(resendWritten);
       for (const ep of touched) {
         ep.dirtyCheckpointed = 0;
         ep.dirtyExpired = 0;
@@ -1067,6 +1096,7 @@ export class MessageStore {
     // Committed: bring the in-memory view along, then acknowledge.
     if (moved) this.origins.committedNow(moved);
     for (const o of origins) this.origins.forget(o);
+    if (resendWritten) this.resends.committed(resendWritten);
     for (const ep of touched) {
       ep.checkpointed += ep.dirtyCheckpointed;
       ep.expired += ep.dirtyExpired;
