@@ -17,7 +17,8 @@ import type {
   TwinCollection,
 } from '../../engine/types.ts';
 import { EDGE_HUB } from '../../identity/device-id.ts';
-import { childLog } from '../../util/log.ts';
+import { childLog, refusals, sourceAddress, wireText } from '../../util/log.ts';
+import type { PreAuthTicket } from '../pre-auth.ts';
 import { actingEdgeOf, claimedChainRefusal, grantOnBehalfOf, onScopeChange, withdrawalReason, type OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import { BagError, c2dTopic, decodeBag, identityFromClientId, inputTopic, parsePublishTopic, parseSubscription, parseUsername, sameIdentity } from './topics.ts';
 
@@ -46,6 +47,8 @@ export interface MqttConnectionOptions {
   keepAliveFactor?: number;
   /** Identities a gateway below may connect on behalf of; absent: such CONNECTs are refused. */
   onBehalfOf?: OnBehalfOfSource;
+  /** The listener's count of unauthenticated connections, released once CONNECT is accepted. */
+  preAuth?: PreAuthTicket;
 }
 
 /** The user name parameter naming the auth chain of an on-behalf-of CONNECT. */
@@ -99,6 +102,8 @@ export class MqttConnection {
     });
     stream.on('close', () => this.teardown('client'));
     stream.on('end', () => this.teardown('client'));
+    // Counts from the transport being up; the listener's TLS deadline came before.
+    opts.preAuth?.clearTimer();
     this.connectTimer = setTimeout(() => {
       if (this.state === 'awaiting-connect') this.refuse(`no CONNECT within ${(opts.connectTimeoutMs ?? 10_000) / 1000} s`);
     }, opts.connectTimeoutMs ?? 10_000);
@@ -154,13 +159,13 @@ export class MqttConnection {
       return this.refuse(`MQTT protocol level ${p.protocolVersion} is not supported (3.1.1 only)`, CONNACK.badProtocol);
     }
     const identity = identityFromClientId(p.clientId);
-    if (!identity) return this.refuse(`client id "${p.clientId}" does not name a device or module`, CONNACK.identifierRejected);
+    if (!identity) return this.refuse(`client id "${wireText(p.clientId)}" does not name a device or module`, CONNACK.identifierRejected);
     this.identity = identity;
     let authChain: string | undefined;
     if (p.username !== undefined) {
       const u = parseUsername(p.username);
       if (!u || u.clientId !== p.clientId) {
-        return this.refuse(`user name "${p.username.slice(0, 200)}" does not name client "${p.clientId}"`, CONNACK.badCredentials);
+        return this.refuse(`user name "${wireText(p.username)}" does not name client "${wireText(p.clientId)}"`, CONNACK.badCredentials);
       }
       authChain = u.query.get(AUTH_CHAIN_PARAM);
     }
@@ -206,6 +211,7 @@ export class MqttConnection {
       return;
     }
     this.state = 'connected';
+    this.opts.preAuth?.authenticated();
     this.send({ cmd: 'connack', returnCode: CONNACK.accepted, sessionPresent: this.session.resumed });
     if (p.keepalive && p.keepalive > 0) {
       this.keepAliveMs = p.keepalive * 1000 * (this.opts.keepAliveFactor ?? 1.5);
@@ -293,7 +299,7 @@ export class MqttConnection {
 
   private onPublish(p: mqtt.IPublishPacket): void {
     const session = this.session!;
-    if (p.qos === 2) return this.protocolError(`QoS 2 PUBLISH to "${p.topic}" is not supported`);
+    if (p.qos === 2) return this.protocolError(`QoS 2 PUBLISH to "${wireText(p.topic)}" is not supported`);
     const target = parsePublishTopic(p.topic);
     const payload = Buffer.isBuffer(p.payload) ? p.payload : Buffer.from(p.payload ?? '');
     switch (target.kind) {
@@ -305,7 +311,7 @@ export class MqttConnection {
         try {
           message = decodeBag(target.bag, payload);
         } catch (err) {
-          if (err instanceof BagError) return this.protocolError(`malformed property bag on "${p.topic.slice(0, 200)}": ${err.message}`);
+          if (err instanceof BagError) return this.protocolError(`malformed property bag on "${wireText(p.topic)}": ${err.message}`);
           throw err;
         }
         const messageId = p.messageId;
@@ -351,7 +357,7 @@ export class MqttConnection {
         session.methodResponse(target.rid, target.status, payload);
         return;
       case 'unknown':
-        return this.protocolError(`PUBLISH to an unknown topic: ${target.why.slice(0, 300)}`);
+        return this.protocolError(`PUBLISH to an unknown topic: ${wireText(target.why, 300)}`);
     }
   }
 
@@ -386,7 +392,7 @@ export class MqttConnection {
 
   private twinResponse(status: number, rid: string, body: Buffer, version?: number): void {
     if (this.state !== 'connected' || !this.session?.subscriptions.has('twin-responses')) {
-      if (this.state === 'connected') log.warn({ who: this.who(), rid }, 'twin response dropped: the client has not subscribed to $iothub/twin/res/#');
+      if (this.state === 'connected') log.warn({ who: this.who(), rid: wireText(rid) }, 'twin response dropped: the client has not subscribed to $iothub/twin/res/#');
       return;
     }
     const v = version === undefined ? '' : `&$version=${version}`;
@@ -415,15 +421,15 @@ export class MqttConnection {
     for (const s of p.subscriptions) {
       const sub = parseSubscription(s.topic);
       if (!sub) {
-        log.warn({ who: this.who(), filter: s.topic.slice(0, 200) }, 'subscription refused: not an IoT Hub topic filter');
+        log.warn({ who: this.who(), filter: wireText(s.topic) }, 'subscription refused: not an IoT Hub topic filter');
         granted.push(0x80);
         continue;
       }
       if (sub.identity && !sameIdentity(sub.identity, { deviceId: session.identity.deviceId, moduleId: sub.kind === 'c2d' ? undefined : session.identity.moduleId })) {
-        return this.forbidden(`subscribed to ${describeIdentity(sub.identity)}'s topic "${s.topic.slice(0, 200)}"`);
+        return this.forbidden(`subscribed to ${describeIdentity(sub.identity)}'s topic "${wireText(s.topic)}"`);
       }
       if ((sub.kind === 'c2d' && session.identity.moduleId !== undefined) || (sub.kind === 'inputs' && session.identity.moduleId === undefined)) {
-        log.warn({ who: this.who(), filter: s.topic }, `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`);
+        log.warn({ who: this.who(), filter: wireText(s.topic) }, `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`);
         granted.push(0x80);
         continue;
       }
@@ -488,7 +494,8 @@ export class MqttConnection {
   }
 
   private refuse(why: string, code?: number): void {
-    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `connection refused: ${why}`);
+    // Refusals come before authentication: one address repeating them gets a few lines and a count.
+    refusals.warn(log, sourceAddress(this.opts.remote), { who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `connection refused: ${why}`);
     if (code !== undefined && !this.stream.destroyed) {
       this.stream.write(mqtt.generate({ cmd: 'connack', returnCode: code, sessionPresent: false }));
     }
@@ -497,7 +504,9 @@ export class MqttConnection {
 
   private protocolError(why: string): void {
     if (this.state === 'closed') return;
-    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `closing connection: ${why}`);
+    const fields = { who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol };
+    if (this.state === 'connected') log.warn(fields, `closing connection: ${why}`);
+    else refusals.warn(log, sourceAddress(this.opts.remote), fields, `closing connection: ${why}`);
     this.teardown('protocol-error');
   }
 
