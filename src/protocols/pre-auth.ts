@@ -55,6 +55,9 @@ function closeHere(raw: Socket): void {
 export class PreAuthTicket {
   private timer?: NodeJS.Timeout;
   private released = false;
+  /** Releases on close; removed again on release, so an authenticated connection keeps nothing of the ticket. */
+  readonly onClose = (): void => this.release();
+  private tlsSocket?: Socket;
 
   constructor(
     private readonly gate: PreAuthGate,
@@ -87,13 +90,23 @@ export class PreAuthTicket {
     this.release();
   }
 
+  /** @internal the TLS socket on top of the raw one: released when either closes. */
+  watch(tlsSocket: Socket): void {
+    this.tlsSocket = tlsSocket;
+    tlsSocket.once('close', this.onClose);
+  }
+
   /** @internal */
   release(): void {
     if (this.released) return;
     this.released = true;
     this.clearTimer();
     this.gate.forget(this);
-    delete (this.socket as unknown as Record<symbol, unknown>)[TICKET];
+    this.socket.off('close', this.onClose);
+    this.tlsSocket?.off('close', this.onClose);
+    this.tlsSocket = undefined;
+    // Not `delete`: that would turn every socket object into a slower, larger dictionary.
+    (this.socket as unknown as Record<symbol, unknown>)[TICKET] = undefined;
   }
 }
 
@@ -133,7 +146,7 @@ export class PreAuthGate {
     server.on('secureConnection', (socket: TLSSocket) => {
       const ticket = preAuthOf(socket);
       if (!ticket) return;
-      socket.once('close', () => ticket.release());
+      ticket.watch(socket);
       if (afterHandshake) ticket.expect(afterHandshake.what, afterHandshake.ms);
       else ticket.clearTimer();
     });
@@ -197,7 +210,7 @@ export class PreAuthGate {
     (raw as unknown as Record<symbol, unknown>)[TICKET] = ticket;
     this.open.add(ticket);
     this.perAddress.set(address, fromHere + 1);
-    raw.once('close', () => ticket.release());
+    raw.once('close', ticket.onClose);
     ticket.expect('TLS handshake', this.limits.tlsHandshakeTimeoutMs);
   }
 

@@ -66,7 +66,7 @@ export function sourceAddress(remote: string): string {
 }
 
 export interface SourceLimitOptions {
-  /** Lines logged per source in each interval before the rest are only counted (default 5). */
+  /** Lines logged per source in each interval before the rest are only counted (default 20). */
   burst?: number;
   /** Length of an interval (default 10 s). */
   intervalMs?: number;
@@ -87,7 +87,7 @@ export class SourceLogLimiter {
   private timer?: NodeJS.Timeout;
 
   constructor(o: SourceLimitOptions = {}) {
-    this.burst = o.burst ?? 5;
+    this.burst = o.burst ?? 20;
     this.intervalMs = o.intervalMs ?? 10_000;
     this.maxSources = o.maxSources ?? 10_000;
   }

@@ -77,6 +77,8 @@ export class MqttConnection {
   private keepAliveMs = 0;
   private keepAliveTimer?: NodeJS.Timeout;
   private connectTimer?: NodeJS.Timeout;
+  /** Counted as unauthenticated until CONNACK; dropped then (an idle connection keeps nothing it does not need). */
+  private preAuth?: PreAuthTicket;
   private nextPacketId = 1;
   /** Outgoing QoS 1 PUBLISHes waiting for PUBACK: packet id -> C2D lock token. */
   private readonly awaitingAck = new Map<number, string>();
@@ -103,6 +105,7 @@ export class MqttConnection {
     stream.on('close', () => this.teardown('client'));
     stream.on('end', () => this.teardown('client'));
     // Counts from the transport being up; the listener's TLS deadline came before.
+    this.preAuth = opts.preAuth;
     opts.preAuth?.clearTimer();
     this.connectTimer = setTimeout(() => {
       if (this.state === 'awaiting-connect') this.refuse(`no CONNECT within ${(opts.connectTimeoutMs ?? 10_000) / 1000} s`);
@@ -155,6 +158,7 @@ export class MqttConnection {
 
   private async onConnect(p: mqtt.IConnectPacket): Promise<void> {
     if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
     if (p.protocolVersion !== 4) {
       return this.refuse(`MQTT protocol level ${p.protocolVersion} is not supported (3.1.1 only)`, CONNACK.badProtocol);
     }
@@ -190,13 +194,7 @@ export class MqttConnection {
       }
     }
     if (this.state === 'closed') return;
-    const handler: SessionHandler = {
-      onC2D: (d) => this.deliver(c2dTopic(identity.deviceId, d.message, d.ack), d),
-      onInput: (input, d) => this.deliver(inputTopic(identity.deviceId, identity.moduleId ?? '', input, d.message, d.ack), d),
-      onDesired: (patch) => this.pushDesired(patch),
-      onMethod: (req) => this.pushMethod(req),
-      close: (reason, detail) => this.engineClose(reason, detail),
-    };
+    const handler = new ConnectionSessionHandler(this, identity);
     try {
       this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote, viaGateway: onBehalfOf });
     } catch (err) {
@@ -211,7 +209,8 @@ export class MqttConnection {
       return;
     }
     this.state = 'connected';
-    this.opts.preAuth?.authenticated();
+    this.preAuth?.authenticated();
+    this.preAuth = undefined;
     this.send({ cmd: 'connack', returnCode: CONNACK.accepted, sessionPresent: this.session.resumed });
     if (p.keepalive && p.keepalive > 0) {
       this.keepAliveMs = p.keepalive * 1000 * (this.opts.keepAliveFactor ?? 1.5);
@@ -372,11 +371,12 @@ export class MqttConnection {
    */
   private puback(messageId: number | undefined): void {
     if (messageId === undefined) return;
-    if (this.pubacks.length === 0) process.nextTick(this.writePubacks);
+    if (this.pubacks.length === 0) process.nextTick(writePubacks, this);
     this.pubacks.push(messageId);
   }
 
-  private readonly writePubacks = (): void => {
+  /** @internal */
+  writePubacks(): void {
     const ids = this.pubacks;
     this.pubacks = [];
     if (this.stream.destroyed || this.stream.writableEnded) return;
@@ -388,7 +388,7 @@ export class MqttConnection {
       out.writeUInt16BE(ids[i]!, 4 * i + 2);
     }
     this.stream.write(out);
-  };
+  }
 
   private twinResponse(status: number, rid: string, body: Buffer, version?: number): void {
     if (this.state !== 'connected' || !this.session?.subscriptions.has('twin-responses')) {
@@ -449,19 +449,22 @@ export class MqttConnection {
     this.send({ cmd: 'unsuback', messageId: p.messageId });
   }
 
-  private deliver(topic: string, d: C2DDelivery): void {
+  /** @internal */
+  deliver(topic: string, d: C2DDelivery): void {
     if (this.state !== 'connected') return;
     const id = this.allocatePacketId();
     this.awaitingAck.set(id, d.lockToken);
     this.send({ cmd: 'publish', topic, payload: d.message.body, qos: 1, dup: d.deliveryCount > 1, retain: false, messageId: id });
   }
 
-  private pushDesired(patch: TwinCollection): void {
+  /** @internal */
+  pushDesired(patch: TwinCollection): void {
     const v = patch.$version;
     this.publish(`$iothub/twin/PATCH/properties/desired/?$version=${v ?? ''}`, Buffer.from(JSON.stringify(patch)), 0);
   }
 
-  private pushMethod(req: MethodRequest): void {
+  /** @internal */
+  pushMethod(req: MethodRequest): void {
     this.publish(`$iothub/methods/POST/${req.methodName}/?$rid=${encodeURIComponent(req.requestId)}`, req.payload, 0);
   }
 
@@ -516,7 +519,8 @@ export class MqttConnection {
   }
 
   /** The engine ends the session (replaced, token expired, identity disabled...). */
-  private engineClose(reason: CloseReason, detail?: string): void {
+  /** @internal */
+  engineClose(reason: CloseReason, detail?: string): void {
     log.warn({ who: this.who(), remote: this.opts.remote, reason }, `closing connection: ${detail ?? reason}`);
     this.teardown(reason);
   }
@@ -539,6 +543,37 @@ export class MqttConnection {
   /** Closes from outside (listener shutdown). */
   close(): void {
     this.teardown('shutdown');
+  }
+}
+
+function writePubacks(conn: MqttConnection): void {
+  conn.writePubacks();
+}
+
+/**
+ * What the engine pushes to one connection. A class rather than an object of arrow functions:
+ * one small object per idle connection instead of five closures (each carrying a name property
+ * once compiled).
+ */
+class ConnectionSessionHandler implements SessionHandler {
+  constructor(
+    private readonly conn: MqttConnection,
+    private readonly identity: IdentityRef,
+  ) {}
+  onC2D(d: C2DDelivery): void {
+    this.conn.deliver(c2dTopic(this.identity.deviceId, d.message, d.ack), d);
+  }
+  onInput(input: string, d: C2DDelivery): void {
+    this.conn.deliver(inputTopic(this.identity.deviceId, this.identity.moduleId ?? '', input, d.message, d.ack), d);
+  }
+  onDesired(patch: TwinCollection): void {
+    this.conn.pushDesired(patch);
+  }
+  onMethod(req: MethodRequest): void {
+    this.conn.pushMethod(req);
+  }
+  close(reason: CloseReason, detail?: string): void {
+    this.conn.engineClose(reason, detail);
   }
 }
 
