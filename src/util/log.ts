@@ -1,27 +1,29 @@
-import { pino, type Logger } from 'pino';
+import { pino, type Logger, type LoggerOptions } from 'pino';
 
 /** Longest string a log field may carry; anything from the wire is cut far shorter (wireText). */
 const MAX_FIELD_CHARS = 1024;
 /** Longest log message: messages quote wire values, which must never make a line huge. */
 const MAX_MESSAGE_CHARS = 2048;
 
+/** pino hooks that bound each line: a safety net under wireText, so one client cannot write megabytes per line. */
+export const boundedLines: LoggerOptions['hooks'] = {
+  logMethod(args, method) {
+    const [first, ...rest] = args as unknown[];
+    if (typeof first === 'string') return method.apply(this, [clip(first, MAX_MESSAGE_CHARS), ...rest] as never);
+    if (first && typeof first === 'object' && !(first instanceof Error)) {
+      const obj = boundFields(first as Record<string, unknown>);
+      const msg = typeof rest[0] === 'string' ? [clip(rest[0], MAX_MESSAGE_CHARS), ...rest.slice(1)] : rest;
+      return method.apply(this, [obj, ...msg] as never);
+    }
+    return method.apply(this, args as never);
+  },
+};
+
 /** One process-wide logger; STRATA_LOG_LEVEL=debug|info|warn|error|silent tunes it. */
 export const log: Logger = pino({
   level: process.env.STRATA_LOG_LEVEL ?? 'info',
   base: undefined,
-  hooks: {
-    // A safety net under wireText: one client must not be able to write megabytes per line.
-    logMethod(args, method) {
-      const [first, ...rest] = args as unknown[];
-      if (typeof first === 'string') return method.apply(this, [clip(first, MAX_MESSAGE_CHARS), ...rest] as never);
-      if (first && typeof first === 'object' && !(first instanceof Error)) {
-        const obj = boundFields(first as Record<string, unknown>);
-        const msg = typeof rest[0] === 'string' ? [clip(rest[0], MAX_MESSAGE_CHARS), ...rest.slice(1)] : rest;
-        return method.apply(this, [obj, ...msg] as never);
-      }
-      return method.apply(this, args as never);
-    },
-  },
+  hooks: boundedLines,
 });
 
 export function childLog(component: string): Logger {

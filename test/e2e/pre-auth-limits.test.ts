@@ -13,7 +13,9 @@ import mqttPacket from 'mqtt-packet';
 import deviceSdk from 'azure-iot-device';
 import mqttSdk from 'azure-iot-device-mqtt';
 import { randomInt } from 'node:crypto';
-import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { WebSocket } from 'ws';
+import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { setupEdge, startGatewayProcess } from '../helpers/edge.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { createSasDevice, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { rheaConnect } from '../fixtures/amqp-helpers.ts';
@@ -43,6 +45,13 @@ after(async () => {
   await hub?.stop();
 });
 
+/** The hub's log reaches us through a pipe, a moment after the socket it speaks of closed. */
+async function logShows(re: RegExp, of: () => string = () => hub.output()): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!re.test(of()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.match(of(), re);
+}
+
 /** Resolves with the ms until the server closed `socket`, or rejects after `ms`. */
 function closedWithin(socket: Socket, ms: number, what: string): Promise<number> {
   const start = Date.now();
@@ -65,17 +74,17 @@ function closedWithin(socket: Socket, ms: number, what: string): Promise<number>
 /** A source address of its own per test: refusals are logged a few lines per address and interval. */
 const source = (): string => `127.${randomInt(2, 251)}.${randomInt(2, 251)}.${randomInt(2, 251)}`;
 
-function tcp(port: number, localAddress?: string): Promise<Socket> {
+function tcp(port: number, localAddress?: string, host = hub.address): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = netConnect({ host: hub.address, port, ...(localAddress ? { localAddress } : {}) });
+    const s = netConnect({ host, port, ...(localAddress ? { localAddress } : {}) });
     s.once('connect', () => resolve(s));
     s.once('error', reject);
   });
 }
 
-function tls(port: number, localAddress?: string): Promise<TLSSocket> {
+function tls(port: number, localAddress?: string, host = hub.address): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host: hub.address, port, ca: hub.caPem, servername: undefined, ALPNProtocols: port === AMQP ? ['amqp'] : undefined, ...(localAddress ? { localAddress } : {}) });
+    const s = tlsConnect({ host, port, ca: hub.caPem, servername: undefined, ALPNProtocols: port === AMQP ? ['amqp'] : undefined, ...(localAddress ? { localAddress } : {}) });
     s.once('secureConnect', () => resolve(s));
     s.once('error', reject);
   });
@@ -93,13 +102,13 @@ test('half-open TLS (nothing sent, or a partial ClientHello) is closed within th
     waits.push(closedWithin(partial, CLOSED_WITHIN_MS, `partial ClientHello to ${port}`));
   }
   for (const ms of await Promise.all(waits)) assert.ok(ms >= 500, `closed after ${ms} ms: by the deadline, not at once`);
-  assert.match(hub.output(), /TLS handshake not done within 1 s/);
+  await logShows(/TLS handshake not done within 1 s/);
 });
 
 test('MQTT over TLS without CONNECT is closed within the CONNECT timeout', async () => {
   const s = await tls(MQTT, source());
   await closedWithin(s, CLOSED_WITHIN_MS, 'MQTT without CONNECT');
-  assert.match(hub.output(), /no CONNECT within 1 s/);
+  await logShows(/no CONNECT within 1 s/);
 });
 
 test('idle AMQP is closed within the authentication timeout: no header, SASL header only, anonymous with no CBS token', async () => {
@@ -119,7 +128,28 @@ test('idle AMQP is closed within the authentication timeout: no header, SASL hea
   clearTimeout(timer);
   assert.notEqual(how, 'closed', 'the hub closed the anonymous connection, not the test');
   await Promise.all(waits);
-  assert.match(hub.output(), /no credential accepted within 1\.5 s/);
+  await logShows(/no credential accepted within 1\.5 s/);
+});
+
+/** Resolves with how the server ended a WebSocket that never sends a packet. */
+function idleWebSocket(host: string, subprotocol: string, localAddress: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`wss://${host}/$iothub/websocket`, subprotocol, { ca: hub.caPem, localAddress });
+    const start = Date.now();
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error(`${subprotocol} over WebSocket: still open after ${CLOSED_WITHIN_MS} ms`));
+    }, CLOSED_WITHIN_MS);
+    ws.on('error', () => undefined);
+    ws.on('close', () => {
+      clearTimeout(timer);
+      resolve(Date.now() - start);
+    });
+  });
+}
+
+test('MQTT and AMQP over WebSockets that never authenticate are closed within their timeouts', async () => {
+  await Promise.all([idleWebSocket(hub.address, 'mqtt', source()), idleWebSocket(hub.address, 'AMQPWSB10', source())]);
 });
 
 test('HTTPS with a partial request head is closed within the header timeout', async () => {
@@ -206,8 +236,8 @@ test('a good official-SDK client is served during a flood of 5,000 idle sockets;
   const open = flood.filter((s) => !s.destroyed).length;
   assert.ok(held <= 1000 + 20, `the hub holds ${held} more descriptors during the flood (cap 1000)`);
   assert.ok(open <= 1000 + 20, `${open} flood sockets still open (cap 1000)`);
-  assert.match(capped.output(), new RegExp(`from ${hostile.replace(/\./g, '\\.')} already \\(max_unauthenticated_per_address\\)`));
-  assert.match(capped.output(), /in total \(max_unauthenticated\)/);
+  await logShows(new RegExp(`from ${hostile.replace(/\./g, '\\.')} already \\(max_unauthenticated_per_address\\)`), () => capped.output());
+  await logShows(/in total \(max_unauthenticated\)/, () => capped.output());
 
   // The official SDK (MQTT over TLS) connects from 127.0.0.1 and gets a message through.
   const client = Client.fromConnectionString(cs, Mqtt);
@@ -223,4 +253,34 @@ test('a good official-SDK client is served during a flood of 5,000 idle sockets;
   const deadline = Date.now() + 10_000;
   while (fdCount(pid) > baseline + 10 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   assert.ok(fdCount(pid) <= baseline + 10, `descriptors after the flood: ${fdCount(pid)} (baseline ${baseline})`);
+});
+
+test('a gateway applies the same limits from [strata] in config.toml', async (t) => {
+  const address = randomLoopback();
+  const setup = await setupEdge(hub, {
+    gatewayId: 'limits-gw',
+    address,
+    strata: ['tls_handshake_timeout_secs = 1', 'mqtt_connect_timeout_secs = 1', 'amqp_auth_timeout_secs = 1', 'http_headers_timeout_secs = 1'].join('\n'),
+  });
+  t.after(() => setup.cleanup());
+  const gw = await startGatewayProcess({ configPath: setup.configPath, dataDir: setup.dataDir, address });
+  t.after(() => gw.stop());
+  const waits: Array<Promise<number>> = [];
+  for (const port of [MQTT, AMQP, HTTPS]) waits.push(closedWithin(await tcp(port, source(), address), CLOSED_WITHIN_MS, `gateway ${port}, nothing sent`));
+  waits.push(closedWithin(await tls(MQTT, source(), address), CLOSED_WITHIN_MS, 'gateway MQTT without CONNECT'));
+  const saslOnly = await tls(AMQP, source(), address);
+  saslOnly.write(Buffer.from([0x41, 0x4d, 0x51, 0x50, 3, 1, 0, 0]));
+  waits.push(closedWithin(saslOnly, CLOSED_WITHIN_MS, 'gateway AMQP, SASL header only'));
+  const partial = await tls(HTTPS, source(), address);
+  partial.write(`GET /health HTTP/1.1\r\nHost: ${address}\r\n`);
+  waits.push(closedWithin(partial, CLOSED_WITHIN_MS, 'gateway HTTPS, partial headers'));
+  waits.push(idleWebSocket(address, 'mqtt', source()));
+  await Promise.all(waits);
+});
+
+test('a limit that is not a positive number stops the gateway with the setting named', async (t) => {
+  const address = randomLoopback();
+  const setup = await setupEdge(hub, { gatewayId: 'limits-gw-bad', address, strata: 'max_unauthenticated = -5', deploy: false });
+  t.after(() => setup.cleanup());
+  await assert.rejects(startGatewayProcess({ configPath: setup.configPath, dataDir: setup.dataDir, address }), /\[strata\] max_unauthenticated must be a positive whole number, not -5/);
 });
