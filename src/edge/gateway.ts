@@ -19,7 +19,7 @@ import { AMQP_WS_SUBPROTOCOL, AmqpHead } from '../protocols/amqp/index.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { webSocketDispatcher } from '../protocols/ws.ts';
-import { PreAuthGate, preAuthLimitsFrom, preAuthOf } from '../protocols/pre-auth.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, preAuthLimitsFrom, preAuthOf } from '../protocols/pre-auth.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
@@ -402,7 +402,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
 
     const amqp = new AmqpHead({ engine, hostName: hubHostName, extraHostNames, policy: () => undefined, onBehalfOf: childScope, preAuth });
     closers.push(() => amqp.close());
-    const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'] });
+    const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'], ...GATED_TLS_OPTIONS });
     amqpServer.on('secureConnection', (socket: TLSSocket) => {
       socket.setNoDelay(true);
       const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
@@ -420,7 +420,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     security.attach(amqpServer);
     ports.amqp = (amqpServer.address() as AddressInfo).port;
 
-    const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false }, forceCloseConnections: true, logger: false });
+    const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, forceCloseConnections: true, logger: false });
     closers.push(() => app.close());
     preAuth.guardHttps(app.server as HttpsServer);
     app.get('/health', async () => ({

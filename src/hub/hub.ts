@@ -17,7 +17,7 @@ import { attachMessaging } from './service-messaging.ts';
 import { attachAmqp } from '../protocols/amqp/index.ts';
 import { attachScopeApi, hubIdentitySource } from './scope-api.ts';
 import { ownModuleReader, type OwnModuleReader } from './own-modules.ts';
-import { PreAuthGate, type PreAuthLimits } from '../protocols/pre-auth.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, type PreAuthLimits } from '../protocols/pre-auth.ts';
 
 const log = childLog('hub');
 
@@ -103,7 +103,7 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     const app = Fastify({
       // X.509 devices present client certificates from CAs the TLS layer does not know; the
       // device API checks them itself, so the handshake asks for one but never fails on it.
-      https: { cert: tls.certPem, key: tls.keyPem, requestCert: true, rejectUnauthorized: false },
+      https: { cert: tls.certPem, key: tls.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS },
       routerOptions: { maxParamLength: 1024 },
       forceCloseConnections: true,
       logger: false,

@@ -42,6 +42,12 @@ export const PRE_AUTH_SETTINGS = {
   maxUnauthenticated: { setting: 'max_unauthenticated', option: '--max-unauthenticated', seconds: false },
 } as const satisfies Record<keyof PreAuthLimits, { setting: string; option: string; seconds: boolean }>;
 
+/**
+ * TLS server options for a guarded server: the gate's deadline replaces Node's own handshake
+ * timer, which would otherwise stay on every connection, cleared but allocated, for its lifetime.
+ */
+export const GATED_TLS_OPTIONS = { handshakeTimeout: 0 } as const;
+
 const TICKET = Symbol('strata.preAuth');
 /** Set on a raw socket this gate closed: its TLS socket's dying errors are ours, not the client's. */
 const CLOSED_HERE = Symbol('strata.preAuthClosed');

@@ -73,7 +73,7 @@ export class AmqpConnection {
     readonly transport: Transport,
     readonly remote: string,
     readonly clientCertificate: ClientCertificate | undefined,
-    private readonly preAuth?: PreAuthTicket,
+    private preAuth?: PreAuthTicket,
   ) {
     this.log = shared.log.child({ conn: this.id, transport, remote });
     this.claims = new ClaimSet((claim) => this.claimLapsed(claim));
@@ -126,6 +126,7 @@ export class AmqpConnection {
     if (this.authTimer) clearTimeout(this.authTimer);
     this.authTimer = undefined;
     this.preAuth?.authenticated();
+    this.preAuth = undefined;
   }
 
   /** A refusal or protocol error: before authentication, rate-limited per client address. */

@@ -14,7 +14,7 @@ import type { LinkRoute } from './links.ts';
 import type { OnBehalfOfSource } from './on-behalf-of.ts';
 import { serviceRoutes } from './service-links.ts';
 import type { AmqpEngine } from './types.ts';
-import { PreAuthGate, preAuthOf, type PreAuthTicket } from '../pre-auth.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, preAuthOf, type PreAuthTicket } from '../pre-auth.ts';
 
 export interface AmqpHeadOptions {
   engine: AmqpEngine;
@@ -103,6 +103,7 @@ export class AmqpHead {
   /** Listens for AMQP over TLS. Resolves with the bound address. */
   async listen(o: TlsListenOptions): Promise<AddressInfo> {
     const server = tls.createServer({
+      ...GATED_TLS_OPTIONS,
       cert: o.cert,
       key: o.key,
       // X.509 devices present certificates from CAs the TLS layer does not know; the engine judges them.

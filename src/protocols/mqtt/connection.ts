@@ -210,7 +210,7 @@ export class MqttConnection {
     }
     this.state = 'connected';
     this.preAuth?.authenticated();
-    this.preAuth = undefined;
+    this.preAuth = this.opts.preAuth = undefined;
     this.send({ cmd: 'connack', returnCode: CONNACK.accepted, sessionPresent: this.session.resumed });
     if (p.keepalive && p.keepalive > 0) {
       this.keepAliveMs = p.keepalive * 1000 * (this.opts.keepAliveFactor ?? 1.5);

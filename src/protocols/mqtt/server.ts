@@ -7,7 +7,7 @@ import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
 import type { OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import { MqttConnection, type MqttConnectionOptions } from './connection.ts';
-import { PreAuthGate, preAuthOf } from '../pre-auth.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, preAuthOf } from '../pre-auth.ts';
 
 const log = childLog('mqtt');
 
@@ -37,7 +37,7 @@ export interface MqttListener {
 export async function startMqttListener(o: MqttListenerOptions): Promise<MqttListener> {
   const live = new Set<MqttConnection>();
   const gate = o.preAuth ?? new PreAuthGate();
-  const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false }, (socket: TLSSocket) => {
+  const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, (socket: TLSSocket) => {
     socket.setNoDelay(true);
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const conn = new MqttConnection(socket, o.engine, {
