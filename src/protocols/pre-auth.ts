@@ -98,6 +98,7 @@ export class PreAuthTicket {
 
   /** @internal the TLS socket on top of the raw one: released when either closes. */
   watch(tlsSocket: Socket): void {
+    if (this.released) return;
     this.tlsSocket = tlsSocket;
     tlsSocket.once('close', this.onClose);
   }
