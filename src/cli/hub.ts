@@ -6,6 +6,8 @@ import { startHub, type HubNode } from '../hub/hub.ts';
 import { childLog } from '../util/log.ts';
 import { action } from './run.ts';
 import { eventHubsConnectionString } from '../protocols/amqp/event-hubs/index.ts'; // issue 6
+import { DEFAULT_PRE_AUTH_LIMITS, PRE_AUTH_SETTINGS, preAuthLimitsFrom, type PreAuthLimits } from '../protocols/pre-auth.ts';
+import { UserError } from '../util/errors.ts';
 
 const log = childLog('cli-hub');
 
@@ -34,6 +36,25 @@ interface StartFlags {
   tlsCert?: string;
   tlsKey?: string;
   trust?: string;
+  [limitOption: string]: unknown;
+}
+
+/** `--tls-handshake-timeout` -> `tlsHandshakeTimeout`, as commander names the flag's value. */
+function flagKey(option: string): string {
+  return option.slice(2).replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** The pre-authentication limits given on the command line (seconds for timeouts). */
+function limitsFromFlags(flags: StartFlags): Partial<PreAuthLimits> {
+  const byOption = new Map<string, string>(Object.values(PRE_AUTH_SETTINGS).map((s) => [s.setting, s.option]));
+  try {
+    return preAuthLimitsFrom(
+      (setting) => flags[flagKey(byOption.get(setting)!)],
+      (setting) => byOption.get(setting)!,
+    );
+  } catch (err) {
+    throw new UserError((err as Error).message, 'Timeouts are seconds (e.g. 10 or 0.5); caps are whole numbers of connections');
+  }
 }
 
 export function registerHubCommands(program: Command): void {
@@ -52,6 +73,12 @@ export function registerHubCommands(program: Command): void {
     .option('--tls-cert <file>', "server certificate (PEM, full chain) instead of the hub's own PKI")
     .option('--tls-key <file>', 'private key of --tls-cert')
     .option('--trust <file>', 'root CA that clients trust for --tls-cert (printed at start-up)')
+    .option(`${PRE_AUTH_SETTINGS.tlsHandshakeTimeoutMs.option} <secs>`, `close a connection whose TLS handshake takes longer (default ${DEFAULT_PRE_AUTH_LIMITS.tlsHandshakeTimeoutMs / 1000})`)
+    .option(`${PRE_AUTH_SETTINGS.mqttConnectTimeoutMs.option} <secs>`, `close an MQTT connection that sends no CONNECT for this long (default ${DEFAULT_PRE_AUTH_LIMITS.mqttConnectTimeoutMs / 1000})`)
+    .option(`${PRE_AUTH_SETTINGS.amqpAuthTimeoutMs.option} <secs>`, `close an AMQP connection with no accepted credential (header, SASL, CBS) after this long (default ${DEFAULT_PRE_AUTH_LIMITS.amqpAuthTimeoutMs / 1000})`)
+    .option(`${PRE_AUTH_SETTINGS.httpHeadersTimeoutMs.option} <secs>`, `close an HTTPS connection whose request head takes longer (default ${DEFAULT_PRE_AUTH_LIMITS.httpHeadersTimeoutMs / 1000})`)
+    .option(`${PRE_AUTH_SETTINGS.maxUnauthenticatedPerAddress.option} <n>`, `unauthenticated connections allowed from one address (default ${DEFAULT_PRE_AUTH_LIMITS.maxUnauthenticatedPerAddress})`)
+    .option(`${PRE_AUTH_SETTINGS.maxUnauthenticated.option} <n>`, `unauthenticated connections in total; one more closes the oldest (default ${DEFAULT_PRE_AUTH_LIMITS.maxUnauthenticated})`)
     .action(
       action(async (flags: StartFlags) => {
         const node = await startHub({
@@ -65,6 +92,7 @@ export function registerHubCommands(program: Command): void {
           tlsCert: flags.tlsCert,
           tlsKey: flags.tlsKey,
           trust: flags.trust,
+          limits: limitsFromFlags(flags),
         });
         printBanner(node);
         stopOnSignals(node);

@@ -19,6 +19,7 @@ import { AMQP_WS_SUBPROTOCOL, AmqpHead } from '../protocols/amqp/index.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { webSocketDispatcher } from '../protocols/ws.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, preAuthLimitsFrom, preAuthOf } from '../protocols/pre-auth.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
@@ -423,13 +424,14 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     // ---- listeners: MQTT 8883, AMQP 5671, HTTPS 443 (health, MQTT and AMQP over WebSockets) ----
     const ports = { mqtt: o.ports?.mqtt ?? 8883, amqp: o.ports?.amqp ?? 5671, https: o.ports?.https ?? 443, metrics: o.ports?.metrics ?? numberSetting(config.settings.metrics_port) ?? DEFAULT_METRICS_PORT };
     const tlsNow = security.tlsOptions();
+    const preAuth = preAuthGateOf(config);
 
     // A parent gateway answers its child gateways as the hub would: identities and on-behalf-of
     // claims come from this gateway's scope cache, and what it does not know is asked further up.
     const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain), trustedCas: () => trustedCas });
     let mqtt;
     try {
-      mqtt = await startMqttListener({ engine, host: bind, port: ports.mqtt, certPem: tlsNow.cert, keyPem: tlsNow.key, onBehalfOf: childScope });
+      mqtt = await startMqttListener({ engine, host: bind, port: ports.mqtt, certPem: tlsNow.cert, keyPem: tlsNow.key, onBehalfOf: childScope, preAuth });
     } catch (err) {
       throw listenError(err, 'MQTT', bind, ports.mqtt);
     }
@@ -437,28 +439,29 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     security.attach(mqtt.server);
     ports.mqtt = mqtt.port;
 
-    const amqp = new AmqpHead({ engine, hostName: hubHostName, extraHostNames, policy: () => undefined, onBehalfOf: childScope });
+    const amqp = new AmqpHead({ engine, hostName: hubHostName, extraHostNames, policy: () => undefined, onBehalfOf: childScope, preAuth });
     closers.push(() => amqp.close());
-    const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'] });
+    const amqpServer = tls.createServer({ ...tlsNow, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'], ...GATED_TLS_OPTIONS });
     amqpServer.on('secureConnection', (socket: TLSSocket) => {
       socket.setNoDelay(true);
       const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
       try {
-        amqp.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket) });
+        amqp.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket), preAuth: preAuthOf(socket) });
       } catch (err) {
         log.error({ err, remote }, 'could not serve an AMQP connection');
         socket.destroy();
       }
     });
-    amqpServer.on('tlsClientError', (err, socket) => log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message }, 'TLS handshake failed on the AMQP port'));
+    preAuth.guardTls(amqpServer, 'AMQP');
     await listen(amqpServer, bind, ports.amqp, 'AMQP');
     amqpServer.on('error', (err) => log.error({ err }, 'AMQP listener error'));
     closers.push(() => new Promise<void>((r) => amqpServer.close(() => r())));
     security.attach(amqpServer);
     ports.amqp = (amqpServer.address() as AddressInfo).port;
 
-    const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false }, forceCloseConnections: true, logger: false });
+    const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, forceCloseConnections: true, logger: false });
     closers.push(() => app.close());
+    preAuth.guardHttps(app.server as HttpsServer);
     // Identities (and endpoint names, which carry module ids) only for the holder of the token (health-access.ts).
     const healthSecret = healthToken(files.healthToken, (err) => log.warn({ err: err.message }, 'could not write health.token: /health lists no identities until a restart'));
     app.get('/health', async (req) => {
@@ -489,11 +492,11 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       });
     });
     const https = app.server as HttpsServer;
-    const mqttWs = attachMqttWebSocket(https, engine, undefined, childScope);
+    const mqttWs = attachMqttWebSocket(https, engine, undefined, childScope, preAuth);
     closers.push(() => mqttWs.close());
     webSocketDispatcher(https).register(AMQP_WS_SUBPROTOCOL, (stream, req) => {
       const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
-      amqp.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
+      amqp.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket), preAuth: preAuthOf(req.socket) });
     });
     try {
       await app.listen({ port: ports.https, host: bind });
@@ -677,6 +680,15 @@ function metricsBindSetting(v: unknown): string {
 
 function isLoopback(address: string): boolean {
   return address.startsWith('127.') || address === '::1' || address === '::ffff:127.0.0.1';
+}
+
+/** Limits on unauthenticated clients from [strata] (tls_handshake_timeout_secs, max_unauthenticated, ...). */
+function preAuthGateOf(config: EdgeConfig): PreAuthGate {
+  try {
+    return new PreAuthGate(preAuthLimitsFrom((k) => config.settings[k], (k) => `[strata] ${k}`));
+  } catch (err) {
+    throw new UserError((err as Error).message, 'Timeouts are seconds (e.g. 10 or 0.5); caps are whole numbers of connections');
+  }
 }
 
 function numberSetting(v: unknown): number | undefined {

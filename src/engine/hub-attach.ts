@@ -42,7 +42,7 @@ export async function attachDeviceEngine(node: HubNode, opts: DeviceEngineOption
   const onBehalfOf = hubIdentitySource(node);
   let mqtt;
   try {
-    mqtt = await startMqttListener({ engine, host: node.bind, port: node.ports.mqtt, certPem: node.tls.certPem, keyPem: node.tls.keyPem, onBehalfOf });
+    mqtt = await startMqttListener({ engine, host: node.bind, port: node.ports.mqtt, certPem: node.tls.certPem, keyPem: node.tls.keyPem, onBehalfOf, preAuth: node.preAuth });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException | undefined)?.code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
@@ -54,7 +54,7 @@ export async function attachDeviceEngine(node: HubNode, opts: DeviceEngineOption
   node.ports.mqtt = mqtt.port;
   node.listeners.push({ name: 'MQTT (TLS)', url: `mqtts://${node.hostname}:${mqtt.port}` });
 
-  const ws = attachMqttWebSocket(node.https, engine, undefined, onBehalfOf);
+  const ws = attachMqttWebSocket(node.https, engine, undefined, onBehalfOf, node.preAuth);
   node.onClose(() => ws.close());
   const httpsPort = node.ports.https;
   node.listeners.push({ name: 'MQTT over WebSockets', url: `wss://${node.hostname}${httpsPort === 443 || httpsPort === 0 ? '' : `:${httpsPort}`}/$iothub/websocket` });

@@ -17,6 +17,7 @@ import { attachMessaging } from './service-messaging.ts';
 import { attachAmqp } from '../protocols/amqp/index.ts';
 import { attachScopeApi, hubIdentitySource } from './scope-api.ts';
 import { ownModuleReader, type OwnModuleReader } from './own-modules.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, type PreAuthLimits } from '../protocols/pre-auth.ts';
 
 const log = childLog('hub');
 
@@ -36,6 +37,8 @@ export interface HubOptions {
   tlsCert?: string;
   tlsKey?: string;
   trust?: string;
+  /** Limits on clients before they authenticate (timeouts, caps); defaults in protocols/pre-auth.ts. */
+  limits?: Partial<PreAuthLimits>;
   /** Run after the service API is registered and before the listener opens (device API routes, protocol heads). */
   plugins?: Array<(node: HubNode) => Promise<void>>;
 }
@@ -50,6 +53,8 @@ export interface HubNode {
   app: FastifyInstance;
   tls: { certPem: string; keyPem: string; caPem: string };
   caPath: string;
+  /** Timeouts and caps for unauthenticated connections, shared by every listener of the hub. */
+  preAuth: PreAuthGate;
   /** Actual ports once listening (the MQTT/AMQP heads update theirs when they bind). */
   ports: { https: number; mqtt: number; amqp: number };
   /** What start-up prints: one line per listener. */
@@ -98,12 +103,14 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     const app = Fastify({
       // X.509 devices present client certificates from CAs the TLS layer does not know; the
       // device API checks them itself, so the handshake asks for one but never fails on it.
-      https: { cert: tls.certPem, key: tls.keyPem, requestCert: true, rejectUnauthorized: false },
+      https: { cert: tls.certPem, key: tls.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS },
       routerOptions: { maxParamLength: 1024 },
       forceCloseConnections: true,
       logger: false,
     });
     closers.push(() => app.close());
+    const preAuth = new PreAuthGate(opts.limits);
+    preAuth.guardHttps(app.server as HttpsServer);
     const apiLog = childLog('service-api');
     app.setErrorHandler((err, req, reply) => sendError(reply, req, apiLog, err));
     app.setNotFoundHandler((req, reply) =>
@@ -128,6 +135,7 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       app,
       tls: { certPem: tls.certPem, keyPem: tls.keyPem, caPem: tls.caPem },
       caPath: tls.caPath,
+      preAuth,
       ports: { https: opts.httpsPort ?? 443, mqtt: opts.mqttPort ?? 8883, amqp: opts.amqpPort ?? 5671 },
       listeners: [],
       onClose: (fn) => void closers.push(fn),

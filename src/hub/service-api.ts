@@ -6,6 +6,7 @@ import { hasDeviceCredential, type OwnModuleReader } from './own-modules.ts';
 import { HubError, badRequest, deviceNotFound, moduleNotFound } from './errors.ts';
 import { QueryError, runQuery } from './query.ts';
 import type { Registry } from './registry.ts';
+import { refusals, sourceAddress, wireText } from '../util/log.ts';
 
 /** What a route needs from the caller's policy. */
 interface Access {
@@ -229,9 +230,10 @@ export function sendError(reply: FastifyReply, req: FastifyRequest, log: Logger,
     status = 500;
     code = 'ServerError';
     message = 'internal error; the hub log has the details';
-    log.error({ err, method: req.method, url: req.url }, 'service API request failed');
+    log.error({ err, method: req.method, url: wireText(req.url) }, 'service API request failed');
   }
-  if (status < 500) log.info({ method: req.method, url: req.url, status, code }, message);
+  if (status === 401 || status === 403) refusals.info(log, sourceAddress(`${req.socket.remoteAddress}:0`), { method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
+  else if (status < 500) log.info({ method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
   const text = message.replace(/;/g, ',');
   return reply
     .code(status)

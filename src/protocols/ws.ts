@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
-import { childLog } from '../util/log.ts';
+import { childLog, refusals, sourceAddress, wireText } from '../util/log.ts';
 
 const log = childLog('websocket');
 
@@ -43,7 +43,7 @@ export function webSocketDispatcher(server: HttpsServer): WebSocketDispatcher {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
     // issue 6: Event Hubs clients open their AMQP WebSockets on /$servicebus/websocket.
     if (path !== IOTHUB_WEBSOCKET_PATH && path !== SERVICEBUS_WEBSOCKET_PATH) {
-      log.warn({ remote, path: path.slice(0, 200) }, `WebSocket refused: no endpoint at ${path.slice(0, 200)} (use ${IOTHUB_WEBSOCKET_PATH})`);
+      refusals.warn(log, sourceAddress(remote), { remote, path: wireText(path) }, `WebSocket refused: no endpoint at ${wireText(path)} (use ${IOTHUB_WEBSOCKET_PATH})`);
       return reject(socket, 404, 'Not Found');
     }
     const offered = new Set(
@@ -54,7 +54,7 @@ export function webSocketDispatcher(server: HttpsServer): WebSocketDispatcher {
     );
     const chosen = pick(offered, handlers);
     if (!chosen) {
-      log.warn({ remote, offered: [...offered] }, `WebSocket refused: none of the offered subprotocols is served (${[...handlers.values()].map((h) => h.name).join(', ') || 'none registered'})`);
+      refusals.warn(log, sourceAddress(remote), { remote, offered: [...offered].slice(0, 8).map((p) => wireText(p)) }, `WebSocket refused: none of the offered subprotocols is served (${[...handlers.values()].map((h) => h.name).join(', ') || 'none registered'})`);
       return reject(socket, 400, 'Bad Request');
     }
     wss.handleUpgrade(req, socket, head, (ws) => {

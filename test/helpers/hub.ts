@@ -55,11 +55,11 @@ function waitForExit(proc: ChildProcess, ms: number): Promise<boolean> {
  * (host name = that address, so the server certificate carries it as an IP SAN) and waits
  * until it has written its state file with the bound ports.
  */
-export async function startHubProcess(o: { address?: string; httpsPort?: number; dataDir?: string; env?: Record<string, string>; nodeArgs?: string[] } = {}): Promise<HubProcess> {
+export async function startHubProcess(o: { address?: string; httpsPort?: number; dataDir?: string; env?: Record<string, string>; nodeArgs?: string[]; args?: string[] } = {}): Promise<HubProcess> {
   const address = o.address ?? randomLoopback();
   const ownDir = o.dataDir === undefined;
   const dataDir = o.dataDir ?? (await mkdtemp(join(tmpdir(), 'strata-hub-')));
-  const args = [STRATA_BIN, 'hub', 'start', '--data', dataDir, '--hostname', address, '--bind', address, '--https-port', String(o.httpsPort ?? 443)];
+  const args = [STRATA_BIN, 'hub', 'start', '--data', dataDir, '--hostname', address, '--bind', address, '--https-port', String(o.httpsPort ?? 443), ...(o.args ?? [])];
   const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], {
     env: { ...process.env, STRATA_LOG_LEVEL: 'warn', ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -6,6 +6,7 @@ import { CreditWindow, type LinkContext, type LinkRoute } from './links.ts';
 import { ReplyLink, replyLinkFor } from './reply-link.ts';
 import { bodyBytes, echoId } from './message.ts';
 import { onBehalfOfClaim } from './on-behalf-of.ts';
+import { wireText } from '../../util/log.ts';
 
 /**
  * Claims-based security: the client sends `put-token` requests on a sender link to `$cbs` and
@@ -37,13 +38,13 @@ async function putToken(ctx: LinkContext, msg: AmqpMessage): Promise<void> {
   const type = String(app.type ?? '');
   const audience = app.name === undefined ? undefined : String(app.name);
   if (operation !== 'put-token') {
-    ctx.conn.log.warn({ operation }, 'CBS request refused: unsupported operation');
-    respond(ctx, msg, 400, `unsupported CBS operation "${operation}": only put-token is supported`);
+    ctx.conn.refusal({ operation: wireText(operation) }, 'CBS request refused: unsupported operation');
+    respond(ctx, msg, 400, `unsupported CBS operation "${wireText(operation)}": only put-token is supported`);
     return;
   }
   if (!TOKEN_TYPES.has(type)) {
-    ctx.conn.log.warn({ type, audience }, 'CBS put-token refused: unsupported token type');
-    respond(ctx, msg, 400, `unsupported token type "${type}": send a SharedAccessSignature with type servicebus.windows.net:sastoken`);
+    ctx.conn.refusal({ type: wireText(type), audience: audience === undefined ? undefined : wireText(audience) }, 'CBS put-token refused: unsupported token type');
+    respond(ctx, msg, 400, `unsupported token type "${wireText(type)}": send a SharedAccessSignature with type servicebus.windows.net:sastoken`);
     return;
   }
   const token = bodyBytes(msg.body).toString('utf8');
@@ -52,13 +53,14 @@ async function putToken(ctx: LinkContext, msg: AmqpMessage): Promise<void> {
     if (ctx.conn.closed) return;
     const { renewed } = ctx.conn.claims.put(claim);
     if (claim.kind === 'identity' && renewed) ctx.conn.devices.renewed(claim);
+    ctx.conn.authenticated();
     ctx.conn.log.info({ who: describeClaim(claim), expiresAt: claim.expiresAt ? new Date(claim.expiresAt).toISOString() : undefined }, renewed ? 'token renewed by CBS' : 'authenticated by CBS');
     respond(ctx, msg, 200, 'OK');
   } catch (err) {
     const info = amqpErrorOf(err);
     // The SDKs read anything but 200 as unauthorized; 404 and 5xx still tell a person more.
     const status = info.condition === CONDITION.notFound ? 404 : info.condition === CONDITION.internal ? 500 : 401;
-    ctx.conn.log.warn({ audience, status, reason: info.description }, 'CBS put-token refused');
+    ctx.conn.refusal({ audience: audience === undefined ? undefined : wireText(audience), status, reason: wireText(info.description, 300) }, 'CBS put-token refused');
     respond(ctx, msg, status, info.description);
   }
 }
@@ -66,6 +68,7 @@ async function putToken(ctx: LinkContext, msg: AmqpMessage): Promise<void> {
 const cbsRequests: LinkRoute = {
   name: 'cbs requests',
   role: 'receiver',
+  anonymous: true,
   match: (_path, address) => (isCbsAddress(address) ? true : undefined),
   open: (ctx) => {
     const credit = new CreditWindow(ctx.link as Receiver, CBS_CREDIT);
@@ -85,6 +88,7 @@ const cbsRequests: LinkRoute = {
 const cbsResponses: LinkRoute = {
   name: 'cbs responses',
   role: 'sender',
+  anonymous: true,
   match: (_path, address) => (isCbsAddress(address) ? true : undefined),
   open: (ctx) => new ReplyLink(ctx, 'cbs'),
 };

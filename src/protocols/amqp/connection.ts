@@ -11,6 +11,8 @@ import type { LinkContext, LinkHandler, LinkRole, LinkRoute, Outcome } from './l
 import type { OnBehalfOfSource } from './on-behalf-of.ts';
 import { ExternalMechanism, PassThroughMechanism, PlainMechanism, parsePlainUser } from './sasl.ts';
 import type { AmqpEngine } from './types.ts';
+import { refusals, sourceAddress, wireText } from '../../util/log.ts';
+import type { PreAuthTicket } from '../pre-auth.ts';
 
 /** What every connection of a head shares. */
 export interface HeadShared {
@@ -21,6 +23,8 @@ export interface HeadShared {
   routes: readonly LinkRoute[];
   log: Logger;
   idleTimeoutMs: number;
+  /** Time from the transport being up to a credential accepted (CBS, SASL PLAIN or an authorized link). */
+  authTimeoutMs: number;
   /** How often a feedback link looks for new records. */
   feedbackPollMs: number;
   /** Feedback record ids sent on some link and not yet settled (one service may hold several links). */
@@ -59,6 +63,8 @@ export class AmqpConnection {
   private readonly rc: Connection;
   private ended = false;
   private headerSeen = false;
+  private isAuthenticated = false;
+  private authTimer?: NodeJS.Timeout;
   private readonly onEnd: Array<() => void> = [];
 
   constructor(
@@ -67,6 +73,7 @@ export class AmqpConnection {
     readonly transport: Transport,
     readonly remote: string,
     readonly clientCertificate: ClientCertificate | undefined,
+    private preAuth?: PreAuthTicket,
   ) {
     this.log = shared.log.child({ conn: this.id, transport, remote });
     this.claims = new ClaimSet((claim) => this.claimLapsed(claim));
@@ -78,7 +85,7 @@ export class AmqpConnection {
     mechs.ANONYMOUS = () => new PassThroughMechanism('anonymous');
     mechs.MSSBCBS = () => new PassThroughMechanism('mssbcbs');
     mechs.PLAIN = () => new PlainMechanism((creds) => this.saslPlain(creds));
-    mechs.EXTERNAL = () => new ExternalMechanism(() => this.clientCertificate !== undefined, (why) => this.log.warn(why));
+    mechs.EXTERNAL = () => new ExternalMechanism(() => this.clientCertificate !== undefined, (why) => this.refusal({}, why));
     container.on('error', (err: unknown) => this.log.warn({ err: String(err) }, 'AMQP error'));
 
     this.rc = container.create_connection({
@@ -105,7 +112,40 @@ export class AmqpConnection {
     // After rhea has read each chunk: rhea itself would buffer whatever frame size or
     // multi-frame delivery a client announces.
     socket.on('data', () => this.checkBuffering());
+    // Header, SASL and CBS share one deadline; the listener's TLS deadline came before.
+    preAuth?.clearTimer();
+    this.authTimer = setTimeout(() => this.authTimedOut(), shared.authTimeoutMs);
+    this.authTimer.unref();
     this.log.debug('AMQP connection accepted');
+  }
+
+  /** A credential was accepted: the connection no longer counts as unauthenticated. */
+  authenticated(): void {
+    if (this.isAuthenticated) return;
+    this.isAuthenticated = true;
+    if (this.authTimer) clearTimeout(this.authTimer);
+    this.authTimer = undefined;
+    this.preAuth?.authenticated();
+    this.preAuth = undefined;
+  }
+
+  /** A refusal or protocol error: before authentication, rate-limited per client address. */
+  refusal(fields: Record<string, unknown>, msg: string): void {
+    if (this.isAuthenticated) this.log.warn(fields, msg);
+    else refusals.warn(this.log, sourceAddress(this.remote), fields, msg);
+  }
+
+  private authTimedOut(): void {
+    this.authTimer = undefined;
+    if (this.ended || this.isAuthenticated) return;
+    const seconds = this.shared.authTimeoutMs / 1000;
+    this.refusal({}, `closing the AMQP connection: no credential accepted within ${seconds} s (AMQP header, SASL, CBS put-token)`);
+    if (this.headerSeen) {
+      this.abuse(CONDITION.unauthorized, `no credential was accepted within ${seconds} s of connecting`, false);
+    } else {
+      this.socket.destroy();
+      this.end('authentication timeout');
+    }
   }
 
   private checkBuffering(): void {
@@ -128,8 +168,8 @@ export class AmqpConnection {
   }
 
   /** A client that makes us buffer without bound: close with the reason, then cut it off. */
-  private abuse(condition: string, description: string): void {
-    this.log.warn({ condition, reason: description }, 'closing the AMQP connection');
+  private abuse(condition: string, description: string, logIt = true): void {
+    if (logIt) this.refusal({ condition, reason: description }, 'closing the AMQP connection');
     try {
       if (!this.rc.is_open()) this.rc.open();
       this.rc.close({ condition, description } as never);
@@ -189,17 +229,17 @@ export class AmqpConnection {
 
   private async saslPlain(creds: { username: string; password: string } | undefined): Promise<boolean> {
     if (!creds) {
-      this.log.warn('SASL PLAIN refused: malformed response');
+      this.refusal({}, 'SASL PLAIN refused: malformed response');
       return false;
     }
     const user = parsePlainUser(creds.username);
     if (!user) {
-      this.log.warn({ username: creds.username }, 'SASL PLAIN refused: user name is not {deviceId}@sas.{hub} or {policy}@sas.root.{hub}');
+      this.refusal({ username: wireText(creds.username) }, 'SASL PLAIN refused: user name is not {deviceId}@sas.{hub} or {policy}@sas.root.{hub}');
       return false;
     }
     const hubNames = this.shared.hostNames.map((h) => h.split('.')[0]!.toLowerCase());
     if (!hubNames.includes(user.hubName.toLowerCase())) {
-      this.log.warn({ username: creds.username }, `SASL PLAIN refused: hub name "${user.hubName}" is not this hub's`);
+      this.refusal({ username: wireText(creds.username) }, `SASL PLAIN refused: hub name "${wireText(user.hubName)}" is not this hub's`);
       return false;
     }
     try {
@@ -209,14 +249,15 @@ export class AmqpConnection {
           ? claim.kind === 'policy' && claim.policy.keyName === user.keyName
           : claim.kind === 'identity' && claim.identity.deviceId === user.deviceId && claim.identity.moduleId === user.moduleId;
       if (!matches) {
-        this.log.warn({ username: creds.username, token: describeClaim(claim) }, 'SASL PLAIN refused: the token is for someone else than the user name');
+        this.refusal({ username: wireText(creds.username), token: describeClaim(claim) }, 'SASL PLAIN refused: the token is for someone else than the user name');
         return false;
       }
       this.claims.put(claim);
+      this.authenticated();
       this.log.info({ who: describeClaim(claim) }, 'authenticated by SASL PLAIN');
       return true;
     } catch (err) {
-      this.log.warn({ username: creds.username, reason: amqpErrorOf(err).description }, 'SASL PLAIN refused');
+      this.refusal({ username: wireText(creds.username), reason: wireText(amqpErrorOf(err).description, 300) }, 'SASL PLAIN refused');
       return false;
     }
   }
@@ -273,7 +314,7 @@ export class AmqpConnection {
   /** Garbage or a broken frame: a clear answer, a log line, and this connection (only) ends. */
   private protocolError(err: unknown): void {
     const text = err instanceof Error ? err.message : String(err);
-    this.log.warn({ reason: text }, 'AMQP protocol error; closing the connection');
+    this.refusal({ reason: wireText(text, 300) }, 'AMQP protocol error; closing the connection');
     try {
       if (!this.headerSeen) {
         // Not AMQP at all: answer with the header we speak, as the specification asks.
@@ -316,7 +357,7 @@ export class AmqpConnection {
       const description = address
         ? `no ${role === 'sender' ? 'source' : 'target'} node "${address}" on this hub`
         : `the link names no ${role === 'sender' ? 'source' : 'target'} address`;
-      this.log.warn({ address, role }, `refused link: ${description}`);
+      this.refusal({ address: wireText(address), role }, `refused link: ${wireText(description, 300)}`);
       // A refused attach carries no terminus for the node the client asked for.
       ctx.detach({ condition: CONDITION.notFound, description });
       return;
@@ -337,7 +378,7 @@ export class AmqpConnection {
     const refuse = (err: unknown): void => {
       const info = amqpErrorOf(err);
       if (info.condition === CONDITION.internal) this.log.error({ err, address }, 'link handler failed');
-      this.log.warn({ address, route: route!.name, condition: info.condition, reason: info.description }, 'refused link');
+      this.refusal({ address: wireText(address), route: route!.name, condition: info.condition, reason: wireText(info.description, 300) }, 'refused link');
       ctx.detach(info);
     };
     let opened: LinkHandler | Promise<LinkHandler>;
@@ -353,6 +394,8 @@ export class AmqpConnection {
         return;
       }
       entry.handler = handler;
+      // A link that needs a credential was granted: whatever proved it (a claim, a certificate) holds.
+      if (!route!.anonymous) this.authenticated();
       ctx.sendAttach();
       this.log.debug({ address, route: route!.name }, 'link attached');
       if (role === 'sender') safe(() => handler.sendable?.(), undefined);
@@ -404,6 +447,8 @@ export class AmqpConnection {
 
   private cleanup(why: string): void {
     this.ended = true;
+    if (this.authTimer) clearTimeout(this.authTimer);
+    this.authTimer = undefined;
     this.log.debug({ why }, 'AMQP connection ended');
     for (const entry of [...this.links.values()]) entry.ctx.gone();
     this.devices.closeAll();

@@ -14,6 +14,7 @@ import type { LinkRoute } from './links.ts';
 import type { OnBehalfOfSource } from './on-behalf-of.ts';
 import { serviceRoutes } from './service-links.ts';
 import type { AmqpEngine } from './types.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, preAuthOf, type PreAuthTicket } from '../pre-auth.ts';
 
 export interface AmqpHeadOptions {
   engine: AmqpEngine;
@@ -25,6 +26,10 @@ export interface AmqpHeadOptions {
   policy(keyName: string): AccessPolicy | undefined;
   /** AMQP idle timeout we announce; the client must send something at least this often (default 240 s). */
   idleTimeoutMs?: number;
+  /** Time from the transport being up to a credential accepted (default 30 s). */
+  authTimeoutMs?: number;
+  /** The node's limits on unauthenticated connections (shared by its listeners); default: a gate of its own. */
+  preAuth?: PreAuthGate;
   /** How often feedback links look for new records (default 200 ms). */
   feedbackPollMs?: number;
   /** The message size limit the engine enforces (default 256 KiB); used to bound buffering. */
@@ -53,9 +58,11 @@ export class AmqpHead {
   private readonly shared: HeadShared;
   private readonly servers: tls.Server[] = [];
   readonly log: Logger;
+  readonly preAuth: PreAuthGate;
 
   constructor(opts: AmqpHeadOptions) {
     this.log = opts.log ?? childLog('amqp');
+    this.preAuth = opts.preAuth ?? new PreAuthGate(opts.authTimeoutMs === undefined ? {} : { amqpAuthTimeoutMs: opts.authTimeoutMs });
     const hostNames = [opts.hostName, ...(opts.extraHostNames ?? [])];
     this.shared = {
       engine: opts.engine,
@@ -68,6 +75,7 @@ export class AmqpHead {
       routes: this.routes,
       log: this.log,
       idleTimeoutMs: opts.idleTimeoutMs ?? 240_000,
+      authTimeoutMs: opts.authTimeoutMs ?? this.preAuth.limits.amqpAuthTimeoutMs,
       feedbackPollMs: opts.feedbackPollMs ?? 200,
       feedbackInFlight: new Set(),
       maxMessageBytes: opts.maxMessageBytes ?? MAX_MESSAGE_BYTES,
@@ -85,8 +93,8 @@ export class AmqpHead {
   }
 
   /** Serves one connection over an already established transport. */
-  accept(socket: Duplex, info: { transport: Transport; remote: string; clientCertificate?: ClientCertificate }): AmqpConnection {
-    const conn = new AmqpConnection(this.shared, socket, info.transport, info.remote, info.clientCertificate);
+  accept(socket: Duplex, info: { transport: Transport; remote: string; clientCertificate?: ClientCertificate; preAuth?: PreAuthTicket }): AmqpConnection {
+    const conn = new AmqpConnection(this.shared, socket, info.transport, info.remote, info.clientCertificate, info.preAuth);
     this.connections.add(conn);
     conn.onClosed(() => this.connections.delete(conn));
     return conn;
@@ -95,6 +103,7 @@ export class AmqpHead {
   /** Listens for AMQP over TLS. Resolves with the bound address. */
   async listen(o: TlsListenOptions): Promise<AddressInfo> {
     const server = tls.createServer({
+      ...GATED_TLS_OPTIONS,
       cert: o.cert,
       key: o.key,
       // X.509 devices present certificates from CAs the TLS layer does not know; the engine judges them.
@@ -106,15 +115,13 @@ export class AmqpHead {
       socket.setNoDelay(true);
       const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
       try {
-        this.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket) });
+        this.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket), preAuth: preAuthOf(socket) });
       } catch (err) {
         this.log.error({ err, remote }, 'could not serve an AMQP connection');
         socket.destroy();
       }
     });
-    server.on('tlsClientError', (err, socket) => {
-      this.log.warn({ remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, reason: err.message }, 'TLS handshake failed on the AMQP port');
-    });
+    this.preAuth.guardTls(server, 'AMQP');
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(o.port, o.host, () => {

@@ -6,6 +6,7 @@ import { hubIdentitySource } from '../../hub/scope-api.ts';
 import { UserError } from '../../util/errors.ts';
 import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
+import { preAuthOf } from '../pre-auth.ts';
 import { AmqpHead } from './head.ts';
 import { attachEventHubs } from './event-hubs/index.ts'; // issue 6
 
@@ -38,6 +39,7 @@ export async function attachAmqp(node: HubNode): Promise<AmqpHead> {
     hostName: node.hostname,
     policy: (name) => node.registry.getPolicy(name),
     maxMessageBytes: engine.options.maxMessageBytes,
+    preAuth: node.preAuth,
     // Edge hubs below act for the identities in their scope (on-behalf-of), checked against the registry.
     onBehalfOf: hubIdentitySource(node),
     // issue 6: Event Hubs clients put the port into token audiences when it is not their default 5671.
@@ -60,7 +62,7 @@ export async function attachAmqp(node: HubNode): Promise<AmqpHead> {
 
   webSocketDispatcher(node.https).register(AMQP_WS_SUBPROTOCOL, (stream: Duplex, req: IncomingMessage) => {
     const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
-    head.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
+    head.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket), preAuth: preAuthOf(req.socket) });
   });
   const httpsPort = node.ports.https;
   node.listeners.push({ name: 'AMQP over WebSockets', url: `wss://${node.hostname}${httpsPort === 443 || httpsPort === 0 ? '' : `:${httpsPort}`}/$iothub/websocket` });

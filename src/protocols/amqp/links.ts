@@ -52,6 +52,8 @@ export interface LinkRoute {
   /** For logs. */
   name: string;
   role: LinkRole;
+  /** Open to clients that proved nothing yet (CBS, $management): attaching one does not count as authenticated. */
+  anonymous?: boolean;
   /** Returns route parameters when the route takes this address; `path` is lower-cased nowhere. */
   match(path: string, address: string): unknown | undefined;
   /**

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import mqtt from 'mqtt-packet';
 import type { Engine } from '../../engine/engine.ts';
@@ -17,11 +18,15 @@ import type {
   TwinCollection,
 } from '../../engine/types.ts';
 import { EDGE_HUB } from '../../identity/device-id.ts';
-import { childLog } from '../../util/log.ts';
+import { childLog, refusals, sourceAddress, wireText } from '../../util/log.ts';
+import type { PreAuthTicket } from '../pre-auth.ts';
 import { actingEdgeOf, claimedChainRefusal, grantOnBehalfOf, onScopeChange, withdrawalReason, type OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import { BagError, c2dTopic, decodeBag, identityFromClientId, inputTopic, parsePublishTopic, parseSubscription, parseUsername, sameIdentity } from './topics.ts';
 
 const log = childLog('mqtt');
+
+/** The plain buffer list of the `bl` package mqtt-packet builds on (its parser would use the stream form). */
+const { BufferList } = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'))('bl') as { BufferList: new () => unknown };
 
 /** CONNACK return codes of MQTT 3.1.1. */
 const CONNACK = {
@@ -46,6 +51,8 @@ export interface MqttConnectionOptions {
   keepAliveFactor?: number;
   /** Identities a gateway below may connect on behalf of; absent: such CONNECTs are refused. */
   onBehalfOf?: OnBehalfOfSource;
+  /** The listener's count of unauthenticated connections, released once CONNECT is accepted. */
+  preAuth?: PreAuthTicket;
 }
 
 /** The user name parameter naming the auth chain of an on-behalf-of CONNECT. */
@@ -74,6 +81,8 @@ export class MqttConnection {
   private keepAliveMs = 0;
   private keepAliveTimer?: NodeJS.Timeout;
   private connectTimer?: NodeJS.Timeout;
+  /** Counted as unauthenticated until CONNACK; dropped then (an idle connection keeps nothing it does not need). */
+  private preAuth?: PreAuthTicket;
   private nextPacketId = 1;
   /** Outgoing QoS 1 PUBLISHes waiting for PUBACK: packet id -> C2D lock token. */
   private readonly awaitingAck = new Map<number, string>();
@@ -90,6 +99,9 @@ export class MqttConnection {
     private readonly opts: MqttConnectionOptions,
   ) {
     this.maxPacketBytes = opts.maxPacketBytes ?? 512 * 1024;
+    // The parser keeps its bytes in a BufferListStream, a whole Duplex stream per connection; it
+    // only ever appends, reads and consumes, which the plain list does for a fraction of the memory.
+    (this.parser as unknown as { _list: unknown })._list = new BufferList();
     this.parser.on('packet', (p) => this.onPacket(p as unknown as InternalPacket));
     this.parser.on('error', (err: Error) => this.protocolError(`malformed packet: ${err.message}`));
     stream.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -99,6 +111,9 @@ export class MqttConnection {
     });
     stream.on('close', () => this.teardown('client'));
     stream.on('end', () => this.teardown('client'));
+    // Counts from the transport being up; the listener's TLS deadline came before.
+    this.preAuth = opts.preAuth;
+    opts.preAuth?.clearTimer();
     this.connectTimer = setTimeout(() => {
       if (this.state === 'awaiting-connect') this.refuse(`no CONNECT within ${(opts.connectTimeoutMs ?? 10_000) / 1000} s`);
     }, opts.connectTimeoutMs ?? 10_000);
@@ -150,17 +165,18 @@ export class MqttConnection {
 
   private async onConnect(p: mqtt.IConnectPacket): Promise<void> {
     if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
     if (p.protocolVersion !== 4) {
       return this.refuse(`MQTT protocol level ${p.protocolVersion} is not supported (3.1.1 only)`, CONNACK.badProtocol);
     }
     const identity = identityFromClientId(p.clientId);
-    if (!identity) return this.refuse(`client id "${p.clientId}" does not name a device or module`, CONNACK.identifierRejected);
+    if (!identity) return this.refuse(`client id "${wireText(p.clientId)}" does not name a device or module`, CONNACK.identifierRejected);
     this.identity = identity;
     let authChain: string | undefined;
     if (p.username !== undefined) {
       const u = parseUsername(p.username);
       if (!u || u.clientId !== p.clientId) {
-        return this.refuse(`user name "${p.username.slice(0, 200)}" does not name client "${p.clientId}"`, CONNACK.badCredentials);
+        return this.refuse(`user name "${wireText(p.username)}" does not name client "${wireText(p.clientId)}"`, CONNACK.badCredentials);
       }
       authChain = u.query.get(AUTH_CHAIN_PARAM);
     }
@@ -185,13 +201,7 @@ export class MqttConnection {
       }
     }
     if (this.state === 'closed') return;
-    const handler: SessionHandler = {
-      onC2D: (d) => this.deliver(c2dTopic(identity.deviceId, d.message, d.ack), d),
-      onInput: (input, d) => this.deliver(inputTopic(identity.deviceId, identity.moduleId ?? '', input, d.message, d.ack), d),
-      onDesired: (patch) => this.pushDesired(patch),
-      onMethod: (req) => this.pushMethod(req),
-      close: (reason, detail) => this.engineClose(reason, detail),
-    };
+    const handler = new ConnectionSessionHandler(this, identity);
     try {
       this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote, viaGateway: onBehalfOf });
     } catch (err) {
@@ -206,6 +216,8 @@ export class MqttConnection {
       return;
     }
     this.state = 'connected';
+    this.preAuth?.authenticated();
+    this.preAuth = this.opts.preAuth = undefined;
     this.send({ cmd: 'connack', returnCode: CONNACK.accepted, sessionPresent: this.session.resumed });
     if (p.keepalive && p.keepalive > 0) {
       this.keepAliveMs = p.keepalive * 1000 * (this.opts.keepAliveFactor ?? 1.5);
@@ -293,7 +305,7 @@ export class MqttConnection {
 
   private onPublish(p: mqtt.IPublishPacket): void {
     const session = this.session!;
-    if (p.qos === 2) return this.protocolError(`QoS 2 PUBLISH to "${p.topic}" is not supported`);
+    if (p.qos === 2) return this.protocolError(`QoS 2 PUBLISH to "${wireText(p.topic)}" is not supported`);
     const target = parsePublishTopic(p.topic);
     const payload = Buffer.isBuffer(p.payload) ? p.payload : Buffer.from(p.payload ?? '');
     switch (target.kind) {
@@ -305,7 +317,7 @@ export class MqttConnection {
         try {
           message = decodeBag(target.bag, payload);
         } catch (err) {
-          if (err instanceof BagError) return this.protocolError(`malformed property bag on "${p.topic.slice(0, 200)}": ${err.message}`);
+          if (err instanceof BagError) return this.protocolError(`malformed property bag on "${wireText(p.topic)}": ${err.message}`);
           throw err;
         }
         const messageId = p.messageId;
@@ -351,7 +363,7 @@ export class MqttConnection {
         session.methodResponse(target.rid, target.status, payload);
         return;
       case 'unknown':
-        return this.protocolError(`PUBLISH to an unknown topic: ${target.why.slice(0, 300)}`);
+        return this.protocolError(`PUBLISH to an unknown topic: ${wireText(target.why, 300)}`);
     }
   }
 
@@ -366,11 +378,12 @@ export class MqttConnection {
    */
   private puback(messageId: number | undefined): void {
     if (messageId === undefined) return;
-    if (this.pubacks.length === 0) process.nextTick(this.writePubacks);
+    if (this.pubacks.length === 0) process.nextTick(writePubacks, this);
     this.pubacks.push(messageId);
   }
 
-  private readonly writePubacks = (): void => {
+  /** @internal */
+  writePubacks(): void {
     const ids = this.pubacks;
     this.pubacks = [];
     if (this.stream.destroyed || this.stream.writableEnded) return;
@@ -382,11 +395,11 @@ export class MqttConnection {
       out.writeUInt16BE(ids[i]!, 4 * i + 2);
     }
     this.stream.write(out);
-  };
+  }
 
   private twinResponse(status: number, rid: string, body: Buffer, version?: number): void {
     if (this.state !== 'connected' || !this.session?.subscriptions.has('twin-responses')) {
-      if (this.state === 'connected') log.warn({ who: this.who(), rid }, 'twin response dropped: the client has not subscribed to $iothub/twin/res/#');
+      if (this.state === 'connected') log.warn({ who: this.who(), rid: wireText(rid) }, 'twin response dropped: the client has not subscribed to $iothub/twin/res/#');
       return;
     }
     const v = version === undefined ? '' : `&$version=${version}`;
@@ -415,15 +428,15 @@ export class MqttConnection {
     for (const s of p.subscriptions) {
       const sub = parseSubscription(s.topic);
       if (!sub) {
-        log.warn({ who: this.who(), filter: s.topic.slice(0, 200) }, 'subscription refused: not an IoT Hub topic filter');
+        log.warn({ who: this.who(), filter: wireText(s.topic) }, 'subscription refused: not an IoT Hub topic filter');
         granted.push(0x80);
         continue;
       }
       if (sub.identity && !sameIdentity(sub.identity, { deviceId: session.identity.deviceId, moduleId: sub.kind === 'c2d' ? undefined : session.identity.moduleId })) {
-        return this.forbidden(`subscribed to ${describeIdentity(sub.identity)}'s topic "${s.topic.slice(0, 200)}"`);
+        return this.forbidden(`subscribed to ${describeIdentity(sub.identity)}'s topic "${wireText(s.topic)}"`);
       }
       if ((sub.kind === 'c2d' && session.identity.moduleId !== undefined) || (sub.kind === 'inputs' && session.identity.moduleId === undefined)) {
-        log.warn({ who: this.who(), filter: s.topic }, `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`);
+        log.warn({ who: this.who(), filter: wireText(s.topic) }, `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`);
         granted.push(0x80);
         continue;
       }
@@ -443,19 +456,22 @@ export class MqttConnection {
     this.send({ cmd: 'unsuback', messageId: p.messageId });
   }
 
-  private deliver(topic: string, d: C2DDelivery): void {
+  /** @internal */
+  deliver(topic: string, d: C2DDelivery): void {
     if (this.state !== 'connected') return;
     const id = this.allocatePacketId();
     this.awaitingAck.set(id, d.lockToken);
     this.send({ cmd: 'publish', topic, payload: d.message.body, qos: 1, dup: d.deliveryCount > 1, retain: false, messageId: id });
   }
 
-  private pushDesired(patch: TwinCollection): void {
+  /** @internal */
+  pushDesired(patch: TwinCollection): void {
     const v = patch.$version;
     this.publish(`$iothub/twin/PATCH/properties/desired/?$version=${v ?? ''}`, Buffer.from(JSON.stringify(patch)), 0);
   }
 
-  private pushMethod(req: MethodRequest): void {
+  /** @internal */
+  pushMethod(req: MethodRequest): void {
     this.publish(`$iothub/methods/POST/${req.methodName}/?$rid=${encodeURIComponent(req.requestId)}`, req.payload, 0);
   }
 
@@ -488,7 +504,8 @@ export class MqttConnection {
   }
 
   private refuse(why: string, code?: number): void {
-    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `connection refused: ${why}`);
+    // Refusals come before authentication: one address repeating them gets a few lines and a count.
+    refusals.warn(log, sourceAddress(this.opts.remote), { who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `connection refused: ${why}`);
     if (code !== undefined && !this.stream.destroyed) {
       this.stream.write(mqtt.generate({ cmd: 'connack', returnCode: code, sessionPresent: false }));
     }
@@ -497,7 +514,9 @@ export class MqttConnection {
 
   private protocolError(why: string): void {
     if (this.state === 'closed') return;
-    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `closing connection: ${why}`);
+    const fields = { who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol };
+    if (this.state === 'connected') log.warn(fields, `closing connection: ${why}`);
+    else refusals.warn(log, sourceAddress(this.opts.remote), fields, `closing connection: ${why}`);
     this.teardown('protocol-error');
   }
 
@@ -507,7 +526,8 @@ export class MqttConnection {
   }
 
   /** The engine ends the session (replaced, token expired, identity disabled...). */
-  private engineClose(reason: CloseReason, detail?: string): void {
+  /** @internal */
+  engineClose(reason: CloseReason, detail?: string): void {
     log.warn({ who: this.who(), remote: this.opts.remote, reason }, `closing connection: ${detail ?? reason}`);
     this.teardown(reason);
   }
@@ -530,6 +550,37 @@ export class MqttConnection {
   /** Closes from outside (listener shutdown). */
   close(): void {
     this.teardown('shutdown');
+  }
+}
+
+function writePubacks(conn: MqttConnection): void {
+  conn.writePubacks();
+}
+
+/**
+ * What the engine pushes to one connection. A class rather than an object of arrow functions:
+ * one small object per idle connection instead of five closures (each carrying a name property
+ * once compiled).
+ */
+class ConnectionSessionHandler implements SessionHandler {
+  constructor(
+    private readonly conn: MqttConnection,
+    private readonly identity: IdentityRef,
+  ) {}
+  onC2D(d: C2DDelivery): void {
+    this.conn.deliver(c2dTopic(this.identity.deviceId, d.message, d.ack), d);
+  }
+  onInput(input: string, d: C2DDelivery): void {
+    this.conn.deliver(inputTopic(this.identity.deviceId, this.identity.moduleId ?? '', input, d.message, d.ack), d);
+  }
+  onDesired(patch: TwinCollection): void {
+    this.conn.pushDesired(patch);
+  }
+  onMethod(req: MethodRequest): void {
+    this.conn.pushMethod(req);
+  }
+  close(reason: CloseReason, detail?: string): void {
+    this.conn.engineClose(reason, detail);
   }
 }
 

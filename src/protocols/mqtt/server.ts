@@ -7,6 +7,7 @@ import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
 import type { OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import { MqttConnection, type MqttConnectionOptions } from './connection.ts';
+import { GATED_TLS_OPTIONS, PreAuthGate, preAuthOf } from '../pre-auth.ts';
 
 const log = childLog('mqtt');
 
@@ -20,6 +21,8 @@ export interface MqttListenerOptions {
   connection?: Partial<Pick<MqttConnectionOptions, 'connectTimeoutMs' | 'maxPacketBytes' | 'keepAliveFactor'>>;
   /** Identities an edge hub below may connect on behalf of (the hub's registry, a gateway's scope). */
   onBehalfOf?: OnBehalfOfSource;
+  /** The node's limits on unauthenticated connections (shared by its listeners); default: a gate of its own. */
+  preAuth?: PreAuthGate;
 }
 
 export interface MqttListener {
@@ -33,11 +36,14 @@ export interface MqttListener {
 /** MQTT over TLS. Client certificates are requested but judged by the engine, never by the handshake. */
 export async function startMqttListener(o: MqttListenerOptions): Promise<MqttListener> {
   const live = new Set<MqttConnection>();
-  const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false }, (socket: TLSSocket) => {
+  const gate = o.preAuth ?? new PreAuthGate();
+  const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, (socket: TLSSocket) => {
     socket.setNoDelay(true);
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const conn = new MqttConnection(socket, o.engine, {
+      connectTimeoutMs: gate.limits.mqttConnectTimeoutMs,
       ...o.connection,
+      preAuth: preAuthOf(socket),
       ...(o.onBehalfOf ? { onBehalfOf: o.onBehalfOf } : {}),
       protocol: 'mqtt',
       remote,
@@ -46,9 +52,7 @@ export async function startMqttListener(o: MqttListenerOptions): Promise<MqttLis
     live.add(conn);
     socket.once('close', () => live.delete(conn));
   });
-  server.on('tlsClientError', (err, socket) => {
-    log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'MQTT TLS handshake failed');
-  });
+  gate.guardTls(server, 'MQTT');
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(o.port, o.host, () => {
@@ -70,11 +74,19 @@ export async function startMqttListener(o: MqttListenerOptions): Promise<MqttLis
 }
 
 /** MQTT over WebSockets on the HTTPS server, subprotocol `mqtt`, at `/$iothub/websocket`. */
-export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connection?: MqttListenerOptions['connection'], onBehalfOf?: OnBehalfOfSource): { close(): void } {
+export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connection?: MqttListenerOptions['connection'], onBehalfOf?: OnBehalfOfSource, preAuth?: PreAuthGate): { close(): void } {
   const live = new Set<MqttConnection>();
   webSocketDispatcher(https).register('mqtt', (stream, req) => {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-    const conn = new MqttConnection(stream, engine, { ...connection, ...(onBehalfOf ? { onBehalfOf } : {}), protocol: 'mqtt-ws', remote, clientCertificate: clientCertificateOf(req.socket) });
+    const conn = new MqttConnection(stream, engine, {
+      ...(preAuth ? { connectTimeoutMs: preAuth.limits.mqttConnectTimeoutMs } : {}),
+      ...connection,
+      ...(onBehalfOf ? { onBehalfOf } : {}),
+      preAuth: preAuthOf(req.socket),
+      protocol: 'mqtt-ws',
+      remote,
+      clientCertificate: clientCertificateOf(req.socket),
+    });
     live.add(conn);
     stream.once('close', () => live.delete(conn));
   });

@@ -135,6 +135,7 @@ export function managementRoutes(deps: ManagementDeps): LinkRoute[] {
   const requests: LinkRoute = {
     name: 'event hubs $management requests',
     role: 'receiver',
+    anonymous: true,
     match: (path) => matches(path),
     open: (ctx) => {
       const credit = new CreditWindow(ctx.link as Receiver, REQUEST_CREDIT);
@@ -163,6 +164,7 @@ export function managementRoutes(deps: ManagementDeps): LinkRoute[] {
   const responses: LinkRoute = {
     name: 'event hubs $management responses',
     role: 'sender',
+    anonymous: true,
     match: (path) => matches(path),
     open: (ctx) => new ReplyLink(ctx, '$management'),
   };
