@@ -34,6 +34,13 @@ interface StartFlags {
   tlsCert?: string;
   tlsKey?: string;
   trust?: string;
+  diskReserveMb?: number;
+}
+
+function diskReserve(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('--disk-reserve-mb needs a number of MiB, 0 or more.');
+  return n;
 }
 
 export function registerHubCommands(program: Command): void {
@@ -52,6 +59,7 @@ export function registerHubCommands(program: Command): void {
     .option('--tls-cert <file>', "server certificate (PEM, full chain) instead of the hub's own PKI")
     .option('--tls-key <file>', 'private key of --tls-cert')
     .option('--trust <file>', 'root CA that clients trust for --tls-cert (printed at start-up)')
+    .option('--disk-reserve-mb <n>', 'free disk space (MiB) kept for checkpoints: telemetry is refused with "store full" below it (default 64, or env STRATA_DISK_RESERVE_MB)', diskReserve)
     .action(
       action(async (flags: StartFlags) => {
         const node = await startHub({
@@ -65,6 +73,7 @@ export function registerHubCommands(program: Command): void {
           tlsCert: flags.tlsCert,
           tlsKey: flags.tlsKey,
           trust: flags.trust,
+          diskReserveBytes: flags.diskReserveMb === undefined ? undefined : Math.round(flags.diskReserveMb * 1024 * 1024),
         });
         printBanner(node);
         stopOnSignals(node);

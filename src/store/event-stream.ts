@@ -6,6 +6,8 @@ import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts'
 import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { WalSync } from './wal-sync.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, DiskHeadroom } from './disk-headroom.ts';
+import { EngineError } from '../engine/errors.ts';
 import type {
   EventReadOptions,
   EventReadResult,
@@ -37,6 +39,8 @@ export interface EventStreamOptions {
    * it is on disk.
    */
   sync?: 'background' | 'commit';
+  /** Free disk space kept for checkpoints: appends are refused below it (DEFAULT_DISK_RESERVE_BYTES). */
+  diskReserveBytes?: number;
 }
 
 export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
@@ -107,6 +111,7 @@ export class EventStream implements EventStreamReader {
   private visibleSeq: number;
   private readonly visiblePseq: number[];
   private readonly walSync: WalSync | undefined;
+  private readonly headroom: DiskHeadroom;
   /**
    * The newest events, in sequence order without gaps, for readers that follow the stream's end
    * (the usual case): they are served from memory instead of read back from the file.
@@ -189,6 +194,15 @@ export class EventStream implements EventStreamReader {
       throw err;
     }
 
+    this.headroom = new DiskHeadroom({
+      dir: opts.dir,
+      walPath: `${file}-wal`,
+      reserveBytes: opts.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
+      what: 'event stream',
+      settingName: 'strata hub start --disk-reserve-mb',
+      checkpoint: () => this.db.pragma('wal_checkpoint(TRUNCATE)'),
+      log,
+    });
     this.origins = new OriginWatermarks(this.db);
     this.insert = this.db.prepare(
       'INSERT INTO events (seq, part, pseq, off, enq, dev, mod, auth, gen, src, props, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
@@ -273,17 +287,17 @@ export class EventStream implements EventStreamReader {
     if (batch.length === 0) return;
     this.pending = [];
     const infos: StoredEventInfo[] = [];
+    // Below the free-space reserve nothing is written: the space left is for checkpoints.
+    const full = this.headroom.refusal();
+    if (full) return this.refuse(batch, new EngineError('store-full', full));
     try {
       const moved = this.commitBatch(batch, infos);
       this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
+      if (this.headroom.failed(err)) return this.refuse(batch, new EngineError('store-full', this.headroom.refusal() ?? `store full: ${(err as Error).message}`));
       log.error({ err, count: batch.reduce((n, p) => n + p.events.length, 0) }, 'event stream append failed; senders get an error');
-      for (const p of batch) {
-        for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
-        p.reject(err as Error);
-      }
-      return;
+      return this.refuse(batch, err as Error);
     }
     for (const p of batch) for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
     if (!this.walSync) {
@@ -296,6 +310,19 @@ export class EventStream implements EventStreamReader {
       // their senders hear the failure and may send again (a duplicate, never a loss).
       reject: (err) => this.publish(batch, infos, err),
     });
+  }
+
+  /** Nothing of `batch` was stored: its senders hear why. */
+  private refuse(batch: Pending[], err: Error): void {
+    for (const p of batch) {
+      for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
+      p.reject(err);
+    }
+  }
+
+  /** Why new events are refused now (the disk is under the reserve), or undefined. */
+  storeFull(): string | undefined {
+    return this.closed ? undefined : this.headroom.refusal();
   }
 
   /** A commit is on disk (or its sync failed): answer its senders, show its events to readers. */
