@@ -30,6 +30,7 @@ import type { UpstreamTransport } from '../upstream/transport.ts';
 import type { Upstream, UpstreamC2DDelivery } from '../upstream/upstream.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, reserveBytesOf, startFailure } from '../store/disk-headroom.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
 import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
@@ -161,7 +162,11 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const trustedCas = splitPemCertificates(trustPem).map((p) => new X509Certificate(p));
   const dataDir = resolve(o.dataDir ?? defaultEdgeDataDir(deviceId));
   mkdirSync(dataDir, { recursive: true });
-  takeGatewayLock(dataDir);
+  try {
+    takeGatewayLock(dataDir);
+  } catch (err) {
+    throw startFailure(err, dataDir, 'gateway');
+  }
   const files = edgeFiles(dataDir);
   const hostname = config.hostname;
   const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
@@ -190,7 +195,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     closers.push(() => scope.close());
     const twins = TwinCache.open(files.gatewayDb);
     closers.push(() => twins.close());
-    const store = MessageStore.open({ path: files.storeDb });
+    const reserve = diskReserveSetting(config, env);
+    const store = MessageStore.open({ path: files.storeDb, diskReserveBytes: reserve.bytes, diskReserveSetting: reserve.name });
     closers.push(() => store.close());
 
     const keySource = { config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log };
@@ -230,7 +236,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     };
     const storeError = (err: unknown): never => {
       if (err instanceof StoreFullError) {
-        throw new EngineError('throttled', `the gateway's message store is full (${err.message}); messages are refused until the upstream drains it`);
+        const until = err.limit === 'disk' ? 'until space is freed on its disk' : 'until the upstream drains it';
+        throw new EngineError('store-full', `the gateway's message store is full (${err.message}); messages are refused ${until}`);
       }
       throw new EngineError('unavailable', `the gateway could not store the message: ${(err as Error).message}`);
     };
@@ -324,6 +331,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       hostName: hubHostName,
       extraHostNames,
       telemetrySink: sink,
+      storeFull: () => store.storeFull(),
       maxConnectedClients: maxClients.value,
       authorize,
       onSubscriptionChange: (identity, kind, subscribed) => {
@@ -420,20 +428,26 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
 
     const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false }, forceCloseConnections: true, logger: false });
     closers.push(() => app.close());
-    app.get('/health', async () => ({
-      status: 'ok',
-      deviceId,
-      hostname: security.currentHostname,
-      upstream: { parent: link.describeParent(), connected: link.connected },
-      scopeSync: sync.state,
-      connectedClients: engine.connectedCount(),
-      connected: engine.connectedIdentities(),
-      modules: scope.listModules(deviceId).map((m) => m.moduleId),
-      maxConnectedClients: engine.maxConnectedClients,
-      routes: routes.table.routes.length,
-      queues: Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)])),
-      serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
-    }));
+    app.get('/health', async (_req, reply) => {
+      // "store full": telemetry is refused until space is freed (or the queues drain).
+      const storeFull = store.storeFull();
+      if (storeFull) reply.code(503);
+      return {
+        status: storeFull ? 'store full' : 'ok',
+        ...(storeFull ? { storeFull } : {}),
+        deviceId,
+        hostname: security.currentHostname,
+        upstream: { parent: link.describeParent(), connected: link.connected },
+        scopeSync: sync.state,
+        connectedClients: engine.connectedCount(),
+        connected: engine.connectedIdentities(),
+        modules: scope.listModules(deviceId).map((m) => m.moduleId),
+        maxConnectedClients: engine.maxConnectedClients,
+        routes: routes.table.routes.length,
+        queues: Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)])),
+        serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
+      };
+    });
     await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
     // A child edge device provisioned with a certificate reads its $edgeHub key here (own-modules.ts).
     const readOwnModule = ownModuleReader(childScope, { fetchUpstream: (d, m) => sync.fetchUpstream({ deviceId: d, moduleId: m }, [identityKey(d, m), d]) });
@@ -615,8 +629,21 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     return node;
   } catch (err) {
     await runClosers();
-    throw err;
+    throw startFailure(err, dataDir, 'gateway');
   }
+}
+
+/** [strata] disk_reserve_mb, else the environment variable STRATA_DISK_RESERVE_MB, else the default. */
+function diskReserveSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): { bytes: number; name: string } {
+  const name = '[strata] disk_reserve_mb';
+  try {
+    if (config.settings.disk_reserve_mb !== undefined) return { bytes: reserveBytesOf(config.settings.disk_reserve_mb, name), name };
+    const raw = env.STRATA_DISK_RESERVE_MB;
+    if (raw !== undefined && raw.trim() !== '') return { bytes: reserveBytesOf(raw, 'the environment variable STRATA_DISK_RESERVE_MB'), name };
+  } catch (err) {
+    throw new UserError((err as Error).message, 'Set it to a number of MiB, e.g. 64 (the default)');
+  }
+  return { bytes: DEFAULT_DISK_RESERVE_BYTES, name };
 }
 
 function numberSetting(v: unknown): number | undefined {

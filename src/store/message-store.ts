@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { identityKey } from '../identity/scope.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, DiskHeadroom } from './disk-headroom.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { PassingMarks } from './passing-marks.ts';
 import { recordPrefixOf, reviveSenderMessage, SenderMessage } from './sender-message.ts';
@@ -115,6 +117,10 @@ export interface StoreSettings {
   sync?: 'background' | 'commit';
   /** Clock in ms since the epoch (tests). */
   now?: () => number;
+  /** Free disk space kept for checkpoints: appends are refused below it (DEFAULT_DISK_RESERVE_BYTES). */
+  diskReserveBytes?: number;
+  /** The setting that changes the reserve, named in the refusal. */
+  diskReserveSetting?: string;
 }
 
 export interface EndpointStoreMetrics {
@@ -137,19 +143,28 @@ export interface StoreTotals {
 
 export const DEFAULT_MAX_BYTES = 2 * 1024 ** 3;
 
-/** The store refused an append because a size limit is reached; the sender should not get an acknowledgement. */
+/**
+ * The store refused an append because a size limit is reached, or its disk is under the
+ * free-space reserve ('disk': `max` is the reserve, `current` the free bytes); the sender
+ * should not get an acknowledgement.
+ */
 export class StoreFullError extends UserError {
   readonly code = 'STORE_FULL';
   constructor(
-    readonly limit: 'maxBytes' | 'maxMessages',
+    readonly limit: 'maxBytes' | 'maxMessages' | 'disk',
     readonly max: number,
     readonly current: number,
+    reason?: string,
   ) {
     super(
-      limit === 'maxBytes'
-        ? `message store full: ${current} of ${max} bytes used`
-        : `message store full: ${current} of ${max} messages stored`,
-      `raise the store's ${limit} setting, or restore the endpoints so queued messages drain`,
+      limit === 'disk'
+        ? (reason ?? `store full: ${current} bytes free on the disk, under the reserve of ${max}`)
+        : limit === 'maxBytes'
+          ? `message store full: ${current} of ${max} bytes used`
+          : `message store full: ${current} of ${max} messages stored`,
+      limit === 'disk'
+        ? 'free space on the disk of the data directory; queued messages drain to their endpoints meanwhile'
+        : `raise the store's ${limit} setting, or restore the endpoints so queued messages drain`,
     );
     this.name = 'StoreFullError';
   }
@@ -353,6 +368,8 @@ export class MessageStore {
   private readonly backgroundSync: boolean;
   /** With background sync: acknowledges commits once an fdatasync of the WAL covers them. */
   private walSync: WalSync | undefined;
+  /** Free space kept on the disk for checkpoints (undefined for an in-memory store). */
+  private readonly headroom: DiskHeadroom | undefined;
 
   private readonly stmt: {
     insertMessage: Database.Statement;
@@ -477,6 +494,15 @@ export class MessageStore {
     }
 
     if (this.backgroundSync) this.openWal();
+    this.headroom = settings.path === ':memory:' || settings.path === '' ? undefined : new DiskHeadroom({
+      dir: dirname(resolve(settings.path)),
+      walPath: `${settings.path}-wal`,
+      reserveBytes: settings.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
+      what: 'message store',
+      settingName: settings.diskReserveSetting ?? 'diskReserveBytes',
+      checkpoint: () => this.db.pragma('wal_checkpoint(TRUNCATE)'),
+      log,
+    });
 
     const sweepMs = settings.sweepIntervalMs ?? 1000;
     if (sweepMs > 0) {
@@ -535,6 +561,9 @@ export class MessageStore {
       bytes += size;
       ready.push({ seq: 0, enqueuedAt: now, message: m, meta, size, targets, resolve: ignore, reject: ignore });
     }
+    // Below the free-space reserve nothing new is written: the space left is for checkpoints.
+    const diskFull = ready.length > 0 ? this.headroom?.refusal(now) : undefined;
+    if (diskFull) return Promise.reject(new StoreFullError('disk', 0, 0, diskFull));
     if (this.byteCount + this.pendingBytes + bytes > this.maxBytes) {
       return Promise.reject(this.full(new StoreFullError('maxBytes', this.maxBytes, this.byteCount + this.pendingBytes)));
     }
@@ -773,6 +802,16 @@ export class MessageStore {
       checkpointed: ep?.checkpointed ?? 0,
       expired: ep?.expired ?? 0,
     };
+  }
+
+  /** Why the store takes no new messages now (disk under the reserve, or a size limit reached), or undefined. */
+  storeFull(): string | undefined {
+    if (this.closed) return undefined;
+    const disk = this.headroom?.refusal(this.now());
+    if (disk) return disk;
+    if (this.byteCount + this.pendingBytes >= this.maxBytes) return `store full: message store holds ${this.byteCount} of ${this.maxBytes} bytes (maxBytes)`;
+    if (this.messageCount + this.pendingMessages >= this.maxMessages) return `store full: message store holds ${this.messageCount} of ${this.maxMessages} messages (maxMessages)`;
+    return undefined;
   }
 
   totals(): StoreTotals {
@@ -1048,6 +1087,7 @@ export class MessageStore {
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       log.error({ err: error.message, appends: appends.length, deletes: deletes.length }, 'message store commit failed');
+      const diskFull = this.headroom?.failed(error) ? new StoreFullError('disk', 0, 0, this.headroom.refusal() ?? `store full: ${error.message}`) : undefined;
       for (const o of origins) this.origins.forget(o);
       if (marks) this.passing.failed(marks);
       for (const ep of touched) {
@@ -1058,7 +1098,7 @@ export class MessageStore {
       for (const a of appends) {
         this.pendingBytes -= a.size;
         this.pendingMessages -= 1;
-        a.reject(new Error(`message not stored: ${error.message}`));
+        a.reject(diskFull ?? new Error(`message not stored: ${error.message}`));
       }
       for (const w of waiters) w.reject(new Error(`checkpoint not stored: ${error.message}`));
       return;
