@@ -40,6 +40,8 @@ export interface DiskHeadroomOptions {
   settingName: string;
   /** Copies the log into the database and empties it (PRAGMA wal_checkpoint(TRUNCATE)). */
   checkpoint: () => void;
+  /** Bytes free inside the database file (its free pages), which new rows take before the file grows. */
+  reusableBytes?: () => number;
   log: Logger;
   /** Free bytes of `dir` (tests); default statfs. */
   freeBytes?: (dir: string) => number;
@@ -47,11 +49,13 @@ export interface DiskHeadroomOptions {
 
 /**
  * Keeps a store from filling its disk: before a commit that adds messages, `refusal()` measures
- * the free space and answers why the commit must not happen, if it must not. The rule: the free
- * space left after a checkpoint of the whole log must stay above the reserve. When the log is
- * what stands in the way, the log is checkpointed first (so space freed by deletions or by the
- * user goes to the database, not to an ever longer log). A failed write with SQLITE_FULL or
- * ENOSPC (another program filled the disk) counts as full until the space is back.
+ * the free space and answers why the commit must not happen, if it must not. The rule: the space
+ * left for new rows (free on the disk plus free pages inside the database, which a drained
+ * store has) less the log a checkpoint still has to copy stays above the reserve, and the disk
+ * itself keeps an eighth of the reserve for the log between checkpoints. When the log eats into
+ * the reserve it is checkpointed and emptied first (so space freed by deletions or by the user
+ * goes to the database, not to an ever longer log). A failed write with SQLITE_FULL or ENOSPC
+ * (another program filled the disk) counts as full until the space is back.
  */
 export class DiskHeadroom {
   private fullReason: string | undefined;
@@ -88,7 +92,8 @@ export class DiskHeadroom {
     this.checkedAt = now;
     let free = this.safeFree();
     let wal = walSize(this.o.walPath);
-    if (free - wal < this.o.reserveBytes && wal > 0) {
+    const logRoom = this.o.reserveBytes / 8;
+    if (free - wal < this.o.reserveBytes && wal > logRoom) {
       try {
         this.o.checkpoint();
       } catch (err) {
@@ -97,7 +102,13 @@ export class DiskHeadroom {
       free = this.safeFree();
       wal = walSize(this.o.walPath);
     }
-    this.margin = free - wal - this.o.reserveBytes;
+    let reusable = 0;
+    try {
+      reusable = this.o.reusableBytes?.() ?? 0;
+    } catch {
+      // counted as none
+    }
+    this.margin = Math.min(free + reusable - wal - this.o.reserveBytes, free - logRoom);
     if (this.margin >= 0 && free > 0) {
       if (this.fullReason !== undefined) {
         this.o.log.warn({ what: this.o.what, freeBytes: free, reserveBytes: this.o.reserveBytes }, `${this.o.what} takes new messages again: ${mib(free)} free on the disk of ${this.o.dir}`);

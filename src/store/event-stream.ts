@@ -201,6 +201,7 @@ export class EventStream implements EventStreamReader {
       what: 'event stream',
       settingName: 'strata hub start --disk-reserve-mb',
       checkpoint: () => this.db.pragma('wal_checkpoint(TRUNCATE)'),
+      reusableBytes: () => (this.db.pragma('freelist_count', { simple: true }) as number) * (this.db.pragma('page_size', { simple: true }) as number),
       log,
     });
     this.origins = new OriginWatermarks(this.db);

@@ -501,6 +501,7 @@ export class MessageStore {
       what: 'message store',
       settingName: settings.diskReserveSetting ?? 'diskReserveBytes',
       checkpoint: () => this.db.pragma('wal_checkpoint(TRUNCATE)'),
+      reusableBytes: () => (this.db.pragma('freelist_count', { simple: true }) as number) * (this.db.pragma('page_size', { simple: true }) as number),
       log,
     });
 
