@@ -693,7 +693,12 @@ function under(path: string, dir: string): boolean {
  * The data directory's disk has more free space than the store's reserve: under it, the running
  * gateway refuses new messages ("store full").
  */
-export function checkStorage(dataDir: string | undefined, how: string, disk: { reserveBytes: number; setting: string } = { reserveBytes: DEFAULT_DISK_RESERVE_BYTES, setting: '[strata] disk_reserve_mb' }): CheckResult {
+export function checkStorage(
+  dataDir: string | undefined,
+  how: string,
+  disk: { reserveBytes: number; setting: string } = { reserveBytes: DEFAULT_DISK_RESERVE_BYTES, setting: '[strata] disk_reserve_mb' },
+  runningStoreFull?: string,
+): CheckResult {
   const id = 'storage';
   const title = 'data directory is writable, on persistent storage, with free space above the reserve';
   if (!dataDir) return result(id, title, 'skipped', 'no data directory known: the config has no device id', 'Pass --data DIR');
@@ -723,6 +728,7 @@ export function checkStorage(dataDir: string | undefined, how: string, disk: { r
   } catch {
     // not measurable here: the other findings stand
   }
+  if (runningStoreFull) return result(id, title, 'error', `the running gateway says: ${runningStoreFull}`, STORE_FULL_FIX);
   if (free !== undefined && free < disk.reserveBytes) return storeFull(id, title, existing, free, disk);
   const where = `${dataDir}${how ? ` (${how})` : ''}`;
   const state = existing === dataDir ? 'is writable' : `does not exist yet; the gateway creates it on first start (${existing} is writable)`;
@@ -741,8 +747,37 @@ function storeFull(id: string, title: string, dir: string, free: number, disk: {
     title,
     'error',
     `store full: the disk holding ${dir} has ${mib(free)} free, under the reserve of ${mib(disk.reserveBytes)} (${disk.setting}): the gateway refuses new messages`,
-    `Free space on that disk (or give the gateway a larger one with --data); queued messages keep draining upstream`,
+    STORE_FULL_FIX,
   );
+}
+
+const STORE_FULL_FIX = 'Free space on that disk (or give the gateway a larger one with --data); queued messages keep draining upstream';
+
+/**
+ * What the gateway running from `dataDir` says of its store (its /health): the reason it is
+ * full, or undefined (not full, not running, not answering).
+ */
+function runningStoreFull(dataDir: string | undefined, timeoutMs: number): Promise<string | undefined> {
+  const state = dataDir !== undefined && runningGatewayPid(dataDir) !== undefined ? readGatewayState(dataDir) : undefined;
+  if (!state) return Promise.resolve(undefined);
+  return new Promise((done) => {
+    // Our own process on this host, asked for nothing secret: its certificate is checked elsewhere (server-cert).
+    const req = https.get({ host: state.bind, port: state.ports.https, path: '/health', rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => {
+        try {
+          const full = (JSON.parse(text) as { storeFull?: unknown }).storeFull;
+          done(typeof full === 'string' ? full : undefined);
+        } catch {
+          done(undefined);
+        }
+      });
+      res.on('error', () => done(undefined));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => done(undefined));
+  });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -830,12 +865,12 @@ export async function runEdgeChecks(o: EdgeCheckOptions): Promise<CheckResult[]>
     const [date, ...outcomes] = await Promise.all([fetchUpstreamDate(upstreamHost, timeoutMs), ...UPSTREAM_PORTS.map((p) => probeUpstream(upstreamHost, p.port, trustPems, timeoutMs, now))]);
     const leaves = outcomes.flatMap((x) => (x.leaf ? [x.leaf] : []));
     out.push(checkClock(upstreamHost, date, leaves));
-    out.push(checkStorage(dataDir, dataDirHow, diskReserve(config)));
+    out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     UPSTREAM_PORTS.forEach((p, i) => out.push(upstreamResult(p, upstreamHost, isParent, outcomes[i])));
   } else {
     const why = parentRefused ? 'parent_hostname is refused (see above)' : config ? 'no upstream: neither parent_hostname nor a provisioned IoT hub host name is set' : loaded.refusedBecause ?? 'the config file was refused';
     out.push(result('clock', 'host clock agrees with the upstream (within 5 minutes)', 'skipped', `cannot check: ${why}`));
-    out.push(checkStorage(dataDir, dataDirHow, diskReserve(config)));
+    out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     for (const p of UPSTREAM_PORTS) out.push(result(`upstream-${p.port}`, `upstream answers on ${p.port} (${p.protocol}) with a trusted TLS certificate for its name`, 'skipped', `cannot check: ${why}`));
   }
   for (const r of out) if (r.status === 'error' || r.status === 'warning') log.debug({ check: r.id, status: r.status, detail: r.detail }, 'edge check finding');

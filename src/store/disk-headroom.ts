@@ -61,6 +61,7 @@ export class DiskHeadroom {
   private fullReason: string | undefined;
   private checkedAt = 0;
   private margin = 0;
+  private lastFree = Infinity;
   private readonly freeOf: (dir: string) => number;
 
   constructor(private readonly o: DiskHeadroomOptions) {
@@ -75,6 +76,28 @@ export class DiskHeadroom {
     if (this.fullReason !== undefined) return now - this.checkedAt < FULL_CHECK_MS ? this.fullReason : this.measure(now);
     if (this.margin > RELAXED_MARGIN_BYTES && now - this.checkedAt < RELAXED_CHECK_MS) return undefined;
     return this.measure(now);
+  }
+
+  /**
+   * True when the disk is near full (under twice the reserve, or a write failed): writes that
+   * free space go in small commits then, each one's log fitting in what is left.
+   */
+  tight(now = Date.now()): boolean {
+    this.refusal(now);
+    return this.fullReason !== undefined || this.lastFree < 2 * this.o.reserveBytes;
+  }
+
+  /**
+   * Before a commit that only frees space (deletions), while full: empties the log first, so
+   * that the deletion's own log pages find room on the disk.
+   */
+  beforeFreeing(): void {
+    if (this.fullReason === undefined || walSize(this.o.walPath) === 0) return;
+    try {
+      this.o.checkpoint();
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message, what: this.o.what }, 'checkpoint to free space failed');
+    }
   }
 
   /** A write failed: if for want of space, the store is full until a measurement says otherwise. */
@@ -108,6 +131,7 @@ export class DiskHeadroom {
     } catch {
       // counted as none
     }
+    this.lastFree = free;
     this.margin = Math.min(free + reusable - wal - this.o.reserveBytes, free - logRoom);
     if (this.margin >= 0 && free > 0) {
       if (this.fullReason !== undefined) {

@@ -292,6 +292,8 @@ CREATE TABLE IF NOT EXISTS set_aside (
 const SCHEMA_VERSION = '1';
 /** Rows per multi-row insert (5 values a message: well under SQLite's 32,766 parameters). */
 const INSERT_CHUNK = 64;
+/** Deletions per commit while the disk is under the reserve (see flush). */
+const FULL_DISK_DELETE_CHUNK = 128;
 /** Shorter runs of deletes are cheaper row by row than counted and deleted as a range. */
 const MIN_RANGE_DELETE = 8;
 
@@ -1021,12 +1023,22 @@ export class MessageStore {
     this.flushImmediate = undefined;
     if (this.closed) return;
     const appends = this.appends;
-    const deletes = this.deletes;
-    const waiters = this.deleteWaiters;
+    let deletes = this.deletes;
+    let waiters = this.deleteWaiters;
     if (appends.length === 0 && deletes.length === 0 && waiters.length === 0) return;
     this.appends = [];
     this.deletes = [];
     this.deleteWaiters = [];
+    // On a full disk a deletion's log pages must fit in what is left: a few at a time, the log
+    // emptied before each, the waiters answered with the last part.
+    const split = deletes.length > FULL_DISK_DELETE_CHUNK && this.headroom?.tight(this.now()) === true;
+    if (split) {
+      this.deletes = deletes.slice(FULL_DISK_DELETE_CHUNK);
+      this.deleteWaiters = waiters;
+      deletes = deletes.slice(0, FULL_DISK_DELETE_CHUNK);
+      waiters = [];
+      this.scheduleFlush(true);
+    }
     const origins = this.pendingOrigins;
     this.pendingOrigins = [];
     let moved: OriginsMoved | undefined;
@@ -1038,6 +1050,7 @@ export class MessageStore {
     let freedMessages = 0;
     const deleted: PendingDelete[] = [];
     const s = this.stmt;
+    if (deletes.length > 0) this.headroom?.beforeFreeing();
     try {
       this.db.exec('BEGIN');
       try {
@@ -1096,6 +1109,13 @@ export class MessageStore {
         ep.dirtyExpired = 0;
       }
       for (const d of deletes) d.ep.pendingDelete.delete(d.seq);
+      if (split) {
+        // The rest of the split deletion fails with this part: its waiters hear it and ask again.
+        for (const d of this.deletes) d.ep.pendingDelete.delete(d.seq);
+        this.deletes = [];
+        waiters.push(...this.deleteWaiters);
+        this.deleteWaiters = [];
+      }
       for (const a of appends) {
         this.pendingBytes -= a.size;
         this.pendingMessages -= 1;
