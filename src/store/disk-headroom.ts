@@ -88,11 +88,15 @@ export class DiskHeadroom {
   }
 
   /**
-   * Before a commit that only frees space (deletions), while full: empties the log first, so
-   * that the deletion's own log pages find room on the disk.
+   * Before a commit that frees space (deletions) on a near-full disk: empties the log first (when
+   * full, or when it holds more than a sixteenth of the reserve), so that the deletion's own log
+   * pages find room on the disk.
    */
   beforeFreeing(): void {
-    if (this.fullReason === undefined || walSize(this.o.walPath) === 0) return;
+    const full = this.fullReason !== undefined;
+    if (!full && this.lastFree >= 2 * this.o.reserveBytes) return;
+    const wal = walSize(this.o.walPath);
+    if (wal === 0 || (!full && wal <= this.o.reserveBytes / 16)) return;
     try {
       this.o.checkpoint();
     } catch (err) {

@@ -47,6 +47,7 @@ export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_READ_LIMIT = 100;
 const MAX_READ_LIMIT = 1000;
 const PRUNE_CHUNK = 10_000;
+const PRUNE_CHUNK_TIGHT = 250;
 /** A device-filtered read scans this many sequence numbers a statement, and at most DEVICE_SCAN_MAX a call. */
 const DEVICE_SCAN_WINDOW = 20_000;
 const DEVICE_SCAN_MAX = 200_000;
@@ -243,6 +244,8 @@ export class EventStream implements EventStreamReader {
       return forwarded ? this.origins.writeInTransaction(forwarded) : undefined;
     });
 
+    // Says so at start-up when the disk is under the reserve already.
+    this.headroom.refusal();
     this.prune();
     this.pruneTimer = setInterval(() => this.prune(), opts.pruneIntervalMs ?? 60_000);
     this.pruneTimer.unref();
@@ -486,7 +489,13 @@ export class EventStream implements EventStreamReader {
       if (first !== null) {
         const keep = this.firstSeqReaching(first, this.nextSeq, (enq) => enq >= cutoff) ?? this.nextSeq;
         const del = this.db.prepare('DELETE FROM events WHERE seq >= ? AND seq < ?');
-        for (let from = first; from < keep; from += PRUNE_CHUNK) total += del.run(from, Math.min(keep, from + PRUNE_CHUNK)).changes;
+        // On a near-full disk each deletion's log pages must fit in what is left: small ones, the log emptied before each.
+        const tight = this.headroom.tight();
+        const chunk = tight ? PRUNE_CHUNK_TIGHT : PRUNE_CHUNK;
+        for (let from = first; from < keep; from += chunk) {
+          if (tight) this.headroom.beforeFreeing();
+          total += del.run(from, Math.min(keep, from + chunk)).changes;
+        }
       }
     } catch (err) {
       log.error({ err }, 'event stream retention failed');

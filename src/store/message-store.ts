@@ -507,6 +507,8 @@ export class MessageStore {
       log,
     });
 
+    // Says so at start-up when the disk is under the reserve already.
+    this.headroom?.refusal(this.now());
     const sweepMs = settings.sweepIntervalMs ?? 1000;
     if (sweepMs > 0) {
       this.sweepTimer = setInterval(() => {
