@@ -294,11 +294,23 @@ export class EventStream implements EventStreamReader {
     // Below the free-space reserve nothing is written: the space left is for checkpoints.
     const full = this.headroom.refusal();
     if (full) return this.refuse(batch, new EngineError('store-full', full));
+    // The counters move inside the transaction; a COMMIT that fails (a full disk) must not leave
+    // them moved, or the numbers of the rows it rolled back would be holes.
+    const seq = this.nextSeq;
+    const pseqs = this.nextPseq.slice();
+    const offs = this.nextOffset.slice();
+    const enq = this.lastEnqueued;
     try {
       const moved = this.commitBatch(batch, infos);
       this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
+      this.nextSeq = seq;
+      for (let i = 0; i < this.partitions; i++) {
+        this.nextPseq[i] = pseqs[i]!;
+        this.nextOffset[i] = offs[i]!;
+      }
+      this.lastEnqueued = enq;
       if (this.headroom.failed(err)) return this.refuse(batch, new EngineError('store-full', this.headroom.refusal() ?? `store full: ${(err as Error).message}`));
       log.error({ err, count: batch.reduce((n, p) => n + p.events.length, 0) }, 'event stream append failed; senders get an error');
       return this.refuse(batch, err as Error);
