@@ -36,6 +36,7 @@ interface StartFlags {
   tlsCert?: string;
   tlsKey?: string;
   trust?: string;
+  diskReserveMb?: number;
   [limitOption: string]: unknown;
 }
 
@@ -55,6 +56,12 @@ function limitsFromFlags(flags: StartFlags): Partial<PreAuthLimits> {
   } catch (err) {
     throw new UserError((err as Error).message, 'Timeouts are seconds (e.g. 10 or 0.5); caps are whole numbers of connections');
   }
+}
+
+function diskReserve(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('--disk-reserve-mb needs a number of MiB, 0 or more.');
+  return n;
 }
 
 export function registerHubCommands(program: Command): void {
@@ -79,6 +86,7 @@ export function registerHubCommands(program: Command): void {
     .option(`${PRE_AUTH_SETTINGS.httpHeadersTimeoutMs.option} <secs>`, `close an HTTPS connection whose request head takes longer (default ${DEFAULT_PRE_AUTH_LIMITS.httpHeadersTimeoutMs / 1000})`)
     .option(`${PRE_AUTH_SETTINGS.maxUnauthenticatedPerAddress.option} <n>`, `unauthenticated connections allowed from one address (default ${DEFAULT_PRE_AUTH_LIMITS.maxUnauthenticatedPerAddress})`)
     .option(`${PRE_AUTH_SETTINGS.maxUnauthenticated.option} <n>`, `unauthenticated connections in total; one more closes the oldest (default ${DEFAULT_PRE_AUTH_LIMITS.maxUnauthenticated})`)
+    .option('--disk-reserve-mb <n>', 'free disk space (MiB) kept for checkpoints: telemetry is refused with "store full" below it (default 64, or env STRATA_DISK_RESERVE_MB)', diskReserve)
     .action(
       action(async (flags: StartFlags) => {
         const node = await startHub({
@@ -93,6 +101,7 @@ export function registerHubCommands(program: Command): void {
           tlsKey: flags.tlsKey,
           trust: flags.trust,
           limits: limitsFromFlags(flags),
+          diskReserveBytes: flags.diskReserveMb === undefined ? undefined : Math.round(flags.diskReserveMb * 1024 * 1024),
         });
         printBanner(node);
         stopOnSignals(node);

@@ -17,6 +17,7 @@ import {
   verifyChain,
   type VerifyResult,
 } from '../pki/index.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, isDiskFull, mib, reserveBytesOf, statfsFree } from '../store/disk-headroom.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { ConfigError, parseEdgeConfig, type Diagnostic, type EdgeConfig } from './config.ts';
@@ -688,9 +689,18 @@ function under(path: string, dir: string): boolean {
   return path === d || path.startsWith(`${d}${sep}`);
 }
 
-export function checkStorage(dataDir: string | undefined, how: string): CheckResult {
+/**
+ * The data directory's disk has more free space than the store's reserve: under it, the running
+ * gateway refuses new messages ("store full").
+ */
+export function checkStorage(
+  dataDir: string | undefined,
+  how: string,
+  disk: { reserveBytes: number; setting: string } = { reserveBytes: DEFAULT_DISK_RESERVE_BYTES, setting: '[strata] disk_reserve_mb' },
+  runningStoreFull?: string,
+): CheckResult {
   const id = 'storage';
-  const title = 'data directory is writable and on persistent storage';
+  const title = 'data directory is writable, on persistent storage, with free space above the reserve';
   if (!dataDir) return result(id, title, 'skipped', 'no data directory known: the config has no device id', 'Pass --data DIR');
   const fix = `Give the gateway a data directory on persistent storage: \`strata edge start --data /var/lib/strata/edge-ID\` (and the same --data here)`;
   let existing = dataDir;
@@ -709,8 +719,17 @@ export function checkStorage(dataDir: string | undefined, how: string): CheckRes
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const why = code === 'EROFS' ? 'the file system is read-only' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (err as Error).message;
+    if (isDiskFull(err)) return storeFull(id, title, existing, 0, disk);
     return result(id, title, 'error', `cannot write in ${existing}: ${why}`, `Make ${existing} writable by the gateway's user, or pass another --data`);
   }
+  let free: number | undefined;
+  try {
+    free = statfsFree(existing);
+  } catch {
+    // not measurable here: the other findings stand
+  }
+  if (runningStoreFull) return result(id, title, 'error', `the running gateway says: ${runningStoreFull}`, STORE_FULL_FIX);
+  if (free !== undefined && free < disk.reserveBytes) return storeFull(id, title, existing, free, disk);
   const where = `${dataDir}${how ? ` (${how})` : ''}`;
   const state = existing === dataDir ? 'is writable' : `does not exist yet; the gateway creates it on first start (${existing} is writable)`;
   const mount = mountOf(existing);
@@ -720,6 +739,45 @@ export function checkStorage(dataDir: string | undefined, how: string): CheckRes
     return result(id, title, 'warning', `${where} ${state}, but ${why}: the message store, identity cache and certificates may be lost on reboot`, fix);
   }
   return result(id, title, 'pass', `${where} ${state}${mount ? `, on ${mount.type} (${mount.mountPoint})` : ''}`);
+}
+
+function storeFull(id: string, title: string, dir: string, free: number, disk: { reserveBytes: number; setting: string }): CheckResult {
+  return result(
+    id,
+    title,
+    'error',
+    `store full: the disk holding ${dir} has ${mib(free)} free, under the reserve of ${mib(disk.reserveBytes)} (${disk.setting}): the gateway refuses new messages`,
+    STORE_FULL_FIX,
+  );
+}
+
+const STORE_FULL_FIX = 'Free space on that disk (or give the gateway a larger one with --data); queued messages keep draining upstream';
+
+/**
+ * What the gateway running from `dataDir` says of its store (its /health): the reason it is
+ * full, or undefined (not full, not running, not answering).
+ */
+function runningStoreFull(dataDir: string | undefined, timeoutMs: number): Promise<string | undefined> {
+  const state = dataDir !== undefined && runningGatewayPid(dataDir) !== undefined ? readGatewayState(dataDir) : undefined;
+  if (!state) return Promise.resolve(undefined);
+  return new Promise((done) => {
+    // Our own process on this host, asked for nothing secret: its certificate is checked elsewhere (server-cert).
+    const req = https.get({ host: state.bind, port: state.ports.https, path: '/health', rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => {
+        try {
+          const full = (JSON.parse(text) as { storeFull?: unknown }).storeFull;
+          done(typeof full === 'string' ? full : undefined);
+        } catch {
+          done(undefined);
+        }
+      });
+      res.on('error', () => done(undefined));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => done(undefined));
+  });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -736,6 +794,18 @@ const CONFIG_DEPENDENT: Array<[string, string]> = [
   ['edge-ca-chain', 'Edge CA chains to the trust bundle'],
   ['identity-cert', 'device identity certificate is readable, in date, and matches its key'],
 ];
+
+/** The reserve the gateway keeps free, as it reads it (a bad value is the config check's to report). */
+function diskReserve(config: EdgeConfig | undefined): { reserveBytes: number; setting: string } {
+  const setting = '[strata] disk_reserve_mb';
+  try {
+    const v = config?.settings.disk_reserve_mb ?? process.env.STRATA_DISK_RESERVE_MB;
+    if (v !== undefined && v !== '') return { reserveBytes: reserveBytesOf(v, setting), setting };
+  } catch {
+    // the default then
+  }
+  return { reserveBytes: DEFAULT_DISK_RESERVE_BYTES, setting };
+}
 
 /**
  * Everything `strata edge check` looks at, in the order it prints them. Never throws for a bad
@@ -795,12 +865,12 @@ export async function runEdgeChecks(o: EdgeCheckOptions): Promise<CheckResult[]>
     const [date, ...outcomes] = await Promise.all([fetchUpstreamDate(upstreamHost, timeoutMs), ...UPSTREAM_PORTS.map((p) => probeUpstream(upstreamHost, p.port, trustPems, timeoutMs, now))]);
     const leaves = outcomes.flatMap((x) => (x.leaf ? [x.leaf] : []));
     out.push(checkClock(upstreamHost, date, leaves));
-    out.push(checkStorage(dataDir, dataDirHow));
+    out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     UPSTREAM_PORTS.forEach((p, i) => out.push(upstreamResult(p, upstreamHost, isParent, outcomes[i])));
   } else {
     const why = parentRefused ? 'parent_hostname is refused (see above)' : config ? 'no upstream: neither parent_hostname nor a provisioned IoT hub host name is set' : loaded.refusedBecause ?? 'the config file was refused';
     out.push(result('clock', 'host clock agrees with the upstream (within 5 minutes)', 'skipped', `cannot check: ${why}`));
-    out.push(checkStorage(dataDir, dataDirHow));
+    out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     for (const p of UPSTREAM_PORTS) out.push(result(`upstream-${p.port}`, `upstream answers on ${p.port} (${p.protocol}) with a trusted TLS certificate for its name`, 'skipped', `cannot check: ${why}`));
   }
   for (const r of out) if (r.status === 'error' || r.status === 'warning') log.debug({ check: r.id, status: r.status, detail: r.detail }, 'edge check finding');

@@ -32,6 +32,7 @@ import type { UpstreamTransport } from '../upstream/transport.ts';
 import type { Upstream, UpstreamC2DDelivery } from '../upstream/upstream.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, reserveBytesOf, startFailure } from '../store/disk-headroom.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
 import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
@@ -181,7 +182,11 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const trustedCas = splitPemCertificates(trustPem).map((p) => new X509Certificate(p));
   const dataDir = resolve(o.dataDir ?? defaultEdgeDataDir(deviceId));
   mkdirSync(dataDir, { recursive: true });
-  takeGatewayLock(dataDir);
+  try {
+    takeGatewayLock(dataDir);
+  } catch (err) {
+    throw startFailure(err, dataDir, 'gateway');
+  }
   const files = edgeFiles(dataDir);
   const hostname = config.hostname;
   const bind = o.bind ?? (isIP(hostname) ? hostname : '127.0.0.1');
@@ -213,7 +218,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     closers.push(() => scope.close());
     const twins = TwinCache.open(files.gatewayDb);
     closers.push(() => twins.close());
-    const store = MessageStore.open({ path: files.storeDb, resendWindowMs: resendWindow.value * 1000 });
+    const reserve = diskReserveSetting(config, env);
+    const store = MessageStore.open({ path: files.storeDb, resendWindowMs: resendWindow.value * 1000, diskReserveBytes: reserve.bytes, diskReserveSetting: reserve.name });
     closers.push(() => store.close());
 
     const keySource = { config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log };
@@ -253,7 +259,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     };
     const storeError = (err: unknown): never => {
       if (err instanceof StoreFullError) {
-        throw new EngineError('throttled', `the gateway's message store is full (${err.message}); messages are refused until the upstream drains it`);
+        const until = err.limit === 'disk' ? 'until space is freed on its disk' : 'until the upstream drains it';
+        throw new EngineError('store-full', `the gateway's message store is full (${err.message}); messages are refused ${until}`);
       }
       throw new EngineError('unavailable', `the gateway could not store the message: ${(err as Error).message}`);
     };
@@ -363,6 +370,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       hostName: hubHostName,
       extraHostNames,
       telemetrySink: sink,
+      storeFull: () => store.storeFull(),
       maxConnectedClients: maxClients.value,
       authorize,
       onSubscriptionChange: (identity, kind, subscribed) => {
@@ -464,10 +472,14 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     preAuth.guardHttps(app.server as HttpsServer);
     // Identities (and endpoint names, which carry module ids) only for the holder of the token (health-access.ts).
     const healthSecret = healthToken(files.healthToken, (err) => log.warn({ err: err.message }, 'could not write health.token: /health lists no identities until a restart'));
-    app.get('/health', async (req) => {
+    app.get('/health', async (req, reply) => {
       const queues = Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)]));
+      // "store full": telemetry is refused until space is freed (or the queues drain).
+      const storeFull = store.storeFull();
+      if (storeFull) reply.code(503);
       const open = {
-        status: 'ok',
+        status: storeFull ? 'store full' : 'ok',
+        ...(storeFull ? { storeFull } : {}),
         hostname: security.currentHostname,
         upstream: { parent: link.describeParent(), connected: link.connected },
         scopeSync: sync.state,
@@ -663,7 +675,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     return node;
   } catch (err) {
     await runClosers();
-    throw err;
+    throw startFailure(err, dataDir, 'gateway');
   }
 }
 
@@ -689,6 +701,19 @@ function preAuthGateOf(config: EdgeConfig): PreAuthGate {
   } catch (err) {
     throw new UserError((err as Error).message, 'Timeouts are seconds (e.g. 10 or 0.5); caps are whole numbers of connections');
   }
+}
+
+/** [strata] disk_reserve_mb, else the environment variable STRATA_DISK_RESERVE_MB, else the default. */
+function diskReserveSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): { bytes: number; name: string } {
+  const name = '[strata] disk_reserve_mb';
+  try {
+    if (config.settings.disk_reserve_mb !== undefined) return { bytes: reserveBytesOf(config.settings.disk_reserve_mb, name), name };
+    const raw = env.STRATA_DISK_RESERVE_MB;
+    if (raw !== undefined && raw.trim() !== '') return { bytes: reserveBytesOf(raw, 'the environment variable STRATA_DISK_RESERVE_MB'), name };
+  } catch (err) {
+    throw new UserError((err as Error).message, 'Set it to a number of MiB, e.g. 64 (the default)');
+  }
+  return { bytes: DEFAULT_DISK_RESERVE_BYTES, name };
 }
 
 function numberSetting(v: unknown): number | undefined {

@@ -1,5 +1,6 @@
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 import { UserError } from '../util/errors.ts';
 
 /**
@@ -62,9 +63,7 @@ export interface ReloadStatus {
 }
 
 function writeJson(path: string, value: unknown): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
-  renameSync(tmp, path);
+  writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
 function readJson<T>(path: string): T | undefined {
@@ -106,7 +105,14 @@ export function takeGatewayLock(dataDir: string): void {
   if (other !== undefined && other !== process.pid) {
     throw new UserError(`a gateway is already running from ${dataDir} (pid ${other})`, 'Stop it first, or give this one its own --data directory');
   }
-  writeFileSync(edgeFiles(dataDir).pid, `${process.pid}\n`);
+  const { pid } = edgeFiles(dataDir);
+  try {
+    writeFileSync(pid, `${process.pid}\n`);
+  } catch (err) {
+    // A pid file without a pid (the disk was full) would only confuse the next start.
+    rmSync(pid, { force: true });
+    throw err;
+  }
 }
 
 export function releaseGatewayLock(dataDir: string): void {

@@ -108,6 +108,7 @@ export class Engine {
         partitions: this.options.partitions,
         retentionMs: this.options.retentionMs,
         commitIntervalMs: this.options.commitIntervalMs,
+        diskReserveBytes: this.options.diskReserveBytes,
       });
     }
     this.db = openEngineDatabase(this.options.dataDir);
@@ -150,6 +151,15 @@ export class Engine {
     await this.stream?.close();
     this.db?.close();
     this.started = false;
+  }
+
+  /**
+   * Why this node's store takes no telemetry now (its disk is under the reserve), or undefined.
+   * MQTT, which cannot refuse one message, refuses CONNECTs meanwhile.
+   */
+  storeFull(): string | undefined {
+    if (!this.started || this.stopping) return undefined;
+    return this.options.telemetrySink ? this.options.storeFull?.() : this.stream?.storeFull();
   }
 
   /** The read side of the event stream. */

@@ -27,6 +27,7 @@ const HTTP_STATUS: Record<EngineErrorCode, number> = {
   throttled: 429,
   unavailable: 503,
   'parent-unreachable': 503,
+  'store-full': 503,
   internal: 500,
 };
 
@@ -46,6 +47,8 @@ const IOTHUB_CODE: Record<EngineErrorCode, string> = {
   throttled: 'ThrottlingException',
   unavailable: 'ServiceUnavailable',
   'parent-unreachable': 'ServiceUnavailable',
+  // IoT Hub's answer when it cannot take more for now; the SDKs retry it.
+  'store-full': 'ServerBusy',
   internal: 'ServerError',
 };
 

@@ -3,9 +3,21 @@ import { UserError } from '../util/errors.ts';
 import { hubIdentitySource } from '../hub/scope-api.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { Engine } from './engine.ts';
+import { reserveBytesOf } from '../store/disk-headroom.ts';
 import type { EngineOptions } from './types.ts';
 
 const engines = new WeakMap<HubNode, Engine>();
+
+/** STRATA_DISK_RESERVE_MB, when set: the event stream's free-space reserve. */
+function envDiskReserve(): number | undefined {
+  const raw = process.env.STRATA_DISK_RESERVE_MB;
+  if (raw === undefined || raw.trim() === '') return undefined;
+  try {
+    return reserveBytesOf(raw, 'the environment variable STRATA_DISK_RESERVE_MB');
+  } catch (err) {
+    throw new UserError((err as Error).message, 'Set it to a number of MiB, e.g. 64 (the default)');
+  }
+}
 
 /** The engine attached to a hub node (for the HTTPS device API and the service endpoints). */
 export function engineOf(node: HubNode): Engine | undefined {
@@ -26,6 +38,7 @@ export async function attachDeviceEngine(node: HubNode, opts: DeviceEngineOption
     hostName: node.hostname,
     ...opts,
     retentionMs: opts.retentionMs ?? (Number.isFinite(envRetention) && envRetention > 0 ? envRetention : undefined),
+    diskReserveBytes: opts.diskReserveBytes ?? envDiskReserve(),
   });
   await engine.start();
   engines.set(node, engine);

@@ -76,6 +76,7 @@ export type EngineErrorCode =
   | 'throttled'
   | 'unavailable' // shutting down, store closed
   | 'parent-unreachable' // a gateway cannot take this now without its parent: send it again soon
+  | 'store-full' // the node's store cannot take messages now (its disk is under the free-space reserve)
   | 'internal';
 
 // ---------------------------------------------------------------------------------------------
@@ -510,4 +511,8 @@ export interface EngineOptions {
   c2dMaxDeliveryCount?: number;
   /** Group commit interval of the event stream in ms (default 2). */
   commitIntervalMs?: number;
+  /** Free disk space the event stream keeps for checkpoints, refusing telemetry below it (default 64 MiB). */
+  diskReserveBytes?: number;
+  /** A node with a telemetry sink: why its store takes no messages now (full), or undefined. */
+  storeFull?: () => string | undefined;
 }

@@ -12,7 +12,8 @@ import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts
 import { Registry } from './registry.ts';
 import { sendError, serviceApi } from './service-api.ts';
 import { loadHubTls } from './tls.ts';
-import { attachDeviceEngine } from '../engine/hub-attach.ts';
+import { attachDeviceEngine, engineOf } from '../engine/hub-attach.ts';
+import { startFailure } from '../store/disk-headroom.ts';
 import { attachMessaging } from './service-messaging.ts';
 import { attachAmqp } from '../protocols/amqp/index.ts';
 import { attachScopeApi, hubIdentitySource } from './scope-api.ts';
@@ -41,6 +42,8 @@ export interface HubOptions {
   limits?: Partial<PreAuthLimits>;
   /** Run after the service API is registered and before the listener opens (device API routes, protocol heads). */
   plugins?: Array<(node: HubNode) => Promise<void>>;
+  /** Free disk space kept for checkpoints; telemetry is refused below it (default 64 MiB, or env STRATA_DISK_RESERVE_MB). */
+  diskReserveBytes?: number;
 }
 
 export interface HubNode {
@@ -75,7 +78,11 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
   if (!hostname) throw new UserError('the host name is empty', 'Pass --hostname NAME (a DNS name or IP address clients dial)');
   const bind = opts.bind ?? defaultBind(hostname);
   mkdirSync(dataDir, { recursive: true });
-  takeHubLock(dataDir);
+  try {
+    takeHubLock(dataDir);
+  } catch (err) {
+    throw startFailure(err, dataDir, 'hub');
+  }
 
   const closers: Array<() => Promise<void> | void> = [() => releaseHubLock(dataDir)];
   const runClosers = async () => {
@@ -119,7 +126,12 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
         .header('content-type', 'application/json; charset=utf-8')
         .send({ Message: `ErrorCode:NotFound;no such resource: ${req.method} ${req.url.split('?')[0]!.replace(/;/g, ',')}` }),
     );
-    app.get('/health', async () => ({ status: 'ok', hostname }));
+    app.get('/health', async (_req, reply) => {
+      // "store full": the event stream refuses telemetry until space is freed on its disk.
+      const storeFull = engineOf(node)?.storeFull();
+      if (storeFull) return reply.code(503).send({ status: 'store full', hostname, storeFull });
+      return { status: 'ok', hostname };
+    });
     // An edge device reading its own modules with its own credential (own-modules.ts).
     let readOwnModule: OwnModuleReader | undefined;
     const ownModules: OwnModuleReader = (req, d, m) => (readOwnModule ??= ownModuleReader(hubIdentitySource(node)))(req, d, m);
@@ -148,7 +160,7 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     // The MQTT (node.ports.mqtt) and AMQP (node.ports.amqp) listeners and the WebSocket upgrade
     // on node.https (`/$iothub/websocket`) bind here, before the HTTPS listener opens, each
     // pushing its entry to node.listeners, updating node.ports and registering its close.
-    await attachDeviceEngine(node, { partitions: opts.partitions }); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
+    await attachDeviceEngine(node, { partitions: opts.partitions, diskReserveBytes: opts.diskReserveBytes }); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
     await attachMessaging(node); // HTTPS device API + service side: methods, C2D, feedback, event stream
     await attachAmqp(node); // AMQP over TLS (node.ports.amqp) and over WebSockets (AMQPWSB10)
     await attachScopeApi(node); // scope API for edge gateways: scope listing, on-behalf-of lookups, live change feed
@@ -173,7 +185,7 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     return node;
   } catch (err) {
     await runClosers();
-    throw err;
+    throw startFailure(err, dataDir, 'hub');
   }
 }
 

@@ -1,7 +1,8 @@
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { formatConnectionString } from '../identity/connection-string.ts';
 import { openNodeDb } from '../store/db.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 import { UserError } from '../util/errors.ts';
 
 /**
@@ -25,10 +26,7 @@ export interface HubState {
 }
 
 export function writeHubState(dataDir: string, state: HubState): void {
-  const { state: path } = hubFiles(dataDir);
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`);
-  renameSync(tmp, path);
+  writeFileAtomic(hubFiles(dataDir).state, `${JSON.stringify(state, null, 2)}\n`);
 }
 
 export function readHubState(dataDir: string): HubState | undefined {
@@ -95,7 +93,14 @@ export function takeHubLock(dataDir: string): void {
       pid === process.pid ? 'Close it before starting another' : 'Stop it first, or use another --data directory',
     );
   }
-  writeFileSync(hubFiles(dataDir).lock, `${process.pid}\n`);
+  const { lock } = hubFiles(dataDir);
+  try {
+    writeFileSync(lock, `${process.pid}\n`);
+  } catch (err) {
+    // A lock without a pid (the disk was full) would only confuse the next start.
+    rmSync(lock, { force: true });
+    throw err;
+  }
 }
 
 export function releaseHubLock(dataDir: string): void {

@@ -7,6 +7,8 @@ import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts
 import { EventTail } from './event-tail.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { WalSync } from './wal-sync.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, DiskHeadroom } from './disk-headroom.ts';
+import { EngineError } from '../engine/errors.ts';
 import type {
   EventReadOptions,
   EventReadResult,
@@ -38,12 +40,15 @@ export interface EventStreamOptions {
    * it is on disk.
    */
   sync?: 'background' | 'commit';
+  /** Free disk space kept for checkpoints: appends are refused below it (DEFAULT_DISK_RESERVE_BYTES). */
+  diskReserveBytes?: number;
 }
 
 export const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_READ_LIMIT = 100;
 const MAX_READ_LIMIT = 1000;
 const PRUNE_CHUNK = 10_000;
+const PRUNE_CHUNK_TIGHT = 250;
 /** A device-filtered read scans this many sequence numbers a statement, and at most DEVICE_SCAN_MAX a call. */
 const DEVICE_SCAN_WINDOW = 20_000;
 const DEVICE_SCAN_MAX = 200_000;
@@ -116,6 +121,7 @@ export class EventStream implements EventStreamReader {
   private visibleSeq: number;
   private readonly visiblePseq: number[];
   private readonly walSync: WalSync | undefined;
+  private readonly headroom: DiskHeadroom;
   /** The newest events, for readers that follow the stream's end. */
   private readonly tail = new EventTail(TAIL_EVENTS, TAIL_BYTES);
 
@@ -193,6 +199,16 @@ export class EventStream implements EventStreamReader {
       throw err;
     }
 
+    this.headroom = new DiskHeadroom({
+      dir: opts.dir,
+      walPath: `${file}-wal`,
+      reserveBytes: opts.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
+      what: 'event stream',
+      settingName: 'strata hub start --disk-reserve-mb',
+      checkpoint: () => this.db.pragma('wal_checkpoint(TRUNCATE)'),
+      reusableBytes: () => (this.db.pragma('freelist_count', { simple: true }) as number) * (this.db.pragma('page_size', { simple: true }) as number),
+      log,
+    });
     this.origins = new OriginWatermarks(this.db);
     this.insert = this.db.prepare(
       'INSERT INTO events (seq, part, pseq, off, enq, dev, mod, auth, gen, src, props, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
@@ -231,6 +247,8 @@ export class EventStream implements EventStreamReader {
       return forwarded ? this.origins.writeInTransaction(forwarded) : undefined;
     });
 
+    // Says so at start-up when the disk is under the reserve already.
+    this.headroom.refusal();
     this.prune();
     this.pruneTimer = setInterval(() => this.prune(), opts.pruneIntervalMs ?? 60_000);
     this.pruneTimer.unref();
@@ -276,6 +294,9 @@ export class EventStream implements EventStreamReader {
     if (batch.length === 0) return;
     this.pending = [];
     const infos: StoredEventInfo[] = [];
+    // Below the free-space reserve nothing is written: the space left is for checkpoints.
+    const full = this.headroom.refusal();
+    if (full) return this.refuse(batch, new EngineError('store-full', full));
     const next: NextNumbers = { seq: this.nextSeq, pseqs: this.nextPseq, offs: this.nextOffset, enq: this.lastEnqueued };
     try {
       const moved = this.commitBatch(batch, infos, next);
@@ -288,12 +309,9 @@ export class EventStream implements EventStreamReader {
       this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
+      if (this.headroom.failed(err)) return this.refuse(batch, new EngineError('store-full', this.headroom.refusal() ?? `store full: ${(err as Error).message}`));
       log.error({ err, count: batch.reduce((n, p) => n + p.events.length, 0) }, 'event stream append failed; senders get an error');
-      for (const p of batch) {
-        for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
-        p.reject(err as Error);
-      }
-      return;
+      return this.refuse(batch, err as Error);
     }
     for (const p of batch) for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
     if (!this.walSync) {
@@ -306,6 +324,19 @@ export class EventStream implements EventStreamReader {
       // their senders hear the failure and may send again (a duplicate, never a loss).
       reject: (err) => this.publish(batch, infos, err),
     });
+  }
+
+  /** Nothing of `batch` was stored: its senders hear why. */
+  private refuse(batch: Pending[], err: Error): void {
+    for (const p of batch) {
+      for (const e of p.events) if (e.origin) this.origins.forget(e.origin);
+      p.reject(err);
+    }
+  }
+
+  /** Why new events are refused now (the disk is under the reserve), or undefined. */
+  storeFull(): string | undefined {
+    return this.closed ? undefined : this.headroom.refusal();
   }
 
   /** A commit is on disk (or its sync failed): answer its senders, show its events to readers. */
@@ -468,7 +499,13 @@ export class EventStream implements EventStreamReader {
       if (first !== null) {
         const keep = this.firstSeqReaching(first, this.nextSeq, (enq) => enq >= cutoff) ?? this.nextSeq;
         const del = this.db.prepare('DELETE FROM events WHERE seq >= ? AND seq < ?');
-        for (let from = first; from < keep; from += PRUNE_CHUNK) total += del.run(from, Math.min(keep, from + PRUNE_CHUNK)).changes;
+        // On a near-full disk each deletion's log pages must fit in what is left: small ones, the log emptied before each.
+        const tight = this.headroom.tight();
+        const chunk = tight ? PRUNE_CHUNK_TIGHT : PRUNE_CHUNK;
+        for (let from = first; from < keep; from += chunk) {
+          if (tight) this.headroom.beforeFreeing();
+          total += del.run(from, Math.min(keep, from + chunk)).changes;
+        }
       }
     } catch (err) {
       log.error({ err }, 'event stream retention failed');

@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { identityKey } from '../identity/scope.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
+import { DEFAULT_DISK_RESERVE_BYTES, DiskHeadroom } from './disk-headroom.ts';
 import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
 import { PassingMarks } from './passing-marks.ts';
 import { ResendWindow, type ResendKey, type ResendWritten } from './resend-window.ts';
@@ -122,6 +124,10 @@ export interface StoreSettings {
   resendWindowEntries?: number;
   /** Clock in ms since the epoch (tests). */
   now?: () => number;
+  /** Free disk space kept for checkpoints: appends are refused below it (DEFAULT_DISK_RESERVE_BYTES). */
+  diskReserveBytes?: number;
+  /** The setting that changes the reserve, named in the refusal. */
+  diskReserveSetting?: string;
 }
 
 export interface EndpointStoreMetrics {
@@ -146,19 +152,28 @@ export const DEFAULT_MAX_BYTES = 2 * 1024 ** 3;
 export const DEFAULT_RESEND_WINDOW_MS = 60_000;
 export const DEFAULT_RESEND_WINDOW_ENTRIES = 100_000;
 
-/** The store refused an append because a size limit is reached; the sender should not get an acknowledgement. */
+/**
+ * The store refused an append because a size limit is reached, or its disk is under the
+ * free-space reserve ('disk': `max` is the reserve, `current` the free bytes); the sender
+ * should not get an acknowledgement.
+ */
 export class StoreFullError extends UserError {
   readonly code = 'STORE_FULL';
   constructor(
-    readonly limit: 'maxBytes' | 'maxMessages',
+    readonly limit: 'maxBytes' | 'maxMessages' | 'disk',
     readonly max: number,
     readonly current: number,
+    reason?: string,
   ) {
     super(
-      limit === 'maxBytes'
-        ? `message store full: ${current} of ${max} bytes used`
-        : `message store full: ${current} of ${max} messages stored`,
-      `raise the store's ${limit} setting, or restore the endpoints so queued messages drain`,
+      limit === 'disk'
+        ? (reason ?? `store full: ${current} bytes free on the disk, under the reserve of ${max}`)
+        : limit === 'maxBytes'
+          ? `message store full: ${current} of ${max} bytes used`
+          : `message store full: ${current} of ${max} messages stored`,
+      limit === 'disk'
+        ? 'free space on the disk of the data directory; queued messages drain to their endpoints meanwhile'
+        : `raise the store's ${limit} setting, or restore the endpoints so queued messages drain`,
     );
     this.name = 'StoreFullError';
   }
@@ -286,6 +301,8 @@ CREATE TABLE IF NOT EXISTS set_aside (
 const SCHEMA_VERSION = '1';
 /** Rows per multi-row insert (5 values a message: well under SQLite's 32,766 parameters). */
 const INSERT_CHUNK = 64;
+/** Deletions per commit while the disk is under the reserve (see flush). */
+const FULL_DISK_DELETE_CHUNK = 128;
 /** Shorter runs of deletes are cheaper row by row than counted and deleted as a range. */
 const MIN_RANGE_DELETE = 8;
 
@@ -363,6 +380,8 @@ export class MessageStore {
   private readonly backgroundSync: boolean;
   /** With background sync: acknowledges commits once an fdatasync of the WAL covers them. */
   private walSync: WalSync | undefined;
+  /** Free space kept on the disk for checkpoints (undefined for an in-memory store). */
+  private readonly headroom: DiskHeadroom | undefined;
 
   private readonly stmt: {
     insertMessage: Database.Statement;
@@ -492,7 +511,19 @@ export class MessageStore {
     }
 
     if (this.backgroundSync) this.openWal();
+    this.headroom = settings.path === ':memory:' || settings.path === '' ? undefined : new DiskHeadroom({
+      dir: dirname(resolve(settings.path)),
+      walPath: `${settings.path}-wal`,
+      reserveBytes: settings.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
+      what: 'message store',
+      settingName: settings.diskReserveSetting ?? 'diskReserveBytes',
+      checkpoint: () => this.db.pragma('wal_checkpoint(TRUNCATE)'),
+      reusableBytes: () => (this.db.pragma('freelist_count', { simple: true }) as number) * (this.db.pragma('page_size', { simple: true }) as number),
+      log,
+    });
 
+    // Says so at start-up when the disk is under the reserve already.
+    this.headroom?.refusal(this.now());
     const sweepMs = settings.sweepIntervalMs ?? 1000;
     if (sweepMs > 0) {
       this.sweepTimer = setInterval(() => {
@@ -550,6 +581,9 @@ export class MessageStore {
       bytes += size;
       ready.push({ seq: 0, enqueuedAt: now, message: m, meta, size, targets, resolve: ignore, reject: ignore });
     }
+    // Below the free-space reserve nothing new is written: the space left is for checkpoints.
+    const diskFull = ready.length > 0 ? this.headroom?.refusal(now) : undefined;
+    if (diskFull) return Promise.reject(new StoreFullError('disk', 0, 0, diskFull));
     if (this.byteCount + this.pendingBytes + bytes > this.maxBytes) {
       return Promise.reject(this.full(new StoreFullError('maxBytes', this.maxBytes, this.byteCount + this.pendingBytes)));
     }
@@ -800,6 +834,16 @@ export class MessageStore {
     };
   }
 
+  /** Why the store takes no new messages now (disk under the reserve, or a size limit reached), or undefined. */
+  storeFull(): string | undefined {
+    if (this.closed) return undefined;
+    const disk = this.headroom?.refusal(this.now());
+    if (disk) return disk;
+    if (this.byteCount + this.pendingBytes >= this.maxBytes) return `store full: message store holds ${this.byteCount} of ${this.maxBytes} bytes (maxBytes)`;
+    if (this.messageCount + this.pendingMessages >= this.maxMessages) return `store full: message store holds ${this.messageCount} of ${this.maxMessages} messages (maxMessages)`;
+    return undefined;
+  }
+
   totals(): StoreTotals {
     return { messages: this.messageCount, bytes: this.byteCount, maxMessages: this.maxMessages, maxBytes: this.maxBytes };
   }
@@ -1006,12 +1050,22 @@ export class MessageStore {
     this.flushImmediate = undefined;
     if (this.closed) return;
     const appends = this.appends;
-    const deletes = this.deletes;
-    const waiters = this.deleteWaiters;
+    let deletes = this.deletes;
+    let waiters = this.deleteWaiters;
     if (appends.length === 0 && deletes.length === 0 && waiters.length === 0) return;
     this.appends = [];
     this.deletes = [];
     this.deleteWaiters = [];
+    // On a full disk a deletion's log pages must fit in what is left: a few at a time, the log
+    // emptied before each, the waiters answered with the last part.
+    const split = deletes.length > FULL_DISK_DELETE_CHUNK && this.headroom?.tight(this.now()) === true;
+    if (split) {
+      this.deletes = deletes.slice(FULL_DISK_DELETE_CHUNK);
+      this.deleteWaiters = waiters;
+      deletes = deletes.slice(0, FULL_DISK_DELETE_CHUNK);
+      waiters = [];
+      this.scheduleFlush(true);
+    }
     const origins = this.pendingOrigins;
     this.pendingOrigins = [];
     let moved: OriginsMoved | undefined;
@@ -1025,6 +1079,7 @@ export class MessageStore {
     let freedMessages = 0;
     const deleted: PendingDelete[] = [];
     const s = this.stmt;
+    if (deletes.length > 0) this.headroom?.beforeFreeing();
     try {
       this.db.exec('BEGIN');
       try {
@@ -1076,6 +1131,7 @@ export class MessageStore {
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       log.error({ err: error.message, appends: appends.length, deletes: deletes.length }, 'message store commit failed');
+      const diskFull = this.headroom?.failed(error) ? new StoreFullError('disk', 0, 0, this.headroom.refusal() ?? `store full: ${error.message}`) : undefined;
       for (const o of origins) this.origins.forget(o);
       if (marks) this.passing.failed(marks);
       if (resendWritten) this.resends.failed(resendWritten);
@@ -1084,10 +1140,17 @@ export class MessageStore {
         ep.dirtyExpired = 0;
       }
       for (const d of deletes) d.ep.pendingDelete.delete(d.seq);
+      if (split) {
+        // The rest of the split deletion fails with this part: its waiters hear it and ask again.
+        for (const d of this.deletes) d.ep.pendingDelete.delete(d.seq);
+        this.deletes = [];
+        waiters.push(...this.deleteWaiters);
+        this.deleteWaiters = [];
+      }
       for (const a of appends) {
         this.pendingBytes -= a.size;
         this.pendingMessages -= 1;
-        a.reject(new Error(`message not stored: ${error.message}`));
+        a.reject(diskFull ?? new Error(`message not stored: ${error.message}`));
       }
       for (const w of waiters) w.reject(new Error(`checkpoint not stored: ${error.message}`));
       return;

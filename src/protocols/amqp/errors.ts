@@ -47,6 +47,7 @@ const BY_ENGINE_CODE: Record<EngineErrorCode, string> = {
   throttled: CONDITION.throttled,
   unavailable: CONDITION.timeout,
   'parent-unreachable': CONDITION.parentUnreachable,
+  'store-full': CONDITION.resourceLimit,
   internal: CONDITION.internal,
 };
 
@@ -63,7 +64,8 @@ const BY_CONDITION: Record<string, EngineErrorCode> = {
   [CONDITION.unauthorized]: 'unauthorized',
   [CONDITION.notFound]: 'not-found',
   [CONDITION.throttled]: 'throttled',
-  [CONDITION.resourceLimit]: 'queue-full',
+  // Relayed telemetry is refused with it only when the parent's store is full.
+  [CONDITION.resourceLimit]: 'store-full',
   [CONDITION.parentUnreachable]: 'parent-unreachable',
 };
 

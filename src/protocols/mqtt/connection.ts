@@ -201,6 +201,10 @@ export class MqttConnection {
       }
     }
     if (this.state === 'closed') return;
+    // While the store cannot take telemetry, a device let in would be dropped at its first
+    // PUBLISH and reconnect at once; "server unavailable" makes the SDKs back off instead.
+    const storeFull = this.engine.storeFull();
+    if (storeFull) return this.refuse(storeFull, CONNACK.unavailable);
     const handler = new ConnectionSessionHandler(this, identity);
     try {
       this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote, viaGateway: onBehalfOf });
@@ -327,8 +331,12 @@ export class MqttConnection {
             if (qos === 1) this.puback(messageId);
           },
           (err: unknown) => {
+            if (this.state === 'closed') return;
             if (err instanceof EngineError && err.code === 'too-large') {
               log.warn({ who: this.who(), remote: this.opts.remote }, `closing connection: ${err.message}`);
+            } else if (err instanceof EngineError && err.code === 'store-full') {
+              // MQTT 3.1.1 has no negative PUBACK: the close is the refusal; the device sends it again later.
+              log.warn({ who: this.who(), remote: this.opts.remote, code: err.code }, `closing connection: telemetry not stored, ${err.message}`);
             } else {
               log.warn({ err, who: this.who() }, 'closing connection: telemetry could not be stored');
             }
