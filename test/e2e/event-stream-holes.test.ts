@@ -43,7 +43,9 @@ let liveSse: Sse | undefined;
 before(async () => {
   disk = mountSmallDisk({ after: (fn) => cleanups.push(fn) }, 16 * 1024 * 1024);
   if (!disk) return;
-  hub = await startHubProcess({ dataDir: disk.dir, env: { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'fatal' } });
+  // No free-space reserve: the appends themselves must fail at COMMIT, as on a disk another
+  // program fills, which is what leaves holes behind (the reserve's refusals leave none).
+  hub = await startHubProcess({ dataDir: disk.dir, env: { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'fatal', STRATA_DISK_RESERVE_MB: '0' } });
   svc = serviceClient(hub);
   for (const d of DEVICES) keys.set(d, (await createSasDevice(svc, hub, d)).key);
   assert.notEqual(partitionOf(DEVICES[0]!, 4), partitionOf(DEVICES[1]!, 4), 'the devices use two partitions');

@@ -136,7 +136,7 @@ async function assertEveryPosition(s: EventStream, acked: readonly StoredEventIn
 test('appends that fail on a full disk use up no sequence numbers, and every acknowledged event is read from every position', async (t) => {
   const disk = mountSmallDisk(t, 2 * 1024 * 1024);
   if (!disk) return t.skip('needs root to mount a small tmpfs');
-  const s = new EventStream({ dir: disk.dir, partitions: 2, pruneIntervalMs: 3_600_000 });
+  const s = new EventStream({ dir: disk.dir, partitions: 2, pruneIntervalMs: 3_600_000, diskReserveBytes: 0 });
   let open = true;
   t.after(async () => {
     disk.free();
@@ -190,7 +190,7 @@ test('appends that fail on a full disk use up no sequence numbers, and every ack
   assert.equal(s.nextSequenceNumber(), acked.length + 1);
   await s.close();
   open = false;
-  const again = new EventStream({ dir: disk.dir, pruneIntervalMs: 3_600_000 });
+  const again = new EventStream({ dir: disk.dir, pruneIntervalMs: 3_600_000, diskReserveBytes: 0 });
   t.after(() => again.close());
   await assertEveryPosition(again, acked, devices, ackedDevice, 'from the file');
   const next = await again.append(ev('dev-a', 'after restart'));
