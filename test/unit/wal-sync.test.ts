@@ -37,6 +37,11 @@ const asked = (held: Held): number => held.length;
 
 const tick = () => new Promise((r) => setTimeout(r, 20));
 
+/** Waits (up to 5 s) for `done`: a released flush still runs the real fdatasync, which a busy disk may take a while over. */
+async function until(done: () => boolean): Promise<void> {
+  for (const end = Date.now() + 5000; !done() && Date.now() < end; ) await tick();
+}
+
 function ev(deviceId: string, body: string): EventToAppend {
   return { deviceId, authMethod: '{"type":"sas"}', messageSource: 'Telemetry', message: { body: Buffer.from(body), properties: {} } };
 }
@@ -58,16 +63,17 @@ test('waiters settle only after the flush of the log, and commits made during on
   assert.deepEqual(settled, [], 'nothing settles before the disk flush');
   assert.equal(held.length, 1, 'one flush at a time');
   held.shift()!(null);
+  await until(() => settled.length > 0);
   await tick();
   assert.deepEqual(settled, ['a'], 'the first flush covers what was committed before it started');
   assert.equal(held.length, 1, 'b and c, added while it ran, share the next flush');
   held.shift()!(null);
-  await tick();
+  await until(() => settled.length >= 3);
   assert.deepEqual(settled, ['a', 'b', 'c']);
   sync.add(waiter('d'));
   await tick();
   held.shift()!(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
-  await tick();
+  await until(() => settled.length >= 4);
   assert.deepEqual(settled.slice(3), ['d: not known to be on disk: EIO: i/o error']);
   await sync.close();
 });
