@@ -47,6 +47,7 @@ export function cleanPatch(what: string, patch: unknown): Record<string, unknown
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(patch)) {
     if (k === '$version' || k === '$metadata') continue;
+    checkName(what, k);
     out[k] = v;
   }
   checkLevel(what, out);
@@ -58,8 +59,17 @@ export function tooDeep(what: string): HubError {
   return badRequest(tooDeepMessage(what, TWIN_LIMITS.maxDepth));
 }
 
+/**
+ * `__proto__` is refused outright: as a plain object's key it is the prototype, so merging it
+ * (mergeValues, applyPropertiesPatch) would write into Object.prototype of the whole process.
+ */
+function checkName(path: string, k: string): void {
+  if (k === '__proto__') throw badRequest(`property name "__proto__" in ${path} is reserved`);
+}
+
 function checkLevel(path: string, obj: Record<string, unknown>): void {
   for (const [k, v] of Object.entries(obj)) {
+    checkName(path, k);
     if (!k) throw badRequest(`${path} has an empty property name`);
     // eslint-disable-next-line no-control-regex
     if (/[.$ \u0000-\u001f\u007f-\u009f]/.test(k)) {

@@ -200,6 +200,26 @@ test('twin limits: 10 levels, 32 KiB of desired, property names', (t) => {
   assert.equal(registry.getTwin('d')!.version, 2);
 });
 
+test('a "__proto__" property name is refused at every depth and never reaches Object.prototype (found by test/fuzz/twin-patch)', (t) => {
+  const { registry } = open(t);
+  registry.putDevice('d', {});
+  registry.putModule('d', 'm', { deviceId: 'd', moduleId: 'm' });
+  const writes: Array<() => unknown> = [
+    () => registry.updateReported('d', undefined, JSON.parse('{"a":{"__proto__":{"viaReported":1}}}')),
+    () => registry.updateReported('d', 'm', JSON.parse('{"__proto__":{"viaReported":1}}')),
+    () => registry.updateTwin('d', undefined, JSON.parse('{"tags":{"a":{"__proto__":{"viaTags":1}}}}'), '*', 'patch'),
+    () => registry.updateTwin('d', undefined, JSON.parse('{"properties":{"desired":{"a":{"b":{"__proto__":{"viaDesired":1}}}}}}'), '*', 'patch'),
+    () => registry.updateTwin('d', undefined, JSON.parse('{"properties":{"desired":{"a":[{"__proto__":{"viaArray":1}}]}}}'), '*', 'replace'),
+  ];
+  for (const write of writes) hubError(400, 'ArgumentInvalid', write, /__proto__/);
+  const probe = {} as Record<string, unknown>;
+  for (const k of ['viaReported', 'viaTags', 'viaDesired', 'viaArray', '$lastUpdated']) assert.equal(probe[k], undefined, `Object.prototype.${k}`);
+  assert.equal(registry.getTwin('d')!.version, 1);
+  // Other names that look like JavaScript internals are ordinary properties.
+  registry.updateReported('d', undefined, { constructor: { prototype: 1 }, toString: 'x' });
+  assert.deepEqual(registry.getTwin('d')!.properties?.reported?.constructor, { prototype: 1 });
+});
+
 test('deleting an edge parent orphans its children and reports which; events only after commit', (t) => {
   const { registry, events } = open(t);
   const top = registry.putDevice('top', { capabilities: { iotEdge: true } });
