@@ -1,0 +1,41 @@
+/**
+ * How long the fuzz tests run. In `npm test` each property has a small number of runs so all
+ * of test/fuzz stays well under two minutes; `npm run fuzz` (or the variables below) runs them
+ * longer:
+ *   FUZZ_RUNS=n      runs per property (instead of each test's default)
+ *   FUZZ_SECONDS=s   run each property for about s seconds, however many runs that takes
+ *   FUZZ_SEED=n      replay one run (fast-check prints the seed and path of a failure)
+ */
+import type { Parameters as FcParameters } from 'fast-check';
+
+function envNumber(name: string): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw.trim() === '') return undefined;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got "${raw}"`);
+  return n;
+}
+
+/** fast-check parameters for a property whose CI run count is `ciRuns`. */
+export function fuzzParams<T>(ciRuns: number): FcParameters<T> {
+  const runs = envNumber('FUZZ_RUNS');
+  const seconds = envNumber('FUZZ_SECONDS');
+  const seed = envNumber('FUZZ_SEED');
+  const params: FcParameters<T> = { numRuns: runs ?? (seconds !== undefined ? 1_000_000_000 : ciRuns) };
+  if (seconds !== undefined) {
+    // Stopping at the time limit is the plan, not a failure.
+    params.interruptAfterTimeLimit = seconds * 1000;
+    params.markInterruptAsFailure = false;
+  }
+  if (seed !== undefined) params.seed = seed;
+  return params;
+}
+
+/** A generous timeout for a node:test test running a property with these parameters. */
+export function fuzzTimeoutMs(ciMs: number): number {
+  const seconds = envNumber('FUZZ_SECONDS');
+  const runs = envNumber('FUZZ_RUNS');
+  if (seconds !== undefined) return seconds * 1000 + 120_000;
+  if (runs !== undefined) return Math.max(ciMs, 600_000);
+  return ciMs;
+}
