@@ -6,7 +6,7 @@
  *   FUZZ_SECONDS=s   run each property for about s seconds, however many runs that takes
  *   FUZZ_SEED=n      replay one run (fast-check prints the seed and path of a failure)
  */
-import type { Parameters as FcParameters } from 'fast-check';
+import fc, { type Parameters as FcParameters } from 'fast-check';
 
 function envNumber(name: string): number | undefined {
   const raw = process.env[name];
@@ -17,11 +17,11 @@ function envNumber(name: string): number | undefined {
 }
 
 /** fast-check parameters for a property whose CI run count is `ciRuns`. */
-export function fuzzParams<T>(ciRuns: number): FcParameters<T> {
+export function fuzzParams(ciRuns: number): FcParameters<unknown> {
   const runs = envNumber('FUZZ_RUNS');
   const seconds = envNumber('FUZZ_SECONDS');
   const seed = envNumber('FUZZ_SEED');
-  const params: FcParameters<T> = { numRuns: runs ?? (seconds !== undefined ? 1_000_000_000 : ciRuns) };
+  const params: FcParameters<unknown> = { numRuns: runs ?? (seconds !== undefined ? 1_000_000_000 : ciRuns) };
   if (seconds !== undefined) {
     // Stopping at the time limit is the plan, not a failure.
     params.interruptAfterTimeLimit = seconds * 1000;
@@ -38,4 +38,21 @@ export function fuzzTimeoutMs(ciMs: number): number {
   if (seconds !== undefined) return seconds * 1000 + 120_000;
   if (runs !== undefined) return Math.max(ciMs, 600_000);
   return ciMs;
+}
+
+const clip = (s: string, n = 1500): string => (s.length > n ? `${s.slice(0, n)}... (${s.length} characters)` : s);
+
+/**
+ * fc.assert with a bounded report: a counterexample can be a megabyte of route text or JSON,
+ * so the failure names the seed and path to replay (FUZZ_SEED, and fast-check's `path`) and
+ * clips the rest.
+ */
+export async function checkProperty<Ts>(property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>, params: FcParameters<unknown>): Promise<void> {
+  const out = await fc.check(property as fc.IAsyncProperty<Ts>, params as FcParameters<Ts>);
+  if (!out.failed) return;
+  const why = out.errorInstance instanceof Error ? out.errorInstance.message : String(out.errorInstance);
+  throw new Error(
+    `property failed after ${out.numRuns} runs (FUZZ_SEED=${out.seed}, path ${JSON.stringify(out.counterexamplePath)}):\n` +
+      `counterexample: ${clip(fc.stringify(out.counterexample))}\nerror: ${clip(why, 4000)}`,
+  );
 }

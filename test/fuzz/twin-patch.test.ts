@@ -18,7 +18,7 @@ import { Registry } from '../../src/hub/registry.ts';
 import { openNodeDb } from '../../src/store/db.ts';
 import { SqliteRegistryStore } from '../../src/store/registry-store.ts';
 import { nestsDeeperThan } from '../../src/util/json-depth.ts';
-import { fuzzParams, fuzzTimeoutMs } from './fuzz-budget.ts';
+import { checkProperty, fuzzParams, fuzzTimeoutMs } from './fuzz-budget.ts';
 
 /** A JSON document as a tree, written out as text by hand so that keys like __proto__ stay own keys after JSON.parse. */
 type Tree = { t: 'scalar'; text: string } | { t: 'array'; items: Tree[] } | { t: 'object'; entries: Array<[string, Tree]> };
@@ -83,7 +83,7 @@ function prototypeAdditions(): string[] {
   return added;
 }
 
-test('twin writes with random JSON: accepted (and serialisable) or a 400, never another error, never Object.prototype', { timeout: fuzzTimeoutMs(120_000) }, (t) => {
+test('twin writes with random JSON: accepted (and serialisable) or a 400, never another error, never Object.prototype', { timeout: fuzzTimeoutMs(120_000) }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'strata-fuzz-twin-'));
   const db = openNodeDb(join(dir, 'hub.db'));
   // Durability is not under test here, and a flush per write would spend the time budget on the disk.
@@ -96,7 +96,7 @@ test('twin writes with random JSON: accepted (and serialisable) or a 400, never 
   registry.putDevice('d', {});
   registry.putModule('d', 'm', { deviceId: 'd', moduleId: 'm' });
 
-  fc.assert(
+  await checkProperty(
     fc.property(patchText, fc.constantFrom(...operations), (text, op) => {
       const value = JSON.parse(text) as Record<string, unknown>;
       try {
@@ -123,13 +123,13 @@ test('twin writes with random JSON: accepted (and serialisable) or a 400, never 
   );
 });
 
-test('the depth measure (objects and arrays alike) agrees with a plain recursive one', { timeout: fuzzTimeoutMs(60_000) }, () => {
+test('the depth measure (objects and arrays alike) agrees with a plain recursive one', { timeout: fuzzTimeoutMs(60_000) }, async () => {
   const depthOf = (v: unknown): number => {
     if (v === null || typeof v !== 'object') return 0;
     const members = Array.isArray(v) ? v : Object.values(v);
     return members.reduce<number>((d, m) => Math.max(d, m !== null && typeof m === 'object' ? 1 + depthOf(m) : 0), 0);
   };
-  fc.assert(
+  await checkProperty(
     fc.property(tree, fc.integer({ min: 0, max: 12 }), (tr, max) => {
       const v = JSON.parse(write(tr));
       assert.equal(nestsDeeperThan(v, max), depthOf(v) > max);
