@@ -8,11 +8,11 @@
  */
 import fc, { type Parameters as FcParameters } from 'fast-check';
 
-function envNumber(name: string): number | undefined {
+function envNumber(name: string, allowNegative = false): number | undefined {
   const raw = process.env[name];
   if (raw === undefined || raw.trim() === '') return undefined;
   const n = Number(raw);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, got "${raw}"`);
+  if (!Number.isFinite(n) || (n < 0 && !allowNegative)) throw new Error(`${name} must be a ${allowNegative ? '' : 'non-negative '}number, got "${raw}"`);
   return n;
 }
 
@@ -20,7 +20,7 @@ function envNumber(name: string): number | undefined {
 export function fuzzParams(ciRuns: number): FcParameters<unknown> {
   const runs = envNumber('FUZZ_RUNS');
   const seconds = envNumber('FUZZ_SECONDS');
-  const seed = envNumber('FUZZ_SEED');
+  const seed = envNumber('FUZZ_SEED', true);
   const params: FcParameters<unknown> = { numRuns: runs ?? (seconds !== undefined ? 1_000_000_000 : ciRuns) };
   if (seconds !== undefined) {
     // Stopping at the time limit is the plan, not a failure.
@@ -48,11 +48,26 @@ const clip = (s: string, n = 1500): string => (s.length > n ? `${s.slice(0, n)}.
  * clips the rest.
  */
 export async function checkProperty<Ts>(property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>, params: FcParameters<unknown>): Promise<void> {
-  const out = await fc.check(property as fc.IAsyncProperty<Ts>, params as FcParameters<Ts>);
+  // The seed up front: a run that hangs (rather than fails) is replayed with it too.
+  const seed = params.seed ?? (Date.now() ^ (Math.random() * 0x100000000)) | 0;
+  process.stderr.write(`fuzz: ${params.numRuns} runs, FUZZ_SEED=${seed}\n`);
+  const out = await fc.check(property as fc.IAsyncProperty<Ts>, { ...params, seed } as FcParameters<Ts>);
   if (!out.failed) return;
   const why = out.errorInstance instanceof Error ? out.errorInstance.message : String(out.errorInstance);
   throw new Error(
     `property failed after ${out.numRuns} runs (FUZZ_SEED=${out.seed}, path ${JSON.stringify(out.counterexamplePath)}):\n` +
       `counterexample: ${clip(fc.stringify(out.counterexample))}\nerror: ${clip(why, 4000)}`,
   );
+}
+
+const prototypeNames = new Set(Object.getOwnPropertyNames(Object.prototype));
+
+/**
+ * Names added to Object.prototype since this module loaded (prototype pollution by input that
+ * reached a merge), taken off again so the next run, and shrinking, start clean.
+ */
+export function objectPrototypeAdditions(): string[] {
+  const added = Object.getOwnPropertyNames(Object.prototype).filter((n) => !prototypeNames.has(n));
+  for (const n of added) delete (Object.prototype as Record<string, unknown>)[n];
+  return added;
 }

@@ -18,7 +18,7 @@ import { Registry } from '../../src/hub/registry.ts';
 import { openNodeDb } from '../../src/store/db.ts';
 import { SqliteRegistryStore } from '../../src/store/registry-store.ts';
 import { nestsDeeperThan } from '../../src/util/json-depth.ts';
-import { checkProperty, fuzzParams, fuzzTimeoutMs } from './fuzz-budget.ts';
+import { checkProperty, fuzzParams, fuzzTimeoutMs, objectPrototypeAdditions } from './fuzz-budget.ts';
 
 /** A JSON document as a tree, written out as text by hand so that keys like __proto__ stay own keys after JSON.parse. */
 type Tree = { t: 'scalar'; text: string } | { t: 'array'; items: Tree[] } | { t: 'object'; entries: Array<[string, Tree]> };
@@ -74,15 +74,6 @@ const patchText = fc.oneof(
 
 const operations = ['reported', 'module-reported', 'desired-patch', 'desired-replace', 'tags-patch', 'module-desired'] as const;
 
-const prototypeNames = new Set(Object.getOwnPropertyNames(Object.prototype));
-
-/** Names a run added to Object.prototype, taken off again so that the next run (and shrinking) starts clean. */
-function prototypeAdditions(): string[] {
-  const added = Object.getOwnPropertyNames(Object.prototype).filter((n) => !prototypeNames.has(n));
-  for (const n of added) delete (Object.prototype as Record<string, unknown>)[n];
-  return added;
-}
-
 test('twin writes with random JSON: accepted (and serialisable) or a 400, never another error, never Object.prototype', { timeout: fuzzTimeoutMs(120_000) }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'strata-fuzz-twin-'));
   const db = openNodeDb(join(dir, 'hub.db'));
@@ -116,7 +107,7 @@ test('twin writes with random JSON: accepted (and serialisable) or a 400, never 
       // Whatever happened, the twins still read and serialise, and nothing leaked into Object.prototype.
       JSON.stringify(registry.getTwin('d'));
       JSON.stringify(registry.getTwin('d', 'm'));
-      assert.deepEqual(prototypeAdditions(), [], `Object.prototype changed by ${op} of ${text.slice(0, 200)}`);
+      assert.deepEqual(objectPrototypeAdditions(), [], `Object.prototype changed by ${op} of ${text.slice(0, 200)}`);
       assert.equal(Object.getPrototypeOf({}), Object.prototype);
     }),
     fuzzParams(200),

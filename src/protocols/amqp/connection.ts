@@ -95,7 +95,11 @@ export class AmqpConnection {
       properties: { product: 'strata' },
     } as never);
     this.wire();
-    socket.on('close', () => this.end('socket closed'));
+    socket.on('close', () => {
+      this.end('socket closed');
+      // After rhea's own close handling, which misses an idle timer it re-armed on input after a protocol error.
+      setImmediate(() => this.stopRheaTimers());
+    });
     socket.on('error', (err: Error) => this.log.debug({ err: err.message }, 'socket error'));
     // The first bytes tell whether the client spoke AMQP at all (for the garbage answer below).
     socket.once('data', (chunk: Buffer) => {
@@ -125,6 +129,19 @@ export class AmqpConnection {
         return;
       }
     }
+  }
+
+  /**
+   * rhea re-arms its idle timer (twice the idle timeout, minutes) on every input, also on input
+   * that ends in a protocol error, and its disconnect handling does not always clear it: a
+   * closed connection then stays in memory, and keeps the process up, until the timer fires.
+   */
+  private stopRheaTimers(): void {
+    const rc = this.rc as unknown as { heartbeat_in?: NodeJS.Timeout; heartbeat_out?: NodeJS.Timeout };
+    clearTimeout(rc.heartbeat_in);
+    clearTimeout(rc.heartbeat_out);
+    rc.heartbeat_in = undefined;
+    rc.heartbeat_out = undefined;
   }
 
   /** A client that makes us buffer without bound: close with the reason, then cut it off. */
