@@ -6,7 +6,9 @@
  * overflow the stack (a 500, and through a gateway "the parent is unreachable"); every process
  * stays up, and a patch nested as deep as IoT Hub allows (10 levels, arrays counting) is still
  * accepted. A refusal the hub alone makes (reported properties over 32 KiB) reaches a device
- * one and three layers down with the hub's status and the hub's own words.
+ * one and three layers down with the hub's status and the hub's own words. A device answering
+ * a direct method with 10,000 nested arrays gets its caller a 400, directly and through a
+ * gateway (whose relay used to throw outside any handler, taking the gateway down).
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
@@ -134,6 +136,19 @@ async function rawReportedPatch(address: string, deviceId: string, key: string, 
   }
 }
 
+/** A raw MQTT device at `address` that answers every direct method with `answer` (text, sent as is). */
+async function rawMethodAnswerer(address: string, deviceId: string, key: string, answer: string): Promise<{ end(): void }> {
+  const token = createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
+  const client = mqtt.connect(`mqtts://${address}:8883`, { ca: hub.caPem, clientId: deviceId, username: `${hub.hostname}/${deviceId}/?api-version=2021-04-12`, password: token, protocolVersion: 4, reconnectPeriod: 0 });
+  await connackOf(client);
+  client.on('message', (topic: string) => {
+    const rid = /\?\$rid=([^&]+)/.exec(topic)?.[1];
+    if (rid) client.publish(`$iothub/methods/res/200/?$rid=${rid}`, answer, { qos: 0 });
+  });
+  await new Promise<void>((res, rej) => client.subscribe('$iothub/methods/POST/#', { qos: 0 }, (err?: Error) => (err ? rej(err) : res())));
+  return { end: () => client.end(true) };
+}
+
 function stillUp(): void {
   assert.equal(hub.proc.exitCode, null, `the hub exited:\n${hub.output()}`);
   for (const [i, gw] of gws.entries()) assert.equal(gw.proc.exitCode, null, `gateway L${i + 1} exited`);
@@ -227,6 +242,36 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
       const client = await openSdkLeaf(t, leaf.connectionString, Mqtt, hub.caPem);
       const twin = await client.getTwin();
       await assert.rejects(updateReported(twin, JSON.parse(patch)), (err: Error) => err.message === hubWords);
+    }
+    stillUp();
+  });
+
+  test('a device answering a direct method with 10,000 nested arrays: a 400 for the caller, directly and through a gateway, which stays up', async () => {
+    const answer = `{"deep":${arraysText(DEPTH)}}`;
+    const direct = await directDevice('depth-method-direct');
+    const a = await rawMethodAnswerer(hubAddr, direct.deviceId, direct.key, answer);
+    try {
+      const r = await rawServiceCall('POST', `/twins/${direct.deviceId}/methods`, JSON.stringify({ methodName: 'm', payload: {}, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 }));
+      assert.equal(r.status, 400, r.message);
+      assert.match(r.message, /nests objects or arrays deeper than 100 levels/);
+    } finally {
+      a.end();
+    }
+
+    // Through L1 the failure is the method's answer (as every relayed method failure is), and L1 lives on.
+    const leaf = await layers[0]!.createLeaf('depth-method-l1');
+    const b = await eventually('the leaf connected to L1', () => rawMethodAnswerer(l1Addr, leaf.deviceId, leaf.key, answer).catch(() => undefined), 30_000, 500);
+    try {
+      const relayed = await eventually('a method answer through L1', async () => {
+        const r = await rawServiceCall('POST', `/twins/${leaf.deviceId}/methods`, JSON.stringify({ methodName: 'm', payload: {}, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 }));
+        return r.status === 404 ? undefined : r;
+      }, 60_000, 1000);
+      assert.equal(relayed.status, 200, relayed.message);
+      const result = JSON.parse(relayed.message) as { status: number; payload: { message?: string } };
+      assert.equal(result.status, 400, JSON.stringify(result));
+      assert.match(result.payload.message ?? '', /nests objects or arrays deeper than 100 levels/);
+    } finally {
+      b.end();
     }
     stillUp();
   });
