@@ -64,7 +64,23 @@ const id = fc.oneof(
 );
 const apiVersion = fc.constantFrom('?api-version=2021-04-12', '?api-version=2020-09-30', '', '?api-version=', '?api-version=2021-04-12&top=5', '?api-version=2021-04-12&top=-1', '?api-version=2021-04-12&ttlSeconds=x&ack=full');
 
-const deepJson = fc.integer({ min: 1, max: 20_000 }).map((n) => `{"a":${'['.repeat(n)}${']'.repeat(n)}}`);
+/** Deep nesting where each API reads: twin sections, method payloads, registry fields, message bodies, queries. */
+const deepJson = fc
+  .tuple(
+    fc.integer({ min: 1, max: 20_000 }),
+    fc.constantFrom('[', '{"a":'),
+    fc.constantFrom(
+      (d: string) => `{"a":${d}}`,
+      (d: string) => `{"properties":{"desired":{"a":${d}}}}`,
+      (d: string) => `{"tags":{"a":${d}}}`,
+      (d: string) => `{"methodName":"m","payload":${d},"responseTimeoutInSeconds":5}`,
+      (d: string) => `{"deviceId":"fuzzer","capabilities":${d}}`,
+      (d: string) => `{"modulesContent":{"m":{"properties.desired":{"a":${d}}}}}`,
+      (d: string) => `{"body":${d}}`,
+      (d: string) => `[${d}]`,
+    ),
+  )
+  .map(([n, open, place]) => place(`${open.repeat(n)}1${(open === '[' ? ']' : '}').repeat(n)}`));
 const hostileJson = fc.oneof(
   fc.json({ depthSize: 'small' }),
   deepJson,
@@ -113,7 +129,32 @@ const devicePath = fc.constantFrom(
   ['DELETE', '/devices/{id}/messages/devicebound/{mid}'], ['POST', '/devices/{id}/messages/devicebound/{mid}/abandon'], ['PUT', '/devices/{id}/messages/events'],
 );
 
+/** Deep nesting sent where each route reads it, so that it reaches the code behind the route. */
+const deepAtRoute = fc
+  .tuple(
+    fc.constantFrom(
+      ['PATCH', '/twins/fuzzer', (d: string) => `{"properties":{"desired":{"a":${d}}}}`],
+      ['PUT', '/twins/fuzzer/modules/m', (d: string) => `{"tags":{"a":${d}}}`],
+      ['PUT', '/devices/deep', (d: string) => `{"deviceId":"deep","capabilities":${d},"authentication":${d}}`],
+      ['POST', '/devices', (d: string) => `[{"deviceId":"deep2","importMode":"create","tags":${d}}]`],
+      ['POST', '/twins/fuzzer/methods', (d: string) => `{"methodName":"m","payload":${d},"responseTimeoutInSeconds":5}`],
+      ['POST', '/devices/query', (d: string) => JSON.stringify({ query: `SELECT * FROM devices WHERE tags.a IN ${d.replace(/\{"a":/g, '[').replace(/\}/g, ']')}` })],
+      ['POST', '/devices/fuzzer/applyConfigurationContent', (d: string) => `{"modulesContent":{"$edgeAgent":{"properties.desired":{"a":${d}}}}}`],
+      ['POST', '/devices/fuzzer/messages/deviceBound', (d: string) => `{"body":${d},"properties":${d}}`],
+    ),
+    fc.integer({ min: 1, max: 20_000 }),
+    fc.constantFrom('[', '{"a":'),
+  )
+  .map(([[method, path, place], n, open]): Call => ({
+    method: method as string,
+    path: `${path as string}?api-version=2021-04-12`,
+    headers: { 'content-type': 'application/json' },
+    body: Buffer.from((place as (d: string) => string)(`${open.repeat(n)}1${(open === '[' ? ']' : '}').repeat(n)}`)),
+    as: 'service',
+  }));
+
 const call: fc.Arbitrary<Call> = fc.oneof(
+  deepAtRoute,
   fc.record({ route: servicePath, id, mid: fc.oneof(fc.constant('m'), id), query: apiVersion, headers, body }).map(({ route: [[method, template], otherMethod, keepMethod], id: i, mid, query, headers: h, body: b }) => {
     const m = keepMethod ? method : otherMethod;
     return {

@@ -79,7 +79,11 @@ const filter = fc.oneof(
 const packetId = fc.oneof(fc.integer({ min: 1, max: 65_535 }), fc.constant(0));
 
 /** Packets a connected client may send, including ones it must not. */
+/** Twin requests with hostile documents (one packet the hub must answer, not close on). */
+const twinRequest = fc.record({ cmd: fc.constant('publish'), topic: fc.constantFrom('$iothub/twin/PATCH/properties/reported/?$rid=9', '$iothub/twin/GET/?$rid=8'), payload: hostileJson.map((x) => Buffer.from(x)), qos: fc.constantFrom(0, 1), messageId: fc.integer({ min: 1, max: 65_535 }) });
+
 const afterConnect = fc.oneof(
+  twinRequest,
   fc.record({ cmd: fc.constant('publish'), topic, payload: fc.oneof(hostileJson.map((s) => Buffer.from(s)), fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b))), qos: fc.constantFrom(0, 1, 2), messageId: packetId, retain: fc.boolean(), dup: fc.boolean() }),
   fc.record({ cmd: fc.constant('subscribe'), messageId: packetId, subscriptions: fc.array(fc.record({ topic: filter, qos: fc.constantFrom(0, 1, 2) }), { minLength: 1, maxLength: 4 }) }),
   fc.record({ cmd: fc.constant('unsubscribe'), messageId: packetId, unsubscriptions: fc.array(filter, { minLength: 1, maxLength: 3 }) }),
@@ -118,19 +122,41 @@ const session = fc.oneof(
     weight: 5,
     arbitrary: fc.tuple(fc.array(afterConnect, { maxLength: 8 }), fc.boolean(), fc.uint8Array({ maxLength: 64 })).map(([packets, garbageTail, tail]) => [
       connectPacket(),
+      // Twin answers go only to a client subscribed to them.
+      encode({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$iothub/twin/res/#', qos: 0 }] }),
       ...packets.map(encode),
       ...(garbageTail ? [Buffer.from(tail)] : []),
     ]),
   },
   { weight: 1, arbitrary: fc.array(afterConnect, { minLength: 1, maxLength: 4 }).map((packets) => packets.map(encode)) },
+  // Well-formed twin traffic only: nothing else closes the connection before the hub answers.
+  {
+    weight: 2,
+    arbitrary: fc.array(twinRequest, { minLength: 1, maxLength: 4 }).map((packets) => [
+      connectPacket(),
+      encode({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$iothub/twin/res/#', qos: 0 }] }),
+      ...packets.map(encode),
+    ]),
+  },
 );
 
 test('random and mutated MQTT to a live hub: every connection is closed after the client ends it, the hub keeps serving', { timeout: fuzzTimeoutMs(120_000) }, async () => {
   await checkProperty(
     fc.asyncProperty(session, async (chunks) => {
-      const out = await writeAndEnd({ address: hub.address, port: hub.mqttPort, ca: hub.caPem, chunks, closeWithinMs: CLOSE_WITHIN_MS });
+      // A moment before ending: twin answers come after a registry write.
+      const out = await writeAndEnd({ address: hub.address, port: hub.mqttPort, ca: hub.caPem, chunks, closeWithinMs: CLOSE_WITHIN_MS, lingerMs: 150 });
       assert.ok(out.connected, 'the TLS handshake completed');
       assert.ok(out.closed, `the hub kept the connection open ${CLOSE_WITHIN_MS} ms after the client ended it`);
+      // Bad input is the client's fault: a twin answer is never a 5xx.
+      const answers: string[] = [];
+      const parser = mqttPacket.parser({ protocolVersion: 4 });
+      parser.on('packet', (p) => {
+        if (p.cmd === 'publish') answers.push(p.topic);
+      });
+      parser.on('error', () => undefined);
+      parser.parse(out.received);
+      const serverErrors = answers.filter((t) => /^\$iothub\/twin\/res\/5\d\d\//.test(t));
+      assert.deepEqual(serverErrors, [], 'twin answers with a server error');
       // The hub runs in this process: input that reached a merge would show here.
       assert.deepEqual(objectPrototypeAdditions(), [], 'Object.prototype of the hub process changed');
     }),
