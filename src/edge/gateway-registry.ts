@@ -252,14 +252,20 @@ function ref(deviceId: string, moduleId?: string): IdentityRef {
 }
 
 /**
- * The parent could not be asked (down, timed out, the socket failed), as opposed to answering
- * with a refusal. A fault of this gateway's own (a bug, bad input it failed to refuse) is
- * neither, and must not be reported as the parent's absence.
+ * The parent could not be asked (down, timed out, the connection failed), as opposed to
+ * answering with a refusal. A fault of this gateway's own (a stack overflow on input it failed
+ * to refuse, a bug) is neither, and must not be reported as the parent's absence.
  */
 function unreachable(err: unknown): boolean {
   if (err instanceof UpstreamDownError) return true;
   if (err instanceof UpstreamError) return err.status === undefined || err.status === 504 || err.status === 503 || err.condition === 'com.microsoft:timeout';
-  return typeof (err as { code?: unknown } | undefined)?.code === 'string' && /^E[A-Z]+$/.test((err as { code: string }).code);
+  if (err instanceof EngineError || isProgrammingError(err)) return false;
+  // Anything else comes from the transport (socket, TLS, the MQTT or AMQP client).
+  return true;
+}
+
+function isProgrammingError(err: unknown): boolean {
+  return err instanceof RangeError || err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError;
 }
 
 /**
