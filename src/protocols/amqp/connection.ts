@@ -42,6 +42,8 @@ let nextConnectionId = 1;
 
 /** The largest frame we accept (announced in our open). */
 const MAX_FRAME_SIZE = 65536;
+/** How long a client has to close its side after we closed ours, before the socket is destroyed. */
+const CLOSE_GRACE_MS = 2000;
 
 /** The AMQP header a server answers an unsupported header with (SASL offered), before it closes. */
 const SASL_HEADER = Buffer.from([0x41, 0x4d, 0x51, 0x50, 3, 1, 0, 0]);
@@ -95,6 +97,9 @@ export class AmqpConnection {
       properties: { product: 'strata' },
     } as never);
     this.wire();
+    // Once we have ended our side, the client has a moment to end its own: rhea stops reading
+    // after some failures (a refused SASL), so the client's end would never be seen otherwise.
+    socket.once('finish', () => setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref());
     socket.on('close', () => {
       this.end('socket closed');
       // After rhea's own close handling, which misses an idle timer it re-armed on input after a protocol error.
