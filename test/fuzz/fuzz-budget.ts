@@ -50,7 +50,7 @@ const clip = (s: string, n = 1500): string => (s.length > n ? `${s.slice(0, n)}.
 export async function checkProperty<Ts>(property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>, params: FcParameters<unknown>): Promise<void> {
   // The seed up front: a run that hangs (rather than fails) is replayed with it too.
   const seed = params.seed ?? (Date.now() ^ (Math.random() * 0x100000000)) | 0;
-  process.stderr.write(`fuzz: ${params.numRuns} runs, FUZZ_SEED=${seed}\n`);
+  process.stderr.write(`fuzz: ${params.interruptAfterTimeLimit ? `for ${params.interruptAfterTimeLimit / 1000} s` : `${params.numRuns} runs`}, FUZZ_SEED=${seed}\n`);
   const out = await fc.check(property as fc.IAsyncProperty<Ts>, { ...params, seed } as FcParameters<Ts>);
   if (!out.failed) return;
   const why = out.errorInstance instanceof Error ? out.errorInstance.message : String(out.errorInstance);
