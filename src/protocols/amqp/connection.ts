@@ -42,6 +42,8 @@ let nextConnectionId = 1;
 
 /** The largest frame we accept (announced in our open). */
 const MAX_FRAME_SIZE = 65536;
+/** The most deliveries one disposition may settle (far above any session window). */
+const MAX_DISPOSITION_RANGE = 65_536;
 /** How long a client has to close its side after we closed ours, before the socket is destroyed. */
 const CLOSE_GRACE_MS = 2000;
 
@@ -97,6 +99,7 @@ export class AmqpConnection {
       properties: { product: 'strata' },
     } as never);
     this.wire();
+    this.boundDispositions();
     // Once we have ended our side, the client has a moment to end its own: rhea stops reading
     // after some failures (a refused SASL), so the client's end would never be seen otherwise.
     socket.once('finish', () => setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref());
@@ -134,6 +137,26 @@ export class AmqpConnection {
         return;
       }
     }
+  }
+
+  /**
+   * rhea settles a disposition's range id by id, so one frame naming billions of deliveries
+   * (first 0, last 4294967295) holds the event loop for minutes; a session never has more
+   * deliveries in flight than its window. Found by the AMQP fuzzer.
+   */
+  private boundDispositions(): void {
+    type DispositionFrame = { performative: { first: number; last?: number | null } };
+    const rc = this.rc as unknown as { on_disposition(frame: DispositionFrame): void };
+    const settle = rc.on_disposition.bind(rc);
+    rc.on_disposition = (frame) => {
+      const { first, last } = frame.performative;
+      const count = last === undefined || last === null ? 1 : last - first + 1;
+      if (count > MAX_DISPOSITION_RANGE) {
+        // rhea answers a ProtocolError (recognised by name) by closing the connection, as for any malformed frame.
+        throw Object.assign(new Error(`a disposition for ${count} deliveries (ids ${first} to ${last}) is over the ${MAX_DISPOSITION_RANGE} a session can have in flight`), { name: 'ProtocolError' });
+      }
+      settle(frame);
+    };
   }
 
   /**
