@@ -24,6 +24,9 @@ before(async () => {
   fuzzKey = createSasDevice(hub, 'fuzzer').key;
   const { key } = createSasDevice(hub, 'bystander');
   bystander = await rawConnect(ctx, hub, { clientId: 'bystander', password: deviceToken(hub, 'bystander', key) });
+  // A long run (npm run fuzz) outlasts the keep-alive: the hub rightly drops a silent client.
+  const ping = setInterval(() => bystander.send({ cmd: 'pingreq' }), 20_000);
+  cleanups.push(() => clearInterval(ping));
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();
