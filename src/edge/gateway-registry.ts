@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { EngineError } from '../engine/errors.ts';
+import { EngineError, engineCodeOfStatus } from '../engine/errors.ts';
 import type { EngineRegistry, IdentityRef, MethodRequest, RegistryIdentity, SubscriptionKind, TwinCollection } from '../engine/types.ts';
 import type { UpstreamC2DDelivery, UpstreamIdentity } from '../upstream/upstream.ts';
 import { UpstreamDownError, UpstreamError } from '../upstream/upstream.ts';
@@ -113,7 +113,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       this.o.twins.put(deviceId, moduleId, twin);
       return { properties: twin };
     } catch (err) {
-      if (!unreachable(err)) throw engineErrorOf(err, `reading the twin of ${describe(id)}`);
+      if (!unreachable(err)) throw engineErrorOf(err, `reading the twin of ${describe(id)}`, this.log);
       const cached = this.o.twins.get(deviceId, moduleId);
       if (!cached) {
         throw new EngineError('unavailable', `the parent is unreachable and no twin of ${describe(id)} is cached at this gateway yet (${(err as Error).message})`);
@@ -131,7 +131,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       return r;
     } catch (err) {
       if (unreachable(err)) throw new EngineError('unavailable', `the parent is unreachable; the reported properties of ${describe(id)} were not updated (${(err as Error).message})`);
-      throw engineErrorOf(err, `updating the reported properties of ${describe(id)}`);
+      throw engineErrorOf(err, `updating the reported properties of ${describe(id)}`, this.log);
     }
   }
 
@@ -265,21 +265,33 @@ function ref(deviceId: string, moduleId?: string): IdentityRef {
   return moduleId === undefined || moduleId === null ? { deviceId } : { deviceId, moduleId };
 }
 
-/** The parent could not be asked (down, timed out), as opposed to answering with a refusal. */
+/**
+ * The parent could not be asked (down, timed out, the connection failed), as opposed to
+ * answering with a refusal. A fault of this gateway's own (a stack overflow on input it failed
+ * to refuse, a bug) is neither, and must not be reported as the parent's absence.
+ */
 function unreachable(err: unknown): boolean {
   if (err instanceof UpstreamDownError) return true;
   if (err instanceof UpstreamError) return err.status === undefined || err.status === 504 || err.status === 503 || err.condition === 'com.microsoft:timeout';
-  return !(err instanceof EngineError);
+  if (err instanceof EngineError || isProgrammingError(err)) return false;
+  // Anything else comes from the transport (socket, TLS, the MQTT or AMQP client).
+  return true;
 }
 
-function engineErrorOf(err: unknown, what: string): EngineError {
+function isProgrammingError(err: unknown): boolean {
+  return err instanceof RangeError || err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError;
+}
+
+/**
+ * A refusal passed on as the parent gave it: its status and its own message, unwrapped, so a
+ * device three layers down reads what the hub said; the gateway's context goes to its log.
+ */
+function engineErrorOf(err: unknown, what: string, log: Logger): EngineError {
   if (err instanceof EngineError) return err;
-  const status = (err as { status?: number }).status;
-  const text = `${what}: ${(err as Error).message}`;
-  if (status === 400) return new EngineError('bad-request', text);
-  if (status === 401 || status === 403) return new EngineError('forbidden', text);
-  if (status === 404) return new EngineError('not-found', text);
-  if (status === 412) return new EngineError('precondition', text);
-  if (status === 429) return new EngineError('throttled', text);
-  return new EngineError('internal', text);
+  if (err instanceof UpstreamError && err.status !== undefined) {
+    log.info({ status: err.status, reason: err.message }, `${what}: refused by the parent`);
+    return new EngineError(engineCodeOfStatus(err.status), err.parentMessage ?? err.message);
+  }
+  log.error({ err }, `${what} failed at this gateway`);
+  return new EngineError('internal', `${what} failed at the gateway: ${(err as Error)?.message ?? String(err)}`);
 }

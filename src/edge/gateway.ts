@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import tls, { type TLSSocket } from 'node:tls';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Engine } from '../engine/engine.ts';
-import { EngineError } from '../engine/errors.ts';
+import { EngineError, httpStatusOf } from '../engine/errors.ts';
 import type { AuthResult, AuthorizeHook, IdentityRef, Message, TelemetrySink } from '../engine/types.ts';
 import { listenError } from '../hub/hub.ts';
 import { ownModuleReader } from '../hub/own-modules.ts';
@@ -742,11 +742,8 @@ function relayMethod(engine: Engine, identity: IdentityRef, req: { methodName: s
   }
   engine.invokeMethod(identity, { methodName: req.methodName, payload, responseTimeoutInSeconds: RELAYED_METHOD_TIMEOUT_S }).then(
     (r) => respond(r.status, Buffer.from(JSON.stringify(r.payload ?? null))),
-    (err: unknown) => {
-      const code = err instanceof EngineError ? err.code : 'internal';
-      const status = code === 'not-connected' ? 404 : code === 'timeout' ? 504 : code === 'bad-request' ? 400 : 500;
-      respond(status, Buffer.from(JSON.stringify({ message: (err as Error).message })));
-    },
+    // Every refusal keeps its own status (the same table the device heads use), not just three.
+    (err: unknown) => respond(httpStatusOf(err), Buffer.from(JSON.stringify({ message: (err as Error).message }))),
   );
 }
 

@@ -37,6 +37,7 @@ import type {
   TwinProperties,
 } from './types.ts';
 import { MAX_MESSAGE_BYTES } from './types.ts';
+import { JSON_MAX_DEPTH, TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 
 const log = childLog('engine');
 
@@ -481,6 +482,8 @@ export class Engine {
     for (const k of Object.keys(patch)) {
       if (k.startsWith('$')) throw new EngineError('bad-request', `reported property names cannot start with "$" ("${k}")`);
     }
+    // Here, not only at the hub: a gateway would serialise the patch for its parent first.
+    if (nestsDeeperThan(patch, TWIN_MAX_DEPTH)) throw new EngineError('bad-request', tooDeepMessage('reported properties'));
     try {
       return await this.options.registry.updateReported(identity.deviceId, identity.moduleId, patch);
     } catch (err) {
@@ -565,6 +568,12 @@ export class Engine {
       } catch {
         value = text;
       }
+    }
+    // The caller serialises the answer again (to the service, or up to a parent gateway).
+    if (nestsDeeperThan(value, JSON_MAX_DEPTH)) {
+      log.warn({ session: session.id, requestId }, 'method response refused: its payload nests too deeply');
+      p.reject(new EngineError('bad-request', tooDeepMessage(`the method response of ${describeIdentity(session.identity)}`, JSON_MAX_DEPTH)));
+      return;
     }
     p.resolve({ status, payload: value });
   }

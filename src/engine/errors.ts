@@ -59,3 +59,22 @@ export function httpStatusOf(err: unknown): number {
 export function iotHubErrorCodeOf(err: unknown): string {
   return err instanceof EngineError ? IOTHUB_CODE[err.code] : 'ServerError';
 }
+
+/**
+ * The engine code of an HTTP-like status a parent answered (twin and method replies carry
+ * them), so a gateway passes a refusal on with the status it came with.
+ */
+export function engineCodeOfStatus(status: number): EngineErrorCode {
+  switch (status) {
+    case 400: return 'bad-request';
+    case 401: return 'unauthorized';
+    case 403: return 'forbidden';
+    case 404: return 'not-found';
+    case 412: return 'precondition';
+    case 413: return 'too-large';
+    case 429: return 'throttled';
+    case 503: return 'unavailable';
+    case 504: return 'timeout';
+    default: return status >= 400 && status < 500 ? 'bad-request' : 'internal';
+  }
+}

@@ -186,9 +186,24 @@ const FUNCTIONS: Record<string, number[]> = {
   array_contains: [2], array_length: [1], lower: [1], upper: [1], length: [1],
 };
 
+/**
+ * How deeply a query may nest (parentheses, NOT, lists, function calls, and each AND/OR of a
+ * chain, which evaluation walks as a nested tree): far past any real query, short of the stack.
+ */
+export const MAX_QUERY_NESTING = 200;
+
 class Parser {
   private i = 0;
+  private depth = 0;
   constructor(private readonly tokens: Token[]) {}
+
+  /** One level deeper; the caller leaves with `this.depth--` (or `this.depth -= n` for a chain). */
+  private enter(): void {
+    if (++this.depth > MAX_QUERY_NESTING) {
+      const at = this.tok;
+      throw new QueryError(`syntax error at position ${at.pos + 1}: the condition nests more than ${MAX_QUERY_NESTING} levels deep (parentheses, NOT, lists, functions or AND/OR terms)`, at.pos + 1);
+    }
+  }
 
   private get tok(): Token { return this.tokens[this.i]!; }
   private advance(): Token { return this.tokens[this.i++]!; }
@@ -313,26 +328,45 @@ class Parser {
 
   private parseOr(): Cond {
     let left = this.parseAnd();
-    while (this.acceptKeyword('or')) left = { type: 'or', left, right: this.parseAnd() };
+    let terms = 0;
+    while (this.acceptKeyword('or')) {
+      this.enter();
+      terms++;
+      left = { type: 'or', left, right: this.parseAnd() };
+    }
+    this.depth -= terms;
     return left;
   }
 
   private parseAnd(): Cond {
     let left = this.parseNot();
-    while (this.acceptKeyword('and')) left = { type: 'and', left, right: this.parseNot() };
+    let terms = 0;
+    while (this.acceptKeyword('and')) {
+      this.enter();
+      terms++;
+      left = { type: 'and', left, right: this.parseNot() };
+    }
+    this.depth -= terms;
     return left;
   }
 
   private parseNot(): Cond {
-    if (this.acceptKeyword('not')) return { type: 'not', operand: this.parseNot() };
+    if (this.acceptKeyword('not')) {
+      this.enter();
+      const operand = this.parseNot();
+      this.depth--;
+      return { type: 'not', operand };
+    }
     return this.parsePredicate();
   }
 
   private parsePredicate(): Cond {
     if (this.isPunct('(')) {
       this.i++;
+      this.enter();
       const inner = this.parseOr();
       this.expectPunct(')', "')' or AND/OR");
+      this.depth--;
       return inner;
     }
     const left = this.parseOperand();
@@ -358,9 +392,11 @@ class Parser {
     if (!this.isPunct('[') && !this.isPunct('(')) this.fail("'[' to start the list");
     const close = open.text === '[' ? ']' : ')';
     this.i++;
+    this.enter();
     const values: unknown[] = [];
     if (this.isPunct(close)) {
       this.i++;
+      this.depth--;
       return values;
     }
     for (;;) {
@@ -369,6 +405,7 @@ class Parser {
       values.push(lit.value);
       if (this.isPunct(',')) { this.i++; continue; }
       this.expectPunct(close, `',' or '${close}'`);
+      this.depth--;
       return values;
     }
   }
@@ -399,6 +436,7 @@ class Parser {
         throw new QueryError(`syntax error at position ${t.pos + 1}: unknown function ${t.text}()`, t.pos + 1);
       }
       this.i += 2;
+      this.enter();
       const args: Expr[] = [];
       if (!this.isPunct(')')) {
         args.push(this.parseOperand());
@@ -408,6 +446,7 @@ class Parser {
         }
       }
       this.expectPunct(')', args.length ? "',' or ')'" : "an argument or ')'");
+      this.depth--;
       if (!arity.includes(args.length)) {
         throw new QueryError(`syntax error at position ${t.pos + 1}: ${t.text.toUpperCase()}() takes ${arity.join(' or ')} argument${arity[0] === 1 ? '' : 's'}, got ${args.length}`, t.pos + 1);
       }

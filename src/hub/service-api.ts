@@ -7,6 +7,7 @@ import { HubError, badRequest, deviceNotFound, moduleNotFound } from './errors.t
 import { QueryError, runQuery } from './query.ts';
 import type { Registry } from './registry.ts';
 import { refusals, sourceAddress, wireText } from '../util/log.ts';
+import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 
 /** What a route needs from the caller's policy. */
 interface Access {
@@ -63,6 +64,13 @@ export async function serviceApi(app: FastifyInstance, opts: { registry: Registr
   });
 
   app.setErrorHandler((err, req, reply) => sendError(reply, req, log, err));
+
+  // Registry records and deployments are cloned and serialised recursively; twins check their
+  // own sections against IoT Hub's tighter limit with IoT Hub's message (twin-doc.ts).
+  app.addHook('preValidation', async (req) => {
+    if (req.routeOptions.config.access === TWIN_WRITE) return;
+    if (nestsDeeperThan(req.body, JSON_MAX_DEPTH)) throw badRequest(tooDeepMessage('the request body', JSON_MAX_DEPTH));
+  });
 
   const route = (method: 'GET' | 'PUT' | 'PATCH' | 'POST' | 'DELETE', url: string, access: Access, handler: (req: FastifyRequest, reply: FastifyReply) => unknown) =>
     app.route({ method, url, config: { access }, handler: async (req, reply) => handler(req, reply) });

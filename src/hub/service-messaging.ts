@@ -7,6 +7,7 @@ import { authenticatePolicyToken, requireRight, type AccessPolicy } from '../ide
 import { asHubError, deviceApi } from '../protocols/http/device-api.ts';
 import { emptyProperties, messageFromHeaders, parseExpiry } from '../protocols/http/message-headers.ts';
 import { childLog } from '../util/log.ts';
+import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { HubError, badRequest } from './errors.ts';
 import { eventJson, JsonBytes, writeEventJson, type EventPageJson } from './event-json.ts';
 import type { HubNode } from './hub.ts';
@@ -63,11 +64,15 @@ const ACKS: readonly C2DAck[] = ['none', 'positive', 'negative', 'full'];
 function parseJsonBody(req: FastifyRequest, what: string): unknown {
   const raw = Buffer.isBuffer(req.body) ? req.body : undefined;
   if (!raw || raw.length === 0) throw badRequest(`the request has no body: send ${what}`);
+  let value: unknown;
   try {
-    return JSON.parse(raw.toString('utf8'));
+    value = JSON.parse(raw.toString('utf8'));
   } catch (err) {
     throw badRequest(`the body is not valid JSON (${(err as Error).message}): send ${what}`);
   }
+  // A payload goes on to a device serialised again, which deep nesting would overflow.
+  if (nestsDeeperThan(value, JSON_MAX_DEPTH)) throw badRequest(tooDeepMessage('the request body', JSON_MAX_DEPTH));
+  return value;
 }
 
 function timeoutField(body: Record<string, unknown>, name: string, min: number): number | undefined {

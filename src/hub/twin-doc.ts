@@ -1,9 +1,10 @@
 import type { MetaNode, StoredProperties, StoredTwin } from '../store/registry-store.ts';
 import type { TwinPropertiesJson } from './types.ts';
-import { badRequest } from './errors.ts';
+import { badRequest, type HubError } from './errors.ts';
+import { TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 
 /** IoT Hub's twin limits: 10 levels of nesting, 32 KiB each for desired and reported, 16 KiB of tags. */
-export const TWIN_LIMITS = { maxDepth: 10, desiredBytes: 32 * 1024, reportedBytes: 32 * 1024, tagsBytes: 16 * 1024, keyBytes: 1024 };
+export const TWIN_LIMITS = { maxDepth: TWIN_MAX_DEPTH, desiredBytes: 32 * 1024, reportedBytes: 32 * 1024, tagsBytes: 16 * 1024, keyBytes: 1024 };
 
 export const NEVER = '0001-01-01T00:00:00Z';
 
@@ -34,35 +35,61 @@ export function propertiesJson(p: StoredProperties): TwinPropertiesJson {
 
 /**
  * Checks a patch (or a replacement) for desired/reported/tags: a JSON object whose keys are
- * non-empty, have no `.`, `$`, space or control characters, and nest at most 10 levels; null
- * deletes in a patch and is dropped from a replacement. Root `$version`/`$metadata` are ignored:
- * tools often send back a twin they read.
+ * non-empty, have no `.`, `$`, space or control characters, and whose objects and arrays nest
+ * at most 10 levels below it (IoT Hub's `one` ... `ten` example is the deepest legal twin);
+ * null deletes in a patch and is dropped from a replacement. Root `$version`/`$metadata` are
+ * ignored: tools often send back a twin they read.
  */
 export function cleanPatch(what: string, patch: unknown): Record<string, unknown> {
   if (!isPlainObject(patch)) throw badRequest(`${what} must be a JSON object`);
+  // Before anything recursive touches it: deep arrays would otherwise exhaust the stack.
+  if (nestsDeeperThan(patch, TWIN_LIMITS.maxDepth)) throw tooDeep(what);
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(patch)) {
     if (k === '$version' || k === '$metadata') continue;
+    checkName(what, k);
     out[k] = v;
   }
-  checkLevel(what, out, 1);
+  checkLevel(what, out);
   return out;
 }
 
-function checkLevel(path: string, obj: Record<string, unknown>, depth: number): void {
-  if (depth > TWIN_LIMITS.maxDepth) throw badRequest(`${path} nests deeper than ${TWIN_LIMITS.maxDepth} levels`);
+/** The refusal of a twin section nested past IoT Hub's limit, the same at every entry point. */
+export function tooDeep(what: string): HubError {
+  return badRequest(tooDeepMessage(what, TWIN_LIMITS.maxDepth));
+}
+
+/**
+ * `__proto__` is refused outright: as a plain object's key it is the prototype, so merging it
+ * (mergeValues, applyPropertiesPatch) would write into Object.prototype of the whole process.
+ */
+function checkName(path: string, k: string): void {
+  if (k === '__proto__') throw badRequest(`property name "__proto__" in ${path} is reserved`);
+}
+
+function checkLevel(path: string, obj: Record<string, unknown>): void {
   for (const [k, v] of Object.entries(obj)) {
+    checkName(path, k);
     if (!k) throw badRequest(`${path} has an empty property name`);
     // eslint-disable-next-line no-control-regex
     if (/[.$ \u0000-\u001f\u007f-\u009f]/.test(k)) {
       throw badRequest(`property name "${k}" in ${path} contains a character IoT Hub does not allow (. $ space or a control character)`);
     }
     if (Buffer.byteLength(k) > TWIN_LIMITS.keyBytes) throw badRequest(`property name in ${path} is longer than ${TWIN_LIMITS.keyBytes} bytes`);
-    if (isPlainObject(v)) checkLevel(`${path}.${k}`, v, depth + 1);
+    if (isPlainObject(v)) checkLevel(`${path}.${k}`, v);
+    else if (Array.isArray(v)) checkArray(`${path}.${k}`, v);
     else if (v !== null && !['string', 'number', 'boolean'].includes(typeof v) && !Array.isArray(v)) {
       throw badRequest(`${path}.${k} has a value of type ${typeof v}, which a twin cannot hold`);
     }
   }
+}
+
+/** Objects inside arrays follow the same key rules; the depth was bounded before. */
+function checkArray(path: string, items: unknown[]): void {
+  items.forEach((item, i) => {
+    if (isPlainObject(item)) checkLevel(`${path}[${i}]`, item);
+    else if (Array.isArray(item)) checkArray(`${path}[${i}]`, item);
+  });
 }
 
 /** Merges a JSON merge patch into plain values (null deletes); no metadata. Used for tags. */

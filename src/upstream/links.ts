@@ -10,6 +10,8 @@ import type { Delivery, EventContext, Message as AmqpMessage, Receiver, Sender }
 export class UpstreamError extends Error {
   /** When set, the pump tries again after this long rather than backing off further (routing/pump.ts). */
   retryAfterMs?: number;
+  /** The parent's own words for a refusal it answered, for a gateway to pass on unchanged. */
+  parentMessage?: string;
 
   constructor(
     message: string,
@@ -31,7 +33,9 @@ export function twinRefusal(operation: string, who: string, status: number, body
   } catch {
     /* plain text */
   }
-  return new UpstreamError(`twin ${operation} for ${who} refused by the parent (${status}): ${text}`, undefined, status);
+  const err = new UpstreamError(`twin ${operation} for ${who} refused by the parent (${status}): ${text}`, undefined, status);
+  err.parentMessage = text;
+  return err;
 }
 
 /** The link or connection this operation relied on went away; retry once the link is up. */

@@ -222,3 +222,21 @@ test('the source is read lazily: only the collection named in FROM is touched, T
   assert.deepEqual(ids(runQuery('SELECT TOP 1 * FROM devices', counting)), ['edge-top']);
   assert.equal(pulled, 1);
 });
+
+test('deep nesting is a QueryError, not a stack overflow; nesting within the limit still runs', () => {
+  const n = 20_000;
+  const deep = [
+    `SELECT * FROM devices WHERE ${'('.repeat(n)}deviceId = 'a'${')'.repeat(n)}`,
+    `SELECT * FROM devices WHERE ${'NOT '.repeat(n)}deviceId = 'a'`,
+    `SELECT * FROM devices WHERE deviceId IN ${'['.repeat(n)}${']'.repeat(n)}`,
+    `SELECT * FROM devices WHERE tags.x = ${'['.repeat(n)}${']'.repeat(n)}`,
+    `SELECT * FROM devices WHERE ${'LOWER('.repeat(n)}deviceId${')'.repeat(n)} = 'a'`,
+    `SELECT * FROM devices WHERE ${Array(n).fill("deviceId = 'a'").join(' AND ')}`,
+    `SELECT * FROM devices WHERE ${Array(n).fill("deviceId = 'a'").join(' OR ')}`,
+  ];
+  for (const sql of deep) {
+    assert.throws(() => runQuery(sql, source), (err: unknown) => err instanceof QueryError && /nests more than 200 levels/.test(err.message), sql.slice(0, 60));
+  }
+  const fine = `SELECT * FROM devices WHERE ${'('.repeat(50)}deviceId = 'leaf-1'${')'.repeat(50)} AND ${Array(50).fill("status = 'enabled'").join(' AND ')}`;
+  assert.deepEqual(ids(runQuery(fine, source)), ['leaf-1']);
+});

@@ -203,13 +203,39 @@ test('reported properties: merge patch from the device, $version +1, reported ev
 test('twin limits: 10 levels, 32 KiB of desired, property names', (t) => {
   const { registry } = open(t);
   registry.putDevice('d', {});
-  let deep: Record<string, unknown> = { v: 1 };
-  for (let i = 0; i < 10; i++) deep = { n: deep };
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: deep } }, '*', 'patch'), /deeper than 10/);
+  // IoT Hub's own example of the deepest legal twin: objects "one" to "ten" below the section.
+  let legal: Record<string, unknown> = { property: 'value' };
+  for (const n of ['ten', 'nine', 'eight', 'seven', 'six', 'five', 'four', 'three', 'two', 'one']) legal = { [n]: legal };
+  registry.updateTwin('d', undefined, { tags: legal, properties: { desired: legal } }, '*', 'patch');
+  assert.equal(registry.getTwin('d')!.version, 2);
+  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: { eleven: legal } } }, '*', 'patch'), /deeper than 10/);
+  // Arrays count as levels too.
+  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: { a: [[[[[[[[[[[1]]]]]]]]]]] } } }, '*', 'patch'), /deeper than 10/);
+  hubError(400, 'ArgumentInvalid', () => registry.updateReported('d', undefined, { a: JSON.parse('['.repeat(10_000) + ']'.repeat(10_000)) }), /deeper than 10/);
   hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: { big: 'x'.repeat(33 * 1024) } } }, '*', 'patch'), /bytes/);
   hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { tags: { 'has space': 1 } }, '*', 'patch'));
   // A refused write changes nothing.
+  assert.equal(registry.getTwin('d')!.version, 2);
+});
+
+test('a "__proto__" property name is refused at every depth and never reaches Object.prototype (found by test/fuzz/twin-patch)', (t) => {
+  const { registry } = open(t);
+  registry.putDevice('d', {});
+  registry.putModule('d', 'm', { deviceId: 'd', moduleId: 'm' });
+  const writes: Array<() => unknown> = [
+    () => registry.updateReported('d', undefined, JSON.parse('{"a":{"__proto__":{"viaReported":1}}}')),
+    () => registry.updateReported('d', 'm', JSON.parse('{"__proto__":{"viaReported":1}}')),
+    () => registry.updateTwin('d', undefined, JSON.parse('{"tags":{"a":{"__proto__":{"viaTags":1}}}}'), '*', 'patch'),
+    () => registry.updateTwin('d', undefined, JSON.parse('{"properties":{"desired":{"a":{"b":{"__proto__":{"viaDesired":1}}}}}}'), '*', 'patch'),
+    () => registry.updateTwin('d', undefined, JSON.parse('{"properties":{"desired":{"a":[{"__proto__":{"viaArray":1}}]}}}'), '*', 'replace'),
+  ];
+  for (const write of writes) hubError(400, 'ArgumentInvalid', write, /__proto__/);
+  const probe = {} as Record<string, unknown>;
+  for (const k of ['viaReported', 'viaTags', 'viaDesired', 'viaArray', '$lastUpdated']) assert.equal(probe[k], undefined, `Object.prototype.${k}`);
   assert.equal(registry.getTwin('d')!.version, 1);
+  // Other names that look like JavaScript internals are ordinary properties.
+  registry.updateReported('d', undefined, { constructor: { prototype: 1 }, toString: 'x' });
+  assert.deepEqual(registry.getTwin('d')!.properties?.reported?.constructor, { prototype: 1 });
 });
 
 test('deleting an edge parent orphans its children and reports which; events only after commit', (t) => {

@@ -46,6 +46,10 @@ let nextConnectionId = 1;
 
 /** The largest frame we accept (announced in our open). */
 const MAX_FRAME_SIZE = 65536;
+/** The most deliveries one disposition may settle (far above any session window). */
+const MAX_DISPOSITION_RANGE = 65_536;
+/** How long a client has to close its side after we closed ours, before the socket is destroyed. */
+const CLOSE_GRACE_MS = 2000;
 
 /** The AMQP header a server answers an unsupported header with (SASL offered), before it closes. */
 const SASL_HEADER = Buffer.from([0x41, 0x4d, 0x51, 0x50, 3, 1, 0, 0]);
@@ -102,7 +106,15 @@ export class AmqpConnection {
       properties: { product: 'strata' },
     } as never);
     this.wire();
-    socket.on('close', () => this.end('socket closed'));
+    this.boundDispositions();
+    // Once we have ended our side, the client has a moment to end its own: rhea stops reading
+    // after some failures (a refused SASL), so the client's end would never be seen otherwise.
+    socket.once('finish', () => setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref());
+    socket.on('close', () => {
+      this.end('socket closed');
+      // After rhea's own close handling, which misses an idle timer it re-armed on input after a protocol error.
+      setImmediate(() => this.stopRheaTimers());
+    });
     socket.on('error', (err: Error) => this.log.debug({ err: err.message }, 'socket error'));
     // The first bytes tell whether the client spoke AMQP at all (for the garbage answer below).
     socket.once('data', (chunk: Buffer) => {
@@ -165,6 +177,39 @@ export class AmqpConnection {
         return;
       }
     }
+  }
+
+  /**
+   * rhea settles a disposition's range id by id, so one frame naming billions of deliveries
+   * (first 0, last 4294967295) holds the event loop for minutes; a session never has more
+   * deliveries in flight than its window. Found by the AMQP fuzzer.
+   */
+  private boundDispositions(): void {
+    type DispositionFrame = { performative: { first: number; last?: number | null } };
+    const rc = this.rc as unknown as { on_disposition(frame: DispositionFrame): void };
+    const settle = rc.on_disposition.bind(rc);
+    rc.on_disposition = (frame) => {
+      const { first, last } = frame.performative;
+      const count = last === undefined || last === null ? 1 : last - first + 1;
+      if (count > MAX_DISPOSITION_RANGE) {
+        // rhea answers a ProtocolError (recognised by name) by closing the connection, as for any malformed frame.
+        throw Object.assign(new Error(`a disposition for ${count} deliveries (ids ${first} to ${last}) is over the ${MAX_DISPOSITION_RANGE} a session can have in flight`), { name: 'ProtocolError' });
+      }
+      settle(frame);
+    };
+  }
+
+  /**
+   * rhea re-arms its idle timer (twice the idle timeout, minutes) on every input, also on input
+   * that ends in a protocol error, and its disconnect handling does not always clear it: a
+   * closed connection then stays in memory, and keeps the process up, until the timer fires.
+   */
+  private stopRheaTimers(): void {
+    const rc = this.rc as unknown as { heartbeat_in?: NodeJS.Timeout; heartbeat_out?: NodeJS.Timeout };
+    clearTimeout(rc.heartbeat_in);
+    clearTimeout(rc.heartbeat_out);
+    rc.heartbeat_in = undefined;
+    rc.heartbeat_out = undefined;
   }
 
   /** A client that makes us buffer without bound: close with the reason, then cut it off. */
