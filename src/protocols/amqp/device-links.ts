@@ -9,6 +9,7 @@ import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './er
 import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
 import { bodyBytes, echoId, fromAmqp, idToAmqp, idToString, toAmqp } from './message.ts';
 import { checkOnBehalfOfLink } from './on-behalf-of.ts';
+import { refusals, sourceAddress, wireText } from '../../util/log.ts';
 
 /**
  * The links a device or module SDK attaches: telemetry, C2D, module inputs, twin, direct
@@ -101,7 +102,7 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
           messages = [fromAmqp(msg)];
         }
       } catch (err) {
-        ctx.conn.log.warn({ who: describeIdentity(addr.identity), reason: (err as Error).message }, 'unreadable telemetry refused');
+        refusals.warn(ctx.conn.log, sourceAddress(ctx.conn.remote), { who: describeIdentity(addr.identity), reason: wireText((err as Error).message) }, 'unreadable telemetry refused');
         delivery.reject({ condition: CONDITION.decode, description: `unreadable message: ${(err as Error).message}` } as never);
         credit.done();
         return;
@@ -114,7 +115,8 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
         },
         (err) => {
           const info = amqpErrorOf(err);
-          ctx.conn.log.warn({ who: describeIdentity(addr.identity), condition: info.condition, reason: info.description }, 'telemetry refused');
+          // One line per refused message would flood the log while a store is full: limited per client address.
+          refusals.warn(ctx.conn.log, sourceAddress(ctx.conn.remote), { who: describeIdentity(addr.identity), condition: info.condition, reason: info.description }, 'telemetry refused');
           delivery.reject(info as never);
           credit.done();
         },
