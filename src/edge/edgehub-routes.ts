@@ -5,7 +5,7 @@ import type { TwinCollection } from '../engine/types.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { RouteTable, parseEdgeHubDesired } from '../routing/route-table.ts';
 import type { UpstreamIdentity } from '../upstream/upstream.ts';
-import { writeFileDurably } from '../util/durable-file.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 import { childLog } from '../util/log.ts';
 import type { TwinCache } from './twin-cache.ts';
 
@@ -192,7 +192,7 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     if (!path) return;
     const kept: LastGood = { ...(version !== undefined ? { version } : {}), desired, savedAt: new Date().toISOString() };
     try {
-      writeFileDurably(path, `${JSON.stringify(kept, null, 2)}\n`);
+      writeFileAtomic(path, `${JSON.stringify(kept, null, 2)}\n`, 0o600);
     } catch (err) {
       this.log.warn({ file: path, err: (err as Error).message }, 'could not keep the route configuration on disk; a restart before the parent answers routes with the previous one');
     }

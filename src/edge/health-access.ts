@@ -1,6 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { writeFileDurably } from '../util/durable-file.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 
 /**
  * `/health` answers anyone with the gateway's state, but names the connected devices and
@@ -18,7 +18,7 @@ export function healthToken(path: string, onError: (err: Error) => void): string
   if (kept && /^[A-Za-z0-9_-]{43}$/.test(kept)) return kept;
   const token = randomBytes(32).toString('base64url');
   try {
-    writeFileDurably(path, `${token}\n`, 0o600);
+    writeFileAtomic(path, `${token}\n`, 0o600);
   } catch (err) {
     onError(err as Error);
   }

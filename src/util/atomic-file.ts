@@ -5,11 +5,12 @@ import { dirname } from 'node:path';
  * Replaces `path` with `text` so that a reader (or a restart after a crash) sees the old file or
  * the new one, never a part: written to a temporary file beside it, flushed, renamed over it.
  * When any step fails (a full disk) the temporary file is removed and the old file stays.
+ * `mode` is the new file's (0o600 for secrets and what only this node reads).
  */
-export function writeFileAtomic(path: string, text: string): void {
+export function writeFileAtomic(path: string, text: string, mode = 0o666): void {
   const tmp = `${path}.${process.pid}.tmp`;
   try {
-    const fd = fs.openSync(tmp, 'w');
+    const fd = fs.openSync(tmp, 'w', mode);
     try {
       fs.writeFileSync(fd, text);
       fs.fsyncSync(fd);
