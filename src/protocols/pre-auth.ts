@@ -180,9 +180,20 @@ export class PreAuthGate {
       const ticket = preAuthOf(req.socket);
       if (!ticket) return;
       ticket.clearTimer();
-      res.once('finish', () => {
-        if (res.statusCode === 401 || res.statusCode === 403) ticket.expect(headers.what, headers.ms);
+      const settle = (status: number) => {
+        if (status === 401 || status === 403) ticket.expect(headers.what, headers.ms);
         else ticket.authenticated();
+      };
+      // Decided when the head goes out, not at the end: a long-lived answer (an SSE stream of
+      // events, a long poll) must not count as unauthenticated, nor be closed as the oldest one.
+      const writeHead = res.writeHead;
+      res.writeHead = function (this: ServerResponse, ...args: Parameters<ServerResponse['writeHead']>) {
+        res.writeHead = writeHead;
+        settle(typeof args[0] === 'number' ? args[0] : res.statusCode);
+        return writeHead.apply(this, args);
+      } as ServerResponse['writeHead'];
+      res.once('finish', () => {
+        if (res.writeHead !== writeHead) settle(res.statusCode);
       });
     });
     server.on('upgrade', (req: IncomingMessage) => preAuthOf(req.socket)?.clearTimer());

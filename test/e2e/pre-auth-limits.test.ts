@@ -6,6 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, test } from 'node:test';
@@ -17,7 +19,7 @@ import { WebSocket } from 'ws';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { setupEdge, startGatewayProcess } from '../helpers/edge.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
-import { createSasDevice, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
+import { createSasDevice, serviceClient, serviceToken, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { rheaConnect } from '../fixtures/amqp-helpers.ts';
 
 const { Client, Message } = deviceSdk;
@@ -283,4 +285,49 @@ test('a limit that is not a positive number stops the gateway with the setting n
   const setup = await setupEdge(hub, { gatewayId: 'limits-gw-bad', address, strata: 'max_unauthenticated = -5', deploy: false });
   t.after(() => setup.cleanup());
   await assert.rejects(startGatewayProcess({ configPath: setup.configPath, dataDir: setup.dataDir, address }), /\[strata\] max_unauthenticated must be a positive whole number, not -5/);
+});
+
+test('a long-lived HTTPS answer (an SSE event stream) counts as authenticated once its head is sent: a flood does not close it', async (t) => {
+  // A total cap of 20: every idle socket past it closes the oldest unauthenticated connection.
+  const capped = await startHubProcess({ args: ['--max-unauthenticated', '20'] });
+  t.after(() => capped.stop());
+  const svc: ServiceClient = serviceClient(capped);
+  t.after(() => svc.close());
+  const { cs } = await createSasDevice(svc, capped, 'sse-during-flood');
+  const received: string[] = [];
+  const stream = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host: capped.address,
+        port: capped.httpsPort,
+        path: '/events?from=end&device=sse-during-flood',
+        ca: capped.caPem,
+        agent: false,
+        headers: { accept: 'text/event-stream', authorization: serviceToken(svc) },
+      },
+      resolve,
+    );
+    req.on('error', reject);
+    req.end();
+    t.after(() => req.destroy());
+  });
+  assert.equal(stream.statusCode, 200);
+  let closed = false;
+  stream.on('data', (c: Buffer) => received.push(c.toString()));
+  stream.on('close', () => (closed = true));
+
+  const flood: Socket[] = [];
+  t.after(() => flood.forEach((s) => s.destroy()));
+  for (let i = 0; i < 60; i++) flood.push(await tcp(MQTT, source(), capped.address));
+  await logShows(/in total \(max_unauthenticated\)/, () => capped.output());
+  assert.equal(closed, false, 'the event stream is still open after the flood');
+
+  const client = Client.fromConnectionString(cs, Mqtt);
+  t.after(() => client.close().catch(() => undefined));
+  await client.setOptions({ ca: capped.caPem });
+  await client.open();
+  await client.sendEvent(new Message('seen on the stream'));
+  const deadline = Date.now() + 10_000;
+  while (!received.join('').includes(Buffer.from('seen on the stream').toString('base64')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(received.join('').includes(Buffer.from('seen on the stream').toString('base64')), `the stream carried the event: ${received.join('').slice(0, 500)}`);
 });
