@@ -2,8 +2,12 @@
  * Memory of idle connections at the hub: RSS (and V8 heap, separately) per idle authenticated
  * MQTT/TLS connection, and what an unauthenticated flood costs and leaves behind once it closes.
  *
- *   node --import tsx bench/idle-connections.ts [--connections 2000] [--flood 5000] [--flood-sources 20]
+ *   node --import tsx bench/idle-connections.ts [--connections 2000] [--rounds 3] [--no-floor]
+ *     [--flood 5000] [--flood-sources 20] [--flood-rounds 3]
  *
+ * Each round starts a fresh hub; the per-connection figures printed are medians over the rounds.
+ * The floor is a bare Node TLS server (the MQTT listener's TLS options, certificate and key) that
+ * answers CONNECT with a CONNACK, measured with the same clients: what Node and OpenSSL cost.
  * The hub runs as a real `strata hub start` child process; a small preload in it answers SIGUSR2
  * with process.memoryUsage() after two full GCs, so heap and RSS are read apart. Steps:
  * baseline, N authenticated idle MQTT connections (keep-alive 0), those closed, a flood of
