@@ -2,8 +2,12 @@
  * Memory of idle connections at the hub: RSS (and V8 heap, separately) per idle authenticated
  * MQTT/TLS connection, and what an unauthenticated flood costs and leaves behind once it closes.
  *
- *   node --import tsx bench/idle-connections.ts [--connections 2000] [--flood 5000] [--flood-sources 20]
+ *   node --import tsx bench/idle-connections.ts [--connections 2000] [--rounds 3] [--no-floor]
+ *     [--flood 5000] [--flood-sources 20] [--flood-rounds 3]
  *
+ * Each round starts a fresh hub; the per-connection figures printed are medians over the rounds.
+ * The floor is a bare Node TLS server (the MQTT listener's TLS options, certificate and key) that
+ * answers CONNECT with a CONNACK, measured with the same clients: what Node and OpenSSL cost.
  * The hub runs as a real `strata hub start` child process; a small preload in it answers SIGUSR2
  * with process.memoryUsage() after two full GCs, so heap and RSS are read apart. Steps:
  * baseline, N authenticated idle MQTT connections (keep-alive 0), those closed, a flood of
@@ -12,6 +16,7 @@
  * (`--flood-rounds`), to tell a leak (grows each round) from memory the allocator keeps and
  * reuses (levels off). Prints one JSON line.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
@@ -23,6 +28,8 @@ import { parseArgs } from 'node:util';
 import mqttPacket from 'mqtt-packet';
 import { parseConnectionString } from '../src/identity/connection-string.ts';
 import { createSasToken } from '../src/identity/sas.ts';
+import { hubPkiPaths } from '../src/hub/tls.ts';
+import { GATED_TLS_OPTIONS } from '../src/protocols/pre-auth.ts';
 import { startHubProcess, type HubProcess } from '../test/helpers/hub.ts';
 
 const { values: args } = parseArgs({
@@ -31,18 +38,26 @@ const { values: args } = parseArgs({
     flood: { type: 'string', default: '5000' },
     'flood-sources': { type: 'string', default: '20' },
     'flood-rounds': { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '3' },
+    floor: { type: 'boolean', default: true },
   },
+  allowNegative: true,
 });
 const N = Number(args.connections);
 const FLOOD = Number(args.flood);
 const FLOOD_SOURCES = Number(args['flood-sources']);
 const FLOOD_ROUNDS = Math.max(1, Number(args['flood-rounds']));
+const ROUNDS = Math.max(1, Number(args.rounds));
+const FLOOR = args.floor;
 
 const PROBE = `
 const fs = require('node:fs');
 process.on('SIGUSR2', () => {
   if (global.gc) { global.gc(); global.gc(); }
   const m = process.memoryUsage();
+  const spaces = {};
+  for (const s of require('node:v8').getHeapSpaceStatistics()) spaces[s.space_name] = { size: s.space_size, used: s.space_used_size, physical: s.physical_space_size };
+  m.spaces = spaces;
   if (process.env.STRATA_BENCH_SNAPSHOTS) require('node:v8').writeHeapSnapshot(process.env.STRATA_BENCH_MEM_FILE + '.' + Date.now() + '.heapsnapshot');
   fs.writeFileSync(process.env.STRATA_BENCH_MEM_FILE, JSON.stringify({ ...m, at: Date.now() }));
 });
@@ -52,23 +67,26 @@ interface Memory {
   rss: number;
   /** RSS of the brk heap: glibc's main malloc arena (OpenSSL, libuv, sockets' native parts). */
   brkHeap: number;
+  /** RSS of the other anonymous mappings (V8's heap pages among them). */
+  otherAnon: number;
   heapUsed: number;
   heapTotal: number;
   external: number;
   arrayBuffers: number;
+  spaces: Record<string, { size: number; used: number; physical: number }>;
 }
 
-async function memoryOf(hub: HubProcess, file: string): Promise<Memory> {
+async function memoryOf(proc: ChildProcess, file: string): Promise<Memory> {
   // Let sockets settle and timers fire before reading.
   await sleep(1500);
   const before = Date.now();
-  hub.proc.kill('SIGUSR2');
+  proc.kill('SIGUSR2');
   // A heap snapshot (STRATA_BENCH_SNAPSHOTS) takes a while.
   for (let i = 0; i < 2400; i++) {
     await sleep(25);
     try {
       const m = JSON.parse(readFileSync(file, 'utf8')) as Memory & { at: number };
-      if (m.at >= before) return { ...m, brkHeap: brkHeapRss(hub.proc.pid!) };
+      if (m.at >= before) return { ...m, ...smapsRss(proc.pid!) };
     } catch {
       /* not written yet */
     }
@@ -76,15 +94,21 @@ async function memoryOf(hub: HubProcess, file: string): Promise<Memory> {
   throw new Error('the hub did not answer the memory probe');
 }
 
-/** The [heap] mapping's RSS from /proc/PID/smaps: what malloc holds, apart from V8's own mappings. */
-function brkHeapRss(pid: number): number {
+/**
+ * RSS by kind of mapping from /proc/PID/smaps: `[heap]` is glibc's main malloc arena (OpenSSL,
+ * libuv, sockets' native parts); other anonymous mappings are V8's heap pages, thread stacks and
+ * malloc's other arenas; the rest is files (code).
+ */
+function smapsRss(pid: number): { brkHeap: number; otherAnon: number } {
   const lines = readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n');
-  let inHeap = false;
+  let kind: 'brk' | 'anon' | 'file' = 'file';
+  const out = { brkHeap: 0, otherAnon: 0 };
   for (const line of lines) {
-    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inHeap = line.trimEnd().endsWith('[heap]');
-    else if (inHeap && line.startsWith('Rss:')) return Number(line.split(/\s+/)[1]) * 1024;
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ (\d+)\s*(.*)$/.exec(line);
+    if (head) kind = head[2]!.trim() === '[heap]' ? 'brk' : head[1] === '0' && !head[2]!.trim().startsWith('/') ? 'anon' : 'file';
+    else if (line.startsWith('Rss:') && kind !== 'file') out[kind === 'brk' ? 'brkHeap' : 'otherAnon'] += Number(line.split(/\s+/)[1]) * 1024;
   }
-  return 0;
+  return out;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -106,8 +130,8 @@ function rest(host: string, ca: string, token: string, method: string, path: str
 }
 
 /** An authenticated MQTT connection that then says nothing (keep-alive 0: never pinged, never timed out). */
-async function idleDevice(host: string, ca: string, id: string, key: string): Promise<TLSSocket> {
-  const socket = tlsConnect({ host, port: 8883, ca });
+async function idleDevice(host: string, port: number, ca: string, id: string, key: string): Promise<TLSSocket> {
+  const socket = tlsConnect({ host, port, ca });
   await new Promise<void>((res, rej) => {
     socket.once('secureConnect', res);
     socket.once('error', rej);
@@ -132,7 +156,13 @@ const perConnection = (a: Memory, b: Memory, n: number) => ({
   heapKiB: round((b.heapUsed - a.heapUsed) / n / 1024),
   externalKiB: round((b.external - a.external) / n / 1024),
   mallocHeapKiB: round((b.brkHeap - a.brkHeap) / n / 1024),
+  otherAnonKiB: round((b.otherAnon - a.otherAnon) / n / 1024),
+  v8HeapCommittedKiB: round((b.heapTotal - a.heapTotal) / n / 1024),
+  v8NewSpacePhysicalKiB: round((b.spaces.new_space!.physical - a.spaces.new_space!.physical) / n / 1024),
+  v8OldSpacePhysicalKiB: round((b.spaces.old_space!.physical - a.spaces.old_space!.physical) / n / 1024),
+  v8OtherSpacesPhysicalKiB: round((otherSpaces(b) - otherSpaces(a)) / n / 1024),
 });
+const otherSpaces = (m: Memory) => Object.entries(m.spaces).reduce((sum, [name, s]) => (name === 'new_space' || name === 'old_space' ? sum : sum + s.physical), 0);
 const round = (x: number) => Math.round(x * 10) / 10;
 const mib = (m: Memory) => ({
   rssMiB: round(m.rss / 2 ** 20),
@@ -148,12 +178,65 @@ async function inBatches<T>(count: number, size: number, make: (i: number) => Pr
   return out;
 }
 
-async function main(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'strata-bench-idle-'));
-  const probe = join(dir, 'probe.cjs');
-  const memFile = join(dir, 'memory.json');
-  writeFileSync(probe, PROBE);
+/**
+ * A bare Node TLS server with the hub MQTT listener's TLS options, certificate and key, answering
+ * CONNECT with a CONNACK and doing nothing else: what Node and OpenSSL cost per connection, the
+ * floor under the hub's own figure.
+ */
+const BARE_TLS_SERVER = `
+const tls = require('node:tls');
+const fs = require('node:fs');
+const server = tls.createServer({
+  cert: fs.readFileSync(process.env.STRATA_BENCH_CERT), key: fs.readFileSync(process.env.STRATA_BENCH_KEY),
+  requestCert: true, rejectUnauthorized: false, ...JSON.parse(process.env.STRATA_BENCH_TLS_OPTIONS),
+}, (socket) => {
+  socket.setNoDelay(true);
+  socket.on('error', () => undefined);
+  socket.once('data', () => socket.write(Buffer.from([0x20, 2, 0, 0])));
+});
+server.listen(0, process.env.STRATA_BENCH_HOST, () => process.stdout.write('port ' + server.address().port + '\\n'));
+`;
+
+interface Round {
+  hub: ReturnType<typeof perConnection>;
+  bareTls?: ReturnType<typeof perConnection>;
+  hubBaseline: ReturnType<typeof mib>;
+  hubWithIdle: ReturnType<typeof mib>;
+  hubIdleClosed: ReturnType<typeof mib>;
+}
+
+async function startBareTls(dir: string, probe: string, hub: HubProcess): Promise<{ proc: ChildProcess; port: number; memFile: string }> {
+  const script = join(dir, 'bare-tls.cjs');
+  writeFileSync(script, BARE_TLS_SERVER);
+  const memFile = join(dir, 'bare-memory.json');
+  const pki = hubPkiPaths(hub.dataDir);
+  const proc = spawn(process.execPath, ['--expose-gc', '--require', probe, script], {
+    env: {
+      ...process.env,
+      STRATA_BENCH_MEM_FILE: memFile,
+      STRATA_BENCH_CERT: pki.serverCert,
+      STRATA_BENCH_KEY: pki.serverKey,
+      STRATA_BENCH_HOST: hub.address,
+      STRATA_BENCH_TLS_OPTIONS: JSON.stringify(GATED_TLS_OPTIONS),
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    proc.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      const m = /port (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.once('exit', (code) => reject(new Error(`the bare TLS server exited (${code})`)));
+  });
+  return { proc, port, memFile };
+}
+
+async function oneRound(dir: string, probe: string, index: number, withFlood: boolean): Promise<{ round: Round; flood?: Record<string, unknown> }> {
+  const memFile = join(dir, `memory-${index}.json`);
   const hub = await startHubProcess({ nodeArgs: ['--expose-gc', '--require', probe], env: { STRATA_BENCH_MEM_FILE: memFile, STRATA_LOG_LEVEL: 'error' } });
+  let bare: Awaited<ReturnType<typeof startBareTls>> | undefined;
   try {
     const cs = parseConnectionString(hub.connectionString);
     const policyToken = createSasToken(hub.hostname, cs.SharedAccessKey, Math.floor(Date.now() / 1000) + 3600, cs.SharedAccessKeyName);
@@ -169,14 +252,29 @@ async function main(): Promise<void> {
       const r = await rest(hub.address, hub.caPem, policyToken, 'POST', '/devices', chunk);
       if (r.status !== 200 || !JSON.parse(r.body).isSuccessful) throw new Error(`bulk create failed: ${r.status} ${r.body}`);
     }
+    const device = (i: number) => idleDevice(hub.address, 8883, hub.caPem, devices[i]!.id, devices[i]!.key);
     // Warm up TLS and the engine with a few connections first, so the baseline holds the one-off costs.
-    for (const s of await inBatches(20, 20, (i) => idleDevice(hub.address, hub.caPem, devices[i]!.id, devices[i]!.key))) s.destroy();
-    const base = await memoryOf(hub, memFile);
-
-    const idle = await inBatches(N, 100, (i) => idleDevice(hub.address, hub.caPem, devices[i]!.id, devices[i]!.key));
-    const withIdle = await memoryOf(hub, memFile);
+    for (const s of await inBatches(20, 20, device)) s.destroy();
+    const base = await memoryOf(hub.proc, memFile);
+    const idle = await inBatches(N, 100, device);
+    const withIdle = await memoryOf(hub.proc, memFile);
     for (const s of idle) s.destroy();
-    const idleClosed = await memoryOf(hub, memFile);
+    const idleClosed = await memoryOf(hub.proc, memFile);
+    const result: Round = { hub: perConnection(base, withIdle, N), hubBaseline: mib(base), hubWithIdle: mib(withIdle), hubIdleClosed: mib(idleClosed) };
+
+    if (FLOOR) {
+      // The same clients (TLS, CONNECT with a token) against the bare server, while the hub idles.
+      bare = await startBareTls(dir, probe, hub);
+      const b = bare;
+      const bareDevice = (i: number) => idleDevice(hub.address, b.port, hub.caPem, devices[i]!.id, devices[i]!.key);
+      for (const s of await inBatches(20, 20, bareDevice)) s.destroy();
+      const bareBase = await memoryOf(b.proc, b.memFile);
+      const bareIdle = await inBatches(N, 100, bareDevice);
+      const bareWith = await memoryOf(b.proc, b.memFile);
+      for (const s of bareIdle) s.destroy();
+      result.bareTls = perConnection(bareBase, bareWith, N);
+    }
+    if (!withFlood) return { round: result };
 
     // The flood: half TLS handshakes that never send CONNECT, half bare TCP; spread over addresses under the caps.
     const sources = Array.from({ length: FLOOD_SOURCES }, () => `127.${randomInt(2, 251)}.${randomInt(2, 251)}.${randomInt(2, 251)}`);
@@ -190,36 +288,73 @@ async function main(): Promise<void> {
       });
     });
     const flood = await floodOnce();
-    const during = await memoryOf(hub, memFile);
+    const during = await memoryOf(hub.proc, memFile);
     const floodHeld = flood.filter((s) => !s.destroyed).length;
     for (const s of flood) s.destroy();
     await sleep(3000);
-    const afterFlood = await memoryOf(hub, memFile);
+    const afterFlood = await memoryOf(hub.proc, memFile);
     // More floods the same size: memory kept after the first is reused, not added to (no leak).
     const afterEachFlood = [mib(afterFlood)];
-    for (let round = 1; round < FLOOD_ROUNDS; round++) {
+    for (let r = 1; r < FLOOD_ROUNDS; r++) {
       for (const s of await floodOnce()) s.destroy();
       await sleep(3000);
-      afterEachFlood.push(mib(await memoryOf(hub, memFile)));
+      afterEachFlood.push(mib(await memoryOf(hub.proc, memFile)));
     }
-
-    process.stdout.write(
-      `${JSON.stringify({
-        bench: 'idle-connections',
-        connections: N,
-        perIdleAuthenticatedMqttTls: perConnection(base, withIdle, N),
+    return {
+      round: result,
+      flood: {
+        sockets: FLOOD,
+        sources: FLOOD_SOURCES,
+        openAtMeasurement: floodHeld,
         baseline: mib(base),
-        withIdle: mib(withIdle),
-        idleClosed: mib(idleClosed),
-        flood: { sockets: FLOOD, sources: FLOOD_SOURCES, openAtMeasurement: floodHeld },
         duringFlood: mib(during),
         afterFlood: mib(afterFlood),
         afterFloodOverBaselineMiB: round((afterFlood.rss - base.rss) / 2 ** 20),
         afterEachFlood,
+      },
+    };
+  } finally {
+    bare?.proc.kill();
+    await hub.stop();
+  }
+}
+
+/** The median of each figure over the rounds. */
+function medians(rows: Array<Record<string, number>>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(rows[0] ?? {})) {
+    const v = rows.map((r) => r[k]!).sort((a, b) => a - b);
+    out[k] = v.length % 2 ? v[(v.length - 1) / 2]! : round((v[v.length / 2 - 1]! + v[v.length / 2]!) / 2);
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-bench-idle-'));
+  const probe = join(dir, 'probe.cjs');
+  writeFileSync(probe, PROBE);
+  try {
+    const rounds: Round[] = [];
+    let flood: Record<string, unknown> | undefined;
+    for (let r = 0; r < ROUNDS; r++) {
+      // The flood (once, in the last round) comes after that round's idle figures.
+      const out = await oneRound(dir, probe, r, FLOOD > 0 && r === ROUNDS - 1);
+      rounds.push(out.round);
+      flood ??= out.flood;
+      process.stderr.write(`round ${r + 1}/${ROUNDS}: hub ${out.round.hub.rssKiB} KiB, bare TLS ${out.round.bareTls?.rssKiB ?? '-'} KiB per idle connection\n`);
+    }
+    process.stdout.write(
+      `${JSON.stringify({
+        bench: 'idle-connections',
+        connections: N,
+        rounds: ROUNDS,
+        perIdleAuthenticatedMqttTls: medians(rounds.map((r) => r.hub)),
+        ...(FLOOR ? { perIdleBareNodeTls: medians(rounds.map((r) => r.bareTls!)) } : {}),
+        eachRound: rounds,
+        ...(flood ? { flood } : {}),
       })}\n`,
     );
   } finally {
-    await hub.stop();
     if (!process.env.STRATA_BENCH_SNAPSHOTS) rmSync(dir, { recursive: true, force: true });
     else process.stderr.write(`heap snapshots kept in ${dir}\n`);
   }

@@ -431,7 +431,7 @@ export class Engine {
 
   private relayed(s: SessionImpl, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): C2DDelivery {
     const lockToken = `relay-${(this.nextRelayId++).toString(36)}`;
-    s.external.set(lockToken, settle);
+    (s.external ??= new Map()).set(lockToken, settle);
     const now = Date.now();
     return {
       lockToken,
@@ -640,7 +640,7 @@ export class Engine {
   /** @internal hands available C2D messages to a subscribed session, up to its window. */
   pumpC2D(s: SessionImpl): void {
     if (s.closed || !s.subscriptions.has('c2d') || s.identity.moduleId !== undefined || !s.handler.onC2D) return;
-    while (s.inflight.size < C2D_SESSION_WINDOW) {
+    while ((s.inflight?.size ?? 0) < C2D_SESSION_WINDOW) {
       let d: C2DDelivery | undefined;
       try {
         d = this.c2d.lockNext(s.identity.deviceId, C2D_SESSION_LOCK_MS);
@@ -649,7 +649,7 @@ export class Engine {
         return;
       }
       if (!d) return;
-      s.inflight.add(d.lockToken);
+      (s.inflight ??= new Set()).add(d.lockToken);
       try {
         s.handler.onC2D(d);
       } catch (err) {
@@ -676,7 +676,7 @@ export class Engine {
   /** @internal */
   sessionEnded(s: SessionImpl, reason: CloseReason): void {
     const key = keyOf(s.identity);
-    if (s.external.size > 0) {
+    if (s.external && s.external.size > 0) {
       const pending = [...s.external.values()];
       s.external.clear();
       for (const settle of pending) {
@@ -687,7 +687,7 @@ export class Engine {
         }
       }
     }
-    if (s.inflight.size > 0 && this.queue) {
+    if (s.inflight && s.inflight.size > 0 && this.queue) {
       try {
         this.queue.release(s.inflight);
       } catch (err) {
@@ -772,9 +772,10 @@ export class Engine {
 /** A live connection; the engine's side of it. */
 class SessionImpl implements Session {
   closed = false;
-  readonly inflight = new Set<string>();
+  /** C2D lock tokens handed to the head and not settled; made at the first (most sessions never get one). */
+  inflight?: Set<string>;
   /** Relayed deliveries (relayC2D, deliverInput) not settled yet: lock token -> their settle. */
-  readonly external = new Map<string, (outcome: C2DOutcome) => unknown>();
+  external?: Map<string, (outcome: C2DOutcome) => unknown>;
   private expiryTimer?: NodeJS.Timeout;
   private lastActivity = 0;
 
@@ -838,13 +839,13 @@ class SessionImpl implements Session {
 
   async settleC2D(lockToken: string, outcome: C2DOutcome): Promise<void> {
     this.touch();
-    const relayed = this.external.get(lockToken);
+    const relayed = this.external?.get(lockToken);
     if (relayed) {
-      this.external.delete(lockToken);
+      this.external!.delete(lockToken);
       await relayed(outcome);
       return;
     }
-    const mine = this.inflight.delete(lockToken);
+    const mine = this.inflight?.delete(lockToken) ?? false;
     try {
       // The session holds its lock until it settles, however long that takes.
       this.engine.c2d.settle(this.identity.deviceId, lockToken, outcome, { ignoreLockExpiry: mine });
@@ -900,10 +901,12 @@ class SessionImpl implements Session {
       setImmediate(() => this.end('token-expired', 'the credential of this connection expired'));
       return;
     }
+    // Whole seconds (tokens expire on a second anyway): Node keeps one list per timer duration,
+    // so sessions with tokens of the same lifetime share one instead of each costing a list.
     this.expiryTimer = setTimeout(() => {
       if (this.auth.expiresAt !== undefined && this.auth.expiresAt <= Date.now()) this.end('token-expired', 'the credential of this connection expired');
       else this.armExpiry();
-    }, Math.min(wait, MAX_TIMER_MS));
+    }, Math.min(Math.ceil(wait / 1000) * 1000, MAX_TIMER_MS));
     this.expiryTimer.unref();
   }
 }

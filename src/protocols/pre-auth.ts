@@ -45,8 +45,9 @@ export const PRE_AUTH_SETTINGS = {
 /**
  * TLS server options for a guarded server: the gate's deadline replaces Node's own handshake
  * timer, which would otherwise stay on every connection, cleared but allocated, for its lifetime.
+ * Node reads 0 as "the default, 120 s"; only a negative value means no timer.
  */
-export const GATED_TLS_OPTIONS = { handshakeTimeout: 0 } as const;
+export const GATED_TLS_OPTIONS = { handshakeTimeout: -1 } as const;
 
 const TICKET = Symbol('strata.preAuth');
 /** Set on a raw socket this gate closed: its TLS socket's dying errors are ours, not the client's. */

@@ -28,6 +28,14 @@ const log = childLog('mqtt');
 /** The plain buffer list of the `bl` package mqtt-packet builds on (its parser would use the stream form). */
 const { BufferList } = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'))('bl') as { BufferList: new () => unknown };
 
+/**
+ * What the parser reads from its settings once CONNECT is in: mqtt-packet keeps the whole CONNECT
+ * packet there (client id, user name, the password's token) for the connection's life otherwise.
+ */
+const CONNECTED_PARSER_SETTINGS = Object.freeze({ protocolVersion: 4 });
+/** The parser's state machine, the same for every parser: one array for all connections. */
+const PARSER_STATES = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
+
 /** CONNACK return codes of MQTT 3.1.1. */
 const CONNACK = {
   accepted: 0,
@@ -53,7 +61,13 @@ export interface MqttConnectionOptions {
   onBehalfOf?: OnBehalfOfSource;
   /** The listener's count of unauthenticated connections, released once CONNECT is accepted. */
   preAuth?: PreAuthTicket;
+  /** The listener's live connections: joined here, left at teardown. */
+  live?: Set<MqttConnection>;
 }
+
+/** The connection a transport or parser belongs to, for listeners shared by all connections. */
+const OWNER = Symbol('strata.mqttConnection');
+type Owned = { [OWNER]: MqttConnection };
 
 /** The user name parameter naming the auth chain of an on-behalf-of CONNECT. */
 const AUTH_CHAIN_PARAM = 'auth-chain';
@@ -77,6 +91,12 @@ export class MqttConnection {
   private session?: Session;
   private identity?: IdentityRef;
   private backlog: InternalPacket[] = [];
+  private readonly remote: string;
+  private readonly protocol: MqttConnectionOptions['protocol'];
+  /** Needed until CONNECT is handled (certificate, timeouts, on-behalf-of source); dropped then. */
+  private opts?: MqttConnectionOptions;
+  private readonly onBehalfOfSource?: OnBehalfOfSource;
+  private readonly live?: Set<MqttConnection>;
   private lastReceived = Date.now();
   private keepAliveMs = 0;
   private keepAliveTimer?: NodeJS.Timeout;
@@ -84,8 +104,8 @@ export class MqttConnection {
   /** Counted as unauthenticated until CONNACK; dropped then (an idle connection keeps nothing it does not need). */
   private preAuth?: PreAuthTicket;
   private nextPacketId = 1;
-  /** Outgoing QoS 1 PUBLISHes waiting for PUBACK: packet id -> C2D lock token. */
-  private readonly awaitingAck = new Map<number, string>();
+  /** Outgoing QoS 1 PUBLISHes waiting for PUBACK: packet id -> C2D lock token (made at the first). */
+  private awaitingAck?: Map<number, string>;
   private corked = false;
   /** Packet ids of stored telemetry to acknowledge at the end of this turn. */
   private pubacks: number[] = [];
@@ -96,21 +116,31 @@ export class MqttConnection {
   constructor(
     private readonly stream: Duplex,
     private readonly engine: Engine,
-    private readonly opts: MqttConnectionOptions,
+    opts: MqttConnectionOptions,
   ) {
+    this.opts = opts;
+    this.remote = opts.remote;
+    this.protocol = opts.protocol;
+    if (opts.onBehalfOf) this.onBehalfOfSource = opts.onBehalfOf;
     this.maxPacketBytes = opts.maxPacketBytes ?? 512 * 1024;
     // The parser keeps its bytes in a BufferListStream, a whole Duplex stream per connection; it
     // only ever appends, reads and consumes, which the plain list does for a fraction of the memory.
-    (this.parser as unknown as { _list: unknown })._list = new BufferList();
-    this.parser.on('packet', (p) => this.onPacket(p as unknown as InternalPacket));
-    this.parser.on('error', (err: Error) => this.protocolError(`malformed packet: ${err.message}`));
-    stream.on('data', (chunk: Buffer) => this.onData(chunk));
-    stream.on('error', (err: Error) => {
-      log.debug({ err, remote: opts.remote }, 'transport error');
-      this.teardown('client');
-    });
-    stream.on('close', () => this.teardown('client'));
-    stream.on('end', () => this.teardown('client'));
+    const parser = this.parser as unknown as { _list: unknown; _states: readonly string[] } & Owned;
+    parser._list = new BufferList();
+    parser._states = PARSER_STATES;
+    // Listeners shared by all connections find theirs through the emitter: no closures per connection.
+    parser[OWNER] = this;
+    this.parser.on('packet', onParserPacket);
+    this.parser.on('error', onParserError);
+    (stream as unknown as Owned)[OWNER] = this;
+    stream.on('data', onStreamData);
+    stream.on('error', onStreamError);
+    stream.on('close', onStreamEnd);
+    stream.on('end', onStreamEnd);
+    if (opts.live) {
+      this.live = opts.live;
+      opts.live.add(this);
+    }
     // Counts from the transport being up; the listener's TLS deadline came before.
     this.preAuth = opts.preAuth;
     opts.preAuth?.clearTimer();
@@ -124,18 +154,24 @@ export class MqttConnection {
     return this.state === 'closed';
   }
 
-  private who(): string {
-    return this.identity ? describeIdentity(this.identity) : `client at ${this.opts.remote}`;
+  /** @internal the identity CONNECT named (set before the session opens). */
+  connectedIdentity(): IdentityRef {
+    return this.identity!;
   }
 
-  private onData(chunk: Buffer): void {
+  private who(): string {
+    return this.identity ? describeIdentity(this.identity) : `client at ${this.remote}`;
+  }
+
+  /** @internal */
+  onData(chunk: Buffer): void {
     if (this.state === 'closed') return;
     this.lastReceived = Date.now();
     try {
       this.parser.parse(chunk);
     } catch (err) {
       // A bug in handling one client's packet must cost that connection only, never the process.
-      log.error({ err, who: this.who(), remote: this.opts.remote }, 'closing connection: internal error while handling a packet');
+      log.error({ err, who: this.who(), remote: this.remote }, 'closing connection: internal error while handling a packet');
       this.teardown('protocol-error');
       return;
     }
@@ -146,11 +182,14 @@ export class MqttConnection {
     }
   }
 
-  private onPacket(p: InternalPacket): void {
+  /** @internal */
+  onPacket(p: InternalPacket): void {
     if (this.state === 'closed') return;
     if (this.state === 'awaiting-connect') {
       if (p.cmd !== 'connect') return this.protocolError(`first packet is ${p.cmd.toUpperCase()}, not CONNECT`);
       this.state = 'authenticating';
+      // Only 3.1.1 gets further (onConnect refuses the rest), so that is all the parser needs.
+      (this.parser as unknown as { settings: object }).settings = CONNECTED_PARSER_SETTINGS;
       void this.onConnect(p as unknown as mqtt.IConnectPacket);
       return;
     }
@@ -181,7 +220,8 @@ export class MqttConnection {
       authChain = u.query.get(AUTH_CHAIN_PARAM);
     }
     const sasToken = p.password ? p.password.toString('utf8') : undefined;
-    if (!sasToken && !this.opts.clientCertificate) {
+    const clientCertificate = this.opts?.clientCertificate;
+    if (!sasToken && !clientCertificate) {
       return this.refuse('neither a SAS token (password) nor a client certificate was given', CONNACK.badCredentials);
     }
     const actorEdgeId = sasToken === undefined ? undefined : actingEdgeOf(sasToken);
@@ -193,10 +233,10 @@ export class MqttConnection {
       auth = granted;
     } else {
       try {
-        auth = await this.engine.authenticate({ ...identity, sasToken, clientCertificate: sasToken ? undefined : this.opts.clientCertificate });
+        auth = await this.engine.authenticate({ ...identity, sasToken, clientCertificate: sasToken ? undefined : clientCertificate });
       } catch (err) {
         if (err instanceof EngineError) return this.refuse(`authentication failed (${err.code}): ${err.message}`, CONNACK.notAuthorized);
-        log.error({ err, remote: this.opts.remote }, 'authentication error');
+        log.error({ err, remote: this.remote }, 'authentication error');
         return this.refuse('authentication error', CONNACK.unavailable);
       }
     }
@@ -205,9 +245,9 @@ export class MqttConnection {
     // PUBLISH and reconnect at once; "server unavailable" makes the SDKs back off instead.
     const storeFull = this.engine.storeFull();
     if (storeFull) return this.refuse(storeFull, CONNACK.unavailable);
-    const handler = new ConnectionSessionHandler(this, identity);
+    const handler = new ConnectionSessionHandler(this);
     try {
-      this.session = await this.engine.connect(auth, handler, { protocol: this.opts.protocol, cleanSession: p.clean !== false, remote: this.opts.remote, viaGateway: onBehalfOf });
+      this.session = await this.engine.connect(auth, handler, { protocol: this.protocol, cleanSession: p.clean !== false, remote: this.remote, viaGateway: onBehalfOf });
     } catch (err) {
       // An engine refusal (e.g. the gateway's MaxConnectedClients) says why in its message.
       if (err instanceof EngineError) return this.refuse(err.message, CONNACK.unavailable);
@@ -220,11 +260,15 @@ export class MqttConnection {
       return;
     }
     this.state = 'connected';
+    // The same identity as the one parsed from the client id; keeping the session's leaves one copy.
+    this.identity = this.session.identity;
     this.preAuth?.authenticated();
-    this.preAuth = this.opts.preAuth = undefined;
+    this.preAuth = undefined;
+    const keepAliveFactor = this.opts?.keepAliveFactor ?? 1.5;
+    this.opts = undefined;
     this.send({ cmd: 'connack', returnCode: CONNACK.accepted, sessionPresent: this.session.resumed });
     if (p.keepalive && p.keepalive > 0) {
-      this.keepAliveMs = p.keepalive * 1000 * (this.opts.keepAliveFactor ?? 1.5);
+      this.keepAliveMs = p.keepalive * 1000 * keepAliveFactor;
       this.armKeepAlive();
     }
     const backlog = this.backlog;
@@ -242,7 +286,7 @@ export class MqttConnection {
    * Returns the target's credentials, or undefined after refusing the CONNECT.
    */
   private async grant(actorEdgeId: string, target: IdentityRef, token: string, authChain: string | undefined): Promise<AuthResult | undefined> {
-    const source = this.opts.onBehalfOf;
+    const source = this.onBehalfOfSource;
     const actor = `${actorEdgeId}/${EDGE_HUB}`;
     const refuse = (why: string) => {
       this.refuse(`on-behalf-of by ${actor} refused: ${why}`, CONNACK.notAuthorized);
@@ -253,7 +297,7 @@ export class MqttConnection {
       auth = (await grantOnBehalfOf({ source, authenticate: (req) => this.engine.authenticate(req), actorEdgeId, target, token })).auth;
     } catch (err) {
       if (err instanceof EngineError) return refuse(err.message);
-      log.error({ err, remote: this.opts.remote }, 'on-behalf-of check failed');
+      log.error({ err, remote: this.remote }, 'on-behalf-of check failed');
       this.refuse('authentication error', CONNACK.unavailable);
       return undefined;
     }
@@ -264,7 +308,7 @@ export class MqttConnection {
       if (this.state === 'closed') return;
       const why = withdrawalReason(source!, target, actorEdgeId);
       if (!why) return;
-      log.info({ actor, target: describeIdentity(target), remote: this.opts.remote, reason: why }, 'on-behalf-of withdrawn');
+      log.info({ actor, target: describeIdentity(target), remote: this.remote, reason: why }, 'on-behalf-of withdrawn');
       this.forbidden(`on-behalf-of withdrawn: ${why}`);
     });
     log.info({ actor, target: describeIdentity(target), chain: authChain }, 'on-behalf-of accepted');
@@ -277,7 +321,7 @@ export class MqttConnection {
     this.keepAliveTimer = setTimeout(() => {
       if (this.state !== 'connected') return;
       if (Date.now() - this.lastReceived >= this.keepAliveMs) {
-        log.warn({ who: this.who(), remote: this.opts.remote, keepAliveMs: this.keepAliveMs }, 'closing connection: keep-alive expired (nothing received for 1.5x the keep-alive interval)');
+        log.warn({ who: this.who(), remote: this.remote, keepAliveMs: this.keepAliveMs }, 'closing connection: keep-alive expired (nothing received for 1.5x the keep-alive interval)');
         this.teardown('keep-alive');
       } else {
         this.armKeepAlive();
@@ -333,10 +377,10 @@ export class MqttConnection {
           (err: unknown) => {
             if (this.state === 'closed') return;
             if (err instanceof EngineError && err.code === 'too-large') {
-              log.warn({ who: this.who(), remote: this.opts.remote }, `closing connection: ${err.message}`);
+              log.warn({ who: this.who(), remote: this.remote }, `closing connection: ${err.message}`);
             } else if (err instanceof EngineError && err.code === 'store-full') {
               // MQTT 3.1.1 has no negative PUBACK: the close is the refusal; the device sends it again later.
-              log.warn({ who: this.who(), remote: this.opts.remote, code: err.code }, `closing connection: telemetry not stored, ${err.message}`);
+              log.warn({ who: this.who(), remote: this.remote, code: err.code }, `closing connection: telemetry not stored, ${err.message}`);
             } else {
               log.warn({ err, who: this.who() }, 'closing connection: telemetry could not be stored');
             }
@@ -423,9 +467,9 @@ export class MqttConnection {
   }
 
   private onPuback(packetId: number): void {
-    const lockToken = this.awaitingAck.get(packetId);
+    const lockToken = this.awaitingAck?.get(packetId);
     if (lockToken === undefined) return;
-    this.awaitingAck.delete(packetId);
+    this.awaitingAck!.delete(packetId);
     this.session!.settleC2D(lockToken, 'complete').catch((err: unknown) => log.warn({ err, who: this.who() }, 'C2D completion failed'));
   }
 
@@ -468,7 +512,7 @@ export class MqttConnection {
   deliver(topic: string, d: C2DDelivery): void {
     if (this.state !== 'connected') return;
     const id = this.allocatePacketId();
-    this.awaitingAck.set(id, d.lockToken);
+    (this.awaitingAck ??= new Map()).set(id, d.lockToken);
     this.send({ cmd: 'publish', topic, payload: d.message.body, qos: 1, dup: d.deliveryCount > 1, retain: false, messageId: id });
   }
 
@@ -492,7 +536,7 @@ export class MqttConnection {
     for (let i = 0; i < 65535; i++) {
       const id = this.nextPacketId;
       this.nextPacketId = id === 65535 ? 1 : id + 1;
-      if (!this.awaitingAck.has(id)) return id;
+      if (!this.awaitingAck?.has(id)) return id;
     }
     throw new Error('no free MQTT packet id');
   }
@@ -513,7 +557,7 @@ export class MqttConnection {
 
   private refuse(why: string, code?: number): void {
     // Refusals come before authentication: one address repeating them gets a few lines and a count.
-    refusals.warn(log, sourceAddress(this.opts.remote), { who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `connection refused: ${why}`);
+    refusals.warn(log, sourceAddress(this.remote), { who: this.who(), remote: this.remote, protocol: this.protocol }, `connection refused: ${why}`);
     if (code !== undefined && !this.stream.destroyed) {
       this.stream.write(mqtt.generate({ cmd: 'connack', returnCode: code, sessionPresent: false }));
     }
@@ -522,21 +566,21 @@ export class MqttConnection {
 
   private protocolError(why: string): void {
     if (this.state === 'closed') return;
-    const fields = { who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol };
+    const fields = { who: this.who(), remote: this.remote, protocol: this.protocol };
     if (this.state === 'connected') log.warn(fields, `closing connection: ${why}`);
-    else refusals.warn(log, sourceAddress(this.opts.remote), fields, `closing connection: ${why}`);
+    else refusals.warn(log, sourceAddress(this.remote), fields, `closing connection: ${why}`);
     this.teardown('protocol-error');
   }
 
   private forbidden(why: string): void {
-    log.warn({ who: this.who(), remote: this.opts.remote, protocol: this.opts.protocol }, `closing connection: ${why}`);
+    log.warn({ who: this.who(), remote: this.remote, protocol: this.protocol }, `closing connection: ${why}`);
     this.teardown('forbidden');
   }
 
   /** The engine ends the session (replaced, token expired, identity disabled...). */
   /** @internal */
   engineClose(reason: CloseReason, detail?: string): void {
-    log.warn({ who: this.who(), remote: this.opts.remote, reason }, `closing connection: ${detail ?? reason}`);
+    log.warn({ who: this.who(), remote: this.remote, reason }, `closing connection: ${detail ?? reason}`);
     this.teardown(reason);
   }
 
@@ -547,7 +591,9 @@ export class MqttConnection {
     if (this.connectTimer) clearTimeout(this.connectTimer);
     if (this.keepAliveTimer) clearTimeout(this.keepAliveTimer);
     this.backlog = [];
-    this.awaitingAck.clear();
+    this.awaitingAck = undefined;
+    this.live?.delete(this);
+    this.opts = undefined;
     this.session?.close(reason);
     if (flush) this.stream.end(() => this.stream.destroy());
     else this.stream.destroy();
@@ -555,10 +601,46 @@ export class MqttConnection {
     if (flush) setTimeout(() => this.stream.destroy(), 1000).unref();
   }
 
+  /** @internal */
+  malformed(err: Error): void {
+    this.protocolError(`malformed packet: ${err.message}`);
+  }
+
+  /** @internal */
+  transportError(err: Error): void {
+    log.debug({ err, remote: this.remote }, 'transport error');
+    this.teardown('client');
+  }
+
+  /** @internal */
+  transportClosed(): void {
+    this.teardown('client');
+  }
+
   /** Closes from outside (listener shutdown). */
   close(): void {
     this.teardown('shutdown');
   }
+}
+
+function onParserPacket(this: Owned, p: unknown): void {
+  this[OWNER].onPacket(p as InternalPacket);
+}
+
+function onParserError(this: Owned, err: Error): void {
+  this[OWNER].malformed(err);
+}
+
+function onStreamData(this: Owned, chunk: Buffer): void {
+  this[OWNER].onData(chunk);
+}
+
+function onStreamError(this: Owned, err: Error): void {
+  this[OWNER].transportError(err);
+}
+
+function onStreamEnd(this: Owned): void {
+  this[OWNER].transportClosed();
 }
 
 function writePubacks(conn: MqttConnection): void {
@@ -571,15 +653,14 @@ function writePubacks(conn: MqttConnection): void {
  * once compiled).
  */
 class ConnectionSessionHandler implements SessionHandler {
-  constructor(
-    private readonly conn: MqttConnection,
-    private readonly identity: IdentityRef,
-  ) {}
+  constructor(private readonly conn: MqttConnection) {}
   onC2D(d: C2DDelivery): void {
-    this.conn.deliver(c2dTopic(this.identity.deviceId, d.message, d.ack), d);
+    const identity = this.conn.connectedIdentity();
+    this.conn.deliver(c2dTopic(identity.deviceId, d.message, d.ack), d);
   }
   onInput(input: string, d: C2DDelivery): void {
-    this.conn.deliver(inputTopic(this.identity.deviceId, this.identity.moduleId ?? '', input, d.message, d.ack), d);
+    const identity = this.conn.connectedIdentity();
+    this.conn.deliver(inputTopic(identity.deviceId, identity.moduleId ?? '', input, d.message, d.ack), d);
   }
   onDesired(patch: TwinCollection): void {
     this.conn.pushDesired(patch);

@@ -39,18 +39,20 @@ export async function startMqttListener(o: MqttListenerOptions): Promise<MqttLis
   const gate = o.preAuth ?? new PreAuthGate();
   const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, (socket: TLSSocket) => {
     socket.setNoDelay(true);
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const conn = new MqttConnection(socket, o.engine, {
+    const preAuth = preAuthOf(socket);
+    // The gate read the address from the TCP socket already; asking the TLS socket again would
+    // keep a second copy of it on every connection.
+    const remote = preAuth?.remote ?? `${socket.remoteAddress}:${socket.remotePort}`;
+    new MqttConnection(socket, o.engine, {
       connectTimeoutMs: gate.limits.mqttConnectTimeoutMs,
       ...o.connection,
-      preAuth: preAuthOf(socket),
+      preAuth,
       ...(o.onBehalfOf ? { onBehalfOf: o.onBehalfOf } : {}),
       protocol: 'mqtt',
       remote,
       clientCertificate: clientCertificateOf(socket),
+      live,
     });
-    live.add(conn);
-    socket.once('close', () => live.delete(conn));
   });
   gate.guardTls(server, 'MQTT');
   await new Promise<void>((resolve, reject) => {
@@ -78,7 +80,7 @@ export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connecti
   const live = new Set<MqttConnection>();
   webSocketDispatcher(https).register('mqtt', (stream, req) => {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-    const conn = new MqttConnection(stream, engine, {
+    new MqttConnection(stream, engine, {
       ...(preAuth ? { connectTimeoutMs: preAuth.limits.mqttConnectTimeoutMs } : {}),
       ...connection,
       ...(onBehalfOf ? { onBehalfOf } : {}),
@@ -86,9 +88,8 @@ export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connecti
       protocol: 'mqtt-ws',
       remote,
       clientCertificate: clientCertificateOf(req.socket),
+      live,
     });
-    live.add(conn);
-    stream.once('close', () => live.delete(conn));
   });
   return {
     close() {
