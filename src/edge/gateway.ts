@@ -19,7 +19,7 @@ import { AMQP_WS_SUBPROTOCOL, AmqpHead } from '../protocols/amqp/index.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener } from '../protocols/mqtt/server.ts';
 import { webSocketDispatcher } from '../protocols/ws.ts';
-import { GATED_TLS_OPTIONS, PreAuthGate, preAuthLimitsFrom, preAuthOf } from '../protocols/pre-auth.ts';
+import { GATED_TLS_OPTIONS, PRE_AUTH_SETTINGS, PreAuthGate, preAuthLimitsFrom, preAuthOf } from '../protocols/pre-auth.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
@@ -609,6 +609,9 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       } catch (err) {
         status.errors.push((err as Error).message);
       }
+      for (const k of START_ONLY_SETTINGS) {
+        if (JSON.stringify(c.settings[k]) !== JSON.stringify(config.settings[k])) restartFor.push(`[strata] ${k}`);
+      }
       if (restartFor.length > 0) status.changes.push(`needs a restart to take effect: ${restartFor.join(', ')}`);
       try {
         const oldHost = security.currentHostname;
@@ -678,6 +681,15 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     throw startFailure(err, dataDir, 'gateway');
   }
 }
+
+/** [strata] settings read once at start (listeners, stores): `config apply` names them as needing a restart. */
+const START_ONLY_SETTINGS: readonly string[] = [
+  'metrics_bind',
+  'metrics_port',
+  'disk_reserve_mb',
+  'resend_window_secs',
+  ...Object.values(PRE_AUTH_SETTINGS).map((s) => s.setting),
+];
 
 /** Where Prometheus metrics listen by default: this machine only. */
 export const DEFAULT_METRICS_BIND = '127.0.0.1';

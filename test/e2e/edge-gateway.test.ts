@@ -310,7 +310,7 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
       .replace(/^cert = ".*"$/m, `cert = "${pathToFileURL(caCert).href}"`)
       .replace(/^pk = ".*"$/m, `pk = "${pathToFileURL(caKey).href}"`);
     const config2 = join(lim.dir, 'config2.toml');
-    await writeFile(config2, `${text}\n[strata]\nmax_connected_clients = 2\nupstream_protocol = "Mqtt"\n`);
+    await writeFile(config2, `${text}\n[strata]\nmax_connected_clients = 2\nupstream_protocol = "Mqtt"\nresend_window_secs = 30\nmqtt_connect_timeout_secs = 5\n`);
     const closed = leaves.map((l) => new Promise<boolean>((resolve) => l.client.once('close', () => resolve(true))));
     const apply = await exec(process.execPath, [STRATA_BIN, 'edge', 'config', 'apply', '--config', config2, '--data', lim.dataDir], { env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } });
     assert.equal(apply.code, 0, apply.stderr + apply.stdout);
@@ -318,6 +318,9 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
     assert.match(apply.stdout, /server certificate re-issued/);
     // What only a restart changes is named as such.
     assert.match(apply.stdout, /needs a restart to take effect: UpstreamProtocol/);
+    assert.match(apply.stdout, /needs a restart to take effect: .*\[strata\] resend_window_secs/);
+    assert.match(apply.stdout, /needs a restart to take effect: .*\[strata\] mqtt_connect_timeout_secs/);
+    assert.doesNotMatch(apply.stdout, /needs a restart to take effect: .*max_connected_clients/);
     assert.ok(await Promise.race([Promise.race(closed), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000))]), `a connection over the new limit was closed:\n${gw2.output()}`);
     await eventually('2 connected clients', async () => metricValue(await gw2.metrics(), 'edgehub_connected_clients') === 2);
 
