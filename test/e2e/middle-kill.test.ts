@@ -13,8 +13,8 @@ import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
-import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { setupLayer } from '../helpers/nested.ts';
+import type { HubProcess } from '../helpers/hub.ts';
+import { chainAddresses, startChain } from '../helpers/nested.ts';
 import { eventually, openSdkLeaf } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
@@ -22,9 +22,7 @@ const { Message } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Amqp } = require('azure-iot-device-amqp');
 
-const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
-const first = randomInt(2, 246);
-const [hubAddr, l1Addr, l2Addr, l3Addr] = [0, 1, 2, 3].map((i) => `${base}.${first + i}`);
+const [hubAddr, l1Addr, l2Addr, l3Addr] = chainAddresses();
 const CYCLES = 10;
 
 let hub: HubProcess;
@@ -33,18 +31,7 @@ const gws: Array<GatewayProcess | undefined> = [];
 const cleanups: Array<() => unknown> = [];
 
 before(async () => {
-  hub = await startHubProcess({ address: hubAddr });
-  cleanups.push(() => hub.stop());
-  const addrs = [l1Addr, l2Addr, l3Addr];
-  for (let i = 0; i < 3; i++) {
-    const edge = await setupLayer(hub, { gatewayId: `mk-l${i + 1}`, address: addrs[i], parent: layers[i - 1] });
-    layers.push(edge);
-    cleanups.push(() => edge.cleanup());
-  }
-  for (let i = 0; i < 3; i++) {
-    gws[i] = await startGatewayProcess({ configPath: layers[i].configPath, dataDir: layers[i].dataDir, address: addrs[i] });
-    cleanups.push(() => gws[i]?.stop());
-  }
+  hub = await startChain('mk', [hubAddr, l1Addr, l2Addr, l3Addr], { layers, gws, cleanups });
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();

@@ -11,16 +11,15 @@
  * gateway (whose relay used to throw outside any handler, taking the gateway down).
  */
 import assert from 'node:assert/strict';
-import { randomInt } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
 import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { SERVICE_API_VERSION } from '../../src/hub/service-client.ts';
-import { newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
-import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { newKey, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import type { HubProcess } from '../helpers/hub.ts';
 import { connackOf } from '../helpers/mqtt-leaf.ts';
-import { setupLayer } from '../helpers/nested.ts';
+import { chainAddresses, startChain } from '../helpers/nested.ts';
 import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
@@ -29,29 +28,15 @@ const { Amqp } = require('azure-iot-device-amqp');
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 const mqtt = require('mqtt') as any;
 
-const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
-const first = randomInt(2, 246);
-const [hubAddr, l1Addr, l2Addr, l3Addr] = [0, 1, 2, 3].map((i) => `${base}.${first + i}`);
+const [hubAddr, l1Addr, l2Addr, l3Addr] = chainAddresses();
 
 let hub: HubProcess;
 const layers: EdgeSetup[] = [];
-const gws: GatewayProcess[] = [];
+const gws: Array<GatewayProcess | undefined> = [];
 const cleanups: Array<() => unknown> = [];
 
 before(async () => {
-  hub = await startHubProcess({ address: hubAddr });
-  cleanups.push(() => hub.stop());
-  const addrs = [l1Addr, l2Addr, l3Addr];
-  for (let i = 0; i < 3; i++) {
-    const edge = await setupLayer(hub, { gatewayId: `depth-l${i + 1}`, address: addrs[i]!, parent: layers[i - 1] });
-    layers.push(edge);
-    cleanups.push(() => edge.cleanup());
-  }
-  for (let i = 0; i < 3; i++) {
-    const gw = await startGatewayProcess({ configPath: layers[i]!.configPath, dataDir: layers[i]!.dataDir, address: addrs[i]! });
-    gws.push(gw);
-    cleanups.push(() => gw.stop());
-  }
+  hub = await startChain('depth', [hubAddr, l1Addr, l2Addr, l3Addr], { layers, gws, cleanups });
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();
@@ -151,7 +136,7 @@ async function rawMethodAnswerer(address: string, deviceId: string, key: string,
 
 function stillUp(): void {
   assert.equal(hub.proc.exitCode, null, `the hub exited:\n${hub.output()}`);
-  for (const [i, gw] of gws.entries()) assert.equal(gw.proc.exitCode, null, `gateway L${i + 1} exited`);
+  for (const [i, gw] of gws.entries()) assert.equal(gw?.proc.exitCode, null, `gateway L${i + 1} exited`);
 }
 
 describe('deeply nested twin documents', { timeout: 180_000 }, () => {

@@ -1,14 +1,45 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
-import { setupEdge, type EdgeSetup } from './edge.ts';
-import type { HubProcess } from './hub.ts';
+import { randomInt } from 'node:crypto';
+import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from './edge.ts';
+import { startHubProcess, type HubProcess } from './hub.ts';
 
 /**
  * Gateway layers under a hub (each gateway's identity a child of the layer above, its config
  * naming the layer above in parent_hostname), and a recorder of the TCP connections a process
  * opens, read from /proc, for the network-isolation checks.
  */
+
+/** Four neighbouring loopback addresses of their own: the hub's and three gateway layers'. */
+export function chainAddresses(): [string, string, string, string] {
+  const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
+  const first = randomInt(2, 246);
+  return [0, 1, 2, 3].map((i) => `${base}.${first + i}`) as [string, string, string, string];
+}
+
+/**
+ * A hub and gateway layers under it on `addrs` (the hub's first), ids `${prefix}-l1`.. : the
+ * layers and running gateways go into `out`, their stops into `out.cleanups` (run in reverse).
+ */
+export async function startChain(
+  prefix: string,
+  addrs: readonly string[],
+  out: { layers: EdgeSetup[]; gws: Array<GatewayProcess | undefined>; cleanups: Array<() => unknown> },
+): Promise<HubProcess> {
+  const hub = await startHubProcess({ address: addrs[0] });
+  out.cleanups.push(() => hub.stop());
+  for (let i = 1; i < addrs.length; i++) {
+    const edge = await setupLayer(hub, { gatewayId: `${prefix}-l${i}`, address: addrs[i]!, parent: out.layers[i - 2] });
+    out.layers.push(edge);
+    out.cleanups.push(() => edge.cleanup());
+  }
+  for (let i = 0; i < out.layers.length; i++) {
+    out.gws[i] = await startGatewayProcess({ configPath: out.layers[i]!.configPath, dataDir: out.layers[i]!.dataDir, address: addrs[i + 1]! });
+    out.cleanups.push(() => out.gws[i]?.stop());
+  }
+  return hub;
+}
 
 /** Registers `gatewayId` at the hub under `parent` (or directly under the hub) and points its config at the parent. */
 export async function setupLayer(hub: HubProcess, o: { gatewayId: string; address: string; parent?: EdgeSetup }): Promise<EdgeSetup> {
