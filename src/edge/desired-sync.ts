@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
-import type { IdentityRef, TwinCollection, TwinProperties } from '../engine/types.ts';
+import type { IdentityRef } from '../model/identity.ts';
+import type { TwinCollection, TwinProperties } from '../model/twin.ts';
 import { diffValues } from '../hub/twin-doc.ts';
-import { keyOf } from '../upstream/core.ts';
+import { identityKey } from '../model/identity.ts';
 import type { TwinCache } from './twin-cache.ts';
 
 /**
@@ -50,7 +51,7 @@ export class DesiredSync {
 
   /** Stops retries of an identity that no longer subscribes. */
   forget(identity: IdentityRef): void {
-    const k = keyOf(identity);
+    const k = identityKey(identity);
     const t = this.retries.get(k);
     if (t) clearTimeout(t);
     this.retries.delete(k);
@@ -62,7 +63,7 @@ export class DesiredSync {
   }
 
   private enqueue(identity: IdentityRef, step: () => Promise<void>): void {
-    const k = keyOf(identity);
+    const k = identityKey(identity);
     const next = (this.queues.get(k) ?? Promise.resolve())
       .then(step)
       .catch((err: unknown) => this.o.log.error({ err, identity: k }, 'desired properties sync failed'));
@@ -77,11 +78,11 @@ export class DesiredSync {
     const have = versionOf(this.o.twins.get(identity.deviceId, identity.moduleId)?.desired);
     if (v !== undefined && have !== undefined) {
       if (v <= have) {
-        this.o.log.debug({ identity: keyOf(identity), version: v, have }, 'desired properties patch already handed down; dropped');
+        this.o.log.debug({ identity: identityKey(identity), version: v, have }, 'desired properties patch already handed down; dropped');
         return;
       }
       if (v > have + 1) {
-        this.o.log.info({ identity: keyOf(identity), version: v, have }, 'desired properties patch after a gap in $version: reading the twin upstream to catch up');
+        this.o.log.info({ identity: identityKey(identity), version: v, have }, 'desired properties patch after a gap in $version: reading the twin upstream to catch up');
         return this.resync(identity, fetch, this.o.retryMs ?? 1000, v);
       }
     }
@@ -90,7 +91,7 @@ export class DesiredSync {
 
   /** Reads the twin upstream and hands down what changed; `atLeast`: the version a push showed exists. */
   private async resync(identity: IdentityRef, fetch: Fetch, retryMs: number, atLeast?: number): Promise<void> {
-    const k = keyOf(identity);
+    const k = identityKey(identity);
     let twin: TwinProperties;
     try {
       twin = await fetch();

@@ -1,10 +1,12 @@
 import type { Logger } from 'pino';
-import { EngineError } from '../engine/errors.ts';
-import type { AuthResult, ForwardedBatch, Message } from '../engine/types.ts';
+import { EngineError } from '../model/errors.ts';
+import type { AuthResult } from '../model/identity.ts';
+import type { ForwardedBatch, Message } from '../model/message.ts';
 import { encodeBatchOf } from '../protocols/amqp/batch.ts';
 import { engineCodeOfCondition } from '../protocols/amqp/errors.ts';
 import type { MessageStore } from '../store/message-store.ts';
-import { cover, covers, type ForwardedOrigin, type StreamCoverage } from '../store/origin-watermarks.ts';
+import { cover, covers, type StreamCoverage } from '../store/origin-watermarks.ts';
+import { type ForwardedOrigin } from '../model/message.ts';
 import { UpstreamError } from '../upstream/links.ts';
 import type { DirectTelemetry } from '../upstream/upstream.ts';
 

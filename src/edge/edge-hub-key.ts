@@ -103,7 +103,7 @@ export async function readEdgeHubKey(o: Pick<EdgeHubKeyOptions, 'config' | 'file
       `Register the certificate at the hub: the edge device with authentication type selfSigned and the certificate's thumbprint, or type certificateAuthority (CN = ${deviceId}) with its CA added by \`strata hub ca add\``,
     );
   }
-  const primaryKey = keyOf(module, deviceId);
+  const primaryKey = primaryKeyOf(module, deviceId);
   if (readKept(keptPath, deviceId)?.primaryKey !== primaryKey) {
     writeKeyFile(keptPath, `${JSON.stringify({ deviceId, generationId: module.generationId, primaryKey } satisfies KeptKey)}\n`);
   }
@@ -125,7 +125,7 @@ interface ModuleAnswer {
   authentication?: { type?: string; symmetricKey?: { primaryKey?: string | null } };
 }
 
-function keyOf(module: ModuleAnswer, deviceId: string): string {
+function primaryKeyOf(module: ModuleAnswer, deviceId: string): string {
   const a = module.authentication;
   const key = a?.symmetricKey?.primaryKey;
   if ((a?.type ?? 'sas') !== 'sas' || typeof key !== 'string' || key === '') {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import type { TwinCollection } from '../engine/types.ts';
+import type { TwinCollection } from '../model/twin.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { RouteTable, parseEdgeHubDesired } from '../routing/route-table.ts';
 import type { UpstreamIdentity } from '../upstream/upstream.ts';

@@ -1,11 +1,14 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { EngineError, engineCodeOfStatus } from '../engine/errors.ts';
-import type { EngineRegistry, IdentityRef, MethodRequest, RegistryIdentity, SubscriptionKind, TwinCollection } from '../engine/types.ts';
+import { EngineError, engineCodeOfStatus } from '../model/errors.ts';
+import type { EngineRegistry, SubscriptionKind } from '../engine/types.ts';
+import type { IdentityRef, RegistryIdentity } from '../model/identity.ts';
+import type { MethodRequest } from '../model/methods.ts';
+import type { TwinCollection } from '../model/twin.ts';
 import type { UpstreamC2DDelivery, UpstreamIdentity } from '../upstream/upstream.ts';
 import { UpstreamDownError, UpstreamError } from '../upstream/upstream.ts';
 import { childLog } from '../util/log.ts';
-import { keyOf } from '../upstream/core.ts';
+import { identityKey } from '../model/identity.ts';
 import type { ScopeCache } from './scope-cache.ts';
 import { DesiredSync } from './desired-sync.ts';
 import type { TwinCache } from './twin-cache.ts';
@@ -73,7 +76,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       twins: o.twins,
       deliver: (id, patch) => this.relay?.desired(id, patch) ?? false,
       wanted: (id) => {
-        const e = this.entries.get(keyOf(id));
+        const e = this.entries.get(identityKey(id));
         return !!e && e.connected && e.wanted.has('desired');
       },
       log: this.log,
@@ -118,7 +121,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       if (!cached) {
         throw new EngineError('unavailable', `the parent is unreachable and no twin of ${describe(id)} is cached at this gateway yet (${(err as Error).message})`);
       }
-      this.log.info({ identity: keyOf(id), cachedAt: new Date(cached.updatedMs).toISOString() }, 'parent unreachable: answering the twin read from the cache');
+      this.log.info({ identity: identityKey(id), cachedAt: new Date(cached.updatedMs).toISOString() }, 'parent unreachable: answering the twin read from the cache');
       return { properties: { desired: cached.desired, reported: cached.reported } };
     }
   }
@@ -147,12 +150,12 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     }
     e.wanted.clear();
     this.desired.forget(id);
-    this.entries.delete(keyOf(id));
+    this.entries.delete(identityKey(id));
     void this.closeChannel(e);
   }
 
   isConnected(deviceId: string, moduleId?: string): boolean {
-    return this.entries.get(keyOf(ref(deviceId, moduleId)))?.connected ?? false;
+    return this.entries.get(identityKey(ref(deviceId, moduleId)))?.connected ?? false;
   }
 
   /** The engine's subscription hook: attach (or drop) the upstream link that feeds a push kind. */
@@ -177,7 +180,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
   }
 
   private entry(id: IdentityRef): Entry {
-    const k = keyOf(id);
+    const k = identityKey(id);
     let e = this.entries.get(k);
     if (!e) {
       e = { identity: id, registered: new Set(), wanted: new Set(), connected: false };
@@ -188,7 +191,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
 
   /** The upstream channel of an identity (opened for a twin call of an identity not connected too). */
   private channelOf(id: IdentityRef): UpstreamIdentity {
-    const e = this.entries.get(keyOf(id));
+    const e = this.entries.get(identityKey(id));
     if (e) return this.ensureChannel(e);
     return this.o.upstream.openIdentity({ ...id, authChain: this.authChain(id) });
   }
@@ -239,7 +242,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
           if (settled) return;
           settled = true;
           ch.settleC2D(delivery.lockToken, outcome).catch((err: unknown) =>
-            this.log.warn({ identity: keyOf(id), err: (err as Error).message }, 'could not settle a cloud-to-device message upstream (the parent delivers it again)'),
+            this.log.warn({ identity: identityKey(id), err: (err as Error).message }, 'could not settle a cloud-to-device message upstream (the parent delivers it again)'),
           );
         };
         if (!this.relay) return settle('abandon');
@@ -256,7 +259,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     try {
       await ch.close();
     } catch (err) {
-      this.log.debug({ err, identity: keyOf(e.identity) }, 'closing an upstream identity failed');
+      this.log.debug({ err, identity: identityKey(e.identity) }, 'closing an upstream identity failed');
     }
   }
 }

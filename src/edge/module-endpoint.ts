@@ -1,5 +1,6 @@
 import type { Engine } from '../engine/engine.ts';
-import type { C2DOutcome, IdentityRef } from '../engine/types.ts';
+import type { C2DOutcome } from '../model/c2d.ts';
+import type { IdentityRef } from '../model/identity.ts';
 import { Availability, type DeliveryEndpoint } from '../routing/pump.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
 import { messageOfStored } from '../store/sender-message.ts';

@@ -1,19 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { X509Certificate } from 'node:crypto';
 import type { FeedPosition, IdentitySource } from '../hub/scope-api.ts';
-import {
-  MAX_EDGE_LAYERS,
-  buildAuthChain,
-  chainVoidReason,
-  formatAuthChain,
-  lineage,
-  parentScopeOfNode,
-  toScopeNode,
-  type IdentityRef,
-  type ScopeDevice,
-  type ScopeModule,
-  type ScopeView,
-} from '../identity/scope.ts';
+import { MAX_EDGE_LAYERS, buildAuthChain, chainVoidReason, formatAuthChain, lineage, parentScopeOfNode, toScopeNode, type ScopeDevice, type ScopeModule, type ScopeView } from '../identity/scope.ts';
+import { type IdentityRef } from '../model/identity.ts';
 import { openNodeDb, type NodeDb } from '../store/db.ts';
 import { UserError } from '../util/errors.ts';
 import { FrozenLookups } from '../util/frozen-lookups.ts';

@@ -16,7 +16,8 @@ import {
 import { parseErrorBody } from '../hub/service-client.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { createSasToken } from '../identity/sas.ts';
-import { identityKey, type IdentityRef, type ScopeDevice, type ScopeModule } from '../identity/scope.ts';
+import { identityKey, type IdentityRef } from '../model/identity.ts';
+import { type ScopeDevice, type ScopeModule } from '../identity/scope.ts';
 import { childLog } from '../util/log.ts';
 import { ScopeRecordError, type ScopeCache } from './scope-cache.ts';
 

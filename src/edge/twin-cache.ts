@@ -1,5 +1,6 @@
-import type { TwinCollection } from '../engine/types.ts';
+import type { TwinCollection } from '../model/twin.ts';
 import { openNodeDb, type NodeDb } from '../store/db.ts';
+import { identityKey } from '../model/identity.ts';
 
 /**
  * The last twin properties a gateway saw from upstream for each identity it serves (its own
@@ -23,10 +24,6 @@ export interface CachedTwin {
   updatedMs: number;
 }
 
-function keyOf(deviceId: string, moduleId?: string): string {
-  return moduleId === undefined ? deviceId : `${deviceId}/${moduleId}`;
-}
-
 export class TwinCache {
   private readonly s;
 
@@ -48,7 +45,7 @@ export class TwinCache {
   }
 
   get(deviceId: string, moduleId?: string): CachedTwin | undefined {
-    const row = this.s.get.get(keyOf(deviceId, moduleId)) as { desired: string; reported: string; updated_ms: number } | undefined;
+    const row = this.s.get.get(identityKey(deviceId, moduleId)) as { desired: string; reported: string; updated_ms: number } | undefined;
     if (!row) return undefined;
     try {
       return { desired: JSON.parse(row.desired) as TwinCollection, reported: JSON.parse(row.reported) as TwinCollection, updatedMs: row.updated_ms };
@@ -65,7 +62,7 @@ export class TwinCache {
     const cur = this.get(deviceId, moduleId);
     const desired = newer(cur?.desired, twin.desired ?? {});
     const reported = newer(cur?.reported, twin.reported ?? {});
-    this.s.put.run(keyOf(deviceId, moduleId), JSON.stringify(desired), JSON.stringify(reported), Date.now());
+    this.s.put.run(identityKey(deviceId, moduleId), JSON.stringify(desired), JSON.stringify(reported), Date.now());
   }
 
   /**
@@ -79,7 +76,7 @@ export class TwinCache {
     if (v !== undefined && have !== undefined && v <= have) return cur.desired;
     const merged = mergePatch(cur.desired, patch) as TwinCollection;
     if (v !== undefined) merged.$version = v;
-    this.s.put.run(keyOf(deviceId, moduleId), JSON.stringify(merged), JSON.stringify(cur.reported), Date.now());
+    this.s.put.run(identityKey(deviceId, moduleId), JSON.stringify(merged), JSON.stringify(cur.reported), Date.now());
     return merged;
   }
 
@@ -89,12 +86,12 @@ export class TwinCache {
     if (!cur) return;
     const merged = mergePatch(cur.reported, patch) as TwinCollection;
     merged.$version = version;
-    this.s.put.run(keyOf(deviceId, moduleId), JSON.stringify(cur.desired), JSON.stringify(merged), Date.now());
+    this.s.put.run(identityKey(deviceId, moduleId), JSON.stringify(cur.desired), JSON.stringify(merged), Date.now());
   }
 
   /** Forgets a device (with its modules) or one module. */
   forget(deviceId: string, moduleId?: string): void {
-    if (moduleId !== undefined) this.s.del.run(keyOf(deviceId, moduleId), '\u0000');
+    if (moduleId !== undefined) this.s.del.run(identityKey(deviceId, moduleId), '\u0000');
     else this.s.del.run(deviceId, `${deviceId.replace(/[\\%_]/g, (c) => `\\${c}`)}/%`);
   }
 

@@ -1,4 +1,4 @@
-import type { ForwardedOrigin } from '../store/origin-watermarks.ts';
+import type { ForwardedOrigin } from '../model/message.ts';
 import type Database from 'better-sqlite3';
 import { authenticate } from '../identity/authenticate.ts';
 import { C2DQueue } from '../store/c2d-queue.ts';
@@ -6,38 +6,19 @@ import { EventStream } from '../store/event-stream.ts';
 import { TrustedCas } from '../store/trusted-cas.ts';
 import { childLog } from '../util/log.ts';
 import { openEngineDatabase } from './databases.ts';
-import { EngineError } from './errors.ts';
-import { messageSize } from './message-codec.ts';
+import { EngineError } from '../model/errors.ts';
+import { messageSize } from '../model/message-codec.ts';
 import { SessionStore } from './session-store.ts';
-import type {
-  AuthRequest,
-  AuthResult,
-  C2DDelivery,
-  C2DFeedbackRecord,
-  C2DOutcome,
-  C2DSendOptions,
-  CloseReason,
-  ConnectOptions,
-  EngineOptions,
-  EventStreamReader,
-  EventToAppend,
-  ForwardedBatch,
-  IdentityRef,
-  Message,
-  MethodInvokeRequest,
-  MethodInvokeResult,
-  Protocol,
-  RelayDelivery,
-  Session,
-  SessionHandler,
-  StoredEventInfo,
-  SubscriptionKind,
-  TelemetrySink,
-  TwinCollection,
-  TwinProperties,
-} from './types.ts';
-import { MAX_MESSAGE_BYTES } from './types.ts';
+import type { AuthRequest, AuthResult, IdentityRef } from '../model/identity.ts';
+import type { C2DDelivery, C2DFeedbackRecord, C2DOutcome, C2DSendOptions } from '../model/c2d.ts';
+import type { CloseReason, ConnectOptions, EngineOptions, Protocol, RelayDelivery, Session, SessionHandler, SubscriptionKind, TelemetrySink } from './types.ts';
+import type { EventStreamReader, EventToAppend, StoredEventInfo } from '../model/events.ts';
+import type { ForwardedBatch, Message } from '../model/message.ts';
+import type { MethodInvokeRequest, MethodInvokeResult } from '../model/methods.ts';
+import type { TwinCollection, TwinProperties } from '../model/twin.ts';
+import { MAX_MESSAGE_BYTES } from '../model/message.ts';
 import { JSON_MAX_DEPTH, TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
+import { identityKey } from '../model/identity.ts';
 
 const log = childLog('engine');
 
@@ -48,10 +29,6 @@ const C2D_SESSION_LOCK_MS = 10 * 60 * 1000;
 /** setTimeout cannot wait longer than this; longer waits are re-armed. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const ACTIVITY_EVERY_MS = 60_000;
-
-function keyOf(id: IdentityRef): string {
-  return id.moduleId === undefined ? id.deviceId : `${id.deviceId}\u0000${id.moduleId}`;
-}
 
 export function describeIdentity(id: IdentityRef): string {
   return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
@@ -216,7 +193,7 @@ export class Engine {
    */
   async connect(auth: AuthResult, handler: SessionHandler, opts: ConnectOptions): Promise<Session> {
     if (!this.started || this.stopping) throw new EngineError('unavailable', 'the hub is not accepting connections');
-    const key = keyOf(auth.identity);
+    const key = identityKey(auth.identity);
     const old = this.sessions.get(key);
     // A reconnect of a connected identity replaces its session, so it does not count twice.
     if (!old && !opts.viaGateway && this.directCount() >= this.maxClients) {
@@ -305,13 +282,13 @@ export class Engine {
 
   /** Whether the identity has a live session. */
   isConnected(identity: IdentityRef): boolean {
-    const s = this.sessions.get(keyOf(identity));
+    const s = this.sessions.get(identityKey(identity));
     return !!s && !s.closed;
   }
 
   /** The live session of an identity, if any. */
   sessionOf(identity: IdentityRef): Session | undefined {
-    return this.sessions.get(keyOf(identity));
+    return this.sessions.get(identityKey(identity));
   }
 
   /**
@@ -395,7 +372,7 @@ export class Engine {
    * connected or has not subscribed to C2D.
    */
   relayC2D(deviceId: string, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): boolean {
-    const s = this.sessions.get(keyOf({ deviceId }));
+    const s = this.sessions.get(identityKey({ deviceId }));
     if (!s || s.closed || !s.subscriptions.has('c2d') || !s.handler.onC2D) return false;
     const d = this.relayed(s, delivery, settle);
     try {
@@ -412,7 +389,7 @@ export class Engine {
    * not connected or has not subscribed to its inputs.
    */
   deliverInput(identity: IdentityRef, inputName: string, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): boolean {
-    const s = this.sessions.get(keyOf(identity));
+    const s = this.sessions.get(identityKey(identity));
     if (!s || s.closed || identity.moduleId === undefined || !s.subscriptions.has('inputs') || !s.handler.onInput) return false;
     const d = this.relayed(s, delivery, settle);
     try {
@@ -425,7 +402,7 @@ export class Engine {
 
   /** Whether the identity has a live session subscribed to `kind`. */
   isSubscribed(identity: IdentityRef, kind: SubscriptionKind): boolean {
-    const s = this.sessions.get(keyOf(identity));
+    const s = this.sessions.get(identityKey(identity));
     return !!s && !s.closed && s.subscriptions.has(kind);
   }
 
@@ -505,7 +482,7 @@ export class Engine {
    * for the next resynchronisation).
    */
   deliverDesired(identity: IdentityRef, patch: TwinCollection): boolean {
-    const s = this.sessions.get(keyOf(identity));
+    const s = this.sessions.get(identityKey(identity));
     if (!s || s.closed || !s.subscriptions.has('desired') || !s.handler.onDesired) return false;
     try {
       s.handler.onDesired(patch);
@@ -523,7 +500,7 @@ export class Engine {
     }
     const responseTimeout = secondsOr(request.responseTimeoutInSeconds, 30, 5, 300);
     const connectTimeout = secondsOr(request.connectTimeoutInSeconds, 0, 0, 300);
-    const key = keyOf(target);
+    const key = identityKey(target);
     let session = this.methodTarget(key);
     if (!session && connectTimeout > 0) {
       await this.waitForConnect(key, connectTimeout * 1000);
@@ -554,7 +531,7 @@ export class Engine {
   /** @internal the device's answer to a method request. */
   methodResponse(session: SessionImpl, requestId: string, status: number, payload: Buffer): void {
     const p = this.pendingMethods.get(requestId);
-    if (!p || keyOf(p.identity) !== keyOf(session.identity)) {
+    if (!p || identityKey(p.identity) !== identityKey(session.identity)) {
       log.warn({ session: session.id, requestId }, 'method response for an unknown or expired request ignored');
       return;
     }
@@ -610,7 +587,7 @@ export class Engine {
     if (!device) throw new EngineError('not-found', `device ${deviceId} is not registered`);
     this.checkMessage({ deviceId }, message);
     const { messageId } = this.c2d.enqueue(deviceId, message, { ack: opts.ack, ttlMs: opts.ttlMs });
-    const s = this.sessions.get(keyOf({ deviceId }));
+    const s = this.sessions.get(identityKey({ deviceId }));
     if (s) this.pumpC2D(s);
     return { messageId };
   }
@@ -623,7 +600,7 @@ export class Engine {
   /** Device side, connectionless (HTTPS): settles a lock. not-found when the lock is unknown, precondition when it expired. */
   async settleC2D(deviceId: string, lockToken: string, outcome: C2DOutcome): Promise<void> {
     this.c2d.settle(deviceId, lockToken, outcome);
-    const s = this.sessions.get(keyOf({ deviceId }));
+    const s = this.sessions.get(identityKey({ deviceId }));
     if (s && outcome === 'abandon') this.pumpC2D(s);
   }
 
@@ -661,7 +638,7 @@ export class Engine {
 
   /** @internal a persistent session's subscriptions changed. */
   subscriptionsChanged(s: SessionImpl): void {
-    if (!s.clean) this.storeCall(() => this.sessionStore?.put(keyOf(s.identity), s.subscriptions));
+    if (!s.clean) this.storeCall(() => this.sessionStore?.put(identityKey(s.identity), s.subscriptions));
   }
 
   private storeCall<T>(fn: () => T): T | undefined {
@@ -675,7 +652,7 @@ export class Engine {
 
   /** @internal */
   sessionEnded(s: SessionImpl, reason: CloseReason): void {
-    const key = keyOf(s.identity);
+    const key = identityKey(s.identity);
     if (s.external && s.external.size > 0) {
       const pending = [...s.external.values()];
       s.external.clear();
@@ -751,10 +728,10 @@ export class Engine {
         if (!device) {
           this.queue?.purge(deviceId);
           this.storeCall(() => this.sessionStore?.deleteDevice(deviceId));
-          for (const k of [...this.persistent.keys()]) if (k === deviceId || k.startsWith(`${deviceId}\u0000`)) this.persistent.delete(k);
+          for (const k of [...this.persistent.keys()]) if (k === deviceId || k.startsWith(`${deviceId}/`)) this.persistent.delete(k);
         }
       } else {
-        const key = keyOf({ deviceId, moduleId });
+        const key = identityKey({ deviceId, moduleId });
         this.persistent.delete(key);
         this.storeCall(() => this.sessionStore?.delete(key));
       }
@@ -805,7 +782,7 @@ class SessionImpl implements Session {
       this.engine.subscriptionChanged(this, kind, true);
     }
     if (kind === 'c2d') this.engine.pumpC2D(this);
-    if (kind === 'methods' && !had) this.engine.notifyConnectWaiters(keyOf(this.identity));
+    if (kind === 'methods' && !had) this.engine.notifyConnectWaiters(identityKey(this.identity));
   }
 
   unsubscribe(kind: SubscriptionKind): void {
@@ -860,7 +837,7 @@ class SessionImpl implements Session {
   }
 
   renew(auth: AuthResult): void {
-    if (keyOf(auth.identity) !== keyOf(this.identity)) throw new EngineError('forbidden', 'a renewed credential must be for the same identity');
+    if (identityKey(auth.identity) !== identityKey(this.identity)) throw new EngineError('forbidden', 'a renewed credential must be for the same identity');
     this.auth = auth;
     this.armExpiry();
   }

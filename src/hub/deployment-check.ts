@@ -1,6 +1,6 @@
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { routeTableFromEdgeHubDesired } from '../routing/route-table.ts';
-import { badRequest } from './errors.ts';
+import { badRequest } from '../model/errors.ts';
 
 /**
  * Deployments are checked where they enter the hub: a `$edgeHub` twin whose desired properties

@@ -1,4 +1,4 @@
-import type { StoredEvent } from '../engine/types.ts';
+import type { StoredEvent } from '../model/events.ts';
 
 /** One stored telemetry message, as `GET /events` returns it. */
 export interface EventJson {

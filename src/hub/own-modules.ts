@@ -1,9 +1,9 @@
 import type { FastifyRequest } from 'fastify';
-import { EngineError } from '../engine/errors.ts';
+import { EngineError } from '../model/errors.ts';
 import { authenticate } from '../identity/authenticate.ts';
 import type { ScopeModule } from '../identity/scope.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
-import { HubError, moduleNotFound } from './errors.ts';
+import { HubError, moduleNotFound } from '../model/errors.ts';
 import { authDepsOf, type IdentitySource } from './scope-api.ts';
 
 /**

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { randomInt } from 'node:crypto';
 import type { AuthType, RegistryStore, StoredAuthentication, StoredDevice, StoredModule, StoredTwin } from '../store/registry-store.ts';
 import type { AuthenticationJson, BulkResultJson, ConnectionState, DeviceJson, IdentityChange, ModuleJson, TwinJson } from './types.ts';
-import { HubError, badRequest, deviceNotFound, moduleNotFound, preconditionFailed } from './errors.ts';
+import { HubError, badRequest, deviceNotFound, moduleNotFound, preconditionFailed } from '../model/errors.ts';
 import { checkEdgeHubDesired } from './deployment-check.ts';
 import { EDGE_SYSTEM_MODULES, deviceIdProblem, isReservedModuleId, moduleIdProblem } from '../identity/device-id.ts';
 import {

@@ -2,34 +2,17 @@ import { randomBytes, type X509Certificate } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import { EngineError } from '../engine/errors.ts';
+import { EngineError } from '../model/errors.ts';
 import { engineOf } from '../engine/hub-attach.ts';
-import type { AuthResult } from '../engine/types.ts';
+import type { AuthResult } from '../model/identity.ts';
 import { authenticate, type AuthenticateDeps } from '../identity/authenticate.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import {
-  ScopeError,
-  chainVoidReason,
-  formatAuthChain,
-  identityKey,
-  lineage,
-  parseAuthChain,
-  parseIdentityKey,
-  scopeMembers,
-  scopeOwners,
-  toScopeNode,
-  scopeViewOf,
-  validateAuthChain,
-  type IdentityRef,
-  type ScopeDevice,
-  type ScopeModule,
-  type ScopeNode,
-  type ScopeView,
-} from '../identity/scope.ts';
+import { ScopeError, chainVoidReason, formatAuthChain, lineage, parseAuthChain, parseIdentityKey, scopeMembers, scopeOwners, toScopeNode, scopeViewOf, validateAuthChain, type ScopeDevice, type ScopeModule, type ScopeNode, type ScopeView } from '../identity/scope.ts';
+import { identityKey, type IdentityRef } from '../model/identity.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import type { StoredDevice, StoredModule } from '../store/registry-store.ts';
 import { childLog } from '../util/log.ts';
-import { HubError, badRequest } from './errors.ts';
+import { HubError, badRequest } from '../model/errors.ts';
 import type { HubNode } from './hub.ts';
 import { authenticationJson, type Registry } from './registry.ts';
 import { sendError } from './service-api.ts';

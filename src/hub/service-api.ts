@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { AccessDenied, authenticatePolicyToken, requireRight, type AccessPolicy, type Right } from '../identity/policies.ts';
 import { hasDeviceCredential, type OwnModuleReader } from './own-modules.ts';
-import { HubError, badRequest, deviceNotFound, moduleNotFound } from './errors.ts';
+import { HubError, badRequest, deviceNotFound, moduleNotFound } from '../model/errors.ts';
 import { QueryError, runQuery } from './query.ts';
 import type { Registry } from './registry.ts';
 import { refusals, sourceAddress, wireText } from '../util/log.ts';

@@ -1,6 +1,6 @@
 import type { MetaNode, StoredProperties, StoredTwin } from '../store/registry-store.ts';
 import type { TwinPropertiesJson } from './types.ts';
-import { badRequest, type HubError } from './errors.ts';
+import { badRequest, type HubError } from '../model/errors.ts';
 import { TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 
 /** IoT Hub's twin limits: 10 levels of nesting, 32 KiB each for desired and reported, 16 KiB of tags. */

@@ -1,6 +1,6 @@
 import { X509Certificate, createHash } from 'node:crypto';
-import { EngineError } from '../engine/errors.ts';
-import type { AuthRequest, AuthResult, ClientCertificate, IdentityRef, RegistryIdentity } from '../engine/types.ts';
+import { EngineError } from '../model/errors.ts';
+import type { AuthRequest, AuthResult, ClientCertificate, IdentityRef, RegistryIdentity } from '../model/identity.ts';
 import { authMethodText } from './auth-method.ts';
 import { isExpired, parseSasToken, signatureMatches, splitAudience, SasError } from './sas.ts';
 

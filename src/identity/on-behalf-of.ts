@@ -1,18 +1,10 @@
-import type { AuthKind, AuthRequest, AuthResult, IdentityRef } from '../engine/types.ts';
-import { EngineError } from '../engine/errors.ts';
+import type { AuthKind, AuthRequest, AuthResult, IdentityRef } from '../model/identity.ts';
+import { EngineError } from '../model/errors.ts';
 import { authMethodText, parseResourcePath } from './authenticate.ts';
 import { EDGE_HUB } from './device-id.ts';
 import { parseSasToken, splitAudience } from './sas.ts';
-import {
-  ScopeError,
-  buildAuthChain,
-  chainVoidReason,
-  identityKey,
-  scopeViewOf,
-  validateAuthChain,
-  type ScopeDevice,
-  type ScopeModule,
-} from './scope.ts';
+import { ScopeError, buildAuthChain, chainVoidReason, scopeViewOf, validateAuthChain, type ScopeDevice, type ScopeModule } from './scope.ts';
+import { identityKey } from '../model/identity.ts';
 
 /**
  * The protocol-neutral half of on-behalf-of, shared by the AMQP and MQTT heads: an edge hub

@@ -15,6 +15,7 @@
  */
 
 import { MAX_EDGE_LAYERS } from './hierarchy.ts';
+import { identityKey } from '../model/identity.ts';
 
 export { MAX_EDGE_LAYERS } from './hierarchy.ts';
 
@@ -90,11 +91,6 @@ export class ScopeError extends Error {
     super(message);
     this.name = 'ScopeError';
   }
-}
-
-/** `dev` or `dev/mod`: the form identities take inside auth chains. */
-export function identityKey(deviceId: string, moduleId?: string): string {
-  return moduleId === undefined || moduleId === '' ? deviceId : `${deviceId}/${moduleId}`;
 }
 
 export function parseIdentityKey(key: string): IdentityRef {

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
-import { EngineError } from '../engine/errors.ts';
-import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
-import type { C2DAck, C2DDelivery, C2DFeedbackRecord, C2DOutcome, Message } from '../engine/types.ts';
+import { EngineError } from '../model/errors.ts';
+import { decodeMessageMeta, encodeMessageMeta } from '../model/message-codec.ts';
+import type { C2DAck, C2DDelivery, C2DFeedbackRecord, C2DOutcome } from '../model/c2d.ts';
+import type { Message } from '../model/message.ts';
 import { childLog } from '../util/log.ts';
 
 const log = childLog('c2d');

@@ -3,22 +3,14 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { childLog } from '../util/log.ts';
 import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts';
-import { decodeMessageMeta, encodeMessageMeta } from '../engine/message-codec.ts';
+import { decodeMessageMeta, encodeMessageMeta } from '../model/message-codec.ts';
 import { EventTail } from './event-tail.ts';
-import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
+import { OriginWatermarks, type OriginsMoved } from './origin-watermarks.ts';
+import { type ForwardedOrigin } from '../model/message.ts';
 import { WalSync } from './wal-sync.ts';
 import { DEFAULT_DISK_RESERVE_BYTES, DiskHeadroom } from './disk-headroom.ts';
-import { EngineError } from '../engine/errors.ts';
-import type {
-  EventReadOptions,
-  EventReadResult,
-  EventStreamReader,
-  EventToAppend,
-  PartitionInfo,
-  PartitionReadOptions,
-  StoredEvent,
-  StoredEventInfo,
-} from '../engine/types.ts';
+import { EngineError } from '../model/errors.ts';
+import type { EventReadOptions, EventReadResult, EventStreamReader, EventToAppend, PartitionInfo, PartitionReadOptions, StoredEvent, StoredEventInfo } from '../model/events.ts';
 
 const log = childLog('event-stream');
 

@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import { identityKey } from '../identity/scope.ts';
+import { identityKey } from '../model/identity.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { WalSync } from './wal-sync.ts';
 import { DEFAULT_DISK_RESERVE_BYTES, DiskHeadroom } from './disk-headroom.ts';
-import { OriginWatermarks, type ForwardedOrigin, type OriginsMoved } from './origin-watermarks.ts';
+import { OriginWatermarks, type OriginsMoved } from './origin-watermarks.ts';
+import { type ForwardedOrigin } from '../model/message.ts';
 import { PassingMarks } from './passing-marks.ts';
 import { ResendWindow, type ResendKey, type ResendWritten } from './resend-window.ts';
 import { recordPrefixOf, reviveSenderMessage, SenderMessage } from './sender-message.ts';

@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3';
+import type { ForwardedOrigin } from '../model/message.ts';
 
 /**
  * Exactly-once storage of what a child gateway forwards. A child's store numbers its messages;
@@ -12,13 +13,6 @@ import type Database from 'better-sqlite3';
  * arrives the spans join the watermark. Both are written in the same transaction that stores the
  * messages, so they never claim a message that a failed or lost transfer did not store.
  */
-/** What a forwarded message says about its place in its stream. */
-export interface ForwardedOrigin {
-  stream: string;
-  seq: number;
-  /** The stream's message sent just before this one, or 0 when all before it were acknowledged. */
-  prev: number;
-}
 
 /** A stream's stored ranges: everything up to `mark`, and the spans (lo, hi] above it, in order. */
 export interface StreamCoverage {

@@ -62,7 +62,7 @@ export interface ResendWritten {
 /** Disk rows older than the window are deleted at most this often (in a commit that writes). */
 const PRUNE_EVERY_MS = 1000;
 
-const keyOf = (sender: string, messageId: string) => `${sender}\n${messageId}`;
+const resendKey = (sender: string, messageId: string) => `${sender}\n${messageId}`;
 
 export class ResendWindow {
   private readonly seen = new Map<string, Seen>();
@@ -100,7 +100,7 @@ export class ResendWindow {
       if (!Array.isArray(keys)) continue;
       for (const x of keys) {
         if (!Array.isArray(x) || x.length !== 4 || !x.every((v) => typeof v === 'string')) continue;
-        const k = keyOf(x[0], x[1]);
+        const k = resendKey(x[0], x[1]);
         const seen: Seen = { via: x[2], print: x[3], at: row.at };
         this.seen.set(k, seen);
         this.order.push({ k, seen });
@@ -119,7 +119,7 @@ export class ResendWindow {
    */
   originalOf(key: ResendKey): 'stored' | Promise<unknown> | undefined {
     if (!this.enabled) return undefined;
-    const s = this.seen.get(keyOf(key.sender, key.messageId));
+    const s = this.seen.get(resendKey(key.sender, key.messageId));
     if (!s || s.via === key.via || s.print !== key.print || s.at < this.o.now() - this.o.windowMs) return undefined;
     return s.storing ?? 'stored';
   }
@@ -127,7 +127,7 @@ export class ResendWindow {
   /** A message with this key is being stored by the next commit (`storing` answers it). */
   add(key: ResendKey, storing: Promise<unknown>): void {
     if (!this.enabled) return;
-    const k = keyOf(key.sender, key.messageId);
+    const k = resendKey(key.sender, key.messageId);
     const now = this.o.now();
     const seen: Seen = { via: key.via, print: key.print, at: now, storing };
     this.seen.set(k, seen);

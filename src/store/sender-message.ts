@@ -1,7 +1,8 @@
-import type { AuthResult, Message } from '../engine/types.ts';
+import type { AuthResult } from '../model/identity.ts';
+import type { Message } from '../model/message.ts';
 import type { StoredMessage } from './message-store.ts';
 import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts';
-import { encodeMessageMeta, messageOfMeta } from '../engine/message-codec.ts';
+import { encodeMessageMeta, messageOfMeta } from '../model/message-codec.ts';
 
 /**
  * Telemetry as the gateway's durable store keeps it, and back. System properties are keyed by

@@ -42,10 +42,11 @@
  */
 import type { Duplex } from 'node:stream';
 import { randomUUID } from 'node:crypto';
-import type { IdentityRef } from '../engine/types.ts';
+import type { IdentityRef } from '../model/identity.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import type { DeliveryEndpoint } from '../routing/pump.ts';
-import { audienceOf, directChildChain, keyOf, type UpstreamCore } from './core.ts';
+import { audienceOf, directChildChain, type UpstreamCore } from './core.ts';
+import { identityKey } from '../model/identity.ts';
 import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
 import { UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
@@ -110,8 +111,8 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
       authorize: (pc, identity) => this.authorize(pc, identity),
       forgetAuthorization: (pc, identity) => {
         const map = this.targetAuth.get(pc);
-        const entry = map?.get(keyOf(identity));
-        if (entry && entry.failedAt === undefined) map!.delete(keyOf(identity));
+        const entry = map?.get(identityKey(identity));
+        if (entry && entry.failedAt === undefined) map!.delete(identityKey(identity));
       },
       onUp: (listener) => this.addUpListener(listener),
     };
@@ -195,7 +196,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
    */
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
     const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
-    const key = keyOf(identity);
+    const key = identityKey(identity);
     const existing = this.channels.get(key);
     if (existing && !existing.closed) {
       existing.authChain = id.authChain;
@@ -214,7 +215,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
   }
 
   private senderChannel(identity: IdentityRef): IdentityChannel {
-    const key = keyOf(identity);
+    const key = identityKey(identity);
     let ch = this.senders.get(key);
     if (!ch) {
       ch = new IdentityChannel(this.core, identity, this.authChainFor(identity));
@@ -226,7 +227,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
   private authChainFor(identity: IdentityRef): string {
     const given = this.o.authChainOf?.(identity);
     if (given) return given;
-    const known = this.channels.get(keyOf(identity));
+    const known = this.channels.get(identityKey(identity));
     if (known) return known.authChain;
     return directChildChain(identity, this.edgeDeviceId);
   }
@@ -252,7 +253,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
       map = new Map();
       this.targetAuth.set(pc, map);
     }
-    const key = keyOf(identity);
+    const key = identityKey(identity);
     const cached = map.get(key);
     if (cached && (cached.failedAt === undefined || Date.now() - cached.failedAt < AUTH_RETRY_MS)) return cached.promise;
     const entry: TargetAuth = { promise: this.putTargetToken(pc, identity) };

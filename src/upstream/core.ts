@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
-import type { IdentityRef } from '../engine/types.ts';
+import type { IdentityRef } from '../model/identity.ts';
 import type { ParentConnection } from './parent-connection.ts';
-import { identityKey } from '../identity/scope.ts';
+import { identityKey } from '../model/identity.ts';
 
 /** What identity channels and the telemetry endpoint need from the UpstreamLink that owns them. */
 export interface UpstreamCore {
@@ -17,11 +17,6 @@ export interface UpstreamCore {
   forgetAuthorization(pc: ParentConnection, identity: IdentityRef): void;
   /** Subscribes to the link coming up; returns the unsubscribe. */
   onUp(listener: () => void): () => void;
-}
-
-/** `d` or `d/m`. */
-export function keyOf(id: IdentityRef): string {
-  return identityKey(id.deviceId, id.moduleId);
 }
 
 /** The link address path of an identity, e.g. `/devices/d1/modules/m1` (ids as they are, as the SDKs send them). */

@@ -1,11 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver } from 'rhea';
-import type { C2DOutcome, IdentityRef, Message, MethodRequest, TwinCollection, TwinProperties } from '../engine/types.ts';
+import type { C2DOutcome } from '../model/c2d.ts';
+import type { IdentityRef } from '../model/identity.ts';
+import type { Message } from '../model/message.ts';
+import type { MethodRequest } from '../model/methods.ts';
+import type { TwinCollection, TwinProperties } from '../model/twin.ts';
 import { BATCH_FORMAT, batchHead, encodeBatchOfSections, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
 import { DATA_HEADER, encodeDataSections } from '../protocols/amqp/encode-message.ts';
 import { bodyBytes, fromAmqp, idToAmqp, idToString, toAmqp } from '../protocols/amqp/message.ts';
 import { Backoff } from './backoff.ts';
-import { basePath, keyOf, type UpstreamCore } from './core.ts';
+import { basePath, type UpstreamCore } from './core.ts';
+import { identityKey } from '../model/identity.ts';
 import { OutLink, UpstreamDownError, UpstreamError, forgetDelivery, isPermanentForMessage, onReceiverGone, twinRefusal, type SendOutcome } from './links.ts';
 import { ParentConnection } from './parent-connection.ts';
 
@@ -121,7 +126,7 @@ export class IdentityChannel implements UpstreamIdentity {
 
   /** This identity's links on the live connection (a new, empty set after a reconnect). */
   private state(): PerConnection {
-    if (this.isClosed) throw new UpstreamError(`the upstream identity ${keyOf(this.identity)} was closed`);
+    if (this.isClosed) throw new UpstreamError(`the upstream identity ${identityKey(this.identity)} was closed`);
     const pc = this.core.current();
     if (!pc) throw new UpstreamDownError(`the link to the parent is down; ${this.describe()} cannot reach it now`);
     if (!this.per || this.per.pc !== pc) this.per = { pc, locks: new Map() };
@@ -162,14 +167,14 @@ export class IdentityChannel implements UpstreamIdentity {
     const opening = (async () => {
       const link = await this.attaching(per.pc, () => per.pc.openSender(
         {
-          name: `events-${keyOf(this.identity)}-${randomUUID()}`,
+          name: `events-${identityKey(this.identity)}-${randomUUID()}`,
           target: { address: `${basePath(this.identity)}/messages/events` },
-          source: { address: `events-${keyOf(this.identity)}` },
+          source: { address: `events-${identityKey(this.identity)}` },
           snd_settle_mode: 0,
           rcv_settle_mode: 0,
           properties: this.props(),
         },
-        `telemetry (${keyOf(this.identity)})`,
+        `telemetry (${identityKey(this.identity)})`,
       ));
       link.onGone(() => {
         if (per.telemetry === opening) per.telemetry = undefined;
@@ -247,8 +252,8 @@ export class IdentityChannel implements UpstreamIdentity {
       const address = `${basePath(this.identity)}/twin`;
       const props = this.props({ 'com.microsoft:channel-correlation-id': channel });
       const [out, inn] = await this.attaching(per.pc, () => both(
-        per.pc.openSender({ name: `twin-out-${channel}`, target: { address }, source: { address: `twin-out-${keyOf(this.identity)}` }, snd_settle_mode: 1, rcv_settle_mode: 0, properties: props }, 'twin'),
-        per.pc.openReceiver({ name: `twin-in-${channel}`, source: { address }, target: { address: `twin-in-${keyOf(this.identity)}` }, credit_window: TWIN_CREDIT, autoaccept: true, rcv_settle_mode: 0, properties: props }, 'twin'),
+        per.pc.openSender({ name: `twin-out-${channel}`, target: { address }, source: { address: `twin-out-${identityKey(this.identity)}` }, snd_settle_mode: 1, rcv_settle_mode: 0, properties: props }, 'twin'),
+        per.pc.openReceiver({ name: `twin-in-${channel}`, source: { address }, target: { address: `twin-in-${identityKey(this.identity)}` }, credit_window: TWIN_CREDIT, autoaccept: true, rcv_settle_mode: 0, properties: props }, 'twin'),
       ));
       const links: TwinLinks = { out, inn, pending: new Map(), subscribed: false };
       inn.on('message', (ctx) => this.twinMessage(links, ctx.message!));
@@ -287,7 +292,7 @@ export class IdentityChannel implements UpstreamIdentity {
     }
     if (cid !== undefined) {
       // An answer to a request given up on (timed out): pushes carry no correlation id.
-      this.core.log.debug({ identity: keyOf(this.identity), correlationId: cid }, 'late twin answer from the parent; ignored');
+      this.core.log.debug({ identity: identityKey(this.identity), correlationId: cid }, 'late twin answer from the parent; ignored');
       return;
     }
     // Anything else on the twin link is a desired properties push.
@@ -295,14 +300,14 @@ export class IdentityChannel implements UpstreamIdentity {
     try {
       patch = JSON.parse(bodyBytes(msg.body).toString('utf8')) as TwinCollection;
     } catch {
-      this.core.log.warn({ identity: keyOf(this.identity) }, 'desired properties push from the parent is not JSON; ignored');
+      this.core.log.warn({ identity: identityKey(this.identity) }, 'desired properties push from the parent is not JSON; ignored');
       return;
     }
     for (const cb of this.desiredCbs) {
       try {
         cb(patch);
       } catch (err) {
-        this.core.log.error({ err, identity: keyOf(this.identity) }, 'desired properties callback failed');
+        this.core.log.error({ err, identity: identityKey(this.identity) }, 'desired properties callback failed');
       }
     }
   }
@@ -352,7 +357,7 @@ export class IdentityChannel implements UpstreamIdentity {
       try {
         live();
       } catch (err) {
-        this.core.log.error({ err, identity: keyOf(this.identity) }, 'desired subscription callback failed');
+        this.core.log.error({ err, identity: identityKey(this.identity) }, 'desired subscription callback failed');
       }
     }
   }
@@ -373,8 +378,8 @@ export class IdentityChannel implements UpstreamIdentity {
       const address = `${basePath(this.identity)}/methods/devicebound`;
       const props = this.props({ 'com.microsoft:channel-correlation-id': channel });
       const [inn, out] = await this.attaching(per.pc, () => both(
-        per.pc.openReceiver({ name: `methods-in-${channel}`, source: { address }, target: { address: `methods-in-${keyOf(this.identity)}` }, credit_window: METHOD_CREDIT, autoaccept: true, rcv_settle_mode: 0, properties: props }, 'methods'),
-        per.pc.openSender({ name: `methods-out-${channel}`, target: { address }, source: { address: `methods-out-${keyOf(this.identity)}` }, snd_settle_mode: 1, rcv_settle_mode: 0, properties: props }, 'methods'),
+        per.pc.openReceiver({ name: `methods-in-${channel}`, source: { address }, target: { address: `methods-in-${identityKey(this.identity)}` }, credit_window: METHOD_CREDIT, autoaccept: true, rcv_settle_mode: 0, properties: props }, 'methods'),
+        per.pc.openSender({ name: `methods-out-${channel}`, target: { address }, source: { address: `methods-out-${identityKey(this.identity)}` }, snd_settle_mode: 1, rcv_settle_mode: 0, properties: props }, 'methods'),
       ));
       const links: MethodLinks = { out, inn };
       inn.on('message', (ctx) => this.methodRequest(ctx.message!));
@@ -402,7 +407,7 @@ export class IdentityChannel implements UpstreamIdentity {
     const app = (msg.application_properties ?? {}) as Record<string, unknown>;
     const methodName = app['IoThub-methodname'] ?? app['iothub-methodname'];
     if (requestId === undefined || methodName === undefined) {
-      this.core.log.warn({ identity: keyOf(this.identity) }, 'method request from the parent without correlation id or method name; ignored');
+      this.core.log.warn({ identity: identityKey(this.identity) }, 'method request from the parent without correlation id or method name; ignored');
       return;
     }
     const req: MethodRequest = { requestId, methodName: String(methodName), payload: bodyBytes(msg.body) };
@@ -413,7 +418,7 @@ export class IdentityChannel implements UpstreamIdentity {
     try {
       this.methodCb(req);
     } catch (err) {
-      this.core.log.error({ err, identity: keyOf(this.identity) }, 'method callback failed');
+      this.core.log.error({ err, identity: identityKey(this.identity) }, 'method callback failed');
     }
   }
 
@@ -425,7 +430,7 @@ export class IdentityChannel implements UpstreamIdentity {
   methodResponse(requestId: string, status: number, payload: Buffer): void {
     const links = this.per?.pc === this.core.current() ? this.per?.methodsReady : undefined;
     if (!links || !links.out.open) {
-      this.core.log.warn({ identity: keyOf(this.identity), requestId }, 'method response dropped: the method link to the parent is down (the caller times out)');
+      this.core.log.warn({ identity: identityKey(this.identity), requestId }, 'method response dropped: the method link to the parent is down (the caller times out)');
       return;
     }
     links.out.post({
@@ -444,7 +449,7 @@ export class IdentityChannel implements UpstreamIdentity {
     const opening = (async () => {
       const address = `${basePath(this.identity)}/messages/devicebound`;
       const inn = await this.attaching(per.pc, () => per.pc.openReceiver(
-        { name: `c2d-${keyOf(this.identity)}-${randomUUID()}`, source: { address }, target: { address: `c2d-${keyOf(this.identity)}` }, credit_window: C2D_CREDIT, autoaccept: false, rcv_settle_mode: 0, properties: this.props() },
+        { name: `c2d-${identityKey(this.identity)}-${randomUUID()}`, source: { address }, target: { address: `c2d-${identityKey(this.identity)}` }, credit_window: C2D_CREDIT, autoaccept: false, rcv_settle_mode: 0, properties: this.props() },
         'cloud-to-device',
       ));
       inn.on('message', (ctx) => {
@@ -455,7 +460,7 @@ export class IdentityChannel implements UpstreamIdentity {
         setTimeout(() => {
           if (per.locks.get(lockToken) !== held) return;
           per.locks.delete(lockToken);
-          this.core.log.warn({ identity: keyOf(this.identity), lockToken }, `cloud-to-device message not settled within ${C2D_LOCK_MS / 1000} s; abandoned (the parent delivers it again)`);
+          this.core.log.warn({ identity: identityKey(this.identity), lockToken }, `cloud-to-device message not settled within ${C2D_LOCK_MS / 1000} s; abandoned (the parent delivers it again)`);
           held.release();
         }, C2D_LOCK_MS).unref();
         const msg = ctx.message!;
@@ -468,7 +473,7 @@ export class IdentityChannel implements UpstreamIdentity {
         try {
           this.c2dCb(delivery);
         } catch (err) {
-          this.core.log.error({ err, identity: keyOf(this.identity) }, 'C2D callback failed');
+          this.core.log.error({ err, identity: identityKey(this.identity) }, 'C2D callback failed');
         }
       });
       onReceiverGone(inn, 'cloud-to-device', () => {
@@ -539,7 +544,7 @@ export class IdentityChannel implements UpstreamIdentity {
       () => this.rearmBackoff.reset(),
       (err: unknown) => {
         if (err instanceof UpstreamDownError || this.isClosed) throw err;
-        this.core.log.warn({ identity: keyOf(this.identity), err: (err as Error).message }, 'could not attach the links of a downstream identity upstream; will retry');
+        this.core.log.warn({ identity: identityKey(this.identity), err: (err as Error).message }, 'could not attach the links of a downstream identity upstream; will retry');
         this.scheduleRearm();
         throw err;
       },

@@ -2,11 +2,15 @@ import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { BatchOrigin } from '../protocols/amqp/batch.ts';
-import { messageSize } from '../engine/message-codec.ts';
-import { MAX_MESSAGE_BYTES, type C2DOutcome, type IdentityRef, type Message, type MethodRequest, type TwinCollection, type TwinProperties } from '../engine/types.ts';
+import { messageSize } from '../model/message-codec.ts';
+import { MAX_MESSAGE_BYTES, type Message } from '../model/message.ts';
+import { type C2DOutcome } from '../model/c2d.ts';
+import { type IdentityRef } from '../model/identity.ts';
+import { type MethodRequest } from '../model/methods.ts';
+import { type TwinCollection, type TwinProperties } from '../model/twin.ts';
 import { BagError, decodeBag, parseParentPublish, telemetryTopic } from '../protocols/mqtt/topics.ts';
 import { Backoff } from './backoff.ts';
-import { keyOf } from './core.ts';
+import { identityKey } from '../model/identity.ts';
 import type { UpstreamC2DDelivery, UpstreamIdentity } from './identity.ts';
 import { UpstreamDownError, UpstreamError, twinRefusal, type SendOutcome } from './links.ts';
 import { ConnackRefusal, MqttWire, type IncomingPublish } from './mqtt-wire.ts';
@@ -134,7 +138,7 @@ export class MqttIdentityLine implements TelemetrySender {
   }
 
   private username(): string {
-    const clientId = keyOf(this.identity);
+    const clientId = identityKey(this.identity);
     const chain = this.pinned ? '' : `&auth-chain=${encodeURIComponent(this.authChain)}`;
     return `${this.core.hubHostName}/${clientId}/?api-version=2021-04-12&DeviceClientType=${encodeURIComponent('strata-edge-hub')}${chain}`;
   }
@@ -149,7 +153,7 @@ export class MqttIdentityLine implements TelemetrySender {
     const cut = () => socket.destroy();
     this.core.closing.addEventListener('abort', cut, { once: true });
     try {
-      wire = await MqttWire.open(socket, { clientId: keyOf(this.identity), username: this.username(), password: token.text, keepAliveSecs: KEEP_ALIVE_SECS, operationTimeoutMs: this.core.operationTimeoutMs, log: this.core.log });
+      wire = await MqttWire.open(socket, { clientId: identityKey(this.identity), username: this.username(), password: token.text, keepAliveSecs: KEEP_ALIVE_SECS, operationTimeoutMs: this.core.operationTimeoutMs, log: this.core.log });
     } catch (err) {
       socket.destroy();
       throw this.pinned ? err : this.targetError(err as Error);
@@ -183,7 +187,7 @@ export class MqttIdentityLine implements TelemetrySender {
     if (err.returnCode === 3) return new UpstreamError(err.message, 'com.microsoft:server-busy', 503);
     const e = new UpstreamError(`the parent refused to let ${this.core.edgeDeviceId} act for ${this.who}: ${err.message}`, 'amqp:unauthorized-access', err.returnCode === 2 ? 404 : 401);
     this.refusal = { err: e, at: Date.now() };
-    this.core.log.warn({ identity: keyOf(this.identity), authChain: this.authChain, reason: err.message }, 'the parent refused a downstream identity');
+    this.core.log.warn({ identity: identityKey(this.identity), authChain: this.authChain, reason: err.message }, 'the parent refused a downstream identity');
     return e;
   }
 
@@ -228,10 +232,10 @@ export class MqttIdentityLine implements TelemetrySender {
     this.connecting = renewing;
     try {
       await renewing;
-      this.core.log.debug({ identity: keyOf(this.identity) }, 'upstream MQTT connection renewed with a fresh token');
+      this.core.log.debug({ identity: identityKey(this.identity) }, 'upstream MQTT connection renewed with a fresh token');
     } catch (err) {
       const why = `could not renew the upstream connection of ${this.who}: ${(err as Error).message}`;
-      this.core.log.warn({ identity: keyOf(this.identity) }, why);
+      this.core.log.warn({ identity: identityKey(this.identity) }, why);
       for (const fn of this.downListeners.splice(0)) fn(why);
       if (!this.pinned && this.wanted().length > 0) this.scheduleRearm();
     } finally {
@@ -266,7 +270,7 @@ export class MqttIdentityLine implements TelemetrySender {
       try {
         live();
       } catch (err) {
-        this.core.log.error({ err, identity: keyOf(this.identity) }, 'desired subscription callback failed');
+        this.core.log.error({ err, identity: identityKey(this.identity) }, 'desired subscription callback failed');
       }
     }
   }
@@ -300,7 +304,7 @@ export class MqttIdentityLine implements TelemetrySender {
       () => this.rearmBackoff.reset(),
       (err: unknown) => {
         if (this.isClosed || err instanceof UpstreamDownError) return;
-        this.core.log.warn({ identity: keyOf(this.identity), err: (err as Error).message }, 'could not subscribe a downstream identity upstream; will retry');
+        this.core.log.warn({ identity: identityKey(this.identity), err: (err as Error).message }, 'could not subscribe a downstream identity upstream; will retry');
         this.scheduleRearm();
       },
     );
@@ -436,14 +440,14 @@ export class MqttIdentityLine implements TelemetrySender {
         try {
           patch = JSON.parse(p.payload.toString('utf8')) as TwinCollection;
         } catch {
-          this.core.log.warn({ identity: keyOf(this.identity) }, 'desired properties push from the parent is not JSON; ignored');
+          this.core.log.warn({ identity: identityKey(this.identity) }, 'desired properties push from the parent is not JSON; ignored');
           return;
         }
         for (const cb of this.channel?.desiredCbs ?? []) {
           try {
             cb(patch);
           } catch (err) {
-            this.core.log.error({ err, identity: keyOf(this.identity) }, 'desired properties callback failed');
+            this.core.log.error({ err, identity: identityKey(this.identity) }, 'desired properties callback failed');
           }
         }
         return;
@@ -458,14 +462,14 @@ export class MqttIdentityLine implements TelemetrySender {
         try {
           cb(req);
         } catch (err) {
-          this.core.log.error({ err, identity: keyOf(this.identity) }, 'method callback failed');
+          this.core.log.error({ err, identity: identityKey(this.identity) }, 'method callback failed');
         }
         return;
       }
       case 'c2d':
         return this.c2d(wire, p, what.bag);
       default:
-        this.core.log.warn({ identity: keyOf(this.identity), topic: p.topic.slice(0, 200) }, 'the parent sent a message on a topic the gateway did not subscribe to; ignored');
+        this.core.log.warn({ identity: identityKey(this.identity), topic: p.topic.slice(0, 200) }, 'the parent sent a message on a topic the gateway did not subscribe to; ignored');
         if (p.qos === 1 && p.messageId !== undefined) wire.puback(p.messageId);
     }
   }
@@ -477,7 +481,7 @@ export class MqttIdentityLine implements TelemetrySender {
     } catch (err) {
       if (!(err instanceof BagError)) throw err;
       // Left unacknowledged: it stays locked at the parent (MQTT cannot refuse a message).
-      this.core.log.error({ identity: keyOf(this.identity), reason: err.message }, 'cloud-to-device message from the parent has an unreadable property bag; not taken');
+      this.core.log.error({ identity: identityKey(this.identity), reason: err.message }, 'cloud-to-device message from the parent has an unreadable property bag; not taken');
       return;
     }
     const cb = this.channel?.c2dCb;
@@ -490,7 +494,7 @@ export class MqttIdentityLine implements TelemetrySender {
     try {
       cb({ lockToken, message, deliveryCount: p.dup ? 2 : 1 });
     } catch (err) {
-      this.core.log.error({ err, identity: keyOf(this.identity) }, 'C2D callback failed');
+      this.core.log.error({ err, identity: identityKey(this.identity) }, 'C2D callback failed');
     }
   }
 
@@ -514,7 +518,7 @@ export class MqttIdentityLine implements TelemetrySender {
     }
     this.locks.delete(lockToken);
     if (outcome === 'abandon') return Promise.resolve();
-    if (outcome === 'reject') this.core.log.info({ identity: keyOf(this.identity) }, 'cloud-to-device message rejected below: MQTT cannot reject, so the parent records it completed');
+    if (outcome === 'reject') this.core.log.info({ identity: identityKey(this.identity) }, 'cloud-to-device message rejected below: MQTT cannot reject, so the parent records it completed');
     lock.wire.puback(lock.messageId);
     return Promise.resolve();
   }
@@ -522,7 +526,7 @@ export class MqttIdentityLine implements TelemetrySender {
   methodResponse(requestId: string, status: number, payload: Buffer): void {
     const wire = this.wire;
     if (!wire || wire.closed) {
-      this.core.log.warn({ identity: keyOf(this.identity), requestId }, 'direct method answer dropped: the upstream connection it came on is gone');
+      this.core.log.warn({ identity: identityKey(this.identity), requestId }, 'direct method answer dropped: the upstream connection it came on is gone');
       return;
     }
     wire.post(`$iothub/methods/res/${status}/?$rid=${encodeURIComponent(requestId)}`, payload);
@@ -571,7 +575,7 @@ export class MqttIdentityChannel implements UpstreamIdentity {
   }
 
   private open(): MqttIdentityLine {
-    if (this.isClosed) throw new UpstreamError(`the upstream identity ${keyOf(this.line.identity)} was closed`);
+    if (this.isClosed) throw new UpstreamError(`the upstream identity ${identityKey(this.line.identity)} was closed`);
     return this.line;
   }
 

@@ -36,9 +36,10 @@
  * credentials or certificate; retried with backoff).
  */
 import type { Duplex } from 'node:stream';
-import type { IdentityRef } from '../engine/types.ts';
+import type { IdentityRef } from '../model/identity.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { directChildChain, keyOf } from './core.ts';
+import { directChildChain } from './core.ts';
+import { identityKey } from '../model/identity.ts';
 import type { UpstreamIdentity } from './identity.ts';
 import { UpstreamLinkBase, type LinkBaseOptions } from './link-base.ts';
 import { MqttIdentityChannel, MqttIdentityLine, type MqttCore } from './mqtt-identity.ts';
@@ -94,7 +95,7 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
     };
     const self: IdentityRef = { deviceId: o.edgeDeviceId, moduleId: EDGE_HUB };
     this.edgeHub = new MqttIdentityLine(this.core, self, `${o.edgeDeviceId}/${EDGE_HUB};${o.edgeDeviceId}`, true);
-    this.lines.set(keyOf(self), this.edgeHub);
+    this.lines.set(identityKey(self), this.edgeHub);
   }
 
   get connected(): boolean {
@@ -148,7 +149,7 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
 
   /** The line of an identity, made on first use; `authChain` updates a known one. */
   private line(identity: IdentityRef, authChain?: string): MqttIdentityLine {
-    const key = keyOf(identity);
+    const key = identityKey(identity);
     let line = this.lines.get(key);
     if (!line) {
       line = new MqttIdentityLine(this.core, identity, authChain ?? this.o.authChainOf?.(identity) ?? directChildChain(identity, this.o.edgeDeviceId));

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import type { IdentityRef, Message } from '../engine/types.ts';
+import type { IdentityRef } from '../model/identity.ts';
+import type { Message } from '../model/message.ts';
 import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
 import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';

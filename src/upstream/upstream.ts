@@ -1,4 +1,4 @@
-import type { IdentityRef } from '../engine/types.ts';
+import type { IdentityRef } from '../model/identity.ts';
 import type { DeliveryEndpoint } from '../routing/pump.ts';
 import type { SendOutcome } from './links.ts';
 import type { UpstreamIdentity } from './identity.ts';

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { isEngineError } from '../../src/engine/errors.ts';
+import { isEngineError } from '../../src/model/errors.ts';
 import { createSasDevice, createSasModule, eventsOf, openClient, sdk, startTestHub, updateReported, waitFor, type TestHub } from './mqtt-helpers.ts';
 
 const { Client, ModuleClient } = sdk.device;

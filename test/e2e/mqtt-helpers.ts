@@ -9,7 +9,7 @@ import mqttPacket from 'mqtt-packet';
 import { startHub, type HubNode } from '../../src/hub/hub.ts';
 import { engineOf } from '../../src/engine/hub-attach.ts';
 import type { Engine } from '../../src/engine/engine.ts';
-import type { StoredEvent } from '../../src/engine/types.ts';
+import type { StoredEvent } from '../../src/model/events.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { randomLoopback } from '../helpers/hub.ts';
 

@@ -7,7 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { AuthResult, Message } from '../../src/engine/types.ts';
+import type { AuthResult } from '../../src/model/identity.ts';
+import type { Message } from '../../src/model/message.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 import { createRootCa } from '../../src/pki/index.ts';

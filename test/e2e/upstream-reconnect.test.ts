@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { newKey, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
-import type { AuthResult } from '../../src/engine/types.ts';
+import type { AuthResult } from '../../src/model/identity.ts';
 import { MessageStore } from '../../src/store/message-store.ts';
 import { EndpointPump } from '../../src/routing/pump.ts';
 import { UpstreamLink } from '../../src/upstream/amqp-link.ts';

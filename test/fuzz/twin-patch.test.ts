@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { HubError } from '../../src/hub/errors.ts';
+import { HubError } from '../../src/model/errors.ts';
 import { Registry } from '../../src/hub/registry.ts';
 import { openNodeDb } from '../../src/store/db.ts';
 import { SqliteRegistryStore } from '../../src/store/registry-store.ts';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import rhea, { type Message as AmqpMessage } from 'rhea';
 import { BatchError, batchHead, encodeBatch, encodeBatchOfSections, messagesOfBatch, originOfBatch, readBatch } from '../../src/protocols/amqp/batch.ts';
 import { DATA_HEADER, encodeDataSections, encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
-import type { Message } from '../../src/engine/types.ts';
+import type { Message } from '../../src/model/message.ts';
 import { fromAmqp, toAmqp } from '../../src/protocols/amqp/message.ts';
 
 const encode = (m: AmqpMessage) => rhea.message.encode(m) as unknown as Buffer;

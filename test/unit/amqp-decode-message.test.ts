@@ -6,7 +6,7 @@ import { BatchError, encodeBatch, readBatch } from '../../src/protocols/amqp/bat
 import { decodeBatch } from '../../src/protocols/amqp/decode-message.ts';
 import { encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
 import { fromAmqp } from '../../src/protocols/amqp/message.ts';
-import type { Message } from '../../src/engine/types.ts';
+import type { Message } from '../../src/model/message.ts';
 
 const encode = (m: AmqpMessage) => rhea.message.encode(m) as unknown as Buffer;
 const uuid = () => rhea.string_to_uuid('0f8fad5b-d9cb-469f-a165-70867728950e');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import type { Message } from '../../src/engine/types.ts';
+import type { Message } from '../../src/model/message.ts';
 import { encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
 import { fromAmqp, toAmqp } from '../../src/protocols/amqp/message.ts';
 

@@ -4,7 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import type { IdentityRef, TwinCollection, TwinProperties } from '../../src/engine/types.ts';
+import type { IdentityRef } from '../../src/model/identity.ts';
+import type { TwinCollection, TwinProperties } from '../../src/model/twin.ts';
 import { DesiredSync } from '../../src/edge/desired-sync.ts';
 import { TwinCache } from '../../src/edge/twin-cache.ts';
 

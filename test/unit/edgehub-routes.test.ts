@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import pino from 'pino';
-import type { TwinCollection } from '../../src/engine/types.ts';
+import type { TwinCollection } from '../../src/model/twin.ts';
 import { DEFAULT_ROUTE, EdgeHubRoutes } from '../../src/edge/edgehub-routes.ts';
 import { TwinCache } from '../../src/edge/twin-cache.ts';
 import type { RoutableMessage } from '../../src/routing/message.ts';

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { before, describe, test } from 'node:test';
-import { isEngineError } from '../../src/engine/errors.ts';
-import type { EngineErrorCode, RegistryIdentity } from '../../src/engine/types.ts';
+import { isEngineError } from '../../src/model/errors.ts';
+import type { EngineErrorCode } from '../../src/model/errors.ts';
+import type { RegistryIdentity } from '../../src/model/identity.ts';
 import { authenticate, type AuthenticateDeps } from '../../src/identity/authenticate.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { createDeviceCert, createIntermediateCa, createRootCa, thumbprints, type IssuedCert } from '../../src/pki/index.ts';

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { openEngineDatabase } from '../../src/engine/databases.ts';
-import { isEngineError } from '../../src/engine/errors.ts';
+import { isEngineError } from '../../src/model/errors.ts';
 import { C2DQueue } from '../../src/store/c2d-queue.ts';
 
 async function queue(t: { after(fn: () => unknown): void }, opts = {}): Promise<C2DQueue> {

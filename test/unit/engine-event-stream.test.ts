@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
-import type { EventToAppend } from '../../src/engine/types.ts';
+import type { EventToAppend } from '../../src/model/events.ts';
 import { EventStream, firstReaching, partitionOf } from '../../src/store/event-stream.ts';
 import { authMethodText } from '../../src/identity/auth-method.ts';
 

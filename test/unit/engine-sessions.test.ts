@@ -5,8 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Engine } from '../../src/engine/engine.ts';
-import { isEngineError } from '../../src/engine/errors.ts';
-import type { AuthResult, C2DDelivery, CloseReason, MethodRequest, RegistryIdentity, SessionHandler, TwinCollection } from '../../src/engine/types.ts';
+import { isEngineError } from '../../src/model/errors.ts';
+import type { AuthResult, RegistryIdentity } from '../../src/model/identity.ts';
+import type { C2DDelivery } from '../../src/model/c2d.ts';
+import type { CloseReason, SessionHandler } from '../../src/engine/types.ts';
+import type { MethodRequest } from '../../src/model/methods.ts';
+import type { TwinCollection } from '../../src/model/twin.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 
 const KEY = Buffer.alloc(32, 9).toString('base64');

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { StoredEvent } from '../../src/engine/types.ts';
+import type { StoredEvent } from '../../src/model/events.ts';
 import { eventJson, eventJsonText } from '../../src/hub/event-json.ts';
 
 function event(over: Partial<StoredEvent> = {}, message: Partial<StoredEvent['message']> = {}): StoredEvent {

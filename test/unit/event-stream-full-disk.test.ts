@@ -5,8 +5,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { isEngineError } from '../../src/engine/errors.ts';
-import type { EventToAppend } from '../../src/engine/types.ts';
+import { isEngineError } from '../../src/model/errors.ts';
+import type { EventToAppend } from '../../src/model/events.ts';
 import { EventStream } from '../../src/store/event-stream.ts';
 
 /** A real SQLITE_FULL needs a small file system of its own (CI runs as root). */

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
-import type { EventToAppend, StoredEvent, StoredEventInfo } from '../../src/engine/types.ts';
+import type { EventToAppend, StoredEvent, StoredEventInfo } from '../../src/model/events.ts';
 import { EventStream, partitionOf } from '../../src/store/event-stream.ts';
 import { EventTail } from '../../src/store/event-tail.ts';
 import { mountSmallDisk } from '../helpers/tmpfs-disk.ts';

@@ -13,8 +13,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Engine } from '../../src/engine/engine.ts';
-import { EngineError, isEngineError } from '../../src/engine/errors.ts';
-import type { AuthResult, C2DDelivery, CloseReason, EngineOptions, IdentityRef, Message, RegistryIdentity, SessionHandler, SubscriptionKind } from '../../src/engine/types.ts';
+import { EngineError, isEngineError } from '../../src/model/errors.ts';
+import type { AuthResult, IdentityRef, RegistryIdentity } from '../../src/model/identity.ts';
+import type { C2DDelivery } from '../../src/model/c2d.ts';
+import type { CloseReason, EngineOptions, SessionHandler, SubscriptionKind } from '../../src/engine/types.ts';
+import type { Message } from '../../src/model/message.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 
 const KEY = Buffer.alloc(32, 5).toString('base64');

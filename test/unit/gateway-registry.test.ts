@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import { GatewayRegistry } from '../../src/edge/gateway-registry.ts';
-import { EngineError, httpStatusOf } from '../../src/engine/errors.ts';
+import { EngineError, httpStatusOf } from '../../src/model/errors.ts';
 import { UpstreamDownError, twinRefusal } from '../../src/upstream/links.ts';
 
 /** A gateway registry whose parent answers every twin call with `failure`. */

@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import { connect as tlsConnect, createServer, type TLSSocket } from 'node:tls';
 import mqtt from 'mqtt-packet';
 import { Engine } from '../../src/engine/engine.ts';
-import type { RegistryIdentity } from '../../src/engine/types.ts';
+import type { RegistryIdentity } from '../../src/model/identity.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { createRootCa, createServerCert } from '../../src/pki/index.ts';
 import { MqttConnection } from '../../src/protocols/mqtt/connection.ts';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
-import type { Message } from '../../src/engine/types.ts';
+import type { Message } from '../../src/model/message.ts';
 import { decodeBag, encodeTelemetryBag, parseParentPublish, parsePublishTopic, telemetryTopic } from '../../src/protocols/mqtt/topics.ts';
 
 /** The topic a gateway forwards a message on, read back by the parent's own parser. */

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
-import { cover, OriginWatermarks, type ForwardedOrigin, type OriginsMoved, type StreamCoverage } from '../../src/store/origin-watermarks.ts';
+import { cover, OriginWatermarks, type OriginsMoved, type StreamCoverage } from '../../src/store/origin-watermarks.ts';
+import { type ForwardedOrigin } from '../../src/model/message.ts';
 import { originOfBatch, ORIGIN_PREV, ORIGIN_SEQS, ORIGIN_STREAM, readOrigin } from '../../src/protocols/amqp/batch.ts';
 
 const o = (stream: string, seq: number, prev: number): ForwardedOrigin => ({ stream, seq, prev });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { openNodeDb, type NodeDb } from '../../src/store/db.ts';
 import { SqliteRegistryStore } from '../../src/store/registry-store.ts';
 import { Registry } from '../../src/hub/registry.ts';
-import { HubError } from '../../src/hub/errors.ts';
+import { HubError } from '../../src/model/errors.ts';
 
 function open(t: import('node:test').TestContext, dir?: string) {
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), 'strata-registry-'));

@@ -7,26 +7,8 @@ import { join } from 'node:path';
 import { ScopeCache } from '../../src/edge/scope-cache.ts';
 import { ScopeFeed, type IdentitySource } from '../../src/hub/scope-api.ts';
 import { edgeScopeFor } from '../../src/identity/hierarchy.ts';
-import {
-  MAX_EDGE_LAYERS,
-  ScopeError,
-  buildAuthChain,
-  chainVoidReason,
-  formatAuthChain,
-  identityKey,
-  isInScope,
-  parseAuthChain,
-  parentScopeOfNode,
-  parseIdentityKey,
-  scopeMembers,
-  scopeOwners,
-  toScopeNode,
-  validateAuthChain,
-  type ScopeDevice,
-  type ScopeModule,
-  type ScopeNode,
-  type ScopeView,
-} from '../../src/identity/scope.ts';
+import { MAX_EDGE_LAYERS, ScopeError, buildAuthChain, chainVoidReason, formatAuthChain, isInScope, parseAuthChain, parentScopeOfNode, parseIdentityKey, scopeMembers, scopeOwners, toScopeNode, validateAuthChain, type ScopeDevice, type ScopeModule, type ScopeNode, type ScopeView } from '../../src/identity/scope.ts';
+import { identityKey } from '../../src/model/identity.ts';
 
 /**
  * Devices placed directly (no hierarchy rules), so the tests can also build what the hub

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { AuthResult, Message } from '../../src/engine/types.ts';
+import type { AuthResult } from '../../src/model/identity.ts';
+import type { Message } from '../../src/model/message.ts';
 import { messageOfStored, reviveSenderMessage, routeSourceOf, senderIdentity, storedMessageOf } from '../../src/store/sender-message.ts';
 import { Backoff } from '../../src/upstream/backoff.ts';
 import { audienceOf, basePath } from '../../src/upstream/core.ts';

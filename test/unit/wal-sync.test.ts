@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mock, test } from 'node:test';
 import Database from 'better-sqlite3';
-import type { EventToAppend } from '../../src/engine/types.ts';
+import type { EventToAppend } from '../../src/model/events.ts';
 import { EventStream } from '../../src/store/event-stream.ts';
 import { WalSync } from '../../src/store/wal-sync.ts';
 

@@ -1,5 +1,4 @@
-import type { IdentityRef } from '../../engine/types.ts';
-import { identityKey as keyOfIdentity } from '../../identity/scope.ts';
+import type { IdentityRef } from '../../model/identity.ts';
 
 /**
  * Link addresses as IoT Hub knows them. Fixed words are matched case-insensitively (clients
@@ -98,11 +97,6 @@ export function parseC2DTarget(to: string | undefined | null): string | undefine
 
 export function isCbsAddress(address: string | undefined | null): boolean {
   return addressPath(address).toLowerCase() === '$cbs';
-}
-
-/** A stable key for an identity: `d` or `d/m`. */
-export function identityKey(id: IdentityRef): string {
-  return keyOfIdentity(id.deviceId, id.moduleId);
 }
 
 export function describeIdentity(id: IdentityRef): string {

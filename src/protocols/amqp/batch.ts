@@ -1,5 +1,5 @@
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import type { Message } from '../../engine/types.ts';
+import type { Message } from '../../model/message.ts';
 import { AmqpWriter, encodeDataSections, SECTION, SYM32, textBound } from './encode-message.ts';
 
 /**

@@ -1,8 +1,9 @@
-import type { AuthRequest, AuthResult, ClientCertificate, IdentityRef } from '../../engine/types.ts';
+import type { AuthRequest, AuthResult, ClientCertificate, IdentityRef } from '../../model/identity.ts';
 import { parseResourcePath } from '../../identity/authenticate.ts';
 import { authenticatePolicyToken, hasRight, type AccessPolicy, type Right } from '../../identity/policies.ts';
 import { parseSasToken, splitAudience } from '../../identity/sas.ts';
-import { describeIdentity, identityKey } from './addresses.ts';
+import { describeIdentity } from './addresses.ts';
+import { identityKey } from '../../model/identity.ts';
 import { AmqpRefusal, CONDITION } from './errors.ts';
 
 /**

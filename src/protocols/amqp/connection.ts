@@ -2,7 +2,7 @@ import rhea, { type Connection, type Delivery, type EventContext, type Receiver,
 import './rhea-writer.ts';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import type { ClientCertificate } from '../../engine/types.ts';
+import type { ClientCertificate } from '../../model/identity.ts';
 import { addressPath } from './addresses.ts';
 import { ClaimSet, claimFromToken, describeClaim, type Claim, type TokenChecker } from './claims.ts';
 import { DeviceSessions } from './device-sessions.ts';

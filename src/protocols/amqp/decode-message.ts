@@ -1,5 +1,5 @@
 import rhea from 'rhea';
-import type { Message } from '../../engine/types.ts';
+import type { Message } from '../../model/message.ts';
 import { BatchError, readBatch } from './batch.ts';
 import { binaryText, fromAmqp } from './message.ts';
 

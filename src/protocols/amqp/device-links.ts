@@ -1,10 +1,14 @@
 import rhea, { type Delivery, type Message as AmqpMessage, type Receiver, type Sender } from 'rhea';
-import type { C2DDelivery, C2DOutcome, ForwardedBatch, MethodRequest, TwinCollection } from '../../engine/types.ts';
-import { describeIdentity, identityKey, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
+import type { C2DDelivery, C2DOutcome } from '../../model/c2d.ts';
+import type { ForwardedBatch } from '../../model/message.ts';
+import type { MethodRequest } from '../../model/methods.ts';
+import type { TwinCollection } from '../../model/twin.ts';
+import { describeIdentity, parseDeviceAddress, type DeviceAddress } from './addresses.ts';
+import { identityKey } from '../../model/identity.ts';
 import type { DeliveryTarget, DesiredTarget, IdentityState, Member, MethodTarget } from './device-sessions.ts';
 import { BATCH_FORMAT, readOrigin } from './batch.ts';
 import { decodeBatch } from './decode-message.ts';
-import type { ForwardedOrigin } from '../../store/origin-watermarks.ts';
+import type { ForwardedOrigin } from '../../model/message.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './errors.ts';
 import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
 import { bodyBytes, echoId, fromAmqp, idToAmqp, idToString, toAmqp } from './message.ts';

@@ -1,14 +1,10 @@
-import type {
-  C2DDelivery,
-  CloseReason,
-  IdentityRef,
-  MethodRequest,
-  Session,
-  SessionHandler,
-  SubscriptionKind,
-  TwinCollection,
-} from '../../engine/types.ts';
-import { describeIdentity, identityKey } from './addresses.ts';
+import type { C2DDelivery } from '../../model/c2d.ts';
+import type { CloseReason, Session, SessionHandler, SubscriptionKind } from '../../engine/types.ts';
+import type { IdentityRef } from '../../model/identity.ts';
+import type { MethodRequest } from '../../model/methods.ts';
+import type { TwinCollection } from '../../model/twin.ts';
+import { describeIdentity } from './addresses.ts';
+import { identityKey } from '../../model/identity.ts';
 import { claimFromCertificate, type IdentityClaim } from './claims.ts';
 import type { AmqpConnection } from './connection.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, type AmqpErrorInfo } from './errors.ts';

@@ -1,4 +1,4 @@
-import type { Message } from '../../engine/types.ts';
+import type { Message } from '../../model/message.ts';
 
 /**
  * Encodes a message straight into AMQP bytes: the same sections and values as rhea would write

@@ -1,5 +1,5 @@
-import { EngineError, httpStatusOf, iotHubErrorCodeOf } from '../../engine/errors.ts';
-import type { EngineErrorCode } from '../../engine/types.ts';
+import { EngineError, httpStatusOf, iotHubErrorCodeOf } from '../../model/errors.ts';
+import type { EngineErrorCode } from '../../model/errors.ts';
 import { AccessDenied } from '../../identity/policies.ts';
 
 /** An AMQP error as it goes into a detach, close or rejected outcome. */

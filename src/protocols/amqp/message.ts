@@ -1,5 +1,5 @@
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import type { Message } from '../../engine/types.ts';
+import type { Message } from '../../model/message.ts';
 
 /**
  * AMQP message <-> the engine's canonical Message. The mapping is the one IoT Hub documents:

@@ -1,4 +1,4 @@
-import type { IdentityRef } from '../../engine/types.ts';
+import type { IdentityRef } from '../../model/identity.ts';
 import { parseResourcePath } from '../../identity/authenticate.ts';
 import { EDGE_HUB } from '../../identity/device-id.ts';
 import { splitAudience } from '../../identity/sas.ts';
@@ -11,7 +11,8 @@ import {
   withdrawalReason,
   type OnBehalfOfSource,
 } from '../../identity/on-behalf-of.ts';
-import { describeIdentity, identityKey } from './addresses.ts';
+import { describeIdentity } from './addresses.ts';
+import { identityKey } from '../../model/identity.ts';
 import type { IdentityClaim } from './claims.ts';
 import type { AmqpConnection } from './connection.ts';
 import { AmqpRefusal, CONDITION, amqpErrorOf } from './errors.ts';

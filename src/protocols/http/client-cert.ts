@@ -1,5 +1,5 @@
 import { TLSSocket, type DetailedPeerCertificate } from 'node:tls';
-import type { ClientCertificate } from '../../engine/types.ts';
+import type { ClientCertificate } from '../../model/identity.ts';
 
 /**
  * The certificate a TLS client presented, with the further certificates it sent, for the

@@ -1,9 +1,11 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Engine } from '../../engine/engine.ts';
-import { EngineError, httpStatusOf, iotHubErrorCodeOf, isEngineError } from '../../engine/errors.ts';
-import { MAX_MESSAGE_BYTES, type AuthResult, type C2DOutcome, type IdentityRef } from '../../engine/types.ts';
-import { HubError } from '../../hub/errors.ts';
+import { EngineError, httpStatusOf, iotHubErrorCodeOf, isEngineError } from '../../model/errors.ts';
+import { MAX_MESSAGE_BYTES } from '../../model/message.ts';
+import { type AuthResult, type IdentityRef } from '../../model/identity.ts';
+import { type C2DOutcome } from '../../model/c2d.ts';
+import { HubError } from '../../model/errors.ts';
 import { sendError } from '../../hub/service-api.ts';
 import { childLog } from '../../util/log.ts';
 import { clientCertificateOf } from './client-cert.ts';

@@ -1,5 +1,5 @@
-import type { Message } from '../../engine/types.ts';
-import { badRequest } from '../../hub/errors.ts';
+import type { Message } from '../../model/message.ts';
+import { badRequest } from '../../model/errors.ts';
 
 /**
  * IoT Hub's HTTPS message mapping: system properties travel in `IoTHub-*` / `iothub-*` headers

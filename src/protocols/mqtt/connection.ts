@@ -3,20 +3,12 @@ import type { Duplex } from 'node:stream';
 import mqtt from 'mqtt-packet';
 import type { Engine } from '../../engine/engine.ts';
 import { describeIdentity } from '../../engine/engine.ts';
-import { EngineError } from '../../engine/errors.ts';
-import type {
-  AuthResult,
-  C2DDelivery,
-  ClientCertificate,
-  CloseReason,
-  IdentityRef,
-  MethodRequest,
-  Protocol,
-  Session,
-  SessionHandler,
-  SubscriptionKind,
-  TwinCollection,
-} from '../../engine/types.ts';
+import { EngineError } from '../../model/errors.ts';
+import type { AuthResult, ClientCertificate, IdentityRef } from '../../model/identity.ts';
+import type { C2DDelivery } from '../../model/c2d.ts';
+import type { CloseReason, Protocol, Session, SessionHandler, SubscriptionKind } from '../../engine/types.ts';
+import type { MethodRequest } from '../../model/methods.ts';
+import type { TwinCollection } from '../../model/twin.ts';
 import { EDGE_HUB } from '../../identity/device-id.ts';
 import { childLog, refusals, sourceAddress, wireText } from '../../util/log.ts';
 import type { PreAuthTicket } from '../pre-auth.ts';

@@ -1,4 +1,7 @@
-import type { C2DAck, IdentityRef, Message, SubscriptionKind } from '../../engine/types.ts';
+import type { C2DAck } from '../../model/c2d.ts';
+import type { IdentityRef } from '../../model/identity.ts';
+import type { Message } from '../../model/message.ts';
+import type { SubscriptionKind } from '../../engine/types.ts';
 
 /** What a PUBLISH from a device asks for, decided by its topic name. */
 export type PublishTarget =

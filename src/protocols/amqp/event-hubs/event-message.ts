@@ -1,4 +1,4 @@
-import type { StoredEvent } from '../../../engine/types.ts';
+import type { StoredEvent } from '../../../model/events.ts';
 
 /**
  * A stored event as IoT Hub's built-in endpoint delivers it, encoded straight into AMQP 1.0

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { engineOf } from '../../../engine/hub-attach.ts';
-import type { EventStreamReader } from '../../../engine/types.ts';
+import type { EventStreamReader } from '../../../model/events.ts';
 import type { HubNode } from '../../../hub/hub.ts';
 import { ConsumerGroups } from '../../../store/consumer-groups.ts';
 import type { AmqpHead } from '../head.ts';

@@ -1,5 +1,5 @@
 import rhea, { type Message as AmqpMessage, type Receiver } from 'rhea';
-import type { EventStreamReader } from '../../../engine/types.ts';
+import type { EventStreamReader } from '../../../model/events.ts';
 import { AccessDenied, authenticatePolicyToken, requireRight } from '../../../identity/policies.ts';
 import { CONDITION } from '../errors.ts';
 import { CreditWindow, type LinkContext, type LinkRoute } from '../links.ts';

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { EventStreamReader, StoredEvent } from '../../../engine/types.ts';
+import type { EventStreamReader, StoredEvent } from '../../../model/events.ts';
 
 /** What a reader of one partition is told when events were appended to it. */
 export type PartitionListener = (events: StoredEvent[]) => void;

@@ -1,5 +1,5 @@
 import type { Sender } from 'rhea';
-import type { EventStreamReader, PartitionReadOptions, StoredEvent } from '../../../engine/types.ts';
+import type { EventStreamReader, PartitionReadOptions, StoredEvent } from '../../../model/events.ts';
 import { CONDITION } from '../errors.ts';
 import type { LinkContext, LinkHandler } from '../links.ts';
 import { encodeEvent, type RuntimeInfo } from './event-message.ts';

@@ -1,5 +1,5 @@
 import rhea, { type Sender } from 'rhea';
-import type { EventStreamReader } from '../../../engine/types.ts';
+import type { EventStreamReader } from '../../../model/events.ts';
 import { AmqpRefusal, CONDITION } from '../errors.ts';
 import type { LinkContext, LinkRoute } from '../links.ts';
 import { isEntitySendAddress, parsePartitionAddress, partitionIndex, sameName, type PartitionAddress } from './entity.ts';

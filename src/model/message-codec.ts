@@ -1,4 +1,4 @@
-import type { Message } from './types.ts';
+import type { Message } from './message.ts';
 
 /**
  * Compact JSON for a message's properties as stored next to its body: system properties
