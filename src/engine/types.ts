@@ -120,7 +120,7 @@ export interface EngineRegistry {
   setConnectionState(deviceId: string, moduleId: string | undefined, connected: boolean): MaybePromise<unknown>;
   on(event: 'desired', listener: (deviceId: string, moduleId: string | undefined | null, patch: TwinCollection) => void): unknown;
   on(event: 'identity', listener: (deviceId: string, moduleId: string | undefined | null, kind: string) => void): unknown;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // biome-ignore lint/suspicious/noExplicitAny: any event's listener must fit here; unknown[] parameters would refuse them
   off?(event: string, listener: (...args: any[]) => void): unknown;
 }
 

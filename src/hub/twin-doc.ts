@@ -71,7 +71,7 @@ function checkLevel(path: string, obj: Record<string, unknown>): void {
   for (const [k, v] of Object.entries(obj)) {
     checkName(path, k);
     if (!k) throw badRequest(`${path} has an empty property name`);
-    // eslint-disable-next-line no-control-regex
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: IoT Hub refuses control characters in property names
     if (/[.$ \u0000-\u001f\u007f-\u009f]/.test(k)) {
       throw badRequest(`property name "${k}" in ${path} contains a character IoT Hub does not allow (. $ space or a control character)`);
     }

@@ -164,6 +164,7 @@ export function parseInvariantNumber(input: string): number {
 
 /** Invariant-culture case mapping: one character in, one character out (no "ß" -> "SS", no context-dependent final sigma). */
 function mapCase(s: string, upper: boolean): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: \x00-\x7f is the whole ASCII range, control characters included
   if (/^[\x00-\x7f]*$/.test(s)) return upper ? s.toUpperCase() : s.toLowerCase();
   let out = '';
   for (const ch of s) {

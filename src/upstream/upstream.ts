@@ -73,5 +73,6 @@ export interface Upstream {
   once(event: 'up', listener: () => void): this;
   once(event: 'down', listener: (why: string) => void): this;
   once(event: 'refused', listener: (err: Error) => void): this;
-  off(event: 'up' | 'down' | 'refused', listener: (...args: any[]) => void): this; // eslint-disable-line @typescript-eslint/no-explicit-any
+  // biome-ignore lint/suspicious/noExplicitAny: any event's listener must fit here; unknown[] parameters would refuse them
+  off(event: 'up' | 'down' | 'refused', listener: (...args: any[]) => void): this;
 }

@@ -18,7 +18,6 @@ import { AWAIT_REPLY, writeAndEnd } from '../fuzz/wire.ts';
 import { createSasDevice, deviceToken, startTestHub, type TestHub } from './mqtt-helpers.ts';
 
 const require = createRequire(import.meta.url);
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 const frames = require('rhea/lib/frames.js') as any;
 
 // Long timers created in this process, to see which outlive their connection.

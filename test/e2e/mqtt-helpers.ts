@@ -14,7 +14,6 @@ import { createSasToken } from '../../src/identity/sas.ts';
 import { randomLoopback } from '../helpers/hub.ts';
 
 export const require = createRequire(import.meta.url);
-/* eslint-disable @typescript-eslint/no-explicit-any */
 export const sdk = {
   device: require('azure-iot-device') as any,
   mqtt: require('azure-iot-device-mqtt') as any,

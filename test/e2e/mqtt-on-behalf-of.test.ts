@@ -15,7 +15,6 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { connackOf } from '../helpers/mqtt-leaf.ts';
 
 const require = createRequire(import.meta.url);
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 const mqtt = require('mqtt') as any;
 
 let hub: HubProcess;
@@ -44,7 +43,6 @@ function edgeHubToken(edgeId: string, key: string, ttlS = 3600): string {
 }
 
 interface Connected {
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   client: any;
   publish(topic: string, payload: string): Promise<void>;
   closed: Promise<void>;

@@ -25,7 +25,6 @@ import { eventually, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts'
 const require = createRequire(import.meta.url);
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Amqp } = require('azure-iot-device-amqp');
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 const mqtt = require('mqtt') as any;
 
 const [hubAddr, l1Addr, l2Addr, l3Addr] = chainAddresses();

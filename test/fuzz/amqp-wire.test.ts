@@ -15,7 +15,6 @@ import { checkProperty, fuzzParams, fuzzTimeoutMs, objectPrototypeAdditions } fr
 import { AWAIT_REPLY, writeAndEnd, type WireStep } from './wire.ts';
 
 const require = createRequire(import.meta.url);
-/* eslint-disable @typescript-eslint/no-explicit-any */
 const frames = require('rhea/lib/frames.js') as any;
 const terminus = require('rhea/lib/terminus.js') as any;
 const rhea = require('rhea') as any;

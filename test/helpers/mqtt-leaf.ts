@@ -3,12 +3,10 @@ import { createSasToken } from '../../src/identity/sas.ts';
 
 const require = createRequire(import.meta.url);
 // The MQTT client the device SDK itself uses (mqtt.js); its connect/publish callback API is stable across versions.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 const mqtt = require('mqtt') as any;
 
 /** A device speaking IoT Hub MQTT directly (no SDK): for many connections at once, and exact refusal codes. */
 export interface MqttLeaf {
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   client: any;
   publish(payload: Buffer, props?: string): Promise<void>;
   end(): Promise<void>;
@@ -57,7 +55,6 @@ export async function connectMqttLeaf(o: { address: string; port?: number; ca: s
  * return code) or the socket error, the client then ended. Later errors are the caller's to see
  * as a close.
  */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 export function connackOf(client: any): Promise<void> {
   return new Promise((resolve, reject) => {
     const fail = (err: Error) => {
