@@ -1,9 +1,10 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { formatConnectionString } from '../identity/connection-string.ts';
 import { openNodeDb } from '../store/db.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { UserError } from '../util/errors.ts';
+import { formatConnectionString, parseConnectionString } from '../identity/connection-string.ts';
+import { EVENT_HUBS_DEFAULT_PORT, eventHubsEntityName } from '../protocols/amqp/event-hubs/entity.ts';
 
 /**
  * A hub's data directory: `hub.db` (the SQLite registry), `pki/` (its certificates),
@@ -110,4 +111,21 @@ export function releaseHubLock(dataDir: string): void {
   } catch {
     // already gone
   }
+}
+
+/**
+ * `Endpoint=sb://{host}/;SharedAccessKeyName=...;SharedAccessKey=...;EntityPath={hub}` for one
+ * of a local hub's policies. The Endpoint carries the AMQP port only when it is not 5671 (the
+ * clients' default); the hub then also accepts token audiences that name `{host}:{port}`.
+ */
+export function eventHubsConnectionString(dataDir: string, policyName = 'iothubowner'): string {
+  const fields = parseConnectionString(hubConnectionString(dataDir, policyName));
+  const host = fields.HostName!;
+  const amqpPort = readHubState(dataDir)?.ports.amqp ?? EVENT_HUBS_DEFAULT_PORT;
+  return formatConnectionString({
+    Endpoint: `sb://${host}${amqpPort === EVENT_HUBS_DEFAULT_PORT ? '' : `:${amqpPort}`}/`,
+    SharedAccessKeyName: fields.SharedAccessKeyName,
+    SharedAccessKey: fields.SharedAccessKey,
+    EntityPath: eventHubsEntityName(host),
+  });
 }

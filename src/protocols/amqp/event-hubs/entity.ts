@@ -68,3 +68,6 @@ function decode(s: string): string {
     return s;
   }
 }
+
+/** The port Event Hubs clients dial when the Endpoint names none. */
+export const EVENT_HUBS_DEFAULT_PORT = 5671;

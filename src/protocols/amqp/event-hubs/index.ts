@@ -12,7 +12,6 @@ import { PartitionFeed } from './partition-feed.ts';
 import { receiverRoutes } from './receiver-route.ts';
 
 export { eventHubsEntityName } from './entity.ts';
-export { eventHubsConnectionString } from './connection-string.ts';
 export { parseStartExpression, type StartPosition } from './filter.ts';
 
 /**
