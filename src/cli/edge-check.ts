@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { runEdgeChecks, type CheckResult, type CheckStatus } from '../edge/check.ts';
+import { runEdgeChecks, type CheckResult, type CheckStatus } from '../edge/check/index.ts';
 import { readAppliedConfig } from '../edge/local.ts';
 import { UserError } from '../util/errors.ts';
 import { action } from './run.ts';

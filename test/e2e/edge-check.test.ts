@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import type { CheckResult } from '../../src/edge/check.ts';
+import type { CheckResult } from '../../src/edge/check/index.ts';
 import { edgePkiPaths } from '../../src/edge/security-manager.ts';
 import { hubPkiPaths } from '../../src/hub/tls.ts';
 import { createEdgeCa, createRootCa, createServerCert, fullChainPem, type IssuedCert } from '../../src/pki/index.ts';

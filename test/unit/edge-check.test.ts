@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { pathToFileURL } from 'node:url';
-import { checkStorage, probeUpstream, runEdgeChecks, type CheckResult, type ProbeOutcome } from '../../src/edge/check.ts';
+import { checkStorage, probeUpstream, runEdgeChecks, type CheckResult, type ProbeOutcome } from '../../src/edge/check/index.ts';
 import { formatCheckResults } from '../../src/cli/edge-check.ts';
 import { edgePkiPaths } from '../../src/edge/security-manager.ts';
 import { createDeviceCert, createEdgeCa, createRootCa, createServerCert, fullChainPem, type IssuedCert } from '../../src/pki/index.ts';
