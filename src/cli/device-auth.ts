@@ -13,7 +13,11 @@ export interface AuthFlags {
 
 export function withAuthFlags(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--auth <type>', 'how the identity authenticates').choices(['sas', 'x509-thumbprint', 'x509-ca']).default('sas'))
+    .addOption(
+      new Option('--auth <type>', 'how the identity authenticates')
+        .choices(['sas', 'x509-thumbprint', 'x509-ca'])
+        .default('sas'),
+    )
     .option('--primary-thumbprint <hex>', 'SHA-1 or SHA-256 thumbprint of the certificate (x509-thumbprint)')
     .option('--secondary-thumbprint <hex>', 'thumbprint of a second certificate (x509-thumbprint)');
 }
@@ -22,7 +26,10 @@ function thumbprint(value: string | undefined, flag: string): string | undefined
   if (value === undefined) return undefined;
   const hex = value.replace(/:/g, '');
   if (!/^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$/.test(hex)) {
-    throw new UserError(`${flag} "${value}" is not a certificate thumbprint`, 'Give 40 (SHA-1) or 64 (SHA-256) hex digits');
+    throw new UserError(
+      `${flag} "${value}" is not a certificate thumbprint`,
+      'Give 40 (SHA-1) or 64 (SHA-256) hex digits',
+    );
   }
   return hex.toUpperCase();
 }
@@ -37,8 +44,15 @@ export function authentication(flags: AuthFlags): NonNullable<DeviceJson['authen
     case 'sas':
       return { type: 'sas', symmetricKey: { primaryKey: '', secondaryKey: '' } };
     case 'x509-thumbprint':
-      if (!primary) throw new UserError('--auth x509-thumbprint needs --primary-thumbprint', "Give the SHA-1 or SHA-256 thumbprint of the device's certificate");
-      return { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: primary, secondaryThumbprint: secondary ?? primary } };
+      if (!primary)
+        throw new UserError(
+          '--auth x509-thumbprint needs --primary-thumbprint',
+          "Give the SHA-1 or SHA-256 thumbprint of the device's certificate",
+        );
+      return {
+        type: 'selfSigned',
+        x509Thumbprint: { primaryThumbprint: primary, secondaryThumbprint: secondary ?? primary },
+      };
     case 'x509-ca':
       return { type: 'certificateAuthority', x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null } };
   }
@@ -46,9 +60,13 @@ export function authentication(flags: AuthFlags): NonNullable<DeviceJson['authen
 
 export function authLabel(a: DeviceJson['authentication']): string {
   switch (a?.type) {
-    case 'sas': return 'sas';
-    case 'selfSigned': return 'x509-thumbprint';
-    case 'certificateAuthority': return 'x509-ca';
-    default: return a?.type ?? 'none';
+    case 'sas':
+      return 'sas';
+    case 'selfSigned':
+      return 'x509-thumbprint';
+    case 'certificateAuthority':
+      return 'x509-ca';
+    default:
+      return a?.type ?? 'none';
   }
 }

@@ -50,7 +50,11 @@ export function emit(flags: HubFlags, json: unknown, human: () => string): void 
 export function table(headers: string[], rows: string[][]): string {
   if (rows.length === 0) return '';
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n');
 }
 
@@ -78,7 +82,10 @@ export function checkModuleId(id: string): string {
 }
 
 export function idList(text: string, flag: string): string[] {
-  const ids = text.split(',').map((s) => s.trim()).filter(Boolean);
+  const ids = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (ids.length === 0) throw new UserError(`${flag} names no devices`, `Write ${flag} a,b,c`);
   return [...new Set(ids.map(checkDeviceId))];
 }

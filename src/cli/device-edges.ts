@@ -69,9 +69,16 @@ export class EdgeMap {
 export async function getEdge(client: ServiceClient, id: string, role: string): Promise<DeviceJson> {
   const d = await client.getDevice(checkDeviceId(id));
   if (!isEdge(d)) {
-    throw new UserError(`only IoT Edge devices can be ${role}: ${id} is not an IoT Edge device`, 'Create parents with `strata device create ID --edge`');
+    throw new UserError(
+      `only IoT Edge devices can be ${role}: ${id} is not an IoT Edge device`,
+      'Create parents with `strata device create ID --edge`',
+    );
   }
-  if (!d.deviceScope) throw new UserError(`IoT Edge device ${id} has no device scope`, 'The hub should have given it one; recreate the device');
+  if (!d.deviceScope)
+    throw new UserError(
+      `IoT Edge device ${id} has no device scope`,
+      'The hub should have given it one; recreate the device',
+    );
   return d;
 }
 
@@ -92,8 +99,13 @@ export function checkMove(child: DeviceJson, parent: DeviceJson, force: boolean,
     const chain = edges.chainFrom(parentScope);
     const at = chain.indexOf(child.deviceId);
     if (at >= 0) {
-      const path = chain.slice(0, at + 1).reverse().join(' > ');
-      throw new UserError(`cannot make ${parent.deviceId} the parent of ${child.deviceId}: ${parent.deviceId} is below it (${path}), so that would make a cycle`);
+      const path = chain
+        .slice(0, at + 1)
+        .reverse()
+        .join(' > ');
+      throw new UserError(
+        `cannot make ${parent.deviceId} the parent of ${child.deviceId}: ${parent.deviceId} is below it (${path}), so that would make a cycle`,
+      );
     }
     const layers = chain.length + edges.height(child.deviceScope ?? '');
     if (layers > MAX_EDGE_LAYERS) {
@@ -106,7 +118,11 @@ export function checkMove(child: DeviceJson, parent: DeviceJson, force: boolean,
 }
 
 /** Writes the new parent (or none) into the identity, guarded by its etag. */
-export async function setParentScope(client: ServiceClient, child: DeviceJson, scope: string | undefined): Promise<DeviceJson> {
+export async function setParentScope(
+  client: ServiceClient,
+  child: DeviceJson,
+  scope: string | undefined,
+): Promise<DeviceJson> {
   const updated: DeviceJson = { ...child, parentScopes: scope ? [scope] : [] };
   // A leaf lives in its parent's scope; an edge device keeps the scope it was born with.
   if (!isEdge(child)) updated.deviceScope = scope ?? '';
@@ -114,17 +130,23 @@ export async function setParentScope(client: ServiceClient, child: DeviceJson, s
 }
 
 export async function childrenOf(client: ServiceClient, parent: DeviceJson): Promise<TwinJson[]> {
-  const rows = await client.query(`SELECT * FROM devices WHERE ARRAY_CONTAINS(parentScopes, ${quote(parent.deviceScope!)})`);
+  const rows = await client.query(
+    `SELECT * FROM devices WHERE ARRAY_CONTAINS(parentScopes, ${quote(parent.deviceScope!)})`,
+  );
   return rows.sort((a, b) => a.deviceId.localeCompare(b.deviceId));
 }
 
 export async function parentIdOf(client: ServiceClient, d: DeviceJson): Promise<string | undefined> {
   const scope = parentScopeOf(d);
   if (!scope) return undefined;
-  const owners = await client.query(`SELECT * FROM devices WHERE deviceScope = ${quote(scope)} AND capabilities.iotEdge = true`);
+  const owners = await client.query(
+    `SELECT * FROM devices WHERE deviceScope = ${quote(scope)} AND capabilities.iotEdge = true`,
+  );
   if (owners.length === 0) {
-    throw new UserError(`the parent scope of ${d.deviceId} (${scope}) belongs to no IoT Edge device`, `Was the parent deleted? Set a new one with \`strata device set-parent ${d.deviceId} --parent P --force\``);
+    throw new UserError(
+      `the parent scope of ${d.deviceId} (${scope}) belongs to no IoT Edge device`,
+      `Was the parent deleted? Set a new one with \`strata device set-parent ${d.deviceId} --parent P --force\``,
+    );
   }
   return owners[0]!.deviceId;
 }
-

@@ -56,12 +56,17 @@ export function registerEdgeCheckCommand(edge: Command | undefined): void {
   if (!edge) throw new Error('the `edge` command group must be registered before `edge check`');
   edge
     .command('check')
-    .description("diagnose a gateway's configuration, certificates, clock, storage and connectivity to its upstream (parent or hub); exits non-zero when any check fails")
+    .description(
+      "diagnose a gateway's configuration, certificates, clock, storage and connectivity to its upstream (parent or hub); exits non-zero when any check fails",
+    )
     .option('--config <file>', 'the config.toml (default: the one `strata edge config apply` recorded in --data)')
     .option('--data <dir>', 'data directory of the gateway (default ./.strata/edge-{deviceId})')
     .option('--verbose', 'also say what passing checks saw, and list skipped checks')
     .option('--json', 'print the results as a JSON array of {id, title, status, detail, fix}')
-    .addHelpText('after', '\nThe upstream is checked on ports 8883, 5671 and 443: TCP, then a TLS handshake whose certificate must chain\nto trust_bundle_cert and name parent_hostname (or the hub host name); 2 s per connection.')
+    .addHelpText(
+      'after',
+      '\nThe upstream is checked on ports 8883, 5671 and 443: TCP, then a TLS handshake whose certificate must chain\nto trust_bundle_cert and name parent_hostname (or the hub host name); 2 s per connection.',
+    )
     .action(
       action(async (flags: CheckFlags) => {
         let configPath = flags.config;

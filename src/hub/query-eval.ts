@@ -58,9 +58,12 @@ export function resolvePath(doc: TwinJson, segments: Segment[]): unknown {
 
 function evalExpr(e: Expr, doc: TwinJson): unknown {
   switch (e.type) {
-    case 'literal': return e.value;
-    case 'path': return resolvePath(doc, e.segments);
-    case 'call': return evalCall(e, doc);
+    case 'literal':
+      return e.value;
+    case 'path':
+      return resolvePath(doc, e.segments);
+    case 'call':
+      return evalCall(e, doc);
   }
 }
 
@@ -68,14 +71,22 @@ function evalCall(e: CallExpr, doc: TwinJson): unknown {
   const args = e.args.map((a) => evalExpr(a, doc));
   const [a, b] = args;
   switch (e.name) {
-    case 'is_defined': return a !== undefined;
-    case 'is_null': return a === null;
-    case 'is_bool': return typeof a === 'boolean';
-    case 'is_number': return typeof a === 'number';
-    case 'is_string': return typeof a === 'string';
-    case 'is_object': return jsonType(a) === 'object';
-    case 'is_array': return Array.isArray(a);
-    case 'is_primitive': return a === null || ['string', 'number', 'boolean'].includes(typeof a);
+    case 'is_defined':
+      return a !== undefined;
+    case 'is_null':
+      return a === null;
+    case 'is_bool':
+      return typeof a === 'boolean';
+    case 'is_number':
+      return typeof a === 'number';
+    case 'is_string':
+      return typeof a === 'string';
+    case 'is_object':
+      return jsonType(a) === 'object';
+    case 'is_array':
+      return Array.isArray(a);
+    case 'is_primitive':
+      return a === null || ['string', 'number', 'boolean'].includes(typeof a);
     case 'starts_with':
     case 'startswith':
       return typeof a === 'string' && typeof b === 'string' ? a.startsWith(b) : undefined;
@@ -86,10 +97,14 @@ function evalCall(e: CallExpr, doc: TwinJson): unknown {
       return typeof a === 'string' && typeof b === 'string' ? a.includes(b) : undefined;
     case 'array_contains':
       return Array.isArray(a) && b !== undefined ? a.some((v) => deepEqual(v, b)) : undefined;
-    case 'array_length': return Array.isArray(a) ? a.length : undefined;
-    case 'length': return typeof a === 'string' ? a.length : undefined;
-    case 'lower': return typeof a === 'string' ? a.toLowerCase() : undefined;
-    case 'upper': return typeof a === 'string' ? a.toUpperCase() : undefined;
+    case 'array_length':
+      return Array.isArray(a) ? a.length : undefined;
+    case 'length':
+      return typeof a === 'string' ? a.length : undefined;
+    case 'lower':
+      return typeof a === 'string' ? a.toLowerCase() : undefined;
+    case 'upper':
+      return typeof a === 'string' ? a.toUpperCase() : undefined;
   }
   return undefined;
 }
@@ -104,10 +119,14 @@ function compare(op: CompareOp, a: unknown, b: unknown): Truth {
   const x = a as number | string;
   const y = b as number | string;
   switch (op) {
-    case '<': return x < y;
-    case '<=': return x <= y;
-    case '>': return x > y;
-    case '>=': return x >= y;
+    case '<':
+      return x < y;
+    case '<=':
+      return x <= y;
+    case '>':
+      return x > y;
+    case '>=':
+      return x >= y;
   }
 }
 
@@ -155,4 +174,3 @@ export function project(items: SelectItem[], doc: TwinJson): Record<string, unkn
   }
   return row;
 }
-

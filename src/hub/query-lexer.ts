@@ -2,7 +2,10 @@
 
 /** A query that cannot be parsed or run; `position` is 1-based in the query text. */
 export class QueryError extends Error {
-  constructor(message: string, readonly position?: number) {
+  constructor(
+    message: string,
+    readonly position?: number,
+  ) {
     super(message);
     this.name = 'QueryError';
   }
@@ -24,10 +27,14 @@ const IDENT_PART = /[A-Za-z0-9_$@]/;
 
 export function describeToken(t: Token): string {
   switch (t.kind) {
-    case 'eof': return 'end of query';
-    case 'string': return `string '${t.text}'`;
-    case 'number': return `number ${t.text}`;
-    default: return `'${t.text}'`;
+    case 'eof':
+      return 'end of query';
+    case 'string':
+      return `string '${t.text}'`;
+    case 'number':
+      return `number ${t.text}`;
+    default:
+      return `'${t.text}'`;
   }
 }
 
@@ -36,7 +43,10 @@ export function tokenize(src: string): Token[] {
   let i = 0;
   while (i < src.length) {
     const c = src[i]!;
-    if (/\s/.test(c)) { i++; continue; }
+    if (/\s/.test(c)) {
+      i++;
+      continue;
+    }
     const start = i;
     if (IDENT_START.test(c)) {
       while (i < src.length && IDENT_PART.test(src[i]!)) i++;
@@ -48,7 +58,10 @@ export function tokenize(src: string): Token[] {
       const m = /^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?/.exec(src.slice(i))!;
       i += m[0].length;
       if (i < src.length && IDENT_PART.test(src[i]!)) {
-        throw new QueryError(`syntax error at position ${start + 1}: malformed number "${src.slice(start, i + 1)}"`, start + 1);
+        throw new QueryError(
+          `syntax error at position ${start + 1}: malformed number "${src.slice(start, i + 1)}"`,
+          start + 1,
+        );
       }
       out.push({ kind: 'number', text: m[0], value: Number(m[0]), pos: start });
       continue;
@@ -58,7 +71,10 @@ export function tokenize(src: string): Token[] {
       let text = '';
       for (;;) {
         if (i >= src.length) {
-          throw new QueryError(`syntax error at position ${start + 1}: string is not closed, expected a closing ${c}`, start + 1);
+          throw new QueryError(
+            `syntax error at position ${start + 1}: string is not closed, expected a closing ${c}`,
+            start + 1,
+          );
         }
         const ch = src[i]!;
         if (ch === '\\') {
@@ -79,7 +95,11 @@ export function tokenize(src: string): Token[] {
         }
         if (ch === c) {
           // SQL style: a doubled quote stands for one quote character.
-          if (src[i + 1] === c) { text += c; i += 2; continue; }
+          if (src[i + 1] === c) {
+            text += c;
+            i += 2;
+            continue;
+          }
           i++;
           break;
         }
@@ -110,4 +130,3 @@ export function tokenize(src: string): Token[] {
   out.push({ kind: 'eof', text: '', pos: src.length });
   return out;
 }
-

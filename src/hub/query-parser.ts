@@ -3,9 +3,21 @@ import { QueryError, describeToken, tokenize, type Token } from './query-lexer.t
 
 export type Segment = string | number;
 
-export interface PathExpr { type: 'path'; segments: Segment[]; pos: number }
-export interface LiteralExpr { type: 'literal'; value: unknown }
-export interface CallExpr { type: 'call'; name: string; args: Expr[]; pos: number }
+export interface PathExpr {
+  type: 'path';
+  segments: Segment[];
+  pos: number;
+}
+export interface LiteralExpr {
+  type: 'literal';
+  value: unknown;
+}
+export interface CallExpr {
+  type: 'call';
+  name: string;
+  args: Expr[];
+  pos: number;
+}
 export type Expr = PathExpr | LiteralExpr | CallExpr;
 
 export type CompareOp = '=' | '!=' | '<' | '<=' | '>' | '>=';
@@ -17,9 +29,7 @@ export type Cond =
   | { type: 'in'; negate: boolean; operand: Expr; list: unknown[] }
   | { type: 'truthy'; operand: Expr };
 
-export type SelectItem =
-  | { type: 'field'; path: PathExpr; alias: string }
-  | { type: 'count'; alias: string };
+export type SelectItem = { type: 'field'; path: PathExpr; alias: string } | { type: 'count'; alias: string };
 
 export interface Query {
   top?: number;
@@ -30,14 +40,44 @@ export interface Query {
   groupBy?: PathExpr[];
 }
 
-const RESERVED = new Set(['select', 'from', 'where', 'and', 'or', 'not', 'in', 'nin', 'as', 'top', 'group', 'by', 'true', 'false', 'null']);
+const RESERVED = new Set([
+  'select',
+  'from',
+  'where',
+  'and',
+  'or',
+  'not',
+  'in',
+  'nin',
+  'as',
+  'top',
+  'group',
+  'by',
+  'true',
+  'false',
+  'null',
+]);
 
 /** Name -> accepted argument counts. */
 const FUNCTIONS: Record<string, number[]> = {
-  is_defined: [1], is_null: [1], is_bool: [1], is_number: [1], is_string: [1], is_object: [1],
-  is_array: [1], is_primitive: [1],
-  starts_with: [2], startswith: [2], ends_with: [2], endswith: [2], contains: [2],
-  array_contains: [2], array_length: [1], lower: [1], upper: [1], length: [1],
+  is_defined: [1],
+  is_null: [1],
+  is_bool: [1],
+  is_number: [1],
+  is_string: [1],
+  is_object: [1],
+  is_array: [1],
+  is_primitive: [1],
+  starts_with: [2],
+  startswith: [2],
+  ends_with: [2],
+  endswith: [2],
+  contains: [2],
+  array_contains: [2],
+  array_length: [1],
+  lower: [1],
+  upper: [1],
+  length: [1],
 };
 
 /**
@@ -55,15 +95,22 @@ class Parser {
   private enter(): void {
     if (++this.depth > MAX_QUERY_NESTING) {
       const at = this.tok;
-      throw new QueryError(`syntax error at position ${at.pos + 1}: the condition nests more than ${MAX_QUERY_NESTING} levels deep (parentheses, NOT, lists, functions or AND/OR terms)`, at.pos + 1);
+      throw new QueryError(
+        `syntax error at position ${at.pos + 1}: the condition nests more than ${MAX_QUERY_NESTING} levels deep (parentheses, NOT, lists, functions or AND/OR terms)`,
+        at.pos + 1,
+      );
     }
   }
 
-  private get tok(): Token { return this.tokens[this.i]!; }
-  private advance(): Token { return this.tokens[this.i++]!; }
+  private get tok(): Token {
+    return this.tokens[this.i]!;
+  }
 
   private fail(expected: string, at: Token = this.tok): never {
-    throw new QueryError(`syntax error at position ${at.pos + 1}: expected ${expected} but found ${describeToken(at)}`, at.pos + 1);
+    throw new QueryError(
+      `syntax error at position ${at.pos + 1}: expected ${expected} but found ${describeToken(at)}`,
+      at.pos + 1,
+    );
   }
 
   private isKeyword(word: string, t: Token = this.tok): boolean {
@@ -126,7 +173,11 @@ class Parser {
       }
     }
     if (this.tok.kind !== 'eof') {
-      const what = q.groupBy ? "',' or end of query" : q.where ? 'AND, OR, GROUP BY or end of query' : 'WHERE, GROUP BY or end of query';
+      const what = q.groupBy
+        ? "',' or end of query"
+        : q.where
+          ? 'AND, OR, GROUP BY or end of query'
+          : 'WHERE, GROUP BY or end of query';
       this.fail(what);
     }
     return q;
@@ -138,7 +189,8 @@ class Parser {
       this.expectPunct(')', "')' (COUNT takes no arguments)");
       return { type: 'count', alias: this.parseAlias() ?? '$1' };
     }
-    if (this.tok.kind !== 'ident' || RESERVED.has(this.tok.text.toLowerCase())) this.fail("'*', a property path or COUNT()");
+    if (this.tok.kind !== 'ident' || RESERVED.has(this.tok.text.toLowerCase()))
+      this.fail("'*', a property path or COUNT()");
     const path = this.parsePath();
     const last = path.segments[path.segments.length - 1]!;
     return { type: 'field', path, alias: this.parseAlias() ?? String(last) };
@@ -257,7 +309,10 @@ class Parser {
       const lit = this.parseLiteral();
       if (!lit) this.fail('a literal value in the list');
       values.push(lit.value);
-      if (this.isPunct(',')) { this.i++; continue; }
+      if (this.isPunct(',')) {
+        this.i++;
+        continue;
+      }
       this.expectPunct(close, `',' or '${close}'`);
       this.depth--;
       return values;
@@ -266,8 +321,14 @@ class Parser {
 
   private parseLiteral(): LiteralExpr | undefined {
     const t = this.tok;
-    if (t.kind === 'string') { this.i++; return { type: 'literal', value: t.text }; }
-    if (t.kind === 'number') { this.i++; return { type: 'literal', value: t.value }; }
+    if (t.kind === 'string') {
+      this.i++;
+      return { type: 'literal', value: t.text };
+    }
+    if (t.kind === 'number') {
+      this.i++;
+      return { type: 'literal', value: t.value };
+    }
     if (this.isPunct('[')) return { type: 'literal', value: this.parseList() };
     if (t.kind === 'ident') {
       const w = t.text.toLowerCase();
@@ -302,7 +363,10 @@ class Parser {
       this.expectPunct(')', args.length ? "',' or ')'" : "an argument or ')'");
       this.depth--;
       if (!arity.includes(args.length)) {
-        throw new QueryError(`syntax error at position ${t.pos + 1}: ${t.text.toUpperCase()}() takes ${arity.join(' or ')} argument${arity[0] === 1 ? '' : 's'}, got ${args.length}`, t.pos + 1);
+        throw new QueryError(
+          `syntax error at position ${t.pos + 1}: ${t.text.toUpperCase()}() takes ${arity.join(' or ')} argument${arity[0] === 1 ? '' : 's'}, got ${args.length}`,
+          t.pos + 1,
+        );
       }
       if (name === 'is_defined' && args[0]!.type !== 'path') {
         throw new QueryError(`syntax error at position ${t.pos + 1}: IS_DEFINED() expects a property path`, t.pos + 1);
@@ -315,6 +379,7 @@ class Parser {
 }
 
 export function parseQuery(sql: string): Query {
-  if (typeof sql !== 'string' || !sql.trim()) throw new QueryError('the query is empty: expected SELECT ... FROM devices', 1);
+  if (typeof sql !== 'string' || !sql.trim())
+    throw new QueryError('the query is empty: expected SELECT ... FROM devices', 1);
   return new Parser(tokenize(sql)).parseQuery();
 }

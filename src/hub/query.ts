@@ -37,28 +37,40 @@ export interface QuerySource {
 }
 
 function samePath(a: PathExpr, b: PathExpr): boolean {
-  return a.segments.length === b.segments.length &&
-    a.segments.every((s, i) => String(s).toLowerCase() === String(b.segments[i]).toLowerCase());
+  return (
+    a.segments.length === b.segments.length &&
+    a.segments.every((s, i) => String(s).toLowerCase() === String(b.segments[i]).toLowerCase())
+  );
 }
 
 /** What COUNT() and GROUP BY allow, checked before any twin is read. */
 function checkAggregates(q: Query): void {
   const items = q.items;
   if (!items) {
-    if (q.groupBy) throw new QueryError(`error at position ${q.groupBy[0]!.pos + 1}: GROUP BY cannot be used with SELECT *; select the grouped properties and COUNT()`, q.groupBy[0]!.pos + 1);
+    if (q.groupBy)
+      throw new QueryError(
+        `error at position ${q.groupBy[0]!.pos + 1}: GROUP BY cannot be used with SELECT *; select the grouped properties and COUNT()`,
+        q.groupBy[0]!.pos + 1,
+      );
     return;
   }
   const hasCount = items.some((i) => i.type === 'count');
   if (q.groupBy) {
     for (const item of items) {
       if (item.type === 'field' && !q.groupBy.some((g) => samePath(g, item.path))) {
-        throw new QueryError(`error at position ${item.path.pos + 1}: property ${item.path.segments.join('.')} must appear in GROUP BY`, item.path.pos + 1);
+        throw new QueryError(
+          `error at position ${item.path.pos + 1}: property ${item.path.segments.join('.')} must appear in GROUP BY`,
+          item.path.pos + 1,
+        );
       }
     }
   } else if (hasCount) {
     const field = items.find((i) => i.type === 'field');
     if (field && field.type === 'field') {
-      throw new QueryError(`error at position ${field.path.pos + 1}: property ${field.path.segments.join('.')} cannot be selected with COUNT() without GROUP BY`, field.path.pos + 1);
+      throw new QueryError(
+        `error at position ${field.path.pos + 1}: property ${field.path.segments.join('.')} cannot be selected with COUNT() without GROUP BY`,
+        field.path.pos + 1,
+      );
     }
   }
 }
@@ -106,4 +118,3 @@ export function runQuery(sql: string, source: QuerySource): object[] {
   }
   return out;
 }
-

@@ -10,16 +10,26 @@ import { parseAuthentication, parseDeviceBody } from './registry-json.ts';
 import { ensureEdgeModules } from './registry-modules.ts';
 
 /** Import modes of `POST /devices`, matched case-insensitively. */
-const IMPORT_MODES = ['create', 'update', 'updateifmatchetag', 'delete', 'deleteifmatchetag', 'createorupdate', 'createorupdateifmatchetag'] as const;
+const IMPORT_MODES = [
+  'create',
+  'update',
+  'updateifmatchetag',
+  'delete',
+  'deleteifmatchetag',
+  'createorupdate',
+  'createorupdateifmatchetag',
+] as const;
 
 export function bulk(tx: RegistryTx, body: unknown): BulkResultJson {
   if (!Array.isArray(body)) throw badRequest('the bulk request body must be a JSON array of devices');
-  if (body.length === 0 || body.length > 100) throw badRequest(`a bulk request carries 1 to 100 devices, this one has ${body.length}`);
+  if (body.length === 0 || body.length > 100)
+    throw badRequest(`a bulk request carries 1 to 100 devices, this one has ${body.length}`);
   const seen = new Set<string>();
   for (const item of body) {
     const id = isPlainObject(item) ? (item.id ?? item.deviceId) : undefined;
     if (typeof id !== 'string') throw badRequest('every device in a bulk request needs an "id"');
-    if (seen.has(id)) throw badRequest(`device ${id} appears more than once in the bulk request`, 'DeviceDefinedMultipleTimes');
+    if (seen.has(id))
+      throw badRequest(`device ${id} appears more than once in the bulk request`, 'DeviceDefinedMultipleTimes');
     seen.add(id);
   }
   const result: BulkResultJson = { isSuccessful: true, errors: [], warnings: [] };
@@ -30,7 +40,9 @@ export function bulk(tx: RegistryTx, body: unknown): BulkResultJson {
     const etag = typeof eTag === 'string' ? eTag : typeof rest.etag === 'string' ? rest.etag : undefined;
     try {
       if (!(IMPORT_MODES as readonly string[]).includes(mode)) {
-        throw badRequest(`unknown importMode "${String(raw.importMode)}" (use create, update, updateIfMatchETag, delete or deleteIfMatchETag)`);
+        throw badRequest(
+          `unknown importMode "${String(raw.importMode)}" (use create, update, updateIfMatchETag, delete or deleteIfMatchETag)`,
+        );
       }
       const needEtag = mode.endsWith('ifmatchetag');
       if (needEtag && !etag) throw badRequest(`importMode ${String(raw.importMode)} needs the device's eTag`);
@@ -53,7 +65,13 @@ export function bulk(tx: RegistryTx, body: unknown): BulkResultJson {
 }
 
 /** Creates or replaces a device inside the caller's write (see Registry.putDevice). */
-export function putDeviceTx(tx: RegistryTx, deviceId: string, body: unknown, ifMatch: string | undefined, intent: 'create' | 'update'): DeviceJson {
+export function putDeviceTx(
+  tx: RegistryTx,
+  deviceId: string,
+  body: unknown,
+  ifMatch: string | undefined,
+  intent: 'create' | 'update',
+): DeviceJson {
   const problem = deviceIdProblem(deviceId);
   if (problem) throw badRequest(problem);
   const input = parseDeviceBody(deviceId, body);
@@ -64,7 +82,13 @@ export function putDeviceTx(tx: RegistryTx, deviceId: string, body: unknown, ifM
     if (existing) throw new HubError(409, 'DeviceAlreadyExists', `device ${deviceId} already exists`);
     const generationId = newGenerationId();
     const isEdge = input.iotEdge ?? false;
-    const scopes = resolveScopesOf(tx, { deviceId, generationId, isEdge, deviceScope: input.deviceScope, parentScopes: input.parentScopes });
+    const scopes = resolveScopesOf(tx, {
+      deviceId,
+      generationId,
+      isEdge,
+      deviceScope: input.deviceScope,
+      parentScopes: input.parentScopes,
+    });
     device = {
       deviceId,
       generationId,
@@ -144,7 +168,10 @@ export function deleteDeviceTx(tx: RegistryTx, deviceId: string, ifMatch: string
   return { orphaned };
 }
 
-function resolveScopesOf(tx: RegistryTx, req: Parameters<typeof resolveScopes>[1]): { deviceScope: string; parentScopes: string[] } {
+function resolveScopesOf(
+  tx: RegistryTx,
+  req: Parameters<typeof resolveScopes>[1],
+): { deviceScope: string; parentScopes: string[] } {
   try {
     return resolveScopes(hierarchyView(tx.store), req);
   } catch (err) {

@@ -47,7 +47,12 @@ export function moduleJson(m: StoredModule, rt: RuntimeJson, cloudToDeviceCount:
 }
 
 /** The twin of device `d`, or of its module `m`; `rt` is the connection state of the same. */
-export function twinJson(d: StoredDevice, m: StoredModule | undefined, rt: RuntimeJson, cloudToDeviceCount: CloudToDeviceCount): TwinJson {
+export function twinJson(
+  d: StoredDevice,
+  m: StoredModule | undefined,
+  rt: RuntimeJson,
+  cloudToDeviceCount: CloudToDeviceCount,
+): TwinJson {
   const owner = m ?? d;
   const twin = owner.twin;
   const auth = authenticationJson(owner.authentication);
@@ -94,12 +99,15 @@ export function parseDeviceBody(deviceId: string, body: unknown): DeviceInput {
   const out: DeviceInput = {};
   if (body.status !== undefined && body.status !== null) {
     const s = String(body.status).toLowerCase();
-    if (s !== 'enabled' && s !== 'disabled') throw badRequest(`status must be "enabled" or "disabled", not ${JSON.stringify(body.status)}`);
+    if (s !== 'enabled' && s !== 'disabled')
+      throw badRequest(`status must be "enabled" or "disabled", not ${JSON.stringify(body.status)}`);
     out.status = s;
   }
   if (body.statusReason !== undefined) {
-    if (body.statusReason !== null && typeof body.statusReason !== 'string') throw badRequest('statusReason must be a string');
-    if (typeof body.statusReason === 'string' && body.statusReason.length > 128) throw badRequest('statusReason is longer than 128 characters');
+    if (body.statusReason !== null && typeof body.statusReason !== 'string')
+      throw badRequest('statusReason must be a string');
+    if (typeof body.statusReason === 'string' && body.statusReason.length > 128)
+      throw badRequest('statusReason is longer than 128 characters');
     out.statusReason = body.statusReason;
   }
   out.authentication = body.authentication;
@@ -112,12 +120,14 @@ export function parseDeviceBody(deviceId: string, body: unknown): DeviceInput {
     }
   }
   if (body.deviceScope !== undefined) {
-    if (body.deviceScope !== null && typeof body.deviceScope !== 'string') throw badRequest('deviceScope must be a string');
+    if (body.deviceScope !== null && typeof body.deviceScope !== 'string')
+      throw badRequest('deviceScope must be a string');
     out.deviceScope = body.deviceScope;
   }
   if (body.parentScopes !== undefined) {
     const p = body.parentScopes;
-    if (p !== null && (!Array.isArray(p) || p.some((s) => typeof s !== 'string'))) throw badRequest('parentScopes must be an array of scope strings');
+    if (p !== null && (!Array.isArray(p) || p.some((s) => typeof s !== 'string')))
+      throw badRequest('parentScopes must be an array of scope strings');
     out.parentScopes = p as string[] | null;
   }
   return out;
@@ -129,8 +139,13 @@ const AUTH_TYPES: readonly AuthType[] = ['sas', 'selfSigned', 'certificateAuthor
  * Reads `authentication` from a device or module body. SAS keys left empty are generated on
  * create and kept on update (so a partial update never rotates keys by accident).
  */
-export function parseAuthentication(raw: unknown, existing: StoredAuthentication | undefined, what: string): StoredAuthentication {
-  if (raw === undefined || raw === null) return existing ?? { type: 'sas', primaryKey: generateKey(), secondaryKey: generateKey() };
+export function parseAuthentication(
+  raw: unknown,
+  existing: StoredAuthentication | undefined,
+  what: string,
+): StoredAuthentication {
+  if (raw === undefined || raw === null)
+    return existing ?? { type: 'sas', primaryKey: generateKey(), secondaryKey: generateKey() };
   if (!isPlainObject(raw)) throw badRequest(`authentication of ${what} must be a JSON object`);
   const sym = raw.symmetricKey ?? {};
   const x509 = raw.x509Thumbprint ?? {};
@@ -143,7 +158,10 @@ export function parseAuthentication(raw: unknown, existing: StoredAuthentication
     type = primaryThumb || secondaryThumb ? 'selfSigned' : 'sas';
   } else {
     const t = AUTH_TYPES.find((a) => a.toLowerCase() === String(raw.type).toLowerCase());
-    if (!t) throw badRequest(`authentication.type of ${what} must be one of ${AUTH_TYPES.join(', ')}, not ${JSON.stringify(raw.type)}`);
+    if (!t)
+      throw badRequest(
+        `authentication.type of ${what} must be one of ${AUTH_TYPES.join(', ')}, not ${JSON.stringify(raw.type)}`,
+      );
     type = t;
   }
   if (type === 'sas') {
@@ -159,7 +177,8 @@ export function parseAuthentication(raw: unknown, existing: StoredAuthentication
     return { type, primaryKey, secondaryKey };
   }
   if (type === 'selfSigned') {
-    if (!primaryThumb) throw badRequest(`${what} uses selfSigned authentication but has no x509Thumbprint.primaryThumbprint`);
+    if (!primaryThumb)
+      throw badRequest(`${what} uses selfSigned authentication but has no x509Thumbprint.primaryThumbprint`);
     checkThumbprint(what, 'primaryThumbprint', primaryThumb);
     if (secondaryThumb) checkThumbprint(what, 'secondaryThumbprint', secondaryThumb);
     return { type, primaryThumbprint: primaryThumb, secondaryThumbprint: secondaryThumb || undefined };
@@ -182,13 +201,18 @@ function checkKey(what: string, name: string, key: string): void {
 
 function checkThumbprint(what: string, name: string, t: string): void {
   if (!/^([0-9a-fA-F]{40}|[0-9a-fA-F]{64})$/.test(t)) {
-    throw badRequest(`authentication.x509Thumbprint.${name} of ${what} must be a SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint`);
+    throw badRequest(
+      `authentication.x509Thumbprint.${name} of ${what} must be a SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint`,
+    );
   }
 }
 
 export function authenticationJson(a: StoredAuthentication): AuthenticationJson {
   return {
-    symmetricKey: { primaryKey: a.type === 'sas' ? (a.primaryKey ?? null) : null, secondaryKey: a.type === 'sas' ? (a.secondaryKey ?? null) : null },
+    symmetricKey: {
+      primaryKey: a.type === 'sas' ? (a.primaryKey ?? null) : null,
+      secondaryKey: a.type === 'sas' ? (a.secondaryKey ?? null) : null,
+    },
     x509Thumbprint: {
       primaryThumbprint: a.type === 'selfSigned' ? (a.primaryThumbprint ?? null) : null,
       secondaryThumbprint: a.type === 'selfSigned' ? (a.secondaryThumbprint ?? null) : null,
@@ -196,4 +220,3 @@ export function authenticationJson(a: StoredAuthentication): AuthenticationJson 
     type: a.type,
   } as AuthenticationJson;
 }
-

@@ -8,7 +8,13 @@ import { isPlainObject, newTwin } from './twin-doc.ts';
 import { checkEtag, newGenerationId, type RegistryTx } from './registry-core.ts';
 import { parseAuthentication } from './registry-json.ts';
 
-export function putModule(tx: RegistryTx, deviceId: string, moduleId: string, body: unknown, ifMatch?: string): ModuleJson {
+export function putModule(
+  tx: RegistryTx,
+  deviceId: string,
+  moduleId: string,
+  body: unknown,
+  ifMatch?: string,
+): ModuleJson {
   return tx.write(() => {
     const device = tx.store.getDevice(deviceId);
     if (!device) throw deviceNotFound(deviceId);
@@ -21,13 +27,20 @@ export function putModule(tx: RegistryTx, deviceId: string, moduleId: string, bo
     if (body.deviceId !== undefined && body.deviceId !== deviceId) {
       throw badRequest(`the body names device ${String(body.deviceId)} but the path names ${deviceId}`);
     }
-    if (body.managedBy !== undefined && body.managedBy !== null && typeof body.managedBy !== 'string') throw badRequest('managedBy must be a string');
+    if (body.managedBy !== undefined && body.managedBy !== null && typeof body.managedBy !== 'string')
+      throw badRequest('managedBy must be a string');
     const existing = tx.store.getModule(deviceId, moduleId);
     const now = tx.stamp();
     let module: StoredModule;
     if (ifMatch === undefined) {
-      if (existing) throw new HubError(409, 'ModuleAlreadyExistsOnDevice', `module ${moduleId} already exists on device ${deviceId}`);
-      if (isReservedModuleId(moduleId)) throw badRequest(`module ids starting with $ are reserved for the edge runtime (${moduleId})`);
+      if (existing)
+        throw new HubError(
+          409,
+          'ModuleAlreadyExistsOnDevice',
+          `module ${moduleId} already exists on device ${deviceId}`,
+        );
+      if (isReservedModuleId(moduleId))
+        throw badRequest(`module ids starting with $ are reserved for the edge runtime (${moduleId})`);
       module = {
         deviceId,
         moduleId,
@@ -45,7 +58,11 @@ export function putModule(tx: RegistryTx, deviceId: string, moduleId: string, bo
         ...existing,
         etag: tx.newEtag(),
         managedBy: body.managedBy === undefined ? existing.managedBy : ((body.managedBy as string | null) ?? ''),
-        authentication: parseAuthentication(body.authentication, existing.authentication, `module ${deviceId}/${moduleId}`),
+        authentication: parseAuthentication(
+          body.authentication,
+          existing.authentication,
+          `module ${deviceId}/${moduleId}`,
+        ),
       };
       tx.queue('identity', deviceId, moduleId, 'updated');
     }
@@ -70,7 +87,13 @@ export function deleteModule(tx: RegistryTx, deviceId: string, moduleId: string,
   });
 }
 
-export function newModule(tx: RegistryTx, deviceId: string, moduleId: string, managedBy: string, now: string): StoredModule {
+export function newModule(
+  tx: RegistryTx,
+  deviceId: string,
+  moduleId: string,
+  managedBy: string,
+  now: string,
+): StoredModule {
   return {
     deviceId,
     moduleId,

@@ -18,7 +18,14 @@ import {
 import { checkEtag, type RegistryTx } from './registry-core.ts';
 import { newModule } from './registry-modules.ts';
 
-export function updateTwin(tx: RegistryTx, deviceId: string, moduleId: string | undefined, body: unknown, ifMatch: string | undefined, mode: 'patch' | 'replace'): TwinJson {
+export function updateTwin(
+  tx: RegistryTx,
+  deviceId: string,
+  moduleId: string | undefined,
+  body: unknown,
+  ifMatch: string | undefined,
+  mode: 'patch' | 'replace',
+): TwinJson {
   return tx.write(() => {
     const device = tx.store.getDevice(deviceId);
     if (!device) throw deviceNotFound(deviceId);
@@ -29,7 +36,8 @@ export function updateTwin(tx: RegistryTx, deviceId: string, moduleId: string | 
     checkEtag(what, ifMatch ?? '*', twinEtag(twin.version));
     if (!isPlainObject(body)) throw badRequest('the twin patch must be a JSON object');
     const props = body.properties;
-    if (props !== undefined && props !== null && !isPlainObject(props)) throw badRequest('properties must be a JSON object');
+    if (props !== undefined && props !== null && !isPlainObject(props))
+      throw badRequest('properties must be a JSON object');
     if (isPlainObject(props) && props.reported !== undefined) {
       throw badRequest('reported properties can only be changed by the device itself');
     }
@@ -42,7 +50,8 @@ export function updateTwin(tx: RegistryTx, deviceId: string, moduleId: string | 
         checkSize('tags', twin.tags, TWIN_LIMITS.tagsBytes);
       }
       if (isPlainObject(props) && props.desired !== undefined) {
-        const patch = props.desired === null ? clearAll(twin.desired.values) : cleanPatch('properties.desired', props.desired);
+        const patch =
+          props.desired === null ? clearAll(twin.desired.values) : cleanPatch('properties.desired', props.desired);
         applyPropertiesPatch(twin.desired, patch, now, true);
         checkSize('desired properties', twin.desired.values, TWIN_LIMITS.desiredBytes);
         tx.queue('desired', deviceId, moduleId, { ...patch, $version: twin.desired.version });
@@ -50,7 +59,10 @@ export function updateTwin(tx: RegistryTx, deviceId: string, moduleId: string | 
     } else {
       twin.tags = withoutNulls(body.tags === undefined || body.tags === null ? {} : cleanPatch('tags', body.tags));
       checkSize('tags', twin.tags, TWIN_LIMITS.tagsBytes);
-      const desired = isPlainObject(props) && props.desired !== undefined && props.desired !== null ? cleanPatch('properties.desired', props.desired) : {};
+      const desired =
+        isPlainObject(props) && props.desired !== undefined && props.desired !== null
+          ? cleanPatch('properties.desired', props.desired)
+          : {};
       replaceDesired(tx, deviceId, moduleId, twin, withoutNulls(desired), now);
     }
     checkEdgeHubDesired(moduleId, twin.desired.values, 'ArgumentInvalid');
@@ -61,7 +73,12 @@ export function updateTwin(tx: RegistryTx, deviceId: string, moduleId: string | 
   });
 }
 
-export function updateReported(tx: RegistryTx, deviceId: string, moduleId: string | undefined, patch: object): { version: number } {
+export function updateReported(
+  tx: RegistryTx,
+  deviceId: string,
+  moduleId: string | undefined,
+  patch: object,
+): { version: number } {
   return tx.write(() => {
     const device = tx.store.getDevice(deviceId);
     if (!device) throw deviceNotFound(deviceId);
@@ -88,7 +105,8 @@ export function applyConfigurationContent(tx: RegistryTx, deviceId: string, cont
     const modulesContent = content.modulesContent;
     if (modulesContent !== undefined && modulesContent !== null) {
       if (!isPlainObject(modulesContent)) throw badRequest('modulesContent must be a JSON object keyed by module id');
-      if (!device.iotEdge) throw badRequest(`device ${deviceId} is not an IoT Edge device, so it cannot take modulesContent`);
+      if (!device.iotEdge)
+        throw badRequest(`device ${deviceId} is not an IoT Edge device, so it cannot take modulesContent`);
       for (const [moduleId, entry] of Object.entries(modulesContent)) {
         const problem = moduleIdProblem(moduleId);
         if (problem) throw badRequest(`modulesContent: ${problem}`);
@@ -116,7 +134,14 @@ export function applyConfigurationContent(tx: RegistryTx, deviceId: string, cont
   });
 }
 
-export function replaceDesired(tx: RegistryTx, deviceId: string, moduleId: string | undefined, twin: StoredTwin, desired: Record<string, unknown>, now: string): void {
+export function replaceDesired(
+  tx: RegistryTx,
+  deviceId: string,
+  moduleId: string | undefined,
+  twin: StoredTwin,
+  desired: Record<string, unknown>,
+  now: string,
+): void {
   checkSize('desired properties', desired, TWIN_LIMITS.desiredBytes);
   const patch = diffValues(twin.desired.values, desired);
   applyPropertiesPatch(twin.desired, patch, now, true);

@@ -41,7 +41,10 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** What the write paths use of this registry; kept off its public API. */
   private readonly tx: RegistryTx;
 
-  constructor(readonly store: RegistryStore, opts: RegistryOptions) {
+  constructor(
+    readonly store: RegistryStore,
+    opts: RegistryOptions,
+  ) {
     super();
     this.hostname = opts.hostname;
     this.now = opts.now ?? (() => new Date());
@@ -193,7 +196,13 @@ export class Registry extends EventEmitter<RegistryEvents> {
    * Service-side twin write: `patch` merges tags and desired properties (null deletes),
    * `replace` swaps them wholesale. Reported properties belong to the device and are refused.
    */
-  updateTwin(deviceId: string, moduleId: string | undefined, body: unknown, ifMatch: string | undefined, mode: 'patch' | 'replace'): TwinJson {
+  updateTwin(
+    deviceId: string,
+    moduleId: string | undefined,
+    body: unknown,
+    ifMatch: string | undefined,
+    mode: 'patch' | 'replace',
+  ): TwinJson {
     return updateTwin(this.tx, deviceId, moduleId, body, ifMatch, mode);
   }
 

@@ -32,17 +32,41 @@ const CHECKS = [
   { id: 'config-file', group: 'configuration', title: 'config file is readable and well-formed' },
   { id: 'hostname', group: 'hostnames', title: 'hostname is valid (RFC 1035 name or IP address, under 64 characters)' },
   { id: 'parent-hostname', group: 'hostnames', title: 'parent_hostname is valid' },
-  { id: 'hostname-pattern', group: 'hostnames', title: 'hostname and parent_hostname follow one pattern (both IP addresses or both names)' },
+  {
+    id: 'hostname-pattern',
+    group: 'hostnames',
+    title: 'hostname and parent_hostname follow one pattern (both IP addresses or both names)',
+  },
   { id: 'provisioning', group: 'configuration', title: 'edge device identity is provisioned' },
   { id: 'trust-bundle', group: 'certificates', title: 'trust bundle (trust_bundle_cert) is readable and in date' },
   { id: 'edge-ca', group: 'certificates', title: 'Edge CA is configured ([edge_ca])' },
-  { id: 'edge-ca-cert', group: 'certificates', title: 'Edge CA certificate is readable, a CA, in date, and matches its key' },
+  {
+    id: 'edge-ca-cert',
+    group: 'certificates',
+    title: 'Edge CA certificate is readable, a CA, in date, and matches its key',
+  },
   { id: 'edge-ca-chain', group: 'certificates', title: 'Edge CA chains to the trust bundle' },
-  { id: 'identity-cert', group: 'certificates', title: 'device identity certificate is readable, in date, and matches its key' },
-  { id: 'server-cert', group: 'server-certificate', title: "gateway's server certificate names the hostname (CN and SAN)" },
+  {
+    id: 'identity-cert',
+    group: 'certificates',
+    title: 'device identity certificate is readable, in date, and matches its key',
+  },
+  {
+    id: 'server-cert',
+    group: 'server-certificate',
+    title: "gateway's server certificate names the hostname (CN and SAN)",
+  },
   { id: 'clock', group: 'clock', title: 'host clock agrees with the upstream (within 5 minutes)' },
-  { id: 'storage', group: 'storage', title: 'data directory is writable, on persistent storage, with free space above the reserve' },
-  ...UPSTREAM_PORTS.map((p) => ({ id: `upstream-${p.port}` as const, group: 'upstream' as const, title: upstreamTitle(p) })),
+  {
+    id: 'storage',
+    group: 'storage',
+    title: 'data directory is writable, on persistent storage, with free space above the reserve',
+  },
+  ...UPSTREAM_PORTS.map((p) => ({
+    id: `upstream-${p.port}` as const,
+    group: 'upstream' as const,
+    title: upstreamTitle(p),
+  })),
 ] as const;
 
 export type CheckId = (typeof CHECKS)[number]['id'];
@@ -60,6 +84,12 @@ export function idsOf(group: CheckGroup): CheckId[] {
 }
 
 /** A result under the check's title from the table (or `title`, where the title names the upstream). */
-export function result(id: CheckId, status: CheckStatus, detail: string, fix?: string, title = titleOf(id)): CheckResult {
+export function result(
+  id: CheckId,
+  status: CheckStatus,
+  detail: string,
+  fix?: string,
+  title = titleOf(id),
+): CheckResult {
   return { id, title, status, detail, ...(fix ? { fix } : {}) };
 }

@@ -52,8 +52,17 @@ export function checkConfigFile(configPath: string): { check: CheckResult; loade
     const code = (err as NodeJS.ErrnoException).code;
     loaded.refusedBecause = 'the config file could not be read';
     const detail =
-      code === 'ENOENT' ? `config file not found: ${path}` : code === 'EACCES' || code === 'EPERM' ? `cannot read ${path}: permission denied` : code === 'EISDIR' ? `${path} is a directory` : `cannot read ${path}: ${(err as Error).message}`;
-    const fix = code === 'EACCES' || code === 'EPERM' ? 'Run the check as a user who may read it (the gateway must read it too)' : "Pass the gateway's config.toml with --config";
+      code === 'ENOENT'
+        ? `config file not found: ${path}`
+        : code === 'EACCES' || code === 'EPERM'
+          ? `cannot read ${path}: permission denied`
+          : code === 'EISDIR'
+            ? `${path} is a directory`
+            : `cannot read ${path}: ${(err as Error).message}`;
+    const fix =
+      code === 'EACCES' || code === 'EPERM'
+        ? 'Run the check as a user who may read it (the gateway must read it too)'
+        : "Pass the gateway's config.toml with --config";
     return { check: result(id, 'error', detail, fix), loaded };
   }
   loaded.topLines = topLevelKeyLines(text);
@@ -90,15 +99,27 @@ export function checkConfigFile(configPath: string): { check: CheckResult; loade
   }
   if (!loaded.raw && loaded.config) {
     // Accepted only after mending (a `key: "value"` line): take the hostnames from the parsed config.
-    loaded.raw = { hostname: loaded.config.hostnameFromFile ? loaded.config.hostname : undefined, parent_hostname: loaded.config.parentHostname };
+    loaded.raw = {
+      hostname: loaded.config.hostnameFromFile ? loaded.config.hostname : undefined,
+      parent_hostname: loaded.config.parentHostname,
+    };
   }
   if (!loaded.config) {
-    loaded.refusedBecause = errors.length > 0 ? 'the config file has errors (see "config file" above)' : 'the hostname settings are refused (see above)';
+    loaded.refusedBecause =
+      errors.length > 0
+        ? 'the config file has errors (see "config file" above)'
+        : 'the hostname settings are refused (see above)';
   }
   const describe = (ds: Diagnostic[]) => ds.map((d) => `${lineText(d.line)}${d.message}`).join('\n');
-  const fixes = (ds: Diagnostic[]) => [...new Set(ds.filter((d) => d.fix).map((d) => `${lineText(d.line)}${d.fix}`))].join('\n');
-  if (errors.length > 0) return { check: result(id, 'error', `${path}:\n${describe([...errors, ...warnings])}`, fixes([...errors, ...warnings])), loaded };
-  if (warnings.length > 0) return { check: result(id, 'warning', `${path}:\n${describe(warnings)}`, fixes(warnings)), loaded };
+  const fixes = (ds: Diagnostic[]) =>
+    [...new Set(ds.filter((d) => d.fix).map((d) => `${lineText(d.line)}${d.fix}`))].join('\n');
+  if (errors.length > 0)
+    return {
+      check: result(id, 'error', `${path}:\n${describe([...errors, ...warnings])}`, fixes([...errors, ...warnings])),
+      loaded,
+    };
+  if (warnings.length > 0)
+    return { check: result(id, 'warning', `${path}:\n${describe(warnings)}`, fixes(warnings)), loaded };
   return { check: result(id, 'pass', `${path} parses; every setting is where it belongs`), loaded };
 }
 
@@ -121,10 +142,19 @@ export function checkProvisioning(config: EdgeConfig): CheckResult {
   const id = 'provisioning';
   const p = config.provisioning;
   if (!p) {
-    return result(id, 'error', '[provisioning] is missing: the gateway has no identity to connect upstream with', 'Add [provisioning] source = "manual" with connection_string = "HostName=...;DeviceId=...;SharedAccessKey=..." (from `strata device connection-string ID`)');
+    return result(
+      id,
+      'error',
+      '[provisioning] is missing: the gateway has no identity to connect upstream with',
+      'Add [provisioning] source = "manual" with connection_string = "HostName=...;DeviceId=...;SharedAccessKey=..." (from `strata device connection-string ID`)',
+    );
   }
   if (p.authentication?.method === 'x509') {
-    return result(id, 'pass', `edge device "${p.deviceId}" at IoT hub ${p.iothubHostname} (X.509 certificate; the gateway reads its ${'$'}edgeHub key from its parent with it)`);
+    return result(
+      id,
+      'pass',
+      `edge device "${p.deviceId}" at IoT hub ${p.iothubHostname} (X.509 certificate; the gateway reads its ${'$'}edgeHub key from its parent with it)`,
+    );
   }
   return result(id, 'pass', `edge device "${p.deviceId}" at IoT hub ${p.iothubHostname} (SAS key)`);
 }

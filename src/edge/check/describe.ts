@@ -28,13 +28,19 @@ export function namesOf(cert: X509Certificate): string {
 }
 
 /** How a certificate's validity window stands at `now`: an error when outside it, a warning in its last week. */
-export function validity(cert: X509Certificate, now: Date, what: string): { status: 'pass' | 'warning' | 'error'; text: string } {
+export function validity(
+  cert: X509Certificate,
+  now: Date,
+  what: string,
+): { status: 'pass' | 'warning' | 'error'; text: string } {
   const from = new Date(cert.validFrom);
   const to = new Date(cert.validTo);
-  if (now < from) return { status: 'error', text: `${what} is not valid before ${iso(from)} (is this host's clock behind?)` };
+  if (now < from)
+    return { status: 'error', text: `${what} is not valid before ${iso(from)} (is this host's clock behind?)` };
   if (now > to) return { status: 'error', text: `${what} expired on ${iso(to)}` };
   const left = to.getTime() - now.getTime();
-  if (left < EXPIRY_WARNING_DAYS * DAY_MS) return { status: 'warning', text: `${what} expires in ${daysBetween(now, to)} days (${iso(to)})` };
+  if (left < EXPIRY_WARNING_DAYS * DAY_MS)
+    return { status: 'warning', text: `${what} expires in ${daysBetween(now, to)} days (${iso(to)})` };
   return { status: 'pass', text: `${what} is valid until ${iso(to)}` };
 }
 

@@ -6,7 +6,14 @@ import 'reflect-metadata';
 import { resolve } from 'node:path';
 import { childLog } from '../../util/log.ts';
 import { defaultEdgeDataDir } from '../local.ts';
-import { checkEdgeCaCertificate, checkEdgeCaChain, checkEdgeCaPresent, checkIdentityCert, checkTrustBundle, type EdgeCaState } from './certificates.ts';
+import {
+  checkEdgeCaCertificate,
+  checkEdgeCaChain,
+  checkEdgeCaPresent,
+  checkIdentityCert,
+  checkTrustBundle,
+  type EdgeCaState,
+} from './certificates.ts';
 import { idsOf, result, type CheckId, type CheckResult, UPSTREAM_PORTS } from './checks.ts';
 import { checkClock, fetchUpstreamDate } from './clock.ts';
 import { checkConfigFile, checkProvisioning } from './configuration.ts';
@@ -88,7 +95,12 @@ export async function runEdgeChecks(o: EdgeCheckOptions): Promise<CheckResult[]>
     out.push(...skippedAll(CONFIG_DEPENDENT, loaded.refusedBecause ?? 'the config file was refused'));
   }
 
-  if (config) out.push(await guard('server-cert', () => checkServerCertificate(host.hostname, config, dataDir, trustPems, now, timeoutMs)));
+  if (config)
+    out.push(
+      await guard('server-cert', () =>
+        checkServerCertificate(host.hostname, config, dataDir, trustPems, now, timeoutMs),
+      ),
+    );
   else out.push(...skippedAll(['server-cert'], loaded.refusedBecause ?? 'the config file was refused'));
 
   // The validated values, not the config's: a refused parent_hostname was replaced by a stand-in there.
@@ -96,17 +108,26 @@ export async function runEdgeChecks(o: EdgeCheckOptions): Promise<CheckResult[]>
   const upstreamHost = !config || parentRefused ? undefined : (parent.parent ?? config.provisioning?.iothubHostname);
   const isParent = parent.parent !== undefined;
   if (upstreamHost) {
-    const [date, ...outcomes] = await Promise.all([fetchUpstreamDate(upstreamHost, timeoutMs), ...UPSTREAM_PORTS.map((p) => probeUpstream(upstreamHost, p.port, trustPems, timeoutMs, now))]);
+    const [date, ...outcomes] = await Promise.all([
+      fetchUpstreamDate(upstreamHost, timeoutMs),
+      ...UPSTREAM_PORTS.map((p) => probeUpstream(upstreamHost, p.port, trustPems, timeoutMs, now)),
+    ]);
     const leaves = outcomes.flatMap((x) => (x.leaf ? [x.leaf] : []));
     out.push(checkClock(upstreamHost, date, leaves));
     out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     UPSTREAM_PORTS.forEach((p, i) => out.push(upstreamResult(p, upstreamHost, isParent, outcomes[i])));
   } else {
-    const why = parentRefused ? 'parent_hostname is refused (see above)' : config ? 'no upstream: neither parent_hostname nor a provisioned IoT hub host name is set' : loaded.refusedBecause ?? 'the config file was refused';
+    const why = parentRefused
+      ? 'parent_hostname is refused (see above)'
+      : config
+        ? 'no upstream: neither parent_hostname nor a provisioned IoT hub host name is set'
+        : (loaded.refusedBecause ?? 'the config file was refused');
     out.push(...skippedAll(['clock'], why));
     out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     out.push(...skippedAll(idsOf('upstream'), why));
   }
-  for (const r of out) if (r.status === 'error' || r.status === 'warning') log.debug({ check: r.id, status: r.status, detail: r.detail }, 'edge check finding');
+  for (const r of out)
+    if (r.status === 'error' || r.status === 'warning')
+      log.debug({ check: r.id, status: r.status, detail: r.detail }, 'edge check finding');
   return out;
 }

@@ -12,7 +12,12 @@ import { commonNameOf, namesOf, validity, worst } from './describe.ts';
 import { peerChainPems } from './tls-peer.ts';
 
 /** The server certificate chain the running gateway presents, as a downstream device sees it. */
-async function servedChain(host: string, port: number, servername: string, timeoutMs: number): Promise<string[] | undefined> {
+async function servedChain(
+  host: string,
+  port: number,
+  servername: string,
+  timeoutMs: number,
+): Promise<string[] | undefined> {
   return new Promise((resolveChain) => {
     const socket = tls.connect({ host, port, rejectUnauthorized: false, ...(isIP(servername) ? {} : { servername }) });
     const done = (v: string[] | undefined) => {
@@ -26,7 +31,14 @@ async function servedChain(host: string, port: number, servername: string, timeo
   });
 }
 
-export async function checkServerCertificate(hostname: string | undefined, config: EdgeConfig, dataDir: string | undefined, trustPems: string[], now: Date, timeoutMs: number): Promise<CheckResult> {
+export async function checkServerCertificate(
+  hostname: string | undefined,
+  config: EdgeConfig,
+  dataDir: string | undefined,
+  trustPems: string[],
+  now: Date,
+  timeoutMs: number,
+): Promise<CheckResult> {
   const id = 'server-cert';
   if (!dataDir) return result(id, 'skipped', 'no data directory known (pass --data DIR)');
   if (!hostname) return result(id, 'skipped', 'no valid hostname to compare with');
@@ -40,20 +52,36 @@ export async function checkServerCertificate(hostname: string | undefined, confi
     source = `served by the running gateway on ${state.bind}:${state.ports.mqtt}`;
   }
   if (!chain) {
-    if (!existsSync(file)) return result(id, 'skipped', `the gateway has not run from ${dataDir} yet: it issues its server certificate (CN = hostname) on first start`);
+    if (!existsSync(file))
+      return result(
+        id,
+        'skipped',
+        `the gateway has not run from ${dataDir} yet: it issues its server certificate (CN = hostname) on first start`,
+      );
     try {
       chain = splitPemCertificates(readFileSync(file, 'utf8'));
     } catch (err) {
-      return result(id, 'error', `cannot read ${file}: ${(err as Error).message}`, 'Delete it; the gateway issues a new one on start');
+      return result(
+        id,
+        'error',
+        `cannot read ${file}: ${(err as Error).message}`,
+        'Delete it; the gateway issues a new one on start',
+      );
     }
     source = file;
-    if (chain.length === 0) return result(id, 'error', `${file} holds no certificate`, 'Delete it; the gateway issues a new one on start');
+    if (chain.length === 0)
+      return result(id, 'error', `${file} holds no certificate`, 'Delete it; the gateway issues a new one on start');
   }
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(chain[0]);
   } catch {
-    return result(id, 'error', `the server certificate (${source}) is not a valid X.509 certificate`, 'Delete it; the gateway issues a new one on start');
+    return result(
+      id,
+      'error',
+      `the server certificate (${source}) is not a valid X.509 certificate`,
+      'Delete it; the gateway issues a new one on start',
+    );
   }
   const running = state !== undefined;
   const reissue = running
@@ -61,19 +89,44 @@ export async function checkServerCertificate(hostname: string | undefined, confi
     : 'Start the gateway (`strata edge start`): it re-issues a server certificate for the configured hostname from the Edge CA; or delete the stale certificate';
   const problems: Array<{ status: 'warning' | 'error'; text: string; fix: string }> = [];
   const cn = commonNameOf(leaf);
-  if (cn !== hostname) problems.push({ status: 'error', text: `its CN is "${cn ?? '(none)'}", not the hostname "${hostname}": downstream devices dialling ${hostname} will refuse it`, fix: reissue });
+  if (cn !== hostname)
+    problems.push({
+      status: 'error',
+      text: `its CN is "${cn ?? '(none)'}", not the hostname "${hostname}": downstream devices dialling ${hostname} will refuse it`,
+      fix: reissue,
+    });
   const covers = isIP(hostname) ? leaf.checkIP(hostname) !== undefined : leaf.checkHost(hostname) !== undefined;
-  if (!covers) problems.push({ status: 'error', text: `no subject alternative name matches "${hostname}" (SAN: ${namesOf(leaf)}): the devices' TLS check fails with a host name / IP address mismatch`, fix: reissue });
-  if (leaf.checkHost(EDGEHUB_SAN) === undefined) problems.push({ status: 'warning', text: `it lacks the DNS name "${EDGEHUB_SAN}" in its SAN (modules dial the edge hub by that name)`, fix: reissue });
+  if (!covers)
+    problems.push({
+      status: 'error',
+      text: `no subject alternative name matches "${hostname}" (SAN: ${namesOf(leaf)}): the devices' TLS check fails with a host name / IP address mismatch`,
+      fix: reissue,
+    });
+  if (leaf.checkHost(EDGEHUB_SAN) === undefined)
+    problems.push({
+      status: 'warning',
+      text: `it lacks the DNS name "${EDGEHUB_SAN}" in its SAN (modules dial the edge hub by that name)`,
+      fix: reissue,
+    });
   const v = validity(leaf, now, 'the server certificate');
-  if (v.status !== 'pass' && !(v.status === 'warning' && running)) problems.push({ status: v.status, text: v.text, fix: reissue });
+  if (v.status !== 'pass' && !(v.status === 'warning' && running))
+    problems.push({ status: v.status, text: v.text, fix: reissue });
   if (config.edgeCa && trustPems.length > 0) {
     const chained: VerifyResult = verifyChain({ certPem: chain[0], trustPems, untrustedPems: chain.slice(1), at: now });
     if (!chained.ok && chained.code !== 'expired' && chained.code !== 'not-yet-valid') {
-      problems.push({ status: 'error', text: `it does not chain to the trust bundle: ${chained.reason}`, fix: reissue });
+      problems.push({
+        status: 'error',
+        text: `it does not chain to the trust bundle: ${chained.reason}`,
+        fix: reissue,
+      });
     }
   }
   const seen = `${source}: CN "${cn ?? ''}", SAN ${namesOf(leaf)}`;
   if (problems.length === 0) return result(id, 'pass', `${seen}; ${v.text}`);
-  return result(id, worst(...problems.map((p) => p.status)), `${seen}; ${problems.map((p) => p.text).join('; ')}`, [...new Set(problems.map((p) => p.fix))].join('; '));
+  return result(
+    id,
+    worst(...problems.map((p) => p.status)),
+    `${seen}; ${problems.map((p) => p.text).join('; ')}`,
+    [...new Set(problems.map((p) => p.fix))].join('; '),
+  );
 }

@@ -21,7 +21,8 @@ function mountOf(path: string): { mountPoint: string; type: string } | undefined
     const [, mp, type] = line.split(' ');
     if (!mp || !type) continue;
     const mountPoint = mp.replace(/\\040/g, ' ');
-    const inside = path === mountPoint || path.startsWith(mountPoint.endsWith(sep) ? mountPoint : `${mountPoint}${sep}`);
+    const inside =
+      path === mountPoint || path.startsWith(mountPoint.endsWith(sep) ? mountPoint : `${mountPoint}${sep}`);
     if (inside && (!best || mountPoint.length >= best.mountPoint.length)) best = { mountPoint, type };
   }
   return best;
@@ -41,7 +42,10 @@ function under(path: string, dir: string): boolean {
 export function checkStorage(
   dataDir: string | undefined,
   how: string,
-  disk: { reserveBytes: number; setting: string } = { reserveBytes: DEFAULT_DISK_RESERVE_BYTES, setting: '[strata] disk_reserve_mb' },
+  disk: { reserveBytes: number; setting: string } = {
+    reserveBytes: DEFAULT_DISK_RESERVE_BYTES,
+    setting: '[strata] disk_reserve_mb',
+  },
   runningStoreFull?: string,
 ): CheckResult {
   const id = 'storage';
@@ -62,9 +66,19 @@ export function checkStorage(
     rmSync(probe, { force: true });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'EROFS' ? 'the file system is read-only' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (err as Error).message;
+    const why =
+      code === 'EROFS'
+        ? 'the file system is read-only'
+        : code === 'EACCES' || code === 'EPERM'
+          ? 'permission denied'
+          : (err as Error).message;
     if (isDiskFull(err)) return storeFull(existing, 0, disk);
-    return result(id, 'error', `cannot write in ${existing}: ${why}`, `Make ${existing} writable by the gateway's user, or pass another --data`);
+    return result(
+      id,
+      'error',
+      `cannot write in ${existing}: ${why}`,
+      `Make ${existing} writable by the gateway's user, or pass another --data`,
+    );
   }
   let free: number | undefined;
   try {
@@ -75,12 +89,25 @@ export function checkStorage(
   if (runningStoreFull) return result(id, 'error', `the running gateway says: ${runningStoreFull}`, STORE_FULL_FIX);
   if (free !== undefined && free < disk.reserveBytes) return storeFull(existing, free, disk);
   const where = `${dataDir}${how ? ` (${how})` : ''}`;
-  const state = existing === dataDir ? 'is writable' : `does not exist yet; the gateway creates it on first start (${existing} is writable)`;
+  const state =
+    existing === dataDir
+      ? 'is writable'
+      : `does not exist yet; the gateway creates it on first start (${existing} is writable)`;
   const mount = mountOf(existing);
   const temp = [tmpdir(), '/tmp', '/dev/shm', '/run'].find((d) => under(dataDir, d));
   if (temp || (mount && VOLATILE_FS.has(mount.type))) {
-    const why = [temp ? `it is under ${resolve(temp)}` : '', mount && VOLATILE_FS.has(mount.type) ? `it is on ${mount.type} (${mount.mountPoint}), kept in memory` : ''].filter(Boolean).join(' and ');
-    return result(id, 'warning', `${where} ${state}, but ${why}: the message store, identity cache and certificates may be lost on reboot`, fix);
+    const why = [
+      temp ? `it is under ${resolve(temp)}` : '',
+      mount && VOLATILE_FS.has(mount.type) ? `it is on ${mount.type} (${mount.mountPoint}), kept in memory` : '',
+    ]
+      .filter(Boolean)
+      .join(' and ');
+    return result(
+      id,
+      'warning',
+      `${where} ${state}, but ${why}: the message store, identity cache and certificates may be lost on reboot`,
+      fix,
+    );
   }
   return result(id, 'pass', `${where} ${state}${mount ? `, on ${mount.type} (${mount.mountPoint})` : ''}`);
 }
@@ -94,30 +121,35 @@ function storeFull(dir: string, free: number, disk: { reserveBytes: number; sett
   );
 }
 
-const STORE_FULL_FIX = 'Free space on that disk (or give the gateway a larger one with --data); queued messages keep draining upstream';
+const STORE_FULL_FIX =
+  'Free space on that disk (or give the gateway a larger one with --data); queued messages keep draining upstream';
 
 /**
  * What the gateway running from `dataDir` says of its store (its /health): the reason it is
  * full, or undefined (not full, not running, not answering).
  */
 export function runningStoreFull(dataDir: string | undefined, timeoutMs: number): Promise<string | undefined> {
-  const state = dataDir !== undefined && runningGatewayPid(dataDir) !== undefined ? readGatewayState(dataDir) : undefined;
+  const state =
+    dataDir !== undefined && runningGatewayPid(dataDir) !== undefined ? readGatewayState(dataDir) : undefined;
   if (!state) return Promise.resolve(undefined);
   return new Promise((done) => {
     // Our own process on this host, asked for nothing secret: its certificate is checked elsewhere (server-cert).
-    const req = https.get({ host: state.bind, port: state.ports.https, path: '/health', rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => {
-        try {
-          const full = (JSON.parse(text) as { storeFull?: unknown }).storeFull;
-          done(typeof full === 'string' ? full : undefined);
-        } catch {
-          done(undefined);
-        }
-      });
-      res.on('error', () => done(undefined));
-    });
+    const req = https.get(
+      { host: state.bind, port: state.ports.https, path: '/health', rejectUnauthorized: false, timeout: timeoutMs },
+      (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => {
+          try {
+            const full = (JSON.parse(text) as { storeFull?: unknown }).storeFull;
+            done(typeof full === 'string' ? full : undefined);
+          } catch {
+            done(undefined);
+          }
+        });
+        res.on('error', () => done(undefined));
+      },
+    );
     req.on('timeout', () => req.destroy());
     req.on('error', () => done(undefined));
   });
