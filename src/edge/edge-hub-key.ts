@@ -5,7 +5,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
-import { parseErrorBody } from '../hub/service-client.ts';
+import { parseErrorBody } from '../protocols/http/rest-errors.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { writeKeyFile } from '../pki/index.ts';
 import { UserError } from '../util/errors.ts';

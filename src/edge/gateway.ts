@@ -11,9 +11,9 @@ import type { AuthResult, IdentityRef } from '../model/identity.ts';
 import type { AuthorizeHook, TelemetrySink } from '../engine/types.ts';
 import type { Message } from '../model/message.ts';
 import { listenError } from '../hub/hub.ts';
-import { ownModuleReader } from '../hub/own-modules.ts';
-import { scopeApi } from '../hub/scope-api.ts';
-import { sendError } from '../hub/service-api.ts';
+import { ownModuleReader } from '../scope/own-modules.ts';
+import { scopeApi } from '../scope/plugin.ts';
+import { sendError } from '../protocols/http/rest-errors.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { identityKey } from '../model/identity.ts';
 import { splitPemCertificates } from '../pki/index.ts';
@@ -55,8 +55,8 @@ import {
 import { healthToken, presentsHealthToken } from './health-access.ts';
 import { GatewayMetrics, serveMetrics } from './metrics.ts';
 import { ModuleInputEndpoint } from './module-endpoint.ts';
-import { ScopeCache } from './scope-cache.ts';
-import { ScopeSync } from './scope-sync.ts';
+import { ScopeCache } from '../scope/cache.ts';
+import { ScopeSync } from '../scope/sync.ts';
 import { SecurityManager } from './security-manager.ts';
 import { TwinCache } from './twin-cache.ts';
 
