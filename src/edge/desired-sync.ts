@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { IdentityRef } from '../model/identity.ts';
 import type { TwinCollection, TwinProperties } from '../model/twin.ts';
-import { diffValues } from '../hub/twin-doc.ts';
+import { diffValues } from '../util/merge-patch.ts';
 import { identityKey } from '../model/identity.ts';
 import type { TwinCache } from './twin-cache.ts';
 

@@ -5,7 +5,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
-import { parseErrorBody } from '../hub/service-client.ts';
+import { parseErrorBody } from '../protocols/http/rest-errors.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { writeKeyFile } from '../pki/index.ts';
 import { UserError } from '../util/errors.ts';
@@ -19,7 +19,7 @@ import type { LoadedEdgeFiles } from './config-files.ts';
  * key). A device provisioned with an X.509 certificate has no key: at start it reads its
  * `$edgeHub` module identity from its parent (the hub, or a parent gateway, which serves it to
  * its children from its scope cache), proving itself with the certificate in the TLS handshake
- * (see src/hub/own-modules.ts), and signs with the module's key — what IoT Edge's identity service
+ * (see src/scope/own-modules.ts), and signs with the module's key — what IoT Edge's identity service
  * does for the modules of a certificate-provisioned device. The key is kept in the data directory
  * (0600), so a gateway restarts and serves its devices while its parent is unreachable; when the
  * parent refuses the gateway's tokens (the module's keys were regenerated), the gateway reads

@@ -9,7 +9,7 @@ import type { UpstreamC2DDelivery, UpstreamIdentity } from '../upstream/upstream
 import { UpstreamDownError, UpstreamError } from '../upstream/upstream.ts';
 import { childLog } from '../util/log.ts';
 import { identityKey } from '../model/identity.ts';
-import type { ScopeCache } from './scope-cache.ts';
+import type { ScopeCache } from '../scope/cache.ts';
 import { DesiredSync } from './desired-sync.ts';
 import type { TwinCache } from './twin-cache.ts';
 

@@ -17,6 +17,9 @@ import { serviceRoutes } from './service-links.ts';
 import type { AmqpEngine } from './types.ts';
 import { GATED_TLS_OPTIONS, PreAuthGate, preAuthOf, type PreAuthTicket } from '../pre-auth.ts';
 
+/** The subprotocol AMQP-over-WebSockets clients offer. */
+export const AMQP_WS_SUBPROTOCOL = 'AMQPWSB10';
+
 export interface AmqpHeadOptions {
   engine: AmqpEngine;
   /** The hub host name (SAS audiences, SASL PLAIN hub name, container id). */

@@ -7,18 +7,15 @@ import { UserError } from '../../util/errors.ts';
 import { clientCertificateOf } from '../http/client-cert.ts';
 import { webSocketDispatcher } from '../ws.ts';
 import { preAuthOf } from '../pre-auth.ts';
-import { AmqpHead } from './head.ts';
+import { AMQP_WS_SUBPROTOCOL, AmqpHead } from './head.ts';
 import { attachEventHubs } from './event-hubs/index.ts'; // issue 6
 
-export { AmqpHead, type AmqpHeadOptions, type TlsListenOptions } from './head.ts';
+export { AMQP_WS_SUBPROTOCOL, AmqpHead, type AmqpHeadOptions, type TlsListenOptions } from './head.ts';
 export type { LinkContext, LinkHandler, LinkRoute, LinkRole, Outcome } from './links.ts';
 export { CreditWindow, SendQueue } from './links.ts';
 export type { AmqpConnection } from './connection.ts';
 export type { Claim, IdentityClaim, PolicyClaim } from './claims.ts';
 export { AmqpRefusal, CONDITION, amqpErrorOf } from './errors.ts';
-
-/** The subprotocol AMQP-over-WebSockets clients offer. */
-export const AMQP_WS_SUBPROTOCOL = 'AMQPWSB10';
 
 const heads = new WeakMap<HubNode, AmqpHead>();
 

@@ -1,9 +1,10 @@
 import { EventEmitter } from 'node:events';
 import https from 'node:https';
-import { isIP } from 'node:net';
-import { checkServerIdentity, type PeerCertificate } from 'node:tls';
-import type { IncomingMessage } from 'node:http';
 import type { Logger } from 'pino';
+import { identityKey, type IdentityRef } from '../model/identity.ts';
+import { type ScopeDevice, type ScopeModule } from '../identity/scope.ts';
+import { childLog } from '../util/log.ts';
+import type { ScopeCache } from './cache.ts';
 import {
   SCOPE_API_VERSION,
   formatPosition,
@@ -12,14 +13,11 @@ import {
   type FeedPosition,
   type OnBehalfOfResult,
   type ScopeListResult,
-} from '../hub/scope-api.ts';
-import { parseErrorBody } from '../hub/service-client.ts';
-import { EDGE_HUB } from '../identity/device-id.ts';
-import { createSasToken } from '../identity/sas.ts';
-import { identityKey, type IdentityRef } from '../model/identity.ts';
-import { type ScopeDevice, type ScopeModule } from '../identity/scope.ts';
-import { childLog } from '../util/log.ts';
-import { ScopeRecordError, type ScopeCache } from './scope-cache.ts';
+} from './contract.ts';
+import { MAX_BODY, ScopeParentClient, ScopeSyncError, parseSseBlock, readBody, type ScopeParentOptions } from './parent-client.ts';
+import { ScopeRecordError } from './records.ts';
+
+export { ScopeSyncError } from './parent-client.ts';
 
 /**
  * The gateway's side of the scope API: reads the whole scope from the parent on start and
@@ -29,30 +27,13 @@ import { ScopeRecordError, type ScopeCache } from './scope-cache.ts';
  * answering; reconnects back off exponentially with jitter.
  */
 
-export interface ScopeSyncOptions {
+export interface ScopeSyncOptions extends ScopeParentOptions {
   cache: ScopeCache;
-  /** The parent (the hub, or the parent gateway) as this gateway dials it. */
-  parent: {
-    /** The name the parent's certificate carries (checked), and the Host header. */
-    host: string;
-    port?: number;
-    /** PEM of the CA(s) that issued the parent's certificate (the trust bundle). */
-    ca: string | Buffer;
-    /** Dial this address instead of resolving `host`. */
-    address?: string;
-  };
-  /** The IoT hub's host name, which the SAS audience names (a parent gateway accepts it too). */
-  hubHostName: string;
-  /** The edge device this gateway is, and a key: its own or its `$edgeHub` module's. */
-  edge: { deviceId: string; key: string };
   pageSize?: number;
   /** Reconnect delays: from initialMs doubling up to maxMs, each with jitter. Default 1 s .. 30 s. */
   backoff?: { initialMs?: number; maxMs?: number };
   /** The feed counts as dead after this long without a byte (the parent speaks every 15 s). Default 45 s. */
   idleTimeoutMs?: number;
-  /** Per request (listing pages, on-behalf-of lookups). Default 30 s. */
-  requestTimeoutMs?: number;
-  tokenTtlSeconds?: number;
   log?: Logger;
 }
 
@@ -66,14 +47,6 @@ export interface ScopeSyncEvents {
   failure: [err: ScopeSyncError];
 }
 
-/** A refusal or failure talking to the parent; `status` is the HTTP status when there was one. */
-export class ScopeSyncError extends Error {
-  constructor(message: string, readonly status?: number, readonly code?: string) {
-    super(message);
-    this.name = 'ScopeSyncError';
-  }
-}
-
 export type OnDemandResult =
   | { status: 'found'; device: ScopeDevice; module?: ScopeModule; authChain: string }
   | { status: 'not-found' | 'not-in-scope'; message: string };
@@ -84,18 +57,14 @@ interface StreamOutcome {
   reason: string;
 }
 
-const MAX_BODY = 64 * 1024 * 1024;
-
 export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
   readonly stats = { fullSyncs: 0, feedEvents: 0, connects: 0 };
   private current: ScopeSyncState = 'idle';
   private stopped = true;
   private loop?: Promise<void>;
-  private readonly active = new Set<ReturnType<typeof https.request>>();
   private wake?: () => void;
   private needFullSync = false;
-  private token?: { text: string; expires: number };
-  private readonly agent: https.Agent;
+  private readonly client: ScopeParentClient;
   private readonly log: Logger;
   private readonly paths: ReturnType<typeof scopePaths>;
   private readonly inflight = new Map<string, Promise<OnDemandResult>>();
@@ -107,7 +76,7 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
     if (o.cache.edgeDeviceId !== o.edge.deviceId) {
       throw new ScopeSyncError(`the scope cache belongs to edge device ${o.cache.edgeDeviceId}, not ${o.edge.deviceId}`);
     }
-    this.agent = new https.Agent({ keepAlive: true, ca: o.parent.ca });
+    this.client = new ScopeParentClient(o);
     this.log = o.log ?? childLog('scope-sync');
     this.paths = scopePaths(o.edge.deviceId);
     let resolve!: () => void;
@@ -136,7 +105,7 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       await Promise.race([
         this.firstSync!.promise,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new ScopeSyncError(`the scope of ${this.o.edge.deviceId} was not synced from ${this.where()} within ${timeoutMs} ms`)), timeoutMs);
+          timer = setTimeout(() => reject(new ScopeSyncError(`the scope of ${this.o.edge.deviceId} was not synced from ${this.client.where()} within ${timeoutMs} ms`)), timeoutMs);
         }),
       ]);
     } finally {
@@ -146,11 +115,16 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const req of this.active) req.destroy();
+    this.client.abort();
     this.wake?.();
     await this.loop;
     this.setState('stopped');
-    this.agent.destroy();
+    this.client.close();
+  }
+
+  /** Signs with another key from now on. */
+  setEdgeKey(key: string): void {
+    this.client.setEdgeKey(key);
   }
 
   /** An adapter for IdentitySource.fetchUpstream (a parent gateway asking on behalf of a child). */
@@ -183,7 +157,7 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
     const key = identityKey(deviceId, moduleId);
     let res: OnBehalfOfResult;
     try {
-      res = await this.post<OnBehalfOfResult>(this.paths.onBehalfOf, {
+      res = await this.client.post<OnBehalfOfResult>(this.paths.onBehalfOf, {
         authChain: chain.join(';'),
         targetDeviceId: deviceId,
         ...(moduleId !== undefined ? { targetModuleId: moduleId } : {}),
@@ -200,18 +174,18 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       throw err;
     }
     if (!res || !Array.isArray(res.devices) || !Array.isArray(res.modules)) {
-      throw new ScopeSyncError(`the parent ${this.where()} answered an on-behalf-of lookup with something that is not a scope result`);
+      throw new ScopeSyncError(`the parent ${this.client.where()} answered an on-behalf-of lookup with something that is not a scope result`);
     }
     try {
       this.o.cache.upsertMany(res.devices, res.modules);
     } catch (err) {
-      if (err instanceof ScopeRecordError) throw new ScopeSyncError(`the parent ${this.where()} sent a bad identity record: ${err.message}`);
+      if (err instanceof ScopeRecordError) throw new ScopeSyncError(`the parent ${this.client.where()} sent a bad identity record: ${err.message}`);
       throw err;
     }
     const device = res.devices.find((d) => d.deviceId === deviceId);
     const module = moduleId === undefined ? undefined : res.modules.find((m) => m.deviceId === deviceId && m.moduleId === moduleId);
     if (!device || (moduleId !== undefined && !module)) {
-      return { status: 'not-found', message: `the parent ${this.where()} did not return ${key}` };
+      return { status: 'not-found', message: `the parent ${this.client.where()} did not return ${key}` };
     }
     this.log.info({ target: key, authChain: res.authChain }, 'identity fetched from the parent on demand');
     return { status: 'found', device, ...(module ? { module } : {}), authChain: res.authChain };
@@ -232,13 +206,13 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
     let link: string | null = null;
     const seen = new Set<string>();
     for (;;) {
-      const page: ScopeListResult = await this.post<ScopeListResult>(this.paths.list, {
+      const page: ScopeListResult = await this.client.post<ScopeListResult>(this.paths.list, {
         authChain: this.o.edge.deviceId,
         pageSize: this.o.pageSize ?? 500,
         ...(link ? { continuationLink: link } : {}),
       });
       if (!page || !Array.isArray(page.devices) || !Array.isArray(page.modules) || !page.feed) {
-        throw new ScopeSyncError(`the parent ${this.where()} answered the scope listing with something that is not a scope page`);
+        throw new ScopeSyncError(`the parent ${this.client.where()} answered the scope listing with something that is not a scope page`);
       }
       // Changes made while the pages are read come from the feed, followed from here.
       position ??= page.feed;
@@ -246,20 +220,20 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       modules.push(...page.modules);
       link = page.continuationLink ?? null;
       if (!link) break;
-      if (seen.has(link)) throw new ScopeSyncError(`the parent ${this.where()} repeated a continuation link; stopping instead of looping`);
+      if (seen.has(link)) throw new ScopeSyncError(`the parent ${this.client.where()} repeated a continuation link; stopping instead of looping`);
       seen.add(link);
     }
     let changes;
     try {
       changes = this.o.cache.replaceAll(devices, modules, position);
     } catch (err) {
-      if (err instanceof ScopeRecordError) throw new ScopeSyncError(`the parent ${this.where()} sent a bad identity record: ${err.message}`);
+      if (err instanceof ScopeRecordError) throw new ScopeSyncError(`the parent ${this.client.where()} sent a bad identity record: ${err.message}`);
       throw err;
     }
     this.stats.fullSyncs++;
     this.needFullSync = false;
     const summary = { devices: devices.length, modules: modules.length, ...changes };
-    this.log.info(summary, `scope of ${this.o.edge.deviceId} synced from ${this.where()}`);
+    this.log.info(summary, `scope of ${this.o.edge.deviceId} synced from ${this.client.where()}`);
     this.emit('synced', summary);
     this.firstSync?.resolve();
     return { devices: devices.length, modules: modules.length };
@@ -292,7 +266,7 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
         if (!this.stopped) this.log.info({ reason: outcome.reason }, 'scope feed ended; reconnecting');
       } catch (err) {
         if (this.stopped) break;
-        const e = err instanceof ScopeSyncError ? err : new ScopeSyncError(`scope sync with ${this.where()} failed: ${(err as Error).message}`);
+        const e = err instanceof ScopeSyncError ? err : new ScopeSyncError(`scope sync with ${this.client.where()} failed: ${(err as Error).message}`);
         const level = e.status === 401 || e.status === 403 ? 'error' : 'warn';
         this.log[level]({ status: e.status, code: e.code, err: e.message, attempt }, 'scope sync failed; retrying');
         this.emit('failure', e);
@@ -335,7 +309,7 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
         if (settled) return;
         settled = true;
         clearTimeout(idle);
-        this.active.delete(req);
+        this.client.active.delete(req);
         if (err && !outcome.live) reject(err);
         else {
           if (err) outcome.reason = err.message;
@@ -346,19 +320,19 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       let idle: NodeJS.Timeout | undefined;
       const touch = () => {
         clearTimeout(idle);
-        idle = setTimeout(() => req.destroy(new ScopeSyncError(`the scope feed from ${this.where()} was silent for ${idleMs} ms`)), idleMs);
+        idle = setTimeout(() => req.destroy(new ScopeSyncError(`the scope feed from ${this.client.where()} was silent for ${idleMs} ms`)), idleMs);
       };
       const req = https.request(
         {
-          ...this.requestOptions('GET', path),
-          headers: { ...this.headers(), Accept: 'text/event-stream' },
+          ...this.client.requestOptions('GET', path),
+          headers: { ...this.client.headers(), Accept: 'text/event-stream' },
           agent: false,
         },
         (res) => {
           if (res.statusCode !== 200) {
             readBody(res)
-              .then((text) => finish(this.refusal(res.statusCode ?? 0, text, 'the scope feed')))
-              .catch((err: Error) => finish(this.networkError(err)));
+              .then((text) => finish(this.client.refusal(res.statusCode ?? 0, text, 'the scope feed')))
+              .catch((err: Error) => finish(this.client.networkError(err)));
             return;
           }
           this.stats.connects++;
@@ -392,11 +366,11 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
           });
           res.on('end', () => finish());
           res.on('close', () => finish());
-          res.on('error', (err) => finish(this.networkError(err)));
+          res.on('error', (err) => finish(this.client.networkError(err)));
         },
       );
-      this.active.add(req);
-      req.on('error', (err) => finish(err instanceof ScopeSyncError ? err : this.networkError(err)));
+      this.client.active.add(req);
+      req.on('error', (err) => finish(err instanceof ScopeSyncError ? err : this.client.networkError(err)));
       req.on('close', () => finish());
       req.end();
     });
@@ -423,7 +397,7 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
           outcome.live = true;
           this.setState('live');
           this.firstSync?.resolve();
-          this.log.info({ position: formatPosition({ epoch, sequence: e.sequence }) }, `following the scope feed of ${this.where()}`);
+          this.log.info({ position: formatPosition({ epoch, sequence: e.sequence }) }, `following the scope feed of ${this.client.where()}`);
         }
         return;
       case 'upsert':
@@ -444,133 +418,4 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
         this.log.debug({ event: text.event }, 'unknown scope feed event ignored');
     }
   }
-
-  // ---------------------------------------------------------------------------------------
-  // HTTP
-
-  private where(): string {
-    const port = this.o.parent.port ?? 443;
-    return port === 443 ? this.o.parent.host : `${this.o.parent.host}:${port}`;
-  }
-
-  /** Signs with another key from now on. */
-  setEdgeKey(key: string): void {
-    this.o.edge.key = key;
-    this.token = undefined;
-  }
-
-  private sasToken(): string {
-    const now = Date.now();
-    if (this.token && this.token.expires - now > 5 * 60_000) return this.token.text;
-    const ttl = this.o.tokenTtlSeconds ?? 3600;
-    const expiry = Math.floor(now / 1000) + ttl;
-    const audience = `${this.o.hubHostName}/devices/${encodeURIComponent(this.o.edge.deviceId)}/modules/${encodeURIComponent(EDGE_HUB)}`;
-    this.token = { text: createSasToken(audience, this.o.edge.key, expiry), expires: expiry * 1000 };
-    return this.token.text;
-  }
-
-  private headers(): Record<string, string> {
-    return { Authorization: this.sasToken(), 'User-Agent': 'strata-edge-scope-sync' };
-  }
-
-  private requestOptions(method: string, path: string): https.RequestOptions {
-    const { host, address } = this.o.parent;
-    return {
-      method,
-      host: address ?? host,
-      port: this.o.parent.port ?? 443,
-      path,
-      ca: this.o.parent.ca,
-      ...(isIP(host) ? {} : { servername: host }),
-      // Dialling an explicit address must still check the certificate against the parent's name.
-      ...(address ? { checkServerIdentity: (_h: string, cert: PeerCertificate) => checkServerIdentity(host, cert) } : {}),
-    };
-  }
-
-  private post<T>(path: string, body: unknown): Promise<T> {
-    const payload = Buffer.from(JSON.stringify(body));
-    return new Promise<T>((resolve, reject) => {
-      const req = https.request(
-        {
-          ...this.requestOptions('POST', `${path}?api-version=${SCOPE_API_VERSION}`),
-          agent: this.agent,
-          timeout: this.o.requestTimeoutMs ?? 30_000,
-          headers: { ...this.headers(), 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': payload.length, Accept: 'application/json' },
-        },
-        (res) => {
-          readBody(res)
-            .then((text) => {
-              const status = res.statusCode ?? 0;
-              if (status < 200 || status >= 300) return reject(this.refusal(status, text, path.endsWith('OnBehalfOf') ? 'an on-behalf-of lookup' : 'the scope listing'));
-              try {
-                resolve(JSON.parse(text) as T);
-              } catch {
-                reject(new ScopeSyncError(`the parent ${this.where()} answered with something that is not JSON`, status));
-              }
-            })
-            .catch((err: Error) => reject(this.networkError(err)));
-        },
-      );
-      this.active.add(req);
-      req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', (err) => reject(this.networkError(err)));
-      req.on('close', () => this.active.delete(req));
-      req.end(payload);
-    });
-  }
-
-  private refusal(status: number, text: string, what: string): ScopeSyncError {
-    const { code, text: why } = parseErrorBody(text, status);
-    const hint =
-      status === 401
-        ? ` (check the edge device id and key this gateway uses, and that ${this.o.edge.deviceId} and its ${EDGE_HUB} are enabled)`
-        : '';
-    return new ScopeSyncError(`the parent ${this.where()} refused ${what}: ${why} (${code}, HTTP ${status})${hint}`, status, code);
-  }
-
-  private networkError(err: Error): ScopeSyncError {
-    if (err instanceof ScopeSyncError) return err;
-    const code = (err as NodeJS.ErrnoException).code ?? '';
-    if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || code === 'ECONNRESET' || code === 'EAI_AGAIN') {
-      return new ScopeSyncError(`cannot reach the parent ${this.where()} (${code})`, undefined, code);
-    }
-    if (/CERT|SELF_SIGNED|UNABLE_TO|ALTNAME/.test(code)) {
-      return new ScopeSyncError(`the parent ${this.where()} presented a certificate this gateway does not trust (${code}): check trust_bundle_cert and the parent's hostname`, undefined, code);
-    }
-    return new ScopeSyncError(`talking to the parent ${this.where()} failed: ${err.message}`, undefined, code || undefined);
-  }
-}
-
-function readBody(res: IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    res.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_BODY) {
-        res.destroy(new Error('the answer is too large'));
-        return;
-      }
-      chunks.push(c);
-    });
-    res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    res.on('error', reject);
-    res.on('aborted', () => reject(new Error('the answer was cut off')));
-  });
-}
-
-/** One server-sent event: `event:` and `data:` lines (comments and ids ignored). */
-function parseSseBlock(block: string): { event: string; data: string } | undefined {
-  let event = 'message';
-  const data: string[] = [];
-  for (const line of block.split('\n')) {
-    if (line === '' || line.startsWith(':')) continue;
-    const colon = line.indexOf(':');
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? '' : line.slice(colon + 1);
-    if (value.startsWith(' ')) value = value.slice(1);
-    if (field === 'event') event = value;
-    else if (field === 'data') data.push(value);
-  }
-  return data.length > 0 ? { event, data: data.join('\n') } : undefined;
 }
