@@ -28,10 +28,7 @@ import type { Delivery, RouteTable } from '../routing/route-table.ts';
 import { DEFAULT_RESEND_WINDOW_MS, MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
 import type { ForwardedOrigin } from '../model/message.ts';
 import type { ResendKey } from '../store/resend-window.ts';
-import { UpstreamLink } from '../upstream/amqp-link.ts';
-import { MqttUpstream } from '../upstream/mqtt-link.ts';
-import type { UpstreamTransport } from '../upstream/transport.ts';
-import type { Upstream, UpstreamC2DDelivery } from '../upstream/upstream.ts';
+import { AmqpParentLink, MqttParentLink, type ParentLink, type UpstreamC2DDelivery, type UpstreamTransport } from '../upstream/index.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
 import { UserError } from '../util/errors.ts';
 import { DEFAULT_DISK_RESERVE_BYTES, reserveBytesOf, startFailure } from '../store/disk-headroom.ts';
@@ -102,7 +99,7 @@ export interface GatewayNode {
   readonly engine: Engine;
   readonly store: MessageStore;
   readonly scope: ScopeCache;
-  readonly link: Upstream;
+  readonly link: ParentLink;
   readonly security: SecurityManager;
   readonly metrics: GatewayMetrics;
   readonly routes: EdgeHubRoutes;
@@ -237,11 +234,11 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       // Large batches: each rides one round trip (two are in flight).
       maxBatch: UPSTREAM_BATCH,
     };
-    const link: Upstream =
+    const link: ParentLink =
       transport === 'mqtt' || transport === 'mqttws'
-        ? new MqttUpstream({ ...upstreamOptions, transport })
+        ? new MqttParentLink({ ...upstreamOptions, transport })
         : // Batches name where in this store they come from: the parent stores each message once.
-          new UpstreamLink({ ...upstreamOptions, transport, originId: store.id });
+          new AmqpParentLink({ ...upstreamOptions, transport, originId: store.id });
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
     closers.push(() => registry.close());

@@ -4,7 +4,7 @@ import type { Message } from '../model/message.ts';
 import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
 import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
-import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
+import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './errors.ts';
 import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
 import { CONDITION } from '../protocols/amqp/errors.ts';
 
@@ -39,8 +39,8 @@ export interface TelemetrySender {
 export interface TelemetryEndpointDeps {
   availability: Availability;
   isConnected(): boolean;
-  /** The channel that sends for `sender` (created on first use). */
-  channelFor(sender: IdentityRef): TelemetrySender;
+  /** The identity proxy that sends for `sender` (created on first use). */
+  senderFor(sender: IdentityRef): TelemetrySender;
   describeParent(): string;
   /**
    * A batch got no answer within `stallMs`: the connection is presumed dead (a parent that
@@ -135,7 +135,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     const who = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
     let outcomes: SendOutcome[];
     try {
-      outcomes = await this.deps.channelFor(identity).sendTelemetry(messages, origin);
+      outcomes = await this.deps.senderFor(identity).sendTelemetry(messages, origin);
     } catch (err) {
       if (isPermanentRefusal(err)) {
         this.drop(who, messages.length, (err as Error).message);

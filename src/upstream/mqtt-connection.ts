@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import mqtt from 'mqtt-packet';
 import type { Logger } from 'pino';
-import { UpstreamDownError, UpstreamError } from './links.ts';
+import { UpstreamDownError, UpstreamError } from './errors.ts';
 import { UpstreamConnectError } from './transport.ts';
 
 /**
@@ -22,7 +22,7 @@ const CONNACK_TEXT: Record<number, string> = {
   5: 'not authorized',
 };
 
-export interface WireOptions {
+export interface MqttConnectionOptions {
   clientId: string;
   username: string;
   password: string;
@@ -53,7 +53,7 @@ interface Waiting {
   reject: (e: Error) => void;
 }
 
-export class MqttWire {
+export class MqttConnection {
   readonly openedAt = Date.now();
   readonly lost: Promise<string>;
   /** PUBLISHes from the parent; set by the owner before any subscription. */
@@ -72,7 +72,7 @@ export class MqttWire {
 
   private constructor(
     private readonly socket: Duplex,
-    private readonly o: WireOptions,
+    private readonly o: MqttConnectionOptions,
   ) {
     this.lost = new Promise((resolve) => (this.markLost = resolve));
     this.parser.on('packet', (p) => this.onPacket(p));
@@ -92,8 +92,8 @@ export class MqttWire {
   }
 
   /** Sends CONNECT on an open socket; resolves once the parent accepted it (CONNACK 0). */
-  static async open(socket: Duplex, o: WireOptions): Promise<MqttWire> {
-    const wire = new MqttWire(socket, o);
+  static async open(socket: Duplex, o: MqttConnectionOptions): Promise<MqttConnection> {
+    const wire = new MqttConnection(socket, o);
     const accepted = new Promise<void>((resolve, reject) => (wire.connack = { resolve, reject }));
     const timer = setTimeout(() => wire.end(`the parent did not answer CONNECT within ${o.operationTimeoutMs} ms`), o.operationTimeoutMs);
     void wire.lost.then((why) => wire.connack?.reject(new UpstreamConnectError('lost', why)));

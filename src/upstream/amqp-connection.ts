@@ -3,19 +3,20 @@ import type { Duplex } from 'node:stream';
 import rhea, { type Connection, type Message as AmqpMessage, type Receiver, type ReceiverOptions, type Sender, type SenderOptions } from 'rhea';
 import '../protocols/amqp/rhea-writer.ts';
 import type { Logger } from 'pino';
-import { OutLink, UpstreamDownError, UpstreamError, onReceiverGone, whenAttached } from './links.ts';
+import { OutLink, onReceiverGone, whenAttached } from './amqp-links.ts';
+import { UpstreamDownError, UpstreamError } from './errors.ts';
 import { UpstreamConnectError } from './transport.ts';
 
 /**
  * One AMQP connection to the parent, from open to loss: the `$cbs` request/response pair and
  * the links opened on it. When it is lost, everything waiting on it fails at once with
- * UpstreamDownError and the UpstreamLink opens a new one.
+ * UpstreamDownError and the AmqpParentLink opens a new one.
  */
 
 const CBS_TOKEN_TYPE = 'servicebus.windows.net:sastoken';
 const MAX_FRAME_SIZE = 65536;
 
-export interface ParentConnectionOptions {
+export interface AmqpConnectionOptions {
   /** The AMQP container id we announce. */
   containerId: string;
   /** `hostname` of the AMQP open: the IoT hub's host name. */
@@ -32,7 +33,7 @@ export interface PutTokenResult {
   description: string;
 }
 
-export class ParentConnection {
+export class AmqpConnection {
   readonly conn: Connection;
   readonly openedAt = Date.now();
   readonly lost: Promise<string>;
@@ -47,7 +48,7 @@ export class ParentConnection {
 
   private constructor(
     private readonly socket: Duplex,
-    readonly o: ParentConnectionOptions,
+    readonly o: AmqpConnectionOptions,
   ) {
     this.lost = new Promise((resolve) => (this.markLost = resolve));
     const container = rhea.create_container({ id: o.containerId });
@@ -91,8 +92,8 @@ export class ParentConnection {
   }
 
   /** Opens AMQP on a connected socket and attaches the `$cbs` links. */
-  static async open(socket: Duplex, o: ParentConnectionOptions): Promise<ParentConnection> {
-    const pc = new ParentConnection(socket, o);
+  static async open(socket: Duplex, o: AmqpConnectionOptions): Promise<AmqpConnection> {
+    const pc = new AmqpConnection(socket, o);
     try {
       await pc.start();
       return pc;

@@ -1,50 +1,11 @@
 import type { Delivery, EventContext, Message as AmqpMessage, Receiver, Sender } from 'rhea';
+import { UpstreamError, type SendOutcome } from './errors.ts';
 
 /**
  * Client-side link plumbing for the upstream connection: attaching with a clear error when the
  * parent refuses, and a sender that never hands rhea a message without credit (rhea keeps one
  * outgoing queue per session, so a link without credit would stall every other link of it).
  */
-
-/** A refusal or failure the parent reported, with its AMQP condition. */
-export class UpstreamError extends Error {
-  /** When set, the pump tries again after this long rather than backing off further (routing/pump.ts). */
-  retryAfterMs?: number;
-  /** The parent's own words for a refusal it answered, for a gateway to pass on unchanged. */
-  parentMessage?: string;
-
-  constructor(
-    message: string,
-    readonly condition?: string,
-    /** IoT Hub's HTTP-like status, for CBS and twin answers. */
-    readonly status?: number,
-  ) {
-    super(message);
-    this.name = 'UpstreamError';
-  }
-}
-
-/** A twin answer outside 2xx as an error carrying the parent's own text (its body is JSON with a message, or plain text). */
-export function twinRefusal(operation: string, who: string, status: number, body: Buffer): UpstreamError {
-  let text = body.toString('utf8');
-  try {
-    const parsed = JSON.parse(text) as { message?: string; Message?: string };
-    text = parsed.message ?? parsed.Message ?? text;
-  } catch {
-    /* plain text */
-  }
-  const err = new UpstreamError(`twin ${operation} for ${who} refused by the parent (${status}): ${text}`, undefined, status);
-  err.parentMessage = text;
-  return err;
-}
-
-/** The link or connection this operation relied on went away; retry once the link is up. */
-export class UpstreamDownError extends UpstreamError {
-  constructor(message: string) {
-    super(message, 'amqp:connection:forced');
-    this.name = 'UpstreamDownError';
-  }
-}
 
 type AnyLink = Sender | Receiver;
 
@@ -96,15 +57,6 @@ export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'recei
     link.on(`${role}_close`, onClose);
     link.on(`${role}_error`, onClose);
   });
-}
-
-export type SendOutcome = { ok: true } | { ok: false; condition: string; description: string; released?: boolean };
-
-/** Refusals of a message that sending it again cannot cure. */
-const PERMANENT_MESSAGE = new Set(['amqp:link:message-size-exceeded', 'amqp:decode-error', 'com.microsoft:argument-error', 'amqp:invalid-field']);
-
-export function isPermanentForMessage(outcome: SendOutcome): boolean {
-  return !outcome.ok && PERMANENT_MESSAGE.has(outcome.condition);
 }
 
 interface Queued {
@@ -235,4 +187,25 @@ export function onReceiverGone(receiver: Receiver, what: string, fn: (why: strin
   };
   receiver.on('receiver_close', gone);
   receiver.on('receiver_error', gone);
+}
+
+/** Closes a receiver unless it is closed already (or its connection is gone). */
+export function closeQuietly(link: Receiver): void {
+  try {
+    if (!link.is_closed()) link.close();
+  } catch {
+    /* the connection is gone */
+  }
+}
+
+/** Both attaches, or neither: when one fails the other is closed again. */
+export async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
+  const [ra, rb] = await Promise.allSettled([a, b]);
+  if (ra.status === 'fulfilled' && rb.status === 'fulfilled') return [ra.value, rb.value];
+  for (const r of [ra, rb]) {
+    if (r.status !== 'fulfilled') continue;
+    if (r.value instanceof OutLink) r.value.end('paired link refused');
+    else closeQuietly(r.value as Receiver);
+  }
+  throw ra.status === 'rejected' ? ra.reason : (rb as PromiseRejectedResult).reason;
 }
