@@ -107,7 +107,7 @@ test('C2D: abandon withholds the acknowledgement (delivered again on the next co
   await ch.close();
   const again = l.openIdentity({ deviceId: 'mu-c2d', authChain: 'mu-c2d;mu-edge' });
   again.onC2D((d) => got.push(d));
-  (l as unknown as { lines: Map<string, { close(why: string): void }> }).lines.get('mu-c2d')!.close('test: re-make the connection');
+  (l as unknown as { proxies: Map<string, { close(why: string): void }> }).proxies.get('mu-c2d')!.close('test: re-make the connection');
   await until('the redelivery', () => got.length >= 2, 15_000);
   assert.equal(got[1]!.message.messageId, 'c2d-1');
   await again.settleC2D(got[1]!.lockToken, 'complete');
@@ -123,7 +123,7 @@ test('a connection is re-made with a fresh token before the old one expires: no 
   const desired: Array<Record<string, unknown>> = [];
   ch.onDesired((patch) => desired.push(patch));
   await ch.ready();
-  const line = (l as unknown as { lines: Map<string, { nextDown(): Promise<string> }> }).lines.get('mu-leaf')!;
+  const line = (l as unknown as { proxies: Map<string, { nextDown(): Promise<string> }> }).proxies.get('mu-leaf')!;
   let lostWhy: string | undefined;
   void line.nextDown().then((why) => (lostWhy = why));
   await new Promise((r) => setTimeout(r, 7000));
