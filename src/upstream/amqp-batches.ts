@@ -1,5 +1,11 @@
 import type { Message } from '../model/message.ts';
-import { BATCH_FORMAT, batchHead, encodeBatchOfSections, MAX_BATCH_BYTES, type BatchOrigin } from '../protocols/amqp/batch.ts';
+import {
+  BATCH_FORMAT,
+  batchHead,
+  encodeBatchOfSections,
+  MAX_BATCH_BYTES,
+  type BatchOrigin,
+} from '../protocols/amqp/batch.ts';
 import { DATA_HEADER, encodeDataSections } from '../protocols/amqp/encode-message.ts';
 import type { OutLink } from './amqp-links.ts';
 import { isPermanentForMessage, type SendOutcome } from './errors.ts';
@@ -12,7 +18,11 @@ import { isPermanentForMessage, type SendOutcome } from './errors.ts';
  * numbers and the number sent before them), every batch names it, so the parent stores each
  * message once even when it is sent again.
  */
-export async function sendInBatches(link: OutLink, messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
+export async function sendInBatches(
+  link: OutLink,
+  messages: readonly Message[],
+  origin?: BatchOrigin,
+): Promise<SendOutcome[]> {
   // All messages encoded once into one buffer of data sections: a batch is a slice of it,
   // a message sent alone the slice of its section. When they all fit in one batch (the
   // usual case) its head goes into room left in front, so the batch is never copied.
@@ -38,7 +48,10 @@ export async function sendInBatches(link: OutLink, messages: readonly Message[],
       } else if (to - from === 1) {
         return [await link.sendEncoded(one(from), 0)];
       }
-      const o = await link.sendEncoded(encodeBatchOfSections(buf.subarray(at[from], at[to]), chunkOrigin), BATCH_FORMAT);
+      const o = await link.sendEncoded(
+        encodeBatchOfSections(buf.subarray(at[from], at[to]), chunkOrigin),
+        BATCH_FORMAT,
+      );
       const count = to - from;
       if (!isPermanentForMessage(o)) return Array.from({ length: count }, () => o);
       return Promise.all(Array.from({ length: count }, (_, k) => link.sendEncoded(one(from + k), 0)));

@@ -41,7 +41,9 @@ export function basePath(id: IdentityRef): string {
 /** The CBS audience (`name`) of an identity: `{hub}/devices/{d}[/modules/{m}]`, ids URL-encoded as the SDKs do. */
 export function audienceOf(hubHostName: string, id: IdentityRef): string {
   const d = encodeURIComponent(id.deviceId);
-  return id.moduleId === undefined ? `${hubHostName}/devices/${d}` : `${hubHostName}/devices/${d}/modules/${encodeURIComponent(id.moduleId)}`;
+  return id.moduleId === undefined
+    ? `${hubHostName}/devices/${d}`
+    : `${hubHostName}/devices/${d}/modules/${encodeURIComponent(id.moduleId)}`;
 }
 
 export interface TwinLinks {
@@ -141,7 +143,8 @@ export abstract class AmqpIdentityLinks {
       try {
         return await open();
       } catch (again) {
-        if (again instanceof UpstreamError && again.condition === 'amqp:unauthorized-access') this.owner.forgetAuthorization(pc, this.identity);
+        if (again instanceof UpstreamError && again.condition === 'amqp:unauthorized-access')
+          this.owner.forgetAuthorization(pc, this.identity);
         throw again;
       }
     }
@@ -153,17 +156,19 @@ export abstract class AmqpIdentityLinks {
     const per = this.state();
     if (per.telemetry) return per.telemetry;
     const opening = (async () => {
-      const link = await this.attaching(per.pc, () => per.pc.openSender(
-        {
-          name: `events-${identityKey(this.identity)}-${randomUUID()}`,
-          target: { address: `${basePath(this.identity)}/messages/events` },
-          source: { address: `events-${identityKey(this.identity)}` },
-          snd_settle_mode: 0,
-          rcv_settle_mode: 0,
-          properties: this.props(),
-        },
-        `telemetry (${identityKey(this.identity)})`,
-      ));
+      const link = await this.attaching(per.pc, () =>
+        per.pc.openSender(
+          {
+            name: `events-${identityKey(this.identity)}-${randomUUID()}`,
+            target: { address: `${basePath(this.identity)}/messages/events` },
+            source: { address: `events-${identityKey(this.identity)}` },
+            snd_settle_mode: 0,
+            rcv_settle_mode: 0,
+            properties: this.props(),
+          },
+          `telemetry (${identityKey(this.identity)})`,
+        ),
+      );
       link.onGone(() => {
         if (per.telemetry === opening) per.telemetry = undefined;
       });
@@ -185,10 +190,33 @@ export abstract class AmqpIdentityLinks {
       const channel = `twin:${randomUUID()}`;
       const address = `${basePath(this.identity)}/twin`;
       const props = this.props({ 'com.microsoft:channel-correlation-id': channel });
-      const [out, inn] = await this.attaching(per.pc, () => both(
-        per.pc.openSender({ name: `twin-out-${channel}`, target: { address }, source: { address: `twin-out-${identityKey(this.identity)}` }, snd_settle_mode: 1, rcv_settle_mode: 0, properties: props }, 'twin'),
-        per.pc.openReceiver({ name: `twin-in-${channel}`, source: { address }, target: { address: `twin-in-${identityKey(this.identity)}` }, credit_window: TWIN_CREDIT, autoaccept: true, rcv_settle_mode: 0, properties: props }, 'twin'),
-      ));
+      const [out, inn] = await this.attaching(per.pc, () =>
+        both(
+          per.pc.openSender(
+            {
+              name: `twin-out-${channel}`,
+              target: { address },
+              source: { address: `twin-out-${identityKey(this.identity)}` },
+              snd_settle_mode: 1,
+              rcv_settle_mode: 0,
+              properties: props,
+            },
+            'twin',
+          ),
+          per.pc.openReceiver(
+            {
+              name: `twin-in-${channel}`,
+              source: { address },
+              target: { address: `twin-in-${identityKey(this.identity)}` },
+              credit_window: TWIN_CREDIT,
+              autoaccept: true,
+              rcv_settle_mode: 0,
+              properties: props,
+            },
+            'twin',
+          ),
+        ),
+      );
       const links: TwinLinks = { out, inn, pending: new Map(), subscribed: false };
       inn.on('message', (ctx) => this.twinMessage(links, ctx.message!));
       const gone = (why: string) => {
@@ -222,10 +250,33 @@ export abstract class AmqpIdentityLinks {
       const channel = `methods:${randomUUID()}`;
       const address = `${basePath(this.identity)}/methods/devicebound`;
       const props = this.props({ 'com.microsoft:channel-correlation-id': channel });
-      const [inn, out] = await this.attaching(per.pc, () => both(
-        per.pc.openReceiver({ name: `methods-in-${channel}`, source: { address }, target: { address: `methods-in-${identityKey(this.identity)}` }, credit_window: METHOD_CREDIT, autoaccept: true, rcv_settle_mode: 0, properties: props }, 'methods'),
-        per.pc.openSender({ name: `methods-out-${channel}`, target: { address }, source: { address: `methods-out-${identityKey(this.identity)}` }, snd_settle_mode: 1, rcv_settle_mode: 0, properties: props }, 'methods'),
-      ));
+      const [inn, out] = await this.attaching(per.pc, () =>
+        both(
+          per.pc.openReceiver(
+            {
+              name: `methods-in-${channel}`,
+              source: { address },
+              target: { address: `methods-in-${identityKey(this.identity)}` },
+              credit_window: METHOD_CREDIT,
+              autoaccept: true,
+              rcv_settle_mode: 0,
+              properties: props,
+            },
+            'methods',
+          ),
+          per.pc.openSender(
+            {
+              name: `methods-out-${channel}`,
+              target: { address },
+              source: { address: `methods-out-${identityKey(this.identity)}` },
+              snd_settle_mode: 1,
+              rcv_settle_mode: 0,
+              properties: props,
+            },
+            'methods',
+          ),
+        ),
+      );
       const links: MethodLinks = { out, inn };
       inn.on('message', (ctx) => this.methodRequest(ctx.message!));
       const gone = () => {
@@ -252,13 +303,26 @@ export abstract class AmqpIdentityLinks {
   protected c2dLink(): Promise<Receiver> {
     const per = this.state();
     if (per.c2d) return per.c2d;
-    if (this.moduleId !== undefined) return Promise.reject(new UpstreamError(`${this.describe()}: modules receive no cloud-to-device messages`, 'amqp:not-found', 404));
+    if (this.moduleId !== undefined)
+      return Promise.reject(
+        new UpstreamError(`${this.describe()}: modules receive no cloud-to-device messages`, 'amqp:not-found', 404),
+      );
     const opening = (async () => {
       const address = `${basePath(this.identity)}/messages/devicebound`;
-      const inn = await this.attaching(per.pc, () => per.pc.openReceiver(
-        { name: `c2d-${identityKey(this.identity)}-${randomUUID()}`, source: { address }, target: { address: `c2d-${identityKey(this.identity)}` }, credit_window: C2D_CREDIT, autoaccept: false, rcv_settle_mode: 0, properties: this.props() },
-        'cloud-to-device',
-      ));
+      const inn = await this.attaching(per.pc, () =>
+        per.pc.openReceiver(
+          {
+            name: `c2d-${identityKey(this.identity)}-${randomUUID()}`,
+            source: { address },
+            target: { address: `c2d-${identityKey(this.identity)}` },
+            credit_window: C2D_CREDIT,
+            autoaccept: false,
+            rcv_settle_mode: 0,
+            properties: this.props(),
+          },
+          'cloud-to-device',
+        ),
+      );
       inn.on('message', (ctx) => {
         const lockToken = randomUUID();
         const held = ctx.delivery!;
@@ -267,11 +331,18 @@ export abstract class AmqpIdentityLinks {
         setTimeout(() => {
           if (per.locks.get(lockToken) !== held) return;
           per.locks.delete(lockToken);
-          this.owner.log.warn({ identity: identityKey(this.identity), lockToken }, `cloud-to-device message not settled within ${C2D_LOCK_MS / 1000} s; abandoned (the parent delivers it again)`);
+          this.owner.log.warn(
+            { identity: identityKey(this.identity), lockToken },
+            `cloud-to-device message not settled within ${C2D_LOCK_MS / 1000} s; abandoned (the parent delivers it again)`,
+          );
           held.release();
         }, C2D_LOCK_MS).unref();
         const msg = ctx.message!;
-        const delivery: UpstreamC2DDelivery = { lockToken, message: fromAmqp(msg), deliveryCount: (Number(msg.delivery_count) || 0) + 1 };
+        const delivery: UpstreamC2DDelivery = {
+          lockToken,
+          message: fromAmqp(msg),
+          deliveryCount: (Number(msg.delivery_count) || 0) + 1,
+        };
         if (!this.c2dCb) {
           per.locks.delete(lockToken);
           ctx.delivery!.release();

@@ -8,7 +8,13 @@ import type { TwinCollection, TwinProperties } from '../model/twin.ts';
 import { BATCH_FORMAT, type BatchOrigin } from '../protocols/amqp/batch.ts';
 import { bodyBytes, idToAmqp, idToString } from '../protocols/amqp/message.ts';
 import { sendInBatches } from './amqp-batches.ts';
-import { AmqpIdentityLinks, detachAll, type AmqpProxyOwner, type TwinAnswer, type TwinLinks } from './amqp-identity-links.ts';
+import {
+  AmqpIdentityLinks,
+  detachAll,
+  type AmqpProxyOwner,
+  type TwinAnswer,
+  type TwinLinks,
+} from './amqp-identity-links.ts';
 import { Backoff } from './backoff.ts';
 import { UpstreamDownError, UpstreamError, twinRefusal, type SendOutcome } from './errors.ts';
 import type { UpstreamC2DDelivery, UpstreamIdentity } from './parent-link.ts';
@@ -61,12 +67,19 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
       clearTimeout(waiting.timer);
       const ann = (msg.message_annotations ?? {}) as Record<string, unknown>;
       const version = ann.version === undefined || ann.version === null ? undefined : Number(ann.version);
-      waiting.resolve({ status: Number(ann.status ?? 0), version: Number.isFinite(version) ? version : undefined, body: bodyBytes(msg.body) });
+      waiting.resolve({
+        status: Number(ann.status ?? 0),
+        version: Number.isFinite(version) ? version : undefined,
+        body: bodyBytes(msg.body),
+      });
       return;
     }
     if (cid !== undefined) {
       // An answer to a request given up on (timed out): pushes carry no correlation id.
-      this.owner.log.debug({ identity: identityKey(this.identity), correlationId: cid }, 'late twin answer from the parent; ignored');
+      this.owner.log.debug(
+        { identity: identityKey(this.identity), correlationId: cid },
+        'late twin answer from the parent; ignored',
+      );
       return;
     }
     // Anything else on the twin link is a desired properties push.
@@ -74,7 +87,10 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
     try {
       patch = JSON.parse(bodyBytes(msg.body).toString('utf8')) as TwinCollection;
     } catch {
-      this.owner.log.warn({ identity: identityKey(this.identity) }, 'desired properties push from the parent is not JSON; ignored');
+      this.owner.log.warn(
+        { identity: identityKey(this.identity) },
+        'desired properties push from the parent is not JSON; ignored',
+      );
       return;
     }
     for (const cb of this.desiredCbs) {
@@ -93,10 +109,20 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         links.pending.delete(cid);
-        reject(new UpstreamError(`the parent did not answer twin ${operation} for ${this.describe()} within ${this.owner.operationTimeoutMs} ms`, 'com.microsoft:timeout', 504));
+        reject(
+          new UpstreamError(
+            `the parent did not answer twin ${operation} for ${this.describe()} within ${this.owner.operationTimeoutMs} ms`,
+            'com.microsoft:timeout',
+            504,
+          ),
+        );
       }, this.owner.operationTimeoutMs);
       links.pending.set(cid, { resolve, reject, timer });
-      links.out.post({ correlation_id: cid, message_annotations: annotations, body: rhea.message.data_section(Buffer.from(body, 'utf8')) });
+      links.out.post({
+        correlation_id: cid,
+        message_annotations: annotations,
+        body: rhea.message.data_section(Buffer.from(body, 'utf8')),
+      });
     });
   }
 
@@ -124,7 +150,11 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
     if (links.subscribed) return;
     const answer = await this.twinRequest(links, 'PUT', '/notifications/twin/properties/desired');
     if (answer.status < 200 || answer.status >= 300) {
-      throw new UpstreamError(`the parent refused desired property updates for ${this.describe()} (${answer.status}): ${answer.body.toString('utf8')}`, undefined, answer.status);
+      throw new UpstreamError(
+        `the parent refused desired property updates for ${this.describe()} (${answer.status}): ${answer.body.toString('utf8')}`,
+        undefined,
+        answer.status,
+      );
     }
     links.subscribed = true;
     for (const live of this.desiredLiveCbs) {
@@ -149,12 +179,19 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
     const app = (msg.application_properties ?? {}) as Record<string, unknown>;
     const methodName = app['IoThub-methodname'] ?? app['iothub-methodname'];
     if (requestId === undefined || methodName === undefined) {
-      this.owner.log.warn({ identity: identityKey(this.identity) }, 'method request from the parent without correlation id or method name; ignored');
+      this.owner.log.warn(
+        { identity: identityKey(this.identity) },
+        'method request from the parent without correlation id or method name; ignored',
+      );
       return;
     }
     const req: MethodRequest = { requestId, methodName: String(methodName), payload: bodyBytes(msg.body) };
     if (!this.methodCb) {
-      this.methodResponse(requestId, 501, Buffer.from(JSON.stringify({ message: `${this.describe()} takes no direct methods here` })));
+      this.methodResponse(
+        requestId,
+        501,
+        Buffer.from(JSON.stringify({ message: `${this.describe()} takes no direct methods here` })),
+      );
       return;
     }
     try {
@@ -171,8 +208,11 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
 
   methodResponse(requestId: string, status: number, payload: Buffer): void {
     const links = this.per?.pc === this.owner.current() ? this.per?.methodsReady : undefined;
-    if (!links || !links.out.open) {
-      this.owner.log.warn({ identity: identityKey(this.identity), requestId }, 'method response dropped: the method link to the parent is down (the caller times out)');
+    if (!links?.out.open) {
+      this.owner.log.warn(
+        { identity: identityKey(this.identity), requestId },
+        'method response dropped: the method link to the parent is down (the caller times out)',
+      );
       return;
     }
     links.out.post({
@@ -235,7 +275,10 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
       () => this.rearmBackoff.reset(),
       (err: unknown) => {
         if (err instanceof UpstreamDownError || this.isClosed) throw err;
-        this.owner.log.warn({ identity: identityKey(this.identity), err: (err as Error).message }, 'could not attach the links of a downstream identity upstream; will retry');
+        this.owner.log.warn(
+          { identity: identityKey(this.identity), err: (err as Error).message },
+          'could not attach the links of a downstream identity upstream; will retry',
+        );
         this.scheduleRearm();
         throw err;
       },

@@ -10,14 +10,24 @@ import { UpstreamError, type SendOutcome } from './errors.ts';
 type AnyLink = Sender | Receiver;
 
 function linkError(link: AnyLink): { condition?: string; description?: string } | undefined {
-  const remote = (link as unknown as { remote?: { detach?: { error?: { condition?: unknown; description?: unknown } } } }).remote;
+  const remote = (
+    link as unknown as { remote?: { detach?: { error?: { condition?: unknown; description?: unknown } } } }
+  ).remote;
   const e = remote?.detach?.error;
   if (!e) return undefined;
-  return { condition: e.condition === undefined ? undefined : String(e.condition), description: e.description === undefined ? undefined : String(e.description) };
+  return {
+    condition: e.condition === undefined ? undefined : String(e.condition),
+    description: e.description === undefined ? undefined : String(e.description),
+  };
 }
 
 /** Resolves once the parent attached the link with a terminus; rejects with its reason when it refused. */
-export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'receiver', what: string, timeoutMs: number): Promise<T> {
+export function whenAttached<T extends AnyLink>(
+  link: T,
+  role: 'sender' | 'receiver',
+  what: string,
+  timeoutMs: number,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     let done = false;
     const finish = (err?: Error) => {
@@ -38,7 +48,10 @@ export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'recei
     };
     const refused = () => {
       const e = linkError(link);
-      return new UpstreamError(`the parent refused the ${what} link: ${e?.description ?? e?.condition ?? 'no reason given'}`, e?.condition ?? 'amqp:not-found');
+      return new UpstreamError(
+        `the parent refused the ${what} link: ${e?.description ?? e?.condition ?? 'no reason given'}`,
+        e?.condition ?? 'amqp:not-found',
+      );
     };
     const onOpen = () => {
       const remote = (link as unknown as { remote: { attach?: { source?: unknown; target?: unknown } } }).remote.attach;
@@ -52,7 +65,16 @@ export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'recei
       finish();
     };
     const onClose = () => finish(refused());
-    const timer = setTimeout(() => finish(new UpstreamError(`the parent did not answer the attach of the ${what} link within ${timeoutMs} ms`, 'com.microsoft:timeout')), timeoutMs);
+    const timer = setTimeout(
+      () =>
+        finish(
+          new UpstreamError(
+            `the parent did not answer the attach of the ${what} link within ${timeoutMs} ms`,
+            'com.microsoft:timeout',
+          ),
+        ),
+      timeoutMs,
+    );
     link.on(`${role}_open`, onOpen);
     link.on(`${role}_close`, onClose);
     link.on(`${role}_error`, onClose);
@@ -77,19 +99,35 @@ export class OutLink {
   private endedWith: SendOutcome | undefined;
   private readonly goneListeners: Array<(why: string) => void> = [];
 
-  constructor(readonly sender: Sender, readonly what: string) {
+  constructor(
+    readonly sender: Sender,
+    readonly what: string,
+  ) {
     sender.on('sendable', () => this.flush());
     sender.on('accepted', (ctx: EventContext) => this.settle(ctx.delivery!, { ok: true }));
     sender.on('rejected', (ctx: EventContext) => {
-      const e = (ctx.delivery!.remote_state as { error?: { condition?: unknown; description?: unknown } } | undefined)?.error;
-      this.settle(ctx.delivery!, { ok: false, condition: String(e?.condition ?? 'amqp:internal-error'), description: String(e?.description ?? 'rejected by the parent') });
+      const e = (ctx.delivery!.remote_state as { error?: { condition?: unknown; description?: unknown } } | undefined)
+        ?.error;
+      this.settle(ctx.delivery!, {
+        ok: false,
+        condition: String(e?.condition ?? 'amqp:internal-error'),
+        description: String(e?.description ?? 'rejected by the parent'),
+      });
     });
     sender.on('released', (ctx: EventContext) =>
-      this.settle(ctx.delivery!, { ok: false, condition: 'released', description: 'the parent released the message (not taken; send it again)', released: true }),
+      this.settle(ctx.delivery!, {
+        ok: false,
+        condition: 'released',
+        description: 'the parent released the message (not taken; send it again)',
+        released: true,
+      }),
     );
     const gone = () => {
       const e = linkError(sender);
-      this.end(e?.description ? `the parent detached the ${what} link: ${e.description}` : `the ${what} link was detached`, e?.condition);
+      this.end(
+        e?.description ? `the parent detached the ${what} link: ${e.description}` : `the ${what} link was detached`,
+        e?.condition,
+      );
     };
     sender.on('sender_close', gone);
     sender.on('sender_error', gone);
@@ -126,7 +164,10 @@ export class OutLink {
   flush(): void {
     while (this.queue.length > 0 && !this.endedWith && this.sender.is_open() && this.sender.sendable()) {
       const item = this.queue.shift()!;
-      const delivery = item.format === undefined ? this.sender.send(item.msg as AmqpMessage) : this.sender.send(item.msg as AmqpMessage, undefined, item.format);
+      const delivery =
+        item.format === undefined
+          ? this.sender.send(item.msg as AmqpMessage)
+          : this.sender.send(item.msg as AmqpMessage, undefined, item.format);
       if (!item.done) continue;
       if (delivery.settled) item.done({ ok: true });
       else this.unsettled.set(delivery, item.done);
@@ -199,7 +240,10 @@ export function closeQuietly(link: Receiver): void {
 }
 
 /** Both attaches, or neither: when one fails the other is closed again. */
-export async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
+export async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(
+  a: Promise<A>,
+  b: Promise<B>,
+): Promise<[A, B]> {
   const [ra, rb] = await Promise.allSettled([a, b]);
   if (ra.status === 'fulfilled' && rb.status === 'fulfilled') return [ra.value, rb.value];
   for (const r of [ra, rb]) {

@@ -48,7 +48,13 @@ import { AmqpConnection } from './amqp-connection.ts';
 import { audienceOf, type AmqpProxyOwner } from './amqp-identity-links.ts';
 import { AmqpIdentityProxy } from './amqp-identity-proxy.ts';
 import { UpstreamDownError, UpstreamError, type SendOutcome } from './errors.ts';
-import { directChildChain, type DirectTelemetry, type ParentLink, type UpstreamEndpoint, type UpstreamIdentity } from './parent-link.ts';
+import {
+  directChildChain,
+  type DirectTelemetry,
+  type ParentLink,
+  type UpstreamEndpoint,
+  type UpstreamIdentity,
+} from './parent-link.ts';
 import { ParentLinkBase, type ParentLinkOptions } from './parent-link-base.ts';
 import { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
 import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
@@ -189,7 +195,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
    * object until it is closed. `authChain` is `{target};...;{this edge}`.
    */
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
-    const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
+    const identity: IdentityRef =
+      id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
     const key = identityKey(identity);
     const existing = this.identities.get(key);
     if (existing && !existing.closed) {
@@ -235,7 +242,10 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private async putGatewayToken(pc: AmqpConnection): Promise<void> {
     const r = await pc.putToken(this.edgeHubAudience(), this.gatewayToken());
     if (r.status !== 200) {
-      throw new UpstreamConnectError('refused', `the parent refused the credentials of ${this.edgeDeviceId}/${EDGE_HUB} (${r.status}): ${r.description || 'no reason given'}`);
+      throw new UpstreamConnectError(
+        'refused',
+        `the parent refused the credentials of ${this.edgeDeviceId}/${EDGE_HUB} (${r.status}): ${r.description || 'no reason given'}`,
+      );
     }
   }
 
@@ -249,7 +259,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     }
     const key = identityKey(identity);
     const cached = map.get(key);
-    if (cached && (cached.failedAt === undefined || Date.now() - cached.failedAt < AUTH_RETRY_MS)) return cached.promise;
+    if (cached && (cached.failedAt === undefined || Date.now() - cached.failedAt < AUTH_RETRY_MS))
+      return cached.promise;
     const entry: TargetAuth = { promise: this.putTargetToken(pc, identity) };
     entry.promise.catch(() => {
       entry.failedAt = Date.now();
@@ -270,8 +281,15 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
       pc.end(why);
       throw new UpstreamDownError(why);
     }
-    const who = identity.moduleId === undefined ? `device ${identity.deviceId}` : `module ${identity.deviceId}/${identity.moduleId}`;
-    throw new UpstreamError(`the parent refused to let ${this.edgeDeviceId} act for ${who} (${r.status}): ${r.description || 'no reason given'}`, r.status === 404 ? 'amqp:not-found' : 'amqp:unauthorized-access', r.status);
+    const who =
+      identity.moduleId === undefined
+        ? `device ${identity.deviceId}`
+        : `module ${identity.deviceId}/${identity.moduleId}`;
+    throw new UpstreamError(
+      `the parent refused to let ${this.edgeDeviceId} act for ${who} (${r.status}): ${r.description || 'no reason given'}`,
+      r.status === 404 ? 'amqp:not-found' : 'amqp:unauthorized-access',
+      r.status,
+    );
   }
 
   /** Renews the gateway's token and every downstream identity's when a fifth of the token's life is left. */
@@ -294,7 +312,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
       for (const [key, entry] of map ?? []) {
         if (entry.failedAt !== undefined) continue;
         const slash = key.indexOf('/');
-        const identity = slash < 0 ? { deviceId: key } : { deviceId: key.slice(0, slash), moduleId: key.slice(slash + 1) };
+        const identity =
+          slash < 0 ? { deviceId: key } : { deviceId: key.slice(0, slash), moduleId: key.slice(slash + 1) };
         renewals.push(pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken()).catch(() => undefined));
       }
       await Promise.all(renewals);
@@ -313,7 +332,14 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     const abort = new AbortController();
     this.abortAttempt = () => abort.abort();
     const { signal } = abort;
-    const socket = await openTransport({ host: this.o.parentHost, port: this.port, transport: this.transport, ca: this.o.trustPem, timeoutMs: this.operationTimeoutMs, signal });
+    const socket = await openTransport({
+      host: this.o.parentHost,
+      port: this.port,
+      transport: this.transport,
+      ca: this.o.trustPem,
+      timeoutMs: this.operationTimeoutMs,
+      signal,
+    });
     // close() during the AMQP open or the CBS exchange: cutting the socket fails them at once.
     const cut = () => socket.destroy();
     signal.addEventListener('abort', cut, { once: true });
@@ -358,7 +384,10 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
         const e = err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);
         unreachable = e.kind === 'unreachable';
         if (e.message !== this.lastError || failuresLogged === 0) {
-          this.log.warn({ reason: e.message, attempt: this.backoff.attempts + 1 }, 'cannot connect to the parent; will retry');
+          this.log.warn(
+            { reason: e.message, attempt: this.backoff.attempts + 1 },
+            'cannot connect to the parent; will retry',
+          );
           failuresLogged++;
         }
         this.lastError = e.message;

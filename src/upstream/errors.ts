@@ -30,7 +30,11 @@ export function twinRefusal(operation: string, who: string, status: number, body
   } catch {
     /* plain text */
   }
-  const err = new UpstreamError(`twin ${operation} for ${who} refused by the parent (${status}): ${text}`, undefined, status);
+  const err = new UpstreamError(
+    `twin ${operation} for ${who} refused by the parent (${status}): ${text}`,
+    undefined,
+    status,
+  );
   err.parentMessage = text;
   return err;
 }
@@ -45,14 +49,21 @@ export class UpstreamDownError extends UpstreamError {
 
 /** The error a down link reports to its callers. */
 export function isUpstreamDown(err: unknown): boolean {
-  return err instanceof UpstreamDownError || (err instanceof UpstreamError && err.condition === 'amqp:connection:forced');
+  return (
+    err instanceof UpstreamDownError || (err instanceof UpstreamError && err.condition === 'amqp:connection:forced')
+  );
 }
 
 /** The parent's answer to one message: taken, or refused with an AMQP condition (MQTT's refusals are mapped to one). */
 export type SendOutcome = { ok: true } | { ok: false; condition: string; description: string; released?: boolean };
 
 /** Refusals of a message that sending it again cannot cure. */
-const PERMANENT_MESSAGE = new Set(['amqp:link:message-size-exceeded', 'amqp:decode-error', 'com.microsoft:argument-error', 'amqp:invalid-field']);
+const PERMANENT_MESSAGE = new Set([
+  'amqp:link:message-size-exceeded',
+  'amqp:decode-error',
+  'com.microsoft:argument-error',
+  'amqp:invalid-field',
+]);
 
 export function isPermanentForMessage(outcome: SendOutcome): boolean {
   return !outcome.ok && PERMANENT_MESSAGE.has(outcome.condition);

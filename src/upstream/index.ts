@@ -5,7 +5,14 @@
 export { AmqpParentLink, type AmqpParentLinkOptions } from './amqp-parent-link.ts';
 export { MqttParentLink, type MqttParentLinkOptions } from './mqtt-parent-link.ts';
 export { directChildChain } from './parent-link.ts';
-export type { DirectTelemetry, ParentLink, ParentLinkStatus, UpstreamC2DDelivery, UpstreamEndpoint, UpstreamIdentity } from './parent-link.ts';
+export type {
+  DirectTelemetry,
+  ParentLink,
+  ParentLinkStatus,
+  UpstreamC2DDelivery,
+  UpstreamEndpoint,
+  UpstreamIdentity,
+} from './parent-link.ts';
 export { UpstreamDownError, UpstreamError, isUpstreamDown, twinRefusal, type SendOutcome } from './errors.ts';
 export type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
 export { UpstreamConnectError, type UpstreamTransport } from './transport.ts';

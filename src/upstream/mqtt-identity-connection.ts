@@ -59,7 +59,10 @@ export abstract class MqttIdentityConnection {
     /** The gateway's own `$edgeHub`: connected by the link's loop, with its own credential, never idle-closed. */
     readonly pinned = false,
   ) {
-    this.who = identity.moduleId === undefined ? `device ${identity.deviceId}` : `module ${identity.deviceId}/${identity.moduleId}`;
+    this.who =
+      identity.moduleId === undefined
+        ? `device ${identity.deviceId}`
+        : `module ${identity.deviceId}/${identity.moduleId}`;
   }
 
   /** Topic filters the identity's callbacks need subscribed. */
@@ -94,7 +97,8 @@ export abstract class MqttIdentityConnection {
     if (this.isClosed) return Promise.reject(new UpstreamError(`the upstream connection of ${this.who} was closed`));
     if (this.connecting) return this.connecting;
     if (this.wire && !this.wire.closed) return Promise.resolve(this.wire);
-    if (!(this.pinned && fromLinkLoop) && !this.owner.isUp()) return Promise.reject(new UpstreamDownError(`the link to the parent is down; ${this.who} cannot reach it now`));
+    if (!(this.pinned && fromLinkLoop) && !this.owner.isUp())
+      return Promise.reject(new UpstreamDownError(`the link to the parent is down; ${this.who} cannot reach it now`));
     if (this.refusal && Date.now() - this.refusal.at < REFUSAL_KEPT_MS) return Promise.reject(this.refusal.err);
     const opening = this.open().finally(() => {
       if (this.connecting === opening) this.connecting = undefined;
@@ -119,7 +123,14 @@ export abstract class MqttIdentityConnection {
     const cut = () => socket.destroy();
     this.owner.closing.addEventListener('abort', cut, { once: true });
     try {
-      wire = await MqttConnection.open(socket, { clientId: identityKey(this.identity), username: this.username(), password: token.text, keepAliveSecs: KEEP_ALIVE_SECS, operationTimeoutMs: this.owner.operationTimeoutMs, log: this.owner.log });
+      wire = await MqttConnection.open(socket, {
+        clientId: identityKey(this.identity),
+        username: this.username(),
+        password: token.text,
+        keepAliveSecs: KEEP_ALIVE_SECS,
+        operationTimeoutMs: this.owner.operationTimeoutMs,
+        log: this.owner.log,
+      });
     } catch (err) {
       socket.destroy();
       throw this.pinned ? err : this.targetError(err as Error);
@@ -136,7 +147,10 @@ export abstract class MqttIdentityConnection {
     void wire.lost.then((why) => this.lost(wire, why));
     // A credential cannot be renewed on an MQTT connection: a new connection brings a new token.
     if (this.renewTimer) clearTimeout(this.renewTimer);
-    this.renewTimer = setTimeout(() => void this.renew(wire), Math.max(1000, token.expiresAt - Date.now() - token.ttlMs / 5));
+    this.renewTimer = setTimeout(
+      () => void this.renew(wire),
+      Math.max(1000, token.expiresAt - Date.now() - token.ttlMs / 5),
+    );
     this.renewTimer.unref();
     if (this.wanted().length > 0) setImmediate(() => this.rearm());
     return wire;
@@ -151,9 +165,16 @@ export abstract class MqttIdentityConnection {
       return new UpstreamDownError(err.message);
     }
     if (err.returnCode === 3) return new UpstreamError(err.message, 'com.microsoft:server-busy', 503);
-    const e = new UpstreamError(`the parent refused to let ${this.owner.edgeDeviceId} act for ${this.who}: ${err.message}`, 'amqp:unauthorized-access', err.returnCode === 2 ? 404 : 401);
+    const e = new UpstreamError(
+      `the parent refused to let ${this.owner.edgeDeviceId} act for ${this.who}: ${err.message}`,
+      'amqp:unauthorized-access',
+      err.returnCode === 2 ? 404 : 401,
+    );
     this.refusal = { err: e, at: Date.now() };
-    this.owner.log.warn({ identity: identityKey(this.identity), authChain: this.authChain, reason: err.message }, 'the parent refused a downstream identity');
+    this.owner.log.warn(
+      { identity: identityKey(this.identity), authChain: this.authChain, reason: err.message },
+      'the parent refused a downstream identity',
+    );
     return e;
   }
 
@@ -187,7 +208,10 @@ export abstract class MqttIdentityConnection {
     this.connecting = renewing;
     try {
       await renewing;
-      this.owner.log.debug({ identity: identityKey(this.identity) }, 'upstream MQTT connection renewed with a fresh token');
+      this.owner.log.debug(
+        { identity: identityKey(this.identity) },
+        'upstream MQTT connection renewed with a fresh token',
+      );
     } catch (err) {
       const why = `could not renew the upstream connection of ${this.who}: ${(err as Error).message}`;
       this.owner.log.warn({ identity: identityKey(this.identity) }, why);

@@ -73,7 +73,9 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
    * connection is what makes the parent deliver them again.
    */
   idle(): boolean {
-    return this.wanted().length === 0 && this.twinPending.size === 0 && this.telemetryInFlight === 0 && !this.connecting;
+    return (
+      this.wanted().length === 0 && this.twinPending.size === 0 && this.telemetryInFlight === 0 && !this.connecting
+    );
   }
 
   protected forgetWire(wire: MqttConnection, why: string): void {
@@ -100,7 +102,11 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
       const m = map;
       p = wire.subscribe([filter]).then((granted) => {
         if (granted[0] === undefined || granted[0] > 1) {
-          throw new UpstreamError(`the parent refused the subscription ${filter} of ${this.who}`, 'amqp:unauthorized-access', 403);
+          throw new UpstreamError(
+            `the parent refused the subscription ${filter} of ${this.who}`,
+            'amqp:unauthorized-access',
+            403,
+          );
         }
         if (filter === DESIRED) this.desiredLive();
       });
@@ -128,7 +134,8 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
     const out: string[] = [];
     if (ch.desiredCbs.length > 0) out.push(DESIRED);
     if (ch.methodCb) out.push(METHODS);
-    if (ch.c2dCb && this.identity.moduleId === undefined) out.push(`devices/${this.identity.deviceId}/messages/devicebound/#`);
+    if (ch.c2dCb && this.identity.moduleId === undefined)
+      out.push(`devices/${this.identity.deviceId}/messages/devicebound/#`);
     return out;
   }
 
@@ -150,7 +157,10 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
       () => this.rearmBackoff.reset(),
       (err: unknown) => {
         if (this.isClosed || err instanceof UpstreamDownError) return;
-        this.owner.log.warn({ identity: identityKey(this.identity), err: (err as Error).message }, 'could not subscribe a downstream identity upstream; will retry');
+        this.owner.log.warn(
+          { identity: identityKey(this.identity), err: (err as Error).message },
+          'could not subscribe a downstream identity upstream; will retry',
+        );
         this.scheduleRearm();
       },
     );
@@ -211,16 +221,29 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
   private publishOne(wire: MqttConnection, m: Message, done: (o: SendOutcome) => void): void {
     const size = messageSize(m);
     if (size > MAX_MESSAGE_BYTES) {
-      return done({ ok: false, condition: 'amqp:link:message-size-exceeded', description: `message of ${this.who} is ${size} bytes (body and properties); the limit is ${MAX_MESSAGE_BYTES}` });
+      return done({
+        ok: false,
+        condition: 'amqp:link:message-size-exceeded',
+        description: `message of ${this.who} is ${size} bytes (body and properties); the limit is ${MAX_MESSAGE_BYTES}`,
+      });
     }
     const topic = telemetryTopic(this.identity, m);
     if (topic.length > 65535 / 3 && Buffer.byteLength(topic) > 65535) {
-      return done({ ok: false, condition: 'amqp:link:message-size-exceeded', description: `the properties of a message of ${this.who} do not fit an MQTT topic (${Buffer.byteLength(topic)} bytes; at most 65535)` });
+      return done({
+        ok: false,
+        condition: 'amqp:link:message-size-exceeded',
+        description: `the properties of a message of ${this.who} do not fit an MQTT topic (${Buffer.byteLength(topic)} bytes; at most 65535)`,
+      });
     }
     wire.publish(topic, m.body, (err) => {
       if (!err) return done(OK);
       const e = err as UpstreamError;
-      done({ ok: false, condition: e instanceof UpstreamDownError ? 'amqp:connection:forced' : (e.condition ?? 'com.microsoft:server-busy'), description: e.message });
+      done({
+        ok: false,
+        condition:
+          e instanceof UpstreamDownError ? 'amqp:connection:forced' : (e.condition ?? 'com.microsoft:server-busy'),
+        description: e.message,
+      });
     });
   }
 
@@ -234,7 +257,13 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
     const answer = await new Promise<TwinAnswer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.twinPending.delete(rid);
-        reject(new UpstreamError(`the parent did not answer twin ${what} for ${this.who} within ${this.owner.operationTimeoutMs} ms`, 'com.microsoft:timeout', 504));
+        reject(
+          new UpstreamError(
+            `the parent did not answer twin ${what} for ${this.who} within ${this.owner.operationTimeoutMs} ms`,
+            'com.microsoft:timeout',
+            504,
+          ),
+        );
       }, this.owner.operationTimeoutMs);
       this.twinPending.set(rid, { wire, resolve, reject, timer });
       try {
@@ -259,7 +288,11 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
   }
 
   async twinPatchReported(patch: Record<string, unknown>): Promise<{ version: number }> {
-    const answer = await this.twinCall('PATCH', (rid) => `$iothub/twin/PATCH/properties/reported/?$rid=${rid}`, JSON.stringify(patch));
+    const answer = await this.twinCall(
+      'PATCH',
+      (rid) => `$iothub/twin/PATCH/properties/reported/?$rid=${rid}`,
+      JSON.stringify(patch),
+    );
     return { version: answer.version ?? 0 };
   }
 
@@ -281,7 +314,10 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
         try {
           patch = JSON.parse(p.payload.toString('utf8')) as TwinCollection;
         } catch {
-          this.owner.log.warn({ identity: identityKey(this.identity) }, 'desired properties push from the parent is not JSON; ignored');
+          this.owner.log.warn(
+            { identity: identityKey(this.identity) },
+            'desired properties push from the parent is not JSON; ignored',
+          );
           return;
         }
         for (const cb of this.handle?.desiredCbs ?? []) {
@@ -297,7 +333,11 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
         const cb = this.handle?.methodCb;
         const req: MethodRequest = { requestId: what.rid, methodName: what.methodName, payload: p.payload };
         if (!cb) {
-          this.methodResponse(req.requestId, 404, Buffer.from(JSON.stringify({ message: `${this.who} does not take direct methods at this gateway now` })));
+          this.methodResponse(
+            req.requestId,
+            404,
+            Buffer.from(JSON.stringify({ message: `${this.who} does not take direct methods at this gateway now` })),
+          );
           return;
         }
         try {
@@ -310,7 +350,10 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
       case 'c2d':
         return this.c2d(wire, p, what.bag);
       default:
-        this.owner.log.warn({ identity: identityKey(this.identity), topic: p.topic.slice(0, 200) }, 'the parent sent a message on a topic the gateway did not subscribe to; ignored');
+        this.owner.log.warn(
+          { identity: identityKey(this.identity), topic: p.topic.slice(0, 200) },
+          'the parent sent a message on a topic the gateway did not subscribe to; ignored',
+        );
         if (p.qos === 1 && p.messageId !== undefined) wire.puback(p.messageId);
     }
   }
@@ -322,7 +365,10 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
     } catch (err) {
       if (!(err instanceof BagError)) throw err;
       // Left unacknowledged: it stays locked at the parent (MQTT cannot refuse a message).
-      this.owner.log.error({ identity: identityKey(this.identity), reason: err.message }, 'cloud-to-device message from the parent has an unreadable property bag; not taken');
+      this.owner.log.error(
+        { identity: identityKey(this.identity), reason: err.message },
+        'cloud-to-device message from the parent has an unreadable property bag; not taken',
+      );
       return;
     }
     const cb = this.handle?.c2dCb;
@@ -359,7 +405,11 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
     }
     this.locks.delete(lockToken);
     if (outcome === 'abandon') return Promise.resolve();
-    if (outcome === 'reject') this.owner.log.info({ identity: identityKey(this.identity) }, 'cloud-to-device message rejected below: MQTT cannot reject, so the parent records it completed');
+    if (outcome === 'reject')
+      this.owner.log.info(
+        { identity: identityKey(this.identity) },
+        'cloud-to-device message rejected below: MQTT cannot reject, so the parent records it completed',
+      );
     lock.wire.puback(lock.messageId);
     return Promise.resolve();
   }
@@ -367,7 +417,10 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
   methodResponse(requestId: string, status: number, payload: Buffer): void {
     const wire = this.wire;
     if (!wire || wire.closed) {
-      this.owner.log.warn({ identity: identityKey(this.identity), requestId }, 'direct method answer dropped: the upstream connection it came on is gone');
+      this.owner.log.warn(
+        { identity: identityKey(this.identity), requestId },
+        'direct method answer dropped: the upstream connection it came on is gone',
+      );
       return;
     }
     wire.post(`$iothub/methods/res/${status}/?$rid=${encodeURIComponent(requestId)}`, payload);

@@ -138,7 +138,8 @@ export class MqttParentLink extends ParentLinkBase implements ParentLink {
   }
 
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
-    const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
+    const identity: IdentityRef =
+      id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
     const proxy = this.proxy(identity, id.authChain);
     if (proxy.handle && !proxy.handle.closed) return proxy.handle;
     const handle = new MqttIdentityHandle(proxy, () => this.up);
@@ -151,7 +152,11 @@ export class MqttParentLink extends ParentLinkBase implements ParentLink {
     const key = identityKey(identity);
     let proxy = this.proxies.get(key);
     if (!proxy) {
-      proxy = new MqttIdentityProxy(this.owner, identity, authChain ?? this.o.authChainOf?.(identity) ?? directChildChain(identity, this.o.edgeDeviceId));
+      proxy = new MqttIdentityProxy(
+        this.owner,
+        identity,
+        authChain ?? this.o.authChainOf?.(identity) ?? directChildChain(identity, this.o.edgeDeviceId),
+      );
       this.proxies.set(key, proxy);
     } else if (authChain && !proxy.pinned) {
       proxy.authChain = authChain;
@@ -181,7 +186,14 @@ export class MqttParentLink extends ParentLinkBase implements ParentLink {
   }
 
   private openSocket(): Promise<Duplex> {
-    return openTransport({ host: this.o.parentHost, port: this.port, transport: this.transport, ca: this.o.trustPem, timeoutMs: this.operationTimeoutMs, signal: this.aborts.signal });
+    return openTransport({
+      host: this.o.parentHost,
+      port: this.port,
+      transport: this.transport,
+      ca: this.o.trustPem,
+      timeoutMs: this.operationTimeoutMs,
+      signal: this.aborts.signal,
+    });
   }
 
   // ---- the connection loop (the gateway's own $edgeHub connection) ----
@@ -198,7 +210,10 @@ export class MqttParentLink extends ParentLinkBase implements ParentLink {
         first?.(e);
         first = undefined;
         if (e.message !== this.lastError || failuresLogged === 0) {
-          this.log.warn({ reason: e.message, attempt: this.backoff.attempts + 1 }, 'cannot connect to the parent; will retry');
+          this.log.warn(
+            { reason: e.message, attempt: this.backoff.attempts + 1 },
+            'cannot connect to the parent; will retry',
+          );
           failuresLogged++;
         }
         this.lastError = e.message;
@@ -224,7 +239,10 @@ export class MqttParentLink extends ParentLinkBase implements ParentLink {
 
   private classify(err: unknown): UpstreamConnectError {
     if (err instanceof ConnackRefusal) {
-      const e = new UpstreamConnectError('refused', `the parent refused the credentials of ${this.o.edgeDeviceId}/${EDGE_HUB}: ${err.message}`);
+      const e = new UpstreamConnectError(
+        'refused',
+        `the parent refused the credentials of ${this.o.edgeDeviceId}/${EDGE_HUB}: ${err.message}`,
+      );
       return e;
     }
     return err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);

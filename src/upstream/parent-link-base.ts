@@ -59,8 +59,16 @@ export abstract class ParentLinkBase extends EventEmitter {
     protected readonly transport: UpstreamTransport,
   ) {
     super();
-    if (!base.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
-    if (!base.edgeKey || Buffer.from(base.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
+    if (!base.parentHost)
+      throw new UserError(
+        'the upstream link needs the parent host name',
+        'Set parent_hostname (or the hub host name) in the configuration',
+      );
+    if (!base.edgeKey || Buffer.from(base.edgeKey, 'base64').length === 0)
+      throw new UserError(
+        'the upstream link needs the edge device key (base64)',
+        'Check the SharedAccessKey of the provisioning connection string',
+      );
     this.edgeKey = base.edgeKey;
     this.hubHostName = base.hubHostName;
     this.edgeDeviceId = base.edgeDeviceId;

@@ -124,5 +124,7 @@ export interface UpstreamIdentity {
  */
 export function directChildChain(id: IdentityRef, edgeId: string): string {
   if (id.deviceId === edgeId) return id.moduleId === undefined ? edgeId : `${edgeId}/${id.moduleId};${edgeId}`;
-  return id.moduleId === undefined ? `${id.deviceId};${edgeId}` : `${id.deviceId}/${id.moduleId};${id.deviceId};${edgeId}`;
+  return id.moduleId === undefined
+    ? `${id.deviceId};${edgeId}`
+    : `${id.deviceId}/${id.moduleId};${id.deviceId};${edgeId}`;
 }
