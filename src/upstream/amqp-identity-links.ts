@@ -38,14 +38,6 @@ export function basePath(id: IdentityRef): string {
   return id.moduleId === undefined ? `/devices/${id.deviceId}` : `/devices/${id.deviceId}/modules/${id.moduleId}`;
 }
 
-/** The CBS audience (`name`) of an identity: `{hub}/devices/{d}[/modules/{m}]`, ids URL-encoded as the SDKs do. */
-export function audienceOf(hubHostName: string, id: IdentityRef): string {
-  const d = encodeURIComponent(id.deviceId);
-  return id.moduleId === undefined
-    ? `${hubHostName}/devices/${d}`
-    : `${hubHostName}/devices/${d}/modules/${encodeURIComponent(id.moduleId)}`;
-}
-
 export interface TwinLinks {
   out: OutLink;
   inn: Receiver;

@@ -18,7 +18,7 @@
  *   URL-encoded) and the GATEWAY's token as the body (type `servicebus.windows.net:sastoken`).
  *   This is what the C# SDK does for a client whose token provider is the edge hub's: the CBS
  *   name is the client's audience, the token comes from the provider. Renewed with the
- *   gateway's token.
+ *   gateway's token (amqp-target-auth.ts).
  * - Every link of a downstream identity names the identity in its address
  *   (`/devices/{id}/messages/events`, `/devices/{id}/twin`, `/devices/{id}/methods/devicebound`,
  *   `/devices/{id}/messages/devicebound`, module forms `/devices/{d}/modules/{m}/...`) and carries
@@ -45,9 +45,10 @@ import { randomUUID } from 'node:crypto';
 import { identityKey, type IdentityRef } from '../model/identity.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { AmqpConnection } from './amqp-connection.ts';
-import { audienceOf, type AmqpProxyOwner } from './amqp-identity-links.ts';
+import type { AmqpProxyOwner } from './amqp-identity-links.ts';
 import { AmqpIdentityProxy } from './amqp-identity-proxy.ts';
-import { UpstreamDownError, UpstreamError, type SendOutcome } from './errors.ts';
+import { TargetAuthorizations } from './amqp-target-auth.ts';
+import type { SendOutcome } from './errors.ts';
 import {
   directChildChain,
   type DirectTelemetry,
@@ -79,18 +80,11 @@ export interface AmqpParentLinkOptions extends ParentLinkOptions {
 
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
-const AUTH_RETRY_MS = 5000;
-
-interface TargetAuth {
-  promise: Promise<void>;
-  /** When a refusal was cached (tried again after AUTH_RETRY_MS). */
-  failedAt?: number;
-}
 
 export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   readonly operationTimeoutMs: number;
   private pc?: AmqpConnection;
-  private readonly targetAuth = new WeakMap<AmqpConnection, Map<string, TargetAuth>>();
+  private readonly targets: TargetAuthorizations;
   /** What openIdentity gave out (twin, methods, C2D), by identity key. */
   private readonly identities = new Map<string, AmqpIdentityProxy>();
   /** The proxies the telemetry endpoint sends with, by sender (apart from those openIdentity gave out). */
@@ -102,18 +96,21 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   constructor(readonly o: AmqpParentLinkOptions) {
     super(o, o.transport ?? 'amqp');
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
+    this.targets = new TargetAuthorizations({
+      hubHostName: this.hubHostName,
+      edgeDeviceId: this.edgeDeviceId,
+      log: this.log,
+      gatewayToken: () => this.gatewayToken(),
+      putGatewayToken: (pc) => this.putGatewayToken(pc),
+    });
     this.owner = {
       hubHostName: this.hubHostName,
       edgeDeviceId: this.edgeDeviceId,
       operationTimeoutMs: this.operationTimeoutMs,
       log: this.log,
       current: () => this.pc,
-      authorize: (pc, identity) => this.authorize(pc, identity),
-      forgetAuthorization: (pc, identity) => {
-        const map = this.targetAuth.get(pc);
-        const entry = map?.get(identityKey(identity));
-        if (entry && entry.failedAt === undefined) map!.delete(identityKey(identity));
-      },
+      authorize: (pc, identity) => this.targets.authorize(pc, identity),
+      forgetAuthorization: (pc, identity) => this.targets.forget(pc, identity),
       onUp: (listener) => this.addUpListener(listener),
     };
   }
@@ -249,49 +246,6 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     }
   }
 
-  /** Puts the gateway's token for a downstream identity, once per connection (refusals are kept a few seconds). */
-  private authorize(pc: AmqpConnection, identity: IdentityRef): Promise<void> {
-    if (identity.deviceId === this.edgeDeviceId && identity.moduleId === EDGE_HUB) return Promise.resolve();
-    let map = this.targetAuth.get(pc);
-    if (!map) {
-      map = new Map();
-      this.targetAuth.set(pc, map);
-    }
-    const key = identityKey(identity);
-    const cached = map.get(key);
-    if (cached && (cached.failedAt === undefined || Date.now() - cached.failedAt < AUTH_RETRY_MS))
-      return cached.promise;
-    const entry: TargetAuth = { promise: this.putTargetToken(pc, identity) };
-    entry.promise.catch(() => {
-      entry.failedAt = Date.now();
-    });
-    map.set(key, entry);
-    return entry.promise;
-  }
-
-  private async putTargetToken(pc: AmqpConnection, identity: IdentityRef): Promise<void> {
-    const r = await pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken());
-    if (r.status === 200) return;
-    // Is it the target, or our own credential? Only the first is the target's fault.
-    try {
-      await this.putGatewayToken(pc);
-    } catch (err) {
-      const why = (err as Error).message;
-      this.log.warn({ reason: why }, 'the parent no longer accepts the gateway credentials; reconnecting');
-      pc.end(why);
-      throw new UpstreamDownError(why);
-    }
-    const who =
-      identity.moduleId === undefined
-        ? `device ${identity.deviceId}`
-        : `module ${identity.deviceId}/${identity.moduleId}`;
-    throw new UpstreamError(
-      `the parent refused to let ${this.edgeDeviceId} act for ${who} (${r.status}): ${r.description || 'no reason given'}`,
-      r.status === 404 ? 'amqp:not-found' : 'amqp:unauthorized-access',
-      r.status,
-    );
-  }
-
   /** Renews the gateway's token and every downstream identity's when a fifth of the token's life is left. */
   private scheduleRenewal(pc: AmqpConnection): void {
     if (this.renewTimer) clearTimeout(this.renewTimer);
@@ -307,17 +261,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     this.token = undefined;
     try {
       await this.putGatewayToken(pc);
-      const map = this.targetAuth.get(pc);
-      const renewals: Array<Promise<unknown>> = [];
-      for (const [key, entry] of map ?? []) {
-        if (entry.failedAt !== undefined) continue;
-        const slash = key.indexOf('/');
-        const identity =
-          slash < 0 ? { deviceId: key } : { deviceId: key.slice(0, slash), moduleId: key.slice(slash + 1) };
-        renewals.push(pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken()).catch(() => undefined));
-      }
-      await Promise.all(renewals);
-      this.log.debug({ identities: renewals.length }, 'upstream tokens renewed');
+      const renewed = await this.targets.renew(pc);
+      this.log.debug({ identities: renewed }, 'upstream tokens renewed');
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'token renewal failed; reconnecting');
       pc.end(`token renewal failed: ${(err as Error).message}`);
