@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MessageStore, type QueuedMessage } from '../src/store/message-store.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../src/routing/pump.ts';
-import { UpstreamLink } from '../src/upstream/amqp-link.ts';
+import { AmqpParentLink } from '../src/upstream/index.ts';
 import { storedMessageOf } from '../src/store/sender-message.ts';
 import { ServiceClient } from '../src/hub/service-client.ts';
 import { startHubProcess } from '../test/helpers/hub.ts';
@@ -57,7 +57,7 @@ try {
   }
   await Promise.all(appends);
 
-  const link = new UpstreamLink({ parentHost: hub.hostname, transport: TRANSPORT, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'bench-edge', edgeKey, maxBatch: BATCH });
+  const link = new AmqpParentLink({ parentHost: hub.hostname, transport: TRANSPORT, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'bench-edge', edgeKey, maxBatch: BATCH });
   await link.start();
   // Time each batch the pump hands over.
   const inner = link.telemetryEndpoint();

@@ -7,8 +7,7 @@ import { engineCodeOfCondition } from '../protocols/amqp/errors.ts';
 import type { MessageStore } from '../store/message-store.ts';
 import { cover, covers, type StreamCoverage } from '../store/origin-watermarks.ts';
 import { type ForwardedOrigin } from '../model/message.ts';
-import { UpstreamError } from '../upstream/links.ts';
-import type { DirectTelemetry } from '../upstream/upstream.ts';
+import { UpstreamError, type DirectTelemetry } from '../upstream/index.ts';
 
 /**
  * A child gateway's batch passed to the parent as it came, instead of being stored here and sent

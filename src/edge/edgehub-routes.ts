@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { TwinCollection } from '../model/twin.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { RouteTable, parseEdgeHubDesired } from '../routing/route-table.ts';
-import type { UpstreamIdentity } from '../upstream/upstream.ts';
+import type { UpstreamIdentity } from '../upstream/index.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { childLog } from '../util/log.ts';
 import type { TwinCache } from './twin-cache.ts';

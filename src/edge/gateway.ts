@@ -9,7 +9,7 @@ import { ScopeCache } from '../scope/cache.ts';
 import { ScopeSync } from '../scope/sync.ts';
 import { startFailure } from '../store/disk-headroom.ts';
 import { MessageStore } from '../store/message-store.ts';
-import type { Upstream } from '../upstream/upstream.ts';
+import type { ParentLink } from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeConfig } from './config.ts';
 import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
@@ -35,7 +35,7 @@ import {
 import { gatewaySummary } from './summary.ts';
 import { telemetryPath } from './telemetry-path.ts';
 import { TwinCache } from './twin-cache.ts';
-import { connectUpstream, createUpstreamLink, upstreamRelays } from './upstream.ts';
+import { connectUpstream, createParentLink, upstreamRelays } from './parent-link.ts';
 
 /**
  * The gateway's composition root: it reads config.toml, builds each part (README.md names them)
@@ -73,7 +73,7 @@ export interface GatewayNode {
   readonly engine: Engine;
   readonly store: MessageStore;
   readonly scope: ScopeCache;
-  readonly link: Upstream;
+  readonly link: ParentLink;
   readonly security: SecurityManager;
   readonly metrics: GatewayMetrics;
   readonly routes: EdgeHubRoutes;
@@ -150,7 +150,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const keySource = { config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log };
     const edgeKey = await edgeHubKey({ ...keySource, print });
     const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });
-    const link: Upstream = createUpstreamLink({ transport, parentHost, trustPem, hubHostName, deviceId, edgeKey, scope, originId: store.id });
+    const link: ParentLink = createParentLink({ transport, parentHost, trustPem, hubHostName, deviceId, edgeKey, scope, originId: store.id });
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
     onClose(() => registry.close());

@@ -4,7 +4,7 @@ import { listenError } from '../protocols/listeners.ts';
 import type { ScopeCache } from '../scope/cache.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import type { MessageStore } from '../store/message-store.ts';
-import type { Upstream } from '../upstream/upstream.ts';
+import type { ParentLink } from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeHubRoutes } from './edgehub-routes.ts';
 import { healthToken, presentsHealthToken } from './health-access.ts';
@@ -27,7 +27,7 @@ export interface HealthSources {
   engine: Engine;
   store: MessageStore;
   security: SecurityManager;
-  link: Upstream;
+  link: ParentLink;
   sync: ScopeSync;
   routes: EdgeHubRoutes;
   scope: ScopeCache;

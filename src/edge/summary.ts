@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Engine } from '../engine/engine.ts';
-import type { Upstream } from '../upstream/upstream.ts';
+import type { ParentLink } from '../upstream/index.ts';
 import { DEFAULT_ROUTE, type EdgeHubRoutes } from './edgehub-routes.ts';
 import type { RunningConfig } from './reload.ts';
 import type { SecurityManager } from './security-manager.ts';
@@ -16,7 +16,7 @@ export interface SummarySources {
   ports: { mqtt: number; amqp: number; https: number; metrics: number };
   hubHostName: string;
   security: SecurityManager;
-  link: Upstream;
+  link: ParentLink;
   engine: Engine;
   routes: EdgeHubRoutes;
   running: RunningConfig;

@@ -10,7 +10,7 @@ import type { Delivery, RouteTable } from '../routing/route-table.ts';
 import { MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
 import type { ResendKey } from '../store/resend-window.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
-import type { Upstream } from '../upstream/upstream.ts';
+import type { ParentLink } from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
 import { DirectForwarder } from './direct-forward.ts';
 import type { EdgeHubRoutes } from './edgehub-routes.ts';
@@ -37,7 +37,7 @@ export interface TelemetryPathParts {
   deviceId: string;
   store: MessageStore;
   routes: EdgeHubRoutes;
-  link: Upstream;
+  link: ParentLink;
   metrics: GatewayMetrics;
 }
 

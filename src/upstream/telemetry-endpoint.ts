@@ -4,7 +4,7 @@ import type { Message } from '../model/message.ts';
 import type { Availability, DeliveryEndpoint } from '../routing/pump.ts';
 import type { BatchOrigin } from '../protocols/amqp/batch.ts';
 import type { QueuedMessage } from '../store/message-store.ts';
-import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
+import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './errors.ts';
 import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
 import { CONDITION } from '../protocols/amqp/errors.ts';
 
@@ -39,8 +39,8 @@ export interface TelemetrySender {
 export interface TelemetryEndpointDeps {
   availability: Availability;
   isConnected(): boolean;
-  /** The channel that sends for `sender` (created on first use). */
-  channelFor(sender: IdentityRef): TelemetrySender;
+  /** The identity proxy that sends for `sender` (created on first use). */
+  senderFor(sender: IdentityRef): TelemetrySender;
   describeParent(): string;
   /**
    * A batch got no answer within `stallMs`: the connection is presumed dead (a parent that
@@ -83,7 +83,8 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
   }
 
   async send(batch: readonly QueuedMessage[]): Promise<void> {
-    if (!this.deps.isConnected()) throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
+    if (!this.deps.isConnected())
+      throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
     // Group by sender and queue, keeping each sender's order; senders go in parallel.
     const groups = new Map<string, { identity: IdentityRef; messages: Message[]; origin?: BatchOrigin }>();
     for (const q of batch) {
@@ -91,7 +92,8 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
       let g = groups.get(key);
       if (!g) {
         g = { identity: senderIdentity(q.message.sender), messages: [] };
-        if (this.deps.originId !== undefined) g.origin = { stream: `${this.deps.originId}/${q.priority}`, prev: this.lastSent.get(key) ?? 0, seqs: [] };
+        if (this.deps.originId !== undefined)
+          g.origin = { stream: `${this.deps.originId}/${q.priority}`, prev: this.lastSent.get(key) ?? 0, seqs: [] };
         groups.set(key, g);
       }
       g.messages.push(messageOfStored(q.message));
@@ -109,7 +111,10 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     });
     let results: Array<PromiseSettledResult<void>>;
     try {
-      results = await Promise.race([Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages, g.origin))), stalled]);
+      results = await Promise.race([
+        Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages, g.origin))),
+        stalled,
+      ]);
     } catch (err) {
       this.counters.failedBatches++;
       throw err;
@@ -135,7 +140,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     const who = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
     let outcomes: SendOutcome[];
     try {
-      outcomes = await this.deps.channelFor(identity).sendTelemetry(messages, origin);
+      outcomes = await this.deps.senderFor(identity).sendTelemetry(messages, origin);
     } catch (err) {
       if (isPermanentRefusal(err)) {
         this.drop(who, messages.length, (err as Error).message);
@@ -170,7 +175,10 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     // One line per sender and minute: a long backlog of one refused sender would flood the log.
     if ((this.lastDropLog.get(who) ?? 0) + 60_000 <= now) {
       this.lastDropLog.set(who, now);
-      this.deps.log.error({ sender: who, dropped: count, undeliverableTotal: this.counters.undeliverable, reason: why }, 'the parent refused telemetry for good; dropped');
+      this.deps.log.error(
+        { sender: who, dropped: count, undeliverableTotal: this.counters.undeliverable, reason: why },
+        'the parent refused telemetry for good; dropped',
+      );
     }
   }
 }

@@ -44,13 +44,25 @@ export interface TransportTarget {
 export type FailureKind = 'unreachable' | 'tls' | 'refused' | 'lost' | 'timeout';
 
 export class UpstreamConnectError extends Error {
-  constructor(readonly kind: FailureKind, message: string, readonly code?: string) {
+  constructor(
+    readonly kind: FailureKind,
+    message: string,
+    readonly code?: string,
+  ) {
     super(message);
     this.name = 'UpstreamConnectError';
   }
 }
 
-const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET']);
+const UNREACHABLE = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EADDRNOTAVAIL',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ECONNRESET',
+]);
 const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ERR_SSL|HOSTNAME|ALTNAME|DEPTH_ZERO|ISSUER/;
 
 /** Sorts a socket error into a FailureKind with a message that says what to check. */
@@ -59,11 +71,17 @@ export function classifyError(err: unknown, where: string): UpstreamConnectError
   const e = err as NodeJS.ErrnoException;
   const code = e?.code ?? '';
   const text = e?.message ?? String(err);
-  if (UNREACHABLE.has(code)) return new UpstreamConnectError('unreachable', `cannot reach the parent at ${where}: ${text}`, code);
+  if (UNREACHABLE.has(code))
+    return new UpstreamConnectError('unreachable', `cannot reach the parent at ${where}: ${text}`, code);
   if (TLS_CODES.test(code) || /certificate/i.test(text)) {
-    return new UpstreamConnectError('tls', `the parent at ${where} presented a certificate the trust bundle does not accept: ${text}`, code);
+    return new UpstreamConnectError(
+      'tls',
+      `the parent at ${where} presented a certificate the trust bundle does not accept: ${text}`,
+      code,
+    );
   }
-  if (code === 'ETIMEDOUT') return new UpstreamConnectError('timeout', `no answer from the parent at ${where}: ${text}`, code);
+  if (code === 'ETIMEDOUT')
+    return new UpstreamConnectError('timeout', `no answer from the parent at ${where}: ${text}`, code);
   return new UpstreamConnectError('lost', `connection to the parent at ${where} failed: ${text}`, code);
 }
 
@@ -88,7 +106,10 @@ export async function openTransport(t: TransportTarget): Promise<Duplex> {
     return await Promise.race([opening, aborted]);
   } catch (err) {
     // A socket that opens after all is not wanted any more.
-    opening.then((s) => s.destroy(), () => undefined);
+    opening.then(
+      (s) => s.destroy(),
+      () => undefined,
+    );
     throw err;
   } finally {
     signal.removeEventListener('abort', onAbort!);
@@ -109,7 +130,9 @@ function openTls(t: TransportTarget): Promise<Duplex> {
     });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new UpstreamConnectError('timeout', `no TLS handshake with the parent at ${where} within ${t.timeoutMs} ms`));
+      reject(
+        new UpstreamConnectError('timeout', `no TLS handshake with the parent at ${where} within ${t.timeoutMs} ms`),
+      );
     }, t.timeoutMs);
     const fail = (err: Error) => {
       clearTimeout(timer);
@@ -146,7 +169,12 @@ function openWebSocket(t: TransportTarget): Promise<Duplex> {
     };
     ws.once('error', fail);
     ws.once('unexpected-response', (_req, res) => {
-      fail(new UpstreamConnectError('refused', `the parent at ${where} refused the WebSocket upgrade (HTTP ${res.statusCode ?? '?'})`));
+      fail(
+        new UpstreamConnectError(
+          'refused',
+          `the parent at ${where} refused the WebSocket upgrade (HTTP ${res.statusCode ?? '?'})`,
+        ),
+      );
     });
     ws.once('open', () => {
       if (settled) return;
@@ -154,7 +182,9 @@ function openWebSocket(t: TransportTarget): Promise<Duplex> {
       ws.off('error', fail);
       if (ws.protocol !== subprotocol) {
         ws.terminate();
-        reject(new UpstreamConnectError('refused', `the parent at ${where} did not accept the ${subprotocol} subprotocol`));
+        reject(
+          new UpstreamConnectError('refused', `the parent at ${where} did not accept the ${subprotocol} subprotocol`),
+        );
         return;
       }
       const stream = createWebSocketStream(ws);

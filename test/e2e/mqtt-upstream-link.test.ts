@@ -1,5 +1,5 @@
 /**
- * The gateway's MQTT upstream (MqttUpstream) in this process against a real hub process: its
+ * The gateway's MQTT upstream (MqttParentLink) in this process against a real hub process: its
  * refusals (a wrong edge key, a parent certificate outside the trust bundle, a leaf outside
  * the edge device's scope, whose telemetry is dropped and counted), C2D settlement as MQTT
  * allows it, connections opened per identity on demand and closed when idle, and re-made with a
@@ -13,8 +13,7 @@ import type { ServiceClient } from '../../src/hub/service-client.ts';
 import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 import { createRootCa } from '../../src/pki/index.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
-import { MqttUpstream } from '../../src/upstream/mqtt-link.ts';
-import type { UpstreamC2DDelivery } from '../../src/upstream/upstream.ts';
+import { MqttParentLink, type UpstreamC2DDelivery } from '../../src/upstream/index.ts';
 import { newKey, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 
@@ -42,8 +41,8 @@ after(async () => {
  * one client id take turns at the parent (each new one closes the other), as two gateways
  * configured with one identity would.
  */
-function link(t: { after(fn: () => unknown): void }, o: Partial<ConstructorParameters<typeof MqttUpstream>[0]> = {}): MqttUpstream {
-  const l = new MqttUpstream({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'mu-edge', edgeKey, ...o });
+function link(t: { after(fn: () => unknown): void }, o: Partial<ConstructorParameters<typeof MqttParentLink>[0]> = {}): MqttParentLink {
+  const l = new MqttParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'mu-edge', edgeKey, ...o });
   t.after(() => l.close());
   return l;
 }
@@ -108,7 +107,7 @@ test('C2D: abandon withholds the acknowledgement (delivered again on the next co
   await ch.close();
   const again = l.openIdentity({ deviceId: 'mu-c2d', authChain: 'mu-c2d;mu-edge' });
   again.onC2D((d) => got.push(d));
-  (l as unknown as { lines: Map<string, { close(why: string): void }> }).lines.get('mu-c2d')!.close('test: re-make the connection');
+  (l as unknown as { proxies: Map<string, { close(why: string): void }> }).proxies.get('mu-c2d')!.close('test: re-make the connection');
   await until('the redelivery', () => got.length >= 2, 15_000);
   assert.equal(got[1]!.message.messageId, 'c2d-1');
   await again.settleC2D(got[1]!.lockToken, 'complete');
@@ -124,7 +123,7 @@ test('a connection is re-made with a fresh token before the old one expires: no 
   const desired: Array<Record<string, unknown>> = [];
   ch.onDesired((patch) => desired.push(patch));
   await ch.ready();
-  const line = (l as unknown as { lines: Map<string, { nextDown(): Promise<string> }> }).lines.get('mu-leaf')!;
+  const line = (l as unknown as { proxies: Map<string, { nextDown(): Promise<string> }> }).proxies.get('mu-leaf')!;
   let lostWhy: string | undefined;
   void line.nextDown().then((why) => (lostWhy = why));
   await new Promise((r) => setTimeout(r, 7000));

@@ -13,7 +13,7 @@ import type { MethodRequest } from '../../src/model/methods.ts';
 import type { TwinCollection } from '../../src/model/twin.ts';
 import { MessageStore } from '../../src/store/message-store.ts';
 import { EndpointPump } from '../../src/routing/pump.ts';
-import { UpstreamLink, type UpstreamC2DDelivery } from '../../src/upstream/amqp-link.ts';
+import { AmqpParentLink, type UpstreamC2DDelivery } from '../../src/upstream/index.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { createRootCa } from '../../src/pki/index.ts';
 
@@ -28,7 +28,7 @@ let svc: ServiceClient;
 let dir: string;
 let edgeKey: string;
 let proxy: CountingProxy;
-let link: UpstreamLink;
+let link: AmqpParentLink;
 const closers: Array<() => Promise<unknown>> = [];
 
 /** A TCP relay in front of the hub's AMQP port that counts the connections made through it. */
@@ -76,7 +76,7 @@ before(async () => {
   await svc.createModule({ deviceId: 'leaf-a', moduleId: 'sensor', authentication: sasAuth() } as never);
   await svc.createDevice({ deviceId: 'leaf-x', deviceScope: other.deviceScope, authentication: sasAuth() } as never);
   proxy = await countingProxy(hub.address, 5671);
-  link = new UpstreamLink({ parentHost: hub.hostname, port: proxy.port, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
+  link = new AmqpParentLink({ parentHost: hub.hostname, port: proxy.port, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
   closers.push(() => link.close());
   const up = new Promise<void>((resolve) => link.once('up', () => resolve()));
   await link.start();
@@ -217,7 +217,7 @@ test('C2D sent to a leaf at the hub reaches onC2D; abandon redelivers, complete 
 });
 
 test('one sender\'s messages go as IoT Hub batches; a batch holding an oversized message still delivers the others', async () => {
-  const endpoint = link.telemetryEndpoint() as ReturnType<UpstreamLink['telemetryEndpoint']>;
+  const endpoint = link.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
   const before = endpoint.metrics();
   const entry = (seq: number, m: Message) => ({ seq, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-b'), m) });
   // 40 small messages, one over the 256 KiB limit in the middle, 40 more: more than one batch by size.
@@ -240,12 +240,12 @@ test('one sender\'s messages go as IoT Hub batches; a batch holding an oversized
 
 test('batches name their origin: what is sent again after a restart is stored once, what is new is stored', async () => {
   // A second link of the same gateway, as after a restart, with its store's id.
-  const named = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, originId: 'store-under-test' });
+  const named = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, originId: 'store-under-test' });
   closers.push(() => named.close());
   const up = new Promise<void>((resolve) => named.once('up', () => resolve()));
   await named.start();
   await up;
-  const endpoint = named.telemetryEndpoint() as ReturnType<UpstreamLink['telemetryEndpoint']>;
+  const endpoint = named.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
   const entry = (seq: number) => ({ seq, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-a'), telemetry(`once-${seq}`)) });
   const seqs = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
   await endpoint.send(seqs(1, 10).map(entry));
@@ -275,7 +275,7 @@ test('a leaf not in the gateway scope is refused, and its telemetry is dropped a
     assert.match(err.message, /not in this gateway's scope/);
     return true;
   });
-  const endpoint = link.telemetryEndpoint() as ReturnType<UpstreamLink['telemetryEndpoint']>;
+  const endpoint = link.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
   const before = endpoint.metrics().undeliverable;
   await endpoint.send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-x'), telemetry('x-0')) }]);
   assert.equal(endpoint.metrics().undeliverable, before + 1);
@@ -311,7 +311,7 @@ test('a leaf moved to another gateway loses its on-behalf-of links at once', asy
 });
 
 test('tokens are renewed before they expire: the link stays up and keeps working', async () => {
-  const short = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, tokenTtlSecs: 3 });
+  const short = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, tokenTtlSecs: 3 });
   closers.push(() => short.close());
   let downs = 0;
   short.on('down', () => downs++);
@@ -335,7 +335,7 @@ test('tokens are renewed before they expire: the link stays up and keeps working
 });
 
 test('a wrong edge key is refused', async () => {
-  const bad = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey: newKey(), minBackoffMs: 5000 });
+  const bad = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey: newKey(), minBackoffMs: 5000 });
   closers.push(() => bad.close());
   let refused: Error | undefined;
   bad.on('refused', (e: Error) => (refused ??= e));
@@ -348,7 +348,7 @@ test('a wrong edge key is refused', async () => {
 test('AMQP over WebSockets carries the same on-behalf-of traffic', async () => {
   // A leaf of its own: another connection taking over an identity the shared link keeps attached would bounce between them.
   await svc.createDevice({ deviceId: 'leaf-d', deviceScope: (await svc.getDevice('edge-1')).deviceScope, authentication: sasAuth() } as never);
-  const ws = new UpstreamLink({ parentHost: hub.hostname, transport: 'amqpws', trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
+  const ws = new AmqpParentLink({ parentHost: hub.hostname, transport: 'amqpws', trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
   closers.push(() => ws.close());
   await ws.start();
   assert.equal(ws.connected, true);
@@ -364,7 +364,7 @@ test('AMQP over WebSockets carries the same on-behalf-of traffic', async () => {
 
 test('a parent certificate the trust bundle does not accept is refused', async () => {
   const stranger = await createRootCa({ commonName: 'Not the hub root' });
-  const wrong = new UpstreamLink({ parentHost: hub.hostname, trustPem: stranger.certPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, minBackoffMs: 5000 });
+  const wrong = new AmqpParentLink({ parentHost: hub.hostname, trustPem: stranger.certPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, minBackoffMs: 5000 });
   closers.push(() => wrong.close());
   await assert.rejects(wrong.start(), /certificate the trust bundle does not accept/);
   assert.equal(wrong.connected, false);

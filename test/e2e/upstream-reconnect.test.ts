@@ -8,7 +8,7 @@ import { newKey, serviceClient, waitForEvents } from '../fixtures/service-messag
 import type { AuthResult } from '../../src/model/identity.ts';
 import { MessageStore } from '../../src/store/message-store.ts';
 import { EndpointPump } from '../../src/routing/pump.ts';
-import { UpstreamLink } from '../../src/upstream/amqp-link.ts';
+import { AmqpParentLink } from '../../src/upstream/index.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 
 /**
@@ -48,7 +48,7 @@ test('stop and restart the hub: the link reconnects by itself and the drain resu
     await svc.createDevice({ deviceId: id, deviceScope: edge.deviceScope, authentication: { type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } } } as never);
   }
 
-  const link = new UpstreamLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'gw', edgeKey });
+  const link = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'gw', edgeKey });
   cleanup.push(() => link.close());
   const events: Array<{ at: number; kind: 'up' | 'down' }> = [];
   link.on('up', () => events.push({ at: Date.now(), kind: 'up' }));

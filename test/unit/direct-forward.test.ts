@@ -10,8 +10,8 @@ import { encodeBatchOf, readBatch, readOrigin } from '../../src/protocols/amqp/b
 import type { MessageStore } from '../../src/store/message-store.ts';
 import type { ForwardedOrigin } from '../../src/model/message.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
-import { UpstreamError, type SendOutcome } from '../../src/upstream/links.ts';
-import type { DirectTelemetry } from '../../src/upstream/upstream.ts';
+import { UpstreamError, type SendOutcome } from '../../src/upstream/errors.ts';
+import type { DirectTelemetry } from '../../src/upstream/parent-link.ts';
 import { tempStore } from '../helpers/temp-store.ts';
 
 const BATCH_STREAM = 'child-store/0';

@@ -15,7 +15,7 @@ import type { TwinCollection } from '../../src/model/twin.ts';
 import { DEFAULT_ROUTE, EdgeHubRoutes } from '../../src/edge/edgehub-routes.ts';
 import { TwinCache } from '../../src/edge/twin-cache.ts';
 import type { RoutableMessage } from '../../src/routing/message.ts';
-import type { UpstreamIdentity } from '../../src/upstream/upstream.ts';
+import type { UpstreamIdentity } from '../../src/upstream/parent-link.ts';
 
 const quiet = pino({ level: 'silent' });
 

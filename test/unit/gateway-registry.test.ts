@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import { GatewayRegistry } from '../../src/edge/gateway-registry.ts';
 import { EngineError, httpStatusOf } from '../../src/model/errors.ts';
-import { UpstreamDownError, twinRefusal } from '../../src/upstream/links.ts';
+import { UpstreamDownError, twinRefusal } from '../../src/upstream/errors.ts';
 
 /** A gateway registry whose parent answers every twin call with `failure`. */
 function registryFailingWith(failure: unknown): GatewayRegistry {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import mqtt from 'mqtt-packet';
-import { encodePublishQos1 } from '../../src/upstream/mqtt-wire.ts';
+import { encodePublishQos1 } from '../../src/upstream/mqtt-connection.ts';
 
 /** What mqtt-packet (the parser of Strata's MQTT head) reads from bytes. */
 function parse(bytes: Buffer): mqtt.IPublishPacket[] {

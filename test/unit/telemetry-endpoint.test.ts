@@ -5,7 +5,7 @@ import { authMethodText } from '../../src/identity/auth-method.ts';
 import { Availability } from '../../src/routing/pump.ts';
 import type { QueuedMessage } from '../../src/store/message-store.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
-import { UpstreamError, type SendOutcome } from '../../src/upstream/links.ts';
+import { UpstreamError, type SendOutcome } from '../../src/upstream/errors.ts';
 import { UpstreamTelemetryEndpoint } from '../../src/upstream/telemetry-endpoint.ts';
 
 const auth = { identity: { deviceId: 'leaf1' }, kind: 'sas', authMethod: authMethodText('device', 'sas') } as const;
@@ -15,7 +15,7 @@ function endpointAnswering(outcome: SendOutcome): UpstreamTelemetryEndpoint {
     {
       availability: new Availability(true),
       isConnected: () => true,
-      channelFor: () => ({ sendTelemetry: async (messages) => messages.map(() => outcome) }),
+      senderFor: () => ({ sendTelemetry: async (messages) => messages.map(() => outcome) }),
       describeParent: () => 'the parent',
       stalled: () => undefined,
       stallMs: 5000,

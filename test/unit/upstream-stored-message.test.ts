@@ -4,7 +4,8 @@ import type { AuthResult } from '../../src/model/identity.ts';
 import type { Message } from '../../src/model/message.ts';
 import { messageOfStored, reviveSenderMessage, routeSourceOf, senderIdentity, storedMessageOf } from '../../src/store/sender-message.ts';
 import { Backoff } from '../../src/upstream/backoff.ts';
-import { audienceOf, basePath } from '../../src/upstream/core.ts';
+import { basePath } from '../../src/upstream/amqp-identity-links.ts';
+import { audienceOf } from '../../src/upstream/amqp-target-auth.ts';
 
 const moduleAuth: AuthResult = {
   identity: { deviceId: 'leaf-1', moduleId: 'filter' },

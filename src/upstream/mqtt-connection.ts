@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import mqtt from 'mqtt-packet';
 import type { Logger } from 'pino';
-import { UpstreamDownError, UpstreamError } from './links.ts';
+import { UpstreamDownError, UpstreamError } from './errors.ts';
 import { UpstreamConnectError } from './transport.ts';
 
 /**
@@ -22,7 +22,7 @@ const CONNACK_TEXT: Record<number, string> = {
   5: 'not authorized',
 };
 
-export interface WireOptions {
+export interface MqttConnectionOptions {
   clientId: string;
   username: string;
   password: string;
@@ -43,7 +43,10 @@ export interface IncomingPublish {
 
 /** A CONNACK refusal: `code` is the MQTT return code. */
 export class ConnackRefusal extends UpstreamConnectError {
-  constructor(readonly returnCode: number, message: string) {
+  constructor(
+    readonly returnCode: number,
+    message: string,
+  ) {
     super('refused', message);
   }
 }
@@ -53,7 +56,7 @@ interface Waiting {
   reject: (e: Error) => void;
 }
 
-export class MqttWire {
+export class MqttConnection {
   readonly openedAt = Date.now();
   readonly lost: Promise<string>;
   /** PUBLISHes from the parent; set by the owner before any subscription. */
@@ -72,7 +75,7 @@ export class MqttWire {
 
   private constructor(
     private readonly socket: Duplex,
-    private readonly o: WireOptions,
+    private readonly o: MqttConnectionOptions,
   ) {
     this.lost = new Promise((resolve) => (this.markLost = resolve));
     this.parser.on('packet', (p) => this.onPacket(p));
@@ -92,10 +95,13 @@ export class MqttWire {
   }
 
   /** Sends CONNECT on an open socket; resolves once the parent accepted it (CONNACK 0). */
-  static async open(socket: Duplex, o: WireOptions): Promise<MqttWire> {
-    const wire = new MqttWire(socket, o);
+  static async open(socket: Duplex, o: MqttConnectionOptions): Promise<MqttConnection> {
+    const wire = new MqttConnection(socket, o);
     const accepted = new Promise<void>((resolve, reject) => (wire.connack = { resolve, reject }));
-    const timer = setTimeout(() => wire.end(`the parent did not answer CONNECT within ${o.operationTimeoutMs} ms`), o.operationTimeoutMs);
+    const timer = setTimeout(
+      () => wire.end(`the parent did not answer CONNECT within ${o.operationTimeoutMs} ms`),
+      o.operationTimeoutMs,
+    );
     void wire.lost.then((why) => wire.connack?.reject(new UpstreamConnectError('lost', why)));
     wire.send({
       cmd: 'connect',
@@ -149,7 +155,14 @@ export class MqttWire {
     const messageId = this.allocate();
     return new Promise<number[]>((resolve, reject) => {
       const timer = setTimeout(() => {
-        if (this.waiting.delete(messageId)) reject(new UpstreamError(`the parent did not answer SUBSCRIBE within ${this.o.operationTimeoutMs} ms`, 'com.microsoft:timeout', 504));
+        if (this.waiting.delete(messageId))
+          reject(
+            new UpstreamError(
+              `the parent did not answer SUBSCRIBE within ${this.o.operationTimeoutMs} ms`,
+              'com.microsoft:timeout',
+              504,
+            ),
+          );
       }, this.o.operationTimeoutMs);
       this.waiting.set(messageId, {
         resolve: (granted) => {
@@ -232,9 +245,18 @@ export class MqttWire {
       case 'unsuback':
         return this.answer(p.messageId);
       case 'suback':
-        return this.answer(p.messageId, p.granted.map((g) => (typeof g === 'number' ? g : ((g as { qos?: number }).qos ?? 0x80))));
+        return this.answer(
+          p.messageId,
+          p.granted.map((g) => (typeof g === 'number' ? g : ((g as { qos?: number }).qos ?? 0x80))),
+        );
       case 'publish':
-        this.onPublish({ topic: p.topic, payload: Buffer.isBuffer(p.payload) ? p.payload : Buffer.from(p.payload), qos: p.qos, messageId: p.messageId, dup: p.dup });
+        this.onPublish({
+          topic: p.topic,
+          payload: Buffer.isBuffer(p.payload) ? p.payload : Buffer.from(p.payload),
+          qos: p.qos,
+          messageId: p.messageId,
+          dup: p.dup,
+        });
         return;
       case 'pingresp':
         return;
@@ -291,7 +313,11 @@ export class MqttWire {
 /** A QoS 1 PUBLISH (no DUP, no RETAIN) of MQTT 3.1.1, byte by byte. */
 export function encodePublishQos1(topic: string, messageId: number, payload: Buffer): Buffer {
   const topicBytes = Buffer.byteLength(topic);
-  if (topicBytes > 0xffff) throw new UpstreamError(`an MQTT topic holds at most 65535 bytes, this one ${topicBytes}`, 'amqp:link:message-size-exceeded');
+  if (topicBytes > 0xffff)
+    throw new UpstreamError(
+      `an MQTT topic holds at most 65535 bytes, this one ${topicBytes}`,
+      'amqp:link:message-size-exceeded',
+    );
   const remaining = 2 + topicBytes + 2 + payload.length;
   let lengthBytes = 1;
   for (let n = remaining; n > 127; n = Math.floor(n / 128)) lengthBytes++;

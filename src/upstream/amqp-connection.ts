@@ -1,21 +1,28 @@
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import rhea, { type Connection, type Message as AmqpMessage, type Receiver, type ReceiverOptions, type Sender, type SenderOptions } from 'rhea';
+import rhea, {
+  type Connection,
+  type Message as AmqpMessage,
+  type Receiver,
+  type ReceiverOptions,
+  type SenderOptions,
+} from 'rhea';
 import '../protocols/amqp/rhea-writer.ts';
 import type { Logger } from 'pino';
-import { OutLink, UpstreamDownError, UpstreamError, onReceiverGone, whenAttached } from './links.ts';
+import { OutLink, onReceiverGone, whenAttached } from './amqp-links.ts';
+import { UpstreamDownError, UpstreamError } from './errors.ts';
 import { UpstreamConnectError } from './transport.ts';
 
 /**
  * One AMQP connection to the parent, from open to loss: the `$cbs` request/response pair and
  * the links opened on it. When it is lost, everything waiting on it fails at once with
- * UpstreamDownError and the UpstreamLink opens a new one.
+ * UpstreamDownError and the AmqpParentLink opens a new one.
  */
 
 const CBS_TOKEN_TYPE = 'servicebus.windows.net:sastoken';
 const MAX_FRAME_SIZE = 65536;
 
-export interface ParentConnectionOptions {
+export interface AmqpConnectionOptions {
   /** The AMQP container id we announce. */
   containerId: string;
   /** `hostname` of the AMQP open: the IoT hub's host name. */
@@ -32,22 +39,24 @@ export interface PutTokenResult {
   description: string;
 }
 
-export class ParentConnection {
+export class AmqpConnection {
   readonly conn: Connection;
   readonly openedAt = Date.now();
   readonly lost: Promise<string>;
   private markLost!: (why: string) => void;
   private ended = false;
   private cbsOut?: OutLink;
-  private cbsIn?: Receiver;
-  private readonly cbsWaiting = new Map<string, { resolve: (r: PutTokenResult) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly cbsWaiting = new Map<
+    string,
+    { resolve: (r: PutTokenResult) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
   private nextCbsId = 1;
   private readonly outLinks = new Set<OutLink>();
   private readonly onEnd: Array<(why: string) => void> = [];
 
   private constructor(
     private readonly socket: Duplex,
-    readonly o: ParentConnectionOptions,
+    readonly o: AmqpConnectionOptions,
   ) {
     this.lost = new Promise((resolve) => (this.markLost = resolve));
     const container = rhea.create_container({ id: o.containerId });
@@ -78,7 +87,11 @@ export class ParentConnection {
     });
     this.conn.on('connection_close', () => {
       const e = this.conn.error as { condition?: string; description?: string } | undefined;
-      this.end(e?.condition ? `the parent closed the connection (${e.condition}: ${e.description ?? ''})` : 'the parent closed the connection');
+      this.end(
+        e?.condition
+          ? `the parent closed the connection (${e.condition}: ${e.description ?? ''})`
+          : 'the parent closed the connection',
+      );
     });
     this.conn.on('connection_error', () => {});
     this.conn.on('protocol_error', (err: unknown) => this.end(`AMQP protocol error: ${String(err)}`));
@@ -91,8 +104,8 @@ export class ParentConnection {
   }
 
   /** Opens AMQP on a connected socket and attaches the `$cbs` links. */
-  static async open(socket: Duplex, o: ParentConnectionOptions): Promise<ParentConnection> {
-    const pc = new ParentConnection(socket, o);
+  static async open(socket: Duplex, o: AmqpConnectionOptions): Promise<AmqpConnection> {
+    const pc = new AmqpConnection(socket, o);
     try {
       await pc.start();
       return pc;
@@ -104,7 +117,13 @@ export class ParentConnection {
 
   private async start(): Promise<void> {
     const opened = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new UpstreamConnectError('timeout', `the parent did not open AMQP within ${this.o.operationTimeoutMs} ms`)), this.o.operationTimeoutMs);
+      const timer = setTimeout(
+        () =>
+          reject(
+            new UpstreamConnectError('timeout', `the parent did not open AMQP within ${this.o.operationTimeoutMs} ms`),
+          ),
+        this.o.operationTimeoutMs,
+      );
       this.conn.once('connection_open', () => {
         clearTimeout(timer);
         resolve();
@@ -116,14 +135,25 @@ export class ParentConnection {
     });
     this.conn.connect();
     await opened;
-    const sender = this.conn.open_sender({ target: { address: '$cbs' }, source: { address: 'cbs-requests' }, name: `cbs-out-${randomUUID()}` } as SenderOptions);
-    const receiver = this.conn.open_receiver({ source: { address: '$cbs' }, target: { address: 'cbs' }, name: `cbs-in-${randomUUID()}`, credit_window: 100 } as ReceiverOptions);
+    const sender = this.conn.open_sender({
+      target: { address: '$cbs' },
+      source: { address: 'cbs-requests' },
+      name: `cbs-out-${randomUUID()}`,
+    } as SenderOptions);
+    const receiver = this.conn.open_receiver({
+      source: { address: '$cbs' },
+      target: { address: 'cbs' },
+      name: `cbs-in-${randomUUID()}`,
+      credit_window: 100,
+    } as ReceiverOptions);
     receiver.on('message', (ctx) => this.cbsAnswer(ctx.message!));
     onReceiverGone(receiver, '$cbs', (why) => this.end(why));
-    await Promise.all([whenAttached(sender, 'sender', '$cbs', this.o.operationTimeoutMs), whenAttached(receiver, 'receiver', '$cbs', this.o.operationTimeoutMs)]);
+    await Promise.all([
+      whenAttached(sender, 'sender', '$cbs', this.o.operationTimeoutMs),
+      whenAttached(receiver, 'receiver', '$cbs', this.o.operationTimeoutMs),
+    ]);
     this.cbsOut = this.track(new OutLink(sender, '$cbs'));
     this.cbsOut.onGone((why) => this.end(why));
-    this.cbsIn = receiver;
   }
 
   get closed(): boolean {
@@ -150,7 +180,12 @@ export class ParentConnection {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.cbsWaiting.delete(id);
-        reject(new UpstreamError(`the parent did not answer a CBS put-token for ${audience} within ${this.o.operationTimeoutMs} ms`, 'com.microsoft:timeout'));
+        reject(
+          new UpstreamError(
+            `the parent did not answer a CBS put-token for ${audience} within ${this.o.operationTimeoutMs} ms`,
+            'com.microsoft:timeout',
+          ),
+        );
       }, this.o.operationTimeoutMs);
       this.cbsWaiting.set(id, { resolve, reject, timer });
       this.cbsOut!.post(msg);
@@ -164,8 +199,8 @@ export class ParentConnection {
     this.cbsWaiting.delete(id!);
     clearTimeout(waiting.timer);
     const app = (msg.application_properties ?? {}) as Record<string, unknown>;
-    const status = Number(app['status-code'] ?? app['statusCode'] ?? 0);
-    waiting.resolve({ status, description: String(app['status-description'] ?? app['statusDescription'] ?? '') });
+    const status = Number(app['status-code'] ?? app.statusCode ?? 0);
+    waiting.resolve({ status, description: String(app['status-description'] ?? app.statusDescription ?? '') });
   }
 
   /** Attaches a sender; rejects with the parent's reason when it refuses. */
@@ -221,7 +256,11 @@ export class ParentConnection {
     if (!this.socket.destroyed) this.socket.destroy();
     // rhea only notices a socket it sees end; one we cut must be reported to it, or its
     // heartbeat timers live on (and keep the process alive) for minutes.
-    const rc = this.conn as unknown as { _disconnected?: (e?: unknown) => void; heartbeat_in?: NodeJS.Timeout; heartbeat_out?: NodeJS.Timeout };
+    const rc = this.conn as unknown as {
+      _disconnected?: (e?: unknown) => void;
+      heartbeat_in?: NodeJS.Timeout;
+      heartbeat_out?: NodeJS.Timeout;
+    };
     try {
       rc._disconnected?.();
     } catch {
@@ -247,7 +286,11 @@ export class ParentConnection {
 
   /** Link properties every link of a target carries. */
   static linkProperties(authChain: string | undefined, extra: Record<string, string> = {}): Record<string, string> {
-    const p: Record<string, string> = { 'com.microsoft:api-version': '2021-04-12', 'com.microsoft:client-version': 'strata-edge-hub', ...extra };
+    const p: Record<string, string> = {
+      'com.microsoft:api-version': '2021-04-12',
+      'com.microsoft:client-version': 'strata-edge-hub',
+      ...extra,
+    };
     if (authChain) p['com.microsoft:auth-chain'] = authChain;
     return p;
   }

@@ -18,7 +18,7 @@
  *   URL-encoded) and the GATEWAY's token as the body (type `servicebus.windows.net:sastoken`).
  *   This is what the C# SDK does for a client whose token provider is the edge hub's: the CBS
  *   name is the client's audience, the token comes from the provider. Renewed with the
- *   gateway's token.
+ *   gateway's token (amqp-target-auth.ts).
  * - Every link of a downstream identity names the identity in its address
  *   (`/devices/{id}/messages/events`, `/devices/{id}/twin`, `/devices/{id}/methods/devicebound`,
  *   `/devices/{id}/messages/devicebound`, module forms `/devices/{d}/modules/{m}/...`) and carries
@@ -42,27 +42,26 @@
  */
 import type { Duplex } from 'node:stream';
 import { randomUUID } from 'node:crypto';
-import type { IdentityRef } from '../model/identity.ts';
+import { identityKey, type IdentityRef } from '../model/identity.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import type { DeliveryEndpoint } from '../routing/pump.ts';
-import { audienceOf, directChildChain, type UpstreamCore } from './core.ts';
-import { identityKey } from '../model/identity.ts';
-import { IdentityChannel, type UpstreamIdentity } from './identity.ts';
-import { UpstreamDownError, UpstreamError, type SendOutcome } from './links.ts';
-import { ParentConnection } from './parent-connection.ts';
-import { UpstreamTelemetryEndpoint, type TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
-import { UpstreamConnectError, describeTarget, openTransport, type UpstreamTransport } from './transport.ts';
-import { UpstreamLinkBase, type LinkBaseOptions } from './link-base.ts';
-import type { DirectTelemetry, Upstream } from './upstream.ts';
+import { AmqpConnection } from './amqp-connection.ts';
+import type { AmqpProxyOwner } from './amqp-identity-links.ts';
+import { AmqpIdentityProxy } from './amqp-identity-proxy.ts';
+import { TargetAuthorizations } from './amqp-target-auth.ts';
+import type { SendOutcome } from './errors.ts';
+import {
+  directChildChain,
+  type DirectTelemetry,
+  type ParentLink,
+  type UpstreamEndpoint,
+  type UpstreamIdentity,
+} from './parent-link.ts';
+import { ParentLinkBase, type ParentLinkOptions } from './parent-link-base.ts';
+import { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
+import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
 
-export type { UpstreamIdentity, UpstreamC2DDelivery } from './identity.ts';
-export { UpstreamError, UpstreamDownError } from './links.ts';
-export { UpstreamConnectError } from './transport.ts';
-export type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
-export type { Upstream, UpstreamStatus } from './upstream.ts';
-
-/** What the AMQP link takes besides the common options (link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
-export interface UpstreamLinkOptions extends LinkBaseOptions {
+/** What the AMQP link takes besides the common options (parent-link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
+export interface AmqpParentLinkOptions extends ParentLinkOptions {
   transport?: Extract<UpstreamTransport, 'amqp' | 'amqpws'>;
   /** PEM of the trust bundle the parent's certificate must chain to. */
   trustPem: string;
@@ -81,39 +80,37 @@ export interface UpstreamLinkOptions extends LinkBaseOptions {
 
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
-const AUTH_RETRY_MS = 5000;
 
-interface TargetAuth {
-  promise: Promise<void>;
-  /** When a refusal was cached (tried again after AUTH_RETRY_MS). */
-  failedAt?: number;
-}
-
-export class UpstreamLink extends UpstreamLinkBase implements Upstream {
+export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   readonly operationTimeoutMs: number;
-  private pc?: ParentConnection;
-  private readonly targetAuth = new WeakMap<ParentConnection, Map<string, TargetAuth>>();
-  private readonly channels = new Map<string, IdentityChannel>();
-  private readonly senders = new Map<string, IdentityChannel>();
+  private pc?: AmqpConnection;
+  private readonly targets: TargetAuthorizations;
+  /** What openIdentity gave out (twin, methods, C2D), by identity key. */
+  private readonly identities = new Map<string, AmqpIdentityProxy>();
+  /** The proxies the telemetry endpoint sends with, by sender (apart from those openIdentity gave out). */
+  private readonly senders = new Map<string, AmqpIdentityProxy>();
   private abortAttempt?: () => void;
   private renewTimer?: NodeJS.Timeout;
-  private readonly core: UpstreamCore;
+  private readonly owner: AmqpProxyOwner;
 
-  constructor(readonly o: UpstreamLinkOptions) {
+  constructor(readonly o: AmqpParentLinkOptions) {
     super(o, o.transport ?? 'amqp');
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
-    this.core = {
+    this.targets = new TargetAuthorizations({
+      hubHostName: this.hubHostName,
+      edgeDeviceId: this.edgeDeviceId,
+      log: this.log,
+      gatewayToken: () => this.gatewayToken(),
+      putGatewayToken: (pc) => this.putGatewayToken(pc),
+    });
+    this.owner = {
       hubHostName: this.hubHostName,
       edgeDeviceId: this.edgeDeviceId,
       operationTimeoutMs: this.operationTimeoutMs,
       log: this.log,
       current: () => this.pc,
-      authorize: (pc, identity) => this.authorize(pc, identity),
-      forgetAuthorization: (pc, identity) => {
-        const map = this.targetAuth.get(pc);
-        const entry = map?.get(identityKey(identity));
-        if (entry && entry.failedAt === undefined) map!.delete(identityKey(identity));
-      },
+      authorize: (pc, identity) => this.targets.authorize(pc, identity),
+      forgetAuthorization: (pc, identity) => this.targets.forget(pc, identity),
       onUp: (listener) => this.addUpListener(listener),
     };
   }
@@ -129,20 +126,20 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     this.wakePause();
     this.abortAttempt?.();
     if (this.renewTimer) clearTimeout(this.renewTimer);
-    for (const ch of [...this.channels.values(), ...this.senders.values()]) await ch.close();
-    this.channels.clear();
+    for (const ch of [...this.identities.values(), ...this.senders.values()]) await ch.close();
+    this.identities.clear();
     this.senders.clear();
     await this.pc?.close();
     await this.loop;
   }
 
   /** `$upstream` for the gateway's endpoint pump (one per link). */
-  telemetryEndpoint(): DeliveryEndpoint & { metrics(): TelemetryEndpointMetrics; rewind(): void } {
+  telemetryEndpoint(): UpstreamEndpoint {
     this.endpoint ??= new UpstreamTelemetryEndpoint(
       {
         availability: this.availability,
         isConnected: () => this.connected,
-        channelFor: (sender) => this.senderChannel(sender),
+        senderFor: (sender) => this.senderProxy(sender),
         describeParent: () => this.describeParent(),
         stalled: (why) => {
           this.log.warn({ reason: why }, 'the parent stopped answering; reconnecting');
@@ -178,7 +175,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
   };
 
   private sendDirect(identity: IdentityRef, payload: Buffer): Promise<SendOutcome> {
-    const sending = this.senderChannel(identity).sendBatchPayload(payload);
+    const sending = this.senderProxy(identity).sendBatchPayload(payload);
     // A parent that stops answering without closing the connection: drop it, so what is in
     // flight fails (the child sends it again) and the link reconnects.
     const stallMs = Math.min(25_000, this.operationTimeoutMs * 2);
@@ -195,18 +192,19 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
    * object until it is closed. `authChain` is `{target};...;{this edge}`.
    */
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
-    const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
+    const identity: IdentityRef =
+      id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
     const key = identityKey(identity);
-    const existing = this.channels.get(key);
+    const existing = this.identities.get(key);
     if (existing && !existing.closed) {
       existing.authChain = id.authChain;
       return existing;
     }
-    const ch = new IdentityChannel(this.core, identity, id.authChain);
-    this.channels.set(key, ch);
+    const ch = new AmqpIdentityProxy(this.owner, identity, id.authChain);
+    this.identities.set(key, ch);
     const close = ch.close.bind(ch);
     ch.close = async () => {
-      if (this.channels.get(key) === ch) this.channels.delete(key);
+      if (this.identities.get(key) === ch) this.identities.delete(key);
       await close();
     };
     const sender = this.senders.get(key);
@@ -214,11 +212,11 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     return ch;
   }
 
-  private senderChannel(identity: IdentityRef): IdentityChannel {
+  private senderProxy(identity: IdentityRef): AmqpIdentityProxy {
     const key = identityKey(identity);
     let ch = this.senders.get(key);
     if (!ch) {
-      ch = new IdentityChannel(this.core, identity, this.authChainFor(identity));
+      ch = new AmqpIdentityProxy(this.owner, identity, this.authChainFor(identity));
       this.senders.set(key, ch);
     }
     return ch;
@@ -227,7 +225,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
   private authChainFor(identity: IdentityRef): string {
     const given = this.o.authChainOf?.(identity);
     if (given) return given;
-    const known = this.channels.get(identityKey(identity));
+    const known = this.identities.get(identityKey(identity));
     if (known) return known.authChain;
     return directChildChain(identity, this.edgeDeviceId);
   }
@@ -238,50 +236,18 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     return this.currentToken().text;
   }
 
-  private async putGatewayToken(pc: ParentConnection): Promise<void> {
+  private async putGatewayToken(pc: AmqpConnection): Promise<void> {
     const r = await pc.putToken(this.edgeHubAudience(), this.gatewayToken());
     if (r.status !== 200) {
-      throw new UpstreamConnectError('refused', `the parent refused the credentials of ${this.edgeDeviceId}/${EDGE_HUB} (${r.status}): ${r.description || 'no reason given'}`);
+      throw new UpstreamConnectError(
+        'refused',
+        `the parent refused the credentials of ${this.edgeDeviceId}/${EDGE_HUB} (${r.status}): ${r.description || 'no reason given'}`,
+      );
     }
-  }
-
-  /** Puts the gateway's token for a downstream identity, once per connection (refusals are kept a few seconds). */
-  private authorize(pc: ParentConnection, identity: IdentityRef): Promise<void> {
-    if (identity.deviceId === this.edgeDeviceId && identity.moduleId === EDGE_HUB) return Promise.resolve();
-    let map = this.targetAuth.get(pc);
-    if (!map) {
-      map = new Map();
-      this.targetAuth.set(pc, map);
-    }
-    const key = identityKey(identity);
-    const cached = map.get(key);
-    if (cached && (cached.failedAt === undefined || Date.now() - cached.failedAt < AUTH_RETRY_MS)) return cached.promise;
-    const entry: TargetAuth = { promise: this.putTargetToken(pc, identity) };
-    entry.promise.catch(() => {
-      entry.failedAt = Date.now();
-    });
-    map.set(key, entry);
-    return entry.promise;
-  }
-
-  private async putTargetToken(pc: ParentConnection, identity: IdentityRef): Promise<void> {
-    const r = await pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken());
-    if (r.status === 200) return;
-    // Is it the target, or our own credential? Only the first is the target's fault.
-    try {
-      await this.putGatewayToken(pc);
-    } catch (err) {
-      const why = (err as Error).message;
-      this.log.warn({ reason: why }, 'the parent no longer accepts the gateway credentials; reconnecting');
-      pc.end(why);
-      throw new UpstreamDownError(why);
-    }
-    const who = identity.moduleId === undefined ? `device ${identity.deviceId}` : `module ${identity.deviceId}/${identity.moduleId}`;
-    throw new UpstreamError(`the parent refused to let ${this.edgeDeviceId} act for ${who} (${r.status}): ${r.description || 'no reason given'}`, r.status === 404 ? 'amqp:not-found' : 'amqp:unauthorized-access', r.status);
   }
 
   /** Renews the gateway's token and every downstream identity's when a fifth of the token's life is left. */
-  private scheduleRenewal(pc: ParentConnection): void {
+  private scheduleRenewal(pc: AmqpConnection): void {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     // From the token's real expiry: `se` is whole seconds, so a token lives up to 1 s less than its TTL.
     const expiresAt = this.token?.expiresAt ?? Date.now() + this.tokenTtlSecs * 1000;
@@ -290,21 +256,13 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     this.renewTimer.unref();
   }
 
-  private async renew(pc: ParentConnection): Promise<void> {
+  private async renew(pc: AmqpConnection): Promise<void> {
     if (pc.closed || pc !== this.pc) return;
     this.token = undefined;
     try {
       await this.putGatewayToken(pc);
-      const map = this.targetAuth.get(pc);
-      const renewals: Array<Promise<unknown>> = [];
-      for (const [key, entry] of map ?? []) {
-        if (entry.failedAt !== undefined) continue;
-        const slash = key.indexOf('/');
-        const identity = slash < 0 ? { deviceId: key } : { deviceId: key.slice(0, slash), moduleId: key.slice(slash + 1) };
-        renewals.push(pc.putToken(audienceOf(this.hubHostName, identity), this.gatewayToken()).catch(() => undefined));
-      }
-      await Promise.all(renewals);
-      this.log.debug({ identities: renewals.length }, 'upstream tokens renewed');
+      const renewed = await this.targets.renew(pc);
+      this.log.debug({ identities: renewed }, 'upstream tokens renewed');
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'token renewal failed; reconnecting');
       pc.end(`token renewal failed: ${(err as Error).message}`);
@@ -315,11 +273,18 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
 
   // ---- the connection loop ----
 
-  private async connectOnce(): Promise<ParentConnection> {
+  private async connectOnce(): Promise<AmqpConnection> {
     const abort = new AbortController();
     this.abortAttempt = () => abort.abort();
     const { signal } = abort;
-    const socket = await openTransport({ host: this.o.parentHost, port: this.port, transport: this.transport, ca: this.o.trustPem, timeoutMs: this.operationTimeoutMs, signal });
+    const socket = await openTransport({
+      host: this.o.parentHost,
+      port: this.port,
+      transport: this.transport,
+      ca: this.o.trustPem,
+      timeoutMs: this.operationTimeoutMs,
+      signal,
+    });
     // close() during the AMQP open or the CBS exchange: cutting the socket fails them at once.
     const cut = () => socket.destroy();
     signal.addEventListener('abort', cut, { once: true });
@@ -331,8 +296,8 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     }
   }
 
-  private async openOn(socket: Duplex): Promise<ParentConnection> {
-    const pc = await ParentConnection.open(socket, {
+  private async openOn(socket: Duplex): Promise<AmqpConnection> {
+    const pc = await AmqpConnection.open(socket, {
       containerId: `${this.edgeDeviceId}-upstream-${randomUUID().slice(0, 8)}`,
       hubHostName: this.hubHostName,
       // The parent sends something every 15 s; 60 s of silence (rhea waits twice this) ends the connection.
@@ -354,7 +319,7 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     let unreachable = false;
     let failuresLogged = 0;
     while (this.running) {
-      let pc: ParentConnection;
+      let pc: AmqpConnection;
       try {
         pc = await this.connectOnce();
       } catch (err) {
@@ -364,7 +329,10 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
         const e = err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);
         unreachable = e.kind === 'unreachable';
         if (e.message !== this.lastError || failuresLogged === 0) {
-          this.log.warn({ reason: e.message, attempt: this.backoff.attempts + 1 }, 'cannot connect to the parent; will retry');
+          this.log.warn(
+            { reason: e.message, attempt: this.backoff.attempts + 1 },
+            'cannot connect to the parent; will retry',
+          );
           failuresLogged++;
         }
         this.lastError = e.message;
@@ -389,20 +357,15 @@ export class UpstreamLink extends UpstreamLinkBase implements Upstream {
     first?.();
   }
 
-  private up(pc: ParentConnection): void {
+  private up(pc: AmqpConnection): void {
     this.pc = pc;
     this.scheduleRenewal(pc);
     this.announceUp();
   }
 
-  private down(pc: ParentConnection, why: string): void {
+  private down(pc: AmqpConnection, why: string): void {
     if (this.pc === pc) this.pc = undefined;
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.announceDown(why);
   }
-}
-
-/** The error a down link reports to its callers, for `instanceof` checks without importing links.ts. */
-export function isUpstreamDown(err: unknown): boolean {
-  return err instanceof UpstreamDownError || (err instanceof UpstreamError && err.condition === 'amqp:connection:forced');
 }

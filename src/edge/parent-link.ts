@@ -4,10 +4,7 @@ import { httpStatusOf } from '../model/errors.ts';
 import type { IdentityRef } from '../model/identity.ts';
 import type { ScopeCache } from '../scope/cache.ts';
 import type { ScopeSync } from '../scope/sync.ts';
-import { UpstreamLink } from '../upstream/amqp-link.ts';
-import { MqttUpstream } from '../upstream/mqtt-link.ts';
-import type { UpstreamTransport } from '../upstream/transport.ts';
-import type { Upstream, UpstreamC2DDelivery } from '../upstream/upstream.ts';
+import { AmqpParentLink, MqttParentLink, type ParentLink, type UpstreamC2DDelivery, type UpstreamTransport } from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeHubRoutes } from './edgehub-routes.ts';
 import type { RelayHandlers } from './gateway-registry.ts';
@@ -28,7 +25,7 @@ const UPSTREAM_BATCH = 5000;
 /** A certificate-provisioned gateway refused upstream reads its $edgeHub key again at most this often. */
 const KEY_REREAD_MS = 15_000;
 
-export interface UpstreamLinkParts {
+export interface ParentLinkParts {
   transport: UpstreamTransport;
   /** The parent gateway, or the IoT hub itself at the top. */
   parentHost: string;
@@ -42,7 +39,7 @@ export interface UpstreamLinkParts {
   originId: string;
 }
 
-export function createUpstreamLink(p: UpstreamLinkParts): Upstream {
+export function createParentLink(p: ParentLinkParts): ParentLink {
   const { transport, parentHost, trustPem, hubHostName, deviceId, edgeKey, scope } = p;
   const upstreamOptions = {
     parentHost,
@@ -55,9 +52,9 @@ export function createUpstreamLink(p: UpstreamLinkParts): Upstream {
     maxBatch: UPSTREAM_BATCH,
   };
   return transport === 'mqtt' || transport === 'mqttws'
-    ? new MqttUpstream({ ...upstreamOptions, transport })
+    ? new MqttParentLink({ ...upstreamOptions, transport })
     : // Batches name where in this store they come from: the parent stores each message once.
-      new UpstreamLink({ ...upstreamOptions, transport, originId: p.originId });
+      new AmqpParentLink({ ...upstreamOptions, transport, originId: p.originId });
 }
 
 /** Direct methods, C2D messages and desired patches from the parent, to the engine's sessions. */
@@ -70,7 +67,7 @@ export function upstreamRelays(engine: Engine): RelayHandlers {
 }
 
 export interface ConnectUpstreamParts {
-  link: Upstream;
+  link: ParentLink;
   sync: ScopeSync;
   routes: EdgeHubRoutes;
   scope: ScopeCache;

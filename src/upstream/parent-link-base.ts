@@ -8,10 +8,10 @@ import { childLog } from '../util/log.ts';
 import { Backoff, ReconnectPause } from './backoff.ts';
 import type { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
 import { UpstreamConnectError, defaultPort, describeTarget, probe, type UpstreamTransport } from './transport.ts';
-import type { UpstreamStatus } from './upstream.ts';
+import type { ParentLinkStatus } from './parent-link.ts';
 
 /** The options every link to the parent takes. */
-export interface LinkBaseOptions {
+export interface ParentLinkOptions {
   /** The parent's host name (or IP): where to connect and what its certificate must name. */
   parentHost: string;
   /** Default: the transport's standard port (5671, 8883, or 443 over WebSockets). */
@@ -35,7 +35,7 @@ export interface LinkBaseOptions {
  * hears about (`status()`, `'up'` / `'down'` / `'refused'`, availability for the pump). Each
  * link runs its own connection loop (`run`) and says when it is up or down.
  */
-export abstract class UpstreamLinkBase extends EventEmitter {
+export abstract class ParentLinkBase extends EventEmitter {
   readonly availability = new Availability(false);
   readonly log: Logger;
   readonly hubHostName: string;
@@ -55,12 +55,20 @@ export abstract class UpstreamLinkBase extends EventEmitter {
   private readonly pauser: ReconnectPause;
 
   constructor(
-    base: LinkBaseOptions,
+    base: ParentLinkOptions,
     protected readonly transport: UpstreamTransport,
   ) {
     super();
-    if (!base.parentHost) throw new UserError('the upstream link needs the parent host name', 'Set parent_hostname (or the hub host name) in the configuration');
-    if (!base.edgeKey || Buffer.from(base.edgeKey, 'base64').length === 0) throw new UserError('the upstream link needs the edge device key (base64)', 'Check the SharedAccessKey of the provisioning connection string');
+    if (!base.parentHost)
+      throw new UserError(
+        'the upstream link needs the parent host name',
+        'Set parent_hostname (or the hub host name) in the configuration',
+      );
+    if (!base.edgeKey || Buffer.from(base.edgeKey, 'base64').length === 0)
+      throw new UserError(
+        'the upstream link needs the edge device key (base64)',
+        'Check the SharedAccessKey of the provisioning connection string',
+      );
     this.edgeKey = base.edgeKey;
     this.hubHostName = base.hubHostName;
     this.edgeDeviceId = base.edgeDeviceId;
@@ -82,7 +90,7 @@ export abstract class UpstreamLinkBase extends EventEmitter {
     return describeTarget({ host: this.parentHost, port: this.port, transport: this.transport });
   }
 
-  status(): UpstreamStatus {
+  status(): ParentLinkStatus {
     return {
       connected: this.connected,
       parent: this.describeParent(),

@@ -1,6 +1,6 @@
 /**
  * A gateway's link to its parent over MQTT (`UpstreamProtocol` Mqtt or MqttWs). IoT Hub's MQTT
- * carries one identity per connection, so where the AMQP link (amqp-link.ts) multiplexes every
+ * carries one identity per connection, so where the AMQP link (amqp-parent-link.ts) multiplexes every
  * downstream identity on one connection, this link keeps one MQTT connection per identity that
  * has traffic, each acting on behalf of that identity:
  * - Transport: MQTT 3.1.1 over TLS on 8883 (ALPN `mqtt`), or over WebSockets on 443
@@ -14,7 +14,7 @@
  * - Each downstream identity: client id = the identity (`leaf` or `dev/mod`), user name
  *   `{hub}/{clientId}/?api-version=2021-04-12&DeviceClientType=...&auth-chain={target;...;edge}`
  *   (URL-encoded), password = the gateway's token. Then the device SDKs' topics (telemetry,
- *   twin, methods, C2D): see mqtt-identity.ts and, for the parent's side, src/protocols/mqtt.
+ *   twin, methods, C2D): see mqtt-identity-proxy.ts and, for the parent's side, src/protocols/mqtt.
  * - Opened when first needed, closed after IDLE_MS without use, re-made (with a fresh token)
  *   at 80 % of the token's life, since MQTT cannot renew a credential on a live connection.
  *
@@ -36,20 +36,19 @@
  * credentials or certificate; retried with backoff).
  */
 import type { Duplex } from 'node:stream';
-import type { IdentityRef } from '../model/identity.ts';
+import { identityKey, type IdentityRef } from '../model/identity.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { directChildChain } from './core.ts';
-import { identityKey } from '../model/identity.ts';
-import type { UpstreamIdentity } from './identity.ts';
-import { UpstreamLinkBase, type LinkBaseOptions } from './link-base.ts';
-import { MqttIdentityChannel, MqttIdentityLine, type MqttCore } from './mqtt-identity.ts';
-import { ConnackRefusal } from './mqtt-wire.ts';
+import { ConnackRefusal } from './mqtt-connection.ts';
+import type { MqttProxyOwner } from './mqtt-identity-connection.ts';
+import { MqttIdentityHandle } from './mqtt-identity-handle.ts';
+import { MqttIdentityProxy } from './mqtt-identity-proxy.ts';
+import { directChildChain, type ParentLink, type UpstreamEndpoint, type UpstreamIdentity } from './parent-link.ts';
+import { ParentLinkBase, type ParentLinkOptions } from './parent-link-base.ts';
 import { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
 import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
-import type { Upstream, UpstreamTelemetryEndpointOf } from './upstream.ts';
 
-/** What the MQTT link takes besides the common options (link-base.ts; the port defaults to 8883, or 443 for `mqttws`). */
-export interface MqttUpstreamOptions extends LinkBaseOptions {
+/** What the MQTT link takes besides the common options (parent-link-base.ts; the port defaults to 8883, or 443 for `mqttws`). */
+export interface MqttParentLinkOptions extends ParentLinkOptions {
   transport?: Extract<UpstreamTransport, 'mqtt' | 'mqttws'>;
   /** PEM of the trust bundle the parent's certificate must chain to. */
   trustPem: string;
@@ -66,19 +65,19 @@ export interface MqttUpstreamOptions extends LinkBaseOptions {
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
 
-export class MqttUpstream extends UpstreamLinkBase implements Upstream {
+export class MqttParentLink extends ParentLinkBase implements ParentLink {
   private readonly operationTimeoutMs: number;
-  private readonly lines = new Map<string, MqttIdentityLine>();
-  private readonly edgeHub: MqttIdentityLine;
-  private readonly core: MqttCore;
+  private readonly proxies = new Map<string, MqttIdentityProxy>();
+  private readonly edgeHub: MqttIdentityProxy;
+  private readonly owner: MqttProxyOwner;
   private up = false;
   private readonly aborts = new AbortController();
   private sweepTimer?: NodeJS.Timeout;
 
-  constructor(readonly o: MqttUpstreamOptions) {
+  constructor(readonly o: MqttParentLinkOptions) {
     super(o, o.transport ?? 'mqtt');
     this.operationTimeoutMs = o.operationTimeoutMs ?? 10_000;
-    this.core = {
+    this.owner = {
       hubHostName: o.hubHostName,
       edgeDeviceId: o.edgeDeviceId,
       operationTimeoutMs: this.operationTimeoutMs,
@@ -94,8 +93,8 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
       onUp: (listener) => this.addUpListener(listener),
     };
     const self: IdentityRef = { deviceId: o.edgeDeviceId, moduleId: EDGE_HUB };
-    this.edgeHub = new MqttIdentityLine(this.core, self, `${o.edgeDeviceId}/${EDGE_HUB};${o.edgeDeviceId}`, true);
-    this.lines.set(identityKey(self), this.edgeHub);
+    this.edgeHub = new MqttIdentityProxy(this.owner, self, `${o.edgeDeviceId}/${EDGE_HUB};${o.edgeDeviceId}`, true);
+    this.proxies.set(identityKey(self), this.edgeHub);
   }
 
   get connected(): boolean {
@@ -114,21 +113,21 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
     this.wakePause();
     this.aborts.abort();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
-    for (const line of this.lines.values()) line.close('the gateway is closing', true);
-    this.lines.clear();
+    for (const proxy of this.proxies.values()) proxy.close('the gateway is closing', true);
+    this.proxies.clear();
     await this.loop;
   }
 
-  telemetryEndpoint(): UpstreamTelemetryEndpointOf {
+  telemetryEndpoint(): UpstreamEndpoint {
     this.endpoint ??= new UpstreamTelemetryEndpoint(
       {
         availability: this.availability,
         isConnected: () => this.connected,
-        channelFor: (sender) => this.line(sender),
+        senderFor: (sender) => this.proxy(sender),
         describeParent: () => this.describeParent(),
         stalled: (why) => {
           this.log.warn({ reason: why }, 'the parent stopped answering; reconnecting the identities waiting for it');
-          for (const line of this.lines.values()) line.endIfWaiting(why);
+          for (const proxy of this.proxies.values()) proxy.endIfWaiting(why);
         },
         stallMs: Math.min(25_000, this.operationTimeoutMs * 2),
         log: this.log,
@@ -139,38 +138,43 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
   }
 
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity {
-    const identity: IdentityRef = id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
-    const line = this.line(identity, id.authChain);
-    if (line.channel && !line.channel.closed) return line.channel;
-    const ch = new MqttIdentityChannel(line, () => this.up);
-    line.channel = ch;
-    return ch;
+    const identity: IdentityRef =
+      id.moduleId === undefined ? { deviceId: id.deviceId } : { deviceId: id.deviceId, moduleId: id.moduleId };
+    const proxy = this.proxy(identity, id.authChain);
+    if (proxy.handle && !proxy.handle.closed) return proxy.handle;
+    const handle = new MqttIdentityHandle(proxy, () => this.up);
+    proxy.handle = handle;
+    return handle;
   }
 
-  /** The line of an identity, made on first use; `authChain` updates a known one. */
-  private line(identity: IdentityRef, authChain?: string): MqttIdentityLine {
+  /** The proxy of an identity, made on first use; `authChain` updates a known one. */
+  private proxy(identity: IdentityRef, authChain?: string): MqttIdentityProxy {
     const key = identityKey(identity);
-    let line = this.lines.get(key);
-    if (!line) {
-      line = new MqttIdentityLine(this.core, identity, authChain ?? this.o.authChainOf?.(identity) ?? directChildChain(identity, this.o.edgeDeviceId));
-      this.lines.set(key, line);
-    } else if (authChain && !line.pinned) {
-      line.authChain = authChain;
+    let proxy = this.proxies.get(key);
+    if (!proxy) {
+      proxy = new MqttIdentityProxy(
+        this.owner,
+        identity,
+        authChain ?? this.o.authChainOf?.(identity) ?? directChildChain(identity, this.o.edgeDeviceId),
+      );
+      this.proxies.set(key, proxy);
+    } else if (authChain && !proxy.pinned) {
+      proxy.authChain = authChain;
     }
-    return line;
+    return proxy;
   }
 
-  /** Closes identity connections nobody used for `idleMs`, and forgets lines with nothing left. */
+  /** Closes identity connections nobody used for `idleMs`, and forgets proxies with nothing left. */
   private sweep(idleMs: number): void {
     const now = Date.now();
-    for (const [key, line] of this.lines) {
-      if (line.pinned || !line.idle() || now - line.lastUsed < idleMs) continue;
-      if (line.connected) {
+    for (const [key, proxy] of this.proxies) {
+      if (proxy.pinned || !proxy.idle() || now - proxy.lastUsed < idleMs) continue;
+      if (proxy.connected) {
         this.log.debug({ identity: key }, 'closing an idle upstream connection');
-        line.close('idle');
-      } else if (!line.channel || line.channel.closed) {
-        line.close('forgotten', true);
-        this.lines.delete(key);
+        proxy.close('idle');
+      } else if (!proxy.handle || proxy.handle.closed) {
+        proxy.close('forgotten', true);
+        this.proxies.delete(key);
       }
     }
   }
@@ -182,7 +186,14 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
   }
 
   private openSocket(): Promise<Duplex> {
-    return openTransport({ host: this.o.parentHost, port: this.port, transport: this.transport, ca: this.o.trustPem, timeoutMs: this.operationTimeoutMs, signal: this.aborts.signal });
+    return openTransport({
+      host: this.o.parentHost,
+      port: this.port,
+      transport: this.transport,
+      ca: this.o.trustPem,
+      timeoutMs: this.operationTimeoutMs,
+      signal: this.aborts.signal,
+    });
   }
 
   // ---- the connection loop (the gateway's own $edgeHub connection) ----
@@ -199,7 +210,10 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
         first?.(e);
         first = undefined;
         if (e.message !== this.lastError || failuresLogged === 0) {
-          this.log.warn({ reason: e.message, attempt: this.backoff.attempts + 1 }, 'cannot connect to the parent; will retry');
+          this.log.warn(
+            { reason: e.message, attempt: this.backoff.attempts + 1 },
+            'cannot connect to the parent; will retry',
+          );
           failuresLogged++;
         }
         this.lastError = e.message;
@@ -225,7 +239,10 @@ export class MqttUpstream extends UpstreamLinkBase implements Upstream {
 
   private classify(err: unknown): UpstreamConnectError {
     if (err instanceof ConnackRefusal) {
-      const e = new UpstreamConnectError('refused', `the parent refused the credentials of ${this.o.edgeDeviceId}/${EDGE_HUB}: ${err.message}`);
+      const e = new UpstreamConnectError(
+        'refused',
+        `the parent refused the credentials of ${this.o.edgeDeviceId}/${EDGE_HUB}: ${err.message}`,
+      );
       return e;
     }
     return err instanceof UpstreamConnectError ? err : new UpstreamConnectError('lost', (err as Error).message);

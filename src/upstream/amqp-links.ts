@@ -1,4 +1,5 @@
 import type { Delivery, EventContext, Message as AmqpMessage, Receiver, Sender } from 'rhea';
+import { UpstreamError, type SendOutcome } from './errors.ts';
 
 /**
  * Client-side link plumbing for the upstream connection: attaching with a clear error when the
@@ -6,57 +7,27 @@ import type { Delivery, EventContext, Message as AmqpMessage, Receiver, Sender }
  * outgoing queue per session, so a link without credit would stall every other link of it).
  */
 
-/** A refusal or failure the parent reported, with its AMQP condition. */
-export class UpstreamError extends Error {
-  /** When set, the pump tries again after this long rather than backing off further (routing/pump.ts). */
-  retryAfterMs?: number;
-  /** The parent's own words for a refusal it answered, for a gateway to pass on unchanged. */
-  parentMessage?: string;
-
-  constructor(
-    message: string,
-    readonly condition?: string,
-    /** IoT Hub's HTTP-like status, for CBS and twin answers. */
-    readonly status?: number,
-  ) {
-    super(message);
-    this.name = 'UpstreamError';
-  }
-}
-
-/** A twin answer outside 2xx as an error carrying the parent's own text (its body is JSON with a message, or plain text). */
-export function twinRefusal(operation: string, who: string, status: number, body: Buffer): UpstreamError {
-  let text = body.toString('utf8');
-  try {
-    const parsed = JSON.parse(text) as { message?: string; Message?: string };
-    text = parsed.message ?? parsed.Message ?? text;
-  } catch {
-    /* plain text */
-  }
-  const err = new UpstreamError(`twin ${operation} for ${who} refused by the parent (${status}): ${text}`, undefined, status);
-  err.parentMessage = text;
-  return err;
-}
-
-/** The link or connection this operation relied on went away; retry once the link is up. */
-export class UpstreamDownError extends UpstreamError {
-  constructor(message: string) {
-    super(message, 'amqp:connection:forced');
-    this.name = 'UpstreamDownError';
-  }
-}
-
 type AnyLink = Sender | Receiver;
 
 function linkError(link: AnyLink): { condition?: string; description?: string } | undefined {
-  const remote = (link as unknown as { remote?: { detach?: { error?: { condition?: unknown; description?: unknown } } } }).remote;
+  const remote = (
+    link as unknown as { remote?: { detach?: { error?: { condition?: unknown; description?: unknown } } } }
+  ).remote;
   const e = remote?.detach?.error;
   if (!e) return undefined;
-  return { condition: e.condition === undefined ? undefined : String(e.condition), description: e.description === undefined ? undefined : String(e.description) };
+  return {
+    condition: e.condition === undefined ? undefined : String(e.condition),
+    description: e.description === undefined ? undefined : String(e.description),
+  };
 }
 
 /** Resolves once the parent attached the link with a terminus; rejects with its reason when it refused. */
-export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'receiver', what: string, timeoutMs: number): Promise<T> {
+export function whenAttached<T extends AnyLink>(
+  link: T,
+  role: 'sender' | 'receiver',
+  what: string,
+  timeoutMs: number,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     let done = false;
     const finish = (err?: Error) => {
@@ -77,7 +48,10 @@ export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'recei
     };
     const refused = () => {
       const e = linkError(link);
-      return new UpstreamError(`the parent refused the ${what} link: ${e?.description ?? e?.condition ?? 'no reason given'}`, e?.condition ?? 'amqp:not-found');
+      return new UpstreamError(
+        `the parent refused the ${what} link: ${e?.description ?? e?.condition ?? 'no reason given'}`,
+        e?.condition ?? 'amqp:not-found',
+      );
     };
     const onOpen = () => {
       const remote = (link as unknown as { remote: { attach?: { source?: unknown; target?: unknown } } }).remote.attach;
@@ -91,20 +65,20 @@ export function whenAttached<T extends AnyLink>(link: T, role: 'sender' | 'recei
       finish();
     };
     const onClose = () => finish(refused());
-    const timer = setTimeout(() => finish(new UpstreamError(`the parent did not answer the attach of the ${what} link within ${timeoutMs} ms`, 'com.microsoft:timeout')), timeoutMs);
+    const timer = setTimeout(
+      () =>
+        finish(
+          new UpstreamError(
+            `the parent did not answer the attach of the ${what} link within ${timeoutMs} ms`,
+            'com.microsoft:timeout',
+          ),
+        ),
+      timeoutMs,
+    );
     link.on(`${role}_open`, onOpen);
     link.on(`${role}_close`, onClose);
     link.on(`${role}_error`, onClose);
   });
-}
-
-export type SendOutcome = { ok: true } | { ok: false; condition: string; description: string; released?: boolean };
-
-/** Refusals of a message that sending it again cannot cure. */
-const PERMANENT_MESSAGE = new Set(['amqp:link:message-size-exceeded', 'amqp:decode-error', 'com.microsoft:argument-error', 'amqp:invalid-field']);
-
-export function isPermanentForMessage(outcome: SendOutcome): boolean {
-  return !outcome.ok && PERMANENT_MESSAGE.has(outcome.condition);
 }
 
 interface Queued {
@@ -125,19 +99,35 @@ export class OutLink {
   private endedWith: SendOutcome | undefined;
   private readonly goneListeners: Array<(why: string) => void> = [];
 
-  constructor(readonly sender: Sender, readonly what: string) {
+  constructor(
+    readonly sender: Sender,
+    readonly what: string,
+  ) {
     sender.on('sendable', () => this.flush());
     sender.on('accepted', (ctx: EventContext) => this.settle(ctx.delivery!, { ok: true }));
     sender.on('rejected', (ctx: EventContext) => {
-      const e = (ctx.delivery!.remote_state as { error?: { condition?: unknown; description?: unknown } } | undefined)?.error;
-      this.settle(ctx.delivery!, { ok: false, condition: String(e?.condition ?? 'amqp:internal-error'), description: String(e?.description ?? 'rejected by the parent') });
+      const e = (ctx.delivery!.remote_state as { error?: { condition?: unknown; description?: unknown } } | undefined)
+        ?.error;
+      this.settle(ctx.delivery!, {
+        ok: false,
+        condition: String(e?.condition ?? 'amqp:internal-error'),
+        description: String(e?.description ?? 'rejected by the parent'),
+      });
     });
     sender.on('released', (ctx: EventContext) =>
-      this.settle(ctx.delivery!, { ok: false, condition: 'released', description: 'the parent released the message (not taken; send it again)', released: true }),
+      this.settle(ctx.delivery!, {
+        ok: false,
+        condition: 'released',
+        description: 'the parent released the message (not taken; send it again)',
+        released: true,
+      }),
     );
     const gone = () => {
       const e = linkError(sender);
-      this.end(e?.description ? `the parent detached the ${what} link: ${e.description}` : `the ${what} link was detached`, e?.condition);
+      this.end(
+        e?.description ? `the parent detached the ${what} link: ${e.description}` : `the ${what} link was detached`,
+        e?.condition,
+      );
     };
     sender.on('sender_close', gone);
     sender.on('sender_error', gone);
@@ -174,7 +164,10 @@ export class OutLink {
   flush(): void {
     while (this.queue.length > 0 && !this.endedWith && this.sender.is_open() && this.sender.sendable()) {
       const item = this.queue.shift()!;
-      const delivery = item.format === undefined ? this.sender.send(item.msg as AmqpMessage) : this.sender.send(item.msg as AmqpMessage, undefined, item.format);
+      const delivery =
+        item.format === undefined
+          ? this.sender.send(item.msg as AmqpMessage)
+          : this.sender.send(item.msg as AmqpMessage, undefined, item.format);
       if (!item.done) continue;
       if (delivery.settled) item.done({ ok: true });
       else this.unsettled.set(delivery, item.done);
@@ -235,4 +228,28 @@ export function onReceiverGone(receiver: Receiver, what: string, fn: (why: strin
   };
   receiver.on('receiver_close', gone);
   receiver.on('receiver_error', gone);
+}
+
+/** Closes a receiver unless it is closed already (or its connection is gone). */
+export function closeQuietly(link: Receiver): void {
+  try {
+    if (!link.is_closed()) link.close();
+  } catch {
+    /* the connection is gone */
+  }
+}
+
+/** Both attaches, or neither: when one fails the other is closed again. */
+export async function both<A extends OutLink | Receiver, B extends OutLink | Receiver>(
+  a: Promise<A>,
+  b: Promise<B>,
+): Promise<[A, B]> {
+  const [ra, rb] = await Promise.allSettled([a, b]);
+  if (ra.status === 'fulfilled' && rb.status === 'fulfilled') return [ra.value, rb.value];
+  for (const r of [ra, rb]) {
+    if (r.status !== 'fulfilled') continue;
+    if (r.value instanceof OutLink) r.value.end('paired link refused');
+    else closeQuietly(r.value as Receiver);
+  }
+  throw ra.status === 'rejected' ? ra.reason : (rb as PromiseRejectedResult).reason;
 }
