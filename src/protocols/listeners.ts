@@ -93,7 +93,12 @@ export async function startDeviceHeads(o: DeviceHeadsOptions, onClose: (fn: Clos
   preAuth.guardTls(amqpServer, 'AMQP');
   await listen(amqpServer, bind, o.ports.amqp, 'AMQP', mapError);
   amqpServer.on('error', (err) => log.error({ err }, 'AMQP listener error'));
-  onClose(() => new Promise<void>((r) => amqpServer.close(() => r())));
+  // The server's close waits for its connections, and only the head ends them: end them first.
+  onClose(async () => {
+    const closed = new Promise<void>((r) => amqpServer.close(() => r()));
+    await amqp.close();
+    await closed;
+  });
 
   const ports = { mqtt: mqtt.port, amqp: (amqpServer.address() as AddressInfo).port };
   return {
@@ -115,7 +120,7 @@ export async function startDeviceHeads(o: DeviceHeadsOptions, onClose: (fn: Clos
 export function attachWebSocketHeads(
   https: HttpsServer,
   o: { engine: Engine; amqp: AmqpHead; preAuth: PreAuthGate; onBehalfOf?: OnBehalfOfSource; publicHost: string; httpsPort: number },
-): { listeners: ListenerEntry[]; close(): void } {
+): { listeners: ListenerEntry[]; close(): Promise<void> } {
   const mqttWs = attachMqttWebSocket(https, o.engine, undefined, o.onBehalfOf, o.preAuth);
   webSocketDispatcher(https).register(AMQP_WS_SUBPROTOCOL, (stream, req) => {
     const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
@@ -127,7 +132,11 @@ export function attachWebSocketHeads(
       { name: 'MQTT over WebSockets', url },
       { name: 'AMQP over WebSockets', url },
     ],
-    close: () => mqttWs.close(),
+    // The HTTPS server's close waits for upgraded sockets too: the AMQP head ends its own.
+    close: async () => {
+      mqttWs.close();
+      await o.amqp.close();
+    },
   };
 }
 
