@@ -1,4 +1,5 @@
 /** The twin write paths of the Registry: service-side patches, device reports, deployments. */
+import { diffValues } from '../util/merge-patch.ts';
 import type { StoredTwin } from '../store/registry-store.ts';
 import type { TwinJson } from './types.ts';
 import { badRequest, deviceNotFound, moduleNotFound } from '../model/errors.ts';
@@ -9,7 +10,6 @@ import {
   applyPropertiesPatch,
   checkSize,
   cleanPatch,
-  diffValues,
   isPlainObject,
   mergeValues,
   twinEtag,

@@ -5,6 +5,7 @@ import { parseConnectionString } from '../identity/connection-string.ts';
 import { createSasToken } from '../identity/sas.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
+import { parseErrorBody } from '../protocols/http/rest-errors.ts';
 
 /**
  * A small client for the hub's service REST API: the same paths, api-version, headers and
@@ -131,25 +132,6 @@ function hintFor(status: number, code: string): string | undefined {
   if (status === 429) return 'Wait a moment and try again';
   if (status >= 500) return 'The hub failed; see its log';
   return undefined;
-}
-
-/** Reads `{"Message":"ErrorCode:X;text"}` (and a few looser shapes) into code and text. */
-export function parseErrorBody(body: string, status: number): { code: string; text: string } {
-  let message: string | undefined;
-  try {
-    const parsed = JSON.parse(body) as Record<string, unknown>;
-    const m = parsed.Message ?? parsed.message;
-    if (typeof m === 'string') message = m;
-    if (typeof parsed.errorCode === 'string' || typeof parsed.errorCode === 'number') {
-      return { code: String(parsed.errorCode), text: message ?? body };
-    }
-  } catch {
-    // not JSON: fall through with the raw text
-  }
-  const text = (message ?? body).trim();
-  const m = /^ErrorCode:([^;]*);?(.*)$/s.exec(text);
-  if (m) return { code: m[1]!.trim(), text: m[2]!.trim() || m[1]!.trim() };
-  return { code: `HTTP${status}`, text: text || `HTTP status ${status}` };
 }
 
 function firstLine(s: string): string {

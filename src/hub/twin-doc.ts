@@ -145,22 +145,6 @@ export function applyPropertiesPatch(p: StoredProperties, patch: Record<string, 
   Object.assign(p.meta, stamp());
 }
 
-/** The merge patch that turns `from` into `to` (removed keys become null). */
-export function diffValues(from: Record<string, unknown>, to: Record<string, unknown>): Record<string, unknown> {
-  const patch: Record<string, unknown> = {};
-  for (const k of Object.keys(from)) if (!(k in to)) patch[k] = null;
-  for (const [k, v] of Object.entries(to)) {
-    const old = from[k];
-    if (isPlainObject(v) && isPlainObject(old)) {
-      const sub = diffValues(old, v);
-      if (Object.keys(sub).length > 0) patch[k] = sub;
-    } else if (JSON.stringify(old) !== JSON.stringify(v)) {
-      patch[k] = structuredClone(v);
-    }
-  }
-  return patch;
-}
-
 export function checkSize(what: string, value: Record<string, unknown>, limit: number): void {
   const size = Buffer.byteLength(JSON.stringify(value));
   if (size > limit) throw badRequest(`${what} would be ${size} bytes, more than the ${limit} bytes IoT Hub allows`);
