@@ -1,6 +1,6 @@
 import type { AuthResult } from '../model/identity.ts';
 import type { Message } from '../model/message.ts';
-import type { StoredMessage } from './message-store.ts';
+import type { StoredMessage } from './message-store/types.ts';
 import { compactAuthMethod, expandAuthMethod } from '../identity/auth-method.ts';
 import { encodeMessageMeta, messageOfMeta } from '../model/message-codec.ts';
 
