@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { EventToAppend, StoredEvent, StoredEventInfo } from '../../src/model/events.ts';
 import { EventStream, partitionOf } from '../../src/store/event-stream.ts';
-import { EventTail } from '../../src/store/event-tail.ts';
+import { EventTail } from '../../src/store/event-stream/tail.ts';
 import { mountSmallDisk } from '../helpers/tmpfs-disk.ts';
 
 /**

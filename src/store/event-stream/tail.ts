@@ -1,4 +1,4 @@
-import type { StoredEvent } from '../model/events.ts';
+import type { StoredEvent } from '../../model/events.ts';
 
 /**
  * The newest events of the stream, in sequence order, for readers that follow its end (the usual
