@@ -4,7 +4,7 @@
  * parameter types accept the argument types is used, and no match is a compile error
  * (`lower(3)`, `length(null)`, `concat('a')`). `$body` values are accepted wherever a
  * number, string or bool is; they are checked at run time and give undefined when the kind is
- * wrong. twin_change_includes is not here: it reads its argument as a path, see evaluate.ts.
+ * wrong. twin_change_includes is not here: it reads its argument as a path, see compiler.ts.
  */
 import { MISSING, type BodyValue } from './body-path.ts';
 

@@ -200,7 +200,7 @@ function parsePrimary(ts: TokenStream): ConditionNode {
       return { kind: 'property', name: t.text, start: t.start, end: t.end };
     }
     case 'QUERY_PATH':
-      // `-$body.a[0]`: a minus written against a body path (evaluate.ts reads it as the negated value).
+      // `-$body.a[0]`: a minus written against a body path (compiler.ts reads it as the negated value).
       if (/^-\$body\./i.test(t.text)) {
         ts.next();
         return { kind: 'property', name: t.text, start: t.start, end: t.end };
