@@ -33,7 +33,8 @@ export function parseBodyPath(path: string): PathStep[] | string {
         : `unsupported $body path "${path}": use names separated by dots, each optionally followed by one [index]`;
     }
     // An all-digit segment is a number token in the original's path grammar, not a name.
-    if (/^[0-9]+$/.test(m[1])) return `unsupported $body path "${path}": "${m[1]}" is not a name (use [${m[1]}] for an array index)`;
+    if (/^[0-9]+$/.test(m[1]))
+      return `unsupported $body path "${path}": "${m[1]}" is not a name (use [${m[1]}] for an array index)`;
     steps.push(m[2] === undefined ? { name: m[1] } : { name: m[1], index: Number(m[2]) });
   }
   return steps;

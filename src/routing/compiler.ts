@@ -37,7 +37,8 @@ export class Compiler {
 
   compile(n: ConditionNode): Compiled {
     // Long operator chains nest as deeply as parentheses do; bound both compile and evaluation stacks.
-    if (++this.depth > MAX_COMPILE_DEPTH) throw this.error(n.start, `condition too complex: more than ${MAX_COMPILE_DEPTH} nested operations`);
+    if (++this.depth > MAX_COMPILE_DEPTH)
+      throw this.error(n.start, `condition too complex: more than ${MAX_COMPILE_DEPTH} nested operations`);
     try {
       return this.compileNode(n);
     } finally {
@@ -141,11 +142,18 @@ export class Compiler {
     const exec = findExecutor(fname, types);
     if (exec === undefined) {
       const known = describeSignatures(fname);
-      if (known === '') throw this.error(n.start, `unknown function "${n.name}"`, 'see the route language functions: abs, exp, power, square, ceiling, floor, sign, sqrt, as_number, is_bool, is_defined, is_null, is_number, is_string, concat, length, lower, upper, substring, index_of, starts_with, ends_with, contains, twin_change_includes');
+      if (known === '')
+        throw this.error(
+          n.start,
+          `unknown function "${n.name}"`,
+          'see the route language functions: abs, exp, power, square, ceiling, floor, sign, sqrt, as_number, is_bool, is_defined, is_null, is_number, is_string, concat, length, lower, upper, substring, index_of, starts_with, ends_with, contains, twin_change_includes',
+        );
       throw this.error(
         n.start,
         `invalid arguments to function "${n.name}": ${fname}(${types.map(typeName).join(', ')}); expected ${known}`,
-        types.includes('string') && known.includes('number') ? 'application and system properties are strings; convert with as_number(...)' : undefined,
+        types.includes('string') && known.includes('number')
+          ? 'application and system properties are strings; convert with as_number(...)'
+          : undefined,
       );
     }
     const evs = args.map((a) => a.ev);
@@ -167,11 +175,19 @@ export class Compiler {
       throw this.error(n.start, `twin_change_includes can only be used in routes FROM /twinChangeNotifications`);
     }
     const path = n.argText;
-    if (path === '') throw this.error(n.start, 'twin_change_includes needs a path argument, e.g. twin_change_includes(properties.reported.x)');
+    if (path === '')
+      throw this.error(
+        n.start,
+        'twin_change_includes needs a path argument, e.g. twin_change_includes(properties.reported.x)',
+      );
     const steps = parseBodyPath(path);
-    if (typeof steps === 'string') throw this.error(n.start, `twin_change_includes: ${steps.replace('$body path', 'path')}`);
+    if (typeof steps === 'string')
+      throw this.error(n.start, `twin_change_includes: ${steps.replace('$body path', 'path')}`);
     if (!TWIN_PATH_PREFIXES.some((p) => path.toLowerCase().startsWith(p))) {
-      throw this.error(n.start, `twin_change_includes: "${path}" is not supported; the path must start with ${TWIN_PATH_PREFIXES.map((p) => `"${p}"`).join(', ')}`);
+      throw this.error(
+        n.start,
+        `twin_change_includes: "${path}" is not supported; the path must start with ${TWIN_PATH_PREFIXES.map((p) => `"${p}"`).join(', ')}`,
+      );
     }
     return { type: 'bool', ev: (m) => m.bodyHas(steps) };
   }

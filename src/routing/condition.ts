@@ -10,7 +10,23 @@
 import { RouteSyntaxError } from './errors.ts';
 import { describeToken, tokenize, type Token, type TokenType } from './lexer.ts';
 
-export type BinaryOp = '??' | 'OR' | 'AND' | '=' | '!=' | '<>' | '<' | '<=' | '>' | '>=' | '+' | '-' | '||' | '*' | '/' | '%';
+export type BinaryOp =
+  | '??'
+  | 'OR'
+  | 'AND'
+  | '='
+  | '!='
+  | '<>'
+  | '<'
+  | '<='
+  | '>'
+  | '>='
+  | '+'
+  | '-'
+  | '||'
+  | '*'
+  | '/'
+  | '%';
 
 export type LiteralValue =
   | { type: 'bool'; value: boolean }
@@ -28,7 +44,15 @@ export type ConditionNode =
   /** `argText` is the argument list's tokens joined without spaces: what twin_change_includes reads. */
   | { kind: 'call'; name: string; args: ConditionNode[]; argText: string; start: number; end: number }
   | { kind: 'unary'; op: '-' | 'NOT'; operand: ConditionNode; start: number; end: number }
-  | { kind: 'binary'; op: BinaryOp; left: ConditionNode; right: ConditionNode; opStart: number; start: number; end: number };
+  | {
+      kind: 'binary';
+      op: BinaryOp;
+      left: ConditionNode;
+      right: ConditionNode;
+      opStart: number;
+      start: number;
+      end: number;
+    };
 
 const LEVELS: TokenType[][] = [
   ['??'],
@@ -46,7 +70,10 @@ export class TokenStream {
   /** Current nesting of expressions, bounded so hostile input cannot exhaust the stack. */
   depth = 0;
 
-  constructor(readonly text: string, readonly tokens: Token[]) {}
+  constructor(
+    readonly text: string,
+    readonly tokens: Token[],
+  ) {}
 
   static of(text: string): TokenStream {
     return new TokenStream(text, tokenize(text));
@@ -75,7 +102,10 @@ export class TokenStream {
   /** Fails with "expected <what>, found <token>" at the current token. */
   fail(expected: string, hint?: string): never {
     const t = this.peek();
-    throw this.errorAt(t, `expected ${expected}, found ${describeToken(t)}`, { expected, hint: hint ?? hintFor(t, this.previous()) });
+    throw this.errorAt(t, `expected ${expected}, found ${describeToken(t)}`, {
+      expected,
+      hint: hint ?? hintFor(t, this.previous()),
+    });
   }
 
   errorAt(t: Token | number, detail: string, opts: { expected?: string; hint?: string } = {}): RouteSyntaxError {
@@ -87,10 +117,12 @@ export class TokenStream {
 
 function hintFor(t: Token, before?: Token): string | undefined {
   if (t.type === 'INTEGER' || t.type === 'REAL') {
-    if (t.text.startsWith('-')) return 'a "-" written directly before a number is part of the number; put spaces around a minus operator ("a - 1")';
+    if (t.text.startsWith('-'))
+      return 'a "-" written directly before a number is part of the number; put spaces around a minus operator ("a - 1")';
   }
   if (t.text === '&&' || t.text === '&' || t.text === '!') return 'the logical operators are AND, OR and NOT';
-  if (t.type === '=' && before?.type === '=' && before.end === t.start) return '"==" is not an operator; equality is a single "="';
+  if (t.type === '=' && before?.type === '=' && before.end === t.start)
+    return '"==" is not an operator; equality is a single "="';
   return undefined;
 }
 
@@ -149,10 +181,14 @@ function parsePrimary(ts: TokenStream): ConditionNode {
       ts.next();
       const inner = parseExpression(ts);
       if (ts.peek().type !== ')') {
-        throw ts.errorAt(ts.peek(), `expected ")" to close the "(" at position ${t.start + 1}, found ${describeToken(ts.peek())}`, {
-          expected: '")"',
-          hint: hintFor(ts.peek(), ts.previous()),
-        });
+        throw ts.errorAt(
+          ts.peek(),
+          `expected ")" to close the "(" at position ${t.start + 1}, found ${describeToken(ts.peek())}`,
+          {
+            expected: '")"',
+            hint: hintFor(ts.peek(), ts.previous()),
+          },
+        );
       }
       const close = ts.next();
       return { ...inner, start: t.start, end: close.end };
@@ -205,7 +241,9 @@ function parsePrimary(ts: TokenStream): ConditionNode {
         ts.next();
         return { kind: 'property', name: t.text, start: t.start, end: t.end };
       }
-      throw ts.errorAt(t, `unexpected ${describeToken(t)}: "[" and "]" may only follow $body`, { expected: 'an expression' });
+      throw ts.errorAt(t, `unexpected ${describeToken(t)}: "[" and "]" may only follow $body`, {
+        expected: 'an expression',
+      });
     case 'UNKNOWN':
       throw ts.errorAt(t, `invalid symbol ${describeToken(t)}`, { expected: 'an expression', hint: hintFor(t) });
     default:
@@ -225,14 +263,21 @@ function parseCall(ts: TokenStream, nameToken: Token): ConditionNode {
         continue;
       }
       if (ts.peek().type === ')') break;
-      throw ts.errorAt(ts.peek(), `expected "," or ")" in the arguments of ${nameToken.text}(, found ${describeToken(ts.peek())}`, {
-        expected: '"," or ")"',
-        hint: hintFor(ts.peek(), ts.previous()),
-      });
+      throw ts.errorAt(
+        ts.peek(),
+        `expected "," or ")" in the arguments of ${nameToken.text}(, found ${describeToken(ts.peek())}`,
+        {
+          expected: '"," or ")"',
+          hint: hintFor(ts.peek(), ts.previous()),
+        },
+      );
     }
   }
   const closeIndex = ts.index;
-  const argText = ts.tokens.slice(firstArgIndex, closeIndex).map((x) => x.text).join('');
+  const argText = ts.tokens
+    .slice(firstArgIndex, closeIndex)
+    .map((x) => x.text)
+    .join('');
   const close = ts.next();
   return { kind: 'call', name: nameToken.text, args, argText, start: nameToken.start, end: close.end };
 }
@@ -256,5 +301,7 @@ function parseHex(digitsText: string): number {
 }
 
 function unescape(body: string): string {
-  return body.replace(/\\(u[0-9a-fA-F]{4}|["'\\])/g, (_m, e: string) => (e.length === 5 ? String.fromCharCode(parseInt(e.slice(1), 16)) : e));
+  return body.replace(/\\(u[0-9a-fA-F]{4}|["'\\])/g, (_m, e: string) =>
+    e.length === 5 ? String.fromCharCode(parseInt(e.slice(1), 16)) : e,
+  );
 }

@@ -36,7 +36,12 @@ export class RouteSyntaxError extends UserError {
   readonly found?: string;
   readonly detail: string;
 
-  constructor(text: string, offset: number, detail: string, opts: { expected?: string; found?: string; hint?: string } = {}) {
+  constructor(
+    text: string,
+    offset: number,
+    detail: string,
+    opts: { expected?: string; found?: string; hint?: string } = {},
+  ) {
     const p = positionOf(text, offset);
     super(`${describePosition(p)}: ${detail}`, opts.hint);
     this.name = 'RouteSyntaxError';

@@ -11,16 +11,47 @@
  */
 
 export type TokenType =
-  | '{' | '}'
-  | 'SELECT' | 'FROM' | 'WHERE' | 'INTO'
-  | 'STRING' | 'UNTERMINATED_STRING'
-  | 'INTEGER' | 'HEX' | 'REAL'
-  | 'TRUE' | 'FALSE' | 'NULL' | 'UNDEFINED'
-  | '(' | ')' | ',' | '+' | '-' | '*' | '/' | '%'
-  | 'AND' | 'OR' | 'NOT'
-  | '=' | '!=' | '<>' | '<=' | '>=' | '>' | '<' | '||' | '??'
-  | 'SYS_PROP' | 'ID' | 'QUERY_PATH'
-  | 'WS' | 'COMMENT' | 'UNKNOWN'
+  | '{'
+  | '}'
+  | 'SELECT'
+  | 'FROM'
+  | 'WHERE'
+  | 'INTO'
+  | 'STRING'
+  | 'UNTERMINATED_STRING'
+  | 'INTEGER'
+  | 'HEX'
+  | 'REAL'
+  | 'TRUE'
+  | 'FALSE'
+  | 'NULL'
+  | 'UNDEFINED'
+  | '('
+  | ')'
+  | ','
+  | '+'
+  | '-'
+  | '*'
+  | '/'
+  | '%'
+  | 'AND'
+  | 'OR'
+  | 'NOT'
+  | '='
+  | '!='
+  | '<>'
+  | '<='
+  | '>='
+  | '>'
+  | '<'
+  | '||'
+  | '??'
+  | 'SYS_PROP'
+  | 'ID'
+  | 'QUERY_PATH'
+  | 'WS'
+  | 'COMMENT'
+  | 'UNKNOWN'
   | 'EOF';
 
 export interface Token {
@@ -54,7 +85,8 @@ function literal(lit: string): Matcher {
 }
 
 function keyword(word: string): Matcher {
-  return (s, i) => (s.length - i >= word.length && s.slice(i, i + word.length).toUpperCase() === word ? word.length : 0);
+  return (s, i) =>
+    s.length - i >= word.length && s.slice(i, i + word.length).toUpperCase() === word ? word.length : 0;
 }
 
 function digits(s: string, i: number): number {

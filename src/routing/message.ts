@@ -103,7 +103,8 @@ function parseBody(message: RoutableMessage, view: MessageView): ParsedBody {
   const contentType = view.system('contentType');
   if (contentType === undefined) return { error: 'contentType is not set' };
   // Exact media type only, as in the original: "application/json; charset=utf-8" is not JSON to it.
-  if (contentType.toLowerCase() !== 'application/json') return { error: `contentType "${contentType}" is not application/json` };
+  if (contentType.toLowerCase() !== 'application/json')
+    return { error: `contentType "${contentType}" is not application/json` };
   const encoding = view.system('contentEncoding');
   if (encoding === undefined) return { error: 'contentEncoding is not set' };
   let text: string;
@@ -126,7 +127,8 @@ function parseBody(message: RoutableMessage, view: MessageView): ParsedBody {
   } catch {
     return { error: 'the body is not valid JSON' };
   }
-  if (root === null || typeof root !== 'object' || Array.isArray(root)) return { error: 'the body is not a JSON object' };
+  if (root === null || typeof root !== 'object' || Array.isArray(root))
+    return { error: 'the body is not a JSON object' };
   return { root: root as Record<string, unknown> };
 }
 

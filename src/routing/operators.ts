@@ -38,25 +38,43 @@ function arith(op: ArithOp): (a: number, b: number) => number {
   }
 }
 
-export function operandError(fail: Fail, at: number, op: string, have: QType[], expected: QType[] | string): RouteSyntaxError {
+export function operandError(
+  fail: Fail,
+  at: number,
+  op: string,
+  have: QType[],
+  expected: QType[] | string,
+): RouteSyntaxError {
   const arity = have.length === 1 ? 'unary' : 'binary';
   const names = (ts: QType[] | string) => (typeof ts === 'string' ? ts : ts.map(typeName).join(' and '));
   let hint: string | undefined;
   if (have.includes('string') && have.includes('number')) {
-    hint = 'application and system properties are strings: compare with a string literal, or convert with as_number(name)';
+    hint =
+      'application and system properties are strings: compare with a string literal, or convert with as_number(name)';
   } else if (have.includes('undefined')) {
     hint = 'use is_defined(...) to test for undefined';
   } else if (op === '+' && have.every((t) => t === 'string')) {
     hint = 'use || or concat(...) to join strings';
   }
-  return fail(at, `invalid operands to ${arity} operator "${op}": have ${names(have)}, expected ${names(expected)}`, hint);
+  return fail(
+    at,
+    `invalid operands to ${arity} operator "${op}": have ${names(have)}, expected ${names(expected)}`,
+    hint,
+  );
 }
 
 export function unary(fail: Fail, op: '-' | 'NOT', x: Compiled, at: number): Compiled {
   const ev = x.ev;
   if (op === '-') {
     if (x.type === 'number') return { type: 'number', ev: (m) => -(ev(m) as number) };
-    if (x.type === 'value') return { type: 'value', ev: (m) => { const v = ev(m); return typeof v === 'number' ? -v : undefined; } };
+    if (x.type === 'value')
+      return {
+        type: 'value',
+        ev: (m) => {
+          const v = ev(m);
+          return typeof v === 'number' ? -v : undefined;
+        },
+      };
     throw operandError(fail, at, '-', [x.type], ['number']);
   }
   switch (x.type) {
@@ -65,7 +83,13 @@ export function unary(fail: Fail, op: '-' | 'NOT', x: Compiled, at: number): Com
     case 'null':
       return { type: 'bool', ev: () => true }; // NOT null is true in the original
     case 'value':
-      return { type: 'bool', ev: (m) => { const v = ev(m); return typeof v === 'boolean' ? !v : undefined; } };
+      return {
+        type: 'bool',
+        ev: (m) => {
+          const v = ev(m);
+          return typeof v === 'boolean' ? !v : undefined;
+        },
+      };
     default:
       throw operandError(fail, at, 'NOT', [x.type], ['bool']);
   }
@@ -94,7 +118,8 @@ export function binary(fail: Fail, op: BinaryOp, l: Compiled, r: Compiled, at: n
 /** Both sides must have the left side's type, except that a body value pairs with any scalar type. */
 function sameTypeOrBody(fail: Fail, op: string, l: Compiled, r: Compiled, at: number): QType {
   if (!accepts(l.type, r.type, true)) {
-    const expected = l.type === 'value' ? '$body value and string, number, bool, null or $body value' : [l.type, l.type];
+    const expected =
+      l.type === 'value' ? '$body value and string, number, bool, null or $body value' : [l.type, l.type];
     throw operandError(fail, at, op, [l.type, r.type], expected);
   }
   return l.type === 'value' || r.type === 'value' ? 'value' : l.type;
@@ -135,7 +160,8 @@ function arithmetic(fail: Fail, op: ArithOp, l: Compiled, r: Compiled, at: numbe
   const f = arith(op);
   const le = l.ev;
   const re = r.ev;
-  if (l.type === 'number' && r.type === 'number') return { type: 'number', ev: (m) => f(le(m) as number, re(m) as number) };
+  if (l.type === 'number' && r.type === 'number')
+    return { type: 'number', ev: (m) => f(le(m) as number, re(m) as number) };
   const [lv, rv] = as('value', l, r);
   return {
     type: 'value',
@@ -188,8 +214,10 @@ function logical(fail: Fail, op: 'AND' | 'OR', l: Compiled, r: Compiled, at: num
   }
   if (op === 'AND' && (l.type === 'null' || r.type === 'null')) return { type: 'null', ev: () => null };
   if (op === 'OR' && l.type === 'null' && r.type === 'null') return { type: 'null', ev: () => null };
-  if (op === 'OR' && l.type === 'null') return { type: 'bool', ev: r.type === 'bool' ? (re as (m: MessageView) => Tri) : () => undefined };
-  if (op === 'OR' && r.type === 'null') return { type: 'bool', ev: l.type === 'bool' ? (le as (m: MessageView) => Tri) : () => undefined };
+  if (op === 'OR' && l.type === 'null')
+    return { type: 'bool', ev: r.type === 'bool' ? (re as (m: MessageView) => Tri) : () => undefined };
+  if (op === 'OR' && r.type === 'null')
+    return { type: 'bool', ev: l.type === 'bool' ? (le as (m: MessageView) => Tri) : () => undefined };
   const lb: (m: MessageView) => Tri = l.type === 'bool' ? (le as (m: MessageView) => Tri) : () => undefined;
   const rb: (m: MessageView) => Tri = r.type === 'bool' ? (re as (m: MessageView) => Tri) : () => undefined;
   return { type: 'bool', ev: (m) => f(lb(m), rb(m)) };

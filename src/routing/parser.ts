@@ -32,11 +32,30 @@ export interface ParsedRoute {
 
 // Tokens that may serve as a path segment when written directly after "/": words the lexer
 // classifies as keywords or numbers but are plain names in a path.
-const WORDLIKE = new Set(['SELECT', 'FROM', 'WHERE', 'INTO', 'AND', 'OR', 'NOT', 'TRUE', 'FALSE', 'NULL', 'UNDEFINED', 'INTEGER', 'HEX', 'REAL']);
+const WORDLIKE = new Set([
+  'SELECT',
+  'FROM',
+  'WHERE',
+  'INTO',
+  'AND',
+  'OR',
+  'NOT',
+  'TRUE',
+  'FALSE',
+  'NULL',
+  'UNDEFINED',
+  'INTEGER',
+  'HEX',
+  'REAL',
+]);
 
 export function parseRoute(text: string): ParsedRoute {
   const ts = TokenStream.of(text);
-  if (ts.peek().type === 'EOF') throw new RouteSyntaxError(text, 0, 'empty route', { expected: 'FROM', hint: 'a route reads FROM <source> [WHERE <condition>] INTO <sink>' });
+  if (ts.peek().type === 'EOF')
+    throw new RouteSyntaxError(text, 0, 'empty route', {
+      expected: 'FROM',
+      hint: 'a route reads FROM <source> [WHERE <condition>] INTO <sink>',
+    });
 
   const select = ts.peek().type === 'SELECT';
   if (select) {
@@ -87,11 +106,13 @@ function parseSource(ts: TokenStream): { text: string } {
     }
   }
   const problem = sourceProblem(out);
-  if (problem) throw ts.errorAt(first, `source "${out}" ${problem}`, { expected: 'a message source', hint: SOURCES_HINT });
+  if (problem)
+    throw ts.errorAt(first, `source "${out}" ${problem}`, { expected: 'a message source', hint: SOURCES_HINT });
   return { text: out };
 }
 
-const SOURCES_HINT = 'sources are /messages/* (all telemetry), /messages/modules/<module>/outputs/<output> (or /*), /twinChangeNotifications and /*';
+const SOURCES_HINT =
+  'sources are /messages/* (all telemetry), /messages/modules/<module>/outputs/<output> (or /*), /twinChangeNotifications and /*';
 
 /**
  * Why a source can never match a message, or undefined. Messages come from `/messages`,
@@ -105,10 +126,12 @@ export function sourceProblem(source: string): string | undefined {
   const path = star >= 0 ? segs.slice(0, -1) : segs;
   const is = (i: number, word: string) => path[i] === undefined || path[i]!.toLowerCase() === word.toLowerCase();
   if (path.length === 0) return undefined;
-  if (path[0]!.toLowerCase() === 'twinchangenotifications') return path.length === 1 ? undefined : 'goes below /twinChangeNotifications, which has no sub-sources';
+  if (path[0]!.toLowerCase() === 'twinchangenotifications')
+    return path.length === 1 ? undefined : 'goes below /twinChangeNotifications, which has no sub-sources';
   if (path[0]!.toLowerCase() !== 'messages') return 'matches no message';
   if (!is(1, 'modules')) return `matches no message: after /messages comes /modules, not /${path[1]}`;
-  if (!is(3, 'outputs')) return `matches no message: after /messages/modules/${path[2]} comes /outputs, not /${path[3]}`;
+  if (!is(3, 'outputs'))
+    return `matches no message: after /messages/modules/${path[2]} comes /outputs, not /${path[3]}`;
   return undefined;
 }
 
@@ -117,7 +140,10 @@ function parseSink(ts: TokenStream): Endpoint {
   if (t.type === 'SYS_PROP') {
     ts.next();
     if (t.text.toLowerCase() !== '$upstream') {
-      throw ts.errorAt(t, `unknown system endpoint ${describeToken(t)}`, { expected: '$upstream', hint: 'the system endpoint is $upstream' });
+      throw ts.errorAt(t, `unknown system endpoint ${describeToken(t)}`, {
+        expected: '$upstream',
+        hint: 'the system endpoint is $upstream',
+      });
     }
     return UPSTREAM;
   }
@@ -137,7 +163,8 @@ function parseSink(ts: TokenStream): Endpoint {
     ts.next();
     // The address is taken verbatim between the quotes, without escape processing (as in the original).
     const endpoint = parseBrokeredAddress(addr.text.slice(1, -1));
-    if (typeof endpoint === 'string') throw ts.errorAt(addr, endpoint, { expected: '"/modules/<module>/inputs/<input>"' });
+    if (typeof endpoint === 'string')
+      throw ts.errorAt(addr, endpoint, { expected: '"/modules/<module>/inputs/<input>"' });
     return endpoint;
   }
   return ts.fail('$upstream or BrokeredEndpoint("/modules/<module>/inputs/<input>")');
@@ -159,4 +186,3 @@ export function sourceMatches(prefix: string, messageSource: string): boolean {
   const m = withSlash(messageSource);
   return m.length >= prefix.length && m.slice(0, prefix.length).toLowerCase() === prefix.toLowerCase();
 }
-

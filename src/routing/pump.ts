@@ -196,7 +196,10 @@ export class EndpointPump {
     if (this.endpoint.onAvailable) this.unsubscribe.push(this.endpoint.onAvailable(() => this.signal('available')));
     this.loop = this.run().catch((err: unknown) => {
       // A bug, not an endpoint failure: say so loudly; the store still holds every message.
-      log.error({ endpoint: this.name, err: (err as Error).message, stack: (err as Error).stack }, 'pump stopped by an error');
+      log.error(
+        { endpoint: this.name, err: (err as Error).message, stack: (err as Error).stack },
+        'pump stopped by an error',
+      );
       this.state = 'stopped';
     });
   }
@@ -236,7 +239,8 @@ export class EndpointPump {
   }
 
   private wait(on: WaitFor): Promise<void> {
-    if (this.stopped || (on.work && this.workSignal) || (on.available && this.availableSignal)) return Promise.resolve();
+    if (this.stopped || (on.work && this.workSignal) || (on.available && this.availableSignal))
+      return Promise.resolve();
     return new Promise<void>((resolve) => {
       let timer: NodeJS.Timeout | undefined;
       const wake = () => {
@@ -275,7 +279,13 @@ export class EndpointPump {
         if (batch.length === 0) break;
         this.state = 'sending';
         this.availableSignal = false;
-        inflight.push({ batch, outcome: this.sendWithTimeout(batch).then(() => undefined, (err: unknown) => err ?? new Error('send failed')) });
+        inflight.push({
+          batch,
+          outcome: this.sendWithTimeout(batch).then(
+            () => undefined,
+            (err: unknown) => err ?? new Error('send failed'),
+          ),
+        });
       }
       const head = inflight[0];
       if (!head) {
@@ -285,7 +295,9 @@ export class EndpointPump {
       }
       // With room for another batch, new work wakes the loop too, to send it at once.
       const roomLeft = inflight.length < this.depth;
-      const settled = roomLeft ? await Promise.race([head.outcome.then((err) => ({ err })), this.wait({ work: true })]) : { err: await head.outcome };
+      const settled = roomLeft
+        ? await Promise.race([head.outcome.then((err) => ({ err })), this.wait({ work: true })])
+        : { err: await head.outcome };
       if (settled === undefined) continue;
       if (settled.err !== undefined) {
         await Promise.all(inflight.map((f) => f.outcome));

@@ -61,7 +61,10 @@ export class RouteTable {
   }
 
   /** Compiles route definitions; the first bad one fails with a RouteConfigError naming it. */
-  static fromDefinitions(defs: readonly RouteDefinition[], globalTtlSecs: number = DEFAULT_TIME_TO_LIVE_SECS): RouteTable {
+  static fromDefinitions(
+    defs: readonly RouteDefinition[],
+    globalTtlSecs: number = DEFAULT_TIME_TO_LIVE_SECS,
+  ): RouteTable {
     return new RouteTable(defs.map(compileDefinition), globalTtlSecs);
   }
 
@@ -109,20 +112,28 @@ export class RouteTable {
 function compileDefinition(def: RouteDefinition): TableRoute {
   const priority = def.priority ?? DEFAULT_ROUTE_PRIORITY;
   if (!(Number.isInteger(priority) && ((priority >= 0 && priority <= 9) || priority === DEFAULT_ROUTE_PRIORITY))) {
-    throw new RouteConfigError(`priority ${JSON.stringify(def.priority)} is invalid; it must be an integer from 0 (highest) to 9`, { routeName: def.name });
+    throw new RouteConfigError(
+      `priority ${JSON.stringify(def.priority)} is invalid; it must be an integer from 0 (highest) to 9`,
+      { routeName: def.name },
+    );
   }
   const ttl = def.timeToLiveSecs ?? 0;
   if (!(Number.isInteger(ttl) && ttl >= 0 && ttl <= 0xffffffff)) {
-    throw new RouteConfigError(`timeToLiveSecs ${JSON.stringify(def.timeToLiveSecs)} is invalid; it must be a whole number of seconds, 0 for the global TTL`, {
-      routeName: def.name,
-    });
+    throw new RouteConfigError(
+      `timeToLiveSecs ${JSON.stringify(def.timeToLiveSecs)} is invalid; it must be a whole number of seconds, 0 for the global TTL`,
+      {
+        routeName: def.name,
+      },
+    );
   }
-  if (typeof def.route !== 'string' || def.route.trim() === '') throw new RouteConfigError('the route is empty', { routeName: def.name });
+  if (typeof def.route !== 'string' || def.route.trim() === '')
+    throw new RouteConfigError('the route is empty', { routeName: def.name });
   let parsed: ParsedRoute;
   try {
     parsed = parseRoute(def.route);
   } catch (err) {
-    if (err instanceof RouteSyntaxError) throw new RouteConfigError(err.message, { routeName: def.name, hint: err.hint, cause: err });
+    if (err instanceof RouteSyntaxError)
+      throw new RouteConfigError(err.message, { routeName: def.name, hint: err.hint, cause: err });
     throw err;
   }
   return { ...parsed, name: def.name, priority, timeToLiveSecs: ttl };
@@ -150,23 +161,31 @@ const SUPPORTED_SCHEMAS = '1.0, 1.1, 1.2, 1.3';
  * Field names are matched case-insensitively, as the original's JSON reader does. Other fields
  * (e.g. 1.2's brokerConfiguration) are ignored here.
  */
-export function parseEdgeHubDesired(desired: unknown, opts: { defaultTimeToLiveSecs?: number } = {}): EdgeHubRoutingConfig {
+export function parseEdgeHubDesired(
+  desired: unknown,
+  opts: { defaultTimeToLiveSecs?: number } = {},
+): EdgeHubRoutingConfig {
   if (!isObject(desired)) throw new RouteConfigError('$edgeHub desired properties must be a JSON object');
   const rawVersion = field(desired, 'schemaVersion');
   if (rawVersion === undefined || rawVersion === null) {
-    throw new RouteConfigError('$edgeHub desired properties have no schemaVersion', { hint: `set "schemaVersion" to one of ${SUPPORTED_SCHEMAS}` });
+    throw new RouteConfigError('$edgeHub desired properties have no schemaVersion', {
+      hint: `set "schemaVersion" to one of ${SUPPORTED_SCHEMAS}`,
+    });
   }
   const schemaVersion = String(rawVersion).trim();
   const v = /^(\d+)\.(\d+)(?:\.\d+){0,2}$/.exec(schemaVersion);
   if (!v || Number(v[1]) !== 1 || Number(v[2]) > 3) {
-    throw new RouteConfigError(`unsupported $edgeHub schemaVersion "${schemaVersion}"`, { hint: `supported versions: ${SUPPORTED_SCHEMAS}` });
+    throw new RouteConfigError(`unsupported $edgeHub schemaVersion "${schemaVersion}"`, {
+      hint: `supported versions: ${SUPPORTED_SCHEMAS}`,
+    });
   }
   const legacy = Number(v[2]) === 0;
 
   const routesRaw = field(desired, 'routes');
   const routes: RouteDefinition[] = [];
   if (routesRaw === undefined || routesRaw === null) {
-    if (!legacy) throw new RouteConfigError(`$edgeHub desired properties (schemaVersion ${schemaVersion}) have no "routes"`);
+    if (!legacy)
+      throw new RouteConfigError(`$edgeHub desired properties (schemaVersion ${schemaVersion}) have no "routes"`);
   } else {
     if (!isObject(routesRaw)) throw new RouteConfigError('"routes" must be an object of route name to route');
     for (const [name, spec] of Object.entries(routesRaw)) {
@@ -180,13 +199,19 @@ export function parseEdgeHubDesired(desired: unknown, opts: { defaultTimeToLiveS
   let maxStoreSizeBytes: number | undefined;
   const sf = field(desired, 'storeAndForwardConfiguration');
   if (sf === undefined || sf === null) {
-    if (!legacy) throw new RouteConfigError(`$edgeHub desired properties (schemaVersion ${schemaVersion}) have no "storeAndForwardConfiguration"`, { hint: 'e.g. "storeAndForwardConfiguration": { "timeToLiveSecs": 7200 }' });
+    if (!legacy)
+      throw new RouteConfigError(
+        `$edgeHub desired properties (schemaVersion ${schemaVersion}) have no "storeAndForwardConfiguration"`,
+        { hint: 'e.g. "storeAndForwardConfiguration": { "timeToLiveSecs": 7200 }' },
+      );
   } else {
     if (!isObject(sf)) throw new RouteConfigError('"storeAndForwardConfiguration" must be an object');
     const ttl = field(sf, 'timeToLiveSecs');
     if (ttl !== undefined && ttl !== null) {
       if (typeof ttl !== 'number' || !Number.isInteger(ttl) || Math.abs(ttl) > 0x7fffffff) {
-        throw new RouteConfigError(`storeAndForwardConfiguration.timeToLiveSecs ${JSON.stringify(ttl)} is not a whole number of seconds`);
+        throw new RouteConfigError(
+          `storeAndForwardConfiguration.timeToLiveSecs ${JSON.stringify(ttl)} is not a whole number of seconds`,
+        );
       }
       timeToLiveSecs = ttl;
     }
@@ -194,16 +219,26 @@ export function parseEdgeHubDesired(desired: unknown, opts: { defaultTimeToLiveS
     if (limits !== undefined && limits !== null) {
       const max = isObject(limits) ? field(limits, 'maxSizeBytes') : undefined;
       if (typeof max !== 'number' || !Number.isInteger(max) || max < 0) {
-        throw new RouteConfigError('storeAndForwardConfiguration.storeLimits.maxSizeBytes must be a whole number of bytes');
+        throw new RouteConfigError(
+          'storeAndForwardConfiguration.storeLimits.maxSizeBytes must be a whole number of bytes',
+        );
       }
       maxStoreSizeBytes = max;
     }
   }
-  return { schemaVersion, routes, timeToLiveSecs: timeToLiveSecs < 0 ? Infinity : timeToLiveSecs, ...(maxStoreSizeBytes !== undefined ? { maxStoreSizeBytes } : {}) };
+  return {
+    schemaVersion,
+    routes,
+    timeToLiveSecs: timeToLiveSecs < 0 ? Infinity : timeToLiveSecs,
+    ...(maxStoreSizeBytes !== undefined ? { maxStoreSizeBytes } : {}),
+  };
 }
 
 /** parseEdgeHubDesired, then compile every route. Errors are RouteConfigError naming the route. */
-export function routeTableFromEdgeHubDesired(desired: unknown, opts: { defaultTimeToLiveSecs?: number } = {}): RouteTable {
+export function routeTableFromEdgeHubDesired(
+  desired: unknown,
+  opts: { defaultTimeToLiveSecs?: number } = {},
+): RouteTable {
   const cfg = parseEdgeHubDesired(desired, opts);
   return RouteTable.fromDefinitions(cfg.routes, cfg.timeToLiveSecs);
 }
@@ -224,19 +259,27 @@ function routeSpec(name: string, spec: unknown): RouteDefinition {
     return { name, route: spec };
   }
   if (!isObject(spec)) {
-    throw new RouteConfigError('malformed route: expected a string or an object {"route": ..., "priority": 0-9, "timeToLiveSecs": n}', { routeName: name });
+    throw new RouteConfigError(
+      'malformed route: expected a string or an object {"route": ..., "priority": 0-9, "timeToLiveSecs": n}',
+      { routeName: name },
+    );
   }
   const route = field(spec, 'route');
-  if (typeof route !== 'string' || route.trim() === '') throw new RouteConfigError('the route object has no "route" text', { routeName: name });
+  if (typeof route !== 'string' || route.trim() === '')
+    throw new RouteConfigError('the route object has no "route" text', { routeName: name });
   const def: RouteDefinition = { name, route };
   const priority = field(spec, 'priority');
   if (priority !== undefined) {
-    if (typeof priority !== 'number') throw new RouteConfigError(`priority ${JSON.stringify(priority)} is not a number from 0 to 9`, { routeName: name });
+    if (typeof priority !== 'number')
+      throw new RouteConfigError(`priority ${JSON.stringify(priority)} is not a number from 0 to 9`, {
+        routeName: name,
+      });
     def.priority = priority;
   }
   const ttl = field(spec, 'timeToLiveSecs');
   if (ttl !== undefined) {
-    if (typeof ttl !== 'number') throw new RouteConfigError(`timeToLiveSecs ${JSON.stringify(ttl)} is not a number`, { routeName: name });
+    if (typeof ttl !== 'number')
+      throw new RouteConfigError(`timeToLiveSecs ${JSON.stringify(ttl)} is not a number`, { routeName: name });
     def.timeToLiveSecs = ttl;
   }
   return def;

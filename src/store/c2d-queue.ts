@@ -44,7 +44,10 @@ export class C2DQueue {
   readonly maxDeliveryCount: number;
   private readonly s: Record<string, Database.Statement>;
 
-  constructor(private readonly db: Database.Database, opts: C2DQueueOptions = {}) {
+  constructor(
+    private readonly db: Database.Database,
+    opts: C2DQueueOptions = {},
+  ) {
     this.maxDepth = opts.maxDepth ?? 50;
     this.defaultTtlMs = opts.defaultTtlMs ?? 60 * 60 * 1000;
     this.maxDeliveryCount = opts.maxDeliveryCount ?? 10;
@@ -82,8 +85,12 @@ export class C2DQueue {
       ),
       expired: db.prepare('SELECT * FROM c2d_messages WHERE device_id = ? AND module_id = ? AND expiry_ms <= ?'),
       allExpired: db.prepare('SELECT * FROM c2d_messages WHERE expiry_ms <= ? LIMIT 1000'),
-      next: db.prepare('SELECT * FROM c2d_messages WHERE device_id = ? AND module_id = ? AND locked_until <= ? AND expiry_ms > ? ORDER BY id LIMIT 1'),
-      lock: db.prepare('UPDATE c2d_messages SET lock_token = ?, locked_until = ?, delivery_count = delivery_count + 1 WHERE id = ?'),
+      next: db.prepare(
+        'SELECT * FROM c2d_messages WHERE device_id = ? AND module_id = ? AND locked_until <= ? AND expiry_ms > ? ORDER BY id LIMIT 1',
+      ),
+      lock: db.prepare(
+        'UPDATE c2d_messages SET lock_token = ?, locked_until = ?, delivery_count = delivery_count + 1 WHERE id = ?',
+      ),
       byLock: db.prepare('SELECT * FROM c2d_messages WHERE lock_token = ?'),
       remove: db.prepare('DELETE FROM c2d_messages WHERE id = ?'),
       unlock: db.prepare('UPDATE c2d_messages SET lock_token = NULL, locked_until = 0 WHERE id = ?'),
@@ -102,18 +109,34 @@ export class C2DQueue {
   }
 
   /** Queues a message; throws EngineError queue-full at the maximum depth. */
-  enqueue(deviceId: string, message: Message, opts: { ack?: C2DAck; ttlMs?: number; moduleId?: string; now?: number } = {}): { messageId: string; id: number } {
+  enqueue(
+    deviceId: string,
+    message: Message,
+    opts: { ack?: C2DAck; ttlMs?: number; moduleId?: string; now?: number } = {},
+  ): { messageId: string; id: number } {
     const now = opts.now ?? Date.now();
     const moduleId = opts.moduleId ?? '';
     return this.db.transaction(() => {
       this.expireFor(deviceId, moduleId, now);
       if (this.depth(deviceId, moduleId) >= this.maxDepth) {
-        throw new EngineError('queue-full', `the queue of ${describeTarget(deviceId, moduleId)} already holds ${this.maxDepth} messages`);
+        throw new EngineError(
+          'queue-full',
+          `the queue of ${describeTarget(deviceId, moduleId)} already holds ${this.maxDepth} messages`,
+        );
       }
       const messageId = message.messageId ?? randomUUID();
       const stored: Message = { ...message, messageId };
       const expiry = message.expiry ?? now + (opts.ttlMs ?? this.defaultTtlMs);
-      const info = this.s.insert.run(deviceId, moduleId, messageId, encodeMessageMeta(stored), message.body, now, expiry, opts.ack ?? 'none');
+      const info = this.s.insert.run(
+        deviceId,
+        moduleId,
+        messageId,
+        encodeMessageMeta(stored),
+        message.body,
+        now,
+        expiry,
+        opts.ack ?? 'none',
+      );
       return { messageId, id: Number(info.lastInsertRowid) };
     })();
   }
@@ -155,13 +178,21 @@ export class C2DQueue {
    * abandon makes it available again. Throws not-found for an unknown token and precondition
    * when the lock has expired meanwhile.
    */
-  settle(deviceId: string, lockToken: string, outcome: C2DOutcome, opts: { moduleId?: string; now?: number; ignoreLockExpiry?: boolean } = {}): void {
+  settle(
+    deviceId: string,
+    lockToken: string,
+    outcome: C2DOutcome,
+    opts: { moduleId?: string; now?: number; ignoreLockExpiry?: boolean } = {},
+  ): void {
     const now = opts.now ?? Date.now();
     const moduleId = opts.moduleId ?? '';
     this.db.transaction(() => {
       const row = this.s.byLock.get(lockToken) as Row | undefined;
       if (!row || row.device_id !== deviceId || row.module_id !== moduleId) {
-        throw new EngineError('not-found', `no message of ${describeTarget(deviceId, moduleId)} is locked with token ${lockToken}`);
+        throw new EngineError(
+          'not-found',
+          `no message of ${describeTarget(deviceId, moduleId)} is locked with token ${lockToken}`,
+        );
       }
       if (!opts.ignoreLockExpiry && row.locked_until <= now) {
         throw new EngineError('precondition', `the lock ${lockToken} has expired; the message may be delivered again`);
@@ -187,7 +218,9 @@ export class C2DQueue {
 
   /** Drops every lock (at start-up: the connections that held them are gone). */
   releaseAll(): number {
-    return this.db.prepare('UPDATE c2d_messages SET lock_token = NULL, locked_until = 0 WHERE lock_token IS NOT NULL').run().changes;
+    return this.db
+      .prepare('UPDATE c2d_messages SET lock_token = NULL, locked_until = 0 WHERE lock_token IS NOT NULL')
+      .run().changes;
   }
 
   /** Removes every queued message of a device (identity deleted). */
@@ -248,7 +281,11 @@ export class C2DQueue {
   private recordOutcome(row: Row, status: C2DFeedbackRecord['statusCode'], now: number): void {
     const positive = status === 'Success';
     const wanted = row.ack === 'full' || (row.ack === 'positive' && positive) || (row.ack === 'negative' && !positive);
-    if (status !== 'Success') log.info({ deviceId: row.device_id, messageId: row.message_id, status }, 'C2D message left the queue without completion');
+    if (status !== 'Success')
+      log.info(
+        { deviceId: row.device_id, messageId: row.message_id, status },
+        'C2D message left the queue without completion',
+      );
     if (!wanted) return;
     this.s.feedback.run(row.device_id, row.message_id, status, FEEDBACK_TEXT[status], now, null);
   }

@@ -19,7 +19,10 @@ export interface ConsumerGroup {
 }
 
 export class ConsumerGroupError extends Error {
-  constructor(message: string, readonly code: 'invalid' | 'exists' | 'not-found' | 'reserved') {
+  constructor(
+    message: string,
+    readonly code: 'invalid' | 'exists' | 'not-found' | 'reserved',
+  ) {
     super(message);
     this.name = 'ConsumerGroupError';
   }
@@ -27,7 +30,8 @@ export class ConsumerGroupError extends Error {
 
 /** Why `name` cannot be a consumer group name, or undefined when it can. */
 export function consumerGroupNameProblem(name: string): string | undefined {
-  if (name.toLowerCase() === DEFAULT_CONSUMER_GROUP.toLowerCase()) return `${DEFAULT_CONSUMER_GROUP} always exists and cannot be added or removed`;
+  if (name.toLowerCase() === DEFAULT_CONSUMER_GROUP.toLowerCase())
+    return `${DEFAULT_CONSUMER_GROUP} always exists and cannot be added or removed`;
   if (!NAME.test(name)) {
     return `consumer group name "${name}" is not valid: use 1 to 50 letters, digits, ".", "-" or "_", starting and ending with a letter or digit`;
   }
@@ -43,22 +47,37 @@ export class ConsumerGroups {
 
   /** `$Default` first, then the others by creation. */
   list(): ConsumerGroup[] {
-    const rows = this.db.sqlite.prepare('SELECT name, created_at FROM consumer_groups ORDER BY created_at, name').all() as Array<{ name: string; created_at: number }>;
-    return [{ name: DEFAULT_CONSUMER_GROUP, createdAt: 0 }, ...rows.map((r) => ({ name: r.name, createdAt: r.created_at }))];
+    const rows = this.db.sqlite
+      .prepare('SELECT name, created_at FROM consumer_groups ORDER BY created_at, name')
+      .all() as Array<{ name: string; created_at: number }>;
+    return [
+      { name: DEFAULT_CONSUMER_GROUP, createdAt: 0 },
+      ...rows.map((r) => ({ name: r.name, createdAt: r.created_at })),
+    ];
   }
 
   /** The group as it was created (its stored spelling), or undefined. */
   get(name: string): ConsumerGroup | undefined {
-    if (name.toLowerCase() === DEFAULT_CONSUMER_GROUP.toLowerCase()) return { name: DEFAULT_CONSUMER_GROUP, createdAt: 0 };
-    const row = this.db.sqlite.prepare('SELECT name, created_at FROM consumer_groups WHERE name = ?').get(name) as { name: string; created_at: number } | undefined;
+    if (name.toLowerCase() === DEFAULT_CONSUMER_GROUP.toLowerCase())
+      return { name: DEFAULT_CONSUMER_GROUP, createdAt: 0 };
+    const row = this.db.sqlite.prepare('SELECT name, created_at FROM consumer_groups WHERE name = ?').get(name) as
+      | { name: string; created_at: number }
+      | undefined;
     return row ? { name: row.name, createdAt: row.created_at } : undefined;
   }
 
   add(name: string, now = Date.now()): ConsumerGroup {
     const problem = consumerGroupNameProblem(name);
-    if (problem) throw new ConsumerGroupError(problem, name.toLowerCase() === DEFAULT_CONSUMER_GROUP.toLowerCase() ? 'reserved' : 'invalid');
-    const changes = this.db.sqlite.prepare('INSERT INTO consumer_groups (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING').run(name, now).changes;
-    if (changes === 0) throw new ConsumerGroupError(`consumer group "${this.get(name)?.name ?? name}" already exists`, 'exists');
+    if (problem)
+      throw new ConsumerGroupError(
+        problem,
+        name.toLowerCase() === DEFAULT_CONSUMER_GROUP.toLowerCase() ? 'reserved' : 'invalid',
+      );
+    const changes = this.db.sqlite
+      .prepare('INSERT INTO consumer_groups (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING')
+      .run(name, now).changes;
+    if (changes === 0)
+      throw new ConsumerGroupError(`consumer group "${this.get(name)?.name ?? name}" already exists`, 'exists');
     return { name, createdAt: now };
   }
 

@@ -37,17 +37,26 @@ export function openNodeDb(path: string, opts: { readonly?: boolean } = {}): Nod
       return sqlite.transaction(fn).immediate();
     },
     migrate(component, steps) {
-      const row = sqlite.prepare('SELECT version FROM schema_versions WHERE component = ?').get(component) as { version: number } | undefined;
+      const row = sqlite.prepare('SELECT version FROM schema_versions WHERE component = ?').get(component) as
+        | { version: number }
+        | undefined;
       const have = row?.version ?? 0;
       if (have > steps.length) {
-        throw new Error(`${path} holds ${component} schema version ${have}, newer than this program knows (${steps.length}); upgrade strata`);
+        throw new Error(
+          `${path} holds ${component} schema version ${have}, newer than this program knows (${steps.length}); upgrade strata`,
+        );
       }
       if (have === steps.length) return;
-      sqlite.transaction(() => {
-        for (let v = have; v < steps.length; v++) sqlite.exec(steps[v]!);
-        sqlite.prepare('INSERT INTO schema_versions (component, version) VALUES (?, ?) ON CONFLICT(component) DO UPDATE SET version = excluded.version')
-          .run(component, steps.length);
-      }).immediate();
+      sqlite
+        .transaction(() => {
+          for (let v = have; v < steps.length; v++) sqlite.exec(steps[v]!);
+          sqlite
+            .prepare(
+              'INSERT INTO schema_versions (component, version) VALUES (?, ?) ON CONFLICT(component) DO UPDATE SET version = excluded.version',
+            )
+            .run(component, steps.length);
+        })
+        .immediate();
     },
     close() {
       if (closed) return;

@@ -24,7 +24,11 @@ export function isDiskFull(err: unknown): boolean {
   const code = typeof e?.code === 'string' ? e.code : '';
   if (code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'EDQUOT') return true;
   // SQLite reports some failed writes of its shared memory or log as I/O errors naming errno 28.
-  return code.startsWith('SQLITE_IOERR') && typeof e?.message === 'string' && /ENOSPC|No space left|disk is full/i.test(e.message);
+  return (
+    code.startsWith('SQLITE_IOERR') &&
+    typeof e?.message === 'string' &&
+    /ENOSPC|No space left|disk is full/i.test(e.message)
+  );
 }
 
 export interface DiskHeadroomOptions {
@@ -73,7 +77,8 @@ export class DiskHeadroom {
    * the store takes no new messages (health, a CONNECT): undefined when it does.
    */
   refusal(now = Date.now()): string | undefined {
-    if (this.fullReason !== undefined) return now - this.checkedAt < FULL_CHECK_MS ? this.fullReason : this.measure(now);
+    if (this.fullReason !== undefined)
+      return now - this.checkedAt < FULL_CHECK_MS ? this.fullReason : this.measure(now);
     if (this.margin > RELAXED_MARGIN_BYTES && now - this.checkedAt < RELAXED_CHECK_MS) return undefined;
     return this.measure(now);
   }
@@ -110,7 +115,9 @@ export class DiskHeadroom {
     this.margin = 0;
     this.checkedAt = Date.now();
     const free = this.safeFree();
-    this.enter(`the disk holding ${this.o.dir} is full (${mib(free)} free): a write of the ${this.o.what} failed (${(err as Error).message})`);
+    this.enter(
+      `the disk holding ${this.o.dir} is full (${mib(free)} free): a write of the ${this.o.what} failed (${(err as Error).message})`,
+    );
     return true;
   }
 
@@ -139,7 +146,10 @@ export class DiskHeadroom {
     this.margin = Math.min(free + reusable - wal - this.o.reserveBytes, free - logRoom);
     if (this.margin >= 0 && free > 0) {
       if (this.fullReason !== undefined) {
-        this.o.log.warn({ what: this.o.what, freeBytes: free, reserveBytes: this.o.reserveBytes }, `${this.o.what} takes new messages again: ${mib(free)} free on the disk of ${this.o.dir}`);
+        this.o.log.warn(
+          { what: this.o.what, freeBytes: free, reserveBytes: this.o.reserveBytes },
+          `${this.o.what} takes new messages again: ${mib(free)} free on the disk of ${this.o.dir}`,
+        );
         this.fullReason = undefined;
       }
       return undefined;
@@ -154,7 +164,8 @@ export class DiskHeadroom {
   private enter(reason: string): void {
     const first = this.fullReason === undefined;
     this.fullReason = reason.startsWith('store full') ? reason : `store full: ${reason}`;
-    if (first) this.o.log.error({ what: this.o.what, dir: this.o.dir, reserveBytes: this.o.reserveBytes }, this.fullReason);
+    if (first)
+      this.o.log.error({ what: this.o.what, dir: this.o.dir, reserveBytes: this.o.reserveBytes }, this.fullReason);
   }
 
   private safeFree(): number {

@@ -82,7 +82,9 @@ export class EventStream implements EventStreamReader {
     this.feed = new EventFeed(this.numbers);
     try {
       this.walSync = background
-        ? new WalSync(file, 'event stream', () => db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())))
+        ? new WalSync(file, 'event stream', () =>
+            db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())),
+          )
         : undefined;
     } catch (err) {
       db.close();
@@ -96,14 +98,31 @@ export class EventStream implements EventStreamReader {
       what: 'event stream',
       settingName: 'strata hub start --disk-reserve-mb',
       checkpoint: () => db.pragma('wal_checkpoint(TRUNCATE)'),
-      reusableBytes: () => (db.pragma('freelist_count', { simple: true }) as number) * (db.pragma('page_size', { simple: true }) as number),
+      reusableBytes: () =>
+        (db.pragma('freelist_count', { simple: true }) as number) *
+        (db.pragma('page_size', { simple: true }) as number),
       log,
     });
     this.origins = new OriginWatermarks(db);
-    this.writer = new EventWriter(db, this.numbers, this.feed, this.origins, this.headroom, this.walSync, opts.commitIntervalMs ?? 0);
+    this.writer = new EventWriter(
+      db,
+      this.numbers,
+      this.feed,
+      this.origins,
+      this.headroom,
+      this.walSync,
+      opts.commitIntervalMs ?? 0,
+    );
     const stmts = new StatementCache(db);
     this.reader = new EventReader(db, this.partitions, this.feed, stmts);
-    this.retention = new Retention(db, stmts, this.numbers, this.feed, this.headroom, opts.retentionMs ?? DEFAULT_RETENTION_MS);
+    this.retention = new Retention(
+      db,
+      stmts,
+      this.numbers,
+      this.feed,
+      this.headroom,
+      opts.retentionMs ?? DEFAULT_RETENTION_MS,
+    );
 
     // Says so at start-up when the disk is under the reserve already.
     this.headroom.refusal();

@@ -107,7 +107,8 @@ export class MessageStore {
     this.maxBytes = positiveOr(settings.maxBytes, DEFAULT_MAX_BYTES, 'maxBytes');
     this.maxMessages = positiveOr(settings.maxMessages, Infinity, 'maxMessages');
     const commitWindowMs = settings.commitWindowMs ?? 1;
-    const backgroundSync = (settings.sync ?? 'background') === 'background' && settings.path !== ':memory:' && settings.path !== '';
+    const backgroundSync =
+      (settings.sync ?? 'background') === 'background' && settings.path !== ':memory:' && settings.path !== '';
     const commitMaxBatch = positiveOr(settings.commitMaxBatch, 4096, 'commitMaxBatch');
     const sweepChunk = positiveOr(settings.sweepChunk, 20_000, 'sweepChunk');
     const cache = new ReadCache(settings.readCacheEntries ?? 100_000, settings.readCacheBytes ?? 32 * 1024 * 1024);
@@ -129,23 +130,40 @@ export class MessageStore {
     this.counts = { messages: opened.messages, bytes: opened.bytes, pendingMessages: 0, pendingBytes: 0 };
 
     if (backgroundSync) this.openWal();
-    this.headroom = settings.path === ':memory:' || settings.path === '' ? undefined : new DiskHeadroom({
-      dir: dirname(resolve(settings.path)),
-      walPath: `${settings.path}-wal`,
-      reserveBytes: settings.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
-      what: 'message store',
-      settingName: settings.diskReserveSetting ?? 'diskReserveBytes',
-      checkpoint: () => db.pragma('wal_checkpoint(TRUNCATE)'),
-      reusableBytes: () => (db.pragma('freelist_count', { simple: true }) as number) * (db.pragma('page_size', { simple: true }) as number),
-      log,
-    });
+    this.headroom =
+      settings.path === ':memory:' || settings.path === ''
+        ? undefined
+        : new DiskHeadroom({
+            dir: dirname(resolve(settings.path)),
+            walPath: `${settings.path}-wal`,
+            reserveBytes: settings.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES,
+            what: 'message store',
+            settingName: settings.diskReserveSetting ?? 'diskReserveBytes',
+            checkpoint: () => db.pragma('wal_checkpoint(TRUNCATE)'),
+            reusableBytes: () =>
+              (db.pragma('freelist_count', { simple: true }) as number) *
+              (db.pragma('page_size', { simple: true }) as number),
+            log,
+          });
 
     const gc = new PayloadGc(db, stmt, this.endpointIndex, this.counts, sweepChunk, opened.gcFloor);
     this.commit = new GroupCommit({
-      db, stmt, endpoints: this.endpointIndex, counts: this.counts, cache, gc,
-      origins: this.origins, passing: this.passing, resends: this.resends,
-      headroom: this.headroom, walSync: this.walSync, now: this.now,
-      maxBytes: this.maxBytes, maxMessages: this.maxMessages, commitWindowMs, commitMaxBatch,
+      db,
+      stmt,
+      endpoints: this.endpointIndex,
+      counts: this.counts,
+      cache,
+      gc,
+      origins: this.origins,
+      passing: this.passing,
+      resends: this.resends,
+      headroom: this.headroom,
+      walSync: this.walSync,
+      now: this.now,
+      maxBytes: this.maxBytes,
+      maxMessages: this.maxMessages,
+      commitWindowMs,
+      commitMaxBatch,
       committedSeq: opened.committedSeq,
     });
     this.reader = new QueueReader(this.path, stmt, this.endpointIndex, cache, this.commit, this.now);
@@ -196,7 +214,8 @@ export class MessageStore {
     const ep = this.endpointIndex.get(endpoint);
     if (!ep || entries.length === 0) return Promise.resolve();
     for (const e of entries) {
-      if (e.endpoint !== endpoint) return Promise.reject(new TypeError(`entry ${e.seq} belongs to ${e.endpoint}, not ${endpoint}`));
+      if (e.endpoint !== endpoint)
+        return Promise.reject(new TypeError(`entry ${e.seq} belongs to ${e.endpoint}, not ${endpoint}`));
     }
     for (const e of entries) this.commit.queueDelete(ep, e.priority, e.seq, 'checkpoint');
     return new Promise<void>((resolve, reject) => this.commit.waitForCommit({ resolve, reject }));
@@ -273,8 +292,12 @@ export class MessageStore {
 
   /** Entries set aside because they could not be read back (see QueueReader.setAside). */
   setAsideCount(endpoint?: string): number {
-    const sql = endpoint === undefined ? 'SELECT count(*) FROM set_aside' : 'SELECT count(*) FROM set_aside WHERE endpoint = ?';
-    return this.db.prepare(sql).pluck().get(...(endpoint === undefined ? [] : [endpoint])) as number;
+    const sql =
+      endpoint === undefined ? 'SELECT count(*) FROM set_aside' : 'SELECT count(*) FROM set_aside WHERE endpoint = ?';
+    return this.db
+      .prepare(sql)
+      .pluck()
+      .get(...(endpoint === undefined ? [] : [endpoint])) as number;
   }
 
   queueLength(endpoint: string, priority?: number): number {
@@ -325,13 +348,20 @@ export class MessageStore {
     const disk = this.headroom?.refusal(this.now());
     if (disk) return disk;
     const c = this.counts;
-    if (c.bytes + c.pendingBytes >= this.maxBytes) return `store full: message store holds ${c.bytes} of ${this.maxBytes} bytes (maxBytes)`;
-    if (c.messages + c.pendingMessages >= this.maxMessages) return `store full: message store holds ${c.messages} of ${this.maxMessages} messages (maxMessages)`;
+    if (c.bytes + c.pendingBytes >= this.maxBytes)
+      return `store full: message store holds ${c.bytes} of ${this.maxBytes} bytes (maxBytes)`;
+    if (c.messages + c.pendingMessages >= this.maxMessages)
+      return `store full: message store holds ${c.messages} of ${this.maxMessages} messages (maxMessages)`;
     return undefined;
   }
 
   totals(): StoreTotals {
-    return { messages: this.counts.messages, bytes: this.counts.bytes, maxMessages: this.maxMessages, maxBytes: this.maxBytes };
+    return {
+      messages: this.counts.messages,
+      bytes: this.counts.bytes,
+      maxMessages: this.maxMessages,
+      maxBytes: this.maxBytes,
+    };
   }
 
   /**
@@ -355,7 +385,8 @@ export class MessageStore {
   private openWal(): void {
     try {
       this.walSync = new WalSync(this.path, 'message store', () =>
-        this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())));
+        this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)").run(String(Date.now())),
+      );
     } catch (err) {
       this.db.close();
       throw new UserError(`cannot prepare message store ${this.path}: ${(err as Error).message}`);

@@ -83,20 +83,30 @@ export class OriginWatermarks {
       CREATE TABLE IF NOT EXISTS origins (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS origin_spans (stream TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, PRIMARY KEY (stream, lo)) WITHOUT ROWID;
     `);
-    for (const row of db.prepare('SELECT stream, seq FROM origins').all() as Array<{ stream: string; seq: number }>) this.committed.set(row.stream, row.seq);
-    for (const row of db.prepare('SELECT stream, lo, hi FROM origin_spans ORDER BY stream, lo').all() as Array<{ stream: string; lo: number; hi: number }>) {
+    for (const row of db.prepare('SELECT stream, seq FROM origins').all() as Array<{ stream: string; seq: number }>)
+      this.committed.set(row.stream, row.seq);
+    for (const row of db.prepare('SELECT stream, lo, hi FROM origin_spans ORDER BY stream, lo').all() as Array<{
+      stream: string;
+      lo: number;
+      hi: number;
+    }>) {
       let list = this.spans.get(row.stream);
       if (!list) this.spans.set(row.stream, (list = []));
       list.push([row.lo, row.hi]);
     }
-    this.upsert = db.prepare('INSERT INTO origins (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > origins.seq');
+    this.upsert = db.prepare(
+      'INSERT INTO origins (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > origins.seq',
+    );
     this.deleteSpans = db.prepare('DELETE FROM origin_spans WHERE stream = ?');
     this.insertSpan = db.prepare('INSERT INTO origin_spans (stream, lo, hi) VALUES (?, ?, ?)');
   }
 
   /** True when this message is already stored (a resend): skip it. */
   isStored(origin: ForwardedOrigin): boolean {
-    return covers({ mark: this.committed.get(origin.stream) ?? 0, spans: this.spans.get(origin.stream) ?? NO_SPANS }, origin.seq);
+    return covers(
+      { mark: this.committed.get(origin.stream) ?? 0, spans: this.spans.get(origin.stream) ?? NO_SPANS },
+      origin.seq,
+    );
   }
 
   /** Remembers a forwarded message being stored by `storing`, until `forget` is told its commit is over. */
@@ -130,7 +140,11 @@ export class OriginWatermarks {
     const moved: OriginsMoved = new Map();
     for (const o of origins) {
       let c = moved.get(o.stream);
-      if (!c) moved.set(o.stream, (c = { mark: this.committed.get(o.stream) ?? 0, spans: [...(this.spans.get(o.stream) ?? [])] }));
+      if (!c)
+        moved.set(
+          o.stream,
+          (c = { mark: this.committed.get(o.stream) ?? 0, spans: [...(this.spans.get(o.stream) ?? [])] }),
+        );
       cover(c, o.prev, o.seq);
     }
     for (const [stream, c] of moved) {

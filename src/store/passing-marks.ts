@@ -24,9 +24,15 @@ export class PassingMarks {
 
   constructor(db: Database.Database) {
     db.exec('CREATE TABLE IF NOT EXISTS passing_marks (stream TEXT PRIMARY KEY, high INTEGER NOT NULL) WITHOUT ROWID');
-    for (const row of db.prepare('SELECT stream, high FROM passing_marks').all() as Array<{ stream: string; high: number }>) this.written.set(row.stream, row.high);
+    for (const row of db.prepare('SELECT stream, high FROM passing_marks').all() as Array<{
+      stream: string;
+      high: number;
+    }>)
+      this.written.set(row.stream, row.high);
     this.atOpen = new Map(this.written);
-    this.upsert = db.prepare('INSERT INTO passing_marks (stream, high) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET high = excluded.high WHERE excluded.high > passing_marks.high');
+    this.upsert = db.prepare(
+      'INSERT INTO passing_marks (stream, high) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET high = excluded.high WHERE excluded.high > passing_marks.high',
+    );
   }
 
   /** True when `seq` is covered by a mark on disk; otherwise asks the next commit for one. */

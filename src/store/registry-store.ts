@@ -236,7 +236,9 @@ function prepareStatements(s: NodeDb['sqlite']) {
     allModules: s.prepare('SELECT doc FROM modules ORDER BY device_id, module_id'),
     allDevices: s.prepare('SELECT doc FROM devices ORDER BY device_id'),
     getMeta: s.prepare('SELECT value FROM registry_meta WHERE key = ?'),
-    setMeta: s.prepare('INSERT INTO registry_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+    setMeta: s.prepare(
+      'INSERT INTO registry_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+    ),
     getPolicy: s.prepare('SELECT * FROM policies WHERE key_name = ?'),
     listPolicies: s.prepare('SELECT * FROM policies ORDER BY rowid'),
     putPolicy: s.prepare(
@@ -254,7 +256,12 @@ interface PolicyRow {
 }
 
 function policyFromRow(r: PolicyRow): AccessPolicy {
-  return { keyName: r.key_name, primaryKey: r.primary_key, secondaryKey: r.secondary_key, rights: JSON.parse(r.rights) as Right[] };
+  return {
+    keyName: r.key_name,
+    primaryKey: r.primary_key,
+    secondaryKey: r.secondary_key,
+    rights: JSON.parse(r.rights) as Right[],
+  };
 }
 
 function parse<T>(row: unknown): T | undefined {

@@ -83,13 +83,18 @@ export class ResendWindow {
   private readonly insert: Database.Statement;
   private readonly prune: Database.Statement;
 
-  constructor(db: Database.Database, private readonly o: ResendWindowSettings) {
+  constructor(
+    db: Database.Database,
+    private readonly o: ResendWindowSettings,
+  ) {
     db.exec('CREATE TABLE IF NOT EXISTS resend_window (at INTEGER NOT NULL, keys TEXT NOT NULL)');
     this.insert = db.prepare('INSERT INTO resend_window (at, keys) VALUES (?, ?)');
     this.prune = db.prepare('DELETE FROM resend_window WHERE rowid <= ?');
     if (!this.enabled) return;
     const since = this.o.now() - this.o.windowMs;
-    for (const row of db.prepare('SELECT rowid, at, keys FROM resend_window WHERE at >= ? ORDER BY rowid').all(since) as Array<{ rowid: number; at: number; keys: string }>) {
+    for (const row of db
+      .prepare('SELECT rowid, at, keys FROM resend_window WHERE at >= ? ORDER BY rowid')
+      .all(since) as Array<{ rowid: number; at: number; keys: string }>) {
       this.rows.push({ rowid: row.rowid, at: row.at });
       let keys: unknown;
       try {
@@ -143,7 +148,13 @@ export class ResendWindow {
       const first = order[this.head]!;
       const current = this.seen.get(first.k) === first.seen;
       // Stale items go whatever their age, so the list stays within a few times the entries.
-      if (current && first.seen.at >= oldest && this.seen.size <= this.o.maxEntries && order.length - this.head <= 2 * this.o.maxEntries) break;
+      if (
+        current &&
+        first.seen.at >= oldest &&
+        this.seen.size <= this.o.maxEntries &&
+        order.length - this.head <= 2 * this.o.maxEntries
+      )
+        break;
       if (current) this.seen.delete(first.k);
       this.head++;
     }
@@ -164,7 +175,10 @@ export class ResendWindow {
   /** Inside that commit: writes the keys, and drops rows past the window. */
   writeInTransaction(written: ResendWritten): void {
     const now = this.o.now();
-    const info = this.insert.run(now, JSON.stringify(written.items.map(({ key }) => [key.sender, key.messageId, key.via, key.print])));
+    const info = this.insert.run(
+      now,
+      JSON.stringify(written.items.map(({ key }) => [key.sender, key.messageId, key.via, key.print])),
+    );
     written.row = { rowid: Number(info.lastInsertRowid), at: now };
     this.rows.push(written.row);
     if (now - this.lastPrune >= PRUNE_EVERY_MS) {

@@ -19,7 +19,8 @@ const INTERFACE_ID = 'interfaceId';
 /** Route source of downstream device telemetry (module outputs: /messages/modules/{m}/outputs/{o}). */
 export function routeSourceOf(auth: Pick<AuthResult, 'identity'>, message: Pick<Message, 'outputName'>): string {
   const { moduleId } = auth.identity;
-  if (moduleId !== undefined && message.outputName !== undefined) return `/messages/modules/${moduleId}/outputs/${message.outputName}`;
+  if (moduleId !== undefined && message.outputName !== undefined)
+    return `/messages/modules/${moduleId}/outputs/${message.outputName}`;
   if (moduleId !== undefined) return `/messages/modules/${moduleId}`;
   return '/messages';
 }
@@ -51,7 +52,8 @@ class KnownSender {
 
   constructor(readonly who: Sender) {
     this.name = who.moduleId === undefined ? who.deviceId : `${who.deviceId}/${who.moduleId}`;
-    this.head = `${recordPrefixOf(who.deviceId, who.moduleId)}${JSON.stringify(compactAuthMethod(who.authMethod))},` +
+    this.head =
+      `${recordPrefixOf(who.deviceId, who.moduleId)}${JSON.stringify(compactAuthMethod(who.authMethod))},` +
       `${who.generationId === undefined ? 'null' : JSON.stringify(who.generationId)},`;
   }
 }
@@ -112,8 +114,9 @@ export function recordPrefixOf(deviceId: string, moduleId: string | undefined): 
 /** A `SenderMessage.record` text and its body as the message again (the store reads its rows with it). */
 export function reviveSenderMessage(record: string, body: Buffer): SenderMessage {
   if (!record.startsWith(RECORD_V1)) throw new Error(`unknown stored message form "${record.slice(0, 8)}"`);
-  const [deviceId, moduleId, authMethod, generationId, enqueuedTime, meta] = JSON.parse(record.slice(RECORD_V1.length)) as
-    [string, string | null, string, string | null, number, Record<string, unknown>];
+  const [deviceId, moduleId, authMethod, generationId, enqueuedTime, meta] = JSON.parse(
+    record.slice(RECORD_V1.length),
+  ) as [string, string | null, string, string | null, number, Record<string, unknown>];
   const who: Sender = { deviceId, authMethod: expandAuthMethod(authMethod) };
   if (moduleId !== null) who.moduleId = moduleId;
   if (generationId !== null) who.generationId = generationId;

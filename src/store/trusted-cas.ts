@@ -34,7 +34,9 @@ export class TrustedCas {
       );
     `);
     this.s = {
-      insert: db.prepare('INSERT INTO trusted_cas (name, thumbprint, subject, not_after, pem, added_ms) VALUES (?, ?, ?, ?, ?, ?)'),
+      insert: db.prepare(
+        'INSERT INTO trusted_cas (name, thumbprint, subject, not_after, pem, added_ms) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
       list: db.prepare('SELECT * FROM trusted_cas ORDER BY name'),
       byName: db.prepare('SELECT * FROM trusted_cas WHERE name = ?'),
       byThumb: db.prepare('SELECT * FROM trusted_cas WHERE thumbprint = ?'),
@@ -53,8 +55,10 @@ export class TrustedCas {
     } catch {
       throw new Error('the file is not a PEM certificate');
     }
-    if (!cert.ca) throw new Error(`"${cert.subject.replace(/\n/g, ', ')}" is not a CA certificate (basicConstraints CA:FALSE)`);
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) throw new Error(`invalid name "${name}": use letters, digits, ".", "_" or "-" (at most 64)`);
+    if (!cert.ca)
+      throw new Error(`"${cert.subject.replace(/\n/g, ', ')}" is not a CA certificate (basicConstraints CA:FALSE)`);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name))
+      throw new Error(`invalid name "${name}": use letters, digits, ".", "_" or "-" (at most 64)`);
     const thumbprint = cert.fingerprint256.replace(/:/g, '').toUpperCase();
     if (this.s.byName.get(name)) throw new Error(`a CA named "${name}" is already registered`);
     const dup = this.s.byThumb.get(thumbprint) as { name: string } | undefined;

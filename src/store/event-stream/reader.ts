@@ -1,5 +1,11 @@
 import type Database from 'better-sqlite3';
-import type { EventReadOptions, EventReadResult, PartitionInfo, PartitionReadOptions, StoredEvent } from '../../model/events.ts';
+import type {
+  EventReadOptions,
+  EventReadResult,
+  PartitionInfo,
+  PartitionReadOptions,
+  StoredEvent,
+} from '../../model/events.ts';
 import type { EventFeed } from './feed.ts';
 import { firstReaching, firstSeqReaching, type Keyed, type Row, rowToEvent } from './rows.ts';
 import type { StatementCache } from './schema.ts';
@@ -31,8 +37,11 @@ export class EventReader {
     for (;;) {
       if (opts.deviceId === undefined) {
         const recent = this.fromTail(start, limit);
-        if (recent && recent.length > 0) return { events: recent, nextSequenceNumber: recent[recent.length - 1]!.sequenceNumber + 1 };
-        const rows = this.stmts.get('SELECT * FROM events WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?').all(start, feed.seq, limit) as Row[];
+        if (recent && recent.length > 0)
+          return { events: recent, nextSequenceNumber: recent[recent.length - 1]!.sequenceNumber + 1 };
+        const rows = this.stmts
+          .get('SELECT * FROM events WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?')
+          .all(start, feed.seq, limit) as Row[];
         if (rows.length > 0) return { events: rows.map(rowToEvent), nextSequenceNumber: rows[rows.length - 1].seq + 1 };
       } else {
         const found = this.readDevice(start, limit, opts.deviceId, opts.moduleId);
@@ -66,14 +75,22 @@ export class EventReader {
     } else if (opts.fromTime !== undefined) {
       const part = opts.partition;
       const time = opts.fromTime;
-      const at = this.stmts.get('SELECT pseq AS key, enq FROM events WHERE part = ? AND pseq >= ? ORDER BY pseq LIMIT 1');
+      const at = this.stmts.get(
+        'SELECT pseq AS key, enq FROM events WHERE part = ? AND pseq >= ? ORDER BY pseq LIMIT 1',
+      );
       fromPseq =
-        firstReaching(0, feed.pseqs[part], (k) => at.get(part, k) as Keyed | undefined, inclusive ? (enq) => enq >= time : (enq) => enq > time) ??
-        feed.pseqs[part];
+        firstReaching(
+          0,
+          feed.pseqs[part],
+          (k) => at.get(part, k) as Keyed | undefined,
+          inclusive ? (enq) => enq >= time : (enq) => enq > time,
+        ) ?? feed.pseqs[part];
     } else {
       fromPseq = 0;
     }
-    const select = this.stmts.get('SELECT * FROM events WHERE part = ? AND pseq >= ? AND pseq < ? ORDER BY pseq LIMIT ?');
+    const select = this.stmts.get(
+      'SELECT * FROM events WHERE part = ? AND pseq >= ? AND pseq < ? ORDER BY pseq LIMIT ?',
+    );
     for (;;) {
       const rows = select.all(opts.partition, fromPseq, feed.pseqs[opts.partition], limit) as Row[];
       if (rows.length > 0) return rows.map(rowToEvent);
@@ -89,10 +106,12 @@ export class EventReader {
       throw new RangeError(`partition ${partition} does not exist (0..${this.partitions - 1})`);
     }
     const visible = this.feed.pseqs[partition];
-    const first = this.db.prepare('SELECT pseq FROM events WHERE part = ? ORDER BY pseq LIMIT 1').get(partition) as { pseq: number } | undefined;
-    const last = this.db.prepare('SELECT pseq, off, enq FROM events WHERE part = ? AND pseq < ? ORDER BY pseq DESC LIMIT 1').get(partition, visible) as
-      | { pseq: number; off: number; enq: number }
+    const first = this.db.prepare('SELECT pseq FROM events WHERE part = ? ORDER BY pseq LIMIT 1').get(partition) as
+      | { pseq: number }
       | undefined;
+    const last = this.db
+      .prepare('SELECT pseq, off, enq FROM events WHERE part = ? AND pseq < ? ORDER BY pseq DESC LIMIT 1')
+      .get(partition, visible) as { pseq: number; off: number; enq: number } | undefined;
     return {
       partition,
       beginSequenceNumber: first ? first.pseq : -1,
@@ -127,16 +146,28 @@ export class EventReader {
       if (matches(e)) events.push(e);
       return events.length < limit;
     });
-    if (inTail) return { events, nextSequenceNumber: events.length === limit ? events[limit - 1]!.sequenceNumber + 1 : Math.max(start, end) };
+    if (inTail)
+      return {
+        events,
+        nextSequenceNumber: events.length === limit ? events[limit - 1]!.sequenceNumber + 1 : Math.max(start, end),
+      };
     const select =
       moduleId === undefined
         ? this.stmts.get('SELECT * FROM events WHERE seq >= ? AND seq < ? AND dev = ? ORDER BY seq LIMIT ?')
-        : this.stmts.get('SELECT * FROM events WHERE seq >= ? AND seq < ? AND dev = ? AND mod = ? ORDER BY seq LIMIT ?');
+        : this.stmts.get(
+            'SELECT * FROM events WHERE seq >= ? AND seq < ? AND dev = ? AND mod = ? ORDER BY seq LIMIT ?',
+          );
     let from = start;
     while (from < end && from - start < DEVICE_SCAN_MAX) {
       const to = Math.min(end, from + DEVICE_SCAN_WINDOW);
-      const rows = (moduleId === undefined ? select.all(from, to, deviceId, limit) : select.all(from, to, deviceId, moduleId, limit)) as Row[];
-      if (rows.length > 0) return { events: rows.map(rowToEvent), nextSequenceNumber: rows.length === limit ? rows[limit - 1]!.seq + 1 : to };
+      const rows = (
+        moduleId === undefined ? select.all(from, to, deviceId, limit) : select.all(from, to, deviceId, moduleId, limit)
+      ) as Row[];
+      if (rows.length > 0)
+        return {
+          events: rows.map(rowToEvent),
+          nextSequenceNumber: rows.length === limit ? rows[limit - 1]!.seq + 1 : to,
+        };
       from = to;
     }
     return { events: [], nextSequenceNumber: Math.max(start, from) };

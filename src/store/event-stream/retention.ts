@@ -43,7 +43,8 @@ export class Retention {
     } catch (err) {
       log.error({ err }, 'event stream retention failed');
     }
-    if (total > 0) log.info({ deleted: total, retentionMs: this.retentionMs }, 'event stream retention removed old events');
+    if (total > 0)
+      log.info({ deleted: total, retentionMs: this.retentionMs }, 'event stream retention removed old events');
     // What retention removed is not served from memory either.
     this.feed.tail.dropEnqueuedBefore(cutoff);
     return total;

@@ -41,7 +41,12 @@ export interface Keyed {
  * never decrease along the sequence (one time per commit, never earlier than the one before),
  * so no index on the time is needed. `at(k)` is the first row with a key >= k; keys may have gaps.
  */
-export function firstReaching(lo: number, hi: number, at: (key: number) => Keyed | undefined, reached: (enq: number) => boolean): number | undefined {
+export function firstReaching(
+  lo: number,
+  hi: number,
+  at: (key: number) => Keyed | undefined,
+  reached: (enq: number) => boolean,
+): number | undefined {
   let best: number | undefined;
   while (lo < hi) {
     const mid = lo + Math.floor((hi - lo) / 2);
@@ -94,7 +99,12 @@ export function toStoredEvent(e: EventToAppend, info: StoredEventInfo): StoredEv
 }
 
 /** The first sequence number in [lo, hi) whose enqueued time is `reached` (see firstReaching). */
-export function firstSeqReaching(stmts: StatementCache, lo: number, hi: number, reached: (enq: number) => boolean): number | undefined {
+export function firstSeqReaching(
+  stmts: StatementCache,
+  lo: number,
+  hi: number,
+  reached: (enq: number) => boolean,
+): number | undefined {
   const at = stmts.get('SELECT seq AS key, enq FROM events WHERE seq >= ? ORDER BY seq LIMIT 1');
   return firstReaching(lo, hi, (k) => at.get(k) as Keyed | undefined, reached);
 }

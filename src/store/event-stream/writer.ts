@@ -40,7 +40,11 @@ export class EventWriter {
   private committed = 0;
   private settled = 0;
   private readonly insert: Database.Statement;
-  private readonly commitBatch: (batch: Pending[], infos: StoredEventInfo[], next: NextNumbers) => OriginsMoved | undefined;
+  private readonly commitBatch: (
+    batch: Pending[],
+    infos: StoredEventInfo[],
+    next: NextNumbers,
+  ) => OriginsMoved | undefined;
 
   constructor(
     db: Database.Database,
@@ -61,22 +65,36 @@ export class EventWriter {
       let seq = this.numbers.seq;
       const pseqs = this.numbers.pseqs.slice();
       const offs = this.numbers.offs.slice();
-      for (const p of batch) for (const e of p.events) {
-        const part = partitionOf(e.deviceId, partitions);
-        const props = encodeMessageMeta(e.message);
-        const info: StoredEventInfo = {
-          sequenceNumber: seq,
-          partition: part,
-          partitionSequenceNumber: pseqs[part],
-          offset: offs[part],
-          enqueuedTime: enq,
-        };
-        this.insert.run(seq, part, pseqs[part], offs[part], enq, e.deviceId, e.moduleId ?? null, compactAuthMethod(e.authMethod), e.authGenerationId ?? null, e.messageSource, props, e.message.body);
-        infos.push(info);
-        seq += 1;
-        pseqs[part] += 1;
-        offs[part] += Buffer.byteLength(props) + e.message.body.length;
-      }
+      for (const p of batch)
+        for (const e of p.events) {
+          const part = partitionOf(e.deviceId, partitions);
+          const props = encodeMessageMeta(e.message);
+          const info: StoredEventInfo = {
+            sequenceNumber: seq,
+            partition: part,
+            partitionSequenceNumber: pseqs[part],
+            offset: offs[part],
+            enqueuedTime: enq,
+          };
+          this.insert.run(
+            seq,
+            part,
+            pseqs[part],
+            offs[part],
+            enq,
+            e.deviceId,
+            e.moduleId ?? null,
+            compactAuthMethod(e.authMethod),
+            e.authGenerationId ?? null,
+            e.messageSource,
+            props,
+            e.message.body,
+          );
+          infos.push(info);
+          seq += 1;
+          pseqs[part] += 1;
+          offs[part] += Buffer.byteLength(props) + e.message.body.length;
+        }
       // The counters move in flush(), once COMMIT has succeeded: a commit that fails (a full disk
       // fails at COMMIT, not at the inserts) uses up no numbers.
       next.seq = seq;
@@ -143,8 +161,15 @@ export class EventWriter {
       this.committed++;
       if (moved) this.origins.committedNow(moved);
     } catch (err) {
-      if (this.headroom.failed(err)) return this.refuse(batch, new EngineError('store-full', this.headroom.refusal() ?? `store full: ${(err as Error).message}`));
-      log.error({ err, count: batch.reduce((k, p) => k + p.events.length, 0) }, 'event stream append failed; senders get an error');
+      if (this.headroom.failed(err))
+        return this.refuse(
+          batch,
+          new EngineError('store-full', this.headroom.refusal() ?? `store full: ${(err as Error).message}`),
+        );
+      log.error(
+        { err, count: batch.reduce((k, p) => k + p.events.length, 0) },
+        'event stream append failed; senders get an error',
+      );
       return this.refuse(batch, err as Error);
     }
     for (const p of batch) for (const e of p.events) if (e.origin) this.origins.forget(e.origin);

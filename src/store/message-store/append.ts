@@ -16,7 +16,11 @@ export interface PreparedAppends {
 }
 
 /** The entries ready to queue, or why none of them may be (the first problem found). */
-export function prepareAppends(entries: readonly AppendEntry[], now: number, endpoints: Endpoints): PreparedAppends | Error {
+export function prepareAppends(
+  entries: readonly AppendEntry[],
+  now: number,
+  endpoints: Endpoints,
+): PreparedAppends | Error {
   const ready: PendingAppend[] = [];
   const origins: ForwardedOrigin[] = [];
   let bytes = 0;
@@ -54,7 +58,8 @@ function checkMessage(entry: AppendEntry): string | undefined {
   if (typeof m.source !== 'string') return 'message source must be a string';
   // A device's message carries its properties in its record (and builds them only when asked).
   if (m instanceof SenderMessage) return checkTargets(entry);
-  if (!m.systemProperties || typeof m.systemProperties !== 'object') return 'message systemProperties must be an object';
+  if (!m.systemProperties || typeof m.systemProperties !== 'object')
+    return 'message systemProperties must be an object';
   if (!m.appProperties || typeof m.appProperties !== 'object') return 'message appProperties must be an object';
   return checkTargets(entry);
 }
@@ -63,14 +68,20 @@ function checkTargets(entry: AppendEntry): string | undefined {
   if (!Array.isArray(entry.targets)) return 'append targets must be an array';
   for (const t of entry.targets) {
     if (!t || typeof t.endpoint !== 'string' || t.endpoint === '') return 'each target needs a non-empty endpoint name';
-    if (!Number.isSafeInteger(t.priority) || t.priority < 0) return `target ${t.endpoint}: priority must be a non-negative integer`;
-    if (typeof t.ttlSecs !== 'number' || Number.isNaN(t.ttlSecs)) return `target ${t.endpoint}: ttlSecs must be a number`;
+    if (!Number.isSafeInteger(t.priority) || t.priority < 0)
+      return `target ${t.endpoint}: priority must be a non-negative integer`;
+    if (typeof t.ttlSecs !== 'number' || Number.isNaN(t.ttlSecs))
+      return `target ${t.endpoint}: ttlSecs must be a number`;
   }
   return undefined;
 }
 
 /** An append's targets: one per endpoint (when named twice, the highest priority wins), with expiry times. */
-function targetsOf(wanted: readonly AppendTarget[], enqueuedAt: number, endpoints: Endpoints): PendingAppend['targets'] {
+function targetsOf(
+  wanted: readonly AppendTarget[],
+  enqueuedAt: number,
+  endpoints: Endpoints,
+): PendingAppend['targets'] {
   let unique: Iterable<AppendTarget> = wanted;
   if (wanted.length > 1) {
     const byEndpoint = new Map<string, AppendTarget>();

@@ -44,7 +44,14 @@ export function deleteEntries(s: Statements, deletes: PendingDelete[], gone: (d:
     // statement deletes it, once a count shows the range holds nothing else.
     const d = deletes[i]!;
     let j = i + 1;
-    while (j < deletes.length && deletes[j]!.ep === d.ep && deletes[j]!.priority === d.priority && deletes[j]!.reason === d.reason && deletes[j]!.seq > deletes[j - 1]!.seq) j++;
+    while (
+      j < deletes.length &&
+      deletes[j]!.ep === d.ep &&
+      deletes[j]!.priority === d.priority &&
+      deletes[j]!.reason === d.reason &&
+      deletes[j]!.seq > deletes[j - 1]!.seq
+    )
+      j++;
     const last = deletes[j - 1]!;
     if (j - i >= MIN_RANGE_DELETE && s.countRange.get(d.ep.id, d.priority, d.seq, last.seq) === j - i) {
       s.deleteRange.run(d.ep.id, d.priority, d.seq, last.seq);

@@ -11,7 +11,17 @@ import { log } from './log.ts';
 import type { PayloadGc } from './payload-gc.ts';
 import type { ReadCache } from './read-cache.ts';
 import type { Statements } from './schema.ts';
-import { CacheItem, type EndpointState, type Endpoints, ignore, type PendingAppend, type PendingDelete, queueOf, type StoreCounts, type Waiter } from './state.ts';
+import {
+  CacheItem,
+  type EndpointState,
+  type Endpoints,
+  ignore,
+  type PendingAppend,
+  type PendingDelete,
+  queueOf,
+  type StoreCounts,
+  type Waiter,
+} from './state.ts';
 import { StoreFullError } from './store-full-error.ts';
 import type { AppendEntry } from './types.ts';
 
@@ -80,7 +90,9 @@ export class GroupCommit {
       return Promise.reject(this.full(new StoreFullError('maxBytes', maxBytes, counts.bytes + counts.pendingBytes)));
     }
     if (counts.messages + counts.pendingMessages + ready.length > maxMessages) {
-      return Promise.reject(this.full(new StoreFullError('maxMessages', maxMessages, counts.messages + counts.pendingMessages)));
+      return Promise.reject(
+        this.full(new StoreFullError('maxMessages', maxMessages, counts.messages + counts.pendingMessages)),
+      );
     }
     if (ready.length === 0 && origins.length === 0) return Promise.resolve();
 
@@ -110,7 +122,13 @@ export class GroupCommit {
   }
 
   /** The entry leaves its queue with the next commit. */
-  queueDelete(ep: EndpointState, priority: number, seq: number, reason: PendingDelete['reason'], aside?: PendingDelete['aside']): void {
+  queueDelete(
+    ep: EndpointState,
+    priority: number,
+    seq: number,
+    reason: PendingDelete['reason'],
+    aside?: PendingDelete['aside'],
+  ): void {
     if (ep.pendingDelete.has(seq)) return;
     ep.pendingDelete.add(seq);
     this.deletes.push(aside ? { ep, priority, seq, reason, aside } : { ep, priority, seq, reason });
@@ -137,7 +155,8 @@ export class GroupCommit {
       if (!this.flushImmediate) this.flushImmediate = setImmediate(() => this.flush());
       return;
     }
-    if (!this.flushTimer && !this.flushImmediate) this.flushTimer = setTimeout(() => this.flush(), this.p.commitWindowMs);
+    if (!this.flushTimer && !this.flushImmediate)
+      this.flushTimer = setTimeout(() => this.flush(), this.p.commitWindowMs);
   }
 
   /** Commits what is pending; no commit after this. */
@@ -191,7 +210,17 @@ export class GroupCommit {
         insertAppends(s, appends);
         const at = this.p.now();
         for (const d of deletes) {
-          if (d.aside) s.insertAside.run(d.ep.name, d.priority, d.seq, d.aside.row.enq, d.aside.row.meta, d.aside.row.body, d.aside.why, at);
+          if (d.aside)
+            s.insertAside.run(
+              d.ep.name,
+              d.priority,
+              d.seq,
+              d.aside.row.enq,
+              d.aside.row.meta,
+              d.aside.row.body,
+              d.aside.why,
+              at,
+            );
         }
         deleteEntries(s, deletes, (d) => {
           deleted.push(d);
@@ -217,8 +246,13 @@ export class GroupCommit {
       }
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
-      log.error({ err: error.message, appends: appends.length, deletes: deletes.length }, 'message store commit failed');
-      const diskFull = headroom?.failed(error) ? new StoreFullError('disk', 0, 0, headroom.refusal() ?? `store full: ${error.message}`) : undefined;
+      log.error(
+        { err: error.message, appends: appends.length, deletes: deletes.length },
+        'message store commit failed',
+      );
+      const diskFull = headroom?.failed(error)
+        ? new StoreFullError('disk', 0, 0, headroom.refusal() ?? `store full: ${error.message}`)
+        : undefined;
       for (const o of origins) originMarks.forget(o);
       if (marks) passing.failed(marks);
       if (resendWritten) resends.failed(resendWritten);

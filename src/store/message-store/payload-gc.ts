@@ -69,7 +69,10 @@ export class PayloadGc {
     }
     if (this.counts.messages - queued < Math.max(1000, this.counts.messages / 10)) return;
     const from = Math.max(this.orphanCursor, this.floor - 1);
-    const slice = this.db.prepare('SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?').pluck().all(from, this.sweepChunk) as number[];
+    const slice = this.db
+      .prepare('SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?')
+      .pluck()
+      .all(from, this.sweepChunk) as number[];
     if (slice.length === 0) {
       this.orphanCursor = 0;
       return;
@@ -77,9 +80,14 @@ export class PayloadGc {
     const to = slice[slice.length - 1];
     this.orphanCursor = slice.length < this.sweepChunk ? 0 : to;
     // Ids are integers from our own table, so they can be written into the statement.
-    const referenced = epIds.size === 0 ? '0' :
-      `EXISTS (SELECT 1 FROM queue q WHERE q.ep IN (${[...epIds].join(',')}) AND q.prio IN (${[...prios].join(',')}) AND q.seq = m.seq)`;
-    const orphans = this.db.prepare(`SELECT seq FROM messages m WHERE seq > ? AND seq <= ? AND NOT ${referenced}`).pluck().all(from, to) as number[];
+    const referenced =
+      epIds.size === 0
+        ? '0'
+        : `EXISTS (SELECT 1 FROM queue q WHERE q.ep IN (${[...epIds].join(',')}) AND q.prio IN (${[...prios].join(',')}) AND q.seq = m.seq)`;
+    const orphans = this.db
+      .prepare(`SELECT seq FROM messages m WHERE seq > ? AND seq <= ? AND NOT ${referenced}`)
+      .pluck()
+      .all(from, to) as number[];
     if (orphans.length === 0) return;
     let bytes = 0;
     try {

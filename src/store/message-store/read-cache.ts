@@ -25,7 +25,10 @@ export class ReadCache {
     if (q.cache.length - q.head > this.maxEntries || q.cacheBytes > this.maxBytes) {
       // Nobody is keeping up with this queue: keep the newest half, the rest stays on disk.
       let drop = q.head;
-      while (drop < q.cache.length && (q.cache.length - drop > this.maxEntries / 2 || q.cacheBytes > this.maxBytes / 2)) {
+      while (
+        drop < q.cache.length &&
+        (q.cache.length - drop > this.maxEntries / 2 || q.cacheBytes > this.maxBytes / 2)
+      ) {
         q.cacheBytes -= q.cache[drop].message.body.length;
         drop++;
       }

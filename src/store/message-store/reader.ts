@@ -27,7 +27,8 @@ export class QueueReader {
     const ep = this.endpoints.get(endpoint);
     const q = ep?.queues.get(opts.priority);
     const upTo = opts.upToSeq ?? Number.MAX_SAFE_INTEGER;
-    if (!ep || !q || opts.limit <= 0 || opts.afterSeq >= upTo) return { entries: [], cursor: opts.afterSeq, exhausted: true };
+    if (!ep || !q || opts.limit <= 0 || opts.afterSeq >= upTo)
+      return { entries: [], cursor: opts.afterSeq, exhausted: true };
     if (opts.afterSeq >= q.cacheFrom) return this.readCache(ep, q, opts.afterSeq, upTo, opts.limit);
 
     const now = this.now();
@@ -47,7 +48,14 @@ export class QueueReader {
         }
         let entry: QueuedMessage;
         try {
-          entry = { seq: row.seq, endpoint: ep.name, priority: opts.priority, enqueuedAt: row.enq, expiresAt, message: messageOfRow(row) };
+          entry = {
+            seq: row.seq,
+            endpoint: ep.name,
+            priority: opts.priority,
+            enqueuedAt: row.enq,
+            expiresAt,
+            message: messageOfRow(row),
+          };
         } catch (err) {
           this.setAside(ep, opts.priority, row, err);
           continue;
@@ -82,7 +90,10 @@ export class QueueReader {
    */
   private setAside(ep: EndpointState, priority: number, row: MessageRow, err: unknown): void {
     const why = err instanceof Error ? err.message : String(err);
-    log.error({ endpoint: ep.name, priority, seq: row.seq, why }, `a stored message cannot be read back; it is set aside (kept in the table set_aside of ${this.path}) and ${ep.name} goes on with the next`);
+    log.error(
+      { endpoint: ep.name, priority, seq: row.seq, why },
+      `a stored message cannot be read back; it is set aside (kept in the table set_aside of ${this.path}) and ${ep.name} goes on with the next`,
+    );
     this.commit.queueDelete(ep, priority, row.seq, 'unreadable', { row, why });
     this.commit.scheduleFlush(false);
   }

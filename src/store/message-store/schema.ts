@@ -50,8 +50,10 @@ export function openDatabase(path: string, backgroundSync: boolean): Database.Da
   try {
     db = new Database(path, { timeout: 0 });
   } catch (err) {
-    throw new UserError(`cannot open message store ${path}: ${(err as Error).message}`,
-      'check that the directory exists and is writable');
+    throw new UserError(
+      `cannot open message store ${path}: ${(err as Error).message}`,
+      'check that the directory exists and is writable',
+    );
   }
   try {
     // Page size only takes on a new file; 8 KiB pages hold more small messages per write.
@@ -110,23 +112,33 @@ export function prepareStatements(db: Database.Database): Statements {
     insertEndpoint: db.prepare('INSERT INTO endpoints (name) VALUES (?)'),
     deleteQueue: db.prepare('DELETE FROM queue WHERE ep = ? AND prio = ? AND seq = ?'),
     // Many rows per statement: a statement's own cost is paid once per chunk, not per message.
-    insertMessages: db.prepare(`INSERT INTO messages (seq, size, enq, meta, body) VALUES ${Array(INSERT_CHUNK).fill('(?, ?, ?, ?, ?)').join(', ')}`),
-    insertQueues: db.prepare(`INSERT INTO queue (ep, prio, seq, expires) VALUES ${Array(INSERT_CHUNK).fill('(?, ?, ?, ?)').join(', ')}`),
+    insertMessages: db.prepare(
+      `INSERT INTO messages (seq, size, enq, meta, body) VALUES ${Array(INSERT_CHUNK).fill('(?, ?, ?, ?, ?)').join(', ')}`,
+    ),
+    insertQueues: db.prepare(
+      `INSERT INTO queue (ep, prio, seq, expires) VALUES ${Array(INSERT_CHUNK).fill('(?, ?, ?, ?)').join(', ')}`,
+    ),
     countRange: db.prepare('SELECT count(*) FROM queue WHERE ep = ? AND prio = ? AND seq BETWEEN ? AND ?').pluck(),
     deleteRange: db.prepare('DELETE FROM queue WHERE ep = ? AND prio = ? AND seq BETWEEN ? AND ?'),
     queueHead: db.prepare('SELECT seq FROM queue WHERE ep = ? AND prio = ? ORDER BY seq LIMIT 1').pluck(),
     gcTotals: db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM messages WHERE seq < ?'),
     gcDelete: db.prepare('DELETE FROM messages WHERE seq < ?'),
     deleteMessage: db.prepare('DELETE FROM messages WHERE seq = ? RETURNING size').pluck(),
-    insertAside: db.prepare('INSERT OR IGNORE INTO set_aside (endpoint, prio, seq, enq, meta, body, why, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
-    updateEndpoint: db.prepare('UPDATE endpoints SET checkpointed = checkpointed + ?, expired = expired + ? WHERE id = ?'),
+    insertAside: db.prepare(
+      'INSERT OR IGNORE INTO set_aside (endpoint, prio, seq, enq, meta, body, why, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+    ),
+    updateEndpoint: db.prepare(
+      'UPDATE endpoints SET checkpointed = checkpointed + ?, expired = expired + ? WHERE id = ?',
+    ),
     saveLastSeq: db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('lastSeq', ?)"),
     readRange: db.prepare(
       'SELECT q.seq AS seq, q.expires AS expires, m.enq AS enq, m.meta AS meta, m.body AS body ' +
         'FROM queue q JOIN messages m ON m.seq = q.seq ' +
         'WHERE q.ep = ? AND q.prio = ? AND q.seq > ? AND q.seq <= ? ORDER BY q.seq LIMIT ?',
     ),
-    sweepScan: db.prepare('SELECT seq, expires FROM queue WHERE ep = ? AND prio = ? AND seq > ? ORDER BY seq LIMIT ?').raw(true),
+    sweepScan: db
+      .prepare('SELECT seq, expires FROM queue WHERE ep = ? AND prio = ? AND seq > ? ORDER BY seq LIMIT ?')
+      .raw(true),
   };
 }
 
@@ -150,20 +162,28 @@ export interface OpenedState {
 
 /** Counts and numbering as the file holds them; fills `endpoints` with its endpoints and queue lengths. */
 export function loadState(db: Database.Database, endpoints: Endpoints): OpenedState {
-  const totals = db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, coalesce(max(seq), 0) AS top FROM messages').get() as
-    { n: number; bytes: number; top: number };
+  const totals = db
+    .prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, coalesce(max(seq), 0) AS top FROM messages')
+    .get() as { n: number; bytes: number; top: number };
   // Seqs are never reused, also once every payload is gone: a receiver may rely on them.
   const saved = Number(db.prepare("SELECT value FROM meta WHERE key = 'lastSeq'").pluck().get() ?? 0);
   const committedSeq = Math.max(totals.top, saved);
   const gcFloor = (db.prepare('SELECT min(seq) FROM messages').pluck().get() as number | null) ?? committedSeq + 1;
 
-  for (const row of db.prepare('SELECT id, name, checkpointed, expired FROM endpoints').all() as
-    Array<{ id: number; name: string; checkpointed: number; expired: number }>) {
+  for (const row of db.prepare('SELECT id, name, checkpointed, expired FROM endpoints').all() as Array<{
+    id: number;
+    name: string;
+    checkpointed: number;
+    expired: number;
+  }>) {
     endpoints.load(row.id, row.name, row.checkpointed, row.expired);
   }
   const byId = new Map([...endpoints.values()].map((e) => [e.id, e]));
-  for (const row of db.prepare('SELECT ep, prio, count(*) AS n FROM queue GROUP BY ep, prio').all() as
-    Array<{ ep: number; prio: number; n: number }>) {
+  for (const row of db.prepare('SELECT ep, prio, count(*) AS n FROM queue GROUP BY ep, prio').all() as Array<{
+    ep: number;
+    prio: number;
+    n: number;
+  }>) {
     const ep = byId.get(row.ep);
     if (ep) queueOf(ep, row.prio, committedSeq).length = row.n;
   }

@@ -137,9 +137,16 @@ export class Endpoints {
 
 function newEndpointState(id: number, name: string, checkpointed: number, expired: number): EndpointState {
   return {
-    id, name, checkpointed, expired,
-    pendingDelete: new Set(), queues: new Map(), listeners: new Set(),
-    pendingAppends: 0, dirtyCheckpointed: 0, dirtyExpired: 0,
+    id,
+    name,
+    checkpointed,
+    expired,
+    pendingDelete: new Set(),
+    queues: new Map(),
+    listeners: new Set(),
+    pendingAppends: 0,
+    dirtyCheckpointed: 0,
+    dirtyExpired: 0,
   };
 }
 
@@ -148,9 +155,17 @@ export function queueOf(ep: EndpointState, priority: number, committedSeq: numbe
   let q = ep.queues.get(priority);
   if (!q) {
     q = {
-      epId: ep.id, endpoint: ep.name, priority, length: 0,
-      cacheFrom: committedSeq, cache: [], head: 0, cacheBytes: 0,
-      sweepCursor: 0, sweepPassMin: Infinity, nextExpiry: 0,
+      epId: ep.id,
+      endpoint: ep.name,
+      priority,
+      length: 0,
+      cacheFrom: committedSeq,
+      cache: [],
+      head: 0,
+      cacheBytes: 0,
+      sweepCursor: 0,
+      sweepPassMin: Infinity,
+      nextExpiry: 0,
     };
     ep.queues.set(priority, q);
   }
