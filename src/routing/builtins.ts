@@ -114,7 +114,7 @@ const constant = (value: boolean): Executor => ({ sig: { kind: 'any', arity: 1 }
 /** Math.Pow of the original follows IEEE 754: 1 and -1 to an infinite power are 1 (JavaScript says NaN). */
 export function ieeePow(x: number, y: number): number {
   if (Math.abs(x) === 1 && (y === Infinity || y === -Infinity)) return 1;
-  return Math.pow(x, y);
+  return x ** y;
 }
 
 /**

@@ -205,7 +205,7 @@ function parsePrimary(ts: TokenStream): ConditionNode {
       return lit(t, { type: 'undefined' });
     case 'STRING':
       ts.next();
-      return lit(t, { type: 'string', value: unescape(t.text.slice(1, -1)) });
+      return lit(t, { type: 'string', value: unescapeString(t.text.slice(1, -1)) });
     case 'UNTERMINATED_STRING':
       throw ts.errorAt(t, `unterminated string: no closing ${t.text[0]}`, {
         expected: 'a closing quote',
@@ -300,7 +300,7 @@ function parseHex(digitsText: string): number {
   return Number(v);
 }
 
-function unescape(body: string): string {
+function unescapeString(body: string): string {
   return body.replace(/\\(u[0-9a-fA-F]{4}|["'\\])/g, (_m, e: string) =>
     e.length === 5 ? String.fromCharCode(parseInt(e.slice(1), 16)) : e,
   );
