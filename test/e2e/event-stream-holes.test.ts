@@ -37,7 +37,7 @@ const acked: string[] = [];
 let refused = 0;
 /** Every acknowledged message as the REST API reads it from 0, in sequence order. */
 let stream: EventJson[] = [];
-let liveCli: { stop(): Promise<string> } | undefined;
+let liveCli: { stop(): Promise<string>; output(): string } | undefined;
 let liveSse: Sse | undefined;
 
 before(async () => {
@@ -159,7 +159,7 @@ function openSse(path: string, headers: Record<string, string> = {}): Promise<Ss
 }
 
 /** `strata hub monitor-events --properties` as a user runs it; stop() interrupts it and gives its output. */
-function startCli(args: string[]): { stop(): Promise<string>; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
+function startCli(args: string[]): { stop(): Promise<string>; output(): string; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
   const child = spawn(process.execPath, [STRATA, 'hub', 'monitor-events', '--properties', '--hub-connection-string', hub.connectionString, '--ca', hub.caPath, ...args], {
     env: { ...process.env, STRATA_HUB_CONNECTION_STRING: undefined, STRATA_CA: undefined, STRATA_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -177,6 +177,7 @@ function startCli(args: string[]): { stop(): Promise<string>; done: Promise<{ co
   );
   return {
     done,
+    output: () => stdout,
     async stop() {
       child.kill('SIGINT');
       return (await done).stdout;
@@ -230,8 +231,8 @@ test('readers that followed the stream live across the failures got every acknow
   assert.deepEqual(liveSse!.events.map(idOf), want, 'SSE');
   await until('the live Event Hubs reader', () => eh.events('live').length >= want.length).catch(() => undefined);
   assert.deepEqual(eh.events('live').map((e) => String(e.messageId)).sort(), [...want].sort(), 'Event Hubs');
-  // The CLI prints as it reads; give it the time of a long-poll round.
-  await new Promise((r) => setTimeout(r, 1500));
+  // The CLI prints as it reads, once it has started (seconds on a busy machine): wait for its lines.
+  await until('the live CLI', () => liveCli!.output().split('\n').length - 1 >= want.length, 60_000).catch(() => undefined);
   assert.deepEqual(cliIds(await liveCli!.stop()), want, 'monitor-events --since');
 });
 
