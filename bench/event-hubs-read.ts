@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { EventStream } from '../src/store/event-stream.ts';
-import { eventHubsConnectionString } from '../src/protocols/amqp/event-hubs/index.ts';
+import { eventHubsConnectionString } from '../src/hub/event-hubs-connection-string.ts';
 import { startHubProcess } from '../test/helpers/hub.ts';
 
 const { values: args } = parseArgs({

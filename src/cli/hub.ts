@@ -5,7 +5,7 @@ import { formatConnectionString } from '../identity/connection-string.ts';
 import { startHub, type HubNode } from '../hub/hub.ts';
 import { childLog } from '../util/log.ts';
 import { action } from './run.ts';
-import { eventHubsConnectionString } from '../protocols/amqp/event-hubs/index.ts'; // issue 6
+import { eventHubsConnectionString } from '../hub/event-hubs-connection-string.ts'; // issue 6
 import { DEFAULT_PRE_AUTH_LIMITS, PRE_AUTH_SETTINGS, preAuthLimitsFrom, type PreAuthLimits } from '../protocols/pre-auth.ts';
 import { UserError } from '../util/errors.ts';
 

@@ -8,7 +8,8 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { Engine } from '../engine/engine.ts';
 import { EngineError, httpStatusOf } from '../model/errors.ts';
 import type { AuthResult, IdentityRef } from '../model/identity.ts';
-import type { AuthorizeHook, TelemetrySink } from '../engine/types.ts';
+import type { AuthorizeHook, TelemetryItem, TelemetrySink } from '../engine/types.ts';
+import { appendOnce } from '../engine/telemetry.ts';
 import type { Message } from '../model/message.ts';
 import { listenError } from '../hub/hub.ts';
 import { ownModuleReader } from '../hub/own-modules.ts';
@@ -163,9 +164,6 @@ function portText(port: number, dflt: number): string {
 /** A certificate-provisioned gateway refused upstream reads its $edgeHub key again at most this often. */
 const KEY_REREAD_MS = 15_000;
 
-/** A resend of what the store holds already: answered once what is committed is on disk. */
-const DURABLE = Symbol('durable');
-
 /**
  * Starts a gateway: the edge hub of one edge device, acting as a transparent gateway for the
  * devices below it. See the module comment of each part for the details.
@@ -278,14 +276,10 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     };
     /**
      * Where one message goes: an entry to store, the storing of its first copy to wait for (a
-     * child gateway's or a device's resend), DURABLE (stored already), or undefined (it goes
-     * nowhere). `via` names the connection it came on.
+     * device's resend), or undefined (it goes nowhere). `via` names the connection it came on.
+     * A child gateway's resends were taken out before (the engine's appendOnce).
      */
-    const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
-      // A resend from a child gateway of what is stored already: taken again, stored once.
-      if (origin && store.isForwardedStored(origin)) return DURABLE;
-      const original = origin && store.forwardedInFlight(origin);
-      if (original) return original;
+    const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | undefined => {
       // Taken by the parent already, passed on as it came: nothing more to do.
       if (origin && direct?.isPassed(origin)) return undefined;
       const stored = storedMessageOf(auth, message);
@@ -311,21 +305,18 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const runId = randomUUID().slice(0, 8);
     let requests = 0;
     // A child gateway's batch is stored in one commit and answered once.
-    const storeItems = (items: Parameters<TelemetrySink>[0]): Promise<void> => {
+    const storeItems = (items: readonly TelemetryItem[]): Promise<void> => {
       const entries: AppendEntry[] = [];
       const waits: Array<Promise<unknown>> = [];
-      let durable = false;
       // Unique across runs: after a restart every connection is a new one.
       const request = items.some((i) => i.via === undefined) ? `${runId}/r${++requests}` : undefined;
       for (const i of items) {
         const r = routeOne(i.auth, i.message, i.origin, i.via === undefined ? request : `${runId}/${i.via}`);
         if (r === undefined) continue;
-        if (r === DURABLE) durable = true;
-        else if (r instanceof Promise) waits.push(r);
+        if (r instanceof Promise) waits.push(r);
         else entries.push(r);
       }
       if (entries.length > 0) waits.push(entries.length === 1 ? store.append(entries[0]!) : store.appendAll(entries));
-      if (durable) waits.push(store.whenDurable());
       if (waits.length === 0) return Promise.resolve();
       return (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
     };
@@ -337,16 +328,25 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
         const deliveries = routes.table.match(storedMessageOf(auth, message));
         return deliveries.length === 1 && deliveries[0]!.endpoint.id === '$upstream';
       },
-      storeBatch: storeItems,
+      storeBatch: (items) => appendOnce(sink, items).then(() => undefined),
       passed: (n) => {
         metrics.passedOn.inc(n);
         metrics.sent.inc({ endpoint: '$upstream' }, n);
       },
       log,
     });
-    const sink: TelemetrySink = (items, batch) => {
-      metrics.received.inc(items.length);
-      return (batch && direct?.forward(items, batch)) || storeItems(items);
+    // The engine's sink over the store: its failures reach senders as EngineErrors (storeError),
+    // those of the first copy a resend waits for included.
+    const sink: TelemetrySink = {
+      offer: (items, batch) => {
+        metrics.received.inc(items.length);
+        return batch && direct?.forward(items, batch);
+      },
+      append: storeItems,
+      whenDurable: () => store.whenDurable().catch(storeError),
+      isForwardedStored: (origin) => store.isForwardedStored(origin),
+      forwardedInFlight: (origin) => store.forwardedInFlight(origin)?.catch(storeError),
+      storeFull: () => store.storeFull(),
     };
 
     const authorize: AuthorizeHook = async (identity, { live }) => {
@@ -372,7 +372,6 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       hostName: hubHostName,
       extraHostNames,
       telemetrySink: sink,
-      storeFull: () => store.storeFull(),
       maxConnectedClients: maxClients.value,
       authorize,
       onSubscriptionChange: (identity, kind, subscribed) => {

@@ -3,7 +3,6 @@ import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { EngineError } from '../model/errors.ts';
-import { engineOf } from '../engine/hub-attach.ts';
 import type { AuthResult } from '../model/identity.ts';
 import { authenticate, type AuthenticateDeps } from '../identity/authenticate.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
@@ -13,7 +12,6 @@ import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import type { StoredDevice, StoredModule } from '../store/registry-store.ts';
 import { childLog } from '../util/log.ts';
 import { HubError, badRequest } from '../model/errors.ts';
-import type { HubNode } from './hub.ts';
 import { authenticationJson, type Registry } from './registry.ts';
 import { sendError } from './service-api.ts';
 import { FrozenLookups } from '../util/frozen-lookups.ts';
@@ -707,35 +705,3 @@ export function authDepsOf(source: IdentitySource): AuthenticateDeps {
 
 /** The longest a lookup is kept, announced changes aside. */
 const KNOWN_FOR_MS = 1000;
-
-const hubSources = new WeakMap<HubNode, IdentitySource>();
-
-/**
- * The hub's registry as an IdentitySource, with the CAs registered with its device engine: one
- * per hub, shared by the scope API and the heads' on-behalf-of checks (so one lookup memo).
- */
-export function hubIdentitySource(node: HubNode): IdentitySource {
-  let source = hubSources.get(node);
-  if (!source) {
-    source = newHubIdentitySource(node);
-    hubSources.set(node, source);
-  }
-  return source;
-}
-
-function newHubIdentitySource(node: HubNode): IdentitySource {
-  return registryIdentitySource(node.registry, {
-    trustedCas: () => {
-      try {
-        return engineOf(node)?.trustedCas.certificates() ?? [];
-      } catch {
-        return [];
-      }
-    },
-  });
-}
-
-/** Serves the scope API on the hub's HTTPS listener, from its registry. */
-export async function attachScopeApi(node: HubNode): Promise<void> {
-  await node.app.register(scopeApi, { source: hubIdentitySource(node), log: childLog('scope-api') });
-}

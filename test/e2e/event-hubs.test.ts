@@ -5,7 +5,7 @@ import mqttSdk from 'azure-iot-device-mqtt';
 import amqpSdk from 'azure-iot-device-amqp';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
-import { eventHubsConnectionString } from '../../src/protocols/amqp/event-hubs/index.ts';
+import { eventHubsConnectionString } from '../../src/hub/event-hubs-connection-string.ts';
 import { createSasDevice, serviceClient } from '../fixtures/service-messaging-helpers.ts';
 import { byPartition, eventKey, startEventHubsClient, type EhClient, type EhEvent } from '../fixtures/event-hubs-helpers.ts';
 

@@ -7,7 +7,7 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { mountSmallDisk, type SmallDisk } from '../helpers/tmpfs-disk.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.ts';
-import { eventHubsConnectionString } from '../../src/protocols/amqp/event-hubs/index.ts';
+import { eventHubsConnectionString } from '../../src/hub/event-hubs-connection-string.ts';
 import { partitionOf } from '../../src/store/event-stream.ts';
 import { createSasDevice, deviceToken, rawRequest, serviceClient, serviceToken } from '../fixtures/service-messaging-helpers.ts';
 import { startEventHubsClient, type EhClient } from '../fixtures/event-hubs-helpers.ts';

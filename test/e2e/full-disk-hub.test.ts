@@ -11,7 +11,7 @@ import { connectMqttLeaf } from '../helpers/mqtt-leaf.ts';
 import { createSasDevice, deviceToken, rawRequest, serviceClient } from '../fixtures/service-messaging-helpers.ts';
 import { openSender, putToken, rheaConnect, sendAndSettle } from '../fixtures/amqp-helpers.ts';
 import { startEventHubsClient } from '../fixtures/event-hubs-helpers.ts';
-import { eventHubsConnectionString } from '../../src/protocols/amqp/event-hubs/index.ts';
+import { eventHubsConnectionString } from '../../src/hub/event-hubs-connection-string.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 

@@ -1,6 +1,6 @@
-import { hubConnectionString, readHubState } from '../../../hub/local.ts';
-import { formatConnectionString, parseConnectionString } from '../../../identity/connection-string.ts';
-import { eventHubsEntityName } from './entity.ts';
+import { formatConnectionString, parseConnectionString } from '../identity/connection-string.ts';
+import { eventHubsEntityName } from '../protocols/amqp/event-hubs/entity.ts';
+import { hubConnectionString, readHubState } from './local.ts';
 
 /** The port Event Hubs clients dial when the Endpoint names none. */
 export const EVENT_HUBS_DEFAULT_PORT = 5671;
