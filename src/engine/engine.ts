@@ -228,8 +228,17 @@ export class Engine {
     return this.telemetry.send(auth, message, via);
   }
 
-  /** A batch (HTTPS, or AMQP from a gateway): all stored in one transaction, or none; a resend of what a child gateway forwarded before is not stored again (no info for it). */
-  sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch, via?: number): Promise<StoredEventInfo[]> {
+  /**
+   * A batch (HTTPS, or AMQP from a gateway): all stored in one transaction, or none; a resend of
+   * what a child gateway forwarded before is not stored again (no info for it).
+   */
+  sendTelemetryBatch(
+    auth: AuthResult,
+    messages: Message[],
+    origins?: ReadonlyArray<ForwardedOrigin | undefined>,
+    batch?: ForwardedBatch,
+    via?: number,
+  ): Promise<StoredEventInfo[]> {
     return this.telemetry.sendBatch(auth, messages, origins, batch, via);
   }
 

@@ -21,7 +21,13 @@ export function describeIdentity(id: IdentityRef): string {
 /** What a session asks of the engine's parts (built by the engine, so this file needs none of them). */
 export interface SessionHost {
   sendTelemetry(auth: AuthResult, message: Message, via?: number): Promise<StoredEventInfo>;
-  sendTelemetryBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch, via?: number): Promise<StoredEventInfo[]>;
+  sendTelemetryBatch(
+    auth: AuthResult,
+    messages: Message[],
+    origins?: ReadonlyArray<ForwardedOrigin | undefined>,
+    batch?: ForwardedBatch,
+    via?: number,
+  ): Promise<StoredEventInfo[]>;
   twinGet(identity: IdentityRef): Promise<TwinProperties>;
   twinPatchReported(identity: IdentityRef, patch: Record<string, unknown>): Promise<{ version: number }>;
   readonly c2d: Pick<C2DQueue, 'settle'>;

@@ -81,10 +81,21 @@ export class TelemetryPath {
   }
 
   /** All stored in one commit, or none; a resend of what a child gateway forwarded before is not stored again (no info for it). */
-  async sendBatch(auth: AuthResult, messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch, via?: number): Promise<StoredEventInfo[]> {
+  async sendBatch(
+    auth: AuthResult,
+    messages: Message[],
+    origins?: ReadonlyArray<ForwardedOrigin | undefined>,
+    batch?: ForwardedBatch,
+    via?: number,
+  ): Promise<StoredEventInfo[]> {
     for (const m of messages) checkMessage(auth.identity, m, this.maxMessageBytes);
     const enqueuedTime = Date.now();
-    const items = messages.map((message, i): TelemetryItem => (origins?.[i] ? { auth, message, origin: origins[i] } : via === undefined ? { auth, message } : { auth, message, via }));
+    // A forwarded message is recognised when sent again by its origin, a device's by its session.
+    const items = messages.map((message, i): TelemetryItem => {
+      const origin = origins?.[i];
+      if (origin) return { auth, message, origin };
+      return via === undefined ? { auth, message } : { auth, message, via };
+    });
     const infos = await this.take(items, batch);
     if (infos) return infos;
     const info = unnumbered(enqueuedTime);

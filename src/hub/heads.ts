@@ -109,7 +109,12 @@ export async function startAmqpHead(
  * issue 6: the Event Hubs compatible receive side ($management, partition receivers) on the AMQP
  * head, over the event stream, listed among the hub's listeners.
  */
-export function startEventHubsEndpoint(site: HeadSite, head: AmqpHead, stream: EventStream, consumerGroup: (name: string) => string | undefined): EventHubsEndpoint {
+export function startEventHubsEndpoint(
+  site: HeadSite,
+  head: AmqpHead,
+  stream: EventStream,
+  consumerGroup: (name: string) => string | undefined,
+): EventHubsEndpoint {
   const endpoint = new EventHubsEndpoint({
     hostName: site.hostname,
     stream,
