@@ -181,7 +181,6 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       hostName: hubHostName,
       extraHostNames,
       telemetrySink: telemetry.sink,
-      storeFull: () => store.storeFull(),
       maxConnectedClients: maxClients.value,
       authorize: scopeAuthorizer(scope, sync),
       onSubscriptionChange: (identity, kind, subscribed) => {

@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Engine } from '../engine/engine.ts';
-import type { TelemetrySink } from '../engine/types.ts';
+import type { TelemetryItem, TelemetrySink } from '../engine/types.ts';
+import { appendOnce } from '../engine/telemetry.ts';
 import { EngineError } from '../model/errors.ts';
 import type { AuthResult } from '../model/identity.ts';
 import type { ForwardedOrigin, Message } from '../model/message.ts';
@@ -29,8 +30,6 @@ const log = childLog('gateway');
 /** At most one "not forwarded: no route" line this often. */
 const NO_ROUTE_LOG_MS = 10_000;
 
-/** A resend of what the store holds already: answered once what is committed is on disk. */
-const DURABLE = Symbol('durable');
 
 export interface TelemetryPathParts {
   /** The edge device this gateway is (module inputs are its modules'). */
@@ -90,14 +89,10 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
   };
   /**
    * Where one message goes: an entry to store, the storing of its first copy to wait for (a
-   * child gateway's or a device's resend), DURABLE (stored already), or undefined (it goes
-   * nowhere). `via` names the connection it came on.
+   * device's resend), or undefined (it goes nowhere). `via` names the connection it came on.
+   * A child gateway's resends were taken out before (the engine's appendOnce).
    */
-  const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | typeof DURABLE | undefined => {
-    // A resend from a child gateway of what is stored already: taken again, stored once.
-    if (origin && store.isForwardedStored(origin)) return DURABLE;
-    const original = origin && store.forwardedInFlight(origin);
-    if (original) return original;
+  const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | undefined => {
     // Taken by the parent already, passed on as it came: nothing more to do.
     if (origin && direct?.isPassed(origin)) return undefined;
     const stored = storedMessageOf(auth, message);
@@ -123,21 +118,18 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
   const runId = randomUUID().slice(0, 8);
   let requests = 0;
   // A child gateway's batch is stored in one commit and answered once.
-  const storeItems = (items: Parameters<TelemetrySink>[0]): Promise<void> => {
+  const storeItems = (items: readonly TelemetryItem[]): Promise<void> => {
     const entries: AppendEntry[] = [];
     const waits: Array<Promise<unknown>> = [];
-    let durable = false;
     // Unique across runs: after a restart every connection is a new one.
     const request = items.some((i) => i.via === undefined) ? `${runId}/r${++requests}` : undefined;
     for (const i of items) {
       const r = routeOne(i.auth, i.message, i.origin, i.via === undefined ? request : `${runId}/${i.via}`);
       if (r === undefined) continue;
-      if (r === DURABLE) durable = true;
-      else if (r instanceof Promise) waits.push(r);
+      if (r instanceof Promise) waits.push(r);
       else entries.push(r);
     }
     if (entries.length > 0) waits.push(entries.length === 1 ? store.append(entries[0]!) : store.appendAll(entries));
-    if (durable) waits.push(store.whenDurable());
     if (waits.length === 0) return Promise.resolve();
     return (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
   };
@@ -149,16 +141,25 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
       const deliveries = routes.table.match(storedMessageOf(auth, message));
       return deliveries.length === 1 && deliveries[0]!.endpoint.id === '$upstream';
     },
-    storeBatch: storeItems,
+    storeBatch: (items) => appendOnce(sink, items).then(() => undefined),
     passed: (n) => {
       metrics.passedOn.inc(n);
       metrics.sent.inc({ endpoint: '$upstream' }, n);
     },
     log,
   });
-  const sink: TelemetrySink = (items, batch) => {
-    metrics.received.inc(items.length);
-    return (batch && direct?.forward(items, batch)) || storeItems(items);
+  // The engine's sink over the store: its failures reach senders as EngineErrors (storeError),
+  // those of the first copy a resend waits for included.
+  const sink: TelemetrySink = {
+    offer: (items, batch) => {
+      metrics.received.inc(items.length);
+      return batch && direct?.forward(items, batch);
+    },
+    append: storeItems,
+    whenDurable: () => store.whenDurable().catch(storeError),
+    isForwardedStored: (origin) => store.isForwardedStored(origin),
+    forwardedInFlight: (origin) => store.forwardedInFlight(origin)?.catch(storeError),
+    storeFull: () => store.storeFull(),
   };
 
   const moduleEndpoints = new Map<string, ModuleInputEndpoint>();

@@ -128,14 +128,46 @@ export interface EngineRegistry {
 // Engine options
 // ---------------------------------------------------------------------------------------------
 /**
- * Where a node that is not the root sends telemetry instead of its event stream (a gateway:
- * routes -> durable store -> endpoint pumps). Resolve once every message is durable, which is
- * when the device gets its acknowledgement; reject with an EngineError to refuse (e.g.
- * 'throttled' when the store is full). Messages come in the order the device sent them.
- * `via` is the session a message came on (absent for a request without one, e.g. HTTP), so a
- * gateway can tell a device's resend on a new connection from a repeat on the same one.
+ * One telemetry message on its way to the node's sink. `via` is the session it came on (absent
+ * for a request without one, e.g. HTTP), so a gateway can tell a device's resend on a new
+ * connection from a repeat on the same one; `origin` where a child gateway's store holds it.
  */
-export type TelemetrySink = (items: ReadonlyArray<{ auth: AuthResult; message: Message; origin?: ForwardedOrigin; via?: number }>, batch?: ForwardedBatch) => Promise<void>;
+export interface TelemetryItem {
+  auth: AuthResult;
+  message: Message;
+  origin?: ForwardedOrigin;
+  via?: number;
+}
+
+/**
+ * Where a node's telemetry goes: the event stream at the hub; routes -> durable store ->
+ * endpoint pumps at a gateway. The role's composition root builds it and hands it to the engine,
+ * which takes out a child gateway's resends (by origin, through the queries below) before it
+ * appends, so that each message is stored once whatever the role.
+ */
+export interface TelemetrySink {
+  /**
+   * Stores messages, in the order the device sent them, in one commit (all or none). Resolve once
+   * every one is durable, which is when the device gets its acknowledgement: with where each went
+   * when the sink numbers them (the event stream), else with nothing. Reject with an EngineError
+   * to refuse (e.g. 'store-full').
+   */
+  append(items: readonly TelemetryItem[]): Promise<StoredEventInfo[] | void>;
+  /** Resolves once everything appended so far is durable (a resend is answered no earlier than its original). */
+  whenDurable(): Promise<unknown>;
+  /** True when a child gateway's message at this origin is stored already (a resend). */
+  isForwardedStored(origin: ForwardedOrigin): boolean;
+  /** The storing of a child gateway's message at this origin, while it is under way. */
+  forwardedInFlight(origin: ForwardedOrigin): Promise<unknown> | undefined;
+  /** Why the sink takes no telemetry now (its disk is under the reserve, or it is full), or undefined. */
+  storeFull(): string | undefined;
+  /**
+   * A gateway's way past its store: sees every message first, with the child gateway's batch it
+   * came in when there is one. A promise when the sink took them some other way (the batch passed
+   * on to the parent as it came, edge/direct-forward.ts); undefined to have them appended.
+   */
+  offer?(items: readonly TelemetryItem[], batch?: ForwardedBatch): Promise<void> | undefined;
+}
 
 /**
  * Decides whether an identity may use this node at all, before its credential is checked (a
@@ -162,8 +194,8 @@ export interface EngineOptions {
    * engine (a gateway: its trust bundle, as an edge hub checks client certificates against it).
    */
   extraTrustedCas?: () => X509Certificate[];
-  /** Telemetry goes here instead of the event stream (no event stream is opened then). */
-  telemetrySink?: TelemetrySink;
+  /** Where telemetry goes (the hub's event stream, a gateway's message store): see TelemetrySink. */
+  telemetrySink: TelemetrySink;
   /**
    * Live sessions allowed at once, every identity counted (default: unlimited). A gateway sets
    * its MaxConnectedClients (100 by default); `Engine.setMaxConnectedClients` changes it live.
@@ -177,16 +209,12 @@ export interface EngineOptions {
    * upstream links only while someone listens.
    */
   onSubscriptionChange?: (identity: IdentityRef, kind: SubscriptionKind, subscribed: boolean) => void;
-  /** Directory for the engine's databases (event stream, C2D queues, trusted CAs). */
+  /** Directory for the engine's database (sessions, C2D queues, trusted CAs). */
   dataDir: string;
   /** The hub host name (SAS audience host). */
   hostName: string;
   /** Further accepted audience hosts. */
   extraHostNames?: string[];
-  /** Event stream retention in ms (default 1 day). */
-  retentionMs?: number;
-  /** Number of event stream partitions, fixed when the stream is created (default 4). */
-  partitions?: number;
   /** Maximum message size in bytes (default 256 KiB). */
   maxMessageBytes?: number;
   /** C2D queue depth per device (default 50). */
@@ -197,10 +225,4 @@ export interface EngineOptions {
   c2dLockMs?: number;
   /** C2D max delivery count before dead-lettering (default 10). */
   c2dMaxDeliveryCount?: number;
-  /** Group commit interval of the event stream in ms (default 2). */
-  commitIntervalMs?: number;
-  /** Free disk space the event stream keeps for checkpoints, refusing telemetry below it (default 64 MiB). */
-  diskReserveBytes?: number;
-  /** A node with a telemetry sink: why its store takes no messages now (full), or undefined. */
-  storeFull?: () => string | undefined;
 }

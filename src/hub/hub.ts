@@ -3,22 +3,26 @@ import { mkdirSync } from 'node:fs';
 import { isIP, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { generateDefaultPolicies } from '../identity/policies.ts';
-import { openNodeDb, type NodeDb } from '../store/db.ts';
-import { SqliteRegistryStore } from '../store/registry-store.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
-import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts';
-import { Registry } from './registry.ts';
-import { sendError, serviceApi } from './service-api.ts';
-import { loadHubTls } from './tls.ts';
-import { attachDeviceEngine, engineOf } from '../engine/hub-attach.ts';
+import type { EventStreamReader } from '../model/events.ts';
+import { generateDefaultPolicies } from '../identity/policies.ts';
+import { ConsumerGroups } from '../store/consumer-groups.ts';
+import { openNodeDb, type NodeDb } from '../store/db.ts';
 import { startFailure } from '../store/disk-headroom.ts';
-import { attachMessaging } from './service-messaging.ts';
-import { attachAmqp } from '../protocols/amqp/index.ts';
-import { attachScopeApi, hubIdentitySource } from './scope-api.ts';
-import { ownModuleReader, type OwnModuleReader } from './own-modules.ts';
+import { SqliteRegistryStore } from '../store/registry-store.ts';
+import { Engine } from '../engine/engine.ts';
+import { deviceApi } from '../protocols/http/device-api.ts';
 import { GATED_TLS_OPTIONS, PreAuthGate, type PreAuthLimits } from '../protocols/pre-auth.ts';
+import { eventStreamSink, openEventStream } from './events.ts';
+import { startAmqpHead, startEventHubsEndpoint, startMqttHeads, type HeadSite } from './heads.ts';
+import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts';
+import { ownModuleReader, type OwnModuleReader } from './own-modules.ts';
+import { Registry } from './registry.ts';
+import { registryIdentitySource, scopeApi, type IdentitySource } from './scope-api.ts';
+import { sendError, serviceApi } from './service-api.ts';
+import { serviceMessaging } from './service-messaging.ts';
+import { loadHubTls } from './tls.ts';
 
 const log = childLog('hub');
 
@@ -40,30 +44,21 @@ export interface HubOptions {
   trust?: string;
   /** Limits on clients before they authenticate (timeouts, caps); defaults in protocols/pre-auth.ts. */
   limits?: Partial<PreAuthLimits>;
-  /** Run after the service API is registered and before the listener opens (device API routes, protocol heads). */
-  plugins?: Array<(node: HubNode) => Promise<void>>;
   /** Free disk space kept for checkpoints; telemetry is refused below it (default 64 MiB, or env STRATA_DISK_RESERVE_MB). */
   diskReserveBytes?: number;
 }
 
-export interface HubNode {
+export interface HubNode extends HeadSite {
   registry: Registry;
   db: NodeDb;
-  hostname: string;
-  bind: string;
   dataDir: string;
-  https: HttpsServer;
   app: FastifyInstance;
   tls: { certPem: string; keyPem: string; caPem: string };
   caPath: string;
-  /** Timeouts and caps for unauthenticated connections, shared by every listener of the hub. */
-  preAuth: PreAuthGate;
-  /** Actual ports once listening (the MQTT/AMQP heads update theirs when they bind). */
-  ports: { https: number; mqtt: number; amqp: number };
-  /** What start-up prints: one line per listener. */
-  listeners: Array<{ name: string; url: string }>;
-  /** Registers cleanup run by close(), most recent first. */
-  onClose(fn: () => Promise<void> | void): void;
+  /** The device engine; its telemetry goes to the event stream. */
+  engine: Engine;
+  /** The event stream's read side (the service API, the Event Hubs endpoint and the CLI read it). */
+  events: EventStreamReader;
   close(): Promise<void>;
 }
 
@@ -71,7 +66,11 @@ function defaultBind(hostname: string): string {
   return isIP(hostname) ? hostname : '127.0.0.1';
 }
 
-/** Starts a hub: the registry over DIR/hub.db, its TLS identity, and the HTTPS service API. */
+/**
+ * Starts a hub: the registry over DIR/hub.db, its TLS identity, the HTTPS service API, the device
+ * engine with the event stream as its sink, and the protocol heads. The hub's one composition
+ * root: every part is built here and handed to those that use it.
+ */
 export async function startHub(opts: HubOptions): Promise<HubNode> {
   const dataDir = resolve(opts.dataDir);
   const hostname = (opts.hostname ?? 'localhost').trim();
@@ -126,16 +125,43 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
         .header('content-type', 'application/json; charset=utf-8')
         .send({ Message: `ErrorCode:NotFound;no such resource: ${req.method} ${req.url.split('?')[0]!.replace(/;/g, ',')}` }),
     );
+    // An edge device reading its own modules with its own credential (own-modules.ts); no request
+    // comes before the listener opens, when the identity source below is there.
+    let identities: IdentitySource | undefined;
+    let readOwnModule: OwnModuleReader | undefined;
+    const ownModules: OwnModuleReader = (req, d, m) => (readOwnModule ??= ownModuleReader(identities!))(req, d, m);
+    await app.register(serviceApi, { registry, log: apiLog, ownModules });
+
+    // The device engine, its telemetry going to the event stream.
+    const events = openEventStream(dataDir, { partitions: opts.partitions, diskReserveBytes: opts.diskReserveBytes });
+    closers.push(() => events.close());
+    const engine = new Engine({ registry, dataDir, hostName: hostname, telemetrySink: eventStreamSink(events) });
+    await engine.start();
+    closers.push(() => engine.close());
+    registry.cloudToDeviceCount = (deviceId: string, moduleId?: string) => {
+      try {
+        return engine.c2d.depth(deviceId, moduleId ?? '');
+      } catch {
+        return 0;
+      }
+    };
     app.get('/health', async (_req, reply) => {
       // "store full": the event stream refuses telemetry until space is freed on its disk.
-      const storeFull = engineOf(node)?.storeFull();
+      const storeFull = engine.storeFull();
       if (storeFull) return reply.code(503).send({ status: 'store full', hostname, storeFull });
       return { status: 'ok', hostname };
     });
-    // An edge device reading its own modules with its own credential (own-modules.ts).
-    let readOwnModule: OwnModuleReader | undefined;
-    const ownModules: OwnModuleReader = (req, d, m) => (readOwnModule ??= ownModuleReader(hubIdentitySource(node)))(req, d, m);
-    await app.register(serviceApi, { registry, log: apiLog, ownModules });
+    // The registry as the scope API and the heads' on-behalf-of checks see it, with the CAs
+    // registered with the engine: one for the hub, so one lookup memo.
+    identities = registryIdentitySource(registry, {
+      trustedCas: () => {
+        try {
+          return engine.trustedCas.certificates();
+        } catch {
+          return [];
+        }
+      },
+    });
 
     const node: HubNode = {
       registry,
@@ -147,6 +173,8 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       app,
       tls: { certPem: tls.certPem, keyPem: tls.keyPem, caPem: tls.caPem },
       caPath: tls.caPath,
+      engine,
+      events,
       preAuth,
       ports: { https: opts.httpsPort ?? 443, mqtt: opts.mqttPort ?? 8883, amqp: opts.amqpPort ?? 5671 },
       listeners: [],
@@ -154,16 +182,15 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       close: async () => runClosers(),
     };
 
-    for (const plugin of opts.plugins ?? []) await plugin(node);
-
-    // ---- protocol heads are attached here ----
-    // The MQTT (node.ports.mqtt) and AMQP (node.ports.amqp) listeners and the WebSocket upgrade
-    // on node.https (`/$iothub/websocket`) bind here, before the HTTPS listener opens, each
-    // pushing its entry to node.listeners, updating node.ports and registering its close.
-    await attachDeviceEngine(node, { partitions: opts.partitions, diskReserveBytes: opts.diskReserveBytes }); // device engine + MQTT over TLS and WebSockets (engineOf(node) gives it)
-    await attachMessaging(node); // HTTPS device API + service side: methods, C2D, feedback, event stream
-    await attachAmqp(node); // AMQP over TLS (node.ports.amqp) and over WebSockets (AMQPWSB10)
-    await attachScopeApi(node); // scope API for edge gateways: scope listing, on-behalf-of lookups, live change feed
+    // The heads bind before the HTTPS listener opens (the WebSocket transports ride on it).
+    await startMqttHeads(node, engine, identities);
+    await app.register(deviceApi, { engine, sendError });
+    await app.register(serviceMessaging, { engine, events, registry, onClose: node.onClose });
+    const amqp = await startAmqpHead(node, engine, (name) => registry.getPolicy(name), identities);
+    const groups = new ConsumerGroups(db);
+    startEventHubsEndpoint(node, amqp, events, (name) => groups.get(name)?.name);
+    // Edge gateways: scope listing, on-behalf-of lookups, live change feed.
+    await app.register(scopeApi, { source: identities, log: childLog('scope-api') });
 
     try {
       await app.listen({ port: node.ports.https, host: bind });

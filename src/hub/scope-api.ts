@@ -1,12 +1,10 @@
 import type { X509Certificate } from 'node:crypto';
-import { engineOf } from '../engine/hub-attach.ts';
 import type { ScopeDevice, ScopeModule } from '../identity/scope.ts';
 import type { StoredDevice, StoredModule } from '../store/registry-store.ts';
 import { childLog } from '../util/log.ts';
 import { FrozenLookups } from '../util/frozen-lookups.ts';
 import type { IdentitySource } from '../scope/contract.ts';
 import { scopeApi } from '../scope/plugin.ts';
-import type { HubNode } from './hub.ts';
 import { authenticationJson, type Registry } from './registry.ts';
 
 /**
@@ -107,35 +105,3 @@ export function registryIdentitySource(registry: Registry, opts: { trustedCas?: 
 
 /** The longest a lookup is kept, announced changes aside. */
 const KNOWN_FOR_MS = 1000;
-
-const hubSources = new WeakMap<HubNode, IdentitySource>();
-
-/**
- * The hub's registry as an IdentitySource, with the CAs registered with its device engine: one
- * per hub, shared by the scope API and the heads' on-behalf-of checks (so one lookup memo).
- */
-export function hubIdentitySource(node: HubNode): IdentitySource {
-  let source = hubSources.get(node);
-  if (!source) {
-    source = newHubIdentitySource(node);
-    hubSources.set(node, source);
-  }
-  return source;
-}
-
-function newHubIdentitySource(node: HubNode): IdentitySource {
-  return registryIdentitySource(node.registry, {
-    trustedCas: () => {
-      try {
-        return engineOf(node)?.trustedCas.certificates() ?? [];
-      } catch {
-        return [];
-      }
-    },
-  });
-}
-
-/** Serves the scope API on the hub's HTTPS listener, from its registry. */
-export async function attachScopeApi(node: HubNode): Promise<void> {
-  await node.app.register(scopeApi, { source: hubIdentitySource(node), log: childLog('scope-api') });
-}

@@ -1,20 +1,19 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Engine } from '../engine/engine.ts';
-import { engineOf } from '../engine/hub-attach.ts';
 import type { C2DAck, C2DFeedbackRecord } from '../model/c2d.ts';
-import type { EventReadOptions, StoredEvent } from '../model/events.ts';
+import type { EventReadOptions, EventStreamReader, StoredEvent } from '../model/events.ts';
 import type { IdentityRef } from '../model/identity.ts';
 import type { Message } from '../model/message.ts';
 import type { MethodInvokeRequest } from '../model/methods.ts';
 import { authenticatePolicyToken, requireRight, type AccessPolicy } from '../identity/policies.ts';
-import { asHubError, deviceApi } from '../protocols/http/device-api.ts';
+import { asHubError } from '../protocols/http/device-api.ts';
+import { feedbackJson } from '../protocols/feedback-json.ts';
 import { emptyProperties, messageFromHeaders, parseExpiry } from '../protocols/http/message-headers.ts';
 import { childLog } from '../util/log.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { HubError, badRequest } from '../model/errors.ts';
 import { eventJson, JsonBytes, writeEventJson, type EventPageJson } from './event-json.ts';
-import type { HubNode } from './hub.ts';
 import { sendError } from './service-api.ts';
 
 /**
@@ -24,10 +23,12 @@ import { sendError } from './service-api.ts';
  * feedback, and reading the event stream (JSON long-poll or server-sent events).
  */
 
-export type MessagingEngine = Pick<Engine, 'invokeMethod' | 'sendC2D' | 'pendingFeedback' | 'acknowledgeFeedback' | 'events'>;
+export type MessagingEngine = Pick<Engine, 'invokeMethod' | 'sendC2D' | 'pendingFeedback' | 'acknowledgeFeedback'>;
 
 export interface ServiceMessagingOptions {
   engine: MessagingEngine;
+  /** The event stream's read side (GET /events). */
+  events: EventStreamReader;
   /** Where policies come from and which host names tokens may name. */
   registry: { hostname: string; getPolicy(keyName: string): AccessPolicy | undefined };
   /** Further host names accepted as the token audience. */
@@ -37,14 +38,6 @@ export interface ServiceMessagingOptions {
   bodyLimit?: number;
   /** Registers shutdown work that must run before the engine closes (ending open event streams). */
   onClose?: (fn: () => void) => void;
-}
-
-/** Adds the HTTPS device API and the service messaging endpoints to a hub whose engine is attached. */
-export async function attachMessaging(node: HubNode): Promise<void> {
-  const engine = engineOf(node);
-  if (!engine) throw new Error('attach the device engine before the messaging endpoints');
-  await node.app.register(deviceApi, { engine });
-  await node.app.register(serviceMessaging, { engine, registry: node.registry, onClose: (fn) => node.onClose(fn) });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,18 +229,6 @@ function feedbackIds(token: string): number[] {
   return text.split(',').map(Number);
 }
 
-export function feedbackJson(r: C2DFeedbackRecord): Record<string, string> {
-  const out: Record<string, string> = {
-    originalMessageId: r.originalMessageId,
-    description: r.description,
-    deviceId: r.deviceId,
-    enqueuedTimeUtc: new Date(r.enqueuedTimeUtc).toISOString(),
-    statusCode: r.statusCode,
-  };
-  if (r.deviceGenerationId !== undefined) out.deviceGenerationId = r.deviceGenerationId;
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------
 // The plugin
 
@@ -256,7 +237,7 @@ type ModuleParams = { id: string; mid: string };
 
 /** Registers the routes; use with `app.register(serviceMessaging, opts)` so its hooks stay its own. */
 export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessagingOptions): Promise<void> {
-  const { engine, registry } = opts;
+  const { engine, events, registry } = opts;
   const log = opts.log ?? childLog('service-messaging');
   const hostnames = [registry.hostname, ...(opts.extraHostNames ?? [])];
   /** Open event streams, ended when the hub closes so it need not wait for their clients. */
@@ -347,7 +328,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
   app.get('/events', async (req, reply) => {
     const q = parseEventQuery(req.query as Record<string, unknown>);
     const read: EventReadOptions = { ...q.read };
-    if (q.fromEnd) read.fromSequenceNumber = engine.events.nextSequenceNumber();
+    if (q.fromEnd) read.fromSequenceNumber = events.nextSequenceNumber();
     const lastEventId = single(req.headers['last-event-id']);
     if (lastEventId !== undefined && /^\d+$/.test(lastEventId.trim())) {
       delete read.fromTime;
@@ -363,7 +344,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
         await streamEvents(reply, read, controller.signal);
         return reply;
       }
-      const page = await engine.events.read({ ...read, waitMs: q.waitMs, signal: controller.signal });
+      const page = await events.read({ ...read, waitMs: q.waitMs, signal: controller.signal });
       const json: EventPageJson = { events: page.events.map(eventJson), nextSequenceNumber: page.nextSequenceNumber };
       return json;
     } finally {
@@ -401,7 +382,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
       while (!signal.aborted) {
         let page;
         try {
-          page = await engine.events.read({ ...read, waitMs: SSE_HEARTBEAT_MS, signal });
+          page = await events.read({ ...read, waitMs: SSE_HEARTBEAT_MS, signal });
         } catch (err) {
           if (signal.aborted) break;
           throw err;

@@ -56,7 +56,7 @@ for (const { name, Transport, protocol } of transports) {
       assert.ok(e.enqueuedTime >= before - 5 && e.enqueuedTime <= Date.now(), 'iothub-enqueuedtime is the time it was stored');
       assert.deepEqual(JSON.parse(e.authMethod), { scope: 'device', type: 'sas', issuer: 'iothub', acceptingIpFilterRule: null });
       assert.ok(e.sequenceNumber >= 1);
-      assert.ok(e.partition >= 0 && e.partition < hub.engine.events.partitionCount());
+      assert.ok(e.partition >= 0 && e.partition < hub.events.partitionCount());
 
       await client.sendEvent(new Message('second'));
       const two = await eventsOf(hub, id, 2, 1);

@@ -7,9 +7,8 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import mqttPacket from 'mqtt-packet';
 import { startHub, type HubNode } from '../../src/hub/hub.ts';
-import { engineOf } from '../../src/engine/hub-attach.ts';
 import type { Engine } from '../../src/engine/engine.ts';
-import type { StoredEvent } from '../../src/model/events.ts';
+import type { EventStreamReader, StoredEvent } from '../../src/model/events.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { randomLoopback } from '../helpers/hub.ts';
 
@@ -23,6 +22,7 @@ export const sdk = {
 export interface TestHub {
   node: HubNode;
   engine: Engine;
+  events: EventStreamReader;
   address: string;
   caPem: string;
   mqttPort: number;
@@ -37,7 +37,7 @@ export async function startTestHub(t: { after(fn: () => unknown): void }, opts: 
     await node.close();
     await rm(dataDir, { recursive: true, force: true });
   });
-  return { node, engine: engineOf(node)!, address, caPem: node.tls.caPem, mqttPort: node.ports.mqtt };
+  return { node, engine: node.engine, events: node.events, address, caPem: node.tls.caPem, mqttPort: node.ports.mqtt };
 }
 
 /** Creates a SAS device and returns its key and connection string. */
@@ -101,13 +101,13 @@ export async function eventsOf(hub: TestHub, deviceId: string, count = 1, timeou
   while (events.length < count) {
     const left = deadline - Date.now();
     if (left <= 0) throw new Error(`expected ${count} events of ${deviceId}, found ${events.length}`);
-    events = (await hub.engine.events.read({ deviceId, fromSequenceNumber: 1, limit: 1000, waitMs: Math.min(left, 500) })).events;
+    events = (await hub.events.read({ deviceId, fromSequenceNumber: 1, limit: 1000, waitMs: Math.min(left, 500) })).events;
   }
   return events;
 }
 
 export function countEvents(hub: TestHub, deviceId?: string): Promise<number> {
-  return hub.engine.events.read({ deviceId, fromSequenceNumber: 1, limit: 1000 }).then((r) => r.events.length);
+  return hub.events.read({ deviceId, fromSequenceNumber: 1, limit: 1000 }).then((r) => r.events.length);
 }
 
 // ---------------------------------------------------------------------------------------------

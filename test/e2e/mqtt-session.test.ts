@@ -8,7 +8,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { engineOf } from '../../src/engine/hub-attach.ts';
 import { startHub } from '../../src/hub/hub.ts';
 import { randomLoopback } from '../helpers/hub.ts';
 import { createSasDevice, deviceToken, rawConnect, startTestHub, waitFor, within, type TestHub } from './mqtt-helpers.ts';
@@ -168,7 +167,7 @@ test('a persistent session survives a hub restart: subscriptions and queued C2D 
   const start = async () => {
     const node = await startHub({ dataDir, hostname: address, bind: address, httpsPort: 0, mqttPort: 0 });
     t.after(() => node.close());
-    return { node, engine: engineOf(node)!, address, caPem: node.tls.caPem, mqttPort: node.ports.mqtt };
+    return { node, engine: node.engine, events: node.events, address, caPem: node.tls.caPem, mqttPort: node.ports.mqtt };
   };
   let h = await start();
   const { key } = createSasDevice(h, 'survivor');
@@ -194,7 +193,7 @@ test('QoS 0 telemetry is stored without a PUBACK; the retain flag is ignored', a
   const c = await rawConnect(t, hub, { clientId: d.id, password: d.token });
   c.send({ cmd: 'publish', topic: `devices/${d.id}/messages/events/%24.mid=q0&x=1`, payload: Buffer.from('fire and forget'), qos: 0, retain: true });
   const events = await waitFor(async () => {
-    const r = await hub.engine.events.read({ deviceId: d.id });
+    const r = await hub.events.read({ deviceId: d.id });
     return r.events.length > 0 ? r.events : undefined;
   }, 'the QoS 0 event');
   assert.equal(events[0].message.body.toString(), 'fire and forget');

@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Engine } from '../../src/engine/engine.ts';
+import { eventStreamSink } from '../../src/hub/events.ts';
+import { EventStream } from '../../src/store/event-stream.ts';
 import { isEngineError } from '../../src/model/errors.ts';
 import type { AuthResult, RegistryIdentity } from '../../src/model/identity.ts';
 import type { C2DDelivery } from '../../src/model/c2d.ts';
@@ -48,15 +50,18 @@ class MemoryRegistry extends EventEmitter {
 async function setup(t: { after(fn: () => unknown): void }) {
   const dir = await mkdtemp(join(tmpdir(), 'strata-engine-'));
   const registry = new MemoryRegistry();
-  const engine = new Engine({ registry, dataDir: dir, hostName: 'hub.test' });
+  // As at the hub: telemetry goes to the event stream.
+  const events = new EventStream({ dir });
+  const engine = new Engine({ registry, dataDir: dir, hostName: 'hub.test', telemetrySink: eventStreamSink(events) });
   await engine.start();
   t.after(async () => {
     await engine.close();
+    await events.close();
     await rm(dir, { recursive: true, force: true });
   });
   const login = async (id: string, ttl = 600): Promise<AuthResult> =>
     engine.authenticate({ deviceId: id, sasToken: createSasToken(`hub.test/devices/${id}`, KEY, Math.floor(Date.now() / 1000) + ttl) });
-  return { engine, registry, login };
+  return { engine, events, registry, login };
 }
 
 function recorder() {
@@ -201,7 +206,7 @@ test('telemetry over the size limit is refused before it is stored', async (t) =
 });
 
 test('a forwarded batch sent again before the first copy is committed is stored once, and answered once that copy is on disk', async (t) => {
-  const { engine, registry, login } = await setup(t);
+  const { engine, events: stream, registry, login } = await setup(t);
   registry.add('d');
   const auth = await login('d');
   const messages = ['a', 'b', 'c'].map((b) => ({ body: Buffer.from(b), properties: {} }));
@@ -215,9 +220,9 @@ test('a forwarded batch sent again before the first copy is committed is stored 
   await first;
   await again;
   assert.equal(againDone, true);
-  const { events } = await engine.events.read({ fromSequenceNumber: 1, limit: 100 });
+  const { events } = await stream.read({ fromSequenceNumber: 1, limit: 100 });
   assert.deepEqual(events.map((e) => e.message.body.toString()), ['a', 'b', 'c'], 'stored once');
   // And after the commit, a third copy is recognised by the watermark alone.
   await engine.sendTelemetryBatch(auth, messages, origins);
-  assert.equal((await engine.events.read({ fromSequenceNumber: 1, limit: 100 })).events.length, 3);
+  assert.equal((await stream.read({ fromSequenceNumber: 1, limit: 100 })).events.length, 3);
 });

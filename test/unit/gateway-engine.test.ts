@@ -16,7 +16,7 @@ import { Engine } from '../../src/engine/engine.ts';
 import { EngineError, isEngineError } from '../../src/model/errors.ts';
 import type { AuthResult, IdentityRef, RegistryIdentity } from '../../src/model/identity.ts';
 import type { C2DDelivery } from '../../src/model/c2d.ts';
-import type { CloseReason, EngineOptions, SessionHandler, SubscriptionKind } from '../../src/engine/types.ts';
+import type { CloseReason, EngineOptions, SessionHandler, SubscriptionKind, TelemetryItem, TelemetrySink } from '../../src/engine/types.ts';
 import type { Message } from '../../src/model/message.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 
@@ -46,10 +46,15 @@ class MemoryRegistry extends EventEmitter {
   setConnectionState() {}
 }
 
+/** A sink that hands every message to `take` and holds none (no resends to recognise). */
+function sinkOf(take: (items: readonly TelemetryItem[]) => Promise<void>): TelemetrySink {
+  return { append: take, whenDurable: async () => undefined, isForwardedStored: () => false, forwardedInFlight: () => undefined, storeFull: () => undefined };
+}
+
 async function setup(t: { after(fn: () => unknown): void }, opts: Partial<EngineOptions> = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'strata-gw-engine-'));
   const registry = new MemoryRegistry();
-  const engine = new Engine({ registry, dataDir: dir, hostName: 'hub.test', extraHostNames: ['gw.test'], ...opts });
+  const engine = new Engine({ registry, dataDir: dir, hostName: 'hub.test', extraHostNames: ['gw.test'], telemetrySink: sinkOf(async () => undefined), ...opts });
   await engine.start();
   t.after(async () => {
     await engine.close();
@@ -81,11 +86,11 @@ test('telemetry goes to the sink; the device is acknowledged only when the sink 
   const taken: string[] = [];
   let refuse = false;
   const { engine, registry, login } = await setup(t, {
-    telemetrySink: async (items) => {
+    telemetrySink: sinkOf(async (items) => {
       if (refuse) throw new EngineError('throttled', "the gateway's message store is full");
       for (const i of items) taken.push(`${i.auth.identity.deviceId}:${i.message.body.toString()}`);
       await new Promise<void>((r) => (release = r));
-    },
+    }),
   });
   registry.add('d1');
   const s = await engine.connect(await login('d1'), handler().h, { protocol: 'mqtt' });
@@ -97,9 +102,62 @@ test('telemetry goes to the sink; the device is acknowledged only when the sink 
   release();
   await p;
   assert.equal(acked, true);
-  assert.throws(() => engine.events, (err: unknown) => isEngineError(err, 'unavailable'), 'a node with a sink keeps no event stream');
   refuse = true;
   await assert.rejects(s.sendTelemetry(msg('more')), (err: unknown) => isEngineError(err, 'throttled') && /store is full/.test((err as Error).message));
+});
+
+test("a child gateway's resend is taken out before the sink appends: a stored one is answered once durable, one being stored once its first copy is", async (t) => {
+  const stored = new Set<number>([1]);
+  let releaseFirst!: () => void;
+  const inFlight = new Map<number, Promise<void>>([[2, new Promise<void>((r) => (releaseFirst = r))]]);
+  const offered: number[] = [];
+  const appended: number[][] = [];
+  let durableWaits = 0;
+  const sink: TelemetrySink = {
+    offer: (items) => {
+      offered.push(items.length);
+      return undefined;
+    },
+    append: async (items) => void appended.push(items.map((i) => i.origin!.seq)),
+    whenDurable: async () => void durableWaits++,
+    isForwardedStored: (o) => stored.has(o.seq),
+    forwardedInFlight: (o) => inFlight.get(o.seq),
+    storeFull: () => undefined,
+  };
+  const { engine, registry, login } = await setup(t, { telemetrySink: sink });
+  registry.add('child');
+  const auth = await login('child');
+  const origins = [1, 2, 3].map((seq) => ({ stream: 'child|s/0', seq, prev: seq - 1 }));
+  let answered = false;
+  const p = engine.sendTelemetryBatch(auth, [msg('a'), msg('b'), msg('c')], origins, { payload: Buffer.alloc(0), stream: 's/0' }).then(() => (answered = true));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(offered, [3], 'the sink is offered the whole batch first');
+  assert.deepEqual(appended, [[3]], 'only the new message is appended');
+  assert.equal(durableWaits, 1, 'the stored one is answered once what is committed is on disk');
+  assert.equal(answered, false, 'not answered before the first copy of the one in flight is stored');
+  releaseFirst();
+  await p;
+});
+
+test('a batch the sink takes when offered (passed on as it came) is not appended', async (t) => {
+  const appended: number[] = [];
+  const sink: TelemetrySink = {
+    offer: (_items, batch) => (batch ? Promise.resolve() : undefined),
+    append: async (items) => void appended.push(items.length),
+    whenDurable: async () => undefined,
+    isForwardedStored: () => false,
+    forwardedInFlight: () => undefined,
+    storeFull: () => undefined,
+  };
+  const { engine, registry, login } = await setup(t, { telemetrySink: sink });
+  registry.add('child');
+  const auth = await login('child');
+  const origins = [{ stream: 'child|s/0', seq: 1, prev: 0 }];
+  const infos = await engine.sendTelemetryBatch(auth, [msg('a')], origins, { payload: Buffer.alloc(0), stream: 's/0' });
+  assert.equal(infos.length, 1);
+  assert.deepEqual(appended, []);
+  await engine.sendTelemetryBatch(auth, [msg('b')]);
+  assert.deepEqual(appended, [1], 'without a batch it is appended');
 });
 
 test('MaxConnectedClients counts every identity, refuses the next one clearly, and a reconnect is not counted twice', async (t) => {

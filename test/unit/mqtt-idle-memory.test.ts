@@ -13,6 +13,8 @@ import { test } from 'node:test';
 import { connect as tlsConnect, createServer, type TLSSocket } from 'node:tls';
 import mqtt from 'mqtt-packet';
 import { Engine } from '../../src/engine/engine.ts';
+import { eventStreamSink } from '../../src/hub/events.ts';
+import { EventStream } from '../../src/store/event-stream.ts';
 import type { RegistryIdentity } from '../../src/model/identity.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { createRootCa, createServerCert } from '../../src/pki/index.ts';
@@ -54,13 +56,15 @@ function transport(): { stream: Duplex; written: Buffer[] } {
 
 test('an authenticated MQTT connection keeps no copy of its CONNECT packet or the token in it', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'strata-mqtt-idle-'));
-  const engine = new Engine({ registry: new MemoryRegistry(), dataDir: dir, hostName: 'hub.test' });
+  const events = new EventStream({ dir });
+  const engine = new Engine({ registry: new MemoryRegistry(), dataDir: dir, hostName: 'hub.test', telemetrySink: eventStreamSink(events) });
   await engine.start();
   const { stream, written } = transport();
   const conn = new MqttConnection(stream, engine, { protocol: 'mqtt', remote: '127.0.0.1:1' });
   t.after(async () => {
     conn.close();
     await engine.close();
+    await events.close();
     await rm(dir, { recursive: true, force: true });
   });
   const token = createSasToken('hub.test/devices/idle-1', KEY, Math.floor(Date.now() / 1000) + 600);

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Delivery, type Receiver, type Sender } from 'rhea';
 import type { C2DAck, C2DFeedbackRecord } from '../../model/c2d.ts';
-import { feedbackJson } from '../../hub/service-messaging.ts';
+import { feedbackJson } from '../feedback-json.ts';
 import { parseC2DTarget, parseServiceAddress, type ServiceLinkKind } from './addresses.ts';
 import type { PolicyClaim } from './claims.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION } from './errors.ts';

@@ -6,7 +6,6 @@ import { MAX_MESSAGE_BYTES } from '../../model/message.ts';
 import { type AuthResult, type IdentityRef } from '../../model/identity.ts';
 import { type C2DOutcome } from '../../model/c2d.ts';
 import { HubError } from '../../model/errors.ts';
-import { sendError } from '../../hub/service-api.ts';
 import { childLog } from '../../util/log.ts';
 import { clientCertificateOf } from './client-cert.ts';
 import { BATCH_CONTENT_TYPE, headerValueOk, messageFromHeaders, messageHeaders, messagesFromBatch } from './message-headers.ts';
@@ -20,8 +19,12 @@ import { BATCH_CONTENT_TYPE, headerValueOk, messageFromHeaders, messageHeaders, 
 
 export type DeviceApiEngine = Pick<Engine, 'authenticate' | 'sendTelemetry' | 'sendTelemetryBatch' | 'receiveC2D' | 'settleC2D'>;
 
+/** Writes an error as the node's REST APIs all answer errors (IoT Hub's `{ Message: "ErrorCode:...;..." }`). */
+export type ErrorReply = (reply: FastifyReply, req: FastifyRequest, log: Logger, err: unknown) => FastifyReply;
+
 export interface DeviceApiOptions {
   engine: DeviceApiEngine;
+  sendError: ErrorReply;
   log?: Logger;
   /**
    * Largest request body read at all. Above the message limit on purpose: a batch is base64
@@ -36,7 +39,7 @@ type LockParams = { id: string; lockToken: string };
 
 /** Registers the device HTTPS routes; use with `app.register(deviceApi, opts)` so its body parsing stays its own. */
 export async function deviceApi(app: FastifyInstance, opts: DeviceApiOptions): Promise<void> {
-  const { engine } = opts;
+  const { engine, sendError } = opts;
   const log = opts.log ?? childLog('http-device');
   const bodyLimit = opts.bodyLimit ?? 4 * MAX_MESSAGE_BYTES;
 

@@ -1,9 +1,5 @@
 import type { Logger } from 'pino';
-import { engineOf } from '../../../engine/hub-attach.ts';
 import type { EventStreamReader } from '../../../model/events.ts';
-import type { HubNode } from '../../../hub/hub.ts';
-import { ConsumerGroups } from '../../../store/consumer-groups.ts';
-import type { AmqpHead } from '../head.ts';
 import type { LinkRoute } from '../links.ts';
 import { eventHubsEntityName } from './entity.ts';
 import { managementRoutes } from './management.ts';
@@ -51,29 +47,4 @@ export class EventHubsEndpoint {
   close(): void {
     this.feed.close();
   }
-}
-
-/**
- * Adds the Event Hubs routes to a hub's AMQP head (called by `attachAmqp`) and lists the
- * endpoint among the hub's listeners.
- */
-export function attachEventHubs(node: HubNode, head: AmqpHead): EventHubsEndpoint {
-  const engine = engineOf(node);
-  if (!engine) throw new Error('the Event Hubs endpoint needs the device engine: attach it first');
-  const groups = new ConsumerGroups(node.db);
-  const endpoint = new EventHubsEndpoint({
-    hostName: node.hostname,
-    stream: engine.events,
-    log: head.log,
-    createdAt: () => engine.eventStream.createdAt(),
-    consumerGroup: (name) => groups.get(name)?.name,
-  });
-  head.addRoutes(endpoint.routes);
-  node.onClose(() => endpoint.close());
-  const port = node.ports.amqp === 5671 ? '' : `:${node.ports.amqp}`;
-  node.listeners.push({
-    name: 'Event Hubs endpoint',
-    url: `sb://${node.hostname}${port}/ EntityPath=${endpoint.entity} (${engine.events.partitionCount()} partitions; strata hub connection-string --event-hubs)`,
-  });
-  return endpoint;
 }
