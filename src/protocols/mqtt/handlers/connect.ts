@@ -72,7 +72,7 @@ export async function onConnect(conn: ClientConnection, p: mqtt.IConnectPacket):
 /**
  * An edge hub below connects for `target` with its own `{edge}/$edgeHub` token and the
  * target's auth chain in the user name: accepted exactly when the AMQP head would accept the
- * same claim (see ../on-behalf-of.ts), and dropped again when a registry change withdraws it.
+ * same claim (both ask identity/on-behalf-of.ts), and dropped again when a registry change withdraws it.
  * Returns the target's credentials, or undefined after refusing the CONNECT.
  */
 async function grant(conn: ClientConnection, actorEdgeId: string, target: IdentityRef, token: string, authChain: string | undefined): Promise<AuthResult | undefined> {
