@@ -2,10 +2,11 @@ import rhea, { type Message as AmqpMessage, type Receiver } from 'rhea';
 import { isCbsAddress } from './addresses.ts';
 import { claimFromToken, describeClaim } from './claims.ts';
 import { amqpErrorOf, CONDITION } from './errors.ts';
-import { CreditWindow, type LinkContext, type LinkRoute } from './links.ts';
+import { CreditWindow } from './links.ts';
 import { ReplyLink, replyLinkFor } from './reply-link.ts';
 import { bodyBytes, echoId } from './message.ts';
 import { onBehalfOfClaim } from './on-behalf-of.ts';
+import type { LinkContext, LinkRoute } from './types.ts';
 import { wireText } from '../../util/log.ts';
 
 /**

@@ -10,9 +10,10 @@ import { BATCH_FORMAT, readOrigin } from './batch.ts';
 import { decodeBatch } from './decode-message.ts';
 import type { ForwardedOrigin } from '../../model/message.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, errorCodeOf, statusOf } from './errors.ts';
-import { CreditWindow, SendQueue, type LinkContext, type LinkHandler, type LinkRoute, type Outcome } from './links.ts';
+import { CreditWindow, SendQueue } from './links.ts';
 import { bodyBytes, echoId, fromAmqp, idToAmqp, idToString, toAmqp } from './message.ts';
 import { checkOnBehalfOfLink } from './on-behalf-of.ts';
+import type { LinkContext, LinkHandler, LinkRoute, Outcome } from './types.ts';
 import { refusals, sourceAddress, wireText } from '../../util/log.ts';
 
 /**

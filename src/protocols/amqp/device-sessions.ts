@@ -1,12 +1,12 @@
+import type { Logger } from 'pino';
+import type { Engine } from '../../engine/engine.ts';
+import type { CloseReason, Protocol, Session, SessionHandler, SubscriptionKind } from '../../engine/types.ts';
 import type { C2DDelivery } from '../../model/c2d.ts';
-import type { CloseReason, Session, SessionHandler, SubscriptionKind } from '../../engine/types.ts';
-import type { IdentityRef } from '../../model/identity.ts';
+import { identityKey, type ClientCertificate, type IdentityRef } from '../../model/identity.ts';
 import type { MethodRequest } from '../../model/methods.ts';
 import type { TwinCollection } from '../../model/twin.ts';
 import { describeIdentity } from './addresses.ts';
-import { identityKey } from '../../model/identity.ts';
-import { claimFromCertificate, type IdentityClaim } from './claims.ts';
-import type { AmqpConnection } from './connection.ts';
+import { claimFromCertificate, type ClaimSet, type IdentityClaim, type TokenChecker } from './claims.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, type AmqpErrorInfo } from './errors.ts';
 
 /**
@@ -14,6 +14,19 @@ import { AmqpRefusal, amqpErrorOf, CONDITION, type AmqpErrorInfo } from './error
  * Session (opened at its first link, closed with its last), shared by all of its links: the
  * engine sees one connected device however many links the SDK attaches.
  */
+
+/**
+ * What the device sessions need of their connection: its credentials and where it comes from.
+ * The connection (connection.ts) is one; stated here so that this file needs nothing above it.
+ */
+export interface SessionHost {
+  readonly claims: ClaimSet;
+  readonly clientCertificate: ClientCertificate | undefined;
+  readonly shared: { readonly checker: TokenChecker; readonly engine: Pick<Engine, 'connect'> };
+  readonly transport: Protocol;
+  readonly remote: string;
+  readonly log: Logger;
+}
 
 /** A link of an identity, as the identity needs to reach it. */
 export interface Member {
@@ -54,7 +67,7 @@ export class IdentityState implements SessionHandler {
     this.key = identityKey(identity);
   }
 
-  get conn(): AmqpConnection {
+  get conn(): SessionHost {
     return this.owner.conn;
   }
 
@@ -233,7 +246,7 @@ function errorForReason(reason: CloseReason, detail?: string): AmqpErrorInfo {
 export class DeviceSessions {
   private readonly states = new Map<string, IdentityState>();
 
-  constructor(readonly conn: AmqpConnection) {}
+  constructor(readonly conn: SessionHost) {}
 
   /** The state of an identity on this connection, created on first use. */
   stateFor(identity: IdentityRef): IdentityState {

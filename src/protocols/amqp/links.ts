@@ -1,69 +1,7 @@
-import type { Delivery, Message as AmqpMessage, Receiver, Sender } from 'rhea';
-import type { AmqpConnection } from './connection.ts';
-import type { AmqpErrorInfo } from './errors.ts';
+import type { Receiver, Sender } from 'rhea';
 
-/**
- * The link dispatcher's vocabulary. Every link a client attaches is matched against an ordered
- * list of routes by our role on it and its address; the first route that matches takes it.
- * Device links, service links, CBS, and (issue 6) the Event Hubs receive side are all routes.
- */
-
-/** Our role on a link: `sender` when the client receives. */
-export type LinkRole = 'sender' | 'receiver';
-
-/** How the client settled a delivery we sent. */
-export type Outcome = 'accepted' | 'rejected' | 'released' | 'settled';
-
-/** What a route sees of a link being attached. */
-export interface LinkContext {
-  readonly conn: AmqpConnection;
-  readonly role: LinkRole;
-  readonly link: Sender | Receiver;
-  /** The address as the client wrote it (source for our senders, target for our receivers). */
-  readonly address: string;
-  /** The address reduced to its path (no scheme, host or query). */
-  readonly path: string;
-  /** The client's link properties (e.g. `com.microsoft:channel-correlation-id`). */
-  readonly properties: Record<string, unknown>;
-  /** True once the link is gone. */
-  readonly closed: boolean;
-  /** Detaches the link with an error (logged by the caller); `closed()` of its handler follows. */
-  detach(error?: AmqpErrorInfo): void;
-}
-
-/** What a route installs for a link it took. Every member is optional. */
-export interface LinkHandler {
-  /** A message on our receiver. Settle through `delivery` (accept / reject / release). */
-  message?(msg: AmqpMessage, delivery: Delivery): void;
-  /** Our sender got credit (or room in the session window). */
-  sendable?(): void;
-  /** The client settled a delivery we sent on this link. */
-  outcome?(delivery: Delivery, outcome: Outcome, error?: AmqpErrorInfo): void;
-  /**
-   * Asked when a claim of the connection lapsed or was dropped: false detaches the link with
-   * amqp:unauthorized-access.
-   */
-  authorized?(): boolean;
-  /** The link is gone: client detach, session end, connection loss, or our own detach. Called once. */
-  closed?(): void;
-}
-
-export interface LinkRoute {
-  /** For logs. */
-  name: string;
-  role: LinkRole;
-  /** Open to clients that proved nothing yet (CBS, $management): attaching one does not count as authenticated. */
-  anonymous?: boolean;
-  /** Returns route parameters when the route takes this address; `path` is lower-cased nowhere. */
-  match(path: string, address: string): unknown | undefined;
-  /**
-   * Takes the link. The attach reply is held until this returns (or its promise resolves), so
-   * a route may adjust the terminus first (e.g. echo an Event Hubs filter with
-   * `ctx.link.set_source`). Throw (AmqpRefusal, EngineError, AccessDenied) to refuse: the
-   * client then gets an attach without a terminus and a detach with that error.
-   */
-  open(ctx: LinkContext, params: unknown): LinkHandler | Promise<LinkHandler>;
-}
+// The link vocabulary lives in types.ts; re-exported for the routes that import it from here.
+export type { LinkContext, LinkHandler, LinkRole, LinkRoute, Outcome } from './types.ts';
 
 /**
  * Credit for one of our receivers: a fixed window, topped up as deliveries are settled, so a

@@ -14,9 +14,8 @@ import {
 import { describeIdentity } from './addresses.ts';
 import { identityKey } from '../../model/identity.ts';
 import type { IdentityClaim } from './claims.ts';
-import type { AmqpConnection } from './connection.ts';
 import { AmqpRefusal, CONDITION, amqpErrorOf } from './errors.ts';
-import type { LinkContext } from './links.ts';
+import type { ClientConnection, LinkContext } from './types.ts';
 
 export type { OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 
@@ -52,11 +51,11 @@ interface OnBehalfOf {
 /** Claims this module granted, with the edge device acting for the target. */
 const granted = new WeakMap<IdentityClaim, OnBehalfOf>();
 /** Per connection: why on-behalf-of was refused for a target (for the link refusals that follow). */
-const refusals = new WeakMap<AmqpConnection, Map<string, string>>();
+const refusals = new WeakMap<ClientConnection, Map<string, string>>();
 /** Per connection: the on-behalf-of claims it holds, for re-checks after registry changes. */
-const live = new WeakMap<AmqpConnection, Map<string, IdentityClaim>>();
+const live = new WeakMap<ClientConnection, Map<string, IdentityClaim>>();
 
-function sourceOf(conn: AmqpConnection): OnBehalfOfSource | undefined {
+function sourceOf(conn: ClientConnection): OnBehalfOfSource | undefined {
   return conn.shared.onBehalfOf;
 }
 
@@ -77,7 +76,7 @@ function sameIdentity(a: IdentityRef, b: IdentityRef): boolean {
   return a.deviceId === b.deviceId && a.moduleId === b.moduleId;
 }
 
-function remember(conn: AmqpConnection, target: IdentityRef, why: string): void {
+function remember(conn: ClientConnection, target: IdentityRef, why: string): void {
   let m = refusals.get(conn);
   if (!m) {
     m = new Map();
@@ -91,7 +90,7 @@ function remember(conn: AmqpConnection, target: IdentityRef, why: string): void 
  * identity as `name`, or is not an edge hub's): the ordinary path handles it. Otherwise returns
  * the claim for the target, or throws the refusal (EngineError / AmqpRefusal).
  */
-export async function onBehalfOfClaim(conn: AmqpConnection, name: string | undefined, token: string): Promise<IdentityClaim | undefined> {
+export async function onBehalfOfClaim(conn: ClientConnection, name: string | undefined, token: string): Promise<IdentityClaim | undefined> {
   if (!name) return undefined;
   const actorEdgeId = actingEdgeOf(token);
   const target = audienceIdentity(name);
@@ -108,7 +107,7 @@ export async function onBehalfOfClaim(conn: AmqpConnection, name: string | undef
   }
 }
 
-async function grant(conn: AmqpConnection, actorEdgeId: string, target: IdentityRef, token: string): Promise<IdentityClaim> {
+async function grant(conn: ClientConnection, actorEdgeId: string, target: IdentityRef, token: string): Promise<IdentityClaim> {
   const source = sourceOf(conn);
   const g = await grantOnBehalfOf({ source, authenticate: (req) => conn.shared.checker.authenticate(req), actorEdgeId, target, token });
   const claim: IdentityClaim = { kind: 'identity', identity: g.auth.identity, auth: g.auth, source: 'cbs', expiresAt: g.auth.expiresAt, onBehalfOf: true };
@@ -137,7 +136,7 @@ export function checkOnBehalfOfLink(ctx: LinkContext, identity: IdentityRef): vo
   if (refusal) throw new AmqpRefusal(CONDITION.unauthorized, refusal);
 }
 
-function track(conn: AmqpConnection, source: OnBehalfOfSource, claim: IdentityClaim): void {
+function track(conn: ClientConnection, source: OnBehalfOfSource, claim: IdentityClaim): void {
   let claims = live.get(conn);
   if (!claims) {
     claims = new Map();
@@ -152,7 +151,7 @@ function track(conn: AmqpConnection, source: OnBehalfOfSource, claim: IdentityCl
 }
 
 /** Drops on-behalf-of claims that no longer hold; their links are detached and later put-tokens refused. */
-function recheck(conn: AmqpConnection, source: OnBehalfOfSource): void {
+function recheck(conn: ClientConnection, source: OnBehalfOfSource): void {
   const claims = live.get(conn);
   if (!claims || conn.closed) return;
   for (const [key, claim] of [...claims]) {

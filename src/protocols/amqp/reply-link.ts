@@ -1,5 +1,6 @@
 import type { Message as AmqpMessage, Sender } from 'rhea';
-import { SendQueue, type LinkContext, type LinkHandler } from './links.ts';
+import { SendQueue } from './links.ts';
+import type { LinkContext, LinkHandler } from './types.ts';
 
 /**
  * The answering half of a request/response node such as `$cbs` or `$management`: the client

@@ -1,3 +1,8 @@
+import { wireText } from '../../util/log.ts';
+import { claimFromToken, describeClaim } from './claims.ts';
+import { amqpErrorOf } from './errors.ts';
+import type { ClientConnection } from './types.ts';
+
 /**
  * The SASL mechanisms IoT Hub offers, as rhea server mechanisms. rhea calls `start(response,
  * hostname)` and reads `outcome` (true = ok) and `username` afterwards.
@@ -83,5 +88,44 @@ export class PlainMechanism implements SaslMechanism {
     const creds = splitPlain(response);
     this.username = creds?.username;
     this.outcome = await this.check(creds);
+  }
+}
+
+/**
+ * The PLAIN check: the user name must name this hub and the identity or policy the token is for.
+ * Accepted, the token's claim joins the connection; refused, the connection logs why.
+ */
+export async function checkPlain(conn: ClientConnection, creds: { username: string; password: string } | undefined): Promise<boolean> {
+  if (!creds) {
+    conn.refusal({}, 'SASL PLAIN refused: malformed response');
+    return false;
+  }
+  const user = parsePlainUser(creds.username);
+  if (!user) {
+    conn.refusal({ username: wireText(creds.username) }, 'SASL PLAIN refused: user name is not {deviceId}@sas.{hub} or {policy}@sas.root.{hub}');
+    return false;
+  }
+  const hubNames = conn.shared.hostNames.map((h) => h.split('.')[0]!.toLowerCase());
+  if (!hubNames.includes(user.hubName.toLowerCase())) {
+    conn.refusal({ username: wireText(creds.username) }, `SASL PLAIN refused: hub name "${wireText(user.hubName)}" is not this hub's`);
+    return false;
+  }
+  try {
+    const claim = await claimFromToken(creds.password, conn.shared.checker, 'sasl-plain');
+    const matches =
+      user.kind === 'policy'
+        ? claim.kind === 'policy' && claim.policy.keyName === user.keyName
+        : claim.kind === 'identity' && claim.identity.deviceId === user.deviceId && claim.identity.moduleId === user.moduleId;
+    if (!matches) {
+      conn.refusal({ username: wireText(creds.username), token: describeClaim(claim) }, 'SASL PLAIN refused: the token is for someone else than the user name');
+      return false;
+    }
+    conn.claims.put(claim);
+    conn.authenticated();
+    conn.log.info({ who: describeClaim(claim) }, 'authenticated by SASL PLAIN');
+    return true;
+  } catch (err) {
+    conn.refusal({ username: wireText(creds.username), reason: wireText(amqpErrorOf(err).description, 300) }, 'SASL PLAIN refused');
+    return false;
   }
 }

@@ -1,7 +1,7 @@
 import type { Sender } from 'rhea';
 import type { EventStreamReader, PartitionReadOptions, StoredEvent } from '../../../model/events.ts';
 import { CONDITION } from '../errors.ts';
-import type { LinkContext, LinkHandler } from '../links.ts';
+import type { LinkContext, LinkHandler } from '../types.ts';
 import { encodeEvent, type RuntimeInfo } from './event-message.ts';
 import type { StartPosition } from './filter.ts';
 import type { PartitionFeed } from './partition-feed.ts';

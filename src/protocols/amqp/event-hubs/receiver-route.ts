@@ -1,7 +1,7 @@
 import rhea, { type Sender } from 'rhea';
 import type { EventStreamReader } from '../../../model/events.ts';
 import { AmqpRefusal, CONDITION } from '../errors.ts';
-import type { LinkContext, LinkRoute } from '../links.ts';
+import type { LinkContext, LinkRoute } from '../types.ts';
 import { isEntitySendAddress, parsePartitionAddress, partitionIndex, sameName, type PartitionAddress } from './entity.ts';
 import { FilterError, SELECTOR_FILTER, SELECTOR_FILTER_CODE, describeStart, parseStartFilter, selectorOf } from './filter.ts';
 import type { PartitionFeed } from './partition-feed.ts';
