@@ -22,7 +22,6 @@ import { SessionTable } from './sessions.ts';
 import { checkMessage, TelemetryPath } from './telemetry.ts';
 import { patchReported, pushDesired, readTwin } from './twins.ts';
 
-export { describeIdentity } from './session.ts';
 
 const log = childLog('engine');
 

@@ -1,6 +1,6 @@
 import type { AuthResult } from '../model/identity.ts';
 import type { C2DQueue } from '../store/c2d-queue.ts';
-import { describeIdentity } from './session.ts';
+import { describeIdentity } from '../model/identity.ts';
 import type { SessionTable } from './sessions.ts';
 import type { AuthorizeHook, EngineRegistry } from './types.ts';
 

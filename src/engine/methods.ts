@@ -3,7 +3,8 @@ import { identityKey, type IdentityRef } from '../model/identity.ts';
 import type { MethodInvokeRequest, MethodInvokeResult } from '../model/methods.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { childLog } from '../util/log.ts';
-import { describeIdentity, type SessionImpl } from './session.ts';
+import { type SessionImpl } from './session.ts';
+import { describeIdentity } from '../model/identity.ts';
 import type { SessionTable } from './sessions.ts';
 
 const log = childLog('engine');

@@ -1,5 +1,5 @@
 import { EngineError } from '../model/errors.ts';
-import { identityKey, type AuthResult, type IdentityRef } from '../model/identity.ts';
+import { describeIdentity, identityKey, type AuthResult, type IdentityRef } from '../model/identity.ts';
 import type { C2DOutcome } from '../model/c2d.ts';
 import type { StoredEventInfo } from '../model/events.ts';
 import type { ForwardedBatch, ForwardedOrigin, Message } from '../model/message.ts';
@@ -13,10 +13,6 @@ const log = childLog('engine');
 /** setTimeout cannot wait longer than this; longer waits are re-armed. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const ACTIVITY_EVERY_MS = 60_000;
-
-export function describeIdentity(id: IdentityRef): string {
-  return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
-}
 
 /** What a session asks of the engine's parts (built by the engine, so this file needs none of them). */
 export interface SessionHost {

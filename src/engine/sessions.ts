@@ -2,7 +2,8 @@ import { EngineError } from '../model/errors.ts';
 import { identityKey, type AuthResult, type IdentityRef } from '../model/identity.ts';
 import type { C2DQueue } from '../store/c2d-queue.ts';
 import { childLog } from '../util/log.ts';
-import { describeIdentity, SessionImpl, type SessionHost } from './session.ts';
+import { SessionImpl, type SessionHost } from './session.ts';
+import { describeIdentity } from '../model/identity.ts';
 import type { SessionStore } from './session-store.ts';
 import type { CloseReason, ConnectOptions, EngineRegistry, SessionHandler, SubscriptionKind } from './types.ts';
 

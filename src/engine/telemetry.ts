@@ -4,7 +4,7 @@ import type { StoredEventInfo } from '../model/events.ts';
 import type { ForwardedBatch, ForwardedOrigin, Message } from '../model/message.ts';
 import { messageSize } from '../model/message-codec.ts';
 import { childLog } from '../util/log.ts';
-import { describeIdentity } from './session.ts';
+import { describeIdentity } from '../model/identity.ts';
 import type { TelemetryItem, TelemetrySink } from './types.ts';
 
 const log = childLog('engine');

@@ -3,7 +3,8 @@ import type { IdentityRef } from '../model/identity.ts';
 import type { TwinCollection, TwinProperties } from '../model/twin.ts';
 import { TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { childLog } from '../util/log.ts';
-import { describeIdentity, type SessionImpl } from './session.ts';
+import { type SessionImpl } from './session.ts';
+import { describeIdentity } from '../model/identity.ts';
 import type { EngineRegistry } from './types.ts';
 
 const log = childLog('engine');

@@ -17,12 +17,14 @@ import { GATED_TLS_OPTIONS, PreAuthGate, type PreAuthLimits } from '../protocols
 import { eventStreamSink, openEventStream } from './events.ts';
 import { startAmqpHead, startEventHubsEndpoint, startMqttHeads, type HeadSite } from './heads.ts';
 import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts';
-import { ownModuleReader, type OwnModuleReader } from './own-modules.ts';
+import { ownModuleReader, type OwnModuleReader } from '../scope/own-modules.ts';
 import { Registry } from './registry.ts';
 import { registryIdentitySource, scopeApi, type IdentitySource } from './scope-api.ts';
-import { sendError, serviceApi } from './service-api.ts';
+import { serviceApi } from './service-api.ts';
+import { sendError } from '../protocols/http/rest-errors.ts';
 import { serviceMessaging } from './service-messaging.ts';
 import { loadHubTls } from './tls.ts';
+import { listenError } from '../protocols/listeners.ts';
 
 const log = childLog('hub');
 
@@ -216,16 +218,3 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
   }
 }
 
-/** Turns the usual listen failures into one line that says what to do. */
-export function listenError(err: unknown, what: string, host: string, port: number): unknown {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'EADDRINUSE') return new UserError(`cannot listen for ${what} on ${host}:${port}: the port is in use`, 'Stop whatever holds it, or choose another port');
-  if (code === 'EACCES') {
-    return new UserError(
-      `cannot listen for ${what} on ${host}:${port}: permission denied`,
-      'Ports below 1024 need root (or CAP_NET_BIND_SERVICE); note that the azure-iothub service SDK only dials 443',
-    );
-  }
-  if (code === 'EADDRNOTAVAIL') return new UserError(`cannot listen on ${host}: no network interface has that address`, 'Pass --bind with an address of this machine');
-  return err;
-}

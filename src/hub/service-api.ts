@@ -2,12 +2,13 @@ import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { AccessDenied, authenticatePolicyToken, requireRight, type AccessPolicy, type Right } from '../identity/policies.ts';
-import { hasDeviceCredential, type OwnModuleReader } from './own-modules.ts';
+import { hasDeviceCredential, type OwnModuleReader } from '../scope/own-modules.ts';
 import { HubError, badRequest, deviceNotFound, moduleNotFound } from '../model/errors.ts';
 import { QueryError, runQuery } from './query.ts';
 import type { Registry } from './registry.ts';
 import { refusals, sourceAddress, wireText } from '../util/log.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
+import { sendError } from '../protocols/http/rest-errors.ts';
 
 /** What a route needs from the caller's policy. */
 interface Access {
@@ -216,37 +217,6 @@ function continuationOffset(header: string | string[] | undefined, sql: string):
 
 function isTwinQuery(sql: string): boolean {
   return /^\s*select\s+(top\s+\d+\s+)?\*\s/i.test(sql);
-}
-
-/**
- * Every refusal in IoT Hub's shape: `{"Message":"ErrorCode:{code};{text}"}`. The SDKs split the
- * message on ';', so the text itself must not contain one.
- */
-export function sendError(reply: FastifyReply, req: FastifyRequest, log: Logger, err: unknown): FastifyReply {
-  let status: number;
-  let code: string;
-  let message: string;
-  if (err instanceof HubError) {
-    ({ status, code, message } = err);
-  } else if (err instanceof AccessDenied) {
-    ({ status, code, message } = err);
-  } else if (isClientError(err)) {
-    status = err.statusCode;
-    code = status === 413 ? 'RequestEntityTooLarge' : 'ArgumentInvalid';
-    message = err.message;
-  } else {
-    status = 500;
-    code = 'ServerError';
-    message = 'internal error; the hub log has the details';
-    log.error({ err, method: req.method, url: wireText(req.url) }, 'service API request failed');
-  }
-  if (status === 401 || status === 403) refusals.info(log, sourceAddress(`${req.socket.remoteAddress}:0`), { method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
-  else if (status < 500) log.info({ method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
-  const text = message.replace(/;/g, ',');
-  return reply
-    .code(status)
-    .header('content-type', 'application/json; charset=utf-8')
-    .send({ Message: `ErrorCode:${code};${text}`, ExceptionMessage: `Tracking ID:${req.id}-TimeStamp:${new Date().toISOString()}` });
 }
 
 function isClientError(err: unknown): err is { statusCode: number; message: string } {

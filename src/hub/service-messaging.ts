@@ -14,7 +14,7 @@ import { childLog } from '../util/log.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { HubError, badRequest } from '../model/errors.ts';
 import { eventJson, JsonBytes, writeEventJson, type EventPageJson } from './event-json.ts';
-import { sendError } from './service-api.ts';
+import { sendError } from '../protocols/http/rest-errors.ts';
 
 /**
  * The service side of messaging, authenticated with shared access policy tokens that grant

@@ -67,3 +67,8 @@ export function identityKey(a: IdentityRef | string, moduleId?: string): string 
   const mod = typeof a === 'string' ? moduleId : a.moduleId;
   return mod === undefined || mod === '' ? deviceId : `${deviceId}/${mod}`;
 }
+
+/** `device d` or `module d/m`, as errors and logs name an identity. */
+export function describeIdentity(id: IdentityRef): string {
+  return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
+}

@@ -99,6 +99,3 @@ export function isCbsAddress(address: string | undefined | null): boolean {
   return addressPath(address).toLowerCase() === '$cbs';
 }
 
-export function describeIdentity(id: IdentityRef): string {
-  return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
-}

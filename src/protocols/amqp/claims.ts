@@ -2,7 +2,7 @@ import type { AuthRequest, AuthResult, ClientCertificate, IdentityRef } from '..
 import { parseResourcePath } from '../../identity/authenticate.ts';
 import { authenticatePolicyToken, hasRight, type AccessPolicy, type Right } from '../../identity/policies.ts';
 import { parseSasToken, splitAudience } from '../../identity/sas.ts';
-import { describeIdentity } from './addresses.ts';
+import { describeIdentity } from '../../model/identity.ts';
 import { identityKey } from '../../model/identity.ts';
 import { AmqpRefusal, CONDITION } from './errors.ts';
 

@@ -5,7 +5,7 @@ import type { C2DDelivery } from '../../model/c2d.ts';
 import { identityKey, type ClientCertificate, type IdentityRef } from '../../model/identity.ts';
 import type { MethodRequest } from '../../model/methods.ts';
 import type { TwinCollection } from '../../model/twin.ts';
-import { describeIdentity } from './addresses.ts';
+import { describeIdentity } from '../../model/identity.ts';
 import { claimFromCertificate, type ClaimSet, type IdentityClaim, type TokenChecker } from './claims.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION, type AmqpErrorInfo } from './errors.ts';
 

@@ -11,7 +11,7 @@ import {
   withdrawalReason,
   type OnBehalfOfSource,
 } from '../../identity/on-behalf-of.ts';
-import { describeIdentity } from './addresses.ts';
+import { describeIdentity } from '../../model/identity.ts';
 import { identityKey } from '../../model/identity.ts';
 import type { IdentityClaim } from './claims.ts';
 import { AmqpRefusal, CONDITION, amqpErrorOf } from './errors.ts';

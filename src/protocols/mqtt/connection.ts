@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
 import mqtt from 'mqtt-packet';
 import type { Engine } from '../../engine/engine.ts';
-import { describeIdentity } from '../../engine/engine.ts';
+import { describeIdentity } from '../../model/identity.ts';
 import type { CloseReason, Protocol, Session } from '../../engine/types.ts';
 import type { ClientCertificate, IdentityRef } from '../../model/identity.ts';
 import { childLog, refusals, sourceAddress } from '../../util/log.ts';

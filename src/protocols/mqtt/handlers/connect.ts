@@ -1,5 +1,5 @@
 import type mqtt from 'mqtt-packet';
-import { describeIdentity } from '../../../engine/engine.ts';
+import { describeIdentity } from '../../../model/identity.ts';
 import { EngineError } from '../../../model/errors.ts';
 import type { AuthResult, IdentityRef } from '../../../model/identity.ts';
 import { EDGE_HUB } from '../../../identity/device-id.ts';

@@ -1,5 +1,5 @@
 import type mqtt from 'mqtt-packet';
-import { describeIdentity } from '../../../engine/engine.ts';
+import { describeIdentity } from '../../../model/identity.ts';
 import { EngineError } from '../../../model/errors.ts';
 import { childLog, wireText } from '../../../util/log.ts';
 import { BagError, decodeBag, parsePublishTopic, sameIdentity } from '../topics.ts';

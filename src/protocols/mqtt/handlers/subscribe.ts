@@ -1,5 +1,5 @@
 import type mqtt from 'mqtt-packet';
-import { describeIdentity } from '../../../engine/engine.ts';
+import { describeIdentity } from '../../../model/identity.ts';
 import type { SubscriptionKind } from '../../../engine/types.ts';
 import { childLog, wireText } from '../../../util/log.ts';
 import { parseSubscription, sameIdentity } from '../topics.ts';
