@@ -43,11 +43,25 @@ interface Device {
   key: string;
 }
 
-function rest(host: string, ca: string, token: string, method: string, path: string, body: unknown): Promise<{ status: number; body: string }> {
+function rest(
+  host: string,
+  ca: string,
+  token: string,
+  method: string,
+  path: string,
+  body: unknown,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const data = Buffer.from(JSON.stringify(body));
     const req = request(
-      { host, port: 443, method, path: `${path}?api-version=2021-04-12`, ca, headers: { authorization: token, 'content-type': 'application/json', 'content-length': data.length } },
+      {
+        host,
+        port: 443,
+        method,
+        path: `${path}?api-version=2021-04-12`,
+        ca,
+        headers: { authorization: token, 'content-type': 'application/json', 'content-length': data.length },
+      },
       (res) => {
         let text = '';
         res.on('data', (c) => (text += c));
@@ -59,22 +73,46 @@ function rest(host: string, ca: string, token: string, method: string, path: str
   });
 }
 
-function once<T>(emitter: { once(e: string, f: (ctx: EventContext) => void): unknown }, ok: string, fail: string, pick: (ctx: EventContext) => T): Promise<T> {
+function once<T>(
+  emitter: { once(e: string, f: (ctx: EventContext) => void): unknown },
+  ok: string,
+  fail: string,
+  pick: (ctx: EventContext) => T,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     emitter.once(ok, (ctx) => resolve(pick(ctx)));
-    emitter.once(fail, (ctx) => reject(new Error(String(((ctx.sender ?? ctx.receiver ?? ctx.connection)?.error as { description?: string } | undefined)?.description ?? fail))));
+    emitter.once(fail, (ctx) =>
+      reject(
+        new Error(
+          String(
+            ((ctx.sender ?? ctx.receiver ?? ctx.connection)?.error as { description?: string } | undefined)
+              ?.description ?? fail,
+          ),
+        ),
+      ),
+    );
   });
 }
 
 function openConnection(host: string, ca: string): Promise<Connection> {
-  const c = rhea.create_container().connect({ host, port: readHubState(hubDir)?.ports.amqp ?? 5671, transport: 'tls', ca, reconnect: false, idle_time_out: 120_000 } as never);
+  const c = rhea.create_container().connect({
+    host,
+    port: readHubState(hubDir)?.ports.amqp ?? 5671,
+    transport: 'tls',
+    ca,
+    reconnect: false,
+    idle_time_out: 120_000,
+  } as never);
   return once(c, 'connection_open', 'connection_error', () => c);
 }
 
 /** One CBS link pair per connection; put-tokens are matched by correlation id. */
 class Cbs {
   private readonly waiting = new Map<string, (status: number) => void>();
-  constructor(private readonly sender: Sender, receiver: Receiver) {
+  constructor(
+    private readonly sender: Sender,
+    receiver: Receiver,
+  ) {
     receiver.on('message', (ctx) => {
       const w = this.waiting.get(String(ctx.message!.correlation_id));
       if (w) w(Number((ctx.message!.application_properties as Record<string, unknown>)['status-code']));
@@ -83,7 +121,10 @@ class Cbs {
   static async open(conn: Connection): Promise<Cbs> {
     const s = conn.open_sender({ target: { address: '$cbs' } });
     const r = conn.open_receiver({ source: { address: '$cbs' } });
-    await Promise.all([once(s, 'sender_open', 'sender_error', () => s), once(r, 'receiver_open', 'receiver_error', () => r)]);
+    await Promise.all([
+      once(s, 'sender_open', 'sender_error', () => s),
+      once(r, 'receiver_open', 'receiver_error', () => r),
+    ]);
     return new Cbs(s, r);
   }
   put(host: string, dev: Device): Promise<void> {
@@ -91,8 +132,15 @@ class Cbs {
     const audience = `${host}/devices/${dev.id}`;
     const token = createSasToken(audience, dev.key, Math.floor(Date.now() / 1000) + 3600);
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, (status) => (status === 200 ? resolve() : reject(new Error(`put-token for ${dev.id}: ${status}`))));
-      this.sender.send({ message_id: id, reply_to: 'cbs', application_properties: { operation: 'put-token', type: 'servicebus.windows.net:sastoken', name: audience }, body: token });
+      this.waiting.set(id, (status) =>
+        status === 200 ? resolve() : reject(new Error(`put-token for ${dev.id}: ${status}`)),
+      );
+      this.sender.send({
+        message_id: id,
+        reply_to: 'cbs',
+        application_properties: { operation: 'put-token', type: 'servicebus.windows.net:sastoken', name: audience },
+        body: token,
+      });
     });
   }
 }
@@ -107,7 +155,11 @@ class Publisher {
   readonly finished: Promise<void>;
   private sender!: Sender;
 
-  constructor(private readonly dev: Device, private readonly latencies: Float64Array, private readonly latencyBase: number) {
+  constructor(
+    private readonly dev: Device,
+    private readonly latencies: Float64Array,
+    private readonly latencyBase: number,
+  ) {
     this.finished = new Promise((res, rej) => {
       this.done = res;
       this.fail = rej;
@@ -118,7 +170,9 @@ class Publisher {
     const s = conn.open_sender({ target: { address: `/devices/${this.dev.id}/messages/events` }, autosettle: true });
     this.sender = await once(s, 'sender_open', 'sender_error', () => s);
     s.on('accepted', (ctx) => this.settled(ctx.delivery!));
-    s.on('rejected', (ctx) => this.fail(new Error(`${this.dev.id}: rejected ${JSON.stringify(ctx.delivery!.remote_state)}`)));
+    s.on('rejected', (ctx) =>
+      this.fail(new Error(`${this.dev.id}: rejected ${JSON.stringify(ctx.delivery!.remote_state)}`)),
+    );
     s.on('released', () => this.fail(new Error(`${this.dev.id}: released`)));
     s.on('sendable', () => this.pump());
     s.on('sender_error', (ctx) => this.fail(new Error(`${this.dev.id}: detached ${ctx.sender?.error?.description}`)));
@@ -155,7 +209,14 @@ let hubDir = '';
 function runningHub(dataDir: string) {
   const state = readHubState(dataDir);
   if (!state) throw new Error(`no running hub in ${dataDir}`);
-  return { address: state.bind, hostname: state.hostname, dataDir, caPem: readFileSync(state.caPath, 'utf8'), connectionString: hubConnectionString(dataDir), stop: async () => undefined };
+  return {
+    address: state.bind,
+    hostname: state.hostname,
+    dataDir,
+    caPem: readFileSync(state.caPath, 'utf8'),
+    connectionString: hubConnectionString(dataDir),
+    stop: async () => undefined,
+  };
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -169,18 +230,30 @@ async function main(): Promise<void> {
   const conns: Connection[] = [];
   try {
     const cs = parseConnectionString(hub.connectionString);
-    const policyToken = createSasToken(hub.hostname, cs.SharedAccessKey!, Math.floor(Date.now() / 1000) + 3600, cs.SharedAccessKeyName);
+    const policyToken = createSasToken(
+      hub.hostname,
+      cs.SharedAccessKey!,
+      Math.floor(Date.now() / 1000) + 3600,
+      cs.SharedAccessKeyName,
+    );
     const runId = randomBytes(3).toString('hex');
-    const devices: Device[] = Array.from({ length: DEVICES }, (_, i) => ({ id: `bench-amqp-${runId}-${i}`, key: randomBytes(32).toString('base64') }));
+    const devices: Device[] = Array.from({ length: DEVICES }, (_, i) => ({
+      id: `bench-amqp-${runId}-${i}`,
+      key: randomBytes(32).toString('base64'),
+    }));
     for (let i = 0; i < devices.length; i += 100) {
       const chunk = devices.slice(i, i + 100).map((d) => ({
         id: d.id,
         importMode: 'create',
         status: 'enabled',
-        authentication: { type: 'sas', symmetricKey: { primaryKey: d.key, secondaryKey: randomBytes(32).toString('base64') } },
+        authentication: {
+          type: 'sas',
+          symmetricKey: { primaryKey: d.key, secondaryKey: randomBytes(32).toString('base64') },
+        },
       }));
       const r = await rest(hub.address, hub.caPem, policyToken, 'POST', '/devices', chunk);
-      if (r.status !== 200 || !JSON.parse(r.body).isSuccessful) throw new Error(`bulk create failed: ${r.status} ${r.body}`);
+      if (r.status !== 200 || !JSON.parse(r.body).isSuccessful)
+        throw new Error(`bulk create failed: ${r.status} ${r.body}`);
     }
 
     const latencies = new Float64Array(DEVICES * PER_DEVICE);
@@ -210,7 +283,9 @@ async function main(): Promise<void> {
     const total = DEVICES * PER_DEVICE;
     const sorted = latencies.slice().sort();
     const db = new Database(join(hub.dataDir, 'events.db'), { readonly: true });
-    const stored = (db.prepare('SELECT COUNT(*) AS n FROM events WHERE dev LIKE ?').get(`bench-amqp-${runId}-%`) as { n: number }).n;
+    const stored = (
+      db.prepare('SELECT COUNT(*) AS n FROM events WHERE dev LIKE ?').get(`bench-amqp-${runId}-%`) as { n: number }
+    ).n;
     db.close();
     process.stdout.write(
       `${JSON.stringify({
@@ -222,7 +297,11 @@ async function main(): Promise<void> {
         window: WINDOW,
         seconds: Number(seconds.toFixed(2)),
         msgsPerSecond: Math.round(total / seconds),
-        latencyMs: { p50: Number(percentile(sorted, 50).toFixed(1)), p99: Number(percentile(sorted, 99).toFixed(1)), max: Number(sorted[sorted.length - 1]!.toFixed(1)) },
+        latencyMs: {
+          p50: Number(percentile(sorted, 50).toFixed(1)),
+          p99: Number(percentile(sorted, 99).toFixed(1)),
+          max: Number(sorted[sorted.length - 1]!.toFixed(1)),
+        },
         storedInEventStream: stored,
       })}\n`,
     );

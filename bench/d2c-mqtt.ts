@@ -36,11 +36,25 @@ const PER_DEVICE = Number(args.messages);
 const SIZE = Number(args.size);
 const WINDOW = Number(args.window);
 
-function rest(host: string, ca: string, token: string, method: string, path: string, body: unknown): Promise<{ status: number; body: string }> {
+function rest(
+  host: string,
+  ca: string,
+  token: string,
+  method: string,
+  path: string,
+  body: unknown,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const data = Buffer.from(JSON.stringify(body));
     const req = request(
-      { host, port: 443, method, path: `${path}?api-version=2021-04-12`, ca, headers: { authorization: token, 'content-type': 'application/json', 'content-length': data.length } },
+      {
+        host,
+        port: 443,
+        method,
+        path: `${path}?api-version=2021-04-12`,
+        ca,
+        headers: { authorization: token, 'content-type': 'application/json', 'content-length': data.length },
+      },
       (res) => {
         let text = '';
         res.on('data', (c) => (text += c));
@@ -95,10 +109,16 @@ class Publisher {
       if (this.acked < PER_DEVICE) this.fail(new Error(`${this.dev.id}: connection closed after ${this.acked} acks`));
     });
     const connack = new Promise<void>((res, rej) => {
-      this.parser.once('packet', (p: any) => (p.cmd === 'connack' && p.returnCode === 0 ? res() : rej(new Error(`${this.dev.id}: CONNACK ${p.returnCode}`))));
+      this.parser.once('packet', (p: any) =>
+        p.cmd === 'connack' && p.returnCode === 0 ? res() : rej(new Error(`${this.dev.id}: CONNACK ${p.returnCode}`)),
+      );
     });
     this.socket.on('data', (d) => this.parser.parse(d));
-    const token = createSasToken(`${this.host}/devices/${this.dev.id}`, this.dev.key, Math.floor(Date.now() / 1000) + 3600);
+    const token = createSasToken(
+      `${this.host}/devices/${this.dev.id}`,
+      this.dev.key,
+      Math.floor(Date.now() / 1000) + 3600,
+    );
     this.socket.write(
       mqttPacket.generate({
         cmd: 'connect',
@@ -140,7 +160,17 @@ class Publisher {
       const now = performance.now();
       payload.write(JSON.stringify({ d: this.dev.id, n: this.sent, t: Date.now() }));
       this.sentAt.set(id, now);
-      this.socket.write(mqttPacket.generate({ cmd: 'publish', topic: `devices/${this.dev.id}/messages/events/`, payload, qos: 1, dup: false, retain: false, messageId: id }));
+      this.socket.write(
+        mqttPacket.generate({
+          cmd: 'publish',
+          topic: `devices/${this.dev.id}/messages/events/`,
+          payload,
+          qos: 1,
+          dup: false,
+          retain: false,
+          messageId: id,
+        }),
+      );
       this.sent++;
     }
     process.nextTick(() => this.socket.uncork());
@@ -152,10 +182,24 @@ class Publisher {
 }
 
 /** A hub started by someone else: its address, CA and connection string come from its data directory. */
-function runningHub(dataDir: string): { address: string; hostname: string; dataDir: string; caPem: string; connectionString: string; stop(): Promise<void> } {
+function runningHub(dataDir: string): {
+  address: string;
+  hostname: string;
+  dataDir: string;
+  caPem: string;
+  connectionString: string;
+  stop(): Promise<void>;
+} {
   const state = readHubState(dataDir);
   if (!state) throw new Error(`no running hub in ${dataDir}`);
-  return { address: state.bind, hostname: state.hostname, dataDir, caPem: readFileSync(state.caPath, 'utf8'), connectionString: hubConnectionString(dataDir), stop: async () => undefined };
+  return {
+    address: state.bind,
+    hostname: state.hostname,
+    dataDir,
+    caPem: readFileSync(state.caPath, 'utf8'),
+    connectionString: hubConnectionString(dataDir),
+    stop: async () => undefined,
+  };
 }
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -167,18 +211,30 @@ async function main(): Promise<void> {
   const hub = args['hub-data'] ? runningHub(args['hub-data']) : await startHubProcess({});
   try {
     const cs = parseConnectionString(hub.connectionString);
-    const policyToken = createSasToken(hub.hostname, cs.SharedAccessKey, Math.floor(Date.now() / 1000) + 3600, cs.SharedAccessKeyName);
+    const policyToken = createSasToken(
+      hub.hostname,
+      cs.SharedAccessKey,
+      Math.floor(Date.now() / 1000) + 3600,
+      cs.SharedAccessKeyName,
+    );
     const runId = randomBytes(3).toString('hex');
-    const devices: Device[] = Array.from({ length: DEVICES }, (_, i) => ({ id: `bench-${runId}-${i}`, key: randomBytes(32).toString('base64') }));
+    const devices: Device[] = Array.from({ length: DEVICES }, (_, i) => ({
+      id: `bench-${runId}-${i}`,
+      key: randomBytes(32).toString('base64'),
+    }));
     for (let i = 0; i < devices.length; i += 100) {
       const chunk = devices.slice(i, i + 100).map((d) => ({
         id: d.id,
         importMode: 'create',
         status: 'enabled',
-        authentication: { type: 'sas', symmetricKey: { primaryKey: d.key, secondaryKey: randomBytes(32).toString('base64') } },
+        authentication: {
+          type: 'sas',
+          symmetricKey: { primaryKey: d.key, secondaryKey: randomBytes(32).toString('base64') },
+        },
       }));
       const r = await rest(hub.address, hub.caPem, policyToken, 'POST', '/devices', chunk);
-      if (r.status !== 200 || !JSON.parse(r.body).isSuccessful) throw new Error(`bulk create failed: ${r.status} ${r.body}`);
+      if (r.status !== 200 || !JSON.parse(r.body).isSuccessful)
+        throw new Error(`bulk create failed: ${r.status} ${r.body}`);
     }
     const mqttPort = readHubState(hub.dataDir)?.ports.mqtt ?? 8883;
 
@@ -195,7 +251,9 @@ async function main(): Promise<void> {
     const total = DEVICES * PER_DEVICE;
     const sorted = latencies.slice().sort();
     const db = new Database(join(hub.dataDir, 'events.db'), { readonly: true });
-    const stored = (db.prepare('SELECT COUNT(*) AS n FROM events WHERE dev LIKE ?').get(`bench-${runId}-%`) as { n: number }).n;
+    const stored = (
+      db.prepare('SELECT COUNT(*) AS n FROM events WHERE dev LIKE ?').get(`bench-${runId}-%`) as { n: number }
+    ).n;
     db.close();
     process.stdout.write(
       `${JSON.stringify({
@@ -206,7 +264,11 @@ async function main(): Promise<void> {
         window: WINDOW,
         seconds: Number(seconds.toFixed(2)),
         msgsPerSecond: Math.round(total / seconds),
-        latencyMs: { p50: Number(percentile(sorted, 50).toFixed(1)), p99: Number(percentile(sorted, 99).toFixed(1)), max: Number(sorted[sorted.length - 1].toFixed(1)) },
+        latencyMs: {
+          p50: Number(percentile(sorted, 50).toFixed(1)),
+          p99: Number(percentile(sorted, 99).toFixed(1)),
+          max: Number(sorted[sorted.length - 1].toFixed(1)),
+        },
         storedInEventStream: stored,
       })}\n`,
     );

@@ -83,11 +83,19 @@ async function main(): Promise<void> {
         authMethod,
         authGenerationId: '638000000000000000',
         messageSource: 'Telemetry',
-        message: { body, messageId: `m-${done + i}`, contentType: 'application/octet-stream', properties: { seq: String(done + i) } },
+        message: {
+          body,
+          messageId: `m-${done + i}`,
+          contentType: 'application/octet-stream',
+          properties: { seq: String(done + i) },
+        },
       })),
     );
   }
-  const expected = Array.from({ length: stream.partitionCount() }, (_, p) => stream.partitionInfo(p).lastSequenceNumber + 1);
+  const expected = Array.from(
+    { length: stream.partitionCount() },
+    (_, p) => stream.partitionInfo(p).lastSequenceNumber + 1,
+  );
   await stream.close();
   const fillMs = Date.now() - fillStart;
 
@@ -122,7 +130,11 @@ async function main(): Promise<void> {
                 /* not ours */
               }
             });
-            child.once('exit', (code) => (result ? resolve(result) : reject(new Error(`consumer of partition ${p} exited (${code}) without a result`))));
+            child.once('exit', (code) =>
+              result
+                ? resolve(result)
+                : reject(new Error(`consumer of partition ${p} exited (${code}) without a result`)),
+            );
           }),
       ),
     );
@@ -157,7 +169,14 @@ async function main(): Promise<void> {
 }
 
 async function runConsumer(s: ConsumerSettings): Promise<void> {
-  const result: ConsumerResult = { partition: s.partition, count: 0, startedAt: Date.now(), firstAt: 0, doneAt: 0, bytes: 0 };
+  const result: ConsumerResult = {
+    partition: s.partition,
+    count: 0,
+    startedAt: Date.now(),
+    firstAt: 0,
+    doneAt: 0,
+    bytes: 0,
+  };
   const seen = (n: number, bytes: number): boolean => {
     if (result.count === 0) result.firstAt = Date.now();
     result.count += n;
@@ -181,7 +200,13 @@ async function runConsumer(s: ConsumerSettings): Promise<void> {
           },
           processError: async (err) => reject(err),
         },
-        { startPosition: earliestEventPosition, maxBatchSize: s.batch, maxWaitTimeInSeconds: 5, prefetchCount: s.prefetch, skipParsingBodyAsJson: true },
+        {
+          startPosition: earliestEventPosition,
+          maxBatchSize: s.batch,
+          maxWaitTimeInSeconds: 5,
+          prefetchCount: s.prefetch,
+          skipParsingBodyAsJson: true,
+        },
       );
     });
     await client.close();
@@ -193,14 +218,25 @@ async function runConsumer(s: ConsumerSettings): Promise<void> {
 }
 
 /** A bare AMQP receiver: CBS put-token, then a receiver that keeps `prefetch` credit outstanding. */
-async function rheaConsumer(s: ConsumerSettings, result: ConsumerResult, seen: (n: number, bytes: number) => boolean): Promise<void> {
+async function rheaConsumer(
+  s: ConsumerSettings,
+  result: ConsumerResult,
+  seen: (n: number, bytes: number) => boolean,
+): Promise<void> {
   const rhea = (await import('rhea')).default;
   const { parseConnectionString } = await import('../src/identity/connection-string.ts');
   const { createSasToken } = await import('../src/identity/sas.ts');
   const cs = parseConnectionString(s.connectionString);
   const audience = `sb://${s.entity}/${s.entity}`;
-  const token = createSasToken(audience, cs.SharedAccessKey!, Math.floor(Date.now() / 1000) + 3600, cs.SharedAccessKeyName);
-  const conn = rhea.create_container().connect({ host: s.host, port: 5671, transport: 'tls', reconnect: false, hostname: s.entity } as never);
+  const token = createSasToken(
+    audience,
+    cs.SharedAccessKey!,
+    Math.floor(Date.now() / 1000) + 3600,
+    cs.SharedAccessKeyName,
+  );
+  const conn = rhea
+    .create_container()
+    .connect({ host: s.host, port: 5671, transport: 'tls', reconnect: false, hostname: s.entity } as never);
   result.startedAt = Date.now();
   await new Promise<void>((resolve, reject) => {
     const cbsOut = conn.open_sender('$cbs');
@@ -210,7 +246,15 @@ async function rheaConsumer(s: ConsumerSettings, result: ConsumerResult, seen: (
       if (status !== 200) return reject(new Error(`put-token: ${status}`));
       const address = `${s.entity}/ConsumerGroups/$Default/Partitions/${s.partition}`;
       const r = conn.open_receiver({
-        source: { address, filter: { 'apache.org:selector-filter:string': rhea.types.wrap_described("amqp.annotation.x-opt-offset > '-1'", 0x468c00000004) } },
+        source: {
+          address,
+          filter: {
+            'apache.org:selector-filter:string': rhea.types.wrap_described(
+              "amqp.annotation.x-opt-offset > '-1'",
+              0x468c00000004,
+            ),
+          },
+        },
         credit_window: 0,
         autoaccept: false,
       });
@@ -235,7 +279,12 @@ async function rheaConsumer(s: ConsumerSettings, result: ConsumerResult, seen: (
     cbsOut.on('sendable', () => {
       if ((cbsOut as unknown as { sent?: boolean }).sent) return;
       (cbsOut as unknown as { sent?: boolean }).sent = true;
-      cbsOut.send({ message_id: 'put-1', reply_to: '$cbs', application_properties: { operation: 'put-token', type: 'servicebus.windows.net:sastoken', name: audience }, body: token });
+      cbsOut.send({
+        message_id: 'put-1',
+        reply_to: '$cbs',
+        application_properties: { operation: 'put-token', type: 'servicebus.windows.net:sastoken', name: audience },
+        body: token,
+      });
     });
     conn.on('connection_error', (ctx) => reject(new Error(String(ctx.connection?.error?.description))));
   });

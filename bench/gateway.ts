@@ -79,7 +79,9 @@ if (args.help) {
 }
 const UPSTREAMS = ['Amqp', 'AmqpWs', 'Mqtt', 'MqttWs'];
 if (!UPSTREAMS.includes(args.upstream!)) {
-  process.stderr.write(`--upstream ${args.upstream} is not one of ${UPSTREAMS.join(', ')}\nrun with --help for the options\n`);
+  process.stderr.write(
+    `--upstream ${args.upstream} is not one of ${UPSTREAMS.join(', ')}\nrun with --help for the options\n`,
+  );
   process.exit(2);
 }
 const MSGS = Number(args.messages);
@@ -89,7 +91,8 @@ const WINDOW = 100;
 const RUNS = Number(args.runs);
 if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 20) throw new Error(`--runs must be 1 to 20, got ${args.runs}`);
 const LAYERS = Number(args.layers);
-if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 5) throw new Error(`--layers must be 1 to 5, got ${args.layers}`);
+if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 5)
+  throw new Error(`--layers must be 1 to 5, got ${args.layers}`);
 const here = dirname(fileURLToPath(import.meta.url));
 
 // What must not outlive the benchmark, undone synchronously at exit: the helpers SIGKILL the hub
@@ -125,7 +128,11 @@ function mqtt5Dir(): string {
   if (!existsSync(pkg) || !/^5\./.test(JSON.parse(readFileSync(pkg, 'utf8')).version)) {
     mkdirSync(dir, { recursive: true });
     process.stderr.write(`installing mqtt@5 for the benchmark clients into ${dir}\n`);
-    execFileSync('npm', ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--prefix', dir, 'mqtt@5'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(
+      'npm',
+      ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--prefix', dir, 'mqtt@5'],
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    );
   }
   return dir;
 }
@@ -147,12 +154,24 @@ interface Result {
 }
 
 /** Reads the hub's event stream (server-sent events) from its end; calls `onEvent` with each body. */
-function followEvents(host: string, ca: string, cs: { host: string; key: string; policy: string }, onEvent: (body: Buffer) => void): { ready: Promise<void>; stop(): void } {
+function followEvents(
+  host: string,
+  ca: string,
+  cs: { host: string; key: string; policy: string },
+  onEvent: (body: Buffer) => void,
+): { ready: Promise<void>; stop(): void } {
   const token = createSasToken(cs.host, cs.key, Math.floor(Date.now() / 1000) + 3600, cs.policy);
   let stop = () => {};
   const ready = new Promise<void>((resolveReady, reject) => {
     const req = https.request(
-      { host, port: 443, path: '/events?from=end&api-version=2021-04-12', ca, headers: { authorization: token, accept: 'text/event-stream' }, agent: false },
+      {
+        host,
+        port: 443,
+        path: '/events?from=end&api-version=2021-04-12',
+        ca,
+        headers: { authorization: token, accept: 'text/event-stream' },
+        agent: false,
+      },
       (res) => {
         if (res.statusCode !== 200) return reject(new Error(`GET /events answered ${res.statusCode}`));
         resolveReady();
@@ -168,7 +187,8 @@ function followEvents(host: string, ca: string, cs: { host: string; key: string;
           let cut: number;
           while ((cut = buf.indexOf('\n\n', from)) >= 0) {
             const at = buf.indexOf(BODY, from);
-            if (at >= 0 && at < cut) onEvent(Buffer.from(buf.slice(at + BODY.length, buf.indexOf('"', at + BODY.length)), 'base64'));
+            if (at >= 0 && at < cut)
+              onEvent(Buffer.from(buf.slice(at + BODY.length, buf.indexOf('"', at + BODY.length)), 'base64'));
             from = cut + 2;
           }
           buf = buf.slice(from);
@@ -189,18 +209,29 @@ function cpuMsOf(pid: number): number {
 }
 
 async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
-  const profiled = (name: string) => (args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile, name)}`] : undefined);
+  const profiled = (name: string) =>
+    args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile, name)}`] : undefined;
   const hub = await startHubProcess({ nodeArgs: profiled('hub') });
   const forget = [removeAtExit(hub.dataDir)];
   const layers: EdgeSetup[] = [];
   const gws: GatewayProcess[] = [];
   try {
     for (let i = 0; i < LAYERS; i++) {
-      layers.push(await setupLayer(hub, { gatewayId: `bench-l${i + 1}`, address: randomLoopback(), parent: layers[i - 1] }));
+      layers.push(
+        await setupLayer(hub, { gatewayId: `bench-l${i + 1}`, address: randomLoopback(), parent: layers[i - 1] }),
+      );
       forget.push(removeAtExit(layers[i]!.dir));
     }
     for (const [i, l] of layers.entries()) {
-      gws.push(await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address, nodeArgs: profiled(`l${i + 1}`), env: { UpstreamProtocol: args.upstream! } }));
+      gws.push(
+        await startGatewayProcess({
+          configPath: l.configPath,
+          dataDir: l.dataDir,
+          address: l.address,
+          nodeArgs: profiled(`l${i + 1}`),
+          env: { UpstreamProtocol: args.upstream! },
+        }),
+      );
     }
     return await measure(mqtt, hub, layers, gws);
   } finally {
@@ -226,7 +257,11 @@ async function waitForScope(edge: EdgeSetup, ids: string[], timeoutMs = 60_000):
     if (existsSync(path)) {
       const db = openNodeDb(path, { readonly: true });
       try {
-        have = (db.sqlite.prepare('SELECT count(*) AS n FROM scope_devices WHERE device_id IN (SELECT value FROM json_each(?))').get(JSON.stringify(ids)) as { n: number }).n;
+        have = (
+          db.sqlite
+            .prepare('SELECT count(*) AS n FROM scope_devices WHERE device_id IN (SELECT value FROM json_each(?))')
+            .get(JSON.stringify(ids)) as { n: number }
+        ).n;
       } catch {
         // The gateway has not made its tables yet.
       } finally {
@@ -234,25 +269,40 @@ async function waitForScope(edge: EdgeSetup, ids: string[], timeoutMs = 60_000):
       }
     }
     if (have === ids.length) return;
-    if (Date.now() > deadline) throw new Error(`the scope feed brought ${have} of ${ids.length} leaves to ${edge.gatewayId} within ${timeoutMs / 1000} s`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `the scope feed brought ${have} of ${ids.length} leaves to ${edge.gatewayId} within ${timeoutMs / 1000} s`,
+      );
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 
-async function measure(mqtt: any, hub: HubProcess, layers: EdgeSetup[], gws: GatewayProcess[]): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
+async function measure(
+  mqtt: any,
+  hub: HubProcess,
+  layers: EdgeSetup[],
+  gws: GatewayProcess[],
+): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
   const edge = layers[layers.length - 1]!;
   const address = edge.address;
   const { ids, key } = await createLeavesBulk(edge, 'bench-leaf-', PUBS);
-  const cs = Object.fromEntries(hub.connectionString.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+  const cs = Object.fromEntries(
+    hub.connectionString.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]),
+  );
   let got = 0;
   const lat: number[] = [];
   let done!: () => void;
   const all = new Promise<void>((r) => (done = r));
-  const reader = followEvents(hub.address, hub.caPem, { host: cs.HostName!, key: cs.SharedAccessKey!, policy: cs.SharedAccessKeyName! }, (body) => {
-    if (body.length < 8) return;
-    lat.push(Date.now() - Number(body.readBigUInt64BE(0)));
-    if (++got === MSGS) done();
-  });
+  const reader = followEvents(
+    hub.address,
+    hub.caPem,
+    { host: cs.HostName!, key: cs.SharedAccessKey!, policy: cs.SharedAccessKeyName! },
+    (body) => {
+      if (body.length < 8) return;
+      lat.push(Date.now() - Number(body.readBigUInt64BE(0)));
+      if (++got === MSGS) done();
+    },
+  );
   await reader.ready;
   const tScope = Date.now();
   await waitForScope(edge, ids);
@@ -271,7 +321,10 @@ async function measure(mqtt: any, hub: HubProcess, layers: EdgeSetup[], gws: Gat
       }),
     ),
   );
-  const procs: Array<[string, number]> = [['hub', hub.proc.pid!], ...gws.map((g, i): [string, number] => [`l${i + 1}`, g.proc.pid!])];
+  const procs: Array<[string, number]> = [
+    ['hub', hub.proc.pid!],
+    ...gws.map((g, i): [string, number] => [`l${i + 1}`, g.proc.pid!]),
+  ];
   const cpu0 = procs.map(([, pid]) => cpuMsOf(pid));
   const own0 = process.cpuUsage();
   const t0 = Date.now();
@@ -292,7 +345,9 @@ async function measure(mqtt: any, hub: HubProcess, layers: EdgeSetup[], gws: Gat
     }),
   );
   const tPub = Date.now();
-  const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`timeout: ${got}/${MSGS} arrived`)), 180_000).unref());
+  const timeout = new Promise<never>((_, rej) =>
+    setTimeout(() => rej(new Error(`timeout: ${got}/${MSGS} arrived`)), 180_000).unref(),
+  );
   await Promise.race([all, timeout]);
   const t1 = Date.now();
   const cpu_us_per_msg: Record<string, number> = {};
@@ -323,7 +378,8 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
   try {
     execFileSync('mosquitto', ['-h'], { stdio: 'ignore' });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { error: 'mosquitto is not installed: apt-get install -y mosquitto' };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      return { error: 'mosquitto is not installed: apt-get install -y mosquitto' };
   }
   const dir = await mkdtemp(join(tmpdir(), 'strata-anchor-'));
   const brokerPids = (): number[] => {
@@ -352,13 +408,33 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
   const base = 20000 + Math.floor(Math.random() * 20000);
   // chain-bench.mjs imports 'mqtt'; resolve it from the cache directory (mqtt@5).
   const hooks = join(dir, 'hooks.mjs');
-  writeFileSync(hooks, `export async function resolve(s, c, next) { return s === 'mqtt' ? next(s, { ...c, parentURL: ${JSON.stringify(pathToFileURL(join(depsDir, 'x.mjs')).href)} }) : next(s, c); }\n`);
+  writeFileSync(
+    hooks,
+    `export async function resolve(s, c, next) { return s === 'mqtt' ? next(s, { ...c, parentURL: ${JSON.stringify(pathToFileURL(join(depsDir, 'x.mjs')).href)} }) : next(s, c); }\n`,
+  );
   const register = join(dir, 'register.mjs');
-  writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
+  writeFileSync(
+    register,
+    `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`,
+  );
   try {
     execFileSync('bash', [chain, dir, String(LAYERS), String(base)], { stdio: 'ignore' });
     const out = await new Promise<string>((resolveOut, reject) => {
-      const p = (benchProc = spawn(process.execPath, ['--import', pathToFileURL(register).href, bench, join(dir, 'certs', 'ca.pem'), String(base + LAYERS), String(base), String(MSGS), String(PUBS), String(SIZE)], { stdio: ['ignore', 'pipe', 'inherit'] }));
+      const p = (benchProc = spawn(
+        process.execPath,
+        [
+          '--import',
+          pathToFileURL(register).href,
+          bench,
+          join(dir, 'certs', 'ca.pem'),
+          String(base + LAYERS),
+          String(base),
+          String(MSGS),
+          String(PUBS),
+          String(SIZE),
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      ));
       let text = '';
       p.stdout.on('data', (c: Buffer) => (text += c.toString()));
       p.on('error', reject);
@@ -392,7 +468,10 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
 
 const depsDir = mqtt5Dir();
 const mqtt = createRequire(join(depsDir, 'x.js'))('mqtt');
-const path = ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(' -> ') + (args.upstream === 'Amqp' ? '' : ` (upstream ${args.upstream})`);
+const path =
+  ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(
+    ' -> ',
+  ) + (args.upstream === 'Amqp' ? '' : ` (upstream ${args.upstream})`);
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -404,10 +483,14 @@ for (let round = 0; round < RUNS; round++) {
   let anchor: Result | undefined;
   if (!args['skip-anchor']) {
     const a = await runAnchor(depsDir);
-    process.stdout.write(`${JSON.stringify({ bench: `mosquitto chain, ${LAYERS} bridge${LAYERS === 1 ? '' : 's'} (anchor)`, ...a })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ bench: `mosquitto chain, ${LAYERS} bridge${LAYERS === 1 ? '' : 's'} (anchor)`, ...a })}\n`,
+    );
     if ('msgs_per_s' in a) {
       anchor = a;
-      process.stdout.write(`${JSON.stringify({ ratio_msgs_per_s: Number((strata.msgs_per_s / a.msgs_per_s).toFixed(2)), ratio_p99: Number((strata.p99_ms / a.p99_ms).toFixed(2)) })}\n`);
+      process.stdout.write(
+        `${JSON.stringify({ ratio_msgs_per_s: Number((strata.msgs_per_s / a.msgs_per_s).toFixed(2)), ratio_p99: Number((strata.p99_ms / a.p99_ms).toFixed(2)) })}\n`,
+      );
     }
   }
   rounds.push({ strata, anchor });
@@ -423,7 +506,9 @@ if (RUNS > 1) {
         ? {
             anchor_msgs_per_s_median: median(paired.map((r) => r.anchor.msgs_per_s)),
             anchor_p99_ms_median: median(paired.map((r) => r.anchor.p99_ms)),
-            ratio_msgs_per_s_median: Number(median(paired.map((r) => r.strata.msgs_per_s / r.anchor.msgs_per_s)).toFixed(2)),
+            ratio_msgs_per_s_median: Number(
+              median(paired.map((r) => r.strata.msgs_per_s / r.anchor.msgs_per_s)).toFixed(2),
+            ),
           }
         : {}),
     })}\n`,

@@ -105,19 +105,36 @@ function smapsRss(pid: number): { brkHeap: number; otherAnon: number } {
   const out = { brkHeap: 0, otherAnon: 0 };
   for (const line of lines) {
     const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ (\d+)\s*(.*)$/.exec(line);
-    if (head) kind = head[2]!.trim() === '[heap]' ? 'brk' : head[1] === '0' && !head[2]!.trim().startsWith('/') ? 'anon' : 'file';
-    else if (line.startsWith('Rss:') && kind !== 'file') out[kind === 'brk' ? 'brkHeap' : 'otherAnon'] += Number(line.split(/\s+/)[1]) * 1024;
+    if (head)
+      kind =
+        head[2]!.trim() === '[heap]' ? 'brk' : head[1] === '0' && !head[2]!.trim().startsWith('/') ? 'anon' : 'file';
+    else if (line.startsWith('Rss:') && kind !== 'file')
+      out[kind === 'brk' ? 'brkHeap' : 'otherAnon'] += Number(line.split(/\s+/)[1]) * 1024;
   }
   return out;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function rest(host: string, ca: string, token: string, method: string, path: string, body: unknown): Promise<{ status: number; body: string }> {
+function rest(
+  host: string,
+  ca: string,
+  token: string,
+  method: string,
+  path: string,
+  body: unknown,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const data = Buffer.from(JSON.stringify(body));
     const req = request(
-      { host, port: 443, method, path: `${path}?api-version=2021-04-12`, ca, headers: { authorization: token, 'content-type': 'application/json', 'content-length': data.length } },
+      {
+        host,
+        port: 443,
+        method,
+        path: `${path}?api-version=2021-04-12`,
+        ca,
+        headers: { authorization: token, 'content-type': 'application/json', 'content-length': data.length },
+      },
       (res) => {
         let text = '';
         res.on('data', (c) => (text += c));
@@ -138,14 +155,25 @@ async function idleDevice(host: string, port: number, ca: string, id: string, ke
   });
   const parser = mqttPacket.parser({ protocolVersion: 4 });
   const connack = new Promise<void>((res, rej) => {
-    parser.once('packet', (p: any) => (p.cmd === 'connack' && p.returnCode === 0 ? res() : rej(new Error(`${id}: ${p.cmd} ${p.returnCode}`))));
+    parser.once('packet', (p: any) =>
+      p.cmd === 'connack' && p.returnCode === 0 ? res() : rej(new Error(`${id}: ${p.cmd} ${p.returnCode}`)),
+    );
     socket.once('close', () => rej(new Error(`${id}: closed before CONNACK`)));
   });
   socket.on('data', (d) => parser.parse(d));
   socket.on('error', () => undefined);
   const token = createSasToken(`${host}/devices/${id}`, key, Math.floor(Date.now() / 1000) + 3600);
   socket.write(
-    mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: id, keepalive: 0, username: `${host}/${id}/?api-version=2021-04-12`, password: Buffer.from(token) }),
+    mqttPacket.generate({
+      cmd: 'connect',
+      protocolId: 'MQTT',
+      protocolVersion: 4,
+      clean: true,
+      clientId: id,
+      keepalive: 0,
+      username: `${host}/${id}/?api-version=2021-04-12`,
+      password: Buffer.from(token),
+    }),
   );
   await connack;
   return socket;
@@ -162,7 +190,11 @@ const perConnection = (a: Memory, b: Memory, n: number) => ({
   v8OldSpacePhysicalKiB: round((b.spaces.old_space!.physical - a.spaces.old_space!.physical) / n / 1024),
   v8OtherSpacesPhysicalKiB: round((otherSpaces(b) - otherSpaces(a)) / n / 1024),
 });
-const otherSpaces = (m: Memory) => Object.entries(m.spaces).reduce((sum, [name, s]) => (name === 'new_space' || name === 'old_space' ? sum : sum + s.physical), 0);
+const otherSpaces = (m: Memory) =>
+  Object.entries(m.spaces).reduce(
+    (sum, [name, s]) => (name === 'new_space' || name === 'old_space' ? sum : sum + s.physical),
+    0,
+  );
 const round = (x: number) => Math.round(x * 10) / 10;
 const mib = (m: Memory) => ({
   rssMiB: round(m.rss / 2 ** 20),
@@ -174,7 +206,8 @@ const mib = (m: Memory) => ({
 
 async function inBatches<T>(count: number, size: number, make: (i: number) => Promise<T>): Promise<T[]> {
   const out: T[] = [];
-  for (let i = 0; i < count; i += size) out.push(...(await Promise.all(Array.from({ length: Math.min(size, count - i) }, (_, j) => make(i + j)))));
+  for (let i = 0; i < count; i += size)
+    out.push(...(await Promise.all(Array.from({ length: Math.min(size, count - i) }, (_, j) => make(i + j)))));
   return out;
 }
 
@@ -205,7 +238,11 @@ interface Round {
   hubIdleClosed: ReturnType<typeof mib>;
 }
 
-async function startBareTls(dir: string, probe: string, hub: HubProcess): Promise<{ proc: ChildProcess; port: number; memFile: string }> {
+async function startBareTls(
+  dir: string,
+  probe: string,
+  hub: HubProcess,
+): Promise<{ proc: ChildProcess; port: number; memFile: string }> {
   const script = join(dir, 'bare-tls.cjs');
   writeFileSync(script, BARE_TLS_SERVER);
   const memFile = join(dir, 'bare-memory.json');
@@ -233,24 +270,44 @@ async function startBareTls(dir: string, probe: string, hub: HubProcess): Promis
   return { proc, port, memFile };
 }
 
-async function oneRound(dir: string, probe: string, index: number, withFlood: boolean): Promise<{ round: Round; flood?: Record<string, unknown> }> {
+async function oneRound(
+  dir: string,
+  probe: string,
+  index: number,
+  withFlood: boolean,
+): Promise<{ round: Round; flood?: Record<string, unknown> }> {
   const memFile = join(dir, `memory-${index}.json`);
-  const hub = await startHubProcess({ nodeArgs: ['--expose-gc', '--require', probe], env: { STRATA_BENCH_MEM_FILE: memFile, STRATA_LOG_LEVEL: 'error' } });
+  const hub = await startHubProcess({
+    nodeArgs: ['--expose-gc', '--require', probe],
+    env: { STRATA_BENCH_MEM_FILE: memFile, STRATA_LOG_LEVEL: 'error' },
+  });
   let bare: Awaited<ReturnType<typeof startBareTls>> | undefined;
   try {
     const cs = parseConnectionString(hub.connectionString);
-    const policyToken = createSasToken(hub.hostname, cs.SharedAccessKey, Math.floor(Date.now() / 1000) + 3600, cs.SharedAccessKeyName);
+    const policyToken = createSasToken(
+      hub.hostname,
+      cs.SharedAccessKey,
+      Math.floor(Date.now() / 1000) + 3600,
+      cs.SharedAccessKeyName,
+    );
     const runId = randomBytes(3).toString('hex');
-    const devices = Array.from({ length: N }, (_, i) => ({ id: `idle-${runId}-${i}`, key: randomBytes(32).toString('base64') }));
+    const devices = Array.from({ length: N }, (_, i) => ({
+      id: `idle-${runId}-${i}`,
+      key: randomBytes(32).toString('base64'),
+    }));
     for (let i = 0; i < devices.length; i += 100) {
       const chunk = devices.slice(i, i + 100).map((d) => ({
         id: d.id,
         importMode: 'create',
         status: 'enabled',
-        authentication: { type: 'sas', symmetricKey: { primaryKey: d.key, secondaryKey: randomBytes(32).toString('base64') } },
+        authentication: {
+          type: 'sas',
+          symmetricKey: { primaryKey: d.key, secondaryKey: randomBytes(32).toString('base64') },
+        },
       }));
       const r = await rest(hub.address, hub.caPem, policyToken, 'POST', '/devices', chunk);
-      if (r.status !== 200 || !JSON.parse(r.body).isSuccessful) throw new Error(`bulk create failed: ${r.status} ${r.body}`);
+      if (r.status !== 200 || !JSON.parse(r.body).isSuccessful)
+        throw new Error(`bulk create failed: ${r.status} ${r.body}`);
     }
     const device = (i: number) => idleDevice(hub.address, 8883, hub.caPem, devices[i]!.id, devices[i]!.key);
     // Warm up TLS and the engine with a few connections first, so the baseline holds the one-off costs.
@@ -260,7 +317,12 @@ async function oneRound(dir: string, probe: string, index: number, withFlood: bo
     const withIdle = await memoryOf(hub.proc, memFile);
     for (const s of idle) s.destroy();
     const idleClosed = await memoryOf(hub.proc, memFile);
-    const result: Round = { hub: perConnection(base, withIdle, N), hubBaseline: mib(base), hubWithIdle: mib(withIdle), hubIdleClosed: mib(idleClosed) };
+    const result: Round = {
+      hub: perConnection(base, withIdle, N),
+      hubBaseline: mib(base),
+      hubWithIdle: mib(withIdle),
+      hubIdleClosed: mib(idleClosed),
+    };
 
     if (FLOOR) {
       // The same clients (TLS, CONNECT with a token) against the bare server, while the hub idles.
@@ -277,16 +339,23 @@ async function oneRound(dir: string, probe: string, index: number, withFlood: bo
     if (!withFlood) return { round: result };
 
     // The flood: half TLS handshakes that never send CONNECT, half bare TCP; spread over addresses under the caps.
-    const sources = Array.from({ length: FLOOD_SOURCES }, () => `127.${randomInt(2, 251)}.${randomInt(2, 251)}.${randomInt(2, 251)}`);
-    const floodOnce = () => inBatches(FLOOD, 250, (i) => {
-      const localAddress = sources[i % sources.length]!;
-      return new Promise<Socket>((resolve) => {
-        const s: Socket = i % 2 ? netConnect({ host: hub.address, port: i % 4 === 1 ? 8883 : 5671, localAddress }) : tlsConnect({ host: hub.address, port: 8883, ca: hub.caPem, localAddress } as never);
-        s.on('error', () => resolve(s));
-        s.once(i % 2 ? 'connect' : 'secureConnect', () => resolve(s));
-        s.resume();
+    const sources = Array.from(
+      { length: FLOOD_SOURCES },
+      () => `127.${randomInt(2, 251)}.${randomInt(2, 251)}.${randomInt(2, 251)}`,
+    );
+    const floodOnce = () =>
+      inBatches(FLOOD, 250, (i) => {
+        const localAddress = sources[i % sources.length]!;
+        return new Promise<Socket>((resolve) => {
+          const s: Socket =
+            i % 2
+              ? netConnect({ host: hub.address, port: i % 4 === 1 ? 8883 : 5671, localAddress })
+              : tlsConnect({ host: hub.address, port: 8883, ca: hub.caPem, localAddress } as never);
+          s.on('error', () => resolve(s));
+          s.once(i % 2 ? 'connect' : 'secureConnect', () => resolve(s));
+          s.resume();
+        });
       });
-    });
     const flood = await floodOnce();
     const during = await memoryOf(hub.proc, memFile);
     const floodHeld = flood.filter((s) => !s.destroyed).length;
@@ -341,7 +410,9 @@ async function main(): Promise<void> {
       const out = await oneRound(dir, probe, r, FLOOD > 0 && r === ROUNDS - 1);
       rounds.push(out.round);
       flood ??= out.flood;
-      process.stderr.write(`round ${r + 1}/${ROUNDS}: hub ${out.round.hub.rssKiB} KiB, bare TLS ${out.round.bareTls?.rssKiB ?? '-'} KiB per idle connection\n`);
+      process.stderr.write(
+        `round ${r + 1}/${ROUNDS}: hub ${out.round.hub.rssKiB} KiB, bare TLS ${out.round.bareTls?.rssKiB ?? '-'} KiB per idle connection\n`,
+      );
     }
     process.stdout.write(
       `${JSON.stringify({

@@ -60,7 +60,10 @@ async function appendAll(store: MessageStore, count: number, latencies?: number[
         const t0 = latencies ? performance.now() : 0;
         outstanding++;
         store
-          .append({ message: message(i % SENDERS, i), targets: [{ endpoint: '$upstream', priority: 0, ttlSecs: 7200 }] })
+          .append({
+            message: message(i % SENDERS, i),
+            targets: [{ endpoint: '$upstream', priority: 0, ttlSecs: 7200 }],
+          })
           .then(() => {
             if (latencies) latencies.push(performance.now() - t0);
             outstanding--;
@@ -104,13 +107,21 @@ async function main(): Promise<void> {
       const t1 = performance.now();
       const cpu = process.cpuUsage(cpu0);
       latencies.sort((a, b) => a - b);
-      console.log(`append+forward: ${MESSAGES} msgs of 256 B, ${SENDERS} senders, ${INFLIGHT} in flight, batch ${BATCH}`);
+      console.log(
+        `append+forward: ${MESSAGES} msgs of 256 B, ${SENDERS} senders, ${INFLIGHT} in flight, batch ${BATCH}`,
+      );
       console.log(`  acknowledged (durable): ${Math.round(MESSAGES / ((tAcked - t0) / 1000))} msg/s`);
-      console.log(`  delivered end to end:   ${Math.round(MESSAGES / ((t1 - t0) / 1000))} msg/s (${((t1 - t0) / 1000).toFixed(2)} s)`);
-      console.log(`  ack latency ms: p50 ${pct(latencies, 50).toFixed(1)} p99 ${pct(latencies, 99).toFixed(1)} max ${latencies[latencies.length - 1].toFixed(1)}`);
+      console.log(
+        `  delivered end to end:   ${Math.round(MESSAGES / ((t1 - t0) / 1000))} msg/s (${((t1 - t0) / 1000).toFixed(2)} s)`,
+      );
+      console.log(
+        `  ack latency ms: p50 ${pct(latencies, 50).toFixed(1)} p99 ${pct(latencies, 99).toFixed(1)} max ${latencies[latencies.length - 1].toFixed(1)}`,
+      );
       const cpuUs = cpu.user + cpu.system;
-      console.log(`  process cpu: ${(cpuUs / 1000 / (t1 - t0) * 100).toFixed(0)}% of one core, ${(cpuUs / MESSAGES).toFixed(1)} µs per message ` +
-        `(${Math.round(MESSAGES / (cpuUs / 1e6))} msg/s per core-second)`);
+      console.log(
+        `  process cpu: ${((cpuUs / 1000 / (t1 - t0)) * 100).toFixed(0)}% of one core, ${(cpuUs / MESSAGES).toFixed(1)} µs per message ` +
+          `(${Math.round(MESSAGES / (cpuUs / 1e6))} msg/s per core-second)`,
+      );
       await pump.stop();
       await store.close();
     }
@@ -132,16 +143,22 @@ async function main(): Promise<void> {
       await until(ep, BACKLOG);
       const t2 = performance.now();
       const cpu = process.cpuUsage(cpu0);
-      console.log(`backlog: ${BACKLOG} msgs stored at ${Math.round(BACKLOG / ((tFill - t0) / 1000))} msg/s; reopen ${(tOpen - tFill).toFixed(0)} ms`);
-      console.log(`  drained at ${Math.round(BACKLOG / ((t2 - t1) / 1000))} msg/s (${((t2 - t1) / 1000).toFixed(2)} s), db file ${(fs.statSync(file).size / 1e6).toFixed(0)} MB, ` +
-        `${((cpu.user + cpu.system) / BACKLOG).toFixed(1)} µs cpu per message`);
+      console.log(
+        `backlog: ${BACKLOG} msgs stored at ${Math.round(BACKLOG / ((tFill - t0) / 1000))} msg/s; reopen ${(tOpen - tFill).toFixed(0)} ms`,
+      );
+      console.log(
+        `  drained at ${Math.round(BACKLOG / ((t2 - t1) / 1000))} msg/s (${((t2 - t1) / 1000).toFixed(2)} s), db file ${(fs.statSync(file).size / 1e6).toFixed(0)} MB, ` +
+          `${((cpu.user + cpu.system) / BACKLOG).toFixed(1)} µs cpu per message`,
+      );
       await pump.stop();
       await store.close();
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
     const load1 = os.loadavg();
-    console.log(`machine: ${os.cpus().length} cores; load average (1 min) before ${load0[0].toFixed(2)}, after ${load1[0].toFixed(2)}`);
+    console.log(
+      `machine: ${os.cpus().length} cores; load average (1 min) before ${load0[0].toFixed(2)}, after ${load1[0].toFixed(2)}`,
+    );
   }
 }
 

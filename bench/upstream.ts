@@ -41,10 +41,19 @@ const dir = await mkdtemp(join(tmpdir(), 'strata-bench-upstream-'));
 try {
   const svc = new ServiceClient(hub.connectionString, { ca: hub.caPem });
   const edgeKey = key();
-  const edge = await svc.createDevice({ deviceId: 'bench-edge', capabilities: { iotEdge: true }, authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: key() } } } as never);
+  const edge = await svc.createDevice({
+    deviceId: 'bench-edge',
+    capabilities: { iotEdge: true },
+    authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: key() } },
+  } as never);
   const leaves = Array.from({ length: LEAVES }, (_, i) => `leaf-${i}`);
   await svc.request('POST', '/devices', {
-    body: leaves.map((id) => ({ id, importMode: 'create', deviceScope: edge.deviceScope, authentication: { type: 'sas', symmetricKey: { primaryKey: key(), secondaryKey: key() } } })),
+    body: leaves.map((id) => ({
+      id,
+      importMode: 'create',
+      deviceScope: edge.deviceScope,
+      authentication: { type: 'sas', symmetricKey: { primaryKey: key(), secondaryKey: key() } },
+    })),
   });
 
   const store = MessageStore.open({ path: join(dir, 'store.db') });
@@ -53,11 +62,27 @@ try {
   const appends: Array<Promise<void>> = [];
   for (let i = 0; i < MESSAGES; i++) {
     const sender = leaves[i % LEAVES]!;
-    appends.push(store.append({ message: storedMessageOf({ identity: { deviceId: sender }, kind: 'sas', authMethod: '{}' }, { body, messageId: String(i), properties: { n: String(i) } }), targets: target }));
+    appends.push(
+      store.append({
+        message: storedMessageOf(
+          { identity: { deviceId: sender }, kind: 'sas', authMethod: '{}' },
+          { body, messageId: String(i), properties: { n: String(i) } },
+        ),
+        targets: target,
+      }),
+    );
   }
   await Promise.all(appends);
 
-  const link = new AmqpParentLink({ parentHost: hub.hostname, transport: TRANSPORT, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'bench-edge', edgeKey, maxBatch: BATCH });
+  const link = new AmqpParentLink({
+    parentHost: hub.hostname,
+    transport: TRANSPORT,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'bench-edge',
+    edgeKey,
+    maxBatch: BATCH,
+  });
   await link.start();
   // Time each batch the pump hands over.
   const inner = link.telemetryEndpoint();
@@ -87,7 +112,8 @@ try {
   store.close();
   svc.close();
   batchMs.sort((a, b) => a - b);
-  const pct = (p: number) => Math.round(batchMs[Math.min(batchMs.length - 1, Math.floor(p * batchMs.length))]! * 10) / 10;
+  const pct = (p: number) =>
+    Math.round(batchMs[Math.min(batchMs.length - 1, Math.floor(p * batchMs.length))]! * 10) / 10;
   console.log(
     JSON.stringify({
       bench: 'upstream-drain',

@@ -1,6 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { action } from './run.ts';
 import { UserError } from '../util/errors.ts';
 import {
@@ -45,7 +45,11 @@ function withCommon(cmd: Command, defaultDays: number): Command {
   return cmd
     .option('--out <dir>', 'directory holding certs/ and private/', DEFAULT_OUT)
     .option('--days <n>', `validity in days (default ${defaultDays})`)
-    .addOption(new Option('--key-algorithm <alg>', 'key type: rsa (RSA-2048) or ec (ECDSA P-256)').choices(['rsa', 'ec']).default('rsa'));
+    .addOption(
+      new Option('--key-algorithm <alg>', 'key type: rsa (RSA-2048) or ec (ECDSA P-256)')
+        .choices(['rsa', 'ec'])
+        .default('rsa'),
+    );
 }
 
 function parseDays(value: string | undefined): number | undefined {
@@ -91,7 +95,8 @@ const rootFiles = (out: string, name: string) => ({
   cert: path.join(certsDir(out), `${name}.root.ca.cert.pem`),
   key: path.join(privateDir(out), `${name}.root.ca.key.pem`),
 });
-const intermediateFiles = (out: string, name: string) => files(out, `${name}.intermediate`, `${name}.intermediate-full-chain`);
+const intermediateFiles = (out: string, name: string) =>
+  files(out, `${name}.intermediate`, `${name}.intermediate-full-chain`);
 
 function writeIssued(f: CertFiles, issued: IssuedCert, chainPem: string): void {
   writeKeyFile(f.key, issued.keyPem);
@@ -177,8 +182,16 @@ function loadRootSet(out: string, requested: string | undefined): RootSet {
     );
   }
   const rootCertPem = readCertificateFile(root.cert, 'root CA certificate');
-  const certPem = readCertificateFile(inter.cert, 'intermediate CA certificate', 'Recreate the root set with `strata certs create-root --force`');
-  const keyPem = readKeyFile(inter.key, 'intermediate CA key', 'Recreate the root set with `strata certs create-root --force`');
+  const certPem = readCertificateFile(
+    inter.cert,
+    'intermediate CA certificate',
+    'Recreate the root set with `strata certs create-root --force`',
+  );
+  const keyPem = readKeyFile(
+    inter.key,
+    'intermediate CA key',
+    'Recreate the root set with `strata certs create-root --force`',
+  );
   checkIssuer(inter.cert, inter.key, certPem, keyPem);
   return { rootCertPem, issuer: { certPem, keyPem }, intermediateChainPem: fullChainPem(certPem, rootCertPem) };
 }
@@ -194,7 +207,8 @@ function casIn(out: string): ParsedCert[] {
   const cas: ParsedCert[] = [];
   for (const f of entries) {
     try {
-      for (const c of parseCertificates(readCertificateFile(path.join(certsDir(out), f), 'certificate'))) if (isCa(c)) cas.push(c);
+      for (const c of parseCertificates(readCertificateFile(path.join(certsDir(out), f), 'certificate')))
+        if (isCa(c)) cas.push(c);
     } catch {
       // unrelated or broken files in the directory do not stop issuing
     }
@@ -240,16 +254,16 @@ async function createRoot(flags: CommonFlags & { name: string; force?: boolean }
   writeKeyFile(root.key, rootCa.keyPem);
   writeCertFile(root.cert, rootCa.certPem);
   writeIssued(inter, intermediate, fullChainPem(intermediate.certPem, rootCa.certPem));
-  printFiles(`created root CA "${flags.name} Root CA" and its intermediate (valid until ${validUntil(rootCa.certPem)}):`, [
-    root.cert,
-    inter.cert,
-    inter.fullChain,
-    root.key,
-    inter.key,
-  ]);
+  printFiles(
+    `created root CA "${flags.name} Root CA" and its intermediate (valid until ${validUntil(rootCa.certPem)}):`,
+    [root.cert, inter.cert, inter.fullChain, root.key, inter.key],
+  );
 }
 
-async function createEdgeCaCmd(name: string, flags: CommonFlags & { root?: string; pathLength?: string }): Promise<void> {
+async function createEdgeCaCmd(
+  name: string,
+  flags: CommonFlags & { root?: string; pathLength?: string },
+): Promise<void> {
   checkName(name, 'Edge CA name');
   const days = parseDays(flags.days);
   let pathLength: number | undefined;
@@ -269,7 +283,11 @@ async function createEdgeCaCmd(name: string, flags: CommonFlags & { root?: strin
     keyAlgorithm: flags.keyAlgorithm,
   });
   writeIssued(f, edgeCa, fullChainPem(edgeCa.certPem, set.intermediateChainPem));
-  printFiles(`created Edge CA "iot-edge-device-ca-${name}" (valid until ${validUntil(edgeCa.certPem)}):`, [f.cert, f.fullChain, f.key]);
+  printFiles(`created Edge CA "iot-edge-device-ca-${name}" (valid until ${validUntil(edgeCa.certPem)}):`, [
+    f.cert,
+    f.fullChain,
+    f.key,
+  ]);
 }
 
 async function createIdentity(
@@ -293,28 +311,43 @@ async function createIdentity(
   }
   writeIssued(f, issued, chain);
   const what = kind === 'device' ? 'device' : 'edge device identity';
-  printFiles(`created ${flags.selfSigned ? 'self-signed ' : ''}${what} certificate for "${name}" (valid until ${validUntil(issued.certPem)}):`, [
-    f.cert,
-    f.fullChain,
-    f.key,
-  ]);
+  printFiles(
+    `created ${flags.selfSigned ? 'self-signed ' : ''}${what} certificate for "${name}" (valid until ${validUntil(issued.certPem)}):`,
+    [f.cert, f.fullChain, f.key],
+  );
   const tp = thumbprints(issued.certPem);
   process.stdout.write(`SHA-1 thumbprint:   ${tp.sha1}\nSHA-256 thumbprint: ${tp.sha256}\n`);
 }
 
 function collect(value: string, previous: string[]): string[] {
-  return [...previous, ...value.split(',').map((v) => v.trim()).filter(Boolean)];
+  return [
+    ...previous,
+    ...value
+      .split(',')
+      .map((v) => v.trim())
+      .filter(Boolean),
+  ];
 }
 
-async function createServer(hostname: string, flags: CommonFlags & { root?: string; ca?: string; caKey?: string; san: string[] }): Promise<void> {
+async function createServer(
+  hostname: string,
+  flags: CommonFlags & { root?: string; ca?: string; caKey?: string; san: string[] },
+): Promise<void> {
   const days = parseDays(flags.days);
   if (Boolean(flags.ca) !== Boolean(flags.caKey)) {
-    throw new UserError('--ca and --ca-key go together', 'Give both the CA certificate and its private key, or neither to use the intermediate in --out');
+    throw new UserError(
+      '--ca and --ca-key go together',
+      'Give both the CA certificate and its private key, or neither to use the intermediate in --out',
+    );
   }
   let issuer: IssuedCert;
   let caChain: string;
   if (flags.ca && flags.caKey) {
-    const certPem = readCertificateFile(flags.ca, 'CA certificate', 'Check the --ca path (an Edge CA is made with `strata certs create-edge-ca NAME`)');
+    const certPem = readCertificateFile(
+      flags.ca,
+      'CA certificate',
+      'Check the --ca path (an Edge CA is made with `strata certs create-edge-ca NAME`)',
+    );
     const keyPem = readKeyFile(flags.caKey, 'CA private key', 'Check the --ca-key path');
     const ca = checkIssuer(flags.ca, flags.caKey, certPem, keyPem);
     issuer = { certPem: ca.pem, keyPem };
@@ -324,23 +357,44 @@ async function createServer(hostname: string, flags: CommonFlags & { root?: stri
     issuer = set.issuer;
     caChain = set.intermediateChainPem;
   }
-  const server = await createServerCert({ hostname, extraNames: flags.san, issuer, days, keyAlgorithm: flags.keyAlgorithm });
+  const server = await createServerCert({
+    hostname,
+    extraNames: flags.san,
+    issuer,
+    days,
+    keyAlgorithm: flags.keyAlgorithm,
+  });
   const f = files(flags.out, `server-${hostname.replace(/\*/g, 'wildcard')}`);
   writeIssued(f, server, fullChainPem(server.certPem, caChain));
   const sans = summarizeCertificate(server.certPem).subjectAltNames.join(', ');
-  printFiles(`created server certificate for "${hostname}" (${sans}; valid until ${validUntil(server.certPem)}):`, [f.cert, f.fullChain, f.key]);
+  printFiles(`created server certificate for "${hostname}" (${sans}; valid until ${validUntil(server.certPem)}):`, [
+    f.cert,
+    f.fullChain,
+    f.key,
+  ]);
 }
 
 function verifyCmd(
   certFile: string,
-  flags: { out: string; trust?: string; untrusted: string[]; hostname?: string; purpose?: 'server' | 'client'; at?: string; root?: string },
+  flags: {
+    out: string;
+    trust?: string;
+    untrusted: string[];
+    hostname?: string;
+    purpose?: 'server' | 'client';
+    at?: string;
+    root?: string;
+  },
 ): void {
   const certPem = readCertificateFile(certFile, 'certificate to verify');
   let trustFile = flags.trust;
   if (!trustFile) {
     const root = rootFiles(flags.out, findRootName(flags.out, flags.root)).cert;
     if (!existsSync(root)) {
-      throw new UserError(`no --trust given and no root CA in ${flags.out}`, 'Pass the root CA certificate with --trust FILE');
+      throw new UserError(
+        `no --trust given and no root CA in ${flags.out}`,
+        'Pass the root CA certificate with --trust FILE',
+      );
     }
     trustFile = root;
   }
@@ -353,15 +407,26 @@ function verifyCmd(
       throw new UserError(`--at ${flags.at} is not a date`, 'Give an ISO 8601 date such as 2030-01-31T12:00:00Z');
     }
   }
-  const result = verifyChain({ certPem, trustPems: [trustPem], untrustedPems, hostname: flags.hostname, purpose: flags.purpose, at });
+  const result = verifyChain({
+    certPem,
+    trustPems: [trustPem],
+    untrustedPems,
+    hostname: flags.hostname,
+    purpose: flags.purpose,
+    at,
+  });
   process.stdout.write('chain:\n');
   result.chain.forEach((link, i) => {
     const last = i === result.chain.length - 1;
     const role = result.ok && last ? ' [trusted root]' : '';
-    process.stdout.write(`  ${i}: ${link.subject}${role}\n     issued by ${link.issuer}, valid until ${link.notAfter.toISOString()}\n`);
+    process.stdout.write(
+      `  ${i}: ${link.subject}${role}\n     issued by ${link.issuer}, valid until ${link.notAfter.toISOString()}\n`,
+    );
   });
   if (result.ok) {
-    process.stdout.write(`OK: ${certFile} chains to a trusted root${flags.hostname ? ` and is valid for ${flags.hostname}` : ''}\n`);
+    process.stdout.write(
+      `OK: ${certFile} chains to a trusted root${flags.hostname ? ` and is valid for ${flags.hostname}` : ''}\n`,
+    );
     return;
   }
   process.stderr.write(`strata: verification failed (${result.code}): ${result.reason}\n`);
@@ -416,19 +481,35 @@ export function registerCertsCommands(program: Command): void {
   withCommon(certs.command('create-edge-identity').argument('<name>', 'device id of the edge device'), 365)
     .description('create the X.509 identity certificate an edge device authenticates with (clientAuth, CN = device id)')
     .option('--root <name>', 'which root set in --out to use (default: the only one)')
-    .action(action((name: string, flags: CommonFlags & { root?: string }) => createIdentity('edge-identity', name, flags)));
+    .action(
+      action((name: string, flags: CommonFlags & { root?: string }) => createIdentity('edge-identity', name, flags)),
+    );
 
   withCommon(certs.command('create-device').argument('<name>', 'device id'), 365)
     .description('create a device identity certificate (clientAuth, CN = device id) and print its thumbprints')
     .option('--self-signed', 'self-signed (for thumbprint authentication) instead of signed by the intermediate')
     .option('--root <name>', 'which root set in --out to use (default: the only one)')
-    .action(action((name: string, flags: CommonFlags & { root?: string; selfSigned?: boolean }) => createIdentity('device', name, flags)));
+    .action(
+      action((name: string, flags: CommonFlags & { root?: string; selfSigned?: boolean }) =>
+        createIdentity('device', name, flags),
+      ),
+    );
 
-  withCommon(certs.command('create-server').argument('<hostname>', 'host name (or IP address) clients connect to; under 64 characters'), 365)
+  withCommon(
+    certs
+      .command('create-server')
+      .argument('<hostname>', 'host name (or IP address) clients connect to; under 64 characters'),
+    365,
+  )
     .description('create a TLS server certificate (serverAuth, CN and SAN = host name)')
     .option('--ca <file>', 'CA certificate to sign with, e.g. an Edge CA (default: the intermediate in --out)')
     .option('--ca-key <file>', 'private key of --ca')
-    .option('--san <name>', 'extra DNS name or IP address (repeatable, or comma-separated), e.g. edgehub', collect, [] as string[])
+    .option(
+      '--san <name>',
+      'extra DNS name or IP address (repeatable, or comma-separated), e.g. edgehub',
+      collect,
+      [] as string[],
+    )
     .option('--root <name>', 'which root set in --out to use when --ca is not given')
     .action(action(createServer));
 
@@ -437,8 +518,16 @@ export function registerCertsCommands(program: Command): void {
     .argument('<cert>', 'certificate to check (a full-chain file brings its own intermediates)')
     .description('verify a certificate chain up to a trusted root; prints each link and, on failure, why')
     .option('--trust <file>', 'trusted root CA certificate (default: the root in --out)')
-    .option('--untrusted <file>', 'intermediate certificates to build the chain with (repeatable)', (v: string, p: string[]) => [...p, v], [] as string[])
-    .option('--hostname <host>', 'also check the certificate is valid for this host name or IP (implies --purpose server)')
+    .option(
+      '--untrusted <file>',
+      'intermediate certificates to build the chain with (repeatable)',
+      (v: string, p: string[]) => [...p, v],
+      [] as string[],
+    )
+    .option(
+      '--hostname <host>',
+      'also check the certificate is valid for this host name or IP (implies --purpose server)',
+    )
     .addOption(new Option('--purpose <purpose>', 'also check the extended key usage').choices(['server', 'client']))
     .option('--at <date>', 'check validity at this date instead of now (ISO 8601)')
     .option('--out <dir>', 'directory whose root is trusted when --trust is not given', DEFAULT_OUT)

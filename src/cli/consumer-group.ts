@@ -11,7 +11,8 @@ import { action } from './run.ts';
 function openGroups(dataDir: string): { groups: ConsumerGroups; close(): void } {
   const dir = resolve(dataDir);
   const { db: file } = hubFiles(dir);
-  if (!existsSync(file)) throw new UserError(`there is no hub in ${dir}`, 'Start the hub once (strata hub start) or pass --data DIR');
+  if (!existsSync(file))
+    throw new UserError(`there is no hub in ${dir}`, 'Start the hub once (strata hub start) or pass --data DIR');
   const db = openNodeDb(file);
   try {
     return { groups: new ConsumerGroups(db), close: () => db.close() };
@@ -34,7 +35,8 @@ function userErrorOf(err: unknown): unknown {
 
 /** `strata hub consumer-group add|list|remove`: consumer groups of the Event Hubs compatible endpoint. */
 export function registerConsumerGroupCommands(program: Command): void {
-  const hub = program.commands.find((c) => c.name() === 'hub') ?? program.command('hub').description('run the root hub');
+  const hub =
+    program.commands.find((c) => c.name() === 'hub') ?? program.command('hub').description('run the root hub');
   const cg = hub
     .command('consumer-group')
     .description('consumer groups of the built-in Event Hubs compatible endpoint ($Default always exists)');
@@ -67,10 +69,16 @@ export function registerConsumerGroupCommands(program: Command): void {
         try {
           const list = groups.list();
           if (flags.json) {
-            const json = list.map((g) => ({ name: g.name, createdAt: g.createdAt ? new Date(g.createdAt).toISOString() : null }));
+            const json = list.map((g) => ({
+              name: g.name,
+              createdAt: g.createdAt ? new Date(g.createdAt).toISOString() : null,
+            }));
             process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
           } else {
-            for (const g of list) process.stdout.write(`${g.name}${g.createdAt ? `\tcreated ${new Date(g.createdAt).toISOString()}` : ''}\n`);
+            for (const g of list)
+              process.stdout.write(
+                `${g.name}${g.createdAt ? `\tcreated ${new Date(g.createdAt).toISOString()}` : ''}\n`,
+              );
           }
         } finally {
           close();

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ServiceError } from '../hub/service-client.ts';
 import { UserError } from '../util/errors.ts';
 import { openServiceClient, withHubAccessFlags, type HubAccessFlags } from './hub-access.ts';
@@ -39,8 +39,10 @@ function positiveSeconds(value: string): number {
 }
 
 async function send(deviceId: string, flags: SendFlags): Promise<void> {
-  if (flags.body !== undefined && flags.bodyFile !== undefined) throw new UserError('give either --body or --body-file, not both');
-  if (flags.body === undefined && flags.bodyFile === undefined) throw new UserError('the message has no body', 'Give --body TEXT or --body-file FILE');
+  if (flags.body !== undefined && flags.bodyFile !== undefined)
+    throw new UserError('give either --body or --body-file, not both');
+  if (flags.body === undefined && flags.bodyFile === undefined)
+    throw new UserError('the message has no body', 'Give --body TEXT or --body-file FILE');
   const props = (flags.props ?? []).reduce<Array<[string, string]>>((acc, p) => parseProp(p, acc), []);
   const envelope: Record<string, unknown> = {};
   if (flags.bodyFile !== undefined) {
@@ -48,7 +50,9 @@ async function send(deviceId: string, flags: SendFlags): Promise<void> {
     try {
       bytes = readFileSync(flags.bodyFile);
     } catch (err) {
-      throw new UserError(`cannot read --body-file ${flags.bodyFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new UserError(
+        `cannot read --body-file ${flags.bodyFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
     }
     envelope.bodyBase64 = bytes.toString('base64');
   } else {
@@ -63,18 +67,30 @@ async function send(deviceId: string, flags: SendFlags): Promise<void> {
   if (flags.ttl !== undefined) envelope.ttlSeconds = flags.ttl;
   if (flags.expiry !== undefined) {
     const ms = /^\d+$/.test(flags.expiry.trim()) ? Number(flags.expiry) : Date.parse(flags.expiry);
-    if (!Number.isFinite(ms)) throw new UserError(`--expiry "${flags.expiry}" is not a time`, 'Write an ISO 8601 time or epoch milliseconds');
+    if (!Number.isFinite(ms))
+      throw new UserError(`--expiry "${flags.expiry}" is not a time`, 'Write an ISO 8601 time or epoch milliseconds');
     envelope.expiryTimeUtc = new Date(ms).toISOString();
   }
 
   const client = await openServiceClient(flags);
   try {
-    const res = await client.request<{ deviceId: string; messageId: string }>('POST', `/devices/${encodeURIComponent(deviceId)}/messages/deviceBound`, { body: envelope });
+    const res = await client.request<{ deviceId: string; messageId: string }>(
+      'POST',
+      `/devices/${encodeURIComponent(deviceId)}/messages/deviceBound`,
+      { body: envelope },
+    );
     const { messageId } = res.body;
-    process.stdout.write(flags.json ? `${JSON.stringify({ deviceId, messageId }, null, 2)}\n` : `queued message ${messageId} for ${deviceId}\n`);
+    process.stdout.write(
+      flags.json
+        ? `${JSON.stringify({ deviceId, messageId }, null, 2)}\n`
+        : `queued message ${messageId} for ${deviceId}\n`,
+    );
   } catch (err) {
     if (err instanceof ServiceError && err.code === 'DeviceMaximumQueueDepthExceeded') {
-      throw new UserError(err.message, `The device must receive and settle waiting messages first (or let them expire)`);
+      throw new UserError(
+        err.message,
+        `The device must receive and settle waiting messages first (or let them expire)`,
+      );
     }
     throw err;
   } finally {
@@ -84,11 +100,14 @@ async function send(deviceId: string, flags: SendFlags): Promise<void> {
 
 /** Adds `send` to the `device` command group (creating the group if nobody has). */
 export function registerDeviceSendCommand(program: Command): void {
-  const device = program.commands.find((c) => c.name() === 'device') ?? program.command('device').description('device identities');
+  const device =
+    program.commands.find((c) => c.name() === 'device') ?? program.command('device').description('device identities');
   withHubAccessFlags(
     device
       .command('send')
-      .description('send a cloud-to-device message; it waits in the device\'s queue (50 at most) until the device takes it')
+      .description(
+        "send a cloud-to-device message; it waits in the device's queue (50 at most) until the device takes it",
+      )
       .argument('<id>', 'device id')
       .option('--body <text>', 'message body (UTF-8 text)')
       .option('--body-file <file>', 'message body read from a file (any bytes)')
@@ -97,8 +116,10 @@ export function registerDeviceSendCommand(program: Command): void {
       .option('--correlation-id <id>', 'correlation id')
       .option('--content-type <type>', 'content type, e.g. application/json')
       .option('--content-encoding <enc>', 'content encoding, e.g. utf-8')
-      .addOption(new Option('--ack <kind>', 'feedback wanted about delivery').choices(['none', 'positive', 'negative', 'full']))
-      .option('--ttl <seconds>', 'expire the message after this long (default: the hub\'s, 1 hour)', positiveSeconds)
+      .addOption(
+        new Option('--ack <kind>', 'feedback wanted about delivery').choices(['none', 'positive', 'negative', 'full']),
+      )
+      .option('--ttl <seconds>', "expire the message after this long (default: the hub's, 1 hour)", positiveSeconds)
       .option('--expiry <time>', 'expire the message at this time (ISO 8601 or epoch ms)')
       .option('--json', 'print {"deviceId", "messageId"} as JSON'),
   ).action(action((id: string, flags: SendFlags) => send(id, flags)));

@@ -27,20 +27,33 @@ interface HealthAnswer {
 function getJson(url: string, ca: string, token: string | undefined): Promise<HealthAnswer> {
   return new Promise((done, fail) => {
     // The gateway's hostname may not resolve here; its address is dialled and the name checked against the certificate.
-    const req = https.get(url, { ca, timeout: 3000, headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => {
-        try {
-          done(JSON.parse(text) as HealthAnswer);
-        } catch {
-          fail(new UserError(`the gateway answered /health with something other than JSON (status ${res.statusCode})`));
-        }
-      });
-    });
+    const req = https.get(
+      url,
+      { ca, timeout: 3000, headers: token ? { authorization: `Bearer ${token}` } : {} },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          try {
+            done(JSON.parse(text) as HealthAnswer);
+          } catch {
+            fail(
+              new UserError(`the gateway answered /health with something other than JSON (status ${res.statusCode})`),
+            );
+          }
+        });
+      },
+    );
     req.on('timeout', () => req.destroy(new Error('timed out')));
-    req.on('error', (err) => fail(new UserError(`cannot ask the gateway at ${url}: ${err.message}`, 'Is it running? Check with `strata edge check`')));
+    req.on('error', (err) =>
+      fail(
+        new UserError(
+          `cannot ask the gateway at ${url}: ${err.message}`,
+          'Is it running? Check with `strata edge check`',
+        ),
+      ),
+    );
   });
 }
 
@@ -50,8 +63,8 @@ export function registerEdgeListCommand(edge: Command | undefined): void {
   edge
     .command('list')
     .description("list the gateway's modules and the downstream devices and modules connected to it now")
-    .option('--config <file>', 'the gateway\'s config.toml (finds its data directory from the device id)')
-    .option('--data <dir>', 'the gateway\'s data directory (default ./.strata/edge-{deviceId})')
+    .option('--config <file>', "the gateway's config.toml (finds its data directory from the device id)")
+    .option('--data <dir>', "the gateway's data directory (default ./.strata/edge-{deviceId})")
     .option('--json', 'print JSON for scripts')
     .action(
       action(async (flags: ListFlags) => {
@@ -60,26 +73,49 @@ export function registerEdgeListCommand(edge: Command | undefined): void {
           if (!flags.config) throw new UserError('say which gateway: give --config config.toml or --data DIR');
           const { config } = loadEdgeConfigFile(resolve(flags.config));
           const id = config.provisioning?.deviceId;
-          if (!id) throw new UserError(`${flags.config} has no [provisioning] device id`, 'Give the gateway\'s data directory with --data DIR');
+          if (!id)
+            throw new UserError(
+              `${flags.config} has no [provisioning] device id`,
+              "Give the gateway's data directory with --data DIR",
+            );
           dataDir = defaultEdgeDataDir(id);
         }
         dataDir = resolve(dataDir);
-        if (!runningGatewayPid(dataDir)) throw new UserError(`no gateway is running from ${dataDir}`, 'Start it with `strata edge start --config config.toml`');
+        if (!runningGatewayPid(dataDir))
+          throw new UserError(
+            `no gateway is running from ${dataDir}`,
+            'Start it with `strata edge start --config config.toml`',
+          );
         const state = readGatewayState(dataDir);
-        if (!state) throw new UserError(`no gateway state in ${dataDir}`, 'Start it with `strata edge start --config config.toml`');
+        if (!state)
+          throw new UserError(
+            `no gateway state in ${dataDir}`,
+            'Start it with `strata edge start --config config.toml`',
+          );
         // Trust the root of the very chain this gateway serves: a local read of a process we own.
         const chain = splitPemCertificates(readFileSync(edgePkiPaths(dataDir).serverCert, 'utf8'));
         // The connected identities are for the holder of the gateway's health token (edge/health-access.ts).
         const token = readHealthToken(edgeFiles(dataDir).healthToken);
-        const health = await getJson(`https://${state.bind}:${state.ports.https}/health`, chain[chain.length - 1] ?? '', token);
+        const health = await getJson(
+          `https://${state.bind}:${state.ports.https}/health`,
+          chain[chain.length - 1] ?? '',
+          token,
+        );
         if (flags.json) {
-          process.stdout.write(`${JSON.stringify({ deviceId: health.deviceId, modules: health.modules ?? [], connected: health.connected ?? [] }, null, 2)}\n`);
+          process.stdout.write(
+            `${JSON.stringify({ deviceId: health.deviceId, modules: health.modules ?? [], connected: health.connected ?? [] }, null, 2)}\n`,
+          );
           return;
         }
-        const lines = [`gateway ${health.deviceId} (${health.hostname}), upstream ${health.upstream?.parent ?? '?'}: ${health.upstream?.connected ? 'connected' : 'not connected'}`, '', 'MODULE'];
+        const lines = [
+          `gateway ${health.deviceId} (${health.hostname}), upstream ${health.upstream?.parent ?? '?'}: ${health.upstream?.connected ? 'connected' : 'not connected'}`,
+          '',
+          'MODULE',
+        ];
         for (const m of health.modules ?? []) lines.push(`  ${m}`);
         lines.push('', `CONNECTED (${health.connected?.length ?? 0})`);
-        for (const c of health.connected ?? []) lines.push(`  ${c.moduleId ? `${c.deviceId}/${c.moduleId}` : c.deviceId}  ${c.protocol}`);
+        for (const c of health.connected ?? [])
+          lines.push(`  ${c.moduleId ? `${c.deviceId}/${c.moduleId}` : c.deviceId}  ${c.protocol}`);
         process.stdout.write(`${lines.join('\n')}\n`);
       }),
     );

@@ -22,7 +22,8 @@ const log = childLog('cli-edge');
 function port(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!/^\d+$/.test(value) || n > 65535) throw new InvalidArgumentError(`${name} needs a whole number from 0 to 65535 (0 picks a free port).`);
+    if (!/^\d+$/.test(value) || n > 65535)
+      throw new InvalidArgumentError(`${name} needs a whole number from 0 to 65535 (0 picks a free port).`);
     return n;
   };
 }
@@ -41,7 +42,8 @@ interface StartFlags {
 function withConfigWarnings<T>(fn: () => Promise<T>): Promise<T> {
   return fn().catch((err: unknown) => {
     if (err instanceof ConfigError) {
-      for (const d of err.diagnostics) if (d.level === 'warning') process.stderr.write(`${formatDiagnostic(err.file, d)}\n`);
+      for (const d of err.diagnostics)
+        if (d.level === 'warning') process.stderr.write(`${formatDiagnostic(err.file, d)}\n`);
     }
     throw err;
   });
@@ -50,14 +52,21 @@ function withConfigWarnings<T>(fn: () => Promise<T>): Promise<T> {
 function dataDirFor(flags: { data?: string }, deviceId: string | undefined): string {
   if (flags.data) return resolve(flags.data);
   if (!deviceId) {
-    throw new UserError('cannot tell which gateway this configuration is for: it has no [provisioning] device id', 'Give the gateway\'s data directory with --data DIR');
+    throw new UserError(
+      'cannot tell which gateway this configuration is for: it has no [provisioning] device id',
+      "Give the gateway's data directory with --data DIR",
+    );
   }
   return resolve(defaultEdgeDataDir(deviceId));
 }
 
 /** `strata edge start` and `strata edge config apply`. */
 export function registerEdgeCommands(program: Command): void {
-  const edge = program.commands.find((c) => c.name() === 'edge') ?? program.command('edge').description('run an edge gateway: a transparent gateway between downstream devices and the hub');
+  const edge =
+    program.commands.find((c) => c.name() === 'edge') ??
+    program
+      .command('edge')
+      .description('run an edge gateway: a transparent gateway between downstream devices and the hub');
 
   edge
     .command('start')
@@ -67,8 +76,17 @@ export function registerEdgeCommands(program: Command): void {
     .option('--bind <addr>', 'address to listen on (default: the hostname if it is an IP address, else 127.0.0.1)')
     .option('--mqtt-port <n>', 'MQTT over TLS port', port('--mqtt-port'), 8883)
     .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
-    .option('--https-port <n>', 'HTTPS port: /health and MQTT/AMQP over WebSockets (devices dial 443)', port('--https-port'), 443)
-    .option('--metrics-port <n>', 'Prometheus /metrics port (default 9600, or [strata] metrics_port); it listens on 127.0.0.1 unless [strata] metrics_bind names another address', port('--metrics-port'))
+    .option(
+      '--https-port <n>',
+      'HTTPS port: /health and MQTT/AMQP over WebSockets (devices dial 443)',
+      port('--https-port'),
+      443,
+    )
+    .option(
+      '--metrics-port <n>',
+      'Prometheus /metrics port (default 9600, or [strata] metrics_port); it listens on 127.0.0.1 unless [strata] metrics_bind names another address',
+      port('--metrics-port'),
+    )
     .addHelpText(
       'after',
       [
@@ -104,10 +122,14 @@ export function registerEdgeCommands(program: Command): void {
       }),
     );
 
-  const config = edge.commands.find((c) => c.name() === 'config') ?? edge.command('config').description('the gateway configuration (config.toml)');
+  const config =
+    edge.commands.find((c) => c.name() === 'config') ??
+    edge.command('config').description('the gateway configuration (config.toml)');
   config
     .command('apply')
-    .description('validate a config.toml and make the gateway use it; a running gateway re-reads it at once (hostname or Edge CA changes re-issue its server certificate without dropping connections)')
+    .description(
+      'validate a config.toml and make the gateway use it; a running gateway re-reads it at once (hostname or Edge CA changes re-issue its server certificate without dropping connections)',
+    )
     .requiredOption('--config <file>', 'the config.toml')
     .option('--data <dir>', 'data directory of the gateway (default ./.strata/edge-{deviceId})')
     .option('--timeout <s>', 'how long to wait for a running gateway to report back', (v) => Number(v), 15)
@@ -121,14 +143,23 @@ export function registerEdgeCommands(program: Command): void {
         writeAppliedConfig(dataDir, { configPath: loaded.path, requestId, appliedAt: new Date().toISOString() });
         const pid = runningGatewayPid(dataDir);
         if (pid === undefined) {
-          process.stdout.write(`${loaded.path} is valid and recorded for the gateway in ${dataDir}; it is not running: \`strata edge start --data ${dataDir}\` uses it\n`);
+          process.stdout.write(
+            `${loaded.path} is valid and recorded for the gateway in ${dataDir}; it is not running: \`strata edge start --data ${dataDir}\` uses it\n`,
+          );
           return;
         }
         process.kill(pid, 'SIGHUP');
         const status = await waitForReload(dataDir, requestId, flags.timeout * 1000);
-        if (!status) throw new UserError(`the gateway (pid ${pid}) did not report back within ${flags.timeout} s`, 'Look at its log');
-        if (!status.ok) throw new UserError(`the running gateway refused the configuration:\n${status.errors.join('\n')}`);
-        process.stdout.write(`applied to the running gateway (pid ${pid}):\n${status.changes.map((c) => `  ${c}`).join('\n')}\n`);
+        if (!status)
+          throw new UserError(
+            `the gateway (pid ${pid}) did not report back within ${flags.timeout} s`,
+            'Look at its log',
+          );
+        if (!status.ok)
+          throw new UserError(`the running gateway refused the configuration:\n${status.errors.join('\n')}`);
+        process.stdout.write(
+          `applied to the running gateway (pid ${pid}):\n${status.changes.map((c) => `  ${c}`).join('\n')}\n`,
+        );
       }),
     );
 }
@@ -161,10 +192,14 @@ function handleSignals(node: GatewayNode): void {
   process.on('SIGTERM', stop);
   let reloading = Promise.resolve();
   process.on('SIGHUP', () => {
-    reloading = reloading.then(async () => {
-      const applied = readAppliedConfig(node.dataDir);
-      const status = await node.reload(applied?.configPath, applied?.requestId);
-      process.stdout.write(`${status.ok ? 'configuration applied' : 'configuration refused'}: ${(status.ok ? status.changes : status.errors).join('; ')}\n`);
-    }).catch((err: unknown) => log.error({ err }, 'reload failed'));
+    reloading = reloading
+      .then(async () => {
+        const applied = readAppliedConfig(node.dataDir);
+        const status = await node.reload(applied?.configPath, applied?.requestId);
+        process.stdout.write(
+          `${status.ok ? 'configuration applied' : 'configuration refused'}: ${(status.ok ? status.changes : status.errors).join('; ')}\n`,
+        );
+      })
+      .catch((err: unknown) => log.error({ err }, 'reload failed'));
   });
 }

@@ -16,16 +16,28 @@ export interface HubAccessFlags {
 
 export function withHubAccessFlags(cmd: Command): Command {
   return cmd
-    .option('--hub-connection-string <cs>', 'service connection string of the hub (else env STRATA_HUB_CONNECTION_STRING)')
-    .option('--data <dir>', `data directory of a local hub (default ./${DEFAULT_DATA_DIR} when no connection string is given)`)
-    .option('--ca <file>', "PEM file of the CA that signed the hub's certificate (else the local hub's CA, or with a connection string env STRATA_CA, else the system store)");
+    .option(
+      '--hub-connection-string <cs>',
+      'service connection string of the hub (else env STRATA_HUB_CONNECTION_STRING)',
+    )
+    .option(
+      '--data <dir>',
+      `data directory of a local hub (default ./${DEFAULT_DATA_DIR} when no connection string is given)`,
+    )
+    .option(
+      '--ca <file>',
+      "PEM file of the CA that signed the hub's certificate (else the local hub's CA, or with a connection string env STRATA_CA, else the system store)",
+    );
 }
 
 function readCa(file: string, from: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UserError(`cannot read the CA file ${file} (${from}): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'Give a PEM file with --ca FILE or STRATA_CA');
+    throw new UserError(
+      `cannot read the CA file ${file} (${from}): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      'Give a PEM file with --ca FILE or STRATA_CA',
+    );
   }
 }
 
@@ -48,7 +60,10 @@ export async function openHubAccess(flags: HubAccessFlags): Promise<{ client: Se
   }
   const dataDir = flags.data ?? DEFAULT_DATA_DIR;
   if (!existsSync(dataDir)) {
-    throw new UserError(`no local hub in ${dataDir}`, 'Start one with `strata hub start`, or give --hub-connection-string or STRATA_HUB_CONNECTION_STRING');
+    throw new UserError(
+      `no local hub in ${dataDir}`,
+      'Start one with `strata hub start`, or give --hub-connection-string or STRATA_HUB_CONNECTION_STRING',
+    );
   }
   const { readLocalHub } = await import('../hub/local.ts');
   const local = readLocalHub(dataDir);
@@ -59,7 +74,9 @@ export async function openHubAccess(flags: HubAccessFlags): Promise<{ client: Se
     connectionString = connectionString.replace(/HostName=[^;]*/, `HostName=${conn.hostName}:${local.httpsPort}`);
   }
   // STRATA_CA belongs with STRATA_HUB_CONNECTION_STRING; a local hub brings its own CA.
-  const client = new ServiceClient(connectionString, { ca: flagCa ?? readCa(local.caPath, `the CA of the hub in ${dataDir}`) });
+  const client = new ServiceClient(connectionString, {
+    ca: flagCa ?? readCa(local.caPath, `the CA of the hub in ${dataDir}`),
+  });
   return { client, hostName: conn.hostName };
 }
 

@@ -10,7 +10,8 @@ import { action } from './run.ts';
 
 function openCas(dataDir: string): { cas: TrustedCas; close(): void } {
   const dir = resolve(dataDir);
-  if (!existsSync(dir)) throw new UserError(`no hub data directory at ${dir}`, 'Start the hub once (strata hub start) or pass --data DIR');
+  if (!existsSync(dir))
+    throw new UserError(`no hub data directory at ${dir}`, 'Start the hub once (strata hub start) or pass --data DIR');
   const db = openEngineDatabase(dir);
   return { cas: new TrustedCas(db), close: () => db.close() };
 }
@@ -19,7 +20,12 @@ function openCas(dataDir: string): { cas: TrustedCas; close(): void } {
 function defaultName(pem: string): string {
   try {
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(new X509Certificate(pem).subject)?.[1] ?? 'ca';
-    return cn.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 64) || 'ca';
+    return (
+      cn
+        .replace(/[^A-Za-z0-9._-]+/g, '-')
+        .replace(/^-+|-+$/g, '')
+        .slice(0, 64) || 'ca'
+    );
   } catch {
     return 'ca';
   }
@@ -27,11 +33,16 @@ function defaultName(pem: string): string {
 
 /** `strata hub ca add|list|remove`: the CAs X.509 CA-signed devices chain to. */
 export function registerHubCaCommands(program: Command): void {
-  const hub = program.commands.find((c) => c.name() === 'hub') ?? program.command('hub').description('run the root hub');
-  const ca = hub.command('ca').description('CA certificates the hub trusts for X.509 CA-signed devices (certificateAuthority)');
+  const hub =
+    program.commands.find((c) => c.name() === 'hub') ?? program.command('hub').description('run the root hub');
+  const ca = hub
+    .command('ca')
+    .description('CA certificates the hub trusts for X.509 CA-signed devices (certificateAuthority)');
 
   ca.command('add')
-    .description('register a CA certificate (PEM); devices whose certificate chains to it and has CN = device id may connect')
+    .description(
+      'register a CA certificate (PEM); devices whose certificate chains to it and has CN = device id may connect',
+    )
     .argument('<file>', 'CA certificate, PEM (root or intermediate)')
     .option('--name <name>', 'a name for it (default: from its CN)')
     .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
@@ -46,9 +57,14 @@ export function registerHubCaCommands(program: Command): void {
         const { cas, close } = openCas(flags.data);
         try {
           const entry = cas.add(flags.name ?? defaultName(pem), pem);
-          process.stdout.write(`added CA "${entry.name}": ${entry.subject} (SHA-256 ${entry.thumbprint}, valid until ${entry.notAfter})\n`);
+          process.stdout.write(
+            `added CA "${entry.name}": ${entry.subject} (SHA-256 ${entry.thumbprint}, valid until ${entry.notAfter})\n`,
+          );
         } catch (err) {
-          throw new UserError(`cannot add ${file}: ${(err as Error).message}`, 'Give a CA certificate (basicConstraints CA:TRUE) that is not registered yet');
+          throw new UserError(
+            `cannot add ${file}: ${(err as Error).message}`,
+            'Give a CA certificate (basicConstraints CA:TRUE) that is not registered yet',
+          );
         } finally {
           close();
         }
@@ -63,13 +79,16 @@ export function registerHubCaCommands(program: Command): void {
       action((flags: { data: string; json?: boolean }) => {
         const { cas, close } = openCas(flags.data);
         try {
-          const list = cas.list().map(({ pem: _pem, ...rest }) => ({ ...rest, addedAt: new Date(rest.addedAt).toISOString() }));
+          const list = cas
+            .list()
+            .map(({ pem: _pem, ...rest }) => ({ ...rest, addedAt: new Date(rest.addedAt).toISOString() }));
           if (flags.json) {
             process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
           } else if (list.length === 0) {
             process.stdout.write('no CA certificates registered (strata hub ca add FILE)\n');
           } else {
-            for (const c of list) process.stdout.write(`${c.name}\t${c.subject}\t${c.thumbprint}\tvalid until ${c.notAfter}\n`);
+            for (const c of list)
+              process.stdout.write(`${c.name}\t${c.subject}\t${c.thumbprint}\tvalid until ${c.notAfter}\n`);
           }
         } finally {
           close();

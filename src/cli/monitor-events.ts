@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import type { EventJson, EventPageJson } from '../hub/service-messaging.ts';
 import { UserError } from '../util/errors.ts';
 import { action } from './run.ts';
@@ -20,12 +20,17 @@ export function parseSince(text: string, now = Date.now()): number {
   const t = text.trim();
   const span = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/i.exec(t);
   if (span) {
-    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[span[2]!.toLowerCase() as 'ms' | 's' | 'm' | 'h' | 'd'];
+    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[
+      span[2]!.toLowerCase() as 'ms' | 's' | 'm' | 'h' | 'd'
+    ];
     return now - Number(span[1]) * unit;
   }
   const ms = /^\d+$/.test(t) ? Number(t) : Date.parse(t);
   if (!Number.isFinite(ms)) {
-    throw new UserError(`--since "${text}" is not a time`, 'Write an ISO 8601 time (2024-05-01T10:00:00Z), epoch milliseconds, or a span back from now (30s, 15m, 2h, 1d)');
+    throw new UserError(
+      `--since "${text}" is not a time`,
+      'Write an ISO 8601 time (2024-05-01T10:00:00Z), epoch milliseconds, or a span back from now (30s, 15m, 2h, 1d)',
+    );
   }
   return ms;
 }
@@ -105,7 +110,9 @@ async function monitor(flags: MonitorFlags): Promise<void> {
   const filter = new URLSearchParams();
   if (flags.device !== undefined) filter.set('device', flags.device);
   if (flags.module !== undefined) filter.set('module', flags.module);
-  let position: URLSearchParams = new URLSearchParams(sinceMs === undefined ? { from: 'end' } : { since: new Date(sinceMs).toISOString() });
+  let position: URLSearchParams = new URLSearchParams(
+    sinceMs === undefined ? { from: 'end' } : { since: new Date(sinceMs).toISOString() },
+  );
   let printed = 0;
   try {
     while (!stopped) {
@@ -127,7 +134,8 @@ async function monitor(flags: MonitorFlags): Promise<void> {
         if (flags.count !== undefined && printed >= flags.count) return;
       }
       position = new URLSearchParams({ from: String(page.nextSequenceNumber) });
-      if (wait === 0 && page.events.length === 0) await new Promise((r) => setTimeout(r, Math.min(250, Math.max(0, deadline - Date.now()))));
+      if (wait === 0 && page.events.length === 0)
+        await new Promise((r) => setTimeout(r, Math.min(250, Math.max(0, deadline - Date.now()))));
     }
   } finally {
     process.off('SIGINT', stop);
@@ -142,12 +150,22 @@ export function registerMonitorEventsCommand(program: Command): void {
   withHubAccessFlags(
     hub
       .command('monitor-events')
-      .description("print the hub's telemetry as it arrives, one JSON object per message (the shape of `az iot hub monitor-events`)")
+      .description(
+        "print the hub's telemetry as it arrives, one JSON object per message (the shape of `az iot hub monitor-events`)",
+      )
       .option('--device <id>', "only this device's messages")
       .option('--module <id>', "only this module's messages (with --device)")
-      .option('--since <time>', 'start at this enqueued time instead of now: ISO 8601, epoch ms, or a span back such as 15m, 2h, 1d')
+      .option(
+        '--since <time>',
+        'start at this enqueued time instead of now: ISO 8601, epoch ms, or a span back such as 15m, 2h, 1d',
+      )
       .option('--properties', 'also print system and application properties and the annotations the hub stamped')
-      .option('--timeout <seconds>', 'stop after this many seconds (0: run until interrupted)', positiveInt('--timeout', true), 0)
+      .option(
+        '--timeout <seconds>',
+        'stop after this many seconds (0: run until interrupted)',
+        positiveInt('--timeout', true),
+        0,
+      )
       .option('--count <n>', 'stop after printing this many messages', positiveInt('--count', false))
       .option('--pretty', 'indent the JSON (one object over several lines)'),
   ).action(action((flags: MonitorFlags) => monitor(flags)));

@@ -16,22 +16,35 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * `{"content": {...}}` wrapper is accepted too) and checks what can be checked before sending:
  * JSON, the shape, and that the `$edgeHub` routes compile.
  */
-export function readDeployment(file: string): { content: Record<string, unknown>; modules: string[]; routes: string[] } {
+export function readDeployment(file: string): {
+  content: Record<string, unknown>;
+  modules: string[];
+  routes: string[];
+} {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UserError(`cannot read the deployment ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'Give the path of the deployment manifest JSON with --content');
+    throw new UserError(
+      `cannot read the deployment ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      'Give the path of the deployment manifest JSON with --content',
+    );
   }
   let doc: unknown;
   try {
     doc = JSON.parse(text);
   } catch (err) {
-    throw new UserError(`the deployment ${file} is not valid JSON: ${(err as Error).message}`, 'Fix the JSON (the seeds\' manifests are plain JSON, no comments)');
+    throw new UserError(
+      `the deployment ${file} is not valid JSON: ${(err as Error).message}`,
+      "Fix the JSON (the seeds' manifests are plain JSON, no comments)",
+    );
   }
   const content = isObject(doc) && isObject(doc.content) && !('modulesContent' in doc) ? doc.content : doc;
   if (!isObject(content) || !isObject(content.modulesContent)) {
-    throw new UserError(`the deployment ${file} has no "modulesContent" object`, 'A deployment looks like {"modulesContent": {"$edgeAgent": {"properties.desired": ...}, "$edgeHub": {"properties.desired": ...}}}');
+    throw new UserError(
+      `the deployment ${file} has no "modulesContent" object`,
+      'A deployment looks like {"modulesContent": {"$edgeAgent": {"properties.desired": ...}, "$edgeHub": {"properties.desired": ...}}}',
+    );
   }
   const modules = Object.keys(content.modulesContent);
   let routes: string[] = [];
@@ -42,7 +55,10 @@ export function readDeployment(file: string): { content: Record<string, unknown>
       routes = routeTableFromEdgeHubDesired(desired).routes.map((r) => r.name);
     } catch (err) {
       const hint = (err as { hint?: string }).hint;
-      throw new UserError(`the ${EDGE_HUB} routes of ${file} do not compile: ${(err as Error).message}${hint ? ` (${hint})` : ''}`, 'Fix the route; nothing was sent to the hub');
+      throw new UserError(
+        `the ${EDGE_HUB} routes of ${file} do not compile: ${(err as Error).message}${hint ? ` (${hint})` : ''}`,
+        'Fix the route; nothing was sent to the hub',
+      );
     }
   }
   return { content, modules, routes };
@@ -50,11 +66,14 @@ export function readDeployment(file: string): { content: Record<string, unknown>
 
 /** `strata hub set-modules --device ID --content deployment.json` (like `az iot edge set-modules`). */
 export function registerSetModulesCommand(program: Command): void {
-  const hub = program.commands.find((c) => c.name() === 'hub') ?? program.command('hub').description('run the root hub');
+  const hub =
+    program.commands.find((c) => c.name() === 'hub') ?? program.command('hub').description('run the root hub');
   withHubAccessFlags(
     hub
       .command('set-modules')
-      .description('apply a deployment manifest (modulesContent: $edgeAgent, $edgeHub routes and store-and-forward settings, modules) to an IoT Edge device')
+      .description(
+        'apply a deployment manifest (modulesContent: $edgeAgent, $edgeHub routes and store-and-forward settings, modules) to an IoT Edge device',
+      )
       .requiredOption('--device <id>', 'the IoT Edge device')
       .requiredOption('--content <file>', 'the deployment manifest (JSON with modulesContent)'),
   ).action(
@@ -66,7 +85,9 @@ export function registerSetModulesCommand(program: Command): void {
       } finally {
         client.close();
       }
-      process.stdout.write(`deployment applied to ${flags.device}: modules ${modules.join(', ')}${routes.length > 0 ? `; routes ${routes.join(', ')}` : ''}\n`);
+      process.stdout.write(
+        `deployment applied to ${flags.device}: modules ${modules.join(', ')}${routes.length > 0 ? `; routes ${routes.join(', ')}` : ''}\n`,
+      );
     }),
   );
 }

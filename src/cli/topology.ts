@@ -21,7 +21,8 @@ const STATUS_WINDOW_MS = 2000;
 function seconds(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!/^\d+(\.\d+)?$/.test(value.trim()) || n <= 0 || n > 3600) throw new InvalidArgumentError(`${name} needs a number of seconds from 0 to 3600.`);
+    if (!/^\d+(\.\d+)?$/.test(value.trim()) || n <= 0 || n > 3600)
+      throw new InvalidArgumentError(`${name} needs a number of seconds from 0 to 3600.`);
     return n * 1000;
   };
 }
@@ -37,7 +38,9 @@ const out = (line: string) => process.stdout.write(`${line}\n`);
 function summary(state: TopologyState, dir: string): string {
   return [
     `  hub        https://${state.hub.address} (MQTT 8883, AMQP 5671, HTTPS 443)`,
-    ...state.gateways.map((g) => `  ${'  '.repeat(g.layer - 1)}gateway ${g.id} on ${g.address} (layer ${g.layer}, parent ${g.parent})`),
+    ...state.gateways.map(
+      (g) => `  ${'  '.repeat(g.layer - 1)}gateway ${g.id} on ${g.address} (layer ${g.layer}, parent ${g.parent})`,
+    ),
     `  sensors    ${state.sensors.map((s) => `${s.id} (${s.protocol} via ${s.parent})`).join(', ') || 'none'}`,
     `  root CA    ${pretty(state.rootCa)}`,
     `  logs       ${pretty(topologyPaths(dir).logs)}/`,
@@ -93,8 +96,12 @@ async function up(file: string, flags: UpFlags): Promise<void> {
     });
     const { state } = result;
     const nodes = 1 + state.gateways.length + state.sensors.length;
-    if (result.alreadyUp) out(`the topology in ${shown(flags.dir)} is already up (${nodes} nodes running, from ${state.file})`);
-    else out(`topology${state.name ? ` "${state.name}"` : ''} is up: hub, ${state.gateways.length} gateways, ${state.sensors.length} sensors\n${summary(state, flags.dir)}`);
+    if (result.alreadyUp)
+      out(`the topology in ${shown(flags.dir)} is already up (${nodes} nodes running, from ${state.file})`);
+    else
+      out(
+        `topology${state.name ? ` "${state.name}"` : ''} is up: hub, ${state.gateways.length} gateways, ${state.sensors.length} sensors\n${summary(state, flags.dir)}`,
+      );
     if (!flags.watch) return;
     await watchTopology(state, { out: process.stdout, signal: interrupt.signal, ctrlC: 'Ctrl-C stops everything' });
     out('\nstopping the topology...');
@@ -107,8 +114,12 @@ async function up(file: string, flags: UpFlags): Promise<void> {
 async function down(dir: string, graceMs?: number): Promise<void> {
   const report = await topologyDown(dir, graceMs, (line) => out(`  ${line}`));
   const total = report.stopped.length + report.killed.length + report.notRunning.length;
-  if (report.stopped.length + report.killed.length === 0) out(`nothing was running in ${shown(dir)} (${total} nodes recorded)`);
-  else out(`topology in ${shown(dir)} is down: ${report.stopped.length} stopped, ${report.killed.length} killed, ${report.notRunning.length} already stopped`);
+  if (report.stopped.length + report.killed.length === 0)
+    out(`nothing was running in ${shown(dir)} (${total} nodes recorded)`);
+  else
+    out(
+      `topology in ${shown(dir)} is down: ${report.stopped.length} stopped, ${report.killed.length} killed, ${report.notRunning.length} already stopped`,
+    );
 }
 
 async function status(flags: { dir: string; json?: boolean; watch?: boolean }): Promise<void> {
@@ -132,13 +143,19 @@ async function status(flags: { dir: string; json?: boolean; watch?: boolean }): 
   }
   const rates = ratesBetween(first, second);
   if (flags.json) {
-    out(JSON.stringify({
-      dir: topologyPaths(flags.dir).root,
-      file: state.file,
-      running,
-      total,
-      nodes: second.nodes.map((n) => ({ ...n, ...rates.get(`${n.kind}:${n.id}`) })),
-    }, null, 2));
+    out(
+      JSON.stringify(
+        {
+          dir: topologyPaths(flags.dir).root,
+          file: state.file,
+          running,
+          total,
+          nodes: second.nodes.map((n) => ({ ...n, ...rates.get(`${n.kind}:${n.id}`) })),
+        },
+        null,
+        2,
+      ),
+    );
     return;
   }
   out(`topology${state.name ? ` "${state.name}"` : ''} from ${state.file}: ${running} of ${total} nodes running`);
@@ -148,12 +165,16 @@ async function status(flags: { dir: string; json?: boolean; watch?: boolean }): 
 export function registerTopologyCommands(program: Command): void {
   const topology = program
     .command('topology')
-    .description('run a whole hierarchy (hub, gateway layers, simulated sensors) from one YAML file on loopback addresses');
+    .description(
+      'run a whole hierarchy (hub, gateway layers, simulated sensors) from one YAML file on loopback addresses',
+    );
 
   topology
     .command('up')
     .argument('<file>', 'topology YAML file (see examples/topology.yaml)')
-    .description('make the certificates and identities, then start the hub, the gateways (top layer first) and the sensors')
+    .description(
+      'make the certificates and identities, then start the hub, the gateways (top layer first) and the sensors',
+    )
     .option('--dir <dir>', 'where everything is kept (certificates, data, logs, pids)', DEFAULT_TOPOLOGY_DIR)
     .option('--watch', 'then show a live summary every second; Ctrl-C brings everything down')
     .option('--timeout <seconds>', 'how long each node may take to become ready (default 60)', seconds('--timeout'))
@@ -169,7 +190,9 @@ export function registerTopologyCommands(program: Command): void {
 
   topology
     .command('status')
-    .description('each node: running or not, connected children, messages in/out per second, queue length, upstream state')
+    .description(
+      'each node: running or not, connected children, messages in/out per second, queue length, upstream state',
+    )
     .option('--dir <dir>', 'the directory `up` used', DEFAULT_TOPOLOGY_DIR)
     .option('--json', 'print JSON for scripts')
     .option('--watch', 'redraw every second until Ctrl-C (which leaves the topology running)')
@@ -179,23 +202,31 @@ export function registerTopologyCommands(program: Command): void {
     .command('validate')
     .argument('<file>', 'topology YAML file')
     .description('check a topology file without starting anything')
-    .action(action((file: string) => {
-      const t = readTopologyFile(file);
-      const layers = Math.max(0, ...t.gateways.map((g) => g.layer));
-      out(`${file} is valid: hub on ${t.hub.address}, ${t.gateways.length} gateways in ${layers} layers, ${t.devices.length} sensors`);
-    }));
+    .action(
+      action((file: string) => {
+        const t = readTopologyFile(file);
+        const layers = Math.max(0, ...t.gateways.map((g) => g.layer));
+        out(
+          `${file} is valid: hub on ${t.hub.address}, ${t.gateways.length} gateways in ${layers} layers, ${t.devices.length} sensors`,
+        );
+      }),
+    );
 
   // Started by `up` for each leaf device; not meant to be typed.
   topology
     .command('sensor', { hidden: true })
     .requiredOption('--config <file>', 'sensor settings written by `up`')
-    .action(action(async (flags: { config: string }) => {
-      const config = readSensorConfig(flags.config);
-      log.info({ deviceId: config.deviceId, protocol: config.protocol, intervalMs: config.intervalMs }, 'sensor starting');
-      // The device SDK loads only here, so other strata commands start without it.
-      const { runSensor } = await import('../topology/sensor.ts');
-      await runSensor(config);
-      process.exit(0);
-    }));
-
+    .action(
+      action(async (flags: { config: string }) => {
+        const config = readSensorConfig(flags.config);
+        log.info(
+          { deviceId: config.deviceId, protocol: config.protocol, intervalMs: config.intervalMs },
+          'sensor starting',
+        );
+        // The device SDK loads only here, so other strata commands start without it.
+        const { runSensor } = await import('../topology/sensor.ts');
+        await runSensor(config);
+        process.exit(0);
+      }),
+    );
 }

@@ -43,11 +43,37 @@ export interface EdgeConfig {
   settings: Record<string, unknown>;
 }
 
-const TOP_LEVEL_KEYS = ['hostname', 'parent_hostname', 'trust_bundle_cert', 'local_gateway_hostname', 'allow_elevated_docker_permissions', 'auto_reprovisioning_mode', 'homedir'];
-const KNOWN_SECTIONS = ['provisioning', 'edge_ca', 'agent', 'connect', 'listen', 'moby_runtime', 'watchdog', 'cert_issuance', 'aziot_keys', 'preloaded_cert', 'preloaded_key', 'principal', 'image_garbage_collection', 'strata'];
+const TOP_LEVEL_KEYS = [
+  'hostname',
+  'parent_hostname',
+  'trust_bundle_cert',
+  'local_gateway_hostname',
+  'allow_elevated_docker_permissions',
+  'auto_reprovisioning_mode',
+  'homedir',
+];
+const KNOWN_SECTIONS = [
+  'provisioning',
+  'edge_ca',
+  'agent',
+  'connect',
+  'listen',
+  'moby_runtime',
+  'watchdog',
+  'cert_issuance',
+  'aziot_keys',
+  'preloaded_cert',
+  'preloaded_key',
+  'principal',
+  'image_garbage_collection',
+  'strata',
+];
 
 export class ConfigError extends UserError {
-  constructor(readonly file: string, readonly diagnostics: Diagnostic[]) {
+  constructor(
+    readonly file: string,
+    readonly diagnostics: Diagnostic[],
+  ) {
     const errors = diagnostics.filter((d) => d.level === 'error');
     super(errors.map((d) => formatDiagnostic(file, d)).join('\n'));
     this.name = 'ConfigError';
@@ -76,7 +102,12 @@ function mendColonAssignments(lines: string[], diags: Diagnostic[]): string[] {
   return lines.map((line, i) => {
     const m = /^(\s*)([A-Za-z0-9_-]+)\s*:\s*(".*"|'.*')\s*$/.exec(line);
     if (!m) return line;
-    diags.push({ level: 'warning', line: i + 1, message: `"${m[2]}: ..." uses a colon; TOML needs "${m[2]} = ..."`, fix: 'Read as if written with "="; change the colon to "=" to silence this' });
+    diags.push({
+      level: 'warning',
+      line: i + 1,
+      message: `"${m[2]}: ..." uses a colon; TOML needs "${m[2]} = ..."`,
+      fix: 'Read as if written with "="; change the colon to "=" to silence this',
+    });
     return `${m[1]}${m[2]} = ${m[3]}`;
   });
 }
@@ -110,7 +141,11 @@ function table(v: unknown): Record<string, unknown> | undefined {
  * where it has one); returns the config with the warnings otherwise. Files named in it are not
  * read here: see `checkConfigFiles`.
  */
-export function parseEdgeConfig(text: string, file = 'config.toml', baseDir = '.'): { config: EdgeConfig; diagnostics: Diagnostic[] } {
+export function parseEdgeConfig(
+  text: string,
+  file = 'config.toml',
+  baseDir = '.',
+): { config: EdgeConfig; diagnostics: Diagnostic[] } {
   const diags: Diagnostic[] = [];
   const lines = mendColonAssignments(text.split(/\r?\n/), diags);
   let doc: Record<string, unknown>;
@@ -119,7 +154,12 @@ export function parseEdgeConfig(text: string, file = 'config.toml', baseDir = '.
   } catch (err) {
     const line = err instanceof TomlError ? err.line : undefined;
     const msg = err instanceof Error ? err.message.split('\n')[0] : String(err);
-    diags.push({ level: 'error', line, message: `not valid TOML: ${msg}`, fix: 'Fix the syntax at that line (strings need quotes, keys are written key = value)' });
+    diags.push({
+      level: 'error',
+      line,
+      message: `not valid TOML: ${msg}`,
+      fix: 'Fix the syntax at that line (strings need quotes, keys are written key = value)',
+    });
     throw new ConfigError(file, diags);
   }
 
@@ -138,8 +178,15 @@ export function parseEdgeConfig(text: string, file = 'config.toml', baseDir = '.
 
   for (const key of Object.keys(doc)) {
     if (TOP_LEVEL_KEYS.includes(key) || KNOWN_SECTIONS.includes(key)) continue;
-    const line = lines.findIndex((l) => new RegExp(`^\\s*\\[?\\s*${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\b`).test(l)) + 1 || undefined;
-    diags.push({ level: 'warning', line, message: `unknown setting "${key}" is ignored`, fix: 'Check its spelling against the documented settings' });
+    const line =
+      lines.findIndex((l) => new RegExp(`^\\s*\\[?\\s*${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\b`).test(l)) + 1 ||
+      undefined;
+    diags.push({
+      level: 'warning',
+      line,
+      message: `unknown setting "${key}" is ignored`,
+      fix: 'Check its spelling against the documented settings',
+    });
   }
 
   const lineOf = (key: string) => {
@@ -150,42 +197,83 @@ export function parseEdgeConfig(text: string, file = 'config.toml', baseDir = '.
   const hostnameValue = str(doc.hostname);
   const hostname = hostnameValue ?? osHostname();
   if (doc.hostname !== undefined && hostnameValue === undefined) {
-    diags.push({ level: 'error', line: lineOf('hostname'), message: 'hostname must be a string', fix: 'Write hostname = "gateway.example.local"' });
+    diags.push({
+      level: 'error',
+      line: lineOf('hostname'),
+      message: 'hostname must be a string',
+      fix: 'Write hostname = "gateway.example.local"',
+    });
   }
   const hostProblem = checkHostname(hostname);
   if (hostProblem) {
-    diags.push({ level: 'error', line: lineOf('hostname'), message: `hostname "${hostname}" ${hostProblem}`, fix: 'Use an FQDN or an IP address shorter than 64 characters: it becomes the CN of the gateway\'s server certificate' });
+    diags.push({
+      level: 'error',
+      line: lineOf('hostname'),
+      message: `hostname "${hostname}" ${hostProblem}`,
+      fix: "Use an FQDN or an IP address shorter than 64 characters: it becomes the CN of the gateway's server certificate",
+    });
   }
   if (hostnameValue === undefined) {
-    diags.push({ level: 'warning', message: `no hostname set; using this machine's name "${hostname}"`, fix: 'Set hostname = "..." at the top of the file to the name downstream devices dial' });
+    diags.push({
+      level: 'warning',
+      message: `no hostname set; using this machine's name "${hostname}"`,
+      fix: 'Set hostname = "..." at the top of the file to the name downstream devices dial',
+    });
   }
 
   const parentHostname = str(doc.parent_hostname);
   if (doc.parent_hostname !== undefined) {
     const p = parentHostname === undefined ? 'must be a string' : checkHostname(parentHostname);
-    if (p) diags.push({ level: 'error', line: lineOf('parent_hostname'), message: `parent_hostname "${String(doc.parent_hostname)}" ${p}`, fix: 'Use the parent\'s hostname exactly as its own config.toml sets it' });
+    if (p)
+      diags.push({
+        level: 'error',
+        line: lineOf('parent_hostname'),
+        message: `parent_hostname "${String(doc.parent_hostname)}" ${p}`,
+        fix: "Use the parent's hostname exactly as its own config.toml sets it",
+      });
     else if (parentHostname && hostnameValue && isIpAddress(parentHostname) !== isIpAddress(hostnameValue)) {
-      diags.push({ level: 'warning', line: lineOf('parent_hostname'), message: 'hostname and parent_hostname mix an IP address and a domain name', fix: 'Use one pattern (all FQDNs or all IP addresses) across the hierarchy' });
+      diags.push({
+        level: 'warning',
+        line: lineOf('parent_hostname'),
+        message: 'hostname and parent_hostname mix an IP address and a domain name',
+        fix: 'Use one pattern (all FQDNs or all IP addresses) across the hierarchy',
+      });
     }
   }
 
   const paths = (value: unknown, what: string, line?: number): string | undefined => {
     if (value === undefined) return undefined;
     if (typeof value !== 'string' || value === '') {
-      diags.push({ level: 'error', line, message: `${what} must be a file URI string`, fix: 'Write it as "file:///path/to/file.pem"' });
+      diags.push({
+        level: 'error',
+        line,
+        message: `${what} must be a file URI string`,
+        fix: 'Write it as "file:///path/to/file.pem"',
+      });
       return undefined;
     }
     try {
       return fileUriToPath(value, baseDir);
     } catch (err) {
-      diags.push({ level: 'error', line, message: `${what}: ${(err as Error).message}`, fix: 'Write it as "file:///path/to/file.pem"' });
+      diags.push({
+        level: 'error',
+        line,
+        message: `${what}: ${(err as Error).message}`,
+        fix: 'Write it as "file:///path/to/file.pem"',
+      });
       return undefined;
     }
   };
 
   const trustBundleCert = paths(doc.trust_bundle_cert, 'trust_bundle_cert', lineOf('trust_bundle_cert'));
 
-  const config: EdgeConfig = { hostname, hostnameFromFile: hostnameValue !== undefined, parentHostname, trustBundleCert, settings: table(doc.strata) ?? {} };
+  const config: EdgeConfig = {
+    hostname,
+    hostnameFromFile: hostnameValue !== undefined,
+    parentHostname,
+    trustBundleCert,
+    settings: table(doc.strata) ?? {},
+  };
 
   const prov = table(doc.provisioning);
   if (doc.provisioning !== undefined) config.provisioning = parseProvisioning(prov, diags, paths);
@@ -195,7 +283,11 @@ export function parseEdgeConfig(text: string, file = 'config.toml', baseDir = '.
     const cert = paths(ca.cert, 'edge_ca.cert');
     const pk = paths(ca.pk, 'edge_ca.pk');
     if (ca.cert === undefined || ca.pk === undefined) {
-      diags.push({ level: 'error', message: '[edge_ca] needs both cert and pk', fix: 'Give cert = "file:///...full-chain.cert.pem" and pk = "file:///...key.pem", or remove [edge_ca] for a quickstart Edge CA' });
+      diags.push({
+        level: 'error',
+        message: '[edge_ca] needs both cert and pk',
+        fix: 'Give cert = "file:///...full-chain.cert.pem" and pk = "file:///...key.pem", or remove [edge_ca] for a quickstart Edge CA',
+      });
     } else if (cert && pk) config.edgeCa = { cert, pk };
   }
 
@@ -222,33 +314,62 @@ function parseProvisioning(
   };
   if (!prov) return fail('[provisioning] must be a section', 'Write [provisioning] with source = "manual"');
   if (prov.source !== 'manual') {
-    return fail(`provisioning source "${String(prov.source)}" is not supported`, 'Use source = "manual" with a connection_string, or iothub_hostname + device_id + [provisioning.authentication]');
+    return fail(
+      `provisioning source "${String(prov.source)}" is not supported`,
+      'Use source = "manual" with a connection_string, or iothub_hostname + device_id + [provisioning.authentication]',
+    );
   }
   const cs = str(prov.connection_string);
   if (cs) {
-    const fields = Object.fromEntries(cs.split(';').filter(Boolean).map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+    const fields = Object.fromEntries(
+      cs
+        .split(';')
+        .filter(Boolean)
+        .map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]),
+    );
     if (!fields.HostName || !fields.DeviceId || !fields.SharedAccessKey) {
-      return fail('provisioning.connection_string must carry HostName, DeviceId and SharedAccessKey', 'Copy the edge device\'s connection string from `strata device connection-string ID`');
+      return fail(
+        'provisioning.connection_string must carry HostName, DeviceId and SharedAccessKey',
+        "Copy the edge device's connection string from `strata device connection-string ID`",
+      );
     }
-    return { source: 'manual', connectionString: cs, iothubHostname: fields.HostName, deviceId: fields.DeviceId, authentication: { method: 'sas', deviceIdPk: fields.SharedAccessKey } };
+    return {
+      source: 'manual',
+      connectionString: cs,
+      iothubHostname: fields.HostName,
+      deviceId: fields.DeviceId,
+      authentication: { method: 'sas', deviceIdPk: fields.SharedAccessKey },
+    };
   }
   const iothubHostname = str(prov.iothub_hostname);
   const deviceId = str(prov.device_id);
   if (!iothubHostname || !deviceId) {
-    return fail('[provisioning] needs connection_string, or iothub_hostname and device_id', 'Add connection_string = "HostName=...;DeviceId=...;SharedAccessKey=..."');
+    return fail(
+      '[provisioning] needs connection_string, or iothub_hostname and device_id',
+      'Add connection_string = "HostName=...;DeviceId=...;SharedAccessKey=..."',
+    );
   }
   const auth = table(prov.authentication);
-  if (!auth) return fail('[provisioning.authentication] is missing', 'Add method = "sas" with device_id_pk, or method = "x509" with identity_cert and identity_pk');
+  if (!auth)
+    return fail(
+      '[provisioning.authentication] is missing',
+      'Add method = "sas" with device_id_pk, or method = "x509" with identity_cert and identity_pk',
+    );
   if (auth.method === 'sas') {
     const pk = auth.device_id_pk;
     const value = typeof pk === 'string' ? pk : str(table(pk)?.value);
-    if (!value) return fail('provisioning.authentication.device_id_pk is missing', 'Write device_id_pk = { value = "<base64 key>" }');
+    if (!value)
+      return fail(
+        'provisioning.authentication.device_id_pk is missing',
+        'Write device_id_pk = { value = "<base64 key>" }',
+      );
     return { source: 'manual', iothubHostname, deviceId, authentication: { method: 'sas', deviceIdPk: value } };
   }
   if (auth.method === 'x509') {
     const identityCert = paths(auth.identity_cert, 'provisioning.authentication.identity_cert');
     const identityPk = paths(auth.identity_pk, 'provisioning.authentication.identity_pk');
-    if (!identityCert || !identityPk) return fail('x509 provisioning needs identity_cert and identity_pk', 'Give both as file URIs');
+    if (!identityCert || !identityPk)
+      return fail('x509 provisioning needs identity_cert and identity_pk', 'Give both as file URIs');
     return { source: 'manual', iothubHostname, deviceId, authentication: { method: 'x509', identityCert, identityPk } };
   }
   return fail(`provisioning.authentication.method "${String(auth.method)}" is not supported`, 'Use "sas" or "x509"');

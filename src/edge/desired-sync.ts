@@ -78,11 +78,17 @@ export class DesiredSync {
     const have = versionOf(this.o.twins.get(identity.deviceId, identity.moduleId)?.desired);
     if (v !== undefined && have !== undefined) {
       if (v <= have) {
-        this.o.log.debug({ identity: identityKey(identity), version: v, have }, 'desired properties patch already handed down; dropped');
+        this.o.log.debug(
+          { identity: identityKey(identity), version: v, have },
+          'desired properties patch already handed down; dropped',
+        );
         return;
       }
       if (v > have + 1) {
-        this.o.log.info({ identity: identityKey(identity), version: v, have }, 'desired properties patch after a gap in $version: reading the twin upstream to catch up');
+        this.o.log.info(
+          { identity: identityKey(identity), version: v, have },
+          'desired properties patch after a gap in $version: reading the twin upstream to catch up',
+        );
         return this.resync(identity, fetch, this.o.retryMs ?? 1000, v);
       }
     }
@@ -97,15 +103,20 @@ export class DesiredSync {
       twin = await fetch();
       const got = versionOf(twin.desired);
       // A parent answering from its own cache may be behind the push that sent us here.
-      if (atLeast !== undefined && (got === undefined || got < atLeast)) throw new Error(`the parent's twin has desired $version ${got ?? 'none'}, older than the pushed ${atLeast}`);
+      if (atLeast !== undefined && (got === undefined || got < atLeast))
+        throw new Error(`the parent's twin has desired $version ${got ?? 'none'}, older than the pushed ${atLeast}`);
     } catch (err) {
       if (!this.o.wanted(identity)) return;
-      this.o.log.warn({ identity: k, err: (err as Error).message, retryInMs: retryMs }, 'could not read the twin upstream to catch up on desired properties; will try again');
+      this.o.log.warn(
+        { identity: k, err: (err as Error).message, retryInMs: retryMs },
+        'could not read the twin upstream to catch up on desired properties; will try again',
+      );
       const old = this.retries.get(k);
       if (old) clearTimeout(old);
       const timer = setTimeout(() => {
         this.retries.delete(k);
-        if (this.o.wanted(identity)) this.enqueue(identity, () => this.resync(identity, fetch, Math.min(retryMs * 2, MAX_RETRY_MS), atLeast));
+        if (this.o.wanted(identity))
+          this.enqueue(identity, () => this.resync(identity, fetch, Math.min(retryMs * 2, MAX_RETRY_MS), atLeast));
       }, retryMs);
       timer.unref();
       this.retries.set(k, timer);
@@ -120,8 +131,14 @@ export class DesiredSync {
     const want = versionOf(twin.desired);
     const have = versionOf(cached.desired);
     if (want === undefined || (have !== undefined && want <= have)) return;
-    const patch: TwinCollection = { ...diffValues(properties(cached.desired), properties(twin.desired)), $version: want };
-    this.o.log.info({ identity: k, version: want, had: have }, 'desired properties changed upstream before the subscription reached it: sending the difference');
+    const patch: TwinCollection = {
+      ...diffValues(properties(cached.desired), properties(twin.desired)),
+      $version: want,
+    };
+    this.o.log.info(
+      { identity: k, version: want, had: have },
+      'desired properties changed upstream before the subscription reached it: sending the difference',
+    );
     if (this.o.deliver(identity, patch)) this.o.twins.put(identity.deviceId, identity.moduleId, twin);
   }
 }

@@ -6,7 +6,7 @@ import { encodeBatchOf } from '../protocols/amqp/batch.ts';
 import { engineCodeOfCondition } from '../protocols/amqp/errors.ts';
 import type { MessageStore } from '../store/message-store.ts';
 import { cover, covers, type StreamCoverage } from '../store/origin-watermarks.ts';
-import { type ForwardedOrigin } from '../model/message.ts';
+import type { ForwardedOrigin } from '../model/message.ts';
 import { UpstreamError, type DirectTelemetry } from '../upstream/index.ts';
 
 /**
@@ -37,7 +37,10 @@ import { UpstreamError, type DirectTelemetry } from '../upstream/index.ts';
 
 export interface DirectForwardDeps {
   direct: DirectTelemetry;
-  store: Pick<MessageStore, 'isForwardedStored' | 'forwardedInFlight' | 'markPassing' | 'passingMarksAtOpen' | 'hasQueued' | 'hasQueuedFrom'>;
+  store: Pick<
+    MessageStore,
+    'isForwardedStored' | 'forwardedInFlight' | 'markPassing' | 'passingMarksAtOpen' | 'hasQueued' | 'hasQueuedFrom'
+  >;
   /** True when the routes send this message to `$upstream` and nowhere else. */
   upstreamOnly(auth: AuthResult, message: Message): boolean;
   /** Stores a batch as usual (the path for a sender the parent refuses). */
@@ -73,7 +76,6 @@ const MAX_DOUBT = 64;
 const REFUSAL_LOG_MS = 10_000;
 /** How long a batch waits for an unreachable parent before it is refused (the child gives up on an answer after 20 s). */
 const HOLD_MS = 8000;
-
 
 export class DirectForwarder {
   private readonly streams = new Map<string, StreamState>();
@@ -121,7 +123,12 @@ export class DirectForwarder {
     if (!rest.every((it) => this.deps.upstreamOnly(it.auth, it.message))) return undefined;
     if (!this.deps.direct.usable()) return must ? this.hold(items, batch, stream) : undefined;
     if (!must && store.hasQueued('$upstream')) return undefined;
-    const payload = known ? encodeBatchOf(rest.map((it) => it.message), { stream: batch.stream, prev: first.prev, seqs: rest.map((it) => it.origin!.seq) }) : batch.payload;
+    const payload = known
+      ? encodeBatchOf(
+          rest.map((it) => it.message),
+          { stream: batch.stream, prev: first.prev, seqs: rest.map((it) => it.origin!.seq) },
+        )
+      : batch.payload;
     const passing = this.pass(st, rest, payload);
     if (!known) return passing;
     // The known ones are answered the way the store path answers them.
@@ -146,7 +153,10 @@ export class DirectForwarder {
         // The parent refuses the sender itself: stored here, its pump drops them with the reason, logged and counted.
         return this.deps.storeBatch(rest);
       }
-      throw new EngineError('unavailable', `the gateway could not pass the batch to its parent: ${(err as Error).message}`);
+      throw new EngineError(
+        'unavailable',
+        `the gateway could not pass the batch to its parent: ${(err as Error).message}`,
+      );
     }
     st.inFlight--;
     if (outcome.ok) {
@@ -161,7 +171,10 @@ export class DirectForwarder {
     }
     // The parent's answer goes to the child as it came; the batch stays in doubt (a parent that
     // passes batches on itself may have handed it further before failing).
-    throw new EngineError(outcome.released ? 'unavailable' : engineCodeOfCondition(outcome.condition), `the parent did not take the batch: ${outcome.description}`);
+    throw new EngineError(
+      outcome.released ? 'unavailable' : engineCodeOfCondition(outcome.condition),
+      `the parent did not take the batch: ${outcome.description}`,
+    );
   }
 
   /**
@@ -179,15 +192,27 @@ export class DirectForwarder {
     const now = Date.now();
     if (now - this.lastRefusalLog >= REFUSAL_LOG_MS) {
       this.lastRefusalLog = now;
-      this.deps.log.warn({ stream }, 'a child batch that went to the parent before without an answer is refused while the parent is unreachable; the child keeps it and sends it again');
+      this.deps.log.warn(
+        { stream },
+        'a child batch that went to the parent before without an answer is refused while the parent is unreachable; the child keeps it and sends it again',
+      );
     }
-    return new EngineError('parent-unreachable', 'the parent is unreachable, and this stream has a batch that went to it before without an answer: keep it and send it again');
+    return new EngineError(
+      'parent-unreachable',
+      'the parent is unreachable, and this stream has a batch that went to it before without an answer: keep it and send it again',
+    );
   }
 
   private state(stream: string): StreamState {
     let st = this.streams.get(stream);
     if (!st) {
-      st = { passed: { mark: 0, spans: [] }, inFlight: 0, doubt: [], before: this.deps.store.passingMarksAtOpen().get(stream) ?? 0, beforeChecked: false };
+      st = {
+        passed: { mark: 0, spans: [] },
+        inFlight: 0,
+        doubt: [],
+        before: this.deps.store.passingMarksAtOpen().get(stream) ?? 0,
+        beforeChecked: false,
+      };
       this.streams.set(stream, st);
     }
     return st;

@@ -53,10 +53,18 @@ class Refused extends Error {}
 
 export async function edgeHubKey(o: EdgeHubKeyOptions): Promise<string> {
   const auth = o.config.provisioning?.authentication;
-  if (!auth) throw new UserError('[provisioning.authentication] is missing', 'Use a connection_string, or method = "sas" with device_id_pk, or method = "x509" with identity_cert and identity_pk');
+  if (!auth)
+    throw new UserError(
+      '[provisioning.authentication] is missing',
+      'Use a connection_string, or method = "sas" with device_id_pk, or method = "x509" with identity_cert and identity_pk',
+    );
   if (auth.method === 'sas') return auth.deviceIdPk;
   const identity = o.files.identity;
-  if (!identity) throw new UserError(`the identity certificate ${auth.identityCert} and key ${auth.identityPk} could not be read`, 'Run `strata edge check --config ...` for the reason');
+  if (!identity)
+    throw new UserError(
+      `the identity certificate ${auth.identityCert} and key ${auth.identityPk} could not be read`,
+      'Run `strata edge check --config ...` for the reason',
+    );
   const deviceId = o.config.provisioning!.deviceId;
   const keptPath = join(o.dataDir, KEY_FILE);
   const kept = readKept(keptPath, deviceId);
@@ -68,7 +76,9 @@ export async function edgeHubKey(o: EdgeHubKeyOptions): Promise<string> {
     } catch (err) {
       if (err instanceof UserError) throw err;
       if (kept) {
-        o.print(`warning: cannot reach the parent ${where} to read the ${EDGE_HUB} key (${(err as Error).message}); using the key kept from an earlier start`);
+        o.print(
+          `warning: cannot reach the parent ${where} to read the ${EDGE_HUB} key (${(err as Error).message}); using the key kept from an earlier start`,
+        );
         return kept.primaryKey;
       }
       if (Date.now() >= deadline) {
@@ -77,7 +87,10 @@ export async function edgeHubKey(o: EdgeHubKeyOptions): Promise<string> {
           'An edge device provisioned with a certificate reads its key from its parent on its first start: start the parent (and check parent_hostname and trust_bundle_cert), then start this gateway again',
         );
       }
-      if (attempt === 1) o.print(`waiting for the parent ${where} to read the ${EDGE_HUB} key (X.509 provisioning): ${(err as Error).message}`);
+      if (attempt === 1)
+        o.print(
+          `waiting for the parent ${where} to read the ${EDGE_HUB} key (X.509 provisioning): ${(err as Error).message}`,
+        );
       await new Promise((r) => setTimeout(r, RETRY_MS));
     }
   }
@@ -88,7 +101,9 @@ export async function edgeHubKey(o: EdgeHubKeyOptions): Promise<string> {
  * when it changed. Throws UserError when the parent refuses (the certificate or the module is
  * not what it should be), a plain Error when the parent cannot be asked now.
  */
-export async function readEdgeHubKey(o: Pick<EdgeHubKeyOptions, 'config' | 'files' | 'parent' | 'dataDir' | 'log'>): Promise<string> {
+export async function readEdgeHubKey(
+  o: Pick<EdgeHubKeyOptions, 'config' | 'files' | 'parent' | 'dataDir' | 'log'>,
+): Promise<string> {
   const deviceId = o.config.provisioning!.deviceId;
   const identity = o.files.identity!;
   const keptPath = join(o.dataDir, KEY_FILE);
@@ -105,9 +120,15 @@ export async function readEdgeHubKey(o: Pick<EdgeHubKeyOptions, 'config' | 'file
   }
   const primaryKey = primaryKeyOf(module, deviceId);
   if (readKept(keptPath, deviceId)?.primaryKey !== primaryKey) {
-    writeKeyFile(keptPath, `${JSON.stringify({ deviceId, generationId: module.generationId, primaryKey } satisfies KeptKey)}\n`);
+    writeKeyFile(
+      keptPath,
+      `${JSON.stringify({ deviceId, generationId: module.generationId, primaryKey } satisfies KeptKey)}\n`,
+    );
   }
-  o.log.info({ parent: where, deviceId }, `read the ${EDGE_HUB} key of ${deviceId} from the parent (X.509 provisioning)`);
+  o.log.info(
+    { parent: where, deviceId },
+    `read the ${EDGE_HUB} key of ${deviceId} from the parent (X.509 provisioning)`,
+  );
   return primaryKey;
 }
 
@@ -137,7 +158,11 @@ function primaryKeyOf(module: ModuleAnswer, deviceId: string): string {
   return key;
 }
 
-function fetchOwnModule(parent: EdgeHubKeyOptions['parent'], deviceId: string, identity: { certPem: string; keyPem: string }): Promise<ModuleAnswer> {
+function fetchOwnModule(
+  parent: EdgeHubKeyOptions['parent'],
+  deviceId: string,
+  identity: { certPem: string; keyPem: string },
+): Promise<ModuleAnswer> {
   const path = `/devices/${encodeURIComponent(deviceId)}/modules/${encodeURIComponent(EDGE_HUB)}?api-version=2021-04-12`;
   return new Promise((resolve, reject) => {
     const req = https.request(
@@ -178,7 +203,12 @@ function fetchOwnModule(parent: EdgeHubKeyOptions['parent'], deviceId: string, i
     req.on('timeout', () => req.destroy(new Error('timed out')));
     req.on('error', (err: NodeJS.ErrnoException) => {
       if (/CERT|SELF_SIGNED|UNABLE_TO|ALTNAME/.test(err.code ?? '')) {
-        reject(new UserError(`the parent ${parent.host} presented a certificate this gateway does not trust (${err.code})`, 'Check trust_bundle_cert and parent_hostname'));
+        reject(
+          new UserError(
+            `the parent ${parent.host} presented a certificate this gateway does not trust (${err.code})`,
+            'Check trust_bundle_cert and parent_hostname',
+          ),
+        );
       } else reject(new Error(err.code ? `${err.code}: ${err.message}` : err.message));
     });
     req.end();

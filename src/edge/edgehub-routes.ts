@@ -94,7 +94,9 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     if (kept && this.apply(kept.desired, 'the last good routes kept on disk', { persist: false })) return;
     const cached = this.o.twins.get(this.o.edgeDeviceId, EDGE_HUB);
     if (cached && hasDeployment(cached.desired) && this.apply(cached.desired, 'the cached $edgeHub twin')) return;
-    this.log.warn(`no deployment known yet: routing with the default route "${DEFAULT_ROUTE.route}" until the $edgeHub desired properties are read from upstream; ${this.howToConfigure}`);
+    this.log.warn(
+      `no deployment known yet: routing with the default route "${DEFAULT_ROUTE.route}" until the $edgeHub desired properties are read from upstream; ${this.howToConfigure}`,
+    );
   }
 
   /**
@@ -102,7 +104,10 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
    * comes up), on every reconnect and each time the desired subscription is confirmed, and each
    * push. Resolves after the first read, whatever its outcome.
    */
-  follow(channel: UpstreamIdentity, link: { on(event: 'up', fn: () => void): unknown; connected: boolean }): Promise<void> {
+  follow(
+    channel: UpstreamIdentity,
+    link: { on(event: 'up', fn: () => void): unknown; connected: boolean },
+  ): Promise<void> {
     this.channel = channel;
     let firstDone!: () => void;
     const first = new Promise<void>((r) => (firstDone = r));
@@ -114,7 +119,11 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
             this.o.twins.put(this.o.edgeDeviceId, EDGE_HUB, twin);
             this.apply(twin.desired, 'the $edgeHub twin');
           },
-          (err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not read the $edgeHub twin from upstream; routing with the routes known so far'),
+          (err: unknown) =>
+            this.log.warn(
+              { err: (err as Error).message },
+              'could not read the $edgeHub twin from upstream; routing with the routes known so far',
+            ),
         )
         .finally(firstDone);
     };
@@ -153,7 +162,11 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
         { from, version, error: msg, hint, keeping: this.current.routes.map((r) => r.name) },
         `bad route configuration in ${from}: ${msg}; keeping the previous routes`,
       );
-      this.report(version, 400, `the desired properties were not applied: ${msg}${hint ? ` (${hint})` : ''}; the previous routes stay in force`);
+      this.report(
+        version,
+        400,
+        `the desired properties were not applied: ${msg}${hint ? ` (${hint})` : ''}; the previous routes stay in force`,
+      );
       return false;
     }
     this.current = table;
@@ -164,11 +177,20 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     if (opts.persist !== false) this.keep(desired, version);
     const ttl = table.globalTtlSecs === Infinity ? 'never' : `${table.globalTtlSecs} s`;
     if (!deployed) {
-      this.log.warn({ from, version }, `no deployment in ${from}: routing with the default route "${DEFAULT_ROUTE.route}"; ${this.howToConfigure}`);
+      this.log.warn(
+        { from, version },
+        `no deployment in ${from}: routing with the default route "${DEFAULT_ROUTE.route}"; ${this.howToConfigure}`,
+      );
     } else if (table.routes.length === 0) {
-      this.log.warn({ from, version }, `the deployment has no routes: messages from devices are not forwarded; ${this.howToConfigure}`);
+      this.log.warn(
+        { from, version },
+        `the deployment has no routes: messages from devices are not forwarded; ${this.howToConfigure}`,
+      );
     } else {
-      this.log.info({ from, version, routes: table.routes.map((r) => `${r.name}: ${r.text ?? ''}`.trim()), timeToLive: ttl }, `routes applied (${table.routes.length})`);
+      this.log.info(
+        { from, version, routes: table.routes.map((r) => `${r.name}: ${r.text ?? ''}`.trim()), timeToLive: ttl },
+        `routes applied (${table.routes.length})`,
+      );
     }
     this.report(version, 200, '');
     this.emit('changed', table);
@@ -182,7 +204,10 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
       const kept = JSON.parse(readFileSync(path, 'utf8')) as LastGood;
       if (kept && typeof kept.desired === 'object' && kept.desired !== null) return kept;
     } catch (err) {
-      this.log.warn({ file: path, err: (err as Error).message }, 'the kept route configuration is unreadable; ignoring it');
+      this.log.warn(
+        { file: path, err: (err as Error).message },
+        'the kept route configuration is unreadable; ignoring it',
+      );
     }
     return undefined;
   }
@@ -190,11 +215,18 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
   private keep(desired: TwinCollection, version: number | undefined): void {
     const path = this.o.lastGoodPath;
     if (!path) return;
-    const kept: LastGood = { ...(version !== undefined ? { version } : {}), desired, savedAt: new Date().toISOString() };
+    const kept: LastGood = {
+      ...(version !== undefined ? { version } : {}),
+      desired,
+      savedAt: new Date().toISOString(),
+    };
     try {
       writeFileAtomic(path, `${JSON.stringify(kept, null, 2)}\n`, 0o600);
     } catch (err) {
-      this.log.warn({ file: path, err: (err as Error).message }, 'could not keep the route configuration on disk; a restart before the parent answers routes with the previous one');
+      this.log.warn(
+        { file: path, err: (err as Error).message },
+        'could not keep the route configuration on disk; a restart before the parent answers routes with the previous one',
+      );
     }
   }
 
@@ -205,9 +237,11 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     const key = `${version}:${code}`;
     if (key === this.lastReported) return;
     this.lastReported = key;
-    channel.twinPatchReported({ lastDesiredVersion: version, lastDesiredStatus: { code, description } }).catch((err: unknown) => {
-      this.lastReported = undefined;
-      this.log.debug({ err: (err as Error).message }, 'could not report the route configuration status upstream');
-    });
+    channel
+      .twinPatchReported({ lastDesiredVersion: version, lastDesiredStatus: { code, description } })
+      .catch((err: unknown) => {
+        this.lastReported = undefined;
+        this.log.debug({ err: (err as Error).message }, 'could not report the route configuration status upstream');
+      });
   }
 }

@@ -5,7 +5,12 @@ import type { EngineRegistry, SubscriptionKind } from '../engine/types.ts';
 import type { IdentityRef, RegistryIdentity } from '../model/identity.ts';
 import type { MethodRequest } from '../model/methods.ts';
 import type { TwinCollection } from '../model/twin.ts';
-import { UpstreamDownError, UpstreamError, type UpstreamC2DDelivery, type UpstreamIdentity } from '../upstream/index.ts';
+import {
+  UpstreamDownError,
+  UpstreamError,
+  type UpstreamC2DDelivery,
+  type UpstreamIdentity,
+} from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
 import { identityKey } from '../model/identity.ts';
 import type { ScopeCache } from '../scope/cache.ts';
@@ -36,7 +41,11 @@ export interface RelayHandlers {
   /** A direct method for a connected identity; call `respond` exactly once. */
   method(identity: IdentityRef, req: MethodRequest, respond: (status: number, payload: Buffer) => void): void;
   /** A C2D message for a connected device; call `settle` exactly once. */
-  c2d(deviceId: string, delivery: UpstreamC2DDelivery, settle: (outcome: 'complete' | 'reject' | 'abandon') => void): void;
+  c2d(
+    deviceId: string,
+    delivery: UpstreamC2DDelivery,
+    settle: (outcome: 'complete' | 'reject' | 'abandon') => void,
+  ): void;
   /** A desired properties patch for a subscribed identity; false when nobody took it. */
   desired(identity: IdentityRef, patch: TwinCollection): boolean;
 }
@@ -52,7 +61,6 @@ interface Entry {
 }
 
 const PUSH_KINDS: ReadonlySet<SubscriptionKind> = new Set(['desired', 'methods', 'c2d']);
-
 
 function describe(id: IdentityRef): string {
   return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
@@ -108,7 +116,10 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
 
   // ---- twins ----
 
-  async getTwin(deviceId: string, moduleId?: string): Promise<{ properties: { desired: TwinCollection; reported: TwinCollection } }> {
+  async getTwin(
+    deviceId: string,
+    moduleId?: string,
+  ): Promise<{ properties: { desired: TwinCollection; reported: TwinCollection } }> {
     const id = ref(deviceId, moduleId);
     try {
       const twin = await this.channelOf(id).twinGet();
@@ -118,21 +129,35 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       if (!unreachable(err)) throw engineErrorOf(err, `reading the twin of ${describe(id)}`, this.log);
       const cached = this.o.twins.get(deviceId, moduleId);
       if (!cached) {
-        throw new EngineError('unavailable', `the parent is unreachable and no twin of ${describe(id)} is cached at this gateway yet (${(err as Error).message})`);
+        throw new EngineError(
+          'unavailable',
+          `the parent is unreachable and no twin of ${describe(id)} is cached at this gateway yet (${(err as Error).message})`,
+        );
       }
-      this.log.info({ identity: identityKey(id), cachedAt: new Date(cached.updatedMs).toISOString() }, 'parent unreachable: answering the twin read from the cache');
+      this.log.info(
+        { identity: identityKey(id), cachedAt: new Date(cached.updatedMs).toISOString() },
+        'parent unreachable: answering the twin read from the cache',
+      );
       return { properties: { desired: cached.desired, reported: cached.reported } };
     }
   }
 
-  async updateReported(deviceId: string, moduleId: string | undefined, patch: Record<string, unknown>): Promise<{ version: number }> {
+  async updateReported(
+    deviceId: string,
+    moduleId: string | undefined,
+    patch: Record<string, unknown>,
+  ): Promise<{ version: number }> {
     const id = ref(deviceId, moduleId);
     try {
       const r = await this.channelOf(id).twinPatchReported(patch);
       this.o.twins.mergeReported(deviceId, moduleId, patch, r.version);
       return r;
     } catch (err) {
-      if (unreachable(err)) throw new EngineError('unavailable', `the parent is unreachable; the reported properties of ${describe(id)} were not updated (${(err as Error).message})`);
+      if (unreachable(err))
+        throw new EngineError(
+          'unavailable',
+          `the parent is unreachable; the reported properties of ${describe(id)} were not updated (${(err as Error).message})`,
+        );
       throw engineErrorOf(err, `updating the reported properties of ${describe(id)}`, this.log);
     }
   }
@@ -200,7 +225,9 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     if (chain) return chain;
     // Not (or no longer) in scope: the parent decides; this chain names the gateway as the actor.
     const edge = this.o.scope.edgeDeviceId;
-    return id.moduleId === undefined ? `${id.deviceId};${edge}` : `${id.deviceId}/${id.moduleId};${id.deviceId};${edge}`;
+    return id.moduleId === undefined
+      ? `${id.deviceId};${edge}`
+      : `${id.deviceId}/${id.moduleId};${id.deviceId};${edge}`;
   }
 
   private ensureChannel(e: Entry): UpstreamIdentity {
@@ -241,7 +268,10 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
           if (settled) return;
           settled = true;
           ch.settleC2D(delivery.lockToken, outcome).catch((err: unknown) =>
-            this.log.warn({ identity: identityKey(id), err: (err as Error).message }, 'could not settle a cloud-to-device message upstream (the parent delivers it again)'),
+            this.log.warn(
+              { identity: identityKey(id), err: (err as Error).message },
+              'could not settle a cloud-to-device message upstream (the parent delivers it again)',
+            ),
           );
         };
         if (!this.relay) return settle('abandon');
@@ -274,14 +304,19 @@ function ref(deviceId: string, moduleId?: string): IdentityRef {
  */
 function unreachable(err: unknown): boolean {
   if (err instanceof UpstreamDownError) return true;
-  if (err instanceof UpstreamError) return err.status === undefined || err.status === 504 || err.status === 503 || err.condition === 'com.microsoft:timeout';
+  if (err instanceof UpstreamError)
+    return (
+      err.status === undefined || err.status === 504 || err.status === 503 || err.condition === 'com.microsoft:timeout'
+    );
   if (err instanceof EngineError || isProgrammingError(err)) return false;
   // Anything else comes from the transport (socket, TLS, the MQTT or AMQP client).
   return true;
 }
 
 function isProgrammingError(err: unknown): boolean {
-  return err instanceof RangeError || err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError;
+  return (
+    err instanceof RangeError || err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError
+  );
 }
 
 /**

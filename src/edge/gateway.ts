@@ -18,7 +18,14 @@ import { GatewayRegistry } from './gateway-registry.ts';
 import { startMetricsEndpoint } from './health.ts';
 import { startGatewayListeners } from './listeners.ts';
 import { diagnosticLines, loadEdgeConfigFile } from './load-config.ts';
-import { defaultEdgeDataDir, edgeFiles, releaseGatewayLock, takeGatewayLock, writeGatewayState, type ReloadStatus } from './local.ts';
+import {
+  defaultEdgeDataDir,
+  edgeFiles,
+  releaseGatewayLock,
+  takeGatewayLock,
+  writeGatewayState,
+  type ReloadStatus,
+} from './local.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { configReloader, type RunningConfig } from './reload.ts';
 import { SecurityManager } from './security-manager.ts';
@@ -86,7 +93,6 @@ export interface GatewayNode {
   close(): Promise<void>;
 }
 
-
 /**
  * Starts a gateway: the edge hub of one edge device, acting as a transparent gateway for the
  * devices below it. See the module comment of each part for the details.
@@ -143,14 +149,39 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const twins = TwinCache.open(files.gatewayDb);
     onClose(() => twins.close());
     const reserve = diskReserveSetting(config, env);
-    const store = MessageStore.open({ path: files.storeDb, resendWindowMs: resendWindow.value * 1000, diskReserveBytes: reserve.bytes, diskReserveSetting: reserve.name });
+    const store = MessageStore.open({
+      path: files.storeDb,
+      resendWindowMs: resendWindow.value * 1000,
+      diskReserveBytes: reserve.bytes,
+      diskReserveSetting: reserve.name,
+    });
     onClose(() => store.close());
 
     // ---- the parent: this gateway's key, scope sync, the link ----
-    const keySource = { config, files: loaded.files, parent: { host: parentHost, port: 443, ca: trustPem }, dataDir, log };
+    const keySource = {
+      config,
+      files: loaded.files,
+      parent: { host: parentHost, port: 443, ca: trustPem },
+      dataDir,
+      log,
+    };
     const edgeKey = await edgeHubKey({ ...keySource, print });
-    const sync = new ScopeSync({ cache: scope, parent: { host: parentHost, port: 443, ca: trustPem }, hubHostName, edge: { deviceId, key: edgeKey } });
-    const link: ParentLink = createParentLink({ transport, parentHost, trustPem, hubHostName, deviceId, edgeKey, scope, originId: store.id });
+    const sync = new ScopeSync({
+      cache: scope,
+      parent: { host: parentHost, port: 443, ca: trustPem },
+      hubHostName,
+      edge: { deviceId, key: edgeKey },
+    });
+    const link: ParentLink = createParentLink({
+      transport,
+      parentHost,
+      trustPem,
+      hubHostName,
+      deviceId,
+      edgeKey,
+      scope,
+      originId: store.id,
+    });
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
     onClose(() => registry.close());
@@ -163,10 +194,11 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       {
         connectedClients: () => engine.connectedCount(),
         maxConnectedClients: () => engine.maxConnectedClients,
-        endpoints: () => store.endpoints().map((e) => {
-          const m = store.metrics(e);
-          return { endpoint: e, queueLength: m.queueLength, expired: m.expired, setAside: store.setAsideCount(e) };
-        }),
+        endpoints: () =>
+          store.endpoints().map((e) => {
+            const m = store.metrics(e);
+            return { endpoint: e, queueLength: m.queueLength, expired: m.expired, setAside: store.setAsideCount(e) };
+          }),
         upstreamConnected: () => link.connected,
       },
       { edge_device: deviceId },
@@ -195,11 +227,23 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     onClose(() => telemetry.stopPumps());
 
     // ---- listeners: MQTT 8883, AMQP 5671, HTTPS 443 (health, MQTT and AMQP over WebSockets); metrics ----
-    const ports = { mqtt: o.ports?.mqtt ?? 8883, amqp: o.ports?.amqp ?? 5671, https: o.ports?.https ?? 443, metrics: o.ports?.metrics ?? metricsPortSetting(config.settings.metrics_port) ?? DEFAULT_METRICS_PORT };
+    const ports = {
+      mqtt: o.ports?.mqtt ?? 8883,
+      amqp: o.ports?.amqp ?? 5671,
+      https: o.ports?.https ?? 443,
+      metrics: o.ports?.metrics ?? metricsPortSetting(config.settings.metrics_port) ?? DEFAULT_METRICS_PORT,
+    };
     const preAuth = preAuthGateOf(config);
-    const childScope = scope.identitySource({ hostNames: [hubHostName, ...extraHostNames], fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain), trustedCas: () => trustedCas });
+    const childScope = scope.identitySource({
+      hostNames: [hubHostName, ...extraHostNames],
+      fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain),
+      trustedCas: () => trustedCas,
+    });
     const health = { deviceId, tokenPath: files.healthToken, engine, store, security, link, sync, routes, scope };
-    await startGatewayListeners({ engine, bind, ports, security, preAuth, hubHostName, extraHostNames, childScope, sync, health }, onClose);
+    await startGatewayListeners(
+      { engine, bind, ports, security, preAuth, hubHostName, extraHostNames, childScope, sync, health },
+      onClose,
+    );
     const metricsServer = await startMetricsEndpoint(metrics, metricsBind, ports.metrics, print);
     onClose(() => metricsServer.close());
     ports.metrics = metricsServer.port;
@@ -228,7 +272,20 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       hostname: () => security.currentHostname,
       config: () => running.config,
       reload: configReloader({ dataDir, started, env, security, engine, extraHostNames, running }),
-      summary: () => gatewaySummary({ deviceId, dataDir, bind, metricsBind, ports, hubHostName, security, link, engine, routes, running }),
+      summary: () =>
+        gatewaySummary({
+          deviceId,
+          dataDir,
+          bind,
+          metricsBind,
+          ports,
+          hubHostName,
+          security,
+          link,
+          engine,
+          routes,
+          running,
+        }),
       close: runClosers,
     };
     writeGatewayState(dataDir, {

@@ -36,7 +36,9 @@ export interface HealthSources {
 export function serveHealth(app: FastifyInstance, sources: HealthSources): void {
   const { deviceId, engine, store, security, link, sync, routes, scope } = sources;
   // Identities (and endpoint names, which carry module ids) only for the holder of the token (health-access.ts).
-  const healthSecret = healthToken(sources.tokenPath, (err) => log.warn({ err: err.message }, 'could not write health.token: /health lists no identities until a restart'));
+  const healthSecret = healthToken(sources.tokenPath, (err) =>
+    log.warn({ err: err.message }, 'could not write health.token: /health lists no identities until a restart'),
+  );
   app.get('/health', async (req, reply) => {
     const queues = Object.fromEntries(store.endpoints().map((e) => [e, store.queueLength(e)]));
     // "store full": telemetry is refused until space is freed (or the queues drain).
@@ -52,15 +54,29 @@ export function serveHealth(app: FastifyInstance, sources: HealthSources): void 
       maxConnectedClients: engine.maxConnectedClients,
       routes: routes.table.routes.length,
       queued: Object.values(queues).reduce((a, b) => a + b, 0),
-      serverCertificate: { notAfter: security.identity.notAfter.toISOString(), fingerprint: security.identity.fingerprint },
+      serverCertificate: {
+        notAfter: security.identity.notAfter.toISOString(),
+        fingerprint: security.identity.fingerprint,
+      },
     };
     if (!presentsHealthToken(req.headers.authorization, healthSecret)) return open;
-    return { ...open, deviceId, connected: engine.connectedIdentities(), modules: scope.listModules(deviceId).map((m) => m.moduleId), queues };
+    return {
+      ...open,
+      deviceId,
+      connected: engine.connectedIdentities(),
+      modules: scope.listModules(deviceId).map((m) => m.moduleId),
+      queues,
+    };
   });
 }
 
 /** Serves the metrics on `bind` (loopback unless [strata] metrics_bind says otherwise); warns when that is not this machine only. */
-export async function startMetricsEndpoint(metrics: GatewayMetrics, bind: string, port: number, print: (line: string) => void): Promise<{ port: number; close(): Promise<void> }> {
+export async function startMetricsEndpoint(
+  metrics: GatewayMetrics,
+  bind: string,
+  port: number,
+  print: (line: string) => void,
+): Promise<{ port: number; close(): Promise<void> }> {
   if (!isLoopback(bind)) print(`warning: metrics are served without authentication on ${bind} ([strata] metrics_bind)`);
   try {
     return await serveMetrics(metrics, bind, port);

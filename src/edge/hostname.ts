@@ -15,8 +15,10 @@ export function checkHostname(host: string): string | undefined {
   if (isIpAddress(host)) return undefined;
   for (const label of host.split('.')) {
     if (label.length === 0) return 'has an empty label (two dots in a row, or a dot at an end)';
-    if (!/^[A-Za-z0-9-]+$/.test(label)) return `has the label "${label}" with characters other than letters, digits and hyphens`;
-    if (label.startsWith('-') || label.endsWith('-')) return `has the label "${label}" starting or ending with a hyphen`;
+    if (!/^[A-Za-z0-9-]+$/.test(label))
+      return `has the label "${label}" with characters other than letters, digits and hyphens`;
+    if (label.startsWith('-') || label.endsWith('-'))
+      return `has the label "${label}" starting or ending with a hyphen`;
   }
   return undefined;
 }

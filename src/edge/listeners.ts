@@ -65,13 +65,19 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   ports.mqtt = heads.ports.mqtt;
   ports.amqp = heads.ports.amqp;
 
-  const app: FastifyInstance = Fastify({ https: { ...tlsNow, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, forceCloseConnections: true, logger: false });
+  const app: FastifyInstance = Fastify({
+    https: { ...tlsNow, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS },
+    forceCloseConnections: true,
+    logger: false,
+  });
   onClose(() => app.close());
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
   await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
   // A child edge device provisioned with a certificate reads its $edgeHub key here (own-modules.ts).
-  const readOwnModule = ownModuleReader(childScope, { fetchUpstream: (d, m) => sync.fetchUpstream({ deviceId: d, moduleId: m }, [identityKey(d, m), d]) });
+  const readOwnModule = ownModuleReader(childScope, {
+    fetchUpstream: (d, m) => sync.fetchUpstream({ deviceId: d, moduleId: m }, [identityKey(d, m), d]),
+  });
   await app.register(async (scoped) => {
     const apiLog = childLog('registry-api');
     scoped.setErrorHandler((err, req, reply) => sendError(reply, req, apiLog, err));
@@ -81,7 +87,14 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
     });
   });
   const https = app.server as HttpsServer;
-  const webSockets = attachWebSocketHeads(https, { engine, amqp: heads.amqp, preAuth, onBehalfOf: childScope, publicHost: security.currentHostname, httpsPort: ports.https });
+  const webSockets = attachWebSocketHeads(https, {
+    engine,
+    amqp: heads.amqp,
+    preAuth,
+    onBehalfOf: childScope,
+    publicHost: security.currentHostname,
+    httpsPort: ports.https,
+  });
   onClose(() => webSockets.close());
   try {
     await app.listen({ port: ports.https, host: bind });

@@ -30,8 +30,10 @@ export function loadEdgeConfigFile(file: string, needs: GatewayNeeds = {}): Load
     text = readFileSync(path, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UserError(`config file not found: ${path}`, 'Give the path of the gateway\'s config.toml with --config');
-    if (code === 'EACCES') throw new UserError(`cannot read the config file ${path}: permission denied`, 'Run as a user who may read it');
+    if (code === 'ENOENT')
+      throw new UserError(`config file not found: ${path}`, "Give the path of the gateway's config.toml with --config");
+    if (code === 'EACCES')
+      throw new UserError(`cannot read the config file ${path}: permission denied`, 'Run as a user who may read it');
     throw new UserError(`cannot read the config file ${path}: ${(err as Error).message}`);
   }
   const { config, diagnostics } = parseEdgeConfig(text, path, dirname(path));
@@ -49,7 +51,8 @@ export function loadEdgeConfigFile(file: string, needs: GatewayNeeds = {}): Load
     if (!config.trustBundleCert) {
       all.push({
         level: 'error',
-        message: 'trust_bundle_cert is not set: the gateway cannot verify the certificate of its parent (the hub or parent gateway)',
+        message:
+          'trust_bundle_cert is not set: the gateway cannot verify the certificate of its parent (the hub or parent gateway)',
         fix: 'Set trust_bundle_cert = "file:///.../root.ca.cert.pem" at the top of the file (before any [section])',
       });
     }

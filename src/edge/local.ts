@@ -103,7 +103,10 @@ export function runningGatewayPid(dataDir: string): number | undefined {
 export function takeGatewayLock(dataDir: string): void {
   const other = runningGatewayPid(dataDir);
   if (other !== undefined && other !== process.pid) {
-    throw new UserError(`a gateway is already running from ${dataDir} (pid ${other})`, 'Stop it first, or give this one its own --data directory');
+    throw new UserError(
+      `a gateway is already running from ${dataDir} (pid ${other})`,
+      'Stop it first, or give this one its own --data directory',
+    );
   }
   const { pid } = edgeFiles(dataDir);
   try {

@@ -31,7 +31,14 @@ export class GatewayMetrics {
   constructor(sources: MetricsSources, labels: { edge_device: string }) {
     const r = this.registry;
     r.setDefaultLabels(labels);
-    new Gauge({ name: 'edgehub_connected_clients', help: 'Downstream identities connected now', registers: [r], collect() { this.set(sources.connectedClients()); } });
+    new Gauge({
+      name: 'edgehub_connected_clients',
+      help: 'Downstream identities connected now',
+      registers: [r],
+      collect() {
+        this.set(sources.connectedClients());
+      },
+    });
     new Gauge({
       name: 'edgehub_max_connected_clients',
       help: 'MaxConnectedClients in force',
@@ -41,8 +48,18 @@ export class GatewayMetrics {
         this.set(Number.isFinite(n) ? n : -1);
       },
     });
-    this.received = new Counter({ name: 'edgehub_messages_received_total', help: 'Telemetry messages accepted from downstream devices and modules', labelNames: ['protocol'], registers: [r] });
-    this.sent = new Counter({ name: 'edgehub_messages_sent_total', help: 'Messages delivered to an endpoint ($upstream or a module input)', labelNames: ['endpoint'], registers: [r] });
+    this.received = new Counter({
+      name: 'edgehub_messages_received_total',
+      help: 'Telemetry messages accepted from downstream devices and modules',
+      labelNames: ['protocol'],
+      registers: [r],
+    });
+    this.sent = new Counter({
+      name: 'edgehub_messages_sent_total',
+      help: 'Messages delivered to an endpoint ($upstream or a module input)',
+      labelNames: ['endpoint'],
+      registers: [r],
+    });
     this.passedOn = new Counter({
       name: 'edgehub_messages_passed_on_total',
       help: 'Messages of child gateways passed to the parent as they came, not stored here (the child keeps them until the parent has them); also counted in edgehub_messages_sent_total',
@@ -53,7 +70,12 @@ export class GatewayMetrics {
       help: 'Messages a device sent again on a new connection after its acknowledgement was lost (same sender and message id within the resend window): acknowledged, stored once',
       registers: [r],
     });
-    this.dropped = new Counter({ name: 'edgehub_messages_dropped_total', help: 'Messages accepted but not forwarded (reason: no_route)', labelNames: ['reason'], registers: [r] });
+    this.dropped = new Counter({
+      name: 'edgehub_messages_dropped_total',
+      help: 'Messages accepted but not forwarded (reason: no_route)',
+      labelNames: ['reason'],
+      registers: [r],
+    });
     new Gauge({
       name: 'edgehub_queue_length',
       help: 'Messages waiting in the store, per endpoint',
@@ -84,7 +106,14 @@ export class GatewayMetrics {
         for (const e of sources.endpoints()) this.inc({ endpoint: e.endpoint }, e.setAside);
       },
     });
-    new Gauge({ name: 'edgehub_upstream_connected', help: '1 while the link to the parent is up', registers: [r], collect() { this.set(sources.upstreamConnected() ? 1 : 0); } });
+    new Gauge({
+      name: 'edgehub_upstream_connected',
+      help: '1 while the link to the parent is up',
+      registers: [r],
+      collect() {
+        this.set(sources.upstreamConnected() ? 1 : 0);
+      },
+    });
   }
 
   text(): Promise<string> {
@@ -93,7 +122,11 @@ export class GatewayMetrics {
 }
 
 /** Serves `GET /metrics` (Prometheus text) on its own port, like the original's :9600. */
-export async function serveMetrics(metrics: GatewayMetrics, host: string, port: number): Promise<{ port: number; close(): Promise<void> }> {
+export async function serveMetrics(
+  metrics: GatewayMetrics,
+  host: string,
+  port: number,
+): Promise<{ port: number; close(): Promise<void> }> {
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
     if (req.method !== 'GET' || path !== '/metrics') {

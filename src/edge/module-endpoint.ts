@@ -50,16 +50,25 @@ export class ModuleInputEndpoint implements DeliveryEndpoint {
     for (const q of batch) {
       let settle!: (o: C2DOutcome) => void;
       const done = new Promise<C2DOutcome>((resolve) => (settle = resolve));
-      const handed = this.engine.deliverInput(this.identity, this.input, { message: messageOfStored(q.message), enqueuedTime: q.enqueuedAt }, settle);
+      const handed = this.engine.deliverInput(
+        this.identity,
+        this.input,
+        { message: messageOfStored(q.message), enqueuedTime: q.enqueuedAt },
+        settle,
+      );
       if (!handed) {
         // What was handed over already comes back as 'abandon' when the session ends.
-        throw new Error(`module ${this.edgeDeviceId}/${this.moduleId} is not connected or has not subscribed to its inputs`);
+        throw new Error(
+          `module ${this.edgeDeviceId}/${this.moduleId} is not connected or has not subscribed to its inputs`,
+        );
       }
       outcomes.push(done);
     }
     const results = await Promise.all(outcomes);
     const rejected = results.filter((r) => r === 'reject').length;
-    if (rejected > 0) log.warn({ endpoint: this.name, rejected }, 'the module rejected messages; they are not offered again');
-    if (results.some((r) => r === 'abandon')) throw new Error(`module ${this.edgeDeviceId}/${this.moduleId} abandoned messages on input ${this.input}`);
+    if (rejected > 0)
+      log.warn({ endpoint: this.name, rejected }, 'the module rejected messages; they are not offered again');
+    if (results.some((r) => r === 'abandon'))
+      throw new Error(`module ${this.edgeDeviceId}/${this.moduleId} abandoned messages on input ${this.input}`);
   }
 }

@@ -4,7 +4,13 @@ import { httpStatusOf } from '../model/errors.ts';
 import type { IdentityRef } from '../model/identity.ts';
 import type { ScopeCache } from '../scope/cache.ts';
 import type { ScopeSync } from '../scope/sync.ts';
-import { AmqpParentLink, MqttParentLink, type ParentLink, type UpstreamC2DDelivery, type UpstreamTransport } from '../upstream/index.ts';
+import {
+  AmqpParentLink,
+  MqttParentLink,
+  type ParentLink,
+  type UpstreamC2DDelivery,
+  type UpstreamTransport,
+} from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
 import type { EdgeHubRoutes } from './edgehub-routes.ts';
 import type { RelayHandlers } from './gateway-registry.ts';
@@ -109,7 +115,11 @@ export async function connectUpstream(p: ConnectUpstreamParts): Promise<void> {
   const startLink = link.start().catch((err: unknown) => {
     print(`error: the parent refused this gateway: ${(err as Error).message} (still retrying)`);
   });
-  const edgeHubChannel = link.openIdentity({ deviceId, moduleId: EDGE_HUB, authChain: scope.authChainOf(deviceId, EDGE_HUB) ?? `${deviceId}/${EDGE_HUB};${deviceId}` });
+  const edgeHubChannel = link.openIdentity({
+    deviceId,
+    moduleId: EDGE_HUB,
+    authChain: scope.authChainOf(deviceId, EDGE_HUB) ?? `${deviceId}/${EDGE_HUB};${deviceId}`,
+  });
   const firstRoutes = routes.follow(edgeHubChannel, link);
   // Not awaited past a short while: a gateway starts (and serves devices) with its parent offline.
   const shortly = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
@@ -118,7 +128,12 @@ export async function connectUpstream(p: ConnectUpstreamParts): Promise<void> {
 }
 
 /** A direct method from upstream, to the connected device, and its answer back. */
-function relayMethod(engine: Engine, identity: IdentityRef, req: { methodName: string; payload: Buffer }, respond: (status: number, payload: Buffer) => void): void {
+function relayMethod(
+  engine: Engine,
+  identity: IdentityRef,
+  req: { methodName: string; payload: Buffer },
+  respond: (status: number, payload: Buffer) => void,
+): void {
   let payload: unknown = null;
   if (req.payload.length > 0) {
     const text = req.payload.toString('utf8');
@@ -128,15 +143,22 @@ function relayMethod(engine: Engine, identity: IdentityRef, req: { methodName: s
       payload = text;
     }
   }
-  engine.invokeMethod(identity, { methodName: req.methodName, payload, responseTimeoutInSeconds: RELAYED_METHOD_TIMEOUT_S }).then(
-    (r) => respond(r.status, Buffer.from(JSON.stringify(r.payload ?? null))),
-    // Every refusal keeps its own status (the same table the device heads use), not just three.
-    (err: unknown) => respond(httpStatusOf(err), Buffer.from(JSON.stringify({ message: (err as Error).message }))),
-  );
+  engine
+    .invokeMethod(identity, { methodName: req.methodName, payload, responseTimeoutInSeconds: RELAYED_METHOD_TIMEOUT_S })
+    .then(
+      (r) => respond(r.status, Buffer.from(JSON.stringify(r.payload ?? null))),
+      // Every refusal keeps its own status (the same table the device heads use), not just three.
+      (err: unknown) => respond(httpStatusOf(err), Buffer.from(JSON.stringify({ message: (err as Error).message }))),
+    );
 }
 
 /** A C2D message from upstream, to the connected device; its settlement goes back upstream. */
-function relayC2D(engine: Engine, deviceId: string, delivery: UpstreamC2DDelivery, settle: (outcome: 'complete' | 'reject' | 'abandon') => void): void {
+function relayC2D(
+  engine: Engine,
+  deviceId: string,
+  delivery: UpstreamC2DDelivery,
+  settle: (outcome: 'complete' | 'reject' | 'abandon') => void,
+): void {
   const message = { ...delivery.message, properties: { ...delivery.message.properties } };
   const rawAck = message.properties['iothub-ack'];
   delete message.properties['iothub-ack'];

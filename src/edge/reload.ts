@@ -26,7 +26,13 @@ export interface RunningConfig {
 export interface ReloadParts {
   dataDir: string;
   /** What the gateway started with, which only a restart changes. */
-  started: { deviceId: string; hubHostName: string; parentHost: string; credentials: string; transport: UpstreamTransport };
+  started: {
+    deviceId: string;
+    hubHostName: string;
+    parentHost: string;
+    credentials: string;
+    transport: UpstreamTransport;
+  };
   env: NodeJS.ProcessEnv;
   security: SecurityManager;
   engine: Engine;
@@ -49,7 +55,10 @@ export function configReloader(p: ReloadParts): Reload {
       next = loadEdgeConfigFile(path, { provisioning: true });
     } catch (err) {
       status.errors = (err as Error).message.split('\n');
-      log.error({ config: path, errors: status.errors }, 'configuration not applied: it has errors; the running configuration stays');
+      log.error(
+        { config: path, errors: status.errors },
+        'configuration not applied: it has errors; the running configuration stays',
+      );
       writeReloadStatus(dataDir, status);
       return status;
     }
@@ -58,14 +67,16 @@ export function configReloader(p: ReloadParts): Reload {
     if (c.provisioning?.deviceId !== deviceId) restartFor.push('the edge device id');
     if (c.provisioning?.iothubHostname !== hubHostName) restartFor.push('the IoT hub host name');
     if ((c.parentHostname ?? hubHostName) !== parentHost) restartFor.push('parent_hostname');
-    if (JSON.stringify(c.provisioning?.authentication) !== startedCredentials) restartFor.push("the edge device's credentials");
+    if (JSON.stringify(c.provisioning?.authentication) !== startedCredentials)
+      restartFor.push("the edge device's credentials");
     try {
       if (upstreamTransport(c, env) !== transport) restartFor.push('UpstreamProtocol');
     } catch (err) {
       status.errors.push((err as Error).message);
     }
     for (const k of START_ONLY_SETTINGS) {
-      if (JSON.stringify(c.settings[k]) !== JSON.stringify(running.config.settings[k])) restartFor.push(`[strata] ${k}`);
+      if (JSON.stringify(c.settings[k]) !== JSON.stringify(running.config.settings[k]))
+        restartFor.push(`[strata] ${k}`);
     }
     if (restartFor.length > 0) status.changes.push(`needs a restart to take effect: ${restartFor.join(', ')}`);
     try {
@@ -75,13 +86,17 @@ export function configReloader(p: ReloadParts): Reload {
           extraHostNames.splice(0, extraHostNames.length, c.hostname);
           status.changes.push(`hostname ${oldHost} -> ${c.hostname}`);
         }
-        status.changes.push(`server certificate re-issued (CN ${c.hostname}, valid until ${security.identity.notAfter.toISOString()}) and swapped in on every listener`);
+        status.changes.push(
+          `server certificate re-issued (CN ${c.hostname}, valid until ${security.identity.notAfter.toISOString()}) and swapped in on every listener`,
+        );
       }
       const max = maxClientsSetting(c, env);
       if (max.value !== engine.maxConnectedClients) {
         const before = engine.maxConnectedClients;
         const closed = engine.setMaxConnectedClients(max.value);
-        status.changes.push(`MaxConnectedClients ${before} -> ${max.value}${closed > 0 ? ` (closed ${closed} connection(s) over the new limit)` : ''}`);
+        status.changes.push(
+          `MaxConnectedClients ${before} -> ${max.value}${closed > 0 ? ` (closed ${closed} connection(s) over the new limit)` : ''}`,
+        );
       }
       running.maxClientsSource = max.source;
     } catch (err) {

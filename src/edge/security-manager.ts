@@ -159,8 +159,11 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
       const reasons: string[] = [];
       const hostChanged = o.hostname !== this.hostname;
       if (hostChanged) reasons.push(`hostname changed from ${this.hostname} to ${o.hostname}`);
-      const caChanged = o.edgeCa ? !this.ca.quickstart ? !sameCa(o.edgeCa, this.ca) : true : !this.ca.quickstart;
-      if (caChanged) reasons.push(o.edgeCa ? 'a different Edge CA was configured' : '[edge_ca] was removed: using the quickstart Edge CA');
+      const caChanged = o.edgeCa ? (!this.ca.quickstart ? !sameCa(o.edgeCa, this.ca) : true) : !this.ca.quickstart;
+      if (caChanged)
+        reasons.push(
+          o.edgeCa ? 'a different Edge CA was configured' : '[edge_ca] was removed: using the quickstart Edge CA',
+        );
       if (reasons.length === 0) return false;
       const ca = caChanged ? await this.loadCa(o.edgeCa) : this.ca;
       const server = await this.issue(o.hostname, ca);
@@ -222,7 +225,16 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
         log.error({ err }, 'could not install the new server certificate on a listener');
       }
     }
-    log.info({ hostname: this.hostname, notAfter: server.notAfter.toISOString(), fingerprint: server.fingerprint, listeners: this.servers.size, why }, 'new server certificate in place (listeners kept open)');
+    log.info(
+      {
+        hostname: this.hostname,
+        notAfter: server.notAfter.toISOString(),
+        fingerprint: server.fingerprint,
+        listeners: this.servers.size,
+        why,
+      },
+      'new server certificate in place (listeners kept open)',
+    );
     this.arm();
     this.emit('renewed', server, why);
   }
@@ -231,16 +243,19 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
     if (this.timer) clearTimeout(this.timer);
     if (this.closed) return;
     const wait = Math.max(1000, this.renewalDueAt() - this.now());
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      if (this.renewalDueAt() > this.now()) return this.arm();
-      this.renewIfDue().catch((err: unknown) => {
-        log.error({ err }, 'server certificate renewal failed; retrying in a minute');
-        if (this.closed) return;
-        this.timer = setTimeout(() => this.arm(), 60_000);
-        this.timer.unref();
-      });
-    }, Math.min(wait, MAX_TIMER_MS));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        if (this.renewalDueAt() > this.now()) return this.arm();
+        this.renewIfDue().catch((err: unknown) => {
+          log.error({ err }, 'server certificate renewal failed; retrying in a minute');
+          if (this.closed) return;
+          this.timer = setTimeout(() => this.arm(), 60_000);
+          this.timer.unref();
+        });
+      },
+      Math.min(wait, MAX_TIMER_MS),
+    );
     this.timer.unref();
   }
 
@@ -256,8 +271,17 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
   private async loadCa(given: EdgeCaPems | undefined): Promise<SecurityManager['ca']> {
     if (given) {
       const [first] = splitPemCertificates(given.certPem);
-      if (!first) throw new UserError('the Edge CA certificate holds no PEM certificate', 'Point [edge_ca] cert at the Edge CA (full chain) PEM file');
-      return { certPem: given.certPem, keyPem: given.keyPem, quickstart: false, notAfter: new Date(new X509Certificate(first).validTo) };
+      if (!first)
+        throw new UserError(
+          'the Edge CA certificate holds no PEM certificate',
+          'Point [edge_ca] cert at the Edge CA (full chain) PEM file',
+        );
+      return {
+        certPem: given.certPem,
+        keyPem: given.keyPem,
+        quickstart: false,
+        notAfter: new Date(new X509Certificate(first).validTo),
+      };
     }
     const p = this.paths;
     if (existsSync(p.quickstartCaCert) && existsSync(p.quickstartCaKey)) {
@@ -268,7 +292,10 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
         if (keyMatchesCertificate(keyPem, certPem) && !this.quickstartDue(notAfter)) {
           return { certPem, keyPem, quickstart: true, notAfter };
         }
-        log.info({ notAfter: notAfter.toISOString() }, 'the quickstart Edge CA is near its end (or does not match its key); making a new one');
+        log.info(
+          { notAfter: notAfter.toISOString() },
+          'the quickstart Edge CA is near its end (or does not match its key); making a new one',
+        );
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'the kept quickstart Edge CA is unreadable; making a new one');
       }
@@ -278,7 +305,12 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
 
   private async makeQuickstartCa(): Promise<SecurityManager['ca']> {
     // Self-signed, as the original's quickstart CA: downstream devices must trust it directly.
-    const issued = await issueCertificate({ commonName: `Strata quickstart Edge CA ${this.o.deviceId}`.slice(0, 63), days: QUICKSTART_CA_DAYS, ca: true, pathLength: 0 });
+    const issued = await issueCertificate({
+      commonName: `Strata quickstart Edge CA ${this.o.deviceId}`.slice(0, 63),
+      days: QUICKSTART_CA_DAYS,
+      ca: true,
+      pathLength: 0,
+    });
     writeKeyFile(this.paths.quickstartCaKey, issued.keyPem);
     writeCertFile(this.paths.quickstartCaCert, issued.certPem);
     const notAfter = new Date(new X509Certificate(issued.certPem).validTo);
@@ -297,7 +329,10 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
         const keyPem = readFileSync(p.serverKey, 'utf8');
         const id = describeServer(certPem, keyPem);
         if (this.fits(id, this.hostname, this.ca) && !this.serverDue(id)) {
-          log.info({ hostname: this.hostname, notAfter: id.notAfter.toISOString() }, 'reusing the kept server certificate');
+          log.info(
+            { hostname: this.hostname, notAfter: id.notAfter.toISOString() },
+            'reusing the kept server certificate',
+          );
           return id;
         }
       } catch (err) {
@@ -307,7 +342,10 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
     const id = await this.issue(this.hostname, this.ca);
     writeKeyFile(p.serverKey, id.keyPem);
     writeCertFile(p.serverCert, id.certPem);
-    log.info({ hostname: this.hostname, notAfter: id.notAfter.toISOString(), path: p.serverCert }, 'issued the edge hub server certificate');
+    log.info(
+      { hostname: this.hostname, notAfter: id.notAfter.toISOString(), path: p.serverCert },
+      'issued the edge hub server certificate',
+    );
     return id;
   }
 
@@ -319,18 +357,36 @@ export class SecurityManager extends EventEmitter<SecurityManagerEvents> {
     const caCert = new X509Certificate(splitPemCertificates(ca.certPem)[0]!);
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(leaf.subject)?.[1];
     const covers = isIP(hostname) ? leaf.checkIP(hostname) !== undefined : leaf.checkHost(hostname) !== undefined;
-    return cn === hostname && covers && leaf.checkHost(EDGEHUB_SAN) !== undefined && leaf.checkIssued(caCert) && leaf.verify(caCert.publicKey) && keyMatchesCertificate(id.keyPem, leafPem);
+    return (
+      cn === hostname &&
+      covers &&
+      leaf.checkHost(EDGEHUB_SAN) !== undefined &&
+      leaf.checkIssued(caCert) &&
+      leaf.verify(caCert.publicKey) &&
+      keyMatchesCertificate(id.keyPem, leafPem)
+    );
   }
 
   private async issue(hostname: string, ca: SecurityManager['ca']): Promise<ServerIdentity> {
     const left = ca.notAfter.getTime() - Date.now();
     if (left <= 0) {
-      throw new UserError(`the Edge CA expired on ${ca.notAfter.toISOString()}`, ca.quickstart ? 'Delete the quickstart CA files in the data directory and restart' : 'Issue a new Edge CA and point [edge_ca] at it, then `strata edge config apply`');
+      throw new UserError(
+        `the Edge CA expired on ${ca.notAfter.toISOString()}`,
+        ca.quickstart
+          ? 'Delete the quickstart CA files in the data directory and restart'
+          : 'Issue a new Edge CA and point [edge_ca] at it, then `strata edge config apply`',
+      );
     }
     const days = Math.max(1, Math.min(SERVER_CERT_DAYS, Math.floor(left / DAY_MS)));
-    if (left < 2 * DAY_MS) log.warn({ notAfter: ca.notAfter.toISOString() }, 'the Edge CA expires within two days; renew it');
+    if (left < 2 * DAY_MS)
+      log.warn({ notAfter: ca.notAfter.toISOString() }, 'the Edge CA expires within two days; renew it');
     const [caLeaf] = splitPemCertificates(ca.certPem);
-    const issued = await createServerCert({ hostname, extraNames: [EDGEHUB_SAN], issuer: { certPem: caLeaf!, keyPem: ca.keyPem }, days });
+    const issued = await createServerCert({
+      hostname,
+      extraNames: [EDGEHUB_SAN],
+      issuer: { certPem: caLeaf!, keyPem: ca.keyPem },
+      days,
+    });
     return describeServer(fullChainPem(issued.certPem, ca.certPem), issued.keyPem);
   }
 }
@@ -339,7 +395,13 @@ function describeServer(certPem: string, keyPem: string): ServerIdentity {
   const [leafPem] = splitPemCertificates(certPem);
   if (!leafPem) throw new Error('no certificate in the server certificate file');
   const leaf = new X509Certificate(leafPem);
-  return { certPem, keyPem, notBefore: new Date(leaf.validFrom), notAfter: new Date(leaf.validTo), fingerprint: leaf.fingerprint256 };
+  return {
+    certPem,
+    keyPem,
+    notBefore: new Date(leaf.validFrom),
+    notAfter: new Date(leaf.validTo),
+    fingerprint: leaf.fingerprint256,
+  };
 }
 
 function sameCa(a: EdgeCaPems, b: { certPem: string; keyPem: string }): boolean {

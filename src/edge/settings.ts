@@ -26,12 +26,17 @@ export function maxClientsSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): S
   const check = (v: unknown, where: string): number => {
     const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
-      throw new UserError(`MaxConnectedClients from ${where} must be a whole number of 0 or more, got ${JSON.stringify(v)}`, 'Set it to e.g. 100 (the default)');
+      throw new UserError(
+        `MaxConnectedClients from ${where} must be a whole number of 0 or more, got ${JSON.stringify(v)}`,
+        'Set it to e.g. 100 (the default)',
+      );
     }
     return n;
   };
-  if (fromConfig !== undefined) return { value: check(fromConfig, '[strata] max_connected_clients'), source: '[strata] max_connected_clients' };
-  if (fromEnv !== undefined && fromEnv !== '') return { value: check(fromEnv, 'the environment variable MaxConnectedClients'), source: 'env MaxConnectedClients' };
+  if (fromConfig !== undefined)
+    return { value: check(fromConfig, '[strata] max_connected_clients'), source: '[strata] max_connected_clients' };
+  if (fromEnv !== undefined && fromEnv !== '')
+    return { value: check(fromEnv, 'the environment variable MaxConnectedClients'), source: 'env MaxConnectedClients' };
   return { value: DEFAULT_MAX_CONNECTED_CLIENTS, source: 'default' };
 }
 
@@ -40,7 +45,10 @@ export function resendWindowSetting(config: EdgeConfig): Setting<number> {
   const v = config.settings.resend_window_secs;
   if (v === undefined) return { value: DEFAULT_RESEND_WINDOW_MS / 1000, source: 'default' };
   if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 86_400) {
-    throw new UserError(`[strata] resend_window_secs must be a number of seconds from 0 to 86400, got ${JSON.stringify(v)}`, 'Set it to e.g. 60 (the default), or 0 to store every resend of a device again');
+    throw new UserError(
+      `[strata] resend_window_secs must be a number of seconds from 0 to 86400, got ${JSON.stringify(v)}`,
+      'Set it to e.g. 60 (the default), or 0 to store every resend of a device again',
+    );
   }
   return { value: v, source: '[strata] resend_window_secs' };
 }
@@ -50,7 +58,10 @@ export function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv): U
   const raw = String(config.settings.upstream_protocol ?? env.UpstreamProtocol ?? 'Amqp');
   const v = raw.trim().toLowerCase();
   if (v === 'amqp' || v === 'amqpws' || v === 'mqtt' || v === 'mqttws') return v;
-  throw new UserError(`UpstreamProtocol "${raw}" is not one of Amqp, AmqpWs, Mqtt, MqttWs`, 'Set UpstreamProtocol (env) or [strata] upstream_protocol to Amqp, AmqpWs, Mqtt or MqttWs');
+  throw new UserError(
+    `UpstreamProtocol "${raw}" is not one of Amqp, AmqpWs, Mqtt, MqttWs`,
+    'Set UpstreamProtocol (env) or [strata] upstream_protocol to Amqp, AmqpWs, Mqtt or MqttWs',
+  );
 }
 
 /** [strata] settings read once at start (listeners, stores): `config apply` names them as needing a restart. */
@@ -69,7 +80,10 @@ export const DEFAULT_METRICS_BIND = '127.0.0.1';
 export function metricsBindSetting(v: unknown): string {
   if (v === undefined) return DEFAULT_METRICS_BIND;
   if (typeof v !== 'string' || isIP(v) === 0) {
-    throw new UserError(`[strata] metrics_bind must be an IP address to serve metrics on, got ${JSON.stringify(v)}`, `Leave it out for ${DEFAULT_METRICS_BIND} (this machine only), or give the address a Prometheus server reaches`);
+    throw new UserError(
+      `[strata] metrics_bind must be an IP address to serve metrics on, got ${JSON.stringify(v)}`,
+      `Leave it out for ${DEFAULT_METRICS_BIND} (this machine only), or give the address a Prometheus server reaches`,
+    );
   }
   return v;
 }
@@ -81,9 +95,17 @@ export function isLoopback(address: string): boolean {
 /** Limits on unauthenticated clients from [strata] (tls_handshake_timeout_secs, max_unauthenticated, ...). */
 export function preAuthGateOf(config: EdgeConfig): PreAuthGate {
   try {
-    return new PreAuthGate(preAuthLimitsFrom((k) => config.settings[k], (k) => `[strata] ${k}`));
+    return new PreAuthGate(
+      preAuthLimitsFrom(
+        (k) => config.settings[k],
+        (k) => `[strata] ${k}`,
+      ),
+    );
   } catch (err) {
-    throw new UserError((err as Error).message, 'Timeouts are seconds (e.g. 10 or 0.5); caps are whole numbers of connections');
+    throw new UserError(
+      (err as Error).message,
+      'Timeouts are seconds (e.g. 10 or 0.5); caps are whole numbers of connections',
+    );
   }
 }
 
@@ -91,9 +113,11 @@ export function preAuthGateOf(config: EdgeConfig): PreAuthGate {
 export function diskReserveSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): { bytes: number; name: string } {
   const name = '[strata] disk_reserve_mb';
   try {
-    if (config.settings.disk_reserve_mb !== undefined) return { bytes: reserveBytesOf(config.settings.disk_reserve_mb, name), name };
+    if (config.settings.disk_reserve_mb !== undefined)
+      return { bytes: reserveBytesOf(config.settings.disk_reserve_mb, name), name };
     const raw = env.STRATA_DISK_RESERVE_MB;
-    if (raw !== undefined && raw.trim() !== '') return { bytes: reserveBytesOf(raw, 'the environment variable STRATA_DISK_RESERVE_MB'), name };
+    if (raw !== undefined && raw.trim() !== '')
+      return { bytes: reserveBytesOf(raw, 'the environment variable STRATA_DISK_RESERVE_MB'), name };
   } catch (err) {
     throw new UserError((err as Error).message, 'Set it to a number of MiB, e.g. 64 (the default)');
   }
@@ -103,6 +127,7 @@ export function diskReserveSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): 
 /** [strata] metrics_port, when set. */
 export function metricsPortSetting(v: unknown): number | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 65535) throw new UserError(`[strata] metrics_port must be a port number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 65535)
+    throw new UserError(`[strata] metrics_port must be a port number, got ${JSON.stringify(v)}`);
   return v;
 }

@@ -29,7 +29,10 @@ function portText(port: number, dflt: number): string {
 export function gatewaySummary(s: SummarySources): string[] {
   const { deviceId, dataDir, bind, metricsBind, ports, hubHostName, security, link, engine, routes } = s;
   const config = s.running.config;
-  const describeTrust = () => (security.usingQuickstartCa ? `the quickstart Edge CA ${security.quickstartCaPath}` : `the root of trust_bundle_cert ${config.trustBundleCert}`);
+  const describeTrust = () =>
+    security.usingQuickstartCa
+      ? `the quickstart Edge CA ${security.quickstartCaPath}`
+      : `the root of trust_bundle_cert ${config.trustBundleCert}`;
   const h = security.currentHostname;
   const caSubject = new X509Certificate(security.edgeCaPem).subject.replace(/\n/g, ', ');
   return [

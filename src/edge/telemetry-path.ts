@@ -8,7 +8,7 @@ import type { ForwardedOrigin, Message } from '../model/message.ts';
 import { countedEndpoint } from '../routing/counted-endpoint.ts';
 import { EndpointPump, type DeliveryEndpoint } from '../routing/pump.ts';
 import type { Delivery, RouteTable } from '../routing/route-table.ts';
-import { MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
+import { type MessageStore, StoreFullError, type AppendEntry, type AppendTarget } from '../store/message-store.ts';
 import type { ResendKey } from '../store/resend-window.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
 import type { ParentLink } from '../upstream/index.ts';
@@ -29,7 +29,6 @@ const log = childLog('gateway');
 
 /** At most one "not forwarded: no route" line this often. */
 const NO_ROUTE_LOG_MS = 10_000;
-
 
 export interface TelemetryPathParts {
   /** The edge device this gateway is (module inputs are its modules'). */
@@ -73,7 +72,10 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
   const storeError = (err: unknown): never => {
     if (err instanceof StoreFullError) {
       const until = err.limit === 'disk' ? 'until space is freed on its disk' : 'until the upstream drains it';
-      throw new EngineError('store-full', `the gateway's message store is full (${err.message}); messages are refused ${until}`);
+      throw new EngineError(
+        'store-full',
+        `the gateway's message store is full (${err.message}); messages are refused ${until}`,
+      );
     }
     throw new EngineError('unavailable', `the gateway could not store the message: ${(err as Error).message}`);
   };
@@ -92,7 +94,12 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
    * device's resend), or undefined (it goes nowhere). `via` names the connection it came on.
    * A child gateway's resends were taken out before (the engine's appendOnce).
    */
-  const routeOne = (auth: AuthResult, message: Message, origin?: ForwardedOrigin, via?: string): AppendEntry | Promise<unknown> | undefined => {
+  const routeOne = (
+    auth: AuthResult,
+    message: Message,
+    origin?: ForwardedOrigin,
+    via?: string,
+  ): AppendEntry | Promise<unknown> | undefined => {
     // Taken by the parent already, passed on as it came: nothing more to do.
     if (origin && direct?.isPassed(origin)) return undefined;
     const stored = storedMessageOf(auth, message);
@@ -134,20 +141,22 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
     return (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
   };
   // ... unless it can go to the parent as it came (edge/direct-forward.ts).
-  const direct = link.direct && new DirectForwarder({
-    direct: link.direct,
-    store,
-    upstreamOnly: (auth, message) => {
-      const deliveries = routes.table.match(storedMessageOf(auth, message));
-      return deliveries.length === 1 && deliveries[0]!.endpoint.id === '$upstream';
-    },
-    storeBatch: (items) => appendOnce(sink, items).then(() => undefined),
-    passed: (n) => {
-      metrics.passedOn.inc(n);
-      metrics.sent.inc({ endpoint: '$upstream' }, n);
-    },
-    log,
-  });
+  const direct =
+    link.direct &&
+    new DirectForwarder({
+      direct: link.direct,
+      store,
+      upstreamOnly: (auth, message) => {
+        const deliveries = routes.table.match(storedMessageOf(auth, message));
+        return deliveries.length === 1 && deliveries[0]!.endpoint.id === '$upstream';
+      },
+      storeBatch: (items) => appendOnce(sink, items).then(() => undefined),
+      passed: (n) => {
+        metrics.passedOn.inc(n);
+        metrics.sent.inc({ endpoint: '$upstream' }, n);
+      },
+      log,
+    });
   // The engine's sink over the store: its failures reach senders as EngineErrors (storeError),
   // those of the first copy a resend waits for included.
   const sink: TelemetrySink = {
@@ -165,7 +174,8 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
   const moduleEndpoints = new Map<string, ModuleInputEndpoint>();
   const pumps = new Map<string, EndpointPump>();
   const startPumps = (engine: Engine) => {
-    const counted = (ep: DeliveryEndpoint): DeliveryEndpoint => countedEndpoint(ep, (n) => metrics.sent.inc({ endpoint: ep.name }, n));
+    const counted = (ep: DeliveryEndpoint): DeliveryEndpoint =>
+      countedEndpoint(ep, (n) => metrics.sent.inc({ endpoint: ep.name }, n));
     const ensurePump = (name: string) => {
       if (pumps.has(name)) return;
       let ep: DeliveryEndpoint;
@@ -173,7 +183,10 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
       else {
         const m = /^\/modules\/([^/]+)\/inputs\/([^/]+)$/.exec(name);
         if (!m) {
-          log.error({ endpoint: name }, 'the store holds messages for an endpoint this gateway cannot deliver to; they stay stored');
+          log.error(
+            { endpoint: name },
+            'the store holds messages for an endpoint this gateway cannot deliver to; they stay stored',
+          );
           return;
         }
         const mep = new ModuleInputEndpoint(engine, deviceId, m[1]!, m[2]!);

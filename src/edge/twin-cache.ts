@@ -45,10 +45,16 @@ export class TwinCache {
   }
 
   get(deviceId: string, moduleId?: string): CachedTwin | undefined {
-    const row = this.s.get.get(identityKey(deviceId, moduleId)) as { desired: string; reported: string; updated_ms: number } | undefined;
+    const row = this.s.get.get(identityKey(deviceId, moduleId)) as
+      | { desired: string; reported: string; updated_ms: number }
+      | undefined;
     if (!row) return undefined;
     try {
-      return { desired: JSON.parse(row.desired) as TwinCollection, reported: JSON.parse(row.reported) as TwinCollection, updatedMs: row.updated_ms };
+      return {
+        desired: JSON.parse(row.desired) as TwinCollection,
+        reported: JSON.parse(row.reported) as TwinCollection,
+        updatedMs: row.updated_ms,
+      };
     } catch {
       return undefined;
     }
@@ -58,7 +64,11 @@ export class TwinCache {
    * Both collections as upstream gave them (a full twin read). A collection cached with a
    * later `$version` stays: a read answered before a push that overtook it is older.
    */
-  put(deviceId: string, moduleId: string | undefined, twin: { desired: TwinCollection; reported: TwinCollection }): void {
+  put(
+    deviceId: string,
+    moduleId: string | undefined,
+    twin: { desired: TwinCollection; reported: TwinCollection },
+  ): void {
     const cur = this.get(deviceId, moduleId);
     const desired = newer(cur?.desired, twin.desired ?? {});
     const reported = newer(cur?.reported, twin.reported ?? {});
@@ -110,7 +120,10 @@ function newer(cached: TwinCollection | undefined, incoming: TwinCollection): Tw
 /** RFC 7396 JSON merge patch. */
 export function mergePatch(target: unknown, patch: unknown): unknown {
   if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
-  const out: Record<string, unknown> = target !== null && typeof target === 'object' && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  const out: Record<string, unknown> =
+    target !== null && typeof target === 'object' && !Array.isArray(target)
+      ? { ...(target as Record<string, unknown>) }
+      : {};
   for (const [k, v] of Object.entries(patch as Record<string, unknown>)) {
     if (v === null) delete out[k];
     else out[k] = mergePatch(out[k], v);

@@ -113,9 +113,15 @@ export class C2DDeliveries {
    * like relay, `settle` gets the module's outcome or 'abandon'. False when the module is
    * not connected or has not subscribed to its inputs.
    */
-  deliverInput(identity: IdentityRef, inputName: string, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): boolean {
+  deliverInput(
+    identity: IdentityRef,
+    inputName: string,
+    delivery: RelayDelivery,
+    settle: (outcome: C2DOutcome) => unknown,
+  ): boolean {
     const s = this.deps.sessions.of(identity);
-    if (!s || s.closed || identity.moduleId === undefined || !s.subscriptions.has('inputs') || !s.handler.onInput) return false;
+    if (!s || s.closed || identity.moduleId === undefined || !s.subscriptions.has('inputs') || !s.handler.onInput)
+      return false;
     const d = this.relayed(s, delivery, settle);
     try {
       s.handler.onInput(inputName, d);

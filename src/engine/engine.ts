@@ -8,7 +8,14 @@ import { EngineError } from '../model/errors.ts';
 import { SessionStore } from './session-store.ts';
 import type { AuthRequest, AuthResult, IdentityRef } from '../model/identity.ts';
 import type { C2DDelivery, C2DFeedbackRecord, C2DOutcome, C2DSendOptions } from '../model/c2d.ts';
-import type { ConnectOptions, EngineOptions, RelayDelivery, Session, SessionHandler, SubscriptionKind } from './types.ts';
+import type {
+  ConnectOptions,
+  EngineOptions,
+  RelayDelivery,
+  Session,
+  SessionHandler,
+  SubscriptionKind,
+} from './types.ts';
 import type { StoredEventInfo } from '../model/events.ts';
 import type { ForwardedBatch, ForwardedOrigin, Message } from '../model/message.ts';
 import type { MethodInvokeRequest, MethodInvokeResult } from '../model/methods.ts';
@@ -21,7 +28,6 @@ import type { SessionHost } from './session.ts';
 import { SessionTable } from './sessions.ts';
 import { checkMessage, TelemetryPath } from './telemetry.ts';
 import { patchReported, pushDesired, readTwin } from './twins.ts';
-
 
 const log = childLog('engine');
 
@@ -44,7 +50,12 @@ export class Engine {
     this.deliverDesired(m === undefined || m === null ? { deviceId: d } : { deviceId: d, moduleId: m }, patch);
   };
   private readonly onIdentityEvent = (d: string, m: string | undefined | null, kind: string): void => {
-    recheckIdentity({ registry: this.options.registry, sessions: this.sessions, queue: this.queue }, d, m ?? undefined, kind)
+    recheckIdentity(
+      { registry: this.options.registry, sessions: this.sessions, queue: this.queue },
+      d,
+      m ?? undefined,
+      kind,
+    )
       .then(() => (/creat/i.test(kind) ? undefined : reauthorizeAll(this.sessions, this.options.authorize)))
       .catch((err) => log.error({ err, deviceId: d, moduleId: m }, 'identity re-check failed'));
   };
@@ -55,7 +66,8 @@ export class Engine {
     // What sessions ask of the engine's parts.
     const host: SessionHost = {
       sendTelemetry: (auth, message, via) => this.telemetry.send(auth, message, via),
-      sendTelemetryBatch: (auth, messages, origins, batch, via) => this.telemetry.sendBatch(auth, messages, origins, batch, via),
+      sendTelemetryBatch: (auth, messages, origins, batch, via) =>
+        this.telemetry.sendBatch(auth, messages, origins, batch, via),
       twinGet: (identity) => this.twinGet(identity),
       twinPatchReported: (identity, patch) => this.twinPatchReported(identity, patch),
       c2d: { settle: (...args) => this.c2d.settle(...args) },
@@ -155,7 +167,8 @@ export class Engine {
   async authenticate(req: AuthRequest): Promise<AuthResult> {
     const reg = this.options.registry;
     if (this.options.authorize && req.deviceId) {
-      const identity: IdentityRef = req.moduleId === undefined ? { deviceId: req.deviceId } : { deviceId: req.deviceId, moduleId: req.moduleId };
+      const identity: IdentityRef =
+        req.moduleId === undefined ? { deviceId: req.deviceId } : { deviceId: req.deviceId, moduleId: req.moduleId };
       const refusal = await this.options.authorize(identity, { live: false });
       if (refusal !== undefined) throw new EngineError('forbidden', refusal);
     }
@@ -165,7 +178,9 @@ export class Engine {
       hostNames: [this.options.hostName, ...(this.options.extraHostNames ?? [])],
       trustedCas: () => {
         const extra = this.options.extraTrustedCas?.();
-        return extra && extra.length > 0 ? [...this.trustedCas.certificates(), ...extra] : this.trustedCas.certificates();
+        return extra && extra.length > 0
+          ? [...this.trustedCas.certificates(), ...extra]
+          : this.trustedCas.certificates();
       },
     });
   }
@@ -307,7 +322,12 @@ export class Engine {
    * Hands a message to a module's input (a route's BrokeredEndpoint) on its live session; like
    * relayC2D. False when the module is not connected or has not subscribed to its inputs.
    */
-  deliverInput(identity: IdentityRef, inputName: string, delivery: RelayDelivery, settle: (outcome: C2DOutcome) => unknown): boolean {
+  deliverInput(
+    identity: IdentityRef,
+    inputName: string,
+    delivery: RelayDelivery,
+    settle: (outcome: C2DOutcome) => unknown,
+  ): boolean {
     return this.deliveries.deliverInput(identity, inputName, delivery, settle);
   }
 }

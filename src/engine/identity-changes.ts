@@ -15,7 +15,9 @@ export async function recheckIdentity(
   kind: string,
 ): Promise<void> {
   const { registry, sessions } = deps;
-  const affected = sessions.all().filter((s) => s.identity.deviceId === deviceId && (moduleId === undefined || s.identity.moduleId === moduleId));
+  const affected = sessions
+    .all()
+    .filter((s) => s.identity.deviceId === deviceId && (moduleId === undefined || s.identity.moduleId === moduleId));
   if (/delet/i.test(kind)) {
     if (moduleId === undefined) {
       const device = await registry.getDevice(deviceId);
@@ -29,10 +31,13 @@ export async function recheckIdentity(
   }
   for (const s of affected) {
     const device = await registry.getDevice(deviceId);
-    const ident = s.identity.moduleId === undefined ? device : device && (await registry.getModule(deviceId, s.identity.moduleId));
+    const ident =
+      s.identity.moduleId === undefined ? device : device && (await registry.getModule(deviceId, s.identity.moduleId));
     if (!device || !ident) s.end('identity-deleted', `${describeIdentity(s.identity)} was deleted`);
-    else if (device.status === 'disabled' || ident.status === 'disabled') s.end('identity-disabled', `${describeIdentity(s.identity)} was disabled`);
-    else if (authTypeChanged(s.auth, ident.authentication?.type)) s.end('identity-changed', `the authentication of ${describeIdentity(s.identity)} changed`);
+    else if (device.status === 'disabled' || ident.status === 'disabled')
+      s.end('identity-disabled', `${describeIdentity(s.identity)} was disabled`);
+    else if (authTypeChanged(s.auth, ident.authentication?.type))
+      s.end('identity-changed', `the authentication of ${describeIdentity(s.identity)} changed`);
   }
 }
 

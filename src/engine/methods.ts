@@ -3,7 +3,7 @@ import { identityKey, type IdentityRef } from '../model/identity.ts';
 import type { MethodInvokeRequest, MethodInvokeResult } from '../model/methods.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { childLog } from '../util/log.ts';
-import { type SessionImpl } from './session.ts';
+import type { SessionImpl } from './session.ts';
 import { describeIdentity } from '../model/identity.ts';
 import type { SessionTable } from './sessions.ts';
 
@@ -26,7 +26,11 @@ export class MethodCalls {
 
   /** Service side: calls a method on a connected device/module. not-connected -> 404, timeout -> 504. */
   async invoke(target: IdentityRef, request: MethodInvokeRequest): Promise<MethodInvokeResult> {
-    if (typeof request.methodName !== 'string' || request.methodName.length === 0 || /[/#+?]/.test(request.methodName)) {
+    if (
+      typeof request.methodName !== 'string' ||
+      request.methodName.length === 0 ||
+      /[/#+?]/.test(request.methodName)
+    ) {
       throw new EngineError('bad-request', `invalid method name "${String(request.methodName)}"`);
     }
     const responseTimeout = secondsOr(request.responseTimeoutInSeconds, 30, 5, 300);
@@ -38,7 +42,10 @@ export class MethodCalls {
       session = this.methodTarget(key);
     }
     if (!session) {
-      throw new EngineError('not-connected', `${describeIdentity(target)} is not connected or has not subscribed to direct methods`);
+      throw new EngineError(
+        'not-connected',
+        `${describeIdentity(target)} is not connected or has not subscribed to direct methods`,
+      );
     }
     const requestId = (this.nextRequestId++).toString(16);
     const payload = Buffer.from(JSON.stringify(request.payload === undefined ? null : request.payload));
@@ -46,7 +53,12 @@ export class MethodCalls {
     return new Promise<MethodInvokeResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
-        reject(new EngineError('timeout', `${describeIdentity(target)} did not answer method "${request.methodName}" within ${responseTimeout} s`));
+        reject(
+          new EngineError(
+            'timeout',
+            `${describeIdentity(target)} did not answer method "${request.methodName}" within ${responseTimeout} s`,
+          ),
+        );
       }, responseTimeout * 1000);
       this.pending.set(requestId, { identity: target, resolve, reject, timer });
       try {
@@ -80,7 +92,12 @@ export class MethodCalls {
     // The caller serialises the answer again (to the service, or up to a parent gateway).
     if (nestsDeeperThan(value, JSON_MAX_DEPTH)) {
       log.warn({ session: session.id, requestId }, 'method response refused: its payload nests too deeply');
-      p.reject(new EngineError('bad-request', tooDeepMessage(`the method response of ${describeIdentity(session.identity)}`, JSON_MAX_DEPTH)));
+      p.reject(
+        new EngineError(
+          'bad-request',
+          tooDeepMessage(`the method response of ${describeIdentity(session.identity)}`, JSON_MAX_DEPTH),
+        ),
+      );
       return;
     }
     p.resolve({ status, payload: value });

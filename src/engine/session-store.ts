@@ -12,7 +12,9 @@ export class SessionStore {
   private readonly s: Record<string, Database.Statement>;
 
   constructor(db: Database.Database) {
-    db.exec('CREATE TABLE IF NOT EXISTS persistent_sessions (identity TEXT PRIMARY KEY, subscriptions TEXT NOT NULL, updated_ms INTEGER NOT NULL)');
+    db.exec(
+      'CREATE TABLE IF NOT EXISTS persistent_sessions (identity TEXT PRIMARY KEY, subscriptions TEXT NOT NULL, updated_ms INTEGER NOT NULL)',
+    );
     this.s = {
       get: db.prepare('SELECT subscriptions FROM persistent_sessions WHERE identity = ?'),
       put: db.prepare(
@@ -32,7 +34,9 @@ export class SessionStore {
     } catch {
       return undefined;
     }
-    return new Set((Array.isArray(list) ? list : []).filter((k): k is SubscriptionKind => typeof k === 'string' && KINDS.has(k)));
+    return new Set(
+      (Array.isArray(list) ? list : []).filter((k): k is SubscriptionKind => typeof k === 'string' && KINDS.has(k)),
+    );
   }
 
   put(identityKey: string, subscriptions: ReadonlySet<SubscriptionKind>): void {

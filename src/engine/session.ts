@@ -93,7 +93,11 @@ export class SessionImpl implements Session {
     return this.engine.sendTelemetry(this.auth, message, this.id);
   }
 
-  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]> {
+  sendTelemetryBatch(
+    messages: Message[],
+    origins?: ReadonlyArray<ForwardedOrigin | undefined>,
+    batch?: ForwardedBatch,
+  ): Promise<StoredEventInfo[]> {
     if (this.closed) return Promise.reject(new EngineError('unavailable', 'the connection is closed'));
     this.touch();
     return this.engine.sendTelemetryBatch(this.auth, messages, origins, batch, this.id);
@@ -132,7 +136,8 @@ export class SessionImpl implements Session {
   }
 
   renew(auth: AuthResult): void {
-    if (identityKey(auth.identity) !== identityKey(this.identity)) throw new EngineError('forbidden', 'a renewed credential must be for the same identity');
+    if (identityKey(auth.identity) !== identityKey(this.identity))
+      throw new EngineError('forbidden', 'a renewed credential must be for the same identity');
     this.auth = auth;
     this.armExpiry();
   }
@@ -175,10 +180,14 @@ export class SessionImpl implements Session {
     }
     // Whole seconds (tokens expire on a second anyway): Node keeps one list per timer duration,
     // so sessions with tokens of the same lifetime share one instead of each costing a list.
-    this.expiryTimer = setTimeout(() => {
-      if (this.auth.expiresAt !== undefined && this.auth.expiresAt <= Date.now()) this.end('token-expired', 'the credential of this connection expired');
-      else this.armExpiry();
-    }, Math.min(Math.ceil(wait / 1000) * 1000, MAX_TIMER_MS));
+    this.expiryTimer = setTimeout(
+      () => {
+        if (this.auth.expiresAt !== undefined && this.auth.expiresAt <= Date.now())
+          this.end('token-expired', 'the credential of this connection expired');
+        else this.armExpiry();
+      },
+      Math.min(Math.ceil(wait / 1000) * 1000, MAX_TIMER_MS),
+    );
     this.expiryTimer.unref();
   }
 }

@@ -55,7 +55,10 @@ export class SessionTable {
       );
     }
     if (old) {
-      log.info({ identity: describeIdentity(auth.identity), old: old.id }, 'new connection for the same identity replaces the old one');
+      log.info(
+        { identity: describeIdentity(auth.identity), old: old.id },
+        'new connection for the same identity replaces the old one',
+      );
       old.end('replaced', 'another connection with the same identity was opened');
     }
     const clean = opts.cleanSession ?? true;
@@ -75,12 +78,30 @@ export class SessionTable {
       this.persistent.set(key, state);
       this.storeCall(() => this.store?.put(key, state!.subscriptions));
     }
-    const session = new SessionImpl(this.host, this.nextSessionId++, auth, handler, opts.protocol, resumed, clean, state.subscriptions, opts.remote, opts.viaGateway === true);
+    const session = new SessionImpl(
+      this.host,
+      this.nextSessionId++,
+      auth,
+      handler,
+      opts.protocol,
+      resumed,
+      clean,
+      state.subscriptions,
+      opts.remote,
+      opts.viaGateway === true,
+    );
     this.sessions.set(key, session);
     this.setConnectionState(auth.identity, true);
     session.armExpiry();
     log.info(
-      { identity: describeIdentity(auth.identity), session: session.id, protocol: opts.protocol, auth: auth.kind, resumed, remote: opts.remote },
+      {
+        identity: describeIdentity(auth.identity),
+        session: session.id,
+        protocol: opts.protocol,
+        auth: auth.kind,
+        resumed,
+        remote: opts.remote,
+      },
       'connected',
     );
     if (state.subscriptions.size > 0) {
@@ -161,7 +182,11 @@ export class SessionTable {
 
   /** Who is connected now, and over what (for `strata edge list` and /health). */
   identities(): Array<{ deviceId: string; moduleId?: string; protocol: string }> {
-    return [...this.sessions.values()].map((s) => ({ deviceId: s.identity.deviceId, moduleId: s.identity.moduleId, protocol: s.protocol }));
+    return [...this.sessions.values()].map((s) => ({
+      deviceId: s.identity.deviceId,
+      moduleId: s.identity.moduleId,
+      protocol: s.protocol,
+    }));
   }
 
   /** The live session limit (Infinity when unlimited). */
@@ -179,8 +204,12 @@ export class SessionTable {
     const excess = this.directCount() - this.maxClients;
     if (excess > 0) {
       const newest = [...this.sessions.values()].filter((s) => !s.viaGateway).slice(-excess);
-      log.warn({ limit: this.maxClients, closing: excess }, `MaxConnectedClients lowered to ${this.maxClients}: closing the ${excess} most recent connection(s)`);
-      for (const s of newest) s.end('over-limit', `gateway has reached MaxConnectedClients=${this.maxClients} (the limit was lowered)`);
+      log.warn(
+        { limit: this.maxClients, closing: excess },
+        `MaxConnectedClients lowered to ${this.maxClients}: closing the ${excess} most recent connection(s)`,
+      );
+      for (const s of newest)
+        s.end('over-limit', `gateway has reached MaxConnectedClients=${this.maxClients} (the limit was lowered)`);
     }
     return excess > 0 ? excess : 0;
   }
@@ -200,7 +229,8 @@ export class SessionTable {
   /** A deleted device: its kept sessions and those of its modules go. */
   forgetDevice(deviceId: string): void {
     this.storeCall(() => this.store?.deleteDevice(deviceId));
-    for (const k of [...this.persistent.keys()]) if (k === deviceId || k.startsWith(`${deviceId}/`)) this.persistent.delete(k);
+    for (const k of [...this.persistent.keys()])
+      if (k === deviceId || k.startsWith(`${deviceId}/`)) this.persistent.delete(k);
   }
 
   /** A deleted module: its kept session goes. */
@@ -224,7 +254,8 @@ export class SessionTable {
   private setConnectionState(identity: IdentityRef, connected: boolean): void {
     try {
       const r = this.registry.setConnectionState(identity.deviceId, identity.moduleId, connected);
-      if (r instanceof Promise) r.catch((err) => log.warn({ err, identity: describeIdentity(identity) }, 'could not record connection state'));
+      if (r instanceof Promise)
+        r.catch((err) => log.warn({ err, identity: describeIdentity(identity) }, 'could not record connection state'));
     } catch (err) {
       log.warn({ err, identity: describeIdentity(identity) }, 'could not record connection state');
     }
@@ -242,6 +273,10 @@ export class SessionTable {
 
 function checkLimit(limit: number): number {
   if (limit === Infinity) return limit;
-  if (!Number.isInteger(limit) || limit < 0) throw new EngineError('bad-request', `MaxConnectedClients must be a whole number of 0 or more, got ${String(limit)}`);
+  if (!Number.isInteger(limit) || limit < 0)
+    throw new EngineError(
+      'bad-request',
+      `MaxConnectedClients must be a whole number of 0 or more, got ${String(limit)}`,
+    );
   return limit;
 }

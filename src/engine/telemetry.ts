@@ -14,7 +14,10 @@ export function checkMessage(identity: IdentityRef, message: Message, maxMessage
   if (!Buffer.isBuffer(message.body)) throw new EngineError('bad-request', 'message body must be bytes');
   const size = messageSize(message);
   if (size > maxMessageBytes) {
-    throw new EngineError('too-large', `message of ${describeIdentity(identity)} is ${size} bytes (body and properties); the limit is ${maxMessageBytes}`);
+    throw new EngineError(
+      'too-large',
+      `message of ${describeIdentity(identity)} is ${size} bytes (body and properties); the limit is ${maxMessageBytes}`,
+    );
   }
 }
 
@@ -24,6 +27,7 @@ export function checkMessage(identity: IdentityRef, message: Message, maxMessage
  * that first copy is, and neither is stored twice (store/origin-watermarks.ts). Only messages
  * forwarded by a child gateway name an origin.
  */
+// biome-ignore lint/suspicious/noConfusingVoidType: a sink may resolve with nothing: a gateway's store numbers no events
 export function appendOnce(sink: TelemetrySink, items: readonly TelemetryItem[]): Promise<StoredEventInfo[] | void> {
   /** Made at the first message taken out (most batches have none). */
   let rest: TelemetryItem[] | undefined;
@@ -77,7 +81,9 @@ export class TelemetryPath {
       return Promise.reject(err);
     }
     const enqueuedTime = Date.now();
-    return this.take([via === undefined ? { auth, message } : { auth, message, via }]).then((infos) => infos?.[0] ?? unnumbered(enqueuedTime));
+    return this.take([via === undefined ? { auth, message } : { auth, message, via }]).then(
+      (infos) => infos?.[0] ?? unnumbered(enqueuedTime),
+    );
   }
 
   /** All stored in one commit, or none; a resend of what a child gateway forwarded before is not stored again (no info for it). */
@@ -107,6 +113,7 @@ export class TelemetryPath {
     return this.sink.storeFull();
   }
 
+  // biome-ignore lint/suspicious/noConfusingVoidType: a sink may resolve with nothing: a gateway's store numbers no events
   private take(items: readonly TelemetryItem[], batch?: ForwardedBatch): Promise<StoredEventInfo[] | void> {
     try {
       return this.sink.offer?.(items, batch) ?? appendOnce(this.sink, items);

@@ -3,7 +3,7 @@ import type { IdentityRef } from '../model/identity.ts';
 import type { TwinCollection, TwinProperties } from '../model/twin.ts';
 import { TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { childLog } from '../util/log.ts';
-import { type SessionImpl } from './session.ts';
+import type { SessionImpl } from './session.ts';
 import { describeIdentity } from '../model/identity.ts';
 import type { EngineRegistry } from './types.ts';
 
@@ -20,24 +20,34 @@ export async function readTwin(registry: EngineRegistry, identity: IdentityRef):
 }
 
 /** Merges a device's reported properties patch; resolves with the new reported `$version`. */
-export async function patchReported(registry: EngineRegistry, identity: IdentityRef, patch: Record<string, unknown>): Promise<{ version: number }> {
+export async function patchReported(
+  registry: EngineRegistry,
+  identity: IdentityRef,
+  patch: Record<string, unknown>,
+): Promise<{ version: number }> {
   if (patch === null) {
     // IoT Hub refuses it too: a device clears its reported properties one by one.
-    throw new EngineError('bad-request', 'a reported properties patch cannot be null; to remove reported properties, send a patch naming each of them as null');
+    throw new EngineError(
+      'bad-request',
+      'a reported properties patch cannot be null; to remove reported properties, send a patch naming each of them as null',
+    );
   }
   if (typeof patch !== 'object' || Array.isArray(patch)) {
     throw new EngineError('bad-request', 'a reported properties patch must be a JSON object');
   }
   for (const k of Object.keys(patch)) {
-    if (k.startsWith('$')) throw new EngineError('bad-request', `reported property names cannot start with "$" ("${k}")`);
+    if (k.startsWith('$'))
+      throw new EngineError('bad-request', `reported property names cannot start with "$" ("${k}")`);
   }
   // Here, not only at the hub: a gateway would serialise the patch for its parent first.
-  if (nestsDeeperThan(patch, TWIN_MAX_DEPTH)) throw new EngineError('bad-request', tooDeepMessage('reported properties'));
+  if (nestsDeeperThan(patch, TWIN_MAX_DEPTH))
+    throw new EngineError('bad-request', tooDeepMessage('reported properties'));
   try {
     return await registry.updateReported(identity.deviceId, identity.moduleId, patch);
   } catch (err) {
     if (err instanceof EngineError) throw err;
-    const status = (err as { status?: number; statusCode?: number }).status ?? (err as { statusCode?: number }).statusCode;
+    const status =
+      (err as { status?: number; statusCode?: number }).status ?? (err as { statusCode?: number }).statusCode;
     if (status === 404) throw new EngineError('not-found', (err as Error).message);
     if (status === 400) throw new EngineError('bad-request', (err as Error).message);
     throw err;

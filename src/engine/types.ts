@@ -90,7 +90,11 @@ export interface Session {
   /** Telemetry from this identity; resolves once durable. */
   sendTelemetry(message: Message): Promise<StoredEventInfo>;
   /** Several messages stored together (all or none), e.g. an AMQP batch; `origins` (one per message) when a child gateway forwarded them. */
-  sendTelemetryBatch(messages: Message[], origins?: ReadonlyArray<ForwardedOrigin | undefined>, batch?: ForwardedBatch): Promise<StoredEventInfo[]>;
+  sendTelemetryBatch(
+    messages: Message[],
+    origins?: ReadonlyArray<ForwardedOrigin | undefined>,
+    batch?: ForwardedBatch,
+  ): Promise<StoredEventInfo[]>;
   twinGet(): Promise<TwinProperties>;
   /** Merge patch (null deletes); resolves with the new reported `$version`. */
   twinPatchReported(patch: Record<string, unknown>): Promise<{ version: number }>;
@@ -115,11 +119,24 @@ type MaybePromise<T> = T | Promise<T>;
 export interface EngineRegistry {
   getDevice(deviceId: string): MaybePromise<RegistryIdentity | undefined | null>;
   getModule(deviceId: string, moduleId: string): MaybePromise<RegistryIdentity | undefined | null>;
-  getTwin(deviceId: string, moduleId?: string): MaybePromise<{ properties?: { desired?: TwinCollection; reported?: TwinCollection } } | undefined | null>;
-  updateReported(deviceId: string, moduleId: string | undefined, patch: Record<string, unknown>): MaybePromise<{ version: number }>;
+  getTwin(
+    deviceId: string,
+    moduleId?: string,
+  ): MaybePromise<{ properties?: { desired?: TwinCollection; reported?: TwinCollection } } | undefined | null>;
+  updateReported(
+    deviceId: string,
+    moduleId: string | undefined,
+    patch: Record<string, unknown>,
+  ): MaybePromise<{ version: number }>;
   setConnectionState(deviceId: string, moduleId: string | undefined, connected: boolean): MaybePromise<unknown>;
-  on(event: 'desired', listener: (deviceId: string, moduleId: string | undefined | null, patch: TwinCollection) => void): unknown;
-  on(event: 'identity', listener: (deviceId: string, moduleId: string | undefined | null, kind: string) => void): unknown;
+  on(
+    event: 'desired',
+    listener: (deviceId: string, moduleId: string | undefined | null, patch: TwinCollection) => void,
+  ): unknown;
+  on(
+    event: 'identity',
+    listener: (deviceId: string, moduleId: string | undefined | null, kind: string) => void,
+  ): unknown;
   // biome-ignore lint/suspicious/noExplicitAny: any event's listener must fit here; unknown[] parameters would refuse them
   off?(event: string, listener: (...args: any[]) => void): unknown;
 }
@@ -152,6 +169,7 @@ export interface TelemetrySink {
    * when the sink numbers them (the event stream), else with nothing. Reject with an EngineError
    * to refuse (e.g. 'store-full').
    */
+  // biome-ignore lint/suspicious/noConfusingVoidType: a sink may resolve with nothing: a gateway's store numbers no events
   append(items: readonly TelemetryItem[]): Promise<StoredEventInfo[] | void>;
   /** Resolves once everything appended so far is durable (a resend is answered no earlier than its original). */
   whenDurable(): Promise<unknown>;

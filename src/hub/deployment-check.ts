@@ -9,13 +9,20 @@ import { badRequest } from '../model/errors.ts';
  * IoT Hub answers a bad configuration content with InvalidConfigurationContent; twin updates
  * use ArgumentInvalid.
  */
-export function checkEdgeHubDesired(moduleId: string | undefined, desired: Record<string, unknown>, code: 'InvalidConfigurationContent' | 'ArgumentInvalid'): void {
+export function checkEdgeHubDesired(
+  moduleId: string | undefined,
+  desired: Record<string, unknown>,
+  code: 'InvalidConfigurationContent' | 'ArgumentInvalid',
+): void {
   if (moduleId !== EDGE_HUB) return;
   if (!Object.keys(desired).some((k) => !k.startsWith('$'))) return;
   try {
     routeTableFromEdgeHubDesired(desired);
   } catch (err) {
     const hint = (err as { hint?: string }).hint;
-    throw badRequest(`the ${EDGE_HUB} desired properties are not a deployment a gateway can use: ${(err as Error).message}${hint ? ` (${hint})` : ''}`, code);
+    throw badRequest(
+      `the ${EDGE_HUB} desired properties are not a deployment a gateway can use: ${(err as Error).message}${hint ? ` (${hint})` : ''}`,
+      code,
+    );
   }
 }

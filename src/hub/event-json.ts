@@ -129,7 +129,8 @@ function senderAnnotations(e: StoredEvent): string {
     text = `"iothub-connection-device-id":${JSON.stringify(e.deviceId)}`;
     if (e.moduleId !== undefined) text += `,"iothub-connection-module-id":${JSON.stringify(e.moduleId)}`;
     text += `,"iothub-connection-auth-method":${JSON.stringify(e.authMethod)}`;
-    if (e.authGenerationId !== undefined) text += `,"iothub-connection-auth-generation-id":${JSON.stringify(e.authGenerationId)}`;
+    if (e.authGenerationId !== undefined)
+      text += `,"iothub-connection-auth-generation-id":${JSON.stringify(e.authGenerationId)}`;
     if (senders.size >= SENDERS_KEPT) senders.clear();
     senders.set(key, text);
   }

@@ -25,7 +25,10 @@ function envDiskReserve(): number | undefined {
  * STRATA_EVENT_RETENTION_MS when set (default 1 day), the disk reserve from the option, else
  * STRATA_DISK_RESERVE_MB.
  */
-export function openEventStream(dataDir: string, opts: { partitions?: number; diskReserveBytes?: number } = {}): EventStream {
+export function openEventStream(
+  dataDir: string,
+  opts: { partitions?: number; diskReserveBytes?: number } = {},
+): EventStream {
   const envRetention = Number(process.env.STRATA_EVENT_RETENTION_MS);
   return new EventStream({
     dir: dataDir,

@@ -48,11 +48,22 @@ function webSocketUrl(site: HeadSite): string {
 export async function startMqttHeads(site: HeadSite, engine: Engine, onBehalfOf: OnBehalfOfSource): Promise<void> {
   let mqtt;
   try {
-    mqtt = await startMqttListener({ engine, host: site.bind, port: site.ports.mqtt, certPem: site.tls.certPem, keyPem: site.tls.keyPem, onBehalfOf, preAuth: site.preAuth });
+    mqtt = await startMqttListener({
+      engine,
+      host: site.bind,
+      port: site.ports.mqtt,
+      certPem: site.tls.certPem,
+      keyPem: site.tls.keyPem,
+      onBehalfOf,
+      preAuth: site.preAuth,
+    });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException | undefined)?.code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
-      throw new UserError(`cannot listen for MQTT on ${site.bind}:${site.ports.mqtt}: ${(err as Error).message}`, 'Choose another --mqtt-port or --bind address');
+      throw new UserError(
+        `cannot listen for MQTT on ${site.bind}:${site.ports.mqtt}: ${(err as Error).message}`,
+        'Choose another --mqtt-port or --bind address',
+      );
     }
     throw err;
   }
@@ -89,7 +100,10 @@ export async function startAmqpHead(
   } catch (err) {
     const code = (err as NodeJS.ErrnoException | undefined)?.code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
-      throw new UserError(`cannot listen for AMQP on ${site.bind}:${site.ports.amqp}: ${(err as Error).message}`, 'Choose another --amqp-port or --bind address');
+      throw new UserError(
+        `cannot listen for AMQP on ${site.bind}:${site.ports.amqp}: ${(err as Error).message}`,
+        'Choose another --amqp-port or --bind address',
+      );
     }
     throw err;
   }
@@ -99,7 +113,12 @@ export async function startAmqpHead(
 
   webSocketDispatcher(site.https).register(AMQP_WS_SUBPROTOCOL, (stream: Duplex, req: IncomingMessage) => {
     const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
-    head.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket), preAuth: preAuthOf(req.socket) });
+    head.accept(stream, {
+      transport: 'amqp-ws',
+      remote,
+      clientCertificate: clientCertificateOf(req.socket),
+      preAuth: preAuthOf(req.socket),
+    });
   });
   site.listeners.push({ name: 'AMQP over WebSockets', url: webSocketUrl(site) });
   return head;

@@ -76,7 +76,8 @@ function defaultBind(hostname: string): string {
 export async function startHub(opts: HubOptions): Promise<HubNode> {
   const dataDir = resolve(opts.dataDir);
   const hostname = (opts.hostname ?? 'localhost').trim();
-  if (!hostname) throw new UserError('the host name is empty', 'Pass --hostname NAME (a DNS name or IP address clients dial)');
+  if (!hostname)
+    throw new UserError('the host name is empty', 'Pass --hostname NAME (a DNS name or IP address clients dial)');
   const bind = opts.bind ?? defaultBind(hostname);
   mkdirSync(dataDir, { recursive: true });
   try {
@@ -125,7 +126,9 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       reply
         .code(404)
         .header('content-type', 'application/json; charset=utf-8')
-        .send({ Message: `ErrorCode:NotFound;no such resource: ${req.method} ${req.url.split('?')[0]!.replace(/;/g, ',')}` }),
+        .send({
+          Message: `ErrorCode:NotFound;no such resource: ${req.method} ${req.url.split('?')[0]!.replace(/;/g, ',')}`,
+        }),
     );
     // An edge device reading its own modules with its own credential (own-modules.ts); no request
     // comes before the listener opens, when the identity source below is there.
@@ -200,7 +203,10 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       throw listenError(err, 'HTTPS', bind, node.ports.https);
     }
     node.ports.https = (app.server.address() as AddressInfo).port;
-    node.listeners.unshift({ name: 'HTTPS (service API)', url: `https://${hostname}${node.ports.https === 443 ? '' : `:${node.ports.https}`}` });
+    node.listeners.unshift({
+      name: 'HTTPS (service API)',
+      url: `https://${hostname}${node.ports.https === 443 ? '' : `:${node.ports.https}`}`,
+    });
 
     writeHubState(dataDir, {
       hostname,
@@ -217,4 +223,3 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     throw startFailure(err, dataDir, 'hub');
   }
 }
-

@@ -55,21 +55,40 @@ export function hubConnectionString(dataDir: string, policyName = 'iothubowner')
       | { key_name: string; primary_key: string }
       | undefined;
     if (!row) {
-      const names = (db.sqlite.prepare('SELECT key_name FROM policies ORDER BY rowid').all() as Array<{ key_name: string }>).map((r) => r.key_name);
-      throw new UserError(`the hub in ${dataDir} has no shared access policy "${policyName}"`, `Use one of ${names.join(', ')}`);
+      const names = (
+        db.sqlite.prepare('SELECT key_name FROM policies ORDER BY rowid').all() as Array<{ key_name: string }>
+      ).map((r) => r.key_name);
+      throw new UserError(
+        `the hub in ${dataDir} has no shared access policy "${policyName}"`,
+        `Use one of ${names.join(', ')}`,
+      );
     }
-    return formatConnectionString({ HostName: state.hostname, SharedAccessKeyName: row.key_name, SharedAccessKey: row.primary_key });
+    return formatConnectionString({
+      HostName: state.hostname,
+      SharedAccessKeyName: row.key_name,
+      SharedAccessKey: row.primary_key,
+    });
   } finally {
     db.close();
   }
 }
 
 /** How to reach the hub kept in `dataDir` (which may be running or stopped). */
-export function readLocalHub(dataDir: string): { hostname: string; httpsPort: number; connectionString: string; caPath: string } {
+export function readLocalHub(dataDir: string): {
+  hostname: string;
+  httpsPort: number;
+  connectionString: string;
+  caPath: string;
+} {
   const dir = resolve(dataDir);
   const state = readHubState(dir);
   if (!state) throw noHub(dataDir);
-  return { hostname: state.hostname, httpsPort: state.ports.https, connectionString: hubConnectionString(dir), caPath: state.caPath };
+  return {
+    hostname: state.hostname,
+    httpsPort: state.ports.https,
+    connectionString: hubConnectionString(dir),
+    caPath: state.caPath,
+  };
 }
 
 /** The pid of a live hub holding `dataDir`, if any (a lock left by a killed hub is stale). */

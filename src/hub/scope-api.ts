@@ -1,10 +1,8 @@
 import type { X509Certificate } from 'node:crypto';
 import type { ScopeDevice, ScopeModule } from '../identity/scope.ts';
 import type { StoredDevice, StoredModule } from '../store/registry-store.ts';
-import { childLog } from '../util/log.ts';
 import { FrozenLookups } from '../util/frozen-lookups.ts';
 import type { IdentitySource } from '../scope/contract.ts';
-import { scopeApi } from '../scope/plugin.ts';
 import { authenticationJson, type Registry } from './registry.ts';
 
 /**
@@ -61,7 +59,10 @@ function scopeModuleOf(m: StoredModule): ScopeModule {
  * (and for a second at most, should a change ever go unannounced): every identity a gateway
  * relays has its auth chain checked when its links open, each check a handful of lookups.
  */
-export function registryIdentitySource(registry: Registry, opts: { trustedCas?: () => X509Certificate[] } = {}): IdentitySource {
+export function registryIdentitySource(
+  registry: Registry,
+  opts: { trustedCas?: () => X509Certificate[] } = {},
+): IdentitySource {
   const store = registry.store;
   const known = new FrozenLookups<ScopeDevice | ScopeModule>();
   let knownSince = 0;

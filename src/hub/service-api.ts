@@ -1,12 +1,11 @@
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import { AccessDenied, authenticatePolicyToken, requireRight, type AccessPolicy, type Right } from '../identity/policies.ts';
+import { authenticatePolicyToken, requireRight, type AccessPolicy, type Right } from '../identity/policies.ts';
 import { hasDeviceCredential, type OwnModuleReader } from '../scope/own-modules.ts';
-import { HubError, badRequest, deviceNotFound, moduleNotFound } from '../model/errors.ts';
+import { badRequest, deviceNotFound, moduleNotFound } from '../model/errors.ts';
 import { QueryError, runQuery } from './query.ts';
 import type { Registry } from './registry.ts';
-import { refusals, sourceAddress, wireText } from '../util/log.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { sendError } from '../protocols/http/rest-errors.ts';
 
@@ -45,7 +44,10 @@ type Params = { id: string; mid: string };
  * The service REST API the `azure-iothub` Registry talks to: devices, modules, twins, bulk
  * operations, queries and edge deployments, authenticated with shared access policy tokens.
  */
-export async function serviceApi(app: FastifyInstance, opts: { registry: Registry; log: Logger; ownModules?: OwnModuleReader }): Promise<void> {
+export async function serviceApi(
+  app: FastifyInstance,
+  opts: { registry: Registry; log: Logger; ownModules?: OwnModuleReader },
+): Promise<void> {
   const { registry, log, ownModules } = opts;
 
   app.decorateRequest('policy', undefined);
@@ -73,8 +75,12 @@ export async function serviceApi(app: FastifyInstance, opts: { registry: Registr
     if (nestsDeeperThan(req.body, JSON_MAX_DEPTH)) throw badRequest(tooDeepMessage('the request body', JSON_MAX_DEPTH));
   });
 
-  const route = (method: 'GET' | 'PUT' | 'PATCH' | 'POST' | 'DELETE', url: string, access: Access, handler: (req: FastifyRequest, reply: FastifyReply) => unknown) =>
-    app.route({ method, url, config: { access }, handler: async (req, reply) => handler(req, reply) });
+  const route = (
+    method: 'GET' | 'PUT' | 'PATCH' | 'POST' | 'DELETE',
+    url: string,
+    access: Access,
+    handler: (req: FastifyRequest, reply: FastifyReply) => unknown,
+  ) => app.route({ method, url, config: { access }, handler: async (req, reply) => handler(req, reply) });
 
   // Devices
   // The SDK's list() asks for `/devices/` (an empty id appended), others `/devices`.
@@ -95,7 +101,10 @@ export async function serviceApi(app: FastifyInstance, opts: { registry: Registr
     const { id } = req.params as Params;
     const { orphaned } = registry.deleteDevice(id, ifMatch(req));
     if (orphaned.length > 0) {
-      log.info({ deviceId: id, orphaned }, `deleted edge device ${id}; its children ${orphaned.join(', ')} no longer have a parent`);
+      log.info(
+        { deviceId: id, orphaned },
+        `deleted edge device ${id}; its children ${orphaned.join(', ')} no longer have a parent`,
+      );
       reply.header('x-strata-orphaned-children', orphaned.map(encodeURIComponent).join(','));
     }
     return reply.code(204).send();
@@ -130,8 +139,13 @@ export async function serviceApi(app: FastifyInstance, opts: { registry: Registr
     return withEtag(reply, t.etag, t);
   };
   route('GET', '/twins/:id', TWIN_READ, (req, reply) => getTwin((req.params as Params).id, undefined, reply));
-  route('GET', '/twins/:id/modules/:mid', TWIN_READ, (req, reply) => getTwin((req.params as Params).id, (req.params as Params).mid, reply));
-  for (const [method, mode] of [['PATCH', 'patch'], ['PUT', 'replace']] as const) {
+  route('GET', '/twins/:id/modules/:mid', TWIN_READ, (req, reply) =>
+    getTwin((req.params as Params).id, (req.params as Params).mid, reply),
+  );
+  for (const [method, mode] of [
+    ['PATCH', 'patch'],
+    ['PUT', 'replace'],
+  ] as const) {
     route(method, '/twins/:id', TWIN_WRITE, (req, reply) => {
       const t = registry.updateTwin((req.params as Params).id, undefined, req.body, ifMatch(req), mode);
       return withEtag(reply, t.etag, t);
@@ -146,7 +160,8 @@ export async function serviceApi(app: FastifyInstance, opts: { registry: Registr
   // Query, with paging: the continuation token is the next offset, bound to the query text.
   route('POST', '/devices/query', TWIN_READ, (req, reply) => {
     const body = req.body as { query?: unknown } | undefined;
-    if (!body || typeof body.query !== 'string' || !body.query.trim()) throw badRequest('the body must be {"query": "SELECT ..."}');
+    if (!body || typeof body.query !== 'string' || !body.query.trim())
+      throw badRequest('the body must be {"query": "SELECT ..."}');
     const sql = body.query;
     const pageSize = pageSizeOf(req.headers['x-ms-max-item-count']);
     const offset = continuationOffset(req.headers['x-ms-continuation'], sql);
@@ -184,7 +199,8 @@ function listLimit(req: FastifyRequest): number {
   const top = (req.query as Record<string, string | undefined>).top;
   if (top === undefined) return MAX_LIST;
   const n = Number(top);
-  if (!Number.isInteger(n) || n < 1 || n > MAX_LIST) throw badRequest(`top must be a whole number from 1 to ${MAX_LIST}`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_LIST)
+    throw badRequest(`top must be a whole number from 1 to ${MAX_LIST}`);
   return n;
 }
 
@@ -208,7 +224,8 @@ function continuationOffset(header: string | string[] | undefined, sql: string):
   if (!token) return 0;
   try {
     const parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { q?: unknown; o?: unknown };
-    if (parsed.q === queryKey(sql) && typeof parsed.o === 'number' && Number.isInteger(parsed.o) && parsed.o >= 0) return parsed.o;
+    if (parsed.q === queryKey(sql) && typeof parsed.o === 'number' && Number.isInteger(parsed.o) && parsed.o >= 0)
+      return parsed.o;
   } catch {
     // fall through to the refusal below
   }
@@ -217,9 +234,4 @@ function continuationOffset(header: string | string[] | undefined, sql: string):
 
 function isTwinQuery(sql: string): boolean {
   return /^\s*select\s+(top\s+\d+\s+)?\*\s/i.test(sql);
-}
-
-function isClientError(err: unknown): err is { statusCode: number; message: string } {
-  const s = (err as { statusCode?: unknown } | null)?.statusCode;
-  return typeof s === 'number' && s >= 400 && s < 500;
 }

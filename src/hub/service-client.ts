@@ -80,7 +80,10 @@ export function parseServiceConnectionString(text: string): ServiceConnection {
   }
   const fields = parseConnectionString(text);
   if (fields.DeviceId !== undefined) {
-    throw new UserError('this is a device connection string, not a service one', `Use a shared access policy's connection string. ${CONNECTION_STRING_SHAPE}`);
+    throw new UserError(
+      'this is a device connection string, not a service one',
+      `Use a shared access policy's connection string. ${CONNECTION_STRING_SHAPE}`,
+    );
   }
   const missing = ['HostName', 'SharedAccessKeyName', 'SharedAccessKey'].filter((k) => !fields[k]);
   if (missing.length) {
@@ -97,15 +100,25 @@ export function parseServiceConnectionString(text: string): ServiceConnection {
 
 function splitHostPort(hostName: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s/]+)(?::(\d+))?$/.exec(hostName);
-  if (!m) throw new UserError(`the HostName "${hostName}" in the hub connection string is not a host name`, 'Write it as host or host:port');
+  if (!m)
+    throw new UserError(
+      `the HostName "${hostName}" in the hub connection string is not a host name`,
+      'Write it as host or host:port',
+    );
   const port = m[2] === undefined ? 443 : Number(m[2]);
-  if (!(port > 0 && port < 65536)) throw new UserError(`the port in HostName "${hostName}" is out of range`, 'Use a port between 1 and 65535');
+  if (!(port > 0 && port < 65536))
+    throw new UserError(`the port in HostName "${hostName}" is out of range`, 'Use a port between 1 and 65535');
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
 /** A refusal from the hub, with the IoT Hub error code it sent. */
 export class ServiceError extends UserError {
-  constructor(message: string, hint: string | undefined, readonly status: number, readonly code: string) {
+  constructor(
+    message: string,
+    hint: string | undefined,
+    readonly status: number,
+    readonly code: string,
+  ) {
     super(message, hint);
     this.name = 'ServiceError';
   }
@@ -113,18 +126,25 @@ export class ServiceError extends UserError {
 
 function hintFor(status: number, code: string): string | undefined {
   switch (code) {
-    case 'DeviceNotFound': return 'List the devices with `strata device list`';
-    case 'ModuleNotFound': return 'List the modules with `strata device module list DEVICE`';
-    case 'DeviceAlreadyExists': return 'Pick another id, or delete the existing device first';
-    case 'ModuleAlreadyExistsOnDevice': return 'Pick another id, or delete the existing module first';
-    case 'PreconditionFailed': return 'It changed since it was read; run the command again';
-    case 'InvalidDeviceScope': return 'The scope must be that of an existing IoT Edge device';
+    case 'DeviceNotFound':
+      return 'List the devices with `strata device list`';
+    case 'ModuleNotFound':
+      return 'List the modules with `strata device module list DEVICE`';
+    case 'DeviceAlreadyExists':
+      return 'Pick another id, or delete the existing device first';
+    case 'ModuleAlreadyExistsOnDevice':
+      return 'Pick another id, or delete the existing module first';
+    case 'PreconditionFailed':
+      return 'It changed since it was read; run the command again';
+    case 'InvalidDeviceScope':
+      return 'The scope must be that of an existing IoT Edge device';
     case 'IotHubUnauthorizedAccess':
     case 'IotHubUnauthorized':
       return status === 403
         ? 'Use a shared access policy with the needed permission (e.g. iothubowner)'
         : 'Check the SharedAccessKeyName and SharedAccessKey of the hub connection string';
-    case 'ThrottlingException': return 'Wait a moment and try again';
+    case 'ThrottlingException':
+      return 'Wait a moment and try again';
   }
   if (status === 401) return 'Check the SharedAccessKeyName and SharedAccessKey of the hub connection string';
   if (status === 403) return 'Use a shared access policy with the needed permission (e.g. iothubowner)';
@@ -140,23 +160,44 @@ function firstLine(s: string): string {
 }
 
 const TLS_TRUST_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_UNTRUSTED', 'CERT_SIGNATURE_FAILURE',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
 ]);
 
 function networkError(err: NodeJS.ErrnoException, where: string): UserError {
   const code = err.code ?? '';
   if (TLS_TRUST_CODES.has(code)) {
-    return new UserError(`the hub at ${where} presented a certificate this machine does not trust (${code})`, "Give the hub's CA with --ca FILE or STRATA_CA");
+    return new UserError(
+      `the hub at ${where} presented a certificate this machine does not trust (${code})`,
+      "Give the hub's CA with --ca FILE or STRATA_CA",
+    );
   }
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
-    return new UserError(`the hub's certificate does not name the host in the connection string (${firstLine(err.message)})`, 'Use the host name the hub was started with');
+    return new UserError(
+      `the hub's certificate does not name the host in the connection string (${firstLine(err.message)})`,
+      'Use the host name the hub was started with',
+    );
   }
   if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') {
     return new UserError(`the hub's certificate is not valid now (${code})`, "Renew the hub's server certificate");
   }
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ECONNRESET' || code === 'EAI_AGAIN' || code === 'ETIMEDOUT') {
-    return new UserError(`cannot reach the hub at ${where} (${code})`, 'Is `strata hub start` running there? Check HostName in the connection string');
+  if (
+    code === 'ECONNREFUSED' ||
+    code === 'ENOTFOUND' ||
+    code === 'EHOSTUNREACH' ||
+    code === 'ECONNRESET' ||
+    code === 'EAI_AGAIN' ||
+    code === 'ETIMEDOUT'
+  ) {
+    return new UserError(
+      `cannot reach the hub at ${where} (${code})`,
+      'Is `strata hub start` running there? Check HostName in the connection string',
+    );
   }
   return new UserError(`request to the hub at ${where} failed: ${firstLine(err.message)}`);
 }
@@ -192,7 +233,10 @@ export class ServiceClient {
   readonly connection: ServiceConnection;
   private readonly agent: https.Agent;
 
-  constructor(connectionString: string, private readonly options: ServiceClientOptions = {}) {
+  constructor(
+    connectionString: string,
+    private readonly options: ServiceClientOptions = {},
+  ) {
     this.connection = parseServiceConnectionString(connectionString);
     this.agent = new https.Agent({ keepAlive: true, ca: options.ca });
   }
@@ -226,44 +270,58 @@ export class ServiceClient {
     const where = port === 443 ? host : `${host}:${port}`;
     log.debug({ method, path }, 'service request');
     return new Promise((resolve, reject) => {
-      const req = https.request({
-        method,
-        host: this.options.address ?? host,
-        port,
-        path: fullPath,
-        headers: { ...headers, Host: hostName },
-        agent: this.agent,
-        timeout: this.options.timeoutMs ?? 30_000,
-        ...(isIP(host) ? {} : { servername: host }),
-        // Dialling an explicit address must still check the certificate against the hub's name.
-        ...(this.options.address ? { checkServerIdentity: (_h: string, cert: PeerCertificate) => checkServerIdentity(host, cert) } : {}),
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', (err) => reject(networkError(err, where)));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          const status = res.statusCode ?? 0;
-          if (status < 200 || status >= 300) {
-            const { code, text: why } = parseErrorBody(text, status);
-            log.debug({ method, path, status, code }, 'service request refused');
-            reject(new ServiceError(`${firstLine(why)} (${code}, HTTP ${status})`, hintFor(status, code), status, code));
-            return;
-          }
-          let body: unknown = undefined;
-          if (text.trim()) {
-            try {
-              body = JSON.parse(text);
-            } catch {
-              reject(new UserError(`the hub answered ${method} ${path} with something that is not JSON`, 'Is HostName pointing at a Strata or IoT hub?'));
+      const req = https.request(
+        {
+          method,
+          host: this.options.address ?? host,
+          port,
+          path: fullPath,
+          headers: { ...headers, Host: hostName },
+          agent: this.agent,
+          timeout: this.options.timeoutMs ?? 30_000,
+          ...(isIP(host) ? {} : { servername: host }),
+          // Dialling an explicit address must still check the certificate against the hub's name.
+          ...(this.options.address
+            ? { checkServerIdentity: (_h: string, cert: PeerCertificate) => checkServerIdentity(host, cert) }
+            : {}),
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (err) => reject(networkError(err, where)));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            const status = res.statusCode ?? 0;
+            if (status < 200 || status >= 300) {
+              const { code, text: why } = parseErrorBody(text, status);
+              log.debug({ method, path, status, code }, 'service request refused');
+              reject(
+                new ServiceError(`${firstLine(why)} (${code}, HTTP ${status})`, hintFor(status, code), status, code),
+              );
               return;
             }
-          }
-          resolve({ status, headers: res.headers, body: body as T });
-        });
-      });
+            let body: unknown;
+            if (text.trim()) {
+              try {
+                body = JSON.parse(text);
+              } catch {
+                reject(
+                  new UserError(
+                    `the hub answered ${method} ${path} with something that is not JSON`,
+                    'Is HostName pointing at a Strata or IoT hub?',
+                  ),
+                );
+                return;
+              }
+            }
+            resolve({ status, headers: res.headers, body: body as T });
+          });
+        },
+      );
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', (err) => reject(err instanceof UserError ? err : networkError(err as NodeJS.ErrnoException, where)));
+      req.on('error', (err) =>
+        reject(err instanceof UserError ? err : networkError(err as NodeJS.ErrnoException, where)),
+      );
       req.end(payload);
     });
   }
@@ -281,10 +339,12 @@ export class ServiceClient {
 
   /** Replaces the identity if its etag still matches (`*` to overwrite unconditionally). */
   async updateDevice(device: DeviceJson, etag = device.etag ?? '*'): Promise<DeviceJson> {
-    return (await this.request<DeviceJson>('PUT', `/devices/${enc(device.deviceId)}`, {
-      body: device,
-      headers: { 'If-Match': quoteEtag(etag) },
-    })).body;
+    return (
+      await this.request<DeviceJson>('PUT', `/devices/${enc(device.deviceId)}`, {
+        body: device,
+        headers: { 'If-Match': quoteEtag(etag) },
+      })
+    ).body;
   }
 
   /**
@@ -295,7 +355,12 @@ export class ServiceClient {
     const res = await this.request('DELETE', `/devices/${enc(deviceId)}`, { headers: { 'If-Match': quoteEtag(etag) } });
     const header = res.headers['x-strata-orphaned-children'];
     if (typeof header !== 'string') return {};
-    return { orphaned: header.split(',').filter(Boolean).map((s) => decodeURIComponent(s)) };
+    return {
+      orphaned: header
+        .split(',')
+        .filter(Boolean)
+        .map((s) => decodeURIComponent(s)),
+    };
   }
 
   async listDevices(): Promise<DeviceJson[]> {
@@ -316,7 +381,8 @@ export class ServiceClient {
       const next = res.headers['x-ms-continuation'];
       continuation = Array.isArray(next) ? next[0] : next;
       if (!continuation) return out;
-      if (seen.has(continuation)) throw new UserError('the hub repeated a query continuation token; stopping instead of looping');
+      if (seen.has(continuation))
+        throw new UserError('the hub repeated a query continuation token; stopping instead of looping');
       seen.add(continuation);
     }
   }
@@ -333,10 +399,12 @@ export class ServiceClient {
 
   /** Merges a patch (`{tags, properties: {desired}}`) into the twin. */
   async updateTwin(deviceId: string, patch: object, etag = '*', moduleId?: string): Promise<TwinJson> {
-    return (await this.request<TwinJson>('PATCH', this.twinPath(deviceId, moduleId), {
-      body: patch,
-      headers: { 'If-Match': quoteEtag(etag) },
-    })).body;
+    return (
+      await this.request<TwinJson>('PATCH', this.twinPath(deviceId, moduleId), {
+        body: patch,
+        headers: { 'If-Match': quoteEtag(etag) },
+      })
+    ).body;
   }
 
   // --- modules ------------------------------------------------------------------------------
@@ -346,7 +414,8 @@ export class ServiceClient {
   }
 
   async createModule(module: ModuleJson): Promise<ModuleJson> {
-    return (await this.request<ModuleJson>('PUT', this.modulePath(module.deviceId, module.moduleId), { body: module })).body;
+    return (await this.request<ModuleJson>('PUT', this.modulePath(module.deviceId, module.moduleId), { body: module }))
+      .body;
   }
 
   async getModule(deviceId: string, moduleId: string): Promise<ModuleJson> {

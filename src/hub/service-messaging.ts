@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Engine } from '../engine/engine.ts';
-import type { C2DAck, C2DFeedbackRecord } from '../model/c2d.ts';
-import type { EventReadOptions, EventStreamReader, StoredEvent } from '../model/events.ts';
+import type { C2DAck } from '../model/c2d.ts';
+import type { EventReadOptions, EventStreamReader } from '../model/events.ts';
 import type { IdentityRef } from '../model/identity.ts';
 import type { Message } from '../model/message.ts';
 import type { MethodInvokeRequest } from '../model/methods.ts';
@@ -85,9 +85,14 @@ export function parseMethodRequest(body: unknown): MethodInvokeRequest {
   const shape = '{"methodName": "...", "payload": ..., "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 0}';
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw badRequest(`the body must be ${shape}`);
   const b = body as Record<string, unknown>;
-  if (typeof b.methodName !== 'string' || b.methodName.trim() === '') throw badRequest(`methodName is missing: send ${shape}`);
-  if (b.methodName.length > MAX_METHOD_NAME) throw badRequest(`methodName is longer than ${MAX_METHOD_NAME} characters`);
-  const request: MethodInvokeRequest = { methodName: b.methodName, payload: b.payload === undefined ? null : b.payload };
+  if (typeof b.methodName !== 'string' || b.methodName.trim() === '')
+    throw badRequest(`methodName is missing: send ${shape}`);
+  if (b.methodName.length > MAX_METHOD_NAME)
+    throw badRequest(`methodName is longer than ${MAX_METHOD_NAME} characters`);
+  const request: MethodInvokeRequest = {
+    methodName: b.methodName,
+    payload: b.payload === undefined ? null : b.payload,
+  };
   // The SDK turns 0 into its defaults; a literal 0 response timeout means "the default" here too.
   const response = b.responseTimeoutInSeconds === 0 ? undefined : timeoutField(b, 'responseTimeoutInSeconds', 1);
   const connect = timeoutField(b, 'connectTimeoutInSeconds', 0);
@@ -98,18 +103,21 @@ export function parseMethodRequest(body: unknown): MethodInvokeRequest {
 
 function parseAck(value: unknown, where: string): C2DAck | undefined {
   if (value === undefined || value === null || value === '') return undefined;
-  if (typeof value === 'string' && (ACKS as readonly string[]).includes(value.toLowerCase())) return value.toLowerCase() as C2DAck;
+  if (typeof value === 'string' && (ACKS as readonly string[]).includes(value.toLowerCase()))
+    return value.toLowerCase() as C2DAck;
   throw badRequest(`${where} must be one of ${ACKS.join(', ')}, got ${JSON.stringify(value)}`);
 }
 
 function parseTtl(value: unknown, where: string): number | undefined {
   if (value === undefined || value === null || value === '') return undefined;
   const n = typeof value === 'string' ? Number(value) : value;
-  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw badRequest(`${where} must be a positive number of seconds, got ${JSON.stringify(value)}`);
+  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0)
+    throw badRequest(`${where} must be a positive number of seconds, got ${JSON.stringify(value)}`);
   return Math.round(n * 1000);
 }
 
-const C2D_SHAPE = '{"body": "text" | {...} , "bodyBase64"?: "...", "properties"?: {"k": "v"}, "messageId"?, "correlationId"?, "userId"?, "contentType"?, "contentEncoding"?, "expiryTimeUtc"?, "ttlSeconds"?, "ack"?}';
+const C2D_SHAPE =
+  '{"body": "text" | {...} , "bodyBase64"?: "...", "properties"?: {"k": "v"}, "messageId"?, "correlationId"?, "userId"?, "contentType"?, "contentEncoding"?, "expiryTimeUtc"?, "ttlSeconds"?, "ack"?}';
 
 interface C2DRequest {
   message: Message;
@@ -121,10 +129,12 @@ interface C2DRequest {
 export function parseC2DEnvelope(body: unknown): C2DRequest {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw badRequest(`the body must be ${C2D_SHAPE}`);
   const b = body as Record<string, unknown>;
-  if (b.body !== undefined && b.bodyBase64 !== undefined) throw badRequest('give either "body" or "bodyBase64", not both');
+  if (b.body !== undefined && b.bodyBase64 !== undefined)
+    throw badRequest('give either "body" or "bodyBase64", not both');
   const message: Message = { body: Buffer.alloc(0), properties: emptyProperties() };
   if (typeof b.bodyBase64 === 'string') {
-    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b.bodyBase64.replace(/\s+/g, ''))) throw badRequest('"bodyBase64" is not base64');
+    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b.bodyBase64.replace(/\s+/g, '')))
+      throw badRequest('"bodyBase64" is not base64');
     message.body = Buffer.from(b.bodyBase64, 'base64');
   } else if (b.bodyBase64 !== undefined) {
     throw badRequest('"bodyBase64" must be a string');
@@ -141,20 +151,29 @@ export function parseC2DEnvelope(body: unknown): C2DRequest {
     if (typeof v !== 'string') throw badRequest(`"${name}" must be a string`);
     return v;
   };
-  for (const [field, name] of [['messageId', 'messageId'], ['correlationId', 'correlationId'], ['userId', 'userId'], ['contentType', 'contentType'], ['contentEncoding', 'contentEncoding']] as const) {
+  for (const [field, name] of [
+    ['messageId', 'messageId'],
+    ['correlationId', 'correlationId'],
+    ['userId', 'userId'],
+    ['contentType', 'contentType'],
+    ['contentEncoding', 'contentEncoding'],
+  ] as const) {
     const v = text(name);
     if (v !== undefined) message[field] = v;
   }
   const expiry = b.expiryTimeUtc;
   if (expiry !== undefined && expiry !== null) {
-    if (typeof expiry !== 'string' && typeof expiry !== 'number') throw badRequest('"expiryTimeUtc" must be an ISO 8601 time or epoch milliseconds');
+    if (typeof expiry !== 'string' && typeof expiry !== 'number')
+      throw badRequest('"expiryTimeUtc" must be an ISO 8601 time or epoch milliseconds');
     message.expiry = parseExpiry(String(expiry), '"expiryTimeUtc"');
   }
   if (b.properties !== undefined && b.properties !== null) {
-    if (typeof b.properties !== 'object' || Array.isArray(b.properties)) throw badRequest('"properties" must be an object of string values');
+    if (typeof b.properties !== 'object' || Array.isArray(b.properties))
+      throw badRequest('"properties" must be an object of string values');
     for (const [k, v] of Object.entries(b.properties as Record<string, unknown>)) {
       if (!k) throw badRequest('a property name is empty');
-      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw badRequest(`property "${k}" must be a string`);
+      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean')
+        throw badRequest(`property "${k}" must be a string`);
       message.properties[k] = String(v);
     }
   }
@@ -193,7 +212,8 @@ export function parseEventQuery(query: Record<string, unknown>): EventQuery {
   const module = single(query.module);
   const limit = single(query.limit);
   const wait = single(query.wait);
-  if (from !== undefined && since !== undefined) throw badRequest('give either from (a sequence number) or since (a time), not both');
+  if (from !== undefined && since !== undefined)
+    throw badRequest('give either from (a sequence number) or since (a time), not both');
   const read: EventReadOptions = {};
   let fromEnd = false;
   if (from !== undefined) {
@@ -212,7 +232,8 @@ export function parseEventQuery(query: Record<string, unknown>): EventQuery {
   }
   read.limit = limit === undefined ? DEFAULT_EVENT_LIMIT : wholeNumber(limit, 'limit', 1, MAX_EVENT_LIMIT);
   const waitS = wait === undefined ? 0 : Number(wait);
-  if (!Number.isFinite(waitS) || waitS < 0 || waitS > MAX_WAIT_S) throw badRequest(`wait must be a number of seconds from 0 to ${MAX_WAIT_S}, got "${wait}"`);
+  if (!Number.isFinite(waitS) || waitS < 0 || waitS > MAX_WAIT_S)
+    throw badRequest(`wait must be a number of seconds from 0 to ${MAX_WAIT_S}, got "${wait}"`);
   return { read, fromEnd, waitMs: Math.round(waitS * 1000) };
 }
 
@@ -225,7 +246,12 @@ function feedbackLockToken(ids: number[]): string {
 
 function feedbackIds(token: string): number[] {
   const text = Buffer.from(token, 'base64url').toString('utf8');
-  if (!/^\d+(,\d+)*$/.test(text)) throw new HubError(412, 'PreconditionFailed', `"${token}" is not a feedback lock token: use the ETag of GET /messages/serviceBound/feedback`);
+  if (!/^\d+(,\d+)*$/.test(text))
+    throw new HubError(
+      412,
+      'PreconditionFailed',
+      `"${token}" is not a feedback lock token: use the ETag of GET /messages/serviceBound/feedback`,
+    );
   return text.split(',').map(Number);
 }
 
@@ -244,7 +270,9 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
   const streams = new Set<AbortController>();
 
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: opts.bodyLimit ?? 1024 * 1024 }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: opts.bodyLimit ?? 1024 * 1024 }, (_req, body, done) =>
+    done(null, body),
+  );
   app.setErrorHandler((err, req, reply) => sendError(reply, req, log, asHubError(err)));
 
   app.addHook('onRequest', async (req) => {
@@ -253,7 +281,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
       policy: (name) => registry.getPolicy(name),
       resourcePath: req.url.split('?')[0],
     });
-    requireRight(policy, ['ServiceConnect'], 'use devices\' messaging (methods, cloud-to-device, events)');
+    requireRight(policy, ['ServiceConnect'], "use devices' messaging (methods, cloud-to-device, events)");
   });
 
   const endStreams = () => {
@@ -268,7 +296,10 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
     const request = parseMethodRequest(parseJsonBody(req, 'a method call as JSON'));
     const started = Date.now();
     const result = await engine.invokeMethod(target, request);
-    log.debug({ ...target, method: request.methodName, status: result.status, ms: Date.now() - started }, 'direct method answered');
+    log.debug(
+      { ...target, method: request.methodName, status: result.status, ms: Date.now() - started },
+      'direct method answered',
+    );
     return { status: result.status, payload: result.payload === undefined ? null : result.payload };
   };
   app.post('/twins/:id/methods', (req) => invoke(req, { deviceId: (req.params as DeviceParams).id }));
@@ -404,7 +435,10 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
       }
     } catch (err) {
       log.error({ err }, 'event stream failed');
-      if (!res.writableEnded) res.write(`event: error\ndata: ${JSON.stringify({ message: 'the hub failed reading the event stream; see its log' })}\n\n`);
+      if (!res.writableEnded)
+        res.write(
+          `event: error\ndata: ${JSON.stringify({ message: 'the hub failed reading the event stream; see its log' })}\n\n`,
+        );
     } finally {
       if (!res.writableEnded) res.end();
     }

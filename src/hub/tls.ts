@@ -46,14 +46,23 @@ const RENEW_BEFORE_MS = 30 * 24 * 3600 * 1000;
  * `DIR/pki` (a root CA made once, and a server certificate for `hostname`, re-issued when the
  * host name changes or it nears expiry).
  */
-export async function loadHubTls(o: { dataDir: string; hostname: string; tlsCert?: string; tlsKey?: string; trust?: string }): Promise<HubTls> {
+export async function loadHubTls(o: {
+  dataDir: string;
+  hostname: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  trust?: string;
+}): Promise<HubTls> {
   if (o.tlsCert || o.tlsKey || o.trust) return loadGivenTls(o);
   const p = hubPkiPaths(o.dataDir);
   // Certificates are for everyone to read; only private/ is closed.
   mkdirSync(p.dir, { recursive: true, mode: 0o755 });
   let root: { certPem: string; keyPem: string };
   if (existsSync(p.rootCert) && existsSync(p.rootKey)) {
-    root = { certPem: readPemFile(p.rootCert, 'hub root CA certificate'), keyPem: readPemFile(p.rootKey, 'hub root CA key') };
+    root = {
+      certPem: readPemFile(p.rootCert, 'hub root CA certificate'),
+      keyPem: readPemFile(p.rootKey, 'hub root CA key'),
+    };
   } else {
     root = await createRootCa({ commonName: 'Strata hub root CA' });
     writeKeyFile(p.rootKey, root.keyPem);
@@ -93,7 +102,10 @@ function serverCertFits(certPem: string, keyPem: string, hostname: string, rootP
 
 function loadGivenTls(o: { tlsCert?: string; tlsKey?: string; trust?: string }): HubTls {
   if (!o.tlsCert || !o.tlsKey || !o.trust) {
-    throw new UserError('--tls-cert, --tls-key and --trust go together', 'Give the server certificate (full chain), its key, and the root CA clients trust');
+    throw new UserError(
+      '--tls-cert, --tls-key and --trust go together',
+      'Give the server certificate (full chain), its key, and the root CA clients trust',
+    );
   }
   const certPem = readPemFile(o.tlsCert, 'server certificate');
   const keyPem = readPemFile(o.tlsKey, 'server key');
@@ -101,7 +113,10 @@ function loadGivenTls(o: { tlsCert?: string; tlsKey?: string; trust?: string }):
   const [leaf] = splitPemCertificates(certPem);
   if (!leaf) throw new UserError(`${o.tlsCert} holds no certificate`, 'Pass the PEM server certificate (full chain)');
   if (!keyMatchesCertificate(keyPem, leaf)) {
-    throw new UserError(`the key ${o.tlsKey} does not belong to the certificate ${o.tlsCert}`, 'Pass the private key that was issued with the server certificate');
+    throw new UserError(
+      `the key ${o.tlsKey} does not belong to the certificate ${o.tlsCert}`,
+      'Pass the private key that was issued with the server certificate',
+    );
   }
   return { certPem, keyPem, caPem, caPath: o.trust };
 }

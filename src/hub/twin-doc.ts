@@ -4,7 +4,13 @@ import { badRequest, type HubError } from '../model/errors.ts';
 import { TWIN_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 
 /** IoT Hub's twin limits: 10 levels of nesting, 32 KiB each for desired and reported, 16 KiB of tags. */
-export const TWIN_LIMITS = { maxDepth: TWIN_MAX_DEPTH, desiredBytes: 32 * 1024, reportedBytes: 32 * 1024, tagsBytes: 16 * 1024, keyBytes: 1024 };
+export const TWIN_LIMITS = {
+  maxDepth: TWIN_MAX_DEPTH,
+  desiredBytes: 32 * 1024,
+  reportedBytes: 32 * 1024,
+  tagsBytes: 16 * 1024,
+  keyBytes: 1024,
+};
 
 export const NEVER = '0001-01-01T00:00:00Z';
 
@@ -30,7 +36,11 @@ export function twinEtag(version: number): string {
 }
 
 export function propertiesJson(p: StoredProperties): TwinPropertiesJson {
-  return { ...structuredClone(p.values), $metadata: structuredClone(p.meta) as Record<string, unknown>, $version: p.version };
+  return {
+    ...structuredClone(p.values),
+    $metadata: structuredClone(p.meta) as Record<string, unknown>,
+    $version: p.version,
+  };
 }
 
 /**
@@ -73,9 +83,12 @@ function checkLevel(path: string, obj: Record<string, unknown>): void {
     if (!k) throw badRequest(`${path} has an empty property name`);
     // biome-ignore lint/suspicious/noControlCharactersInRegex: IoT Hub refuses control characters in property names
     if (/[.$ \u0000-\u001f\u007f-\u009f]/.test(k)) {
-      throw badRequest(`property name "${k}" in ${path} contains a character IoT Hub does not allow (. $ space or a control character)`);
+      throw badRequest(
+        `property name "${k}" in ${path} contains a character IoT Hub does not allow (. $ space or a control character)`,
+      );
     }
-    if (Buffer.byteLength(k) > TWIN_LIMITS.keyBytes) throw badRequest(`property name in ${path} is longer than ${TWIN_LIMITS.keyBytes} bytes`);
+    if (Buffer.byteLength(k) > TWIN_LIMITS.keyBytes)
+      throw badRequest(`property name in ${path} is longer than ${TWIN_LIMITS.keyBytes} bytes`);
     if (isPlainObject(v)) checkLevel(`${path}.${k}`, v);
     else if (Array.isArray(v)) checkArray(`${path}.${k}`, v);
     else if (v !== null && !['string', 'number', 'boolean'].includes(typeof v) && !Array.isArray(v)) {
@@ -119,9 +132,15 @@ export function withoutNulls(v: Record<string, unknown>): Record<string, unknown
  * Applies a merge patch to desired or reported properties, bumping `$version` and stamping
  * `$metadata` for every property the patch touched.
  */
-export function applyPropertiesPatch(p: StoredProperties, patch: Record<string, unknown>, now: string, withVersionMeta: boolean): void {
+export function applyPropertiesPatch(
+  p: StoredProperties,
+  patch: Record<string, unknown>,
+  now: string,
+  withVersionMeta: boolean,
+): void {
   p.version += 1;
-  const stamp = (): MetaNode => (withVersionMeta ? { $lastUpdated: now, $lastUpdatedVersion: p.version } : { $lastUpdated: now });
+  const stamp = (): MetaNode =>
+    withVersionMeta ? { $lastUpdated: now, $lastUpdatedVersion: p.version } : { $lastUpdated: now };
   const walk = (values: Record<string, unknown>, meta: MetaNode, patch: Record<string, unknown>): void => {
     for (const [k, v] of Object.entries(patch)) {
       if (v === null) {

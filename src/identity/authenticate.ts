@@ -7,7 +7,10 @@ import { isExpired, parseSasToken, signatureMatches, splitAudience, SasError } f
 /** What authentication needs to know about the hub. */
 export interface AuthenticateDeps {
   getDevice(deviceId: string): Promise<RegistryIdentity | undefined | null> | RegistryIdentity | undefined | null;
-  getModule(deviceId: string, moduleId: string): Promise<RegistryIdentity | undefined | null> | RegistryIdentity | undefined | null;
+  getModule(
+    deviceId: string,
+    moduleId: string,
+  ): Promise<RegistryIdentity | undefined | null> | RegistryIdentity | undefined | null;
   /** Host names accepted as the SAS audience host (the hub's, and a gateway's own). */
   hostNames: string[];
   /** CA certificates registered for `certificateAuthority` devices. */
@@ -52,18 +55,32 @@ export async function authenticate(req: AuthRequest, deps: AuthenticateDeps): Pr
   return result;
 }
 
-function checkSas(req: AuthRequest, identity: RegistryIdentity, device: RegistryIdentity, deps: AuthenticateDeps, now: number, who: string): AuthResult {
+function checkSas(
+  req: AuthRequest,
+  identity: RegistryIdentity,
+  device: RegistryIdentity,
+  deps: AuthenticateDeps,
+  now: number,
+  who: string,
+): AuthResult {
   let token;
   try {
     token = parseSasToken(req.sasToken!);
   } catch (err) {
     throw new EngineError('unauthorized', `${who}: ${err instanceof SasError ? err.message : 'unreadable SAS token'}`);
   }
-  if (token.skn) throw new EngineError('unauthorized', `${who}: a shared access policy token (skn=${token.skn}) cannot authenticate a device`);
+  if (token.skn)
+    throw new EngineError(
+      'unauthorized',
+      `${who}: a shared access policy token (skn=${token.skn}) cannot authenticate a device`,
+    );
   const { host, path } = splitAudience(token.sr);
   const hosts = [...deps.hostNames, ...(req.acceptedHostNames ?? [])].map((h) => h.toLowerCase());
   if (!hosts.includes(host.toLowerCase())) {
-    throw new EngineError('unauthorized', `${who}: SAS token audience host "${host}" is not this hub (${hosts.join(', ')})`);
+    throw new EngineError(
+      'unauthorized',
+      `${who}: SAS token audience host "${host}" is not this hub (${hosts.join(', ')})`,
+    );
   }
   const audience = parseResourcePath(path);
   if (!audience || audience.deviceId !== req.deviceId || audience.moduleId !== req.moduleId) {
@@ -96,7 +113,14 @@ function checkSas(req: AuthRequest, identity: RegistryIdentity, device: Registry
   };
 }
 
-function checkCertificate(req: AuthRequest, presented: ClientCertificate, identity: RegistryIdentity, deps: AuthenticateDeps, now: number, who: string): AuthResult {
+function checkCertificate(
+  req: AuthRequest,
+  presented: ClientCertificate,
+  identity: RegistryIdentity,
+  deps: AuthenticateDeps,
+  now: number,
+  who: string,
+): AuthResult {
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(presented.raw);
@@ -107,29 +131,53 @@ function checkCertificate(req: AuthRequest, presented: ClientCertificate, identi
   if (type === 'selfSigned') {
     const sha1 = createHash('sha1').update(presented.raw).digest('hex').toUpperCase();
     const sha256 = createHash('sha256').update(presented.raw).digest('hex').toUpperCase();
-    const thumbs = [identity.authentication?.x509Thumbprint?.primaryThumbprint, identity.authentication?.x509Thumbprint?.secondaryThumbprint]
+    const thumbs = [
+      identity.authentication?.x509Thumbprint?.primaryThumbprint,
+      identity.authentication?.x509Thumbprint?.secondaryThumbprint,
+    ]
       .filter((t): t is string => typeof t === 'string' && t.length > 0)
       .map((t) => t.replace(/[:\s]/g, '').toUpperCase());
     if (!thumbs.includes(sha1) && !thumbs.includes(sha256)) {
-      throw new EngineError('unauthorized', `${who}: client certificate thumbprint ${sha1} (SHA-1) / ${sha256} (SHA-256) is not registered`);
+      throw new EngineError(
+        'unauthorized',
+        `${who}: client certificate thumbprint ${sha1} (SHA-1) / ${sha256} (SHA-256) is not registered`,
+      );
     }
     checkValidity(leaf, now, who, 'client certificate');
-    return { identity: ref(req), kind: 'x509-thumbprint', expiresAt: Date.parse(leaf.validTo), authMethod: authMethodText(scopeOf(req), 'x509Certificate') };
+    return {
+      identity: ref(req),
+      kind: 'x509-thumbprint',
+      expiresAt: Date.parse(leaf.validTo),
+      authMethod: authMethodText(scopeOf(req), 'x509Certificate'),
+    };
   }
   if (type === 'certificateAuthority') {
     const expectedCn = req.moduleId !== undefined ? `${req.deviceId}/${req.moduleId}` : req.deviceId;
     const cn = commonName(leaf);
-    if (cn !== expectedCn) throw new EngineError('unauthorized', `${who}: client certificate CN "${cn ?? ''}" is not "${expectedCn}"`);
+    if (cn !== expectedCn)
+      throw new EngineError('unauthorized', `${who}: client certificate CN "${cn ?? ''}" is not "${expectedCn}"`);
     checkValidity(leaf, now, who, 'client certificate');
     verifyChain(leaf, presented.chain ?? [], deps.trustedCas(), now, who);
-    return { identity: ref(req), kind: 'x509-ca', expiresAt: Date.parse(leaf.validTo), authMethod: authMethodText(scopeOf(req), 'x509Certificate') };
+    return {
+      identity: ref(req),
+      kind: 'x509-ca',
+      expiresAt: Date.parse(leaf.validTo),
+      authMethod: authMethodText(scopeOf(req), 'x509Certificate'),
+    };
   }
   throw new EngineError('unauthorized', `${who} uses ${type} authentication, not X.509 certificates`);
 }
 
 /** Walks leaf -> presented intermediates -> a registered CA, checking signatures, CA flags and validity. */
-function verifyChain(leaf: X509Certificate, presented: Buffer[], trusted: X509Certificate[], now: number, who: string): void {
-  if (trusted.length === 0) throw new EngineError('unauthorized', `${who}: no CA certificate is registered with the hub (strata hub ca add)`);
+function verifyChain(
+  leaf: X509Certificate,
+  presented: Buffer[],
+  trusted: X509Certificate[],
+  now: number,
+  who: string,
+): void {
+  if (trusted.length === 0)
+    throw new EngineError('unauthorized', `${who}: no CA certificate is registered with the hub (strata hub ca add)`);
   const pool: X509Certificate[] = [];
   for (const der of presented) {
     try {
@@ -147,7 +195,10 @@ function verifyChain(leaf: X509Certificate, presented: Buffer[], trusted: X509Ce
     }
     const next = pool.find((c) => c !== current && c.ca && issuedBy(current, c));
     if (!next) {
-      throw new EngineError('unauthorized', `${who}: certificate "${current.subject.replace(/\n/g, ', ')}" does not chain to a CA registered with the hub (issuer "${current.issuer.replace(/\n/g, ', ')}")`);
+      throw new EngineError(
+        'unauthorized',
+        `${who}: certificate "${current.subject.replace(/\n/g, ', ')}" does not chain to a CA registered with the hub (issuer "${current.issuer.replace(/\n/g, ', ')}")`,
+      );
     }
     checkValidity(next, now, who, `intermediate "${next.subject.replace(/\n/g, ', ')}"`);
     current = next;
@@ -164,7 +215,8 @@ function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
 }
 
 function checkValidity(cert: X509Certificate, now: number, who: string, what: string): void {
-  if (Date.parse(cert.validFrom) > now) throw new EngineError('unauthorized', `${who}: ${what} is not valid before ${cert.validFrom}`);
+  if (Date.parse(cert.validFrom) > now)
+    throw new EngineError('unauthorized', `${who}: ${what} is not valid before ${cert.validFrom}`);
   if (Date.parse(cert.validTo) <= now) throw new EngineError('expired', `${who}: ${what} expired at ${cert.validTo}`);
 }
 

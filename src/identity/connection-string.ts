@@ -6,7 +6,8 @@ export function parseConnectionString(text: string): Record<string, string> {
   for (const part of text.split(';')) {
     if (!part.trim()) continue;
     const eq = part.indexOf('=');
-    if (eq <= 0) throw new UserError(`malformed connection string part "${part}"`, 'Expected Key=Value pairs separated by ";"');
+    if (eq <= 0)
+      throw new UserError(`malformed connection string part "${part}"`, 'Expected Key=Value pairs separated by ";"');
     out[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
   }
   return out;

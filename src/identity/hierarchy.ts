@@ -44,7 +44,10 @@ export type HierarchyErrorCode =
   | 'DeviceHasChildren';
 
 export class HierarchyError extends Error {
-  constructor(readonly code: HierarchyErrorCode, message: string) {
+  constructor(
+    readonly code: HierarchyErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'HierarchyError';
   }
@@ -59,7 +62,10 @@ export function parentScopeOf(node: HierarchyNode): string {
 /** A device may only be given as a parent when it is an edge device. */
 export function checkCanBeParent(parent: HierarchyNode): void {
   if (!parent.isEdge) {
-    throw new HierarchyError('ParentNotEdge', `device ${parent.deviceId} is not an IoT Edge device, and only edge devices can be parents`);
+    throw new HierarchyError(
+      'ParentNotEdge',
+      `device ${parent.deviceId} is not an IoT Edge device, and only edge devices can be parents`,
+    );
   }
 }
 
@@ -125,13 +131,17 @@ export interface ScopeRequest {
 export function resolveScopes(view: HierarchyView, req: ScopeRequest): { deviceScope: string; parentScopes: string[] } {
   const requestedParents = req.parentScopes === null ? [] : req.parentScopes;
   if (requestedParents && requestedParents.filter((s) => s !== '').length > 1) {
-    throw new HierarchyError('MultipleParents', `device ${req.deviceId} lists ${requestedParents.length} parent scopes, but a device can have only one parent`);
+    throw new HierarchyError(
+      'MultipleParents',
+      `device ${req.deviceId} lists ${requestedParents.length} parent scopes, but a device can have only one parent`,
+    );
   }
   const requestedParent = requestedParents ? (requestedParents.find((s) => s !== '') ?? '') : undefined;
   const existing = req.existing;
 
   if (req.isEdge) {
-    const own = existing?.isEdge && existing.deviceScope ? existing.deviceScope : edgeScopeFor(req.deviceId, req.generationId);
+    const own =
+      existing?.isEdge && existing.deviceScope ? existing.deviceScope : edgeScopeFor(req.deviceId, req.generationId);
     if (req.deviceScope && req.deviceScope !== own) {
       throw new HierarchyError(
         'DeviceScopeImmutable',
@@ -140,7 +150,13 @@ export function resolveScopes(view: HierarchyView, req: ScopeRequest): { deviceS
     }
     // A leaf that becomes an edge device keeps its parent.
     const parent = requestedParent ?? (existing ? parentScopeOf(existing) : '');
-    if (parent) checkEdgeParent(view, { deviceId: req.deviceId, isEdge: true, deviceScope: own, parentScopes: [parent] }, parent, existing !== undefined);
+    if (parent)
+      checkEdgeParent(
+        view,
+        { deviceId: req.deviceId, isEdge: true, deviceScope: own, parentScopes: [parent] },
+        parent,
+        existing !== undefined,
+      );
     return { deviceScope: own, parentScopes: parent ? [parent] : [] };
   }
 
@@ -161,7 +177,10 @@ export function resolveScopes(view: HierarchyView, req: ScopeRequest): { deviceS
     // A body read from the hub and edited carries the old parentScopes: that is not a conflict.
     const stale = existing ? parentScopeOf(existing) : '';
     if (parent && requestedParent && requestedParent !== parent && requestedParent !== stale) {
-      throw new HierarchyError('MultipleParents', `device ${req.deviceId} names two different parents: deviceScope ${parent} and parentScopes ${requestedParent}`);
+      throw new HierarchyError(
+        'MultipleParents',
+        `device ${req.deviceId} names two different parents: deviceScope ${parent} and parentScopes ${requestedParent}`,
+      );
     }
   } else if (requestedParent !== undefined) {
     parent = requestedParent;
@@ -178,12 +197,20 @@ export function resolveScopes(view: HierarchyView, req: ScopeRequest): { deviceS
 function requireOwner(view: HierarchyView, deviceId: string, scope: string): HierarchyNode {
   const owner = view.ownerOf(scope);
   if (!owner) {
-    throw new HierarchyError('InvalidDeviceScope', `the scope ${scope} given for device ${deviceId} does not belong to any IoT Edge device`);
+    throw new HierarchyError(
+      'InvalidDeviceScope',
+      `the scope ${scope} given for device ${deviceId} does not belong to any IoT Edge device`,
+    );
   }
   return owner;
 }
 
-function checkEdgeParent(view: HierarchyView, self: HierarchyNode, parentScope: string, mayHaveChildren: boolean): void {
+function checkEdgeParent(
+  view: HierarchyView,
+  self: HierarchyNode,
+  parentScope: string,
+  mayHaveChildren: boolean,
+): void {
   const owner = requireOwner(view, self.deviceId, parentScope);
   checkCanBeParent(owner);
   if (owner.deviceId === self.deviceId) {
@@ -210,7 +237,10 @@ function checkEdgeParent(view: HierarchyView, self: HierarchyNode, parentScope: 
  * The children left without a parent when the edge device owning `scope` is deleted, with the
  * scopes each one keeps: leaves lose their deviceScope, edge children their parentScopes.
  */
-export function orphansOf(view: HierarchyView, scope: string): Array<{ node: HierarchyNode; deviceScope: string; parentScopes: string[] }> {
+export function orphansOf(
+  view: HierarchyView,
+  scope: string,
+): Array<{ node: HierarchyNode; deviceScope: string; parentScopes: string[] }> {
   if (!scope) return [];
   return view.childrenOf(scope).map((node) => ({
     node,

@@ -3,7 +3,15 @@ import { EngineError } from '../model/errors.ts';
 import { authMethodText, parseResourcePath } from './authenticate.ts';
 import { EDGE_HUB } from './device-id.ts';
 import { parseSasToken, splitAudience } from './sas.ts';
-import { ScopeError, buildAuthChain, chainVoidReason, scopeViewOf, validateAuthChain, type ScopeDevice, type ScopeModule } from './scope.ts';
+import {
+  ScopeError,
+  buildAuthChain,
+  chainVoidReason,
+  scopeViewOf,
+  validateAuthChain,
+  type ScopeDevice,
+  type ScopeModule,
+} from './scope.ts';
 import { identityKey } from '../model/identity.ts';
 
 /**
@@ -80,13 +88,20 @@ export async function grantOnBehalfOf(o: {
 }): Promise<OnBehalfOfGrant> {
   const { source, actorEdgeId, target } = o;
   if (!source) {
-    throw new EngineError('forbidden', `this node does not accept on-behalf-of credentials (${actorEdgeId}/${EDGE_HUB} acting for ${describeTarget(target)})`);
+    throw new EngineError(
+      'forbidden',
+      `this node does not accept on-behalf-of credentials (${actorEdgeId}/${EDGE_HUB} acting for ${describeTarget(target)})`,
+    );
   }
   // The gateway's own credential first: nothing about the target is told to a stranger.
   const actorAuth = await o.authenticate({ deviceId: actorEdgeId, moduleId: EDGE_HUB, sasToken: o.token.trim() });
   const view = scopeViewOf(source);
   const actor = view.device(actorEdgeId);
-  if (!actor?.isEdge) throw new EngineError('forbidden', `device ${actorEdgeId} is not an IoT Edge device, so it cannot act on behalf of ${describeTarget(target)}`);
+  if (!actor?.isEdge)
+    throw new EngineError(
+      'forbidden',
+      `device ${actorEdgeId} is not an IoT Edge device, so it cannot act on behalf of ${describeTarget(target)}`,
+    );
 
   if (!source.getDevice(target.deviceId) && source.fetchUpstream) {
     await source.fetchUpstream(target, [identityKey(target.deviceId, target.moduleId), actorEdgeId]);
@@ -94,9 +109,14 @@ export async function grantOnBehalfOf(o: {
   const device = source.getDevice(target.deviceId);
   if (!device) throw new EngineError('not-found', `device ${target.deviceId} is not registered`);
   const chain = buildAuthChain(view, target, actorEdgeId);
-  if (!chain) throw new EngineError('forbidden', `${describeTarget(target)} is not in this gateway's scope (edge device ${actorEdgeId})`);
+  if (!chain)
+    throw new EngineError(
+      'forbidden',
+      `${describeTarget(target)} is not in this gateway's scope (edge device ${actorEdgeId})`,
+    );
   const voided = chainVoidReason(view, chain);
-  if (voided) throw new EngineError('forbidden', `${describeTarget(target)} cannot be reached through ${actorEdgeId}: ${voided}`);
+  if (voided)
+    throw new EngineError('forbidden', `${describeTarget(target)} cannot be reached through ${actorEdgeId}: ${voided}`);
 
   let record: ScopeDevice | ScopeModule = device;
   if (target.moduleId !== undefined) {
@@ -105,9 +125,13 @@ export async function grantOnBehalfOf(o: {
     record = mod;
   }
   if (device.status === 'disabled') throw new EngineError('disabled', `device ${target.deviceId} is disabled`);
-  if (record !== device && record.status === 'disabled') throw new EngineError('disabled', `${describeTarget(target)} is disabled`);
+  if (record !== device && record.status === 'disabled')
+    throw new EngineError('disabled', `${describeTarget(target)} is disabled`);
 
-  const identity: IdentityRef = target.moduleId === undefined ? { deviceId: target.deviceId } : { deviceId: target.deviceId, moduleId: target.moduleId };
+  const identity: IdentityRef =
+    target.moduleId === undefined
+      ? { deviceId: target.deviceId }
+      : { deviceId: target.deviceId, moduleId: target.moduleId };
   const auth: AuthResult = {
     identity,
     kind: authKindOf(record.authentication?.type),
@@ -123,7 +147,13 @@ export async function grantOnBehalfOf(o: {
  * CONNECT user name). Returns why it is refused, or undefined when it holds; `missing` says
  * what lacks the chain when none was given (e.g. "the link carries no ... property").
  */
-export function claimedChainRefusal(source: OnBehalfOfSource | undefined, raw: unknown, actorEdgeId: string, target: IdentityRef, missing: string): string | undefined {
+export function claimedChainRefusal(
+  source: OnBehalfOfSource | undefined,
+  raw: unknown,
+  actorEdgeId: string,
+  target: IdentityRef,
+  missing: string,
+): string | undefined {
   if (raw === undefined || raw === null || String(raw).trim() === '') {
     return `${describeTarget(target)} is reached on behalf of edge device ${actorEdgeId}, but ${missing}`;
   }
@@ -140,10 +170,16 @@ export function claimedChainRefusal(source: OnBehalfOfSource | undefined, raw: u
 }
 
 /** Why a grant no longer holds after a registry change (the target moved away, an edge device on the way disabled), or undefined. */
-export function withdrawalReason(source: OnBehalfOfSource, target: IdentityRef, actorEdgeId: string): string | undefined {
+export function withdrawalReason(
+  source: OnBehalfOfSource,
+  target: IdentityRef,
+  actorEdgeId: string,
+): string | undefined {
   const view = scopeViewOf(source);
   const chain = buildAuthChain(view, target, actorEdgeId);
-  return !chain ? `${describeTarget(target)} is no longer in this gateway's scope (edge device ${actorEdgeId})` : chainVoidReason(view, chain);
+  return !chain
+    ? `${describeTarget(target)} is no longer in this gateway's scope (edge device ${actorEdgeId})`
+    : chainVoidReason(view, chain);
 }
 
 /** Per source: what to run after its identities changed. */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { SasError, isExpired, parseSasToken, signatureMatches, splitAudience, type SasToken } from './sas.ts';
+import { type SasError, isExpired, parseSasToken, signatureMatches, splitAudience, type SasToken } from './sas.ts';
 
 /** The rights an IoT Hub shared access policy can grant. */
 export type Right = 'RegistryRead' | 'RegistryWrite' | 'ServiceConnect' | 'DeviceConnect';
@@ -27,7 +27,12 @@ export function generateKey(): string {
 }
 
 export function generateDefaultPolicies(): AccessPolicy[] {
-  return DEFAULT_POLICY_RIGHTS.map((p) => ({ keyName: p.keyName, primaryKey: generateKey(), secondaryKey: generateKey(), rights: [...p.rights] }));
+  return DEFAULT_POLICY_RIGHTS.map((p) => ({
+    keyName: p.keyName,
+    primaryKey: generateKey(),
+    secondaryKey: generateKey(),
+    rights: [...p.rights],
+  }));
 }
 
 /** RegistryWrite includes reading, as in IoT Hub. */
@@ -64,8 +69,14 @@ export interface PolicyAuthOptions {
  * Device tokens (no `skn`) and anything malformed, expired, mis-addressed or badly signed are
  * refused with an AccessDenied that says which.
  */
-export function authenticatePolicyToken(header: string | undefined, opts: PolicyAuthOptions): { policy: AccessPolicy; token: SasToken } {
-  if (!header) throw new AccessDenied('no Authorization header: send a SharedAccessSignature made with a shared access policy key');
+export function authenticatePolicyToken(
+  header: string | undefined,
+  opts: PolicyAuthOptions,
+): { policy: AccessPolicy; token: SasToken } {
+  if (!header)
+    throw new AccessDenied(
+      'no Authorization header: send a SharedAccessSignature made with a shared access policy key',
+    );
   let token: SasToken;
   try {
     token = parseSasToken(header.trim());
@@ -84,7 +95,10 @@ export function authenticatePolicyToken(header: string | undefined, opts: Policy
   }
   const policy = opts.policy(token.skn);
   if (!policy) throw new AccessDenied(`unknown shared access policy "${token.skn}"`);
-  if (!signatureMatches(token, [policy.primaryKey, policy.secondaryKey]) && !serviceBusSignatureMatches(token, policy)) {
+  if (
+    !signatureMatches(token, [policy.primaryKey, policy.secondaryKey]) &&
+    !serviceBusSignatureMatches(token, policy)
+  ) {
     throw new AccessDenied(`token signature does not match the keys of policy ${policy.keyName}`);
   }
   if (isExpired(token, opts.nowMs)) {

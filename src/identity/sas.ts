@@ -15,7 +15,10 @@ export interface SasToken {
 }
 
 export class SasError extends Error {
-  constructor(message: string, readonly code: 'malformed' | 'expired' | 'bad-signature' | 'wrong-audience') {
+  constructor(
+    message: string,
+    readonly code: 'malformed' | 'expired' | 'bad-signature' | 'wrong-audience',
+  ) {
     super(message);
     this.name = 'SasError';
   }
@@ -38,7 +41,8 @@ export function parseSasToken(token: string): SasToken {
   const seRaw = fields.get('se');
   if (!srRaw || !sigRaw || !seRaw) throw new SasError('SAS token must carry sr, sig and se', 'malformed');
   const se = Number(seRaw);
-  if (!Number.isFinite(se) || !/^\d+$/.test(seRaw)) throw new SasError(`SAS token expiry "${seRaw}" is not a number`, 'malformed');
+  if (!Number.isFinite(se) || !/^\d+$/.test(seRaw))
+    throw new SasError(`SAS token expiry "${seRaw}" is not a number`, 'malformed');
   let sr: string;
   let sig: string;
   try {
@@ -57,7 +61,12 @@ export function computeSignature(srRaw: string, se: number, keyBase64: string): 
 }
 
 /** Builds a token as the official SDKs do: the audience URL-encoded, fields sr, sig, [skn,] se. */
-export function createSasToken(audience: string, keyBase64: string, expirySeconds: number, policyName?: string): string {
+export function createSasToken(
+  audience: string,
+  keyBase64: string,
+  expirySeconds: number,
+  policyName?: string,
+): string {
   const srRaw = encodeURIComponent(audience);
   const sig = encodeURIComponent(computeSignature(srRaw, expirySeconds, keyBase64));
   const skn = policyName ? `&skn=${encodeURIComponent(policyName)}` : '';

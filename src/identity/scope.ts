@@ -87,7 +87,10 @@ export type ScopeErrorCode =
   | 'void'; // an edge device on the chain is disabled
 
 export class ScopeError extends Error {
-  constructor(readonly code: ScopeErrorCode, message: string) {
+  constructor(
+    readonly code: ScopeErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'ScopeError';
   }
@@ -104,11 +107,18 @@ export function parseAuthChain(text: unknown): string[] {
   const ids = text.split(';').map((s) => s.trim());
   if (ids.some((s) => s === '')) throw new ScopeError('bad-chain', `the auth chain "${text}" has an empty element`);
   if (ids.length > MAX_CHAIN_ELEMENTS) {
-    throw new ScopeError('too-deep', `the auth chain "${text}" has ${ids.length} elements, more than any hierarchy of ${MAX_EDGE_LAYERS} edge layers allows`);
+    throw new ScopeError(
+      'too-deep',
+      `the auth chain "${text}" has ${ids.length} elements, more than any hierarchy of ${MAX_EDGE_LAYERS} edge layers allows`,
+    );
   }
-  if (new Set(ids).size !== ids.length) throw new ScopeError('bad-chain', `the auth chain "${text}" names an identity twice`);
+  if (new Set(ids).size !== ids.length)
+    throw new ScopeError('bad-chain', `the auth chain "${text}" names an identity twice`);
   if (ids.slice(1).some((s) => s.includes('/'))) {
-    throw new ScopeError('bad-chain', `only the first element of the auth chain "${text}" may be a module (device/module)`);
+    throw new ScopeError(
+      'bad-chain',
+      `only the first element of the auth chain "${text}" may be a module (device/module)`,
+    );
   }
   return ids;
 }
@@ -118,7 +128,13 @@ export function formatAuthChain(ids: readonly string[]): string {
 }
 
 export function toScopeNode(d: ScopeDevice): ScopeNode {
-  return { deviceId: d.deviceId, isEdge: d.capabilities?.iotEdge === true, deviceScope: d.deviceScope ?? '', parentScopes: d.parentScopes ?? [], status: d.status };
+  return {
+    deviceId: d.deviceId,
+    isEdge: d.capabilities?.iotEdge === true,
+    deviceScope: d.deviceScope ?? '',
+    parentScopes: d.parentScopes ?? [],
+    status: d.status,
+  };
 }
 
 /** What a scope view needs of an identity store: the hub's registry, or a gateway's scope cache. */
@@ -159,7 +175,7 @@ export function lineage(view: ScopeView, node: ScopeNode): ScopeNode[] {
   let scope = parentScopeOfNode(node);
   while (scope && out.length <= MAX_CHAIN_ELEMENTS) {
     const parent = view.ownerOf(scope);
-    if (!parent || !parent.isEdge || seen.has(parent.deviceId)) break;
+    if (!parent?.isEdge || seen.has(parent.deviceId)) break;
     out.push(parent);
     seen.add(parent.deviceId);
     scope = parentScopeOfNode(parent);
@@ -192,7 +208,7 @@ export function isInScope(view: ScopeView, edgeId: string, target: IdentityRef):
  */
 export function scopeMembers(view: ScopeView, edgeId: string): ScopeNode[] {
   const root = view.device(edgeId);
-  if (!root || !root.isEdge) return [];
+  if (!root?.isEdge) return [];
   const out: ScopeNode[] = [root];
   const seen = new Set([root.deviceId]);
   let layer: ScopeNode[] = [root];
@@ -236,7 +252,8 @@ export function chainVoidReason(view: ScopeView, chain: readonly string[]): stri
     if (key.includes('/')) continue;
     const node = view.device(key);
     if (!node) return `device ${key} on the auth chain ${formatAuthChain(chain)} is not known here`;
-    if (node.isEdge && node.status === 'disabled') return `edge device ${key} on the auth chain ${formatAuthChain(chain)} is disabled`;
+    if (node.isEdge && node.status === 'disabled')
+      return `edge device ${key} on the auth chain ${formatAuthChain(chain)} is disabled`;
   }
   return undefined;
 }
@@ -248,19 +265,31 @@ export function chainVoidReason(view: ScopeView, chain: readonly string[]): stri
  * Returns the chain as this view knows it (which may differ from the claim in the middle when
  * the claimant guessed, e.g. for a device it has not yet heard of); throws ScopeError.
  */
-export function validateAuthChain(view: ScopeView, claimed: string | readonly string[], actorEdgeId: string, target?: IdentityRef): string[] {
+export function validateAuthChain(
+  view: ScopeView,
+  claimed: string | readonly string[],
+  actorEdgeId: string,
+  target?: IdentityRef,
+): string[] {
   const ids = typeof claimed === 'string' ? parseAuthChain(claimed) : parseAuthChain(formatAuthChain(claimed));
   const text = formatAuthChain(ids);
   const first = parseIdentityKey(ids[0]!);
   if (target && identityKey(target.deviceId, target.moduleId) !== ids[0]) {
-    throw new ScopeError('target-mismatch', `the auth chain ${text} starts with ${ids[0]}, not with ${identityKey(target.deviceId, target.moduleId)}`);
+    throw new ScopeError(
+      'target-mismatch',
+      `the auth chain ${text} starts with ${ids[0]}, not with ${identityKey(target.deviceId, target.moduleId)}`,
+    );
   }
   if (ids[ids.length - 1] !== actorEdgeId) {
-    throw new ScopeError('actor-mismatch', `the auth chain ${text} must end with the acting edge device ${actorEdgeId}`);
+    throw new ScopeError(
+      'actor-mismatch',
+      `the auth chain ${text} must end with the acting edge device ${actorEdgeId}`,
+    );
   }
   const actor = view.device(actorEdgeId);
   if (!actor) throw new ScopeError('not-found', `edge device ${actorEdgeId} is not known here`);
-  if (!actor.isEdge) throw new ScopeError('not-edge', `device ${actorEdgeId} is not an IoT Edge device, so it cannot act for others`);
+  if (!actor.isEdge)
+    throw new ScopeError('not-edge', `device ${actorEdgeId} is not an IoT Edge device, so it cannot act for others`);
   const node = view.device(first.deviceId);
   if (!node) throw new ScopeError('not-found', `device ${first.deviceId} is not registered`);
   const line = lineage(view, node);

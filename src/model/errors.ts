@@ -29,7 +29,10 @@ export type EngineErrorCode =
 
 /** An engine refusal: `code` is what heads map to their wire; `message` is for people and logs. */
 export class EngineError extends Error {
-  constructor(readonly code: EngineErrorCode, message: string) {
+  constructor(
+    readonly code: EngineErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'EngineError';
   }
@@ -79,16 +82,26 @@ export function iotHubErrorCodeOf(err: unknown): string {
  */
 export function engineCodeOfStatus(status: number): EngineErrorCode {
   switch (status) {
-    case 400: return 'bad-request';
-    case 401: return 'unauthorized';
-    case 403: return 'forbidden';
-    case 404: return 'not-found';
-    case 412: return 'precondition';
-    case 413: return 'too-large';
-    case 429: return 'throttled';
-    case 503: return 'unavailable';
-    case 504: return 'timeout';
-    default: return status >= 400 && status < 500 ? 'bad-request' : 'internal';
+    case 400:
+      return 'bad-request';
+    case 401:
+      return 'unauthorized';
+    case 403:
+      return 'forbidden';
+    case 404:
+      return 'not-found';
+    case 412:
+      return 'precondition';
+    case 413:
+      return 'too-large';
+    case 429:
+      return 'throttled';
+    case 503:
+      return 'unavailable';
+    case 504:
+      return 'timeout';
+    default:
+      return status >= 400 && status < 500 ? 'bad-request' : 'internal';
   }
 }
 
@@ -98,15 +111,24 @@ export function engineCodeOfStatus(status: number): EngineErrorCode {
  * into their own error replies.
  */
 export class HubError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
     this.name = 'HubError';
   }
 }
 
 export const badRequest = (message: string, code = 'ArgumentInvalid') => new HubError(400, code, message);
-export const deviceNotFound = (deviceId: string) => new HubError(404, 'DeviceNotFound', `device ${deviceId} does not exist`);
+export const deviceNotFound = (deviceId: string) =>
+  new HubError(404, 'DeviceNotFound', `device ${deviceId} does not exist`);
 export const moduleNotFound = (deviceId: string, moduleId: string) =>
   new HubError(404, 'ModuleNotFound', `module ${moduleId} does not exist on device ${deviceId}`);
 export const preconditionFailed = (what: string, given: string, current: string) =>
-  new HubError(412, 'PreconditionFailed', `the etag ${given} given for ${what} is stale: the current etag is ${current}`);
+  new HubError(
+    412,
+    'PreconditionFailed',
+    `the etag ${given} given for ${what} is stale: the current etag is ${current}`,
+  );

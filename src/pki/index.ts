@@ -1,5 +1,13 @@
 /** The certificate toolkit: keys, CAs, server and device certificates, chains, verification, PEM files. */
-export { generateKey, importSigningKey, parsePrivateKey, readKeyFile, type KeyAlgorithm, type GeneratedKey, type SigningKey } from './keys.ts';
+export {
+  generateKey,
+  importSigningKey,
+  parsePrivateKey,
+  readKeyFile,
+  type KeyAlgorithm,
+  type GeneratedKey,
+  type SigningKey,
+} from './keys.ts';
 export {
   issueCertificate,
   createRootCa,

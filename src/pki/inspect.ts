@@ -14,11 +14,18 @@ export interface ParsedCert {
 
 export function parseCertificate(pem: string, what = 'certificate'): ParsedCert {
   const [first] = splitPemCertificates(pem);
-  if (!first) throw new UserError(`the ${what} contains no PEM certificate`, 'Pass a file with a -----BEGIN CERTIFICATE----- block');
+  if (!first)
+    throw new UserError(
+      `the ${what} contains no PEM certificate`,
+      'Pass a file with a -----BEGIN CERTIFICATE----- block',
+    );
   try {
     return { pem: first, node: new NodeX509(first), x: new x509.X509Certificate(first) };
   } catch {
-    throw new UserError(`the ${what} is not a valid X.509 certificate`, 'Check that the file was not truncated or edited');
+    throw new UserError(
+      `the ${what} is not a valid X.509 certificate`,
+      'Check that the file was not truncated or edited',
+    );
   }
 }
 
@@ -29,7 +36,10 @@ export function parseCertificates(pem: string, what = 'certificate'): ParsedCert
 /** SHA-1 and SHA-256 fingerprints of the first certificate, as IoT Hub shows them: upper-case hex, no colons. */
 export function thumbprints(certPem: string): { sha1: string; sha256: string } {
   const { node } = parseCertificate(certPem);
-  return { sha1: node.fingerprint.replace(/:/g, '').toUpperCase(), sha256: node.fingerprint256.replace(/:/g, '').toUpperCase() };
+  return {
+    sha1: node.fingerprint.replace(/:/g, '').toUpperCase(),
+    sha256: node.fingerprint256.replace(/:/g, '').toUpperCase(),
+  };
 }
 
 export function keyMatchesCertificate(keyPem: string, certPem: string): boolean {

@@ -69,14 +69,20 @@ function generalName(name: string): x509.JsonGeneralName {
   return isIP(name) ? { type: 'ip', value: name } : { type: 'dns', value: name };
 }
 
-async function loadIssuer(issuer: IssuedCert): Promise<{ cert: x509.X509Certificate; signing: Awaited<ReturnType<typeof importSigningKey>> }> {
+async function loadIssuer(
+  issuer: IssuedCert,
+): Promise<{ cert: x509.X509Certificate; signing: Awaited<ReturnType<typeof importSigningKey>> }> {
   const [first] = splitPemCertificates(issuer.certPem);
-  if (!first) throw new UserError('the issuer certificate contains no PEM certificate', 'Pass the CA certificate in PEM form');
+  if (!first)
+    throw new UserError('the issuer certificate contains no PEM certificate', 'Pass the CA certificate in PEM form');
   let cert: x509.X509Certificate;
   try {
     cert = new x509.X509Certificate(first);
   } catch {
-    throw new UserError('the issuer certificate is not a valid X.509 certificate', 'Pass the CA certificate in PEM form');
+    throw new UserError(
+      'the issuer certificate is not a valid X.509 certificate',
+      'Pass the CA certificate in PEM form',
+    );
   }
   let matches = false;
   try {
@@ -121,7 +127,12 @@ export async function issueCertificate(spec: CertificateSpec): Promise<IssuedCer
   }
   const usage = spec.keyUsage ?? (spec.ca ? CA_USAGE : []);
   if (usage.length) {
-    extensions.push(new x509.KeyUsagesExtension(usage.reduce((acc, u) => acc | KEY_USAGE_FLAGS[u], 0), true));
+    extensions.push(
+      new x509.KeyUsagesExtension(
+        usage.reduce((acc, u) => acc | KEY_USAGE_FLAGS[u], 0),
+        true,
+      ),
+    );
   }
   if (spec.extendedKeyUsage?.length) {
     extensions.push(new x509.ExtendedKeyUsageExtension(spec.extendedKeyUsage.map((u) => EKU_OIDS[u])));
@@ -160,7 +171,12 @@ function checkPathLength(pathLength: number | undefined): void {
   }
 }
 
-export async function createRootCa(o: { commonName: string; days?: number; keyAlgorithm?: KeyAlgorithm; validFrom?: Date }): Promise<IssuedCert> {
+export async function createRootCa(o: {
+  commonName: string;
+  days?: number;
+  keyAlgorithm?: KeyAlgorithm;
+  validFrom?: Date;
+}): Promise<IssuedCert> {
   return issueCertificate({ ...o, days: o.days ?? 3650, ca: true });
 }
 
@@ -186,7 +202,10 @@ export function checkHostName(name: string, asCommonName = false): void {
   }
   const label = '[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?';
   if (name.length > 253 || !new RegExp(`^(\\*\\.)?${label}(\\.${label})*$`).test(name)) {
-    throw new UserError(`"${name}" is not a valid host name or IP address`, 'Use letters, digits, "-" and "." (for example gateway.example.com)');
+    throw new UserError(
+      `"${name}" is not a valid host name or IP address`,
+      'Use letters, digits, "-" and "." (for example gateway.example.com)',
+    );
   }
 }
 
@@ -227,7 +246,10 @@ export async function createDeviceCert(o: {
 }): Promise<IssuedCert> {
   // IoT Hub device ids may be up to 128 characters and must equal the CN, so the RFC's 64 is not enforced here.
   if ((o.commonName ?? '').length > 128) {
-    throw new UserError(`device id "${o.commonName}" is longer than 128 characters`, 'Use a device id of at most 128 characters');
+    throw new UserError(
+      `device id "${o.commonName}" is longer than 128 characters`,
+      'Use a device id of at most 128 characters',
+    );
   }
   return issueCertificate({
     commonName: o.commonName,

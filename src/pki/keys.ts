@@ -62,7 +62,10 @@ export function parsePrivateKey(keyPem: string, what = 'private key'): KeyObject
   try {
     return createPrivateKey(keyPem);
   } catch {
-    throw new UserError(`the ${what} is not a readable private key`, 'Pass an unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)');
+    throw new UserError(
+      `the ${what} is not a readable private key`,
+      'Pass an unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)',
+    );
   }
 }
 
@@ -79,7 +82,10 @@ export async function importSigningKey(keyPem: string, what = 'issuer private ke
     const namedCurve = EC_CURVE_BY_OPENSSL_NAME[curveName] ?? curveName;
     const hash = EC_HASH[namedCurve];
     if (!hash) {
-      throw new UserError(`the ${what} uses the unsupported curve ${curveName}`, 'Use an RSA or a P-256/P-384/P-521 EC key');
+      throw new UserError(
+        `the ${what} uses the unsupported curve ${curveName}`,
+        'Use an RSA or a P-256/P-384/P-521 EC key',
+      );
     }
     const privateKey = await webcrypto.subtle.importKey('pkcs8', der, { name: 'ECDSA', namedCurve }, false, ['sign']);
     return { privateKey: privateKey as CryptoKey, signingAlgorithm: { name: 'ECDSA', hash } };
@@ -91,7 +97,10 @@ export async function importSigningKey(keyPem: string, what = 'issuer private ke
 }
 
 export function derToPem(der: Buffer, label: string): string {
-  const b64 = der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
+  const b64 = der
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')
+    .replace(/\n$/, '');
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 
@@ -99,7 +108,10 @@ export function derToPem(der: Buffer, label: string): string {
 export function readKeyFile(file: string, what: string, hintWhenMissing?: string): string {
   const pem = readPemFile(file, what, hintWhenMissing);
   if (!/PRIVATE KEY-----/.test(pem)) {
-    throw new UserError(`${what} ${file} holds no private key`, 'Pass the PEM file that starts with -----BEGIN PRIVATE KEY-----');
+    throw new UserError(
+      `${what} ${file} holds no private key`,
+      'Pass the PEM file that starts with -----BEGIN PRIVATE KEY-----',
+    );
   }
   parsePrivateKey(pem, `${what} ${file}`);
   return pem;

@@ -35,9 +35,13 @@ export function readPemFile(path: string, what: string, hintWhenMissing?: string
     if (code === 'ENOENT') {
       throw new UserError(`${what} not found: ${path}`, hintWhenMissing ?? 'Check the path');
     }
-    if (code === 'EISDIR') throw new UserError(`${path} is a directory, not a ${what} file`, 'Pass the path of the PEM file');
+    if (code === 'EISDIR')
+      throw new UserError(`${path} is a directory, not a ${what} file`, 'Pass the path of the PEM file');
     if (code === 'EACCES' || code === 'EPERM') {
-      throw new UserError(`cannot read ${what} ${path}: permission denied`, 'Run as a user who may read it, or fix its permissions');
+      throw new UserError(
+        `cannot read ${what} ${path}: permission denied`,
+        'Run as a user who may read it, or fix its permissions',
+      );
     }
     throw new UserError(`cannot read ${what} ${path}: ${(err as Error).message}`);
   }

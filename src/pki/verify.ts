@@ -72,7 +72,11 @@ function iso(d: Date): string {
 type Failure = { code: VerifyFailure; reason: string };
 
 /** Builds the path from the leaf to a trust anchor; on failure says why no path exists. */
-function buildPath(leaf: ParsedCert, trust: ParsedCert[], untrusted: ParsedCert[]): { path: ParsedCert[]; failure?: Failure } {
+function buildPath(
+  leaf: ParsedCert,
+  trust: ParsedCert[],
+  untrusted: ParsedCert[],
+): { path: ParsedCert[]; failure?: Failure } {
   const path = [leaf];
   for (;;) {
     const cur = path[path.length - 1];
@@ -102,7 +106,10 @@ function buildPath(leaf: ParsedCert, trust: ParsedCert[], untrusted: ParsedCert[
       if (keyIdsAgree(cur, sameName)) {
         return {
           path,
-          failure: { code: 'bad-signature', reason: `the signature of ${name(cur)} does not verify with the key of its issuer ${issuerName}` },
+          failure: {
+            code: 'bad-signature',
+            reason: `the signature of ${name(cur)} does not verify with the key of its issuer ${issuerName}`,
+          },
         };
       }
       return {
@@ -145,11 +152,17 @@ function checkPath(path: ParsedCert[], o: VerifyOptions): Failure | undefined {
   for (let i = 1; i < path.length; i++) {
     const ca = path[i];
     if (!isCa(ca)) {
-      return { code: 'not-a-ca', reason: `${name(ca)} signed ${name(path[i - 1])} but is not a CA certificate (basicConstraints CA:false or absent)` };
+      return {
+        code: 'not-a-ca',
+        reason: `${name(ca)} signed ${name(path[i - 1])} but is not a CA certificate (basicConstraints CA:false or absent)`,
+      };
     }
     const usage = keyUsageOf(ca);
     if (usage && !usage.includes('keyCertSign')) {
-      return { code: 'wrong-key-usage', reason: `${name(ca)} is not allowed to sign certificates (its key usage lacks keyCertSign)` };
+      return {
+        code: 'wrong-key-usage',
+        reason: `${name(ca)} is not allowed to sign certificates (its key usage lacks keyCertSign)`,
+      };
     }
     // Certificates between the leaf and this CA, not counting self-issued ones, must fit its path length.
     const pathLength = ca.x.getExtension(x509.BasicConstraintsExtension)?.pathLength;
@@ -179,7 +192,10 @@ function checkPath(path: ParsedCert[], o: VerifyOptions): Failure | undefined {
     const matched = isIP(o.hostname) ? leaf.node.checkIP(o.hostname) : leaf.node.checkHost(o.hostname);
     if (!matched) {
       const sans = leaf.node.subjectAltName ?? 'none';
-      return { code: 'name-mismatch', reason: `${name(leaf)} is not valid for host name "${o.hostname}" (subject alternative names: ${sans})` };
+      return {
+        code: 'name-mismatch',
+        reason: `${name(leaf)} is not valid for host name "${o.hostname}" (subject alternative names: ${sans})`,
+      };
     }
   }
   return undefined;
@@ -191,7 +207,10 @@ export function verifyChain(o: VerifyOptions): VerifyResult {
   if (!given.length) throw new UserError('no certificate to verify', 'Pass a PEM certificate file');
   const trust = o.trustPems.flatMap((p) => parseCertificates(p, 'trusted certificate'));
   if (!trust.length) throw new UserError('no trusted root certificate given', 'Pass the root CA certificate to trust');
-  const untrusted = [...given.slice(1), ...(o.untrustedPems ?? []).flatMap((p) => parseCertificates(p, 'untrusted certificate'))];
+  const untrusted = [
+    ...given.slice(1),
+    ...(o.untrustedPems ?? []).flatMap((p) => parseCertificates(p, 'untrusted certificate')),
+  ];
 
   const { path, failure } = buildPath(given[0], trust, untrusted);
   const chain = path.map((c) => ({ subject: c.x.subject, issuer: c.x.issuer, notAfter: c.x.notAfter }));

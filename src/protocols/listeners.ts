@@ -70,7 +70,15 @@ export async function startDeviceHeads(o: DeviceHeadsOptions, onClose: (fn: Clos
   const { engine, bind, preAuth } = o;
   let mqtt: MqttListener;
   try {
-    mqtt = await startMqttListener({ engine, host: bind, port: o.ports.mqtt, certPem: o.tls.cert, keyPem: o.tls.key, onBehalfOf: o.onBehalfOf, preAuth });
+    mqtt = await startMqttListener({
+      engine,
+      host: bind,
+      port: o.ports.mqtt,
+      certPem: o.tls.cert,
+      keyPem: o.tls.key,
+      onBehalfOf: o.onBehalfOf,
+      preAuth,
+    });
   } catch (err) {
     throw mapError(err, 'MQTT', bind, o.ports.mqtt);
   }
@@ -79,12 +87,23 @@ export async function startDeviceHeads(o: DeviceHeadsOptions, onClose: (fn: Clos
   const amqp = new AmqpHead({ engine, ...o.amqp, onBehalfOf: o.onBehalfOf, preAuth });
   onClose(() => amqp.close());
   const log = o.log ?? amqp.log;
-  const amqpServer = tls.createServer({ ...o.tls, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['amqp'], ...GATED_TLS_OPTIONS });
+  const amqpServer = tls.createServer({
+    ...o.tls,
+    requestCert: true,
+    rejectUnauthorized: false,
+    ALPNProtocols: ['amqp'],
+    ...GATED_TLS_OPTIONS,
+  });
   amqpServer.on('secureConnection', (socket: TLSSocket) => {
     socket.setNoDelay(true);
     const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     try {
-      amqp.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket), preAuth: preAuthOf(socket) });
+      amqp.accept(socket, {
+        transport: 'amqp',
+        remote,
+        clientCertificate: clientCertificateOf(socket),
+        preAuth: preAuthOf(socket),
+      });
     } catch (err) {
       log.error({ err, remote }, 'could not serve an AMQP connection');
       socket.destroy();
@@ -119,12 +138,24 @@ export async function startDeviceHeads(o: DeviceHeadsOptions, onClose: (fn: Clos
  */
 export function attachWebSocketHeads(
   https: HttpsServer,
-  o: { engine: Engine; amqp: AmqpHead; preAuth: PreAuthGate; onBehalfOf?: OnBehalfOfSource; publicHost: string; httpsPort: number },
+  o: {
+    engine: Engine;
+    amqp: AmqpHead;
+    preAuth: PreAuthGate;
+    onBehalfOf?: OnBehalfOfSource;
+    publicHost: string;
+    httpsPort: number;
+  },
 ): { listeners: ListenerEntry[]; close(): Promise<void> } {
   const mqttWs = attachMqttWebSocket(https, o.engine, undefined, o.onBehalfOf, o.preAuth);
   webSocketDispatcher(https).register(AMQP_WS_SUBPROTOCOL, (stream, req) => {
     const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
-    o.amqp.accept(stream, { transport: 'amqp-ws', remote, clientCertificate: clientCertificateOf(req.socket), preAuth: preAuthOf(req.socket) });
+    o.amqp.accept(stream, {
+      transport: 'amqp-ws',
+      remote,
+      clientCertificate: clientCertificateOf(req.socket),
+      preAuth: preAuthOf(req.socket),
+    });
   });
   const url = `wss://${o.publicHost}${o.httpsPort === 443 || o.httpsPort === 0 ? '' : `:${o.httpsPort}`}${IOTHUB_WEBSOCKET_PATH}`;
   return {
@@ -143,18 +174,32 @@ export function attachWebSocketHeads(
 /** Turns the usual listen failures into one line that says what to do. */
 export function listenError(err: unknown, what: string, host: string, port: number): unknown {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'EADDRINUSE') return new UserError(`cannot listen for ${what} on ${host}:${port}: the port is in use`, 'Stop whatever holds it, or choose another port');
+  if (code === 'EADDRINUSE')
+    return new UserError(
+      `cannot listen for ${what} on ${host}:${port}: the port is in use`,
+      'Stop whatever holds it, or choose another port',
+    );
   if (code === 'EACCES') {
     return new UserError(
       `cannot listen for ${what} on ${host}:${port}: permission denied`,
       'Ports below 1024 need root (or CAP_NET_BIND_SERVICE); note that the azure-iothub service SDK only dials 443',
     );
   }
-  if (code === 'EADDRNOTAVAIL') return new UserError(`cannot listen on ${host}: no network interface has that address`, 'Pass --bind with an address of this machine');
+  if (code === 'EADDRNOTAVAIL')
+    return new UserError(
+      `cannot listen on ${host}: no network interface has that address`,
+      'Pass --bind with an address of this machine',
+    );
   return err;
 }
 
-function listen(server: tls.Server, host: string, port: number, what: string, mapError: ListenErrorMapper): Promise<void> {
+function listen(
+  server: tls.Server,
+  host: string,
+  port: number,
+  what: string,
+  mapError: ListenErrorMapper,
+): Promise<void> {
   return new Promise<void>((resolvePromise, reject) => {
     server.once('error', (err) => reject(mapError(err, what, host, port)));
     server.listen(port, host, () => resolvePromise());

@@ -38,7 +38,11 @@ export const PRE_AUTH_SETTINGS = {
   mqttConnectTimeoutMs: { setting: 'mqtt_connect_timeout_secs', option: '--mqtt-connect-timeout', seconds: true },
   amqpAuthTimeoutMs: { setting: 'amqp_auth_timeout_secs', option: '--amqp-auth-timeout', seconds: true },
   httpHeadersTimeoutMs: { setting: 'http_headers_timeout_secs', option: '--http-headers-timeout', seconds: true },
-  maxUnauthenticatedPerAddress: { setting: 'max_unauthenticated_per_address', option: '--max-unauthenticated-per-address', seconds: false },
+  maxUnauthenticatedPerAddress: {
+    setting: 'max_unauthenticated_per_address',
+    option: '--max-unauthenticated-per-address',
+    seconds: false,
+  },
   maxUnauthenticated: { setting: 'max_unauthenticated', option: '--max-unauthenticated', seconds: false },
 } as const satisfies Record<keyof PreAuthLimits, { setting: string; option: string; seconds: boolean }>;
 
@@ -163,7 +167,12 @@ export class PreAuthGate {
       if (raw[CLOSED_HERE]) return void socket.destroy();
       const ticket = preAuthOf(socket);
       const remote = ticket?.remote ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-      refusals.warn(this.log, sourceAddress(remote), { remote, port, reason: wireText(err.message, 300) }, `TLS handshake failed on the ${port} port; closing`);
+      refusals.warn(
+        this.log,
+        sourceAddress(remote),
+        { remote, port, reason: wireText(err.message, 300) },
+        `TLS handshake failed on the ${port} port; closing`,
+      );
       ticket?.release();
       socket.destroy();
     });
@@ -235,7 +244,12 @@ export class PreAuthGate {
 
   /** @internal */
   closeFor(ticket: PreAuthTicket, why: string): void {
-    refusals.warn(this.log, ticket.address, { remote: ticket.remote, port: ticket.port }, `closing unauthenticated connection from ${ticket.remote}: ${why}`);
+    refusals.warn(
+      this.log,
+      ticket.address,
+      { remote: ticket.remote, port: ticket.port },
+      `closing unauthenticated connection from ${ticket.remote}: ${why}`,
+    );
     ticket.release();
     closeHere(ticket.socket);
   }
@@ -253,14 +267,21 @@ export class PreAuthGate {
  * Reads the limits from settings by their names (seconds for timeouts); a value that is not a
  * positive number is an error naming the setting.
  */
-export function preAuthLimitsFrom(get: (name: string) => unknown, describe: (name: string) => string): Partial<PreAuthLimits> {
+export function preAuthLimitsFrom(
+  get: (name: string) => unknown,
+  describe: (name: string) => string,
+): Partial<PreAuthLimits> {
   const out: Partial<PreAuthLimits> = {};
-  for (const [key, s] of Object.entries(PRE_AUTH_SETTINGS) as Array<[keyof PreAuthLimits, (typeof PRE_AUTH_SETTINGS)[keyof PreAuthLimits]]>) {
+  for (const [key, s] of Object.entries(PRE_AUTH_SETTINGS) as Array<
+    [keyof PreAuthLimits, (typeof PRE_AUTH_SETTINGS)[keyof PreAuthLimits]]
+  >) {
     const raw = get(s.setting);
     if (raw === undefined) continue;
     const n = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
     if (!Number.isFinite(n) || n <= 0 || (!s.seconds && !Number.isInteger(n))) {
-      throw new Error(`${describe(s.setting)} must be a positive ${s.seconds ? 'number of seconds' : 'whole number'}, not ${JSON.stringify(raw)}`);
+      throw new Error(
+        `${describe(s.setting)} must be a positive ${s.seconds ? 'number of seconds' : 'whole number'}, not ${JSON.stringify(raw)}`,
+      );
     }
     out[key] = s.seconds ? Math.round(n * 1000) : n;
   }

@@ -43,7 +43,12 @@ export function webSocketDispatcher(server: HttpsServer): WebSocketDispatcher {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
     // issue 6: Event Hubs clients open their AMQP WebSockets on /$servicebus/websocket.
     if (path !== IOTHUB_WEBSOCKET_PATH && path !== SERVICEBUS_WEBSOCKET_PATH) {
-      refusals.warn(log, sourceAddress(remote), { remote, path: wireText(path) }, `WebSocket refused: no endpoint at ${wireText(path)} (use ${IOTHUB_WEBSOCKET_PATH})`);
+      refusals.warn(
+        log,
+        sourceAddress(remote),
+        { remote, path: wireText(path) },
+        `WebSocket refused: no endpoint at ${wireText(path)} (use ${IOTHUB_WEBSOCKET_PATH})`,
+      );
       return reject(socket, 404, 'Not Found');
     }
     const offered = new Set(
@@ -54,7 +59,12 @@ export function webSocketDispatcher(server: HttpsServer): WebSocketDispatcher {
     );
     const chosen = pick(offered, handlers);
     if (!chosen) {
-      refusals.warn(log, sourceAddress(remote), { remote, offered: [...offered].slice(0, 8).map((p) => wireText(p)) }, `WebSocket refused: none of the offered subprotocols is served (${[...handlers.values()].map((h) => h.name).join(', ') || 'none registered'})`);
+      refusals.warn(
+        log,
+        sourceAddress(remote),
+        { remote, offered: [...offered].slice(0, 8).map((p) => wireText(p)) },
+        `WebSocket refused: none of the offered subprotocols is served (${[...handlers.values()].map((h) => h.name).join(', ') || 'none registered'})`,
+      );
       return reject(socket, 400, 'Bad Request');
     }
     wss.handleUpgrade(req, socket, head, (ws) => {
@@ -81,7 +91,10 @@ export function webSocketDispatcher(server: HttpsServer): WebSocketDispatcher {
   return d;
 }
 
-function pick(offered: Set<string>, handlers: Map<string, { name: string; handler: WebSocketProtocolHandler }>): { name: string; handler: WebSocketProtocolHandler } | undefined {
+function pick(
+  offered: Set<string>,
+  handlers: Map<string, { name: string; handler: WebSocketProtocolHandler }>,
+): { name: string; handler: WebSocketProtocolHandler } | undefined {
   for (const p of offered) {
     const h = handlers.get(p.toLowerCase());
     if (h) return { name: p, handler: h.handler };

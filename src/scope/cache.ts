@@ -1,8 +1,19 @@
 import { EventEmitter } from 'node:events';
 import type { X509Certificate } from 'node:crypto';
 import type { FeedPosition, IdentitySource } from './contract.ts';
-import { MAX_EDGE_LAYERS, buildAuthChain, chainVoidReason, formatAuthChain, lineage, parentScopeOfNode, toScopeNode, type ScopeDevice, type ScopeModule, type ScopeView } from '../identity/scope.ts';
-import { type IdentityRef } from '../model/identity.ts';
+import {
+  MAX_EDGE_LAYERS,
+  buildAuthChain,
+  chainVoidReason,
+  formatAuthChain,
+  lineage,
+  parentScopeOfNode,
+  toScopeNode,
+  type ScopeDevice,
+  type ScopeModule,
+  type ScopeView,
+} from '../identity/scope.ts';
+import type { IdentityRef } from '../model/identity.ts';
 import { openNodeDb, type NodeDb } from '../store/db.ts';
 import { UserError } from '../util/errors.ts';
 import { FrozenLookups } from '../util/frozen-lookups.ts';
@@ -56,7 +67,10 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
   private pending: Pending[] | undefined;
   private closed = false;
 
-  private constructor(private readonly db: NodeDb, readonly edgeDeviceId: string) {
+  private constructor(
+    private readonly db: NodeDb,
+    readonly edgeDeviceId: string,
+  ) {
     super();
     this.q = prepare(db);
   }
@@ -72,7 +86,10 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
       db = openNodeDb(path);
       db.migrate('scope-cache', SCHEMA);
     } catch (err) {
-      throw new UserError(`cannot open the scope cache ${path}: ${(err as Error).message}`, 'Check that the directory is writable and the file is not damaged');
+      throw new UserError(
+        `cannot open the scope cache ${path}: ${(err as Error).message}`,
+        'Check that the directory is writable and the file is not damaged',
+      );
     }
     const cache = new ScopeCache(db, opts.edgeDeviceId);
     const owner = cache.meta('edge_device_id');
@@ -165,7 +182,11 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
   check(deviceId: string, moduleId?: string): ScopeCheck {
     const who = moduleId === undefined ? `device ${deviceId}` : `module ${deviceId}/${moduleId}`;
     if (!this.has(deviceId) || (moduleId !== undefined && !this.has(deviceId, moduleId))) {
-      return { ok: false, reason: 'not-found', message: `${who} is not in this gateway's scope (not known to edge device ${this.edgeDeviceId})` };
+      return {
+        ok: false,
+        reason: 'not-found',
+        message: `${who} is not in this gateway's scope (not known to edge device ${this.edgeDeviceId})`,
+      };
     }
     const view = this.view();
     const target: IdentityRef = moduleId === undefined ? { deviceId } : { deviceId, moduleId };
@@ -253,7 +274,11 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
    * stored, missing ones removed, and the position set, in one transaction. Returns what
    * changed.
    */
-  replaceAll(devices: ScopeDevice[], modules: ScopeModule[], position: FeedPosition): { created: number; updated: number; deleted: number } {
+  replaceAll(
+    devices: ScopeDevice[],
+    modules: ScopeModule[],
+    position: FeedPosition,
+  ): { created: number; updated: number; deleted: number } {
     devices.forEach((d) => checkScopeDevice(d));
     modules.forEach((m) => checkScopeModule(m));
     const keepDevices = new Set(devices.map((d) => d.deviceId));
@@ -328,7 +353,11 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
     if (old && sameRecord(old, d)) return;
     const node = toScopeNode(d);
     this.q.putDevice.run(d.deviceId, node.isEdge ? 1 : 0, node.deviceScope, parentScopeOfNode(node), doc);
-    const kind: ScopeChangeKind = !old ? 'created' : old.status !== 'disabled' && d.status === 'disabled' ? 'disabled' : 'updated';
+    const kind: ScopeChangeKind = !old
+      ? 'created'
+      : old.status !== 'disabled' && d.status === 'disabled'
+        ? 'disabled'
+        : 'updated';
     this.pending?.push([d.deviceId, undefined, kind]);
   }
 
@@ -337,7 +366,11 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
     const doc = JSON.stringify(m);
     if (old && sameRecord(old, m)) return;
     this.q.putModule.run(m.deviceId, m.moduleId, doc);
-    const kind: ScopeChangeKind = !old ? 'created' : old.status !== 'disabled' && m.status === 'disabled' ? 'disabled' : 'updated';
+    const kind: ScopeChangeKind = !old
+      ? 'created'
+      : old.status !== 'disabled' && m.status === 'disabled'
+        ? 'disabled'
+        : 'updated';
     this.pending?.push([m.deviceId, m.moduleId, kind]);
   }
 
@@ -364,7 +397,6 @@ export class ScopeCache extends EventEmitter<ScopeCacheEvents> {
   }
 }
 
-
 function parse<T>(row: unknown): T | undefined {
   return row ? (JSON.parse((row as { doc: string }).doc) as T) : undefined;
 }
@@ -390,7 +422,9 @@ function prepare(db: NodeDb) {
     listModules: s.prepare('SELECT doc FROM scope_modules WHERE device_id = ? ORDER BY module_id'),
     allModules: s.prepare('SELECT doc FROM scope_modules ORDER BY device_id, module_id'),
     getMeta: s.prepare('SELECT value FROM scope_meta WHERE key = ?'),
-    setMeta: s.prepare('INSERT INTO scope_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+    setMeta: s.prepare(
+      'INSERT INTO scope_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+    ),
     deleteMeta: s.prepare('DELETE FROM scope_meta WHERE key = ?'),
   };
 }

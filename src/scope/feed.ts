@@ -1,6 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { parseIdentityKey, scopeMembers, scopeOwners, scopeViewOf, toScopeNode, type ScopeView } from '../identity/scope.ts';
+import {
+  parseIdentityKey,
+  scopeMembers,
+  scopeOwners,
+  scopeViewOf,
+  toScopeNode,
+  type ScopeView,
+} from '../identity/scope.ts';
 import { identityKey } from '../model/identity.ts';
 import type { FeedEvent, FeedPosition, IdentitySource } from './contract.ts';
 
@@ -29,7 +36,11 @@ export class ScopeFeed {
   private unsubscribe?: () => void;
   private readonly view: ScopeView;
 
-  constructor(private readonly source: IdentitySource, private readonly maxEntries = 10_000, private readonly log?: Logger) {
+  constructor(
+    private readonly source: IdentitySource,
+    private readonly maxEntries = 10_000,
+    private readonly log?: Logger,
+  ) {
     this.view = scopeViewOf(source);
   }
 
@@ -78,7 +89,12 @@ export class ScopeFeed {
   /** What an entry means to `edge` now: the identity as it is, or its removal from the scope. */
   eventFor(entry: FeedEntry, edge: string): FeedEvent {
     const ref = parseIdentityKey(entry.key);
-    const remove: FeedEvent = { op: 'remove', sequence: entry.sequence, deviceId: ref.deviceId, ...(ref.moduleId ? { moduleId: ref.moduleId } : {}) };
+    const remove: FeedEvent = {
+      op: 'remove',
+      sequence: entry.sequence,
+      deviceId: ref.deviceId,
+      ...(ref.moduleId ? { moduleId: ref.moduleId } : {}),
+    };
     if (!(this.owners.get(entry.key) ?? []).includes(edge)) return remove;
     if (ref.moduleId !== undefined) {
       const m = this.source.getModule(ref.deviceId, ref.moduleId);
@@ -109,7 +125,9 @@ export class ScopeFeed {
     const old = this.owners.get(key) ?? [];
     let now: string[] = [];
     const device = this.source.getDevice(ref.deviceId);
-    const exists = device !== undefined && (ref.moduleId === undefined || this.source.getModule(ref.deviceId, ref.moduleId) !== undefined);
+    const exists =
+      device !== undefined &&
+      (ref.moduleId === undefined || this.source.getModule(ref.deviceId, ref.moduleId) !== undefined);
     if (exists) now = scopeOwners(this.view, toScopeNode(device));
     this.setOwners(key, now);
     if (force) this.append(key, [...new Set([...old, ...now])]);

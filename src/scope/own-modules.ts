@@ -30,7 +30,10 @@ export type OwnModuleReader = (req: FastifyRequest, deviceId: string, moduleId: 
 
 const unauthorized = (message: string) => new HubError(401, 'IotHubUnauthorizedAccess', message);
 
-export function ownModuleReader(source: IdentitySource, opts: { fetchUpstream?: (deviceId: string, moduleId: string) => Promise<void> } = {}): OwnModuleReader {
+export function ownModuleReader(
+  source: IdentitySource,
+  opts: { fetchUpstream?: (deviceId: string, moduleId: string) => Promise<void> } = {},
+): OwnModuleReader {
   const deps = authDepsOf(source);
   return async (req, deviceId, moduleId) => {
     const header = req.headers.authorization;
@@ -44,7 +47,11 @@ export function ownModuleReader(source: IdentitySource, opts: { fetchUpstream?: 
       throw err;
     }
     if (!source.getDevice(deviceId)?.capabilities.iotEdge) {
-      throw new HubError(403, 'IotHubUnauthorizedAccess', `device ${deviceId} is not an IoT Edge device: only edge devices read their module identities with their own credentials`);
+      throw new HubError(
+        403,
+        'IotHubUnauthorizedAccess',
+        `device ${deviceId} is not an IoT Edge device: only edge devices read their module identities with their own credentials`,
+      );
     }
     let module = source.getModule(deviceId, moduleId);
     if (!module && opts.fetchUpstream) {

@@ -35,7 +35,11 @@ export interface ScopeParentOptions {
 
 /** A refusal or failure talking to the parent; `status` is the HTTP status when there was one. */
 export class ScopeSyncError extends Error {
-  constructor(message: string, readonly status?: number, readonly code?: string) {
+  constructor(
+    message: string,
+    readonly status?: number,
+    readonly code?: string,
+  ) {
     super(message);
     this.name = 'ScopeSyncError';
   }
@@ -97,7 +101,9 @@ export class ScopeParentClient {
       ca: this.o.parent.ca,
       ...(isIP(host) ? {} : { servername: host }),
       // Dialling an explicit address must still check the certificate against the parent's name.
-      ...(address ? { checkServerIdentity: (_h: string, cert: PeerCertificate) => checkServerIdentity(host, cert) } : {}),
+      ...(address
+        ? { checkServerIdentity: (_h: string, cert: PeerCertificate) => checkServerIdentity(host, cert) }
+        : {}),
     };
   }
 
@@ -109,17 +115,31 @@ export class ScopeParentClient {
           ...this.requestOptions('POST', `${path}?api-version=${SCOPE_API_VERSION}`),
           agent: this.agent,
           timeout: this.o.requestTimeoutMs ?? 30_000,
-          headers: { ...this.headers(), 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': payload.length, Accept: 'application/json' },
+          headers: {
+            ...this.headers(),
+            'Content-Type': 'application/json; charset=utf-8',
+            'Content-Length': payload.length,
+            Accept: 'application/json',
+          },
         },
         (res) => {
           readBody(res)
             .then((text) => {
               const status = res.statusCode ?? 0;
-              if (status < 200 || status >= 300) return reject(this.refusal(status, text, path.endsWith('OnBehalfOf') ? 'an on-behalf-of lookup' : 'the scope listing'));
+              if (status < 200 || status >= 300)
+                return reject(
+                  this.refusal(
+                    status,
+                    text,
+                    path.endsWith('OnBehalfOf') ? 'an on-behalf-of lookup' : 'the scope listing',
+                  ),
+                );
               try {
                 resolve(JSON.parse(text) as T);
               } catch {
-                reject(new ScopeSyncError(`the parent ${this.where()} answered with something that is not JSON`, status));
+                reject(
+                  new ScopeSyncError(`the parent ${this.where()} answered with something that is not JSON`, status),
+                );
               }
             })
             .catch((err: Error) => reject(this.networkError(err)));
@@ -139,19 +159,38 @@ export class ScopeParentClient {
       status === 401
         ? ` (check the edge device id and key this gateway uses, and that ${this.o.edge.deviceId} and its ${EDGE_HUB} are enabled)`
         : '';
-    return new ScopeSyncError(`the parent ${this.where()} refused ${what}: ${why} (${code}, HTTP ${status})${hint}`, status, code);
+    return new ScopeSyncError(
+      `the parent ${this.where()} refused ${what}: ${why} (${code}, HTTP ${status})${hint}`,
+      status,
+      code,
+    );
   }
 
   networkError(err: Error): ScopeSyncError {
     if (err instanceof ScopeSyncError) return err;
     const code = (err as NodeJS.ErrnoException).code ?? '';
-    if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || code === 'ECONNRESET' || code === 'EAI_AGAIN') {
+    if (
+      code === 'ECONNREFUSED' ||
+      code === 'EHOSTUNREACH' ||
+      code === 'ENOTFOUND' ||
+      code === 'ETIMEDOUT' ||
+      code === 'ECONNRESET' ||
+      code === 'EAI_AGAIN'
+    ) {
       return new ScopeSyncError(`cannot reach the parent ${this.where()} (${code})`, undefined, code);
     }
     if (/CERT|SELF_SIGNED|UNABLE_TO|ALTNAME/.test(code)) {
-      return new ScopeSyncError(`the parent ${this.where()} presented a certificate this gateway does not trust (${code}): check trust_bundle_cert and the parent's hostname`, undefined, code);
+      return new ScopeSyncError(
+        `the parent ${this.where()} presented a certificate this gateway does not trust (${code}): check trust_bundle_cert and the parent's hostname`,
+        undefined,
+        code,
+      );
     }
-    return new ScopeSyncError(`talking to the parent ${this.where()} failed: ${err.message}`, undefined, code || undefined);
+    return new ScopeSyncError(
+      `talking to the parent ${this.where()} failed: ${err.message}`,
+      undefined,
+      code || undefined,
+    );
   }
 }
 

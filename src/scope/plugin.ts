@@ -3,13 +3,35 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { authenticate } from '../identity/authenticate.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { ScopeError, chainVoidReason, formatAuthChain, lineage, parseAuthChain, scopeMembers, scopeViewOf, validateAuthChain, type ScopeDevice, type ScopeModule, type ScopeNode } from '../identity/scope.ts';
+import {
+  ScopeError,
+  chainVoidReason,
+  formatAuthChain,
+  lineage,
+  parseAuthChain,
+  scopeMembers,
+  scopeViewOf,
+  validateAuthChain,
+  type ScopeDevice,
+  type ScopeModule,
+  type ScopeNode,
+} from '../identity/scope.ts';
 import { EngineError, HubError, badRequest } from '../model/errors.ts';
 import { identityKey, type AuthResult, type IdentityRef } from '../model/identity.ts';
 import { clientCertificateOf } from '../protocols/http/client-cert.ts';
 import { sendError } from '../protocols/http/rest-errors.ts';
 import { childLog } from '../util/log.ts';
-import { DEFAULT_SCOPE_PAGE, MAX_SCOPE_PAGE, authDepsOf, parsePosition, type FeedEvent, type FeedPosition, type IdentitySource, type OnBehalfOfResult, type ScopeListResult } from './contract.ts';
+import {
+  DEFAULT_SCOPE_PAGE,
+  MAX_SCOPE_PAGE,
+  authDepsOf,
+  parsePosition,
+  type FeedEvent,
+  type FeedPosition,
+  type IdentitySource,
+  type OnBehalfOfResult,
+  type ScopeListResult,
+} from './contract.ts';
 import { ScopeFeed, type FeedEntry } from './feed.ts';
 
 /**
@@ -65,7 +87,9 @@ function decodeCursor(text: string, edge: string): Cursor {
   } catch {
     // refused below
   }
-  throw badRequest('continuationLink is not one this API gave for this edge device; start the listing again without it');
+  throw badRequest(
+    'continuationLink is not one this API gave for this edge device; start the listing again without it',
+  );
 }
 
 /** Plain code-unit order, the same on every node (no locale). */
@@ -97,7 +121,10 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     return reply
       .code(err.status)
       .header('content-type', 'application/json; charset=utf-8')
-      .send({ Message: `ErrorCode:${err.code};${err.message}`, ExceptionMessage: `Tracking ID:${req.id}-TimeStamp:${new Date().toISOString()}` });
+      .send({
+        Message: `ErrorCode:${err.code};${err.message}`,
+        ExceptionMessage: `Tracking ID:${req.id}-TimeStamp:${new Date().toISOString()}`,
+      });
   });
 
   const authDeps = authDepsOf(source);
@@ -106,14 +133,21 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
   async function edgeHubCaller(req: FastifyRequest): Promise<{ edge: ScopeNode; auth: AuthResult }> {
     const { id, mid } = req.params as Params;
     if (mid !== EDGE_HUB) {
-      throw new HubError(403, 'IotHubUnauthorizedAccess', `only an edge hub (${id}/${EDGE_HUB}) may use the scope API, not module ${id}/${mid}`);
+      throw new HubError(
+        403,
+        'IotHubUnauthorizedAccess',
+        `only an edge hub (${id}/${EDGE_HUB}) may use the scope API, not module ${id}/${mid}`,
+      );
     }
     const header = req.headers.authorization;
     const token = Array.isArray(header) ? header[0] : header;
     const cert = token ? undefined : clientCertificateOf(req.raw.socket);
     let auth: AuthResult;
     try {
-      auth = await authenticate({ deviceId: id, moduleId: EDGE_HUB, sasToken: token, clientCertificate: cert }, authDeps);
+      auth = await authenticate(
+        { deviceId: id, moduleId: EDGE_HUB, sasToken: token, clientCertificate: cert },
+        authDeps,
+      );
     } catch (err) {
       if (err instanceof EngineError) throw unauthorized(err.message);
       throw err;
@@ -121,14 +155,18 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     const edge = view.device(id);
     if (!edge) throw unauthorized(`device ${id} is not registered`);
     if (!edge.isEdge) throw notInScope(`device ${id} is not an IoT Edge device, so it has no scope`);
-    const voided = chainVoidReason(view, lineage(view, edge).map((n) => n.deviceId));
+    const voided = chainVoidReason(
+      view,
+      lineage(view, edge).map((n) => n.deviceId),
+    );
     if (voided) throw chainInvalid(`edge device ${id} cannot act: ${voided}`);
     return { edge, auth };
   }
 
   function bodyOf(req: FastifyRequest): Record<string, unknown> {
     const b = req.body;
-    if (typeof b !== 'object' || b === null || Array.isArray(b)) throw badRequest('the request body must be a JSON object');
+    if (typeof b !== 'object' || b === null || Array.isArray(b))
+      throw badRequest('the request body must be a JSON object');
     return b as Record<string, unknown>;
   }
 
@@ -150,7 +188,9 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     const body = bodyOf(req);
     const chain = chainOf(body);
     if (chain[0] !== edge.deviceId) {
-      throw notInScope(`edge device ${edge.deviceId} may only read its own scope, but the auth chain asks for ${chain[0]}`);
+      throw notInScope(
+        `edge device ${edge.deviceId} may only read its own scope, but the auth chain asks for ${chain[0]}`,
+      );
     }
     try {
       validateAuthChain(view, chain, edge.deviceId, { deviceId: edge.deviceId });
@@ -161,11 +201,13 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     let pageSize = DEFAULT_SCOPE_PAGE;
     if (body.pageSize !== undefined && body.pageSize !== null && body.pageSize !== 0) {
       const n = body.pageSize;
-      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_SCOPE_PAGE) throw badRequest(`pageSize must be a whole number from 1 to ${MAX_SCOPE_PAGE}`);
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_SCOPE_PAGE)
+        throw badRequest(`pageSize must be a whole number from 1 to ${MAX_SCOPE_PAGE}`);
       pageSize = n;
     }
     const link = body.continuationLink;
-    if (link !== undefined && link !== null && typeof link !== 'string') throw badRequest('continuationLink must be a string');
+    if (link !== undefined && link !== null && typeof link !== 'string')
+      throw badRequest('continuationLink must be a string');
     const after = link ? decodeCursor(link, edge.deviceId) : undefined;
 
     const position = feed.position;
@@ -208,23 +250,32 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     const deviceId = body.targetDeviceId;
     const moduleRaw = body.targetModuleId;
     if (typeof deviceId !== 'string' || deviceId === '') throw badRequest('targetDeviceId is missing');
-    if (moduleRaw !== undefined && moduleRaw !== null && typeof moduleRaw !== 'string') throw badRequest('targetModuleId must be a string');
+    if (moduleRaw !== undefined && moduleRaw !== null && typeof moduleRaw !== 'string')
+      throw badRequest('targetModuleId must be a string');
     const moduleId = moduleRaw ? moduleRaw : undefined;
     const target: IdentityRef = moduleId ? { deviceId, moduleId } : { deviceId };
     const key = identityKey(deviceId, moduleId);
-    if (claimed[0] !== key) throw chainInvalid(`the auth chain ${formatAuthChain(claimed)} must start with the target ${key}`);
+    if (claimed[0] !== key)
+      throw chainInvalid(`the auth chain ${formatAuthChain(claimed)} must start with the target ${key}`);
     if (claimed[claimed.length - 1] !== edge.deviceId) {
-      throw chainInvalid(`the auth chain ${formatAuthChain(claimed)} must end with the calling edge device ${edge.deviceId}`);
+      throw chainInvalid(
+        `the auth chain ${formatAuthChain(claimed)} must end with the calling edge device ${edge.deviceId}`,
+      );
     }
 
     let upstreamProblem: string | undefined;
-    const known = () => source.getDevice(deviceId) !== undefined && (moduleId === undefined || source.getModule(deviceId, moduleId) !== undefined);
+    const known = () =>
+      source.getDevice(deviceId) !== undefined &&
+      (moduleId === undefined || source.getModule(deviceId, moduleId) !== undefined);
     if (!known() && source.fetchUpstream) {
       try {
         await source.fetchUpstream(target, claimed);
       } catch (err) {
         upstreamProblem = err instanceof Error ? err.message : String(err);
-        log.warn({ target: key, err: upstreamProblem }, 'could not ask the parent for an identity on behalf of a child');
+        log.warn(
+          { target: key, err: upstreamProblem },
+          'could not ask the parent for an identity on behalf of a child',
+        );
       }
     }
     let real: string[];
@@ -233,7 +284,12 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     } catch (err) {
       if (err instanceof ScopeError) {
         const refusal = scopeRefusal(err);
-        if (refusal.status === 404 && upstreamProblem) throw new HubError(404, refusal.code, `${refusal.message}, and the parent could not be asked (${upstreamProblem})`);
+        if (refusal.status === 404 && upstreamProblem)
+          throw new HubError(
+            404,
+            refusal.code,
+            `${refusal.message}, and the parent could not be asked (${upstreamProblem})`,
+          );
         throw refusal;
       }
       throw err;
@@ -248,7 +304,10 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
       .filter((k) => !k.includes('/'))
       .map((k) => source.getDevice(k))
       .filter((d): d is ScopeDevice => d !== undefined);
-    log.info({ actor: edge.deviceId, target: key, authChain: formatAuthChain(real) }, 'identity sent on behalf of a child');
+    log.info(
+      { actor: edge.deviceId, target: key, authChain: formatAuthChain(real) },
+      'identity sent on behalf of a child',
+    );
     return { devices, modules, authChain: formatAuthChain(real) };
   });
 
@@ -273,7 +332,12 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     return reply;
   });
 
-  function openStream(res: ServerResponse, edgeId: string, since: FeedPosition | undefined, expiresAt: number | undefined): void {
+  function openStream(
+    res: ServerResponse,
+    edgeId: string,
+    since: FeedPosition | undefined,
+    expiresAt: number | undefined,
+  ): void {
     let ended = false;
     const write = (e: FeedEvent) => res.write(`event: ${e.op}\ndata: ${JSON.stringify(e)}\n\n`);
     const send = (e: FeedEvent) => {
@@ -312,7 +376,10 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     const keepAlive = setInterval(() => send({ op: 'position', ...feed.position }), keepAliveMs);
     keepAlive.unref();
     // The token's end is the stream's end: the reader comes back with a fresh one.
-    const expiry = expiresAt !== undefined ? setTimeout(() => end('the SAS token expired'), Math.max(0, Math.min(expiresAt - Date.now(), 2 ** 31 - 1))) : undefined;
+    const expiry =
+      expiresAt !== undefined
+        ? setTimeout(() => end('the SAS token expired'), Math.max(0, Math.min(expiresAt - Date.now(), 2 ** 31 - 1)))
+        : undefined;
     expiry?.unref();
     const onGone = () => {
       ended = true;
@@ -329,7 +396,8 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     streams.add(end);
 
     if (since) {
-      if (since.epoch !== feed.epoch) return resync(`the feed started over (epoch ${since.epoch} ended); read the scope again`);
+      if (since.epoch !== feed.epoch)
+        return resync(`the feed started over (epoch ${since.epoch} ended); read the scope again`);
       const missed = feed.since(since.sequence, edgeId);
       if (!missed) return resync(`changes after ${since.sequence} are no longer kept; read the scope again`);
       for (const entry of missed) deliver(entry);

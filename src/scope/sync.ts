@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import https from 'node:https';
 import type { Logger } from 'pino';
 import { identityKey, type IdentityRef } from '../model/identity.ts';
-import { type ScopeDevice, type ScopeModule } from '../identity/scope.ts';
+import type { ScopeDevice, ScopeModule } from '../identity/scope.ts';
 import { childLog } from '../util/log.ts';
 import type { ScopeCache } from './cache.ts';
 import {
@@ -14,7 +14,14 @@ import {
   type OnBehalfOfResult,
   type ScopeListResult,
 } from './contract.ts';
-import { MAX_BODY, ScopeParentClient, ScopeSyncError, parseSseBlock, readBody, type ScopeParentOptions } from './parent-client.ts';
+import {
+  MAX_BODY,
+  ScopeParentClient,
+  ScopeSyncError,
+  parseSseBlock,
+  readBody,
+  type ScopeParentOptions,
+} from './parent-client.ts';
 import { ScopeRecordError } from './records.ts';
 
 export { ScopeSyncError } from './parent-client.ts';
@@ -74,7 +81,9 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
   constructor(private readonly o: ScopeSyncOptions) {
     super();
     if (o.cache.edgeDeviceId !== o.edge.deviceId) {
-      throw new ScopeSyncError(`the scope cache belongs to edge device ${o.cache.edgeDeviceId}, not ${o.edge.deviceId}`);
+      throw new ScopeSyncError(
+        `the scope cache belongs to edge device ${o.cache.edgeDeviceId}, not ${o.edge.deviceId}`,
+      );
     }
     this.client = new ScopeParentClient(o);
     this.log = o.log ?? childLog('scope-sync');
@@ -105,7 +114,15 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       await Promise.race([
         this.firstSync!.promise,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new ScopeSyncError(`the scope of ${this.o.edge.deviceId} was not synced from ${this.client.where()} within ${timeoutMs} ms`)), timeoutMs);
+          timer = setTimeout(
+            () =>
+              reject(
+                new ScopeSyncError(
+                  `the scope of ${this.o.edge.deviceId} was not synced from ${this.client.where()} within ${timeoutMs} ms`,
+                ),
+              ),
+            timeoutMs,
+          );
         }),
       ]);
     } finally {
@@ -163,10 +180,19 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
         ...(moduleId !== undefined ? { targetModuleId: moduleId } : {}),
       });
     } catch (err) {
-      if (err instanceof ScopeSyncError && (err.status === 404 || (err.status === 403 && err.code === 'DeviceNotInScope'))) {
-        const gone = err.status === 404 && err.code === 'ModuleNotFound' ? { deviceId, moduleId } : { deviceId, moduleId: err.status === 404 ? undefined : moduleId };
+      if (
+        err instanceof ScopeSyncError &&
+        (err.status === 404 || (err.status === 403 && err.code === 'DeviceNotInScope'))
+      ) {
+        const gone =
+          err.status === 404 && err.code === 'ModuleNotFound'
+            ? { deviceId, moduleId }
+            : { deviceId, moduleId: err.status === 404 ? undefined : moduleId };
         if (this.o.cache.has(gone.deviceId, gone.moduleId)) {
-          this.log.info({ target: key, why: err.message }, 'the parent no longer has this identity in scope; removed it from the cache');
+          this.log.info(
+            { target: key, why: err.message },
+            'the parent no longer has this identity in scope; removed it from the cache',
+          );
           this.o.cache.remove(gone.deviceId, gone.moduleId);
         }
         return { status: err.status === 404 ? 'not-found' : 'not-in-scope', message: err.message };
@@ -174,16 +200,20 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       throw err;
     }
     if (!res || !Array.isArray(res.devices) || !Array.isArray(res.modules)) {
-      throw new ScopeSyncError(`the parent ${this.client.where()} answered an on-behalf-of lookup with something that is not a scope result`);
+      throw new ScopeSyncError(
+        `the parent ${this.client.where()} answered an on-behalf-of lookup with something that is not a scope result`,
+      );
     }
     try {
       this.o.cache.upsertMany(res.devices, res.modules);
     } catch (err) {
-      if (err instanceof ScopeRecordError) throw new ScopeSyncError(`the parent ${this.client.where()} sent a bad identity record: ${err.message}`);
+      if (err instanceof ScopeRecordError)
+        throw new ScopeSyncError(`the parent ${this.client.where()} sent a bad identity record: ${err.message}`);
       throw err;
     }
     const device = res.devices.find((d) => d.deviceId === deviceId);
-    const module = moduleId === undefined ? undefined : res.modules.find((m) => m.deviceId === deviceId && m.moduleId === moduleId);
+    const module =
+      moduleId === undefined ? undefined : res.modules.find((m) => m.deviceId === deviceId && m.moduleId === moduleId);
     if (!device || (moduleId !== undefined && !module)) {
       return { status: 'not-found', message: `the parent ${this.client.where()} did not return ${key}` };
     }
@@ -212,7 +242,9 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
         ...(link ? { continuationLink: link } : {}),
       });
       if (!page || !Array.isArray(page.devices) || !Array.isArray(page.modules) || !page.feed) {
-        throw new ScopeSyncError(`the parent ${this.client.where()} answered the scope listing with something that is not a scope page`);
+        throw new ScopeSyncError(
+          `the parent ${this.client.where()} answered the scope listing with something that is not a scope page`,
+        );
       }
       // Changes made while the pages are read come from the feed, followed from here.
       position ??= page.feed;
@@ -220,14 +252,18 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       modules.push(...page.modules);
       link = page.continuationLink ?? null;
       if (!link) break;
-      if (seen.has(link)) throw new ScopeSyncError(`the parent ${this.client.where()} repeated a continuation link; stopping instead of looping`);
+      if (seen.has(link))
+        throw new ScopeSyncError(
+          `the parent ${this.client.where()} repeated a continuation link; stopping instead of looping`,
+        );
       seen.add(link);
     }
     let changes;
     try {
       changes = this.o.cache.replaceAll(devices, modules, position);
     } catch (err) {
-      if (err instanceof ScopeRecordError) throw new ScopeSyncError(`the parent ${this.client.where()} sent a bad identity record: ${err.message}`);
+      if (err instanceof ScopeRecordError)
+        throw new ScopeSyncError(`the parent ${this.client.where()} sent a bad identity record: ${err.message}`);
       throw err;
     }
     this.stats.fullSyncs++;
@@ -266,7 +302,10 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
         if (!this.stopped) this.log.info({ reason: outcome.reason }, 'scope feed ended; reconnecting');
       } catch (err) {
         if (this.stopped) break;
-        const e = err instanceof ScopeSyncError ? err : new ScopeSyncError(`scope sync with ${this.client.where()} failed: ${(err as Error).message}`);
+        const e =
+          err instanceof ScopeSyncError
+            ? err
+            : new ScopeSyncError(`scope sync with ${this.client.where()} failed: ${(err as Error).message}`);
         const level = e.status === 401 || e.status === 403 ? 'error' : 'warn';
         this.log[level]({ status: e.status, code: e.code, err: e.message, attempt }, 'scope sync failed; retrying');
         this.emit('failure', e);
@@ -320,7 +359,11 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
       let idle: NodeJS.Timeout | undefined;
       const touch = () => {
         clearTimeout(idle);
-        idle = setTimeout(() => req.destroy(new ScopeSyncError(`the scope feed from ${this.client.where()} was silent for ${idleMs} ms`)), idleMs);
+        idle = setTimeout(
+          () =>
+            req.destroy(new ScopeSyncError(`the scope feed from ${this.client.where()} was silent for ${idleMs} ms`)),
+          idleMs,
+        );
       };
       const req = https.request(
         {
@@ -397,7 +440,10 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
           outcome.live = true;
           this.setState('live');
           this.firstSync?.resolve();
-          this.log.info({ position: formatPosition({ epoch, sequence: e.sequence }) }, `following the scope feed of ${this.client.where()}`);
+          this.log.info(
+            { position: formatPosition({ epoch, sequence: e.sequence }) },
+            `following the scope feed of ${this.client.where()}`,
+          );
         }
         return;
       case 'upsert':

@@ -72,10 +72,24 @@ export async function ensureRootSet(out: string): Promise<{ set: RootSet; create
     interPem: tryRead(certPath(out, interBase)),
     interKey: tryRead(keyPath(out, interBase)),
   };
-  if (existing.rootPem && existing.rootKey && existing.interPem && existing.interKey
-    && stillGood(existing.rootPem, existing.rootKey) && stillGood(existing.interPem, existing.interKey)) {
+  if (
+    existing.rootPem &&
+    existing.rootKey &&
+    existing.interPem &&
+    existing.interKey &&
+    stillGood(existing.rootPem, existing.rootKey) &&
+    stillGood(existing.interPem, existing.interKey)
+  ) {
     const issuer = { certPem: existing.interPem, keyPem: existing.interKey };
-    return { set: { rootCert, rootPem: existing.rootPem, issuer, intermediateChainPem: fullChainPem(issuer.certPem, existing.rootPem) }, created: false };
+    return {
+      set: {
+        rootCert,
+        rootPem: existing.rootPem,
+        issuer,
+        intermediateChainPem: fullChainPem(issuer.certPem, existing.rootPem),
+      },
+      created: false,
+    };
   }
   const root = await createRootCa({ commonName: `${ROOT_NAME} Root CA` });
   const inter = await createIntermediateCa({ commonName: `${ROOT_NAME} Intermediate CA`, issuer: root });
@@ -84,7 +98,15 @@ export async function ensureRootSet(out: string): Promise<{ set: RootSet; create
   writeKeyFile(keyPath(out, interBase), inter.keyPem);
   writeCertFile(certPath(out, interBase), inter.certPem);
   writeCertFile(certPath(out, `${ROOT_NAME}.intermediate-full-chain`), fullChainPem(inter.certPem, root.certPem));
-  return { set: { rootCert, rootPem: root.certPem, issuer: inter, intermediateChainPem: fullChainPem(inter.certPem, root.certPem) }, created: true };
+  return {
+    set: {
+      rootCert,
+      rootPem: root.certPem,
+      issuer: inter,
+      intermediateChainPem: fullChainPem(inter.certPem, root.certPem),
+    },
+    created: true,
+  };
 }
 
 function writeIssued(out: string, base: string, issued: IssuedCert, chainPem: string): CertAndKey {

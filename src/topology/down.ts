@@ -18,24 +18,35 @@ export interface DownReport {
 export function requireState(dir: string): TopologyState {
   const state = readState(dir);
   if (!state) {
-    throw new UserError(`there is no topology in ${topologyPaths(dir).root}`, 'Start one with `strata topology up FILE`, or pass the --dir it was started with');
+    throw new UserError(
+      `there is no topology in ${topologyPaths(dir).root}`,
+      'Start one with `strata topology up FILE`, or pass the --dir it was started with',
+    );
   }
   return state;
 }
 
-export async function topologyDown(dir: string, graceMs = 10_000, say: (line: string) => void = () => undefined): Promise<DownReport> {
+export async function topologyDown(
+  dir: string,
+  graceMs = 10_000,
+  say: (line: string) => void = () => undefined,
+): Promise<DownReport> {
   const state = requireState(dir);
   const report: DownReport = { stopped: [], killed: [], notRunning: [] };
   const groups: Array<Array<{ name: string; record: ProcessRecord }>> = [
     state.sensors.map((s) => ({ name: `sensor ${s.id}`, record: s })),
   ];
   const layers = [...new Set(state.gateways.map((g) => g.layer))].sort((a, b) => b - a);
-  for (const layer of layers) groups.push(state.gateways.filter((g) => g.layer === layer).map((g) => ({ name: `gateway ${g.id}`, record: g })));
+  for (const layer of layers)
+    groups.push(state.gateways.filter((g) => g.layer === layer).map((g) => ({ name: `gateway ${g.id}`, record: g })));
   groups.push([{ name: 'hub', record: state.hub }]);
 
   for (const group of groups) {
     if (group.length === 0) continue;
-    const results = await stopProcesses(group.map((g) => g.record), graceMs);
+    const results = await stopProcesses(
+      group.map((g) => g.record),
+      graceMs,
+    );
     results.forEach((r, i) => {
       const name = group[i]!.name;
       if (r.notRunning) report.notRunning.push(name);

@@ -46,7 +46,10 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
     `pk = ${str(fileUri(c.edgeCaKey))}`,
     '',
   ];
-  const strata = [...(c.upstreamProtocol ? [`upstream_protocol = ${str(c.upstreamProtocol)}`] : []), ...(c.metricsBind ? [`metrics_bind = ${str(c.metricsBind)}`] : [])];
+  const strata = [
+    ...(c.upstreamProtocol ? [`upstream_protocol = ${str(c.upstreamProtocol)}`] : []),
+    ...(c.metricsBind ? [`metrics_bind = ${str(c.metricsBind)}`] : []),
+  ];
   if (strata.length > 0) lines.push('[strata]', ...strata, '');
   return lines.join('\n');
 }

@@ -25,7 +25,10 @@ export class HubEventFollower {
   private stopped = false;
   private loop?: Promise<void>;
 
-  constructor(private readonly client: ServiceClient, private readonly waitSeconds = 1) {}
+  constructor(
+    private readonly client: ServiceClient,
+    private readonly waitSeconds = 1,
+  ) {}
 
   start(): void {
     this.loop ??= this.run();
@@ -40,11 +43,17 @@ export class HubEventFollower {
     let from = 'end';
     while (!this.stopped) {
       try {
-        const page = (await this.client.request<EventPageJson>('GET', `/events?from=${from}&limit=1000&wait=${this.waitSeconds}`)).body;
+        const page = (
+          await this.client.request<EventPageJson>('GET', `/events?from=${from}&limit=1000&wait=${this.waitSeconds}`)
+        ).body;
         for (const e of page.events) {
           this.total++;
           this.byDevice.set(e.deviceId, (this.byDevice.get(e.deviceId) ?? 0) + 1);
-          this.last = { deviceId: e.deviceId, body: Buffer.from(e.body, 'base64').toString('utf8'), enqueuedTime: e.enqueuedTime };
+          this.last = {
+            deviceId: e.deviceId,
+            body: Buffer.from(e.body, 'base64').toString('utf8'),
+            enqueuedTime: e.enqueuedTime,
+          };
         }
         from = String(page.nextSequenceNumber);
         this.error = undefined;

@@ -18,8 +18,16 @@ export const GATEWAY_DEPLOYMENT = {
         schemaVersion: '1.1',
         runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25' } },
         systemModules: {
-          edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2', createOptions: '{}' } },
-          edgeHub: { type: 'docker', status: 'running', restartPolicy: 'always', settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2', createOptions: '{}' } },
+          edgeAgent: {
+            type: 'docker',
+            settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2', createOptions: '{}' },
+          },
+          edgeHub: {
+            type: 'docker',
+            status: 'running',
+            restartPolicy: 'always',
+            settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2', createOptions: '{}' },
+          },
         },
         modules: {},
       },
@@ -62,7 +70,10 @@ function sasKey(d: DeviceJson): string {
 }
 
 /** Creates the identity, or brings an existing one to the wanted edge flag and parent. */
-async function ensureDevice(client: ServiceClient, wanted: { deviceId: string; edge: boolean; parentScope?: string }): Promise<DeviceJson> {
+async function ensureDevice(
+  client: ServiceClient,
+  wanted: { deviceId: string; edge: boolean; parentScope?: string },
+): Promise<DeviceJson> {
   const existing = await getIfExists(client, wanted.deviceId);
   const parentScopes = wanted.parentScope ? [wanted.parentScope] : [];
   if (!existing) {
@@ -80,8 +91,19 @@ async function ensureDevice(client: ServiceClient, wanted: { deviceId: string; e
   const sameParent = (existing.parentScopes ?? []).filter(Boolean).join() === parentScopes.join();
   const sameKind = (existing.capabilities?.iotEdge === true) === wanted.edge;
   const enabled = existing.status !== 'disabled';
-  if (sameParent && sameKind && enabled && (wanted.edge || existing.deviceScope === (wanted.parentScope ?? existing.deviceScope))) return existing;
-  const updated: DeviceJson = { ...existing, status: 'enabled', capabilities: { ...existing.capabilities, iotEdge: wanted.edge }, parentScopes };
+  if (
+    sameParent &&
+    sameKind &&
+    enabled &&
+    (wanted.edge || existing.deviceScope === (wanted.parentScope ?? existing.deviceScope))
+  )
+    return existing;
+  const updated: DeviceJson = {
+    ...existing,
+    status: 'enabled',
+    capabilities: { ...existing.capabilities, iotEdge: wanted.edge },
+    parentScopes,
+  };
   if (!wanted.edge) updated.deviceScope = wanted.parentScope ?? '';
   return client.updateDevice(updated, existing.etag ?? '*');
 }
@@ -90,21 +112,39 @@ async function ensureDevice(client: ServiceClient, wanted: { deviceId: string; e
  * Makes every identity of the topology and applies each gateway's deployment. `hubHost` is the
  * hub's host name as devices name it in their connection strings.
  */
-export async function provisionIdentities(client: ServiceClient, hubHost: string, topology: Topology): Promise<ProvisionedIdentities> {
+export async function provisionIdentities(
+  client: ServiceClient,
+  hubHost: string,
+  topology: Topology,
+): Promise<ProvisionedIdentities> {
   const scopes = new Map<string, string>();
   const out: ProvisionedIdentities = { gateways: new Map(), devices: new Map() };
   for (const g of topology.gateways) {
     const parentScope = g.parent === HUB_PARENT ? undefined : scopes.get(g.parent);
     const d = await ensureDevice(client, { deviceId: g.id, edge: true, parentScope });
-    if (!d.deviceScope) throw new UserError(`the hub gave IoT Edge device ${g.id} no device scope`, 'Is the hub a Strata hub of this version?');
+    if (!d.deviceScope)
+      throw new UserError(
+        `the hub gave IoT Edge device ${g.id} no device scope`,
+        'Is the hub a Strata hub of this version?',
+      );
     scopes.set(g.id, d.deviceScope);
-    await client.request('POST', `/devices/${encodeURIComponent(g.id)}/applyConfigurationContent`, { body: GATEWAY_DEPLOYMENT });
+    await client.request('POST', `/devices/${encodeURIComponent(g.id)}/applyConfigurationContent`, {
+      body: GATEWAY_DEPLOYMENT,
+    });
     out.gateways.set(g.id, formatConnectionString({ HostName: hubHost, DeviceId: g.id, SharedAccessKey: sasKey(d) }));
   }
   const addressOf = new Map(topology.gateways.map((g) => [g.id, g.address]));
   for (const leaf of topology.devices) {
     const d = await ensureDevice(client, { deviceId: leaf.id, edge: false, parentScope: scopes.get(leaf.parent) });
-    out.devices.set(leaf.id, formatConnectionString({ HostName: hubHost, DeviceId: leaf.id, SharedAccessKey: sasKey(d), GatewayHostName: addressOf.get(leaf.parent) }));
+    out.devices.set(
+      leaf.id,
+      formatConnectionString({
+        HostName: hubHost,
+        DeviceId: leaf.id,
+        SharedAccessKey: sasKey(d),
+        GatewayHostName: addressOf.get(leaf.parent),
+      }),
+    );
   }
   return out;
 }

@@ -23,13 +23,19 @@ function tryListen(host: string, port: number): Promise<string | undefined> {
 export async function checkPortsFree(topology: Topology): Promise<void> {
   const wanted = [
     ...HUB_PORTS.map((port) => ({ who: 'the hub', host: topology.hub.address, port })),
-    ...topology.gateways.flatMap((g) => GATEWAY_PORTS.map((port) => ({ who: `gateway ${g.id}`, host: g.address, port }))),
+    ...topology.gateways.flatMap((g) =>
+      GATEWAY_PORTS.map((port) => ({ who: `gateway ${g.id}`, host: g.address, port })),
+    ),
   ];
   const results = await Promise.all(wanted.map(async (w) => ({ ...w, code: await tryListen(w.host, w.port) })));
   const failed = results.filter((r) => r.code !== undefined);
   if (failed.length === 0) return;
   const first = failed[0]!;
-  const list = failed.slice(0, 6).map((f) => `${f.host}:${f.port} (${f.who})`).join(', ') + (failed.length > 6 ? ', ...' : '');
+  const list =
+    failed
+      .slice(0, 6)
+      .map((f) => `${f.host}:${f.port} (${f.who})`)
+      .join(', ') + (failed.length > 6 ? ', ...' : '');
   if (first.code === 'EADDRINUSE') {
     throw new UserError(
       `already in use: ${list}`,
@@ -37,10 +43,16 @@ export async function checkPortsFree(topology: Topology): Promise<void> {
     );
   }
   if (first.code === 'EADDRNOTAVAIL') {
-    throw new UserError(`this machine has no interface with the address ${first.host} (${first.who})`, 'On Linux every 127.x.y.z is loopback; elsewhere add it first, e.g. `sudo ifconfig lo0 alias ' + first.host + '`');
+    throw new UserError(
+      `this machine has no interface with the address ${first.host} (${first.who})`,
+      'On Linux every 127.x.y.z is loopback; elsewhere add it first, e.g. `sudo ifconfig lo0 alias ' + first.host + '`',
+    );
   }
   if (first.code === 'EACCES') {
-    throw new UserError(`not allowed to listen on ${list}`, 'Ports below 1024 (443) need root or the CAP_NET_BIND_SERVICE capability for node');
+    throw new UserError(
+      `not allowed to listen on ${list}`,
+      'Ports below 1024 (443) need root or the CAP_NET_BIND_SERVICE capability for node',
+    );
   }
   throw new UserError(`cannot listen on ${list}: ${first.code}`);
 }

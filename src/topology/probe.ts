@@ -22,7 +22,11 @@ export function httpGet(url: string, o: { ca?: string; timeoutMs?: number } = {}
       res.on('error', reject);
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
     });
-    req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer from ${u.host} within ${o.timeoutMs ?? 2000} ms`), { code: 'ETIMEDOUT' })));
+    req.on('timeout', () =>
+      req.destroy(
+        Object.assign(new Error(`no answer from ${u.host} within ${o.timeoutMs ?? 2000} ms`), { code: 'ETIMEDOUT' }),
+      ),
+    );
     req.on('error', reject);
   });
 }
@@ -56,7 +60,11 @@ export function parsePrometheus(text: string): MetricSample[] {
 }
 
 /** The sum of every sample of the metric, or undefined when the endpoint does not have it. */
-export function sumOf(samples: MetricSample[], name: string, where: (labels: Record<string, string>) => boolean = () => true): number | undefined {
+export function sumOf(
+  samples: MetricSample[],
+  name: string,
+  where: (labels: Record<string, string>) => boolean = () => true,
+): number | undefined {
   let found = false;
   let total = 0;
   for (const s of samples) {

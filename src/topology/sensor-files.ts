@@ -37,10 +37,17 @@ export function readSensorConfig(file: string): SensorConfig {
   try {
     parsed = JSON.parse(readFileSync(file, 'utf8')) as Partial<SensorConfig>;
   } catch (err) {
-    throw new UserError(`cannot read the sensor config ${file}: ${(err as Error).message}`, 'It is written by `strata topology up`; run that again');
+    throw new UserError(
+      `cannot read the sensor config ${file}: ${(err as Error).message}`,
+      'It is written by `strata topology up`; run that again',
+    );
   }
   for (const key of ['deviceId', 'connectionString', 'protocol', 'intervalMs', 'caFile', 'statusFile'] as const) {
-    if (parsed[key] === undefined) throw new UserError(`the sensor config ${file} lacks ${key}`, 'It is written by `strata topology up`; run that again');
+    if (parsed[key] === undefined)
+      throw new UserError(
+        `the sensor config ${file} lacks ${key}`,
+        'It is written by `strata topology up`; run that again',
+      );
   }
   return parsed as SensorConfig;
 }

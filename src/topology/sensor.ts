@@ -48,7 +48,15 @@ export async function runSensor(config: SensorConfig): Promise<void> {
   const ca = readFileSync(config.caFile, 'utf8');
   const client: DeviceClient = Client.fromConnectionString(config.connectionString, transportFor(config.protocol));
   const weather = new Weather();
-  const status: SensorStatus = { deviceId: config.deviceId, pid: process.pid, state: 'connecting', sent: 0, failed: 0, skipped: 0, updatedAt: new Date().toISOString() };
+  const status: SensorStatus = {
+    deviceId: config.deviceId,
+    pid: process.pid,
+    state: 'connecting',
+    sent: 0,
+    failed: 0,
+    skipped: 0,
+    updatedAt: new Date().toISOString(),
+  };
   let seq = 0;
   let busy = false;
   let stopping = false;
@@ -73,7 +81,8 @@ export async function runSensor(config: SensorConfig): Promise<void> {
   client.on('disconnect', () => {
     open = false;
     status.state = 'disconnected';
-    if (!stopping) log.warn({ deviceId: config.deviceId }, 'disconnected from the gateway; reconnecting on the next reading');
+    if (!stopping)
+      log.warn({ deviceId: config.deviceId }, 'disconnected from the gateway; reconnecting on the next reading');
   });
   await client.setOptions({ ca });
 
@@ -124,10 +133,13 @@ export async function runSensor(config: SensorConfig): Promise<void> {
       status.state = 'disconnected';
       saveStatus();
       const force = setTimeout(resolve, 5000);
-      client.close().catch(() => undefined).finally(() => {
-        clearTimeout(force);
-        resolve();
-      });
+      client
+        .close()
+        .catch(() => undefined)
+        .finally(() => {
+          clearTimeout(force);
+          resolve();
+        });
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);

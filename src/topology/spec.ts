@@ -57,7 +57,10 @@ export interface TopologyProblem {
 }
 
 export class TopologyError extends UserError {
-  constructor(readonly file: string, readonly problems: TopologyProblem[]) {
+  constructor(
+    readonly file: string,
+    readonly problems: TopologyProblem[],
+  ) {
     super(
       problems.length === 1
         ? `${where(file, problems[0]!)}: ${problems[0]!.message}`
@@ -89,9 +92,12 @@ export function parseInterval(value: unknown): number | undefined {
 
 /** Why `address` cannot be a node's address, or undefined. */
 export function addressProblem(address: string): string | undefined {
-  if (!isIPv4(address)) return `"${address}" is not an IPv4 address; every node listens on its own loopback address such as 127.10.0.2`;
-  if (!address.startsWith('127.')) return `${address} is not a loopback address; the whole topology runs on this machine, so use 127.x.y.z`;
-  if (address === '127.0.0.0' || address === '127.255.255.255') return `${address} is the loopback network's own or broadcast address; pick another 127.x.y.z`;
+  if (!isIPv4(address))
+    return `"${address}" is not an IPv4 address; every node listens on its own loopback address such as 127.10.0.2`;
+  if (!address.startsWith('127.'))
+    return `${address} is not a loopback address; the whole topology runs on this machine, so use 127.x.y.z`;
+  if (address === '127.0.0.0' || address === '127.255.255.255')
+    return `${address} is the loopback network's own or broadcast address; pick another 127.x.y.z`;
   return undefined;
 }
 
@@ -128,7 +134,13 @@ class Reader {
   }
 
   /** A required (or optional) scalar string field. */
-  text(fields: Map<string, YamlNode | null>, key: string, what: string, owner: YamlNode, required = true): { value?: string; node?: YamlNode } {
+  text(
+    fields: Map<string, YamlNode | null>,
+    key: string,
+    what: string,
+    owner: YamlNode,
+    required = true,
+  ): { value?: string; node?: YamlNode } {
     if (!fields.has(key)) {
       if (required) this.problem(owner, `${what} has no ${key}`);
       return {};
@@ -154,7 +166,14 @@ function listOf(r: Reader, node: YamlNode | null | undefined, key: string, requi
   return node.items as YamlNode[];
 }
 
-interface RawGateway { id: string; parent?: string; address?: string; upstream?: UpstreamProtocol; node: YamlNode; parentNode?: YamlNode }
+interface RawGateway {
+  id: string;
+  parent?: string;
+  address?: string;
+  upstream?: UpstreamProtocol;
+  node: YamlNode;
+  parentNode?: YamlNode;
+}
 
 /**
  * Parses and checks a topology file's text. Throws TopologyError listing every problem; on
@@ -165,11 +184,19 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const r = new Reader(lines);
   if (doc.errors.length > 0) {
-    throw new TopologyError(file, doc.errors.map((e) => ({ line: lines.linePos(e.pos[0]).line, message: `not valid YAML: ${e.message.split('\n')[0]}` })));
+    throw new TopologyError(
+      file,
+      doc.errors.map((e) => ({
+        line: lines.linePos(e.pos[0]).line,
+        message: `not valid YAML: ${e.message.split('\n')[0]}`,
+      })),
+    );
   }
   const root = doc.contents as YamlNode | null;
   if (!isMap(root)) {
-    throw new TopologyError(file, [{ line: r.lineOf(root), message: 'the file must be a mapping with hub:, gateways: and devices:' }]);
+    throw new TopologyError(file, [
+      { line: r.lineOf(root), message: 'the file must be a mapping with hub:, gateways: and devices:' },
+    ]);
   }
   const top = r.entries(root, TOP_KEYS, 'the file');
 
@@ -180,7 +207,8 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
   let hubAddress: string | undefined;
   const hubNode = top.get('hub');
   if (!top.has('hub')) r.problems.push({ message: 'the file declares no hub; add "hub:" with an address' });
-  else if (!isMap(hubNode)) r.problem(hubNode ?? root, 'hub must be a mapping with an address (hub:\\n  address: 127.10.0.1)');
+  else if (!isMap(hubNode))
+    r.problem(hubNode ?? root, 'hub must be a mapping with an address (hub:\\n  address: 127.10.0.1)');
   else {
     const fields = r.entries(hubNode, HUB_KEYS, 'hub');
     const a = r.text(fields, 'address', 'hub', hubNode);
@@ -194,12 +222,18 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
   const ids = new Map<string, number | undefined>();
   const claimId = (id: string, node: YamlNode | undefined, what: string): boolean => {
     if (!ID_PATTERN.test(id)) {
-      r.problem(node, `${what} id "${id}" may only use letters, digits, "-", "." and "_" (starting with a letter or digit, at most 128 characters): it names the device identity and its files`);
+      r.problem(
+        node,
+        `${what} id "${id}" may only use letters, digits, "-", "." and "_" (starting with a letter or digit, at most 128 characters): it names the device identity and its files`,
+      );
       return false;
     }
     if (ids.has(id)) {
       const first = ids.get(id);
-      r.problem(node, `the id "${id}" is used twice${first ? ` (first on line ${first})` : ''}; every gateway and device needs its own id`);
+      r.problem(
+        node,
+        `the id "${id}" is used twice${first ? ` (first on line ${first})` : ''}; every gateway and device needs its own id`,
+      );
       return false;
     }
     ids.set(id, r.lineOf(node));
@@ -225,7 +259,11 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     let upstream: UpstreamProtocol | undefined;
     if (upstreamText.value !== undefined) {
       upstream = UPSTREAM_PROTOCOLS.find((u) => u.toLowerCase() === upstreamText.value!.toLowerCase());
-      if (!upstream) r.problem(upstreamText.node, `${label}: upstream "${upstreamText.value}" is not one of ${UPSTREAM_PROTOCOLS.join(', ')}`);
+      if (!upstream)
+        r.problem(
+          upstreamText.node,
+          `${label}: upstream "${upstreamText.value}" is not one of ${UPSTREAM_PROTOCOLS.join(', ')}`,
+        );
     }
     if (id.value === undefined) return;
     if (id.value === HUB_PARENT) {
@@ -237,13 +275,24 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     if (address.value !== undefined) {
       const p = addressProblem(address.value);
       if (p) r.problem(address.node, `${label}: address ${p}`);
-      else if (addresses.has(address.value)) r.problem(address.node, `${label} has the address ${address.value}, which ${addresses.get(address.value)} already has; every node needs its own address`);
+      else if (addresses.has(address.value))
+        r.problem(
+          address.node,
+          `${label} has the address ${address.value}, which ${addresses.get(address.value)} already has; every node needs its own address`,
+        );
       else {
         addresses.set(address.value, label);
         addr = address.value;
       }
     }
-    rawGateways.push({ id: id.value, parent: parent.value, address: addr, ...(upstream ? { upstream } : {}), node: g, parentNode: parent.node });
+    rawGateways.push({
+      id: id.value,
+      parent: parent.value,
+      address: addr,
+      ...(upstream ? { upstream } : {}),
+      node: g,
+      parentNode: parent.node,
+    });
   });
 
   const byId = new Map(rawGateways.map((g) => [g.id, g]));
@@ -256,11 +305,17 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
   for (const g of rawGateways) {
     if (g.parent === undefined) continue;
     if (g.parent === g.id) {
-      r.problem(g.parentNode, `gateway ${g.id} names itself as its parent; use parent: ${HUB_PARENT} or another gateway`);
+      r.problem(
+        g.parentNode,
+        `gateway ${g.id} names itself as its parent; use parent: ${HUB_PARENT} or another gateway`,
+      );
       continue;
     }
     if (g.parent !== HUB_PARENT && !byId.has(g.parent)) {
-      r.problem(g.parentNode, `gateway ${g.id} names the parent "${g.parent}", which is neither ${HUB_PARENT} nor a gateway of this file (${known})`);
+      r.problem(
+        g.parentNode,
+        `gateway ${g.id} names the parent "${g.parent}", which is neither ${HUB_PARENT} nor a gateway of this file (${known})`,
+      );
       continue;
     }
     const chain: string[] = [g.id];
@@ -277,7 +332,10 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
         const key = [...new Set(loop)].sort().join(',');
         if (!reportedCycles.has(key)) {
           reportedCycles.add(key);
-          r.problem(byId.get(loop[0]!)!.parentNode, `gateways ${loop.join(' -> ')} form a cycle; the top gateway needs parent: ${HUB_PARENT}`);
+          r.problem(
+            byId.get(loop[0]!)!.parentNode,
+            `gateways ${loop.join(' -> ')} form a cycle; the top gateway needs parent: ${HUB_PARENT}`,
+          );
         }
         ok = false;
         break;
@@ -288,7 +346,10 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     if (!ok) continue;
     layers.set(g.id, chain.length);
     if (chain.length > MAX_GATEWAY_LAYERS) {
-      r.problem(g.parentNode, `gateway ${g.id} would be in layer ${chain.length} (${[HUB_PARENT, ...chain.reverse()].join(' -> ')}); at most ${MAX_GATEWAY_LAYERS} layers of gateways are allowed`);
+      r.problem(
+        g.parentNode,
+        `gateway ${g.id} would be in layer ${chain.length} (${[HUB_PARENT, ...chain.reverse()].join(' -> ')}); at most ${MAX_GATEWAY_LAYERS} layers of gateways are allowed`,
+      );
     }
   }
 
@@ -307,9 +368,12 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     const protocol = r.text(fields, 'protocol', label, d, false);
     let ok = id.value !== undefined && claimId(id.value, id.node, 'device');
     if (parent.value !== undefined && !byId.has(parent.value)) {
-      r.problem(parent.node, parent.value === HUB_PARENT
-        ? `${label}: leaf devices connect through a gateway, so parent must be one of the gateways (${known})`
-        : `${label} names the parent "${parent.value}", which is not a gateway of this file (${known})`);
+      r.problem(
+        parent.node,
+        parent.value === HUB_PARENT
+          ? `${label}: leaf devices connect through a gateway, so parent must be one of the gateways (${known})`
+          : `${label} names the parent "${parent.value}", which is not a gateway of this file (${known})`,
+      );
       ok = false;
     }
     let proto: SensorProtocol = 'mqtt';
@@ -317,7 +381,10 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
       const p = protocol.value.toLowerCase();
       if ((SENSOR_PROTOCOLS as readonly string[]).includes(p)) proto = p as SensorProtocol;
       else {
-        r.problem(protocol.node, `${label}: protocol "${protocol.value}" is not supported; use ${SENSOR_PROTOCOLS.join(' or ')}`);
+        r.problem(
+          protocol.node,
+          `${label}: protocol "${protocol.value}" is not supported; use ${SENSOR_PROTOCOLS.join(' or ')}`,
+        );
         ok = false;
       }
     }
@@ -327,11 +394,15 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
       const ms = isScalar(node) ? parseInterval(node.value) : undefined;
       if (ms === undefined || ms < MIN_INTERVAL_MS || ms > MAX_INTERVAL_MS) {
         const shown = isScalar(node) ? JSON.stringify(node.value) : 'this value';
-        r.problem(node ?? d, `${label}: interval ${shown} is not a time between ${MIN_INTERVAL_MS}ms and 1h; write e.g. 500ms, 2s or 1m`);
+        r.problem(
+          node ?? d,
+          `${label}: interval ${shown} is not a time between ${MIN_INTERVAL_MS}ms and 1h; write e.g. 500ms, 2s or 1m`,
+        );
         ok = false;
       } else intervalMs = ms;
     }
-    if (ok && id.value !== undefined && parent.value !== undefined) devices.push({ id: id.value, parent: parent.value, protocol: proto, intervalMs });
+    if (ok && id.value !== undefined && parent.value !== undefined)
+      devices.push({ id: id.value, parent: parent.value, protocol: proto, intervalMs });
   });
 
   if (r.problems.length > 0) {
@@ -339,7 +410,15 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
     throw new TopologyError(file, r.problems);
   }
   const gateways = rawGateways
-    .map((g): GatewaySpec => ({ id: g.id, parent: g.parent!, address: g.address!, layer: layers.get(g.id)!, ...(g.upstream ? { upstream: g.upstream } : {}) }))
+    .map(
+      (g): GatewaySpec => ({
+        id: g.id,
+        parent: g.parent!,
+        address: g.address!,
+        layer: layers.get(g.id)!,
+        ...(g.upstream ? { upstream: g.upstream } : {}),
+      }),
+    )
     .sort((a, b) => a.layer - b.layer);
   return { name, hub: { address: hubAddress! }, gateways, devices };
 }

@@ -90,7 +90,9 @@ export function writeState(dir: string, state: TopologyState): void {
 export function processesTopDown(state: TopologyState): Array<{ name: string; record: ProcessRecord }> {
   return [
     { name: 'hub', record: state.hub },
-    ...[...state.gateways].sort((a, b) => a.layer - b.layer).map((g) => ({ name: `gateway ${g.id}`, record: g as ProcessRecord })),
+    ...[...state.gateways]
+      .sort((a, b) => a.layer - b.layer)
+      .map((g) => ({ name: `gateway ${g.id}`, record: g as ProcessRecord })),
     ...state.sensors.map((s) => ({ name: `sensor ${s.id}`, record: s as ProcessRecord })),
   ];
 }

@@ -53,7 +53,9 @@ export interface Rates {
 // Gateways
 
 /** The counters of a gateway's metrics that the summary shows. */
-export function gatewayCounters(samples: MetricSample[]): Pick<NodeSample, 'children' | 'received' | 'sent' | 'queue' | 'upstream'> {
+export function gatewayCounters(
+  samples: MetricSample[],
+): Pick<NodeSample, 'children' | 'received' | 'sent' | 'queue' | 'upstream'> {
   const up = sumOf(samples, 'edgehub_upstream_connected');
   // Labelled counters and gauges have no sample until their first value: absent means zero here.
   return {
@@ -66,7 +68,15 @@ export function gatewayCounters(samples: MetricSample[]): Pick<NodeSample, 'chil
 }
 
 async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> {
-  const s: NodeSample = { id: g.id, kind: 'gateway', address: g.address, parent: g.parent, layer: g.layer, running: isRunning(g), at: Date.now() };
+  const s: NodeSample = {
+    id: g.id,
+    kind: 'gateway',
+    address: g.address,
+    parent: g.parent,
+    layer: g.layer,
+    running: isRunning(g),
+    at: Date.now(),
+  };
   if (!s.running) return s;
   const [health, metrics] = await Promise.allSettled([
     httpGet(`https://${g.address}/health`, { ca, timeoutMs: 1500 }),
@@ -81,13 +91,19 @@ async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> 
       // health without a JSON body still counts as healthy
     }
   } else {
-    s.note = health.status === 'rejected' ? `health: ${(health.reason as Error).message}` : `health: HTTP ${health.value.status}`;
+    s.note =
+      health.status === 'rejected'
+        ? `health: ${(health.reason as Error).message}`
+        : `health: HTTP ${health.value.status}`;
   }
   if (metrics.status === 'fulfilled' && metrics.value.status === 200) {
     const c = gatewayCounters(parsePrometheus(metrics.value.body));
     Object.assign(s, { ...c, upstream: s.upstream ?? c.upstream });
   } else if (!s.note) {
-    s.note = metrics.status === 'rejected' ? `metrics: ${(metrics.reason as Error).message}` : `metrics: HTTP ${metrics.value.status}`;
+    s.note =
+      metrics.status === 'rejected'
+        ? `metrics: ${(metrics.reason as Error).message}`
+        : `metrics: HTTP ${metrics.value.status}`;
   }
   return s;
 }
@@ -96,7 +112,14 @@ async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> 
 // Sensors
 
 function sampleSensor(r: SensorRecord, layerOf: Map<string, number>): NodeSample {
-  const s: NodeSample = { id: r.id, kind: 'sensor', parent: r.parent, layer: (layerOf.get(r.parent) ?? 0) + 1, running: isRunning(r), at: Date.now() };
+  const s: NodeSample = {
+    id: r.id,
+    kind: 'sensor',
+    parent: r.parent,
+    layer: (layerOf.get(r.parent) ?? 0) + 1,
+    running: isRunning(r),
+    at: Date.now(),
+  };
   if (!s.running) return s;
   const st = readSensorStatus(r.statusFile);
   if (!st || st.pid !== r.pid) {
@@ -125,7 +148,15 @@ export async function hubEventCount(client: ServiceClient): Promise<number> {
 }
 
 async function sampleHub(state: TopologyState, client: ServiceClient | undefined): Promise<NodeSample> {
-  const s: NodeSample = { id: 'hub', kind: 'hub', address: state.hub.address, layer: 0, running: isRunning(state.hub), upstream: '-', at: Date.now() };
+  const s: NodeSample = {
+    id: 'hub',
+    kind: 'hub',
+    address: state.hub.address,
+    layer: 0,
+    running: isRunning(state.hub),
+    upstream: '-',
+    at: Date.now(),
+  };
   if (!s.running) return s;
   try {
     const c = client ?? hubClient(state);
@@ -147,17 +178,21 @@ async function sampleHub(state: TopologyState, client: ServiceClient | undefined
 export async function takeSnapshot(state: TopologyState, o: { hubClient?: ServiceClient } = {}): Promise<Snapshot> {
   const ca = readFileSync(state.rootCa, 'utf8');
   const layerOf = new Map(state.gateways.map((g) => [g.id, g.layer]));
-  const [hub, ...gateways] = await Promise.all([sampleHub(state, o.hubClient), ...state.gateways.map((g) => sampleGateway(g, ca))]);
+  const [hub, ...gateways] = await Promise.all([
+    sampleHub(state, o.hubClient),
+    ...state.gateways.map((g) => sampleGateway(g, ca)),
+  ]);
   const sensors = state.sensors.map((r) => sampleSensor(r, layerOf));
   // The hub's children are the top-layer gateways whose link up to it is connected.
-  if (hub!.running) hub!.children = gateways.filter((g) => g.parent === HUB_PARENT && g.upstream === 'connected').length;
+  if (hub!.running)
+    hub!.children = gateways.filter((g) => g.parent === HUB_PARENT && g.upstream === 'connected').length;
   // A gateway's sensors count among its connected children when its metrics do not say.
   return { at: Date.now(), nodes: [hub!, ...gateways, ...sensors] };
 }
 
 function perSecond(a: number | undefined, b: number | undefined, dtMs: number): number | undefined {
   if (a === undefined || b === undefined || dtMs <= 0) return undefined;
-  return Math.max(0, (b - a) * 1000 / dtMs);
+  return Math.max(0, ((b - a) * 1000) / dtMs);
 }
 
 export function ratesBetween(prev: Snapshot | undefined, cur: Snapshot): Map<string, Rates> {
@@ -169,7 +204,10 @@ export function ratesBetween(prev: Snapshot | undefined, cur: Snapshot): Map<str
       continue;
     }
     const dt = n.at - p.at;
-    out.set(`${n.kind}:${n.id}`, { inPerSec: perSecond(p.received, n.received, dt), outPerSec: perSecond(p.sent, n.sent, dt) });
+    out.set(`${n.kind}:${n.id}`, {
+      inPerSec: perSecond(p.received, n.received, dt),
+      outPerSec: perSecond(p.sent, n.sent, dt),
+    });
   }
   return out;
 }
@@ -207,8 +245,9 @@ export function renderTable(snapshot: Snapshot, rates: Map<string, Rates>, o: { 
   const headers = ['NODE', 'ADDRESS', 'STATE', 'CHILDREN', 'IN/s', 'OUT/s', 'QUEUE', 'UPSTREAM'];
   const rows = treeOrder(snapshot.nodes).map((n) => {
     const r = rates.get(`${n.kind}:${n.id}`) ?? {};
-    const label = n.kind === 'hub' ? 'hub' : `${'  '.repeat(Math.max(0, n.layer - 1))}${n.kind === 'sensor' ? '· ' : '└ '}${n.id}`;
-    const address = n.kind === 'sensor' ? `via ${n.parent}` : n.address ?? '';
+    const label =
+      n.kind === 'hub' ? 'hub' : `${'  '.repeat(Math.max(0, n.layer - 1))}${n.kind === 'sensor' ? '· ' : '└ '}${n.id}`;
+    const address = n.kind === 'sensor' ? `via ${n.parent}` : (n.address ?? '');
     const cells = [
       label,
       address,
@@ -219,10 +258,15 @@ export function renderTable(snapshot: Snapshot, rates: Map<string, Rates>, o: { 
       num(n.queue),
       n.running ? (n.upstream ?? '-') : '-',
     ];
-    if (o.notes && n.note && n.running) cells[7] = `${cells[7]}  (${n.note.length > 100 ? `${n.note.slice(0, 97)}...` : n.note})`;
+    if (o.notes && n.note && n.running)
+      cells[7] = `${cells[7]}  (${n.note.length > 100 ? `${n.note.slice(0, 97)}...` : n.note})`;
     return cells;
   });
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n');
 }

@@ -50,7 +50,11 @@ export function readTopologyFile(file: string): Topology {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UserError(`topology file not found: ${file}`, 'Give the path of a YAML file such as examples/topology.yaml');
+    if (code === 'ENOENT')
+      throw new UserError(
+        `topology file not found: ${file}`,
+        'Give the path of a YAML file such as examples/topology.yaml',
+      );
     throw new UserError(`cannot read the topology file ${file}: ${code ?? (err as Error).message}`);
   }
   return parseTopology(text, file);
@@ -70,16 +74,27 @@ class Aborted extends UserError {
   }
 }
 
-async function waitFor(what: string, proc: Spawned, logFile: string, timeoutMs: number, signal: AbortSignal | undefined, ready: () => Promise<boolean> | boolean): Promise<void> {
+async function waitFor(
+  what: string,
+  proc: Spawned,
+  logFile: string,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+  ready: () => Promise<boolean> | boolean,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (signal?.aborted) throw new Aborted();
     if (proc.hasExited()) {
-      throw new UserError(`${what} stopped while starting (${await proc.exited}). The end of its log (${logFile}):\n${logTail(logFile)}`);
+      throw new UserError(
+        `${what} stopped while starting (${await proc.exited}). The end of its log (${logFile}):\n${logTail(logFile)}`,
+      );
     }
     if (await ready()) return;
     if (Date.now() > deadline) {
-      throw new UserError(`${what} was not ready within ${Math.round(timeoutMs / 1000)} s. The end of its log (${logFile}):\n${logTail(logFile)}`);
+      throw new UserError(
+        `${what} was not ready within ${Math.round(timeoutMs / 1000)} s. The end of its log (${logFile}):\n${logTail(logFile)}`,
+      );
     }
     await sleep(100);
   }
@@ -134,7 +149,10 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
   mkdirSync(paths.root, { recursive: true });
   say(`certificates in ${paths.certs}`);
   const { set, created } = await ensureRootSet(paths.certs);
-  log.debug({ rootCa: set.rootCert, created }, created ? 'created the root CA of the topology' : 'reusing the root CA of the topology');
+  log.debug(
+    { rootCa: set.rootCert, created },
+    created ? 'created the root CA of the topology' : 'reusing the root CA of the topology',
+  );
   const hubCert = await issueHubServerCert(paths.certs, set, topology.hub.address);
   const edgeCas = new Map<string, Awaited<ReturnType<typeof issueEdgeCa>>>();
   for (const g of topology.gateways) edgeCas.set(g.id, await issueEdgeCa(paths.certs, set, g.id));
@@ -151,12 +169,30 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     gateways: topology.gateways.map((g) => {
       const dir = paths.gatewayDir(g.id);
       const config = join(dir, 'config.toml');
-      return { id: g.id, parent: g.parent, address: g.address, layer: g.layer, config, dataDir: join(dir, 'data'), marker: config, log: logFile(`gateway-${g.id}`) };
+      return {
+        id: g.id,
+        parent: g.parent,
+        address: g.address,
+        layer: g.layer,
+        config,
+        dataDir: join(dir, 'data'),
+        marker: config,
+        log: logFile(`gateway-${g.id}`),
+      };
     }),
     sensors: topology.devices.map((d) => {
       const dir = paths.sensorDir(d.id);
       const config = join(dir, 'sensor.json');
-      return { id: d.id, parent: d.parent, protocol: d.protocol, intervalMs: d.intervalMs, config, statusFile: join(dir, 'status.json'), marker: config, log: logFile(`sensor-${d.id}`) };
+      return {
+        id: d.id,
+        parent: d.parent,
+        protocol: d.protocol,
+        intervalMs: d.intervalMs,
+        config,
+        statusFile: join(dir, 'status.json'),
+        marker: config,
+        log: logFile(`sensor-${d.id}`),
+      };
     }),
   };
   writeState(o.dir, state);
@@ -165,14 +201,39 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
   try {
     // --- hub ---
     say(`hub on ${topology.hub.address} (data: ${paths.hubDir})`);
-    const hubProc = spawnStrata([
-      'hub', 'start', '--data', paths.hubDir, '--hostname', topology.hub.address, '--bind', topology.hub.address,
-      '--tls-cert', hubCert.fullChain, '--tls-key', hubCert.key, '--trust', set.rootCert,
-    ], state.hub.log, env);
+    const hubProc = spawnStrata(
+      [
+        'hub',
+        'start',
+        '--data',
+        paths.hubDir,
+        '--hostname',
+        topology.hub.address,
+        '--bind',
+        topology.hub.address,
+        '--tls-cert',
+        hubCert.fullChain,
+        '--tls-key',
+        hubCert.key,
+        '--trust',
+        set.rootCert,
+      ],
+      state.hub.log,
+      env,
+    );
     state.hub.pid = hubProc.pid;
     writeState(o.dir, state);
-    await waitFor('the hub', hubProc, state.hub.log, readyTimeoutMs, o.signal, () => readHubState(paths.hubDir)?.pid === hubProc.pid);
-    await waitFor('the hub', hubProc, state.hub.log, readyTimeoutMs, o.signal, () => healthy(topology.hub.address, set.rootPem));
+    await waitFor(
+      'the hub',
+      hubProc,
+      state.hub.log,
+      readyTimeoutMs,
+      o.signal,
+      () => readHubState(paths.hubDir)?.pid === hubProc.pid,
+    );
+    await waitFor('the hub', hubProc, state.hub.log, readyTimeoutMs, o.signal, () =>
+      healthy(topology.hub.address, set.rootPem),
+    );
 
     // --- identities ---
     const local = readLocalHub(paths.hubDir);
@@ -183,7 +244,9 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     } finally {
       client.close();
     }
-    say(`identities: ${topology.gateways.length} IoT Edge devices, ${topology.devices.length} leaf devices, routes FROM /messages/* INTO $upstream`);
+    say(
+      `identities: ${topology.gateways.length} IoT Edge devices, ${topology.devices.length} leaf devices, routes FROM /messages/* INTO $upstream`,
+    );
     check();
 
     // --- gateways, a layer at a time ---
@@ -192,34 +255,46 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     const layers = [...new Set(state.gateways.map((g) => g.layer))].sort((a, b) => a - b);
     for (const layer of layers) {
       const inLayer = state.gateways.filter((g) => g.layer === layer);
-      await Promise.all(inLayer.map(async (g) => {
-        const edgeCa = edgeCas.get(g.id)!;
-        writeGatewayConfig(g.config, {
-          hostname: g.address,
-          parentHostname: g.parent === HUB_PARENT ? undefined : addressOf.get(g.parent),
-          trustBundleCert: set.rootCert,
-          connectionString: identities.gateways.get(g.id)!,
-          edgeCaCert: edgeCa.fullChain,
-          edgeCaKey: edgeCa.key,
-          upstreamProtocol: upstreamOf.get(g.id),
-          metricsBind: g.address,
-          source: file,
-        });
-        mkdirSync(g.dataDir, { recursive: true });
-        const proc = spawnStrata(['edge', 'start', '--config', g.config, '--data', g.dataDir, '--bind', g.address], g.log, env);
-        g.pid = proc.pid;
-        writeState(o.dir, state);
-        await waitFor(`gateway ${g.id}`, proc, g.log, readyTimeoutMs, o.signal, () => healthy(g.address, set.rootPem));
-        // The layer below authenticates through this one, so give its link up a moment to come up.
-        const linked = async () => ((await health(g.address, set.rootPem))?.upstream as { connected?: unknown } | undefined)?.connected === true;
-        try {
-          await waitFor(`gateway ${g.id}`, proc, g.log, Math.min(readyTimeoutMs, UPSTREAM_WAIT_MS), o.signal, linked);
-          say(`gateway ${g.id} (layer ${g.layer}, parent ${g.parent}) on ${g.address}`);
-        } catch (err) {
-          if (proc.hasExited() || o.signal?.aborted) throw err;
-          say(`gateway ${g.id} (layer ${g.layer}) on ${g.address} is running but not connected to its parent ${g.parent} yet (see ${g.log}); it keeps trying`);
-        }
-      }));
+      await Promise.all(
+        inLayer.map(async (g) => {
+          const edgeCa = edgeCas.get(g.id)!;
+          writeGatewayConfig(g.config, {
+            hostname: g.address,
+            parentHostname: g.parent === HUB_PARENT ? undefined : addressOf.get(g.parent),
+            trustBundleCert: set.rootCert,
+            connectionString: identities.gateways.get(g.id)!,
+            edgeCaCert: edgeCa.fullChain,
+            edgeCaKey: edgeCa.key,
+            upstreamProtocol: upstreamOf.get(g.id),
+            metricsBind: g.address,
+            source: file,
+          });
+          mkdirSync(g.dataDir, { recursive: true });
+          const proc = spawnStrata(
+            ['edge', 'start', '--config', g.config, '--data', g.dataDir, '--bind', g.address],
+            g.log,
+            env,
+          );
+          g.pid = proc.pid;
+          writeState(o.dir, state);
+          await waitFor(`gateway ${g.id}`, proc, g.log, readyTimeoutMs, o.signal, () =>
+            healthy(g.address, set.rootPem),
+          );
+          // The layer below authenticates through this one, so give its link up a moment to come up.
+          const linked = async () =>
+            ((await health(g.address, set.rootPem))?.upstream as { connected?: unknown } | undefined)?.connected ===
+            true;
+          try {
+            await waitFor(`gateway ${g.id}`, proc, g.log, Math.min(readyTimeoutMs, UPSTREAM_WAIT_MS), o.signal, linked);
+            say(`gateway ${g.id} (layer ${g.layer}, parent ${g.parent}) on ${g.address}`);
+          } catch (err) {
+            if (proc.hasExited() || o.signal?.aborted) throw err;
+            say(
+              `gateway ${g.id} (layer ${g.layer}) on ${g.address} is running but not connected to its parent ${g.parent} yet (see ${g.log}); it keeps trying`,
+            );
+          }
+        }),
+      );
     }
 
     // --- sensors ---
@@ -241,29 +316,35 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     });
     writeState(o.dir, state);
     const slowSensors: string[] = [];
-    await Promise.all(state.sensors.map(async (s, i) => {
-      const connected = () => {
-        const st = readSensorStatus(s.statusFile);
-        return st !== undefined && st.pid === s.pid && (st.state === 'connected' || st.sent > 0);
-      };
-      try {
-        await waitFor(`sensor ${s.id}`, procs[i]!, s.log, Math.min(readyTimeoutMs, 20_000), o.signal, connected);
-        say(`sensor ${s.id} (${s.protocol}, every ${s.intervalMs} ms) through ${s.parent}`);
-      } catch (err) {
-        if (procs[i]!.hasExited() || o.signal?.aborted) throw err;
-        slowSensors.push(s.id);
-        say(`sensor ${s.id} has not connected yet (see ${s.log}); it keeps trying`);
-      }
-    }));
+    await Promise.all(
+      state.sensors.map(async (s, i) => {
+        const connected = () => {
+          const st = readSensorStatus(s.statusFile);
+          return st !== undefined && st.pid === s.pid && (st.state === 'connected' || st.sent > 0);
+        };
+        try {
+          await waitFor(`sensor ${s.id}`, procs[i]!, s.log, Math.min(readyTimeoutMs, 20_000), o.signal, connected);
+          say(`sensor ${s.id} (${s.protocol}, every ${s.intervalMs} ms) through ${s.parent}`);
+        } catch (err) {
+          if (procs[i]!.hasExited() || o.signal?.aborted) throw err;
+          slowSensors.push(s.id);
+          say(`sensor ${s.id} has not connected yet (see ${s.log}); it keeps trying`);
+        }
+      }),
+    );
 
     state.complete = true;
     writeState(o.dir, state);
     return { state, alreadyUp: false, slowSensors };
   } catch (err) {
-    const started = processesTopDown(state).reverse().map((p) => p.record).filter((r) => r.pid !== undefined);
+    const started = processesTopDown(state)
+      .reverse()
+      .map((p) => p.record)
+      .filter((r) => r.pid !== undefined);
     await stopProcesses(started, o.graceMs ?? 10_000);
     if (err instanceof Aborted) throw new UserError('interrupted: stopped everything `up` had started');
-    if (err instanceof UserError) throw new UserError(`${err.message}\n(stopped everything \`up\` had started; logs in ${paths.logs})`, err.hint);
+    if (err instanceof UserError)
+      throw new UserError(`${err.message}\n(stopped everything \`up\` had started; logs in ${paths.logs})`, err.hint);
     throw err;
   }
 }

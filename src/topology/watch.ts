@@ -25,7 +25,9 @@ function clock(d = new Date()): string {
 export function eventsLine(follower: HubEventFollower, sensors: string[], ratePerSec: number | undefined): string[] {
   const seen = sensors.filter((s) => follower.byDevice.has(s));
   const rate = ratePerSec === undefined ? '' : ` (${ratePerSec.toFixed(1)}/s)`;
-  const lines = [`at the hub (event stream): ${follower.total} messages since the watch began${rate}, from ${seen.length} of ${sensors.length} sensors`];
+  const lines = [
+    `at the hub (event stream): ${follower.total} messages since the watch began${rate}, from ${seen.length} of ${sensors.length} sensors`,
+  ];
   const missing = sensors.filter((s) => !follower.byDevice.has(s));
   if (missing.length > 0 && missing.length < sensors.length) lines.push(`  not seen yet: ${missing.join(', ')}`);
   if (follower.last) lines.push(`  last: ${follower.last.deviceId} ${follower.last.body.slice(0, 80)}`);
@@ -50,17 +52,23 @@ export async function watchTopology(state: TopologyState, o: WatchOptions): Prom
       while (history.length > 2 && history[1]!.snap.at <= snap.at - RATE_WINDOW_MS) history.shift();
       const oldest = history.length > 1 ? history[0]! : undefined;
       const rates = ratesBetween(oldest?.snap, snap);
-      const hubRate = oldest ? ((follower.total - oldest.total) * 1000) / Math.max(1, snap.at - oldest.snap.at) : undefined;
+      const hubRate = oldest
+        ? ((follower.total - oldest.total) * 1000) / Math.max(1, snap.at - oldest.snap.at)
+        : undefined;
       const title = `strata topology${state.name ? ` "${state.name}"` : ''} from ${state.file}  ${clock()}  (${o.ctrlC})`;
       const screen = [title, '', renderTable(snap, rates), '', ...eventsLine(follower, sensors, hubRate)].join('\n');
       o.out.write(tty ? `\x1b[H\x1b[J${screen}\n` : `${screen}\n\n`);
       const wait = Math.max(0, interval - (Date.now() - started));
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, wait);
-        o.signal.addEventListener('abort', () => {
-          clearTimeout(t);
-          resolve();
-        }, { once: true });
+        o.signal.addEventListener(
+          'abort',
+          () => {
+            clearTimeout(t);
+            resolve();
+          },
+          { once: true },
+        );
       });
     }
   } finally {

@@ -3,7 +3,11 @@
  * The CLI prints these as one line without a stack trace; anything else is a bug and keeps its stack.
  */
 export class UserError extends Error {
-  constructor(message: string, readonly hint?: string, readonly exitCode = 1) {
+  constructor(
+    message: string,
+    readonly hint?: string,
+    readonly exitCode = 1,
+  ) {
     super(message);
     this.name = 'UserError';
   }

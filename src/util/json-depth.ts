@@ -26,7 +26,8 @@ export function nestsDeeperThan(value: unknown, maxDepth: number): boolean {
     const { v, depth } = pending.pop()!;
     if (depth > maxDepth) return true;
     const members = Array.isArray(v) ? v : Object.values(v);
-    for (const m of members) if (m !== null && typeof m === 'object') pending.push({ v: m as object, depth: depth + 1 });
+    for (const m of members)
+      if (m !== null && typeof m === 'object') pending.push({ v: m as object, depth: depth + 1 });
   }
   return false;
 }

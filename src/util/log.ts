@@ -103,7 +103,13 @@ export class SourceLogLimiter {
     this.write(logger, 'info', source, obj, msg);
   }
 
-  private write(logger: Logger, level: 'warn' | 'info', source: string, obj: Record<string, unknown>, msg: string): void {
+  private write(
+    logger: Logger,
+    level: 'warn' | 'info',
+    source: string,
+    obj: Record<string, unknown>,
+    msg: string,
+  ): void {
     const now = Date.now();
     let s = this.sources.get(source);
     if (s && now - s.since >= this.intervalMs) {
@@ -132,7 +138,11 @@ export class SourceLogLimiter {
   }
 
   private summarise(source: string, s: SourceEntry): void {
-    if (s.suppressed > 0) s.logger.warn({ remote: source, suppressed: s.suppressed }, `${s.suppressed} more from ${source} (last: ${s.what})`);
+    if (s.suppressed > 0)
+      s.logger.warn(
+        { remote: source, suppressed: s.suppressed },
+        `${s.suppressed} more from ${source} (last: ${s.what})`,
+      );
   }
 
   /** One timer for all sources: writes the counts of intervals that ended. */

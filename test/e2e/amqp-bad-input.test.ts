@@ -6,8 +6,22 @@ import deviceSdk from 'azure-iot-device';
 import amqpSdk from 'azure-iot-device-amqp';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
-import { createSasDevice, deviceToken, newKey, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
-import { openReceiver, openSender, putToken, rawTls, rheaConnect, sendAndSettle, waitFor } from '../fixtures/amqp-helpers.ts';
+import {
+  createSasDevice,
+  deviceToken,
+  newKey,
+  serviceClient,
+  waitForEvents,
+} from '../fixtures/service-messaging-helpers.ts';
+import {
+  openReceiver,
+  openSender,
+  putToken,
+  rawTls,
+  rheaConnect,
+  sendAndSettle,
+  waitFor,
+} from '../fixtures/amqp-helpers.ts';
 import { BATCH_FORMAT, encodeBatch } from '../../src/protocols/amqp/batch.ts';
 import { encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
 
@@ -56,7 +70,10 @@ async function stillServing(): Promise<void> {
 }
 
 function logHas(re: RegExp): boolean {
-  return hub.output().split('\n').some((l) => re.test(l));
+  return hub
+    .output()
+    .split('\n')
+    .some((l) => re.test(l));
 }
 
 test('garbage bytes get the AMQP protocol header back, the connection closes, a log line says why', async () => {
@@ -76,7 +93,10 @@ test('a broken frame after a valid header is closed with amqp:decode-error', asy
   const { answer, closed } = await rawTls(hub, 5671, Buffer.concat([header, frame]));
   assert.ok(closed);
   assert.equal(answer.subarray(0, 8).toString('hex'), header.toString('hex'), 'the hub answered the header');
-  assert.ok(answer.includes(Buffer.from('amqp:decode-error')), `a close with amqp:decode-error: ${answer.toString('latin1')}`);
+  assert.ok(
+    answer.includes(Buffer.from('amqp:decode-error')),
+    `a close with amqp:decode-error: ${answer.toString('latin1')}`,
+  );
   await stillServing();
 });
 
@@ -92,7 +112,10 @@ test('a frame size no one should buffer closes the connection with amqp:connecti
 
 test('a wrong token: the device SDK sees UnauthorizedError and the CBS answer is 401', async () => {
   await createSasDevice(svc, hub, 'bad-token');
-  const client = Client.fromConnectionString(`HostName=${hub.hostname};DeviceId=bad-token;SharedAccessKey=${newKey()}`, Amqp);
+  const client = Client.fromConnectionString(
+    `HostName=${hub.hostname};DeviceId=bad-token;SharedAccessKey=${newKey()}`,
+    Amqp,
+  );
   clients.push(client);
   await client.setOptions({ ca: hub.caPem });
   await assert.rejects(client.open(), { name: 'UnauthorizedError' });
@@ -142,7 +165,10 @@ test('an oversized message is rejected with amqp:link:message-size-exceeded (Mes
   const d = await createSasDevice(svc, hub, 'bad-big-raw');
   const c = await rheaConnect(hub);
   conns.push(c);
-  assert.equal((await putToken(c, deviceToken(hub, d.key, 'bad-big-raw'), `${hub.hostname}/devices/bad-big-raw`)).status, 200);
+  assert.equal(
+    (await putToken(c, deviceToken(hub, d.key, 'bad-big-raw'), `${hub.hostname}/devices/bad-big-raw`)).status,
+    200,
+  );
   const s = await openSender(c, '/devices/bad-big-raw/messages/events');
   const r = await sendAndSettle(s, { body: Buffer.alloc(257 * 1024) });
   assert.equal(r.outcome, 'rejected');
@@ -151,7 +177,9 @@ test('an oversized message is rejected with amqp:link:message-size-exceeded (Mes
   assert.equal((await sendAndSettle(s, { body: 'fits' })).outcome, 'accepted');
 
   // A message far beyond any limit is not buffered: the connection goes, with the reason.
-  const closedWith = new Promise<string | undefined>((resolve) => c.once('connection_error', (ctx) => resolve(ctx.connection.error?.condition)));
+  const closedWith = new Promise<string | undefined>((resolve) =>
+    c.once('connection_error', (ctx) => resolve(ctx.connection.error?.condition)),
+  );
   s.send({ body: Buffer.alloc(3 * 1024 * 1024) });
   assert.equal(await closedWith, 'amqp:link:message-size-exceeded');
   await stillServing();
@@ -161,7 +189,10 @@ test('IoT Hub batches: whole ones are stored in order; a broken message or a bod
   const d = await createSasDevice(svc, hub, 'bad-batch');
   const c = await rheaConnect(hub);
   conns.push(c);
-  assert.equal((await putToken(c, deviceToken(hub, d.key, 'bad-batch'), `${hub.hostname}/devices/bad-batch`)).status, 200);
+  assert.equal(
+    (await putToken(c, deviceToken(hub, d.key, 'bad-batch'), `${hub.hostname}/devices/bad-batch`)).status,
+    200,
+  );
   const s = await openSender(c, '/devices/bad-batch/messages/events');
   const good = (text: string) => encodeMessage({ body: Buffer.from(text), properties: { k: text }, messageId: text });
 
@@ -169,19 +200,41 @@ test('IoT Hub batches: whole ones are stored in order; a broken message or a bod
   assert.equal(whole.outcome, 'accepted');
 
   const truncated = good('never');
-  const broken = await sendAndSettle(s, encodeBatch([good('lost-1'), truncated.subarray(0, truncated.length - 3)]), BATCH_FORMAT);
+  const broken = await sendAndSettle(
+    s,
+    encodeBatch([good('lost-1'), truncated.subarray(0, truncated.length - 3)]),
+    BATCH_FORMAT,
+  );
   assert.equal(broken.outcome, 'rejected');
   assert.equal(broken.condition, 'amqp:decode-error');
   assert.match(broken.description ?? '', /message 1 of the batch cannot be decoded/);
 
-  const notBatch = await sendAndSettle(s, encodeMessage({ body: Buffer.from('plain'), properties: {} }).subarray(0, 5), BATCH_FORMAT);
+  const notBatch = await sendAndSettle(
+    s,
+    encodeMessage({ body: Buffer.from('plain'), properties: {} }).subarray(0, 5),
+    BATCH_FORMAT,
+  );
   assert.equal(notBatch.outcome, 'rejected');
   assert.equal(notBatch.condition, 'amqp:decode-error');
 
-  assert.equal((await sendAndSettle(s, encodeBatch([good('b3')]), BATCH_FORMAT)).outcome, 'accepted', 'the same link still takes batches');
+  assert.equal(
+    (await sendAndSettle(s, encodeBatch([good('b3')]), BATCH_FORMAT)).outcome,
+    'accepted',
+    'the same link still takes batches',
+  );
   const events = await waitForEvents(svc, { device: 'bad-batch' }, 3);
-  assert.deepEqual(events.map((e) => Buffer.from(e.body, 'base64').toString()), ['b1', 'b2', 'b3'], 'nothing of a refused batch was stored');
-  assert.deepEqual(events.map((e) => e.properties.k), ['b1', 'b2', 'b3']);
-  assert.ok(logHas(/unreadable telemetry refused.*message 1 of the batch|message 1 of the batch.*unreadable telemetry refused/), 'a log line says why');
+  assert.deepEqual(
+    events.map((e) => Buffer.from(e.body, 'base64').toString()),
+    ['b1', 'b2', 'b3'],
+    'nothing of a refused batch was stored',
+  );
+  assert.deepEqual(
+    events.map((e) => e.properties.k),
+    ['b1', 'b2', 'b3'],
+  );
+  assert.ok(
+    logHas(/unreadable telemetry refused.*message 1 of the batch|message 1 of the batch.*unreadable telemetry refused/),
+    'a log line says why',
+  );
   await stillServing();
 });

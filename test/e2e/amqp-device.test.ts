@@ -4,7 +4,13 @@ import deviceSdk from 'azure-iot-device';
 import amqpSdk from 'azure-iot-device-amqp';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
-import { createSasDevice, invokeWithSdk, serviceClient, until, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
+import {
+  createSasDevice,
+  invokeWithSdk,
+  serviceClient,
+  until,
+  waitForEvents,
+} from '../fixtures/service-messaging-helpers.ts';
 
 /**
  * The official device SDK on its AMQP transports (`Amqp` over TLS on 5671, `AmqpWs` over
@@ -23,7 +29,7 @@ let svc: ServiceClient;
 const open: Closable[] = [];
 
 before(async () => {
-  hub = await startHubProcess({ env: { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? "warn" } });
+  hub = await startHubProcess({ env: { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'warn' } });
   svc = serviceClient(hub);
 });
 
@@ -128,7 +134,11 @@ for (const t of TRANSPORTS) {
 
     await until('four deliveries (the abandoned one twice)', () => seen.length >= 4 || undefined, 15_000);
     assert.deepEqual(seen.find((s) => s.messageId === ids.complete)?.props, { color: 'blue' });
-    assert.equal(seen.filter((s) => s.messageId === ids.abandon).length, 2, 'released = abandon: the message comes again');
+    assert.equal(
+      seen.filter((s) => s.messageId === ids.abandon).length,
+      2,
+      'released = abandon: the message comes again',
+    );
     assert.equal(seen.filter((s) => s.messageId === ids.reject).length, 1, 'rejected: never again');
 
     const fb = await feedbackFor([ids.complete, ids.reject, ids.abandon]);
@@ -148,10 +158,14 @@ for (const t of TRANSPORTS) {
     const firstVersion = twin.properties.desired.$version as number;
     assert.ok(typeof firstVersion === 'number');
 
-    await new Promise<void>((resolve, reject) => twin.properties.reported.update({ firmware: '1.2.3', nested: { a: 1 } }, (err?: Error) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      twin.properties.reported.update({ firmware: '1.2.3', nested: { a: 1 } }, (err?: Error) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
     const after = await svc.getTwin(id);
-    assert.equal((after.properties?.reported as Record<string, unknown>).firmware, '1.2.3');
-    assert.deepEqual((after.properties?.reported as Record<string, unknown>).nested, { a: 1 });
+    assert.equal((after.properties?.reported as Record<string, unknown> | undefined)?.firmware, '1.2.3');
+    assert.deepEqual((after.properties?.reported as Record<string, unknown> | undefined)?.nested, { a: 1 });
 
     const pushes: Array<Record<string, unknown>> = [];
     twin.on('properties.desired', (patch: Record<string, unknown>) => pushes.push(patch));
@@ -161,7 +175,10 @@ for (const t of TRANSPORTS) {
     await svc.updateTwin(id, { properties: { desired: { interval: 10, mode: 'eco' } } });
     const push = await until('a desired push', () => pushes.find((p) => p.mode === 'eco'));
     assert.equal(push.interval, 10);
-    assert.ok(typeof push.$version === 'number' && push.$version > firstVersion, `pushed $version ${push.$version} after ${firstVersion}`);
+    assert.ok(
+      typeof push.$version === 'number' && push.$version > firstVersion,
+      `pushed $version ${push.$version} after ${firstVersion}`,
+    );
   });
 
   test(`${t.name}: direct methods invoked by the service SDK reach the device and its answer comes back`, async () => {
@@ -169,12 +186,20 @@ for (const t of TRANSPORTS) {
     const { cs } = await createSasDevice(svc, hub, id);
     const client = await deviceClient(cs, t.ctor);
     const calls: unknown[] = [];
-    client.onDeviceMethod('reboot', (req: { payload: unknown }, res: { send(status: number, payload: unknown, cb?: (e?: Error) => void): void }) => {
-      calls.push(req.payload);
-      res.send(201, { rebooting: true, echo: req.payload });
-    });
+    client.onDeviceMethod(
+      'reboot',
+      (req: { payload: unknown }, res: { send(status: number, payload: unknown, cb?: (e?: Error) => void): void }) => {
+        calls.push(req.payload);
+        res.send(201, { rebooting: true, echo: req.payload });
+      },
+    );
     // onDeviceMethod attaches the method links in the background; invoke waits until the device subscribed.
-    const answer = await invokeWithSdk(hub, id, { methodName: 'reboot', payload: { delay: 3 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 });
+    const answer = await invokeWithSdk(hub, id, {
+      methodName: 'reboot',
+      payload: { delay: 3 },
+      responseTimeoutInSeconds: 10,
+      connectTimeoutInSeconds: 10,
+    });
     assert.ok(answer.ok, JSON.stringify(answer));
     assert.equal(answer.result.status, 201);
     assert.deepEqual(answer.result.payload, { rebooting: true, echo: { delay: 3 } });
@@ -202,7 +227,12 @@ for (const t of TRANSPORTS) {
     assert.equal(twin.properties.desired.threshold, 3);
 
     mod.onMethod('ping', (_req, res) => void res!.send(200, 'pong'));
-    const answer = await invokeWithSdk(hub, deviceId, { methodName: 'ping', payload: null, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 }, 'filter');
+    const answer = await invokeWithSdk(
+      hub,
+      deviceId,
+      { methodName: 'ping', payload: null, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
+      'filter',
+    );
     assert.ok(answer.ok, JSON.stringify(answer));
     assert.deepEqual(answer.result, { status: 200, payload: 'pong' });
 

@@ -77,11 +77,36 @@ for (const transport of ['Amqp', 'AmqpWs'] as const) {
     await service.must({ op: 'open' });
     await service.must({ op: 'feedback' });
 
-    await service.must({ op: 'send', deviceId: mqttId, body: 'hello mqtt', messageId: `m-${transport}-1`, ack: 'full', properties: { kind: 'greeting' } });
-    await service.must({ op: 'send', deviceId: amqpId, body: 'hello amqp', messageId: `m-${transport}-2`, ack: 'positive' });
-    await service.must({ op: 'send', deviceId: amqpId, body: 'reject', messageId: `m-${transport}-3`, ack: 'negative' });
+    await service.must({
+      op: 'send',
+      deviceId: mqttId,
+      body: 'hello mqtt',
+      messageId: `m-${transport}-1`,
+      ack: 'full',
+      properties: { kind: 'greeting' },
+    });
+    await service.must({
+      op: 'send',
+      deviceId: amqpId,
+      body: 'hello amqp',
+      messageId: `m-${transport}-2`,
+      ack: 'positive',
+    });
+    await service.must({
+      op: 'send',
+      deviceId: amqpId,
+      body: 'reject',
+      messageId: `m-${transport}-3`,
+      ack: 'negative',
+    });
     // A rejection of a message that asked for positive feedback only gives none.
-    await service.must({ op: 'send', deviceId: amqpId, body: 'reject', messageId: `m-${transport}-4`, ack: 'positive' });
+    await service.must({
+      op: 'send',
+      deviceId: amqpId,
+      body: 'reject',
+      messageId: `m-${transport}-4`,
+      ack: 'positive',
+    });
 
     await waitFor('the MQTT device to receive its message', () => mqttGot.length >= 1 || undefined);
     await waitFor('the AMQP device to receive its three', () => amqpGot.length >= 3 || undefined);
@@ -105,9 +130,13 @@ for (const transport of ['Amqp', 'AmqpWs'] as const) {
     assert.equal(fb?.contentType, 'application/vnd.microsoft.iothub.feedback.json');
     // Message 4 was rejected but asked for positive feedback only.
     await new Promise((r) => setTimeout(r, 300));
-    assert.equal(records().some((r) => r.originalMessageId === `m-${transport}-4`), false);
+    assert.equal(
+      records().some((r) => r.originalMessageId === `m-${transport}-4`),
+      false,
+    );
     // Taken records are gone: the REST reader no longer sees them.
-    const left = (await svc.request<Array<{ originalMessageId: string }>>('GET', '/messages/serviceBound/feedback')).body ?? [];
+    const left =
+      (await svc.request<Array<{ originalMessageId: string }>>('GET', '/messages/serviceBound/feedback')).body ?? [];
     assert.equal(left.filter((r) => r.originalMessageId.startsWith(`m-${transport}-`)).length, 0);
     // Feedback goes to whichever service receiver is connected: this one leaves for the next test.
     await service.stop();
@@ -140,5 +169,7 @@ test('a policy without ServiceConnect cannot open the C2D link', async () => {
 
 async function policyConnectionString(policy: string): Promise<string> {
   const bin = fileURLToPath(new URL('../../bin/strata.js', import.meta.url));
-  return execFileSync(process.execPath, [bin, 'hub', 'connection-string', '--data', hub.dataDir, '--policy', policy], { encoding: 'utf8' }).trim();
+  return execFileSync(process.execPath, [bin, 'hub', 'connection-string', '--data', hub.dataDir, '--policy', policy], {
+    encoding: 'utf8',
+  }).trim();
 }

@@ -7,7 +7,13 @@ import tls from 'node:tls';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { createDeviceCert, createEdgeCa, fullChainPem, issueCertificate, type IssuedCert } from '../../src/pki/index.ts';
+import {
+  createDeviceCert,
+  createEdgeCa,
+  fullChainPem,
+  issueCertificate,
+  type IssuedCert,
+} from '../../src/pki/index.ts';
 import { exec, opensslConnect, randomLoopbackAddress, type Exec } from '../helpers/tls.ts';
 
 /**
@@ -27,7 +33,11 @@ let ip: string;
 function strata(...args: string[]): Promise<Exec> {
   // Cases run side by side, a dozen CLI processes at once: on a busy two-core machine one can
   // take well over the helper's default 20 s to start, which is not what these tests check.
-  return exec(process.execPath, [BIN, 'certs', ...args], { cwd: work, env: { ...process.env, STRATA_LOG_LEVEL: 'warn' }, timeoutMs: 120_000 });
+  return exec(process.execPath, [BIN, 'certs', ...args], {
+    cwd: work,
+    env: { ...process.env, STRATA_LOG_LEVEL: 'warn' },
+    timeoutMs: 120_000,
+  });
 }
 function openssl(...args: string[]): Promise<Exec> {
   return exec('openssl', args, { cwd: work });
@@ -62,10 +72,16 @@ before(async () => {
   made.forEach((r, i) => assertOk(r, `command ${i}`));
   assertOk(
     await strata(
-      'create-server', host,
-      '--ca', cert('iot-edge-device-ca-gateway.cert.pem'),
-      '--ca-key', key('iot-edge-device-ca-gateway.key.pem'),
-      '--san', 'edgehub', '--san', ip,
+      'create-server',
+      host,
+      '--ca',
+      cert('iot-edge-device-ca-gateway.cert.pem'),
+      '--ca-key',
+      key('iot-edge-device-ca-gateway.key.pem'),
+      '--san',
+      'edgehub',
+      '--san',
+      ip,
     ),
     'create-server',
   );
@@ -75,7 +91,7 @@ after(() => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
-test('files carry the seeds\' names; keys are 0600, certificates 0644', () => {
+test("files carry the seeds' names; keys are 0600, certificates 0644", () => {
   const certs = [
     'azure-iot-test-only.root.ca.cert.pem',
     'azure-iot-test-only.intermediate.cert.pem',
@@ -112,18 +128,43 @@ test('openssl verify accepts every chain the toolkit made', async () => {
     ['iot-device-dev1.cert.pem', 'iot-device-dev1-full-chain.cert.pem'],
     [`server-${host}.cert.pem`, `server-${host}-full-chain.cert.pem`],
   ];
-  const results = await Promise.all(chains.map(([c, chain]) => openssl('verify', '-CAfile', ROOT(), '-untrusted', cert(chain), cert(c))));
+  const results = await Promise.all(
+    chains.map(([c, chain]) => openssl('verify', '-CAfile', ROOT(), '-untrusted', cert(chain), cert(c))),
+  );
   results.forEach((r, i) => {
     assertOk(r, `openssl verify ${chains[i][0]}`);
     assert.match(r.stdout, /: OK$/m);
   });
   // Purpose-specific checks as a TLS peer would make them.
-  const server = await openssl('verify', '-CAfile', ROOT(), '-untrusted', cert(`server-${host}-full-chain.cert.pem`), '-purpose', 'sslserver', '-verify_hostname', host, cert(`server-${host}.cert.pem`));
+  const server = await openssl(
+    'verify',
+    '-CAfile',
+    ROOT(),
+    '-untrusted',
+    cert(`server-${host}-full-chain.cert.pem`),
+    '-purpose',
+    'sslserver',
+    '-verify_hostname',
+    host,
+    cert(`server-${host}.cert.pem`),
+  );
   assertOk(server, 'server purpose');
-  const client = await openssl('verify', '-CAfile', ROOT(), '-untrusted', cert('iot-device-dev1-full-chain.cert.pem'), '-purpose', 'sslclient', cert('iot-device-dev1.cert.pem'));
+  const client = await openssl(
+    'verify',
+    '-CAfile',
+    ROOT(),
+    '-untrusted',
+    cert('iot-device-dev1-full-chain.cert.pem'),
+    '-purpose',
+    'sslclient',
+    cert('iot-device-dev1.cert.pem'),
+  );
   assertOk(client, 'client purpose');
   // The self-signed device certificate is its own anchor.
-  assertOk(await openssl('verify', '-CAfile', cert('iot-device-dev2.cert.pem'), cert('iot-device-dev2.cert.pem')), 'self-signed');
+  assertOk(
+    await openssl('verify', '-CAfile', cert('iot-device-dev2.cert.pem'), cert('iot-device-dev2.cert.pem')),
+    'self-signed',
+  );
 });
 
 test('openssl x509 -text shows the expected CN, SAN, EKU and basic constraints', async () => {
@@ -144,7 +185,10 @@ test('openssl x509 -text shows the expected CN, SAN, EKU and basic constraints',
 
   const server = await text(`server-${host}.cert.pem`);
   assert.match(server, new RegExp(`Subject: CN ?= ?${host.replace(/\./g, '\\.')}\\n`));
-  assert.match(server, new RegExp(`DNS:${host.replace(/\./g, '\\.')}, DNS:edgehub, IP Address:${ip.replace(/\./g, '\\.')}\\n`));
+  assert.match(
+    server,
+    new RegExp(`DNS:${host.replace(/\./g, '\\.')}, DNS:edgehub, IP Address:${ip.replace(/\./g, '\\.')}\\n`),
+  );
   assert.match(server, /Extended Key Usage: \s+TLS Web Server Authentication\n/);
   assert.match(server, /Basic Constraints: critical\s+CA:FALSE/);
   assert.match(server, /Issuer: CN ?= ?iot-edge-device-ca-gateway/);
@@ -164,8 +208,18 @@ test('openssl x509 -text shows the expected CN, SAN, EKU and basic constraints',
 test('create-device and show print the thumbprints openssl computes', async () => {
   const r = await strata('create-device', 'dev3');
   assertOk(r, 'create-device');
-  const sha1 = (await openssl('x509', '-in', cert('iot-device-dev3.cert.pem'), '-noout', '-fingerprint', '-sha1')).stdout.split('=')[1].trim().replace(/:/g, '');
-  const sha256 = (await openssl('x509', '-in', cert('iot-device-dev3.cert.pem'), '-noout', '-fingerprint', '-sha256')).stdout.split('=')[1].trim().replace(/:/g, '');
+  const sha1 = (
+    await openssl('x509', '-in', cert('iot-device-dev3.cert.pem'), '-noout', '-fingerprint', '-sha1')
+  ).stdout
+    .split('=')[1]
+    .trim()
+    .replace(/:/g, '');
+  const sha256 = (
+    await openssl('x509', '-in', cert('iot-device-dev3.cert.pem'), '-noout', '-fingerprint', '-sha256')
+  ).stdout
+    .split('=')[1]
+    .trim()
+    .replace(/:/g, '');
   assert.match(r.stdout, new RegExp(`SHA-1 thumbprint: +${sha1}\\n`));
   assert.match(r.stdout, new RegExp(`SHA-256 thumbprint: +${sha256}\\n`));
   const show = await strata('show', cert('iot-device-dev3.cert.pem'));
@@ -218,13 +272,28 @@ interface Case {
 test('verify agrees with openssl on good chains and on each broken case', async () => {
   const bad = path.join(work, 'bad');
   mkdirSync(bad, { recursive: true });
-  const intermediate = issued(cert('azure-iot-test-only.intermediate.cert.pem'), key('azure-iot-test-only.intermediate.key.pem'));
+  const intermediate = issued(
+    cert('azure-iot-test-only.intermediate.cert.pem'),
+    key('azure-iot-test-only.intermediate.key.pem'),
+  );
   const edge = issued(cert('iot-edge-device-ca-gateway.cert.pem'), key('iot-edge-device-ca-gateway.key.pem'));
   const serverCert = issued(cert(`server-${host}.cert.pem`), key(`server-${host}.key.pem`));
   const [expired, signedByLeaf, noSignCa] = await Promise.all([
-    createDeviceCert({ commonName: 'expired-dev', issuer: intermediate, validFrom: new Date(Date.now() - 30 * DAY), days: 2, keyAlgorithm: 'ec' }),
+    createDeviceCert({
+      commonName: 'expired-dev',
+      issuer: intermediate,
+      validFrom: new Date(Date.now() - 30 * DAY),
+      days: 2,
+      keyAlgorithm: 'ec',
+    }),
     issueCertificate({ commonName: 'signed-by-leaf', issuer: serverCert, keyAlgorithm: 'ec' }),
-    issueCertificate({ commonName: 'no-sign CA', issuer: intermediate, ca: true, keyUsage: ['digitalSignature'], keyAlgorithm: 'ec' }),
+    issueCertificate({
+      commonName: 'no-sign CA',
+      issuer: intermediate,
+      ca: true,
+      keyUsage: ['digitalSignature'],
+      keyAlgorithm: 'ec',
+    }),
   ]);
   const underNoSign = await createDeviceCert({ commonName: 'under-no-sign', issuer: noSignCa, keyAlgorithm: 'ec' });
   const f = (name: string, pem: string) => {
@@ -246,25 +315,89 @@ test('verify agrees with openssl on good chains and on each broken case', async 
   const epoch = (d: string) => String(Math.floor(new Date(d).getTime() / 1000));
 
   const cases: Case[] = [
-    { name: 'good server chain + host', strata: [serverPem, '--untrusted', serverChain, '--hostname', host], openssl: ['-untrusted', serverChain, '-verify_hostname', host, '-purpose', 'sslserver', serverPem] },
-    { name: 'good server by IP', strata: [serverChain, '--hostname', ip], openssl: ['-untrusted', serverChain, '-verify_ip', ip, serverPem] },
-    { name: 'good device chain', strata: [devChain, '--purpose', 'client'], openssl: ['-untrusted', devChain, '-purpose', 'sslclient', dev] },
-    { name: 'good edge CA', strata: [cert('iot-edge-device-ca-gateway-full-chain.cert.pem')], openssl: ['-untrusted', interChain, cert('iot-edge-device-ca-gateway.cert.pem')] },
-    { name: 'expired (--at)', code: 'expired', strata: [devChain, '--at', '2040-01-01T00:00:00Z'], openssl: ['-untrusted', devChain, '-attime', epoch('2040-01-01T00:00:00Z'), dev] },
-    { name: 'expired (past validity)', code: 'expired', strata: [expiredFile, '--untrusted', interChain], openssl: ['-untrusted', interChain, expiredFile] },
-    { name: 'not yet valid', code: 'not-yet-valid', strata: [devChain, '--at', '2020-01-01T00:00:00Z'], openssl: ['-untrusted', devChain, '-attime', epoch('2020-01-01T00:00:00Z'), dev] },
-    { name: 'unknown issuer (other root)', code: 'unknown-issuer', strata: [serverChain, '--trust', OTHER_ROOT()], openssl: ['-untrusted', serverChain, serverPem] },
-    { name: 'unknown issuer (self-signed)', code: 'unknown-issuer', strata: [cert('iot-device-dev2.cert.pem')], openssl: [cert('iot-device-dev2.cert.pem')] },
+    {
+      name: 'good server chain + host',
+      strata: [serverPem, '--untrusted', serverChain, '--hostname', host],
+      openssl: ['-untrusted', serverChain, '-verify_hostname', host, '-purpose', 'sslserver', serverPem],
+    },
+    {
+      name: 'good server by IP',
+      strata: [serverChain, '--hostname', ip],
+      openssl: ['-untrusted', serverChain, '-verify_ip', ip, serverPem],
+    },
+    {
+      name: 'good device chain',
+      strata: [devChain, '--purpose', 'client'],
+      openssl: ['-untrusted', devChain, '-purpose', 'sslclient', dev],
+    },
+    {
+      name: 'good edge CA',
+      strata: [cert('iot-edge-device-ca-gateway-full-chain.cert.pem')],
+      openssl: ['-untrusted', interChain, cert('iot-edge-device-ca-gateway.cert.pem')],
+    },
+    {
+      name: 'expired (--at)',
+      code: 'expired',
+      strata: [devChain, '--at', '2040-01-01T00:00:00Z'],
+      openssl: ['-untrusted', devChain, '-attime', epoch('2040-01-01T00:00:00Z'), dev],
+    },
+    {
+      name: 'expired (past validity)',
+      code: 'expired',
+      strata: [expiredFile, '--untrusted', interChain],
+      openssl: ['-untrusted', interChain, expiredFile],
+    },
+    {
+      name: 'not yet valid',
+      code: 'not-yet-valid',
+      strata: [devChain, '--at', '2020-01-01T00:00:00Z'],
+      openssl: ['-untrusted', devChain, '-attime', epoch('2020-01-01T00:00:00Z'), dev],
+    },
+    {
+      name: 'unknown issuer (other root)',
+      code: 'unknown-issuer',
+      strata: [serverChain, '--trust', OTHER_ROOT()],
+      openssl: ['-untrusted', serverChain, serverPem],
+    },
+    {
+      name: 'unknown issuer (self-signed)',
+      code: 'unknown-issuer',
+      strata: [cert('iot-device-dev2.cert.pem')],
+      openssl: [cert('iot-device-dev2.cert.pem')],
+    },
     { name: 'missing intermediate', code: 'missing-intermediate', strata: [serverPem], openssl: [serverPem] },
-    { name: 'not a CA', code: 'not-a-ca', strata: [leafSignedFile, '--untrusted', leafChain], openssl: ['-untrusted', leafChain, leafSignedFile] },
-    { name: 'wrong key usage (client cert as server)', code: 'wrong-key-usage', strata: [devChain, '--purpose', 'server'], openssl: ['-untrusted', devChain, '-purpose', 'sslserver', dev] },
-    { name: 'wrong key usage (CA without keyCertSign)', code: 'wrong-key-usage', strata: [underNoSignFile, '--untrusted', noSignChain], openssl: ['-untrusted', noSignChain, underNoSignFile] },
-    { name: 'name mismatch', code: 'name-mismatch', strata: [serverChain, '--hostname', 'wrong.strata.test'], openssl: ['-untrusted', serverChain, '-verify_hostname', 'wrong.strata.test', serverPem] },
+    {
+      name: 'not a CA',
+      code: 'not-a-ca',
+      strata: [leafSignedFile, '--untrusted', leafChain],
+      openssl: ['-untrusted', leafChain, leafSignedFile],
+    },
+    {
+      name: 'wrong key usage (client cert as server)',
+      code: 'wrong-key-usage',
+      strata: [devChain, '--purpose', 'server'],
+      openssl: ['-untrusted', devChain, '-purpose', 'sslserver', dev],
+    },
+    {
+      name: 'wrong key usage (CA without keyCertSign)',
+      code: 'wrong-key-usage',
+      strata: [underNoSignFile, '--untrusted', noSignChain],
+      openssl: ['-untrusted', noSignChain, underNoSignFile],
+    },
+    {
+      name: 'name mismatch',
+      code: 'name-mismatch',
+      strata: [serverChain, '--hostname', 'wrong.strata.test'],
+      openssl: ['-untrusted', serverChain, '-verify_hostname', 'wrong.strata.test', serverPem],
+    },
   ];
   const results = await Promise.all(
     cases.map(async (c) => {
       const trust = c.name.includes('other root') ? OTHER_ROOT() : ROOT();
-      const [s, o] = await Promise.all([strata('verify', ...c.strata), openssl('verify', '-CAfile', trust, ...c.openssl)]);
+      const [s, o] = await Promise.all([
+        strata('verify', ...c.strata),
+        openssl('verify', '-CAfile', trust, ...c.openssl),
+      ]);
       return { c, s, o };
     }),
   );
@@ -287,8 +420,17 @@ test('bad input: one line naming the problem and the fix, non-zero exit, no stac
   const empty = path.join(work, 'empty-out');
   const notPem = path.join(work, 'not-pem.txt');
   writeFileSync(notPem, 'this is not a certificate\n');
-  const intermediate = issued(cert('azure-iot-test-only.intermediate.cert.pem'), key('azure-iot-test-only.intermediate.key.pem'));
-  const expiredCa = await createEdgeCa({ commonName: 'expired edge', issuer: intermediate, validFrom: new Date(Date.now() - 30 * DAY), days: 1, keyAlgorithm: 'ec' });
+  const intermediate = issued(
+    cert('azure-iot-test-only.intermediate.cert.pem'),
+    key('azure-iot-test-only.intermediate.key.pem'),
+  );
+  const expiredCa = await createEdgeCa({
+    commonName: 'expired edge',
+    issuer: intermediate,
+    validFrom: new Date(Date.now() - 30 * DAY),
+    days: 1,
+    keyAlgorithm: 'ec',
+  });
   const expiredCert = path.join(work, 'expired-ca.pem');
   const expiredKey = path.join(work, 'expired-ca.key.pem');
   writeFileSync(expiredCert, expiredCa.certPem);
@@ -297,18 +439,62 @@ test('bad input: one line naming the problem and the fix, non-zero exit, no stac
   const edgeKey = key('iot-edge-device-ca-gateway.key.pem');
 
   const cases: Array<{ name: string; args: string[]; says: RegExp }> = [
-    { name: 'missing file', args: ['verify', path.join(work, 'nope.pem')], says: /not found: .*nope\.pem\. Check the path/ },
-    { name: 'missing CA file', args: ['create-server', 'gw.test', '--ca', path.join(work, 'nope.pem'), '--ca-key', edgeKey], says: /CA certificate not found: .*nope\.pem/ },
-    { name: 'not PEM', args: ['show', notPem], says: /not-pem\.txt is not a PEM file.*Pass the PEM-encoded certificate/ },
-    { name: 'not PEM key', args: ['create-server', 'gw.test', '--ca', edgeCa, '--ca-key', notPem], says: /not-pem\.txt is not a PEM file/ },
-    { name: 'key not matching', args: ['create-server', 'gw.test', '--ca', edgeCa, '--ca-key', key('iot-device-dev1.key.pem')], says: /does not belong to the certificate .*Pass the private key file/ },
-    { name: 'expired certificate', args: ['create-server', 'gw.test', '--ca', expiredCert, '--ca-key', expiredKey], says: /expired on .*Create a new CA certificate/ },
-    { name: 'host name of 64 characters', args: ['create-server', `${'h'.repeat(60)}.com`, '--ca', edgeCa, '--ca-key', edgeKey], says: /is 64 characters long.*shorter than 64/ },
-    { name: 'no root yet', args: ['create-edge-ca', 'gw', '--out', empty], says: /no root CA in .*Run `strata certs create-root --out .*` first/ },
-    { name: 'no root for a device', args: ['create-device', 'd1', '--out', empty], says: /Run `strata certs create-root/ },
-    { name: 'no root for a server', args: ['create-server', 'gw.test', '--out', empty], says: /Run `strata certs create-root/ },
+    {
+      name: 'missing file',
+      args: ['verify', path.join(work, 'nope.pem')],
+      says: /not found: .*nope\.pem\. Check the path/,
+    },
+    {
+      name: 'missing CA file',
+      args: ['create-server', 'gw.test', '--ca', path.join(work, 'nope.pem'), '--ca-key', edgeKey],
+      says: /CA certificate not found: .*nope\.pem/,
+    },
+    {
+      name: 'not PEM',
+      args: ['show', notPem],
+      says: /not-pem\.txt is not a PEM file.*Pass the PEM-encoded certificate/,
+    },
+    {
+      name: 'not PEM key',
+      args: ['create-server', 'gw.test', '--ca', edgeCa, '--ca-key', notPem],
+      says: /not-pem\.txt is not a PEM file/,
+    },
+    {
+      name: 'key not matching',
+      args: ['create-server', 'gw.test', '--ca', edgeCa, '--ca-key', key('iot-device-dev1.key.pem')],
+      says: /does not belong to the certificate .*Pass the private key file/,
+    },
+    {
+      name: 'expired certificate',
+      args: ['create-server', 'gw.test', '--ca', expiredCert, '--ca-key', expiredKey],
+      says: /expired on .*Create a new CA certificate/,
+    },
+    {
+      name: 'host name of 64 characters',
+      args: ['create-server', `${'h'.repeat(60)}.com`, '--ca', edgeCa, '--ca-key', edgeKey],
+      says: /is 64 characters long.*shorter than 64/,
+    },
+    {
+      name: 'no root yet',
+      args: ['create-edge-ca', 'gw', '--out', empty],
+      says: /no root CA in .*Run `strata certs create-root --out .*` first/,
+    },
+    {
+      name: 'no root for a device',
+      args: ['create-device', 'd1', '--out', empty],
+      says: /Run `strata certs create-root/,
+    },
+    {
+      name: 'no root for a server',
+      args: ['create-server', 'gw.test', '--out', empty],
+      says: /Run `strata certs create-root/,
+    },
     { name: 'key given as certificate', args: ['show', edgeKey], says: /holds no certificate \(it is a private key\)/ },
-    { name: 'certificate given as key', args: ['create-server', 'gw.test', '--ca', edgeCa, '--ca-key', edgeCa], says: /holds no private key/ },
+    {
+      name: 'certificate given as key',
+      args: ['create-server', 'gw.test', '--ca', edgeCa, '--ca-key', edgeCa],
+      says: /holds no private key/,
+    },
     { name: 'bad --days', args: ['create-device', 'd1', '--days', 'soon'], says: /--days soon is not a valid number/ },
   ];
   const results = await Promise.all(cases.map((c) => strata(...c.args)));

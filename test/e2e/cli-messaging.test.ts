@@ -34,7 +34,11 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-interface Run { code: number | null; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Starts `strata ...`; `lines` fills as stdout lines arrive. */
 function start(args: string[]): { child: ChildProcess; lines: string[]; done: Promise<Run> } {
@@ -77,7 +81,12 @@ function oneLineRefusal(r: Run, pattern: RegExp): void {
   assert.match(lines[0]!, pattern);
 }
 
-async function postTelemetry(deviceId: string, key: string, body: string, headers: Record<string, string> = {}): Promise<void> {
+async function postTelemetry(
+  deviceId: string,
+  key: string,
+  body: string,
+  headers: Record<string, string> = {},
+): Promise<void> {
   const res = await rawRequest(hub, {
     method: 'POST',
     path: `/devices/${deviceId}/messages/events?api-version=2021-04-12`,
@@ -91,11 +100,28 @@ test('monitor-events --since prints each message of the device as az does, with 
   const { key } = await createSasDevice(svc, hub, 'cli-mon-1');
   const { key: otherKey } = await createSasDevice(svc, hub, 'cli-mon-other');
   const since = new Date(Date.now() - 2000).toISOString();
-  await postTelemetry('cli-mon-1', key, '{"temperature":20}', { 'iothub-contenttype': 'application/json', 'IoTHub-MessageId': 'm-1', 'iothub-app-alert': 'none' });
+  await postTelemetry('cli-mon-1', key, '{"temperature":20}', {
+    'iothub-contenttype': 'application/json',
+    'IoTHub-MessageId': 'm-1',
+    'iothub-app-alert': 'none',
+  });
   await postTelemetry('cli-mon-other', otherKey, 'not for this monitor');
   await postTelemetry('cli-mon-1', key, 'plain text', { 'iothub-app-alert': 'high' });
 
-  const r = await run(['hub', 'monitor-events', '--device', 'cli-mon-1', '--since', since, '--properties', '--count', '2', '--timeout', '30', ...remote()]);
+  const r = await run([
+    'hub',
+    'monitor-events',
+    '--device',
+    'cli-mon-1',
+    '--since',
+    since,
+    '--properties',
+    '--count',
+    '2',
+    '--timeout',
+    '30',
+    ...remote(),
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
   assert.equal(lines.length, 2, r.stdout);
@@ -117,7 +143,18 @@ test('monitor-events --since prints each message of the device as az does, with 
 test('monitor-events without --since starts at now, and --data finds a local hub', async () => {
   const { key } = await createSasDevice(svc, hub, 'cli-mon-2');
   await postTelemetry('cli-mon-2', key, 'old news');
-  const mon = start(['hub', 'monitor-events', '--device', 'cli-mon-2', '--count', '1', '--timeout', '30', '--data', hub.dataDir]);
+  const mon = start([
+    'hub',
+    'monitor-events',
+    '--device',
+    'cli-mon-2',
+    '--count',
+    '1',
+    '--timeout',
+    '30',
+    '--data',
+    hub.dataDir,
+  ]);
   // The monitor's first read marks "now"; keep sending until it has seen one.
   let n = 0;
   while (mon.lines.length === 0 && mon.child.exitCode === null && n < 100) {
@@ -133,7 +170,25 @@ test('monitor-events without --since starts at now, and --data finds a local hub
 
 test('device send queues a C2D message with properties that the device receives over HTTPS', async () => {
   const { key } = await createSasDevice(svc, hub, 'cli-c2d-1');
-  const r = await run(['device', 'send', 'cli-c2d-1', '--body', 'turn on', '--props', 'color=red', '--props', 'eq=a=b', '--message-id', 'cli-m-1', '--correlation-id', 'cli-c-1', '--ack', 'full', '--json', ...remote()]);
+  const r = await run([
+    'device',
+    'send',
+    'cli-c2d-1',
+    '--body',
+    'turn on',
+    '--props',
+    'color=red',
+    '--props',
+    'eq=a=b',
+    '--message-id',
+    'cli-m-1',
+    '--correlation-id',
+    'cli-c-1',
+    '--ack',
+    'full',
+    '--json',
+    ...remote(),
+  ]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), { deviceId: 'cli-c2d-1', messageId: 'cli-m-1' });
 
@@ -143,11 +198,12 @@ test('device send queues a C2D message with properties that the device receives 
   assert.equal(r2.code, 0, r2.stderr);
   assert.match(r2.stdout, /^queued message \S+ for cli-c2d-1\n$/);
 
-  const receive = () => rawRequest(hub, {
-    method: 'GET',
-    path: '/devices/cli-c2d-1/messages/devicebound?api-version=2021-04-12',
-    headers: { authorization: deviceToken(hub, key, 'cli-c2d-1') },
-  });
+  const receive = () =>
+    rawRequest(hub, {
+      method: 'GET',
+      path: '/devices/cli-c2d-1/messages/devicebound?api-version=2021-04-12',
+      headers: { authorization: deviceToken(hub, key, 'cli-c2d-1') },
+    });
   const first = await receive();
   assert.equal(first.status, 200, first.text);
   assert.equal(first.text, 'turn on');
@@ -168,7 +224,10 @@ test('device send refuses clearly: a full queue (50), an unknown device, bad fla
   }
   oneLineRefusal(await run(['device', 'send', 'cli-c2d-full', '--body', 'one too many', ...remote()]), /50|queue/i);
   oneLineRefusal(await run(['device', 'send', 'cli-nobody', '--body', 'x', ...remote()]), /cli-nobody|DeviceNotFound/);
-  oneLineRefusal(await run(['device', 'send', 'cli-c2d-full', '--props', 'novalue', '--body', 'x', ...remote()]), /key=value/);
+  oneLineRefusal(
+    await run(['device', 'send', 'cli-c2d-full', '--props', 'novalue', '--body', 'x', ...remote()]),
+    /key=value/,
+  );
   oneLineRefusal(await run(['device', 'send', 'cli-c2d-full', ...remote()]), /no body/);
   oneLineRefusal(await run(['hub', 'monitor-events', '--since', 'the day before', ...remote()]), /--since/);
 });

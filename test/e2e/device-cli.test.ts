@@ -16,18 +16,32 @@ const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 let hub: HubProcess;
 let svc: ServiceClient;
 
-interface Run { code: number | null; stdout: string; stderr: string }
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 function run(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-      env: { ...process.env, STRATA_HUB_CONNECTION_STRING: undefined, STRATA_CA: undefined, STRATA_LOG_LEVEL: 'warn', ...env },
+      env: {
+        ...process.env,
+        STRATA_HUB_CONNECTION_STRING: undefined,
+        STRATA_CA: undefined,
+        STRATA_LOG_LEVEL: 'warn',
+        ...env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (c: Buffer) => { stdout += c.toString(); });
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
+    child.stdout.on('data', (c: Buffer) => {
+      stdout += c.toString();
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
     child.on('error', reject);
     child.on('close', (code) => {
@@ -108,7 +122,11 @@ test('create an edge parent, an edge child and a leaf under it; scopes follow th
 });
 
 test('show, list and list --edge print tables; --json prints parseable JSON', async () => {
-  const [shown, table, edgeOnly] = await Promise.all([ok('show', 'leaf-1'), ok('list'), okJson<DeviceJson[]>('list', '--edge')]);
+  const [shown, table, edgeOnly] = await Promise.all([
+    ok('show', 'leaf-1'),
+    ok('list'),
+    okJson<DeviceJson[]>('list', '--edge'),
+  ]);
   assert.match(shown, /^deviceId\s+leaf-1$/m);
   assert.match(shown, /^parent\s+edge-2$/m);
   assert.match(shown, /^edge\s+no$/m);
@@ -152,7 +170,13 @@ test('a leaf cannot be a parent', async () => {
 test('a second parent is refused without --force and taken with it', async () => {
   await make('edge-3', { edge: true });
   await Promise.all([
-    refused(/^strata: device leaf-1 already has parent edge-2; use --force to move it$/, 'set-parent', 'leaf-1', '--parent', 'edge-3'),
+    refused(
+      /^strata: device leaf-1 already has parent edge-2; use --force to move it$/,
+      'set-parent',
+      'leaf-1',
+      '--parent',
+      'edge-3',
+    ),
     refused(/already has parent edge-2; use --force/, 'add-children', 'edge-3', '--children', 'leaf-2,leaf-1'),
   ]);
   assert.deepEqual((await show('leaf-2')).parentScopes ?? [], [], 'a refused add-children changes nothing');
@@ -182,7 +206,14 @@ test('a second parent is refused without --force and taken with it', async () =>
 test('a cycle is refused', async () => {
   // edge-1 > edge-2 now: making edge-2 the parent of edge-1 would close a loop.
   await Promise.all([
-    refused(/cannot make edge-2 the parent of edge-1: .*cycle/, 'set-parent', 'edge-1', '--parent', 'edge-2', '--force'),
+    refused(
+      /cannot make edge-2 the parent of edge-1: .*cycle/,
+      'set-parent',
+      'edge-1',
+      '--parent',
+      'edge-2',
+      '--force',
+    ),
     refused(/cycle/, 'add-children', 'edge-2', '--children', 'edge-1', '--force'),
     refused(/cannot be its own parent/, 'set-parent', 'edge-1', '--parent', 'edge-1'),
   ]);
@@ -199,7 +230,13 @@ test('a sixth layer of edge devices is refused, a leaf under the fifth is fine',
   await make('sub-child', { edge: true, parent: 'sub-top' });
   await Promise.all([
     refused(/6 layers of IoT Edge devices, at most 5/, 'create', 'layer-6b', '--edge', '--parent', 'layer-5'),
-    refused(/cannot make layer-5 the parent of layer-6: that would make 6 layers of IoT Edge devices, at most 5/, 'set-parent', 'layer-6', '--parent', 'layer-5'),
+    refused(
+      /cannot make layer-5 the parent of layer-6: that would make 6 layers of IoT Edge devices, at most 5/,
+      'set-parent',
+      'layer-6',
+      '--parent',
+      'layer-5',
+    ),
     refused(/6 layers/, 'add-children', 'layer-5', '--children', 'layer-6'),
     // A subtree counts with its depth: sub-top on layer 5 would put sub-child on layer 6.
     refused(/6 layers/, 'set-parent', 'sub-top', '--parent', 'layer-4'),
@@ -211,7 +248,10 @@ test('a sixth layer of edge devices is refused, a leaf under the fifth is fine',
 
 test('add-children and remove-children', async () => {
   await make('leaf-3');
-  assert.match(await ok('add-children', 'edge-3', '--children', 'leaf-2, leaf-3'), /added leaf-2, leaf-3 as children of edge-3/);
+  assert.match(
+    await ok('add-children', 'edge-3', '--children', 'leaf-2, leaf-3'),
+    /added leaf-2, leaf-3 as children of edge-3/,
+  );
   const [children] = await Promise.all([
     okJson('list-children', 'edge-3'),
     refused(/leaf-deep is not a child of edge-3/, 'remove-children', 'edge-3', '--children', 'leaf-deep'),
@@ -224,7 +264,10 @@ test('add-children and remove-children', async () => {
   assert.ok(!l2.deviceScope, 'a removed leaf has no scope');
   assert.deepEqual(l2.parentScopes ?? [], []);
 
-  assert.deepEqual(await okJson('remove-children', 'edge-3', '--all'), { parentId: 'edge-3', removed: ['leaf-1', 'leaf-3'] });
+  assert.deepEqual(await okJson('remove-children', 'edge-3', '--all'), {
+    parentId: 'edge-3',
+    removed: ['leaf-1', 'leaf-3'],
+  });
   assert.match(await ok('list-children', 'edge-3'), /edge-3 has no children/);
 
   // An edge child removed keeps its scope and loses its parent.
@@ -250,8 +293,10 @@ test('connection-string for a device, through a gateway, and for a module', asyn
   assert.match(await ok('module', 'list', 'leaf-2'), /^filter\s+sas/m);
   const mkey = (await svc.getModule('leaf-2', 'filter')).authentication!.symmetricKey!.primaryKey!;
   assert.ok(mkey && mkey !== key, 'the module has its own key');
-  assert.equal((await ok('connection-string', 'leaf-2', '--module', 'filter')).trim(),
-    `HostName=${host};DeviceId=leaf-2;ModuleId=filter;SharedAccessKey=${mkey}`);
+  assert.equal(
+    (await ok('connection-string', 'leaf-2', '--module', 'filter')).trim(),
+    `HostName=${host};DeviceId=leaf-2;ModuleId=filter;SharedAccessKey=${mkey}`,
+  );
   await ok('module', 'delete', 'leaf-2', 'filter');
   assert.ok(!(await svc.listModules('leaf-2')).some((m) => m.moduleId === 'filter'));
 
@@ -294,23 +339,38 @@ test('delete says which children lost their parent; common mistakes are one line
 });
 
 test('a bad connection string, a wrong key and an untrusted CA each give one clear line', async () => {
-  const one = async (pattern: RegExp, args: string[]) => oneLine(await run(['device', 'list', ...args]), pattern, args.join(' '));
-  const wrongKey = hub.connectionString.replace(/SharedAccessKey=[^;]*/, `SharedAccessKey=${Buffer.from('x'.repeat(32)).toString('base64')}`);
+  const one = async (pattern: RegExp, args: string[]) =>
+    oneLine(await run(['device', 'list', ...args]), pattern, args.join(' '));
+  const wrongKey = hub.connectionString.replace(
+    /SharedAccessKey=[^;]*/,
+    `SharedAccessKey=${Buffer.from('x'.repeat(32)).toString('base64')}`,
+  );
   await Promise.all([
     one(/malformed connection string part "nonsense"/, ['--hub-connection-string', 'nonsense']),
-    one(/lacks SharedAccessKey/, ['--hub-connection-string', hub.connectionString.replace(/;?SharedAccessKey=[^;]*/, '')]),
+    one(/lacks SharedAccessKey/, [
+      '--hub-connection-string',
+      hub.connectionString.replace(/;?SharedAccessKey=[^;]*/, ''),
+    ]),
     one(/device connection string/, ['--hub-connection-string', 'HostName=h;DeviceId=d;SharedAccessKey=YWJj']),
     one(/HTTP 401/, ['--hub-connection-string', wrongKey, '--ca', hub.caPath]),
     one(/does not trust/, ['--hub-connection-string', hub.connectionString]),
     one(/cannot read the CA file/, ['--hub-connection-string', hub.connectionString, '--ca', '/nonexistent/ca.pem']),
-    one(/either --hub-connection-string or --data/, ['--hub-connection-string', hub.connectionString, '--data', hub.dataDir]),
+    one(/either --hub-connection-string or --data/, [
+      '--hub-connection-string',
+      hub.connectionString,
+      '--data',
+      hub.dataDir,
+    ]),
   ]);
 });
 
 test('the hub is also found through --data and through the environment', async () => {
   const [viaData, viaEnv] = await Promise.all([
     run(['device', 'get-parent', 'leaf-deep', '--data', hub.dataDir]),
-    run(['device', 'get-parent', 'leaf-deep'], { STRATA_HUB_CONNECTION_STRING: hub.connectionString, STRATA_CA: hub.caPath }),
+    run(['device', 'get-parent', 'leaf-deep'], {
+      STRATA_HUB_CONNECTION_STRING: hub.connectionString,
+      STRATA_CA: hub.caPath,
+    }),
   ]);
   assert.equal(viaData.code, 0, viaData.stderr);
   assert.equal(viaData.stdout.trim(), 'layer-5');

@@ -48,7 +48,12 @@ after(async () => {
 });
 
 /** A config.toml as the seeds lay it out: top-level keys first, then the sections. */
-async function writeConfig(o: { hostname: string; parent?: string; trust?: string; topInSection?: boolean }): Promise<string> {
+async function writeConfig(o: {
+  hostname: string;
+  parent?: string;
+  trust?: string;
+  topInSection?: boolean;
+}): Promise<string> {
   const trust = `trust_bundle_cert = "${pathToFileURL(o.trust ?? hub.caPath).href}"`;
   const lines = [
     `hostname = "${o.hostname}"`,
@@ -93,19 +98,36 @@ test('passes (exit 0, only pass and warning) against a real hub as the parent, a
     assert.ok(lines.length >= 10, out.stdout);
     for (const l of lines) assert.match(l, /^(pass|warning)\s/, out.stdout);
     for (const port of [8883, 5671, 443]) {
-      assert.match(out.stdout, new RegExp(`^pass\\s+${parent ? 'parent' : 'IoT hub'} ${esc(hub.address)} answers on ${port} `, 'm'));
+      assert.match(
+        out.stdout,
+        new RegExp(`^pass\\s+${parent ? 'parent' : 'IoT hub'} ${esc(hub.address)} answers on ${port} `, 'm'),
+      );
     }
 
     const json = await check(cfg, join(dir, 'data-good'), '--json');
     assert.equal(json.code, 0, json.stderr);
     const results = JSON.parse(json.stdout) as CheckResult[];
     const byId = new Map(results.map((r) => [r.id, r]));
-    for (const id of ['config-file', 'hostname', 'trust-bundle', 'edge-ca', 'edge-ca-cert', 'edge-ca-chain', 'clock', 'upstream-8883', 'upstream-5671', 'upstream-443']) {
+    for (const id of [
+      'config-file',
+      'hostname',
+      'trust-bundle',
+      'edge-ca',
+      'edge-ca-cert',
+      'edge-ca-chain',
+      'clock',
+      'upstream-8883',
+      'upstream-5671',
+      'upstream-443',
+    ]) {
       assert.equal(byId.get(id)?.status, 'pass', `${id}: ${byId.get(id)?.detail}`);
     }
     assert.equal(byId.get('parent-hostname')?.status, parent ? 'pass' : 'skipped');
     for (const r of results) {
-      assert.deepEqual(Object.keys(r).filter((k) => !['id', 'title', 'status', 'detail', 'fix'].includes(k)), []);
+      assert.deepEqual(
+        Object.keys(r).filter((k) => !['id', 'title', 'status', 'detail', 'fix'].includes(k)),
+        [],
+      );
       assert.ok(['pass', 'warning', 'skipped'].includes(r.status), `${r.id}: ${r.status} ${r.detail}`);
     }
   }
@@ -116,12 +138,24 @@ test('a trust bundle that does not match the parent fails on every port with "ce
   const other = await createRootCa({ commonName: 'Strata hub root CA', keyAlgorithm: 'ec' });
   const otherPath = join(dir, 'other-root.cert.pem');
   await writeFile(otherPath, other.certPem);
-  const out = await check(await writeConfig({ hostname: randomLoopback(), parent: hub.address, trust: otherPath }), join(dir, 'data-trust'));
+  const out = await check(
+    await writeConfig({ hostname: randomLoopback(), parent: hub.address, trust: otherPath }),
+    join(dir, 'data-trust'),
+  );
   assert.equal(out.code, 1, out.stdout);
   for (const port of [8883, 5671, 443]) {
-    assert.match(out.stdout, new RegExp(`^error\\s+parent ${esc(hub.address)} answers on ${port} .*: certificate not trusted \\(trust bundle does not match the parent\\): ${esc(hub.address)}:${port} presented "CN=${esc(hub.address)}"`, 'm'));
+    assert.match(
+      out.stdout,
+      new RegExp(
+        `^error\\s+parent ${esc(hub.address)} answers on ${port} .*: certificate not trusted \\(trust bundle does not match the parent\\): ${esc(hub.address)}:${port} presented "CN=${esc(hub.address)}"`,
+        'm',
+      ),
+    );
   }
-  assert.match(out.stdout, /^\s+what to do: Set trust_bundle_cert to the root CA that issued the parent's certificate chain/m);
+  assert.match(
+    out.stdout,
+    /^\s+what to do: Set trust_bundle_cert to the root CA that issued the parent's certificate chain/m,
+  );
 });
 
 test('a server certificate whose CN is not the hostname fails the server certificate check', async () => {
@@ -134,8 +168,17 @@ test('a server certificate whose CN is not the hostname fails the server certifi
   await writeFile(paths.serverKey, wrong.keyPem, { mode: 0o600 });
   const out = await check(await writeConfig({ hostname, parent: hub.address }), dataDir);
   assert.equal(out.code, 1, out.stdout);
-  assert.match(out.stdout, new RegExp(`^error\\s+gateway's server certificate names the hostname \\(CN and SAN\\): .*its CN is "wrong-gateway\\.example", not the hostname "${esc(hostname)}"`, 'm'));
-  assert.match(out.stdout, /^\s+what to do: Start the gateway \(`strata edge start`\): it re-issues a server certificate for the configured hostname/m);
+  assert.match(
+    out.stdout,
+    new RegExp(
+      `^error\\s+gateway's server certificate names the hostname \\(CN and SAN\\): .*its CN is "wrong-gateway\\.example", not the hostname "${esc(hostname)}"`,
+      'm',
+    ),
+  );
+  assert.match(
+    out.stdout,
+    /^\s+what to do: Start the gateway \(`strata edge start`\): it re-issues a server certificate for the configured hostname/m,
+  );
   // Everything else about this configuration is fine.
   assert.equal(linesOf(out).filter((l) => l.startsWith('error')).length, 1, out.stdout);
 });
@@ -143,10 +186,19 @@ test('a server certificate whose CN is not the hostname fails the server certifi
 test('an unreachable parent fails on 8883, 5671 and 443, quickly', async () => {
   const unused = randomLoopback();
   const started = Date.now();
-  const out = await check(await writeConfig({ hostname: randomLoopback(), parent: unused }), join(dir, 'data-unreachable'));
+  const out = await check(
+    await writeConfig({ hostname: randomLoopback(), parent: unused }),
+    join(dir, 'data-unreachable'),
+  );
   assert.equal(out.code, 1, out.stdout);
   for (const port of [8883, 5671, 443]) {
-    assert.match(out.stdout, new RegExp(`^error\\s+parent ${esc(unused)} answers on ${port} .*: connection refused: nothing listens on ${esc(unused)}:${port}$`, 'm'));
+    assert.match(
+      out.stdout,
+      new RegExp(
+        `^error\\s+parent ${esc(unused)} answers on ${port} .*: connection refused: nothing listens on ${esc(unused)}:${port}$`,
+        'm',
+      ),
+    );
   }
   assert.match(out.stdout, /^\s+what to do: Start the parent gateway/m);
   assert.ok(Date.now() - started < 15_000);
@@ -156,15 +208,24 @@ test('a hostname of 64 or more characters fails with its length', async () => {
   const long = `${'a'.repeat(60)}.example`;
   const out = await check(await writeConfig({ hostname: long, parent: hub.address }), join(dir, 'data-long'));
   assert.equal(out.code, 1, out.stdout);
-  assert.match(out.stdout, /^error\s+hostname is valid \(RFC 1035 name or IP address, under 64 characters\): line 1: hostname "a{60}\.example" is 68 characters long; it must be shorter than 64$/m);
+  assert.match(
+    out.stdout,
+    /^error\s+hostname is valid \(RFC 1035 name or IP address, under 64 characters\): line 1: hostname "a{60}\.example" is 68 characters long; it must be shorter than 64$/m,
+  );
   assert.match(out.stdout, /^\s+what to do: Set hostname at the top of config\.toml .*shorter than 64 characters/m);
 });
 
 test('a top-level key inside a section fails the config file check, naming the key, section and line', async () => {
-  const out = await check(await writeConfig({ hostname: randomLoopback(), parent: hub.address, topInSection: true }), join(dir, 'data-section'));
+  const out = await check(
+    await writeConfig({ hostname: randomLoopback(), parent: hub.address, topInSection: true }),
+    join(dir, 'data-section'),
+  );
   assert.equal(out.code, 1, out.stdout);
   assert.match(out.stdout, /^error\s+config file is readable and well-formed: .*config-\d+\.toml:$/m);
-  assert.match(out.stdout, /^\s+line 11: "trust_bundle_cert" is inside the section \[edge_ca\], so it is read as edge_ca\.trust_bundle_cert, not as the top-level setting$/m);
+  assert.match(
+    out.stdout,
+    /^\s+line 11: "trust_bundle_cert" is inside the section \[edge_ca\], so it is read as edge_ca\.trust_bundle_cert, not as the top-level setting$/m,
+  );
   assert.match(out.stdout, /^\s+what to do: line 11: Move the line above the first section header \(line 4\)$/m);
 });
 
@@ -177,9 +238,16 @@ test('a running gateway: its own check sees the served certificate; a lower laye
 
   const own = await check(setup.configPath, setup.dataDir, '--verbose');
   assert.equal(own.code, 0, own.stdout);
-  assert.match(own.stdout, new RegExp(`^pass\\s+gateway's server certificate names the hostname \\(CN and SAN\\): served by the running gateway on ${esc(address)}:8883: CN "${esc(address)}", SAN .*IP Address:${esc(address)}`, 'm'));
+  assert.match(
+    own.stdout,
+    new RegExp(
+      `^pass\\s+gateway's server certificate names the hostname \\(CN and SAN\\): served by the running gateway on ${esc(address)}:8883: CN "${esc(address)}", SAN .*IP Address:${esc(address)}`,
+      'm',
+    ),
+  );
 
   const child = await check(await writeConfig({ hostname: randomLoopback(), parent: address }), join(dir, 'data-l2'));
   assert.equal(child.code, 0, child.stdout);
-  for (const port of [8883, 5671, 443]) assert.match(child.stdout, new RegExp(`^pass\\s+parent ${esc(address)} answers on ${port} `, 'm'));
+  for (const port of [8883, 5671, 443])
+    assert.match(child.stdout, new RegExp(`^pass\\s+parent ${esc(address)} answers on ${port} `, 'm'));
 });

@@ -11,7 +11,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
-import { createDeviceCert, createEdgeCa, createIntermediateCa, createRootCa, fullChainPem, type IssuedCert } from '../../src/pki/index.ts';
+import {
+  createDeviceCert,
+  createEdgeCa,
+  createIntermediateCa,
+  createRootCa,
+  fullChainPem,
+  type IssuedCert,
+} from '../../src/pki/index.ts';
 import { randomLoopback } from '../helpers/hub.ts';
 import { exec, type Exec } from '../helpers/tls.ts';
 
@@ -36,7 +43,6 @@ pk = "file:///var/secrets/iot-edge-device-downstream.key.pem"
 let dir: string;
 let secrets: string;
 let root: IssuedCert;
-const file = (name: string) => `file://${join(secrets, name)}`;
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'strata-edge-config-'));
@@ -51,9 +57,15 @@ before(async () => {
   const leafCert = await createDeviceCert({ commonName: 'not-a-ca', issuer: inter, keyAlgorithm: 'ec' });
   const put = (name: string, text: string) => writeFile(join(secrets, name), text);
   await put('azure-iot-test-only.root.ca.cert.pem', root.certPem);
-  await put('iot-edge-device-ca-gateway-full-chain.cert.pem', fullChainPem(gatewayCa.certPem, inter.certPem, root.certPem));
+  await put(
+    'iot-edge-device-ca-gateway-full-chain.cert.pem',
+    fullChainPem(gatewayCa.certPem, inter.certPem, root.certPem),
+  );
   await put('iot-edge-device-ca-gateway.key.pem', gatewayCa.keyPem);
-  await put('iot-edge-device-downstream-full-chain.cert.pem', fullChainPem(downstreamCa.certPem, inter.certPem, root.certPem));
+  await put(
+    'iot-edge-device-downstream-full-chain.cert.pem',
+    fullChainPem(downstreamCa.certPem, inter.certPem, root.certPem),
+  );
   await put('iot-edge-device-downstream.key.pem', downstreamCa.keyPem);
   await put('stranger-full-chain.cert.pem', fullChainPem(strangerCa.certPem, otherRoot.certPem));
   await put('stranger.key.pem', strangerCa.keyPem);
@@ -74,13 +86,27 @@ connection_string = "HostName=hub.example.local;DeviceId=gateway;SharedAccessKey
 `;
 
 function strata(args: string[], env: Record<string, string> = {}): Promise<Exec> {
-  return exec(process.execPath, [STRATA_BIN, ...args], { env: { ...process.env, STRATA_LOG_LEVEL: 'error', ...env }, timeoutMs: 30_000 });
+  return exec(process.execPath, [STRATA_BIN, ...args], {
+    env: { ...process.env, STRATA_LOG_LEVEL: 'error', ...env },
+    timeoutMs: 30_000,
+  });
 }
 
 async function start(name: string, text: string): Promise<Exec> {
   const path = join(dir, `${name}.toml`);
   await writeFile(path, text);
-  return strata(['edge', 'start', '--config', path, '--data', join(dir, `data-${name}`), '--bind', randomLoopback(), '--metrics-port', '0']);
+  return strata([
+    'edge',
+    'start',
+    '--config',
+    path,
+    '--data',
+    join(dir, `data-${name}`),
+    '--bind',
+    randomLoopback(),
+    '--metrics-port',
+    '0',
+  ]);
 }
 
 /** The parent example with the provisioning a running gateway needs (the seeds set it earlier in the same file). */
@@ -90,13 +116,17 @@ describe('strata edge start refuses a bad config.toml with its specific error an
   const cases: Array<{ name: string; text: () => string; error: RegExp }> = [
     {
       name: 'top-level key after a section header',
-      text: () => valid().replace('hostname = "parent-vm.westus.cloudapp.azure.com"\n', '') + 'hostname = "parent-vm.westus.cloudapp.azure.com"\n',
-      error: /line 1[0-9]: error: "hostname" is inside the section \[provisioning\], so it is read as provisioning\.hostname, not as the top-level setting\. Move the line above the first section header \(line 3\)/,
+      text: () =>
+        valid().replace('hostname = "parent-vm.westus.cloudapp.azure.com"\n', '') +
+        'hostname = "parent-vm.westus.cloudapp.azure.com"\n',
+      error:
+        /line 1[0-9]: error: "hostname" is inside the section \[provisioning\], so it is read as provisioning\.hostname, not as the top-level setting\. Move the line above the first section header \(line 3\)/,
     },
     {
       name: 'hostname with invalid characters',
       text: () => valid().replace('parent-vm.westus.cloudapp.azure.com', 'parent_vm!.example.com'),
-      error: /line 1: error: hostname "parent_vm!\.example\.com" has the label "parent_vm!" with characters other than letters, digits and hyphens/,
+      error:
+        /line 1: error: hostname "parent_vm!\.example\.com" has the label "parent_vm!" with characters other than letters, digits and hyphens/,
     },
     {
       name: 'hostname of 64 characters',
@@ -116,17 +146,25 @@ describe('strata edge start refuses a bad config.toml with its specific error an
     {
       name: 'key not matching the Edge CA certificate',
       text: () => valid().replace('iot-edge-device-ca-gateway.key.pem', 'iot-edge-device-downstream.key.pem'),
-      error: /error: edge_ca\.pk .*iot-edge-device-downstream\.key\.pem does not belong to the certificate .*iot-edge-device-ca-gateway-full-chain\.cert\.pem/,
+      error:
+        /error: edge_ca\.pk .*iot-edge-device-downstream\.key\.pem does not belong to the certificate .*iot-edge-device-ca-gateway-full-chain\.cert\.pem/,
     },
     {
       name: 'Edge CA that is not a CA',
-      text: () => valid().replace('iot-edge-device-ca-gateway-full-chain.cert.pem', 'not-a-ca.cert.pem').replace('iot-edge-device-ca-gateway.key.pem', 'not-a-ca.key.pem'),
+      text: () =>
+        valid()
+          .replace('iot-edge-device-ca-gateway-full-chain.cert.pem', 'not-a-ca.cert.pem')
+          .replace('iot-edge-device-ca-gateway.key.pem', 'not-a-ca.key.pem'),
       error: /error: edge_ca\.cert .*not-a-ca\.cert\.pem is not a CA certificate \(basicConstraints CA:false\)/,
     },
     {
       name: 'Edge CA that does not chain to the trust bundle',
-      text: () => valid().replace('iot-edge-device-ca-gateway-full-chain.cert.pem', 'stranger-full-chain.cert.pem').replace('iot-edge-device-ca-gateway.key.pem', 'stranger.key.pem'),
-      error: /error: edge_ca\.cert .*stranger-full-chain\.cert\.pem does not chain to the trust bundle .*azure-iot-test-only\.root\.ca\.cert\.pem/,
+      text: () =>
+        valid()
+          .replace('iot-edge-device-ca-gateway-full-chain.cert.pem', 'stranger-full-chain.cert.pem')
+          .replace('iot-edge-device-ca-gateway.key.pem', 'stranger.key.pem'),
+      error:
+        /error: edge_ca\.cert .*stranger-full-chain\.cert\.pem does not chain to the trust bundle .*azure-iot-test-only\.root\.ca\.cert\.pem/,
     },
     {
       name: 'no provisioning',
@@ -147,7 +185,10 @@ describe('strata edge start refuses a bad config.toml with its specific error an
 
 describe("the seeds' example configuration files are accepted", () => {
   test('`strata edge config apply` validates the parent and the child example as written', async () => {
-    for (const [name, text] of [['parent', SEED_PARENT], ['child', SEED_CHILD]] as const) {
+    for (const [name, text] of [
+      ['parent', SEED_PARENT],
+      ['child', SEED_CHILD],
+    ] as const) {
       const path = join(dir, `seed-${name}.toml`);
       await writeFile(path, located(text));
       const r = await strata(['edge', 'config', 'apply', '--config', path, '--data', join(dir, `applied-${name}`)]);
@@ -161,7 +202,10 @@ describe("the seeds' example configuration files are accepted", () => {
     await writeFile(path, located(SEED_CHILD).replace('parent_hostname', 'hostname = "10.0.0.4"\nparent_hostname'));
     const r = await strata(['edge', 'config', 'apply', '--config', path, '--data', join(dir, 'applied-mixed')]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /line 2: warning: hostname and parent_hostname mix an IP address and a domain name\. Use one pattern/);
+    assert.match(
+      r.stderr,
+      /line 2: warning: hostname and parent_hostname mix an IP address and a domain name\. Use one pattern/,
+    );
   });
 
   test('a gateway starts from the parent example (with its provisioning), its parent offline', async () => {
@@ -169,10 +213,26 @@ describe("the seeds' example configuration files are accepted", () => {
     await writeFile(path, valid());
     const address = randomLoopback();
     const { spawn } = await import('node:child_process');
-    const proc = spawn(process.execPath, [STRATA_BIN, 'edge', 'start', '--config', path, '--data', join(dir, 'data-seed'), '--bind', address, '--metrics-port', '0'], {
-      env: { ...process.env, STRATA_LOG_LEVEL: 'error' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const proc = spawn(
+      process.execPath,
+      [
+        STRATA_BIN,
+        'edge',
+        'start',
+        '--config',
+        path,
+        '--data',
+        join(dir, 'data-seed'),
+        '--bind',
+        address,
+        '--metrics-port',
+        '0',
+      ],
+      {
+        env: { ...process.env, STRATA_LOG_LEVEL: 'error' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     proc.stdout.on('data', (c: Buffer) => (out += c.toString()));
     proc.stderr.on('data', (c: Buffer) => (out += c.toString()));
@@ -183,9 +243,15 @@ describe("the seeds' example configuration files are accepted", () => {
         if (Date.now() > deadline) assert.fail(`not running after 30 s:\n${out}`);
         await new Promise((r) => setTimeout(r, 50));
       }
-      assert.match(out, /hostname\s+parent-vm\.westus\.cloudapp\.azure\.com \(server certificate CN; SAN DNS:parent-vm\.westus\.cloudapp\.azure\.com, DNS:edgehub/);
+      assert.match(
+        out,
+        /hostname\s+parent-vm\.westus\.cloudapp\.azure\.com \(server certificate CN; SAN DNS:parent-vm\.westus\.cloudapp\.azure\.com, DNS:edgehub/,
+      );
       assert.match(out, /Edge CA\s+CN=gateway\.ca/);
-      assert.match(out, /upstream\s+amqps:\/\/hub\.example\.local:5671 \(IoT hub hub\.example\.local\): not connected yet/);
+      assert.match(
+        out,
+        /upstream\s+amqps:\/\/hub\.example\.local:5671 \(IoT hub hub\.example\.local\): not connected yet/,
+      );
       assert.match(out, /MaxConnectedClients\s+100 \(default\)/);
     } finally {
       if (proc.exitCode === null && proc.signalCode === null) {

@@ -37,7 +37,13 @@ before(async () => {
   edge = await setupEdge(hub, { gatewayId: 'gw-exposed', address });
   gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address });
   const l = await edge.createLeaf('visible-leaf');
-  leaf = await connectMqttLeaf({ address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId: l.deviceId, key: l.key });
+  leaf = await connectMqttLeaf({
+    address,
+    ca: edge.rootPem,
+    hubHostName: hub.hostname,
+    deviceId: l.deviceId,
+    key: l.key,
+  });
 });
 after(async () => {
   await leaf?.end();
@@ -74,22 +80,27 @@ function health(headers: Record<string, string> = {}): Promise<{ status: number;
   });
 }
 
-test('metrics are not reachable on the gateway\'s address; they answer on 127.0.0.1', async () => {
+test("metrics are not reachable on the gateway's address; they answer on 127.0.0.1", async () => {
   const state = readGatewayState(edge.dataDir)!;
   const port = state.ports.metrics;
-  await assert.rejects(httpGet(edge.address, port, '/metrics'), (err: NodeJS.ErrnoException) => err.code === 'ECONNREFUSED', `metrics answered on ${edge.address}:${port}`);
+  await assert.rejects(
+    httpGet(edge.address, port, '/metrics'),
+    (err: NodeJS.ErrnoException) => err.code === 'ECONNREFUSED',
+    `metrics answered on ${edge.address}:${port}`,
+  );
   const local = await httpGet('127.0.0.1', port, '/metrics');
   assert.equal(local.status, 200);
   assert.match(local.body, /^edgehub_connected_clients\{edge_device="gw-exposed"\} 1$/m);
   assert.match(gw!.output(), new RegExp(`metrics\\s+http://127\\.0\\.0\\.1:${port}/metrics`));
 });
 
-test('/health names no device to an anonymous caller (nor to a wrong token); the data directory\'s token shows them', async () => {
+test("/health names no device to an anonymous caller (nor to a wrong token); the data directory's token shows them", async () => {
   const anonymous = await health();
   assert.equal(anonymous.status, 200);
   assert.equal(anonymous.body.status, 'ok');
   assert.equal(anonymous.body.connectedClients, 1, 'counts are not identities');
-  for (const key of ['deviceId', 'connected', 'modules', 'queues']) assert.equal(key in anonymous.body, false, `anonymous /health has ${key}`);
+  for (const key of ['deviceId', 'connected', 'modules', 'queues'])
+    assert.equal(key in anonymous.body, false, `anonymous /health has ${key}`);
   assert.doesNotMatch(anonymous.text, /visible-leaf|gw-exposed/);
 
   assert.doesNotMatch((await health({ authorization: 'Bearer not-the-token' })).text, /visible-leaf|gw-exposed/);
@@ -107,5 +118,8 @@ test('`strata edge list` still lists the connected identities', async () => {
   const { stdout } = await run(process.execPath, [cli, 'edge', 'list', '--data', edge.dataDir, '--json']);
   const listed = JSON.parse(stdout) as { deviceId: string; connected: Array<{ deviceId: string }> };
   assert.equal(listed.deviceId, 'gw-exposed');
-  assert.deepEqual(listed.connected.map((c) => c.deviceId), ['visible-leaf']);
+  assert.deepEqual(
+    listed.connected.map((c) => c.deviceId),
+    ['visible-leaf'],
+  );
 });

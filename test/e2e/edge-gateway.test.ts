@@ -18,7 +18,15 @@ import { after, before, describe, test } from 'node:test';
 import { createEdgeCa, fullChainPem } from '../../src/pki/index.ts';
 import { hubPkiPaths } from '../../src/hub/tls.ts';
 import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
-import { createLeavesBulk, deploymentManifest, metricValue, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import {
+  createLeavesBulk,
+  deploymentManifest,
+  metricValue,
+  setupEdge,
+  startGatewayProcess,
+  type EdgeSetup,
+  type GatewayProcess,
+} from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { connectMqttLeaf, type MqttLeaf } from '../helpers/mqtt-leaf.ts';
 import { exec, opensslConnect } from '../helpers/tls.ts';
@@ -56,8 +64,12 @@ after(async () => {
   for (const fn of cleanups.reverse()) await fn();
 });
 
-const openLeaf = (t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void) =>
-  openSdkLeaf(t, connectionString, Transport, edge.rootPem, setup);
+const openLeaf = (
+  t: { after(fn: () => unknown): void },
+  connectionString: string,
+  Transport: unknown,
+  setup?: (c: any) => void,
+) => openSdkLeaf(t, connectionString, Transport, edge.rootPem, setup);
 
 describe('official SDK leaves through the gateway', () => {
   for (const { name, Transport } of transports) {
@@ -103,19 +115,26 @@ describe('official SDK leaves through the gateway', () => {
       assert.equal((await desiredPush(pushed, dv + 1)).mode, 'm1');
 
       // Direct method from the hub, answered by the leaf.
-      client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));
+      client.onDeviceMethod('echo', (req: any, res: any) =>
+        res.send(200, { got: req.payload, via: name }, () => undefined),
+      );
       const r = await edge.svc.request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, {
         body: { methodName: 'echo', payload: { x: 1 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
       });
       assert.deepEqual(r.body, { status: 200, payload: { got: { x: 1 }, via: name } });
 
       // C2D from the hub, completed by the leaf: the hub's queue empties and feedback says Success.
-      await edge.svc.request('POST', `/devices/${id}/messages/deviceBound`, { body: { body: 'to the leaf', messageId: `c2d-${name}`, properties: { colour: 'blue' }, ack: 'full' } });
+      await edge.svc.request('POST', `/devices/${id}/messages/deviceBound`, {
+        body: { body: 'to the leaf', messageId: `c2d-${name}`, properties: { colour: 'blue' }, ack: 'full' },
+      });
       await eventually('the C2D message at the leaf', () => c2d.length >= 1);
       assert.equal(c2d[0].data.toString(), 'to the leaf');
       assert.equal(c2d[0].messageId, `c2d-${name}`);
       assert.equal(c2d[0].properties.getValue('colour'), 'blue');
-      await eventually('the hub to see the C2D message completed', async () => (await edge.svc.getDevice(id)).cloudToDeviceMessageCount === 0);
+      await eventually(
+        'the hub to see the C2D message completed',
+        async () => (await edge.svc.getDevice(id)).cloudToDeviceMessageCount === 0,
+      );
     });
   }
 
@@ -124,7 +143,9 @@ describe('official SDK leaves through the gateway', () => {
     assert.match(r.stdout, /Verify return code: 0 \(ok\)/, r.stdout + r.stderr);
     assert.match(r.stdout, new RegExp(`0 s:\\s?CN\\s?=\\s?${edge.address.replace(/\./g, '\\.')}`));
     assert.match(r.stdout, /1 s:\s?CN\s?=\s?gw-e2e\.ca/);
-    const leaf = await exec('openssl', ['x509', '-noout', '-ext', 'subjectAltName,extendedKeyUsage'], { input: r.stdout });
+    const leaf = await exec('openssl', ['x509', '-noout', '-ext', 'subjectAltName,extendedKeyUsage'], {
+      input: r.stdout,
+    });
     assert.match(leaf.stdout, new RegExp(`IP Address:${edge.address.replace(/\./g, '\\.')}`));
     assert.match(leaf.stdout, /DNS:edgehub/);
     assert.match(leaf.stdout, /TLS Web Server Authentication/);
@@ -142,12 +163,20 @@ describe('official SDK leaves through the gateway', () => {
       });
       await client.close().catch(() => undefined);
     }
-    const raw = await connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId: 'stranger', key: stranger.key }).then(
+    const raw = await connectMqttLeaf({
+      address: edge.address,
+      ca: edge.rootPem,
+      hubHostName: hub.hostname,
+      deviceId: 'stranger',
+      key: stranger.key,
+    }).then(
       () => assert.fail('the stranger connected'),
       (err: Error & { code?: number }) => err,
     );
     assert.equal(raw.code, 5, `CONNACK 5 (not authorized), got ${raw.message}`);
-    await eventually('the refusal in the gateway log', () => /device stranger is not in this gateway's scope/.test(gw.output()));
+    await eventually('the refusal in the gateway log', () =>
+      /device stranger is not in this gateway's scope/.test(gw.output()),
+    );
   });
 
   test('a child created at the hub connects through the gateway within 2 seconds', async (t) => {
@@ -160,7 +189,13 @@ describe('official SDK leaves through the gateway', () => {
 
   test('a child disabled at the hub loses its connection to the gateway within 2 seconds and cannot come back', async (t) => {
     const leaf = await edge.createLeaf('to-disable');
-    const conn = await connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId: leaf.deviceId, key: leaf.key });
+    const conn = await connectMqttLeaf({
+      address: edge.address,
+      ca: edge.rootPem,
+      hubHostName: hub.hostname,
+      deviceId: leaf.deviceId,
+      key: leaf.key,
+    });
     t.after(() => conn.end());
     const closed = new Promise<number>((resolve) => conn.client.once('close', () => resolve(Date.now())));
     const device = await edge.svc.getDevice(leaf.deviceId);
@@ -168,7 +203,13 @@ describe('official SDK leaves through the gateway', () => {
     await edge.svc.updateDevice({ ...device, status: 'disabled' });
     const at = await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(-1), 5000))]);
     assert.ok(at > 0 && at - t0 < 2000, `dropped ${at - t0} ms after the hub disabled it`);
-    const again = await connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId: leaf.deviceId, key: leaf.key }).then(
+    const again = await connectMqttLeaf({
+      address: edge.address,
+      ca: edge.rootPem,
+      hubHostName: hub.hostname,
+      deviceId: leaf.deviceId,
+      key: leaf.key,
+    }).then(
       (l) => l.end().then(() => assert.fail('a disabled child connected')),
       (err: Error & { code?: number }) => err,
     );
@@ -178,16 +219,31 @@ describe('official SDK leaves through the gateway', () => {
   test('MaxConnectedClients defaults to 100: 100 leaves connect, the 101st is refused', async (t) => {
     const m = await gw.metrics();
     assert.equal(metricValue(m, 'edgehub_max_connected_clients'), 100);
-    await eventually('earlier leaves to be gone', async () => metricValue(await gw.metrics(), 'edgehub_connected_clients') === 0);
+    await eventually(
+      'earlier leaves to be gone',
+      async () => metricValue(await gw.metrics(), 'edgehub_connected_clients') === 0,
+    );
     const { ids, key } = await createLeavesBulk(edge, 'crowd-', 101);
     const leaves: MqttLeaf[] = [];
     t.after(() => Promise.all(leaves.map((l) => l.end())));
     for (let i = 0; i < 100; i += 25) {
-      const batch = await Promise.all(ids.slice(i, i + 25).map((deviceId) => connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId, key })));
+      const batch = await Promise.all(
+        ids
+          .slice(i, i + 25)
+          .map((deviceId) =>
+            connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId, key }),
+          ),
+      );
       leaves.push(...batch);
     }
     assert.equal(metricValue(await gw.metrics(), 'edgehub_connected_clients'), 100);
-    const refused = await connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub.hostname, deviceId: ids[100]!, key }).then(
+    const refused = await connectMqttLeaf({
+      address: edge.address,
+      ca: edge.rootPem,
+      hubHostName: hub.hostname,
+      deviceId: ids[100]!,
+      key,
+    }).then(
       (l) => {
         leaves.push(l);
         return assert.fail('the 101st client connected');
@@ -195,35 +251,74 @@ describe('official SDK leaves through the gateway', () => {
       (err: Error & { code?: number }) => err,
     );
     assert.equal(refused.code, 3, `CONNACK 3 (server unavailable), got ${refused.message}`);
-    await eventually('the refusal in the gateway log', () => /gateway has reached MaxConnectedClients=100/.test(gw.output()));
+    await eventually('the refusal in the gateway log', () =>
+      /gateway has reached MaxConnectedClients=100/.test(gw.output()),
+    );
   });
 
-  test('`strata hub set-modules` applies the seeds\' deployment format; a bad route is refused by the CLI and by the service API, and the previous routes stay in force', async (t) => {
+  test("`strata hub set-modules` applies the seeds' deployment format; a bad route is refused by the CLI and by the service API, and the previous routes stay in force", async (t) => {
     const health = async () =>
       new Promise<any>((resolve, reject) => {
-        https.get({ host: edge.address, port: 443, path: '/health', ca: edge.rootPem }, (res) => {
-          let text = '';
-          res.on('data', (c: Buffer) => (text += c.toString()));
-          res.on('end', () => resolve(JSON.parse(text)));
-        }).on('error', reject);
+        https
+          .get({ host: edge.address, port: 443, path: '/health', ca: edge.rootPem }, (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => resolve(JSON.parse(text)));
+          })
+          .on('error', reject);
       });
     const manifest = (routes: Record<string, unknown>) => JSON.stringify(deploymentManifest({ routes }), null, 2);
     const file = join(edge.dir, 'deployment.json');
-    const cli = (args: string[]) => exec(process.execPath, [STRATA_BIN, 'hub', 'set-modules', '--device', 'gw-e2e', '--content', file, '--hub-connection-string', hub.connectionString, '--ca', hub.caPath, ...args]);
+    const cli = (args: string[]) =>
+      exec(process.execPath, [
+        STRATA_BIN,
+        'hub',
+        'set-modules',
+        '--device',
+        'gw-e2e',
+        '--content',
+        file,
+        '--hub-connection-string',
+        hub.connectionString,
+        '--ca',
+        hub.caPath,
+        ...args,
+      ]);
 
-    await writeFile(file, manifest({ upstream: 'FROM /messages/* INTO $upstream', broken: 'FROM /messages/* WHER x = 1 INTO $upstream' }));
+    await writeFile(
+      file,
+      manifest({ upstream: 'FROM /messages/* INTO $upstream', broken: 'FROM /messages/* WHER x = 1 INTO $upstream' }),
+    );
     const refused = await cli([]);
     assert.equal(refused.code, 1);
-    assert.match(refused.stderr, /the \$edgeHub routes of .*deployment\.json do not compile: route "broken": position \d+: expected/);
+    assert.match(
+      refused.stderr,
+      /the \$edgeHub routes of .*deployment\.json do not compile: route "broken": position \d+: expected/,
+    );
 
-    await writeFile(file, manifest({ upstream: 'FROM /messages/* INTO $upstream', sensors: 'FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO $upstream' }));
+    await writeFile(
+      file,
+      manifest({
+        upstream: 'FROM /messages/* INTO $upstream',
+        sensors: 'FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO $upstream',
+      }),
+    );
     const applied = await cli([]);
     assert.equal(applied.code, 0, applied.stderr);
-    assert.match(applied.stdout, /deployment applied to gw-e2e: modules \$edgeAgent, \$edgeHub; routes upstream, sensors/);
+    assert.match(
+      applied.stdout,
+      /deployment applied to gw-e2e: modules \$edgeAgent, \$edgeHub; routes upstream, sensors/,
+    );
     await eventually('the gateway to take the new routes', async () => (await health()).routes === 2);
 
     // The service API refuses it too (edge-deployment.test.ts has the details); the routes in force stay.
-    await assert.rejects(edge.svc.applyConfigurationContent('gw-e2e', deploymentManifest({ routes: { upstream: 'FROM /messages/* INTO $nowhere' } })), { status: 400, code: 'InvalidConfigurationContent' });
+    await assert.rejects(
+      edge.svc.applyConfigurationContent(
+        'gw-e2e',
+        deploymentManifest({ routes: { upstream: 'FROM /messages/* INTO $nowhere' } }),
+      ),
+      { status: 400, code: 'InvalidConfigurationContent' },
+    );
     assert.equal((await health()).routes, 2);
     const leaf = await edge.createLeaf('after-bad-routes');
     const client = await openLeaf(t, leaf.connectionString, Amqp);
@@ -243,7 +338,11 @@ describe('official SDK leaves through the gateway', () => {
     });
     assert.equal(health.status, 200);
     assert.equal(health.body.status, 'ok');
-    assert.equal(health.body.deviceId, undefined, 'identities only for the holder of the health token (edge-exposure.test.ts)');
+    assert.equal(
+      health.body.deviceId,
+      undefined,
+      'identities only for the holder of the health token (edge-exposure.test.ts)',
+    );
     assert.equal(health.body.upstream.connected, true);
     const m = await gw.metrics();
     assert.ok((metricValue(m, 'edgehub_messages_received_total') ?? 0) >= 4, 'messages in');
@@ -260,7 +359,12 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
     const address = randomLoopback();
     lim = await setupEdge(hub, { gatewayId: 'gw-limit', address });
     cleanups.push(() => lim.cleanup());
-    gw2 = await startGatewayProcess({ configPath: lim.configPath, dataDir: lim.dataDir, address, env: { MaxConnectedClients: '3' } });
+    gw2 = await startGatewayProcess({
+      configPath: lim.configPath,
+      dataDir: lim.dataDir,
+      address,
+      env: { MaxConnectedClients: '3' },
+    });
     cleanups.push(() => gw2.stop());
   });
 
@@ -269,8 +373,17 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
     const { ids, key } = await createLeavesBulk(lim, 'few-', 4);
     const leaves: MqttLeaf[] = [];
     t.after(() => Promise.all(leaves.map((l) => l.end())));
-    for (const deviceId of ids.slice(0, 3)) leaves.push(await connectMqttLeaf({ address: lim.address, ca: lim.rootPem, hubHostName: hub.hostname, deviceId, key }));
-    const refused = await connectMqttLeaf({ address: lim.address, ca: lim.rootPem, hubHostName: hub.hostname, deviceId: ids[3]!, key }).then(
+    for (const deviceId of ids.slice(0, 3))
+      leaves.push(
+        await connectMqttLeaf({ address: lim.address, ca: lim.rootPem, hubHostName: hub.hostname, deviceId, key }),
+      );
+    const refused = await connectMqttLeaf({
+      address: lim.address,
+      ca: lim.rootPem,
+      hubHostName: hub.hostname,
+      deviceId: ids[3]!,
+      key,
+    }).then(
       () => assert.fail('the 4th client connected'),
       (err: Error & { code?: number }) => err,
     );
@@ -286,7 +399,10 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
         await client.open();
         await client.sendEvent(new Message('one too many'));
       },
-      (err: Error) => /MaxConnectedClients=3/.test(`${err.message} ${(err as any).amqpError?.description ?? ''} ${(err as any).transportError?.message ?? ''}`),
+      (err: Error) =>
+        /MaxConnectedClients=3/.test(
+          `${err.message} ${(err as any).amqpError?.description ?? ''} ${(err as any).transportError?.message ?? ''}`,
+        ),
     );
     await client.close().catch(() => undefined);
     assert.match(gw2.output(), /gateway has reached MaxConnectedClients=3/);
@@ -310,9 +426,16 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
       .replace(/^cert = ".*"$/m, `cert = "${pathToFileURL(caCert).href}"`)
       .replace(/^pk = ".*"$/m, `pk = "${pathToFileURL(caKey).href}"`);
     const config2 = join(lim.dir, 'config2.toml');
-    await writeFile(config2, `${text}\n[strata]\nmax_connected_clients = 2\nupstream_protocol = "Mqtt"\nresend_window_secs = 30\nmqtt_connect_timeout_secs = 5\n`);
+    await writeFile(
+      config2,
+      `${text}\n[strata]\nmax_connected_clients = 2\nupstream_protocol = "Mqtt"\nresend_window_secs = 30\nmqtt_connect_timeout_secs = 5\n`,
+    );
     const closed = leaves.map((l) => new Promise<boolean>((resolve) => l.client.once('close', () => resolve(true))));
-    const apply = await exec(process.execPath, [STRATA_BIN, 'edge', 'config', 'apply', '--config', config2, '--data', lim.dataDir], { env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } });
+    const apply = await exec(
+      process.execPath,
+      [STRATA_BIN, 'edge', 'config', 'apply', '--config', config2, '--data', lim.dataDir],
+      { env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } },
+    );
     assert.equal(apply.code, 0, apply.stderr + apply.stdout);
     assert.match(apply.stdout, /MaxConnectedClients 3 -> 2 \(closed 1 connection/);
     assert.match(apply.stdout, /server certificate re-issued/);
@@ -321,8 +444,14 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
     assert.match(apply.stdout, /needs a restart to take effect: .*\[strata\] resend_window_secs/);
     assert.match(apply.stdout, /needs a restart to take effect: .*\[strata\] mqtt_connect_timeout_secs/);
     assert.doesNotMatch(apply.stdout, /needs a restart to take effect: .*max_connected_clients/);
-    assert.ok(await Promise.race([Promise.race(closed), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000))]), `a connection over the new limit was closed:\n${gw2.output()}`);
-    await eventually('2 connected clients', async () => metricValue(await gw2.metrics(), 'edgehub_connected_clients') === 2);
+    assert.ok(
+      await Promise.race([Promise.race(closed), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000))]),
+      `a connection over the new limit was closed:\n${gw2.output()}`,
+    );
+    await eventually(
+      '2 connected clients',
+      async () => metricValue(await gw2.metrics(), 'edgehub_connected_clients') === 2,
+    );
 
     // New connections get a certificate from the new Edge CA; the old connection is still open.
     const after = await new Promise<tls.TLSSocket>((resolve, reject) => {
@@ -338,7 +467,16 @@ describe('MaxConnectedClients=3 from the environment, lowered live with `strata 
     // A bad config is refused with its line-numbered error; the running one stays.
     const bad = join(lim.dir, 'bad.toml');
     await writeFile(bad, `${text.replace(/^hostname = .*$/m, '')}\n[strata]\nhostname = "misplaced"\n`);
-    const refusedApply = await exec(process.execPath, [STRATA_BIN, 'edge', 'config', 'apply', '--config', bad, '--data', lim.dataDir]);
+    const refusedApply = await exec(process.execPath, [
+      STRATA_BIN,
+      'edge',
+      'config',
+      'apply',
+      '--config',
+      bad,
+      '--data',
+      lim.dataDir,
+    ]);
     assert.equal(refusedApply.code, 1);
     assert.match(refusedApply.stderr, /line \d+: error: "hostname" is inside the section \[strata\]/);
   });

@@ -46,7 +46,13 @@ test('edge list shows the gateway modules and who is connected now', async () =>
   assert.ok(before.modules.includes('$edgeHub'), `modules: ${before.modules.join(',')}`);
   assert.ok(!before.connected.some((c) => c.deviceId === 'list-leaf'));
 
-  const client = await connectMqttLeaf({ address: edge.address, ca: edge.rootPem, hubHostName: hub!.hostname, deviceId: leaf.deviceId, key: leaf.key });
+  const client = await connectMqttLeaf({
+    address: edge.address,
+    ca: edge.rootPem,
+    hubHostName: hub!.hostname,
+    deviceId: leaf.deviceId,
+    key: leaf.key,
+  });
   try {
     const during = await list();
     const entry = during.connected.find((c) => c.deviceId === 'list-leaf');
@@ -68,12 +74,15 @@ test('edge list shows the gateway modules and who is connected now', async () =>
 test('edge list on a directory with no running gateway says what to do', async () => {
   const empty = await mkdtemp(join(tmpdir(), 'strata-no-gw-'));
   try {
-    await assert.rejects(run(process.execPath, [cli, 'edge', 'list', '--data', empty]), (err: { code: number; stderr: string }) => {
-      assert.equal(err.code, 1);
-      assert.match(err.stderr, /no gateway is running from .*strata edge start/);
-      assert.doesNotMatch(err.stderr, /\n\s+at /);
-      return true;
-    });
+    await assert.rejects(
+      run(process.execPath, [cli, 'edge', 'list', '--data', empty]),
+      (err: { code: number; stderr: string }) => {
+        assert.equal(err.code, 1);
+        assert.match(err.stderr, /no gateway is running from .*strata edge start/);
+        assert.doesNotMatch(err.stderr, /\n\s+at /);
+        return true;
+      },
+    );
   } finally {
     await rm(empty, { recursive: true, force: true });
   }

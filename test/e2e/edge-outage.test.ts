@@ -24,7 +24,7 @@ const { NoRetry } = require('azure-iot-common');
 
 const ROUTES = {
   // Everything goes upstream, except messages marked ttl=short, which get a route of their own with a 1 s time to live.
-  upstream: "FROM /messages/* WHERE NOT IS_DEFINED(ttl) INTO $upstream",
+  upstream: 'FROM /messages/* WHERE NOT IS_DEFINED(ttl) INTO $upstream',
   short: { route: "FROM /messages/* WHERE ttl = 'short' INTO $upstream", priority: 0, timeToLiveSecs: 1 },
 };
 
@@ -54,7 +54,12 @@ async function eventsOf(deviceId: string): Promise<EventJson[]> {
   const out: EventJson[] = [];
   let from = 0;
   for (;;) {
-    const page = (await edge.svc.request<EventPageJson>('GET', `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`)).body;
+    const page = (
+      await edge.svc.request<EventPageJson>(
+        'GET',
+        `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`,
+      )
+    ).body;
     out.push(...page.events);
     if (page.events.length === 0 || page.nextSequenceNumber === from) return out;
     from = page.nextSequenceNumber;
@@ -91,7 +96,10 @@ describe('store and forward at the gateway', () => {
 
     await hub!.stop();
     hub = undefined;
-    await eventually('the gateway to see its upstream down', async () => metricValue(await gw!.metrics(), 'edgehub_upstream_connected') === 0);
+    await eventually(
+      'the gateway to see its upstream down',
+      async () => metricValue(await gw!.metrics(), 'edgehub_upstream_connected') === 0,
+    );
 
     // The twin is answered from the gateway's cache while the hub is away.
     assert.equal((await client.getTwin()).properties.desired.interval, 42);
@@ -103,21 +111,32 @@ describe('store and forward at the gateway', () => {
       await Promise.all(Array.from({ length: Math.min(100, N - i) }, (_, k) => client.sendEvent(message(i + k))));
     }
     const m1 = await gw!.metrics();
-    assert.ok((metricValue(m1, 'edgehub_queue_length', { endpoint: '$upstream' }) ?? 0) >= N, 'all 5,000 are queued at the gateway');
+    assert.ok(
+      (metricValue(m1, 'edgehub_queue_length', { endpoint: '$upstream' }) ?? 0) >= N,
+      'all 5,000 are queued at the gateway',
+    );
     // Past the short message's time to live before the hub returns.
     const wait = shortSentAt + 1200 - Date.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
 
     hub = await startHubProcess({ dataDir: hubDir, address: hubAddress });
-    const events = await eventually('5,001 messages at the hub', async () => {
-      const e = await eventsOf(leaf.deviceId);
-      return e.length >= N + 1 ? e : undefined;
-    }, 40_000);
+    const events = await eventually(
+      '5,001 messages at the hub',
+      async () => {
+        const e = await eventsOf(leaf.deviceId);
+        return e.length >= N + 1 ? e : undefined;
+      },
+      40_000,
+    );
     const indices = events.map(indexOf);
     assert.equal(indices[0], -1);
     const after = indices.slice(1);
     assert.equal(after.length, N, 'nothing lost, nothing duplicated');
-    assert.deepEqual(after, Array.from({ length: N }, (_, i) => i), 'in the order sent');
+    assert.deepEqual(
+      after,
+      Array.from({ length: N }, (_, i) => i),
+      'in the order sent',
+    );
     assert.ok(!indices.includes(-2), 'the message past its TTL was not delivered');
     const m2 = await gw!.metrics();
     assert.equal(metricValue(m2, 'edgehub_messages_expired_total', { endpoint: '$upstream' }), 1, 'and it was counted');
@@ -134,7 +153,9 @@ describe('store and forward at the gateway', () => {
     const sender = (async () => {
       while (!stop) {
         const batch = Array.from({ length: 50 }, () => next++);
-        const results = await Promise.allSettled(batch.map((i) => client.sendEvent(message(i)).then(() => acked.add(i))));
+        const results = await Promise.allSettled(
+          batch.map((i) => client.sendEvent(message(i)).then(() => acked.add(i))),
+        );
         if (results.some((r) => r.status === 'rejected')) return;
       }
     })();
@@ -146,10 +167,14 @@ describe('store and forward at the gateway', () => {
     assert.ok(acked.size >= 1000);
 
     gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
-    const received = await eventually('every acknowledged message at the hub', async () => {
-      const got = new Set((await eventsOf(leaf.deviceId)).map(indexOf));
-      return [...acked].every((i) => got.has(i)) ? got : undefined;
-    }, 30_000);
+    const received = await eventually(
+      'every acknowledged message at the hub',
+      async () => {
+        const got = new Set((await eventsOf(leaf.deviceId)).map(indexOf));
+        return [...acked].every((i) => got.has(i)) ? got : undefined;
+      },
+      30_000,
+    );
     assert.ok(received.size >= acked.size);
   });
 });

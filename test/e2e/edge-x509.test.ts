@@ -77,15 +77,46 @@ async function selfSigned(name: string): Promise<{ cert: string; key: string; th
 async function caSigned(name: string): Promise<{ cert: string; key: string; caCert: string }> {
   const caCert = join(certDir, `${name}-ca.cert.pem`);
   const caKey = join(certDir, `${name}-ca.key.pem`);
-  await openssl(['req', '-x509', ...EC, '-keyout', caKey, '-out', caCert, '-subj', `/CN=${name} test CA`, '-days', '30',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  await openssl([
+    'req',
+    '-x509',
+    ...EC,
+    '-keyout',
+    caKey,
+    '-out',
+    caCert,
+    '-subj',
+    `/CN=${name} test CA`,
+    '-days',
+    '30',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
   const cert = join(certDir, `${name}.cert.pem`);
   const key = join(certDir, `${name}.key.pem`);
   const csr = join(certDir, `${name}.csr`);
   const ext = join(certDir, `${name}.ext`);
   await writeFile(ext, 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n');
   await openssl(['req', '-new', ...EC, '-keyout', key, '-out', csr, '-subj', `/CN=${name}`]);
-  await openssl(['x509', '-req', '-in', csr, '-CA', caCert, '-CAkey', caKey, '-CAcreateserial', '-out', cert, '-days', '30', '-extfile', ext]);
+  await openssl([
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    caCert,
+    '-CAkey',
+    caKey,
+    '-CAcreateserial',
+    '-out',
+    cert,
+    '-days',
+    '30',
+    '-extfile',
+    ext,
+  ]);
   return { cert, key, caCert };
 }
 
@@ -121,7 +152,12 @@ async function provisionSelfSigned(edge: EdgeSetup): Promise<void> {
 }
 
 const startGateway = (edge: EdgeSetup, env?: Record<string, string>) =>
-  startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address, ...(env ? { env } : {}) });
+  startGatewayProcess({
+    configPath: edge.configPath,
+    dataDir: edge.dataDir,
+    address: edge.address,
+    ...(env ? { env } : {}),
+  });
 
 async function sendFromLeaf(edge: EdgeSetup, leaf: { connectionString: string }, bodies: string[]): Promise<void> {
   const client = Client.fromConnectionString(leaf.connectionString, Mqtt);
@@ -155,7 +191,10 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     const keyFile = join(edge.dataDir, 'edgehub-key.json');
     assert.equal(statSync(keyFile).mode & 0o777, 0o600);
     const module = await edge.svc.getModule(edge.gatewayId, '$edgeHub');
-    assert.equal(JSON.parse(readFileSync(keyFile, 'utf8')).primaryKey, (module.authentication as any).symmetricKey.primaryKey);
+    assert.equal(
+      JSON.parse(readFileSync(keyFile, 'utf8')).primaryKey,
+      (module.authentication as any).symmetricKey.primaryKey,
+    );
 
     // Hub down: the gateway restarts on the kept key and takes the leaf's messages.
     await gw.stop();
@@ -164,7 +203,11 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     assert.match(gw.output(), /using the key kept from an earlier start/);
     await sendFromLeaf(edge, leaf, ['offline 1', 'offline 2']);
     hub = await startHubProcess({ address: addr(0), dataDir: hubDir });
-    assert.deepEqual(await bodiesAt(edge, leaf.deviceId, 3), ['via a certificate-provisioned gateway', 'offline 1', 'offline 2']);
+    assert.deepEqual(await bodiesAt(edge, leaf.deviceId, 3), [
+      'via a certificate-provisioned gateway',
+      'offline 1',
+      'offline 2',
+    ]);
   });
 
   test('the $edgeHub keys regenerated at the hub: refused with the old key, the gateway reads the new one and goes on', async (t) => {
@@ -214,15 +257,12 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     const presented = await selfSigned('x509-unknown-gw');
     await setAuthentication(edge, { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: registered.thumbprint } });
     await provisionWithCertificate(edge, presented);
-    await assert.rejects(
-      startGateway(edge),
-      (err: Error) => {
-        assert.match(err.message, /refused the identity certificate of edge device x509-unknown-gw/);
-        assert.match(err.message, /thumbprint/);
-        assert.match(err.message, /Register the certificate at the hub/);
-        return true;
-      },
-    );
+    await assert.rejects(startGateway(edge), (err: Error) => {
+      assert.match(err.message, /refused the identity certificate of edge device x509-unknown-gw/);
+      assert.match(err.message, /thumbprint/);
+      assert.match(err.message, /Register the certificate at the hub/);
+      return true;
+    });
   });
 
   test('nested: a certificate-provisioned child gateway reads its key from its parent gateway (and speaks MQTT to it)', async (t) => {
@@ -248,17 +288,29 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
       new Promise<{ status: number; body: any }>((resolve, reject) => {
         const token = createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 600);
         https
-          .get({ host: hub.address, port: hub.httpsPort, path: `${path}?api-version=2021-04-12`, ca: hub.caPem, headers: { Authorization: token } }, (res) => {
-            let text = '';
-            res.on('data', (c: Buffer) => (text += c.toString()));
-            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
-          })
+          .get(
+            {
+              host: hub.address,
+              port: hub.httpsPort,
+              path: `${path}?api-version=2021-04-12`,
+              ca: hub.caPem,
+              headers: { Authorization: token },
+            },
+            (res) => {
+              let text = '';
+              res.on('data', (c: Buffer) => (text += c.toString()));
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+            },
+          )
           .on('error', reject);
       });
     const own = await get(`/devices/${edge.gatewayId}/modules/$edgeHub`, edge.gatewayId, edge.gatewayKey);
     assert.equal(own.status, 200);
     const module = await edge.svc.getModule(edge.gatewayId, '$edgeHub');
-    assert.equal(own.body.authentication.symmetricKey.primaryKey, (module.authentication as any).symmetricKey.primaryKey);
+    assert.equal(
+      own.body.authentication.symmetricKey.primaryKey,
+      (module.authentication as any).symmetricKey.primaryKey,
+    );
     // Another device's modules: its credential does not prove this one.
     const other = await get(`/devices/${edge.gatewayId}/modules/$edgeHub`, leaf.deviceId, leaf.key);
     assert.equal(other.status, 401);
@@ -280,9 +332,17 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
     const bundle = join(certDir, 'x509-bundle.pem');
     await writeFile(bundle, `${hub.caPem.trim()}\n${(await readFile(trusted.caCert, 'utf8')).trim()}\n`);
     const text = await readFile(edge.configPath, 'utf8');
-    await writeFile(edge.configPath, text.replace(/^trust_bundle_cert = .*$/m, `trust_bundle_cert = "${pathToFileURL(bundle).href}"`));
+    await writeFile(
+      edge.configPath,
+      text.replace(/^trust_bundle_cert = .*$/m, `trust_bundle_cert = "${pathToFileURL(bundle).href}"`),
+    );
     for (const deviceId of ['x509-bundle-leaf', 'x509-stranger-leaf']) {
-      await edge.svc.createDevice({ deviceId, authentication: { type: 'certificateAuthority' }, deviceScope: edge.gateway.deviceScope, parentScopes: [edge.gateway.deviceScope!] } as never);
+      await edge.svc.createDevice({
+        deviceId,
+        authentication: { type: 'certificateAuthority' },
+        deviceScope: edge.gateway.deviceScope,
+        parentScopes: [edge.gateway.deviceScope!],
+      } as never);
     }
     const gw = await startGateway(edge);
     t.after(() => gw.stop());
@@ -291,7 +351,11 @@ describe('gateways provisioned with X.509 certificates', { timeout: 120_000 }, (
       // The Node SDK's X.509 provider has no GatewayHostName: such a device names the gateway as its host.
       const client = Client.fromConnectionString(`HostName=${edge.address};DeviceId=${deviceId};x509=true`, Mqtt);
       t.after(() => client.close().catch(() => undefined));
-      await client.setOptions({ cert: await readFile(files.cert, 'utf8'), key: await readFile(files.key, 'utf8'), ca: edge.rootPem });
+      await client.setOptions({
+        cert: await readFile(files.cert, 'utf8'),
+        key: await readFile(files.key, 'utf8'),
+        ca: edge.rootPem,
+      });
       await client.open();
       return client;
     };

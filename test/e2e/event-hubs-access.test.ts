@@ -34,15 +34,20 @@ const AMQP_PORT = 5673;
 
 function strata(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [STRATA_BIN, ...args], { env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    execFile(
+      process.execPath,
+      [STRATA_BIN, ...args],
+      { env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } },
+      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });
 }
 
 before(async () => {
   // Not the clients' default AMQP port: the connection string then names it (event-hubs.test.ts covers 5671).
-  hub = await startHubWithFlags(['--partitions', '2', '--amqp-port', String(AMQP_PORT)], { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'warn' });
+  hub = await startHubWithFlags(['--partitions', '2', '--amqp-port', String(AMQP_PORT)], {
+    STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'warn',
+  });
   svc = serviceClient(hub);
   const cs = await strata('hub', 'connection-string', '--event-hubs', '--data', hub.dataDir);
   assert.equal(cs.code, 0, cs.stderr);
@@ -75,10 +80,29 @@ const partitionOfDevice = () => String(partitionOf(DEVICE, 2));
 
 test('connection-string --event-hubs names the endpoint (with its port), the key and the entity; --partitions fixed the partitions', async () => {
   const owner = parseConnectionString(hub.connectionString);
-  assert.equal(ownerCs, `Endpoint=sb://${hub.hostname}:${AMQP_PORT}/;SharedAccessKeyName=iothubowner;SharedAccessKey=${owner.SharedAccessKey};EntityPath=${hub.hostname}`);
-  const service = await strata('hub', 'connection-string', '--event-hubs', '--policy', 'service', '--data', hub.dataDir);
-  assert.match(service.stdout.trim(), new RegExp(`^Endpoint=sb://${hub.hostname.replace(/\./g, '\\.')}:${AMQP_PORT}/;SharedAccessKeyName=service;SharedAccessKey=[^;]+;EntityPath=`));
-  assert.match(hub.output(), new RegExp(`Event Hubs endpoint\\s+sb://\\S+:${AMQP_PORT}/ EntityPath=\\S+ \\(2 partitions`));
+  assert.equal(
+    ownerCs,
+    `Endpoint=sb://${hub.hostname}:${AMQP_PORT}/;SharedAccessKeyName=iothubowner;SharedAccessKey=${owner.SharedAccessKey};EntityPath=${hub.hostname}`,
+  );
+  const service = await strata(
+    'hub',
+    'connection-string',
+    '--event-hubs',
+    '--policy',
+    'service',
+    '--data',
+    hub.dataDir,
+  );
+  assert.match(
+    service.stdout.trim(),
+    new RegExp(
+      `^Endpoint=sb://${hub.hostname.replace(/\./g, '\\.')}:${AMQP_PORT}/;SharedAccessKeyName=service;SharedAccessKey=[^;]+;EntityPath=`,
+    ),
+  );
+  assert.match(
+    hub.output(),
+    new RegExp(`Event Hubs endpoint\\s+sb://\\S+:${AMQP_PORT}/ EntityPath=\\S+ \\(2 partitions`),
+  );
 
   const c = reader(service.stdout.trim());
   const props = await c.must<{ partitionIds: string[] }>({ op: 'props' });
@@ -115,7 +139,9 @@ test("a device's key or token is refused as unauthorized", async () => {
 });
 
 test('a policy without ServiceConnect is refused as unauthorized', async () => {
-  const deviceCs = (await strata('hub', 'connection-string', '--event-hubs', '--policy', 'device', '--data', hub.dataDir)).stdout.trim();
+  const deviceCs = (
+    await strata('hub', 'connection-string', '--event-hubs', '--policy', 'device', '--data', hub.dataDir)
+  ).stdout.trim();
   const c = reader(deviceCs);
   const a = await c.call({ op: 'props' });
   assert.equal(a.error?.code, 'UnauthorizedError', JSON.stringify(a.error));
@@ -137,7 +163,10 @@ test('consumer groups: unknown is not found; after `consumer-group add` it reads
   await c.must({ op: 'subscribe', sub: 's', startPosition: { offset: '-1' } });
   const got = await c.waitForEvents('s', 10);
   const text = (body: unknown) => Buffer.from((body as { base64: string }).base64, 'base64').toString();
-  assert.deepEqual(got.map((e) => text(e.body)), [...Array(10).keys()].map((i) => `event ${i}`));
+  assert.deepEqual(
+    got.map((e) => text(e.body)),
+    [...Array(10).keys()].map((i) => `event ${i}`),
+  );
 
   const [list, dup, bad, removeDefault] = await Promise.all([
     strata('hub', 'consumer-group', 'list', '--json', '--data', hub.dataDir),
@@ -145,7 +174,10 @@ test('consumer groups: unknown is not found; after `consumer-group add` it reads
     strata('hub', 'consumer-group', 'add', 'no spaces!', '--data', hub.dataDir),
     strata('hub', 'consumer-group', 'remove', '$Default', '--data', hub.dataDir),
   ]);
-  assert.deepEqual((JSON.parse(list.stdout) as Array<{ name: string }>).map((g) => g.name), ['$Default', 'analytics']);
+  assert.deepEqual(
+    (JSON.parse(list.stdout) as Array<{ name: string }>).map((g) => g.name),
+    ['$Default', 'analytics'],
+  );
   assert.equal(dup.code, 1);
   assert.match(dup.stderr, /consumer group "analytics" already exists/);
   assert.equal(bad.code, 1);
@@ -195,7 +227,12 @@ function collect(r: Receiver): Array<{ seq: number; body: string; message: rhea.
     const ann = m.message_annotations as Record<string, unknown>;
     const body = m.body as { content?: Buffer } | Buffer;
     const settled = Boolean((ctx.delivery as unknown as { remote_settled?: boolean }).remote_settled);
-    got.push({ seq: Number(ann['x-opt-sequence-number']), body: Buffer.from(Buffer.isBuffer(body) ? body : body.content!).toString(), message: m, settled });
+    got.push({
+      seq: Number(ann['x-opt-sequence-number']),
+      body: Buffer.from(Buffer.isBuffer(body) ? body : body.content!).toString(),
+      message: m,
+      settled,
+    });
   });
   return got;
 }
@@ -205,18 +242,29 @@ const settle = (ms = 200) => new Promise((r) => setTimeout(r, ms));
 
 test('raw AMQP: no more deliveries than credit, and more when credit is added', async () => {
   const conn = await authorizedConnection();
-  const r = await openReceiver(conn, partitionAddress(partitionOfDevice()), { credit_window: 0, autoaccept: true, source: { address: partitionAddress(partitionOfDevice()), filter: selector("amqp.annotation.x-opt-offset > '-1'") } });
+  const r = await openReceiver(conn, partitionAddress(partitionOfDevice()), {
+    credit_window: 0,
+    autoaccept: true,
+    source: { address: partitionAddress(partitionOfDevice()), filter: selector("amqp.annotation.x-opt-offset > '-1'") },
+  });
   const got = collect(r);
   await settle();
   assert.equal(got.length, 0, 'nothing without credit');
   r.add_credit(3);
   await waitFor('3 events', () => got.length >= 3);
   await settle();
-  assert.deepEqual(got.map((g) => g.seq), [0, 1, 2], 'no more than the credit');
+  assert.deepEqual(
+    got.map((g) => g.seq),
+    [0, 1, 2],
+    'no more than the credit',
+  );
   r.add_credit(4);
   await waitFor('7 events', () => got.length >= 7);
   await settle();
-  assert.deepEqual(got.map((g) => g.seq), [0, 1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(
+    got.map((g) => g.seq),
+    [0, 1, 2, 3, 4, 5, 6],
+  );
   assert.equal(got[6]!.body, 'event 6');
   // The annotations with the AMQP types IoT Hub uses; deliveries come settled (nothing to settle when reading).
   const ann = got[6]!.message.message_annotations as Record<string, unknown>;
@@ -236,7 +284,10 @@ test('raw AMQP: start filters by sequence number (inclusive and exclusive), offs
   const p = partitionOfDevice();
   // What a receiver with this filter gets: wait for `expect` events, then a moment for any extra.
   const from = async (expression: string, expect: number): Promise<number[]> => {
-    const r = await openReceiver(conn, partitionAddress(p), { credit_window: 0, source: { address: partitionAddress(p), filter: selector(expression) } });
+    const r = await openReceiver(conn, partitionAddress(p), {
+      credit_window: 0,
+      source: { address: partitionAddress(p), filter: selector(expression) },
+    });
     const got = collect(r);
     r.add_credit(100);
     await waitFor(`${expect} events for ${expression}`, () => got.length >= expect);
@@ -250,7 +301,10 @@ test('raw AMQP: start filters by sequence number (inclusive and exclusive), offs
   assert.deepEqual(await from(`amqp.annotation.x-opt-enqueued-time > '${Date.now() + 60_000}'`, 0), []);
   assert.deepEqual(await from("amqp.annotation.x-opt-enqueued-time >= '0'", 10), [...Array(10).keys()]);
   // An offset names the event at that byte position: from the offset of event 4, inclusive and not.
-  const all = await openReceiver(conn, partitionAddress(p), { credit_window: 0, source: { address: partitionAddress(p), filter: selector("amqp.annotation.x-opt-offset > '-1'") } });
+  const all = await openReceiver(conn, partitionAddress(p), {
+    credit_window: 0,
+    source: { address: partitionAddress(p), filter: selector("amqp.annotation.x-opt-offset > '-1'") },
+  });
   const events = collect(all);
   all.add_credit(10);
   await waitFor('10 events', () => events.length >= 10);
@@ -259,7 +313,11 @@ test('raw AMQP: start filters by sequence number (inclusive and exclusive), offs
   assert.deepEqual(await from(`amqp.annotation.x-opt-offset >= '${offset4}'`, 6), [4, 5, 6, 7, 8, 9]);
   assert.deepEqual(await from(`amqp.annotation.x-opt-offset > '${offset4}'`, 5), [5, 6, 7, 8, 9]);
 
-  const bad = await refusal(openReceiver(conn, partitionAddress(p), { source: { address: partitionAddress(p), filter: selector('amqp.annotation.x-opt-color = red') } }));
+  const bad = await refusal(
+    openReceiver(conn, partitionAddress(p), {
+      source: { address: partitionAddress(p), filter: selector('amqp.annotation.x-opt-color = red') },
+    }),
+  );
   assert.equal(bad.condition, 'com.microsoft:argument-error');
   assert.match(bad.message, /unsupported start filter/);
 });
@@ -286,7 +344,9 @@ test('raw AMQP: a higher owner level takes the partition, a lower one is refused
   const p = partitionOfDevice();
   const epoch = (n: number) => ({ properties: { 'com.microsoft:epoch': rhea.types.wrap_long(n) } });
   const shared = await openReceiver(conn, partitionAddress(p));
-  const sharedGone = new Promise<string | undefined>((resolve) => shared.once('receiver_close', (ctx) => resolve(ctx.receiver?.error?.condition)));
+  const sharedGone = new Promise<string | undefined>((resolve) =>
+    shared.once('receiver_close', (ctx) => resolve(ctx.receiver?.error?.condition)),
+  );
   const one = await openReceiver(conn, partitionAddress(p), epoch(1));
   assert.equal(await sharedGone, 'amqp:link:stolen', 'an owner level takes it from readers without one');
 
@@ -296,7 +356,9 @@ test('raw AMQP: a higher owner level takes the partition, a lower one is refused
   const none = await refusal(openReceiver(conn, partitionAddress(p)));
   assert.equal(none.condition, 'amqp:link:stolen');
 
-  const oneGone = new Promise<string | undefined>((resolve) => one.once('receiver_close', (ctx) => resolve(ctx.receiver?.error?.condition)));
+  const oneGone = new Promise<string | undefined>((resolve) =>
+    one.once('receiver_close', (ctx) => resolve(ctx.receiver?.error?.condition)),
+  );
   const two = await openReceiver(conn, partitionAddress(p), epoch(2));
   assert.equal(await oneGone, 'amqp:link:stolen');
   // Give the partition back, so that later readers without an owner level may read it.
@@ -309,7 +371,10 @@ test('raw AMQP: a higher owner level takes the partition, a lower one is refused
 test('raw AMQP: a receiver from @latest gets only what is sent after it attached', async () => {
   const conn = await authorizedConnection();
   const p = partitionOfDevice();
-  const r = await openReceiver(conn, partitionAddress(p), { credit_window: 0, source: { address: partitionAddress(p), filter: selector("amqp.annotation.x-opt-offset > '@latest'") } });
+  const r = await openReceiver(conn, partitionAddress(p), {
+    credit_window: 0,
+    source: { address: partitionAddress(p), filter: selector("amqp.annotation.x-opt-offset > '@latest'") },
+  });
   const got = collect(r);
   r.add_credit(10);
   await settle();
@@ -317,5 +382,8 @@ test('raw AMQP: a receiver from @latest gets only what is sent after it attached
   await device!.sendEvent(new Message('event 10'));
   await waitFor('the new event', () => got.length >= 1);
   await settle();
-  assert.deepEqual(got.map((g) => [g.seq, g.body]), [[10, 'event 10']]);
+  assert.deepEqual(
+    got.map((g) => [g.seq, g.body]),
+    [[10, 'event 10']],
+  );
 });

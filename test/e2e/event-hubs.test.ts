@@ -7,7 +7,13 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { eventHubsConnectionString } from '../../src/hub/local.ts';
 import { createSasDevice, serviceClient } from '../fixtures/service-messaging-helpers.ts';
-import { byPartition, eventKey, startEventHubsClient, type EhClient, type EhEvent } from '../fixtures/event-hubs-helpers.ts';
+import {
+  byPartition,
+  eventKey,
+  startEventHubsClient,
+  type EhClient,
+  type EhEvent,
+} from '../fixtures/event-hubs-helpers.ts';
 
 /**
  * The official @azure/event-hubs EventHubConsumerClient against a real hub process: the entity
@@ -55,7 +61,9 @@ interface Device {
 async function connectDevice(id: string, transport: 'Mqtt' | 'Amqp', moduleId?: string): Promise<Device> {
   const made = await createSasDevice(svc, hub, id, moduleId === undefined ? {} : { moduleId });
   const ctor = transport === 'Mqtt' ? mqttSdk.Mqtt : amqpSdk.Amqp;
-  const client = (moduleId === undefined ? Client.fromConnectionString(made.cs, ctor) : ModuleClient.fromConnectionString(made.moduleCs!, ctor)) as unknown as Sender & {
+  const client = (moduleId === undefined
+    ? Client.fromConnectionString(made.cs, ctor)
+    : ModuleClient.fromConnectionString(made.moduleCs!, ctor)) as unknown as Sender & {
     setOptions(o: unknown): Promise<unknown>;
     open(): Promise<unknown>;
   };
@@ -154,13 +162,21 @@ test('telemetry over MQTT and AMQP arrives with its properties and the IoT Hub a
     assert.equal(mine.length, PHASE1, `${d.id}: ${mine.length} events`);
     assert.equal(new Set(mine.map((e) => e.partitionId)).size, 1, `${d.id} stays in one partition`);
     partitionsUsed.add(mine[0]!.partitionId);
-    assert.deepEqual(mine.map((e) => bodyOf(e).i), [...Array(PHASE1).keys()], `${d.id} in order`);
+    assert.deepEqual(
+      mine.map((e) => bodyOf(e).i),
+      [...Array(PHASE1).keys()],
+      `${d.id} in order`,
+    );
     for (let i = 1; i < mine.length; i++) assert.ok(mine[i]!.sequenceNumber > mine[i - 1]!.sequenceNumber);
   }
   assert.ok(partitionsUsed.size > 1, 'the devices spread over several partitions');
   // Within a partition: sequence numbers 0, 1, 2 ... without gaps, offsets rising.
   for (const [p, list] of byPartition(events)) {
-    assert.deepEqual(list.map((e) => e.sequenceNumber), [...Array(list.length).keys()], `partition ${p}`);
+    assert.deepEqual(
+      list.map((e) => e.sequenceNumber),
+      [...Array(list.length).keys()],
+      `partition ${p}`,
+    );
     for (let i = 1; i < list.length; i++) assert.ok(Number(list[i]!.offset) > Number(list[i - 1]!.offset));
   }
 });
@@ -191,7 +207,10 @@ test('subscribe from an enqueued time sees exactly what was enqueued after it', 
   await new Promise((r) => setTimeout(r, 300));
   const expected = live.events('live').filter((e) => Date.parse(e.enqueuedTimeUtc) > since.getTime());
   assert.deepEqual(got.map(eventKey).sort(), expected.map(eventKey).sort());
-  assert.ok(got.every((e) => bodyOf(e).phase === 'p2'), 'only events sent after the time');
+  assert.ok(
+    got.every((e) => bodyOf(e).phase === 'p2'),
+    'only events sent after the time',
+  );
   // Event Hubs lets 5 receivers without an owner level read a partition of a consumer group at once.
   await c.stop();
 });
@@ -240,7 +259,13 @@ test('over AMQP WebSockets the same reader gets the same events, with the last-e
   const c = reader({ webSockets: true });
   const props = await c.must<{ partitionIds: string[] }>({ op: 'props' });
   assert.deepEqual(props.partitionIds, ['0', '1', '2', '3']);
-  await c.must({ op: 'subscribe', sub: 'ws', startPosition: { offset: '-1' }, maxBatchSize: 100, trackLastEnqueuedEventProperties: true });
+  await c.must({
+    op: 'subscribe',
+    sub: 'ws',
+    startPosition: { offset: '-1' },
+    maxBatchSize: 100,
+    trackLastEnqueuedEventProperties: true,
+  });
   const want = live.events('live').map(eventKey).sort();
   const got = await c.waitForEvents('ws', want.length);
   assert.deepEqual(got.map(eventKey).sort(), want);

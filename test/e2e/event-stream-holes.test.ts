@@ -9,7 +9,13 @@ import type { ServiceClient } from '../../src/hub/service-client.ts';
 import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.ts';
 import { eventHubsConnectionString } from '../../src/hub/local.ts';
 import { partitionOf } from '../../src/store/event-stream.ts';
-import { createSasDevice, deviceToken, rawRequest, serviceClient, serviceToken } from '../fixtures/service-messaging-helpers.ts';
+import {
+  createSasDevice,
+  deviceToken,
+  rawRequest,
+  serviceClient,
+  serviceToken,
+} from '../fixtures/service-messaging-helpers.ts';
 import { startEventHubsClient, type EhClient } from '../fixtures/event-hubs-helpers.ts';
 
 /**
@@ -45,7 +51,10 @@ before(async () => {
   if (!disk) return;
   // No free-space reserve: the appends themselves must fail at COMMIT, as on a disk another
   // program fills, which is what leaves holes behind (the reserve's refusals leave none).
-  hub = await startHubProcess({ dataDir: disk.dir, env: { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'fatal', STRATA_DISK_RESERVE_MB: '0' } });
+  hub = await startHubProcess({
+    dataDir: disk.dir,
+    env: { STRATA_LOG_LEVEL: process.env.HUB_LOG ?? 'fatal', STRATA_DISK_RESERVE_MB: '0' },
+  });
   svc = serviceClient(hub);
   for (const d of DEVICES) keys.set(d, (await createSasDevice(svc, hub, d)).key);
   assert.notEqual(partitionOf(DEVICES[0]!, 4), partitionOf(DEVICES[1]!, 4), 'the devices use two partitions');
@@ -98,7 +107,11 @@ async function post(deviceId: string, id: string): Promise<boolean> {
   const res = await rawRequest(hub, {
     method: 'POST',
     path: `/devices/${deviceId}/messages/events?api-version=2021-04-12`,
-    headers: { authorization: deviceToken(hub, keys.get(deviceId)!, deviceId), 'iothub-messageid': id, 'iothub-contenttype': 'application/json' },
+    headers: {
+      authorization: deviceToken(hub, keys.get(deviceId)!, deviceId),
+      'iothub-messageid': id,
+      'iothub-contenttype': 'application/json',
+    },
     body: JSON.stringify({ id, pad: 'x'.repeat(1500) }),
   });
   if (res.status === 204) {
@@ -136,7 +149,14 @@ interface Sse {
 function openSse(path: string, headers: Record<string, string> = {}): Promise<Sse> {
   return new Promise((resolve, reject) => {
     const req = https.request(
-      { host: hub.address, port: hub.httpsPort, path, ca: hub.caPem, agent: false, headers: { accept: 'text/event-stream', authorization: serviceToken(svc), ...headers } },
+      {
+        host: hub.address,
+        port: hub.httpsPort,
+        path,
+        ca: hub.caPem,
+        agent: false,
+        headers: { accept: 'text/event-stream', authorization: serviceToken(svc), ...headers },
+      },
       (res) => {
         const events: EventJson[] = [];
         let buffer = '';
@@ -146,7 +166,8 @@ function openSse(path: string, headers: Record<string, string> = {}): Promise<Ss
           while ((idx = buffer.indexOf('\n\n')) >= 0) {
             const block = buffer.slice(0, idx);
             buffer = buffer.slice(idx + 2);
-            for (const line of block.split('\n')) if (line.startsWith('data: ')) events.push(JSON.parse(line.slice(6)) as EventJson);
+            for (const line of block.split('\n'))
+              if (line.startsWith('data: ')) events.push(JSON.parse(line.slice(6)) as EventJson);
           }
         });
         res.on('error', () => undefined);
@@ -159,11 +180,29 @@ function openSse(path: string, headers: Record<string, string> = {}): Promise<Ss
 }
 
 /** `strata hub monitor-events --properties` as a user runs it; stop() interrupts it and gives its output. */
-function startCli(args: string[]): { stop(): Promise<string>; output(): string; done: Promise<{ code: number | null; stdout: string; stderr: string }> } {
-  const child = spawn(process.execPath, [STRATA, 'hub', 'monitor-events', '--properties', '--hub-connection-string', hub.connectionString, '--ca', hub.caPath, ...args], {
-    env: { ...process.env, STRATA_HUB_CONNECTION_STRING: undefined, STRATA_CA: undefined, STRATA_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+function startCli(args: string[]): {
+  stop(): Promise<string>;
+  output(): string;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+} {
+  const child = spawn(
+    process.execPath,
+    [
+      STRATA,
+      'hub',
+      'monitor-events',
+      '--properties',
+      '--hub-connection-string',
+      hub.connectionString,
+      '--ca',
+      hub.caPath,
+      ...args,
+    ],
+    {
+      env: { ...process.env, STRATA_HUB_CONNECTION_STRING: undefined, STRATA_CA: undefined, STRATA_LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -189,7 +228,13 @@ const cliIds = (stdout: string) =>
   stdout
     .split('\n')
     .filter((l) => l.trim())
-    .map((l) => String((JSON.parse(l) as { event: { properties: { system: Record<string, unknown> } } }).event.properties.system['message-id']));
+    .map((l) =>
+      String(
+        (JSON.parse(l) as { event: { properties: { system: Record<string, unknown> } } }).event.properties.system[
+          'message-id'
+        ],
+      ),
+    );
 
 async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -202,9 +247,11 @@ async function until(what: string, check: () => boolean, ms = 30_000): Promise<v
 /** Runs `fn` over `items`, `n` at a time. */
 async function eachLimit<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: n }, async () => {
-    while (next < items.length) await fn(items[next++]!);
-  }));
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
 }
 
 /** Every sequence number from before the first to past the last. */
@@ -217,10 +264,18 @@ test('the REST reader from position 0 gets every acknowledged message once, and 
   if (!disk) return t.skip('needs root to mount a small tmpfs');
   t.diagnostic(`${acked.length} messages acknowledged, ${refused} refused on the full disk`);
   assert.deepEqual(stream.map(idOf).sort(), [...acked].sort(), 'every acknowledged message, each once');
-  assert.deepEqual(stream.map((e) => e.sequenceNumber), stream.map((_, i) => i + 1), 'sequence numbers count the stored messages, without holes');
+  assert.deepEqual(
+    stream.map((e) => e.sequenceNumber),
+    stream.map((_, i) => i + 1),
+    'sequence numbers count the stored messages, without holes',
+  );
   for (const p of new Set(stream.map((e) => e.partition))) {
     const inPart = stream.filter((e) => e.partition === p).map((e) => e.partitionSequenceNumber);
-    assert.deepEqual(inPart, inPart.map((_, i) => i), `partition ${p}: sequence numbers without holes`);
+    assert.deepEqual(
+      inPart,
+      inPart.map((_, i) => i),
+      `partition ${p}: sequence numbers without holes`,
+    );
   }
 });
 
@@ -230,9 +285,18 @@ test('readers that followed the stream live across the failures got every acknow
   await until('the live SSE reader', () => liveSse!.events.length >= want.length).catch(() => undefined);
   assert.deepEqual(liveSse!.events.map(idOf), want, 'SSE');
   await until('the live Event Hubs reader', () => eh.events('live').length >= want.length).catch(() => undefined);
-  assert.deepEqual(eh.events('live').map((e) => String(e.messageId)).sort(), [...want].sort(), 'Event Hubs');
+  assert.deepEqual(
+    eh
+      .events('live')
+      .map((e) => String(e.messageId))
+      .sort(),
+    [...want].sort(),
+    'Event Hubs',
+  );
   // The CLI prints as it reads, once it has started (seconds on a busy machine): wait for its lines.
-  await until('the live CLI', () => liveCli!.output().split('\n').length - 1 >= want.length, 60_000).catch(() => undefined);
+  await until('the live CLI', () => liveCli!.output().split('\n').length - 1 >= want.length, 60_000).catch(
+    () => undefined,
+  );
   assert.deepEqual(cliIds(await liveCli!.stop()), want, 'monitor-events --since');
 });
 
@@ -244,7 +308,11 @@ test('REST /events from every position, in pages of every size, gets exactly the
     }
     for (const d of DEVICES) {
       const page = (await svc.request<EventPageJson>('GET', `/events?from=${from}&device=${d}&limit=1000`)).body;
-      assert.deepEqual(page.events.map(idOf), stream.filter((e) => e.sequenceNumber >= from && e.deviceId === d).map(idOf), `${d} from ${from}`);
+      assert.deepEqual(
+        page.events.map(idOf),
+        stream.filter((e) => e.sequenceNumber >= from && e.deviceId === d).map(idOf),
+        `${d} from ${from}`,
+      );
     }
   });
 });
@@ -254,7 +322,10 @@ test('SSE from every position (from= and Last-Event-ID) gets exactly the message
   await eachLimit(positions(), 6, async (from) => {
     const want = expectedFrom(from);
     // Last-Event-ID is what a browser's EventSource sends when it reconnects; it wins over from=.
-    for (const open of [() => openSse(`/events?from=${from}`), () => openSse('/events?from=0', { 'last-event-id': String(Math.max(0, from - 1)) })]) {
+    for (const open of [
+      () => openSse(`/events?from=${from}`),
+      () => openSse('/events?from=0', { 'last-event-id': String(Math.max(0, from - 1)) }),
+    ]) {
       const sse = await open();
       try {
         await until(`SSE from ${from}`, () => sse.events.length >= want.length, 15_000).catch(() => undefined);
@@ -294,13 +365,27 @@ interface EhCase {
 
 /** One subscription of one reader from one position, until what is expected came (and a moment more). */
 async function checkEventHubs(eh: EhClient, c: EhCase): Promise<void> {
-  await eh.must({ op: 'subscribe', sub: c.sub, partitionId: String(c.partition), startPosition: c.startPosition, maxBatchSize: 7 });
+  await eh.must({
+    op: 'subscribe',
+    sub: c.sub,
+    partitionId: String(c.partition),
+    startPosition: c.startPosition,
+    maxBatchSize: 7,
+  });
   await until(c.sub, () => eh.events(c.sub).length >= c.want.length, 20_000).catch(() => undefined);
   await new Promise((r) => setTimeout(r, c.want.length ? 100 : 1500));
   await eh.must({ op: 'unsubscribe', sub: c.sub });
   const got = eh.events(c.sub);
-  assert.deepEqual(got.map((e) => String(e.messageId)), c.want.map(idOf), c.sub);
-  assert.deepEqual(got.map((e) => e.sequenceNumber), c.want.map((e) => e.partitionSequenceNumber), `${c.sub}: the sequence numbers the REST API gives`);
+  assert.deepEqual(
+    got.map((e) => String(e.messageId)),
+    c.want.map(idOf),
+    c.sub,
+  );
+  assert.deepEqual(
+    got.map((e) => e.sequenceNumber),
+    c.want.map((e) => e.partitionSequenceNumber),
+    `${c.sub}: the sequence numbers the REST API gives`,
+  );
   assert.deepEqual(eh.errors(c.sub), [], `${c.sub}: no errors`);
 }
 
@@ -308,18 +393,33 @@ test('Event Hubs readers from every sequence number and every offset of each par
   if (!disk) return t.skip('needs root to mount a small tmpfs');
   await eh.must({ op: 'unsubscribe', sub: 'live' });
   // A consumer client takes one subscription of a partition at a time: a few clients, each in turn.
-  const readers = [eh, ...Array.from({ length: 3 }, () => startEventHubsClient(hub, { connectionString: eventHubsConnectionString(hub.dataDir) }))];
+  const readers = [
+    eh,
+    ...Array.from({ length: 3 }, () =>
+      startEventHubsClient(hub, { connectionString: eventHubsConnectionString(hub.dataDir) }),
+    ),
+  ];
   t.after(() => Promise.all(readers.slice(1).map((r) => r.stop().catch(() => undefined))));
   const cases: EhCase[] = [];
   for (const p of [...new Set(stream.map((e) => e.partition))]) {
     const inPart = stream.filter((e) => e.partition === p);
     const top = inPart[inPart.length - 1]!.partitionSequenceNumber;
     for (let s = 0; s <= top + 2; s++) {
-      cases.push({ sub: `p${p}-seq-${s}`, partition: p, startPosition: { sequenceNumber: s, isInclusive: true }, want: inPart.filter((e) => e.partitionSequenceNumber >= s) });
+      cases.push({
+        sub: `p${p}-seq-${s}`,
+        partition: p,
+        startPosition: { sequenceNumber: s, isInclusive: true },
+        want: inPart.filter((e) => e.partitionSequenceNumber >= s),
+      });
     }
     // A checkpoint: resume after an event's offset.
     for (const e of inPart) {
-      cases.push({ sub: `p${p}-off-${e.offset}`, partition: p, startPosition: { offset: String(e.offset), isInclusive: false }, want: inPart.filter((x) => x.offset > e.offset) });
+      cases.push({
+        sub: `p${p}-off-${e.offset}`,
+        partition: p,
+        startPosition: { offset: String(e.offset), isInclusive: false },
+        want: inPart.filter((x) => x.offset > e.offset),
+      });
     }
   }
   const idle = readers.slice();

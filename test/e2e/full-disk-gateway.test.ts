@@ -37,17 +37,36 @@ function gatewayHealth(gw: GatewayProcess, ca: string): Promise<{ status: number
   const state = readGatewayState(gw.dataDir)!;
   return new Promise((resolve, reject) => {
     https
-      .get({ host: state.bind, port: state.ports.https, path: '/health', ca, servername: undefined, checkServerIdentity: () => undefined }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }));
-      })
+      .get(
+        {
+          host: state.bind,
+          port: state.ports.https,
+          path: '/health',
+          ca,
+          servername: undefined,
+          checkServerIdentity: () => undefined,
+        },
+        (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => (text += c.toString()));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }),
+          );
+        },
+      )
       .on('error', reject);
   });
 }
 
 /** Publishes numbered QoS 1 messages to the gateway until it stops acknowledging. */
-async function fill(gw: GatewayProcess, hubHostName: string, ca: string, key: string, from: number, acked: Set<number>): Promise<boolean> {
+async function fill(
+  gw: GatewayProcess,
+  hubHostName: string,
+  ca: string,
+  key: string,
+  from: number,
+  acked: Set<number>,
+): Promise<boolean> {
   // No keep-alive: mqtt.js re-arms its ping timer for publishes made as the server closes.
   const leaf = await connectMqttLeaf({ address: gw.address, ca, hubHostName, deviceId: LEAF, key, keepalive: 0 });
   let closed = false;
@@ -69,8 +88,19 @@ async function fill(gw: GatewayProcess, hubHostName: string, ca: string, key: st
   return closed;
 }
 
-async function fillUntilFull(gw: GatewayProcess, hub: { hostname: string }, ca: string, key: string, from: number, acked: Set<number>): Promise<void> {
-  if ((await gatewayHealth(gw, ca)).body.status === 'ok') assert.ok(await fill(gw, hub.hostname, ca, key, from, acked), 'the gateway closed the connection once its store was full');
+async function fillUntilFull(
+  gw: GatewayProcess,
+  hub: { hostname: string },
+  ca: string,
+  key: string,
+  from: number,
+  acked: Set<number>,
+): Promise<void> {
+  if ((await gatewayHealth(gw, ca)).body.status === 'ok')
+    assert.ok(
+      await fill(gw, hub.hostname, ca, key, from, acked),
+      'the gateway closed the connection once its store was full',
+    );
   const h = await gatewayHealth(gw, ca);
   assert.equal(h.status, 503);
   assert.equal(h.body.status, 'store full');
@@ -87,7 +117,9 @@ async function eventsAtHub(edge: EdgeSetup): Promise<Set<number>> {
   }
 }
 
-test('full disk at a gateway: refused with each protocol\'s error, restart without a crash, every acknowledged message delivered upstream after space is freed', { skip: NOT_ROOT }, async (t) => {
+test("full disk at a gateway: refused with each protocol's error, restart without a crash, every acknowledged message delivered upstream after space is freed", {
+  skip: NOT_ROOT,
+}, async (t) => {
   const hubDir = await mkdtemp(join(tmpdir(), 'strata-hub-gwdisk-'));
   const hubAddress = randomLoopback();
   let hub: HubProcess | undefined = await startHubProcess({ dataDir: hubDir, address: hubAddress });
@@ -121,7 +153,10 @@ test('full disk at a gateway: refused with each protocol\'s error, restart witho
   // ---- fill the disk ----
   await fillUntilFull(gw, { hostname: hubHost }, ca, key, 0, acked);
   assert.ok(acked.size > 1000, `a few thousand messages fit first (${acked.size} acknowledged)`);
-  assert.match(gw.output(), /closing connection: telemetry not stored, the gateway's message store is full \(store full: the disk holding/);
+  assert.match(
+    gw.output(),
+    /closing connection: telemetry not stored, the gateway's message store is full \(store full: the disk holding/,
+  );
   // MQTT: "server unavailable" while full.
   await assert.rejects(
     connectMqttLeaf({ address, ca, hubHostName: hubHost, deviceId: LEAF, key }),
@@ -131,7 +166,10 @@ test('full disk at a gateway: refused with each protocol\'s error, restart witho
   const asGateway = { address, caPem: ca, hostname: hubHost } as HubProcess;
   const conn = await rheaConnect(asGateway);
   const audience = `${asGateway.hostname}/devices/${LEAF}`;
-  assert.equal((await putToken(conn, createSasToken(audience, key, Math.floor(Date.now() / 1000) + 600), audience)).status, 200);
+  assert.equal(
+    (await putToken(conn, createSasToken(audience, key, Math.floor(Date.now() / 1000) + 600), audience)).status,
+    200,
+  );
   const sender = await openSender(conn, `/devices/${LEAF}/messages/events`);
   const outcome = await sendAndSettle(sender, { body: JSON.stringify({ n: -1, pad: PAD }) });
   conn.close();
@@ -139,7 +177,11 @@ test('full disk at a gateway: refused with each protocol\'s error, restart witho
   assert.equal(outcome.condition, 'amqp:resource-limit-exceeded');
   assert.match(outcome.description ?? '', /store full/);
   // strata edge check.
-  const check = spawnSync(process.execPath, [STRATA, 'edge', 'check', '--config', edge.configPath, '--data', dataDir, '--json'], { encoding: 'utf8', timeout: 60_000 });
+  const check = spawnSync(
+    process.execPath,
+    [STRATA, 'edge', 'check', '--config', edge.configPath, '--data', dataDir, '--json'],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
   assert.match(check.stdout + check.stderr, /store full: the disk holding/);
 
   // ---- restart on the full disk ----
@@ -165,7 +207,11 @@ test('full disk at a gateway: refused with each protocol\'s error, restart witho
   );
   assert.match(failed, /cannot start the gateway: the disk holding .* is full/);
   assert.doesNotMatch(failed, /\n\s+at /, 'no stack trace');
-  assert.deepEqual(readdirSync(dataDir).filter((f) => f.endsWith('.tmp')), [], 'no temporary file left');
+  assert.deepEqual(
+    readdirSync(dataDir).filter((f) => f.endsWith('.tmp')),
+    [],
+    'no temporary file left',
+  );
   await rm(filler, { force: true });
 
   // ---- the hub is back: the store drains, and takes messages again ----
@@ -176,14 +222,20 @@ test('full disk at a gateway: refused with each protocol\'s error, restart witho
   for (;;) {
     seen = await eventsAtHub(edge);
     if ([...acked].every((n) => seen.has(n))) break;
-    assert.ok(Date.now() < deadline, `every acknowledged message reaches the hub (${[...acked].filter((n) => !seen.has(n)).length} of ${acked.size} missing)`);
+    assert.ok(
+      Date.now() < deadline,
+      `every acknowledged message reaches the hub (${[...acked].filter((n) => !seen.has(n)).length} of ${acked.size} missing)`,
+    );
     await new Promise((r) => setTimeout(r, 500));
   }
   // Delivered is not yet deleted: the store takes messages again once its checkpoints committed.
   for (;;) {
     const h = await gatewayHealth(gw, ca);
     if (h.body.status === 'ok' && h.body.queued === 0) break;
-    assert.ok(Date.now() < deadline, `health says ok once the store drained: ${JSON.stringify(h.body)}\n${gw.output().slice(-5000)}`);
+    assert.ok(
+      Date.now() < deadline,
+      `health says ok once the store drained: ${JSON.stringify(h.body)}\n${gw.output().slice(-5000)}`,
+    );
     await new Promise((r) => setTimeout(r, 200));
   }
   const leaf = await connectMqttLeaf({ address, ca, hubHostName: hubHost, deviceId: LEAF, key, keepalive: 0 });
@@ -191,7 +243,9 @@ test('full disk at a gateway: refused with each protocol\'s error, restart witho
     // mqtt.js never answers a publish the server closed on: the close is the answer then.
     await Promise.race([
       leaf.publish(Buffer.from(JSON.stringify({ n: 1_000_000 + i, pad: PAD }))),
-      new Promise((_, rej) => leaf.client.once('close', () => rej(new Error(`closed before PUBACK of ${i}:\n${gw!.output().slice(-4000)}`)))),
+      new Promise((_, rej) =>
+        leaf.client.once('close', () => rej(new Error(`closed before PUBACK of ${i}:\n${gw!.output().slice(-4000)}`))),
+      ),
     ]);
     acked.add(1_000_000 + i);
   }

@@ -39,10 +39,22 @@ async function health(hub: HubProcess): Promise<{ status: number; body: Record<s
 }
 
 /** Publishes numbered QoS 1 messages until the hub stops acknowledging; returns the numbers acknowledged. */
-async function fillOverMqtt(hub: HubProcess, key: string, from: number, acked: Set<number>): Promise<{ closed: boolean }> {
+async function fillOverMqtt(
+  hub: HubProcess,
+  key: string,
+  from: number,
+  acked: Set<number>,
+): Promise<{ closed: boolean }> {
   // No keep-alive: mqtt.js re-arms its ping timer for publishes made as the server closes, and
   // that timer would keep this process alive for a minute after the test.
-  const leaf = await connectMqttLeaf({ address: hub.address, ca: hub.caPem, hubHostName: hub.hostname, deviceId: DEVICE, key, keepalive: 0 });
+  const leaf = await connectMqttLeaf({
+    address: hub.address,
+    ca: hub.caPem,
+    hubHostName: hub.hostname,
+    deviceId: DEVICE,
+    key,
+    keepalive: 0,
+  });
   let closed = false;
   leaf.client.on('close', () => (closed = true));
   let n = from;
@@ -83,7 +95,12 @@ async function readAllRest(hub: HubProcess): Promise<Set<number>> {
   try {
     let from = '0';
     for (;;) {
-      const page = (await svc.request<EventPageJson>('GET', `/events?${new URLSearchParams({ from, limit: '1000', device: DEVICE })}`)).body;
+      const page = (
+        await svc.request<EventPageJson>(
+          'GET',
+          `/events?${new URLSearchParams({ from, limit: '1000', device: DEVICE })}`,
+        )
+      ).body;
       for (const e of page.events) seen.add((JSON.parse(Buffer.from(e.body, 'base64').toString()) as { n: number }).n);
       if (page.events.length === 0) break;
       from = String(page.nextSequenceNumber);
@@ -94,12 +111,39 @@ async function readAllRest(hub: HubProcess): Promise<Set<number>> {
   return seen;
 }
 
-function monitorEvents(hub: HubProcess, count: number): Promise<{ code: number | null; seen: Set<number>; stderr: string }> {
+function monitorEvents(
+  hub: HubProcess,
+  count: number,
+): Promise<{ code: number | null; seen: Set<number>; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(
       process.execPath,
-      [STRATA, 'hub', 'monitor-events', '--device', DEVICE, '--since', '1d', '--count', String(count), '--timeout', '120', '--hub-connection-string', hub.connectionString, '--ca', hub.caPath],
-      { env: { ...process.env, STRATA_HUB_CONNECTION_STRING: undefined, STRATA_CA: undefined, STRATA_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] },
+      [
+        STRATA,
+        'hub',
+        'monitor-events',
+        '--device',
+        DEVICE,
+        '--since',
+        '1d',
+        '--count',
+        String(count),
+        '--timeout',
+        '120',
+        '--hub-connection-string',
+        hub.connectionString,
+        '--ca',
+        hub.caPath,
+      ],
+      {
+        env: {
+          ...process.env,
+          STRATA_HUB_CONNECTION_STRING: undefined,
+          STRATA_CA: undefined,
+          STRATA_LOG_LEVEL: 'warn',
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
     );
     let stdout = '';
     let stderr = '';
@@ -108,7 +152,8 @@ function monitorEvents(hub: HubProcess, count: number): Promise<{ code: number |
     child.on('error', reject);
     child.on('close', (code) => {
       const seen = new Set<number>();
-      for (const line of stdout.split('\n')) if (line.trim()) seen.add((JSON.parse(line) as { event: { payload: { n: number } } }).event.payload.n);
+      for (const line of stdout.split('\n'))
+        if (line.trim()) seen.add((JSON.parse(line) as { event: { payload: { n: number } } }).event.payload.n);
       resolve({ code, seen, stderr });
     });
   });
@@ -118,7 +163,9 @@ function missing(acked: Set<number>, seen: Set<number>): number[] {
   return [...acked].filter((n) => !seen.has(n));
 }
 
-test('full disk at the hub: refused with each protocol\'s error, restart without a crash, every acknowledged message readable after space is freed', { skip: NOT_ROOT }, async (t) => {
+test("full disk at the hub: refused with each protocol's error, restart without a crash, every acknowledged message readable after space is freed", {
+  skip: NOT_ROOT,
+}, async (t) => {
   const mnt = await mkdtemp(join(tmpdir(), 'strata-full-disk-'));
   sh('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
   const dataDir = join(mnt, 'hub');
@@ -145,7 +192,10 @@ test('full disk at the hub: refused with each protocol\'s error, restart without
   const first = await fillOverMqtt(hub, key, 0, acked);
   assert.ok(first.closed, 'the hub closed the MQTT connection once it could not store');
   assert.ok(acked.size > 1000, `a few thousand messages fit first (${acked.size} acknowledged)`);
-  assert.match(hub.output(), /closing connection: telemetry not stored, store full: the disk holding .* under the reserve of 1\.0 MiB/);
+  assert.match(
+    hub.output(),
+    /closing connection: telemetry not stored, store full: the disk holding .* under the reserve of 1\.0 MiB/,
+  );
 
   // MQTT: a new CONNECT is refused with "server unavailable" while the store is full.
   await assert.rejects(
@@ -163,7 +213,16 @@ test('full disk at the hub: refused with each protocol\'s error, restart without
   assert.match(JSON.parse(post.text).Message, /^ErrorCode:ServerBusy;store full/);
   // AMQP: the transfer is rejected with resource-limit-exceeded and the reason.
   const conn = await rheaConnect(hub);
-  assert.equal((await putToken(conn, createSasToken(`${hub.hostname}/devices/${DEVICE}`, key, Math.floor(Date.now() / 1000) + 600), `${hub.hostname}/devices/${DEVICE}`)).status, 200);
+  assert.equal(
+    (
+      await putToken(
+        conn,
+        createSasToken(`${hub.hostname}/devices/${DEVICE}`, key, Math.floor(Date.now() / 1000) + 600),
+        `${hub.hostname}/devices/${DEVICE}`,
+      )
+    ).status,
+    200,
+  );
   const sender = await openSender(conn, `/devices/${DEVICE}/messages/events`);
   const outcome = await sendAndSettle(sender, { body: JSON.stringify({ n: -2, pad: PAD }) });
   conn.close();
@@ -200,9 +259,16 @@ test('full disk at the hub: refused with each protocol\'s error, restart without
   );
   assert.match(failed, /cannot start the hub: the disk holding .* is full/);
   assert.doesNotMatch(failed, /\n\s+at /, 'no stack trace');
-  assert.deepEqual(readdirSync(dataDir).filter((f) => f.endsWith('.tmp')), [], 'no temporary file left');
+  assert.deepEqual(
+    readdirSync(dataDir).filter((f) => f.endsWith('.tmp')),
+    [],
+    'no temporary file left',
+  );
   assert.equal(statSync(join(dataDir, 'hub.json')).size, stateBefore, 'hub.json kept whole');
-  assert.ok(!existsSync(join(dataDir, 'hub.lock')) || statSync(join(dataDir, 'hub.lock')).size > 0, 'no empty lock file');
+  assert.ok(
+    !existsSync(join(dataDir, 'hub.lock')) || statSync(join(dataDir, 'hub.lock')).size > 0,
+    'no empty lock file',
+  );
   await rm(filler, { force: true });
 
   // ---- free space: more room, and the hub takes messages again without a restart ----
@@ -216,7 +282,13 @@ test('full disk at the hub: refused with each protocol\'s error, restart without
   }
   const before = acked.size;
   const second = await (async () => {
-    const leaf = await connectMqttLeaf({ address: hub!.address, ca: hub!.caPem, hubHostName: hub!.hostname, deviceId: DEVICE, key });
+    const leaf = await connectMqttLeaf({
+      address: hub!.address,
+      ca: hub!.caPem,
+      hubHostName: hub!.hostname,
+      deviceId: DEVICE,
+      key,
+    });
     for (let i = 0; i < 200; i++) {
       await leaf.publish(Buffer.from(JSON.stringify({ n: 1_000_000 + i, pad: PAD })));
       acked.add(1_000_000 + i);
@@ -228,11 +300,19 @@ test('full disk at the hub: refused with each protocol\'s error, restart without
 
   // ---- every acknowledged message, by every reader ----
   const rest = await readAllRest(hub);
-  assert.deepEqual(missing(acked, rest), [], `REST /events has every acknowledged message (${rest.size} read, ${acked.size} acknowledged)`);
+  assert.deepEqual(
+    missing(acked, rest),
+    [],
+    `REST /events has every acknowledged message (${rest.size} read, ${acked.size} acknowledged)`,
+  );
 
   const mon = await monitorEvents(hub, rest.size);
   assert.equal(mon.code, 0, mon.stderr);
-  assert.deepEqual(missing(acked, mon.seen), [], `monitor-events printed every acknowledged message (${mon.seen.size})`);
+  assert.deepEqual(
+    missing(acked, mon.seen),
+    [],
+    `monitor-events printed every acknowledged message (${mon.seen.size})`,
+  );
 
   const eh = startEventHubsClient(hub, { connectionString: eventHubsConnectionString(hub.dataDir) });
   t.after(() => eh.stop());

@@ -38,7 +38,12 @@ before(async () => {
   const address = randomLoopback();
   edge = await setupEdge(hub, { gatewayId: 'gw-mqtt-up', address });
   cleanups.push(() => edge.cleanup());
-  gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address, env: { UpstreamProtocol: 'Mqtt' } });
+  gw = await startGatewayProcess({
+    configPath: edge.configPath,
+    dataDir: edge.dataDir,
+    address,
+    env: { UpstreamProtocol: 'Mqtt' },
+  });
   cleanups.push(() => gw.stop());
 });
 after(async () => {
@@ -47,15 +52,25 @@ after(async () => {
   await rm(hubDir, { recursive: true, force: true });
 });
 
-const openLeaf = (t: { after(fn: () => unknown): void }, setup: EdgeSetup, connectionString: string, Transport: unknown, prepare?: (c: any) => void) =>
-  openSdkLeaf(t, connectionString, Transport, setup.rootPem, prepare);
+const openLeaf = (
+  t: { after(fn: () => unknown): void },
+  setup: EdgeSetup,
+  connectionString: string,
+  Transport: unknown,
+  prepare?: (c: any) => void,
+) => openSdkLeaf(t, connectionString, Transport, setup.rootPem, prepare);
 
 /** Every event of a device at the hub so far. */
 async function eventsOf(setup: EdgeSetup, deviceId: string): Promise<EventJson[]> {
   const out: EventJson[] = [];
   let from = 0;
   for (;;) {
-    const page = (await setup.svc.request<EventPageJson>('GET', `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`)).body;
+    const page = (
+      await setup.svc.request<EventPageJson>(
+        'GET',
+        `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`,
+      )
+    ).body;
     out.push(...page.events);
     if (page.events.length === 0 || page.nextSequenceNumber === from) return out;
     from = page.nextSequenceNumber;
@@ -70,7 +85,10 @@ describe('UpstreamProtocol=Mqtt', () => {
     assert.match(gw.output(), /upstream\s+mqtts:\/\/[\d.]+:8883 .*connected/);
   });
 
-  for (const [name, Transport] of [['Mqtt', Mqtt], ['Amqp', Amqp]] as const) {
+  for (const [name, Transport] of [
+    ['Mqtt', Mqtt],
+    ['Amqp', Amqp],
+  ] as const) {
     test(`${name} leaf: telemetry arrives at the hub as the leaf's own, in order, with its properties`, async (t) => {
       const leaf = await edge.createLeaf(`mq-tel-${name.toLowerCase()}`);
       const client = await openLeaf(t, edge, leaf.connectionString, Transport);
@@ -86,7 +104,11 @@ describe('UpstreamProtocol=Mqtt', () => {
         await client.sendEvent(m);
       }
       const events = await waitForEvents(edge.svc, { device: leaf.deviceId }, N);
-      assert.deepEqual(events.map(bodyOf), Array.from({ length: N }, (_, i) => JSON.stringify({ i })), 'in the order sent');
+      assert.deepEqual(
+        events.map(bodyOf),
+        Array.from({ length: N }, (_, i) => JSON.stringify({ i })),
+        'in the order sent',
+      );
       for (const [i, e] of events.entries()) {
         assert.equal(e.deviceId, leaf.deviceId);
         assert.equal(e.annotations['iothub-connection-device-id'], leaf.deviceId);
@@ -125,18 +147,25 @@ describe('UpstreamProtocol=Mqtt', () => {
     client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload }, () => undefined));
     const r = await eventually('the method to reach the leaf', async () => {
       const res = await edge.svc
-        .request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, { body: { methodName: 'echo', payload: { x: 1 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 } })
+        .request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, {
+          body: { methodName: 'echo', payload: { x: 1 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
+        })
         .catch(() => undefined);
       return res?.body.status === 200 ? res : undefined;
     });
     assert.deepEqual(r.body, { status: 200, payload: { got: { x: 1 } } });
 
-    await edge.svc.request('POST', `/devices/${id}/messages/deviceBound`, { body: { body: 'to the leaf', messageId: 'c2d-mq', properties: { colour: 'blue' }, ack: 'full' } });
+    await edge.svc.request('POST', `/devices/${id}/messages/deviceBound`, {
+      body: { body: 'to the leaf', messageId: 'c2d-mq', properties: { colour: 'blue' }, ack: 'full' },
+    });
     await eventually('the C2D message at the leaf', () => c2d.length >= 1);
     assert.equal(c2d[0].data.toString(), 'to the leaf');
     assert.equal(c2d[0].messageId, 'c2d-mq');
     assert.equal(c2d[0].properties.getValue('colour'), 'blue');
-    await eventually('the hub to see the C2D message completed', async () => (await edge.svc.getDevice(id)).cloudToDeviceMessageCount === 0);
+    await eventually(
+      'the hub to see the C2D message completed',
+      async () => (await edge.svc.getDevice(id)).cloudToDeviceMessageCount === 0,
+    );
   });
 });
 
@@ -147,7 +176,12 @@ describe('UpstreamProtocol=MqttWs', () => {
     const address = randomLoopback();
     ws = await setupEdge(hub!, { gatewayId: 'gw-mqttws-up', address });
     cleanups.push(() => ws.cleanup());
-    gwWs = await startGatewayProcess({ configPath: ws.configPath, dataDir: ws.dataDir, address, env: { UpstreamProtocol: 'MqttWs' } });
+    gwWs = await startGatewayProcess({
+      configPath: ws.configPath,
+      dataDir: ws.dataDir,
+      address,
+      env: { UpstreamProtocol: 'MqttWs' },
+    });
     cleanups.push(() => gwWs.stop());
   });
 
@@ -158,7 +192,10 @@ describe('UpstreamProtocol=MqttWs', () => {
     const client = await openLeaf(t, ws, leaf.connectionString, Mqtt);
     for (let i = 0; i < 10; i++) await client.sendEvent(new Message(`ws-${i}`));
     const events = await waitForEvents(ws.svc, { device: leaf.deviceId }, 10);
-    assert.deepEqual(events.map(bodyOf), Array.from({ length: 10 }, (_, i) => `ws-${i}`));
+    assert.deepEqual(
+      events.map(bodyOf),
+      Array.from({ length: 10 }, (_, i) => `ws-${i}`),
+    );
     assert.equal(events[0]!.annotations['iothub-connection-device-id'], leaf.deviceId);
     assert.equal((await client.getTwin()).properties.desired.over, 'websockets');
   });
@@ -171,24 +208,37 @@ describe('two layers, MQTT all the way: a child gateway connects on behalf of it
     const address = randomLoopback();
     l2 = await setupLayer(hub!, { gatewayId: 'gw-mqtt-l2', address, parent: edge });
     cleanups.push(() => l2.cleanup());
-    gwL2 = await startGatewayProcess({ configPath: l2.configPath, dataDir: l2.dataDir, address, env: { UpstreamProtocol: 'Mqtt' } });
+    gwL2 = await startGatewayProcess({
+      configPath: l2.configPath,
+      dataDir: l2.dataDir,
+      address,
+      env: { UpstreamProtocol: 'Mqtt' },
+    });
     cleanups.push(() => gwL2.stop());
   });
 
-  test("a leaf two layers down: telemetry reaches the hub as its own, in order; its twin and a direct method round trip", async (t) => {
-    assert.match(gwL2.output(), new RegExp(`upstream\\s+mqtts://${edge.address.replace(/\./g, '\\.')}:8883 .*connected`));
+  test('a leaf two layers down: telemetry reaches the hub as its own, in order; its twin and a direct method round trip', async (t) => {
+    assert.match(
+      gwL2.output(),
+      new RegExp(`upstream\\s+mqtts://${edge.address.replace(/\./g, '\\.')}:8883 .*connected`),
+    );
     const leaf = await l2.createLeaf('mq-deep-leaf');
     await l2.svc.updateTwin(leaf.deviceId, { properties: { desired: { depth: 2 } } });
     const client = await openLeaf(t, l2, leaf.connectionString, Mqtt);
     for (let i = 0; i < 20; i++) await client.sendEvent(new Message(`deep-${i}`));
     const events = await waitForEvents(l2.svc, { device: leaf.deviceId }, 20);
-    assert.deepEqual(events.map(bodyOf), Array.from({ length: 20 }, (_, i) => `deep-${i}`));
+    assert.deepEqual(
+      events.map(bodyOf),
+      Array.from({ length: 20 }, (_, i) => `deep-${i}`),
+    );
     assert.equal(events[0]!.annotations['iothub-connection-device-id'], leaf.deviceId);
     assert.equal((await client.getTwin()).properties.desired.depth, 2);
     client.onDeviceMethod('where', (_req: any, res: any) => res.send(200, { layer: 2 }, () => undefined));
     const r = await eventually('the method two layers down', async () => {
       const res = await l2.svc
-        .request<{ status: number; payload: unknown }>('POST', `/twins/${leaf.deviceId}/methods`, { body: { methodName: 'where', responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 } })
+        .request<{ status: number; payload: unknown }>('POST', `/twins/${leaf.deviceId}/methods`, {
+          body: { methodName: 'where', responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
+        })
         .catch(() => undefined);
       return res?.body.status === 200 ? res : undefined;
     });
@@ -209,21 +259,35 @@ describe('hub outage', () => {
 
     await hub!.stop();
     hub = undefined;
-    await eventually('the gateway to see its upstream down', async () => metricValue(await gw.metrics(), 'edgehub_upstream_connected') === 0);
+    await eventually(
+      'the gateway to see its upstream down',
+      async () => metricValue(await gw.metrics(), 'edgehub_upstream_connected') === 0,
+    );
     const N = 500;
-    for (let i = 0; i < N; i += 50) await Promise.all(Array.from({ length: 50 }, (_, k) => client.sendEvent(new Message(JSON.stringify({ i: i + k })))));
-    assert.ok((metricValue(await gw.metrics(), 'edgehub_queue_length', { endpoint: '$upstream' }) ?? 0) >= N, 'all are queued at the gateway');
+    for (let i = 0; i < N; i += 50)
+      await Promise.all(
+        Array.from({ length: 50 }, (_, k) => client.sendEvent(new Message(JSON.stringify({ i: i + k })))),
+      );
+    assert.ok(
+      (metricValue(await gw.metrics(), 'edgehub_queue_length', { endpoint: '$upstream' }) ?? 0) >= N,
+      'all are queued at the gateway',
+    );
 
     hub = await startHubProcess({ dataDir: hubDir, address: hubAddress });
     const got = await eventually(
       'every acknowledged message at the hub',
       async () => {
-        const seen = new Set((await eventsOf(edge, leaf.deviceId)).map((e) => (JSON.parse(bodyOf(e)) as { i: number }).i));
+        const seen = new Set(
+          (await eventsOf(edge, leaf.deviceId)).map((e) => (JSON.parse(bodyOf(e)) as { i: number }).i),
+        );
         return Array.from({ length: N }, (_, i) => i).every((i) => seen.has(i)) ? seen : undefined;
       },
       40_000,
     );
     assert.ok(got.has(-1));
-    await eventually('the queue to drain', async () => metricValue(await gw.metrics(), 'edgehub_queue_length', { endpoint: '$upstream' }) === 0);
+    await eventually(
+      'the queue to drain',
+      async () => metricValue(await gw.metrics(), 'edgehub_queue_length', { endpoint: '$upstream' }) === 0,
+    );
   });
 });

@@ -10,7 +10,14 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 import {
-  createSasDevice, deviceToken, newKey, rawRequest, serviceClient, serviceToken, until, waitForEvents,
+  createSasDevice,
+  deviceToken,
+  newKey,
+  rawRequest,
+  serviceClient,
+  serviceToken,
+  until,
+  waitForEvents,
 } from '../fixtures/service-messaging-helpers.ts';
 
 /**
@@ -52,7 +59,8 @@ async function httpClient(cs: string, extra: Record<string, unknown> = {}): Prom
 }
 
 async function eventsOf(deviceId: string): Promise<EventPageJson> {
-  return (await svc.request<EventPageJson>('GET', `/events?${new URLSearchParams({ device: deviceId, from: '0' })}`)).body;
+  return (await svc.request<EventPageJson>('GET', `/events?${new URLSearchParams({ device: deviceId, from: '0' })}`))
+    .body;
 }
 
 test('sendEvent over HTTPS with properties arrives in the event stream with the system properties', async () => {
@@ -83,7 +91,10 @@ test('sendEvent over HTTPS with properties arrives in the event stream with the 
   assert.equal(e.annotations['iothub-connection-device-id'], 'http-tel-1');
   assert.equal(e.annotations['iothub-connection-module-id'], undefined);
   const enqueued = e.annotations['iothub-enqueuedtime'] as number;
-  assert.ok(enqueued >= before - 1000 && enqueued <= after + 1000, `enqueued ${enqueued} outside [${before}, ${after}]`);
+  assert.ok(
+    enqueued >= before - 1000 && enqueued <= after + 1000,
+    `enqueued ${enqueued} outside [${before}, ${after}]`,
+  );
   assert.equal(new Date(e.enqueuedTime).getTime(), enqueued);
   const authMethod = JSON.parse(String(e.annotations['iothub-connection-auth-method']));
   assert.equal(authMethod.scope, 'device');
@@ -104,8 +115,14 @@ test('sendEventBatch over HTTPS stores every message in order with its propertie
   await client.sendEventBatch(messages);
 
   const events = await waitForEvents(svc, { device: 'http-batch-1' }, 3);
-  assert.deepEqual(events.map((e) => Buffer.from(e.body, 'base64').toString('utf8')), ['reading 0', 'reading 1', 'reading 2']);
-  assert.deepEqual(events.map((e) => e.properties), [{ index: '0' }, { index: '1', extra: 'yes' }, { index: '2' }]);
+  assert.deepEqual(
+    events.map((e) => Buffer.from(e.body, 'base64').toString('utf8')),
+    ['reading 0', 'reading 1', 'reading 2'],
+  );
+  assert.deepEqual(
+    events.map((e) => e.properties),
+    [{ index: '0' }, { index: '1', extra: 'yes' }, { index: '2' }],
+  );
   const seqs = events.map((e) => e.sequenceNumber);
   assert.ok(seqs[0]! < seqs[1]! && seqs[1]! < seqs[2]!, `sequence numbers ${seqs} not increasing`);
   for (const e of events) {
@@ -121,7 +138,11 @@ test('a module posts telemetry on its own path with its own token; the event nam
   const res = await rawRequest(hub, {
     method: 'POST',
     path: '/devices/http-mod-1/modules/filter/messages/events?api-version=2021-04-12',
-    headers: { authorization: deviceToken(hub, moduleKey!, 'http-mod-1', 'filter'), 'iothub-app-stage': 'filtered', 'IoTHub-MessageId': 'm-mod' },
+    headers: {
+      authorization: deviceToken(hub, moduleKey!, 'http-mod-1', 'filter'),
+      'iothub-app-stage': 'filtered',
+      'IoTHub-MessageId': 'm-mod',
+    },
     body: 'from a module',
   });
   assert.equal(res.status, 204, res.text);
@@ -141,7 +162,13 @@ async function sendC2D(deviceId: string, body: Record<string, unknown>): Promise
 
 test('C2D over HTTPS: complete, reject and abandon with the SDK; abandon redelivers; feedback recorded', async () => {
   const { cs } = await createSasDevice(svc, hub, 'http-c2d-1');
-  await sendC2D('http-c2d-1', { body: 'first', messageId: 'c-complete', correlationId: 'corr-1', properties: { color: 'red' }, ack: 'full' });
+  await sendC2D('http-c2d-1', {
+    body: 'first',
+    messageId: 'c-complete',
+    correlationId: 'corr-1',
+    properties: { color: 'red' },
+    ack: 'full',
+  });
   await sendC2D('http-c2d-1', { body: 'second', messageId: 'c-reject', ack: 'full' });
   await sendC2D('http-c2d-1', { body: 'third', messageId: 'c-abandon', ack: 'full' });
 
@@ -195,7 +222,10 @@ test('C2D over HTTPS: complete, reject and abandon with the SDK; abandon redeliv
   assert.deepEqual(status, { 'c-complete': 'Success', 'c-reject': 'Rejected', 'c-abandon': 'Success' });
   await svc.request('DELETE', `/messages/serviceBound/feedback/${encodeURIComponent(etag.replace(/"/g, ''))}`);
   const left = await svc.request<typeof records>('GET', '/messages/serviceBound/feedback');
-  assert.ok(left.status === 204 || !(left.body ?? []).some((r) => r.deviceId === 'http-c2d-1'), 'completed feedback is not handed out again');
+  assert.ok(
+    left.status === 204 || !(left.body ?? []).some((r) => r.deviceId === 'http-c2d-1'),
+    'completed feedback is not handed out again',
+  );
 });
 
 test('an empty C2D queue answers 204 with no body', async () => {
@@ -216,7 +246,11 @@ test('C2D sent as a raw body with IoT Hub headers reaches the device with its pr
     method: 'POST',
     path: '/devices/http-c2d-raw/messages/deviceBound?api-version=2021-04-12&ack=positive',
     headers: {
-      authorization: owner, 'content-type': 'text/plain; charset=utf-8', 'iothub-app-Zone': 'north', 'IoTHub-MessageId': 'raw-1', 'IoTHub-CorrelationId': 'raw-c',
+      authorization: owner,
+      'content-type': 'text/plain; charset=utf-8',
+      'iothub-app-Zone': 'north',
+      'IoTHub-MessageId': 'raw-1',
+      'IoTHub-CorrelationId': 'raw-c',
       'IoTHub-Expiry': new Date(Date.now() + 60_000).toISOString(),
     },
     body: 'raw payload',
@@ -238,15 +272,19 @@ test('C2D sent as a raw body with IoT Hub headers reaches the device with its pr
   assert.equal(got.headers['iothub-ack'], 'positive');
   assert.equal(got.headers['iothub-deliverycount'], '1');
   const expiry = Date.parse(String(got.headers['iothub-expiry']));
-  assert.ok(expiry > before + 50_000 && expiry <= before + 61_000, `expiry ${got.headers['iothub-expiry']} is not about 60 s out`);
+  assert.ok(
+    expiry > before + 50_000 && expiry <= before + 61_000,
+    `expiry ${got.headers['iothub-expiry']} is not about 60 s out`,
+  );
 
   // Malformed sends are refused with the reason, and nothing is queued.
-  const post = (body: string, contentType = 'application/json') => rawRequest(hub, {
-    method: 'POST',
-    path: '/devices/http-c2d-raw/messages/deviceBound?api-version=2021-04-12',
-    headers: { authorization: owner, 'content-type': contentType },
-    body,
-  });
+  const post = (body: string, contentType = 'application/json') =>
+    rawRequest(hub, {
+      method: 'POST',
+      path: '/devices/http-c2d-raw/messages/deviceBound?api-version=2021-04-12',
+      headers: { authorization: owner, 'content-type': contentType },
+      body,
+    });
   for (const [body, reason] of [
     ['{"body": "x", "ack": "sometimes"}', /ack/],
     ['{"bodyBase64": "!!"}', /base64/],
@@ -262,15 +300,21 @@ test('C2D sent as a raw body with IoT Hub headers reaches the device with its pr
   }
   const good = await post('{"body": "only this one"}');
   assert.equal(good.status, 200, good.text);
-  const receive = () => rawRequest(hub, {
-    method: 'GET',
-    path: '/devices/http-c2d-raw/messages/devicebound?api-version=2021-04-12',
-    headers: { authorization: deviceToken(hub, key, 'http-c2d-raw') },
-  });
+  const receive = () =>
+    rawRequest(hub, {
+      method: 'GET',
+      path: '/devices/http-c2d-raw/messages/devicebound?api-version=2021-04-12',
+      headers: { authorization: deviceToken(hub, key, 'http-c2d-raw') },
+    });
   // The first message is still locked by the earlier receive; the refused ones were never queued.
   assert.equal((await receive()).text, 'only this one');
   assert.equal((await receive()).status, 204);
-  const ghost = await rawRequest(hub, { method: 'POST', path: '/devices/http-nobody/messages/deviceBound', headers: { authorization: owner, 'content-type': 'application/json' }, body: '{"body": "x"}' });
+  const ghost = await rawRequest(hub, {
+    method: 'POST',
+    path: '/devices/http-nobody/messages/deviceBound',
+    headers: { authorization: owner, 'content-type': 'application/json' },
+    body: '{"body": "x"}',
+  });
   assert.equal(ghost.status, 404, ghost.text);
   assert.match(JSON.parse(ghost.text).Message, /^ErrorCode:DeviceNotFound;/);
 });
@@ -284,7 +328,10 @@ test('a wrong key gives the SDK UnauthorizedError and stores nothing', async () 
   });
   // An unknown device is refused the same way.
   const ghost = await httpClient(`HostName=${hub.hostname};DeviceId=http-ghost;SharedAccessKey=${newKey()}`);
-  await assert.rejects(ghost.sendEvent(new Message('x')), (err: Error) => err.name === 'UnauthorizedError' || err.name === 'DeviceNotFoundError');
+  await assert.rejects(
+    ghost.sendEvent(new Message('x')),
+    (err: Error) => err.name === 'UnauthorizedError' || err.name === 'DeviceNotFoundError',
+  );
   assert.equal((await eventsOf('http-badkey')).events.length, 0);
 });
 
@@ -293,7 +340,8 @@ test('bad input over HTTPS gets clear IoT Hub errors, nothing is stored, and the
   const { key: otherKey } = await createSasDevice(svc, hub, 'http-bad-2');
   const auth = deviceToken(hub, key, 'http-bad-1');
   const path = '/devices/http-bad-1/messages/events?api-version=2021-04-12';
-  const post = (headers: Record<string, string>, body: string | Buffer) => rawRequest(hub, { method: 'POST', path, headers: { authorization: auth, ...headers }, body });
+  const post = (headers: Record<string, string>, body: string | Buffer) =>
+    rawRequest(hub, { method: 'POST', path, headers: { authorization: auth, ...headers }, body });
   const refusal = (r: { status: number; text: string }, status: number, code: string, text?: RegExp) => {
     assert.equal(r.status, status, r.text);
     const m = (JSON.parse(r.text) as { Message: string }).Message;
@@ -302,7 +350,12 @@ test('bad input over HTTPS gets clear IoT Hub errors, nothing is stored, and the
   };
   const batch = { 'content-type': 'application/vnd.microsoft.iothub.json' };
 
-  refusal(await post(batch, '[{"body": "aGk=", "properties": {"iothub-app-a": "has "quote"}}]'), 400, 'ArgumentInvalid', /not valid JSON/);
+  refusal(
+    await post(batch, '[{"body": "aGk=", "properties": {"iothub-app-a": "has "quote"}}]'),
+    400,
+    'ArgumentInvalid',
+    /not valid JSON/,
+  );
   refusal(await post(batch, '{"body": "aGk="}'), 400, 'ArgumentInvalid', /JSON array/);
   refusal(await post(batch, '[]'), 400, 'ArgumentInvalid', /no messages/);
   refusal(await post(batch, '[{"body": "%%% not base64"}]'), 400, 'ArgumentInvalid', /base64/);
@@ -310,22 +363,51 @@ test('bad input over HTTPS gets clear IoT Hub errors, nothing is stored, and the
   refusal(await post({ 'IoTHub-Expiry': 'next tuesday-ish' }, 'x'), 400, 'ArgumentInvalid', /IoTHub-Expiry/);
   refusal(await post({}, Buffer.alloc(300 * 1024, 1)), 413, 'MessageTooLarge');
   // One oversized message refuses the whole batch: none of it is stored.
-  refusal(await post(batch, JSON.stringify([{ body: 'c21hbGw=' }, { body: Buffer.alloc(300 * 1024).toString('base64') }])), 413, 'MessageTooLarge');
+  refusal(
+    await post(batch, JSON.stringify([{ body: 'c21hbGw=' }, { body: Buffer.alloc(300 * 1024).toString('base64') }])),
+    413,
+    'MessageTooLarge',
+  );
   refusal(await rawRequest(hub, { method: 'POST', path, body: 'no credentials' }), 401, 'IotHubUnauthorizedAccess');
   // Another device's valid token does not open this device's path.
-  refusal(await rawRequest(hub, { method: 'POST', path, headers: { authorization: deviceToken(hub, otherKey, 'http-bad-2') }, body: 'x' }), 401, 'IotHubUnauthorizedAccess');
-  refusal(await rawRequest(hub, { method: 'POST', path, headers: { authorization: deviceToken(hub, key, 'http-bad-1', undefined, -60) }, body: 'x' }), 401, 'IotHubUnauthorizedAccess');
-  refusal(await rawRequest(hub, {
-    method: 'DELETE',
-    path: '/devices/http-bad-1/messages/devicebound/no-such-lock?api-version=2021-04-12',
-    headers: { authorization: auth },
-  }), 412, 'DeviceMessageLockLost');
+  refusal(
+    await rawRequest(hub, {
+      method: 'POST',
+      path,
+      headers: { authorization: deviceToken(hub, otherKey, 'http-bad-2') },
+      body: 'x',
+    }),
+    401,
+    'IotHubUnauthorizedAccess',
+  );
+  refusal(
+    await rawRequest(hub, {
+      method: 'POST',
+      path,
+      headers: { authorization: deviceToken(hub, key, 'http-bad-1', undefined, -60) },
+      body: 'x',
+    }),
+    401,
+    'IotHubUnauthorizedAccess',
+  );
+  refusal(
+    await rawRequest(hub, {
+      method: 'DELETE',
+      path: '/devices/http-bad-1/messages/devicebound/no-such-lock?api-version=2021-04-12',
+      headers: { authorization: auth },
+    }),
+    412,
+    'DeviceMessageLockLost',
+  );
 
   assert.equal((await eventsOf('http-bad-1')).events.length, 0, 'refused requests store nothing');
 
   // The SDK sees the size refusal as its own error type, and the same device still works.
   const client = await httpClient(cs);
-  await assert.rejects(client.sendEvent(new Message(Buffer.alloc(300 * 1024, 2))), (err: Error) => err.name === 'MessageTooLargeError');
+  await assert.rejects(
+    client.sendEvent(new Message(Buffer.alloc(300 * 1024, 2))),
+    (err: Error) => err.name === 'MessageTooLargeError',
+  );
   await client.sendEvent(new Message('still fine'));
   const [e] = await waitForEvents(svc, { device: 'http-bad-1' }, 1);
   assert.equal(Buffer.from(e!.body, 'base64').toString(), 'still fine');
@@ -336,10 +418,38 @@ test('an X.509 self-signed device sends telemetry over HTTPS with its client cer
   try {
     const keyPath = join(dir, 'key.pem');
     const certPath = join(dir, 'cert.pem');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyPath, '-out', certPath, '-subj', '/CN=http-x509-1', '-days', '2'], { stdio: 'ignore' });
-    const fingerprint = execFileSync('openssl', ['x509', '-in', certPath, '-noout', '-fingerprint', '-sha1'], { encoding: 'utf8' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        keyPath,
+        '-out',
+        certPath,
+        '-subj',
+        '/CN=http-x509-1',
+        '-days',
+        '2',
+      ],
+      { stdio: 'ignore' },
+    );
+    const fingerprint = execFileSync('openssl', ['x509', '-in', certPath, '-noout', '-fingerprint', '-sha1'], {
+      encoding: 'utf8',
+    });
     const thumbprint = fingerprint.split('=')[1]!.trim().replace(/:/g, '');
-    await svc.createDevice({ deviceId: 'http-x509-1', authentication: { type: 'selfSigned', x509Thumbprint: { primaryThumbprint: thumbprint, secondaryThumbprint: null } } });
+    await svc.createDevice({
+      deviceId: 'http-x509-1',
+      authentication: {
+        type: 'selfSigned',
+        x509Thumbprint: { primaryThumbprint: thumbprint, secondaryThumbprint: null },
+      },
+    });
     const [cert, key] = await Promise.all([readFile(certPath, 'utf8'), readFile(keyPath, 'utf8')]);
 
     const client = Client.fromConnectionString(`HostName=${hub.hostname};DeviceId=http-x509-1;x509=true`, Http);
@@ -351,7 +461,13 @@ test('an X.509 self-signed device sends telemetry over HTTPS with its client cer
     assert.notEqual(JSON.parse(String(e!.annotations['iothub-connection-auth-method'])).type, 'sas');
 
     // The same certificate does not open another device.
-    const res = await rawRequest(hub, { method: 'POST', path: '/devices/http-tel-1/messages/events?api-version=2021-04-12', cert, key, body: 'x' });
+    const res = await rawRequest(hub, {
+      method: 'POST',
+      path: '/devices/http-tel-1/messages/events?api-version=2021-04-12',
+      cert,
+      key,
+      body: 'x',
+    });
     assert.equal(res.status, 401, res.text);
   } finally {
     await rm(dir, { recursive: true, force: true });

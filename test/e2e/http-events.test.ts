@@ -6,7 +6,14 @@ import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { hubConnectionString } from '../../src/hub/local.ts';
 import { ServiceClient } from '../../src/hub/service-client.ts';
 import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.ts';
-import { createSasDevice, deviceToken, rawRequest, serviceClient, serviceToken, until } from '../fixtures/service-messaging-helpers.ts';
+import {
+  createSasDevice,
+  deviceToken,
+  rawRequest,
+  serviceClient,
+  serviceToken,
+  until,
+} from '../fixtures/service-messaging-helpers.ts';
 
 /**
  * The service endpoint that reads the event stream: from a sequence number or a time, with a
@@ -22,7 +29,10 @@ let key2: string;
 before(async () => {
   hub = await startHubProcess();
   svc = serviceClient(hub);
-  ({ key, moduleKey } = (await createSasDevice(svc, hub, 'ev-1', { moduleId: 'm' })) as { key: string; moduleKey: string });
+  ({ key, moduleKey } = (await createSasDevice(svc, hub, 'ev-1', { moduleId: 'm' })) as {
+    key: string;
+    moduleKey: string;
+  });
   ({ key: key2 } = await createSasDevice(svc, hub, 'ev-2'));
 });
 
@@ -32,7 +42,9 @@ after(async () => {
 });
 
 async function send(deviceId: 'ev-1' | 'ev-2', body: string, moduleId?: string): Promise<void> {
-  const token = moduleId ? deviceToken(hub, moduleKey, deviceId, moduleId) : deviceToken(hub, deviceId === 'ev-1' ? key : key2, deviceId);
+  const token = moduleId
+    ? deviceToken(hub, moduleKey, deviceId, moduleId)
+    : deviceToken(hub, deviceId === 'ev-1' ? key : key2, deviceId);
   const res = await rawRequest(hub, {
     method: 'POST',
     path: `/devices/${deviceId}${moduleId ? `/modules/${moduleId}` : ''}/messages/events?api-version=2021-04-12`,
@@ -42,7 +54,8 @@ async function send(deviceId: 'ev-1' | 'ev-2', body: string, moduleId?: string):
   assert.equal(res.status, 204, res.text);
 }
 
-const page = async (q: Record<string, string>) => (await svc.request<EventPageJson>('GET', `/events?${new URLSearchParams(q)}`)).body;
+const page = async (q: Record<string, string>) =>
+  (await svc.request<EventPageJson>('GET', `/events?${new URLSearchParams(q)}`)).body;
 const bodies = (events: EventJson[]) => events.map((e) => Buffer.from(e.body, 'base64').toString());
 
 test('read from a sequence number, from a time, by device and by module', async () => {
@@ -52,7 +65,10 @@ test('read from a sequence number, from a time, by device and by module', async 
   await send('ev-1', 'c', 'm');
   const all = (await page({ from: String(start), wait: '5', limit: '10' })).events;
   assert.deepEqual(bodies(all), ['a', 'b', 'c']);
-  assert.deepEqual(all.map((e) => e.sequenceNumber), [start, start + 1, start + 2]);
+  assert.deepEqual(
+    all.map((e) => e.sequenceNumber),
+    [start, start + 1, start + 2],
+  );
 
   assert.deepEqual(bodies((await page({ from: String(start + 1) })).events), ['b', 'c']);
   assert.deepEqual(bodies((await page({ from: String(start), device: 'ev-1' })).events), ['a', 'c']);
@@ -93,38 +109,41 @@ interface Sse {
 
 function openSse(path: string, headers: Record<string, string> = {}): Promise<Sse> {
   return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: hub.address,
-      port: hub.httpsPort,
-      path,
-      ca: hub.caPem,
-      agent: false,
-      headers: { accept: 'text/event-stream', authorization: serviceToken(svc), ...headers },
-    }, (res) => {
-      const events: Sse['events'] = [];
-      let buffer = '';
-      res.on('data', (c: Buffer) => {
-        buffer += c.toString();
-        let idx: number;
-        while ((idx = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, idx);
-          buffer = buffer.slice(idx + 2);
-          const ev: { id?: string; event?: string; data: string } = { data: '' };
-          let any = false;
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) continue;
-            const [field, ...rest] = line.split(':');
-            const value = rest.join(':').replace(/^ /, '');
-            any = true;
-            if (field === 'data') ev.data += value;
-            else if (field === 'id') ev.id = value;
-            else if (field === 'event') ev.event = value;
+    const req = https.request(
+      {
+        host: hub.address,
+        port: hub.httpsPort,
+        path,
+        ca: hub.caPem,
+        agent: false,
+        headers: { accept: 'text/event-stream', authorization: serviceToken(svc), ...headers },
+      },
+      (res) => {
+        const events: Sse['events'] = [];
+        let buffer = '';
+        res.on('data', (c: Buffer) => {
+          buffer += c.toString();
+          let idx: number;
+          while ((idx = buffer.indexOf('\n\n')) >= 0) {
+            const block = buffer.slice(0, idx);
+            buffer = buffer.slice(idx + 2);
+            const ev: { id?: string; event?: string; data: string } = { data: '' };
+            let any = false;
+            for (const line of block.split('\n')) {
+              if (line.startsWith(':')) continue;
+              const [field, ...rest] = line.split(':');
+              const value = rest.join(':').replace(/^ /, '');
+              any = true;
+              if (field === 'data') ev.data += value;
+              else if (field === 'id') ev.id = value;
+              else if (field === 'event') ev.event = value;
+            }
+            if (any) events.push(ev);
           }
-          if (any) events.push(ev);
-        }
-      });
-      resolve({ res, events, close: () => req.destroy() });
-    });
+        });
+        resolve({ res, events, close: () => req.destroy() });
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -142,7 +161,10 @@ test('server-sent events stream each stored event, and Last-Event-ID resumes aft
     await until('two streamed events', () => sse.events.length >= 2);
     const got = sse.events.map((e) => JSON.parse(e.data) as EventJson);
     assert.deepEqual(bodies(got), ['one', 'two']);
-    assert.deepEqual(sse.events.map((e) => e.id), got.map((e) => String(e.sequenceNumber)));
+    assert.deepEqual(
+      sse.events.map((e) => e.id),
+      got.map((e) => String(e.sequenceNumber)),
+    );
     assert.ok(sse.events.every((e) => e.event === 'message'));
     assert.equal(got[0]!.annotations['iothub-connection-device-id'], 'ev-1');
   } finally {
@@ -160,7 +182,8 @@ test('server-sent events stream each stored event, and Last-Event-ID resumes aft
 });
 
 test('the event reader refuses bad queries and callers without ServiceConnect', async () => {
-  const get = (path: string, authorization?: string) => rawRequest(hub, { method: 'GET', path, headers: authorization ? { authorization } : {} });
+  const get = (path: string, authorization?: string) =>
+    rawRequest(hub, { method: 'GET', path, headers: authorization ? { authorization } : {} });
   const owner = serviceToken(svc);
   const refusal = (r: { status: number; text: string }, status: number, code: string, text: RegExp) => {
     assert.equal(r.status, status, r.text);
@@ -189,10 +212,17 @@ test('the hub stops promptly while an event stream is open', async () => {
   const otherSvc = new ServiceClient(other.connectionString, { ca: other.caPem });
   try {
     const sse = await new Promise<IncomingMessage>((resolve, reject) => {
-      const req = https.request({
-        host: other.address, port: other.httpsPort, path: '/events?from=end', ca: other.caPem, agent: false,
-        headers: { accept: 'text/event-stream', authorization: serviceToken(otherSvc) },
-      }, resolve);
+      const req = https.request(
+        {
+          host: other.address,
+          port: other.httpsPort,
+          path: '/events?from=end',
+          ca: other.caPem,
+          agent: false,
+          headers: { accept: 'text/event-stream', authorization: serviceToken(otherSvc) },
+        },
+        resolve,
+      );
       req.on('error', reject);
       req.end();
     });
@@ -203,7 +233,7 @@ test('the hub stops promptly while an event stream is open', async () => {
     await ended;
     assert.ok(Date.now() - started < 8000, `stopping took ${Date.now() - started} ms`);
     assert.equal(other.proc.exitCode, 0, other.output());
-    assert.doesNotMatch(other.output(), /"level":50/, "no errors logged while stopping");
+    assert.doesNotMatch(other.output(), /"level":50/, 'no errors logged while stopping');
   } finally {
     otherSvc.close();
     await other.stop();

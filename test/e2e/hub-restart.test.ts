@@ -40,7 +40,9 @@ test('restart and kill -9 keep devices, keys, scopes, twins, policies and the CA
   const first = { connectionString: h.connectionString, caPem: h.caPem };
   const gw = (await s.must(s.call('owner', 'create', { deviceId: 'gw', capabilities: { iotEdge: true } }))).body;
   await s.must(s.call('owner', 'create', { deviceId: 'leaf', deviceScope: gw.deviceScope }));
-  await s.must(s.call('owner', 'updateTwin', 'leaf', { tags: { line: 4 }, properties: { desired: { period: 10 } } }, '*'));
+  await s.must(
+    s.call('owner', 'updateTwin', 'leaf', { tags: { line: 4 }, properties: { desired: { period: 10 } } }, '*'),
+  );
   await s.must(s.call('owner', 'addModule', { deviceId: 'gw', moduleId: 'filter' }));
   const before = await snapshot(s, ['gw', 'leaf']);
 
@@ -63,7 +65,10 @@ test('restart and kill -9 keep devices, keys, scopes, twins, policies and the CA
   assert.equal(h.connectionString, first.connectionString);
   const after = await snapshot(s, ['gw', 'leaf', 'late']);
   assert.deepEqual(after, acknowledged);
-  const leafTwin = after.leaf!.twin as { properties: { desired: { period: number; $version: number } }; tags: { line: number } };
+  const leafTwin = after.leaf!.twin as {
+    properties: { desired: { period: number; $version: number } };
+    tags: { line: number };
+  };
   assert.equal(leafTwin.properties.desired.period, 20);
   assert.equal(leafTwin.tags.line, 4);
   const late = after.late!.device as { deviceScope: string; parentScopes: string[] };

@@ -5,7 +5,13 @@ import mqttSdk from 'azure-iot-device-mqtt';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import {
-  createSasDevice, deviceToken, invokeWithSdk, rawRequest, serviceClient, serviceToken, type InvokeAnswer,
+  createSasDevice,
+  deviceToken,
+  invokeWithSdk,
+  rawRequest,
+  serviceClient,
+  serviceToken,
+  type InvokeAnswer,
 } from '../fixtures/service-messaging-helpers.ts';
 
 /**
@@ -32,7 +38,10 @@ after(async () => {
   await hub?.stop();
 });
 
-type MethodHandler = (request: { methodName: string; payload: unknown }, response: { send(status: number, payload: unknown, done?: (err?: Error) => void): void }) => void;
+type MethodHandler = (
+  request: { methodName: string; payload: unknown },
+  response: { send(status: number, payload: unknown, done?: (err?: Error) => void): void },
+) => void;
 
 async function mqttDevice(cs: string, methods: Record<string, MethodHandler>): Promise<InstanceType<typeof Client>> {
   const client = Client.fromConnectionString(cs, Mqtt);
@@ -55,7 +64,8 @@ function failed(answer: InvokeAnswer, status: number, name: RegExp, code: string
   assert.match(answer.error.body ?? '', new RegExp(`ErrorCode:${code};`));
 }
 
-const echo: MethodHandler = (request, response) => response.send(200, { method: request.methodName, received: request.payload });
+const echo: MethodHandler = (request, response) =>
+  response.send(200, { method: request.methodName, received: request.payload });
 
 test('direct method round trip: invokeDeviceMethod reaches an MQTT device and returns its status and payload', async () => {
   const { cs } = await createSasDevice(svc, hub, 'meth-dev-1');
@@ -64,7 +74,13 @@ test('direct method round trip: invokeDeviceMethod reaches an MQTT device and re
     fail: (_req, res) => res.send(500, { reason: 'sensor offline' }),
   });
   // The SDK subscribes after open() returns; a connect timeout lets the first call wait for that.
-  const first = ok(await invokeWithSdk(hub, 'meth-dev-1', { methodName: 'echo', payload: { n: 1, text: 'héllo' }, connectTimeoutInSeconds: 10 }));
+  const first = ok(
+    await invokeWithSdk(hub, 'meth-dev-1', {
+      methodName: 'echo',
+      payload: { n: 1, text: 'héllo' },
+      connectTimeoutInSeconds: 10,
+    }),
+  );
   assert.deepEqual(first, { status: 200, payload: { method: 'echo', received: { n: 1, text: 'héllo' } } });
 
   // The device's own status travels in the body; the HTTP call itself succeeds.
@@ -82,8 +98,16 @@ test('module method round trip: invokeDeviceMethod with a module id reaches an M
   closers.push(() => module.close());
   await module.setOptions({ ca: hub.caPem });
   await module.open();
-  module.onMethod('reset', ((req: { payload: unknown }, res: { send(s: number, p: unknown): void }) => res.send(201, { reset: req.payload })) as never);
-  const answer = ok(await invokeWithSdk(hub, 'meth-dev-2', { methodName: 'reset', payload: { hard: true }, connectTimeoutInSeconds: 10 }, 'worker'));
+  module.onMethod('reset', ((req: { payload: unknown }, res: { send(s: number, p: unknown): void }) =>
+    res.send(201, { reset: req.payload })) as never);
+  const answer = ok(
+    await invokeWithSdk(
+      hub,
+      'meth-dev-2',
+      { methodName: 'reset', payload: { hard: true }, connectTimeoutInSeconds: 10 },
+      'worker',
+    ),
+  );
   assert.deepEqual(answer, { status: 201, payload: { reset: { hard: true } } });
   // The device itself is not connected, so the same method on the device is refused.
   failed(await invokeWithSdk(hub, 'meth-dev-2', { methodName: 'reset' }), 404, /^Error$/, 'DeviceNotOnline');
@@ -97,7 +121,11 @@ test('404 when the target is not connected or does not exist; 504 when it does n
   const [offline, unknown, silent] = await Promise.all([
     invokeWithSdk(hub, 'meth-offline', { methodName: 'echo' }),
     invokeWithSdk(hub, 'meth-nobody', { methodName: 'echo' }),
-    invokeWithSdk(hub, 'meth-silent', { methodName: 'ignore', responseTimeoutInSeconds: 5, connectTimeoutInSeconds: 10 }),
+    invokeWithSdk(hub, 'meth-silent', {
+      methodName: 'ignore',
+      responseTimeoutInSeconds: 5,
+      connectTimeoutInSeconds: 10,
+    }),
   ]);
   failed(offline, 404, /^Error$/, 'DeviceNotOnline');
   failed(unknown, 404, /^(Error|DeviceNotFoundError)$/, '(DeviceNotFound|DeviceNotOnline)');
@@ -108,7 +136,11 @@ test('404 when the target is not connected or does not exist; 504 when it does n
 
 test('a call with a connect timeout waits for the device to connect and then succeeds', async () => {
   const { cs } = await createSasDevice(svc, hub, 'meth-late');
-  const pending = invokeWithSdk(hub, 'meth-late', { methodName: 'echo', payload: [1, 2, 3], connectTimeoutInSeconds: 20 });
+  const pending = invokeWithSdk(hub, 'meth-late', {
+    methodName: 'echo',
+    payload: [1, 2, 3],
+    connectTimeoutInSeconds: 20,
+  });
   await new Promise((r) => setTimeout(r, 1500));
   await mqttDevice(cs, { echo });
   assert.deepEqual(ok(await pending), { status: 200, payload: { method: 'echo', received: [1, 2, 3] } });
@@ -118,7 +150,8 @@ test('bad method requests get IoT Hub errors: no policy token, a device token, a
   const { key } = await createSasDevice(svc, hub, 'meth-bad');
   const path = '/twins/meth-bad/methods?api-version=2021-04-12';
   const json = { 'content-type': 'application/json; charset=utf-8' };
-  const call = (headers: Record<string, string>, body: string) => rawRequest(hub, { method: 'POST', path, headers: { ...json, ...headers }, body });
+  const call = (headers: Record<string, string>, body: string) =>
+    rawRequest(hub, { method: 'POST', path, headers: { ...json, ...headers }, body });
   const refusal = (r: { status: number; text: string }, status: number, code: string, text?: RegExp) => {
     assert.equal(r.status, status, r.text);
     const m = (JSON.parse(r.text) as { Message: string }).Message;
@@ -127,17 +160,37 @@ test('bad method requests get IoT Hub errors: no policy token, a device token, a
   };
   const owner = { authorization: serviceToken(svc) };
   refusal(await call({}, '{"methodName":"x"}'), 401, 'IotHubUnauthorizedAccess');
-  refusal(await call({ authorization: deviceToken(hub, key, 'meth-bad') }, '{"methodName":"x"}'), 401, 'IotHubUnauthorizedAccess', /policy/);
+  refusal(
+    await call({ authorization: deviceToken(hub, key, 'meth-bad') }, '{"methodName":"x"}'),
+    401,
+    'IotHubUnauthorizedAccess',
+    /policy/,
+  );
   refusal(await call(owner, '{"methodName":'), 400, 'ArgumentInvalid', /not valid JSON/);
   refusal(await call(owner, '{"payload":1}'), 400, 'ArgumentInvalid', /methodName/);
-  refusal(await call(owner, '{"methodName":"x","responseTimeoutInSeconds":"soon"}'), 400, 'ArgumentInvalid', /responseTimeoutInSeconds/);
-  refusal(await call(owner, '{"methodName":"x","connectTimeoutInSeconds":9999}'), 400, 'ArgumentInvalid', /connectTimeoutInSeconds/);
+  refusal(
+    await call(owner, '{"methodName":"x","responseTimeoutInSeconds":"soon"}'),
+    400,
+    'ArgumentInvalid',
+    /responseTimeoutInSeconds/,
+  );
+  refusal(
+    await call(owner, '{"methodName":"x","connectTimeoutInSeconds":9999}'),
+    400,
+    'ArgumentInvalid',
+    /connectTimeoutInSeconds/,
+  );
   // The registry-only policy may not call methods.
   const { hubConnectionString } = await import('../../src/hub/local.ts');
   const { ServiceClient } = await import('../../src/hub/service-client.ts');
   const reader = new ServiceClient(hubConnectionString(hub.dataDir, 'registryRead'), { ca: hub.caPem });
   try {
-    refusal(await call({ authorization: serviceToken(reader) }, '{"methodName":"x"}'), 401, 'IotHubUnauthorizedAccess', /ServiceConnect/);
+    refusal(
+      await call({ authorization: serviceToken(reader) }, '{"methodName":"x"}'),
+      401,
+      'IotHubUnauthorizedAccess',
+      /ServiceConnect/,
+    );
   } finally {
     reader.close();
   }

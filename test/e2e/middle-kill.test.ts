@@ -13,7 +13,6 @@ import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
 import type { EventPageJson } from '../../src/hub/service-messaging.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
-import type { HubProcess } from '../helpers/hub.ts';
 import { chainAddresses, startChain } from '../helpers/nested.ts';
 import { eventually, openSdkLeaf } from '../helpers/sdk-leaf.ts';
 
@@ -25,13 +24,12 @@ const { Amqp } = require('azure-iot-device-amqp');
 const [hubAddr, l1Addr, l2Addr, l3Addr] = chainAddresses();
 const CYCLES = 10;
 
-let hub: HubProcess;
 const layers: EdgeSetup[] = [];
 const gws: Array<GatewayProcess | undefined> = [];
 const cleanups: Array<() => unknown> = [];
 
 before(async () => {
-  hub = await startChain('mk', [hubAddr, l1Addr, l2Addr, l3Addr], { layers, gws, cleanups });
+  await startChain('mk', [hubAddr, l1Addr, l2Addr, l3Addr], { layers, gws, cleanups });
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();
@@ -41,7 +39,14 @@ after(async () => {
  * A leaf sending `window` messages at a time, each with its own message id, until stopped; what
  * arrived at the hub is read as it comes (`arrived`: message number -> copies at the hub).
  */
-async function streamingLeaf(t: { after(fn: () => unknown): void }, layer: EdgeSetup, id: string, Transport: unknown, window: number, pauseMs: number) {
+async function streamingLeaf(
+  t: { after(fn: () => unknown): void },
+  layer: EdgeSetup,
+  id: string,
+  Transport: unknown,
+  window: number,
+  pauseMs: number,
+) {
   const leaf = await layer.createLeaf(id);
   const client = await openSdkLeaf(t, leaf.connectionString, Transport, layer.rootPem);
   const acked = new Set<number>();
@@ -73,7 +78,12 @@ async function streamingLeaf(t: { after(fn: () => unknown): void }, layer: EdgeS
   t.after(done);
   const readNew = async () => {
     for (;;) {
-      const page = (await layers[0]!.svc.request<EventPageJson>('GET', `/events?device=${encodeURIComponent(leaf.deviceId)}&from=${from}&limit=1000`)).body;
+      const page = (
+        await layers[0]!.svc.request<EventPageJson>(
+          'GET',
+          `/events?device=${encodeURIComponent(leaf.deviceId)}&from=${from}&limit=1000`,
+        )
+      ).body;
       for (const e of page.events) {
         const i = JSON.parse(Buffer.from(e.body, 'base64').toString()).i as number;
         arrived.set(i, (arrived.get(i) ?? 0) + 1);
@@ -102,7 +112,9 @@ describe('a middle layer killed with SIGKILL', { timeout: 300_000 }, () => {
     const second = await openSdkLeaf(t, leaf.connectionString, Amqp, layers[1]!.rootPem);
     await send(second, 'reading 22');
     const bodies = await eventually('four messages at the hub', async () => {
-      const page = (await layers[0]!.svc.request<EventPageJson>('GET', `/events?device=${leaf.deviceId}&from=0&limit=100`)).body;
+      const page = (
+        await layers[0]!.svc.request<EventPageJson>('GET', `/events?device=${leaf.deviceId}&from=0&limit=100`)
+      ).body;
       const got = page.events.map((e) => Buffer.from(e.body, 'base64').toString());
       return got.length >= 4 ? got : undefined;
     });
@@ -111,24 +123,34 @@ describe('a middle layer killed with SIGKILL', { timeout: 300_000 }, () => {
 
   test(`L2 killed and restarted ${CYCLES} times while leaves of L2 and of L3 stream: every acknowledged message reaches the hub once`, async (t) => {
     const underL3 = await streamingLeaf(t, layers[2]!, 'mk-l3-mqtt', Mqtt, 1, 20);
-    const leaves = [underL3, await streamingLeaf(t, layers[1]!, 'mk-l2-mqtt', Mqtt, 8, 5), await streamingLeaf(t, layers[1]!, 'mk-l2-amqp', Amqp, 8, 5)];
+    const leaves = [
+      underL3,
+      await streamingLeaf(t, layers[1]!, 'mk-l2-mqtt', Mqtt, 8, 5),
+      await streamingLeaf(t, layers[1]!, 'mk-l2-amqp', Amqp, 8, 5),
+    ];
     await eventually('a stream under way from every leaf', () => leaves.every((l) => l.acked.size >= 50), 30_000);
     const twice: string[] = [];
     const checkLeaf = async (leaf: (typeof leaves)[number], whole: boolean, when: string) => {
       assert.equal(leaf.failure(), undefined, `${leaf.id}: a send failed: ${String(leaf.failure())}`);
       const acked = [...leaf.acked];
       if (whole) {
-        await eventually(`${when}: every acknowledged message of ${leaf.id} at the hub`, async () => {
-          await leaf.readNew();
-          return acked.every((i) => leaf.arrived.has(i));
-        }, 60_000);
+        await eventually(
+          `${when}: every acknowledged message of ${leaf.id} at the hub`,
+          async () => {
+            await leaf.readNew();
+            return acked.every((i) => leaf.arrived.has(i));
+          },
+          60_000,
+        );
       } else {
         await leaf.readNew();
       }
-      for (const [i, n] of leaf.arrived) if (n > 1 && !twice.includes(`${leaf.id} #${i} x${n}`)) twice.push(`${leaf.id} #${i} x${n}`);
+      for (const [i, n] of leaf.arrived)
+        if (n > 1 && !twice.includes(`${leaf.id} #${i} x${n}`)) twice.push(`${leaf.id} #${i} x${n}`);
     };
     let resent = 0;
-    const resentAtL2 = async () => Number(/^edgehub_messages_resent_total(?:\{[^}]*\})? (\d+)/m.exec(await gws[1]!.metrics())?.[1] ?? 0);
+    const resentAtL2 = async () =>
+      Number(/^edgehub_messages_resent_total(?:\{[^}]*\})? (\d+)/m.exec(await gws[1]!.metrics())?.[1] ?? 0);
     for (let cycle = 1; cycle <= CYCLES; cycle++) {
       // At a different point of the streams each time.
       await new Promise((r) => setTimeout(r, randomInt(50, 400)));
@@ -138,16 +160,30 @@ describe('a middle layer killed with SIGKILL', { timeout: 300_000 }, () => {
       gws[1] = undefined;
       // L3 keeps acknowledging its leaf: it buffers while its parent is gone.
       const atKill = underL3.acked.size;
-      await eventually('acknowledged messages under L3 while L2 is down', () => underL3.acked.size >= atKill + 30, 15_000);
-      gws[1] = await startGatewayProcess({ configPath: layers[1]!.configPath, dataDir: layers[1]!.dataDir, address: l2Addr });
+      await eventually(
+        'acknowledged messages under L3 while L2 is down',
+        () => underL3.acked.size >= atKill + 30,
+        15_000,
+      );
+      gws[1] = await startGatewayProcess({
+        configPath: layers[1]!.configPath,
+        dataDir: layers[1]!.dataDir,
+        address: l2Addr,
+      });
       const atStart = leaves.map((l) => l.acked.size);
-      await eventually('every leaf acknowledged again after L2 is back', () => leaves.every((l, k) => l.acked.size >= atStart[k]! + 30), 60_000);
+      await eventually(
+        'every leaf acknowledged again after L2 is back',
+        () => leaves.every((l, k) => l.acked.size >= atStart[k]! + 30),
+        60_000,
+      );
       const back = Date.now();
       // L2's own leaves are checked in full every cycle. L3's link to L2 backs off further with
       // every cycle (it never stays up the 10 s that resets it), so its leaf is checked in full
       // at the end; what arrived of it is checked for copies every cycle.
       for (const leaf of leaves) await checkLeaf(leaf, leaf !== underL3, `cycle ${cycle}`);
-      t.diagnostic(`cycle ${cycle}: L2 down and back in ${back - began} ms, checked in ${Date.now() - back} ms; ${leaves.map((l) => `${l.id} ${l.acked.size}`).join(', ')} acknowledged; twice at the hub so far: ${twice.length === 0 ? 'none' : twice.join(', ')}`);
+      t.diagnostic(
+        `cycle ${cycle}: L2 down and back in ${back - began} ms, checked in ${Date.now() - back} ms; ${leaves.map((l) => `${l.id} ${l.acked.size}`).join(', ')} acknowledged; twice at the hub so far: ${twice.length === 0 ? 'none' : twice.join(', ')}`,
+      );
     }
     for (const leaf of leaves) await leaf.done();
     for (const leaf of leaves) await checkLeaf(leaf, true, 'the end');

@@ -5,7 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { countEvents, createSasDevice, deviceToken, rawConnect, rawSocket, startTestHub, within, type RawClient, type TestHub } from './mqtt-helpers.ts';
+import {
+  countEvents,
+  createSasDevice,
+  deviceToken,
+  rawConnect,
+  rawSocket,
+  startTestHub,
+  within,
+  type RawClient,
+  type TestHub,
+} from './mqtt-helpers.ts';
 
 let hub: TestHub;
 let bystander: RawClient & { connack: any };
@@ -27,7 +37,13 @@ after(async () => {
 async function bystanderStillServed(): Promise<void> {
   const before = await countEvents(hub, 'bystander');
   const messageId = nextId++;
-  bystander.send({ cmd: 'publish', topic: 'devices/bystander/messages/events/', payload: Buffer.from('still here'), qos: 1, messageId });
+  bystander.send({
+    cmd: 'publish',
+    topic: 'devices/bystander/messages/events/',
+    payload: Buffer.from('still here'),
+    qos: 1,
+    messageId,
+  });
   const ack = await bystander.next('puback', 5000, (p) => p.messageId === messageId);
   assert.equal(ack.messageId, messageId);
   assert.equal(await countEvents(hub, 'bystander'), before + 1);
@@ -60,25 +76,55 @@ test('malformed packets close only that connection', async (t) => {
 
 test('a QoS 2 PUBLISH closes the connection and stores nothing', async (t) => {
   const c = await connected(t, 'qos2');
-  c.send({ cmd: 'publish', topic: 'devices/qos2/messages/events/', payload: Buffer.from('exactly once?'), qos: 2, messageId: 1 });
+  c.send({
+    cmd: 'publish',
+    topic: 'devices/qos2/messages/events/',
+    payload: Buffer.from('exactly once?'),
+    qos: 2,
+    messageId: 1,
+  });
   assert.equal(await within(c.closed, 2000), true);
-  assert.equal(c.packets.some((p) => p.cmd === 'pubrec'), false);
+  assert.equal(
+    c.packets.some((p) => p.cmd === 'pubrec'),
+    false,
+  );
   assert.equal(await countEvents(hub, 'qos2'), 0);
   await bystanderStillServed();
 });
 
 test('an oversized message (body + properties over 256 KiB) closes the connection and stores nothing; exactly 256 KiB is accepted', async (t) => {
   const c = await connected(t, 'big');
-  c.send({ cmd: 'publish', topic: 'devices/big/messages/events/', payload: Buffer.alloc(256 * 1024, 0x61), qos: 1, messageId: 1 });
+  c.send({
+    cmd: 'publish',
+    topic: 'devices/big/messages/events/',
+    payload: Buffer.alloc(256 * 1024, 0x61),
+    qos: 1,
+    messageId: 1,
+  });
   assert.equal((await c.next('puback')).messageId, 1, 'a 256 KiB body without properties fits');
   // The same body with one property is over the limit: properties count.
-  c.send({ cmd: 'publish', topic: 'devices/big/messages/events/a=b', payload: Buffer.alloc(256 * 1024, 0x61), qos: 1, messageId: 2 });
+  c.send({
+    cmd: 'publish',
+    topic: 'devices/big/messages/events/a=b',
+    payload: Buffer.alloc(256 * 1024, 0x61),
+    qos: 1,
+    messageId: 2,
+  });
   assert.equal(await within(c.closed, 3000), true);
-  assert.equal(c.packets.some((p) => p.cmd === 'puback' && p.messageId === 2), false);
+  assert.equal(
+    c.packets.some((p) => p.cmd === 'puback' && p.messageId === 2),
+    false,
+  );
   assert.equal(await countEvents(hub, 'big'), 1);
 
   const d = await connected(t, 'bigger');
-  d.send({ cmd: 'publish', topic: 'devices/bigger/messages/events/', payload: Buffer.alloc(300 * 1024, 0x62), qos: 1, messageId: 1 });
+  d.send({
+    cmd: 'publish',
+    topic: 'devices/bigger/messages/events/',
+    payload: Buffer.alloc(300 * 1024, 0x62),
+    qos: 1,
+    messageId: 1,
+  });
   assert.equal(await within(d.closed, 3000), true);
   assert.equal(await countEvents(hub, 'bigger'), 0);
   await bystanderStillServed();
@@ -87,13 +133,24 @@ test('an oversized message (body + properties over 256 KiB) closes the connectio
 test("publishing on another device's topic disconnects and stores nothing", async (t) => {
   createSasDevice(hub, 'victim');
   const c = await connected(t, 'impostor');
-  c.send({ cmd: 'publish', topic: 'devices/victim/messages/events/', payload: Buffer.from('forged'), qos: 1, messageId: 1 });
+  c.send({
+    cmd: 'publish',
+    topic: 'devices/victim/messages/events/',
+    payload: Buffer.from('forged'),
+    qos: 1,
+    messageId: 1,
+  });
   assert.equal(await within(c.closed, 2000), true);
   assert.equal(await countEvents(hub, 'victim'), 0);
   assert.equal(await countEvents(hub, 'impostor'), 0);
   // A module topic of the same device is another identity as well.
   const m = await connected(t, 'impostor-2');
-  m.send({ cmd: 'publish', topic: 'devices/impostor-2/modules/x/messages/events/', payload: Buffer.from('forged'), qos: 0 });
+  m.send({
+    cmd: 'publish',
+    topic: 'devices/impostor-2/modules/x/messages/events/',
+    payload: Buffer.from('forged'),
+    qos: 0,
+  });
   assert.equal(await within(m.closed, 2000), true);
   assert.equal(await countEvents(hub, 'impostor-2'), 0);
   await bystanderStillServed();
@@ -112,16 +169,31 @@ test('an expired token is refused with CONNACK 5 (not authorized); a wrong signa
   const expired = await rawConnect(t, hub, { clientId: 'expired', password: deviceToken(hub, 'expired', key, -10) });
   assert.equal(expired.connack.returnCode, 5);
   assert.equal(await within(expired.closed, 2000), true);
-  const forged = await rawConnect(t, hub, { clientId: 'expired', password: deviceToken(hub, 'expired', Buffer.alloc(32).toString('base64')) });
+  const forged = await rawConnect(t, hub, {
+    clientId: 'expired',
+    password: deviceToken(hub, 'expired', Buffer.alloc(32).toString('base64')),
+  });
   assert.equal(forged.connack.returnCode, 5);
   // A token for another device does not open this one.
   const { key: otherKey } = createSasDevice(hub, 'expired-other');
-  const swapped = await rawConnect(t, hub, { clientId: 'expired', password: deviceToken(hub, 'expired-other', otherKey) });
+  const swapped = await rawConnect(t, hub, {
+    clientId: 'expired',
+    password: deviceToken(hub, 'expired-other', otherKey),
+  });
   assert.equal(swapped.connack.returnCode, 5);
   const none = await rawConnect(t, hub, { clientId: 'expired' });
   assert.equal(none.connack.returnCode, 4, 'no credentials: bad user name or password');
   const old = await rawSocket(t, hub);
-  old.send({ cmd: 'connect', protocolId: 'MQIsdp', protocolVersion: 3, clientId: 'expired', clean: true, keepalive: 60, password: Buffer.from('x'), username: 'u' });
+  old.send({
+    cmd: 'connect',
+    protocolId: 'MQIsdp',
+    protocolVersion: 3,
+    clientId: 'expired',
+    clean: true,
+    keepalive: 60,
+    password: Buffer.from('x'),
+    username: 'u',
+  });
   assert.equal((await old.next('connack')).returnCode, 1);
   assert.equal(await countEvents(hub, 'expired'), 0);
   await bystanderStillServed();

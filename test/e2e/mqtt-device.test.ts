@@ -6,7 +6,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { isEngineError } from '../../src/model/errors.ts';
-import { createSasDevice, createSasModule, eventsOf, openClient, sdk, startTestHub, updateReported, waitFor, type TestHub } from './mqtt-helpers.ts';
+import {
+  createSasDevice,
+  createSasModule,
+  eventsOf,
+  openClient,
+  sdk,
+  startTestHub,
+  updateReported,
+  waitFor,
+  type TestHub,
+} from './mqtt-helpers.ts';
 
 const { Client, ModuleClient } = sdk.device;
 const { Message } = sdk.common;
@@ -53,8 +63,16 @@ for (const { name, Transport, protocol } of transports) {
       assert.equal(e.message.contentType, 'application/json');
       assert.equal(e.message.contentEncoding, 'utf-8');
       assert.deepEqual(e.message.properties, { alert: 'high', 'odd key/&=': 'väl ue&x=1/2' });
-      assert.ok(e.enqueuedTime >= before - 5 && e.enqueuedTime <= Date.now(), 'iothub-enqueuedtime is the time it was stored');
-      assert.deepEqual(JSON.parse(e.authMethod), { scope: 'device', type: 'sas', issuer: 'iothub', acceptingIpFilterRule: null });
+      assert.ok(
+        e.enqueuedTime >= before - 5 && e.enqueuedTime <= Date.now(),
+        'iothub-enqueuedtime is the time it was stored',
+      );
+      assert.deepEqual(JSON.parse(e.authMethod), {
+        scope: 'device',
+        type: 'sas',
+        issuer: 'iothub',
+        acceptingIpFilterRule: null,
+      });
       assert.ok(e.sequenceNumber >= 1);
       assert.ok(e.partition >= 0 && e.partition < hub.events.partitionCount());
 
@@ -74,7 +92,16 @@ for (const { name, Transport, protocol } of transports) {
           c.complete(m).catch(() => undefined);
         }),
       );
-      await hub.engine.sendC2D(id, { body: Buffer.from('to the device'), messageId: 'c2d-1', correlationId: 'c-1', properties: { colour: 'blue', 'a b': 'c&d' } }, { ack: 'full' });
+      await hub.engine.sendC2D(
+        id,
+        {
+          body: Buffer.from('to the device'),
+          messageId: 'c2d-1',
+          correlationId: 'c-1',
+          properties: { colour: 'blue', 'a b': 'c&d' },
+        },
+        { ack: 'full' },
+      );
       await waitFor(() => received.length === 1, 'the C2D message');
       const m = received[0];
       assert.equal(m.data.toString(), 'to the device');
@@ -85,11 +112,20 @@ for (const { name, Transport, protocol } of transports) {
       assert.equal(m.properties.getValue('iothub-ack'), 'full');
       await waitFor(() => hub.engine.c2d.depth(id) === 0, 'the queue to empty after PUBACK');
       const fb = hub.engine.pendingFeedback(1000).filter((f) => f.deviceId === id);
-      assert.deepEqual(fb.map((f) => [f.originalMessageId, f.statusCode]), [['c2d-1', 'Success']]);
+      assert.deepEqual(
+        fb.map((f) => [f.originalMessageId, f.statusCode]),
+        [['c2d-1', 'Success']],
+      );
       hub.engine.acknowledgeFeedback(fb.map((f) => f.id));
       // IoT Hub's MQTT has no reject/abandon; the SDK says so itself.
-      await assert.rejects(async () => client.reject(m), (err: Error) => err.name === 'NotImplementedError');
-      await assert.rejects(async () => client.abandon(m), (err: Error) => err.name === 'NotImplementedError');
+      await assert.rejects(
+        async () => client.reject(m),
+        (err: Error) => err.name === 'NotImplementedError',
+      );
+      await assert.rejects(
+        async () => client.abandon(m),
+        (err: Error) => err.name === 'NotImplementedError',
+      );
     });
 
     test('twin: get, reported patch (merge, null deletes, version bump), desired push', async (t) => {
@@ -111,7 +147,13 @@ for (const { name, Transport, protocol } of transports) {
       const pushed: any[] = [];
       twin.on('properties.desired', (p: any) => pushed.push(p));
       await waitFor(() => pushed.length >= 1, 'the initial desired event');
-      hub.node.registry.updateTwin(id, undefined, { properties: { desired: { interval: 30, mode: 'eco' } } }, '*', 'patch');
+      hub.node.registry.updateTwin(
+        id,
+        undefined,
+        { properties: { desired: { interval: 30, mode: 'eco' } } },
+        '*',
+        'patch',
+      );
       const patch = await waitFor(() => pushed.find((p) => p.mode === 'eco'), 'the desired push');
       assert.equal(patch.interval, 30);
       assert.equal(typeof patch.$version, 'number');
@@ -127,12 +169,20 @@ for (const { name, Transport, protocol } of transports) {
       client.onDeviceMethod('reboot', (req: any, res: any) => {
         res.send(200, { delay: req.payload.delay, method: req.methodName }, () => undefined);
       });
-      await waitFor(() => hub.engine.sessionOf({ deviceId: id })?.subscriptions.has('methods'), 'the methods subscription');
-      const r = await hub.engine.invokeMethod({ deviceId: id }, { methodName: 'reboot', payload: { delay: 5 }, responseTimeoutInSeconds: 10 });
+      await waitFor(
+        () => hub.engine.sessionOf({ deviceId: id })?.subscriptions.has('methods'),
+        'the methods subscription',
+      );
+      const r = await hub.engine.invokeMethod(
+        { deviceId: id },
+        { methodName: 'reboot', payload: { delay: 5 }, responseTimeoutInSeconds: 10 },
+      );
       assert.deepEqual(r, { status: 200, payload: { delay: 5, method: 'reboot' } });
 
       createSasDevice(hub, `${id}-offline`);
-      await assert.rejects(hub.engine.invokeMethod({ deviceId: `${id}-offline` }, { methodName: 'reboot' }), (err) => isEngineError(err, 'not-connected'));
+      await assert.rejects(hub.engine.invokeMethod({ deviceId: `${id}-offline` }, { methodName: 'reboot' }), (err) =>
+        isEngineError(err, 'not-connected'),
+      );
     });
 
     test('a module client: telemetry, output, twin, method', async (t) => {
@@ -144,20 +194,36 @@ for (const { name, Transport, protocol } of transports) {
       await client.sendEvent(new Message('from the module'));
       await client.sendOutputEvent('alerts', new Message('to an output'));
       const events = await eventsOf(hub, id, 2, 1);
-      assert.deepEqual(events.map((e) => [e.moduleId, e.message.outputName, e.message.body.toString()]), [
-        ['filter', undefined, 'from the module'],
-        ['filter', 'alerts', 'to an output'],
-      ]);
+      assert.deepEqual(
+        events.map((e) => [e.moduleId, e.message.outputName, e.message.body.toString()]),
+        [
+          ['filter', undefined, 'from the module'],
+          ['filter', 'alerts', 'to an output'],
+        ],
+      );
       assert.equal(JSON.parse(events[0].authMethod).scope, 'module');
 
       const twin = await client.getTwin();
       await updateReported(twin, { ready: true });
-      assert.equal((hub.node.registry.getTwin(id, 'filter')!.properties!.reported as Record<string, unknown>).ready, true);
-      assert.equal((hub.node.registry.getTwin(id)!.properties!.reported as Record<string, unknown>).ready, undefined, 'the device twin is untouched');
+      assert.equal(
+        (hub.node.registry.getTwin(id, 'filter')!.properties!.reported as Record<string, unknown>).ready,
+        true,
+      );
+      assert.equal(
+        (hub.node.registry.getTwin(id)!.properties!.reported as Record<string, unknown>).ready,
+        undefined,
+        'the device twin is untouched',
+      );
 
       client.onMethod('ping', (_req: any, res: any) => res.send(201, 'pong', () => undefined));
-      await waitFor(() => hub.engine.sessionOf({ deviceId: id, moduleId: 'filter' })?.subscriptions.has('methods'), 'the methods subscription');
-      const r = await hub.engine.invokeMethod({ deviceId: id, moduleId: 'filter' }, { methodName: 'ping', responseTimeoutInSeconds: 10 });
+      await waitFor(
+        () => hub.engine.sessionOf({ deviceId: id, moduleId: 'filter' })?.subscriptions.has('methods'),
+        'the methods subscription',
+      );
+      const r = await hub.engine.invokeMethod(
+        { deviceId: id, moduleId: 'filter' },
+        { methodName: 'ping', responseTimeoutInSeconds: 10 },
+      );
       assert.deepEqual(r, { status: 201, payload: 'pong' });
     });
 
@@ -165,9 +231,15 @@ for (const { name, Transport, protocol } of transports) {
       const id = `badkey-${name}`;
       createSasDevice(hub, id);
       const wrong = Buffer.alloc(32, 7).toString('base64');
-      const client = Client.fromConnectionString(`HostName=${hub.address};DeviceId=${id};SharedAccessKey=${wrong}`, Transport);
+      const client = Client.fromConnectionString(
+        `HostName=${hub.address};DeviceId=${id};SharedAccessKey=${wrong}`,
+        Transport,
+      );
       await client.setOptions({ ca: hub.caPem });
-      await assert.rejects(client.open(), (err: Error) => err.name === 'UnauthorizedError' || err.constructor.name === 'UnauthorizedError');
+      await assert.rejects(
+        client.open(),
+        (err: Error) => err.name === 'UnauthorizedError' || err.constructor.name === 'UnauthorizedError',
+      );
       await client.close().catch(() => undefined);
       assert.equal(hub.engine.isConnected({ deviceId: id }), false);
     });
@@ -182,6 +254,9 @@ test('a method the device does not answer times out with 504 (timeout)', async (
   client.onDeviceMethod('hang', () => undefined);
   await waitFor(() => hub.engine.sessionOf({ deviceId: id })?.subscriptions.has('methods'), 'the methods subscription');
   const started = Date.now();
-  await assert.rejects(hub.engine.invokeMethod({ deviceId: id }, { methodName: 'hang', responseTimeoutInSeconds: 5 }), (err) => isEngineError(err, 'timeout'));
+  await assert.rejects(
+    hub.engine.invokeMethod({ deviceId: id }, { methodName: 'hang', responseTimeoutInSeconds: 5 }),
+    (err) => isEngineError(err, 'timeout'),
+  );
   assert.ok(Date.now() - started >= 4900);
 });

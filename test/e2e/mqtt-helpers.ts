@@ -29,10 +29,19 @@ export interface TestHub {
 }
 
 /** A hub in this process on a random loopback address (HTTPS 443 for the WebSocket transports, MQTT 8883), closed after the test. */
-export async function startTestHub(t: { after(fn: () => unknown): void }, opts: { mqttPort?: number } = {}): Promise<TestHub> {
+export async function startTestHub(
+  t: { after(fn: () => unknown): void },
+  opts: { mqttPort?: number } = {},
+): Promise<TestHub> {
   const address = randomLoopback();
   const dataDir = await mkdtemp(join(tmpdir(), 'strata-mqtt-'));
-  const node = await startHub({ dataDir, hostname: address, bind: address, httpsPort: 443, mqttPort: opts.mqttPort ?? 8883 });
+  const node = await startHub({
+    dataDir,
+    hostname: address,
+    bind: address,
+    httpsPort: 443,
+    mqttPort: opts.mqttPort ?? 8883,
+  });
   t.after(async () => {
     await node.close();
     await rm(dataDir, { recursive: true, force: true });
@@ -47,10 +56,17 @@ export function createSasDevice(hub: TestHub, deviceId: string): { key: string; 
   return { key, connectionString: `HostName=${hub.address};DeviceId=${deviceId};SharedAccessKey=${key}` };
 }
 
-export function createSasModule(hub: TestHub, deviceId: string, moduleId: string): { key: string; connectionString: string } {
+export function createSasModule(
+  hub: TestHub,
+  deviceId: string,
+  moduleId: string,
+): { key: string; connectionString: string } {
   const mod = hub.node.registry.putModule(deviceId, moduleId, { deviceId, moduleId });
   const key = mod.authentication!.symmetricKey!.primaryKey as string;
-  return { key, connectionString: `HostName=${hub.address};DeviceId=${deviceId};ModuleId=${moduleId};SharedAccessKey=${key}` };
+  return {
+    key,
+    connectionString: `HostName=${hub.address};DeviceId=${deviceId};ModuleId=${moduleId};SharedAccessKey=${key}`,
+  };
 }
 
 export function deviceToken(hub: TestHub, deviceId: string, key: string, ttlSeconds = 3600, moduleId?: string): string {
@@ -80,7 +96,9 @@ export async function openClient(
 
 /** The SDK's reported-properties update takes a callback only. */
 export function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
-  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
+  return new Promise((resolve, reject) =>
+    twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())),
+  );
 }
 
 /** Polls until `fn` returns a truthy value. */
@@ -101,7 +119,8 @@ export async function eventsOf(hub: TestHub, deviceId: string, count = 1, timeou
   while (events.length < count) {
     const left = deadline - Date.now();
     if (left <= 0) throw new Error(`expected ${count} events of ${deviceId}, found ${events.length}`);
-    events = (await hub.events.read({ deviceId, fromSequenceNumber: 1, limit: 1000, waitMs: Math.min(left, 500) })).events;
+    events = (await hub.events.read({ deviceId, fromSequenceNumber: 1, limit: 1000, waitMs: Math.min(left, 500) }))
+      .events;
   }
   return events;
 }
@@ -128,7 +147,15 @@ export interface RawClient {
 export async function rawConnect(
   t: { after(fn: () => unknown): void },
   hub: TestHub,
-  o: { clientId: string; password?: string; clean?: boolean; keepalive?: number; cert?: string; key?: string; username?: string },
+  o: {
+    clientId: string;
+    password?: string;
+    clean?: boolean;
+    keepalive?: number;
+    cert?: string;
+    key?: string;
+    username?: string;
+  },
 ): Promise<RawClient & { connack: any }> {
   const c = await rawSocket(t, hub, { cert: o.cert, key: o.key });
   c.send({
@@ -145,8 +172,19 @@ export async function rawConnect(
   return Object.assign(c, { connack });
 }
 
-export async function rawSocket(t: { after(fn: () => unknown): void }, hub: TestHub, o: { cert?: string; key?: string } = {}): Promise<RawClient> {
-  const socket = tlsConnect({ host: hub.address, port: hub.mqttPort, ca: hub.caPem, cert: o.cert, key: o.key, servername: undefined });
+export async function rawSocket(
+  t: { after(fn: () => unknown): void },
+  hub: TestHub,
+  o: { cert?: string; key?: string } = {},
+): Promise<RawClient> {
+  const socket = tlsConnect({
+    host: hub.address,
+    port: hub.mqttPort,
+    ca: hub.caPem,
+    cert: o.cert,
+    key: o.key,
+    servername: undefined,
+  });
   await new Promise<void>((resolve, reject) => {
     socket.once('secureConnect', () => resolve());
     socket.once('error', reject);
@@ -205,7 +243,10 @@ export async function rawSocket(t: { after(fn: () => unknown): void }, hub: Test
 /** Resolves true when the promise settles within `ms`. */
 export async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
-  const r = await Promise.race([p.then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)))]);
+  const r = await Promise.race([
+    p.then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+  ]);
   clearTimeout(timer);
   return r;
 }

@@ -10,7 +10,15 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { startHub } from '../../src/hub/hub.ts';
 import { randomLoopback } from '../helpers/hub.ts';
-import { createSasDevice, deviceToken, rawConnect, startTestHub, waitFor, within, type TestHub } from './mqtt-helpers.ts';
+import {
+  createSasDevice,
+  deviceToken,
+  rawConnect,
+  startTestHub,
+  waitFor,
+  within,
+  type TestHub,
+} from './mqtt-helpers.ts';
 
 let hub: TestHub;
 const cleanups: Array<() => unknown> = [];
@@ -31,12 +39,23 @@ test('CleanSession=0: subscriptions survive a reconnect; C2D sent while offline 
   const a = await rawConnect(t, hub, { clientId: d.id, password: d.token, clean: false });
   assert.equal(a.connack.returnCode, 0);
   assert.equal(a.connack.sessionPresent, false);
-  a.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 1 }, { topic: '$iothub/methods/POST/#', qos: 0 }] });
+  a.send({
+    cmd: 'subscribe',
+    messageId: 1,
+    subscriptions: [
+      { topic: `devices/${d.id}/messages/devicebound/#`, qos: 1 },
+      { topic: '$iothub/methods/POST/#', qos: 0 },
+    ],
+  });
   assert.deepEqual((await a.next('suback')).granted, [1, 0]);
   a.send({ cmd: 'disconnect' });
   await a.closed;
 
-  await hub.engine.sendC2D(d.id, { body: Buffer.from('while you were away'), messageId: 'away-1', properties: { k: 'v' } });
+  await hub.engine.sendC2D(d.id, {
+    body: Buffer.from('while you were away'),
+    messageId: 'away-1',
+    properties: { k: 'v' },
+  });
   const b = await rawConnect(t, hub, { clientId: d.id, password: d.token, clean: false });
   assert.equal(b.connack.sessionPresent, true);
   const pub = await b.next('publish');
@@ -49,20 +68,32 @@ test('CleanSession=0: subscriptions survive a reconnect; C2D sent while offline 
   await waitFor(() => hub.engine.c2d.depth(d.id) === 0, 'completion by PUBACK');
 
   // The methods subscription came back too.
-  const call = hub.engine.invokeMethod({ deviceId: d.id }, { methodName: 'hello', payload: { n: 1 }, responseTimeoutInSeconds: 10 });
+  const call = hub.engine.invokeMethod(
+    { deviceId: d.id },
+    { methodName: 'hello', payload: { n: 1 }, responseTimeoutInSeconds: 10 },
+  );
   const req = await b.next('publish', 5000, (p) => p.topic.startsWith('$iothub/methods/POST/'));
   assert.equal(req.qos, 0);
   assert.deepEqual(JSON.parse(req.payload.toString()), { n: 1 });
   const rid = /\$rid=([^&]+)/.exec(req.topic)![1];
   assert.match(req.topic, /^\$iothub\/methods\/POST\/hello\/\?\$rid=/);
-  b.send({ cmd: 'publish', topic: `$iothub/methods/res/200/?$rid=${rid}`, payload: Buffer.from('{"ok":true}'), qos: 0 });
+  b.send({
+    cmd: 'publish',
+    topic: `$iothub/methods/res/200/?$rid=${rid}`,
+    payload: Buffer.from('{"ok":true}'),
+    qos: 0,
+  });
   assert.deepEqual(await call, { status: 200, payload: { ok: true } });
 });
 
 test('an unacknowledged QoS 1 C2D message is delivered again (DUP) after a reconnect of a persistent session', async (t) => {
   const d = device('redeliver');
   const a = await rawConnect(t, hub, { clientId: d.id, password: d.token, clean: false });
-  a.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 1 }] });
+  a.send({
+    cmd: 'subscribe',
+    messageId: 1,
+    subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 1 }],
+  });
   await a.next('suback');
   await hub.engine.sendC2D(d.id, { body: Buffer.from('ack me'), properties: {} }, { ack: 'full' });
   const first = await a.next('publish');
@@ -83,7 +114,11 @@ test('an unacknowledged QoS 1 C2D message is delivered again (DUP) after a recon
 test('CleanSession=1 starts afresh: no subscriptions, C2D stays queued until the device subscribes', async (t) => {
   const d = device('clean');
   const a = await rawConnect(t, hub, { clientId: d.id, password: d.token, clean: false });
-  a.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 1 }] });
+  a.send({
+    cmd: 'subscribe',
+    messageId: 1,
+    subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 1 }],
+  });
   await a.next('suback');
   a.send({ cmd: 'disconnect' });
   await a.closed;
@@ -92,7 +127,11 @@ test('CleanSession=1 starts afresh: no subscriptions, C2D stays queued until the
   const b = await rawConnect(t, hub, { clientId: d.id, password: d.token, clean: true });
   assert.equal(b.connack.sessionPresent, false);
   await assert.rejects(b.next('publish', 500), /no publish/);
-  b.send({ cmd: 'subscribe', messageId: 2, subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 2 }] });
+  b.send({
+    cmd: 'subscribe',
+    messageId: 2,
+    subscriptions: [{ topic: `devices/${d.id}/messages/devicebound/#`, qos: 2 }],
+  });
   assert.deepEqual((await b.next('suback')).granted, [1], 'QoS 2 subscription granted as QoS 1');
   const pub = await b.next('publish');
   assert.equal(pub.payload.toString(), 'later');
@@ -129,12 +168,23 @@ test('keep-alive is enforced at 1.5x the interval; PINGREQ keeps a connection op
   assert.equal(p.isClosed(), false, 'the pinging connection is still open');
 });
 
-test('subscriptions: unknown filters get 0x80, another device\'s C2D topic closes the connection', async (t) => {
+test("subscriptions: unknown filters get 0x80, another device's C2D topic closes the connection", async (t) => {
   const d = device('subscriber');
   const c = await rawConnect(t, hub, { clientId: d.id, password: d.token });
-  c.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'some/thing/#', qos: 1 }, { topic: '$iothub/twin/res/#', qos: 0 }] });
+  c.send({
+    cmd: 'subscribe',
+    messageId: 1,
+    subscriptions: [
+      { topic: 'some/thing/#', qos: 1 },
+      { topic: '$iothub/twin/res/#', qos: 0 },
+    ],
+  });
   assert.deepEqual((await c.next('suback')).granted, [0x80, 0]);
-  c.send({ cmd: 'subscribe', messageId: 2, subscriptions: [{ topic: 'devices/someone-else/messages/devicebound/#', qos: 1 }] });
+  c.send({
+    cmd: 'subscribe',
+    messageId: 2,
+    subscriptions: [{ topic: 'devices/someone-else/messages/devicebound/#', qos: 1 }],
+  });
   assert.equal(await within(c.closed, 2000), true);
 });
 
@@ -149,11 +199,22 @@ test('twin over raw MQTT: GET answered on $iothub/twin/res/200, PATCH on 204 wit
   const twin = JSON.parse(got.payload.toString());
   assert.equal(typeof twin.desired.$version, 'number');
   assert.equal(typeof twin.reported.$version, 'number');
-  c.send({ cmd: 'publish', topic: '$iothub/twin/PATCH/properties/reported/?$rid=2', payload: Buffer.from('{"x":1}'), qos: 1, messageId: 7 });
+  c.send({
+    cmd: 'publish',
+    topic: '$iothub/twin/PATCH/properties/reported/?$rid=2',
+    payload: Buffer.from('{"x":1}'),
+    qos: 1,
+    messageId: 7,
+  });
   await c.next('puback');
   const patched = await c.next('publish');
   assert.equal(patched.topic, `$iothub/twin/res/204/?$rid=2&$version=${twin.reported.$version + 1}`);
-  c.send({ cmd: 'publish', topic: '$iothub/twin/PATCH/properties/reported/?$rid=3', payload: Buffer.from('not json'), qos: 0 });
+  c.send({
+    cmd: 'publish',
+    topic: '$iothub/twin/PATCH/properties/reported/?$rid=3',
+    payload: Buffer.from('not json'),
+    qos: 0,
+  });
   const bad = await c.next('publish');
   assert.equal(bad.topic, '$iothub/twin/res/400/?$rid=3');
   assert.ok(JSON.parse(bad.payload.toString()).errorCode);
@@ -167,12 +228,23 @@ test('a persistent session survives a hub restart: subscriptions and queued C2D 
   const start = async () => {
     const node = await startHub({ dataDir, hostname: address, bind: address, httpsPort: 0, mqttPort: 0 });
     t.after(() => node.close());
-    return { node, engine: node.engine, events: node.events, address, caPem: node.tls.caPem, mqttPort: node.ports.mqtt };
+    return {
+      node,
+      engine: node.engine,
+      events: node.events,
+      address,
+      caPem: node.tls.caPem,
+      mqttPort: node.ports.mqtt,
+    };
   };
   let h = await start();
   const { key } = createSasDevice(h, 'survivor');
   const a = await rawConnect(t, h, { clientId: 'survivor', password: deviceToken(h, 'survivor', key), clean: false });
-  a.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'devices/survivor/messages/devicebound/#', qos: 1 }] });
+  a.send({
+    cmd: 'subscribe',
+    messageId: 1,
+    subscriptions: [{ topic: 'devices/survivor/messages/devicebound/#', qos: 1 }],
+  });
   await a.next('suback');
   await h.engine.sendC2D('survivor', { body: Buffer.from('queued before the restart'), properties: {} });
   await a.next('publish'); // delivered, never acknowledged
@@ -191,7 +263,13 @@ test('a persistent session survives a hub restart: subscriptions and queued C2D 
 test('QoS 0 telemetry is stored without a PUBACK; the retain flag is ignored', async (t) => {
   const d = device('qos0');
   const c = await rawConnect(t, hub, { clientId: d.id, password: d.token });
-  c.send({ cmd: 'publish', topic: `devices/${d.id}/messages/events/%24.mid=q0&x=1`, payload: Buffer.from('fire and forget'), qos: 0, retain: true });
+  c.send({
+    cmd: 'publish',
+    topic: `devices/${d.id}/messages/events/%24.mid=q0&x=1`,
+    payload: Buffer.from('fire and forget'),
+    qos: 0,
+    retain: true,
+  });
   const events = await waitFor(async () => {
     const r = await hub.events.read({ deviceId: d.id });
     return r.events.length > 0 ? r.events : undefined;
@@ -199,6 +277,9 @@ test('QoS 0 telemetry is stored without a PUBACK; the retain flag is ignored', a
   assert.equal(events[0].message.body.toString(), 'fire and forget');
   assert.equal(events[0].message.messageId, 'q0');
   assert.deepEqual(events[0].message.properties, { x: '1' });
-  assert.equal(c.packets.some((p) => p.cmd === 'puback'), false);
+  assert.equal(
+    c.packets.some((p) => p.cmd === 'puback'),
+    false,
+  );
   assert.equal(c.isClosed(), false);
 });

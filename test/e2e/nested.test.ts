@@ -25,7 +25,7 @@ import { recordConnections, setupLayer } from '../helpers/nested.ts';
 import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
-const { Client, Message, ModuleClient } = require('azure-iot-device');
+const { Message, ModuleClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Amqp } = require('azure-iot-device-amqp');
 
@@ -56,7 +56,11 @@ before(async () => {
   recorder = recordConnections({ l1: () => gws[0]?.proc.pid, l2: () => gws[1]?.proc.pid, l3: () => gws[2]?.proc.pid });
   cleanups.push(() => recorder.stop());
   for (let i = 0; i < 3; i++) {
-    gws[i] = await startGatewayProcess({ configPath: layers[i].configPath, dataDir: layers[i].dataDir, address: addrs[i] });
+    gws[i] = await startGatewayProcess({
+      configPath: layers[i].configPath,
+      dataDir: layers[i].dataDir,
+      address: addrs[i],
+    });
     cleanups.push(() => gws[i]?.stop());
   }
 });
@@ -71,15 +75,24 @@ async function eventsOf(deviceId: string): Promise<EventJson[]> {
   const out: EventJson[] = [];
   let from = 0;
   for (;;) {
-    const page = (await svc().request<EventPageJson>('GET', `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`)).body;
+    const page = (
+      await svc().request<EventPageJson>(
+        'GET',
+        `/events?device=${encodeURIComponent(deviceId)}&from=${from}&limit=1000`,
+      )
+    ).body;
     out.push(...page.events);
     if (page.events.length === 0 || page.nextSequenceNumber === from) return out;
     from = page.nextSequenceNumber;
   }
 }
 
-const openLeaf = (t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, setup?: (c: any) => void) =>
-  openSdkLeaf(t, connectionString, Transport, bottom().rootPem, setup);
+const openLeaf = (
+  t: { after(fn: () => unknown): void },
+  connectionString: string,
+  Transport: unknown,
+  setup?: (c: any) => void,
+) => openSdkLeaf(t, connectionString, Transport, bottom().rootPem, setup);
 
 describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
   for (const { name, Transport } of [
@@ -109,20 +122,27 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       const twin = await client.getTwin();
       assert.equal(twin.properties.desired.interval, 7);
       await updateReported(twin, { firmware: `fw-${name}` });
-      await eventually('the reported patch at the hub', async () => (await svc().getTwin(id)).properties?.reported?.firmware === `fw-${name}`);
+      await eventually(
+        'the reported patch at the hub',
+        async () => (await svc().getTwin(id)).properties?.reported?.firmware === `fw-${name}`,
+      );
       // One patch, sent as soon as the subscription is acknowledged, must arrive.
       const pushed = await listenDesired(twin);
       const dv = twin.properties.desired.$version as number;
       await svc().updateTwin(id, { properties: { desired: { mode: 'm1' } } });
       assert.equal((await desiredPush(pushed, dv + 1)).mode, 'm1');
 
-      client.onDeviceMethod('echo', (req: any, res: any) => res.send(200, { got: req.payload, via: name }, () => undefined));
+      client.onDeviceMethod('echo', (req: any, res: any) =>
+        res.send(200, { got: req.payload, via: name }, () => undefined),
+      );
       const r = await svc().request<{ status: number; payload: unknown }>('POST', `/twins/${id}/methods`, {
         body: { methodName: 'echo', payload: { x: 3 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
       });
       assert.deepEqual(r.body, { status: 200, payload: { got: { x: 3 }, via: name } });
 
-      await svc().request('POST', `/devices/${id}/messages/deviceBound`, { body: { body: 'three layers down', messageId: `c2d-${name}`, properties: { colour: 'green' } } });
+      await svc().request('POST', `/devices/${id}/messages/deviceBound`, {
+        body: { body: 'three layers down', messageId: `c2d-${name}`, properties: { colour: 'green' } },
+      });
       await eventually('the C2D message at the leaf', () => c2d.length >= 1);
       assert.equal(c2d[0].data.toString(), 'three layers down');
       assert.equal(c2d[0].messageId, `c2d-${name}`);
@@ -133,13 +153,22 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
   test('a module of a leaf under L3 (ModuleClient, Mqtt): telemetry at the hub with its module id, twin, and a direct method to the module', async (t) => {
     const leaf = await bottom().createLeaf('nested-module-host');
     const moduleKey = Buffer.from(Array.from({ length: 32 }, () => randomInt(0, 256))).toString('base64');
-    await svc().createModule({ deviceId: leaf.deviceId, moduleId: 'sensor', authentication: { type: 'sas', symmetricKey: { primaryKey: moduleKey, secondaryKey: moduleKey } } } as never);
+    await svc().createModule({
+      deviceId: leaf.deviceId,
+      moduleId: 'sensor',
+      authentication: { type: 'sas', symmetricKey: { primaryKey: moduleKey, secondaryKey: moduleKey } },
+    } as never);
     const cs = leaf.connectionString.replace(/SharedAccessKey=[^;]+/, `ModuleId=sensor;SharedAccessKey=${moduleKey}`);
     // The gateway learns of the new module from the scope feed (or asks its parent on first connect).
     const client = ModuleClient.fromConnectionString(cs, Mqtt);
     t.after(() => client.close().catch(() => undefined));
     await client.setOptions({ ca: bottom().rootPem });
-    await eventually('the module connecting through L3', async () => client.open().then(() => true, () => false));
+    await eventually('the module connecting through L3', async () =>
+      client.open().then(
+        () => true,
+        () => false,
+      ),
+    );
 
     const m = new Message('from a module three layers down');
     m.properties.add('kind', 'module');
@@ -155,15 +184,22 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
     const twin = await client.getTwin();
     await updateReported(twin, { layer: 3 });
     await eventually('the module twin reported at the hub', async () => {
-      const r = await svc().request<{ properties?: { reported?: { layer?: number } } }>('GET', `/twins/${leaf.deviceId}/modules/sensor`);
+      const r = await svc().request<{ properties?: { reported?: { layer?: number } } }>(
+        'GET',
+        `/twins/${leaf.deviceId}/modules/sensor`,
+      );
       return r.body.properties?.reported?.layer === 3;
     });
 
     client.onMethod('where', (_req: any, res: any) => res.send(200, { module: 'sensor' }, () => undefined));
     const r = await eventually('the module method answering', async () => {
-      const res = await svc().request<{ status: number; payload: unknown }>('POST', `/twins/${leaf.deviceId}/modules/sensor/methods`, {
-        body: { methodName: 'where', payload: {}, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
-      });
+      const res = await svc().request<{ status: number; payload: unknown }>(
+        'POST',
+        `/twins/${leaf.deviceId}/modules/sensor/methods`,
+        {
+          body: { methodName: 'where', payload: {}, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 },
+        },
+      );
       return res.status === 200 ? res : undefined;
     });
     assert.deepEqual(r.body, { status: 200, payload: { module: 'sensor' } });
@@ -174,14 +210,21 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
    * brings it back; then every acknowledged message must be at the hub, in order, and nothing
    * duplicated past L3's store.
    */
-  async function streamThrough(t: { after(fn: () => unknown): void; diagnostic(m: string): void }, leafId: string, disrupt: (acked: () => number) => Promise<void>): Promise<void> {
+  async function streamThrough(
+    t: { after(fn: () => unknown): void; diagnostic(m: string): void },
+    leafId: string,
+    disrupt: (acked: () => number) => Promise<void>,
+  ): Promise<void> {
     const leaf = await bottom().createLeaf(leafId);
     const client = await openLeaf(t, leaf.connectionString, Mqtt);
     // What L3 takes in from its leaves (a leaf that resends after a lost acknowledgement is at
     // least once on that hop, as with IoT Hub): duplicates past L3's store would be ours.
     const receivedAtL3 = async () => {
       const text = await gws[2]!.metrics();
-      return [...text.matchAll(/^edgehub_messages_received_total(?:\{[^}]*\})? (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+      return [...text.matchAll(/^edgehub_messages_received_total(?:\{[^}]*\})? (\d+)/gm)].reduce(
+        (n, m) => n + Number(m[1]),
+        0,
+      );
     };
     const l3Before = await receivedAtL3();
     const acked: number[] = [];
@@ -206,31 +249,46 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       stop = true;
       await sender;
     });
-    await eventually('a stream under way through all layers', async () => acked.length >= 50 && (await eventsOf(leaf.deviceId)).length >= 20);
+    await eventually(
+      'a stream under way through all layers',
+      async () => acked.length >= 50 && (await eventsOf(leaf.deviceId)).length >= 20,
+    );
     await disrupt(() => acked.length);
     stop = true;
     await sender;
     assert.equal(sendError, undefined, `the leaf's send failed: ${String(sendError)}`);
 
-    const events = await eventually('every acknowledged message at the hub', async () => {
-      const e = await eventsOf(leaf.deviceId);
-      const got = new Set(e.map((x) => JSON.parse(Buffer.from(x.body, 'base64').toString()).i as number));
-      return acked.every((i) => got.has(i)) ? e : undefined;
-    }, 30_000);
+    const events = await eventually(
+      'every acknowledged message at the hub',
+      async () => {
+        const e = await eventsOf(leaf.deviceId);
+        const got = new Set(e.map((x) => JSON.parse(Buffer.from(x.body, 'base64').toString()).i as number));
+        return acked.every((i) => got.has(i)) ? e : undefined;
+      },
+      30_000,
+    );
     const indices = events.map((x) => JSON.parse(Buffer.from(x.body, 'base64').toString()).i as number);
     const firstSeen = indices.filter((v, k) => indices.indexOf(v) === k);
     const duplicates = indices.length - firstSeen.length;
     const twice = indices.filter((v, k) => indices.indexOf(v) !== k);
-    t.diagnostic(`${acked.length} acknowledged, ${indices.length} at the hub, ${duplicates} duplicates${twice.length ? `: ${twice.map((v) => `${v} at positions ${indices.flatMap((x, k) => (x === v ? [k] : [])).join(' and ')}`).join('; ')}` : ''}`);
+    t.diagnostic(
+      `${acked.length} acknowledged, ${indices.length} at the hub, ${duplicates} duplicates${twice.length ? `: ${twice.map((v) => `${v} at positions ${indices.flatMap((x, k) => (x === v ? [k] : [])).join(' and ')}`).join('; ')}` : ''}`,
+    );
     assert.deepEqual(firstSeen.slice(0, acked.length), acked, 'no loss and in the order sent');
     // A batch sent again after a lost answer is recognised upstream by its origin (the store and
     // number of the gateway that stored it) and stored once.
     const leafRepeats = Math.max(0, (await receivedAtL3()) - l3Before - next);
-    t.diagnostic(`L3 took ${(await receivedAtL3()) - l3Before} message(s) from the leaf for ${next} sent: ${leafRepeats} repeated`);
-    assert.ok(duplicates <= leafRepeats, `nothing duplicated past the store: ${duplicates} duplicate(s) at the hub, ${leafRepeats} repeat(s) taken from the leaf`);
+    t.diagnostic(
+      `L3 took ${(await receivedAtL3()) - l3Before} message(s) from the leaf for ${next} sent: ${leafRepeats} repeated`,
+    );
+    assert.ok(
+      duplicates <= leafRepeats,
+      `nothing duplicated past the store: ${duplicates} duplicate(s) at the hub, ${leafRepeats} repeat(s) taken from the leaf`,
+    );
   }
 
-  const passedOn = async (gw: GatewayProcess) => Number(/^edgehub_messages_passed_on_total(?:\{[^}]*\})? (\d+)/m.exec(await gw.metrics())?.[1] ?? 0);
+  const passedOn = async (gw: GatewayProcess) =>
+    Number(/^edgehub_messages_passed_on_total(?:\{[^}]*\})? (\d+)/m.exec(await gw.metrics())?.[1] ?? 0);
 
   test('L2 killed with SIGKILL mid-stream and restarted: every acknowledged message from a leaf under L3 reaches the hub once, in order', async (t) => {
     await streamThrough(t, 'nested-outage-leaf', async (acked) => {
@@ -239,7 +297,11 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
       const atKill = acked();
       // L3 keeps acknowledging: it buffers while its parent is gone.
       await eventually('acknowledged messages while L2 is down', () => acked() >= atKill + 200, 15_000);
-      gws[1] = await startGatewayProcess({ configPath: layers[1].configPath, dataDir: layers[1].dataDir, address: l2Addr });
+      gws[1] = await startGatewayProcess({
+        configPath: layers[1].configPath,
+        dataDir: layers[1].dataDir,
+        address: l2Addr,
+      });
       await eventually('more acknowledged messages after L2 is back', () => acked() >= atKill + 300);
     });
   });
@@ -247,11 +309,15 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
   // Known finding, kept running and reported: in about one full run of five two neighbouring
   // messages reached the hub swapped (…52, 54, 53, 55…) around the hub's SIGKILL, none lost or
   // twice; the pass-on path's order across a lost answer is to be fixed, then `todo` removed.
-  test("the middle layers pass L3's batches on without storing them; with the hub killed with SIGKILL mid-stream and started again, every acknowledged message arrives once, in order", { todo: 'order across a SIGKILLed hub: two neighbours seen swapped once in five runs' }, async (t) => {
+  test("the middle layers pass L3's batches on without storing them; with the hub killed with SIGKILL mid-stream and started again, every acknowledged message arrives once, in order", {
+    todo: 'order across a SIGKILLed hub: two neighbours seen swapped once in five runs',
+  }, async (t) => {
     const before = await Promise.all([passedOn(gws[0]!), passedOn(gws[1]!), passedOn(gws[2]!)]);
     await streamThrough(t, 'nested-hub-outage-leaf', async (acked) => {
       const passing = await Promise.all([passedOn(gws[0]!), passedOn(gws[1]!), passedOn(gws[2]!)]);
-      t.diagnostic(`passed on since the test began: L1 ${passing[0] - before[0]}, L2 ${passing[1] - before[1]}, L3 ${passing[2] - before[2]}`);
+      t.diagnostic(
+        `passed on since the test began: L1 ${passing[0] - before[0]}, L2 ${passing[1] - before[1]}, L3 ${passing[2] - before[2]}`,
+      );
       assert.ok(passing[0] > before[0] && passing[1] > before[1], 'L1 and L2 pass batches of the layer below on');
       assert.equal(passing[2], before[2], 'L3 stores what its leaves send (they send no batches)');
       // Killed, so that batches the hub stored may never be answered.

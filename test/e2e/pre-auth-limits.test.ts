@@ -30,7 +30,16 @@ const AMQP = 5671;
 const HTTPS = 443;
 
 /** Short deadlines so that the tests are quick; the defaults are tens of seconds. */
-const SHORT = ['--tls-handshake-timeout', '1', '--mqtt-connect-timeout', '1', '--amqp-auth-timeout', '1.5', '--http-headers-timeout', '1'];
+const SHORT = [
+  '--tls-handshake-timeout',
+  '1',
+  '--mqtt-connect-timeout',
+  '1',
+  '--amqp-auth-timeout',
+  '1.5',
+  '--http-headers-timeout',
+  '1',
+];
 /** Every deadline here is at most 1.5 s: a socket still open after this long was not closed by one. */
 const CLOSED_WITHIN_MS = 6000;
 
@@ -86,14 +95,23 @@ function tcp(port: number, localAddress?: string, host = hub.address): Promise<S
 
 function tls(port: number, localAddress?: string, host = hub.address): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host, port, ca: hub.caPem, servername: undefined, ALPNProtocols: port === AMQP ? ['amqp'] : undefined, ...(localAddress ? { localAddress } : {}) });
+    const s = tlsConnect({
+      host,
+      port,
+      ca: hub.caPem,
+      servername: undefined,
+      ALPNProtocols: port === AMQP ? ['amqp'] : undefined,
+      ...(localAddress ? { localAddress } : {}),
+    });
     s.once('secureConnect', () => resolve(s));
     s.once('error', reject);
   });
 }
 
 /** The first bytes of a TLS 1.2 ClientHello record: a handshake that stops half-way. */
-const PARTIAL_CLIENT_HELLO = Buffer.from([0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0x11, 0x22, 0x33]);
+const PARTIAL_CLIENT_HELLO = Buffer.from([
+  0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0x11, 0x22, 0x33,
+]);
 
 test('half-open TLS (nothing sent, or a partial ClientHello) is closed within the handshake timeout on every port', async () => {
   const waits: Array<Promise<number>> = [];
@@ -103,7 +121,8 @@ test('half-open TLS (nothing sent, or a partial ClientHello) is closed within th
     partial.write(PARTIAL_CLIENT_HELLO);
     waits.push(closedWithin(partial, CLOSED_WITHIN_MS, `partial ClientHello to ${port}`));
   }
-  for (const ms of await Promise.all(waits)) assert.ok(ms >= 500, `closed after ${ms} ms: by the deadline, not at once`);
+  for (const ms of await Promise.all(waits))
+    assert.ok(ms >= 500, `closed after ${ms} ms: by the deadline, not at once`);
   await logShows(/TLS handshake not done within 1 s/);
 });
 
@@ -117,11 +136,16 @@ test('idle AMQP is closed within the authentication timeout: no header, SASL hea
   const none = await tls(AMQP, source());
   const saslOnly = await tls(AMQP, source());
   saslOnly.write(Buffer.from([0x41, 0x4d, 0x51, 0x50, 3, 1, 0, 0]));
-  const waits = [closedWithin(none, CLOSED_WITHIN_MS, 'AMQP, no header'), closedWithin(saslOnly, CLOSED_WITHIN_MS, 'AMQP, SASL header only')];
+  const waits = [
+    closedWithin(none, CLOSED_WITHIN_MS, 'AMQP, no header'),
+    closedWithin(saslOnly, CLOSED_WITHIN_MS, 'AMQP, SASL header only'),
+  ];
   // A real AMQP client: SASL ANONYMOUS, open, a $cbs link even, but never a put-token.
   const anonymous = await rheaConnect(hub, { localAddress: source() });
   const dropped = new Promise<string>((resolve) => {
-    anonymous.once('connection_close', (ctx) => resolve(String((ctx.connection.error as { condition?: string } | undefined)?.condition ?? 'closed')));
+    anonymous.once('connection_close', (ctx) =>
+      resolve(String((ctx.connection.error as { condition?: string } | undefined)?.condition ?? 'closed')),
+    );
     anonymous.once('disconnected', () => resolve('disconnected'));
   });
   anonymous.open_sender('$cbs');
@@ -182,7 +206,18 @@ test('a client-id flood cannot flood the log: 200 CONNECTs with a 64 KiB client 
       Array.from({ length: 20 }, async () => {
         const s = await tls(MQTT, from);
         s.on('error', () => undefined);
-        s.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 60, username: clientId, password: Buffer.from('nope') } as never));
+        s.write(
+          mqttPacket.generate({
+            cmd: 'connect',
+            protocolId: 'MQTT',
+            protocolVersion: 4,
+            clean: true,
+            clientId,
+            keepalive: 60,
+            username: clientId,
+            password: Buffer.from('nope'),
+          } as never),
+        );
         await closedWithin(s, 5000, 'refused CONNECT');
       }),
     );
@@ -194,7 +229,10 @@ test('a client-id flood cannot flood the log: 200 CONNECTs with a 64 KiB client 
   const summary = new RegExp(`\\d+ more from ${from.replace(/\./g, '\\.')}`);
   while (!summary.test(hub.output()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
   assert.match(hub.output(), summary);
-  assert.ok(hub.output().includes('[cut, 65535 chars]'), `the client id is quoted cut, with its length:\n${hub.output().slice(-3000)}`);
+  assert.ok(
+    hub.output().includes('[cut, 65535 chars]'),
+    `the client id is quoted cut, with its length:\n${hub.output().slice(-3000)}`,
+  );
 });
 
 /** Open file descriptors of a process (sockets included). */
@@ -204,7 +242,9 @@ function fdCount(pid: number): number {
 
 test('a good official-SDK client is served during a flood of 5,000 idle sockets; the hub holds at most its cap of them', async (t) => {
   // Default deadlines (the flood stays open for the whole test), small caps to see them work.
-  const capped = await startHubProcess({ args: ['--max-unauthenticated-per-address', '400', '--max-unauthenticated', '1000'] });
+  const capped = await startHubProcess({
+    args: ['--max-unauthenticated-per-address', '400', '--max-unauthenticated', '1000'],
+  });
   t.after(() => capped.stop());
   const svc: ServiceClient = serviceClient(capped);
   t.after(() => svc.close());
@@ -222,7 +262,11 @@ test('a good official-SDK client is served during a flood of 5,000 idle sockets;
     const batch = await Promise.all(
       Array.from({ length: 250 }, (_, j) => {
         const n = i + j;
-        const s = netConnect({ host: capped.address, port: n % 2 ? AMQP : MQTT, localAddress: n < 2000 ? hostile : sources[n % sources.length] });
+        const s = netConnect({
+          host: capped.address,
+          port: n % 2 ? AMQP : MQTT,
+          localAddress: n < 2000 ? hostile : sources[n % sources.length],
+        });
         s.on('error', () => undefined);
         s.resume();
         return new Promise<Socket>((resolve) => {
@@ -238,7 +282,10 @@ test('a good official-SDK client is served during a flood of 5,000 idle sockets;
   const open = flood.filter((s) => !s.destroyed).length;
   assert.ok(held <= 1000 + 20, `the hub holds ${held} more descriptors during the flood (cap 1000)`);
   assert.ok(open <= 1000 + 20, `${open} flood sockets still open (cap 1000)`);
-  await logShows(new RegExp(`from ${hostile.replace(/\./g, '\\.')} already \\(max_unauthenticated_per_address\\)`), () => capped.output());
+  await logShows(
+    new RegExp(`from ${hostile.replace(/\./g, '\\.')} already \\(max_unauthenticated_per_address\\)`),
+    () => capped.output(),
+  );
   await logShows(/in total \(max_unauthenticated\)/, () => capped.output());
 
   // The official SDK (MQTT over TLS) connects from 127.0.0.1 and gets a message through.
@@ -262,13 +309,19 @@ test('a gateway applies the same limits from [strata] in config.toml', async (t)
   const setup = await setupEdge(hub, {
     gatewayId: 'limits-gw',
     address,
-    strata: ['tls_handshake_timeout_secs = 1', 'mqtt_connect_timeout_secs = 1', 'amqp_auth_timeout_secs = 1', 'http_headers_timeout_secs = 1'].join('\n'),
+    strata: [
+      'tls_handshake_timeout_secs = 1',
+      'mqtt_connect_timeout_secs = 1',
+      'amqp_auth_timeout_secs = 1',
+      'http_headers_timeout_secs = 1',
+    ].join('\n'),
   });
   t.after(() => setup.cleanup());
   const gw = await startGatewayProcess({ configPath: setup.configPath, dataDir: setup.dataDir, address });
   t.after(() => gw.stop());
   const waits: Array<Promise<number>> = [];
-  for (const port of [MQTT, AMQP, HTTPS]) waits.push(closedWithin(await tcp(port, source(), address), CLOSED_WITHIN_MS, `gateway ${port}, nothing sent`));
+  for (const port of [MQTT, AMQP, HTTPS])
+    waits.push(closedWithin(await tcp(port, source(), address), CLOSED_WITHIN_MS, `gateway ${port}, nothing sent`));
   waits.push(closedWithin(await tls(MQTT, source(), address), CLOSED_WITHIN_MS, 'gateway MQTT without CONNECT'));
   const saslOnly = await tls(AMQP, source(), address);
   saslOnly.write(Buffer.from([0x41, 0x4d, 0x51, 0x50, 3, 1, 0, 0]));
@@ -282,9 +335,17 @@ test('a gateway applies the same limits from [strata] in config.toml', async (t)
 
 test('a limit that is not a positive number stops the gateway with the setting named', async (t) => {
   const address = randomLoopback();
-  const setup = await setupEdge(hub, { gatewayId: 'limits-gw-bad', address, strata: 'max_unauthenticated = -5', deploy: false });
+  const setup = await setupEdge(hub, {
+    gatewayId: 'limits-gw-bad',
+    address,
+    strata: 'max_unauthenticated = -5',
+    deploy: false,
+  });
   t.after(() => setup.cleanup());
-  await assert.rejects(startGatewayProcess({ configPath: setup.configPath, dataDir: setup.dataDir, address }), /\[strata\] max_unauthenticated must be a positive whole number, not -5/);
+  await assert.rejects(
+    startGatewayProcess({ configPath: setup.configPath, dataDir: setup.dataDir, address }),
+    /\[strata\] max_unauthenticated must be a positive whole number, not -5/,
+  );
 });
 
 test('a long-lived HTTPS answer (an SSE event stream) counts as authenticated once its head is sent: a flood does not close it', async (t) => {
@@ -328,6 +389,10 @@ test('a long-lived HTTPS answer (an SSE event stream) counts as authenticated on
   await client.open();
   await client.sendEvent(new Message('seen on the stream'));
   const deadline = Date.now() + 10_000;
-  while (!received.join('').includes(Buffer.from('seen on the stream').toString('base64')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  assert.ok(received.join('').includes(Buffer.from('seen on the stream').toString('base64')), `the stream carried the event: ${received.join('').slice(0, 500)}`);
+  while (!received.join('').includes(Buffer.from('seen on the stream').toString('base64')) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 50));
+  assert.ok(
+    received.join('').includes(Buffer.from('seen on the stream').toString('base64')),
+    `the stream carried the event: ${received.join('').slice(0, 500)}`,
+  );
 });

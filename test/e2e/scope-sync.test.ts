@@ -48,7 +48,11 @@ async function make(body: DeviceJson): Promise<DeviceJson> {
 
 const leaf = (id: string, parent: string) => make({ deviceId: id, deviceScope: devices.get(parent)!.deviceScope });
 const edge = (id: string, parent?: string) =>
-  make({ deviceId: id, capabilities: { iotEdge: true }, ...(parent ? { parentScopes: [devices.get(parent)!.deviceScope!] } : {}) });
+  make({
+    deviceId: id,
+    capabilities: { iotEdge: true },
+    ...(parent ? { parentScopes: [devices.get(parent)!.deviceScope!] } : {}),
+  });
 
 function openCache(name: string, edgeDeviceId: string): ScopeCache {
   const c = ScopeCache.open(join(work, `${name}.db`), { edgeDeviceId });
@@ -70,12 +74,22 @@ function hubSync(cache: ScopeCache, extra: Partial<ConstructorParameters<typeof 
 }
 
 /** Resolves with the ms from now until the cache reports `kind` for the identity. */
-function nextChange(cache: ScopeCache, deviceId: string, moduleId: string | undefined, kind: ScopeChangeKind, timeoutMs = 5000): Promise<number> {
+function nextChange(
+  cache: ScopeCache,
+  deviceId: string,
+  moduleId: string | undefined,
+  kind: ScopeChangeKind,
+  timeoutMs = 5000,
+): Promise<number> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       cache.off('identity', on);
-      reject(new Error(`no "${kind}" event for ${deviceId}${moduleId ? `/${moduleId}` : ''} in ${cache.edgeDeviceId}'s cache within ${timeoutMs} ms`));
+      reject(
+        new Error(
+          `no "${kind}" event for ${deviceId}${moduleId ? `/${moduleId}` : ''} in ${cache.edgeDeviceId}'s cache within ${timeoutMs} ms`,
+        ),
+      );
     }, timeoutMs);
     const on = (d: string, m: string | undefined, k: ScopeChangeKind) => {
       if (d !== deviceId || m !== moduleId || k !== kind) return;
@@ -93,7 +107,12 @@ function keysOf(cache: ScopeCache): string[] {
 }
 
 /** A request to the hub's scope API with any token, to see what it refuses and how. */
-function rawRequest(method: 'GET' | 'POST', path: string, token: string | undefined, body?: unknown): Promise<{ status: number; text: string }> {
+function rawRequest(
+  method: 'GET' | 'POST',
+  path: string,
+  token: string | undefined,
+  body?: unknown,
+): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const req = https.request(
@@ -121,7 +140,11 @@ function rawRequest(method: 'GET' | 'POST', path: string, token: string | undefi
 }
 
 const edgeHubToken = (deviceId: string, key: string, audienceDevice = deviceId) =>
-  createSasToken(`${hub.hostname}/devices/${audienceDevice}/modules/%24edgeHub`, key, Math.floor(Date.now() / 1000) + 600);
+  createSasToken(
+    `${hub.hostname}/devices/${audienceDevice}/modules/%24edgeHub`,
+    key,
+    Math.floor(Date.now() / 1000) + 600,
+  );
 
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'strata-scope-sync-'));
@@ -159,19 +182,37 @@ test('the gateway’s cache gets exactly the identities in its scope, with their
   await waitUntil(() => syncA.state === 'live', 'the feed to go live');
 
   const edgeModules = (id: string) => [`${id}/$edgeAgent`, `${id}/$edgeHub`];
-  const expected = ['A', 'B', 'C', 'a1', 'a1/mod1', 'a2', 'b1', 'c1', ...edgeModules('A'), ...edgeModules('B'), ...edgeModules('C')].sort();
+  const expected = [
+    'A',
+    'B',
+    'C',
+    'a1',
+    'a1/mod1',
+    'a2',
+    'b1',
+    'c1',
+    ...edgeModules('A'),
+    ...edgeModules('B'),
+    ...edgeModules('C'),
+  ].sort();
   assert.deepEqual(keysOf(cacheA), expected, 'nothing of X, x1 or loner');
 
   // Keys and everything offline authentication needs come along.
   const a1 = cacheA.getDevice('a1')!;
   assert.equal(a1.authentication.symmetricKey.primaryKey, keyOf('a1'));
-  assert.equal(a1.authentication.symmetricKey.secondaryKey, devices.get('a1')!.authentication!.symmetricKey!.secondaryKey);
+  assert.equal(
+    a1.authentication.symmetricKey.secondaryKey,
+    devices.get('a1')!.authentication!.symmetricKey!.secondaryKey,
+  );
   assert.equal(a1.generationId, devices.get('a1')!.generationId);
   assert.equal(a1.status, 'enabled');
   assert.deepEqual(a1.parentScopes, [devices.get('A')!.deviceScope]);
   assert.equal(cacheA.getDevice('B')!.capabilities.iotEdge, true);
   const hubModule = await svc.getModule('B', '$edgeHub');
-  assert.equal(cacheA.getModule('B', '$edgeHub')!.authentication.symmetricKey.primaryKey, hubModule.authentication!.symmetricKey!.primaryKey);
+  assert.equal(
+    cacheA.getModule('B', '$edgeHub')!.authentication.symmetricKey.primaryKey,
+    hubModule.authentication!.symmetricKey!.primaryKey,
+  );
   assert.ok(cacheA.has('a1', 'mod1'));
   assert.ok(!cacheA.has('x1'));
 
@@ -219,7 +260,9 @@ test('children created, disabled and deleted at the hub reach the cache within 2
   await svc.deleteDevice('a2');
   const deletedMs = await seen;
   assert.ok(deletedMs < 2000, `deleting a2 took ${deletedMs.toFixed(0)} ms`);
-  t.diagnostic(`created ${createdMs.toFixed(0)} ms, two layers down ${deepMs.toFixed(0)} ms, disabled ${disabledMs.toFixed(0)} ms, deleted ${deletedMs.toFixed(0)} ms`);
+  t.diagnostic(
+    `created ${createdMs.toFixed(0)} ms, two layers down ${deepMs.toFixed(0)} ms, disabled ${disabledMs.toFixed(0)} ms, deleted ${deletedMs.toFixed(0)} ms`,
+  );
   assert.ok(!cacheA.has('a2'));
 
   seen = nextChange(cacheA, 'a1', 'mod1', 'deleted');
@@ -269,7 +312,10 @@ test('wrong credentials and foreign scopes are refused with a clear error', asyn
   // ...and through its own path it may read only its own scope.
   r = await rawRequest('POST', scopePaths('X').list, xToken, { authChain: 'A' });
   assert.equal(r.status, 403);
-  assert.match(JSON.parse(r.text).Message, /^ErrorCode:DeviceNotInScope;edge device X may only read its own scope, but the auth chain asks for A/);
+  assert.match(
+    JSON.parse(r.text).Message,
+    /^ErrorCode:DeviceNotInScope;edge device X may only read its own scope, but the auth chain asks for A/,
+  );
   r = await rawRequest('POST', scopePaths('X').onBehalfOf, xToken, { authChain: 'b1;X', targetDeviceId: 'b1' });
   assert.equal(r.status, 403);
   assert.match(JSON.parse(r.text).Message, /^ErrorCode:DeviceNotInScope;b1 is not in the scope of edge device X/);
@@ -282,7 +328,12 @@ test('wrong credentials and foreign scopes are refused with a clear error', asyn
   r = await rawRequest('POST', scopePaths('x1').list, edgeHubToken('x1', keyOf('x1')), { authChain: 'x1' });
   assert.equal(r.status, 401);
   assert.match(JSON.parse(r.text).Message, /module x1\/\$edgeHub is not registered/);
-  r = await rawRequest('POST', '/devices/A/modules/$edgeAgent/devicesAndModulesInTargetDeviceScope', edgeHubToken('A', keyOf('A')), { authChain: 'A' });
+  r = await rawRequest(
+    'POST',
+    '/devices/A/modules/$edgeAgent/devicesAndModulesInTargetDeviceScope',
+    edgeHubToken('A', keyOf('A')),
+    { authChain: 'A' },
+  );
   assert.equal(r.status, 403);
   assert.match(JSON.parse(r.text).Message, /only an edge hub \(A\/\$edgeHub\) may use the scope API/);
 
@@ -292,8 +343,14 @@ test('wrong credentials and foreign scopes are refused with a clear error', asyn
   assert.match(JSON.parse(r.text).Message, /neither a SAS token nor a client certificate/);
   r = await rawRequest('POST', paths.list, edgeHubToken('A', keyOf('A')), { authChain: 'A;;B' });
   assert.equal(r.status, 400);
-  assert.match(JSON.parse(r.text).Message, /^ErrorCode:ArgumentInvalid;authChain: the auth chain "A;;B" has an empty element/);
-  r = await rawRequest('POST', paths.list, edgeHubToken('A', keyOf('A')), { authChain: 'A', continuationLink: 'bogus' });
+  assert.match(
+    JSON.parse(r.text).Message,
+    /^ErrorCode:ArgumentInvalid;authChain: the auth chain "A;;B" has an empty element/,
+  );
+  r = await rawRequest('POST', paths.list, edgeHubToken('A', keyOf('A')), {
+    authChain: 'A',
+    continuationLink: 'bogus',
+  });
   assert.equal(r.status, 400);
 
   // The module's own key works as well as the device's.
@@ -309,9 +366,15 @@ test('wrong credentials and foreign scopes are refused with a clear error', asyn
   assert.equal(found.status, 'found');
   assert.equal(found.status === 'found' && found.authChain, 'b1;B;A');
   const foreign = await syncA.onDemand('x1');
-  assert.deepEqual([foreign.status, foreign.status !== 'found' && /x1 is not in the scope of edge device A/.test(foreign.message)], ['not-in-scope', true]);
+  assert.deepEqual(
+    [foreign.status, foreign.status !== 'found' && /x1 is not in the scope of edge device A/.test(foreign.message)],
+    ['not-in-scope', true],
+  );
   const ghost = await syncA.onDemand('ghost');
-  assert.deepEqual([ghost.status, ghost.status !== 'found' && /ghost is not registered/.test(ghost.message)], ['not-found', true]);
+  assert.deepEqual(
+    [ghost.status, ghost.status !== 'found' && /ghost is not registered/.test(ghost.message)],
+    ['not-found', true],
+  );
   const mod = await syncA.onDemand('C', '$edgeHub');
   assert.equal(mod.status === 'found' && mod.authChain, 'C/$edgeHub;C;B;A');
 });
@@ -322,10 +385,17 @@ test('a parent gateway serves the same API from its cache: three layers, changes
   async function serve(cache: ScopeCache, sync: () => ScopeSync): Promise<{ host: string; port: number }> {
     const host = randomLoopback();
     const cert = await createServerCert({ hostname: host, issuer: root });
-    const app = Fastify({ https: { cert: cert.certPem, key: cert.keyPem }, forceCloseConnections: true, logger: false });
+    const app = Fastify({
+      https: { cert: cert.certPem, key: cert.keyPem },
+      forceCloseConnections: true,
+      logger: false,
+    });
     servers.push(app);
     await app.register(scopeApi, {
-      source: cache.identitySource({ hostNames: [hub.hostname, host], fetchUpstream: (t, c) => sync().fetchUpstream(t, c) }),
+      source: cache.identitySource({
+        hostNames: [hub.hostname, host],
+        fetchUpstream: (t, c) => sync().fetchUpstream(t, c),
+      }),
       keepAliveMs: 1000,
     });
     await app.listen({ host, port: 0 });
@@ -378,7 +448,12 @@ test('a parent gateway serves the same API from its cache: three layers, changes
   assert.ok((await seen) < 2000);
 
   // The wrong child: B's credentials are good at A, but B cannot read C's scope or act for A's leaves.
-  const asB = new ScopeSync({ cache: openCache('C-as-B', 'C'), parent: { ...atA, ca: root.certPem }, hubHostName: hub.hostname, edge: { deviceId: 'C', key: keyOf('B') } });
+  const asB = new ScopeSync({
+    cache: openCache('C-as-B', 'C'),
+    parent: { ...atA, ca: root.certPem },
+    hubHostName: hub.hostname,
+    edge: { deviceId: 'C', key: keyOf('B') },
+  });
   syncs.push(asB);
   await assert.rejects(asB.fullSync(), (err: unknown) => err instanceof ScopeSyncError && err.status === 401);
   const notB = await syncB.onDemand('a3');
@@ -456,11 +531,15 @@ test('with the hub stopped the cache answers from disk and devices authenticate 
     hostNames: [hub.hostname],
     trustedCas: () => [],
   };
-  const tokenFor = (id: string) => createSasToken(`${hub.hostname}/devices/${id}`, keyOf(id), Math.floor(Date.now() / 1000) + 600);
+  const tokenFor = (id: string) =>
+    createSasToken(`${hub.hostname}/devices/${id}`, keyOf(id), Math.floor(Date.now() / 1000) + 600);
   const ok = await authenticate({ deviceId: 'a4', sasToken: tokenFor('a4') }, deps);
   assert.equal(ok.identity.deviceId, 'a4');
   await assert.rejects(authenticate({ deviceId: 'a1', sasToken: tokenFor('a1') }, deps), /device a1 is disabled/);
-  await assert.rejects(authenticate({ deviceId: 'a4', sasToken: tokenFor('b1').replace(/sig=[^&]+/, 'sig=AAAA') }, deps), /does not match|audience/);
+  await assert.rejects(
+    authenticate({ deviceId: 'a4', sasToken: tokenFor('b1').replace(/sig=[^&]+/, 'sig=AAAA') }, deps),
+    /does not match|audience/,
+  );
 
   // The gateway starts while the hub is still down: it waits, then resumes when the hub is back.
   syncA = hubSync(cacheA);

@@ -14,7 +14,11 @@ interface Run {
   acks: Array<[string, number]>;
   coldAcks: number;
   appended: boolean;
-  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; result?: Record<string, Record<string, number>> }>;
+  done: Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    result?: Record<string, Record<string, number>>;
+  }>;
   waitFor(pred: () => boolean, ms: number): Promise<void>;
 }
 
@@ -33,10 +37,12 @@ function startWorker(plan: WorkerPlan, children: ChildProcess[]): Run {
     acks: [],
     coldAcks: 0,
     appended: false,
-    done: new Promise((resolve) => child.on('exit', (code, signal) => {
-      if (code !== 0 && signal === null) console.error(stderr);
-      resolve({ code, signal, result });
-    })),
+    done: new Promise((resolve) =>
+      child.on('exit', (code, signal) => {
+        if (code !== 0 && signal === null) console.error(stderr);
+        resolve({ code, signal, result });
+      }),
+    ),
     waitFor(pred, ms) {
       if (pred()) return Promise.resolve();
       return new Promise((resolve, reject) => {
@@ -84,10 +90,14 @@ interface Delivery {
 
 function readDeliveries(file: string): Delivery[] {
   if (!fs.existsSync(file)) return [];
-  return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((line) => {
-    const [endpoint, seq, sender, n] = line.split(' ');
-    return { endpoint, seq: Number(seq), key: `${sender} ${n}`, sender, n: Number(n) };
-  });
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [endpoint, seq, sender, n] = line.split(' ');
+      return { endpoint, seq: Number(seq), key: `${sender} ${n}`, sender, n: Number(n) };
+    });
 }
 
 test('kill -9 while accepting and forwarding at full speed: every acknowledged message is delivered, in order per sender, none twice from the store, expired ones dropped and counted', async (t) => {
@@ -99,11 +109,23 @@ test('kill -9 while accepting and forwarding at full speed: every acknowledged m
   });
   const SENDERS = 10;
   const PER_SENDER = 10_000;
-  const files = (run: number) => ({ delivered: path.join(dir, `delivered-${run}.log`), checkpoints: path.join(dir, `checkpoints-${run}.log`) });
-  const base = { db: path.join(dir, 'store.db'), senders: SENDERS, perSender: PER_SENDER, inflight: 2000, coldTtlSecs: 1 };
+  const files = (run: number) => ({
+    delivered: path.join(dir, `delivered-${run}.log`),
+    checkpoints: path.join(dir, `checkpoints-${run}.log`),
+  });
+  const base = {
+    db: path.join(dir, 'store.db'),
+    senders: SENDERS,
+    perSender: PER_SENDER,
+    inflight: 2000,
+    coldTtlSecs: 1,
+  };
 
   // Run 1: killed mid-stream, with the cold endpoint down so its short-lived messages wait.
-  const run1 = startWorker({ ...base, ...files(1), from: new Array(SENDERS).fill(0), coldEvery: 10, coldUp: false }, children);
+  const run1 = startWorker(
+    { ...base, ...files(1), from: new Array(SENDERS).fill(0), coldEvery: 10, coldUp: false },
+    children,
+  );
   await run1.waitFor(() => run1.acks.length >= 25_000 && readDeliveries(files(1).delivered).length >= 5_000, 40_000);
   run1.child.kill('SIGKILL');
   const killedAt = Date.now();
@@ -114,9 +136,13 @@ test('kill -9 while accepting and forwarding at full speed: every acknowledged m
 
   // Let every cold message pass its 1 s TTL, then restart: continue each sender after its last acknowledged message.
   const lastAcked = new Array(SENDERS).fill(-1);
-  for (const [sender, n] of run1.acks) lastAcked[Number(sender.slice(1))] = Math.max(lastAcked[Number(sender.slice(1))], n);
+  for (const [sender, n] of run1.acks)
+    lastAcked[Number(sender.slice(1))] = Math.max(lastAcked[Number(sender.slice(1))], n);
   await new Promise((r) => setTimeout(r, Math.max(0, killedAt + 1200 - Date.now())));
-  const run2 = startWorker({ ...base, ...files(2), from: lastAcked.map((n) => n + 1), coldEvery: 0, coldUp: true }, children);
+  const run2 = startWorker(
+    { ...base, ...files(2), from: lastAcked.map((n) => n + 1), coldEvery: 0, coldUp: true },
+    children,
+  );
   const exit2 = await run2.done;
   assert.equal(exit2.code, 0, 'second run finished');
   assert.ok(run2.appended);
@@ -136,7 +162,8 @@ test('kill -9 while accepting and forwarding at full speed: every acknowledged m
 
   // None twice from the store's point of view: within a run no entry is handed out twice, and
   // nothing whose checkpoint was committed before the kill comes back after it.
-  for (const ds of [up1, up2]) assert.equal(new Set(ds.map((d) => d.seq)).size, ds.length, 'an entry delivered twice within one run');
+  for (const ds of [up1, up2])
+    assert.equal(new Set(ds.map((d) => d.seq)).size, ds.length, 'an entry delivered twice within one run');
   const checkpointed1 = new Set(fs.readFileSync(files(1).checkpoints, 'utf8').split('\n').filter(Boolean).map(Number));
   assert.ok(checkpointed1.size > 0);
   const again = up2.filter((d) => checkpointed1.has(d.seq));
@@ -144,8 +171,10 @@ test('kill -9 while accepting and forwarding at full speed: every acknowledged m
   // What is redelivered is the window between delivery and checkpoint commit (at least once).
   const seen1 = new Set(up1.map((d) => d.seq));
   const redelivered = up2.filter((d) => seen1.has(d.seq)).length;
-  t.diagnostic(`run 1: ${run1.acks.length} acknowledged, ${up1.length} delivered, ${checkpointed1.size} checkpoints committed; ` +
-    `run 2: ${run2.acks.length} acknowledged, ${up2.length} delivered, ${redelivered} redelivered from the uncommitted window`);
+  t.diagnostic(
+    `run 1: ${run1.acks.length} acknowledged, ${up1.length} delivered, ${checkpointed1.size} checkpoints committed; ` +
+      `run 2: ${run2.acks.length} acknowledged, ${up2.length} delivered, ${redelivered} redelivered from the uncommitted window`,
+  );
   assert.ok(redelivered <= 2_000, `redelivered ${redelivered}, more than the in-flight window`);
 
   // In order per sender: across both runs, each message seen for the first time comes after every earlier one of its sender.

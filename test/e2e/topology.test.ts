@@ -23,20 +23,29 @@ const STRATA = fileURLToPath(new URL('../../bin/strata.js', import.meta.url));
 
 function strata(args: string[], timeoutMs = 90_000): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [STRATA, ...args], { timeout: timeoutMs, env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, out: `${stdout}${stderr}` });
-    });
+    execFile(
+      process.execPath,
+      [STRATA, ...args],
+      { timeout: timeoutMs, env: { ...process.env, STRATA_LOG_LEVEL: 'warn' } },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        resolve({ code, out: `${stdout}${stderr}` });
+      },
+    );
   });
 }
 
-test('topology up: hub + two gateway layers (the lower one on an MQTT upstream) + a sensor per layer; telemetry at the hub; status; down stops every process', { timeout: 150_000 }, async (t) => {
+test('topology up: hub + two gateway layers (the lower one on an MQTT upstream) + a sensor per layer; telemetry at the hub; status; down stops every process', {
+  timeout: 150_000,
+}, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'strata-topology-'));
   const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
   const last = randomInt(2, 248);
   const [hubAddr, gw1Addr, gw2Addr] = [0, 1, 2].map((i) => `${base}.${last + i}`);
   const file = join(dir, 'topology.yaml');
-  await writeFile(file, `name: e2e
+  await writeFile(
+    file,
+    `name: e2e
 hub:
   address: ${hubAddr}
 gateways:
@@ -45,7 +54,8 @@ gateways:
 devices:
   - { id: sensor-top, parent: gw-top, protocol: mqtt, interval: 300ms }
   - { id: sensor-lower, parent: gw-lower, protocol: amqp, interval: 300ms }
-`);
+`,
+  );
   const topoDir = join(dir, 'run');
   t.after(async () => {
     // Whatever happened, nothing this test started may outlive it.
@@ -101,7 +111,19 @@ devices:
   // status: every node running, gateways healthy and linked up, sensors connected.
   const status = await strata(['topology', 'status', '--dir', topoDir, '--json']);
   assert.equal(status.code, 0, status.out);
-  const report = JSON.parse(status.out) as { running: number; total: number; nodes: Array<{ id: string; kind: string; running: boolean; healthy?: boolean; upstream?: string; children?: number; received?: number }> };
+  const report = JSON.parse(status.out) as {
+    running: number;
+    total: number;
+    nodes: Array<{
+      id: string;
+      kind: string;
+      running: boolean;
+      healthy?: boolean;
+      upstream?: string;
+      children?: number;
+      received?: number;
+    }>;
+  };
   assert.equal(report.total, 5);
   assert.equal(report.running, 5);
   for (const n of report.nodes) {
@@ -114,7 +136,8 @@ devices:
   assert.ok((report.nodes.find((n) => n.kind === 'hub')!.received ?? 0) > 0);
   const text = await strata(['topology', 'status', '--dir', topoDir]);
   assert.match(text.out, /5 of 5 nodes running/);
-  for (const id of ['hub', 'gw-top', 'gw-lower', 'sensor-top', 'sensor-lower']) assert.match(text.out, new RegExp(`${id}\\s.*running`));
+  for (const id of ['hub', 'gw-top', 'gw-lower', 'sensor-top', 'sensor-lower'])
+    assert.match(text.out, new RegExp(`${id}\\s.*running`));
 
   // down: every recorded process is gone.
   const pids = processesTopDown(readState(topoDir)!).map((p) => p.record.pid!);

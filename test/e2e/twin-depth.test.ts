@@ -58,7 +58,10 @@ const TOO_DEEP = /nests objects or arrays deeper than 10 levels/;
 
 async function directDevice(id: string): Promise<{ deviceId: string; key: string; connectionString: string }> {
   const key = newKey();
-  await svc().createDevice({ deviceId: id, authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } } } as never);
+  await svc().createDevice({
+    deviceId: id,
+    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
+  } as never);
   return { deviceId: id, key, connectionString: `HostName=${hub.hostname};DeviceId=${id};SharedAccessKey=${key}` };
 }
 
@@ -68,7 +71,14 @@ function rawServiceCall(method: string, path: string, bodyText: string): Promise
   const token = createSasToken(c.host, c.key, Math.floor(Date.now() / 1000) + 3600, c.policyName);
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
-      { method, host: hubAddr, port: 443, path: `${path}?api-version=${SERVICE_API_VERSION}`, ca: hub.caPem, headers: { Authorization: token, 'Content-Type': 'application/json' } },
+      {
+        method,
+        host: hubAddr,
+        port: 443,
+        path: `${path}?api-version=${SERVICE_API_VERSION}`,
+        ca: hub.caPem,
+        headers: { Authorization: token, 'Content-Type': 'application/json' },
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (d: Buffer) => chunks.push(d));
@@ -91,7 +101,12 @@ function rawServiceCall(method: string, path: string, bodyText: string): Promise
 }
 
 /** Sends one reported patch over raw MQTT to `address` (the hub or a gateway) and returns the status IoT Hub's twin response topic carries, and its body. */
-async function rawReportedPatch(address: string, deviceId: string, key: string, payload: string): Promise<{ status: number; body: string }> {
+async function rawReportedPatch(
+  address: string,
+  deviceId: string,
+  key: string,
+  payload: string,
+): Promise<{ status: number; body: string }> {
   const token = createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
   const client = mqtt.connect(`mqtts://${address}:8883`, {
     ca: hub.caPem,
@@ -112,7 +127,9 @@ async function rawReportedPatch(address: string, deviceId: string, key: string, 
         resolve({ status: Number(m[1]), body: body.toString('utf8') });
       });
     });
-    await new Promise<void>((res, rej) => client.subscribe('$iothub/twin/res/#', { qos: 0 }, (err?: Error) => (err ? rej(err) : res())));
+    await new Promise<void>((res, rej) =>
+      client.subscribe('$iothub/twin/res/#', { qos: 0 }, (err?: Error) => (err ? rej(err) : res())),
+    );
     client.publish('$iothub/twin/PATCH/properties/reported/?$rid=deep1', payload, { qos: 0 });
     return await answer;
   } finally {
@@ -121,15 +138,29 @@ async function rawReportedPatch(address: string, deviceId: string, key: string, 
 }
 
 /** A raw MQTT device at `address` that answers every direct method with `answer` (text, sent as is). */
-async function rawMethodAnswerer(address: string, deviceId: string, key: string, answer: string): Promise<{ end(): void }> {
+async function rawMethodAnswerer(
+  address: string,
+  deviceId: string,
+  key: string,
+  answer: string,
+): Promise<{ end(): void }> {
   const token = createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
-  const client = mqtt.connect(`mqtts://${address}:8883`, { ca: hub.caPem, clientId: deviceId, username: `${hub.hostname}/${deviceId}/?api-version=2021-04-12`, password: token, protocolVersion: 4, reconnectPeriod: 0 });
+  const client = mqtt.connect(`mqtts://${address}:8883`, {
+    ca: hub.caPem,
+    clientId: deviceId,
+    username: `${hub.hostname}/${deviceId}/?api-version=2021-04-12`,
+    password: token,
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+  });
   await connackOf(client);
   client.on('message', (topic: string) => {
     const rid = /\?\$rid=([^&]+)/.exec(topic)?.[1];
     if (rid) client.publish(`$iothub/methods/res/200/?$rid=${rid}`, answer, { qos: 0 });
   });
-  await new Promise<void>((res, rej) => client.subscribe('$iothub/methods/POST/#', { qos: 0 }, (err?: Error) => (err ? rej(err) : res())));
+  await new Promise<void>((res, rej) =>
+    client.subscribe('$iothub/methods/POST/#', { qos: 0 }, (err?: Error) => (err ? rej(err) : res())),
+  );
   return { end: () => client.end(true) };
 }
 
@@ -150,7 +181,9 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
     for (const Transport of [Mqtt, Amqp]) {
       const client = await openSdkLeaf(t, dev.connectionString, Transport, hub.caPem);
       const twin = await client.getTwin();
-      await assert.rejects(updateReported(twin, { deep: nestedArrays(SDK_DEPTH) }), (err: Error) => TOO_DEEP.test(err.message));
+      await assert.rejects(updateReported(twin, { deep: nestedArrays(SDK_DEPTH) }), (err: Error) =>
+        TOO_DEEP.test(err.message),
+      );
       await updateReported(twin, legalNesting(10));
       await client.close();
     }
@@ -173,33 +206,54 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
       assert.match(r.message, TOO_DEEP);
     }
     // A query nesting as deep is a syntax error, not a stack overflow.
-    const q = await rawServiceCall('POST', '/devices/query', JSON.stringify({ query: `SELECT * FROM devices WHERE tags.x IN ${deep}` }));
+    const q = await rawServiceCall(
+      'POST',
+      '/devices/query',
+      JSON.stringify({ query: `SELECT * FROM devices WHERE tags.x IN ${deep}` }),
+    );
     assert.equal(q.status, 400, q.message);
     assert.match(q.message, /nests more than 200 levels/);
     // Other bodies (a device record) are bounded too.
     const d = await rawServiceCall('PUT', '/devices/depth-odd', `{"deviceId":"depth-odd","capabilities":${deep}}`);
     assert.equal(d.status, 400, d.message);
-    await svc().request('PATCH', `/twins/${dev.deviceId}`, { body: { tags: legalNesting(10), properties: { desired: legalNesting(10) } } });
-    await svc().request('PATCH', `/twins/${dev.deviceId}/modules/m`, { body: { properties: { desired: legalNesting(10) } } });
+    await svc().request('PATCH', `/twins/${dev.deviceId}`, {
+      body: { tags: legalNesting(10), properties: { desired: legalNesting(10) } },
+    });
+    await svc().request('PATCH', `/twins/${dev.deviceId}/modules/m`, {
+      body: { properties: { desired: legalNesting(10) } },
+    });
     assert.deepEqual((await svc().getTwin(dev.deviceId)).properties?.desired?.nested, legalNesting(10).nested);
     stillUp();
   });
 
-  for (const [layer, address] of [[1, l1Addr], [3, l3Addr]] as const) {
+  for (const [layer, address] of [
+    [1, l1Addr],
+    [3, l3Addr],
+  ] as const) {
     test(`through ${layer === 1 ? 'one layer' : 'three layers'}: 10,000 nested arrays are a 400 that says why, not "the parent is unreachable"; 10 levels reach the hub`, async (t) => {
       const leaf = await layers[layer - 1]!.createLeaf(`depth-leaf-l${layer}`);
-      await eventually(`the leaf known at L${layer}`, async () => {
-        const r = await rawReportedPatch(address, leaf.deviceId, leaf.key, `{"deep":${arraysText(DEPTH)}}`).catch(() => undefined);
-        if (!r) return undefined;
-        assert.equal(r.status, 400, r.body);
-        assert.match(JSON.parse(r.body).message, TOO_DEEP);
-        assert.doesNotMatch(r.body, /unreachable/);
-        return true;
-      }, 30_000, 500);
+      await eventually(
+        `the leaf known at L${layer}`,
+        async () => {
+          const r = await rawReportedPatch(address, leaf.deviceId, leaf.key, `{"deep":${arraysText(DEPTH)}}`).catch(
+            () => undefined,
+          );
+          if (!r) return undefined;
+          assert.equal(r.status, 400, r.body);
+          assert.match(JSON.parse(r.body).message, TOO_DEEP);
+          assert.doesNotMatch(r.body, /unreachable/);
+          return true;
+        },
+        30_000,
+        500,
+      );
 
       const client = await openSdkLeaf(t, leaf.connectionString, Mqtt, hub.caPem);
       const twin = await client.getTwin();
-      await assert.rejects(updateReported(twin, { deep: nestedArrays(SDK_DEPTH) }), (err: Error) => TOO_DEEP.test(err.message) && !/unreachable/.test(err.message));
+      await assert.rejects(
+        updateReported(twin, { deep: nestedArrays(SDK_DEPTH) }),
+        (err: Error) => TOO_DEEP.test(err.message) && !/unreachable/.test(err.message),
+      );
       await updateReported(twin, legalNesting(10));
       await eventually('the legal patch at the hub', async () => {
         const reported = (await svc().getTwin(leaf.deviceId)).properties?.reported;
@@ -209,7 +263,7 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
     });
   }
 
-  test('a refusal only the hub makes (reported properties over 32 KiB) reaches a device one and three layers down as a 400 in the hub\'s own words', async (t) => {
+  test("a refusal only the hub makes (reported properties over 32 KiB) reaches a device one and three layers down as a 400 in the hub's own words", async (t) => {
     const patch = JSON.stringify({ big: 'x'.repeat(33 * 1024) });
     const direct = await directDevice('depth-size-direct');
     const atHub = await rawReportedPatch(hubAddr, direct.deviceId, direct.key, patch);
@@ -217,9 +271,17 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
     const hubWords = JSON.parse(atHub.body).message as string;
     assert.match(hubWords, /32768 bytes/);
 
-    for (const [layer, address] of [[1, l1Addr], [3, l3Addr]] as const) {
+    for (const [layer, address] of [
+      [1, l1Addr],
+      [3, l3Addr],
+    ] as const) {
       const leaf = await layers[layer - 1]!.createLeaf(`depth-size-l${layer}`);
-      const relayed = await eventually(`a twin answer from L${layer}`, () => rawReportedPatch(address, leaf.deviceId, leaf.key, patch).catch(() => undefined), 30_000, 500);
+      const relayed = await eventually(
+        `a twin answer from L${layer}`,
+        () => rawReportedPatch(address, leaf.deviceId, leaf.key, patch).catch(() => undefined),
+        30_000,
+        500,
+      );
       assert.equal(relayed.status, 400, `L${layer}: ${relayed.body}`);
       assert.equal(JSON.parse(relayed.body).message, hubWords, `L${layer} passes the hub's words on unchanged`);
 
@@ -235,7 +297,11 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
     const direct = await directDevice('depth-method-direct');
     const a = await rawMethodAnswerer(hubAddr, direct.deviceId, direct.key, answer);
     try {
-      const r = await rawServiceCall('POST', `/twins/${direct.deviceId}/methods`, JSON.stringify({ methodName: 'm', payload: {}, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 }));
+      const r = await rawServiceCall(
+        'POST',
+        `/twins/${direct.deviceId}/methods`,
+        JSON.stringify({ methodName: 'm', payload: {}, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 }),
+      );
       assert.equal(r.status, 400, r.message);
       assert.match(r.message, /nests objects or arrays deeper than 100 levels/);
     } finally {
@@ -244,12 +310,26 @@ describe('deeply nested twin documents', { timeout: 180_000 }, () => {
 
     // Through L1 the failure is the method's answer (as every relayed method failure is), and L1 lives on.
     const leaf = await layers[0]!.createLeaf('depth-method-l1');
-    const b = await eventually('the leaf connected to L1', () => rawMethodAnswerer(l1Addr, leaf.deviceId, leaf.key, answer).catch(() => undefined), 30_000, 500);
+    const b = await eventually(
+      'the leaf connected to L1',
+      () => rawMethodAnswerer(l1Addr, leaf.deviceId, leaf.key, answer).catch(() => undefined),
+      30_000,
+      500,
+    );
     try {
-      const relayed = await eventually('a method answer through L1', async () => {
-        const r = await rawServiceCall('POST', `/twins/${leaf.deviceId}/methods`, JSON.stringify({ methodName: 'm', payload: {}, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 }));
-        return r.status === 404 ? undefined : r;
-      }, 60_000, 1000);
+      const relayed = await eventually(
+        'a method answer through L1',
+        async () => {
+          const r = await rawServiceCall(
+            'POST',
+            `/twins/${leaf.deviceId}/methods`,
+            JSON.stringify({ methodName: 'm', payload: {}, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 }),
+          );
+          return r.status === 404 ? undefined : r;
+        },
+        60_000,
+        1000,
+      );
       assert.equal(relayed.status, 200, relayed.message);
       const result = JSON.parse(relayed.message) as { status: number; payload: { message?: string } };
       assert.equal(result.status, 400, JSON.stringify(result));

@@ -46,16 +46,33 @@ before(async () => {
   await sdk.open('owner', { connectionString: hub.connectionString });
   const starts: Array<() => Promise<GatewayProcess>> = [];
   for (let i = 0; i < 3; i++) {
-    const edge = await setupLayer(hub, { gatewayId: `sync-l${i + 1}`, address: addr(1 + i), parent: amqpLayers[i - 1] });
+    const edge = await setupLayer(hub, {
+      gatewayId: `sync-l${i + 1}`,
+      address: addr(1 + i),
+      parent: amqpLayers[i - 1],
+    });
     amqpLayers.push(edge);
     cleanups.push(() => edge.cleanup());
-    starts.push(() => startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address }));
+    starts.push(() =>
+      startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address }),
+    );
   }
   for (let i = 0; i < 2; i++) {
-    const edge = await setupLayer(hub, { gatewayId: `sync-m${i + 1}`, address: addr(4 + i), parent: mqttLayers[i - 1] });
+    const edge = await setupLayer(hub, {
+      gatewayId: `sync-m${i + 1}`,
+      address: addr(4 + i),
+      parent: mqttLayers[i - 1],
+    });
     mqttLayers.push(edge);
     cleanups.push(() => edge.cleanup());
-    starts.push(() => startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address, env: { UpstreamProtocol: 'Mqtt' } }));
+    starts.push(() =>
+      startGatewayProcess({
+        configPath: edge.configPath,
+        dataDir: edge.dataDir,
+        address: edge.address,
+        env: { UpstreamProtocol: 'Mqtt' },
+      }),
+    );
   }
   // Parents first: a layer connects to the one above it at start-up.
   for (const start of starts) {
@@ -79,7 +96,10 @@ const transports = [
 async function register(deviceId: string, edge?: EdgeSetup): Promise<string> {
   if (edge) return (await edge.createLeaf(deviceId)).connectionString;
   const key = newKey();
-  await svc().createDevice({ deviceId, authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } } });
+  await svc().createDevice({
+    deviceId,
+    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
+  });
   return `HostName=${hub.hostname};DeviceId=${deviceId};SharedAccessKey=${key}`;
 }
 
@@ -91,7 +111,13 @@ async function connectionStringOf(deviceId: string, edge?: EdgeSetup): Promise<s
 }
 
 /** A leaf of the official SDK under `edge` (or on the hub itself), with its twin read. */
-async function leafWithTwin(t: { after(fn: () => unknown): void }, deviceId: string, Transport: unknown, edge?: EdgeSetup, registered = false) {
+async function leafWithTwin(
+  t: { after(fn: () => unknown): void },
+  deviceId: string,
+  Transport: unknown,
+  edge?: EdgeSetup,
+  registered = false,
+) {
   const cs = registered ? await connectionStringOf(deviceId, edge) : await register(deviceId, edge);
   const client = await openSdkLeaf(t, cs, Transport, hub.caPem);
   const twin = await client.getTwin();
@@ -125,7 +151,9 @@ describe('a desired patch sent right after the leaf subscribes reaches it, sent 
   }
 });
 
-describe('a desired patch made between the leaf\'s twin read and its subscription reaches it through gateways', { timeout: 120_000 }, () => {
+describe("a desired patch made between the leaf's twin read and its subscription reaches it through gateways", {
+  timeout: 120_000,
+}, () => {
   // On the hub itself such a patch is not pushed (the device reads its twin again when it
   // needs to); a gateway, like the original edge hub, compares on subscription and sends it.
   const placements = [
@@ -167,7 +195,11 @@ describe('desired: null clears all desired properties and reaches the device', {
           // Set before the leaf connects: it reads them with its twin.
           const edge = p.edge();
           if (edge) await edge.createLeaf(id);
-          else await svc().createDevice({ deviceId: id, authentication: { type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } } });
+          else
+            await svc().createDevice({
+              deviceId: id,
+              authentication: { type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } },
+            });
           const set = await sdk.call('owner', 'updateTwin', id, { properties: { desired: props } }, '*');
           assert.ok(set.ok, JSON.stringify(set));
           const v0 = set.value.body.properties.desired.$version as number;
@@ -175,13 +207,27 @@ describe('desired: null clears all desired properties and reaches the device', {
           assert.deepEqual({ foo: twin.properties.desired.foo, bar: twin.properties.desired.bar }, props);
           const pushed = await listenDesired(twin);
 
-          const cleared = await sdk.call('owner', 'updateTwin', id, { properties: { desired: null } }, etag ?? set.value.body.etag);
+          const cleared = await sdk.call(
+            'owner',
+            'updateTwin',
+            id,
+            { properties: { desired: null } },
+            etag ?? set.value.body.etag,
+          );
           assert.ok(cleared.ok, JSON.stringify(cleared));
           assert.equal(cleared.value.body.properties.desired.$version, v0 + 1, 'the service sees $version one up');
-          assert.deepEqual(Object.keys(cleared.value.body.properties.desired).filter((k) => !k.startsWith('$')), [], 'the service sees no desired properties');
+          assert.deepEqual(
+            Object.keys(cleared.value.body.properties.desired).filter((k) => !k.startsWith('$')),
+            [],
+            'the service sees no desired properties',
+          );
           const patch = await desiredPush(pushed, v0 + 1);
           assert.deepEqual(patch, { foo: null, bar: null, $version: v0 + 1 }, 'one patch removing every property');
-          assert.deepEqual(Object.keys(twin.properties.desired).filter((k) => !k.startsWith('$')), [], 'the SDK twin has no desired properties left');
+          assert.deepEqual(
+            Object.keys(twin.properties.desired).filter((k) => !k.startsWith('$')),
+            [],
+            'the SDK twin has no desired properties left',
+          );
           const read = await sdk.call('owner', 'getTwin', id);
           assert.ok(read.ok);
           assert.equal(read.value.body.properties.desired.$version, v0 + 1);
@@ -191,7 +237,9 @@ describe('desired: null clears all desired properties and reaches the device', {
   }
 });
 
-describe('reported: null from a device is refused with a clear error (IoT Hub refuses it too) and changes nothing', { timeout: 120_000 }, () => {
+describe('reported: null from a device is refused with a clear error (IoT Hub refuses it too) and changes nothing', {
+  timeout: 120_000,
+}, () => {
   const placements = [
     { where: 'on the hub', edge: () => undefined, tag: 'hub' },
     { where: 'three layers down', edge: () => amqpLayers[2], tag: 'l3' },
@@ -203,7 +251,10 @@ describe('reported: null from a device is refused with a clear error (IoT Hub re
         const { twin } = await leafWithTwin(t, id, Transport, p.edge());
         await updateReported(twin, { a: 1, b: { c: 2 } });
         const before = (await svc().getTwin(id)).properties!.reported!;
-        const refused = await updateReported(twin, null as never).then(() => undefined, (e: Error) => e);
+        const refused = await updateReported(twin, null as never).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.match(refused?.message ?? 'not refused', /cannot be null; .* naming each of them as null/);
         const after = (await svc().getTwin(id)).properties!.reported!;
         assert.equal(after.$version, before.$version);
@@ -211,7 +262,10 @@ describe('reported: null from a device is refused with a clear error (IoT Hub re
         // What a device does instead: name each property as null.
         await updateReported(twin, { a: null, b: null });
         const cleared = (await svc().getTwin(id)).properties!.reported!;
-        assert.deepEqual(Object.keys(cleared).filter((k) => !k.startsWith('$')), []);
+        assert.deepEqual(
+          Object.keys(cleared).filter((k) => !k.startsWith('$')),
+          [],
+        );
       });
     }
   }
@@ -227,7 +281,10 @@ describe('a link restored', { timeout: 180_000 }, () => {
       const l1 = amqpLayers[0];
       await gws.get(l1.gatewayId)!.stop();
       await svc().updateTwin(id, { properties: { desired: { mode: 'while-l1-was-down' } } });
-      gws.set(l1.gatewayId, await startGatewayProcess({ configPath: l1.configPath, dataDir: l1.dataDir, address: l1.address }));
+      gws.set(
+        l1.gatewayId,
+        await startGatewayProcess({ configPath: l1.configPath, dataDir: l1.dataDir, address: l1.address }),
+      );
       const got = await desiredPush(pushed, v + 1, 90_000);
       assert.deepEqual(got, { mode: 'while-l1-was-down', $version: v + 1 });
       await new Promise((r) => setTimeout(r, 1000));

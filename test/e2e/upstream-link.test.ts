@@ -70,13 +70,29 @@ before(async () => {
   svc = serviceClient(hub);
   dir = await mkdtemp(join(tmpdir(), 'strata-upstream-'));
   edgeKey = newKey();
-  const edge = await svc.createDevice({ deviceId: 'edge-1', capabilities: { iotEdge: true }, authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: newKey() } } } as never);
-  const other = await svc.createDevice({ deviceId: 'edge-2', capabilities: { iotEdge: true }, authentication: sasAuth() } as never);
-  for (const id of ['leaf-a', 'leaf-b']) await svc.createDevice({ deviceId: id, deviceScope: edge.deviceScope, authentication: sasAuth() } as never);
+  const edge = await svc.createDevice({
+    deviceId: 'edge-1',
+    capabilities: { iotEdge: true },
+    authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: newKey() } },
+  } as never);
+  const other = await svc.createDevice({
+    deviceId: 'edge-2',
+    capabilities: { iotEdge: true },
+    authentication: sasAuth(),
+  } as never);
+  for (const id of ['leaf-a', 'leaf-b'])
+    await svc.createDevice({ deviceId: id, deviceScope: edge.deviceScope, authentication: sasAuth() } as never);
   await svc.createModule({ deviceId: 'leaf-a', moduleId: 'sensor', authentication: sasAuth() } as never);
   await svc.createDevice({ deviceId: 'leaf-x', deviceScope: other.deviceScope, authentication: sasAuth() } as never);
   proxy = await countingProxy(hub.address, 5671);
-  link = new AmqpParentLink({ parentHost: hub.hostname, port: proxy.port, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
+  link = new AmqpParentLink({
+    parentHost: hub.hostname,
+    port: proxy.port,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey,
+  });
   closers.push(() => link.close());
   const up = new Promise<void>((resolve) => link.once('up', () => resolve()));
   await link.start();
@@ -93,7 +109,11 @@ after(async () => {
 });
 
 function deviceAuth(deviceId: string, moduleId?: string): AuthResult {
-  return { identity: moduleId === undefined ? { deviceId } : { deviceId, moduleId }, kind: 'sas', authMethod: '{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}' };
+  return {
+    identity: moduleId === undefined ? { deviceId } : { deviceId, moduleId },
+    kind: 'sas',
+    authMethod: '{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}',
+  };
 }
 
 function telemetry(text: string, extra: Partial<Message> = {}): Message {
@@ -120,18 +140,42 @@ test('telemetry of two leaves and a module goes through one connection and arriv
   const target = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
   const appends: Array<Promise<void>> = [];
   for (let i = 0; i < N; i++) {
-    appends.push(store.append({ message: storedMessageOf(deviceAuth('leaf-a'), telemetry(`a-${i}`, { messageId: `a-${i}`, contentType: 'application/json', contentEncoding: 'utf-8' })), targets: target }));
-    appends.push(store.append({ message: storedMessageOf(deviceAuth('leaf-b'), telemetry(`b-${i}`, { messageId: `b-${i}` })), targets: target }));
+    appends.push(
+      store.append({
+        message: storedMessageOf(
+          deviceAuth('leaf-a'),
+          telemetry(`a-${i}`, { messageId: `a-${i}`, contentType: 'application/json', contentEncoding: 'utf-8' }),
+        ),
+        targets: target,
+      }),
+    );
+    appends.push(
+      store.append({
+        message: storedMessageOf(deviceAuth('leaf-b'), telemetry(`b-${i}`, { messageId: `b-${i}` })),
+        targets: target,
+      }),
+    );
   }
-  appends.push(store.append({ message: storedMessageOf(deviceAuth('leaf-a', 'sensor'), telemetry('m-0', { outputName: 'out1' })), targets: target }));
+  appends.push(
+    store.append({
+      message: storedMessageOf(deviceAuth('leaf-a', 'sensor'), telemetry('m-0', { outputName: 'out1' })),
+      targets: target,
+    }),
+  );
   await Promise.all(appends);
   await until('the store to drain', () => store.queueLength('$upstream') === 0 && pump.metrics().sent === 2 * N + 1);
 
   const a = await waitForEvents(svc, { device: 'leaf-a' }, N + 1);
   const b = await waitForEvents(svc, { device: 'leaf-b' }, N);
   const fromA = a.filter((e) => e.moduleId === undefined);
-  assert.deepEqual(fromA.map((e) => Buffer.from(e.body, 'base64').toString()), Array.from({ length: N }, (_, i) => `a-${i}`));
-  assert.deepEqual(b.map((e) => Buffer.from(e.body, 'base64').toString()), Array.from({ length: N }, (_, i) => `b-${i}`));
+  assert.deepEqual(
+    fromA.map((e) => Buffer.from(e.body, 'base64').toString()),
+    Array.from({ length: N }, (_, i) => `a-${i}`),
+  );
+  assert.deepEqual(
+    b.map((e) => Buffer.from(e.body, 'base64').toString()),
+    Array.from({ length: N }, (_, i) => `b-${i}`),
+  );
   for (const e of fromA) {
     assert.equal(e.annotations['iothub-connection-device-id'], 'leaf-a');
     assert.equal(e.systemProperties['message-id'], Buffer.from(e.body, 'base64').toString());
@@ -162,7 +206,7 @@ test('twin get, reported patch and desired pushes reach the upstream identity', 
   const { version } = await leaf.twinPatchReported({ firmware: '1.2.3', battery: 80 });
   assert.ok(version > (twin.reported.$version as number), `the reported version grows (${version})`);
   const atHub = await svc.getTwin('leaf-a');
-  assert.equal((atHub.properties?.reported as Record<string, unknown>).firmware, '1.2.3');
+  assert.equal((atHub.properties?.reported as Record<string, unknown> | undefined)?.firmware, '1.2.3');
   assert.equal(proxy.connections, 1);
 });
 
@@ -173,8 +217,23 @@ test("the gateway's own $edgeHub twin (routes, TTL) is read and pushed over the 
   self.onDesired((p) => pushes.push(p));
   await self.ready();
   // A whole deployment: the hub refuses $edgeHub desired properties a gateway could not use.
-  await svc.updateTwin('edge-1', { properties: { desired: { schemaVersion: '1.1', routes: { all: 'FROM /messages/* INTO $upstream' }, storeAndForwardConfiguration: { timeToLiveSecs: 7200 } } } }, '*', '$edgeHub');
-  await until('the $edgeHub desired push', () => pushes.some((p) => (p.routes as Record<string, string> | undefined)?.all !== undefined));
+  await svc.updateTwin(
+    'edge-1',
+    {
+      properties: {
+        desired: {
+          schemaVersion: '1.1',
+          routes: { all: 'FROM /messages/* INTO $upstream' },
+          storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
+        },
+      },
+    },
+    '*',
+    '$edgeHub',
+  );
+  await until('the $edgeHub desired push', () =>
+    pushes.some((p) => (p.routes as Record<string, string> | undefined)?.all !== undefined),
+  );
   const twin = await self.twinGet();
   assert.deepEqual(twin.desired.routes, { all: 'FROM /messages/* INTO $upstream' });
   assert.equal(proxy.connections, 1);
@@ -190,7 +249,9 @@ test('a direct method invoked at the hub reaches onMethod and the response retur
     leaf.methodResponse(req.requestId, 200, Buffer.from(JSON.stringify({ rebooting: true, delay: args.delay })));
   });
   await leaf.ready();
-  const r = await svc.request<{ status: number; payload: unknown }>('POST', '/twins/leaf-b/methods', { body: { methodName: 'reboot', payload: { delay: 3 }, responseTimeoutInSeconds: 10 } });
+  const r = await svc.request<{ status: number; payload: unknown }>('POST', '/twins/leaf-b/methods', {
+    body: { methodName: 'reboot', payload: { delay: 3 }, responseTimeoutInSeconds: 10 },
+  });
   assert.deepEqual(r.body, { status: 200, payload: { rebooting: true, delay: 3 } });
   assert.equal(calls.length, 1);
   assert.equal(calls[0]!.methodName, 'reboot');
@@ -202,7 +263,9 @@ test('C2D sent to a leaf at the hub reaches onC2D; abandon redelivers, complete 
   const got: UpstreamC2DDelivery[] = [];
   leaf.onC2D((d) => got.push(d));
   await leaf.ready();
-  await svc.request('POST', '/devices/leaf-b/messages/deviceBound', { body: { body: 'open valve', messageId: 'c2d-1', properties: { valve: '7' } } });
+  await svc.request('POST', '/devices/leaf-b/messages/deviceBound', {
+    body: { body: 'open valve', messageId: 'c2d-1', properties: { valve: '7' } },
+  });
   await until('the C2D delivery', () => got.length >= 1);
   assert.equal(got[0]!.message.body.toString(), 'open valve');
   assert.equal(got[0]!.message.messageId, 'c2d-1');
@@ -212,14 +275,24 @@ test('C2D sent to a leaf at the hub reaches onC2D; abandon redelivers, complete 
   await until('the redelivery', () => got.length >= 2);
   assert.equal(got[1]!.message.messageId, 'c2d-1');
   await leaf.settleC2D(got[1]!.lockToken, 'complete');
-  await until('the hub to drop the completed message', async () => (await svc.getDevice('leaf-b')).cloudToDeviceMessageCount === 0);
+  await until(
+    'the hub to drop the completed message',
+    async () => (await svc.getDevice('leaf-b')).cloudToDeviceMessageCount === 0,
+  );
   await assert.rejects(leaf.settleC2D(got[1]!.lockToken, 'complete'), /no cloud-to-device delivery with lock token/);
 });
 
-test('one sender\'s messages go as IoT Hub batches; a batch holding an oversized message still delivers the others', async () => {
+test("one sender's messages go as IoT Hub batches; a batch holding an oversized message still delivers the others", async () => {
   const endpoint = link.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
   const before = endpoint.metrics();
-  const entry = (seq: number, m: Message) => ({ seq, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-b'), m) });
+  const entry = (seq: number, m: Message) => ({
+    seq,
+    endpoint: '$upstream',
+    priority: 0,
+    enqueuedAt: Date.now(),
+    expiresAt: Infinity,
+    message: storedMessageOf(deviceAuth('leaf-b'), m),
+  });
   // 40 small messages, one over the 256 KiB limit in the middle, 40 more: more than one batch by size.
   const batch = [];
   for (let i = 0; i < 40; i++) batch.push(entry(i, telemetry(`big-batch-${i}`, { body: Buffer.alloc(6000, i) })));
@@ -231,22 +304,48 @@ test('one sender\'s messages go as IoT Hub batches; a batch holding an oversized
   assert.equal(after.undeliverable - before.undeliverable, 1, 'the oversized one is dropped and counted');
   let seqs: string[] = [];
   await until('the batch to arrive', async () => {
-    const page = (await svc.request<{ events: Array<{ properties: Record<string, string> }> }>('GET', '/events?device=leaf-b&from=0&limit=1000')).body.events;
+    const page = (
+      await svc.request<{ events: Array<{ properties: Record<string, string> }> }>(
+        'GET',
+        '/events?device=leaf-b&from=0&limit=1000',
+      )
+    ).body.events;
     seqs = page.map((e) => e.properties.seq!).filter((v) => v.startsWith('big-batch-') || v === 'too-big');
     return seqs.length >= 80;
   });
-  assert.deepEqual(seqs, [...Array.from({ length: 40 }, (_, i) => `big-batch-${i}`), ...Array.from({ length: 40 }, (_, i) => `big-batch-${i + 41}`)], 'in order, without the oversized one');
+  assert.deepEqual(
+    seqs,
+    [
+      ...Array.from({ length: 40 }, (_, i) => `big-batch-${i}`),
+      ...Array.from({ length: 40 }, (_, i) => `big-batch-${i + 41}`),
+    ],
+    'in order, without the oversized one',
+  );
 });
 
 test('batches name their origin: what is sent again after a restart is stored once, what is new is stored', async () => {
   // A second link of the same gateway, as after a restart, with its store's id.
-  const named = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, originId: 'store-under-test' });
+  const named = new AmqpParentLink({
+    parentHost: hub.hostname,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey,
+    originId: 'store-under-test',
+  });
   closers.push(() => named.close());
   const up = new Promise<void>((resolve) => named.once('up', () => resolve()));
   await named.start();
   await up;
   const endpoint = named.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
-  const entry = (seq: number) => ({ seq, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-a'), telemetry(`once-${seq}`)) });
+  const entry = (seq: number) => ({
+    seq,
+    endpoint: '$upstream',
+    priority: 0,
+    enqueuedAt: Date.now(),
+    expiresAt: Infinity,
+    message: storedMessageOf(deviceAuth('leaf-a'), telemetry(`once-${seq}`)),
+  });
   const seqs = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
   await endpoint.send(seqs(1, 10).map(entry));
   // The gateway died before checkpointing: after its restart the pump reads from 1 again, and more has arrived.
@@ -258,14 +357,28 @@ test('batches name their origin: what is sent again after a restart is stored on
   await endpoint.send(seqs(21, 30).map(entry));
   let got: string[] = [];
   await until('the messages to arrive', async () => {
-    const page = (await svc.request<{ events: Array<{ properties: Record<string, string> }> }>('GET', '/events?device=leaf-a&from=0&limit=1000')).body.events;
+    const page = (
+      await svc.request<{ events: Array<{ properties: Record<string, string> }> }>(
+        'GET',
+        '/events?device=leaf-a&from=0&limit=1000',
+      )
+    ).body.events;
     got = page.map((e) => e.properties.seq!).filter((v) => v.startsWith('once-'));
     return got.length >= 30;
   });
   await new Promise((r) => setTimeout(r, 300));
-  const page = (await svc.request<{ events: Array<{ properties: Record<string, string> }> }>('GET', '/events?device=leaf-a&from=0&limit=1000')).body.events;
+  const page = (
+    await svc.request<{ events: Array<{ properties: Record<string, string> }> }>(
+      'GET',
+      '/events?device=leaf-a&from=0&limit=1000',
+    )
+  ).body.events;
   got = page.map((e) => e.properties.seq!).filter((v) => v.startsWith('once-'));
-  assert.deepEqual(got, seqs(1, 30).map((n) => `once-${n}`), 'each message once, in order');
+  assert.deepEqual(
+    got,
+    seqs(1, 30).map((n) => `once-${n}`),
+    'each message once, in order',
+  );
 });
 
 test('a leaf not in the gateway scope is refused, and its telemetry is dropped and counted', async () => {
@@ -277,7 +390,16 @@ test('a leaf not in the gateway scope is refused, and its telemetry is dropped a
   });
   const endpoint = link.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
   const before = endpoint.metrics().undeliverable;
-  await endpoint.send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-x'), telemetry('x-0')) }]);
+  await endpoint.send([
+    {
+      seq: 1,
+      endpoint: '$upstream',
+      priority: 0,
+      enqueuedAt: Date.now(),
+      expiresAt: Infinity,
+      message: storedMessageOf(deviceAuth('leaf-x'), telemetry('x-0')),
+    },
+  ]);
   assert.equal(endpoint.metrics().undeliverable, before + 1);
   const events = (await svc.request<{ events: unknown[] }>('GET', '/events?device=leaf-x&from=0')).body.events;
   assert.equal(events.length, 0, 'nothing arrives for the outsider');
@@ -302,7 +424,10 @@ test('a leaf moved to another gateway loses its on-behalf-of links at once', asy
 
   const moved = await svc.getDevice('leaf-c');
   await svc.updateDevice({ ...moved, deviceScope: edge2.deviceScope!, parentScopes: [edge2.deviceScope!] });
-  await until('the hub to drop the session of the moved leaf', async () => (await svc.getDevice('leaf-c')).connectionState === 'Disconnected');
+  await until(
+    'the hub to drop the session of the moved leaf',
+    async () => (await svc.getDevice('leaf-c')).connectionState === 'Disconnected',
+  );
   await assert.rejects(leaf.twinGet(), /device leaf-c is not in this gateway's scope/);
   await assert.rejects(
     svc.request('POST', '/twins/leaf-c/methods', { body: { methodName: 'ping', responseTimeoutInSeconds: 5 } }),
@@ -311,7 +436,14 @@ test('a leaf moved to another gateway loses its on-behalf-of links at once', asy
 });
 
 test('tokens are renewed before they expire: the link stays up and keeps working', async () => {
-  const short = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, tokenTtlSecs: 3 });
+  const short = new AmqpParentLink({
+    parentHost: hub.hostname,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey,
+    tokenTtlSecs: 3,
+  });
   closers.push(() => short.close());
   let downs = 0;
   short.on('down', () => downs++);
@@ -319,23 +451,49 @@ test('tokens are renewed before they expire: the link stays up and keeps working
   // leaf-c moved away in an earlier test; leaf-a's session here is this link's only one.
   const leaf = short.openIdentity({ deviceId: 'leaf-a', moduleId: 'sensor', authChain: 'leaf-a/sensor;leaf-a;edge-1' });
   await leaf.twinGet();
-  const connectedAt = (await svc.getModule('leaf-a', 'sensor')) as { connectionState?: string; connectionStateUpdatedTime?: string };
+  const connectedAt = (await svc.getModule('leaf-a', 'sensor')) as {
+    connectionState?: string;
+    connectionStateUpdatedTime?: string;
+  };
   assert.equal(connectedAt.connectionState, 'Connected');
   const from = (await svc.request<{ nextSequenceNumber: number }>('GET', '/events?from=end')).body.nextSequenceNumber;
   await new Promise((r) => setTimeout(r, 4500));
   assert.equal(downs, 0, 'the connection was never dropped');
-  const later = (await svc.getModule('leaf-a', 'sensor')) as { connectionState?: string; connectionStateUpdatedTime?: string };
+  const later = (await svc.getModule('leaf-a', 'sensor')) as {
+    connectionState?: string;
+    connectionStateUpdatedTime?: string;
+  };
   assert.equal(later.connectionState, 'Connected');
-  assert.equal(later.connectionStateUpdatedTime, connectedAt.connectionStateUpdatedTime, 'the hub never ended the session: its credential was renewed in time');
+  assert.equal(
+    later.connectionStateUpdatedTime,
+    connectedAt.connectionStateUpdatedTime,
+    'the hub never ended the session: its credential was renewed in time',
+  );
   await leaf.twinGet();
-  await short.telemetryEndpoint().send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-a', 'sensor'), telemetry('after-renewal')) }]);
+  await short.telemetryEndpoint().send([
+    {
+      seq: 1,
+      endpoint: '$upstream',
+      priority: 0,
+      enqueuedAt: Date.now(),
+      expiresAt: Infinity,
+      message: storedMessageOf(deviceAuth('leaf-a', 'sensor'), telemetry('after-renewal')),
+    },
+  ]);
   const [e] = await waitForEvents(svc, { device: 'leaf-a', module: 'sensor', from: String(from) }, 1);
   assert.equal(Buffer.from(e!.body, 'base64').toString(), 'after-renewal');
   await short.close();
 });
 
 test('a wrong edge key is refused', async () => {
-  const bad = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey: newKey(), minBackoffMs: 5000 });
+  const bad = new AmqpParentLink({
+    parentHost: hub.hostname,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey: newKey(),
+    minBackoffMs: 5000,
+  });
   closers.push(() => bad.close());
   let refused: Error | undefined;
   bad.on('refused', (e: Error) => (refused ??= e));
@@ -347,13 +505,33 @@ test('a wrong edge key is refused', async () => {
 
 test('AMQP over WebSockets carries the same on-behalf-of traffic', async () => {
   // A leaf of its own: another connection taking over an identity the shared link keeps attached would bounce between them.
-  await svc.createDevice({ deviceId: 'leaf-d', deviceScope: (await svc.getDevice('edge-1')).deviceScope, authentication: sasAuth() } as never);
-  const ws = new AmqpParentLink({ parentHost: hub.hostname, transport: 'amqpws', trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey });
+  await svc.createDevice({
+    deviceId: 'leaf-d',
+    deviceScope: (await svc.getDevice('edge-1')).deviceScope,
+    authentication: sasAuth(),
+  } as never);
+  const ws = new AmqpParentLink({
+    parentHost: hub.hostname,
+    transport: 'amqpws',
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey,
+  });
   closers.push(() => ws.close());
   await ws.start();
   assert.equal(ws.connected, true);
   const from = (await svc.request<{ nextSequenceNumber: number }>('GET', '/events?from=end')).body.nextSequenceNumber;
-  await ws.telemetryEndpoint().send([{ seq: 1, endpoint: '$upstream', priority: 0, enqueuedAt: Date.now(), expiresAt: Infinity, message: storedMessageOf(deviceAuth('leaf-d'), telemetry('over-ws')) }]);
+  await ws.telemetryEndpoint().send([
+    {
+      seq: 1,
+      endpoint: '$upstream',
+      priority: 0,
+      enqueuedAt: Date.now(),
+      expiresAt: Infinity,
+      message: storedMessageOf(deviceAuth('leaf-d'), telemetry('over-ws')),
+    },
+  ]);
   const [e] = await waitForEvents(svc, { device: 'leaf-d', from: String(from) }, 1);
   assert.equal(Buffer.from(e!.body, 'base64').toString(), 'over-ws');
   assert.equal(e!.annotations['iothub-connection-device-id'], 'leaf-d');
@@ -364,7 +542,14 @@ test('AMQP over WebSockets carries the same on-behalf-of traffic', async () => {
 
 test('a parent certificate the trust bundle does not accept is refused', async () => {
   const stranger = await createRootCa({ commonName: 'Not the hub root' });
-  const wrong = new AmqpParentLink({ parentHost: hub.hostname, trustPem: stranger.certPem, hubHostName: hub.hostname, edgeDeviceId: 'edge-1', edgeKey, minBackoffMs: 5000 });
+  const wrong = new AmqpParentLink({
+    parentHost: hub.hostname,
+    trustPem: stranger.certPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey,
+    minBackoffMs: 5000,
+  });
   closers.push(() => wrong.close());
   await assert.rejects(wrong.start(), /certificate the trust bundle does not accept/);
   assert.equal(wrong.connected, false);

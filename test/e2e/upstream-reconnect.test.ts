@@ -23,7 +23,11 @@ after(async () => {
   for (const c of cleanup.reverse()) await c().catch(() => undefined);
 });
 
-const auth = (deviceId: string): AuthResult => ({ identity: { deviceId }, kind: 'sas', authMethod: '{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}' });
+const auth = (deviceId: string): AuthResult => ({
+  identity: { deviceId },
+  kind: 'sas',
+  authMethod: '{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}',
+});
 
 async function until(what: string, check: () => boolean, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
@@ -37,18 +41,35 @@ test('stop and restart the hub: the link reconnects by itself and the drain resu
   const address = randomLoopback();
   const dataDir = await mkdtemp(join(tmpdir(), 'strata-upstream-hub-'));
   const storeDir = await mkdtemp(join(tmpdir(), 'strata-upstream-store-'));
-  cleanup.push(() => rm(dataDir, { recursive: true, force: true }), () => rm(storeDir, { recursive: true, force: true }));
+  cleanup.push(
+    () => rm(dataDir, { recursive: true, force: true }),
+    () => rm(storeDir, { recursive: true, force: true }),
+  );
   let hub: HubProcess = await startHubProcess({ address, dataDir });
   cleanup.push(() => hub.stop());
 
   let svc = serviceClient(hub);
   const edgeKey = newKey();
-  const edge = await svc.createDevice({ deviceId: 'gw', capabilities: { iotEdge: true }, authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: newKey() } } } as never);
+  const edge = await svc.createDevice({
+    deviceId: 'gw',
+    capabilities: { iotEdge: true },
+    authentication: { type: 'sas', symmetricKey: { primaryKey: edgeKey, secondaryKey: newKey() } },
+  } as never);
   for (const id of ['s1', 's2']) {
-    await svc.createDevice({ deviceId: id, deviceScope: edge.deviceScope, authentication: { type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } } } as never);
+    await svc.createDevice({
+      deviceId: id,
+      deviceScope: edge.deviceScope,
+      authentication: { type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } },
+    } as never);
   }
 
-  const link = new AmqpParentLink({ parentHost: hub.hostname, trustPem: hub.caPem, hubHostName: hub.hostname, edgeDeviceId: 'gw', edgeKey });
+  const link = new AmqpParentLink({
+    parentHost: hub.hostname,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'gw',
+    edgeKey,
+  });
   cleanup.push(() => link.close());
   const events: Array<{ at: number; kind: 'up' | 'down' }> = [];
   link.on('up', () => events.push({ at: Date.now(), kind: 'up' }));
@@ -71,7 +92,12 @@ test('stop and restart the hub: the link reconnects by itself and the drain resu
     const appends: Array<Promise<void>> = [];
     for (let i = 0; i < count; i++, n++) {
       const sender = n % 2 === 0 ? 's1' : 's2';
-      appends.push(store.append({ message: storedMessageOf(auth(sender), { body: Buffer.from(`${sender}:${n}`), properties: { n: String(n) } }), targets: target }));
+      appends.push(
+        store.append({
+          message: storedMessageOf(auth(sender), { body: Buffer.from(`${sender}:${n}`), properties: { n: String(n) } }),
+          targets: target,
+        }),
+      );
     }
     await Promise.all(appends);
   };
@@ -112,6 +138,8 @@ test('stop and restart the hub: the link reconnects by itself and the drain resu
 
   // The method link was attached again on its own: the hub can call s1.
   await s1.ready();
-  const r = await svc.request<{ status: number; payload: unknown }>('POST', '/twins/s1/methods', { body: { methodName: 'ping', responseTimeoutInSeconds: 10 } });
+  const r = await svc.request<{ status: number; payload: unknown }>('POST', '/twins/s1/methods', {
+    body: { methodName: 'ping', responseTimeoutInSeconds: 10 },
+  });
   assert.deepEqual(r.body, { status: 200, payload: { pong: 'ping' } });
 });

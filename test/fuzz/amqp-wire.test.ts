@@ -37,16 +37,19 @@ const SASL_HEADER = Buffer.from('AMQP\x03\x01\x00\x00', 'latin1');
 const AMQP_HEADER = Buffer.from('AMQP\x00\x01\x00\x00', 'latin1');
 const amqpPort = () => hub.node.ports.amqp;
 
-const amqpFrame = (channel: number, performative: unknown, payload?: Buffer): Buffer => frames.write_frame(frames.amqp_frame(channel, performative, payload));
+const amqpFrame = (channel: number, performative: unknown, payload?: Buffer): Buffer =>
+  frames.write_frame(frames.amqp_frame(channel, performative, payload));
 
 /** A valid start: SASL PLAIN as device `fuzzer` (waiting for the outcome, as clients do), the AMQP header, open and begin on channel 0. */
 function validStart(): WireStep[] {
-  const user = `fuzzer@sas.${hub.address.split(".")[0]}`;
+  const user = `fuzzer@sas.${hub.address.split('.')[0]}`;
   const token = deviceToken(hub, 'fuzzer', fuzzKey);
   const plain = Buffer.concat([Buffer.from([0]), Buffer.from(user), Buffer.from([0]), Buffer.from(token)]);
   return [
     SASL_HEADER,
-    frames.write_frame(frames.sasl_frame(frames.sasl_init({ mechanism: 'PLAIN', initial_response: plain, hostname: hub.address }))),
+    frames.write_frame(
+      frames.sasl_frame(frames.sasl_init({ mechanism: 'PLAIN', initial_response: plain, hostname: hub.address })),
+    ),
     AWAIT_REPLY,
     AMQP_HEADER,
     amqpFrame(0, frames.open({ container_id: 'fuzz', hostname: hub.address, max_frame_size: 65_536, channel_max: 8 })),
@@ -84,14 +87,22 @@ const message = fc
     operation: fc.constantFrom('GET', 'PATCH', 'PUT', 'DELETE', 'put-token', 'x'),
     resource: fc.constantFrom('/properties/reported', '/notifications/twin/properties/desired', '', '/x'),
     correlationId: fc.oneof(fc.string({ maxLength: 10 }), fc.constant(undefined)),
-    props: fc.dictionary(fc.string({ maxLength: 8 }), fc.oneof(fc.string({ maxLength: 8 }), fc.integer(), fc.boolean())),
+    props: fc.dictionary(
+      fc.string({ maxLength: 8 }),
+      fc.oneof(fc.string({ maxLength: 8 }), fc.integer(), fc.boolean()),
+    ),
   })
   .map((m) => {
     try {
       return rhea.message.encode({
         body: rhea.message.data_section(m.body),
         message_annotations: { operation: m.operation, resource: m.resource },
-        application_properties: { ...m.props, operation: m.operation, type: 'servicebus.windows.net:sastoken', name: hub.address },
+        application_properties: {
+          ...m.props,
+          operation: m.operation,
+          type: 'servicebus.windows.net:sastoken',
+          name: hub.address,
+        },
         ...(m.correlationId !== undefined ? { correlation_id: m.correlationId } : {}),
       }) as Buffer;
     } catch {
@@ -101,20 +112,42 @@ const message = fc
 
 const handle = fc.integer({ min: 0, max: 5 });
 const performative = fc.oneof(
-  fc.record({ name: fc.string({ maxLength: 10 }), handle, role: fc.boolean(), address, props: fc.constantFrom(undefined, { 'com.microsoft:client-version': 'fuzz' }) }).map((a) =>
-    frames.attach({
-      name: a.name,
-      handle: a.handle,
-      role: a.role,
-      source: terminus.source({ address: a.address }).described(),
-      target: terminus.target({ address: a.address }).described(),
-      initial_delivery_count: 0,
-      ...(a.props ? { properties: a.props } : {}),
-    }),
-  ),
-  fc.record({ handle, link_credit: fc.integer({ min: 0, max: 1000 }), delivery_count: fc.nat(), next_outgoing_id: fc.nat(), incoming_window: fc.nat(), outgoing_window: fc.nat(), drain: fc.boolean() }).map((f) => frames.flow(f)),
-  fc.record({ handle, delivery_id: fc.nat(), settled: fc.boolean(), more: fc.boolean() }).map((t) => ({ t, isTransfer: true })),
-  fc.record({ role: fc.boolean(), first: fc.nat(), last: fc.nat(), settled: fc.boolean() }).map((d) => frames.disposition({ ...d, state: rhea.message.accepted().described() })),
+  fc
+    .record({
+      name: fc.string({ maxLength: 10 }),
+      handle,
+      role: fc.boolean(),
+      address,
+      props: fc.constantFrom(undefined, { 'com.microsoft:client-version': 'fuzz' }),
+    })
+    .map((a) =>
+      frames.attach({
+        name: a.name,
+        handle: a.handle,
+        role: a.role,
+        source: terminus.source({ address: a.address }).described(),
+        target: terminus.target({ address: a.address }).described(),
+        initial_delivery_count: 0,
+        ...(a.props ? { properties: a.props } : {}),
+      }),
+    ),
+  fc
+    .record({
+      handle,
+      link_credit: fc.integer({ min: 0, max: 1000 }),
+      delivery_count: fc.nat(),
+      next_outgoing_id: fc.nat(),
+      incoming_window: fc.nat(),
+      outgoing_window: fc.nat(),
+      drain: fc.boolean(),
+    })
+    .map((f) => frames.flow(f)),
+  fc
+    .record({ handle, delivery_id: fc.nat(), settled: fc.boolean(), more: fc.boolean() })
+    .map((t) => ({ t, isTransfer: true })),
+  fc
+    .record({ role: fc.boolean(), first: fc.nat(), last: fc.nat(), settled: fc.boolean() })
+    .map((d) => frames.disposition({ ...d, state: rhea.message.accepted().described() })),
   fc.record({ handle, closed: fc.boolean() }).map((d) => frames.detach(d)),
   fc.constantFrom(frames.end({}), frames.close({})),
 );
@@ -146,25 +179,59 @@ const edits = fc.array(fc.tuple(fc.nat(), fc.nat(), fc.integer({ min: -1, max: 2
 
 const session = fc.oneof(
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 512 }).map((b) => [Buffer.from(b)]) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom(SASL_HEADER, AMQP_HEADER), fc.uint8Array({ maxLength: 512 })).map(([h, b]) => [h, Buffer.from(b)]) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.constantFrom(SASL_HEADER, AMQP_HEADER), fc.uint8Array({ maxLength: 512 }))
+      .map(([h, b]) => [h, Buffer.from(b)]),
+  },
   { weight: 2, arbitrary: fc.tuple(edits).map(([e]) => mutateAll(validStart(), e)) },
-  { weight: 6, arbitrary: fc.tuple(fc.array(frameBytes, { maxLength: 8 }), edits, fc.boolean()).map(([fs, e, mutated]) => [...validStart(), ...(mutated ? mutateAll(fs.length ? fs : [Buffer.alloc(0)], e) : fs)]) },
+  {
+    weight: 6,
+    arbitrary: fc
+      .tuple(fc.array(frameBytes, { maxLength: 8 }), edits, fc.boolean())
+      .map(([fs, e, mutated]) => [
+        ...validStart(),
+        ...(mutated ? mutateAll(fs.length ? fs : [Buffer.alloc(0)], e) : fs),
+      ]),
+  },
 );
 
 test('the valid start the fuzzer builds on is accepted (SASL PLAIN outcome ok, open, begin)', async () => {
-  const out = await writeAndEnd({ address: hub.address, port: amqpPort(), ca: hub.caPem, chunks: validStart(), closeWithinMs: CLOSE_WITHIN_MS, lingerMs: 1500 });
+  const out = await writeAndEnd({
+    address: hub.address,
+    port: amqpPort(),
+    ca: hub.caPem,
+    chunks: validStart(),
+    closeWithinMs: CLOSE_WITHIN_MS,
+    lingerMs: 1500,
+  });
   assert.ok(out.connected);
   // sasl-mechanisms, sasl-outcome (code 0), the AMQP header and open: the server's open names its container.
-  assert.ok(out.received.includes(AMQP_HEADER), `no AMQP header after SASL: ${out.received.toString('latin1').slice(0, 200)}`);
+  assert.ok(
+    out.received.includes(AMQP_HEADER),
+    `no AMQP header after SASL: ${out.received.toString('latin1').slice(0, 200)}`,
+  );
   // The server's open (descriptor 0x10) and begin (0x11) follow its AMQP header.
   const after = out.received.subarray(out.received.indexOf(AMQP_HEADER) + AMQP_HEADER.length);
-  assert.ok(after.includes(Buffer.from([0x53, 0x10])) && after.includes(Buffer.from([0x53, 0x11])), `no open and begin: ${after.toString('latin1').slice(0, 200)}`);
+  assert.ok(
+    after.includes(Buffer.from([0x53, 0x10])) && after.includes(Buffer.from([0x53, 0x11])),
+    `no open and begin: ${after.toString('latin1').slice(0, 200)}`,
+  );
 });
 
-test('random and mutated AMQP to a live hub: every connection is closed after the client ends it, the hub keeps serving', { timeout: fuzzTimeoutMs(120_000) }, async () => {
+test('random and mutated AMQP to a live hub: every connection is closed after the client ends it, the hub keeps serving', {
+  timeout: fuzzTimeoutMs(120_000),
+}, async () => {
   await checkProperty(
     fc.asyncProperty(session, async (chunks) => {
-      const out = await writeAndEnd({ address: hub.address, port: amqpPort(), ca: hub.caPem, chunks, closeWithinMs: CLOSE_WITHIN_MS });
+      const out = await writeAndEnd({
+        address: hub.address,
+        port: amqpPort(),
+        ca: hub.caPem,
+        chunks,
+        closeWithinMs: CLOSE_WITHIN_MS,
+      });
       assert.ok(out.connected, 'the TLS handshake completed');
       assert.ok(out.closed, `the hub kept the connection open ${CLOSE_WITHIN_MS} ms after the client ended it`);
       assert.deepEqual(objectPrototypeAdditions(), [], 'Object.prototype of the hub process changed');
@@ -181,7 +248,7 @@ test('random and mutated AMQP to a live hub: every connection is closed after th
     transport: 'tls',
     ca: hub.caPem,
     servername: undefined,
-    username: `after-fuzz@sas.${hub.address.split(".")[0]}`,
+    username: `after-fuzz@sas.${hub.address.split('.')[0]}`,
     password: deviceToken(hub, 'after-fuzz', key),
     hostname: hub.address,
     reconnect: false,
@@ -195,7 +262,9 @@ test('random and mutated AMQP to a live hub: every connection is closed after th
       });
       sender.once('accepted', () => resolve());
       sender.once('rejected', (c: any) => reject(new Error(`rejected: ${JSON.stringify(c.delivery.remote_state)}`)));
-      conn.once('connection_error', (c: any) => reject(new Error(`connection error: ${JSON.stringify(c.connection.error)}`)));
+      conn.once('connection_error', (c: any) =>
+        reject(new Error(`connection error: ${JSON.stringify(c.connection.error)}`)),
+      );
       conn.once('disconnected', (c: any) => reject(new Error(`disconnected: ${c.error?.message ?? ''}`)));
       setTimeout(() => reject(new Error('no acceptance within 15 s')), 15_000).unref();
     });

@@ -12,7 +12,8 @@ function envNumber(name: string, allowNegative = false): number | undefined {
   const raw = process.env[name];
   if (raw === undefined || raw.trim() === '') return undefined;
   const n = Number(raw);
-  if (!Number.isFinite(n) || (n < 0 && !allowNegative)) throw new Error(`${name} must be a ${allowNegative ? '' : 'non-negative '}number, got "${raw}"`);
+  if (!Number.isFinite(n) || (n < 0 && !allowNegative))
+    throw new Error(`${name} must be a ${allowNegative ? '' : 'non-negative '}number, got "${raw}"`);
   return n;
 }
 
@@ -47,10 +48,15 @@ const clip = (s: string, n = 1500): string => (s.length > n ? `${s.slice(0, n)}.
  * so the failure names the seed and path to replay (FUZZ_SEED, and fast-check's `path`) and
  * clips the rest.
  */
-export async function checkProperty<Ts>(property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>, params: FcParameters<unknown>): Promise<void> {
+export async function checkProperty<Ts>(
+  property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>,
+  params: FcParameters<unknown>,
+): Promise<void> {
   // The seed up front: a run that hangs (rather than fails) is replayed with it too.
   const seed = params.seed ?? (Date.now() ^ (Math.random() * 0x100000000)) | 0;
-  process.stderr.write(`fuzz: ${params.interruptAfterTimeLimit ? `for ${params.interruptAfterTimeLimit / 1000} s` : `${params.numRuns} runs`}, FUZZ_SEED=${seed}\n`);
+  process.stderr.write(
+    `fuzz: ${params.interruptAfterTimeLimit ? `for ${params.interruptAfterTimeLimit / 1000} s` : `${params.numRuns} runs`}, FUZZ_SEED=${seed}\n`,
+  );
   const out = await fc.check(property as fc.IAsyncProperty<Ts>, { ...params, seed } as FcParameters<Ts>);
   if (!out.failed) return;
   const why = out.errorInstance instanceof Error ? out.errorInstance.message : String(out.errorInstance);

@@ -21,10 +21,26 @@ import { nestsDeeperThan } from '../../src/util/json-depth.ts';
 import { checkProperty, fuzzParams, fuzzTimeoutMs, objectPrototypeAdditions } from './fuzz-budget.ts';
 
 /** A JSON document as a tree, written out as text by hand so that keys like __proto__ stay own keys after JSON.parse. */
-type Tree = { t: 'scalar'; text: string } | { t: 'array'; items: Tree[] } | { t: 'object'; entries: Array<[string, Tree]> };
+type Tree =
+  | { t: 'scalar'; text: string }
+  | { t: 'array'; items: Tree[] }
+  | { t: 'object'; entries: Array<[string, Tree]> };
 
 const prototypeKeys = fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', 'hasOwnProperty', 'valueOf');
-const oddKeys = fc.constantFrom('$version', '$metadata', '$x', 'a.b', 'a b', '', '\u0000', '\u007f', '\u0085', 'ü', '🙂', 'k'.repeat(1025));
+const oddKeys = fc.constantFrom(
+  '$version',
+  '$metadata',
+  '$x',
+  'a.b',
+  'a b',
+  '',
+  '\u0000',
+  '\u007f',
+  '\u0085',
+  'ü',
+  '🙂',
+  'k'.repeat(1025),
+);
 const key = fc.oneof(
   { weight: 3, arbitrary: fc.string({ maxLength: 12 }) },
   { weight: 2, arbitrary: prototypeKeys },
@@ -32,7 +48,20 @@ const key = fc.oneof(
   { weight: 4, arbitrary: fc.constantFrom('a', 'b', 'c', 'temp', 'mode') },
 );
 const scalarText = fc.oneof(
-  fc.constantFrom('null', 'true', 'false', '0', '-0', '1e308', '-1e308', '4503599627370495', '4503599627370496', '-4503599627370497', '1.5e-320', '123456789012345678901234567890'),
+  fc.constantFrom(
+    'null',
+    'true',
+    'false',
+    '0',
+    '-0',
+    '1e308',
+    '-1e308',
+    '4503599627370495',
+    '4503599627370496',
+    '-4503599627370497',
+    '1.5e-320',
+    '123456789012345678901234567890',
+  ),
   fc.double({ noNaN: true, noDefaultInfinity: true }).map((n) => JSON.stringify(n)),
   fc.string({ maxLength: 20 }).map((s) => JSON.stringify(s)),
   fc.constantFrom(JSON.stringify('x'.repeat(5000)), JSON.stringify('\ud800'), JSON.stringify('\u0000')),
@@ -48,8 +77,15 @@ const treeOf = (keys: fc.Arbitrary<string>, scalars: fc.Arbitrary<string>) =>
       fc.array(fc.tuple(keys, tie('tree')), { maxLength: 6 }).map((entries): Tree => ({ t: 'object', entries })),
     ),
   })).tree;
-const tameKey = fc.oneof({ weight: 3, arbitrary: fc.constantFrom('a', 'b', 'c', 'temp', 'mode') }, { weight: 2, arbitrary: prototypeKeys });
-const tameScalar = fc.oneof(fc.constantFrom('null', 'true', 'false', '0', '-0', '1.5'), fc.integer().map(String), fc.string({ maxLength: 8 }).map((x) => JSON.stringify(x)));
+const tameKey = fc.oneof(
+  { weight: 3, arbitrary: fc.constantFrom('a', 'b', 'c', 'temp', 'mode') },
+  { weight: 2, arbitrary: prototypeKeys },
+);
+const tameScalar = fc.oneof(
+  fc.constantFrom('null', 'true', 'false', '0', '-0', '1.5'),
+  fc.integer().map(String),
+  fc.string({ maxLength: 8 }).map((x) => JSON.stringify(x)),
+);
 const tree = fc.oneof(treeOf(key, scalarText), treeOf(tameKey, tameScalar));
 const wildOrTameKey = fc.oneof(key, tameKey);
 
@@ -61,7 +97,12 @@ function write(t: Tree): string {
 
 /** An object at the top (a patch must be one), sometimes wrapped in thousands of levels. */
 const patchText = fc.oneof(
-  { weight: 6, arbitrary: fc.array(fc.tuple(wildOrTameKey, tree), { maxLength: 6 }).map((entries) => write({ t: 'object', entries })) },
+  {
+    weight: 6,
+    arbitrary: fc
+      .array(fc.tuple(wildOrTameKey, tree), { maxLength: 6 })
+      .map((entries) => write({ t: 'object', entries })),
+  },
   {
     weight: 1,
     arbitrary: fc.tuple(fc.integer({ min: 1, max: 20_000 }), fc.constantFrom('[', '{"a":'), key).map(([n, open, k]) => {
@@ -69,12 +110,26 @@ const patchText = fc.oneof(
       return `{${JSON.stringify(k)}:${open.repeat(n)}1${close.repeat(n)}}`;
     }),
   },
-  { weight: 1, arbitrary: fc.integer({ min: 1, max: 2_000 }).map((n) => `{${Array.from({ length: n }, (_, i) => `"k${i}":${i}`).join(',')}}`) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .integer({ min: 1, max: 2_000 })
+      .map((n) => `{${Array.from({ length: n }, (_, i) => `"k${i}":${i}`).join(',')}}`),
+  },
 );
 
-const operations = ['reported', 'module-reported', 'desired-patch', 'desired-replace', 'tags-patch', 'module-desired'] as const;
+const operations = [
+  'reported',
+  'module-reported',
+  'desired-patch',
+  'desired-replace',
+  'tags-patch',
+  'module-desired',
+] as const;
 
-test('twin writes with random JSON: accepted (and serialisable) or a 400, never another error, never Object.prototype', { timeout: fuzzTimeoutMs(120_000) }, async (t) => {
+test('twin writes with random JSON: accepted (and serialisable) or a 400, never another error, never Object.prototype', {
+  timeout: fuzzTimeoutMs(120_000),
+}, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'strata-fuzz-twin-'));
   const db = openNodeDb(join(dir, 'hub.db'));
   // Durability is not under test here, and a flush per write would spend the time budget on the disk.
@@ -92,12 +147,24 @@ test('twin writes with random JSON: accepted (and serialisable) or a 400, never 
       const value = JSON.parse(text) as Record<string, unknown>;
       try {
         switch (op) {
-          case 'reported': registry.updateReported('d', undefined, value); break;
-          case 'module-reported': registry.updateReported('d', 'm', value); break;
-          case 'desired-patch': registry.updateTwin('d', undefined, { properties: { desired: value } }, '*', 'patch'); break;
-          case 'desired-replace': registry.updateTwin('d', undefined, { tags: value, properties: { desired: value } }, '*', 'replace'); break;
-          case 'tags-patch': registry.updateTwin('d', undefined, { tags: value }, '*', 'patch'); break;
-          case 'module-desired': registry.updateTwin('d', 'm', { properties: { desired: value } }, '*', 'patch'); break;
+          case 'reported':
+            registry.updateReported('d', undefined, value);
+            break;
+          case 'module-reported':
+            registry.updateReported('d', 'm', value);
+            break;
+          case 'desired-patch':
+            registry.updateTwin('d', undefined, { properties: { desired: value } }, '*', 'patch');
+            break;
+          case 'desired-replace':
+            registry.updateTwin('d', undefined, { tags: value, properties: { desired: value } }, '*', 'replace');
+            break;
+          case 'tags-patch':
+            registry.updateTwin('d', undefined, { tags: value }, '*', 'patch');
+            break;
+          case 'module-desired':
+            registry.updateTwin('d', 'm', { properties: { desired: value } }, '*', 'patch');
+            break;
         }
       } catch (err) {
         assert.ok(err instanceof HubError, `${op} threw ${String(err)} for ${text.slice(0, 200)}`);
@@ -114,7 +181,9 @@ test('twin writes with random JSON: accepted (and serialisable) or a 400, never 
   );
 });
 
-test('the depth measure (objects and arrays alike) agrees with a plain recursive one', { timeout: fuzzTimeoutMs(60_000) }, async () => {
+test('the depth measure (objects and arrays alike) agrees with a plain recursive one', {
+  timeout: fuzzTimeoutMs(60_000),
+}, async () => {
   const depthOf = (v: unknown): number => {
     if (v === null || typeof v !== 'object') return 0;
     const members = Array.isArray(v) ? v : Object.values(v);

@@ -20,7 +20,14 @@ export interface WireOutcome {
  * waits up to `closeWithinMs` for the server to close. A server that neither answers nor
  * closes after the client has ended holds the socket forever, which is what the fuzzers check.
  */
-export function writeAndEnd(o: { address: string; port: number; ca: string; chunks: WireStep[]; closeWithinMs: number; lingerMs?: number }): Promise<WireOutcome> {
+export function writeAndEnd(o: {
+  address: string;
+  port: number;
+  ca: string;
+  chunks: WireStep[];
+  closeWithinMs: number;
+  lingerMs?: number;
+}): Promise<WireOutcome> {
   return new Promise((resolve) => {
     const received: Buffer[] = [];
     let connected = false;

@@ -31,7 +31,9 @@ export const newKey = (): string => randomBytes(32).toString('base64');
 export const UPSTREAM_ROUTES = { upstream: 'FROM /messages/* INTO $upstream' };
 
 /** The seeds' deployment manifest shape, with these $edgeHub desired properties. */
-export function deploymentManifest(edgeHub: { routes?: Record<string, unknown>; timeToLiveSecs?: number } = {}): Record<string, unknown> {
+export function deploymentManifest(
+  edgeHub: { routes?: Record<string, unknown>; timeToLiveSecs?: number } = {},
+): Record<string, unknown> {
   return {
     modulesContent: {
       $edgeAgent: {
@@ -39,8 +41,16 @@ export function deploymentManifest(edgeHub: { routes?: Record<string, unknown>; 
           schemaVersion: '1.1',
           runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25' } },
           systemModules: {
-            edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2', createOptions: '{}' } },
-            edgeHub: { type: 'docker', status: 'running', restartPolicy: 'always', settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2', createOptions: '{}' } },
+            edgeAgent: {
+              type: 'docker',
+              settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2', createOptions: '{}' },
+            },
+            edgeHub: {
+              type: 'docker',
+              status: 'running',
+              restartPolicy: 'always',
+              settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2', createOptions: '{}' },
+            },
           },
           modules: {},
         },
@@ -69,7 +79,10 @@ export interface EdgeSetup {
   rootPem: string;
   rootPath: string;
   /** Creates a SAS leaf device under the gateway; returns its connection string with GatewayHostName. */
-  createLeaf(deviceId: string, opts?: { parent?: boolean }): Promise<{ deviceId: string; key: string; connectionString: string }>;
+  createLeaf(
+    deviceId: string,
+    opts?: { parent?: boolean },
+  ): Promise<{ deviceId: string; key: string; connectionString: string }>;
   cleanup(): Promise<void>;
 }
 
@@ -77,7 +90,17 @@ export interface EdgeSetup {
  * Registers edge device `gatewayId` at the hub, issues its Edge CA from the hub's root CA,
  * writes its config.toml (hostname = `address`) and applies a deployment with `routes`.
  */
-export async function setupEdge(hub: HubProcess, o: { gatewayId: string; address: string; routes?: Record<string, unknown>; timeToLiveSecs?: number; strata?: string; deploy?: boolean }): Promise<EdgeSetup> {
+export async function setupEdge(
+  hub: HubProcess,
+  o: {
+    gatewayId: string;
+    address: string;
+    routes?: Record<string, unknown>;
+    timeToLiveSecs?: number;
+    strata?: string;
+    deploy?: boolean;
+  },
+): Promise<EdgeSetup> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-edge-'));
   const svc = new ServiceClient(hub.connectionString, { ca: hub.caPem });
   const gatewayKey = newKey();
@@ -112,7 +135,11 @@ export async function setupEdge(hub: HubProcess, o: { gatewayId: string; address
       ...(o.strata ? ['[strata]', o.strata, ''] : []),
     ].join('\n'),
   );
-  if (o.deploy !== false) await svc.applyConfigurationContent(o.gatewayId, deploymentManifest({ routes: o.routes, timeToLiveSecs: o.timeToLiveSecs }));
+  if (o.deploy !== false)
+    await svc.applyConfigurationContent(
+      o.gatewayId,
+      deploymentManifest({ routes: o.routes, timeToLiveSecs: o.timeToLiveSecs }),
+    );
   return {
     dir,
     svc,
@@ -132,7 +159,11 @@ export async function setupEdge(hub: HubProcess, o: { gatewayId: string; address
         authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
         ...(underGateway ? { deviceScope: gateway.deviceScope, parentScopes: [gateway.deviceScope!] } : {}),
       });
-      return { deviceId, key, connectionString: `HostName=${hub.hostname};DeviceId=${deviceId};SharedAccessKey=${key};GatewayHostName=${o.address}` };
+      return {
+        deviceId,
+        key,
+        connectionString: `HostName=${hub.hostname};DeviceId=${deviceId};SharedAccessKey=${key};GatewayHostName=${o.address}`,
+      };
     },
     async cleanup() {
       svc.close();
@@ -167,13 +198,35 @@ function waitForExit(proc: ChildProcess, ms: number): Promise<boolean> {
 }
 
 /** Runs `strata edge start` and waits until it listens (its state file names its pid). */
-export async function startGatewayProcess(o: { configPath: string; dataDir: string; address: string; env?: Record<string, string>; args?: string[]; nodeArgs?: string[] }): Promise<GatewayProcess> {
+export async function startGatewayProcess(o: {
+  configPath: string;
+  dataDir: string;
+  address: string;
+  env?: Record<string, string>;
+  args?: string[];
+  nodeArgs?: string[];
+}): Promise<GatewayProcess> {
   // Metrics listen on 127.0.0.1 by default: a free port each, so gateways of parallel tests never collide.
   const metricsPort = o.args?.includes('--metrics-port') ? [] : ['--metrics-port', '0'];
-  const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), STRATA_BIN, 'edge', 'start', '--config', o.configPath, '--data', o.dataDir, ...metricsPort, ...(o.args ?? [])], {
-    env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'warn', ...o.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const proc = spawn(
+    process.execPath,
+    [
+      ...(o.nodeArgs ?? []),
+      STRATA_BIN,
+      'edge',
+      'start',
+      '--config',
+      o.configPath,
+      '--data',
+      o.dataDir,
+      ...metricsPort,
+      ...(o.args ?? []),
+    ],
+    {
+      env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'warn', ...o.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   live.add(proc);
   proc.once('exit', () => live.delete(proc));
   let out = '';
@@ -184,7 +237,8 @@ export async function startGatewayProcess(o: { configPath: string; dataDir: stri
   proc.stderr!.on('data', keep);
   const deadline = Date.now() + 30_000;
   for (;;) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`strata edge start exited (${proc.exitCode ?? proc.signalCode}) before it was ready:\n${out}`);
+    if (proc.exitCode !== null || proc.signalCode !== null)
+      throw new Error(`strata edge start exited (${proc.exitCode ?? proc.signalCode}) before it was ready:\n${out}`);
     const s = readGatewayState(o.dataDir);
     if (s && s.pid === proc.pid && /Press Ctrl\+C/.test(out)) break;
     if (Date.now() > deadline) {
@@ -242,7 +296,12 @@ export function metricValue(text: string, name: string, labels: Record<string, s
 }
 
 /** Registers leaves under the gateway in bulk (100 per request), all with the same key; returns their ids. */
-export async function createLeavesBulk(setup: EdgeSetup, prefix: string, count: number, key = newKey()): Promise<{ ids: string[]; key: string }> {
+export async function createLeavesBulk(
+  setup: EdgeSetup,
+  prefix: string,
+  count: number,
+  key = newKey(),
+): Promise<{ ids: string[]; key: string }> {
   const ids = Array.from({ length: count }, (_, i) => `${prefix}${i}`);
   for (let i = 0; i < ids.length; i += 100) {
     const body = ids.slice(i, i + 100).map((id) => ({

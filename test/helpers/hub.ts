@@ -55,11 +55,33 @@ function waitForExit(proc: ChildProcess, ms: number): Promise<boolean> {
  * (host name = that address, so the server certificate carries it as an IP SAN) and waits
  * until it has written its state file with the bound ports.
  */
-export async function startHubProcess(o: { address?: string; httpsPort?: number; dataDir?: string; env?: Record<string, string>; nodeArgs?: string[]; args?: string[] } = {}): Promise<HubProcess> {
+export async function startHubProcess(
+  o: {
+    address?: string;
+    httpsPort?: number;
+    dataDir?: string;
+    env?: Record<string, string>;
+    nodeArgs?: string[];
+    args?: string[];
+  } = {},
+): Promise<HubProcess> {
   const address = o.address ?? randomLoopback();
   const ownDir = o.dataDir === undefined;
   const dataDir = o.dataDir ?? (await mkdtemp(join(tmpdir(), 'strata-hub-')));
-  const args = [STRATA_BIN, 'hub', 'start', '--data', dataDir, '--hostname', address, '--bind', address, '--https-port', String(o.httpsPort ?? 443), ...(o.args ?? [])];
+  const args = [
+    STRATA_BIN,
+    'hub',
+    'start',
+    '--data',
+    dataDir,
+    '--hostname',
+    address,
+    '--bind',
+    address,
+    '--https-port',
+    String(o.httpsPort ?? 443),
+    ...(o.args ?? []),
+  ];
   const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], {
     env: { ...process.env, STRATA_LOG_LEVEL: 'warn', ...o.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -156,7 +178,11 @@ export async function startServiceSdk(caPath: string) {
     waiting.delete(msg.id);
   });
   proc.once('exit', (code) => {
-    for (const resolve of waiting.values()) resolve({ ok: false, error: { name: 'RunnerExited', message: `runner exited (${code}): ${stderr}`, statusCode: null, body: null } });
+    for (const resolve of waiting.values())
+      resolve({
+        ok: false,
+        error: { name: 'RunnerExited', message: `runner exited (${code}): ${stderr}`, statusCode: null, body: null },
+      });
     waiting.clear();
   });
   const send = (req: Record<string, unknown>): Promise<SdkResult> =>
@@ -168,15 +194,22 @@ export async function startServiceSdk(caPath: string) {
   /** Unwraps a success or throws with the SDK's error. */
   const must = async <T>(p: Promise<SdkResult<T>>): Promise<T> => {
     const r = await p;
-    if (!r.ok) throw new Error(`${r.error.name}: ${r.error.message} (${r.error.statusCode ?? 'no status'}) ${r.error.body ?? ''}`);
+    if (!r.ok)
+      throw new Error(
+        `${r.error.name}: ${r.error.message} (${r.error.statusCode ?? 'no status'}) ${r.error.body ?? ''}`,
+      );
     return r.value;
   };
   return {
-    open: (name: string, auth: { connectionString: string } | { sharedAccessSignature: string }) => must(send({ op: 'open', name, ...auth })),
+    open: (name: string, auth: { connectionString: string } | { sharedAccessSignature: string }) =>
+      must(send({ op: 'open', name, ...auth })),
     /** Calls `Registry[method](...args)`; value is `{ statusCode, headers, body }`. */
     call: (registry: string, method: string, ...args: unknown[]) =>
-      send({ op: 'call', registry, method, args }) as Promise<SdkResult<{ statusCode: number; headers: Record<string, string>; body: any }>>,
-    query: (registry: string, sql: string, pageSize?: number) => send({ op: 'query', registry, sql, pageSize }) as Promise<SdkResult<{ pages: any[][] }>>,
+      send({ op: 'call', registry, method, args }) as Promise<
+        SdkResult<{ statusCode: number; headers: Record<string, string>; body: any }>
+      >,
+    query: (registry: string, sql: string, pageSize?: number) =>
+      send({ op: 'query', registry, sql, pageSize }) as Promise<SdkResult<{ pages: any[][] }>>,
     must,
     async close() {
       proc.stdin!.end();

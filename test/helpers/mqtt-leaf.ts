@@ -16,7 +16,15 @@ export interface MqttLeaf {
  * Connects `deviceId` to `address:port` over TLS with a SAS token for `hubHostName`. Rejects
  * with the CONNACK refusal (err.code = the return code) or the socket error.
  */
-export async function connectMqttLeaf(o: { address: string; port?: number; ca: string; hubHostName: string; deviceId: string; key: string; keepalive?: number }): Promise<MqttLeaf> {
+export async function connectMqttLeaf(o: {
+  address: string;
+  port?: number;
+  ca: string;
+  hubHostName: string;
+  deviceId: string;
+  key: string;
+  keepalive?: number;
+}): Promise<MqttLeaf> {
   const token = createSasToken(`${o.hubHostName}/devices/${o.deviceId}`, o.key, Math.floor(Date.now() / 1000) + 3600);
   const client = mqtt.connect(`mqtts://${o.address}:${o.port ?? 8883}`, {
     ca: o.ca,
@@ -33,7 +41,11 @@ export async function connectMqttLeaf(o: { address: string; port?: number; ca: s
   return {
     client,
     publish: (payload, props = '') =>
-      new Promise<void>((res, rej) => client.publish(`devices/${o.deviceId}/messages/events/${props}`, payload, { qos: 1 }, (err?: Error) => (err ? rej(err) : res()))),
+      new Promise<void>((res, rej) =>
+        client.publish(`devices/${o.deviceId}/messages/events/${props}`, payload, { qos: 1 }, (err?: Error) =>
+          err ? rej(err) : res(),
+        ),
+      ),
     // A client the server already dropped never finishes a graceful end: force it then, and never wait long.
     end: () =>
       new Promise<void>((res) => {

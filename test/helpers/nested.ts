@@ -35,14 +35,21 @@ export async function startChain(
     out.cleanups.push(() => edge.cleanup());
   }
   for (let i = 0; i < out.layers.length; i++) {
-    out.gws[i] = await startGatewayProcess({ configPath: out.layers[i]!.configPath, dataDir: out.layers[i]!.dataDir, address: addrs[i + 1]! });
+    out.gws[i] = await startGatewayProcess({
+      configPath: out.layers[i]!.configPath,
+      dataDir: out.layers[i]!.dataDir,
+      address: addrs[i + 1]!,
+    });
     out.cleanups.push(() => out.gws[i]?.stop());
   }
   return hub;
 }
 
 /** Registers `gatewayId` at the hub under `parent` (or directly under the hub) and points its config at the parent. */
-export async function setupLayer(hub: HubProcess, o: { gatewayId: string; address: string; parent?: EdgeSetup }): Promise<EdgeSetup> {
+export async function setupLayer(
+  hub: HubProcess,
+  o: { gatewayId: string; address: string; parent?: EdgeSetup },
+): Promise<EdgeSetup> {
   const edge = await setupEdge(hub, { gatewayId: o.gatewayId, address: o.address });
   if (o.parent) {
     const svc: ServiceClient = edge.svc;
@@ -120,7 +127,9 @@ export function outboundConnections(pid: number): Array<{ ip: string; port: numb
   const mine = socketInodes(pid);
   const rows = tcpTable(pid).filter((r) => mine.has(r.inode));
   const listening = new Set(rows.filter((r) => r.state === '0A').map((r) => r.local.port));
-  return rows.filter((r) => (r.state === '01' || r.state === '02') && !listening.has(r.local.port)).map((r) => r.remote);
+  return rows
+    .filter((r) => (r.state === '01' || r.state === '02') && !listening.has(r.local.port))
+    .map((r) => r.remote);
 }
 
 /**

@@ -6,7 +6,13 @@ const require = createRequire(import.meta.url);
 const { Client } = require('azure-iot-device');
 
 /** Opens a leaf of the official device SDK trusting `ca`, closed when the test ends. */
-export async function openSdkLeaf(t: { after(fn: () => unknown): void }, connectionString: string, Transport: unknown, ca: string, prepare?: (c: any) => void): Promise<any> {
+export async function openSdkLeaf(
+  t: { after(fn: () => unknown): void },
+  connectionString: string,
+  Transport: unknown,
+  ca: string,
+  prepare?: (c: any) => void,
+): Promise<any> {
   const client = Client.fromConnectionString(connectionString, Transport);
   t.after(() => client.close().catch(() => undefined));
   await client.setOptions({ ca });
@@ -16,7 +22,12 @@ export async function openSdkLeaf(t: { after(fn: () => unknown): void }, connect
 }
 
 /** Polls `fn` until it returns something other than undefined or false. */
-export async function eventually<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000, everyMs = 25): Promise<T> {
+export async function eventually<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false> | T | undefined | false,
+  ms = 15_000,
+  everyMs = 25,
+): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
     const v = await fn();
@@ -28,7 +39,9 @@ export async function eventually<T>(what: string, fn: () => Promise<T | undefine
 
 /** The SDK's reported-properties update as a promise. */
 export function updateReported(twin: any, patch: Record<string, unknown>): Promise<void> {
-  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())));
+  return new Promise((resolve, reject) =>
+    twin.properties.reported.update(patch, (err: Error | null) => (err ? reject(err) : resolve())),
+  );
 }
 
 /**
@@ -41,11 +54,17 @@ export function updateReported(twin: any, patch: Record<string, unknown>): Promi
 export async function listenDesired(twin: any): Promise<any[]> {
   const pushed: any[] = [];
   twin.on('properties.desired', (p: any) => pushed.push(JSON.parse(JSON.stringify(p))));
-  await new Promise<void>((resolve, reject) => twin.enableTwinDesiredPropertiesUpdates((err: Error | null) => (err ? reject(err) : resolve())));
+  await new Promise<void>((resolve, reject) =>
+    twin.enableTwinDesiredPropertiesUpdates((err: Error | null) => (err ? reject(err) : resolve())),
+  );
   return pushed;
 }
 
 /** The push with desired `$version` `version` (waits up to `ms`; nothing is sent again). */
 export function desiredPush(pushed: any[], version: number, ms = 20_000): Promise<any> {
-  return eventually(`the desired push with $version ${version} at the leaf`, () => pushed.find((p) => p.$version === version), ms);
+  return eventually(
+    `the desired push with $version ${version} at the leaf`,
+    () => pushed.find((p) => p.$version === version),
+    ms,
+  );
 }

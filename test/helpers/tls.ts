@@ -13,7 +13,11 @@ export interface Exec {
 }
 
 /** Runs a program without blocking the event loop (a TLS server in this process must keep answering). */
-export function exec(file: string, args: string[], opts: { input?: string; cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Exec> {
+export function exec(
+  file: string,
+  args: string[],
+  opts: { input?: string; cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<Exec> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -38,17 +42,27 @@ export function exec(file: string, args: string[], opts: { input?: string; cwd?:
  * `openssl s_client` as a strict TLS client: the handshake fails unless the server's chain verifies
  * against `caFile` and matches `host` (a name, or an IP address checked with -verify_ip).
  */
-export function opensslConnect(o: { address: string; port: number; caFile: string; host: string; servername?: string }): Promise<Exec> {
+export function opensslConnect(o: {
+  address: string;
+  port: number;
+  caFile: string;
+  host: string;
+  servername?: string;
+}): Promise<Exec> {
   const isIp = /^[\d.]+$/.test(o.host) || o.host.includes(':');
   return exec(
     'openssl',
     [
       's_client',
-      '-connect', `${o.address}:${o.port}`,
-      '-servername', o.servername ?? (isIp ? 'localhost' : o.host),
-      '-CAfile', o.caFile,
+      '-connect',
+      `${o.address}:${o.port}`,
+      '-servername',
+      o.servername ?? (isIp ? 'localhost' : o.host),
+      '-CAfile',
+      o.caFile,
       '-verify_return_error',
-      isIp ? '-verify_ip' : '-verify_hostname', o.host,
+      isIp ? '-verify_ip' : '-verify_hostname',
+      o.host,
     ],
     { input: '', timeoutMs: 10_000 },
   );

@@ -17,8 +17,14 @@ test('a counted endpoint counts what was taken and passes every member the pump 
       calls.push(`send ${b.length}`);
       if (fail) throw new Error('parent gone');
     },
-    isAvailable: () => (calls.push('isAvailable'), true),
-    onAvailable: () => (calls.push('onAvailable'), () => undefined),
+    isAvailable: () => {
+      calls.push('isAvailable');
+      return true;
+    },
+    onAvailable: () => {
+      calls.push('onAvailable');
+      return () => undefined;
+    },
     rewind: () => void calls.push('rewind'),
   };
   const counts: number[] = [];

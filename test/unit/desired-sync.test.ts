@@ -59,7 +59,10 @@ const settle = () => new Promise((r) => setTimeout(r, 30));
 
 test('a subscription confirmed after the parent moved on sends the difference from what was handed down, once', async (t) => {
   const s = setup(t);
-  s.twins.put('leaf', undefined, { desired: { keep: 1, gone: true, nested: { a: 1, b: 2 }, $version: 4 }, reported: { $version: 1 } });
+  s.twins.put('leaf', undefined, {
+    desired: { keep: 1, gone: true, nested: { a: 1, b: 2 }, $version: 4 },
+    reported: { $version: 1 },
+  });
   s.setUpstream({ keep: 1, nested: { a: 1, b: 3 }, added: 'x', $version: 6 });
   s.sync.live(leaf, s.fetch);
   await settle();

@@ -8,7 +8,6 @@ import type { ForwardedBatch, Message } from '../../src/model/message.ts';
 import { authMethodText } from '../../src/identity/auth-method.ts';
 import { encodeBatchOf, readBatch, readOrigin } from '../../src/protocols/amqp/batch.ts';
 import type { MessageStore } from '../../src/store/message-store.ts';
-import type { ForwardedOrigin } from '../../src/model/message.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { UpstreamError, type SendOutcome } from '../../src/upstream/errors.ts';
 import type { DirectTelemetry } from '../../src/upstream/parent-link.ts';
@@ -32,7 +31,10 @@ function itemsOf(from: number, to: number, prev = from - 1): ForwardItem[] {
 }
 
 function batchOf(items: readonly ForwardItem[]): ForwardedBatch {
-  const payload = encodeBatchOf(items.map((i) => i.message), { stream: BATCH_STREAM, prev: items[0]!.origin!.prev, seqs: items.map((i) => i.origin!.seq) });
+  const payload = encodeBatchOf(
+    items.map((i) => i.message),
+    { stream: BATCH_STREAM, prev: items[0]!.origin!.prev, seqs: items.map((i) => i.origin!.seq) },
+  );
   return { payload, stream: BATCH_STREAM };
 }
 
@@ -163,7 +165,9 @@ function harness(store: MessageStore, parent = new Parent(), holdMs = HOLD_MS): 
       storeCalls.push([...items]);
       const fresh = items.filter((i) => !i.origin || !store.isForwardedStored(i.origin));
       if (fresh.length === 0) return store.whenDurable();
-      await store.appendAll(fresh.map((i) => ({ message: storedMessageOf(i.auth, i.message), targets: UPSTREAM, origin: i.origin })));
+      await store.appendAll(
+        fresh.map((i) => ({ message: storedMessageOf(i.auth, i.message), targets: UPSTREAM, origin: i.origin })),
+      );
     },
     passed: (n) => passedCounts.push(n),
     holdMs,
@@ -218,8 +222,15 @@ test('a fresh stream is left to the store when $upstream has something queued, t
   const batch = batchOf(items);
 
   // Something queued in $upstream (waiting for its commit, then committed): the batch must not overtake it.
-  const other = { identity: { deviceId: 'other' }, kind: 'sas', authMethod: authMethodText('device', 'sas') } satisfies AuthResult;
-  const appended = store.append({ message: storedMessageOf(other, { body: Buffer.from('x'), properties: {} }), targets: UPSTREAM });
+  const other = {
+    identity: { deviceId: 'other' },
+    kind: 'sas',
+    authMethod: authMethodText('device', 'sas'),
+  } satisfies AuthResult;
+  const appended = store.append({
+    message: storedMessageOf(other, { body: Buffer.from('x'), properties: {} }),
+    targets: UPSTREAM,
+  });
   assert.equal(store.hasQueued('$upstream'), true);
   assert.equal(h.fwd.forward(items, batch), undefined, 'queued, not yet committed');
   await appended;
@@ -343,7 +354,11 @@ test("a parent gateway's own 'parent-unreachable' reaches the child as it came, 
   const h = harness(files(t).open());
   const items = itemsOf(1, 3);
   const p = h.fwd.forward(items, batchOf(items));
-  (await h.parent.call(1)).answer({ ok: false, condition: 'strata:parent-unreachable', description: 'the hub is away' });
+  (await h.parent.call(1)).answer({
+    ok: false,
+    condition: 'strata:parent-unreachable',
+    description: 'the hub is away',
+  });
   await rejectsWith(p, 'parent-unreachable');
 });
 
@@ -365,7 +380,10 @@ test('a sender the parent does not know is stored here; a send that failed other
   (await h.parent.call(1)).fail(new UpstreamError('no such device', 'amqp:not-found', 404));
   await p;
   assert.equal(h.storeCalls.length, 1);
-  assert.deepEqual(h.storeCalls[0]!.map((i) => i.origin!.seq), [1, 2, 3]);
+  assert.deepEqual(
+    h.storeCalls[0]!.map((i) => i.origin!.seq),
+    [1, 2, 3],
+  );
   assert.equal(h.store.queueLength('$upstream'), 3, 'stored here');
   for (const it of items) assert.equal(h.store.isForwardedStored(it.origin!), true);
   assert.deepEqual(h.passedCounts, []);
@@ -430,7 +448,13 @@ test('a batch partly stored here already: only the rest is passed on, named by i
   const h = harness(store);
   const all = itemsOf(1, 6);
   // 1-3 stored before (for an endpoint other than $upstream, so $upstream stays empty).
-  await store.appendAll(all.slice(0, 3).map((i) => ({ message: storedMessageOf(i.auth, i.message), targets: [{ endpoint: 'elsewhere', priority: 0, ttlSecs: 0 }], origin: i.origin })));
+  await store.appendAll(
+    all.slice(0, 3).map((i) => ({
+      message: storedMessageOf(i.auth, i.message),
+      targets: [{ endpoint: 'elsewhere', priority: 0, ttlSecs: 0 }],
+      origin: i.origin,
+    })),
+  );
   assert.equal(store.isForwardedStored(all[2]!.origin!), true);
   assert.equal(store.hasQueued('$upstream'), false);
 
@@ -467,7 +491,9 @@ test('after a restart, a stream with messages of its own queued here is not pass
   const second = itemsOf(4, 6);
   assert.equal(h.fwd.forward(second, batchOf(second)), undefined, 'left to the store');
   // ... which the gateway's store path then does:
-  await store.appendAll(second.map((i) => ({ message: storedMessageOf(i.auth, i.message), targets: UPSTREAM, origin: i.origin })));
+  await store.appendAll(
+    second.map((i) => ({ message: storedMessageOf(i.auth, i.message), targets: UPSTREAM, origin: i.origin })),
+  );
   await store.close();
 
   // Restarted with 4-6 still queued; the parent is back; 7-9 come.

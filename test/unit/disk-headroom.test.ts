@@ -38,7 +38,10 @@ test('refuses below the reserve, says why, and takes messages again once space i
   assert.equal(h.refusal(0), undefined);
   state.free = 7 * MiB;
   const why = h.refusal(1000);
-  assert.match(why ?? '', /^store full: the disk holding .* has 7\.0 MiB free, under the reserve of 8\.0 MiB kept for checkpoints \(reserve\)/);
+  assert.match(
+    why ?? '',
+    /^store full: the disk holding .* has 7\.0 MiB free, under the reserve of 8\.0 MiB kept for checkpoints \(reserve\)/,
+  );
   assert.equal(h.tight(1000), true);
   state.free = 20 * MiB;
   assert.equal(h.refusal(1100), why, 'measured again at most every 250 ms while full');

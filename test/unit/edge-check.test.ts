@@ -7,10 +7,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { pathToFileURL } from 'node:url';
-import { checkStorage, probeUpstream, runEdgeChecks, type CheckResult, type ProbeOutcome } from '../../src/edge/check/index.ts';
+import {
+  checkStorage,
+  probeUpstream,
+  runEdgeChecks,
+  type CheckResult,
+  type ProbeOutcome,
+} from '../../src/edge/check/index.ts';
 import { formatCheckResults } from '../../src/cli/edge-check.ts';
 import { edgePkiPaths } from '../../src/edge/security-manager.ts';
-import { createDeviceCert, createEdgeCa, createRootCa, createServerCert, fullChainPem, type IssuedCert } from '../../src/pki/index.ts';
+import {
+  createDeviceCert,
+  createEdgeCa,
+  createRootCa,
+  createServerCert,
+  fullChainPem,
+  type IssuedCert,
+} from '../../src/pki/index.ts';
 import { randomLoopbackAddress } from '../helpers/tls.ts';
 
 const DAY = 24 * 3600 * 1000;
@@ -57,7 +70,9 @@ before(async () => {
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function edgeConfig(o: { hostname?: string; parent?: string; trust?: string; cert?: string; key?: string; extraTop?: string[] } = {}): string {
+function edgeConfig(
+  o: { hostname?: string; parent?: string; trust?: string; cert?: string; key?: string; extraTop?: string[] } = {},
+): string {
   return config(
     [
       ...(o.hostname === undefined ? ['hostname = "gw1.example"'] : [`hostname = "${o.hostname}"`]),
@@ -72,14 +87,21 @@ function edgeConfig(o: { hostname?: string; parent?: string; trust?: string; cer
 const quick = { timeoutMs: 300 };
 
 test('a top-level key inside a section is an error naming the line, the section and the fix', async () => {
-  const path = config(['hostname = "gw1.example"'], `${PROVISIONING}\n[edge_ca]\ncert = "x.pem"\npk = "y.pem"\ntrust_bundle_cert = "${fileUrl(join(dir, 'root.pem'))}"\n`);
+  const path = config(
+    ['hostname = "gw1.example"'],
+    `${PROVISIONING}\n[edge_ca]\ncert = "x.pem"\npk = "y.pem"\ntrust_bundle_cert = "${fileUrl(join(dir, 'root.pem'))}"\n`,
+  );
   const results = await runEdgeChecks({ configPath: path, dataDir: join(dir, 'data-a'), ...quick });
   const file = find(results, 'config-file');
   assert.equal(file.status, 'error');
-  assert.match(file.detail, /line 10: "trust_bundle_cert" is inside the section \[edge_ca\], so it is read as edge_ca\.trust_bundle_cert/);
+  assert.match(
+    file.detail,
+    /line 10: "trust_bundle_cert" is inside the section \[edge_ca\], so it is read as edge_ca\.trust_bundle_cert/,
+  );
   assert.match(file.fix ?? '', /Move the line above the first section header \(line 3\)/);
   // Nothing that needs the configuration pretends to have checked it.
-  for (const id of ['trust-bundle', 'edge-ca', 'upstream-8883', 'upstream-5671', 'upstream-443']) assert.equal(find(results, id).status, 'skipped', id);
+  for (const id of ['trust-bundle', 'edge-ca', 'upstream-8883', 'upstream-5671', 'upstream-443'])
+    assert.equal(find(results, id).status, 'skipped', id);
 });
 
 test('a TOML syntax error is reported with its line; a missing file is named', async () => {
@@ -99,7 +121,11 @@ test('a TOML syntax error is reported with its line; a missing file is named', a
 
 test('hostname: 64 characters or more is an error; 63 passes; the other checks still run', async () => {
   const long = `${'a'.repeat(56)}.example`; // 64 characters
-  const results = await runEdgeChecks({ configPath: edgeConfig({ hostname: long }), dataDir: join(dir, 'data-b'), ...quick });
+  const results = await runEdgeChecks({
+    configPath: edgeConfig({ hostname: long }),
+    dataDir: join(dir, 'data-b'),
+    ...quick,
+  });
   const h = find(results, 'hostname');
   assert.equal(h.status, 'error');
   assert.match(h.detail, /line 1: hostname "a+\.example" is 64 characters long; it must be shorter than 64/);
@@ -107,7 +133,10 @@ test('hostname: 64 characters or more is an error; 63 passes; the other checks s
   assert.equal(find(results, 'config-file').status, 'pass');
   assert.equal(find(results, 'edge-ca-chain').status, 'pass');
 
-  const ok = find(await runEdgeChecks({ configPath: edgeConfig({ hostname: `${'a'.repeat(55)}.example` }), ...quick }), 'hostname');
+  const ok = find(
+    await runEdgeChecks({ configPath: edgeConfig({ hostname: `${'a'.repeat(55)}.example` }), ...quick }),
+    'hostname',
+  );
   assert.equal(ok.status, 'pass');
 });
 
@@ -134,17 +163,34 @@ test('parent_hostname: an invalid one is an error and no connection is attempted
 
 test('hostname and parent_hostname mixing an IP address and a name is a warning', async () => {
   const parent = randomLoopbackAddress();
-  const mixed = find(await runEdgeChecks({ configPath: edgeConfig({ hostname: 'gw.example', parent }), ...quick }), 'hostname-pattern');
+  const mixed = find(
+    await runEdgeChecks({ configPath: edgeConfig({ hostname: 'gw.example', parent }), ...quick }),
+    'hostname-pattern',
+  );
   assert.equal(mixed.status, 'warning');
-  assert.match(mixed.detail, new RegExp(`"gw\\.example" is a name but parent_hostname "${parent.replace(/\./g, '\\.')}" is an IP address`));
+  assert.match(
+    mixed.detail,
+    new RegExp(`"gw\\.example" is a name but parent_hostname "${parent.replace(/\./g, '\\.')}" is an IP address`),
+  );
   assert.ok(mixed.fix);
-  const same = find(await runEdgeChecks({ configPath: edgeConfig({ hostname: '10.0.0.5', parent }), ...quick }), 'hostname-pattern');
+  const same = find(
+    await runEdgeChecks({ configPath: edgeConfig({ hostname: '10.0.0.5', parent }), ...quick }),
+    'hostname-pattern',
+  );
   assert.equal(same.status, 'pass');
 });
 
 test('Edge CA: present, matching, in date and chaining to the trust bundle passes', async () => {
   const results = await runEdgeChecks({ configPath: edgeConfig(), ...quick });
-  for (const id of ['config-file', 'hostname', 'provisioning', 'trust-bundle', 'edge-ca', 'edge-ca-cert', 'edge-ca-chain']) {
+  for (const id of [
+    'config-file',
+    'hostname',
+    'provisioning',
+    'trust-bundle',
+    'edge-ca',
+    'edge-ca-cert',
+    'edge-ca-chain',
+  ]) {
     assert.equal(find(results, id).status, 'pass', `${id}: ${find(results, id).detail}`);
   }
   assert.match(find(results, 'edge-ca-chain').detail, /"CN=gw1\.ca" -> "CN=check test root"/);
@@ -153,18 +199,27 @@ test('Edge CA: present, matching, in date and chaining to the trust bundle passe
 test('Edge CA: a key of another certificate, a non-CA, and a trust bundle of another root are errors', async () => {
   const otherKey = await createEdgeCa({ commonName: 'unrelated', issuer: root, keyAlgorithm: 'ec' });
   put('unrelated.key.pem', otherKey.keyPem, 0o600);
-  const wrongKey = find(await runEdgeChecks({ configPath: edgeConfig({ key: 'unrelated.key.pem' }), ...quick }), 'edge-ca-cert');
+  const wrongKey = find(
+    await runEdgeChecks({ configPath: edgeConfig({ key: 'unrelated.key.pem' }), ...quick }),
+    'edge-ca-cert',
+  );
   assert.equal(wrongKey.status, 'error');
   assert.match(wrongKey.detail, /unrelated\.key\.pem is not the key of/);
 
   const device = await createDeviceCert({ commonName: 'not-a-ca', issuer: root, keyAlgorithm: 'ec' });
   put('device.pem', device.certPem);
   put('device.key.pem', device.keyPem, 0o600);
-  const notCa = find(await runEdgeChecks({ configPath: edgeConfig({ cert: 'device.pem', key: 'device.key.pem' }), ...quick }), 'edge-ca-cert');
+  const notCa = find(
+    await runEdgeChecks({ configPath: edgeConfig({ cert: 'device.pem', key: 'device.key.pem' }), ...quick }),
+    'edge-ca-cert',
+  );
   assert.equal(notCa.status, 'error');
   assert.match(notCa.detail, /is not a CA certificate/);
 
-  const chain = find(await runEdgeChecks({ configPath: edgeConfig({ trust: 'other-root.pem' }), ...quick }), 'edge-ca-chain');
+  const chain = find(
+    await runEdgeChecks({ configPath: edgeConfig({ trust: 'other-root.pem' }), ...quick }),
+    'edge-ca-chain',
+  );
   assert.equal(chain.status, 'error');
   assert.match(chain.detail, /does not chain to .*other-root\.pem: /);
 });
@@ -173,21 +228,36 @@ test('Edge CA: expiring within 7 days is a warning, expired is an error; a key r
   const soon = await createEdgeCa({ commonName: 'soon.ca', issuer: root, keyAlgorithm: 'ec', days: 3 });
   put('soon.pem', fullChainPem(soon.certPem, root.certPem));
   put('soon.key.pem', soon.keyPem, 0o600);
-  const s = find(await runEdgeChecks({ configPath: edgeConfig({ cert: 'soon.pem', key: 'soon.key.pem' }), ...quick }), 'edge-ca-cert');
+  const s = find(
+    await runEdgeChecks({ configPath: edgeConfig({ cert: 'soon.pem', key: 'soon.key.pem' }), ...quick }),
+    'edge-ca-cert',
+  );
   assert.equal(s.status, 'warning');
   assert.match(s.detail, /expires in 3 days/);
 
-  const old = await createEdgeCa({ commonName: 'old.ca', issuer: root, keyAlgorithm: 'ec', days: 1, validFrom: new Date(Date.now() - 10 * DAY) });
+  const old = await createEdgeCa({
+    commonName: 'old.ca',
+    issuer: root,
+    keyAlgorithm: 'ec',
+    days: 1,
+    validFrom: new Date(Date.now() - 10 * DAY),
+  });
   put('old.pem', fullChainPem(old.certPem, root.certPem));
   put('old.key.pem', old.keyPem, 0o644);
-  const o = find(await runEdgeChecks({ configPath: edgeConfig({ cert: 'old.pem', key: 'old.key.pem' }), ...quick }), 'edge-ca-cert');
+  const o = find(
+    await runEdgeChecks({ configPath: edgeConfig({ cert: 'old.pem', key: 'old.key.pem' }), ...quick }),
+    'edge-ca-cert',
+  );
   assert.equal(o.status, 'error');
   assert.match(o.detail, /expired on/);
   assert.match(o.detail, /can be read by other users \(mode 644\)/);
 });
 
 test('no [edge_ca] is a warning about the 90-day quickstart Edge CA', async () => {
-  const path = config(['hostname = "gw1.example"', `trust_bundle_cert = "${fileUrl(join(dir, 'root.pem'))}"`], PROVISIONING);
+  const path = config(
+    ['hostname = "gw1.example"', `trust_bundle_cert = "${fileUrl(join(dir, 'root.pem'))}"`],
+    PROVISIONING,
+  );
   const results = await runEdgeChecks({ configPath: path, ...quick });
   const ca = find(results, 'edge-ca');
   assert.equal(ca.status, 'warning');
@@ -206,12 +276,22 @@ test('server certificate in the data directory: CN and SAN must be the hostname'
   assert.equal(none.status, 'skipped');
   assert.match(none.detail, /has not run/);
 
-  const good = await createServerCert({ hostname: 'gw1.example', extraNames: ['edgehub'], issuer: edgeCa, keyAlgorithm: 'ec' });
+  const good = await createServerCert({
+    hostname: 'gw1.example',
+    extraNames: ['edgehub'],
+    issuer: edgeCa,
+    keyAlgorithm: 'ec',
+  });
   writeFileSync(paths.serverCert, fullChainPem(good.certPem, edgeCa.certPem, root.certPem));
   const pass = find(await runEdgeChecks({ configPath: cfg, dataDir, ...quick }), 'server-cert');
   assert.equal(pass.status, 'pass', pass.detail);
 
-  const wrong = await createServerCert({ hostname: 'other-gateway.example', extraNames: ['edgehub'], issuer: edgeCa, keyAlgorithm: 'ec' });
+  const wrong = await createServerCert({
+    hostname: 'other-gateway.example',
+    extraNames: ['edgehub'],
+    issuer: edgeCa,
+    keyAlgorithm: 'ec',
+  });
   writeFileSync(paths.serverCert, fullChainPem(wrong.certPem, edgeCa.certPem));
   const fail = find(await runEdgeChecks({ configPath: cfg, dataDir, ...quick }), 'server-cert');
   assert.equal(fail.status, 'error');
@@ -252,7 +332,12 @@ async function listen(server: net.Server, address: string, port: number): Promis
   });
 }
 
-async function startUpstreamAt(address: string, cert: IssuedCert, chain: string, opts: { date?: () => string } = {}): Promise<Upstream> {
+async function startUpstreamAt(
+  address: string,
+  cert: IssuedCert,
+  chain: string,
+  opts: { date?: () => string } = {},
+): Promise<Upstream> {
   const creds = { cert: fullChainPem(cert.certPem, chain), key: cert.keyPem };
   const servers: net.Server[] = [];
   const sockets = new Set<net.Socket>();
@@ -293,7 +378,10 @@ test('upstream on 8883, 5671 and 443 with a trusted certificate for its address 
   const serverCert = await createServerCert({ hostname: address, issuer: parentCa, keyAlgorithm: 'ec' });
   const up = await startUpstreamAt(address, serverCert, parentCa.certPem);
   t.after(() => up.close());
-  const results = await runEdgeChecks({ configPath: edgeConfig({ hostname: randomLoopbackAddress(), parent: up.address }), dataDir: join(dir, 'data-up') });
+  const results = await runEdgeChecks({
+    configPath: edgeConfig({ hostname: randomLoopbackAddress(), parent: up.address }),
+    dataDir: join(dir, 'data-up'),
+  });
   for (const port of [8883, 5671, 443]) {
     const r = find(results, `upstream-${port}`);
     assert.equal(r.status, 'pass', r.detail);
@@ -303,12 +391,17 @@ test('upstream on 8883, 5671 and 443 with a trusted certificate for its address 
   assert.equal(clock.status, 'pass', clock.detail);
 });
 
-test('a clock 10 minutes off the upstream\'s Date header is a warning', async (t) => {
+test("a clock 10 minutes off the upstream's Date header is a warning", async (t) => {
   const address = randomLoopbackAddress();
   const serverCert = await createServerCert({ hostname: address, issuer: edgeCa, keyAlgorithm: 'ec' });
-  const up = await startUpstreamAt(address, serverCert, edgeCa.certPem, { date: () => new Date(Date.now() + 10 * 60 * 1000).toUTCString() });
+  const up = await startUpstreamAt(address, serverCert, edgeCa.certPem, {
+    date: () => new Date(Date.now() + 10 * 60 * 1000).toUTCString(),
+  });
   t.after(() => up.close());
-  const clock = find(await runEdgeChecks({ configPath: edgeConfig({ hostname: randomLoopbackAddress(), parent: address }) }), 'clock');
+  const clock = find(
+    await runEdgeChecks({ configPath: edgeConfig({ hostname: randomLoopbackAddress(), parent: address }) }),
+    'clock',
+  );
   assert.equal(clock.status, 'warning');
   assert.match(clock.detail, /this host's clock is 10 minutes behind/);
   assert.match(clock.fix ?? '', /NTP/);
@@ -322,7 +415,10 @@ test('probe: a certificate from another root is "not trusted", another name is "
   t.after(() => up.close());
   const untrusted = await probeUpstream(address, 8883, [root.certPem], 2000);
   assert.equal(untrusted.kind, 'not-trusted');
-  assert.match(messageOf(untrusted), /certificate not trusted \(trust bundle does not match the parent\): .*presented "CN=/);
+  assert.match(
+    messageOf(untrusted),
+    /certificate not trusted \(trust bundle does not match the parent\): .*presented "CN=/,
+  );
 
   const other = randomLoopbackAddress();
   const misnamed = await createServerCert({ hostname: '10.9.9.9', issuer: edgeCa, keyAlgorithm: 'ec' });
@@ -333,7 +429,13 @@ test('probe: a certificate from another root is "not trusted", another name is "
   assert.match(messageOf(mismatch), /host name mismatch: .*SAN IP Address:10\.9\.9\.9.*not valid for/);
 
   const third = randomLoopbackAddress();
-  const expired = await createServerCert({ hostname: third, issuer: edgeCa, keyAlgorithm: 'ec', days: 1, validFrom: new Date(Date.now() - 5 * DAY) });
+  const expired = await createServerCert({
+    hostname: third,
+    issuer: edgeCa,
+    keyAlgorithm: 'ec',
+    days: 1,
+    validFrom: new Date(Date.now() - 5 * DAY),
+  });
   const up3 = await startUpstreamAt(third, expired, edgeCa.certPem);
   t.after(() => up3.close());
   const old = await probeUpstream(third, 443, [root.certPem], 2000);
@@ -372,7 +474,13 @@ test('the printed form: one line per check, what to do under failures, skipped o
     { id: 'd', title: 'fourth thing', status: 'skipped', detail: 'not applicable' },
   ];
   const lines = formatCheckResults(results);
-  assert.deepEqual(lines.slice(0, 5), ['pass     first thing', 'error    second thing: broken b', '         what to do: mend b', 'warning  third thing: odd c', '         what to do: look at c']);
+  assert.deepEqual(lines.slice(0, 5), [
+    'pass     first thing',
+    'error    second thing: broken b',
+    '         what to do: mend b',
+    'warning  third thing: odd c',
+    '         what to do: look at c',
+  ]);
   assert.ok(!lines.some((l) => l.includes('fourth thing')));
   assert.match(lines.at(-1)!, /1 passed, 1 warning\(s\), 1 error\(s\), 1 skipped \(--verbose lists them\)/);
   const verbose = formatCheckResults(results, true);

@@ -5,7 +5,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkConfigFiles } from '../../src/edge/config-files.ts';
 import { parseEdgeConfig } from '../../src/edge/config.ts';
-import { createRootCa, createIntermediateCa, createEdgeCa, createDeviceCert, fullChainPem, type IssuedCert } from '../../src/pki/index.ts';
+import {
+  createRootCa,
+  createIntermediateCa,
+  createEdgeCa,
+  createDeviceCert,
+  fullChainPem,
+  type IssuedCert,
+} from '../../src/pki/index.ts';
 
 let dir: string;
 let root: IssuedCert;

@@ -47,7 +47,7 @@ test("the seeds' child config is accepted, with the machine name as hostname and
   assert.ok(diagnostics.some((d) => d.level === 'warning' && /no hostname set/.test(d.message)));
 });
 
-test("the seeds' `image: \"...\"` under [agent.config] is read, with a warning naming the line", () => {
+test('the seeds\' `image: "..."` under [agent.config] is read, with a warning naming the line', () => {
   const text = `hostname = "gw1"\n\n[agent]\nname = "edgeAgent"\ntype = "docker"\n\n[agent.config]\nimage: "parent:443/azureiotedge-agent:1.2"\n`;
   const { config, diagnostics } = parseEdgeConfig(text);
   assert.equal(config.agent?.image, 'parent:443/azureiotedge-agent:1.2');
@@ -66,7 +66,10 @@ test('a top-level key after a section header is an error naming its line and the
 
 test('hostname of 64 characters or more is refused; 63 is fine', () => {
   const long = 'a'.repeat(60) + '.com'; // 64
-  assert.match(errorsOf(`hostname = "${long}"\n`)[0], /line 1: error: hostname ".*" is 64 characters long; it must be shorter than 64/);
+  assert.match(
+    errorsOf(`hostname = "${long}"\n`)[0],
+    /line 1: error: hostname ".*" is 64 characters long; it must be shorter than 64/,
+  );
   const ok = 'a'.repeat(59) + '.com';
   assert.equal(parseEdgeConfig(`hostname = "${ok}"\n`).config.hostname, ok);
 });
@@ -88,7 +91,9 @@ test('broken TOML names its line', () => {
 });
 
 test('provisioning: connection string, sas and x509 forms', () => {
-  const cs = parseEdgeConfig('hostname = "gw"\n[provisioning]\nsource = "manual"\nconnection_string = "HostName=hub.local;DeviceId=gw1;SharedAccessKey=abc="\n').config;
+  const cs = parseEdgeConfig(
+    'hostname = "gw"\n[provisioning]\nsource = "manual"\nconnection_string = "HostName=hub.local;DeviceId=gw1;SharedAccessKey=abc="\n',
+  ).config;
   assert.deepEqual(cs.provisioning, {
     source: 'manual',
     connectionString: 'HostName=hub.local;DeviceId=gw1;SharedAccessKey=abc=',
@@ -96,12 +101,19 @@ test('provisioning: connection string, sas and x509 forms', () => {
     deviceId: 'gw1',
     authentication: { method: 'sas', deviceIdPk: 'abc=' },
   });
-  const sas = parseEdgeConfig('hostname = "gw"\n[provisioning]\nsource = "manual"\niothub_hostname = "hub.local"\ndevice_id = "gw1"\n[provisioning.authentication]\nmethod = "sas"\ndevice_id_pk = { value = "a2V5" }\n').config;
+  const sas = parseEdgeConfig(
+    'hostname = "gw"\n[provisioning]\nsource = "manual"\niothub_hostname = "hub.local"\ndevice_id = "gw1"\n[provisioning.authentication]\nmethod = "sas"\ndevice_id_pk = { value = "a2V5" }\n',
+  ).config;
   assert.deepEqual(sas.provisioning?.authentication, { method: 'sas', deviceIdPk: 'a2V5' });
-  const x = parseEdgeConfig('hostname = "gw"\n[provisioning]\nsource = "manual"\niothub_hostname = "hub.local"\ndevice_id = "gw1"\n[provisioning.authentication]\nmethod = "x509"\nidentity_cert = "file:///c.pem"\nidentity_pk = "file:///k.pem"\n').config;
+  const x = parseEdgeConfig(
+    'hostname = "gw"\n[provisioning]\nsource = "manual"\niothub_hostname = "hub.local"\ndevice_id = "gw1"\n[provisioning.authentication]\nmethod = "x509"\nidentity_cert = "file:///c.pem"\nidentity_pk = "file:///k.pem"\n',
+  ).config;
   assert.deepEqual(x.provisioning?.authentication, { method: 'x509', identityCert: '/c.pem', identityPk: '/k.pem' });
   assert.match(errorsOf('hostname = "gw"\n[provisioning]\nsource = "dps"\n')[0], /source "dps" is not supported/);
-  assert.match(errorsOf('hostname = "gw"\n[provisioning]\nsource = "manual"\nconnection_string = "HostName=h"\n')[0], /must carry HostName, DeviceId and SharedAccessKey/);
+  assert.match(
+    errorsOf('hostname = "gw"\n[provisioning]\nsource = "manual"\nconnection_string = "HostName=h"\n')[0],
+    /must carry HostName, DeviceId and SharedAccessKey/,
+  );
 });
 
 test('[edge_ca] with only one of cert and pk is an error; no [edge_ca] means quickstart', () => {

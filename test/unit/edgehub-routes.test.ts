@@ -19,8 +19,18 @@ import type { UpstreamIdentity } from '../../src/upstream/parent-link.ts';
 
 const quiet = pino({ level: 'silent' });
 
-const deviceMessage: RoutableMessage = { source: '/messages', body: Buffer.from('x'), systemProperties: { connectionDeviceId: 'leaf' }, appProperties: {} };
-const moduleMessage: RoutableMessage = { source: '/messages/modules/m1/outputs/o1', body: Buffer.from('x'), systemProperties: { connectionDeviceId: 'gw', connectionModuleId: 'm1' }, appProperties: {} };
+const deviceMessage: RoutableMessage = {
+  source: '/messages',
+  body: Buffer.from('x'),
+  systemProperties: { connectionDeviceId: 'leaf' },
+  appProperties: {},
+};
+const moduleMessage: RoutableMessage = {
+  source: '/messages/modules/m1/outputs/o1',
+  body: Buffer.from('x'),
+  systemProperties: { connectionDeviceId: 'gw', connectionModuleId: 'm1' },
+  appProperties: {},
+};
 
 function deployment(routes: Record<string, unknown>, version: number): TwinCollection {
   return { schemaVersion: '1.1', routes, storeAndForwardConfiguration: { timeToLiveSecs: 3600 }, $version: version };
@@ -61,9 +71,18 @@ test('no deployment known: the default route takes device and module telemetry u
   const routes = make();
   routes.loadCached();
   assert.equal(routes.usingDefault, true);
-  assert.deepEqual(routes.table.routes.map((r) => r.text), [DEFAULT_ROUTE.route]);
-  assert.deepEqual(routes.table.match(deviceMessage).map((d) => d.endpoint.id), ['$upstream']);
-  assert.deepEqual(routes.table.match(moduleMessage).map((d) => d.endpoint.id), ['$upstream']);
+  assert.deepEqual(
+    routes.table.routes.map((r) => r.text),
+    [DEFAULT_ROUTE.route],
+  );
+  assert.deepEqual(
+    routes.table.match(deviceMessage).map((d) => d.endpoint.id),
+    ['$upstream'],
+  );
+  assert.deepEqual(
+    routes.table.match(moduleMessage).map((d) => d.endpoint.id),
+    ['$upstream'],
+  );
 });
 
 test('a bad update is ignored and reported; the kept file still holds the last good one, and a restart uses it over a bad cached twin', async (t) => {
@@ -74,42 +93,70 @@ test('a bad update is ignored and reported; the kept file still holds the last g
   routes.loadCached();
   await routes.follow(up.channel, up.link);
   assert.equal(routes.usingDefault, false);
-  assert.deepEqual(routes.table.routes.map((r) => r.name), ['up']);
+  assert.deepEqual(
+    routes.table.routes.map((r) => r.name),
+    ['up'],
+  );
   assert.equal(routes.table.globalTtlSecs, 3600);
   assert.deepEqual(JSON.parse(readFileSync(lastGoodPath, 'utf8')).desired, good);
-  assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith('.tmp')), [], 'no temporary file left behind');
+  assert.deepEqual(
+    readdirSync(dir).filter((f) => f.endsWith('.tmp')),
+    [],
+    'no temporary file left behind',
+  );
 
   // A pushed patch that breaks a route: refused, logged, reported; the table and the file stay.
   up.push({ routes: { up: 'FROM /nowhere INTO $upstream' }, $version: 4 });
-  assert.deepEqual(routes.table.routes.map((r) => r.text), ['FROM /messages/modules/* INTO $upstream']);
+  assert.deepEqual(
+    routes.table.routes.map((r) => r.text),
+    ['FROM /messages/modules/* INTO $upstream'],
+  );
   assert.deepEqual(JSON.parse(readFileSync(lastGoodPath, 'utf8')).desired, good);
   await new Promise((r) => setImmediate(r));
   assert.deepEqual(up.reported[0], { lastDesiredVersion: 3, lastDesiredStatus: { code: 200, description: '' } });
   assert.equal(up.reported[1]?.lastDesiredVersion, 4);
-  assert.equal((up.reported[1]?.lastDesiredStatus as { code: number }).code, 400);
-  assert.match((up.reported[1]?.lastDesiredStatus as { description: string }).description, /route "up": position 6: source "\/nowhere" matches no message/);
+  assert.equal((up.reported[1]?.lastDesiredStatus as { code: number } | undefined)?.code, 400);
+  assert.match(
+    (up.reported[1]?.lastDesiredStatus as { description: string } | undefined)?.description ?? '',
+    /route "up": position 6: source "\/nowhere" matches no message/,
+  );
   assert.equal(twins.get('gw', '$edgeHub')!.desired.$version, 4, 'the cache holds the bad version');
 
   // Restart: the kept routes win over the bad cached twin.
   const restarted = make();
   restarted.loadCached();
   assert.equal(restarted.usingDefault, false);
-  assert.deepEqual(restarted.table.routes.map((r) => r.text), ['FROM /messages/modules/* INTO $upstream']);
-  assert.deepEqual(restarted.table.match(moduleMessage).map((d) => d.endpoint.id), ['$upstream']);
+  assert.deepEqual(
+    restarted.table.routes.map((r) => r.text),
+    ['FROM /messages/modules/* INTO $upstream'],
+  );
+  assert.deepEqual(
+    restarted.table.match(moduleMessage).map((d) => d.endpoint.id),
+    ['$upstream'],
+  );
 });
 
 test('a data directory without routes.json starts from a good cached twin (and keeps it); an unreadable routes.json is ignored', (t) => {
   const { twins, lastGoodPath, make } = setup(t);
-  twins.put('gw', '$edgeHub', { desired: deployment({ mine: 'FROM /messages/* INTO BrokeredEndpoint("/modules/m/inputs/i")' }, 7), reported: {} });
+  twins.put('gw', '$edgeHub', {
+    desired: deployment({ mine: 'FROM /messages/* INTO BrokeredEndpoint("/modules/m/inputs/i")' }, 7),
+    reported: {},
+  });
   const routes = make();
   routes.loadCached();
-  assert.deepEqual(routes.table.routes.map((r) => r.name), ['mine']);
+  assert.deepEqual(
+    routes.table.routes.map((r) => r.name),
+    ['mine'],
+  );
   assert.ok(existsSync(lastGoodPath));
 
   writeFileSync(lastGoodPath, '{ not json');
   const again = make();
   again.loadCached();
-  assert.deepEqual(again.table.routes.map((r) => r.name), ['mine']);
+  assert.deepEqual(
+    again.table.routes.map((r) => r.name),
+    ['mine'],
+  );
 });
 
 test('a deployment with an empty route set is honoured (nothing forwarded), unlike no deployment at all', async (t) => {
@@ -122,7 +169,15 @@ test('a deployment with an empty route set is honoured (nothing forwarded), unli
   assert.equal(routes.configured, false);
   assert.deepEqual(routes.table.match(deviceMessage), []);
   // The deployment removed at the hub (desired emptied): back to the default route.
-  up.push({ schemaVersion: null, routes: null, storeAndForwardConfiguration: null, $version: 3 } as unknown as TwinCollection);
+  up.push({
+    schemaVersion: null,
+    routes: null,
+    storeAndForwardConfiguration: null,
+    $version: 3,
+  } as unknown as TwinCollection);
   assert.equal(routes.usingDefault, true);
-  assert.deepEqual(routes.table.match(deviceMessage).map((d) => d.endpoint.id), ['$upstream']);
+  assert.deepEqual(
+    routes.table.match(deviceMessage).map((d) => d.endpoint.id),
+    ['$upstream'],
+  );
 });

@@ -34,7 +34,11 @@ test('lock, complete: the message leaves the queue and positive feedback is reco
   q.settle('d', a.lockToken, 'complete');
   q.settle('d', b.lockToken, 'complete');
   assert.equal(q.depth('d'), 0);
-  assert.deepEqual(q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode]), [['m1', 'Success']], 'negative-only ack gives no feedback on success');
+  assert.deepEqual(
+    q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode]),
+    [['m1', 'Success']],
+    'negative-only ack gives no feedback on success',
+  );
 });
 
 test('reject removes with Rejected feedback; abandon redelivers with a higher delivery count', async (t) => {
@@ -42,7 +46,10 @@ test('reject removes with Rejected feedback; abandon redelivers with a higher de
   q.enqueue('d', msg('r', 'rej'), { ack: 'full' });
   const r = q.lockNext('d', 60_000)!;
   q.settle('d', r.lockToken, 'reject');
-  assert.deepEqual(q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode, f.description]), [['rej', 'Rejected', 'Message rejected']]);
+  assert.deepEqual(
+    q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode, f.description]),
+    [['rej', 'Rejected', 'Message rejected']],
+  );
   q.acknowledgeFeedback(q.pendingFeedback().map((f) => f.id));
   assert.equal(q.pendingFeedback().length, 0);
 
@@ -53,8 +60,16 @@ test('reject removes with Rejected feedback; abandon redelivers with a higher de
   assert.equal(second.message.messageId, 'ab');
   assert.equal(second.deliveryCount, 2);
   assert.notEqual(second.lockToken, first.lockToken);
-  assert.throws(() => q.settle('d', first.lockToken, 'complete'), (e) => isEngineError(e, 'not-found'), 'the old lock token is gone');
-  assert.throws(() => q.settle('other', second.lockToken, 'complete'), (e) => isEngineError(e, 'not-found'), 'a lock token of another device');
+  assert.throws(
+    () => q.settle('d', first.lockToken, 'complete'),
+    (e) => isEngineError(e, 'not-found'),
+    'the old lock token is gone',
+  );
+  assert.throws(
+    () => q.settle('other', second.lockToken, 'complete'),
+    (e) => isEngineError(e, 'not-found'),
+    'a lock token of another device',
+  );
 });
 
 test('an expired lock makes the message available again and its token stale', async (t) => {
@@ -65,14 +80,23 @@ test('an expired lock makes the message available again and its token stale', as
   assert.equal(q.lockNext('d', 1000, { now: now + 500 }), undefined);
   const b = q.lockNext('d', 1000, { now: now + 1500 })!;
   assert.equal(b.deliveryCount, 2);
-  assert.throws(() => q.settle('d', a.lockToken, 'complete', { now: now + 1600 }), (e) => isEngineError(e, 'not-found'));
-  assert.throws(() => q.settle('d', b.lockToken, 'complete', { now: now + 3000 }), (e) => isEngineError(e, 'precondition'));
+  assert.throws(
+    () => q.settle('d', a.lockToken, 'complete', { now: now + 1600 }),
+    (e) => isEngineError(e, 'not-found'),
+  );
+  assert.throws(
+    () => q.settle('d', b.lockToken, 'complete', { now: now + 3000 }),
+    (e) => isEngineError(e, 'precondition'),
+  );
 });
 
 test('the queue holds at most 50 messages per device', async (t) => {
   const q = await queue(t);
   for (let i = 0; i < 50; i++) q.enqueue('full', msg(`m${i}`));
-  assert.throws(() => q.enqueue('full', msg('one too many')), (e) => isEngineError(e, 'queue-full') && /50/.test((e as Error).message));
+  assert.throws(
+    () => q.enqueue('full', msg('one too many')),
+    (e) => isEngineError(e, 'queue-full') && /50/.test((e as Error).message),
+  );
   q.enqueue('other', msg('other devices are not affected'));
   assert.equal(q.depth('full'), 50);
 });
@@ -83,13 +107,22 @@ test('expired messages leave with Expired feedback; too many deliveries dead-let
   q.enqueue('d', msg('ttl', 'ttl'), { ttlMs: 1000, ack: 'negative', now });
   q.enqueue('d', { ...msg('abs', 'abs'), expiry: now + 500 }, { ack: 'full', now });
   assert.equal(q.lockNext('d', 10_000, { now: now + 2000 }), undefined);
-  assert.deepEqual(q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode]), [['ttl', 'Expired'], ['abs', 'Expired']]);
+  assert.deepEqual(
+    q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode]),
+    [
+      ['ttl', 'Expired'],
+      ['abs', 'Expired'],
+    ],
+  );
   q.acknowledgeFeedback(q.pendingFeedback().map((f) => f.id));
 
   q.enqueue('e', msg('bouncy', 'bouncy'), { ack: 'full' });
   for (let i = 0; i < 2; i++) q.settle('e', q.lockNext('e', 10_000)!.lockToken, 'abandon');
   assert.equal(q.lockNext('e', 10_000), undefined);
-  assert.deepEqual(q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode]), [['bouncy', 'DeliveryCountExceeded']]);
+  assert.deepEqual(
+    q.pendingFeedback().map((f) => [f.originalMessageId, f.statusCode]),
+    [['bouncy', 'DeliveryCountExceeded']],
+  );
 });
 
 test('release and releaseAll make locked messages available again', async (t) => {
@@ -102,5 +135,8 @@ test('release and releaseAll make locked messages available again', async (t) =>
   assert.equal(q.lockNext('d', 60_000)!.message.body.toString(), '1');
   assert.equal(q.releaseAll(), 2);
   assert.ok(q.lockNext('d', 60_000));
-  assert.throws(() => q.settle('d', b.lockToken, 'complete'), (e) => isEngineError(e, 'not-found'));
+  assert.throws(
+    () => q.settle('d', b.lockToken, 'complete'),
+    (e) => isEngineError(e, 'not-found'),
+  );
 });

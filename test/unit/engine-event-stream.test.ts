@@ -14,21 +14,43 @@ async function tempDir(t: { after(fn: () => unknown): void }): Promise<string> {
   return dir;
 }
 
-function ev(deviceId: string, body: string, extra: Partial<EventToAppend['message']> = {}, moduleId?: string): EventToAppend {
-  return { deviceId, moduleId, authMethod: '{"type":"sas"}', messageSource: 'Telemetry', message: { body: Buffer.from(body), properties: {}, ...extra } };
+function ev(
+  deviceId: string,
+  body: string,
+  extra: Partial<EventToAppend['message']> = {},
+  moduleId?: string,
+): EventToAppend {
+  return {
+    deviceId,
+    moduleId,
+    authMethod: '{"type":"sas"}',
+    messageSource: 'Telemetry',
+    message: { body: Buffer.from(body), properties: {}, ...extra },
+  };
 }
 
 test('appends get global sequence numbers, a partition by device, per-partition sequence numbers and byte offsets', async (t) => {
   const dir = await tempDir(t);
   const s = new EventStream({ dir, partitions: 4 });
   t.after(() => s.close());
-  const infos = await Promise.all(['a', 'b', 'a', 'c', 'a'].map((d, i) => s.append(ev(d, `m${i}`, { messageId: `id${i}` }))));
-  assert.deepEqual(infos.map((i) => i.sequenceNumber), [1, 2, 3, 4, 5]);
+  const infos = await Promise.all(
+    ['a', 'b', 'a', 'c', 'a'].map((d, i) => s.append(ev(d, `m${i}`, { messageId: `id${i}` }))),
+  );
+  assert.deepEqual(
+    infos.map((i) => i.sequenceNumber),
+    [1, 2, 3, 4, 5],
+  );
   const pa = partitionOf('a', 4);
   const aInfos = infos.filter((_, i) => ['a', 'b', 'a', 'c', 'a'][i] === 'a');
-  assert.ok(aInfos.every((i) => i.partition === pa), 'a device always lands in the same partition');
+  assert.ok(
+    aInfos.every((i) => i.partition === pa),
+    'a device always lands in the same partition',
+  );
   const samePart = infos.filter((i) => i.partition === pa);
-  assert.deepEqual(samePart.map((i) => i.partitionSequenceNumber), samePart.map((_, k) => k));
+  assert.deepEqual(
+    samePart.map((i) => i.partitionSequenceNumber),
+    samePart.map((_, k) => k),
+  );
   for (let k = 1; k < samePart.length; k++) assert.ok(samePart[k].offset > samePart[k - 1].offset, 'offsets grow');
   assert.equal(samePart[0].offset, 0);
   const { events, nextSequenceNumber } = await s.read({});
@@ -45,7 +67,10 @@ test('an append resolves only once committed: another connection sees the row', 
   const info = await s.append(ev('dur', 'durable'));
   const other = new Database(join(dir, 'events.db'), { readonly: true });
   t.after(() => other.close());
-  const row = other.prepare('SELECT dev, body FROM events WHERE seq = ?').get(info.sequenceNumber) as { dev: string; body: Buffer };
+  const row = other.prepare('SELECT dev, body FROM events WHERE seq = ?').get(info.sequenceNumber) as {
+    dev: string;
+    body: Buffer;
+  };
   assert.equal(row.dev, 'dur');
   assert.equal(row.body.toString(), 'durable');
   assert.equal(other.pragma('journal_mode', { simple: true }), 'wal');
@@ -56,7 +81,10 @@ test('many concurrent appends are committed together and all resolve in order', 
   const s = new EventStream({ dir });
   t.after(() => s.close());
   const infos = await Promise.all(Array.from({ length: 2000 }, (_, i) => s.append(ev(`d${i % 37}`, `x${i}`))));
-  assert.deepEqual(infos.map((i) => i.sequenceNumber), Array.from({ length: 2000 }, (_, i) => i + 1));
+  assert.deepEqual(
+    infos.map((i) => i.sequenceNumber),
+    Array.from({ length: 2000 }, (_, i) => i + 1),
+  );
   // Group commit: one enqueued time per transaction, so far fewer distinct times than messages.
   assert.ok(new Set(infos.map((i) => i.enqueuedTime)).size < 10);
 });
@@ -72,13 +100,22 @@ test('batches and single appends interleaved share a commit; each is answered wi
     s.appendAll([]),
   ]);
   assert.equal(one.sequenceNumber, 1);
-  assert.deepEqual(batch.map((i) => i.sequenceNumber), [2, 3, 4]);
+  assert.deepEqual(
+    batch.map((i) => i.sequenceNumber),
+    [2, 3, 4],
+  );
   assert.equal(two.sequenceNumber, 5);
   assert.deepEqual(empty, []);
   assert.equal(new Set([one, ...batch, two].map((i) => i.enqueuedTime)).size, 1, 'one commit');
   const { events } = await s.read({});
-  assert.deepEqual(events.map((e) => e.message.body.toString()), ['first', 'b1', 'b2', 'b3', 'last']);
-  assert.deepEqual(events.map((e) => e.sequenceNumber), [1, 2, 3, 4, 5]);
+  assert.deepEqual(
+    events.map((e) => e.message.body.toString()),
+    ['first', 'b1', 'b2', 'b3', 'last'],
+  );
+  assert.deepEqual(
+    events.map((e) => e.sequenceNumber),
+    [1, 2, 3, 4, 5],
+  );
 });
 
 test('a batch whose commit fails is refused whole and nothing of it is readable', async (t) => {
@@ -93,7 +130,10 @@ test('a batch whose commit fails is refused whole and nothing of it is readable'
   const after = await s.append(ev('a', 'after'));
   assert.equal(after.sequenceNumber, 2, 'numbers continue as if the batch never came');
   const { events } = await s.read({});
-  assert.deepEqual(events.map((e) => e.message.body.toString()), ['before', 'after']);
+  assert.deepEqual(
+    events.map((e) => e.message.body.toString()),
+    ['before', 'after'],
+  );
 });
 
 test('reads by time, by device and module, and long-polls for new events', async (t) => {
@@ -105,9 +145,18 @@ test('reads by time, by device and module, and long-polls for new events', async
   const mark = Date.now();
   await s.append(ev('y', 'new'));
   await s.append(ev('x', 'mod', {}, 'm1'));
-  assert.deepEqual((await s.read({ fromTime: mark })).events.map((e) => e.message.body.toString()), ['new', 'mod']);
-  assert.deepEqual((await s.read({ deviceId: 'x' })).events.map((e) => e.message.body.toString()), ['old', 'mod']);
-  assert.deepEqual((await s.read({ deviceId: 'x', moduleId: 'm1' })).events.map((e) => e.moduleId), ['m1']);
+  assert.deepEqual(
+    (await s.read({ fromTime: mark })).events.map((e) => e.message.body.toString()),
+    ['new', 'mod'],
+  );
+  assert.deepEqual(
+    (await s.read({ deviceId: 'x' })).events.map((e) => e.message.body.toString()),
+    ['old', 'mod'],
+  );
+  assert.deepEqual(
+    (await s.read({ deviceId: 'x', moduleId: 'm1' })).events.map((e) => e.moduleId),
+    ['m1'],
+  );
   const r = await s.read({ deviceId: 'nobody' });
   assert.equal(r.events.length, 0);
   assert.equal(r.nextSequenceNumber, 4, 'an empty filtered read continues after everything scanned');
@@ -157,9 +206,14 @@ test('partition reads by sequence number, offset and time, inclusive or not; par
   }
   const bodies = (es: { message: { body: Buffer } }[]) => es.map((e) => e.message.body.toString());
   assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromPartitionSequenceNumber: 2 })), ['e2', 'e3', 'e4']);
-  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromPartitionSequenceNumber: 2, inclusive: false })), ['e3', 'e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromPartitionSequenceNumber: 2, inclusive: false })), [
+    'e3',
+    'e4',
+  ]);
   assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromOffset: infos[3].offset })), ['e3', 'e4']);
-  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromOffset: infos[3].offset, inclusive: false })), ['e4']);
+  assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromOffset: infos[3].offset, inclusive: false })), [
+    'e4',
+  ]);
   assert.deepEqual(bodies(await s.readPartition({ partition: 0, fromTime: infos[4].enqueuedTime })), ['e4']);
   assert.deepEqual(bodies(await s.readPartition({ partition: 0, limit: 2 })), ['e0', 'e1']);
   const info = s.partitionInfo(0);
@@ -176,16 +230,30 @@ test('readers at the end are served from memory with exactly what the file holds
   const devices = ['a', 'b', 'c'];
   await Promise.all(
     Array.from({ length: 300 }, (_, i) =>
-      s.append(ev(devices[i % 3]!, `body-${i}`, { messageId: `id-${i}`, properties: { n: String(i) }, contentType: 'application/json' }, i % 7 === 0 ? 'mod' : undefined)),
+      s.append(
+        ev(
+          devices[i % 3]!,
+          `body-${i}`,
+          { messageId: `id-${i}`, properties: { n: String(i) }, contentType: 'application/json' },
+          i % 7 === 0 ? 'mod' : undefined,
+        ),
+      ),
     ),
   );
-  const fromMemory = [...(await s.read({ fromSequenceNumber: 1, limit: 1000 })).events, ...(await s.read({ fromSequenceNumber: 250, limit: 20 })).events];
+  const fromMemory = [
+    ...(await s.read({ fromSequenceNumber: 1, limit: 1000 })).events,
+    ...(await s.read({ fromSequenceNumber: 250, limit: 20 })).events,
+  ];
   await s.close();
   const again = new EventStream({ dir, pruneIntervalMs: 3_600_000 });
   t.after(() => again.close());
-  const fromFile = [...(await again.read({ fromSequenceNumber: 1, limit: 1000 })).events, ...(await again.read({ fromSequenceNumber: 250, limit: 20 })).events];
+  const fromFile = [
+    ...(await again.read({ fromSequenceNumber: 1, limit: 1000 })).events,
+    ...(await again.read({ fromSequenceNumber: 250, limit: 20 })).events,
+  ];
   assert.equal(fromMemory.length, 320);
-  const shape = (e: (typeof fromMemory)[number]) => JSON.parse(JSON.stringify({ ...e, message: { ...e.message, body: e.message.body.toString() } }));
+  const shape = (e: (typeof fromMemory)[number]) =>
+    JSON.parse(JSON.stringify({ ...e, message: { ...e.message, body: e.message.body.toString() } }));
   assert.deepEqual(fromMemory.map(shape), fromFile.map(shape));
 
   // Events past retention are gone from memory as from the file.
@@ -197,20 +265,33 @@ test('readers at the end are served from memory with exactly what the file holds
 
 test('bisection finds the first key whose time is reached, across gaps in the keys', () => {
   // key -> enqueued time; keys 4..6 and 10 are missing (retention, restarts).
-  const rows = new Map([[1, 10], [2, 10], [3, 20], [7, 20], [8, 30], [9, 30], [11, 40]]);
+  const rows = new Map([
+    [1, 10],
+    [2, 10],
+    [3, 20],
+    [7, 20],
+    [8, 30],
+    [9, 30],
+    [11, 40],
+  ]);
   const keys = [...rows.keys()];
   const at = (k: number) => {
     const key = keys.find((x) => x >= k);
     return key === undefined ? undefined : { key, enq: rows.get(key)! };
   };
-  const first = (time: number, inclusive = true) => firstReaching(1, 12, at, inclusive ? (e) => e >= time : (e) => e > time);
+  const first = (time: number, inclusive = true) =>
+    firstReaching(1, 12, at, inclusive ? (e) => e >= time : (e) => e > time);
   assert.equal(first(0), 1);
   assert.equal(first(15), 3);
   assert.equal(first(20), 3);
   assert.equal(first(20, false), 8);
   assert.equal(first(35), 11);
   assert.equal(first(41), undefined, 'nothing that late');
-  assert.equal(firstReaching(5, 7, at, () => true), undefined, 'nothing inside the range');
+  assert.equal(
+    firstReaching(5, 7, at, () => true),
+    undefined,
+    'nothing inside the range',
+  );
 });
 
 test('without time and device indexes, reads from the file by time, device and module still find exactly their events', async (t) => {
@@ -232,10 +313,21 @@ test('without time and device indexes, reads from the file by time, device and m
   t.after(() => s.close());
   const db = new Database(join(dir, 'events.db'), { readonly: true });
   t.after(() => db.close());
-  const indexes = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'").all() as { name: string }[]).map((r) => r.name);
-  assert.deepEqual(indexes.filter((n) => !n.startsWith('sqlite_')), ['events_part'], 'only the partition index is kept up by every insert');
+  const indexes = (
+    db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'").all() as {
+      name: string;
+    }[]
+  ).map((r) => r.name);
+  assert.deepEqual(
+    indexes.filter((n) => !n.startsWith('sqlite_')),
+    ['events_part'],
+    'only the partition index is kept up by every insert',
+  );
 
-  assert.deepEqual((await s.read({ fromTime: mark, limit: 2 })).events.map((e) => e.message.body.toString()), ['r0', 'b0']);
+  assert.deepEqual(
+    (await s.read({ fromTime: mark, limit: 2 })).events.map((e) => e.message.body.toString()),
+    ['r0', 'b0'],
+  );
   const p = s.partitionOf('rare');
   assert.equal((await s.readPartition({ partition: p, fromTime: mark, limit: 1 }))[0]?.message.body.toString(), 'r0');
 
@@ -271,12 +363,22 @@ test('standard auth method texts are stored by a short name and read back whole,
   await s.append(ev('d', 'custom'));
   s.close();
   const file = new Database(join(dir, 'events.db'));
-  assert.deepEqual(file.prepare('SELECT auth FROM events ORDER BY seq').pluck().all(), ['module.x509Certificate', '{"type":"sas"}']);
+  assert.deepEqual(file.prepare('SELECT auth FROM events ORDER BY seq').pluck().all(), [
+    'module.x509Certificate',
+    '{"type":"sas"}',
+  ]);
   file.prepare('UPDATE events SET auth = ? WHERE seq = 1').run(full);
-  file.prepare("INSERT INTO events SELECT seq + 2, part, pseq + 2, off + 100, enq, dev, mod, 'module.x509Certificate', gen, src, props, body FROM events WHERE seq = 1").run();
+  file
+    .prepare(
+      "INSERT INTO events SELECT seq + 2, part, pseq + 2, off + 100, enq, dev, mod, 'module.x509Certificate', gen, src, props, body FROM events WHERE seq = 1",
+    )
+    .run();
   file.close();
   s = new EventStream({ dir, partitions: 2 });
   t.after(() => s.close());
   const { events } = await s.read({});
-  assert.deepEqual(events.map((e) => e.authMethod), [full, '{"type":"sas"}', full]);
+  assert.deepEqual(
+    events.map((e) => e.authMethod),
+    [full, '{"type":"sas"}', full],
+  );
 });

@@ -23,7 +23,11 @@ class MemoryRegistry extends EventEmitter {
   twins = new Map<string, { desired: TwinCollection; reported: TwinCollection }>();
   connected = new Map<string, boolean>();
   add(id: string): void {
-    this.devices.set(id, { deviceId: id, status: 'enabled', authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } } });
+    this.devices.set(id, {
+      deviceId: id,
+      status: 'enabled',
+      authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } },
+    });
     this.twins.set(id, { desired: { $version: 1 }, reported: { $version: 1 } });
   }
   getDevice(id: string) {
@@ -60,7 +64,10 @@ async function setup(t: { after(fn: () => unknown): void }) {
     await rm(dir, { recursive: true, force: true });
   });
   const login = async (id: string, ttl = 600): Promise<AuthResult> =>
-    engine.authenticate({ deviceId: id, sasToken: createSasToken(`hub.test/devices/${id}`, KEY, Math.floor(Date.now() / 1000) + ttl) });
+    engine.authenticate({
+      deviceId: id,
+      sasToken: createSasToken(`hub.test/devices/${id}`, KEY, Math.floor(Date.now() / 1000) + ttl),
+    });
   return { engine, events, registry, login };
 }
 
@@ -88,7 +95,10 @@ test('a new session for the same identity closes the old one; connection state f
   assert.equal(registry.connected.get('d'), true);
   const b = recorder();
   const s2 = await engine.connect(await login('d'), b.handler, { protocol: 'amqp' });
-  assert.deepEqual(a.closed.map((c) => c[0]), ['replaced']);
+  assert.deepEqual(
+    a.closed.map((c) => c[0]),
+    ['replaced'],
+  );
   assert.equal(s1.closed, true);
   assert.equal(registry.connected.get('d'), true, 'closing the replaced session leaves the state connected');
   assert.equal(engine.sessionOf({ deviceId: 'd' }), s2);
@@ -105,7 +115,10 @@ test('the engine closes a session when its token expires', async (t) => {
   await engine.connect(auth, r.handler, { protocol: 'mqtt' });
   const deadline = Date.now() + 3000;
   while (r.closed.length === 0 && Date.now() < deadline) await new Promise((x) => setTimeout(x, 20));
-  assert.deepEqual(r.closed.map((c) => c[0]), ['token-expired']);
+  assert.deepEqual(
+    r.closed.map((c) => c[0]),
+    ['token-expired'],
+  );
   assert.equal(engine.isConnected({ deviceId: 'd' }), false);
 });
 
@@ -135,12 +148,17 @@ test('C2D is pushed to a subscribed session, settled by it, and what was not set
   s.subscribe('c2d');
   assert.equal(r.c2d.length, 1);
   await engine.sendC2D('d', { body: Buffer.from('2'), properties: {} });
-  assert.deepEqual(r.c2d.map((d) => d.message.body.toString()), ['1', '2']);
+  assert.deepEqual(
+    r.c2d.map((d) => d.message.body.toString()),
+    ['1', '2'],
+  );
   await s.settleC2D(r.c2d[0].lockToken, 'complete');
   s.close();
   assert.equal(engine.c2d.depth('d'), 1);
   assert.ok(await engine.receiveC2D('d'), 'the unsettled message is available again');
-  await assert.rejects(engine.sendC2D('nobody', { body: Buffer.alloc(0), properties: {} }), (e) => isEngineError(e, 'not-found'));
+  await assert.rejects(engine.sendC2D('nobody', { body: Buffer.alloc(0), properties: {} }), (e) =>
+    isEngineError(e, 'not-found'),
+  );
 });
 
 test('desired pushes only reach a subscribed session; twin reads drop $metadata', async (t) => {
@@ -156,15 +174,22 @@ test('desired pushes only reach a subscribed session; twin reads drop $metadata'
   const twin = await s.twinGet();
   assert.equal('$metadata' in twin.desired, false);
   assert.deepEqual(await s.twinPatchReported({ x: 1 }), { version: 2 });
-  await assert.rejects(s.twinPatchReported([] as unknown as Record<string, unknown>), (e) => isEngineError(e, 'bad-request'));
+  await assert.rejects(s.twinPatchReported([] as unknown as Record<string, unknown>), (e) =>
+    isEngineError(e, 'bad-request'),
+  );
 });
 
 test('direct methods: 404 when not subscribed, round trip, connect timeout waits for the device', async (t) => {
   const { engine, registry, login } = await setup(t);
   registry.add('d');
-  await assert.rejects(engine.invokeMethod({ deviceId: 'd' }, { methodName: 'm' }), (e) => isEngineError(e, 'not-connected'));
+  await assert.rejects(engine.invokeMethod({ deviceId: 'd' }, { methodName: 'm' }), (e) =>
+    isEngineError(e, 'not-connected'),
+  );
   const r = recorder();
-  const pending = engine.invokeMethod({ deviceId: 'd' }, { methodName: 'm', payload: { q: 1 }, connectTimeoutInSeconds: 5 });
+  const pending = engine.invokeMethod(
+    { deviceId: 'd' },
+    { methodName: 'm', payload: { q: 1 }, connectTimeoutInSeconds: 5 },
+  );
   const s = await engine.connect(await login('d'), r.handler, { protocol: 'mqtt' });
   s.subscribe('methods');
   await tick();
@@ -173,7 +198,9 @@ test('direct methods: 404 when not subscribed, round trip, connect timeout waits
   assert.deepEqual(JSON.parse(r.methods[0].payload.toString()), { q: 1 });
   s.methodResponse(r.methods[0].requestId, 200, Buffer.from('{"ok":1}'));
   assert.deepEqual(await pending, { status: 200, payload: { ok: 1 } });
-  await assert.rejects(engine.invokeMethod({ deviceId: 'd' }, { methodName: 'bad/name' }), (e) => isEngineError(e, 'bad-request'));
+  await assert.rejects(engine.invokeMethod({ deviceId: 'd' }, { methodName: 'bad/name' }), (e) =>
+    isEngineError(e, 'bad-request'),
+  );
 });
 
 test('disabling or deleting an identity closes its session', async (t) => {
@@ -184,25 +211,39 @@ test('disabling or deleting an identity closes its session', async (t) => {
   registry.devices.get('d')!.status = 'disabled';
   registry.emit('identity', 'd', undefined, 'updated');
   await new Promise((x) => setTimeout(x, 20));
-  assert.deepEqual(r.closed.map((c) => c[0]), ['identity-disabled']);
+  assert.deepEqual(
+    r.closed.map((c) => c[0]),
+    ['identity-disabled'],
+  );
   registry.add('e');
   const r2 = recorder();
   await engine.connect(await login('e'), r2.handler, { protocol: 'mqtt' });
   registry.devices.delete('e');
   registry.emit('identity', 'e', undefined, 'deleted');
   await new Promise((x) => setTimeout(x, 20));
-  assert.deepEqual(r2.closed.map((c) => c[0]), ['identity-deleted']);
+  assert.deepEqual(
+    r2.closed.map((c) => c[0]),
+    ['identity-deleted'],
+  );
 });
 
 test('telemetry over the size limit is refused before it is stored', async (t) => {
   const { engine, registry, login } = await setup(t);
   registry.add('d');
   const auth = await login('d');
-  await assert.rejects(engine.sendTelemetry(auth, { body: Buffer.alloc(256 * 1024), properties: { k: 'v' } }), (e) => isEngineError(e, 'too-large'));
+  await assert.rejects(engine.sendTelemetry(auth, { body: Buffer.alloc(256 * 1024), properties: { k: 'v' } }), (e) =>
+    isEngineError(e, 'too-large'),
+  );
   const info = await engine.sendTelemetry(auth, { body: Buffer.alloc(256 * 1024), properties: {} });
   assert.equal(info.sequenceNumber, 1);
-  const batch = await engine.sendTelemetryBatch(auth, [{ body: Buffer.from('a'), properties: {} }, { body: Buffer.from('b'), properties: {} }]);
-  assert.deepEqual(batch.map((b) => b.sequenceNumber), [2, 3]);
+  const batch = await engine.sendTelemetryBatch(auth, [
+    { body: Buffer.from('a'), properties: {} },
+    { body: Buffer.from('b'), properties: {} },
+  ]);
+  assert.deepEqual(
+    batch.map((b) => b.sequenceNumber),
+    [2, 3],
+  );
 });
 
 test('a forwarded batch sent again before the first copy is committed is stored once, and answered once that copy is on disk', async (t) => {
@@ -221,7 +262,11 @@ test('a forwarded batch sent again before the first copy is committed is stored 
   await again;
   assert.equal(againDone, true);
   const { events } = await stream.read({ fromSequenceNumber: 1, limit: 100 });
-  assert.deepEqual(events.map((e) => e.message.body.toString()), ['a', 'b', 'c'], 'stored once');
+  assert.deepEqual(
+    events.map((e) => e.message.body.toString()),
+    ['a', 'b', 'c'],
+    'stored once',
+  );
   // And after the commit, a third copy is recognised by the watermark alone.
   await engine.sendTelemetryBatch(auth, messages, origins);
   assert.equal((await stream.read({ fromSequenceNumber: 1, limit: 100 })).events.length, 3);

@@ -13,10 +13,17 @@ import { EventStream } from '../../src/store/event-stream.ts';
 const NOT_ROOT = process.getuid?.() !== 0 && 'mounting a tmpfs needs root';
 
 function ev(n: number, bytes: number): EventToAppend {
-  return { deviceId: `d${n % 3}`, authMethod: '{"type":"sas"}', messageSource: 'Telemetry', message: { body: Buffer.alloc(bytes, n % 256), properties: {} } };
+  return {
+    deviceId: `d${n % 3}`,
+    authMethod: '{"type":"sas"}',
+    messageSource: 'Telemetry',
+    message: { body: Buffer.alloc(bytes, n % 256), properties: {} },
+  };
 }
 
-test('a commit that fails on a full disk is refused as store-full and leaves no hole in the numbering', { skip: NOT_ROOT }, async (t) => {
+test('a commit that fails on a full disk is refused as store-full and leaves no hole in the numbering', {
+  skip: NOT_ROOT,
+}, async (t) => {
   const mnt = await mkdtemp(join(tmpdir(), 'strata-es-full-'));
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
   let s: EventStream | undefined;
@@ -33,15 +40,27 @@ test('a commit that fails on a full disk is refused as store-full and leaves no 
   const filler = join(mnt, 'filler');
   writeFileSync(filler, Buffer.alloc(Math.max(0, free - 300 * 1024)));
   const big = Array.from({ length: 50 }, (_, i) => ev(10 + i, 20_000));
-  await assert.rejects(s.appendAll(big), (err: unknown) => isEngineError(err, 'store-full') && /store full/.test((err as Error).message));
+  await assert.rejects(
+    s.appendAll(big),
+    (err: unknown) => isEngineError(err, 'store-full') && /store full/.test((err as Error).message),
+  );
   rmSync(filler);
   // A full store measures again at most every 250 ms.
   await new Promise((r) => setTimeout(r, 300));
   const after = await s.appendAll([ev(3, 1000), ev(4, 1000)]);
   assert.equal(after[0]!.sequenceNumber, first[2]!.sequenceNumber + 1, 'the next append takes the next number');
   const byPart = new Map<number, number[]>();
-  for (const i of [...first, ...after]) byPart.set(i.partition, [...(byPart.get(i.partition) ?? []), i.partitionSequenceNumber]);
-  for (const [, seqs] of byPart) assert.deepEqual(seqs, seqs.map((_, k) => seqs[0]! + k), 'partition numbers without holes');
+  for (const i of [...first, ...after])
+    byPart.set(i.partition, [...(byPart.get(i.partition) ?? []), i.partitionSequenceNumber]);
+  for (const [, seqs] of byPart)
+    assert.deepEqual(
+      seqs,
+      seqs.map((_, k) => seqs[0]! + k),
+      'partition numbers without holes',
+    );
   const read = await s.read({ fromSequenceNumber: 1, limit: 100 });
-  assert.deepEqual(read.events.map((e) => e.sequenceNumber), [1, 2, 3, 4, 5]);
+  assert.deepEqual(
+    read.events.map((e) => e.sequenceNumber),
+    [1, 2, 3, 4, 5],
+  );
 });

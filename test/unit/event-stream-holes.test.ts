@@ -30,7 +30,12 @@ function stored(seq: number, enq = seq, body = `b${seq}`): StoredEvent {
 }
 
 function ev(deviceId: string, body: string): EventToAppend {
-  return { deviceId, authMethod: '{"type":"sas"}', messageSource: 'Telemetry', message: { body: Buffer.from(body), properties: {} } };
+  return {
+    deviceId,
+    authMethod: '{"type":"sas"}',
+    messageSource: 'Telemetry',
+    message: { body: Buffer.from(body), properties: {} },
+  };
 }
 
 const seqs = (events: readonly StoredEvent[]) => events.map((e) => e.sequenceNumber);
@@ -63,7 +68,10 @@ test('the in-memory tail finds every start position across holes: before the fir
       }
     }
   }
-  assert.equal(tail.scan(4, 21, () => true), false);
+  assert.equal(
+    tail.scan(4, 21, () => true),
+    false,
+  );
 });
 
 test('the tail keeps its bounds and drops what retention removed; its positions stay right after dropping', () => {
@@ -89,7 +97,11 @@ test('the tail keeps its bounds and drops what retention removed; its positions 
 });
 
 /** Reads the whole stream from `start` with `read`, page by page, without waiting. */
-async function readAll(s: EventStream, start: number, opts: { deviceId?: string; limit?: number } = {}): Promise<number[]> {
+async function readAll(
+  s: EventStream,
+  start: number,
+  opts: { deviceId?: string; limit?: number } = {},
+): Promise<number[]> {
   const out: number[] = [];
   let from = start;
   for (let pages = 0; pages < 10_000; pages++) {
@@ -114,21 +126,38 @@ async function readPartitionAll(s: EventStream, partition: number, fromPseq: num
 }
 
 /** Every reader from every position gives exactly the acknowledged events at or after it. */
-async function assertEveryPosition(s: EventStream, acked: readonly StoredEventInfo[], devices: readonly string[], ackedDevice: Map<number, string>, where: string): Promise<void> {
+async function assertEveryPosition(
+  s: EventStream,
+  acked: readonly StoredEventInfo[],
+  devices: readonly string[],
+  ackedDevice: Map<number, string>,
+  where: string,
+): Promise<void> {
   const all = acked.map((a) => a.sequenceNumber).sort((a, b) => a - b);
   const last = all[all.length - 1]!;
   for (let start = 0; start <= last + 2; start++) {
     const want = all.filter((q) => q >= start);
     assert.deepEqual(await readAll(s, start), want, `${where}: read from ${start}`);
     for (const d of devices) {
-      assert.deepEqual(await readAll(s, start, { deviceId: d }), want.filter((q) => ackedDevice.get(q) === d), `${where}: read ${d} from ${start}`);
+      assert.deepEqual(
+        await readAll(s, start, { deviceId: d }),
+        want.filter((q) => ackedDevice.get(q) === d),
+        `${where}: read ${d} from ${start}`,
+      );
     }
   }
   for (let p = 0; p < s.partitionCount(); p++) {
-    const inPart = acked.filter((a) => a.partition === p).map((a) => a.partitionSequenceNumber).sort((a, b) => a - b);
+    const inPart = acked
+      .filter((a) => a.partition === p)
+      .map((a) => a.partitionSequenceNumber)
+      .sort((a, b) => a - b);
     const top = inPart.length ? inPart[inPart.length - 1]! : 0;
     for (let start = 0; start <= top + 2; start++) {
-      assert.deepEqual(await readPartitionAll(s, p, start), inPart.filter((q) => q >= start), `${where}: partition ${p} from ${start}`);
+      assert.deepEqual(
+        await readPartitionAll(s, p, start),
+        inPart.filter((q) => q >= start),
+        `${where}: partition ${p} from ${start}`,
+      );
     }
   }
 }
@@ -182,10 +211,21 @@ test('appends that fail on a full disk use up no sequence numbers, and every ack
 
   // What Event Hubs clients expect: numbers count the events that exist, one after the other.
   const global = acked.map((a) => a.sequenceNumber).sort((a, b) => a - b);
-  assert.deepEqual(global, global.map((_, i) => i + 1), 'no sequence number went to a refused append');
+  assert.deepEqual(
+    global,
+    global.map((_, i) => i + 1),
+    'no sequence number went to a refused append',
+  );
   for (let p = 0; p < 2; p++) {
-    const part = acked.filter((a) => a.partition === p).map((a) => a.partitionSequenceNumber).sort((a, b) => a - b);
-    assert.deepEqual(part, part.map((_, i) => i), `partition ${p}: no partition sequence number went to a refused append`);
+    const part = acked
+      .filter((a) => a.partition === p)
+      .map((a) => a.partitionSequenceNumber)
+      .sort((a, b) => a - b);
+    assert.deepEqual(
+      part,
+      part.map((_, i) => i),
+      `partition ${p}: no partition sequence number went to a refused append`,
+    );
   }
   assert.equal(s.nextSequenceNumber(), acked.length + 1);
   await s.close();

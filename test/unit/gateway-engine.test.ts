@@ -16,7 +16,14 @@ import { Engine } from '../../src/engine/engine.ts';
 import { EngineError, isEngineError } from '../../src/model/errors.ts';
 import type { AuthResult, IdentityRef, RegistryIdentity } from '../../src/model/identity.ts';
 import type { C2DDelivery } from '../../src/model/c2d.ts';
-import type { CloseReason, EngineOptions, SessionHandler, SubscriptionKind, TelemetryItem, TelemetrySink } from '../../src/engine/types.ts';
+import type {
+  CloseReason,
+  EngineOptions,
+  SessionHandler,
+  SubscriptionKind,
+  TelemetryItem,
+  TelemetrySink,
+} from '../../src/engine/types.ts';
 import type { Message } from '../../src/model/message.ts';
 import { createSasToken } from '../../src/identity/sas.ts';
 
@@ -27,7 +34,12 @@ class MemoryRegistry extends EventEmitter {
   devices = new Map<string, RegistryIdentity>();
   modules = new Map<string, RegistryIdentity>();
   add(id: string, moduleId?: string): void {
-    const rec = { deviceId: id, moduleId, status: 'enabled', authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } } };
+    const rec = {
+      deviceId: id,
+      moduleId,
+      status: 'enabled',
+      authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } },
+    };
     if (moduleId === undefined) this.devices.set(id, rec);
     else this.modules.set(`${id}/${moduleId}`, rec);
   }
@@ -48,13 +60,26 @@ class MemoryRegistry extends EventEmitter {
 
 /** A sink that hands every message to `take` and holds none (no resends to recognise). */
 function sinkOf(take: (items: readonly TelemetryItem[]) => Promise<void>): TelemetrySink {
-  return { append: take, whenDurable: async () => undefined, isForwardedStored: () => false, forwardedInFlight: () => undefined, storeFull: () => undefined };
+  return {
+    append: take,
+    whenDurable: async () => undefined,
+    isForwardedStored: () => false,
+    forwardedInFlight: () => undefined,
+    storeFull: () => undefined,
+  };
 }
 
 async function setup(t: { after(fn: () => unknown): void }, opts: Partial<EngineOptions> = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'strata-gw-engine-'));
   const registry = new MemoryRegistry();
-  const engine = new Engine({ registry, dataDir: dir, hostName: 'hub.test', extraHostNames: ['gw.test'], telemetrySink: sinkOf(async () => undefined), ...opts });
+  const engine = new Engine({
+    registry,
+    dataDir: dir,
+    hostName: 'hub.test',
+    extraHostNames: ['gw.test'],
+    telemetrySink: sinkOf(async () => undefined),
+    ...opts,
+  });
   await engine.start();
   t.after(async () => {
     await engine.close();
@@ -62,7 +87,11 @@ async function setup(t: { after(fn: () => unknown): void }, opts: Partial<Engine
   });
   const login = (id: string, moduleId?: string): Promise<AuthResult> => {
     const audience = `gw.test/devices/${id}${moduleId ? `/modules/${moduleId}` : ''}`;
-    return engine.authenticate({ deviceId: id, moduleId, sasToken: createSasToken(audience, KEY, Math.floor(Date.now() / 1000) + 600) });
+    return engine.authenticate({
+      deviceId: id,
+      moduleId,
+      sasToken: createSasToken(audience, KEY, Math.floor(Date.now() / 1000) + 600),
+    });
   };
   return { engine, registry, login };
 }
@@ -103,7 +132,10 @@ test('telemetry goes to the sink; the device is acknowledged only when the sink 
   await p;
   assert.equal(acked, true);
   refuse = true;
-  await assert.rejects(s.sendTelemetry(msg('more')), (err: unknown) => isEngineError(err, 'throttled') && /store is full/.test((err as Error).message));
+  await assert.rejects(
+    s.sendTelemetry(msg('more')),
+    (err: unknown) => isEngineError(err, 'throttled') && /store is full/.test((err as Error).message),
+  );
 });
 
 test("a child gateway's resend is taken out before the sink appends: a stored one is answered once durable, one being stored once its first copy is", async (t) => {
@@ -129,7 +161,9 @@ test("a child gateway's resend is taken out before the sink appends: a stored on
   const auth = await login('child');
   const origins = [1, 2, 3].map((seq) => ({ stream: 'child|s/0', seq, prev: seq - 1 }));
   let answered = false;
-  const p = engine.sendTelemetryBatch(auth, [msg('a'), msg('b'), msg('c')], origins, { payload: Buffer.alloc(0), stream: 's/0' }).then(() => (answered = true));
+  const p = engine
+    .sendTelemetryBatch(auth, [msg('a'), msg('b'), msg('c')], origins, { payload: Buffer.alloc(0), stream: 's/0' })
+    .then(() => (answered = true));
   await new Promise((r) => setImmediate(r));
   assert.deepEqual(offered, [3], 'the sink is offered the whole batch first');
   assert.deepEqual(appended, [[3]], 'only the new message is appended');
@@ -186,9 +220,15 @@ test('identities a child gateway connects on its behalf are not counted against 
   await engine.connect(await login('below-1'), below[0]!.h, { protocol: 'amqp', viaGateway: true });
   await engine.connect(await login('below-2'), below[1]!.h, { protocol: 'amqp', viaGateway: true });
   assert.equal(engine.connectedCount(), 3);
-  await assert.rejects(engine.connect(await login('other'), handler().h, { protocol: 'mqtt' }), /MaxConnectedClients=1: device other refused/);
+  await assert.rejects(
+    engine.connect(await login('other'), handler().h, { protocol: 'mqtt' }),
+    /MaxConnectedClients=1: device other refused/,
+  );
   assert.equal(engine.setMaxConnectedClients(0), 1, 'only the direct client is over the limit');
-  assert.deepEqual(below.map((b) => b.closed.length), [0, 0]);
+  assert.deepEqual(
+    below.map((b) => b.closed.length),
+    [0, 0],
+  );
 });
 
 test('lowering MaxConnectedClients at runtime closes the most recent sessions over the new limit', async (t) => {
@@ -201,7 +241,10 @@ test('lowering MaxConnectedClients at runtime closes the most recent sessions ov
   for (const x of hs) await engine.connect(await login(x.id), x.h, { protocol: 'mqtt' });
   assert.equal(engine.setMaxConnectedClients(2), 2);
   assert.equal(engine.connectedCount(), 2);
-  assert.deepEqual(hs.map((x) => x.closed.length), [0, 0, 1, 1]);
+  assert.deepEqual(
+    hs.map((x) => x.closed.length),
+    [0, 0, 1, 1],
+  );
   assert.equal(hs[3].closed[0][0], 'over-limit');
   assert.match(hs[3].closed[0][1] ?? '', /MaxConnectedClients=2/);
   await assert.rejects(engine.connect(await login('c'), handler().h, { protocol: 'mqtt' }), /MaxConnectedClients=2/);
@@ -219,7 +262,10 @@ test('the authorize hook refuses an identity before its credential is checked, a
   });
   registry.add('child');
   registry.add('stranger');
-  await assert.rejects(login('stranger'), (err: unknown) => isEngineError(err, 'forbidden') && /not in this gateway's scope/.test((err as Error).message));
+  await assert.rejects(
+    login('stranger'),
+    (err: unknown) => isEngineError(err, 'forbidden') && /not in this gateway's scope/.test((err as Error).message),
+  );
   // Unknown to the registry too: the scope reason is what it hears, not "not registered".
   await assert.rejects(login('nobody'), /nobody is not in this gateway's scope/);
   const x = handler();
@@ -237,36 +283,67 @@ test('relayed C2D: delivered to the subscribed session, settled by the device, h
   const x = handler();
   const s = await engine.connect(await login('d'), x.h, { protocol: 'amqp' });
   const outcomes: string[] = [];
-  assert.equal(engine.relayC2D('d', { message: msg('m1') }, (o) => outcomes.push(`m1:${o}`)), false, 'not subscribed yet');
+  assert.equal(
+    engine.relayC2D('d', { message: msg('m1') }, (o) => outcomes.push(`m1:${o}`)),
+    false,
+    'not subscribed yet',
+  );
   s.subscribe('c2d');
-  assert.equal(engine.relayC2D('d', { message: msg('m1'), ack: 'full', deliveryCount: 2 }, (o) => outcomes.push(`m1:${o}`)), true);
-  assert.equal(engine.relayC2D('d', { message: msg('m2') }, (o) => outcomes.push(`m2:${o}`)), true);
-  assert.deepEqual(x.c2d.map((d) => [d.message.body.toString(), d.ack, d.deliveryCount]), [['m1', 'full', 2], ['m2', 'none', 1]]);
+  assert.equal(
+    engine.relayC2D('d', { message: msg('m1'), ack: 'full', deliveryCount: 2 }, (o) => outcomes.push(`m1:${o}`)),
+    true,
+  );
+  assert.equal(
+    engine.relayC2D('d', { message: msg('m2') }, (o) => outcomes.push(`m2:${o}`)),
+    true,
+  );
+  assert.deepEqual(
+    x.c2d.map((d) => [d.message.body.toString(), d.ack, d.deliveryCount]),
+    [
+      ['m1', 'full', 2],
+      ['m2', 'none', 1],
+    ],
+  );
   await s.settleC2D(x.c2d[0].lockToken, 'complete');
   s.close('client');
   assert.deepEqual(outcomes, ['m1:complete', 'm2:abandon']);
-  assert.equal(engine.relayC2D('d', { message: msg('m3') }, () => undefined), false, 'gone');
+  assert.equal(
+    engine.relayC2D('d', { message: msg('m3') }, () => undefined),
+    false,
+    'gone',
+  );
 });
 
 test('module inputs: deliverInput reaches a module subscribed to its inputs; the subscription hook sees subscribe and unsubscribe', async (t) => {
   const changes: Array<[string, SubscriptionKind, boolean]> = [];
   const key = (id: IdentityRef) => (id.moduleId ? `${id.deviceId}/${id.moduleId}` : id.deviceId);
-  const { engine, registry, login } = await setup(t, { onSubscriptionChange: (id, kind, on) => changes.push([key(id), kind, on]) });
+  const { engine, registry, login } = await setup(t, {
+    onSubscriptionChange: (id, kind, on) => changes.push([key(id), kind, on]),
+  });
   registry.add('gw');
   registry.add('gw', 'filter');
   const x = handler();
   const s = await engine.connect(await login('gw', 'filter'), x.h, { protocol: 'mqtt' });
   const id = { deviceId: 'gw', moduleId: 'filter' };
-  assert.equal(engine.deliverInput(id, 'in1', { message: msg('x') }, () => undefined), false);
+  assert.equal(
+    engine.deliverInput(id, 'in1', { message: msg('x') }, () => undefined),
+    false,
+  );
   s.subscribe('inputs');
   assert.ok(engine.isSubscribed(id, 'inputs'));
   let outcome = '';
-  assert.equal(engine.deliverInput(id, 'in1', { message: msg('x') }, (o) => (outcome = o)), true);
+  assert.equal(
+    engine.deliverInput(id, 'in1', { message: msg('x') }, (o) => (outcome = o)),
+    true,
+  );
   assert.equal(x.inputs[0][0], 'in1');
   await s.settleC2D(x.inputs[0][1].lockToken, 'reject');
   assert.equal(outcome, 'reject');
   s.unsubscribe('inputs');
-  assert.deepEqual(changes, [['gw/filter', 'inputs', true], ['gw/filter', 'inputs', false]]);
+  assert.deepEqual(changes, [
+    ['gw/filter', 'inputs', true],
+    ['gw/filter', 'inputs', false],
+  ]);
 });
 
 test("a route's module input endpoint delivers a stored batch in order to the module's session and succeeds once it is settled", async (t) => {
@@ -284,7 +361,13 @@ test("a route's module input endpoint delivers a stored batch in order to the mo
     priority: 0,
     enqueuedAt: Date.now(),
     expiresAt: Infinity,
-    message: { body: Buffer.from(`m${seq}`), systemProperties: { messageId: `id${seq}` }, appProperties: { k: 'v' }, source: '/messages', sender: 'leaf' },
+    message: {
+      body: Buffer.from(`m${seq}`),
+      systemProperties: { messageId: `id${seq}` },
+      appProperties: { k: 'v' },
+      source: '/messages',
+      sender: 'leaf',
+    },
   });
   assert.equal(ep.isAvailable(), false);
   await assert.rejects(ep.send([entry(1)]), /module gw\/filter is not connected or has not subscribed to its inputs/);
@@ -295,7 +378,13 @@ test("a route's module input endpoint delivers a stored batch in order to the mo
   assert.equal(ep.isAvailable(), true);
   assert.equal(woke, 1, 'the pump is woken when the module subscribes');
   const sending = ep.send([entry(1), entry(2)]);
-  assert.deepEqual(x.inputs.map(([name, d]) => [name, d.message.body.toString(), d.message.messageId, d.message.properties.k]), [['in1', 'm1', 'id1', 'v'], ['in1', 'm2', 'id2', 'v']]);
+  assert.deepEqual(
+    x.inputs.map(([name, d]) => [name, d.message.body.toString(), d.message.messageId, d.message.properties.k]),
+    [
+      ['in1', 'm1', 'id1', 'v'],
+      ['in1', 'm2', 'id2', 'v'],
+    ],
+  );
   for (const [, d] of x.inputs) await s.settleC2D(d.lockToken, 'complete');
   await sending;
   // An abandon fails the batch, so the pump offers it again.

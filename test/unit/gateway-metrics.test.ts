@@ -9,7 +9,12 @@ test('per-endpoint store figures are read at scrape time: queue length, expired 
     { endpoint: '/modules/m/inputs/in', queueLength: 0, expired: 0, setAside: 0 },
   ];
   const m = new GatewayMetrics(
-    { connectedClients: () => 3, maxConnectedClients: () => 100, endpoints: () => endpoints, upstreamConnected: () => true },
+    {
+      connectedClients: () => 3,
+      maxConnectedClients: () => 100,
+      endpoints: () => endpoints,
+      upstreamConnected: () => true,
+    },
     { edge_device: 'gw' },
   );
   let text = await m.text();
@@ -24,5 +29,9 @@ test('per-endpoint store figures are read at scrape time: queue length, expired 
   text = await m.text();
   assert.equal(metricValue(text, 'edgehub_messages_set_aside_total', { endpoint: '$upstream' }), 3);
   assert.equal(metricValue(text, 'edgehub_queue_length', { endpoint: '$upstream' }), 0);
-  assert.equal(metricValue(text, 'edgehub_queue_length', { endpoint: '/modules/m/inputs/in' }), undefined, 'a gone endpoint is no longer listed');
+  assert.equal(
+    metricValue(text, 'edgehub_queue_length', { endpoint: '/modules/m/inputs/in' }),
+    undefined,
+    'a gone endpoint is no longer listed',
+  );
 });

@@ -9,7 +9,11 @@ import { UpstreamDownError, twinRefusal } from '../../src/upstream/errors.ts';
 function registryFailingWith(failure: unknown): GatewayRegistry {
   const scope = Object.assign(new EventEmitter(), { authChainOf: () => 'leaf;edge', edgeDeviceId: 'edge' });
   const twins = { get: () => undefined, put: () => undefined, mergeReported: () => undefined, forget: () => undefined };
-  const channel = { twinGet: () => Promise.reject(failure), twinPatchReported: () => Promise.reject(failure), close: async () => undefined };
+  const channel = {
+    twinGet: () => Promise.reject(failure),
+    twinPatchReported: () => Promise.reject(failure),
+    close: async () => undefined,
+  };
   const upstream = { connected: true, openIdentity: () => channel };
   return new GatewayRegistry({ scope, twins, upstream } as never);
 }
@@ -29,14 +33,40 @@ async function refusal(failure: unknown): Promise<EngineError> {
 
 test("a parent's twin refusal is passed on with its status and the parent's own words, through any number of layers", async () => {
   const hubWords = 'reported properties would be 33802 bytes, more than the 32768 bytes IoT Hub allows';
-  const atL1 = await refusal(twinRefusal('PATCH', 'device leaf', 400, Buffer.from(JSON.stringify({ errorCode: 'ArgumentInvalid', message: hubWords }))));
+  const atL1 = await refusal(
+    twinRefusal(
+      'PATCH',
+      'device leaf',
+      400,
+      Buffer.from(JSON.stringify({ errorCode: 'ArgumentInvalid', message: hubWords })),
+    ),
+  );
   assert.equal(atL1.code, 'bad-request');
   assert.equal(atL1.message, hubWords);
   // L2 hears L1's answer as L1 sends it (status and message) and passes it on unchanged again.
-  const atL2 = await refusal(twinRefusal('PATCH', 'device leaf', httpStatusOf(atL1), Buffer.from(JSON.stringify({ errorCode: 400001, message: atL1.message }))));
+  const atL2 = await refusal(
+    twinRefusal(
+      'PATCH',
+      'device leaf',
+      httpStatusOf(atL1),
+      Buffer.from(JSON.stringify({ errorCode: 400001, message: atL1.message })),
+    ),
+  );
   assert.equal(atL2.message, hubWords);
-  for (const [status, code] of [[401, 'unauthorized'], [403, 'forbidden'], [404, 'not-found'], [412, 'precondition'], [413, 'too-large'], [429, 'throttled'], [500, 'internal']] as const) {
-    assert.equal((await refusal(twinRefusal('PATCH', 'device leaf', status, Buffer.from('{"message":"x"}')))).code, code, `status ${status}`);
+  for (const [status, code] of [
+    [401, 'unauthorized'],
+    [403, 'forbidden'],
+    [404, 'not-found'],
+    [412, 'precondition'],
+    [413, 'too-large'],
+    [429, 'throttled'],
+    [500, 'internal'],
+  ] as const) {
+    assert.equal(
+      (await refusal(twinRefusal('PATCH', 'device leaf', status, Buffer.from('{"message":"x"}')))).code,
+      code,
+      `status ${status}`,
+    );
   }
 });
 

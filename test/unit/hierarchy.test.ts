@@ -23,13 +23,23 @@ class World implements HierarchyView {
     return [...this.nodes.values()].filter((n) => (n.isEdge ? n.parentScopes[0] === scope : n.deviceScope === scope));
   }
   edge(id: string, parent?: string): HierarchyNode {
-    const r = resolveScopes(this, { deviceId: id, generationId: '1', isEdge: true, parentScopes: parent ? [this.scope(parent)] : undefined });
+    const r = resolveScopes(this, {
+      deviceId: id,
+      generationId: '1',
+      isEdge: true,
+      parentScopes: parent ? [this.scope(parent)] : undefined,
+    });
     const n = { deviceId: id, isEdge: true, ...r };
     this.nodes.set(id, n);
     return n;
   }
   leaf(id: string, parent?: string): HierarchyNode {
-    const r = resolveScopes(this, { deviceId: id, generationId: '1', isEdge: false, deviceScope: parent ? this.scope(parent) : undefined });
+    const r = resolveScopes(this, {
+      deviceId: id,
+      generationId: '1',
+      isEdge: false,
+      deviceScope: parent ? this.scope(parent) : undefined,
+    });
     const n = { deviceId: id, isEdge: false, ...r };
     this.nodes.set(id, n);
     return n;
@@ -40,7 +50,13 @@ class World implements HierarchyView {
   /** Re-parents an existing edge device. */
   moveEdge(id: string, parent: string | undefined) {
     const existing = this.nodes.get(id)!;
-    const r = resolveScopes(this, { deviceId: id, generationId: '1', isEdge: true, parentScopes: parent ? [this.scope(parent)] : [], existing });
+    const r = resolveScopes(this, {
+      deviceId: id,
+      generationId: '1',
+      isEdge: true,
+      parentScopes: parent ? [this.scope(parent)] : [],
+      existing,
+    });
     this.nodes.set(id, { ...existing, ...r });
   }
 }
@@ -77,8 +93,12 @@ test('an edge child keeps its own scope and lists the parent scope', () => {
 test('a scope no edge device owns is InvalidDeviceScope, for leaves and edge devices', () => {
   const w = new World();
   w.edge('top');
-  refused('InvalidDeviceScope', () => resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: false, deviceScope: 'ms-azure-iot-edge://ghost-7' }));
-  refused('InvalidDeviceScope', () => resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: true, parentScopes: ['random-scope'] }));
+  refused('InvalidDeviceScope', () =>
+    resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: false, deviceScope: 'ms-azure-iot-edge://ghost-7' }),
+  );
+  refused('InvalidDeviceScope', () =>
+    resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: true, parentScopes: ['random-scope'] }),
+  );
 });
 
 test('only edge devices can be parents', () => {
@@ -97,9 +117,17 @@ test('one parent per device', () => {
   const w = new World();
   w.edge('a');
   w.edge('b');
-  refused('MultipleParents', () => resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: true, parentScopes: [w.scope('a'), w.scope('b')] }));
   refused('MultipleParents', () =>
-    resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: false, deviceScope: w.scope('a'), parentScopes: [w.scope('b')] }),
+    resolveScopes(w, { deviceId: 'x', generationId: '1', isEdge: true, parentScopes: [w.scope('a'), w.scope('b')] }),
+  );
+  refused('MultipleParents', () =>
+    resolveScopes(w, {
+      deviceId: 'x',
+      generationId: '1',
+      isEdge: false,
+      deviceScope: w.scope('a'),
+      parentScopes: [w.scope('b')],
+    }),
   );
 });
 
@@ -146,7 +174,13 @@ test("an edge device's scope cannot be changed or replaced by its parent's", () 
     resolveScopes(w, { deviceId: 'mid', generationId: '1', isEdge: true, deviceScope: w.scope('top'), existing: mid }),
   );
   // Sending its own scope back (as tools do after a read) is fine.
-  const same = resolveScopes(w, { deviceId: 'mid', generationId: '1', isEdge: true, deviceScope: mid.deviceScope, existing: mid });
+  const same = resolveScopes(w, {
+    deviceId: 'mid',
+    generationId: '1',
+    isEdge: true,
+    deviceScope: mid.deviceScope,
+    existing: mid,
+  });
   assert.deepEqual(same, { deviceScope: mid.deviceScope, parentScopes: mid.parentScopes });
 });
 
@@ -159,10 +193,20 @@ test('updates that do not mention scopes keep the parent; an empty deviceScope r
     parentScopes: leaf.parentScopes,
   });
   // az-style remove: deviceScope cleared while the stale parentScopes is still in the body.
-  assert.deepEqual(resolveScopes(w, { deviceId: 'leaf', generationId: '1', isEdge: false, deviceScope: '', parentScopes: leaf.parentScopes, existing: leaf }), {
-    deviceScope: '',
-    parentScopes: [],
-  });
+  assert.deepEqual(
+    resolveScopes(w, {
+      deviceId: 'leaf',
+      generationId: '1',
+      isEdge: false,
+      deviceScope: '',
+      parentScopes: leaf.parentScopes,
+      existing: leaf,
+    }),
+    {
+      deviceScope: '',
+      parentScopes: [],
+    },
+  );
 });
 
 test('moving a leaf with a body read back from the hub: the new deviceScope wins over the stale parentScopes', () => {
@@ -171,11 +215,25 @@ test('moving a leaf with a body read back from the hub: the new deviceScope wins
   w.edge('p2');
   w.edge('p3');
   const leaf = w.leaf('leaf', 'p1');
-  const moved = resolveScopes(w, { deviceId: 'leaf', generationId: '1', isEdge: false, deviceScope: w.scope('p2'), parentScopes: leaf.parentScopes, existing: leaf });
+  const moved = resolveScopes(w, {
+    deviceId: 'leaf',
+    generationId: '1',
+    isEdge: false,
+    deviceScope: w.scope('p2'),
+    parentScopes: leaf.parentScopes,
+    existing: leaf,
+  });
   assert.deepEqual(moved, { deviceScope: w.scope('p2'), parentScopes: [w.scope('p2')] });
   // Naming a third parent in parentScopes is still a conflict.
   refused('MultipleParents', () =>
-    resolveScopes(w, { deviceId: 'leaf', generationId: '1', isEdge: false, deviceScope: w.scope('p2'), parentScopes: [w.scope('p3')], existing: leaf }),
+    resolveScopes(w, {
+      deviceId: 'leaf',
+      generationId: '1',
+      isEdge: false,
+      deviceScope: w.scope('p2'),
+      parentScopes: [w.scope('p3')],
+      existing: leaf,
+    }),
   );
 });
 
@@ -183,7 +241,9 @@ test('an edge device with children cannot become a leaf', () => {
   const w = new World();
   const top = w.edge('top');
   w.leaf('leaf', 'top');
-  refused('DeviceHasChildren', () => resolveScopes(w, { deviceId: 'top', generationId: '1', isEdge: false, existing: top }));
+  refused('DeviceHasChildren', () =>
+    resolveScopes(w, { deviceId: 'top', generationId: '1', isEdge: false, existing: top }),
+  );
 });
 
 test('a leaf that becomes an edge device keeps its parent and gets its own scope', () => {
@@ -203,8 +263,14 @@ test('deleting a parent orphans its children and says which', () => {
   const orphans = orphansOf(w, w.scope('top'));
   assert.deepEqual(orphans.map((o) => o.node.deviceId).sort(), ['l1', 'mid']);
   const mid = orphans.find((o) => o.node.deviceId === 'mid')!;
-  assert.deepEqual({ deviceScope: mid.deviceScope, parentScopes: mid.parentScopes }, { deviceScope: w.scope('mid'), parentScopes: [] });
+  assert.deepEqual(
+    { deviceScope: mid.deviceScope, parentScopes: mid.parentScopes },
+    { deviceScope: w.scope('mid'), parentScopes: [] },
+  );
   const l1 = orphans.find((o) => o.node.deviceId === 'l1')!;
-  assert.deepEqual({ deviceScope: l1.deviceScope, parentScopes: l1.parentScopes }, { deviceScope: '', parentScopes: [] });
+  assert.deepEqual(
+    { deviceScope: l1.deviceScope, parentScopes: l1.parentScopes },
+    { deviceScope: '', parentScopes: [] },
+  );
   assert.deepEqual(orphansOf(w, ''), []);
 });

@@ -34,9 +34,11 @@ function rawCount(file: string, sql: string): number {
 
 test('an appended message is readable with its properties after the append resolves, and after a restart', async (t) => {
   const ctx = setup(t);
-  const file = ctx.file;
   let store = ctx.open({});
-  const pending = store.append({ message: msg('dev-1', 1), targets: [{ endpoint: '$upstream', priority: 0, ttlSecs: 7200 }] });
+  const pending = store.append({
+    message: msg('dev-1', 1),
+    targets: [{ endpoint: '$upstream', priority: 0, ttlSecs: 7200 }],
+  });
   assert.equal(readAll(store, '$upstream').length, 0, 'nothing is visible before the commit');
   await pending;
   const [e] = readAll(store, '$upstream');
@@ -59,15 +61,27 @@ test('an appended message is readable with its properties after the append resol
 
 test("a device's message is stored as its short record and read back as the same message, beside JSON-stored ones", async (t) => {
   const ctx = setup(t);
-  const auth = { identity: { deviceId: 'dev-2', moduleId: 'm' }, kind: 'sas', generationId: 'g1', authMethod: '{"scope":"module"}' } as const;
+  const auth = {
+    identity: { deviceId: 'dev-2', moduleId: 'm' },
+    kind: 'sas',
+    generationId: 'g1',
+    authMethod: '{"scope":"module"}',
+  } as const;
   const sent = { body: Buffer.from('own-1'), messageId: 'x-1', outputName: 'o', properties: { n: '1' } };
   let store = ctx.open({});
   const to = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
-  await Promise.all([store.append({ message: storedMessageOf(auth, sent, 1_700_000_000_000), targets: to }), store.append({ message: msg('dev-1', 2), targets: to })]);
+  await Promise.all([
+    store.append({ message: storedMessageOf(auth, sent, 1_700_000_000_000), targets: to }),
+    store.append({ message: msg('dev-1', 2), targets: to }),
+  ]);
   const [fromMemory] = readAll(store, '$upstream');
   assert.equal(messageOfStored(fromMemory!.message), sent, 'while in memory, the very message received');
   await store.close();
-  assert.equal(rawCount(ctx.file, "SELECT count(*) FROM messages WHERE meta LIKE '1[%'"), 1, 'the record is what the file holds');
+  assert.equal(
+    rawCount(ctx.file, "SELECT count(*) FROM messages WHERE meta LIKE '1[%'"),
+    1,
+    'the record is what the file holds',
+  );
 
   store = ctx.open({});
   const [a, b] = readAll(store, '$upstream');
@@ -82,21 +96,37 @@ test("a device's message is stored as its short record and read back as the same
 
 test('a checkpointed entry is never handed out again, also after a restart', async (t) => {
   const ctx = setup(t);
-  const file = ctx.file;
   let store = ctx.open({});
-  await Promise.all([1, 2, 3, 4].map((n) => store.append({ message: msg('d', n), targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }] })));
+  await Promise.all(
+    [1, 2, 3, 4].map((n) =>
+      store.append({ message: msg('d', n), targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }] }),
+    ),
+  );
   const all = readAll(store, 'e');
-  assert.deepEqual(all.map((e) => e.message.appProperties.n), ['1', '2', '3', '4']);
+  assert.deepEqual(
+    all.map((e) => e.message.appProperties.n),
+    ['1', '2', '3', '4'],
+  );
   const done = store.checkpoint('e', all.slice(0, 2));
-  assert.deepEqual(readAll(store, 'e').map((e) => e.message.appProperties.n), ['3', '4'], 'a checkpoint in progress hides its entries');
+  assert.deepEqual(
+    readAll(store, 'e').map((e) => e.message.appProperties.n),
+    ['3', '4'],
+    'a checkpoint in progress hides its entries',
+  );
   await done;
-  assert.deepEqual(readAll(store, 'e').map((e) => e.message.appProperties.n), ['3', '4']);
+  assert.deepEqual(
+    readAll(store, 'e').map((e) => e.message.appProperties.n),
+    ['3', '4'],
+  );
   assert.equal(store.metrics('e').checkpointed, 2);
   assert.equal(store.queueLength('e'), 2);
   await store.close();
 
   store = ctx.open({});
-  assert.deepEqual(readAll(store, 'e').map((e) => e.message.appProperties.n), ['3', '4']);
+  assert.deepEqual(
+    readAll(store, 'e').map((e) => e.message.appProperties.n),
+    ['3', '4'],
+  );
   assert.equal(store.metrics('e').checkpointed, 2, 'the counter survives a restart');
   assert.equal(store.queueLength('e'), 2);
 });
@@ -106,7 +136,10 @@ for (const limits of [{ readCacheEntries: 2500 }, { readCacheBytes: 3000 }]) {
     const ctx = setup(t);
     let store = ctx.open(limits);
     const appends = [];
-    for (let n = 0; n < 3000; n++) appends.push(store.append({ message: msg(`s${n % 3}`, n), targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }] }));
+    for (let n = 0; n < 3000; n++)
+      appends.push(
+        store.append({ message: msg(`s${n % 3}`, n), targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }] }),
+      );
     await Promise.all(appends);
     const collect = (s: MessageStore) => {
       const seen: string[] = [];
@@ -126,7 +159,10 @@ for (const limits of [{ readCacheEntries: 2500 }, { readCacheBytes: 3000 }]) {
     const fromDisk = collect(store);
     assert.equal(fromMemory.length, 3000);
     assert.deepEqual(fromMemory, fromDisk);
-    assert.deepEqual(fromDisk, Array.from({ length: 3000 }, (_, i) => String(i)));
+    assert.deepEqual(
+      fromDisk,
+      Array.from({ length: 3000 }, (_, i) => String(i)),
+    );
   });
 }
 
@@ -134,28 +170,52 @@ test('each endpoint and priority has its own queue, read highest priority first'
   const store = setup(t).open({});
   await Promise.all([
     store.append({ message: msg('d', 1), targets: [{ endpoint: 'a', priority: 2, ttlSecs: 0 }] }),
-    store.append({ message: msg('d', 2), targets: [{ endpoint: 'a', priority: 0, ttlSecs: 0 }, { endpoint: 'b', priority: 5, ttlSecs: 0 }] }),
+    store.append({
+      message: msg('d', 2),
+      targets: [
+        { endpoint: 'a', priority: 0, ttlSecs: 0 },
+        { endpoint: 'b', priority: 5, ttlSecs: 0 },
+      ],
+    }),
     store.append({ message: msg('d', 3), targets: [{ endpoint: 'b', priority: 5, ttlSecs: 0 }] }),
     store.append({ message: msg('d', 4), targets: [{ endpoint: 'a', priority: 2, ttlSecs: 0 }] }),
   ]);
   assert.deepEqual(store.priorities('a'), [0, 2]);
   assert.deepEqual(store.priorities('b'), [5]);
   assert.deepEqual(store.priorities('nobody'), []);
-  assert.deepEqual(readAll(store, 'a', 0).map((e) => e.message.appProperties.n), ['2']);
-  assert.deepEqual(readAll(store, 'a', 2).map((e) => e.message.appProperties.n), ['1', '4']);
-  assert.deepEqual(readAll(store, 'b', 5).map((e) => e.message.appProperties.n), ['2', '3']);
+  assert.deepEqual(
+    readAll(store, 'a', 0).map((e) => e.message.appProperties.n),
+    ['2'],
+  );
+  assert.deepEqual(
+    readAll(store, 'a', 2).map((e) => e.message.appProperties.n),
+    ['1', '4'],
+  );
+  assert.deepEqual(
+    readAll(store, 'b', 5).map((e) => e.message.appProperties.n),
+    ['2', '3'],
+  );
   assert.equal(store.queueLength('a'), 3);
   assert.equal(store.queueLength('a', 2), 2);
   assert.deepEqual(store.metrics('a').queueLengthByPriority, { 0: 1, 2: 2 });
   // Checkpointing one endpoint's entry leaves the other's alone.
   await store.checkpoint('a', readAll(store, 'a', 0));
-  assert.deepEqual(readAll(store, 'b', 5).map((e) => e.message.appProperties.n), ['2', '3']);
+  assert.deepEqual(
+    readAll(store, 'b', 5).map((e) => e.message.appProperties.n),
+    ['2', '3'],
+  );
   assert.deepEqual(store.priorities('a'), [2]);
 });
 
 test('an endpoint named twice in one append gets one entry, at the higher priority', async (t) => {
   const store = setup(t).open({});
-  await store.append({ message: msg('d', 1), targets: [{ endpoint: 'a', priority: 3, ttlSecs: 0 }, { endpoint: 'a', priority: 1, ttlSecs: 0 }] });
+  await store.append({
+    message: msg('d', 1),
+    targets: [
+      { endpoint: 'a', priority: 3, ttlSecs: 0 },
+      { endpoint: 'a', priority: 1, ttlSecs: 0 },
+    ],
+  });
   assert.equal(store.queueLength('a'), 1);
   assert.equal(readAll(store, 'a', 1).length, 1);
 });
@@ -165,7 +225,11 @@ test('a message sent to many endpoints is stored once and deleted when the last 
   const file = ctx.file;
   const store = ctx.open({});
   const body = 'x'.repeat(1000);
-  const targets = ['$upstream', '/modules/m1/inputs/i1', '/modules/m2/inputs/i2'].map((endpoint) => ({ endpoint, priority: 0, ttlSecs: 0 }));
+  const targets = ['$upstream', '/modules/m1/inputs/i1', '/modules/m2/inputs/i2'].map((endpoint) => ({
+    endpoint,
+    priority: 0,
+    ttlSecs: 0,
+  }));
   await store.append({ message: msg('d', 1, body), targets });
   const totals = store.totals();
   assert.equal(totals.messages, 1);
@@ -191,7 +255,8 @@ test('payloads left behind a lagging endpoint are found and deleted by the sweep
   const store = ctx.open({});
   await store.append({ message: msg('d', 0), targets: [{ endpoint: 'slow', priority: 0, ttlSecs: 0 }] });
   const appends = [];
-  for (let n = 1; n <= 1500; n++) appends.push(store.append({ message: msg('d', n), targets: [{ endpoint: 'fast', priority: 0, ttlSecs: 0 }] }));
+  for (let n = 1; n <= 1500; n++)
+    appends.push(store.append({ message: msg('d', n), targets: [{ endpoint: 'fast', priority: 0, ttlSecs: 0 }] }));
   await Promise.all(appends);
   await store.checkpoint('fast', readAll(store, 'fast'));
   assert.equal(store.totals().messages, 1501, 'the oldest entry of "slow" holds the range back');
@@ -206,15 +271,29 @@ test('expired entries are skipped on read, deleted and counted per endpoint', as
   let clock = 1_000_000;
   const ctx = setup(t);
   const store = ctx.open({ now: () => clock });
-  await store.append({ message: msg('d', 1), targets: [{ endpoint: 'a', priority: 0, ttlSecs: 10 }, { endpoint: 'b', priority: 0, ttlSecs: 60 }] });
+  await store.append({
+    message: msg('d', 1),
+    targets: [
+      { endpoint: 'a', priority: 0, ttlSecs: 10 },
+      { endpoint: 'b', priority: 0, ttlSecs: 60 },
+    ],
+  });
   await store.append({ message: msg('d', 2), targets: [{ endpoint: 'a', priority: 0, ttlSecs: 100 }] });
   await store.append({ message: msg('d', 3), targets: [{ endpoint: 'a', priority: 0, ttlSecs: 0 }] });
   assert.equal(readAll(store, 'a')[0].expiresAt, 1_000_000 + 10_000);
   assert.equal(readAll(store, 'a')[2].expiresAt, Infinity);
 
   clock += 11_000;
-  assert.deepEqual(readAll(store, 'a').map((e) => e.message.appProperties.n), ['2', '3'], 'expired entry skipped');
-  assert.deepEqual(readAll(store, 'b').map((e) => e.message.appProperties.n), ['1'], 'same message, longer TTL elsewhere');
+  assert.deepEqual(
+    readAll(store, 'a').map((e) => e.message.appProperties.n),
+    ['2', '3'],
+    'expired entry skipped',
+  );
+  assert.deepEqual(
+    readAll(store, 'b').map((e) => e.message.appProperties.n),
+    ['1'],
+    'same message, longer TTL elsewhere',
+  );
   await store.sweepExpired(); // lets the deletion queued by the read commit
   assert.equal(store.metrics('a').expired, 1);
   assert.equal(store.metrics('b').expired, 0);
@@ -229,11 +308,19 @@ test('expired entries are skipped on read, deleted and counted per endpoint', as
   assert.equal(store.totals().messages, 2, 'payload 1 deleted with its last entry');
   clock += 1_000_000;
   assert.equal(await store.sweepExpired(), 1);
-  assert.deepEqual(readAll(store, 'a').map((e) => e.message.appProperties.n), ['3'], 'TTL 0 never expires');
+  assert.deepEqual(
+    readAll(store, 'a').map((e) => e.message.appProperties.n),
+    ['3'],
+    'TTL 0 never expires',
+  );
   assert.equal(store.metrics('a').expired, 2);
   await store.close();
   const again = ctx.open({ now: () => clock });
-  assert.deepEqual([again.metrics('a').expired, again.metrics('b').expired], [2, 1], 'expired counts survive a restart');
+  assert.deepEqual(
+    [again.metrics('a').expired, again.metrics('b').expired],
+    [2, 1],
+    'expired counts survive a restart',
+  );
 });
 
 test('the background timer deletes expired entries on its own', async (t) => {
@@ -261,7 +348,10 @@ test('a full store refuses appends with StoreFullError and accepts again once en
   assert.equal(store.queueLength('e'), 3, 'nothing of the refused message is stored');
   await store.checkpoint('e', readAll(store, 'e').slice(0, 1));
   await store.append({ message: msg('d', 5), targets: target });
-  assert.deepEqual(readAll(store, 'e').map((e) => e.message.appProperties.n), ['2', '3', '5']);
+  assert.deepEqual(
+    readAll(store, 'e').map((e) => e.message.appProperties.n),
+    ['2', '3', '5'],
+  );
 });
 
 test('the byte limit counts body and properties, also for appends still waiting for their commit', async (t) => {
@@ -270,7 +360,10 @@ test('the byte limit counts body and properties, also for appends still waiting 
   const first = store.append({ message: msg('d', 1, 'x'.repeat(1000)), targets: target });
   const second = store.append({ message: msg('d', 2, 'x'.repeat(1000)), targets: target });
   const third = store.append({ message: msg('d', 3, 'x'.repeat(1000)), targets: target });
-  await assert.rejects(third, (err: unknown) => err instanceof StoreFullError && err.limit === 'maxBytes' && /bytes used/.test(err.message));
+  await assert.rejects(
+    third,
+    (err: unknown) => err instanceof StoreFullError && err.limit === 'maxBytes' && /bytes used/.test(err.message),
+  );
   await Promise.all([first, second]);
   assert.equal(store.totals().messages, 2);
   assert.ok(store.totals().bytes > 2000 && store.totals().bytes <= 2500);
@@ -290,7 +383,10 @@ test('order per sender is kept within each priority, across commits', async (t) 
     assert.equal(entries.length, 150);
     for (const e of entries) {
       const n = Number(e.message.appProperties.n);
-      assert.ok(n > (last.get(e.message.sender) ?? -1), `sender ${e.message.sender}: ${n} after ${last.get(e.message.sender)}`);
+      assert.ok(
+        n > (last.get(e.message.sender) ?? -1),
+        `sender ${e.message.sender}: ${n} after ${last.get(e.message.sender)}`,
+      );
       last.set(e.message.sender, n);
     }
   }
@@ -299,11 +395,29 @@ test('order per sender is kept within each priority, across commits', async (t) 
 test('bad input is refused with a specific error and the store keeps working', async (t) => {
   const store = setup(t).open({});
   const good = msg('d', 1);
-  await assert.rejects(store.append({ message: { ...good, body: 'text' as unknown as Buffer }, targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }] }), /body must be a Buffer/);
-  await assert.rejects(store.append({ message: good, targets: [{ endpoint: '', priority: 0, ttlSecs: 0 }] }), /non-empty endpoint/);
-  await assert.rejects(store.append({ message: good, targets: [{ endpoint: 'e', priority: -1, ttlSecs: 0 }] }), /priority must be a non-negative integer/);
-  await assert.rejects(store.append({ message: good, targets: [{ endpoint: 'e', priority: 0, ttlSecs: Number.NaN }] }), /ttlSecs must be a number/);
-  await assert.rejects(store.append(undefined as unknown as Parameters<MessageStore['append']>[0]), /needs \{ message, targets \}/);
+  await assert.rejects(
+    store.append({
+      message: { ...good, body: 'text' as unknown as Buffer },
+      targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }],
+    }),
+    /body must be a Buffer/,
+  );
+  await assert.rejects(
+    store.append({ message: good, targets: [{ endpoint: '', priority: 0, ttlSecs: 0 }] }),
+    /non-empty endpoint/,
+  );
+  await assert.rejects(
+    store.append({ message: good, targets: [{ endpoint: 'e', priority: -1, ttlSecs: 0 }] }),
+    /priority must be a non-negative integer/,
+  );
+  await assert.rejects(
+    store.append({ message: good, targets: [{ endpoint: 'e', priority: 0, ttlSecs: Number.NaN }] }),
+    /ttlSecs must be a number/,
+  );
+  await assert.rejects(
+    store.append(undefined as unknown as Parameters<MessageStore['append']>[0]),
+    /needs \{ message, targets \}/,
+  );
   await store.append({ message: good, targets: [{ endpoint: 'e', priority: 0, ttlSecs: 0 }] });
   assert.equal(store.queueLength('e'), 1);
   const [entry] = readAll(store, 'e');
@@ -329,18 +443,28 @@ test("'commit' sync mode stores and reads the same way", async (t) => {
 test('checkpoints of long runs are deleted as ranges, and a run with foreign entries in its range deletes only its own', async (t) => {
   const ctx = setup(t);
   const store = ctx.open({});
-  await Promise.all(Array.from({ length: 300 }, (_, i) => store.append({ message: msg('a', i), targets: [{ endpoint: 'up', priority: 0, ttlSecs: 0 }] })));
+  await Promise.all(
+    Array.from({ length: 300 }, (_, i) =>
+      store.append({ message: msg('a', i), targets: [{ endpoint: 'up', priority: 0, ttlSecs: 0 }] }),
+    ),
+  );
   const all = readAll(store, 'up');
   assert.equal(all.length, 300);
   // A contiguous run (a pump batch) ...
   await store.checkpoint('up', all.slice(0, 100));
   // ... and a run of every other entry: the range between its ends holds entries it does not name.
-  await store.checkpoint('up', all.slice(100, 200).filter((_, i) => i % 2 === 0));
+  await store.checkpoint(
+    'up',
+    all.slice(100, 200).filter((_, i) => i % 2 === 0),
+  );
   assert.equal(store.queueLength('up'), 150);
   await store.close();
   const again = ctx.open({});
   const left = readAll(again, 'up').map((e) => Number(e.message.appProperties.n));
-  assert.deepEqual(left, [...Array.from({ length: 50 }, (_, i) => 101 + 2 * i), ...Array.from({ length: 100 }, (_, i) => 200 + i)]);
+  assert.deepEqual(left, [
+    ...Array.from({ length: 50 }, (_, i) => 101 + 2 * i),
+    ...Array.from({ length: 100 }, (_, i) => 200 + i),
+  ]);
   await again.close();
   assert.equal(rawCount(ctx.file, 'SELECT count(*) FROM queue'), 150);
 });
@@ -350,7 +474,11 @@ test('a forwarded message being stored is found in flight until its commit, then
   const store = ctx.open({});
   const origin = { stream: 'child|store-9/0', seq: 5, prev: 0 };
   assert.equal(store.forwardedInFlight(origin), undefined);
-  const stored = store.append({ message: msg('leaf', 1), targets: [{ endpoint: 'upstream', priority: 0, ttlSecs: 0 }], origin });
+  const stored = store.append({
+    message: msg('leaf', 1),
+    targets: [{ endpoint: 'upstream', priority: 0, ttlSecs: 0 }],
+    origin,
+  });
   // Not committed yet: the watermark does not know it, the in-flight record does.
   assert.equal(store.isForwardedStored(origin), false);
   const inFlight = store.forwardedInFlight(origin);
@@ -371,17 +499,34 @@ test('a batch of appends is stored in one commit, all or none, and answered once
     { message: msg('leaf', 1), targets: to, origin: { stream, seq: 1, prev: 0 } },
     // Routed nowhere: only its place in the child's stream is recorded.
     { message: msg('leaf', 2), targets: [], origin: { stream, seq: 2, prev: 1 } },
-    { message: msg('leaf', 3), targets: [...to, { endpoint: 'upstream', priority: 3, ttlSecs: 0 }], origin: { stream, seq: 3, prev: 2 } },
+    {
+      message: msg('leaf', 3),
+      targets: [...to, { endpoint: 'upstream', priority: 3, ttlSecs: 0 }],
+      origin: { stream, seq: 3, prev: 2 },
+    },
   ];
   const done = store.appendAll(batch);
   for (const e of batch) assert.ok(store.forwardedInFlight(e.origin), 'each origin is under way until the commit');
   await done;
-  assert.deepEqual(readAll(store, 'upstream').map((e) => e.message.appProperties.n), ['1', '3'], 'one entry per endpoint, in order');
+  assert.deepEqual(
+    readAll(store, 'upstream').map((e) => e.message.appProperties.n),
+    ['1', '3'],
+    'one entry per endpoint, in order',
+  );
   for (const e of batch) assert.equal(store.isForwardedStored(e.origin), true);
 
   // A bad entry anywhere refuses the whole batch; so does a limit the batch as a whole would pass.
-  await assert.rejects(store.appendAll([{ message: msg('leaf', 4), targets: to }, { message: msg('leaf', 5), targets: [{ endpoint: '', priority: 0, ttlSecs: 0 }] }]), TypeError);
-  await assert.rejects(store.appendAll([4, 5, 6, 7].map((n) => ({ message: msg('leaf', n), targets: to }))), StoreFullError);
+  await assert.rejects(
+    store.appendAll([
+      { message: msg('leaf', 4), targets: to },
+      { message: msg('leaf', 5), targets: [{ endpoint: '', priority: 0, ttlSecs: 0 }] },
+    ]),
+    TypeError,
+  );
+  await assert.rejects(
+    store.appendAll([4, 5, 6, 7].map((n) => ({ message: msg('leaf', n), targets: to }))),
+    StoreFullError,
+  );
   assert.equal(readAll(store, 'upstream').length, 2, 'nothing of a refused batch is stored');
   await store.appendAll([4, 5, 6].map((n) => ({ message: msg('leaf', n), targets: to })));
   assert.equal(readAll(store, 'upstream').length, 5);
@@ -391,7 +536,8 @@ test('a batch of appends is stored in one commit, all or none, and answered once
 test('a stored entry that cannot be read back is set aside with the reason, and its queue goes on', async (t) => {
   const ctx = setup(t);
   let store = ctx.open({});
-  for (let n = 1; n <= 5; n++) await store.append({ message: msg('dev', n), targets: [{ endpoint: 'up', priority: 0, ttlSecs: 0 }] });
+  for (let n = 1; n <= 5; n++)
+    await store.append({ message: msg('dev', n), targets: [{ endpoint: 'up', priority: 0, ttlSecs: 0 }] });
   await store.close();
   // What only a bug could write: a record of no known form for the third message.
   const db = new Database(ctx.file);
@@ -401,7 +547,10 @@ test('a stored entry that cannot be read back is set aside with the reason, and 
 
   store = ctx.open({});
   const entries = readAll(store, 'up');
-  assert.deepEqual(entries.map((e) => e.message.body.toString()), ['body-1', 'body-2', 'body-4', 'body-5']);
+  assert.deepEqual(
+    entries.map((e) => e.message.body.toString()),
+    ['body-1', 'body-2', 'body-4', 'body-5'],
+  );
   await store.checkpoint('up', entries);
   assert.equal(store.queueLength('up'), 0);
   assert.equal(store.setAsideCount('up'), 1);
@@ -410,7 +559,12 @@ test('a stored entry that cannot be read back is set aside with the reason, and 
 
   // Kept whole, with why; and never handed out again.
   const ro = new Database(ctx.file, { readonly: true });
-  const kept = ro.prepare('SELECT seq, meta, body, why FROM set_aside').all() as Array<{ seq: number; meta: string; body: Buffer; why: string }>;
+  const kept = ro.prepare('SELECT seq, meta, body, why FROM set_aside').all() as Array<{
+    seq: number;
+    meta: string;
+    body: Buffer;
+    why: string;
+  }>;
   ro.close();
   assert.equal(kept.length, 1);
   assert.equal(kept[0]!.seq, third);
@@ -428,7 +582,10 @@ test("a sender's standard auth method is stored by a short name and read back wh
   const auth = { identity: { deviceId: 'dev-s' }, kind: 'sas', authMethod: full } as const;
   let store = ctx.open({});
   const to = [{ endpoint: 'up', priority: 0, ttlSecs: 0 }];
-  await store.append({ message: storedMessageOf(auth, { body: Buffer.from('short'), properties: {} }, 1_700_000_000_000), targets: to });
+  await store.append({
+    message: storedMessageOf(auth, { body: Buffer.from('short'), properties: {} }, 1_700_000_000_000),
+    targets: to,
+  });
   await store.close();
   const db = new Database(ctx.file);
   const meta = db.prepare('SELECT meta FROM messages').pluck().get() as string;
@@ -439,10 +596,16 @@ test("a sender's standard auth method is stored by a short name and read back wh
   store = ctx.open({});
   const [e] = readAll(store, 'up');
   assert.equal(e!.message.systemProperties.connectionAuthMethod, full);
-  await store.append({ message: storedMessageOf(auth, { body: Buffer.from('again'), properties: {} }, 1_700_000_000_001), targets: to });
+  await store.append({
+    message: storedMessageOf(auth, { body: Buffer.from('again'), properties: {} }, 1_700_000_000_001),
+    targets: to,
+  });
   await store.close();
   store = ctx.open({});
-  assert.deepEqual(readAll(store, 'up').map((x) => x.message.systemProperties.connectionAuthMethod), [full, full]);
+  assert.deepEqual(
+    readAll(store, 'up').map((x) => x.message.systemProperties.connectionAuthMethod),
+    [full, full],
+  );
 });
 
 test('hasQueued: entries waiting for their commit count, committed ones too, checkpointed ones not', async (t) => {
@@ -483,7 +646,13 @@ test("hasQueuedFrom finds a sender's committed entries by its ids, modules apart
   const store = ctx.open({});
   const to = [{ endpoint: '$upstream', priority: 0, ttlSecs: 0 }];
   const sas = authMethodText('device', 'sas');
-  await store.append({ message: storedMessageOf({ identity: { deviceId: 'dev%_1', moduleId: 'm1' }, kind: 'sas', authMethod: sas }, { body: Buffer.from('x'), properties: {} }), targets: to });
+  await store.append({
+    message: storedMessageOf(
+      { identity: { deviceId: 'dev%_1', moduleId: 'm1' }, kind: 'sas', authMethod: sas },
+      { body: Buffer.from('x'), properties: {} },
+    ),
+    targets: to,
+  });
   await store.append({ message: msg('json-sender', 1), targets: to });
   assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'dev%_1', moduleId: 'm1' }), true);
   assert.equal(store.hasQueuedFrom('$upstream', { deviceId: 'dev%_1' }), false, 'the device is not its module');

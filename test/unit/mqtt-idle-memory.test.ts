@@ -25,7 +25,11 @@ const KEY = Buffer.alloc(32, 7).toString('base64');
 
 /** The registry surface the engine uses, in memory. */
 class MemoryRegistry extends EventEmitter {
-  readonly device: RegistryIdentity = { deviceId: 'idle-1', status: 'enabled', authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } } };
+  readonly device: RegistryIdentity = {
+    deviceId: 'idle-1',
+    status: 'enabled',
+    authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } },
+  };
   getDevice(id: string) {
     return id === this.device.deviceId ? this.device : undefined;
   }
@@ -57,7 +61,12 @@ function transport(): { stream: Duplex; written: Buffer[] } {
 test('an authenticated MQTT connection keeps no copy of its CONNECT packet or the token in it', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'strata-mqtt-idle-'));
   const events = new EventStream({ dir });
-  const engine = new Engine({ registry: new MemoryRegistry(), dataDir: dir, hostName: 'hub.test', telemetrySink: eventStreamSink(events) });
+  const engine = new Engine({
+    registry: new MemoryRegistry(),
+    dataDir: dir,
+    hostName: 'hub.test',
+    telemetrySink: eventStreamSink(events),
+  });
   await engine.start();
   const { stream, written } = transport();
   const conn = new MqttConnection(stream, engine, { protocol: 'mqtt', remote: '127.0.0.1:1' });
@@ -69,7 +78,16 @@ test('an authenticated MQTT connection keeps no copy of its CONNECT packet or th
   });
   const token = createSasToken('hub.test/devices/idle-1', KEY, Math.floor(Date.now() / 1000) + 600);
   stream.push(
-    mqtt.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'idle-1', keepalive: 0, username: 'hub.test/idle-1/?api-version=2021-04-12', password: Buffer.from(token) }),
+    mqtt.generate({
+      cmd: 'connect',
+      protocolId: 'MQTT',
+      protocolVersion: 4,
+      clean: true,
+      clientId: 'idle-1',
+      keepalive: 0,
+      username: 'hub.test/idle-1/?api-version=2021-04-12',
+      password: Buffer.from(token),
+    }),
   );
   for (let i = 0; i < 200 && written.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
   const replies: mqtt.Packet[] = [];
@@ -88,8 +106,19 @@ test('an authenticated MQTT connection keeps no copy of its CONNECT packet or th
 
 test('a guarded TLS server leaves no handshake timer on an established connection', async (t) => {
   const root = await createRootCa({ commonName: 'idle test root', keyAlgorithm: 'ec' });
-  const server = await createServerCert({ hostname: 'localhost', extraNames: ['127.0.0.1'], issuer: root, keyAlgorithm: 'ec' });
-  const tls = createServer({ cert: server.certPem, key: server.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS });
+  const server = await createServerCert({
+    hostname: 'localhost',
+    extraNames: ['127.0.0.1'],
+    issuer: root,
+    keyAlgorithm: 'ec',
+  });
+  const tls = createServer({
+    cert: server.certPem,
+    key: server.keyPem,
+    requestCert: true,
+    rejectUnauthorized: false,
+    ...GATED_TLS_OPTIONS,
+  });
   new PreAuthGate().guardTls(tls, 'MQTT');
   const accepted = new Promise<TLSSocket>((resolve) => tls.once('secureConnection', resolve));
   await new Promise<void>((resolve) => tls.listen(0, '127.0.0.1', resolve));

@@ -25,7 +25,12 @@ test('a hand-encoded QoS 1 PUBLISH reads back as sent, at every remaining-length
     assert.equal(p!.dup, false);
     assert.equal(p!.retain, false);
     assert.ok(Buffer.from(p!.payload as Buffer).equals(payload), `payload of ${size} bytes`);
-    assert.ok(bytes.equals(mqtt.generate({ cmd: 'publish', topic, payload, qos: 1, dup: false, retain: false, messageId: 513 })), `same bytes as mqtt-packet at ${size}`);
+    assert.ok(
+      bytes.equals(
+        mqtt.generate({ cmd: 'publish', topic, payload, qos: 1, dup: false, retain: false, messageId: 513 }),
+      ),
+      `same bytes as mqtt-packet at ${size}`,
+    );
   }
   assert.throws(() => encodePublishQos1('x'.repeat(70_000), 1, Buffer.alloc(0)), /at most 65535 bytes/);
 });

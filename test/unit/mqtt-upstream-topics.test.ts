@@ -2,10 +2,19 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
 import type { Message } from '../../src/model/message.ts';
-import { decodeBag, encodeTelemetryBag, parseParentPublish, parsePublishTopic, telemetryTopic } from '../../src/protocols/mqtt/topics.ts';
+import {
+  decodeBag,
+  encodeTelemetryBag,
+  parseParentPublish,
+  parsePublishTopic,
+  telemetryTopic,
+} from '../../src/protocols/mqtt/topics.ts';
 
 /** The topic a gateway forwards a message on, read back by the parent's own parser. */
-function roundTrip(identity: { deviceId: string; moduleId?: string }, m: Message): { identity: unknown; message: Message } {
+function roundTrip(
+  identity: { deviceId: string; moduleId?: string },
+  m: Message,
+): { identity: unknown; message: Message } {
   const target = parsePublishTopic(telemetryTopic(identity, m));
   assert.equal(target.kind, 'telemetry');
   if (target.kind !== 'telemetry') throw new Error('unreachable');
@@ -73,12 +82,39 @@ test('what the official device SDK puts in a telemetry topic decodes to what our
 });
 
 test('topics the parent publishes to a device, as the gateway reads them', () => {
-  assert.deepEqual(parseParentPublish('$iothub/twin/res/204/?$rid=7&$version=12'), { kind: 'twin-response', status: 204, rid: '7', version: 12 });
-  assert.deepEqual(parseParentPublish('$iothub/twin/res/200/?$rid=a%20b'), { kind: 'twin-response', status: 200, rid: 'a b', version: undefined });
-  assert.deepEqual(parseParentPublish('$iothub/twin/PATCH/properties/desired/?$version=3'), { kind: 'desired', version: 3 });
-  assert.deepEqual(parseParentPublish('$iothub/methods/POST/reboot/?$rid=42'), { kind: 'method', methodName: 'reboot', rid: '42' });
-  assert.deepEqual(parseParentPublish('devices/d1/messages/devicebound/%24.mid=1&k=v'), { kind: 'c2d', deviceId: 'd1', bag: '%24.mid=1&k=v' });
-  assert.deepEqual(parseParentPublish('devices/d1/modules/m/inputs/in1/k=v'), { kind: 'input', deviceId: 'd1', moduleId: 'm', inputName: 'in1', bag: 'k=v' });
+  assert.deepEqual(parseParentPublish('$iothub/twin/res/204/?$rid=7&$version=12'), {
+    kind: 'twin-response',
+    status: 204,
+    rid: '7',
+    version: 12,
+  });
+  assert.deepEqual(parseParentPublish('$iothub/twin/res/200/?$rid=a%20b'), {
+    kind: 'twin-response',
+    status: 200,
+    rid: 'a b',
+    version: undefined,
+  });
+  assert.deepEqual(parseParentPublish('$iothub/twin/PATCH/properties/desired/?$version=3'), {
+    kind: 'desired',
+    version: 3,
+  });
+  assert.deepEqual(parseParentPublish('$iothub/methods/POST/reboot/?$rid=42'), {
+    kind: 'method',
+    methodName: 'reboot',
+    rid: '42',
+  });
+  assert.deepEqual(parseParentPublish('devices/d1/messages/devicebound/%24.mid=1&k=v'), {
+    kind: 'c2d',
+    deviceId: 'd1',
+    bag: '%24.mid=1&k=v',
+  });
+  assert.deepEqual(parseParentPublish('devices/d1/modules/m/inputs/in1/k=v'), {
+    kind: 'input',
+    deviceId: 'd1',
+    moduleId: 'm',
+    inputName: 'in1',
+    bag: 'k=v',
+  });
   assert.equal(parseParentPublish('$iothub/methods/POST/x').kind, 'unknown');
   assert.equal(parseParentPublish('elsewhere/x').kind, 'unknown');
 });

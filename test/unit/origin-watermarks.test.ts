@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { cover, OriginWatermarks, type OriginsMoved, type StreamCoverage } from '../../src/store/origin-watermarks.ts';
-import { type ForwardedOrigin } from '../../src/model/message.ts';
+import type { ForwardedOrigin } from '../../src/model/message.ts';
 import { originOfBatch, ORIGIN_PREV, ORIGIN_SEQS, ORIGIN_STREAM, readOrigin } from '../../src/protocols/amqp/batch.ts';
 
 const o = (stream: string, seq: number, prev: number): ForwardedOrigin => ({ stream, seq, prev });
@@ -43,7 +43,11 @@ test('the watermark moves only along an unbroken chain; what is stored beyond a 
   storeRun(db, w, [o('s', 4, 0)]);
   assert.equal(w.isStored(o('s', 4, 3)), true);
   assert.equal(w.isStored(o('s', 6, 5)), false);
-  assert.equal((db.prepare('SELECT count(*) AS n FROM origin_spans').get() as { n: number }).n, 0, 'the span joined the watermark');
+  assert.equal(
+    (db.prepare('SELECT count(*) AS n FROM origin_spans').get() as { n: number }).n,
+    0,
+    'the span joined the watermark',
+  );
   assert.equal((db.prepare("SELECT seq FROM origins WHERE stream = 's'").get() as { seq: number }).seq, 5);
 });
 
@@ -55,8 +59,15 @@ test('two batches in flight, the first lost: the second, stored beyond the gap, 
   storeRun(db, w, [o('leaf', 30, 21), o('leaf', 31, 30)]);
   // The sender rewinds and sends both again, the first with prev 0.
   const resend = [o('leaf', 20, 0), o('leaf', 21, 20), o('leaf', 30, 21), o('leaf', 31, 30)];
-  assert.deepEqual(resend.map((r) => w.isStored(r)), [false, false, true, true]);
-  storeRun(db, w, resend.filter((r) => !w.isStored(r)));
+  assert.deepEqual(
+    resend.map((r) => w.isStored(r)),
+    [false, false, true, true],
+  );
+  storeRun(
+    db,
+    w,
+    resend.filter((r) => !w.isStored(r)),
+  );
   assert.equal(w.isStored(o('leaf', 31, 30)), true);
   // Reopened, the store knows the same (here the spans joined the mark; see the next test for spans).
   assert.equal(new OriginWatermarks(db).isStored(o('leaf', 31, 30)), true);
@@ -67,7 +78,10 @@ test('spans survive a restart, merge when they touch, and are capped', () => {
   const w = new OriginWatermarks(db);
   storeRun(db, w, [o('s', 1, 0), o('s', 9, 8), o('s', 20, 15)]);
   const again = new OriginWatermarks(db);
-  assert.deepEqual([1, 2, 9, 10, 16, 20, 21].map((seq) => again.isStored(o('s', seq, 0))), [true, false, true, false, true, true, false]);
+  assert.deepEqual(
+    [1, 2, 9, 10, 16, 20, 21].map((seq) => again.isStored(o('s', seq, 0))),
+    [true, false, true, false, true, true, false],
+  );
 
   const c: StreamCoverage = { mark: 0, spans: [] };
   cover(c, 10, 12);
@@ -75,7 +89,14 @@ test('spans survive a restart, merge when they touch, and are capped', () => {
   cover(c, 12, 20); // joins both
   assert.deepEqual(c.spans, [[10, 22]]);
   cover(c, 5, 7);
-  assert.deepEqual(c.spans, [[5, 7], [10, 22]], 'kept in order');
+  assert.deepEqual(
+    c.spans,
+    [
+      [5, 7],
+      [10, 22],
+    ],
+    'kept in order',
+  );
   cover(c, 0, 5);
   assert.deepEqual({ mark: c.mark, spans: c.spans }, { mark: 7, spans: [[10, 22]] });
   for (let i = 0; i < 100; i++) cover(c, 100 + 10 * i, 101 + 10 * i);
@@ -105,10 +126,17 @@ test('batch origins from the wire are checked', () => {
 });
 
 test('a batch origin that does not fit says what is wrong with it', () => {
-  const ann = (seqs: string, prev: unknown = '0') => ({ [ORIGIN_STREAM]: 'store/0', [ORIGIN_PREV]: prev, [ORIGIN_SEQS]: seqs });
+  const ann = (seqs: string, prev: unknown = '0') => ({
+    [ORIGIN_STREAM]: 'store/0',
+    [ORIGIN_PREV]: prev,
+    [ORIGIN_SEQS]: seqs,
+  });
   assert.deepEqual(readOrigin(undefined, 2), {}, 'no origin is not a problem');
   assert.deepEqual(readOrigin({ other: 'x' }, 2), {});
-  assert.match(readOrigin(ann('55,56', '55'), 2).problem ?? '', /must rise above x-opt-strata-prev \(55\).*found 55 after 55/);
+  assert.match(
+    readOrigin(ann('55,56', '55'), 2).problem ?? '',
+    /must rise above x-opt-strata-prev \(55\).*found 55 after 55/,
+  );
   assert.match(readOrigin(ann('1,2,3'), 2).problem ?? '', /names 3 numbers for 2 messages/);
   assert.match(readOrigin(ann('1', 'x'), 1).problem ?? '', /"x" is not a whole number/);
   assert.match(readOrigin({ [ORIGIN_STREAM]: '', [ORIGIN_SEQS]: '1' }, 1).problem ?? '', /1 to 256 characters/);

@@ -63,7 +63,12 @@ before(async () => {
   root = await createRootCa({ commonName: 'Unit Root' });
   inter = await createIntermediateCa({ commonName: 'Unit Intermediate', issuer: root, keyAlgorithm: 'ec' });
   edge = await createEdgeCa({ commonName: 'Unit Edge CA', issuer: inter, keyAlgorithm: 'ec' });
-  server = await createServerCert({ hostname: 'gw.unit.test', extraNames: ['edgehub', '127.0.0.9'], issuer: edge, keyAlgorithm: 'ec' });
+  server = await createServerCert({
+    hostname: 'gw.unit.test',
+    extraNames: ['edgehub', '127.0.0.9'],
+    issuer: edge,
+    keyAlgorithm: 'ec',
+  });
   device = await createDeviceCert({ commonName: 'device-1', issuer: inter, keyAlgorithm: 'ec' });
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -109,7 +114,13 @@ test('intermediate CA: issued by the root (name and key id), EC P-256, optional 
   const node = new NodeX509(inter.certPem);
   assert.equal(node.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1');
   assert.ok(node.verify(new NodeX509(root.certPem).publicKey));
-  const limited = await createIntermediateCa({ commonName: 'Limited', issuer: root, pathLength: 1, keyAlgorithm: 'ec', days: 10 });
+  const limited = await createIntermediateCa({
+    commonName: 'Limited',
+    issuer: root,
+    pathLength: 1,
+    keyAlgorithm: 'ec',
+    days: 10,
+  });
   assert.equal(basic(parse(limited.certPem))?.pathLength, 1);
   assert.ok(Math.abs(parse(limited.certPem).notAfter.getTime() - (Date.now() + 10 * DAY)) < 120_000);
 });
@@ -164,7 +175,11 @@ test('device certificate: CN = device id, clientAuth; self-signed without an iss
 
 test('an issuer whose key does not match its certificate is refused', async () => {
   await assert.rejects(
-    createServerCert({ hostname: 'x.test', issuer: { certPem: edge.certPem, keyPem: device.keyPem }, keyAlgorithm: 'ec' }),
+    createServerCert({
+      hostname: 'x.test',
+      issuer: { certPem: edge.certPem, keyPem: device.keyPem },
+      keyAlgorithm: 'ec',
+    }),
     (err: unknown) => err instanceof UserError && /does not belong/.test(err.message),
   );
 });
@@ -192,20 +207,43 @@ test('fullChainPem and splitPemCertificates keep order and drop repeats', () => 
   const chain = fullChainPem(server.certPem, edge.certPem, fullChainPem(inter.certPem, root.certPem), root.certPem);
   const parts = splitPemCertificates(chain);
   assert.equal(parts.length, 4);
-  assert.deepEqual(parts.map((p) => parse(p).subject), ['CN=gw.unit.test', 'CN=Unit Edge CA', 'CN=Unit Intermediate', 'CN=Unit Root']);
+  assert.deepEqual(
+    parts.map((p) => parse(p).subject),
+    ['CN=gw.unit.test', 'CN=Unit Edge CA', 'CN=Unit Intermediate', 'CN=Unit Root'],
+  );
   assert.ok(chain.endsWith('-----END CERTIFICATE-----\n'));
   assert.deepEqual(splitPemCertificates('no pem here'), []);
 });
 
 test('verifyChain accepts a good chain and lists each link', () => {
-  const r = verifyChain({ certPem: server.certPem, trustPems: [root.certPem], untrustedPems: [edge.certPem, inter.certPem], hostname: 'gw.unit.test' });
+  const r = verifyChain({
+    certPem: server.certPem,
+    trustPems: [root.certPem],
+    untrustedPems: [edge.certPem, inter.certPem],
+    hostname: 'gw.unit.test',
+  });
   assert.equal(r.ok, true, r.reason);
-  assert.deepEqual(r.chain.map((l) => l.subject), ['CN=gw.unit.test', 'CN=Unit Edge CA', 'CN=Unit Intermediate', 'CN=Unit Root']);
+  assert.deepEqual(
+    r.chain.map((l) => l.subject),
+    ['CN=gw.unit.test', 'CN=Unit Edge CA', 'CN=Unit Intermediate', 'CN=Unit Root'],
+  );
   assert.ok(r.chain[0].notAfter instanceof Date);
   // a full-chain bundle brings its own intermediates; the IP SAN matches too
-  const r2 = verifyChain({ certPem: fullChainPem(server.certPem, edge.certPem, inter.certPem), trustPems: [root.certPem], hostname: '127.0.0.9' });
+  const r2 = verifyChain({
+    certPem: fullChainPem(server.certPem, edge.certPem, inter.certPem),
+    trustPems: [root.certPem],
+    hostname: '127.0.0.9',
+  });
   assert.equal(r2.ok, true, r2.reason);
-  assert.equal(verifyChain({ certPem: device.certPem, trustPems: [root.certPem], untrustedPems: [inter.certPem], purpose: 'client' }).ok, true);
+  assert.equal(
+    verifyChain({
+      certPem: device.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [inter.certPem],
+      purpose: 'client',
+    }).ok,
+    true,
+  );
 });
 
 function expectFailure(r: ReturnType<typeof verifyChain>, code: string, reason: RegExp): void {
@@ -216,11 +254,26 @@ function expectFailure(r: ReturnType<typeof verifyChain>, code: string, reason: 
 
 test('verifyChain: expired and not-yet-valid, with the at option and with a past validity', async () => {
   const chain = { certPem: server.certPem, trustPems: [root.certPem], untrustedPems: [edge.certPem, inter.certPem] };
-  expectFailure(verifyChain({ ...chain, at: new Date(Date.now() + 400 * DAY) }), 'expired', /"CN=gw.unit.test" expired on/);
+  expectFailure(
+    verifyChain({ ...chain, at: new Date(Date.now() + 400 * DAY) }),
+    'expired',
+    /"CN=gw.unit.test" expired on/,
+  );
   expectFailure(verifyChain({ ...chain, at: new Date(Date.now() - DAY) }), 'not-yet-valid', /not valid before/);
-  const old = await createServerCert({ hostname: 'old.test', issuer: edge, validFrom: new Date(Date.now() - 10 * DAY), days: 2, keyAlgorithm: 'ec' });
+  const old = await createServerCert({
+    hostname: 'old.test',
+    issuer: edge,
+    validFrom: new Date(Date.now() - 10 * DAY),
+    days: 2,
+    keyAlgorithm: 'ec',
+  });
   expectFailure(verifyChain({ ...chain, certPem: old.certPem }), 'expired', /old\.test/);
-  const future = await createServerCert({ hostname: 'future.test', issuer: edge, validFrom: new Date(Date.now() + DAY), keyAlgorithm: 'ec' });
+  const future = await createServerCert({
+    hostname: 'future.test',
+    issuer: edge,
+    validFrom: new Date(Date.now() + DAY),
+    keyAlgorithm: 'ec',
+  });
   expectFailure(verifyChain({ ...chain, certPem: future.certPem }), 'not-yet-valid', /future\.test/);
 });
 
@@ -230,7 +283,11 @@ test('verifyChain: unknown issuer (self-signed, or another root of the same name
   assert.equal(verifyChain({ certPem: self.certPem, trustPems: [self.certPem] }).ok, true);
   const impostor = await createRootCa({ commonName: 'Unit Root', keyAlgorithm: 'ec' });
   expectFailure(
-    verifyChain({ certPem: server.certPem, trustPems: [impostor.certPem], untrustedPems: [edge.certPem, inter.certPem] }),
+    verifyChain({
+      certPem: server.certPem,
+      trustPems: [impostor.certPem],
+      untrustedPems: [edge.certPem, inter.certPem],
+    }),
     'unknown-issuer',
     /different key/,
   );
@@ -243,20 +300,32 @@ test('verifyChain: unknown issuer (self-signed, or another root of the same name
 });
 
 test('verifyChain: missing intermediate', () => {
-  expectFailure(verifyChain({ certPem: server.certPem, trustPems: [root.certPem] }), 'missing-intermediate', /"CN=Unit Edge CA"/);
+  expectFailure(
+    verifyChain({ certPem: server.certPem, trustPems: [root.certPem] }),
+    'missing-intermediate',
+    /"CN=Unit Edge CA"/,
+  );
 });
 
 test('verifyChain: not a CA (leaf used as issuer, path length exceeded)', async () => {
   const bogus = await issueCertificate({ commonName: 'signed-by-a-leaf', issuer: server, keyAlgorithm: 'ec' });
   expectFailure(
-    verifyChain({ certPem: bogus.certPem, trustPems: [root.certPem], untrustedPems: [server.certPem, edge.certPem, inter.certPem] }),
+    verifyChain({
+      certPem: bogus.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [server.certPem, edge.certPem, inter.certPem],
+    }),
     'not-a-ca',
     /"CN=gw.unit.test" signed "CN=signed-by-a-leaf" but is not a CA/,
   );
   const subCa = await createIntermediateCa({ commonName: 'Below Edge', issuer: edge, keyAlgorithm: 'ec' });
   const leaf = await createServerCert({ hostname: 'deep.test', issuer: subCa, keyAlgorithm: 'ec' });
   expectFailure(
-    verifyChain({ certPem: leaf.certPem, trustPems: [root.certPem], untrustedPems: [subCa.certPem, edge.certPem, inter.certPem] }),
+    verifyChain({
+      certPem: leaf.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [subCa.certPem, edge.certPem, inter.certPem],
+    }),
     'not-a-ca',
     /path length 0/,
   );
@@ -264,16 +333,32 @@ test('verifyChain: not a CA (leaf used as issuer, path length exceeded)', async 
 
 test('verifyChain: wrong key usage (client cert as server, CA without keyCertSign)', async () => {
   expectFailure(
-    verifyChain({ certPem: device.certPem, trustPems: [root.certPem], untrustedPems: [inter.certPem], purpose: 'server' }),
+    verifyChain({
+      certPem: device.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [inter.certPem],
+      purpose: 'server',
+    }),
     'wrong-key-usage',
     /not allowed for server authentication/,
   );
   expectFailure(
-    verifyChain({ certPem: server.certPem, trustPems: [root.certPem], untrustedPems: [edge.certPem, inter.certPem], purpose: 'client' }),
+    verifyChain({
+      certPem: server.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [edge.certPem, inter.certPem],
+      purpose: 'client',
+    }),
     'wrong-key-usage',
     /needs clientAuth/,
   );
-  const noSign = await issueCertificate({ commonName: 'No Sign CA', issuer: inter, ca: true, keyUsage: ['digitalSignature'], keyAlgorithm: 'ec' });
+  const noSign = await issueCertificate({
+    commonName: 'No Sign CA',
+    issuer: inter,
+    ca: true,
+    keyUsage: ['digitalSignature'],
+    keyAlgorithm: 'ec',
+  });
   const leaf = await createDeviceCert({ commonName: 'under-nosign', issuer: noSign, keyAlgorithm: 'ec' });
   expectFailure(
     verifyChain({ certPem: leaf.certPem, trustPems: [root.certPem], untrustedPems: [noSign.certPem, inter.certPem] }),
@@ -284,12 +369,22 @@ test('verifyChain: wrong key usage (client cert as server, CA without keyCertSig
 
 test('verifyChain: name mismatch', () => {
   expectFailure(
-    verifyChain({ certPem: server.certPem, trustPems: [root.certPem], untrustedPems: [edge.certPem, inter.certPem], hostname: 'other.unit.test' }),
+    verifyChain({
+      certPem: server.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [edge.certPem, inter.certPem],
+      hostname: 'other.unit.test',
+    }),
     'name-mismatch',
     /"other\.unit\.test"/,
   );
   expectFailure(
-    verifyChain({ certPem: server.certPem, trustPems: [root.certPem], untrustedPems: [edge.certPem, inter.certPem], hostname: '127.0.0.10' }),
+    verifyChain({
+      certPem: server.certPem,
+      trustPems: [root.certPem],
+      untrustedPems: [edge.certPem, inter.certPem],
+      hostname: '127.0.0.10',
+    }),
     'name-mismatch',
     /127\.0\.0\.10/,
   );
@@ -308,14 +403,26 @@ test('verifyChain: bad signature (a tampered certificate)', () => {
 
 test('readPemFile: missing, directory, not PEM, DER each give a UserError naming the file', () => {
   const missing = path.join(dir, 'nope.pem');
-  assert.throws(() => readPemFile(missing, 'CA certificate'), (e: unknown) => e instanceof UserError && e.message.includes(missing));
-  assert.throws(() => readPemFile(dir, 'CA certificate'), (e: unknown) => e instanceof UserError && /directory/.test(e.message));
+  assert.throws(
+    () => readPemFile(missing, 'CA certificate'),
+    (e: unknown) => e instanceof UserError && e.message.includes(missing),
+  );
+  assert.throws(
+    () => readPemFile(dir, 'CA certificate'),
+    (e: unknown) => e instanceof UserError && /directory/.test(e.message),
+  );
   const text = path.join(dir, 'text.pem');
   writeFileSync(text, 'hello\n');
-  assert.throws(() => readPemFile(text, 'CA certificate'), (e: unknown) => e instanceof UserError && /not a PEM file/.test(e.message) && e.message.includes(text));
+  assert.throws(
+    () => readPemFile(text, 'CA certificate'),
+    (e: unknown) => e instanceof UserError && /not a PEM file/.test(e.message) && e.message.includes(text),
+  );
   const der = path.join(dir, 'cert.der');
   writeFileSync(der, new NodeX509(root.certPem).raw);
-  assert.throws(() => readPemFile(der, 'CA certificate'), (e: unknown) => e instanceof UserError && /DER/.test(e.message) && /openssl x509 -inform der/.test(e.hint ?? ''));
+  assert.throws(
+    () => readPemFile(der, 'CA certificate'),
+    (e: unknown) => e instanceof UserError && /DER/.test(e.message) && /openssl x509 -inform der/.test(e.hint ?? ''),
+  );
   const good = path.join(dir, 'good.pem');
   writeFileSync(good, root.certPem);
   assert.equal(readPemFile(good, 'CA certificate'), root.certPem);
@@ -337,12 +444,25 @@ test('writeKeyFile is 0600, writeCertFile is 0644, both create parent directorie
 });
 
 test('openssl agrees: every kind of certificate verifies against the root', () => {
-  const files = { root: path.join(dir, 'r.pem'), chain: path.join(dir, 'chain.pem'), server: path.join(dir, 's.pem'), device: path.join(dir, 'd.pem') };
+  const files = {
+    root: path.join(dir, 'r.pem'),
+    chain: path.join(dir, 'chain.pem'),
+    server: path.join(dir, 's.pem'),
+    device: path.join(dir, 'd.pem'),
+  };
   writeFileSync(files.root, root.certPem);
   writeFileSync(files.chain, fullChainPem(edge.certPem, inter.certPem));
   writeFileSync(files.server, server.certPem);
   writeFileSync(files.device, device.certPem);
-  const out = execFileSync('openssl', ['verify', '-CAfile', files.root, '-untrusted', files.chain, files.server, files.device]).toString();
+  const out = execFileSync('openssl', [
+    'verify',
+    '-CAfile',
+    files.root,
+    '-untrusted',
+    files.chain,
+    files.server,
+    files.device,
+  ]).toString();
   assert.match(out, /s\.pem: OK/);
   assert.match(out, /d\.pem: OK/);
 });

@@ -38,7 +38,8 @@ class RecordingEndpoint implements DeliveryEndpoint {
     if (this.down) throw new Error('link dropped mid-batch');
     const at = performance.now();
     this.batches.push(batch.length);
-    for (const e of batch) this.delivered.push({ sender: e.message.sender, n: Number(e.message.appProperties.n), priority: e.priority, at });
+    for (const e of batch)
+      this.delivered.push({ sender: e.message.sender, n: Number(e.message.appProperties.n), priority: e.priority, at });
     for (const w of this.watchers) w();
   }
 
@@ -54,7 +55,13 @@ class RecordingEndpoint implements DeliveryEndpoint {
   until(pred: () => boolean, ms = 20_000): Promise<void> {
     if (pred()) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`endpoint ${this.name}: condition not met within ${ms} ms (delivered ${this.delivered.length})`)), ms);
+      const timer = setTimeout(
+        () =>
+          reject(
+            new Error(`endpoint ${this.name}: condition not met within ${ms} ms (delivered ${this.delivered.length})`),
+          ),
+        ms,
+      );
       const check = () => {
         if (!pred()) return;
         clearTimeout(timer);
@@ -87,11 +94,23 @@ function setup(t: { after: (fn: () => Promise<void>) => void }) {
 }
 
 function msg(sender: string, n: number): StoredMessage {
-  return { body: Buffer.alloc(256, n & 0xff), systemProperties: { messageId: `${sender}-${n}` }, appProperties: { n: String(n) }, source: '/messages', sender };
+  return {
+    body: Buffer.alloc(256, n & 0xff),
+    systemProperties: { messageId: `${sender}-${n}` },
+    appProperties: { n: String(n) },
+    source: '/messages',
+    sender,
+  };
 }
 
 /** Appends `count` messages round-robin over `senders`, numbering each sender's messages from `from[sender]` (or 0). */
-async function appendMany(store: MessageStore, endpoint: string, count: number, senders: string[], opts: { priority?: number; from?: Record<string, number> } = {}): Promise<void> {
+async function appendMany(
+  store: MessageStore,
+  endpoint: string,
+  count: number,
+  senders: string[],
+  opts: { priority?: number; from?: Record<string, number> } = {},
+): Promise<void> {
   const next = new Map<string, number>(Object.entries(opts.from ?? {}));
   const chunk = 5000;
   for (let i = 0; i < count; i += chunk) {
@@ -100,7 +119,9 @@ async function appendMany(store: MessageStore, endpoint: string, count: number, 
       const sender = senders[j % senders.length];
       const n = next.get(sender) ?? 0;
       next.set(sender, n + 1);
-      batch.push(store.append({ message: msg(sender, n), targets: [{ endpoint, priority: opts.priority ?? 0, ttlSecs: 7200 }] }));
+      batch.push(
+        store.append({ message: msg(sender, n), targets: [{ endpoint, priority: opts.priority ?? 0, ttlSecs: 7200 }] }),
+      );
     }
     await Promise.all(batch);
   }
@@ -113,7 +134,8 @@ function assertInOrderOnce(delivered: Delivery[], expectPerSender: Map<string, n
     assert.equal(d.n, want, `sender ${d.sender}: got ${d.n}, expected ${want} (gap, duplicate or reorder)`);
     next.set(d.sender, want + 1);
   }
-  for (const [sender, count] of expectPerSender) assert.equal(next.get(sender) ?? 0, count, `sender ${sender} delivered count`);
+  for (const [sender, count] of expectPerSender)
+    assert.equal(next.get(sender) ?? 0, count, `sender ${sender} delivered count`);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -125,7 +147,13 @@ test('batches are as large as the endpoint takes', async (t) => {
   pump(ep);
   await ep.until(() => ep.delivered.length === 5500);
   assert.deepEqual(ep.batches, [1000, 1000, 1000, 1000, 1000, 500]);
-  assertInOrderOnce(ep.delivered, new Map([['a', 2750], ['b', 2750]]));
+  assertInOrderOnce(
+    ep.delivered,
+    new Map([
+      ['a', 2750],
+      ['b', 2750],
+    ]),
+  );
 });
 
 test('a failed batch is retried whole, with exponential backoff and jitter, and nothing is lost or reordered', async (t) => {
@@ -141,8 +169,20 @@ test('a failed batch is retried whole, with exponential backoff and jitter, and 
   while (p.metrics().sent < 250) await sleep(5);
   const gaps = ep.attempts.slice(1, 6).map((a, i) => a - ep.attempts[i]);
   const expected = [40, 80, 160, 200, 200];
-  gaps.forEach((g, i) => assert.ok(g >= expected[i] - 5 && g < expected[i] + 150, `retry ${i + 1} after ${g.toFixed(0)} ms, expected about ${expected[i]}`));
-  assertInOrderOnce(ep.delivered, new Map([['a', 84], ['b', 83], ['c', 83]]));
+  gaps.forEach((g, i) =>
+    assert.ok(
+      g >= expected[i] - 5 && g < expected[i] + 150,
+      `retry ${i + 1} after ${g.toFixed(0)} ms, expected about ${expected[i]}`,
+    ),
+  );
+  assertInOrderOnce(
+    ep.delivered,
+    new Map([
+      ['a', 84],
+      ['b', 83],
+      ['c', 83],
+    ]),
+  );
   const m = p.metrics();
   assert.ok(m.failed >= 6);
   assert.equal(m.failedMessages, m.failed * 100);
@@ -168,7 +208,12 @@ test('an endpoint that says when to ask again (retryAfterMs) is retried then, wi
   await appendMany(store, 'e', 50, ['a']);
   await ep.until(() => ep.delivered.length === 50, 5000);
   const gaps = ep.attempts.slice(1, 7).map((a, i) => a - ep.attempts[i]);
-  gaps.forEach((g, i) => assert.ok(g >= 25 && g < 500, `retry ${i + 1} after ${g.toFixed(0)} ms, expected about 30 (the backoff would be 1 s and growing)`));
+  gaps.forEach((g, i) =>
+    assert.ok(
+      g >= 25 && g < 500,
+      `retry ${i + 1} after ${g.toFixed(0)} ms, expected about 30 (the backoff would be 1 s and growing)`,
+    ),
+  );
   assert.equal(p.metrics().consecutiveFailures, 0);
   assert.equal(p.metrics().failed, 6);
 });
@@ -206,12 +251,20 @@ test('an endpoint down for a while then back: the drain starts within one second
   ep.availability.set(true);
   await ep.until(() => ep.delivered.length > 100, 5000);
   const resumeMs = ep.delivered[100].at - back;
-  t.diagnostic(`first delivery ${resumeMs.toFixed(1)} ms after the endpoint came back (backoff was ${p.metrics().backoffMs} ms)`);
+  t.diagnostic(
+    `first delivery ${resumeMs.toFixed(1)} ms after the endpoint came back (backoff was ${p.metrics().backoffMs} ms)`,
+  );
   assert.ok(resumeMs < 1000, `drain resumed after ${resumeMs.toFixed(0)} ms`);
   assert.equal(p.metrics().failed, failedBefore, 'no sends were tried while the endpoint said it was down');
 
   await ep.until(() => ep.delivered.length === 100_100, 30_000);
-  assertInOrderOnce(ep.delivered, new Map([['d', 50_100], ['e', 50_000]]));
+  assertInOrderOnce(
+    ep.delivered,
+    new Map([
+      ['d', 50_100],
+      ['e', 50_000],
+    ]),
+  );
   while (p.metrics().sent < 100_100) await sleep(10);
   while (p.metrics().queueLength > 0) await sleep(10); // the last checkpoint commits
 });
@@ -254,7 +307,9 @@ function liveProducer(store: MessageStore, ep: RecordingEndpoint, sender: string
     },
     /** Ack-to-delivery delay of each delivered message. */
     delays(): number[] {
-      return ep.delivered.filter((d) => d.sender === sender && acked.has(d.n)).map((d) => d.at - (acked.get(d.n) ?? d.at));
+      return ep.delivered
+        .filter((d) => d.sender === sender && acked.has(d.n))
+        .map((d) => d.at - (acked.get(d.n) ?? d.at));
     },
     count: () => acked.size,
   };
@@ -277,12 +332,28 @@ test('while a 100,000-message backlog drains, live messages get a share of every
 
   const delays = live.delays().sort((a, b) => a - b);
   const during = ep.delivered.filter((d) => d.sender === 'live' && d.at < start + drainMs).length;
-  t.diagnostic(`backlog drained in ${drainMs.toFixed(0)} ms; ${during} live messages arrived during the drain; ` +
-    `live delay p50 ${delays[delays.length >> 1].toFixed(1)} ms, max ${delays[delays.length - 1].toFixed(1)} ms`);
+  t.diagnostic(
+    `backlog drained in ${drainMs.toFixed(0)} ms; ${during} live messages arrived during the drain; ` +
+      `live delay p50 ${delays[delays.length >> 1].toFixed(1)} ms, max ${delays[delays.length - 1].toFixed(1)} ms`,
+  );
   assert.ok(during >= 3, 'live messages flowed while the backlog drained');
-  assert.ok(delays[delays.length - 1] < 1000, `live delay bound 1 s, worst was ${delays[delays.length - 1].toFixed(0)} ms`);
-  assertInOrderOnce(ep.delivered.filter((d) => d.sender !== 'live'), new Map([['s0', 25_000], ['s1', 25_000], ['s2', 25_000], ['s3', 25_000]]));
-  assertInOrderOnce(ep.delivered.filter((d) => d.sender === 'live'), new Map([['live', live.count()]]));
+  assert.ok(
+    delays[delays.length - 1] < 1000,
+    `live delay bound 1 s, worst was ${delays[delays.length - 1].toFixed(0)} ms`,
+  );
+  assertInOrderOnce(
+    ep.delivered.filter((d) => d.sender !== 'live'),
+    new Map([
+      ['s0', 25_000],
+      ['s1', 25_000],
+      ['s2', 25_000],
+      ['s3', 25_000],
+    ]),
+  );
+  assertInOrderOnce(
+    ep.delivered.filter((d) => d.sender === 'live'),
+    new Map([['live', live.count()]]),
+  );
   while (p.metrics().sent < 100_000 + live.count()) await sleep(5);
 });
 
@@ -303,10 +374,20 @@ test('with the default strict order, live messages follow the backlog and wait n
   await ep.until(() => ep.delivered.length === 100_000 + live.count(), 5000);
 
   const delays = live.delays().sort((a, b) => a - b);
-  t.diagnostic(`backlog drained in ${drainMs.toFixed(0)} ms; live delay p50 ${delays[delays.length >> 1].toFixed(1)} ms, ` +
-    `max ${delays[delays.length - 1].toFixed(1)} ms`);
+  t.diagnostic(
+    `backlog drained in ${drainMs.toFixed(0)} ms; live delay p50 ${delays[delays.length >> 1].toFixed(1)} ms, ` +
+      `max ${delays[delays.length - 1].toFixed(1)} ms`,
+  );
   // s0's live messages continue its numbering: strict order per sender across backlog and live.
-  assertInOrderOnce(ep.delivered, new Map([['s0', 25_000 + live.count()], ['s1', 25_000], ['s2', 25_000], ['s3', 25_000]]));
+  assertInOrderOnce(
+    ep.delivered,
+    new Map([
+      ['s0', 25_000 + live.count()],
+      ['s1', 25_000],
+      ['s2', 25_000],
+      ['s3', 25_000],
+    ]),
+  );
   assert.ok(delays[delays.length - 1] < drainMs + 1000, 'no live message waited beyond the backlog drain');
 });
 
@@ -324,7 +405,11 @@ test('higher priorities go first without starving lower ones', async (t) => {
   const first = ep.delivered.slice(0, 100);
   const count = (ds: Delivery[], p: number) => ds.filter((d) => d.priority === p).length;
   assert.deepEqual([count(first, 0), count(first, 1), count(first, 9)], [66, 33, 1]);
-  assert.deepEqual(first.map((d) => d.priority), [...first.map((d) => d.priority)].sort((a, b) => a - b), 'highest priority first in a batch');
+  assert.deepEqual(
+    first.map((d) => d.priority),
+    [...first.map((d) => d.priority)].sort((a, b) => a - b),
+    'highest priority first in a batch',
+  );
   // Priority 9 advanced while priority 0 still had messages.
   let lastHi = ep.delivered.length - 1;
   while (ep.delivered[lastHi].priority !== 0) lastHi--;
@@ -332,7 +417,11 @@ test('higher priorities go first without starving lower ones', async (t) => {
   assert.ok(count(ep.delivered.slice(0, lastHi), 1) > 1000);
   for (const s of ['lo', 'hi', 'mid']) {
     const ns = ep.delivered.filter((d) => d.sender === s).map((d) => d.n);
-    assert.deepEqual(ns, Array.from({ length: 3000 }, (_, i) => i), `order of ${s}`);
+    assert.deepEqual(
+      ns,
+      Array.from({ length: 3000 }, (_, i) => i),
+      `order of ${s}`,
+    );
   }
 });
 
@@ -366,7 +455,10 @@ test('metrics: queue length, sent, expired and failed per endpoint', async (t) =
   assert.ok(m.failed >= 2);
   assert.equal(m.queueLength, 0);
   assert.equal(m.state, 'idle');
-  assert.ok(ep.delivered.every((d) => d.sender === 'b'), 'the expired message was not sent');
+  assert.ok(
+    ep.delivered.every((d) => d.sender === 'b'),
+    'the expired message was not sent',
+  );
 });
 
 test('stop waits for the batch in flight and sends nothing after', async (t) => {
@@ -403,7 +495,8 @@ test('with two batches in flight, both travel at once; when the first fails, the
       await sleep(call === 1 ? 60 : 20);
       inFlight--;
       if (call === 1) throw new Error('link dropped');
-      for (const e of batch) delivered.push({ sender: e.message.sender, n: Number(e.message.appProperties.n), priority: e.priority, at: 0 });
+      for (const e of batch)
+        delivered.push({ sender: e.message.sender, n: Number(e.message.appProperties.n), priority: e.priority, at: 0 });
     },
   };
   const p = pump(ep, { minBackoffMs: 10, maxBackoffMs: 20 });
@@ -412,6 +505,16 @@ test('with two batches in flight, both travel at once; when the first fails, the
   // The second batch arrived once before the failure was known, then again after the first: a
   // duplicate run, never a gap or a reorder within what was checkpointed.
   const firstSecond = delivered.slice(0, 100);
-  assert.deepEqual(firstSecond.map((d) => d.n), Array.from({ length: 100 }, (_, i) => 50 + (i >> 1)), 'the second batch, taken while the first was failing');
-  assertInOrderOnce(delivered.slice(100), new Map([['a', 200], ['b', 200]]));
+  assert.deepEqual(
+    firstSecond.map((d) => d.n),
+    Array.from({ length: 100 }, (_, i) => 50 + (i >> 1)),
+    'the second batch, taken while the first was failing',
+  );
+  assertInOrderOnce(
+    delivered.slice(100),
+    new Map([
+      ['a', 200],
+      ['b', 200],
+    ]),
+  );
 });

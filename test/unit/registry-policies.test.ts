@@ -25,11 +25,16 @@ function denied(fn: () => unknown, part: RegExp): void {
 }
 
 test('the five IoT Hub policies exist with distinct generated keys and their rights', () => {
-  assert.deepEqual(policies.map((p) => p.keyName), ['iothubowner', 'service', 'device', 'registryRead', 'registryReadWrite']);
+  assert.deepEqual(
+    policies.map((p) => p.keyName),
+    ['iothubowner', 'service', 'device', 'registryRead', 'registryReadWrite'],
+  );
   const keys = new Set(policies.flatMap((p) => [p.primaryKey, p.secondaryKey]));
   assert.equal(keys.size, 10);
   const owner = byName('iothubowner')!;
-  assert.ok(['RegistryRead', 'RegistryWrite', 'ServiceConnect', 'DeviceConnect'].every((r) => hasRight(owner, r as never)));
+  assert.ok(
+    ['RegistryRead', 'RegistryWrite', 'ServiceConnect', 'DeviceConnect'].every((r) => hasRight(owner, r as never)),
+  );
   assert.equal(hasRight(byName('registryRead')!, 'RegistryWrite'), false);
   assert.equal(hasRight(byName('registryReadWrite')!, 'RegistryRead'), true);
   assert.equal(hasRight(byName('service')!, 'RegistryRead'), false);
@@ -51,12 +56,35 @@ test('bad, expired, foreign, unknown-policy and device tokens are refused with a
   const owner = byName('iothubowner')!;
   denied(() => authenticatePolicyToken(undefined, opts), /no Authorization header/);
   denied(() => authenticatePolicyToken('Bearer abc', opts), /malformed/);
-  denied(() => authenticatePolicyToken(createSasToken('hub.test', owner.primaryKey, Math.floor(Date.now() / 1000) - 10, 'iothubowner'), opts), /expired/);
-  denied(() => authenticatePolicyToken(createSasToken('other.hub', owner.primaryKey, inAnHour(), 'iothubowner'), opts), /does not name this hub/);
-  denied(() => authenticatePolicyToken(createSasToken('hub.test', byName('service')!.primaryKey, inAnHour(), 'iothubowner'), opts), /signature/);
-  denied(() => authenticatePolicyToken(createSasToken('hub.test', owner.primaryKey, inAnHour(), 'nobody'), opts), /unknown shared access policy/);
+  denied(
+    () =>
+      authenticatePolicyToken(
+        createSasToken('hub.test', owner.primaryKey, Math.floor(Date.now() / 1000) - 10, 'iothubowner'),
+        opts,
+      ),
+    /expired/,
+  );
+  denied(
+    () => authenticatePolicyToken(createSasToken('other.hub', owner.primaryKey, inAnHour(), 'iothubowner'), opts),
+    /does not name this hub/,
+  );
+  denied(
+    () =>
+      authenticatePolicyToken(
+        createSasToken('hub.test', byName('service')!.primaryKey, inAnHour(), 'iothubowner'),
+        opts,
+      ),
+    /signature/,
+  );
+  denied(
+    () => authenticatePolicyToken(createSasToken('hub.test', owner.primaryKey, inAnHour(), 'nobody'), opts),
+    /unknown shared access policy/,
+  );
   const deviceKey = Buffer.alloc(32, 1).toString('base64');
-  denied(() => authenticatePolicyToken(createSasToken('hub.test/devices/d1', deviceKey, inAnHour()), opts), /not a device key/);
+  denied(
+    () => authenticatePolicyToken(createSasToken('hub.test/devices/d1', deviceKey, inAnHour()), opts),
+    /not a device key/,
+  );
 });
 
 test('a token scoped to a path only covers that path', () => {
@@ -70,5 +98,8 @@ test('a token scoped to a path only covers that path', () => {
 test('requireRight names the missing right', () => {
   const reader: AccessPolicy = byName('registryRead')!;
   assert.doesNotThrow(() => requireRight(reader, ['RegistryRead'], 'read'));
-  denied(() => requireRight(reader, ['RegistryWrite'], 'change the identity registry'), /registryRead may not change the identity registry: it needs RegistryWrite/);
+  denied(
+    () => requireRight(reader, ['RegistryWrite'], 'change the identity registry'),
+    /registryRead may not change the identity registry: it needs RegistryWrite/,
+  );
 });

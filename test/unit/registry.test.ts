@@ -68,7 +68,11 @@ test('create refuses an existing id (409) and bad ids (400); update needs the de
   assert.notEqual(u.etag, d.etag);
   assert.notEqual(u.statusUpdatedTime, d.statusUpdatedTime);
   // Keys survive an update that sends them empty (the SDK does that when the caller left them out).
-  const again = registry.putDevice('dev', { authentication: { type: 'sas', symmetricKey: { primaryKey: '', secondaryKey: '' } } }, '*');
+  const again = registry.putDevice(
+    'dev',
+    { authentication: { type: 'sas', symmetricKey: { primaryKey: '', secondaryKey: '' } } },
+    '*',
+  );
   assert.deepEqual(again.authentication, d.authentication);
   assert.equal(again.status, 'disabled');
   assert.deepEqual(events.slice(before), [
@@ -79,30 +83,59 @@ test('create refuses an existing id (409) and bad ids (400); update needs the de
 
 test('authentication: given keys are checked, selfSigned needs a thumbprint, CA auth has no secrets', (t) => {
   const { registry } = open(t);
-  hubError(400, 'ArgumentInvalid', () => registry.putDevice('k', { authentication: { symmetricKey: { primaryKey: 'c2hvcnQ=', secondaryKey: '' } } }), /16 to 64 bytes/);
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.putDevice('k', { authentication: { symmetricKey: { primaryKey: 'c2hvcnQ=', secondaryKey: '' } } }),
+    /16 to 64 bytes/,
+  );
   const key = Buffer.alloc(32, 7).toString('base64');
-  const withKeys = registry.putDevice('k2', { authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: key } } });
+  const withKeys = registry.putDevice('k2', {
+    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: key } },
+  });
   assert.equal(withKeys.authentication.symmetricKey.primaryKey, key);
-  hubError(400, 'ArgumentInvalid', () => registry.putDevice('x1', { authentication: { type: 'selfSigned' } }), /primaryThumbprint/);
-  hubError(400, 'ArgumentInvalid', () => registry.putDevice('x2', { authentication: { x509Thumbprint: { primaryThumbprint: 'nothex' } } }), /thumbprint/);
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.putDevice('x1', { authentication: { type: 'selfSigned' } }),
+    /primaryThumbprint/,
+  );
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.putDevice('x2', { authentication: { x509Thumbprint: { primaryThumbprint: 'nothex' } } }),
+    /thumbprint/,
+  );
   const thumb = 'AB'.repeat(20);
   const x = registry.putDevice('x3', { authentication: { x509Thumbprint: { primaryThumbprint: thumb } } });
   assert.equal(x.authentication.type, 'selfSigned');
   assert.equal(x.authentication.x509Thumbprint.primaryThumbprint, thumb);
   assert.equal(x.authentication.symmetricKey.primaryKey, null);
   // An update without authentication (the SDK sends a blank SAS block) keeps X.509 as it is.
-  const kept = registry.putDevice('x3', { status: 'disabled', authentication: { type: 'sas', symmetricKey: { primaryKey: '', secondaryKey: '' } } }, '*');
+  const kept = registry.putDevice(
+    'x3',
+    { status: 'disabled', authentication: { type: 'sas', symmetricKey: { primaryKey: '', secondaryKey: '' } } },
+    '*',
+  );
   assert.deepEqual(kept.authentication, x.authentication);
   const ca = registry.putDevice('x4', { authentication: { type: 'CertificateAuthority' } });
   assert.equal(ca.authentication.type, 'certificateAuthority');
-  hubError(400, 'ArgumentInvalid', () => registry.putDevice('x5', { authentication: { type: 'password' } }), /must be one of/);
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.putDevice('x5', { authentication: { type: 'password' } }),
+    /must be one of/,
+  );
 });
 
 test('an edge device gets $edgeAgent and $edgeHub, which cannot be deleted; $ ids are reserved', (t) => {
   const { registry } = open(t);
   registry.putDevice('edge', { capabilities: { iotEdge: true } });
   const modules = registry.listModules('edge');
-  assert.deepEqual(modules.map((m) => m.moduleId), ['$edgeAgent', '$edgeHub']);
+  assert.deepEqual(
+    modules.map((m) => m.moduleId),
+    ['$edgeAgent', '$edgeHub'],
+  );
   assert.ok(modules.every((m) => m.authentication.type === 'sas' && m.authentication.symmetricKey.primaryKey));
   hubError(400, 'ArgumentInvalid', () => registry.deleteModule('edge', '$edgeHub'), /edge runtime/);
   hubError(400, 'ArgumentInvalid', () => registry.putModule('edge', '$mine', {}), /reserved/);
@@ -123,7 +156,13 @@ test('twin PATCH merges tags and desired (null deletes), bumps versions, stamps 
   const { registry, events } = open(t);
   registry.putDevice('d', {});
   events.length = 0;
-  const t1 = registry.updateTwin('d', undefined, { tags: { site: 'a', floor: 1 }, properties: { desired: { fan: { speed: 3, mode: 'auto' } } } }, 'AAAAAAAAAAE=', 'patch');
+  const t1 = registry.updateTwin(
+    'd',
+    undefined,
+    { tags: { site: 'a', floor: 1 }, properties: { desired: { fan: { speed: 3, mode: 'auto' } } } },
+    'AAAAAAAAAAE=',
+    'patch',
+  );
   assert.deepEqual(t1.tags, { site: 'a', floor: 1 });
   assert.equal(t1.properties.desired.$version, 2);
   assert.equal(t1.version, 2);
@@ -131,7 +170,13 @@ test('twin PATCH merges tags and desired (null deletes), bumps versions, stamps 
   const meta = t1.properties.desired.$metadata as Record<string, any>;
   assert.equal(meta.fan.speed.$lastUpdatedVersion, 2);
   assert.ok(meta.fan.$lastUpdated);
-  const t2 = registry.updateTwin('d', undefined, { tags: { floor: null }, properties: { desired: { fan: { mode: null }, light: true } } }, '*', 'patch');
+  const t2 = registry.updateTwin(
+    'd',
+    undefined,
+    { tags: { floor: null }, properties: { desired: { fan: { mode: null }, light: true } } },
+    '*',
+    'patch',
+  );
   assert.deepEqual(t2.tags, { site: 'a' });
   const { $metadata, $version, ...desired } = t2.properties.desired;
   assert.deepEqual(desired, { fan: { speed: 3 }, light: true });
@@ -143,25 +188,42 @@ test('twin PATCH merges tags and desired (null deletes), bumps versions, stamps 
     ['desired', 'd', undefined, { fan: { mode: null }, light: true, $version: 3 }],
   ]);
   hubError(412, 'PreconditionFailed', () => registry.updateTwin('d', undefined, { tags: { x: 1 } }, t1.etag, 'patch'));
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { reported: { x: 1 } } }, '*', 'patch'), /device itself/);
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.updateTwin('d', undefined, { properties: { reported: { x: 1 } } }, '*', 'patch'),
+    /device itself/,
+  );
   hubError(404, 'DeviceNotFound', () => registry.updateTwin('ghost', undefined, {}, '*', 'patch'));
 });
 
 test('twin PATCH with desired: null (or tags: null) clears the whole section, bumps $version and emits a patch removing every property', (t) => {
   const { registry, events } = open(t);
   registry.putDevice('d', {});
-  registry.updateTwin('d', undefined, { tags: { site: 'a' }, properties: { desired: { foo: 1, bar: { baz: 2 } } } }, '*', 'patch');
+  registry.updateTwin(
+    'd',
+    undefined,
+    { tags: { site: 'a' }, properties: { desired: { foo: 1, bar: { baz: 2 } } } },
+    '*',
+    'patch',
+  );
   events.length = 0;
   const cleared = registry.updateTwin('d', undefined, { tags: null, properties: { desired: null } }, '*', 'patch');
   const { $metadata, $version, ...desired } = cleared.properties.desired;
   assert.deepEqual(desired, {});
   assert.equal($version, 3);
-  assert.deepEqual(Object.keys($metadata as object).filter((k) => !k.startsWith('$')), []);
+  assert.deepEqual(
+    Object.keys($metadata as object).filter((k) => !k.startsWith('$')),
+    [],
+  );
   assert.deepEqual(cleared.tags, {});
   assert.deepEqual(events, [['desired', 'd', undefined, { foo: null, bar: null, $version: 3 }]]);
   // Already empty: still a new version, told to the device.
   events.length = 0;
-  assert.equal(registry.updateTwin('d', undefined, { properties: { desired: null } }, '*', 'patch').properties.desired.$version, 4);
+  assert.equal(
+    registry.updateTwin('d', undefined, { properties: { desired: null } }, '*', 'patch').properties.desired.$version,
+    4,
+  );
   assert.deepEqual(events, [['desired', 'd', undefined, { $version: 4 }]]);
 });
 
@@ -170,7 +232,13 @@ test('twin PUT replaces tags and desired and tells the device what went away', (
   registry.putDevice('d', {});
   registry.updateTwin('d', undefined, { tags: { a: 1 }, properties: { desired: { keep: 1, drop: 2 } } }, '*', 'patch');
   events.length = 0;
-  const r = registry.updateTwin('d', undefined, { tags: { b: 2 }, properties: { desired: { keep: 1, added: 'x' } } }, '*', 'replace');
+  const r = registry.updateTwin(
+    'd',
+    undefined,
+    { tags: { b: 2 }, properties: { desired: { keep: 1, added: 'x' } } },
+    '*',
+    'replace',
+  );
   assert.deepEqual(r.tags, { b: 2 });
   const { $metadata: _m, $version, ...desired } = r.properties.desired;
   assert.deepEqual(desired, { keep: 1, added: 'x' });
@@ -191,11 +259,14 @@ test('reported properties: merge patch from the device, $version +1, reported ev
   assert.deepEqual(registry.updateReported('d', 'm', { ok: true }), { version: 2 });
   assert.equal(registry.getTwin('d', 'm')!.properties.reported.ok, true);
   assert.equal(registry.getTwin('d', 'm')!.moduleId, 'm');
-  assert.deepEqual(events.map((e) => e.slice(0, 3)), [
-    ['reported', 'd', undefined],
-    ['reported', 'd', undefined],
-    ['reported', 'd', 'm'],
-  ]);
+  assert.deepEqual(
+    events.map((e) => e.slice(0, 3)),
+    [
+      ['reported', 'd', undefined],
+      ['reported', 'd', undefined],
+      ['reported', 'd', 'm'],
+    ],
+  );
   hubError(400, 'ArgumentInvalid', () => registry.updateReported('d', undefined, { 'a.b': 1 }), /not allow/);
   hubError(404, 'ModuleNotFound', () => registry.updateReported('d', 'ghost', {}));
 });
@@ -205,15 +276,40 @@ test('twin limits: 10 levels, 32 KiB of desired, property names', (t) => {
   registry.putDevice('d', {});
   // IoT Hub's own example of the deepest legal twin: objects "one" to "ten" below the section.
   let legal: Record<string, unknown> = { property: 'value' };
-  for (const n of ['ten', 'nine', 'eight', 'seven', 'six', 'five', 'four', 'three', 'two', 'one']) legal = { [n]: legal };
+  for (const n of ['ten', 'nine', 'eight', 'seven', 'six', 'five', 'four', 'three', 'two', 'one'])
+    legal = { [n]: legal };
   registry.updateTwin('d', undefined, { tags: legal, properties: { desired: legal } }, '*', 'patch');
   assert.equal(registry.getTwin('d')!.version, 2);
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: { eleven: legal } } }, '*', 'patch'), /deeper than 10/);
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.updateTwin('d', undefined, { properties: { desired: { eleven: legal } } }, '*', 'patch'),
+    /deeper than 10/,
+  );
   // Arrays count as levels too.
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: { a: [[[[[[[[[[[1]]]]]]]]]]] } } }, '*', 'patch'), /deeper than 10/);
-  hubError(400, 'ArgumentInvalid', () => registry.updateReported('d', undefined, { a: JSON.parse('['.repeat(10_000) + ']'.repeat(10_000)) }), /deeper than 10/);
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { properties: { desired: { big: 'x'.repeat(33 * 1024) } } }, '*', 'patch'), /bytes/);
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('d', undefined, { tags: { 'has space': 1 } }, '*', 'patch'));
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () =>
+      registry.updateTwin('d', undefined, { properties: { desired: { a: [[[[[[[[[[[1]]]]]]]]]]] } } }, '*', 'patch'),
+    /deeper than 10/,
+  );
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.updateReported('d', undefined, { a: JSON.parse('['.repeat(10_000) + ']'.repeat(10_000)) }),
+    /deeper than 10/,
+  );
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () =>
+      registry.updateTwin('d', undefined, { properties: { desired: { big: 'x'.repeat(33 * 1024) } } }, '*', 'patch'),
+    /bytes/,
+  );
+  hubError(400, 'ArgumentInvalid', () =>
+    registry.updateTwin('d', undefined, { tags: { 'has space': 1 } }, '*', 'patch'),
+  );
   // A refused write changes nothing.
   assert.equal(registry.getTwin('d')!.version, 2);
 });
@@ -226,12 +322,27 @@ test('a "__proto__" property name is refused at every depth and never reaches Ob
     () => registry.updateReported('d', undefined, JSON.parse('{"a":{"__proto__":{"viaReported":1}}}')),
     () => registry.updateReported('d', 'm', JSON.parse('{"__proto__":{"viaReported":1}}')),
     () => registry.updateTwin('d', undefined, JSON.parse('{"tags":{"a":{"__proto__":{"viaTags":1}}}}'), '*', 'patch'),
-    () => registry.updateTwin('d', undefined, JSON.parse('{"properties":{"desired":{"a":{"b":{"__proto__":{"viaDesired":1}}}}}}'), '*', 'patch'),
-    () => registry.updateTwin('d', undefined, JSON.parse('{"properties":{"desired":{"a":[{"__proto__":{"viaArray":1}}]}}}'), '*', 'replace'),
+    () =>
+      registry.updateTwin(
+        'd',
+        undefined,
+        JSON.parse('{"properties":{"desired":{"a":{"b":{"__proto__":{"viaDesired":1}}}}}}'),
+        '*',
+        'patch',
+      ),
+    () =>
+      registry.updateTwin(
+        'd',
+        undefined,
+        JSON.parse('{"properties":{"desired":{"a":[{"__proto__":{"viaArray":1}}]}}}'),
+        '*',
+        'replace',
+      ),
   ];
   for (const write of writes) hubError(400, 'ArgumentInvalid', write, /__proto__/);
   const probe = {} as Record<string, unknown>;
-  for (const k of ['viaReported', 'viaTags', 'viaDesired', 'viaArray', '$lastUpdated']) assert.equal(probe[k], undefined, `Object.prototype.${k}`);
+  for (const k of ['viaReported', 'viaTags', 'viaDesired', 'viaArray', '$lastUpdated'])
+    assert.equal(probe[k], undefined, `Object.prototype.${k}`);
   assert.equal(registry.getTwin('d')!.version, 1);
   // Other names that look like JavaScript internals are ordinary properties.
   registry.updateReported('d', undefined, { constructor: { prototype: 1 }, toString: 'x' });
@@ -243,7 +354,10 @@ test('deleting an edge parent orphans its children and reports which; events onl
   const top = registry.putDevice('top', { capabilities: { iotEdge: true } });
   registry.putDevice('mid', { capabilities: { iotEdge: true }, parentScopes: [top.deviceScope] });
   registry.putDevice('leaf', { deviceScope: top.deviceScope });
-  assert.deepEqual(registry.getChildren('top').map((d) => d.deviceId), ['leaf', 'mid']);
+  assert.deepEqual(
+    registry.getChildren('top').map((d) => d.deviceId),
+    ['leaf', 'mid'],
+  );
   assert.equal(registry.getParent('leaf')!.deviceId, 'top');
   events.length = 0;
   const { orphaned } = registry.deleteDevice('top', '*');
@@ -252,8 +366,20 @@ test('deleting an edge parent orphans its children and reports which; events onl
   assert.deepEqual(registry.getDevice('mid')!.parentScopes, []);
   assert.match(registry.getDevice('mid')!.deviceScope, /^ms-azure-iot-edge:\/\/mid-/);
   assert.equal(registry.getDevice('top'), undefined);
-  assert.deepEqual(events.filter((e) => e[3] === 'deleted').map((e) => `${e[1]}/${e[2] ?? ''}`).sort(), ['top/', 'top/$edgeAgent', 'top/$edgeHub']);
-  assert.deepEqual(events.filter((e) => e[3] === 'updated').map((e) => e[1]).sort(), ['leaf', 'mid']);
+  assert.deepEqual(
+    events
+      .filter((e) => e[3] === 'deleted')
+      .map((e) => `${e[1]}/${e[2] ?? ''}`)
+      .sort(),
+    ['top/', 'top/$edgeAgent', 'top/$edgeHub'],
+  );
+  assert.deepEqual(
+    events
+      .filter((e) => e[3] === 'updated')
+      .map((e) => e[1])
+      .sort(),
+    ['leaf', 'mid'],
+  );
   events.length = 0;
   hubError(404, 'DeviceNotFound', () => registry.deleteDevice('top'));
   hubError(412, 'PreconditionFailed', () => registry.deleteDevice('leaf', 'old'));
@@ -262,7 +388,9 @@ test('deleting an edge parent orphans its children and reports which; events onl
 
 test('a leaf given a scope nobody owns is refused with InvalidDeviceScope', (t) => {
   const { registry } = open(t);
-  hubError(400, 'InvalidDeviceScope', () => registry.putDevice('leaf', { deviceScope: 'ms-azure-iot-edge://ghost-123' }));
+  hubError(400, 'InvalidDeviceScope', () =>
+    registry.putDevice('leaf', { deviceScope: 'ms-azure-iot-edge://ghost-123' }),
+  );
   assert.equal(registry.getDevice('leaf'), undefined);
 });
 
@@ -276,19 +404,28 @@ test('bulk: each device succeeds or fails on its own; duplicates and bad sizes r
     { id: 'b3', importMode: 'CREATE', capabilities: { iotEdge: true } },
   ]);
   assert.equal(r.isSuccessful, false);
-  assert.deepEqual(r.errors.map((e) => [e.deviceId, e.errorCode]), [
-    ['exists', 'DeviceAlreadyExists'],
-    ['b/2', 'ArgumentInvalid'],
-  ]);
+  assert.deepEqual(
+    r.errors.map((e) => [e.deviceId, e.errorCode]),
+    [
+      ['exists', 'DeviceAlreadyExists'],
+      ['b/2', 'ArgumentInvalid'],
+    ],
+  );
   assert.ok(registry.getDevice('b1'));
   assert.equal(registry.getDevice('b3')!.capabilities.iotEdge, true);
   const upd = registry.bulk([
     { id: 'b1', importMode: 'UpdateIfMatchETag', etag: 'stale', status: 'disabled' },
     { id: 'b3', importMode: 'update', status: 'disabled' },
   ]);
-  assert.deepEqual(upd.errors.map((e) => e.errorCode), ['PreconditionFailed']);
+  assert.deepEqual(
+    upd.errors.map((e) => e.errorCode),
+    ['PreconditionFailed'],
+  );
   assert.equal(registry.getDevice('b3')!.status, 'disabled');
-  const del = registry.bulk([{ id: 'b1', importMode: 'delete' }, { id: 'b3', importMode: 'DeleteIfMatchETag', eTag: registry.getDevice('b3')!.etag }]);
+  const del = registry.bulk([
+    { id: 'b1', importMode: 'delete' },
+    { id: 'b3', importMode: 'DeleteIfMatchETag', eTag: registry.getDevice('b3')!.etag },
+  ]);
   assert.deepEqual(del, { isSuccessful: true, errors: [], warnings: [] });
   hubError(400, 'DeviceDefinedMultipleTimes', () => registry.bulk([{ id: 'x' }, { id: 'x' }]));
   hubError(400, 'ArgumentInvalid', () => registry.bulk([]));
@@ -303,25 +440,68 @@ test('applyConfigurationContent writes module desired properties and creates mis
   registry.applyConfigurationContent('edge', {
     modulesContent: {
       $edgeAgent: { 'properties.desired': { schemaVersion: '1.1', modules: {} } },
-      $edgeHub: { 'properties.desired': { schemaVersion: '1.1', routes: { up: 'FROM /messages/* INTO $upstream' }, storeAndForwardConfiguration: { timeToLiveSecs: 7200 } } },
+      $edgeHub: {
+        'properties.desired': {
+          schemaVersion: '1.1',
+          routes: { up: 'FROM /messages/* INTO $upstream' },
+          storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
+        },
+      },
       filter: { 'properties.desired': { threshold: 5 } },
     },
   });
   assert.equal(registry.getTwin('edge', '$edgeAgent')!.properties.desired.schemaVersion, '1.1');
-  assert.deepEqual(registry.getTwin('edge', '$edgeHub')!.properties.desired.routes, { up: 'FROM /messages/* INTO $upstream' });
+  assert.deepEqual(registry.getTwin('edge', '$edgeHub')!.properties.desired.routes, {
+    up: 'FROM /messages/* INTO $upstream',
+  });
   assert.equal(registry.getModule('edge', 'filter')!.managedBy, 'IotEdge');
   assert.deepEqual(
     events.filter((e) => e[0] === 'desired').map((e) => e[2]),
     ['$edgeAgent', '$edgeHub', 'filter'],
   );
   // A second deployment replaces: what it leaves out is removed.
-  registry.applyConfigurationContent('edge', { modulesContent: { $edgeHub: { 'properties.desired': { schemaVersion: '1.1', routes: {}, storeAndForwardConfiguration: { timeToLiveSecs: 7200 } } } } });
+  registry.applyConfigurationContent('edge', {
+    modulesContent: {
+      $edgeHub: {
+        'properties.desired': {
+          schemaVersion: '1.1',
+          routes: {},
+          storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
+        },
+      },
+    },
+  });
   assert.deepEqual(registry.getTwin('edge', '$edgeHub')!.properties.desired.routes, {});
   // $edgeHub desired properties a gateway could not use are refused, and change nothing.
-  hubError(400, 'InvalidConfigurationContent', () => registry.applyConfigurationContent('edge', { modulesContent: { $edgeHub: { 'properties.desired': { routes: { up: 'FROM /messages/* INTO $upstream' } } } } }), /no schemaVersion/);
-  hubError(400, 'ArgumentInvalid', () => registry.updateTwin('edge', '$edgeHub', { properties: { desired: { routes: { bad: 'FROM /nowhere INTO $upstream' } } } }, undefined, 'patch'), /route "bad": position 6: source "\/nowhere" matches no message/);
+  hubError(
+    400,
+    'InvalidConfigurationContent',
+    () =>
+      registry.applyConfigurationContent('edge', {
+        modulesContent: { $edgeHub: { 'properties.desired': { routes: { up: 'FROM /messages/* INTO $upstream' } } } },
+      }),
+    /no schemaVersion/,
+  );
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () =>
+      registry.updateTwin(
+        'edge',
+        '$edgeHub',
+        { properties: { desired: { routes: { bad: 'FROM /nowhere INTO $upstream' } } } },
+        undefined,
+        'patch',
+      ),
+    /route "bad": position 6: source "\/nowhere" matches no message/,
+  );
   assert.deepEqual(registry.getTwin('edge', '$edgeHub')!.properties.desired.routes, {});
-  hubError(400, 'ArgumentInvalid', () => registry.applyConfigurationContent('plain', { modulesContent: {} }), /not an IoT Edge device/);
+  hubError(
+    400,
+    'ArgumentInvalid',
+    () => registry.applyConfigurationContent('plain', { modulesContent: {} }),
+    /not an IoT Edge device/,
+  );
   hubError(404, 'DeviceNotFound', () => registry.applyConfigurationContent('ghost', {}));
 });
 
@@ -367,8 +547,14 @@ test('the query source yields device twins and module twins', (t) => {
   registry.putDevice('a', { capabilities: { iotEdge: true } });
   registry.putDevice('b', {});
   const src = registry.querySource();
-  assert.deepEqual([...src.devices()].map((x) => x.deviceId), ['a', 'b']);
-  assert.deepEqual([...src.modules()].map((x) => `${x.deviceId}/${x.moduleId}`), ['a/$edgeAgent', 'a/$edgeHub']);
+  assert.deepEqual(
+    [...src.devices()].map((x) => x.deviceId),
+    ['a', 'b'],
+  );
+  assert.deepEqual(
+    [...src.modules()].map((x) => `${x.deviceId}/${x.moduleId}`),
+    ['a/$edgeAgent', 'a/$edgeHub'],
+  );
   assert.deepEqual(registry.statistics(), { totalDeviceCount: 2, enabledDeviceCount: 2, disabledDeviceCount: 0 });
 });
 
@@ -380,7 +566,11 @@ test("the registry as the AMQP head's identity source: lookups kept in memory, f
   const source = registryIdentitySource(registry);
   const leaf = source.getDevice('leaf-1')!;
   assert.equal(source.getDevice('leaf-1'), leaf, 'the same object again');
-  assert.throws(() => ((leaf.authentication as { type: string }).type = 'x509'), TypeError, 'shared, so frozen through and through');
+  assert.throws(
+    () => ((leaf.authentication as { type: string }).type = 'x509'),
+    TypeError,
+    'shared, so frozen through and through',
+  );
   assert.equal(source.edgeByScope(edge.deviceScope!)?.deviceId, 'edge-1');
   assert.equal(source.getDevice('nobody'), undefined);
 

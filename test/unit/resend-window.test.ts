@@ -10,7 +10,12 @@ function msg(sender: string, id: string): StoredMessage {
 }
 
 const UP = [{ endpoint: '$upstream', priority: 0, ttlSecs: 7200 }];
-const key = (sender: string, messageId: string, via: string, print = 'p'): ResendKey => ({ sender, messageId, via, print });
+const key = (sender: string, messageId: string, via: string, print = 'p'): ResendKey => ({
+  sender,
+  messageId,
+  via,
+  print,
+});
 
 test('a message of the same sender and id on another connection within the window is the resend of the stored one; on the same connection, from another sender, or with another id it is new', async (t) => {
   const store = tempStore(t).open({});
@@ -18,10 +23,18 @@ test('a message of the same sender and id on another connection within the windo
   const original = store.resendOriginal(key('dev-1', 'm1', 'run/2'));
   assert.ok(original instanceof Promise, 'a resend on a new connection is recognised');
   await original;
-  assert.equal(store.resendOriginal(key('dev-1', 'm1', 'run/1')), undefined, 'the same connection again: a device reusing its id');
+  assert.equal(
+    store.resendOriginal(key('dev-1', 'm1', 'run/1')),
+    undefined,
+    'the same connection again: a device reusing its id',
+  );
   assert.equal(store.resendOriginal(key('dev-2', 'm1', 'run/2')), undefined, 'ids are per sender');
   assert.equal(store.resendOriginal(key('dev-1', 'm2', 'run/2')), undefined);
-  assert.equal(store.resendOriginal(key('dev-1', 'm1', 'run/2', 'other content')), undefined, 'the id reused for another message');
+  assert.equal(
+    store.resendOriginal(key('dev-1', 'm1', 'run/2', 'other content')),
+    undefined,
+    'the id reused for another message',
+  );
 });
 
 test('a resend that arrives before its original is on disk waits for that commit', async (t) => {

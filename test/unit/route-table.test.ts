@@ -14,7 +14,12 @@ import { UserError } from '../../src/util/errors.ts';
 import type { RoutableMessage } from '../../src/routing/message.ts';
 
 function msg(source: string, app: Record<string, string> = {}, sys: Record<string, string> = {}): RoutableMessage {
-  return { source, body: Buffer.from('{}'), systemProperties: { connectionDeviceId: 'd1', ...sys }, appProperties: app };
+  return {
+    source,
+    body: Buffer.from('{}'),
+    systemProperties: { connectionDeviceId: 'd1', ...sys },
+    appProperties: app,
+  };
 }
 
 const deviceMsg = msg('/messages');
@@ -50,13 +55,18 @@ describe('sources', () => {
   it('normalises the source: trailing "*" and "/" trimmed, case-insensitive prefix with a "/" boundary', () => {
     assert.equal(parseRoute('FROM /messages/* INTO $upstream').sourcePrefix, '/messages/');
     assert.equal(parseRoute('FROM /* INTO $upstream').sourcePrefix, '/');
-    assert.equal(parseRoute('FROM /messages/modules/m1/outputs/out1 INTO $upstream').sourcePrefix, '/messages/modules/m1/outputs/out1/');
+    assert.equal(
+      parseRoute('FROM /messages/modules/m1/outputs/out1 INTO $upstream').sourcePrefix,
+      '/messages/modules/m1/outputs/out1/',
+    );
     assert.ok(sourceMatches('/messages/', '/Messages/'));
     assert.ok(!sourceMatches('/messages/modules/m1/', '/messages/modules/m10/outputs/o'));
   });
 
   it('accepts a module named like a keyword or number in a path', () => {
-    const table = RouteTable.fromDefinitions([{ name: 'r', route: 'FROM /messages/modules/123/outputs/into INTO $upstream' }]);
+    const table = RouteTable.fromDefinitions([
+      { name: 'r', route: 'FROM /messages/modules/123/outputs/into INTO $upstream' },
+    ]);
     assert.deepEqual(ids(table, msg('/messages/modules/123/outputs/into')), ['$upstream']);
   });
 });
@@ -67,7 +77,10 @@ describe('sinks', () => {
       { name: 'a', route: 'FROM /messages/* INTO $upstream' },
       { name: 'b', route: 'FROM /messages/* INTO $UPSTREAM' },
     ]);
-    assert.deepEqual(table.match(deviceMsg).map((d) => d.endpoint), [{ kind: 'upstream', id: '$upstream' }]);
+    assert.deepEqual(
+      table.match(deviceMsg).map((d) => d.endpoint),
+      [{ kind: 'upstream', id: '$upstream' }],
+    );
   });
 
   it('BrokeredEndpoint: function name in any case, either quote, address normalised', () => {
@@ -79,9 +92,15 @@ describe('sinks', () => {
     ];
     for (const sink of written) {
       const r = parseRoute(`FROM /messages/* INTO ${sink}`);
-      assert.deepEqual(r.endpoint, { kind: 'module', id: '/modules/filter/inputs/in1', moduleId: 'filter', input: 'in1' }, sink);
+      assert.deepEqual(
+        r.endpoint,
+        { kind: 'module', id: '/modules/filter/inputs/in1', moduleId: 'filter', input: 'in1' },
+        sink,
+      );
     }
-    const table = RouteTable.fromDefinitions(written.map((sink, i) => ({ name: `r${i}`, route: `FROM /messages/* INTO ${sink}` })));
+    const table = RouteTable.fromDefinitions(
+      written.map((sink, i) => ({ name: `r${i}`, route: `FROM /messages/* INTO ${sink}` })),
+    );
     assert.equal(table.match(deviceMsg).length, 1, 'the same module input written four ways is one endpoint');
     assert.equal(table.endpoints().length, 1);
   });
@@ -96,7 +115,11 @@ describe('sinks', () => {
 
   it('a route can send a module output to another module and the parent', () => {
     const table = RouteTable.fromDefinitions([
-      { name: 'toFilter', route: 'FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO BrokeredEndpoint("/modules/m1/inputs/in")' },
+      {
+        name: 'toFilter',
+        route:
+          'FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO BrokeredEndpoint("/modules/m1/inputs/in")',
+      },
       { name: 'filtered', route: 'FROM /messages/modules/m1/outputs/out1 INTO $upstream' },
     ]);
     assert.deepEqual(ids(table, deviceMsg), ['/modules/m1/inputs/in']);
@@ -108,9 +131,23 @@ describe('sinks', () => {
 describe('priority, TTL and one delivery per endpoint', () => {
   const defs: RouteDefinition[] = [
     { name: 'plain', route: 'FROM /messages/* INTO $upstream' },
-    { name: 'alerts', route: "FROM /messages/* WHERE alert = 'high' INTO $upstream", priority: 0, timeToLiveSecs: 86400 },
-    { name: 'warnings', route: "FROM /messages/* WHERE alert = 'high' OR alert = 'medium' INTO $upstream", priority: 3 },
-    { name: 'local', route: 'FROM /messages/* INTO BrokeredEndpoint("/modules/store/inputs/in")', priority: 5, timeToLiveSecs: 60 },
+    {
+      name: 'alerts',
+      route: "FROM /messages/* WHERE alert = 'high' INTO $upstream",
+      priority: 0,
+      timeToLiveSecs: 86400,
+    },
+    {
+      name: 'warnings',
+      route: "FROM /messages/* WHERE alert = 'high' OR alert = 'medium' INTO $upstream",
+      priority: 3,
+    },
+    {
+      name: 'local',
+      route: 'FROM /messages/* INTO BrokeredEndpoint("/modules/store/inputs/in")',
+      priority: 5,
+      timeToLiveSecs: 60,
+    },
   ];
   const table = RouteTable.fromDefinitions(defs, 7200);
 
@@ -118,7 +155,11 @@ describe('priority, TTL and one delivery per endpoint', () => {
     const d = table.match(msg('/messages'));
     assert.deepEqual(d, [
       { endpoint: { kind: 'upstream', id: '$upstream' }, priority: DEFAULT_ROUTE_PRIORITY, ttlSecs: 7200 },
-      { endpoint: { kind: 'module', id: '/modules/store/inputs/in', moduleId: 'store', input: 'in' }, priority: 5, ttlSecs: 60 },
+      {
+        endpoint: { kind: 'module', id: '/modules/store/inputs/in', moduleId: 'store', input: 'in' },
+        priority: 5,
+        ttlSecs: 60,
+      },
     ]);
   });
 
@@ -127,7 +168,11 @@ describe('priority, TTL and one delivery per endpoint', () => {
     assert.equal(high.length, 2);
     assert.deepEqual(high[0], { endpoint: { kind: 'upstream', id: '$upstream' }, priority: 0, ttlSecs: 86400 });
     const medium = table.match(msg('/messages', { alert: 'medium' }));
-    assert.deepEqual(medium[0], { endpoint: { kind: 'upstream', id: '$upstream' }, priority: 3, ttlSecs: 7200 }, 'TTL 0 means the global TTL');
+    assert.deepEqual(
+      medium[0],
+      { endpoint: { kind: 'upstream', id: '$upstream' }, priority: 3, ttlSecs: 7200 },
+      'TTL 0 means the global TTL',
+    );
   });
 
   it('routes whose condition is false or undefined do not raise the priority', () => {
@@ -136,8 +181,18 @@ describe('priority, TTL and one delivery per endpoint', () => {
   });
 
   it('among routes of the same priority the longest TTL wins, whatever their order', () => {
-    const a: RouteDefinition = { name: 'short', route: 'FROM /messages/* INTO $upstream', priority: 1, timeToLiveSecs: 30 };
-    const b: RouteDefinition = { name: 'long', route: 'FROM /messages/* INTO $upstream', priority: 1, timeToLiveSecs: 600 };
+    const a: RouteDefinition = {
+      name: 'short',
+      route: 'FROM /messages/* INTO $upstream',
+      priority: 1,
+      timeToLiveSecs: 30,
+    };
+    const b: RouteDefinition = {
+      name: 'long',
+      route: 'FROM /messages/* INTO $upstream',
+      priority: 1,
+      timeToLiveSecs: 600,
+    };
     assert.equal(RouteTable.fromDefinitions([a, b]).match(deviceMsg)[0].ttlSecs, 600);
     assert.equal(RouteTable.fromDefinitions([b, a]).match(deviceMsg)[0].ttlSecs, 600);
   });
@@ -151,7 +206,8 @@ describe('priority, TTL and one delivery per endpoint', () => {
     for (const bad of [10, -1, 1.5]) {
       assert.throws(
         () => RouteTable.fromDefinitions([{ name: 'r1', route: 'FROM /* INTO $upstream', priority: bad }]),
-        (e: unknown) => e instanceof RouteConfigError && e.routeName === 'r1' && /priority .* 0 \(highest\) to 9/.test(e.message),
+        (e: unknown) =>
+          e instanceof RouteConfigError && e.routeName === 'r1' && /priority .* 0 \(highest\) to 9/.test(e.message),
       );
     }
     for (const bad of [-5, 2.5]) {
@@ -174,7 +230,10 @@ describe('priority, TTL and one delivery per endpoint', () => {
   });
 
   it('lists each endpoint once', () => {
-    assert.deepEqual(table.endpoints().map((e) => e.id), ['$upstream', '/modules/store/inputs/in']);
+    assert.deepEqual(
+      table.endpoints().map((e) => e.id),
+      ['$upstream', '/modules/store/inputs/in'],
+    );
   });
 });
 
@@ -186,21 +245,38 @@ describe('$edgeHub desired properties', () => {
       storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
     };
     const cfg = parseEdgeHubDesired(desired);
-    assert.deepEqual(cfg, { schemaVersion: '1.1', routes: [{ name: 'route', route: 'FROM /messages/* INTO $upstream' }], timeToLiveSecs: 7200 });
+    assert.deepEqual(cfg, {
+      schemaVersion: '1.1',
+      routes: [{ name: 'route', route: 'FROM /messages/* INTO $upstream' }],
+      timeToLiveSecs: 7200,
+    });
     const table = routeTableFromEdgeHubDesired(desired);
-    assert.deepEqual(table.match(deviceMsg), [{ endpoint: { kind: 'upstream', id: '$upstream' }, priority: DEFAULT_ROUTE_PRIORITY, ttlSecs: 7200 }]);
+    assert.deepEqual(table.match(deviceMsg), [
+      { endpoint: { kind: 'upstream', id: '$upstream' }, priority: DEFAULT_ROUTE_PRIORITY, ttlSecs: 7200 },
+    ]);
     assert.equal(table.routes[0].name, 'route');
   });
 
   it('schema 1.0: plain strings only; empty routes skipped; storeAndForwardConfiguration optional', () => {
-    const cfg = parseEdgeHubDesired({ schemaVersion: '1.0', routes: { a: 'FROM /messages/* INTO $upstream', b: '  ', c: null } });
+    const cfg = parseEdgeHubDesired({
+      schemaVersion: '1.0',
+      routes: { a: 'FROM /messages/* INTO $upstream', b: '  ', c: null },
+    });
     assert.deepEqual(cfg.routes, [{ name: 'a', route: 'FROM /messages/* INTO $upstream' }]);
     assert.equal(cfg.timeToLiveSecs, DEFAULT_TIME_TO_LIVE_SECS);
     assert.equal(parseEdgeHubDesired({ schemaVersion: '1.0' }, { defaultTimeToLiveSecs: 60 }).timeToLiveSecs, 60);
-    assert.equal(parseEdgeHubDesired({ schemaVersion: '1.1', routes: {}, storeAndForwardConfiguration: {} }).timeToLiveSecs, DEFAULT_TIME_TO_LIVE_SECS);
+    assert.equal(
+      parseEdgeHubDesired({ schemaVersion: '1.1', routes: {}, storeAndForwardConfiguration: {} }).timeToLiveSecs,
+      DEFAULT_TIME_TO_LIVE_SECS,
+    );
     assert.throws(
-      () => parseEdgeHubDesired({ schemaVersion: '1.0', routes: { a: { route: 'FROM /* INTO $upstream', priority: 1 } } }),
-      (e: unknown) => e instanceof RouteConfigError && e.routeName === 'a' && /plain strings/.test(e.message) && /1\.1/.test(e.hint ?? ''),
+      () =>
+        parseEdgeHubDesired({ schemaVersion: '1.0', routes: { a: { route: 'FROM /* INTO $upstream', priority: 1 } } }),
+      (e: unknown) =>
+        e instanceof RouteConfigError &&
+        e.routeName === 'a' &&
+        /plain strings/.test(e.message) &&
+        /1\.1/.test(e.hint ?? ''),
     );
   });
 
@@ -243,21 +319,64 @@ describe('$edgeHub desired properties', () => {
   const rejects: Array<[what: string, desired: unknown, pattern: RegExp]> = [
     ['not an object', 'routes', /must be a JSON object/],
     ['no schemaVersion', { routes: {} }, /no schemaVersion/],
-    ['schemaVersion 2.0', { schemaVersion: '2.0', routes: {}, storeAndForwardConfiguration: {} }, /unsupported \$edgeHub schemaVersion "2\.0"/],
+    [
+      'schemaVersion 2.0',
+      { schemaVersion: '2.0', routes: {}, storeAndForwardConfiguration: {} },
+      /unsupported \$edgeHub schemaVersion "2\.0"/,
+    ],
     ['schemaVersion 1.4', { schemaVersion: '1.4', routes: {}, storeAndForwardConfiguration: {} }, /unsupported/],
     ['schemaVersion "one"', { schemaVersion: 'one' }, /unsupported/],
-    ['1.1 without routes', { schemaVersion: '1.1', storeAndForwardConfiguration: { timeToLiveSecs: 1 } }, /no "routes"/],
-    ['1.1 without storeAndForwardConfiguration', { schemaVersion: '1.1', routes: {} }, /no "storeAndForwardConfiguration"/],
-    ['1.1 empty route text', { schemaVersion: '1.1', routes: { r: ' ' }, storeAndForwardConfiguration: {} }, /^route "r": the route is empty/],
-    ['1.1 route of the wrong type', { schemaVersion: '1.1', routes: { r: 5 }, storeAndForwardConfiguration: {} }, /^route "r": malformed route/],
-    ['1.1 route object without text', { schemaVersion: '1.1', routes: { r: { priority: 1 } }, storeAndForwardConfiguration: {} }, /no "route" text/],
-    ['priority as a string', { schemaVersion: '1.1', routes: { r: { route: 'FROM /* INTO $upstream', priority: '1' } }, storeAndForwardConfiguration: {} }, /priority "1"/],
-    ['TTL not a whole number', { schemaVersion: '1.1', routes: {}, storeAndForwardConfiguration: { timeToLiveSecs: 1.5 } }, /not a whole number/],
-    ['routes not an object', { schemaVersion: '1.1', routes: ['FROM /* INTO $upstream'], storeAndForwardConfiguration: {} }, /"routes" must be an object/],
+    [
+      '1.1 without routes',
+      { schemaVersion: '1.1', storeAndForwardConfiguration: { timeToLiveSecs: 1 } },
+      /no "routes"/,
+    ],
+    [
+      '1.1 without storeAndForwardConfiguration',
+      { schemaVersion: '1.1', routes: {} },
+      /no "storeAndForwardConfiguration"/,
+    ],
+    [
+      '1.1 empty route text',
+      { schemaVersion: '1.1', routes: { r: ' ' }, storeAndForwardConfiguration: {} },
+      /^route "r": the route is empty/,
+    ],
+    [
+      '1.1 route of the wrong type',
+      { schemaVersion: '1.1', routes: { r: 5 }, storeAndForwardConfiguration: {} },
+      /^route "r": malformed route/,
+    ],
+    [
+      '1.1 route object without text',
+      { schemaVersion: '1.1', routes: { r: { priority: 1 } }, storeAndForwardConfiguration: {} },
+      /no "route" text/,
+    ],
+    [
+      'priority as a string',
+      {
+        schemaVersion: '1.1',
+        routes: { r: { route: 'FROM /* INTO $upstream', priority: '1' } },
+        storeAndForwardConfiguration: {},
+      },
+      /priority "1"/,
+    ],
+    [
+      'TTL not a whole number',
+      { schemaVersion: '1.1', routes: {}, storeAndForwardConfiguration: { timeToLiveSecs: 1.5 } },
+      /not a whole number/,
+    ],
+    [
+      'routes not an object',
+      { schemaVersion: '1.1', routes: ['FROM /* INTO $upstream'], storeAndForwardConfiguration: {} },
+      /"routes" must be an object/,
+    ],
   ];
   for (const [what, desired, pattern] of rejects) {
     it(`rejects ${what} with a clear error`, () => {
-      assert.throws(() => routeTableFromEdgeHubDesired(desired), (e: unknown) => e instanceof RouteConfigError && pattern.test(e.message));
+      assert.throws(
+        () => routeTableFromEdgeHubDesired(desired),
+        (e: unknown) => e instanceof RouteConfigError && pattern.test(e.message),
+      );
     });
   }
 
@@ -269,7 +388,9 @@ describe('$edgeHub desired properties', () => {
           routes: { good: 'FROM /messages/* INTO $upstream', broken: 'FROM /messages/* WHER x INTO $upstream' },
           storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
         }),
-      (e: unknown) => e instanceof RouteConfigError && e.message === 'route "broken": position 18: expected WHERE or INTO, found "WHER"',
+      (e: unknown) =>
+        e instanceof RouteConfigError &&
+        e.message === 'route "broken": position 18: expected WHERE or INTO, found "WHER"',
     );
   });
 });
@@ -277,15 +398,23 @@ describe('$edgeHub desired properties', () => {
 describe('deliveries worked out once per source', () => {
   const def = (name: string, route: string): RouteDefinition => ({ name, route });
   it('a table without conditions gives every message of a source the same deliveries, without reading the message', () => {
-    const table = RouteTable.fromDefinitions([def('up', 'FROM /messages/* INTO $upstream'), def('m', 'FROM /messages/modules/m1/* INTO BrokeredEndpoint("/modules/f/inputs/in")')]);
+    const table = RouteTable.fromDefinitions([
+      def('up', 'FROM /messages/* INTO $upstream'),
+      def('m', 'FROM /messages/modules/m1/* INTO BrokeredEndpoint("/modules/f/inputs/in")'),
+    ]);
     const unreadable = (source: string): RoutableMessage => ({
-      source, body: Buffer.alloc(0), appProperties: {},
+      source,
+      body: Buffer.alloc(0),
+      appProperties: {},
       get systemProperties(): Record<string, string> {
         throw new Error('no condition, so nothing but the source may be read');
       },
     });
     const first = table.match(unreadable('/messages'));
-    assert.deepEqual(first.map((d) => d.endpoint.id), ['$upstream']);
+    assert.deepEqual(
+      first.map((d) => d.endpoint.id),
+      ['$upstream'],
+    );
     assert.equal(table.match(unreadable('/messages')), first, 'the same list again');
     assert.deepEqual(ids(table, unreadable('/messages/modules/m1/outputs/o')), ['$upstream', '/modules/f/inputs/in']);
   });

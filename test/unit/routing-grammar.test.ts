@@ -98,13 +98,21 @@ const json = JSON.stringify(weatherBody);
 const utf16 = withBody(Buffer.from(json, 'utf16le'), { contentType: 'Application/JSON', contentEncoding: 'utf-16' });
 const utf32 = withBody(utf32le(json), { contentType: 'application/json', contentEncoding: 'UTF-32' });
 const noEncoding = withBody(Buffer.from(json), { contentType: 'application/json' });
-const charsetType = withBody(Buffer.from(json), { contentType: 'application/json; charset=utf-8', contentEncoding: 'utf-8' });
+const charsetType = withBody(Buffer.from(json), {
+  contentType: 'application/json; charset=utf-8',
+  contentEncoding: 'utf-8',
+});
 const badJson = withBody(Buffer.from('{"message": '), { contentType: 'application/json', contentEncoding: 'utf-8' });
 const arrayJson = withBody(Buffer.from('[1,2,3]'), { contentType: 'application/json', contentEncoding: 'utf-8' });
 
 const twin: RoutableMessage = {
   source: '/twinChangeNotifications',
-  body: Buffer.from(JSON.stringify({ version: 7, properties: { reported: { telemetryConfig: { sendFrequency: '5m' }, nothing: null } } })),
+  body: Buffer.from(
+    JSON.stringify({
+      version: 7,
+      properties: { reported: { telemetryConfig: { sendFrequency: '5m' }, nothing: null } },
+    }),
+  ),
   systemProperties: { contentType: 'application/json', contentEncoding: 'utf-8', connectionDeviceId: 'sensor-1' },
   appProperties: {},
 };
@@ -123,7 +131,7 @@ const TWIN_SOURCE = '/twinChangeNotifications';
 
 /** Every row is evaluated against the named message (device when not named). */
 const table: Record<string, Row[]> = {
-  'literals': [
+  literals: [
     ['true', T],
     ['false', F],
     ['null', F],
@@ -168,7 +176,7 @@ const table: Record<string, Row[]> = {
     ["starts_with($connectionAuthMethod, '{')", T],
     ["$connectionDeviceGenerationId = '638000000000000001'", T],
     ["$enqueuedTime > '2024-01-01'", T],
-    ["$creationTime < $enqueuedTime", T],
+    ['$creationTime < $enqueuedTime', T],
     ["$messageSchema = 'weather-v1'", T],
     ["$dt-subject = 'thermostat1'", T],
     ["$connectionModuleId = 'filter'", T, 'moduleOut'],
@@ -180,7 +188,7 @@ const table: Record<string, Row[]> = {
     ['is_defined($foo[0])', F],
     ["a+1 = 'plus'", T], // "+" is a name character: write "a + 1" for arithmetic
   ],
-  'comments': [
+  comments: [
     ["/* leading */ key1 = 'value1'", T],
     ["key1 /* between */ = /* operands */ 'value1'", T],
     ["key1 = 'value1' /* trailing */", T],
@@ -232,7 +240,7 @@ const table: Record<string, Row[]> = {
     ['false ?? true', F],
     ['(((3))) = 3', T],
   ],
-  'comparisons': [
+  comparisons: [
     ['4 < 7', T],
     ['7 < 7', F],
     ['7 <= 7', T],
@@ -289,7 +297,7 @@ const table: Record<string, Row[]> = {
     ['(null OR null) = null', T],
     ['not null', T],
   ],
-  'coalesce': [
+  coalesce: [
     ['undefined ?? undefined', U],
     ["(key1 ?? 'd') = 'value1'", T],
     ['(as_number(key1) ?? 12.5) = 12.5', T],
@@ -420,7 +428,7 @@ const table: Record<string, Row[]> = {
     ['50 >= $body.message.Weather.Temperature', T],
     ["$body.message.Weather.Temperature = '50'", F], // no implicit conversion between kinds
     ["$body.message.Weather.Temperature <> '50'", T],
-    ["$body.reading > 30", T], // a string is ordered after every number
+    ['$body.reading > 30', T], // a string is ordered after every number
     ['$body.reading = 35', F],
     ['$body.message.Weather.Prev[1] = 30', T],
     ['$body.message.Weather.Prev[0] + $body.message.Weather.Prev[1] = 50', T],
@@ -494,8 +502,14 @@ describe('the seeds’ routes', () => {
 
   it('FROM /messages/* INTO $upstream takes device and module messages', () => {
     const table = RouteTable.fromDefinitions([{ name: 'allMessagesToHub', route: all }]);
-    assert.deepEqual(table.match(device).map((d) => d.endpoint.id), ['$upstream']);
-    assert.deepEqual(table.match(moduleOut).map((d) => d.endpoint.id), ['$upstream']);
+    assert.deepEqual(
+      table.match(device).map((d) => d.endpoint.id),
+      ['$upstream'],
+    );
+    assert.deepEqual(
+      table.match(moduleOut).map((d) => d.endpoint.id),
+      ['$upstream'],
+    );
     assert.deepEqual(table.match(twin), []);
   });
 
@@ -531,7 +545,17 @@ describe('the seeds’ routes', () => {
 describe('lexing like the original', () => {
   it('reads names greedily and numbers with their sign', () => {
     const types = tokenize('a+1 3-2 -5 e5 TRUE true $body.a[0] a[0]').map((t) => `${t.type}:${t.text}`);
-    assert.deepEqual(types, ['ID:a+1', 'ID:3-2', 'INTEGER:-5', 'REAL:e5', 'ID:TRUE', 'TRUE:true', 'SYS_PROP:$body.a[0]', 'QUERY_PATH:a[0]', 'EOF:']);
+    assert.deepEqual(types, [
+      'ID:a+1',
+      'ID:3-2',
+      'INTEGER:-5',
+      'REAL:e5',
+      'ID:TRUE',
+      'TRUE:true',
+      'SYS_PROP:$body.a[0]',
+      'QUERY_PATH:a[0]',
+      'EOF:',
+    ]);
   });
 });
 
@@ -552,10 +576,18 @@ const routeErrors: ErrorCase[] = [
   ["FROM /messages WHERE key1 = 'x') INTO $upstream", 32, 'expected INTO, found ")"'],
   ["FROM /messages WHERE key1 = 'x INTO $upstream", 29, 'unterminated string'],
   ['FROM /messages WHERE key1 = @x INTO $upstream', 29, 'invalid symbol "@"'],
-  ['FROM /messages WHERE temp > 30 INTO $upstream', 27, 'invalid operands to binary operator ">": have string and number'],
+  [
+    'FROM /messages WHERE temp > 30 INTO $upstream',
+    27,
+    'invalid operands to binary operator ">": have string and number',
+  ],
   ['FROM /messages WHERE foo(1) INTO $upstream', 22, 'unknown function "foo"'],
-  ["FROM /messages WHERE lower(3) = 'x' INTO $upstream", 22, 'invalid arguments to function "lower": lower(number); expected lower(string)'],
-  ["FROM /messages WHERE 3 -5 = key1 INTO $upstream", 24, 'found "-5"'],
+  [
+    "FROM /messages WHERE lower(3) = 'x' INTO $upstream",
+    22,
+    'invalid arguments to function "lower": lower(number); expected lower(string)',
+  ],
+  ['FROM /messages WHERE 3 -5 = key1 INTO $upstream', 24, 'found "-5"'],
   ['FROM /messages INTO BrokeredEndpoint("/modules/m1")', 38, 'not of the form /modules/{module}/inputs/{input}'],
   ['FROM /messages INTO Brokered("/modules/m1/inputs/i1")', 21, 'unknown endpoint function "Brokered"'],
   ['FROM /messages INTO BrokeredEndpoint(/modules/m1/inputs/i1)', 38, 'expected a quoted address'],
@@ -563,8 +595,16 @@ const routeErrors: ErrorCase[] = [
   ['FROM /messages INTO $upstream extra', 31, 'expected end of route, found "extra"'],
   ['FROM /messages INTO upstream', 21, 'expected $upstream or BrokeredEndpoint'],
   ['FROM /messages INTO $cloud', 21, 'unknown system endpoint "$cloud"'],
-  ['FROM /messages WHERE twin_change_includes(properties.reported.x) INTO $upstream', 22, 'only be used in routes FROM /twinChangeNotifications'],
-  ['FROM /twinChangeNotifications WHERE twin_change_includes(foo.bar) INTO $upstream', 37, '"foo.bar" is not supported'],
+  [
+    'FROM /messages WHERE twin_change_includes(properties.reported.x) INTO $upstream',
+    22,
+    'only be used in routes FROM /twinChangeNotifications',
+  ],
+  [
+    'FROM /twinChangeNotifications WHERE twin_change_includes(foo.bar) INTO $upstream',
+    37,
+    '"foo.bar" is not supported',
+  ],
   ['FROM /twinChangeNotifications WHERE twin_change_includes() INTO $upstream', 37, 'needs a path argument'],
   ['FROM /messages WHERE $body. = 1 INTO $upstream', 22, 'needs a path after "$body."'],
   ['FROM /messages WHERE $body.a..b = 1 INTO $upstream', 22, 'empty name in $body path'],
@@ -578,11 +618,11 @@ const conditionErrors: ErrorCase[] = [
   ["missing ?? 'd' = 'd'", 9, 'invalid operands to binary operator "??": have string and bool'],
   ["'a' + 'b' = 'ab'", 5, 'invalid operands to binary operator "+": have string and string'],
   ['1 < 2 < 3', 7, 'have bool and number'],
-  ["key1 = undefined", 6, 'have string and undefined'],
+  ['key1 = undefined', 6, 'have string and undefined'],
   ['3 + undefined = 3', 3, 'have number and undefined'],
   ["'a' || 3 = 'a3'", 5, 'have string and number'],
-  ['concat(\'a\') = \'a\'', 1, 'expected concat(string, string, ...)'],
-  ['substring(\'abc\', \'1\') = \'bc\'', 1, 'substring(string, number) or substring(string, number, number)'],
+  ["concat('a') = 'a'", 1, 'expected concat(string, string, ...)'],
+  ["substring('abc', '1') = 'bc'", 1, 'substring(string, number) or substring(string, number, number)'],
   ['is_defined(1, 2)', 1, 'invalid arguments to function "is_defined"'],
   ['as_number(null) = 1', 1, 'invalid arguments to function "as_number"'],
   ['- key1 = 1', 1, 'unary operator "-": have string'],
@@ -605,13 +645,20 @@ function expectError(fn: () => unknown, [text, position, includes, line = 1]: Er
   assert.ok(err instanceof UserError, 'prints as one line on the CLI');
   assert.equal(err.line, line, `line for ${JSON.stringify(text)}: ${err.message}`);
   assert.equal(err.column, position, `column for ${JSON.stringify(text)}: ${err.message}`);
-  assert.ok(err.message.startsWith(line === 1 ? `position ${position}: ` : `line ${line}, column ${position}: `), err.message);
-  assert.ok(err.message.includes(includes), `${JSON.stringify(err.message)} should include ${JSON.stringify(includes)}`);
+  assert.ok(
+    err.message.startsWith(line === 1 ? `position ${position}: ` : `line ${line}, column ${position}: `),
+    err.message,
+  );
+  assert.ok(
+    err.message.includes(includes),
+    `${JSON.stringify(err.message)} should include ${JSON.stringify(includes)}`,
+  );
 }
 
 describe('parse errors name the position and what was expected', () => {
   for (const c of routeErrors) it(`route: ${JSON.stringify(c[0])}`, () => expectError(() => parseRoute(c[0]), c));
-  for (const c of conditionErrors) it(`condition: ${JSON.stringify(c[0])}`, () => expectError(() => compileCondition(c[0]), c));
+  for (const c of conditionErrors)
+    it(`condition: ${JSON.stringify(c[0])}`, () => expectError(() => compileCondition(c[0]), c));
 
   it('records what was expected and what was found', () => {
     try {
@@ -627,15 +674,24 @@ describe('parse errors name the position and what was expected', () => {
 
   it('hostile nesting is a clear error, not a stack overflow', () => {
     const deep = '('.repeat(100_000) + 'true' + ')'.repeat(100_000);
-    assert.throws(() => compileCondition(deep), (e: unknown) => e instanceof RouteSyntaxError && /nested more than 200 levels/.test(e.message));
+    assert.throws(
+      () => compileCondition(deep),
+      (e: unknown) => e instanceof RouteSyntaxError && /nested more than 200 levels/.test(e.message),
+    );
     assert.throws(() => compileCondition('NOT '.repeat(100_000) + 'true'), RouteSyntaxError);
     assert.equal(compileCondition('('.repeat(150) + 'true' + ')'.repeat(150)).evaluate(device), true);
-    assert.throws(() => compileCondition(Array(100_000).fill('true').join(' AND ')), (e: unknown) => e instanceof RouteSyntaxError && /too complex/.test(e.message));
+    assert.throws(
+      () => compileCondition(Array(100_000).fill('true').join(' AND ')),
+      (e: unknown) => e instanceof RouteSyntaxError && /too complex/.test(e.message),
+    );
     assert.equal(compileCondition(Array(400).fill('true').join(' AND ')).evaluate(device), true);
   });
 
   it('"==" gets a hint', () => {
-    assert.throws(() => parseRoute("FROM /messages WHERE key1 == 'x' INTO $upstream"), (e: unknown) => e instanceof RouteSyntaxError && /single "="/.test(e.hint ?? ''));
+    assert.throws(
+      () => parseRoute("FROM /messages WHERE key1 == 'x' INTO $upstream"),
+      (e: unknown) => e instanceof RouteSyntaxError && /single "="/.test(e.hint ?? ''),
+    );
   });
 
   it('a type error says how to fix it', () => {

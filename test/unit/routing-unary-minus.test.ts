@@ -30,7 +30,15 @@ describe('unary minus on $body values', () => {
 
   it('with a space, in parentheses, escaped, in arithmetic and with an index', () => {
     const hum40 = reading({ hum: 40, a: [1, 2] });
-    for (const text of ['- $body.hum = -40', '-($body.hum) = -40', '-{$body.hum} = -40', '-$body.hum * 2 = -80', '-$body.hum < 0', '-$body.a[1] = -2', '-$body.hum + 40 = 0']) {
+    for (const text of [
+      '- $body.hum = -40',
+      '-($body.hum) = -40',
+      '-{$body.hum} = -40',
+      '-$body.hum * 2 = -80',
+      '-$body.hum < 0',
+      '-$body.a[1] = -2',
+      '-$body.hum + 40 = 0',
+    ]) {
       assert.equal(compileCondition(text).evaluate(hum40), true, text);
     }
   });
@@ -51,7 +59,10 @@ describe('unary minus on $body values', () => {
   it('the route set with such a condition is accepted, and the route takes the message', () => {
     const table = routeTableFromEdgeHubDesired({
       schemaVersion: '1.1',
-      routes: { cold: 'FROM /messages/* WHERE -$body.hum = -40 INTO $upstream', all: 'FROM /messages/* INTO BrokeredEndpoint("/modules/m/inputs/i")' },
+      routes: {
+        cold: 'FROM /messages/* WHERE -$body.hum = -40 INTO $upstream',
+        all: 'FROM /messages/* INTO BrokeredEndpoint("/modules/m/inputs/i")',
+      },
       storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
     });
     assert.ok(table instanceof RouteTable);

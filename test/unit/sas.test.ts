@@ -1,6 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSasToken, parseSasToken, signatureMatches, isExpired, splitAudience, SasError } from '../../src/identity/sas.ts';
+import {
+  createSasToken,
+  parseSasToken,
+  signatureMatches,
+  isExpired,
+  splitAudience,
+  SasError,
+} from '../../src/identity/sas.ts';
 import { parseConnectionString, formatConnectionString } from '../../src/identity/connection-string.ts';
 
 const key = Buffer.from('0123456789abcdef0123456789abcdef').toString('base64');
@@ -33,7 +40,13 @@ test('the signature covers the audience text as sent, so a re-encoded audience f
 });
 
 test('malformed tokens are refused with a SasError', () => {
-  for (const bad of ['', 'Bearer x', 'SharedAccessSignature sr=a&sig=b', 'SharedAccessSignature sr=a&sig=b&se=soon', 'SharedAccessSignature garbage']) {
+  for (const bad of [
+    '',
+    'Bearer x',
+    'SharedAccessSignature sr=a&sig=b',
+    'SharedAccessSignature sr=a&sig=b&se=soon',
+    'SharedAccessSignature garbage',
+  ]) {
     assert.throws(() => parseSasToken(bad), SasError, bad);
   }
 });
@@ -45,7 +58,10 @@ test('expiry is checked against the clock', () => {
 });
 
 test('audiences split into host and path', () => {
-  assert.deepEqual(splitAudience('hub.local/devices/d1/modules/m1'), { host: 'hub.local', path: '/devices/d1/modules/m1' });
+  assert.deepEqual(splitAudience('hub.local/devices/d1/modules/m1'), {
+    host: 'hub.local',
+    path: '/devices/d1/modules/m1',
+  });
   assert.deepEqual(splitAudience('hub.local'), { host: 'hub.local', path: '' });
   assert.deepEqual(splitAudience('amqps://hub.local/devices/d1/'), { host: 'hub.local', path: '/devices/d1' });
 });

@@ -8,7 +8,25 @@ import { ScopeCache } from '../../src/scope/cache.ts';
 import type { IdentitySource } from '../../src/scope/contract.ts';
 import { ScopeFeed } from '../../src/scope/feed.ts';
 import { edgeScopeFor } from '../../src/identity/hierarchy.ts';
-import { MAX_EDGE_LAYERS, ScopeError, buildAuthChain, chainVoidReason, formatAuthChain, isInScope, parseAuthChain, parentScopeOfNode, parseIdentityKey, scopeMembers, scopeOwners, toScopeNode, validateAuthChain, type ScopeDevice, type ScopeModule, type ScopeNode, type ScopeView } from '../../src/identity/scope.ts';
+import {
+  MAX_EDGE_LAYERS,
+  ScopeError,
+  buildAuthChain,
+  chainVoidReason,
+  formatAuthChain,
+  isInScope,
+  parseAuthChain,
+  parentScopeOfNode,
+  parseIdentityKey,
+  scopeMembers,
+  scopeOwners,
+  toScopeNode,
+  validateAuthChain,
+  type ScopeDevice,
+  type ScopeModule,
+  type ScopeNode,
+  type ScopeView,
+} from '../../src/identity/scope.ts';
 import { identityKey } from '../../src/model/identity.ts';
 
 /**
@@ -27,7 +45,13 @@ class World implements ScopeView {
     return [...this.nodes.values()].filter((n) => (n.isEdge ? n.parentScopes[0] === scope : n.deviceScope === scope));
   }
   edge(id: string, parent?: string): this {
-    this.nodes.set(id, { deviceId: id, isEdge: true, deviceScope: edgeScopeFor(id, '1'), parentScopes: parent ? [this.scope(parent)] : [], status: 'enabled' });
+    this.nodes.set(id, {
+      deviceId: id,
+      isEdge: true,
+      deviceScope: edgeScopeFor(id, '1'),
+      parentScopes: parent ? [this.scope(parent)] : [],
+      status: 'enabled',
+    });
     return this;
   }
   leaf(id: string, parent?: string): this {
@@ -55,10 +79,15 @@ class World implements ScopeView {
  */
 function sample(): World {
   return new World()
-    .edge('E1').leaf('l1', 'E1').leaf('l2', 'E1')
-    .edge('E2', 'E1').leaf('l3', 'E2')
-    .edge('E3', 'E2').leaf('l4', 'E3')
-    .edge('X').leaf('x1', 'X')
+    .edge('E1')
+    .leaf('l1', 'E1')
+    .leaf('l2', 'E1')
+    .edge('E2', 'E1')
+    .leaf('l3', 'E2')
+    .edge('E3', 'E2')
+    .leaf('l4', 'E3')
+    .edge('X')
+    .leaf('x1', 'X')
     .leaf('loner');
 }
 
@@ -73,11 +102,31 @@ function throwsScope(fn: () => unknown, code: ScopeError['code'], text?: RegExp)
 
 test('an edge device’s scope is itself and its whole subtree, nothing above or beside it', () => {
   const w = sample();
-  assert.deepEqual(scopeMembers(w, 'E1').map((n) => n.deviceId).sort(), ['E1', 'E2', 'E3', 'l1', 'l2', 'l3', 'l4']);
-  assert.deepEqual(scopeMembers(w, 'E2').map((n) => n.deviceId).sort(), ['E2', 'E3', 'l3', 'l4']);
-  assert.deepEqual(scopeMembers(w, 'E3').map((n) => n.deviceId).sort(), ['E3', 'l4']);
+  assert.deepEqual(
+    scopeMembers(w, 'E1')
+      .map((n) => n.deviceId)
+      .sort(),
+    ['E1', 'E2', 'E3', 'l1', 'l2', 'l3', 'l4'],
+  );
+  assert.deepEqual(
+    scopeMembers(w, 'E2')
+      .map((n) => n.deviceId)
+      .sort(),
+    ['E2', 'E3', 'l3', 'l4'],
+  );
+  assert.deepEqual(
+    scopeMembers(w, 'E3')
+      .map((n) => n.deviceId)
+      .sort(),
+    ['E3', 'l4'],
+  );
   assert.equal(scopeMembers(w, 'E1')[0]!.deviceId, 'E1', 'the edge device comes first');
-  assert.deepEqual(scopeMembers(w, 'X').map((n) => n.deviceId).sort(), ['X', 'x1']);
+  assert.deepEqual(
+    scopeMembers(w, 'X')
+      .map((n) => n.deviceId)
+      .sort(),
+    ['X', 'x1'],
+  );
   assert.deepEqual(scopeMembers(w, 'l1'), [], 'a leaf has no scope');
   assert.deepEqual(scopeMembers(w, 'nobody'), []);
 
@@ -125,8 +174,16 @@ test('chain text: parsing and its refusals', () => {
 test('validation: element 0 is the target, the actor is last and above the target', () => {
   const w = sample();
   assert.deepEqual(validateAuthChain(w, 'l4;E3;E2', 'E2', { deviceId: 'l4' }), ['l4', 'E3', 'E2']);
-  assert.deepEqual(validateAuthChain(w, 'l4/mod;E2', 'E2', { deviceId: 'l4', moduleId: 'mod' }), ['l4/mod', 'l4', 'E3', 'E2'], 'a guessed middle is replaced by the real chain');
-  throwsScope(() => validateAuthChain(w, 'l3;E2', 'E2', { deviceId: 'l4' }), 'target-mismatch', /starts with l3, not with l4/);
+  assert.deepEqual(
+    validateAuthChain(w, 'l4/mod;E2', 'E2', { deviceId: 'l4', moduleId: 'mod' }),
+    ['l4/mod', 'l4', 'E3', 'E2'],
+    'a guessed middle is replaced by the real chain',
+  );
+  throwsScope(
+    () => validateAuthChain(w, 'l3;E2', 'E2', { deviceId: 'l4' }),
+    'target-mismatch',
+    /starts with l3, not with l4/,
+  );
   throwsScope(() => validateAuthChain(w, 'l4;E3', 'E2'), 'actor-mismatch', /must end with the acting edge device E2/);
   throwsScope(() => validateAuthChain(w, 'l1;E2', 'E2'), 'out-of-scope', /l1 is not in the scope of edge device E2/);
   throwsScope(() => validateAuthChain(w, 'x1;E1', 'E1'), 'out-of-scope');
@@ -139,7 +196,11 @@ test('a disabled edge device anywhere on the chain voids it', () => {
   const w = sample().disable('E2');
   throwsScope(() => validateAuthChain(w, 'l4;E3;E2;E1', 'E1'), 'void', /edge device E2 .* is disabled/);
   throwsScope(() => validateAuthChain(w, 'l3;E2', 'E2'), 'void');
-  assert.deepEqual(validateAuthChain(w, 'l4;E3', 'E3'), ['l4', 'E3'], 'a chain below the disabled edge device is still usable on its own');
+  assert.deepEqual(
+    validateAuthChain(w, 'l4;E3', 'E3'),
+    ['l4', 'E3'],
+    'a chain below the disabled edge device is still usable on its own',
+  );
   assert.deepEqual(validateAuthChain(w, 'l1;E1', 'E1'), ['l1', 'E1'], 'siblings are not affected');
   assert.match(chainVoidReason(w, ['l4', 'E3', 'E2', 'E1']) ?? '', /E2/);
   assert.equal(chainVoidReason(w, ['l1', 'E1']), undefined);
@@ -156,13 +217,33 @@ test(`nesting is capped at ${MAX_EDGE_LAYERS} edge layers`, () => {
 
   // Five edge layers: the leaf under the fifth is in the top one's scope, with a full-length chain.
   assert.deepEqual(buildAuthChain(w, { deviceId: 'deep' }, 'G1'), ['deep', 'G5', 'G4', 'G3', 'G2', 'G1']);
-  assert.deepEqual(buildAuthChain(w, { deviceId: 'deep', moduleId: 'm' }, 'G1'), ['deep/m', 'deep', 'G5', 'G4', 'G3', 'G2', 'G1']);
-  assert.deepEqual(validateAuthChain(w, 'deep/m;deep;G5;G4;G3;G2;G1', 'G1'), ['deep/m', 'deep', 'G5', 'G4', 'G3', 'G2', 'G1']);
+  assert.deepEqual(buildAuthChain(w, { deviceId: 'deep', moduleId: 'm' }, 'G1'), [
+    'deep/m',
+    'deep',
+    'G5',
+    'G4',
+    'G3',
+    'G2',
+    'G1',
+  ]);
+  assert.deepEqual(validateAuthChain(w, 'deep/m;deep;G5;G4;G3;G2;G1', 'G1'), [
+    'deep/m',
+    'deep',
+    'G5',
+    'G4',
+    'G3',
+    'G2',
+    'G1',
+  ]);
 
   // A sixth layer is beyond G1's reach, but within reach of G2.
   assert.equal(buildAuthChain(w, { deviceId: 'deeper' }, 'G1'), undefined);
   assert.equal(buildAuthChain(w, { deviceId: 'G6' }, 'G1'), undefined);
-  throwsScope(() => validateAuthChain(w, 'deeper;G6;G5;G4;G3;G2;G1', 'G1'), 'too-deep', /more than 5 edge layers below G1/);
+  throwsScope(
+    () => validateAuthChain(w, 'deeper;G6;G5;G4;G3;G2;G1', 'G1'),
+    'too-deep',
+    /more than 5 edge layers below G1/,
+  );
   assert.deepEqual(buildAuthChain(w, { deviceId: 'deeper' }, 'G2'), ['deeper', 'G6', 'G5', 'G4', 'G3', 'G2']);
   const g1 = scopeMembers(w, 'G1').map((n) => n.deviceId);
   assert.ok(g1.includes('deep') && g1.includes('G5'));
@@ -178,7 +259,12 @@ test('a loop left in a damaged store does not hang the rules', () => {
   w.leaf('l', 'B');
   assert.deepEqual(buildAuthChain(w, { deviceId: 'l' }, 'A'), ['l', 'B', 'A']);
   assert.equal(buildAuthChain(w, { deviceId: 'l' }, 'C'), undefined);
-  assert.deepEqual(scopeMembers(w, 'A').map((n) => n.deviceId).sort(), ['A', 'B', 'l']);
+  assert.deepEqual(
+    scopeMembers(w, 'A')
+      .map((n) => n.deviceId)
+      .sort(),
+    ['A', 'B', 'l'],
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +308,11 @@ class MemorySource implements IdentitySource {
       deviceId: id,
       generationId: '1',
       status: o.status ?? 'enabled',
-      authentication: { type: 'sas', symmetricKey: { primaryKey: `k-${id}`, secondaryKey: null }, x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null } },
+      authentication: {
+        type: 'sas',
+        symmetricKey: { primaryKey: `k-${id}`, secondaryKey: null },
+        x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null },
+      },
       capabilities: { iotEdge: edge },
       deviceScope: edge ? edgeScopeFor(id, '1') : parentScope,
       parentScopes: parentScope ? [parentScope] : [],
@@ -231,7 +321,12 @@ class MemorySource implements IdentitySource {
     return this;
   }
   putModule(d: string, m: string): this {
-    this.modules.set(`${d}/${m}`, { deviceId: d, moduleId: m, generationId: '1', authentication: this.devices.get(d)!.authentication });
+    this.modules.set(`${d}/${m}`, {
+      deviceId: d,
+      moduleId: m,
+      generationId: '1',
+      authentication: this.devices.get(d)!.authentication,
+    });
     this.fire(d, m);
     return this;
   }
@@ -256,14 +351,18 @@ function feedOver(source: MemorySource, maxEntries?: number) {
     feed.since(from, edge)!.map((e) => {
       const ev = feed.eventFor(e, edge);
       if (ev.op === 'remove') return `-${identityKey(ev.deviceId, ev.moduleId)}`;
-      if (ev.op === 'upsert') return `+${'device' in ev ? ev.device.deviceId : identityKey(ev.module.deviceId, ev.module.moduleId)}`;
+      if (ev.op === 'upsert')
+        return `+${'device' in ev ? ev.device.deviceId : identityKey(ev.module.deviceId, ev.module.moduleId)}`;
       return ev.op;
     });
   return { feed, seen, heard };
 }
 
 test('the feed tells each edge device about changes in its scope, and only those', () => {
-  const src = new MemorySource().put('E1', { edge: true }).put('E2', { edge: true, parent: 'E1' }).put('X', { edge: true });
+  const src = new MemorySource()
+    .put('E1', { edge: true })
+    .put('E2', { edge: true, parent: 'E1' })
+    .put('X', { edge: true });
   const { feed, heard } = feedOver(src);
   const start = feed.position.sequence;
   src.put('l1', { parent: 'E2' }).putModule('l1', 'm').put('x1', { parent: 'X' });
@@ -284,8 +383,12 @@ test('the feed tells each edge device about changes in its scope, and only those
 
 test('the feed moves a whole subtree when an edge device changes parent or is deleted', () => {
   const src = new MemorySource()
-    .put('E1', { edge: true }).put('E2', { edge: true, parent: 'E1' }).put('E3', { edge: true, parent: 'E2' })
-    .put('l3', { parent: 'E3' }).putModule('E3', '$edgeHub').put('X', { edge: true });
+    .put('E1', { edge: true })
+    .put('E2', { edge: true, parent: 'E1' })
+    .put('E3', { edge: true, parent: 'E2' })
+    .put('l3', { parent: 'E3' })
+    .putModule('E3', '$edgeHub')
+    .put('X', { edge: true });
   const { feed, heard } = feedOver(src);
   let from = feed.position.sequence;
   src.put('E2', { edge: true, parent: 'X' });
@@ -312,7 +415,11 @@ test('a reader too far behind is told to resync', () => {
 test('the cache: events from changes, not from repeats; one edge device per file; chains from its root', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'strata-scope-cache-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const src = new MemorySource().put('E1', { edge: true }).put('a', { parent: 'E1' }).put('E2', { edge: true, parent: 'E1' }).put('b', { parent: 'E2' });
+  const src = new MemorySource()
+    .put('E1', { edge: true })
+    .put('a', { parent: 'E1' })
+    .put('E2', { edge: true, parent: 'E1' })
+    .put('b', { parent: 'E2' });
   src.putModule('a', 'm');
   const cache = ScopeCache.open(join(dir, 'scope.db'), { edgeDeviceId: 'E1' });
   t.after(() => cache.close());
@@ -324,14 +431,24 @@ test('the cache: events from changes, not from repeats; one edge device per file
   assert.deepEqual(events.sort(), ['created E1', 'created E2', 'created a', 'created a/m', 'created b']);
   events.length = 0;
   // The same listing again, with keys in another order: nothing changed, nothing said.
-  const shuffled = devices().map((d) => Object.fromEntries(Object.entries(structuredClone(d)).reverse()) as ScopeDevice);
-  assert.deepEqual(cache.replaceAll(shuffled, [...src.modules.values()], { epoch: 'e', sequence: 2 }), { created: 0, updated: 0, deleted: 0 });
+  const shuffled = devices().map(
+    (d) => Object.fromEntries(Object.entries(structuredClone(d)).reverse()) as ScopeDevice,
+  );
+  assert.deepEqual(cache.replaceAll(shuffled, [...src.modules.values()], { epoch: 'e', sequence: 2 }), {
+    created: 0,
+    updated: 0,
+    deleted: 0,
+  });
   assert.deepEqual(events, []);
   assert.deepEqual(cache.position(), { epoch: 'e', sequence: 2 });
 
   cache.upsertDevice({ ...cache.getDevice('a')!, status: 'disabled' }, { epoch: 'e', sequence: 3 });
   cache.upsertDevice({ ...cache.getDevice('a')!, status: 'enabled' });
-  cache.replaceAll(devices().filter((d) => d.deviceId !== 'a'), [], { epoch: 'e', sequence: 4 });
+  cache.replaceAll(
+    devices().filter((d) => d.deviceId !== 'a'),
+    [],
+    { epoch: 'e', sequence: 4 },
+  );
   assert.deepEqual(events, ['disabled a', 'updated a', 'deleted a/m', 'deleted a']);
   assert.deepEqual(cache.position(), { epoch: 'e', sequence: 4 });
 
@@ -339,7 +456,10 @@ test('the cache: events from changes, not from repeats; one edge device per file
   assert.equal(cache.authChainOf('E1'), 'E1');
   assert.equal(cache.authChainOf('a'), undefined);
   assert.throws(() => cache.upsertDevice({ deviceId: 'bad' } as ScopeDevice), /device bad has status undefined/);
-  assert.throws(() => ScopeCache.open(join(dir, 'scope.db'), { edgeDeviceId: 'E2' }), /belongs to edge device E1, not E2/);
+  assert.throws(
+    () => ScopeCache.open(join(dir, 'scope.db'), { edgeDeviceId: 'E2' }),
+    /belongs to edge device E1, not E2/,
+  );
 
   // Lookups come from memory once read, and every write is seen by the next lookup.
   const b1 = cache.getDevice('b')!;

@@ -14,7 +14,13 @@ import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { SecurityManager, edgePkiPaths, QUICKSTART_CA_DAYS } from '../../src/edge/security-manager.ts';
-import { createEdgeCa, createIntermediateCa, createRootCa, fullChainPem, splitPemCertificates } from '../../src/pki/index.ts';
+import {
+  createEdgeCa,
+  createIntermediateCa,
+  createRootCa,
+  fullChainPem,
+  splitPemCertificates,
+} from '../../src/pki/index.ts';
 import { exec, opensslConnect, randomLoopbackAddress } from '../helpers/tls.ts';
 
 const DAY = 24 * 3600 * 1000;
@@ -43,7 +49,9 @@ async function openssl(args: string[], input?: string): Promise<string> {
 }
 
 /** A TLS echo server on its own loopback address with the manager's certificate attached. */
-async function echoServer(m: SecurityManager): Promise<{ server: tls.Server; address: string; port: number; stop(): Promise<void> }> {
+async function echoServer(
+  m: SecurityManager,
+): Promise<{ server: tls.Server; address: string; port: number; stop(): Promise<void> }> {
   const address = randomLoopbackAddress();
   const sockets = new Set<import('node:net').Socket>();
   const server = tls.createServer({ ...m.tlsOptions() }, (s) => {
@@ -84,7 +92,12 @@ describe('SecurityManager', () => {
   test('issues the server certificate from the configured Edge CA: CN = hostname, SAN hostname + edgehub, serverAuth, full chain', async (t) => {
     const dir = await tempDir();
     const { root, edge, edgeFullChain } = await pki();
-    const m = await SecurityManager.start({ dataDir: dir, hostname: 'gateway.example.local', deviceId: 'gw1', edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem } });
+    const m = await SecurityManager.start({
+      dataDir: dir,
+      hostname: 'gateway.example.local',
+      deviceId: 'gw1',
+      edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem },
+    });
     t.after(() => m.close());
     const chain = splitPemCertificates(m.identity.certPem);
     assert.equal(chain.length, 4, 'server, Edge CA, intermediate, root');
@@ -99,7 +112,18 @@ describe('SecurityManager', () => {
     await writeFile(join(d, 'root.pem'), root.certPem);
     await writeFile(join(d, 'untrusted.pem'), chain.slice(1).join(''));
     await writeFile(join(d, 'leaf.pem'), chain[0]);
-    const v = await openssl(['verify', '-CAfile', join(d, 'root.pem'), '-untrusted', join(d, 'untrusted.pem'), '-purpose', 'sslserver', '-verify_hostname', 'gateway.example.local', join(d, 'leaf.pem')]);
+    const v = await openssl([
+      'verify',
+      '-CAfile',
+      join(d, 'root.pem'),
+      '-untrusted',
+      join(d, 'untrusted.pem'),
+      '-purpose',
+      'sslserver',
+      '-verify_hostname',
+      'gateway.example.local',
+      join(d, 'leaf.pem'),
+    ]);
     assert.match(v, /leaf\.pem: OK/);
     // Kept on disk: key 0600, certificate 0644.
     const p = edgePkiPaths(dir);
@@ -111,7 +135,12 @@ describe('SecurityManager', () => {
     const dir = await tempDir();
     const { root, edge, edgeFullChain } = await pki();
     const address = randomLoopbackAddress();
-    const m = await SecurityManager.start({ dataDir: dir, hostname: address, deviceId: 'gw1', edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem } });
+    const m = await SecurityManager.start({
+      dataDir: dir,
+      hostname: address,
+      deviceId: 'gw1',
+      edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem },
+    });
     t.after(() => m.close());
     const text = await openssl(['x509', '-noout', '-text'], m.identity.certPem);
     assert.match(text, new RegExp(`IP Address:${address.replace(/\./g, '\\.')}`));
@@ -122,7 +151,12 @@ describe('SecurityManager', () => {
     m.attach(server);
     const d = await tempDir();
     await writeFile(join(d, 'root.pem'), root.certPem);
-    const r = await opensslConnect({ address, port: (server.address() as AddressInfo).port, caFile: join(d, 'root.pem'), host: address });
+    const r = await opensslConnect({
+      address,
+      port: (server.address() as AddressInfo).port,
+      caFile: join(d, 'root.pem'),
+      host: address,
+    });
     assert.match(r.stdout, /Verify return code: 0 \(ok\)/, r.stdout + r.stderr);
     assert.match(r.stdout, new RegExp(`0 s:\\s?CN\\s?=\\s?${address.replace(/\./g, '\\.')}`));
     assert.match(r.stdout, /1 s:\s?CN\s?=\s?gw1\.ca/);
@@ -131,7 +165,12 @@ describe('SecurityManager', () => {
   test('renewal swaps the certificate into a listening server: new connections see it, the old connection keeps working', async (t) => {
     const dir = await tempDir();
     const { root, edge, edgeFullChain } = await pki();
-    const m = await SecurityManager.start({ dataDir: dir, hostname: 'gw.local', deviceId: 'gw1', edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem } });
+    const m = await SecurityManager.start({
+      dataDir: dir,
+      hostname: 'gw.local',
+      deviceId: 'gw1',
+      edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem },
+    });
     t.after(() => m.close());
     const { server, address, port, stop } = await echoServer(m);
     t.after(stop);
@@ -150,14 +189,24 @@ describe('SecurityManager', () => {
     assert.equal(await echo(first, 'still here'), 'still here', 'the connection made before the renewal still works');
     const second = await connect(address, port, root.certPem, 'gw.local');
     t.after(() => second.destroy());
-    assert.equal(second.getPeerX509Certificate()!.fingerprint256, next.fingerprint, 'a new connection gets the new certificate');
+    assert.equal(
+      second.getPeerX509Certificate()!.fingerprint256,
+      next.fingerprint,
+      'a new connection gets the new certificate',
+    );
   });
 
   test('renewIfDue renews inside the renewal window only; the timer is armed for it', async (t) => {
     const dir = await tempDir();
     const { edge, edgeFullChain } = await pki();
     let now = Date.now();
-    const m = await SecurityManager.start({ dataDir: dir, hostname: 'gw.local', deviceId: 'gw1', edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem }, now: () => now });
+    const m = await SecurityManager.start({
+      dataDir: dir,
+      hostname: 'gw.local',
+      deviceId: 'gw1',
+      edgeCa: { certPem: edgeFullChain, keyPem: edge.keyPem },
+      now: () => now,
+    });
     t.after(() => m.close());
     const id = m.identity;
     const due = m.renewalDueAt();
@@ -171,33 +220,52 @@ describe('SecurityManager', () => {
   test('a changed hostname and a changed Edge CA are applied to the listener without closing it', async (t) => {
     const dir = await tempDir();
     const a = await pki();
-    const m = await SecurityManager.start({ dataDir: dir, hostname: 'old.local', deviceId: 'gw1', edgeCa: { certPem: a.edgeFullChain, keyPem: a.edge.keyPem } });
+    const m = await SecurityManager.start({
+      dataDir: dir,
+      hostname: 'old.local',
+      deviceId: 'gw1',
+      edgeCa: { certPem: a.edgeFullChain, keyPem: a.edge.keyPem },
+    });
     t.after(() => m.close());
     const { server, address, port, stop } = await echoServer(m);
     t.after(stop);
     const live = await connect(address, port, a.root.certPem, 'old.local');
     t.after(() => live.destroy());
 
-    assert.equal(await m.update({ hostname: 'old.local', edgeCa: { certPem: a.edgeFullChain, keyPem: a.edge.keyPem } }), false, 'nothing changed');
-    assert.equal(await m.update({ hostname: 'new.local', edgeCa: { certPem: a.edgeFullChain, keyPem: a.edge.keyPem } }), true);
+    assert.equal(
+      await m.update({ hostname: 'old.local', edgeCa: { certPem: a.edgeFullChain, keyPem: a.edge.keyPem } }),
+      false,
+      'nothing changed',
+    );
+    assert.equal(
+      await m.update({ hostname: 'new.local', edgeCa: { certPem: a.edgeFullChain, keyPem: a.edge.keyPem } }),
+      true,
+    );
     const s1 = await connect(address, port, a.root.certPem, 'new.local');
     t.after(() => s1.destroy());
     assert.match(s1.getPeerX509Certificate()!.subject, /CN=new\.local/);
 
     const b = await pki();
-    assert.equal(await m.update({ hostname: 'new.local', edgeCa: { certPem: b.edgeFullChain, keyPem: b.edge.keyPem } }), true);
+    assert.equal(
+      await m.update({ hostname: 'new.local', edgeCa: { certPem: b.edgeFullChain, keyPem: b.edge.keyPem } }),
+      true,
+    );
     const s2 = await connect(address, port, b.root.certPem, 'new.local');
     t.after(() => s2.destroy());
     // (node hands out the peer certificate object once per socket)
     const peer2 = s2.getPeerX509Certificate()!;
     assert.match(peer2.issuer, /CN=gw1\.ca/);
     assert.equal(peer2.fingerprint256, m.identity.fingerprint);
-    await assert.rejects(connect(address, port, a.root.certPem, 'new.local'), /self.signed|unable to verify|certificate/i, 'the old root no longer verifies it');
+    await assert.rejects(
+      connect(address, port, a.root.certPem, 'new.local'),
+      /self.signed|unable to verify|certificate/i,
+      'the old root no longer verifies it',
+    );
     assert.equal(await echo(live, 'ping'), 'ping', 'the first connection survived both changes');
     assert.ok(server.listening);
   });
 
-  test('without [edge_ca]: a self-signed quickstart Edge CA valid 90 days, kept and reused across restarts until near expiry', async (t) => {
+  test('without [edge_ca]: a self-signed quickstart Edge CA valid 90 days, kept and reused across restarts until near expiry', async () => {
     const dir = await tempDir();
     const m1 = await SecurityManager.start({ dataDir: dir, hostname: 'gw.local', deviceId: 'gw1' });
     const ca1 = new X509Certificate(m1.edgeCaPem);
@@ -224,4 +292,3 @@ describe('SecurityManager', () => {
     assert.notEqual(new X509Certificate(m3.edgeCaPem).fingerprint256, ca1.fingerprint256);
   });
 });
-

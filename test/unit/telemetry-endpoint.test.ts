@@ -36,7 +36,12 @@ const batch: QueuedMessage[] = [1, 2].map((seq) => ({
 }));
 
 async function failureOf(outcome: SendOutcome): Promise<UpstreamError> {
-  const err = await endpointAnswering(outcome).send(batch).then(() => undefined, (e: unknown) => e);
+  const err = await endpointAnswering(outcome)
+    .send(batch)
+    .then(
+      () => undefined,
+      (e: unknown) => e,
+    );
   assert.ok(err instanceof UpstreamError, `the batch failed with an UpstreamError: ${String(err)}`);
   return err;
 }

@@ -29,23 +29,53 @@ test('the generated config.toml is accepted by the gateway config parser and its
     source: 'topology.yaml',
   });
   assert.equal((await stat(file)).mode & 0o777, 0o600, 'the config holds a key: owner only');
-  const text = renderGatewayConfig({ hostname: '127.10.0.3', parentHostname: '127.10.0.2', trustBundleCert: set.rootCert, connectionString: cs, edgeCaCert: edgeCa.fullChain, edgeCaKey: edgeCa.key, source: 'x' });
+  const text = renderGatewayConfig({
+    hostname: '127.10.0.3',
+    parentHostname: '127.10.0.2',
+    trustBundleCert: set.rootCert,
+    connectionString: cs,
+    edgeCaCert: edgeCa.fullChain,
+    edgeCaKey: edgeCa.key,
+    source: 'x',
+  });
   const { config, diagnostics } = parseEdgeConfig(text, file, join(dir, 'gw'));
-  assert.deepEqual(diagnostics.filter((d) => d.level === 'error'), []);
+  assert.deepEqual(
+    diagnostics.filter((d) => d.level === 'error'),
+    [],
+  );
   assert.equal(config.hostname, '127.10.0.3');
   assert.equal(config.parentHostname, '127.10.0.2');
   assert.equal(config.trustBundleCert, set.rootCert);
   assert.equal(config.provisioning?.deviceId, 'gateway-l2');
   assert.deepEqual(config.edgeCa, { cert: edgeCa.fullChain, pk: edgeCa.key });
   const checked = checkConfigFiles(config).diagnostics;
-  assert.deepEqual(checked.filter((d) => d.level === 'error'), [], JSON.stringify(checked));
+  assert.deepEqual(
+    checked.filter((d) => d.level === 'error'),
+    [],
+    JSON.stringify(checked),
+  );
 
   // The layer-1 form has no parent_hostname at all, and no [strata] section unless a setting is given.
-  const layer1 = renderGatewayConfig({ hostname: '127.10.0.2', trustBundleCert: set.rootCert, connectionString: cs, edgeCaCert: edgeCa.fullChain, edgeCaKey: edgeCa.key, source: 'x' });
+  const layer1 = renderGatewayConfig({
+    hostname: '127.10.0.2',
+    trustBundleCert: set.rootCert,
+    connectionString: cs,
+    edgeCaCert: edgeCa.fullChain,
+    edgeCaKey: edgeCa.key,
+    source: 'x',
+  });
   assert.doesNotMatch(layer1, /parent_hostname/);
   assert.doesNotMatch(layer1, /\[strata\]/);
   // An upstream protocol lands under [strata], where the gateway reads it.
-  const mqtt = renderGatewayConfig({ hostname: '127.10.0.2', trustBundleCert: set.rootCert, connectionString: cs, edgeCaCert: edgeCa.fullChain, edgeCaKey: edgeCa.key, upstreamProtocol: 'Mqtt', source: 'x' });
+  const mqtt = renderGatewayConfig({
+    hostname: '127.10.0.2',
+    trustBundleCert: set.rootCert,
+    connectionString: cs,
+    edgeCaCert: edgeCa.fullChain,
+    edgeCaKey: edgeCa.key,
+    upstreamProtocol: 'Mqtt',
+    source: 'x',
+  });
   const parsed = parseEdgeConfig(mqtt, file, join(dir, 'gw'));
   assert.deepEqual(parsed.diagnostics, []);
   assert.equal(parsed.config.settings.upstream_protocol, 'Mqtt');
@@ -59,8 +89,13 @@ test('one root for everything: the Edge CA and the hub server certificate verify
   const edgeCa = await issueEdgeCa(dir, set, 'gw1');
   const server = await issueHubServerCert(dir, set, '127.10.0.1');
   const inter = join(dir, 'certs', 'azure-iot-test-only.intermediate.cert.pem');
-  for (const [cert, extra] of [[join(dir, 'certs', 'iot-edge-device-ca-gw1.cert.pem'), []], [join(dir, 'certs', 'server-127.10.0.1.cert.pem'), ['-verify_ip', '127.10.0.1']]] as const) {
-    const outText = execFileSync('openssl', ['verify', '-CAfile', set.rootCert, '-untrusted', inter, ...extra, cert], { encoding: 'utf8' });
+  for (const [cert, extra] of [
+    [join(dir, 'certs', 'iot-edge-device-ca-gw1.cert.pem'), []],
+    [join(dir, 'certs', 'server-127.10.0.1.cert.pem'), ['-verify_ip', '127.10.0.1']],
+  ] as const) {
+    const outText = execFileSync('openssl', ['verify', '-CAfile', set.rootCert, '-untrusted', inter, ...extra, cert], {
+      encoding: 'utf8',
+    });
     assert.match(outText, /: OK/);
   }
   assert.match(edgeCa.fullChain, /iot-edge-device-ca-gw1-full-chain\.cert\.pem$/);
@@ -73,15 +108,17 @@ test('one root for everything: the Edge CA and the hub server certificate verify
 });
 
 test('Prometheus text: labels, sums, comments and junk lines', () => {
-  const samples = parsePrometheus([
-    '# HELP edgehub_queue_length Messages waiting',
-    '# TYPE edgehub_queue_length gauge',
-    'edgehub_queue_length{endpoint="$upstream",priority="0"} 3',
-    'edgehub_queue_length{endpoint="$upstream",priority="2000000000"} 4',
-    'edgehub_connected_clients 2',
-    'edgehub_messages_received_total{id="a\\"b"} 1e3 1700000000000',
-    'garbage line here',
-  ].join('\n'));
+  const samples = parsePrometheus(
+    [
+      '# HELP edgehub_queue_length Messages waiting',
+      '# TYPE edgehub_queue_length gauge',
+      'edgehub_queue_length{endpoint="$upstream",priority="0"} 3',
+      'edgehub_queue_length{endpoint="$upstream",priority="2000000000"} 4',
+      'edgehub_connected_clients 2',
+      'edgehub_messages_received_total{id="a\\"b"} 1e3 1700000000000',
+      'garbage line here',
+    ].join('\n'),
+  );
   assert.equal(sumOf(samples, 'edgehub_queue_length'), 7);
   assert.equal(sumOf(samples, 'edgehub_connected_clients'), 2);
   assert.equal(sumOf(samples, 'edgehub_messages_received_total'), 1000);

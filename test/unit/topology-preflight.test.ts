@@ -8,7 +8,9 @@ import { parseTopology } from '../../src/topology/spec.ts';
 test('up refuses early, naming the address and port, when a node port is already taken', async (t) => {
   const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
   const last = randomInt(2, 249);
-  const topology = parseTopology(`hub:\n  address: ${base}.${last}\ngateways:\n  - { id: gw, parent: hub, address: ${base}.${last + 1} }\n`);
+  const topology = parseTopology(
+    `hub:\n  address: ${base}.${last}\ngateways:\n  - { id: gw, parent: hub, address: ${base}.${last + 1} }\n`,
+  );
   await checkPortsFree(topology); // nothing there yet
 
   const squatter = createServer();

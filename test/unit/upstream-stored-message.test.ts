@@ -2,7 +2,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AuthResult } from '../../src/model/identity.ts';
 import type { Message } from '../../src/model/message.ts';
-import { messageOfStored, reviveSenderMessage, routeSourceOf, senderIdentity, storedMessageOf } from '../../src/store/sender-message.ts';
+import {
+  messageOfStored,
+  reviveSenderMessage,
+  routeSourceOf,
+  senderIdentity,
+  storedMessageOf,
+} from '../../src/store/sender-message.ts';
 import { Backoff } from '../../src/upstream/backoff.ts';
 import { basePath } from '../../src/upstream/amqp-identity-links.ts';
 import { audienceOf } from '../../src/upstream/amqp-target-auth.ts';
@@ -44,17 +50,34 @@ test('a stored message gives back exactly the message its sender sent', () => {
 
 test('absent fields stay absent, and the store record round trip changes nothing', () => {
   const plain: Message = { body: Buffer.from('x'), properties: {} };
-  const stored = storedMessageOf({ identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' }, plain, 1_700_000_000_000);
+  const stored = storedMessageOf(
+    { identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' },
+    plain,
+    1_700_000_000_000,
+  );
   assert.equal(stored.source, '/messages');
   assert.equal(stored.sender, 'd');
   assert.equal(stored.systemProperties.connectionModuleId, undefined);
   assert.equal('connectionDeviceGenerationId' in stored.systemProperties, false);
   const full: Message = {
-    body: Buffer.from('{"t":1}'), messageId: 'm"1', correlationId: 'c\\1', userId: 'u', to: '/x', expiry: 1_900_000_000_000,
-    contentType: 'application/json', contentEncoding: 'utf-8', outputName: 'o', component: 'c', interfaceId: 'dtmi:x;1',
-    creationTime: '2024-05-01T10:00:00.000Z', properties: { 'a b': 'é', empty: '' },
+    body: Buffer.from('{"t":1}'),
+    messageId: 'm"1',
+    correlationId: 'c\\1',
+    userId: 'u',
+    to: '/x',
+    expiry: 1_900_000_000_000,
+    contentType: 'application/json',
+    contentEncoding: 'utf-8',
+    outputName: 'o',
+    component: 'c',
+    interfaceId: 'dtmi:x;1',
+    creationTime: '2024-05-01T10:00:00.000Z',
+    properties: { 'a b': 'é', empty: '' },
   };
-  for (const [auth, sent] of [[moduleAuth, full], [{ identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' } as AuthResult, plain]] as const) {
+  for (const [auth, sent] of [
+    [moduleAuth, full],
+    [{ identity: { deviceId: 'd' }, kind: 'sas', authMethod: '{}' } as AuthResult, plain],
+  ] as const) {
     const original = storedMessageOf(auth, sent, 1_700_000_000_123);
     const record = original.record();
     assert.notEqual(record[0], '{', 'a record is told apart from the store JSON by its first character');
@@ -73,7 +96,10 @@ test('route sources, senders and addresses', () => {
   assert.deepEqual(senderIdentity('d/m'), { deviceId: 'd', moduleId: 'm' });
   assert.deepEqual(senderIdentity('d'), { deviceId: 'd' });
   assert.equal(basePath({ deviceId: 'd', moduleId: 'm' }), '/devices/d/modules/m');
-  assert.equal(audienceOf('hub.example', { deviceId: 'a b', moduleId: '$edgeHub' }), 'hub.example/devices/a%20b/modules/%24edgeHub');
+  assert.equal(
+    audienceOf('hub.example', { deviceId: 'a b', moduleId: '$edgeHub' }),
+    'hub.example/devices/a%20b/modules/%24edgeHub',
+  );
 });
 
 test('the reconnect backoff doubles from 1 s to 30 s with jitter, and resets', () => {

@@ -43,7 +43,12 @@ async function until(done: () => boolean): Promise<void> {
 }
 
 function ev(deviceId: string, body: string): EventToAppend {
-  return { deviceId, authMethod: '{"type":"sas"}', messageSource: 'Telemetry', message: { body: Buffer.from(body), properties: {} } };
+  return {
+    deviceId,
+    authMethod: '{"type":"sas"}',
+    messageSource: 'Telemetry',
+    message: { body: Buffer.from(body), properties: {} },
+  };
 }
 
 test('waiters settle only after the flush of the log, and commits made during one flush share the next', async (t) => {
@@ -55,7 +60,10 @@ test('waiters settle only after the flush of the log, and commits made during on
   const held = holdFdatasync(t);
   const sync = new WalSync(join(dir, 'x.db'), 'test store', () => db.prepare('INSERT INTO t VALUES (0)').run());
   const settled: string[] = [];
-  const waiter = (name: string) => ({ resolve: () => settled.push(name), reject: (e: Error) => settled.push(`${name}: ${e.message}`) });
+  const waiter = (name: string) => ({
+    resolve: () => settled.push(name),
+    reject: (e: Error) => settled.push(`${name}: ${e.message}`),
+  });
   sync.add(waiter('a'));
   sync.add(waiter('b'));
   sync.add(waiter('c'));
@@ -106,7 +114,10 @@ test('the event stream answers a sender, and shows the event to readers, only af
   await whenDurable;
   assert.equal(info.sequenceNumber, 1);
   const after = await s.read({ fromSequenceNumber: 1 });
-  assert.deepEqual(after.events.map((e) => e.message.body.toString()), ['hello']);
+  assert.deepEqual(
+    after.events.map((e) => e.message.body.toString()),
+    ['hello'],
+  );
   assert.equal((await s.readPartition({ partition: part }))[0]?.message.body.toString(), 'hello');
   const closing = s.close();
   for (let i = 0; i < 10 && asked(held) === 0; i++) await tick();

@@ -98,4 +98,3 @@ export function parseC2DTarget(to: string | undefined | null): string | undefine
 export function isCbsAddress(address: string | undefined | null): boolean {
   return addressPath(address).toLowerCase() === '$cbs';
 }
-

@@ -85,7 +85,10 @@ function batchWriter(sections: number, origin: BatchOrigin | undefined): AmqpWri
 }
 
 /** The origin a batch names, or undefined when it names none or names it wrongly (then it is stored as is). */
-export function originOfBatch(annotations: Record<string, unknown> | undefined, count: number): BatchOrigin | undefined {
+export function originOfBatch(
+  annotations: Record<string, unknown> | undefined,
+  count: number,
+): BatchOrigin | undefined {
   return readOrigin(annotations, count).origin;
 }
 
@@ -94,20 +97,28 @@ export function originOfBatch(annotations: Record<string, unknown> | undefined, 
  * messages are then stored without exactly-once, and the receiver says so in its log: a child
  * that numbers its batches wrongly would otherwise duplicate messages silently).
  */
-export function readOrigin(annotations: Record<string, unknown> | undefined, count: number): { origin?: BatchOrigin; problem?: string } {
+export function readOrigin(
+  annotations: Record<string, unknown> | undefined,
+  count: number,
+): { origin?: BatchOrigin; problem?: string } {
   if (!annotations || annotations[ORIGIN_STREAM] === undefined) return {};
   const stream = annotations[ORIGIN_STREAM];
   const seqsText = annotations[ORIGIN_SEQS];
   const prevText = annotations[ORIGIN_PREV];
   const prev = Number(prevText);
-  if (typeof stream !== 'string' || stream.length === 0 || stream.length > 256) return { problem: `${ORIGIN_STREAM} must be a string of 1 to 256 characters` };
+  if (typeof stream !== 'string' || stream.length === 0 || stream.length > 256)
+    return { problem: `${ORIGIN_STREAM} must be a string of 1 to 256 characters` };
   if (typeof seqsText !== 'string') return { problem: `${ORIGIN_SEQS} is missing` };
-  if (!Number.isSafeInteger(prev) || prev < 0) return { problem: `${ORIGIN_PREV} "${String(prevText).slice(0, 40)}" is not a whole number >= 0` };
+  if (!Number.isSafeInteger(prev) || prev < 0)
+    return { problem: `${ORIGIN_PREV} "${String(prevText).slice(0, 40)}" is not a whole number >= 0` };
   const seqs = seqsText.split(',').map(Number);
   if (seqs.length !== count) return { problem: `${ORIGIN_SEQS} names ${seqs.length} numbers for ${count} messages` };
   let last = prev;
   for (const n of seqs) {
-    if (!Number.isSafeInteger(n) || n <= last) return { problem: `${ORIGIN_SEQS} must rise above ${ORIGIN_PREV} (${prev}) one message at a time; found ${String(n).slice(0, 20)} after ${last}` };
+    if (!Number.isSafeInteger(n) || n <= last)
+      return {
+        problem: `${ORIGIN_SEQS} must rise above ${ORIGIN_PREV} (${prev}) one message at a time; found ${String(n).slice(0, 20)} after ${last}`,
+      };
     last = n;
   }
   return { origin: { stream, prev, seqs } };
@@ -129,7 +140,10 @@ export function messagesOfBatch(batch: Buffer | AmqpMessage): AmqpMessage[] {
 }
 
 /** The messages of a batch and the batch's own message annotations. */
-export function readBatch(batch: Buffer | AmqpMessage): { messages: AmqpMessage[]; annotations: Record<string, unknown> | undefined } {
+export function readBatch(batch: Buffer | AmqpMessage): {
+  messages: AmqpMessage[];
+  annotations: Record<string, unknown> | undefined;
+} {
   let outer: AmqpMessage;
   try {
     outer = Buffer.isBuffer(batch) ? (rhea.message.decode(batch) as unknown as AmqpMessage) : batch;
@@ -137,7 +151,8 @@ export function readBatch(batch: Buffer | AmqpMessage): { messages: AmqpMessage[
     throw new BatchError(`the batch cannot be decoded: ${(err as Error).message}`);
   }
   const body = outer.body as { typecode?: number; content?: unknown; multiple?: boolean } | undefined;
-  if (!body || body.typecode !== 0x75) throw new BatchError('a batched message (format 0x80013700) must have a body of data sections');
+  if (body?.typecode !== 0x75)
+    throw new BatchError('a batched message (format 0x80013700) must have a body of data sections');
   const parts = (body.multiple ? body.content : [body.content]) as unknown[];
   const messages = parts.map((part, i) => {
     if (!Buffer.isBuffer(part)) throw new BatchError(`section ${i} of the batch is not binary data`);

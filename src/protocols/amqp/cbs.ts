@@ -44,24 +44,44 @@ async function putToken(ctx: LinkContext, msg: AmqpMessage): Promise<void> {
     return;
   }
   if (!TOKEN_TYPES.has(type)) {
-    ctx.conn.refusal({ type: wireText(type), audience: audience === undefined ? undefined : wireText(audience) }, 'CBS put-token refused: unsupported token type');
-    respond(ctx, msg, 400, `unsupported token type "${wireText(type)}": send a SharedAccessSignature with type servicebus.windows.net:sastoken`);
+    ctx.conn.refusal(
+      { type: wireText(type), audience: audience === undefined ? undefined : wireText(audience) },
+      'CBS put-token refused: unsupported token type',
+    );
+    respond(
+      ctx,
+      msg,
+      400,
+      `unsupported token type "${wireText(type)}": send a SharedAccessSignature with type servicebus.windows.net:sastoken`,
+    );
     return;
   }
   const token = bodyBytes(msg.body).toString('utf8');
   try {
-    const claim = (await onBehalfOfClaim(ctx.conn, audience, token)) ?? (await claimFromToken(token, ctx.conn.shared.checker, 'cbs'));
+    const claim =
+      (await onBehalfOfClaim(ctx.conn, audience, token)) ??
+      (await claimFromToken(token, ctx.conn.shared.checker, 'cbs'));
     if (ctx.conn.closed) return;
     const { renewed } = ctx.conn.claims.put(claim);
     if (claim.kind === 'identity' && renewed) ctx.conn.devices.renewed(claim);
     ctx.conn.authenticated();
-    ctx.conn.log.info({ who: describeClaim(claim), expiresAt: claim.expiresAt ? new Date(claim.expiresAt).toISOString() : undefined }, renewed ? 'token renewed by CBS' : 'authenticated by CBS');
+    ctx.conn.log.info(
+      { who: describeClaim(claim), expiresAt: claim.expiresAt ? new Date(claim.expiresAt).toISOString() : undefined },
+      renewed ? 'token renewed by CBS' : 'authenticated by CBS',
+    );
     respond(ctx, msg, 200, 'OK');
   } catch (err) {
     const info = amqpErrorOf(err);
     // The SDKs read anything but 200 as unauthorized; 404 and 5xx still tell a person more.
     const status = info.condition === CONDITION.notFound ? 404 : info.condition === CONDITION.internal ? 500 : 401;
-    ctx.conn.refusal({ audience: audience === undefined ? undefined : wireText(audience), status, reason: wireText(info.description, 300) }, 'CBS put-token refused');
+    ctx.conn.refusal(
+      {
+        audience: audience === undefined ? undefined : wireText(audience),
+        status,
+        reason: wireText(info.description, 300),
+      },
+      'CBS put-token refused',
+    );
     respond(ctx, msg, status, info.description);
   }
 }

@@ -56,21 +56,31 @@ export async function claimFromToken(token: string, checker: TokenChecker, sourc
     throw new AmqpRefusal(CONDITION.unauthorized, `unreadable SAS token: ${(err as Error).message}`);
   }
   if (parsed.skn) {
-    const { policy, token: t } = authenticatePolicyToken(token, { hostnames: checker.hostNames, policy: checker.policy });
+    const { policy, token: t } = authenticatePolicyToken(token, {
+      hostnames: checker.hostNames,
+      policy: checker.policy,
+    });
     const { host, path } = splitAudience(t.sr);
     return { kind: 'policy', policy, audience: t.sr, host, path, source, expiresAt: t.se * 1000 };
   }
   const { path } = splitAudience(parsed.sr);
   const identity = parseResourcePath(path);
   if (!identity) {
-    throw new AmqpRefusal(CONDITION.unauthorized, `SAS token audience "${parsed.sr}" names no device or module, and the token names no shared access policy (skn)`);
+    throw new AmqpRefusal(
+      CONDITION.unauthorized,
+      `SAS token audience "${parsed.sr}" names no device or module, and the token names no shared access policy (skn)`,
+    );
   }
   const auth = await checker.authenticate({ ...identity, sasToken: token.trim() });
   return { kind: 'identity', identity: auth.identity, auth, source, expiresAt: auth.expiresAt };
 }
 
 /** Checks a client certificate for the identity a link names. */
-export async function claimFromCertificate(identity: IdentityRef, cert: ClientCertificate, checker: TokenChecker): Promise<IdentityClaim> {
+export async function claimFromCertificate(
+  identity: IdentityRef,
+  cert: ClientCertificate,
+  checker: TokenChecker,
+): Promise<IdentityClaim> {
   const auth = await checker.authenticate({ ...identity, clientCertificate: cert });
   return { kind: 'identity', identity: auth.identity, auth, source: 'x509', expiresAt: auth.expiresAt };
 }
@@ -151,10 +161,13 @@ export class ClaimSet {
     const { claim } = entry;
     if (claim.expiresAt === undefined) return;
     const wait = Math.max(0, claim.expiresAt - Date.now());
-    entry.timer = setTimeout(() => {
-      if (claim.expiresAt! > Date.now()) return this.arm(entry, drop);
-      if (drop()) this.onExpired(claim);
-    }, Math.min(wait, MAX_TIMER_MS));
+    entry.timer = setTimeout(
+      () => {
+        if (claim.expiresAt! > Date.now()) return this.arm(entry, drop);
+        if (drop()) this.onExpired(claim);
+      },
+      Math.min(wait, MAX_TIMER_MS),
+    );
     entry.timer.unref();
   }
 }

@@ -61,7 +61,11 @@ export class AmqpConnection implements ClientConnection {
     mechs.ANONYMOUS = () => new PassThroughMechanism('anonymous');
     mechs.MSSBCBS = () => new PassThroughMechanism('mssbcbs');
     mechs.PLAIN = () => new PlainMechanism((creds) => checkPlain(this, creds));
-    mechs.EXTERNAL = () => new ExternalMechanism(() => this.clientCertificate !== undefined, (why) => this.refusal({}, why));
+    mechs.EXTERNAL = () =>
+      new ExternalMechanism(
+        () => this.clientCertificate !== undefined,
+        (why) => this.refusal({}, why),
+      );
     container.on('error', (err: unknown) => this.log.warn({ err: String(err) }, 'AMQP error'));
 
     this.rc = container.create_connection({
@@ -123,7 +127,10 @@ export class AmqpConnection implements ClientConnection {
     this.authTimer = undefined;
     if (this.ended || this.isAuthenticated) return;
     const seconds = this.shared.authTimeoutMs / 1000;
-    this.refusal({}, `closing the AMQP connection: no credential accepted within ${seconds} s (AMQP header, SASL, CBS put-token)`);
+    this.refusal(
+      {},
+      `closing the AMQP connection: no credential accepted within ${seconds} s (AMQP header, SASL, CBS put-token)`,
+    );
     if (this.headerSeen) {
       this.abuse(CONDITION.unauthorized, `no credential was accepted within ${seconds} s of connecting`, false);
     } else {
@@ -136,7 +143,10 @@ export class AmqpConnection implements ClientConnection {
     if (this.ended) return;
     const pendingFrame = (this.rc as unknown as { frame_size?: number }).frame_size;
     if (pendingFrame !== undefined && pendingFrame > MAX_FRAME_SIZE) {
-      this.abuse(CONDITION.framingError, `a frame of ${pendingFrame} bytes is over the ${MAX_FRAME_SIZE}-byte maximum frame size`);
+      this.abuse(
+        CONDITION.framingError,
+        `a frame of ${pendingFrame} bytes is over the ${MAX_FRAME_SIZE}-byte maximum frame size`,
+      );
       return;
     }
     const cap = this.shared.maxMessageBytes * 4;
@@ -145,7 +155,10 @@ export class AmqpConnection implements ClientConnection {
       if (!frames || frames.length * MAX_FRAME_SIZE <= cap) continue;
       const size = frames.reduce((n, f) => n + (f ? f.length : 0), 0);
       if (size > cap) {
-        this.abuse(CONDITION.tooLarge, `a message of more than ${size} bytes is far over the ${this.shared.maxMessageBytes}-byte limit`);
+        this.abuse(
+          CONDITION.tooLarge,
+          `a message of more than ${size} bytes is far over the ${this.shared.maxMessageBytes}-byte limit`,
+        );
         return;
       }
     }
@@ -215,32 +228,70 @@ export class AmqpConnection implements ClientConnection {
           this.log.error({ err, event: name }, 'AMQP event handler failed');
         }
       };
-    rc.on('connection_open', guard('connection_open', () => this.log.debug({ peer: this.rc.container_id }, 'AMQP open')));
-    rc.on('sender_open', guard('sender_open', (ctx) => this.links.opened(ctx.sender!, 'sender')));
-    rc.on('receiver_open', guard('receiver_open', (ctx) => this.links.opened(ctx.receiver!, 'receiver')));
-    rc.on('message', guard('message', (ctx) => this.links.message(ctx)));
-    rc.on('sendable', guard('sendable', (ctx) => this.links.sendable(ctx.sender!)));
+    rc.on(
+      'connection_open',
+      guard('connection_open', () => this.log.debug({ peer: this.rc.container_id }, 'AMQP open')),
+    );
+    rc.on(
+      'sender_open',
+      guard('sender_open', (ctx) => this.links.opened(ctx.sender!, 'sender')),
+    );
+    rc.on(
+      'receiver_open',
+      guard('receiver_open', (ctx) => this.links.opened(ctx.receiver!, 'receiver')),
+    );
+    rc.on(
+      'message',
+      guard('message', (ctx) => this.links.message(ctx)),
+    );
+    rc.on(
+      'sendable',
+      guard('sendable', (ctx) => this.links.sendable(ctx.sender!)),
+    );
     for (const outcome of ['accepted', 'rejected', 'released'] as const) {
-      rc.on(outcome, guard(outcome, (ctx) => this.links.outcome(ctx.sender!, ctx.delivery!, outcome)));
+      rc.on(
+        outcome,
+        guard(outcome, (ctx) => this.links.outcome(ctx.sender!, ctx.delivery!, outcome)),
+      );
     }
-    rc.on('settled', guard('settled', (ctx) => {
-      // Settled with no outcome at all: the client consumed it without saying more.
-      if (ctx.sender && ctx.delivery && !ctx.delivery.remote_state) this.links.outcome(ctx.sender, ctx.delivery, 'settled');
-    }));
+    rc.on(
+      'settled',
+      guard('settled', (ctx) => {
+        // Settled with no outcome at all: the client consumed it without saying more.
+        if (ctx.sender && ctx.delivery && !ctx.delivery.remote_state)
+          this.links.outcome(ctx.sender, ctx.delivery, 'settled');
+      }),
+    );
     const linkGone = (name: string) => guard(name, (ctx) => this.links.closedByClient((ctx.sender ?? ctx.receiver)!));
     rc.on('sender_close', linkGone('sender_close'));
     rc.on('receiver_close', linkGone('receiver_close'));
     rc.on('sender_error', () => {});
     rc.on('receiver_error', () => {});
     rc.on('session_error', () => {});
-    rc.on('session_close', guard('session_close', (ctx) => this.links.sessionGone(ctx.session!)));
-    rc.on('connection_error', guard('connection_error', (ctx) => {
-      const e = ctx.connection.error as { condition?: string; description?: string } | undefined;
-      if (e?.condition) this.log.info({ condition: e.condition, description: e.description }, 'client closed the connection with an error');
-    }));
+    rc.on(
+      'session_close',
+      guard('session_close', (ctx) => this.links.sessionGone(ctx.session!)),
+    );
+    rc.on(
+      'connection_error',
+      guard('connection_error', (ctx) => {
+        const e = ctx.connection.error as { condition?: string; description?: string } | undefined;
+        if (e?.condition)
+          this.log.info(
+            { condition: e.condition, description: e.description },
+            'client closed the connection with an error',
+          );
+      }),
+    );
     // rhea answers the client's close on the next turn and then ends the socket itself.
-    rc.on('connection_close', guard('connection_close', () => this.end('closed by the client', false)));
-    rc.on('disconnected', guard('disconnected', () => this.end('disconnected')));
+    rc.on(
+      'connection_close',
+      guard('connection_close', () => this.end('closed by the client', false)),
+    );
+    rc.on(
+      'disconnected',
+      guard('disconnected', () => this.end('disconnected')),
+    );
     rc.on('protocol_error', (err: unknown) => this.protocolError(err));
     rc.on('error', (err: unknown) => this.protocolError(err));
   }

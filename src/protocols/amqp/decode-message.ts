@@ -114,14 +114,34 @@ class Cursor {
     }
     let n: number;
     switch (code >> 4) {
-      case 0x4: n = 0; break;
-      case 0x5: n = 1; break;
-      case 0x6: n = 2; break;
-      case 0x7: n = 4; break;
-      case 0x8: n = 8; break;
-      case 0x9: n = 16; break;
-      case 0xa: case 0xb: case 0xc: case 0xd: case 0xe: case 0xf: n = this.size(code); break;
-      default: throw UNHANDLED;
+      case 0x4:
+        n = 0;
+        break;
+      case 0x5:
+        n = 1;
+        break;
+      case 0x6:
+        n = 2;
+        break;
+      case 0x7:
+        n = 4;
+        break;
+      case 0x8:
+        n = 8;
+        break;
+      case 0x9:
+        n = 16;
+        break;
+      case 0xa:
+      case 0xb:
+      case 0xc:
+      case 0xd:
+      case 0xe:
+      case 0xf:
+        n = this.size(code);
+        break;
+      default:
+        throw UNHANDLED;
     }
     this.need(n);
     this.pos += n;
@@ -205,7 +225,8 @@ function readMessage(c: Cursor): Message {
       case 0x78: // footer
         c.skip();
         break;
-      case 0x72: { // message annotations: two of them mean something to the hub
+      case 0x72: {
+        // message annotations: two of them mean something to the hub
         const n = c.compound(c.u8(), false);
         for (let i = 0; i < n; i += 2) {
           const key = c.text();
@@ -218,7 +239,8 @@ function readMessage(c: Cursor): Message {
       case 0x73:
         readProperties(c, out);
         break;
-      case 0x74: { // application properties: string values only here
+      case 0x74: {
+        // application properties: string values only here
         const n = c.compound(c.u8(), false);
         for (let i = 0; i < n; i += 2) {
           const key = c.text();
@@ -229,7 +251,8 @@ function readMessage(c: Cursor): Message {
         }
         break;
       }
-      case 0x75: { // data
+      case 0x75: {
+        // data
         const code = c.u8();
         if (code !== 0xa0 && code !== 0xb0) throw UNHANDLED;
         const b = c.binary(code);

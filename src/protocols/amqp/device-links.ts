@@ -27,7 +27,12 @@ const TELEMETRY_CREDIT = 100;
 const REQUEST_CREDIT = 50;
 const CHANNEL_ID = 'com.microsoft:channel-correlation-id';
 
-function deviceRoute(name: string, role: 'sender' | 'receiver', kinds: Array<DeviceAddress['kind']>, open: (ctx: LinkContext, addr: DeviceAddress) => Promise<LinkHandler>): LinkRoute {
+function deviceRoute(
+  name: string,
+  role: 'sender' | 'receiver',
+  kinds: Array<DeviceAddress['kind']>,
+  open: (ctx: LinkContext, addr: DeviceAddress) => Promise<LinkHandler>,
+): LinkRoute {
   return {
     name,
     role,
@@ -64,7 +69,10 @@ function warnBadOrigin(ctx: LinkContext, identity: DeviceAddress['identity'], pr
   if (now - (badOriginLogged.get(who) ?? 0) < 10_000) return;
   if (badOriginLogged.size > 10_000) badOriginLogged.clear();
   badOriginLogged.set(who, now);
-  ctx.conn.log.warn({ who, problem }, 'a batch names an origin that does not fit; its messages are stored without exactly-once (a resend of them would be stored again)');
+  ctx.conn.log.warn(
+    { who, problem },
+    'a batch names an origin that does not fit; its messages are stored without exactly-once (a resend of them would be stored again)',
+  );
 }
 
 function authorizedFor(ctx: LinkContext, addr: DeviceAddress): () => boolean {
@@ -108,13 +116,24 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
           messages = [fromAmqp(msg)];
         }
       } catch (err) {
-        refusals.warn(ctx.conn.log, sourceAddress(ctx.conn.remote), { who: describeIdentity(addr.identity), reason: wireText((err as Error).message) }, 'unreadable telemetry refused');
-        delivery.reject({ condition: CONDITION.decode, description: `unreadable message: ${(err as Error).message}` } as never);
+        refusals.warn(
+          ctx.conn.log,
+          sourceAddress(ctx.conn.remote),
+          { who: describeIdentity(addr.identity), reason: wireText((err as Error).message) },
+          'unreadable telemetry refused',
+        );
+        delivery.reject({
+          condition: CONDITION.decode,
+          description: `unreadable message: ${(err as Error).message}`,
+        } as never);
         credit.done();
         return;
       }
       session.touch();
-      (messages.length === 1 && !origins ? session.sendTelemetry(messages[0]!) : session.sendTelemetryBatch(messages, origins, forwarded)).then(
+      (messages.length === 1 && !origins
+        ? session.sendTelemetry(messages[0]!)
+        : session.sendTelemetryBatch(messages, origins, forwarded)
+      ).then(
         () => {
           delivery.accept();
           credit.done();
@@ -122,7 +141,12 @@ const telemetry = deviceRoute('telemetry', 'receiver', ['events'], async (ctx, a
         (err) => {
           const info = amqpErrorOf(err);
           // One line per refused message would flood the log while a store is full: limited per client address.
-          refusals.warn(ctx.conn.log, sourceAddress(ctx.conn.remote), { who: describeIdentity(addr.identity), condition: info.condition, reason: info.description }, 'telemetry refused');
+          refusals.warn(
+            ctx.conn.log,
+            sourceAddress(ctx.conn.remote),
+            { who: describeIdentity(addr.identity), condition: info.condition, reason: info.description },
+            'telemetry refused',
+          );
           delivery.reject(info as never);
           credit.done();
         },
@@ -139,7 +163,12 @@ class DeliveryLink implements DeliveryTarget, LinkHandler {
   private readonly queue: SendQueue<{ delivery: C2DDelivery; inputName?: string }>;
   private readonly inflight = new Map<Delivery, string>();
 
-  constructor(private readonly ctx: LinkContext, private readonly state: IdentityState, private readonly member: Member, private readonly kind: 'c2d' | 'inputs') {
+  constructor(
+    private readonly ctx: LinkContext,
+    private readonly state: IdentityState,
+    private readonly member: Member,
+    private readonly kind: 'c2d' | 'inputs',
+  ) {
     this.queue = new SendQueue(ctx.link as Sender, (item) => this.send(item.delivery, item.inputName));
   }
 
@@ -173,7 +202,10 @@ class DeliveryLink implements DeliveryTarget, LinkHandler {
     if (!session) return;
     session.touch();
     session.settleC2D(lockToken, outcome).catch((err) => {
-      this.ctx.conn.log.warn({ who: describeIdentity(this.state.identity), outcome, reason: amqpErrorOf(err).description }, 'settling a cloud-to-device message failed');
+      this.ctx.conn.log.warn(
+        { who: describeIdentity(this.state.identity), outcome, reason: amqpErrorOf(err).description },
+        'settling a cloud-to-device message failed',
+      );
     });
   }
 
@@ -191,7 +223,10 @@ class DeliveryLink implements DeliveryTarget, LinkHandler {
 const c2d = deviceRoute('c2d', 'sender', ['devicebound', 'events'], async (ctx, addr) => {
   const kind = addr.kind === 'devicebound' ? 'c2d' : 'inputs';
   if (kind === 'inputs' && addr.identity.moduleId === undefined) {
-    throw new AmqpRefusal(CONDITION.notFound, `a device receives cloud-to-device messages on /devices/${addr.identity.deviceId}/messages/devicebound; only modules receive on .../messages/events`);
+    throw new AmqpRefusal(
+      CONDITION.notFound,
+      `a device receives cloud-to-device messages on /devices/${addr.identity.deviceId}/messages/devicebound; only modules receive on .../messages/events`,
+    );
   }
   const { state, member } = await join(ctx, addr);
   const handler = new DeliveryLink(ctx, state, member, kind);
@@ -203,7 +238,11 @@ const c2d = deviceRoute('c2d', 'sender', ['devicebound', 'events'], async (ctx, 
 
 class MethodLink implements MethodTarget, LinkHandler {
   private readonly queue: SendQueue<MethodRequest>;
-  constructor(private readonly ctx: LinkContext, private readonly state: IdentityState, private readonly member: Member) {
+  constructor(
+    private readonly ctx: LinkContext,
+    private readonly state: IdentityState,
+    private readonly member: Member,
+  ) {
     this.queue = new SendQueue(ctx.link as Sender, (req) => this.send(req));
   }
 
@@ -229,7 +268,11 @@ class MethodLink implements MethodTarget, LinkHandler {
 
   closed(): void {
     for (const req of this.queue.drain()) {
-      this.state.session?.methodResponse(req.requestId, 404, Buffer.from(JSON.stringify({ message: 'the device detached its method link' })));
+      this.state.session?.methodResponse(
+        req.requestId,
+        404,
+        Buffer.from(JSON.stringify({ message: 'the device detached its method link' })),
+      );
     }
     this.state.removeTarget('methods', this);
     this.state.leave(this.member);
@@ -258,7 +301,10 @@ const methodResponses = deviceRoute('method responses', 'receiver', ['methods'],
       const statusRaw = app['IoThub-status'] ?? app['iothub-status'];
       const status = typeof statusRaw === 'number' ? statusRaw : Number.parseInt(String(statusRaw ?? ''), 10);
       if (requestId === undefined || !Number.isInteger(status)) {
-        const description = requestId === undefined ? `no method request with correlation id ${wire ?? '(none)'} is waiting` : 'method response without an integer IoThub-status';
+        const description =
+          requestId === undefined
+            ? `no method request with correlation id ${wire ?? '(none)'} is waiting`
+            : 'method response without an integer IoThub-status';
         ctx.conn.log.warn({ who: describeIdentity(addr.identity), reason: description }, 'method response refused');
         delivery.reject({ condition: CONDITION.argument, description } as never);
         credit.done();
@@ -279,7 +325,11 @@ class TwinSender implements DesiredTarget, LinkHandler {
   wantsDesired = false;
   readonly channel: string | undefined;
   private readonly queue: SendQueue<AmqpMessage>;
-  constructor(readonly ctx: LinkContext, readonly state: IdentityState, private readonly member: Member) {
+  constructor(
+    readonly ctx: LinkContext,
+    readonly state: IdentityState,
+    private readonly member: Member,
+  ) {
     this.channel = channelOf(ctx);
     this.queue = new SendQueue(ctx.link as Sender, (m) => void (ctx.link as Sender).send(m));
   }
@@ -338,7 +388,10 @@ const twinRequests = deviceRoute('twin requests', 'receiver', ['twin'], async (c
   const respond = (request: AmqpMessage, status: number, body?: unknown, version?: number): void => {
     const out = twinSenderFor(ctx, state);
     if (!out) {
-      ctx.conn.log.warn({ who: describeIdentity(addr.identity) }, 'twin request without a twin receiver link to answer on');
+      ctx.conn.log.warn(
+        { who: describeIdentity(addr.identity) },
+        'twin request without a twin receiver link to answer on',
+      );
       return;
     }
     const annotations: Record<string, unknown> = { status: rhea.types.wrap_int(status) };
@@ -352,7 +405,9 @@ const twinRequests = deviceRoute('twin requests', 'receiver', ['twin'], async (c
   const handle = async (msg: AmqpMessage): Promise<void> => {
     const ann = (msg.message_annotations ?? {}) as Record<string, unknown>;
     const operation = String(ann.operation ?? '').toUpperCase();
-    const resource = String(ann.resource ?? '').toLowerCase().replace(/\/+$/, '');
+    const resource = String(ann.resource ?? '')
+      .toLowerCase()
+      .replace(/\/+$/, '');
     const session = await state.ready();
     session.touch();
     try {
@@ -369,12 +424,18 @@ const twinRequests = deviceRoute('twin requests', 'receiver', ['twin'], async (c
         }
         // null goes on to the engine, which says how to clear reported properties instead.
         if (patch !== null && (typeof patch !== 'object' || Array.isArray(patch))) {
-          respond(msg, 400, { errorCode: 'ArgumentInvalid', message: 'the reported properties patch must be a JSON object' });
+          respond(msg, 400, {
+            errorCode: 'ArgumentInvalid',
+            message: 'the reported properties patch must be a JSON object',
+          });
           return;
         }
         const { version } = await session.twinPatchReported(patch as Record<string, unknown>);
         respond(msg, 204, undefined, version);
-      } else if ((operation === 'PUT' || operation === 'DELETE') && resource === '/notifications/twin/properties/desired') {
+      } else if (
+        (operation === 'PUT' || operation === 'DELETE') &&
+        resource === '/notifications/twin/properties/desired'
+      ) {
         const out = twinSenderFor(ctx, state);
         if (operation === 'PUT') {
           if (out) out.wantsDesired = true;
@@ -384,10 +445,16 @@ const twinRequests = deviceRoute('twin requests', 'receiver', ['twin'], async (c
         }
         respond(msg, 200);
       } else {
-        respond(msg, 400, { errorCode: 'ArgumentInvalid', message: `unsupported twin operation "${operation}" on "${resource || '(no resource)'}"` });
+        respond(msg, 400, {
+          errorCode: 'ArgumentInvalid',
+          message: `unsupported twin operation "${operation}" on "${resource || '(no resource)'}"`,
+        });
       }
     } catch (err) {
-      ctx.conn.log.warn({ who: describeIdentity(addr.identity), operation, reason: amqpErrorOf(err).description }, 'twin request failed');
+      ctx.conn.log.warn(
+        { who: describeIdentity(addr.identity), operation, reason: amqpErrorOf(err).description },
+        'twin request failed',
+      );
       respond(msg, statusOf(err), { errorCode: errorCodeOf(err), message: amqpErrorOf(err).description });
     }
   };

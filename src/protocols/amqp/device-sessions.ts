@@ -63,7 +63,10 @@ export class IdentityState implements SessionHandler {
   readonly pendingMethods = new Map<string, string>();
   private ended = false;
 
-  constructor(readonly owner: DeviceSessions, readonly identity: IdentityRef) {
+  constructor(
+    readonly owner: DeviceSessions,
+    readonly identity: IdentityRef,
+  ) {
     this.key = identityKey(identity);
   }
 
@@ -88,7 +91,10 @@ export class IdentityState implements SessionHandler {
     if (!claim && conn.clientCertificate) {
       claim = await claimFromCertificate(this.identity, conn.clientCertificate, conn.shared.checker);
       conn.claims.put(claim);
-      conn.log.info({ who: describeIdentity(this.identity), kind: claim.auth.kind }, 'authenticated by client certificate');
+      conn.log.info(
+        { who: describeIdentity(this.identity), kind: claim.auth.kind },
+        'authenticated by client certificate',
+      );
     }
     if (!claim) {
       throw new AmqpRefusal(
@@ -96,7 +102,12 @@ export class IdentityState implements SessionHandler {
         `no credential for ${describeIdentity(this.identity)} on this connection: put a SAS token for it on $cbs, or connect with its client certificate`,
       );
     }
-    const session = await conn.shared.engine.connect(claim.auth, this, { protocol: conn.transport, cleanSession: true, remote: conn.remote, viaGateway: claim.onBehalfOf === true });
+    const session = await conn.shared.engine.connect(claim.auth, this, {
+      protocol: conn.transport,
+      cleanSession: true,
+      remote: conn.remote,
+      viaGateway: claim.onBehalfOf === true,
+    });
     if (this.ended || this.members.size === 0) {
       // Every link went away while the session was opening.
       session.close('client');
@@ -181,13 +192,21 @@ export class IdentityState implements SessionHandler {
   onMethod(request: MethodRequest): void {
     const target = this.targets.methods.values().next().value as MethodTarget | undefined;
     if (target) target.request(request);
-    else this.session?.methodResponse(request.requestId, 404, Buffer.from(JSON.stringify({ message: 'the device has no method link' })));
+    else
+      this.session?.methodResponse(
+        request.requestId,
+        404,
+        Buffer.from(JSON.stringify({ message: 'the device has no method link' })),
+      );
   }
 
   close(reason: CloseReason, detail?: string): void {
     this.session = undefined;
     if (this.ended) return;
-    this.conn.log.info({ who: describeIdentity(this.identity), reason, detail }, 'engine ended the device session; detaching its links');
+    this.conn.log.info(
+      { who: describeIdentity(this.identity), reason, detail },
+      'engine ended the device session; detaching its links',
+    );
     this.detachAll(errorForReason(reason, detail));
     this.finish(undefined);
   }
@@ -197,7 +216,10 @@ export class IdentityState implements SessionHandler {
     if (this.ended) return;
     // End the session first, so the engine records why (the detaches would end it as 'client').
     this.finish('token-expired');
-    this.detachAll({ condition: CONDITION.unauthorized, description: `the credential of ${describeIdentity(this.identity)} has expired; put a new token on $cbs` });
+    this.detachAll({
+      condition: CONDITION.unauthorized,
+      description: `the credential of ${describeIdentity(this.identity)} has expired; put a new token on $cbs`,
+    });
   }
 
   private detachAll(error: AmqpErrorInfo): void {
@@ -231,7 +253,10 @@ function errorForReason(reason: CloseReason, detail?: string): AmqpErrorInfo {
   const description = detail ? `${reason}: ${detail}` : reason;
   switch (reason) {
     case 'replaced':
-      return { condition: CONDITION.stolen, description: `another connection opened for this identity (${description})` };
+      return {
+        condition: CONDITION.stolen,
+        description: `another connection opened for this identity (${description})`,
+      };
     case 'token-expired':
     case 'identity-disabled':
     case 'identity-deleted':

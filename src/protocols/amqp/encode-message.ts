@@ -112,10 +112,17 @@ export function encodeMessage(m: Message): Buffer {
 /** Bytes `writeMessage` may take for `m`, at most. */
 export function messageBound(m: Message): number {
   let bound = 64 + m.body.length + 9 * 16;
-  bound += textBound(m.messageId) + textBound(m.correlationId) + textBound(m.userId) + textBound(m.to) + textBound(m.contentType) + textBound(m.contentEncoding);
+  bound +=
+    textBound(m.messageId) +
+    textBound(m.correlationId) +
+    textBound(m.userId) +
+    textBound(m.to) +
+    textBound(m.contentType) +
+    textBound(m.contentEncoding);
   for (const k in m.properties) bound += textBound(k) + textBound(m.properties[k]);
   bound += textBound(OUTPUT_NAME) + textBound(m.outputName);
-  bound += textBound('dt-subject') + textBound(m.component) + textBound('iothub-interface-id') + textBound(m.interfaceId);
+  bound +=
+    textBound('dt-subject') + textBound(m.component) + textBound('iothub-interface-id') + textBound(m.interfaceId);
   return bound;
 }
 
@@ -164,14 +171,21 @@ export function writeMessage(w: AmqpWriter, m: Message): void {
   // content-encoding, absolute-expiry-time; trailing absent fields are left out. (Written field
   // by field rather than through a list of closures: this runs for every message forwarded.)
   const last =
-    m.expiry !== undefined ? 8
-    : m.contentEncoding !== undefined ? 7
-    : m.contentType !== undefined ? 6
-    : m.correlationId !== undefined ? 5
-    : m.to !== undefined ? 2
-    : m.userId !== undefined ? 1
-    : m.messageId !== undefined ? 0
-    : -1;
+    m.expiry !== undefined
+      ? 8
+      : m.contentEncoding !== undefined
+        ? 7
+        : m.contentType !== undefined
+          ? 6
+          : m.correlationId !== undefined
+            ? 5
+            : m.to !== undefined
+              ? 2
+              : m.userId !== undefined
+                ? 1
+                : m.messageId !== undefined
+                  ? 0
+                  : -1;
   if (last >= 0) {
     w.section(SECTION.properties);
     const done = w.compound(LIST32);

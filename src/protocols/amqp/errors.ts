@@ -83,7 +83,10 @@ export function amqpErrorOf(err: unknown): AmqpErrorInfo {
 
 /** A refusal decided by the AMQP head itself (unknown address, wrong role, missing token). */
 export class AmqpRefusal extends Error {
-  constructor(readonly condition: string, message: string) {
+  constructor(
+    readonly condition: string,
+    message: string,
+  ) {
     super(message);
     this.name = 'AmqpRefusal';
   }

@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream';
 import tls, { type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { MAX_MESSAGE_BYTES } from '../../model/message.ts';
-import { type ClientCertificate } from '../../model/identity.ts';
+import type { ClientCertificate } from '../../model/identity.ts';
 import type { AccessPolicy } from '../../identity/policies.ts';
 import { childLog } from '../../util/log.ts';
 import { clientCertificateOf } from '../http/client-cert.ts';
@@ -66,7 +66,9 @@ export class AmqpHead {
 
   constructor(opts: AmqpHeadOptions) {
     this.log = opts.log ?? childLog('amqp');
-    this.preAuth = opts.preAuth ?? new PreAuthGate(opts.authTimeoutMs === undefined ? {} : { amqpAuthTimeoutMs: opts.authTimeoutMs });
+    this.preAuth =
+      opts.preAuth ??
+      new PreAuthGate(opts.authTimeoutMs === undefined ? {} : { amqpAuthTimeoutMs: opts.authTimeoutMs });
     const hostNames = [opts.hostName, ...(opts.extraHostNames ?? [])];
     this.shared = {
       engine: opts.engine,
@@ -97,8 +99,18 @@ export class AmqpHead {
   }
 
   /** Serves one connection over an already established transport. */
-  accept(socket: Duplex, info: { transport: Transport; remote: string; clientCertificate?: ClientCertificate; preAuth?: PreAuthTicket }): AmqpConnection {
-    const conn = new AmqpConnection(this.shared, socket, info.transport, info.remote, info.clientCertificate, info.preAuth);
+  accept(
+    socket: Duplex,
+    info: { transport: Transport; remote: string; clientCertificate?: ClientCertificate; preAuth?: PreAuthTicket },
+  ): AmqpConnection {
+    const conn = new AmqpConnection(
+      this.shared,
+      socket,
+      info.transport,
+      info.remote,
+      info.clientCertificate,
+      info.preAuth,
+    );
     this.connections.add(conn);
     conn.onClosed(() => this.connections.delete(conn));
     return conn;
@@ -119,7 +131,12 @@ export class AmqpHead {
       socket.setNoDelay(true);
       const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
       try {
-        this.accept(socket, { transport: 'amqp', remote, clientCertificate: clientCertificateOf(socket), preAuth: preAuthOf(socket) });
+        this.accept(socket, {
+          transport: 'amqp',
+          remote,
+          clientCertificate: clientCertificateOf(socket),
+          preAuth: preAuthOf(socket),
+        });
       } catch (err) {
         this.log.error({ err, remote }, 'could not serve an AMQP connection');
         socket.destroy();
@@ -141,7 +158,8 @@ export class AmqpHead {
   /** Stops listening and closes every connection (amqp:connection:forced). */
   async close(): Promise<void> {
     const closing = this.servers.splice(0).map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
-    for (const c of [...this.connections]) c.close({ condition: CONDITION.connectionForced, description: 'the hub is shutting down' });
+    for (const c of [...this.connections])
+      c.close({ condition: CONDITION.connectionForced, description: 'the hub is shutting down' });
     // Give clients a moment to read the close before the sockets go.
     const deadline = Date.now() + 1000;
     while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

@@ -35,7 +35,10 @@ export class LinkTable {
       const ok = entry.handler?.authorized ? safe(() => entry.handler!.authorized!(), false) : true;
       if (!ok) {
         this.conn.log.info({ address: entry.ctx.address }, 'detaching link: its credential lapsed');
-        entry.ctx.detach({ condition: CONDITION.unauthorized, description: 'the token or certificate this link relied on has expired' });
+        entry.ctx.detach({
+          condition: CONDITION.unauthorized,
+          description: 'the token or certificate this link relied on has expired',
+        });
       }
     }
   }
@@ -45,7 +48,13 @@ export class LinkTable {
     const remote = (role === 'sender' ? link.source : link.target) as { address?: string } | undefined;
     const address = remote?.address ? String(remote.address) : '';
     const path = addressPath(address);
-    const attach = (link as unknown as { remote: { attach?: { properties?: Record<string, unknown>; snd_settle_mode?: number; rcv_settle_mode?: number } } }).remote.attach;
+    const attach = (
+      link as unknown as {
+        remote: {
+          attach?: { properties?: Record<string, unknown>; snd_settle_mode?: number; rcv_settle_mode?: number };
+        };
+      }
+    ).remote.attach;
     const properties = (attach?.properties ?? {}) as Record<string, unknown>;
     const ctx = new LinkContextImpl(conn, this, role, link, address, path, properties);
     const entry: LinkEntry = { ctx };
@@ -75,7 +84,8 @@ export class LinkTable {
     }
 
     // Echo the terminus and the settle modes the client asked for.
-    const local = (link as unknown as { local: { attach: { snd_settle_mode?: number; rcv_settle_mode?: number } } }).local.attach;
+    const local = (link as unknown as { local: { attach: { snd_settle_mode?: number; rcv_settle_mode?: number } } })
+      .local.attach;
     if (attach?.snd_settle_mode !== undefined) local.snd_settle_mode = attach.snd_settle_mode;
     if (attach?.rcv_settle_mode !== undefined) local.rcv_settle_mode = attach.rcv_settle_mode;
     if (role === 'sender') {
@@ -89,7 +99,15 @@ export class LinkTable {
     const refuse = (err: unknown): void => {
       const info = amqpErrorOf(err);
       if (info.condition === CONDITION.internal) conn.log.error({ err, address }, 'link handler failed');
-      conn.refusal({ address: wireText(address), route: route!.name, condition: info.condition, reason: wireText(info.description, 300) }, 'refused link');
+      conn.refusal(
+        {
+          address: wireText(address),
+          route: route!.name,
+          condition: info.condition,
+          reason: wireText(info.description, 300),
+        },
+        'refused link',
+      );
       ctx.detach(info);
     };
     let opened: LinkHandler | Promise<LinkHandler>;
@@ -135,7 +153,9 @@ export class LinkTable {
     const handler = this.links.get(sender)?.handler;
     if (!handler?.outcome) return;
     const state = delivery.remote_state as { error?: { condition?: string; description?: string } } | undefined;
-    const error = state?.error?.condition ? { condition: String(state.error.condition), description: String(state.error.description ?? '') } : undefined;
+    const error = state?.error?.condition
+      ? { condition: String(state.error.condition), description: String(state.error.description ?? '') }
+      : undefined;
     handler.outcome(delivery, outcome, error);
   }
 
@@ -144,7 +164,11 @@ export class LinkTable {
     const entry = this.links.get(link);
     if (!entry) return;
     const err = link.error as { condition?: string; description?: string } | undefined;
-    if (err?.condition) this.conn.log.debug({ address: entry.ctx.address, condition: err.condition, description: err.description }, 'client detached a link with an error');
+    if (err?.condition)
+      this.conn.log.debug(
+        { address: entry.ctx.address, condition: err.condition, description: err.description },
+        'client detached a link with an error',
+      );
     entry.ctx.gone();
   }
 

@@ -9,7 +9,10 @@ export type { LinkContext, LinkHandler, LinkRole, LinkRoute, Outcome } from './t
  */
 export class CreditWindow {
   private pending = 0;
-  constructor(private readonly receiver: Receiver, private readonly window: number) {}
+  constructor(
+    private readonly receiver: Receiver,
+    private readonly window: number,
+  ) {}
 
   start(): void {
     this.receiver.add_credit(this.window);
@@ -31,7 +34,10 @@ export class CreditWindow {
 /** A FIFO in front of one of our senders: rhea stalls a whole session on a link without credit, so we never send without it. */
 export class SendQueue<T> {
   private readonly items: T[] = [];
-  constructor(private readonly sender: Sender, private readonly send: (item: T) => void) {}
+  constructor(
+    private readonly sender: Sender,
+    private readonly send: (item: T) => void,
+  ) {}
 
   get length(): number {
     return this.items.length;

@@ -43,7 +43,8 @@ export function bodyBytes(body: unknown): Buffer {
   const section = body as { typecode?: number; content?: unknown; multiple?: boolean };
   if (typeof section.typecode === 'number' && 'content' in section) {
     if (section.typecode === 0x75) {
-      if (section.multiple && Array.isArray(section.content)) return Buffer.concat(section.content.map((c) => bodyBytes(c)));
+      if (section.multiple && Array.isArray(section.content))
+        return Buffer.concat(section.content.map((c) => bodyBytes(c)));
       return bodyBytes(section.content);
     }
     return Buffer.from(JSON.stringify(section.content) ?? '', 'utf8');

@@ -90,11 +90,16 @@ function remember(conn: ClientConnection, target: IdentityRef, why: string): voi
  * identity as `name`, or is not an edge hub's): the ordinary path handles it. Otherwise returns
  * the claim for the target, or throws the refusal (EngineError / AmqpRefusal).
  */
-export async function onBehalfOfClaim(conn: ClientConnection, name: string | undefined, token: string): Promise<IdentityClaim | undefined> {
+export async function onBehalfOfClaim(
+  conn: ClientConnection,
+  name: string | undefined,
+  token: string,
+): Promise<IdentityClaim | undefined> {
   if (!name) return undefined;
   const actorEdgeId = actingEdgeOf(token);
   const target = audienceIdentity(name);
-  if (actorEdgeId === undefined || !target || sameIdentity({ deviceId: actorEdgeId, moduleId: EDGE_HUB }, target)) return undefined;
+  if (actorEdgeId === undefined || !target || sameIdentity({ deviceId: actorEdgeId, moduleId: EDGE_HUB }, target))
+    return undefined;
   try {
     const claim = await grant(conn, actorEdgeId, target, token.trim());
     refusals.get(conn)?.delete(identityKey(target));
@@ -102,18 +107,42 @@ export async function onBehalfOfClaim(conn: ClientConnection, name: string | und
   } catch (err) {
     const why = amqpErrorOf(err).description;
     remember(conn, target, why);
-    conn.log.warn({ actor: `${actorEdgeId}/${EDGE_HUB}`, target: describeIdentity(target), reason: why }, 'on-behalf-of refused');
+    conn.log.warn(
+      { actor: `${actorEdgeId}/${EDGE_HUB}`, target: describeIdentity(target), reason: why },
+      'on-behalf-of refused',
+    );
     throw err;
   }
 }
 
-async function grant(conn: ClientConnection, actorEdgeId: string, target: IdentityRef, token: string): Promise<IdentityClaim> {
+async function grant(
+  conn: ClientConnection,
+  actorEdgeId: string,
+  target: IdentityRef,
+  token: string,
+): Promise<IdentityClaim> {
   const source = sourceOf(conn);
-  const g = await grantOnBehalfOf({ source, authenticate: (req) => conn.shared.checker.authenticate(req), actorEdgeId, target, token });
-  const claim: IdentityClaim = { kind: 'identity', identity: g.auth.identity, auth: g.auth, source: 'cbs', expiresAt: g.auth.expiresAt, onBehalfOf: true };
+  const g = await grantOnBehalfOf({
+    source,
+    authenticate: (req) => conn.shared.checker.authenticate(req),
+    actorEdgeId,
+    target,
+    token,
+  });
+  const claim: IdentityClaim = {
+    kind: 'identity',
+    identity: g.auth.identity,
+    auth: g.auth,
+    source: 'cbs',
+    expiresAt: g.auth.expiresAt,
+    onBehalfOf: true,
+  };
   granted.set(claim, { actorEdgeId, chain: g.chain });
   track(conn, source!, claim);
-  conn.log.info({ actor: `${actorEdgeId}/${EDGE_HUB}`, target: describeIdentity(target), chain: formatAuthChain(g.chain) }, 'on-behalf-of accepted');
+  conn.log.info(
+    { actor: `${actorEdgeId}/${EDGE_HUB}`, target: describeIdentity(target), chain: formatAuthChain(g.chain) },
+    'on-behalf-of accepted',
+  );
   return claim;
 }
 
@@ -132,7 +161,13 @@ export function checkOnBehalfOfLink(ctx: LinkContext, identity: IdentityRef): vo
   }
   const obo = granted.get(claim);
   if (!obo) return;
-  const refusal = claimedChainRefusal(sourceOf(conn), ctx.properties[AUTH_CHAIN_PROPERTY], obo.actorEdgeId, identity, `the link carries no ${AUTH_CHAIN_PROPERTY} property`);
+  const refusal = claimedChainRefusal(
+    sourceOf(conn),
+    ctx.properties[AUTH_CHAIN_PROPERTY],
+    obo.actorEdgeId,
+    identity,
+    `the link carries no ${AUTH_CHAIN_PROPERTY} property`,
+  );
   if (refusal) throw new AmqpRefusal(CONDITION.unauthorized, refusal);
 }
 
@@ -164,7 +199,10 @@ function recheck(conn: ClientConnection, source: OnBehalfOfSource): void {
     if (!why) continue;
     claims.delete(key);
     remember(conn, claim.identity, why);
-    conn.log.info({ actor: obo.actorEdgeId, target: describeIdentity(claim.identity), reason: why }, 'on-behalf-of withdrawn');
+    conn.log.info(
+      { actor: obo.actorEdgeId, target: describeIdentity(claim.identity), reason: why },
+      'on-behalf-of withdrawn',
+    );
     // Replacing the claim with a lapsed copy takes the connection's own path for an expired
     // credential: the target's links are detached and its session ends.
     conn.claims.put({ ...claim, expiresAt: Date.now() - 1 });

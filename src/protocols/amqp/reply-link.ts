@@ -8,7 +8,10 @@ import type { LinkContext, LinkHandler } from './types.ts';
  */
 export class ReplyLink implements LinkHandler {
   readonly queue: SendQueue<AmqpMessage>;
-  constructor(readonly ctx: LinkContext, readonly node: string) {
+  constructor(
+    readonly ctx: LinkContext,
+    readonly node: string,
+  ) {
     this.queue = new SendQueue(ctx.link as Sender, (m) => void (ctx.link as Sender).send(m));
   }
   sendable(): void {

@@ -22,7 +22,12 @@ export function boundDispositions(connection: Connection): void {
     const count = last === undefined || last === null ? 1 : last - first + 1;
     if (count > MAX_DISPOSITION_RANGE) {
       // rhea answers a ProtocolError (recognised by name) by closing the connection, as for any malformed frame.
-      throw Object.assign(new Error(`a disposition for ${count} deliveries (ids ${first} to ${last}) is over the ${MAX_DISPOSITION_RANGE} a session can have in flight`), { name: 'ProtocolError' });
+      throw Object.assign(
+        new Error(
+          `a disposition for ${count} deliveries (ids ${first} to ${last}) is over the ${MAX_DISPOSITION_RANGE} a session can have in flight`,
+        ),
+        { name: 'ProtocolError' },
+      );
     }
     settle(frame);
   };

@@ -41,9 +41,13 @@ interface Socket {
 export const SEPARATE_PAYLOAD_BYTES = 16 * 1024;
 
 const require = createRequire(import.meta.url);
-const types = require('rhea/lib/types.js') as { Writer: { prototype: { ensure(this: RheaWriter, length: number): void } } };
+const types = require('rhea/lib/types.js') as {
+  Writer: { prototype: { ensure(this: RheaWriter, length: number): void } };
+};
 const frames = require('rhea/lib/frames.js') as { write_frame(f: Frame): Buffer };
-const transport = require('rhea/lib/transport.js') as { prototype: { write(this: RheaTransport, socket: Socket): void } };
+const transport = require('rhea/lib/transport.js') as {
+  prototype: { write(this: RheaTransport, socket: Socket): void };
+};
 
 types.Writer.prototype.ensure = function ensure(this: RheaWriter, length: number): void {
   if (this.buffer.length >= length) return;
@@ -72,5 +76,7 @@ transport.prototype.write = function write(this: RheaTransport, socket: Socket):
 };
 
 function isLarge(frame: Frame): boolean {
-  return frame.performative !== undefined && frame.payload !== undefined && frame.payload.length >= SEPARATE_PAYLOAD_BYTES;
+  return (
+    frame.performative !== undefined && frame.payload !== undefined && frame.payload.length >= SEPARATE_PAYLOAD_BYTES
+  );
 }

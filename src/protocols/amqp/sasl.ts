@@ -39,7 +39,8 @@ export function parsePlainUser(username: string): PlainUser | undefined {
   if (!rest) return undefined;
   const parts = who.split('/');
   if (parts.length === 1) return { kind: 'identity', deviceId: who, hubName: rest };
-  if (parts.length === 2 && parts[0] && parts[1]) return { kind: 'identity', deviceId: parts[0], moduleId: parts[1], hubName: rest };
+  if (parts.length === 2 && parts[0] && parts[1])
+    return { kind: 'identity', deviceId: parts[0], moduleId: parts[1], hubName: rest };
   if (parts.length === 3 && parts[1]!.toLowerCase() === 'modules' && parts[0] && parts[2]) {
     return { kind: 'identity', deviceId: parts[0], moduleId: parts[2], hubName: rest };
   }
@@ -53,7 +54,10 @@ function splitPlain(response: Buffer | undefined): { username: string; password:
   if (first < 0) return undefined;
   const second = response.indexOf(0, first + 1);
   if (second < 0) return undefined;
-  return { username: response.subarray(first + 1, second).toString('utf8'), password: response.subarray(second + 1).toString('utf8') };
+  return {
+    username: response.subarray(first + 1, second).toString('utf8'),
+    password: response.subarray(second + 1).toString('utf8'),
+  };
 }
 
 /** Succeeds at once; whatever identity follows comes by CBS. */
@@ -71,7 +75,10 @@ export class PassThroughMechanism implements SaslMechanism {
 export class ExternalMechanism implements SaslMechanism {
   outcome?: boolean;
   username?: string;
-  constructor(private readonly hasCertificate: () => boolean, private readonly onRefused: (why: string) => void) {}
+  constructor(
+    private readonly hasCertificate: () => boolean,
+    private readonly onRefused: (why: string) => void,
+  ) {}
   start(): void {
     this.outcome = this.hasCertificate();
     if (!this.outcome) this.onRefused('SASL EXTERNAL without a TLS client certificate');
@@ -83,7 +90,9 @@ export class ExternalMechanism implements SaslMechanism {
 export class PlainMechanism implements SaslMechanism {
   outcome?: boolean;
   username?: string;
-  constructor(private readonly check: (creds: { username: string; password: string } | undefined) => Promise<boolean>) {}
+  constructor(
+    private readonly check: (creds: { username: string; password: string } | undefined) => Promise<boolean>,
+  ) {}
   async start(response: Buffer | undefined): Promise<void> {
     const creds = splitPlain(response);
     this.username = creds?.username;
@@ -95,19 +104,28 @@ export class PlainMechanism implements SaslMechanism {
  * The PLAIN check: the user name must name this hub and the identity or policy the token is for.
  * Accepted, the token's claim joins the connection; refused, the connection logs why.
  */
-export async function checkPlain(conn: ClientConnection, creds: { username: string; password: string } | undefined): Promise<boolean> {
+export async function checkPlain(
+  conn: ClientConnection,
+  creds: { username: string; password: string } | undefined,
+): Promise<boolean> {
   if (!creds) {
     conn.refusal({}, 'SASL PLAIN refused: malformed response');
     return false;
   }
   const user = parsePlainUser(creds.username);
   if (!user) {
-    conn.refusal({ username: wireText(creds.username) }, 'SASL PLAIN refused: user name is not {deviceId}@sas.{hub} or {policy}@sas.root.{hub}');
+    conn.refusal(
+      { username: wireText(creds.username) },
+      'SASL PLAIN refused: user name is not {deviceId}@sas.{hub} or {policy}@sas.root.{hub}',
+    );
     return false;
   }
   const hubNames = conn.shared.hostNames.map((h) => h.split('.')[0]!.toLowerCase());
   if (!hubNames.includes(user.hubName.toLowerCase())) {
-    conn.refusal({ username: wireText(creds.username) }, `SASL PLAIN refused: hub name "${wireText(user.hubName)}" is not this hub's`);
+    conn.refusal(
+      { username: wireText(creds.username) },
+      `SASL PLAIN refused: hub name "${wireText(user.hubName)}" is not this hub's`,
+    );
     return false;
   }
   try {
@@ -115,9 +133,14 @@ export async function checkPlain(conn: ClientConnection, creds: { username: stri
     const matches =
       user.kind === 'policy'
         ? claim.kind === 'policy' && claim.policy.keyName === user.keyName
-        : claim.kind === 'identity' && claim.identity.deviceId === user.deviceId && claim.identity.moduleId === user.moduleId;
+        : claim.kind === 'identity' &&
+          claim.identity.deviceId === user.deviceId &&
+          claim.identity.moduleId === user.moduleId;
     if (!matches) {
-      conn.refusal({ username: wireText(creds.username), token: describeClaim(claim) }, 'SASL PLAIN refused: the token is for someone else than the user name');
+      conn.refusal(
+        { username: wireText(creds.username), token: describeClaim(claim) },
+        'SASL PLAIN refused: the token is for someone else than the user name',
+      );
       return false;
     }
     conn.claims.put(claim);
@@ -125,7 +148,10 @@ export async function checkPlain(conn: ClientConnection, creds: { username: stri
     conn.log.info({ who: describeClaim(claim) }, 'authenticated by SASL PLAIN');
     return true;
   } catch (err) {
-    conn.refusal({ username: wireText(creds.username), reason: wireText(amqpErrorOf(err).description, 300) }, 'SASL PLAIN refused');
+    conn.refusal(
+      { username: wireText(creds.username), reason: wireText(amqpErrorOf(err).description, 300) },
+      'SASL PLAIN refused',
+    );
     return false;
   }
 }

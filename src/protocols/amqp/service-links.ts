@@ -19,7 +19,12 @@ const C2D_CREDIT = 100;
 const FEEDBACK_BATCH = 100;
 const ACKS: readonly C2DAck[] = ['none', 'positive', 'negative', 'full'];
 
-function serviceRoute(name: string, role: 'sender' | 'receiver', kind: ServiceLinkKind, open: (ctx: LinkContext) => LinkHandler): LinkRoute {
+function serviceRoute(
+  name: string,
+  role: 'sender' | 'receiver',
+  kind: ServiceLinkKind,
+  open: (ctx: LinkContext) => LinkHandler,
+): LinkRoute {
   return {
     name,
     role,
@@ -63,7 +68,10 @@ const c2dSend = serviceRoute('service c2d', 'receiver', 'c2d', (ctx) => {
       };
       const deviceId = parseC2DTarget(msg.to);
       if (!deviceId) {
-        refuse(CONDITION.argument, `"to" must be /devices/{deviceId}/messages/devicebound, got ${msg.to === undefined ? 'nothing' : JSON.stringify(msg.to)}`);
+        refuse(
+          CONDITION.argument,
+          `"to" must be /devices/{deviceId}/messages/devicebound, got ${msg.to === undefined ? 'nothing' : JSON.stringify(msg.to)}`,
+        );
         return;
       }
       const message = fromAmqp(msg);
@@ -111,7 +119,10 @@ class FeedbackLink implements LinkHandler {
     while (!this.ctx.closed && sender.is_open() && sender.sendable()) {
       let records: C2DFeedbackRecord[];
       try {
-        records = engine.pendingFeedback(FEEDBACK_BATCH * 4).filter((r) => !feedbackInFlight.has(r.id)).slice(0, FEEDBACK_BATCH);
+        records = engine
+          .pendingFeedback(FEEDBACK_BATCH * 4)
+          .filter((r) => !feedbackInFlight.has(r.id))
+          .slice(0, FEEDBACK_BATCH);
       } catch (err) {
         this.ctx.conn.log.warn({ reason: amqpErrorOf(err).description }, 'reading feedback records failed');
         return;

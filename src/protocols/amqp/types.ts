@@ -14,7 +14,10 @@ import type { AmqpErrorInfo } from './errors.ts';
  */
 
 /** The part of the engine the AMQP head uses. */
-export type AmqpEngine = Pick<Engine, 'authenticate' | 'connect' | 'sendC2D' | 'pendingFeedback' | 'acknowledgeFeedback'>;
+export type AmqpEngine = Pick<
+  Engine,
+  'authenticate' | 'connect' | 'sendC2D' | 'pendingFeedback' | 'acknowledgeFeedback'
+>;
 
 export type Transport = 'amqp' | 'amqp-ws';
 

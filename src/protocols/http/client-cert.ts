@@ -9,12 +9,12 @@ import type { ClientCertificate } from '../../model/identity.ts';
 export function clientCertificateOf(socket: unknown): ClientCertificate | undefined {
   if (!(socket instanceof TLSSocket)) return undefined;
   const peer = socket.getPeerCertificate(true) as DetailedPeerCertificate | null;
-  if (!peer || !peer.raw || peer.raw.length === 0) return undefined;
+  if (!peer?.raw || peer.raw.length === 0) return undefined;
   const chain: Buffer[] = [];
   const seen = new Set<string>([peer.fingerprint256]);
   let current: DetailedPeerCertificate = peer;
   // The issuer links end in a self-reference at the root.
-  while (current.issuerCertificate && current.issuerCertificate.raw && !seen.has(current.issuerCertificate.fingerprint256)) {
+  while (current.issuerCertificate?.raw && !seen.has(current.issuerCertificate.fingerprint256)) {
     current = current.issuerCertificate;
     seen.add(current.fingerprint256);
     chain.push(current.raw);

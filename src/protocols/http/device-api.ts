@@ -3,12 +3,18 @@ import type { Logger } from 'pino';
 import type { Engine } from '../../engine/engine.ts';
 import { EngineError, httpStatusOf, iotHubErrorCodeOf, isEngineError } from '../../model/errors.ts';
 import { MAX_MESSAGE_BYTES } from '../../model/message.ts';
-import { type AuthResult, type IdentityRef } from '../../model/identity.ts';
-import { type C2DOutcome } from '../../model/c2d.ts';
+import type { AuthResult, IdentityRef } from '../../model/identity.ts';
+import type { C2DOutcome } from '../../model/c2d.ts';
 import { HubError } from '../../model/errors.ts';
 import { childLog } from '../../util/log.ts';
 import { clientCertificateOf } from './client-cert.ts';
-import { BATCH_CONTENT_TYPE, headerValueOk, messageFromHeaders, messageHeaders, messagesFromBatch } from './message-headers.ts';
+import {
+  BATCH_CONTENT_TYPE,
+  headerValueOk,
+  messageFromHeaders,
+  messageHeaders,
+  messagesFromBatch,
+} from './message-headers.ts';
 
 /**
  * The device side of IoT Hub's HTTPS API (what `azure-iot-device-http` calls): telemetry,
@@ -17,7 +23,10 @@ import { BATCH_CONTENT_TYPE, headerValueOk, messageFromHeaders, messageHeaders, 
  * engine, which takes all decisions; this module only translates HTTP.
  */
 
-export type DeviceApiEngine = Pick<Engine, 'authenticate' | 'sendTelemetry' | 'sendTelemetryBatch' | 'receiveC2D' | 'settleC2D'>;
+export type DeviceApiEngine = Pick<
+  Engine,
+  'authenticate' | 'sendTelemetry' | 'sendTelemetryBatch' | 'receiveC2D' | 'settleC2D'
+>;
 
 /** Writes an error as the node's REST APIs all answer errors (IoT Hub's `{ Message: "ErrorCode:...;..." }`). */
 export type ErrorReply = (reply: FastifyReply, req: FastifyRequest, log: Logger, err: unknown) => FastifyReply;
@@ -72,7 +81,9 @@ export async function deviceApi(app: FastifyInstance, opts: DeviceApiOptions): P
     return reply.code(204).send();
   };
 
-  app.post('/devices/:id/messages/events', (req, reply) => telemetry(req, reply, { deviceId: (req.params as DeviceParams).id }));
+  app.post('/devices/:id/messages/events', (req, reply) =>
+    telemetry(req, reply, { deviceId: (req.params as DeviceParams).id }),
+  );
   app.post('/devices/:id/modules/:mid/messages/events', (req, reply) => {
     const { id, mid } = req.params as ModuleParams;
     return telemetry(req, reply, { deviceId: id, moduleId: mid });
@@ -84,7 +95,8 @@ export async function deviceApi(app: FastifyInstance, opts: DeviceApiOptions): P
     const delivery = await engine.receiveC2D(deviceId);
     if (!delivery) return reply.code(204).send();
     const { headers, problems } = messageHeaders(delivery.message, { to: `/devices/${deviceId}/messages/devicebound` });
-    for (const p of problems) log.warn({ deviceId, messageId: delivery.message.messageId, header: p.name }, `C2D message header: ${p.problem}`);
+    for (const p of problems)
+      log.warn({ deviceId, messageId: delivery.message.messageId, header: p.name }, `C2D message header: ${p.problem}`);
     const contentType = delivery.message.contentType;
     reply
       .code(200)
@@ -105,7 +117,11 @@ export async function deviceApi(app: FastifyInstance, opts: DeviceApiOptions): P
     } catch (err) {
       // The device exists (it just authenticated), so "not found" means the lock.
       if (isEngineError(err, 'not-found')) {
-        throw new HubError(412, 'DeviceMessageLockLost', `lock token ${lockToken} is unknown or its lock has expired: receive the message again`);
+        throw new HubError(
+          412,
+          'DeviceMessageLockLost',
+          `lock token ${lockToken} is unknown or its lock has expired: receive the message again`,
+        );
       }
       throw err;
     }
@@ -114,7 +130,8 @@ export async function deviceApi(app: FastifyInstance, opts: DeviceApiOptions): P
   };
 
   app.delete('/devices/:id/messages/devicebound/:lockToken', (req, reply) =>
-    settle(req, reply, 'reject' in (req.query as Record<string, unknown>) ? 'reject' : 'complete'));
+    settle(req, reply, 'reject' in (req.query as Record<string, unknown>) ? 'reject' : 'complete'),
+  );
   app.post('/devices/:id/messages/devicebound/:lockToken/abandon', (req, reply) => settle(req, reply, 'abandon'));
 }
 

@@ -16,7 +16,17 @@ export function emptyProperties(): Record<string, string> {
   return Object.create(null) as Record<string, string>;
 }
 
-type SystemField = 'messageId' | 'correlationId' | 'userId' | 'to' | 'expiry' | 'contentType' | 'contentEncoding' | 'component' | 'interfaceId' | 'creationTime';
+type SystemField =
+  | 'messageId'
+  | 'correlationId'
+  | 'userId'
+  | 'to'
+  | 'expiry'
+  | 'contentType'
+  | 'contentEncoding'
+  | 'component'
+  | 'interfaceId'
+  | 'creationTime';
 
 /** Lower-cased header / batch property names that carry a system property. */
 const SYSTEM_NAMES: Record<string, SystemField> = {
@@ -39,7 +49,8 @@ const SYSTEM_NAMES: Record<string, SystemField> = {
 export function parseExpiry(text: string, where: string): number {
   const t = text.trim();
   const ms = /^\d+$/.test(t) ? Number(t) : Date.parse(t);
-  if (!Number.isFinite(ms)) throw badRequest(`${where} "${text}" is not a date: write an ISO 8601 time or epoch milliseconds`);
+  if (!Number.isFinite(ms))
+    throw badRequest(`${where} "${text}" is not a date: write an ISO 8601 time or epoch milliseconds`);
   return ms;
 }
 
@@ -62,7 +73,8 @@ export function messageFromHeaders(rawHeaders: string[], body: Buffer): Message 
     const field = SYSTEM_NAMES[lower];
     // The SDK also sends `iothub-to` with the request path; the path already says where it goes.
     if (field && field !== 'to') setSystem(message, field, value, `header ${name}`);
-    else if (lower === 'iothub-to' && message.to === undefined && value !== '' && !/^\/devices\//i.test(value)) message.to = value;
+    else if (lower === 'iothub-to' && message.to === undefined && value !== '' && !/^\/devices\//i.test(value))
+      message.to = value;
   }
   return message;
 }
@@ -84,7 +96,8 @@ export function messagesFromBatch(raw: Buffer): Message[] {
   } catch (err) {
     throw badRequest(`the batch body is not valid JSON (${(err as Error).message})`);
   }
-  if (!Array.isArray(parsed)) throw badRequest('the batch body must be a JSON array of {"body": "<base64>", "properties": {...}}');
+  if (!Array.isArray(parsed))
+    throw badRequest('the batch body must be a JSON array of {"body": "<base64>", "properties": {...}}');
   if (parsed.length === 0) throw badRequest('the batch holds no messages');
   return parsed.map((item, index) => messageFromBatchItem(item, index));
 }
@@ -100,7 +113,8 @@ function messageFromBatchItem(item: unknown, index: number): Message {
   if (compact.length % 4 === 1 || !BASE64.test(compact)) throw badRequest(`${where} has a "body" that is not base64`);
   const message: Message = { body: Buffer.from(compact, 'base64'), properties: emptyProperties() };
   if (properties === undefined || properties === null) return message;
-  if (typeof properties !== 'object' || Array.isArray(properties)) throw badRequest(`${where} has "properties" that are not an object`);
+  if (typeof properties !== 'object' || Array.isArray(properties))
+    throw badRequest(`${where} has "properties" that are not an object`);
   for (const [name, value] of Object.entries(properties as Record<string, unknown>)) {
     if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
       throw badRequest(`${where} property "${name}" must be a string`);
@@ -141,7 +155,10 @@ export function headerValueOk(value: string): boolean {
  * header names are left out, values that cannot be header values are percent-encoded; each
  * such case is reported in `problems` so the caller can log it.
  */
-export function messageHeaders(message: Message, extra: { to?: string } = {}): { headers: Record<string, string>; problems: HeaderProblem[] } {
+export function messageHeaders(
+  message: Message,
+  extra: { to?: string } = {},
+): { headers: Record<string, string>; problems: HeaderProblem[] } {
   const headers: Record<string, string> = {};
   const problems: HeaderProblem[] = [];
   const put = (name: string, value: string | undefined) => {

@@ -31,13 +31,22 @@ export function sendError(reply: FastifyReply, req: FastifyRequest, log: Logger,
     message = 'internal error; the hub log has the details';
     log.error({ err, method: req.method, url: wireText(req.url) }, 'service API request failed');
   }
-  if (status === 401 || status === 403) refusals.info(log, sourceAddress(`${req.socket.remoteAddress}:0`), { method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
+  if (status === 401 || status === 403)
+    refusals.info(
+      log,
+      sourceAddress(`${req.socket.remoteAddress}:0`),
+      { method: req.method, url: wireText(req.url), status, code },
+      wireText(message, 512),
+    );
   else if (status < 500) log.info({ method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
   const text = message.replace(/;/g, ',');
   return reply
     .code(status)
     .header('content-type', 'application/json; charset=utf-8')
-    .send({ Message: `ErrorCode:${code};${text}`, ExceptionMessage: `Tracking ID:${req.id}-TimeStamp:${new Date().toISOString()}` });
+    .send({
+      Message: `ErrorCode:${code};${text}`,
+      ExceptionMessage: `Tracking ID:${req.id}-TimeStamp:${new Date().toISOString()}`,
+    });
 }
 
 function isClientError(err: unknown): err is { statusCode: number; message: string } {

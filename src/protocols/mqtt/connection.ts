@@ -14,7 +14,9 @@ import { CONNACK, type ClientConnection, type InternalPacket, type State } from 
 const log = childLog('mqtt');
 
 /** The plain buffer list of the `bl` package mqtt-packet builds on (its parser would use the stream form). */
-const { BufferList } = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'))('bl') as { BufferList: new () => unknown };
+const { BufferList } = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'))('bl') as {
+  BufferList: new () => unknown;
+};
 
 /**
  * What the parser reads from its settings once CONNECT is in: mqtt-packet keeps the whole CONNECT
@@ -113,7 +115,8 @@ export class MqttConnection implements ClientConnection {
     this.preAuth = opts.preAuth;
     opts.preAuth?.clearTimer();
     this.connectTimer = setTimeout(() => {
-      if (this.state === 'awaiting-connect') this.refuse(`no CONNECT within ${(opts.connectTimeoutMs ?? 10_000) / 1000} s`);
+      if (this.state === 'awaiting-connect')
+        this.refuse(`no CONNECT within ${(opts.connectTimeoutMs ?? 10_000) / 1000} s`);
     }, opts.connectTimeoutMs ?? 10_000);
     this.connectTimer.unref();
   }
@@ -134,7 +137,10 @@ export class MqttConnection implements ClientConnection {
       this.parser.parse(chunk);
     } catch (err) {
       // A bug in handling one client's packet must cost that connection only, never the process.
-      log.error({ err, who: this.who(), remote: this.remote }, 'closing connection: internal error while handling a packet');
+      log.error(
+        { err, who: this.who(), remote: this.remote },
+        'closing connection: internal error while handling a packet',
+      );
       this.teardown('protocol-error');
       return;
     }
@@ -203,15 +209,21 @@ export class MqttConnection implements ClientConnection {
   private armKeepAlive(): void {
     if (this.keepAliveTimer) clearTimeout(this.keepAliveTimer);
     const due = this.lastReceived + this.keepAliveMs - Date.now();
-    this.keepAliveTimer = setTimeout(() => {
-      if (this.state !== 'connected') return;
-      if (Date.now() - this.lastReceived >= this.keepAliveMs) {
-        log.warn({ who: this.who(), remote: this.remote, keepAliveMs: this.keepAliveMs }, 'closing connection: keep-alive expired (nothing received for 1.5x the keep-alive interval)');
-        this.teardown('keep-alive');
-      } else {
-        this.armKeepAlive();
-      }
-    }, Math.max(10, due));
+    this.keepAliveTimer = setTimeout(
+      () => {
+        if (this.state !== 'connected') return;
+        if (Date.now() - this.lastReceived >= this.keepAliveMs) {
+          log.warn(
+            { who: this.who(), remote: this.remote, keepAliveMs: this.keepAliveMs },
+            'closing connection: keep-alive expired (nothing received for 1.5x the keep-alive interval)',
+          );
+          this.teardown('keep-alive');
+        } else {
+          this.armKeepAlive();
+        }
+      },
+      Math.max(10, due),
+    );
     this.keepAliveTimer.unref();
   }
 
@@ -243,7 +255,15 @@ export class MqttConnection implements ClientConnection {
 
   publish(topic: string, payload: Buffer, qos: 0 | 1): void {
     if (this.state !== 'connected') return;
-    this.send({ cmd: 'publish', topic, payload, qos, dup: false, retain: false, ...(qos === 1 ? { messageId: this.allocatePacketId() } : {}) });
+    this.send({
+      cmd: 'publish',
+      topic,
+      payload,
+      qos,
+      dup: false,
+      retain: false,
+      ...(qos === 1 ? { messageId: this.allocatePacketId() } : {}),
+    });
   }
 
   allocatePacketId(): number {
@@ -271,7 +291,12 @@ export class MqttConnection implements ClientConnection {
 
   refuse(why: string, code?: number): void {
     // Refusals come before authentication: one address repeating them gets a few lines and a count.
-    refusals.warn(log, sourceAddress(this.remote), { who: this.who(), remote: this.remote, protocol: this.protocol }, `connection refused: ${why}`);
+    refusals.warn(
+      log,
+      sourceAddress(this.remote),
+      { who: this.who(), remote: this.remote, protocol: this.protocol },
+      `connection refused: ${why}`,
+    );
     if (code !== undefined && !this.stream.destroyed) {
       this.stream.write(mqtt.generate({ cmd: 'connack', returnCode: code, sessionPresent: false }));
     }

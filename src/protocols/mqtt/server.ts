@@ -37,23 +37,26 @@ export interface MqttListener {
 export async function startMqttListener(o: MqttListenerOptions): Promise<MqttListener> {
   const live = new Set<MqttConnection>();
   const gate = o.preAuth ?? new PreAuthGate();
-  const server = createServer({ cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS }, (socket: TLSSocket) => {
-    socket.setNoDelay(true);
-    const preAuth = preAuthOf(socket);
-    // The gate read the address from the TCP socket already; asking the TLS socket again would
-    // keep a second copy of it on every connection.
-    const remote = preAuth?.remote ?? `${socket.remoteAddress}:${socket.remotePort}`;
-    new MqttConnection(socket, o.engine, {
-      connectTimeoutMs: gate.limits.mqttConnectTimeoutMs,
-      ...o.connection,
-      preAuth,
-      ...(o.onBehalfOf ? { onBehalfOf: o.onBehalfOf } : {}),
-      protocol: 'mqtt',
-      remote,
-      clientCertificate: clientCertificateOf(socket),
-      live,
-    });
-  });
+  const server = createServer(
+    { cert: o.certPem, key: o.keyPem, requestCert: true, rejectUnauthorized: false, ...GATED_TLS_OPTIONS },
+    (socket: TLSSocket) => {
+      socket.setNoDelay(true);
+      const preAuth = preAuthOf(socket);
+      // The gate read the address from the TCP socket already; asking the TLS socket again would
+      // keep a second copy of it on every connection.
+      const remote = preAuth?.remote ?? `${socket.remoteAddress}:${socket.remotePort}`;
+      new MqttConnection(socket, o.engine, {
+        connectTimeoutMs: gate.limits.mqttConnectTimeoutMs,
+        ...o.connection,
+        preAuth,
+        ...(o.onBehalfOf ? { onBehalfOf: o.onBehalfOf } : {}),
+        protocol: 'mqtt',
+        remote,
+        clientCertificate: clientCertificateOf(socket),
+        live,
+      });
+    },
+  );
   gate.guardTls(server, 'MQTT');
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -76,7 +79,13 @@ export async function startMqttListener(o: MqttListenerOptions): Promise<MqttLis
 }
 
 /** MQTT over WebSockets on the HTTPS server, subprotocol `mqtt`, at `/$iothub/websocket`. */
-export function attachMqttWebSocket(https: HttpsServer, engine: Engine, connection?: MqttListenerOptions['connection'], onBehalfOf?: OnBehalfOfSource, preAuth?: PreAuthGate): { close(): void } {
+export function attachMqttWebSocket(
+  https: HttpsServer,
+  engine: Engine,
+  connection?: MqttListenerOptions['connection'],
+  onBehalfOf?: OnBehalfOfSource,
+  preAuth?: PreAuthGate,
+): { close(): void } {
   const live = new Set<MqttConnection>();
   webSocketDispatcher(https).register('mqtt', (stream, req) => {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;

@@ -22,10 +22,18 @@ export class ConnectionSessionHandler implements SessionHandler {
   }
   onDesired(patch: TwinCollection): void {
     const v = patch.$version;
-    this.conn.publish(`$iothub/twin/PATCH/properties/desired/?$version=${v ?? ''}`, Buffer.from(JSON.stringify(patch)), 0);
+    this.conn.publish(
+      `$iothub/twin/PATCH/properties/desired/?$version=${v ?? ''}`,
+      Buffer.from(JSON.stringify(patch)),
+      0,
+    );
   }
   onMethod(req: MethodRequest): void {
-    this.conn.publish(`$iothub/methods/POST/${req.methodName}/?$rid=${encodeURIComponent(req.requestId)}`, req.payload, 0);
+    this.conn.publish(
+      `$iothub/methods/POST/${req.methodName}/?$rid=${encodeURIComponent(req.requestId)}`,
+      req.payload,
+      0,
+    );
   }
   close(reason: CloseReason, detail?: string): void {
     this.conn.engineClose(reason, detail);
@@ -37,6 +45,14 @@ export class ConnectionSessionHandler implements SessionHandler {
     if (conn.state !== 'connected') return;
     const id = conn.allocatePacketId();
     (conn.awaitingAck ??= new Map()).set(id, d.lockToken);
-    conn.send({ cmd: 'publish', topic, payload: d.message.body, qos: 1, dup: d.deliveryCount > 1, retain: false, messageId: id });
+    conn.send({
+      cmd: 'publish',
+      topic,
+      payload: d.message.body,
+      qos: 1,
+      dup: d.deliveryCount > 1,
+      retain: false,
+      messageId: id,
+    });
   }
 }

@@ -63,10 +63,15 @@ export function parsePublishTopic(topic: string): PublishTarget {
       return rid ? { kind: 'twin-get', rid } : { kind: 'unknown', why: 'twin GET without $rid' };
     }
     if (path === '$iothub/twin/PATCH/properties/reported') {
-      return rid ? { kind: 'twin-patch-reported', rid } : { kind: 'unknown', why: 'reported properties PATCH without $rid' };
+      return rid
+        ? { kind: 'twin-patch-reported', rid }
+        : { kind: 'unknown', why: 'reported properties PATCH without $rid' };
     }
     const m = /^\$iothub\/methods\/res\/(\d{3})$/.exec(path);
-    if (m) return rid ? { kind: 'method-response', rid, status: Number(m[1]) } : { kind: 'unknown', why: 'method response without $rid' };
+    if (m)
+      return rid
+        ? { kind: 'method-response', rid, status: Number(m[1]) }
+        : { kind: 'unknown', why: 'method response without $rid' };
   }
   return { kind: 'unknown', why: `"${topic}" is not an IoT Hub topic` };
 }
@@ -94,7 +99,19 @@ export function parseSubscription(filter: string): { kind: SubscriptionKind; ide
 
 export class BagError extends Error {}
 
-const SYSTEM_KEYS = new Set(['$.mid', '$.cid', '$.uid', '$.to', '$.exp', '$.ct', '$.ce', '$.on', '$.sub', '$.ifid', '$.ctime']);
+const SYSTEM_KEYS = new Set([
+  '$.mid',
+  '$.cid',
+  '$.uid',
+  '$.to',
+  '$.exp',
+  '$.ct',
+  '$.ce',
+  '$.on',
+  '$.sub',
+  '$.ifid',
+  '$.ctime',
+]);
 
 /** Decodes a telemetry property bag (`k=v&k2=v2`, URL-encoded) into a message around `body`. */
 export function decodeBag(bag: string, body: Buffer): Message {
@@ -105,7 +122,8 @@ export function decodeBag(bag: string, body: Buffer): Message {
     const eq = part.indexOf('=');
     const k = safeDecode(eq < 0 ? part : part.slice(0, eq));
     const v = safeDecode(eq < 0 ? '' : part.slice(eq + 1));
-    if (k === undefined || v === undefined) throw new BagError(`property "${part.slice(0, 64)}" has invalid URL encoding`);
+    if (k === undefined || v === undefined)
+      throw new BagError(`property "${part.slice(0, 64)}" has invalid URL encoding`);
     if (k === '') throw new BagError('a property without a name');
     if (!SYSTEM_KEYS.has(k)) {
       msg.properties[k] = v;
@@ -215,7 +233,10 @@ export function encodeTelemetryBag(m: Message): string {
 
 /** The topic a device or module publishes `m` to: `devices/{d}[/modules/{m}]/messages/events/{bag}`. */
 export function telemetryTopic(id: IdentityRef, m: Message): string {
-  const base = id.moduleId === undefined ? `devices/${id.deviceId}/messages/events/` : `devices/${id.deviceId}/modules/${id.moduleId}/messages/events/`;
+  const base =
+    id.moduleId === undefined
+      ? `devices/${id.deviceId}/messages/events/`
+      : `devices/${id.deviceId}/modules/${id.moduleId}/messages/events/`;
   return base + encodeTelemetryBag(m);
 }
 
@@ -241,10 +262,16 @@ export function parseParentPublish(topic: string): ParentPublish {
     const { path, query } = splitQuery(topic);
     const rid = query.get('$rid');
     const res = /^\$iothub\/twin\/res\/(\d{3})$/.exec(path);
-    if (res) return rid !== undefined ? { kind: 'twin-response', status: Number(res[1]), rid, version: versionOf(query) } : { kind: 'unknown', why: 'twin response without $rid' };
+    if (res)
+      return rid !== undefined
+        ? { kind: 'twin-response', status: Number(res[1]), rid, version: versionOf(query) }
+        : { kind: 'unknown', why: 'twin response without $rid' };
     if (path === '$iothub/twin/PATCH/properties/desired') return { kind: 'desired', version: versionOf(query) };
     const method = /^\$iothub\/methods\/POST\/([^/]+)$/.exec(path);
-    if (method) return rid !== undefined ? { kind: 'method', methodName: method[1]!, rid } : { kind: 'unknown', why: 'method request without $rid' };
+    if (method)
+      return rid !== undefined
+        ? { kind: 'method', methodName: method[1]!, rid }
+        : { kind: 'unknown', why: 'method request without $rid' };
     return { kind: 'unknown', why: `"${topic}" is not an IoT Hub topic` };
   }
   const parts = topic.split('/');
@@ -252,7 +279,13 @@ export function parseParentPublish(topic: string): ParentPublish {
     return { kind: 'c2d', deviceId: parts[1]!, bag: parts.slice(4).join('/') };
   }
   if (parts[0] === 'devices' && parts.length >= 6 && parts[2] === 'modules' && parts[4] === 'inputs') {
-    return { kind: 'input', deviceId: parts[1]!, moduleId: parts[3]!, inputName: parts[5]!, bag: parts.slice(6).join('/') };
+    return {
+      kind: 'input',
+      deviceId: parts[1]!,
+      moduleId: parts[3]!,
+      inputName: parts[5]!,
+      bag: parts.slice(6).join('/'),
+    };
   }
   return { kind: 'unknown', why: `"${topic}" is not an IoT Hub topic` };
 }
@@ -284,7 +317,9 @@ export function identityFromClientId(clientId: string): IdentityRef | undefined 
  * (3 or 4 segments, with or without the `?`). Returns the host, the client id it names, and
  * the query values.
  */
-export function parseUsername(username: string): { host: string; clientId: string; query: Map<string, string> } | undefined {
+export function parseUsername(
+  username: string,
+): { host: string; clientId: string; query: Map<string, string> } | undefined {
   const slash = username.indexOf('/');
   if (slash <= 0) return undefined;
   const host = username.slice(0, slash);

@@ -32,7 +32,13 @@ const SYM32 = 0xb3;
 const LIST32 = 0xd0;
 const MAP32 = 0xd1;
 const SMALL_ULONG_DESCRIPTOR = [0x00, 0x53];
-const SECTION = { deliveryAnnotations: 0x71, messageAnnotations: 0x72, properties: 0x73, applicationProperties: 0x74, data: 0x75 } as const;
+const SECTION = {
+  deliveryAnnotations: 0x71,
+  messageAnnotations: 0x72,
+  properties: 0x73,
+  applicationProperties: 0x74,
+  data: 0x75,
+} as const;
 
 /** A growable write buffer reused across messages; `take()` copies out one message. */
 class Writer {
@@ -221,7 +227,17 @@ export function encodeEvent(e: StoredEvent, runtime?: RuntimeInfo): Buffer {
   // properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type,
   // content-encoding, absolute-expiry-time; trailing absent fields are left out. Ids stay
   // strings: readers compare them with what the device set, whatever their shape.
-  const present = [m.messageId, m.userId, m.to, undefined, undefined, m.correlationId, m.contentType, m.contentEncoding, m.expiry];
+  const present = [
+    m.messageId,
+    m.userId,
+    m.to,
+    undefined,
+    undefined,
+    m.correlationId,
+    m.contentType,
+    m.contentEncoding,
+    m.expiry,
+  ];
   let count = present.length;
   while (count > 0 && present[count - 1] === undefined) count--;
   if (count > 0) {

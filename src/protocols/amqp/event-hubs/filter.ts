@@ -23,7 +23,8 @@ export class FilterError extends Error {
   }
 }
 
-const EXPRESSION = /^\s*amqp\.annotation\.(x-opt-offset|x-opt-sequence-number|x-opt-enqueued-time)\s*(>=|>|=)\s*(?:'([^']*)'|"([^"]*)"|(\S+))\s*$/i;
+const EXPRESSION =
+  /^\s*amqp\.annotation\.(x-opt-offset|x-opt-sequence-number|x-opt-enqueued-time)\s*(>=|>|=)\s*(?:'([^']*)'|"([^"]*)"|(\S+))\s*$/i;
 
 /** The text inside a described value as rhea decodes it (plain, or wrapped in `.value` layers). */
 export function describedText(v: unknown): string | undefined {
@@ -73,7 +74,10 @@ export function parseStartExpression(expression: string): StartPosition {
     case 'x-opt-offset': {
       if (value === '@latest') return { kind: 'latest' };
       const n = wholeNumber(value);
-      if (n === undefined) throw new FilterError(`offset "${value}" is not an offset of this hub: use a decimal number, -1 for the earliest event or @latest`);
+      if (n === undefined)
+        throw new FilterError(
+          `offset "${value}" is not an offset of this hub: use a decimal number, -1 for the earliest event or @latest`,
+        );
       if (n < 0) return { kind: 'earliest' };
       return { kind: 'offset', offset: n, inclusive };
     }
@@ -87,7 +91,8 @@ export function parseStartExpression(expression: string): StartPosition {
       // Milliseconds since the epoch, as the clients send it; an ISO date is taken too.
       const n = wholeNumber(value);
       const time = n ?? (/^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : NaN);
-      if (!Number.isFinite(time)) throw new FilterError(`enqueued time "${value}" is neither milliseconds since the epoch nor an ISO date`);
+      if (!Number.isFinite(time))
+        throw new FilterError(`enqueued time "${value}" is neither milliseconds since the epoch nor an ISO date`);
       return { kind: 'time', time, inclusive };
     }
   }

@@ -40,7 +40,13 @@ export class EventHubsEndpoint {
     this.feed = new PartitionFeed(opts.stream, opts.log);
     this.routes = [
       ...managementRoutes({ entity: this.entity, stream: opts.stream, createdAt: opts.createdAt }),
-      ...receiverRoutes({ entity: this.entity, stream: opts.stream, feed: this.feed, ownership: this.ownership, consumerGroup: opts.consumerGroup }),
+      ...receiverRoutes({
+        entity: this.entity,
+        stream: opts.stream,
+        feed: this.feed,
+        ownership: this.ownership,
+        consumerGroup: opts.consumerGroup,
+      }),
     ];
   }
 

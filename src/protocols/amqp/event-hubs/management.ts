@@ -42,7 +42,11 @@ function authorize(ctx: LinkContext, entity: string, securityToken: unknown): An
   const { checker, hostNames } = ctx.conn.shared;
   if (typeof securityToken === 'string' && securityToken !== '') {
     try {
-      const { policy } = authenticatePolicyToken(securityToken, { hostnames: hostNames, policy: checker.policy, resourcePath: `/${entity}` });
+      const { policy } = authenticatePolicyToken(securityToken, {
+        hostnames: hostNames,
+        policy: checker.policy,
+        resourcePath: `/${entity}`,
+      });
       requireRight(policy, ['ServiceConnect'], 'read the Event Hubs compatible endpoint');
       return undefined;
     } catch (err) {
@@ -64,14 +68,24 @@ export function answerManagementRequest(ctx: LinkContext, deps: ManagementDeps, 
   const type = String(app.type ?? '');
   const name = app.name === undefined ? '' : String(app.name);
   if (operation.toUpperCase() !== 'READ') {
-    return { status: 400, condition: CONDITION.notImplemented, description: `unsupported $management operation "${operation}": this endpoint answers READ of ${TYPE_ENTITY} and ${TYPE_PARTITION}` };
+    return {
+      status: 400,
+      condition: CONDITION.notImplemented,
+      description: `unsupported $management operation "${operation}": this endpoint answers READ of ${TYPE_ENTITY} and ${TYPE_PARTITION}`,
+    };
   }
   if (type !== TYPE_ENTITY && type !== TYPE_PARTITION) {
-    return { status: 400, condition: CONDITION.argument, description: `unsupported $management type "${type}": use ${TYPE_ENTITY} or ${TYPE_PARTITION}` };
+    return {
+      status: 400,
+      condition: CONDITION.argument,
+      description: `unsupported $management type "${type}": use ${TYPE_ENTITY} or ${TYPE_PARTITION}`,
+    };
   }
   const host = ctx.conn.shared.hostNames[0];
   if (!sameName(name, deps.entity)) {
-    return notFound(`The messaging entity 'sb://${host}/${name}' could not be found: this hub's Event Hubs entity is '${deps.entity}'`);
+    return notFound(
+      `The messaging entity 'sb://${host}/${name}' could not be found: this hub's Event Hubs entity is '${deps.entity}'`,
+    );
   }
   const denied = authorize(ctx, deps.entity, app.security_token);
   if (denied) return denied;
@@ -119,7 +133,10 @@ function respond(ctx: LinkContext, request: AmqpMessage, answer: Answer): void {
     ctx.conn.log.warn({ replyTo }, '$management request without a $management receiver link to answer on');
     return;
   }
-  const app: Record<string, unknown> = { 'status-code': rhea.types.wrap_int(answer.status), 'status-description': answer.description };
+  const app: Record<string, unknown> = {
+    'status-code': rhea.types.wrap_int(answer.status),
+    'status-description': answer.description,
+  };
   if (answer.condition) app['error-condition'] = answer.condition;
   const response: AmqpMessage = { application_properties: app, body: answer.body ?? null };
   if (request.message_id !== undefined) response.correlation_id = echoId(request.message_id) as string;
@@ -154,7 +171,10 @@ export function managementRoutes(deps: ManagementDeps): LinkRoute[] {
           }
           if (answer.status !== 200) {
             const app = (msg.application_properties ?? {}) as Record<string, unknown>;
-            ctx.conn.log.warn({ type: app.type, name: app.name, status: answer.status, reason: answer.description }, '$management request refused');
+            ctx.conn.log.warn(
+              { type: app.type, name: app.name, status: answer.status, reason: answer.description },
+              '$management request refused',
+            );
           }
           respond(ctx, msg, answer);
           credit.done();

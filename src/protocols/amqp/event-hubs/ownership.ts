@@ -33,14 +33,21 @@ export class PartitionOwnership {
     if (!set) this.readers.set(key, (set = new Set()));
     const where = `partition ${partition} of consumer group ${consumerGroup}`;
     let highest: PartitionReader | undefined;
-    for (const r of set) if (r.ownerLevel !== undefined && (highest === undefined || r.ownerLevel > highest.ownerLevel!)) highest = r;
+    for (const r of set)
+      if (r.ownerLevel !== undefined && (highest === undefined || r.ownerLevel > highest.ownerLevel!)) highest = r;
 
     if (reader.ownerLevel === undefined) {
       if (highest) {
-        throw new AmqpRefusal(CONDITION.stolen, `receiver '${reader.name}' without an owner level cannot read ${where}: receiver '${highest.name}' owns it with owner level ${highest.ownerLevel}`);
+        throw new AmqpRefusal(
+          CONDITION.stolen,
+          `receiver '${reader.name}' without an owner level cannot read ${where}: receiver '${highest.name}' owns it with owner level ${highest.ownerLevel}`,
+        );
       }
       if (set.size >= MAX_SHARED_READERS) {
-        throw new AmqpRefusal(CONDITION.resourceLimit, `at most ${MAX_SHARED_READERS} receivers may read ${where} at once; close one, or use another consumer group`);
+        throw new AmqpRefusal(
+          CONDITION.resourceLimit,
+          `at most ${MAX_SHARED_READERS} receivers may read ${where} at once; close one, or use another consumer group`,
+        );
       }
     } else {
       if (highest && highest.ownerLevel! > reader.ownerLevel) {

@@ -20,7 +20,10 @@ export class PartitionFeed {
   private readonly last: Array<LastEnqueued | undefined>;
   private unsubscribe?: () => void;
 
-  constructor(readonly stream: EventStreamReader, private readonly log?: Logger) {
+  constructor(
+    readonly stream: EventStreamReader,
+    private readonly log?: Logger,
+  ) {
     const n = stream.partitionCount();
     this.listeners = Array.from({ length: n }, () => new Set<PartitionListener>());
     this.last = Array.from({ length: n }, () => undefined);
@@ -71,7 +74,11 @@ export class PartitionFeed {
     for (const [p, list] of byPartition) {
       if (p < 0 || p >= this.listeners.length) continue;
       const newest = list[list.length - 1]!;
-      this.last[p] = { sequenceNumber: newest.partitionSequenceNumber, offset: newest.offset, enqueuedTime: newest.enqueuedTime };
+      this.last[p] = {
+        sequenceNumber: newest.partitionSequenceNumber,
+        offset: newest.offset,
+        enqueuedTime: newest.enqueuedTime,
+      };
       for (const fn of this.listeners[p]!) {
         try {
           fn(list);

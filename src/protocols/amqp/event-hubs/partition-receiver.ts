@@ -52,7 +52,10 @@ export class PartitionReceiver implements LinkHandler {
   private head = 0;
   private readonly stopListening: () => void;
 
-  constructor(private readonly ctx: LinkContext, private readonly o: PartitionReceiverOptions) {
+  constructor(
+    private readonly ctx: LinkContext,
+    private readonly o: PartitionReceiverOptions,
+  ) {
     // Listen before resolving "latest", so nothing appended in between is lost.
     this.stopListening = o.feed.listen(o.partition, (events) => this.appended(events));
     const s = o.start;
@@ -89,7 +92,8 @@ export class PartitionReceiver implements LinkHandler {
     const s = this.sender;
     if (!s.is_open()) return 0;
     const outgoing = (s.session as unknown as { outgoing: OutgoingInternals }).outgoing;
-    while (this.head < this.untransferred.length && this.untransferred[this.head]! < outgoing.next_pending_delivery) this.head++;
+    while (this.head < this.untransferred.length && this.untransferred[this.head]! < outgoing.next_pending_delivery)
+      this.head++;
     if (this.head > 1024 && this.head * 2 > this.untransferred.length) {
       this.untransferred.splice(0, this.head);
       this.head = 0;
@@ -130,7 +134,13 @@ export class PartitionReceiver implements LinkHandler {
     let runtime: RuntimeInfo | undefined;
     if (this.o.runtimeMetrics) {
       const last = this.o.feed.lastEnqueued(this.o.partition);
-      if (last) runtime = { lastSequenceNumber: last.sequenceNumber, lastOffset: last.offset, lastEnqueuedTime: last.enqueuedTime, retrievedAt: Date.now() };
+      if (last)
+        runtime = {
+          lastSequenceNumber: last.sequenceNumber,
+          lastOffset: last.offset,
+          lastEnqueuedTime: last.enqueuedTime,
+          retrievedAt: Date.now(),
+        };
     }
     // Pre-encoded: rhea sends the bytes as they are when given a message format.
     const d = this.sender.send(encodeEvent(e, runtime), undefined, 0) as unknown as { id: number };
@@ -174,8 +184,14 @@ export class PartitionReceiver implements LinkHandler {
       (err: unknown) => {
         this.reading = false;
         if (this.isClosed) return;
-        this.ctx.conn.log.warn({ address: this.ctx.address, reason: (err as Error)?.message }, 'reading the event stream failed; detaching the receiver');
-        this.ctx.detach({ condition: CONDITION.internal, description: `reading partition ${this.o.partition} failed: ${(err as Error)?.message ?? String(err)}` });
+        this.ctx.conn.log.warn(
+          { address: this.ctx.address, reason: (err as Error)?.message },
+          'reading the event stream failed; detaching the receiver',
+        );
+        this.ctx.detach({
+          condition: CONDITION.internal,
+          description: `reading partition ${this.o.partition} failed: ${(err as Error)?.message ?? String(err)}`,
+        });
       },
     );
   }

@@ -2,8 +2,21 @@ import rhea, { type Sender } from 'rhea';
 import type { EventStreamReader } from '../../../model/events.ts';
 import { AmqpRefusal, CONDITION } from '../errors.ts';
 import type { LinkContext, LinkRoute } from '../types.ts';
-import { isEntitySendAddress, parsePartitionAddress, partitionIndex, sameName, type PartitionAddress } from './entity.ts';
-import { FilterError, SELECTOR_FILTER, SELECTOR_FILTER_CODE, describeStart, parseStartFilter, selectorOf } from './filter.ts';
+import {
+  isEntitySendAddress,
+  parsePartitionAddress,
+  partitionIndex,
+  sameName,
+  type PartitionAddress,
+} from './entity.ts';
+import {
+  FilterError,
+  SELECTOR_FILTER,
+  SELECTOR_FILTER_CODE,
+  describeStart,
+  parseStartFilter,
+  selectorOf,
+} from './filter.ts';
 import type { PartitionFeed } from './partition-feed.ts';
 import { PartitionReceiver } from './partition-receiver.ts';
 import type { PartitionOwnership } from './ownership.ts';
@@ -36,7 +49,8 @@ function ownerLevelOf(properties: Record<string, unknown>): number | undefined {
   const v = properties[EPOCH_PROPERTY];
   if (v === undefined || v === null) return undefined;
   const n = typeof v === 'bigint' ? Number(v) : Number((v as { valueOf(): unknown }).valueOf());
-  if (!Number.isSafeInteger(n)) throw new AmqpRefusal(CONDITION.argument, `${EPOCH_PROPERTY} must be a whole number, got ${String(v)}`);
+  if (!Number.isSafeInteger(n))
+    throw new AmqpRefusal(CONDITION.argument, `${EPOCH_PROPERTY} must be a whole number, got ${String(v)}`);
   return n;
 }
 
@@ -54,14 +68,19 @@ function claimFor(ctx: LinkContext, a: PartitionAddress): boolean {
 function openReceiver(ctx: LinkContext, a: PartitionAddress, deps: ReceiverRouteDeps): PartitionReceiver {
   const path = `${a.entity}/ConsumerGroups/${a.consumerGroup}/Partitions/${a.partitionId}`;
   if (!sameName(a.entity, deps.entity)) {
-    throw new AmqpRefusal(CONDITION.notFound, `The messaging entity '${entityUrl(ctx, a.entity)}' could not be found: this hub's Event Hubs entity is '${deps.entity}'`);
+    throw new AmqpRefusal(
+      CONDITION.notFound,
+      `The messaging entity '${entityUrl(ctx, a.entity)}' could not be found: this hub's Event Hubs entity is '${deps.entity}'`,
+    );
   }
   if (!claimFor(ctx, a)) {
     const held = ctx.conn.claims.allPolicies().map((p) => p.policy.keyName);
     throw new AmqpRefusal(
       CONDITION.unauthorized,
       `reading ${path} needs a shared access policy with ServiceConnect (e.g. iothubowner or service) put on $cbs for ${entityUrl(ctx, path)}` +
-        (held.length > 0 ? `; this connection holds ${[...new Set(held)].join(', ')}` : '; this connection has put no such token (device tokens cannot read it)'),
+        (held.length > 0
+          ? `; this connection holds ${[...new Set(held)].join(', ')}`
+          : '; this connection has put no such token (device tokens cannot read it)'),
     );
   }
   const group = deps.consumerGroup(a.consumerGroup);
@@ -96,10 +115,12 @@ function openReceiver(ctx: LinkContext, a: PartitionAddress, deps: ReceiverRoute
   // the client insisted on settling them itself (reading has nothing to settle).
   const link = ctx.link as Sender;
   const terminus: Record<string, unknown> = { address: ctx.address };
-  if (expression !== undefined) terminus.filter = { [SELECTOR_FILTER]: rhea.types.wrap_described(expression, SELECTOR_FILTER_CODE) };
+  if (expression !== undefined)
+    terminus.filter = { [SELECTOR_FILTER]: rhea.types.wrap_described(expression, SELECTOR_FILTER_CODE) };
   link.set_source(terminus as never);
   const local = (link as unknown as { local: { attach: LocalAttach } }).local.attach;
-  const asked = (link as unknown as { remote: { attach?: { snd_settle_mode?: number } } }).remote.attach?.snd_settle_mode;
+  const asked = (link as unknown as { remote: { attach?: { snd_settle_mode?: number } } }).remote.attach
+    ?.snd_settle_mode;
   if (asked !== 0) local.snd_settle_mode = 1;
   if (runtimeMetrics) local.offered_capabilities = [RUNTIME_METRIC_CAPABILITY];
 
@@ -147,7 +168,10 @@ export function receiverRoutes(deps: ReceiverRouteDeps): LinkRoute[] {
     role: 'receiver',
     match: (path) => (isEntitySendAddress(path, deps.entity) ? true : undefined),
     open: (ctx) => {
-      throw new AmqpRefusal(CONDITION.notAllowed, `${ctx.address} is read-only: the hub's Event Hubs compatible endpoint carries device telemetry and takes no events from clients`);
+      throw new AmqpRefusal(
+        CONDITION.notAllowed,
+        `${ctx.address} is read-only: the hub's Event Hubs compatible endpoint carries device telemetry and takes no events from clients`,
+      );
     },
   };
   return [partitions, producers];

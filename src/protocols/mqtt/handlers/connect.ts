@@ -3,7 +3,13 @@ import { describeIdentity } from '../../../model/identity.ts';
 import { EngineError } from '../../../model/errors.ts';
 import type { AuthResult, IdentityRef } from '../../../model/identity.ts';
 import { EDGE_HUB } from '../../../identity/device-id.ts';
-import { actingEdgeOf, claimedChainRefusal, grantOnBehalfOf, onScopeChange, withdrawalReason } from '../../../identity/on-behalf-of.ts';
+import {
+  actingEdgeOf,
+  claimedChainRefusal,
+  grantOnBehalfOf,
+  onScopeChange,
+  withdrawalReason,
+} from '../../../identity/on-behalf-of.ts';
 import { childLog, wireText } from '../../../util/log.ts';
 import { ConnectionSessionHandler } from '../session-handler.ts';
 import { identityFromClientId, parseUsername, sameIdentity } from '../topics.ts';
@@ -20,13 +26,20 @@ export async function onConnect(conn: ClientConnection, p: mqtt.IConnectPacket):
     return conn.refuse(`MQTT protocol level ${p.protocolVersion} is not supported (3.1.1 only)`, CONNACK.badProtocol);
   }
   const identity = identityFromClientId(p.clientId);
-  if (!identity) return conn.refuse(`client id "${wireText(p.clientId)}" does not name a device or module`, CONNACK.identifierRejected);
+  if (!identity)
+    return conn.refuse(
+      `client id "${wireText(p.clientId)}" does not name a device or module`,
+      CONNACK.identifierRejected,
+    );
   conn.identity = identity;
   let authChain: string | undefined;
   if (p.username !== undefined) {
     const u = parseUsername(p.username);
     if (!u || u.clientId !== p.clientId) {
-      return conn.refuse(`user name "${wireText(p.username)}" does not name client "${wireText(p.clientId)}"`, CONNACK.badCredentials);
+      return conn.refuse(
+        `user name "${wireText(p.username)}" does not name client "${wireText(p.clientId)}"`,
+        CONNACK.badCredentials,
+      );
     }
     authChain = u.query.get(AUTH_CHAIN_PARAM);
   }
@@ -36,7 +49,8 @@ export async function onConnect(conn: ClientConnection, p: mqtt.IConnectPacket):
     return conn.refuse('neither a SAS token (password) nor a client certificate was given', CONNACK.badCredentials);
   }
   const actorEdgeId = sasToken === undefined ? undefined : actingEdgeOf(sasToken);
-  const onBehalfOf = actorEdgeId !== undefined && !sameIdentity(identity, { deviceId: actorEdgeId, moduleId: EDGE_HUB });
+  const onBehalfOf =
+    actorEdgeId !== undefined && !sameIdentity(identity, { deviceId: actorEdgeId, moduleId: EDGE_HUB });
   let auth: AuthResult;
   if (onBehalfOf) {
     const granted = await grant(conn, actorEdgeId, identity, sasToken!, authChain);
@@ -44,9 +58,14 @@ export async function onConnect(conn: ClientConnection, p: mqtt.IConnectPacket):
     auth = granted;
   } else {
     try {
-      auth = await conn.engine.authenticate({ ...identity, sasToken, clientCertificate: sasToken ? undefined : clientCertificate });
+      auth = await conn.engine.authenticate({
+        ...identity,
+        sasToken,
+        clientCertificate: sasToken ? undefined : clientCertificate,
+      });
     } catch (err) {
-      if (err instanceof EngineError) return conn.refuse(`authentication failed (${err.code}): ${err.message}`, CONNACK.notAuthorized);
+      if (err instanceof EngineError)
+        return conn.refuse(`authentication failed (${err.code}): ${err.message}`, CONNACK.notAuthorized);
       log.error({ err, remote: conn.remote }, 'authentication error');
       return conn.refuse('authentication error', CONNACK.unavailable);
     }
@@ -59,7 +78,12 @@ export async function onConnect(conn: ClientConnection, p: mqtt.IConnectPacket):
   const handler = new ConnectionSessionHandler(conn);
   let session;
   try {
-    session = await conn.engine.connect(auth, handler, { protocol: conn.protocol, cleanSession: p.clean !== false, remote: conn.remote, viaGateway: onBehalfOf });
+    session = await conn.engine.connect(auth, handler, {
+      protocol: conn.protocol,
+      cleanSession: p.clean !== false,
+      remote: conn.remote,
+      viaGateway: onBehalfOf,
+    });
   } catch (err) {
     // An engine refusal (e.g. the gateway's MaxConnectedClients) says why in its message.
     if (err instanceof EngineError) return conn.refuse(err.message, CONNACK.unavailable);
@@ -75,7 +99,13 @@ export async function onConnect(conn: ClientConnection, p: mqtt.IConnectPacket):
  * same claim (both ask identity/on-behalf-of.ts), and dropped again when a registry change withdraws it.
  * Returns the target's credentials, or undefined after refusing the CONNECT.
  */
-async function grant(conn: ClientConnection, actorEdgeId: string, target: IdentityRef, token: string, authChain: string | undefined): Promise<AuthResult | undefined> {
+async function grant(
+  conn: ClientConnection,
+  actorEdgeId: string,
+  target: IdentityRef,
+  token: string,
+  authChain: string | undefined,
+): Promise<AuthResult | undefined> {
   const source = conn.onBehalfOfSource;
   const actor = `${actorEdgeId}/${EDGE_HUB}`;
   const refuse = (why: string) => {
@@ -84,14 +114,28 @@ async function grant(conn: ClientConnection, actorEdgeId: string, target: Identi
   };
   let auth: AuthResult;
   try {
-    auth = (await grantOnBehalfOf({ source, authenticate: (req) => conn.engine.authenticate(req), actorEdgeId, target, token })).auth;
+    auth = (
+      await grantOnBehalfOf({
+        source,
+        authenticate: (req) => conn.engine.authenticate(req),
+        actorEdgeId,
+        target,
+        token,
+      })
+    ).auth;
   } catch (err) {
     if (err instanceof EngineError) return refuse(err.message);
     log.error({ err, remote: conn.remote }, 'on-behalf-of check failed');
     conn.refuse('authentication error', CONNACK.unavailable);
     return undefined;
   }
-  const chainRefusal = claimedChainRefusal(source, authChain, actorEdgeId, target, `the user name carries no ${AUTH_CHAIN_PARAM} parameter`);
+  const chainRefusal = claimedChainRefusal(
+    source,
+    authChain,
+    actorEdgeId,
+    target,
+    `the user name carries no ${AUTH_CHAIN_PARAM} parameter`,
+  );
   if (chainRefusal) return refuse(chainRefusal);
   if (conn.state === 'closed') return undefined;
   conn.unwatch = onScopeChange(source!, () => {

@@ -8,5 +8,7 @@ export function onPuback(conn: ClientConnection, packetId: number): void {
   const lockToken = conn.awaitingAck?.get(packetId);
   if (lockToken === undefined) return;
   conn.awaitingAck!.delete(packetId);
-  conn.session!.settleC2D(lockToken, 'complete').catch((err: unknown) => log.warn({ err, who: conn.who() }, 'C2D completion failed'));
+  conn
+    .session!.settleC2D(lockToken, 'complete')
+    .catch((err: unknown) => log.warn({ err, who: conn.who() }, 'C2D completion failed'));
 }

@@ -20,13 +20,16 @@ export function onPublish(conn: ClientConnection, p: mqtt.IPublishPacket): void 
   switch (target.kind) {
     case 'telemetry': {
       if (!sameIdentity(target.identity, session.identity)) {
-        return conn.forbidden(`published to ${describeIdentity(target.identity)}'s telemetry topic; nothing was stored`);
+        return conn.forbidden(
+          `published to ${describeIdentity(target.identity)}'s telemetry topic; nothing was stored`,
+        );
       }
       let message;
       try {
         message = decodeBag(target.bag, payload);
       } catch (err) {
-        if (err instanceof BagError) return conn.protocolError(`malformed property bag on "${wireText(p.topic)}": ${err.message}`);
+        if (err instanceof BagError)
+          return conn.protocolError(`malformed property bag on "${wireText(p.topic)}": ${err.message}`);
         throw err;
       }
       const messageId = p.messageId;
@@ -41,7 +44,10 @@ export function onPublish(conn: ClientConnection, p: mqtt.IPublishPacket): void 
             log.warn({ who: conn.who(), remote: conn.remote }, `closing connection: ${err.message}`);
           } else if (err instanceof EngineError && err.code === 'store-full') {
             // MQTT 3.1.1 has no negative PUBACK: the close is the refusal; the device sends it again later.
-            log.warn({ who: conn.who(), remote: conn.remote, code: err.code }, `closing connection: telemetry not stored, ${err.message}`);
+            log.warn(
+              { who: conn.who(), remote: conn.remote, code: err.code },
+              `closing connection: telemetry not stored, ${err.message}`,
+            );
           } else {
             log.warn({ err, who: conn.who() }, 'closing connection: telemetry could not be stored');
           }

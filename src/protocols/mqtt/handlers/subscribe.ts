@@ -19,11 +19,23 @@ export function onSubscribe(conn: ClientConnection, p: mqtt.ISubscribePacket): v
       granted.push(0x80);
       continue;
     }
-    if (sub.identity && !sameIdentity(sub.identity, { deviceId: session.identity.deviceId, moduleId: sub.kind === 'c2d' ? undefined : session.identity.moduleId })) {
+    if (
+      sub.identity &&
+      !sameIdentity(sub.identity, {
+        deviceId: session.identity.deviceId,
+        moduleId: sub.kind === 'c2d' ? undefined : session.identity.moduleId,
+      })
+    ) {
       return conn.forbidden(`subscribed to ${describeIdentity(sub.identity)}'s topic "${wireText(s.topic)}"`);
     }
-    if ((sub.kind === 'c2d' && session.identity.moduleId !== undefined) || (sub.kind === 'inputs' && session.identity.moduleId === undefined)) {
-      log.warn({ who: conn.who(), filter: wireText(s.topic) }, `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`);
+    if (
+      (sub.kind === 'c2d' && session.identity.moduleId !== undefined) ||
+      (sub.kind === 'inputs' && session.identity.moduleId === undefined)
+    ) {
+      log.warn(
+        { who: conn.who(), filter: wireText(s.topic) },
+        `subscription refused: ${sub.kind === 'c2d' ? 'modules do not receive C2D messages' : 'devices have no inputs'}`,
+      );
       granted.push(0x80);
       continue;
     }

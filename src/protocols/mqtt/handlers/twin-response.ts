@@ -5,9 +5,19 @@ import type { ClientConnection } from '../types.ts';
 const log = childLog('mqtt');
 
 /** Answers a twin request on `$iothub/twin/res/{status}/`, if the client subscribed to it. */
-export function twinResponse(conn: ClientConnection, status: number, rid: string, body: Buffer, version?: number): void {
+export function twinResponse(
+  conn: ClientConnection,
+  status: number,
+  rid: string,
+  body: Buffer,
+  version?: number,
+): void {
   if (conn.state !== 'connected' || !conn.session?.subscriptions.has('twin-responses')) {
-    if (conn.state === 'connected') log.warn({ who: conn.who(), rid: wireText(rid) }, 'twin response dropped: the client has not subscribed to $iothub/twin/res/#');
+    if (conn.state === 'connected')
+      log.warn(
+        { who: conn.who(), rid: wireText(rid) },
+        'twin response dropped: the client has not subscribed to $iothub/twin/res/#',
+      );
     return;
   }
   const v = version === undefined ? '' : `&$version=${version}`;
