@@ -21,8 +21,6 @@ import type { SecurityManager } from './security-manager.ts';
  * manager keeps current.
  */
 
-const log = childLog('gateway');
-
 export interface GatewayListenerParts {
   engine: Engine;
   bind: string;
@@ -57,7 +55,6 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
       amqp: { hostName: p.hubHostName, extraHostNames: p.extraHostNames, policy: () => undefined },
       publicHost: security.currentHostname,
       listenError,
-      log,
     },
     onClose,
   );

@@ -15,7 +15,7 @@ import { Engine } from '../engine/engine.ts';
 import { deviceApi } from '../protocols/http/device-api.ts';
 import { GATED_TLS_OPTIONS, PreAuthGate, type PreAuthLimits } from '../protocols/pre-auth.ts';
 import { eventStreamSink, openEventStream } from './events.ts';
-import { startAmqpHead, startEventHubsEndpoint, startMqttHeads, type HeadSite } from './heads.ts';
+import { startDeviceListeners, startEventHubsEndpoint, type HeadSite } from './heads.ts';
 import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts';
 import { ownModuleReader, type OwnModuleReader } from '../scope/own-modules.ts';
 import { Registry } from './registry.ts';
@@ -188,10 +188,9 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     };
 
     // The heads bind before the HTTPS listener opens (the WebSocket transports ride on it).
-    await startMqttHeads(node, engine, identities);
+    const amqp = await startDeviceListeners(node, engine, (name) => registry.getPolicy(name), identities);
     await app.register(deviceApi, { engine, sendError });
     await app.register(serviceMessaging, { engine, events, registry, onClose: node.onClose });
-    const amqp = await startAmqpHead(node, engine, (name) => registry.getPolicy(name), identities);
     const groups = new ConsumerGroups(db);
     startEventHubsEndpoint(node, amqp, events, (name) => groups.get(name)?.name);
     // Edge gateways: scope listing, on-behalf-of lookups, live change feed.

@@ -1,14 +1,13 @@
 import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import tls, { type TLSSocket } from 'node:tls';
-import type { Logger } from 'pino';
+import tls from 'node:tls';
 import type { Engine } from '../engine/engine.ts';
 import type { OnBehalfOfSource } from '../identity/on-behalf-of.ts';
 import { UserError } from '../util/errors.ts';
 import { AMQP_WS_SUBPROTOCOL, AmqpHead, type AmqpHeadOptions } from './amqp/head.ts';
 import { clientCertificateOf } from './http/client-cert.ts';
 import { attachMqttWebSocket, startMqttListener, type MqttListener } from './mqtt/server.ts';
-import { GATED_TLS_OPTIONS, type PreAuthGate, preAuthOf } from './pre-auth.ts';
+import { type PreAuthGate, preAuthOf } from './pre-auth.ts';
 import { IOTHUB_WEBSOCKET_PATH, webSocketDispatcher } from './ws.ts';
 
 /**
@@ -47,8 +46,6 @@ export interface DeviceHeadsOptions {
   publicHost: string;
   /** Default: the error as it came. */
   listenError?: ListenErrorMapper;
-  /** Where AMQP listener failures are logged; default the AMQP head's log. */
-  log?: Logger;
 }
 
 export interface DeviceHeads {
@@ -86,38 +83,12 @@ export async function startDeviceHeads(o: DeviceHeadsOptions, onClose: (fn: Clos
 
   const amqp = new AmqpHead({ engine, ...o.amqp, onBehalfOf: o.onBehalfOf, preAuth });
   onClose(() => amqp.close());
-  const log = o.log ?? amqp.log;
-  const amqpServer = tls.createServer({
-    ...o.tls,
-    requestCert: true,
-    rejectUnauthorized: false,
-    ALPNProtocols: ['amqp'],
-    ...GATED_TLS_OPTIONS,
-  });
-  amqpServer.on('secureConnection', (socket: TLSSocket) => {
-    socket.setNoDelay(true);
-    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    try {
-      amqp.accept(socket, {
-        transport: 'amqp',
-        remote,
-        clientCertificate: clientCertificateOf(socket),
-        preAuth: preAuthOf(socket),
-      });
-    } catch (err) {
-      log.error({ err, remote }, 'could not serve an AMQP connection');
-      socket.destroy();
-    }
-  });
-  preAuth.guardTls(amqpServer, 'AMQP');
-  await listen(amqpServer, bind, o.ports.amqp, 'AMQP', mapError);
-  amqpServer.on('error', (err) => log.error({ err }, 'AMQP listener error'));
-  // The server's close waits for its connections, and only the head ends them: end them first.
-  onClose(async () => {
-    const closed = new Promise<void>((r) => amqpServer.close(() => r()));
-    await amqp.close();
-    await closed;
-  });
+  let amqpServer: tls.Server;
+  try {
+    amqpServer = await amqp.listen({ host: bind, port: o.ports.amqp, cert: o.tls.cert, key: o.tls.key });
+  } catch (err) {
+    throw mapError(err, 'AMQP', bind, o.ports.amqp);
+  }
 
   const ports = { mqtt: mqtt.port, amqp: (amqpServer.address() as AddressInfo).port };
   return {

@@ -1,4 +1,3 @@
-import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls, { type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
@@ -116,8 +115,11 @@ export class AmqpHead {
     return conn;
   }
 
-  /** Listens for AMQP over TLS. Resolves with the bound address. */
-  async listen(o: TlsListenOptions): Promise<AddressInfo> {
+  /**
+   * Listens for AMQP over TLS; the head closes the server with its connections. Resolves with
+   * the server (a role swaps renewed certificates into it).
+   */
+  async listen(o: TlsListenOptions): Promise<tls.Server> {
     const server = tls.createServer({
       ...GATED_TLS_OPTIONS,
       cert: o.cert,
@@ -152,7 +154,7 @@ export class AmqpHead {
     });
     server.on('error', (err) => this.log.error({ err }, 'AMQP listener error'));
     this.servers.push(server);
-    return server.address() as AddressInfo;
+    return server;
   }
 
   /** Stops listening and closes every connection (amqp:connection:forced). */
