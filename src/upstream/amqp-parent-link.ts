@@ -63,19 +63,8 @@ import { UpstreamConnectError, openTransport, type UpstreamTransport } from './t
 /** What the AMQP link takes besides the common options (parent-link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
 export interface AmqpParentLinkOptions extends ParentLinkOptions {
   transport?: Extract<UpstreamTransport, 'amqp' | 'amqpws'>;
-  /** PEM of the trust bundle the parent's certificate must chain to. */
-  trustPem: string;
-  /**
-   * The auth chain of a telemetry sender (`leaf;...;edge`), for senders no `openIdentity` has
-   * named. Default: `{sender};{edge}` (a direct child; `d/m;d;edge` for a module of one).
-   */
-  authChainOf?: (identity: IdentityRef) => string | undefined;
-  /** Largest telemetry batch handed to the endpoint, default 500. */
-  maxBatch?: number;
   /** The id of the store telemetry comes from: batches then name their origin, for exactly-once storage upstream. */
   originId?: string;
-  /** Connect, attach and CBS answer timeout, default 10 s. */
-  operationTimeoutMs?: number;
 }
 
 /** A connection that stayed up this long resets the backoff. */

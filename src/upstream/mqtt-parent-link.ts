@@ -50,14 +50,6 @@ import { UpstreamConnectError, openTransport, type UpstreamTransport } from './t
 /** What the MQTT link takes besides the common options (parent-link-base.ts; the port defaults to 8883, or 443 for `mqttws`). */
 export interface MqttParentLinkOptions extends ParentLinkOptions {
   transport?: Extract<UpstreamTransport, 'mqtt' | 'mqttws'>;
-  /** PEM of the trust bundle the parent's certificate must chain to. */
-  trustPem: string;
-  /** The auth chain of a telemetry sender (`leaf;...;edge`); default `{sender};{edge}`. */
-  authChainOf?: (identity: IdentityRef) => string | undefined;
-  /** Largest telemetry batch handed to the endpoint, default 500. */
-  maxBatch?: number;
-  /** Connect, CONNACK, SUBACK and twin answer timeout, default 10 s. */
-  operationTimeoutMs?: number;
   /** An identity connection unused this long is closed, default 60 s. */
   idleMs?: number;
 }

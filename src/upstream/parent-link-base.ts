@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
+import type { IdentityRef } from '../model/identity.ts';
 import { EDGE_HUB } from '../identity/device-id.ts';
 import { createSasToken } from '../identity/sas.ts';
 import { Availability } from '../routing/pump.ts';
@@ -26,6 +27,17 @@ export interface ParentLinkOptions {
   /** First and longest reconnect wait, default 1 s and 30 s. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** PEM of the trust bundle the parent's certificate must chain to. */
+  trustPem: string;
+  /**
+   * The auth chain of a telemetry sender (`leaf;...;edge`), for senders no `openIdentity` has
+   * named. Default: `{sender};{edge}` (a direct child; `d/m;d;edge` for a module of one).
+   */
+  authChainOf?: (identity: IdentityRef) => string | undefined;
+  /** Largest telemetry batch handed to the endpoint, default 500. */
+  maxBatch?: number;
+  /** How long to wait for the parent's answer to a connect, attach or request, default 10 s. */
+  operationTimeoutMs?: number;
   log?: Logger;
 }
 
