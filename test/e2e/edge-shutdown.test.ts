@@ -13,6 +13,7 @@ import { openSdkLeaf } from '../helpers/sdk-leaf.ts';
 const require = createRequire(import.meta.url);
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
+const { NoRetry } = require('azure-iot-common');
 
 let hub: HubProcess;
 let edge: EdgeSetup;
@@ -34,7 +35,8 @@ for (const [name, Transport] of Object.entries(transports)) {
     const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address });
     t.after(() => gw.kill9());
     const leaf = await edge.createLeaf(`leaf-shutdown-${name.toLowerCase()}`);
-    await openSdkLeaf(t, leaf.connectionString, Transport, edge.rootPem);
+    // No reconnecting once the gateway is gone: closing the client then takes no time.
+    await openSdkLeaf(t, leaf.connectionString, Transport, edge.rootPem, (c) => c.setRetryPolicy(new NoRetry()));
     const started = Date.now();
     const exited = new Promise<number | null>((resolve) => gw.proc.once('exit', (code) => resolve(code)));
     gw.proc.kill('SIGTERM');
