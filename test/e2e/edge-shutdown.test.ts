@@ -1,7 +1,7 @@
 /**
- * A gateway stops promptly on SIGTERM while official SDK leaves are still connected, over
- * every device transport: listeners that wait for their connections to end are closed only
- * after the heads have ended those connections.
+ * A gateway, and the hub, stop promptly on SIGTERM while official SDK leaves are still
+ * connected, over every device transport: listeners that wait for their connections to end are
+ * closed only after the heads have ended those connections (both roles open the same ones).
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -46,3 +46,16 @@ for (const [name, Transport] of Object.entries(transports)) {
     assert.ok(Date.now() - started < 5000);
   });
 }
+
+test('SIGTERM ends the hub within 5 s while Mqtt, MqttWs, Amqp and AmqpWs leaves are connected to it', async (t) => {
+  for (const [name, Transport] of Object.entries(transports)) {
+    const leaf = await edge.createLeaf(`hub-leaf-${name.toLowerCase()}`);
+    const direct = leaf.connectionString.replace(/;GatewayHostName=[^;]*/, '');
+    await openSdkLeaf(t, direct, Transport, hub.caPem, (c) => c.setRetryPolicy(new NoRetry()));
+  }
+  const exited = new Promise<number | null>((resolve) => hub.proc.once('exit', (code) => resolve(code)));
+  hub.proc.kill('SIGTERM');
+  const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 5000))]);
+  assert.notEqual(code, 'hung', `the hub was still running 5 s after SIGTERM:\n${hub.output().slice(-2000)}`);
+  assert.equal(code, 0);
+});
