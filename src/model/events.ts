@@ -93,7 +93,7 @@ export interface PartitionInfo {
   isEmpty: boolean;
 }
 
-/** The read side of the event stream, as the engine exposes it (`engine.events`). */
+/** The read side of the event stream, as the hub hands it to the service API, Event Hubs and the CLI. */
 export interface EventStreamReader {
   read(opts?: EventReadOptions): Promise<EventReadResult>;
   readPartition(opts: PartitionReadOptions): Promise<StoredEvent[]>;

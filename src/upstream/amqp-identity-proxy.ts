@@ -42,7 +42,7 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
   // ---- telemetry (used by the telemetry endpoint) ----
 
   /** Sends messages in order on this identity's telemetry link, in batches (amqp-batches.ts); one outcome per message. */
-  async sendTelemetry(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
+  async forward(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
     const link = await this.telemetryLink();
     return sendInBatches(link, messages, origin);
   }

@@ -196,7 +196,7 @@ export class MqttIdentityProxy extends MqttIdentityConnection implements Telemet
    * message's origin: `origin` is not used, and a message whose PUBACK was lost in a reconnect
    * is sent again (at least once).
    */
-  async sendTelemetry(messages: readonly Message[], _origin?: BatchOrigin): Promise<SendOutcome[]> {
+  async forward(messages: readonly Message[], _origin?: BatchOrigin): Promise<SendOutcome[]> {
     const wire = await this.connection();
     this.lastUsed = Date.now();
     this.telemetryInFlight++;

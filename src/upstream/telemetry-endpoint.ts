@@ -33,7 +33,7 @@ export interface TelemetryEndpointMetrics {
 
 /** Sends one identity's messages upstream in order, one outcome per message. */
 export interface TelemetrySender {
-  sendTelemetry(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]>;
+  forward(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]>;
 }
 
 export interface TelemetryEndpointDeps {
@@ -140,7 +140,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     const who = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
     let outcomes: SendOutcome[];
     try {
-      outcomes = await this.deps.senderFor(identity).sendTelemetry(messages, origin);
+      outcomes = await this.deps.senderFor(identity).forward(messages, origin);
     } catch (err) {
       if (isPermanentRefusal(err)) {
         this.drop(who, messages.length, (err as Error).message);

@@ -15,7 +15,7 @@ function endpointAnswering(outcome: SendOutcome): UpstreamTelemetryEndpoint {
     {
       availability: new Availability(true),
       isConnected: () => true,
-      senderFor: () => ({ sendTelemetry: async (messages) => messages.map(() => outcome) }),
+      senderFor: () => ({ forward: async (messages) => messages.map(() => outcome) }),
       describeParent: () => 'the parent',
       stalled: () => undefined,
       stallMs: 5000,
