@@ -1,6 +1,6 @@
 import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import type { Engine } from '../engine/engine.ts';
 import type { OnBehalfOfSource } from '../identity/on-behalf-of.ts';
 import { UserError } from '../util/errors.ts';
@@ -162,17 +162,4 @@ export function listenError(err: unknown, what: string, host: string, port: numb
       'Pass --bind with an address of this machine',
     );
   return err;
-}
-
-function listen(
-  server: tls.Server,
-  host: string,
-  port: number,
-  what: string,
-  mapError: ListenErrorMapper,
-): Promise<void> {
-  return new Promise<void>((resolvePromise, reject) => {
-    server.once('error', (err) => reject(mapError(err, what, host, port)));
-    server.listen(port, host, () => resolvePromise());
-  });
 }
