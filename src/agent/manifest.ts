@@ -155,7 +155,10 @@ function readRuntime(raw: unknown): AgentDeployment['runtime'] {
   // IoT Edge knows only "docker"; a missing type is taken as that.
   const type = raw.type ?? 'docker';
   if (type !== 'docker') {
-    throw new AgentManifestError('runtime.type', `runtime.type ${JSON.stringify(type)} is not supported (use "docker")`);
+    throw new AgentManifestError(
+      'runtime.type',
+      `runtime.type ${JSON.stringify(type)} is not supported (use "docker")`,
+    );
   }
   const settings = raw.settings ?? {};
   if (!isObject(settings)) throw new AgentManifestError('runtime.settings', 'runtime.settings is not an object');
@@ -163,7 +166,8 @@ function readRuntime(raw: unknown): AgentDeployment['runtime'] {
   for (const key of ['minDockerVersion', 'loggingOptions'] as const) {
     const v = settings[key];
     if (v === undefined || v === '') continue;
-    if (typeof v !== 'string') throw new AgentManifestError(`runtime.settings.${key}`, `runtime.settings.${key} is not a string`);
+    if (typeof v !== 'string')
+      throw new AgentManifestError(`runtime.settings.${key}`, `runtime.settings.${key} is not a string`);
     out[key] = v;
   }
   const creds = settings.registryCredentials ?? {};
@@ -321,13 +325,18 @@ function readEnv(raw: unknown, report: (field: string, message: string) => void)
  * createOptions is a JSON string; IoT Edge splits long ones over createOptions01,
  * createOptions02, ... (each a string), which are joined in order before parsing.
  */
-export function joinCreateOptions(settings: Record<string, unknown>): { text?: string; field?: string; error?: string } {
+export function joinCreateOptions(settings: Record<string, unknown>): {
+  text?: string;
+  field?: string;
+  error?: string;
+} {
   const first = settings.createOptions;
   const extraKeys = Object.keys(settings)
     .filter((k) => /^createOptions\d{2}$/.test(k))
     .sort((a, b) => Number(a.slice(13)) - Number(b.slice(13)));
   if (first === undefined) {
-    if (extraKeys.length > 0) return { field: `settings.${extraKeys[0]}`, error: 'is given without settings.createOptions' };
+    if (extraKeys.length > 0)
+      return { field: `settings.${extraKeys[0]}`, error: 'is given without settings.createOptions' };
     return {};
   }
   if (typeof first !== 'string') return { field: 'settings.createOptions', error: 'is not a JSON string' };

@@ -24,7 +24,10 @@ function seedsDesired(): Record<string, any> {
     schemaVersion: '1.1',
     runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25' } },
     systemModules: {
-      edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2', createOptions: '{}' } },
+      edgeAgent: {
+        type: 'docker',
+        settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2', createOptions: '{}' },
+      },
       edgeHub: {
         type: 'docker',
         status: 'running',
@@ -115,7 +118,10 @@ test('a document that is not a deployment is refused naming the field', () => {
   };
   check((d) => (d.modules = []), 'modules');
   check((d) => (d.runtime.type = 'kubernetes'), 'runtime.type');
-  check((d) => (d.runtime.settings.registryCredentials = { acr: { address: 'a.test', username: 'u' } }), 'runtime.settings.registryCredentials.acr.password');
+  check(
+    (d) => (d.runtime.settings.registryCredentials = { acr: { address: 'a.test', username: 'u' } }),
+    'runtime.settings.registryCredentials.acr.password',
+  );
 });
 
 test('no modules at all is an empty deployment, not an error', () => {
@@ -140,7 +146,10 @@ test('createOptions split over createOptions01, createOptions02 .. is joined in 
   assert.deepEqual(problems, []);
   const m = deployment.modules.find((x) => x.name === 'dockerContainerRegistry')!;
   assert.deepEqual(m.spec.createOptions, JSON.parse(full));
-  assert.equal(joinCreateOptions({ createOptions: 'a', createOptions01: 'b', createOptions10: 'x' }).field, 'settings.createOptions02');
+  assert.equal(
+    joinCreateOptions({ createOptions: 'a', createOptions01: 'b', createOptions10: 'x' }).field,
+    'settings.createOptions02',
+  );
 });
 
 test('createOptions pieces with a gap, a non-string piece, or no first piece are named', () => {
@@ -155,9 +164,24 @@ test('createOptions pieces with a gap, a non-string piece, or no first piece are
 
 test('a bad module is reported with its field; the other modules still deploy', () => {
   const cases: Array<[string, (m: Record<string, any>) => void, string, RegExp]> = [
-    ['invalid createOptions JSON', (m) => (m.settings.createOptions = '{"HostConfig": '), 'settings.createOptions', /not valid JSON/],
-    ['createOptions not an object', (m) => (m.settings.createOptions = '[1]'), 'settings.createOptions', /not a JSON object/],
-    ['unknown restartPolicy', (m) => (m.restartPolicy = 'sometimes'), 'restartPolicy', /"sometimes" is not one of never, on-failure, on-unhealthy, always/],
+    [
+      'invalid createOptions JSON',
+      (m) => (m.settings.createOptions = '{"HostConfig": '),
+      'settings.createOptions',
+      /not valid JSON/,
+    ],
+    [
+      'createOptions not an object',
+      (m) => (m.settings.createOptions = '[1]'),
+      'settings.createOptions',
+      /not a JSON object/,
+    ],
+    [
+      'unknown restartPolicy',
+      (m) => (m.restartPolicy = 'sometimes'),
+      'restartPolicy',
+      /"sometimes" is not one of never, on-failure, on-unhealthy, always/,
+    ],
     ['bad status', (m) => (m.status = 'paused'), 'status', /"paused" is not one of running, stopped/],
     ['bad imagePullPolicy', (m) => (m.imagePullPolicy = 'always'), 'imagePullPolicy', /not one of on-create, never/],
     ['missing image', (m) => delete m.settings.image, 'settings.image', /missing/],
@@ -205,15 +229,20 @@ test('several problems in one module are all named; a module that is not an obje
   d.modules.dockerContainerRegistry.settings.createOptions = '{';
   d.modules.broken = 'docker';
   const { problems } = readAgentDesired(d);
-  assert.deepEqual(
-    problems.map((p) => `${p.module}:${p.field}`).sort(),
-    ['broken:', 'dockerContainerRegistry:restartPolicy', 'dockerContainerRegistry:settings.createOptions'],
-  );
+  assert.deepEqual(problems.map((p) => `${p.module}:${p.field}`).sort(), [
+    'broken:',
+    'dockerContainerRegistry:restartPolicy',
+    'dockerContainerRegistry:settings.createOptions',
+  ]);
 });
 
 test('enumerated fields are read in any letter case, as IoT Edge does', () => {
   const d = seedsDesired();
-  Object.assign(d.modules.dockerContainerRegistry, { restartPolicy: 'On-Failure', status: 'Stopped', imagePullPolicy: 'Never' });
+  Object.assign(d.modules.dockerContainerRegistry, {
+    restartPolicy: 'On-Failure',
+    status: 'Stopped',
+    imagePullPolicy: 'Never',
+  });
   const m = readAgentDesired(d).deployment.modules.find((x) => x.name === 'dockerContainerRegistry')!;
   assert.equal(m.restartPolicy, 'on-failure');
   assert.equal(m.status, 'stopped');
@@ -247,7 +276,10 @@ test('modules come out in startupOrder, lower first, then by name', () => {
 });
 
 test('$upstream in an image is the parent; without a parent the module is refused', () => {
-  assert.equal(resolveUpstream('$upstream:443/azureiotedge-api-proxy:1.0', 'gw-l4'), 'gw-l4:443/azureiotedge-api-proxy:1.0');
+  assert.equal(
+    resolveUpstream('$upstream:443/azureiotedge-api-proxy:1.0', 'gw-l4'),
+    'gw-l4:443/azureiotedge-api-proxy:1.0',
+  );
   assert.equal(resolveUpstream('$upstream/x:1', 'p'), 'p/x:1');
   assert.equal(resolveUpstream('$upstreamish/x:1', 'p'), '$upstreamish/x:1');
   const d = seedsDesired();
@@ -343,8 +375,18 @@ test('specHash is stable across key order and changes with what the runtime need
   );
   // Rotated registry credentials do not recreate a module.
   assert.equal(
-    specHashOf({ name: 'a', type: 'docker', env: {}, registryAuth: { username: 'u', password: '1', serveraddress: 'r' } }),
-    specHashOf({ name: 'a', type: 'docker', env: {}, registryAuth: { username: 'u', password: '2', serveraddress: 'r' } }),
+    specHashOf({
+      name: 'a',
+      type: 'docker',
+      env: {},
+      registryAuth: { username: 'u', password: '1', serveraddress: 'r' },
+    }),
+    specHashOf({
+      name: 'a',
+      type: 'docker',
+      env: {},
+      registryAuth: { username: 'u', password: '2', serveraddress: 'r' },
+    }),
   );
 });
 

@@ -30,12 +30,21 @@ function running(m: DesiredModule, extra: Partial<ModuleState> = {}): ModuleStat
 }
 
 const brief = (actions: PlanAction[]) =>
-  actions.map((a) => (a.kind === 'create' || a.kind === 'recreate' ? `${a.kind}${a.start ? '+start' : ''} ${a.name}` : `${a.kind} ${a.name}`));
+  actions.map((a) =>
+    a.kind === 'create' || a.kind === 'recreate'
+      ? `${a.kind}${a.start ? '+start' : ''} ${a.name}`
+      : `${a.kind} ${a.name}`,
+  );
 
 test('an empty runtime gets every module created and started, lowest startupOrder first', () => {
   const desired = modules({ filter: { order: 2 }, sensor: { order: 1 }, hub: { order: 0 }, extra: {} });
   const actions = planActions({ desired, states: [] });
-  assert.deepEqual(brief(actions), ['create+start hub', 'create+start sensor', 'create+start filter', 'create+start extra']);
+  assert.deepEqual(brief(actions), [
+    'create+start hub',
+    'create+start sensor',
+    'create+start filter',
+    'create+start extra',
+  ]);
   const sensor = actions[1] as Extract<PlanAction, { kind: 'create' }>;
   assert.equal(sensor.spec.image, 'sensor:1');
 });

@@ -7,7 +7,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AgentManifestError, readAgentDesired } from '../../src/agent/manifest.ts';
-import { buildAgentReported, lastDesiredStatus, type ModuleObservation, reportedPatch } from '../../src/agent/reported.ts';
+import {
+  buildAgentReported,
+  lastDesiredStatus,
+  type ModuleObservation,
+  reportedPatch,
+} from '../../src/agent/reported.ts';
 import { decideRestart } from '../../src/agent/restart-policy.ts';
 
 const T0 = Date.parse('2026-12-07T06:00:00.000Z');
@@ -15,10 +20,21 @@ const T0 = Date.parse('2026-12-07T06:00:00.000Z');
 function desired(extra: Record<string, unknown> = {}) {
   return {
     schemaVersion: '1.1',
-    runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25', registryCredentials: { r: { address: 'r.test', username: 'u', password: 'secret' } } } },
+    runtime: {
+      type: 'docker',
+      settings: {
+        minDockerVersion: 'v1.25',
+        registryCredentials: { r: { address: 'r.test', username: 'u', password: 'secret' } },
+      },
+    },
     systemModules: {
       edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.2' } },
-      edgeHub: { type: 'docker', status: 'running', restartPolicy: 'always', settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2' } },
+      edgeHub: {
+        type: 'docker',
+        status: 'running',
+        restartPolicy: 'always',
+        settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2' },
+      },
     },
     modules: {
       sensor: {
@@ -134,7 +150,13 @@ test('a module that could not be pulled: 500 naming it; a refused document: 400 
   } catch (e) {
     err = e as AgentManifestError;
   }
-  const r = buildAgentReported({ desiredVersion: 2, manifestError: err, problems: [], observe: () => undefined, agentStartedAt: T0 }) as Record<string, any>;
+  const r = buildAgentReported({
+    desiredVersion: 2,
+    manifestError: err,
+    problems: [],
+    observe: () => undefined,
+    agentStartedAt: T0,
+  }) as Record<string, any>;
   assert.equal(r.lastDesiredStatus.code, 412);
   assert.match(r.lastDesiredStatus.description, /schemaVersion "9"/);
   assert.deepEqual(r.modules, {});
@@ -150,10 +172,13 @@ test('a module that could not be pulled: 500 naming it; a refused document: 400 
 
 test('a module not created yet is unknown', () => {
   const { deployment, problems } = readAgentDesired(desired());
-  const r = buildAgentReported({ desiredVersion: 1, deployment, problems, observe: () => undefined, agentStartedAt: T0 }) as Record<
-    string,
-    any
-  >;
+  const r = buildAgentReported({
+    desiredVersion: 1,
+    deployment,
+    problems,
+    observe: () => undefined,
+    agentStartedAt: T0,
+  }) as Record<string, any>;
   assert.equal(r.modules.sensor.runtimeStatus, 'unknown');
   assert.equal(r.modules.sensor.restartCount, 0);
 });

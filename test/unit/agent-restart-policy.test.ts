@@ -13,6 +13,7 @@ import {
   policyRestarts,
   recordRestart,
   resetIfHealthy,
+  type RestartRecord,
 } from '../../src/agent/restart-policy.ts';
 import type { ModuleState } from '../../src/agent/runtime.ts';
 
@@ -28,7 +29,8 @@ test('which exits each policy restarts', () => {
     ['always', 0, true],
     ['always', 1, true],
   ];
-  for (const [policy, code, restarts] of table) assert.equal(policyRestarts(policy, code), restarts, `${policy} ${code}`);
+  for (const [policy, code, restarts] of table)
+    assert.equal(policyRestarts(policy, code), restarts, `${policy} ${code}`);
 });
 
 test("IoT Edge's defaults are the settings' defaults", () => {
@@ -59,7 +61,7 @@ const exited = (exitCode: number, exitedAt = 100_000): ModuleState => ({
 });
 
 test('a module that exits under always backs off, growing with each restart, then fails', () => {
-  let record = { restartCount: 0 };
+  let record: RestartRecord = { restartCount: 0 };
   const seen: number[] = [];
   let now = 100_000;
   for (let i = 0; i < 5; i++) {
@@ -102,11 +104,19 @@ test('on-failure and on-unhealthy restart a failure but not a clean exit', () =>
 });
 
 test('a running module is running, "Up ..."; one the agent stopped is stopped, never backed off', () => {
-  const up = decideRestart({ name: 'm', runtimeStatus: 'running', startedAt: 0 }, 'always', { restartCount: 0 }, 185_000);
+  const up = decideRestart(
+    { name: 'm', runtimeStatus: 'running', startedAt: 0 },
+    'always',
+    { restartCount: 0 },
+    185_000,
+  );
   assert.deepEqual(up, { runtimeStatus: 'running', statusDescription: 'Up 3 minutes' });
   const stopped = decideRestart(exited(143), 'always', { restartCount: 0 }, 100_000, { stoppedByAgent: true });
   assert.deepEqual(stopped, { runtimeStatus: 'stopped', statusDescription: 'Stopped' });
-  assert.equal(decideRestart({ name: 'm', runtimeStatus: 'unknown' }, 'always', { restartCount: 0 }, 0).runtimeStatus, 'unknown');
+  assert.equal(
+    decideRestart({ name: 'm', runtimeStatus: 'unknown' }, 'always', { restartCount: 0 }, 0).runtimeStatus,
+    'unknown',
+  );
 });
 
 test('the restart count is reset after a healthy run of the intensive-care time, not before', () => {
@@ -124,8 +134,14 @@ test('the restart count is reset after a healthy run of the intensive-care time,
 });
 
 test('humanize gives coarse spans', () => {
-  assert.deepEqual(
-    [0, 1000, 59_999, 60_000, 3_599_000, 3_600_000, 47 * 3_600_000, 48 * 3_600_000].map(humanize),
-    ['0 seconds', '1 second', '59 seconds', '1 minute', '59 minutes', '1 hour', '47 hours', '2 days'],
-  );
+  assert.deepEqual([0, 1000, 59_999, 60_000, 3_599_000, 3_600_000, 47 * 3_600_000, 48 * 3_600_000].map(humanize), [
+    '0 seconds',
+    '1 second',
+    '59 seconds',
+    '1 minute',
+    '59 minutes',
+    '1 hour',
+    '47 hours',
+    '2 days',
+  ]);
 });
