@@ -97,7 +97,7 @@ export class AgentManifestError extends Error {
   constructor(
     readonly field: string,
     message: string,
-    readonly status: 400 | 412 = 400,
+    readonly status: 400 | 412 | 417 = 400,
   ) {
     super(message);
     this.name = 'AgentManifestError';
@@ -120,6 +120,10 @@ export function formatProblem(p: ModuleProblem): string {
 /** Reads `$edgeAgent` desired properties (the `properties.desired` object). */
 export function readAgentDesired(desired: unknown, opts: ReadOptions = {}): ReadResult {
   if (!isObject(desired)) throw new AgentManifestError('', 'the $edgeAgent desired properties are not an object');
+  // Before any deployment the twin holds only $version and $metadata: IoT Edge reports 417.
+  if (!Object.keys(desired).some((k) => !k.startsWith('$'))) {
+    throw new AgentManifestError('', 'no deployment has been applied to this device yet', 417);
+  }
   const schemaVersion = desired.schemaVersion;
   if (typeof schemaVersion !== 'string' || !(SCHEMA_VERSIONS as readonly string[]).includes(schemaVersion)) {
     throw new AgentManifestError(

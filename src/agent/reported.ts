@@ -15,13 +15,15 @@ import type { ModuleState } from './runtime.ts';
  * module runtimeStatus, exitCode, statusDescription, times, restartCount and the desired fields.
  */
 
-/** lastDesiredStatus codes IoT Edge uses. */
+/** lastDesiredStatus codes IoT Edge uses; a refused document carries its own (AgentManifestError.status). */
 export const DESIRED_STATUS_CODES = {
   ok: 200,
   /** A module or field of the deployment is invalid. */
   invalidConfig: 400,
   /** The schemaVersion is not supported. */
   invalidSchemaVersion: 412,
+  /** No deployment yet: the desired properties are empty. */
+  emptyConfig: 417,
   /** Applying the deployment failed on the device (e.g. an image could not be pulled). */
   failed: 500,
 } as const;
@@ -55,8 +57,7 @@ const iso = (ms: number | undefined) => (ms === undefined ? undefined : new Date
 
 export function lastDesiredStatus(input: ReportInput): { code: number; description: string } {
   if (input.manifestError) {
-    const code = input.manifestError.status === 412 ? DESIRED_STATUS_CODES.invalidSchemaVersion : 400;
-    return { code, description: input.manifestError.message };
+    return { code: input.manifestError.status, description: input.manifestError.message };
   }
   if (input.problems.length > 0) {
     return { code: DESIRED_STATUS_CODES.invalidConfig, description: input.problems.map(formatProblem).join('; ') };

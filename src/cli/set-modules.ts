@@ -79,7 +79,7 @@ function checkEdgeAgent(file: string, edgeAgent: unknown): void {
   } catch (err) {
     if (!(err instanceof AgentManifestError)) throw err;
     const field = err.field ? `"properties.desired".${err.field}` : '"properties.desired"';
-    problems = [`${field}: ${err.message}`];
+    problems = [`${field}: ${err.status === 417 ? 'is empty (give schemaVersion, runtime and modules)' : err.message}`];
   }
   if (problems.length > 0) {
     throw new UserError(

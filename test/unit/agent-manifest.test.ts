@@ -124,6 +124,13 @@ test('a document that is not a deployment is refused naming the field', () => {
   );
 });
 
+test('desired properties with nothing but $version are no deployment yet: 417', () => {
+  assert.throws(
+    () => readAgentDesired({ $version: 1, $metadata: {} }),
+    (e: unknown) => e instanceof AgentManifestError && e.status === 417 && /no deployment/.test(e.message),
+  );
+});
+
 test('no modules at all is an empty deployment, not an error', () => {
   const { deployment, problems } = readAgentDesired({ schemaVersion: '1.1', runtime: { type: 'docker' } });
   assert.deepEqual(deployment.modules, []);

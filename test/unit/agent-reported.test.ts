@@ -168,6 +168,20 @@ test('a module that could not be pulled: 500 naming it; a refused document: 400 
     agentStartedAt: T0,
   });
   assert.equal(bad.code, 400);
+  let empty: AgentManifestError | undefined;
+  try {
+    readAgentDesired({ $version: 1 });
+  } catch (e) {
+    empty = e as AgentManifestError;
+  }
+  const none = lastDesiredStatus({
+    desiredVersion: 1,
+    manifestError: empty,
+    problems: [],
+    observe: () => undefined,
+    agentStartedAt: T0,
+  });
+  assert.equal(none.code, 417);
 });
 
 test('a module not created yet is unknown', () => {

@@ -111,6 +111,11 @@ test('a $edgeAgent document that is not a deployment is refused naming the field
     () => readDeployment(file),
     /"properties\.desired"\.schemaVersion: schemaVersion "3\.0" is not supported/,
   );
+  const empty = tempFile(t, { modulesContent: { $edgeAgent: { 'properties.desired': {} } } });
+  assert.throws(
+    () => readDeployment(empty),
+    /"properties\.desired": is empty \(give schemaVersion, runtime and modules\)/,
+  );
   const noDesired = tempFile(t, { modulesContent: { $edgeAgent: {} } });
   assert.throws(
     () => readDeployment(noDesired),
