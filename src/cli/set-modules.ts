@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { EDGE_HUB } from '../identity/device-id.ts';
+import { AgentManifestError, formatProblem, readAgentDesired } from '../agent/manifest.ts';
+import { EDGE_AGENT, EDGE_HUB } from '../identity/device-id.ts';
 import { routeTableFromEdgeHubDesired } from '../routing/route-table.ts';
 import { UserError } from '../util/errors.ts';
 import { openServiceClient, withHubAccessFlags, type HubAccessFlags } from './hub-access.ts';
@@ -14,7 +15,9 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * Reads a deployment manifest as the seeds write it (`{"modulesContent": {"$edgeAgent":
  * {"properties.desired": ...}, "$edgeHub": {"properties.desired": {routes, ...}}}}`; a
  * `{"content": {...}}` wrapper is accepted too) and checks what can be checked before sending:
- * JSON, the shape, and that the `$edgeHub` routes compile.
+ * JSON, the shape, that the `$edgeHub` routes compile and that every `$edgeAgent` module is one
+ * the agent can run. The hub itself stores a deployment with a bad module (as IoT Hub does): the
+ * device's agent then runs the others and names the bad one in `lastDesiredStatus`.
  */
 export function readDeployment(file: string): {
   content: Record<string, unknown>;
@@ -61,7 +64,29 @@ export function readDeployment(file: string): {
       );
     }
   }
+  const edgeAgent = content.modulesContent[EDGE_AGENT];
+  if (edgeAgent !== undefined) checkEdgeAgent(file, edgeAgent);
   return { content, modules, routes };
+}
+
+/** Refuses a `$edgeAgent` manifest the agent would not run in full, naming each module and field. */
+function checkEdgeAgent(file: string, edgeAgent: unknown): void {
+  const desired = isObject(edgeAgent) ? edgeAgent['properties.desired'] : undefined;
+  let problems: string[];
+  try {
+    // The parent is known only on the device; any name lets `$upstream` images pass here.
+    problems = readAgentDesired(desired, { parentHostname: 'parent' }).problems.map(formatProblem);
+  } catch (err) {
+    if (!(err instanceof AgentManifestError)) throw err;
+    const field = err.field ? `"properties.desired".${err.field}` : '"properties.desired"';
+    problems = [`${field}: ${err.status === 417 ? 'is empty (give schemaVersion, runtime and modules)' : err.message}`];
+  }
+  if (problems.length > 0) {
+    throw new UserError(
+      `the ${EDGE_AGENT} part of ${file} is not a deployment the agent can run: ${problems.join('; ')}`,
+      'Fix the named fields; nothing was sent to the hub',
+    );
+  }
 }
 
 /** `strata hub set-modules --device ID --content deployment.json` (like `az iot edge set-modules`). */
