@@ -242,8 +242,11 @@ export class ProcessRuntime implements ModuleRuntime {
       }
       // Whatever the module started and left behind in its group goes with it.
       signalGroup(pid, 'SIGKILL');
-      if (own) await own.exited;
-      else {
+      if (own) {
+        // Unreferenced so that an agent can exit while modules run; held while its end is awaited.
+        own.child.ref();
+        await own.exited;
+      } else {
         const now = this.readState(name);
         if (now.pid === pid && now.exitedAt === undefined) {
           this.writeState(name, { ...now, exitedAt: Date.now(), exitCode: undefined, stopped: true });
