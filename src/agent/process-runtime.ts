@@ -172,13 +172,18 @@ export class ProcessRuntime implements ModuleRuntime {
       if (v !== undefined) env[key] = v;
     }
     Object.assign(env, spec.env);
+    const cwd = spec.cwd ?? dir;
+    // spawn would blame the command for a missing working directory: name the right field.
+    if (!fs.statSync(cwd, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new Error(`process module "${name}": cwd: ${JSON.stringify(cwd)} is not a directory`);
+    }
     const out = fs.openSync(path.join(dir, LOG_FILE), 'a');
     let child: ChildProcess;
     try {
       // Own process group: stop signals the module and whatever it started; and the output goes
       // to a file, not a pipe, so an agent's death does not take the module with it.
       child = spawn(spec.command!, spec.args ?? [], {
-        cwd: spec.cwd ?? dir,
+        cwd,
         env,
         detached: true,
         stdio: ['ignore', out, out],
@@ -245,7 +250,9 @@ export class ProcessRuntime implements ModuleRuntime {
       if (own) {
         // Unreferenced so that an agent can exit while modules run; held while its end is awaited.
         own.child.ref();
-        await own.exited;
+        // Bounded: a process stuck in the kernel (state D) may take its time even after SIGKILL.
+        await Promise.race([own.exited, sleep(5000)]);
+        own.child.unref();
       } else {
         const now = this.readState(name);
         if (now.pid === pid && now.exitedAt === undefined) {

@@ -185,6 +185,8 @@ test('bad input: a spec with a wrong field and a command that cannot start are n
   await assert.rejects(rt.create({ ...spec('d', []), type: 'docker' }), /type: must be "process"/);
   await assert.rejects(rt.start('nobody'), /"nobody" does not exist/);
 
+  await rt.create({ ...spec('nowhere', []), cwd: path.join(TMP, 'no-such-dir') });
+  await assert.rejects(rt.start('nowhere'), /"nowhere": cwd: .*no-such-dir.* is not a directory/);
   await rt.create({ ...spec('missing', []), command: path.join(TMP, 'no-such-program') });
   await assert.rejects(rt.start('missing'), /"missing": cannot start .*no-such-program.*ENOENT/);
   const st = await stateOf(rt, 'missing');
