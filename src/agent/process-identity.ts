@@ -16,6 +16,8 @@ export interface ProcessRecord {
 export interface ProcStat {
   /** One letter: R, S, D, Z (zombie), X (dead), T, ... */
   state: string;
+  /** The process group (field 5). */
+  pgrp: number;
   startTime: string;
 }
 
@@ -32,9 +34,10 @@ export function parseProcStat(text: string): ProcStat | undefined {
     .trim()
     .split(/\s+/);
   const state = fields[0];
+  const pgrp = Number(fields[2]);
   const startTime = fields[19];
-  if (!state || !startTime || !/^\d+$/.test(startTime)) return undefined;
-  return { state, startTime };
+  if (!state || !Number.isInteger(pgrp) || !startTime || !/^\d+$/.test(startTime)) return undefined;
+  return { state, pgrp, startTime };
 }
 
 /** The process's stat, or undefined when it is gone or /proc cannot be read. */
@@ -75,4 +78,35 @@ export function isSameProcess(rec: ProcessRecord, stat: (pid: number) => ProcSta
   if (!now) return false; // exited between the two looks
   if (now.state === 'Z' || now.state === 'X') return false;
   return rec.startTime === undefined || rec.startTime === now.startTime;
+}
+
+/**
+ * The leader of the process group started with `NAME=VALUE` in its environment, found through
+ * /proc (Linux only; the same user's processes only). It finds a module whose start the agent
+ * did not live to record: the variable is set before spawning and survives in the process.
+ */
+export function findByEnvironment(name: string, value: string): ProcessRecord | undefined {
+  if (process.platform !== 'linux') return undefined;
+  const needle = Buffer.from(`${name}=${value}\0`);
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return undefined;
+  }
+  for (const dir of pids) {
+    const pid = Number(dir);
+    let environ: Buffer;
+    try {
+      environ = fs.readFileSync(`/proc/${dir}/environ`);
+    } catch {
+      continue; // another user's, or gone
+    }
+    if (!environ.includes(needle)) continue;
+    const stat = readProcStat(pid);
+    // The module's own children inherit the variable; the module leads the group.
+    if (!stat || stat.pgrp !== pid || stat.state === 'Z' || stat.state === 'X') continue;
+    return { pid, startTime: stat.startTime };
+  }
+  return undefined;
 }

@@ -1,11 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { childLog } from '../util/log.ts';
 import { readLogLines, rotateIfOver, sleep } from './module-log.ts';
-import { isSameProcess, processStartTime } from './process-identity.ts';
+import { findByEnvironment, isSameProcess, processStartTime } from './process-identity.ts';
 import type { LogOptions, ModuleRuntime, ModuleSpec, ModuleState, RuntimeStatus } from './runtime.ts';
 
 /**
@@ -38,7 +39,12 @@ interface ProcessStateFile {
   exitCode?: number;
   /** True when the agent stopped it (not an exit of its own). */
   stopped?: boolean;
+  /** Set just before spawning (and in the module's environment), cleared once the pid is recorded. */
+  launching?: string;
 }
+
+/** Marks a module's process with its launch, so an agent that dies mid-start can still find it. */
+const LAUNCH_ENV = 'STRATA_MODULE_LAUNCH';
 
 interface SpecFile {
   specHash: string;
@@ -98,6 +104,7 @@ export class ProcessRuntime implements ModuleRuntime {
     this.dir = opts.dir;
     this.logMaxBytes = opts.logMaxBytes ?? 4 * 1024 * 1024;
     fs.mkdirSync(this.dir, { recursive: true });
+    for (const name of this.names()) this.settleLaunch(name);
     this.timer = setInterval(() => this.poll(), opts.pollMs ?? 1000);
     this.timer.unref();
   }
@@ -172,6 +179,9 @@ export class ProcessRuntime implements ModuleRuntime {
       if (v !== undefined) env[key] = v;
     }
     Object.assign(env, spec.env);
+    const launching = randomUUID();
+    env[LAUNCH_ENV] = launching;
+    this.writeState(name, { ...state, launching });
     const cwd = spec.cwd ?? dir;
     // spawn would blame the command for a missing working directory: name the right field.
     if (!fs.statSync(cwd, { throwIfNoEntry: false })?.isDirectory()) {
@@ -199,7 +209,13 @@ export class ProcessRuntime implements ModuleRuntime {
     } catch (err) {
       const why = (err as Error).message;
       fs.appendFileSync(path.join(dir, LOG_FILE), `strata: cannot start ${spec.command}: ${why}\n`);
-      this.writeState(name, { ...state, exitedAt: Date.now(), exitCode: undefined, stopped: false });
+      this.writeState(name, {
+        ...state,
+        launching: undefined,
+        exitedAt: Date.now(),
+        exitCode: undefined,
+        stopped: false,
+      });
       throw new Error(`process module "${name}": cannot start ${JSON.stringify(spec.command)}: ${why}`);
     }
     const pid = child.pid!;
@@ -213,6 +229,22 @@ export class ProcessRuntime implements ModuleRuntime {
     this.children.set(name, { child, pid, exited });
     child.unref();
     log.info({ module: name, pid }, 'process module started');
+  }
+
+  /**
+   * A previous agent died between spawning a module and recording its pid: find the process by
+   * its launch mark and adopt it, or record that it is gone, so it is never started twice.
+   */
+  private settleLaunch(name: string): void {
+    const state = this.readState(name);
+    if (!state.launching || state.pid !== undefined) return;
+    const found = findByEnvironment(LAUNCH_ENV, state.launching);
+    if (found) {
+      this.writeState(name, { pid: found.pid, startTime: found.startTime, startedAt: Date.now() });
+      log.info({ module: name, pid: found.pid }, 'adopted a process module whose start was not recorded');
+    } else {
+      this.writeState(name, { ...state, launching: undefined });
+    }
   }
 
   private onChildExit(name: string, pid: number, code: number | null, signal: NodeJS.Signals | null): void {

@@ -319,3 +319,38 @@ test('an agent killed with -9: the next one adopts its running modules, strays i
   await rt.remove('b');
   assert.deepEqual(await rt.list(), []);
 });
+
+test('an agent that died between spawning a module and recording its pid: the module is found, not doubled', async (t) => {
+  if (process.platform !== 'linux') return t.skip('finding a process by its environment needs /proc');
+  const dir = path.join(TMP, 'launch');
+  dirs.push(dir);
+  const first = new ProcessRuntime({ dir });
+  await first.create(spec('orphan', ['tick', '200']));
+  await first.create(spec('never-ran', ['tick', '200']));
+  await first.close();
+  // What startLocked leaves when killed right after spawn: a launch mark, no pid; and the process.
+  const child = spawn(process.execPath, [SCRIPT, 'tick', '200'], {
+    detached: true,
+    stdio: 'ignore',
+    env: { PATH: process.env.PATH ?? '', STRATA_MODULE_LAUNCH: 'mark-1' },
+  });
+  extraPids.push(child.pid!);
+  child.unref();
+  await new Promise((r) => child.once('spawn', r));
+  fs.writeFileSync(path.join(dir, 'orphan', 'state.json'), JSON.stringify({ launching: 'mark-1' }));
+  fs.writeFileSync(path.join(dir, 'never-ran', 'state.json'), JSON.stringify({ launching: 'mark-2' }));
+
+  const rt = new ProcessRuntime({ dir });
+  runtimes.push(rt);
+  const orphan = await stateOf(rt, 'orphan');
+  assert.equal(orphan?.runtimeStatus, 'running');
+  assert.equal(orphan?.id, String(child.pid));
+  await rt.start('orphan');
+  assert.equal((await stateOf(rt, 'orphan'))?.id, String(child.pid), 'adopted, not started again');
+  assert.equal((await stateOf(rt, 'never-ran'))?.runtimeStatus, 'stopped');
+  await rt.start('never-ran');
+  assert.equal((await stateOf(rt, 'never-ran'))?.runtimeStatus, 'running');
+  await rt.remove('orphan');
+  await rt.remove('never-ran');
+  assert.equal(alive(child.pid!), false);
+});
