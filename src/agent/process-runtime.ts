@@ -179,14 +179,15 @@ export class ProcessRuntime implements ModuleRuntime {
       if (v !== undefined) env[key] = v;
     }
     Object.assign(env, spec.env);
-    const launching = randomUUID();
-    env[LAUNCH_ENV] = launching;
-    this.writeState(name, { ...state, launching });
     const cwd = spec.cwd ?? dir;
     // spawn would blame the command for a missing working directory: name the right field.
     if (!fs.statSync(cwd, { throwIfNoEntry: false })?.isDirectory()) {
       throw new Error(`process module "${name}": cwd: ${JSON.stringify(cwd)} is not a directory`);
     }
+    // The previous run's pid goes: a crash from here on leaves only the mark to find the new one by.
+    const launching = randomUUID();
+    env[LAUNCH_ENV] = launching;
+    this.writeState(name, { launching });
     const out = fs.openSync(path.join(dir, LOG_FILE), 'a');
     let child: ChildProcess;
     try {
