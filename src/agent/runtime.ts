@@ -69,7 +69,11 @@ export interface ModuleRuntime {
   remove(name: string): Promise<void>;
   /** The module's output (stdout and stderr), line by line. */
   logs(name: string, opts?: LogOptions): AsyncIterable<string>;
-  /** Told when a module exits by itself (not when stopped); returns an unsubscribe function. */
-  onExit(listener: (name: string, exitCode: number) => void): () => void;
+  /**
+   * Told when a module exits by itself (not when stopped); returns an unsubscribe function.
+   * `exitCode` is undefined when the runtime cannot learn it: a process module adopted after an
+   * agent restart is not this agent's child, so only its end is seen, not its exit status.
+   */
+  onExit(listener: (name: string, exitCode: number | undefined) => void): () => void;
   close(): Promise<void>;
 }
