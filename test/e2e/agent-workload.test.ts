@@ -1,0 +1,205 @@
+/**
+ * The agent's workload API and module environment, end to end: a hub and a gateway as child
+ * processes, module identities created at the hub under the gateway's edge device, the workload
+ * API serving each module's key on its own listener, and a child process running the official
+ * `ModuleClient.fromEnvironment` (Mqtt over the unix socket, Amqp over the loopback form) with
+ * the environment module-env.ts builds: it opens, sends an output event, and the hub receives it
+ * with `iothub-connection-module-id` = the module. A request on one module's socket to sign for
+ * another module, or for a wrong generation id, is refused.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { moduleEnv, workloadUriFor } from '../../src/agent/module-env.ts';
+import { WorkloadApi, type WorkloadTransport } from '../../src/agent/workload-api.ts';
+import type { EventJson, EventPageJson } from '../../src/hub/event-json.ts';
+import { newKey, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+
+const MODULE_SCRIPT = fileURLToPath(new URL('../fixtures/workload-module.cjs', import.meta.url));
+const API = '2018-06-28';
+
+let hub: HubProcess;
+let edge: EdgeSetup;
+let gw: GatewayProcess;
+let workload: WorkloadApi;
+let sockDir: string;
+const cleanups: Array<() => unknown> = [];
+
+before(async () => {
+  hub = await startHubProcess({ address: randomLoopback() });
+  cleanups.push(() => hub.stop());
+  // The default deployment routes every message, module outputs included, to $upstream.
+  edge = await setupEdge(hub, { gatewayId: 'workload-edge', address: randomLoopback() });
+  cleanups.push(() => edge.cleanup());
+  gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+  cleanups.push(() => gw.stop());
+  // A short directory: unix socket paths are limited to 107 bytes.
+  sockDir = await mkdtemp(join(tmpdir(), 'wl-'));
+  cleanups.push(() => rm(sockDir, { recursive: true, force: true }));
+  workload = new WorkloadApi({ socketDir: join(sockDir, 'mnt'), trustBundlePem: edge.rootPem });
+  cleanups.push(() => workload.close());
+});
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn();
+});
+
+/** Creates module `moduleId` of the edge device at the hub and serves its key. */
+async function deployModule(moduleId: string, transport: WorkloadTransport) {
+  const primaryKey = newKey();
+  const created = await edge.svc.createModule({
+    deviceId: edge.gatewayId,
+    moduleId,
+    authentication: { type: 'sas', symmetricKey: { primaryKey, secondaryKey: newKey() } },
+  } as never);
+  assert.ok(created.generationId, 'the hub gives the module a generationId');
+  const endpoint = await workload.serve({ moduleId, generationId: created.generationId, primaryKey }, transport);
+  const env = moduleEnv({
+    iothubHostName: hub.hostname,
+    deviceId: edge.gatewayId,
+    moduleId,
+    generationId: created.generationId,
+    gatewayHostName: edge.address,
+    workloadUri: workloadUriFor(endpoint, 'process'),
+    deploymentEnv: { SENSOR_MODE: 'test', IOTEDGE_MODULEID: 'not-me' },
+  });
+  return { endpoint, env, primaryKey, generationId: created.generationId };
+}
+
+/** Runs the module script once; resolves with its JSON answer line. */
+function runModule(env: Record<string, string>, args: string[]): Promise<{ sent?: boolean; error?: string }> {
+  return new Promise((resolve) => {
+    const clean = Object.fromEntries(
+      Object.entries(process.env).filter(([k]) => !k.startsWith('IOTEDGE_') && !/ConnectionString$/.test(k)),
+    );
+    const p = spawn(process.execPath, [MODULE_SCRIPT, ...args], {
+      env: { ...clean, ...env, NODE_EXTRA_CA_CERTS: edge.rootPath },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    p.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 30_000);
+    p.on('exit', (code) => {
+      clearTimeout(timer);
+      const line = out.split('\n').find((l) => l.startsWith('{'));
+      resolve(line ? JSON.parse(line) : { error: `exit ${code}, no answer; stderr: ${err.slice(-2000)}` });
+    });
+  });
+}
+
+/** The module's process, retried while the gateway may not yet know the new module identity. */
+async function runUntilSent(env: Record<string, string>, args: string[]) {
+  const deadline = Date.now() + 45_000;
+  for (;;) {
+    const r = await runModule(env, args);
+    if (r.sent) return r;
+    if (Date.now() > deadline) throw new Error(`the module never sent its output: ${r.error}\n${gw.output()}`);
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+}
+
+function call(
+  at: { socketPath?: string; uri: string },
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: any }> {
+  const target = at.socketPath
+    ? { socketPath: at.socketPath }
+    : { host: '127.0.0.1', port: Number(new URL(at.uri).port) };
+  return new Promise((resolve, reject) => {
+    const req = http.request({ ...target, method, path, headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
+
+async function moduleEvents(moduleId: string, count: number): Promise<EventJson[]> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const page = await edge.svc.request<EventPageJson>('GET', `/events?device=${edge.gatewayId}&from=0&limit=1000`);
+    const mine = page.body.events.filter((e) => e.moduleId === moduleId);
+    if (mine.length >= count) return mine;
+    if (Date.now() > deadline) throw new Error(`${mine.length} of ${count} events of ${moduleId} at the hub`);
+    await new Promise((res) => setTimeout(res, 300));
+  }
+}
+
+describe('the workload API and module environment', { timeout: 180_000 }, () => {
+  test('ModuleClient.fromEnvironment(Mqtt) over the unix socket: its output event reaches the hub as the module', async () => {
+    const m = await deployModule('filter', 'unix');
+    assert.match(m.env.IOTEDGE_WORKLOADURI, /^unix:\/\/\/.+\/filter\.sock$/);
+    assert.equal(m.env.IOTEDGE_MODULEID, 'filter', 'the deployment cannot override the module id');
+    assert.equal(m.env.SENSOR_MODE, 'test', "the deployment's env is passed on");
+    assert.equal(m.env.IOTEDGE_AUTHSCHEME, 'sasToken');
+
+    assert.deepEqual(await runUntilSent(m.env, ['mqtt', 'output1', 'filtered over mqtt']), { sent: true });
+    const [ev] = await moduleEvents('filter', 1);
+    assert.equal(ev.deviceId, edge.gatewayId);
+    assert.equal(ev.annotations['iothub-connection-device-id'], edge.gatewayId);
+    assert.equal(ev.annotations['iothub-connection-module-id'], 'filter');
+    assert.equal(Buffer.from(ev.body, 'base64').toString(), 'filtered over mqtt');
+    assert.equal(ev.properties.via, 'mqtt');
+  });
+
+  test('ModuleClient.fromEnvironment(Amqp) over the loopback form: its output event reaches the hub as the module', async () => {
+    const m = await deployModule('sensor', 'http');
+    assert.match(m.env.IOTEDGE_WORKLOADURI, /^http:\/\/127\.0\.0\.1:\d+$/);
+    assert.deepEqual(await runUntilSent(m.env, ['amqp', 'temperature', 'sensed over amqp']), { sent: true });
+    const [ev] = await moduleEvents('sensor', 1);
+    assert.equal(ev.annotations['iothub-connection-module-id'], 'sensor');
+    assert.equal(Buffer.from(ev.body, 'base64').toString(), 'sensed over amqp');
+  });
+
+  test("a module's socket signs only for that module and its generation id; the trust bundle is the gateway's", async () => {
+    const a = await deployModule('mod-a', 'unix');
+    const b = await deployModule('mod-b', 'unix');
+    const data = Buffer.from('some%2Fresource\n1700000000').toString('base64');
+    const sign = { keyId: 'primary', algo: 'HMACSHA256', data };
+
+    const own = await call(a.endpoint, 'POST', `/modules/mod-a/genid/${a.generationId}/sign?api-version=${API}`, sign);
+    assert.equal(own.status, 200);
+    const expected = createHmac('sha256', Buffer.from(a.primaryKey, 'base64'))
+      .update(Buffer.from(data, 'base64'))
+      .digest('base64');
+    assert.equal(own.body.digest, expected);
+
+    const other = await call(
+      a.endpoint,
+      'POST',
+      `/modules/mod-b/genid/${b.generationId}/sign?api-version=${API}`,
+      sign,
+    );
+    assert.equal(other.status, 403);
+    assert.match(other.body.message, /mod-a.*mod-b/);
+    assert.equal(other.body.digest, undefined);
+
+    const staleGen = await call(
+      a.endpoint,
+      'POST',
+      `/modules/mod-a/genid/${b.generationId}x/sign?api-version=${API}`,
+      sign,
+    );
+    assert.equal(staleGen.status, 404);
+    assert.match(staleGen.body.message, /generation id/);
+
+    const noVersion = await call(a.endpoint, 'POST', `/modules/mod-a/genid/${a.generationId}/sign`, sign);
+    assert.equal(noVersion.status, 400);
+
+    const trust = await call(b.endpoint, 'GET', `/trust-bundle?api-version=${API}`);
+    assert.equal(trust.status, 200);
+    assert.equal(trust.body.certificate, edge.rootPem);
+  });
+});
