@@ -72,35 +72,63 @@ async function deployModule(moduleId: string, transport: WorkloadTransport) {
   return { endpoint, env, primaryKey, generationId: created.generationId };
 }
 
-/** Runs the module script once; resolves with its JSON answer line. */
-function runModule(env: Record<string, string>, args: string[]): Promise<{ sent?: boolean; error?: string }> {
-  return new Promise((resolve) => {
-    const clean = Object.fromEntries(
-      Object.entries(process.env).filter(([k]) => !k.startsWith('IOTEDGE_') && !/ConnectionString$/.test(k)),
-    );
-    const p = spawn(process.execPath, [MODULE_SCRIPT, ...args], {
-      env: { ...clean, ...env, NODE_EXTRA_CA_CERTS: edge.rootPath },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const timer = setTimeout(() => p.kill('SIGKILL'), 30_000);
-    p.on('exit', (code) => {
-      clearTimeout(timer);
-      const line = out.split('\n').find((l) => l.startsWith('{'));
-      resolve(line ? JSON.parse(line) : { error: `exit ${code}, no answer; stderr: ${err.slice(-2000)}` });
-    });
+interface ModuleRun {
+  /** The script's first JSON line, or an error made up from its exit. */
+  answer: Promise<{ sent?: boolean; error?: string }>;
+  /** Its `{"ready":true}` line (with --stay). */
+  ready: Promise<boolean>;
+  kill(): void;
+}
+
+/** Starts the module script with `env` and nothing else of ours (no IOTEDGE_* or connection strings). */
+function startModule(env: Record<string, string>, args: string[]): ModuleRun {
+  const clean = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith('IOTEDGE_') && !/ConnectionString$/.test(k)),
+  );
+  const p = spawn(process.execPath, [MODULE_SCRIPT, ...args], {
+    env: { ...clean, ...env, NODE_EXTRA_CA_CERTS: edge.rootPath },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
+  cleanups.push(() => p.kill('SIGKILL'));
+  const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+  p.on('exit', () => clearTimeout(timer));
+  let out = '';
+  let err = '';
+  p.stderr.on('data', (c: Buffer) => (err += c.toString()));
+  const lines: Array<Record<string, unknown>> = [];
+  const waiters: Array<() => void> = [];
+  p.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
+    const parts = out.split('\n');
+    out = parts.pop()!;
+    for (const l of parts) if (l.startsWith('{')) lines.push(JSON.parse(l));
+    for (const w of waiters.splice(0)) w();
+  });
+  const exited = new Promise<number | null>((res) => p.on('exit', (code) => res(code)));
+  const lineWith = async (pred: (l: Record<string, unknown>) => boolean) => {
+    for (;;) {
+      const hit = lines.find(pred);
+      if (hit) return hit;
+      const more = new Promise<void>((res) => waiters.push(res));
+      const code = await Promise.race([more.then(() => undefined), exited]);
+      if (code !== undefined && !lines.find(pred)) return { error: `exit ${code}; stderr: ${err.slice(-2000)}` };
+    }
+  };
+  return {
+    answer: lineWith((l) => 'sent' in l || 'error' in l) as never,
+    ready: lineWith((l) => 'ready' in l || 'error' in l).then((l) => l.ready === true),
+    kill: () => p.kill('SIGKILL'),
+  };
 }
 
 /** The module's process, retried while the gateway may not yet know the new module identity. */
-async function runUntilSent(env: Record<string, string>, args: string[]) {
+async function runUntilSent(env: Record<string, string>, args: string[]): Promise<ModuleRun> {
   const deadline = Date.now() + 45_000;
   for (;;) {
-    const r = await runModule(env, args);
-    if (r.sent) return r;
+    const run = startModule(env, args);
+    const r = await run.answer;
+    if (r.sent) return run;
+    run.kill();
     if (Date.now() > deadline) throw new Error(`the module never sent its output: ${r.error}\n${gw.output()}`);
     await new Promise((res) => setTimeout(res, 1000));
   }
@@ -145,19 +173,37 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
     assert.equal(m.env.SENSOR_MODE, 'test', "the deployment's env is passed on");
     assert.equal(m.env.IOTEDGE_AUTHSCHEME, 'sasToken');
 
-    assert.deepEqual(await runUntilSent(m.env, ['mqtt', 'output1', 'filtered over mqtt']), { sent: true });
+    const run = await runUntilSent(m.env, ['mqtt', 'output1', 'filtered over mqtt', '--stay']);
     const [ev] = await moduleEvents('filter', 1);
     assert.equal(ev.deviceId, edge.gatewayId);
     assert.equal(ev.annotations['iothub-connection-device-id'], edge.gatewayId);
     assert.equal(ev.annotations['iothub-connection-module-id'], 'filter');
     assert.equal(Buffer.from(ev.body, 'base64').toString(), 'filtered over mqtt');
     assert.equal(ev.properties.via, 'mqtt');
+
+    // The same session, on the workload-signed token: module twin reported and a direct method.
+    assert.equal(await run.ready, true, 'the module reported its twin');
+    const twin = await edge.svc.getTwin(edge.gatewayId, 'filter');
+    assert.equal((twin.properties?.reported as { sent?: string } | undefined)?.sent, 'filtered over mqtt');
+    const r = await edge.svc.request<{ status: number; payload: unknown }>(
+      'POST',
+      `/twins/${edge.gatewayId}/modules/filter/methods`,
+      { body: { methodName: 'whoami', payload: {}, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 } },
+    );
+    assert.deepEqual(r.body, { status: 200, payload: { moduleId: 'filter' } });
+    run.kill();
+
+    // A workload API holding a key that is not the module's: the same module is refused at the gateway.
+    await workload.serve({ moduleId: 'filter', generationId: m.generationId, primaryKey: newKey() }, 'unix');
+    const refused = await startModule(m.env, ['mqtt', 'output1', 'signed with the wrong key']).answer;
+    assert.match(String(refused.error), /Not authorized/, 'a token signed with another key does not open');
+    await workload.serve({ moduleId: 'filter', generationId: m.generationId, primaryKey: m.primaryKey }, 'unix');
   });
 
   test('ModuleClient.fromEnvironment(Amqp) over the loopback form: its output event reaches the hub as the module', async () => {
     const m = await deployModule('sensor', 'http');
     assert.match(m.env.IOTEDGE_WORKLOADURI, /^http:\/\/127\.0\.0\.1:\d+$/);
-    assert.deepEqual(await runUntilSent(m.env, ['amqp', 'temperature', 'sensed over amqp']), { sent: true });
+    await runUntilSent(m.env, ['amqp', 'temperature', 'sensed over amqp']);
     const [ev] = await moduleEvents('sensor', 1);
     assert.equal(ev.annotations['iothub-connection-module-id'], 'sensor');
     assert.equal(Buffer.from(ev.body, 'base64').toString(), 'sensed over amqp');
