@@ -80,3 +80,42 @@ export function workloadBind(endpoint: WorkloadEndpoint): string {
   if (!endpoint.socketPath) throw new Error(`module '${endpoint.moduleId}' has no workload socket to mount`);
   return `${endpoint.socketPath}:${CONTAINER_WORKLOAD_SOCKET}`;
 }
+
+/** Who a module is, as the agent learned it when it created the module identity at the hub. */
+export interface ModuleIdentityFacts {
+  iothubHostName: string;
+  deviceId: string;
+  generationId: string;
+  gatewayHostName: string;
+}
+
+/**
+ * A runtime's view of a module with IoT Edge's additions: the IOTEDGE_* environment and, for a
+ * container, its workload socket bound at the path IoT Edge uses (HostConfig.Binds, kept after
+ * the deployment's own binds).
+ */
+export function withWorkload<
+  T extends {
+    name: string;
+    type: 'docker' | 'process';
+    env: Record<string, string>;
+    createOptions?: Record<string, unknown>;
+  },
+>(spec: T, endpoint: WorkloadEndpoint, who: ModuleIdentityFacts): T {
+  const env = moduleEnv({
+    ...who,
+    moduleId: spec.name,
+    workloadUri: workloadUriFor(endpoint, spec.type),
+    deploymentEnv: spec.env,
+  });
+  if (spec.type !== 'docker') return { ...spec, env };
+  const opts = spec.createOptions ?? {};
+  const hostConfig = (opts.HostConfig ?? {}) as Record<string, unknown>;
+  const binds = Array.isArray(hostConfig.Binds) ? (hostConfig.Binds as string[]) : [];
+  const own = workloadBind(endpoint);
+  return {
+    ...spec,
+    env,
+    createOptions: { ...opts, HostConfig: { ...hostConfig, Binds: [...binds.filter((b) => b !== own), own] } },
+  };
+}

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
-import { moduleEnv, overriddenEnv, workloadBind, workloadUriFor } from '../../src/agent/module-env.ts';
+import { moduleEnv, overriddenEnv, withWorkload, workloadBind, workloadUriFor } from '../../src/agent/module-env.ts';
 import { handleWorkloadRequest, type WorkloadModule } from '../../src/agent/workload-routes.ts';
 import { parseSasToken, signatureMatches } from '../../src/identity/sas.ts';
 
@@ -104,4 +104,38 @@ test("a module's environment: the deployment's variables, IoT Edge's winning", (
     () => workloadUriFor({ moduleId: 'p', uri: 'http://127.0.0.1:1' }, 'docker'),
     /'p'.*unix workload socket/,
   );
+});
+
+type Spec = {
+  name: string;
+  type: 'docker' | 'process';
+  env: Record<string, string>;
+  createOptions?: Record<string, unknown>;
+};
+
+test('withWorkload: a container gets the IoT Edge env and its socket bound after its own binds; a process the served URI', () => {
+  const endpoint = { moduleId: 'filter', uri: 'unix:///run/s/filter.sock', socketPath: '/run/s/filter.sock' };
+  const who = { iothubHostName: 'hub.example', deviceId: 'edge-1', generationId: '9', gatewayHostName: 'edge-1.local' };
+  const spec: Spec = {
+    name: 'filter',
+    type: 'docker',
+    env: { A: '1' },
+    createOptions: { HostConfig: { Binds: ['/data:/data'], Privileged: false }, Labels: { x: 'y' } },
+  };
+  const docker = withWorkload(spec, endpoint, who);
+  assert.deepEqual(docker.createOptions, {
+    HostConfig: { Binds: ['/data:/data', '/run/s/filter.sock:/var/run/iotedge/workload.sock'], Privileged: false },
+    Labels: { x: 'y' },
+  });
+  assert.equal(docker.env.A, '1');
+  assert.equal(docker.env.IOTEDGE_WORKLOADURI, 'unix:///var/run/iotedge/workload.sock');
+  assert.equal(docker.env.IOTEDGE_MODULEID, 'filter');
+  assert.deepEqual(
+    withWorkload(docker, endpoint, who).createOptions,
+    docker.createOptions,
+    'applying twice binds once',
+  );
+  const proc = withWorkload<Spec>({ name: 'filter', type: 'process', env: {} }, endpoint, who);
+  assert.equal(proc.env.IOTEDGE_WORKLOADURI, 'unix:///run/s/filter.sock');
+  assert.equal(proc.createOptions, undefined);
 });
