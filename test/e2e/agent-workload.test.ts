@@ -1,11 +1,13 @@
 /**
  * The agent's workload API and module environment, end to end: a hub and a gateway as child
  * processes, module identities created at the hub under the gateway's edge device, the workload
- * API serving each module's key on its own listener, and a child process running the official
- * `ModuleClient.fromEnvironment` (Mqtt over the unix socket, Amqp over the loopback form) with
- * the environment module-env.ts builds: it opens, sends an output event, and the hub receives it
- * with `iothub-connection-module-id` = the module. A request on one module's socket to sign for
- * another module, or for a wrong generation id, is refused.
+ * API serving each module's key on its own listener, and the official
+ * `ModuleClient.fromEnvironment`, unchanged, with the environment module-env.ts builds: Mqtt as a
+ * process over the unix socket (then its module twin and a direct method), Amqp over the
+ * loopback form, and Mqtt in a real container (Podman) with its socket bound at IoT Edge's path.
+ * Each sends an output event that the hub receives with `iothub-connection-module-id` = the
+ * module. A workload API holding the wrong key gets the module refused at the gateway; one
+ * module's socket refuses to sign for another module or a wrong generation id.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -16,11 +18,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { moduleEnv, workloadUriFor } from '../../src/agent/module-env.ts';
+import { moduleEnv, withWorkload, workloadUriFor } from '../../src/agent/module-env.ts';
 import { WorkloadApi, type WorkloadTransport } from '../../src/agent/workload-api.ts';
 import type { EventJson, EventPageJson } from '../../src/hub/event-json.ts';
 import { newKey, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { containerMissing, moduleContainers } from '../helpers/module-container.ts';
 
 const MODULE_SCRIPT = fileURLToPath(new URL('../fixtures/workload-module.cjs', import.meta.url));
 const API = '2018-06-28';
@@ -69,7 +72,13 @@ async function deployModule(moduleId: string, transport: WorkloadTransport) {
     workloadUri: workloadUriFor(endpoint, 'process'),
     deploymentEnv: { SENSOR_MODE: 'test', IOTEDGE_MODULEID: 'not-me' },
   });
-  return { endpoint, env, primaryKey, generationId: created.generationId };
+  const who = {
+    iothubHostName: hub.hostname,
+    deviceId: edge.gatewayId,
+    generationId: created.generationId,
+    gatewayHostName: edge.address,
+  };
+  return { endpoint, env, who, primaryKey, generationId: created.generationId };
 }
 
 interface ModuleRun {
@@ -80,15 +89,26 @@ interface ModuleRun {
   kill(): void;
 }
 
-/** Starts the module script with `env` and nothing else of ours (no IOTEDGE_* or connection strings). */
-function startModule(env: Record<string, string>, args: string[]): ModuleRun {
+interface Launch {
+  file: string;
+  args: string[];
+  env: Record<string, string>;
+}
+
+/** The module script as a process on this machine, with `env` and nothing else of ours (no IOTEDGE_* or connection strings). */
+function asProcess(env: Record<string, string>, args: string[]): Launch {
   const clean = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('IOTEDGE_') && !/ConnectionString$/.test(k)),
-  );
-  const p = spawn(process.execPath, [MODULE_SCRIPT, ...args], {
+  ) as Record<string, string>;
+  return {
+    file: process.execPath,
+    args: [MODULE_SCRIPT, ...args],
     env: { ...clean, ...env, NODE_EXTRA_CA_CERTS: edge.rootPath },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  };
+}
+
+function startModule(launch: Launch): ModuleRun {
+  const p = spawn(launch.file, launch.args, { env: launch.env, stdio: ['ignore', 'pipe', 'pipe'] });
   cleanups.push(() => p.kill('SIGKILL'));
   const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
   p.on('exit', () => clearTimeout(timer));
@@ -122,10 +142,10 @@ function startModule(env: Record<string, string>, args: string[]): ModuleRun {
 }
 
 /** The module's process, retried while the gateway may not yet know the new module identity. */
-async function runUntilSent(env: Record<string, string>, args: string[]): Promise<ModuleRun> {
+async function runUntilSent(launch: Launch): Promise<ModuleRun> {
   const deadline = Date.now() + 45_000;
   for (;;) {
-    const run = startModule(env, args);
+    const run = startModule(launch);
     const r = await run.answer;
     if (r.sent) return run;
     run.kill();
@@ -173,7 +193,7 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
     assert.equal(m.env.SENSOR_MODE, 'test', "the deployment's env is passed on");
     assert.equal(m.env.IOTEDGE_AUTHSCHEME, 'sasToken');
 
-    const run = await runUntilSent(m.env, ['mqtt', 'output1', 'filtered over mqtt', '--stay']);
+    const run = await runUntilSent(asProcess(m.env, ['mqtt', 'output1', 'filtered over mqtt', '--stay']));
     const [ev] = await moduleEvents('filter', 1);
     assert.equal(ev.deviceId, edge.gatewayId);
     assert.equal(ev.annotations['iothub-connection-device-id'], edge.gatewayId);
@@ -195,7 +215,7 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
 
     // A workload API holding a key that is not the module's: the same module is refused at the gateway.
     await workload.serve({ moduleId: 'filter', generationId: m.generationId, primaryKey: newKey() }, 'unix');
-    const refused = await startModule(m.env, ['mqtt', 'output1', 'signed with the wrong key']).answer;
+    const refused = await startModule(asProcess(m.env, ['mqtt', 'output1', 'signed with the wrong key'])).answer;
     assert.match(String(refused.error), /Not authorized/, 'a token signed with another key does not open');
     await workload.serve({ moduleId: 'filter', generationId: m.generationId, primaryKey: m.primaryKey }, 'unix');
   });
@@ -203,10 +223,40 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
   test('ModuleClient.fromEnvironment(Amqp) over the loopback form: its output event reaches the hub as the module', async () => {
     const m = await deployModule('sensor', 'http');
     assert.match(m.env.IOTEDGE_WORKLOADURI, /^http:\/\/127\.0\.0\.1:\d+$/);
-    await runUntilSent(m.env, ['amqp', 'temperature', 'sensed over amqp']);
+    await runUntilSent(asProcess(m.env, ['amqp', 'temperature', 'sensed over amqp']));
     const [ev] = await moduleEvents('sensor', 1);
     assert.equal(ev.annotations['iothub-connection-module-id'], 'sensor');
     assert.equal(Buffer.from(ev.body, 'base64').toString(), 'sensed over amqp');
+  });
+
+  test("ModuleClient.fromEnvironment(Mqtt) in a container, its socket bound at IoT Edge's path: its output reaches the hub", async (t) => {
+    const missing = containerMissing();
+    if (missing) return t.skip(missing);
+    const containers = await moduleContainers();
+    t.after(() => containers.cleanup());
+    const m = await deployModule('boxed', 'unix');
+    const spec = withWorkload(
+      {
+        name: 'boxed',
+        type: 'docker' as 'docker' | 'process',
+        env: { NODE_EXTRA_CA_CERTS: '/app/root.pem' } as Record<string, string>,
+        createOptions: {} as Record<string, unknown>,
+      },
+      m.endpoint,
+      m.who,
+    );
+    assert.equal(spec.env.IOTEDGE_WORKLOADURI, 'unix:///var/run/iotedge/workload.sock');
+    const binds = (spec.createOptions!.HostConfig as { Binds: string[] }).Binds;
+    const launch = containers.command({
+      script: MODULE_SCRIPT,
+      args: ['mqtt', 'output1', 'from a container'],
+      env: spec.env,
+      binds: [...binds, `${edge.rootPath}:/app/root.pem:ro`],
+    });
+    await runUntilSent(launch);
+    const [ev] = await moduleEvents('boxed', 1);
+    assert.equal(ev.annotations['iothub-connection-module-id'], 'boxed');
+    assert.equal(Buffer.from(ev.body, 'base64').toString(), 'from a container');
   });
 
   test("a module's socket signs only for that module and its generation id; the trust bundle is the gateway's", async () => {

@@ -1,0 +1,77 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Runs a Node module script in a real container (Podman, its own storage under a temp dir), the
+ * way a container module runs under the agent: its workload socket bound at IoT Edge's path, the
+ * environment passed with -e. The image is an empty root with a static shell; this machine's
+ * node binary, its shared libraries and the SDK packages are mounted read-only, so no image with
+ * Node needs building.
+ */
+
+export function containerMissing(): string | undefined {
+  if (process.platform !== 'linux') return 'containers need Linux';
+  for (const cmd of ['podman', 'runc', 'busybox'])
+    if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
+      return `${cmd} is not installed (apt-get install podman runc busybox-static)`;
+  return undefined;
+}
+
+export interface ModuleContainers {
+  /** The podman command and arguments that run `script args` in a container with `env` and `binds`. */
+  command(o: { script: string; args: string[]; env: Record<string, string>; binds: string[] }): {
+    file: string;
+    args: string[];
+    env: Record<string, string>;
+  };
+  cleanup(): Promise<void>;
+}
+
+const IMAGE = 'localhost/strata-workload-test:1';
+
+export async function moduleContainers(): Promise<ModuleContainers> {
+  const dir = await mkdtemp(join(tmpdir(), 'wlc-'));
+  // The two settings these machines need: no default ulimits, and runc rather than crun.
+  await writeFile(
+    join(dir, 'containers.conf'),
+    ['[containers]', 'default_ulimits = []', '[engine]', 'runtime = "runc"', ''].join('\n'),
+  );
+  const env = { ...process.env, CONTAINERS_CONF: join(dir, 'containers.conf') } as Record<string, string>;
+  const podman = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run'), '--tmpdir', join(dir, 'tmp')];
+  const rootfs = join(dir, 'rootfs');
+  await mkdir(join(rootfs, 'bin'), { recursive: true });
+  await mkdir(join(rootfs, 'tmp'));
+  const busybox = execFileSync('sh', ['-c', 'command -v busybox'], { encoding: 'utf8' }).trim();
+  await copyFile(busybox, join(rootfs, 'bin', 'sh'));
+  execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
+  execFileSync('podman', [...podman, 'import', join(dir, 'rootfs.tar'), IMAGE], { env, stdio: 'ignore' });
+
+  const node = await realpath(process.execPath);
+  const libDirs = new Set<string>();
+  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
+    libDirs.add(dirname(m[1]));
+  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
+  const mounts = [
+    `${node}:/usr/bin/node:ro`,
+    ...[...libDirs].map((d) => `${d}:${d}:ro`),
+    `${nodeModules}:/app/node_modules:ro`,
+  ];
+
+  return {
+    command(o) {
+      const args = [...podman, 'run', '--rm', '--network', 'host'];
+      for (const m of [...mounts, `${o.script}:/app/module.cjs:ro`, ...o.binds]) args.push('-v', m);
+      for (const [k, v] of Object.entries(o.env)) args.push('-e', `${k}=${v}`);
+      args.push(IMAGE, '/usr/bin/node', '/app/module.cjs', ...o.args);
+      return { file: 'podman', args, env };
+    },
+    async cleanup() {
+      spawnSync('podman', [...podman, 'rm', '--all', '--force'], { env, stdio: 'ignore' });
+      spawnSync('podman', [...podman, 'rmi', '--all', '--force'], { env, stdio: 'ignore' });
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
