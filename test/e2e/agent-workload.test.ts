@@ -6,7 +6,8 @@
  * process over the unix socket (then its module twin and a direct method), Amqp over the
  * loopback form, and Mqtt in a real container (Podman) with its socket bound at IoT Edge's path.
  * Each sends an output event that the hub receives with `iothub-connection-module-id` = the
- * module. A workload API holding the wrong key gets the module refused at the gateway; one
+ * module; a BrokeredEndpoint route feeds one such module's output to another's input. A
+ * workload API holding the wrong key gets the module refused at the gateway; one
  * module's socket refuses to sign for another module or a wrong generation id.
  */
 import assert from 'node:assert/strict';
@@ -39,7 +40,14 @@ before(async () => {
   hub = await startHubProcess({ address: randomLoopback() });
   cleanups.push(() => hub.stop());
   // The default deployment routes every message, module outputs included, to $upstream.
-  edge = await setupEdge(hub, { gatewayId: 'workload-edge', address: randomLoopback() });
+  edge = await setupEdge(hub, {
+    gatewayId: 'workload-edge',
+    address: randomLoopback(),
+    routes: {
+      upstream: 'FROM /messages/* INTO $upstream',
+      toDst: 'FROM /messages/modules/relay-src/outputs/* INTO BrokeredEndpoint("/modules/relay-dst/inputs/input1")',
+    },
+  });
   cleanups.push(() => edge.cleanup());
   gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
   cleanups.push(() => gw.stop());
@@ -86,6 +94,8 @@ interface ModuleRun {
   answer: Promise<{ sent?: boolean; error?: string }>;
   /** Its `{"ready":true}` line (with --stay). */
   ready: Promise<boolean>;
+  /** The first line `pred` accepts (or an error line, or the exit). */
+  line(pred: (l: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
   kill(): void;
 }
 
@@ -137,6 +147,7 @@ function startModule(launch: Launch): ModuleRun {
   return {
     answer: lineWith((l) => 'sent' in l || 'error' in l) as never,
     ready: lineWith((l) => 'ready' in l || 'error' in l).then((l) => l.ready === true),
+    line: lineWith,
     kill: () => p.kill('SIGKILL'),
   };
 }
@@ -257,6 +268,24 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
     const [ev] = await moduleEvents('boxed', 1);
     assert.equal(ev.annotations['iothub-connection-module-id'], 'boxed');
     assert.equal(Buffer.from(ev.body, 'base64').toString(), 'from a container');
+  });
+
+  test('a BrokeredEndpoint route feeds one fromEnvironment module from another, as an input', async () => {
+    const dst = await deployModule('relay-dst', 'unix');
+    const src = await deployModule('relay-src', 'unix');
+    const deadline = Date.now() + 45_000;
+    let listener: ModuleRun;
+    for (;;) {
+      listener = startModule(asProcess(dst.env, ['mqtt', '--listen']));
+      if (await listener.ready) break;
+      listener.kill();
+      if (Date.now() > deadline) throw new Error(`relay-dst never opened\n${gw.output()}`);
+      await new Promise((res) => setTimeout(res, 1000));
+    }
+    await runUntilSent(asProcess(src.env, ['amqp', 'out1', 'to the filter']));
+    const got = await listener.line((l) => 'input' in l || 'error' in l);
+    listener.kill();
+    assert.deepEqual(got, { input: 'input1', body: 'to the filter' });
   });
 
   test("a module's socket signs only for that module and its generation id; the trust bundle is the gateway's", async () => {

@@ -71,7 +71,10 @@ export async function moduleContainers(): Promise<ModuleContainers> {
     async cleanup() {
       spawnSync('podman', [...podman, 'rm', '--all', '--force'], { env, stdio: 'ignore' });
       spawnSync('podman', [...podman, 'rmi', '--all', '--force'], { env, stdio: 'ignore' });
-      await rm(dir, { recursive: true, force: true });
+      // `run --rm` removes a container from a cleanup process that may still be finishing.
+      await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }).catch((err) =>
+        console.error(`leaving ${dir}: ${err}`),
+      );
     },
   };
 }
