@@ -5,8 +5,9 @@ import type { WorkloadEndpoint } from './workload-api.ts';
  * connection: who it is, where edgeHub is, and where the workload API signs for it.
  */
 
-/** Where a container finds its workload socket (the path IoT Edge mounts it at). */
-export const CONTAINER_WORKLOAD_SOCKET = '/var/run/iotedge/workload.sock';
+/** Where a container finds its workload socket (the path IoT Edge gives it), in its mounted directory. */
+export const CONTAINER_WORKLOAD_DIR = '/var/run/iotedge';
+export const CONTAINER_WORKLOAD_SOCKET = `${CONTAINER_WORKLOAD_DIR}/workload.sock`;
 
 /** The workload API version advertised to modules; every version the routes accept answers alike. */
 export const ADVERTISED_WORKLOAD_API_VERSION = '2019-01-30';
@@ -68,17 +69,20 @@ export function overriddenEnv(deploymentEnv: Record<string, string> = {}): strin
  */
 export function workloadUriFor(endpoint: WorkloadEndpoint, runtime: 'docker' | 'process'): string {
   if (runtime === 'docker') {
-    if (!endpoint.socketPath)
+    if (!endpoint.socketDir)
       throw new Error(`module '${endpoint.moduleId}': a container needs a unix workload socket, not ${endpoint.uri}`);
     return `unix://${CONTAINER_WORKLOAD_SOCKET}`;
   }
   return endpoint.uri;
 }
 
-/** The bind mount that puts a module's workload socket where its container looks for it. */
+/**
+ * The bind mount that puts a module's workload socket where its container looks for it: the
+ * module's socket directory, so a socket made anew by a restarted agent is seen inside too.
+ */
 export function workloadBind(endpoint: WorkloadEndpoint): string {
-  if (!endpoint.socketPath) throw new Error(`module '${endpoint.moduleId}' has no workload socket to mount`);
-  return `${endpoint.socketPath}:${CONTAINER_WORKLOAD_SOCKET}`;
+  if (!endpoint.socketDir) throw new Error(`module '${endpoint.moduleId}' has no workload socket to mount`);
+  return `${endpoint.socketDir}:${CONTAINER_WORKLOAD_DIR}`;
 }
 
 /** Who a module is, as the agent learned it when it created the module identity at the hub. */

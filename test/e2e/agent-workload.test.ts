@@ -199,7 +199,7 @@ async function moduleEvents(moduleId: string, count: number): Promise<EventJson[
 describe('the workload API and module environment', { timeout: 180_000 }, () => {
   test('ModuleClient.fromEnvironment(Mqtt) over the unix socket: its output event reaches the hub as the module', async () => {
     const m = await deployModule('filter', 'unix');
-    assert.match(m.env.IOTEDGE_WORKLOADURI, /^unix:\/\/\/.+\/filter\.sock$/);
+    assert.match(m.env.IOTEDGE_WORKLOADURI, /^unix:\/\/\/.+\/filter\/workload\.sock$/);
     assert.equal(m.env.IOTEDGE_MODULEID, 'filter', 'the deployment cannot override the module id');
     assert.equal(m.env.SENSOR_MODE, 'test', "the deployment's env is passed on");
     assert.equal(m.env.IOTEDGE_AUTHSCHEME, 'sasToken');

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { moduleEnv, overriddenEnv, withWorkload, workloadBind, workloadUriFor } from '../../src/agent/module-env.ts';
+import { moduleDirName } from '../../src/agent/workload-api.ts';
 import { handleWorkloadRequest, type WorkloadModule } from '../../src/agent/workload-routes.ts';
 import { parseSasToken, signatureMatches } from '../../src/identity/sas.ts';
 
@@ -73,8 +74,9 @@ test('the trust bundle is the configured PEM; other routes and methods are refus
 test("a module's environment: the deployment's variables, IoT Edge's winning", () => {
   const endpoint = {
     moduleId: 'filter',
-    uri: 'unix:///run/strata/mnt/filter.sock',
-    socketPath: '/run/strata/mnt/filter.sock',
+    uri: 'unix:///run/strata/mnt/filter/workload.sock',
+    socketPath: '/run/strata/mnt/filter/workload.sock',
+    socketDir: '/run/strata/mnt/filter',
   };
   const deploymentEnv = { MODE: 'fast', IOTEDGE_DEVICEID: 'someone-else' };
   const env = moduleEnv({
@@ -99,7 +101,7 @@ test("a module's environment: the deployment's variables, IoT Edge's winning", (
   });
   assert.deepEqual(overriddenEnv(deploymentEnv), ['IOTEDGE_DEVICEID']);
   assert.equal(workloadUriFor(endpoint, 'process'), endpoint.uri);
-  assert.equal(workloadBind(endpoint), '/run/strata/mnt/filter.sock:/var/run/iotedge/workload.sock');
+  assert.equal(workloadBind(endpoint), '/run/strata/mnt/filter:/var/run/iotedge');
   assert.throws(
     () => workloadUriFor({ moduleId: 'p', uri: 'http://127.0.0.1:1' }, 'docker'),
     /'p'.*unix workload socket/,
@@ -114,7 +116,12 @@ type Spec = {
 };
 
 test('withWorkload: a container gets the IoT Edge env and its socket bound after its own binds; a process the served URI', () => {
-  const endpoint = { moduleId: 'filter', uri: 'unix:///run/s/filter.sock', socketPath: '/run/s/filter.sock' };
+  const endpoint = {
+    moduleId: 'filter',
+    uri: 'unix:///run/s/filter/workload.sock',
+    socketPath: '/run/s/filter/workload.sock',
+    socketDir: '/run/s/filter',
+  };
   const who = { iothubHostName: 'hub.example', deviceId: 'edge-1', generationId: '9', gatewayHostName: 'edge-1.local' };
   const spec: Spec = {
     name: 'filter',
@@ -124,7 +131,7 @@ test('withWorkload: a container gets the IoT Edge env and its socket bound after
   };
   const docker = withWorkload(spec, endpoint, who);
   assert.deepEqual(docker.createOptions, {
-    HostConfig: { Binds: ['/data:/data', '/run/s/filter.sock:/var/run/iotedge/workload.sock'], Privileged: false },
+    HostConfig: { Binds: ['/data:/data', '/run/s/filter:/var/run/iotedge'], Privileged: false },
     Labels: { x: 'y' },
   });
   assert.equal(docker.env.A, '1');
@@ -136,6 +143,16 @@ test('withWorkload: a container gets the IoT Edge env and its socket bound after
     'applying twice binds once',
   );
   const proc = withWorkload<Spec>({ name: 'filter', type: 'process', env: {} }, endpoint, who);
-  assert.equal(proc.env.IOTEDGE_WORKLOADURI, 'unix:///run/s/filter.sock');
+  assert.equal(proc.env.IOTEDGE_WORKLOADURI, 'unix:///run/s/filter/workload.sock');
   assert.equal(proc.createOptions, undefined);
+});
+
+test("a module's socket directory is its id when that is a safe short segment, else a digest", () => {
+  assert.equal(moduleDirName('/run/s', 'filter'), 'filter');
+  for (const odd of ['..', '.', 'x'.repeat(128)]) {
+    const name = moduleDirName('/run/s', odd);
+    assert.match(name, /^m-[0-9a-f]{24}$/);
+    assert.equal(moduleDirName('/run/s', odd), name, 'stable across restarts');
+  }
+  assert.notEqual(moduleDirName('/run/s', '..'), moduleDirName('/run/s', '.'));
 });
