@@ -4,7 +4,8 @@
  * API serving each module's key on its own listener, and the official
  * `ModuleClient.fromEnvironment`, unchanged, with the environment module-env.ts builds: Mqtt as a
  * process over the unix socket (then its module twin and a direct method), Amqp over the
- * loopback form, and Mqtt in a real container (Podman) with its socket bound at IoT Edge's path.
+ * loopback form, and Mqtt in a real container (Podman) with its socket bound at IoT Edge's path
+ * (which still reaches a workload API restarted under it, as after an agent's kill -9).
  * Each sends an output event that the hub receives with `iothub-connection-module-id` = the
  * module; a BrokeredEndpoint route feeds one such module's output to another's input. A
  * workload API holding the wrong key gets the module refused at the gateway; one
@@ -27,6 +28,7 @@ import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub
 import { containerMissing, moduleContainers } from '../helpers/module-container.ts';
 
 const MODULE_SCRIPT = fileURLToPath(new URL('../fixtures/workload-module.cjs', import.meta.url));
+const PROBE_SCRIPT = fileURLToPath(new URL('../fixtures/workload-probe.cjs', import.meta.url));
 const API = '2018-06-28';
 
 let hub: HubProcess;
@@ -94,8 +96,9 @@ interface ModuleRun {
   answer: Promise<{ sent?: boolean; error?: string }>;
   /** Its `{"ready":true}` line (with --stay). */
   ready: Promise<boolean>;
-  /** The first line `pred` accepts (or an error line, or the exit). */
+  /** The next line `pred` accepts after those `line` returned before (or an error line, or the exit). */
   line(pred: (l: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
+  write(text: string): void;
   kill(): void;
 }
 
@@ -118,7 +121,7 @@ function asProcess(env: Record<string, string>, args: string[]): Launch {
 }
 
 function startModule(launch: Launch): ModuleRun {
-  const p = spawn(launch.file, launch.args, { env: launch.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn(launch.file, launch.args, { env: launch.env, stdio: ['pipe', 'pipe', 'pipe'] });
   cleanups.push(() => p.kill('SIGKILL'));
   const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
   p.on('exit', () => clearTimeout(timer));
@@ -135,19 +138,26 @@ function startModule(launch: Launch): ModuleRun {
     for (const w of waiters.splice(0)) w();
   });
   const exited = new Promise<number | null>((res) => p.on('exit', (code) => res(code)));
-  const lineWith = async (pred: (l: Record<string, unknown>) => boolean) => {
+  const lineWith = async (pred: (l: Record<string, unknown>) => boolean, from = 0) => {
     for (;;) {
-      const hit = lines.find(pred);
-      if (hit) return hit;
+      const at = lines.findIndex((l, i) => i >= from && pred(l));
+      if (at >= 0) return { at, line: lines[at] };
       const more = new Promise<void>((res) => waiters.push(res));
       const code = await Promise.race([more.then(() => undefined), exited]);
-      if (code !== undefined && !lines.find(pred)) return { error: `exit ${code}; stderr: ${err.slice(-2000)}` };
+      if (code !== undefined && lines.findIndex((l, i) => i >= from && pred(l)) < 0)
+        return { at: lines.length, line: { error: `exit ${code}; stderr: ${err.slice(-2000)}` } };
     }
   };
+  let cursor = 0;
   return {
-    answer: lineWith((l) => 'sent' in l || 'error' in l) as never,
-    ready: lineWith((l) => 'ready' in l || 'error' in l).then((l) => l.ready === true),
-    line: lineWith,
+    answer: lineWith((l) => 'sent' in l || 'error' in l).then((r) => r.line) as never,
+    ready: lineWith((l) => 'ready' in l || 'error' in l).then((r) => r.line.ready === true),
+    line: async (pred) => {
+      const r = await lineWith((l) => pred(l) || 'error' in l, cursor);
+      cursor = r.at + 1;
+      return r.line;
+    },
+    write: (text: string) => p.stdin.write(text),
     kill: () => p.kill('SIGKILL'),
   };
 }
@@ -268,6 +278,20 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
     const [ev] = await moduleEvents('boxed', 1);
     assert.equal(ev.annotations['iothub-connection-module-id'], 'boxed');
     assert.equal(Buffer.from(ev.body, 'base64').toString(), 'from a container');
+
+    // The agent restarts (a new WorkloadApi makes a new socket): the running container still reaches it.
+    const probe = startModule(containers.command({ script: PROBE_SCRIPT, args: [], env: spec.env, binds }));
+    assert.equal(await probe.ready, true);
+    probe.write('1\n');
+    assert.deepEqual(await probe.line((l) => 'status' in l), { status: 200 });
+    await workload.close();
+    workload = new WorkloadApi({ socketDir: join(sockDir, 'mnt'), trustBundlePem: edge.rootPem });
+    const again = await workload.serve({ moduleId: 'boxed', generationId: m.generationId, primaryKey: m.primaryKey });
+    assert.equal(again.socketDir, m.endpoint.socketDir, 'the same directory, so the same mount');
+    probe.write('2\n');
+    const second = await probe.line((l) => 'status' in l);
+    probe.kill();
+    assert.deepEqual(second, { status: 200 }, 'the new socket is seen through the directory mount');
   });
 
   test('a BrokeredEndpoint route feeds one fromEnvironment module from another, as an input', async () => {
@@ -283,7 +307,7 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
       await new Promise((res) => setTimeout(res, 1000));
     }
     await runUntilSent(asProcess(src.env, ['amqp', 'out1', 'to the filter']));
-    const got = await listener.line((l) => 'input' in l || 'error' in l);
+    const got = await listener.line((l) => 'input' in l);
     listener.kill();
     assert.deepEqual(got, { input: 'input1', body: 'to the filter' });
   });

@@ -62,7 +62,7 @@ export async function moduleContainers(): Promise<ModuleContainers> {
 
   return {
     command(o) {
-      const args = [...podman, 'run', '--rm', '--network', 'host'];
+      const args = [...podman, 'run', '--rm', '-i', '--network', 'host'];
       for (const m of [...mounts, `${o.script}:/app/module.cjs:ro`, ...o.binds]) args.push('-v', m);
       for (const [k, v] of Object.entries(o.env)) args.push('-e', `${k}=${v}`);
       args.push(IMAGE, '/usr/bin/node', '/app/module.cjs', ...o.args);
