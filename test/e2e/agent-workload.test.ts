@@ -250,7 +250,7 @@ describe('the workload API and module environment', { timeout: 180_000 }, () => 
     assert.equal(Buffer.from(ev.body, 'base64').toString(), 'sensed over amqp');
   });
 
-  test("ModuleClient.fromEnvironment(Mqtt) in a container, its socket bound at IoT Edge's path: its output reaches the hub", async (t) => {
+  test("ModuleClient.fromEnvironment(Mqtt) in a container, its socket bound at IoT Edge's path: its output reaches the hub; a restarted API is still reached", async (t) => {
     const missing = containerMissing();
     if (missing) return t.skip(missing);
     const containers = await moduleContainers();
