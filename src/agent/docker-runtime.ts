@@ -382,6 +382,8 @@ export class DockerRuntime implements ModuleRuntime {
           return;
         }
         this.events = stream;
+        // From now on nothing is missed: a reopened stream starts here even if no event came.
+        this.lastEventSecs ??= Math.floor(Date.now() / 1000);
         const split = new LineSplitter();
         stream.on('data', (chunk: Buffer) => {
           for (const line of split.push(chunk)) this.onEventLine(line);

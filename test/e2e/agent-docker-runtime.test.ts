@@ -209,6 +209,28 @@ test('remove: a running module is stopped and gone; removing it again is a no-op
   await assert.rejects(runtime.start('sleeper'), /module sleeper: start failed: no container/);
 });
 
+test('exits are still reported after the engine API restarts; a killed module reports 137', { skip }, async () => {
+  const exits: Array<[string, number]> = [];
+  const off = runtime.onExit((name, code) => exits.push([name, code]));
+  await runtime.create(spec('victim', 'while true; do sleep 0.1; done'));
+  await runtime.start('victim');
+  await runtime.create(spec('later', 'sleep 1; exit 7'));
+
+  await engine!.restartService(); // the event stream breaks; the runtime reopens it
+  await runtime.start('later');
+  await engine!.podman(['kill', '--signal', 'KILL', 'victim']);
+  await waitFor('both exits', async () => (exits.length >= 2 ? true : undefined), 15_000);
+  await new Promise((r) => setTimeout(r, 300));
+  off();
+  assert.deepEqual(
+    exits.sort((a, b) => a[0].localeCompare(b[0])),
+    [
+      ['later', 7],
+      ['victim', 137],
+    ],
+  );
+});
+
 test('errors name the module and what the engine said', { skip }, async () => {
   await assert.rejects(
     runtime.create(spec('ghost', 'true', { image: 'localhost/strata-no-such-image:1' })),

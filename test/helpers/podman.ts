@@ -24,6 +24,8 @@ export interface PodmanEngine {
   image: string;
   /** Runs the podman CLI against this engine's storage (for checks a test makes behind the API). */
   podman(args: string[]): Promise<string>;
+  /** Stops the API service and starts it again on the same socket; containers keep running. */
+  restartService(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -96,23 +98,36 @@ export async function startPodman(): Promise<PodmanEngine> {
   await buildTestImage(dir, podman);
 
   const socketPath = join(dir, 'podman.sock');
-  const service = spawn('podman', [...storage, 'system', 'service', '--time=0', `unix://${socketPath}`], {
-    env,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  live.add(service);
-  let stderr = '';
-  service.stderr?.on('data', (b: Buffer) => {
-    stderr = (stderr + b.toString()).slice(-4000);
-  });
-  try {
-    await waitForVersion(socketPath, service, 20_000);
-  } catch (err) {
-    service.kill('SIGKILL');
+  const startService = async (): Promise<ChildProcess> => {
+    const service = spawn('podman', [...storage, 'system', 'service', '--time=0', `unix://${socketPath}`], {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    live.add(service);
+    let stderr = '';
+    service.stderr?.on('data', (b: Buffer) => {
+      stderr = (stderr + b.toString()).slice(-4000);
+    });
+    try {
+      await waitForVersion(socketPath, service, 20_000);
+    } catch (err) {
+      service.kill('SIGKILL');
+      live.delete(service);
+      throw new Error(`${(err as Error).message}\n${stderr}`);
+    }
+    return service;
+  };
+  const stopService = async (service: ChildProcess): Promise<void> => {
+    if (service.exitCode === null && service.signalCode === null) {
+      const exited = new Promise((r) => service.once('exit', r));
+      service.kill('SIGTERM');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+      if (service.exitCode === null && service.signalCode === null) service.kill('SIGKILL');
+    }
     live.delete(service);
-    throw new Error(`${(err as Error).message}\n${stderr}`);
-  }
+  };
 
+  let service = await startService();
   let stopped = false;
   return {
     dir,
@@ -120,16 +135,14 @@ export async function startPodman(): Promise<PodmanEngine> {
     uri: `unix://${socketPath}`,
     image: TEST_IMAGE,
     podman,
+    async restartService() {
+      await stopService(service);
+      service = await startService();
+    },
     async stop() {
       if (stopped) return;
       stopped = true;
-      if (service.exitCode === null) {
-        const exited = new Promise((r) => service.once('exit', r));
-        service.kill('SIGTERM');
-        await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-        if (service.exitCode === null) service.kill('SIGKILL');
-      }
-      live.delete(service);
+      await stopService(service);
       // Containers outlive the service (conmon holds them): remove them so no mount is left.
       await podman(['rm', '--all', '--force', '--time', '0']).catch(() => undefined);
       await podman(['rmi', '--all', '--force']).catch(() => undefined);
