@@ -9,23 +9,29 @@ import { after, before, test } from 'node:test';
 import { DockerRuntime, LABEL_AGENT, LABEL_MODULE } from '../../src/agent/docker-runtime.ts';
 import type { ModuleSpec } from '../../src/agent/runtime.ts';
 import { podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
+import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
 
 const skip = podmanMissing();
 const agentId = `edge-${randomBytes(3).toString('hex')}`;
+const skipRegistry = skip ?? registryMissing();
 let engine: PodmanEngine | undefined;
+let registry: LocalRegistry | undefined;
+let registryPort = 0;
 let runtime: DockerRuntime;
 let startupMs = 0;
 
 before(async () => {
   if (skip) return;
   const t0 = Date.now();
-  engine = await startPodman();
+  if (!skipRegistry) registryPort = await freePort();
+  engine = await startPodman({ insecureRegistries: registryPort ? [`127.0.0.1:${registryPort}`] : [] });
   startupMs = Date.now() - t0;
   runtime = new DockerRuntime({ uri: engine.uri, agentId });
 });
 after(async () => {
   await runtime?.close();
   await engine?.stop();
+  await registry?.stop();
 });
 
 /** A shell loop that counts, and exits 0 on SIGTERM (PID 1 ignores signals it does not trap). */
@@ -229,6 +235,46 @@ test('exits are still reported after the engine API restarts; a killed module re
       ['victim', 137],
     ],
   );
+});
+
+test('on-create pulls from a registry with the deployment credentials; wrong ones fail', {
+  skip: skipRegistry,
+}, async () => {
+  registry = await startRegistry(registryPort);
+  const image = `${registry.host}/strata/busybox:1`;
+  await engine!.podman([
+    'push',
+    '--tls-verify=false',
+    '--creds',
+    `${registry.username}:${registry.password}`,
+    engine!.image,
+    image,
+  ]);
+  const auth = { username: registry.username, password: registry.password, serveraddress: registry.host };
+
+  // Wrong credentials: refused by the registry (each failed pull costs Podman's three retries, ~3 s).
+  await assert.rejects(
+    runtime.create(
+      spec('pulled', 'echo pulled', {
+        image,
+        imagePullPolicy: 'on-create',
+        registryAuth: { ...auth, password: 'wrong' },
+      }),
+    ),
+    /module pulled: create failed: pulling image .*(unauthorized|authentication required)/i,
+  );
+
+  await runtime.create(
+    spec('pulled', 'echo pulled from the registry', { image, imagePullPolicy: 'on-create', registryAuth: auth }),
+  );
+  assert.match(await engine!.podman(['images', '--format', '{{.Repository}}:{{.Tag}}']), new RegExp(`^${image}$`, 'm'));
+  const exits: string[] = [];
+  const off = runtime.onExit((name) => exits.push(name));
+  await runtime.start('pulled');
+  await waitFor('the pulled module to exit', async () => (exits.includes('pulled') ? true : undefined));
+  off();
+  assert.deepEqual(await collect(runtime.logs('pulled'), () => false), ['pulled from the registry']);
+  assert.equal((await runtime.list()).find((m) => m.name === 'pulled')?.image, image);
 });
 
 test('errors name the module and what the engine said', { skip }, async () => {

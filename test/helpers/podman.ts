@@ -70,7 +70,12 @@ async function waitForVersion(socketPath: string, service: ChildProcess, timeout
   }
 }
 
-export async function startPodman(): Promise<PodmanEngine> {
+export interface PodmanOptions {
+  /** host:port of registries spoken to over plain HTTP (a local test registry). */
+  insecureRegistries?: string[];
+}
+
+export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngine> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-podman-'));
   const conf = join(dir, 'containers.conf');
   // The two settings these machines need (see the container engine notes): no default ulimits,
@@ -88,7 +93,17 @@ export async function startPodman(): Promise<PodmanEngine> {
       '',
     ].join('\n'),
   );
-  const env = { ...process.env, CONTAINERS_CONF: conf };
+  // Only the registries named here, and no short-name lookups that would reach the internet.
+  const registriesConf = join(dir, 'registries.conf');
+  await writeFile(
+    registriesConf,
+    [
+      'unqualified-search-registries = []',
+      ...(opts.insecureRegistries ?? []).flatMap((r) => ['[[registry]]', `location = "${r}"`, 'insecure = true']),
+      '',
+    ].join('\n'),
+  );
+  const env = { ...process.env, CONTAINERS_CONF: conf, CONTAINERS_REGISTRIES_CONF: registriesConf };
   const storage = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run')];
   const podman = async (args: string[]): Promise<string> => {
     const { stdout } = await run('podman', [...storage, ...args], { env, maxBuffer: 16 * 1024 * 1024 });
