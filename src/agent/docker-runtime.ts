@@ -215,11 +215,15 @@ export class DockerRuntime implements ModuleRuntime {
 
   /** The container of module `name`, found by our labels (not by its name). */
   private async find(name: string): Promise<Docker.ContainerInfo | undefined> {
-    const found = await this.docker.listContainers({
+    return (await this.findAll(name))[0];
+  }
+
+  /** Every container labelled as module `name`: more than one only after a crash mid-update. */
+  private async findAll(name: string): Promise<Docker.ContainerInfo[]> {
+    return this.docker.listContainers({
       all: true,
       filters: JSON.stringify({ label: [`${LABEL_AGENT}=${this.agentId}`, `${LABEL_MODULE}=${name}`] }),
     });
-    return found[0];
   }
 
   private async container(name: string, operation: string): Promise<Docker.Container> {
@@ -300,16 +304,24 @@ export class DockerRuntime implements ModuleRuntime {
   }
 
   async remove(name: string): Promise<void> {
-    const found = await this.find(name).catch((err: unknown) => {
+    const found = await this.findAll(name).catch((err: unknown) => {
       throw new ModuleRuntimeError(name, 'remove', engineSays(err));
     });
-    if (!found) return;
-    if (found.State === 'running') this.stopping.add(found.Id);
-    try {
-      await this.docker.getContainer(found.Id).remove({ force: true });
-    } catch (err) {
-      if (statusCode(err) === 404) return;
-      throw new ModuleRuntimeError(name, 'remove', engineSays(err));
+    for (const c of found) {
+      const container = this.docker.getContainer(c.Id);
+      try {
+        if (c.State === 'running') {
+          this.stopping.add(c.Id);
+          // Podman's forced remove first waits the stop timeout; a graceful end is stop()'s job.
+          await container.kill({ signal: 'SIGKILL' }).catch((err: unknown) => {
+            if (statusCode(err) !== 409 && statusCode(err) !== 404) throw err;
+          });
+        }
+        await container.remove({ force: true });
+      } catch (err) {
+        this.stopping.delete(c.Id);
+        if (statusCode(err) !== 404) throw new ModuleRuntimeError(name, 'remove', engineSays(err));
+      }
     }
   }
 

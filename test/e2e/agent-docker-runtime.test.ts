@@ -182,24 +182,32 @@ test('a second runtime for the same agent adopts the containers; another agent s
   }
 });
 
-test('strays: a container labelled ours that no deployment made is listed, and removed', { skip }, async () => {
-  await engine!.podman([
-    'create',
-    '--name',
-    'leftover',
-    '--label',
-    `${LABEL_AGENT}=${agentId}`,
-    '--label',
-    `${LABEL_MODULE}=leftover`,
-    engine!.image,
-    'true',
-  ]);
+test('strays: containers labelled ours that no deployment made are listed, and removed', { skip }, async () => {
+  // Two containers of one module, as a crash between creating a new one and removing the old leaves.
+  for (const name of ['leftover', 'leftover-old']) {
+    await engine!.podman([
+      'create',
+      '--name',
+      name,
+      '--label',
+      `${LABEL_AGENT}=${agentId}`,
+      '--label',
+      `${LABEL_MODULE}=leftover`,
+      engine!.image,
+      'sleep',
+      '30',
+    ]);
+  }
+  await engine!.podman(['start', 'leftover-old']);
   await engine!.podman(['create', '--name', 'not-ours', engine!.image, 'true']);
   const names = (await runtime.list()).map((m) => m.name);
-  assert.ok(names.includes('leftover'), names.join(','));
+  assert.equal(names.filter((n) => n === 'leftover').length, 2, names.join(','));
   assert.ok(!names.includes('not-ours'), names.join(','));
-  await runtime.remove('leftover');
+  const t0 = Date.now();
+  await runtime.remove('leftover'); // one of them runs `sleep`, which as PID 1 ignores SIGTERM
+  assert.ok(Date.now() - t0 < 5000, `remove took ${Date.now() - t0} ms: it must not wait for a stop timeout`);
   assert.ok(!(await runtime.list()).some((m) => m.name === 'leftover'));
+  assert.doesNotMatch(await engine!.podman(['ps', '-a', '--format', '{{.Names}}']), /^leftover/m);
 });
 
 test('remove: a running module is stopped and gone; removing it again is a no-op', { skip }, async () => {
