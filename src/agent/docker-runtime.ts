@@ -183,18 +183,17 @@ export class DockerRuntime implements ModuleRuntime {
       all: true,
       filters: JSON.stringify({ label: [`${LABEL_AGENT}=${this.agentId}`] }),
     });
-    const states: ModuleState[] = [];
-    for (const c of found) {
-      let info: Docker.ContainerInspectInfo;
-      try {
-        info = await this.docker.getContainer(c.Id).inspect();
-      } catch (err) {
-        if (statusCode(err) === 404) continue; // removed between the list and now
-        throw err;
-      }
-      states.push(this.stateOf(info));
-    }
-    return states;
+    const states = await Promise.all(
+      found.map(async (c) => {
+        try {
+          return this.stateOf(await this.docker.getContainer(c.Id).inspect());
+        } catch (err) {
+          if (statusCode(err) === 404) return undefined; // removed between the list and now
+          throw err;
+        }
+      }),
+    );
+    return states.filter((s): s is ModuleState => s !== undefined);
   }
 
   private stateOf(info: Docker.ContainerInspectInfo): ModuleState {

@@ -174,9 +174,19 @@ test('a second runtime for the same agent adopts the containers; another agent s
   }
   assert.equal(await countAll(), before, 'nothing was created');
 
-  const other = new DockerRuntime({ uri: engine!.uri, agentId: `${agentId}-other` });
+  // Another agent on the same engine (a hierarchy on one machine) sees none of these, and with
+  // its own container names runs a module of the same name beside them.
+  const other = new DockerRuntime({ uri: engine!.uri, agentId: `${agentId}-other`, containerName: (m) => `l2-${m}` });
   try {
     assert.deepEqual(await other.list(), []);
+    await other.create(spec('sleeper', 'true'));
+    assert.deepEqual(
+      (await other.list()).map((m) => m.name),
+      ['sleeper'],
+    );
+    assert.match(await engine!.podman(['ps', '-a', '--format', '{{.Names}}']), /^l2-sleeper$/m);
+    await other.remove('sleeper');
+    assert.equal((await runtime.list()).find((m) => m.name === 'sleeper')?.runtimeStatus, 'running');
   } finally {
     await other.close();
   }
