@@ -153,6 +153,7 @@ export class DockerRuntime implements ModuleRuntime {
   readonly kind = 'docker' as const;
   private readonly docker: Docker;
   private readonly agentId: string;
+  private readonly uri: string;
   private readonly nameOf: (module: string) => string;
   private readonly log: Logger;
   private readonly exitListeners = new Set<(name: string, exitCode: number) => void>();
@@ -168,21 +169,27 @@ export class DockerRuntime implements ModuleRuntime {
   constructor(opts: DockerRuntimeOptions) {
     this.docker = new Docker(engineConnection(opts.uri));
     this.agentId = opts.agentId;
+    this.uri = opts.uri;
     this.nameOf = opts.containerName ?? ((m) => m);
     this.log = opts.log ?? childLog('agent.docker');
   }
 
   /** The engine's version, to check that it answers. */
   async version(): Promise<{ version: string; apiVersion: string }> {
-    const v = await this.docker.version();
-    return { version: v.Version, apiVersion: v.ApiVersion };
+    try {
+      const v = await this.docker.version();
+      return { version: v.Version, apiVersion: v.ApiVersion };
+    } catch (err) {
+      throw new Error(`container engine at ${this.uri} did not answer: ${engineSays(err)}`);
+    }
   }
 
   async list(): Promise<ModuleState[]> {
-    const found = await this.docker.listContainers({
-      all: true,
-      filters: JSON.stringify({ label: [`${LABEL_AGENT}=${this.agentId}`] }),
-    });
+    const found = await this.docker
+      .listContainers({ all: true, filters: JSON.stringify({ label: [`${LABEL_AGENT}=${this.agentId}`] }) })
+      .catch((err: unknown) => {
+        throw new Error(`container engine at ${this.uri}: listing containers failed: ${engineSays(err)}`);
+      });
     const states = await Promise.all(
       found.map(async (c) => {
         try {

@@ -311,6 +311,16 @@ test('errors name the module and what the engine said', { skip }, async () => {
   );
   assert.ok(Date.now() - t0 < 30_000);
   // A name the engine already has: the engine's own words.
-  await assert.rejects(runtime.create(spec('counter', 'true')), /module counter: create failed: .*(already|in use)/i);
+  await runtime.create(spec('twice', 'true'));
+  await assert.rejects(runtime.create(spec('twice', 'true')), /module twice: create failed: .*(already|in use)/i);
+  await runtime.remove('twice');
   assert.ok(!(await runtime.list()).some((m) => m.name === 'ghost' || m.name === 'unpullable'));
+  // No engine behind the uri: said so, naming the uri.
+  const nowhere = new DockerRuntime({ uri: `unix://${engine!.dir}/no-engine.sock`, agentId });
+  try {
+    await assert.rejects(nowhere.version(), /container engine at unix:\/\/.*no-engine\.sock did not answer: .*ENOENT/);
+    await assert.rejects(nowhere.list(), /container engine at unix:\/\/.*no-engine\.sock: listing containers failed/);
+  } finally {
+    await nowhere.close();
+  }
 });
