@@ -49,6 +49,8 @@ export abstract class MqttIdentityConnection {
   protected connecting?: Promise<MqttConnection>;
   private refusal?: { err: Error; at: number };
   private renewTimer?: NodeJS.Timeout;
+  /** A renewal swaps the connection; the identity counts as connected meanwhile (it is not a loss). */
+  private renewing = false;
   private downListeners: Array<(why: string) => void> = [];
   protected isClosed = false;
 
@@ -79,7 +81,7 @@ export abstract class MqttIdentityConnection {
   protected abstract incoming(wire: MqttConnection, p: IncomingPublish): void;
 
   get connected(): boolean {
-    return this.wire !== undefined && !this.wire.closed;
+    return this.renewing || (this.wire !== undefined && !this.wire.closed);
   }
 
   /** Resolves with why, the next time the connection is lost (a renewal's reconnect is not a loss). */
@@ -206,6 +208,7 @@ export abstract class MqttIdentityConnection {
       return this.open();
     })();
     this.connecting = renewing;
+    this.renewing = true;
     try {
       await renewing;
       this.owner.log.debug(
@@ -218,6 +221,7 @@ export abstract class MqttIdentityConnection {
       for (const fn of this.downListeners.splice(0)) fn(why);
       if (!this.pinned && this.wanted().length > 0) this.scheduleRearm();
     } finally {
+      this.renewing = false;
       if (this.connecting === renewing) this.connecting = undefined;
     }
   }
