@@ -10,7 +10,11 @@
  * awaited acknowledgements). Prints one JSON line per side, the CPU time each Strata process
  * spent per message, and the ratio.
  *
- *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--runs 1] [--anchors DIR] [--skip-anchor] [--profile DIR] [--upstream Amqp]
+ *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--rate R] [--runs 1] [--anchors DIR] [--skip-anchor] [--profile DIR] [--upstream Amqp]
+ *
+ * With `--rate R` both sides run open loop: the publishers together offer R messages a second
+ * on a fixed schedule (publisher i sends every PUBLISHERS/R seconds, offset by i/R) without
+ * waiting for acknowledgements, so the latency figures are those below saturation.
  *
  * On a shared machine one run of either side can be 20% off the next: `--runs N` alternates the
  * two sides N times and ends with the medians and the median of the per-round ratios.
@@ -45,6 +49,10 @@ const { values: args } = parseArgsOrExit({
     'skip-anchor': { type: 'boolean', default: false },
     /** Rounds of both sides, alternating; with more than one, a summary of medians follows. */
     runs: { type: 'string', default: '1' },
+    /** Open loop: R messages a second in all, on a fixed schedule; 0 (default) is windows of 100. */
+    rate: { type: 'string', default: '0' },
+    /** Each process records how old a message is at each point of its way (util/latency-trace.ts); printed per process. */
+    trace: { type: 'boolean', default: false },
     /** Write a V8 CPU profile of the gateway process into this directory. */
     profile: { type: 'string' },
     /** What each gateway speaks to its parent: Amqp (default), AmqpWs, Mqtt or MqttWs. */
@@ -69,9 +77,11 @@ if (args.help) {
   --messages N      messages in all (default 50000)
   --publishers N    leaf devices publishing at once, windows of 100 QoS 1 messages each (default 100)
   --size BYTES      message body size (default 256)
+  --rate R          open loop: the publishers together send R msg/s on a schedule (default 0: windows of 100)
   --runs N          rounds of both sides, alternating; more than one ends with medians (default 1)
   --anchors DIR     where mosquitto-chain.sh and chain-bench.mjs are (default ../shared/anchors beside the checkout)
   --skip-anchor     measure Strata only
+  --trace           print per process how old messages are at each point of their way (p50/p99/max ms)
   --profile DIR     write V8 CPU profiles of the hub and each gateway into DIR/hub, DIR/l1, ...
   --upstream P      each gateway's UpstreamProtocol: Amqp (default), AmqpWs, Mqtt, MqttWs
 `);
@@ -90,6 +100,9 @@ const SIZE = Number(args.size);
 const WINDOW = 100;
 const RUNS = Number(args.runs);
 if (!Number.isInteger(RUNS) || RUNS < 1 || RUNS > 20) throw new Error(`--runs must be 1 to 20, got ${args.runs}`);
+const RATE = Number(args.rate);
+if (!Number.isFinite(RATE) || RATE < 0)
+  throw new Error(`--rate must be a number of messages a second >= 0, got ${args.rate}`);
 const LAYERS = Number(args.layers);
 if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 5)
   throw new Error(`--layers must be 1 to 5, got ${args.layers}`);
@@ -150,6 +163,7 @@ interface Result {
   msgs_per_s: number;
   p50_ms: number;
   p99_ms: number;
+  p999_ms: number;
   max_ms: number;
 }
 
@@ -233,7 +247,19 @@ async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<s
         }),
       );
     }
-    return await measure(mqtt, hub, layers, gws);
+    const result = await measure(mqtt, hub, layers, gws);
+    if (traceDir) {
+      // Warnings say whether a wait was a retry (a failed batch backs its pump off).
+      for (const [i, g] of gws.entries()) {
+        const warned = g
+          .output()
+          .split('\n')
+          .filter((l) => /"level":(40|50)/.test(l));
+        if (warned.length > 0)
+          process.stderr.write(`l${i + 1} warned ${warned.length}x, first: ${warned.slice(0, 3).join('\n')}\n`);
+      }
+    }
+    return result;
   } finally {
     // Bottom first: a parent going first would only make its children reconnect.
     for (const g of [...gws].reverse()) await g.stop();
@@ -291,6 +317,9 @@ async function measure(
   );
   let got = 0;
   const lat: number[] = [];
+  // With --trace: latencies by the second they were sent in (is a tail one stall or steady?).
+  const bySecond: number[][] = [];
+  let t0 = Infinity;
   let done!: () => void;
   const all = new Promise<void>((r) => (done = r));
   const reader = followEvents(
@@ -299,7 +328,9 @@ async function measure(
     { host: cs.HostName!, key: cs.SharedAccessKey!, policy: cs.SharedAccessKeyName! },
     (body) => {
       if (body.length < 8) return;
-      lat.push(Date.now() - Number(body.readBigUInt64BE(0)));
+      const stamped = Number(body.readBigUInt64BE(0));
+      lat.push(Date.now() - stamped);
+      if (traceDir) (bySecond[Math.floor((stamped - t0) / 1000)] ??= []).push(Date.now() - stamped);
       if (++got === MSGS) done();
     },
   );
@@ -327,16 +358,24 @@ async function measure(
   ];
   const cpu0 = procs.map(([, pid]) => cpuMsOf(pid));
   const own0 = process.cpuUsage();
-  const t0 = Date.now();
+  t0 = Date.now();
   await Promise.all(
     pubs.map(async (c: any, i: number) => {
       const per = Math.floor(MSGS / PUBS) + (i < MSGS % PUBS ? 1 : 0);
       let inflight: Array<Promise<unknown>> = [];
+      // Open loop: publisher i's k-th message is due at t0 + (k + i/PUBS) * period, whatever
+      // the acknowledgements are doing (the same schedule as chain-bench.mjs with RATE).
+      const period = RATE > 0 ? (PUBS * 1000) / RATE : 0;
+      const start = t0 + (period * i) / PUBS;
       for (let k = 0; k < per; k++) {
+        if (RATE > 0) {
+          const w = start + k * period - Date.now();
+          if (w > 0) await new Promise((r) => setTimeout(r, w));
+        }
         const p = Buffer.alloc(SIZE);
         p.writeBigUInt64BE(BigInt(Date.now()), 0);
         inflight.push(c.publishAsync(`devices/${ids[i]}/messages/events/`, p, { qos: 1 }));
-        if (inflight.length >= WINDOW) {
+        if (RATE === 0 && inflight.length >= WINDOW) {
           await Promise.all(inflight);
           inflight = [];
         }
@@ -354,6 +393,16 @@ async function measure(
   procs.forEach(([name, pid], i) => (cpu_us_per_msg[name] = Math.round(((cpuMsOf(pid) - cpu0[i]!) * 1000) / MSGS)));
   const own = process.cpuUsage(own0);
   cpu_us_per_msg.bench_clients = Math.round((own.user + own.system) / MSGS);
+  if (traceDir) {
+    const line = bySecond.map((xs) => (xs ? Math.max(...xs) : NaN));
+    process.stderr.write(`trace: max latency of the messages sent in each second: ${line.join(' ')}\n`);
+    // The processes write their figures every second.
+    await new Promise((r) => setTimeout(r, 1500));
+    for (const [name, pid] of procs) {
+      const f = join(traceDir, `${pid}.json`);
+      if (existsSync(f)) process.stderr.write(`trace ${name}: ${readFileSync(f, 'utf8')}`);
+    }
+  }
   reader.stop();
   await Promise.all(pubs.map((c: any) => c.endAsync()));
   lat.sort((a, b) => a - b);
@@ -366,6 +415,7 @@ async function measure(
     msgs_per_s: Math.round(MSGS / ((t1 - t0) / 1000)),
     p50_ms: quantile(lat, 0.5),
     p99_ms: quantile(lat, 0.99),
+    p999_ms: quantile(lat, 0.999),
     max_ms: lat[lat.length - 1] ?? NaN,
     cpu_us_per_msg,
   };
@@ -433,7 +483,7 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
           String(PUBS),
           String(SIZE),
         ],
-        { stdio: ['ignore', 'pipe', 'inherit'] },
+        { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RATE: String(RATE) } },
       ));
       let text = '';
       p.stdout.on('data', (c: Buffer) => (text += c.toString()));
@@ -466,12 +516,20 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
   }
 }
 
+const traceDir = args.trace ? await mkdtemp(join(tmpdir(), 'strata-trace-')) : undefined;
+if (traceDir) {
+  // Inherited by the hub and gateway processes the helpers start.
+  process.env.STRATA_LATENCY_TRACE = traceDir;
+  removeAtExit(traceDir);
+}
 const depsDir = mqtt5Dir();
 const mqtt = createRequire(join(depsDir, 'x.js'))('mqtt');
 const path =
   ['leaf', ...Array.from({ length: LAYERS }, (_, i) => (LAYERS === 1 ? 'gateway' : `L${LAYERS - i}`)), 'hub'].join(
     ' -> ',
-  ) + (args.upstream === 'Amqp' ? '' : ` (upstream ${args.upstream})`);
+  ) +
+  (args.upstream === 'Amqp' ? '' : ` (upstream ${args.upstream})`) +
+  (RATE > 0 ? ` (open loop, ${RATE} msg/s offered)` : '');
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;

@@ -12,6 +12,7 @@ import { type MessageStore, StoreFullError, type AppendEntry, type AppendTarget 
 import type { ResendKey } from '../store/resend-window.ts';
 import { storedMessageOf } from '../store/sender-message.ts';
 import type { ParentLink } from '../upstream/index.ts';
+import { mark, tracing } from '../util/latency-trace.ts';
 import { childLog } from '../util/log.ts';
 import { DirectForwarder } from './direct-forward.ts';
 import type { EdgeHubRoutes } from './edgehub-routes.ts';
@@ -131,6 +132,7 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
     // Unique across runs: after a restart every connection is a new one.
     const request = items.some((i) => i.via === undefined) ? `${runId}/r${++requests}` : undefined;
     for (const i of items) {
+      mark('gw.append', i.message.body);
       const r = routeOne(i.auth, i.message, i.origin, i.via === undefined ? request : `${runId}/${i.via}`);
       if (r === undefined) continue;
       if (r instanceof Promise) waits.push(r);
@@ -138,7 +140,13 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
     }
     if (entries.length > 0) waits.push(entries.length === 1 ? store.append(entries[0]!) : store.appendAll(entries));
     if (waits.length === 0) return Promise.resolve();
-    return (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
+    const durable = (waits.length === 1 ? waits[0]! : Promise.all(waits)).then(() => undefined, storeError);
+    if (tracing)
+      void durable.then(
+        () => items.forEach((i) => mark('gw.durable', i.message.body)),
+        () => {},
+      );
+    return durable;
   };
   // ... unless it can go to the parent as it came (edge/direct-forward.ts).
   const direct =
@@ -161,6 +169,7 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
   // those of the first copy a resend waits for included.
   const sink: TelemetrySink = {
     offer: (items, batch) => {
+      if (tracing) for (const i of items) mark('gw.offer', i.message.body);
       metrics.received.inc(items.length);
       return batch && direct?.forward(items, batch);
     },

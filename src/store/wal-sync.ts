@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { took, tracing } from '../util/latency-trace.ts';
 import { childLog } from '../util/log.ts';
 
 const log = childLog('store');
@@ -75,8 +76,10 @@ export class WalSync {
     const cohort = this.waiting;
     this.waiting = [];
     const fd = this.fd;
+    const t0 = tracing ? performance.now() : 0;
     this.syncing = new Promise<void>((done) => {
       fs.fdatasync(fd, (err) => {
+        if (tracing) took(`${this.what}.fdatasync`, performance.now() - t0);
         let error: Error | null = err;
         if (!error) {
           try {

@@ -9,6 +9,7 @@ import { AmqpConnection } from './amqp-connection.ts';
 import { type OutLink, both, closeQuietly, forgetDelivery, onReceiverGone } from './amqp-links.ts';
 import { UpstreamDownError, UpstreamError } from './errors.ts';
 import type { UpstreamC2DDelivery } from './parent-link.ts';
+import { took, tracing } from '../util/latency-trace.ts';
 
 /**
  * The links of one downstream identity on the shared AMQP connection to the parent: telemetry,
@@ -148,6 +149,7 @@ export abstract class AmqpIdentityLinks {
     const per = this.state();
     if (per.telemetry) return per.telemetry;
     const opening = (async () => {
+      const t0 = tracing ? performance.now() : 0;
       const link = await this.attaching(per.pc, () =>
         per.pc.openSender(
           {
@@ -161,6 +163,7 @@ export abstract class AmqpIdentityLinks {
           `telemetry (${identityKey(this.identity)})`,
         ),
       );
+      if (tracing) took('up.attach', performance.now() - t0);
       link.onGone(() => {
         if (per.telemetry === opening) per.telemetry = undefined;
       });

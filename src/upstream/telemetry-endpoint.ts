@@ -7,6 +7,7 @@ import type { QueuedMessage } from '../store/message-store.ts';
 import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './errors.ts';
 import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
 import { CONDITION } from '../protocols/amqp/errors.ts';
+import { mark, tracing } from '../util/latency-trace.ts';
 
 const PARENT_UNREACHABLE_RETRY_MS = 1000;
 
@@ -85,6 +86,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
   async send(batch: readonly QueuedMessage[]): Promise<void> {
     if (!this.deps.isConnected())
       throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
+    if (tracing) for (const q of batch) mark('up.send', q.message.body);
     // Group by sender and queue, keeping each sender's order; senders go in parallel.
     const groups = new Map<string, { identity: IdentityRef; messages: Message[]; origin?: BatchOrigin }>();
     for (const q of batch) {
@@ -126,6 +128,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
       this.counters.failedBatches++;
       throw failure.reason;
     }
+    if (tracing) for (const q of batch) mark('up.accepted', q.message.body);
   }
 
   /**

@@ -11,6 +11,7 @@ import type { EventFeed } from './feed.ts';
 import { log } from './log.ts';
 import type { EventNumbers } from './numbers.ts';
 import { partitionOf, toStoredEvent } from './rows.ts';
+import { mark, took, tracing } from '../../util/latency-trace.ts';
 
 /** The stream's next numbers as a commit leaves them; they take effect only once it succeeded. */
 interface NextNumbers {
@@ -110,6 +111,7 @@ export class EventWriter {
 
   /** See EventStream.append. */
   append(event: EventToAppend): Promise<StoredEventInfo> {
+    mark('hub.append', event.message.body);
     if (this.feed.closed) return Promise.reject(new Error('event stream is closed'));
     const appended = new Promise<StoredEventInfo>((resolve, reject) => {
       this.pending.push({ events: [event], resolve: (infos, from) => resolve(infos[from]!), reject });
@@ -123,6 +125,7 @@ export class EventWriter {
   appendAll(events: readonly EventToAppend[]): Promise<StoredEventInfo[]> {
     if (this.feed.closed) return Promise.reject(new Error('event stream is closed'));
     if (events.length === 0) return Promise.resolve([]);
+    if (tracing) for (const e of events) mark('hub.append', e.message.body);
     const appended = new Promise<StoredEventInfo[]>((resolve, reject) => {
       this.pending.push({ events, resolve: (infos, from) => resolve(infos.slice(from, from + events.length)), reject });
       this.scheduleFlush();
@@ -151,7 +154,9 @@ export class EventWriter {
     const n = this.numbers;
     const next: NextNumbers = { seq: n.seq, pseqs: n.pseqs, offs: n.offs, enq: n.lastEnqueued };
     try {
+      const t0 = tracing ? performance.now() : 0;
       const moved = this.commitBatch(batch, infos, next);
+      if (tracing) took('hub.commit', performance.now() - t0);
       n.seq = next.seq;
       for (let i = 0; i < n.partitions; i++) {
         n.pseqs[i] = next.pseqs[i]!;
@@ -210,6 +215,7 @@ export class EventWriter {
   /** A commit is on disk (or its sync failed): answer its senders, show its events to readers. */
   private publish(batch: Pending[], infos: StoredEventInfo[], syncError?: Error): void {
     this.settled++;
+    if (tracing) for (const p of batch) for (const e of p.events) mark('hub.durable', e.message.body);
     const events: StoredEvent[] = [];
     for (const p of batch) {
       const from = events.length;

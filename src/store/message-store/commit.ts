@@ -7,6 +7,7 @@ import type { ResendWindow, ResendWritten } from '../resend-window.ts';
 import type { WalSync } from '../wal-sync.ts';
 import { prepareAppends } from './append.ts';
 import { deleteEntries, insertAppends } from './commit-rows.ts';
+import { took, tracing } from '../../util/latency-trace.ts';
 import { log } from './log.ts';
 import type { PayloadGc } from './payload-gc.ts';
 import type { ReadCache } from './read-cache.ts';
@@ -205,6 +206,7 @@ export class GroupCommit {
     const deleted: PendingDelete[] = [];
     if (deletes.length > 0) headroom?.beforeFreeing();
     try {
+      const t0 = tracing ? performance.now() : 0;
       db.exec('BEGIN');
       try {
         insertAppends(s, appends);
@@ -240,6 +242,7 @@ export class GroupCommit {
         if (passing.hasPending) marks = passing.writeInTransaction();
         if (resendWritten) resends.writeInTransaction(resendWritten);
         db.exec('COMMIT');
+        if (tracing) took('store.commit', performance.now() - t0);
       } catch (err) {
         if (db.inTransaction) db.exec('ROLLBACK');
         throw err;
