@@ -215,6 +215,10 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       telemetrySink: telemetry.sink,
       maxConnectedClients: maxClients.value,
       authorize: scopeAuthorizer(scope, sync),
+      // A leaf's upstream telemetry link is attached as it connects, off its first message's path.
+      onSessionOpened: (identity) => {
+        if (identity.deviceId !== deviceId) link.prepareTelemetry?.(identity);
+      },
       onSubscriptionChange: (identity, kind, subscribed) => {
         registry.subscriptionChanged(identity, kind, subscribed);
         if (kind === 'inputs' && identity.deviceId === deviceId) telemetry.pokeModuleInputs(identity.moduleId);

@@ -194,7 +194,9 @@ export class Engine {
    */
   async connect(auth: AuthResult, handler: SessionHandler, opts: ConnectOptions): Promise<Session> {
     if (!this.started || this.stopping) throw new EngineError('unavailable', 'the hub is not accepting connections');
-    return this.sessions.open(auth, handler, opts);
+    const session = await this.sessions.open(auth, handler, opts);
+    this.options.onSessionOpened?.(auth.identity);
+    return session;
   }
 
   /** Live sessions now. */

@@ -227,6 +227,11 @@ export interface EngineOptions {
    * upstream links only while someone listens.
    */
   onSubscriptionChange?: (identity: IdentityRef, kind: SubscriptionKind, subscribed: boolean) => void;
+  /**
+   * Told when an authenticated identity opened a session, so a gateway can open what its
+   * telemetry will need upstream before the first message arrives.
+   */
+  onSessionOpened?: (identity: IdentityRef) => void;
   /** Directory for the engine's database (sessions, C2D queues, trusted CAs). */
   dataDir: string;
   /** The hub host name (SAS audience host). */

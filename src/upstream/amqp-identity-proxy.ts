@@ -47,6 +47,15 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
     return sendInBatches(link, messages, origin);
   }
 
+  /** Attaches the telemetry link now; a failure is left for the first send to meet and report. */
+  prepareTelemetry(): void {
+    try {
+      this.telemetryLink().catch(() => {});
+    } catch {
+      // The link to the parent went down meanwhile: the first send attaches.
+    }
+  }
+
   /**
    * Sends a batch encoded already (a child gateway's, passed on as it came) on this identity's
    * telemetry link, and reports the parent's outcome. Rejects, having sent nothing, when the link

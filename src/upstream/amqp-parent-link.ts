@@ -201,6 +201,10 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     return ch;
   }
 
+  prepareTelemetry(identity: IdentityRef): void {
+    if (this.connected) this.senderProxy(identity).prepareTelemetry();
+  }
+
   private senderProxy(identity: IdentityRef): AmqpIdentityProxy {
     const key = identityKey(identity);
     let ch = this.senders.get(key);

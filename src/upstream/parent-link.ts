@@ -57,6 +57,12 @@ export interface ParentLink {
   setEdgeKey(key: string): void;
   /** Closes every connection and stops reconnecting. */
   close(): Promise<void>;
+  /**
+   * Opens `identity`'s telemetry link to the parent now, in the background, if the link is up:
+   * a device that just connected then finds it attached when its first message is forwarded,
+   * instead of that message (and every batch queued behind it) waiting for the attach.
+   */
+  prepareTelemetry?(identity: IdentityRef): void;
   /** `$upstream` for the gateway's endpoint pump (one per link). */
   telemetryEndpoint(): UpstreamEndpoint;
   /** Present when the link can pass child gateways' batches on as they came (AMQP). */
