@@ -346,6 +346,24 @@ test('module inputs: deliverInput reaches a module subscribed to its inputs; the
   ]);
 });
 
+test('the session hook hears each identity that opened a session, after its credential was checked', async (t) => {
+  const opened: string[] = [];
+  const { engine, registry, login } = await setup(t, {
+    onSessionOpened: (id) => opened.push(id.moduleId ? `${id.deviceId}/${id.moduleId}` : id.deviceId),
+  });
+  registry.add('leaf1');
+  registry.add('gw');
+  registry.add('gw', 'filter');
+  await assert.rejects(login('nobody'));
+  assert.deepEqual(opened, [], 'a failed login opens nothing');
+  const a = await engine.connect(await login('leaf1'), handler().h, { protocol: 'mqtt' });
+  await engine.connect(await login('gw', 'filter'), handler().h, { protocol: 'amqp' });
+  assert.deepEqual(opened, ['leaf1', 'gw/filter']);
+  a.close('client');
+  await engine.connect(await login('leaf1'), handler().h, { protocol: 'mqtt' });
+  assert.deepEqual(opened, ['leaf1', 'gw/filter', 'leaf1'], 'a reconnect is heard again');
+});
+
 test("a route's module input endpoint delivers a stored batch in order to the module's session and succeeds once it is settled", async (t) => {
   const { ModuleInputEndpoint } = await import('../../src/edge/module-endpoint.ts');
   const { engine, registry, login } = await setup(t);
