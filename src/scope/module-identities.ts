@@ -230,10 +230,26 @@ export class ParentModuleIdentities {
           err.reason,
         );
       }
-      throw new ModuleIdentityError(err.message, 'refused', err.status, err.code, err.reason);
+      const hint = err.code ? REFUSAL_HINTS[err.code] : undefined;
+      throw new ModuleIdentityError(
+        hint ? `${err.message}: ${hint}` : err.message,
+        'refused',
+        err.status,
+        err.code,
+        err.reason,
+      );
     }
   }
 }
+
+/** What to do about the refusals a caller can act on. */
+const REFUSAL_HINTS: Record<string, string> = {
+  DeviceDisabled: 'enable the edge device at the hub to manage its modules',
+  DeviceNotInScope: 'only the modules of this edge device, or of edge devices below it, are managed from here',
+  DeviceNotEdge: 'module identities are managed on behalf of IoT Edge devices only',
+  ArgumentInvalid: 'correct the module name in the deployment',
+  AuthChainInvalid: 'check the parent/child links of the edge devices between here and the hub',
+};
 
 function keysOf(m: ModuleOnBehalfOfJson): ModuleIdentityKeys {
   const key = m.authentication?.symmetricKey;

@@ -157,6 +157,20 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
     await eventually('filter gone from L2 scope cache', () => cachedAtL2('filter') === undefined, 10_000);
   });
 
+  test('the top layer asks the hub itself', async () => {
+    const l1 = out.layers[0]!;
+    const top = new ParentModuleIdentities({
+      parent: { host: hub.address, port: hub.httpsPort, ca: l1.rootPem },
+      hubHostName: hub.hostname,
+      edge: { deviceId: L1, key: l1.gatewayKey },
+    });
+    const keys = await top.ensure('local');
+    assert.equal((await svc.getModule(L1, 'local')).authentication?.symmetricKey?.primaryKey, keys.primaryKey);
+    assert.deepEqual(await top.list(), ['local']);
+    await top.remove('local');
+    assert.deepEqual(await top.list(), []);
+  });
+
   test('on behalf of an edge device below L2, through L2 and L1, until it is disabled', async () => {
     const l2 = (await svc.getDevice(L2)).deviceScope!;
     const l3 = await svc.createDevice({ deviceId: L3, capabilities: { iotEdge: true }, parentScopes: [l2] });
@@ -196,6 +210,7 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
     assert.equal(up.status, 403);
     assert.equal(up.code, 'DeviceNotInScope');
     assert.match(up.message, /smod-l1 is not in the scope of edge device smod-l2/);
+    assert.match(up.message, /only the modules of this edge device, or of edge devices below it/, 'it says what to do');
     await svc.createDevice({ deviceId: 'smod-elsewhere', capabilities: { iotEdge: true } });
     const away = await refusal(new ParentModuleIdentities(l2Opts, { targetDeviceId: 'smod-elsewhere' }).list());
     assert.equal(away.code, 'DeviceNotInScope');
