@@ -46,6 +46,7 @@ export interface ParentModuleIdentitiesOptions {
 
 export class ParentModuleIdentities {
   private readonly client: ScopeParentClient;
+  private readonly ownClient: boolean;
   private readonly target: string;
   private readonly chain: string;
   private readonly paths: ReturnType<typeof scopePaths>;
@@ -56,12 +57,18 @@ export class ParentModuleIdentities {
    * same options a ScopeSync takes.
    */
   constructor(parent: ScopeParentClient | ScopeParentOptions, o: ParentModuleIdentitiesOptions = {}) {
+    this.ownClient = !(parent instanceof ScopeParentClient);
     this.client = parent instanceof ScopeParentClient ? parent : new ScopeParentClient(parent);
     const self = this.client.edgeDeviceId;
     this.target = o.targetDeviceId ?? self;
     this.chain = this.target === self ? self : `${this.target};${self}`;
     this.paths = scopePaths(self);
     this.log = o.log ?? childLog('module-identities');
+  }
+
+  /** Closes the connections to the parent, when this object opened them (not a shared client's). */
+  close(): void {
+    if (this.ownClient) this.client.close();
   }
 
   /** Creates the module's identity if it is absent; returns its keys (unchanged if it existed). */

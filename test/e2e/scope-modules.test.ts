@@ -1,7 +1,7 @@
 /**
  * Module identities created at the hub through the parent chain, on behalf of an edge device,
- * as nested IoT Edge's agent does: a hub and two gateway layers as real processes (L1 under the
- * hub, L2 under L1). `ParentModuleIdentities` signs as L2's `$edgeHub` and talks to L1 only;
+ * as nested IoT Edge's agent does: a hub and three gateway layers as real processes (L1 under
+ * the hub, L2 under L1, L3 under L2). `ParentModuleIdentities` signs as L2's `$edgeHub` and talks to L1 only;
  * L1 relays every request to the hub, which writes its registry. Checked with the official
  * `azure-iothub` Registry; then the official `ModuleClient` (Mqtt) connects to L2 with the
  * module's key and its output event reaches the hub. Refusals name their reason.
@@ -28,6 +28,8 @@ const { Mqtt } = require('azure-iot-device-mqtt');
 const L1 = 'smod-l1';
 const L2 = 'smod-l2';
 const L3 = 'smod-l3';
+/** An edge device below L2 that never runs. */
+const L2B = 'smod-l2b';
 
 let hub: HubProcess;
 let sdk: ServiceSdk;
@@ -42,7 +44,7 @@ let ids: ParentModuleIdentities;
 
 before(async () => {
   const addrs = chainAddresses();
-  hub = await startChain('smod', addrs.slice(0, 3), out);
+  hub = await startChain('smod', addrs, out);
   svc = new ServiceClient(hub.connectionString, { ca: hub.caPem });
   out.cleanups.push(() => svc.close());
   sdk = await startServiceSdk(hub.caPath);
@@ -173,35 +175,35 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
 
   test('on behalf of an edge device below L2, through L2 and L1, until it is disabled', async () => {
     const l2 = (await svc.getDevice(L2)).deviceScope!;
-    const l3 = await svc.createDevice({ deviceId: L3, capabilities: { iotEdge: true }, parentScopes: [l2] });
-    const forL3 = new ParentModuleIdentities(l2Opts, { targetDeviceId: L3 });
+    const l2b = await svc.createDevice({ deviceId: L2B, capabilities: { iotEdge: true }, parentScopes: [l2] });
+    const forL2b = new ParentModuleIdentities(l2Opts, { targetDeviceId: L2B });
     const keys = await eventually(
-      'a module of L3 created by L2',
+      'a module of L2B created by L2',
       async () => {
         try {
-          return await forL3.ensure('sensor');
+          return await forL2b.ensure('sensor');
         } catch (err) {
-          // L1 may not have heard of L3 for a moment: it asks the hub first, so this passes at once.
+          // L1 may not have heard of L2B for a moment: it asks the hub first, so this passes at once.
           if (err instanceof ModuleIdentityError && err.status === 403) return undefined;
           throw err;
         }
       },
       10_000,
     );
-    assert.equal((await svc.getModule(L3, 'sensor')).generationId, keys.generationId);
+    assert.equal((await svc.getModule(L2B, 'sensor')).generationId, keys.generationId);
 
-    await svc.updateDevice({ ...l3, status: 'disabled' });
+    await svc.updateDevice({ ...l2b, status: 'disabled' });
     const e = await eventually(
-      'the refusal for a disabled L3',
+      'the refusal for a disabled L2B',
       async () => {
-        const r = await refusal(forL3.ensure('other'));
+        const r = await refusal(forL2b.ensure('other'));
         return r.code === 'DeviceDisabled' ? r : undefined;
       },
       10_000,
     );
     assert.equal(e.kind, 'refused');
     assert.equal(e.status, 403);
-    assert.match(e.message, /edge device smod-l3 is disabled/);
+    assert.match(e.message, /edge device smod-l2b is disabled/);
   });
 
   test('refusals: out of scope, not an edge device, system modules, a bad module id; each names why', async () => {
@@ -235,6 +237,8 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
     assert.match((await refusal(ids.ensure('bad/id'))).message, /module id "bad\/id" contains the character "\/"/);
     const raw = new ScopeParentClient(l2Opts);
     out.cleanups.push(() => raw.close());
+    // Built on a client that already exists (as a gateway passes its scope sync's).
+    assert.ok(Array.isArray(await new ParentModuleIdentities(raw).list()));
     const paths = scopePaths(L2);
     const serverSays = async (method: 'PUT' | 'POST', path: string, body: unknown) => {
       try {
@@ -275,6 +279,39 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
     assert.match(out.gws[0]!.output(), /module identity request refused/);
   });
 
+  test("L3's modules through L2 and L1: created at the hub, and a ModuleClient sends through all three", async () => {
+    const l3 = out.layers[2]!;
+    const l3Opts: ScopeParentOptions = {
+      parent: { host: out.layers[1]!.address, port: 443, ca: l3.rootPem },
+      hubHostName: hub.hostname,
+      edge: { deviceId: L3, key: l3.gatewayKey },
+    };
+    const fromL3 = new ParentModuleIdentities(l3Opts);
+    const keys = await fromL3.ensure('deep');
+    const got = await sdk.must(sdk.call('owner', 'getModule', L3, 'deep'));
+    assert.equal(got.body.managedBy, 'IotEdge');
+    assert.equal(got.body.authentication.symmetricKey.primaryKey, keys.primaryKey);
+    // L2 may act for L3 as well (L3 is in its scope), but not the other way round.
+    assert.deepEqual(await new ParentModuleIdentities(l2Opts, { targetDeviceId: L3 }).list(), ['deep']);
+    const upward = await refusal(new ParentModuleIdentities(l3Opts, { targetDeviceId: L2 }).list());
+    assert.equal(upward.code, 'DeviceNotInScope');
+
+    const cs = `HostName=${hub.hostname};DeviceId=${L3};ModuleId=deep;SharedAccessKey=${keys.primaryKey};GatewayHostName=${l3.address}`;
+    const client = ModuleClient.fromConnectionString(cs, Mqtt);
+    await client.setOptions({ ca: hub.caPem });
+    await client.open();
+    try {
+      await client.sendOutputEvent('output1', new Message('from the bottom layer'));
+    } finally {
+      await client.close();
+    }
+    const events = await waitForEvents(svc, { device: L3, from: '0' }, 1, 20_000);
+    assert.equal(events[0]!.annotations['iothub-connection-module-id'], 'deep');
+    assert.equal(Buffer.from(events[0]!.body, 'base64').toString(), 'from the bottom layer');
+    await fromL3.remove('deep');
+    assert.deepEqual(await fromL3.list(), []);
+  });
+
   test('a parent that cannot be reached is named as such', async () => {
     const nowhere = new ParentModuleIdentities({
       ...l2Opts,
@@ -284,5 +321,15 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
     const e = await refusal(nowhere.ensure('filter'));
     assert.equal(e.kind, 'unreachable');
     assert.match(e.message, /cannot reach the parent .*ECONNREFUSED/);
+  });
+
+  // Last: the hub goes away for good.
+  test('with the hub gone, L1 answers that it could not relay, and the client calls it unreachable', async () => {
+    await hub.stop();
+    const e = await refusal(ids.ensure('late'));
+    assert.equal(e.kind, 'unreachable');
+    assert.equal(e.status, 502);
+    assert.equal(e.code, 'ParentUnreachable');
+    assert.match(e.message, /gateway smod-l1 could not relay reading module late of smod-l2: cannot reach the parent/);
   });
 });
