@@ -69,20 +69,22 @@ export function moduleRoutes(app: FastifyInstance, p: ModuleRouteParts): void {
       );
     // A gateway that has not heard of the target yet (created a moment ago) asks its parent first.
     if (!source.getDevice(targetId) && source.fetchUpstream) {
-      await source
-        .fetchUpstream({ deviceId: targetId }, claimed)
-        .catch((err: Error) =>
-          log.warn({ target: targetId, err: err.message }, 'could not ask the parent about the target edge device'),
+      try {
+        await source.fetchUpstream({ deviceId: targetId }, claimed);
+      } catch (err) {
+        const why = err instanceof Error ? err.message : String(err);
+        log.warn({ target: targetId, err: why }, 'could not ask the parent about the target edge device');
+        throw new HubError(502, 'ParentUnreachable', `device ${targetId} is not known here, and ${why}`);
+      }
+      if (!source.getDevice(targetId))
+        throw refuse(
+          actor,
+          claimed,
+          notInScope(
+            `device ${targetId} is not in the scope of edge device ${actor}, as far as this gateway and its parent know`,
+          ),
         );
     }
-    if (!source.getDevice(targetId) && source.fetchUpstream)
-      throw refuse(
-        actor,
-        claimed,
-        notInScope(
-          `device ${targetId} is not in the scope of edge device ${actor}, as far as this gateway and its parent know`,
-        ),
-      );
     let chain: string[];
     try {
       chain = validateAuthChain(view, claimed, actor, { deviceId: targetId });

@@ -331,5 +331,9 @@ describe('module identities through the parent chain', { timeout: 180_000 }, () 
     assert.equal(e.status, 502);
     assert.equal(e.code, 'ParentUnreachable');
     assert.match(e.message, /gateway smod-l1 could not relay reading module late of smod-l2: cannot reach the parent/);
+    // A target L1 does not know cannot be looked up either: unreachable, not "not in scope".
+    const unknown = await refusal(new ParentModuleIdentities(l2Opts, { targetDeviceId: 'smod-new' }).list());
+    assert.equal(unknown.kind, 'unreachable');
+    assert.match(unknown.message, /device smod-new is not known here, and cannot reach the parent/);
   });
 });
