@@ -47,12 +47,16 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
     return sendInBatches(link, messages, origin);
   }
 
-  /** Attaches the telemetry link now; a failure is left for the first send to meet and report. */
-  prepareTelemetry(): void {
+  /** Attaches the telemetry link now; settles either way (a failure is left for the first send to report). */
+  prepareTelemetry(): Promise<void> {
     try {
-      this.telemetryLink().catch(() => {});
+      return this.telemetryLink().then(
+        () => undefined,
+        () => undefined,
+      );
     } catch {
       // The link to the parent went down meanwhile: the first send attaches.
+      return Promise.resolve();
     }
   }
 

@@ -70,6 +70,9 @@ export interface AmqpParentLinkOptions extends ParentLinkOptions {
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
 
+/** Telemetry links attached ahead of a device's first message at once, at most. */
+const PREPARE_CONCURRENCY = 8;
+
 export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   readonly operationTimeoutMs: number;
   private pc?: AmqpConnection;
@@ -78,6 +81,10 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private readonly identities = new Map<string, AmqpIdentityProxy>();
   /** The proxies the telemetry endpoint sends with, by sender (apart from those openIdentity gave out). */
   private readonly senders = new Map<string, AmqpIdentityProxy>();
+  /** Devices that connected, whose telemetry link is to be attached ahead of their first message. */
+  private readonly preparing = new Set<string>();
+  private prepareQueue: IdentityRef[] = [];
+  private preparingNow = 0;
   private abortAttempt?: () => void;
   private renewTimer?: NodeJS.Timeout;
   private readonly owner: AmqpProxyOwner;
@@ -202,7 +209,29 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   }
 
   prepareTelemetry(identity: IdentityRef): void {
-    if (this.connected) this.senderProxy(identity).prepareTelemetry();
+    if (!this.connected) return;
+    const key = identityKey(identity);
+    if (this.preparing.has(key)) return;
+    this.preparing.add(key);
+    this.prepareQueue.push(identity);
+    this.attachPrepared();
+  }
+
+  /**
+   * A few attaches at a time: a storm of connecting devices must not become a storm of attaches
+   * at the parent (10,000 at once starved both ends until devices timed out before CONNACK).
+   */
+  private attachPrepared(): void {
+    while (this.preparingNow < PREPARE_CONCURRENCY && this.prepareQueue.length > 0) {
+      const identity = this.prepareQueue.shift()!;
+      this.preparingNow++;
+      const attached = this.connected ? this.senderProxy(identity).prepareTelemetry() : Promise.resolve();
+      void attached.finally(() => {
+        this.preparingNow--;
+        this.preparing.delete(identityKey(identity));
+        this.attachPrepared();
+      });
+    }
   }
 
   private senderProxy(identity: IdentityRef): AmqpIdentityProxy {
