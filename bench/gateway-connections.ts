@@ -160,7 +160,8 @@ async function main(): Promise<void> {
       })}\n`,
     );
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    if (!process.env.STRATA_BENCH_SNAPSHOTS) rmSync(dir, { recursive: true, force: true });
+    else process.stderr.write(`heap snapshots kept in ${dir}\n`);
   }
 }
 
