@@ -34,6 +34,7 @@ const LAYERS = [
   'scope',
   'agent',
   'registry',
+  'registry-proxy', // a gateway's /v2/: the pull-through registry API
   ['hub', 'edge'],
   'topology',
   'cli',

@@ -1,6 +1,7 @@
 import { hostname as osHostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parse as parseToml, TomlError } from 'smol-toml';
+import { parseRegistrySection, type RegistrySettings } from '../registry-proxy/config.ts';
 import { UserError } from '../util/errors.ts';
 import { checkHostname, isIpAddress } from './hostname.ts';
 
@@ -41,6 +42,8 @@ export interface EdgeConfig {
   agent?: { name?: string; type?: string; image?: string; env: Record<string, string> };
   /** Strata's own settings under [strata]: values the original takes from edge hub environment variables. */
   settings: Record<string, unknown>;
+  /** `[registry]`: the upstream registry (top layer) and the pull-through cache's limits. */
+  registry?: RegistrySettings;
 }
 
 const TOP_LEVEL_KEYS = [
@@ -67,6 +70,7 @@ const KNOWN_SECTIONS = [
   'principal',
   'image_garbage_collection',
   'strata',
+  'registry',
 ];
 
 export class ConfigError extends UserError {
@@ -274,6 +278,8 @@ export function parseEdgeConfig(
     trustBundleCert,
     settings: table(doc.strata) ?? {},
   };
+
+  config.registry = parseRegistrySection(doc.registry, parentHostname === undefined, diags);
 
   const prov = table(doc.provisioning);
   if (doc.provisioning !== undefined) config.provisioning = parseProvisioning(prov, diags, paths);

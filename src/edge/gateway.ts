@@ -28,6 +28,7 @@ import {
 } from './local.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { configReloader, type RunningConfig } from './reload.ts';
+import { gatewayRegistryApi } from './registry-api.ts';
 import { SecurityManager } from './security-manager.ts';
 import {
   DEFAULT_METRICS_PORT,
@@ -243,9 +244,14 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       fetchUpstream: (target, chain) => sync.fetchUpstream(target, chain),
       trustedCas: () => trustedCas,
     });
+    // The registry API (/v2/) on 443: to the parent's /v2/, or at the top to [registry] upstream.
+    const registryApi = gatewayRegistryApi(
+      { config, dataDir, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
+      { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
+    );
     const health = { deviceId, tokenPath: files.healthToken, engine, store, security, link, sync, routes, scope };
     await startGatewayListeners(
-      { engine, bind, ports, security, preAuth, hubHostName, extraHostNames, childScope, sync, health },
+      { engine, bind, ports, security, preAuth, hubHostName, extraHostNames, childScope, sync, health, registryApi },
       onClose,
     );
     const metricsServer = await startMetricsEndpoint(metrics, metricsBind, ports.metrics, print);

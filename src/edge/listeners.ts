@@ -13,6 +13,7 @@ import { scopeApi } from '../scope/plugin.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
 import { serveHealth, type HealthSources } from './health.ts';
+import { registerRegistryApi, type RegistryHandler } from './registry-api.ts';
 import type { SecurityManager } from './security-manager.ts';
 
 /**
@@ -39,6 +40,8 @@ export interface GatewayListenerParts {
   childScope: IdentitySource;
   sync: ScopeSync;
   health: HealthSources;
+  /** The registry API (`/v2/`, registry-api.ts). */
+  registryApi?: RegistryHandler;
 }
 
 /** Opens every listener; each close goes to `onClose` as soon as what it closes exists. */
@@ -71,6 +74,7 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   onClose(() => app.close());
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
+  if (p.registryApi) registerRegistryApi(app, p.registryApi);
   // Module identities written on behalf of a child edge device go on to the parent, never the cache.
   await app.register(scopeApi, {
     source: childScope,

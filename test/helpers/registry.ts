@@ -20,6 +20,8 @@ export interface LocalRegistry {
   host: string;
   username: string;
   password: string;
+  /** Access-log lines of requests under /v2/ so far (what reached the registry). */
+  requests(): string[];
   stop(): Promise<void>;
 }
 
@@ -51,13 +53,13 @@ async function htpasswdLine(username: string, password: string): Promise<string>
   return `${username}:${stdout.trim()}\n`;
 }
 
-export async function startRegistry(port: number): Promise<LocalRegistry> {
+export async function startRegistry(port: number, address = '127.0.0.1'): Promise<LocalRegistry> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-registry-'));
   const username = 'strata';
   const password = randomBytes(12).toString('hex');
   await mkdir(join(dir, 'data'));
   await writeFile(join(dir, 'htpasswd'), await htpasswdLine(username, password));
-  const host = `127.0.0.1:${port}`;
+  const host = `${address}:${port}`;
   await writeFile(
     join(dir, 'config.yml'),
     [
@@ -77,9 +79,17 @@ export async function startRegistry(port: number): Promise<LocalRegistry> {
     ].join('\n'),
   );
   const proc: ChildProcess = spawn('docker-registry', ['serve', join(dir, 'config.yml')], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
+  const requests: string[] = [];
+  let partial = '';
+  // The access log (one line per request) goes to stdout.
+  proc.stdout?.on('data', (b: Buffer) => {
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) if (/"(GET|HEAD|POST|PUT|PATCH|DELETE) \/v2\//.test(l)) requests.push(l);
+  });
   proc.stderr?.on('data', (b: Buffer) => {
     stderr = (stderr + b.toString()).slice(-4000);
   });
@@ -87,7 +97,7 @@ export async function startRegistry(port: number): Promise<LocalRegistry> {
   // /v2/ answers 401 without credentials once the registry listens.
   for (;;) {
     const status = await new Promise<number>((resolve) => {
-      const req = http.get({ host: '127.0.0.1', port, path: '/v2/', timeout: 1000 }, (res) => {
+      const req = http.get({ host: address, port, path: '/v2/', timeout: 1000 }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
       });
@@ -109,6 +119,7 @@ export async function startRegistry(port: number): Promise<LocalRegistry> {
     host,
     username,
     password,
+    requests: () => [...requests],
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((r) => proc.once('exit', r));
