@@ -4,6 +4,7 @@ import { registerHierarchyCommands } from './device-hierarchy.ts';
 import { registerIdentityCommands } from './device-identity.ts';
 import { registerModuleCommands } from './device-module.ts';
 import { registerTwinCommands } from './device-twin.ts';
+import { registerTokenCommand } from './device-token.ts';
 
 /**
  * `strata device ...`: identities and the parent/child hierarchy, as the seeds' CLI offers them.
@@ -16,6 +17,7 @@ export function registerDeviceCommands(program: Command): void {
   registerIdentityCommands(device);
   registerHierarchyCommands(device);
   registerConnectionStringCommand(device);
+  registerTokenCommand(device);
   registerModuleCommands(device);
   registerTwinCommands(device);
 }

@@ -14,6 +14,9 @@ import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { execFile } from 'node:child_process';
 import { createSasToken } from '../../src/identity/sas.ts';
 import { metricValue, newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
@@ -21,6 +24,8 @@ import { chainAddresses, recordConnections, setupLayer } from '../helpers/nested
 import { makeOciImage, pushImage, skopeo, skopeoMissing, type OciImage } from '../helpers/oci-image.ts';
 import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
 
+const run = promisify(execFile);
+const STRATA_BIN = fileURLToPath(new URL('../../bin/strata.js', import.meta.url));
 const skip = registryMissing() ?? skopeoMissing();
 
 const [hubAddr, l1Addr, l2Addr, l3Addr] = chainAddresses();
@@ -145,7 +150,14 @@ describe('the registry API through three gateway layers', { skip }, () => {
       });
       cleanups.push(() => gws[i]?.stop());
     }
-    device3 = await edgeDevice(layers[2], 'reg-dev-under-l3');
+    // A person's way to a token: `strata device token ID`.
+    const created = await edgeDevice(layers[2], 'reg-dev-under-l3');
+    const { stdout } = await run(process.execPath, [
+      STRATA_BIN,
+      ...['device', 'token', created.deviceId, '--hub-connection-string', hub.connectionString, '--ca', hub.caPath],
+    ]);
+    device3 = { deviceId: created.deviceId, token: stdout.trim() };
+    assert.match(device3.token, /^SharedAccessSignature sr=.+%2Fdevices%2Freg-dev-under-l3&sig=/);
   });
   after(async () => {
     for (const fn of cleanups.reverse()) await fn();
