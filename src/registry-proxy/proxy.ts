@@ -67,6 +67,8 @@ interface TagEntry {
 export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, res: ServerResponse) => void {
   const { cache, metrics, log } = o;
   const tags = new Map<string, TagEntry>();
+  /** Blob downloads under way, each resolving to whether the blob was kept. */
+  const downloads = new Map<string, Promise<boolean>>();
 
   const refuse = (req: IncomingMessage, res: ServerResponse, r: Refusal, extra: Record<string, string> = {}) => {
     metrics.refusals.inc({ reason: r.reason });
@@ -202,16 +204,36 @@ export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, r
   async function blob(req: IncomingMessage, res: ServerResponse, name: string, digest: string) {
     if (!DIGEST.test(digest)) throw new Refusal(400, 'DIGEST_INVALID', `"${digest}" is not a digest`, 'bad_request');
     const head = req.method === 'HEAD';
-    const size = cache.lookup('blobs', digest);
-    if (size !== undefined) {
+    const range = req.headers.range;
+    const fromCache = () => {
+      const size = cache.lookup('blobs', digest);
+      if (size === undefined) return undefined;
       metrics.hits.inc({ kind: 'blob' });
       return serveBlob(req, res, digest, size, head);
+    };
+    const kept = fromCache();
+    if (kept) return kept;
+    // Another client is fetching this blob now: one download per layer, then it comes from the cache.
+    const pending = downloads.get(digest);
+    if (pending && (await pending)) {
+      const after = fromCache();
+      if (after) return after;
     }
     metrics.misses.inc({ kind: 'blob' });
-    const range = req.headers.range;
-    const up = await ask(`/v2/${name}/blobs/${digest}`, head ? 'HEAD' : 'GET', { range });
-    if (head || range || up.statusCode !== 200 || !sha256Hex(digest)) return passThrough(req, up, res);
-    return streamVerified(req, up, res, digest);
+    const cacheable = !head && !range && sha256Hex(digest) !== undefined;
+    let settle: ((kept: boolean) => void) | undefined;
+    if (cacheable && !downloads.has(digest)) downloads.set(digest, new Promise((r) => (settle = r)));
+    let committed = false;
+    try {
+      const up = await ask(`/v2/${name}/blobs/${digest}`, head ? 'HEAD' : 'GET', { range });
+      if (!cacheable || up.statusCode !== 200) return await passThrough(req, up, res);
+      committed = await streamVerified(req, up, res, digest);
+    } finally {
+      if (settle) {
+        downloads.delete(digest);
+        settle(committed);
+      }
+    }
   }
 
   async function serveBlob(req: IncomingMessage, res: ServerResponse, digest: string, size: number, head: boolean) {
@@ -252,7 +274,12 @@ export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, r
   }
 
   /** Streams a blob to the client and into the cache, the last chunk withheld until the digest matched. */
-  async function streamVerified(req: IncomingMessage, up: IncomingMessage, res: ServerResponse, digest: string) {
+  async function streamVerified(
+    req: IncomingMessage,
+    up: IncomingMessage,
+    res: ServerResponse,
+    digest: string,
+  ): Promise<boolean> {
     const writer = cache.blobWriter(digest) ?? hashOnly();
     const headers: Record<string, string> = {
       ...API_VERSION_HEADER,
@@ -280,7 +307,7 @@ export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, r
       up.destroy();
       res.destroy();
       log.info({ url: req.url, err: (err as Error).message }, 'blob transfer interrupted; nothing kept');
-      return;
+      return false;
     } finally {
       metrics.bytes.inc({ source: 'parent' }, n);
     }
@@ -293,16 +320,19 @@ export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, r
         `${o.upstream?.description} sent a blob whose content does not match its digest; the transfer was cut and nothing kept`,
       );
       res.destroy();
-      return;
+      return false;
     }
     metrics.bytes.inc({ source: 'parent' }, held?.length ?? 0);
     res.end(held);
-    await writer.commit();
+    return writer.commit();
   }
 
   return (req, res) => {
     handle(req, res).catch((err: unknown) => {
       if (err instanceof Refusal) return refuse(req, res, err);
+      // A client that went away mid-answer is not the gateway's failure.
+      if (res.headersSent)
+        return void log.info({ url: req.url, err: (err as Error).message }, 'registry answer cut short');
       log.error({ err, url: req.url }, 'registry request failed');
       sendRegistryError(res, 500, 'UNKNOWN', 'the gateway failed to answer this registry request; see its log');
     });

@@ -155,6 +155,13 @@ describe('the proxy in front of an upstream that misbehaves', () => {
         res.writeHead(401, { 'Content-Type': 'application/json', 'WWW-Authenticate': 'Basic realm="upstream"' });
         return res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}');
       }
+      if (req.url?.startsWith('/v2/good/blobs/')) {
+        // Slowly, so that requests from several clients overlap.
+        res.writeHead(200, { 'Content-Length': layer.length });
+        res.write(layer.subarray(0, 1000));
+        setTimeout(() => res.end(layer.subarray(1000)), 300);
+        return;
+      }
       if (req.url?.startsWith('/v2/app/blobs/')) {
         // The right length, the wrong content (one byte flipped at the end).
         const body = Buffer.from(layer);
@@ -192,10 +199,10 @@ describe('the proxy in front of an upstream that misbehaves', () => {
     await new Promise((r) => upstream.close(r));
   });
 
-  const fetchGateway = (path: string) =>
+  const fetchGateway = (path: string, headers: Record<string, string> = {}) =>
     new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer; complete: boolean }>((resolve) => {
       http
-        .get({ host: '127.0.0.1', port: gatewayPort, path }, (res) => {
+        .get({ host: '127.0.0.1', port: gatewayPort, path, headers }, (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
           const done = () =>
@@ -224,13 +231,30 @@ describe('the proxy in front of an upstream that misbehaves', () => {
     assert.equal(upstreamRequests, before + 1);
   });
 
+  test('clients asking for one blob at once cost one upstream download, and each gets it whole', async () => {
+    const before = upstreamRequests;
+    const all = await Promise.all([1, 2, 3, 4].map(() => fetchGateway(`/v2/good/blobs/${digestOf(layer)}`)));
+    for (const r of all) {
+      assert.equal(r.status, 200);
+      assert.equal(digestOf(r.body), digestOf(layer));
+    }
+    assert.equal(upstreamRequests, before + 1);
+    assert.equal(cache.lookup('blobs', digestOf(layer)), layer.length);
+    // A range of a kept blob.
+    const part = await fetchGateway(`/v2/good/blobs/${digestOf(layer)}`, { Range: 'bytes=100-199' });
+    assert.equal(part.status, 206);
+    assert.equal(part.headers['content-range'], `bytes 100-199/${layer.length}`);
+    assert.deepEqual(part.body, layer.subarray(100, 200));
+  });
+
   test('a manifest whose content does not match its digest is refused and not kept', async () => {
     const res = await fetchGateway(`/v2/app/manifests/${digestOf(manifest)}`);
     assert.equal(res.status, 502);
     const err = JSON.parse(res.body.toString()).errors[0];
     assert.equal(err.code, 'DIGEST_INVALID');
     assert.match(err.message, /whose content has digest/);
-    assert.equal(cache.count, 0);
+    assert.equal(cache.readManifest(digestOf(manifest)), undefined);
+    assert.equal(cache.readManifest(digestOf(Buffer.concat([manifest, Buffer.from(' ')]))), undefined);
   });
 
   test("the upstream's refusal of the gateway's credentials reaches the client as a registry 401", async () => {
