@@ -423,6 +423,8 @@ async function readLimited(stream: IncomingMessage, max: number): Promise<Buffer
 }
 
 function drained(res: ServerResponse): Promise<void> {
+  // A client gone already has emitted its 'close': waiting for it would wait for ever.
+  if (res.destroyed || res.writableEnded) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       res.off('drain', done);

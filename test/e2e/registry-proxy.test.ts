@@ -6,9 +6,12 @@
  * digests are the registry's; a second pull at L3 and a pull by an edge device under L2 reach the
  * registry with no request (its access log); every gateway connects only to its parent (L1 also to
  * the registry). Refusals: no credentials (401 with a Basic challenge), a wrong token, a device
- * outside the scope, a push, and the registry down (503 in the registry's JSON form).
+ * outside the scope, a push, and the registry down (503 in the registry's JSON form). L2 killed
+ * with SIGKILL in the middle of a 48 MiB layer: the pull fails, the retry once L2 is back succeeds,
+ * and every file any layer kept hashes to its name.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile, appendFile, readdir } from 'node:fs/promises';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
@@ -248,9 +251,59 @@ describe('the registry API through three gateway layers', { skip }, () => {
     assert.ok(l1.includes(registry.host), 'L1 reached the registry');
   });
 
+  test('L2 killed mid-pull: the retry succeeds once it is back, and no cache keeps anything corrupt', async () => {
+    const big = await makeOciImage('2', 48 * 1024 * 1024);
+    cleanups.push(() => rm(join(big.dir, '..'), { recursive: true, force: true }));
+    await pushImage(big, registry, 'app');
+    const out = await mkdtemp(join(tmpdir(), 'strata-pulled-'));
+    cleanups.push(() => rm(out, { recursive: true, force: true }));
+    const tmp3 = join(layers[2].dataDir, 'registry-cache', 'tmp');
+    const first = skopeo([
+      'copy',
+      ...copyArgs(device3),
+      `docker://${l3Addr}:443/app:2`,
+      `oci:${join(out, 'a')}:app`,
+    ]).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    // Until L3 is receiving the big layer.
+    const deadline = Date.now() + 60_000;
+    while (!(await readdir(tmp3)).some((f) => f.startsWith(big.layerDigest.slice(7)))) {
+      assert.ok(Date.now() < deadline, 'L3 never started fetching the layer');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await gws[1].kill9();
+    assert.ok((await first) instanceof Error, 'the pull was cut by the kill');
+    gws[1] = await startGatewayProcess({
+      configPath: layers[1].configPath,
+      dataDir: layers[1].dataDir,
+      address: l2Addr,
+    });
+    await skopeo(['copy', ...copyArgs(device3), `docker://${l3Addr}:443/app:2`, `oci:${join(out, 'b')}:app`]);
+    const index = JSON.parse(await readFile(join(out, 'b', 'index.json'), 'utf8'));
+    assert.equal(index.manifests[0].digest, big.manifestDigest);
+    // Whatever any layer kept hashes to its name.
+    for (const l of layers) {
+      for (const kind of ['blobs', 'manifests']) {
+        const dir = join(l.dataDir, 'registry-cache', kind);
+        for (const f of (await readdir(dir)).filter((n) => /^[a-f0-9]{64}$/.test(n))) {
+          assert.equal(
+            createHash('sha256')
+              .update(await readFile(join(dir, f)))
+              .digest('hex'),
+            f,
+            `${l.gatewayId} ${kind}/${f}`,
+          );
+        }
+      }
+      assert.ok((await readdir(join(l.dataDir, 'registry-cache', 'blobs'))).includes(big.layerDigest.slice(7)));
+    }
+  });
+
   test('the registry down: a tag not cached gets a registry-style 503 that says so', async () => {
     await registry.stop();
-    const res = await get(l3Addr, '/v2/app/manifests/2', { auth: basic(device3.deviceId, device3.token) });
+    const res = await get(l3Addr, '/v2/app/manifests/never-pushed', { auth: basic(device3.deviceId, device3.token) });
     assert.equal(res.status, 503);
     const err = JSON.parse(res.body).errors[0];
     assert.equal(err.code, 'UNAVAILABLE');
