@@ -7,7 +7,7 @@
  * registry with no request (its access log); every gateway connects only to its parent (L1 also to
  * the registry). Refusals: no credentials (401 with a Basic challenge), a wrong token, a device
  * outside the scope, a push, and the registry down (503 in the registry's JSON form). L2 killed
- * with SIGKILL in the middle of a 48 MiB layer: the pull fails, the retry once L2 is back succeeds,
+ * with SIGKILL in the middle of a 24 MiB layer: the pull fails, the retry once L2 is back succeeds,
  * and every file any layer kept hashes to its name.
  */
 import assert from 'node:assert/strict';
@@ -252,7 +252,7 @@ describe('the registry API through three gateway layers', { skip }, () => {
   });
 
   test('L2 killed mid-pull: the retry succeeds once it is back, and no cache keeps anything corrupt', async () => {
-    const big = await makeOciImage('2', 48 * 1024 * 1024);
+    const big = await makeOciImage('2', 24 * 1024 * 1024);
     cleanups.push(() => rm(join(big.dir, '..'), { recursive: true, force: true }));
     await pushImage(big, registry, 'app');
     const out = await mkdtemp(join(tmpdir(), 'strata-pulled-'));
@@ -299,6 +299,22 @@ describe('the registry API through three gateway layers', { skip }, () => {
       }
       assert.ok((await readdir(join(l.dataDir, 'registry-cache', 'blobs'))).includes(big.layerDigest.slice(7)));
     }
+  });
+
+  test("a wrong registry password at the top: the client at L3 gets the registry's 401", async () => {
+    await gws[0].stop();
+    const text = await readFile(layers[0].configPath, 'utf8');
+    await writeFile(layers[0].configPath, text.replace(`password = "${registry.password}"`, 'password = "wrong"'));
+    gws[0] = await startGatewayProcess({
+      configPath: layers[0].configPath,
+      dataDir: layers[0].dataDir,
+      address: l1Addr,
+    });
+    const res = await get(l3Addr, '/v2/app/manifests/not-cached', { auth: basic(device3.deviceId, device3.token) });
+    assert.equal(res.status, 401);
+    assert.match(String(res.headers['www-authenticate']), /^Basic realm="/);
+    assert.equal(JSON.parse(res.body).errors[0].code, 'UNAUTHORIZED');
+    await logged(gws[0], /the upstream registry http:\/\/[^ ]+ refused this gateway's credentials/);
   });
 
   test('the registry down: a tag not cached gets a registry-style 503 that says so', async () => {

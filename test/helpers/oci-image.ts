@@ -41,7 +41,7 @@ export async function makeOciImage(tag = '1', layerBytes = 256 * 1024): Promise<
   await mkdir(blobs, { recursive: true });
   await run('tar', ['-cf', join(dir, 'layer.tar'), '-C', src, '.']);
   const tar = await readFile(join(dir, 'layer.tar'));
-  await run('gzip', ['-n', '-k', join(dir, 'layer.tar')]);
+  await run('gzip', ['-1', '-n', '-k', join(dir, 'layer.tar')]);
   const gz = await readFile(join(dir, 'layer.tar.gz'));
   const config = Buffer.from(
     JSON.stringify({
