@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { type CacheWriter, type ContentCache, sha256Hex } from './cache.ts';
 import type { ClientVerdict } from './client-auth.ts';
@@ -34,6 +35,9 @@ const NAME = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|
 const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const DIGEST = /^(sha256|sha384|sha512):([a-f0-9]{64,128})$/;
 const MAX_MANIFEST = 4 * 1024 * 1024;
+const WAIT_FOR_DOWNLOAD_MS = 15_000;
+/** Tags remembered per gateway (the oldest forgotten first). */
+const MAX_TAGS = 10_000;
 const PASSED_HEADERS = [
   'content-type',
   'content-length',
@@ -196,7 +200,11 @@ export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, r
     const mediaType =
       (up.headers['content-type'] as string | undefined) ?? 'application/vnd.oci.image.manifest.v1+json';
     cache.putManifest(digest, body, mediaType);
-    if (!byDigest) tags.set(tagKey, { digest, mediaType, at: Date.now() });
+    if (!byDigest) {
+      tags.delete(tagKey);
+      tags.set(tagKey, { digest, mediaType, at: Date.now() });
+      if (tags.size > MAX_TAGS) tags.delete(tags.keys().next().value!);
+    }
     if (!head) metrics.bytes.inc({ source: 'parent' }, body.length);
     sendManifest(res, head, body, mediaType, byDigest ? ref : digest);
   }
@@ -214,8 +222,9 @@ export function registryProxy(o: RegistryProxyOptions): (req: IncomingMessage, r
     const kept = fromCache();
     if (kept) return kept;
     // Another client is fetching this blob now: one download per layer, then it comes from the cache.
+    // The wait is bounded: a client hearing nothing for long gives up (a large layer on a slow link).
     const pending = downloads.get(digest);
-    if (pending && (await pending)) {
+    if (pending && (await Promise.race([pending, sleep(WAIT_FOR_DOWNLOAD_MS, false, { ref: false })]))) {
       const after = fromCache();
       if (after) return after;
     }
