@@ -251,6 +251,22 @@ describe('the registry API through three gateway layers', { skip }, () => {
     assert.ok(l1.includes(registry.host), 'L1 reached the registry');
   });
 
+  test("strata edge check: L3's parent serves /v2/, L1's upstream registry answers", async () => {
+    for (const [i, expected] of [
+      [2, `parent ${l2Addr} serves the registry API`],
+      [0, `upstream registry answers (http://${registry.host})`],
+    ] as const) {
+      const { stdout } = await run(process.execPath, [
+        ...[STRATA_BIN, 'edge', 'check', '--config', layers[i].configPath, '--data', layers[i].dataDir, '--json'],
+      ]).catch((err: { stdout: string }) => ({ stdout: err.stdout }));
+      const found = (JSON.parse(stdout) as Array<{ id: string; status: string; title: string; detail: string }>).find(
+        (r) => r.id === 'registry',
+      );
+      assert.equal(found?.status, 'pass', JSON.stringify(found));
+      assert.ok(found.title.startsWith(expected), found.title);
+    }
+  });
+
   test('L2 killed mid-pull: the retry succeeds once it is back, and no cache keeps anything corrupt', async () => {
     const big = await makeOciImage('2', 24 * 1024 * 1024);
     cleanups.push(() => rm(join(big.dir, '..'), { recursive: true, force: true }));

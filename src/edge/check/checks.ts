@@ -67,6 +67,7 @@ const CHECKS = [
     group: 'upstream' as const,
     title: upstreamTitle(p),
   })),
+  { id: 'registry', group: 'upstream', title: "the parent's registry API (/v2/) answers" },
 ] as const;
 
 export type CheckId = (typeof CHECKS)[number]['id'];

@@ -18,6 +18,7 @@ import { idsOf, result, type CheckId, type CheckResult, UPSTREAM_PORTS } from '.
 import { checkClock, fetchUpstreamDate } from './clock.ts';
 import { checkConfigFile, checkProvisioning } from './configuration.ts';
 import { userMessage } from './describe.ts';
+import { checkRegistryPath } from './registry.ts';
 import { checkHostnamePattern, checkHostnameSetting, checkParentHostname } from './hostnames.ts';
 import { checkServerCertificate } from './server-certificate.ts';
 import { checkStorage, diskReserve, runningStoreFull } from './storage.ts';
@@ -116,6 +117,12 @@ export async function runEdgeChecks(o: EdgeCheckOptions): Promise<CheckResult[]>
     out.push(checkClock(upstreamHost, date, leaves));
     out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
     UPSTREAM_PORTS.forEach((p, i) => out.push(upstreamResult(p, upstreamHost, isParent, outcomes[i])));
+    const port443 = outcomes[UPSTREAM_PORTS.findIndex((p) => p.port === 443)];
+    out.push(
+      await guard('registry', () =>
+        checkRegistryPath({ ...{ upstreamHost, isParent, trustPems, port443, timeoutMs }, registry: config?.registry }),
+      ),
+    );
   } else {
     const why = parentRefused
       ? 'parent_hostname is refused (see above)'
