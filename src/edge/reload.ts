@@ -78,6 +78,7 @@ export function configReloader(p: ReloadParts): Reload {
       if (JSON.stringify(c.settings[k]) !== JSON.stringify(running.config.settings[k]))
         restartFor.push(`[strata] ${k}`);
     }
+    if (JSON.stringify(c.registry) !== JSON.stringify(running.config.registry)) restartFor.push('[registry]');
     if (restartFor.length > 0) status.changes.push(`needs a restart to take effect: ${restartFor.join(', ')}`);
     try {
       const oldHost = security.currentHostname;
