@@ -8,7 +8,8 @@
  * the registry). Refusals: no credentials (401 with a Basic challenge), a wrong token, a device
  * outside the scope, a push, and the registry down (503 in the registry's JSON form). L2 killed
  * with SIGKILL in the middle of a 24 MiB layer: the pull fails, the retry once L2 is back succeeds,
- * and every file any layer kept hashes to its name.
+ * and every file any layer kept hashes to its name. Podman pulls `L2:443/app:1` signed in as the L3
+ * edge device (what `$upstream:443/app:1` means on L3), and `strata edge check` sees each /v2/.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -25,6 +26,7 @@ import { metricValue, newKey, startGatewayProcess, type EdgeSetup, type GatewayP
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { chainAddresses, recordConnections, setupLayer } from '../helpers/nested.ts';
 import { makeOciImage, pushImage, skopeo, skopeoMissing, type OciImage } from '../helpers/oci-image.ts';
+import { podmanMissing, startPodman } from '../helpers/podman.ts';
 import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
 
 const run = promisify(execFile);
@@ -265,6 +267,20 @@ describe('the registry API through three gateway layers', { skip }, () => {
       assert.equal(found?.status, 'pass', JSON.stringify(found));
       assert.ok(found.title.startsWith(expected), found.title);
     }
+  });
+
+  test('Podman on the L3 device pulls `$upstream:443/app:1` resolved to its parent, as L3 itself', {
+    skip: podmanMissing(),
+  }, async () => {
+    // What the agent on L3 does for a module image named $upstream:443/app:1: the parent's host
+    // name, and the edge device's own identity.
+    const engine = await startPodman();
+    cleanups.push(() => engine.stop());
+    const token = sasFor(layers[2].gatewayId, layers[2].gatewayKey);
+    const ref = `${l2Addr}:443/app:1`;
+    await engine.podman(['pull', '--cert-dir', certDir, '--creds', `${layers[2].gatewayId}:${token}`, ref]);
+    const digest = (await engine.podman(['image', 'inspect', '--format', '{{.Digest}}', ref])).trim();
+    assert.equal(digest, image.manifestDigest);
   });
 
   test('L2 killed mid-pull: the retry succeeds once it is back, and no cache keeps anything corrupt', async () => {
