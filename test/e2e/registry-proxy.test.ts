@@ -312,6 +312,12 @@ describe('the registry API through three gateway layers', { skip }, () => {
       dataDir: layers[1].dataDir,
       address: l2Addr,
     });
+    // L2's cache outlived the kill: app:1's blobs come from its disk, none from the registry.
+    const blobsBefore = registry.requests().filter((l) => l.includes('/blobs/')).length;
+    const asL3 = { deviceId: layers[2].gatewayId, token: sasFor(layers[2].gatewayId, layers[2].gatewayKey) };
+    await skopeo(['copy', ...copyArgs(asL3), `docker://${l2Addr}:443/app:1`, `oci:${join(out, 'c')}:app`]);
+    assert.equal(registry.requests().filter((l) => l.includes('/blobs/')).length, blobsBefore);
+    assert.ok((metricValue(await gws[1].metrics(), 'edgehub_registry_cache_hits_total', { kind: 'blob' }) ?? 0) >= 2);
     await skopeo(['copy', ...copyArgs(device3), `docker://${l3Addr}:443/app:2`, `oci:${join(out, 'b')}:app`]);
     const index = JSON.parse(await readFile(join(out, 'b', 'index.json'), 'utf8'));
     assert.equal(index.manifests[0].digest, big.manifestDigest);
