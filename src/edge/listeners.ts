@@ -11,6 +11,7 @@ import { ownModuleReader } from '../scope/own-modules.ts';
 import { scopeApi } from '../scope/plugin.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
+import { serveAgentRoutes } from './agent-routes.ts';
 import { serveHealth, type HealthSources } from './health.ts';
 import type { SecurityManager } from './security-manager.ts';
 
@@ -70,6 +71,7 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   onClose(() => app.close());
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
+  if (p.health.agent) serveAgentRoutes(app, p.health.agent, p.health.tokenPath);
   await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
   // A child edge device provisioned with a certificate reads its $edgeHub key here (own-modules.ts).
   const readOwnModule = ownModuleReader(childScope, {
