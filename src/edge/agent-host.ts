@@ -7,10 +7,11 @@ import { DEFAULT_RESTART_SETTINGS } from '../agent/restart-policy.ts';
 import { WorkloadApi } from '../agent/workload-api.ts';
 import { EDGE_AGENT } from '../identity/device-id.ts';
 import type { ScopeCache } from '../scope/cache.ts';
+import { MANAGED_BY_EDGE } from '../scope/contract.ts';
+import { ParentModuleIdentities } from '../scope/module-identities.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import { directChildChain, type ParentLink } from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
-import { ScopeModuleIdentities } from './agent-identities.ts';
 import type { EdgeConfig } from './config.ts';
 import { coolOffUnitSetting } from './settings.ts';
 
@@ -35,7 +36,7 @@ export interface AgentHostParts {
   link: ParentLink;
   scope: ScopeCache;
   sync: ScopeSync;
-  /** Default: the identities the scope knows (read only). */
+  /** Default: created and removed at the hub through the parent chain. */
   identities?: ModuleIdentities;
 }
 
@@ -43,6 +44,23 @@ export interface AgentHost {
   readonly agent: EdgeAgent;
   start(): void;
   close(): Promise<void>;
+}
+
+/**
+ * The device's module identities at the hub, created on its behalf through the parent chain.
+ * Only those the agent created (managedBy IotEdge, as IoT Edge marks them) are listed as its
+ * own: a module identity a user made for something else is never removed.
+ */
+function agentIdentities(sync: ScopeSync): ModuleIdentities {
+  const parent = new ParentModuleIdentities(sync.parentClient);
+  return {
+    ensure: (moduleId) => parent.ensure(moduleId),
+    remove: (moduleId) => parent.remove(moduleId),
+    list: async () =>
+      (await parent.listModules())
+        .filter((m) => m.managedBy === MANAGED_BY_EDGE && !m.moduleId.startsWith('$'))
+        .map((m) => m.moduleId),
+  };
 }
 
 export function agentEnabled(config: EdgeConfig): boolean {
@@ -73,7 +91,7 @@ export function createAgentHost(p: AgentHostParts): AgentHost {
       dataDir: dir,
     },
     twin,
-    identities: p.identities ?? new ScopeModuleIdentities({ deviceId: p.deviceId, scope: p.scope, sync: p.sync }),
+    identities: p.identities ?? agentIdentities(p.sync),
     runtimes: { process: processRuntime, docker },
     workload,
     restart: { ...DEFAULT_RESTART_SETTINGS, coolOffTimeUnitSecs: coolOffUnitSetting(p.config).value },

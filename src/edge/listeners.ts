@@ -8,6 +8,7 @@ import { attachWebSocketHeads, listenError, startDeviceHeads, type Closer } from
 import { GATED_TLS_OPTIONS, type PreAuthGate } from '../protocols/pre-auth.ts';
 import type { IdentitySource } from '../scope/contract.ts';
 import { ownModuleReader } from '../scope/own-modules.ts';
+import { moduleRelay } from '../scope/module-relay.ts';
 import { scopeApi } from '../scope/plugin.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
@@ -72,7 +73,12 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
   if (p.health.agent) serveAgentRoutes(app, p.health.agent, p.health.tokenPath);
-  await app.register(scopeApi, { source: childScope, log: childLog('scope-api') });
+  // Module identities written on behalf of a child edge device go on to the parent, never the cache.
+  await app.register(scopeApi, {
+    source: childScope,
+    modules: moduleRelay(sync.parentClient),
+    log: childLog('scope-api'),
+  });
   // A child edge device provisioned with a certificate reads its $edgeHub key here (own-modules.ts).
   const readOwnModule = ownModuleReader(childScope, {
     fetchUpstream: (d, m) => sync.fetchUpstream({ deviceId: d, moduleId: m }, [identityKey(d, m), d]),

@@ -19,7 +19,7 @@ import { startDeviceListeners, startEventHubsEndpoint, type HeadSite } from './h
 import { hubFiles, releaseHubLock, takeHubLock, writeHubState } from './local.ts';
 import { ownModuleReader, type OwnModuleReader } from '../scope/own-modules.ts';
 import { Registry } from './registry.ts';
-import { registryIdentitySource, scopeApi, type IdentitySource } from './scope-api.ts';
+import { registryIdentitySource, registryModuleBackend, scopeApi, type IdentitySource } from './scope-api.ts';
 import { serviceApi } from './service-api.ts';
 import { sendError } from '../protocols/http/rest-errors.ts';
 import { serviceMessaging } from './service-messaging.ts';
@@ -193,8 +193,12 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
     await app.register(serviceMessaging, { engine, events, registry, onClose: node.onClose });
     const groups = new ConsumerGroups(db);
     startEventHubsEndpoint(node, amqp, events, (name) => groups.get(name)?.name);
-    // Edge gateways: scope listing, on-behalf-of lookups, live change feed.
-    await app.register(scopeApi, { source: identities, log: childLog('scope-api') });
+    // Edge gateways: scope listing, on-behalf-of lookups, live change feed, module identities.
+    await app.register(scopeApi, {
+      source: identities,
+      modules: registryModuleBackend(registry),
+      log: childLog('scope-api'),
+    });
 
     try {
       await app.listen({ port: node.ports.https, host: bind });

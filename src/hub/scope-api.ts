@@ -2,7 +2,8 @@ import type { X509Certificate } from 'node:crypto';
 import type { ScopeDevice, ScopeModule } from '../identity/scope.ts';
 import type { StoredDevice, StoredModule } from '../store/registry-store.ts';
 import { FrozenLookups } from '../util/frozen-lookups.ts';
-import type { IdentitySource } from '../scope/contract.ts';
+import type { IdentitySource, ModuleIdentityBackend } from '../scope/contract.ts';
+import { moduleNotFound } from '../model/errors.ts';
 import { authenticationJson, type Registry } from './registry.ts';
 
 /**
@@ -20,6 +21,8 @@ export {
   type FeedEvent,
   type FeedPosition,
   type IdentitySource,
+  type ModuleIdentityBackend,
+  type ModuleOnBehalfOfJson,
   type OnBehalfOfRequest,
   type OnBehalfOfResult,
   type ScopeListRequest,
@@ -101,6 +104,23 @@ export function registryIdentitySource(
       return () => registry.off('identity', listener);
     },
     trustedCas: opts.trustedCas,
+  };
+}
+
+/**
+ * The module routes of the scope API, at the hub: the registry writes what the chain, checked by
+ * the plugin, allows (keys generated on create and kept on update, as for any module).
+ */
+export function registryModuleBackend(registry: Registry): ModuleIdentityBackend {
+  return {
+    put: async (chain, module, ifMatch) => registry.putModule(chain[0]!, String(module.moduleId), module, ifMatch),
+    get: async (chain, moduleId) => {
+      const m = registry.getModule(chain[0]!, moduleId);
+      if (!m) throw moduleNotFound(chain[0]!, moduleId);
+      return m;
+    },
+    list: async (chain) => registry.listModules(chain[0]!),
+    delete: async (chain, moduleId, ifMatch) => registry.deleteModule(chain[0]!, moduleId, ifMatch),
   };
 }
 

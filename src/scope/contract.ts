@@ -17,6 +17,20 @@ import type { IdentityRef } from '../model/identity.ts';
  *        {authChain, targetDeviceId, targetModuleId?} -> {devices, modules, authChain}
  *   GET  /devices/{edge}/modules/$edgeHub/deviceScopeChanges?since={epoch}:{sequence}
  *        text/event-stream of `upsert`, `remove`, `position`, `resync` and `bye` events.
+ *
+ * Module identities of an edge device, written on its behalf (what an edge agent below the
+ * top layer uses to create its modules' identities at the hub). The target edge device is the
+ * first element of `authChain`: the caller itself, or an edge device in its scope. The hub
+ * answers from its registry; every gateway checks the chain against its cache and relays the
+ * request to its parent with the chain extended by itself, never answering from the cache.
+ *   PUT  /devices/{edge}/modules/$edgeHub/putModuleOnBehalfOf   [If-Match: etag|*]
+ *        {authChain, module: {deviceId, moduleId, managedBy?, authentication?}} -> module
+ *        (without If-Match: create, 409 if it exists; with If-Match: update, keys kept unless given)
+ *   POST /devices/{edge}/modules/$edgeHub/getModuleOnBehalfOf      {authChain, targetModuleId} -> module
+ *   POST /devices/{edge}/modules/$edgeHub/getModulesOnTargetDevice {authChain} -> module[]
+ *   POST /devices/{edge}/modules/$edgeHub/deleteModuleOnBehalfOf   {authChain, moduleId} -> 204
+ * `module` is IoT Hub's module JSON, SAS keys included. `$edgeAgent` and `$edgeHub` cannot be
+ * created or deleted this way.
  */
 
 export const SCOPE_API_VERSION = '2020-06-30-preview';
@@ -29,6 +43,10 @@ export function scopePaths(edgeDeviceId: string) {
     list: `${base}/devicesAndModulesInTargetDeviceScope`,
     onBehalfOf: `${base}/getDeviceAndModuleOnBehalfOf`,
     changes: `${base}/deviceScopeChanges`,
+    putModule: `${base}/putModuleOnBehalfOf`,
+    getModule: `${base}/getModuleOnBehalfOf`,
+    listModules: `${base}/getModulesOnTargetDevice`,
+    deleteModule: `${base}/deleteModuleOnBehalfOf`,
   };
 }
 
@@ -75,6 +93,53 @@ export interface OnBehalfOfResult {
   /** The target's chain as the server knows it, ending with the caller. */
   authChain: string;
 }
+
+/** A module identity as the module routes answer it: IoT Hub's module JSON (the fields a caller needs). */
+export interface ModuleOnBehalfOfJson {
+  deviceId: string;
+  moduleId: string;
+  generationId: string;
+  etag: string;
+  managedBy: string;
+  authentication: {
+    type: string;
+    symmetricKey?: { primaryKey: string | null; secondaryKey: string | null };
+    x509Thumbprint?: { primaryThumbprint: string | null; secondaryThumbprint: string | null };
+  };
+  [field: string]: unknown;
+}
+
+/** The module routes' body, by route. */
+export interface PutModuleOnBehalfOfRequest {
+  authChain: string;
+  module: { deviceId: string; moduleId: string; managedBy?: string; authentication?: unknown; etag?: string };
+}
+export interface GetModuleOnBehalfOfRequest {
+  authChain: string;
+  targetModuleId: string;
+}
+export interface ListModulesOnBehalfOfRequest {
+  authChain: string;
+}
+export interface DeleteModuleOnBehalfOfRequest {
+  authChain: string;
+  moduleId: string;
+}
+
+/**
+ * Where the module routes go once the caller and the chain are checked: the hub's registry, or
+ * a gateway's parent (relayed). `chain` is the target's auth chain as this node knows it, from
+ * the target edge device up to the caller. Refusals are HubErrors with the status to answer.
+ */
+export interface ModuleIdentityBackend {
+  put(chain: readonly string[], module: Record<string, unknown>, ifMatch?: string): Promise<ModuleOnBehalfOfJson>;
+  get(chain: readonly string[], moduleId: string): Promise<ModuleOnBehalfOfJson>;
+  list(chain: readonly string[]): Promise<ModuleOnBehalfOfJson[]>;
+  delete(chain: readonly string[], moduleId: string, ifMatch?: string): Promise<void>;
+}
+
+/** managedBy of module identities an edge agent creates, as IoT Edge sets it. */
+export const MANAGED_BY_EDGE = 'IotEdge';
 
 /** Feed events, as carried in the `data:` line (the SSE event name is `op`). */
 export type FeedEvent =

@@ -39,6 +39,8 @@ export class ScopeSyncError extends Error {
     message: string,
     readonly status?: number,
     readonly code?: string,
+    /** The parent's own words for a refusal, without this side's framing. */
+    readonly reason?: string,
   ) {
     super(message);
     this.name = 'ScopeSyncError';
@@ -64,6 +66,11 @@ export class ScopeParentClient {
 
   close(): void {
     this.agent.destroy();
+  }
+
+  /** The edge device this client signs as (its `$edgeHub`). */
+  get edgeDeviceId(): string {
+    return this.o.edge.deviceId;
   }
 
   where(): string {
@@ -108,11 +115,21 @@ export class ScopeParentClient {
   }
 
   post<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('POST', path, body, {
+      what: path.endsWith('OnBehalfOf') ? 'an on-behalf-of lookup' : 'the scope listing',
+    });
+  }
+
+  /**
+   * One JSON request to the parent. An answer without a body (204) resolves to undefined.
+   * `what` names the request in refusals ("the parent X refused {what}: ...").
+   */
+  request<T>(method: 'POST' | 'PUT', path: string, body: unknown, o: { what: string; ifMatch?: string }): Promise<T> {
     const payload = Buffer.from(JSON.stringify(body));
     return new Promise<T>((resolve, reject) => {
       const req = https.request(
         {
-          ...this.requestOptions('POST', `${path}?api-version=${SCOPE_API_VERSION}`),
+          ...this.requestOptions(method, `${path}?api-version=${SCOPE_API_VERSION}`),
           agent: this.agent,
           timeout: this.o.requestTimeoutMs ?? 30_000,
           headers: {
@@ -120,20 +137,15 @@ export class ScopeParentClient {
             'Content-Type': 'application/json; charset=utf-8',
             'Content-Length': payload.length,
             Accept: 'application/json',
+            ...(o.ifMatch !== undefined ? { 'If-Match': o.ifMatch } : {}),
           },
         },
         (res) => {
           readBody(res)
             .then((text) => {
               const status = res.statusCode ?? 0;
-              if (status < 200 || status >= 300)
-                return reject(
-                  this.refusal(
-                    status,
-                    text,
-                    path.endsWith('OnBehalfOf') ? 'an on-behalf-of lookup' : 'the scope listing',
-                  ),
-                );
+              if (status < 200 || status >= 300) return reject(this.refusal(status, text, o.what));
+              if (text.trim() === '') return resolve(undefined as T);
               try {
                 resolve(JSON.parse(text) as T);
               } catch {
@@ -163,6 +175,7 @@ export class ScopeParentClient {
       `the parent ${this.where()} refused ${what}: ${why} (${code}, HTTP ${status})${hint}`,
       status,
       code,
+      why,
     );
   }
 

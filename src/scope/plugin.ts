@@ -29,10 +29,13 @@ import {
   type FeedEvent,
   type FeedPosition,
   type IdentitySource,
+  type ModuleIdentityBackend,
   type OnBehalfOfResult,
   type ScopeListResult,
 } from './contract.ts';
 import { ScopeFeed, type FeedEntry } from './feed.ts';
+import { moduleRoutes } from './module-routes.ts';
+import { chainInvalid, notInScope, scopeRefusal, unauthorized } from './refusals.ts';
 
 /**
  * The scope API as a fastify plugin: the routes of contract.ts, served from an IdentitySource
@@ -46,24 +49,11 @@ export interface ScopeApiOptions {
   keepAliveMs?: number;
   /** Changes kept for readers that reconnect; older positions must resynchronise. */
   maxFeedEntries?: number;
-}
-
-const notInScope = (message: string) => new HubError(403, 'DeviceNotInScope', message);
-const chainInvalid = (message: string) => new HubError(403, 'AuthChainInvalid', message);
-const unauthorized = (message: string) => new HubError(401, 'IotHubUnauthorizedAccess', message);
-
-/** Maps a refusal of the scope rules onto the status and code a caller can act on. */
-function scopeRefusal(err: ScopeError): HubError {
-  switch (err.code) {
-    case 'not-found':
-      return new HubError(404, 'DeviceNotFound', err.message);
-    case 'out-of-scope':
-      return notInScope(err.message);
-    case 'bad-chain':
-      return badRequest(err.message);
-    default:
-      return chainInvalid(err.message);
-  }
+  /**
+   * Where module identities written on behalf of an edge device go (the hub's registry, or a
+   * gateway's parent). Without it the module routes are not served.
+   */
+  modules?: ModuleIdentityBackend;
 }
 
 type Params = { id: string; mid: string };
@@ -310,6 +300,8 @@ export async function scopeApi(app: FastifyInstance, opts: ScopeApiOptions): Pro
     );
     return { devices, modules, authChain: formatAuthChain(real) };
   });
+
+  if (opts.modules) moduleRoutes(app, { source, view, log, backend: opts.modules, edgeHubCaller, bodyOf, chainOf });
 
   // The live feed: server-sent events from a position, or from now.
   app.get('/devices/:id/modules/:mid/deviceScopeChanges', async (req, reply: FastifyReply) => {

@@ -144,6 +144,14 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
     this.client.setEdgeKey(key);
   }
 
+  /**
+   * The HTTP client to the parent's scope API this sync uses (same key, same connections),
+   * for the other requests a gateway makes there: module identities (module-identities.ts).
+   */
+  get parentClient(): ScopeParentClient {
+    return this.client;
+  }
+
   /** An adapter for IdentitySource.fetchUpstream (a parent gateway asking on behalf of a child). */
   async fetchUpstream(target: IdentityRef, claimedChain: readonly string[]): Promise<void> {
     await this.onDemand(target.deviceId, target.moduleId, claimedChain);

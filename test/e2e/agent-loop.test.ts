@@ -17,7 +17,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { EventPageJson } from '../../src/hub/event-json.ts';
-import { newKey, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 
 const run = promisify(execFile);
@@ -222,14 +222,6 @@ before(async () => {
     strata: 'cool_off_time_unit_secs = 1\n\n[agent]\nname = "edgeAgent"\ntype = "docker"',
   });
   cleanups.push(() => edge.cleanup());
-  // The module identities, created as a user could (the agent reads them through its scope).
-  for (const moduleId of ['sensor', 'filter', 'spare', 'pause', 'crasher', 'quitter']) {
-    await edge.svc.createModule({
-      deviceId: edge.gatewayId,
-      moduleId,
-      authentication: { type: 'sas', symmetricKey: { primaryKey: newKey(), secondaryKey: newKey() } },
-    } as never);
-  }
   sdk = await startServiceSdk(hub.caPath);
   cleanups.push(() => sdk.close());
   await sdk.open('owner', { connectionString: hub.connectionString });
@@ -264,6 +256,10 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
         r.lastDesiredStatus?.code === 200,
     );
     assert.equal(rep.lastDesiredStatus.code, 200);
+    // The agent created the module identities at the hub, through the gateway, marked as IoT Edge's.
+    const ids = await edge.svc.listModules(edge.gatewayId);
+    for (const m of ['sensor', 'filter', 'spare', 'pause'])
+      assert.equal(ids.find((x) => x.moduleId === m)?.managedBy, 'IotEdge', `module identity ${m}`);
     assert.equal(rep.modules.sensor.type, 'process');
     assert.equal(rep.modules.sensor.restartPolicy, 'always');
     assert.match(rep.modules.sensor.lastStartTimeUtc, /^\d{4}-\d\d-\d\dT/);
@@ -332,6 +328,9 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
     assert.ok(!alive(sparePid), 'the removed module is gone');
     assert.ok(!existsSync(join(edge.dataDir, 'agent', 'modules', 'spare')), 'and its directory');
     assert.equal(modulePid('filter'), filterPid, 'the unchanged module was left alone');
+    await waitFor('the removed module identity deleted at the hub', 10_000, async () =>
+      (await edge.svc.listModules(edge.gatewayId)).some((m) => m.moduleId === 'spare') ? undefined : true,
+    );
     await waitFor('the new env in the filtered messages', 20_000, async () =>
       (await hubEvents()).some((e) => JSON.parse(e.body).filtered?.label === 'v2') ? true : undefined,
     );
