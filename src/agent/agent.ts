@@ -94,6 +94,8 @@ export class EdgeAgent {
   /** The deployment as last reconciled: what `list`, logs and methods go by. */
   private current: Current = { version: 0 };
   private reconciles = 0;
+  /** The desired version whose stray module identities were removed. */
+  private identitySweepVersion?: number;
 
   constructor(private readonly o: EdgeAgentOptions) {
     this.log = o.log ?? childLog('agent');
@@ -340,7 +342,13 @@ export class EdgeAgent {
         }
       }
     }
-    await this.removeStrayIdentities(new Set([...current.read.deployment.modules.map((m) => m.name), ...keep]));
+    // Once per deployment (and after a retry is due): listing asks the hub, through every parent.
+    if (this.identitySweepVersion !== version) {
+      const swept = await this.removeStrayIdentities(
+        new Set([...current.read.deployment.modules.map((m) => m.name), ...keep]),
+      );
+      if (swept) this.identitySweepVersion = version;
+    }
     await this.report(current, failures, await this.listAll(), Date.now());
   }
 
@@ -404,14 +412,15 @@ export class EdgeAgent {
   }
 
   /** Module identities of this device that no deployment names any more go, as IoT Edge removes them. */
-  private async removeStrayIdentities(wanted: Set<string>): Promise<void> {
+  private async removeStrayIdentities(wanted: Set<string>): Promise<boolean> {
     let listed: string[];
     try {
       listed = await this.o.identities.list();
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, 'could not list module identities');
-      return;
+      return false;
     }
+    let done = true;
     for (const id of listed) {
       if (wanted.has(id) || id.startsWith('$')) continue;
       try {
@@ -420,8 +429,10 @@ export class EdgeAgent {
         this.log.info({ module: id }, 'module identity removed: no longer in the deployment');
       } catch (err) {
         this.log.warn({ module: id, err: (err as Error).message }, 'could not remove a module identity');
+        done = false;
       }
     }
+    return done;
   }
 
   private restartDue(m: DesiredModule, s: ModuleState, now: number): boolean {

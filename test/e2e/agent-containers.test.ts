@@ -39,7 +39,7 @@ function containerOptions(script: string): string {
   });
 }
 
-function manifest(): Record<string, unknown> {
+function manifest(extra: Record<string, unknown> = {}): Record<string, unknown> {
   const mod = (script: string, env: Record<string, string> = {}) => ({
     version: '1.0',
     type: 'docker',
@@ -64,7 +64,7 @@ function manifest(): Record<string, unknown> {
               settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.4' },
             },
           },
-          modules: { sensor: mod(SENSOR, { SENSOR_LABEL: 'boxed' }), filter: mod(FILTER) },
+          modules: { sensor: mod(SENSOR, { SENSOR_LABEL: 'boxed' }), filter: mod(FILTER), ...extra },
         },
       },
       $edgeHub: {
@@ -227,5 +227,27 @@ describe('the edge agent with container modules on Podman', { skip, timeout: 300
         : undefined;
     });
     assert.deepEqual(await containers(), before, 'the same containers, none created again');
+  });
+
+  test('an image that cannot be pulled: 500 naming the module and the image, the others keep running', async () => {
+    const before = await containers();
+    const ghost = {
+      version: '1.0',
+      type: 'docker',
+      status: 'running',
+      restartPolicy: 'always',
+      // Nothing listens on port 1: the pull fails at once, without the internet.
+      settings: { image: '127.0.0.1:1/strata/ghost:1', createOptions: '{}' },
+    };
+    await sdk.must(sdk.call('owner', 'applyConfigurationContentOnDevice', edge.gatewayId, manifest({ ghost })));
+    const rep = await waitFor('500 naming the module', 60_000, async () => {
+      const r = await agentReported();
+      return r?.lastDesiredStatus?.code === 500 ? r : undefined;
+    });
+    assert.match(rep.lastDesiredStatus.description, /ghost/);
+    assert.match(rep.lastDesiredStatus.description, /127\.0\.0\.1:1\/strata\/ghost:1/);
+    assert.equal(rep.modules.sensor.runtimeStatus, 'running');
+    assert.equal(rep.modules.filter.runtimeStatus, 'running');
+    assert.deepEqual(await containers(), before, 'the good containers untouched');
   });
 });
