@@ -322,7 +322,15 @@ export class EdgeAgent {
     current.read = { ...current.read, problems };
 
     for (const rt of this.runtimes()) {
-      const states = await rt.list();
+      let states: ModuleState[];
+      try {
+        states = await rt.list();
+      } catch (err) {
+        // The engine is away: its modules are named, the other runtime's still reconciled.
+        for (const m of ready.filter((x) => x.type === rt.kind))
+          failures.push({ module: m.name, field: 'runtime', message: (err as Error).message });
+        continue;
+      }
       const actions = planActions({
         desired: ready.filter((m) => m.type === rt.kind),
         states,

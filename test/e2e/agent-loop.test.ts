@@ -10,7 +10,7 @@
  * logs` and `restart`; and a gateway killed with -9 adopts its modules when started again.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -407,9 +407,26 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
     const text = await cli('logs', 'sensor', '--tail', '2');
     assert.match(text, /sensor sensor open, label v2/);
     assert.ok(text.trim().split('\n').length <= 2);
+    // --follow: the restarted sensor's first line arrives while the command keeps reading.
+    const follow = spawn(
+      process.execPath,
+      [CLI, 'edge', 'logs', 'sensor', '--tail', '0', '--follow', '--data', edge.dataDir],
+      {
+        env: { ...process.env, STRATA_LOG_LEVEL: 'warn' },
+      },
+    );
+    cleanups.push(() => follow.kill('SIGKILL'));
+    let followed = '';
+    follow.stdout.on('data', (c: Buffer) => (followed += c.toString()));
+    await new Promise((r) => setTimeout(r, 1000));
     const before = modulePid('sensor');
     assert.match(await cli('restart', 'sensor'), /sensor restarted/);
     assert.notEqual(modulePid('sensor'), before);
+    await waitFor('the followed log shows the restart', 20_000, async () =>
+      /sensor sensor open/.test(followed) ? true : undefined,
+    );
+    assert.equal(follow.exitCode, null, 'still following');
+    follow.kill('SIGTERM');
     await assert.rejects(cli('logs', 'nosuch'), /no module named 'nosuch'/);
     await flowing('from the restarted sensor');
   });
@@ -431,5 +448,22 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
     assert.equal(modulePid('sensor'), pids.sensor, 'adopted, not started again');
     assert.equal(modulePid('filter'), pids.filter);
     await flowing('again through the new gateway');
+  });
+
+  test('with the parent away, a gateway started again runs the deployment kept on disk', async () => {
+    const pids = { sensor: modulePid('sensor'), filter: modulePid('filter') };
+    await gw.stop();
+    assert.ok(alive(pids.sensor) && alive(pids.filter), 'modules outlive a gateway stopped with SIGTERM');
+    // The hub goes (its files stay: the gateway's trust bundle is among them).
+    await hub.kill9();
+    gw = await startGateway();
+    const json = JSON.parse(await cli('list', '--json'));
+    const byName = Object.fromEntries(
+      json.agentModules.map((m: { name: string; runtimeStatus: string }) => [m.name, m.runtimeStatus]),
+    );
+    assert.equal(byName.sensor, 'running');
+    assert.equal(byName.filter, 'running');
+    assert.equal(modulePid('sensor'), pids.sensor, 'adopted from the kept deployment, not restarted');
+    assert.equal(modulePid('filter'), pids.filter);
   });
 });
