@@ -299,6 +299,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
           engine,
           routes,
           running,
+          agent: agentHost !== undefined,
         }),
       close: runClosers,
     };

@@ -365,6 +365,7 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
         filter: FIRST.filter,
         badopts: { type: 'docker', settings: { image: 'busybox', createOptions: '{"HostConfig": ' } },
         badpolicy: { settings: node('-e', '0'), restartPolicy: 'sometimes' },
+        'bad#name': { settings: node('-e', '0') },
       }),
     );
     const rep = await reportedWhen('400 naming both bad modules', 10_000, (r) => r.lastDesiredStatus?.code === 400);
@@ -372,6 +373,7 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
     assert.match(rep.lastDesiredStatus.description, /createOptions/);
     assert.match(rep.lastDesiredStatus.description, /badpolicy/);
     assert.match(rep.lastDesiredStatus.description, /restartPolicy/);
+    assert.match(rep.lastDesiredStatus.description, /bad#name/, 'a name that is not a valid module identity');
     assert.equal(rep.modules.sensor.runtimeStatus, 'running');
     assert.equal(rep.modules.filter.runtimeStatus, 'running');
     assert.equal(modulePid('sensor'), sensorPid, 'the good modules keep running as they were');
