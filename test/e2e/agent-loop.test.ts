@@ -189,15 +189,12 @@ function alive(pid: number | undefined): boolean {
   }
 }
 
-/**
- * The filter's output keeps reaching the hub (a few more messages than now). After a module
- * restarts, the gateway's first batch to its input may wait out the pump's 30 s send timeout.
- */
+/** The filter's output keeps reaching the hub (a few more messages than now). */
 async function flowing(what: string): Promise<void> {
   const count = (await hubEvents()).length;
   const moduleLog = (m: string) =>
     readFileSync(join(edge.dataDir, 'agent', 'modules', m, 'output.log'), 'utf8').slice(-1500);
-  await waitFor(`messages flow ${what}`, 60_000, async () =>
+  await waitFor(`messages flow ${what}`, 20_000, async () =>
     (await hubEvents()).length > count + 2 ? true : undefined,
   ).catch(async (err: Error) => {
     const metrics = (await gw.metrics())
