@@ -12,6 +12,7 @@ import { moduleRelay } from '../scope/module-relay.ts';
 import { scopeApi } from '../scope/plugin.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
+import { serveAgentRoutes } from './agent-routes.ts';
 import { serveHealth, type HealthSources } from './health.ts';
 import type { SecurityManager } from './security-manager.ts';
 
@@ -71,6 +72,7 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   onClose(() => app.close());
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
+  if (p.health.agent) serveAgentRoutes(app, p.health.agent, p.health.tokenPath);
   // Module identities written on behalf of a child edge device go on to the parent, never the cache.
   await app.register(scopeApi, {
     source: childScope,
