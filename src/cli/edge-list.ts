@@ -8,6 +8,7 @@ import { defaultEdgeDataDir, edgeFiles, readGatewayState, runningGatewayPid } fr
 import { edgePkiPaths } from '../edge/security-manager.ts';
 import { splitPemCertificates } from '../pki/index.ts';
 import { UserError } from '../util/errors.ts';
+import { configuredDataDir } from './edge-data-dir.ts';
 import { action } from './run.ts';
 
 interface ListFlags {
@@ -63,22 +64,29 @@ export function registerEdgeListCommand(edge: Command | undefined): void {
   edge
     .command('list')
     .description("list the gateway's modules and the downstream devices and modules connected to it now")
-    .option('--config <file>', "the gateway's config.toml (finds its data directory from the device id)")
-    .option('--data <dir>', "the gateway's data directory (default ./.strata/edge-{deviceId})")
+    .option(
+      '--config <file>',
+      "the gateway's config.toml (finds its data directory from [strata] data_dir, else the device id)",
+    )
+    .option(
+      '--data <dir>',
+      "the gateway's data directory (default: [strata] data_dir of the config, else ./.strata/edge-{deviceId})",
+    )
     .option('--json', 'print JSON for scripts')
     .action(
       action(async (flags: ListFlags) => {
         let dataDir = flags.data;
         if (!dataDir) {
           if (!flags.config) throw new UserError('say which gateway: give --config config.toml or --data DIR');
-          const { config } = loadEdgeConfigFile(resolve(flags.config));
+          const { config, path } = loadEdgeConfigFile(resolve(flags.config));
           const id = config.provisioning?.deviceId;
-          if (!id)
+          dataDir = configuredDataDir(config, path);
+          if (!dataDir && !id)
             throw new UserError(
               `${flags.config} has no [provisioning] device id`,
               "Give the gateway's data directory with --data DIR",
             );
-          dataDir = defaultEdgeDataDir(id);
+          dataDir ??= defaultEdgeDataDir(id!);
         }
         dataDir = resolve(dataDir);
         if (!runningGatewayPid(dataDir))

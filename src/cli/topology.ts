@@ -1,6 +1,7 @@
 import { InvalidArgumentError, type Command } from 'commander';
-import { isAbsolute, relative } from 'node:path';
+import { isAbsolute, relative, resolve } from 'node:path';
 import { childLog } from '../util/log.ts';
+import { localHubAccess } from './hub-access.ts';
 import { action } from './run.ts';
 import { topologyDown, requireState } from '../topology/down.ts';
 import { readSensorConfig } from '../topology/sensor-files.ts';
@@ -162,6 +163,25 @@ async function status(flags: { dir: string; json?: boolean; watch?: boolean }): 
   out(renderTable(second, rates, { notes: true }));
 }
 
+/** A value quoted for sh: inside single quotes nothing is special but the quote itself. */
+const shQuote = (v: string) => `'${v.replace(/'/g, `'\\''`)}'`;
+
+async function printEnv(dir: string): Promise<void> {
+  const state = requireState(dir);
+  const hub = await localHubAccess(state.hub.dataDir);
+  const ca = resolve(state.rootCa);
+  const lines = [
+    `# the topology${state.name ? ` "${state.name}"` : ''} in ${topologyPaths(dir).root}; use: eval "$(strata topology env)"`,
+    `export STRATA_HUB_CONNECTION_STRING=${shQuote(hub.connectionString)}`,
+    `export STRATA_CA=${shQuote(ca)}`,
+    '# Node programs using the Azure IoT SDKs (leaf devices, modules) trust the root CA through this:',
+    `export NODE_EXTRA_CA_CERTS=${shQuote(ca)}`,
+    '# gateways (a leaf connects to its gateway: strata device connection-string ID --gateway ADDRESS):',
+    ...state.gateways.map((g) => `#   ${g.id}  layer ${g.layer}  ${g.address}`),
+  ];
+  out(lines.join('\n'));
+}
+
 export function registerTopologyCommands(program: Command): void {
   const topology = program
     .command('topology')
@@ -197,6 +217,15 @@ export function registerTopologyCommands(program: Command): void {
     .option('--json', 'print JSON for scripts')
     .option('--watch', 'redraw every second until Ctrl-C (which leaves the topology running)')
     .action(action(status));
+
+  topology
+    .command('env')
+    .description(
+      'print shell exports for another shell: the hub connection string, STRATA_CA and NODE_EXTRA_CA_CERTS (for leaf programs)',
+    )
+    .option('--dir <dir>', 'the directory `up` used', DEFAULT_TOPOLOGY_DIR)
+    .addHelpText('after', '\nUse: eval "$(strata topology env)"   (run where `npm start` runs, or give --dir)')
+    .action(action((flags: { dir: string }) => printEnv(flags.dir)));
 
   topology
     .command('validate')

@@ -267,6 +267,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
             edgeCaKey: edgeCa.key,
             upstreamProtocol: upstreamOf.get(g.id),
             metricsBind: g.address,
+            dataDir: g.dataDir,
             source: file,
           });
           mkdirSync(g.dataDir, { recursive: true });

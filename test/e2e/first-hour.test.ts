@@ -1,0 +1,168 @@
+/**
+ * A newcomer's first hour, end to end on a fresh copy of the project in a temp directory:
+ * `npm start` there (its topology file on this test's own loopback addresses), then, with no
+ * flags, `strata device list` in the same directory finds the topology's hub; `strata topology
+ * env` gives another shell what it needs; `strata edge list/check --config` find the data
+ * directory the topology gave the gateway.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { cpSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { pidAlive } from '../../src/topology/processes.ts';
+import { readState, type TopologyState } from '../../src/topology/state.ts';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+let dir: string;
+let copy: string;
+let npm: ChildProcess;
+let output = '';
+let state: TopologyState;
+const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
+const last = randomInt(2, 248);
+const [hubAddr, gwTopAddr, gwLowAddr] = [0, 1, 2].map((i) => `${base}.${last + i}`);
+
+function strata(
+  args: string[],
+  o: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [join(copy, 'bin', 'strata.js'), ...args],
+      { cwd: o.cwd ?? copy, timeout: 60_000, env: o.env ?? { ...process.env, STRATA_LOG_LEVEL: 'warn' } },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        resolve({ code, out: stdout, err: stderr });
+      },
+    );
+  });
+}
+
+/** Every process whose command line names the copy: what the topology started, wherever it was started from. */
+function processesOfCopy(): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8');
+      if (cmd.includes(copy) && pidAlive(Number(name))) pids.push(Number(name));
+    } catch {
+      // gone already
+    }
+  }
+  return pids;
+}
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'strata-first-hour-'));
+  copy = join(dir, 'strata');
+  mkdirSync(copy);
+  for (const f of ['package.json', 'tsconfig.json', 'bin', 'src', 'examples'])
+    cpSync(join(ROOT, f), join(copy, f), { recursive: true });
+  symlinkSync(join(ROOT, 'node_modules'), join(copy, 'node_modules'));
+  writeFileSync(
+    join(copy, 'examples', 'topology.yaml'),
+    `name: first-hour
+hub:
+  address: ${hubAddr}
+gateways:
+  - { id: gw-top, parent: hub, address: ${gwTopAddr} }
+  - { id: gw-low, parent: gw-top, address: ${gwLowAddr} }
+devices:
+  - { id: sensor-low, parent: gw-low, protocol: mqtt, interval: 500ms }
+`,
+  );
+  npm = spawn('npm', ['start'], { cwd: copy, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+  npm.stdout!.setEncoding('utf8').on('data', (c: string) => (output += c));
+  npm.stderr!.setEncoding('utf8').on('data', (c: string) => (output += c));
+  const deadline = Date.now() + 120_000;
+  while (!/is up: hub, 2 gateways, 1 sensors/.test(output)) {
+    if (npm.exitCode !== null || Date.now() > deadline) throw new Error(`npm start did not come up:\n${output}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  state = readState(join(copy, '.strata', 'topology'))!;
+});
+
+after(async () => {
+  // Whatever happened, nothing this test started may outlive it.
+  if (npm.exitCode === null) npm.kill('SIGKILL');
+  for (const pid of processesOfCopy()) process.kill(pid, 'SIGKILL');
+  await rm(dir, { recursive: true, force: true });
+});
+
+test('strata device list with no flags, where npm start runs, finds the topology hub', async () => {
+  const r = await strata(['device', 'list']);
+  assert.equal(r.code, 0, r.err);
+  for (const id of ['gw-top', 'gw-low', 'sensor-low']) assert.match(r.out, new RegExp(`^${id}\\s`, 'm'), r.out);
+  const cs = await strata(['hub', 'connection-string']);
+  assert.equal(cs.code, 0, cs.err);
+  assert.match(cs.out, new RegExp(`^HostName=${hubAddr.replace(/\./g, '\\.')};SharedAccessKeyName=iothubowner;`));
+});
+
+test('strata topology env: its exports let another shell (elsewhere) reach the hub and trust its CA', async () => {
+  const r = await strata(['topology', 'env']);
+  assert.equal(r.code, 0, r.err);
+  const env: Record<string, string> = {};
+  for (const m of r.out.matchAll(/^export (\w+)='([^']*)'$/gm)) env[m[1]!] = m[2]!;
+  assert.deepEqual(Object.keys(env).sort(), ['NODE_EXTRA_CA_CERTS', 'STRATA_CA', 'STRATA_HUB_CONNECTION_STRING']);
+  assert.equal(env.STRATA_CA, state.rootCa);
+  assert.equal(env.NODE_EXTRA_CA_CERTS, state.rootCa);
+  assert.match(r.out, new RegExp(`gw-low\\s+layer 2\\s+${gwLowAddr.replace(/\./g, '\\.')}`));
+  // What sh makes of the output is what the parse above found.
+  const sh = await new Promise<string>((resolve, reject) =>
+    execFile('sh', ['-c', `${r.out}\nprintf %s "$STRATA_HUB_CONNECTION_STRING"`], (err, out) =>
+      err ? reject(err) : resolve(out),
+    ),
+  );
+  assert.equal(sh, env.STRATA_HUB_CONNECTION_STRING);
+
+  const elsewhere = await mkdtemp(join(dir, 'elsewhere-'));
+  const withEnv = await strata(['device', 'list'], {
+    cwd: elsewhere,
+    env: { ...process.env, STRATA_LOG_LEVEL: 'warn', ...env },
+  });
+  assert.equal(withEnv.code, 0, withEnv.err);
+  assert.match(withEnv.out, /^sensor-low\s/m);
+  // --ca says the same as STRATA_CA.
+  const { STRATA_CA: _ca, ...noCa } = env;
+  const withFlag = await strata(['device', 'list', '--ca', state.rootCa], {
+    cwd: elsewhere,
+    env: { ...process.env, STRATA_LOG_LEVEL: 'warn', ...noCa },
+  });
+  assert.equal(withFlag.code, 0, withFlag.err);
+  assert.match(withFlag.out, /^sensor-low\s/m);
+  // Nothing here and no exports: the error says where it looked and what to do.
+  const bare = await strata(['device', 'list'], { cwd: elsewhere });
+  assert.notEqual(bare.code, 0);
+  assert.match(bare.err, /no local hub here/);
+  assert.match(bare.err, /strata topology env/);
+});
+
+test('strata edge list/check --config find the data directory the topology gave the gateway', async () => {
+  const low = state.gateways.find((g) => g.id === 'gw-low')!;
+  const config = readFileSync(low.config, 'utf8');
+  assert.match(config, new RegExp(`^data_dir = "${low.dataDir.replace(/[.\\]/g, '\\$&')}"$`, 'm'));
+  const list = await strata(['edge', 'list', '--config', low.config, '--json']);
+  assert.equal(list.code, 0, list.err);
+  const listed = JSON.parse(list.out) as { deviceId: string; connected: Array<{ deviceId: string }> };
+  assert.equal(listed.deviceId, 'gw-low');
+  assert.ok(
+    listed.connected.some((c) => c.deviceId === 'sensor-low'),
+    list.out,
+  );
+  const check = await strata(['edge', 'check', '--config', low.config, '--json']);
+  const results = JSON.parse(check.out) as Array<{ id: string; status: string; detail: string }>;
+  const storage = results.find((r) => r.id.includes('storage'));
+  assert.ok(storage, check.out);
+  // The check looked at the topology's data directory (under /tmp here, which it rightly warns about).
+  assert.ok(storage.detail.includes(low.dataDir), JSON.stringify(storage));
+  assert.notEqual(storage.status, 'error', JSON.stringify(storage));
+  assert.doesNotMatch(check.out, /edge-gw-low/);
+});
