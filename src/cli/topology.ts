@@ -51,11 +51,13 @@ function summary(state: TopologyState, dir: string): string {
 }
 
 /**
- * Aborts on the first SIGINT/SIGTERM. Later ones do not exit: under `npm start` one Ctrl-C
- * arrives twice (from the terminal and forwarded by npm), and leaving mid-way would strand
- * running nodes. Stopping is bounded anyway (SIGKILL after the grace period).
+ * Aborts on the first SIGINT, SIGTERM or SIGHUP (a closed terminal), and, with `orphaned`, when
+ * this process's parent goes away (npm killed with SIGKILL): the nodes are detached, so nothing
+ * else would stop them. Later signals do not exit: under `npm start` one Ctrl-C arrives twice
+ * (from the terminal and forwarded by npm), and leaving mid-way would strand running nodes.
+ * Stopping is bounded anyway (SIGKILL after the grace period).
  */
-function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
+function interruptSignal(o: { orphaned?: boolean } = {}): { signal: AbortSignal; dispose: () => void } {
   const controller = new AbortController();
   let firstAt = 0;
   const onSignal = () => {
@@ -66,13 +68,23 @@ function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
       process.stderr.write('still stopping the topology; nodes that do not stop get SIGKILL after the grace period\n');
     }
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const s of signals) process.on(s, onSignal);
+  const parent = process.ppid;
+  const orphanCheck = o.orphaned
+    ? setInterval(() => {
+        if (process.ppid !== parent && !controller.signal.aborted) {
+          log.warn({ parent }, 'the parent process is gone: stopping the topology');
+          onSignal();
+        }
+      }, 1000)
+    : undefined;
+  orphanCheck?.unref();
   return {
     signal: controller.signal,
     dispose: () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      for (const s of signals) process.off(s, onSignal);
+      if (orphanCheck) clearInterval(orphanCheck);
     },
   };
 }
@@ -85,7 +97,7 @@ interface UpFlags {
 }
 
 async function up(file: string, flags: UpFlags): Promise<void> {
-  const interrupt = interruptSignal();
+  const interrupt = interruptSignal({ orphaned: flags.watch === true });
   try {
     const result = await topologyUp({
       file,

@@ -3,19 +3,21 @@
  * `npm start` there (its topology file on this test's own loopback addresses), then, with no
  * flags, `strata device list` in the same directory finds the topology's hub; `strata topology
  * env` gives another shell what it needs; `strata edge list/check --config` find the data
- * directory the topology gave the gateway.
+ * directory the topology gave the gateway; the running watch view leaks no listener; SIGINT to
+ * npm's own pid stops every process of the topology and frees every port.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { pidAlive } from '../../src/topology/processes.ts';
-import { readState, type TopologyState } from '../../src/topology/state.ts';
+import { processesTopDown, readState, type TopologyState } from '../../src/topology/state.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -23,6 +25,7 @@ let dir: string;
 let copy: string;
 let npm: ChildProcess;
 let output = '';
+let upAt = 0;
 let state: TopologyState;
 const base = `127.${randomInt(2, 251)}.${randomInt(2, 251)}`;
 const last = randomInt(2, 248);
@@ -60,6 +63,14 @@ function processesOfCopy(): number[] {
   return pids;
 }
 
+function portFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+}
+
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'strata-first-hour-'));
   copy = join(dir, 'strata');
@@ -87,6 +98,7 @@ devices:
     if (npm.exitCode !== null || Date.now() > deadline) throw new Error(`npm start did not come up:\n${output}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+  upAt = Date.now();
   state = readState(join(copy, '.strata', 'topology'))!;
 });
 
@@ -165,4 +177,37 @@ test('strata edge list/check --config find the data directory the topology gave 
   assert.ok(storage.detail.includes(low.dataDir), JSON.stringify(storage));
   assert.notEqual(storage.status, 'error', JSON.stringify(storage));
   assert.doesNotMatch(check.out, /edge-gw-low/);
+});
+
+test('the watch view runs over 12 s without a listener leak warning', async () => {
+  const wait = upAt + 13_000 - Date.now();
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  assert.doesNotMatch(output, /MaxListenersExceededWarning|Possible EventTarget memory leak/);
+  assert.match(output, /at the hub \(event stream\)/);
+});
+
+test('SIGINT to the npm start process stops every process of the topology and frees its ports', async () => {
+  const pids = processesTopDown(state).map((p) => p.record.pid!);
+  assert.equal(pids.length, 4);
+  for (const pid of pids) assert.ok(pidAlive(pid), `pid ${pid} is not running before the signal`);
+  const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
+  process.kill(npm.pid!, 'SIGINT');
+  const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 40_000))]);
+  assert.notEqual(code, 'timeout', `npm start did not end within 40 s of SIGINT:\n${output.slice(-2000)}`);
+  for (const pid of pids) assert.equal(pidAlive(pid), false, `pid ${pid} still runs`);
+  assert.deepEqual(processesOfCopy(), []);
+  for (const [host, port] of [
+    [hubAddr, 443],
+    [hubAddr, 8883],
+    [hubAddr, 5671],
+    [gwTopAddr, 443],
+    [gwTopAddr, 8883],
+    [gwTopAddr, 5671],
+    [gwTopAddr, 9600],
+    [gwLowAddr, 443],
+    [gwLowAddr, 8883],
+    [gwLowAddr, 5671],
+    [gwLowAddr, 9600],
+  ] as const)
+    assert.ok(await portFree(host, port), `${host}:${port} is still taken`);
 });
