@@ -179,6 +179,63 @@ test('strata edge list/check --config find the data directory the topology gave 
   assert.doesNotMatch(check.out, /edge-gw-low/);
 });
 
+test('connection state: running gateways and the leaf behind them are Connected, at the service API and in device list', async () => {
+  const ids = ['gw-top', 'gw-low', 'sensor-low'];
+  const env = (await strata(['topology', 'env'])).out;
+  const cs = /^export STRATA_HUB_CONNECTION_STRING='([^']*)'$/m.exec(env)![1]!;
+  // The official service SDK, in its own process, trusting the root CA as a newcomer's program would.
+  const script = join(copy, 'registry-get.cjs');
+  writeFileSync(
+    script,
+    `const { Registry } = require('azure-iothub');
+const registry = Registry.fromConnectionString(process.argv[2]);
+(async () => {
+  const out = {};
+  for (const id of process.argv.slice(3)) out[id] = (await registry.get(id)).responseBody.connectionState;
+  process.stdout.write(JSON.stringify(out));
+})().catch((err) => { process.stderr.write(String(err)); process.exit(1); });
+`,
+  );
+  const viaSdk = await new Promise<Record<string, string>>((resolve, reject) =>
+    execFile(
+      process.execPath,
+      [script, cs, ...ids],
+      { env: { ...process.env, NODE_EXTRA_CA_CERTS: state.rootCa }, timeout: 30_000 },
+      (err, out, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(JSON.parse(out))),
+    ),
+  );
+  assert.deepEqual(viaSdk, { 'gw-top': 'Connected', 'gw-low': 'Connected', 'sensor-low': 'Connected' });
+
+  const list = await strata(['device', 'list', '--json']);
+  assert.equal(list.code, 0, list.err);
+  const listed = JSON.parse(list.out) as Array<{ deviceId: string; connectionState?: string }>;
+  for (const id of ids)
+    assert.equal(listed.find((d) => d.deviceId === id)?.connectionState, 'Connected', `${id} in ${list.out}`);
+  const table = await strata(['device', 'list']);
+  for (const id of ids) assert.match(table.out, new RegExp(`^${id}\\s.*Connected\\s*$`, 'm'), table.out);
+
+  // The leaf goes away two layers down: the hub says so.
+  const sensor = state.sensors.find((x) => x.id === 'sensor-low')!;
+  process.kill(sensor.pid!, 'SIGTERM');
+  const deadline = Date.now() + 30_000;
+  let seen = '';
+  while (Date.now() < deadline) {
+    const r = await strata(['device', 'show', 'sensor-low', '--json']);
+    seen = (JSON.parse(r.out) as { connectionState?: string }).connectionState ?? '';
+    if (seen === 'Disconnected') break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(seen, 'Disconnected', 'sensor-low still shows Connected at the hub 30 s after it stopped');
+  const after = await strata(['device', 'list', '--json']);
+  const gws = (JSON.parse(after.out) as Array<{ deviceId: string; connectionState?: string }>).filter((d) =>
+    d.deviceId.startsWith('gw-'),
+  );
+  assert.deepEqual(
+    gws.map((d) => d.connectionState),
+    ['Connected', 'Connected'],
+  );
+});
+
 test('the watch view runs over 12 s without a listener leak warning', async () => {
   const wait = upAt + 13_000 - Date.now();
   if (wait > 0) await new Promise((r) => setTimeout(r, wait));
@@ -187,9 +244,12 @@ test('the watch view runs over 12 s without a listener leak warning', async () =
 });
 
 test('SIGINT to the npm start process stops every process of the topology and frees its ports', async () => {
-  const pids = processesTopDown(state).map((p) => p.record.pid!);
-  assert.equal(pids.length, 4);
-  for (const pid of pids) assert.ok(pidAlive(pid), `pid ${pid} is not running before the signal`);
+  const nodes = processesTopDown(state);
+  assert.equal(nodes.length, 4);
+  // The sensor was stopped by the connection-state test; the hub and gateways run.
+  for (const p of nodes.filter((n) => !n.name.startsWith('sensor')))
+    assert.ok(pidAlive(p.record.pid!), `${p.name} is not running before the signal`);
+  const pids = nodes.map((p) => p.record.pid!);
   const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
   process.kill(npm.pid!, 'SIGINT');
   const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('timeout'), 40_000))]);
