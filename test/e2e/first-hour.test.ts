@@ -88,13 +88,14 @@ gateways:
   - { id: gw-low, parent: gw-top, address: ${gwLowAddr} }
 devices:
   - { id: sensor-low, parent: gw-low, protocol: mqtt, interval: 500ms }
+  - { id: sensor-top, parent: gw-top, protocol: amqp, interval: 1s }
 `,
   );
   npm = spawn('npm', ['start'], { cwd: copy, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
   npm.stdout!.setEncoding('utf8').on('data', (c: string) => (output += c));
   npm.stderr!.setEncoding('utf8').on('data', (c: string) => (output += c));
   const deadline = Date.now() + 120_000;
-  while (!/is up: hub, 2 gateways, 1 sensors/.test(output)) {
+  while (!/is up: hub, 2 gateways, 2 sensors/.test(output)) {
     if (npm.exitCode !== null || Date.now() > deadline) throw new Error(`npm start did not come up:\n${output}`);
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -107,6 +108,28 @@ after(async () => {
   if (npm.exitCode === null) npm.kill('SIGKILL');
   for (const pid of processesOfCopy()) process.kill(pid, 'SIGKILL');
   await rm(dir, { recursive: true, force: true });
+});
+
+// First, before the tests below poke the nodes (edge check's TLS probes, a stopped sensor).
+test('a healthy start is quiet: no warning, no 404 lines, no deprecation warning, no JSON on the terminal', () => {
+  const logs = readdirSync(join(copy, '.strata', 'topology', 'logs'));
+  assert.equal(logs.length, 5, logs.join(' '));
+  for (const name of logs) {
+    const text = readFileSync(join(copy, '.strata', 'topology', 'logs', name), 'utf8');
+    const loud = text
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { level: number; status?: number; msg: string })
+      .filter((l) => l.level >= 40 || l.status === 404);
+    assert.deepEqual(loud, [], `${name}`);
+    assert.doesNotMatch(text, /DEP0\d+|DeprecationWarning|Warning:/, name);
+  }
+  // The terminal of `npm start` shows the progress and the summary, not log objects.
+  assert.deepEqual(
+    output.split('\n').filter((l) => l.trimStart().startsWith('{')),
+    [],
+  );
+  assert.doesNotMatch(output, /DeprecationWarning/);
 });
 
 test('strata device list with no flags, where npm start runs, finds the topology hub', async () => {
@@ -245,9 +268,9 @@ test('the watch view runs over 12 s without a listener leak warning', async () =
 
 test('SIGINT to the npm start process stops every process of the topology and frees its ports', async () => {
   const nodes = processesTopDown(state);
-  assert.equal(nodes.length, 4);
-  // The sensor was stopped by the connection-state test; the hub and gateways run.
-  for (const p of nodes.filter((n) => !n.name.startsWith('sensor')))
+  assert.equal(nodes.length, 5);
+  // sensor-low was stopped by the connection-state test; the rest runs.
+  for (const p of nodes.filter((n) => n.name !== 'sensor sensor-low'))
     assert.ok(pidAlive(p.record.pid!), `${p.name} is not running before the signal`);
   const pids = nodes.map((p) => p.record.pid!);
   const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
