@@ -173,6 +173,13 @@ test('strata topology env: its exports let another shell (elsewhere) reach the h
   });
   assert.equal(withFlag.code, 0, withFlag.err);
   assert.match(withFlag.out, /^sensor-low\s/m);
+  // The connection string without the CA: the error says how to give it.
+  const untrusted = await strata(['device', 'list'], {
+    cwd: elsewhere,
+    env: { ...process.env, STRATA_LOG_LEVEL: 'warn', STRATA_HUB_CONNECTION_STRING: env.STRATA_HUB_CONNECTION_STRING },
+  });
+  assert.notEqual(untrusted.code, 0);
+  assert.match(untrusted.err, /certificate this machine does not trust[\s\S]*--ca FILE or STRATA_CA/);
   // Nothing here and no exports: the error says where it looked and what to do.
   const bare = await strata(['device', 'list'], { cwd: elsewhere });
   assert.notEqual(bare.code, 0);
