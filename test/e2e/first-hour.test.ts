@@ -207,6 +207,14 @@ test('strata edge list/check --config find the data directory the topology gave 
   assert.ok(storage.detail.includes(low.dataDir), JSON.stringify(storage));
   assert.notEqual(storage.status, 'error', JSON.stringify(storage));
   assert.doesNotMatch(check.out, /edge-gw-low/);
+  // Its probes (TLS to the parent, the gateway's own served certificate) leave no warning behind.
+  await new Promise((r) => setTimeout(r, 1500));
+  for (const g of state.gateways) {
+    const warned = readFileSync(g.log, 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('{') && (JSON.parse(l) as { level: number }).level >= 40);
+    assert.deepEqual(warned, [], `${g.id} after edge check`);
+  }
 });
 
 test('connection state: running gateways and the leaf behind them are Connected, at the service API and in device list', async () => {
