@@ -6,7 +6,7 @@ import { action } from './run.ts';
 import { topologyDown, requireState } from '../topology/down.ts';
 import { readSensorConfig } from '../topology/sensor-files.ts';
 import { DEFAULT_TOPOLOGY_DIR, topologyPaths, type TopologyState } from '../topology/state.ts';
-import { ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
+import { TABLE_LEGEND, ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
 import { readTopologyFile, runningCount, topologyUp } from '../topology/up.ts';
 import { watchTopology } from '../topology/watch.ts';
 
@@ -173,6 +173,7 @@ async function status(flags: { dir: string; json?: boolean; watch?: boolean }): 
   }
   out(`topology${state.name ? ` "${state.name}"` : ''} from ${state.file}: ${running} of ${total} nodes running`);
   out(renderTable(second, rates, { notes: true }));
+  out(`\n${TABLE_LEGEND}`);
 }
 
 /** A value quoted for sh: inside single quotes nothing is special but the quote itself. */

@@ -1,5 +1,5 @@
 import { HubEventFollower } from './hub-events.ts';
-import { hubClient, ratesBetween, renderTable, takeSnapshot, type Snapshot } from './status.ts';
+import { TABLE_LEGEND, hubClient, ratesBetween, renderTable, takeSnapshot, type Snapshot } from './status.ts';
 import type { TopologyState } from './state.ts';
 
 /**
@@ -69,7 +69,15 @@ export async function watchTopology(state: TopologyState, o: WatchOptions): Prom
         ? ((follower.total - oldest.total) * 1000) / Math.max(1, snap.at - oldest.snap.at)
         : undefined;
       const title = `strata topology${state.name ? ` "${state.name}"` : ''} from ${state.file}  ${clock()}  (${o.ctrlC})`;
-      const screen = [title, '', renderTable(snap, rates), '', ...eventsLine(follower, sensors, hubRate)].join('\n');
+      const screen = [
+        title,
+        '',
+        renderTable(snap, rates),
+        '',
+        ...eventsLine(follower, sensors, hubRate),
+        '',
+        TABLE_LEGEND,
+      ].join('\n');
       o.out.write(tty ? `\x1b[H\x1b[J${screen}\n` : `${screen}\n\n`);
       const wait = Math.max(0, interval - (Date.now() - started));
       await pause(wait, o.signal);

@@ -279,6 +279,8 @@ test('the watch view runs over 12 s without a listener leak warning', async () =
   if (wait > 0) await new Promise((r) => setTimeout(r, wait));
   assert.doesNotMatch(output, /MaxListenersExceededWarning|Possible EventTarget memory leak/);
   assert.match(output, /at the hub \(event stream\)/);
+  // The columns are explained on the screen.
+  assert.match(output, /CHILDREN {2}identities connected now/);
 });
 
 test('SIGINT to the npm start process stops every process of the topology and frees its ports', async () => {
