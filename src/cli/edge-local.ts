@@ -8,6 +8,7 @@ import { defaultEdgeDataDir, edgeFiles, readGatewayState, runningGatewayPid } fr
 import { edgePkiPaths } from '../edge/security-manager.ts';
 import { splitPemCertificates } from '../pki/index.ts';
 import { UserError } from '../util/errors.ts';
+import { configuredDataDir } from './edge-data-dir.ts';
 
 /**
  * How `strata edge list`, `logs` and `restart` reach the gateway running on this machine: its
@@ -30,22 +31,29 @@ export interface LocalGateway {
 
 export function withLocalFlags(cmd: Command): Command {
   return cmd
-    .option('--config <file>', "the gateway's config.toml (finds its data directory from the device id)")
-    .option('--data <dir>', "the gateway's data directory (default ./.strata/edge-{deviceId})");
+    .option(
+      '--config <file>',
+      "the gateway's config.toml (finds its data directory from [strata] data_dir, else the device id)",
+    )
+    .option(
+      '--data <dir>',
+      "the gateway's data directory (default: [strata] data_dir of the config, else ./.strata/edge-{deviceId})",
+    );
 }
 
 export function localGateway(flags: LocalFlags): LocalGateway {
   let dataDir = flags.data;
   if (!dataDir) {
     if (!flags.config) throw new UserError('say which gateway: give --config config.toml or --data DIR');
-    const { config } = loadEdgeConfigFile(resolve(flags.config));
+    const { config, path } = loadEdgeConfigFile(resolve(flags.config));
     const id = config.provisioning?.deviceId;
-    if (!id)
+    dataDir = configuredDataDir(config, path);
+    if (!dataDir && !id)
       throw new UserError(
         `${flags.config} has no [provisioning] device id`,
         "Give the gateway's data directory with --data DIR",
       );
-    dataDir = defaultEdgeDataDir(id);
+    dataDir ??= defaultEdgeDataDir(id!);
   }
   dataDir = resolve(dataDir);
   if (!runningGatewayPid(dataDir))
