@@ -8,6 +8,7 @@ import { registerDeviceSendCommand } from './device-send.ts';
 import { registerEdgeCommands } from './edge.ts';
 import { registerEdgeCheckCommand } from './edge-check.ts';
 import { registerEdgeListCommand } from './edge-list.ts';
+import { registerEdgeModuleCommands } from './edge-modules.ts';
 import { registerSetModulesCommand } from './set-modules.ts';
 import { registerConsumerGroupCommands } from './consumer-group.ts';
 import { registerTopologyCommands } from './topology.ts';
@@ -23,6 +24,7 @@ export function registerCommands(program: Command): void {
   registerEdgeCommands(program);
   registerEdgeCheckCommand(program.commands.find((c) => c.name() === 'edge'));
   registerEdgeListCommand(program.commands.find((c) => c.name() === 'edge'));
+  registerEdgeModuleCommands(program.commands.find((c) => c.name() === 'edge'));
   registerSetModulesCommand(program);
   registerConsumerGroupCommands(program);
   registerTopologyCommands(program);

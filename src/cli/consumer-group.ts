@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { DEFAULT_HUB_DIR, hubFiles } from '../hub/local.ts';
+import { hubFiles } from '../hub/local.ts';
+import { hubDirOf } from './local-hub-dir.ts';
 import { ConsumerGroupError, ConsumerGroups } from '../store/consumer-groups.ts';
 import { openNodeDb } from '../store/db.ts';
 import { UserError } from '../util/errors.ts';
@@ -44,10 +45,13 @@ export function registerConsumerGroupCommands(program: Command): void {
   cg.command('add')
     .description('create a consumer group; each group reads every partition independently')
     .argument('<name>', '1 to 50 letters, digits, ".", "-" or "_"')
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .action(
-      action((name: string, flags: { data: string }) => {
-        const { groups, close } = openGroups(flags.data);
+      action((name: string, flags: { data?: string }) => {
+        const { groups, close } = openGroups(hubDirOf(flags));
         try {
           const g = groups.add(name);
           process.stdout.write(`added consumer group "${g.name}"\n`);
@@ -61,11 +65,14 @@ export function registerConsumerGroupCommands(program: Command): void {
 
   cg.command('list')
     .description('list the consumer groups')
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .option('--json', 'JSON output')
     .action(
-      action((flags: { data: string; json?: boolean }) => {
-        const { groups, close } = openGroups(flags.data);
+      action((flags: { data?: string; json?: boolean }) => {
+        const { groups, close } = openGroups(hubDirOf(flags));
         try {
           const list = groups.list();
           if (flags.json) {
@@ -89,10 +96,13 @@ export function registerConsumerGroupCommands(program: Command): void {
   cg.command('remove')
     .description('delete a consumer group (receivers already attached keep reading until they detach)')
     .argument('<name>', 'the consumer group')
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .action(
-      action((name: string, flags: { data: string }) => {
-        const { groups, close } = openGroups(flags.data);
+      action((name: string, flags: { data?: string }) => {
+        const { groups, close } = openGroups(hubDirOf(flags));
         try {
           groups.remove(name);
           process.stdout.write(`removed consumer group "${name}"\n`);

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { runEdgeChecks, type CheckResult, type CheckStatus } from '../edge/check/index.ts';
 import { readAppliedConfig } from '../edge/local.ts';
 import { UserError } from '../util/errors.ts';
+import { dataDirOfConfigFile } from './edge-data-dir.ts';
 import { action } from './run.ts';
 
 const LABEL: Record<CheckStatus, string> = { pass: 'pass', warning: 'warning', error: 'error', skipped: 'skipped' };
@@ -60,7 +61,10 @@ export function registerEdgeCheckCommand(edge: Command | undefined): void {
       "diagnose a gateway's configuration, certificates, clock, storage and connectivity to its upstream (parent or hub); exits non-zero when any check fails",
     )
     .option('--config <file>', 'the config.toml (default: the one `strata edge config apply` recorded in --data)')
-    .option('--data <dir>', 'data directory of the gateway (default ./.strata/edge-{deviceId})')
+    .option(
+      '--data <dir>',
+      'data directory of the gateway (default: [strata] data_dir of the config, else ./.strata/edge-{deviceId})',
+    )
     .option('--verbose', 'also say what passing checks saw, and list skipped checks')
     .option('--json', 'print the results as a JSON array of {id, title, status, detail, fix}')
     .addHelpText(
@@ -72,7 +76,16 @@ export function registerEdgeCheckCommand(edge: Command | undefined): void {
         let configPath = flags.config;
         if (!configPath && flags.data) configPath = readAppliedConfig(resolve(flags.data))?.configPath;
         if (!configPath) throw new UserError('no configuration given', 'Pass --config config.toml');
-        const results = await runEdgeChecks({ configPath, dataDir: flags.data });
+        // A config that names its data directory is checked against that one (a bad value is the config check's to report).
+        let dataDir = flags.data;
+        if (dataDir === undefined) {
+          try {
+            dataDir = dataDirOfConfigFile(configPath);
+          } catch {
+            dataDir = undefined;
+          }
+        }
+        const results = await runEdgeChecks({ configPath, dataDir });
         if (flags.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
         else process.stdout.write(`${formatCheckResults(results, flags.verbose).join('\n')}\n`);
         if (results.some((r) => r.status === 'error')) process.exitCode = 1;

@@ -15,6 +15,7 @@ import {
 } from '../edge/local.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
+import { configuredDataDir, dataDirOfConfigFile } from './edge-data-dir.ts';
 import { action } from './run.ts';
 
 const log = childLog('cli-edge');
@@ -49,8 +50,9 @@ function withConfigWarnings<T>(fn: () => Promise<T>): Promise<T> {
   });
 }
 
-function dataDirFor(flags: { data?: string }, deviceId: string | undefined): string {
+function dataDirFor(flags: { data?: string }, deviceId: string | undefined, configured: string | undefined): string {
   if (flags.data) return resolve(flags.data);
+  if (configured) return configured;
   if (!deviceId) {
     throw new UserError(
       'cannot tell which gateway this configuration is for: it has no [provisioning] device id',
@@ -72,7 +74,7 @@ export function registerEdgeCommands(program: Command): void {
     .command('start')
     .description('start the gateway of an edge device from its config.toml (validated first; errors name their line)')
     .option('--config <file>', 'the config.toml (default: the one `strata edge config apply` recorded in --data)')
-    .option('--data <dir>', 'data directory (default ./.strata/edge-{deviceId})')
+    .option('--data <dir>', 'data directory (default: [strata] data_dir of the config, else ./.strata/edge-{deviceId})')
     .option('--bind <addr>', 'address to listen on (default: the hostname if it is an IP address, else 127.0.0.1)')
     .option('--mqtt-port <n>', 'MQTT over TLS port', port('--mqtt-port'), 8883)
     .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
@@ -111,7 +113,8 @@ export function registerEdgeCommands(program: Command): void {
         const node = await withConfigWarnings(() =>
           startGateway({
             configPath,
-            dataDir: flags.data,
+            // A config that names its data directory ([strata] data_dir) is started there.
+            dataDir: flags.data ?? dataDirOfConfigFile(configPath),
             bind: flags.bind,
             ports: { mqtt: flags.mqttPort, amqp: flags.amqpPort, https: flags.httpsPort, metrics: flags.metricsPort },
             print: (line) => process.stdout.write(`${line}\n`),
@@ -131,13 +134,20 @@ export function registerEdgeCommands(program: Command): void {
       'validate a config.toml and make the gateway use it; a running gateway re-reads it at once (hostname or Edge CA changes re-issue its server certificate without dropping connections)',
     )
     .requiredOption('--config <file>', 'the config.toml')
-    .option('--data <dir>', 'data directory of the gateway (default ./.strata/edge-{deviceId})')
+    .option(
+      '--data <dir>',
+      'data directory of the gateway (default: [strata] data_dir of the config, else ./.strata/edge-{deviceId})',
+    )
     .option('--timeout <s>', 'how long to wait for a running gateway to report back', (v) => Number(v), 15)
     .action(
       action(async (flags: { config: string; data?: string; timeout: number }) => {
         const loaded = await withConfigWarnings(async () => loadEdgeConfigFile(flags.config));
         for (const d of loaded.diagnostics) process.stderr.write(`${formatDiagnostic(loaded.path, d)}\n`);
-        const dataDir = dataDirFor(flags, loaded.config.provisioning?.deviceId);
+        const dataDir = dataDirFor(
+          flags,
+          loaded.config.provisioning?.deviceId,
+          configuredDataDir(loaded.config, loaded.path),
+        );
         mkdirSync(dataDir, { recursive: true });
         const requestId = randomUUID();
         writeAppliedConfig(dataDir, { configPath: loaded.path, requestId, appliedAt: new Date().toISOString() });

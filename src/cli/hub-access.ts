@@ -1,11 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { ServiceClient, parseServiceConnectionString } from '../hub/service-client.ts';
 import { UserError } from '../util/errors.ts';
-
-/** Where `strata hub start` keeps a local hub unless told otherwise. */
-export const DEFAULT_DATA_DIR = path.join('.strata', 'hub');
+import { DEFAULT_DATA_DIR, findLocalHubDir } from './local-hub-dir.ts';
+import { DEFAULT_TOPOLOGY_DIR } from '../topology/state.ts';
 
 /** The flags that say which hub a service-side command talks to. */
 export interface HubAccessFlags {
@@ -22,7 +20,7 @@ export function withHubAccessFlags(cmd: Command): Command {
     )
     .option(
       '--data <dir>',
-      `data directory of a local hub (default ./${DEFAULT_DATA_DIR} when no connection string is given)`,
+      `data directory of a local hub (default: ./${DEFAULT_DATA_DIR}, else the hub of the topology in ./${DEFAULT_TOPOLOGY_DIR}, when no connection string is given)`,
     )
     .option(
       '--ca <file>',
@@ -43,7 +41,7 @@ function readCa(file: string, from: string): string {
 
 /**
  * A service client for the hub named by, in order: --hub-connection-string, --data,
- * STRATA_HUB_CONNECTION_STRING, ./.strata/hub. `hostName` is the hub's name as its connection
+ * STRATA_HUB_CONNECTION_STRING, ./.strata/hub or the hub of ./.strata/topology. `hostName` is the hub's name as its connection
  * string gives it, for building device connection strings.
  */
 export async function openHubAccess(flags: HubAccessFlags): Promise<{ client: ServiceClient; hostName: string }> {
@@ -58,13 +56,28 @@ export async function openHubAccess(flags: HubAccessFlags): Promise<{ client: Se
     const client = new ServiceClient(cs, { ca });
     return { client, hostName: client.connection.hostName };
   }
-  const dataDir = flags.data ?? DEFAULT_DATA_DIR;
+  const dataDir = flags.data ?? findLocalHubDir();
   if (!existsSync(dataDir)) {
     throw new UserError(
       `no local hub in ${dataDir}`,
       'Start one with `strata hub start`, or give --hub-connection-string or STRATA_HUB_CONNECTION_STRING',
     );
   }
+  const local = await localHubAccess(dataDir);
+  // STRATA_CA belongs with STRATA_HUB_CONNECTION_STRING; a local hub brings its own CA.
+  const client = new ServiceClient(local.connectionString, {
+    ca: flagCa ?? readCa(local.caPath, `the CA of the hub in ${dataDir}`),
+  });
+  return { client, hostName: local.hostName };
+}
+
+/**
+ * How a service client reaches the hub kept in `dataDir`: its iothubowner connection string
+ * (HostName with the port when it is not 443), the hub's name, and the CA file it trusts.
+ */
+export async function localHubAccess(
+  dataDir: string,
+): Promise<{ connectionString: string; hostName: string; caPath: string }> {
   const { readLocalHub } = await import('../hub/local.ts');
   const local = readLocalHub(dataDir);
   let connectionString = local.connectionString;
@@ -73,11 +86,7 @@ export async function openHubAccess(flags: HubAccessFlags): Promise<{ client: Se
   if (!/:\d+$/.test(conn.hostName) && local.httpsPort && local.httpsPort !== 443) {
     connectionString = connectionString.replace(/HostName=[^;]*/, `HostName=${conn.hostName}:${local.httpsPort}`);
   }
-  // STRATA_CA belongs with STRATA_HUB_CONNECTION_STRING; a local hub brings its own CA.
-  const client = new ServiceClient(connectionString, {
-    ca: flagCa ?? readCa(local.caPath, `the CA of the hub in ${dataDir}`),
-  });
-  return { client, hostName: conn.hostName };
+  return { connectionString, hostName: conn.hostName, caPath: local.caPath };
 }
 
 export async function openServiceClient(flags: HubAccessFlags): Promise<ServiceClient> {

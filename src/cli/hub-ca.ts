@@ -3,9 +3,9 @@ import { resolve } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import type { Command } from 'commander';
 import { openEngineDatabase } from '../engine/databases.ts';
-import { DEFAULT_HUB_DIR } from '../hub/local.ts';
 import { TrustedCas } from '../store/trusted-cas.ts';
 import { UserError } from '../util/errors.ts';
+import { hubDirOf } from './local-hub-dir.ts';
 import { action } from './run.ts';
 
 function openCas(dataDir: string): { cas: TrustedCas; close(): void } {
@@ -45,7 +45,10 @@ export function registerHubCaCommands(program: Command): void {
     )
     .argument('<file>', 'CA certificate, PEM (root or intermediate)')
     .option('--name <name>', 'a name for it (default: from its CN)')
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .action(
       action((file: string, flags: { name?: string; data: string }) => {
         let pem: string;
@@ -54,7 +57,7 @@ export function registerHubCaCommands(program: Command): void {
         } catch {
           throw new UserError(`cannot read ${file}`, 'Give the path of a PEM certificate file');
         }
-        const { cas, close } = openCas(flags.data);
+        const { cas, close } = openCas(hubDirOf(flags));
         try {
           const entry = cas.add(flags.name ?? defaultName(pem), pem);
           process.stdout.write(
@@ -73,11 +76,14 @@ export function registerHubCaCommands(program: Command): void {
 
   ca.command('list')
     .description('list the registered CA certificates')
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .option('--json', 'JSON output')
     .action(
-      action((flags: { data: string; json?: boolean }) => {
-        const { cas, close } = openCas(flags.data);
+      action((flags: { data?: string; json?: boolean }) => {
+        const { cas, close } = openCas(hubDirOf(flags));
         try {
           const list = cas
             .list()
@@ -99,10 +105,13 @@ export function registerHubCaCommands(program: Command): void {
   ca.command('remove')
     .description('unregister a CA certificate; devices chaining only to it can no longer connect')
     .argument('<name>', 'name or SHA-256 thumbprint')
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .action(
-      action((name: string, flags: { data: string }) => {
-        const { cas, close } = openCas(flags.data);
+      action((name: string, flags: { data?: string }) => {
+        const { cas, close } = openCas(hubDirOf(flags));
         try {
           if (!cas.remove(name)) throw new UserError(`no registered CA named "${name}"`, 'See strata hub ca list');
           process.stdout.write(`removed CA "${name}"\n`);

@@ -4,6 +4,7 @@ import { DEFAULT_HUB_DIR, hubConnectionString } from '../hub/local.ts';
 import { formatConnectionString } from '../identity/connection-string.ts';
 import { startHub, type HubNode } from '../hub/hub.ts';
 import { childLog } from '../util/log.ts';
+import { hubDirOf } from './local-hub-dir.ts';
 import { action } from './run.ts';
 import { eventHubsConnectionString } from '../hub/local.ts';
 import {
@@ -163,13 +164,16 @@ export function registerHubCommands(program: Command): void {
   hub
     .command('connection-string')
     .description("print a service connection string of a local hub's shared access policy")
-    .option('--data <dir>', 'data directory of the hub', DEFAULT_HUB_DIR)
+    .option(
+      '--data <dir>',
+      'data directory of the hub (default ./.strata/hub, else the hub of the topology in ./.strata/topology)',
+    )
     .option('--policy <name>', 'iothubowner, service, registryRead, registryReadWrite or device', 'iothubowner')
     .option('--event-hubs', 'the Event Hubs compatible endpoint instead (Endpoint=sb://...;EntityPath=...)')
     .action(
-      action((flags: { data: string; policy: string; eventHubs?: boolean }) => {
+      action((flags: { data?: string; policy: string; eventHubs?: boolean }) => {
         const print = flags.eventHubs ? eventHubsConnectionString : hubConnectionString;
-        process.stdout.write(`${print(resolve(flags.data), flags.policy)}\n`);
+        process.stdout.write(`${print(resolve(hubDirOf(flags)), flags.policy)}\n`);
       }),
     );
 }

@@ -1,11 +1,12 @@
 import { InvalidArgumentError, type Command } from 'commander';
-import { isAbsolute, relative } from 'node:path';
+import { isAbsolute, relative, resolve } from 'node:path';
 import { childLog } from '../util/log.ts';
+import { localHubAccess } from './hub-access.ts';
 import { action } from './run.ts';
 import { topologyDown, requireState } from '../topology/down.ts';
 import { readSensorConfig } from '../topology/sensor-files.ts';
 import { DEFAULT_TOPOLOGY_DIR, topologyPaths, type TopologyState } from '../topology/state.ts';
-import { ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
+import { TABLE_LEGEND, ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
 import { readTopologyFile, runningCount, topologyUp } from '../topology/up.ts';
 import { watchTopology } from '../topology/watch.ts';
 
@@ -50,11 +51,13 @@ function summary(state: TopologyState, dir: string): string {
 }
 
 /**
- * Aborts on the first SIGINT/SIGTERM. Later ones do not exit: under `npm start` one Ctrl-C
- * arrives twice (from the terminal and forwarded by npm), and leaving mid-way would strand
- * running nodes. Stopping is bounded anyway (SIGKILL after the grace period).
+ * Aborts on the first SIGINT, SIGTERM or SIGHUP (a closed terminal), and, with `orphaned`, when
+ * this process's parent goes away (npm killed with SIGKILL): the nodes are detached, so nothing
+ * else would stop them. Later signals do not exit: under `npm start` one Ctrl-C arrives twice
+ * (from the terminal and forwarded by npm), and leaving mid-way would strand running nodes.
+ * Stopping is bounded anyway (SIGKILL after the grace period).
  */
-function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
+function interruptSignal(o: { orphaned?: boolean } = {}): { signal: AbortSignal; dispose: () => void } {
   const controller = new AbortController();
   let firstAt = 0;
   const onSignal = () => {
@@ -65,13 +68,23 @@ function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
       process.stderr.write('still stopping the topology; nodes that do not stop get SIGKILL after the grace period\n');
     }
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const s of signals) process.on(s, onSignal);
+  const parent = process.ppid;
+  const orphanCheck = o.orphaned
+    ? setInterval(() => {
+        if (process.ppid !== parent && !controller.signal.aborted) {
+          log.warn({ parent }, 'the parent process is gone: stopping the topology');
+          onSignal();
+        }
+      }, 1000)
+    : undefined;
+  orphanCheck?.unref();
   return {
     signal: controller.signal,
     dispose: () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      for (const s of signals) process.off(s, onSignal);
+      if (orphanCheck) clearInterval(orphanCheck);
     },
   };
 }
@@ -84,7 +97,7 @@ interface UpFlags {
 }
 
 async function up(file: string, flags: UpFlags): Promise<void> {
-  const interrupt = interruptSignal();
+  const interrupt = interruptSignal({ orphaned: flags.watch === true });
   try {
     const result = await topologyUp({
       file,
@@ -160,6 +173,26 @@ async function status(flags: { dir: string; json?: boolean; watch?: boolean }): 
   }
   out(`topology${state.name ? ` "${state.name}"` : ''} from ${state.file}: ${running} of ${total} nodes running`);
   out(renderTable(second, rates, { notes: true }));
+  out(`\n${TABLE_LEGEND}`);
+}
+
+/** A value quoted for sh: inside single quotes nothing is special but the quote itself. */
+const shQuote = (v: string) => `'${v.replace(/'/g, `'\\''`)}'`;
+
+async function printEnv(dir: string): Promise<void> {
+  const state = requireState(dir);
+  const hub = await localHubAccess(state.hub.dataDir);
+  const ca = resolve(state.rootCa);
+  const lines = [
+    `# the topology${state.name ? ` "${state.name}"` : ''} in ${topologyPaths(dir).root}; use: eval "$(strata topology env)"`,
+    `export STRATA_HUB_CONNECTION_STRING=${shQuote(hub.connectionString)}`,
+    `export STRATA_CA=${shQuote(ca)}`,
+    '# Node programs using the Azure IoT SDKs (leaf devices, modules) trust the root CA through this:',
+    `export NODE_EXTRA_CA_CERTS=${shQuote(ca)}`,
+    '# gateways (a leaf connects to its gateway: strata device connection-string ID --gateway ADDRESS):',
+    ...state.gateways.map((g) => `#   ${g.id}  layer ${g.layer}  ${g.address}`),
+  ];
+  out(lines.join('\n'));
 }
 
 export function registerTopologyCommands(program: Command): void {
@@ -197,6 +230,15 @@ export function registerTopologyCommands(program: Command): void {
     .option('--json', 'print JSON for scripts')
     .option('--watch', 'redraw every second until Ctrl-C (which leaves the topology running)')
     .action(action(status));
+
+  topology
+    .command('env')
+    .description(
+      'print shell exports for another shell: the hub connection string, STRATA_CA and NODE_EXTRA_CA_CERTS (for leaf programs)',
+    )
+    .option('--dir <dir>', 'the directory `up` used', DEFAULT_TOPOLOGY_DIR)
+    .addHelpText('after', '\nUse: eval "$(strata topology env)"   (run where `npm start` runs, or give --dir)')
+    .action(action((flags: { dir: string }) => printEnv(flags.dir)));
 
   topology
     .command('validate')

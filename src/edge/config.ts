@@ -40,6 +40,8 @@ export interface EdgeConfig {
   /** Absent: a quickstart Edge CA is made and kept (valid 90 days). */
   edgeCa?: { cert: string; pk: string };
   agent?: { name?: string; type?: string; image?: string; env: Record<string, string> };
+  /** `[moby_runtime] uri`: the container engine the agent runs `docker` modules on (absent: process modules only). */
+  mobyRuntime?: { uri: string };
   /** Strata's own settings under [strata]: values the original takes from edge hub environment variables. */
   settings: Record<string, unknown>;
   /** `[registry]`: the upstream registry (top layer) and the pull-through cache's limits. */
@@ -305,8 +307,46 @@ export function parseEdgeConfig(
     config.agent = { name: str(agent.name), type: str(agent.type), image: str(cfg.image), env };
   }
 
+  if (doc.moby_runtime !== undefined) config.mobyRuntime = parseMobyRuntime(doc.moby_runtime, diags, lines);
+
   if (diags.some((d) => d.level === 'error')) throw new ConfigError(file, diags);
   return { config, diagnostics: diags };
+}
+
+/** `[moby_runtime] uri = "unix:///var/run/docker.sock"` (or tcp://host:port), as IoT Edge's config.toml has it. */
+function parseMobyRuntime(v: unknown, diags: Diagnostic[], lines: string[]): { uri: string } | undefined {
+  const headerLine = lines.findIndex((l) => /^\s*\[\s*moby_runtime\s*\]/.test(l)) + 1 || undefined;
+  const fix =
+    'Write [moby_runtime] with uri = "unix:///var/run/docker.sock" (or the Podman socket, or tcp://host:port)';
+  const t = table(v);
+  if (!t) {
+    diags.push({ level: 'error', line: headerLine, message: '[moby_runtime] must be a section', fix });
+    return undefined;
+  }
+  const uri = t.uri;
+  if (typeof uri !== 'string' || uri === '') {
+    diags.push({ level: 'error', line: headerLine, message: '[moby_runtime] needs uri, a string', fix });
+    return undefined;
+  }
+  let scheme: string;
+  try {
+    const u = new URL(uri);
+    scheme = u.protocol;
+    if (scheme === 'unix:' && !u.pathname.startsWith('/')) throw new Error('no socket path');
+  } catch {
+    diags.push({ level: 'error', line: headerLine, message: `moby_runtime.uri "${uri}" is not a URI`, fix });
+    return undefined;
+  }
+  if (scheme !== 'unix:' && scheme !== 'tcp:' && scheme !== 'http:') {
+    diags.push({
+      level: 'error',
+      line: headerLine,
+      message: `moby_runtime.uri "${uri}": ${scheme.replace(/:$/, '')} is not supported (use unix:// or tcp://)`,
+      fix,
+    });
+    return undefined;
+  }
+  return { uri };
 }
 
 function parseProvisioning(

@@ -94,8 +94,9 @@ export class EdgeHubRoutes extends EventEmitter<EdgeHubRoutesEvents> {
     if (kept && this.apply(kept.desired, 'the last good routes kept on disk', { persist: false })) return;
     const cached = this.o.twins.get(this.o.edgeDeviceId, EDGE_HUB);
     if (cached && hasDeployment(cached.desired) && this.apply(cached.desired, 'the cached $edgeHub twin')) return;
-    this.log.warn(
-      `no deployment known yet: routing with the default route "${DEFAULT_ROUTE.route}" until the $edgeHub desired properties are read from upstream; ${this.howToConfigure}`,
+    // A first start: normal, and the parent's answer (warned about if it has no deployment) follows.
+    this.log.info(
+      `no deployment known yet: routing with the default route "${DEFAULT_ROUTE.route}" until the $edgeHub desired properties are read from upstream`,
     );
   }
 

@@ -34,6 +34,8 @@ import type { TwinCache } from './twin-cache.ts';
 export interface UpstreamOpener {
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity;
   readonly connected: boolean;
+  /** The identity connected here or left: the link lets the parent see it go. */
+  identityPresent?(identity: IdentityRef, present: boolean): void;
 }
 
 /** Where relayed pushes go (the gateway wires these to the engine). */
@@ -168,6 +170,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     const id = ref(deviceId, moduleId);
     const e = this.entry(id);
     e.connected = connected;
+    this.o.upstream.identityPresent?.(id, connected);
     if (connected) {
       this.ensureChannel(e);
       return;

@@ -1,4 +1,5 @@
 import { X509Certificate } from 'node:crypto';
+import type { EdgeAgent } from '../agent/agent.ts';
 import { mkdirSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
@@ -11,6 +12,7 @@ import { startFailure } from '../store/disk-headroom.ts';
 import { MessageStore } from '../store/message-store.ts';
 import type { ParentLink } from '../upstream/index.ts';
 import { childLog } from '../util/log.ts';
+import { agentEnabled, createAgentHost } from './agent-host.ts';
 import type { EdgeConfig } from './config.ts';
 import { edgeHubKey, readEdgeHubKey } from './edge-hub-key.ts';
 import { EdgeHubRoutes } from './edgehub-routes.ts';
@@ -85,6 +87,8 @@ export interface GatewayNode {
   readonly security: SecurityManager;
   readonly metrics: GatewayMetrics;
   readonly routes: EdgeHubRoutes;
+  /** The edge agent, when config.toml enables it. */
+  readonly agent?: EdgeAgent;
   hostname(): string;
   config(): EdgeConfig;
   /** Re-reads a config file (default: the applied one, else the one it started with) and applies what changed. */
@@ -249,7 +253,12 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       { config, dataDir, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
       { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
     );
-    const health = { deviceId, tokenPath: files.healthToken, engine, store, security, link, sync, routes, scope };
+    // ---- the edge agent (config.toml [agent] or [moby_runtime]): modules, $edgeAgent twin ----
+    const agentParts = { config, deviceId, hubHostName, hostname, dataDir, trustPem, link, scope, sync };
+    const agentHost = agentEnabled(config) ? createAgentHost(agentParts) : undefined;
+    const agent = agentHost?.agent;
+    const tokenPath = files.healthToken;
+    const health = { deviceId, tokenPath, engine, store, security, link, sync, routes, scope, agent };
     await startGatewayListeners(
       { engine, bind, ports, security, preAuth, hubHostName, extraHostNames, childScope, sync, health, registryApi },
       onClose,
@@ -264,6 +273,10 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     onClose(() => link.close());
     const rereadKey = prov.authentication?.method === 'x509' ? () => readEdgeHubKey(keySource) : undefined;
     await connectUpstream({ link, sync, routes, scope, deviceId, edgeKey, rereadKey, print });
+    if (agentHost) {
+      agentHost.start();
+      onClose(() => agentHost.close());
+    }
 
     const running: RunningConfig = { loaded, config, maxClientsSource: maxClients.source };
     const started = { deviceId, hubHostName, parentHost, credentials: JSON.stringify(prov.authentication), transport };
@@ -279,6 +292,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       security,
       metrics,
       routes,
+      agent,
       hostname: () => security.currentHostname,
       config: () => running.config,
       reload: configReloader({ dataDir, started, env, security, engine, extraHostNames, running }),
@@ -295,6 +309,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
           engine,
           routes,
           running,
+          agent: agentHost !== undefined,
         }),
       close: runClosers,
     };

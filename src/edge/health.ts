@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import type { EdgeAgent } from '../agent/agent.ts';
 import type { Engine } from '../engine/engine.ts';
 import { listenError } from '../protocols/listeners.ts';
 import type { ScopeCache } from '../scope/cache.ts';
@@ -31,6 +32,8 @@ export interface HealthSources {
   sync: ScopeSync;
   routes: EdgeHubRoutes;
   scope: ScopeCache;
+  /** The edge agent, when this gateway runs one: its modules are listed too. */
+  agent?: EdgeAgent;
 }
 
 export function serveHealth(app: FastifyInstance, sources: HealthSources): void {
@@ -66,6 +69,7 @@ export function serveHealth(app: FastifyInstance, sources: HealthSources): void 
       connected: engine.connectedIdentities(),
       modules: scope.listModules(deviceId).map((m) => m.moduleId),
       queues,
+      ...(sources.agent ? { agentModules: await sources.agent.moduleViews() } : {}),
     };
   });
 }

@@ -12,6 +12,7 @@ import { moduleRelay } from '../scope/module-relay.ts';
 import { scopeApi } from '../scope/plugin.ts';
 import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
+import { serveAgentRoutes } from './agent-routes.ts';
 import { serveHealth, type HealthSources } from './health.ts';
 import { registerRegistryApi, type RegistryHandler } from './registry-api.ts';
 import type { SecurityManager } from './security-manager.ts';
@@ -75,6 +76,7 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
   if (p.registryApi) registerRegistryApi(app, p.registryApi);
+  if (p.health.agent) serveAgentRoutes(app, p.health.agent, p.health.tokenPath);
   // Module identities written on behalf of a child edge device go on to the parent, never the cache.
   await app.register(scopeApi, {
     source: childScope,

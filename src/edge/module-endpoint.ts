@@ -42,7 +42,11 @@ export class ModuleInputEndpoint implements DeliveryEndpoint {
 
   /** The module's inputs subscription changed (the gateway calls this from the engine's hook). */
   poke(): void {
-    this.availability.set(this.isAvailable());
+    const up = this.isAvailable();
+    // A session that ended never said so here: a new subscription is news even when the last word was "up",
+    // else a pump that found the module gone waits for a change it is never told of.
+    if (up) this.availability.set(false);
+    this.availability.set(up);
   }
 
   async send(batch: readonly QueuedMessage[]): Promise<void> {

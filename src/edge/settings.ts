@@ -53,6 +53,22 @@ export function resendWindowSetting(config: EdgeConfig): Setting<number> {
   return { value: v, source: '[strata] resend_window_secs' };
 }
 
+/**
+ * The agent's first restart cool-off (doubling per restart): `[strata] cool_off_time_unit_secs`,
+ * IoT Edge's CoolOffTimeUnitInSeconds, default 10.
+ */
+export function coolOffUnitSetting(config: EdgeConfig): Setting<number> {
+  const v = config.settings.cool_off_time_unit_secs;
+  if (v === undefined) return { value: 10, source: 'default' };
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 3600) {
+    throw new UserError(
+      `[strata] cool_off_time_unit_secs must be a number of seconds from 0 to 3600, got ${JSON.stringify(v)}`,
+      'Set it to e.g. 10 (the default): a module that exits is restarted after 10 s, then 20 s, 40 s ...',
+    );
+  }
+  return { value: v, source: '[strata] cool_off_time_unit_secs' };
+}
+
 /** UpstreamProtocol: `[strata] upstream_protocol`, else the environment variable, else Amqp. */
 export function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv): UpstreamTransport {
   const raw = String(config.settings.upstream_protocol ?? env.UpstreamProtocol ?? 'Amqp');
@@ -70,6 +86,7 @@ export const START_ONLY_SETTINGS: readonly string[] = [
   'metrics_port',
   'disk_reserve_mb',
   'resend_window_secs',
+  'cool_off_time_unit_secs',
   ...Object.values(PRE_AUTH_SETTINGS).map((s) => s.setting),
 ];
 

@@ -20,6 +20,8 @@ export interface SummarySources {
   engine: Engine;
   routes: EdgeHubRoutes;
   running: RunningConfig;
+  /** Whether the edge agent runs (config.toml [agent] or [moby_runtime]). */
+  agent: boolean;
 }
 
 function portText(port: number, dflt: number): string {
@@ -49,5 +51,6 @@ export function gatewaySummary(s: SummarySources): string[] {
     `  upstream                 ${link.describeParent()} (${config.parentHostname ? `parent gateway ${config.parentHostname}` : `IoT hub ${hubHostName}`}): ${link.connected ? 'connected' : 'not connected yet (devices are served offline; messages are stored)'}`,
     `  MaxConnectedClients      ${engine.maxConnectedClients} (${s.running.maxClientsSource})`,
     `  routes                   ${routes.usingDefault ? `the default route until a deployment is read (${DEFAULT_ROUTE.route}); ${routes.howToConfigure}` : routes.configured ? routes.table.routes.map((r) => r.name).join(', ') : `none in the deployment: messages are not forwarded; ${routes.howToConfigure}`}`,
+    `  modules                  ${s.agent ? `the edge agent runs the $edgeAgent deployment: process modules${config.mobyRuntime ? `, containers on ${config.mobyRuntime.uri}` : ' (no [moby_runtime]: no containers)'}` : 'no edge agent (add [agent] or [moby_runtime] to config.toml to run modules)'}`,
   ];
 }

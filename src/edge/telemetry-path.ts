@@ -217,7 +217,12 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
     sink,
     startPumps,
     pokeModuleInputs: (moduleId) => {
-      for (const ep of moduleEndpoints.values()) if (ep.moduleId === moduleId) ep.poke();
+      // A resumed session announces its subscriptions while its head is still connecting, and a
+      // head drops what it is handed before it has acknowledged the connection: deliver on a
+      // later turn, as the engine does for resumed C2D.
+      setImmediate(() => {
+        for (const ep of moduleEndpoints.values()) if (ep.moduleId === moduleId) ep.poke();
+      });
     },
     stopPumps: async () => {
       await Promise.all([...pumps.values()].map((p) => p.stop()));

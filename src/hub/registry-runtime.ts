@@ -1,4 +1,5 @@
 import type { ConnectionState } from './types.ts';
+import { EDGE_HUB } from '../identity/device-id.ts';
 import { NEVER } from './twin-doc.ts';
 
 interface RuntimeState {
@@ -46,7 +47,10 @@ export class ConnectionStates {
   }
 
   json(deviceId: string, moduleId: string | undefined): RuntimeJson {
-    const r = this.states.get(runtimeKey(deviceId, moduleId));
+    let r = this.states.get(runtimeKey(deviceId, moduleId));
+    // A gateway connects as its $edgeHub module, never as the device itself: the device shows that link's state.
+    const edgeHub = moduleId === undefined ? this.states.get(runtimeKey(deviceId, EDGE_HUB)) : undefined;
+    if (edgeHub && (!r || (edgeHub.connected && !r.connected))) r = edgeHub;
     return {
       connectionState: r?.connected ? 'Connected' : 'Disconnected',
       connectionStateUpdatedTime: r?.connectionStateUpdatedTime ?? NEVER,

@@ -23,6 +23,8 @@ export interface GatewayConfigInput {
    * topology gives each gateway its own loopback address, so each keeps the standard port 9600.
    */
   metricsBind?: string;
+  /** The gateway's data directory, written as [strata] data_dir so `strata edge` commands given this config find it. */
+  dataDir?: string;
   /** Where the values came from, for the header comment. */
   source: string;
 }
@@ -49,6 +51,7 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
   const strata = [
     ...(c.upstreamProtocol ? [`upstream_protocol = ${str(c.upstreamProtocol)}`] : []),
     ...(c.metricsBind ? [`metrics_bind = ${str(c.metricsBind)}`] : []),
+    ...(c.dataDir ? [`data_dir = ${str(c.dataDir)}`] : []),
   ];
   if (strata.length > 0) lines.push('[strata]', ...strata, '');
   return lines.join('\n');

@@ -241,6 +241,13 @@ function stateOf(n: NodeSample): string {
   return 'running';
 }
 
+/** What the columns count, printed under the table. */
+export const TABLE_LEGEND = [
+  'CHILDREN  identities connected now: at a gateway its devices, the gateway below as its $edgeHub, and those',
+  '          the gateway below acts for; at the hub its top-layer gateways linked up',
+  'IN/s      messages received a second    OUT/s  sent to the parent a second    QUEUE  stored, not yet sent up',
+].join('\n');
+
 export function renderTable(snapshot: Snapshot, rates: Map<string, Rates>, o: { notes?: boolean } = {}): string {
   const headers = ['NODE', 'ADDRESS', 'STATE', 'CHILDREN', 'IN/s', 'OUT/s', 'QUEUE', 'UPSTREAM'];
   const rows = treeOrder(snapshot.nodes).map((n) => {

@@ -267,6 +267,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
             edgeCaKey: edgeCa.key,
             upstreamProtocol: upstreamOf.get(g.id),
             metricsBind: g.address,
+            dataDir: g.dataDir,
             source: file,
           });
           mkdirSync(g.dataDir, { recursive: true });
@@ -298,6 +299,12 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     }
 
     // --- sensors ---
+    // The device SDK's AMQP client sets the TLS server name to the host even when it is an IP
+    // address (Node's DEP0123); harmless here (the gateway's certificate names the IP), so not shown.
+    // (--disable-warning exists from Node 20.11.)
+    const sensorEnv = process.allowedNodeEnvironmentFlags.has('--disable-warning')
+      ? { ...env, NODE_OPTIONS: [process.env.NODE_OPTIONS, '--disable-warning=DEP0123'].filter(Boolean).join(' ') }
+      : env;
     const procs = state.sensors.map((s) => {
       const config: SensorConfig = {
         deviceId: s.id,
@@ -310,7 +317,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
       mkdirSync(dirname(s.config), { recursive: true, mode: 0o700 });
       writeFileSync(s.config, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       chmodSync(s.config, 0o600);
-      const proc = spawnStrata(['topology', 'sensor', '--config', s.config], s.log, env);
+      const proc = spawnStrata(['topology', 'sensor', '--config', s.config], s.log, sensorEnv);
       s.pid = proc.pid;
       return proc;
     });

@@ -1,5 +1,5 @@
 import { HubEventFollower } from './hub-events.ts';
-import { hubClient, ratesBetween, renderTable, takeSnapshot, type Snapshot } from './status.ts';
+import { TABLE_LEGEND, hubClient, ratesBetween, renderTable, takeSnapshot, type Snapshot } from './status.ts';
 import type { TopologyState } from './state.ts';
 
 /**
@@ -35,6 +35,19 @@ export function eventsLine(follower: HubEventFollower, sensors: string[], ratePe
   return lines;
 }
 
+/** Waits `ms` or until the signal aborts, leaving no listener on the signal either way (one a second would leak). */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 export async function watchTopology(state: TopologyState, o: WatchOptions): Promise<void> {
   const interval = o.intervalMs ?? 1000;
   const client = hubClient(state);
@@ -56,20 +69,18 @@ export async function watchTopology(state: TopologyState, o: WatchOptions): Prom
         ? ((follower.total - oldest.total) * 1000) / Math.max(1, snap.at - oldest.snap.at)
         : undefined;
       const title = `strata topology${state.name ? ` "${state.name}"` : ''} from ${state.file}  ${clock()}  (${o.ctrlC})`;
-      const screen = [title, '', renderTable(snap, rates), '', ...eventsLine(follower, sensors, hubRate)].join('\n');
+      const screen = [
+        title,
+        '',
+        renderTable(snap, rates),
+        '',
+        ...eventsLine(follower, sensors, hubRate),
+        '',
+        TABLE_LEGEND,
+      ].join('\n');
       o.out.write(tty ? `\x1b[H\x1b[J${screen}\n` : `${screen}\n\n`);
       const wait = Math.max(0, interval - (Date.now() - started));
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, wait);
-        o.signal.addEventListener(
-          'abort',
-          () => {
-            clearTimeout(t);
-            resolve();
-          },
-          { once: true },
-        );
-      });
+      await pause(wait, o.signal);
     }
   } finally {
     await follower.stop();

@@ -43,8 +43,7 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
 
   /** Sends messages in order on this identity's telemetry link, in batches (amqp-batches.ts); one outcome per message. */
   async forward(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]> {
-    const link = await this.telemetryLink();
-    return sendInBatches(link, messages, origin);
+    return this.sending(async () => sendInBatches(await this.telemetryLink(), messages, origin));
   }
 
   /** Attaches the telemetry link now; settles either way (a failure is left for the first send to report). */
@@ -66,8 +65,23 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
    * cannot be attached.
    */
   async sendBatchPayload(payload: Buffer): Promise<SendOutcome> {
-    const link = await this.telemetryLink();
-    return link.sendEncoded(payload, BATCH_FORMAT);
+    return this.sending(async () => (await this.telemetryLink()).sendEncoded(payload, BATCH_FORMAT));
+  }
+
+  private inFlight = 0;
+
+  /** No telemetry send is under way: the proxy may be closed without failing one. */
+  get idle(): boolean {
+    return this.inFlight === 0;
+  }
+
+  private async sending<T>(send: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    try {
+      return await send();
+    } finally {
+      this.inFlight--;
+    }
   }
 
   // ---- twin ----

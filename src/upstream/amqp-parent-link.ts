@@ -69,6 +69,8 @@ export interface AmqpParentLinkOptions extends ParentLinkOptions {
 
 /** A connection that stayed up this long resets the backoff. */
 const STABLE_MS = 10_000;
+/** How often the telemetry senders of identities that left are looked at (and closed when idle). */
+const GONE_SWEEP_MS = 2000;
 
 /** Telemetry links attached ahead of a device's first message at once, at most. */
 const PREPARE_CONCURRENCY = 8;
@@ -85,6 +87,9 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private readonly preparing = new Set<string>();
   private prepareQueue: IdentityRef[] = [];
   private preparingNow = 0;
+  /** Downstream identities that left this gateway: their telemetry senders close once idle. */
+  private readonly gone = new Set<string>();
+  private goneSweep?: NodeJS.Timeout;
   private abortAttempt?: () => void;
   private renewTimer?: NodeJS.Timeout;
   private readonly owner: AmqpProxyOwner;
@@ -122,6 +127,7 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     this.wakePause();
     this.abortAttempt?.();
     if (this.renewTimer) clearTimeout(this.renewTimer);
+    if (this.goneSweep) clearInterval(this.goneSweep);
     for (const ch of [...this.identities.values(), ...this.senders.values()]) await ch.close();
     this.identities.clear();
     this.senders.clear();
@@ -231,6 +237,42 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
         this.preparing.delete(identityKey(identity));
         this.attachPrepared();
       });
+    }
+  }
+
+  /**
+   * A downstream identity connected to this gateway, or left it. The parent counts an identity
+   * connected while its links are attached, so the telemetry links of one that left are closed
+   * (checked every few seconds, once no send of its stored messages is under way); a backlog
+   * sent later opens them again for as long as it takes.
+   */
+  identityPresent(identity: IdentityRef, present: boolean): void {
+    const key = identityKey(identity);
+    if (present) {
+      this.gone.delete(key);
+      return;
+    }
+    this.gone.add(key);
+    this.goneSweep ??= setInterval(() => this.closeGoneSenders(), GONE_SWEEP_MS);
+    this.goneSweep.unref();
+  }
+
+  private closeGoneSenders(): void {
+    for (const key of this.gone) {
+      // A link still being attached ahead of a first message is looked at once that is over.
+      if (this.preparing.has(key)) continue;
+      const ch = this.senders.get(key);
+      if (ch && !ch.idle) continue;
+      if (ch) {
+        this.senders.delete(key);
+        void ch.close().catch((err: unknown) => this.log.debug({ err: String(err) }, 'closing a sender failed'));
+      }
+      // Forgotten once its sender is closed: a backlog drained later reopens one that stays (rare, and harmless).
+      if (!ch) this.gone.delete(key);
+    }
+    if (this.gone.size === 0 && this.goneSweep) {
+      clearInterval(this.goneSweep);
+      this.goneSweep = undefined;
     }
   }
 

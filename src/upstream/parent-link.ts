@@ -72,6 +72,11 @@ export interface ParentLink {
    * object until it is closed. `authChain` is `{target};...;{this edge}`.
    */
   openIdentity(id: { deviceId: string; moduleId?: string; authChain: string }): UpstreamIdentity;
+  /**
+   * A downstream identity connected to this gateway (true) or left it (false), so the parent's
+   * connection state follows it. Absent where the link does it by itself (MQTT closes idle ones).
+   */
+  identityPresent?(identity: IdentityRef, present: boolean): void;
   /** 'up': connected and authenticated; 'down' (reason); 'refused' (the parent refused the gateway's credentials or certificate). */
   on(event: 'up', listener: () => void): this;
   on(event: 'down', listener: (why: string) => void): this;

@@ -1,4 +1,5 @@
 import { pino, type Logger, type LoggerOptions } from 'pino';
+import { logFormatFor, prettyLine } from './log-format.ts';
 
 /** Longest string a log field may carry; anything from the wire is cut far shorter (wireText). */
 const MAX_FIELD_CHARS = 1024;
@@ -19,12 +20,16 @@ export const boundedLines: LoggerOptions['hooks'] = {
   },
 };
 
-/** One process-wide logger; STRATA_LOG_LEVEL=debug|info|warn|error|silent tunes it. */
-export const log: Logger = pino({
-  level: process.env.STRATA_LOG_LEVEL ?? 'info',
-  base: undefined,
-  hooks: boundedLines,
-});
+const format = logFormatFor(process.env.STRATA_LOG_FORMAT, process.stdout.isTTY === true);
+
+/**
+ * One process-wide logger; STRATA_LOG_LEVEL=debug|info|warn|error|silent tunes it, and
+ * STRATA_LOG_FORMAT=json|pretty its form (default: pretty on a terminal, JSON otherwise).
+ */
+export const log: Logger = pino(
+  { level: process.env.STRATA_LOG_LEVEL ?? 'info', base: undefined, hooks: boundedLines },
+  ...(format === 'pretty' ? [{ write: (line: string) => process.stdout.write(prettyLine(line, true)) }] : []),
+);
 
 export function childLog(component: string): Logger {
   return log.child({ component });

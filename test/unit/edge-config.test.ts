@@ -133,3 +133,20 @@ test('host name checks', () => {
   assert.equal(checkHostname('edge-1.plant.local'), undefined);
   assert.ok(checkHostname(''));
 });
+
+test('[moby_runtime] uri: unix and tcp accepted; a missing or foreign uri is an error naming its line', () => {
+  const withMoby = (body: string) => `hostname = "gw.local"\n\n[moby_runtime]\n${body}\n`;
+  assert.deepEqual(parseEdgeConfig(withMoby('uri = "unix:///var/run/docker.sock"')).config.mobyRuntime, {
+    uri: 'unix:///var/run/docker.sock',
+  });
+  assert.deepEqual(parseEdgeConfig(withMoby('uri = "tcp://127.0.0.1:2375"')).config.mobyRuntime, {
+    uri: 'tcp://127.0.0.1:2375',
+  });
+  assert.equal(parseEdgeConfig('hostname = "gw.local"\n').config.mobyRuntime, undefined);
+  assert.match(
+    errorsOf(withMoby('network = "azure-iot-edge"')).join('\n'),
+    /config\.toml line 3: error: \[moby_runtime\] needs uri/,
+  );
+  assert.match(errorsOf(withMoby('uri = "npipe://./pipe/docker_engine"')).join('\n'), /npipe is not supported/);
+  assert.match(errorsOf(withMoby('uri = 5')).join('\n'), /needs uri, a string/);
+});

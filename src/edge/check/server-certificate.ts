@@ -20,14 +20,18 @@ async function servedChain(
 ): Promise<string[] | undefined> {
   return new Promise((resolveChain) => {
     const socket = tls.connect({ host, port, rejectUnauthorized: false, ...(isIP(servername) ? {} : { servername }) });
-    const done = (v: string[] | undefined) => {
+    const done = (v: string[] | undefined, handshakeDone = false) => {
       clearTimeout(timer);
-      socket.destroy();
+      // After a handshake, close politely: cut at once, the gateway logs a handshake that failed.
+      if (handshakeDone) {
+        socket.end();
+        setTimeout(() => socket.destroy(), 1000).unref();
+      } else socket.destroy();
       resolveChain(v);
     };
     const timer = setTimeout(() => done(undefined), timeoutMs);
     socket.once('error', () => done(undefined));
-    socket.once('secureConnect', () => done(peerChainPems(socket)));
+    socket.once('secureConnect', () => done(peerChainPems(socket), true));
   });
 }
 

@@ -62,9 +62,14 @@ export function probeUpstream(
       // The name is checked below, apart from the chain, so the two failures are told apart.
       checkServerIdentity: () => undefined,
     });
+    let handshakeDone = false;
     const finish = (o: ProbeOutcome) => {
       clearTimeout(timer);
-      socket.destroy();
+      // After a handshake, close politely: cut at once, the parent logs a handshake that failed.
+      if (handshakeDone) {
+        socket.end();
+        setTimeout(() => socket.destroy(), 1000).unref();
+      } else socket.destroy();
       resolveProbe(o);
     };
     const timer = setTimeout(() => {
@@ -99,6 +104,7 @@ export function probeUpstream(
       });
     });
     socket.once('secureConnect', () => {
+      handshakeDone = true;
       const chain = peerChainPems(socket);
       if (chain.length === 0) return finish({ kind: 'tls-failed', message: `${where} presented no certificate` });
       const leaf = new X509Certificate(chain[0]);

@@ -38,7 +38,12 @@ export function sendError(reply: FastifyReply, req: FastifyRequest, log: Logger,
       { method: req.method, url: wireText(req.url), status, code },
       wireText(message, 512),
     );
-  else if (status < 500) log.info({ method: req.method, url: wireText(req.url), status, code }, wireText(message, 512));
+  else if (status < 500)
+    // A lookup of something absent (a tool checking before it creates) is an answer, not news.
+    log[status === 404 && req.method === 'GET' ? 'debug' : 'info'](
+      { method: req.method, url: wireText(req.url), status, code },
+      wireText(message, 512),
+    );
   const text = message.replace(/;/g, ',');
   return reply
     .code(status)

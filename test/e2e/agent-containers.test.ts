@@ -1,0 +1,253 @@
+/**
+ * The edge agent with container modules on a real engine (Podman's Docker API, its own storage,
+ * an image built offline): a deployment applied with the official azure-iothub
+ * `applyConfigurationContentOnDevice` starts two containers whose code uses
+ * `ModuleClient.fromEnvironment(Mqtt)` unchanged (this machine's node and the SDK packages bound
+ * read-only into a busybox image, the script as the module's program), the sensor's output routed
+ * to the filter's input (BrokeredEndpoint) and the filter's output to $upstream. The hub receives
+ * only the filter's output, as the filter; the filter's module twin and a direct method work;
+ * `$edgeAgent` reports both running; a gateway killed with -9 adopts the containers.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { realpath } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { EventPageJson } from '../../src/hub/event-json.ts';
+import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
+import { podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
+
+const SENSOR = fileURLToPath(new URL('../fixtures/agent-modules/sensor.cjs', import.meta.url));
+const FILTER = fileURLToPath(new URL('../fixtures/agent-modules/filter.cjs', import.meta.url));
+const skip = podmanMissing();
+
+let hub: HubProcess;
+let edge: EdgeSetup;
+let gw: GatewayProcess;
+let sdk: ServiceSdk;
+let engine: PodmanEngine;
+let mounts: string[] = [];
+const cleanups: Array<() => unknown> = [];
+
+/** createOptions that run `script` with this machine's node in the busybox image, on the host network. */
+function containerOptions(script: string): string {
+  return JSON.stringify({
+    Cmd: ['/usr/bin/node', '/app/module.cjs'],
+    HostConfig: { Binds: [...mounts, `${script}:/app/module.cjs:ro`], NetworkMode: 'host' },
+  });
+}
+
+function manifest(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const mod = (script: string, env: Record<string, string> = {}) => ({
+    version: '1.0',
+    type: 'docker',
+    status: 'running',
+    restartPolicy: 'always',
+    imagePullPolicy: 'never',
+    settings: { image: engine.image, createOptions: containerOptions(script) },
+    env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, { value: v }])),
+  });
+  return {
+    modulesContent: {
+      $edgeAgent: {
+        'properties.desired': {
+          schemaVersion: '1.1',
+          runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25' } },
+          systemModules: {
+            edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.4' } },
+            edgeHub: {
+              type: 'docker',
+              status: 'running',
+              restartPolicy: 'always',
+              settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.4' },
+            },
+          },
+          modules: { sensor: mod(SENSOR, { SENSOR_LABEL: 'boxed' }), filter: mod(FILTER), ...extra },
+        },
+      },
+      $edgeHub: {
+        'properties.desired': {
+          schemaVersion: '1.1',
+          routes: {
+            sensorToFilter:
+              'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
+            filterToUpstream: 'FROM /messages/modules/filter/outputs/* INTO $upstream',
+          },
+          storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
+        },
+      },
+    },
+  };
+}
+
+async function waitFor<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      const logs = await engine.podman(['ps', '-a']).catch(() => '');
+      throw new Error(
+        `${what}: not within ${ms} ms ${last ? (last as Error).message : ''}\n${logs}\n${gw?.output().slice(-3000)}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+async function agentReported(): Promise<any> {
+  const r = await sdk.must(sdk.call('owner', 'getModuleTwin', edge.gatewayId, '$edgeAgent'));
+  return r.body.properties.reported;
+}
+
+async function filterEvents(): Promise<Array<{ moduleId?: string; annotations: Record<string, unknown> }>> {
+  const page = await edge.svc.request<EventPageJson>('GET', `/events?device=${edge.gatewayId}&from=0&limit=1000`);
+  return page.body.events;
+}
+
+/** Container ids of this agent's modules, by module name (from the engine, by Strata's labels). */
+async function containers(): Promise<Record<string, string>> {
+  const out = await engine.podman([
+    'ps',
+    '--filter',
+    `label=net.strata.agent=${edge.gatewayId}`,
+    '--format',
+    '{{.ID}} {{index .Labels "net.strata.module"}}',
+  ]);
+  const byName: Record<string, string> = {};
+  for (const line of out.trim().split('\n').filter(Boolean)) {
+    const [id, name] = line.split(' ');
+    assert.equal(byName[name!], undefined, `one container per module: ${out}`);
+    byName[name!] = id!;
+  }
+  return byName;
+}
+
+before(async () => {
+  if (skip) return;
+  engine = await startPodman();
+  cleanups.push(() => engine.stop());
+  // This machine's node, its shared libraries and the SDK packages, read-only in the container.
+  const node = await realpath(process.execPath);
+  const libDirs = new Set<string>();
+  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
+    libDirs.add(dirname(m[1]!));
+  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
+  mounts = [
+    `${node}:/usr/bin/node:ro`,
+    ...[...libDirs].map((d) => `${d}:${d}:ro`),
+    `${nodeModules}:/app/node_modules:ro`,
+  ];
+
+  hub = await startHubProcess({ address: randomLoopback() });
+  cleanups.push(() => hub.stop());
+  edge = await setupEdge(hub, {
+    gatewayId: 'boxed-edge',
+    address: randomLoopback(),
+    deploy: false,
+    strata: `cool_off_time_unit_secs = 1\n\n[moby_runtime]\nuri = "${engine.uri}"`,
+  });
+  cleanups.push(() => edge.cleanup());
+  sdk = await startServiceSdk(hub.caPath);
+  cleanups.push(() => sdk.close());
+  await sdk.open('owner', { connectionString: hub.connectionString });
+  gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+  cleanups.push(() => gw.stop());
+});
+
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn();
+});
+
+describe('the edge agent with container modules on Podman', { skip, timeout: 300_000 }, () => {
+  test('two ModuleClient containers joined by a BrokeredEndpoint route; the hub receives only the filter', async () => {
+    await sdk.must(sdk.call('owner', 'applyConfigurationContentOnDevice', edge.gatewayId, manifest()));
+    const rep = await waitFor('both containers running, status 200', 60_000, async () => {
+      const r = await agentReported();
+      return r?.lastDesiredStatus?.code === 200 &&
+        r.modules?.sensor?.runtimeStatus === 'running' &&
+        r.modules?.filter?.runtimeStatus === 'running'
+        ? r
+        : undefined;
+    });
+    assert.equal(rep.modules.filter.settings.image, engine.image);
+    const ids = await containers();
+    assert.ok(ids.sensor && ids.filter, 'one container each');
+
+    const events = await waitFor('filtered messages at the hub', 60_000, async () => {
+      const evs = await filterEvents();
+      return evs.length >= 3 ? evs : undefined;
+    });
+    assert.ok(
+      events.every((e) => e.moduleId === 'filter'),
+      'only the filter output reaches the hub',
+    );
+    assert.equal(events[0]!.annotations['iothub-connection-module-id'], 'filter');
+  });
+
+  test("the filter container's module twin and a direct method", async () => {
+    await sdk.must(
+      sdk.call(
+        'owner',
+        'updateModuleTwin',
+        edge.gatewayId,
+        'filter',
+        { properties: { desired: { label: 'hello' } } },
+        '*',
+      ),
+    );
+    await waitFor('the filter reports what it saw', 30_000, async () => {
+      const r = await sdk.must(sdk.call('owner', 'getModuleTwin', edge.gatewayId, 'filter'));
+      return r.body.properties.reported.seen === 'hello' ? true : undefined;
+    });
+    const r = await edge.svc.request<{ status: number; payload: unknown }>(
+      'POST',
+      `/twins/${edge.gatewayId}/modules/filter/methods`,
+      { body: { methodName: 'whoami', payload: {}, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 } },
+    );
+    assert.deepEqual(r.body, { status: 200, payload: { moduleId: 'filter' } });
+  });
+
+  test('kill -9 of the gateway, then start: the containers are adopted, none created twice', async () => {
+    const before = await containers();
+    const was = (await agentReported()).systemModules.edgeAgent.lastStartTimeUtc;
+    await gw.kill9();
+    gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
+    await waitFor('a report from the new agent', 30_000, async () => {
+      const r = await agentReported();
+      return r.systemModules.edgeAgent.lastStartTimeUtc !== was && r.modules?.filter?.runtimeStatus === 'running'
+        ? true
+        : undefined;
+    });
+    assert.deepEqual(await containers(), before, 'the same containers, none created again');
+  });
+
+  test('an image that cannot be pulled: 500 naming the module and the image, the others keep running', async () => {
+    const before = await containers();
+    const ghost = {
+      version: '1.0',
+      type: 'docker',
+      status: 'running',
+      restartPolicy: 'always',
+      // Nothing listens on port 1: the pull fails at once, without the internet.
+      settings: { image: '127.0.0.1:1/strata/ghost:1', createOptions: '{}' },
+    };
+    await sdk.must(sdk.call('owner', 'applyConfigurationContentOnDevice', edge.gatewayId, manifest({ ghost })));
+    const rep = await waitFor('500 naming the module', 60_000, async () => {
+      const r = await agentReported();
+      return r?.lastDesiredStatus?.code === 500 ? r : undefined;
+    });
+    assert.match(rep.lastDesiredStatus.description, /ghost/);
+    assert.match(rep.lastDesiredStatus.description, /127\.0\.0\.1:1\/strata\/ghost:1/);
+    assert.equal(rep.modules.sensor.runtimeStatus, 'running');
+    assert.equal(rep.modules.filter.runtimeStatus, 'running');
+    assert.deepEqual(await containers(), before, 'the good containers untouched');
+  });
+});
