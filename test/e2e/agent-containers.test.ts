@@ -15,7 +15,14 @@ import { dirname } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { EventPageJson } from '../../src/hub/event-json.ts';
-import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import {
+  PIPELINE_ROUTES,
+  deploymentManifest,
+  setupEdge,
+  startGatewayProcess,
+  type EdgeSetup,
+  type GatewayProcess,
+} from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 import { podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
 
@@ -49,37 +56,10 @@ function manifest(extra: Record<string, unknown> = {}): Record<string, unknown> 
     settings: { image: engine.image, createOptions: containerOptions(script) },
     env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, { value: v }])),
   });
-  return {
-    modulesContent: {
-      $edgeAgent: {
-        'properties.desired': {
-          schemaVersion: '1.1',
-          runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25' } },
-          systemModules: {
-            edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.4' } },
-            edgeHub: {
-              type: 'docker',
-              status: 'running',
-              restartPolicy: 'always',
-              settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.4' },
-            },
-          },
-          modules: { sensor: mod(SENSOR, { SENSOR_LABEL: 'boxed' }), filter: mod(FILTER), ...extra },
-        },
-      },
-      $edgeHub: {
-        'properties.desired': {
-          schemaVersion: '1.1',
-          routes: {
-            sensorToFilter:
-              'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
-            filterToUpstream: 'FROM /messages/modules/filter/outputs/* INTO $upstream',
-          },
-          storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
-        },
-      },
-    },
-  };
+  return deploymentManifest({
+    routes: PIPELINE_ROUTES,
+    modules: { sensor: mod(SENSOR, { SENSOR_LABEL: 'boxed' }), filter: mod(FILTER), ...extra },
+  });
 }
 
 async function waitFor<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {

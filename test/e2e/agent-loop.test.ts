@@ -17,7 +17,14 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { EventPageJson } from '../../src/hub/event-json.ts';
-import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
+import {
+  PIPELINE_ROUTES,
+  deploymentManifest,
+  setupEdge,
+  startGatewayProcess,
+  type EdgeSetup,
+  type GatewayProcess,
+} from '../helpers/edge.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 
 const run = promisify(execFile);
@@ -56,37 +63,7 @@ function manifest(modules: Record<string, ModuleDef>): Record<string, unknown> {
       ...(m.env ? { env: Object.fromEntries(Object.entries(m.env).map(([k, v]) => [k, { value: v }])) } : {}),
     };
   }
-  return {
-    modulesContent: {
-      $edgeAgent: {
-        'properties.desired': {
-          schemaVersion: '1.1',
-          runtime: { type: 'docker', settings: { minDockerVersion: 'v1.25' } },
-          systemModules: {
-            edgeAgent: { type: 'docker', settings: { image: 'mcr.microsoft.com/azureiotedge-agent:1.4' } },
-            edgeHub: {
-              type: 'docker',
-              status: 'running',
-              restartPolicy: 'always',
-              settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.4' },
-            },
-          },
-          modules: mods,
-        },
-      },
-      $edgeHub: {
-        'properties.desired': {
-          schemaVersion: '1.1',
-          routes: {
-            sensorToFilter:
-              'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
-            filterToUpstream: 'FROM /messages/modules/filter/outputs/* INTO $upstream',
-          },
-          storeAndForwardConfiguration: { timeToLiveSecs: 7200 },
-        },
-      },
-    },
-  };
+  return deploymentManifest({ routes: PIPELINE_ROUTES, modules: mods });
 }
 
 async function apply(content: Record<string, unknown>): Promise<void> {

@@ -26,8 +26,9 @@ import {
   startGatewayProcess,
   type EdgeSetup,
   type GatewayProcess,
+  startHubWithGateway,
 } from '../helpers/edge.ts';
-import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { randomLoopback, type HubProcess } from '../helpers/hub.ts';
 import { connectMqttLeaf, type MqttLeaf } from '../helpers/mqtt-leaf.ts';
 import { exec, opensslConnect } from '../helpers/tls.ts';
 import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
@@ -52,13 +53,7 @@ let gw: GatewayProcess;
 const cleanups: Array<() => unknown> = [];
 
 before(async () => {
-  hub = await startHubProcess();
-  cleanups.push(() => hub.stop());
-  const address = randomLoopback();
-  edge = await setupEdge(hub, { gatewayId: 'gw-e2e', address });
-  cleanups.push(() => edge.cleanup());
-  gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address });
-  cleanups.push(() => gw.stop());
+  ({ hub, edge, gw } = await startHubWithGateway('gw-e2e', cleanups));
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();

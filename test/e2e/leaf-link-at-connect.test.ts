@@ -8,26 +8,17 @@
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { after, before, test } from 'node:test';
-import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
-import { randomLoopback, startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { startHubWithGateway, type EdgeSetup } from '../helpers/edge.ts';
 import { eventually, openSdkLeaf } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
 const { Mqtt } = require('azure-iot-device-mqtt');
 
-let hub: HubProcess;
 let edge: EdgeSetup;
-let gw: GatewayProcess;
 const cleanups: Array<() => unknown> = [];
 
 before(async () => {
-  hub = await startHubProcess();
-  cleanups.push(() => hub.stop());
-  const address = randomLoopback();
-  edge = await setupEdge(hub, { gatewayId: 'gw-link-at-connect', address });
-  cleanups.push(() => edge.cleanup());
-  gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address });
-  cleanups.push(() => gw.stop());
+  ({ edge } = await startHubWithGateway('gw-link-at-connect', cleanups));
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();

@@ -10,7 +10,7 @@ import { readGatewayState } from '../../src/edge/local.ts';
 import { ServiceClient, type DeviceJson } from '../../src/hub/service-client.ts';
 import { createEdgeCa, fullChainPem } from '../../src/pki/index.ts';
 import { hubPkiPaths } from '../../src/hub/tls.ts';
-import type { HubProcess } from './hub.ts';
+import { randomLoopback, startHubProcess, type HubProcess } from './hub.ts';
 
 /**
  * Shared pieces of the gateway tests and benchmark: an edge device registered at a hub (started
@@ -30,9 +30,16 @@ export const newKey = (): string => randomBytes(32).toString('base64');
 
 export const UPSTREAM_ROUTES = { upstream: 'FROM /messages/* INTO $upstream' };
 
-/** The seeds' deployment manifest shape, with these $edgeHub desired properties. */
+/** The routes of the agent tests' module pipeline: sensor -> filter's input1, filter's output -> $upstream. */
+export const PIPELINE_ROUTES = {
+  sensorToFilter:
+    'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
+  filterToUpstream: 'FROM /messages/modules/filter/outputs/* INTO $upstream',
+};
+
+/** The seeds' deployment manifest shape, with these $edgeHub desired properties and `$edgeAgent` modules. */
 export function deploymentManifest(
-  edgeHub: { routes?: Record<string, unknown>; timeToLiveSecs?: number } = {},
+  edgeHub: { routes?: Record<string, unknown>; timeToLiveSecs?: number; modules?: Record<string, unknown> } = {},
 ): Record<string, unknown> {
   return {
     modulesContent: {
@@ -52,7 +59,7 @@ export function deploymentManifest(
               settings: { image: 'mcr.microsoft.com/azureiotedge-hub:1.2', createOptions: '{}' },
             },
           },
-          modules: {},
+          modules: edgeHub.modules ?? {},
         },
       },
       $edgeHub: {
@@ -315,4 +322,22 @@ export async function createLeavesBulk(
     if (!res.body.isSuccessful) throw new Error(`bulk create failed: ${JSON.stringify(res.body.errors)}`);
   }
   return { ids, key };
+}
+
+/**
+ * A hub and one gateway under it on its own loopback address, deployed with the upstream route:
+ * the fixture of most single-gateway tests. Their stops go into `cleanups` (run in reverse).
+ */
+export async function startHubWithGateway(
+  gatewayId: string,
+  cleanups: Array<() => unknown>,
+): Promise<{ hub: HubProcess; edge: EdgeSetup; gw: GatewayProcess }> {
+  const hub = await startHubProcess();
+  cleanups.push(() => hub.stop());
+  const address = randomLoopback();
+  const edge = await setupEdge(hub, { gatewayId, address });
+  cleanups.push(() => edge.cleanup());
+  const gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address });
+  cleanups.push(() => gw.stop());
+  return { hub, edge, gw };
 }
