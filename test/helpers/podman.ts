@@ -124,7 +124,8 @@ export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngin
       stderr = (stderr + b.toString()).slice(-4000);
     });
     try {
-      await waitForVersion(socketPath, service, 20_000);
+      // A fresh storage on cores other engines' tests share has taken over 20 s to answer.
+      await waitForVersion(socketPath, service, 60_000);
     } catch (err) {
       service.kill('SIGKILL');
       live.delete(service);
