@@ -204,12 +204,14 @@ before(async () => {
 });
 
 after(async () => {
-  for (const fn of cleanups.reverse()) await fn();
-  // Modules outlive the gateway by design: end the ones this test started.
+  // Modules outlive the gateway by design: end the ones this test started, while their state
+  // files (in the data directory the cleanups remove) still name them.
+  await gw?.stop();
   for (const name of ['sensor', 'filter', 'spare', 'pause', 'crasher', 'quitter']) {
     const pid = modulePid(name);
     if (alive(pid)) process.kill(-pid!, 'SIGKILL');
   }
+  for (const fn of cleanups.reverse()) await fn();
 });
 
 const FIRST = {
