@@ -23,6 +23,7 @@ import {
   type EdgeSetup,
   type GatewayProcess,
 } from '../helpers/edge.ts';
+import { pollUntil } from '../helpers/poll.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 import { podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
 
@@ -62,25 +63,13 @@ function manifest(extra: Record<string, unknown> = {}): Record<string, unknown> 
   });
 }
 
-async function waitFor<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) {
-      const logs = await engine.podman(['ps', '-a']).catch(() => '');
-      throw new Error(
-        `${what}: not within ${ms} ms ${last ? (last as Error).message : ''}\n${logs}\n${gw?.output().slice(-3000)}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 300));
-  }
-}
+const waitFor = <T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> =>
+  pollUntil(
+    what,
+    ms,
+    probe,
+    async () => `${await engine.podman(['ps', '-a']).catch(() => '')}\n${gw?.output().slice(-3000) ?? ''}`,
+  );
 
 async function agentReported(): Promise<any> {
   const r = await sdk.must(sdk.call('owner', 'getModuleTwin', edge.gatewayId, '$edgeAgent'));

@@ -25,6 +25,7 @@ import {
   type EdgeSetup,
   type GatewayProcess,
 } from '../helpers/edge.ts';
+import { pollUntil } from '../helpers/poll.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
 
 const run = promisify(execFile);
@@ -75,23 +76,8 @@ async function agentReported(): Promise<any> {
   return r.body.properties.reported;
 }
 
-async function waitFor<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(
-        `${what}: not within ${ms} ms${last ? ` (${(last as Error).message})` : ''}\n${gw?.output().slice(-4000)}`,
-      );
-    await new Promise((r) => setTimeout(r, 300));
-  }
-}
+const waitFor = <T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> =>
+  pollUntil(what, ms, probe, () => gw?.output().slice(-4000) ?? '');
 
 /** Waits until the reported properties satisfy `ok`, returning them. */
 function reportedWhen(what: string, ms: number, ok: (r: any) => boolean): Promise<any> {
