@@ -1,3 +1,4 @@
+import { traceOrigin, tracingOrigins } from '../util/origin-trace.ts';
 import type { Logger } from 'pino';
 import { EngineError } from '../model/errors.ts';
 import type { AuthResult } from '../model/identity.ts';
@@ -159,6 +160,12 @@ export class DirectForwarder {
       );
     }
     st.inFlight--;
+    if (tracingOrigins)
+      traceOrigin('gw.passed', {
+        ids: rest.map((it) => it.message.messageId),
+        origins: rest.map((it) => it.origin),
+        ok: outcome.ok,
+      });
     if (outcome.ok) {
       removeDoubt(st.doubt, range);
       cover(st.passed, first.prev, last.seq);

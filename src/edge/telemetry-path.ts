@@ -1,3 +1,4 @@
+import { traceOrigin, tracingOrigins } from '../util/origin-trace.ts';
 import { createHash, randomUUID } from 'node:crypto';
 import type { Engine } from '../engine/engine.ts';
 import type { TelemetryItem, TelemetrySink } from '../engine/types.ts';
@@ -134,6 +135,13 @@ export function telemetryPath(parts: TelemetryPathParts): TelemetryPath {
     for (const i of items) {
       mark('gw.append', i.message.body);
       const r = routeOne(i.auth, i.message, i.origin, i.via === undefined ? request : `${runId}/${i.via}`);
+      if (tracingOrigins)
+        traceOrigin('gw.store', {
+          id: i.message.messageId,
+          origin: i.origin,
+          resend: r instanceof Promise,
+          none: r === undefined,
+        });
       if (r === undefined) continue;
       if (r instanceof Promise) waits.push(r);
       else entries.push(r);

@@ -3,6 +3,7 @@ import type { AuthResult, IdentityRef } from '../model/identity.ts';
 import type { StoredEventInfo } from '../model/events.ts';
 import type { ForwardedBatch, ForwardedOrigin, Message } from '../model/message.ts';
 import { messageSize } from '../model/message-codec.ts';
+import { traceOrigin, tracingOrigins } from '../util/origin-trace.ts';
 import { childLog } from '../util/log.ts';
 import { describeIdentity } from '../model/identity.ts';
 import type { TelemetryItem, TelemetrySink } from './types.ts';
@@ -39,12 +40,14 @@ export function appendOnce(sink: TelemetrySink, items: readonly TelemetryItem[])
     if (origin) {
       // Sent again, and stored already: taken, stored once.
       if (sink.isForwardedStored(origin)) {
+        traceOrigin('known', { id: item.message.messageId, origin });
         stored = true;
         rest ??= items.slice(0, i);
         continue;
       }
       const original = sink.forwardedInFlight(origin);
       if (original) {
+        traceOrigin('in-flight', { id: item.message.messageId, origin });
         (originals ??= []).push(original);
         rest ??= items.slice(0, i);
         continue;
@@ -96,6 +99,13 @@ export class TelemetryPath {
   ): Promise<StoredEventInfo[]> {
     for (const m of messages) checkMessage(auth.identity, m, this.maxMessageBytes);
     const enqueuedTime = Date.now();
+    if (tracingOrigins)
+      traceOrigin('recv', {
+        from: describeIdentity(auth.identity),
+        ids: messages.map((m) => m.messageId),
+        origins,
+        via,
+      });
     // A forwarded message is recognised when sent again by its origin, a device's by its session.
     const items = messages.map((message, i): TelemetryItem => {
       const origin = origins?.[i];

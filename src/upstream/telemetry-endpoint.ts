@@ -1,3 +1,4 @@
+import { traceOrigin, tracingOrigins } from '../util/origin-trace.ts';
 import type { Logger } from 'pino';
 import type { IdentityRef } from '../model/identity.ts';
 import type { Message } from '../model/message.ts';
@@ -136,15 +137,19 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
    * follows messages the parent acknowledged, whatever was sent since.
    */
   rewind(): void {
+    traceOrigin('up.rewind', {});
     this.lastSent.clear();
   }
 
   private async sendGroup(identity: IdentityRef, messages: Message[], origin: BatchOrigin | undefined): Promise<void> {
     const who = identity.moduleId === undefined ? identity.deviceId : `${identity.deviceId}/${identity.moduleId}`;
     let outcomes: SendOutcome[];
+    if (tracingOrigins) traceOrigin('up.send', { who, ids: messages.map((m) => m.messageId), origin });
     try {
       outcomes = await this.deps.senderFor(identity).forward(messages, origin);
+      if (tracingOrigins) traceOrigin('up.outcome', { who, origin, ok: outcomes.map((o) => o.ok) });
     } catch (err) {
+      if (tracingOrigins) traceOrigin('up.error', { who, origin, err: (err as Error).message });
       if (isPermanentRefusal(err)) {
         this.drop(who, messages.length, (err as Error).message);
         return;

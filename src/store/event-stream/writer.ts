@@ -1,3 +1,4 @@
+import { traceOrigin, tracingOrigins } from '../../util/origin-trace.ts';
 import type Database from 'better-sqlite3';
 import { compactAuthMethod } from '../../identity/auth-method.ts';
 import { encodeMessageMeta } from '../../model/message-codec.ts';
@@ -165,6 +166,17 @@ export class EventWriter {
       n.lastEnqueued = next.enq;
       this.committed++;
       if (moved) this.origins.committedNow(moved);
+      if (tracingOrigins) {
+        let k = 0;
+        for (const p of batch)
+          for (const e of p.events)
+            traceOrigin('hub.stored', {
+              id: e.message.messageId,
+              dev: e.deviceId,
+              origin: e.origin,
+              seq: infos[k++]?.sequenceNumber,
+            });
+      }
     } catch (err) {
       if (this.headroom.failed(err))
         return this.refuse(
