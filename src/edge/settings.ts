@@ -40,14 +40,14 @@ export function maxClientsSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): S
   return { value: DEFAULT_MAX_CONNECTED_CLIENTS, source: 'default' };
 }
 
-/** How long a device's message id is remembered to recognise its resend: `[strata] resend_window_secs`, default 60, 0 disables. */
+/** How long a device's message id is remembered to recognise its resend: `[strata] resend_window_secs`, default 300, 0 disables. */
 export function resendWindowSetting(config: EdgeConfig): Setting<number> {
   const v = config.settings.resend_window_secs;
   if (v === undefined) return { value: DEFAULT_RESEND_WINDOW_MS / 1000, source: 'default' };
   if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 86_400) {
     throw new UserError(
       `[strata] resend_window_secs must be a number of seconds from 0 to 86400, got ${JSON.stringify(v)}`,
-      'Set it to e.g. 60 (the default), or 0 to store every resend of a device again',
+      'Set it to e.g. 300 (the default), or 0 to store every resend of a device again',
     );
   }
   return { value: v, source: '[strata] resend_window_secs' };

@@ -21,11 +21,11 @@ import type Database from 'better-sqlite3';
  * Why narrow: IoT Hub does not de-duplicate by message id, and devices may reuse ids, so only
  * what can be a resend in doubt counts: the same sender, id, body and properties, on a later
  * connection (a resend after a lost acknowledgement always comes on one; a repeat on the same
- * connection is always a new message), within `windowMs` of the first copy (the time a device takes to
- * reconnect and send again; default 60 s). Messages without an id are never compared; nor are
+ * connection is always a new message), within `windowMs` of the first copy (as long as a
+ * device keeps trying one send: the official SDKs retry for up to 240 s; default 300 s). Messages without an id are never compared; nor are
  * a child gateway's batches, which name their origin and are de-duplicated by it. The window
- * holds at most `maxEntries` ids (oldest go first): past that a resend may be stored twice,
- * never is a message dropped that was not stored.
+ * holds at most `maxEntries` ids (oldest go first), in memory and on disk: past that a resend
+ * may be stored twice, never is a message dropped that was not stored.
  */
 
 /** A message's place in the window: who sent it, its id, the connection it came on, and its content. */
@@ -56,7 +56,7 @@ interface Seen {
 export interface ResendWritten {
   items: Array<{ key: ResendKey; k: string; seen: Seen }>;
   /** Its row, once written. */
-  row?: { rowid: number; at: number };
+  row?: { rowid: number; at: number; n: number };
 }
 
 /** Disk rows older than the window are deleted at most this often (in a commit that writes). */
@@ -78,7 +78,9 @@ export class ResendWindow {
    * The rows on disk, oldest first: one a commit, holding that commit's keys (one append at the
    * end of the table per commit costs a store next to nothing; a row a message halved its rate).
    */
-  private readonly rows: Array<{ rowid: number; at: number }> = [];
+  private readonly rows: Array<{ rowid: number; at: number; n: number }> = [];
+  /** Keys in `rows`. */
+  private rowKeys = 0;
   private lastPrune = 0;
   private readonly insert: Database.Statement;
   private readonly prune: Database.Statement;
@@ -95,14 +97,15 @@ export class ResendWindow {
     for (const row of db
       .prepare('SELECT rowid, at, keys FROM resend_window WHERE at >= ? ORDER BY rowid')
       .all(since) as Array<{ rowid: number; at: number; keys: string }>) {
-      this.rows.push({ rowid: row.rowid, at: row.at });
-      let keys: unknown;
+      let parsed: unknown;
       try {
-        keys = JSON.parse(row.keys);
+        parsed = JSON.parse(row.keys);
       } catch {
-        continue;
+        parsed = undefined;
       }
-      if (!Array.isArray(keys)) continue;
+      const keys: unknown[] = Array.isArray(parsed) ? parsed : [];
+      this.rows.push({ rowid: row.rowid, at: row.at, n: keys.length });
+      this.rowKeys += keys.length;
       for (const x of keys) {
         if (!Array.isArray(x) || x.length !== 4 || !x.every((v) => typeof v === 'string')) continue;
         const k = resendKey(x[0], x[1]);
@@ -179,12 +182,21 @@ export class ResendWindow {
       now,
       JSON.stringify(written.items.map(({ key }) => [key.sender, key.messageId, key.via, key.print])),
     );
-    written.row = { rowid: Number(info.lastInsertRowid), at: now };
+    written.row = { rowid: Number(info.lastInsertRowid), at: now, n: written.items.length };
     this.rows.push(written.row);
+    this.rowKeys += written.row.n;
     if (now - this.lastPrune >= PRUNE_EVERY_MS) {
       this.lastPrune = now;
       let upTo = 0;
-      while (this.rows.length > 1 && this.rows[0]!.at < now - this.o.windowMs) upTo = this.rows.shift()!.rowid;
+      // Past the window, or past the ids kept in memory (the disk would otherwise grow with the rate).
+      while (
+        this.rows.length > 1 &&
+        (this.rows[0]!.at < now - this.o.windowMs || this.rowKeys - this.rows[0]!.n >= this.o.maxEntries)
+      ) {
+        const gone = this.rows.shift()!;
+        this.rowKeys -= gone.n;
+        upTo = gone.rowid;
+      }
       if (upTo > 0) this.prune.run(upTo);
     }
   }
@@ -198,6 +210,9 @@ export class ResendWindow {
   failed(written: ResendWritten): void {
     for (const { k, seen } of written.items) if (this.seen.get(k) === seen) this.seen.delete(k);
     // Its row went with the rollback (rows pruned from the list meanwhile go with the next prune).
-    if (written.row && this.rows[this.rows.length - 1] === written.row) this.rows.pop();
+    if (written.row && this.rows[this.rows.length - 1] === written.row) {
+      this.rows.pop();
+      this.rowKeys -= written.row.n;
+    }
   }
 }

@@ -1,6 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
+import { DEFAULT_RESEND_WINDOW_MS } from '../../src/store/message-store/types.ts';
 import type { StoredMessage } from '../../src/store/message-store.ts';
 import { ResendWindow, type ResendKey } from '../../src/store/resend-window.ts';
 import { tempStore } from '../helpers/temp-store.ts';
@@ -113,4 +117,42 @@ test('the window on disk does not grow: rows past it are deleted as new ones are
   const rows = db.prepare('SELECT count(*) FROM resend_window').pluck().get() as number;
   db.close();
   assert.ok(rows <= 7, `${rows} rows kept for a 10 s window written every 2 s`);
+});
+
+test("the default window outlasts the official device SDK's retries of one send (a resend can come that late)", () => {
+  // The SDK's budget for one operation, retries included, as its client sets it.
+  const require = createRequire(import.meta.url);
+  const sdkClient = readFileSync(
+    join(dirname(require.resolve('azure-iot-device')), 'dist', 'internal_client.js'),
+    'utf8',
+  );
+  const budget = Number(/MAX_OPERATION_TIMEOUT = (\d+)/.exec(sdkClient)?.[1]);
+  assert.ok(budget > 0, 'the SDK names its operation timeout');
+  assert.ok(
+    DEFAULT_RESEND_WINDOW_MS >= budget + 30_000,
+    `window ${DEFAULT_RESEND_WINDOW_MS} ms, SDK retries for ${budget} ms`,
+  );
+});
+
+test('on disk too, at most maxEntries ids are kept whatever the rate (rows past the cap go)', () => {
+  const db = new Database(':memory:');
+  let now = 1_000_000;
+  const w = new ResendWindow(db, { windowMs: 300_000, maxEntries: 50, now: () => now });
+  // 100 commits of 10 ids, 1.1 s apart: all inside the window, ten times the cap.
+  for (let c = 0; c < 100; c++) {
+    for (let i = 0; i < 10; i++) w.add(key('dev', `m${c}-${i}`, 'x'), Promise.resolve());
+    const written = w.take()!;
+    w.writeInTransaction(written);
+    w.committed(written);
+    now += 1100;
+  }
+  const ids = (db.prepare('SELECT keys FROM resend_window').pluck().all() as string[]).reduce(
+    (n, keys) => n + (JSON.parse(keys) as unknown[]).length,
+    0,
+  );
+  assert.ok(ids >= 50 && ids <= 60, `${ids} ids on disk for a cap of 50`);
+  // A store opened again finds the newest ones.
+  const again = new ResendWindow(db, { windowMs: 300_000, maxEntries: 50, now: () => now });
+  assert.equal(again.originalOf(key('dev', 'm99-9', 'y')), 'stored');
+  assert.equal(again.originalOf(key('dev', 'm0-0', 'y')), undefined);
 });

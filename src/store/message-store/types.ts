@@ -121,5 +121,10 @@ export interface StoreTotals {
 }
 
 export const DEFAULT_MAX_BYTES = 2 * 1024 ** 3;
-export const DEFAULT_RESEND_WINDOW_MS = 60_000;
+/**
+ * The official device SDKs retry a send for up to 240 s (their operation timeout) before they
+ * give up, over as many reconnections as that takes: a resend can come that late, so the window
+ * covers it with a minute to spare for the reconnection itself.
+ */
+export const DEFAULT_RESEND_WINDOW_MS = 300_000;
 export const DEFAULT_RESEND_WINDOW_ENTRIES = 100_000;
