@@ -8,7 +8,7 @@ import { engineCodeOfCondition } from '../protocols/amqp/errors.ts';
 import type { MessageStore } from '../store/message-store.ts';
 import { cover, covers, type StreamCoverage } from '../store/origin-watermarks.ts';
 import type { ForwardedOrigin } from '../model/message.ts';
-import { UpstreamError, type DirectTelemetry } from '../upstream/index.ts';
+import { isPermanentForMessage, UpstreamError, type DirectTelemetry } from '../upstream/index.ts';
 
 /**
  * A child gateway's batch passed to the parent as it came, instead of being stored here and sent
@@ -66,6 +66,11 @@ interface StreamState {
   inFlight: number;
   /** Numbers [lo, hi] passed on without an answer that says the parent has them: in flight, or failed. */
   doubt: Array<[number, number]>;
+  /**
+   * Batches [lo, hi] that failed on their way (sent or not): the child sends again from them,
+   * and nothing after them may go on before (it would reach the parent first).
+   */
+  failed: Array<[number, number]>;
   /** A previous run may have passed everything up to this on (its passing mark). */
   before: number;
   /** Whether the previous run left messages of this stream queued here was looked at. */
@@ -108,6 +113,11 @@ export class DirectForwarder {
       if (store.isForwardedStored(o) || store.forwardedInFlight(o) || covers(st.passed, o.seq)) known = true;
       else rest.push(it);
     }
+    // A batch that failed on its way is sent again by the child, and whatever it sent after it
+    // must not go ahead of it (held while the parent was away, or sent before the child heard).
+    const from = items[0]!.origin!.seq;
+    if (st.failed.length > 0) st.failed = st.failed.filter(([lo]) => lo < from && !covers(st.passed, lo));
+    if (st.failed.length > 0) return Promise.reject(this.overtaking(stream));
     // All known: the store path answers that (it waits for whatever is still being stored).
     if (rest.length === 0) return undefined;
     const first = rest[0]!.origin!;
@@ -154,6 +164,7 @@ export class DirectForwarder {
         // The parent refuses the sender itself: stored here, its pump drops them with the reason, logged and counted.
         return this.deps.storeBatch(rest);
       }
+      st.failed.push(range);
       throw new EngineError(
         'unavailable',
         `the gateway could not pass the batch to its parent: ${(err as Error).message}`,
@@ -177,7 +188,9 @@ export class DirectForwarder {
       return;
     }
     // The parent's answer goes to the child as it came; the batch stays in doubt (a parent that
-    // passes batches on itself may have handed it further before failing).
+    // passes batches on itself may have handed it further before failing). The child sends it
+    // again unless the refusal is one sending again cannot cure (then it drops the messages).
+    if (!isPermanentForMessage(outcome)) st.failed.push(range);
     throw new EngineError(
       outcome.released ? 'unavailable' : engineCodeOfCondition(outcome.condition),
       `the parent did not take the batch: ${outcome.description}`,
@@ -195,15 +208,29 @@ export class DirectForwarder {
     return this.forward(items, batch) ?? this.deps.storeBatch(items);
   }
 
-  private refusal(stream: string): EngineError {
+  private overtaking(stream: string): EngineError {
+    this.logRefusal(
+      stream,
+      'a child batch is refused: the one before it went to the parent and failed; the child sends both again, in order',
+    );
+    return new EngineError(
+      'parent-unreachable',
+      'the batch before this one did not reach the parent: send again from it, so that this one does not overtake it',
+    );
+  }
+
+  private logRefusal(stream: string, msg: string): void {
     const now = Date.now();
-    if (now - this.lastRefusalLog >= REFUSAL_LOG_MS) {
-      this.lastRefusalLog = now;
-      this.deps.log.warn(
-        { stream },
-        'a child batch that went to the parent before without an answer is refused while the parent is unreachable; the child keeps it and sends it again',
-      );
-    }
+    if (now - this.lastRefusalLog < REFUSAL_LOG_MS) return;
+    this.lastRefusalLog = now;
+    this.deps.log.warn({ stream }, msg);
+  }
+
+  private refusal(stream: string): EngineError {
+    this.logRefusal(
+      stream,
+      'a child batch that went to the parent before without an answer is refused while the parent is unreachable; the child keeps it and sends it again',
+    );
     return new EngineError(
       'parent-unreachable',
       'the parent is unreachable, and this stream has a batch that went to it before without an answer: keep it and send it again',
@@ -217,6 +244,7 @@ export class DirectForwarder {
         passed: { mark: 0, spans: [] },
         inFlight: 0,
         doubt: [],
+        failed: [],
         before: this.deps.store.passingMarksAtOpen().get(stream) ?? 0,
         beforeChecked: false,
       };

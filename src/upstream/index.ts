@@ -13,6 +13,13 @@ export type {
   UpstreamEndpoint,
   UpstreamIdentity,
 } from './parent-link.ts';
-export { UpstreamDownError, UpstreamError, isUpstreamDown, twinRefusal, type SendOutcome } from './errors.ts';
+export {
+  UpstreamDownError,
+  UpstreamError,
+  isPermanentForMessage,
+  isUpstreamDown,
+  twinRefusal,
+  type SendOutcome,
+} from './errors.ts';
 export type { TelemetryEndpointMetrics } from './telemetry-endpoint.ts';
 export { UpstreamConnectError, type UpstreamTransport } from './transport.ts';

@@ -506,3 +506,68 @@ test('after a restart, a stream with messages of its own queued here is not pass
   assert.equal(h2.parent.calls.length, 0, '7-9 were sent to the parent while 4-6 of the same stream wait here');
   assert.equal(p2, undefined, '7-9 are stored behind 4-6');
 });
+
+test('a batch after one that failed at the parent is refused, not passed ahead of it: held while the parent was away, or sent on before the child heard', async (t) => {
+  const h = harness(files(t).open(), new Parent(), 10_000);
+  const first = itemsOf(1, 3);
+  const p1 = h.fwd.forward(first, batchOf(first));
+  const call1 = await h.parent.call(1);
+  // The parent goes away with 1-3 unanswered; the child's next batch waits for it.
+  h.parent.up = false;
+  const second = itemsOf(4, 6);
+  const held = track(h.fwd.forward(second, batchOf(second))!);
+  call1.answer({ ok: false, condition: 'released', description: 'the hub went away', released: true });
+  await rejectsWith(p1, 'unavailable');
+  h.parent.up = true;
+  await held.done;
+  assert.equal(held.state, 'rejected', '4-6 would have reached the parent before 1-3');
+  assert.equal((held.error as EngineError).code, 'parent-unreachable', 'the child sends again soon');
+  // With the parent up, a later batch of the child's that names 4-6 as before it is refused too.
+  const third = itemsOf(7, 8);
+  await rejectsWith(h.fwd.forward(third, batchOf(third)), 'parent-unreachable');
+  assert.equal(h.parent.calls.length, 1, 'nothing went ahead of 1-3');
+  assertNothingStored(h);
+  // The child sends again from 1 (all before acknowledged: prev 0): passed on, in order.
+  const again = itemsOf(1, 8, 0);
+  const p2 = h.fwd.forward(again, batchOf(again));
+  assert.ok(p2, 'passed on');
+  const call2 = await h.parent.call(2);
+  assert.deepEqual(
+    readBatch(call2.payload).messages.map((m) => bodyOf(m)),
+    ['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7', 'm8'],
+  );
+  call2.answer({ ok: true });
+  await p2;
+  const next = itemsOf(9, 9);
+  const p3 = h.fwd.forward(next, batchOf(next));
+  (await h.parent.call(3)).answer({ ok: true });
+  await p3;
+});
+
+test('a batch sent on while the one before it is still in flight goes (the link keeps their order)', async (t) => {
+  const h = harness(files(t).open());
+  const first = itemsOf(1, 3);
+  const p1 = track(h.fwd.forward(first, batchOf(first))!);
+  await h.parent.call(1);
+  const second = itemsOf(4, 6);
+  const p2 = track(h.fwd.forward(second, batchOf(second))!);
+  await h.parent.call(2);
+  h.parent.calls[0]!.answer({ ok: true });
+  h.parent.calls[1]!.answer({ ok: true });
+  await p1.done;
+  await p2.done;
+  assert.equal(p1.state, 'resolved');
+  assert.equal(p2.state, 'resolved');
+});
+
+test('a batch refused for good (the child drops it) holds nothing back: the next one goes on', async (t) => {
+  const h = harness(files(t).open());
+  const first = itemsOf(1, 3);
+  const p1 = h.fwd.forward(first, batchOf(first));
+  (await h.parent.call(1)).answer({ ok: false, condition: 'amqp:link:message-size-exceeded', description: 'too big' });
+  await rejectsWith(p1, 'too-large');
+  const second = itemsOf(4, 6);
+  const p2 = h.fwd.forward(second, batchOf(second));
+  (await h.parent.call(2)).answer({ ok: true });
+  await p2;
+});
