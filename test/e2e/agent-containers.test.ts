@@ -219,4 +219,67 @@ describe('the edge agent with container modules on Podman', { skip, timeout: 300
     assert.equal(rep.modules.filter.runtimeStatus, 'running');
     assert.deepEqual(await containers(), before, 'the good containers untouched');
   });
+
+  test("the engine's health check: on-unhealthy restarts an unhealthy container, on-failure reports it", async () => {
+    // A check that fails until /tmp/ok exists. Without systemd Podman runs no check on its own
+    // (its timers are systemd units): the test runs each one as the timer would, with
+    // `podman healthcheck run`.
+    const checked = (restartPolicy: string) => ({
+      version: '1.0',
+      type: 'docker',
+      status: 'running',
+      restartPolicy,
+      imagePullPolicy: 'never',
+      settings: {
+        image: engine.image,
+        createOptions: JSON.stringify({
+          Cmd: ['/bin/sh', '-c', 'trap "exit 0" TERM; while true; do sleep 1; done'],
+          Healthcheck: { Test: ['CMD-SHELL', 'test -f /tmp/ok'], Interval: 1e9, Timeout: 2e9, Retries: 1 },
+        }),
+      },
+    });
+    await sdk.must(
+      sdk.call(
+        'owner',
+        'applyConfigurationContentOnDevice',
+        edge.gatewayId,
+        manifest({ sick: checked('on-unhealthy'), patient: checked('on-failure') }),
+      ),
+    );
+    const first = await waitFor('both checked modules running', 60_000, async () => {
+      const r = await agentReported();
+      const ids = await containers();
+      return r.modules?.sick?.runtimeStatus === 'running' && ids.sick && ids.patient ? ids : undefined;
+    });
+    const startedAt = async (id: string) =>
+      (await engine.podman(['inspect', '--format', '{{.State.StartedAt}}', id])).trim();
+    const sickStarted = await startedAt(first.sick!);
+    const check = async () => {
+      const ids = await containers();
+      for (const id of Object.values(ids)) await engine.podman(['healthcheck', 'run', id]).catch(() => undefined);
+    };
+    const rep = await waitFor('sick restarted twice, patient reported unhealthy', 90_000, async () => {
+      await check();
+      const r = await agentReported();
+      return r.modules?.sick?.restartCount >= 2 && r.modules.patient?.runtimeStatus === 'unhealthy' ? r : undefined;
+    });
+    assert.match(rep.modules.sick.lastRestartTimeUtc, /^\d{4}-/);
+    assert.equal(rep.modules.patient.restartCount, 0, 'on-failure does not restart for health');
+    assert.match(rep.modules.patient.statusDescription, /^Up \d+ \w+ \(unhealthy\)$/);
+    assert.equal(rep.modules.sensor.runtimeStatus, 'running', 'modules without a check are left alone');
+    const now = await containers();
+    assert.equal(now.sick, first.sick, 'restarted, not recreated');
+    assert.equal(now.patient, first.patient);
+    assert.notEqual(await startedAt(now.sick!), sickStarted, 'started again');
+    // Healthy again: reported running, and no more restarts.
+    for (const id of [now.sick!, now.patient!]) await engine.podman(['exec', id, 'touch', '/tmp/ok']);
+    const healthy = await waitFor('both healthy', 30_000, async () => {
+      await check();
+      const r = await agentReported();
+      return r.modules?.sick?.runtimeStatus === 'running' && r.modules.patient?.runtimeStatus === 'running'
+        ? r
+        : undefined;
+    });
+    assert.match(healthy.modules.patient.statusDescription, /^Up /);
+  });
 });
