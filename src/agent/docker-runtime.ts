@@ -357,7 +357,14 @@ export class DockerRuntime implements ModuleRuntime {
       throw new ModuleRuntimeError(name, 'logs', engineSays(err));
     }
     const lines = new LogLines(!tty);
-    const base = { stdout: true, stderr: true, ...(opts.tail !== undefined ? { tail: opts.tail } : {}) };
+    const base = {
+      stdout: true,
+      stderr: true,
+      ...(opts.tail !== undefined ? { tail: opts.tail } : {}),
+      // The engine takes unix seconds and knows when each line was written.
+      ...(opts.since !== undefined ? { since: Math.floor(opts.since / 1000) } : {}),
+      ...(opts.until !== undefined ? { until: Math.ceil(opts.until / 1000) } : {}),
+    };
     if (!opts.follow) {
       let out: Buffer;
       try {

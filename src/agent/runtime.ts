@@ -58,6 +58,9 @@ export type ModuleHealth = 'starting' | 'healthy' | 'unhealthy';
 export interface LogOptions {
   /** Only the last N lines (default: all kept). */
   tail?: number;
+  /** Only lines written at or after / before this time (epoch ms). See log-filter.ts for process modules. */
+  since?: number;
+  until?: number;
   /** Keep reading new lines until `signal` aborts. */
   follow?: boolean;
   signal?: AbortSignal;
