@@ -2,7 +2,9 @@
  * The edge agent and its modules: a hub and one gateway (`strata edge start` with `[agent]`) as
  * child processes, deployments applied with the official azure-iothub
  * `applyConfigurationContentOnDevice`, process modules (`bench/modules-worker.cjs`, the official
- * `ModuleClient.fromEnvironment(Mqtt)`), so it needs no container engine. Measures:
+ * `ModuleClient.fromEnvironment(Mqtt)`), so it needs no container engine; `--runtime docker`
+ * runs them as containers on a Podman of its own instead (the test helpers' busybox image with
+ * this machine's node bound in). Measures:
  *
  *   deploy   time from applyConfigurationContentOnDevice to every module reported running in
  *            `$edgeAgent` (read with getModuleTwin every 100 ms), for 2 and 10 modules, each
@@ -14,7 +16,7 @@
  *   upstream the sender's output routed to $upstream: msg/s and latency at the hub's event
  *            stream.
  *
- *   node --import tsx bench/modules.ts [--messages 10000] [--size 256] [--window 100] [--rate 0] [--runs 3] [--idle 30] [--only deploy,idle,m2m,upstream]
+ *   node --import tsx bench/modules.ts [--messages 10000] [--size 256] [--window 100] [--rate 0] [--runs 3] [--idle 30] [--only deploy,idle,m2m,upstream] [--runtime process]
  *
  * The sender keeps WINDOW sends awaiting their acknowledgement (closed loop) or, with --rate R,
  * sends R messages a second on a schedule (open loop: latency below saturation). Each round
@@ -28,6 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { deploymentManifest, setupEdge, startGatewayProcess, type EdgeSetup } from '../test/helpers/edge.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type ServiceSdk } from '../test/helpers/hub.ts';
+import { nodeMounts, podmanMissing, startPodman } from '../test/helpers/podman.ts';
 import { cpuMsOf, followEvents, median, quantile } from './common.ts';
 
 const { values: args } = parseArgs({
@@ -39,6 +42,7 @@ const { values: args } = parseArgs({
     runs: { type: 'string', default: '3' },
     idle: { type: 'string', default: '30' },
     only: { type: 'string', default: 'deploy,idle,m2m,upstream' },
+    runtime: { type: 'string', default: 'process' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -54,6 +58,7 @@ if (args.help) {
   --runs N       rounds of each measurement; more than one ends with medians (default 3)
   --idle S       seconds the idle cost is measured over (default 30)
   --only LIST    which of deploy, idle, m2m, upstream (default all)
+  --runtime R    process (default) or docker: containers on a Podman started for the run
 `);
   process.exit(0);
 }
@@ -78,24 +83,90 @@ for (const o of ONLY)
     process.exit(2);
   }
 
+const RUNTIME = args.runtime!;
+if (RUNTIME !== 'process' && RUNTIME !== 'docker') {
+  process.stderr.write(`--runtime must be process or docker, got ${RUNTIME}\n`);
+  process.exit(2);
+}
+if (RUNTIME === 'docker' && podmanMissing()) {
+  process.stderr.write(`--runtime docker: ${podmanMissing()}\n`);
+  process.exit(2);
+}
+
 const WORKER = fileURLToPath(new URL('./modules-worker.cjs', import.meta.url));
 const CLK_TCK = 100;
 const PAGE = 4096;
 
-/** A process module running the worker in `role`. */
-function workerModule(role: string, jobDir: string): Record<string, unknown> {
+/** Where the modules run: the process runtime, or containers on a Podman of the run's own. */
+interface Runner {
+  settings: Record<string, unknown>;
+  extra: Partial<Record<string, unknown>>;
+  /** config.toml's [strata] text that turns the agent on with this runtime. */
+  strata: string;
+  pids(edge: EdgeSetup): Promise<number[]>;
+  log(edge: EdgeSetup, module: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+async function processRunner(): Promise<Runner> {
+  return {
+    settings: { command: process.execPath, args: [WORKER] },
+    extra: {},
+    strata: '[agent]\nname = "edgeAgent"\ntype = "docker"',
+    pids: async (edge) => processModulePids(edge),
+    log: async (edge, module) => {
+      const file = join(edge.dataDir, 'agent', 'modules', module, 'output.log');
+      return existsSync(file) ? readFileSync(file, 'utf8') : '';
+    },
+    stop: async () => undefined,
+  };
+}
+
+async function dockerRunner(jobDir: string): Promise<Runner> {
+  const engine = await startPodman();
+  const mounts = await nodeMounts();
+  return {
+    settings: {
+      image: engine.image,
+      createOptions: JSON.stringify({
+        Cmd: ['/usr/bin/node', '/app/module.cjs'],
+        HostConfig: { Binds: [...mounts, `${WORKER}:/app/module.cjs:ro`, `${jobDir}:${jobDir}`], NetworkMode: 'host' },
+      }),
+    },
+    extra: { imagePullPolicy: 'never' },
+    strata: `[moby_runtime]\nuri = "${engine.uri}"`,
+    // The containers' main processes (each also has a conmon beside it, not counted).
+    pids: async (edge) => {
+      const ids = (await engine.podman(['ps', '-q', '--filter', `label=net.strata.agent=${edge.gatewayId}`])).split(
+        '\n',
+      );
+      const pids: number[] = [];
+      for (const id of ids.filter(Boolean))
+        pids.push(Number(await engine.podman(['inspect', '--format', '{{.State.Pid}}', id])));
+      return pids.filter((p) => p > 0);
+    },
+    log: (_edge, module) => engine.podman(['logs', module]).catch(() => ''),
+    stop: () => engine.stop(),
+  };
+}
+
+/** A module running the worker in `role`. */
+function workerModule(runner: Runner, role: string, jobDir: string): Record<string, unknown> {
   return {
     version: '1.0',
-    type: 'process',
+    type: RUNTIME,
     status: 'running',
     restartPolicy: 'always',
-    settings: { command: process.execPath, args: [WORKER] },
+    ...runner.extra,
+    settings: runner.settings,
     env: { BENCH_ROLE: { value: role }, BENCH_DIR: { value: jobDir } },
   };
 }
 
-function idleModules(n: number, jobDir: string): Record<string, unknown> {
-  return Object.fromEntries(Array.from({ length: n }, (_, i) => [`idle${i + 1}`, workerModule('idle', jobDir)]));
+function idleModules(runner: Runner, n: number, jobDir: string): Record<string, unknown> {
+  return Object.fromEntries(
+    Array.from({ length: n }, (_, i) => [`idle${i + 1}`, workerModule(runner, 'idle', jobDir)]),
+  );
 }
 
 const ROUTES = {
@@ -110,7 +181,7 @@ function procStat(pid: number): { cpuMs: number; rss: number } {
 }
 
 /** The pids the process runtime recorded for the modules. */
-function modulePids(edge: EdgeSetup): number[] {
+function processModulePids(edge: EdgeSetup): number[] {
   const dir = join(edge.dataDir, 'agent', 'modules');
   if (!existsSync(dir)) return [];
   return readdirSync(dir)
@@ -124,22 +195,26 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function main(): Promise<void> {
   const jobDir = await mkdtemp(join(tmpdir(), 'strata-bench-jobs-'));
-  const hub = await startHubProcess({ address: randomLoopback() });
+  let runner: Runner | undefined;
+  let hub: Awaited<ReturnType<typeof startHubProcess>> | undefined;
   let edge: EdgeSetup | undefined;
   let sdk: ServiceSdk | undefined;
   let gw: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
   try {
+    runner = RUNTIME === 'docker' ? await dockerRunner(jobDir) : await processRunner();
+    hub = await startHubProcess({ address: randomLoopback() });
     edge = await setupEdge(hub, {
       gatewayId: 'bench-agent',
       address: randomLoopback(),
       deploy: false,
-      strata: '[agent]\nname = "edgeAgent"\ntype = "docker"',
+      strata: runner.strata,
     });
     sdk = await startServiceSdk(hub.caPath);
     await sdk.open('owner', { connectionString: hub.connectionString });
     gw = await startGatewayProcess({ configPath: edge.configPath, dataDir: edge.dataDir, address: edge.address });
     const e = edge;
     const s = sdk;
+    const r = runner;
     const apply = (modules: Record<string, unknown>) =>
       s.must(
         s.call(
@@ -168,7 +243,7 @@ async function main(): Promise<void> {
     const emptyAgain = async () => {
       await apply({});
       await until('every module removed', none);
-      while (modulePids(e).length > 0) await sleep(100);
+      while ((await r.pids(e)).length > 0) await sleep(100);
     };
 
     if (ONLY.has('deploy')) {
@@ -176,7 +251,7 @@ async function main(): Promise<void> {
         const times: number[] = [];
         for (let round = 0; round < RUNS; round++) {
           await emptyAgain();
-          const mods = idleModules(n, jobDir);
+          const mods = idleModules(runner, n, jobDir);
           const t0 = Date.now();
           await apply(mods);
           await until(`${n} modules running`, allRunning(Object.keys(mods)));
@@ -192,14 +267,14 @@ async function main(): Promise<void> {
 
     if (ONLY.has('idle')) {
       await emptyAgain();
-      const mods = idleModules(10, jobDir);
+      const mods = idleModules(runner, 10, jobDir);
       await apply(mods);
       await until('10 idle modules running', allRunning(Object.keys(mods)));
       // Let the modules connect and the agent's first reports settle before measuring.
       await sleep(10_000);
       const rounds: Array<Record<string, number>> = [];
       for (let round = 0; round < RUNS; round++) {
-        const pids = modulePids(e);
+        const pids = await runner.pids(e);
         const gw0 = procStat(gw.proc.pid!);
         const mod0 = pids.map(procStat);
         let gwRssMax = gw0.rss;
@@ -237,11 +312,14 @@ async function main(): Promise<void> {
 
     if (ONLY.has('m2m') || ONLY.has('upstream')) {
       await emptyAgain();
-      const mods = { sender: workerModule('sender', jobDir), receiver: workerModule('receiver', jobDir) };
+      const mods = {
+        sender: workerModule(runner, 'sender', jobDir),
+        receiver: workerModule(runner, 'receiver', jobDir),
+      };
       await apply(mods);
       await until('sender and receiver running', allRunning(Object.keys(mods)));
-      await waitForLine(e, 'receiver', 'receiver receiver open');
-      await waitForLine(e, 'sender', 'sender sender open');
+      await waitForLine(() => r.log(e, 'receiver'), 'receiver receiver open');
+      await waitForLine(() => r.log(e, 'sender'), 'sender sender open');
       const cs = Object.fromEntries(
         hub.connectionString.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]),
       );
@@ -283,20 +361,20 @@ async function main(): Promise<void> {
     await emptyAgain();
   } finally {
     await gw?.stop();
-    if (edge) for (const pid of modulePids(edge)) process.kill(-pid, 'SIGKILL');
+    if (edge && RUNTIME === 'process') for (const pid of processModulePids(edge)) process.kill(-pid, 'SIGKILL');
+    await runner?.stop();
     await sdk?.close();
-    await hub.stop();
+    await hub?.stop();
     await edge?.cleanup();
     await rm(jobDir, { recursive: true, force: true });
   }
 }
 
-async function waitForLine(edge: EdgeSetup, module: string, line: string): Promise<void> {
-  const file = join(edge.dataDir, 'agent', 'modules', module, 'output.log');
+async function waitForLine(log: () => Promise<string>, line: string): Promise<void> {
   const deadline = Date.now() + 60_000;
-  while (!(existsSync(file) && readFileSync(file, 'utf8').includes(line))) {
-    if (Date.now() > deadline) throw new Error(`${module} did not log "${line}" within 60 s`);
-    await sleep(100);
+  while (!(await log()).includes(line)) {
+    if (Date.now() > deadline) throw new Error(`no module logged "${line}" within 60 s`);
+    await sleep(200);
   }
 }
 

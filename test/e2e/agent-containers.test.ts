@@ -9,9 +9,6 @@
  * `$edgeAgent` reports both running; a gateway killed with -9 adopts the containers.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { realpath } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { EventPageJson } from '../../src/hub/event-json.ts';
@@ -25,7 +22,7 @@ import {
 } from '../helpers/edge.ts';
 import { pollUntil } from '../helpers/poll.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
-import { podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
+import { nodeMounts, podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
 
 const SENSOR = fileURLToPath(new URL('../fixtures/agent-modules/sensor.cjs', import.meta.url));
 const FILTER = fileURLToPath(new URL('../fixtures/agent-modules/filter.cjs', import.meta.url));
@@ -103,17 +100,7 @@ before(async () => {
   if (skip) return;
   engine = await startPodman();
   cleanups.push(() => engine.stop());
-  // This machine's node, its shared libraries and the SDK packages, read-only in the container.
-  const node = await realpath(process.execPath);
-  const libDirs = new Set<string>();
-  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
-    libDirs.add(dirname(m[1]!));
-  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
-  mounts = [
-    `${node}:/usr/bin/node:ro`,
-    ...[...libDirs].map((d) => `${d}:${d}:ro`),
-    `${nodeModules}:/app/node_modules:ro`,
-  ];
+  mounts = await nodeMounts();
 
   hub = await startHubProcess({ address: randomLoopback() });
   cleanups.push(() => hub.stop());
