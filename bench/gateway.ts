@@ -26,7 +26,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import https from 'node:https';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -34,6 +33,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { edgeFiles } from '../src/edge/local.ts';
 import { createSasToken } from '../src/identity/sas.ts';
+import { cpuMsOf, followEvents, median, quantile } from './common.ts';
 import { openNodeDb } from '../src/store/db.ts';
 import { createLeavesBulk, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../test/helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../test/helpers/hub.ts';
@@ -152,10 +152,6 @@ function mqtt5Dir(): string {
   return dir;
 }
 
-function quantile(sorted: number[], f: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))] ?? NaN;
-}
-
 interface Result {
   msgs: number;
   pubs: number;
@@ -170,61 +166,6 @@ interface Result {
   p99_after_2s_ms?: number;
   worst_ms_by_second?: string;
   max_ms: number;
-}
-
-/** Reads the hub's event stream (server-sent events) from its end; calls `onEvent` with each body. */
-function followEvents(
-  host: string,
-  ca: string,
-  cs: { host: string; key: string; policy: string },
-  onEvent: (body: Buffer) => void,
-): { ready: Promise<void>; stop(): void } {
-  const token = createSasToken(cs.host, cs.key, Math.floor(Date.now() / 1000) + 3600, cs.policy);
-  let stop = () => {};
-  const ready = new Promise<void>((resolveReady, reject) => {
-    const req = https.request(
-      {
-        host,
-        port: 443,
-        path: '/events?from=end&api-version=2021-04-12',
-        ca,
-        headers: { authorization: token, accept: 'text/event-stream' },
-        agent: false,
-      },
-      (res) => {
-        if (res.statusCode !== 200) return reject(new Error(`GET /events answered ${res.statusCode}`));
-        resolveReady();
-        res.setEncoding('utf8');
-        // The reader only needs each event's body: it takes the `"body":"..."` member (base64,
-        // never escaped) instead of parsing the whole event, so that on a two-core machine the
-        // harness spends about what the anchor's MQTT subscriber does on a message.
-        const BODY = '"body":"';
-        let buf = '';
-        res.on('data', (chunk: string) => {
-          buf = buf.length === 0 ? chunk : buf + chunk;
-          let from = 0;
-          let cut: number;
-          while ((cut = buf.indexOf('\n\n', from)) >= 0) {
-            const at = buf.indexOf(BODY, from);
-            if (at >= 0 && at < cut)
-              onEvent(Buffer.from(buf.slice(at + BODY.length, buf.indexOf('"', at + BODY.length)), 'base64'));
-            from = cut + 2;
-          }
-          buf = buf.slice(from);
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end();
-    stop = () => req.destroy();
-  });
-  return { ready, stop: () => stop() };
-}
-
-/** CPU time (user + system, ms) a process has used so far, from /proc. */
-function cpuMsOf(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
 async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
@@ -548,10 +489,6 @@ const path =
   ) +
   (args.upstream === 'Amqp' ? '' : ` (upstream ${args.upstream})`) +
   (RATE > 0 ? ` (open loop, ${RATE} msg/s offered)` : '');
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const rounds: Array<{ strata: Result; anchor?: Result }> = [];
 for (let round = 0; round < RUNS; round++) {
   const strata = await runStrata(mqtt);

@@ -1,10 +1,12 @@
 import { gzipSync } from 'node:zlib';
 import type { MethodRequest } from '../model/methods.ts';
+import { filteredLines, type LogFilter, readLogFilter } from './log-filter.ts';
 
 /**
  * The direct methods IoT Edge's agent answers on `$edgeAgent` (names matched without regard to
  * case, as the original does): `ping`, `RestartModule` {schemaVersion, id} and `GetModuleLogs`
- * {schemaVersion, items: [{id (a pattern of module names), filter: {tail}}], encoding
+ * {schemaVersion, items: [{id (a pattern of module names), filter: {tail, since, until, loglevel,
+ * regex} (log-filter.ts)}], encoding
  * (none|gzip), contentType (text|json)}, answered with one `{id, payload}` per module
  * (`payloadBytes`, base64, when gzipped).
  */
@@ -12,7 +14,7 @@ import type { MethodRequest } from '../model/methods.ts';
 export interface AgentMethodTarget {
   moduleNames(): string[];
   restartModule(name: string): Promise<void>;
-  logs(name: string, opts: { tail?: number }): Promise<AsyncIterable<string>>;
+  logs(name: string, opts: { tail?: number; since?: number; until?: number }): Promise<AsyncIterable<string>>;
 }
 
 export interface MethodAnswer {
@@ -59,7 +61,7 @@ async function restartModule(agent: AgentMethodTarget, body: unknown): Promise<M
 async function getModuleLogs(agent: AgentMethodTarget, body: unknown): Promise<MethodAnswer> {
   if (!isObject(body) || !Array.isArray(body.items) || body.items.length === 0)
     return bad(
-      'GetModuleLogs needs {"schemaVersion": "1.0", "items": [{"id": "<module name or pattern>", "filter": {"tail": N}}]}',
+      'GetModuleLogs needs {"schemaVersion": "1.0", "items": [{"id": "<module name or pattern>", "filter": {"tail": N, "since": "10m", "until": ..., "loglevel": 0-7, "regex": "..."}}]}',
     );
   const encoding = body.encoding ?? 'none';
   const contentType = body.contentType ?? 'text';
@@ -76,13 +78,14 @@ async function getModuleLogs(agent: AgentMethodTarget, body: unknown): Promise<M
     } catch {
       return bad(`items[${i}].id: ${JSON.stringify(item.id)} is not a valid pattern`);
     }
-    const filter = isObject(item.filter) ? item.filter : {};
-    const tail = filter.tail === undefined ? undefined : Number(filter.tail);
-    if (tail !== undefined && (!Number.isInteger(tail) || tail < 0))
-      return bad(`items[${i}].filter.tail: must be a whole number`);
+    let filter: LogFilter;
+    try {
+      filter = readLogFilter(item.filter, `items[${i}]`, Date.now());
+    } catch (err) {
+      return bad((err as Error).message);
+    }
     for (const name of agent.moduleNames().filter((n) => pattern.test(n))) {
-      const lines: string[] = [];
-      for await (const line of await agent.logs(name, { tail })) lines.push(line);
+      const lines = await filteredLines((opts) => agent.logs(name, opts), filter);
       const content =
         contentType === 'json'
           ? JSON.stringify(lines.map((text) => ({ moduleId: name, text })))

@@ -116,6 +116,11 @@ export class EdgeAgent {
           this.kick();
         }),
       );
+      const off = rt.onHealth?.((name, health) => {
+        this.log.info({ module: name, health }, 'module health changed');
+        this.kick();
+      });
+      if (off) this.unsubscribe.push(off);
     }
     this.o.twin.onMethod((req) => this.onMethod(req));
     // A patch or a confirmed subscription: read the whole twin (a missed patch is caught up too).
@@ -406,6 +411,12 @@ export class EdgeAgent {
         if (a.start) await rt.start(a.name);
         this.agentStopped.delete(a.name);
         return;
+      case 'restart':
+        this.log.warn({ module: a.name }, 'restarting a module its health check calls unhealthy');
+        this.restarts.set(a.name, recordRestart(this.record(a.name), Date.now()));
+        await rt.stop(a.name);
+        await rt.start(a.name);
+        return;
       case 'start': {
         const s = states.find((x) => x.name === a.name);
         const ranBefore = s !== undefined && (s.exitedAt !== undefined || s.exitCode !== undefined);
@@ -445,7 +456,11 @@ export class EdgeAgent {
 
   private restartDue(m: DesiredModule, s: ModuleState, now: number): boolean {
     const d = decideRestart(s, m.restartPolicy, this.record(m.name), now, { settings: this.restartSettings });
-    return d.runtimeStatus === 'backoff' && (d.restartAt ?? 0) <= now;
+    return (
+      (d.runtimeStatus === 'backoff' || d.runtimeStatus === 'unhealthy') &&
+      d.restartAt !== undefined &&
+      d.restartAt <= now
+    );
   }
 
   private decide(m: DesiredModule, s: ModuleState, now: number) {

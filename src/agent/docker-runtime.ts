@@ -3,7 +3,7 @@ import Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { childLog } from '../util/log.ts';
 import { LineSplitter, LogLines } from './docker-stream.ts';
-import type { LogOptions, ModuleRuntime, ModuleSpec, ModuleState, RuntimeStatus } from './runtime.ts';
+import type { LogOptions, ModuleHealth, ModuleRuntime, ModuleSpec, ModuleState, RuntimeStatus } from './runtime.ts';
 
 /**
  * Modules as containers, over the Docker Engine API: Docker or Podman behind the same code.
@@ -75,6 +75,20 @@ function engineTime(value: string | undefined): number | undefined {
   if (!value || value.startsWith('0001-01-01')) return undefined;
   const t = Date.parse(value);
   return Number.isNaN(t) ? undefined : t;
+}
+
+/**
+ * The engine's health check result of a running container, when it has a check. Docker reports
+ * it as State.Health; Podman's compatible API as State.Health, older Podman as State.Healthcheck.
+ */
+function healthOf(state: Docker.ContainerInspectInfo['State']): ModuleHealth | undefined {
+  if (!(state.Running || state.Restarting)) return undefined;
+  const s = state as { Health?: { Status?: string }; Healthcheck?: { Status?: string } };
+  return asHealth(s.Health?.Status ?? s.Healthcheck?.Status);
+}
+
+function asHealth(value: string | undefined): ModuleHealth | undefined {
+  return value === 'starting' || value === 'healthy' || value === 'unhealthy' ? value : undefined;
 }
 
 /** The engine's state as IoT Edge reports it: a non-zero exit is a failure. */
@@ -157,6 +171,8 @@ export class DockerRuntime implements ModuleRuntime {
   private readonly nameOf: (module: string) => string;
   private readonly log: Logger;
   private readonly exitListeners = new Set<(name: string, exitCode: number) => void>();
+  private readonly healthListeners = new Set<(name: string, health: ModuleHealth | undefined) => void>();
+  private readonly healthTimers = new Set<NodeJS.Timeout>();
   /** Containers we are stopping or removing: their die event is not an exit "by itself". */
   private readonly stopping = new Set<string>();
   private events: Readable | undefined;
@@ -216,6 +232,7 @@ export class DockerRuntime implements ModuleRuntime {
       specHash: labels[LABEL_SPEC],
       image: info.Config.Image,
       id: info.Id,
+      ...(healthOf(info.State) ? { health: healthOf(info.State) } : {}),
     };
   }
 
@@ -340,7 +357,14 @@ export class DockerRuntime implements ModuleRuntime {
       throw new ModuleRuntimeError(name, 'logs', engineSays(err));
     }
     const lines = new LogLines(!tty);
-    const base = { stdout: true, stderr: true, ...(opts.tail !== undefined ? { tail: opts.tail } : {}) };
+    const base = {
+      stdout: true,
+      stderr: true,
+      ...(opts.tail !== undefined ? { tail: opts.tail } : {}),
+      // The engine takes unix seconds and knows when each line was written.
+      ...(opts.since !== undefined ? { since: Math.floor(opts.since / 1000) } : {}),
+      ...(opts.until !== undefined ? { until: Math.ceil(opts.until / 1000) } : {}),
+    };
     if (!opts.follow) {
       let out: Buffer;
       try {
@@ -371,6 +395,26 @@ export class DockerRuntime implements ModuleRuntime {
     } finally {
       opts.signal?.removeEventListener('abort', abort);
       stream.destroy();
+    }
+  }
+
+  /** Health check results, from the same event stream (Docker: `health_status: unhealthy`; Podman: `health_status`). */
+  onHealth(listener: (name: string, health: ModuleHealth | undefined) => void): () => void {
+    this.healthListeners.add(listener);
+    if (!this.events && !this.eventsRetry) this.watchEvents();
+    return () => {
+      this.healthListeners.delete(listener);
+    };
+  }
+
+  private notifyHealth(module: string, health: ModuleHealth | undefined): void {
+    if (this.closed) return;
+    for (const listener of [...this.healthListeners]) {
+      try {
+        listener(module, health);
+      } catch (err) {
+        this.log.error({ err, module }, 'health listener failed');
+      }
     }
   }
 
@@ -446,9 +490,24 @@ export class DockerRuntime implements ModuleRuntime {
       if (this.seenInLastSec.has(key)) return;
       this.seenInLastSec.add(key);
     }
-    if ((ev.Action ?? ev.status) !== 'die') return;
+    const action = ev.Action ?? ev.status ?? '';
     const attrs = ev.Actor?.Attributes ?? {};
     if (attrs[LABEL_AGENT] !== this.agentId) return;
+    if (action.startsWith('health_status')) {
+      const module = attrs[LABEL_MODULE];
+      const health = asHealth(action.split(': ')[1] ?? attrs.health_status ?? attrs.healthStatus);
+      if (!module) return;
+      this.notifyHealth(module, health);
+      // Podman sends the event as the check starts, before its result is recorded: say it again.
+      const later = setTimeout(() => {
+        this.healthTimers.delete(later);
+        this.notifyHealth(module, undefined);
+      }, 1000);
+      later.unref();
+      this.healthTimers.add(later);
+      return;
+    }
+    if (action !== 'die') return;
     const id = ev.Actor?.ID ?? ev.id ?? '';
     if (this.stopping.delete(id)) return; // we stopped it
     const module = attrs[LABEL_MODULE];
@@ -470,5 +529,8 @@ export class DockerRuntime implements ModuleRuntime {
     this.events?.destroy();
     this.events = undefined;
     this.exitListeners.clear();
+    this.healthListeners.clear();
+    for (const t of this.healthTimers) clearTimeout(t);
+    this.healthTimers.clear();
   }
 }

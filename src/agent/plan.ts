@@ -13,7 +13,9 @@ export type PlanAction =
   | { kind: 'create'; name: string; spec: ModuleSpec; start: boolean }
   /** The spec changed (image, env, createOptions, command...): stop, remove, create anew. */
   | { kind: 'recreate'; name: string; spec: ModuleSpec; start: boolean }
-  | { kind: 'start'; name: string };
+  | { kind: 'start'; name: string }
+  /** Running but unhealthy, and its restart policy says restart: stop and start the same module. */
+  | { kind: 'restart'; name: string };
 
 export interface PlanInput {
   /** The deployment's valid modules. */
@@ -27,7 +29,8 @@ export interface PlanInput {
   keep?: Iterable<string>;
   /**
    * Whether a module that ran and exited by itself may be started now (its restart policy and
-   * back-off decide; restart-policy.ts). Modules that never ran start regardless. Default: yes.
+   * back-off decide; restart-policy.ts), or a running module its health check calls unhealthy
+   * be restarted now. Modules that never ran start regardless. Default: yes.
    */
   mayRestart?: (module: DesiredModule, state: ModuleState) => boolean;
 }
@@ -63,6 +66,8 @@ export function planActions(input: PlanInput): PlanAction[] {
     } else if (start && s.runtimeStatus !== 'running') {
       const ranBefore = s.exitedAt !== undefined || s.exitCode !== undefined;
       if (!ranBefore || mayRestart(m, s)) coming.push({ kind: 'start', name: m.name });
+    } else if (start && s.runtimeStatus === 'running' && s.health === 'unhealthy' && mayRestart(m, s)) {
+      coming.push({ kind: 'restart', name: m.name });
     }
   }
   return [...going, ...coming];

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { childLog } from '../util/log.ts';
+import { withinTime } from './log-filter.ts';
 import { readLogLines, rotateIfOver, sleep } from './module-log.ts';
 import { findByEnvironment, isSameProcess, processStartTime } from './process-identity.ts';
 import type { LogOptions, ModuleRuntime, ModuleSpec, ModuleState, RuntimeStatus } from './runtime.ts';
@@ -151,7 +152,10 @@ export class ProcessRuntime implements ModuleRuntime {
   logs(name: string, opts: LogOptions = {}): AsyncIterable<string> {
     const dir = this.moduleDir(name);
     if (!fs.existsSync(dir)) throw new Error(`process module "${name}" does not exist`);
-    return readLogLines(path.join(dir, LOG_FILE), opts);
+    const file = path.join(dir, LOG_FILE);
+    if (opts.since === undefined && opts.until === undefined) return readLogLines(file, opts);
+    // The file keeps no time per line: the lines' own times decide (log-filter.ts).
+    return withinTime(readLogLines(file, { ...opts, tail: undefined }), opts);
   }
 
   onExit(listener: (name: string, exitCode: number | undefined) => void): () => void {

@@ -34,8 +34,8 @@ export interface RestartRecord {
 }
 
 /**
- * Whether the policy restarts a module that exited with `exitCode`. `on-unhealthy` acts as
- * `on-failure`: Strata runs no health checks, so a failed exit is the only unhealthiness it sees.
+ * Whether the policy restarts a module that exited with `exitCode`. `on-unhealthy` restarts a
+ * failed exit too (as IoT Edge's policies are ordered: never < on-failure < on-unhealthy < always).
  */
 export function policyRestarts(policy: RestartPolicy, exitCode: number | undefined): boolean {
   switch (policy) {
@@ -49,19 +49,24 @@ export function policyRestarts(policy: RestartPolicy, exitCode: number | undefin
   }
 }
 
+/** Whether the policy restarts a running module whose engine health check says unhealthy. */
+export function policyRestartsUnhealthy(policy: RestartPolicy): boolean {
+  return policy === 'on-unhealthy' || policy === 'always';
+}
+
 /** The cool-off before the restart that follows `restartCount` earlier restarts, in ms. */
 export function coolOffMs(restartCount: number, settings: RestartSettings = DEFAULT_RESTART_SETTINGS): number {
   const secs = Math.min(settings.coolOffTimeUnitSecs * 2 ** Math.max(0, restartCount), settings.maxCoolOffSecs);
   return secs * 1000;
 }
 
-export type ModuleRunState = 'running' | 'stopped' | 'failed' | 'backoff' | 'unknown';
+export type ModuleRunState = 'running' | 'unhealthy' | 'stopped' | 'failed' | 'backoff' | 'unknown';
 
 export interface RestartDecision {
   runtimeStatus: ModuleRunState;
   /** For people and reported properties, e.g. "Backing off for 40 seconds". */
   statusDescription: string;
-  /** Epoch ms at which to restart; set only in `backoff`. */
+  /** Epoch ms at which to restart; set only in `backoff` and for an `unhealthy` module its policy restarts. */
   restartAt?: number;
 }
 
@@ -79,7 +84,24 @@ export function decideRestart(
 ): RestartDecision {
   const settings = opts.settings ?? DEFAULT_RESTART_SETTINGS;
   if (state.runtimeStatus === 'running') {
-    return { runtimeStatus: 'running', statusDescription: `Up ${humanize(now - (state.startedAt ?? now))}` };
+    const up = `Up ${humanize(now - (state.startedAt ?? now))}`;
+    if (state.health !== 'unhealthy') return { runtimeStatus: 'running', statusDescription: up };
+    if (!policyRestartsUnhealthy(policy)) return { runtimeStatus: 'unhealthy', statusDescription: `${up} (unhealthy)` };
+    if (record.restartCount >= settings.maxRestartCount) {
+      return {
+        runtimeStatus: 'failed',
+        statusDescription: `Unhealthy after ${record.restartCount} restarts; no longer restarted`,
+      };
+    }
+    // The cool-off counts from its last start: a module that turns unhealthy at once is not
+    // restarted faster than one that keeps exiting.
+    const restartAt = (state.startedAt ?? now) + coolOffMs(record.restartCount, settings);
+    const left = Math.max(0, Math.ceil((restartAt - now) / 1000));
+    return {
+      runtimeStatus: 'unhealthy',
+      statusDescription: left > 0 ? `Unhealthy; restarting in ${left} seconds` : 'Unhealthy; restarting',
+      restartAt,
+    };
   }
   if (state.runtimeStatus === 'unknown') return { runtimeStatus: 'unknown', statusDescription: 'Unknown' };
   if (opts.stoppedByAgent) return { runtimeStatus: 'stopped', statusDescription: 'Stopped' };
@@ -111,6 +133,7 @@ export function resetIfHealthy(
   settings: RestartSettings = DEFAULT_RESTART_SETTINGS,
 ): RestartRecord {
   if (record.restartCount === 0 || state.runtimeStatus !== 'running' || state.startedAt === undefined) return record;
+  if (state.health === 'unhealthy') return record;
   if (now - state.startedAt < settings.intensiveCareSecs * 1000) return record;
   return { ...record, restartCount: 0 };
 }

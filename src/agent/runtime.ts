@@ -46,11 +46,21 @@ export interface ModuleState {
   image?: string;
   /** Engine container id or process id, for logs and people. */
   id?: string;
+  /**
+   * The engine's health check of a running container (createOptions `Healthcheck` or the
+   * image's HEALTHCHECK), when it has one. Process modules have none.
+   */
+  health?: ModuleHealth;
 }
+
+export type ModuleHealth = 'starting' | 'healthy' | 'unhealthy';
 
 export interface LogOptions {
   /** Only the last N lines (default: all kept). */
   tail?: number;
+  /** Only lines written at or after / before this time (epoch ms). See log-filter.ts for process modules. */
+  since?: number;
+  until?: number;
   /** Keep reading new lines until `signal` aborts. */
   follow?: boolean;
   signal?: AbortSignal;
@@ -75,5 +85,7 @@ export interface ModuleRuntime {
    * agent restart is not this agent's child, so only its end is seen, not its exit status.
    */
   onExit(listener: (name: string, exitCode: number | undefined) => void): () => void;
+  /** Told when a module's health check result changes (runtimes with health checks only; undefined: not said). */
+  onHealth?(listener: (name: string, health: ModuleHealth | undefined) => void): () => void;
   close(): Promise<void>;
 }

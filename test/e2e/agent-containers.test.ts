@@ -9,9 +9,6 @@
  * `$edgeAgent` reports both running; a gateway killed with -9 adopts the containers.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { realpath } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { EventPageJson } from '../../src/hub/event-json.ts';
@@ -25,7 +22,7 @@ import {
 } from '../helpers/edge.ts';
 import { pollUntil } from '../helpers/poll.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
-import { podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
+import { nodeMounts, podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
 
 const SENSOR = fileURLToPath(new URL('../fixtures/agent-modules/sensor.cjs', import.meta.url));
 const FILTER = fileURLToPath(new URL('../fixtures/agent-modules/filter.cjs', import.meta.url));
@@ -103,17 +100,7 @@ before(async () => {
   if (skip) return;
   engine = await startPodman();
   cleanups.push(() => engine.stop());
-  // This machine's node, its shared libraries and the SDK packages, read-only in the container.
-  const node = await realpath(process.execPath);
-  const libDirs = new Set<string>();
-  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
-    libDirs.add(dirname(m[1]!));
-  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
-  mounts = [
-    `${node}:/usr/bin/node:ro`,
-    ...[...libDirs].map((d) => `${d}:${d}:ro`),
-    `${nodeModules}:/app/node_modules:ro`,
-  ];
+  mounts = await nodeMounts();
 
   hub = await startHubProcess({ address: randomLoopback() });
   cleanups.push(() => hub.stop());
@@ -218,5 +205,68 @@ describe('the edge agent with container modules on Podman', { skip, timeout: 300
     assert.equal(rep.modules.sensor.runtimeStatus, 'running');
     assert.equal(rep.modules.filter.runtimeStatus, 'running');
     assert.deepEqual(await containers(), before, 'the good containers untouched');
+  });
+
+  test("the engine's health check: on-unhealthy restarts an unhealthy container, on-failure reports it", async () => {
+    // A check that fails until /tmp/ok exists. Without systemd Podman runs no check on its own
+    // (its timers are systemd units): the test runs each one as the timer would, with
+    // `podman healthcheck run`.
+    const checked = (restartPolicy: string) => ({
+      version: '1.0',
+      type: 'docker',
+      status: 'running',
+      restartPolicy,
+      imagePullPolicy: 'never',
+      settings: {
+        image: engine.image,
+        createOptions: JSON.stringify({
+          Cmd: ['/bin/sh', '-c', 'trap "exit 0" TERM; while true; do sleep 1; done'],
+          Healthcheck: { Test: ['CMD-SHELL', 'test -f /tmp/ok'], Interval: 1e9, Timeout: 2e9, Retries: 1 },
+        }),
+      },
+    });
+    await sdk.must(
+      sdk.call(
+        'owner',
+        'applyConfigurationContentOnDevice',
+        edge.gatewayId,
+        manifest({ sick: checked('on-unhealthy'), patient: checked('on-failure') }),
+      ),
+    );
+    const first = await waitFor('both checked modules running', 60_000, async () => {
+      const r = await agentReported();
+      const ids = await containers();
+      return r.modules?.sick?.runtimeStatus === 'running' && ids.sick && ids.patient ? ids : undefined;
+    });
+    const startedAt = async (id: string) =>
+      (await engine.podman(['inspect', '--format', '{{.State.StartedAt}}', id])).trim();
+    const sickStarted = await startedAt(first.sick!);
+    const check = async () => {
+      const ids = await containers();
+      for (const id of Object.values(ids)) await engine.podman(['healthcheck', 'run', id]).catch(() => undefined);
+    };
+    const rep = await waitFor('sick restarted twice, patient reported unhealthy', 90_000, async () => {
+      await check();
+      const r = await agentReported();
+      return r.modules?.sick?.restartCount >= 2 && r.modules.patient?.runtimeStatus === 'unhealthy' ? r : undefined;
+    });
+    assert.match(rep.modules.sick.lastRestartTimeUtc, /^\d{4}-/);
+    assert.equal(rep.modules.patient.restartCount, 0, 'on-failure does not restart for health');
+    assert.match(rep.modules.patient.statusDescription, /^Up \d+ \w+ \(unhealthy\)$/);
+    assert.equal(rep.modules.sensor.runtimeStatus, 'running', 'modules without a check are left alone');
+    const now = await containers();
+    assert.equal(now.sick, first.sick, 'restarted, not recreated');
+    assert.equal(now.patient, first.patient);
+    assert.notEqual(await startedAt(now.sick!), sickStarted, 'started again');
+    // Healthy again: reported running, and no more restarts.
+    for (const id of [now.sick!, now.patient!]) await engine.podman(['exec', id, 'touch', '/tmp/ok']);
+    const healthy = await waitFor('both healthy', 30_000, async () => {
+      await check();
+      const r = await agentReported();
+      return r.modules?.sick?.runtimeStatus === 'running' && r.modules.patient?.runtimeStatus === 'running'
+        ? r
+        : undefined;
+    });
+    assert.match(healthy.modules.patient.statusDescription, /^Up /);
   });
 });

@@ -121,6 +121,14 @@ test('create and start: env and createOptions merged, labels, logs tail and foll
   assert.ok(n >= 15, tail.join('|'));
   assert.deepEqual(tail, [`line ${n - 2}`, `line ${n - 1}`, `line ${n}`]);
 
+  // since and until go to the engine, which knows when each line was written.
+  const sinceLater = await collect(runtime.logs('counter', { since: Date.now() + 60_000 }), () => false);
+  assert.deepEqual(sinceLater, []);
+  const sinceStart = await collect(runtime.logs('counter', { since: running!.startedAt! - 60_000 }), () => false);
+  assert.ok(sinceStart.includes('line 15'), sinceStart.join('|'));
+  const untilBefore = await collect(runtime.logs('counter', { until: running!.startedAt! - 60_000 }), () => false);
+  assert.deepEqual(untilBefore, []);
+
   // A stopped module is not an exit "by itself": no onExit.
   const exits: string[] = [];
   const off = runtime.onExit((name) => exits.push(name));

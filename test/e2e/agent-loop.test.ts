@@ -356,6 +356,31 @@ describe('the edge agent with process modules', { timeout: 300_000 }, () => {
     assert.equal(logs.status, 200);
     assert.equal(logs.payload[0].id, 'filter');
     assert.match(logs.payload[0].payload, /filter filter open/);
+    // IoT Edge's other filters: a regex, a level (an unprefixed line counts as 6), since.
+    const narrowed = await invokeAgent('GetModuleLogs', {
+      schemaVersion: '1.0',
+      items: [{ id: 'filt.*', filter: { regex: 'open$', loglevel: 6, since: '1h' } }],
+      contentType: 'json',
+    });
+    assert.equal(narrowed.status, 200);
+    const texts = narrowed.payload[0].payload.map((l: { text: string }) => l.text);
+    assert.ok(texts.length >= 1 && texts.every((t: string) => /open$/.test(t)), texts.join('|'));
+    assert.deepEqual(
+      (
+        await invokeAgent('GetModuleLogs', {
+          schemaVersion: '1.0',
+          items: [{ id: 'filter', filter: { loglevel: 3 } }],
+        })
+      ).payload,
+      [{ id: 'filter', payload: '' }],
+      'no error lines',
+    );
+    const bad = await invokeAgent('GetModuleLogs', {
+      schemaVersion: '1.0',
+      items: [{ id: 'filter', filter: { since: 'whenever' } }],
+    });
+    assert.equal(bad.status, 400);
+    assert.match(bad.payload.message, /items\[0\]\.filter\.since/);
 
     const before = modulePid('filter');
     const restarted = await invokeAgent('RestartModule', { schemaVersion: '1.0', id: 'filter' });

@@ -1,8 +1,8 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { nodeMounts } from './podman.ts';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 /**
  * Runs a Node module script in a real container (Podman, its own storage under a temp dir), the
@@ -49,16 +49,7 @@ export async function moduleContainers(): Promise<ModuleContainers> {
   execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
   execFileSync('podman', [...podman, 'import', join(dir, 'rootfs.tar'), IMAGE], { env, stdio: 'ignore' });
 
-  const node = await realpath(process.execPath);
-  const libDirs = new Set<string>();
-  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
-    libDirs.add(dirname(m[1]));
-  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
-  const mounts = [
-    `${node}:/usr/bin/node:ro`,
-    ...[...libDirs].map((d) => `${d}:${d}:ro`),
-    `${nodeModules}:/app/node_modules:ro`,
-  ];
+  const mounts = await nodeMounts();
 
   return {
     command(o) {

@@ -1,8 +1,9 @@
-import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, symlink, writeFile, copyFile } from 'node:fs/promises';
+import { type ChildProcess, execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, realpath, rm, symlink, writeFile, copyFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 /**
@@ -143,7 +144,15 @@ export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngin
     live.delete(service);
   };
 
-  let service = await startService();
+  let service: ChildProcess;
+  try {
+    service = await startService();
+  } catch (err) {
+    // Nothing runs yet: leave no storage mount or directory behind.
+    await run('umount', [join(dir, 'storage', 'overlay')]).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
   let stopped = false;
   return {
     dir,
@@ -186,4 +195,22 @@ async function buildTestImage(dir: string, podman: (args: string[]) => Promise<s
   await podman(['import', '--change', 'CMD ["/bin/sh"]', '--change', 'ENV PATH=/bin', tar, TEST_IMAGE]);
   await rm(root, { recursive: true, force: true });
   await rm(tar, { force: true });
+}
+
+/**
+ * Binds that let a Node module script run in the busybox image: this machine's node at
+ * /usr/bin/node, its shared libraries where ldd finds them, and the SDK packages at
+ * /app/node_modules (a script mounted at /app/module.cjs finds them), all read-only.
+ */
+export async function nodeMounts(): Promise<string[]> {
+  const node = await realpath(process.execPath);
+  const libDirs = new Set<string>();
+  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
+    libDirs.add(dirname(m[1]!));
+  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
+  return [
+    `${node}:/usr/bin/node:ro`,
+    ...[...libDirs].map((d) => `${d}:${d}:ro`),
+    `${nodeModules}:/app/node_modules:ro`,
+  ];
 }

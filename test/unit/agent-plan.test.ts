@@ -147,3 +147,11 @@ test('the plan is pure: inputs are not changed and the same inputs give the same
   assert.deepEqual(brief(one), ['remove z', 'create+start a', 'create+start b']);
   assert.equal(JSON.stringify({ desired, states }), snapshot);
 });
+
+test('a running module its health check calls unhealthy is restarted when the policy says so', () => {
+  const [m] = modules({ sick: {} });
+  const sick = running(m!, { health: 'unhealthy' });
+  assert.deepEqual(brief(planActions({ desired: [m!], states: [sick] })), ['restart sick']);
+  assert.deepEqual(brief(planActions({ desired: [m!], states: [sick], mayRestart: () => false })), []);
+  assert.deepEqual(brief(planActions({ desired: [m!], states: [running(m!, { health: 'healthy' })] })), []);
+});

@@ -145,3 +145,38 @@ test('humanize gives coarse spans', () => {
     '2 days',
   ]);
 });
+
+test('an unhealthy module: restarted under on-unhealthy and always after its cool-off, reported otherwise', () => {
+  const sick: ModuleState = { name: 'm', runtimeStatus: 'running', startedAt: 100_000, health: 'unhealthy' };
+  for (const policy of ['on-unhealthy', 'always'] as const) {
+    const early = decideRestart(sick, policy, { restartCount: 1 }, 105_000);
+    assert.equal(early.runtimeStatus, 'unhealthy', policy);
+    // The second restart waits 20 s from the last start.
+    assert.equal(early.restartAt, 120_000);
+    assert.equal(early.statusDescription, 'Unhealthy; restarting in 15 seconds');
+    const due = decideRestart(sick, policy, { restartCount: 1 }, 125_000);
+    assert.equal(due.statusDescription, 'Unhealthy; restarting');
+    assert.ok(due.restartAt! <= 125_000);
+    const spent = decideRestart(sick, policy, { restartCount: 5 }, 125_000);
+    assert.equal(spent.runtimeStatus, 'failed');
+    assert.equal(spent.restartAt, undefined);
+    assert.match(spent.statusDescription, /Unhealthy after 5 restarts/);
+  }
+  for (const policy of ['never', 'on-failure'] as const) {
+    const d = decideRestart(sick, policy, { restartCount: 0 }, 160_000);
+    assert.equal(d.runtimeStatus, 'unhealthy', policy);
+    assert.equal(d.restartAt, undefined, `${policy} never restarts for health`);
+    assert.equal(d.statusDescription, 'Up 1 minute (unhealthy)');
+  }
+  for (const health of ['healthy', 'starting'] as const) {
+    const d = decideRestart({ ...sick, health }, 'on-unhealthy', { restartCount: 0 }, 160_000);
+    assert.deepEqual(d, { runtimeStatus: 'running', statusDescription: 'Up 1 minute' });
+  }
+});
+
+test('an unhealthy module is not counted healthy again, however long it runs', () => {
+  const sick: ModuleState = { name: 'm', runtimeStatus: 'running', startedAt: 0, health: 'unhealthy' };
+  const record = { restartCount: 3 };
+  assert.equal(resetIfHealthy(record, sick, 3_600_000), record);
+  assert.equal(resetIfHealthy(record, { ...sick, health: 'healthy' }, 3_600_000).restartCount, 0);
+});
