@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { ConfigError, formatDiagnostic } from '../edge/config.ts';
-import { startGateway, type GatewayNode } from '../edge/gateway.ts';
+import type { GatewayNode } from '../edge/gateway.ts';
 import { loadEdgeConfigFile } from '../edge/load-config.ts';
 import {
   defaultEdgeDataDir,
@@ -110,6 +110,8 @@ export function registerEdgeCommands(program: Command): void {
         let configPath = flags.config;
         if (!configPath && flags.data) configPath = readAppliedConfig(resolve(flags.data))?.configPath;
         if (!configPath) throw new UserError('no configuration given', 'Pass --config config.toml');
+        // The gateway (servers, container runtime, metrics) is loaded only to start one.
+        const { startGateway } = await import('../edge/gateway.ts');
         const node = await withConfigWarnings(() =>
           startGateway({
             configPath,

@@ -2,7 +2,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { DEFAULT_HUB_DIR, hubConnectionString } from '../hub/local.ts';
 import { formatConnectionString } from '../identity/connection-string.ts';
-import { startHub, type HubNode } from '../hub/hub.ts';
+import type { HubNode } from '../hub/hub.ts';
 import { childLog } from '../util/log.ts';
 import { hubDirOf } from './local-hub-dir.ts';
 import { action } from './run.ts';
@@ -141,6 +141,8 @@ export function registerHubCommands(program: Command): void {
     )
     .action(
       action(async (flags: StartFlags) => {
+        // The hub's servers are loaded only to start one, not for `hub connection-string`.
+        const { startHub } = await import('../hub/hub.ts');
         const node = await startHub({
           dataDir: flags.data,
           hostname: flags.hostname,

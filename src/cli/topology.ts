@@ -7,7 +7,6 @@ import { topologyDown, requireState } from '../topology/down.ts';
 import { readSensorConfig } from '../topology/sensor-files.ts';
 import { DEFAULT_TOPOLOGY_DIR, topologyPaths, type TopologyState } from '../topology/state.ts';
 import { TABLE_LEGEND, ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
-import { readTopologyFile, runningCount, topologyUp } from '../topology/up.ts';
 import { watchTopology } from '../topology/watch.ts';
 
 /**
@@ -99,6 +98,8 @@ interface UpFlags {
 async function up(file: string, flags: UpFlags): Promise<void> {
   const interrupt = interruptSignal({ orphaned: flags.watch === true });
   try {
+    // up.ts brings the certificate toolkit; `topology env` and `status` start without it.
+    const { topologyUp } = await import('../topology/up.ts');
     const result = await topologyUp({
       file,
       dir: flags.dir,
@@ -146,6 +147,7 @@ async function status(flags: { dir: string; json?: boolean; watch?: boolean }): 
     }
     return;
   }
+  const { runningCount } = await import('../topology/up.ts');
   const { running, total } = runningCount(state);
   const first = await takeSnapshot(state);
   // Rates need two looks; skip the second when nothing runs.
@@ -245,7 +247,8 @@ export function registerTopologyCommands(program: Command): void {
     .argument('<file>', 'topology YAML file')
     .description('check a topology file without starting anything')
     .action(
-      action((file: string) => {
+      action(async (file: string) => {
+        const { readTopologyFile } = await import('../topology/up.ts');
         const t = readTopologyFile(file);
         const layers = Math.max(0, ...t.gateways.map((g) => g.layer));
         out(
