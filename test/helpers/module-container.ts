@@ -20,6 +20,57 @@ export function containerMissing(): string | undefined {
   return undefined;
 }
 
+/**
+ * Binds that give an image without Node this machine's node (at /usr/bin/node), its shared
+ * libraries and the SDK packages (at /app/node_modules), all read-only.
+ */
+export async function hostNodeMounts(): Promise<string[]> {
+  const node = await realpath(process.execPath);
+  const libDirs = new Set<string>();
+  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
+    libDirs.add(dirname(m[1]!));
+  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
+  return [
+    `${node}:/usr/bin/node:ro`,
+    ...[...libDirs].map((d) => `${d}:${d}:ro`),
+    `${nodeModules}:/app/node_modules:ro`,
+  ];
+}
+
+/** The agent tests' module pipeline, as containers: a sensor (its SENSOR_LABEL `label`) and a filter. */
+export function pipelineContainers(image: string, mounts: string[], label: string): Record<string, unknown> {
+  const script = (name: string) => fileURLToPath(new URL(`../fixtures/agent-modules/${name}.cjs`, import.meta.url));
+  return {
+    sensor: nodeContainerModule(image, mounts, script('sensor'), { SENSOR_LABEL: label }),
+    filter: nodeContainerModule(image, mounts, script('filter')),
+  };
+}
+
+/**
+ * A `docker` module of a deployment that runs `script` with this machine's node in `image`
+ * (given `mounts` from hostNodeMounts), on the host network, under `always`.
+ */
+export function nodeContainerModule(
+  image: string,
+  mounts: string[],
+  script: string,
+  env: Record<string, string> = {},
+): Record<string, unknown> {
+  const createOptions = JSON.stringify({
+    Cmd: ['/usr/bin/node', '/app/module.cjs'],
+    HostConfig: { Binds: [...mounts, `${script}:/app/module.cjs:ro`], NetworkMode: 'host' },
+  });
+  return {
+    version: '1.0',
+    type: 'docker',
+    status: 'running',
+    restartPolicy: 'always',
+    imagePullPolicy: 'never',
+    settings: { image, createOptions },
+    env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, { value: v }])),
+  };
+}
+
 export interface ModuleContainers {
   /** The podman command and arguments that run `script args` in a container with `env` and `binds`. */
   command(o: { script: string; args: string[]; env: Record<string, string>; binds: string[] }): {
@@ -49,16 +100,7 @@ export async function moduleContainers(): Promise<ModuleContainers> {
   execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
   execFileSync('podman', [...podman, 'import', join(dir, 'rootfs.tar'), IMAGE], { env, stdio: 'ignore' });
 
-  const node = await realpath(process.execPath);
-  const libDirs = new Set<string>();
-  for (const m of execFileSync('ldd', [node], { encoding: 'utf8' }).matchAll(/(\/\S+)\s+\(0x/g))
-    libDirs.add(dirname(m[1]));
-  const nodeModules = await realpath(fileURLToPath(new URL('../../node_modules', import.meta.url)));
-  const mounts = [
-    `${node}:/usr/bin/node:ro`,
-    ...[...libDirs].map((d) => `${d}:${d}:ro`),
-    `${nodeModules}:/app/node_modules:ro`,
-  ];
+  const mounts = await hostNodeMounts();
 
   return {
     command(o) {
