@@ -56,7 +56,7 @@ export function readModules(r: TopologyReader, node: YamlNode | null | undefined
       continue;
     }
     const fields = r.entries(value, MODULE_KEYS, what);
-    const run = r.text(fields, 'run', what, value);
+    const run = r.text(fields, 'run', what, keyNode ?? value);
     const env: Record<string, string> = {};
     const envNode = fields.get('env');
     if (fields.has('env')) {
