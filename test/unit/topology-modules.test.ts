@@ -4,10 +4,13 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { readAgentDesired } from '../../src/agent/manifest.ts';
+import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { gatewayDeployment } from '../../src/topology/gateway-modules.ts';
+import { HubEventFollower } from '../../src/topology/hub-events.ts';
 import { GATEWAY_DEPLOYMENT } from '../../src/topology/identities.ts';
 import { parseTopology, TopologyError } from '../../src/topology/spec.ts';
 import { moduleSamples, renderTable, type Snapshot } from '../../src/topology/status.ts';
+import { eventsLine } from '../../src/topology/watch.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/topology.yaml', import.meta.url));
 const EXAMPLES = dirname(EXAMPLE);
@@ -119,4 +122,15 @@ test("the summary lists a running gateway's modules under it, with their state a
   assert.match(lines[3]!, /^ {2}▪ sensor\s+module of g\s+running\s.*Up 3 minutes$/);
   assert.match(lines[4]!, /^ {2}▪ filter\s+module of g\s+backoff\s.*Backing off for 40 seconds$/);
   assert.equal(lines.length, 5);
+});
+
+test("the watch's hub line counts what modules sent, by device and module", () => {
+  // Never started: only its counters are read.
+  const follower = new HubEventFollower({} as ServiceClient);
+  follower.total = 5;
+  follower.byDevice.set('leaf', 2).set('gateway-l3', 3);
+  follower.byModule.set('gateway-l3/filter', 3);
+  const lines = eventsLine(follower, ['leaf'], undefined);
+  assert.equal(lines[0], 'at the hub (event stream): 5 messages since the watch began, from 1 of 1 sensors');
+  assert.equal(lines[1], '  from modules: gateway-l3/filter 3');
 });
