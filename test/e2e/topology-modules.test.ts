@@ -4,7 +4,7 @@
  * official SDK) and its routes. Its edge agent runs them as processes; the hub receives only
  * the filter's alerts (over the threshold) under the gateway's id, and the leaf's telemetry by
  * the file's leaf route; `$edgeAgent` reports both running; `topology status` lists them under
- * the gateway; `topology down` ends them with the gateways.
+ * the gateway; `topology down` ends them with the gateways, and `up` again starts them afresh.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -166,4 +166,18 @@ devices:
   assert.equal(down.code, 0, down.out);
   assert.match(down.out, /gateway gw-low: modules (sensor, filter|filter, sensor) ended/);
   for (const pid of pids) assert.equal(pidAlive(pid), false, `module pid ${pid} still runs after down`);
+
+  // up again: the agent starts the modules afresh.
+  const again = await cli(['topology', 'up', file, '--dir', topoDir, '--timeout', '40']);
+  assert.equal(again.code, 0, again.out);
+  await pollUntil(
+    'the modules running again',
+    60_000,
+    async () => {
+      const now = modulePids(low.dataDir);
+      return now.length === 2 && now.every((p) => pidAlive(p) && !pids.includes(p)) ? true : undefined;
+    },
+    logs,
+  );
+  pids = modulePids(low.dataDir);
 });
