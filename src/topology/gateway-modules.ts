@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isMap, isScalar, type Node as YamlNode, type YAMLMap } from 'yaml';
+import { RouteTable } from '../routing/route-table.ts';
 
 /**
  * A gateway's own deployment in the topology file: `modules` (each a Node script its edge agent
@@ -83,7 +84,7 @@ export function readModules(r: TopologyReader, node: YamlNode | null | undefined
   return out;
 }
 
-/** Reads `routes:` of gateway `label`: a mapping of route names to route texts. */
+/** Reads `routes:` of gateway `label`: a mapping of route names to route texts, each compiled as the gateway will. */
 export function readRoutes(r: TopologyReader, node: YamlNode | null | undefined, label: string) {
   const out: Record<string, string> = {};
   if (!isMap(node)) {
@@ -95,7 +96,14 @@ export function readRoutes(r: TopologyReader, node: YamlNode | null | undefined,
     const v = pair.value as YamlNode | null;
     if (!isScalar(v) || typeof v.value !== 'string' || v.value.trim() === '')
       r.problem(v ?? (pair.key as YamlNode), `${label}: route "${k}" must be a route text (FROM ... INTO ...)`);
-    else out[k] = v.value.trim();
+    else {
+      try {
+        RouteTable.fromDefinitions([{ name: k, route: v.value }]);
+        out[k] = v.value.trim();
+      } catch (err) {
+        r.problem(v, `${label}: ${(err as Error).message.split('\n')[0]}`);
+      }
+    }
   }
   return out;
 }

@@ -78,6 +78,7 @@ test('bad modules and routes: each named with its line, all at once', () => {
         env: { "1A": x, B: [1] }
     routes:
       empty: ""
+      typo: FROM /messages/* INTO $upstreem
 `,
   );
   assert.deepEqual(
@@ -90,6 +91,7 @@ test('bad modules and routes: each named with its line, all at once', () => {
       '19: gateway g module badEnv: env name "1A" is not valid',
       '19: gateway g module badEnv: env B must be a plain value',
       '21: gateway g: route "empty" must be a route text (FROM ... INTO ...)',
+      '22: gateway g: route "typo": position 23: unknown system endpoint "$upstreem"',
     ],
   );
   assert.match(problemsOf(`${GW}    modules: [a]\n`)[0]!, /modules must be a mapping of module names/);
