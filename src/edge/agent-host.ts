@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { EdgeAgent } from '../agent/agent.ts';
 import { DockerRuntime } from '../agent/docker-runtime.ts';
@@ -67,9 +68,29 @@ export function agentEnabled(config: EdgeConfig): boolean {
   return config.agent !== undefined || config.mobyRuntime !== undefined;
 }
 
+/** Where the agent of the gateway with data directory `dataDir` keeps its process modules. */
+const processModulesDir = (dataDir: string) => join(dataDir, 'agent', 'modules');
+
+/**
+ * Ends and forgets the process modules the agent of a stopped gateway left running (they
+ * outlive it, to be adopted), for tearing the whole gateway down as `strata topology down`
+ * does. The agent of the next start creates them again. Returns their names.
+ */
+export async function removeProcessModules(dataDir: string): Promise<string[]> {
+  if (!existsSync(processModulesDir(dataDir))) return [];
+  const runtime = new ProcessRuntime({ dir: processModulesDir(dataDir) });
+  try {
+    const names = (await runtime.list()).map((m) => m.name);
+    for (const name of names) await runtime.remove(name);
+    return names;
+  } finally {
+    await runtime.close();
+  }
+}
+
 export function createAgentHost(p: AgentHostParts): AgentHost {
   const dir = join(p.dataDir, 'agent');
-  const processRuntime = new ProcessRuntime({ dir: join(dir, 'modules') });
+  const processRuntime = new ProcessRuntime({ dir: processModulesDir(p.dataDir) });
   const docker = p.config.mobyRuntime
     ? new DockerRuntime({ uri: p.config.mobyRuntime.uri, agentId: p.deviceId, log })
     : undefined;

@@ -1,3 +1,4 @@
+import { removeProcessModules } from '../edge/agent-host.ts';
 import { UserError } from '../util/errors.ts';
 import { stopProcesses } from './processes.ts';
 import { readState, topologyPaths, type ProcessRecord, type TopologyState } from './state.ts';
@@ -5,7 +6,8 @@ import { readState, topologyPaths, type ProcessRecord, type TopologyState } from
 /**
  * `strata topology down`: the sensors first (so nothing is sent into a stopping gateway), then
  * the gateways from the bottom layer up, then the hub. Each group gets SIGTERM and, after the
- * grace period, SIGKILL.
+ * grace period, SIGKILL. A gateway's process modules outlive it (a gateway started again adopts
+ * them), so they are ended once it has stopped.
  */
 
 export interface DownReport {
@@ -41,6 +43,7 @@ export async function topologyDown(
     groups.push(state.gateways.filter((g) => g.layer === layer).map((g) => ({ name: `gateway ${g.id}`, record: g })));
   groups.push([{ name: 'hub', record: state.hub }]);
 
+  const gatewayOf = new Map(state.gateways.map((g) => [g as ProcessRecord, g]));
   for (const group of groups) {
     if (group.length === 0) continue;
     const results = await stopProcesses(
@@ -58,6 +61,15 @@ export async function topologyDown(
         say(`${name}: stopped`);
       }
     });
+    for (const g of group) {
+      const gateway = gatewayOf.get(g.record);
+      if (!gateway) continue;
+      const ended = await removeProcessModules(gateway.dataDir).catch((err: Error) => {
+        say(`${g.name}: could not end its modules: ${err.message}`);
+        return [];
+      });
+      if (ended.length > 0) say(`${g.name}: modules ${ended.join(', ')} ended`);
+    }
   }
   return report;
 }

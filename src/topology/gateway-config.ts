@@ -25,6 +25,8 @@ export interface GatewayConfigInput {
   metricsBind?: string;
   /** The gateway's data directory, written as [strata] data_dir so `strata edge` commands given this config find it. */
   dataDir?: string;
+  /** Turns on the edge agent ([agent]): the gateway runs modules. */
+  agent?: boolean;
   /** Where the values came from, for the header comment. */
   source: string;
 }
@@ -54,6 +56,7 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
     ...(c.dataDir ? [`data_dir = ${str(c.dataDir)}`] : []),
   ];
   if (strata.length > 0) lines.push('[strata]', ...strata, '');
+  if (c.agent) lines.push('[agent]', 'name = "edgeAgent"', '');
   return lines.join('\n');
 }
 

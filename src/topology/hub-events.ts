@@ -19,6 +19,8 @@ export interface ArrivedEvent {
 export class HubEventFollower {
   total = 0;
   readonly byDevice = new Map<string, number>();
+  /** Messages sent by modules, by `device/module`. */
+  readonly byModule = new Map<string, number>();
   last?: ArrivedEvent;
   /** The last error reading the stream, cleared by the next good read. */
   error?: string;
@@ -49,6 +51,10 @@ export class HubEventFollower {
         for (const e of page.events) {
           this.total++;
           this.byDevice.set(e.deviceId, (this.byDevice.get(e.deviceId) ?? 0) + 1);
+          if (e.moduleId) {
+            const key = `${e.deviceId}/${e.moduleId}`;
+            this.byModule.set(key, (this.byModule.get(key) ?? 0) + 1);
+          }
           this.last = {
             deviceId: e.deviceId,
             body: Buffer.from(e.body, 'base64').toString('utf8'),

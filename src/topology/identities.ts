@@ -1,11 +1,13 @@
 import { formatConnectionString } from '../identity/connection-string.ts';
 import { ServiceError, type DeviceJson, type ServiceClient } from '../hub/service-client.ts';
 import { UserError } from '../util/errors.ts';
+import { gatewayDeployment } from './gateway-modules.ts';
 import { HUB_PARENT, type Topology } from './spec.ts';
 
 /**
  * The topology's identities in the hub: an IoT Edge device per gateway under its parent, a
- * device per leaf under its gateway, and each gateway's deployment (routes to `$upstream`).
+ * device per leaf under its gateway, and each gateway's deployment (routes to `$upstream`, or
+ * the modules and routes the file gives it).
  * Existing identities are reused and moved under the parent the file names, so `up` can run
  * again on the same directory.
  */
@@ -129,7 +131,7 @@ export async function provisionIdentities(
       );
     scopes.set(g.id, d.deviceScope);
     await client.request('POST', `/devices/${encodeURIComponent(g.id)}/applyConfigurationContent`, {
-      body: GATEWAY_DEPLOYMENT,
+      body: gatewayDeployment(GATEWAY_DEPLOYMENT, g),
     });
     out.gateways.set(g.id, formatConnectionString({ HostName: hubHost, DeviceId: g.id, SharedAccessKey: sasKey(d) }));
   }

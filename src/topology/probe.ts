@@ -12,11 +12,14 @@ export interface HttpAnswer {
 }
 
 /** GET a URL; http: or https: (then trusting only `ca`). Rejects on network errors and timeouts. */
-export function httpGet(url: string, o: { ca?: string; timeoutMs?: number } = {}): Promise<HttpAnswer> {
+export function httpGet(
+  url: string,
+  o: { ca?: string; timeoutMs?: number; headers?: Record<string, string> } = {},
+): Promise<HttpAnswer> {
   const u = new URL(url);
   const mod = u.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
-    const req = mod.get(u, { ca: o.ca, timeout: o.timeoutMs ?? 2000, agent: false }, (res) => {
+    const req = mod.get(u, { ca: o.ca, timeout: o.timeoutMs ?? 2000, agent: false, headers: o.headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('error', reject);

@@ -1,6 +1,7 @@
 import { isIPv4 } from 'node:net';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from 'yaml';
 import { UserError } from '../util/errors.ts';
+import { readModules, readRoutes, type TopologyModule } from './gateway-modules.ts';
 
 /**
  * The topology file: a hub, the gateways above one another (each naming its parent) and the
@@ -33,6 +34,10 @@ export interface GatewaySpec {
   layer: number;
   /** Absent: the gateway's default (Amqp). */
   upstream?: UpstreamProtocol;
+  /** Modules its edge agent runs (gateway-modules.ts); absent: no agent. */
+  modules?: TopologyModule[];
+  /** Its `$edgeHub` routes; absent: everything upstream. */
+  routes?: Record<string, string>;
 }
 
 export interface DeviceSpec {
@@ -77,7 +82,7 @@ function where(file: string, p: TopologyProblem): string {
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const TOP_KEYS = ['name', 'hub', 'gateways', 'devices'];
 const HUB_KEYS = ['address'];
-const GATEWAY_KEYS = ['id', 'parent', 'address', 'upstream'];
+const GATEWAY_KEYS = ['id', 'parent', 'address', 'upstream', 'modules', 'routes'];
 const DEVICE_KEYS = ['id', 'parent', 'protocol', 'interval'];
 
 /** `500ms`, `2s`, `1.5s`, `1m`, or a bare number of seconds. */
@@ -171,6 +176,8 @@ interface RawGateway {
   parent?: string;
   address?: string;
   upstream?: UpstreamProtocol;
+  modules?: TopologyModule[];
+  routes?: Record<string, string>;
   node: YamlNode;
   parentNode?: YamlNode;
 }
@@ -265,6 +272,8 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
           `${label}: upstream "${upstreamText.value}" is not one of ${UPSTREAM_PROTOCOLS.join(', ')}`,
         );
     }
+    const modules = fields.has('modules') ? readModules(r, fields.get('modules'), label, file) : undefined;
+    const routes = fields.has('routes') ? readRoutes(r, fields.get('routes'), label) : undefined;
     if (id.value === undefined) return;
     if (id.value === HUB_PARENT) {
       r.problem(id.node, `a gateway cannot be called "${HUB_PARENT}": parent: ${HUB_PARENT} means the hub`);
@@ -290,6 +299,8 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
       parent: parent.value,
       address: addr,
       ...(upstream ? { upstream } : {}),
+      ...(modules ? { modules } : {}),
+      ...(routes ? { routes } : {}),
       node: g,
       parentNode: parent.node,
     });
@@ -417,6 +428,8 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
         address: g.address!,
         layer: layers.get(g.id)!,
         ...(g.upstream ? { upstream: g.upstream } : {}),
+        ...(g.modules ? { modules: g.modules } : {}),
+        ...(g.routes ? { routes: g.routes } : {}),
       }),
     )
     .sort((a, b) => a.layer - b.layer);

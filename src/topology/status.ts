@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import { ServiceClient } from '../hub/service-client.ts';
 import type { EventPageJson } from '../hub/service-messaging.ts';
 import { readLocalHub } from '../hub/local.ts';
+import { readHealthToken } from '../edge/health-access.ts';
+import { edgeFiles } from '../edge/local.ts';
 import { isRunning } from './processes.ts';
 import { httpGet, parsePrometheus, sumOf, type MetricSample } from './probe.ts';
 import { readSensorStatus } from './sensor-files.ts';
@@ -36,7 +38,15 @@ export interface NodeSample {
   upstream?: string;
   /** Why a value is missing, or what went wrong. */
   note?: string;
+  /** A gateway's modules, as its edge agent sees them (running, backoff, ...). */
+  modules?: ModuleSample[];
   at: number;
+}
+
+export interface ModuleSample {
+  name: string;
+  runtimeStatus: string;
+  statusDescription: string;
 }
 
 export interface Snapshot {
@@ -78,15 +88,23 @@ async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> 
     at: Date.now(),
   };
   if (!s.running) return s;
+  // The token (in the data directory the topology made) lets /health name the agent's modules.
+  const token = readHealthToken(edgeFiles(g.dataDir).healthToken);
   const [health, metrics] = await Promise.allSettled([
-    httpGet(`https://${g.address}/health`, { ca, timeoutMs: 1500 }),
+    httpGet(`https://${g.address}/health`, {
+      ca,
+      timeoutMs: 1500,
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+    }),
     httpGet(`http://${g.address}:${GATEWAY_METRICS_PORT}/metrics`, { timeoutMs: 1500 }),
   ]);
   s.healthy = health.status === 'fulfilled' && health.value.status === 200;
   if (health.status === 'fulfilled' && s.healthy) {
     try {
-      const u = (JSON.parse(health.value.body) as { upstream?: { connected?: unknown } }).upstream;
+      const body = JSON.parse(health.value.body) as { upstream?: { connected?: unknown }; agentModules?: unknown };
+      const u = body.upstream;
       if (typeof u?.connected === 'boolean') s.upstream = u.connected ? 'connected' : 'disconnected';
+      if (Array.isArray(body.agentModules)) s.modules = moduleSamples(body.agentModules);
     } catch {
       // health without a JSON body still counts as healthy
     }
@@ -106,6 +124,21 @@ async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> 
         : `metrics: HTTP ${metrics.value.status}`;
   }
   return s;
+}
+
+/** The agent's module views from /health, kept to what the summary shows. */
+export function moduleSamples(views: unknown[]): ModuleSample[] {
+  return views.flatMap((v) => {
+    const m = v as Partial<Record<keyof ModuleSample, unknown>>;
+    if (typeof m?.name !== 'string') return [];
+    return [
+      {
+        name: m.name,
+        runtimeStatus: typeof m.runtimeStatus === 'string' ? m.runtimeStatus : 'unknown',
+        statusDescription: typeof m.statusDescription === 'string' ? m.statusDescription : '',
+      },
+    ];
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,11 +279,12 @@ export const TABLE_LEGEND = [
   'CHILDREN  identities connected now: at a gateway its devices, the gateway below as its $edgeHub, and those',
   '          the gateway below acts for; at the hub its top-layer gateways linked up',
   'IN/s      messages received a second    OUT/s  sent to the parent a second    QUEUE  stored, not yet sent up',
+  '▪ NAME    a module the gateway runs: running, backoff, stopped or failed, and since when',
 ].join('\n');
 
 export function renderTable(snapshot: Snapshot, rates: Map<string, Rates>, o: { notes?: boolean } = {}): string {
   const headers = ['NODE', 'ADDRESS', 'STATE', 'CHILDREN', 'IN/s', 'OUT/s', 'QUEUE', 'UPSTREAM'];
-  const rows = treeOrder(snapshot.nodes).map((n) => {
+  const rows = treeOrder(snapshot.nodes).flatMap((n) => {
     const r = rates.get(`${n.kind}:${n.id}`) ?? {};
     const label =
       n.kind === 'hub' ? 'hub' : `${'  '.repeat(Math.max(0, n.layer - 1))}${n.kind === 'sensor' ? '· ' : '└ '}${n.id}`;
@@ -267,7 +301,18 @@ export function renderTable(snapshot: Snapshot, rates: Map<string, Rates>, o: { 
     ];
     if (o.notes && n.note && n.running)
       cells[7] = `${cells[7]}  (${n.note.length > 100 ? `${n.note.slice(0, 97)}...` : n.note})`;
-    return cells;
+    // A gateway's modules under it: their state, and what it means in the last column.
+    const modules = (n.running ? (n.modules ?? []) : []).map((m) => [
+      `${'  '.repeat(n.layer)}▪ ${m.name}`,
+      `module of ${n.id}`,
+      m.runtimeStatus,
+      '-',
+      '-',
+      '-',
+      '-',
+      m.statusDescription,
+    ]);
+    return [cells, ...modules];
   });
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) =>

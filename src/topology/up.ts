@@ -5,6 +5,7 @@ import { ServiceClient } from '../hub/service-client.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
 import { ensureRootSet, issueEdgeCa, issueHubServerCert } from './certs.ts';
+import { removeProcessModules } from '../edge/agent-host.ts';
 import { writeGatewayConfig } from './gateway-config.ts';
 import { provisionIdentities, type ProvisionedIdentities } from './identities.ts';
 import { checkPortsFree } from './preflight.ts';
@@ -247,11 +248,16 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     say(
       `identities: ${topology.gateways.length} IoT Edge devices, ${topology.devices.length} leaf devices, routes FROM /messages/* INTO $upstream`,
     );
+    for (const g of topology.gateways.filter((x) => x.modules))
+      say(
+        `deployment of ${g.id}: modules ${g.modules!.map((m) => m.name).join(', ') || 'none'}, ${g.routes ? 'its own routes' : 'routes to $upstream'}`,
+      );
     check();
 
     // --- gateways, a layer at a time ---
     const addressOf = new Map(topology.gateways.map((g) => [g.id, g.address]));
     const upstreamOf = new Map(topology.gateways.map((g) => [g.id, g.upstream]));
+    const withModules = new Set(topology.gateways.filter((g) => g.modules).map((g) => g.id));
     const layers = [...new Set(state.gateways.map((g) => g.layer))].sort((a, b) => a - b);
     for (const layer of layers) {
       const inLayer = state.gateways.filter((g) => g.layer === layer);
@@ -268,6 +274,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
             upstreamProtocol: upstreamOf.get(g.id),
             metricsBind: g.address,
             dataDir: g.dataDir,
+            agent: withModules.has(g.id),
             source: file,
           });
           mkdirSync(g.dataDir, { recursive: true });
@@ -349,6 +356,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
       .map((p) => p.record)
       .filter((r) => r.pid !== undefined);
     await stopProcesses(started, o.graceMs ?? 10_000);
+    for (const g of state.gateways) await removeProcessModules(g.dataDir).catch(() => undefined);
     if (err instanceof Aborted) throw new UserError('interrupted: stopped everything `up` had started');
     if (err instanceof UserError)
       throw new UserError(`${err.message}\n(stopped everything \`up\` had started; logs in ${paths.logs})`, err.hint);

@@ -30,6 +30,8 @@ export function eventsLine(follower: HubEventFollower, sensors: string[], ratePe
   ];
   const missing = sensors.filter((s) => !follower.byDevice.has(s));
   if (missing.length > 0 && missing.length < sensors.length) lines.push(`  not seen yet: ${missing.join(', ')}`);
+  if (follower.byModule.size > 0)
+    lines.push(`  from modules: ${[...follower.byModule].map(([m, n]) => `${m} ${n}`).join(', ')}`);
   if (follower.last) lines.push(`  last: ${follower.last.deviceId} ${follower.last.body.slice(0, 80)}`);
   if (follower.error) lines.push(`  event stream: ${follower.error}`);
   return lines;

@@ -10,10 +10,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { EventPageJson } from '../../src/hub/event-json.ts';
 import {
   PIPELINE_ROUTES,
+  agentRunning,
   deploymentManifest,
   setupEdge,
   startGatewayProcess,
@@ -22,10 +22,9 @@ import {
 } from '../helpers/edge.ts';
 import { pollUntil } from '../helpers/poll.ts';
 import { randomLoopback, startHubProcess, startServiceSdk, type HubProcess, type ServiceSdk } from '../helpers/hub.ts';
+import { pipelineContainers } from '../helpers/module-container.ts';
 import { nodeMounts, podmanMissing, startPodman, type PodmanEngine } from '../helpers/podman.ts';
 
-const SENSOR = fileURLToPath(new URL('../fixtures/agent-modules/sensor.cjs', import.meta.url));
-const FILTER = fileURLToPath(new URL('../fixtures/agent-modules/filter.cjs', import.meta.url));
 const skip = podmanMissing();
 
 let hub: HubProcess;
@@ -36,27 +35,10 @@ let engine: PodmanEngine;
 let mounts: string[] = [];
 const cleanups: Array<() => unknown> = [];
 
-/** createOptions that run `script` with this machine's node in the busybox image, on the host network. */
-function containerOptions(script: string): string {
-  return JSON.stringify({
-    Cmd: ['/usr/bin/node', '/app/module.cjs'],
-    HostConfig: { Binds: [...mounts, `${script}:/app/module.cjs:ro`], NetworkMode: 'host' },
-  });
-}
-
 function manifest(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  const mod = (script: string, env: Record<string, string> = {}) => ({
-    version: '1.0',
-    type: 'docker',
-    status: 'running',
-    restartPolicy: 'always',
-    imagePullPolicy: 'never',
-    settings: { image: engine.image, createOptions: containerOptions(script) },
-    env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, { value: v }])),
-  });
   return deploymentManifest({
     routes: PIPELINE_ROUTES,
-    modules: { sensor: mod(SENSOR, { SENSOR_LABEL: 'boxed' }), filter: mod(FILTER), ...extra },
+    modules: { ...pipelineContainers(engine.image, mounts, 'boxed'), ...extra },
   });
 }
 
@@ -127,11 +109,7 @@ describe('the edge agent with container modules on Podman', { skip, timeout: 300
     await sdk.must(sdk.call('owner', 'applyConfigurationContentOnDevice', edge.gatewayId, manifest()));
     const rep = await waitFor('both containers running, status 200', 60_000, async () => {
       const r = await agentReported();
-      return r?.lastDesiredStatus?.code === 200 &&
-        r.modules?.sensor?.runtimeStatus === 'running' &&
-        r.modules?.filter?.runtimeStatus === 'running'
-        ? r
-        : undefined;
+      return agentRunning(r, ['sensor', 'filter']) ? r : undefined;
     });
     assert.equal(rep.modules.filter.settings.image, engine.image);
     const ids = await containers();

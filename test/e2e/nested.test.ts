@@ -21,7 +21,7 @@ import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.t
 import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { recordConnections, setupLayer } from '../helpers/nested.ts';
+import { assertConnectsOnlyTo, recordConnections, setupLayer } from '../helpers/nested.ts';
 import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
@@ -329,12 +329,7 @@ describe('a hub and three gateway layers', { timeout: 90_000 }, () => {
   test('network isolation: L2 and L3 connect only to their parent; L1 only to the hub', (t) => {
     for (const n of ['l1', 'l2', 'l3']) t.diagnostic(`${n} outbound: ${recorder.seen(n).join(', ')}`);
     assert.ok(recorder.samples() > 10, 'the recorder sampled');
-    const only = (name: string, parent: string) => {
-      const seen = recorder.seen(name);
-      assert.ok(seen.length > 0, `${name} was seen connecting upstream`);
-      const elsewhere = seen.filter((s) => !s.startsWith(`${parent}:`));
-      assert.deepEqual(elsewhere, [], `${name} connected only to ${parent}; saw ${seen.join(', ')}`);
-    };
+    const only = (name: string, parent: string) => assertConnectsOnlyTo(recorder, name, parent);
     only('l1', hubAddr);
     only('l2', l1Addr);
     only('l3', l2Addr);

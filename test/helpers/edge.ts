@@ -37,6 +37,13 @@ export const PIPELINE_ROUTES = {
   filterToUpstream: 'FROM /messages/modules/filter/outputs/* INTO $upstream',
 };
 
+/** `$edgeAgent` reported properties that show the deployment applied (200) and every module in `names` running. */
+export function agentRunning(reported: any, names: readonly string[]): boolean {
+  return (
+    reported?.lastDesiredStatus?.code === 200 && names.every((m) => reported.modules?.[m]?.runtimeStatus === 'running')
+  );
+}
+
 /** The seeds' deployment manifest shape, with these $edgeHub desired properties and `$edgeAgent` modules. */
 export function deploymentManifest(
   edgeHub: { routes?: Record<string, unknown>; timeToLiveSecs?: number; modules?: Record<string, unknown> } = {},

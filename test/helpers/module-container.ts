@@ -3,6 +3,7 @@ import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { nodeMounts } from './podman.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /**
  * Runs a Node module script in a real container (Podman, its own storage under a temp dir), the
@@ -18,6 +19,40 @@ export function containerMissing(): string | undefined {
     if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0)
       return `${cmd} is not installed (apt-get install podman runc busybox-static)`;
   return undefined;
+}
+
+/** The agent tests' module pipeline, as containers: a sensor (its SENSOR_LABEL `label`) and a filter. */
+export function pipelineContainers(image: string, mounts: string[], label: string): Record<string, unknown> {
+  const script = (name: string) => fileURLToPath(new URL(`../fixtures/agent-modules/${name}.cjs`, import.meta.url));
+  return {
+    sensor: nodeContainerModule(image, mounts, script('sensor'), { SENSOR_LABEL: label }),
+    filter: nodeContainerModule(image, mounts, script('filter')),
+  };
+}
+
+/**
+ * A `docker` module of a deployment that runs `script` with this machine's node in `image`
+ * (given `mounts` from podman.ts nodeMounts), on the host network, under `always`.
+ */
+export function nodeContainerModule(
+  image: string,
+  mounts: string[],
+  script: string,
+  env: Record<string, string> = {},
+): Record<string, unknown> {
+  const createOptions = JSON.stringify({
+    Cmd: ['/usr/bin/node', '/app/module.cjs'],
+    HostConfig: { Binds: [...mounts, `${script}:/app/module.cjs:ro`], NetworkMode: 'host' },
+  });
+  return {
+    version: '1.0',
+    type: 'docker',
+    status: 'running',
+    restartPolicy: 'always',
+    imagePullPolicy: 'never',
+    settings: { image, createOptions },
+    env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, { value: v }])),
+  };
 }
 
 export interface ModuleContainers {

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
@@ -21,16 +22,23 @@ export function chainAddresses(): [string, string, string, string] {
 /**
  * A hub and gateway layers under it on `addrs` (the hub's first), ids `${prefix}-l1`.. : the
  * layers and running gateways go into `out`, their stops into `out.cleanups` (run in reverse).
+ * `strata` gives a layer (1 is the top) extra config.toml text after `[strata]`.
  */
 export async function startChain(
   prefix: string,
   addrs: readonly string[],
   out: { layers: EdgeSetup[]; gws: Array<GatewayProcess | undefined>; cleanups: Array<() => unknown> },
+  strata: (layer: number) => string | undefined = () => undefined,
 ): Promise<HubProcess> {
   const hub = await startHubProcess({ address: addrs[0] });
   out.cleanups.push(() => hub.stop());
   for (let i = 1; i < addrs.length; i++) {
-    const edge = await setupLayer(hub, { gatewayId: `${prefix}-l${i}`, address: addrs[i]!, parent: out.layers[i - 2] });
+    const edge = await setupLayer(hub, {
+      gatewayId: `${prefix}-l${i}`,
+      address: addrs[i]!,
+      parent: out.layers[i - 2],
+      strata: strata(i),
+    });
     out.layers.push(edge);
     out.cleanups.push(() => edge.cleanup());
   }
@@ -48,9 +56,9 @@ export async function startChain(
 /** Registers `gatewayId` at the hub under `parent` (or directly under the hub) and points its config at the parent. */
 export async function setupLayer(
   hub: HubProcess,
-  o: { gatewayId: string; address: string; parent?: EdgeSetup },
+  o: { gatewayId: string; address: string; parent?: EdgeSetup; strata?: string },
 ): Promise<EdgeSetup> {
-  const edge = await setupEdge(hub, { gatewayId: o.gatewayId, address: o.address });
+  const edge = await setupEdge(hub, { gatewayId: o.gatewayId, address: o.address, strata: o.strata });
   if (o.parent) {
     const svc: ServiceClient = edge.svc;
     const device = await svc.getDevice(o.gatewayId);
@@ -156,4 +164,16 @@ export function recordConnections(pidOf: Record<string, () => number | undefined
     samples: () => samples,
     stop: () => clearInterval(timer),
   };
+}
+
+/** Asserts that `name` was seen connecting out, and only ever to `parent` (any port). */
+export function assertConnectsOnlyTo(
+  recorder: ReturnType<typeof recordConnections>,
+  name: string,
+  parent: string,
+): void {
+  const seen = recorder.seen(name);
+  assert.ok(seen.length > 0, `${name} was seen connecting upstream`);
+  const elsewhere = seen.filter((s) => !s.startsWith(`${parent}:`));
+  assert.deepEqual(elsewhere, [], `${name} connected only to ${parent}; saw ${seen.join(', ')}`);
 }

@@ -206,7 +206,10 @@ test("a gateway's upstream protocol: any case of Amqp, AmqpWs, Mqtt, MqttWs; abs
 
 test('unknown keys name the known ones; ids with path characters are refused', () => {
   const p = only(`${HUB}gateways:\n  - { id: a, parent: hub, address: 127.10.0.2, adress: x }\n`);
-  assert.match(p.message, /gateway 1 has an unknown key "adress" \(known keys: id, parent, address, upstream\)/);
+  assert.match(
+    p.message,
+    /gateway 1 has an unknown key "adress" \(known keys: id, parent, address, upstream, modules, routes\)/,
+  );
   assert.match(
     only(`${HUB}gatways: []\ngateways:\n  - { id: a, parent: hub, address: 127.10.0.2 }\n`).message,
     /unknown key "gatways"/,
