@@ -1,4 +1,3 @@
-import 'reflect-metadata';
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';

@@ -1,7 +1,7 @@
-import 'reflect-metadata';
 import { X509Certificate as NodeX509 } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
+import type * as X509 from '@peculiar/x509';
 import { UserError } from '../util/errors.ts';
+import { x509 } from './x509-lib.ts';
 import { parsePrivateKey } from './keys.ts';
 import { readPemFile, splitPemCertificates } from './pem.ts';
 
@@ -9,7 +9,7 @@ import { readPemFile, splitPemCertificates } from './pem.ts';
 export interface ParsedCert {
   pem: string;
   node: NodeX509;
-  x: x509.X509Certificate;
+  x: X509.X509Certificate;
 }
 
 export function parseCertificate(pem: string, what = 'certificate'): ParsedCert {
@@ -20,7 +20,7 @@ export function parseCertificate(pem: string, what = 'certificate'): ParsedCert 
       'Pass a file with a -----BEGIN CERTIFICATE----- block',
     );
   try {
-    return { pem: first, node: new NodeX509(first), x: new x509.X509Certificate(first) };
+    return { pem: first, node: new NodeX509(first), x: new (x509().X509Certificate)(first) };
   } catch {
     throw new UserError(
       `the ${what} is not a valid X.509 certificate`,
@@ -51,20 +51,23 @@ export function keyMatchesCertificate(keyPem: string, certPem: string): boolean 
 }
 
 export function isCa(cert: ParsedCert): boolean {
-  return cert.x.getExtension(x509.BasicConstraintsExtension)?.ca === true;
+  return cert.x.getExtension(x509().BasicConstraintsExtension)?.ca === true;
 }
 
-const KEY_USAGE_NAMES: Array<[x509.KeyUsageFlags, string]> = [
-  [x509.KeyUsageFlags.digitalSignature, 'digitalSignature'],
-  [x509.KeyUsageFlags.nonRepudiation, 'nonRepudiation'],
-  [x509.KeyUsageFlags.keyEncipherment, 'keyEncipherment'],
-  [x509.KeyUsageFlags.dataEncipherment, 'dataEncipherment'],
-  [x509.KeyUsageFlags.keyAgreement, 'keyAgreement'],
-  [x509.KeyUsageFlags.keyCertSign, 'keyCertSign'],
-  [x509.KeyUsageFlags.cRLSign, 'cRLSign'],
-  [x509.KeyUsageFlags.encipherOnly, 'encipherOnly'],
-  [x509.KeyUsageFlags.decipherOnly, 'decipherOnly'],
-];
+function keyUsageNames(): Array<[X509.KeyUsageFlags, string]> {
+  const flags = x509().KeyUsageFlags;
+  return [
+    [flags.digitalSignature, 'digitalSignature'],
+    [flags.nonRepudiation, 'nonRepudiation'],
+    [flags.keyEncipherment, 'keyEncipherment'],
+    [flags.dataEncipherment, 'dataEncipherment'],
+    [flags.keyAgreement, 'keyAgreement'],
+    [flags.keyCertSign, 'keyCertSign'],
+    [flags.cRLSign, 'cRLSign'],
+    [flags.encipherOnly, 'encipherOnly'],
+    [flags.decipherOnly, 'decipherOnly'],
+  ];
+}
 const EKU_NAMES: Record<string, string> = {
   '1.3.6.1.5.5.7.3.1': 'serverAuth',
   '1.3.6.1.5.5.7.3.2': 'clientAuth',
@@ -77,20 +80,22 @@ const EKU_NAMES: Record<string, string> = {
 
 /** Key usage names, or undefined when the certificate has no key usage extension (any usage allowed). */
 export function keyUsageOf(cert: ParsedCert): string[] | undefined {
-  const ext = cert.x.getExtension(x509.KeyUsagesExtension);
+  const ext = cert.x.getExtension(x509().KeyUsagesExtension);
   if (!ext) return undefined;
-  return KEY_USAGE_NAMES.filter(([flag]) => (ext.usages & flag) !== 0).map(([, name]) => name);
+  return keyUsageNames()
+    .filter(([flag]) => (ext.usages & flag) !== 0)
+    .map(([, name]) => name);
 }
 
 /** Extended key usage names (OIDs when unnamed), or undefined when the extension is absent (any purpose). */
 export function extendedKeyUsageOf(cert: ParsedCert): string[] | undefined {
-  const ext = cert.x.getExtension(x509.ExtendedKeyUsageExtension);
+  const ext = cert.x.getExtension(x509().ExtendedKeyUsageExtension);
   if (!ext) return undefined;
   return ext.usages.map((u) => EKU_NAMES[String(u)] ?? String(u));
 }
 
 export function subjectAltNamesOf(cert: ParsedCert): string[] {
-  const ext = cert.x.getExtension(x509.SubjectAlternativeNameExtension);
+  const ext = cert.x.getExtension(x509().SubjectAlternativeNameExtension);
   if (!ext) return [];
   return ext.names.items.map((n) => `${n.type === 'ip' ? 'IP' : n.type === 'dns' ? 'DNS' : n.type}:${n.value}`);
 }
@@ -120,7 +125,7 @@ function describeKey(cert: ParsedCert): string {
 
 export function summarizeCertificate(certPem: string): CertificateSummary {
   const cert = parseCertificate(certPem);
-  const bc = cert.x.getExtension(x509.BasicConstraintsExtension);
+  const bc = cert.x.getExtension(x509().BasicConstraintsExtension);
   return {
     subject: cert.x.subject,
     issuer: cert.x.issuer,

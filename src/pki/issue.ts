@@ -1,8 +1,8 @@
-import 'reflect-metadata';
 import { randomBytes, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
-import * as x509 from '@peculiar/x509';
+import type * as X509 from '@peculiar/x509';
 import { UserError } from '../util/errors.ts';
+import { x509 } from './x509-lib.ts';
 import { generateKey, importSigningKey, parsePrivateKey, type KeyAlgorithm } from './keys.ts';
 import { splitPemCertificates } from './pem.ts';
 
@@ -39,17 +39,20 @@ const MAX_DAYS = 36_500;
 /** RFC 5280's upper bound for a common name. */
 export const MAX_COMMON_NAME = 64;
 
-const KEY_USAGE_FLAGS: Record<KeyUsageName, x509.KeyUsageFlags> = {
-  digitalSignature: x509.KeyUsageFlags.digitalSignature,
-  keyEncipherment: x509.KeyUsageFlags.keyEncipherment,
-  keyAgreement: x509.KeyUsageFlags.keyAgreement,
-  keyCertSign: x509.KeyUsageFlags.keyCertSign,
-  cRLSign: x509.KeyUsageFlags.cRLSign,
-};
-const EKU_OIDS: Record<ExtendedKeyUsageName, string> = {
-  serverAuth: x509.ExtendedKeyUsage.serverAuth,
-  clientAuth: x509.ExtendedKeyUsage.clientAuth,
-};
+function keyUsageFlag(name: KeyUsageName): X509.KeyUsageFlags {
+  const flags = x509().KeyUsageFlags;
+  const byName: Record<KeyUsageName, X509.KeyUsageFlags> = {
+    digitalSignature: flags.digitalSignature,
+    keyEncipherment: flags.keyEncipherment,
+    keyAgreement: flags.keyAgreement,
+    keyCertSign: flags.keyCertSign,
+    cRLSign: flags.cRLSign,
+  };
+  return byName[name];
+}
+function ekuOid(name: ExtendedKeyUsageName): string {
+  return x509().ExtendedKeyUsage[name];
+}
 const CA_USAGE: KeyUsageName[] = ['keyCertSign', 'cRLSign', 'digitalSignature'];
 
 function checkDays(days: number): void {
@@ -65,19 +68,19 @@ function randomSerial(): string {
   return bytes.toString('hex');
 }
 
-function generalName(name: string): x509.JsonGeneralName {
+function generalName(name: string): X509.JsonGeneralName {
   return isIP(name) ? { type: 'ip', value: name } : { type: 'dns', value: name };
 }
 
 async function loadIssuer(
   issuer: IssuedCert,
-): Promise<{ cert: x509.X509Certificate; signing: Awaited<ReturnType<typeof importSigningKey>> }> {
+): Promise<{ cert: X509.X509Certificate; signing: Awaited<ReturnType<typeof importSigningKey>> }> {
   const [first] = splitPemCertificates(issuer.certPem);
   if (!first)
     throw new UserError('the issuer certificate contains no PEM certificate', 'Pass the CA certificate in PEM form');
-  let cert: x509.X509Certificate;
+  let cert: X509.X509Certificate;
   try {
-    cert = new x509.X509Certificate(first);
+    cert = new (x509().X509Certificate)(first);
   } catch {
     throw new UserError(
       'the issuer certificate is not a valid X.509 certificate',
@@ -111,38 +114,38 @@ export async function issueCertificate(spec: CertificateSpec): Promise<IssuedCer
   const keys = await generateKey(spec.keyAlgorithm ?? 'rsa');
   const issuer = spec.issuer ? await loadIssuer(spec.issuer) : undefined;
 
-  const extensions: x509.Extension[] = [
-    new x509.BasicConstraintsExtension(spec.ca === true, spec.ca ? spec.pathLength : undefined, true),
-    await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+  const extensions: X509.Extension[] = [
+    new (x509().BasicConstraintsExtension)(spec.ca === true, spec.ca ? spec.pathLength : undefined, true),
+    await x509().SubjectKeyIdentifierExtension.create(keys.publicKey),
   ];
   if (issuer) {
-    const issuerSki = issuer.cert.getExtension(x509.SubjectKeyIdentifierExtension);
+    const issuerSki = issuer.cert.getExtension(x509().SubjectKeyIdentifierExtension);
     extensions.push(
       issuerSki
-        ? new x509.AuthorityKeyIdentifierExtension(issuerSki.keyId)
-        : await x509.AuthorityKeyIdentifierExtension.create(issuer.cert.publicKey),
+        ? new (x509().AuthorityKeyIdentifierExtension)(issuerSki.keyId)
+        : await x509().AuthorityKeyIdentifierExtension.create(issuer.cert.publicKey),
     );
   } else {
-    extensions.push(await x509.AuthorityKeyIdentifierExtension.create(keys.publicKey));
+    extensions.push(await x509().AuthorityKeyIdentifierExtension.create(keys.publicKey));
   }
   const usage = spec.keyUsage ?? (spec.ca ? CA_USAGE : []);
   if (usage.length) {
     extensions.push(
-      new x509.KeyUsagesExtension(
-        usage.reduce((acc, u) => acc | KEY_USAGE_FLAGS[u], 0),
+      new (x509().KeyUsagesExtension)(
+        usage.reduce((acc, u) => acc | keyUsageFlag(u), 0),
         true,
       ),
     );
   }
   if (spec.extendedKeyUsage?.length) {
-    extensions.push(new x509.ExtendedKeyUsageExtension(spec.extendedKeyUsage.map((u) => EKU_OIDS[u])));
+    extensions.push(new (x509().ExtendedKeyUsageExtension)(spec.extendedKeyUsage.map((u) => ekuOid(u))));
   }
   if (spec.subjectAltNames?.length) {
-    extensions.push(new x509.SubjectAlternativeNameExtension(spec.subjectAltNames.map(generalName)));
+    extensions.push(new (x509().SubjectAlternativeNameExtension)(spec.subjectAltNames.map(generalName)));
   }
 
-  const subject: x509.JsonName = [{ CN: [commonName] }];
-  const cert = await x509.X509CertificateGenerator.create({
+  const subject: X509.JsonName = [{ CN: [commonName] }];
+  const cert = await x509().X509CertificateGenerator.create({
     serialNumber: randomSerial(),
     subject,
     issuer: issuer ? issuer.cert.subjectName : subject,

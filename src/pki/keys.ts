@@ -1,11 +1,6 @@
-import 'reflect-metadata';
 import { createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
 import { UserError } from '../util/errors.ts';
 import { readPemFile } from './pem.ts';
-
-// One provider for the whole process: node's WebCrypto does every signature @peculiar/x509 makes.
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
 export type KeyAlgorithm = 'rsa' | 'ec';
 

@@ -1,7 +1,6 @@
-import 'reflect-metadata';
 import { isIP } from 'node:net';
-import * as x509 from '@peculiar/x509';
 import { UserError } from '../util/errors.ts';
+import { x509 } from './x509-lib.ts';
 import { extendedKeyUsageOf, isCa, keyUsageOf, parseCertificates, type ParsedCert } from './inspect.ts';
 
 export type VerifyFailure =
@@ -56,8 +55,8 @@ function sameCert(a: ParsedCert, b: ParsedCert): boolean {
 
 /** True when the child's authority key id points at the candidate's key (or either id is absent). */
 function keyIdsAgree(child: ParsedCert, candidate: ParsedCert): boolean {
-  const aki = child.x.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId;
-  const ski = candidate.x.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;
+  const aki = child.x.getExtension(x509().AuthorityKeyIdentifierExtension)?.keyId;
+  const ski = candidate.x.getExtension(x509().SubjectKeyIdentifierExtension)?.keyId;
   return !aki || !ski || aki.toLowerCase() === ski.toLowerCase();
 }
 
@@ -165,7 +164,7 @@ function checkPath(path: ParsedCert[], o: VerifyOptions): Failure | undefined {
       };
     }
     // Certificates between the leaf and this CA, not counting self-issued ones, must fit its path length.
-    const pathLength = ca.x.getExtension(x509.BasicConstraintsExtension)?.pathLength;
+    const pathLength = ca.x.getExtension(x509().BasicConstraintsExtension)?.pathLength;
     const below = path.slice(1, i).filter((c) => c.node.subject !== c.node.issuer).length;
     if (pathLength !== undefined && below > pathLength) {
       return {

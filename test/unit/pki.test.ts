@@ -5,7 +5,7 @@ import { X509Certificate as NodeX509 } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import '../../src/pki/index.ts';
+import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import {
   createDeviceCert,

@@ -2,7 +2,6 @@
  * `strata edge check`: runs the check groups in the order of the table in checks.ts. Each group
  * lives in its own file; this runner feeds them what the earlier ones found.
  */
-import 'reflect-metadata';
 import { resolve } from 'node:path';
 import { childLog } from '../../util/log.ts';
 import { defaultEdgeDataDir } from '../local.ts';
