@@ -11,12 +11,13 @@ import {
   type DesiredModule,
   type ModuleProblem,
   type ReadResult,
+  namesParentRegistry,
   readAgentDesired,
   specHashOf,
 } from './manifest.ts';
 import { withWorkload } from './module-env.ts';
 import { type PlanAction, planActions } from './plan.ts';
-import type { AgentSettings, AgentTwinPort, ModuleIdentities, ModuleIdentity } from './ports.ts';
+import type { AgentSettings, AgentTwinPort, ModuleIdentities, ModuleIdentity, ParentRegistryLogin } from './ports.ts';
 import { buildAgentReported, type ModuleObservation, reportedPatch } from './reported.ts';
 import {
   DEFAULT_RESTART_SETTINGS,
@@ -48,6 +49,8 @@ export interface EdgeAgentOptions {
   /** The process runtime always; a container engine when the device has one. */
   runtimes: { process: ModuleRuntime; docker?: ModuleRuntime };
   workload: WorkloadApi;
+  /** Sign-in for images from the parent's registry API; without it such pulls go unauthenticated. */
+  parentRegistryLogin?: ParentRegistryLogin;
   restart?: RestartSettings;
   /** How often the agent reconciles without being asked (catches what no event told). Default 15 s. */
   tickMs?: number;
@@ -378,6 +381,16 @@ export class EdgeAgent {
       generationId: id.generationId,
       gatewayHostName: s.gatewayHostName,
     });
+    // An image from the parent signs in as this edge device, unless the deployment names credentials.
+    const login = this.o.parentRegistryLogin;
+    if (
+      spec.type === 'docker' &&
+      !spec.registryAuth &&
+      login &&
+      namesParentRegistry(spec.image ?? '', s.parentHostname)
+    ) {
+      spec.registryAuth = { ...login(), serveraddress: `${s.parentHostname}:443` };
+    }
     return { ...spec, specHash: specHashOf(spec) };
   }
 

@@ -254,7 +254,18 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
     );
     // ---- the edge agent (config.toml [agent] or [moby_runtime]): modules, $edgeAgent twin ----
-    const agentParts = { config, deviceId, hubHostName, hostname, dataDir, trustPem, link, scope, sync };
+    const agentParts = {
+      config,
+      deviceId,
+      hubHostName,
+      hostname,
+      dataDir,
+      trustPem,
+      link,
+      scope,
+      sync,
+      edgeKey: () => edgeKey,
+    };
     const agentHost = agentEnabled(config) ? createAgentHost(agentParts) : undefined;
     const agent = agentHost?.agent;
     const tokenPath = files.healthToken;

@@ -21,10 +21,9 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { execFile } from 'node:child_process';
-import { createSasToken } from '../../src/identity/sas.ts';
 import { metricValue, newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { chainAddresses, recordConnections, setupLayer } from '../helpers/nested.ts';
+import { chainAddresses, deviceToken, edgeDeviceUnder, recordConnections, setupLayer } from '../helpers/nested.ts';
 import { makeOciImage, pushImage, skopeo, skopeoMissing, type OciImage } from '../helpers/oci-image.ts';
 import { podmanMissing, startPodman } from '../helpers/podman.ts';
 import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
@@ -46,21 +45,8 @@ const gws: GatewayProcess[] = [];
 const cleanups: Array<() => unknown> = [];
 let recorder: ReturnType<typeof recordConnections>;
 
-/** An IoT Edge device under `parent` and a SAS token for it. */
-async function edgeDevice(parent: EdgeSetup, deviceId: string): Promise<{ deviceId: string; token: string }> {
-  const key = newKey();
-  await parent.svc.createDevice({
-    deviceId,
-    capabilities: { iotEdge: true },
-    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
-    parentScopes: [parent.gateway.deviceScope!],
-  });
-  return { deviceId, token: sasFor(deviceId, key) };
-}
-
-function sasFor(deviceId: string, key: string): string {
-  return createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
-}
+const edgeDevice = (parent: EdgeSetup, deviceId: string) => edgeDeviceUnder(hub, parent, deviceId);
+const sasFor = (deviceId: string, key: string) => deviceToken(hub.hostname, deviceId, key);
 
 const copyArgs = (who: { deviceId: string; token: string }) => [
   '--src-creds',

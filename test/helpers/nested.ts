@@ -2,7 +2,8 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { randomInt } from 'node:crypto';
-import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from './edge.ts';
+import { createSasToken } from '../../src/identity/sas.ts';
+import { newKey, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from './edge.ts';
 import { startHubProcess, type HubProcess } from './hub.ts';
 
 /**
@@ -61,6 +62,27 @@ export async function setupLayer(
     await writeFile(edge.configPath, text.replace(/^(hostname = .*)$/m, `$1\nparent_hostname = "${o.parent.address}"`));
   }
   return edge;
+}
+
+/** A SAS token for a device, valid an hour: what `strata device token ID` prints. */
+export function deviceToken(hubHostname: string, deviceId: string, key: string): string {
+  return createSasToken(`${hubHostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
+}
+
+/** An IoT Edge device registered under `parent` (in its scope), and a SAS token for it. */
+export async function edgeDeviceUnder(
+  hub: HubProcess,
+  parent: EdgeSetup,
+  deviceId: string,
+): Promise<{ deviceId: string; token: string }> {
+  const key = newKey();
+  await parent.svc.createDevice({
+    deviceId,
+    capabilities: { iotEdge: true },
+    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
+    parentScopes: [parent.gateway.deviceScope!],
+  });
+  return { deviceId, token: deviceToken(hub.hostname, deviceId, key) };
 }
 
 function hexToIpv4(hex: string): string {
