@@ -1,0 +1,245 @@
+/**
+ * Images and blobs through three gateway layers, each on its own loopback address, with the
+ * registry (Debian's docker-registry) reachable only from L1's config ([registry] upstream).
+ * A deployment on L3 naming `$upstream:443/app:1` starts the container on Podman: the agent
+ * resolves the name to L2 and signs the pull in as the L3 edge device (no registryCredentials in
+ * the deployment); Podman trusts the chain's root CA for L2:443 the way a user sets it up
+ * (certs.d). Blob uploads with curl at L3's `/storage/` land intact in the top layer's [blob] dir;
+ * no credentials, a device outside the scope and a cut upload leave nothing there.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { appendFile, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import https from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import {
+  deploymentManifest,
+  metricValue,
+  startGatewayProcess,
+  type EdgeSetup,
+  type GatewayProcess,
+} from '../helpers/edge.ts';
+import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
+import { chainAddresses, edgeDeviceUnder, setupLayer } from '../helpers/nested.ts';
+import { skopeoMissing } from '../helpers/oci-image.ts';
+import { podmanMissing, startPodman, TEST_IMAGE, type PodmanEngine } from '../helpers/podman.ts';
+import { pollUntil } from '../helpers/poll.ts';
+import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
+
+const run = promisify(execFile);
+const skip = registryMissing() ?? skopeoMissing() ?? podmanMissing();
+
+const [hubAddr, l1Addr, l2Addr, l3Addr] = chainAddresses();
+const registryAddr = l3Addr.replace(/\d+$/, (n) => String(Number(n) + 1));
+
+let hub: HubProcess;
+let registry: LocalRegistry;
+let engine: PodmanEngine;
+let work: string;
+let blobDir: string;
+const layers: EdgeSetup[] = [];
+const gws: GatewayProcess[] = [];
+const cleanups: Array<() => unknown> = [];
+
+/** curl, as a person uploads a file: PUT with Basic credentials, TLS checked against the root CA. */
+async function curlPut(
+  url: string,
+  file: string,
+  o: { creds?: string; headers?: string[] } = {},
+): Promise<{ status: number; body: string }> {
+  const args = ['-sS', '--cacert', layers[0].rootPath, '-T', file, '-o', '-', '-w', '\n%{http_code}'];
+  if (o.creds) args.push('--user', o.creds);
+  for (const h of o.headers ?? ['x-ms-blob-type: BlockBlob', 'x-ms-version: 2020-10-02']) args.push('-H', h);
+  const { stdout } = await run('curl', [...args, url], { maxBuffer: 4 * 1024 * 1024 });
+  const cut = stdout.lastIndexOf('\n');
+  return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
+}
+
+const sha256 = async (path: string) =>
+  createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => [])) {
+    if (e.isFile()) out.push(join(e.parentPath ?? (e as unknown as { path: string }).path, e.name));
+  }
+  return out;
+}
+
+describe('images and blobs through three layers', { skip, timeout: 600_000 }, () => {
+  let device3: { deviceId: string; token: string };
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'strata-upimg-'));
+    cleanups.push(() => rm(work, { recursive: true, force: true }));
+    blobDir = join(work, 'blobs');
+    hub = await startHubProcess({ address: hubAddr });
+    cleanups.push(() => hub.stop());
+    registry = await startRegistry(await freePort(), registryAddr);
+    cleanups.push(() => registry.stop());
+    const addrs = [l1Addr, l2Addr, l3Addr];
+    for (let i = 0; i < 3; i++) {
+      const edge = await setupLayer(hub, { gatewayId: `upi-l${i + 1}`, address: addrs[i], parent: layers[i - 1] });
+      layers.push(edge);
+      cleanups.push(() => edge.cleanup());
+    }
+    // L3's engine trusts the chain's root CA for its parent's 443, as a user sets up certs.d.
+    engine = await startPodman({ trust: [{ hostPort: `${l2Addr}:443`, caPem: layers[0].rootPem }] });
+    cleanups.push(() => engine.stop());
+    // The user's image in the user's registry; then gone from the engine, so the pull is real.
+    await engine.podman([
+      ...['push', '--tls-verify=false', '--creds', `${registry.username}:${registry.password}`],
+      ...[TEST_IMAGE, `docker://${registry.host}/app:1`],
+    ]);
+    await engine.podman(['rmi', TEST_IMAGE]);
+    await appendFile(
+      layers[0].configPath,
+      [
+        '',
+        '[registry]',
+        `upstream = "http://${registry.host}"`,
+        `username = "${registry.username}"`,
+        `password = "${registry.password}"`,
+        '',
+        '[blob]',
+        `dir = "${blobDir}"`,
+        'max_size = "64MiB"',
+        '',
+      ].join('\n'),
+    );
+    await appendFile(layers[2].configPath, ['', '[moby_runtime]', `uri = "${engine.uri}"`, ''].join('\n'));
+    for (let i = 0; i < 3; i++) {
+      gws[i] = await startGatewayProcess({
+        configPath: layers[i].configPath,
+        dataDir: layers[i].dataDir,
+        address: addrs[i],
+      });
+      cleanups.push(() => gws[i]?.stop());
+    }
+    device3 = await edgeDeviceUnder(hub, layers[2], 'upi-dev-under-l3');
+  });
+  after(async () => {
+    for (const fn of cleanups.reverse()) await fn();
+  });
+
+  test('a deployment on L3 naming $upstream:443/app:1 starts the container, pulled as the L3 device', async () => {
+    const before = registry.requests().length;
+    const app = {
+      version: '1.0',
+      type: 'docker',
+      status: 'running',
+      restartPolicy: 'always',
+      settings: {
+        image: '$upstream:443/app:1',
+        createOptions: JSON.stringify({ Cmd: ['/bin/sh', '-c', 'echo up-through-the-chain; sleep 600'] }),
+      },
+    };
+    await layers[2].svc.applyConfigurationContent(layers[2].gatewayId, deploymentManifest({ modules: { app } }));
+    const state = await pollUntil(
+      'the app container running',
+      180_000,
+      async () => {
+        const all = JSON.parse(await engine.podman(['ps', '-a', '--format', 'json'])) as Array<{
+          Labels?: Record<string, string>;
+          State: string;
+          Image: string;
+          Names: string[];
+        }>;
+        const c = all.find((x) => x.Labels?.['net.strata.module'] === 'app');
+        return c?.State === 'running' ? c : undefined;
+      },
+      async () => {
+        const twin = await layers[2].svc.getTwin(layers[2].gatewayId, '$edgeAgent').catch((e: Error) => e.message);
+        return `${JSON.stringify(typeof twin === 'string' ? twin : twin.properties?.reported)}\n${gws[2].output().slice(-4000)}`;
+      },
+    );
+    assert.equal(state.Image, `${l2Addr}:443/app:1`);
+    const logs = await engine.podman(['logs', state.Names[0]]);
+    assert.match(logs, /up-through-the-chain/);
+    // The image came from the user's registry, through L1 and L2, with the registry's digest.
+    const pulled = registry.requests().slice(before);
+    assert.ok(
+      pulled.some((l) => l.includes('/v2/app/manifests/1')),
+      pulled.join('\n'),
+    );
+    const { stdout: regDigest } = await run('skopeo', [
+      ...['inspect', '--tls-verify=false', '--creds', `${registry.username}:${registry.password}`],
+      ...['--format', '{{.Digest}}', `docker://${registry.host}/app:1`],
+    ]);
+    const local = (await engine.podman(['image', 'inspect', '--format', '{{.Digest}}', `${l2Addr}:443/app:1`])).trim();
+    assert.equal(local, regDigest.trim());
+    // L2 served the pull, which it answers only to a signed-in device of its scope (here L3 itself).
+    assert.ok((metricValue(await gws[1].metrics(), 'edgehub_registry_pulls_total') ?? 0) >= 1);
+  });
+
+  test('a blob uploaded at L3 lands at the top layer directory intact', async () => {
+    const file = join(work, 'upload.bin');
+    await writeFile(file, randomBytes(24 * 1024 * 1024));
+    const res = await curlPut(`https://${l3Addr}/storage/logs/upi-l3/edgeAgent-1.bin`, file, {
+      creds: `${device3.deviceId}:${device3.token}`,
+    });
+    assert.equal(res.status, 201, res.body);
+    const kept = join(blobDir, 'logs', 'upi-l3', 'edgeAgent-1.bin');
+    assert.equal((await stat(kept)).size, 24 * 1024 * 1024);
+    assert.equal(await sha256(kept), await sha256(file));
+    assert.deepEqual(await filesUnder(join(blobDir, '.incoming')), []);
+    // Nothing kept below the top.
+    for (const l of layers.slice(1)) {
+      for (const f of await filesUnder(l.dataDir)) assert.ok((await stat(f)).size < 24 * 1024 * 1024, f);
+    }
+  });
+
+  test('refused: no credentials, a device outside the scope, a bad path; a cut upload leaves nothing', async () => {
+    const file = join(work, 'small.bin');
+    await writeFile(file, randomBytes(4096));
+    const none = await curlPut(`https://${l3Addr}/storage/logs/anon.bin`, file);
+    assert.equal(none.status, 401);
+    assert.match(none.body, /<Code>AuthenticationFailed<\/Code>/);
+
+    const outsider = await edgeDeviceUnder(hub, layers[0], 'upi-dev-under-l1');
+    const out = await curlPut(`https://${l3Addr}/storage/logs/outsider.bin`, file, {
+      creds: `${outsider.deviceId}:${outsider.token}`,
+    });
+    assert.equal(out.status, 403);
+    assert.match(out.body, /<Code>AuthorizationFailure<\/Code>.*not in this gateway(&apos;|')s scope/s);
+
+    const creds = `${device3.deviceId}:${device3.token}`;
+    const bad = await curlPut(`https://${l3Addr}/storage/logs/..%2Fescape.bin`, file, { creds });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body, /<Code>InvalidUri<\/Code>/);
+    const noType = await curlPut(`https://${l3Addr}/storage/logs/x.bin`, file, { creds, headers: [] });
+    assert.equal(noType.status, 400);
+    assert.match(noType.body, /x-ms-blob-type is missing/);
+
+    // 8 MiB announced, 1 MiB sent, then the connection dropped.
+    await new Promise<void>((resolve) => {
+      const req = https.request({
+        host: l3Addr,
+        port: 443,
+        path: '/storage/logs/cut.bin',
+        method: 'PUT',
+        ca: layers[0].rootPem,
+        headers: {
+          Authorization: `Basic ${Buffer.from(creds).toString('base64')}`,
+          'x-ms-blob-type': 'BlockBlob',
+          'Content-Length': 8 * 1024 * 1024,
+        },
+      });
+      req.on('error', () => resolve());
+      req.on('response', (r) => {
+        r.resume();
+        resolve();
+      });
+      req.write(randomBytes(1024 * 1024), () => setTimeout(() => req.destroy(), 300));
+    });
+    await new Promise((r) => setTimeout(r, 1500));
+    const kept = (await filesUnder(blobDir)).map((f) => f.slice(blobDir.length));
+    assert.deepEqual(kept.sort(), ['/logs/upi-l3/edgeAgent-1.bin']);
+  });
+});
