@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { EdgeAgent } from '../agent/agent.ts';
 import { DockerRuntime } from '../agent/docker-runtime.ts';
+import { blobUploader } from '../agent/log-upload.ts';
 import type { ModuleIdentities, ParentRegistryLogin } from '../agent/ports.ts';
 import { ProcessRuntime } from '../agent/process-runtime.ts';
 import { DEFAULT_RESTART_SETTINGS } from '../agent/restart-policy.ts';
@@ -101,6 +102,7 @@ export function createAgentHost(p: AgentHostParts): AgentHost {
       p.scope.authChainOf(p.deviceId, EDGE_AGENT) ??
       directChildChain({ deviceId: p.deviceId, moduleId: EDGE_AGENT }, p.deviceId),
   });
+  const login = p.config.parentHostname ? parentRegistryLogin(p) : undefined;
   const agent = new EdgeAgent({
     settings: {
       deviceId: p.deviceId,
@@ -113,7 +115,8 @@ export function createAgentHost(p: AgentHostParts): AgentHost {
     identities: p.identities ?? agentIdentities(p.sync),
     runtimes: { process: processRuntime, docker },
     workload,
-    parentRegistryLogin: p.config.parentHostname ? parentRegistryLogin(p) : undefined,
+    parentRegistryLogin: login,
+    uploadBlob: blobUploader({ parentHostname: p.config.parentHostname, trustPem: p.trustPem, login }),
     restart: { ...DEFAULT_RESTART_SETTINGS, coolOffTimeUnitSecs: coolOffUnitSetting(p.config).value },
   });
   return {

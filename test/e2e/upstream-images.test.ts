@@ -23,6 +23,7 @@ import {
   type EdgeSetup,
   type GatewayProcess,
 } from '../helpers/edge.ts';
+import { invokeWithSdk } from '../fixtures/service-messaging-helpers.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { chainAddresses, edgeDeviceUnder, setupLayer } from '../helpers/nested.ts';
 import { skopeoMissing } from '../helpers/oci-image.ts';
@@ -239,7 +240,42 @@ describe('images and blobs through three layers', { skip, timeout: 600_000 }, ()
       req.write(randomBytes(1024 * 1024), () => setTimeout(() => req.destroy(), 300));
     });
     await new Promise((r) => setTimeout(r, 1500));
-    const kept = (await filesUnder(blobDir)).map((f) => f.slice(blobDir.length));
+    const kept = (await filesUnder(join(blobDir, 'logs'))).map((f) => f.slice(blobDir.length));
     assert.deepEqual(kept.sort(), ['/logs/upi-l3/edgeAgent-1.bin']);
+  });
+
+  test('UploadModuleLogs on L3: the module logs land at the top layer, GetTaskStatus says Completed', async () => {
+    const invoke = async (methodName: string, payload: unknown) => {
+      const r = await invokeWithSdk(
+        hub,
+        layers[2].gatewayId,
+        { methodName, payload, responseTimeoutInSeconds: 20, connectTimeoutInSeconds: 10 },
+        '$edgeAgent',
+      );
+      assert.ok(r.ok, JSON.stringify(r));
+      return r.result as { status: number; payload: any };
+    };
+    const started = await invoke('UploadModuleLogs', {
+      schemaVersion: '1.0',
+      sasUrl: 'https://$upstream/storage/edgelogs',
+      items: [{ id: 'app', filter: { tail: 100 } }],
+      encoding: 'none',
+      contentType: 'text',
+    });
+    assert.equal(started.status, 200);
+    assert.equal(started.payload.status, 'NotStarted');
+    const done = await pollUntil('the upload task finished', 60_000, async () => {
+      const r = await invoke('GetTaskStatus', { schemaVersion: '1.0', correlationId: started.payload.correlationId });
+      return ['Completed', 'Failed'].includes(r.payload.status) ? r.payload : undefined;
+    });
+    assert.equal(done.status, 'Completed', done.message);
+    const files = await filesUnder(join(blobDir, 'edgelogs', hub.hostname, layers[2].gatewayId));
+    assert.equal(files.length, 1, files.join());
+    assert.match(files[0], /\/app-\d{4}-\d\d-\d\d--\d\d-\d\d-\d\d\.log$/);
+    assert.match(await readFile(files[0], 'utf8'), /up-through-the-chain/);
+
+    const bad = await invoke('UploadModuleLogs', { schemaVersion: '1.0', items: [{ id: 'app' }] });
+    assert.equal(bad.status, 400);
+    assert.match(bad.payload.message, /needs a sasUrl/);
   });
 });
