@@ -18,11 +18,11 @@ import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../test/helpers/edge.ts';
+import type { EdgeSetup, GatewayProcess } from '../test/helpers/edge.ts';
 import { startHubProcess } from '../test/helpers/hub.ts';
-import { chainAddresses, edgeDeviceUnder, setupLayer } from '../test/helpers/nested.ts';
+import { chainAddresses, edgeDeviceUnder, setupLayer, startLayers } from '../test/helpers/nested.ts';
 import { makeOciImage, pushImage, skopeo } from '../test/helpers/oci-image.ts';
-import { freePort, startRegistry } from '../test/helpers/registry.ts';
+import { freePort, registrySection, startRegistry } from '../test/helpers/registry.ts';
 
 const { values: args } = parseArgs({ options: { mb: { type: 'string', default: '200' } } });
 const MB = Number(args.mb);
@@ -72,14 +72,8 @@ try {
     layers.push(edge);
     cleanups.push(() => edge.cleanup());
   }
-  await appendFile(
-    layers[0].configPath,
-    `\n[registry]\nupstream = "http://${registry.host}"\nusername = "${registry.username}"\npassword = "${registry.password}"\n`,
-  );
-  for (const [i, address] of [l1, l2, l3].entries()) {
-    gws[i] = await startGatewayProcess({ configPath: layers[i].configPath, dataDir: layers[i].dataDir, address });
-    cleanups.push(() => gws[i].stop());
-  }
+  await appendFile(layers[0].configPath, registrySection(registry));
+  await startLayers({ layers, gws, cleanups });
   const device = await edgeDeviceUnder(hub, layers[2], 'bench-reg-dev');
   const work = await mkdtemp(join(tmpdir(), 'strata-bench-pull-'));
   cleanups.push(() => rm(work, { recursive: true, force: true }));

@@ -1,4 +1,4 @@
-import { parseByteSize, type RegistryDiagnostic } from '../registry-proxy/config.ts';
+import { parseByteSize, type RegistryDiagnostic, sectionTable } from '../registry-proxy/config.ts';
 
 /**
  * The `[blob]` section of config.toml: where the top layer keeps the blobs uploaded through the
@@ -28,21 +28,9 @@ export function parseBlobSection(
   diags: RegistryDiagnostic[],
   resolvePath: (value: unknown, what: string) => string | undefined,
 ): BlobSettings | undefined {
-  if (value === undefined) return undefined;
   const error = (message: string, fix: string) => diags.push({ level: 'error', message, fix });
-  if (!value || typeof value !== 'object' || Array.isArray(value)) {
-    error('[blob] must be a table', 'Write it as a [blob] section with dir = "/path/to/blobs"');
-    return undefined;
-  }
-  const t = value as Record<string, unknown>;
-  for (const key of Object.keys(t)) {
-    if (!KEYS.includes(key))
-      diags.push({
-        level: 'warning',
-        message: `unknown setting blob.${key} is ignored`,
-        fix: `The [blob] settings are ${KEYS.join(', ')}`,
-      });
-  }
+  const t = sectionTable('blob', value, KEYS, diags, 'dir = "/path/to/blobs"');
+  if (!t) return undefined;
   const out: BlobSettings = { maxBytes: DEFAULT_BLOB_MAX_BYTES };
   if (t.dir !== undefined) {
     if (typeof t.dir !== 'string' || t.dir === '') error('blob.dir must be a non-empty string', 'Write dir = "/path"');

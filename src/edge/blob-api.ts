@@ -1,31 +1,16 @@
 import https from 'node:https';
-import type { FastifyInstance } from 'fastify';
 import { BlobDirectory } from '../blob-relay/blob-dir.ts';
 import { blobRelay, type BlobTarget } from '../blob-relay/relay.ts';
-import { clientAuthenticator } from '../registry-proxy/client-auth.ts';
 import { edgeHubBasicAuth, parentBaseUrl } from '../registry-proxy/upstream.ts';
-import type { ScopeCache } from '../scope/cache.ts';
-import { authDepsOf, type IdentitySource } from '../scope/contract.ts';
-import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
-import type { EdgeConfig } from './config.ts';
-import type { RegistryHandler } from './registry-api.ts';
+import { type GatewayApiParts, gatewayClientAuth, type RegistryHandler } from './registry-api.ts';
 
 /**
  * The gateway's `/storage/` (../blob-relay/): a lower layer forwards blob uploads to its parent,
  * the top layer keeps them in `[blob] dir`. Clients sign in as for `/v2/`.
  */
 export function gatewayBlobApi(
-  p: {
-    config: EdgeConfig;
-    deviceId: string;
-    parentHost: string;
-    hubHostName: string;
-    trustPem: string;
-    scope: ScopeCache;
-    sync: ScopeSync;
-    childScope: IdentitySource;
-  },
+  p: GatewayApiParts,
   q: { edgeKey: () => string; hostname: () => string; onClose(fn: () => void): void },
 ): RegistryHandler {
   let target: BlobTarget;
@@ -49,27 +34,8 @@ export function gatewayBlobApi(
   }
   return blobRelay({
     target,
-    authenticate: clientAuthenticator({
-      scope: p.scope,
-      authDeps: authDepsOf(p.childScope),
-      onDemand: (d, m) => p.sync.onDemand(d, m),
-    }),
+    authenticate: gatewayClientAuth(p),
     realm: q.hostname,
     log: childLog('blob-api'),
   });
-}
-
-/** Hands every `/storage` request to `handle` before Fastify reads a body: uploads stream. */
-export function registerBlobApi(app: FastifyInstance, handle: RegistryHandler): void {
-  for (const url of ['/storage', '/storage/*']) {
-    app.route({
-      method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
-      url,
-      onRequest: (req, reply) => {
-        reply.hijack();
-        handle(req.raw, reply.raw);
-      },
-      handler: () => undefined,
-    });
-  }
 }

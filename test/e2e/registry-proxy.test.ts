@@ -23,10 +23,17 @@ import { promisify } from 'node:util';
 import { execFile } from 'node:child_process';
 import { metricValue, newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { chainAddresses, deviceToken, edgeDeviceUnder, recordConnections, setupLayer } from '../helpers/nested.ts';
+import {
+  chainAddresses,
+  deviceToken,
+  edgeDeviceUnder,
+  recordConnections,
+  setupLayer,
+  startLayers,
+} from '../helpers/nested.ts';
 import { makeOciImage, pushImage, skopeo, skopeoMissing, type OciImage } from '../helpers/oci-image.ts';
 import { podmanMissing, startPodman } from '../helpers/podman.ts';
-import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
+import { freePort, registryMissing, registrySection, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
 
 const run = promisify(execFile);
 const STRATA_BIN = fileURLToPath(new URL('../../bin/strata.js', import.meta.url));
@@ -113,17 +120,7 @@ describe('the registry API through three gateway layers', { skip }, () => {
       layers.push(edge);
       cleanups.push(() => edge.cleanup());
     }
-    await appendFile(
-      layers[0].configPath,
-      [
-        '',
-        '[registry]',
-        `upstream = "http://${registry.host}"`,
-        `username = "${registry.username}"`,
-        `password = "${registry.password}"`,
-        '',
-      ].join('\n'),
-    );
+    await appendFile(layers[0].configPath, registrySection(registry));
     certDir = await mkdtemp(join(tmpdir(), 'strata-certdir-'));
     cleanups.push(() => rm(certDir, { recursive: true, force: true }));
     await writeFile(join(certDir, 'root.crt'), layers[0].rootPem);
@@ -133,14 +130,7 @@ describe('the registry API through three gateway layers', { skip }, () => {
       l3: () => gws[2]?.proc.pid,
     });
     cleanups.push(() => recorder.stop());
-    for (let i = 0; i < 3; i++) {
-      gws[i] = await startGatewayProcess({
-        configPath: layers[i].configPath,
-        dataDir: layers[i].dataDir,
-        address: addrs[i],
-      });
-      cleanups.push(() => gws[i]?.stop());
-    }
+    await startLayers({ layers, gws, cleanups });
     // A person's way to a token: `strata device token ID`.
     const created = await edgeDevice(layers[2], 'reg-dev-under-l3');
     const { stdout } = await run(process.execPath, [

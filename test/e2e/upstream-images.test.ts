@@ -16,20 +16,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import {
-  deploymentManifest,
-  metricValue,
-  startGatewayProcess,
-  type EdgeSetup,
-  type GatewayProcess,
-} from '../helpers/edge.ts';
+import { deploymentManifest, metricValue, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { invokeWithSdk } from '../fixtures/service-messaging-helpers.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { chainAddresses, edgeDeviceUnder, setupLayer } from '../helpers/nested.ts';
+import { chainAddresses, edgeDeviceUnder, recordConnections, setupLayer, startLayers } from '../helpers/nested.ts';
 import { skopeoMissing } from '../helpers/oci-image.ts';
 import { podmanMissing, startPodman, TEST_IMAGE, type PodmanEngine } from '../helpers/podman.ts';
 import { pollUntil } from '../helpers/poll.ts';
-import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
+import { freePort, registryMissing, registrySection, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
 
 const run = promisify(execFile);
 const skip = registryMissing() ?? skopeoMissing() ?? podmanMissing();
@@ -45,6 +39,7 @@ let blobDir: string;
 const layers: EdgeSetup[] = [];
 const gws: GatewayProcess[] = [];
 const cleanups: Array<() => unknown> = [];
+let recorder: ReturnType<typeof recordConnections>;
 
 /** curl, as a person uploads a file: PUT with Basic credentials, TLS checked against the root CA. */
 async function curlPut(
@@ -101,28 +96,16 @@ describe('images and blobs through three layers', { skip, timeout: 600_000 }, ()
     await engine.podman(['rmi', TEST_IMAGE]);
     await appendFile(
       layers[0].configPath,
-      [
-        '',
-        '[registry]',
-        `upstream = "http://${registry.host}"`,
-        `username = "${registry.username}"`,
-        `password = "${registry.password}"`,
-        '',
-        '[blob]',
-        `dir = "${blobDir}"`,
-        'max_size = "64MiB"',
-        '',
-      ].join('\n'),
+      `${registrySection(registry)}\n[blob]\ndir = "${blobDir}"\nmax_size = "64MiB"\n`,
     );
-    await appendFile(layers[2].configPath, ['', '[moby_runtime]', `uri = "${engine.uri}"`, ''].join('\n'));
-    for (let i = 0; i < 3; i++) {
-      gws[i] = await startGatewayProcess({
-        configPath: layers[i].configPath,
-        dataDir: layers[i].dataDir,
-        address: addrs[i],
-      });
-      cleanups.push(() => gws[i]?.stop());
-    }
+    await appendFile(layers[2].configPath, `\n[moby_runtime]\nuri = "${engine.uri}"\n`);
+    recorder = recordConnections({
+      l1: () => gws[0]?.proc.pid,
+      l2: () => gws[1]?.proc.pid,
+      l3: () => gws[2]?.proc.pid,
+    });
+    cleanups.push(() => recorder.stop());
+    await startLayers({ layers, gws, cleanups });
     device3 = await edgeDeviceUnder(hub, layers[2], 'upi-dev-under-l3');
   });
   after(async () => {
@@ -277,5 +260,30 @@ describe('images and blobs through three layers', { skip, timeout: 600_000 }, ()
     const bad = await invoke('UploadModuleLogs', { schemaVersion: '1.0', items: [{ id: 'app' }] });
     assert.equal(bad.status, 400);
     assert.match(bad.payload.message, /needs a sasUrl/);
+  });
+
+  test('each layer connected only to its parent (L1 also to the registry)', () => {
+    for (const [name, allowed] of [
+      ['l3', [l2Addr]],
+      ['l2', [l1Addr]],
+      ['l1', [hubAddr, registryAddr]],
+    ] as const) {
+      const seen = recorder.seen(name);
+      assert.ok(seen.length > 0, `${name}: connections were recorded`);
+      for (const c of seen)
+        assert.ok((allowed as readonly string[]).includes(c.split(':')[0]), `${name} connected to ${c}`);
+    }
+  });
+
+  test('the top layer away: an upload at L3 gets a storage-style 503 and nothing is kept', async () => {
+    await gws[0].stop();
+    const file = join(work, 'late.bin');
+    await writeFile(file, randomBytes(64 * 1024));
+    const res = await curlPut(`https://${l3Addr}/storage/logs/late.bin`, file, {
+      creds: `${device3.deviceId}:${device3.token}`,
+    });
+    assert.equal(res.status, 503);
+    assert.match(res.body, /<Code>ServerBusy<\/Code>.*cannot reach the parent/s);
+    await assert.rejects(stat(join(blobDir, 'logs', 'late.bin')));
   });
 });

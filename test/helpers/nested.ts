@@ -35,15 +35,21 @@ export async function startChain(
     out.layers.push(edge);
     out.cleanups.push(() => edge.cleanup());
   }
+  await startLayers(out);
+  return hub;
+}
+
+/** Starts each layer's gateway process, parents first; each stop goes to `out.cleanups`. */
+export async function startLayers(out: {
+  layers: EdgeSetup[];
+  gws: Array<GatewayProcess | undefined>;
+  cleanups: Array<() => unknown>;
+}): Promise<void> {
   for (let i = 0; i < out.layers.length; i++) {
-    out.gws[i] = await startGatewayProcess({
-      configPath: out.layers[i]!.configPath,
-      dataDir: out.layers[i]!.dataDir,
-      address: addrs[i + 1]!,
-    });
+    const l = out.layers[i]!;
+    out.gws[i] = await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address });
     out.cleanups.push(() => out.gws[i]?.stop());
   }
-  return hub;
 }
 
 /** Registers `gatewayId` at the hub under `parent` (or directly under the hub) and points its config at the parent. */
