@@ -26,7 +26,7 @@ export interface StoredBlob {
 }
 
 // Azure's container names (or a storage account name first): lowercase letters, digits, hyphens.
-const FIRST_SEGMENT = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+const FIRST_SEGMENT = /^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/;
 
 /**
  * The path segments of a blob below the directory, from the part of the URL path after

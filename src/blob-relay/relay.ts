@@ -6,6 +6,7 @@ import type { ClientVerdict } from '../registry-proxy/client-auth.ts';
 import { challengeHeader } from '../registry-proxy/errors.ts';
 import { type BlobDirectory, BlobIncomplete, BlobMd5Mismatch, BlobTooLarge, blobSegments } from './blob-dir.ts';
 import { sendBlobError } from './errors.ts';
+import type { BlobMetrics } from './metrics.ts';
 
 /**
  * `/storage/...` on a gateway's 443, as IoT Edge's API proxy routes blob uploads: a lower layer
@@ -25,12 +26,14 @@ export interface BlobRelayDeps {
   target: BlobTarget;
   authenticate(authorization: string | undefined): Promise<ClientVerdict>;
   realm: () => string;
+  metrics?: BlobMetrics;
   log: Logger;
 }
 
 // Not passed on: they describe this hop, or carry the client's sign-in here.
 const HOP_HEADERS = new Set([
   'authorization',
+  'expect',
   'host',
   'connection',
   'keep-alive',
@@ -49,6 +52,10 @@ function forwardHeaders(h: IncomingMessage['headers']): Record<string, string | 
 
 export function blobRelay(d: BlobRelayDeps): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
+    // Every answer but a 201 counts as refused (4xx) or failed (5xx or cut).
+    res.once('finish', () => {
+      if (res.statusCode >= 400) d.metrics?.uploads.inc({ result: res.statusCode < 500 ? 'refused' : 'failed' });
+    });
     handle(d, req, res).catch((err: unknown) => {
       d.log.error({ err: (err as Error).message, url: req.url }, 'blob upload failed');
       sendBlobError(res, 500, 'InternalError', 'the gateway could not handle the upload');
@@ -128,6 +135,8 @@ async function store(
   try {
     const kept = await dir.put(segments, req, { contentLength, contentMd5: typeof md5 === 'string' ? md5 : undefined });
     d.log.info({ who, blob: segments.join('/'), bytes: kept.bytes, sha256: kept.sha256 }, 'blob kept');
+    d.metrics?.uploads.inc({ result: 'kept' });
+    d.metrics?.bytes.inc({ result: 'kept' }, kept.bytes);
     res.writeHead(201, {
       ETag: `"0x${kept.sha256.slice(0, 16).toUpperCase()}"`,
       'Last-Modified': new Date().toUTCString(),
@@ -187,5 +196,9 @@ async function forward(
   await pipeline(answer, res).catch(() => res.destroy());
   const err = await sent;
   if (err instanceof Error) d.log.debug({ who, err: err.message }, 'blob upload body cut');
+  else if (answer.statusCode === 201) {
+    d.metrics?.uploads.inc({ result: 'forwarded' });
+    d.metrics?.bytes.inc({ result: 'forwarded' }, Number(req.headers['content-length'] ?? 0) || 0);
+  }
   d.log.info({ who, path: target.pathname, status: answer.statusCode }, 'blob upload forwarded');
 }

@@ -1,6 +1,8 @@
 import https from 'node:https';
 import { BlobDirectory } from '../blob-relay/blob-dir.ts';
+import { BlobMetrics } from '../blob-relay/metrics.ts';
 import { blobRelay, type BlobTarget } from '../blob-relay/relay.ts';
+import type { Registry } from 'prom-client';
 import { edgeHubBasicAuth, parentBaseUrl } from '../registry-proxy/upstream.ts';
 import { childLog } from '../util/log.ts';
 import { type GatewayApiParts, gatewayClientAuth, type RegistryHandler } from './registry-api.ts';
@@ -11,7 +13,7 @@ import { type GatewayApiParts, gatewayClientAuth, type RegistryHandler } from '.
  */
 export function gatewayBlobApi(
   p: GatewayApiParts,
-  q: { edgeKey: () => string; hostname: () => string; onClose(fn: () => void): void },
+  q: { edgeKey: () => string; metrics: Registry; hostname: () => string; onClose(fn: () => void): void },
 ): RegistryHandler {
   let target: BlobTarget;
   if (p.config.parentHostname !== undefined) {
@@ -36,6 +38,7 @@ export function gatewayBlobApi(
     target,
     authenticate: gatewayClientAuth(p),
     realm: q.hostname,
+    metrics: new BlobMetrics(q.metrics),
     log: childLog('blob-api'),
   });
 }

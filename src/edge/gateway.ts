@@ -257,7 +257,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     // Blob uploads (/storage/) on 443: to the parent's, or at the top into [blob] dir.
     const blobApi = gatewayBlobApi(
       { config, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
-      { edgeKey: () => edgeKey, hostname: () => security.currentHostname, onClose },
+      { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
     );
     // ---- the edge agent (config.toml [agent] or [moby_runtime]): modules, $edgeAgent twin ----
     const agentParts = {

@@ -173,6 +173,10 @@ describe('images and blobs through three layers', { skip, timeout: 600_000 }, ()
     assert.equal((await stat(kept)).size, 24 * 1024 * 1024);
     assert.equal(await sha256(kept), await sha256(file));
     assert.deepEqual(await filesUnder(join(blobDir, '.incoming')), []);
+    const m3 = await gws[2].metrics();
+    assert.equal(metricValue(m3, 'edgehub_blob_uploads_total', { result: 'forwarded' }), 1);
+    assert.equal(metricValue(m3, 'edgehub_blob_bytes_total', { result: 'forwarded' }), 24 * 1024 * 1024);
+    assert.equal(metricValue(await gws[0].metrics(), 'edgehub_blob_uploads_total', { result: 'kept' }), 1);
     // Nothing kept below the top.
     for (const l of layers.slice(1)) {
       for (const f of await filesUnder(l.dataDir)) assert.ok((await stat(f)).size < 24 * 1024 * 1024, f);
@@ -225,6 +229,7 @@ describe('images and blobs through three layers', { skip, timeout: 600_000 }, ()
     await new Promise((r) => setTimeout(r, 1500));
     const kept = (await filesUnder(join(blobDir, 'logs'))).map((f) => f.slice(blobDir.length));
     assert.deepEqual(kept.sort(), ['/logs/upi-l3/edgeAgent-1.bin']);
+    assert.ok((metricValue(await gws[2].metrics(), 'edgehub_blob_uploads_total', { result: 'refused' }) ?? 0) >= 4);
   });
 
   test('UploadModuleLogs on L3: the module logs land at the top layer, GetTaskStatus says Completed', async () => {

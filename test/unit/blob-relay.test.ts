@@ -28,6 +28,7 @@ describe('blob paths', () => {
     assert.match(blobSegments('logs//a') as string, /empty/);
     assert.match(blobSegments('Logs/a') as string, /not a container name/);
     assert.match(blobSegments('.incoming/a') as string, /not a container name/);
+    assert.match(blobSegments('ab/a') as string, /not a container name/);
     assert.match(blobSegments('logs/%E0%A4%A') as string, /percent-encoded/);
   });
 });
