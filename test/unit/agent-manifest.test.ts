@@ -414,6 +414,6 @@ test('an image from the parent (what $upstream:443/... resolves to) signs in as 
   assert.equal(namesParentRegistry('GW-L2.example/app:1', 'gw-l2.example'), true);
   assert.equal(namesParentRegistry('gw-l2.example:5000/app:1', 'gw-l2.example'), false);
   assert.equal(namesParentRegistry('gw-l2.example.other/app:1', 'gw-l2.example'), false);
-  assert.equal(namesParentRegistry('myacr.azurecr.io/app:1', 'gw-l2.example'), false);
+  assert.equal(namesParentRegistry('registry.example/app:1', 'gw-l2.example'), false);
   assert.equal(namesParentRegistry('gw-l2.example:443/app:1', undefined), false);
 });
