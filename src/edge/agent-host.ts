@@ -50,7 +50,9 @@ export interface AgentHostParts {
  * audience with its key; one provisioned by certificate has only its `$edgeHub` module's key,
  * so the token names that module (the parent takes a module's token under the device id).
  */
-function parentRegistryLogin(p: AgentHostParts): ParentRegistryLogin {
+export function parentRegistryLogin(
+  p: Pick<AgentHostParts, 'config' | 'deviceId' | 'hubHostName' | 'edgeKey'>,
+): ParentRegistryLogin {
   const bySas = p.config.provisioning?.authentication?.method === 'sas';
   const device = `${p.hubHostName}/devices/${encodeURIComponent(p.deviceId)}`;
   const audience = bySas ? device : `${device}/modules/${encodeURIComponent(EDGE_HUB)}`;
