@@ -35,6 +35,7 @@ const LAYERS = [
   'agent',
   'registry',
   'registry-proxy', // a gateway's /v2/: the pull-through registry API
+  'blob-relay', // a gateway's /storage/: blob uploads to the top layer
   ['hub', 'edge'],
   'topology',
   'cli',

@@ -11,12 +11,14 @@ import {
   type DesiredModule,
   type ModuleProblem,
   type ReadResult,
+  namesParentRegistry,
   readAgentDesired,
   specHashOf,
 } from './manifest.ts';
+import { type BlobUploader, UploadTasks } from './log-upload.ts';
 import { withWorkload } from './module-env.ts';
 import { type PlanAction, planActions } from './plan.ts';
-import type { AgentSettings, AgentTwinPort, ModuleIdentities, ModuleIdentity } from './ports.ts';
+import type { AgentSettings, AgentTwinPort, ModuleIdentities, ModuleIdentity, ParentRegistryLogin } from './ports.ts';
 import { buildAgentReported, type ModuleObservation, reportedPatch } from './reported.ts';
 import {
   DEFAULT_RESTART_SETTINGS,
@@ -48,6 +50,10 @@ export interface EdgeAgentOptions {
   /** The process runtime always; a container engine when the device has one. */
   runtimes: { process: ModuleRuntime; docker?: ModuleRuntime };
   workload: WorkloadApi;
+  /** Sign-in for images from the parent's registry API; without it such pulls go unauthenticated. */
+  parentRegistryLogin?: ParentRegistryLogin;
+  /** Where `UploadModuleLogs` sends logs (log-upload.ts); without it the method answers 501. */
+  uploadBlob?: BlobUploader;
   restart?: RestartSettings;
   /** How often the agent reconciles without being asked (catches what no event told). Default 15 s. */
   tickMs?: number;
@@ -96,9 +102,18 @@ export class EdgeAgent {
   private reconciles = 0;
   /** The desired version whose stray module identities were removed. */
   private identitySweepVersion?: number;
+  /** `UploadModuleLogs` tasks and where they go (agent-methods.ts reads it). */
+  readonly logUpload?: { tasks: UploadTasks; upload: BlobUploader; hub: string; device: string };
 
   constructor(private readonly o: EdgeAgentOptions) {
     this.log = o.log ?? childLog('agent');
+    if (o.uploadBlob)
+      this.logUpload = {
+        tasks: new UploadTasks(),
+        upload: o.uploadBlob,
+        hub: o.settings.iothubHostName,
+        device: o.settings.deviceId,
+      };
     this.restartSettings = o.restart ?? DEFAULT_RESTART_SETTINGS;
     this.statePath = join(o.settings.dataDir, 'agent.json');
   }
@@ -383,6 +398,16 @@ export class EdgeAgent {
       generationId: id.generationId,
       gatewayHostName: s.gatewayHostName,
     });
+    // An image from the parent signs in as this edge device, unless the deployment names credentials.
+    const login = this.o.parentRegistryLogin;
+    if (
+      spec.type === 'docker' &&
+      !spec.registryAuth &&
+      login &&
+      namesParentRegistry(spec.image ?? '', s.parentHostname)
+    ) {
+      spec.registryAuth = { ...login(), serveraddress: `${s.parentHostname}:443` };
+    }
     return { ...spec, specHash: specHashOf(spec) };
   }
 

@@ -406,6 +406,17 @@ export function resolveUpstream(image: string, parentHostname: string | undefine
   return parentHostname + image.slice('$upstream'.length);
 }
 
+/**
+ * Whether an image is pulled from the parent's registry API (`parent/...` or `parent:443/...`,
+ * what `$upstream:443/...` resolves to): such a pull signs in as the edge device itself.
+ */
+export function namesParentRegistry(image: string, parentHostname: string | undefined): boolean {
+  if (!parentHostname) return false;
+  const lower = image.toLowerCase();
+  const parent = parentHostname.toLowerCase();
+  return lower.startsWith(`${parent}/`) || lower.startsWith(`${parent}:443/`);
+}
+
 /** The registry host of an image reference, or undefined for Docker Hub's short names. */
 export function imageRegistry(image: string): string | undefined {
   const slash = image.indexOf('/');

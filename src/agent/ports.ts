@@ -46,3 +46,9 @@ export interface AgentSettings {
   /** The agent's own directory: the last deployment, restart records, workload sockets. */
   dataDir: string;
 }
+
+/**
+ * How the agent signs in to its parent's registry API (`$upstream:443/...` images): the edge
+ * device's own id and a SAS token made now, so a deployment needs no registryCredentials for it.
+ */
+export type ParentRegistryLogin = () => { username: string; password: string };

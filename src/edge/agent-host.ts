@@ -2,11 +2,13 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { EdgeAgent } from '../agent/agent.ts';
 import { DockerRuntime } from '../agent/docker-runtime.ts';
-import type { ModuleIdentities } from '../agent/ports.ts';
+import { blobUploader } from '../agent/log-upload.ts';
+import type { ModuleIdentities, ParentRegistryLogin } from '../agent/ports.ts';
 import { ProcessRuntime } from '../agent/process-runtime.ts';
 import { DEFAULT_RESTART_SETTINGS } from '../agent/restart-policy.ts';
 import { WorkloadApi } from '../agent/workload-api.ts';
-import { EDGE_AGENT } from '../identity/device-id.ts';
+import { EDGE_AGENT, EDGE_HUB } from '../identity/device-id.ts';
+import { createSasToken } from '../identity/sas.ts';
 import type { ScopeCache } from '../scope/cache.ts';
 import { MANAGED_BY_EDGE } from '../scope/contract.ts';
 import { ParentModuleIdentities } from '../scope/module-identities.ts';
@@ -37,8 +39,28 @@ export interface AgentHostParts {
   link: ParentLink;
   scope: ScopeCache;
   sync: ScopeSync;
+  /** The key the gateway signs with (edge-hub-key.ts): the device's own, or its `$edgeHub` module's. */
+  edgeKey: () => string;
   /** Default: created and removed at the hub through the parent chain. */
   identities?: ModuleIdentities;
+}
+
+/**
+ * The agent's sign-in to the parent's registry API: user name = the edge device id, password = a
+ * SAS token made now (as `strata device token` makes). A SAS-provisioned device signs its own
+ * audience with its key; one provisioned by certificate has only its `$edgeHub` module's key,
+ * so the token names that module (the parent takes a module's token under the device id).
+ */
+export function parentRegistryLogin(
+  p: Pick<AgentHostParts, 'config' | 'deviceId' | 'hubHostName' | 'edgeKey'>,
+): ParentRegistryLogin {
+  const bySas = p.config.provisioning?.authentication?.method === 'sas';
+  const device = `${p.hubHostName}/devices/${encodeURIComponent(p.deviceId)}`;
+  const audience = bySas ? device : `${device}/modules/${encodeURIComponent(EDGE_HUB)}`;
+  return () => ({
+    username: p.deviceId,
+    password: createSasToken(audience, p.edgeKey(), Math.floor(Date.now() / 1000) + 3600),
+  });
 }
 
 export interface AgentHost {
@@ -103,6 +125,7 @@ export function createAgentHost(p: AgentHostParts): AgentHost {
       p.scope.authChainOf(p.deviceId, EDGE_AGENT) ??
       directChildChain({ deviceId: p.deviceId, moduleId: EDGE_AGENT }, p.deviceId),
   });
+  const login = p.config.parentHostname ? parentRegistryLogin(p) : undefined;
   const agent = new EdgeAgent({
     settings: {
       deviceId: p.deviceId,
@@ -115,6 +138,8 @@ export function createAgentHost(p: AgentHostParts): AgentHost {
     identities: p.identities ?? agentIdentities(p.sync),
     runtimes: { process: processRuntime, docker },
     workload,
+    parentRegistryLogin: login,
+    uploadBlob: blobUploader({ parentHostname: p.config.parentHostname, trustPem: p.trustPem, login }),
     restart: { ...DEFAULT_RESTART_SETTINGS, coolOffTimeUnitSecs: coolOffUnitSetting(p.config).value },
   });
   return {

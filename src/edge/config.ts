@@ -1,6 +1,7 @@
 import { hostname as osHostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parse as parseToml, TomlError } from 'smol-toml';
+import { parseBlobSection, type BlobSettings } from '../blob-relay/config.ts';
 import { parseRegistrySection, type RegistrySettings } from '../registry-proxy/config.ts';
 import { UserError } from '../util/errors.ts';
 import { checkHostname, isIpAddress } from './hostname.ts';
@@ -46,6 +47,8 @@ export interface EdgeConfig {
   settings: Record<string, unknown>;
   /** `[registry]`: the upstream registry (top layer) and the pull-through cache's limits. */
   registry?: RegistrySettings;
+  /** `[blob]`: where the top layer keeps blobs uploaded through `/storage/`. */
+  blob?: BlobSettings;
 }
 
 const TOP_LEVEL_KEYS = [
@@ -73,6 +76,7 @@ const KNOWN_SECTIONS = [
   'image_garbage_collection',
   'strata',
   'registry',
+  'blob',
 ];
 
 export class ConfigError extends UserError {
@@ -282,6 +286,7 @@ export function parseEdgeConfig(
   };
 
   config.registry = parseRegistrySection(doc.registry, parentHostname === undefined, diags);
+  config.blob = parseBlobSection(doc.blob, parentHostname === undefined, diags, (v, what) => paths(v, what));
 
   const prov = table(doc.provisioning);
   if (doc.provisioning !== undefined) config.provisioning = parseProvisioning(prov, diags, paths);

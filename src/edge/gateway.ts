@@ -30,6 +30,7 @@ import {
 } from './local.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { configReloader, type RunningConfig } from './reload.ts';
+import { gatewayBlobApi } from './blob-api.ts';
 import { gatewayRegistryApi } from './registry-api.ts';
 import { SecurityManager } from './security-manager.ts';
 import {
@@ -253,14 +254,43 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       { config, dataDir, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
       { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
     );
+    // Blob uploads (/storage/) on 443: to the parent's, or at the top into [blob] dir.
+    const blobApi = gatewayBlobApi(
+      { config, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
+      { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
+    );
     // ---- the edge agent (config.toml [agent] or [moby_runtime]): modules, $edgeAgent twin ----
-    const agentParts = { config, deviceId, hubHostName, hostname, dataDir, trustPem, link, scope, sync };
+    const agentParts = {
+      config,
+      deviceId,
+      hubHostName,
+      hostname,
+      dataDir,
+      trustPem,
+      link,
+      scope,
+      sync,
+      edgeKey: () => edgeKey,
+    };
     const agentHost = agentEnabled(config) ? createAgentHost(agentParts) : undefined;
     const agent = agentHost?.agent;
     const tokenPath = files.healthToken;
     const health = { deviceId, tokenPath, engine, store, security, link, sync, routes, scope, agent };
     await startGatewayListeners(
-      { engine, bind, ports, security, preAuth, hubHostName, extraHostNames, childScope, sync, health, registryApi },
+      {
+        engine,
+        bind,
+        ports,
+        security,
+        preAuth,
+        hubHostName,
+        extraHostNames,
+        childScope,
+        sync,
+        health,
+        registryApi,
+        blobApi,
+      },
       onClose,
     );
     const metricsServer = await startMetricsEndpoint(metrics, metricsBind, ports.metrics, print);

@@ -14,7 +14,7 @@ import type { ScopeSync } from '../scope/sync.ts';
 import { childLog } from '../util/log.ts';
 import { serveAgentRoutes } from './agent-routes.ts';
 import { serveHealth, type HealthSources } from './health.ts';
-import { registerRegistryApi, type RegistryHandler } from './registry-api.ts';
+import { registerRawPrefix, type RegistryHandler } from './registry-api.ts';
 import type { SecurityManager } from './security-manager.ts';
 
 /**
@@ -43,6 +43,8 @@ export interface GatewayListenerParts {
   health: HealthSources;
   /** The registry API (`/v2/`, registry-api.ts). */
   registryApi?: RegistryHandler;
+  /** Blob uploads (`/storage/`, blob-api.ts). */
+  blobApi?: RegistryHandler;
 }
 
 /** Opens every listener; each close goes to `onClose` as soon as what it closes exists. */
@@ -75,7 +77,8 @@ export async function startGatewayListeners(p: GatewayListenerParts, onClose: (f
   onClose(() => app.close());
   preAuth.guardHttps(app.server as HttpsServer);
   serveHealth(app, p.health);
-  if (p.registryApi) registerRegistryApi(app, p.registryApi);
+  if (p.registryApi) registerRawPrefix(app, '/v2', p.registryApi);
+  if (p.blobApi) registerRawPrefix(app, '/storage', p.blobApi);
   if (p.health.agent) serveAgentRoutes(app, p.health.agent, p.health.tokenPath);
   // Module identities written on behalf of a child edge device go on to the parent, never the cache.
   await app.register(scopeApi, {

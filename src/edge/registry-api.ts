@@ -22,18 +22,29 @@ import type { EdgeConfig } from './config.ts';
 
 export type RegistryHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
+/** What the gateway's HTTPS APIs for its scope (`/v2/`, `/storage/`) are built from. */
+export interface GatewayApiParts {
+  config: EdgeConfig;
+  deviceId: string;
+  parentHost: string;
+  hubHostName: string;
+  trustPem: string;
+  scope: ScopeCache;
+  sync: ScopeSync;
+  childScope: IdentitySource;
+}
+
+/** Who may use those APIs: an IoT Edge device of the scope with a SAS token (client-auth.ts). */
+export function gatewayClientAuth(p: GatewayApiParts): ReturnType<typeof clientAuthenticator> {
+  return clientAuthenticator({
+    scope: p.scope,
+    authDeps: authDepsOf(p.childScope),
+    onDemand: (d, m) => p.sync.onDemand(d, m),
+  });
+}
+
 export function gatewayRegistryApi(
-  p: {
-    config: EdgeConfig;
-    dataDir: string;
-    deviceId: string;
-    parentHost: string;
-    hubHostName: string;
-    trustPem: string;
-    scope: ScopeCache;
-    sync: ScopeSync;
-    childScope: IdentitySource;
-  },
+  p: GatewayApiParts & { dataDir: string },
   q: { edgeKey: () => string; metrics: Registry; hostname: () => string; onClose(fn: () => void): void },
 ): RegistryHandler {
   const log = childLog('registry-api');
@@ -56,11 +67,7 @@ export function gatewayRegistryApi(
     cache,
     upstream,
     noUpstream: `gateway ${p.deviceId} is the top layer and its config.toml names no [registry] upstream, so it has no registry to pull from`,
-    authenticate: clientAuthenticator({
-      scope: p.scope,
-      authDeps: authDepsOf(p.childScope),
-      onDemand: (d, m) => p.sync.onDemand(d, m),
-    }),
+    authenticate: gatewayClientAuth(p),
     metrics: new RegistryMetrics(q.metrics, () => ({ bytes: cache.bytes, count: cache.count })),
     tagCacheMs: settings.tagCacheSecs * 1000,
     realm: q.hostname,
@@ -70,9 +77,12 @@ export function gatewayRegistryApi(
   return handle;
 }
 
-/** Hands every `/v2` request to `handle` before Fastify reads a body: the proxy streams. */
-export function registerRegistryApi(app: FastifyInstance, handle: RegistryHandler): void {
-  for (const url of ['/v2', '/v2/*']) {
+/**
+ * Hands every request under `prefix` (`/v2`, `/storage`) to `handle` before Fastify reads a
+ * body: the registry proxy and the blob relay stream.
+ */
+export function registerRawPrefix(app: FastifyInstance, prefix: string, handle: RegistryHandler): void {
+  for (const url of [prefix, `${prefix}/*`]) {
     app.route({
       method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
       url,

@@ -79,6 +79,7 @@ export function configReloader(p: ReloadParts): Reload {
         restartFor.push(`[strata] ${k}`);
     }
     if (JSON.stringify(c.registry) !== JSON.stringify(running.config.registry)) restartFor.push('[registry]');
+    if (JSON.stringify(c.blob) !== JSON.stringify(running.config.blob)) restartFor.push('[blob]');
     if (restartFor.length > 0) status.changes.push(`needs a restart to take effect: ${restartFor.join(', ')}`);
     try {
       const oldHost = security.currentHostname;

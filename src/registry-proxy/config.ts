@@ -41,6 +41,38 @@ export function parseByteSize(v: unknown): number | undefined {
 }
 
 /**
+ * A config.toml section as a table (undefined when absent or not a table, which is reported), with
+ * a warning for each key not in `keys`.
+ */
+export function sectionTable(
+  name: string,
+  value: unknown,
+  keys: readonly string[],
+  diags: RegistryDiagnostic[],
+  example: string,
+): Record<string, unknown> | undefined {
+  if (value === undefined) return undefined;
+  if (!value || typeof value !== 'object' || Array.isArray(value)) {
+    diags.push({
+      level: 'error',
+      message: `[${name}] must be a table`,
+      fix: `Write it as a [${name}] section with ${example}`,
+    });
+    return undefined;
+  }
+  const t = value as Record<string, unknown>;
+  for (const key of Object.keys(t)) {
+    if (!keys.includes(key))
+      diags.push({
+        level: 'warning',
+        message: `unknown setting ${name}.${key} is ignored`,
+        fix: `The [${name}] settings are ${keys.join(', ')}`,
+      });
+  }
+  return t;
+}
+
+/**
  * Reads `[registry]` (undefined when the file has none); `top` is true for a gateway whose
  * parent is the hub. Findings go to `diags`.
  */
@@ -49,21 +81,9 @@ export function parseRegistrySection(
   top: boolean,
   diags: RegistryDiagnostic[],
 ): RegistrySettings | undefined {
-  if (value === undefined) return undefined;
   const error = (message: string, fix: string) => diags.push({ level: 'error', message, fix });
-  if (!value || typeof value !== 'object' || Array.isArray(value)) {
-    error('[registry] must be a table', 'Write it as a [registry] section with upstream = "https://..."');
-    return undefined;
-  }
-  const t = value as Record<string, unknown>;
-  for (const key of Object.keys(t)) {
-    if (!KEYS.includes(key))
-      diags.push({
-        level: 'warning',
-        message: `unknown setting registry.${key} is ignored`,
-        fix: `The [registry] settings are ${KEYS.join(', ')}`,
-      });
-  }
+  const t = sectionTable('registry', value, KEYS, diags, 'upstream = "https://..."');
+  if (!t) return undefined;
   const out: RegistrySettings = { cacheMaxBytes: DEFAULT_CACHE_MAX_BYTES, tagCacheSecs: DEFAULT_TAG_CACHE_SECS };
   for (const key of ['upstream', 'username', 'password'] as const) {
     const v = t[key];

@@ -88,6 +88,30 @@ async function sendFollowing(
   }
 }
 
+/** `https://parent:443`, an IPv6 address in brackets. */
+export function parentBaseUrl(parentHost: string, port = 443): URL {
+  const host = isIP(parentHost) === 6 ? `[${parentHost}]` : parentHost;
+  return new URL(`https://${host}:${port}`);
+}
+
+/**
+ * How a gateway signs in to its parent's HTTPS APIs (`/v2/`, `/storage/`): Basic with its device
+ * id and a SAS token of its `$edgeHub`, made again before it nears expiry or when the key changes.
+ */
+export function edgeHubBasicAuth(o: { hubHostName: string; deviceId: string; edgeKey: () => string }): () => string {
+  let token: { text: string; expires: number; key: string } | undefined;
+  return () => {
+    const now = Date.now();
+    const key = o.edgeKey();
+    if (!token || token.key !== key || token.expires - now < 5 * 60_000) {
+      const expiry = Math.floor(now / 1000) + 3600;
+      const audience = `${o.hubHostName}/devices/${encodeURIComponent(o.deviceId)}/modules/${encodeURIComponent(EDGE_HUB)}`;
+      token = { text: createSasToken(audience, key, expiry), expires: expiry * 1000, key };
+    }
+    return `Basic ${Buffer.from(`${o.deviceId}:${token.text}`).toString('base64')}`;
+  };
+}
+
 /** The parent gateway's `/v2/`: its certificate checked against the trust bundle, signed in as this gateway. */
 export function parentGatewayUpstream(o: {
   parentHost: string;
@@ -98,20 +122,9 @@ export function parentGatewayUpstream(o: {
   /** The key this gateway signs its `$edgeHub` tokens with (may change: read each time). */
   edgeKey: () => string;
 }): RegistryUpstream {
-  const host = isIP(o.parentHost) === 6 ? `[${o.parentHost}]` : o.parentHost;
-  const base = new URL(`https://${host}:${o.port ?? 443}`);
+  const base = parentBaseUrl(o.parentHost, o.port);
   const agent = new https.Agent({ keepAlive: true, ca: o.trustPem, maxSockets: 16 });
-  let token: { text: string; expires: number; key: string } | undefined;
-  const auth = () => {
-    const now = Date.now();
-    const key = o.edgeKey();
-    if (!token || token.key !== key || token.expires - now < 5 * 60_000) {
-      const expiry = Math.floor(now / 1000) + 3600;
-      const audience = `${o.hubHostName}/devices/${encodeURIComponent(o.deviceId)}/modules/${encodeURIComponent(EDGE_HUB)}`;
-      token = { text: createSasToken(audience, key, expiry), expires: expiry * 1000, key };
-    }
-    return `Basic ${Buffer.from(`${o.deviceId}:${token.text}`).toString('base64')}`;
-  };
+  const auth = edgeHubBasicAuth(o);
   const description = `the parent ${o.parentHost}`;
   return {
     description,

@@ -21,7 +21,7 @@ import type { EventJson, EventPageJson } from '../../src/hub/service-messaging.t
 import { waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 import { startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { assertConnectsOnlyTo, recordConnections, setupLayer } from '../helpers/nested.ts';
+import { assertConnectsOnlyTo, recordConnections, setupLayer, startLayers } from '../helpers/nested.ts';
 import { desiredPush, eventually, listenDesired, openSdkLeaf, updateReported } from '../helpers/sdk-leaf.ts';
 
 const require = createRequire(import.meta.url);
@@ -55,14 +55,7 @@ before(async () => {
   // Watch from before the first connection.
   recorder = recordConnections({ l1: () => gws[0]?.proc.pid, l2: () => gws[1]?.proc.pid, l3: () => gws[2]?.proc.pid });
   cleanups.push(() => recorder.stop());
-  for (let i = 0; i < 3; i++) {
-    gws[i] = await startGatewayProcess({
-      configPath: layers[i].configPath,
-      dataDir: layers[i].dataDir,
-      address: addrs[i],
-    });
-    cleanups.push(() => gws[i]?.stop());
-  }
+  await startLayers({ layers, gws, cleanups });
 });
 after(async () => {
   for (const fn of cleanups.reverse()) await fn();

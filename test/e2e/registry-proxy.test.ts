@@ -21,13 +21,19 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { execFile } from 'node:child_process';
-import { createSasToken } from '../../src/identity/sas.ts';
 import { metricValue, newKey, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../helpers/edge.ts';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
-import { chainAddresses, recordConnections, setupLayer } from '../helpers/nested.ts';
+import {
+  chainAddresses,
+  deviceToken,
+  edgeDeviceUnder,
+  recordConnections,
+  setupLayer,
+  startLayers,
+} from '../helpers/nested.ts';
 import { makeOciImage, pushImage, skopeo, skopeoMissing, type OciImage } from '../helpers/oci-image.ts';
 import { podmanMissing, startPodman } from '../helpers/podman.ts';
-import { freePort, registryMissing, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
+import { freePort, registryMissing, registrySection, startRegistry, type LocalRegistry } from '../helpers/registry.ts';
 
 const run = promisify(execFile);
 const STRATA_BIN = fileURLToPath(new URL('../../bin/strata.js', import.meta.url));
@@ -46,21 +52,8 @@ const gws: GatewayProcess[] = [];
 const cleanups: Array<() => unknown> = [];
 let recorder: ReturnType<typeof recordConnections>;
 
-/** An IoT Edge device under `parent` and a SAS token for it. */
-async function edgeDevice(parent: EdgeSetup, deviceId: string): Promise<{ deviceId: string; token: string }> {
-  const key = newKey();
-  await parent.svc.createDevice({
-    deviceId,
-    capabilities: { iotEdge: true },
-    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
-    parentScopes: [parent.gateway.deviceScope!],
-  });
-  return { deviceId, token: sasFor(deviceId, key) };
-}
-
-function sasFor(deviceId: string, key: string): string {
-  return createSasToken(`${hub.hostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
-}
+const edgeDevice = (parent: EdgeSetup, deviceId: string) => edgeDeviceUnder(hub, parent, deviceId);
+const sasFor = (deviceId: string, key: string) => deviceToken(hub.hostname, deviceId, key);
 
 const copyArgs = (who: { deviceId: string; token: string }) => [
   '--src-creds',
@@ -127,17 +120,7 @@ describe('the registry API through three gateway layers', { skip }, () => {
       layers.push(edge);
       cleanups.push(() => edge.cleanup());
     }
-    await appendFile(
-      layers[0].configPath,
-      [
-        '',
-        '[registry]',
-        `upstream = "http://${registry.host}"`,
-        `username = "${registry.username}"`,
-        `password = "${registry.password}"`,
-        '',
-      ].join('\n'),
-    );
+    await appendFile(layers[0].configPath, registrySection(registry));
     certDir = await mkdtemp(join(tmpdir(), 'strata-certdir-'));
     cleanups.push(() => rm(certDir, { recursive: true, force: true }));
     await writeFile(join(certDir, 'root.crt'), layers[0].rootPem);
@@ -147,14 +130,7 @@ describe('the registry API through three gateway layers', { skip }, () => {
       l3: () => gws[2]?.proc.pid,
     });
     cleanups.push(() => recorder.stop());
-    for (let i = 0; i < 3; i++) {
-      gws[i] = await startGatewayProcess({
-        configPath: layers[i].configPath,
-        dataDir: layers[i].dataDir,
-        address: addrs[i],
-      });
-      cleanups.push(() => gws[i]?.stop());
-    }
+    await startLayers({ layers, gws, cleanups });
     // A person's way to a token: `strata device token ID`.
     const created = await edgeDevice(layers[2], 'reg-dev-under-l3');
     const { stdout } = await run(process.execPath, [

@@ -3,7 +3,8 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { ServiceClient } from '../../src/hub/service-client.ts';
 import { randomInt } from 'node:crypto';
-import { setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from './edge.ts';
+import { createSasToken } from '../../src/identity/sas.ts';
+import { newKey, setupEdge, startGatewayProcess, type EdgeSetup, type GatewayProcess } from './edge.ts';
 import { startHubProcess, type HubProcess } from './hub.ts';
 
 /**
@@ -42,15 +43,21 @@ export async function startChain(
     out.layers.push(edge);
     out.cleanups.push(() => edge.cleanup());
   }
+  await startLayers(out);
+  return hub;
+}
+
+/** Starts each layer's gateway process, parents first; each stop goes to `out.cleanups`. */
+export async function startLayers(out: {
+  layers: EdgeSetup[];
+  gws: Array<GatewayProcess | undefined>;
+  cleanups: Array<() => unknown>;
+}): Promise<void> {
   for (let i = 0; i < out.layers.length; i++) {
-    out.gws[i] = await startGatewayProcess({
-      configPath: out.layers[i]!.configPath,
-      dataDir: out.layers[i]!.dataDir,
-      address: addrs[i + 1]!,
-    });
+    const l = out.layers[i]!;
+    out.gws[i] = await startGatewayProcess({ configPath: l.configPath, dataDir: l.dataDir, address: l.address });
     out.cleanups.push(() => out.gws[i]?.stop());
   }
-  return hub;
 }
 
 /** Registers `gatewayId` at the hub under `parent` (or directly under the hub) and points its config at the parent. */
@@ -69,6 +76,27 @@ export async function setupLayer(
     await writeFile(edge.configPath, text.replace(/^(hostname = .*)$/m, `$1\nparent_hostname = "${o.parent.address}"`));
   }
   return edge;
+}
+
+/** A SAS token for a device, valid an hour: what `strata device token ID` prints. */
+export function deviceToken(hubHostname: string, deviceId: string, key: string): string {
+  return createSasToken(`${hubHostname}/devices/${deviceId}`, key, Math.floor(Date.now() / 1000) + 3600);
+}
+
+/** An IoT Edge device registered under `parent` (in its scope), and a SAS token for it. */
+export async function edgeDeviceUnder(
+  hub: HubProcess,
+  parent: EdgeSetup,
+  deviceId: string,
+): Promise<{ deviceId: string; token: string }> {
+  const key = newKey();
+  await parent.svc.createDevice({
+    deviceId,
+    capabilities: { iotEdge: true },
+    authentication: { type: 'sas', symmetricKey: { primaryKey: key, secondaryKey: newKey() } },
+    parentScopes: [parent.gateway.deviceScope!],
+  });
+  return { deviceId, token: deviceToken(hub.hostname, deviceId, key) };
 }
 
 function hexToIpv4(hex: string): string {

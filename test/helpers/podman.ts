@@ -74,6 +74,12 @@ async function waitForVersion(socketPath: string, service: ChildProcess, timeout
 export interface PodmanOptions {
   /** host:port of registries spoken to over plain HTTP (a local test registry). */
   insecureRegistries?: string[];
+  /**
+   * Registries whose TLS certificate chains to `caPem` (a gateway's `/v2/` on host:443): what a
+   * user does with `/etc/containers/certs.d/HOST:PORT/ca.crt`, here in the engine's own home
+   * (`$HOME/.config/containers/certs.d`, which containers/image reads first) so /etc is untouched.
+   */
+  trust?: Array<{ hostPort: string; caPem: string }>;
 }
 
 export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngine> {
@@ -104,7 +110,14 @@ export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngin
       '',
     ].join('\n'),
   );
-  const env = { ...process.env, CONTAINERS_CONF: conf, CONTAINERS_REGISTRIES_CONF: registriesConf };
+  const home = join(dir, 'home');
+  await mkdir(home, { recursive: true });
+  for (const t of opts.trust ?? []) {
+    const certs = join(home, '.config', 'containers', 'certs.d', t.hostPort);
+    await mkdir(certs, { recursive: true });
+    await writeFile(join(certs, 'ca.crt'), t.caPem);
+  }
+  const env = { ...process.env, HOME: home, CONTAINERS_CONF: conf, CONTAINERS_REGISTRIES_CONF: registriesConf };
   const storage = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run')];
   const podman = async (args: string[]): Promise<string> => {
     const { stdout } = await run('podman', [...storage, ...args], { env, maxBuffer: 16 * 1024 * 1024 });

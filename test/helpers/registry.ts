@@ -131,3 +131,15 @@ export async function startRegistry(port: number, address = '127.0.0.1'): Promis
     },
   };
 }
+
+/** The `[registry]` section of a top layer's config.toml that pulls from `r` with its credentials. */
+export function registrySection(r: LocalRegistry): string {
+  return [
+    '',
+    '[registry]',
+    `upstream = "http://${r.host}"`,
+    `username = "${r.username}"`,
+    `password = "${r.password}"`,
+    '',
+  ].join('\n');
+}

@@ -11,6 +11,7 @@ import {
   imageRegistry,
   joinCreateOptions,
   MAX_STARTUP_ORDER,
+  namesParentRegistry,
   readAgentDesired,
   resolveUpstream,
   specHashOf,
@@ -406,4 +407,13 @@ test('an unknown system module is named; edgeAgent and edgeHub are not', () => {
     [['edgeRelay', 'systemModules']],
   );
   assert.equal(deployment.systemModules.length, 2);
+});
+
+test('an image from the parent (what $upstream:443/... resolves to) signs in as the edge device', () => {
+  assert.equal(namesParentRegistry('gw-l2.example:443/app:1', 'gw-l2.example'), true);
+  assert.equal(namesParentRegistry('GW-L2.example/app:1', 'gw-l2.example'), true);
+  assert.equal(namesParentRegistry('gw-l2.example:5000/app:1', 'gw-l2.example'), false);
+  assert.equal(namesParentRegistry('gw-l2.example.other/app:1', 'gw-l2.example'), false);
+  assert.equal(namesParentRegistry('registry.example/app:1', 'gw-l2.example'), false);
+  assert.equal(namesParentRegistry('gw-l2.example:443/app:1', undefined), false);
 });
