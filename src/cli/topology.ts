@@ -5,7 +5,7 @@ import { localHubAccess } from './hub-access.ts';
 import { action } from './run.ts';
 import { topologyDown, requireState } from '../topology/down.ts';
 import { readSensorConfig } from '../topology/sensor-files.ts';
-import { DEFAULT_TOPOLOGY_DIR, topologyPaths, type TopologyState } from '../topology/state.ts';
+import { DEFAULT_TOPOLOGY_DIR, httpsHost, topologyPaths, type TopologyState } from '../topology/state.ts';
 import { TABLE_LEGEND, ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
 import { readTopologyFile, runningCount, topologyUp } from '../topology/up.ts';
 import { watchTopology } from '../topology/watch.ts';
@@ -38,7 +38,7 @@ const out = (line: string) => process.stdout.write(`${line}\n`);
 
 function summary(state: TopologyState, dir: string): string {
   return [
-    `  hub        https://${state.hub.address} (MQTT 8883, AMQP 5671, HTTPS 443)`,
+    `  hub        https://${httpsHost(state, state.hub.address)} (MQTT 8883, AMQP 5671, HTTPS ${state.httpsPort ?? 443})`,
     ...state.gateways.map(
       (g) => `  ${'  '.repeat(g.layer - 1)}gateway ${g.id} on ${g.address} (layer ${g.layer}, parent ${g.parent})`,
     ),

@@ -28,6 +28,7 @@ export function gatewayRegistryApi(
     dataDir: string;
     deviceId: string;
     parentHost: string;
+    parentHttpsPort?: number;
     hubHostName: string;
     trustPem: string;
     scope: ScopeCache;
@@ -43,6 +44,7 @@ export function gatewayRegistryApi(
   if (!top) {
     upstream = parentGatewayUpstream({
       parentHost: p.parentHost,
+      port: p.parentHttpsPort,
       trustPem: p.trustPem,
       hubHostName: p.hubHostName,
       deviceId: p.deviceId,

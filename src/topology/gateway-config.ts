@@ -25,6 +25,8 @@ export interface GatewayConfigInput {
   metricsBind?: string;
   /** The gateway's data directory, written as [strata] data_dir so `strata edge` commands given this config find it. */
   dataDir?: string;
+  /** Every node's HTTPS port when not 443: written as [strata] https_port and parent_https_port. */
+  httpsPort?: number;
   /** Where the values came from, for the header comment. */
   source: string;
 }
@@ -52,6 +54,7 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
     ...(c.upstreamProtocol ? [`upstream_protocol = ${str(c.upstreamProtocol)}`] : []),
     ...(c.metricsBind ? [`metrics_bind = ${str(c.metricsBind)}`] : []),
     ...(c.dataDir ? [`data_dir = ${str(c.dataDir)}`] : []),
+    ...(c.httpsPort ? [`https_port = ${c.httpsPort}`, `parent_https_port = ${c.httpsPort}`] : []),
   ];
   if (strata.length > 0) lines.push('[strata]', ...strata, '');
   return lines.join('\n');
