@@ -254,20 +254,24 @@ export function registerTopologyCommands(program: Command): void {
       }),
     );
 
-  // Started by `up` for each leaf device; not meant to be typed.
+  // Started by `up`, once for the sensors under each gateway (one Node process costs ~150 MB); not meant to be typed.
   topology
     .command('sensor', { hidden: true })
-    .requiredOption('--config <file>', 'sensor settings written by `up`')
+    .requiredOption('--config <files...>', 'sensor settings written by `up`, one file per sensor')
     .action(
-      action(async (flags: { config: string }) => {
-        const config = readSensorConfig(flags.config);
-        log.info(
-          { deviceId: config.deviceId, protocol: config.protocol, intervalMs: config.intervalMs },
-          'sensor starting',
-        );
+      action(async (flags: { config: string[] }) => {
+        const configs = flags.config.map(readSensorConfig);
+        for (const config of configs)
+          log.info(
+            { deviceId: config.deviceId, protocol: config.protocol, intervalMs: config.intervalMs },
+            'sensor starting',
+          );
         // The device SDK loads only here, so other strata commands start without it.
         const { runSensor } = await import('../topology/sensor.ts');
-        await runSensor(config);
+        const stop = new AbortController();
+        process.on('SIGTERM', () => stop.abort());
+        process.on('SIGINT', () => stop.abort());
+        await Promise.all(configs.map((config) => runSensor(config, stop.signal)));
         process.exit(0);
       }),
     );

@@ -194,7 +194,8 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
         config,
         statusFile: join(dir, 'status.json'),
         marker: config,
-        log: logFile(`sensor-${d.id}`),
+        // The sensors under one gateway share a process, and so its log.
+        log: logFile(`sensors-${d.parent}`),
       };
     }),
   };
@@ -311,7 +312,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     const sensorEnv = process.allowedNodeEnvironmentFlags.has('--disable-warning')
       ? { ...env, NODE_OPTIONS: [process.env.NODE_OPTIONS, '--disable-warning=DEP0123'].filter(Boolean).join(' ') }
       : env;
-    const procs = state.sensors.map((s) => {
+    for (const s of state.sensors) {
       const config: SensorConfig = {
         deviceId: s.id,
         connectionString: identities.devices.get(s.id)!,
@@ -323,10 +324,23 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
       mkdirSync(dirname(s.config), { recursive: true, mode: 0o700 });
       writeFileSync(s.config, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       chmodSync(s.config, 0o600);
-      const proc = spawnStrata(['topology', 'sensor', '--config', s.config], s.log, sensorEnv);
-      s.pid = proc.pid;
-      return proc;
-    });
+    }
+    // One process for the sensors under each gateway, not one each: a Node process with the SDK
+    // costs ~150 MB, and a gateway's sensors come and go with it anyway.
+    const procOf = new Map<string, Spawned>();
+    for (const parent of new Set(state.sensors.map((s) => s.parent))) {
+      const group = state.sensors.filter((s) => s.parent === parent);
+      const proc = spawnStrata(
+        ['topology', 'sensor', '--config', ...group.map((s) => s.config)],
+        group[0]!.log,
+        sensorEnv,
+      );
+      for (const s of group) {
+        s.pid = proc.pid;
+        procOf.set(s.id, proc);
+      }
+    }
+    const procs = state.sensors.map((s) => procOf.get(s.id)!);
     writeState(o.dir, state);
     const slowSensors: string[] = [];
     await Promise.all(
