@@ -152,6 +152,14 @@ test('npm start where 443 cannot be bound: one line says so, HTTPS on 8443, sens
     assert.equal(events.out.trim().split('\n').length, 2, events.out + events.err);
     assert.match(events.out, new RegExp(`"origin":"${id}"`));
   }
+  // edge check probes the parent (here the hub) where it serves HTTPS now.
+  const config = readState(join(copy, '.strata', 'topology'))!.gateways[0]!.config;
+  const check = await run(copy, process.execPath, ['bin/strata.js', 'edge', 'check', '--config', config, '--json']);
+  const results = JSON.parse(check.out) as Array<{ id: string; status: string; title: string }>;
+  const https = results.find((r) => r.id === 'upstream-443');
+  assert.equal(https?.status, 'pass', check.out);
+  assert.match(https!.title, new RegExp(`IoT hub ${hub!.replace(/\./g, '\\.')} answers on 8443 \\(HTTPS`));
+  assert.equal(results.find((r) => r.id === 'clock')?.status, 'pass', check.out);
   // The sensors under one gateway run in one process (a Node process with the SDK costs ~150 MB).
   const sensors = readState(join(copy, '.strata', 'topology'))!.sensors;
   assert.equal(sensors.length, 2);
