@@ -53,11 +53,21 @@ async function stopWithSigint(npm: Watched, copy: string): Promise<void> {
   assert.deepEqual(processesMentioning(copy), []);
 }
 
+/** SIGINT to a shell's process group (Ctrl-C in its terminal), then waits until no process of the group is left. */
 async function stopGroup(w: Watched): Promise<void> {
-  if (w.proc.exitCode !== null || w.proc.signalCode !== null) return;
-  const exited = new Promise((resolve) => w.proc.once('exit', resolve));
+  const groupAlive = () => {
+    try {
+      process.kill(-w.proc.pid!, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!groupAlive()) return;
   process.kill(-w.proc.pid!, 'SIGINT');
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+  const deadline = Date.now() + 15_000;
+  while (groupAlive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(groupAlive(), false, `still running 15 s after SIGINT:\n${w.output().slice(-1000)}`);
 }
 
 test('the newcomer path of the README: npm start, device list, a leaf of the example, monitor-events, SIGINT', {

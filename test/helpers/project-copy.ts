@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { cpSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,14 +23,18 @@ export function copyProject(parent: string, topologyYaml: string): string {
   return copy;
 }
 
-/** Every live process (not this one) whose command line contains `text`. */
+/**
+ * Every live process (not this one) whose command line contains `text`, or whose working
+ * directory is inside it (`node examples/leaf-device.mjs` run in the copy names no path of it).
+ */
 export function processesMentioning(text: string): number[] {
   const pids: number[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
     try {
-      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(text) && pidAlive(Number(name)))
-        pids.push(Number(name));
+      const cwd = readlinkSync(`/proc/${name}/cwd`);
+      const mentions = readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(text) || cwd.startsWith(text);
+      if (mentions && pidAlive(Number(name))) pids.push(Number(name));
     } catch {
       // gone already
     }
