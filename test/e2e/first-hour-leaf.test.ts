@@ -3,7 +3,8 @@
  * in "another terminal" the commands of examples/README.md (the demo's bottom gateway swapped
  * for this test's): `strata device list` with no flags, a leaf created under the bottom gateway,
  * the example leaf (examples/leaf-device.mjs) run by sh exactly as the README says, its messages
- * seen with `strata hub monitor-events`, then SIGINT to npm: nothing left running or listening.
+ * seen with `strata hub monitor-events`, a C2D message back, the README's X.509 lines (AMQP, the
+ * CA from NODE_EXTRA_CA_CERTS), then SIGINT to npm: nothing left running or listening.
  * And the same `npm start` where 443 cannot be bound: HTTPS on 8443, devices still reach the hub.
  */
 import assert from 'node:assert/strict';
@@ -96,7 +97,7 @@ test('the newcomer path of the README: npm start, device list, a leaf of the exa
   assert.equal(list.code, 0, list.err);
   assert.match(list.out, /^gw-low\s/m);
 
-  const [setup, monitor] = leafReadmeBlocks();
+  const [setup, monitor, x509] = leafReadmeBlocks();
   assert.ok(setup?.includes('node examples/leaf-device.mjs') && monitor?.includes('monitor-events'), README);
   const ours = (block: string) => block.replaceAll('gateway-l3', 'gw-low').replaceAll('127.10.0.4', low!);
   const leaf = shell(copy, ours(setup!), env);
@@ -122,6 +123,14 @@ test('the newcomer path of the README: npm start, device list, a leaf of the exa
   await stopGroup(events);
   await stopGroup(leaf);
   assert.match(leaf.output(), /^stopped after \d+ messages$/m);
+
+  // The README's X.509 lines: a certificate from the topology's root, over AMQP, the CA from NODE_EXTRA_CA_CERTS.
+  assert.ok(x509?.includes('PROTOCOL=amqp node examples/leaf-device.mjs'), README);
+  const certLeaf = shell(copy, `eval "$(npx strata topology env)"\n${ours(x509!)}`, env);
+  children.push(certLeaf);
+  await certLeaf.waitFor(/^connected over amqp \(X\.509\)$/m, 90_000);
+  await certLeaf.waitFor(/^sent 1: /m, 30_000);
+  await stopGroup(certLeaf);
   await stopWithSigint(npm, copy);
   for (const [host, port] of [hub, top, low].flatMap((a) => [443, 8883, 5671].map((p) => [a!, p] as const)))
     assert.ok(await portFree(host, port), `${host}:${port} is still taken`);
