@@ -54,6 +54,13 @@ async function stopWithSigint(npm: Watched, copy: string): Promise<void> {
   assert.deepEqual(processesMentioning(copy), []);
 }
 
+/** No listener left on any node's ports (the hub's address has no 9600, which is free all the same). */
+async function assertPortsFree(addresses: string[], httpsPort: number): Promise<void> {
+  for (const host of addresses)
+    for (const port of [httpsPort, 8883, 5671, 9600])
+      assert.ok(await portFree(host, port), `${host}:${port} is still taken`);
+}
+
 /** SIGINT to a shell's process group (Ctrl-C in its terminal), then waits until no process of the group is left. */
 async function stopGroup(w: Watched): Promise<void> {
   const groupAlive = () => {
@@ -132,8 +139,7 @@ test('the newcomer path of the README: npm start, device list, a leaf of the exa
   await certLeaf.waitFor(/^sent 1: /m, 30_000);
   await stopGroup(certLeaf);
   await stopWithSigint(npm, copy);
-  for (const [host, port] of [hub, top, low].flatMap((a) => [443, 8883, 5671].map((p) => [a!, p] as const)))
-    assert.ok(await portFree(host, port), `${host}:${port} is still taken`);
+  await assertPortsFree([hub!, top!, low!], 443);
 });
 
 test('npm start where 443 cannot be bound: one line says so, HTTPS on 8443, sensors reach the hub from one process', {
@@ -185,5 +191,5 @@ test('npm start where 443 cannot be bound: one line says so, HTTPS on 8443, sens
   assert.equal(sensors[0]!.pid, sensors[1]!.pid);
   assert.deepEqual(processesMentioning(join(copy, '.strata', 'topology', 'sensors')), [sensors[0]!.pid]);
   await stopWithSigint(npm, copy);
-  for (const a of [hub!, gw!]) assert.ok(await portFree(a, 8443), `${a}:8443 is still taken`);
+  await assertPortsFree([hub!, gw!], 8443);
 });
