@@ -22,6 +22,8 @@ import { copyProject, npmStart, portFree, processesMentioning, shell, type Watch
 
 const README = readFileSync(fileURLToPath(new URL('../../examples/README.md', import.meta.url)), 'utf8');
 
+const MAIN_README = readFileSync(fileURLToPath(new URL('../../README.md', import.meta.url)), 'utf8');
+
 /** The sh blocks of the README's leaf-device section, in order. */
 function leafReadmeBlocks(): string[] {
   const section = README.slice(README.indexOf('## leaf-device.mjs'));
@@ -105,6 +107,14 @@ test('the newcomer path of the README: npm start, device list, a leaf of the exa
   assert.match(list.out, /^gw-low\s/m);
 
   const [setup, monitor, x509] = leafReadmeBlocks();
+  // The main README's next steps are the same commands (run in the background there).
+  const nextSteps = /Next, your own device[\s\S]*?```sh\n([\s\S]*?)```/.exec(MAIN_README)?.[1] ?? '';
+  const commandsOf = (block: string) =>
+    block
+      .split('\n')
+      .map((l) => l.replace(/#.*$/, '').replace(/&\s*$/, '').trim())
+      .filter(Boolean);
+  assert.deepEqual(commandsOf(nextSteps), commandsOf(`${setup}${monitor}`));
   assert.ok(setup?.includes('node examples/leaf-device.mjs') && monitor?.includes('monitor-events'), README);
   const ours = (block: string) => block.replaceAll('gateway-l3', 'gw-low').replaceAll('127.10.0.4', low!);
   const leaf = shell(copy, ours(setup!), env);
