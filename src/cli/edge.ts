@@ -80,9 +80,8 @@ export function registerEdgeCommands(program: Command): void {
     .option('--amqp-port <n>', 'AMQP over TLS port', port('--amqp-port'), 5671)
     .option(
       '--https-port <n>',
-      'HTTPS port: /health and MQTT/AMQP over WebSockets (devices dial 443)',
+      'HTTPS port: /health, /v2/ and MQTT/AMQP over WebSockets (default 443, or [strata] https_port; devices dial 443)',
       port('--https-port'),
-      443,
     )
     .option(
       '--metrics-port <n>',

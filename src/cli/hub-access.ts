@@ -78,14 +78,11 @@ export async function openHubAccess(flags: HubAccessFlags): Promise<{ client: Se
 export async function localHubAccess(
   dataDir: string,
 ): Promise<{ connectionString: string; hostName: string; caPath: string }> {
-  const { readLocalHub } = await import('../hub/local.ts');
+  const { readLocalHub, withHttpsPort } = await import('../hub/local.ts');
   const local = readLocalHub(dataDir);
-  let connectionString = local.connectionString;
-  const conn = parseServiceConnectionString(connectionString);
+  const conn = parseServiceConnectionString(local.connectionString);
   // A local hub on a non-standard port: say so in HostName, which the client dials.
-  if (!/:\d+$/.test(conn.hostName) && local.httpsPort && local.httpsPort !== 443) {
-    connectionString = connectionString.replace(/HostName=[^;]*/, `HostName=${conn.hostName}:${local.httpsPort}`);
-  }
+  const connectionString = withHttpsPort(local.connectionString, local.httpsPort);
   return { connectionString, hostName: conn.hostName, caPath: local.caPath };
 }
 

@@ -5,7 +5,7 @@ import { localHubAccess } from './hub-access.ts';
 import { action } from './run.ts';
 import { topologyDown, requireState } from '../topology/down.ts';
 import { readSensorConfig } from '../topology/sensor-files.ts';
-import { DEFAULT_TOPOLOGY_DIR, topologyPaths, type TopologyState } from '../topology/state.ts';
+import { DEFAULT_TOPOLOGY_DIR, httpsHost, topologyPaths, type TopologyState } from '../topology/state.ts';
 import { TABLE_LEGEND, ratesBetween, renderTable, takeSnapshot } from '../topology/status.ts';
 import { watchTopology } from '../topology/watch.ts';
 
@@ -37,7 +37,7 @@ const out = (line: string) => process.stdout.write(`${line}\n`);
 
 function summary(state: TopologyState, dir: string): string {
   return [
-    `  hub        https://${state.hub.address} (MQTT 8883, AMQP 5671, HTTPS 443)`,
+    `  hub        https://${httpsHost(state, state.hub.address)} (MQTT 8883, AMQP 5671, HTTPS ${state.httpsPort ?? 443})`,
     ...state.gateways.map(
       (g) => `  ${'  '.repeat(g.layer - 1)}gateway ${g.id} on ${g.address} (layer ${g.layer}, parent ${g.parent})`,
     ),
@@ -257,20 +257,24 @@ export function registerTopologyCommands(program: Command): void {
       }),
     );
 
-  // Started by `up` for each leaf device; not meant to be typed.
+  // Started by `up`, once for the sensors under each gateway (one Node process costs ~150 MB); not meant to be typed.
   topology
     .command('sensor', { hidden: true })
-    .requiredOption('--config <file>', 'sensor settings written by `up`')
+    .requiredOption('--config <files...>', 'sensor settings written by `up`, one file per sensor')
     .action(
-      action(async (flags: { config: string }) => {
-        const config = readSensorConfig(flags.config);
-        log.info(
-          { deviceId: config.deviceId, protocol: config.protocol, intervalMs: config.intervalMs },
-          'sensor starting',
-        );
+      action(async (flags: { config: string[] }) => {
+        const configs = flags.config.map(readSensorConfig);
+        for (const config of configs)
+          log.info(
+            { deviceId: config.deviceId, protocol: config.protocol, intervalMs: config.intervalMs },
+            'sensor starting',
+          );
         // The device SDK loads only here, so other strata commands start without it.
         const { runSensor } = await import('../topology/sensor.ts');
-        await runSensor(config);
+        const stop = new AbortController();
+        process.on('SIGTERM', () => stop.abort());
+        process.on('SIGINT', () => stop.abort());
+        await Promise.all(configs.map((config) => runSensor(config, stop.signal)));
         process.exit(0);
       }),
     );

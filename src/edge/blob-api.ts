@@ -21,7 +21,7 @@ export function gatewayBlobApi(
     q.onClose(() => agent.destroy());
     target = {
       kind: 'parent',
-      base: parentBaseUrl(p.parentHost),
+      base: parentBaseUrl(p.parentHost, p.parentHttpsPort),
       agent,
       auth: edgeHubBasicAuth({ hubHostName: p.hubHostName, deviceId: p.deviceId, edgeKey: q.edgeKey }),
       description: `the parent ${p.parentHost}`,

@@ -38,6 +38,7 @@ import {
   diskReserveSetting,
   maxClientsSetting,
   metricsBindSetting,
+  httpsPortSetting,
   metricsPortSetting,
   preAuthGateOf,
   resendWindowSetting,
@@ -132,6 +133,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
   const transport = upstreamTransport(config, env);
   const resendWindow = resendWindowSetting(config);
   const parentHost = config.parentHostname ?? hubHostName;
+  // The parent's HTTPS port (scope API, key, /v2/, WebSocket upstream): 443 unless it runs unprivileged.
+  const parentHttpsPort = httpsPortSetting(config, 'parent_https_port') ?? 443;
 
   const closers: Array<() => Promise<void> | void> = [() => releaseGatewayLock(dataDir)];
   const onClose = (fn: () => Promise<void> | void) => void closers.push(fn);
@@ -167,14 +170,14 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const keySource = {
       config,
       files: loaded.files,
-      parent: { host: parentHost, port: 443, ca: trustPem },
+      parent: { host: parentHost, port: parentHttpsPort, ca: trustPem },
       dataDir,
       log,
     };
     const edgeKey = await edgeHubKey({ ...keySource, print });
     const sync = new ScopeSync({
       cache: scope,
-      parent: { host: parentHost, port: 443, ca: trustPem },
+      parent: { host: parentHost, port: parentHttpsPort, ca: trustPem },
       hubHostName,
       edge: { deviceId, key: edgeKey },
     });
@@ -187,6 +190,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
       edgeKey,
       scope,
       originId: store.id,
+      ...(transport === 'amqpws' || transport === 'mqttws' ? { port: parentHttpsPort } : {}),
     });
 
     const registry = new GatewayRegistry({ scope, twins, upstream: link });
@@ -240,7 +244,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const ports = {
       mqtt: o.ports?.mqtt ?? 8883,
       amqp: o.ports?.amqp ?? 5671,
-      https: o.ports?.https ?? 443,
+      https: o.ports?.https ?? httpsPortSetting(config, 'https_port') ?? 443,
       metrics: o.ports?.metrics ?? metricsPortSetting(config.settings.metrics_port) ?? DEFAULT_METRICS_PORT,
     };
     const preAuth = preAuthGateOf(config);
@@ -251,12 +255,12 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     });
     // The registry API (/v2/) on 443: to the parent's /v2/, or at the top to [registry] upstream.
     const registryApi = gatewayRegistryApi(
-      { config, dataDir, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
+      { config, dataDir, deviceId, parentHost, parentHttpsPort, hubHostName, trustPem, scope, sync, childScope },
       { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
     );
     // Blob uploads (/storage/) on 443: to the parent's, or at the top into [blob] dir.
     const blobApi = gatewayBlobApi(
-      { config, deviceId, parentHost, hubHostName, trustPem, scope, sync, childScope },
+      { config, deviceId, parentHost, parentHttpsPort, hubHostName, trustPem, scope, sync, childScope },
       { edgeKey: () => edgeKey, metrics: metrics.registry, hostname: () => security.currentHostname, onClose },
     );
     // ---- the edge agent (config.toml [agent] or [moby_runtime]): modules, $edgeAgent twin ----

@@ -43,6 +43,8 @@ export interface ParentLinkParts {
   scope: ScopeCache;
   /** The store's id: batches name where in it they come from. */
   originId: string;
+  /** Absent: the transport's standard port. */
+  port?: number;
 }
 
 export function createParentLink(p: ParentLinkParts): ParentLink {
@@ -56,6 +58,7 @@ export function createParentLink(p: ParentLinkParts): ParentLink {
     authChainOf: (id: IdentityRef) => scope.authChainOf(id.deviceId, id.moduleId),
     // Large batches: each rides one round trip (two are in flight).
     maxBatch: UPSTREAM_BATCH,
+    ...(p.port !== undefined ? { port: p.port } : {}),
   };
   return transport === 'mqtt' || transport === 'mqttws'
     ? new MqttParentLink({ ...upstreamOptions, transport })

@@ -27,6 +27,8 @@ export interface GatewayApiParts {
   config: EdgeConfig;
   deviceId: string;
   parentHost: string;
+  /** The parent's HTTPS port: 443, or [strata] parent_https_port. */
+  parentHttpsPort?: number;
   hubHostName: string;
   trustPem: string;
   scope: ScopeCache;
@@ -54,6 +56,7 @@ export function gatewayRegistryApi(
   if (!top) {
     upstream = parentGatewayUpstream({
       parentHost: p.parentHost,
+      port: p.parentHttpsPort,
       trustPem: p.trustPem,
       hubHostName: p.hubHostName,
       deviceId: p.deviceId,

@@ -84,6 +84,8 @@ export function upstreamTransport(config: EdgeConfig, env: NodeJS.ProcessEnv): U
 export const START_ONLY_SETTINGS: readonly string[] = [
   'metrics_bind',
   'metrics_port',
+  'https_port',
+  'parent_https_port',
   'disk_reserve_mb',
   'resend_window_secs',
   'cool_off_time_unit_secs',
@@ -139,6 +141,22 @@ export function diskReserveSetting(config: EdgeConfig, env: NodeJS.ProcessEnv): 
     throw new UserError((err as Error).message, 'Set it to a number of MiB, e.g. 64 (the default)');
   }
   return { bytes: DEFAULT_DISK_RESERVE_BYTES, name };
+}
+
+/**
+ * [strata] https_port (this gateway's HTTPS listener) or parent_https_port (where its parent
+ * serves HTTPS: scope, key, registry, WebSocket upstream), when set: both default to 443, which
+ * needs root; a gateway run unprivileged moves them (`strata topology up` does so when it must).
+ */
+export function httpsPortSetting(config: EdgeConfig, key: 'https_port' | 'parent_https_port'): number | undefined {
+  const v = config.settings[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535)
+    throw new UserError(
+      `[strata] ${key} must be a port number from 1 to 65535, got ${JSON.stringify(v)}`,
+      'Leave it out for 443, or give e.g. 8443 to run without root',
+    );
+  return v;
 }
 
 /** [strata] metrics_port, when set. */

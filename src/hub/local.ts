@@ -74,6 +74,12 @@ export function hubConnectionString(dataDir: string, policyName = 'iothubowner')
 }
 
 /** How to reach the hub kept in `dataDir` (which may be running or stopped). */
+/** A service connection string whose HostName carries the port when it is not 443 (a client dials HostName). */
+export function withHttpsPort(connectionString: string, httpsPort: number | undefined): string {
+  if (!httpsPort || httpsPort === 443) return connectionString;
+  return connectionString.replace(/HostName=([^;:]*)(?=;|$)/, `HostName=$1:${httpsPort}`);
+}
+
 export function readLocalHub(dataDir: string): {
   hostname: string;
   httpsPort: number;

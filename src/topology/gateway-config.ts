@@ -27,6 +27,8 @@ export interface GatewayConfigInput {
   dataDir?: string;
   /** Turns on the edge agent ([agent]): the gateway runs modules. */
   agent?: boolean;
+  /** Every node's HTTPS port when not 443: written as [strata] https_port and parent_https_port. */
+  httpsPort?: number;
   /** Where the values came from, for the header comment. */
   source: string;
 }
@@ -54,6 +56,7 @@ export function renderGatewayConfig(c: GatewayConfigInput): string {
     ...(c.upstreamProtocol ? [`upstream_protocol = ${str(c.upstreamProtocol)}`] : []),
     ...(c.metricsBind ? [`metrics_bind = ${str(c.metricsBind)}`] : []),
     ...(c.dataDir ? [`data_dir = ${str(c.dataDir)}`] : []),
+    ...(c.httpsPort ? [`https_port = ${c.httpsPort}`, `parent_https_port = ${c.httpsPort}`] : []),
   ];
   if (strata.length > 0) lines.push('[strata]', ...strata, '');
   if (c.agent) lines.push('[agent]', 'name = "edgeAgent"', '');

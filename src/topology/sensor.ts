@@ -43,8 +43,11 @@ function reason(err: unknown): string {
   return inner && !outer.includes(inner) ? `${outer} (${inner})` : outer;
 }
 
-/** Runs until SIGTERM/SIGINT; resolves when the client has closed. */
-export async function runSensor(config: SensorConfig): Promise<void> {
+/**
+ * Runs until `stop` aborts (the sensors of one process share it); resolves when the client has
+ * closed.
+ */
+export async function runSensor(config: SensorConfig, stop: AbortSignal): Promise<void> {
   const ca = readFileSync(config.caFile, 'utf8');
   const client: DeviceClient = Client.fromConnectionString(config.connectionString, transportFor(config.protocol));
   const weather = new Weather();
@@ -125,7 +128,7 @@ export async function runSensor(config: SensorConfig): Promise<void> {
   void tick();
 
   await new Promise<void>((resolve) => {
-    const stop = () => {
+    const end = () => {
       if (stopping) return;
       stopping = true;
       clearInterval(timer);
@@ -141,7 +144,7 @@ export async function runSensor(config: SensorConfig): Promise<void> {
           resolve();
         });
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    if (stop.aborted) end();
+    else stop.addEventListener('abort', end, { once: true });
   });
 }

@@ -51,6 +51,8 @@ export interface DeviceSpec {
 export interface Topology {
   name?: string;
   hub: { address: string };
+  /** `ports:` of the file: the HTTPS port every node serves (absent: 443, or the unprivileged fallback). */
+  ports?: { https: number };
   /** Top layer first; within a layer in file order. */
   gateways: GatewaySpec[];
   devices: DeviceSpec[];
@@ -80,7 +82,8 @@ function where(file: string, p: TopologyProblem): string {
 }
 
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const TOP_KEYS = ['name', 'hub', 'gateways', 'devices'];
+const TOP_KEYS = ['name', 'ports', 'hub', 'gateways', 'devices'];
+const PORT_KEYS = ['https', 'mqtt', 'amqp'];
 const HUB_KEYS = ['address'];
 const GATEWAY_KEYS = ['id', 'parent', 'address', 'upstream', 'modules', 'routes'];
 const DEVICE_KEYS = ['id', 'parent', 'protocol', 'interval'];
@@ -209,6 +212,30 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
 
   let name: string | undefined;
   if (top.has('name')) name = r.text(top, 'name', 'the file', root).value;
+
+  // --- ports ---
+  let ports: Topology['ports'];
+  const portsNode = top.get('ports');
+  if (top.has('ports')) {
+    if (!isMap(portsNode)) r.problem(portsNode ?? root, 'ports must be a mapping such as ports: { https: 8443 }');
+    else {
+      const fields = r.entries(portsNode, PORT_KEYS, 'ports');
+      // The official device SDKs dial only 8883 and 5671, which need no privilege anyway.
+      for (const key of ['mqtt', 'amqp'])
+        if (fields.has(key))
+          r.problem(
+            fields.get(key) ?? portsNode,
+            `ports: ${key} cannot move: the device SDKs dial MQTT 8883 and AMQP 5671 (no root needed); only https can be set`,
+          );
+      const node = fields.get('https') ?? undefined;
+      if (fields.has('https')) {
+        const v = isScalar(node) ? node.value : undefined;
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535)
+          r.problem(node ?? portsNode, 'ports: https must be a port number from 1 to 65535, e.g. 8443');
+        else ports = { https: v };
+      }
+    }
+  }
 
   // --- hub ---
   let hubAddress: string | undefined;
@@ -433,7 +460,7 @@ export function parseTopology(text: string, file = 'topology.yaml'): Topology {
       }),
     )
     .sort((a, b) => a.layer - b.layer);
-  return { name, hub: { address: hubAddress! }, gateways, devices };
+  return { name, ...(ports ? { ports } : {}), hub: { address: hubAddress! }, gateways, devices };
 }
 
 /** The gateway ids from `id` up to the top layer, `id` first. */

@@ -50,6 +50,8 @@ export interface TopologyState {
   rootCa: string;
   /** Set once every node has started. */
   complete: boolean;
+  /** The HTTPS port every node serves; absent: 443. */
+  httpsPort?: number;
   hub: HubRecord;
   gateways: GatewayRecord[];
   sensors: SensorRecord[];
@@ -84,6 +86,11 @@ export function writeState(dir: string, state: TopologyState): void {
   const tmp = `${path}.${process.pid}.tmp`;
   writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`);
   renameSync(tmp, path);
+}
+
+/** `host` with the state's HTTPS port when it is not 443, for https:// URLs. */
+export function httpsHost(state: Pick<TopologyState, 'httpsPort'>, host: string): string {
+  return state.httpsPort === undefined || state.httpsPort === 443 ? host : `${host}:${state.httpsPort}`;
 }
 
 /** Every process of the state: the hub, the gateways top layer first, then the sensors (the start order). */

@@ -1,14 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { ServiceClient } from '../hub/service-client.ts';
 import type { EventPageJson } from '../hub/service-messaging.ts';
-import { readLocalHub } from '../hub/local.ts';
+import { readLocalHub, withHttpsPort } from '../hub/local.ts';
 import { readHealthToken } from '../edge/health-access.ts';
 import { edgeFiles } from '../edge/local.ts';
 import { isRunning } from './processes.ts';
 import { httpGet, parsePrometheus, sumOf, type MetricSample } from './probe.ts';
 import { readSensorStatus } from './sensor-files.ts';
 import { HUB_PARENT } from './spec.ts';
-import type { GatewayRecord, SensorRecord, TopologyState } from './state.ts';
+import { httpsHost, type GatewayRecord, type SensorRecord, type TopologyState } from './state.ts';
 
 /**
  * One look at every node of a running topology: process alive, health, and the counters its
@@ -77,7 +77,7 @@ export function gatewayCounters(
   };
 }
 
-async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> {
+async function sampleGateway(state: TopologyState, g: GatewayRecord, ca: string): Promise<NodeSample> {
   const s: NodeSample = {
     id: g.id,
     kind: 'gateway',
@@ -91,7 +91,7 @@ async function sampleGateway(g: GatewayRecord, ca: string): Promise<NodeSample> 
   // The token (in the data directory the topology made) lets /health name the agent's modules.
   const token = readHealthToken(edgeFiles(g.dataDir).healthToken);
   const [health, metrics] = await Promise.allSettled([
-    httpGet(`https://${g.address}/health`, {
+    httpGet(`https://${httpsHost(state, g.address)}/health`, {
       ca,
       timeoutMs: 1500,
       headers: token ? { authorization: `Bearer ${token}` } : {},
@@ -171,7 +171,10 @@ function sampleSensor(r: SensorRecord, layerOf: Map<string, number>): NodeSample
 /** A service client for the topology's hub, trusting the topology's root. */
 export function hubClient(state: TopologyState): ServiceClient {
   const local = readLocalHub(state.hub.dataDir);
-  return new ServiceClient(local.connectionString, { ca: readFileSync(state.rootCa, 'utf8'), timeoutMs: 3000 });
+  return new ServiceClient(withHttpsPort(local.connectionString, local.httpsPort), {
+    ca: readFileSync(state.rootCa, 'utf8'),
+    timeoutMs: 3000,
+  });
 }
 
 /** The hub's event stream position: how many messages it has taken in since it was created. */
@@ -213,7 +216,7 @@ export async function takeSnapshot(state: TopologyState, o: { hubClient?: Servic
   const layerOf = new Map(state.gateways.map((g) => [g.id, g.layer]));
   const [hub, ...gateways] = await Promise.all([
     sampleHub(state, o.hubClient),
-    ...state.gateways.map((g) => sampleGateway(g, ca)),
+    ...state.gateways.map((g) => sampleGateway(state, g, ca)),
   ]);
   const sensors = state.sensors.map((r) => sampleSensor(r, layerOf));
   // The hub's children are the top-layer gateways whose link up to it is connected.

@@ -1,6 +1,6 @@
 import { mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { readHubState, readLocalHub } from '../hub/local.ts';
+import { readHubState, readLocalHub, withHttpsPort } from '../hub/local.ts';
 import { ServiceClient } from '../hub/service-client.ts';
 import { UserError } from '../util/errors.ts';
 import { childLog } from '../util/log.ts';
@@ -8,12 +8,12 @@ import { ensureRootSet, issueEdgeCa, issueHubServerCert } from './certs.ts';
 import { removeProcessModules } from '../edge/agent-host.ts';
 import { writeGatewayConfig } from './gateway-config.ts';
 import { provisionIdentities, type ProvisionedIdentities } from './identities.ts';
-import { checkPortsFree } from './preflight.ts';
+import { checkPortsFree, chooseHttpsPort } from './preflight.ts';
 import { httpGet } from './probe.ts';
 import { isRunning, logTail, spawnStrata, stopProcesses, type Spawned } from './processes.ts';
 import { readSensorStatus, type SensorConfig } from './sensor-files.ts';
 import { HUB_PARENT, parseTopology, type Topology } from './spec.ts';
-import { processesTopDown, readState, topologyPaths, writeState, type TopologyState } from './state.ts';
+import { httpsHost, processesTopDown, readState, topologyPaths, writeState, type TopologyState } from './state.ts';
 
 /**
  * `strata topology up`: certificates, hub, identities, gateways top layer first (each healthy
@@ -101,14 +101,14 @@ async function waitFor(
   }
 }
 
-async function healthy(address: string, ca: string): Promise<boolean> {
-  return (await health(address, ca)) !== undefined;
+async function healthy(host: string, ca: string): Promise<boolean> {
+  return (await health(host, ca)) !== undefined;
 }
 
-/** The /health body of a node that answers 200, else undefined. */
-async function health(address: string, ca: string): Promise<Record<string, unknown> | undefined> {
+/** The /health body of a node (`host` is ADDRESS or ADDRESS:PORT) that answers 200, else undefined. */
+async function health(host: string, ca: string): Promise<Record<string, unknown> | undefined> {
   try {
-    const res = await httpGet(`https://${address}/health`, { ca, timeoutMs: 1000 });
+    const res = await httpGet(`https://${host}/health`, { ca, timeoutMs: 1000 });
     if (res.status !== 200) return undefined;
     try {
       return JSON.parse(res.body) as Record<string, unknown>;
@@ -145,7 +145,9 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     if (o.signal?.aborted) throw new Aborted();
   };
 
-  await checkPortsFree(topology);
+  const https = await chooseHttpsPort(topology);
+  if (https.fallback) say(https.fallback);
+  await checkPortsFree(topology, https.port);
   check();
   mkdirSync(paths.root, { recursive: true });
   say(`certificates in ${paths.certs}`);
@@ -166,6 +168,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     startedAt: new Date().toISOString(),
     rootCa: set.rootCert,
     complete: false,
+    ...(https.port !== 443 ? { httpsPort: https.port } : {}),
     hub: { address: topology.hub.address, dataDir: paths.hubDir, marker: paths.hubDir, log: logFile('hub') },
     gateways: topology.gateways.map((g) => {
       const dir = paths.gatewayDir(g.id);
@@ -192,7 +195,8 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
         config,
         statusFile: join(dir, 'status.json'),
         marker: config,
-        log: logFile(`sensor-${d.id}`),
+        // The sensors under one gateway share a process, and so its log.
+        log: logFile(`sensors-${d.parent}`),
       };
     }),
   };
@@ -218,6 +222,8 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
         hubCert.key,
         '--trust',
         set.rootCert,
+        '--https-port',
+        String(https.port),
       ],
       state.hub.log,
       env,
@@ -233,12 +239,12 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
       () => readHubState(paths.hubDir)?.pid === hubProc.pid,
     );
     await waitFor('the hub', hubProc, state.hub.log, readyTimeoutMs, o.signal, () =>
-      healthy(topology.hub.address, set.rootPem),
+      healthy(httpsHost(state, topology.hub.address), set.rootPem),
     );
 
     // --- identities ---
     const local = readLocalHub(paths.hubDir);
-    const client = new ServiceClient(local.connectionString, { ca: set.rootPem });
+    const client = new ServiceClient(withHttpsPort(local.connectionString, local.httpsPort), { ca: set.rootPem });
     let identities: ProvisionedIdentities;
     try {
       identities = await provisionIdentities(client, local.hostname, topology);
@@ -275,6 +281,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
             metricsBind: g.address,
             dataDir: g.dataDir,
             agent: withModules.has(g.id),
+            ...(https.port !== 443 ? { httpsPort: https.port } : {}),
             source: file,
           });
           mkdirSync(g.dataDir, { recursive: true });
@@ -286,12 +293,12 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
           g.pid = proc.pid;
           writeState(o.dir, state);
           await waitFor(`gateway ${g.id}`, proc, g.log, readyTimeoutMs, o.signal, () =>
-            healthy(g.address, set.rootPem),
+            healthy(httpsHost(state, g.address), set.rootPem),
           );
           // The layer below authenticates through this one, so give its link up a moment to come up.
           const linked = async () =>
-            ((await health(g.address, set.rootPem))?.upstream as { connected?: unknown } | undefined)?.connected ===
-            true;
+            ((await health(httpsHost(state, g.address), set.rootPem))?.upstream as { connected?: unknown } | undefined)
+              ?.connected === true;
           try {
             await waitFor(`gateway ${g.id}`, proc, g.log, Math.min(readyTimeoutMs, UPSTREAM_WAIT_MS), o.signal, linked);
             say(`gateway ${g.id} (layer ${g.layer}, parent ${g.parent}) on ${g.address}`);
@@ -312,7 +319,7 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
     const sensorEnv = process.allowedNodeEnvironmentFlags.has('--disable-warning')
       ? { ...env, NODE_OPTIONS: [process.env.NODE_OPTIONS, '--disable-warning=DEP0123'].filter(Boolean).join(' ') }
       : env;
-    const procs = state.sensors.map((s) => {
+    for (const s of state.sensors) {
       const config: SensorConfig = {
         deviceId: s.id,
         connectionString: identities.devices.get(s.id)!,
@@ -324,10 +331,23 @@ export async function topologyUp(o: UpOptions): Promise<UpResult> {
       mkdirSync(dirname(s.config), { recursive: true, mode: 0o700 });
       writeFileSync(s.config, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       chmodSync(s.config, 0o600);
-      const proc = spawnStrata(['topology', 'sensor', '--config', s.config], s.log, sensorEnv);
-      s.pid = proc.pid;
-      return proc;
-    });
+    }
+    // One process for the sensors under each gateway, not one each: a Node process with the SDK
+    // costs ~150 MB, and a gateway's sensors come and go with it anyway.
+    const procOf = new Map<string, Spawned>();
+    for (const parent of new Set(state.sensors.map((s) => s.parent))) {
+      const group = state.sensors.filter((s) => s.parent === parent);
+      const proc = spawnStrata(
+        ['topology', 'sensor', '--config', ...group.map((s) => s.config)],
+        group[0]!.log,
+        sensorEnv,
+      );
+      for (const s of group) {
+        s.pid = proc.pid;
+        procOf.set(s.id, proc);
+      }
+    }
+    const procs = state.sensors.map((s) => procOf.get(s.id)!);
     writeState(o.dir, state);
     const slowSensors: string[] = [];
     await Promise.all(

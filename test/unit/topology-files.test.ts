@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseEdgeConfig } from '../../src/edge/config.ts';
 import { checkConfigFiles } from '../../src/edge/config-files.ts';
+import { httpsPortSetting } from '../../src/edge/settings.ts';
 import { ensureRootSet, issueEdgeCa, issueHubServerCert } from '../../src/topology/certs.ts';
 import { renderGatewayConfig, writeGatewayConfig } from '../../src/topology/gateway-config.ts';
 import { parsePrometheus, sumOf } from '../../src/topology/probe.ts';
@@ -80,6 +81,25 @@ test('the generated config.toml is accepted by the gateway config parser and its
   assert.deepEqual(parsed.diagnostics, []);
   assert.equal(parsed.config.settings.upstream_protocol, 'Mqtt');
   assert.equal(parsed.config.hostname, '127.10.0.2');
+  // An unprivileged topology: the gateway's own HTTPS port and its parent's, as the gateway reads them.
+  const unprivilegedText = renderGatewayConfig({
+    hostname: '127.10.0.2',
+    trustBundleCert: set.rootCert,
+    connectionString: cs,
+    edgeCaCert: edgeCa.fullChain,
+    edgeCaKey: edgeCa.key,
+    httpsPort: 8443,
+    source: 'x',
+  });
+  const unprivileged = parseEdgeConfig(unprivilegedText, file, join(dir, 'gw'));
+  assert.deepEqual(unprivileged.diagnostics, []);
+  assert.equal(httpsPortSetting(unprivileged.config, 'https_port'), 8443);
+  assert.equal(httpsPortSetting(unprivileged.config, 'parent_https_port'), 8443);
+  assert.equal(httpsPortSetting(parsed.config, 'https_port'), undefined);
+  assert.throws(
+    () => httpsPortSetting({ ...parsed.config, settings: { https_port: '443' } }, 'https_port'),
+    /\[strata\] https_port must be a port number from 1 to 65535, got "443"/,
+  );
 });
 
 test('one root for everything: the Edge CA and the hub server certificate verify against it with openssl; the root is kept on the next up', async (t) => {

@@ -11,6 +11,7 @@ export const CLOCK_SKEW_LIMIT_MS = 5 * 60 * 1000;
 export function fetchUpstreamDate(
   host: string,
   timeoutMs: number,
+  port = 443,
 ): Promise<{ remote: Date; local: number } | undefined> {
   return new Promise((resolveDate) => {
     const started = Date.now();
@@ -18,7 +19,7 @@ export function fetchUpstreamDate(
     const req = https.request(
       {
         host,
-        port: 443,
+        port,
         method: 'HEAD',
         path: '/',
         agent: false,

@@ -5,6 +5,7 @@
 import { resolve } from 'node:path';
 import { childLog } from '../../util/log.ts';
 import { defaultEdgeDataDir } from '../local.ts';
+import { httpsPortSetting } from '../settings.ts';
 import {
   checkEdgeCaCertificate,
   checkEdgeCaChain,
@@ -108,18 +109,29 @@ export async function runEdgeChecks(o: EdgeCheckOptions): Promise<CheckResult[]>
   const upstreamHost = !config || parentRefused ? undefined : (parent.parent ?? config.provisioning?.iothubHostname);
   const isParent = parent.parent !== undefined;
   if (upstreamHost) {
+    // An unprivileged parent serves HTTPS elsewhere ([strata] parent_https_port); a bad value is the config's to report.
+    let httpsPort = 443;
+    try {
+      if (config) httpsPort = httpsPortSetting(config, 'parent_https_port') ?? 443;
+    } catch {
+      // keep 443
+    }
+    const portOf = (p: { port: number }) => (p.port === 443 ? httpsPort : p.port);
     const [date, ...outcomes] = await Promise.all([
-      fetchUpstreamDate(upstreamHost, timeoutMs),
-      ...UPSTREAM_PORTS.map((p) => probeUpstream(upstreamHost, p.port, trustPems, timeoutMs, now)),
+      fetchUpstreamDate(upstreamHost, timeoutMs, httpsPort),
+      ...UPSTREAM_PORTS.map((p) => probeUpstream(upstreamHost, portOf(p), trustPems, timeoutMs, now)),
     ]);
     const leaves = outcomes.flatMap((x) => (x.leaf ? [x.leaf] : []));
     out.push(checkClock(upstreamHost, date, leaves));
     out.push(checkStorage(dataDir, dataDirHow, diskReserve(config), await runningStoreFull(dataDir, timeoutMs)));
-    UPSTREAM_PORTS.forEach((p, i) => out.push(upstreamResult(p, upstreamHost, isParent, outcomes[i])));
+    UPSTREAM_PORTS.forEach((p, i) => out.push(upstreamResult(p, upstreamHost, isParent, outcomes[i], portOf(p))));
     const port443 = outcomes[UPSTREAM_PORTS.findIndex((p) => p.port === 443)];
     out.push(
       await guard('registry', () =>
-        checkRegistryPath({ ...{ upstreamHost, isParent, trustPems, port443, timeoutMs }, registry: config?.registry }),
+        checkRegistryPath({
+          ...{ upstreamHost, isParent, trustPems, port443, httpsPort, timeoutMs },
+          registry: config?.registry,
+        }),
       ),
     );
   } else {

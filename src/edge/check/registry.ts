@@ -33,23 +33,26 @@ export async function checkRegistryPath(o: {
   isParent: boolean;
   registry?: RegistrySettings;
   trustPems: string[];
-  /** The 443 probe's outcome: without TLS there, this check has nothing to add. */
+  /** The HTTPS probe's outcome: without TLS there, this check has nothing to add. */
   port443: ProbeOutcome;
+  /** The parent's HTTPS port: 443, or [strata] parent_https_port. */
+  httpsPort?: number;
   timeoutMs: number;
 }): Promise<CheckResult> {
   if (o.isParent) {
-    const title = `parent ${o.upstreamHost} serves the registry API (/v2/ on 443)`;
+    const port = o.httpsPort ?? 443;
+    const title = `parent ${o.upstreamHost} serves the registry API (/v2/ on ${port})`;
     if (o.port443.kind !== 'ok')
       return result(
         'registry',
         'skipped',
-        'cannot check: the parent does not answer on 443 (see above)',
+        `cannot check: the parent does not answer on ${port} (see above)`,
         undefined,
         title,
       );
     const host = isIP(o.upstreamHost) === 6 ? `[${o.upstreamHost}]` : o.upstreamHost;
     try {
-      const a = await getV2(new URL(`https://${host}:443/v2/`), o.trustPems, o.timeoutMs);
+      const a = await getV2(new URL(`https://${host}:${port}/v2/`), o.trustPems, o.timeoutMs);
       if (answered(a))
         return result('registry', 'pass', `/v2/ answered as a registry (HTTP ${a.status})`, undefined, title);
       return result(

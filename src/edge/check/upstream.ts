@@ -177,9 +177,16 @@ const PROBE_FIXES: Record<
   unverified: () => 'Fix trust_bundle_cert (see the trust bundle check)',
 };
 
-export function upstreamResult(p: UpstreamPort, host: string, isParent: boolean, outcome: ProbeOutcome): CheckResult {
+/** `port` is where the probe went when it is not the standard one (HTTPS moved by parent_https_port); the id stays. */
+export function upstreamResult(
+  p: UpstreamPort,
+  host: string,
+  isParent: boolean,
+  outcome: ProbeOutcome,
+  port: number = p.port,
+): CheckResult {
   const id = `upstream-${p.port}` as const;
-  const title = upstreamTitle(p, `${isParent ? 'parent' : 'IoT hub'} ${host}`);
+  const title = upstreamTitle({ ...p, port }, `${isParent ? 'parent' : 'IoT hub'} ${host}`);
   if (outcome.kind === 'ok')
     return result(
       id,
@@ -189,5 +196,5 @@ export function upstreamResult(p: UpstreamPort, host: string, isParent: boolean,
       title,
     );
   const status = outcome.kind === 'unverified' ? 'warning' : 'error';
-  return result(id, status, outcome.message, PROBE_FIXES[outcome.kind]({ host, port: p.port, isParent }), title);
+  return result(id, status, outcome.message, PROBE_FIXES[outcome.kind]({ host, port, isParent }), title);
 }
