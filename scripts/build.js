@@ -7,10 +7,15 @@ import { spawnSync } from 'node:child_process';
 import { rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { delimiter } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { distIsCurrent } from '../bin/dist-state.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dist = fileURLToPath(new URL('../dist/', import.meta.url));
 const started = new Date();
+
+// `npx strata` in the project installs it into npx's cache and so runs `prepare` again: a build
+// that nothing changed since is skipped (`--force` builds anyway).
+if (!process.argv.includes('--force') && distIsCurrent()) process.exit(0);
 
 rmSync(dist, { recursive: true, force: true });
 const tsc = spawnSync('tsc', ['-p', 'tsconfig.build.json'], {

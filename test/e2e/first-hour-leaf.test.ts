@@ -103,7 +103,7 @@ test('the newcomer path of the README: npm start, device list, a leaf of the exa
 
   // In the directory where npm start runs, the CLI finds the hub with no flags.
   const list = await run(copy, 'npx', ['strata', 'device', 'list']);
-  assert.equal(list.code, 0, list.err);
+  assert.equal(list.code, 0, `device list failed: ${list.err}${list.out}`);
   assert.match(list.out, /^gw-low\s/m);
 
   const [setup, monitor, x509] = leafReadmeBlocks();

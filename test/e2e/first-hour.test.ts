@@ -9,17 +9,14 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { cpSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { pidAlive } from '../../src/topology/processes.ts';
+import { copyProject, portFree } from '../helpers/project-copy.ts';
 import { processesTopDown, readState, type TopologyState } from '../../src/topology/state.ts';
-
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 let dir: string;
 let copy: string;
@@ -63,23 +60,10 @@ function processesOfCopy(): number[] {
   return pids;
 }
 
-function portFree(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, host, () => server.close(() => resolve(true)));
-  });
-}
-
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'strata-first-hour-'));
-  copy = join(dir, 'strata');
-  mkdirSync(copy);
-  for (const f of ['package.json', 'tsconfig.json', 'bin', 'src', 'examples'])
-    cpSync(join(ROOT, f), join(copy, f), { recursive: true });
-  symlinkSync(join(ROOT, 'node_modules'), join(copy, 'node_modules'));
-  writeFileSync(
-    join(copy, 'examples', 'topology.yaml'),
+  copy = copyProject(
+    dir,
     `name: first-hour
 hub:
   address: ${hubAddr}

@@ -315,6 +315,37 @@ describe('the registry API through three gateway layers', { skip }, () => {
     }
   });
 
+  test("a blob damaged in the registry's own storage: the pull at L3 fails and no layer keeps it", async () => {
+    const img = await makeOciImage('3');
+    cleanups.push(() => rm(join(img.dir, '..'), { recursive: true, force: true }));
+    await pushImage(img, registry, 'app');
+    // A disk fault under the registry: same length, one byte changed; the registry serves it as it is.
+    const file = registry.blobFile(img.layerDigest);
+    const bytes = await readFile(file);
+    bytes[bytes.length >> 1] ^= 0xff;
+    await writeFile(file, bytes);
+    const out = await mkdtemp(join(tmpdir(), 'strata-pulled-'));
+    cleanups.push(() => rm(out, { recursive: true, force: true }));
+    const pulled = await skopeo([
+      'copy',
+      ...copyArgs(device3),
+      `docker://${l3Addr}:443/app:3`,
+      `oci:${join(out, 'bad')}:app`,
+    ]).then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    assert.ok(pulled instanceof Error, 'skopeo did not get the damaged layer as if it were whole');
+    for (const l of layers) {
+      const kept = await readdir(join(l.dataDir, 'registry-cache', 'blobs'));
+      assert.ok(!kept.includes(img.layerDigest.slice(7)), `${l.gatewayId} kept the damaged layer`);
+    }
+    assert.ok(
+      (metricValue(await gws[0].metrics(), 'edgehub_registry_refusals_total', { reason: 'digest_mismatch' }) ?? 0) >= 1,
+      'L1, the layer that fetched it from the registry, counted a digest mismatch',
+    );
+  });
+
   test("a wrong registry password at the top: the client at L3 gets the registry's 401", async () => {
     await gws[0].stop();
     const text = await readFile(layers[0].configPath, 'utf8');

@@ -16,7 +16,7 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export function copyProject(parent: string, topologyYaml: string): string {
   const copy = join(parent, 'strata');
   mkdirSync(copy);
-  for (const f of ['package.json', 'tsconfig.json', 'bin', 'src', 'examples'])
+  for (const f of ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'bin', 'scripts', 'src', 'examples'])
     cpSync(join(ROOT, f), join(copy, f), { recursive: true });
   symlinkSync(join(ROOT, 'node_modules'), join(copy, 'node_modules'));
   writeFileSync(join(copy, 'examples', 'topology.yaml'), topologyYaml);

@@ -22,6 +22,8 @@ export interface LocalRegistry {
   password: string;
   /** Access-log lines of requests under /v2/ so far (what reached the registry). */
   requests(): string[];
+  /** Where the registry's filesystem storage keeps a blob's bytes ("sha256:..."): to damage it on purpose. */
+  blobFile(digest: string): string;
   stop(): Promise<void>;
 }
 
@@ -120,6 +122,10 @@ export async function startRegistry(port: number, address = '127.0.0.1'): Promis
     username,
     password,
     requests: () => [...requests],
+    blobFile(digest) {
+      const hex = digest.replace(/^sha256:/, '');
+      return join(dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+    },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((r) => proc.once('exit', r));
