@@ -1,9 +1,9 @@
 import { traceOrigin, tracingOrigins } from '../util/origin-trace.ts';
 import type { Logger } from 'pino';
 import { EngineError } from '../model/errors.ts';
-import type { AuthResult } from '../model/identity.ts';
+import { identityKey, type AuthResult, type IdentityRef } from '../model/identity.ts';
 import type { ForwardedBatch, Message } from '../model/message.ts';
-import { encodeBatchOf } from '../protocols/amqp/batch.ts';
+import { type BatchOrigin, encodeBatchOf } from '../protocols/amqp/batch.ts';
 import { engineCodeOfCondition } from '../protocols/amqp/errors.ts';
 import type { MessageStore } from '../store/message-store.ts';
 import { cover, covers, type StreamCoverage } from '../store/origin-watermarks.ts';
@@ -132,21 +132,27 @@ export class DirectForwarder {
     // would reach the parent before the one in doubt, which the child is still sending again.
     const must = st.inFlight > 0 || st.doubt.length > 0 || st.before > 0;
     if (!rest.every((it) => this.deps.upstreamOnly(it.auth, it.message))) return undefined;
-    if (!this.deps.direct.usable()) return must ? this.hold(items, batch, stream) : undefined;
+    const { direct } = this.deps;
+    if (!direct.usable()) return must ? this.hold(items, batch, stream) : undefined;
+    // A relay batch goes on only as one: to a parent without a relay link (not a Strata parent) it is stored here.
+    if (batch.relay && !direct.relayUsable()) return must ? Promise.reject(this.refusal(stream)) : undefined;
     if (!must && store.hasQueued('$upstream')) return undefined;
-    const payload = known
-      ? encodeBatchOf(
-          rest.map((it) => it.message),
-          { stream: batch.stream, prev: first.prev, seqs: rest.map((it) => it.origin!.seq) },
-        )
-      : batch.payload;
-    const passing = this.pass(st, rest, payload);
+    let payload = batch.payload;
+    if (known) {
+      const origin: BatchOrigin = { stream: batch.stream, prev: first.prev, seqs: rest.map((it) => it.origin!.seq) };
+      if (batch.relay) origin.senders = rest.map((it) => identityKey(it.auth.identity));
+      payload = encodeBatchOf(
+        rest.map((it) => it.message),
+        origin,
+      );
+    }
+    const passing = this.pass(st, rest, payload, batch.relay === true);
     if (!known) return passing;
     // The known ones are answered the way the store path answers them.
     return Promise.all([passing, this.deps.storeBatch(items.filter((it) => !rest.includes(it)))]).then(() => undefined);
   }
 
-  private async pass(st: StreamState, rest: readonly ForwardItem[], payload: Buffer): Promise<void> {
+  private async pass(st: StreamState, rest: readonly ForwardItem[], payload: Buffer, relay: boolean): Promise<void> {
     const first = rest[0]!.origin!;
     const last = rest[rest.length - 1]!.origin!;
     const range: [number, number] = [first.seq, last.seq];
@@ -155,7 +161,9 @@ export class DirectForwarder {
     let outcome;
     try {
       await this.deps.store.markPassing(first.stream, last.seq);
-      outcome = await this.deps.direct.send(rest[0]!.auth.identity, payload);
+      outcome = relay
+        ? await this.deps.direct.sendRelay(sendersOf(rest), payload)
+        : await this.deps.direct.send(rest[0]!.auth.identity, payload);
     } catch (err) {
       // Nothing was sent: not in doubt.
       st.inFlight--;
@@ -252,6 +260,16 @@ export class DirectForwarder {
     }
     return st;
   }
+}
+
+/** The distinct senders of `items`. */
+function sendersOf(items: readonly ForwardItem[]): IdentityRef[] {
+  const byKey = new Map<string, IdentityRef>();
+  for (const it of items) {
+    const key = identityKey(it.auth.identity);
+    if (!byKey.has(key)) byKey.set(key, it.auth.identity);
+  }
+  return [...byKey.values()];
 }
 
 function addDoubt(doubt: Array<[number, number]>, range: [number, number]): void {

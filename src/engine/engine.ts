@@ -15,6 +15,7 @@ import type {
   Session,
   SessionHandler,
   SubscriptionKind,
+  TelemetryItem,
 } from './types.ts';
 import type { StoredEventInfo } from '../model/events.ts';
 import type { ForwardedBatch, ForwardedOrigin, Message } from '../model/message.ts';
@@ -256,6 +257,11 @@ export class Engine {
     via?: number,
   ): Promise<StoredEventInfo[]> {
     return this.telemetry.sendBatch(auth, messages, origins, batch, via);
+  }
+
+  /** A child gateway's relay batch (messages of many senders, each item with its auth): see TelemetryPath.sendItems. */
+  sendTelemetryItems(items: readonly TelemetryItem[], batch?: ForwardedBatch): Promise<void> {
+    return this.telemetry.sendItems(items, batch);
   }
 
   // ---- twins (twins.ts) ----

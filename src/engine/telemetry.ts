@@ -118,6 +118,21 @@ export class TelemetryPath {
     return messages.map(() => info);
   }
 
+  /**
+   * A child gateway's relay batch: messages of many senders, each item with its own auth. All
+   * stored in one commit, or none; what was stored before is not stored again.
+   */
+  async sendItems(items: readonly TelemetryItem[], batch?: ForwardedBatch): Promise<void> {
+    for (const it of items) checkMessage(it.auth.identity, it.message, this.maxMessageBytes);
+    if (tracingOrigins)
+      traceOrigin('recv', {
+        relay: true,
+        ids: items.map((it) => it.message.messageId),
+        origins: items.map((it) => it.origin),
+      });
+    await this.take(items, batch);
+  }
+
   /** Why the sink takes no telemetry now, or undefined. */
   storeFull(): string | undefined {
     return this.sink.storeFull();

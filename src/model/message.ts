@@ -54,4 +54,6 @@ export interface ForwardedOrigin {
 export interface ForwardedBatch {
   payload: Buffer;
   stream: string;
+  /** A relay batch (messages of many senders, each named in it): passed on only on a relay link. */
+  relay?: true;
 }

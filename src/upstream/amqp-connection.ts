@@ -160,6 +160,14 @@ export class AmqpConnection {
     return this.ended;
   }
 
+  /** True when the parent offered `capability` in its AMQP open. */
+  offers(capability: string): boolean {
+    const open = (this.conn as unknown as { remote?: { open?: { offered_capabilities?: unknown } } }).remote?.open;
+    const caps = open?.offered_capabilities;
+    const list = Array.isArray(caps) ? caps : caps === undefined || caps === null ? [] : [caps];
+    return list.some((c) => String(c) === capability);
+  }
+
   /** Runs when the connection is lost or closed (at once when it already is). */
   onClosed(fn: (why: string) => void): void {
     if (this.ended) fn('closed');

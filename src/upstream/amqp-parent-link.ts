@@ -48,7 +48,7 @@ import { AmqpConnection } from './amqp-connection.ts';
 import type { AmqpProxyOwner } from './amqp-identity-links.ts';
 import { AmqpIdentityProxy } from './amqp-identity-proxy.ts';
 import { TargetAuthorizations } from './amqp-target-auth.ts';
-import type { SendOutcome } from './errors.ts';
+import { type SendOutcome, UpstreamDownError } from './errors.ts';
 import {
   directChildChain,
   type DirectTelemetry,
@@ -57,7 +57,14 @@ import {
   type UpstreamIdentity,
 } from './parent-link.ts';
 import { ParentLinkBase, type ParentLinkOptions } from './parent-link-base.ts';
-import { UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
+import { type RelayTelemetry, UpstreamTelemetryEndpoint } from './telemetry-endpoint.ts';
+import { sendInBatches } from './amqp-batches.ts';
+import type { OutLink } from './amqp-links.ts';
+import { RELAY_CAPABILITY, relayAddress } from '../protocols/amqp/relay-link.ts';
+import { CONDITION } from '../protocols/amqp/errors.ts';
+import { BATCH_FORMAT } from '../protocols/amqp/batch.ts';
+import { senderIdentity } from '../store/sender-message.ts';
+import type { SenderOptions } from 'rhea';
 import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
 
 /** What the AMQP link takes besides the common options (parent-link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
@@ -91,6 +98,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private readonly gone = new Set<string>();
   private goneSweep?: NodeJS.Timeout;
   private abortAttempt?: () => void;
+  /** The relay link of a connection (a Strata parent's, relay-link.ts), once attached. */
+  private relay?: { pc: AmqpConnection; link: Promise<OutLink> };
   private renewTimer?: NodeJS.Timeout;
   private readonly owner: AmqpProxyOwner;
 
@@ -142,6 +151,7 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
         availability: this.availability,
         isConnected: () => this.connected,
         senderFor: (sender) => this.senderProxy(sender),
+        relay: () => this.relayTelemetry(),
         describeParent: () => this.describeParent(),
         stalled: (why) => {
           this.log.warn({ reason: why }, 'the parent stopped answering; reconnecting');
@@ -173,11 +183,61 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
         });
       });
     },
-    send: (identity, payload) => this.sendDirect(identity, payload),
+    send: (identity, payload) => this.withStallCheck(this.senderProxy(identity).sendBatchPayload(payload)),
+    relayUsable: () => this.pc !== undefined && !this.pc.closed && this.pc.offers(RELAY_CAPABILITY),
+    sendRelay: (senders, payload) => this.withStallCheck(this.sendRelayPayload(senders, payload)),
   };
 
-  private sendDirect(identity: IdentityRef, payload: Buffer): Promise<SendOutcome> {
-    const sending = this.senderProxy(identity).sendBatchPayload(payload);
+  private async sendRelayPayload(senders: readonly IdentityRef[], payload: Buffer): Promise<SendOutcome> {
+    const pc = this.pc;
+    if (!pc || pc.closed) throw new UpstreamDownError(`the link to the parent (${this.describeParent()}) is down`);
+    await Promise.all(senders.map((sender) => this.targets.authorize(pc, sender)));
+    const outcome = await (await this.relayLink(pc)).sendEncoded(payload, BATCH_FORMAT);
+    if (!outcome.ok && outcome.condition === CONDITION.unauthorized)
+      for (const sender of senders) this.targets.forget(pc, sender);
+    return outcome;
+  }
+
+  /** The parent's relay link on the current connection, when the parent offers one. */
+  private relayTelemetry(): RelayTelemetry | undefined {
+    const pc = this.pc;
+    if (!pc || pc.closed || !pc.offers(RELAY_CAPABILITY)) return undefined;
+    return {
+      authorize: (sender) => this.targets.authorize(pc, sender),
+      forward: async (messages, origin) => {
+        const outcomes = await sendInBatches(await this.relayLink(pc), messages, origin);
+        // The parent dropped a sender's claim (moved out of scope, disabled): put its token again
+        // before the next try, which then drops what the parent refuses for good.
+        if (outcomes.some((o) => !o.ok && o.condition === CONDITION.unauthorized))
+          for (const sender of new Set(origin.senders)) this.targets.forget(pc, senderIdentity(sender));
+        return outcomes;
+      },
+    };
+  }
+
+  /** The relay link on `pc`, attached on first use. */
+  private relayLink(pc: AmqpConnection): Promise<OutLink> {
+    if (this.relay?.pc === pc) return this.relay.link;
+    const link = pc.openSender(
+      {
+        name: `relay-${randomUUID()}`,
+        target: { address: relayAddress(this.edgeDeviceId) },
+        source: { address: `relay-${this.edgeDeviceId}` },
+        snd_settle_mode: 0,
+        rcv_settle_mode: 0,
+      } as SenderOptions,
+      'relay',
+    );
+    const entry = { pc, link };
+    this.relay = entry;
+    const forget = () => {
+      if (this.relay === entry) this.relay = undefined;
+    };
+    link.then((l) => l.onGone(forget), forget);
+    return link;
+  }
+
+  private withStallCheck(sending: Promise<SendOutcome>): Promise<SendOutcome> {
     // A parent that stops answering without closing the connection: drop it, so what is in
     // flight fails (the child sends it again) and the link reconnects.
     const stallMs = Math.min(25_000, this.operationTimeoutMs * 2);

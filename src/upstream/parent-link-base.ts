@@ -109,7 +109,7 @@ export abstract class ParentLinkBase extends EventEmitter {
       since: this.since,
       ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
       failedAttempts: this.backoff.attempts,
-      telemetry: this.endpoint?.metrics() ?? { sent: 0, undeliverable: 0, failedBatches: 0 },
+      telemetry: this.endpoint?.metrics() ?? { sent: 0, undeliverable: 0, failedBatches: 0, relayed: 0 },
     };
   }
 

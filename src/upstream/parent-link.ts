@@ -36,6 +36,10 @@ export interface DirectTelemetry {
   whenUsable(timeoutMs: number): Promise<boolean>;
   /** Sends one batch for `identity`; resolves with the parent's outcome, rejects when nothing was sent. */
   send(identity: IdentityRef, payload: Buffer): Promise<SendOutcome>;
+  /** The parent takes relay batches (a Strata parent's relay link) on the current connection. */
+  relayUsable(): boolean;
+  /** Sends a relay batch of `senders`' messages once each is authorized; like `send` otherwise. */
+  sendRelay(senders: readonly IdentityRef[], payload: Buffer): Promise<SendOutcome>;
 }
 
 /** `$upstream` as the gateway's endpoint pump sees it. */

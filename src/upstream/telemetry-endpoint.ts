@@ -11,6 +11,8 @@ import { CONDITION } from '../protocols/amqp/errors.ts';
 import { mark, tracing } from '../util/latency-trace.ts';
 
 const PARENT_UNREACHABLE_RETRY_MS = 1000;
+/** `lastSent`'s key part for the relay link's streams (no sender id is this: ids cannot hold a NUL). */
+const RELAY_KEY = '\u0000relay';
 
 /**
  * `$upstream` for a gateway: stored messages go to the parent on behalf of their original
@@ -31,6 +33,8 @@ export interface TelemetryEndpointMetrics {
   undeliverable: number;
   /** Batches that failed (and were retried by the pump). */
   failedBatches: number;
+  /** Messages the parent took on its relay link (the rest of `sent` went on each sender's own link). */
+  relayed: number;
 }
 
 /** Sends one identity's messages upstream in order, one outcome per message. */
@@ -38,11 +42,24 @@ export interface TelemetrySender {
   forward(messages: readonly Message[], origin?: BatchOrigin): Promise<SendOutcome[]>;
 }
 
+/**
+ * A Strata parent's relay link (protocols/amqp/relay-link.ts): one link and one transfer per
+ * batch for every sender's telemetry, instead of a link and a transfer per sender.
+ */
+export interface RelayTelemetry {
+  /** Lets the gateway act for `sender` on the connection (once per connection); rejects when the parent refuses. */
+  authorize(sender: IdentityRef): Promise<void>;
+  /** Sends messages of many senders in order (`origin.senders` names each); one outcome per message. */
+  forward(messages: readonly Message[], origin: BatchOrigin): Promise<SendOutcome[]>;
+}
+
 export interface TelemetryEndpointDeps {
   availability: Availability;
   isConnected(): boolean;
   /** The identity proxy that sends for `sender` (created on first use). */
   senderFor(sender: IdentityRef): TelemetrySender;
+  /** The parent's relay link when the parent offers one on the current connection (needs `originId`). */
+  relay?(): RelayTelemetry | undefined;
   describeParent(): string;
   /**
    * A batch got no answer within `stallMs`: the connection is presumed dead (a parent that
@@ -62,10 +79,12 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
   readonly name = '$upstream';
   /** A second batch travels while the parent stores the first: neither side waits on the other. */
   readonly maxInFlight = 2;
-  private readonly counters: TelemetryEndpointMetrics = { sent: 0, undeliverable: 0, failedBatches: 0 };
+  private readonly counters: TelemetryEndpointMetrics = { sent: 0, undeliverable: 0, failedBatches: 0, relayed: 0 };
   private readonly lastDropLog = new Map<string, number>();
   /** Per stream (`priority/sender`): the store number of the last message handed to the link. */
   private readonly lastSent = new Map<string, number>();
+  /** Settles once the last relay batch handed over was sent (or failed before it could be). */
+  private relayTurn: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly deps: TelemetryEndpointDeps,
@@ -88,6 +107,13 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     if (!this.deps.isConnected())
       throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
     if (tracing) for (const q of batch) mark('up.send', q.message.body);
+    const relay = this.deps.originId !== undefined ? this.deps.relay?.() : undefined;
+    await this.settleWithin(batch.length, relay ? this.sendRelayed(batch, relay) : this.sendBySender(batch));
+    if (tracing) for (const q of batch) mark('up.accepted', q.message.body);
+  }
+
+  /** Each sender's messages on its own link, all senders at once. */
+  private async sendBySender(batch: readonly QueuedMessage[]): Promise<void> {
     // Group by sender and queue, keeping each sender's order; senders go in parallel.
     const groups = new Map<string, { identity: IdentityRef; messages: Message[]; origin?: BatchOrigin }>();
     for (const q of batch) {
@@ -104,32 +130,91 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     }
     // The next batch of each stream follows on from this one (the pump sends them in order).
     for (const [key, g] of groups) if (g.origin) this.lastSent.set(key, g.origin.seqs[g.origin.seqs.length - 1]!);
+    firstFailure(
+      await Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages, g.origin))),
+    );
+  }
+
+  /**
+   * The whole batch on the parent's relay link, in store order, once every sender in it is
+   * authorized; the messages of a sender the parent refuses for good are dropped, as on its own link.
+   */
+  private async sendRelayed(batch: readonly QueuedMessage[], relay: RelayTelemetry): Promise<void> {
+    // Batches go out in the pump's order: one waiting for a sender's authorization holds the next.
+    const issued = this.relayTurn.then(() => this.issueRelayed(batch, relay));
+    this.relayTurn = issued.catch(() => undefined);
+    await (await issued)();
+  }
+
+  /** Authorizes the batch's senders and sends it; resolves once it is on its way, with a wait for its outcome. */
+  private async issueRelayed(batch: readonly QueuedMessage[], relay: RelayTelemetry): Promise<() => Promise<void>> {
+    const refused = new Map<string, string>();
+    const senders = new Set<string>();
+    for (const q of batch) senders.add(q.message.sender);
+    firstFailure(
+      await Promise.allSettled(
+        [...senders].map((sender) =>
+          relay.authorize(senderIdentity(sender)).catch((err: unknown) => {
+            if (!isPermanentRefusal(err)) throw err;
+            refused.set(sender, (err as Error).message);
+          }),
+        ),
+      ),
+    );
+    const byPriority = new Map<number, QueuedMessage[]>();
+    for (const q of batch) {
+      if (refused.has(q.message.sender)) continue;
+      let list = byPriority.get(q.priority);
+      if (!list) byPriority.set(q.priority, (list = []));
+      list.push(q);
+    }
+    for (const [sender, why] of refused) {
+      let n = 0;
+      for (const q of batch) if (q.message.sender === sender) n++;
+      this.drop(sender, n, why);
+    }
+    const sends = [...byPriority].map(([priority, list]) => {
+      const key = `${priority}/${RELAY_KEY}`;
+      const origin: BatchOrigin = {
+        stream: `${this.deps.originId}/${priority}`,
+        prev: this.lastSent.get(key) ?? 0,
+        seqs: list.map((q) => q.seq),
+        senders: list.map((q) => q.message.sender),
+      };
+      this.lastSent.set(key, list[list.length - 1]!.seq);
+      const messages = list.map((q) => messageOfStored(q.message));
+      if (tracingOrigins) traceOrigin('up.send', { relay: true, ids: messages.map((m) => m.messageId), origin });
+      return relay.forward(messages, origin).then((outcomes) => {
+        if (tracingOrigins) traceOrigin('up.outcome', { relay: true, origin, ok: outcomes.map((o) => o.ok) });
+        const sentBefore = this.counters.sent;
+        try {
+          this.judge((i) => list[i]!.message.sender, outcomes);
+        } finally {
+          this.counters.relayed += this.counters.sent - sentBefore;
+        }
+      });
+    });
+    return async () => firstFailure(await Promise.allSettled(sends));
+  }
+
+  /** Waits for `sending`, failing the batch when the parent leaves it unsettled for `stallMs`. */
+  private async settleWithin(count: number, sending: Promise<void>): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const stalled = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        const why = `the parent (${this.deps.describeParent()}) did not settle a batch of ${batch.length} messages within ${this.deps.stallMs} ms`;
+        const why = `the parent (${this.deps.describeParent()}) did not settle a batch of ${count} messages within ${this.deps.stallMs} ms`;
         this.deps.stalled(why);
         reject(new UpstreamDownError(why));
       }, this.deps.stallMs);
     });
-    let results: Array<PromiseSettledResult<void>>;
     try {
-      results = await Promise.race([
-        Promise.allSettled([...groups.values()].map((g) => this.sendGroup(g.identity, g.messages, g.origin))),
-        stalled,
-      ]);
+      await Promise.race([sending, stalled]);
     } catch (err) {
       this.counters.failedBatches++;
       throw err;
     } finally {
       clearTimeout(timer);
     }
-    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure) {
-      this.counters.failedBatches++;
-      throw failure.reason;
-    }
-    if (tracing) for (const q of batch) mark('up.accepted', q.message.body);
   }
 
   /**
@@ -156,23 +241,30 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
       }
       throw err;
     }
-    let firstFailure: SendOutcome | undefined;
-    for (const o of outcomes) {
+    this.judge(() => who, outcomes);
+  }
+
+  /** Counts what the parent took, drops what it refused for good, and throws on anything else. */
+  private judge(whoOf: (i: number) => string, outcomes: readonly SendOutcome[]): void {
+    let failed: { who: string; outcome: Extract<SendOutcome, { ok: false }> } | undefined;
+    for (let i = 0; i < outcomes.length; i++) {
+      const o = outcomes[i]!;
       if (o.ok) {
         this.counters.sent++;
       } else if (isPermanentForMessage(o)) {
-        this.drop(who, 1, `${o.condition}: ${o.description}`);
+        this.drop(whoOf(i), 1, `${o.condition}: ${o.description}`);
       } else {
-        firstFailure ??= o;
+        failed ??= { who: whoOf(i), outcome: o };
       }
     }
-    if (firstFailure && !firstFailure.ok) {
-      const text = `the parent did not take telemetry of ${who}: ${firstFailure.description}`;
-      if (firstFailure.condition === 'amqp:connection:forced') throw new UpstreamDownError(text);
-      const err = new UpstreamError(text, firstFailure.condition);
+    if (failed) {
+      const { who, outcome } = failed;
+      const text = `the parent did not take telemetry of ${who}: ${outcome.description}`;
+      if (outcome.condition === 'amqp:connection:forced') throw new UpstreamDownError(text);
+      const err = new UpstreamError(text, outcome.condition);
       // A parent gateway that held the batch while waiting for its own parent: it takes it the
       // moment that parent is back, so ask again soon instead of backing off for a minute.
-      if (firstFailure.condition === CONDITION.parentUnreachable) err.retryAfterMs = PARENT_UNREACHABLE_RETRY_MS;
+      if (outcome.condition === CONDITION.parentUnreachable) err.retryAfterMs = PARENT_UNREACHABLE_RETRY_MS;
       throw err;
     }
   }
@@ -189,6 +281,12 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
       );
     }
   }
+}
+
+/** The first rejection among `results`, thrown. */
+function firstFailure(results: ReadonlyArray<PromiseSettledResult<unknown>>): void {
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
 }
 
 /** The parent said no to the sender itself: not registered, disabled, or not in this gateway's scope. */

@@ -16,6 +16,7 @@ import { EndpointPump } from '../../src/routing/pump.ts';
 import { AmqpParentLink, type UpstreamC2DDelivery } from '../../src/upstream/index.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { createRootCa } from '../../src/pki/index.ts';
+import { encodeBatchOf } from '../../src/protocols/amqp/batch.ts';
 
 /**
  * A gateway's upstream link against a real hub process: one AMQP connection carrying several
@@ -404,6 +405,131 @@ test('a leaf not in the gateway scope is refused, and its telemetry is dropped a
   const events = (await svc.request<{ events: unknown[] }>('GET', '/events?device=leaf-x&from=0')).body.events;
   assert.equal(events.length, 0, 'nothing arrives for the outsider');
   assert.equal(link.connected, true, 'the refusal concerns the leaf only');
+});
+
+/** The events the hub holds for `deviceId` whose `seq` property starts with `prefix`, in order. */
+async function eventsTagged(deviceId: string, prefix: string): Promise<Array<{ seq: string; moduleId?: string }>> {
+  const page = (
+    await svc.request<{ events: Array<{ moduleId?: string; properties: Record<string, string> }> }>(
+      'GET',
+      `/events?device=${deviceId}&from=0&limit=1000`,
+    )
+  ).body.events;
+  return page
+    .filter((e) => e.properties.seq?.startsWith(prefix))
+    .map((e) =>
+      e.moduleId === undefined ? { seq: e.properties.seq! } : { seq: e.properties.seq!, moduleId: e.moduleId },
+    );
+}
+
+/** A second link of edge-1 naming a store id, as a gateway's link does: the one that uses the relay. */
+async function storeLink(originId: string): Promise<AmqpParentLink> {
+  const named = new AmqpParentLink({
+    parentHost: hub.hostname,
+    trustPem: hub.caPem,
+    hubHostName: hub.hostname,
+    edgeDeviceId: 'edge-1',
+    edgeKey,
+    originId,
+  });
+  closers.push(() => named.close());
+  const up = new Promise<void>((resolve) => named.once('up', () => resolve()));
+  await named.start();
+  await up;
+  return named;
+}
+
+test('a batch of many senders goes on the relay link, each message under its sender, in order', async () => {
+  const named = await storeLink('store-relay');
+  const endpoint = named.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
+  const senders: Array<[string, string | undefined]> = [
+    ['leaf-a', undefined],
+    ['leaf-b', undefined],
+    ['leaf-a', 'sensor'],
+  ];
+  const batch = Array.from({ length: 30 }, (_, i) => {
+    const [deviceId, moduleId] = senders[i % 3]!;
+    return {
+      seq: i + 1,
+      endpoint: '$upstream',
+      priority: 0,
+      enqueuedAt: Date.now(),
+      expiresAt: Infinity,
+      message: storedMessageOf(deviceAuth(deviceId, moduleId), telemetry(`relay-${i}`)),
+    };
+  });
+  await endpoint.send(batch);
+  assert.equal(endpoint.metrics().relayed, 30, 'all 30 went on the relay link');
+  const want = (deviceId: string, moduleId?: string) =>
+    batch
+      .filter((_, i) => senders[i % 3]![0] === deviceId && senders[i % 3]![1] === moduleId)
+      .map((q) => (moduleId === undefined ? { seq: `relay-${q.seq - 1}` } : { seq: `relay-${q.seq - 1}`, moduleId }));
+  await until('the relayed messages', async () => (await eventsTagged('leaf-a', 'relay-')).length >= 20);
+  const a = await eventsTagged('leaf-a', 'relay-');
+  assert.deepEqual(
+    a.filter((e) => e.moduleId === undefined),
+    want('leaf-a'),
+  );
+  assert.deepEqual(
+    a.filter((e) => e.moduleId !== undefined),
+    want('leaf-a', 'sensor'),
+  );
+  assert.deepEqual(await eventsTagged('leaf-b', 'relay-'), want('leaf-b'));
+  // Sent again (its acknowledgement lost): each message is still stored once.
+  endpoint.rewind();
+  await endpoint.send(batch);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal((await eventsTagged('leaf-b', 'relay-')).length, 10, 'a resent relay batch is not stored again');
+});
+
+test('on the relay link, a sender outside the scope is dropped and counted; the rest of its batch arrives', async () => {
+  const named = await storeLink('store-relay-scope');
+  const endpoint = named.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
+  const entry = (seq: number, deviceId: string) => ({
+    seq,
+    endpoint: '$upstream',
+    priority: 0,
+    enqueuedAt: Date.now(),
+    expiresAt: Infinity,
+    message: storedMessageOf(deviceAuth(deviceId), telemetry(`scoped-${seq}`)),
+  });
+  await endpoint.send([entry(1, 'leaf-b'), entry(2, 'leaf-x'), entry(3, 'leaf-b'), entry(4, 'leaf-x')]);
+  const m = endpoint.metrics();
+  assert.equal(m.undeliverable, 2, "leaf-x's two messages are dropped");
+  assert.equal(m.relayed, 2);
+  await until('leaf-b', async () => (await eventsTagged('leaf-b', 'scoped-')).length >= 2);
+  assert.deepEqual(await eventsTagged('leaf-b', 'scoped-'), [{ seq: 'scoped-1' }, { seq: 'scoped-3' }]);
+  assert.equal((await eventsTagged('leaf-x', 'scoped-')).length, 0);
+});
+
+test('the hub takes a relay batch only for senders the connection acts for', async () => {
+  const named = await storeLink('store-relay-auth');
+  assert.equal(named.direct.relayUsable(), true, 'a Strata hub offers the relay link');
+  const payload = encodeBatchOf([telemetry('unasked-1')], {
+    stream: 'raw',
+    prev: 0,
+    seqs: [1],
+    senders: ['leaf-b'],
+  });
+  // No CBS put-token for leaf-b on this connection yet: refused, and nothing stored.
+  const refused = await named.direct.sendRelay([], payload);
+  assert.equal(refused.ok, false);
+  assert.equal(!refused.ok && refused.condition, 'amqp:unauthorized-access');
+  assert.match(!refused.ok ? refused.description : '', /not authorized to act for device leaf-b/);
+  // Authorized first (as the gateway does), the same batch is taken.
+  const taken = await named.direct.sendRelay([{ deviceId: 'leaf-b' }], payload);
+  assert.deepEqual(taken, { ok: true });
+  await until('the batch', async () => (await eventsTagged('leaf-b', 'unasked-')).length >= 1);
+  // A batch that names no senders, or fewer than it holds, is unreadable.
+  const unnamed = encodeBatchOf([telemetry('unnamed-1'), telemetry('unnamed-2')], {
+    stream: 'raw',
+    prev: 1,
+    seqs: [2, 3],
+    senders: ['leaf-b'],
+  });
+  const bad = await named.direct.sendRelay([{ deviceId: 'leaf-b' }], unnamed);
+  assert.equal(!bad.ok && bad.condition, 'amqp:decode-error');
+  assert.match(!bad.ok ? bad.description : '', /names 1 senders for 2 messages/);
 });
 
 test('the hub checks the auth chain of each link', async () => {

@@ -5,11 +5,15 @@ import {
   BatchError,
   batchHead,
   encodeBatch,
+  encodeBatchOf,
   encodeBatchOfSections,
   messagesOfBatch,
   originOfBatch,
+  RELAY_SENDERS,
   readBatch,
+  readRelaySenders,
 } from '../../src/protocols/amqp/batch.ts';
+import { decodeBatch } from '../../src/protocols/amqp/decode-message.ts';
 import { DATA_HEADER, encodeDataSections, encodeMessage } from '../../src/protocols/amqp/encode-message.ts';
 import type { Message } from '../../src/model/message.ts';
 import { fromAmqp, toAmqp } from '../../src/protocols/amqp/message.ts';
@@ -136,4 +140,29 @@ test('what is not a batch is refused with the reason', () => {
     () => messagesOfBatch(bad),
     (err: Error) => err instanceof BatchError && /message 0 of the batch/.test(err.message),
   );
+});
+
+test('a relay batch names the sender of each message, and a wrong list is refused with the reason', () => {
+  const messages: Message[] = [0, 1, 2].map((i) => ({ body: Buffer.from(`r-${i}`), properties: {} }));
+  const payload = encodeBatchOf(messages, {
+    stream: 's/0',
+    prev: 4,
+    seqs: [5, 7, 9],
+    senders: ['leaf-1', 'leaf-2/mod:a', 'leaf-1'],
+  });
+  const { annotations } = decodeBatch(payload);
+  assert.deepEqual(readRelaySenders(annotations, 3).senders, [
+    { deviceId: 'leaf-1' },
+    { deviceId: 'leaf-2', moduleId: 'mod:a' },
+    { deviceId: 'leaf-1' },
+  ]);
+  assert.deepEqual(originOfBatch(annotations, 3), { stream: 's/0', prev: 4, seqs: [5, 7, 9] });
+  assert.match(readRelaySenders(annotations, 4).problem!, /names 3 senders for 4 messages/);
+  assert.match(readRelaySenders(undefined, 1).problem!, /must name its senders/);
+  for (const key of ['', 'd/', '/m', 'd/m/x'])
+    assert.match(
+      readRelaySenders({ [RELAY_SENDERS]: key }, 1).problem!,
+      /not a device or module id/,
+      `"${key}" is refused`,
+    );
 });

@@ -6,7 +6,14 @@ import { EngineError } from '../../src/model/errors.ts';
 import type { AuthResult, IdentityRef } from '../../src/model/identity.ts';
 import type { ForwardedBatch, Message } from '../../src/model/message.ts';
 import { authMethodText } from '../../src/identity/auth-method.ts';
-import { encodeBatchOf, readBatch, readOrigin } from '../../src/protocols/amqp/batch.ts';
+import {
+  encodeBatchOf,
+  originOfBatch,
+  readBatch,
+  readOrigin,
+  readRelaySenders,
+} from '../../src/protocols/amqp/batch.ts';
+import { decodeBatch } from '../../src/protocols/amqp/decode-message.ts';
 import type { MessageStore } from '../../src/store/message-store.ts';
 import { storedMessageOf } from '../../src/store/sender-message.ts';
 import { UpstreamError, type SendOutcome } from '../../src/upstream/errors.ts';
@@ -40,6 +47,8 @@ function batchOf(items: readonly ForwardItem[]): ForwardedBatch {
 
 interface SendCall {
   identity: IdentityRef;
+  /** Relay sends: every sender the batch names. */
+  senders?: readonly IdentityRef[];
   payload: Buffer;
   answer(outcome: SendOutcome): void;
   fail(err: Error): void;
@@ -86,6 +95,20 @@ class Parent implements DirectTelemetry {
     this.onSend?.(identity, payload);
     return new Promise<SendOutcome>((resolve, reject) => {
       this.calls.push({ identity, payload, answer: resolve, fail: reject });
+    });
+  }
+
+  /** Whether the parent takes relay batches. */
+  relay = true;
+
+  relayUsable(): boolean {
+    return this.up && this.relay;
+  }
+
+  sendRelay(senders: readonly IdentityRef[], payload: Buffer): Promise<SendOutcome> {
+    this.onSend?.(senders[0]!, payload);
+    return new Promise<SendOutcome>((resolve, reject) => {
+      this.calls.push({ identity: senders[0]!, senders, payload, answer: resolve, fail: reject });
     });
   }
 
@@ -570,4 +593,76 @@ test('a batch refused for good (the child drops it) holds nothing back: the next
   const p2 = h.fwd.forward(second, batchOf(second));
   (await h.parent.call(2)).answer({ ok: true });
   await p2;
+});
+
+/** A child gateway's relay batch: messages of leaf1 and leaf2 alternating, on one stream. */
+function relayOf(from: number, to: number): { items: ForwardItem[]; batch: ForwardedBatch } {
+  const items = itemsOf(from, to).map((it, i) => ({
+    ...it,
+    auth: i % 2 === 0 ? auth : { ...auth, identity: { deviceId: 'leaf2' } },
+    origin: { ...it.origin!, stream: `edge3/$edgeHub|${BATCH_STREAM}` },
+  }));
+  const payload = encodeBatchOf(
+    items.map((i) => i.message),
+    {
+      stream: BATCH_STREAM,
+      prev: items[0]!.origin!.prev,
+      seqs: items.map((i) => i.origin!.seq),
+      senders: items.map((i) => i.auth.identity.deviceId),
+    },
+  );
+  return { items, batch: { payload, stream: BATCH_STREAM, relay: true } };
+}
+
+test("a child's relay batch goes on as it came on the parent's relay link, naming each of its senders once", async (t) => {
+  const h = harness(files(t).open());
+  const { items, batch } = relayOf(1, 4);
+  const passing = track(h.fwd.forward(items, batch)!);
+  const call = await h.parent.call(1);
+  assert.deepEqual(call.senders, [{ deviceId: 'leaf1' }, { deviceId: 'leaf2' }]);
+  assert.ok(call.payload.equals(batch.payload), 'the payload is the batch as it came');
+  call.answer({ ok: true });
+  await passing.done;
+  assert.equal(passing.state, 'resolved');
+  assert.deepEqual(h.passedCounts, [4]);
+  assertNothingStored(h);
+});
+
+test('a relay batch, part of which the parent has, goes on re-encoded with the senders of the rest', async (t) => {
+  const h = harness(files(t).open());
+  const first = relayOf(1, 2);
+  const p1 = track(h.fwd.forward(first.items, first.batch)!);
+  (await h.parent.call(1)).answer({ ok: true });
+  await p1.done;
+  // Sent again with two new ones after it: only those go up, still naming their senders.
+  const again = relayOf(1, 4);
+  const p2 = track(h.fwd.forward(again.items, again.batch)!);
+  const call = await h.parent.call(2);
+  const { messages, annotations } = decodeBatch(call.payload);
+  assert.deepEqual(
+    messages.map((m) => m.body.toString()),
+    ['m3', 'm4'],
+  );
+  assert.deepEqual(readRelaySenders(annotations, 2).senders, [{ deviceId: 'leaf1' }, { deviceId: 'leaf2' }]);
+  assert.deepEqual(originOfBatch(annotations, 2), { stream: BATCH_STREAM, prev: 2, seqs: [3, 4] });
+  call.answer({ ok: true });
+  await p2.done;
+  assert.equal(p2.state, 'resolved');
+});
+
+test('a relay batch for a parent without a relay link is stored here, unless its stream is in doubt', async (t) => {
+  const parent = new Parent();
+  parent.relay = false;
+  const h = harness(files(t).open(), parent);
+  const { items, batch } = relayOf(1, 2);
+  assert.equal(h.fwd.forward(items, batch), undefined, 'left to the store path');
+  assert.equal(parent.calls.length, 0);
+  // The parent had it before (in doubt after a failure): refused for now, never stored here.
+  parent.relay = true;
+  const next = relayOf(3, 4);
+  const p = track(h.fwd.forward(next.items, next.batch)!);
+  (await parent.call(1)).answer({ ok: false, condition: 'amqp:connection:forced', description: 'link dropped' });
+  await p.done;
+  parent.relay = false;
+  await rejectsWith(h.fwd.forward(next.items, next.batch), 'parent-unreachable');
 });

@@ -1,4 +1,5 @@
 import rhea, { type Message as AmqpMessage } from 'rhea';
+import type { IdentityRef } from '../../model/identity.ts';
 import type { Message } from '../../model/message.ts';
 import { AmqpWriter, encodeDataSections, SECTION, SYM32, textBound } from './encode-message.ts';
 
@@ -23,10 +24,18 @@ export const ORIGIN_STREAM = 'x-opt-strata-stream';
 export const ORIGIN_SEQS = 'x-opt-strata-seqs';
 export const ORIGIN_PREV = 'x-opt-strata-prev';
 
+/**
+ * A relay batch (sent on a gateway's relay link, relay-link.ts) carries messages of many senders:
+ * this annotation names the sender of each message (`device` or `device/module`), one a line.
+ */
+export const RELAY_SENDERS = 'x-opt-strata-senders';
+
 export interface BatchOrigin {
   stream: string;
   prev: number;
   seqs: readonly number[];
+  /** Relay batches only: each message's sender as an identity key (model/identity.ts). */
+  senders?: readonly string[];
 }
 
 /** The transfer payload of a batch made of already encoded messages. */
@@ -77,6 +86,7 @@ function batchWriter(sections: number, origin: BatchOrigin | undefined): AmqpWri
     [ORIGIN_PREV, String(origin.prev)],
     [ORIGIN_SEQS, origin.seqs.join(',')],
   ];
+  if (origin?.senders) annotations!.push([RELAY_SENDERS, origin.senders.join('\n')]);
   let bound = 16 + sections;
   if (annotations) for (const [k, v] of annotations) bound += textBound(k) + textBound(v);
   const w = new AmqpWriter(Buffer.allocUnsafe(bound));
@@ -122,6 +132,36 @@ export function readOrigin(
     last = n;
   }
   return { origin: { stream, prev, seqs } };
+}
+
+/**
+ * The senders a relay batch names, one per message; `problem` when they are missing or do not
+ * fit (the batch is then refused: a relay batch cannot be stored without knowing whose it is).
+ */
+export function readRelaySenders(
+  annotations: Record<string, unknown> | undefined,
+  count: number,
+): { senders?: IdentityRef[]; problem?: string } {
+  const text = annotations?.[RELAY_SENDERS];
+  if (typeof text !== 'string') return { problem: `a relay batch must name its senders (${RELAY_SENDERS})` };
+  const keys = text.split('\n');
+  if (keys.length !== count) return { problem: `${RELAY_SENDERS} names ${keys.length} senders for ${count} messages` };
+  const known = new Map<string, IdentityRef>();
+  const senders: IdentityRef[] = [];
+  for (const key of keys) {
+    let id = known.get(key);
+    if (!id) {
+      const slash = key.indexOf('/');
+      const deviceId = slash < 0 ? key : key.slice(0, slash);
+      const moduleId = slash < 0 ? undefined : key.slice(slash + 1);
+      if (deviceId === '' || moduleId === '' || moduleId?.includes('/') || key.length > 257)
+        return { problem: `${RELAY_SENDERS} names "${key.slice(0, 60)}", which is not a device or module id` };
+      id = moduleId === undefined ? { deviceId } : { deviceId, moduleId };
+      known.set(key, id);
+    }
+    senders.push(id);
+  }
+  return { senders };
 }
 
 export class BatchError extends Error {

@@ -10,6 +10,7 @@ import { DeviceSessions } from './device-sessions.ts';
 import { CONDITION, type AmqpErrorInfo } from './errors.ts';
 import { safe } from './link-context.ts';
 import { LinkTable } from './link-table.ts';
+import { RELAY_CAPABILITY } from './relay-link.ts';
 import { boundDispositions, stopRheaTimers } from './rhea-guards.ts';
 import { ExternalMechanism, PassThroughMechanism, PlainMechanism, checkPlain } from './sasl.ts';
 import type { ClientConnection, HeadShared, LinkContext, LinkHandler, Transport } from './types.ts';
@@ -80,6 +81,8 @@ export class AmqpConnection implements ClientConnection {
       receiver_options: { credit_window: 0, autoaccept: false },
       sender_options: { autosettle: true },
       properties: { product: 'strata' },
+      // Children that know it send their telemetry on one relay link (relay-link.ts).
+      offered_capabilities: [RELAY_CAPABILITY],
     } as never);
     this.wire();
     boundDispositions(this.rc);

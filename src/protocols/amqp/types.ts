@@ -16,7 +16,7 @@ import type { AmqpErrorInfo } from './errors.ts';
 /** The part of the engine the AMQP head uses. */
 export type AmqpEngine = Pick<
   Engine,
-  'authenticate' | 'connect' | 'sendC2D' | 'pendingFeedback' | 'acknowledgeFeedback'
+  'authenticate' | 'connect' | 'sendC2D' | 'pendingFeedback' | 'acknowledgeFeedback' | 'sendTelemetryItems'
 >;
 
 export type Transport = 'amqp' | 'amqp-ws';
