@@ -206,8 +206,10 @@ export class MessageStore {
   }
 
   /**
-   * Marks entries delivered. Resolves once the deletion is committed; from then on they are never
-   * handed out again, also after a restart. Entries already gone (expired meanwhile) are ignored.
+   * Marks entries delivered. Resolves once the deletion is committed: from then on they are never
+   * handed out again, and after a restart neither once a later sync covered it (an append's); a
+   * crash before that hands them out again, which the parent recognises by their origin.
+   * Entries already gone (expired meanwhile) are ignored.
    */
   checkpoint(endpoint: string, entries: readonly QueuedMessage[]): Promise<void> {
     if (this.commit.closed) return Promise.reject(new Error('message store is closed'));
@@ -218,7 +220,7 @@ export class MessageStore {
         return Promise.reject(new TypeError(`entry ${e.seq} belongs to ${e.endpoint}, not ${endpoint}`));
     }
     for (const e of entries) this.commit.queueDelete(ep, e.priority, e.seq, 'checkpoint');
-    return new Promise<void>((resolve, reject) => this.commit.waitForCommit({ resolve, reject }));
+    return new Promise<void>((resolve, reject) => this.commit.waitForCommit({ resolve, reject }, false));
   }
 
   /** True when a child gateway's message at this origin is stored already (a resend). */
