@@ -166,9 +166,13 @@ interface Result {
   p99_after_2s_ms?: number;
   worst_ms_by_second?: string;
   max_ms: number;
+  /** CPU per message of each process (the anchor: its brokers together, over the whole client run). */
+  cpu_us_per_msg?: Record<string, number>;
 }
 
-async function runStrata(mqtt: any): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
+async function runStrata(
+  mqtt: any,
+): Promise<Result & { cpu_us_per_msg: Record<string, number>; cpu_us_per_msg_after_2s: Record<string, number> }> {
   const profiled = (name: string) =>
     args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile, name)}`] : undefined;
   const hub = await startHubProcess({ nodeArgs: profiled('hub') });
@@ -254,7 +258,7 @@ async function measure(
   hub: HubProcess,
   layers: EdgeSetup[],
   gws: GatewayProcess[],
-): Promise<Result & { cpu_us_per_msg: Record<string, number> }> {
+): Promise<Result & { cpu_us_per_msg: Record<string, number>; cpu_us_per_msg_after_2s: Record<string, number> }> {
   const edge = layers[layers.length - 1]!;
   const address = edge.address;
   const { ids, key } = await createLeavesBulk(edge, 'bench-leaf-', PUBS);
@@ -305,6 +309,12 @@ async function measure(
   const cpu0 = procs.map(([, pid]) => cpuMsOf(pid));
   const own0 = process.cpuUsage();
   t0 = Date.now();
+  // CPU from the steady-state mark on, as for the latency: the first seconds also pay for JIT
+  // compiling and the links every layer opens for the leaves that just connected.
+  let cpuSteady0: number[] | undefined;
+  const steadyMark = setTimeout(() => {
+    cpuSteady0 = procs.map(([, pid]) => cpuMsOf(pid));
+  }, STEADY_AFTER_S * 1000);
   await Promise.all(
     pubs.map(async (c: any, i: number) => {
       const per = Math.floor(MSGS / PUBS) + (i < MSGS % PUBS ? 1 : 0);
@@ -335,8 +345,10 @@ async function measure(
   );
   await Promise.race([all, timeout]);
   const t1 = Date.now();
+  clearTimeout(steadyMark);
+  const cpuEnd = procs.map(([, pid]) => cpuMsOf(pid));
   const cpu_us_per_msg: Record<string, number> = {};
-  procs.forEach(([name, pid], i) => (cpu_us_per_msg[name] = Math.round(((cpuMsOf(pid) - cpu0[i]!) * 1000) / MSGS)));
+  procs.forEach(([name], i) => (cpu_us_per_msg[name] = Math.round(((cpuEnd[i]! - cpu0[i]!) * 1000) / MSGS)));
   const own = process.cpuUsage(own0);
   cpu_us_per_msg.bench_clients = Math.round((own.user + own.system) / MSGS);
   const worstBySecond = bySecond.map((xs) => (xs ? xs.reduce((a, b) => Math.max(a, b)) : NaN));
@@ -355,6 +367,12 @@ async function measure(
     .slice(STEADY_AFTER_S)
     .flat()
     .sort((a, b) => a - b);
+  const cpu_us_per_msg_after_2s: Record<string, number> = {};
+  if (cpuSteady0 && steady.length > 0)
+    procs.forEach(
+      ([name], i) =>
+        (cpu_us_per_msg_after_2s[name] = Math.round(((cpuEnd[i]! - cpuSteady0![i]!) * 1000) / steady.length)),
+    );
   return {
     msgs: MSGS,
     pubs: PUBS,
@@ -370,6 +388,7 @@ async function measure(
     worst_ms_by_second: worstBySecond.join(' '),
     max_ms: lat[lat.length - 1] ?? NaN,
     cpu_us_per_msg,
+    cpu_us_per_msg_after_2s,
   };
 }
 
@@ -421,6 +440,8 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
   );
   try {
     execFileSync('bash', [chain, dir, String(LAYERS), String(base)], { stdio: 'ignore' });
+    const brokersCpuMs = () => brokerPids().reduce((sum, pid) => sum + cpuMsOf(pid), 0);
+    const brokersCpu0 = brokersCpuMs();
     const out = await new Promise<string>((resolveOut, reject) => {
       const p = (benchProc = spawn(
         process.execPath,
@@ -450,8 +471,11 @@ async function runAnchor(depsDir: string): Promise<Result | { error: string }> {
       p.on('close', () => resolveOut(text));
     });
     const line = out.trim().split('\n').pop() ?? '';
+    // The brokers' CPU over the whole client run (their connections included), for comparison.
+    const brokersUs = (brokersCpuMs() - brokersCpu0) * 1000;
     try {
-      return JSON.parse(line) as Result;
+      const r = JSON.parse(line) as Result;
+      return { ...r, cpu_us_per_msg: { brokers: Math.round(brokersUs / MSGS) } };
     } catch {
       return { error: `chain-bench: ${line}` };
     }
@@ -515,10 +539,12 @@ if (RUNS > 1) {
       runs: RUNS,
       strata_msgs_per_s_median: median(rounds.map((r) => r.strata.msgs_per_s)),
       strata_p99_ms_median: median(rounds.map((r) => r.strata.p99_ms)),
+      strata_p99_after_2s_ms_median: median(rounds.map((r) => r.strata.p99_after_2s_ms ?? NaN)),
       ...(paired.length > 0
         ? {
             anchor_msgs_per_s_median: median(paired.map((r) => r.anchor.msgs_per_s)),
             anchor_p99_ms_median: median(paired.map((r) => r.anchor.p99_ms)),
+            ratio_p99_median: Number(median(paired.map((r) => r.strata.p99_ms / r.anchor.p99_ms)).toFixed(2)),
             ratio_msgs_per_s_median: Number(
               median(paired.map((r) => r.strata.msgs_per_s / r.anchor.msgs_per_s)).toFixed(2),
             ),

@@ -26,6 +26,9 @@ import {
 import { StoreFullError } from './store-full-error.ts';
 import type { AppendEntry } from './types.ts';
 
+/** How long checkpoints alone wait for a commit (they ride along with an append's before that). */
+const LAZY_COMMIT_MS = 20;
+
 /** Deletions per commit while the disk is under the reserve (see flush). */
 const FULL_DISK_DELETE_CHUNK = 128;
 
@@ -69,6 +72,10 @@ export class GroupCommit {
   /** Answered once the next commit is written (not necessarily on disk). */
   private writtenWaiters: Waiter[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
+  /** The timer was set for checkpoints only (LAZY_COMMIT_MS). */
+  private flushTimerLazy = false;
+  /** performance.now() of the last commit. */
+  private lastFlushAt = -Infinity;
   private flushImmediate: NodeJS.Immediate | undefined;
   private lastFullLog = 0;
 
@@ -151,21 +158,32 @@ export class GroupCommit {
   waitForCommit(w: Waiter, durable = true): void {
     if (durable) this.deleteWaiters.push(w);
     else this.writtenWaiters.push(w);
-    this.scheduleFlush(false);
+    this.scheduleFlush(false, !durable);
   }
 
-  scheduleFlush(now: boolean): void {
-    if (this.closed) return;
-    if (now || this.p.commitWindowMs <= 0) {
+  /**
+   * Commits soon. Right after this turn of the event loop when no commit ran within the window
+   * (a lone message waits for no timer, and the loop wakes once less); else once the window
+   * since the last commit has passed, so a busy store commits at most once a window. `lazy`
+   * (checkpoints only) waits longer: nothing waits on it, and it rides along with the next
+   * append's commit when one comes.
+   */
+  scheduleFlush(now: boolean, lazy = false): void {
+    if (this.closed || this.flushImmediate) return;
+    const window = this.p.commitWindowMs;
+    const sinceLast = performance.now() - this.lastFlushAt;
+    if (now || window <= 0 || (!lazy && sinceLast >= window)) {
       if (this.flushTimer) {
         clearTimeout(this.flushTimer);
         this.flushTimer = undefined;
       }
-      if (!this.flushImmediate) this.flushImmediate = setImmediate(() => this.flush());
+      this.flushImmediate = setImmediate(() => this.flush());
       return;
     }
-    if (!this.flushTimer && !this.flushImmediate)
-      this.flushTimer = setTimeout(() => this.flush(), this.p.commitWindowMs);
+    if (this.flushTimer && (lazy || !this.flushTimerLazy)) return;
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimerLazy = lazy;
+    this.flushTimer = setTimeout(() => this.flush(), lazy ? Math.max(window, LAZY_COMMIT_MS) : window - sinceLast);
   }
 
   /** Commits what is pending; no commit after this. */
@@ -182,6 +200,7 @@ export class GroupCommit {
     this.flushTimer = undefined;
     this.flushImmediate = undefined;
     if (this.closed) return;
+    this.lastFlushAt = performance.now();
     const { db, stmt: s, counts, headroom, origins: originMarks, passing, resends, gc } = this.p;
     const appends = this.appends;
     let deletes = this.deletes;
