@@ -324,20 +324,26 @@ test("one sender's messages go as IoT Hub batches; a batch holding an oversized 
   );
 });
 
-test('batches name their origin: what is sent again after a restart is stored once, what is new is stored', async () => {
-  // A second link of the same gateway, as after a restart, with its store's id.
+/** A second link of edge-1 naming a store id, as a gateway's link does: the one that uses the relay. */
+async function storeLink(originId: string): Promise<AmqpParentLink> {
   const named = new AmqpParentLink({
     parentHost: hub.hostname,
     trustPem: hub.caPem,
     hubHostName: hub.hostname,
     edgeDeviceId: 'edge-1',
     edgeKey,
-    originId: 'store-under-test',
+    originId,
   });
   closers.push(() => named.close());
   const up = new Promise<void>((resolve) => named.once('up', () => resolve()));
   await named.start();
   await up;
+  return named;
+}
+
+test('batches name their origin: what is sent again after a restart is stored once, what is new is stored', async () => {
+  // A second link of the same gateway, as after a restart, with its store's id.
+  const named = await storeLink('store-under-test');
   const endpoint = named.telemetryEndpoint() as ReturnType<AmqpParentLink['telemetryEndpoint']>;
   const entry = (seq: number) => ({
     seq,
@@ -420,23 +426,6 @@ async function eventsTagged(deviceId: string, prefix: string): Promise<Array<{ s
     .map((e) =>
       e.moduleId === undefined ? { seq: e.properties.seq! } : { seq: e.properties.seq!, moduleId: e.moduleId },
     );
-}
-
-/** A second link of edge-1 naming a store id, as a gateway's link does: the one that uses the relay. */
-async function storeLink(originId: string): Promise<AmqpParentLink> {
-  const named = new AmqpParentLink({
-    parentHost: hub.hostname,
-    trustPem: hub.caPem,
-    hubHostName: hub.hostname,
-    edgeDeviceId: 'edge-1',
-    edgeKey,
-    originId,
-  });
-  closers.push(() => named.close());
-  const up = new Promise<void>((resolve) => named.once('up', () => resolve()));
-  await named.start();
-  await up;
-  return named;
 }
 
 test('a batch of many senders goes on the relay link, each message under its sender, in order', async () => {
