@@ -1,3 +1,4 @@
+import './rhea-links.ts';
 import { createRequire } from 'node:module';
 
 /**
