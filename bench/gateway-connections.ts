@@ -11,8 +11,8 @@
  * the gateway gets MaxConnectedClients a little above N, so a refusal is a bug, not the limit. A
  * small preload in the gateway answers SIGUSR2 with its memory after two full GCs
  * (connections-common.ts). The clients share the machine with the gateway, so the storm times
- * are an upper bound. Prints one JSON line; with several rounds, per-connection figures are
- * medians.
+ * are an upper bound; the gateway's CPU time per connection is not stretched by other load.
+ * Prints one JSON line; with several rounds, per-connection figures are medians.
  */
 import { randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import { createLeavesBulk, metricValue, setupEdge, startGatewayProcess } from '../test/helpers/edge.ts';
 import { startHubProcess } from '../test/helpers/hub.ts';
 import { chainAddresses } from '../test/helpers/nested.ts';
+import { cpuMsOf } from './common.ts';
 import { PROBE, idleDevice, medians, memoryOf, mib, perConnection, round, sleep } from './connections-common.ts';
 
 const { values: args } = parseArgs({
@@ -52,6 +53,8 @@ interface Round {
   connected: number;
   stormMs: number[];
   connectAllMs: number;
+  /** The gateway's CPU time (user + system) over the storms, per connection: unlike the storm times, not stretched by other load on the machine. */
+  gatewayCpuMsPerConnection: number;
   failures: Record<string, number>;
   connectedClientsMetric?: number;
   gatewayBaseline: ReturnType<typeof mib>;
@@ -93,6 +96,7 @@ async function oneRound(dir: string, probe: string, index: number): Promise<Roun
       const base = await memoryOf(gw.proc, memFile);
       const stormMs: number[] = [];
       const failures: Record<string, number> = {};
+      const cpuBefore = cpuMsOf(gw.proc.pid!);
       const began = performance.now();
       for (let from = 0; from < N; from += STORM) {
         const t0 = performance.now();
@@ -109,6 +113,7 @@ async function oneRound(dir: string, probe: string, index: number): Promise<Roun
         }
       }
       const connectAllMs = Math.round(performance.now() - began);
+      const gatewayCpuMsPerConnection = round((cpuMsOf(gw.proc.pid!) - cpuBefore) / Math.max(1, N));
       const withIdle = await memoryOf(gw.proc, memFile);
       const connectedClientsMetric = metricValue(await gw.metrics(), 'edgehub_connected_clients');
       return {
@@ -116,6 +121,7 @@ async function oneRound(dir: string, probe: string, index: number): Promise<Roun
         connected: sockets.length,
         stormMs,
         connectAllMs,
+        gatewayCpuMsPerConnection,
         failures,
         connectedClientsMetric,
         gatewayBaseline: mib(base),
@@ -141,7 +147,7 @@ async function main(): Promise<void> {
       const out = await oneRound(dir, probe, r);
       rounds.push(out);
       process.stderr.write(
-        `round ${r + 1}/${ROUNDS}: ${out.connected}/${N} connected in ${out.connectAllMs} ms (storms of ${STORM}: ${out.stormMs.join(', ')} ms), ${out.perIdleConnection.rssKiB} KiB RSS per idle connection\n`,
+        `round ${r + 1}/${ROUNDS}: ${out.connected}/${N} connected in ${out.connectAllMs} ms (storms of ${STORM}: ${out.stormMs.join(', ')} ms), ${out.perIdleConnection.rssKiB} KiB RSS per idle connection, ${out.gatewayCpuMsPerConnection} ms of gateway CPU per connection\n`,
       );
     }
     const sorted = rounds.map((r) => r.connectAllMs).sort((a, b) => a - b);
@@ -155,6 +161,7 @@ async function main(): Promise<void> {
         perIdleConnection: medians(rounds.map((r) => r.perIdleConnection)),
         connectAllMsMedian: sorted[Math.floor((sorted.length - 1) / 2)],
         perConnectionConnectMs: round((sorted[Math.floor((sorted.length - 1) / 2)] ?? 0) / N),
+        gatewayCpuMsPerConnection: medians(rounds.map((r) => ({ v: r.gatewayCpuMsPerConnection }))).v,
         refusedOrFailed: rounds.reduce((n, r) => n + Object.values(r.failures).reduce((a, b) => a + b, 0), 0),
         eachRound: rounds,
       })}\n`,

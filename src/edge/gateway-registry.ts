@@ -25,7 +25,7 @@ import type { TwinCache } from './twin-cache.ts';
  * parent are relayed to the connected device, desired properties kept in step by DesiredSync
  * (nothing missed while a subscription travels up). Connection state is local.
  *
- * An identity's upstream channel is opened when it connects (or first reads its twin) and
+ * An identity's upstream channel is opened when it first subscribes or calls its twin and
  * closed when it disconnects; upstream links for pushes are attached only while the device
  * subscribes to them, so nothing the parent sends waits at a gateway with no listener.
  */
@@ -172,7 +172,8 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     e.connected = connected;
     this.o.upstream.identityPresent?.(id, connected);
     if (connected) {
-      this.ensureChannel(e);
+      // Opened when a subscription or a twin call needs it: an idle device holds no upstream proxy.
+      if (e.wanted.size > 0) this.ensureChannel(e);
       return;
     }
     e.wanted.clear();

@@ -53,6 +53,9 @@ export class AmqpConnection {
   private nextCbsId = 1;
   private readonly outLinks = new Set<OutLink>();
   private readonly onEnd: Array<(why: string) => void> = [];
+  /** Attaches under way, failed when the connection goes (raceLost). */
+  private readonly attachWaiters = new Set<(why: string) => void>();
+  private lostWhy = '';
 
   private constructor(
     private readonly socket: Duplex,
@@ -232,8 +235,27 @@ export class AmqpConnection {
     return link;
   }
 
+  /**
+   * `p`, or a failure when the connection goes first. The waiter is dropped once `p` settles: a
+   * reaction on `lost` would stay until the connection ends, one per attach ever made on it.
+   */
   private raceLost<T>(p: Promise<T>): Promise<T> {
-    return Promise.race([p, this.lost.then((why) => Promise.reject(new UpstreamDownError(why)))]);
+    return new Promise<T>((resolve, reject) => {
+      // Deferred as before, so an attach that settled as the connection went keeps its own outcome.
+      const onLost = (why: string) => queueMicrotask(() => reject(new UpstreamDownError(why)));
+      if (this.ended) onLost(this.lostWhy);
+      else this.attachWaiters.add(onLost);
+      p.then(
+        (value) => {
+          this.attachWaiters.delete(onLost);
+          resolve(value);
+        },
+        (err: unknown) => {
+          this.attachWaiters.delete(onLost);
+          reject(err);
+        },
+      );
+    });
   }
 
   /** Closes politely (AMQP close), then cuts the socket if the parent does not answer. */
@@ -282,7 +304,10 @@ export class AmqpConnection {
     // When the end comes from inside rhea's input handling (a close frame), rhea arms its idle
     // timer once more on the way out.
     setImmediate(stopTimers);
+    this.lostWhy = why;
     this.markLost(why);
+    for (const w of this.attachWaiters) w(why);
+    this.attachWaiters.clear();
     for (const fn of this.onEnd.splice(0)) {
       try {
         fn(why);

@@ -1,20 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import rhea, { type Message as AmqpMessage } from 'rhea';
 import type { C2DOutcome } from '../model/c2d.ts';
-import { identityKey, type IdentityRef } from '../model/identity.ts';
+import { identityKey } from '../model/identity.ts';
 import type { Message } from '../model/message.ts';
 import type { MethodRequest } from '../model/methods.ts';
 import type { TwinCollection, TwinProperties } from '../model/twin.ts';
 import { BATCH_FORMAT, type BatchOrigin } from '../protocols/amqp/batch.ts';
 import { bodyBytes, idToAmqp, idToString } from '../protocols/amqp/message.ts';
 import { sendInBatches } from './amqp-batches.ts';
-import {
-  AmqpIdentityLinks,
-  detachAll,
-  type AmqpProxyOwner,
-  type TwinAnswer,
-  type TwinLinks,
-} from './amqp-identity-links.ts';
+import { AmqpIdentityLinks, detachAll, type TwinAnswer, type TwinLinks } from './amqp-identity-links.ts';
 import { Backoff } from './backoff.ts';
 import { UpstreamDownError, UpstreamError, twinRefusal, type SendOutcome } from './errors.ts';
 import type { UpstreamC2DDelivery, UpstreamIdentity } from './parent-link.ts';
@@ -30,13 +24,14 @@ import type { TelemetrySender } from './telemetry-endpoint.ts';
 export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIdentity, TelemetrySender {
   private readonly desiredLiveCbs: Array<() => void> = [];
   private rearmTimer?: NodeJS.Timeout;
-  private readonly rearmBackoff = new Backoff(1000, 30_000);
-  private readonly unsubscribeUp: () => void;
+  private backoff?: Backoff;
+  /** Set once a callback is registered: a proxy that only sends telemetry has nothing to attach again. */
+  private unsubscribeUp?: () => void;
   private lastArm: Promise<void> = Promise.resolve();
 
-  constructor(owner: AmqpProxyOwner, identity: IdentityRef, authChain: string) {
-    super(owner, identity, authChain);
-    this.unsubscribeUp = owner.onUp(() => this.rearm());
+  private get rearmBackoff(): Backoff {
+    this.backoff ??= new Backoff(1000, 30_000);
+    return this.backoff;
   }
 
   // ---- telemetry (used by the telemetry endpoint) ----
@@ -288,7 +283,9 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
   }
 
   private armSoon(): void {
-    if (this.isClosed || !this.owner.current()) return;
+    if (this.isClosed) return;
+    this.unsubscribeUp ??= this.owner.onUp(() => this.rearm());
+    if (!this.owner.current()) return;
     this.rearm();
   }
 
@@ -333,7 +330,7 @@ export class AmqpIdentityProxy extends AmqpIdentityLinks implements UpstreamIden
   async close(): Promise<void> {
     if (this.isClosed) return;
     this.isClosed = true;
-    this.unsubscribeUp();
+    this.unsubscribeUp?.();
     if (this.rearmTimer) clearTimeout(this.rearmTimer);
     const per = this.per;
     this.per = undefined;

@@ -44,7 +44,11 @@ export function whenAttached<T extends AnyLink>(
           /* already gone */
         }
         reject(err);
-      } else resolve(link);
+      } else {
+        // Once rhea's session has stored the parent's attach too (it does so after this event).
+        queueMicrotask(() => releaseAttachFrames(link));
+        resolve(link);
+      }
     };
     const refused = () => {
       const e = linkError(link);
@@ -79,6 +83,41 @@ export function whenAttached<T extends AnyLink>(
     link.on(`${role}_close`, onClose);
     link.on(`${role}_error`, onClose);
   });
+}
+
+/** The fields of an attach that rhea reads again once a link is open (its role and settle modes); the rest can go. */
+interface AttachKept {
+  role?: boolean;
+  snd_settle_mode?: number;
+  rcv_settle_mode?: number;
+  max_message_size?: unknown;
+}
+
+/**
+ * Lets go of the attach frames rhea keeps for an open link (both sides' performatives with their
+ * termini and properties, and the options they were made from): several KB per link, and a
+ * gateway keeps a telemetry link per connected leaf. rhea reads only the role and settle modes
+ * again (and sends the attach again only on its own reconnect, which this connection never
+ * uses); `max_message_size` stays readable.
+ */
+export function releaseAttachFrames(link: AnyLink): void {
+  const l = link as unknown as {
+    local: { attach: AttachKept };
+    remote: { attach?: AttachKept };
+    options: Record<string, unknown>;
+  };
+  const local = l.local.attach;
+  l.local.attach = { role: local.role, snd_settle_mode: local.snd_settle_mode, rcv_settle_mode: local.rcv_settle_mode };
+  const remote = l.remote.attach;
+  if (remote)
+    l.remote.attach = {
+      role: remote.role,
+      snd_settle_mode: remote.snd_settle_mode,
+      rcv_settle_mode: remote.rcv_settle_mode,
+      max_message_size: remote.max_message_size,
+    };
+  const { target: _t, source: _s, properties: _p, name: _n, ...options } = l.options;
+  l.options = options;
 }
 
 interface Queued {

@@ -78,3 +78,40 @@ test('a fault of the gateway itself is an internal error, not "the parent is unr
   assert.equal(lost.code, 'unavailable');
   assert.match(lost.message, /unreachable/);
 });
+
+test('a device that only connected holds no upstream channel; a subscription or a twin call opens one', async () => {
+  const scope = Object.assign(new EventEmitter(), { authChainOf: () => 'leaf;edge', edgeDeviceId: 'edge' });
+  const twins = { get: () => undefined, put: () => undefined, mergeReported: () => undefined, forget: () => undefined };
+  const opened: string[] = [];
+  const closed: string[] = [];
+  const upstream = {
+    connected: true,
+    openIdentity: (id: { deviceId: string }) => {
+      opened.push(id.deviceId);
+      return {
+        onMethod: () => undefined,
+        twinPatchReported: async () => ({ version: 2 }),
+        close: async () => void closed.push(id.deviceId),
+      };
+    },
+  };
+  const registry = new GatewayRegistry({ scope, twins, upstream } as never);
+  try {
+    for (const id of ['quiet', 'subscriber', 'reporter']) registry.setConnectionState(id, undefined, true);
+    assert.deepEqual(opened, [], 'connecting alone opens nothing upstream');
+    registry.subscriptionChanged({ deviceId: 'subscriber' }, 'methods', true);
+    assert.deepEqual(opened, ['subscriber']);
+    await registry.updateReported('reporter', undefined, { a: 1 });
+    assert.deepEqual(opened, ['subscriber', 'reporter']);
+    // Subscribed before its connection was known: opened as it connects.
+    registry.subscriptionChanged({ deviceId: 'early' }, 'methods', true);
+    assert.deepEqual(opened, ['subscriber', 'reporter']);
+    registry.setConnectionState('early', undefined, true);
+    assert.deepEqual(opened, ['subscriber', 'reporter', 'early']);
+    for (const id of ['quiet', 'subscriber', 'reporter', 'early']) registry.setConnectionState(id, undefined, false);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(closed.sort(), ['early', 'reporter', 'subscriber']);
+  } finally {
+    await registry.close();
+  }
+});
