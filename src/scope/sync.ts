@@ -393,25 +393,34 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
           res.on('data', (chunk: string) => {
             touch();
             buffer += chunk;
-            let cut: number;
-            while ((cut = buffer.indexOf('\n\n')) >= 0) {
-              const block = buffer.slice(0, cut);
-              buffer = buffer.slice(cut + 2);
-              const event = parseSseBlock(block);
-              if (!event) continue;
-              try {
-                this.handle(event, position.epoch, outcome);
-              } catch (err) {
-                this.log.error({ err: (err as Error).message }, 'a scope feed event could not be applied; resyncing');
-                outcome.resync = true;
-                outcome.reason = (err as Error).message;
-                req.destroy();
-                return;
+            // The events of one read go into one transaction; what one of them breaks ends the
+            // stream with a resync, which fetches everything again.
+            let failed: Error | undefined;
+            const applied = this.o.cache.batch(() => {
+              let cut: number;
+              while ((cut = buffer.indexOf('\n\n')) >= 0) {
+                const block = buffer.slice(0, cut);
+                buffer = buffer.slice(cut + 2);
+                const event = parseSseBlock(block);
+                if (!event) continue;
+                try {
+                  this.handle(event, position.epoch, outcome);
+                } catch (err) {
+                  failed = err as Error;
+                  return false;
+                }
+                if (outcome.resync) return false;
               }
-              if (outcome.resync) {
-                req.destroy();
-                return;
-              }
+              return true;
+            });
+            if (failed) {
+              this.log.error({ err: failed.message }, 'a scope feed event could not be applied; resyncing');
+              outcome.resync = true;
+              outcome.reason = failed.message;
+            }
+            if (!applied) {
+              req.destroy();
+              return;
             }
             if (buffer.length > MAX_BODY) req.destroy(new ScopeSyncError('a scope feed event is too large'));
           });

@@ -479,3 +479,33 @@ test('the cache: events from changes, not from repeats; one edge device per file
   cache.upsertDevice({ ...b1, deviceId: 'nobody' });
   assert.equal(cache.has('nobody'), true, 'a miss is forgotten by the next write too');
 });
+
+test('the cache: a batch of feed changes is one transaction, its events fired once it committed', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'strata-scope-batch-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const cache = ScopeCache.open(join(dir, 'scope.db'), { edgeDeviceId: 'E1' });
+  t.after(() => cache.close());
+  const events: string[] = [];
+  cache.on('identity', (d, m, kind) => events.push(`${kind} ${identityKey(d, m)}`));
+  const src = new MemorySource().put('E1', { edge: true }).put('a', { parent: 'E1' }).put('b', { parent: 'E1' });
+  src.put('c', { parent: 'E1' });
+  const leaf = (id: string): ScopeDevice => src.devices.get(id)!;
+  cache.batch(() => {
+    cache.upsertDevice(leaf('a'), { epoch: 'e', sequence: 1 });
+    cache.upsertDevice(leaf('b'), { epoch: 'e', sequence: 2 });
+    assert.deepEqual(events, [], 'nothing said before the commit');
+  });
+  assert.deepEqual(events, ['created a', 'created b']);
+  assert.deepEqual(cache.position(), { epoch: 'e', sequence: 2 });
+  // A change that fails undoes the whole batch: nothing stored, nothing said.
+  events.length = 0;
+  assert.throws(() =>
+    cache.batch(() => {
+      cache.upsertDevice(leaf('c'), { epoch: 'e', sequence: 3 });
+      cache.upsertDevice({ deviceId: 'bad' } as ScopeDevice);
+    }),
+  );
+  assert.deepEqual(events, []);
+  assert.equal(cache.has('c'), false);
+  assert.deepEqual(cache.position(), { epoch: 'e', sequence: 2 });
+});
