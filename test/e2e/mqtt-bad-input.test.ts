@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import mqtt from 'mqtt-packet';
 import {
   countEvents,
   createSasDevice,
@@ -209,6 +210,40 @@ test('a PUBLISH written a byte at a time, and several in one write, are stored a
   const events = await eventsOf(hub, 'chunks', 4);
   assert.equal(events.length, 4);
   await bystanderStillServed();
+});
+
+test('PUBLISHes pipelined behind CONNECT, one cut across the CONNACK, are all stored and acknowledged', async (t) => {
+  // The connection reads with mqtt-packet until connected and hands over once nothing is half read.
+  const { key } = createSasDevice(hub, 'pipelined');
+  const c = await rawSocket(t, hub);
+  const topic = Buffer.from('devices/pipelined/messages/events/');
+  const second = publishRaw(topic, 2, Buffer.from('two'));
+  c.writeRaw(
+    Buffer.concat([
+      mqtt.generate({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clean: true,
+        clientId: 'pipelined',
+        keepalive: 60,
+        username: `${hub.address}/pipelined/?api-version=2021-04-12`,
+        password: Buffer.from(deviceToken(hub, 'pipelined', key)),
+      }),
+      publishRaw(topic, 1, Buffer.from('one')),
+      second.subarray(0, 10),
+    ]),
+  );
+  assert.equal((await c.next('connack')).returnCode, 0);
+  c.writeRaw(Buffer.concat([second.subarray(10), publishRaw(topic, 3, Buffer.from('three'))]));
+  for (const id of [1, 2, 3]) await c.next('puback', 5000, (p) => p.messageId === id);
+  c.writeRaw(publishRaw(topic, 4, Buffer.from('four')));
+  await c.next('puback', 5000, (p) => p.messageId === 4);
+  const events = await eventsOf(hub, 'pipelined', 4);
+  assert.deepEqual(
+    events.map((e) => Buffer.from(e.message.body).toString()),
+    ['one', 'two', 'three', 'four'],
+  );
 });
 
 test('an unknown topic closes the connection', async (t) => {
