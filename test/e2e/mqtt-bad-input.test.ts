@@ -5,10 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import mqtt from 'mqtt-packet';
 import {
   countEvents,
   createSasDevice,
   deviceToken,
+  eventsOf,
   rawConnect,
   rawSocket,
   startTestHub,
@@ -154,6 +156,94 @@ test("publishing on another device's topic disconnects and stores nothing", asyn
   assert.equal(await within(m.closed, 2000), true);
   assert.equal(await countEvents(hub, 'impostor-2'), 0);
   await bystanderStillServed();
+});
+
+/** A QoS 1 PUBLISH with its topic given as raw bytes, which mqtt-packet's generator would not write. */
+function publishRaw(topic: Buffer, messageId: number, payload: Buffer): Buffer {
+  const length = 2 + topic.length + 2 + payload.length;
+  return Buffer.concat([
+    Buffer.from([0x32, length, topic.length >> 8, topic.length & 255]),
+    topic,
+    Buffer.from([messageId >> 8, messageId & 255]),
+    payload,
+  ]);
+}
+
+test('a topic name 3.1.1 forbids (not UTF-8, a wildcard, U+0000) or packet id 0 closes the connection; nothing is stored', async (t) => {
+  const base = 'devices/forbidden/messages/events/';
+  const cases: Array<[string, Buffer]> = [
+    ['not UTF-8', publishRaw(Buffer.concat([Buffer.from(base), Buffer.from([0x6b, 0x3d, 0xff])]), 1, Buffer.from('x'))],
+    ['wildcard', publishRaw(Buffer.from(`${base}k=a+b`), 1, Buffer.from('x'))],
+    ['U+0000', publishRaw(Buffer.from(`${base}k=\u0000`), 1, Buffer.from('x'))],
+    ['packet id 0', publishRaw(Buffer.from(base), 0, Buffer.from('x'))],
+  ];
+  const { key } = createSasDevice(hub, 'forbidden');
+  for (const [name, bytes] of cases) {
+    const c = await rawConnect(t, hub, { clientId: 'forbidden', password: deviceToken(hub, 'forbidden', key) });
+    assert.equal(c.connack.returnCode, 0);
+    c.writeRaw(bytes);
+    assert.equal(await within(c.closed, 2000), true, name);
+    assert.equal(
+      c.packets.some((p) => p.cmd === 'puback'),
+      false,
+      name,
+    );
+  }
+  assert.equal(await countEvents(hub, 'forbidden'), 0);
+  await bystanderStillServed();
+});
+
+test('a PUBLISH written a byte at a time, and several in one write, are stored and acknowledged', async (t) => {
+  const c = await connected(t, 'chunks');
+  const one = publishRaw(Buffer.from('devices/chunks/messages/events/k=%C3%A9'), 1, Buffer.from('{"n":1}'));
+  for (const b of one) {
+    c.writeRaw(Buffer.from([b]));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.equal((await c.next('puback', 5000, (p) => p.messageId === 1)).messageId, 1);
+  c.writeRaw(
+    Buffer.concat(
+      [2, 3, 4].map((id) => publishRaw(Buffer.from('devices/chunks/messages/events/'), id, Buffer.from('x'))),
+    ),
+  );
+  for (const id of [2, 3, 4]) await c.next('puback', 5000, (p) => p.messageId === id);
+  const events = await eventsOf(hub, 'chunks', 4);
+  assert.equal(events.length, 4);
+  await bystanderStillServed();
+});
+
+test('PUBLISHes pipelined behind CONNECT, one cut across the CONNACK, are all stored and acknowledged', async (t) => {
+  // The connection reads with mqtt-packet until connected and hands over once nothing is half read.
+  const { key } = createSasDevice(hub, 'pipelined');
+  const c = await rawSocket(t, hub);
+  const topic = Buffer.from('devices/pipelined/messages/events/');
+  const second = publishRaw(topic, 2, Buffer.from('two'));
+  c.writeRaw(
+    Buffer.concat([
+      mqtt.generate({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clean: true,
+        clientId: 'pipelined',
+        keepalive: 60,
+        username: `${hub.address}/pipelined/?api-version=2021-04-12`,
+        password: Buffer.from(deviceToken(hub, 'pipelined', key)),
+      }),
+      publishRaw(topic, 1, Buffer.from('one')),
+      second.subarray(0, 10),
+    ]),
+  );
+  assert.equal((await c.next('connack')).returnCode, 0);
+  c.writeRaw(Buffer.concat([second.subarray(10), publishRaw(topic, 3, Buffer.from('three'))]));
+  for (const id of [1, 2, 3]) await c.next('puback', 5000, (p) => p.messageId === id);
+  c.writeRaw(publishRaw(topic, 4, Buffer.from('four')));
+  await c.next('puback', 5000, (p) => p.messageId === 4);
+  const events = await eventsOf(hub, 'pipelined', 4);
+  assert.deepEqual(
+    events.map((e) => Buffer.from(e.message.body).toString()),
+    ['one', 'two', 'three', 'four'],
+  );
 });
 
 test('an unknown topic closes the connection', async (t) => {

@@ -9,6 +9,7 @@ import { childLog, refusals, sourceAddress } from '../../util/log.ts';
 import type { OnBehalfOfSource } from '../../identity/on-behalf-of.ts';
 import type { PreAuthTicket } from '../pre-auth.ts';
 import { handle, onConnect } from './handlers/index.ts';
+import { PacketReader, type PacketSink, type ReadPacket } from './packet-reader.ts';
 import { CONNACK, type ClientConnection, type InternalPacket, type State } from './types.ts';
 
 const log = childLog('mqtt');
@@ -51,13 +52,16 @@ type Owned = { [OWNER]: MqttConnection };
 
 /**
  * One MQTT 3.1.1 connection of a device or module, over TLS or a WebSocket: frames with
- * mqtt-packet, holds the connection's state and hands each packet to its handler (handlers/);
+ * mqtt-packet until connected, then with a PacketReader (the packets of every message without
+ * mqtt-packet's copies), holds the connection's state and hands each packet to its handler (handlers/);
  * engine pushes leave as PUBLISHes (session-handler.ts).
  * Every refusal closes only this connection and logs one line saying why.
  */
-export class MqttConnection implements ClientConnection {
+export class MqttConnection implements ClientConnection, PacketSink {
   state: State = 'awaiting-connect';
   private readonly parser = mqtt.parser({ protocolVersion: 4 });
+  /** Reads the stream once connected (made then): PUBLISH, PUBACK and PINGREQ without mqtt-packet. */
+  private reader?: PacketReader;
   session?: Session;
   identity?: IdentityRef;
   private backlog: InternalPacket[] = [];
@@ -134,6 +138,11 @@ export class MqttConnection implements ClientConnection {
     if (this.state === 'closed') return;
     this.lastReceived = Date.now();
     try {
+      if (this.reader !== undefined || (this.state === 'connected' && parserIdle(this.parser))) {
+        this.reader ??= new PacketReader(this, this.maxPacketBytes);
+        this.reader.feed(chunk);
+        return;
+      }
       this.parser.parse(chunk);
     } catch (err) {
       // A bug in handling one client's packet must cost that connection only, never the process.
@@ -149,6 +158,21 @@ export class MqttConnection implements ClientConnection {
     if ((this.state as State) !== 'closed' && pending && pending.length > this.maxPacketBytes) {
       this.protocolError(`packet of ${pending.length} bytes exceeds the limit of ${this.maxPacketBytes}`);
     }
+  }
+
+  /** @internal The reader's packets (PacketSink). */
+  packet(p: ReadPacket): void {
+    this.onPacket(p as unknown as InternalPacket);
+  }
+
+  /** @internal The reader's frames of other types, whole: mqtt-packet parses them at once. */
+  frame(bytes: Buffer): void {
+    this.parser.parse(bytes);
+  }
+
+  /** @internal */
+  tooLarge(length: number): void {
+    this.protocolError(`packet of ${length} bytes exceeds the limit of ${this.maxPacketBytes}`);
   }
 
   /** @internal */
@@ -359,6 +383,12 @@ export class MqttConnection implements ClientConnection {
   close(): void {
     this.teardown('shutdown');
   }
+}
+
+/** Nothing of a packet is buffered in mqtt-packet's parser: the reader can take the stream over. */
+function parserIdle(parser: unknown): boolean {
+  const p = parser as { _list: { length: number }; _stateCounter: number };
+  return p._list.length === 0 && p._stateCounter === 0;
 }
 
 function onParserPacket(this: Owned, p: unknown): void {
