@@ -169,11 +169,10 @@ function publishRaw(topic: Buffer, messageId: number, payload: Buffer): Buffer {
   ]);
 }
 
-test('a topic name 3.1.1 forbids (not UTF-8, a wildcard, U+0000) or packet id 0 closes the connection; nothing is stored', async (t) => {
+test('a topic name 3.1.1 forbids (not UTF-8, U+0000) or packet id 0 closes the connection; nothing is stored', async (t) => {
   const base = 'devices/forbidden/messages/events/';
   const cases: Array<[string, Buffer]> = [
     ['not UTF-8', publishRaw(Buffer.concat([Buffer.from(base), Buffer.from([0x6b, 0x3d, 0xff])]), 1, Buffer.from('x'))],
-    ['wildcard', publishRaw(Buffer.from(`${base}k=a+b`), 1, Buffer.from('x'))],
     ['U+0000', publishRaw(Buffer.from(`${base}k=\u0000`), 1, Buffer.from('x'))],
     ['packet id 0', publishRaw(Buffer.from(base), 0, Buffer.from('x'))],
   ];
@@ -207,8 +206,12 @@ test('a PUBLISH written a byte at a time, and several in one write, are stored a
     ),
   );
   for (const id of [2, 3, 4]) await c.next('puback', 5000, (p) => p.messageId === id);
-  const events = await eventsOf(hub, 'chunks', 4);
-  assert.equal(events.length, 4);
+  // A `+` in a property bag (3.1.1 calls it a wildcard) is taken as before, read as a space.
+  c.writeRaw(publishRaw(Buffer.from('devices/chunks/messages/events/k=a+b'), 5, Buffer.from('x')));
+  await c.next('puback', 5000, (p) => p.messageId === 5);
+  const events = await eventsOf(hub, 'chunks', 5);
+  assert.equal(events.length, 5);
+  assert.equal(events[4]!.message.properties.k, 'a b');
   await bystanderStillServed();
 });
 

@@ -238,22 +238,22 @@ export class PacketReader {
 }
 
 /**
- * A PUBLISH topic name as 3.1.1 allows it: at least one character, well-formed UTF-8 (no
- * surrogates, no overlong forms), no U+0000 and no wildcard. Anything else is a reason to close.
+ * A PUBLISH topic name: at least one character, well-formed UTF-8 (no surrogates, no overlong
+ * forms), no U+0000; anything else is a reason to close. 3.1.1 also forbids the wildcards, but
+ * they are let through as before: a property bag's `+` is read as a space (topics.ts), and some
+ * device libraries write a space that way.
  */
 export function topicName(buf: Buffer, start: number, end: number): string | { why: string } {
   if (start === end) return { why: 'empty topic name in PUBLISH' };
   // One native scan of the bytes as Latin-1 finds every byte that needs a second look.
   let topic = buf.toString('latin1', start, end);
   if (!NOT_PLAIN.test(topic)) return topic;
-  if (WILDCARD.test(topic)) return { why: 'wildcard in the topic name of a PUBLISH' };
   if (topic.includes('\u0000')) return { why: 'U+0000 in the topic name of a PUBLISH' };
   if (!isUtf8(buf.subarray(start, end))) return { why: 'topic name of a PUBLISH is not well-formed UTF-8' };
   topic = buf.toString('utf8', start, end);
   return topic;
 }
 
-/** Bytes a plain ASCII topic name has none of: U+0000, the wildcards, anything over 0x7F. */
+/** Bytes a plain ASCII topic name has none of: U+0000, anything over 0x7F. */
 // biome-ignore lint/suspicious/noControlCharactersInRegex: U+0000 is what 3.1.1 forbids in a topic name
-const NOT_PLAIN = /[\u0000#+\u0080-\u00ff]/;
-const WILDCARD = /[#+]/;
+const NOT_PLAIN = /[\u0000\u0080-\u00ff]/;
