@@ -26,8 +26,8 @@ import type { LinkContext, LinkHandler, LinkRoute } from './types.ts';
  * message is taken only for a sender the connection holds a live claim for, the one a CBS
  * put-token on behalf of it gave (on-behalf-of.ts checked then that the sender is in the
  * gateway's scope). A batch naming any other sender is refused whole with
- * amqp:unauthorized-access; the child then sends its messages one at a time, so only that
- * sender's are refused.
+ * amqp:unauthorized-access; the child then puts its tokens again before the next try, and drops
+ * the messages of a sender the parent refuses for good.
  */
 
 export const RELAY_CAPABILITY = 'com.strata:relay';
