@@ -396,23 +396,25 @@ export class ScopeSync extends EventEmitter<ScopeSyncEvents> {
             // The events of one read go into one transaction; what one of them breaks ends the
             // stream with a resync, which fetches everything again.
             let failed: Error | undefined;
-            const applied = this.o.cache.batch(() => {
-              let cut: number;
-              while ((cut = buffer.indexOf('\n\n')) >= 0) {
-                const block = buffer.slice(0, cut);
-                buffer = buffer.slice(cut + 2);
-                const event = parseSseBlock(block);
-                if (!event) continue;
-                try {
+            let applied = false;
+            try {
+              applied = this.o.cache.batch(() => {
+                let cut: number;
+                while ((cut = buffer.indexOf('\n\n')) >= 0) {
+                  const block = buffer.slice(0, cut);
+                  buffer = buffer.slice(cut + 2);
+                  const event = parseSseBlock(block);
+                  if (!event) continue;
+                  // An event that cannot be applied undoes the whole read (the resync fetches it all again).
                   this.handle(event, position.epoch, outcome);
-                } catch (err) {
-                  failed = err as Error;
-                  return false;
+                  if (outcome.resync) return false;
                 }
-                if (outcome.resync) return false;
-              }
-              return true;
-            });
+                return true;
+              });
+            } catch (err) {
+              // Nothing of this read was applied (a bad event, or the commit failed on a full disk).
+              failed = err as Error;
+            }
             if (failed) {
               this.log.error({ err: failed.message }, 'a scope feed event could not be applied; resyncing');
               outcome.resync = true;
