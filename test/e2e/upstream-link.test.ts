@@ -519,6 +519,17 @@ test('the hub takes a relay batch only for senders the connection acts for', asy
   const bad = await named.direct.sendRelay([{ deviceId: 'leaf-b' }], unnamed);
   assert.equal(!bad.ok && bad.condition, 'amqp:decode-error');
   assert.match(!bad.ok ? bad.description : '', /names 1 senders for 2 messages/);
+  // Bytes that are no batch at all: refused as unreadable, and the link still takes the next batch.
+  const garbage = await named.direct.sendRelay([{ deviceId: 'leaf-b' }], Buffer.from('not an AMQP batch'));
+  assert.equal(!garbage.ok && garbage.condition, 'amqp:decode-error');
+  assert.match(!garbage.ok ? garbage.description : '', /unreadable relay batch/);
+  const after = encodeBatchOf([telemetry('after-garbage-1')], {
+    stream: 'raw',
+    prev: 1,
+    seqs: [2],
+    senders: ['leaf-b'],
+  });
+  assert.deepEqual(await named.direct.sendRelay([{ deviceId: 'leaf-b' }], after), { ok: true });
 });
 
 test('the hub checks the auth chain of each link', async () => {
