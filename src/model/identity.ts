@@ -68,6 +68,15 @@ export function identityKey(a: IdentityRef | string, moduleId?: string): string 
   return mod === undefined || mod === '' ? deviceId : `${deviceId}/${mod}`;
 }
 
+/** The identity an identity key names, or undefined when it names none (read off the wire, so checked). */
+export function identityOfKey(key: string): IdentityRef | undefined {
+  const slash = key.indexOf('/');
+  const deviceId = slash < 0 ? key : key.slice(0, slash);
+  const moduleId = slash < 0 ? undefined : key.slice(slash + 1);
+  if (deviceId === '' || moduleId === '' || moduleId?.includes('/') || key.length > 257) return undefined;
+  return moduleId === undefined ? { deviceId } : { deviceId, moduleId };
+}
+
 /** `device d` or `module d/m`, as errors and logs name an identity. */
 export function describeIdentity(id: IdentityRef): string {
   return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;

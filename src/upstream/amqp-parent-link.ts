@@ -47,6 +47,7 @@ import { EDGE_HUB } from '../identity/device-id.ts';
 import { AmqpConnection } from './amqp-connection.ts';
 import type { AmqpProxyOwner } from './amqp-identity-links.ts';
 import { AmqpIdentityProxy } from './amqp-identity-proxy.ts';
+import { PresenceAnnouncer } from './amqp-presence.ts';
 import { TargetAuthorizations } from './amqp-target-auth.ts';
 import { type SendOutcome, UpstreamDownError } from './errors.ts';
 import {
@@ -102,6 +103,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private relay?: { pc: AmqpConnection; link: Promise<OutLink> };
   private renewTimer?: NodeJS.Timeout;
   private readonly owner: AmqpProxyOwner;
+  /** Who is connected below, told to a Strata parent on its presence link. */
+  private readonly presence: PresenceAnnouncer;
 
   constructor(readonly o: AmqpParentLinkOptions) {
     super(o, o.transport ?? 'amqp');
@@ -123,6 +126,13 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
       forgetAuthorization: (pc, identity) => this.targets.forget(pc, identity),
       onUp: (listener) => this.addUpListener(listener),
     };
+    this.presence = new PresenceAnnouncer({
+      edgeDeviceId: this.edgeDeviceId,
+      log: this.log,
+      authorize: (pc, identity) => this.targets.authorize(pc, identity),
+      forgetAuthorization: (pc, identity) => this.targets.forget(pc, identity),
+      authChainOf: (identity) => this.authChainFor(identity),
+    });
   }
 
   get connected(): boolean {
@@ -275,7 +285,8 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   }
 
   prepareTelemetry(identity: IdentityRef): void {
-    if (!this.connected) return;
+    // A parent that takes presence shows the identity connected without its link (identityPresent).
+    if (!this.connected || PresenceAnnouncer.usable(this.pc)) return;
     const key = identityKey(identity);
     if (this.preparing.has(key)) return;
     this.preparing.add(key);
@@ -301,13 +312,16 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   }
 
   /**
-   * A downstream identity connected to this gateway, or left it. The parent counts an identity
-   * connected while its links are attached, so the telemetry links of one that left are closed
-   * (checked every few seconds, once no send of its stored messages is under way); a backlog
-   * sent later opens them again for as long as it takes.
+   * A downstream identity connected to this gateway, or left it. A Strata parent is told so on
+   * the presence link. Otherwise the parent counts an identity connected while its links are
+   * attached, so the telemetry links of one that left are closed (checked every few seconds,
+   * once no send of its stored messages is under way); a backlog sent later opens them again for
+   * as long as it takes.
    */
   identityPresent(identity: IdentityRef, present: boolean): void {
     const key = identityKey(identity);
+    // The gateway's own modules are not announced, as their links are not attached ahead either.
+    if (identity.deviceId !== this.edgeDeviceId) this.presence.set(identity, present);
     if (present) {
       this.gone.delete(key);
       return;
@@ -484,11 +498,13 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private up(pc: AmqpConnection): void {
     this.pc = pc;
     this.scheduleRenewal(pc);
+    this.presence.connected(pc);
     this.announceUp();
   }
 
   private down(pc: AmqpConnection, why: string): void {
     if (this.pc === pc) this.pc = undefined;
+    this.presence.disconnected(pc);
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.announceDown(why);
   }

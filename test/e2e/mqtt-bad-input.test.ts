@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import mqtt from 'mqtt-packet';
 import {
+  connectPacket,
   countEvents,
   createSasDevice,
   deviceToken,
@@ -223,16 +224,7 @@ test('PUBLISHes pipelined behind CONNECT, one cut across the CONNACK, are all st
   const second = publishRaw(topic, 2, Buffer.from('two'));
   c.writeRaw(
     Buffer.concat([
-      mqtt.generate({
-        cmd: 'connect',
-        protocolId: 'MQTT',
-        protocolVersion: 4,
-        clean: true,
-        clientId: 'pipelined',
-        keepalive: 60,
-        username: `${hub.address}/pipelined/?api-version=2021-04-12`,
-        password: Buffer.from(deviceToken(hub, 'pipelined', key)),
-      }),
+      mqtt.generate(connectPacket(hub, { clientId: 'pipelined', password: deviceToken(hub, 'pipelined', key) })),
       publishRaw(topic, 1, Buffer.from('one')),
       second.subarray(0, 10),
     ]),

@@ -144,21 +144,17 @@ export interface RawClient {
   end(): void;
 }
 
-export async function rawConnect(
-  t: { after(fn: () => unknown): void },
-  hub: TestHub,
-  o: {
-    clientId: string;
-    password?: string;
-    clean?: boolean;
-    keepalive?: number;
-    cert?: string;
-    key?: string;
-    username?: string;
-  },
-): Promise<RawClient & { connack: any }> {
-  const c = await rawSocket(t, hub, { cert: o.cert, key: o.key });
-  c.send({
+interface ConnectFields {
+  clientId: string;
+  password?: string;
+  clean?: boolean;
+  keepalive?: number;
+  username?: string;
+}
+
+/** A 3.1.1 CONNECT as a device SDK sends it to `hub` (user name `{host}/{clientId}/?api-version=...`). */
+export function connectPacket(hub: { address: string }, o: ConnectFields): mqttPacket.IConnectPacket {
+  return {
     cmd: 'connect',
     protocolId: 'MQTT',
     protocolVersion: 4,
@@ -167,7 +163,16 @@ export async function rawConnect(
     keepalive: o.keepalive ?? 60,
     username: o.username ?? `${hub.address}/${o.clientId}/?api-version=2021-04-12`,
     ...(o.password !== undefined ? { password: Buffer.from(o.password) } : {}),
-  });
+  };
+}
+
+export async function rawConnect(
+  t: { after(fn: () => unknown): void },
+  hub: TestHub,
+  o: ConnectFields & { cert?: string; key?: string },
+): Promise<RawClient & { connack: any }> {
+  const c = await rawSocket(t, hub, { cert: o.cert, key: o.key });
+  c.send(connectPacket(hub, o) as unknown as Record<string, unknown>);
   const connack = await c.next('connack');
   return Object.assign(c, { connack });
 }

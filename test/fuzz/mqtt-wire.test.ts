@@ -10,6 +10,7 @@ import { after, before, test } from 'node:test';
 import fc from 'fast-check';
 import mqttPacket from 'mqtt-packet';
 import {
+  connectPacket,
   createSasDevice,
   deviceToken,
   rawConnect,
@@ -41,17 +42,8 @@ after(async () => {
 
 const CLOSE_WITHIN_MS = 10_000;
 
-function connectPacket(): Buffer {
-  return mqttPacket.generate({
-    cmd: 'connect',
-    protocolId: 'MQTT',
-    protocolVersion: 4,
-    clean: true,
-    clientId: 'fuzzer',
-    keepalive: 60,
-    username: `${hub.address}/fuzzer/?api-version=2021-04-12`,
-    password: Buffer.from(deviceToken(hub, 'fuzzer', fuzzKey)),
-  });
+function fuzzerConnect(): Buffer {
+  return mqttPacket.generate(connectPacket(hub, { clientId: 'fuzzer', password: deviceToken(hub, 'fuzzer', fuzzKey) }));
 }
 
 const hostileJson = fc.oneof(
@@ -180,13 +172,13 @@ const mutate = (bytes: fc.Arbitrary<Buffer>) =>
 
 const session = fc.oneof(
   { weight: 2, arbitrary: fc.uint8Array({ maxLength: 512 }).map((b) => [Buffer.from(b)]) },
-  { weight: 2, arbitrary: mutate(fc.constant(null).map(() => connectPacket())).map((b) => [b]) },
+  { weight: 2, arbitrary: mutate(fc.constant(null).map(() => fuzzerConnect())).map((b) => [b]) },
   {
     weight: 5,
     arbitrary: fc
       .tuple(fc.array(afterConnect, { maxLength: 8 }), fc.boolean(), fc.uint8Array({ maxLength: 64 }))
       .map(([packets, garbageTail, tail]) => [
-        connectPacket(),
+        fuzzerConnect(),
         // Twin answers go only to a client subscribed to them.
         encode({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$iothub/twin/res/#', qos: 0 }] }),
         ...packets.map(encode),
@@ -203,7 +195,7 @@ const session = fc.oneof(
     arbitrary: fc
       .array(twinRequest, { minLength: 1, maxLength: 4 })
       .map((packets) => [
-        connectPacket(),
+        fuzzerConnect(),
         encode({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$iothub/twin/res/#', qos: 0 }] }),
         ...packets.map(encode),
       ]),

@@ -1,5 +1,5 @@
 import rhea, { type Message as AmqpMessage } from 'rhea';
-import type { IdentityRef } from '../../model/identity.ts';
+import { identityOfKey, type IdentityRef } from '../../model/identity.ts';
 import type { Message } from '../../model/message.ts';
 import { AmqpWriter, encodeDataSections, SECTION, SYM32, textBound } from './encode-message.ts';
 
@@ -151,12 +151,8 @@ export function readRelaySenders(
   for (const key of keys) {
     let id = known.get(key);
     if (!id) {
-      const slash = key.indexOf('/');
-      const deviceId = slash < 0 ? key : key.slice(0, slash);
-      const moduleId = slash < 0 ? undefined : key.slice(slash + 1);
-      if (deviceId === '' || moduleId === '' || moduleId?.includes('/') || key.length > 257)
-        return { problem: `${RELAY_SENDERS} names "${key.slice(0, 60)}", which is not a device or module id` };
-      id = moduleId === undefined ? { deviceId } : { deviceId, moduleId };
+      id = identityOfKey(key);
+      if (!id) return { problem: `${RELAY_SENDERS} names "${key.slice(0, 60)}", which is not a device or module id` };
       known.set(key, id);
     }
     senders.push(id);

@@ -10,6 +10,7 @@ import { DeviceSessions } from './device-sessions.ts';
 import { CONDITION, type AmqpErrorInfo } from './errors.ts';
 import { safe } from './link-context.ts';
 import { LinkTable } from './link-table.ts';
+import { PRESENCE_CAPABILITY } from './presence-link.ts';
 import { RELAY_CAPABILITY } from './relay-link.ts';
 import { boundDispositions, stopRheaTimers } from './rhea-guards.ts';
 import { ExternalMechanism, PassThroughMechanism, PlainMechanism, checkPlain } from './sasl.ts';
@@ -81,8 +82,9 @@ export class AmqpConnection implements ClientConnection {
       receiver_options: { credit_window: 0, autoaccept: false },
       sender_options: { autosettle: true },
       properties: { product: 'strata' },
-      // Children that know it send their telemetry on one relay link (relay-link.ts).
-      offered_capabilities: [RELAY_CAPABILITY],
+      // Children that know them send their telemetry on one relay link (relay-link.ts) and
+      // their identities' presence on another (presence-link.ts).
+      offered_capabilities: [RELAY_CAPABILITY, PRESENCE_CAPABILITY],
     } as never);
     this.wire();
     boundDispositions(this.rc);

@@ -9,6 +9,7 @@ import { clientCertificateOf } from '../http/client-cert.ts';
 import { cbsRoutes } from './cbs.ts';
 import { AmqpConnection, type HeadShared, type Transport } from './connection.ts';
 import { deviceRoutes } from './device-links.ts';
+import { presenceRoute } from './presence-link.ts';
 import { relayRoute } from './relay-link.ts';
 import { CONDITION } from './errors.ts';
 import type { LinkRoute } from './links.ts';
@@ -58,7 +59,7 @@ export interface TlsListenOptions {
  */
 export class AmqpHead {
   readonly connections = new Set<AmqpConnection>();
-  private readonly routes: LinkRoute[] = [...cbsRoutes, relayRoute, ...deviceRoutes, ...serviceRoutes];
+  private readonly routes: LinkRoute[] = [...cbsRoutes, relayRoute, presenceRoute, ...deviceRoutes, ...serviceRoutes];
   private readonly shared: HeadShared;
   private readonly servers: tls.Server[] = [];
   readonly log: Logger;

@@ -152,7 +152,16 @@ async function grant(
  * that rely on an on-behalf-of claim. Throws AmqpRefusal.
  */
 export function checkOnBehalfOfLink(ctx: LinkContext, identity: IdentityRef): void {
-  const conn = ctx.conn;
+  checkOnBehalfOf(
+    ctx.conn,
+    identity,
+    ctx.properties[AUTH_CHAIN_PROPERTY],
+    `the link carries no ${AUTH_CHAIN_PROPERTY} property`,
+  );
+}
+
+/** The same check for what names an identity and its auth chain other than a link (presence-link.ts). */
+export function checkOnBehalfOf(conn: ClientConnection, identity: IdentityRef, chain: unknown, missing: string): void {
   const claim = conn.claims.identity(identity);
   if (!claim) {
     const why = refusals.get(conn)?.get(identityKey(identity));
@@ -161,13 +170,7 @@ export function checkOnBehalfOfLink(ctx: LinkContext, identity: IdentityRef): vo
   }
   const obo = granted.get(claim);
   if (!obo) return;
-  const refusal = claimedChainRefusal(
-    sourceOf(conn),
-    ctx.properties[AUTH_CHAIN_PROPERTY],
-    obo.actorEdgeId,
-    identity,
-    `the link carries no ${AUTH_CHAIN_PROPERTY} property`,
-  );
+  const refusal = claimedChainRefusal(sourceOf(conn), chain, obo.actorEdgeId, identity, missing);
   if (refusal) throw new AmqpRefusal(CONDITION.unauthorized, refusal);
 }
 

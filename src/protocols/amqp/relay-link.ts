@@ -1,15 +1,12 @@
-import type { Receiver } from 'rhea';
 import type { TelemetryItem } from '../../engine/types.ts';
-import { EDGE_HUB } from '../../identity/device-id.ts';
 import { describeIdentity, identityKey, type IdentityRef } from '../../model/identity.ts';
 import type { ForwardedBatch } from '../../model/message.ts';
 import { refusals, sourceAddress, wireText } from '../../util/log.ts';
-import { addressPath } from './addresses.ts';
 import { BATCH_FORMAT, readOrigin, readRelaySenders } from './batch.ts';
 import { decodeBatch } from './decode-message.ts';
+import { gatewayLinkAddress, gatewayLinkRoute } from './gateway-link.ts';
 import { AmqpRefusal, amqpErrorOf, CONDITION } from './errors.ts';
-import { CreditWindow } from './links.ts';
-import type { LinkContext, LinkHandler, LinkRoute } from './types.ts';
+import type { LinkContext, LinkRoute } from './types.ts';
 
 /**
  * A child gateway's relay link: one link carrying the telemetry of every identity the gateway
@@ -32,22 +29,10 @@ import type { LinkContext, LinkHandler, LinkRoute } from './types.ts';
 
 export const RELAY_CAPABILITY = 'com.strata:relay';
 const RELAY_CREDIT = 100;
-const ADDRESS = /^\/devices\/([^/]+)\/modules\/\$edgehub\/relay$/i;
 
 /** The relay link's address for gateway `edgeDeviceId`. */
 export function relayAddress(edgeDeviceId: string): string {
-  return `/devices/${encodeURIComponent(edgeDeviceId)}/modules/${EDGE_HUB}/relay`;
-}
-
-function edgeOf(address: string): IdentityRef | undefined {
-  const m = ADDRESS.exec(addressPath(address));
-  if (!m) return undefined;
-  try {
-    const deviceId = decodeURIComponent(m[1]!);
-    return deviceId ? { deviceId, moduleId: EDGE_HUB } : undefined;
-  } catch {
-    return undefined;
-  }
+  return gatewayLinkAddress(edgeDeviceId, 'relay');
 }
 
 function refuse(ctx: LinkContext, edge: IdentityRef, condition: string, description: string): AmqpRefusal {
@@ -102,55 +87,37 @@ function itemsOf(
   return origin ? { items, batch: { payload, stream: origin.stream, relay: true } } : { items };
 }
 
-export const relayRoute: LinkRoute = {
-  name: 'relay',
-  role: 'receiver',
-  match: (_path, address) => edgeOf(address),
-  open(ctx, params) {
-    const edge = params as IdentityRef;
-    if (!ctx.conn.claims.identity(edge))
-      throw new AmqpRefusal(
-        CONDITION.unauthorized,
-        `the relay link of ${edge.deviceId} needs its ${EDGE_HUB} credential on this connection first`,
-      );
-    const receiver = ctx.link as Receiver;
-    const credit = new CreditWindow(receiver, RELAY_CREDIT);
-    credit.start();
-    const handler: LinkHandler = {
-      authorized: () => ctx.conn.claims.identity(edge) !== undefined,
-      message(msg, delivery) {
-        credit.took();
-        const settle = (err?: unknown) => {
-          if (err === undefined) delivery.accept();
-          else delivery.reject(amqpErrorOf(err) as never);
-          credit.done();
-        };
-        if ((delivery as { format?: number }).format !== BATCH_FORMAT) {
-          settle(refuse(ctx, edge, CONDITION.decode, 'the relay link carries batches (format 0x80013700) only'));
-          return;
-        }
-        let taken;
-        try {
-          taken = itemsOf(ctx, edge, msg as unknown as Buffer);
-        } catch (err) {
-          settle(err);
-          return;
-        }
-        ctx.conn.shared.engine.sendTelemetryItems(taken.items, taken.batch).then(
-          () => settle(),
-          (err) => {
-            const info = amqpErrorOf(err);
-            refusals.warn(
-              ctx.conn.log,
-              sourceAddress(ctx.conn.remote),
-              { who: describeIdentity(edge), condition: info.condition, reason: info.description },
-              'relay batch refused',
-            );
-            settle(err);
-          },
-        );
-      },
+export const relayRoute: LinkRoute = gatewayLinkRoute('relay', RELAY_CREDIT, (ctx, edge, credit) => ({
+  message(msg, delivery) {
+    credit.took();
+    const settle = (err?: unknown) => {
+      if (err === undefined) delivery.accept();
+      else delivery.reject(amqpErrorOf(err) as never);
+      credit.done();
     };
-    return handler;
+    if ((delivery as { format?: number }).format !== BATCH_FORMAT) {
+      settle(refuse(ctx, edge, CONDITION.decode, 'the relay link carries batches (format 0x80013700) only'));
+      return;
+    }
+    let taken;
+    try {
+      taken = itemsOf(ctx, edge, msg as unknown as Buffer);
+    } catch (err) {
+      settle(err);
+      return;
+    }
+    ctx.conn.shared.engine.sendTelemetryItems(taken.items, taken.batch).then(
+      () => settle(),
+      (err) => {
+        const info = amqpErrorOf(err);
+        refusals.warn(
+          ctx.conn.log,
+          sourceAddress(ctx.conn.remote),
+          { who: describeIdentity(edge), condition: info.condition, reason: info.description },
+          'relay batch refused',
+        );
+        settle(err);
+      },
+    );
   },
-};
+}));

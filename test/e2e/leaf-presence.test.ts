@@ -1,9 +1,8 @@
 /**
- * A gateway attaches a leaf's telemetry link at its parent when the leaf connects, not when its
- * first message is forwarded: the first messages of many leaves then do not queue behind a
- * hundred attaches (issue 20's open-loop tail). The hub shows it as the leaf's connection
- * state: a leaf that has only connected through the gateway, sent nothing and subscribed to
- * nothing is Connected at the hub.
+ * A leaf that connected through a gateway is Connected at the hub as long as it stays, whether
+ * or not it sends anything: the gateway announces it on its presence link when it connects
+ * (presence-link.ts), which also puts its CBS authorization off its first message's path
+ * (issue 20's open-loop tail), and withdraws it when it leaves.
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -24,11 +23,15 @@ after(async () => {
   for (const fn of cleanups.reverse()) await fn();
 });
 
-test('a leaf that only connected through the gateway has its link at the hub open: it is Connected there', async (t) => {
+test('a leaf that only connected through the gateway is Connected at the hub, and Disconnected once it leaves', async (t) => {
   const leaf = await edge.createLeaf('quiet-leaf');
   assert.equal((await edge.svc.getDevice(leaf.deviceId)).connectionState, 'Disconnected');
-  await openSdkLeaf(t, leaf.connectionString, Mqtt, edge.rootPem);
+  const client = await openSdkLeaf(t, leaf.connectionString, Mqtt, edge.rootPem);
   await eventually('the leaf Connected at the hub', async () =>
     (await edge.svc.getDevice(leaf.deviceId)).connectionState === 'Connected' ? true : undefined,
+  );
+  await client.close();
+  await eventually('the leaf Disconnected at the hub', async () =>
+    (await edge.svc.getDevice(leaf.deviceId)).connectionState === 'Disconnected' ? true : undefined,
   );
 });
