@@ -20,6 +20,8 @@ import type { OutLink } from './amqp-links.ts';
 const CONCURRENCY = 8;
 /** How long after the parent detached the presence link it is attached again. */
 const REATTACH_MS = 1000;
+/** How long an identity that left is still shown present, in case it comes straight back. */
+const ABSENT_AFTER_MS = 1000;
 
 export interface PresenceOptions {
   edgeDeviceId: string;
@@ -63,8 +65,12 @@ export class PresenceAnnouncer {
       return;
     }
     if (!this.present.delete(key)) return;
-    const c = this.current;
-    if (c?.link && c.announced.delete(key)) void this.withdraw(c, c.link, identity);
+    // A device that reconnects at once (a new session replacing its old one) must not flap at the parent.
+    setTimeout(() => {
+      const c = this.current;
+      if (this.present.has(key) || !c?.link || !c.announced.delete(key)) return;
+      void this.withdraw(c, c.link, identity);
+    }, ABSENT_AFTER_MS).unref();
   }
 
   /** The link to the parent is up on `pc`: announce everyone present there (when it takes presence). */

@@ -204,6 +204,20 @@ test("a gateway's link shows its leaves Connected without a link each, and again
   await until('the module Disconnected', async () => (await stateOf('leaf-p3', 'sensor')) === 'Disconnected');
   assert.equal(await stateOf('leaf-p2'), 'Connected', 'leaf-p2 is still below');
 
+  // A leaf that is back within a moment (a reconnect, a new session replacing its old one) does not flap at the hub.
+  const disconnects = () =>
+    hub
+      .output()
+      .split('\n')
+      .filter((l) => /"identity":"device leaf-p2".*"msg":"disconnected"/.test(l)).length;
+  const before = disconnects();
+  link.identityPresent({ deviceId: 'leaf-p2' }, false);
+  await new Promise((r) => setTimeout(r, 200));
+  link.identityPresent({ deviceId: 'leaf-p2' }, true);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(disconnects(), before, 'no session of leaf-p2 ended at the hub');
+  assert.equal(await stateOf('leaf-p2'), 'Connected');
+
   // The hub goes away and comes back: the link reconnects and tells it again who is below.
   svc.close();
   await hub.kill9();
