@@ -59,7 +59,8 @@ type Owned = { [OWNER]: MqttConnection };
  */
 export class MqttConnection implements ClientConnection, PacketSink {
   state: State = 'awaiting-connect';
-  private readonly parser = mqtt.parser({ protocolVersion: 4 });
+  /** Reads the stream until the reader takes it over; dropped then (with its emitter, about 1 KB a connection). */
+  private parser?: mqtt.Parser;
   /** Reads the stream once connected (made then): PUBLISH, PUBACK and PINGREQ without mqtt-packet. */
   private reader?: PacketReader;
   session?: Session;
@@ -97,15 +98,7 @@ export class MqttConnection implements ClientConnection, PacketSink {
     this.protocol = opts.protocol;
     if (opts.onBehalfOf) this.onBehalfOfSource = opts.onBehalfOf;
     this.maxPacketBytes = opts.maxPacketBytes ?? 512 * 1024;
-    // The parser keeps its bytes in a BufferListStream, a whole Duplex stream per connection; it
-    // only ever appends, reads and consumes, which the plain list does for a fraction of the memory.
-    const parser = this.parser as unknown as { _list: unknown; _states: readonly string[] } & Owned;
-    parser._list = new BufferList();
-    parser._states = PARSER_STATES;
-    // Listeners shared by all connections find theirs through the emitter: no closures per connection.
-    parser[OWNER] = this;
-    this.parser.on('packet', onParserPacket);
-    this.parser.on('error', onParserError);
+    this.parser = parserFor(this);
     (stream as unknown as Owned)[OWNER] = this;
     stream.on('data', onStreamData);
     stream.on('error', onStreamError);
@@ -139,11 +132,14 @@ export class MqttConnection implements ClientConnection, PacketSink {
     this.lastReceived = Date.now();
     try {
       if (this.reader !== undefined || (this.state === 'connected' && parserIdle(this.parser))) {
-        this.reader ??= new PacketReader(this, this.maxPacketBytes);
+        if (this.reader === undefined) {
+          this.reader = new PacketReader(this, this.maxPacketBytes);
+          this.parser = undefined;
+        }
         this.reader.feed(chunk);
         return;
       }
-      this.parser.parse(chunk);
+      this.parser!.parse(chunk);
     } catch (err) {
       // A bug in handling one client's packet must cost that connection only, never the process.
       log.error(
@@ -154,7 +150,7 @@ export class MqttConnection implements ClientConnection, PacketSink {
       return;
     }
     // The parser buffers until a packet is whole: refuse huge ones as soon as their length is known.
-    const pending = (this.parser as unknown as { packet: { length: number } }).packet;
+    const pending = (this.parser as unknown as { packet: { length: number } } | undefined)?.packet;
     if ((this.state as State) !== 'closed' && pending && pending.length > this.maxPacketBytes) {
       this.protocolError(`packet of ${pending.length} bytes exceeds the limit of ${this.maxPacketBytes}`);
     }
@@ -167,7 +163,8 @@ export class MqttConnection implements ClientConnection, PacketSink {
 
   /** @internal The reader's frames of other types, whole: mqtt-packet parses them at once. */
   frame(bytes: Buffer): void {
-    this.parser.parse(bytes);
+    // Rare once connected (SUBSCRIBE, DISCONNECT): a parser for the frame, gone with it.
+    parserFor(this, CONNECTED_PARSER_SETTINGS).parse(bytes);
   }
 
   /** @internal */
@@ -182,7 +179,7 @@ export class MqttConnection implements ClientConnection, PacketSink {
       if (p.cmd !== 'connect') return this.protocolError(`first packet is ${p.cmd.toUpperCase()}, not CONNECT`);
       this.state = 'authenticating';
       // Only 3.1.1 gets further (onConnect refuses the rest), so that is all the parser needs.
-      (this.parser as unknown as { settings: object }).settings = CONNECTED_PARSER_SETTINGS;
+      if (this.parser) (this.parser as unknown as { settings: object }).settings = CONNECTED_PARSER_SETTINGS;
       if (this.connectTimer) clearTimeout(this.connectTimer);
       this.connectTimer = undefined;
       void onConnect(this, p as unknown as mqtt.IConnectPacket);
@@ -228,6 +225,8 @@ export class MqttConnection implements ClientConnection, PacketSink {
       if (this.state !== 'connected') break;
       handle(this, q);
     }
+    // The packet reader takes the next bytes: an idle connection keeps no parser.
+    if (this.state === 'connected' && parserIdle(this.parser)) this.parser = undefined;
   }
 
   private armKeepAlive(): void {
@@ -385,10 +384,26 @@ export class MqttConnection implements ClientConnection, PacketSink {
   }
 }
 
+/** An mqtt-packet parser whose packets and errors go to `conn`. */
+function parserFor(conn: MqttConnection, settings?: object): mqtt.Parser {
+  const parser = mqtt.parser({ protocolVersion: 4 });
+  const p = parser as unknown as { _list: unknown; _states: readonly string[]; settings: object } & Owned;
+  // The parser keeps its bytes in a BufferListStream, a whole Duplex stream per connection; it
+  // only ever appends, reads and consumes, which the plain list does for a fraction of the memory.
+  p._list = new BufferList();
+  p._states = PARSER_STATES;
+  if (settings) p.settings = settings;
+  // Listeners shared by all connections find theirs through the emitter: no closures per connection.
+  p[OWNER] = conn;
+  parser.on('packet', onParserPacket);
+  parser.on('error', onParserError);
+  return parser;
+}
+
 /** Nothing of a packet is buffered in mqtt-packet's parser: the reader can take the stream over. */
 function parserIdle(parser: unknown): boolean {
-  const p = parser as { _list: { length: number }; _stateCounter: number };
-  return p._list.length === 0 && p._stateCounter === 0;
+  const p = parser as { _list: { length: number }; _stateCounter: number } | undefined;
+  return p === undefined || (p._list.length === 0 && p._stateCounter === 0);
 }
 
 function onParserPacket(this: Owned, p: unknown): void {
