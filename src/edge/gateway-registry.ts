@@ -55,14 +55,16 @@ export interface RelayHandlers {
 interface Entry {
   identity: IdentityRef;
   channel?: UpstreamIdentity;
-  /** Push kinds whose upstream callback is registered on `channel`. */
-  registered: Set<SubscriptionKind>;
-  /** Push kinds the device wants now. */
-  wanted: Set<SubscriptionKind>;
+  /** Push kinds whose upstream callback is registered on `channel` (bits of PUSH_BIT). */
+  registered: number;
+  /** Push kinds the device wants now (bits of PUSH_BIT). */
+  wanted: number;
   connected: boolean;
 }
 
-const PUSH_KINDS: ReadonlySet<SubscriptionKind> = new Set(['desired', 'methods', 'c2d']);
+/** The push kinds as bits: an entry per connected identity holds two numbers, not two Sets. */
+const PUSH_BIT: Partial<Record<SubscriptionKind, number>> = { desired: 1, methods: 2, c2d: 4 };
+const PUSH_KINDS = ['desired', 'methods', 'c2d'] as const;
 
 function describe(id: IdentityRef): string {
   return id.moduleId === undefined ? `device ${id.deviceId}` : `module ${id.deviceId}/${id.moduleId}`;
@@ -86,7 +88,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
       deliver: (id, patch) => this.relay?.desired(id, patch) ?? false,
       wanted: (id) => {
         const e = this.entries.get(identityKey(id));
-        return !!e && e.connected && e.wanted.has('desired');
+        return !!e && e.connected && (e.wanted & PUSH_BIT.desired!) !== 0;
       },
       log: this.log,
     });
@@ -173,10 +175,10 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     this.o.upstream.identityPresent?.(id, connected);
     if (connected) {
       // Opened when a subscription or a twin call needs it: an idle device holds no upstream proxy.
-      if (e.wanted.size > 0) this.ensureChannel(e);
+      if (e.wanted !== 0) this.ensureChannel(e);
       return;
     }
-    e.wanted.clear();
+    e.wanted = 0;
     this.desired.forget(id);
     this.entries.delete(identityKey(id));
     void this.closeChannel(e);
@@ -188,20 +190,21 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
 
   /** The engine's subscription hook: attach (or drop) the upstream link that feeds a push kind. */
   subscriptionChanged(identity: IdentityRef, kind: SubscriptionKind, subscribed: boolean): void {
-    if (!PUSH_KINDS.has(kind)) return;
+    const bit = PUSH_BIT[kind];
+    if (bit === undefined) return;
     const e = this.entry(identity);
     if (subscribed) {
-      e.wanted.add(kind);
+      e.wanted |= bit;
       if (e.connected) this.register(e, kind);
       return;
     }
-    e.wanted.delete(kind);
+    e.wanted &= ~bit;
     if (kind === 'desired') this.desired.forget(identity);
     // Upstream callbacks cannot be taken back one by one; a fresh channel carries only what is wanted.
-    if (e.registered.has(kind)) {
+    if ((e.registered & bit) !== 0) {
       const old = e.channel;
       e.channel = undefined;
-      e.registered.clear();
+      e.registered = 0;
       if (old) void old.close().catch(() => undefined);
       if (e.connected) this.ensureChannel(e);
     }
@@ -211,7 +214,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
     const k = identityKey(id);
     let e = this.entries.get(k);
     if (!e) {
-      e = { identity: id, registered: new Set(), wanted: new Set(), connected: false };
+      e = { identity: id, registered: 0, wanted: 0, connected: false };
       this.entries.set(k, e);
     }
     return e;
@@ -237,16 +240,17 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
   private ensureChannel(e: Entry): UpstreamIdentity {
     if (!e.channel) {
       e.channel = this.o.upstream.openIdentity({ ...e.identity, authChain: this.authChain(e.identity) });
-      e.registered.clear();
+      e.registered = 0;
     }
-    for (const kind of e.wanted) this.register(e, kind);
+    for (const kind of PUSH_KINDS) if ((e.wanted & PUSH_BIT[kind]!) !== 0) this.register(e, kind);
     return e.channel;
   }
 
   private register(e: Entry, kind: SubscriptionKind): void {
     const ch = e.channel ?? this.ensureChannel(e);
-    if (e.registered.has(kind)) return;
-    e.registered.add(kind);
+    const bit = PUSH_BIT[kind]!;
+    if ((e.registered & bit) !== 0) return;
+    e.registered |= bit;
     const id = e.identity;
     if (kind === 'desired') {
       const fetch = () => ch.twinGet();
@@ -287,7 +291,7 @@ export class GatewayRegistry extends EventEmitter implements EngineRegistry {
   private async closeChannel(e: Entry): Promise<void> {
     const ch = e.channel;
     e.channel = undefined;
-    e.registered.clear();
+    e.registered = 0;
     if (!ch) return;
     try {
       await ch.close();

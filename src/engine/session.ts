@@ -180,14 +180,15 @@ export class SessionImpl implements Session {
     }
     // Whole seconds (tokens expire on a second anyway): Node keeps one list per timer duration,
     // so sessions with tokens of the same lifetime share one instead of each costing a list.
-    this.expiryTimer = setTimeout(
-      () => {
-        if (this.auth.expiresAt !== undefined && this.auth.expiresAt <= Date.now())
-          this.end('token-expired', 'the credential of this connection expired');
-        else this.armExpiry();
-      },
-      Math.min(Math.ceil(wait / 1000) * 1000, MAX_TIMER_MS),
-    );
+    // One function for all sessions, the session as its argument: no closure kept per connection.
+    this.expiryTimer = setTimeout(expiryDue, Math.min(Math.ceil(wait / 1000) * 1000, MAX_TIMER_MS), this);
     this.expiryTimer.unref();
   }
+}
+
+function expiryDue(session: SessionImpl): void {
+  if (session.closed) return;
+  if (session.auth.expiresAt !== undefined && session.auth.expiresAt <= Date.now())
+    session.end('token-expired', 'the credential of this connection expired');
+  else session.armExpiry();
 }

@@ -1,15 +1,22 @@
-/** The JSON text IoT Hub stamps as `iothub-connection-auth-method`. */
-export function authMethodText(scope: 'device' | 'module' | 'hub', type: 'sas' | 'x509Certificate'): string {
-  return JSON.stringify({ scope, type, issuer: 'iothub', acceptingIpFilterRule: null });
-}
+type Scope = 'device' | 'module' | 'hub';
+type Type = 'sas' | 'x509Certificate';
 
 const SHORT_AUTH_METHODS = new Map<string, string>();
 const FULL_AUTH_METHODS = new Map<string, string>();
 for (const scope of ['device', 'module', 'hub'] as const) {
   for (const type of ['sas', 'x509Certificate'] as const) {
-    SHORT_AUTH_METHODS.set(authMethodText(scope, type), `${scope}.${type}`);
-    FULL_AUTH_METHODS.set(`${scope}.${type}`, authMethodText(scope, type));
+    const text = JSON.stringify({ scope, type, issuer: 'iothub', acceptingIpFilterRule: null });
+    SHORT_AUTH_METHODS.set(text, `${scope}.${type}`);
+    FULL_AUTH_METHODS.set(`${scope}.${type}`, text);
   }
+}
+
+/**
+ * The JSON text IoT Hub stamps as `iothub-connection-auth-method`: one shared string per form,
+ * so that each connected identity does not hold a copy of its own.
+ */
+export function authMethodText(scope: Scope, type: Type): string {
+  return FULL_AUTH_METHODS.get(`${scope}.${type}`)!;
 }
 
 /**
