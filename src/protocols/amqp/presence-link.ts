@@ -77,7 +77,7 @@ function logRefusal(ctx: LinkContext, edge: IdentityRef, fields: Record<string, 
   );
 }
 
-export const presenceRoute: LinkRoute = gatewayLinkRoute('presence', PRESENCE_CREDIT, (ctx, edge, credit) => {
+export const presenceRoute: LinkRoute = gatewayLinkRoute('presence', PRESENCE_CREDIT, (ctx, edge) => {
   // What each present identity holds: its session, as a link of it would.
   const held = new Map<string, { state: IdentityState; member: Member }>();
 
@@ -118,13 +118,7 @@ export const presenceRoute: LinkRoute = gatewayLinkRoute('presence', PRESENCE_CR
   };
 
   return {
-    message(msg, delivery) {
-      credit.took();
-      const settle = (err?: unknown) => {
-        if (err === undefined) delivery.accept();
-        else delivery.reject(amqpErrorOf(err) as never);
-        credit.done();
-      };
+    message(msg, _delivery, settle) {
       let change: PresenceChange;
       try {
         change = readPresence((msg as { message_annotations?: Record<string, unknown> }).message_annotations);

@@ -87,14 +87,8 @@ function itemsOf(
   return origin ? { items, batch: { payload, stream: origin.stream, relay: true } } : { items };
 }
 
-export const relayRoute: LinkRoute = gatewayLinkRoute('relay', RELAY_CREDIT, (ctx, edge, credit) => ({
-  message(msg, delivery) {
-    credit.took();
-    const settle = (err?: unknown) => {
-      if (err === undefined) delivery.accept();
-      else delivery.reject(amqpErrorOf(err) as never);
-      credit.done();
-    };
+export const relayRoute: LinkRoute = gatewayLinkRoute('relay', RELAY_CREDIT, (ctx, edge) => ({
+  message(msg, delivery, settle) {
     if ((delivery as { format?: number }).format !== BATCH_FORMAT) {
       settle(refuse(ctx, edge, CONDITION.decode, 'the relay link carries batches (format 0x80013700) only'));
       return;
