@@ -66,6 +66,7 @@ import { BATCH_FORMAT } from '../protocols/amqp/batch.ts';
 import { senderIdentity } from '../store/sender-message.ts';
 import type { SenderOptions } from 'rhea';
 import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
+import { took, tracing } from '../util/latency-trace.ts';
 
 /** What the AMQP link takes besides the common options (parent-link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
 export interface AmqpParentLinkOptions extends ParentLinkOptions {
@@ -191,8 +192,14 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private async sendRelayPayload(senders: readonly IdentityRef[], payload: Buffer): Promise<SendOutcome> {
     const pc = this.pc;
     if (!pc || pc.closed) throw new UpstreamDownError(`the link to the parent (${this.describeParent()}) is down`);
+    const t0 = tracing ? performance.now() : 0;
     await Promise.all(senders.map((sender) => this.targets.authorize(pc, sender)));
+    const t1 = tracing ? performance.now() : 0;
     const outcome = await (await this.relayLink(pc)).sendEncoded(payload, BATCH_FORMAT);
+    if (tracing) {
+      took('pass.auth', t1 - t0);
+      took('pass.send', performance.now() - t1);
+    }
     if (!outcome.ok && outcome.condition === CONDITION.unauthorized)
       for (const sender of senders) this.targets.forget(pc, sender);
     return outcome;
@@ -205,7 +212,9 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     return {
       authorize: (sender) => this.targets.authorize(pc, sender),
       forward: async (messages, origin) => {
+        const t0 = tracing ? performance.now() : 0;
         const outcomes = await sendInBatches(await this.relayLink(pc), messages, origin);
+        if (tracing) took('relay.send', performance.now() - t0);
         // The parent dropped a sender's claim (moved out of scope, disabled): put its token again
         // before the next try, which then drops what the parent refuses for good.
         if (outcomes.some((o) => !o.ok && o.condition === CONDITION.unauthorized))
@@ -218,6 +227,7 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   /** The relay link on `pc`, attached on first use. */
   private relayLink(pc: AmqpConnection): Promise<OutLink> {
     if (this.relay?.pc === pc) return this.relay.link;
+    const tAttach = tracing ? performance.now() : 0;
     const link = pc.openSender(
       {
         name: `relay-${randomUUID()}`,
@@ -234,6 +244,11 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
       if (this.relay === entry) this.relay = undefined;
     };
     link.then((l) => l.onGone(forget), forget);
+    if (tracing)
+      void link.then(
+        () => took('up.relayAttach', performance.now() - tAttach),
+        () => {},
+      );
     return link;
   }
 
