@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { warmUpAtStart, warmUpMessagePath } from '../../src/protocols/warm-up.ts';
 
 /** Timers, sockets, file handles and the like this process holds, by kind. */
@@ -26,13 +27,28 @@ test('the warm-up stops at its time budget', () => {
 });
 
 test('the warm-up leaves nothing behind: no file, socket, timer or other handle', async () => {
-  const before = { tmp: readdirSync(tmpdir()).sort(), cwd: readdirSync(process.cwd()).sort(), res: resources() };
-  warmUpMessagePath({ rounds: 5 });
-  // Anything it had scheduled would show once the loop turns.
-  await new Promise((r) => setImmediate(r));
-  assert.deepEqual(readdirSync(tmpdir()).sort(), before.tmp, 'no file in the temp directory');
-  assert.deepEqual(readdirSync(process.cwd()).sort(), before.cwd, 'no file in the working directory');
-  assert.deepEqual(resources(), before.res, 'no handle, socket or timer');
+  // Its own empty temp and working directories, so other processes' files do not count.
+  const root = mkdtempSync(join(tmpdir(), 'strata-warm-up-test-'));
+  const [tmp, cwd] = [join(root, 'tmp'), join(root, 'cwd')];
+  mkdirSync(tmp);
+  mkdirSync(cwd);
+  const was = { tmpdir: process.env.TMPDIR, cwd: process.cwd() };
+  const before = resources();
+  try {
+    process.env.TMPDIR = tmp;
+    process.chdir(cwd);
+    warmUpMessagePath({ rounds: 5 });
+    // Anything it had scheduled would show once the loop turns.
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(readdirSync(tmp), [], 'no file in the temp directory');
+    assert.deepEqual(readdirSync(cwd), [], 'no file in the working directory');
+    assert.deepEqual(resources(), before, 'no handle, socket or timer');
+  } finally {
+    process.chdir(was.cwd);
+    if (was.tmpdir === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = was.tmpdir;
+    rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test('a node starts with the warm-up unless STRATA_NO_WARM_UP=1', () => {
