@@ -10,6 +10,7 @@ import { ScopeCache } from '../scope/cache.ts';
 import { ScopeSync } from '../scope/sync.ts';
 import { startFailure } from '../store/disk-headroom.ts';
 import { MessageStore } from '../store/message-store.ts';
+import { warmUpStoreAtStart } from '../store/warm-up.ts';
 import type { ParentLink } from '../upstream/index.ts';
 import { warmUpAtStart } from '../protocols/warm-up.ts';
 import { childLog } from '../util/log.ts';
@@ -283,6 +284,7 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const health = { deviceId, tokenPath, engine, store, security, link, sync, routes, scope, agent };
     // Before the first device can send: its first messages would otherwise run cold code.
     warmUpAtStart(env);
+    await warmUpStoreAtStart(env);
     await startGatewayListeners(
       {
         engine,
