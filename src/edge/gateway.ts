@@ -10,9 +10,10 @@ import { ScopeCache } from '../scope/cache.ts';
 import { ScopeSync } from '../scope/sync.ts';
 import { startFailure } from '../store/disk-headroom.ts';
 import { MessageStore } from '../store/message-store.ts';
-import { warmUpStoreAtStart } from '../store/warm-up.ts';
+import { warmUpMessageStore } from '../store/warm-up.ts';
+import { warmUpAtStart } from '../util/warm-up.ts';
 import type { ParentLink } from '../upstream/index.ts';
-import { warmUpAtStart } from '../protocols/warm-up.ts';
+import { warmUpMessagePath } from '../protocols/warm-up.ts';
 import { childLog } from '../util/log.ts';
 import { agentEnabled, createAgentHost } from './agent-host.ts';
 import type { EdgeConfig } from './config.ts';
@@ -283,8 +284,8 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const tokenPath = files.healthToken;
     const health = { deviceId, tokenPath, engine, store, security, link, sync, routes, scope, agent };
     // Before the first device can send: its first messages would otherwise run cold code.
-    warmUpAtStart(env);
-    await warmUpStoreAtStart(env);
+    await warmUpAtStart('message path', env, () => warmUpMessagePath());
+    await warmUpAtStart('message store', env, () => warmUpMessageStore());
     await startGatewayListeners(
       {
         engine,

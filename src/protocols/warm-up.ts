@@ -1,5 +1,5 @@
 import type { Message } from '../model/message.ts';
-import { childLog } from '../util/log.ts';
+import type { WarmUpResult } from '../util/warm-up.ts';
 import { type BatchOrigin, batchHead, readOrigin, readRelaySenders } from './amqp/batch.ts';
 import { decodeBatch } from './amqp/decode-message.ts';
 import { encodeDataSections } from './amqp/encode-message.ts';
@@ -14,7 +14,7 @@ import { decodeBag, parsePublishTopic } from './mqtt/topics.ts';
  * steps 10 to 30 times what they cost a second later, and through a chain of gateways that
  * start-up cost became most of a run's p99. Pure computation: no file, socket, timer or session
  * is touched, and nothing outlives the call but the compiled code. The hub and each gateway run
- * it before they listen; STRATA_NO_WARM_UP=1 skips it (to measure what it saves).
+ * it before they listen (util/warm-up.ts: STRATA_NO_WARM_UP=1 skips it).
  */
 
 export interface WarmUpOptions {
@@ -24,32 +24,10 @@ export interface WarmUpOptions {
   rounds?: number;
 }
 
-export interface WarmUpResult {
-  rounds: number;
-  messages: number;
-  ms: number;
-}
-
 /** Messages per round: a batch of the size a gateway sends at a few thousand messages a second. */
 const PER_ROUND = 250;
 /** Made-up senders per round (a relay batch names one per message). */
 const SENDERS = 25;
-
-/** At a node's start, before it listens: the warm-up unless STRATA_NO_WARM_UP=1; never fails the start. */
-export function warmUpAtStart(env: NodeJS.ProcessEnv = process.env): WarmUpResult | undefined {
-  if (env.STRATA_NO_WARM_UP === '1') return undefined;
-  try {
-    const r = warmUpMessagePath();
-    log.debug({ ...r, ms: Math.round(r.ms) }, 'message path warmed up');
-    return r;
-  } catch (err) {
-    // A bug here must not keep a node from starting: it only starts colder.
-    log.warn({ err: (err as Error).message }, 'warming up the message path failed; starting without');
-    return undefined;
-  }
-}
-
-const log = childLog('warm-up');
 
 export function warmUpMessagePath(o: WarmUpOptions = {}): WarmUpResult {
   const budgetMs = o.budgetMs ?? 300;

@@ -5,7 +5,7 @@ import type { AuthResult } from '../model/identity.ts';
 import { MessageStore } from './message-store.ts';
 import type { AppendEntry, AppendTarget } from './message-store/types.ts';
 import { storedMessageOf } from './sender-message.ts';
-import { childLog } from '../util/log.ts';
+import type { WarmUpResult } from '../util/warm-up.ts';
 
 /**
  * The gateway's half of the start-up warm-up (protocols/warm-up.ts has the codecs): a throwaway
@@ -13,35 +13,13 @@ import { childLog } from '../util/log.ts';
  * checkpoints them, as a gateway's store does every message, so that V8 has compiled the
  * append, commit, read and checkpoint code before the first device sends. The directory is
  * removed before this resolves, whatever happens; the gateway's own store is not touched.
- * STRATA_NO_WARM_UP=1 skips it, as it does the codecs'.
+ * STRATA_NO_WARM_UP=1 skips it, as it does the codecs' (util/warm-up.ts).
  */
-
-export interface StoreWarmUpResult {
-  rounds: number;
-  messages: number;
-  ms: number;
-}
 
 const PER_ROUND = 250;
 const SENDERS = 25;
 
-const log = childLog('warm-up');
-
-/** At a gateway's start, before it listens: the store warm-up unless STRATA_NO_WARM_UP=1; never fails the start. */
-export async function warmUpStoreAtStart(env: NodeJS.ProcessEnv = process.env): Promise<StoreWarmUpResult | undefined> {
-  if (env.STRATA_NO_WARM_UP === '1') return undefined;
-  try {
-    const r = await warmUpMessageStore();
-    log.debug({ ...r, ms: Math.round(r.ms) }, 'message store warmed up');
-    return r;
-  } catch (err) {
-    // A full temp disk, say: the gateway only starts colder.
-    log.warn({ err: (err as Error).message }, 'warming up the message store failed; starting without');
-    return undefined;
-  }
-}
-
-export async function warmUpMessageStore(o: { budgetMs?: number; rounds?: number } = {}): Promise<StoreWarmUpResult> {
+export async function warmUpMessageStore(o: { budgetMs?: number; rounds?: number } = {}): Promise<WarmUpResult> {
   const budgetMs = o.budgetMs ?? 300;
   const maxRounds = o.rounds ?? 20;
   const t0 = performance.now();

@@ -1,16 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { warmUpAtStart, warmUpMessagePath } from '../../src/protocols/warm-up.ts';
-
-/** Timers, sockets, file handles and the like this process holds, by kind. */
-function resources(): Record<string, number> {
-  const count: Record<string, number> = {};
-  for (const kind of process.getActiveResourcesInfo()) count[kind] = (count[kind] ?? 0) + 1;
-  return count;
-}
+import { readdirSync } from 'node:fs';
+import { activeResources, inOwnDirs } from '../helpers/leftovers.ts';
+import { warmUpMessagePath } from '../../src/protocols/warm-up.ts';
+import { warmUpAtStart } from '../../src/util/warm-up.ts';
 
 test('the warm-up runs every round it is given and reads every message back', () => {
   const r = warmUpMessagePath({ rounds: 3, budgetMs: 60_000 });
@@ -27,32 +20,30 @@ test('the warm-up stops at its time budget', () => {
 });
 
 test('the warm-up leaves nothing behind: no file, socket, timer or other handle', async () => {
-  // Its own empty temp and working directories, so other processes' files do not count.
-  const root = mkdtempSync(join(tmpdir(), 'strata-warm-up-test-'));
-  const [tmp, cwd] = [join(root, 'tmp'), join(root, 'cwd')];
-  mkdirSync(tmp);
-  mkdirSync(cwd);
-  const was = { tmpdir: process.env.TMPDIR, cwd: process.cwd() };
-  const before = resources();
-  try {
-    process.env.TMPDIR = tmp;
-    process.chdir(cwd);
+  await inOwnDirs(async ({ tmp, cwd }) => {
+    const before = activeResources();
     warmUpMessagePath({ rounds: 5 });
     // Anything it had scheduled would show once the loop turns.
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(readdirSync(tmp), [], 'no file in the temp directory');
     assert.deepEqual(readdirSync(cwd), [], 'no file in the working directory');
-    assert.deepEqual(resources(), before, 'no handle, socket or timer');
-  } finally {
-    process.chdir(was.cwd);
-    if (was.tmpdir === undefined) delete process.env.TMPDIR;
-    else process.env.TMPDIR = was.tmpdir;
-    rmSync(root, { recursive: true, force: true });
-  }
+    assert.deepEqual(activeResources(), before, 'no handle, socket or timer');
+  });
 });
 
-test('a node starts with the warm-up unless STRATA_NO_WARM_UP=1', () => {
-  assert.equal(warmUpAtStart({ STRATA_NO_WARM_UP: '1' }), undefined);
-  const r = warmUpAtStart({});
-  assert.ok(r !== undefined && r.rounds > 0, 'warmed up');
+test('a node starts with the warm-up unless STRATA_NO_WARM_UP=1; a failing one does not stop the start', async () => {
+  const calls = { ran: 0 };
+  const run = () => {
+    calls.ran++;
+    return warmUpMessagePath({ rounds: 2 });
+  };
+  assert.equal(await warmUpAtStart('message path', { STRATA_NO_WARM_UP: '1' }, run), undefined);
+  assert.equal(calls.ran, 0, 'skipped');
+  const r = await warmUpAtStart('message path', {}, run);
+  assert.equal(calls.ran, 1, 'warmed up');
+  assert.equal(r?.rounds, 2);
+  const failing = () => {
+    throw new Error('no room');
+  };
+  assert.equal(await warmUpAtStart('message path', {}, failing), undefined, 'a failure is only logged');
 });
