@@ -165,14 +165,20 @@ interface Result {
   /** Strata only: p99 of the messages sent after the first 2 s, and the worst latency of each second. */
   p99_after_2s_ms?: number;
   worst_ms_by_second?: string;
+  /** Strata only: the worst latency of each 100 ms of the first 2 s (where a start-up tail shows). */
+  worst_ms_by_100ms_first_2s?: string;
   max_ms: number;
   /** CPU per message of each process (the anchor: its brokers together, over the whole client run). */
   cpu_us_per_msg?: Record<string, number>;
 }
 
-async function runStrata(
-  mqtt: any,
-): Promise<Result & { cpu_us_per_msg: Record<string, number>; cpu_us_per_msg_after_2s: Record<string, number> }> {
+async function runStrata(mqtt: any): Promise<
+  Result & {
+    cpu_us_per_msg: Record<string, number>;
+    cpu_us_per_msg_after_2s: Record<string, number>;
+    cpu_us_per_msg_first_2s: Record<string, number>;
+  }
+> {
   const profiled = (name: string) =>
     args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile, name)}`] : undefined;
   const hub = await startHubProcess({ nodeArgs: profiled('hub') });
@@ -258,7 +264,13 @@ async function measure(
   hub: HubProcess,
   layers: EdgeSetup[],
   gws: GatewayProcess[],
-): Promise<Result & { cpu_us_per_msg: Record<string, number>; cpu_us_per_msg_after_2s: Record<string, number> }> {
+): Promise<
+  Result & {
+    cpu_us_per_msg: Record<string, number>;
+    cpu_us_per_msg_after_2s: Record<string, number>;
+    cpu_us_per_msg_first_2s: Record<string, number>;
+  }
+> {
   const edge = layers[layers.length - 1]!;
   const address = edge.address;
   const { ids, key } = await createLeavesBulk(edge, 'bench-leaf-', PUBS);
@@ -269,6 +281,7 @@ async function measure(
   const lat: number[] = [];
   // Latencies by the second they were sent in: is a tail one start-up stall or steady?
   const bySecond: number[][] = [];
+  const first2sBy100ms: number[] = [];
   let t0 = Infinity;
   let done!: () => void;
   const all = new Promise<void>((r) => (done = r));
@@ -281,6 +294,8 @@ async function measure(
       const stamped = Number(body.readBigUInt64BE(0));
       lat.push(Date.now() - stamped);
       (bySecond[Math.max(0, Math.floor((stamped - t0) / 1000))] ??= []).push(Date.now() - stamped);
+      const tenth = Math.max(0, Math.floor((stamped - t0) / 100));
+      if (tenth < 20) first2sBy100ms[tenth] = Math.max(first2sBy100ms[tenth] ?? 0, Date.now() - stamped);
       if (++got === MSGS) done();
     },
   );
@@ -288,6 +303,16 @@ async function measure(
   const tScope = Date.now();
   await waitForScope(edge, ids);
   process.stderr.write(`scope feed: ${ids.length} leaves known at ${edge.gatewayId} after ${Date.now() - tScope} ms\n`);
+  // With --trace: each process's CPU every 100 ms from the leaves' connecting to 3 s into the
+  // sending, to tell a start-up cascade or cold code from a backlog.
+  const cpuTimeline: Array<[number, number[]]> = [];
+  const tracedPids = [hub.proc.pid!, ...gws.map((g) => g.proc.pid!)];
+  const cpuSampler = traceDir
+    ? setInterval(() => {
+        cpuTimeline.push([Date.now(), [...tracedPids.map(cpuMsOf), process.cpuUsage().user / 1000]]);
+        if (Date.now() > t0 + 3000) clearInterval(cpuSampler);
+      }, 100)
+    : undefined;
   const pubs = await Promise.all(
     ids.map((id) =>
       mqtt.connectAsync(`mqtts://${address}:8883`, {
@@ -357,7 +382,18 @@ async function measure(
     await new Promise((r) => setTimeout(r, 1500));
     for (const [name, pid] of procs) {
       const f = join(traceDir, `${pid}.json`);
-      if (existsSync(f)) process.stderr.write(`trace ${name}: ${readFileSync(f, 'utf8')}`);
+      if (existsSync(f)) process.stderr.write(`trace ${name}: ${relativeTo(t0, readFileSync(f, 'utf8'))}\n`);
+    }
+    clearInterval(cpuSampler);
+    const names = [...procs.map(([name]) => name), 'bench(user)'];
+    process.stderr.write('CPU ms per 100 ms (ms from the first send):\n');
+    for (let i = 1; i < cpuTimeline.length; i++) {
+      const [t, now] = cpuTimeline[i]!;
+      const before = cpuTimeline[i - 1]![1];
+      const used = now.map((v, j) => Math.round(v - before[j]!));
+      process.stderr.write(
+        `  ${t - t0}: ${names.map((n, j) => `${n} ${used[j]}`).join(' ')} total ${used.reduce((a, b) => a + b)}\n`,
+      );
     }
   }
   reader.stop();
@@ -373,6 +409,13 @@ async function measure(
       ([name], i) =>
         (cpu_us_per_msg_after_2s[name] = Math.round(((cpuEnd[i]! - cpuSteady0![i]!) * 1000) / steady.length)),
     );
+  // The same for the messages sent in the first 2 s: what cold code and start-up work cost.
+  const cpu_us_per_msg_first_2s: Record<string, number> = {};
+  const early = lat.length - steady.length;
+  if (cpuSteady0 && early > 0)
+    procs.forEach(
+      ([name], i) => (cpu_us_per_msg_first_2s[name] = Math.round(((cpuSteady0![i]! - cpu0[i]!) * 1000) / early)),
+    );
   return {
     msgs: MSGS,
     pubs: PUBS,
@@ -386,10 +429,29 @@ async function measure(
     // A short run's tail can be its first seconds (code warming up, links opening); this one is not.
     p99_after_2s_ms: quantile(steady, 0.99),
     worst_ms_by_second: worstBySecond.join(' '),
+    worst_ms_by_100ms_first_2s: Array.from(first2sBy100ms, (x) => x ?? NaN).join(' '),
     max_ms: lat[lat.length - 1] ?? NaN,
     cpu_us_per_msg,
     cpu_us_per_msg_after_2s,
+    cpu_us_per_msg_first_2s,
   };
+}
+
+/** A process's trace with its times (stalls, spans) as ms from the first send, `t0`. */
+function relativeTo(t0: number, json: string): string {
+  const r = JSON.parse(json) as Record<string, any>;
+  if (Array.isArray(r.stalls)) r.stalls = r.stalls.map(([t, ms]: [number, number]) => `${t - t0}:${ms}`).join(' ');
+  // Where the first send falls on the monotonic clock of the process's V8 CPU profile (us).
+  if (r.clocks) r.clocks = { t0MonoUs: r.clocks.monoUs - (r.clocks.epochMs - t0) * 1000 };
+  for (const v of Object.values(r))
+    if (v && Array.isArray(v.span)) v.span = v.span.map((t: number) => t - t0).join('..');
+  // Per second (from t0, whole seconds): count/mean/max.
+  for (const v of Object.values(r))
+    if (v && Array.isArray(v.perSecond))
+      v.perSecond = v.perSecond
+        .map(([t, n, mean, max]: number[]) => `${Math.floor((t! - t0) / 1000)}s:${n}/${mean}/${max}`)
+        .join(' ');
+  return JSON.stringify(r);
 }
 
 async function runAnchor(depsDir: string): Promise<Result | { error: string }> {

@@ -1,4 +1,5 @@
 import { traceOrigin, tracingOrigins } from '../util/origin-trace.ts';
+import { took, tracing } from '../util/latency-trace.ts';
 import type { Logger } from 'pino';
 import { EngineError } from '../model/errors.ts';
 import { identityKey, type AuthResult, type IdentityRef } from '../model/identity.ts';
@@ -160,7 +161,9 @@ export class DirectForwarder {
     addDoubt(st.doubt, range);
     let outcome;
     try {
+      const t0 = tracing ? performance.now() : 0;
       await this.deps.store.markPassing(first.stream, last.seq);
+      if (tracing) took('pass.mark', performance.now() - t0);
       outcome = relay
         ? await this.deps.direct.sendRelay(sendersOf(rest), payload)
         : await this.deps.direct.send(rest[0]!.auth.identity, payload);

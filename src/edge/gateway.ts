@@ -10,7 +10,10 @@ import { ScopeCache } from '../scope/cache.ts';
 import { ScopeSync } from '../scope/sync.ts';
 import { startFailure } from '../store/disk-headroom.ts';
 import { MessageStore } from '../store/message-store.ts';
+import { warmUpMessageStore } from '../store/warm-up.ts';
+import { warmUpAtStart } from '../util/warm-up.ts';
 import type { ParentLink } from '../upstream/index.ts';
+import { warmUpMessagePath } from '../protocols/warm-up.ts';
 import { childLog } from '../util/log.ts';
 import { agentEnabled, createAgentHost } from './agent-host.ts';
 import type { EdgeConfig } from './config.ts';
@@ -280,6 +283,9 @@ export async function startGateway(o: GatewayOptions): Promise<GatewayNode> {
     const agent = agentHost?.agent;
     const tokenPath = files.healthToken;
     const health = { deviceId, tokenPath, engine, store, security, link, sync, routes, scope, agent };
+    // Before the first device can send: its first messages would otherwise run cold code.
+    await warmUpAtStart('message path', env, () => warmUpMessagePath());
+    await warmUpAtStart('message store', env, () => warmUpMessageStore());
     await startGatewayListeners(
       {
         engine,

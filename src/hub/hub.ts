@@ -25,6 +25,8 @@ import { sendError } from '../protocols/http/rest-errors.ts';
 import { serviceMessaging } from './service-messaging.ts';
 import { loadHubTls } from './tls.ts';
 import { listenError } from '../protocols/listeners.ts';
+import { warmUpMessagePath } from '../protocols/warm-up.ts';
+import { warmUpAtStart } from '../util/warm-up.ts';
 
 const log = childLog('hub');
 
@@ -187,6 +189,8 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       close: async () => runClosers(),
     };
 
+    // Before the first gateway or device can send: its first messages would otherwise run cold code.
+    await warmUpAtStart('message path', process.env, () => warmUpMessagePath());
     // The heads bind before the HTTPS listener opens (the WebSocket transports ride on it).
     const amqp = await startDeviceListeners(node, engine, (name) => registry.getPolicy(name), identities);
     await app.register(deviceApi, { engine, sendError });

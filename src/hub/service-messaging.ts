@@ -11,6 +11,7 @@ import { asHubError } from '../protocols/http/device-api.ts';
 import { feedbackJson } from '../protocols/feedback-json.ts';
 import { emptyProperties, messageFromHeaders, parseExpiry } from '../protocols/http/message-headers.ts';
 import { childLog } from '../util/log.ts';
+import { mark, tracing } from '../util/latency-trace.ts';
 import { JSON_MAX_DEPTH, nestsDeeperThan, tooDeepMessage } from '../util/json-depth.ts';
 import { HubError, badRequest } from '../model/errors.ts';
 import { eventJson, JsonBytes, writeEventJson, type EventPageJson } from './event-json.ts';
@@ -421,6 +422,7 @@ export async function serviceMessaging(app: FastifyInstance, opts: ServiceMessag
         // One write a page: a write and a wait per event would cost more than the event's JSON.
         if (page.events.length > 0) {
           const out = new JsonBytes(page.events.length * 1024);
+          if (tracing) for (const e of page.events) mark('hub.sse', e.message.body);
           for (const e of page.events) {
             out.ascii(`id: ${e.sequenceNumber}\nevent: message\ndata: `);
             writeEventJson(out, e);

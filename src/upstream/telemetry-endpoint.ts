@@ -8,7 +8,7 @@ import type { QueuedMessage } from '../store/message-store.ts';
 import { isPermanentForMessage, UpstreamDownError, UpstreamError, type SendOutcome } from './errors.ts';
 import { messageOfStored, senderIdentity } from '../store/sender-message.ts';
 import { CONDITION } from '../protocols/amqp/errors.ts';
-import { mark, tracing } from '../util/latency-trace.ts';
+import { mark, took, tracing } from '../util/latency-trace.ts';
 
 const PARENT_UNREACHABLE_RETRY_MS = 1000;
 /** `lastSent`'s key part for the relay link's streams (no sender id is this: ids cannot hold a NUL). */
@@ -111,9 +111,14 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
     if (!this.deps.isConnected())
       throw new UpstreamDownError(`the link to the parent (${this.deps.describeParent()}) is down`);
     if (tracing) for (const q of batch) mark('up.send', q.message.body);
+    const t0 = tracing ? performance.now() : 0;
     const relay = this.deps.originId !== undefined ? this.deps.relay?.() : undefined;
     await this.settleWithin(batch.length, relay ? this.sendRelayed(batch, relay) : this.sendBySender(batch));
-    if (tracing) for (const q of batch) mark('up.accepted', q.message.body);
+    if (tracing) {
+      for (const q of batch) mark('up.accepted', q.message.body);
+      took('up.batchSize', batch.length);
+      took('up.batchMs', performance.now() - t0);
+    }
   }
 
   /** Each sender's messages on its own link, all senders at once. */
@@ -152,6 +157,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
 
   /** Authorizes the batch's senders and sends it; resolves once it is on its way, with a wait for its outcome. */
   private async issueRelayed(batch: readonly QueuedMessage[], relay: RelayTelemetry): Promise<() => Promise<void>> {
+    const tAuth = tracing ? performance.now() : 0;
     const refused = new Map<string, string>();
     const senders = new Set<string>();
     for (const q of batch) senders.add(q.message.sender);
@@ -165,6 +171,7 @@ export class UpstreamTelemetryEndpoint implements DeliveryEndpoint {
         ),
       ),
     );
+    if (tracing) took('up.auth', performance.now() - tAuth);
     const byPriority = new Map<number, QueuedMessage[]>();
     for (const q of batch) {
       if (refused.has(q.message.sender)) continue;

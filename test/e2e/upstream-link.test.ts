@@ -491,6 +491,12 @@ test('on the relay link, a sender outside the scope is dropped and counted; the 
   assert.equal((await eventsTagged('leaf-x', 'scoped-')).length, 0);
 });
 
+test('a link naming its store attaches the relay link as it comes up, before any batch', async () => {
+  const named = await storeLink('store-relay-early');
+  await until('the relay link attached without a batch', () => named.relayAttached, 5000);
+  assert.equal(link.relayAttached, false, "a link that names no store sends on its senders' links: no relay link");
+});
+
 test('the hub takes a relay batch only for senders the connection acts for', async () => {
   const named = await storeLink('store-relay-auth');
   assert.equal(named.direct.relayUsable(), true, 'a Strata hub offers the relay link');
