@@ -10,7 +10,7 @@ import type { LinkContext, LinkRoute } from './types.ts';
  * A child gateway's presence link: which identities below it are connected, one transfer per
  * change, so that its parent counts them connected without a link per identity. Attaching a
  * telemetry link for each leaf only to show it connected cost both ends a link per leaf
- * (about 12 KB at the child) and put an attach cascade up the hierarchy in a storm's path.
+ * (about 4.5 KB at the child) and put an attach cascade up the hierarchy in a storm's path.
  *
  * Strata's own extension, offered in the AMQP open (PRESENCE_CAPABILITY); a gateway under IoT
  * Hub attaches the links instead. A `present` transfer names an identity the connection holds a
