@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { EDGE_HUB } from '../identity/device-id.ts';
-import { identityKey, type IdentityRef } from '../model/identity.ts';
+import { identityKey, identityOfKey, type IdentityRef } from '../model/identity.ts';
 import type { AmqpConnection } from './amqp-connection.ts';
 import { UpstreamDownError, UpstreamError } from './errors.ts';
 
@@ -75,9 +75,8 @@ export class TargetAuthorizations {
     const renewals: Array<Promise<unknown>> = [];
     for (const [key, entry] of map ?? []) {
       if (entry.failedAt !== undefined) continue;
-      const slash = key.indexOf('/');
-      const identity =
-        slash < 0 ? { deviceId: key } : { deviceId: key.slice(0, slash), moduleId: key.slice(slash + 1) };
+      const identity = identityOfKey(key);
+      if (!identity) continue;
       renewals.push(
         pc.putToken(audienceOf(this.o.hubHostName, identity), this.o.gatewayToken()).catch(() => undefined),
       );

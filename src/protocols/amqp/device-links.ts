@@ -49,13 +49,7 @@ async function join(ctx: LinkContext, addr: DeviceAddress): Promise<{ state: Ide
   checkOnBehalfOfLink(ctx, addr.identity);
   const state = ctx.conn.devices.stateFor(addr.identity);
   const member: Member = { detach: (error) => ctx.detach(error) };
-  state.join(member);
-  try {
-    await state.ready();
-  } catch (err) {
-    state.leave(member);
-    throw err;
-  }
+  await state.enter(member);
   return { state, member };
 }
 

@@ -123,6 +123,17 @@ export class IdentityState implements SessionHandler {
     this.members.add(member);
   }
 
+  /** Joins `member` and waits for the session; on a refusal the member leaves again and it is thrown. */
+  async enter(member: Member): Promise<Session> {
+    this.join(member);
+    try {
+      return await this.ready();
+    } catch (err) {
+      this.leave(member);
+      throw err;
+    }
+  }
+
   /** A link of this identity is gone; the last one closes the engine session. */
   leave(member: Member): void {
     this.members.delete(member);

@@ -107,12 +107,10 @@ export const presenceRoute: LinkRoute = gatewayLinkRoute('presence', PRESENCE_CR
       },
     };
     held.set(key, { state, member });
-    state.join(member);
     try {
-      await state.ready();
+      await state.enter(member);
     } catch (err) {
       if (held.get(key)?.member === member) held.delete(key);
-      state.leave(member);
       throw err;
     }
   };
