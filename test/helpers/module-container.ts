@@ -69,13 +69,22 @@ const IMAGE = 'localhost/strata-workload-test:1';
 
 export async function moduleContainers(): Promise<ModuleContainers> {
   const dir = await mkdtemp(join(tmpdir(), 'wlc-'));
-  // The two settings these machines need: no default ulimits, and runc rather than crun.
+  // The two settings these machines need: no default ulimits, and runc rather than crun. Locks
+  // as files in this engine's own tmp_dir, as in podman.ts: the shared-memory ones are shared.
   await writeFile(
     join(dir, 'containers.conf'),
-    ['[containers]', 'default_ulimits = []', '[engine]', 'runtime = "runc"', ''].join('\n'),
+    [
+      '[containers]',
+      'default_ulimits = []',
+      '[engine]',
+      'runtime = "runc"',
+      'lock_type = "file"',
+      `tmp_dir = "${join(dir, 'tmp')}"`,
+      '',
+    ].join('\n'),
   );
   const env = { ...process.env, CONTAINERS_CONF: join(dir, 'containers.conf') } as Record<string, string>;
-  const podman = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run'), '--tmpdir', join(dir, 'tmp')];
+  const podman = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run')];
   const rootfs = join(dir, 'rootfs');
   await mkdir(join(rootfs, 'bin'), { recursive: true });
   await mkdir(join(rootfs, 'tmp'));
@@ -88,7 +97,9 @@ export async function moduleContainers(): Promise<ModuleContainers> {
 
   return {
     command(o) {
-      const args = [...podman, 'run', '--rm', '-i', '--network', 'host'];
+      // No --rm: its removal races the container's own cleanup process in this Podman, and a
+      // run stuck there holds the container's lock; cleanup() removes every container instead.
+      const args = [...podman, 'run', '-i', '--network', 'host'];
       for (const m of [...mounts, `${o.script}:/app/module.cjs:ro`, ...o.binds]) args.push('-v', m);
       for (const [k, v] of Object.entries(o.env)) args.push('-e', `${k}=${v}`);
       args.push(IMAGE, '/usr/bin/node', '/app/module.cjs', ...o.args);
@@ -97,7 +108,7 @@ export async function moduleContainers(): Promise<ModuleContainers> {
     async cleanup() {
       spawnSync('podman', [...podman, 'rm', '--all', '--force'], { env, stdio: 'ignore' });
       spawnSync('podman', [...podman, 'rmi', '--all', '--force'], { env, stdio: 'ignore' });
-      // `run --rm` removes a container from a cleanup process that may still be finishing.
+      // A container's cleanup process may still be finishing with its files.
       await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }).catch((err) =>
         console.error(`leaving ${dir}: ${err}`),
       );

@@ -88,6 +88,8 @@ export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngin
   // The two settings these machines need (see the container engine notes): no default ulimits,
   // which the kernel refuses to raise here, and runc, since crun refuses the hybrid cgroup layout.
   // tmp_dir keeps this engine's locks and events apart from any other Podman on the machine.
+  // File locks, there: the default shared-memory locks are one table for every Podman of the
+  // machine, which a new engine's start frees whole and a killed process leaves held.
   await writeFile(
     conf,
     [
@@ -95,6 +97,7 @@ export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngin
       'default_ulimits = []',
       '[engine]',
       'runtime = "runc"',
+      'lock_type = "file"',
       `tmp_dir = "${join(dir, 'tmp')}"`,
       'events_logger = "file"',
       '',
