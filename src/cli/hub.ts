@@ -45,6 +45,7 @@ interface StartFlags {
   tlsKey?: string;
   trust?: string;
   diskReserveMb?: number;
+  strataLinks: boolean;
   [limitOption: string]: unknown;
 }
 
@@ -139,6 +140,10 @@ export function registerHubCommands(program: Command): void {
       'free disk space (MiB) kept for checkpoints: telemetry is refused with "store full" below it (default 64, or env STRATA_DISK_RESERVE_MB)',
       diskReserve,
     )
+    .option(
+      '--no-strata-links',
+      'answer gateways below as IoT Hub does: no relay or presence link, so they open links per device (to try a hierarchy the way it runs under IoT Hub)',
+    )
     .action(
       action(async (flags: StartFlags) => {
         // The hub's servers are loaded only to start one, not for `hub connection-string`.
@@ -157,6 +162,7 @@ export function registerHubCommands(program: Command): void {
           limits: limitsFromFlags(flags),
           diskReserveBytes:
             flags.diskReserveMb === undefined ? undefined : Math.round(flags.diskReserveMb * 1024 * 1024),
+          strataLinks: flags.strataLinks,
         });
         printBanner(node);
         stopOnSignals(node);

@@ -31,6 +31,8 @@ export interface HeadSite {
   listeners: Array<{ name: string; url: string }>;
   /** Registers cleanup run by the hub's close(), most recent first. */
   onClose(fn: () => Promise<void> | void): void;
+  /** Offer gateways below Strata's relay and presence links (AmqpHeadOptions.strataLinks). */
+  strataLinks?: boolean;
 }
 
 const PORT_FLAG: Record<string, string> = { MQTT: '--mqtt-port', AMQP: '--amqp-port' };
@@ -69,6 +71,7 @@ export async function startDeviceListeners(
         hostName: site.hostname,
         policy,
         maxMessageBytes: engine.options.maxMessageBytes,
+        strataLinks: site.strataLinks,
         // issue 6: Event Hubs clients put the port into token audiences when it is not their default 5671.
         extraHostNames:
           site.ports.amqp && site.ports.amqp !== 5671 ? [`${site.hostname}:${site.ports.amqp}`] : undefined,

@@ -50,6 +50,8 @@ export interface HubOptions {
   limits?: Partial<PreAuthLimits>;
   /** Free disk space kept for checkpoints; telemetry is refused below it (default 64 MiB, or env STRATA_DISK_RESERVE_MB). */
   diskReserveBytes?: number;
+  /** Offer gateways below Strata's relay and presence links (default true); false answers as IoT Hub. */
+  strataLinks?: boolean;
 }
 
 export interface HubNode extends HeadSite {
@@ -183,6 +185,7 @@ export async function startHub(opts: HubOptions): Promise<HubNode> {
       engine,
       events,
       preAuth,
+      strataLinks: opts.strataLinks,
       ports: { https: opts.httpsPort ?? 443, mqtt: opts.mqttPort ?? 8883, amqp: opts.amqpPort ?? 5671 },
       listeners: [],
       onClose: (fn) => void closers.push(fn),

@@ -41,7 +41,7 @@ export interface DeviceHeadsOptions {
   /** Identities an edge hub below may act for (the hub's registry, a gateway's scope). */
   onBehalfOf?: OnBehalfOfSource;
   /** The AMQP head's host names and policies. */
-  amqp: Pick<AmqpHeadOptions, 'hostName' | 'extraHostNames' | 'policy' | 'maxMessageBytes'>;
+  amqp: Pick<AmqpHeadOptions, 'hostName' | 'extraHostNames' | 'policy' | 'maxMessageBytes' | 'strataLinks'>;
   /** The host name clients dial, for the listener list. */
   publicHost: string;
   /** Default: the error as it came. */

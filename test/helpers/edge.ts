@@ -338,8 +338,9 @@ export async function createLeavesBulk(
 export async function startHubWithGateway(
   gatewayId: string,
   cleanups: Array<() => unknown>,
+  hubOptions: Parameters<typeof startHubProcess>[0] = {},
 ): Promise<{ hub: HubProcess; edge: EdgeSetup; gw: GatewayProcess }> {
-  const hub = await startHubProcess();
+  const hub = await startHubProcess(hubOptions);
   cleanups.push(() => hub.stop());
   const address = randomLoopback();
   const edge = await setupEdge(hub, { gatewayId, address });

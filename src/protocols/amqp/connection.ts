@@ -10,8 +10,6 @@ import { DeviceSessions } from './device-sessions.ts';
 import { CONDITION, type AmqpErrorInfo } from './errors.ts';
 import { safe } from './link-context.ts';
 import { LinkTable } from './link-table.ts';
-import { PRESENCE_CAPABILITY } from './presence-link.ts';
-import { RELAY_CAPABILITY } from './relay-link.ts';
 import { boundDispositions, stopRheaTimers } from './rhea-guards.ts';
 import { ExternalMechanism, PassThroughMechanism, PlainMechanism, checkPlain } from './sasl.ts';
 import type { ClientConnection, HeadShared, LinkContext, LinkHandler, Transport } from './types.ts';
@@ -84,7 +82,7 @@ export class AmqpConnection implements ClientConnection {
       properties: { product: 'strata' },
       // Children that know them send their telemetry on one relay link (relay-link.ts) and
       // their identities' presence on another (presence-link.ts).
-      offered_capabilities: [RELAY_CAPABILITY, PRESENCE_CAPABILITY],
+      offered_capabilities: shared.offeredCapabilities.length > 0 ? shared.offeredCapabilities : undefined,
     } as never);
     this.wire();
     boundDispositions(this.rc);

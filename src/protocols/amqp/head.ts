@@ -9,8 +9,8 @@ import { clientCertificateOf } from '../http/client-cert.ts';
 import { cbsRoutes } from './cbs.ts';
 import { AmqpConnection, type HeadShared, type Transport } from './connection.ts';
 import { deviceRoutes } from './device-links.ts';
-import { presenceRoute } from './presence-link.ts';
-import { relayRoute } from './relay-link.ts';
+import { PRESENCE_CAPABILITY, presenceRoute } from './presence-link.ts';
+import { RELAY_CAPABILITY, relayRoute } from './relay-link.ts';
 import { CONDITION } from './errors.ts';
 import type { LinkRoute } from './links.ts';
 import type { OnBehalfOfSource } from './on-behalf-of.ts';
@@ -41,6 +41,11 @@ export interface AmqpHeadOptions {
   maxMessageBytes?: number;
   /** Where a gateway below may act on behalf of identities (on-behalf-of.ts); absent: refused. */
   onBehalfOf?: OnBehalfOfSource;
+  /**
+   * Offer gateways below Strata's relay and presence links (default true). False answers as
+   * IoT Hub does, so a gateway below opens links per identity, as it would under IoT Hub.
+   */
+  strataLinks?: boolean;
   log?: Logger;
 }
 
@@ -59,7 +64,7 @@ export interface TlsListenOptions {
  */
 export class AmqpHead {
   readonly connections = new Set<AmqpConnection>();
-  private readonly routes: LinkRoute[] = [...cbsRoutes, relayRoute, presenceRoute, ...deviceRoutes, ...serviceRoutes];
+  private readonly routes: LinkRoute[];
   private readonly shared: HeadShared;
   private readonly servers: tls.Server[] = [];
   readonly log: Logger;
@@ -71,6 +76,13 @@ export class AmqpHead {
       opts.preAuth ??
       new PreAuthGate(opts.authTimeoutMs === undefined ? {} : { amqpAuthTimeoutMs: opts.authTimeoutMs });
     const hostNames = [opts.hostName, ...(opts.extraHostNames ?? [])];
+    const strataLinks = opts.strataLinks ?? true;
+    this.routes = [
+      ...cbsRoutes,
+      ...(strataLinks ? [relayRoute, presenceRoute] : []),
+      ...deviceRoutes,
+      ...serviceRoutes,
+    ];
     this.shared = {
       engine: opts.engine,
       checker: {
@@ -87,6 +99,7 @@ export class AmqpHead {
       feedbackInFlight: new Set(),
       maxMessageBytes: opts.maxMessageBytes ?? MAX_MESSAGE_BYTES,
       onBehalfOf: opts.onBehalfOf,
+      offeredCapabilities: strataLinks ? [RELAY_CAPABILITY, PRESENCE_CAPABILITY] : [],
     };
   }
 

@@ -40,6 +40,8 @@ export interface HeadShared {
   maxMessageBytes: number;
   /** Identities a gateway below may act for (on-behalf-of.ts); absent: on-behalf-of is refused. */
   onBehalfOf?: OnBehalfOfSource;
+  /** What the AMQP open offers: Strata's own links for gateways below, or none as IoT Hub. */
+  offeredCapabilities: readonly string[];
 }
 
 /** One client connection, as the routes and handlers of its links see it. */
