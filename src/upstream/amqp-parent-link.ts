@@ -68,6 +68,7 @@ import { senderIdentity } from '../store/sender-message.ts';
 import type { SenderOptions } from 'rhea';
 import { UpstreamConnectError, openTransport, type UpstreamTransport } from './transport.ts';
 import { took, tracing } from '../util/latency-trace.ts';
+import { FewAtATime } from './few-at-a-time.ts';
 
 /** What the AMQP link takes besides the common options (parent-link-base.ts; the port defaults to 5671, or 443 for `amqpws`). */
 export interface AmqpParentLinkOptions extends ParentLinkOptions {
@@ -94,8 +95,13 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
   private readonly senders = new Map<string, AmqpIdentityProxy>();
   /** Devices that connected, whose telemetry link is to be attached ahead of their first message. */
   private readonly preparing = new Set<string>();
-  private prepareQueue: IdentityRef[] = [];
-  private preparingNow = 0;
+  private readonly attaches = new FewAtATime<IdentityRef>(PREPARE_CONCURRENCY, async (identity) => {
+    try {
+      if (this.connected) await this.senderProxy(identity).prepareTelemetry();
+    } finally {
+      this.preparing.delete(identityKey(identity));
+    }
+  });
   /** Downstream identities that left this gateway: their telemetry senders close once idle. */
   private readonly gone = new Set<string>();
   private goneSweep?: NodeJS.Timeout;
@@ -313,25 +319,7 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
     const key = identityKey(identity);
     if (this.preparing.has(key)) return;
     this.preparing.add(key);
-    this.prepareQueue.push(identity);
-    this.attachPrepared();
-  }
-
-  /**
-   * A few attaches at a time: a storm of connecting devices must not become a storm of attaches
-   * at the parent (10,000 at once starved both ends until devices timed out before CONNACK).
-   */
-  private attachPrepared(): void {
-    while (this.preparingNow < PREPARE_CONCURRENCY && this.prepareQueue.length > 0) {
-      const identity = this.prepareQueue.shift()!;
-      this.preparingNow++;
-      const attached = this.connected ? this.senderProxy(identity).prepareTelemetry() : Promise.resolve();
-      void attached.finally(() => {
-        this.preparingNow--;
-        this.preparing.delete(identityKey(identity));
-        this.attachPrepared();
-      });
-    }
+    this.attaches.push(identity);
   }
 
   /**

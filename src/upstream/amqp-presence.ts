@@ -6,6 +6,7 @@ import { CONDITION } from '../protocols/amqp/errors.ts';
 import { PRESENCE_CAPABILITY, presenceAddress, presenceAnnotations } from '../protocols/amqp/presence-link.ts';
 import type { AmqpConnection } from './amqp-connection.ts';
 import type { OutLink } from './amqp-links.ts';
+import { FewAtATime } from './few-at-a-time.ts';
 
 /**
  * Tells a Strata parent which identities below this gateway are connected, on its presence
@@ -44,8 +45,10 @@ interface OnConnection {
 export class PresenceAnnouncer {
   private readonly present = new Map<string, IdentityRef>();
   private current?: OnConnection;
-  private queue: string[] = [];
-  private running = 0;
+  /** Announcements a few at a time, so a storm of devices is no storm at the parent. */
+  private readonly queue = new FewAtATime<string>(CONCURRENCY, (key) =>
+    this.announce(key).catch((err: unknown) => this.o.log.warn({ err: String(err) }, 'announcing a device failed')),
+  );
   /** Refusals logged, by identity key: one line per identity and connection. */
   private refusedLogged = new Set<string>();
 
@@ -77,13 +80,13 @@ export class PresenceAnnouncer {
   connected(pc: AmqpConnection): void {
     this.current = PresenceAnnouncer.usable(pc) ? { pc, announced: new Set() } : undefined;
     this.refusedLogged = new Set();
-    this.queue = [];
+    this.queue.clear();
     if (this.current) for (const key of this.present.keys()) this.enqueue(key);
   }
 
   disconnected(pc: AmqpConnection): void {
     if (this.current?.pc === pc) this.current = undefined;
-    this.queue = [];
+    this.queue.clear();
   }
 
   /** Identities present below, announced or not (for tests and status). */
@@ -94,18 +97,6 @@ export class PresenceAnnouncer {
   private enqueue(key: string): void {
     if (!this.current) return;
     this.queue.push(key);
-    this.pump();
-  }
-
-  private pump(): void {
-    while (this.running < CONCURRENCY && this.queue.length > 0) {
-      const key = this.queue.shift()!;
-      this.running++;
-      void this.announce(key).finally(() => {
-        this.running--;
-        this.pump();
-      });
-    }
   }
 
   private async announce(key: string): Promise<void> {
