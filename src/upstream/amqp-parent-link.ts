@@ -516,6 +516,10 @@ export class AmqpParentLink extends ParentLinkBase implements ParentLink {
         this.log.debug({ err: (err as Error).message }, 'attaching the relay link failed; the first batch tries again'),
       );
     this.presence.connected(pc);
+    // Without presence (IoT Hub) a parent sees a device below by its link: attach those of all
+    // still connected again, as a Strata parent is told again who is below.
+    if (!PresenceAnnouncer.usable(pc))
+      for (const identity of this.presence.identities()) this.prepareTelemetry(identity);
     this.announceUp();
   }
 

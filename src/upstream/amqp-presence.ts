@@ -94,6 +94,11 @@ export class PresenceAnnouncer {
     return this.present.size;
   }
 
+  /** The identities present below, announced or not. */
+  identities(): IterableIterator<IdentityRef> {
+    return this.present.values();
+  }
+
   private enqueue(key: string): void {
     if (!this.current) return;
     this.queue.push(key);
