@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { nodeMounts } from './podman.ts';
+import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { nodeMounts, writeEngineConf } from './podman.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -69,21 +69,7 @@ const IMAGE = 'localhost/strata-workload-test:1';
 
 export async function moduleContainers(): Promise<ModuleContainers> {
   const dir = await mkdtemp(join(tmpdir(), 'wlc-'));
-  // The two settings these machines need: no default ulimits, and runc rather than crun. Locks
-  // as files in this engine's own tmp_dir, as in podman.ts: the shared-memory ones are shared.
-  await writeFile(
-    join(dir, 'containers.conf'),
-    [
-      '[containers]',
-      'default_ulimits = []',
-      '[engine]',
-      'runtime = "runc"',
-      'lock_type = "file"',
-      `tmp_dir = "${join(dir, 'tmp')}"`,
-      '',
-    ].join('\n'),
-  );
-  const env = { ...process.env, CONTAINERS_CONF: join(dir, 'containers.conf') } as Record<string, string>;
+  const env = { ...process.env, CONTAINERS_CONF: await writeEngineConf(dir) } as Record<string, string>;
   const podman = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run')];
   const rootfs = join(dir, 'rootfs');
   await mkdir(join(rootfs, 'bin'), { recursive: true });

@@ -82,14 +82,16 @@ export interface PodmanOptions {
   trust?: Array<{ hostPort: string; caPem: string }>;
 }
 
-export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngine> {
-  const dir = await mkdtemp(join(tmpdir(), 'strata-podman-'));
+/**
+ * Writes `dir`/containers.conf for an engine of its own in `dir`, and returns its path. The two
+ * settings these machines need (see the container engine notes): no default ulimits, which the
+ * kernel refuses to raise here, and runc, since crun refuses the hybrid cgroup layout. tmp_dir
+ * keeps this engine's locks and events apart from any other Podman on the machine; file locks,
+ * there, since the default shared-memory locks are one table for every Podman of the machine,
+ * which a new engine's start frees whole and a killed process leaves held.
+ */
+export async function writeEngineConf(dir: string): Promise<string> {
   const conf = join(dir, 'containers.conf');
-  // The two settings these machines need (see the container engine notes): no default ulimits,
-  // which the kernel refuses to raise here, and runc, since crun refuses the hybrid cgroup layout.
-  // tmp_dir keeps this engine's locks and events apart from any other Podman on the machine.
-  // File locks, there: the default shared-memory locks are one table for every Podman of the
-  // machine, which a new engine's start frees whole and a killed process leaves held.
   await writeFile(
     conf,
     [
@@ -103,6 +105,12 @@ export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngin
       '',
     ].join('\n'),
   );
+  return conf;
+}
+
+export async function startPodman(opts: PodmanOptions = {}): Promise<PodmanEngine> {
+  const dir = await mkdtemp(join(tmpdir(), 'strata-podman-'));
+  const conf = await writeEngineConf(dir);
   // Only the registries named here, and no short-name lookups that would reach the internet.
   const registriesConf = join(dir, 'registries.conf');
   await writeFile(
