@@ -1,9 +1,11 @@
 /**
  * What the benchmarks share: the hub's event stream read from its end, a process's CPU time
- * from /proc, and quantiles.
+ * from /proc, quantiles, and how fast the disk syncs.
  */
 import https from 'node:https';
-import { readFileSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createSasToken } from '../src/identity/sas.ts';
 
 export function quantile(sorted: number[], f: number): number {
@@ -14,6 +16,32 @@ export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
+
+/**
+ * p50 and p99 (ms) of `n` fdatasyncs of a 4 KiB append in the temp directory, where the nodes
+ * keep their stores: every message waits for such a sync at its gateway and at the hub, and on
+ * a shared machine their time moves from one run to the next.
+ */
+export function diskSyncProbe(n = 100): { p50: number; p99: number } {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-disk-probe-'));
+  const fd = openSync(join(dir, 'probe'), 'a');
+  const block = Buffer.alloc(4096, 1);
+  const took: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      writeSync(fd, block);
+      const t0 = performance.now();
+      fdatasyncSync(fd);
+      took.push(performance.now() - t0);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  took.sort((a, b) => a - b);
+  const ms = (x: number) => Math.round(x * 100) / 100;
+  return { p50: ms(quantile(took, 0.5)), p99: ms(quantile(took, 0.99)) };
+}
 
 /** Reads the hub's event stream (server-sent events) from its end; calls `onEvent` with each body. */
 export function followEvents(

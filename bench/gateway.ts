@@ -8,7 +8,13 @@
  * (../shared/anchors/mosquitto-chain.sh DIR LAYERS BASE) measured by
  * ../shared/anchors/chain-bench.mjs with the same shape (publishers, size, QoS 1, windows of 100
  * awaited acknowledgements). Prints one JSON line per side, the CPU time each Strata process
- * spent per message, and the ratio.
+ * spent per message, the disk's fdatasync p50/p99 just before each Strata round
+ * (`disk_fdatasync_ms`), and the ratio.
+ *
+ * `--profile` writes V8 CPU profiles, whose sampler also counts the time a process waited for a
+ * core after waking a peer (a socket write, a sync handed to the thread pool). On a busy machine
+ * `perf record -e cpu-clock` of a process run with NODE_OPTIONS=--perf-basic-prof shows where
+ * the CPU itself goes.
  *
  *   node --import tsx bench/gateway.ts [--layers 1] [--messages 50000] [--publishers 100] [--size 256] [--rate R] [--runs 1] [--anchors DIR] [--skip-anchor] [--profile DIR] [--upstream Amqp]
  *
@@ -33,7 +39,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { edgeFiles } from '../src/edge/local.ts';
 import { createSasToken } from '../src/identity/sas.ts';
-import { cpuMsOf, followEvents, median, quantile } from './common.ts';
+import { cpuMsOf, diskSyncProbe, followEvents, median, quantile } from './common.ts';
 import { openNodeDb } from '../src/store/db.ts';
 import { createLeavesBulk, startGatewayProcess, type EdgeSetup, type GatewayProcess } from '../test/helpers/edge.ts';
 import { randomLoopback, startHubProcess, type HubProcess } from '../test/helpers/hub.ts';
@@ -170,6 +176,8 @@ interface Result {
   max_ms: number;
   /** CPU per message of each process (the anchor: its brokers together, over the whole client run). */
   cpu_us_per_msg?: Record<string, number>;
+  /** Strata only: the disk's fdatasync times just before the round (common.ts diskSyncProbe). */
+  disk_fdatasync_ms?: { p50: number; p99: number };
 }
 
 async function runStrata(mqtt: any): Promise<
@@ -577,7 +585,9 @@ const path =
   (RATE > 0 ? ` (open loop, ${RATE} msg/s offered)` : '');
 const rounds: Array<{ strata: Result; anchor?: Result }> = [];
 for (let round = 0; round < RUNS; round++) {
-  const strata = await runStrata(mqtt);
+  // The disk's state beside each round: two fdatasyncs are on every message's way.
+  const disk = diskSyncProbe();
+  const strata = { ...(await runStrata(mqtt)), disk_fdatasync_ms: disk };
   process.stdout.write(`${JSON.stringify({ bench: `strata ${path}`, ...strata })}\n`);
   let anchor: Result | undefined;
   if (!args['skip-anchor']) {
@@ -602,6 +612,9 @@ if (RUNS > 1) {
       strata_msgs_per_s_median: median(rounds.map((r) => r.strata.msgs_per_s)),
       strata_p99_ms_median: median(rounds.map((r) => r.strata.p99_ms)),
       strata_p99_after_2s_ms_median: median(rounds.map((r) => r.strata.p99_after_2s_ms ?? NaN)),
+      disk_fdatasync_p99_ms_median: Number(
+        median(rounds.map((r) => r.strata.disk_fdatasync_ms?.p99 ?? Number.NaN)).toFixed(2),
+      ),
       ...(paired.length > 0
         ? {
             anchor_msgs_per_s_median: median(paired.map((r) => r.anchor.msgs_per_s)),
