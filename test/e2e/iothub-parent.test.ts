@@ -11,7 +11,8 @@ import { after, before, test } from 'node:test';
 import { startHubProcess, type HubProcess } from '../helpers/hub.ts';
 import { startHubWithGateway, type EdgeSetup } from '../helpers/edge.ts';
 import { eventually, openSdkLeaf } from '../helpers/sdk-leaf.ts';
-import { serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
+import { openSender, putToken, rheaConnect } from '../fixtures/amqp-helpers.ts';
+import { deviceToken, serviceClient, waitForEvents } from '../fixtures/service-messaging-helpers.ts';
 
 const require = createRequire(import.meta.url);
 const { Message } = require('azure-iot-device');
@@ -70,6 +71,33 @@ test('a leaf that only connected through the gateway is Connected at the parent,
   await eventually('the leaf Disconnected at the parent', async () =>
     (await stateOf(leaf.deviceId)) === 'Disconnected' ? true : undefined,
   );
+});
+
+test('the open offers no capability, and a child that asks for the relay or presence link anyway is refused as not found', async () => {
+  const conn = await rheaConnect(hub);
+  try {
+    const offered = (conn as unknown as { remote: { open: { offered_capabilities?: unknown } } }).remote.open
+      .offered_capabilities;
+    assert.equal(offered ?? undefined, undefined, 'no com.strata capability in the open');
+    const own = await putToken(
+      conn,
+      deviceToken(hub, edge.gatewayKey, edge.gatewayId, '$edgeHub'),
+      `${hub.hostname}/devices/${edge.gatewayId}/modules/$edgeHub`,
+    );
+    assert.equal(own.status, 200, own.description);
+    for (const link of ['relay', 'presence']) {
+      const address = `/devices/${edge.gatewayId}/modules/$edgeHub/${link}`;
+      await assert.rejects(openSender(conn, address), (err: Error & { condition?: string }) => {
+        assert.equal(err.condition, 'amqp:not-found');
+        assert.match(err.message, new RegExp(`no target node "${address.replace(/\$/g, '\\$')}" on this hub`));
+        return true;
+      });
+    }
+    // The connection lives on: the gateway's own telemetry link still opens on it.
+    await openSender(conn, `/devices/${edge.gatewayId}/modules/$edgeHub/messages/events`);
+  } finally {
+    conn.close();
+  }
 });
 
 test('after the parent restarts, a leaf still connected below is Connected there again without sending', async (t) => {
